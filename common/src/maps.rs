@@ -1,0 +1,279 @@
+//! The layout of every map the XDP program reads or writes. Bump [`LAYOUT_VERSION`] whenever
+//! a name, key, value or meaning below changes: the agent refuses to adopt pinned maps of
+//! another layout rather than misread them.
+
+use crate::net::{Port, Protocol, SourcePrefix};
+use core::net::IpAddr;
+
+/// Version of the pinned map layout. Stored in [`DataplaneConfig::layout_version`].
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names (also their pin names under the pin directory). At most 15 bytes each.
+pub mod names {
+    pub const PROTECTED: &str = "JG_PROTECTED";
+    pub const GRANTS_V4: &str = "JG_GRANTS_V4";
+    pub const GRANTS_V6: &str = "JG_GRANTS_V6";
+    pub const GRANTS_LPM_V4: &str = "JG_GRANT_LPM4";
+    pub const GRANTS_LPM_V6: &str = "JG_GRANT_LPM6";
+    pub const FLOWS: &str = "JG_FLOWS";
+    pub const CONFIG: &str = "JG_CONFIG";
+    pub const COUNTERS: &str = "JG_COUNTERS";
+    pub const EVENTS: &str = "JG_EVENTS";
+    pub const RATE: &str = "JG_RATE";
+    pub const SRC_RATE: &str = "JG_SRC_RATE";
+    /// Every map, for pinning and removal.
+    pub const ALL: [&str; 11] = [
+        PROTECTED,
+        GRANTS_V4,
+        GRANTS_V6,
+        GRANTS_LPM_V4,
+        GRANTS_LPM_V6,
+        FLOWS,
+        CONFIG,
+        COUNTERS,
+        EVENTS,
+        RATE,
+        SRC_RATE,
+    ];
+}
+
+/// Program names in the object file.
+pub mod programs {
+    /// The enforcing program.
+    pub const ENFORCE: &str = "jitgate";
+    /// Returns XDP_PASS and nothing else: the floor for benchmarks.
+    pub const FLOOR_PASS: &str = "jitgate_floor";
+    /// Returns XDP_DROP and nothing else: the receive-side floor for flood benchmarks.
+    pub const FLOOR_DROP: &str = "jitgate_drop";
+}
+
+/// Default map sizes. Host-length grant maps are hash maps allocated on demand
+/// (BPF_F_NO_PREALLOC), so the size is a ceiling, not a cost.
+pub mod limits {
+    pub const HOST_GRANTS: u32 = 1 << 21;
+    pub const PREFIX_GRANTS: u32 = 1 << 18;
+    pub const FLOWS: u32 = 1 << 16;
+    pub const SRC_RATE: u32 = 1 << 14;
+    pub const EVENTS_BYTES: u32 = 1 << 18;
+}
+
+/// `JG_PROTECTED` is an array indexed by `protected_index(proto, port)`; each value is a set
+/// of these bits. Absent bit 0 means the port is not under JIT.
+pub mod port_flags {
+    /// The (protocol, port) pair is under JIT: default deny.
+    pub const PROTECTED: u8 = 1;
+    /// `on_expiry = cut`: admitted flows stop at the grant's end. Without it (`keep`), they
+    /// continue until idle for the configured timeout.
+    pub const CUT: u8 = 2;
+}
+
+/// Number of entries of `JG_PROTECTED`: one per (TCP|UDP, port).
+pub const PROTECTED_SLOTS: u32 = 2 * 65536;
+
+/// Index of a (protocol, port) pair in `JG_PROTECTED`. TCP occupies the first 65536 slots and
+/// UDP the next. The kernel computes the same with `proto_slot`.
+#[inline(always)]
+pub const fn protected_index(proto_is_udp: bool, port: u16) -> u32 {
+    ((proto_is_udp as u32) << 16) | port as u32
+}
+
+/// Key of the IPv4 grant maps: protocol, destination port (network order), source address.
+/// Bytes only, no padding, so that the LPM trie compares it as one big-endian bit string.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKeyV4 {
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 grant maps. Same layout rule as [`GrantKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKeyV6 {
+    pub proto: u8,
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Bits of the key before the address (protocol and port). An LPM key's prefix length is
+/// this plus the source prefix length.
+pub const KEY_PREFIX_BITS: u32 = 24;
+
+/// Value of every grant map entry.
+///
+/// `expires_at_ns` is the latest end (CLOCK_BOOTTIME) of all grants whose prefix covers this
+/// entry's prefix, for this protocol and port, not only the grants on this exact prefix. A
+/// longest-prefix match therefore answers "does ANY active grant cover this source" with one
+/// lookup: a /32 that ends can never hide a /24 that is still active.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantEntry {
+    pub expires_at_ns: u64,
+    /// Id of the grant that provides `expires_at_ns` (reported in events).
+    pub grant_id: [u8; 16],
+}
+
+/// A grant map key of either family. The shape user space computes and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantKey {
+    V4(GrantKeyV4),
+    V6(GrantKeyV6),
+}
+
+impl GrantKey {
+    /// The key data for (protocol, port, prefix). Host bits are already zero in a
+    /// `SourcePrefix`, as the LPM trie requires.
+    pub fn new(proto: Protocol, port: Port, prefix: &SourcePrefix) -> Self {
+        let port = port.get().to_be_bytes();
+        let proto = proto.number();
+        match prefix.addr() {
+            IpAddr::V4(a) => GrantKey::V4(GrantKeyV4 {
+                proto,
+                port,
+                addr: a.octets(),
+            }),
+            IpAddr::V6(a) => GrantKey::V6(GrantKeyV6 {
+                proto,
+                port,
+                addr: a.octets(),
+            }),
+        }
+    }
+
+    /// The LPM prefix length of this key for a source prefix of `len` bits.
+    pub const fn lpm_prefix_len(len: u8) -> u32 {
+        KEY_PREFIX_BITS + len as u32
+    }
+}
+
+/// Key of `JG_FLOWS`: the 5-tuple as received. IPv4 addresses fill the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub proto: u8,
+    /// Network order.
+    pub sport: [u8; 2],
+    /// Network order.
+    pub dport: [u8; 2],
+    pub _pad: [u8; 2],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Value of `JG_FLOWS`: a flow admitted under a grant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub admitted_at_ns: u64,
+    /// Refreshed at most once a second, so the hot path rarely writes.
+    pub last_seen_ns: u64,
+    /// End of the covering grant as last seen; past it the program looks the grants up again,
+    /// so an extension is picked up without user space touching flows.
+    pub grant_expires_ns: u64,
+    pub grant_id: [u8; 16],
+}
+
+/// The one entry of `JG_CONFIG`, written by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// [`LAYOUT_VERSION`] of whoever created the maps.
+    pub layout_version: u32,
+    /// Denial events each CPU may emit per second (global budget).
+    pub deny_events_per_sec: u32,
+    /// A `keep` flow whose grant ended passes while idle less than this.
+    pub flow_idle_timeout_ns: u64,
+    /// At most one denial event per source (/32, or /64 for IPv6) per this interval.
+    pub deny_event_interval_ns: u64,
+}
+
+impl DataplaneConfig {
+    pub const DEFAULT: DataplaneConfig = DataplaneConfig {
+        layout_version: LAYOUT_VERSION,
+        deny_events_per_sec: 1000,
+        flow_idle_timeout_ns: 15 * 60 * 1_000_000_000,
+        deny_event_interval_ns: 1_000_000_000,
+    };
+}
+
+/// Per-CPU state of the denial-event budget (`JG_RATE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateWindow {
+    pub window_start_ns: u64,
+    pub count: u64,
+}
+
+/// Key of `JG_SRC_RATE`: a source bucket for denial events (IPv4 /32, IPv6 /64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceBucket {
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for GrantKeyV4 {}
+    unsafe impl aya::Pod for GrantKeyV6 {}
+    unsafe impl aya::Pod for GrantEntry {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for SourceBucket {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<GrantKeyV4>() == 7);
+    assert!(core::mem::size_of::<GrantKeyV6>() == 19);
+    assert!(core::mem::size_of::<GrantEntry>() == 24);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<SourceBucket>() == 17);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_keys_are_big_endian_bit_strings() {
+        let k = GrantKey::new(
+            Protocol::Tcp,
+            Port::new(22).unwrap(),
+            &"203.0.113.0/24".parse().unwrap(),
+        );
+        assert_eq!(
+            k,
+            GrantKey::V4(GrantKeyV4 {
+                proto: 6,
+                port: [0, 22],
+                addr: [203, 0, 113, 0]
+            })
+        );
+        assert_eq!(GrantKey::lpm_prefix_len(24), 48);
+        let k6 = GrantKey::new(
+            Protocol::Udp,
+            Port::new(3389).unwrap(),
+            &"2001:db8::/32".parse().unwrap(),
+        );
+        match k6 {
+            GrantKey::V6(k) => {
+                assert_eq!(k.proto, 17);
+                assert_eq!(k.port, [0x0d, 0x3d]);
+                assert_eq!(&k.addr[..4], &[0x20, 0x01, 0x0d, 0xb8]);
+            }
+            GrantKey::V4(_) => panic!("expected v6"),
+        }
+    }
+
+    #[test]
+    fn protected_index_separates_protocols() {
+        assert_eq!(protected_index(false, 22), 22);
+        assert_eq!(protected_index(true, 22), 65536 + 22);
+        assert!(protected_index(true, 65535) < PROTECTED_SLOTS);
+    }
+}
