@@ -1,1 +1,26 @@
+//! The jitgate agent library: the data plane API that `jit-agent` builds on.
+//!
+//! - [`Dataplane`] loads or adopts the pinned XDP program and maps, attaches to interfaces,
+//!   sets the protected ports and writes grants.
+//! - [`cover`] computes, for overlapping grants, the value each map entry must hold.
+//! - [`clock`] converts UTC grant ends into the kernel's CLOCK_BOOTTIME.
+//! - [`events`] decodes the ring-buffer events.
+//! - [`netns`] runs code inside a network namespace (attaching there, tests).
 
+pub mod bpffs;
+pub mod clock;
+pub mod cover;
+pub mod dataplane;
+pub mod error;
+pub mod events;
+pub mod grant;
+pub mod netns;
+
+pub use clock::BootInstant;
+pub use dataplane::{
+    AttachMode, Attachment, Counters, Dataplane, DataplaneOptions, MapLimits, TestRun, XDP_DROP,
+    XDP_PASS, remove_pins,
+};
+pub use error::Error;
+pub use events::{DataplaneEvent, EventStream};
+pub use grant::{GrantId, GrantSpec};

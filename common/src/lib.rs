@@ -10,8 +10,10 @@ pub mod counters;
 pub mod event;
 pub mod maps;
 pub mod net;
+pub mod policy;
 
 pub use counters::Counter;
 pub use event::{Event, EventKind};
 pub use maps::*;
 pub use net::{ParseError, Port, Protocol, SourcePrefix};
+pub use policy::{OnExpiry, ProtectedPort, ProtectedPortError};

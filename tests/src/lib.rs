@@ -1,1 +1,77 @@
+//! Test harness: network namespaces with veth pairs, crafted frames, and a per-test pin
+//! directory, all removed when the test ends, pass or fail.
 
+pub mod frames;
+pub mod netns;
+
+use jitgate_agent::{Dataplane, DataplaneOptions, MapLimits};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Shared bpffs root for test pin directories (root mount namespace, outside /sys).
+pub const TEST_PIN_ROOT: &str = "/run/jitgate-test/bpf";
+
+/// Whether root/BPF tests can run here. With CI=true they must: a missing capability fails
+/// the test instead of skipping it.
+pub fn require_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !root {
+        assert!(
+            !ci,
+            "CI=true: this test needs root and BPF, and must not be skipped"
+        );
+        eprintln!("skipping: needs root (set CI=true to make this a failure)");
+        return false;
+    }
+    true
+}
+
+/// A unique name for this process and call, short enough for interface names (15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+/// A data plane with its own pin directory, removed (maps, links and all) on drop.
+pub struct TestDataplane {
+    pub dp: Dataplane,
+    pub pin_dir: PathBuf,
+}
+
+impl TestDataplane {
+    /// Small map limits: tests create many instances.
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut DataplaneOptions)) -> Self {
+        jitgate_agent::bpffs::ensure_pin_dir(std::path::Path::new(TEST_PIN_ROOT))
+            .expect("test bpffs root");
+        let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("dp"));
+        let mut opts = DataplaneOptions::new(&pin_dir);
+        opts.limits = MapLimits {
+            host_grants: 1 << 16,
+            prefix_grants: 1 << 12,
+            flows: 1 << 12,
+        };
+        tweak(&mut opts);
+        let dp = Dataplane::open(&opts).expect("open data plane");
+        TestDataplane { dp, pin_dir }
+    }
+}
+
+impl Default for TestDataplane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDataplane {
+    fn drop(&mut self) {
+        if let Err(e) = jitgate_agent::remove_pins(&self.pin_dir) {
+            eprintln!("cleanup of {}: {e}", self.pin_dir.display());
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! Loads, adopts, attaches and feeds the XDP program.
+//!
+//! Everything the kernel enforces with is pinned under one pin directory: the maps (by name)
+//! and one link per interface. Dropping a `Dataplane`, or killing the process, leaves
+//! enforcement in place; only [`Dataplane::detach`] and [`remove_pins`] take it away.
+
+use crate::clock::BootInstant;
+use crate::cover::{CoverIndex, MapOp, Scope};
+use crate::error::Error;
+use crate::events::EventStream;
+use crate::grant::{GrantId, GrantSpec};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key,
+};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLink};
+use aya::{Ebpf, EbpfLoader};
+use jitgate_common::{
+    Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4, GrantKeyV6,
+    LAYOUT_VERSION, PROTECTED_SLOTS, ProtectedPort, limits, names, programs, protected_index,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The compiled XDP object, built by build.rs from the `jitgate-ebpf` crate.
+pub static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jitgate"));
+
+/// Map size ceilings, fixed when the maps are first created.
+#[derive(Clone, Copy, Debug)]
+pub struct MapLimits {
+    pub host_grants: u32,
+    pub prefix_grants: u32,
+    pub flows: u32,
+}
+
+impl Default for MapLimits {
+    fn default() -> Self {
+        MapLimits {
+            host_grants: limits::HOST_GRANTS,
+            prefix_grants: limits::PREFIX_GRANTS,
+            flows: limits::FLOWS,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DataplaneOptions {
+    /// Directory on a bpffs in the root mount namespace (created or mounted if needed).
+    pub pin_dir: PathBuf,
+    pub limits: MapLimits,
+    /// Idle timeout for `keep` flows after their grant ended.
+    pub flow_idle_timeout: Duration,
+    /// Denial events per second per CPU.
+    pub deny_events_per_sec: u32,
+    /// At most one denial event per source bucket per this interval.
+    pub deny_event_interval: Duration,
+}
+
+impl DataplaneOptions {
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        let d = DataplaneConfig::DEFAULT;
+        DataplaneOptions {
+            pin_dir: pin_dir.into(),
+            limits: MapLimits::default(),
+            flow_idle_timeout: Duration::from_nanos(d.flow_idle_timeout_ns),
+            deny_events_per_sec: d.deny_events_per_sec,
+            deny_event_interval: Duration::from_nanos(d.deny_event_interval_ns),
+        }
+    }
+
+    fn config(&self) -> DataplaneConfig {
+        DataplaneConfig {
+            layout_version: LAYOUT_VERSION,
+            deny_events_per_sec: self.deny_events_per_sec,
+            flow_idle_timeout_ns: self.flow_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            deny_event_interval_ns: self.deny_event_interval.as_nanos().min(u64::MAX as u128)
+                as u64,
+        }
+    }
+}
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native XDP in the driver.
+    Driver,
+    /// Generic (skb) XDP: the driver has no native support.
+    Generic,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Generic => "generic",
+        }
+    }
+
+    fn pin_suffix(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "drv",
+            AttachMode::Generic => "skb",
+        }
+    }
+}
+
+/// The result of an attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub interface: String,
+    pub mode: AttachMode,
+    /// An already pinned link was updated in place (atomic program replacement, no gap).
+    pub replaced: bool,
+}
+
+/// Counter totals over all CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+}
+
+/// One BPF_PROG_TEST_RUN result.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRun {
+    /// XDP action (1 = XDP_DROP, 2 = XDP_PASS).
+    pub action: u32,
+    /// Mean time per repeat, as measured by the kernel.
+    pub per_packet: Duration,
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+struct GrantMaps {
+    host_v4: BpfHashMap<MapData, GrantKeyV4, GrantEntry>,
+    host_v6: BpfHashMap<MapData, GrantKeyV6, GrantEntry>,
+    lpm_v4: LpmTrie<MapData, GrantKeyV4, GrantEntry>,
+    lpm_v6: LpmTrie<MapData, GrantKeyV6, GrantEntry>,
+}
+
+impl GrantMaps {
+    fn put(&mut self, scope: &Scope, entry: &GrantEntry) -> Result<(), Error> {
+        let p = scope.prefix();
+        match GrantKey::new(scope.proto, scope.port, &p) {
+            GrantKey::V4(k) if scope.is_host() => self
+                .host_v4
+                .insert(k, entry, 0)
+                .map_err(Error::map(names::GRANTS_V4)),
+            GrantKey::V6(k) if scope.is_host() => self
+                .host_v6
+                .insert(k, entry, 0)
+                .map_err(Error::map(names::GRANTS_V6)),
+            GrantKey::V4(k) => self
+                .lpm_v4
+                .insert(&Key::new(GrantKey::lpm_prefix_len(p.len()), k), entry, 0)
+                .map_err(Error::map(names::GRANTS_LPM_V4)),
+            GrantKey::V6(k) => self
+                .lpm_v6
+                .insert(&Key::new(GrantKey::lpm_prefix_len(p.len()), k), entry, 0)
+                .map_err(Error::map(names::GRANTS_LPM_V6)),
+        }
+    }
+
+    fn delete(&mut self, scope: &Scope) -> Result<(), Error> {
+        let p = scope.prefix();
+        let r = match GrantKey::new(scope.proto, scope.port, &p) {
+            GrantKey::V4(k) if scope.is_host() => self.host_v4.remove(&k),
+            GrantKey::V6(k) if scope.is_host() => self.host_v6.remove(&k),
+            GrantKey::V4(k) => self
+                .lpm_v4
+                .remove(&Key::new(GrantKey::lpm_prefix_len(p.len()), k)),
+            GrantKey::V6(k) => self
+                .lpm_v6
+                .remove(&Key::new(GrantKey::lpm_prefix_len(p.len()), k)),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // Already gone is the state we want.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::map(names::GRANTS_V4)(e)),
+        }
+    }
+
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), Error> {
+        for op in ops {
+            match op {
+                MapOp::Put(s, e) => self.put(s, e)?,
+                MapOp::Delete(s) => self.delete(s)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    protected_map: Array<MapData, u8>,
+    protected: HashMap<u32, u8>,
+    grant_maps: GrantMaps,
+    cover: CoverIndex,
+    grants: HashMap<GrantId, (GrantSpec, BootInstant)>,
+    flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
+    config: Array<MapData, DataplaneConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    adopted: bool,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    T::try_from(map).map_err(Error::map(name))
+}
+
+impl Dataplane {
+    /// Loads the program, creating its maps or adopting the ones pinned in `pin_dir` (whose
+    /// entries keep enforcing throughout). Does not attach.
+    pub fn open(opts: &DataplaneOptions) -> Result<Self, Error> {
+        let pin_dir = crate::bpffs::ensure_pin_dir(&opts.pin_dir)?;
+        let adopted = check_layout(&pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(names::GRANTS_V4, opts.limits.host_grants)
+            .map_max_entries(names::GRANTS_V6, opts.limits.host_grants)
+            .map_max_entries(names::GRANTS_LPM_V4, opts.limits.prefix_grants)
+            .map_max_entries(names::GRANTS_LPM_V6, opts.limits.prefix_grants)
+            .map_max_entries(names::FLOWS, opts.limits.flows);
+        let mut ebpf = loader.load(PROGRAM_OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(programs::ENFORCE)
+            .ok_or(Error::MissingProgram(programs::ENFORCE))?
+            .try_into()?;
+        prog.load()?;
+
+        let protected_map: Array<MapData, u8> = take(&mut ebpf, names::PROTECTED)?;
+        let mut protected = HashMap::new();
+        if adopted {
+            for idx in 0..PROTECTED_SLOTS {
+                let v = protected_map
+                    .get(&idx, 0)
+                    .map_err(Error::map(names::PROTECTED))?;
+                if v != 0 {
+                    protected.insert(idx, v);
+                }
+            }
+        }
+        let grant_maps = GrantMaps {
+            host_v4: take(&mut ebpf, names::GRANTS_V4)?,
+            host_v6: take(&mut ebpf, names::GRANTS_V6)?,
+            lpm_v4: take(&mut ebpf, names::GRANTS_LPM_V4)?,
+            lpm_v6: take(&mut ebpf, names::GRANTS_LPM_V6)?,
+        };
+        let flows = take(&mut ebpf, names::FLOWS)?;
+        let mut config: Array<MapData, DataplaneConfig> = take(&mut ebpf, names::CONFIG)?;
+        config
+            .set(0, opts.config(), 0)
+            .map_err(Error::map(names::CONFIG))?;
+        let counters = take(&mut ebpf, names::COUNTERS)?;
+        let events = Some(take(&mut ebpf, names::EVENTS)?);
+        Ok(Dataplane {
+            ebpf,
+            pin_dir,
+            protected_map,
+            protected,
+            grant_maps,
+            cover: CoverIndex::new(),
+            grants: HashMap::new(),
+            flows,
+            config,
+            counters,
+            events,
+            adopted,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Whether `open` found maps already pinned (and kept their entries).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    fn enforce_program(&mut self) -> Result<&mut Xdp, Error> {
+        Ok(self
+            .ebpf
+            .program_mut(programs::ENFORCE)
+            .ok_or(Error::MissingProgram(programs::ENFORCE))?
+            .try_into()?)
+    }
+
+    /// The kernel id of the loaded enforcing program.
+    pub fn program_id(&mut self) -> Result<u32, Error> {
+        Ok(self.enforce_program()?.info()?.id())
+    }
+
+    /// Attaches to `iface` (in the calling thread's network namespace), in driver mode if the
+    /// driver supports it and generic mode otherwise, and pins the link. If a link is already
+    /// pinned for `iface`, the program behind it is replaced atomically: no packet is ever
+    /// unfiltered.
+    pub fn attach(&mut self, iface: &str) -> Result<Attachment, Error> {
+        if let Some((path, mode)) = self.pinned_link(iface) {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| Error::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let prog = self.enforce_program()?;
+            let id = prog.attach_to_link(link)?;
+            // The pin keeps the link; drop our handle so only the pin holds it.
+            drop(prog.take_link(id)?);
+            return Ok(Attachment {
+                interface: iface.to_string(),
+                mode,
+                replaced: true,
+            });
+        }
+        let c = std::ffi::CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.into()))?;
+        // SAFETY: a valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            return Err(Error::NoSuchInterface(iface.to_string()));
+        }
+        let prog = self.enforce_program()?;
+        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Driver),
+            Err(driver) => match prog.attach(iface, XdpMode::Skb) {
+                Ok(id) => (id, AttachMode::Generic),
+                Err(generic) => {
+                    return Err(Error::Attach {
+                        iface: iface.to_string(),
+                        driver: error_chain(&driver),
+                        generic: error_chain(&generic),
+                    });
+                }
+            },
+        };
+        let link = prog.take_link(id)?;
+        let path = self.link_pin_path(iface, mode);
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        fd_link.pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(iface, mode = mode.as_str(), "attached");
+        Ok(Attachment {
+            interface: iface.to_string(),
+            mode,
+            replaced: false,
+        })
+    }
+
+    fn link_pin_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
+        self.pin_dir
+            .join(format!("link_{iface}.{}", mode.pin_suffix()))
+    }
+
+    fn pinned_link(&self, iface: &str) -> Option<(PathBuf, AttachMode)> {
+        [AttachMode::Driver, AttachMode::Generic]
+            .into_iter()
+            .map(|m| (self.link_pin_path(iface, m), m))
+            .find(|(p, _)| p.exists())
+    }
+
+    /// Interfaces with a pinned link, and their modes.
+    pub fn attachments(&self) -> Result<Vec<Attachment>, Error> {
+        list_links(&self.pin_dir)
+    }
+
+    /// Removes enforcement from `iface`: unpinning the link detaches the program.
+    pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
+        let (path, _) = self
+            .pinned_link(iface)
+            .ok_or_else(|| Error::NotAttached(iface.to_string()))?;
+        std::fs::remove_file(&path)?;
+        tracing::info!(iface, "detached");
+        Ok(())
+    }
+
+    /// Sets the protected set to exactly `ports`. A pair listed twice keeps the last entry.
+    pub fn set_protected(&mut self, ports: &[ProtectedPort]) -> Result<(), Error> {
+        let mut want: HashMap<u32, u8> = HashMap::new();
+        for p in ports {
+            let idx = protected_index(p.protocol == jitgate_common::Protocol::Udp, p.port.get());
+            want.insert(idx, p.flags());
+        }
+        // Protect new pairs before unprotecting old ones.
+        for (idx, flags) in &want {
+            if self.protected.get(idx) != Some(flags) {
+                self.protected_map
+                    .set(*idx, flags, 0)
+                    .map_err(Error::map(names::PROTECTED))?;
+                self.protected.insert(*idx, *flags);
+            }
+        }
+        let stale: Vec<u32> = self
+            .protected
+            .keys()
+            .filter(|idx| !want.contains_key(idx))
+            .copied()
+            .collect();
+        for idx in stale {
+            self.protected_map
+                .set(idx, 0u8, 0)
+                .map_err(Error::map(names::PROTECTED))?;
+            self.protected.remove(&idx);
+        }
+        Ok(())
+    }
+
+    /// Adds a grant (or replaces the one with the same id) ending at `expires`.
+    pub fn add_grant(
+        &mut self,
+        id: GrantId,
+        spec: GrantSpec,
+        expires: BootInstant,
+    ) -> Result<(), Error> {
+        let previous = self.grants.get(&id).cloned();
+        let ops = self.cover.insert(id, &spec, expires.0);
+        if let Err(e) = self.grant_maps.apply(&ops) {
+            // Restore the index and the maps to the state before this call.
+            let undo = match &previous {
+                Some((s, exp)) => self.cover.insert(id, s, exp.0),
+                None => self.cover.remove(&id).unwrap_or_default(),
+            };
+            let _ = self.grant_maps.apply(&undo);
+            return Err(e);
+        }
+        self.grants.insert(id, (spec, expires));
+        Ok(())
+    }
+
+    /// Removes a grant. Access other grants give is untouched.
+    pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
+        let ops = self.cover.remove(id).ok_or(Error::UnknownGrant(*id))?;
+        self.grants.remove(id);
+        self.grant_maps.apply(&ops)
+    }
+
+    pub fn grant(&self, id: &GrantId) -> Option<&(GrantSpec, BootInstant)> {
+        self.grants.get(id)
+    }
+
+    pub fn grant_count(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Makes the grant maps hold exactly what `grants` require, deleting every other entry.
+    /// Used after adopting pinned maps whose contents the caller's journal supersedes.
+    pub fn reconcile_grants(
+        &mut self,
+        grants: impl IntoIterator<Item = (GrantId, GrantSpec, BootInstant)>,
+    ) -> Result<(), Error> {
+        self.cover = CoverIndex::new();
+        self.grants.clear();
+        for (id, spec, exp) in grants {
+            self.cover.insert(id, &spec, exp.0);
+            self.grants.insert(id, (spec, exp));
+        }
+        let mut want_v4h = std::collections::HashSet::new();
+        let mut want_v6h = std::collections::HashSet::new();
+        let mut want_v4p = std::collections::HashSet::new();
+        let mut want_v6p = std::collections::HashSet::new();
+        let desired: Vec<(Scope, GrantEntry)> =
+            self.cover.entries().map(|(s, e)| (*s, *e)).collect();
+        for (s, e) in &desired {
+            self.grant_maps.put(s, e)?;
+            let p = s.prefix();
+            match GrantKey::new(s.proto, s.port, &p) {
+                GrantKey::V4(k) if s.is_host() => drop(want_v4h.insert(k)),
+                GrantKey::V6(k) if s.is_host() => drop(want_v6h.insert(k)),
+                GrantKey::V4(k) => drop(want_v4p.insert((GrantKey::lpm_prefix_len(p.len()), k))),
+                GrantKey::V6(k) => drop(want_v6p.insert((GrantKey::lpm_prefix_len(p.len()), k))),
+            }
+        }
+        let m = &mut self.grant_maps;
+        let stale: Vec<_> = m
+            .host_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_v4h.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.host_v4.remove(&k);
+        }
+        let stale: Vec<_> = m
+            .host_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_v6h.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.host_v6.remove(&k);
+        }
+        let stale: Vec<_> = m
+            .lpm_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_v4p.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = m.lpm_v4.remove(&k);
+        }
+        let stale: Vec<_> = m
+            .lpm_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want_v6p.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            let _ = m.lpm_v6.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Raw write of one host entry, bypassing the grant table. Benchmarks use it as the floor
+    /// of a grant write; nothing else should.
+    pub fn raw_put_host_v4(&mut self, key: GrantKeyV4, entry: GrantEntry) -> Result<(), Error> {
+        self.grant_maps
+            .host_v4
+            .insert(key, entry, 0)
+            .map_err(Error::map(names::GRANTS_V4))
+    }
+
+    /// Changes the runtime configuration (idle timeout, event limits).
+    pub fn set_options(&mut self, opts: &DataplaneOptions) -> Result<(), Error> {
+        self.config
+            .set(0, opts.config(), 0)
+            .map_err(Error::map(names::CONFIG))
+    }
+
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(Error::map(names::COUNTERS))?;
+            out.0[c as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The admitted flows the kernel tracks.
+    pub fn flows(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), Error> {
+        match self.flows.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::map(names::FLOWS)(e)),
+        }
+    }
+
+    /// Inserts a flow directly: adopting established sessions at first attach.
+    pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<(), Error> {
+        self.flows
+            .insert(key, entry, 0)
+            .map_err(Error::map(names::FLOWS))
+    }
+
+    /// The event stream. Can be taken once.
+    pub fn take_events(&mut self) -> Result<EventStream, Error> {
+        let ring = self.events.take().ok_or(Error::MissingMap(names::EVENTS))?;
+        Ok(EventStream::new(ring))
+    }
+
+    /// Runs the enforcing program on `frame` with BPF_PROG_TEST_RUN, `repeat` times.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
+        run(self.enforce_program()?, frame, repeat)
+    }
+
+    /// Runs one of the floor programs (`programs::FLOOR_PASS` or `FLOOR_DROP`) the same way,
+    /// loading it on first use.
+    pub fn test_run_floor(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRun, Error> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        run(prog, frame, repeat)
+    }
+}
+
+fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: repeat.max(1),
+        ..TestRunOptions::new()
+    })?;
+    Ok(TestRun {
+        action: r.return_value,
+        per_packet: r.duration,
+    })
+}
+
+fn error_chain(e: &ProgramError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Returns whether maps are already pinned (adoption), after checking their layout version.
+fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
+    let path = pin_dir.join(names::CONFIG);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let mismatch = |found| Error::LayoutMismatch {
+        pin_dir: pin_dir.to_path_buf(),
+        found,
+        expected: LAYOUT_VERSION,
+    };
+    let data = MapData::from_pin(&path).map_err(Error::map(names::CONFIG))?;
+    let arr: Array<MapData, DataplaneConfig> = match Array::try_from(Map::Array(data)) {
+        Ok(a) => a,
+        // A config of another size is another layout.
+        Err(_) => return Err(mismatch(0)),
+    };
+    let cfg = arr.get(&0, 0).map_err(Error::map(names::CONFIG))?;
+    if cfg.layout_version != LAYOUT_VERSION {
+        return Err(mismatch(cfg.layout_version));
+    }
+    Ok(true)
+}
+
+/// Interfaces with a pinned link under `pin_dir`.
+pub fn list_links(pin_dir: &Path) -> Result<Vec<Attachment>, Error> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(pin_dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("link_") else {
+            continue;
+        };
+        let (iface, mode) = match rest.rsplit_once('.') {
+            Some((i, "drv")) => (i, AttachMode::Driver),
+            Some((i, "skb")) => (i, AttachMode::Generic),
+            _ => continue,
+        };
+        out.push(Attachment {
+            interface: iface.to_string(),
+            mode,
+            replaced: false,
+        });
+    }
+    out.sort_by(|a, b| a.interface.cmp(&b.interface));
+    Ok(out)
+}
+
+/// Removes every link and map pinned under `pin_dir`, and the directory if it is then
+/// empty: enforcement ends on every interface it covered.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    for a in list_links(pin_dir)? {
+        let p = pin_dir.join(format!("link_{}.{}", a.interface, a.mode.pin_suffix()));
+        std::fs::remove_file(p)?;
+    }
+    for name in names::ALL {
+        let p = pin_dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(p)?;
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(())
+}

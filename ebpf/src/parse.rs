@@ -1,0 +1,257 @@
+//! Packet parsing: Ethernet, up to two VLAN tags, IPv4 (options, fragments), IPv6 with a
+//! bounded extension-header chain, then the TCP/UDP ports.
+//!
+//! The rule is fail closed: a packet that might be for a protected port but cannot be parsed
+//! far enough to be sure is dropped. Fragment policy (RFC 1858, RFC 7112): only a first
+//! fragment carries the ports, so it gets the full verdict and must hold the whole transport
+//! header (and, for IPv6, the whole header chain). Non-first fragments pass: without their
+//! first fragment the stack cannot reassemble them into anything, so they grant nothing. The
+//! one exception is a TCP fragment at offset 8 bytes, the overlapping-fragment attack of
+//! RFC 1858 section 3.2, which is dropped.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use jitgate_common::{
+    Counter,
+    event::{FAMILY_V4, FAMILY_V6},
+};
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Longest IPv6 extension-header chain walked. Longer chains are dropped.
+pub const MAX_EXT_HDRS: usize = 8;
+
+/// A TCP/UDP packet whose ports are known.
+pub struct Parsed {
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_syn: bool,
+    /// Host order.
+    pub sport: u16,
+    /// Host order.
+    pub dport: u16,
+    /// Network order, IPv4 in the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+pub enum Verdict {
+    /// Decided by parsing alone.
+    Decided(u32, Counter),
+    /// TCP/UDP with known ports: the enforcement decides.
+    Inspect(Parsed),
+}
+
+const fn malformed() -> Verdict {
+    Verdict::Decided(xdp_action::XDP_DROP, Counter::DroppedMalformed)
+}
+
+const fn pass(c: Counter) -> Verdict {
+    Verdict::Decided(xdp_action::XDP_PASS, c)
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: bounds checked against data_end just above; T is a byte array (align 1).
+    Some(unsafe { *((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn be16(a: u8, b: u8) -> u16 {
+    ((a as u16) << 8) | b as u16
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Verdict {
+    let Some(eth) = load::<[u8; 14]>(ctx, 0) else {
+        return malformed();
+    };
+    let mut ethertype = be16(eth[12], eth[13]);
+    let mut off = 14usize;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(tag) = load::<[u8; 4]>(ctx, off) else {
+            return malformed();
+        };
+        ethertype = be16(tag[2], tag[3]);
+        off += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let Some(tag) = load::<[u8; 4]>(ctx, off) else {
+                return malformed();
+            };
+            ethertype = be16(tag[2], tag[3]);
+            off += 4;
+            if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+                // More tags than we walk: we cannot see what is inside.
+                return malformed();
+            }
+        }
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, off),
+        ETH_P_IPV6 => ipv6(ctx, off),
+        _ => pass(Counter::PassedNonIp),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Verdict {
+    let Some(h) = load::<[u8; 20]>(ctx, off) else {
+        return malformed();
+    };
+    if h[0] >> 4 != 4 {
+        return malformed();
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = be16(h[2], h[3]) as usize;
+    if ihl < 20 || total < ihl || ctx.data() + off + total > ctx.data_end() {
+        return malformed();
+    }
+    let proto = h[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return pass(Counter::PassedNotTcpUdp);
+    }
+    let frag_off = be16(h[6], h[7]) & 0x1fff;
+    if frag_off != 0 {
+        return non_first_fragment(proto, frag_off);
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr[..4].copy_from_slice(&h[12..16]);
+    daddr[..4].copy_from_slice(&h[16..20]);
+    transport(ctx, off + ihl, total - ihl, proto, FAMILY_V4, saddr, daddr)
+}
+
+/// `units8`: the fragment offset in 8-byte units.
+#[inline(always)]
+fn non_first_fragment(proto: u8, units8: u16) -> Verdict {
+    if proto == IPPROTO_TCP && units8 == 1 {
+        Verdict::Decided(xdp_action::XDP_DROP, Counter::DroppedTinyFragment)
+    } else {
+        pass(Counter::PassedFragment)
+    }
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
+    let Some(h) = load::<[u8; 40]>(ctx, off) else {
+        return malformed();
+    };
+    if h[0] >> 4 != 6 {
+        return malformed();
+    }
+    let payload = be16(h[4], h[5]) as usize;
+    // A jumbogram (payload length 0 with a hop-by-hop jumbo option) fails the extension
+    // walk below: its headers cannot fit in a zero-length payload. No management protocol
+    // needs one.
+    if ctx.data() + off + 40 + payload > ctx.data_end() {
+        return malformed();
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr.copy_from_slice(&h[8..24]);
+    daddr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut l4 = off + 40;
+    let mut remaining = payload;
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => {
+                return transport(ctx, l4, remaining, next, FAMILY_V6, saddr, daddr);
+            }
+            // Hop-by-hop, routing, destination options, AH.
+            0 | 43 | 60 | 51 => {
+                let Some(e) = load::<[u8; 2]>(ctx, l4) else {
+                    return malformed();
+                };
+                let len = if next == 51 {
+                    (e[1] as usize + 2) * 4
+                } else {
+                    (e[1] as usize + 1) * 8
+                };
+                if len > remaining {
+                    return malformed();
+                }
+                next = e[0];
+                l4 += len;
+                remaining -= len;
+            }
+            // Fragment header.
+            44 => {
+                let Some(e) = load::<[u8; 8]>(ctx, l4) else {
+                    return malformed();
+                };
+                if remaining < 8 {
+                    return malformed();
+                }
+                let units8 = be16(e[2], e[3]) >> 3;
+                if units8 != 0 {
+                    return non_first_fragment(e[0], units8);
+                }
+                next = e[0];
+                l4 += 8;
+                remaining -= 8;
+            }
+            _ => return pass(Counter::PassedNotTcpUdp),
+        }
+    }
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, l4, remaining, next, FAMILY_V6, saddr, daddr),
+        0 | 43 | 44 | 51 | 60 => Verdict::Decided(xdp_action::XDP_DROP, Counter::DroppedExtChain),
+        _ => pass(Counter::PassedNotTcpUdp),
+    }
+}
+
+/// `l4_len`: bytes of transport header and payload as the IP header declares them.
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    l4: usize,
+    l4_len: usize,
+    proto: u8,
+    family: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+) -> Verdict {
+    if proto == IPPROTO_TCP {
+        let Some(t) = load::<[u8; 20]>(ctx, l4) else {
+            return malformed();
+        };
+        if l4_len < 20 || t[12] >> 4 < 5 {
+            return malformed();
+        }
+        let flags = t[13];
+        Verdict::Inspect(Parsed {
+            family,
+            proto,
+            tcp_syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+            sport: be16(t[0], t[1]),
+            dport: be16(t[2], t[3]),
+            saddr,
+            daddr,
+        })
+    } else {
+        let Some(u) = load::<[u8; 8]>(ctx, l4) else {
+            return malformed();
+        };
+        if l4_len < 8 {
+            return malformed();
+        }
+        Verdict::Inspect(Parsed {
+            family,
+            proto,
+            tcp_syn: false,
+            sport: be16(u[0], u[1]),
+            dport: be16(u[2], u[3]),
+            saddr,
+            daddr,
+        })
+    }
+}
