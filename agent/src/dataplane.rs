@@ -359,7 +359,7 @@ impl Dataplane {
             })?;
         fd_link.pin(&path).map_err(|e| Error::Pin {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: std_error_chain(&e),
         })?;
         tracing::info!(iface, mode = mode.as_str(), "attached");
         Ok(Attachment {
@@ -370,8 +370,7 @@ impl Dataplane {
     }
 
     fn link_pin_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
-        self.pin_dir
-            .join(format!("link_{iface}.{}", mode.pin_suffix()))
+        self.pin_dir.join(link_pin_name(iface, mode))
     }
 
     fn pinned_link(&self, iface: &str) -> Option<(PathBuf, AttachMode)> {
@@ -625,6 +624,10 @@ fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
 }
 
 fn error_chain(e: &ProgramError) -> String {
+    std_error_chain(e)
+}
+
+fn std_error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
@@ -667,19 +670,29 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<Attachment>, Error> {
         let Some(rest) = name.strip_prefix("link_") else {
             continue;
         };
-        let (iface, mode) = match rest.rsplit_once('.') {
+        let (iface, mode) = match rest.rsplit_once('_') {
             Some((i, "drv")) => (i, AttachMode::Driver),
             Some((i, "skb")) => (i, AttachMode::Generic),
             _ => continue,
         };
         out.push(Attachment {
-            interface: iface.to_string(),
+            interface: decode_iface(iface),
             mode,
             replaced: false,
         });
     }
     out.sort_by(|a, b| a.interface.cmp(&b.interface));
     Ok(out)
+}
+
+/// bpffs refuses names with a dot, which interface names may have (`eth0.100`).
+fn link_pin_name(iface: &str, mode: AttachMode) -> String {
+    let enc = iface.replace('%', "%25").replace('.', "%2e");
+    format!("link_{enc}_{}", mode.pin_suffix())
+}
+
+fn decode_iface(enc: &str) -> String {
+    enc.replace("%2e", ".").replace("%25", "%")
 }
 
 /// Removes every link and map pinned under `pin_dir`, and the directory if it is then
@@ -689,7 +702,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
         return Ok(());
     }
     for a in list_links(pin_dir)? {
-        let p = pin_dir.join(format!("link_{}.{}", a.interface, a.mode.pin_suffix()));
+        let p = pin_dir.join(link_pin_name(&a.interface, a.mode));
         std::fs::remove_file(p)?;
     }
     for name in names::ALL {

@@ -38,6 +38,18 @@ pub fn unique(prefix: &str) -> String {
 pub struct TestDataplane {
     pub dp: Dataplane,
     pub pin_dir: PathBuf,
+    pub guard: PinGuard,
+}
+
+/// Removes every pin under a directory when dropped, even after a failed assertion.
+pub struct PinGuard(pub PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Err(e) = jitgate_agent::remove_pins(&self.0) {
+            eprintln!("cleanup of {}: {e}", self.0.display());
+        }
+    }
 }
 
 impl TestDataplane {
@@ -58,20 +70,16 @@ impl TestDataplane {
         };
         tweak(&mut opts);
         let dp = Dataplane::open(&opts).expect("open data plane");
-        TestDataplane { dp, pin_dir }
+        TestDataplane {
+            dp,
+            guard: PinGuard(pin_dir.clone()),
+            pin_dir,
+        }
     }
 }
 
 impl Default for TestDataplane {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for TestDataplane {
-    fn drop(&mut self) {
-        if let Err(e) = jitgate_agent::remove_pins(&self.pin_dir) {
-            eprintln!("cleanup of {}: {e}", self.pin_dir.display());
-        }
     }
 }

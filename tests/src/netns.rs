@@ -21,6 +21,26 @@ pub fn ip(args: &[&str]) -> io::Result<()> {
     }
 }
 
+/// New interfaces in `ns` skip IPv6 duplicate address detection: otherwise their link-local
+/// addresses stay tentative for seconds and neighbour discovery cannot complete.
+fn no_dad(ns: &str) -> io::Result<()> {
+    for key in [
+        "net.ipv6.conf.default.accept_dad=0",
+        "net.ipv6.conf.all.accept_dad=0",
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-qw", key])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "sysctl {key} in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One client namespace and its link to the vm.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -72,6 +92,7 @@ impl Lab {
             clients: Vec::new(),
         };
         ip(&["netns", "add", &lab.vm])?;
+        no_dad(&lab.vm)?;
         ip(&["-n", &lab.vm, "link", "set", "lo", "up"])?;
         for i in 0..clients {
             let ns = format!("jgc{i}{tag}");
@@ -87,11 +108,16 @@ impl Lab {
                 v4: c4.parse().map_err(io::Error::other)?,
                 v6: c6.parse().map_err(io::Error::other)?,
             });
+            no_dad(&ns)?;
             let len4 = if i < 2 { "24" } else { "30" };
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            let (cmac, vmac) = (
+                format!("02:00:00:00:{i:02x}:02"),
+                format!("02:00:00:00:{i:02x}:01"),
+            );
             ip(&[
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &vm_iface,
-                "netns", &lab.vm,
+                "-n", &ns, "link", "add", "eth0", "address", &cmac, "type", "veth", "peer", "name",
+                &vm_iface, "address", &vmac, "netns", &lab.vm,
             ])?;
             ip(&[
                 "-n",
@@ -133,6 +159,27 @@ impl Lab {
                 "nodad",
             ])?;
             ip(&["-n", &lab.vm, "link", "set", &vm_iface, "up"])?;
+            // Static neighbours: no ARP/NDP round trips to time out on a busy machine.
+            for (addr, mac, dev, nsn) in [
+                (&c4, &cmac, vm_iface.as_str(), &lab.vm),
+                (&c6, &cmac, vm_iface.as_str(), &lab.vm),
+                (&vm4, &vmac, "eth0", &ns),
+                (&vm6, &vmac, "eth0", &ns),
+            ] {
+                ip(&[
+                    "-n",
+                    nsn,
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
         }
         Ok(lab)
     }
