@@ -124,6 +124,23 @@ impl CoverIndex {
         self.by_id.contains_key(id)
     }
 
+    /// Whether any grant on (protocol, port) has a prefix shorter than a host prefix in the
+    /// given family, i.e. whether the kernel must consult the LPM trie after a host miss.
+    pub fn has_prefix_grants(&self, proto: Protocol, port: Port, v6: bool) -> bool {
+        let max = if v6 { 128 } else { 32 };
+        self.lens
+            .get(&(proto, port, v6))
+            .is_some_and(|c| c[..max].iter().any(|&n| n > 0))
+    }
+
+    /// Whether any grant on (protocol, port) is for a single host in the given family.
+    pub fn has_host_grants(&self, proto: Protocol, port: Port, v6: bool) -> bool {
+        let max = if v6 { 128 } else { 32 };
+        self.lens
+            .get(&(proto, port, v6))
+            .is_some_and(|c| c[max] > 0)
+    }
+
     /// The entries the maps must hold, for reconciliation against what is pinned.
     pub fn entries(&self) -> impl Iterator<Item = (&Scope, &GrantEntry)> {
         self.written.iter()

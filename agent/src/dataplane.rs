@@ -17,7 +17,8 @@ use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xd
 use aya::{Ebpf, EbpfLoader};
 use jitgate_common::{
     Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4, GrantKeyV6,
-    LAYOUT_VERSION, PROTECTED_SLOTS, ProtectedPort, limits, names, programs, protected_index,
+    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, limits, names, port_flags,
+    programs, protected_index,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,18 +67,40 @@ impl DataplaneOptions {
             limits: MapLimits::default(),
             flow_idle_timeout: Duration::from_nanos(d.flow_idle_timeout_ns),
             deny_events_per_sec: d.deny_events_per_sec,
-            deny_event_interval: Duration::from_nanos(d.deny_event_interval_ns),
+            deny_event_interval: Duration::from_secs(1),
         }
     }
 
     fn config(&self) -> DataplaneConfig {
+        let tick = jiffy_ns();
         DataplaneConfig {
             layout_version: LAYOUT_VERSION,
             deny_events_per_sec: self.deny_events_per_sec,
             flow_idle_timeout_ns: self.flow_idle_timeout.as_nanos().min(u64::MAX as u128) as u64,
-            deny_event_interval_ns: self.deny_event_interval.as_nanos().min(u64::MAX as u128)
-                as u64,
+            deny_event_interval_jiffies: (self.deny_event_interval.as_nanos() / u128::from(tick))
+                .min(u64::MAX as u128) as u64,
+            jiffies_per_sec: 1_000_000_000 / tick,
+            clock_slack_ns: 2 * tick,
+            flow_touch_ns: (self.flow_idle_timeout.as_nanos() / 8).min(1_000_000_000) as u64,
         }
+    }
+}
+
+/// One tick of the kernel's jiffies clock: the resolution of CLOCK_MONOTONIC_COARSE, i.e.
+/// 1/HZ. Twice this bounds how far CLOCK_BOOTTIME moves while jiffies stand still. Falls back
+/// to 10 ms (HZ=100, the slowest tick Linux has) if it cannot be read, which only makes the
+/// program read the precise clock more often.
+fn jiffy_ns() -> u64 {
+    match nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE) {
+        Ok(ts) => {
+            let tick = ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64;
+            if (1_000_000..=10_000_000).contains(&tick) {
+                tick
+            } else {
+                10_000_000
+            }
+        }
+        Err(_) => 10_000_000,
     }
 }
 
@@ -203,7 +226,10 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     protected_map: Array<MapData, u8>,
+    /// What each `JG_PROTECTED` slot holds now (non-zero slots only).
     protected: HashMap<u32, u8>,
+    /// Policy bits per slot (PROTECTED, CUT), as set by `set_protected`.
+    policy: HashMap<u32, u8>,
     grant_maps: GrantMaps,
     cover: CoverIndex,
     grants: HashMap<GrantId, (GrantSpec, BootInstant)>,
@@ -268,11 +294,17 @@ impl Dataplane {
             .map_err(Error::map(names::CONFIG))?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
         let events = Some(take(&mut ebpf, names::EVENTS)?);
+        let policy = protected
+            .iter()
+            .map(|(k, v)| (*k, v & port_flags::POLICY_MASK))
+            .filter(|(_, v)| *v != 0)
+            .collect();
         Ok(Dataplane {
             ebpf,
             pin_dir,
             protected_map,
             protected,
+            policy,
             grant_maps,
             cover: CoverIndex::new(),
             grants: HashMap::new(),
@@ -399,29 +431,51 @@ impl Dataplane {
     pub fn set_protected(&mut self, ports: &[ProtectedPort]) -> Result<(), Error> {
         let mut want: HashMap<u32, u8> = HashMap::new();
         for p in ports {
-            let idx = protected_index(p.protocol == jitgate_common::Protocol::Udp, p.port.get());
-            want.insert(idx, p.flags());
+            want.insert(slot(p.protocol, p.port), p.flags());
         }
+        let old = std::mem::replace(&mut self.policy, want);
         // Protect new pairs before unprotecting old ones.
-        for (idx, flags) in &want {
-            if self.protected.get(idx) != Some(flags) {
-                self.protected_map
-                    .set(*idx, flags, 0)
-                    .map_err(Error::map(names::PROTECTED))?;
-                self.protected.insert(*idx, *flags);
+        let mut order: Vec<u32> = self.policy.keys().copied().collect();
+        order.extend(old.keys().filter(|k| !self.policy.contains_key(k)));
+        for idx in order {
+            self.write_slot(idx)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one `JG_PROTECTED` slot: policy bits plus the grant-derived lookup bits. Called
+    /// after the grant maps are written (so a bit never points at a missing entry for long)
+    /// and after entries are removed (so no entry is ever skipped while it exists).
+    fn write_slot(&mut self, idx: u32) -> Result<(), Error> {
+        let proto = if idx >> 16 == 1 {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        let mut v = self.policy.get(&idx).copied().unwrap_or(0);
+        if let Some(port) = Port::new((idx & 0xffff) as u16) {
+            if self.cover.has_prefix_grants(proto, port, false) {
+                v |= port_flags::PREFIX_V4;
+            }
+            if self.cover.has_prefix_grants(proto, port, true) {
+                v |= port_flags::PREFIX_V6;
+            }
+            if self.cover.has_host_grants(proto, port, false) {
+                v |= port_flags::HOST_V4;
+            }
+            if self.cover.has_host_grants(proto, port, true) {
+                v |= port_flags::HOST_V6;
             }
         }
-        let stale: Vec<u32> = self
-            .protected
-            .keys()
-            .filter(|idx| !want.contains_key(idx))
-            .copied()
-            .collect();
-        for idx in stale {
+        if self.protected.get(&idx).copied().unwrap_or(0) != v {
             self.protected_map
-                .set(idx, 0u8, 0)
+                .set(idx, v, 0)
                 .map_err(Error::map(names::PROTECTED))?;
-            self.protected.remove(&idx);
+            if v == 0 {
+                self.protected.remove(&idx);
+            } else {
+                self.protected.insert(idx, v);
+            }
         }
         Ok(())
     }
@@ -444,15 +498,27 @@ impl Dataplane {
             let _ = self.grant_maps.apply(&undo);
             return Err(e);
         }
+        let idx = slot(spec.protocol, spec.port);
         self.grants.insert(id, (spec, expires));
+        // The entry is written before the flag that makes the kernel look at it.
+        self.write_slot(idx)?;
+        if let Some((old, _)) = previous
+            && slot(old.protocol, old.port) != idx
+        {
+            self.write_slot(slot(old.protocol, old.port))?;
+        }
         Ok(())
     }
 
     /// Removes a grant. Access other grants give is untouched.
     pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
         let ops = self.cover.remove(id).ok_or(Error::UnknownGrant(*id))?;
-        self.grants.remove(id);
-        self.grant_maps.apply(&ops)
+        let spec = self.grants.remove(id).map(|(s, _)| s);
+        self.grant_maps.apply(&ops)?;
+        match spec {
+            Some(s) => self.write_slot(slot(s.protocol, s.port)),
+            None => Ok(()),
+        }
     }
 
     pub fn grant(&self, id: &GrantId) -> Option<&(GrantSpec, BootInstant)> {
@@ -527,6 +593,11 @@ impl Dataplane {
             .collect();
         for k in stale {
             let _ = m.lpm_v6.remove(&k);
+        }
+        let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
+        slots.extend(self.grants.values().map(|(s, _)| slot(s.protocol, s.port)));
+        for idx in slots {
+            self.write_slot(idx)?;
         }
         Ok(())
     }
@@ -607,6 +678,10 @@ impl Dataplane {
         }
         run(prog, frame, repeat)
     }
+}
+
+fn slot(proto: Protocol, port: Port) -> u32 {
+    protected_index(proto == Protocol::Udp, port.get())
 }
 
 fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {

@@ -21,8 +21,9 @@ pub mod names {
     pub const EVENTS: &str = "JG_EVENTS";
     pub const RATE: &str = "JG_RATE";
     pub const SRC_RATE: &str = "JG_SRC_RATE";
+    pub const CLOCK: &str = "JG_CLOCK";
     /// Every map, for pinning and removal.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         PROTECTED,
         GRANTS_V4,
         GRANTS_V6,
@@ -34,6 +35,7 @@ pub mod names {
         EVENTS,
         RATE,
         SRC_RATE,
+        CLOCK,
     ];
 }
 
@@ -65,6 +67,18 @@ pub mod port_flags {
     /// `on_expiry = cut`: admitted flows stop at the grant's end. Without it (`keep`), they
     /// continue until idle for the configured timeout.
     pub const CUT: u8 = 2;
+    /// Some grant on this pair has an IPv4 prefix shorter than /32, so the LPM trie must be
+    /// consulted after a host-map miss. Maintained by the map writer, not by policy.
+    pub const PREFIX_V4: u8 = 4;
+    /// The same for IPv6 prefixes shorter than /128.
+    pub const PREFIX_V6: u8 = 8;
+    /// Some grant on this pair is for an IPv4 host (/32): the host hash map may hit. Without
+    /// it (no grants at all, the usual state of a JIT host) a denial costs no lookup.
+    pub const HOST_V4: u8 = 16;
+    /// The same for IPv6 hosts (/128).
+    pub const HOST_V6: u8 = 32;
+    /// The bits that come from policy (the rest come from the grants).
+    pub const POLICY_MASK: u8 = PROTECTED | CUT;
 }
 
 /// Number of entries of `JG_PROTECTED`: one per (TCP|UDP, port).
@@ -185,8 +199,16 @@ pub struct DataplaneConfig {
     pub deny_events_per_sec: u32,
     /// A `keep` flow whose grant ended passes while idle less than this.
     pub flow_idle_timeout_ns: u64,
-    /// At most one denial event per source (/32, or /64 for IPv6) per this interval.
-    pub deny_event_interval_ns: u64,
+    /// At most one denial event per source (/32, or /64 for IPv6) per this many jiffies.
+    pub deny_event_interval_jiffies: u64,
+    /// Jiffies per second (the kernel's HZ), for the per-second event budget.
+    pub jiffies_per_sec: u64,
+    /// A flow's `last_seen_ns` is rewritten only when older than this (idle timeout / 8,
+    /// at most one second).
+    pub flow_touch_ns: u64,
+    /// Upper bound on how far CLOCK_BOOTTIME can have moved while jiffies did not: two
+    /// ticks. Zero makes the program read the precise clock for every decision.
+    pub clock_slack_ns: u64,
 }
 
 impl DataplaneConfig {
@@ -194,21 +216,43 @@ impl DataplaneConfig {
         layout_version: LAYOUT_VERSION,
         deny_events_per_sec: 1000,
         flow_idle_timeout_ns: 15 * 60 * 1_000_000_000,
-        deny_event_interval_ns: 1_000_000_000,
+        deny_event_interval_jiffies: 1000,
+        jiffies_per_sec: 1000,
+        clock_slack_ns: 0,
+        flow_touch_ns: 1_000_000_000,
     };
 }
 
-/// Per-CPU state of the denial-event budget (`JG_RATE`).
+/// Per-CPU cache of CLOCK_BOOTTIME (`JG_CLOCK`), refreshed when jiffies change.
+///
+/// Reading CLOCK_BOOTTIME costs tens of ns in a VM; jiffies cost one load. While jiffies
+/// have not changed since `boot_ns` was read, the true time lies in
+/// `[boot_ns, boot_ns + clock_slack_ns]`, so any deadline outside that interval is decided
+/// exactly without reading the clock. Deadlines inside it read the precise clock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClockCache {
+    pub jiffies: u64,
+    pub boot_ns: u64,
+}
+
+/// Per-CPU state of the denial-event budget (`JG_RATE`). Times are jiffies: a rate limit
+/// needs no more precision, and reading jiffies costs one load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RateWindow {
-    pub window_start_ns: u64,
+    pub window_start: u64,
     pub count: u64,
+    /// The last source bucket that got an event on this CPU, and when: a flood from one
+    /// source is suppressed here without a hash lookup.
+    pub last_at: u64,
+    pub last: SourceBucket,
+    pub _pad: [u8; 7],
 }
 
 /// Key of `JG_SRC_RATE`: a source bucket for denial events (IPv4 /32, IPv6 /64).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceBucket {
     pub family: u8,
     pub addr: [u8; 16],
@@ -224,6 +268,7 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for ClockCache {}
     unsafe impl aya::Pod for SourceBucket {}
 }
 
@@ -233,6 +278,7 @@ const _: () = {
     assert!(core::mem::size_of::<GrantEntry>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<SourceBucket>() == 17);
+    assert!(core::mem::size_of::<RateWindow>() == 48);
 };
 
 #[cfg(test)]

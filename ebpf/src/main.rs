@@ -10,14 +10,14 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use jitgate_common::{
-    Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry, GrantKeyV4,
-    GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
+    ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
+    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
     event::{FAMILY_V4, FAMILY_V6},
     limits, port_flags,
 };
@@ -25,7 +25,6 @@ use parse::{Parsed, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[map(name = "JG_PROTECTED")]
 static PROTECTED: Array<u8> = Array::pinned(PROTECTED_SLOTS, 0);
@@ -58,6 +57,9 @@ static EVENTS: RingBuf = RingBuf::pinned(limits::EVENTS_BYTES, 0);
 
 #[map(name = "JG_RATE")]
 static RATE: PerCpuArray<RateWindow> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "JG_CLOCK")]
+static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "JG_SRC_RATE")]
 static SRC_RATE: LruHashMap<SourceBucket, u64> = LruHashMap::pinned(limits::SRC_RATE, 0);
@@ -105,112 +107,223 @@ fn enforce(ctx: &XdpContext, p: &Parsed) -> u32 {
         count(Counter::PassedUnprotected);
         return xdp_action::XDP_PASS;
     }
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let cfg = CONFIG.get(0);
-
-    let fkey = FlowKey {
+    let Some((saddr, daddr)) = parse::addresses(ctx, p) else {
+        count(Counter::DroppedMalformed);
+        return xdp_action::XDP_DROP;
+    };
+    let fkey = || FlowKey {
         family: p.family,
         proto: p.proto,
         sport: p.sport.to_be_bytes(),
         dport: p.dport.to_be_bytes(),
         _pad: [0; 2],
-        saddr: p.saddr,
-        daddr: p.daddr,
+        saddr,
+        daddr,
     };
-    let flow = FLOWS.get_ptr_mut(&fkey);
-    if let Some(f) = flow {
+
+    // A packet of an admitted flow. A SYN always needs an active grant, so it skips this.
+    if !p.tcp_syn
+        && let Some(f) = FLOWS.get_ptr_mut(&fkey())
+    {
+        // SAFETY: a map value pointer, valid for this program run.
         let f = unsafe { &mut *f };
-        if now < f.grant_expires_ns {
-            touch(f, now);
+        let mut now = Now::read();
+        if now.before(f.grant_expires_ns) {
+            touch(f, now.approx());
             count(Counter::AllowedByFlow);
             return xdp_action::XDP_PASS;
         }
+        // Past the end seen at admission: an extension or another grant may cover it now.
+        if let Some(g) = lookup_grant(p, flags, &saddr)
+            && now.before(g.expires_at_ns)
+        {
+            f.grant_expires_ns = g.expires_at_ns;
+            f.grant_id = g.grant_id;
+            f.last_seen_ns = now.approx();
+            count(Counter::AllowedByGrant);
+            return xdp_action::XDP_PASS;
+        }
+        // No active grant. A `keep` port lets the flow continue until it sits idle.
+        if flags & port_flags::CUT == 0
+            && let Some(cfg) = CONFIG.get(0)
+            && now.before(f.last_seen_ns.saturating_add(cfg.flow_idle_timeout_ns))
+        {
+            touch(f, now.approx());
+            count(Counter::AllowedKeptFlow);
+            return xdp_action::XDP_PASS;
+        }
+        return deny(ctx, p, &saddr, &daddr, Counter::DeniedExpired);
     }
 
-    match lookup_grant(p) {
-        Some(g) if now < g.expires_at_ns => {
-            match flow {
-                Some(f) => {
-                    // The flow's grant ended but another (or an extension) covers it now.
-                    let f = unsafe { &mut *f };
-                    f.grant_expires_ns = g.expires_at_ns;
-                    f.grant_id = g.grant_id;
-                    f.last_seen_ns = now;
-                }
-                None => {
-                    let entry = FlowEntry {
-                        admitted_at_ns: now,
-                        last_seen_ns: now,
-                        grant_expires_ns: g.expires_at_ns,
-                        grant_id: g.grant_id,
-                    };
-                    if FLOWS.insert(&fkey, &entry, BPF_NOEXIST).is_ok() {
-                        emit(
-                            ctx,
-                            p,
-                            EventKind::Admitted,
-                            Counter::AllowedByGrant,
-                            &g.grant_id,
-                            now,
-                        );
-                    } else {
-                        count(Counter::FlowInsertFailed);
-                    }
-                }
+    // A new flow: an active grant must cover the source.
+    let Some(g) = lookup_grant(p, flags, &saddr) else {
+        return deny(ctx, p, &saddr, &daddr, Counter::DeniedNoGrant);
+    };
+    let mut now = Now::read();
+    if !now.before(g.expires_at_ns) {
+        return deny(ctx, p, &saddr, &daddr, Counter::DeniedExpired);
+    }
+    let now = now.precise();
+    let entry = FlowEntry {
+        admitted_at_ns: now,
+        last_seen_ns: now,
+        grant_expires_ns: g.expires_at_ns,
+        grant_id: g.grant_id,
+    };
+    // NOEXIST: a retransmitted SYN or a racing CPU finds the flow already there and emits
+    // no second event.
+    if FLOWS.insert(&fkey(), &entry, BPF_NOEXIST).is_ok() {
+        emit(
+            ctx,
+            p,
+            &saddr,
+            &daddr,
+            EventKind::Admitted,
+            Counter::AllowedByGrant,
+            &g.grant_id,
+            now,
+        );
+    }
+    count(Counter::AllowedByGrant);
+    xdp_action::XDP_PASS
+}
+
+/// The current CLOCK_BOOTTIME, known to lie in `[lo, hi]` from the per-CPU cache (see
+/// `ClockCache`), read precisely only when a deadline falls inside that interval.
+struct Now {
+    lo: u64,
+    hi: u64,
+    exact: bool,
+}
+
+impl Now {
+    #[inline(always)]
+    fn read() -> Now {
+        let slack = match CONFIG.get(0) {
+            Some(c) => c.clock_slack_ns,
+            None => 0,
+        };
+        // SAFETY: a helper with no arguments.
+        let j = unsafe { bpf_jiffies64() };
+        if slack != 0
+            && let Some(c) = CLOCK.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's slot of a per-CPU array.
+            let c = unsafe { &mut *c };
+            if c.jiffies == j && c.boot_ns != 0 {
+                return Now {
+                    lo: c.boot_ns,
+                    hi: c.boot_ns.saturating_add(slack),
+                    exact: false,
+                };
             }
-            count(Counter::AllowedByGrant);
-            xdp_action::XDP_PASS
-        }
-        found => {
-            // No active grant. A `keep` port lets an admitted, non-idle flow continue; a new
-            // connection (SYN) always needs an active grant.
-            if flags & port_flags::CUT == 0 && !p.tcp_syn {
-                if let (Some(f), Some(cfg)) = (flow, cfg) {
-                    let f = unsafe { &mut *f };
-                    if now < f.last_seen_ns.saturating_add(cfg.flow_idle_timeout_ns) {
-                        touch(f, now);
-                        count(Counter::AllowedKeptFlow);
-                        return xdp_action::XDP_PASS;
-                    }
-                }
-            }
-            let reason = if found.is_some() || flow.is_some() {
-                Counter::DeniedExpired
-            } else {
-                Counter::DeniedNoGrant
+            let b = boot_ns();
+            c.jiffies = j;
+            c.boot_ns = b;
+            return Now {
+                lo: b,
+                hi: b,
+                exact: true,
             };
-            count(reason);
-            if deny_event_allowed(p, now, cfg) {
-                emit(ctx, p, EventKind::Denied, reason, &[0; 16], now);
-            } else {
-                count(Counter::EventsSuppressed);
-            }
-            xdp_action::XDP_DROP
         }
+        let b = boot_ns();
+        Now {
+            lo: b,
+            hi: b,
+            exact: true,
+        }
+    }
+
+    /// Whether now is strictly before `deadline`, exactly.
+    #[inline(always)]
+    fn before(&mut self, deadline: u64) -> bool {
+        if deadline > self.hi {
+            return true;
+        }
+        if deadline <= self.lo {
+            return false;
+        }
+        self.precise() < deadline
+    }
+
+    /// The precise time (reads the clock unless already exact).
+    #[inline(always)]
+    fn precise(&mut self) -> u64 {
+        if !self.exact {
+            let b = boot_ns();
+            self.lo = b;
+            self.hi = b;
+            self.exact = true;
+        }
+        self.lo
+    }
+
+    /// A time no later than now and at most two ticks old: for idle bookkeeping.
+    #[inline(always)]
+    fn approx(&self) -> u64 {
+        self.lo
     }
 }
 
-/// Refresh a flow's idle clock, writing at most once a second.
+#[inline(always)]
+fn boot_ns() -> u64 {
+    // SAFETY: a helper with no arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn deny(ctx: &XdpContext, p: &Parsed, saddr: &[u8; 16], daddr: &[u8; 16], reason: Counter) -> u32 {
+    count(reason);
+    if deny_event_allowed(p, saddr) {
+        emit(
+            ctx,
+            p,
+            saddr,
+            daddr,
+            EventKind::Denied,
+            reason,
+            &[0; 16],
+            boot_ns(),
+        );
+    } else {
+        count(Counter::EventsSuppressed);
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Refresh a flow's idle clock, writing at most once per `flow_touch_ns` (an eighth of the
+/// idle timeout, at most a second) so that the hot path rarely dirties the entry.
 #[inline(always)]
 fn touch(f: &mut FlowEntry, now: u64) {
-    if now.wrapping_sub(f.last_seen_ns) > NS_PER_SEC {
+    let gran = match CONFIG.get(0) {
+        Some(c) => c.flow_touch_ns,
+        None => 0,
+    };
+    if now.wrapping_sub(f.last_seen_ns) > gran {
         f.last_seen_ns = now;
     }
 }
 
 /// The grant entry covering the source: exact host entry first, then the longest prefix.
+/// Each map is consulted only if the slot's flags say some grant on this pair lives there.
 /// Each entry already holds the latest end of every grant covering it (see `GrantEntry`).
 #[inline(always)]
-fn lookup_grant(p: &Parsed) -> Option<GrantEntry> {
+fn lookup_grant(p: &Parsed, flags: u8, saddr: &[u8; 16]) -> Option<GrantEntry> {
     let port = p.dport.to_be_bytes();
     if p.family == FAMILY_V4 {
         let key = GrantKeyV4 {
             proto: p.proto,
             port,
-            addr: [p.saddr[0], p.saddr[1], p.saddr[2], p.saddr[3]],
+            addr: [saddr[0], saddr[1], saddr[2], saddr[3]],
         };
-        if let Some(e) = unsafe { GRANTS_V4.get(&key) } {
-            return Some(*e);
+        if flags & port_flags::HOST_V4 != 0 {
+            // SAFETY: the value is copied out at once.
+            if let Some(e) = unsafe { GRANTS_V4.get(&key) } {
+                return Some(*e);
+            }
+        }
+        if flags & port_flags::PREFIX_V4 == 0 {
+            return None;
         }
         GRANTS_LPM_V4
             .get(Key::new(KEY_PREFIX_BITS + 32, key))
@@ -219,10 +332,16 @@ fn lookup_grant(p: &Parsed) -> Option<GrantEntry> {
         let key = GrantKeyV6 {
             proto: p.proto,
             port,
-            addr: p.saddr,
+            addr: *saddr,
         };
-        if let Some(e) = unsafe { GRANTS_V6.get(&key) } {
-            return Some(*e);
+        if flags & port_flags::HOST_V6 != 0 {
+            // SAFETY: the value is copied out at once.
+            if let Some(e) = unsafe { GRANTS_V6.get(&key) } {
+                return Some(*e);
+            }
+        }
+        if flags & port_flags::PREFIX_V6 == 0 {
+            return None;
         }
         GRANTS_LPM_V6
             .get(Key::new(KEY_PREFIX_BITS + 128, key))
@@ -232,17 +351,22 @@ fn lookup_grant(p: &Parsed) -> Option<GrantEntry> {
 
 /// Denial events are limited twice: a per-CPU budget per second (so a flood from many
 /// spoofed sources cannot fill the ring buffer), then one event per source bucket per
-/// interval (IPv4 /32, IPv6 /64). The per-source map is only touched within the budget, so
-/// a flood costs at most `budget` map writes per second per CPU.
+/// interval (IPv4 /32, IPv6 /64). Past the budget a denial costs no map lookup at all; a
+/// single-source flood is caught by the per-CPU last-source cache before the hash map.
 #[inline(always)]
-fn deny_event_allowed(p: &Parsed, now: u64, cfg: Option<&DataplaneConfig>) -> bool {
-    let Some(cfg) = cfg else { return false };
+fn deny_event_allowed(p: &Parsed, saddr: &[u8; 16]) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
     let Some(w) = RATE.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: this CPU's slot of a per-CPU array.
     let w = unsafe { &mut *w };
-    if now.wrapping_sub(w.window_start_ns) >= NS_PER_SEC {
-        w.window_start_ns = now;
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_jiffies64() };
+    if now.wrapping_sub(w.window_start) >= cfg.jiffies_per_sec {
+        w.window_start = now;
         w.count = 0;
     }
     if w.count >= cfg.deny_events_per_sec as u64 {
@@ -250,15 +374,19 @@ fn deny_event_allowed(p: &Parsed, now: u64, cfg: Option<&DataplaneConfig>) -> bo
     }
     let mut bucket = SourceBucket {
         family: p.family,
-        addr: p.saddr,
+        addr: *saddr,
     };
     if p.family == FAMILY_V6 {
         bucket.addr[8..].copy_from_slice(&[0; 8]);
     }
+    if w.last == bucket && now.wrapping_sub(w.last_at) < cfg.deny_event_interval_jiffies {
+        return false;
+    }
     match SRC_RATE.get_ptr_mut(&bucket) {
         Some(last) => {
+            // SAFETY: a map value pointer, valid for this program run.
             let last = unsafe { &mut *last };
-            if now.wrapping_sub(*last) < cfg.deny_event_interval_ns {
+            if now.wrapping_sub(*last) < cfg.deny_event_interval_jiffies {
                 return false;
             }
             *last = now;
@@ -267,14 +395,19 @@ fn deny_event_allowed(p: &Parsed, now: u64, cfg: Option<&DataplaneConfig>) -> bo
             let _ = SRC_RATE.insert(&bucket, &now, 0);
         }
     }
+    w.last = bucket;
+    w.last_at = now;
     w.count += 1;
     true
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
     p: &Parsed,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
     kind: EventKind,
     reason: Counter,
     grant_id: &[u8; 16],
@@ -285,8 +418,8 @@ fn emit(
             e.write(Event {
                 ts_ns: now,
                 grant_id: *grant_id,
-                saddr: p.saddr,
-                daddr: p.daddr,
+                saddr: *saddr,
+                daddr: *daddr,
                 sport: p.sport,
                 dport: p.dport,
                 kind: kind as u8,

@@ -24,7 +24,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// Longest IPv6 extension-header chain walked. Longer chains are dropped.
 pub const MAX_EXT_HDRS: usize = 8;
 
-/// A TCP/UDP packet whose ports are known.
+/// A TCP/UDP packet whose ports are known. Addresses are read only when the port turns out
+/// to be protected (see [`addresses`]), so unprotected traffic never pays for them.
 pub struct Parsed {
     pub family: u8,
     pub proto: u8,
@@ -33,9 +34,25 @@ pub struct Parsed {
     pub sport: u16,
     /// Host order.
     pub dport: u16,
-    /// Network order, IPv4 in the first four bytes.
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    /// Offset of the IP header.
+    pub l3: usize,
+}
+
+/// Source and destination addresses, network order, IPv4 in the first four bytes.
+#[inline(always)]
+pub fn addresses(ctx: &XdpContext, p: &Parsed) -> Option<([u8; 16], [u8; 16])> {
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if p.family == FAMILY_V4 {
+        let a = load::<[u8; 8]>(ctx, p.l3 + 12)?;
+        saddr[..4].copy_from_slice(&a[..4]);
+        daddr[..4].copy_from_slice(&a[4..]);
+    } else {
+        let a = load::<[u8; 32]>(ctx, p.l3 + 8)?;
+        saddr.copy_from_slice(&a[..16]);
+        daddr.copy_from_slice(&a[16..]);
+    }
+    Some((saddr, daddr))
 }
 
 pub enum Verdict {
@@ -122,11 +139,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Verdict {
     if frag_off != 0 {
         return non_first_fragment(proto, frag_off);
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr[..4].copy_from_slice(&h[12..16]);
-    daddr[..4].copy_from_slice(&h[16..20]);
-    transport(ctx, off + ihl, total - ihl, proto, FAMILY_V4, saddr, daddr)
+    transport(ctx, off, off + ihl, total - ihl, proto, FAMILY_V4)
 }
 
 /// `units8`: the fragment offset in 8-byte units.
@@ -154,17 +167,13 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
     if ctx.data() + off + 40 + payload > ctx.data_end() {
         return malformed();
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr.copy_from_slice(&h[8..24]);
-    daddr.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut l4 = off + 40;
     let mut remaining = payload;
     for _ in 0..MAX_EXT_HDRS {
         match next {
             IPPROTO_TCP | IPPROTO_UDP => {
-                return transport(ctx, l4, remaining, next, FAMILY_V6, saddr, daddr);
+                return transport(ctx, off, l4, remaining, next, FAMILY_V6);
             }
             // Hop-by-hop, routing, destination options, AH.
             0 | 43 | 60 | 51 => {
@@ -203,7 +212,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
         }
     }
     match next {
-        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, l4, remaining, next, FAMILY_V6, saddr, daddr),
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, off, l4, remaining, next, FAMILY_V6),
         0 | 43 | 44 | 51 | 60 => Verdict::Decided(xdp_action::XDP_DROP, Counter::DroppedExtChain),
         _ => pass(Counter::PassedNotTcpUdp),
     }
@@ -213,12 +222,11 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
+    l3: usize,
     l4: usize,
     l4_len: usize,
     proto: u8,
     family: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
 ) -> Verdict {
     if proto == IPPROTO_TCP {
         let Some(t) = load::<[u8; 20]>(ctx, l4) else {
@@ -234,8 +242,7 @@ fn transport(
             tcp_syn: flags & 0x02 != 0 && flags & 0x10 == 0,
             sport: be16(t[0], t[1]),
             dport: be16(t[2], t[3]),
-            saddr,
-            daddr,
+            l3,
         })
     } else {
         let Some(u) = load::<[u8; 8]>(ctx, l4) else {
@@ -250,8 +257,7 @@ fn transport(
             tcp_syn: false,
             sport: be16(u[0], u[1]),
             dport: be16(u[2], u[3]),
-            saddr,
-            daddr,
+            l3,
         })
     }
 }

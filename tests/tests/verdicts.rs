@@ -757,3 +757,101 @@ fn events_and_rate_limits() {
     );
     assert!(t.dp.counters().unwrap().get(Counter::EventsSuppressed) >= 150);
 }
+
+/// Flows admitted under a grant: on a `keep` port they continue after the grant ends until
+/// idle; on a `cut` port they stop at the end; a new connection always needs a grant; an
+/// extension is picked up by a flow past its recorded end.
+#[test]
+fn keep_cut_and_extension_of_admitted_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut t = TestDataplane::with(|o| o.flow_idle_timeout = Duration::from_millis(400));
+    t.dp.set_protected(&[
+        "22/tcp:keep".parse().unwrap(),
+        "2222/tcp:cut".parse().unwrap(),
+    ])
+    .unwrap();
+    let tcp = jitgate_common::Protocol::Tcp;
+    let short = || BootInstant::now().saturating_add(Duration::from_millis(150));
+    t.dp.add_grant(GrantId::random(), spec(22, tcp, OK4), short())
+        .unwrap();
+    t.dp.add_grant(GrantId::random(), spec(2222, tcp, OK4), short())
+        .unwrap();
+    let pkt = |port, flags| {
+        Frame::new(
+            OK4,
+            VM4,
+            L4::Tcp {
+                sport: 7000,
+                dport: port,
+                flags,
+            },
+        )
+        .build()
+    };
+    use jitgate_tests::frames::{TCP_ACK, TCP_SYN};
+    for port in [22, 2222] {
+        assert_eq!(
+            t.dp.test_run(&pkt(port, TCP_SYN), 1).unwrap().action,
+            XDP_PASS
+        );
+        assert_eq!(
+            t.dp.test_run(&pkt(port, TCP_ACK), 1).unwrap().action,
+            XDP_PASS
+        );
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    // Grants ended. keep: the flow goes on; cut: it stops. New SYNs are refused on both.
+    let before = t.dp.counters().unwrap();
+    assert_eq!(
+        t.dp.test_run(&pkt(22, TCP_ACK), 1).unwrap().action,
+        XDP_PASS,
+        "keep flow cut"
+    );
+    assert_eq!(
+        t.dp.counters().unwrap().get(Counter::AllowedKeptFlow),
+        before.get(Counter::AllowedKeptFlow) + 1
+    );
+    assert_eq!(
+        t.dp.test_run(&pkt(2222, TCP_ACK), 1).unwrap().action,
+        XDP_DROP,
+        "cut flow kept"
+    );
+    assert_eq!(
+        t.dp.test_run(&pkt(22, TCP_SYN), 1).unwrap().action,
+        XDP_DROP
+    );
+    assert_eq!(
+        t.dp.test_run(&pkt(2222, TCP_SYN), 1).unwrap().action,
+        XDP_DROP
+    );
+    // A new grant covering the cut flow's source revives it (an extension never cuts).
+    t.dp.add_grant(
+        GrantId::random(),
+        spec(2222, tcp, "198.51.100.0/24"),
+        BootInstant::now().saturating_add(Duration::from_secs(60)),
+    )
+    .unwrap();
+    let before = t.dp.counters().unwrap();
+    assert_eq!(
+        t.dp.test_run(&pkt(2222, TCP_ACK), 1).unwrap().action,
+        XDP_PASS
+    );
+    assert_eq!(
+        t.dp.counters().unwrap().get(Counter::AllowedByGrant),
+        before.get(Counter::AllowedByGrant) + 1
+    );
+    assert_eq!(
+        t.dp.test_run(&pkt(2222, TCP_ACK), 1).unwrap().action,
+        XDP_PASS
+    );
+    // The keep flow, left idle past the timeout, stops.
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        t.dp.test_run(&pkt(22, TCP_ACK), 1).unwrap().action,
+        XDP_DROP,
+        "idle keep flow not cut"
+    );
+    assert_eq!(t.dp.flows().len(), 2);
+}
