@@ -36,7 +36,7 @@ impl Scope {
             port,
             v6,
             addr,
-            len: prefix.len(),
+            len: prefix.prefix_len(),
         }
     }
 

@@ -181,11 +181,19 @@ impl GrantMaps {
                 .map_err(Error::map(names::GRANTS_V6)),
             GrantKey::V4(k) => self
                 .lpm_v4
-                .insert(&Key::new(GrantKey::lpm_prefix_len(p.len()), k), entry, 0)
+                .insert(
+                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
+                    entry,
+                    0,
+                )
                 .map_err(Error::map(names::GRANTS_LPM_V4)),
             GrantKey::V6(k) => self
                 .lpm_v6
-                .insert(&Key::new(GrantKey::lpm_prefix_len(p.len()), k), entry, 0)
+                .insert(
+                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
+                    entry,
+                    0,
+                )
                 .map_err(Error::map(names::GRANTS_LPM_V6)),
         }
     }
@@ -197,10 +205,10 @@ impl GrantMaps {
             GrantKey::V6(k) if scope.is_host() => self.host_v6.remove(&k),
             GrantKey::V4(k) => self
                 .lpm_v4
-                .remove(&Key::new(GrantKey::lpm_prefix_len(p.len()), k)),
+                .remove(&Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k)),
             GrantKey::V6(k) => self
                 .lpm_v6
-                .remove(&Key::new(GrantKey::lpm_prefix_len(p.len()), k)),
+                .remove(&Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k)),
         };
         match r {
             Ok(()) => Ok(()),
@@ -553,8 +561,12 @@ impl Dataplane {
             match GrantKey::new(s.proto, s.port, &p) {
                 GrantKey::V4(k) if s.is_host() => drop(want_v4h.insert(k)),
                 GrantKey::V6(k) if s.is_host() => drop(want_v6h.insert(k)),
-                GrantKey::V4(k) => drop(want_v4p.insert((GrantKey::lpm_prefix_len(p.len()), k))),
-                GrantKey::V6(k) => drop(want_v6p.insert((GrantKey::lpm_prefix_len(p.len()), k))),
+                GrantKey::V4(k) => {
+                    drop(want_v4p.insert((GrantKey::lpm_prefix_len(p.prefix_len()), k)))
+                }
+                GrantKey::V6(k) => {
+                    drop(want_v6p.insert((GrantKey::lpm_prefix_len(p.prefix_len()), k)))
+                }
             }
         }
         let m = &mut self.grant_maps;

@@ -166,7 +166,7 @@ impl SourcePrefix {
         self.addr
     }
 
-    pub const fn len(&self) -> u8 {
+    pub const fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -306,11 +306,11 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_prefixes() {
-        assert_eq!(p("203.0.113.0/24").len(), 24);
-        assert_eq!(p("203.0.113.9").len(), 32);
-        assert_eq!(p("2001:db8::/32").len(), 32);
-        assert_eq!(p("2001:db8::1").len(), 128);
-        assert_eq!(p("0.0.0.0/0").len(), 0);
+        assert_eq!(p("203.0.113.0/24").prefix_len(), 24);
+        assert_eq!(p("203.0.113.9").prefix_len(), 32);
+        assert_eq!(p("2001:db8::/32").prefix_len(), 32);
+        assert_eq!(p("2001:db8::1").prefix_len(), 128);
+        assert_eq!(p("0.0.0.0/0").prefix_len(), 0);
         assert_eq!(p("::ffff:203.0.113.0/120"), p("203.0.113.0/24"));
         assert_eq!(p("::ffff:203.0.113.9"), p("203.0.113.9/32"));
         for (bad, err) in [

@@ -134,7 +134,7 @@ impl Frame {
     }
     pub fn options(mut self, opts: &[u8]) -> Self {
         self.ip_options = opts.to_vec();
-        while self.ip_options.len() % 4 != 0 {
+        while !self.ip_options.len().is_multiple_of(4) {
             self.ip_options.push(0);
         }
         self

@@ -1,1 +1,231 @@
-fn main() {}
+//! Developer automation: `cargo xtask setup | test | bench ...`.
+//!
+//! Deliberately depends on nothing of the project: it must build on a fresh machine before
+//! the eBPF toolchain that the rest of the workspace needs is installed (by `setup`).
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(about = "jitgate developer tasks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
+    /// nightly rust-src, iproute2, and the bpffs mount.
+    Setup,
+    /// Run setup, then formatting and lint checks, then every test (root tests need root;
+    /// with CI=true they fail rather than skip without it).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run a benchmark and write its section of BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Bench {
+    /// ns per packet of the XDP program (BPF_PROG_TEST_RUN) at 0, 10 000 and 1 000 000
+    /// grants, beside a do-nothing XDP program.
+    Dataplane {
+        /// Fewer repeats and grants: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Test {
+            no_lint,
+            cargo_args,
+        } => {
+            setup()?;
+            test(no_lint, &cargo_args)
+        }
+        Cmd::Bench { which } => {
+            setup()?;
+            bench(&root, which)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+/// Debian packages the build and the tests need.
+const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "procps", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root");
+        }
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let has_linker = output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !has_linker {
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            // Without it the link fails with "unable to find library -lLLVM".
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+
+    let has_src = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|l| l.lines().any(|c| c.starts_with("rust-src")));
+    if !has_src {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    // The conventional bpffs; jitgate itself pins under /run (see agent/src/bpffs.rs).
+    let bpffs = Path::new("/sys/fs/bpf");
+    let mounted = output(Command::new("stat").args(["-f", "-c", "%T"]).arg(bpffs))
+        .is_some_and(|t| t.trim() == "bpf_fs");
+    if !mounted && is_root() {
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs))?;
+    }
+    eprintln!("setup: toolchain and system packages present");
+    Ok(())
+}
+
+fn test(no_lint: bool, extra: &[String]) -> Result<()> {
+    if !no_lint {
+        run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+        run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    run(Command::new("cargo").arg("test").args(extra))
+}
+
+fn bench(root: &Path, which: Bench) -> Result<()> {
+    let (name, args, command, quick): (&str, Vec<&str>, &str, bool) = match which {
+        Bench::Dataplane { quick } => (
+            "dataplane",
+            if quick {
+                vec!["dataplane", "--quick"]
+            } else {
+                vec!["dataplane"]
+            },
+            "cargo xtask bench dataplane",
+            quick,
+        ),
+    };
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "jitgate-tests",
+        "--bin",
+        "jitgate-bench",
+    ]))?;
+    let bin = root.join("target/release/jitgate-bench");
+    eprintln!("+ {} {}", bin.display(), args.join(" "));
+    let out = Command::new(&bin)
+        .args(&args)
+        .output()
+        .context("running the benchmark")?;
+    if !out.status.success() {
+        bail!(
+            "benchmark failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    print!("{section}");
+    if quick {
+        eprintln!("(--quick: BENCHMARKS.md not updated)");
+        return Ok(());
+    }
+    write_section(&root.join("BENCHMARKS.md"), name, command, &section)
+}
+
+/// Replaces the marked section `name` of BENCHMARKS.md (or appends it).
+fn write_section(path: &Path, name: &str, command: &str, body: &str) -> Result<()> {
+    let start = format!("<!-- bench:{name}:start -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let block = format!(
+        "{start}\nCommand: `{command}`\n\n{}\n{end}",
+        body.trim_end()
+    );
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], block, &old[b + end.len()..]),
+        _ => format!("{}\n{}\n", old.trim_end(), block),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote the {name} section of {}", path.display());
+    Ok(())
+}

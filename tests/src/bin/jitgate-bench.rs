@@ -134,30 +134,6 @@ impl Bench {
     }
 }
 
-fn add_grants(dp: &mut Dataplane, f: Family, hosts: u32, cidrs: u32, end: BootInstant) -> Duration {
-    let t = Instant::now();
-    let port = Port::new(22).expect("22");
-    for i in 0..hosts {
-        let spec = GrantSpec {
-            protocol: Protocol::Tcp,
-            port,
-            source: SourcePrefix::host(granted_host(f, i)),
-        };
-        dp.add_grant(GrantId::random(), spec, end)
-            .expect("add grant");
-    }
-    for i in 0..cidrs {
-        let spec = GrantSpec {
-            protocol: Protocol::Tcp,
-            port,
-            source: granted_cidr(f, i),
-        };
-        dp.add_grant(GrantId::random(), spec, end)
-            .expect("add grant");
-    }
-    t.elapsed()
-}
-
 fn dataplane(quick: bool) {
     jitgate_agent::bpffs::ensure_pin_dir(std::path::Path::new(TEST_PIN_ROOT)).expect("bpffs");
     let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("bench"));
@@ -369,7 +345,6 @@ fn dataplane(quick: bool) {
         if worst_prot <= 3.0 { "met" } else { "missed" }
     ));
     print!("{out}");
-    let _ = add_grants;
 }
 
 fn chrono_date() -> String {
