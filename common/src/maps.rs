@@ -162,7 +162,8 @@ impl GrantKey {
 }
 
 /// Key of `JG_FLOWS`: the 5-tuple as received. IPv4 addresses fill the first four bytes.
-#[repr(C)]
+/// 8-byte aligned so that the program builds it with word stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub family: u8,
@@ -247,15 +248,15 @@ pub struct RateWindow {
     /// source is suppressed here without a hash lookup.
     pub last_at: u64,
     pub last: SourceBucket,
-    pub _pad: [u8; 7],
 }
 
 /// Key of `JG_SRC_RATE`: a source bucket for denial events (IPv4 /32, IPv6 /64).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceBucket {
-    pub family: u8,
     pub addr: [u8; 16],
+    /// 4 or 6, widened to a word so that the key has no padding to clear.
+    pub family: u64,
 }
 
 #[cfg(feature = "user")]
@@ -277,7 +278,7 @@ const _: () = {
     assert!(core::mem::size_of::<GrantKeyV6>() == 19);
     assert!(core::mem::size_of::<GrantEntry>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<SourceBucket>() == 17);
+    assert!(core::mem::size_of::<SourceBucket>() == 24);
     assert!(core::mem::size_of::<RateWindow>() == 48);
 };
 

@@ -18,10 +18,9 @@ use aya_ebpf::{
 use jitgate_common::{
     ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
     GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
-    event::{FAMILY_V4, FAMILY_V6},
-    limits, port_flags,
+    event::FAMILY_V4, limits, port_flags,
 };
-use parse::{Parsed, Verdict};
+use parse::{Ip16, Parsed, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
@@ -117,8 +116,8 @@ fn enforce(ctx: &XdpContext, p: &Parsed) -> u32 {
         sport: p.sport.to_be_bytes(),
         dport: p.dport.to_be_bytes(),
         _pad: [0; 2],
-        saddr,
-        daddr,
+        saddr: saddr.bytes(),
+        daddr: daddr.bytes(),
     };
 
     // A packet of an admitted flow. A SYN always needs an active grant, so it skips this.
@@ -272,7 +271,7 @@ fn boot_ns() -> u64 {
 }
 
 #[inline(always)]
-fn deny(ctx: &XdpContext, p: &Parsed, saddr: &[u8; 16], daddr: &[u8; 16], reason: Counter) -> u32 {
+fn deny(ctx: &XdpContext, p: &Parsed, saddr: &Ip16, daddr: &Ip16, reason: Counter) -> u32 {
     count(reason);
     if deny_event_allowed(p, saddr) {
         emit(
@@ -308,13 +307,13 @@ fn touch(f: &mut FlowEntry, now: u64) {
 /// Each map is consulted only if the slot's flags say some grant on this pair lives there.
 /// Each entry already holds the latest end of every grant covering it (see `GrantEntry`).
 #[inline(always)]
-fn lookup_grant(p: &Parsed, flags: u8, saddr: &[u8; 16]) -> Option<GrantEntry> {
+fn lookup_grant(p: &Parsed, flags: u8, saddr: &Ip16) -> Option<GrantEntry> {
     let port = p.dport.to_be_bytes();
     if p.family == FAMILY_V4 {
         let key = GrantKeyV4 {
             proto: p.proto,
             port,
-            addr: [saddr[0], saddr[1], saddr[2], saddr[3]],
+            addr: (saddr.0[0] as u32).to_le_bytes(),
         };
         if flags & port_flags::HOST_V4 != 0 {
             // SAFETY: the value is copied out at once.
@@ -332,7 +331,7 @@ fn lookup_grant(p: &Parsed, flags: u8, saddr: &[u8; 16]) -> Option<GrantEntry> {
         let key = GrantKeyV6 {
             proto: p.proto,
             port,
-            addr: *saddr,
+            addr: saddr.bytes(),
         };
         if flags & port_flags::HOST_V6 != 0 {
             // SAFETY: the value is copied out at once.
@@ -354,7 +353,7 @@ fn lookup_grant(p: &Parsed, flags: u8, saddr: &[u8; 16]) -> Option<GrantEntry> {
 /// interval (IPv4 /32, IPv6 /64). Past the budget a denial costs no map lookup at all; a
 /// single-source flood is caught by the per-CPU last-source cache before the hash map.
 #[inline(always)]
-fn deny_event_allowed(p: &Parsed, saddr: &[u8; 16]) -> bool {
+fn deny_event_allowed(p: &Parsed, saddr: &Ip16) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
         return false;
     };
@@ -372,13 +371,10 @@ fn deny_event_allowed(p: &Parsed, saddr: &[u8; 16]) -> bool {
     if w.count >= cfg.deny_events_per_sec as u64 {
         return false;
     }
-    let mut bucket = SourceBucket {
-        family: p.family,
-        addr: *saddr,
+    let bucket = SourceBucket {
+        addr: saddr.prefix64().bytes(),
+        family: p.family as u64,
     };
-    if p.family == FAMILY_V6 {
-        bucket.addr[8..].copy_from_slice(&[0; 8]);
-    }
     if w.last == bucket && now.wrapping_sub(w.last_at) < cfg.deny_event_interval_jiffies {
         return false;
     }
@@ -406,8 +402,8 @@ fn deny_event_allowed(p: &Parsed, saddr: &[u8; 16]) -> bool {
 fn emit(
     ctx: &XdpContext,
     p: &Parsed,
-    saddr: &[u8; 16],
-    daddr: &[u8; 16],
+    saddr: &Ip16,
+    daddr: &Ip16,
     kind: EventKind,
     reason: Counter,
     grant_id: &[u8; 16],
@@ -418,8 +414,8 @@ fn emit(
             e.write(Event {
                 ts_ns: now,
                 grant_id: *grant_id,
-                saddr: *saddr,
-                daddr: *daddr,
+                saddr: saddr.bytes(),
+                daddr: daddr.bytes(),
                 sport: p.sport,
                 dport: p.dport,
                 kind: kind as u8,
