@@ -558,14 +558,19 @@ impl Dataplane {
         for (s, e) in &desired {
             self.grant_maps.put(s, e)?;
             let p = s.prefix();
+            let lpm_len = GrantKey::lpm_prefix_len(p.prefix_len());
             match GrantKey::new(s.proto, s.port, &p) {
-                GrantKey::V4(k) if s.is_host() => drop(want_v4h.insert(k)),
-                GrantKey::V6(k) if s.is_host() => drop(want_v6h.insert(k)),
+                GrantKey::V4(k) if s.is_host() => {
+                    want_v4h.insert(k);
+                }
+                GrantKey::V6(k) if s.is_host() => {
+                    want_v6h.insert(k);
+                }
                 GrantKey::V4(k) => {
-                    drop(want_v4p.insert((GrantKey::lpm_prefix_len(p.prefix_len()), k)))
+                    want_v4p.insert((lpm_len, k));
                 }
                 GrantKey::V6(k) => {
-                    drop(want_v6p.insert((GrantKey::lpm_prefix_len(p.prefix_len()), k)))
+                    want_v6p.insert((lpm_len, k));
                 }
             }
         }
