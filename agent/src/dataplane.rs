@@ -518,6 +518,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Adds a grant ending at a UTC instant, converted to CLOCK_BOOTTIME now, at write time.
+    pub fn add_grant_until(
+        &mut self,
+        id: GrantId,
+        spec: GrantSpec,
+        end: std::time::SystemTime,
+    ) -> Result<BootInstant, Error> {
+        let expires = BootInstant::from_utc(end);
+        self.add_grant(id, spec, expires)?;
+        Ok(expires)
+    }
+
     /// Removes a grant. Access other grants give is untouched.
     pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
         let ops = self.cover.remove(id).ok_or(Error::UnknownGrant(*id))?;

@@ -70,12 +70,16 @@ fn tcp_is_blocked_until_granted_and_only_for_the_granted_prefix() {
     assert!(lab.tcp_connects(1, None, at(c1.vm_v4, 8080), CONNECT));
 
     let id = GrantId::random();
-    t.dp.add_grant(
-        id,
-        spec(22, Protocol::Tcp, "198.51.100.0/24"),
-        in_secs(120.0),
-    )
-    .unwrap();
+    // A UTC end, as grants arrive from operators; converted to boot time at write time.
+    let end = std::time::SystemTime::now() + Duration::from_secs(120);
+    let boot =
+        t.dp.add_grant_until(id, spec(22, Protocol::Tcp, "198.51.100.0/24"), end)
+            .unwrap();
+    let left = boot.remaining();
+    assert!(
+        left > Duration::from_secs(115) && left <= Duration::from_secs(120),
+        "{left:?}"
+    );
     assert!(
         lab.tcp_connects(0, None, at(c0.vm_v4, 22), CONNECT),
         "granted prefix must connect"
