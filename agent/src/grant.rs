@@ -1,8 +1,11 @@
 //! What the data plane needs to know about a grant.
 
+use crate::clock::BootInstant;
 use jitgate_common::{Port, Protocol, SourcePrefix};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use time::OffsetDateTime;
 
 /// A grant's id: a UUID, assigned by the controller or, for local grants, by the agent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,4 +61,86 @@ impl fmt::Display for GrantSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{} from {}", self.port, self.protocol, self.source)
     }
+}
+
+impl Serialize for GrantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GrantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a grant came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Root on the host, through the admin socket: the break-glass path. Never deleted by
+    /// reconciliation with the controller.
+    Local,
+    /// Signed by the controller for this host.
+    Controller,
+}
+
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Origin::Local => "local",
+            Origin::Controller => "controller",
+        }
+    }
+}
+
+/// A grant as the agent keeps it: the grant table's row and the journal's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantRecord {
+    pub id: GrantId,
+    pub protocol: Protocol,
+    pub port: Port,
+    pub source: SourcePrefix,
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+    pub requester: String,
+    pub justification: String,
+    pub origin: Origin,
+    /// The kernel boot during which `expires_boot_ns` is meaningful.
+    pub boot_id: String,
+    /// The end on CLOCK_BOOTTIME, fixed when the grant was first applied. Within the same
+    /// boot it is authoritative: a wall-clock change cannot move it.
+    pub expires_boot_ns: u64,
+}
+
+impl GrantRecord {
+    pub fn spec(&self) -> GrantSpec {
+        GrantSpec {
+            protocol: self.protocol,
+            port: self.port,
+            source: self.source,
+        }
+    }
+
+    /// The end on this boot's CLOCK_BOOTTIME: the recorded one within the same boot, else
+    /// (after a reboot) converted from the UTC end now.
+    pub fn expires(&self, boot_id: &str) -> BootInstant {
+        if self.boot_id == boot_id {
+            BootInstant(self.expires_boot_ns)
+        } else {
+            BootInstant::from_utc(self.end.into())
+        }
+    }
+}
+
+/// This kernel boot's id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

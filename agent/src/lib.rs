@@ -7,14 +7,18 @@
 //! - [`events`] decodes the ring-buffer events.
 //! - [`netns`] runs code inside a network namespace (attaching there, tests).
 
+pub mod audit;
 pub mod bpffs;
 pub mod clock;
+pub mod config;
 pub mod cover;
 pub mod dataplane;
 pub mod error;
 pub mod events;
 pub mod grant;
+pub mod journal;
 pub mod netns;
+pub mod sockdiag;
 
 pub use clock::BootInstant;
 pub use dataplane::{

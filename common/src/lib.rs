@@ -11,6 +11,8 @@ pub mod event;
 pub mod maps;
 pub mod net;
 pub mod policy;
+#[cfg(feature = "serde")]
+mod serde_impl;
 
 pub use counters::Counter;
 pub use event::{Event, EventKind};

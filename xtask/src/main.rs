@@ -166,7 +166,49 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
         run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
         run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    run(Command::new("cargo").arg("test").args(extra))
+    cargo_test_with_summary(extra)
+}
+
+/// Runs `cargo test`, streaming its output, then prints one closing line with the totals
+/// over every test binary (cargo's own last line is that of the last binary only).
+fn cargo_test_with_summary(extra: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = Command::new("cargo");
+    cmd.arg("test")
+        .args(extra)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.spawn().context("spawning cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut it = part.split_whitespace();
+                if let (Some(n), Some(what)) = (it.next(), it.next())
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
 
 fn bench(root: &Path, which: Bench) -> Result<()> {

@@ -1,0 +1,444 @@
+//! The audit log: one JSON line per event, hash-chained, append-only, rotated by size
+//! without breaking the chain.
+//!
+//! Each line carries `prev` (the previous line's hash) and `hash` = SHA-256 over `prev` and
+//! the line's other fields as serialized. `verify` recomputes the chain across every file and
+//! names the first line that was edited, removed or reordered. The chain proves order and
+//! integrity against anyone who cannot rewrite all later lines; root on the host can, which
+//! is why the head is also reported off the host (see docs/agent.md).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+pub const FILE: &str = "audit.log";
+/// The hash a chain starts from.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event, as written (without its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditBody {
+    pub id: String,
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// `agent.started`, `interface.attached`, `grant.applied`, `grant.expired`,
+    /// `grant.revoked`, `grant.rejected`, `agent.detached`, `connection.admitted`,
+    /// `connection.denied`, ...
+    pub kind: String,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub prev: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLine {
+    #[serde(flatten)]
+    pub body: AuditBody,
+    pub hash: String,
+}
+
+/// An event to record; `seq`, `id`, `prev` and `hash` are filled in by the log.
+#[derive(Clone, Debug, Default)]
+pub struct AuditEvent {
+    pub kind: String,
+    pub actor: String,
+    pub source: Option<String>,
+    pub protocol: Option<String>,
+    pub port: Option<u16>,
+    pub window: Option<(OffsetDateTime, OffsetDateTime)>,
+    pub grant_id: Option<String>,
+    pub reason: Option<String>,
+    /// When it happened; now if `None`.
+    pub time: Option<OffsetDateTime>,
+}
+
+impl AuditEvent {
+    pub fn new(kind: &str, actor: &str) -> Self {
+        AuditEvent {
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+fn hash_of(body: &AuditBody) -> String {
+    let json = serde_json::to_vec(body).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(body.prev.as_bytes());
+    h.update(b"\n");
+    h.update(&json);
+    hex::encode(h.finalize())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("{file}:{line}: not a valid audit record")]
+    Malformed { file: String, line: usize },
+    #[error("{file}:{line}: seq {seq}: hash does not match the record (edited)")]
+    Edited { file: String, line: usize, seq: u64 },
+    #[error(
+        "{file}:{line}: seq {seq}: does not follow the previous record \
+         (a record was removed, inserted or reordered before it)"
+    )]
+    Broken { file: String, line: usize, seq: u64 },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    pub records: u64,
+    pub files: usize,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub head: String,
+}
+
+/// The audit log files in `dir`, oldest first: `audit.log.1`, `audit.log.2`, ..., `audit.log`.
+pub fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut rotated: Vec<(u64, PathBuf)> = Vec::new();
+    if dir.exists() {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name
+                .strip_prefix("audit.log.")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                rotated.push((n, e.path()));
+            }
+        }
+    }
+    rotated.sort();
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    let active = dir.join(FILE);
+    if active.exists() {
+        out.push(active);
+    }
+    Ok(out)
+}
+
+/// Reads every line of every file, oldest first. Lines that do not parse are returned as
+/// errors in place.
+pub fn read_all(dir: &Path) -> io::Result<Vec<Result<AuditLine, (String, usize)>>> {
+    let mut out = Vec::new();
+    for f in files(dir)? {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (i, line) in BufReader::new(File::open(&f)?).lines().enumerate() {
+            let line = line?;
+            match serde_json::from_str::<AuditLine>(&line) {
+                Ok(l) => out.push(Ok(l)),
+                Err(_) => out.push(Err((name.clone(), i + 1))),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies the chain across all files.
+pub fn verify(dir: &Path) -> Result<Verified, VerifyError> {
+    let fs = files(dir).map_err(|e| VerifyError::Io(e.to_string()))?;
+    let mut prev: Option<(String, u64)> = None;
+    let mut v = Verified {
+        records: 0,
+        files: fs.len(),
+        first_seq: None,
+        last_seq: None,
+        head: GENESIS.to_string(),
+    };
+    for f in &fs {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = File::open(f).map_err(|e| VerifyError::Io(e.to_string()))?;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| VerifyError::Io(e.to_string()))?;
+            let lineno = i + 1;
+            let l: AuditLine = serde_json::from_str(&line).map_err(|_| VerifyError::Malformed {
+                file: name.clone(),
+                line: lineno,
+            })?;
+            if hash_of(&l.body) != l.hash {
+                return Err(VerifyError::Edited {
+                    file: name,
+                    line: lineno,
+                    seq: l.body.seq,
+                });
+            }
+            let follows = match &prev {
+                // The oldest surviving file may start mid-chain (older files pruned).
+                None => l.body.seq == 1 && l.body.prev == GENESIS || l.body.seq > 1,
+                Some((h, s)) => l.body.prev == *h && l.body.seq == s + 1,
+            };
+            if !follows {
+                return Err(VerifyError::Broken {
+                    file: name,
+                    line: lineno,
+                    seq: l.body.seq,
+                });
+            }
+            v.first_seq.get_or_insert(l.body.seq);
+            v.last_seq = Some(l.body.seq);
+            v.records += 1;
+            prev = Some((l.hash.clone(), l.body.seq));
+            v.head = l.hash;
+        }
+    }
+    Ok(v)
+}
+
+/// The writer. Owned by one task.
+pub struct AuditLog {
+    dir: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    head: String,
+    seq: u64,
+}
+
+impl AuditLog {
+    /// Opens the log in `dir`, continuing the chain from its last good line. A torn last line
+    /// (crash mid-write) is cut off first.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<AuditLog> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let (mut head, mut seq) = (GENESIS.to_string(), 0u64);
+        // The last record of the newest file that has one.
+        for f in files(dir)?.iter().rev() {
+            let data = std::fs::read(f)?;
+            let mut good_end = 0usize;
+            let mut last: Option<AuditLine> = None;
+            let mut start = 0usize;
+            while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
+                let line = &data[start..start + nl];
+                if let Ok(l) = serde_json::from_slice::<AuditLine>(line) {
+                    last = Some(l);
+                    good_end = start + nl + 1;
+                }
+                start += nl + 1;
+            }
+            if *f == path && good_end < data.len() {
+                let t = OpenOptions::new().write(true).open(f)?;
+                t.set_len(good_end as u64)?;
+                t.sync_all()?;
+            }
+            if let Some(l) = last {
+                head = l.hash;
+                seq = l.body.seq;
+                break;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            file,
+            size,
+            max_bytes,
+            head,
+            seq,
+        })
+    }
+
+    pub fn head(&self) -> (&str, u64) {
+        (&self.head, self.seq)
+    }
+
+    /// Appends events (not yet durable: call `sync`). Returns the lines written.
+    pub fn append(
+        &mut self,
+        events: impl IntoIterator<Item = AuditEvent>,
+    ) -> io::Result<Vec<AuditLine>> {
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        for e in events {
+            self.seq += 1;
+            let body = AuditBody {
+                id: uuid::Uuid::new_v4().to_string(),
+                seq: self.seq,
+                time: e.time.unwrap_or_else(OffsetDateTime::now_utc),
+                kind: e.kind,
+                actor: e.actor,
+                source: e.source,
+                protocol: e.protocol,
+                port: e.port,
+                window: e.window.map(|(start, end)| Window { start, end }),
+                grant_id: e.grant_id,
+                reason: e.reason,
+                prev: self.head.clone(),
+            };
+            let hash = hash_of(&body);
+            self.head = hash.clone();
+            let line = AuditLine { body, hash };
+            serde_json::to_writer(&mut buf, &line).map_err(io::Error::other)?;
+            buf.push(b'\n');
+            lines.push(line);
+        }
+        self.file.write_all(&buf)?;
+        self.size += buf.len() as u64;
+        if self.size >= self.max_bytes {
+            self.rotate()?;
+        }
+        Ok(lines)
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Moves the active file to the next `audit.log.N`. The chain continues in the new file.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        let next = files(&self.dir)?
+            .iter()
+            .filter_map(|p| p.extension()?.to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        std::fs::rename(self.dir.join(FILE), self.dir.join(format!("{FILE}.{next}")))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(FILE))?;
+        File::open(&self.dir)?.sync_all()?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: u32) -> AuditEvent {
+        let mut e = AuditEvent::new("grant.applied", "root");
+        e.source = Some(format!("203.0.113.{n}/32"));
+        e.port = Some(22);
+        e
+    }
+
+    #[test]
+    fn chain_verifies_across_rotation_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = AuditLog::open(dir.path(), 600).unwrap();
+            for i in 0..10 {
+                log.append([ev(i)]).unwrap();
+            }
+            log.sync().unwrap();
+        }
+        assert!(files(dir.path()).unwrap().len() > 2, "rotation happened");
+        {
+            let mut log = AuditLog::open(dir.path(), 600).unwrap();
+            assert_eq!(log.head().1, 10);
+            log.append([ev(99)]).unwrap();
+        }
+        let v = verify(dir.path()).unwrap();
+        assert_eq!(v.records, 11);
+        assert_eq!(v.last_seq, Some(11));
+    }
+
+    fn rewrite(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let path = dir.join(FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        f(&mut lines);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    fn fresh(n: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        for i in 0..n {
+            log.append([ev(i)]).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn detects_edit_removal_and_reorder_and_says_where() {
+        let d = fresh(5);
+        rewrite(d.path(), |l| {
+            l[2] = l[2].replace("203.0.113.2/32", "198.51.100.2/32")
+        });
+        assert!(matches!(
+            verify(d.path()),
+            Err(VerifyError::Edited {
+                line: 3,
+                seq: 3,
+                ..
+            })
+        ));
+
+        let d = fresh(5);
+        rewrite(d.path(), |l| {
+            l.remove(1);
+        });
+        assert!(matches!(
+            verify(d.path()),
+            Err(VerifyError::Broken {
+                line: 2,
+                seq: 3,
+                ..
+            })
+        ));
+
+        let d = fresh(5);
+        rewrite(d.path(), |l| l.swap(1, 3));
+        assert!(matches!(
+            verify(d.path()),
+            Err(VerifyError::Broken { line: 2, .. })
+        ));
+
+        let d = fresh(5);
+        rewrite(d.path(), |l| l[4] = "{not json".into());
+        assert!(matches!(
+            verify(d.path()),
+            Err(VerifyError::Malformed { line: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_and_chain_continues() {
+        let d = fresh(3);
+        let path = d.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"id\":\"half");
+        std::fs::write(&path, bytes).unwrap();
+        let mut log = AuditLog::open(d.path(), u64::MAX).unwrap();
+        log.append([ev(7)]).unwrap();
+        assert_eq!(verify(d.path()).unwrap().records, 4);
+    }
+}

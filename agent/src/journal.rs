@@ -1,0 +1,233 @@
+//! The grant journal: the crash-safe record of the grant table.
+//!
+//! An append-only file of lines `CRC32 JSON\\n`. A grant is acknowledged only after its
+//! record is fsynced. On start the journal is replayed; a torn last record (a crash during
+//! the write) is detected by its CRC or missing newline and cut off, with no earlier record
+//! lost. After replay the journal is compacted to the live grants (write, fsync, rename).
+
+use crate::grant::{GrantId, GrantRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const FILE: &str = "grants.journal";
+
+/// Why a grant left the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoveReason {
+    Expired,
+    Revoked,
+    /// Replaced by reconciliation with the controller.
+    Reconciled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    Grant(GrantRecord),
+    Remove { id: GrantId, reason: RemoveReason },
+}
+
+/// What replay found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub grants: BTreeMap<GrantId, GrantRecord>,
+    /// Bytes cut off the end (a torn last record).
+    pub truncated_bytes: u64,
+    /// Records in the middle that failed their check and were skipped.
+    pub corrupt_records: usize,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+fn encode(r: &Record) -> io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(r).map_err(io::Error::other)?;
+    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn decode(line: &[u8]) -> Option<Record> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    if line.get(8) != Some(&b' ') {
+        return None;
+    }
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if crc32fast::hash(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, replays it, repairs a torn tail and
+    /// compacts it.
+    pub fn open(dir: &Path) -> io::Result<(Journal, Replay)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE);
+        let mut replay = Replay::default();
+        if path.exists() {
+            let f = File::open(&path)?;
+            let len = f.metadata()?.len();
+            let mut reader = BufReader::new(f);
+            let mut offset = 0u64;
+            let mut good_end = 0u64;
+            let mut pending_bad = 0usize;
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = reader.read_until(b'\n', &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                offset += n as u64;
+                let complete = buf.last() == Some(&b'\n');
+                match decode(buf.strip_suffix(b"\n").unwrap_or(&buf)).filter(|_| complete) {
+                    Some(rec) => {
+                        replay.corrupt_records += pending_bad;
+                        pending_bad = 0;
+                        good_end = offset;
+                        match rec {
+                            Record::Grant(g) => {
+                                replay.grants.insert(g.id, g);
+                            }
+                            Record::Remove { id, .. } => {
+                                replay.grants.remove(&id);
+                            }
+                        }
+                    }
+                    None => pending_bad += 1,
+                }
+            }
+            // Bad records after the last good one are a torn tail: cut them off.
+            if good_end < len {
+                replay.truncated_bytes = len - good_end;
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(good_end)?;
+                f.sync_all()?;
+            }
+        }
+        let mut j = Journal {
+            file: OpenOptions::new().create(true).append(true).open(&path)?,
+            path,
+        };
+        j.compact(replay.grants.values())?;
+        Ok((j, replay))
+    }
+
+    /// Appends records and makes them durable (one fsync for the whole batch).
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for r in records {
+            buf.extend(encode(r)?);
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()
+    }
+
+    /// Rewrites the journal to exactly `live`, atomically.
+    pub fn compact<'a>(&mut self, live: impl Iterator<Item = &'a GrantRecord>) -> io::Result<()> {
+        let tmp = self.path.with_extension("journal.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            for g in live {
+                f.write_all(&encode(&Record::Grant(g.clone()))?)?;
+            }
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file.seek(SeekFrom::End(0))?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::Origin;
+
+    fn grant(n: u8) -> GrantRecord {
+        GrantRecord {
+            id: GrantId::from_bytes([n; 16]),
+            protocol: jitgate_common::Protocol::Tcp,
+            port: jitgate_common::Port::new(22).unwrap(),
+            source: "203.0.113.0/24".parse().unwrap(),
+            start: time::OffsetDateTime::UNIX_EPOCH,
+            end: time::OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+            requester: "root".into(),
+            justification: "test".into(),
+            origin: Origin::Local,
+            boot_id: "b".into(),
+            expires_boot_ns: 42,
+        }
+    }
+
+    #[test]
+    fn replay_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, r) = Journal::open(dir.path()).unwrap();
+            assert!(r.grants.is_empty());
+            j.append(&[Record::Grant(grant(1)), Record::Grant(grant(2))])
+                .unwrap();
+            j.append(&[Record::Remove {
+                id: grant(1).id,
+                reason: RemoveReason::Revoked,
+            }])
+            .unwrap();
+            j.append(&[Record::Grant(grant(3))]).unwrap();
+        }
+        // Tear the last record in half.
+        let path = dir.path().join(FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 20).unwrap();
+        drop(f);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            r.grants.keys().copied().collect::<Vec<_>>(),
+            vec![grant(2).id]
+        );
+        assert!(r.truncated_bytes > 0);
+        // After compaction the journal holds exactly the live grant.
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.grants.len(), 1);
+        assert_eq!(r.truncated_bytes, 0);
+        assert_eq!(r.grants.values().next(), Some(&grant(2)));
+    }
+
+    #[test]
+    fn flipped_byte_in_the_middle_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            j.append(&[Record::Grant(grant(1))]).unwrap();
+            j.append(&[Record::Grant(grant(2))]).unwrap();
+        }
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.corrupt_records, 1);
+        assert_eq!(r.grants.len(), 1);
+    }
+}
