@@ -112,7 +112,7 @@ pub enum VerifyError {
 }
 
 /// What a successful verification saw.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     pub records: u64,
     pub files: usize,

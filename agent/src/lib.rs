@@ -7,11 +7,13 @@
 //! - [`events`] decodes the ring-buffer events.
 //! - [`netns`] runs code inside a network namespace (attaching there, tests).
 
+pub mod admin;
 pub mod audit;
 pub mod bpffs;
 pub mod clock;
 pub mod config;
 pub mod cover;
+pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod events;

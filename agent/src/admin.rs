@@ -1,0 +1,170 @@
+//! The local admin interface: a Unix socket (mode 0600, root only) speaking one JSON request
+//! per line and one JSON response per line. `jit-agent grant|revoke|grants|status|audit` are
+//! its clients. This is the break-glass path: it works with the controller unreachable.
+
+use crate::audit::{AuditLine, Verified};
+use crate::grant::GrantRecord;
+use jitgate_common::{Port, SourcePrefix};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Requests are at most this long; a longer line is refused before it is parsed.
+pub const MAX_REQUEST: usize = 1 << 20;
+/// Longest justification accepted.
+pub const MAX_JUSTIFICATION: usize = 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Grant(GrantRequest),
+    /// Several grants, applied and made durable together.
+    GrantBatch(Vec<GrantRequest>),
+    Revoke {
+        id: String,
+    },
+    Grants,
+    Status,
+    Audit {
+        follow: bool,
+        tail: Option<usize>,
+    },
+    AuditVerify,
+    Detach,
+}
+
+/// A local grant. Exactly one of `duration_secs` and `until`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantRequest {
+    pub port: Port,
+    /// `tcp`, `udp` or `*` (both: two grants).
+    pub protocol: String,
+    pub source: SourcePrefix,
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub justification: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Granted { grants: Vec<GrantRecord> },
+    Revoked { id: String, flows_cut: usize },
+    Grants { grants: Vec<GrantRecord> },
+    Status(Box<Status>),
+    Audit { line: Box<AuditLine> },
+    AuditEnd,
+    Verified(Verified),
+    Detached,
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Bad input: nothing was changed.
+    Invalid,
+    NotFound,
+    /// The request was valid but the agent could not carry it out.
+    Internal,
+    Unauthorized,
+    /// The audit chain does not verify.
+    Tampered,
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub program_id: u32,
+    pub pin_dir: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub protected: Vec<String>,
+    pub counters: Vec<(String, u64)>,
+    pub active_grants: usize,
+    pub flows: usize,
+    pub audit_head: String,
+    pub audit_seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub mode: String,
+}
+
+/// A connection to the agent.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path}: {source} (is jit-agent running? are you root?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the agent sent something that is not a response: {0}")]
+    Protocol(String),
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (r, w) = s.into_split();
+        Ok(Client {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// The next response; `None` when the agent closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<Response>, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.send(req).await?;
+        self.recv()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("connection closed".into()))
+    }
+}

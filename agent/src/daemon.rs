@@ -1,0 +1,1326 @@
+//! `jit-agent run`: the host daemon.
+//!
+//! One task (the core) owns the data plane and the grant table and handles every change in
+//! order; a writer thread owns the journal and the audit log and makes batches durable with
+//! one fsync (group commit); the admin socket, the interface watcher, the event reader and
+//! the metrics endpoint talk to the core over channels. A grant is acknowledged only after
+//! it is in the map AND its journal and audit records are fsynced.
+
+use crate::admin::{self, ErrorCode, GrantRequest, InterfaceStatus, Request, Response, Status};
+use crate::audit::{self, AuditEvent, AuditLine, AuditLog};
+use crate::clock::BootInstant;
+use crate::config::{AgentConfig, ProtoSpec, glob_match};
+use crate::dataplane::{AttachMode, Dataplane, DataplaneOptions};
+use crate::events::DataplaneEvent;
+use crate::grant::{GrantId, GrantRecord, Origin, boot_id};
+use crate::journal::{Journal, Record, RemoveReason};
+use crate::sockdiag::{self, TcpConn};
+use jitgate_common::{Counter, EventKind, FlowEntry, FlowKey, OnExpiry, Protocol, SourcePrefix};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Audit files rotate at this size.
+pub const AUDIT_ROTATE_BYTES: u64 = 64 << 20;
+/// Flows are swept this often (idle `keep` flows, flows of ended `cut` grants).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Dataplane(#[from] crate::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+struct WriteJob {
+    journal: Vec<Record>,
+    audit: Vec<AuditEvent>,
+    /// fsync before answering (grant changes); data-plane events only need ordering.
+    durable: bool,
+    compact: Option<Vec<GrantRecord>>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+impl WriteJob {
+    fn audit(events: Vec<AuditEvent>, durable: bool) -> Self {
+        WriteJob {
+            journal: Vec::new(),
+            audit: events,
+            durable,
+            compact: None,
+            done: None,
+        }
+    }
+}
+
+type Head = Arc<Mutex<(String, u64)>>;
+
+/// The writer thread: group commit of journal and audit records.
+fn writer_thread(
+    mut journal: Journal,
+    mut log: AuditLog,
+    mut rx: mpsc::Receiver<WriteJob>,
+    lines: broadcast::Sender<AuditLine>,
+    head: Head,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 4096 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<Record> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.journal))
+            .collect();
+        let durable = jobs.iter().any(|j| j.durable);
+        let mut result: Result<(), String> = journal
+            .append(&records)
+            .map_err(|e| format!("journal: {e}"));
+        let events: Vec<AuditEvent> = jobs
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.audit))
+            .collect();
+        match log.append(events) {
+            Ok(written) => {
+                if durable && let Err(e) = log.sync() {
+                    result = Err(format!("audit log: {e}"));
+                }
+                for l in written {
+                    let _ = lines.send(l);
+                }
+                if let Ok(mut h) = head.lock() {
+                    let (hash, seq) = log.head();
+                    *h = (hash.to_string(), seq);
+                }
+            }
+            Err(e) => result = Err(format!("audit log: {e}")),
+        }
+        if let Some(live) = jobs.iter_mut().rev().find_map(|j| j.compact.take())
+            && let Err(e) = journal.compact(live.iter())
+        {
+            tracing::error!(error = %e, "journal compaction failed");
+        }
+        for j in jobs {
+            if let Some(done) = j.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+    let _ = log.sync();
+}
+
+enum Msg {
+    Admin {
+        req: Request,
+        actor: String,
+        reply: oneshot::Sender<Response>,
+    },
+    Rescan,
+    Metrics(oneshot::Sender<String>),
+    Rollback(Vec<GrantId>),
+}
+
+struct Core {
+    cfg: AgentConfig,
+    dp: Dataplane,
+    table: HashMap<GrantId, GrantRecord>,
+    deadlines: BTreeSet<(u64, GrantId)>,
+    writer: mpsc::Sender<WriteJob>,
+    me: mpsc::Sender<Msg>,
+    boot_id: String,
+    attached: BTreeMap<String, AttachMode>,
+    started: OffsetDateTime,
+    head: Head,
+    removed_since_compact: usize,
+    detached: bool,
+}
+
+fn grant_event(kind: &str, actor: &str, g: &GrantRecord, reason: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        kind: kind.into(),
+        actor: actor.into(),
+        source: Some(g.source.to_string()),
+        protocol: Some(g.protocol.to_string()),
+        port: Some(g.port.get()),
+        window: Some((g.start, g.end)),
+        grant_id: Some(g.id.to_string()),
+        reason: reason.map(String::from),
+        time: None,
+    }
+}
+
+fn flow_source(k: &FlowKey) -> IpAddr {
+    if k.family == jitgate_common::event::FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(
+            k.saddr[0], k.saddr[1], k.saddr[2], k.saddr[3],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.saddr))
+    }
+}
+
+fn flow_conn(k: &FlowKey) -> TcpConn {
+    let dst = if k.family == jitgate_common::event::FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(
+            k.daddr[0], k.daddr[1], k.daddr[2], k.daddr[3],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.daddr))
+    };
+    TcpConn {
+        local: SocketAddr::new(dst, u16::from_be_bytes(k.dport)),
+        remote: SocketAddr::new(flow_source(k), u16::from_be_bytes(k.sport)),
+    }
+}
+
+impl Core {
+    fn on_expiry(&self, proto: Protocol, port: u16) -> Option<OnExpiry> {
+        self.cfg
+            .protected
+            .iter()
+            .find(|p| p.protocol == proto && p.port.get() == port)
+            .map(|p| p.on_expiry)
+    }
+
+    async fn write(&self, job: WriteJob) {
+        if self.writer.send(job).await.is_err() {
+            tracing::error!("the journal writer has stopped");
+        }
+    }
+
+    fn validate(
+        &self,
+        r: &GrantRequest,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Protocol>, Duration), String> {
+        let spec: ProtoSpec = r.protocol.parse()?;
+        let d = match (r.duration_secs, r.until) {
+            (Some(_), Some(_)) => return Err("give a duration or an end time, not both".into()),
+            (None, None) => {
+                return Err("give a duration (--duration) or an end time (--until)".into());
+            }
+            (Some(0), None) => return Err("the duration must be longer than zero".into()),
+            (Some(s), None) => Duration::from_secs(s),
+            (None, Some(until)) => {
+                if until <= now {
+                    return Err(format!("the end time {until} is in the past"));
+                }
+                (until - now)
+                    .try_into()
+                    .map_err(|_| "the end time is out of range".to_string())?
+            }
+        };
+        if d > self.cfg.max_grant {
+            return Err(format!(
+                "{} is longer than this host's maximum grant of {}",
+                humantime::format_duration(d),
+                humantime::format_duration(self.cfg.max_grant)
+            ));
+        }
+        if let Some(j) = &r.justification
+            && j.len() > admin::MAX_JUSTIFICATION
+        {
+            return Err(format!(
+                "the justification is longer than {} bytes",
+                admin::MAX_JUSTIFICATION
+            ));
+        }
+        Ok((spec.protocols().to_vec(), d))
+    }
+
+    /// Applies grants to the maps and the table; durability is the caller's next step.
+    fn apply_grants(
+        &mut self,
+        reqs: &[GrantRequest],
+        actor: &str,
+    ) -> Result<Vec<GrantRecord>, Response> {
+        let now = OffsetDateTime::now_utc();
+        let mut plans = Vec::new();
+        for r in reqs {
+            // Validate everything first: a bad entry changes nothing.
+            let (protos, d) = self
+                .validate(r, now)
+                .map_err(|m| Response::error(ErrorCode::Invalid, m))?;
+            plans.push((r, protos, d));
+        }
+        let boot_now = BootInstant::now();
+        let mut out = Vec::new();
+        for (r, protos, d) in plans {
+            for protocol in protos {
+                let g = GrantRecord {
+                    id: GrantId::random(),
+                    protocol,
+                    port: r.port,
+                    source: r.source,
+                    start: now,
+                    end: now + d,
+                    requester: actor.split(" (pid").next().unwrap_or(actor).to_string(),
+                    justification: r.justification.clone().unwrap_or_default(),
+                    origin: Origin::Local,
+                    boot_id: self.boot_id.clone(),
+                    expires_boot_ns: boot_now.saturating_add(d).0,
+                };
+                if let Err(e) = self
+                    .dp
+                    .add_grant(g.id, g.spec(), BootInstant(g.expires_boot_ns))
+                {
+                    for done in &out {
+                        self.forget(done);
+                    }
+                    return Err(Response::error(ErrorCode::Internal, e.to_string()));
+                }
+                self.deadlines.insert((g.expires_boot_ns, g.id));
+                self.table.insert(g.id, g.clone());
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a grant from maps, table and timers (no journal record).
+    fn forget(&mut self, g: &GrantRecord) {
+        let _ = self.dp.remove_grant(&g.id);
+        self.table.remove(&g.id);
+        self.deadlines.remove(&(g.expires_boot_ns, g.id));
+    }
+
+    /// The active grant, other than `except`, that covers (proto, port, src) longest.
+    fn covering(&self, except: GrantId, proto: u8, port: u16, src: IpAddr) -> Option<&GrantRecord> {
+        let now = BootInstant::now().0;
+        self.table
+            .values()
+            .filter(|g| {
+                g.id != except
+                    && g.protocol.number() == proto
+                    && g.port.get() == port
+                    && g.expires_boot_ns > now
+                    && g.source.contains_addr(src)
+            })
+            .max_by_key(|g| g.expires_boot_ns)
+    }
+
+    /// Flows admitted under `gone`: handed to another covering grant if there is one,
+    /// otherwise removed and their sockets destroyed. Returns how many were cut.
+    fn cut_flows(&mut self, gone: &GrantRecord) -> usize {
+        let id = gone.id.to_bytes();
+        let mut cut = 0;
+        for (k, mut e) in self.dp.flows() {
+            if e.grant_id != id {
+                continue;
+            }
+            let port = u16::from_be_bytes(k.dport);
+            let src = flow_source(&k);
+            if let Some(other) = self.covering(gone.id, k.proto, port, src) {
+                e.grant_id = other.id.to_bytes();
+                e.grant_expires_ns = other.expires_boot_ns;
+                let _ = self.dp.insert_flow(k, e);
+                continue;
+            }
+            let _ = self.dp.remove_flow(&k);
+            if k.proto == Protocol::Tcp.number()
+                && let Err(err) = sockdiag::destroy(&flow_conn(&k))
+            {
+                tracing::warn!(error = %err, "could not close a cut session");
+            }
+            cut += 1;
+        }
+        cut
+    }
+
+    async fn handle_admin(
+        &mut self,
+        req: Request,
+        actor: String,
+        reply: oneshot::Sender<Response>,
+    ) {
+        match req {
+            Request::Grant(r) => self.grant(vec![r], actor, reply).await,
+            Request::GrantBatch(rs) => self.grant(rs, actor, reply).await,
+            Request::Revoke { id } => self.revoke(&id, &actor, reply).await,
+            Request::Grants => {
+                let mut grants: Vec<GrantRecord> = self.table.values().cloned().collect();
+                grants.sort_by_key(|g| (g.end, g.id));
+                let _ = reply.send(Response::Grants { grants });
+            }
+            Request::Status => {
+                let _ = reply.send(self.status());
+            }
+            Request::Detach => self.detach(&actor, reply).await,
+            // Answered by the connection handler.
+            Request::Audit { .. } | Request::AuditVerify => {
+                let _ = reply.send(Response::error(ErrorCode::Internal, "misrouted request"));
+            }
+        }
+    }
+
+    async fn grant(
+        &mut self,
+        reqs: Vec<GrantRequest>,
+        actor: String,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let grants = match self.apply_grants(&reqs, &actor) {
+            Ok(g) => g,
+            Err(resp) => {
+                let mut e = AuditEvent::new("grant.rejected", &actor);
+                if let Response::Error { message, .. } = &resp {
+                    e.reason = Some(message.clone());
+                }
+                if let Some(r) = reqs.first() {
+                    e.source = Some(r.source.to_string());
+                    e.port = Some(r.port.get());
+                    e.protocol = Some(r.protocol.clone());
+                }
+                self.write(WriteJob::audit(vec![e], false)).await;
+                let _ = reply.send(resp);
+                return;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let job = WriteJob {
+            journal: grants.iter().cloned().map(Record::Grant).collect(),
+            audit: grants
+                .iter()
+                .map(|g| grant_event("grant.applied", &actor, g, Some("local break-glass grant")))
+                .collect(),
+            durable: true,
+            compact: None,
+            done: Some(tx),
+        };
+        self.write(job).await;
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(())) => {
+                    let _ = reply.send(Response::Granted { grants });
+                }
+                failed => {
+                    let msg = match failed {
+                        Ok(Err(e)) => e,
+                        _ => "the journal writer stopped".into(),
+                    };
+                    let _ = me
+                        .send(Msg::Rollback(grants.iter().map(|g| g.id).collect()))
+                        .await;
+                    let _ = reply.send(Response::error(
+                        ErrorCode::Internal,
+                        format!("not durable, rolled back: {msg}"),
+                    ));
+                }
+            }
+        });
+    }
+
+    async fn revoke(&mut self, id: &str, actor: &str, reply: oneshot::Sender<Response>) {
+        let Ok(gid) = id.parse::<GrantId>() else {
+            let _ = reply.send(Response::error(
+                ErrorCode::Invalid,
+                format!("{id:?} is not a grant id"),
+            ));
+            return;
+        };
+        let Some(g) = self.table.get(&gid).cloned() else {
+            let _ = reply.send(Response::error(
+                ErrorCode::NotFound,
+                format!("no active grant {gid}"),
+            ));
+            return;
+        };
+        self.forget(&g);
+        let cut = self.cut_flows(&g);
+        self.removed_since_compact += 1;
+        let (tx, rx) = oneshot::channel();
+        let mut ev = grant_event("grant.revoked", actor, &g, Some("UserRequested"));
+        if cut > 0 {
+            ev.reason = Some(format!("UserRequested; {cut} session(s) closed"));
+        }
+        self.write(WriteJob {
+            journal: vec![Record::Remove {
+                id: gid,
+                reason: RemoveReason::Revoked,
+            }],
+            audit: vec![ev],
+            durable: true,
+            compact: None,
+            done: Some(tx),
+        })
+        .await;
+        tokio::spawn(async move {
+            let resp = match rx.await {
+                Ok(Ok(())) => Response::Revoked {
+                    id: gid.to_string(),
+                    flows_cut: cut,
+                },
+                Ok(Err(e)) => Response::error(ErrorCode::Internal, e),
+                Err(_) => Response::error(ErrorCode::Internal, "the journal writer stopped"),
+            };
+            let _ = reply.send(resp);
+        });
+    }
+
+    /// Ends every grant whose end has passed: maps, table, journal, audit; for `cut` ports
+    /// the sessions are closed too. The kernel already stopped admitting at the end.
+    async fn expire_due(&mut self) {
+        let now = BootInstant::now().0;
+        let due: Vec<(u64, GrantId)> = self
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut journal = Vec::new();
+        let mut events = Vec::new();
+        for (_, id) in due {
+            let Some(g) = self.table.get(&id).cloned() else {
+                self.deadlines.retain(|(_, i)| *i != id);
+                continue;
+            };
+            self.forget(&g);
+            let mut reason = "Expired".to_string();
+            if self.on_expiry(g.protocol, g.port.get()) == Some(OnExpiry::Cut) {
+                let cut = self.cut_flows(&g);
+                if cut > 0 {
+                    reason = format!("Expired; {cut} session(s) closed (on_expiry = cut)");
+                }
+            }
+            journal.push(Record::Remove {
+                id,
+                reason: RemoveReason::Expired,
+            });
+            events.push(grant_event("grant.expired", "agent", &g, Some(&reason)));
+            self.removed_since_compact += 1;
+        }
+        self.write(WriteJob {
+            journal,
+            audit: events,
+            durable: true,
+            compact: None,
+            done: None,
+        })
+        .await;
+    }
+
+    /// Drops flows nobody needs: idle `keep` flows and adopted sessions, and flows of ended
+    /// grants on `cut` ports. Also compacts the journal after many removals.
+    async fn sweep(&mut self) {
+        let now = BootInstant::now().0;
+        let idle = self.cfg.flow_idle_timeout.as_nanos() as u64;
+        for (k, e) in self.dp.flows() {
+            let ended = e.grant_expires_ns <= now;
+            let idle_past = e.last_seen_ns.saturating_add(idle) <= now;
+            let cut_port = self.on_expiry(
+                Protocol::from_number(k.proto).unwrap_or(Protocol::Tcp),
+                u16::from_be_bytes(k.dport),
+            ) != Some(OnExpiry::Keep);
+            if idle_past && (ended || e.grant_expires_ns == u64::MAX) || ended && cut_port {
+                let _ = self.dp.remove_flow(&k);
+            }
+        }
+        if self.removed_since_compact >= 1000 {
+            self.removed_since_compact = 0;
+            let live: Vec<GrantRecord> = self.table.values().cloned().collect();
+            self.write(WriteJob {
+                journal: vec![],
+                audit: vec![],
+                durable: false,
+                compact: Some(live),
+                done: None,
+            })
+            .await;
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        let cap = Duration::from_secs(1);
+        match self.deadlines.first() {
+            Some((t, _)) => BootInstant(*t).remaining().min(cap),
+            None => cap,
+        }
+    }
+
+    async fn rescan(&mut self) {
+        let Ok(ifaces) = nix::net::if_::if_nameindex() else {
+            return;
+        };
+        let mut events = Vec::new();
+        for i in ifaces.iter() {
+            let name = i.name().to_string_lossy().into_owned();
+            let wanted = self.cfg.interfaces.iter().any(|p| {
+                if name == "lo" {
+                    p == "lo"
+                } else {
+                    glob_match(p, &name)
+                }
+            });
+            if !wanted || self.attached.contains_key(&name) {
+                continue;
+            }
+            match self.dp.attach(&name) {
+                Ok(a) => {
+                    tracing::info!(iface = %name, mode = a.mode.as_str(), replaced = a.replaced, "enforcing");
+                    let mut e = AuditEvent::new("interface.attached", "agent");
+                    e.reason = Some(format!(
+                        "{} mode{}",
+                        a.mode.as_str(),
+                        if a.replaced {
+                            ", program replaced in place"
+                        } else {
+                            ""
+                        }
+                    ));
+                    e.source = Some(name.clone());
+                    events.push(e);
+                    self.attached.insert(name, a.mode);
+                }
+                Err(err) => {
+                    tracing::error!(iface = %name, error = %err, "cannot attach");
+                    let mut e = AuditEvent::new("interface.attach_failed", "agent");
+                    e.source = Some(name.clone());
+                    e.reason = Some(err.to_string());
+                    events.push(e);
+                }
+            }
+        }
+        // Interfaces that went away lose their (now defunct) links.
+        let present: BTreeSet<String> = ifaces
+            .iter()
+            .map(|i| i.name().to_string_lossy().into_owned())
+            .collect();
+        self.attached.retain(|n, _| present.contains(n));
+        if !events.is_empty() {
+            self.write(WriteJob::audit(events, true)).await;
+        }
+    }
+
+    /// Established TCP sessions to protected ports become admitted flows, so that turning
+    /// enforcement on over SSH never cuts the session that did it.
+    fn adopt_sessions(&mut self) -> Vec<AuditEvent> {
+        let tcp_ports: BTreeSet<u16> = self
+            .cfg
+            .protected
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port.get())
+            .collect();
+        let conns = match sockdiag::established(|p| tcp_ports.contains(&p)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list established sessions to adopt");
+                return Vec::new();
+            }
+        };
+        let now = BootInstant::now().0;
+        let mut events = Vec::new();
+        for c in conns {
+            let (family, saddr, daddr) = match (c.remote.ip(), c.local.ip()) {
+                (IpAddr::V4(r), IpAddr::V4(l)) => {
+                    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+                    s[..4].copy_from_slice(&r.octets());
+                    d[..4].copy_from_slice(&l.octets());
+                    (jitgate_common::event::FAMILY_V4, s, d)
+                }
+                (IpAddr::V6(r), IpAddr::V6(l)) => {
+                    // A v4-mapped socket sees v4 packets.
+                    match (r.to_ipv4_mapped(), l.to_ipv4_mapped()) {
+                        (Some(r4), Some(l4)) => {
+                            let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+                            s[..4].copy_from_slice(&r4.octets());
+                            d[..4].copy_from_slice(&l4.octets());
+                            (jitgate_common::event::FAMILY_V4, s, d)
+                        }
+                        _ => (jitgate_common::event::FAMILY_V6, r.octets(), l.octets()),
+                    }
+                }
+                _ => continue,
+            };
+            let key = FlowKey {
+                family,
+                proto: Protocol::Tcp.number(),
+                sport: c.remote.port().to_be_bytes(),
+                dport: c.local.port().to_be_bytes(),
+                _pad: [0; 2],
+                saddr,
+                daddr,
+            };
+            let entry = FlowEntry {
+                admitted_at_ns: now,
+                last_seen_ns: now,
+                // No grant: the session predates enforcement. It lives until idle.
+                grant_expires_ns: u64::MAX,
+                grant_id: [0; 16],
+            };
+            if self.dp.insert_flow(key, entry).is_ok() {
+                let mut e = AuditEvent::new("session.adopted", "agent");
+                e.source = Some(c.remote.to_string());
+                e.protocol = Some("tcp".into());
+                e.port = Some(c.local.port());
+                e.reason = Some("established before enforcement".into());
+                events.push(e);
+            }
+        }
+        events
+    }
+
+    fn status(&mut self) -> Response {
+        let counters = match self.dp.counters() {
+            Ok(c) => Counter::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), c.get(*k)))
+                .collect(),
+            Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+        };
+        let program_id = self.dp.program_id().unwrap_or(0);
+        let (audit_head, audit_seq) = self.head.lock().map(|h| h.clone()).unwrap_or_default();
+        Response::Status(Box::new(Status {
+            program_id,
+            pin_dir: self.cfg.pin_dir.display().to_string(),
+            interfaces: self
+                .attached
+                .iter()
+                .map(|(n, m)| InterfaceStatus {
+                    name: n.clone(),
+                    mode: m.as_str().into(),
+                })
+                .collect(),
+            protected: self.cfg.protected.iter().map(|p| p.to_string()).collect(),
+            counters,
+            active_grants: self.table.len(),
+            flows: self.dp.flows().len(),
+            audit_head,
+            audit_seq,
+            started: self.started,
+        }))
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = String::new();
+        if let Ok(c) = self.dp.counters() {
+            s.push_str("# HELP jitgate_packets_total Packets by verdict and reason.\n# TYPE jitgate_packets_total counter\n");
+            for k in Counter::ALL
+                .iter()
+                .filter(|k| (**k as u32) < Counter::EventsSent as u32)
+            {
+                s.push_str(&format!(
+                    "jitgate_packets_total{{reason=\"{}\"}} {}\n",
+                    k.name(),
+                    c.get(*k)
+                ));
+            }
+            s.push_str("# HELP jitgate_events_total Data-plane events by outcome.\n# TYPE jitgate_events_total counter\n");
+            for (k, label) in [
+                (Counter::EventsSent, "sent"),
+                (Counter::EventsSuppressed, "suppressed"),
+                (Counter::EventsLost, "dropped"),
+            ] {
+                s.push_str(&format!(
+                    "jitgate_events_total{{outcome=\"{label}\"}} {}\n",
+                    c.get(k)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "# HELP jitgate_active_grants Grants in the table.\n# TYPE jitgate_active_grants gauge\njitgate_active_grants {}\n",
+            self.table.len()
+        ));
+        s.push_str(&format!(
+            "# HELP jitgate_flows Admitted flows tracked by the kernel.\n# TYPE jitgate_flows gauge\njitgate_flows {}\n",
+            self.dp.flows().len()
+        ));
+        s
+    }
+
+    async fn detach(&mut self, actor: &str, reply: oneshot::Sender<Response>) {
+        let result = crate::remove_pins(&self.cfg.pin_dir);
+        let mut e = AuditEvent::new("agent.detached", actor);
+        e.reason = Some(match &result {
+            Ok(()) => "enforcement removed from every interface".into(),
+            Err(err) => format!("detach failed: {err}"),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.write(WriteJob {
+            journal: vec![],
+            audit: vec![e],
+            durable: true,
+            compact: None,
+            done: Some(tx),
+        })
+        .await;
+        let _ = rx.await;
+        self.detached = result.is_ok();
+        let _ = reply.send(match result {
+            Ok(()) => Response::Detached,
+            Err(err) => Response::error(ErrorCode::Internal, err.to_string()),
+        });
+    }
+}
+
+fn event_to_audit(e: &DataplaneEvent) -> AuditEvent {
+    let kind = match e.kind {
+        EventKind::Admitted => "connection.admitted",
+        EventKind::Denied => "connection.denied",
+    };
+    AuditEvent {
+        kind: kind.into(),
+        actor: "kernel".into(),
+        source: Some(SocketAddr::new(e.source, e.source_port).to_string()),
+        protocol: Some(e.protocol.to_string()),
+        port: Some(e.destination_port),
+        window: None,
+        grant_id: e.grant.map(|g| g.to_string()),
+        reason: e.reason.map(|r| r.name().to_string()),
+        time: Some(e.at.to_utc().into()),
+    }
+}
+
+/// Who is on the other end of the admin socket. Only root is served.
+fn peer_actor(s: &UnixStream) -> Result<String, String> {
+    let cred = s
+        .peer_cred()
+        .map_err(|e| format!("peer credentials: {e}"))?;
+    if cred.uid() != 0 {
+        return Err(format!("uid {} is not root", cred.uid()));
+    }
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid{}", cred.uid()));
+    Ok(match cred.pid() {
+        Some(pid) => format!("local:{name} (pid {pid})"),
+        None => format!("local:{name}"),
+    })
+}
+
+async fn serve_conn(
+    stream: UnixStream,
+    core: mpsc::Sender<Msg>,
+    state_dir: PathBuf,
+    lines: broadcast::Sender<AuditLine>,
+) {
+    let actor = peer_actor(&stream);
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let too_long = match read_line_bounded(&mut reader, &mut raw, admin::MAX_REQUEST).await {
+            Ok(None) | Err(_) => return,
+            Ok(Some(fits)) => !fits,
+        };
+        let line = String::from_utf8_lossy(&raw).into_owned();
+        let send = |resp: Response| {
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            out
+        };
+        let actor = match &actor {
+            Ok(a) => a.clone(),
+            Err(e) => {
+                let _ = w
+                    .write_all(&send(Response::error(ErrorCode::Unauthorized, e.clone())))
+                    .await;
+                return;
+            }
+        };
+        if too_long {
+            let _ = w
+                .write_all(&send(Response::error(
+                    ErrorCode::Invalid,
+                    "request too long",
+                )))
+                .await;
+            return;
+        }
+        let req: Request = match serde_json::from_str(line.trim_end()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = w
+                    .write_all(&send(Response::error(
+                        ErrorCode::Invalid,
+                        format!("bad request: {e}"),
+                    )))
+                    .await;
+                continue;
+            }
+        };
+        match req {
+            Request::Audit { follow, tail } => {
+                // Subscribe before reading the files so that nothing falls in between.
+                let mut live = lines.subscribe();
+                let dir = state_dir.clone();
+                let existing = tokio::task::spawn_blocking(move || audit::read_all(&dir)).await;
+                let mut last_seq = 0;
+                if let Ok(Ok(all)) = existing {
+                    let ok: Vec<AuditLine> = all.into_iter().filter_map(Result::ok).collect();
+                    let skip = tail.map(|t| ok.len().saturating_sub(t)).unwrap_or(0);
+                    for l in ok.into_iter().skip(skip) {
+                        last_seq = l.body.seq;
+                        if w.write_all(&send(Response::Audit { line: Box::new(l) }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                if !follow {
+                    let _ = w.write_all(&send(Response::AuditEnd)).await;
+                    continue;
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(l) if l.body.seq > last_seq => {
+                            if w.write_all(&send(Response::Audit { line: Box::new(l) }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+            Request::AuditVerify => {
+                let dir = state_dir.clone();
+                let resp = match tokio::task::spawn_blocking(move || audit::verify(&dir)).await {
+                    Ok(Ok(v)) => Response::Verified(v),
+                    Ok(Err(e)) => Response::error(ErrorCode::Tampered, e.to_string()),
+                    Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+                };
+                if w.write_all(&send(resp)).await.is_err() {
+                    return;
+                }
+            }
+            req => {
+                let (tx, rx) = oneshot::channel();
+                if core
+                    .send(Msg::Admin {
+                        req,
+                        actor,
+                        reply: tx,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let resp = rx.await.unwrap_or_else(|_| {
+                    Response::error(ErrorCode::Internal, "the agent is stopping")
+                });
+                if w.write_all(&send(resp)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one line of at most `max` bytes without ever buffering more: `Some(true)` a line,
+/// `Some(false)` a line that was too long (its rest is not read), `None` end of stream.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(if out.is_empty() { None } else { Some(true) });
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if out.len() + take > max + 1 {
+            return Ok(Some(false));
+        }
+        out.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            return Ok(Some(true));
+        }
+    }
+}
+
+/// Watches the kernel's link announcements and asks the core to rescan interfaces.
+fn watch_links(tx: mpsc::Sender<Msg>) {
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        tracing::warn!("cannot watch interfaces (netlink): new interfaces need a restart");
+        return;
+    }
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: valid address for the call.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc < 0 {
+        tracing::warn!("cannot subscribe to link events: new interfaces need a restart");
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    let mut buf = vec![0u8; 16384];
+    loop {
+        // SAFETY: buf is valid for writes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+        if tx.blocking_send(Msg::Rescan).is_err() {
+            break;
+        }
+    }
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+}
+
+async fn serve_metrics(addr: SocketAddr, core: mpsc::Sender<Msg>) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics endpoint");
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+            )
+            .await;
+            let (tx, rx) = oneshot::channel();
+            if core.send(Msg::Metrics(tx)).await.is_err() {
+                return;
+            }
+            let body = rx.await.unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT (enforcement stays) or a detach (it does not).
+pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(io(format!("creating {}", cfg.state_dir.display())))?;
+    let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
+    let (journal, replay) =
+        Journal::open(&cfg.state_dir).map_err(io("opening the grant journal"))?;
+    if replay.truncated_bytes > 0 || replay.corrupt_records > 0 {
+        tracing::warn!(
+            truncated_bytes = replay.truncated_bytes,
+            corrupt_records = replay.corrupt_records,
+            "grant journal repaired"
+        );
+    }
+    let log =
+        AuditLog::open(&cfg.state_dir, AUDIT_ROTATE_BYTES).map_err(io("opening the audit log"))?;
+    let head: Head = Arc::new(Mutex::new({
+        let (h, s) = log.head();
+        (h.to_string(), s)
+    }));
+
+    let mut opts = DataplaneOptions::new(&cfg.pin_dir);
+    opts.flow_idle_timeout = cfg.flow_idle_timeout;
+    let mut dp = Dataplane::open(&opts)?;
+    let adopted = dp.adopted();
+    dp.set_protected(&cfg.protected)?;
+
+    let (wtx, wrx) = mpsc::channel::<WriteJob>(65536);
+    let (lines_tx, _) = broadcast::channel::<AuditLine>(4096);
+    let writer = {
+        let lines = lines_tx.clone();
+        let head = head.clone();
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer_thread(journal, log, wrx, lines, head))
+            .map_err(io("starting the journal writer"))?
+    };
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let bid = boot_id();
+    let mut core = Core {
+        cfg: cfg.clone(),
+        dp,
+        table: HashMap::new(),
+        deadlines: BTreeSet::new(),
+        writer: wtx.clone(),
+        me: tx.clone(),
+        boot_id: bid.clone(),
+        attached: BTreeMap::new(),
+        started: OffsetDateTime::now_utc(),
+        head: head.clone(),
+        removed_since_compact: 0,
+        detached: false,
+    };
+
+    // Restore from the journal: every grant still running, none resurrected after its end.
+    let now = BootInstant::now();
+    let mut journal_fix = Vec::new();
+    let mut startup_events = Vec::new();
+    let mut live = Vec::new();
+    for (id, mut g) in replay.grants {
+        let exp = g.expires(&bid);
+        if exp <= now {
+            journal_fix.push(Record::Remove {
+                id,
+                reason: RemoveReason::Expired,
+            });
+            startup_events.push(grant_event(
+                "grant.expired",
+                "agent",
+                &g,
+                Some("Expired while the agent was down"),
+            ));
+            continue;
+        }
+        if g.boot_id != bid {
+            // A reboot: pin the end to this boot's clock from now on.
+            g.boot_id = bid.clone();
+            g.expires_boot_ns = exp.0;
+            journal_fix.push(Record::Grant(g.clone()));
+        }
+        live.push(g);
+    }
+    core.dp.reconcile_grants(
+        live.iter()
+            .map(|g| (g.id, g.spec(), BootInstant(g.expires_boot_ns))),
+    )?;
+    for g in live {
+        core.deadlines.insert((g.expires_boot_ns, g.id));
+        core.table.insert(g.id, g);
+    }
+    startup_events.extend(core.adopt_sessions());
+    let mut started = AuditEvent::new("agent.started", "agent");
+    started.reason = Some(format!(
+        "{} active grant(s) restored; {}; protected: {}",
+        core.table.len(),
+        if adopted {
+            "adopted pinned enforcement"
+        } else {
+            "fresh maps"
+        },
+        cfg.protected
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    startup_events.insert(0, started);
+    let (done_tx, done_rx) = oneshot::channel();
+    core.write(WriteJob {
+        journal: journal_fix,
+        audit: startup_events,
+        durable: true,
+        compact: None,
+        done: Some(done_tx),
+    })
+    .await;
+    let _ = done_rx.await;
+    core.rescan().await;
+
+    // Data-plane events into the audit log.
+    let mut events = core.dp.take_events()?;
+    let ev_writer = wtx.clone();
+    tokio::spawn(async move {
+        while let Ok(batch) = events.next_batch().await {
+            let evs: Vec<AuditEvent> = batch.iter().map(event_to_audit).collect();
+            if ev_writer.send(WriteJob::audit(evs, false)).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // The admin socket: root only.
+    if let Some(parent) = cfg.socket.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener =
+        UnixListener::bind(&cfg.socket).map_err(io(format!("binding {}", cfg.socket.display())))?;
+    std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the admin socket"))?;
+    {
+        let core_tx = tx.clone();
+        let state_dir = cfg.state_dir.clone();
+        let lines = lines_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok((s, _)) = listener.accept().await {
+                    tokio::spawn(serve_conn(
+                        s,
+                        core_tx.clone(),
+                        state_dir.clone(),
+                        lines.clone(),
+                    ));
+                }
+            }
+        });
+    }
+    {
+        let t = tx.clone();
+        std::thread::Builder::new()
+            .name("link-watch".into())
+            .spawn(move || watch_links(t))
+            .map_err(io("starting the interface watcher"))?;
+    }
+    if let Some(addr) = cfg.metrics {
+        tokio::spawn(serve_metrics(addr, tx.clone()));
+    }
+    tracing::info!(
+        pin_dir = %cfg.pin_dir.display(),
+        socket = %cfg.socket.display(),
+        grants = core.table.len(),
+        "jit-agent running"
+    );
+    // Tell whoever started us (tests, systemd notify-less setups) that we are serving.
+    let _ = std::fs::write(
+        cfg.state_dir.join("agent.ready"),
+        std::process::id().to_string(),
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io("installing the SIGTERM handler"))?;
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        let wake = core.next_wake();
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Admin { req, actor, reply }) => {
+                    core.handle_admin(req, actor, reply).await;
+                    if core.detached {
+                        break;
+                    }
+                }
+                Some(Msg::Rescan) => {
+                    // Coalesce a burst of link messages.
+                    while let Ok(Msg::Rescan) = rx.try_recv() {}
+                    core.rescan().await;
+                }
+                Some(Msg::Metrics(reply)) => {
+                    let _ = reply.send(core.metrics());
+                }
+                Some(Msg::Rollback(ids)) => {
+                    for id in ids {
+                        if let Some(g) = core.table.get(&id).cloned() {
+                            core.forget(&g);
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep(wake) => core.expire_due().await,
+            _ = sweep.tick() => core.sweep().await,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let mut stop = AuditEvent::new("agent.stopped", "agent");
+    stop.reason = Some(if core.detached {
+        "after detach".into()
+    } else {
+        "signal; enforcement stays pinned".into()
+    });
+    let (done_tx, done_rx) = oneshot::channel();
+    core.write(WriteJob {
+        journal: vec![],
+        audit: vec![stop],
+        durable: true,
+        compact: None,
+        done: Some(done_tx),
+    })
+    .await;
+    let _ = done_rx.await;
+    drop(core);
+    drop(wtx);
+    drop(tx);
+    let _ = std::fs::remove_file(&cfg.socket);
+    let _ = std::fs::remove_file(cfg.state_dir.join("agent.ready"));
+    let _ = writer.join();
+    Ok(())
+}
+
+/// Detaches without a running agent: removes every pin and records it in the audit log.
+pub fn detach_offline(
+    pin_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    actor: &str,
+) -> Result<(), DaemonError> {
+    crate::remove_pins(pin_dir)?;
+    let mut log =
+        AuditLog::open(state_dir, AUDIT_ROTATE_BYTES).map_err(io("opening the audit log"))?;
+    let mut e = AuditEvent::new("agent.detached", actor);
+    e.reason = Some(format!("offline detach of {}", pin_dir.display()));
+    log.append([e]).map_err(io("writing the audit log"))?;
+    log.sync().map_err(io("syncing the audit log"))?;
+    Ok(())
+}
+
+/// Parses a grant port argument: `22`, `22/tcp`, `22/udp`, `22/*`.
+pub fn parse_port_arg(s: &str) -> Result<(jitgate_common::Port, String), String> {
+    let (port, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, proto.to_string()),
+        None => (s, "tcp".to_string()),
+    };
+    let port: jitgate_common::Port = port
+        .parse()
+        .map_err(|e: jitgate_common::ParseError| format!("--port {s:?}: {e}"))?;
+    proto
+        .parse::<ProtoSpec>()
+        .map_err(|e| format!("--port {s:?}: {e}"))?;
+    Ok((port, proto))
+}
+
+/// Parses a source prefix argument with a message that names the flag.
+pub fn parse_source_arg(s: &str) -> Result<SourcePrefix, String> {
+    s.parse()
+        .map_err(|e: jitgate_common::ParseError| format!("--source {s:?}: {e}"))
+}
