@@ -323,6 +323,7 @@ impl Core {
     fn cut_flows(&mut self, gone: &GrantRecord) -> usize {
         let id = gone.id.to_bytes();
         let mut cut = 0;
+        let mut close = Vec::new();
         for (k, mut e) in self.dp.flows() {
             if e.grant_id != id {
                 continue;
@@ -336,12 +337,13 @@ impl Core {
                 continue;
             }
             let _ = self.dp.remove_flow(&k);
-            if k.proto == Protocol::Tcp.number()
-                && let Err(err) = sockdiag::destroy(&flow_conn(&k))
-            {
-                tracing::warn!(error = %err, "could not close a cut session");
+            if k.proto == Protocol::Tcp.number() {
+                close.push(flow_conn(&k));
             }
             cut += 1;
+        }
+        if let Err(err) = sockdiag::destroy(&close) {
+            tracing::warn!(error = %err, "could not close cut sessions");
         }
         cut
     }
@@ -1284,7 +1286,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     drop(tx);
     let _ = std::fs::remove_file(&cfg.socket);
     let _ = std::fs::remove_file(cfg.state_dir.join("agent.ready"));
-    let _ = writer.join();
+    // The stop record above is durable. The writer may still hold data-plane events in
+    // flight; those are not waited for (the event reader keeps a sender open).
+    drop(writer);
     Ok(())
 }
 

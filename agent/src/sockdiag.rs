@@ -96,7 +96,13 @@ impl Netlink {
     }
 }
 
-fn request(kind: u16, flags: u16, family: u8, states: u32, conn: Option<&TcpConn>) -> Vec<u8> {
+fn request(
+    kind: u16,
+    flags: u16,
+    family: u8,
+    states: u32,
+    conn: Option<(&TcpConn, [u8; 8])>,
+) -> Vec<u8> {
     let len = NLMSG_HDRLEN + REQ_LEN;
     let mut m = vec![0u8; len];
     m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
@@ -108,14 +114,15 @@ fn request(kind: u16, flags: u16, family: u8, states: u32, conn: Option<&TcpConn
     r[1] = libc::IPPROTO_TCP as u8;
     r[4..8].copy_from_slice(&states.to_ne_bytes());
     // sockid at r[8..56]: sport, dport (be16), src[16], dst[16], ifindex, cookie[2].
-    if let Some(c) = conn {
+    // INET_DIAG_NOCOOKIE unless a cookie names the exact socket.
+    r[48..56].copy_from_slice(&[0xff; 8]);
+    if let Some((c, cookie)) = conn {
         r[8..10].copy_from_slice(&c.local.port().to_be_bytes());
         r[10..12].copy_from_slice(&c.remote.port().to_be_bytes());
         r[12..28].copy_from_slice(&addr16(c.local.ip()));
         r[28..44].copy_from_slice(&addr16(c.remote.ip()));
+        r[48..56].copy_from_slice(&cookie);
     }
-    // INET_DIAG_NOCOOKIE: match by address only.
-    r[48..56].copy_from_slice(&[0xff; 8]);
     m
 }
 
@@ -144,19 +151,17 @@ fn parse_id(family: u8, id: &[u8]) -> Option<TcpConn> {
     })
 }
 
-/// Established TCP connections whose local port satisfies `want`, IPv4 and IPv6.
-pub fn established(want: impl Fn(u16) -> bool) -> io::Result<Vec<TcpConn>> {
+/// TCP states that are connections (not LISTEN, TIME_WAIT or CLOSE), as a diag mask.
+const CONNECTED_STATES: u32 =
+    (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+
+/// Sockets in `states` with their kernel cookies, IPv4 and IPv6.
+fn dump(states: u32) -> io::Result<Vec<(TcpConn, [u8; 8])>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let nl = Netlink::open()?;
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        nl.send(&request(
-            SOCK_DIAG_BY_FAMILY,
-            flags,
-            family,
-            1 << TCP_ESTABLISHED,
-            None,
-        ))?;
+        nl.send(&request(SOCK_DIAG_BY_FAMILY, flags, family, states, None))?;
         let mut buf = vec![0u8; 64 * 1024];
         'recv: loop {
             let n = nl.recv(&mut buf)?;
@@ -181,10 +186,11 @@ pub fn established(want: impl Fn(u16) -> bool) -> io::Result<Vec<TcpConn>> {
                     }
                     SOCK_DIAG_BY_FAMILY if len >= NLMSG_HDRLEN + MSG_ID_END => {
                         let msg = &buf[off + NLMSG_HDRLEN..off + len];
-                        if let Some(c) = parse_id(msg[0], &msg[4..4 + 48])
-                            && want(c.local.port())
-                        {
-                            out.push(c);
+                        let id = &msg[4..4 + 48];
+                        if let Some(c) = parse_id(msg[0], id) {
+                            let mut cookie = [0u8; 8];
+                            cookie.copy_from_slice(&id[40..48]);
+                            out.push((c, cookie));
                         }
                     }
                     _ => {}
@@ -196,25 +202,54 @@ pub fn established(want: impl Fn(u16) -> bool) -> io::Result<Vec<TcpConn>> {
     Ok(out)
 }
 
-/// Destroys the local socket of `conn` (its peer sees a reset). A socket already gone is
-/// not an error.
-pub fn destroy(conn: &TcpConn) -> io::Result<()> {
-    let family = if conn.local.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    } as u8;
-    let nl = Netlink::open()?;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    nl.send(&request(SOCK_DESTROY, flags, family, u32::MAX, Some(conn)))?;
-    let mut buf = [0u8; 512];
-    let n = nl.recv(&mut buf)?;
-    if n >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes(buf[16..20].try_into().unwrap_or([0; 4]));
-        return match -errno {
-            0 | libc::ENOENT => Ok(()),
-            e => Err(io::Error::from_raw_os_error(e)),
-        };
+/// Established TCP connections whose local port satisfies `want`, IPv4 and IPv6.
+pub fn established(want: impl Fn(u16) -> bool) -> io::Result<Vec<TcpConn>> {
+    Ok(dump(1 << TCP_ESTABLISHED)?
+        .into_iter()
+        .map(|(c, _)| c)
+        .filter(|c| want(c.local.port()))
+        .collect())
+}
+
+/// Destroys the local sockets of `conns` (their peers see a reset) and returns how many were
+/// found. Each socket is named by its kernel cookie, taken from a dump of connected sockets:
+/// a lookup by address alone falls back to the LISTENING socket when the connection is
+/// already gone, and destroying that would take the service down.
+pub fn destroy(conns: &[TcpConn]) -> io::Result<usize> {
+    if conns.is_empty() {
+        return Ok(0);
     }
-    Ok(())
+    let want: std::collections::HashSet<&TcpConn> = conns.iter().collect();
+    let mut n = 0;
+    for (c, cookie) in dump(CONNECTED_STATES)? {
+        if !want.contains(&c) {
+            continue;
+        }
+        let family = if c.local.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u8;
+        let nl = Netlink::open()?;
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        nl.send(&request(
+            SOCK_DESTROY,
+            flags,
+            family,
+            CONNECTED_STATES,
+            Some((&c, cookie)),
+        ))?;
+        let mut buf = [0u8; 512];
+        let got = nl.recv(&mut buf)?;
+        if got >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
+            let errno = i32::from_ne_bytes(buf[16..20].try_into().unwrap_or([0; 4]));
+            match -errno {
+                0 => n += 1,
+                // Gone in the meantime, or the cookie no longer matches: nothing to close.
+                libc::ENOENT | libc::ESTALE => {}
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+    Ok(n)
 }

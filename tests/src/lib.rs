@@ -1,6 +1,7 @@
 //! Test harness: network namespaces with veth pairs, crafted frames, and a per-test pin
 //! directory, all removed when the test ends, pass or fail.
 
+pub mod agent;
 pub mod frames;
 pub mod netns;
 

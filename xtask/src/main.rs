@@ -166,6 +166,8 @@ fn test(no_lint: bool, extra: &[String]) -> Result<()> {
         run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
         run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
+    // The end-to-end tests run the real binaries (jit-agent, ...).
+    run(Command::new("cargo").args(["build", "--bins"]))?;
     cargo_test_with_summary(extra)
 }
 
