@@ -134,7 +134,6 @@ enum Msg {
         actor: String,
         reply: oneshot::Sender<Response>,
     },
-    Rescan,
     Metrics(oneshot::Sender<String>),
     Rollback(Vec<GrantId>),
 }
@@ -970,7 +969,7 @@ async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 /// Watches the kernel's link announcements and asks the core to rescan interfaces.
-fn watch_links(tx: mpsc::Sender<Msg>) {
+fn watch_links(rescan: Arc<tokio::sync::Notify>) {
     // SAFETY: plain socket(2).
     let fd = unsafe {
         libc::socket(
@@ -1007,9 +1006,7 @@ fn watch_links(tx: mpsc::Sender<Msg>) {
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             break;
         }
-        if tx.blocking_send(Msg::Rescan).is_err() {
-            break;
-        }
+        rescan.notify_one();
     }
     // SAFETY: our fd.
     unsafe { libc::close(fd) };
@@ -1207,11 +1204,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
             }
         });
     }
+    let rescan = Arc::new(tokio::sync::Notify::new());
     {
-        let t = tx.clone();
+        let r = rescan.clone();
         std::thread::Builder::new()
             .name("link-watch".into())
-            .spawn(move || watch_links(t))
+            .spawn(move || watch_links(r))
             .map_err(io("starting the interface watcher"))?;
     }
     if let Some(addr) = cfg.metrics {
@@ -1242,11 +1240,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                         break;
                     }
                 }
-                Some(Msg::Rescan) => {
-                    // Coalesce a burst of link messages.
-                    while let Ok(Msg::Rescan) = rx.try_recv() {}
-                    core.rescan().await;
-                }
+
                 Some(Msg::Metrics(reply)) => {
                     let _ = reply.send(core.metrics());
                 }
@@ -1259,6 +1253,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                 }
                 None => break,
             },
+            // A burst of link messages coalesces into one rescan (Notify keeps one permit).
+            _ = rescan.notified() => core.rescan().await,
             _ = tokio::time::sleep(wake) => core.expire_due().await,
             _ = sweep.tick() => core.sweep().await,
             _ = term.recv() => break,

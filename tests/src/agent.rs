@@ -13,9 +13,13 @@ pub fn agent_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/jit-agent
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("jit-agent");
+    // A binary sits beside it (target/<profile>/jitgate-bench); a test one level down
+    // (target/<profile>/deps/<test>).
+    let here = exe.parent().expect("exe dir");
+    let bin = [here.join("jit-agent"), here.parent().unwrap_or(here).join("jit-agent")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join("jit-agent"));
     assert!(
         bin.exists(),
         "{} not found: build it first (`cargo build --bins`, which `cargo xtask test` does)",
@@ -98,6 +102,20 @@ impl AgentProc {
         }
     }
 
+    /// The agent's pid (`ip netns exec` execs it, so it is our child's pid).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident set size of the agent, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -168,5 +186,13 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- jit-agent log (last 40 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }

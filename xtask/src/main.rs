@@ -46,6 +46,13 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
+    /// packet p50/p99, RSS at 100 000 grants.
+    Agent {
+        /// Fewer grants and rounds: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -223,6 +230,12 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
                 vec!["dataplane"]
             },
             "cargo xtask bench dataplane",
+            quick,
+        ),
+        Bench::Agent { quick } => (
+            "agent",
+            if quick { vec!["agent", "--quick"] } else { vec!["agent"] },
+            "cargo xtask bench agent",
             quick,
         ),
     };

@@ -20,8 +20,9 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
         Some("dataplane") => dataplane(quick),
+        Some("agent") => agent_bench::run(quick),
         _ => {
-            eprintln!("usage: jitgate-bench dataplane [--quick]");
+            eprintln!("usage: jitgate-bench dataplane|agent [--quick]");
             std::process::exit(2);
         }
     }
@@ -346,6 +347,8 @@ fn dataplane(quick: bool) {
     ));
     print!("{out}");
 }
+
+mod agent_bench;
 
 fn chrono_date() -> String {
     let out = std::process::Command::new("date")
