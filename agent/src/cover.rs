@@ -15,13 +15,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// One map entry's identity: protocol, port and source prefix, ordered so that all prefixes
-/// inside a given one form a contiguous range.
+/// inside a given one form a contiguous range (the address is big-endian bytes, so byte order
+/// is numeric order). 22 bytes: the index holds one per grant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
     pub proto: Protocol,
     pub port: Port,
     v6: bool,
-    addr: u128,
+    addr: [u8; 16],
     len: u8,
 }
 
@@ -35,7 +36,7 @@ impl Scope {
             proto,
             port,
             v6,
-            addr,
+            addr: addr.to_be_bytes(),
             len: prefix.prefix_len(),
         }
     }
@@ -44,11 +45,16 @@ impl Scope {
         if self.v6 { 128 } else { 32 }
     }
 
+    fn addr(&self) -> u128 {
+        u128::from_be_bytes(self.addr)
+    }
+
     pub fn prefix(&self) -> SourcePrefix {
+        let a = self.addr();
         let addr = if self.v6 {
-            IpAddr::V6(self.addr.into())
+            IpAddr::V6(a.into())
         } else {
-            IpAddr::V4((self.addr as u32).into())
+            IpAddr::V4((a as u32).into())
         };
         // Scopes are only built from valid prefixes, and truncation keeps them valid.
         SourcePrefix::host(addr).truncate(self.len)
@@ -59,9 +65,13 @@ impl Scope {
         let addr = if shift >= 128 {
             0
         } else {
-            (self.addr >> shift) << shift
+            (self.addr() >> shift) << shift
         };
-        Scope { addr, len, ..*self }
+        Scope {
+            addr: addr.to_be_bytes(),
+            len,
+            ..*self
+        }
     }
 
     /// Last address inside this prefix.
@@ -70,7 +80,7 @@ impl Scope {
         if host_bits >= 128 {
             u128::MAX
         } else {
-            self.addr | ((1u128 << host_bits) - 1)
+            self.addr() | ((1u128 << host_bits) - 1)
         }
     }
 
@@ -96,15 +106,59 @@ struct Held {
     expires_at_ns: u64,
 }
 
+/// The grants on one prefix; almost always exactly one, kept inline.
+#[derive(Debug)]
+enum HeldSet {
+    One(Held),
+    Many(Vec<Held>),
+}
+
+impl HeldSet {
+    fn as_slice(&self) -> &[Held] {
+        match self {
+            HeldSet::One(h) => std::slice::from_ref(h),
+            HeldSet::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, h: Held) {
+        match self {
+            HeldSet::One(first) => *self = HeldSet::Many(vec![*first, h]),
+            HeldSet::Many(v) => v.push(h),
+        }
+    }
+
+    /// Removes `id`; returns whether the set is now empty.
+    fn remove(&mut self, id: &GrantId) -> bool {
+        match self {
+            HeldSet::One(h) => h.id == *id,
+            HeldSet::Many(v) => {
+                v.retain(|h| h.id != *id);
+                let empty = v.is_empty();
+                if let [only] = v[..] {
+                    *self = HeldSet::One(only);
+                }
+                empty
+            }
+        }
+    }
+}
+
+/// Per prefix: its grants and the value its map entry holds now.
+#[derive(Debug)]
+struct ScopeState {
+    held: HeldSet,
+    written: Option<GrantEntry>,
+}
+
 /// Grants per prefix, and the value each map entry currently holds.
 #[derive(Default)]
 pub struct CoverIndex {
     by_id: HashMap<GrantId, (Scope, u64)>,
-    by_scope: BTreeMap<Scope, Vec<Held>>,
+    by_scope: BTreeMap<Scope, ScopeState>,
     /// How many scopes exist per (protocol, port, family) and prefix length, so that the
     /// ancestor walk only probes lengths that exist.
     lens: HashMap<(Protocol, Port, bool), Box<[u32; 129]>>,
-    written: HashMap<Scope, GrantEntry>,
 }
 
 impl CoverIndex {
@@ -122,6 +176,25 @@ impl CoverIndex {
 
     pub fn contains(&self, id: &GrantId) -> bool {
         self.by_id.contains_key(id)
+    }
+
+    /// A grant's protocol, port, prefix and end.
+    pub fn get(&self, id: &GrantId) -> Option<(GrantSpec, u64)> {
+        self.by_id.get(id).map(|(s, exp)| {
+            (
+                GrantSpec {
+                    protocol: s.proto,
+                    port: s.port,
+                    source: s.prefix(),
+                },
+                *exp,
+            )
+        })
+    }
+
+    /// Every grant's id, protocol and port.
+    pub fn ids(&self) -> impl Iterator<Item = (&GrantId, Protocol, Port)> {
+        self.by_id.iter().map(|(id, (s, _))| (id, s.proto, s.port))
     }
 
     /// Whether any grant on (protocol, port) has a prefix shorter than a host prefix in the
@@ -143,7 +216,9 @@ impl CoverIndex {
 
     /// The entries the maps must hold, for reconciliation against what is pinned.
     pub fn entries(&self) -> impl Iterator<Item = (&Scope, &GrantEntry)> {
-        self.written.iter()
+        self.by_scope
+            .iter()
+            .filter_map(|(s, st)| st.written.as_ref().map(|w| (s, w)))
     }
 
     /// Adds a grant (or replaces one with the same id) and returns the writes.
@@ -154,13 +229,22 @@ impl CoverIndex {
         }
         let scope = Scope::new(spec.protocol, spec.port, &spec.source);
         self.by_id.insert(id, (scope, expires_at_ns));
-        let held = self.by_scope.entry(scope).or_default();
-        if held.is_empty() {
-            self.lens
-                .entry(scope.bucket())
-                .or_insert_with(|| Box::new([0; 129]))[usize::from(scope.len)] += 1;
+        let held = Held { id, expires_at_ns };
+        match self.by_scope.get_mut(&scope) {
+            Some(st) => st.held.push(held),
+            None => {
+                self.by_scope.insert(
+                    scope,
+                    ScopeState {
+                        held: HeldSet::One(held),
+                        written: None,
+                    },
+                );
+                self.lens
+                    .entry(scope.bucket())
+                    .or_insert_with(|| Box::new([0; 129]))[usize::from(scope.len)] += 1;
+            }
         }
-        held.push(Held { id, expires_at_ns });
         self.refresh_subtree(scope, &mut ops);
         compact(ops)
     }
@@ -169,13 +253,19 @@ impl CoverIndex {
     pub fn remove(&mut self, id: &GrantId) -> Option<Vec<MapOp>> {
         let (scope, _) = self.by_id.remove(id)?;
         let mut ops = Vec::new();
-        if let Some(held) = self.by_scope.get_mut(&scope) {
-            held.retain(|h| h.id != *id);
-            if held.is_empty() {
-                self.by_scope.remove(&scope);
-                if let Some(l) = self.lens.get_mut(&scope.bucket()) {
-                    l[usize::from(scope.len)] -= 1;
-                }
+        let mut gone = false;
+        if let Some(st) = self.by_scope.get_mut(&scope)
+            && st.held.remove(id)
+        {
+            gone = true;
+            if st.written.is_some() {
+                ops.push(MapOp::Delete(scope));
+            }
+        }
+        if gone {
+            self.by_scope.remove(&scope);
+            if let Some(l) = self.lens.get_mut(&scope.bucket()) {
+                l[usize::from(scope.len)] -= 1;
             }
         }
         self.refresh_subtree(scope, &mut ops);
@@ -186,32 +276,25 @@ impl CoverIndex {
     fn refresh_subtree(&mut self, scope: Scope, ops: &mut Vec<MapOp>) {
         let lo = Scope { len: 0, ..scope };
         let hi = Scope {
-            addr: scope.last_addr(),
+            addr: scope.last_addr().to_be_bytes(),
             len: u8::MAX,
             ..scope
         };
-        let affected: Vec<Scope> = std::iter::once(scope)
-            .chain(
-                self.by_scope
-                    .range(lo..=hi)
-                    .map(|(s, _)| *s)
-                    .filter(|s| s.len > scope.len),
-            )
+        let affected: Vec<Scope> = self
+            .by_scope
+            .range(lo..=hi)
+            .map(|(s, _)| *s)
+            .filter(|s| s.len >= scope.len)
             .collect();
         for s in affected {
-            let want = self.effective(&s);
-            match want {
-                Some(entry) => {
-                    if self.written.get(&s) != Some(&entry) {
-                        self.written.insert(s, entry);
-                        ops.push(MapOp::Put(s, entry));
-                    }
-                }
-                None => {
-                    if self.written.remove(&s).is_some() {
-                        ops.push(MapOp::Delete(s));
-                    }
-                }
+            let Some(want) = self.effective(&s) else {
+                continue;
+            };
+            if let Some(st) = self.by_scope.get_mut(&s)
+                && st.written != Some(want)
+            {
+                st.written = Some(want);
+                ops.push(MapOp::Put(s, want));
             }
         }
     }
@@ -220,14 +303,14 @@ impl CoverIndex {
     /// containing it. `None` when no grant sits on `scope` itself (no entry needed).
     fn effective(&self, scope: &Scope) -> Option<GrantEntry> {
         let own = self.by_scope.get(scope)?;
-        let mut best = best_of(own, None);
+        let mut best = best_of(own.held.as_slice(), None);
         if let Some(counts) = self.lens.get(&scope.bucket()) {
             for l in 0..scope.len {
                 if counts[usize::from(l)] == 0 {
                     continue;
                 }
-                if let Some(h) = self.by_scope.get(&scope.truncate(l)) {
-                    best = best_of(h, best);
+                if let Some(st) = self.by_scope.get(&scope.truncate(l)) {
+                    best = best_of(st.held.as_slice(), best);
                 }
             }
         }

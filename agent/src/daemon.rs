@@ -145,7 +145,9 @@ struct Core {
     deadlines: BTreeSet<(u64, GrantId)>,
     writer: mpsc::Sender<WriteJob>,
     me: mpsc::Sender<Msg>,
-    boot_id: String,
+    boot_id: Arc<str>,
+    /// Requester names, shared by their grants.
+    requesters: HashMap<String, Arc<str>>,
     attached: BTreeMap<String, AttachMode>,
     started: OffsetDateTime,
     head: Head,
@@ -262,6 +264,12 @@ impl Core {
             plans.push((r, protos, d));
         }
         let boot_now = BootInstant::now();
+        let name = actor.split(" (pid").next().unwrap_or(actor);
+        let requester = self
+            .requesters
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::from(name))
+            .clone();
         let mut out = Vec::new();
         for (r, protos, d) in plans {
             for protocol in protos {
@@ -272,8 +280,8 @@ impl Core {
                     source: r.source,
                     start: now,
                     end: now + d,
-                    requester: actor.split(" (pid").next().unwrap_or(actor).to_string(),
-                    justification: r.justification.clone().unwrap_or_default(),
+                    requester: requester.clone(),
+                    justification: r.justification.clone().unwrap_or_default().into(),
                     origin: Origin::Local,
                     boot_id: self.boot_id.clone(),
                     expires_boot_ns: boot_now.saturating_add(d).0,
@@ -526,6 +534,10 @@ impl Core {
     /// Drops flows nobody needs: idle `keep` flows and adopted sessions, and flows of ended
     /// grants on `cut` ports. Also compacts the journal after many removals.
     async fn sweep(&mut self) {
+        // Bursts of grants leave freed request and response buffers in the heap; give them
+        // back so that the resident size tracks the live grant table.
+        // SAFETY: glibc's malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         let now = BootInstant::now().0;
         let idle = self.cfg.flow_idle_timeout.as_nanos() as u64;
         for (k, e) in self.dp.flows() {
@@ -1094,6 +1106,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         writer: wtx.clone(),
         me: tx.clone(),
         boot_id: bid.clone(),
+        requesters: HashMap::new(),
         attached: BTreeMap::new(),
         started: OffsetDateTime::now_utc(),
         head: head.clone(),

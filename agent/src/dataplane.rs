@@ -240,7 +240,6 @@ pub struct Dataplane {
     policy: HashMap<u32, u8>,
     grant_maps: GrantMaps,
     cover: CoverIndex,
-    grants: HashMap<GrantId, (GrantSpec, BootInstant)>,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, DataplaneConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -315,7 +314,6 @@ impl Dataplane {
             policy,
             grant_maps,
             cover: CoverIndex::new(),
-            grants: HashMap::new(),
             flows,
             config,
             counters,
@@ -495,19 +493,18 @@ impl Dataplane {
         spec: GrantSpec,
         expires: BootInstant,
     ) -> Result<(), Error> {
-        let previous = self.grants.get(&id).cloned();
+        let previous = self.cover.get(&id);
         let ops = self.cover.insert(id, &spec, expires.0);
         if let Err(e) = self.grant_maps.apply(&ops) {
             // Restore the index and the maps to the state before this call.
             let undo = match &previous {
-                Some((s, exp)) => self.cover.insert(id, s, exp.0),
+                Some((s, exp)) => self.cover.insert(id, s, *exp),
                 None => self.cover.remove(&id).unwrap_or_default(),
             };
             let _ = self.grant_maps.apply(&undo);
             return Err(e);
         }
         let idx = slot(spec.protocol, spec.port);
-        self.grants.insert(id, (spec, expires));
         // The entry is written before the flag that makes the kernel look at it.
         self.write_slot(idx)?;
         if let Some((old, _)) = previous
@@ -532,21 +529,19 @@ impl Dataplane {
 
     /// Removes a grant. Access other grants give is untouched.
     pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
-        let ops = self.cover.remove(id).ok_or(Error::UnknownGrant(*id))?;
-        let spec = self.grants.remove(id).map(|(s, _)| s);
+        let (spec, _) = self.cover.get(id).ok_or(Error::UnknownGrant(*id))?;
+        let ops = self.cover.remove(id).unwrap_or_default();
         self.grant_maps.apply(&ops)?;
-        match spec {
-            Some(s) => self.write_slot(slot(s.protocol, s.port)),
-            None => Ok(()),
-        }
+        self.write_slot(slot(spec.protocol, spec.port))
     }
 
-    pub fn grant(&self, id: &GrantId) -> Option<&(GrantSpec, BootInstant)> {
-        self.grants.get(id)
+    /// A grant's protocol, port, source and end, as the maps hold it.
+    pub fn grant(&self, id: &GrantId) -> Option<(GrantSpec, BootInstant)> {
+        self.cover.get(id).map(|(s, e)| (s, BootInstant(e)))
     }
 
     pub fn grant_count(&self) -> usize {
-        self.grants.len()
+        self.cover.len()
     }
 
     /// Makes the grant maps hold exactly what `grants` require, deleting every other entry.
@@ -556,10 +551,8 @@ impl Dataplane {
         grants: impl IntoIterator<Item = (GrantId, GrantSpec, BootInstant)>,
     ) -> Result<(), Error> {
         self.cover = CoverIndex::new();
-        self.grants.clear();
         for (id, spec, exp) in grants {
             self.cover.insert(id, &spec, exp.0);
-            self.grants.insert(id, (spec, exp));
         }
         let mut want_v4h = std::collections::HashSet::new();
         let mut want_v6h = std::collections::HashSet::new();
@@ -624,7 +617,7 @@ impl Dataplane {
             let _ = m.lpm_v6.remove(&k);
         }
         let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
-        slots.extend(self.grants.values().map(|(s, _)| slot(s.protocol, s.port)));
+        slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
         for idx in slots {
             self.write_slot(idx)?;
         }

@@ -5,6 +5,7 @@ use jitgate_common::{Port, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// A grant's id: a UUID, assigned by the controller or, for local grants, by the agent.
@@ -108,11 +109,12 @@ pub struct GrantRecord {
     pub start: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub end: OffsetDateTime,
-    pub requester: String,
-    pub justification: String,
+    /// Shared between grants: most come from a handful of requesters.
+    pub requester: Arc<str>,
+    pub justification: Box<str>,
     pub origin: Origin,
-    /// The kernel boot during which `expires_boot_ns` is meaningful.
-    pub boot_id: String,
+    /// The kernel boot during which `expires_boot_ns` is meaningful (shared: one per boot).
+    pub boot_id: Arc<str>,
     /// The end on CLOCK_BOOTTIME, fixed when the grant was first applied. Within the same
     /// boot it is authoritative: a wall-clock change cannot move it.
     pub expires_boot_ns: u64,
@@ -130,7 +132,7 @@ impl GrantRecord {
     /// The end on this boot's CLOCK_BOOTTIME: the recorded one within the same boot, else
     /// (after a reboot) converted from the UTC end now.
     pub fn expires(&self, boot_id: &str) -> BootInstant {
-        if self.boot_id == boot_id {
+        if &*self.boot_id == boot_id {
             BootInstant(self.expires_boot_ns)
         } else {
             BootInstant::from_utc(self.end.into())
@@ -139,8 +141,8 @@ impl GrantRecord {
 }
 
 /// This kernel boot's id (`/proc/sys/kernel/random/boot_id`).
-pub fn boot_id() -> String {
+pub fn boot_id() -> Arc<str> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+        .map(|s| Arc::from(s.trim()))
+        .unwrap_or_else(|_| Arc::from(""))
 }

@@ -175,7 +175,7 @@ mod tests {
             requester: "root".into(),
             justification: "test".into(),
             origin: Origin::Local,
-            boot_id: "b".into(),
+            boot_id: std::sync::Arc::from("b"),
             expires_boot_ns: 42,
         }
     }

@@ -16,10 +16,13 @@ pub fn agent_bin() -> PathBuf {
     // A binary sits beside it (target/<profile>/jitgate-bench); a test one level down
     // (target/<profile>/deps/<test>).
     let here = exe.parent().expect("exe dir");
-    let bin = [here.join("jit-agent"), here.parent().unwrap_or(here).join("jit-agent")]
-        .into_iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| here.join("jit-agent"));
+    let bin = [
+        here.join("jit-agent"),
+        here.parent().unwrap_or(here).join("jit-agent"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| here.join("jit-agent"));
     assert!(
         bin.exists(),
         "{} not found: build it first (`cargo build --bins`, which `cargo xtask test` does)",

@@ -584,14 +584,29 @@ fn late_interfaces_are_attached_and_metrics_served() {
     let lab = Lab::new(1).unwrap();
     let agent = AgentProc::start(
         &lab.vm,
-        &["--interface", "vm*", "--protect", "22/tcp", "--metrics", "127.0.0.1:19464"],
+        &[
+            "--interface",
+            "vm*",
+            "--protect",
+            "22/tcp",
+            "--metrics",
+            "127.0.0.1:19464",
+        ],
     );
-    jitgate_tests::netns::ip(&["-n", &lab.vm, "link", "add", "vm7", "type", "veth", "peer", "name", "peer7"]).unwrap();
+    jitgate_tests::netns::ip(&[
+        "-n", &lab.vm, "link", "add", "vm7", "type", "veth", "peer", "name", "peer7",
+    ])
+    .unwrap();
     jitgate_tests::netns::ip(&["-n", &lab.vm, "link", "set", "vm7", "up"]).unwrap();
-    let attached = wait_until(Duration::from_secs(5), || agent.ok(&["status"]).contains("vm7"));
+    let attached = wait_until(Duration::from_secs(5), || {
+        agent.ok(&["status"]).contains("vm7")
+    });
     assert!(attached, "vm7 not attached: {}", agent.ok(&["status"]));
     let status: serde_json::Value = serde_json::from_str(&agent.ok(&["status", "--json"])).unwrap();
-    let ifaces = status["status"]["interfaces"].as_array().cloned().unwrap_or_default();
+    let ifaces = status["status"]["interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(ifaces.len(), 2, "{status}");
     // The metrics endpoint lives in the vm namespace, on its loopback.
     let body = jitgate_agent::netns::run_in(&lab.vm_path(), || {
@@ -603,6 +618,9 @@ fn late_interfaces_are_attached_and_metrics_served() {
     })
     .unwrap()
     .unwrap();
-    assert!(body.contains("jitgate_packets_total{reason=\"denied_no_grant\"}"), "{body}");
+    assert!(
+        body.contains("jitgate_packets_total{reason=\"denied_no_grant\"}"),
+        "{body}"
+    );
     assert!(body.contains("jitgate_active_grants 0"), "{body}");
 }

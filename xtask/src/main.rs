@@ -234,7 +234,11 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         ),
         Bench::Agent { quick } => (
             "agent",
-            if quick { vec!["agent", "--quick"] } else { vec!["agent"] },
+            if quick {
+                vec!["agent", "--quick"]
+            } else {
+                vec!["agent"]
+            },
             "cargo xtask bench agent",
             quick,
         ),
