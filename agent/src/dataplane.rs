@@ -580,42 +580,10 @@ impl Dataplane {
             }
         }
         let m = &mut self.grant_maps;
-        let stale: Vec<_> = m
-            .host_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_v4h.contains(k))
-            .collect();
-        for k in stale {
-            let _ = m.host_v4.remove(&k);
-        }
-        let stale: Vec<_> = m
-            .host_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_v6h.contains(k))
-            .collect();
-        for k in stale {
-            let _ = m.host_v6.remove(&k);
-        }
-        let stale: Vec<_> = m
-            .lpm_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_v4p.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for k in stale {
-            let _ = m.lpm_v4.remove(&k);
-        }
-        let stale: Vec<_> = m
-            .lpm_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want_v6p.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for k in stale {
-            let _ = m.lpm_v6.remove(&k);
-        }
+        prune_hash(&mut m.host_v4, &want_v4h);
+        prune_hash(&mut m.host_v6, &want_v6h);
+        prune_lpm(&mut m.lpm_v4, &want_v4p);
+        prune_lpm(&mut m.lpm_v6, &want_v6p);
         let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
         slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
         for idx in slots {
@@ -699,6 +667,36 @@ impl Dataplane {
             prog.load()?;
         }
         run(prog, frame, repeat)
+    }
+}
+
+/// Deletes every entry of a host grant map that is not in `keep`.
+fn prune_hash<K>(m: &mut BpfHashMap<MapData, K, GrantEntry>, keep: &std::collections::HashSet<K>)
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+}
+
+/// Deletes every entry of a prefix grant map that is not in `keep` (prefix length, key).
+fn prune_lpm<K>(m: &mut LpmTrie<MapData, K, GrantEntry>, keep: &std::collections::HashSet<(u32, K)>)
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let stale: Vec<Key<K>> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
     }
 }
 

@@ -31,6 +31,11 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
+/// Command-line words from one string: `args("--port 22 --duration 1h")`.
+pub fn args(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
 pub struct AgentProc {
     child: Option<Child>,
     pub ns: String,

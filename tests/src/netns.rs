@@ -21,6 +21,11 @@ pub fn ip(args: &[&str]) -> io::Result<()> {
     }
 }
 
+/// `ip` with its arguments in one string (no argument contains a space).
+pub fn ips(args: &str) -> io::Result<()> {
+    ip(&args.split_whitespace().collect::<Vec<_>>())
+}
+
 /// New interfaces in `ns` skip IPv6 duplicate address detection: otherwise their link-local
 /// addresses stay tentative for seconds and neighbour discovery cannot complete.
 fn no_dad(ns: &str) -> io::Result<()> {
@@ -119,45 +124,12 @@ impl Lab {
                 "-n", &ns, "link", "add", "eth0", "address", &cmac, "type", "veth", "peer", "name",
                 &vm_iface, "address", &vmac, "netns", &lab.vm,
             ])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{c4}/{len4}"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{c6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            ips(&format!("-n {ns} addr add {c4}/{len4} dev eth0"))?;
+            ips(&format!("-n {ns} addr add {c6}/64 dev eth0 nodad"))?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &lab.vm,
-                "addr",
-                "add",
-                &format!("{vm4}/{len4}"),
-                "dev",
-                &vm_iface,
-            ])?;
-            ip(&[
-                "-n",
-                &lab.vm,
-                "addr",
-                "add",
-                &format!("{vm6}/64"),
-                "dev",
-                &vm_iface,
-                "nodad",
-            ])?;
+            let vm = &lab.vm;
+            ips(&format!("-n {vm} addr add {vm4}/{len4} dev {vm_iface}"))?;
+            ips(&format!("-n {vm} addr add {vm6}/64 dev {vm_iface} nodad"))?;
             ip(&["-n", &lab.vm, "link", "set", &vm_iface, "up"])?;
             // Static neighbours: no ARP/NDP round trips to time out on a busy machine.
             for (addr, mac, dev, nsn) in [

@@ -1,7 +1,7 @@
 //! The real `jit-agent` in a namespace: fail-closed lifecycle, exact expiry, keep/cut/revoke
 //! with live sessions, overlaps through the CLI, session adoption, bad input, journal repair.
 
-use jitgate_tests::agent::AgentProc;
+use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::netns::Lab;
 use jitgate_tests::require_root;
 use std::io::{Read, Write};
@@ -23,16 +23,9 @@ fn setup() -> (Lab, AgentProc) {
     lab.tcp_server(8080, true).unwrap();
     let agent = AgentProc::start(
         &lab.vm,
-        &[
-            "--interface",
-            "vm*",
-            "--protect",
-            "22/tcp:keep",
-            "--protect",
-            "2222/tcp:cut",
-            "--flow-idle-timeout",
-            "60s",
-        ],
+        &args(
+            "--interface vm* --protect 22/tcp:keep --protect 2222/tcp:cut --flow-idle-timeout 60s",
+        ),
     );
     (lab, agent)
 }
@@ -80,14 +73,7 @@ fn sigkill_keeps_enforcing_and_restart_restores_without_resurrecting() {
         "--justification",
         "kill test",
     ]);
-    let long = agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.0/24",
-        "--duration",
-        "1h",
-    ]);
+    let long = agent.grant(&args("--port 22 --source 198.51.100.0/24 --duration 1h"));
     assert_eq!((short.len(), long.len()), (1, 1));
     // Crash the agent: enforcement and the grants stay in the kernel.
     agent.kill();
@@ -142,22 +128,8 @@ fn keep_cut_and_revoke_with_live_sessions() {
     }
     let (lab, agent) = setup();
     let vm = lab.clients[0].vm_v4;
-    agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.2",
-        "--duration",
-        "3s",
-    ]);
-    agent.grant(&[
-        "--port",
-        "2222",
-        "--source",
-        "198.51.100.2",
-        "--duration",
-        "3s",
-    ]);
+    agent.grant(&args("--port 22 --source 198.51.100.2 --duration 3s"));
+    agent.grant(&args("--port 2222 --source 198.51.100.2 --duration 3s"));
     let mut keep = lab
         .tcp_connect(0, None, at(vm, 22), CONNECT)
         .expect("keep session");
@@ -175,14 +147,7 @@ fn keep_cut_and_revoke_with_live_sessions() {
     assert!(!lab.tcp_connects(0, None, at(vm, 2222), CONNECT));
 
     // Revocation closes a session even on a keep port...
-    let id = agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.2",
-        "--duration",
-        "1h",
-    ]);
+    let id = agent.grant(&args("--port 22 --source 198.51.100.2 --duration 1h"));
     let mut s = lab
         .tcp_connect(0, None, at(vm, 22), CONNECT)
         .expect("session");
@@ -194,22 +159,8 @@ fn keep_cut_and_revoke_with_live_sessions() {
         "revoked session still alive"
     );
     // ...unless another active grant covers it.
-    let a = agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.2",
-        "--duration",
-        "1h",
-    ]);
-    agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.0/24",
-        "--duration",
-        "1h",
-    ]);
+    let a = agent.grant(&args("--port 22 --source 198.51.100.2 --duration 1h"));
+    agent.grant(&args("--port 22 --source 198.51.100.0/24 --duration 1h"));
     let mut s = lab
         .tcp_connect(0, None, at(vm, 22), CONNECT)
         .expect("session");
@@ -227,22 +178,8 @@ fn overlapping_grants_through_the_cli() {
     }
     let (lab, agent) = setup();
     let vm = lab.clients[0].vm_v4;
-    agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.2/32",
-        "--duration",
-        "2s",
-    ]);
-    let wide = agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.0/24",
-        "--duration",
-        "1h",
-    ]);
+    agent.grant(&args("--port 22 --source 198.51.100.2/32 --duration 2s"));
+    let wide = agent.grant(&args("--port 22 --source 198.51.100.0/24 --duration 1h"));
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
         lab.tcp_connects(0, None, at(vm, 22), CONNECT),
@@ -296,7 +233,7 @@ fn established_session_survives_first_attach() {
         .tcp_connect(0, None, at(vm, 22), CONNECT)
         .expect("installer session");
     assert!(alive(&mut installer));
-    let agent = AgentProc::start(&lab.vm, &["--interface", "vm*", "--protect", "22/tcp:cut"]);
+    let agent = AgentProc::start(&lab.vm, &args("--interface vm* --protect 22/tcp:cut"));
     assert!(
         alive(&mut installer),
         "enabling enforcement cut the installer's session"
@@ -318,107 +255,20 @@ fn bad_input_is_rejected_and_changes_nothing() {
     }
     let (lab, agent) = setup();
     let _ = &lab;
-    agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.0/24",
-        "--duration",
-        "1h",
-    ]);
+    agent.grant(&args("--port 22 --source 198.51.100.0/24 --duration 1h"));
     let before = agent.grants_json();
     let past = "2001-01-01T00:00:00Z";
     let cases: &[&[&str]] = &[
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/33",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.7/24",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "not-an-ip",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "0",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "65536",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22/icmp",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "1h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "0s",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "-5m",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "25h",
-        ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/24",
-            "--duration",
-            "soon",
-        ],
+        &args("grant --port 22 --source 198.51.100.0/33 --duration 1h"),
+        &args("grant --port 22 --source 198.51.100.7/24 --duration 1h"),
+        &args("grant --port 22 --source not-an-ip --duration 1h"),
+        &args("grant --port 0 --source 198.51.100.0/24 --duration 1h"),
+        &args("grant --port 65536 --source 198.51.100.0/24 --duration 1h"),
+        &args("grant --port 22/icmp --source 198.51.100.0/24 --duration 1h"),
+        &args("grant --port 22 --source 198.51.100.0/24 --duration 0s"),
+        &args("grant --port 22 --source 198.51.100.0/24 --duration -5m"),
+        &args("grant --port 22 --source 198.51.100.0/24 --duration 25h"),
+        &args("grant --port 22 --source 198.51.100.0/24 --duration soon"),
         &[
             "grant",
             "--port",
@@ -428,16 +278,8 @@ fn bad_input_is_rejected_and_changes_nothing() {
             "--until",
             past,
         ],
-        &[
-            "grant",
-            "--port",
-            "22",
-            "--source",
-            "198.51.100.0/24",
-            "--until",
-            "tomorrow",
-        ],
-        &["grant", "--port", "22", "--source", "198.51.100.0/24"],
+        &args("grant --port 22 --source 198.51.100.0/24 --until tomorrow"),
+        &args("grant --port 22 --source 198.51.100.0/24"),
         &[
             "grant",
             "--port",
@@ -454,8 +296,8 @@ fn bad_input_is_rejected_and_changes_nothing() {
         &["revoke"],
         &["grants", "--bogus"],
         &["status", "extra"],
-        &["audit", "--tail", "x"],
-        &["detach", "--pin-dir", "/nonexistent"],
+        &args("audit --tail x"),
+        &args("detach --pin-dir /nonexistent"),
         &["frobnicate"],
     ];
     let mut failures = Vec::new();
@@ -496,22 +338,8 @@ fn torn_journal_record_is_recovered() {
     }
     let (lab, mut agent) = setup();
     let vm = lab.clients[0].vm_v4;
-    agent.grant(&[
-        "--port",
-        "22",
-        "--source",
-        "198.51.100.2",
-        "--duration",
-        "1h",
-    ]);
-    agent.grant(&[
-        "--port",
-        "2222",
-        "--source",
-        "198.51.100.0/24",
-        "--duration",
-        "1h",
-    ]);
+    agent.grant(&args("--port 22 --source 198.51.100.2 --duration 1h"));
+    agent.grant(&args("--port 2222 --source 198.51.100.0/24 --duration 1h"));
     agent.kill();
     let journal = agent.state_dir.join("grants.journal");
     let mut f = std::fs::OpenOptions::new()
@@ -584,14 +412,7 @@ fn late_interfaces_are_attached_and_metrics_served() {
     let lab = Lab::new(1).unwrap();
     let agent = AgentProc::start(
         &lab.vm,
-        &[
-            "--interface",
-            "vm*",
-            "--protect",
-            "22/tcp",
-            "--metrics",
-            "127.0.0.1:19464",
-        ],
+        &args("--interface vm* --protect 22/tcp --metrics 127.0.0.1:19464"),
     );
     jitgate_tests::netns::ip(&[
         "-n", &lab.vm, "link", "add", "vm7", "type", "veth", "peer", "name", "peer7",

@@ -11,7 +11,7 @@ use jitgate_agent::admin::{Client, GrantRequest, Request, Response};
 use jitgate_agent::{BootInstant, GrantId, GrantSpec};
 use jitgate_common::{GrantEntry, GrantKeyV4, Port, Protocol, SourcePrefix};
 use jitgate_tests::TestDataplane;
-use jitgate_tests::agent::AgentProc;
+use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::netns::Lab;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -259,16 +259,7 @@ pub fn run(quick: bool) {
     let lab = Lab::new(1).expect("lab");
     let agent = AgentProc::start(
         &lab.vm,
-        &[
-            "--interface",
-            "vm*",
-            "--protect",
-            "22/tcp",
-            "--protect",
-            "3389/udp",
-            "--flow-idle-timeout",
-            "60s",
-        ],
+        &args("--interface vm* --protect 22/tcp --protect 3389/udp --flow-idle-timeout 60s"),
     );
     let socket = agent.socket.clone();
     let rss_before = agent.rss_kib().unwrap_or(0);
