@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod frames;
+pub mod model;
 pub mod netns;
 
 use jitgate_agent::{Dataplane, DataplaneOptions, MapLimits};
