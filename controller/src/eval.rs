@@ -75,7 +75,12 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
     let mut source_bad: Vec<String> = Vec::new();
     let mut over_max: Option<i64> = None;
     for &proto in protocol.expand() {
-        let Some(entry) = policy.entry(n, proto) else {
+        // Without an entry for this protocol the port is denied; the source and window are
+        // still checked against the port's entry for another protocol, so that the denial
+        // lists every reason.
+        let exact = policy.entry(n, proto);
+        let entry = exact.unwrap_or(entries[0]);
+        if exact.is_none() {
             if !reasons.iter().any(|r| r.0 == PROTOCOL_NOT_ALLOWED) {
                 let allowed: Vec<&str> = entries.iter().map(|e| e.protocol.as_str()).collect();
                 reasons.push((
@@ -87,8 +92,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
                     ),
                 ));
             }
-            continue;
-        };
+        }
         for pfx in &port.prefixes {
             if !entry.prefixes.iter().any(|a| a.contains(pfx)) {
                 let s = pfx.to_string();
