@@ -80,18 +80,16 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
         // lists every reason.
         let exact = policy.entry(n, proto);
         let entry = exact.unwrap_or(entries[0]);
-        if exact.is_none() {
-            if !reasons.iter().any(|r| r.0 == PROTOCOL_NOT_ALLOWED) {
-                let allowed: Vec<&str> = entries.iter().map(|e| e.protocol.as_str()).collect();
-                reasons.push((
-                    PROTOCOL_NOT_ALLOWED,
-                    format!(
-                        "port {n} is in the policy for {} only, not {}",
-                        allowed.join(", "),
-                        protocol.as_str()
-                    ),
-                ));
-            }
+        if exact.is_none() && !reasons.iter().any(|r| r.0 == PROTOCOL_NOT_ALLOWED) {
+            let allowed: Vec<&str> = entries.iter().map(|e| e.protocol.as_str()).collect();
+            reasons.push((
+                PROTOCOL_NOT_ALLOWED,
+                format!(
+                    "port {n} is in the policy for {} only, not {}",
+                    allowed.join(", "),
+                    protocol.as_str()
+                ),
+            ));
         }
         for pfx in &port.prefixes {
             if !entry.prefixes.iter().any(|a| a.contains(pfx)) {
