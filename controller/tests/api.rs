@@ -173,6 +173,17 @@ async fn evaluation_rules_ipv4_and_ipv6() {
             json!({"endTimeUtc": past}),
             vec!["EndTimeInPast", "SourceNotAllowed"],
         ),
+        (
+            "2001:db8::/32",
+            22,
+            Some("UDP"),
+            json!({"duration": "PT9H"}),
+            vec![
+                "DurationExceedsMaximum",
+                "ProtocolNotAllowed",
+                "SourceNotAllowed",
+            ],
+        ),
     ];
     for (i, (src, port, proto, window, expect)) in cases.into_iter().enumerate() {
         let mut p = json!({"number": port, "allowedSourceAddressPrefix": src});
