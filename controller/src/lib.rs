@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod eval;
 pub mod model;

@@ -17,7 +17,6 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::auth::{self, Caller, Role, Scope};
 use crate::error::{ApiError, StoreError};
-use crate::eval;
 use crate::model::{
     self, DenialReason, Initiate, OnExpiry, Policy, PolicyJson, RequestJson, RequestPortJson,
     RequestVmJson, fmt_time, now_ms,
@@ -127,6 +126,18 @@ pub struct NewActivity<'a> {
     pub details: serde_json::Value,
 }
 
+/// An activity entry to append, owning its fields (for bulk appends).
+pub struct NewActivityOwned {
+    pub operation: &'static str,
+    pub resource_type: &'static str,
+    pub resource_group: String,
+    pub vm: String,
+    pub actor: Actor,
+    pub outcome: &'static str,
+    pub request_id: String,
+    pub details: serde_json::Value,
+}
+
 /// A filter over the activity log.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -218,6 +229,8 @@ pub struct Store {
     /// Serialises this process's write transactions (SQLite has one writer; waiting here is
     /// cheaper and fairer than SQLite's busy-retry sleeps).
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Queue of the group-commit writer for initiates (see `batch`).
+    initiator: tokio::sync::mpsc::Sender<crate::batch::Job>,
     pub backend: String,
 }
 
@@ -289,6 +302,66 @@ impl WriteTx<'_> {
         self.head_hash = hash;
         self.dirty = true;
         Ok(seq)
+    }
+
+    /// Appends several entries, chained in order, with multi-row inserts.
+    pub async fn log_bulk(&mut self, entries: Vec<NewActivityOwned>) -> Result<()> {
+        use crate::batch::V;
+        let mut rows = Vec::with_capacity(entries.len());
+        for a in entries {
+            let seq = self.head_seq + 1;
+            let details = serde_json::to_string(&a.details)?;
+            let hash = entry_hash(&HashInput {
+                seq,
+                time_ms: self.now,
+                operation: a.operation,
+                resource_type: a.resource_type,
+                resource_group: &a.resource_group,
+                vm: &a.vm,
+                caller: &a.actor.name,
+                caller_address: &a.actor.address,
+                outcome: a.outcome,
+                request_id: &a.request_id,
+                details: &details,
+                prev_hash: &self.head_hash,
+            });
+            tracing::info!(
+                seq,
+                operation = a.operation,
+                resource_group = %a.resource_group,
+                vm = %a.vm,
+                caller = %a.actor.name,
+                caller_address = %a.actor.address,
+                outcome = a.outcome,
+                request_id = %a.request_id,
+                "activity"
+            );
+            rows.push(vec![
+                V::I(seq),
+                V::I(self.now),
+                V::S(a.operation.into()),
+                V::S(a.resource_type.into()),
+                V::S(a.resource_group),
+                V::S(a.vm),
+                V::S(a.actor.name),
+                V::S(a.actor.address),
+                V::S(a.outcome.into()),
+                V::S(a.request_id),
+                V::S(details),
+                V::S(std::mem::replace(&mut self.head_hash, hash.clone())),
+                V::S(hash),
+            ]);
+            self.head_seq = seq;
+            self.dirty = true;
+        }
+        crate::batch::insert_rows(
+            &mut self.tx,
+            "INSERT INTO activity (seq, time_ms, operation, resource_type, resource_group, vm, \
+             caller, caller_address, outcome, request_id, details, prev_hash, hash)",
+            13,
+            rows,
+        )
+        .await
     }
 
     /// The next value of a database counter (unique across controllers sharing the database).
@@ -371,9 +444,13 @@ impl Store {
             .connect(url)
             .await?;
         let backend = if is_sqlite { "sqlite" } else { "postgres" }.to_string();
+        let write_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (initiator, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(crate::batch::writer(pool.clone(), write_lock.clone(), rx));
         let store = Store {
             pool,
-            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            write_lock,
+            initiator,
             backend,
         };
         store.migrate().await?;
@@ -418,21 +495,7 @@ impl Store {
 
     /// Starts a write transaction: takes the process write lock, then the chain head row.
     pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
-        let guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE counters SET value = value WHERE name = 'chain' RETURNING value, hash",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok(WriteTx {
-            _guard: guard,
-            tx,
-            head_seq: row.try_get(0)?,
-            head_hash: row.try_get(1)?,
-            dirty: false,
-            now: now_ms(),
-        })
+        begin_write_on(&self.pool, &self.write_lock).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -889,224 +952,20 @@ impl Store {
 
     /// Evaluates and records an access request. Approved: status Initiated, grants pending in
     /// the outbox, older grants for the same (VM, port, protocol, prefix) superseded. Denied:
-    /// recorded with every reason. Returns the request record.
+    /// recorded with every reason. Returns the request record. Requests are decided by the
+    /// group-commit writer (`batch`), in arrival order.
     pub async fn initiate(&self, caller: &Caller, req: &Initiate) -> Result<RequestJson> {
-        let actor = Actor::of(caller);
-        let mut w = self.begin_write().await?;
-        let now = w.now;
-        // Resolve VMs, check rights, load effective policies.
-        let mut resolved = Vec::new();
-        for vm in &req.vms {
-            let row = sqlx::query("SELECT resource_group FROM vms WHERE name = $1")
-                .bind(&vm.name)
-                .fetch_optional(&mut *w.tx)
-                .await?;
-            let Some(row) = row else {
-                return Err(ApiError::not_found("VmNotFound", format!("no VM {}", vm.name)).into());
-            };
-            let group: String = row.try_get(0)?;
-            caller.check_vm(Role::Requester, &vm.name, &group)?;
-            let rows = sqlx::query(
-                "SELECT scope_kind, body FROM policies WHERE (scope_kind = 'vm' AND scope_name = $1) \
-                 OR (scope_kind = 'rg' AND scope_name = $2)",
-            )
-            .bind(&vm.name)
-            .bind(&group)
-            .fetch_all(&mut *w.tx)
-            .await?;
-            let mut vm_pol = None;
-            let mut rg_pol = None;
-            for r in &rows {
-                let kind: String = r.try_get(0)?;
-                let body: PolicyJson = serde_json::from_str(&r.try_get::<String, _>(1)?)?;
-                let p = Policy::from_json(&body).map_err(ai)?;
-                if kind == "vm" {
-                    vm_pol = Some(p);
-                } else {
-                    rg_pol = Some(p);
-                }
-            }
-            resolved.push((group, vm_pol.or(rg_pol)));
-        }
-        // Evaluate every port of every VM.
-        let mut denial_reasons: Vec<DenialReason> = Vec::new();
-        let mut outcomes = Vec::new();
-        for (vm, (_, policy)) in req.vms.iter().zip(&resolved) {
-            let mut per_vm = Vec::new();
-            for p in &vm.ports {
-                let o = eval::evaluate_port(policy.as_ref(), p, now);
-                for (code, msg) in &o.reasons {
-                    denial_reasons.push(DenialReason {
-                        virtual_machine: vm.name.clone(),
-                        number: p.number.get(),
-                        protocol: o.protocol.as_str().into(),
-                        reason: (*code).into(),
-                        message: msg.clone(),
-                    });
-                }
-                per_vm.push(o);
-            }
-            outcomes.push(per_vm);
-        }
-        let denied = !denial_reasons.is_empty();
-        let seq = w.next("request").await?;
-        let id = auth::new_guid();
-        sqlx::query(
-            "INSERT INTO requests (id, seq, requestor, token_id, caller_address, justification, \
-             start_ms, denied, denial_reasons) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(seq)
-        .bind(&caller.name)
-        .bind(&caller.token_id)
-        .bind(caller.address.to_string())
-        .bind(&req.justification)
-        .bind(now)
-        .bind(i64::from(denied))
-        .bind(serde_json::to_string(&denial_reasons)?)
-        .execute(&mut *w.tx)
-        .await?;
-        let mut superseded_requests: Vec<String> = Vec::new();
-        let mut idx: i64 = 0;
-        for ((vm, (group, _)), per_vm) in req.vms.iter().zip(&resolved).zip(&outcomes) {
-            let mut ports_log = Vec::new();
-            for (p, o) in vm.ports.iter().zip(per_vm) {
-                let prefixes: Vec<String> = p.prefixes.iter().map(|x| x.to_string()).collect();
-                let (status, reason) = if denied {
-                    (
-                        "Denied",
-                        Some(
-                            o.reasons
-                                .first()
-                                .map(|r| r.0)
-                                .unwrap_or("OtherPortDenied")
-                                .to_string(),
-                        ),
-                    )
-                } else {
-                    ("Initiated", None)
-                };
-                let on_expiry = o.grants.first().map(|g| g.on_expiry.as_str());
-                sqlx::query(
-                    "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, \
-                     prefixes, end_ms, status, status_reason, on_expiry) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&id)
-                .bind(idx)
-                .bind(&vm.name)
-                .bind(group)
-                .bind(i64::from(p.number.get()))
-                .bind(o.protocol.as_str())
-                .bind(prefixes.join(","))
-                .bind(p.end_ms)
-                .bind(status)
-                .bind(reason.clone())
-                .bind(on_expiry)
-                .execute(&mut *w.tx)
-                .await?;
-                if !denied {
-                    for g in &o.grants {
-                        let proto = model::proto_str(g.protocol);
-                        let prefix = g.prefix.to_string();
-                        let port = i64::from(p.number.get());
-                        // Supersede older active grants for the same VM, port, protocol, prefix.
-                        let old = sqlx::query(
-                            "SELECT id, request_id, port_idx FROM grants WHERE vm = $1 AND port = $2 \
-                             AND protocol = $3 AND prefix = $4 AND state IN ('pending', 'applied')",
-                        )
-                        .bind(&vm.name)
-                        .bind(port)
-                        .bind(proto)
-                        .bind(&prefix)
-                        .fetch_all(&mut *w.tx)
-                        .await?;
-                        let gid = format!("g_{}", auth::random_id(12));
-                        let mut replaces = Vec::new();
-                        for r in &old {
-                            let oid: String = r.try_get(0)?;
-                            let orq: String = r.try_get(1)?;
-                            let oidx: i64 = r.try_get(2)?;
-                            sqlx::query(
-                                "UPDATE grants SET state = 'superseded', superseded_by = $1 WHERE id = $2",
-                            )
-                            .bind(&gid)
-                            .bind(&oid)
-                            .execute(&mut *w.tx)
-                            .await?;
-                            self::close_port_if_done(&mut w, &orq, oidx, "NewerRequestInitiated")
-                                .await?;
-                            if !superseded_requests.contains(&orq) {
-                                superseded_requests.push(orq);
-                            }
-                            replaces.push(oid);
-                        }
-                        sqlx::query(
-                            "INSERT INTO grants (id, request_id, port_idx, vm, protocol, port, prefix, \
-                             start_ms, end_ms, on_expiry, state, superseded_by) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', NULL)",
-                        )
-                        .bind(&gid)
-                        .bind(&id)
-                        .bind(idx)
-                        .bind(&vm.name)
-                        .bind(proto)
-                        .bind(port)
-                        .bind(&prefix)
-                        .bind(now)
-                        .bind(p.end_ms)
-                        .bind(g.on_expiry.as_str())
-                        .execute(&mut *w.tx)
-                        .await?;
-                        let oseq = w.next("outbox").await?;
-                        sqlx::query(
-                            "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms, delivered_ms) \
-                             VALUES ($1, $2, 'apply', $3, $4, $5, NULL)",
-                        )
-                        .bind(oseq)
-                        .bind(&vm.name)
-                        .bind(&gid)
-                        .bind(replaces.join(","))
-                        .bind(now)
-                        .execute(&mut *w.tx)
-                        .await?;
-                    }
-                }
-                ports_log.push(serde_json::json!({
-                    "number": p.number.get(),
-                    "protocol": o.protocol.as_str(),
-                    "allowedSourceAddressPrefixes": prefixes,
-                    "startTimeUtc": fmt_time(now),
-                    "endTimeUtc": fmt_time(p.end_ms),
-                    "status": status,
-                    "statusReason": reason,
-                }));
-                idx += 1;
-            }
-            let vm_reasons: Vec<&DenialReason> = denial_reasons
-                .iter()
-                .filter(|d| d.virtual_machine == vm.name)
-                .collect();
-            w.log(NewActivity {
-                operation: op::INITIATE,
-                resource_type: "VirtualMachine",
-                resource_group: group,
-                vm: &vm.name,
-                actor: &actor,
-                outcome: if denied { "Denied" } else { "Succeeded" },
-                request_id: &id,
-                details: serde_json::json!({
-                    "justification": req.justification,
-                    "ports": ports_log,
-                    "denialReasons": vm_reasons,
-                    "supersedes": superseded_requests,
-                }),
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.initiator
+            .send(crate::batch::Job {
+                caller: caller.clone(),
+                req: req.clone(),
+                reply,
             })
-            .await?;
-        }
-        let rec = load_request(&mut w.tx, &id).await?;
-        w.commit().await?;
-        Ok(rec)
+            .await
+            .map_err(|_| StoreError::Corrupt("the request writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Corrupt("the request writer has stopped".into()))?
     }
 
     pub async fn get_request(&self, id: &str) -> Result<RequestJson> {
@@ -1569,6 +1428,27 @@ impl Store {
     }
 }
 
+/// Starts a write transaction on a pool: the process write lock, then the chain head row.
+pub(crate) async fn begin_write_on<'a>(
+    pool: &AnyPool,
+    lock: &'a tokio::sync::Mutex<()>,
+) -> Result<WriteTx<'a>> {
+    let guard = lock.lock().await;
+    let mut tx = pool.begin().await?;
+    let row =
+        sqlx::query("UPDATE counters SET value = value WHERE name = 'chain' RETURNING value, hash")
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(WriteTx {
+        _guard: guard,
+        tx,
+        head_seq: row.try_get(0)?,
+        head_hash: row.try_get(1)?,
+        dirty: false,
+        now: now_ms(),
+    })
+}
+
 fn activity_row(r: &AnyRow) -> Result<ActivityEntry> {
     let details: String = r.try_get(10)?;
     Ok(ActivityEntry {
@@ -1590,7 +1470,12 @@ fn activity_row(r: &AnyRow) -> Result<ActivityEntry> {
 
 /// After a grant of (request, port) ended: if none of the port's grants is still active, the
 /// port is Revoked with `reason`.
-async fn close_port_if_done(w: &mut WriteTx<'_>, rid: &str, idx: i64, reason: &str) -> Result<()> {
+pub(crate) async fn close_port_if_done(
+    w: &mut WriteTx<'_>,
+    rid: &str,
+    idx: i64,
+    reason: &str,
+) -> Result<()> {
     let still = sqlx::query(
         "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND state IN ('pending', 'applied')",
     )

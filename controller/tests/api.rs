@@ -1192,3 +1192,94 @@ async fn activity_filters_and_exports() {
     assert!(text.contains("Initiate JIT Network Access"));
     assert_eq!(text.lines().count(), all.len() + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_initiates_are_decided_as_if_one_by_one() {
+    // Many concurrent requests (the writer groups them into one transaction when they queue
+    // up): the outcome must equal some sequential order, whatever the batching.
+    let (h, _) = setup().await;
+    let caller = jitgate_controller::auth::Caller {
+        token_id: "t".into(),
+        name: "carol".into(),
+        role: Role::Requester,
+        scope: jitgate_controller::auth::Scope::All,
+        address: "127.0.0.1".parse().expect("ip"),
+    };
+    let mut tasks = Vec::new();
+    for i in 0..48u32 {
+        let store = h.store().clone();
+        let caller = caller.clone();
+        tasks.push(tokio::spawn(async move {
+            // 3 sources shared by many requests (supersede chains), one unknown VM, one denial
+            let vm = if i == 17 { "nope" } else { "web1" };
+            let src = if i == 23 {
+                "198.51.100.1".to_string()
+            } else {
+                format!("203.0.113.{}", i % 3)
+            };
+            let j: jitgate_controller::model::InitiateJson = serde_json::from_value(one_port(
+                vm,
+                json!({"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}),
+            ))
+            .expect("json");
+            let req = jitgate_controller::model::Initiate::from_json(&j, caller.address, now_ms())
+                .expect("valid");
+            store.initiate(&caller, &req).await
+        }));
+    }
+    let mut ok = 0;
+    let mut denied = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(r) if r.status == "Denied" => {
+                assert_eq!(i, 23);
+                denied += 1;
+            }
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(i, 17, "{e}");
+            }
+        }
+    }
+    assert_eq!((ok, denied), (46, 1));
+    use sqlx::Row;
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM requests")
+        .fetch_one(h.store().pool())
+        .await
+        .expect("count")
+        .try_get(0)
+        .expect("n");
+    assert_eq!(n, 47, "the unknown-VM request wrote nothing");
+    // Exactly one active grant per source; every other one superseded by a newer one.
+    for src in ["203.0.113.0/32", "203.0.113.1/32", "203.0.113.2/32"] {
+        let rows = sqlx::query("SELECT state FROM grants WHERE prefix = $1")
+            .bind(src)
+            .fetch_all(h.store().pool())
+            .await
+            .expect("rows");
+        let active = rows
+            .iter()
+            .filter(|r| r.try_get::<String, _>(0).expect("s") == "pending")
+            .count();
+        assert_eq!(active, 1, "{src}");
+        assert!(rows.len() >= 14, "{src}");
+    }
+    let revoked: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM request_ports WHERE status = 'Revoked' AND status_reason = 'NewerRequestInitiated'",
+    )
+    .fetch_one(h.store().pool())
+    .await
+    .expect("count")
+    .try_get(0)
+    .expect("n");
+    assert_eq!(revoked, 46 - 3);
+    // Every superseded grant is named in exactly one newer grant's `replaces`.
+    let out = h.store().outbox("web1", 0, 10_000).await.expect("outbox");
+    let mut replaced: Vec<String> = out.iter().flat_map(|o| o.replaces.clone()).collect();
+    replaced.sort();
+    let before = replaced.len();
+    replaced.dedup();
+    assert_eq!(before, replaced.len());
+    assert_eq!(replaced.len(), 43);
+    assert!(h.store().verify().await.expect("verify").ok);
+}
