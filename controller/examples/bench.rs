@@ -216,7 +216,7 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
     let todo = upto - have;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..64 {
         let store = store.clone();
         let caller = caller.clone();
         let next = next.clone();

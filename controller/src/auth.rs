@@ -168,11 +168,14 @@ pub fn random_id(n: usize) -> String {
     hex::encode(b)
 }
 
-/// A request id in GUID form, as Azure shows them.
+/// A request id in GUID form, as Azure shows them: a UUIDv7 (48-bit millisecond time, then
+/// random bits), so that ids are roughly time-ordered and database inserts stay local.
 pub fn new_guid() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
+    let ms = u64::try_from(crate::model::now_ms()).unwrap_or(0);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!(
@@ -182,6 +185,15 @@ pub fn new_guid() -> String {
         &h[12..16],
         &h[16..20],
         &h[20..32]
+    )
+}
+
+/// A time-ordered identifier: `prefix` + 12 hex digits of milliseconds + `n` random bytes.
+pub fn time_ordered_id(prefix: &str, n: usize) -> String {
+    format!(
+        "{prefix}{:012x}{}",
+        crate::model::now_ms().max(0),
+        random_id(n)
     )
 }
 

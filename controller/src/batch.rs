@@ -36,7 +36,12 @@ pub struct Job {
 }
 
 /// Runs the writer until every sender is gone.
-pub async fn writer(pool: AnyPool, lock: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Job>) {
+pub async fn writer(
+    pool: AnyPool,
+    lock: Arc<Mutex<()>>,
+    sqlite: bool,
+    mut rx: mpsc::Receiver<Job>,
+) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -52,7 +57,14 @@ pub async fn writer(pool: AnyPool, lock: Arc<Mutex<()>>, mut rx: mpsc::Receiver<
             replies.push(j.reply);
             work.push((j.caller, j.req));
         }
-        match decide(&pool, &lock, &work).await {
+        let t0 = std::time::Instant::now();
+        let res = decide(&pool, &lock, sqlite, &work).await;
+        tracing::debug!(
+            batch = n,
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "initiate batch"
+        );
+        match res {
             Ok(results) => {
                 for (r, res) in replies.into_iter().zip(results) {
                     let _ = r.send(res);
@@ -75,13 +87,44 @@ pub(crate) enum V {
     OS(Option<String>),
 }
 
-/// Multi-row INSERT of `rows` (each `cols` values), chunked under the parameter limit.
+/// Inserts `rows` (each `cols` values) with one statement per chunk: on SQLite one JSON
+/// parameter expanded by `json_each` (one cached statement whatever the row count), elsewhere
+/// a multi-row VALUES list.
 pub(crate) async fn insert_rows(
     conn: &mut sqlx::AnyConnection,
+    sqlite: bool,
     head: &str,
     cols: usize,
     rows: Vec<Vec<V>>,
 ) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if sqlite {
+        let data: Vec<serde_json::Value> = rows
+            .into_iter()
+            .map(|r| {
+                serde_json::Value::Array(
+                    r.into_iter()
+                        .map(|v| match v {
+                            V::I(i) => serde_json::Value::from(i),
+                            V::S(s) => serde_json::Value::String(s),
+                            V::OS(s) => {
+                                s.map_or(serde_json::Value::Null, serde_json::Value::String)
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let exprs: Vec<String> = (0..cols).map(|c| format!("value ->> {c}")).collect();
+        let sql = format!("{head} SELECT {} FROM json_each($1)", exprs.join(", "));
+        sqlx::query(&sql)
+            .bind(serde_json::to_string(&data)?)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
     let per = (MAX_PARAMS / cols).max(1);
     let mut it = rows.into_iter().peekable();
     while it.peek().is_some() {
@@ -140,9 +183,10 @@ type Key = (String, i64, &'static str, String);
 async fn decide(
     pool: &AnyPool,
     lock: &Mutex<()>,
+    sqlite: bool,
     work: &[(Caller, Initiate)],
 ) -> Result<Vec<Result<RequestJson>>> {
-    let mut w = begin_write_on(pool, lock).await?;
+    let mut w = begin_write_on(pool, lock, sqlite).await?;
     let now = w.now;
 
     // VMs and policies of the whole batch, once.
@@ -153,18 +197,30 @@ async fn decide(
     names.sort();
     names.dedup();
     let mut groups: HashMap<String, String> = HashMap::new();
-    for chunk in names.chunks(500) {
-        let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT name, resource_group FROM vms WHERE name IN ({})",
-            ph.join(",")
-        );
-        let mut q = sqlx::query(&sql);
-        for n in chunk {
-            q = q.bind(*n);
-        }
-        for r in q.fetch_all(&mut *w.tx).await? {
+    if sqlite {
+        let rows = sqlx::query(
+            "SELECT name, resource_group FROM vms WHERE name IN (SELECT value FROM json_each($1))",
+        )
+        .bind(serde_json::to_string(&names)?)
+        .fetch_all(&mut *w.tx)
+        .await?;
+        for r in rows {
             groups.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+    } else {
+        for chunk in names.chunks(500) {
+            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT name, resource_group FROM vms WHERE name IN ({})",
+                ph.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for n in chunk {
+                q = q.bind(*n);
+            }
+            for r in q.fetch_all(&mut *w.tx).await? {
+                groups.insert(r.try_get(0)?, r.try_get(1)?);
+            }
         }
     }
     let mut rgs: Vec<&str> = groups.values().map(String::as_str).collect();
@@ -203,21 +259,9 @@ async fn decide(
         }
     }
 
-    // Counters, once.
-    let mut request_seq = 0i64;
-    let mut outbox_seq = 0i64;
-    for r in sqlx::query("SELECT name, value FROM counters WHERE name IN ('request', 'outbox')")
-        .fetch_all(&mut *w.tx)
-        .await?
-    {
-        let name: String = r.try_get(0)?;
-        let v: i64 = r.try_get(1)?;
-        if name == "request" {
-            request_seq = v;
-        } else {
-            outbox_seq = v;
-        }
-    }
+    // Counters (read with the chain head).
+    let mut request_seq = w.request_ctr;
+    let mut outbox_seq = w.outbox_ctr;
 
     // Evaluate every request, in order.
     struct Decided {
@@ -303,16 +347,32 @@ async fn decide(
     keys.dedup();
     // key -> active grants (id, request_id, port_idx, in_db)
     let mut active: HashMap<Key, Vec<(String, String, i64, bool)>> = HashMap::new();
-    for chunk in keys.chunks(500) {
+    let mut found = Vec::new();
+    if sqlite && !keys.is_empty() {
+        let data: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(vm, port, proto, prefix)| serde_json::json!([vm, port, proto, prefix]))
+            .collect();
+        found = sqlx::query(
+            "SELECT g.id, g.request_id, g.port_idx, g.vm, g.port, g.protocol, g.prefix \
+             FROM json_each($1) AS k CROSS JOIN grants AS g \
+             WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
+             AND g.prefix = k.value ->> 3 AND g.state IN ('pending', 'applied')",
+        )
+        .bind(serde_json::to_string(&data)?)
+        .fetch_all(&mut *w.tx)
+        .await?;
+    }
+    for chunk in keys.chunks(500).filter(|_| !sqlite) {
         let mut sql = String::from(
-            "SELECT id, request_id, port_idx, vm, port, protocol, prefix FROM grants WHERE state IN ('pending', 'applied') AND (",
+            "SELECT id, request_id, port_idx, vm, port, protocol, prefix FROM grants WHERE (",
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push_str(" OR ");
             }
             sql.push_str(&format!(
-                "(vm = ${} AND port = ${} AND protocol = ${} AND prefix = ${})",
+                "(vm = ${} AND port = ${} AND protocol = ${} AND prefix = ${} AND state IN ('pending', 'applied'))",
                 4 * i + 1,
                 4 * i + 2,
                 4 * i + 3,
@@ -328,7 +388,10 @@ async fn decide(
                 .bind(*proto)
                 .bind(prefix.as_str());
         }
-        for r in q.fetch_all(&mut *w.tx).await? {
+        found.extend(q.fetch_all(&mut *w.tx).await?);
+    }
+    for r in &found {
+        {
             let proto: String = r.try_get(5)?;
             let proto = if proto == "TCP" { "TCP" } else { "UDP" };
             let key: Key = (r.try_get(3)?, r.try_get(4)?, proto, r.try_get(6)?);
@@ -412,7 +475,7 @@ async fn decide(
                             proto,
                             g.prefix.to_string(),
                         );
-                        let gid = format!("g_{}", auth::random_id(12));
+                        let gid = auth::time_ordered_id("g_", 8);
                         let mut replaces = Vec::new();
                         for (oid, orq, oidx, in_db) in active.remove(&key).unwrap_or_default() {
                             if in_db {
@@ -532,6 +595,7 @@ async fn decide(
     // Write.
     insert_rows(
         &mut w.tx,
+        sqlite,
         "INSERT INTO requests (id, seq, requestor, token_id, caller_address, justification, start_ms, denied, denial_reasons)",
         9,
         request_rows,
@@ -539,6 +603,7 @@ async fn decide(
     .await?;
     insert_rows(
         &mut w.tx,
+        sqlite,
         "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, prefixes, end_ms, status, status_reason, on_expiry)",
         11,
         port_rows,
@@ -573,6 +638,7 @@ async fn decide(
     }
     insert_rows(
         &mut w.tx,
+        sqlite,
         "INSERT INTO grants (id, request_id, port_idx, vm, protocol, port, prefix, start_ms, end_ms, on_expiry, state, superseded_by)",
         12,
         grant_rows,
@@ -580,6 +646,7 @@ async fn decide(
     .await?;
     insert_rows(
         &mut w.tx,
+        sqlite,
         "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms)",
         6,
         outbox_rows,
@@ -597,14 +664,8 @@ async fn decide(
     for (rid, idx) in &db_ports_touched {
         crate::store::close_port_if_done(&mut w, rid, *idx, "NewerRequestInitiated").await?;
     }
-    sqlx::query("UPDATE counters SET value = $1 WHERE name = 'request'")
-        .bind(request_seq)
-        .execute(&mut *w.tx)
-        .await?;
-    sqlx::query("UPDATE counters SET value = $1 WHERE name = 'outbox'")
-        .bind(outbox_seq)
-        .execute(&mut *w.tx)
-        .await?;
+    w.request_ctr = request_seq;
+    w.outbox_ctr = outbox_seq;
     w.log_bulk(activity).await?;
     w.commit().await?;
     for (idx, rec) in records {

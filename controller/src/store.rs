@@ -244,7 +244,12 @@ pub struct WriteTx<'a> {
     pub tx: Transaction<'static, Any>,
     head_seq: i64,
     head_hash: String,
+    /// The `request` and `outbox` counters, read at the start, written at commit.
+    pub(crate) request_ctr: i64,
+    pub(crate) outbox_ctr: i64,
     dirty: bool,
+    /// SQLite (bulk inserts through json_each) or PostgreSQL (multi-row VALUES).
+    pub(crate) sqlite: bool,
     pub now: i64,
 }
 
@@ -356,6 +361,7 @@ impl WriteTx<'_> {
         }
         crate::batch::insert_rows(
             &mut self.tx,
+            self.sqlite,
             "INSERT INTO activity (seq, time_ms, operation, resource_type, resource_group, vm, \
              caller, caller_address, outcome, request_id, details, prev_hash, hash)",
             13,
@@ -364,23 +370,32 @@ impl WriteTx<'_> {
         .await
     }
 
-    /// The next value of a database counter (unique across controllers sharing the database).
-    pub async fn next(&mut self, counter: &str) -> Result<i64> {
-        let row =
-            sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
-                .bind(counter)
-                .fetch_one(&mut *self.tx)
-                .await?;
-        Ok(row.try_get::<i64, _>(0)?)
+    /// The next value of a database counter (unique across controllers sharing the database:
+    /// the counter rows are locked for the transaction and written at commit).
+    pub fn next(&mut self, counter: &str) -> i64 {
+        self.dirty = true;
+        if counter == "request" {
+            self.request_ctr += 1;
+            self.request_ctr
+        } else {
+            self.outbox_ctr += 1;
+            self.outbox_ctr
+        }
     }
 
     pub async fn commit(mut self) -> Result<()> {
         if self.dirty {
-            sqlx::query("UPDATE counters SET value = $1, hash = $2 WHERE name = 'chain'")
-                .bind(self.head_seq)
-                .bind(&self.head_hash)
-                .execute(&mut *self.tx)
-                .await?;
+            sqlx::query(
+                "UPDATE counters SET value = CASE name WHEN 'chain' THEN $1 WHEN 'request' THEN $2 \
+                 ELSE $3 END, hash = CASE name WHEN 'chain' THEN $4 ELSE hash END \
+                 WHERE name IN ('chain', 'request', 'outbox')",
+            )
+            .bind(self.head_seq)
+            .bind(self.request_ctr)
+            .bind(self.outbox_ctr)
+            .bind(&self.head_hash)
+            .execute(&mut *self.tx)
+            .await?;
         }
         self.tx.commit().await?;
         Ok(())
@@ -428,11 +443,13 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
-                        let pragmas: [&'static str; 4] = [
+                        let pragmas: [&'static str; 6] = [
                             "PRAGMA journal_mode = WAL",
                             sync,
                             "PRAGMA busy_timeout = 10000",
                             "PRAGMA foreign_keys = ON",
+                            "PRAGMA cache_size = -65536",
+                            "PRAGMA temp_store = MEMORY",
                         ];
                         for p in pragmas {
                             sqlx::Executor::execute(&mut *conn, p).await?;
@@ -446,7 +463,12 @@ impl Store {
         let backend = if is_sqlite { "sqlite" } else { "postgres" }.to_string();
         let write_lock = Arc::new(tokio::sync::Mutex::new(()));
         let (initiator, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(crate::batch::writer(pool.clone(), write_lock.clone(), rx));
+        tokio::spawn(crate::batch::writer(
+            pool.clone(),
+            write_lock.clone(),
+            is_sqlite,
+            rx,
+        ));
         let store = Store {
             pool,
             write_lock,
@@ -495,7 +517,7 @@ impl Store {
 
     /// Starts a write transaction: takes the process write lock, then the chain head row.
     pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
-        begin_write_on(&self.pool, &self.write_lock).await
+        begin_write_on(&self.pool, &self.write_lock, self.backend == "sqlite").await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1053,7 +1075,7 @@ impl Store {
         for g in &grants {
             let gid: String = g.try_get(0)?;
             let vm: String = g.try_get(1)?;
-            let oseq = w.next("outbox").await?;
+            let oseq = w.next("outbox");
             sqlx::query(
                 "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms, delivered_ms) \
                  VALUES ($1, $2, 'revoke', $3, '', $4, NULL)",
@@ -1432,21 +1454,47 @@ impl Store {
 pub(crate) async fn begin_write_on<'a>(
     pool: &AnyPool,
     lock: &'a tokio::sync::Mutex<()>,
+    sqlite: bool,
 ) -> Result<WriteTx<'a>> {
     let guard = lock.lock().await;
     let mut tx = pool.begin().await?;
-    let row =
-        sqlx::query("UPDATE counters SET value = value WHERE name = 'chain' RETURNING value, hash")
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(WriteTx {
+    let rows = sqlx::query(
+        "UPDATE counters SET value = value WHERE name IN ('chain', 'request', 'outbox') \
+         RETURNING name, value, hash",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut w = WriteTx {
         _guard: guard,
         tx,
-        head_seq: row.try_get(0)?,
-        head_hash: row.try_get(1)?,
+        head_seq: 0,
+        head_hash: GENESIS_HASH.into(),
+        request_ctr: 0,
+        outbox_ctr: 0,
         dirty: false,
+        sqlite,
         now: now_ms(),
-    })
+    };
+    let mut seen = 0;
+    for r in &rows {
+        let name: String = r.try_get(0)?;
+        let v: i64 = r.try_get(1)?;
+        match name.as_str() {
+            "chain" => {
+                w.head_seq = v;
+                w.head_hash = r.try_get(2)?;
+            }
+            "request" => w.request_ctr = v,
+            _ => w.outbox_ctr = v,
+        }
+        seen += 1;
+    }
+    if seen != 3 {
+        return Err(StoreError::Corrupt(
+            "the counters table is incomplete".into(),
+        ));
+    }
+    Ok(w)
 }
 
 fn activity_row(r: &AnyRow) -> Result<ActivityEntry> {
