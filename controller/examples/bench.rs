@@ -254,6 +254,18 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
         "  seeded {todo} requests in {:.1}s",
         t0.elapsed().as_secs_f64()
     );
+    // A controller whose history grew over weeks has a checkpointed database, not a WAL
+    // holding the whole history: checkpoint before measuring.
+    for _ in 0..50 {
+        use sqlx::Row;
+        let r = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(store.pool())
+            .await?;
+        if r.try_get::<i64, _>(0)? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     store.close().await;
     Ok(())
 }

@@ -161,6 +161,25 @@ pub(crate) async fn insert_rows(
     Ok(())
 }
 
+/// Rows as one JSON array of arrays, for `json_each`.
+fn rows_json(rows: Vec<Vec<V>>) -> Result<String> {
+    let data: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::Value::Array(
+                r.into_iter()
+                    .map(|v| match v {
+                        V::I(i) => serde_json::Value::from(i),
+                        V::S(s) => serde_json::Value::String(s),
+                        V::OS(s) => s.map_or(serde_json::Value::Null, serde_json::Value::String),
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    Ok(serde_json::to_string(&data)?)
+}
+
 struct NewGrant {
     id: String,
     request_id: String,
@@ -186,8 +205,11 @@ async fn decide(
     sqlite: bool,
     work: &[(Caller, Initiate)],
 ) -> Result<Vec<Result<RequestJson>>> {
+    let t0 = std::time::Instant::now();
+    let dbg = std::env::var_os("JIT_BATCH_DEBUG").is_some();
     let mut w = begin_write_on(pool, lock, sqlite).await?;
     let now = w.now;
+    let mut marks = vec![("begin", t0.elapsed())];
 
     // VMs and policies of the whole batch, once.
     let mut names: Vec<&str> = work
@@ -263,6 +285,7 @@ async fn decide(
     let mut request_seq = w.request_ctr;
     let mut outbox_seq = w.outbox_ctr;
 
+    marks.push(("vms+policies", t0.elapsed()));
     // Evaluate every request, in order.
     struct Decided {
         idx: usize,
@@ -404,6 +427,7 @@ async fn decide(
         }
     }
 
+    marks.push(("supersede-lookup", t0.elapsed()));
     // Build the rows.
     let mut request_rows = Vec::new();
     let mut port_rows: Vec<Vec<V>> = Vec::new();
@@ -592,23 +616,20 @@ async fn decide(
         }
     }
 
+    marks.push(("built", t0.elapsed()));
     // Write.
-    insert_rows(
-        &mut w.tx,
-        sqlite,
-        "INSERT INTO requests (id, seq, requestor, token_id, caller_address, justification, start_ms, denied, denial_reasons)",
-        9,
-        request_rows,
-    )
-    .await?;
-    insert_rows(
-        &mut w.tx,
-        sqlite,
-        "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, prefixes, end_ms, status, status_reason, on_expiry)",
-        11,
-        port_rows,
-    )
-    .await?;
+    for (old, new) in &db_superseded {
+        sqlx::query("UPDATE grants SET state = 'superseded', superseded_by = $1 WHERE id = $2")
+            .bind(new)
+            .bind(old)
+            .execute(&mut *w.tx)
+            .await?;
+    }
+    db_ports_touched.sort();
+    db_ports_touched.dedup();
+    for (rid, idx) in &db_ports_touched {
+        crate::store::close_port_if_done(&mut w, rid, *idx, "NewerRequestInitiated").await?;
+    }
     let mut grant_rows = Vec::with_capacity(grants.len());
     let mut outbox_rows = Vec::with_capacity(grants.len());
     for g in grants {
@@ -636,38 +657,74 @@ async fn decide(
             V::OS(g.superseded_by),
         ]);
     }
-    insert_rows(
-        &mut w.tx,
-        sqlite,
-        "INSERT INTO grants (id, request_id, port_idx, vm, protocol, port, prefix, start_ms, end_ms, on_expiry, state, superseded_by)",
-        12,
-        grant_rows,
-    )
-    .await?;
-    insert_rows(
-        &mut w.tx,
-        sqlite,
-        "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms)",
-        6,
-        outbox_rows,
-    )
-    .await?;
-    for (old, new) in &db_superseded {
-        sqlx::query("UPDATE grants SET state = 'superseded', superseded_by = $1 WHERE id = $2")
-            .bind(new)
-            .bind(old)
-            .execute(&mut *w.tx)
-            .await?;
-    }
-    db_ports_touched.sort();
-    db_ports_touched.dedup();
-    for (rid, idx) in &db_ports_touched {
-        crate::store::close_port_if_done(&mut w, rid, *idx, "NewerRequestInitiated").await?;
-    }
     w.request_ctr = request_seq;
     w.outbox_ctr = outbox_seq;
-    w.log_bulk(activity).await?;
+    let activity_rows = w.chain_rows(activity)?;
+    let tables: [(&str, usize, Vec<Vec<V>>); 5] = [
+        (
+            "INSERT INTO requests (id, seq, requestor, token_id, caller_address, justification, start_ms, denied, denial_reasons)",
+            9,
+            request_rows,
+        ),
+        (
+            "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, prefixes, end_ms, status, status_reason, on_expiry)",
+            11,
+            port_rows,
+        ),
+        (
+            "INSERT INTO grants (id, request_id, port_idx, vm, protocol, port, prefix, start_ms, end_ms, on_expiry, state, superseded_by)",
+            12,
+            grant_rows,
+        ),
+        (
+            "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms)",
+            6,
+            outbox_rows,
+        ),
+        (crate::store::ACTIVITY_INSERT, 13, activity_rows),
+    ];
+    if sqlite {
+        // One round trip for all the rows and the counters: SQLite runs the statements of
+        // one query in order, binding `$n` by number.
+        let mut sql = String::new();
+        let mut params: Vec<String> = Vec::new();
+        for (head, cols, rows) in tables {
+            if rows.is_empty() {
+                continue;
+            }
+            params.push(rows_json(rows)?);
+            let exprs: Vec<String> = (0..cols).map(|c| format!("value ->> {c}")).collect();
+            sql.push_str(&format!(
+                "{head} SELECT {} FROM json_each(${});\n",
+                exprs.join(", "),
+                params.len()
+            ));
+        }
+        let (seq, req, out, hash) = w.take_counters();
+        let base = params.len();
+        sql.push_str(&crate::store::counters_update(base + 1));
+        let mut q = sqlx::query(&sql);
+        for p in params {
+            q = q.bind(p);
+        }
+        q.bind(seq)
+            .bind(req)
+            .bind(out)
+            .bind(hash)
+            .execute(&mut *w.tx)
+            .await?;
+    } else {
+        for (head, cols, rows) in tables {
+            insert_rows(&mut w.tx, false, head, cols, rows).await?;
+        }
+    }
+    marks.push(("inserted", t0.elapsed()));
+    marks.push(("logged", t0.elapsed()));
     w.commit().await?;
+    marks.push(("committed", t0.elapsed()));
+    if dbg {
+        eprintln!("batch {} {:?}", work.len(), marks);
+    }
     for (idx, rec) in records {
         results[idx] = Some(Ok(rec));
     }

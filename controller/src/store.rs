@@ -28,6 +28,24 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 const MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
+pub(crate) const ACTIVITY_INSERT: &str = "INSERT INTO activity (seq, time_ms, operation, \
+    resource_type, resource_group, vm, caller, caller_address, outcome, request_id, details, \
+    prev_hash, hash)";
+
+/// Writes the chain head (seq, hash) and the request and outbox counters, from parameters
+/// `$n`..`$n+3` in the order seq, request, outbox, hash.
+pub(crate) fn counters_update(n: usize) -> String {
+    format!(
+        "UPDATE counters SET value = CASE name WHEN 'chain' THEN ${} WHEN 'request' THEN ${} \
+         ELSE ${} END, hash = CASE name WHEN 'chain' THEN ${} ELSE hash END \
+         WHERE name IN ('chain', 'request', 'outbox')",
+        n,
+        n + 1,
+        n + 2,
+        n + 3
+    )
+}
+
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Activity log operation names (Azure's where Azure has one).
@@ -226,6 +244,7 @@ pub struct OutboxItem {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    write_pool: AnyPool,
     /// Serialises this process's write transactions (SQLite has one writer; waiting here is
     /// cheaper and fairer than SQLite's busy-retry sleeps).
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -311,6 +330,16 @@ impl WriteTx<'_> {
 
     /// Appends several entries, chained in order, with multi-row inserts.
     pub async fn log_bulk(&mut self, entries: Vec<NewActivityOwned>) -> Result<()> {
+        let rows = self.chain_rows(entries)?;
+        crate::batch::insert_rows(&mut self.tx, self.sqlite, ACTIVITY_INSERT, 13, rows).await
+    }
+
+    /// Chains entries after the current head (advancing it) and returns their rows for
+    /// `ACTIVITY_INSERT`; the caller must insert them in this transaction.
+    pub(crate) fn chain_rows(
+        &mut self,
+        entries: Vec<NewActivityOwned>,
+    ) -> Result<Vec<Vec<crate::batch::V>>> {
         use crate::batch::V;
         let mut rows = Vec::with_capacity(entries.len());
         for a in entries {
@@ -359,15 +388,19 @@ impl WriteTx<'_> {
             self.head_seq = seq;
             self.dirty = true;
         }
-        crate::batch::insert_rows(
-            &mut self.tx,
-            self.sqlite,
-            "INSERT INTO activity (seq, time_ms, operation, resource_type, resource_group, vm, \
-             caller, caller_address, outcome, request_id, details, prev_hash, hash)",
-            13,
-            rows,
+        Ok(rows)
+    }
+
+    /// The final counter values and chain head, for a caller that writes them itself
+    /// (`UPDATE counters` with `counters_update`); `commit` then skips its own update.
+    pub(crate) fn take_counters(&mut self) -> (i64, i64, i64, String) {
+        self.dirty = false;
+        (
+            self.head_seq,
+            self.request_ctr,
+            self.outbox_ctr,
+            self.head_hash.clone(),
         )
-        .await
     }
 
     /// The next value of a database counter (unique across controllers sharing the database:
@@ -385,17 +418,13 @@ impl WriteTx<'_> {
 
     pub async fn commit(mut self) -> Result<()> {
         if self.dirty {
-            sqlx::query(
-                "UPDATE counters SET value = CASE name WHEN 'chain' THEN $1 WHEN 'request' THEN $2 \
-                 ELSE $3 END, hash = CASE name WHEN 'chain' THEN $4 ELSE hash END \
-                 WHERE name IN ('chain', 'request', 'outbox')",
-            )
-            .bind(self.head_seq)
-            .bind(self.request_ctr)
-            .bind(self.outbox_ctr)
-            .bind(&self.head_hash)
-            .execute(&mut *self.tx)
-            .await?;
+            sqlx::query(&counters_update(1))
+                .bind(self.head_seq)
+                .bind(self.request_ctr)
+                .bind(self.outbox_ctr)
+                .bind(&self.head_hash)
+                .execute(&mut *self.tx)
+                .await?;
         }
         self.tx.commit().await?;
         Ok(())
@@ -438,39 +467,84 @@ impl Store {
             }
         };
         let is_sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .max_connections(opts.max_connections.max(2))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if is_sqlite {
-                        let pragmas: [&'static str; 6] = [
-                            "PRAGMA journal_mode = WAL",
-                            sync,
-                            "PRAGMA busy_timeout = 10000",
-                            "PRAGMA foreign_keys = ON",
-                            "PRAGMA cache_size = -65536",
-                            "PRAGMA temp_store = MEMORY",
-                        ];
-                        for p in pragmas {
-                            sqlx::Executor::execute(&mut *conn, p).await?;
+        let options = |max: u32, writer: bool| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                // A failed connection surfaces as an error on use; no ping per acquire.
+                .test_before_acquire(false)
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if is_sqlite {
+                            let pragmas: [&'static str; 7] = [
+                                "PRAGMA journal_mode = WAL",
+                                sync,
+                                "PRAGMA busy_timeout = 10000",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA cache_size = -65536",
+                                "PRAGMA temp_store = MEMORY",
+                                // The writer does not checkpoint inside its commits; a
+                                // background task does (see below), off the request path.
+                                if writer {
+                                    "PRAGMA wal_autocheckpoint = 0"
+                                } else {
+                                    "PRAGMA wal_autocheckpoint = 1000"
+                                },
+                            ];
+                            for p in pragmas {
+                                sqlx::Executor::execute(&mut *conn, p).await?;
+                            }
                         }
-                    }
-                    Ok(())
+                        Ok(())
+                    })
                 })
-            })
+        };
+        // Reads share a pool; all writes go through one long-lived connection (writes are
+        // serialised anyway), whose page cache then stays warm: SQLite drops a connection's
+        // cache whenever another connection has written.
+        let pool = options(opts.max_connections.max(2), false)
+            .connect(url)
+            .await?;
+        let write_pool = options(1, true)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect(url)
             .await?;
         let backend = if is_sqlite { "sqlite" } else { "postgres" }.to_string();
+        if is_sqlite {
+            // Background WAL checkpoints (PASSIVE: never blocks the writer or readers).
+            let ckpt = pool.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if ckpt.is_closed() {
+                        break;
+                    }
+                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_all(&ckpt)
+                        .await
+                    {
+                        if ckpt.is_closed() {
+                            break;
+                        }
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            });
+        }
         let write_lock = Arc::new(tokio::sync::Mutex::new(()));
         let (initiator, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(crate::batch::writer(
-            pool.clone(),
+            write_pool.clone(),
             write_lock.clone(),
             is_sqlite,
             rx,
         ));
         let store = Store {
             pool,
+            write_pool,
             write_lock,
             initiator,
             backend,
@@ -481,6 +555,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.write_pool.close().await;
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -517,7 +592,7 @@ impl Store {
 
     /// Starts a write transaction: takes the process write lock, then the chain head row.
     pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
-        begin_write_on(&self.pool, &self.write_lock, self.backend == "sqlite").await
+        begin_write_on(&self.write_pool, &self.write_lock, self.backend == "sqlite").await
     }
 
     // -----------------------------------------------------------------------------------------
