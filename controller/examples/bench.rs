@@ -272,6 +272,14 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
+    // JIT_LOG=jitgate_controller::batch=trace shows each batch's phases.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::auth::{self, Caller, Role};
@@ -37,8 +37,7 @@ pub struct Job {
 
 /// Runs the writer until every sender is gone.
 pub async fn writer(
-    pool: AnyPool,
-    lock: Arc<Mutex<()>>,
+    lock: Arc<Mutex<sqlx::AnyConnection>>,
     sqlite: bool,
     mut rx: mpsc::Receiver<Job>,
 ) {
@@ -58,7 +57,7 @@ pub async fn writer(
             work.push((j.caller, j.req));
         }
         let t0 = std::time::Instant::now();
-        let res = decide(&pool, &lock, sqlite, &work).await;
+        let res = decide(&lock, sqlite, &work).await;
         tracing::debug!(
             batch = n,
             elapsed_us = t0.elapsed().as_micros() as u64,
@@ -200,14 +199,12 @@ type Key = (String, i64, &'static str, String);
 
 /// Decides a batch in one transaction. The outer error is a database failure (rolled back).
 async fn decide(
-    pool: &AnyPool,
-    lock: &Mutex<()>,
+    lock: &Arc<Mutex<sqlx::AnyConnection>>,
     sqlite: bool,
     work: &[(Caller, Initiate)],
 ) -> Result<Vec<Result<RequestJson>>> {
     let t0 = std::time::Instant::now();
-    let dbg = std::env::var_os("JIT_BATCH_DEBUG").is_some();
-    let mut w = begin_write_on(pool, lock, sqlite).await?;
+    let mut w = begin_write_on(lock, sqlite).await?;
     let now = w.now;
     let mut marks = vec![("begin", t0.elapsed())];
 
@@ -703,6 +700,7 @@ async fn decide(
         let (seq, req, out, hash) = w.take_counters();
         let base = params.len();
         sql.push_str(&crate::store::counters_update(base + 1));
+        sql.push_str(";\nCOMMIT");
         let mut q = sqlx::query(&sql);
         for p in params {
             q = q.bind(p);
@@ -713,17 +711,18 @@ async fn decide(
             .bind(hash)
             .execute(&mut *w.tx)
             .await?;
+        marks.push(("inserted", t0.elapsed()));
+        w.committed_inline();
     } else {
         for (head, cols, rows) in tables {
             insert_rows(&mut w.tx, false, head, cols, rows).await?;
         }
+        marks.push(("inserted", t0.elapsed()));
+        w.commit().await?;
     }
-    marks.push(("inserted", t0.elapsed()));
-    marks.push(("logged", t0.elapsed()));
-    w.commit().await?;
     marks.push(("committed", t0.elapsed()));
-    if dbg {
-        eprintln!("batch {} {:?}", work.len(), marks);
+    if tracing::enabled!(tracing::Level::TRACE) {
+        tracing::trace!(batch = work.len(), phases = ?marks, "initiate batch phases");
     }
     for (idx, rec) in records {
         results[idx] = Some(Ok(rec));

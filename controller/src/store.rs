@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::auth::{self, Caller, Role, Scope};
 use crate::error::{ApiError, StoreError};
@@ -244,10 +244,9 @@ pub struct OutboxItem {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    write_pool: AnyPool,
     /// Serialises this process's write transactions (SQLite has one writer; waiting here is
     /// cheaper and fairer than SQLite's busy-retry sleeps).
-    write_lock: Arc<tokio::sync::Mutex<()>>,
+    write_lock: Arc<tokio::sync::Mutex<AnyConnection>>,
     /// Queue of the group-commit writer for initiates (see `batch`).
     initiator: tokio::sync::mpsc::Sender<crate::batch::Job>,
     pub backend: String,
@@ -257,10 +256,54 @@ fn ai(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// The writer connection while a write transaction is open. If dropped without `COMMIT`
+/// (any error), the transaction is rolled back before the connection is released.
+pub struct WriterConn {
+    guard: Option<tokio::sync::OwnedMutexGuard<AnyConnection>>,
+    open: bool,
+}
+
+impl std::ops::Deref for WriterConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match &self.guard {
+            Some(g) => g,
+            None => unreachable!("the writer connection is held until drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriterConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.guard {
+            Some(g) => g,
+            None => unreachable!("the writer connection is held until drop"),
+        }
+    }
+}
+
+impl Drop for WriterConn {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Some(mut g) = self.guard.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // The lock stays held until the rollback has run.
+            rt.spawn(async move {
+                if let Err(e) = sqlx::Executor::execute(&mut *g, "ROLLBACK").await {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+            });
+        }
+    }
+}
+
 /// A write transaction holding the chain head.
-pub struct WriteTx<'a> {
-    _guard: tokio::sync::MutexGuard<'a, ()>,
-    pub tx: Transaction<'static, Any>,
+pub struct WriteTx {
+    /// The writer connection, inside an open transaction (derefs to the connection).
+    pub tx: WriterConn,
     head_seq: i64,
     head_hash: String,
     /// The `request` and `outbox` counters, read at the start, written at commit.
@@ -272,7 +315,7 @@ pub struct WriteTx<'a> {
     pub now: i64,
 }
 
-impl WriteTx<'_> {
+impl WriteTx {
     /// Appends an activity log entry, chained to the previous one.
     pub async fn log(&mut self, a: NewActivity<'_>) -> Result<i64> {
         let seq = self.head_seq + 1;
@@ -416,6 +459,13 @@ impl WriteTx<'_> {
         }
     }
 
+    /// Marks the transaction committed by a statement the caller ran itself (a multi-statement
+    /// query ending in COMMIT).
+    pub(crate) fn committed_inline(self) {
+        let mut s = self;
+        s.tx.open = false;
+    }
+
     pub async fn commit(mut self) -> Result<()> {
         if self.dirty {
             sqlx::query(&counters_update(1))
@@ -426,7 +476,8 @@ impl WriteTx<'_> {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        self.tx.commit().await?;
+        sqlx::Executor::execute(&mut *self.tx, "COMMIT").await?;
+        self.tx.open = false;
         Ok(())
     }
 }
@@ -534,17 +585,27 @@ impl Store {
                 }
             });
         }
-        let write_lock = Arc::new(tokio::sync::Mutex::new(()));
-        let (initiator, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(crate::batch::writer(
-            write_pool.clone(),
-            write_lock.clone(),
-            is_sqlite,
-            rx,
+        let write_lock = Arc::new(tokio::sync::Mutex::new(
+            write_pool.acquire().await?.detach(),
         ));
+        let (initiator, rx) = tokio::sync::mpsc::channel(1024);
+        let writer = crate::batch::writer(write_lock.clone(), is_sqlite, rx);
+        if is_sqlite {
+            // The group-commit writer gets its own thread and runtime, so that its many short
+            // waits on the database are not queued behind the HTTP tasks.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("starting the writer runtime: {e}")))?;
+            std::thread::Builder::new()
+                .name("jit-writer".into())
+                .spawn(move || rt.block_on(writer))
+                .map_err(|e| StoreError::Corrupt(format!("starting the writer thread: {e}")))?;
+        } else {
+            tokio::spawn(writer);
+        }
         let store = Store {
             pool,
-            write_pool,
             write_lock,
             initiator,
             backend,
@@ -555,7 +616,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
-        self.write_pool.close().await;
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -591,8 +651,8 @@ impl Store {
     }
 
     /// Starts a write transaction: takes the process write lock, then the chain head row.
-    pub async fn begin_write(&self) -> Result<WriteTx<'_>> {
-        begin_write_on(&self.write_pool, &self.write_lock, self.backend == "sqlite").await
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        begin_write_on(&self.write_lock, self.backend == "sqlite").await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1526,22 +1586,27 @@ impl Store {
 }
 
 /// Starts a write transaction on a pool: the process write lock, then the chain head row.
-pub(crate) async fn begin_write_on<'a>(
-    pool: &AnyPool,
-    lock: &'a tokio::sync::Mutex<()>,
+pub(crate) async fn begin_write_on(
+    lock: &Arc<tokio::sync::Mutex<AnyConnection>>,
     sqlite: bool,
-) -> Result<WriteTx<'a>> {
-    let guard = lock.lock().await;
-    let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
-        "UPDATE counters SET value = value WHERE name IN ('chain', 'request', 'outbox') \
-         RETURNING name, value, hash",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+) -> Result<WriteTx> {
+    let mut conn = WriterConn {
+        guard: Some(lock.clone().lock_owned().await),
+        open: true,
+    };
+    const LOCK_HEAD: &str = "UPDATE counters SET value = value \
+        WHERE name IN ('chain', 'request', 'outbox') RETURNING name, value, hash";
+    let rows = if sqlite {
+        // One round trip: SQLite runs both statements of the query in order.
+        sqlx::query(&format!("BEGIN; {LOCK_HEAD}"))
+            .fetch_all(&mut *conn)
+            .await?
+    } else {
+        sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
+        sqlx::query(LOCK_HEAD).fetch_all(&mut *conn).await?
+    };
     let mut w = WriteTx {
-        _guard: guard,
-        tx,
+        tx: conn,
         head_seq: 0,
         head_hash: GENESIS_HASH.into(),
         request_ctr: 0,
@@ -1594,7 +1659,7 @@ fn activity_row(r: &AnyRow) -> Result<ActivityEntry> {
 /// After a grant of (request, port) ended: if none of the port's grants is still active, the
 /// port is Revoked with `reason`.
 pub(crate) async fn close_port_if_done(
-    w: &mut WriteTx<'_>,
+    w: &mut WriteTx,
     rid: &str,
     idx: i64,
     reason: &str,
