@@ -21,7 +21,8 @@ use crate::model::{
     self, DenialReason, Initiate, Policy, PolicyJson, RequestJson, RequestPortJson, RequestVmJson,
     fmt_time,
 };
-use crate::store::{Actor, NewActivityOwned, begin_write_on, op};
+use crate::store::{Actor, NewActivityOwned, begin_write_on, lock_writer, op};
+use jitgate_common::Protocol;
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -198,17 +199,12 @@ struct NewGrant {
 type Key = (String, i64, &'static str, String);
 
 /// Decides a batch in one transaction. The outer error is a database failure (rolled back).
-async fn decide(
+pub(crate) async fn decide(
     lock: &Arc<Mutex<sqlx::AnyConnection>>,
     sqlite: bool,
     work: &[(Caller, Initiate)],
 ) -> Result<Vec<Result<RequestJson>>> {
     let t0 = std::time::Instant::now();
-    let mut w = begin_write_on(lock, sqlite).await?;
-    let now = w.now;
-    let mut marks = vec![("begin", t0.elapsed())];
-
-    // VMs and policies of the whole batch, once.
     let mut names: Vec<&str> = work
         .iter()
         .flat_map(|(_, r)| r.vms.iter().map(|v| v.name.as_str()))
@@ -216,17 +212,108 @@ async fn decide(
     names.sort();
     names.dedup();
     let mut groups: HashMap<String, String> = HashMap::new();
+    let mut policies: HashMap<(String, String), Policy> = HashMap::new();
+    // Active grants that approved requests may supersede: (id, request, port idx, vm, port,
+    // protocol, prefix).
+    let mut found: Vec<(String, String, i64, String, i64, String, String)> = Vec::new();
+    let parse_policy = |body: &str| -> Result<Policy> {
+        let body: PolicyJson = serde_json::from_str(body)?;
+        Policy::from_json(&body).map_err(|e| StoreError::Corrupt(format!("stored policy: {e}")))
+    };
+    let mut w;
     if sqlite {
+        // Everything the batch reads, in one round trip: begin, lock the chain head and
+        // counters, the VMs, their policies, and the active grants for every (VM, port,
+        // protocol, prefix) the requests could create (a superset of what they will create).
+        w = lock_writer(lock, true).await;
+        w.mark_open();
+        let mut pre: Vec<(&str, u16, &str, String)> = Vec::new();
+        for (_, req) in work {
+            for vm in &req.vms {
+                for p in &vm.ports {
+                    let protos: &[Protocol] = match p.protocol {
+                        Some(ps) => ps.expand(),
+                        None => &[Protocol::Tcp, Protocol::Udp],
+                    };
+                    for proto in protos {
+                        for pfx in &p.prefixes {
+                            pre.push((
+                                vm.name.as_str(),
+                                p.number.get(),
+                                model::proto_str(*proto),
+                                pfx.to_string(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        // Each key once: a key repeated would return its grants once per repetition.
+        pre.sort();
+        pre.dedup();
+        let pre: Vec<serde_json::Value> = pre
+            .into_iter()
+            .map(|(vm, port, proto, prefix)| serde_json::json!([vm, port, proto, prefix]))
+            .collect();
         let rows = sqlx::query(
-            "SELECT name, resource_group FROM vms WHERE name IN (SELECT value FROM json_each($1))",
+            "BEGIN; \
+             UPDATE counters SET value = value WHERE name IN ('chain', 'request', 'outbox') \
+             RETURNING 'C', name, value, hash; \
+             SELECT 'V', name, resource_group FROM vms WHERE name IN (SELECT value FROM json_each($1)); \
+             SELECT 'P', scope_kind, scope_name, body FROM policies WHERE \
+             (scope_kind = 'vm' AND scope_name IN (SELECT value FROM json_each($1))) OR \
+             (scope_kind = 'rg' AND scope_name IN (SELECT resource_group FROM vms \
+             WHERE name IN (SELECT value FROM json_each($1)))); \
+             SELECT 'G', g.id, g.request_id, g.port_idx, g.vm, g.port, g.protocol, g.prefix \
+             FROM json_each($2) AS k CROSS JOIN grants AS g \
+             WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
+             AND g.prefix = k.value ->> 3 AND g.state IN ('pending', 'applied')",
         )
         .bind(serde_json::to_string(&names)?)
+        .bind(serde_json::to_string(&pre)?)
         .fetch_all(&mut *w.tx)
         .await?;
-        for r in rows {
-            groups.insert(r.try_get(0)?, r.try_get(1)?);
+        let (mut seq, mut hash, mut rq, mut ob, mut seen) = (0, String::new(), 0, 0, 0);
+        for r in &rows {
+            match r.try_get::<String, _>(0)?.as_str() {
+                "C" => {
+                    seen += 1;
+                    let v: i64 = r.try_get(2)?;
+                    match r.try_get::<String, _>(1)?.as_str() {
+                        "chain" => {
+                            seq = v;
+                            hash = r.try_get(3)?;
+                        }
+                        "request" => rq = v,
+                        _ => ob = v,
+                    }
+                }
+                "V" => {
+                    groups.insert(r.try_get(1)?, r.try_get(2)?);
+                }
+                "P" => {
+                    let p = parse_policy(&r.try_get::<String, _>(3)?)?;
+                    policies.insert((r.try_get(1)?, r.try_get(2)?), p);
+                }
+                _ => found.push((
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    r.try_get(7)?,
+                )),
+            }
         }
+        if seen != 3 {
+            return Err(StoreError::Corrupt(
+                "the counters table is incomplete".into(),
+            ));
+        }
+        w.set_head(seq, hash, rq, ob);
     } else {
+        w = begin_write_on(lock, false).await?;
         for chunk in names.chunks(500) {
             let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
@@ -242,11 +329,12 @@ async fn decide(
             }
         }
     }
+    let now = w.now;
+    let mut marks = vec![("begin+reads", t0.elapsed())];
     let mut rgs: Vec<&str> = groups.values().map(String::as_str).collect();
     rgs.sort();
     rgs.dedup();
-    let mut policies: HashMap<(String, String), Policy> = HashMap::new();
-    {
+    if !sqlite {
         let keys: Vec<(&str, &str)> = names
             .iter()
             .filter(|n| groups.contains_key(**n))
@@ -270,9 +358,7 @@ async fn decide(
                 q = q.bind(*k).bind(*n);
             }
             for r in q.fetch_all(&mut *w.tx).await? {
-                let body: PolicyJson = serde_json::from_str(&r.try_get::<String, _>(2)?)?;
-                let p = Policy::from_json(&body)
-                    .map_err(|e| StoreError::Corrupt(format!("stored policy: {e}")))?;
+                let p = parse_policy(&r.try_get::<String, _>(2)?)?;
                 policies.insert((r.try_get(0)?, r.try_get(1)?), p);
             }
         }
@@ -282,7 +368,6 @@ async fn decide(
     let mut request_seq = w.request_ctr;
     let mut outbox_seq = w.outbox_ctr;
 
-    marks.push(("vms+policies", t0.elapsed()));
     // Evaluate every request, in order.
     struct Decided {
         idx: usize,
@@ -367,22 +452,6 @@ async fn decide(
     keys.dedup();
     // key -> active grants (id, request_id, port_idx, in_db)
     let mut active: HashMap<Key, Vec<(String, String, i64, bool)>> = HashMap::new();
-    let mut found = Vec::new();
-    if sqlite && !keys.is_empty() {
-        let data: Vec<serde_json::Value> = keys
-            .iter()
-            .map(|(vm, port, proto, prefix)| serde_json::json!([vm, port, proto, prefix]))
-            .collect();
-        found = sqlx::query(
-            "SELECT g.id, g.request_id, g.port_idx, g.vm, g.port, g.protocol, g.prefix \
-             FROM json_each($1) AS k CROSS JOIN grants AS g \
-             WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
-             AND g.prefix = k.value ->> 3 AND g.state IN ('pending', 'applied')",
-        )
-        .bind(serde_json::to_string(&data)?)
-        .fetch_all(&mut *w.tx)
-        .await?;
-    }
     for chunk in keys.chunks(500).filter(|_| !sqlite) {
         let mut sql = String::from(
             "SELECT id, request_id, port_idx, vm, port, protocol, prefix FROM grants WHERE (",
@@ -408,20 +477,26 @@ async fn decide(
                 .bind(*proto)
                 .bind(prefix.as_str());
         }
-        found.extend(q.fetch_all(&mut *w.tx).await?);
-    }
-    for r in &found {
-        {
-            let proto: String = r.try_get(5)?;
-            let proto = if proto == "TCP" { "TCP" } else { "UDP" };
-            let key: Key = (r.try_get(3)?, r.try_get(4)?, proto, r.try_get(6)?);
-            active.entry(key).or_default().push((
+        for r in q.fetch_all(&mut *w.tx).await? {
+            found.push((
                 r.try_get(0)?,
                 r.try_get(1)?,
                 r.try_get(2)?,
-                true,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
             ));
         }
+    }
+    found.sort();
+    found.dedup();
+    for (id, rid, pidx, vm, port, proto, prefix) in found {
+        let proto = if proto == "TCP" { "TCP" } else { "UDP" };
+        active
+            .entry((vm, port, proto, prefix))
+            .or_default()
+            .push((id, rid, pidx, true));
     }
 
     marks.push(("supersede-lookup", t0.elapsed()));

@@ -459,6 +459,19 @@ impl WriteTx {
         }
     }
 
+    /// The transaction is (about to be) open: roll it back if this is dropped uncommitted.
+    pub(crate) fn mark_open(&mut self) {
+        self.tx.open = true;
+    }
+
+    /// The chain head and counters as read (and locked) by the caller.
+    pub(crate) fn set_head(&mut self, seq: i64, hash: String, request: i64, outbox: i64) {
+        self.head_seq = seq;
+        self.head_hash = hash;
+        self.request_ctr = request;
+        self.outbox_ctr = outbox;
+    }
+
     /// Marks the transaction committed by a statement the caller ran itself (a multi-statement
     /// query ending in COMMIT).
     pub(crate) fn committed_inline(self) {
@@ -566,7 +579,7 @@ impl Store {
             // Background WAL checkpoints (PASSIVE: never blocks the writer or readers).
             let ckpt = pool.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(2000));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
@@ -1125,6 +1138,15 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("the request writer has stopped".into()))?
     }
 
+    /// Decides several requests as one batch (what the writer does with queued requests);
+    /// for tests and tools that need a deterministic batch.
+    pub async fn initiate_batch(
+        &self,
+        jobs: &[(Caller, Initiate)],
+    ) -> Result<Vec<Result<RequestJson>>> {
+        crate::batch::decide(&self.write_lock, self.backend == "sqlite", jobs).await
+    }
+
     pub async fn get_request(&self, id: &str) -> Result<RequestJson> {
         let mut conn = self.pool.acquire().await?;
         load_request(&mut conn, id).await
@@ -1586,6 +1608,28 @@ impl Store {
 }
 
 /// Starts a write transaction on a pool: the process write lock, then the chain head row.
+/// Takes the writer lock without starting the transaction: the caller starts it itself
+/// (SQLite: a multi-statement query beginning with BEGIN), calling `mark_open` first and
+/// `set_head` with the counters it read.
+pub(crate) async fn lock_writer(
+    lock: &Arc<tokio::sync::Mutex<AnyConnection>>,
+    sqlite: bool,
+) -> WriteTx {
+    WriteTx {
+        tx: WriterConn {
+            guard: Some(lock.clone().lock_owned().await),
+            open: false,
+        },
+        head_seq: 0,
+        head_hash: GENESIS_HASH.into(),
+        request_ctr: 0,
+        outbox_ctr: 0,
+        dirty: false,
+        sqlite,
+        now: now_ms(),
+    }
+}
+
 pub(crate) async fn begin_write_on(
     lock: &Arc<tokio::sync::Mutex<AnyConnection>>,
     sqlite: bool,

@@ -1283,3 +1283,71 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
     assert_eq!(replaced.len(), 43);
     assert!(h.store().verify().await.expect("verify").ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_supersede_within_and_across() {
+    // Deterministic batches: the same (VM, port, protocol, prefix) three times in one batch,
+    // then three times again in a second batch (superseding a grant already in the database
+    // while the key repeats inside the batch), plus an unknown VM and a denial.
+    let (h, _) = setup().await;
+    let caller = jitgate_controller::auth::Caller {
+        token_id: "t".into(),
+        name: "carol".into(),
+        role: Role::Requester,
+        scope: jitgate_controller::auth::Scope::All,
+        address: "127.0.0.1".parse().expect("ip"),
+    };
+    let job = |vm: &str, src: &str| {
+        let j: jitgate_controller::model::InitiateJson = serde_json::from_value(one_port(
+            vm,
+            json!({"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}),
+        ))
+        .expect("json");
+        let req = jitgate_controller::model::Initiate::from_json(&j, caller.address, now_ms())
+            .expect("valid");
+        (caller.clone(), req)
+    };
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        let batch = vec![
+            job("web1", "203.0.113.50"),
+            job("nope", "203.0.113.50"),
+            job("web1", "203.0.113.50"),
+            job("web1", "198.51.100.1"),
+            job("web1", "203.0.113.50"),
+        ];
+        let res = h.store().initiate_batch(&batch).await.expect("batch");
+        assert_eq!(res.len(), 5);
+        assert!(res[1].is_err(), "round {round}: unknown VM");
+        assert_eq!(res[3].as_ref().expect("ok").status, "Denied");
+        for i in [0, 2, 4] {
+            let r = res[i].as_ref().expect("ok");
+            assert_eq!(r.status, "Initiated");
+            ids.push(r.id.clone());
+        }
+    }
+    // Only the last request is active; each earlier one was superseded by the next.
+    for (n, id) in ids.iter().enumerate() {
+        let r = h.store().get_request(id).await.expect("rec");
+        if n + 1 == ids.len() {
+            assert_eq!(r.status, "Initiated", "{n}");
+        } else {
+            assert_eq!(r.status, "Revoked", "{n}");
+            assert_eq!(
+                r.virtual_machines[0].ports[0].status_reason.as_deref(),
+                Some("NewerRequestInitiated")
+            );
+        }
+    }
+    let out = h.store().outbox("web1", 0, 1000).await.expect("outbox");
+    assert_eq!(out.len(), 6);
+    for (n, o) in out.iter().enumerate() {
+        let expect: Vec<String> = if n == 0 {
+            vec![]
+        } else {
+            vec![out[n - 1].grant_id.clone()]
+        };
+        assert_eq!(o.replaces, expect, "outbox {n}");
+    }
+    assert!(h.store().verify().await.expect("verify").ok);
+}
