@@ -36,8 +36,9 @@ pub(crate) const ACTIVITY_INSERT: &str = "INSERT INTO activity (seq, time_ms, op
 /// `$n`..`$n+3` in the order seq, request, outbox, hash.
 pub(crate) fn counters_update(n: usize) -> String {
     format!(
-        "UPDATE counters SET value = CASE name WHEN 'chain' THEN ${} WHEN 'request' THEN ${} \
-         ELSE ${} END, hash = CASE name WHEN 'chain' THEN ${} ELSE hash END \
+        "UPDATE counters SET value = CASE name WHEN 'chain' THEN CAST(${} AS BIGINT) \
+         WHEN 'request' THEN CAST(${} AS BIGINT) ELSE CAST(${} AS BIGINT) END, \
+         hash = CASE name WHEN 'chain' THEN CAST(${} AS TEXT) ELSE hash END \
          WHERE name IN ('chain', 'request', 'outbox')",
         n,
         n + 1,
