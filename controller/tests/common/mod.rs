@@ -48,6 +48,10 @@ impl Harness {
             ..Config::default()
         };
         f(&mut cfg);
+        if cfg.database_url.is_none() {
+            // JIT_TEST_POSTGRES_URL runs the whole suite on PostgreSQL (a fresh database each).
+            cfg.database_url = fresh_postgres_database().await;
+        }
         let out = state::init(&dir, &cfg, &[]).await.expect("init");
         let server = start(&dir, &cfg).await.expect("start");
         let base = format!("https://{}", server.addr);
@@ -241,6 +245,23 @@ impl Harness {
         m.insert("policy_bodies".into(), bodies.join("|"));
         m
     }
+}
+
+/// A new, empty database on the server named by `JIT_TEST_POSTGRES_URL` (e.g.
+/// `postgres://jit:pw@127.0.0.1:5432/postgres`), or None when it is not set.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let base = std::env::var("JIT_TEST_POSTGRES_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let name = format!("jit_test_{}", jitgate_controller::auth::random_id(6));
+    let mut admin = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to JIT_TEST_POSTGRES_URL");
+    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database");
+    Some(format!("{prefix}/{name}"))
 }
 
 pub fn one_port(vm: &str, port: Value) -> Value {
