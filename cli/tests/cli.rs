@@ -109,7 +109,13 @@ impl Env {
     /// Acknowledges (as the agent channel will) every grant of the newest request on the VM,
     /// once it exists. Returns its id.
     async fn apply_next_request(&self, vm: &str, known: usize) -> String {
+        // Bounded, so that a CLI that failed before requesting fails the test, not hangs it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CLI never created its request"
+            );
             let out = self
                 .server
                 .store

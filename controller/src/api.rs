@@ -183,9 +183,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
                 ));
             }
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| too_large())?;
+        // A slow body must not hold a connection (and its task) forever.
+        let bytes = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            axum::body::to_bytes(req.into_body(), limit),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                "the request body did not arrive within 30 s",
+            )
+        })?
+        .map_err(|_| too_large())?;
         match serde_json::from_slice::<T>(&bytes) {
             Ok(v) => Ok(Body(v)),
             Err(e) => {
