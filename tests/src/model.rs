@@ -24,7 +24,9 @@ pub enum Parsed {
     /// IP but not TCP/UDP (or an IPv6 chain ending in another header).
     Other,
     /// A non-first fragment: passes (RFC 1858/7112 policy), except TCP at offset 8 bytes.
-    Fragment { tcp_offset8: bool },
+    Fragment {
+        tcp_offset8: bool,
+    },
     ChainTooLong,
     L4 {
         proto: u8,
@@ -187,13 +189,30 @@ pub struct Model {
 }
 
 impl Model {
+    pub fn new(idle_ns: u64) -> Model {
+        Model {
+            idle_ns,
+            ..Default::default()
+        }
+    }
+
     /// The latest end of an active grant covering (proto, port, src) at `now`.
     pub fn covering(&self, proto: u8, port: u16, src: IpAddr, now: u64) -> Option<u64> {
         self.grants
             .iter()
-            .filter(|g| g.proto == proto && g.port == port && g.source.contains_addr(src) && g.expires_ns > now)
+            .filter(|g| {
+                g.proto == proto
+                    && g.port == port
+                    && g.source.contains_addr(src)
+                    && g.expires_ns > now
+            })
             .map(|g| g.expires_ns)
             .max()
+    }
+
+    /// Whether the model holds an admitted flow for this 5-tuple.
+    pub fn has_flow(&self, proto: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> bool {
+        self.flows.contains_key(&(proto, src, dst, sport, dport))
     }
 
     /// Removes flows (as revocation does in the agent).
@@ -213,36 +232,44 @@ impl Model {
                     Verdict::Pass
                 }
             }
-            Parsed::L4 { proto, src, dst, sport, dport, syn } => {
-                match self.protected.get(&(*proto, *dport)).copied() {
-                    None => Verdict::Pass,
-                    Some(on_expiry) => {
-                        let key = (*proto, *src, *dst, *sport, *dport);
-                        let active = self.covering(*proto, *dport, *src, now);
-                        if !syn && let Some(f) = self.flows.get_mut(&key) {
-                            if now < f.grant_end {
-                                Verdict::Pass
-                            } else if let Some(end) = active {
-                                f.grant_end = end;
-                                f.last_seen = now;
-                                Verdict::Pass
-                            } else if on_expiry == OnExpiry::Keep && now < f.last_seen + self.idle_ns {
-                                Verdict::Pass
-                            } else {
-                                Verdict::Drop
-                            }
+            Parsed::L4 {
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                syn,
+            } => match self.protected.get(&(*proto, *dport)).copied() {
+                None => Verdict::Pass,
+                Some(on_expiry) => {
+                    let key = (*proto, *src, *dst, *sport, *dport);
+                    let active = self.covering(*proto, *dport, *src, now);
+                    if !syn && let Some(f) = self.flows.get_mut(&key) {
+                        if now < f.grant_end {
+                            Verdict::Pass
+                        } else if let Some(end) = active {
+                            f.grant_end = end;
+                            f.last_seen = now;
+                            Verdict::Pass
+                        } else if on_expiry == OnExpiry::Keep && now < f.last_seen + self.idle_ns {
+                            Verdict::Pass
                         } else {
-                            match active {
-                                Some(end) => {
-                                    self.flows.entry(key).or_insert(Flow { grant_end: end, last_seen: now });
-                                    Verdict::Pass
-                                }
-                                None => Verdict::Drop,
+                            Verdict::Drop
+                        }
+                    } else {
+                        match active {
+                            Some(end) => {
+                                self.flows.entry(key).or_insert(Flow {
+                                    grant_end: end,
+                                    last_seen: now,
+                                });
+                                Verdict::Pass
                             }
+                            None => Verdict::Drop,
                         }
                     }
                 }
-            }
+            },
         };
         (v, p)
     }

@@ -5,7 +5,7 @@
 //! tests/regressions/packet_path.txt.
 
 use jitgate_agent::{BootInstant, GrantId, GrantSpec, XDP_DROP, XDP_PASS};
-use jitgate_common::{OnExpiry, Port, Protocol, ProtectedPort, SourcePrefix};
+use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol, SourcePrefix};
 use jitgate_tests::frames::{Ext, Frame, L4};
 use jitgate_tests::model::{Model, ModelGrant, Parsed, Verdict};
 use jitgate_tests::{TestDataplane, require_root};
@@ -28,8 +28,19 @@ impl Rng {
     }
 }
 
-const V4_SOURCES: &[&str] = &["198.51.100.7", "198.51.100.8", "203.0.113.9", "203.0.113.10", "198.18.0.1"];
-const V6_SOURCES: &[&str] = &["2001:db8:1::7", "2001:db8:1:2::9", "2001:db8:2::5", "2001:db8:ffff::1"];
+const V4_SOURCES: &[&str] = &[
+    "198.51.100.7",
+    "198.51.100.8",
+    "203.0.113.9",
+    "203.0.113.10",
+    "198.18.0.1",
+];
+const V6_SOURCES: &[&str] = &[
+    "2001:db8:1::7",
+    "2001:db8:1:2::9",
+    "2001:db8:2::5",
+    "2001:db8:ffff::1",
+];
 const PORTS: &[u16] = &[22, 2222, 3389, 80, 443];
 
 struct Harness {
@@ -48,9 +59,11 @@ impl Harness {
             .map(|p| p.parse().unwrap())
             .collect();
         t.dp.set_protected(&ports).unwrap();
-        let mut model = Model { idle_ns: 3600 * 1_000_000_000, ..Default::default() };
+        let mut model = Model::new(3600 * 1_000_000_000);
         for p in &ports {
-            model.protected.insert((p.protocol.number(), p.port.get()), p.on_expiry);
+            model
+                .protected
+                .insert((p.protocol.number(), p.port.get()), p.on_expiry);
         }
         Harness { t, model }
     }
@@ -59,8 +72,24 @@ impl Harness {
         let id = GrantId::random();
         let source: SourcePrefix = src.parse().unwrap();
         let port = Port::new(port).unwrap();
-        self.t.dp.add_grant(id, GrantSpec { protocol: proto, port, source }, expires).unwrap();
-        self.model.grants.push(ModelGrant { proto: proto.number(), port: port.get(), source, expires_ns: expires.0 });
+        self.t
+            .dp
+            .add_grant(
+                id,
+                GrantSpec {
+                    protocol: proto,
+                    port,
+                    source,
+                },
+                expires,
+            )
+            .unwrap();
+        self.model.grants.push(ModelGrant {
+            proto: proto.number(),
+            port: port.get(),
+            source,
+            expires_ns: expires.0,
+        });
         id
     }
 
@@ -77,23 +106,30 @@ impl Harness {
             Verdict::Drop => XDP_DROP,
         };
         if kernel != want {
-            return Some(format!("kernel {kernel} model {want} ({parsed:?}) frame {}", hex(frame)));
+            return Some(format!(
+                "kernel {kernel} model {want} ({parsed:?}) frame {}",
+                hex(frame)
+            ));
         }
         if kernel == XDP_PASS
-            && let Parsed::L4 { proto, src, dport, .. } = parsed
+            && let Parsed::L4 {
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                ..
+            } = parsed
             && self.model.protected.contains_key(&(proto, dport))
             && self.model.covering(proto, dport, src, now).is_none()
-            && !self.model_has_flow(frame)
+            && !self.model.has_flow(proto, src, dst, sport, dport)
         {
-            return Some(format!("passed to a protected port without grant or flow: {}", hex(frame)));
+            return Some(format!(
+                "passed to a protected port without grant or flow: {}",
+                hex(frame)
+            ));
         }
         None
-    }
-
-    fn model_has_flow(&self, _frame: &[u8]) -> bool {
-        // A pass without a covering grant can only come from an admitted flow; the verdict
-        // equality above already checked the model agrees, so the flow exists there.
-        true
     }
 }
 
@@ -102,19 +138,37 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 fn base_frame(r: &mut Rng) -> Vec<u8> {
     let v6 = r.below(2) == 0;
-    let (src, dst) = if v6 { (*r.pick(V6_SOURCES), "2001:db8:ff::1") } else { (*r.pick(V4_SOURCES), "192.0.2.1") };
+    let (src, dst) = if v6 {
+        (*r.pick(V6_SOURCES), "2001:db8:ff::1")
+    } else {
+        (*r.pick(V4_SOURCES), "192.0.2.1")
+    };
     let dport = *r.pick(PORTS);
     let sport = 1024 + r.below(64) as u16;
     let l4 = match r.below(4) {
         0 => L4::Udp { sport, dport },
-        1 => L4::Tcp { sport, dport, flags: 0x02 },
-        2 => L4::Tcp { sport, dport, flags: 0x10 },
-        _ => L4::Tcp { sport, dport, flags: r.below(256) as u8 },
+        1 => L4::Tcp {
+            sport,
+            dport,
+            flags: 0x02,
+        },
+        2 => L4::Tcp {
+            sport,
+            dport,
+            flags: 0x10,
+        },
+        _ => L4::Tcp {
+            sport,
+            dport,
+            flags: r.below(256) as u8,
+        },
     };
     let mut f = Frame::new(src, dst, l4).payload(r.below(40) as usize);
     for _ in 0..[0, 0, 0, 1, 2, 3][r.below(6) as usize] {
@@ -128,8 +182,13 @@ fn base_frame(r: &mut Rng) -> Vec<u8> {
                 1 => Ext::Routing,
                 2 => Ext::DestOpts,
                 3 => Ext::Ah,
-                4 => Ext::Fragment { offset: [0, 0, 1, 100][r.below(4) as usize], more: r.below(2) == 0 },
-                _ => Ext::Long { len: r.below(4) as u8 },
+                4 => Ext::Fragment {
+                    offset: [0, 0, 1, 100][r.below(4) as usize],
+                    more: r.below(2) == 0,
+                },
+                _ => Ext::Long {
+                    len: r.below(4) as u8,
+                },
             });
         }
     } else {
@@ -206,8 +265,14 @@ fn kernel_verdicts_equal_the_reference_model() {
     h.grant(Protocol::Tcp, 2222, "203.0.113.10", soon);
     h.grant(Protocol::Udp, 3389, "2001:db8:ffff::1", soon);
 
-    let seed = std::env::var("JITGATE_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15u64);
-    let cases: usize = std::env::var("JITGATE_MODEL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let seed = std::env::var("JITGATE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15u64);
+    let cases: usize = std::env::var("JITGATE_MODEL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     let mut r = Rng(seed);
     let mut failures = Vec::new();
     let mut frames = Vec::new();
@@ -236,9 +301,17 @@ fn kernel_verdicts_equal_the_reference_model() {
         }
     }
     let checked = frames.len() * 2;
-    assert!(checked > 2_000, "too few frames checked ({checked}): machine too slow?");
+    assert!(
+        checked > 2_000,
+        "too few frames checked ({checked}): machine too slow?"
+    );
     failures.truncate(20);
-    assert!(failures.is_empty(), "seed {seed:#x}: {} disagreements, first ones:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "seed {seed:#x}: {} disagreements, first ones:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Rows found by the property test (or worth pinning): `hex-frame PASS|DROP # why`, run
@@ -253,17 +326,30 @@ fn regression_rows() {
     h.grant(Protocol::Tcp, 22, "198.51.100.0/24", far);
     let text = include_str!("../regressions/packet_path.txt");
     let mut n = 0;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let mut it = line.split_whitespace();
-        let (Some(frame), Some(want)) = (it.next(), it.next()) else { panic!("bad row {line:?}") };
+        let (Some(frame), Some(want)) = (it.next(), it.next()) else {
+            panic!("bad row {line:?}")
+        };
         let frame = unhex(frame);
         let want = if want == "PASS" { XDP_PASS } else { XDP_DROP };
         let got = h.t.dp.test_run(&frame, 1).unwrap().action;
         assert_eq!(got, want, "row {line}");
         let (m, _) = h.model.step(&frame, BootInstant::now().0);
-        assert_eq!(if m == Verdict::Pass { XDP_PASS } else { XDP_DROP }, want, "model disagrees on {line}");
+        assert_eq!(
+            if m == Verdict::Pass {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            },
+            want,
+            "model disagrees on {line}"
+        );
         n += 1;
     }
     assert!(n > 0);
-    let _ = OnExpiry::Keep;
 }

@@ -1,0 +1,668 @@
+//! Drives the real `jit` binary against a real controller (HTTPS on 127.0.0.1, SQLite file).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use jitgate_controller::auth::{Role, Scope};
+use jitgate_controller::state::{self, Config, StateDir};
+use jitgate_controller::store::Actor;
+use jitgate_controller::{ServerHandle, start};
+use serde_json::Value;
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: StateDir,
+    server: ServerHandle,
+    url: String,
+    admin: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl Env {
+    async fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir(tmp.path().join("state"));
+        let cfg = Config {
+            listen: "127.0.0.1:0".into(),
+            expiry_sweep_seconds: 3600,
+            ..Config::default()
+        };
+        let out = state::init(&dir, &cfg, &[]).await.expect("init");
+        let server = start(&dir, &cfg).await.expect("start");
+        let url = format!("https://{}", server.addr);
+        let a = Actor::local();
+        let s = &server.store;
+        s.add_group(&a, "prod", "ops@example.com")
+            .await
+            .expect("rg");
+        s.add_vm(
+            &a,
+            "web1",
+            "prod",
+            &[
+                "192.0.2.11".parse().expect("ip"),
+                "2001:db8::11".parse().expect("ip"),
+            ],
+        )
+        .await
+        .expect("vm");
+        Env {
+            _tmp: tmp,
+            dir,
+            server,
+            url,
+            admin: out.admin_token,
+        }
+    }
+
+    async fn token(&self, name: &str, role: Role, scope: &str) -> String {
+        self.server
+            .store
+            .create_token(
+                &Actor::local(),
+                name,
+                role,
+                &Scope::parse(scope).expect("scope"),
+                None,
+            )
+            .await
+            .expect("token")
+            .1
+    }
+
+    fn command(&self, token: &str, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit"));
+        c.args(args)
+            .env("JIT_URL", &self.url)
+            .env("JIT_CA", self.dir.ca_cert())
+            .env("JIT_TOKEN", token)
+            .env("JIT_CONFIG", "/nonexistent/jit.toml")
+            .current_dir(self._tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn jit(&self, token: &str, args: &[&str]) -> Out {
+        let o = self.command(token, args).output().await.expect("run jit");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+
+    /// Acknowledges (as the agent channel will) every grant of the newest request on the VM,
+    /// once it exists. Returns its id.
+    async fn apply_next_request(&self, vm: &str, known: usize) -> String {
+        // Bounded, so that a CLI that failed before requesting fails the test, not hangs it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CLI never created its request"
+            );
+            let out = self
+                .server
+                .store
+                .outbox(vm, 0, 10_000)
+                .await
+                .expect("outbox");
+            let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
+            ids.dedup();
+            if ids.len() > known {
+                let id = ids.last().expect("id").clone();
+                for o in out.iter().filter(|o| o.request_id == id) {
+                    self.server
+                        .store
+                        .ack_grant(&Actor::controller(), &o.grant_id)
+                        .await
+                        .expect("ack");
+                }
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn requests_in_outbox(&self, vm: &str) -> usize {
+        let out = self
+            .server
+            .store
+            .outbox(vm, 0, 10_000)
+            .await
+            .expect("outbox");
+        let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
+        ids.dedup();
+        ids.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_request_history_revoke_and_exit_codes() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let alice = e.token("alice", Role::Requester, "rg:prod").await;
+    let rita = e.token("rita", Role::Reader, "*").await;
+
+    let o = e.jit(&admin, &["whoami"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("admin (admin on *)"), "{}", o.stdout);
+
+    // policy set with flags, on the group; show it through the VM (effective)
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22/tcp",
+                "--port",
+                "3389",
+                "--source",
+                "127.0.0.0/8",
+                "--source",
+                "2001:db8::/32",
+                "--max",
+                "3h",
+                "--on-expiry",
+                "cut",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("PT3H") && o.stdout.contains("2001:db8::/32"),
+        "{}",
+        o.stdout
+    );
+    let o = e.jit(&alice, &["policy", "show", "web1", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.json()["scope"], "resourceGroup");
+    assert_eq!(o.json()["ports"][0]["onExpiry"], "cut");
+    // policy set from a JSON file, on the VM
+    let file = e._tmp.path().join("p.json");
+    std::fs::write(
+        &file,
+        r#"{"ports":[{"number":22,"protocol":"TCP","allowedSourceAddressPrefix":"127.0.0.1","maxRequestAccessDuration":"PT1H"}]}"#,
+    )
+    .expect("write");
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "web1",
+                "--file",
+                file.to_str().expect("path"),
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = e.jit(&alice, &["policy", "show", "web1", "--json"]).await;
+    assert_eq!(o.json()["scope"], "virtualMachine");
+    let o = e.jit(&admin, &["policy", "delete", "web1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = e.jit(&admin, &["policy", "delete", "web1"]).await;
+    assert_eq!(
+        o.code, 6,
+        "deleting a missing policy is not found: {}",
+        o.stderr
+    );
+
+    // vms
+    let o = e.jit(&alice, &["vms"]).await;
+    assert_eq!(o.code, 0);
+    assert!(
+        o.stdout.contains("web1") && o.stdout.contains("resourceGroup"),
+        "{}",
+        o.stdout
+    );
+    let o = e.jit(&alice, &["vms", "--json"]).await;
+    assert_eq!(o.json()[0]["addresses"][1], "2001:db8::11");
+
+    // request: approved (My IP = 127.0.0.1), then denied with reasons and exit 3
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "deploy fix",
+                "--json",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = o.json();
+    assert_eq!(r["status"], "Initiated");
+    assert_eq!(
+        r["virtualMachines"][0]["ports"][0]["allowedSourceAddressPrefix"],
+        "127.0.0.1/32"
+    );
+    let id = r["id"].as_str().expect("id").to_string();
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22/udp",
+                "--source",
+                "10.0.0.0/8",
+                "--duration",
+                "5h",
+                "-j",
+                "too much",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    for reason in [
+        "ProtocolNotAllowed",
+        "SourceNotAllowed",
+        "DurationExceedsMaximum",
+    ] {
+        assert!(o.stderr.contains(reason), "{reason}: {}", o.stderr);
+    }
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--until",
+                "2020-01-01T00:00:00Z",
+                "-j",
+                "late",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("EndTimeInPast"));
+
+    // history: table and JSON
+    let o = e.jit(&rita, &["history", "web1"]).await;
+    assert_eq!(o.code, 0);
+    assert!(
+        o.stdout.contains("deploy fix") && o.stdout.contains("Denied"),
+        "{}",
+        o.stdout
+    );
+    let o = e.jit(&rita, &["history", "web1", "--json"]).await;
+    assert_eq!(o.json().as_array().map(|a| a.len()), Some(3));
+
+    // revoke: reader forbidden (5), alice ok, again conflict (7)
+    let o = e.jit(&rita, &["revoke", &id]).await;
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    let o = e.jit(&alice, &["revoke", &id, "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.json()["virtualMachines"][0]["ports"][0]["statusReason"],
+        "UserRequested"
+    );
+    let o = e.jit(&alice, &["revoke", &id]).await;
+    assert_eq!(o.code, 7, "{}", o.stderr);
+    let o = e.jit(&alice, &["show", &id, "--json"]).await;
+    assert_eq!(o.json()["status"], "Revoked");
+
+    // other exit codes
+    let o = e.jit(&format!("jit_{}", "1".repeat(64)), &["vms"]).await;
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    let o = e
+        .jit(
+            &rita,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "nope",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 6, "{}", o.stderr);
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "0",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--source",
+                "10.0.0.1/8",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request", "web1", "--port", "22", "--until", "soon", "-j", "x",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 2, "server-side 400: {}", o.stderr);
+    assert!(o.stderr.contains("InvalidTime"), "{}", o.stderr);
+    let o = e
+        .jit(&alice, &["request", "web1", "--port", "22", "-j", "x"])
+        .await;
+    assert_eq!(o.code, 2, "missing --duration/--until is a usage error");
+    let mut c = e.command(&alice, &["vms"]);
+    c.env_remove("JIT_URL");
+    let o = c.output().await.expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("JIT_URL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_connect_and_audit() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22",
+                "--port",
+                "3389",
+                "--source",
+                "127.0.0.0/8",
+                "--max",
+                "2h",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    // --wait times out (exit 8) when no agent applies the access; no timing race: nothing
+    // ever applies it.
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+                "--wait",
+                "--timeout",
+                "1s",
+                "--poll",
+                "1s",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 8, "{}", o.stderr);
+    assert!(o.stderr.contains("timed out"), "{}", o.stderr);
+
+    // --wait returns once the agent channel acknowledges the grants (status Applied).
+    let known = e.requests_in_outbox("web1").await;
+    let child = e
+        .command(
+            &admin,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "wait ok",
+                "--wait",
+                "--timeout",
+                "10m",
+                "--json",
+            ],
+        )
+        .spawn()
+        .expect("spawn");
+    let id = e.apply_next_request("web1", known).await;
+    let o = child.wait_with_output().await.expect("wait");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["status"], "Applied");
+
+    // connect ssh: asks for duration and justification (refused without a terminal) ...
+    let o = e.jit(&admin, &["connect", "ssh", "web1"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("duration"), "{}", o.stderr);
+    // ... requests 22/tcp from My IP, waits until Applied, then runs ssh (dry run: prints it).
+    let known = e.requests_in_outbox("web1").await;
+    let child = e
+        .command(
+            &admin,
+            &[
+                "connect",
+                "ssh",
+                "web1",
+                "--duration",
+                "30m",
+                "-j",
+                "incident 7",
+                "-l",
+                "ops",
+                "--dry-run",
+                "--",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ],
+        )
+        .spawn()
+        .expect("spawn");
+    let id = e.apply_next_request("web1", known).await;
+    let o = child.wait_with_output().await.expect("wait");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["requestId"], id.as_str());
+    assert_eq!(
+        v["command"],
+        serde_json::json!([
+            "ssh",
+            "-l",
+            "ops",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "192.0.2.11"
+        ])
+    );
+    let rec = e.server.store.get_request(&id).await.expect("rec");
+    assert_eq!(rec.justification, "incident 7");
+    assert_eq!(rec.virtual_machines[0].ports[0].number, 22);
+    assert_eq!(rec.virtual_machines[0].ports[0].protocol, "TCP");
+    assert_eq!(
+        rec.virtual_machines[0].ports[0]
+            .allowed_source_address_prefix
+            .as_deref(),
+        Some("127.0.0.1/32")
+    );
+
+    // connect rdp writes an .rdp file (IPv6 address with -6)
+    let known = e.requests_in_outbox("web1").await;
+    let rdp = e._tmp.path().join("web1.rdp");
+    let child = e
+        .command(
+            &admin,
+            &[
+                "connect",
+                "rdp",
+                "web1",
+                "-6",
+                "--duration",
+                "1h",
+                "-j",
+                "rdp",
+                "-o",
+                rdp.to_str().expect("path"),
+            ],
+        )
+        .spawn()
+        .expect("spawn");
+    e.apply_next_request("web1", known).await;
+    let o = child.wait_with_output().await.expect("wait");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&rdp).expect("rdp file");
+    assert!(
+        text.starts_with("full address:s:[2001:db8::11]:3389"),
+        "{text}"
+    );
+
+    // audit: table, JSON, CSV, JSON lines, filters, verify
+    let o = e.jit(&admin, &["audit", "--vm", "web1"]).await;
+    assert_eq!(o.code, 0);
+    assert!(
+        o.stdout.contains("Initiate JIT Network Access"),
+        "{}",
+        o.stdout
+    );
+    let o = e
+        .jit(&admin, &["audit", "--caller", "admin", "--json"])
+        .await;
+    let n = o.json().as_array().map(|a| a.len()).expect("list");
+    assert!(n >= 5);
+    let o = e
+        .jit(&admin, &["audit", "--caller", "admin", "--csv"])
+        .await;
+    assert!(o.stdout.starts_with("seq,timeUtc,operation,"));
+    assert_eq!(o.stdout.lines().count(), n + 1);
+    let o = e
+        .jit(&admin, &["audit", "--caller", "admin", "--jsonl"])
+        .await;
+    assert_eq!(o.stdout.lines().count(), n);
+    let o = e
+        .jit(
+            &admin,
+            &["audit", "--since", "2999-01-01T00:00:00Z", "--json"],
+        )
+        .await;
+    assert_eq!(o.json().as_array().map(|a| a.len()), Some(0));
+    let o = e.jit(&admin, &["audit", "verify"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("activity log OK"));
+    sqlx::query("UPDATE activity SET outcome = 'Denied' WHERE seq = 3")
+        .execute(e.server.store.pool())
+        .await
+        .expect("tamper");
+    let o = e.jit(&admin, &["audit", "verify"]).await;
+    assert_eq!(o.code, 9, "{}", o.stdout);
+    assert!(o.stdout.contains("entry 3"), "{}", o.stdout);
+}
+
+#[test]
+fn every_help_explains() {
+    for args in [
+        vec!["--help"],
+        vec!["request", "--help"],
+        vec!["connect", "ssh", "--help"],
+        vec!["connect", "rdp", "--help"],
+        vec!["policy", "set", "--help"],
+        vec!["audit", "--help"],
+        vec!["history", "--help"],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_jit"))
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_jit"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("EXIT CODES"));
+}

@@ -1,0 +1,422 @@
+//! Controller benchmark: initiate requests/s and latency at 64 concurrent callers over HTTPS
+//! against the embedded SQLite database, beside the floor (an authenticated trivial GET on the
+//! same server in the same run); then again with a large request history.
+//!
+//! cargo run --release -p jitgate-controller --example bench -- [--requests N] [--history 100000]
+//!     [--concurrency 64] [--sync full|normal]
+//!
+//! Prints a markdown table on stdout; progress on stderr. All traffic is to 127.0.0.1.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jitgate_controller::auth::{Caller, Role, Scope};
+use jitgate_controller::model::{Initiate, InitiateJson, now_ms};
+use jitgate_controller::state::{self, Config, StateDir};
+use jitgate_controller::store::{Actor, Store, StoreOptions};
+use serde_json::json;
+
+struct Opts {
+    requests: u64,
+    history: u64,
+    concurrency: u64,
+    sync: String,
+    vms: u64,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        requests: 20_000,
+        history: 100_000,
+        concurrency: 64,
+        sync: "full".into(),
+        vms: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("missing value");
+        match a.as_str() {
+            "--requests" => o.requests = val()?.parse()?,
+            "--history" => o.history = val()?.parse()?,
+            "--concurrency" => o.concurrency = val()?.parse()?,
+            "--sync" => o.sync = val()?,
+            "--vms" => o.vms = val()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if o.concurrency == 0 || o.requests == 0 {
+        bail!("--requests and --concurrency must be positive");
+    }
+    Ok(o)
+}
+
+struct Row {
+    phase: String,
+    history: u64,
+    ops: u64,
+    errors: u64,
+    secs: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Runs `total` calls from `conc` concurrent tasks (initiates or trivial GETs).
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    total: u64,
+    conc: u64,
+    initiate: bool,
+    src_offset: u64,
+    vms: u64,
+) -> (Vec<Duration>, u64, Duration) {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let client = client.clone();
+        let base = base.to_string();
+        let token = token.to_string();
+        let next = next.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                let r = if initiate {
+                    let n = src_offset + i;
+                    let src = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+                    let body = json!({"virtualMachines": [{"id": format!("vm{}", i % vms), "ports": [
+                        {"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}]}],
+                        "justification": "bench"});
+                    client
+                        .post(format!("{base}/api/v1/jitNetworkAccessPolicies/default/initiate"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await
+                } else {
+                    client
+                        .get(format!("{base}/api/v1/me"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                };
+                let ok = match r {
+                    Ok(resp) => {
+                        let st = resp.status();
+                        let body = resp.bytes().await;
+                        st.is_success()
+                            && body.is_ok()
+                            && (!initiate
+                                || body
+                                    .as_ref()
+                                    .map(|b| {
+                                        std::str::from_utf8(b)
+                                            .map(|s| s.contains("\"status\":\"Initiated\""))
+                                            .unwrap_or(false)
+                                    })
+                                    .unwrap_or(false))
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(v) = t.await {
+            all.extend(v);
+        }
+    }
+    let wall = start.elapsed();
+    (all, errors.load(Ordering::Relaxed), wall)
+}
+
+fn summarize(
+    phase: &str,
+    history: u64,
+    mut lat: Vec<Duration>,
+    errors: u64,
+    wall: Duration,
+) -> Row {
+    lat.sort();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let idx = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[idx].as_secs_f64() * 1000.0
+    };
+    Row {
+        phase: phase.into(),
+        history,
+        ops: lat.len() as u64,
+        errors,
+        secs: wall.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: pct(1.0),
+    }
+}
+
+async fn count_requests(store: &Store) -> Result<u64> {
+    use sqlx::Row;
+    let r = sqlx::query("SELECT COUNT(*) FROM requests")
+        .fetch_one(store.pool())
+        .await?;
+    Ok(u64::try_from(r.try_get::<i64, _>(0)?)?)
+}
+
+/// Fills the history directly through the library (same code path as the API's initiate,
+/// minus HTTP), with `synchronous = NORMAL` to keep seeding time reasonable.
+async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
+    let store = Store::open(
+        url,
+        &StoreOptions {
+            max_connections: 4,
+            sqlite_synchronous: "normal".into(),
+        },
+    )
+    .await?;
+    let have = count_requests(&store).await?;
+    if have >= upto {
+        return Ok(());
+    }
+    let caller = Caller {
+        token_id: "seed".into(),
+        name: "seed".into(),
+        role: Role::Admin,
+        scope: Scope::All,
+        address: IpAddr::from([127, 0, 0, 1]),
+    };
+    let t0 = Instant::now();
+    let todo = upto - have;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        let caller = caller.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= todo {
+                    break;
+                }
+                let n = offset + i;
+                let src = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+                let j: InitiateJson = match serde_json::from_value(json!({"virtualMachines": [{"id": format!("vm{}", i % vms), "ports": [
+                    {"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}]}], "justification": "seed"}))
+                {
+                    Ok(j) => j,
+                    Err(e) => return Err(anyhow::anyhow!("{e}")),
+                };
+                let req = Initiate::from_json(&j, caller.address, now_ms())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                store
+                    .initiate(&caller, &req)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if i.is_multiple_of(10_000) && i > 0 {
+                    eprintln!("  seeded {i}/{todo} ({:.0}s)", t0.elapsed().as_secs_f64());
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    eprintln!(
+        "  seeded {todo} requests in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // A controller whose history grew over weeks has a checkpointed database, not a WAL
+    // holding the whole history: checkpoint before measuring.
+    for _ in 0..50 {
+        use sqlx::Row;
+        let r = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(store.pool())
+            .await?;
+        if r.try_get::<i64, _>(0)? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    // JIT_LOG=jitgate_controller::batch=trace shows each batch's phases.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(o))
+}
+
+async fn run(o: Opts) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = StateDir(tmp.path().join("state"));
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        sqlite_synchronous: o.sync.clone(),
+        expiry_sweep_seconds: 3600,
+        ..Config::default()
+    };
+    let init = state::init(&dir, &cfg, &[]).await?;
+    let server = jitgate_controller::start(&dir, &cfg).await?;
+    let base = format!("https://{}", server.addr);
+    let s = &server.store;
+    let a = Actor::local();
+    s.add_group(&a, "bench", "bench@example.com").await?;
+    for i in 0..o.vms {
+        s.add_vm(
+            &a,
+            &format!("vm{i}"),
+            "bench",
+            &[IpAddr::from([192, 0, 2, 1])],
+        )
+        .await?;
+    }
+    let admin = init.admin_token;
+    let pem = std::fs::read(dir.ca_cert())?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .pool_max_idle_per_host(o.concurrency as usize * 2)
+        .build()?;
+    let r = client
+        .put(format!(
+            "{base}/api/v1/resourceGroups/bench/jitNetworkAccessPolicies/default"
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"ports": [{"number": 22, "protocol": "TCP",
+            "allowedSourceAddressPrefixes": ["10.0.0.0/8", "2001:db8::/32"],
+            "maxRequestAccessDuration": "PT3H"}]}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("policy: {}", r.text().await?);
+    }
+    let requester = s
+        .create_token(
+            &a,
+            "bench",
+            Role::Requester,
+            &Scope::ResourceGroup("bench".into()),
+            None,
+        )
+        .await?
+        .1;
+    let mut rows = Vec::new();
+    let mut offset = 0u64;
+    for history_target in [0u64, o.history] {
+        if history_target > 0 {
+            eprintln!("seeding history to {history_target} requests ...");
+            seed(&cfg.database_url(&dir), history_target, o.vms, 1 << 24).await?;
+        }
+        let history = count_requests(s).await?;
+        // warm up: open the connections
+        run_phase(
+            &client,
+            &base,
+            &requester,
+            o.concurrency * 4,
+            o.concurrency,
+            false,
+            0,
+            o.vms,
+        )
+        .await;
+        eprintln!(
+            "floor: GET /api/v1/me x{} (history {history}) ...",
+            o.requests
+        );
+        let (lat, err, wall) = run_phase(
+            &client,
+            &base,
+            &requester,
+            o.requests,
+            o.concurrency,
+            false,
+            0,
+            o.vms,
+        )
+        .await;
+        rows.push(summarize("floor: GET /me", history, lat, err, wall));
+        eprintln!("initiate x{} (history {history}) ...", o.requests);
+        let (lat, err, wall) = run_phase(
+            &client,
+            &base,
+            &requester,
+            o.requests,
+            o.concurrency,
+            true,
+            offset,
+            o.vms,
+        )
+        .await;
+        offset += o.requests;
+        rows.push(summarize("initiate", history, lat, err, wall));
+    }
+    println!(
+        "Controller, {} concurrent HTTPS callers (keep-alive), embedded SQLite (synchronous={}), {} VMs, 2-core machine, server and load generator in one process.\n",
+        o.concurrency, o.sync, o.vms
+    );
+    println!(
+        "| operation | requests in history | calls | errors | req/s | p50 ms | p99 ms | max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            r.phase,
+            r.history,
+            r.ops,
+            r.errors,
+            r.ops as f64 / r.secs,
+            r.p50,
+            r.p99,
+            r.max
+        );
+    }
+    let verify = s.verify().await?;
+    println!(
+        "\nactivity log after the run: {} entries, verify ok = {}",
+        verify.entries, verify.ok
+    );
+    server.stop().await;
+    Ok(())
+}

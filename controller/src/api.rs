@@ -1,0 +1,518 @@
+//! The HTTPS JSON API (routes under `/api/v1`, documented in `controller/openapi.yaml`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jitgate_common::SourcePrefix;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::model::{Initiate, InitiateJson, Policy, PolicyJson, now_ms};
+use crate::store::{ActivityEntry, ActivityFilter, Actor, Store};
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<SourcePrefix>,
+    pub max_body_bytes: usize,
+}
+
+/// The TCP peer of a connection, inserted by the server for every request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/virtualMachines", get(list_vms))
+        .route("/api/v1/virtualMachines/{vm}", get(get_vm))
+        .route(
+            "/api/v1/virtualMachines/{vm}/jitNetworkAccessPolicies/default",
+            get(get_vm_policy)
+                .put(put_vm_policy)
+                .delete(delete_vm_policy),
+        )
+        .route("/api/v1/virtualMachines/{vm}/requests", get(history))
+        .route(
+            "/api/v1/resourceGroups/{rg}/jitNetworkAccessPolicies/default",
+            get(get_rg_policy)
+                .put(put_rg_policy)
+                .delete(delete_rg_policy),
+        )
+        .route(
+            "/api/v1/jitNetworkAccessPolicies/default/initiate",
+            post(initiate),
+        )
+        .route("/api/v1/requests/{id}", get(get_request))
+        .route("/api/v1/requests/{id}/revoke", post(revoke))
+        .route("/api/v1/activityLog", get(activity))
+        .route("/api/v1/activityLog/verify", get(verify))
+        .fallback(|| async {
+            ApiError::not_found("NoSuchRoute", "no such API route (see openapi.yaml)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "this route does not accept that method",
+            )
+        })
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors
+
+/// The caller's address: the peer, or (only if the peer is a trusted proxy) the rightmost
+/// address in `X-Forwarded-For` that is not itself a trusted proxy.
+fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[SourcePrefix],
+) -> Result<IpAddr, ApiError> {
+    let peer = jitgate_common::net::normalise(peer);
+    let is_trusted = |a: IpAddr| trusted.iter().any(|p| p.contains_addr(a));
+    if !is_trusted(peer) {
+        return Ok(peer);
+    }
+    let mut addr = peer;
+    for v in headers.get_all("x-forwarded-for") {
+        let s = v.to_str().map_err(|_| {
+            ApiError::bad_request("InvalidForwardedFor", "X-Forwarded-For is not ASCII")
+        })?;
+        for part in s.split(',').rev() {
+            let a: IpAddr = part.trim().parse().map_err(|_| {
+                ApiError::bad_request(
+                    "InvalidForwardedFor",
+                    format!("X-Forwarded-For entry {part:?} is not an IP address"),
+                )
+            })?;
+            let a = jitgate_common::net::normalise(a);
+            addr = a;
+            if !is_trusted(a) {
+                return Ok(a);
+            }
+        }
+    }
+    Ok(addr)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<PeerAddr>()
+            .map(|p| p.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let address = client_address(peer, &parts.headers, &st.trusted_proxies)?;
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            tracing::warn!(%address, path = %parts.uri.path(), "unauthenticated: no bearer token");
+            return Err(ApiError::unauthenticated(
+                "missing API token: send Authorization: Bearer jit_...",
+            ));
+        };
+        match st.store.authenticate(token).await? {
+            Some((token_id, name, role, scope)) => Ok(Caller {
+                token_id,
+                name,
+                role,
+                scope,
+                address,
+            }),
+            None => {
+                tracing::warn!(%address, path = %parts.uri.path(), "unauthenticated: unknown, expired or revoked token");
+                Err(ApiError::unauthenticated(
+                    "the API token is unknown, expired or revoked",
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON body: size-limited, unknown fields rejected, errors as stable codes.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, ApiError> {
+        let limit = st.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BodyTooLarge",
+                format!("the request body exceeds {limit} bytes"),
+            )
+        };
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(too_large());
+        }
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ok = ct
+                .to_str()
+                .map(|s| s.trim_start().starts_with("application/json"))
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "send the body as application/json",
+                ));
+            }
+        }
+        // A slow body must not hold a connection (and its task) forever.
+        let bytes = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            axum::body::to_bytes(req.into_body(), limit),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                "the request body did not arrive within 30 s",
+            )
+        })?
+        .map_err(|_| too_large())?;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(v) => Ok(Body(v)),
+            Err(e) => {
+                use serde_json::error::Category;
+                let code = match e.classify() {
+                    Category::Syntax | Category::Eof | Category::Io => "InvalidJson",
+                    Category::Data => "InvalidBody",
+                };
+                Err(ApiError::bad_request(code, format!("request body: {e}")))
+            }
+        }
+    }
+}
+
+/// Query strings: unknown parameters rejected.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, st)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e| ApiError::bad_request("InvalidQuery", e.body_text()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Me {
+    name: String,
+    token_id: String,
+    role: &'static str,
+    scope: String,
+    caller_address: String,
+}
+
+async fn me(c: Caller) -> Json<Me> {
+    Json(Me {
+        name: c.name,
+        token_id: c.token_id,
+        role: c.role.as_str(),
+        scope: c.scope.to_string_form(),
+        caller_address: c.address.to_string(),
+    })
+}
+
+#[derive(Serialize)]
+struct List<T> {
+    value: Vec<T>,
+}
+
+async fn list_vms(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    let v = st.store.list_vms(&c.scope).await?;
+    Ok(Json(List { value: v }).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VmDetail {
+    name: String,
+    resource_group: String,
+    addresses: Vec<String>,
+    effective_policy: Option<crate::store::PolicyView>,
+}
+
+async fn get_vm(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+) -> Result<Json<VmDetail>, ApiError> {
+    let (group, addresses) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let effective_policy = st.store.effective_policy(&vm, &group).await?;
+    Ok(Json(VmDetail {
+        name: vm,
+        resource_group: group,
+        addresses,
+        effective_policy,
+    }))
+}
+
+async fn get_vm_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    match st.store.get_policy("vm", &vm).await? {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError::not_found(
+            "PolicyNotFound",
+            format!(
+                "VM {vm} has no JIT policy of its own (see its effective policy on GET /virtualMachines/{vm})"
+            ),
+        )),
+    }
+}
+
+async fn put_vm_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+    Body(body): Body<PolicyJson>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Admin, &vm, &group)?;
+    let policy = Policy::from_json(&body)?;
+    let v = st
+        .store
+        .put_policy(&Actor::of(&c), "vm", &vm, &group, &policy)
+        .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn delete_vm_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Admin, &vm, &group)?;
+    st.store
+        .delete_policy(&Actor::of(&c), "vm", &vm, &group)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rg_exists(st: &AppState, rg: &str) -> Result<(), ApiError> {
+    if st.store.group_exists(rg).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "ResourceGroupNotFound",
+            format!("no resource group {rg}"),
+        ))
+    }
+}
+
+async fn get_rg_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(rg): Path<String>,
+) -> Result<Response, ApiError> {
+    rg_exists(&st, &rg).await?;
+    c.check_group(Role::Reader, &rg)?;
+    match st.store.get_policy("rg", &rg).await? {
+        Some(p) => Ok(Json(p).into_response()),
+        None => Err(ApiError::not_found(
+            "PolicyNotFound",
+            format!("resource group {rg} has no JIT policy"),
+        )),
+    }
+}
+
+async fn put_rg_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(rg): Path<String>,
+    Body(body): Body<PolicyJson>,
+) -> Result<Response, ApiError> {
+    rg_exists(&st, &rg).await?;
+    c.check_group(Role::Admin, &rg)?;
+    let policy = Policy::from_json(&body)?;
+    let v = st
+        .store
+        .put_policy(&Actor::of(&c), "rg", &rg, &rg, &policy)
+        .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn delete_rg_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(rg): Path<String>,
+) -> Result<Response, ApiError> {
+    rg_exists(&st, &rg).await?;
+    c.check_group(Role::Admin, &rg)?;
+    st.store
+        .delete_policy(&Actor::of(&c), "rg", &rg, &rg)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn initiate(
+    State(st): State<AppState>,
+    c: Caller,
+    Body(body): Body<InitiateJson>,
+) -> Result<Response, ApiError> {
+    let req = Initiate::from_json(&body, c.address, now_ms())?;
+    let rec = st.store.initiate(&c, &req).await?;
+    Ok(Json(rec).into_response())
+}
+
+async fn get_request(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut rec = st.store.get_request(&id).await?;
+    rec.virtual_machines
+        .retain(|v| c.scope.covers_vm(&v.id, &v.resource_group));
+    if rec.virtual_machines.is_empty() {
+        c.check_global(Role::Reader)?;
+    }
+    rec.denial_reasons.retain(|d| {
+        rec.virtual_machines
+            .iter()
+            .any(|v| v.id == d.virtual_machine)
+    });
+    Ok(Json(rec).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+async fn history(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+    Q(q): Q<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let mut v = st.store.history(&vm, limit).await?;
+    for rec in &mut v {
+        rec.virtual_machines
+            .retain(|x| c.scope.covers_vm(&x.id, &x.resource_group));
+    }
+    Ok(Json(List { value: v }).into_response())
+}
+
+async fn revoke(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if c.role < Role::Requester {
+        return Err(c
+            .check_global(Role::Requester)
+            .err()
+            .unwrap_or_else(|| ApiError::forbidden("readers may not revoke")));
+    }
+    let rec = st.store.revoke(&c, &id).await?;
+    Ok(Json(rec).into_response())
+}
+
+async fn activity(
+    State(st): State<AppState>,
+    c: Caller,
+    Q(f): Q<ActivityFilter>,
+) -> Result<Response, ApiError> {
+    let v = st.store.activity(&f, &c.scope).await?;
+    match f.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(List { value: v }).into_response()),
+        "jsonl" => {
+            let mut out = String::new();
+            for e in &v {
+                out.push_str(&serde_json::to_string(e).map_err(|_| ApiError::internal())?);
+                out.push('\n');
+            }
+            Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+        }
+        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(&v)).into_response()),
+        other => Err(ApiError::bad_request(
+            "InvalidQuery",
+            format!("format {other:?} is invalid: use json, jsonl or csv"),
+        )),
+    }
+}
+
+/// CSV with a header row; fields quoted when needed (RFC 4180).
+pub fn to_csv(v: &[ActivityEntry]) -> String {
+    fn q(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    let mut out = String::from(
+        "seq,timeUtc,operation,resourceType,resourceGroup,virtualMachine,caller,callerAddress,outcome,requestId,details,prevHash,hash\n",
+    );
+    for e in v {
+        let cols = [
+            e.seq.to_string(),
+            e.time_utc.clone(),
+            e.operation.clone(),
+            e.resource_type.clone(),
+            e.resource_group.clone(),
+            e.virtual_machine.clone(),
+            e.caller.clone(),
+            e.caller_address.clone(),
+            e.outcome.clone(),
+            e.request_id.clone(),
+            e.details.to_string(),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ];
+        let line: Vec<String> = cols.iter().map(|c| q(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+async fn verify(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.check_global(Role::Reader)?;
+    let r = st.store.verify().await?;
+    Ok(Json(r).into_response())
+}

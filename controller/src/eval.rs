@@ -1,0 +1,149 @@
+//! Evaluation of an access request against a VM's effective JIT policy. Pure: no I/O.
+//!
+//! A request is approved only if, for every port: the port is in the policy with the requested
+//! protocol; every requested source prefix lies inside an allowed prefix (a narrower prefix is
+//! accepted); the window is no longer than the port's maximum; and the end is in the future.
+//! A denial records every failed rule of every port, not only the first.
+
+use jitgate_common::{Protocol, SourcePrefix};
+
+use crate::model::{OnExpiry, Policy, ProtoSel, RequestedPort, fmt_duration, fmt_time, proto_str};
+
+pub const PORT_NOT_IN_POLICY: &str = "PortNotInPolicy";
+pub const PROTOCOL_NOT_ALLOWED: &str = "ProtocolNotAllowed";
+pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
+pub const DURATION_EXCEEDS_MAXIMUM: &str = "DurationExceedsMaximum";
+pub const END_TIME_IN_PAST: &str = "EndTimeInPast";
+pub const NO_POLICY: &str = "NoPolicy";
+
+/// A grant an approved port becomes: one per (concrete protocol, prefix).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedGrant {
+    pub protocol: Protocol,
+    pub prefix: SourcePrefix,
+    pub on_expiry: OnExpiry,
+}
+
+#[derive(Clone, Debug)]
+pub struct PortOutcome {
+    /// The protocol the port was evaluated for (the request's, else the policy's).
+    pub protocol: ProtoSel,
+    /// (reason code, message); empty means approved.
+    pub reasons: Vec<(&'static str, String)>,
+    pub grants: Vec<PlannedGrant>,
+}
+
+/// Evaluates one requested port of a VM.
+pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64) -> PortOutcome {
+    let mut reasons: Vec<(&'static str, String)> = Vec::new();
+    let mut grants = Vec::new();
+    let n = port.number;
+    if port.end_ms <= now_ms {
+        reasons.push((
+            END_TIME_IN_PAST,
+            format!("endTimeUtc {} is not in the future", fmt_time(port.end_ms)),
+        ));
+    }
+    let Some(policy) = policy else {
+        reasons.push((
+            NO_POLICY,
+            "the VM has no JIT policy (neither its own nor its resource group's)".into(),
+        ));
+        return PortOutcome {
+            protocol: port.protocol.unwrap_or(ProtoSel::Tcp),
+            reasons,
+            grants,
+        };
+    };
+    let entries: Vec<_> = policy.ports.iter().filter(|p| p.number == n).collect();
+    if entries.is_empty() {
+        reasons.push((
+            PORT_NOT_IN_POLICY,
+            format!("port {n} is not in the VM's JIT policy"),
+        ));
+        return PortOutcome {
+            protocol: port.protocol.unwrap_or(ProtoSel::Tcp),
+            reasons,
+            grants,
+        };
+    }
+    let protocol = match port.protocol {
+        Some(p) => p,
+        None => entries[0].protocol,
+    };
+    let window_secs = (port.end_ms - now_ms).max(0) / 1000;
+    let mut source_bad: Vec<String> = Vec::new();
+    let mut over_max: Option<i64> = None;
+    for &proto in protocol.expand() {
+        // Without an entry for this protocol the port is denied; the source and window are
+        // still checked against the port's entry for another protocol, so that the denial
+        // lists every reason.
+        let exact = policy.entry(n, proto);
+        let entry = exact.unwrap_or(entries[0]);
+        if exact.is_none() && !reasons.iter().any(|r| r.0 == PROTOCOL_NOT_ALLOWED) {
+            let allowed: Vec<&str> = entries.iter().map(|e| e.protocol.as_str()).collect();
+            reasons.push((
+                PROTOCOL_NOT_ALLOWED,
+                format!(
+                    "port {n} is in the policy for {} only, not {}",
+                    allowed.join(", "),
+                    protocol.as_str()
+                ),
+            ));
+        }
+        for pfx in &port.prefixes {
+            if !entry.prefixes.iter().any(|a| a.contains(pfx)) {
+                let s = pfx.to_string();
+                if !source_bad.contains(&s) {
+                    source_bad.push(s);
+                }
+            } else {
+                grants.push(PlannedGrant {
+                    protocol: proto,
+                    prefix: *pfx,
+                    on_expiry: entry.on_expiry,
+                });
+            }
+        }
+        // Whole seconds: a window of exactly the maximum plus the request's own transit
+        // (sub-second) is still within it.
+        if window_secs > entry.max_duration_secs {
+            over_max = Some(over_max.map_or(entry.max_duration_secs, |m: i64| {
+                m.min(entry.max_duration_secs)
+            }));
+        }
+    }
+    if !source_bad.is_empty() {
+        reasons.push((
+            SOURCE_NOT_ALLOWED,
+            format!(
+                "source {} is not inside the allowed source prefixes of port {n}/{}",
+                source_bad.join(", "),
+                protocol.as_str()
+            ),
+        ));
+    }
+    if let Some(max) = over_max {
+        reasons.push((
+            DURATION_EXCEEDS_MAXIMUM,
+            format!(
+                "the window of {} exceeds port {n}'s maximum of {}",
+                fmt_duration(window_secs),
+                fmt_duration(max)
+            ),
+        ));
+    }
+    if !reasons.is_empty() {
+        grants.clear();
+    }
+    PortOutcome {
+        protocol,
+        reasons,
+        grants,
+    }
+}
+
+/// The label of a grant's protocol, for logs.
+pub fn grant_label(g: &PlannedGrant, port: u16) -> String {
+    format!("{}/{} from {}", port, proto_str(g.protocol), g.prefix)
+}

@@ -1,0 +1,265 @@
+//! The controller's state directory and its configuration file.
+//!
+//! ```text
+//! STATE_DIR/
+//!   controller.toml          configuration (TOML, snake_case)
+//!   jit.db                   the embedded SQLite database (plus -wal/-shm)
+//!   tls/ca.crt, tls/ca.key   the CA operators and agents trust
+//!   tls/server.crt, .key     the API's certificate, signed by the CA
+//!   keys/grant-signing.key   Ed25519 private key (PKCS#8 PEM) that signs grants to agents
+//!   keys/grant-signing.pub   its public key (SPKI PEM), given to agents at enrolment
+//! ```
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Role, Scope};
+use crate::error::SetupError;
+use crate::store::{Actor, Store, StoreOptions, TokenInfo, sqlite_url};
+
+/// Default state directory (override with `--state-dir` or `JIT_CONTROLLER_STATE_DIR`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate/controller";
+
+#[derive(Clone, Debug)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("controller.toml")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.0.join("jit.db")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("tls/ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.0.join("tls/ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.0.join("tls/server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.0.join("tls/server.key")
+    }
+    pub fn signing_key(&self) -> PathBuf {
+        self.0.join("keys/grant-signing.key")
+    }
+    pub fn signing_pub(&self) -> PathBuf {
+        self.0.join("keys/grant-signing.pub")
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_body() -> usize {
+    64 * 1024
+}
+fn default_sync() -> String {
+    "full".into()
+}
+fn default_sweep() -> u64 {
+    5
+}
+fn default_conns() -> u32 {
+    8
+}
+
+/// `controller.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address and port the HTTPS API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `sqlite://...` or `postgres://...`; default: `jit.db` in the state directory.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Proxies (CIDRs) whose X-Forwarded-For header is believed for "My IP".
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Largest accepted request body.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// SQLite durability: "full" (default) or "normal".
+    #[serde(default = "default_sync")]
+    pub sqlite_synchronous: String,
+    /// How often ended access is marked Revoked/Expired.
+    #[serde(default = "default_sweep")]
+    pub expiry_sweep_seconds: u64,
+    #[serde(default = "default_conns")]
+    pub max_db_connections: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            database_url: None,
+            trusted_proxies: vec![],
+            max_body_bytes: default_body(),
+            sqlite_synchronous: default_sync(),
+            expiry_sweep_seconds: default_sweep(),
+            max_db_connections: default_conns(),
+        }
+    }
+}
+
+impl Config {
+    pub fn database_url(&self, dir: &StateDir) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&dir.db()))
+    }
+
+    pub fn load(dir: &StateDir) -> Result<Config, SetupError> {
+        let p = dir.config();
+        let text = std::fs::read_to_string(&p).map_err(|e| SetupError::Io {
+            path: p.display().to_string(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))
+    }
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| SetupError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// What `init` made.
+pub struct InitOutcome {
+    pub admin: TokenInfo,
+    pub admin_token: String,
+}
+
+/// Creates a state directory: config, database, CA and server certificate, grant-signing key,
+/// and an admin token (returned; shown once). Refuses to touch an existing configuration.
+pub async fn init(
+    dir: &StateDir,
+    cfg: &Config,
+    names: &[String],
+) -> Result<InitOutcome, SetupError> {
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| SetupError::Io {
+            path: p.display().to_string(),
+            source: e,
+        })
+    };
+    if dir.config().exists() {
+        return Err(SetupError::Invalid(format!(
+            "{} already exists: this state directory is initialised",
+            dir.config().display()
+        )));
+    }
+    mkdir(&dir.0)?;
+    mkdir(&dir.0.join("tls"))?;
+    mkdir(&dir.0.join("keys"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.0.clone(), dir.0.join("tls"), dir.0.join("keys")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                SetupError::Io {
+                    path: d.display().to_string(),
+                    source: e,
+                }
+            })?;
+        }
+    }
+
+    // CA and server certificate.
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "jitgate controller CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    ca.not_before = now - time::Duration::days(1);
+    ca.not_after = now + time::Duration::days(3650);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for n in names {
+        if !sans.contains(n) {
+            sans.push(n.clone());
+        }
+    }
+    if let Some(host) = cfg.listen.rsplit_once(':').map(|x| x.0) {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && !ip.is_unspecified()
+            && !sans.contains(&ip.to_string())
+        {
+            sans.push(ip.to_string());
+        }
+    }
+    let srv_key = KeyPair::generate()?;
+    let mut srv = CertificateParams::new(sans)?;
+    srv.distinguished_name
+        .push(DnType::CommonName, "jitgate controller");
+    srv.not_before = now - time::Duration::days(1);
+    srv.not_after = now + time::Duration::days(825);
+    srv.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let srv_cert = srv.signed_by(&srv_key, &ca_cert, &ca_key)?;
+
+    write_file(&dir.ca_cert(), ca_cert.pem().as_bytes(), 0o644)?;
+    write_file(&dir.ca_key(), ca_key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&dir.server_cert(), srv_cert.pem().as_bytes(), 0o644)?;
+    write_file(&dir.server_key(), srv_key.serialize_pem().as_bytes(), 0o600)?;
+
+    // Grant-signing key.
+    let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let sk_pem = sk
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| SetupError::Invalid(format!("encoding the signing key: {e}")))?;
+    let pk_pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| SetupError::Invalid(format!("encoding the public key: {e}")))?;
+    write_file(&dir.signing_key(), sk_pem.as_bytes(), 0o600)?;
+    write_file(&dir.signing_pub(), pk_pem.as_bytes(), 0o644)?;
+
+    // Database and first admin token.
+    let store = Store::open(
+        &cfg.database_url(dir),
+        &StoreOptions {
+            max_connections: 2,
+            sqlite_synchronous: cfg.sqlite_synchronous.clone(),
+        },
+    )
+    .await?;
+    let (admin, admin_token) = store
+        .create_token(&Actor::local(), "admin", Role::Admin, &Scope::All, None)
+        .await?;
+    store.close().await;
+
+    // The configuration last: its presence marks a complete init.
+    let text = toml::to_string_pretty(cfg)
+        .map_err(|e| SetupError::Invalid(format!("writing the configuration: {e}")))?;
+    write_file(&dir.config(), text.as_bytes(), 0o644)?;
+    Ok(InitOutcome { admin, admin_token })
+}

@@ -1,0 +1,283 @@
+//! Test harness: a real controller (state directory, SQLite file, CA) in a tempdir, serving
+//! HTTPS on 127.0.0.1 port 0, and a client that trusts the generated CA.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use jitgate_controller::auth::{Role, Scope};
+use jitgate_controller::state::{self, Config, StateDir};
+use jitgate_controller::store::{Actor, Store};
+use jitgate_controller::{ServerHandle, start};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+pub struct Harness {
+    pub tmp: tempfile::TempDir,
+    pub dir: StateDir,
+    pub cfg: Config,
+    pub server: Option<ServerHandle>,
+    pub client: reqwest::Client,
+    pub base: String,
+    pub admin: String,
+}
+
+pub fn client_for(dir: &StateDir) -> reqwest::Client {
+    let pem = std::fs::read(dir.ca_cert()).expect("CA certificate");
+    let ca = reqwest::Certificate::from_pem(&pem).expect("CA parses");
+    reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .https_only(true)
+        .build()
+        .expect("client")
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with_config(|_| {}).await
+    }
+
+    pub async fn with_config(f: impl FnOnce(&mut Config)) -> Harness {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir(tmp.path().join("state"));
+        let mut cfg = Config {
+            listen: "127.0.0.1:0".into(),
+            // The sweep is driven explicitly by tests (expire_due); keep the timer out of the way.
+            expiry_sweep_seconds: 3600,
+            ..Config::default()
+        };
+        f(&mut cfg);
+        if cfg.database_url.is_none() {
+            // JIT_TEST_POSTGRES_URL runs the whole suite on PostgreSQL (a fresh database each).
+            cfg.database_url = fresh_postgres_database().await;
+        }
+        let out = state::init(&dir, &cfg, &[]).await.expect("init");
+        let server = start(&dir, &cfg).await.expect("start");
+        let base = format!("https://{}", server.addr);
+        Harness {
+            client: client_for(&dir),
+            tmp,
+            dir,
+            cfg,
+            base,
+            server: Some(server),
+            admin: out.admin_token,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.server.as_ref().expect("running").store
+    }
+
+    /// Stops the server and starts it again on the same state directory (a new port).
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let server = start(&self.dir, &self.cfg).await.expect("restart");
+        self.base = format!("https://{}", server.addr);
+        self.client = client_for(&self.dir);
+        self.server = Some(server);
+    }
+
+    pub async fn token(&self, name: &str, role: Role, scope: &str) -> String {
+        let scope = Scope::parse(scope).expect("scope");
+        self.store()
+            .create_token(&Actor::local(), name, role, &scope, None)
+            .await
+            .expect("token")
+            .1
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.expect("send");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// Standard fixture: groups prod and dev; VMs web1, web2 (prod) and db1 (dev).
+    pub async fn fixture(&self) {
+        let s = self.store();
+        let a = Actor::local();
+        s.add_group(&a, "prod", "prod-team@example.com")
+            .await
+            .expect("rg");
+        s.add_group(&a, "dev", "dev-team@example.com")
+            .await
+            .expect("rg");
+        for (vm, rg, addr) in [
+            ("web1", "prod", "192.0.2.11"),
+            ("web2", "prod", "192.0.2.12"),
+            ("db1", "dev", "2001:db8:99::1"),
+        ] {
+            s.add_vm(&a, vm, rg, &[addr.parse().expect("ip")])
+                .await
+                .expect("vm");
+        }
+    }
+
+    pub async fn put_rg_policy(&self, rg: &str, ports: Value) {
+        let (st, v) = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/resourceGroups/{rg}/jitNetworkAccessPolicies/default"),
+                Some(&self.admin),
+                Some(json!({ "ports": ports })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+
+    pub async fn put_vm_policy(&self, vm: &str, ports: Value) {
+        let (st, v) = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/virtualMachines/{vm}/jitNetworkAccessPolicies/default"),
+                Some(&self.admin),
+                Some(json!({ "ports": ports })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+
+    pub async fn initiate(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/api/v1/jitNetworkAccessPolicies/default/initiate",
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Row counts of every table plus the chain head: equal snapshots mean nothing was written.
+    pub async fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        for t in [
+            "resource_groups",
+            "vms",
+            "policies",
+            "tokens",
+            "requests",
+            "request_ports",
+            "grants",
+            "grant_outbox",
+            "activity",
+        ] {
+            let q = format!("SELECT COUNT(*) FROM {t}");
+            let row = sqlx::query(&q)
+                .fetch_one(self.store().pool())
+                .await
+                .expect("count");
+            m.insert(
+                t.to_string(),
+                row.try_get::<i64, _>(0).expect("n").to_string(),
+            );
+        }
+        let row = sqlx::query("SELECT value, hash FROM counters WHERE name = 'chain'")
+            .fetch_one(self.store().pool())
+            .await
+            .expect("head");
+        m.insert(
+            "chain".into(),
+            format!(
+                "{}:{}",
+                row.try_get::<i64, _>(0).expect("v"),
+                row.try_get::<String, _>(1).expect("h")
+            ),
+        );
+        let row = sqlx::query("SELECT body FROM policies ORDER BY scope_kind, scope_name")
+            .fetch_all(self.store().pool())
+            .await
+            .expect("policies");
+        let bodies: Vec<String> = row
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).expect("b"))
+            .collect();
+        m.insert("policy_bodies".into(), bodies.join("|"));
+        m
+    }
+}
+
+/// A new, empty database on the server named by `JIT_TEST_POSTGRES_URL` (e.g.
+/// `postgres://jit:pw@127.0.0.1:5432/postgres`), or None when it is not set.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let base = std::env::var("JIT_TEST_POSTGRES_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let name = format!("jit_test_{}", jitgate_controller::auth::random_id(6));
+    let mut admin = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to JIT_TEST_POSTGRES_URL");
+    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database");
+    Some(format!("{prefix}/{name}"))
+}
+
+pub fn one_port(vm: &str, port: Value) -> Value {
+    json!({"virtualMachines": [{"id": vm, "ports": [port]}], "justification": "ticket INC-1"})
+}
+
+/// The denial reason codes of a request record.
+pub fn reasons(v: &Value) -> Vec<String> {
+    let mut r: Vec<String> = v["denialReasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| d["reason"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    r.sort();
+    r
+}

@@ -1,0 +1,144 @@
+//! The same controller on PostgreSQL (a configuration change, not a rewrite).
+//!
+//! Runs only when `JIT_TEST_POSTGRES_URL` names a server and a database the test may create
+//! databases from, e.g. `postgres://postgres@127.0.0.1:5432/postgres`; otherwise it passes
+//! without doing anything (there is no PostgreSQL server in CI).
+
+mod common;
+
+use common::{Harness, one_port, reasons};
+use jitgate_controller::auth::Role;
+use jitgate_controller::model::now_ms;
+use jitgate_controller::store::Actor;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_on_postgres() {
+    let Some(url) = common::fresh_postgres_database().await else {
+        eprintln!("JIT_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let mut h = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
+    assert_eq!(h.store().backend, "postgres");
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "*", "allowedSourceAddressPrefixes": ["203.0.113.0/24", "2001:db8:1::/48"],
+                "maxRequestAccessDuration": "PT3H"}]),
+    )
+    .await;
+    let alice = h.token("alice", Role::Requester, "rg:prod").await;
+    // approve (v4 and v6), deny with every reason, supersede, revoke
+    let req = |src: &str, d: &str| {
+        one_port(
+            "web1",
+            json!({"number": 22, "allowedSourceAddressPrefix": src, "duration": d}),
+        )
+    };
+    let (st, a) = h.initiate(&alice, req("203.0.113.7", "PT1H")).await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    assert_eq!(a["status"], "Initiated", "{a}");
+    let (_, v6) = h.initiate(&alice, req("2001:db8:1:2::/64", "PT1H")).await;
+    assert_eq!(v6["status"], "Initiated", "{v6}");
+    let (_, d) = h.initiate(&alice, req("2001:db8::/32", "PT5H")).await;
+    assert_eq!(
+        reasons(&d),
+        vec!["DurationExceedsMaximum", "SourceNotAllowed"],
+        "{d}"
+    );
+    let (_, b) = h.initiate(&alice, req("203.0.113.7", "PT2H")).await;
+    let a_id = a["id"].as_str().expect("id");
+    let (_, a_now) = h.get(&format!("/api/v1/requests/{a_id}"), &alice).await;
+    assert_eq!(
+        a_now["virtualMachines"][0]["ports"][0]["statusReason"],
+        "NewerRequestInitiated"
+    );
+    let b_id = b["id"].as_str().expect("id");
+    let (st, r) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/requests/{b_id}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["virtualMachines"][0]["ports"][0]["statusReason"],
+        "UserRequested"
+    );
+    // concurrent initiates (group commit on PostgreSQL)
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = h.client.clone();
+        let url = format!(
+            "{}/api/v1/jitNetworkAccessPolicies/default/initiate",
+            h.base
+        );
+        let tok = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(tok)
+                .json(&one_port(
+                    "web2",
+                    json!({"number": 22, "allowedSourceAddressPrefix": format!("203.0.113.{}", i % 4), "duration": "PT1H"}),
+                ))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task").expect("send"), StatusCode::OK);
+    }
+    // applied and expired
+    let v6_id = v6["id"].as_str().expect("id");
+    for o in h.store().outbox("web1", 0, 100).await.expect("outbox") {
+        if o.request_id == v6_id {
+            h.store()
+                .ack_grant(&Actor::controller(), &o.grant_id)
+                .await
+                .expect("ack");
+        }
+    }
+    let (_, v) = h.get(&format!("/api/v1/requests/{v6_id}"), &alice).await;
+    assert_eq!(v["status"], "Applied", "{v}");
+    assert!(
+        h.store()
+            .expire_due(now_ms() + 10 * 3600 * 1000)
+            .await
+            .expect("sweep")
+            > 0
+    );
+    // bad input writes nothing
+    let before = h.snapshot().await;
+    let (st, _) = h
+        .raw(
+            Method::POST,
+            "/api/v1/jitNetworkAccessPolicies/default/initiate",
+            &alice,
+            "application/json",
+            b"{\"virtualMachines\": [".to_vec(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(h.snapshot().await, before);
+    // activity log: filters, verify, tamper detection, restart
+    let (_, log) = h
+        .get("/api/v1/activityLog?caller=alice&vm=web1", &h.admin)
+        .await;
+    assert!(log["value"].as_array().expect("list").len() >= 5);
+    let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
+    assert_eq!(v["ok"], true, "{v}");
+    h.restart().await;
+    let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
+    assert_eq!(v["ok"], true, "{v}");
+    sqlx::query("UPDATE activity SET caller = 'mallory' WHERE seq = 3")
+        .execute(h.store().pool())
+        .await
+        .expect("tamper");
+    let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
+    assert_eq!(v["firstBadSeq"], 3, "{v}");
+}
