@@ -5,7 +5,7 @@
 //! tests/regressions/packet_path.txt.
 
 use jitgate_agent::{BootInstant, GrantId, GrantSpec, XDP_DROP, XDP_PASS};
-use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol, SourcePrefix};
+use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use jitgate_tests::frames::{Ext, Frame, L4};
 use jitgate_tests::model::{Model, ModelGrant, Parsed, Verdict};
 use jitgate_tests::{TestDataplane, require_root};
