@@ -79,6 +79,11 @@ impl Visitor<'_> for PortVisitor {
 
 impl<'de> Deserialize<'de> for Port {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(PortVisitor)
+        // Binary formats (postcard) cannot describe themselves: ask for the u16 they hold.
+        if d.is_human_readable() {
+            d.deserialize_any(PortVisitor)
+        } else {
+            d.deserialize_u16(PortVisitor)
+        }
     }
 }

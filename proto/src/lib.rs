@@ -1,0 +1,20 @@
+//! The controller ↔ agent wire protocol (docs/protocol.md).
+//!
+//! - [`frame`]: length-prefixed, versioned frames; the size limit is checked before anything
+//!   is allocated, and a bad frame is an error, never a panic.
+//! - [`message`]: what each side sends.
+//! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
+//!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
+//!   verification.
+//!
+//! Encoding: postcard (serde). bincode 3 on the registry is a tombstone and bincode 2 is
+//! unmaintained (RUSTSEC-2025-0141); postcard is maintained, compact, and has a stable
+//! documented wire format.
+
+pub mod frame;
+pub mod message;
+pub mod signed;
+
+pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
+pub use message::{AgentMsg, ControllerMsg};
+pub use signed::{GrantBody, PolicyBody, RevokeBody, Signed, VerifyError};

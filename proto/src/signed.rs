@@ -1,0 +1,216 @@
+//! Bodies the controller signs with its Ed25519 grant-signing key.
+//!
+//! A [`Signed`] carries the postcard bytes of the body and a signature over a per-type
+//! context string followed by those bytes. The agent verifies the signature before decoding,
+//! so the bytes it trusts are exactly the bytes the controller signed; the context keeps a
+//! signature over one kind of body from being replayed as another.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::marker::PhantomData;
+use uuid::Uuid;
+
+/// A body type that can be signed.
+pub trait Body: Serialize + DeserializeOwned {
+    /// Domain separation: prefixed to the bytes before signing.
+    const CONTEXT: &'static [u8];
+    /// The agent the body is for.
+    fn agent_id(&self) -> Uuid;
+    /// The per-agent sequence number (one sequence across grants, revocations, policies).
+    fn seq(&self) -> u64;
+}
+
+/// A grant for one agent: open (protocol, port, source) until the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantBody {
+    pub agent_id: Uuid,
+    pub grant_id: Uuid,
+    pub seq: u64,
+    pub request_id: String,
+    pub protocol: Protocol,
+    pub port: Port,
+    pub source: SourcePrefix,
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+    /// Time left at signing, in ms. The agent ends the grant at the EARLIER of `end_unix_ms`
+    /// (by its wall clock) and receipt + `remaining_ms` (by its boot clock): no wall clock,
+    /// on either side, can lengthen a grant by more than the transit delay.
+    pub remaining_ms: u64,
+    pub requester: String,
+    pub justification: String,
+}
+
+/// Ends a grant now (revocation or supersession).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeBody {
+    pub agent_id: Uuid,
+    pub grant_id: Uuid,
+    pub seq: u64,
+    /// `UserRequested`, `NewerRequestInitiated`, ...
+    pub reason: String,
+}
+
+/// The VM's effective JIT policy: its protected set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyBody {
+    pub agent_id: Uuid,
+    pub seq: u64,
+    pub ports: Vec<ProtectedPort>,
+    pub issued_unix_ms: i64,
+}
+
+impl Body for GrantBody {
+    const CONTEXT: &'static [u8] = b"jitgate grant v1\0";
+    fn agent_id(&self) -> Uuid {
+        self.agent_id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Body for RevokeBody {
+    const CONTEXT: &'static [u8] = b"jitgate revoke v1\0";
+    fn agent_id(&self) -> Uuid {
+        self.agent_id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Body for PolicyBody {
+    const CONTEXT: &'static [u8] = b"jitgate policy v1\0";
+    fn agent_id(&self) -> Uuid {
+        self.agent_id
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Signed bytes of a body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Signed<T: Body> {
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+    #[serde(skip)]
+    _t: PhantomData<T>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("bad signature (not signed by the pinned controller key, or altered)")]
+    Signature,
+    #[error("signed body does not decode: {0}")]
+    Decode(String),
+    #[error("signed for agent {0}, not this one")]
+    WrongAgent(Uuid),
+}
+
+fn message<T: Body>(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(T::CONTEXT.len() + body.len());
+    m.extend_from_slice(T::CONTEXT);
+    m.extend_from_slice(body);
+    m
+}
+
+impl<T: Body> Signed<T> {
+    pub fn sign(body: &T, key: &SigningKey) -> Result<Self, postcard::Error> {
+        let bytes = postcard::to_allocvec(body)?;
+        let sig = key.sign(&message::<T>(&bytes));
+        Ok(Signed {
+            body: bytes,
+            signature: sig.to_bytes().to_vec(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Verifies the signature over the exact bytes, then decodes them, then checks that the
+    /// body is for `agent`.
+    pub fn verify(&self, key: &VerifyingKey, agent: Uuid) -> Result<T, VerifyError> {
+        let sig =
+            <[u8; 64]>::try_from(self.signature.as_slice()).map_err(|_| VerifyError::Signature)?;
+        key.verify(&message::<T>(&self.body), &Signature::from_bytes(&sig))
+            .map_err(|_| VerifyError::Signature)?;
+        let (body, rest): (T, _) = postcard::take_from_bytes(&self.body)
+            .map_err(|e| VerifyError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(VerifyError::Decode("trailing bytes".into()));
+        }
+        if body.agent_id() != agent {
+            return Err(VerifyError::WrongAgent(body.agent_id()));
+        }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn grant(agent: Uuid) -> GrantBody {
+        GrantBody {
+            agent_id: agent,
+            grant_id: Uuid::from_bytes([7; 16]),
+            seq: 3,
+            request_id: "r1".into(),
+            protocol: Protocol::Tcp,
+            port: Port::new(22).unwrap(),
+            source: "203.0.113.0/24".parse().unwrap(),
+            start_unix_ms: 1,
+            end_unix_ms: 2,
+            remaining_ms: 1,
+            requester: "alice".into(),
+            justification: "INC-1".into(),
+        }
+    }
+
+    #[test]
+    fn sign_verify_and_every_rejection() {
+        let agent = Uuid::from_bytes([1; 16]);
+        let k = key(1);
+        let s = Signed::sign(&grant(agent), &k).unwrap();
+        assert_eq!(s.verify(&k.verifying_key(), agent).unwrap(), grant(agent));
+        // Another key.
+        assert_eq!(
+            s.verify(&key(2).verifying_key(), agent),
+            Err(VerifyError::Signature)
+        );
+        // Another agent.
+        assert!(matches!(
+            s.verify(&k.verifying_key(), Uuid::nil()),
+            Err(VerifyError::WrongAgent(_))
+        ));
+        // Every single tampered byte of the body or signature.
+        for i in 0..s.body.len() + s.signature.len() {
+            let mut t = s.clone();
+            if i < t.body.len() {
+                t.body[i] ^= 0x01;
+            } else {
+                t.signature[i - s.body.len()] ^= 0x01;
+            }
+            assert_eq!(
+                t.verify(&k.verifying_key(), agent),
+                Err(VerifyError::Signature),
+                "byte {i}"
+            );
+        }
+        // A grant signature does not verify as a revocation (domain separation).
+        let as_revoke: Signed<RevokeBody> = Signed {
+            body: s.body.clone(),
+            signature: s.signature.clone(),
+            _t: PhantomData,
+        };
+        assert_eq!(
+            as_revoke.verify(&k.verifying_key(), agent),
+            Err(VerifyError::Signature)
+        );
+    }
+}
