@@ -27,6 +27,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// The last signed policy from the controller, kept across restarts.
+const POLICY_FILE: &str = "policy.json";
+
 /// Audit files rotate at this size.
 pub const AUDIT_ROTATE_BYTES: u64 = 64 << 20;
 /// Flows are swept this often (idle `keep` flows, flows of ended `cut` grants).
@@ -153,6 +156,9 @@ struct Core {
     head: Head,
     removed_since_compact: usize,
     detached: bool,
+    /// Set when enrolled with a controller.
+    enrollment: Option<crate::enroll::Enrollment>,
+    chan: crate::channel::SharedState,
 }
 
 fn grant_event(kind: &str, actor: &str, g: &GrantRecord, reason: Option<&str>) -> AuditEvent {
@@ -696,6 +702,477 @@ impl Core {
         events
     }
 
+    fn save_chan(&self) {
+        if let Ok(s) = self.chan.lock()
+            && let Err(e) = s.save(&self.cfg.state_dir)
+        {
+            tracing::error!(error = %e, "cannot record the channel state");
+        }
+    }
+
+    /// Raises the replay high-water mark (persisted before the answer goes out).
+    fn bump_seq(&self, seq: u64) {
+        let changed = self.chan.lock().map(|mut s| {
+            let c = seq > s.seq_high_water;
+            if c {
+                s.seq_high_water = seq;
+            }
+            c
+        });
+        if changed.unwrap_or(false) {
+            self.save_chan();
+        }
+    }
+
+    fn high_water(&self) -> u64 {
+        self.chan
+            .lock()
+            .map(|s| s.seq_high_water)
+            .unwrap_or(u64::MAX)
+    }
+
+    async fn controller_msg(
+        &mut self,
+        msg: jitgate_proto::ControllerMsg,
+        out: mpsc::Sender<jitgate_proto::AgentMsg>,
+    ) {
+        use jitgate_proto::ControllerMsg as C;
+        match msg {
+            C::Grant(s) => self.controller_grant(s, out).await,
+            C::Revoke(s) => self.controller_revoke(s, out).await,
+            C::Policy(s) => self.controller_policy(s, out).await,
+            C::Active { grant_ids, .. } => self.reconcile(grant_ids, out).await,
+            C::Welcome { .. } | C::Ping { .. } | C::AuditAck { .. } => {}
+        }
+    }
+
+    async fn reject_controller(&self, kind: &str, id: Option<uuid::Uuid>, reason: String) {
+        tracing::warn!(kind, %reason, "controller message rejected");
+        let mut e = AuditEvent::new(kind, "controller");
+        e.grant_id = id.map(|i| i.to_string());
+        e.reason = Some(reason);
+        self.write(WriteJob::audit(vec![e], true)).await;
+    }
+
+    async fn controller_grant(
+        &mut self,
+        s: jitgate_proto::Signed<jitgate_proto::GrantBody>,
+        out: mpsc::Sender<jitgate_proto::AgentMsg>,
+    ) {
+        use jitgate_proto::message::{AgentMsg, Outcome};
+        let Some(enr) = self.enrollment.clone() else {
+            return;
+        };
+        let body = match s.verify(&enr.signing_key, enr.agent_id) {
+            Ok(b) => b,
+            Err(e) => {
+                // Untrusted: nothing in the body is believed, not even its id.
+                self.reject_controller("grant.rejected", None, e.to_string())
+                    .await;
+                let _ = out
+                    .send(AgentMsg::GrantResult {
+                        grant_id: uuid::Uuid::nil(),
+                        seq: 0,
+                        outcome: Outcome::Rejected {
+                            reason: e.to_string(),
+                        },
+                    })
+                    .await;
+                return;
+            }
+        };
+        let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
+        let (bid, bseq) = (body.grant_id, body.seq);
+        let reply = move |outcome| AgentMsg::GrantResult {
+            grant_id: bid,
+            seq: bseq,
+            outcome,
+        };
+        if self.table.contains_key(&gid) {
+            // A redelivery: acknowledged again, not applied again.
+            let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let end =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(body.end_unix_ms) * 1_000_000)
+                .ok();
+        let problem = if body.seq <= self.high_water() {
+            Some(format!(
+                "replay: seq {} is not above the high-water mark {}",
+                body.seq,
+                self.high_water()
+            ))
+        } else {
+            match end {
+                None => Some("end time out of range".to_string()),
+                Some(e) if e <= now => Some(format!("the end time {e} has passed")),
+                Some(e) if (e - now) > self.cfg.max_grant + time::Duration::seconds(5) => {
+                    Some(format!(
+                        "longer than this host's maximum grant of {}",
+                        humantime::format_duration(self.cfg.max_grant)
+                    ))
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(reason) = problem {
+            self.bump_seq(body.seq);
+            self.reject_controller("grant.rejected", Some(body.grant_id), reason.clone())
+                .await;
+            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            return;
+        }
+        let end = end.unwrap_or(now);
+        // The earlier of the wall-clock end and receipt + the time left the controller counted.
+        let by_wall = BootInstant::from_utc(end.into());
+        let by_boot = BootInstant::now().saturating_add(Duration::from_millis(body.remaining_ms));
+        let expires = by_wall.min(by_boot);
+        let start =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(body.start_unix_ms) * 1_000_000)
+                .unwrap_or(now);
+        let requester: Arc<str> = Arc::from(body.requester.as_str());
+        let g = GrantRecord {
+            id: gid,
+            protocol: body.protocol,
+            port: body.port,
+            source: body.source,
+            start,
+            end,
+            requester: requester.clone(),
+            justification: body.justification.clone().into(),
+            origin: Origin::Controller,
+            boot_id: self.boot_id.clone(),
+            expires_boot_ns: expires.0,
+        };
+        if let Err(e) = self.dp.add_grant(g.id, g.spec(), expires) {
+            let _ = out
+                .send(reply(Outcome::Rejected {
+                    reason: format!("cannot apply: {e}"),
+                }))
+                .await;
+            return;
+        }
+        self.deadlines.insert((g.expires_boot_ns, g.id));
+        self.table.insert(g.id, g.clone());
+        self.bump_seq(body.seq);
+        let actor = format!("controller:{}", body.requester);
+        let (tx, rx) = oneshot::channel();
+        self.write(WriteJob {
+            journal: vec![Record::Grant(g.clone())],
+            audit: vec![grant_event(
+                "grant.applied",
+                &actor,
+                &g,
+                Some(&format!("request {}", body.request_id)),
+            )],
+            durable: true,
+            compact: None,
+            done: Some(tx),
+        })
+        .await;
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(())) => {
+                    let agent_unix_ms =
+                        (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                    let _ = out.send(reply(Outcome::Applied { agent_unix_ms })).await;
+                }
+                _ => {
+                    let _ = me.send(Msg::Rollback(vec![g.id])).await;
+                    let _ = out
+                        .send(reply(Outcome::Rejected {
+                            reason: "not durable on the agent".into(),
+                        }))
+                        .await;
+                }
+            }
+        });
+    }
+
+    async fn controller_revoke(
+        &mut self,
+        s: jitgate_proto::Signed<jitgate_proto::RevokeBody>,
+        out: mpsc::Sender<jitgate_proto::AgentMsg>,
+    ) {
+        use jitgate_proto::message::{AgentMsg, Outcome};
+        let Some(enr) = self.enrollment.clone() else {
+            return;
+        };
+        let body = match s.verify(&enr.signing_key, enr.agent_id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.reject_controller("revoke.rejected", None, e.to_string())
+                    .await;
+                let _ = out
+                    .send(AgentMsg::RevokeResult {
+                        grant_id: uuid::Uuid::nil(),
+                        seq: 0,
+                        outcome: Outcome::Rejected {
+                            reason: e.to_string(),
+                        },
+                    })
+                    .await;
+                return;
+            }
+        };
+        let (bid, bseq) = (body.grant_id, body.seq);
+        let reply = move |outcome| AgentMsg::RevokeResult {
+            grant_id: bid,
+            seq: bseq,
+            outcome,
+        };
+        let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
+        let Some(g) = self.table.get(&gid).cloned() else {
+            // Already gone (ended, or revoked before): nothing to do, say so again.
+            self.bump_seq(body.seq);
+            let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+            return;
+        };
+        if g.origin != Origin::Controller {
+            let reason = "local grants are revoked locally, not by the controller".to_string();
+            self.reject_controller("revoke.rejected", Some(body.grant_id), reason.clone())
+                .await;
+            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            return;
+        }
+        if body.seq <= self.high_water() {
+            let reason = format!("replay: seq {} is not above the high-water mark", body.seq);
+            self.reject_controller("revoke.rejected", Some(body.grant_id), reason.clone())
+                .await;
+            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            return;
+        }
+        self.forget(&g);
+        let cut = self.cut_flows(&g);
+        self.bump_seq(body.seq);
+        self.removed_since_compact += 1;
+        let mut ev = grant_event("grant.revoked", "controller", &g, Some(&body.reason));
+        if cut > 0 {
+            ev.reason = Some(format!("{}; {cut} session(s) closed", body.reason));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.write(WriteJob {
+            journal: vec![Record::Remove {
+                id: gid,
+                reason: RemoveReason::Revoked,
+            }],
+            audit: vec![ev],
+            durable: true,
+            compact: None,
+            done: Some(tx),
+        })
+        .await;
+        tokio::spawn(async move {
+            let outcome = match rx.await {
+                Ok(Ok(())) => Outcome::Applied {
+                    agent_unix_ms: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                        as i64,
+                },
+                _ => Outcome::Rejected {
+                    reason: "not durable on the agent".into(),
+                },
+            };
+            let _ = out.send(reply(outcome)).await;
+        });
+    }
+
+    async fn controller_policy(
+        &mut self,
+        s: jitgate_proto::Signed<jitgate_proto::PolicyBody>,
+        out: mpsc::Sender<jitgate_proto::AgentMsg>,
+    ) {
+        use jitgate_proto::message::{AgentMsg, Outcome};
+        let Some(enr) = self.enrollment.clone() else {
+            return;
+        };
+        let body = match s.verify(&enr.signing_key, enr.agent_id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.reject_controller("policy.rejected", None, e.to_string())
+                    .await;
+                let _ = out
+                    .send(AgentMsg::PolicyResult {
+                        seq: 0,
+                        outcome: Outcome::Rejected {
+                            reason: e.to_string(),
+                        },
+                    })
+                    .await;
+                return;
+            }
+        };
+        let current = self.chan.lock().map(|c| c.policy_seq).unwrap_or(u64::MAX);
+        if body.seq < current {
+            let reason = format!(
+                "policy version {} is older than the applied {current}",
+                body.seq
+            );
+            self.reject_controller("policy.rejected", None, reason.clone())
+                .await;
+            let _ = out
+                .send(AgentMsg::PolicyResult {
+                    seq: body.seq,
+                    outcome: Outcome::Rejected { reason },
+                })
+                .await;
+            return;
+        }
+        let mut ports = body.ports.clone();
+        ports.sort();
+        ports.dedup();
+        if body.seq == current && ports == self.cfg.protected {
+            let _ = out
+                .send(AgentMsg::PolicyResult {
+                    seq: body.seq,
+                    outcome: Outcome::AlreadyApplied,
+                })
+                .await;
+            return;
+        }
+        if let Err(e) = self.dp.set_protected(&ports) {
+            let _ = out
+                .send(AgentMsg::PolicyResult {
+                    seq: body.seq,
+                    outcome: Outcome::Rejected {
+                        reason: e.to_string(),
+                    },
+                })
+                .await;
+            return;
+        }
+        let before = std::mem::replace(&mut self.cfg.protected, ports);
+        // Kept so that a restart while the controller is unreachable keeps this policy.
+        let path = self.cfg.state_dir.join(POLICY_FILE);
+        if let Ok(bytes) = serde_json::to_vec(&s)
+            && let Err(e) = std::fs::write(&path, bytes)
+        {
+            tracing::error!(error = %e, "cannot store the signed policy");
+        }
+        if let Ok(mut c) = self.chan.lock() {
+            c.policy_seq = body.seq;
+        }
+        self.save_chan();
+        let mut events = self.adopt_sessions();
+        let mut e = AuditEvent::new("policy.applied", "controller");
+        e.reason = Some(format!(
+            "version {}: protected {} (was {})",
+            body.seq,
+            self.cfg
+                .protected
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            before
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        events.insert(0, e);
+        self.write(WriteJob::audit(events, true)).await;
+        let _ = out
+            .send(AgentMsg::PolicyResult {
+                seq: body.seq,
+                outcome: Outcome::Applied {
+                    agent_unix_ms: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                        as i64,
+                },
+            })
+            .await;
+    }
+
+    /// After a (re)connect: controller grants the controller no longer lists were revoked or
+    /// superseded while we were away; remove them. Then report everything held.
+    async fn reconcile(
+        &mut self,
+        active: Vec<uuid::Uuid>,
+        out: mpsc::Sender<jitgate_proto::AgentMsg>,
+    ) {
+        let keep: BTreeSet<GrantId> = active
+            .iter()
+            .map(|u| GrantId::from_bytes(*u.as_bytes()))
+            .collect();
+        let gone: Vec<GrantRecord> = self
+            .table
+            .values()
+            .filter(|g| g.origin == Origin::Controller && !keep.contains(&g.id))
+            .cloned()
+            .collect();
+        let mut journal = Vec::new();
+        let mut events = Vec::new();
+        for g in gone {
+            self.forget(&g);
+            let cut = self.cut_flows(&g);
+            journal.push(Record::Remove {
+                id: g.id,
+                reason: RemoveReason::Reconciled,
+            });
+            events.push(grant_event(
+                "grant.revoked",
+                "controller",
+                &g,
+                Some(&format!(
+                    "reconciled: no longer active on the controller; {cut} session(s) closed"
+                )),
+            ));
+        }
+        if !events.is_empty() {
+            self.write(WriteJob {
+                journal,
+                audit: events,
+                durable: true,
+                compact: None,
+                done: None,
+            })
+            .await;
+        }
+        let grants = self
+            .table
+            .values()
+            .map(|g| jitgate_proto::message::ReportedGrant {
+                grant_id: uuid::Uuid::from_bytes(g.id.to_bytes()),
+                origin: g.origin.as_str().into(),
+                protocol: g.protocol,
+                port: g.port,
+                source: g.source,
+                end_unix_ms: (g.end.unix_timestamp_nanos() / 1_000_000) as i64,
+                requester: g.requester.to_string(),
+            })
+            .collect();
+        let _ = out.send(jitgate_proto::AgentMsg::Grants { grants }).await;
+    }
+
+    fn heartbeat(&self) -> jitgate_proto::AgentMsg {
+        let mgmt: BTreeSet<u16> = self
+            .cfg
+            .protected
+            .iter()
+            .map(|p| p.port.get())
+            .chain([22, 3389, 5985, 5986])
+            .collect();
+        let listening = sockdiag::listening(|p| mgmt.contains(&p))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (Protocol::Tcp, a.to_string()))
+            .collect();
+        let (audit_head, audit_seq) = self.head.lock().map(|h| h.clone()).unwrap_or_default();
+        jitgate_proto::AgentMsg::Heartbeat(Box::new(jitgate_proto::message::Heartbeat {
+            interfaces: self
+                .attached
+                .iter()
+                .map(|(n, m)| (n.clone(), m.as_str().to_string()))
+                .collect(),
+            protected: self.cfg.protected.clone(),
+            listening,
+            active_grants: self.table.len() as u32,
+            audit_head,
+            audit_seq,
+        }))
+    }
+
     fn status(&mut self) -> Response {
         let counters = match self.dp.counters() {
             Ok(c) => Counter::ALL
@@ -1112,7 +1589,39 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         head: head.clone(),
         removed_since_compact: 0,
         detached: false,
+        enrollment: None,
+        chan: Arc::new(Mutex::new(crate::channel::ChannelState::load(
+            &cfg.state_dir,
+        ))),
     };
+    match crate::enroll::Enrollment::load(&cfg.state_dir) {
+        Ok(Some(e)) => {
+            // The controller's last signed policy, if any, sets the protected set; the local
+            // config is the baseline before the first one arrives.
+            if let Ok(text) = std::fs::read(cfg.state_dir.join(POLICY_FILE))
+                && let Ok(signed) = serde_json::from_slice::<
+                    jitgate_proto::Signed<jitgate_proto::PolicyBody>,
+                >(&text)
+            {
+                match signed.verify(&e.signing_key, e.agent_id) {
+                    Ok(p) => {
+                        let mut ports = p.ports;
+                        ports.sort();
+                        ports.dedup();
+                        core.dp.set_protected(&ports)?;
+                        core.cfg.protected = ports;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "stored policy does not verify; using the local config")
+                    }
+                }
+            }
+            tracing::info!(agent = %e.agent_id, vm = %e.vm, endpoint = %e.endpoint, "enrolled");
+            core.enrollment = Some(e);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "enrolment unreadable; running without a controller"),
+    }
 
     // Restore from the journal: every grant still running, none resurrected after its end.
     let now = BootInstant::now();
@@ -1228,6 +1737,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     if let Some(addr) = cfg.metrics {
         tokio::spawn(serve_metrics(addr, tx.clone()));
     }
+    let (chan_tx, mut chan_rx) = mpsc::channel::<crate::channel::ChannelRequest>(1024);
+    if let Some(e) = core.enrollment.clone() {
+        tokio::spawn(
+            crate::channel::Channel {
+                enrollment: e,
+                state: core.chan.clone(),
+                state_dir: cfg.state_dir.clone(),
+                core: chan_tx.clone(),
+                lines: lines_tx.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }
+            .run(),
+        );
+    }
     tracing::info!(
         pin_dir = %cfg.pin_dir.display(),
         socket = %cfg.socket.display(),
@@ -1265,6 +1788,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                     }
                 }
                 None => break,
+            },
+            Some(req) = chan_rx.recv() => match req {
+                crate::channel::ChannelRequest::Handle(m, out) => core.controller_msg(m, out).await,
+                crate::channel::ChannelRequest::Heartbeat(reply) => {
+                    let _ = reply.send(core.heartbeat());
+                }
             },
             // A burst of link messages coalesces into one rescan (Notify keeps one permit).
             _ = rescan.notified() => core.rescan().await,

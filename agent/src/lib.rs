@@ -10,11 +10,13 @@
 pub mod admin;
 pub mod audit;
 pub mod bpffs;
+pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod cover;
 pub mod daemon;
 pub mod dataplane;
+pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod grant;

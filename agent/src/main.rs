@@ -75,6 +75,24 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Enrol with a controller, once: obtains this agent's certificate with a one-time token,
+    /// and pins the controller's CA and grant-signing key. Restart the agent afterwards.
+    Enroll {
+        /// The controller's API, host:port.
+        #[arg(long)]
+        controller: String,
+        /// The controller's CA certificate (PEM); the only trust anchor used.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The one-time enrolment token from `jit-controller vm add` / `vm enroll-token`.
+        #[arg(long, env = "JIT_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, conflicts_with = "state_dir")]
+        config: Option<PathBuf>,
+        /// Where the enrolment is stored [default: the config's state_dir].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the result.
     CheckConfig {
         #[arg(long)]
@@ -212,6 +230,38 @@ async fn async_main(cli: Cli) -> ExitCode {
             }) => simple(&cli.0, Request::AuditVerify, json).await,
             None => audit(&cli.0, a.follow, a.tail, a.json).await,
         },
+        Cmd::Enroll {
+            controller,
+            ca,
+            token,
+            config,
+            state_dir,
+        } => {
+            let state_dir = match (state_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => {
+                    let over = Overrides {
+                        interfaces: vec!["*".into()],
+                        ..Default::default()
+                    };
+                    match AgentConfig::load(Some(&c), &over) {
+                        Ok(cfg) => cfg.state_dir,
+                        Err(e) => return fail(EXIT_USAGE, e),
+                    }
+                }
+                (None, None) => PathBuf::from(config::DEFAULT_STATE_DIR),
+            };
+            match jitgate_agent::enroll::enroll(&controller, &ca, token.trim(), &state_dir).await {
+                Ok(e) => {
+                    println!(
+                        "enrolled: agent {} for vm {}; controller channel {}",
+                        e.agent_id, e.vm, e.endpoint
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_REFUSED, e),
+            }
+        }
         Cmd::Detach {
             config,
             pin_dir,

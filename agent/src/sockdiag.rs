@@ -211,6 +211,16 @@ pub fn established(want: impl Fn(u16) -> bool) -> io::Result<Vec<TcpConn>> {
         .collect())
 }
 
+/// Listening TCP sockets (IPv4 and IPv6, wildcard binds included) whose port satisfies `want`.
+pub fn listening(want: impl Fn(u16) -> bool) -> io::Result<Vec<SocketAddr>> {
+    const TCP_LISTEN: u32 = 10;
+    Ok(dump(1 << TCP_LISTEN)?
+        .into_iter()
+        .map(|(c, _)| c.local)
+        .filter(|a| want(a.port()))
+        .collect())
+}
+
 /// Destroys the local sockets of `conns` (their peers see a reset) and returns how many were
 /// found. Each socket is named by its kernel cookie, taken from a dump of connected sockets:
 /// a lookup by address alone falls back to the LISTENING socket when the connection is

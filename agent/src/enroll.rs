@@ -1,0 +1,220 @@
+//! Enrolment: the agent's identity with the controller, obtained once with a one-time token
+//! and kept in `state_dir/enrollment/`. The private key is generated here and never leaves
+//! the host; the controller's CA and grant-signing key are pinned from that moment on.
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub const DIR: &str = "enrollment";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("the controller refused the enrolment: {0}")]
+    Refused(String),
+    #[error("cannot reach the controller: {0}")]
+    Unreachable(String),
+    #[error("key or certificate: {0}")]
+    Crypto(String),
+    #[error("already enrolled as agent {0}; remove {1} to enrol again")]
+    AlreadyEnrolled(Uuid, PathBuf),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+struct Meta {
+    agent_id: Uuid,
+    vm: String,
+    endpoint: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrollRequest<'a> {
+    token: &'a str,
+    csr_pem: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrollResponse {
+    agent_id: Uuid,
+    vm: String,
+    certificate_pem: String,
+    ca_pem: String,
+    grant_signing_key_pem: String,
+    agent_endpoint: String,
+}
+
+/// A completed enrolment.
+#[derive(Clone)]
+pub struct Enrollment {
+    pub agent_id: Uuid,
+    pub vm: String,
+    /// `host:port` of the controller's agent listener.
+    pub endpoint: String,
+    pub signing_key: VerifyingKey,
+    dir: PathBuf,
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
+    move |e| EnrollError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), EnrollError> {
+    std::fs::write(path, data).map_err(file_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(file_err(path))
+}
+
+impl Enrollment {
+    /// The enrolment in `state_dir`, if there is one.
+    pub fn load(state_dir: &Path) -> Result<Option<Enrollment>, EnrollError> {
+        let dir = state_dir.join(DIR);
+        let meta_path = dir.join("enrollment.json");
+        if !meta_path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&meta_path).map_err(file_err(&meta_path))?;
+        let meta: Meta = serde_json::from_str(&text).map_err(|e| EnrollError::File {
+            path: meta_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let key_path = dir.join("grant-signing.pub");
+        let pem = std::fs::read_to_string(&key_path).map_err(file_err(&key_path))?;
+        let signing_key =
+            VerifyingKey::from_public_key_pem(&pem).map_err(|e| EnrollError::File {
+                path: key_path,
+                reason: e.to_string(),
+            })?;
+        Ok(Some(Enrollment {
+            agent_id: meta.agent_id,
+            vm: meta.vm,
+            endpoint: meta.endpoint,
+            signing_key,
+            dir,
+        }))
+    }
+
+    /// TLS client configuration: the pinned CA, and this agent's certificate.
+    pub fn tls_config(&self) -> Result<rustls::ClientConfig, EnrollError> {
+        let crypto = |e: &dyn std::fmt::Display| EnrollError::Crypto(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.dir.join("ca.crt")).map_err(|e| crypto(&e))? {
+            roots
+                .add(c.map_err(|e| crypto(&e))?)
+                .map_err(|e| crypto(&e))?;
+        }
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(self.dir.join("agent.crt"))
+                .map_err(|e| crypto(&e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| crypto(&e))?;
+        let key =
+            PrivateKeyDer::from_pem_file(self.dir.join("agent.key")).map_err(|e| crypto(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| crypto(&e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| crypto(&e))
+    }
+}
+
+/// Enrols with the controller at `controller` (`host:port` of its HTTPS API), trusting only
+/// the CA in `ca`, with a one-time `token`. Writes `state_dir/enrollment/`.
+pub async fn enroll(
+    controller: &str,
+    ca: &Path,
+    token: &str,
+    state_dir: &Path,
+) -> Result<Enrollment, EnrollError> {
+    if let Some(e) = Enrollment::load(state_dir)? {
+        return Err(EnrollError::AlreadyEnrolled(
+            e.agent_id,
+            state_dir.join(DIR),
+        ));
+    }
+    let ca_pem = std::fs::read(ca).map_err(file_err(ca))?;
+    let ca_cert = reqwest::Certificate::from_pem(&ca_pem).map_err(|e| EnrollError::File {
+        path: ca.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| EnrollError::Crypto(e.to_string()))?;
+    let params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| EnrollError::Crypto(e.to_string()))?;
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| EnrollError::Crypto(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca_cert)
+        .tls_built_in_root_certs(false)
+        .https_only(true)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| EnrollError::Unreachable(e.to_string()))?;
+    let url = format!("https://{controller}/api/v1/agents/enroll");
+    let resp = http
+        .post(&url)
+        .json(&EnrollRequest {
+            token,
+            csr_pem: &csr,
+        })
+        .send()
+        .await
+        .map_err(|e| EnrollError::Unreachable(format!("{url}: {e}")))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| EnrollError::Unreachable(e.to_string()))?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(body);
+        return Err(EnrollError::Refused(format!("{status}: {msg}")));
+    }
+    let r: EnrollResponse = serde_json::from_str(&body)
+        .map_err(|e| EnrollError::Refused(format!("unexpected answer: {e}")))?;
+    let signing_key = VerifyingKey::from_public_key_pem(&r.grant_signing_key_pem)
+        .map_err(|e| EnrollError::Crypto(e.to_string()))?;
+    let dir = state_dir.join(DIR);
+    std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(file_err(&dir))?;
+    write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())?;
+    std::fs::write(dir.join("agent.crt"), &r.certificate_pem).map_err(file_err(&dir))?;
+    std::fs::write(dir.join("ca.crt"), &r.ca_pem).map_err(file_err(&dir))?;
+    std::fs::write(dir.join("grant-signing.pub"), &r.grant_signing_key_pem)
+        .map_err(file_err(&dir))?;
+    let meta = Meta {
+        agent_id: r.agent_id,
+        vm: r.vm.clone(),
+        endpoint: r.agent_endpoint.clone(),
+    };
+    // Written last: its presence marks a complete enrolment.
+    let meta_json =
+        serde_json::to_vec_pretty(&meta).map_err(|e| EnrollError::Crypto(e.to_string()))?;
+    std::fs::write(dir.join("enrollment.json"), meta_json).map_err(file_err(&dir))?;
+    Ok(Enrollment {
+        agent_id: r.agent_id,
+        vm: r.vm,
+        endpoint: r.agent_endpoint,
+        signing_key,
+        dir,
+    })
+}
