@@ -46,6 +46,13 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// The controller over HTTPS: initiate requests/s and p99 at 64 callers, beside an
+    /// authenticated trivial GET, empty and with 100 000 requests in history.
+    Controller {
+        /// Fewer requests and history: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
     /// packet p50/p99, RSS at 100 000 grants.
     Agent {
@@ -221,36 +228,63 @@ fn cargo_test_with_summary(extra: &[String]) -> Result<()> {
 }
 
 fn bench(root: &Path, which: Bench) -> Result<()> {
-    let (name, args, command, quick): (&str, Vec<&str>, &str, bool) = match which {
-        Bench::Dataplane { quick } => (
-            "dataplane",
-            if quick {
-                vec!["dataplane", "--quick"]
-            } else {
-                vec!["dataplane"]
-            },
-            "cargo xtask bench dataplane",
-            quick,
-        ),
-        Bench::Agent { quick } => (
-            "agent",
-            if quick {
-                vec!["agent", "--quick"]
-            } else {
-                vec!["agent"]
-            },
-            "cargo xtask bench agent",
-            quick,
-        ),
+    match which {
+        Bench::Controller { quick } => bench_controller(root, quick),
+        Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
+        Bench::Agent { quick } => bench_binary(root, "agent", quick),
+    }
+}
+
+fn bench_controller(root: &Path, quick: bool) -> Result<()> {
+    let args: &[&str] = if quick {
+        &["--requests", "2000", "--history", "5000"]
+    } else {
+        &["--requests", "20000", "--history", "100000"]
     };
-    run(Command::new("cargo").args([
-        "build",
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
         "--release",
+        "-q",
         "-p",
-        "jitgate-tests",
-        "--bin",
-        "jitgate-bench",
-    ]))?;
+        "jitgate-controller",
+        "--example",
+        "bench",
+        "--",
+    ])
+    .args(args);
+    eprintln!("+ {cmd:?}");
+    let out = cmd.output().context("running the controller benchmark")?;
+    if !out.status.success() {
+        bail!(
+            "benchmark failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    print!("{section}");
+    if quick {
+        return Ok(());
+    }
+    write_section(
+        &root.join("BENCHMARKS.md"),
+        "controller",
+        "cargo xtask bench controller",
+        &section,
+    )
+}
+
+/// Runs `jitgate-bench NAME` and writes its section of BENCHMARKS.md.
+fn bench_binary(root: &Path, name: &str, quick: bool) -> Result<()> {
+    let command = format!("cargo xtask bench {name}");
+    let args: Vec<&str> = if quick {
+        vec![name, "--quick"]
+    } else {
+        vec![name]
+    };
+    // The benchmarks run the real binaries (jit-agent) beside jitgate-bench.
+    run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
     let bin = root.join("target/release/jitgate-bench");
     eprintln!("+ {} {}", bin.display(), args.join(" "));
     let out = Command::new(&bin)
@@ -270,7 +304,7 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         eprintln!("(--quick: BENCHMARKS.md not updated)");
         return Ok(());
     }
-    write_section(&root.join("BENCHMARKS.md"), name, command, &section)
+    write_section(&root.join("BENCHMARKS.md"), name, &command, &section)
 }
 
 /// Replaces the marked section `name` of BENCHMARKS.md (or appends it).
