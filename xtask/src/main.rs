@@ -111,7 +111,14 @@ fn is_root() -> bool {
 }
 
 /// Debian packages the build and the tests need.
-const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "procps", "util-linux"];
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "openssh-server",
+    "openssh-client",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn setup() -> Result<()> {
