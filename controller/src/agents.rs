@@ -36,7 +36,9 @@ fn hash_token(t: &str) -> String {
 
 fn plausible_enroll_token(t: &str) -> bool {
     t.strip_prefix(ENROLL_PREFIX).is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -254,7 +256,11 @@ impl Store {
         .fetch_optional(&mut *w.tx)
         .await?;
         let (vm, group, why) = match &row {
-            None => (String::new(), String::new(), Some("unknown enrollment token")),
+            None => (
+                String::new(),
+                String::new(),
+                Some("unknown enrollment token"),
+            ),
             Some(r) => {
                 let expires: i64 = r.try_get(1)?;
                 let used: Option<i64> = r.try_get(2)?;
@@ -638,7 +644,10 @@ impl Store {
                 connection: connection.into(),
                 enrolled_time_utc: fmt_time(r.try_get(4)?),
                 last_seen_time_utc: last.map(fmt_time),
-                interfaces: hb.as_ref().map(|h| h.interfaces.clone()).unwrap_or_default(),
+                interfaces: hb
+                    .as_ref()
+                    .map(|h| h.interfaces.clone())
+                    .unwrap_or_default(),
                 protected_ports: hb
                     .as_ref()
                     .map(|h| h.protected_ports.clone())

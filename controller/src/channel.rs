@@ -371,7 +371,10 @@ impl Conn {
                         port,
                         on_expiry,
                     };
-                    if !ports.iter().any(|x| x.protocol == protocol && x.port == port) {
+                    if !ports
+                        .iter()
+                        .any(|x| x.protocol == protocol && x.port == port)
+                    {
                         ports.push(p);
                     }
                 }
@@ -398,7 +401,8 @@ impl Conn {
             .grant_context(gid)
             .await?
             .unwrap_or_else(|| (String::new(), String::new(), String::new()));
-        self.requests.insert(rid.to_string(), (who.clone(), why.clone()));
+        self.requests
+            .insert(rid.to_string(), (who.clone(), why.clone()));
         Ok((who, why))
     }
 
