@@ -65,6 +65,9 @@ enum Cmd {
     Whoami,
     /// List the VMs you can see, with where their JIT policy comes from.
     Vms,
+    /// The agent fleet: each VM's agent, online/offline, last seen, interfaces, protected
+    /// ports, active grants, audit head.
+    Agents,
     /// Show, set or delete a JIT policy (a VM's own, or a resource group's).
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -730,6 +733,40 @@ async fn run(cli: Cli) -> R<()> {
                         s(&x["resourceGroup"]),
                         s(&x["policySource"]),
                         addrs.join(" ")
+                    );
+                }
+            }
+        }
+        Cmd::Agents => {
+            let v = c.get("/agents").await?;
+            if json {
+                print_json(&v["value"]);
+            } else {
+                println!(
+                    "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} AUDIT",
+                    "VM", "AGENT", "STATE", "LAST SEEN", "INTERFACES", "PROTECTED", "GRANTS"
+                );
+                let list = |x: &Value| {
+                    let v: Vec<String> = x.as_array().into_iter().flatten().map(s).collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(",")
+                    }
+                };
+                for x in v["value"].as_array().into_iter().flatten() {
+                    let head = s(&x["auditHead"]);
+                    println!(
+                        "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} {} {}",
+                        s(&x["virtualMachine"]),
+                        s(&x["agentId"]),
+                        s(&x["connection"]),
+                        s(&x["lastSeenTimeUtc"]),
+                        list(&x["interfaces"]),
+                        list(&x["protectedPorts"]),
+                        s(&x["activeGrants"]),
+                        s(&x["auditSeq"]),
+                        head.get(..12).unwrap_or(&head)
                     );
                 }
             }

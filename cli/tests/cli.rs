@@ -36,6 +36,7 @@ impl Env {
         let dir = StateDir(tmp.path().join("state"));
         let cfg = Config {
             listen: "127.0.0.1:0".into(),
+            agent_listen: "127.0.0.1:0".into(),
             expiry_sweep_seconds: 3600,
             ..Config::default()
         };

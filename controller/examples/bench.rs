@@ -292,6 +292,7 @@ async fn run(o: Opts) -> Result<()> {
     let dir = StateDir(tmp.path().join("state"));
     let cfg = Config {
         listen: "127.0.0.1:0".into(),
+        agent_listen: "127.0.0.1:0".into(),
         sqlite_synchronous: o.sync.clone(),
         expiry_sweep_seconds: 3600,
         ..Config::default()

@@ -1,6 +1,7 @@
 //! The HTTPS JSON API (routes under `/api/v1`, documented in `controller/openapi.yaml`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
@@ -24,6 +25,16 @@ pub struct AppState {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<SourcePrefix>,
     pub max_body_bytes: usize,
+    /// Agent enrolment: the CA that signs agent certificates, the grant-signing public key
+    /// and the advertised agent endpoint.
+    pub enroll: Arc<EnrollCtx>,
+}
+
+/// What enrolment hands out.
+pub struct EnrollCtx {
+    pub ca: crate::agents::Ca,
+    pub grant_signing_key_pem: String,
+    pub agent_endpoint: String,
 }
 
 /// The TCP peer of a connection, inserted by the server for every request.
@@ -56,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/requests/{id}/revoke", post(revoke))
         .route("/api/v1/activityLog", get(activity))
         .route("/api/v1/activityLog/verify", get(verify))
+        .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/enroll", post(enroll))
         .fallback(|| async {
             ApiError::not_found("NoSuchRoute", "no such API route (see openapi.yaml)")
         })
@@ -515,4 +528,31 @@ async fn verify(State(st): State<AppState>, c: Caller) -> Result<Response, ApiEr
     c.check_global(Role::Reader)?;
     let r = st.store.verify().await?;
     Ok(Json(r).into_response())
+}
+
+/// Agent enrolment: the one-time enrolment token authenticates (no API token).
+async fn enroll(
+    State(st): State<AppState>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    Body(req): Body<crate::agents::EnrollRequest>,
+) -> Result<Response, ApiError> {
+    let address = peer
+        .map(|p| jitgate_common::net::normalise(p.0.0.ip()).to_string())
+        .unwrap_or_default();
+    let (id, vm, signed) = st.store.enroll(&address, &req, &st.enroll.ca).await?;
+    Ok(Json(crate::agents::EnrollResponse {
+        agent_id: id.to_string(),
+        vm,
+        certificate_pem: signed.pem,
+        ca_pem: st.enroll.ca.pem.clone(),
+        grant_signing_key_pem: st.enroll.grant_signing_key_pem.clone(),
+        agent_endpoint: st.enroll.agent_endpoint.clone(),
+    })
+    .into_response())
+}
+
+/// The agent fleet (reader and up, within the caller's scope).
+async fn list_agents(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    let v = st.store.list_agents(&c.scope).await?;
+    Ok(Json(List { value: v }).into_response())
 }

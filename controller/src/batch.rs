@@ -571,7 +571,7 @@ pub(crate) async fn decide(
                             proto,
                             g.prefix.to_string(),
                         );
-                        let gid = auth::time_ordered_id("g_", 8);
+                        let gid = auth::new_guid();
                         let mut replaces = Vec::new();
                         for (oid, orq, oidx, in_db) in active.remove(&key).unwrap_or_default() {
                             if in_db {
@@ -714,6 +714,19 @@ pub(crate) async fn decide(
             V::S(g.replaces.join(",")),
             V::I(now),
         ]);
+        // Each grant this one supersedes is withdrawn right after it, in the same order on
+        // the agent's connection (new grant in place first, so a covered flow is never cut).
+        for old in &g.replaces {
+            outbox_seq += 1;
+            outbox_rows.push(vec![
+                V::I(outbox_seq),
+                V::S(g.vm.clone()),
+                V::S("revoke".into()),
+                V::S(old.clone()),
+                V::S(String::new()),
+                V::I(now),
+            ]);
+        }
         grant_rows.push(vec![
             V::S(g.id),
             V::S(g.request_id),

@@ -2,9 +2,11 @@
 //! request history, a hash-chained activity log, over an embedded SQLite (or PostgreSQL)
 //! database, served as an HTTPS JSON API. See `docs/controller.md`.
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod batch;
+pub mod channel;
 pub mod error;
 pub mod eval;
 pub mod model;

@@ -57,6 +57,9 @@ enum Cmd {
     /// Manage VMs.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// The agent fleet: VM, agent id, online/offline, last seen, interfaces, protected
+    /// ports, active grants, audit head.
+    Agents,
 }
 
 #[derive(Subcommand)]
@@ -96,7 +99,8 @@ enum RgCmd {
 
 #[derive(Subcommand)]
 enum VmCmd {
-    /// Register a VM with its addresses (IPv4 and/or IPv6).
+    /// Register a VM with its addresses (IPv4 and/or IPv6); prints a one-time agent
+    /// enrolment token (valid 24 h).
     Add {
         name: String,
         #[arg(long)]
@@ -106,6 +110,10 @@ enum VmCmd {
     },
     /// List VMs.
     List,
+    /// Issue a new one-time agent enrolment token for a VM (valid 24 h, single use).
+    EnrollToken { name: String },
+    /// Revoke the VM's agent credential: refused from then on, a live connection is closed.
+    RevokeAgent { name: String },
 }
 
 fn main() -> ExitCode {
@@ -302,8 +310,26 @@ async fn run(cli: Cli) -> Result<()> {
                     store
                         .add_vm(&Actor::local(), &name, &resource_group, &addresses)
                         .await?;
-                    if !cli.json {
-                        println!("added VM {name} in {resource_group}");
+                    let (token, expires) =
+                        store.create_enroll_token(&Actor::local(), &name).await?;
+                    print_enroll(&name, &token, expires, cli.json, true);
+                }
+                VmCmd::EnrollToken { name } => {
+                    let (token, expires) =
+                        store.create_enroll_token(&Actor::local(), &name).await?;
+                    print_enroll(&name, &token, expires, cli.json, false);
+                }
+                VmCmd::RevokeAgent { name } => {
+                    let ids = store.revoke_agents(&Actor::local(), &name).await?;
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"vm": name, "revokedAgentIds": ids})
+                        );
+                    } else {
+                        for id in ids {
+                            println!("revoked agent {id} of VM {name}");
+                        }
                     }
                 }
                 VmCmd::List => {
@@ -329,6 +355,69 @@ async fn run(cli: Cli) -> Result<()> {
             }
             store.close().await;
         }
+        Cmd::Agents => {
+            let store = open_store(&dir).await?;
+            let v = store.list_agents(&Scope::All).await?;
+            store.close().await;
+            print_agents(&v, cli.json)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_enroll(vm: &str, token: &str, expires: i64, json: bool, added: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"vm": vm, "enrollmentToken": token,
+                "expiresTimeUtc": model::fmt_time(expires)})
+        );
+    } else {
+        if added {
+            println!("added VM {vm}");
+        }
+        println!(
+            "agent enrolment token for {vm} (single use, expires {}), shown only now:",
+            model::fmt_time(expires)
+        );
+        println!("{token}");
+    }
+}
+
+fn print_agents(v: &[jitgate_controller::agents::AgentJson], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} AUDIT",
+        "VM", "AGENT", "STATE", "LAST SEEN", "INTERFACES", "PROTECTED", "GRANTS"
+    );
+    for a in v {
+        println!(
+            "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} {}",
+            a.virtual_machine,
+            a.agent_id,
+            a.connection,
+            a.last_seen_time_utc.as_deref().unwrap_or("-"),
+            if a.interfaces.is_empty() {
+                "-".to_string()
+            } else {
+                a.interfaces.join(",")
+            },
+            if a.protected_ports.is_empty() {
+                "-".to_string()
+            } else {
+                a.protected_ports.join(",")
+            },
+            a.active_grants
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            match (&a.audit_seq, &a.audit_head) {
+                (Some(s), Some(h)) => format!("{s} {}", h.get(..12).unwrap_or(h)),
+                _ => "-".into(),
+            }
+        );
     }
     Ok(())
 }

@@ -42,9 +42,12 @@ pub fn tls_config(
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// Where the agent channel listens.
+    pub agent_addr: Option<SocketAddr>,
     pub store: Store,
     shutdown: watch::Sender<bool>,
     join: tokio::task::JoinHandle<()>,
+    agent_join: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -53,6 +56,9 @@ impl ServerHandle {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.join.await;
+        if let Some(j) = self.agent_join {
+            let _ = j.await;
+        }
         self.store.close().await;
     }
 }
@@ -81,18 +87,55 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
                 .map_err(|e| SetupError::Invalid(format!("trusted_proxies: {p:?}: {e}")))?,
         );
     }
+    let agent_listener =
+        TcpListener::bind(&cfg.agent_listen)
+            .await
+            .map_err(|e| SetupError::Io {
+                path: format!("agent_listen {}", cfg.agent_listen),
+                source: e,
+            })?;
+    let agent_addr = agent_listener.local_addr().map_err(|e| SetupError::Io {
+        path: "agent listener".into(),
+        source: e,
+    })?;
+    let agent_tls =
+        crate::channel::agent_tls_config(&dir.server_cert(), &dir.server_key(), &dir.ca_cert())?;
+    let key = crate::channel::load_signing_key(&dir.signing_key())?;
+    let pub_pem = std::fs::read_to_string(dir.signing_pub()).map_err(|e| SetupError::Io {
+        path: dir.signing_pub().display().to_string(),
+        source: e,
+    })?;
+    let enroll = crate::api::EnrollCtx {
+        ca: crate::agents::Ca::load(&dir.ca_cert(), &dir.ca_key())?,
+        grant_signing_key_pem: pub_pem,
+        agent_endpoint: cfg
+            .agent_endpoint
+            .clone()
+            .unwrap_or_else(|| agent_addr.to_string()),
+    };
     let state = AppState {
         store: store.clone(),
         trusted_proxies: trusted,
         max_body_bytes: cfg.max_body_bytes,
+        enroll: Arc::new(enroll),
     };
-    serve(
+    let mut h = serve(
         listener,
         tls,
         state,
         Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
     )
-    .await
+    .await?;
+    let agents = crate::channel::serve_agents(
+        agent_listener,
+        agent_tls,
+        store,
+        key,
+        h.shutdown.subscribe(),
+    );
+    h.agent_addr = Some(agent_addr);
+    h.agent_join = Some(agents);
+    Ok(h)
 }
 
 /// Serves the API on an already-bound listener.
@@ -184,6 +227,8 @@ pub async fn serve(
     });
     Ok(ServerHandle {
         addr,
+        agent_addr: None,
+        agent_join: None,
         store,
         shutdown: tx,
         join,

@@ -59,6 +59,9 @@ impl StateDir {
 fn default_listen() -> String {
     "127.0.0.1:8443".into()
 }
+fn default_agent_listen() -> String {
+    "127.0.0.1:8444".into()
+}
 fn default_body() -> usize {
     64 * 1024
 }
@@ -96,6 +99,13 @@ pub struct Config {
     pub expiry_sweep_seconds: u64,
     #[serde(default = "default_conns")]
     pub max_db_connections: u32,
+    /// Address and port of the agent channel (mutual TLS, docs/protocol.md).
+    #[serde(default = "default_agent_listen")]
+    pub agent_listen: String,
+    /// The agent channel's address as agents should dial it (host:port), given to agents at
+    /// enrolment; default: the address `agent_listen` is bound to.
+    #[serde(default)]
+    pub agent_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -108,6 +118,8 @@ impl Default for Config {
             sqlite_synchronous: default_sync(),
             expiry_sweep_seconds: default_sweep(),
             max_db_connections: default_conns(),
+            agent_listen: default_agent_listen(),
+            agent_endpoint: None,
         }
     }
 }

@@ -25,8 +25,10 @@ use crate::model::{
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Migrations, applied in order, each once, in a transaction.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "agents", include_str!("../migrations/0002_agents.sql")),
+];
 
 pub(crate) const ACTIVITY_INSERT: &str = "INSERT INTO activity (seq, time_ms, operation, \
     resource_type, resource_group, vm, caller, caller_address, outcome, request_id, details, \
@@ -47,6 +49,16 @@ pub(crate) fn counters_update(n: usize) -> String {
     )
 }
 
+/// Bumped after every commit that wrote grant outbox rows: the agent connections wake and
+/// read their VM's new rows.
+static OUTBOX_HEAD: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// A receiver that changes whenever new grant outbox rows are committed (in this process).
+pub fn outbox_watch() -> tokio::sync::watch::Receiver<u64> {
+    OUTBOX_HEAD.subscribe()
+}
+
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Activity log operation names (Azure's where Azure has one).
@@ -61,6 +73,12 @@ pub mod op {
     pub const REVOKE_TOKEN: &str = "Revoke API Token";
     pub const ADD_VM: &str = "Add Virtual Machine";
     pub const ADD_GROUP: &str = "Add Resource Group";
+    pub const CREATE_ENROLL_TOKEN: &str = "Create Agent Enrollment Token";
+    pub const ENROLL_AGENT: &str = "Enroll Agent";
+    pub const REVOKE_AGENT: &str = "Revoke Agent";
+    pub const AGENT_REJECT: &str = "Agent Rejected JIT Network Access";
+    pub const AGENT_RESULT: &str = "Agent Result";
+    pub const LOCAL_ACCESS: &str = "Local Break-Glass JIT Network Access";
 }
 
 /// Who did something, for the activity log.
@@ -310,6 +328,9 @@ pub struct WriteTx {
     /// The `request` and `outbox` counters, read at the start, written at commit.
     pub(crate) request_ctr: i64,
     pub(crate) outbox_ctr: i64,
+    /// The outbox counter when the transaction started: more at commit wakes the agent
+    /// connections (`outbox_watch`).
+    outbox_start: i64,
     dirty: bool,
     /// SQLite (bulk inserts through json_each) or PostgreSQL (multi-row VALUES).
     pub(crate) sqlite: bool,
@@ -471,6 +492,7 @@ impl WriteTx {
         self.head_hash = hash;
         self.request_ctr = request;
         self.outbox_ctr = outbox;
+        self.outbox_start = outbox;
     }
 
     /// Marks the transaction committed by a statement the caller ran itself (a multi-statement
@@ -478,6 +500,13 @@ impl WriteTx {
     pub(crate) fn committed_inline(self) {
         let mut s = self;
         s.tx.open = false;
+        s.wake_agents();
+    }
+
+    fn wake_agents(&self) {
+        if self.outbox_ctr > self.outbox_start {
+            OUTBOX_HEAD.send_modify(|g| *g = g.wrapping_add(1));
+        }
     }
 
     pub async fn commit(mut self) -> Result<()> {
@@ -492,6 +521,7 @@ impl WriteTx {
         }
         sqlx::Executor::execute(&mut *self.tx, "COMMIT").await?;
         self.tx.open = false;
+        self.wake_agents();
         Ok(())
     }
 }
@@ -1625,6 +1655,7 @@ pub(crate) async fn lock_writer(
         head_hash: GENESIS_HASH.into(),
         request_ctr: 0,
         outbox_ctr: 0,
+        outbox_start: 0,
         dirty: false,
         sqlite,
         now: now_ms(),
@@ -1656,6 +1687,7 @@ pub(crate) async fn begin_write_on(
         head_hash: GENESIS_HASH.into(),
         request_ctr: 0,
         outbox_ctr: 0,
+        outbox_start: 0,
         dirty: false,
         sqlite,
         now: now_ms(),
@@ -1674,6 +1706,7 @@ pub(crate) async fn begin_write_on(
         }
         seen += 1;
     }
+    w.outbox_start = w.outbox_ctr;
     if seen != 3 {
         return Err(StoreError::Corrupt(
             "the counters table is incomplete".into(),

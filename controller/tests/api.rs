@@ -430,8 +430,9 @@ async fn supersede_revoke_expire_and_apply() {
     // A different source is untouched.
     let (_, v) = h.get(&format!("/api/v1/requests/{other_id}"), &alice).await;
     assert_eq!(status_of(&v), "Initiated");
-    // The new grant names the one it replaces, so the agent removes the old only after the
-    // new is in place (never cutting the sessions it covers); no revoke is queued for it.
+    // The new grant names the one it replaces, and the old one's revocation is queued right
+    // after it: the agent removes the old only after the new is in place (never cutting the
+    // sessions it covers).
     let out = h.store().outbox("web1", 0, 1000).await.expect("outbox");
     let old_grant = out
         .iter()
@@ -441,10 +442,11 @@ async fn supersede_revoke_expire_and_apply() {
         .clone();
     let new = out.iter().find(|o| o.request_id == second_id).expect("new");
     assert_eq!(new.replaces, vec![old_grant.clone()]);
-    assert!(
-        !out.iter()
-            .any(|o| o.op == "revoke" && o.grant_id == old_grant)
-    );
+    let revoke = out
+        .iter()
+        .find(|o| o.op == "revoke" && o.grant_id == old_grant)
+        .expect("revocation of the superseded grant");
+    assert_eq!(revoke.seq, new.seq + 1);
     // History is newest first and shows all three.
     let (_, hist) = h
         .get("/api/v1/virtualMachines/web1/requests", &reader)

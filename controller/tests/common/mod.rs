@@ -45,6 +45,7 @@ impl Harness {
             listen: "127.0.0.1:0".into(),
             // The sweep is driven explicitly by tests (expire_due); keep the timer out of the way.
             expiry_sweep_seconds: 3600,
+            agent_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
         f(&mut cfg);

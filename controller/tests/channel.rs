@@ -1,0 +1,671 @@
+//! The agent side of the controller, played by a test client built from jitgate-proto,
+//! tokio-rustls and rcgen: enrolment over real HTTPS, the channel over real mutual TLS on
+//! loopback, a real SQLite file.
+#![allow(clippy::type_complexity)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Harness, one_port};
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use jitgate_controller::auth::Role;
+use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
+use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, read_frame};
+use reqwest::{Method, StatusCode};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use serde_json::{Value, json};
+use sqlx::Row;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use uuid::Uuid;
+
+const ENROLL: &str = "/api/v1/agents/enroll";
+
+/// An enrolled test agent: its key, certificate and what enrolment returned.
+struct Creds {
+    id: Uuid,
+    key: rcgen::KeyPair,
+    cert_pem: String,
+    ca_pem: String,
+    signing: VerifyingKey,
+    endpoint: String,
+}
+
+fn csr(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+}
+
+async fn enroll_raw(h: &Harness, token: &str, csr_pem: &str) -> (StatusCode, Value) {
+    h.call(
+        Method::POST,
+        ENROLL,
+        None,
+        Some(json!({"token": token, "csrPem": csr_pem})),
+    )
+    .await
+}
+
+async fn enroll(h: &Harness, vm: &str) -> Creds {
+    let (token, _) = h
+        .store()
+        .create_enroll_token(&jitgate_controller::store::Actor::local(), vm)
+        .await
+        .expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let (st, v) = enroll_raw(h, &token, &csr(&key)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["vm"], vm);
+    Creds {
+        id: v["agentId"].as_str().expect("id").parse().expect("uuid"),
+        key,
+        cert_pem: v["certificatePem"].as_str().expect("cert").into(),
+        ca_pem: v["caPem"].as_str().expect("ca").into(),
+        signing: VerifyingKey::from_public_key_pem(v["grantSigningKeyPem"].as_str().expect("pub"))
+            .expect("SPKI PEM"),
+        endpoint: v["agentEndpoint"].as_str().expect("endpoint").into(),
+    }
+}
+
+async fn tls(c: &Creds) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(c.ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca")).expect("root");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("chain");
+    let key = PrivatePkcs8KeyDer::from(c.key.serialize_der());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key.into())
+    .expect("client cert");
+    let tcp = TcpStream::connect(&c.endpoint).await.expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS")
+}
+
+struct Agent {
+    rd: ReadHalf<TlsStream<TcpStream>>,
+    wr: WriteHalf<TlsStream<TcpStream>>,
+}
+
+impl Agent {
+    async fn connect(c: &Creds) -> Agent {
+        let (rd, wr) = tokio::io::split(tls(c).await);
+        Agent { rd, wr }
+    }
+
+    async fn send(&mut self, m: &AgentMsg) {
+        jitgate_proto::write_frame(&mut self.wr, m)
+            .await
+            .expect("send");
+    }
+
+    async fn hello(&mut self, c: &Creds, high: u64, audit: u64) {
+        self.send(&AgentMsg::Hello {
+            agent_id: c.id,
+            version: "test".into(),
+            seq_high_water: high,
+            audit_acked: audit,
+        })
+        .await;
+    }
+
+    /// The next message other than Ping, within `within`.
+    async fn recv_within(&mut self, within: Duration) -> Option<ControllerMsg> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let r = tokio::time::timeout_at(deadline, read_frame::<_, ControllerMsg>(&mut self.rd))
+                .await
+                .ok()?;
+            match r {
+                Ok(Some(ControllerMsg::Ping { nonce })) => {
+                    self.send(&AgentMsg::Pong { nonce }).await;
+                }
+                Ok(Some(m)) => return Some(m),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> ControllerMsg {
+        self.recv_within(Duration::from_secs(5))
+            .await
+            .expect("a message from the controller")
+    }
+
+    /// Welcome, Policy, then grants/revokes until Active. Returns (policy, items, active).
+    async fn handshake(
+        &mut self,
+        c: &Creds,
+        high: u64,
+    ) -> (PolicyBody, Vec<ControllerMsg>, (Vec<Uuid>, u64)) {
+        self.hello(c, high, 0).await;
+        match self.recv().await {
+            ControllerMsg::Welcome { agent_id, .. } => assert_eq!(agent_id, c.id),
+            m => panic!("expected Welcome, got {m:?}"),
+        }
+        let policy = match self.recv().await {
+            ControllerMsg::Policy(p) => p.verify(&c.signing, c.id).expect("signed policy"),
+            m => panic!("expected Policy, got {m:?}"),
+        };
+        let mut items = Vec::new();
+        loop {
+            match self.recv().await {
+                ControllerMsg::Active {
+                    grant_ids,
+                    up_to_seq,
+                } => return (policy, items, (grant_ids, up_to_seq)),
+                m @ (ControllerMsg::Grant(_) | ControllerMsg::Revoke(_)) => items.push(m),
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+    }
+
+    /// True if the controller closes the connection within `within`.
+    async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, read_frame::<_, ControllerMsg>(&mut self.rd))
+                .await
+            {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+            }
+        }
+    }
+}
+
+fn policy_prod() -> Value {
+    json!([
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+         "maxRequestAccessDuration": "PT3H", "onExpiry": "keep"},
+        {"number": 3389, "protocol": "*", "allowedSourceAddressPrefix": "203.0.113.0/24",
+         "maxRequestAccessDuration": "PT1H", "onExpiry": "cut"}
+    ])
+}
+
+async fn setup() -> (Harness, String) {
+    let h = Harness::new().await;
+    h.fixture().await;
+    h.put_rg_policy("prod", policy_prod()).await;
+    let req = h.token("alice", Role::Requester, "rg:prod").await;
+    (h, req)
+}
+
+async fn count(h: &Harness, sql: &str) -> i64 {
+    sqlx::query(sql)
+        .fetch_one(h.store().pool())
+        .await
+        .expect("count")
+        .try_get::<i64, _>(0)
+        .expect("n")
+}
+
+async fn activity_ops(h: &Harness, op: &str, outcome: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM activity WHERE operation = $1 AND outcome = $2")
+        .bind(op)
+        .bind(outcome)
+        .fetch_one(h.store().pool())
+        .await
+        .expect("count")
+        .try_get::<i64, _>(0)
+        .expect("n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_token_is_single_use_and_failures_write_nothing_but_the_log() {
+    let (h, _) = setup().await;
+    let (token, _) = h
+        .store()
+        .create_enroll_token(&jitgate_controller::store::Actor::local(), "web1")
+        .await
+        .expect("token");
+    assert!(token.starts_with("jitenroll_") && token.len() == 10 + 64);
+    let key = rcgen::KeyPair::generate().expect("key");
+
+    // A bad CSR: refused, token still unused.
+    let before = count(&h, "SELECT COUNT(*) FROM agents").await;
+    let (st, v) = enroll_raw(
+        &h,
+        &token,
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "InvalidCsr");
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM agents").await, before);
+
+    // First use works.
+    let (st, v) = enroll_raw(&h, &token, &csr(&key)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        v["certificatePem"]
+            .as_str()
+            .expect("cert")
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        v["grantSigningKeyPem"]
+            .as_str()
+            .expect("k")
+            .contains("BEGIN PUBLIC KEY")
+    );
+    let endpoint = v["agentEndpoint"].as_str().expect("endpoint");
+    assert_eq!(
+        endpoint,
+        h.server
+            .as_ref()
+            .expect("server")
+            .agent_addr
+            .expect("agent addr")
+            .to_string()
+    );
+
+    // Second use, unknown and malformed tokens: refused, nothing written but the log.
+    let agents = count(&h, "SELECT COUNT(*) FROM agents").await;
+    for t in [
+        token.clone(),
+        format!("jitenroll_{}", "ab".repeat(32)),
+        "jit_nonsense".into(),
+    ] {
+        let (st, v) = enroll_raw(&h, &t, &csr(&key)).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["error"]["code"], "InvalidEnrollmentToken");
+    }
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM agents").await, agents);
+    assert_eq!(activity_ops(&h, "Enroll Agent", "Succeeded").await, 1);
+    assert_eq!(activity_ops(&h, "Enroll Agent", "Failed").await, 4);
+
+    // An expired token is refused.
+    let (t2, _) = h
+        .store()
+        .create_enroll_token(&jitgate_controller::store::Actor::local(), "web2")
+        .await
+        .expect("token");
+    sqlx::query("UPDATE enroll_tokens SET expires_ms = 1 WHERE vm = 'web2'")
+        .execute(h.store().pool())
+        .await
+        .expect("expire");
+    let (st, _) = enroll_raw(&h, &t2, &csr(&key)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // The chain still verifies.
+    let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_flow_signed_acked_revoked_and_not_resent() {
+    let (h, alice) = setup().await;
+    let c = enroll(&h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    let (policy, items, (active, _)) = a.handshake(&c, 0).await;
+    assert!(items.is_empty());
+    assert!(active.is_empty());
+    assert!(policy.seq > 0);
+    let shown: Vec<String> = policy.ports.iter().map(|p| p.to_string()).collect();
+    assert_eq!(policy.ports.len(), 3, "{shown:?}");
+
+    // Initiate: a signed grant is pushed at once.
+    let (st, req) = h
+        .initiate(
+            &alice,
+            one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{req}");
+    let rid = req["id"].as_str().expect("id").to_string();
+    let g: GrantBody = match a.recv_within(Duration::from_secs(1)).await {
+        Some(ControllerMsg::Grant(s)) => {
+            // Another agent id does not verify; the right one does.
+            assert!(s.verify(&c.signing, Uuid::nil()).is_err());
+            s.verify(&c.signing, c.id).expect("grant verifies")
+        }
+        m => panic!("expected a grant within 1 s, got {m:?}"),
+    };
+    assert_eq!(g.request_id, rid);
+    assert_eq!(g.port.get(), 22);
+    assert_eq!(g.source.to_string(), "203.0.113.5/32");
+    assert_eq!(g.requester, "alice");
+    assert!(g.remaining_ms > 3_500_000 && g.remaining_ms <= 3_600_000);
+    assert!(g.seq > 0);
+
+    // Applied: the request becomes Applied.
+    a.send(&AgentMsg::GrantResult {
+        grant_id: g.grant_id,
+        seq: g.seq,
+        outcome: Outcome::Applied { agent_unix_ms: 1 },
+    })
+    .await;
+    let mut applied = false;
+    for _ in 0..50 {
+        let (_, v) = h.get(&format!("/api/v1/requests/{rid}"), &alice).await;
+        if v["status"] == "Applied" {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "request became Applied");
+
+    // Revoke: a signed Revoke arrives within 1 s.
+    let (st, v) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/requests/{rid}/revoke"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let r: RevokeBody = match a.recv_within(Duration::from_secs(1)).await {
+        Some(ControllerMsg::Revoke(s)) => s.verify(&c.signing, c.id).expect("revoke verifies"),
+        m => panic!("expected a revoke within 1 s, got {m:?}"),
+    };
+    assert_eq!(r.grant_id, g.grant_id);
+    assert_eq!(r.reason, "UserRequested");
+    assert!(r.seq > g.seq);
+    a.send(&AgentMsg::RevokeResult {
+        grant_id: r.grant_id,
+        seq: r.seq,
+        outcome: Outcome::Applied { agent_unix_ms: 2 },
+    })
+    .await;
+
+    // A second grant, then reconnect with the high-water mark: nothing is resent, the
+    // active list names the live grant.
+    let (_, req2) = h
+        .initiate(
+            &alice,
+            one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.6", "duration": "PT1H"}),
+            ),
+        )
+        .await;
+    let g2 = match a.recv().await {
+        ControllerMsg::Grant(s) => s.verify(&c.signing, c.id).expect("grant"),
+        m => panic!("expected grant, got {m:?}"),
+    };
+    drop(a);
+    let mut a = Agent::connect(&c).await;
+    let (_, items, (active, up_to)) = a.handshake(&c, g2.seq).await;
+    assert!(items.is_empty(), "nothing resent: {items:?}");
+    assert_eq!(active, vec![g2.grant_id]);
+    assert_eq!(up_to, g2.seq);
+
+    // The ack was lost: the agent's report of what it holds recovers it. A local grant
+    // reported twice is logged once.
+    let local = Uuid::new_v4();
+    let report = |id: Uuid, origin: &str| ReportedGrant {
+        grant_id: id,
+        origin: origin.into(),
+        protocol: jitgate_common::Protocol::Tcp,
+        port: jitgate_common::Port::new(22).expect("port"),
+        source: "198.51.100.7/32".parse().expect("prefix"),
+        end_unix_ms: jitgate_controller::model::now_ms() + 60_000,
+        requester: "root".into(),
+    };
+    for _ in 0..2 {
+        a.send(&AgentMsg::Grants {
+            grants: vec![report(g2.grant_id, "controller"), report(local, "local")],
+        })
+        .await;
+    }
+    let rid2 = req2["id"].as_str().expect("id");
+    let mut applied = false;
+    for _ in 0..50 {
+        let (_, v) = h.get(&format!("/api/v1/requests/{rid2}"), &alice).await;
+        if v["status"] == "Applied" {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "lost ack recovered from the report");
+    // Both reports are handled before the answer to a later message.
+    assert_eq!(audit(&mut a, vec![]).await, 0);
+    assert_eq!(
+        activity_ops(&h, "Local Break-Glass JIT Network Access", "Succeeded").await,
+        1
+    );
+
+    // Reconnect from scratch (high water 0): the revoked grant is not resent, its
+    // revocation is; the live grant is.
+    drop(a);
+    let mut a = Agent::connect(&c).await;
+    let (_, items, _) = a.handshake(&c, 0).await;
+    let mut grants = Vec::new();
+    let mut revokes = Vec::new();
+    for m in items {
+        match m {
+            ControllerMsg::Grant(s) => grants.push(s.verify(&c.signing, c.id).expect("g").grant_id),
+            ControllerMsg::Revoke(s) => {
+                revokes.push(s.verify(&c.signing, c.id).expect("r").grant_id)
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(grants, vec![g2.grant_id]);
+    assert_eq!(revokes, vec![g.grant_id]);
+
+    // A rejected grant is logged.
+    a.send(&AgentMsg::GrantResult {
+        grant_id: g2.grant_id,
+        seq: g2.seq,
+        outcome: Outcome::Rejected {
+            reason: "replay".into(),
+        },
+    })
+    .await;
+    let mut logged = false;
+    for _ in 0..50 {
+        if activity_ops(&h, "Agent Rejected JIT Network Access", "Failed").await == 1 {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged);
+
+    // Fleet view.
+    a.send(&AgentMsg::Heartbeat(Box::new(
+        jitgate_proto::message::Heartbeat {
+            interfaces: vec![("eth0".into(), "native".into())],
+            protected: policy.ports.clone(),
+            listening: vec![],
+            active_grants: 2,
+            audit_head: "ab".repeat(32),
+            audit_seq: 9,
+        },
+    )))
+    .await;
+    let reader = h.token("rita", Role::Reader, "*").await;
+    let mut seen = false;
+    for _ in 0..50 {
+        let (st, v) = h.get("/api/v1/agents", &reader).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let x = &v["value"][0];
+        if x["activeGrants"] == 2 {
+            assert_eq!(x["virtualMachine"], "web1");
+            assert_eq!(x["agentId"], c.id.to_string());
+            assert_eq!(x["connection"], "online");
+            assert_eq!(x["interfaces"][0], "eth0 (native)");
+            assert_eq!(x["auditSeq"], 9);
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "heartbeat shown in the fleet view");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supersession_pushes_the_new_grant_then_revokes_the_old() {
+    let (h, alice) = setup().await;
+    let bob = h.token("bob", Role::Requester, "vm:web1").await;
+    let c = enroll(&h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake(&c, 0).await;
+    let body = one_port(
+        "web1",
+        json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
+    );
+    h.initiate(&alice, body.clone()).await;
+    let g1 = match a.recv().await {
+        ControllerMsg::Grant(s) => s.verify(&c.signing, c.id).expect("g1"),
+        m => panic!("{m:?}"),
+    };
+    h.initiate(&bob, body).await;
+    let g2 = match a.recv().await {
+        ControllerMsg::Grant(s) => s.verify(&c.signing, c.id).expect("g2"),
+        m => panic!("{m:?}"),
+    };
+    let r = match a.recv().await {
+        ControllerMsg::Revoke(s) => s.verify(&c.signing, c.id).expect("r"),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(r.grant_id, g1.grant_id);
+    assert_eq!(r.reason, "NewerRequestInitiated");
+    assert!(g1.seq < g2.seq && g2.seq < r.seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_that_connection_and_revoked_agents_are_refused() {
+    let (h, _) = setup().await;
+    let c1 = enroll(&h, "web1").await;
+    let c2 = enroll(&h, "web2").await;
+    let mut good = Agent::connect(&c2).await;
+    good.handshake(&c2, 0).await;
+
+    // Garbage (unknown version), an oversized length, undecodable bytes, no Hello first.
+    let bad: [&[u8]; 3] = [
+        &[0, 0, 0, 3, 9, 9, 9],
+        &[0xff, 0xff, 0xff, 0xff, 1],
+        &[0, 0, 0, 3, 1, 0xff, 0xff],
+    ];
+    for bytes in bad {
+        let mut a = Agent::connect(&c1).await;
+        a.hello(&c1, 0, 0).await;
+        a.wr.write_all(bytes).await.expect("write");
+        a.wr.flush().await.expect("flush");
+        assert!(a.closed_within(Duration::from_secs(3)).await, "{bytes:?}");
+    }
+    let mut a = Agent::connect(&c1).await;
+    a.send(&AgentMsg::Pong { nonce: 1 }).await;
+    assert!(a.closed_within(Duration::from_secs(3)).await, "no Hello");
+    // A Hello naming another agent.
+    let mut a = Agent::connect(&c1).await;
+    a.hello(&c2, 0, 0).await;
+    assert!(
+        a.closed_within(Duration::from_secs(3)).await,
+        "wrong agent id"
+    );
+
+    // The other agent is still served.
+    good.send(&AgentMsg::Audit {
+        records: vec![AuditRecord {
+            seq: 1,
+            id: "e1".into(),
+            line: "{}".into(),
+        }],
+    })
+    .await;
+    match good.recv().await {
+        ControllerMsg::AuditAck { up_to } => assert_eq!(up_to, 1),
+        m => panic!("{m:?}"),
+    }
+
+    // Revocation closes the live connection and refuses the credential from then on.
+    h.store()
+        .revoke_agents(&jitgate_controller::store::Actor::local(), "web2")
+        .await
+        .expect("revoke");
+    assert!(
+        good.closed_within(Duration::from_secs(3)).await,
+        "live connection closed"
+    );
+    let mut again = Agent::connect(&c2).await;
+    again.hello(&c2, 0, 0).await;
+    assert!(
+        again.recv_within(Duration::from_secs(3)).await.is_none(),
+        "revoked agent refused"
+    );
+
+    // Re-enrolling web1 revokes its previous credential too.
+    let c1b = enroll(&h, "web1").await;
+    let mut old = Agent::connect(&c1).await;
+    old.hello(&c1, 0, 0).await;
+    assert!(old.recv_within(Duration::from_secs(3)).await.is_none());
+    let mut new = Agent::connect(&c1b).await;
+    new.handshake(&c1b, 0).await;
+}
+
+async fn audit(a: &mut Agent, records: Vec<AuditRecord>) -> u64 {
+    a.send(&AgentMsg::Audit { records }).await;
+    match a.recv().await {
+        ControllerMsg::AuditAck { up_to } => up_to,
+        m => panic!("{m:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_are_stored_once_and_acked_contiguously() {
+    let (h, _) = setup().await;
+    let c = enroll(&h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake(&c, 0).await;
+    let rec = |seq: u64| AuditRecord {
+        seq,
+        id: format!("evt-{seq}"),
+        line: format!("{{\"seq\":{seq}}}"),
+    };
+    assert_eq!(audit(&mut a, vec![rec(1), rec(2), rec(3)]).await, 3);
+    // Sent twice (a lost ack): stored once.
+    assert_eq!(audit(&mut a, vec![rec(1), rec(2), rec(3)]).await, 3);
+    // A gap: the ack stays at the last contiguous seq.
+    assert_eq!(audit(&mut a, vec![rec(5)]).await, 3);
+    assert_eq!(audit(&mut a, vec![rec(4)]).await, 5);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM agent_audit").await, 5);
+    // After a reconnect with the acked mark, a resend is still stored once.
+    drop(a);
+    let mut a = Agent::connect(&c).await;
+    a.hello(&c, 0, 5).await;
+    loop {
+        if let ControllerMsg::Active { .. } = a.recv().await {
+            break;
+        }
+    }
+    a.send(&AgentMsg::Audit {
+        records: vec![rec(5), rec(6)],
+    })
+    .await;
+    match a.recv().await {
+        ControllerMsg::AuditAck { up_to } => assert_eq!(up_to, 6),
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM agent_audit").await, 6);
+    let (_, v) = h.get("/api/v1/agents", &h.admin).await;
+    assert_eq!(v["value"][0]["auditRecords"], 6);
+}
