@@ -6,23 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `jit-agent` binary: `$JIT_AGENT_BIN`, else next to this test's target directory.
-/// `cargo xtask test` builds it before running the tests.
+/// The `jit-agent` binary.
 pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("JIT_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
+    bin("jit-agent")
+}
+
+/// A workspace binary next to this test's target directory (`cargo xtask test` builds them
+/// before running the tests).
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // A binary sits beside it (target/<profile>/jitgate-bench); a test one level down
     // (target/<profile>/deps/<test>).
     let here = exe.parent().expect("exe dir");
-    let bin = [
-        here.join("jit-agent"),
-        here.parent().unwrap_or(here).join("jit-agent"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .unwrap_or_else(|| here.join("jit-agent"));
+    let bin = [here.join(name), here.parent().unwrap_or(here).join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         bin.exists(),
         "{} not found: build it first (`cargo build --bins`, which `cargo xtask test` does)",
@@ -66,6 +65,41 @@ impl AgentProc {
             _state: state,
             _pins: PinGuard(pin_dir),
         };
+        a.spawn();
+        a
+    }
+
+    /// Like `start`, after enrolling with the controller at `api` with `token`.
+    pub fn start_enrolled(ns: &str, args: &[&str], api: &str, ca: &Path, token: &str) -> AgentProc {
+        jitgate_agent::bpffs::ensure_pin_dir(Path::new(TEST_PIN_ROOT)).expect("test bpffs root");
+        let state = tempfile::tempdir().expect("state dir");
+        let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("ag"));
+        let a = AgentProc {
+            child: None,
+            ns: ns.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            pin_dir: pin_dir.clone(),
+            state_dir: state.path().join("state"),
+            socket: state.path().join("agent.sock"),
+            log: state.path().join("agent.log"),
+            _state: state,
+            _pins: PinGuard(pin_dir),
+        };
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(agent_bin())
+            .args(["enroll", "--controller", api, "--ca"])
+            .arg(ca)
+            .args(["--token", token, "--state-dir"])
+            .arg(&a.state_dir)
+            .output()
+            .expect("jit-agent enroll");
+        assert!(
+            out.status.success(),
+            "enroll: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut a = a;
         a.spawn();
         a
     }

@@ -2,6 +2,7 @@
 //! directory, all removed when the test ends, pass or fail.
 
 pub mod agent;
+pub mod controller;
 pub mod fleet;
 pub mod frames;
 pub mod model;

@@ -1,0 +1,160 @@
+//! The whole system in namespaces: the real controller, an enrolled agent on a VM running a
+//! real sshd, and an operator using the `jit` CLI from a workstation.
+
+use jitgate_tests::agent::{AgentProc, args};
+use jitgate_tests::controller::ControllerProc;
+use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
+use jitgate_tests::require_root;
+use std::time::{Duration, Instant};
+
+fn ok(o: std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+#[test]
+fn request_ssh_revoke_through_the_controller() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(1).expect("fleet");
+    let vm = &fleet.vms[0];
+    let sshd = Sshd::start(&vm.ns).expect("sshd");
+    let ctl = ControllerProc::start(&fleet.ws, WS_V4);
+    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
+    let added = ctl.admin(&[
+        "vm",
+        "add",
+        "vm-01",
+        "--resource-group",
+        "prod",
+        "--address",
+        &vm.v4.to_string(),
+    ]);
+    let token = added["enrollmentToken"]
+        .as_str()
+        .expect("enrolment token")
+        .to_string();
+
+    // Policy from the controller: 22/tcp from the workstation's network, cut at expiry.
+    ok(
+        ctl.jit(&fleet.ws, &args("policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h --on-expiry cut")),
+        "policy set",
+    );
+    let agent = AgentProc::start_enrolled(
+        &vm.ns,
+        &args("--interface eth0 --protect 22/tcp:keep"),
+        &ctl.api,
+        &ctl.ca,
+        &token,
+    );
+    // The token cannot be used twice.
+    let again = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm.ns])
+        .arg(jitgate_tests::agent::agent_bin())
+        .args(["enroll", "--controller", &ctl.api, "--ca"])
+        .arg(&ctl.ca)
+        .args(["--token", &token, "--state-dir", "/tmp/jitgate-never-used"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an enrolment token worked twice");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .ok(&["status"])
+            .contains("22/tcp:cut")),
+        "the signed policy did not reach the agent: {}",
+        agent.ok(&["status"])
+    );
+    assert!(
+        !sshd
+            .ssh(&fleet.ws, vm.v4, "true", 2)
+            .unwrap()
+            .status
+            .success(),
+        "ssh open before any request"
+    );
+
+    // Request with "My IP" and wait until the agent applied it.
+    let t0 = Instant::now();
+    let out = ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 10m --justification e2e-test --wait --json"),
+        ),
+        "request --wait",
+    );
+    let applied_in = t0.elapsed();
+    let req: serde_json::Value = serde_json::from_str(&out).expect("request json");
+    let text = req.to_string();
+    assert!(text.contains("Applied"), "{text}");
+    let o = sshd
+        .ssh(&fleet.ws, vm.v4, "echo via-controller", 5)
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ssh after Applied: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "via-controller");
+    eprintln!("request → Applied in {applied_in:?}");
+
+    // The grant on the agent came from the controller, with the operator as requester.
+    let grants = agent.grants_json();
+    let g = &grants["grants"]["grants"][0];
+    assert_eq!(g["origin"], "controller", "{grants}");
+    assert_eq!(g["source"], format!("{WS_V4}/32"), "{grants}");
+
+    // Revoke through the controller: access ends within a second or two.
+    let id = req["id"]
+        .as_str()
+        .or_else(|| req["requestId"].as_str())
+        .map(String::from)
+        .unwrap_or_else(|| {
+            // Fall back to the history's newest request.
+            let h: serde_json::Value = serde_json::from_str(&ok(
+                ctl.jit(&fleet.ws, &args("history vm-01 --json")),
+                "history",
+            ))
+            .unwrap();
+            h.to_string()
+        });
+    ok(ctl.jit(&fleet.ws, &["revoke", &id]), "revoke");
+    assert!(
+        wait_until(Duration::from_secs(3), || !sshd
+            .ssh(&fleet.ws, vm.v4, "true", 1)
+            .unwrap()
+            .status
+            .success()),
+        "ssh still works after revoke"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.grant_count() == 0),
+        "grant not removed on the agent"
+    );
+
+    // The agent's audit records reached the controller; the fleet view shows it online.
+    let agents = ok(ctl.jit(&fleet.ws, &args("agents --json")), "agents");
+    assert!(agents.contains("vm-01"), "{agents}");
+    let audit = agent.ok(&["audit", "--json"]);
+    assert!(
+        audit.contains("grant.applied") && audit.contains("grant.revoked"),
+        "{audit}"
+    );
+}
