@@ -2,6 +2,7 @@
 //! directory, all removed when the test ends, pass or fail.
 
 pub mod agent;
+pub mod flood;
 pub mod frames;
 pub mod netns;
 

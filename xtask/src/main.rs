@@ -53,6 +53,14 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// A SYN flood over veth against jitgate, nftables (inet and netdev) and iptables in
+    /// turn: receive-side CPU per dropped packet and a granted client's connect latency, at 1
+    /// and 10 000 grants (rule sets in bench/flood/).
+    Flood {
+        /// One round of 1 s windows: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -104,7 +112,15 @@ fn is_root() -> bool {
 }
 
 /// Debian packages the build and the tests need.
-const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "procps", "util-linux"];
+/// nftables and iptables are the flood benchmark's comparison receivers.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "nftables",
+    "iptables",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn setup() -> Result<()> {
@@ -242,6 +258,16 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
             "cargo xtask bench agent",
             quick,
         ),
+        Bench::Flood { quick } => (
+            "flood",
+            if quick {
+                vec!["flood", "--quick"]
+            } else {
+                vec!["flood"]
+            },
+            "cargo xtask bench flood",
+            quick,
+        ),
     };
     run(Command::new("cargo").args([
         "build",
@@ -251,7 +277,12 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         "--bin",
         "jitgate-bench",
     ]))?;
-    let bin = root.join("target/release/jitgate-bench");
+    // Honour CARGO_TARGET_DIR (shared machines build into their own target directories).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/jitgate-bench");
     eprintln!("+ {} {}", bin.display(), args.join(" "));
     let out = Command::new(&bin)
         .args(&args)
