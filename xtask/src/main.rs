@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
-    /// nightly rust-src, iproute2, and the bpffs mount.
+    /// nightly rust-src, iproute2, nftables, iptables, and the bpffs mount.
     Setup,
     /// Run setup, then formatting and lint checks, then every test (root tests need root;
     /// with CI=true they fail rather than skip without it).

@@ -121,10 +121,28 @@ fn cpu_ticks(cpu: usize) -> CpuTicks {
     }
 }
 
-fn tick_ns() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+/// The kernel thread that runs this CPU's softirqs when they are deferred.
+fn ksoftirqd(cpu: usize) -> Option<PathBuf> {
+    let name = format!("ksoftirqd/{cpu}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == name))
+}
+
+/// A task's time on CPU in ns (first field of schedstat; 0 if unreadable).
+fn schedstat_ns(task: Option<&Path>) -> u64 {
+    task.and_then(|p| std::fs::read_to_string(p.join("schedstat")).ok())
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The calling thread's CPU time in ns.
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn in_ns(ns: &str, args: &[&str]) -> Result<String, String> {
@@ -204,7 +222,11 @@ fn client_loop(ns: PathBuf, dst: SocketAddr, stop: Arc<AtomicBool>) -> std::io::
 /// One flood window's measurements.
 struct Window {
     stats: FloodStats,
-    kernel_ns: f64,
+    /// CPU time of the sender thread and of ksoftirqd on the flood CPU.
+    cost_ns: f64,
+    /// Kernel share of the flood CPU (/proc/stat), to show it was busy with the flood.
+    kernel_share: f64,
+    /// User share of the flood CPU: other processes on the machine.
     other_user_pct: f64,
     dropped: Option<u64>,
     flood: Latencies,
@@ -432,16 +454,20 @@ impl Rig {
         });
         let before_drop = self.dropped(r);
         let cpu = flood_cpu();
+        let soft = ksoftirqd(cpu);
         let (frames, dur) = (&self.frames, self.flood_for);
         let res = jitgate_agent::netns::run_in(&self.lab.client_path(0), || {
             pin_thread(cpu)?;
             let sock = PacketSocket::open("eth0").map_err(|e| format!("AF_PACKET: {e}"))?;
             let t0 = cpu_ticks(cpu);
+            let (me0, soft0) = (thread_cpu_ns(), schedstat_ns(soft.as_deref()));
             let start = Instant::now();
             let st = flood::flood(&sock, frames, dur, u64::MAX).map_err(|e| e.to_string())?;
             let end = Instant::now();
+            let (me1, soft1) = (thread_cpu_ns(), schedstat_ns(soft.as_deref()));
             let t1 = cpu_ticks(cpu);
-            Ok::<_, String>((st, t0, t1, start, end))
+            let cost = (me1 - me0) + soft1.saturating_sub(soft0);
+            Ok::<_, String>((st, t0, t1, start, end, cost))
         })
         .map_err(|e| e.to_string())?;
         stop.store(true, Ordering::Relaxed);
@@ -452,14 +478,15 @@ impl Rig {
                 .map_err(|e| e.to_string())?,
             None => Latencies::default(),
         };
-        let (stats, t0, t1, start, end) = res?;
+        let (stats, t0, t1, start, end, cost_ns) = res?;
         // Only connections begun inside the flood window count as "under flood".
         lat.samples.retain(|(t, _)| *t >= start && *t < end);
         let after_drop = self.dropped(r);
         let total = (t1.total - t0.total).max(1) as f64;
         Ok(Window {
             stats,
-            kernel_ns: (t1.kernel - t0.kernel) as f64 * tick_ns(),
+            cost_ns: cost_ns as f64,
+            kernel_share: (t1.kernel - t0.kernel) as f64 / total,
             other_user_pct: 100.0 * (t1.user - t0.user) as f64 / total,
             dropped: match (before_drop, after_drop) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -479,6 +506,7 @@ struct Acc {
     refused: u64,
     dropped: Option<u64>,
     user_pct: f64,
+    kernel_share: f64,
     idle: Vec<Duration>,
     flood: Vec<Duration>,
     idle_fail: u64,
@@ -551,7 +579,13 @@ fn run_inner(quick: bool) -> Result<(), String> {
     let started = Instant::now();
     for &others in &levels {
         rig.set_grants(others)?;
-        let mut accs: Vec<Acc> = Receiver::ALL.iter().map(|_| Acc::default()).collect();
+        let mut accs: Vec<Acc> = Receiver::ALL
+            .iter()
+            .map(|_| Acc {
+                kernel_share: 1.0,
+                ..Acc::default()
+            })
+            .collect();
         for _ in 0..rounds {
             for (i, &r) in Receiver::ALL.iter().enumerate() {
                 rig.install(r)?;
@@ -572,7 +606,8 @@ fn run_inner(quick: bool) -> Result<(), String> {
                 let (idle, w) = out?;
                 let a = &mut accs[i];
                 let sent = w.stats.sent.max(1) as f64;
-                a.ns_per_pkt.push(w.kernel_ns / sent);
+                a.ns_per_pkt.push(w.cost_ns / sent);
+                a.kernel_share = a.kernel_share.min(w.kernel_share);
                 a.pps.push(sent / w.stats.elapsed.as_secs_f64());
                 a.sent += w.stats.sent;
                 a.refused += w.stats.refused;
@@ -590,7 +625,7 @@ fn run_inner(quick: bool) -> Result<(), String> {
                     "{} grants/family, {}: {:.0} ns/packet, {:.2} Mpps, {} flood connects",
                     others + 1,
                     r.name(),
-                    w.kernel_ns / sent,
+                    w.cost_ns / sent,
                     sent / w.stats.elapsed.as_secs_f64() / 1e6,
                     w.flood.samples.len()
                 );
@@ -635,7 +670,7 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
         rig.link.dst_v4,
         fc = flood_cpu(),
     ));
-    out.push_str("| grants / family | receiver | flood CPU ns / frame | receive-side ns / dropped packet (− XDP floor) | × ours | decision ns (− own floor) | × ours | frames / s | dropped by receiver / taken | client connect p50 / p99 idle (µs) | p50 / p99 under flood (µs) | p99 flood / idle | connect failures (idle/flood) |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| grants / family | receiver | flood CPU ns / frame | spread over rounds | receive-side ns / dropped packet (− XDP floor) | × ours | decision ns (− own floor) | × ours | frames / s | dropped by receiver / taken | client connect p50 / p99 idle (µs) | p50 / p99 under flood (µs) | p99 flood / idle | connect failures (idle/flood) |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let median_pps = |v: &[f64]| {
         let mut s = v.to_vec();
@@ -644,6 +679,7 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
     };
     let mut verdicts = Vec::new();
     let mut max_user = 0.0f64;
+    let mut min_kernel = 1.0f64;
     for level in results
         .iter()
         .map(|r| r.0)
@@ -656,7 +692,14 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
         let ours_recv = ours - xdp_floor;
         for (_, r, a) in results.iter().filter(|x| x.0 == level) {
             max_user = max_user.max(a.user_pct);
+            min_kernel = min_kernel.min(a.kernel_share);
             let total = min(&a.ns_per_pkt);
+            let spread = a
+                .ns_per_pkt
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max)
+                - total;
             let recv = total - xdp_floor;
             let decision = total - cost(r.floor());
             let na = || "–".to_string();
@@ -693,7 +736,7 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
                 format!("{:.3}", d as f64 / a.sent.max(1) as f64)
             });
             out.push_str(&format!(
-                "| {level} | {} | {total:.0} | {recv_s} | {recv_x} | {dec_s} | {dec_x} | {:.0} | {dropped} | {lat_idle} | {lat_flood} | {lat_ratio} | {fails} |\n",
+                "| {level} | {} | {total:.0} | {spread:.0} | {recv_s} | {recv_x} | {dec_s} | {dec_x} | {:.0} | {dropped} | {lat_idle} | {lat_flood} | {lat_ratio} | {fails} |\n",
                 r.name(),
                 median_pps(&a.pps),
             ));
@@ -714,14 +757,14 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
         }
     }
     out.push_str(&format!(
-        "\nMethod. Over veth the receive path runs in softirq on the CPU that sends (veth's NAPI for the XDP receivers, the per-CPU backlog otherwise, both raised by the sender's own `sendmmsg`), so the generator is pinned to one CPU ({fc}) and sends flat out: all the work a frame causes, sending and receiving, is kernel time on that CPU. \
-         \"Flood CPU ns / frame\" is that CPU's kernel time (system + irq + softirq from /proc/stat, ksoftirqd included) over the frames the receiver took, best of the rounds. User time (other processes on this shared machine) is excluded; it was at most {max_user:.0}% of the CPU in any window. \
+        "\nMethod. Over veth the receive path runs in softirq on the CPU that sends (veth's NAPI for the XDP receivers, the per-CPU backlog otherwise, both raised by the sender's own `sendmmsg`), so the generator is pinned to one CPU ({fc}) and sends flat out: all the work a frame causes, sending and receiving, is CPU time of the sending thread (softirq work done in its context is charged to it: this kernel has no IRQ time accounting) or of ksoftirqd/{fc} when softirqs are deferred. \
+         \"Flood CPU ns / frame\" is the sum of those two threads' CPU time (CLOCK_THREAD_CPUTIME_ID, schedstat) over the frames the receiver took, best of the rounds; \"spread\" is worst minus best. Other processes on this shared machine do not enter the figure, only its spread (they had up to {max_user:.0}% of the flood CPU in some window; kernel time was at least {:.0}% of it in every window). \
          The XDP floor is a drop-everything XDP program (`jitgate_drop`) measured the same way in the same run: the sender plus the cheapest possible receive. \"Receive-side ns / dropped packet\" is a receiver's figure minus that floor: for jitgate the program's own work; for nftables and iptables the stack up to their hook and the rule evaluation. \
          A second floor, a drop-everything rule at nftables' netdev ingress (priority -500), is the cheapest skb-path receive; \"decision\" is a receiver's cost above the floor of its own path (XDP floor for jitgate, skb floor for the others), i.e. the filter's own work independent of how veth delivers the frame. The target is stated on the receive-side figure. \
          \"Dropped by receiver / taken\" compares each receiver's own drop counter (jitgate `denied_no_grant`, the nft rule counter, the iptables DROP rules) with the frames taken; the client's own packets make up the rest. \
          Biases, both in the firewalls' favour: veth hands the receiver an skb the sender already allocated, so nftables and iptables do not pay the skb allocation they pay behind a real NIC, and native XDP on veth runs on that skb only after copying it into a fresh page (it cannot run on an skb head it does not own), a copy no NIC makes (it is in both floors' difference). So the receive-side ratios understate what a NIC with native XDP gives. \
-         The generator is self-clocked: each frame is received before the next is sent, so a flood cannot pile up in a queue ahead of the client's SYNs here; the latency columns show interference through the shared CPU, locks and tables, not a full receive ring. /proc/stat counts in {}-ms ticks; {:.0}-s windows of millions of frames give ≤ 1% resolution.\n\n",
-        tick_ns() / 1e6,
+         The generator is self-clocked: each frame is received before the next is sent, so a flood cannot pile up in a queue ahead of the client's SYNs here; the latency columns show interference through the shared CPU, locks and tables, not a full receive ring. Windows of {:.0} s.\n\n",
+        100.0 * min_kernel,
         rig.flood_for.as_secs_f64(),
         fc = flood_cpu(),
     ));
