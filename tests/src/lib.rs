@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod controller;
 pub mod fleet;
+pub mod flood;
 pub mod frames;
 pub mod model;
 pub mod netns;

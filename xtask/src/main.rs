@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
-    /// nightly rust-src, iproute2, and the bpffs mount.
+    /// nightly rust-src, iproute2, nftables, iptables, and the bpffs mount.
     Setup,
     /// Run setup, then formatting and lint checks, then every test (root tests need root;
     /// with CI=true they fail rather than skip without it).
@@ -57,6 +57,14 @@ enum Bench {
     /// packet p50/p99, RSS at 100 000 grants.
     Agent {
         /// Fewer grants and rounds: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// A SYN flood over veth against jitgate, nftables (inet and netdev) and iptables in
+    /// turn: receive-side CPU per dropped packet and a granted client's connect latency, at 1
+    /// and 10 000 grants (rule sets in bench/flood/).
+    Flood {
+        /// One round of 1 s windows: a smoke run, not written to BENCHMARKS.md.
         #[arg(long)]
         quick: bool,
     },
@@ -118,6 +126,9 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "openssh-server",
     "openssh-client",
+    // The flood benchmark's comparison receivers.
+    "nftables",
+    "iptables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -239,6 +250,7 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         Bench::Controller { quick } => bench_controller(root, quick),
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
+        Bench::Flood { quick } => bench_binary(root, "flood", quick),
     }
 }
 
@@ -292,7 +304,12 @@ fn bench_binary(root: &Path, name: &str, quick: bool) -> Result<()> {
     };
     // The benchmarks run the real binaries (jit-agent) beside jitgate-bench.
     run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
-    let bin = root.join("target/release/jitgate-bench");
+    // Honour CARGO_TARGET_DIR (shared machines build into their own target directories).
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/jitgate-bench");
     eprintln!("+ {} {}", bin.display(), args.join(" "));
     let out = Command::new(&bin)
         .args(&args)

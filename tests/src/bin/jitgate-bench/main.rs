@@ -21,8 +21,21 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("dataplane") => dataplane(quick),
         Some("agent") => agent_bench::run(quick),
+        Some("flood") => flood::run(quick),
+        Some("flood-rules") => {
+            // flood-rules DIR [GRANTS_PER_FAMILY] [DEV]: the rule sets the flood loads.
+            let dir = args.get(1).map_or("bench-flood-rules", String::as_str);
+            let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1);
+            let dev = args.get(3).map_or("vm0", String::as_str);
+            if let Err(e) = flood::write_rules(std::path::Path::new(dir), n, dev) {
+                eprintln!("flood-rules: {e}");
+                std::process::exit(1);
+            }
+        }
         _ => {
-            eprintln!("usage: jitgate-bench dataplane|agent [--quick]");
+            eprintln!(
+                "usage: jitgate-bench dataplane|agent|flood [--quick] | flood-rules DIR [GRANTS] [DEV]"
+            );
             std::process::exit(2);
         }
     }
@@ -373,6 +386,7 @@ fn dataplane(quick: bool) {
 }
 
 mod agent_bench;
+mod flood;
 
 fn chrono_date() -> String {
     let out = std::process::Command::new("date")
