@@ -123,8 +123,7 @@ impl Env {
                 .outbox(vm, 0, 10_000)
                 .await
                 .expect("outbox");
-            let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
-            ids.dedup();
+            let ids = applied_requests(&out);
             if ids.len() > known {
                 let id = ids.last().expect("id").clone();
                 for o in out.iter().filter(|o| o.request_id == id) {
@@ -147,10 +146,20 @@ impl Env {
             .outbox(vm, 0, 10_000)
             .await
             .expect("outbox");
-        let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
-        ids.dedup();
-        ids.len()
+        applied_requests(&out).len()
     }
+}
+
+/// Requests with grants to apply, oldest first, each once (a superseded request also shows
+/// up later with revoke rows, which must not make it look new).
+fn applied_requests(out: &[jitgate_controller::store::OutboxItem]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for o in out.iter().filter(|o| o.op == "apply") {
+        if !ids.contains(&o.request_id) {
+            ids.push(o.request_id.clone());
+        }
+    }
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
