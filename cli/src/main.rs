@@ -181,6 +181,9 @@ enum ConnectCmd {
         /// Print the ssh command as JSON instead of running it.
         #[arg(long)]
         dry_run: bool,
+        /// A command to run on the VM instead of an interactive shell.
+        #[arg(long = "command", short = 'c')]
+        remote: Option<String>,
         /// Extra arguments for ssh, after `--`.
         #[arg(last = true)]
         ssh_args: Vec<String>,
@@ -945,9 +948,11 @@ async fn run(cli: Cli) -> R<()> {
                     user,
                     dry_run,
                     ssh_args,
+                    remote,
                     ..
                 } => {
-                    let cmd = ssh_command(&addr, port, user.as_deref(), ssh_args);
+                    let mut cmd = ssh_command(&addr, port, user.as_deref(), ssh_args);
+                    cmd.extend(remote.iter().cloned());
                     if *dry_run {
                         print_json(&json!({"requestId": id, "command": cmd}));
                         return Ok(());

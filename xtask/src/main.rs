@@ -30,6 +30,9 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
+    /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
+    Demo,
     /// Run a benchmark and write its section of BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -82,6 +85,15 @@ fn main() -> Result<()> {
         } => {
             setup()?;
             test(no_lint, &cargo_args)
+        }
+        Cmd::Demo => {
+            setup()?;
+            run(Command::new("cargo").args(["build", "--bins"]))?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| if t.is_absolute() { t } else { root.join(t) })
+                .unwrap_or_else(|| root.join("target"));
+            run(&mut Command::new(target.join("debug/jitgate-demo")))
         }
         Cmd::Bench { which } => {
             setup()?;
