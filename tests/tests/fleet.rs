@@ -121,20 +121,49 @@ fn request_ssh_revoke_through_the_controller() {
     assert_eq!(g["origin"], "controller", "{grants}");
     assert_eq!(g["source"], format!("{WS_V4}/32"), "{grants}");
 
-    // Revoke through the controller: access ends within a second or two.
-    let id = req["id"]
-        .as_str()
-        .or_else(|| req["requestId"].as_str())
-        .map(String::from)
-        .unwrap_or_else(|| {
-            // Fall back to the history's newest request.
-            let h: serde_json::Value = serde_json::from_str(&ok(
-                ctl.jit(&fleet.ws, &args("history vm-01 --json")),
-                "history",
-            ))
-            .unwrap();
-            h.to_string()
-        });
+    // A live session, then a longer request for the same source (an extension): the new
+    // grant supersedes the old one and the session survives the hand-over.
+    let mut session = std::process::Command::new("ip")
+        .args(["netns", "exec", &fleet.ws, "ssh", "-F", "/dev/null", "-i"])
+        .arg(&sshd.key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            &format!("root@{}", vm.v4),
+            "sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let ext = ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 20m --justification extend --wait --json"),
+        ),
+        "extension",
+    );
+    let ext: serde_json::Value = serde_json::from_str(&ext).expect("request json");
+    let id = ext["id"].as_str().expect("request id").to_string();
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.grant_count() == 1),
+        "the superseded grant was not removed: {}",
+        agent.grants_json()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        session.try_wait().unwrap().is_none(),
+        "the extension cut the live session"
+    );
+    let history = ok(ctl.jit(&fleet.ws, &args("history vm-01 --json")), "history");
+    assert!(history.contains("NewerRequestInitiated"), "{history}");
+
+    // Revoke through the controller: the session and new access end within seconds.
     ok(ctl.jit(&fleet.ws, &["revoke", &id]), "revoke");
     assert!(
         wait_until(Duration::from_secs(3), || !sshd
