@@ -187,3 +187,118 @@ fn request_ssh_revoke_through_the_controller() {
         "{audit}"
     );
 }
+
+/// Faults: the agent killed while a grant is revoked converges on reconnect; the controller
+/// killed leaves enforcement and grants untouched and the agent reconnects to the new one; a
+/// grant ends on time while the VM's link is down.
+#[test]
+fn faults_converge() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(1).expect("fleet");
+    let vm = &fleet.vms[0];
+    let sshd = Sshd::start(&vm.ns).expect("sshd");
+    let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
+    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
+    let added = ctl.admin(&[
+        "vm",
+        "add",
+        "vm-01",
+        "--resource-group",
+        "prod",
+        "--address",
+        &vm.v4.to_string(),
+    ]);
+    let token = added["enrollmentToken"].as_str().unwrap().to_string();
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args(
+                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
+            ),
+        ),
+        "policy",
+    );
+    let mut agent = AgentProc::start_enrolled(
+        &vm.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token,
+    );
+    let ssh_ok = || {
+        sshd.ssh(&fleet.ws, vm.v4, "true", 2)
+            .unwrap()
+            .status
+            .success()
+    };
+
+    // 1. Agent down while the controller revokes: the kernel keeps the grant meanwhile, and
+    //    reconciliation removes it when the agent is back.
+    let r: serde_json::Value = serde_json::from_str(&ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 30m --justification f1 --wait --json"),
+        ),
+        "request",
+    ))
+    .unwrap();
+    assert!(ssh_ok());
+    agent.kill();
+    assert!(ssh_ok(), "enforcement state lost with the agent");
+    ok(
+        ctl.jit(&fleet.ws, &["revoke", r["id"].as_str().unwrap()]),
+        "revoke while the agent is down",
+    );
+    agent.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || !ssh_ok()),
+        "revocation did not converge after the agent restarted"
+    );
+    assert_eq!(agent.grant_count(), 0);
+
+    // 2. Controller down: an applied grant keeps working; a new controller process takes over.
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 30m --justification f2 --wait"),
+        ),
+        "request",
+    );
+    ctl.kill();
+    assert!(ssh_ok(), "access lost with the controller");
+    ctl.spawn();
+    let r: serde_json::Value = serde_json::from_str(&ok(
+        ctl.jit(&fleet.ws, &args("request vm-01 --port 22 --duration 3s --justification f3 --wait --timeout 60s --json")),
+        "request after the controller restart",
+    ))
+    .unwrap();
+    assert!(r.to_string().contains("Applied"), "{r}");
+
+    // 3. Link down: the 3 s grant (which superseded the 30 min one: same port and source)
+    //    ends on time in the kernel while the VM is cut off; when the link is back, SSH is
+    //    refused, and a new request goes through the recovered channel.
+    jitgate_tests::netns::ips(&format!("-n {} link set eth0 down", vm.ns)).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    jitgate_tests::netns::ips(&format!("-n {} link set eth0 up", vm.ns)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.grant_count() == 0),
+        "{}",
+        agent.grants_json()
+    );
+    assert!(!ssh_ok(), "the ended grant still admits");
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 10m --justification f4 --wait --timeout 90s"),
+        ),
+        "request after the link flap",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), ssh_ok),
+        "ssh refused after a fresh grant"
+    );
+    let v = agent.ok(&["audit", "verify"]);
+    assert!(v.contains("verifies"), "{v}");
+}
