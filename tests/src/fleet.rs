@@ -179,24 +179,31 @@ impl Sshd {
         cmd: &str,
         timeout_secs: u32,
     ) -> io::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", from, "ssh", "-F", "/dev/null", "-i"])
+        self.command(from, host, cmd, timeout_secs).output()
+    }
+
+    /// A long-running SSH session (`cmd` on the VM) in the background.
+    pub fn session(&self, from: &str, host: IpAddr, cmd: &str) -> io::Result<Child> {
+        self.command(from, host, cmd, 5)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    fn command(&self, from: &str, host: IpAddr, cmd: &str, timeout_secs: u32) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", from, "ssh", "-F", "/dev/null", "-i"])
             .arg(&self.key)
             .args([
                 "-o",
                 "StrictHostKeyChecking=no",
                 "-o",
                 "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                &format!("ConnectTimeout={timeout_secs}"),
-                &format!("root@{host}"),
-                cmd,
             ])
-            .output()
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .args(["-o", &format!("ConnectTimeout={timeout_secs}")])
+            .args([&format!("root@{host}"), cmd]);
+        c
     }
 }
 

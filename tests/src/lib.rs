@@ -32,6 +32,18 @@ pub fn require_root() -> bool {
     true
 }
 
+/// Polls `f` every 100 ms until it holds or `limit` passes; returns its last answer.
+pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    f()
+}
+
 /// A unique name for this process and call, short enough for interface names (15 bytes).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

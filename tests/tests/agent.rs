@@ -3,7 +3,7 @@
 
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::netns::Lab;
-use jitgate_tests::require_root;
+use jitgate_tests::{require_root, wait_until};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -35,17 +35,6 @@ fn alive(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(1500))).ok();
     let mut buf = [0u8; 4];
     s.write_all(b"ping").is_ok() && matches!(s.read(&mut buf), Ok(4))
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 #[test]

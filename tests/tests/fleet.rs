@@ -4,7 +4,7 @@
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
-use jitgate_tests::require_root;
+use jitgate_tests::{require_root, wait_until};
 use std::time::{Duration, Instant};
 
 fn ok(o: std::process::Output, what: &str) -> String {
@@ -16,17 +16,6 @@ fn ok(o: std::process::Output, what: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 #[test]
@@ -123,23 +112,7 @@ fn request_ssh_revoke_through_the_controller() {
 
     // A live session, then a longer request for the same source (an extension): the new
     // grant supersedes the old one and the session survives the hand-over.
-    let mut session = std::process::Command::new("ip")
-        .args(["netns", "exec", &fleet.ws, "ssh", "-F", "/dev/null", "-i"])
-        .arg(&sshd.key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            &format!("root@{}", vm.v4),
-            "sleep 60",
-        ])
-        .spawn()
-        .unwrap();
+    let mut session = sshd.session(&fleet.ws, vm.v4, "sleep 60").unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let ext = ok(
         ctl.jit(

@@ -26,23 +26,7 @@ fn real_ssh_through_the_agent() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hello-from-vm");
     // A long-running session, then revoke: it ends at once (reset), not when TCP gives up.
-    let mut long = std::process::Command::new("ip")
-        .args(["netns", "exec", &fleet.ws, "ssh", "-F", "/dev/null", "-i"])
-        .arg(&sshd.key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            &format!("root@{}", vm.v4),
-            "sleep 60",
-        ])
-        .spawn()
-        .unwrap();
+    let mut long = sshd.session(&fleet.ws, vm.v4, "sleep 60").unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(long.try_wait().unwrap().is_none(), "session ended early");
     let t0 = std::time::Instant::now();
