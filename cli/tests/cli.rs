@@ -123,11 +123,17 @@ impl Env {
                 .outbox(vm, 0, 10_000)
                 .await
                 .expect("outbox");
-            let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
+            // Requests in the order their grants were queued (revocations of superseded
+            // grants follow the new grant and are not counted).
+            let mut ids: Vec<String> = out
+                .iter()
+                .filter(|o| o.op == "apply")
+                .map(|o| o.request_id.clone())
+                .collect();
             ids.dedup();
             if ids.len() > known {
                 let id = ids.last().expect("id").clone();
-                for o in out.iter().filter(|o| o.request_id == id) {
+                for o in out.iter().filter(|o| o.request_id == id && o.op == "apply") {
                     self.server
                         .store
                         .ack_grant(&Actor::controller(), &o.grant_id)
@@ -147,7 +153,11 @@ impl Env {
             .outbox(vm, 0, 10_000)
             .await
             .expect("outbox");
-        let mut ids: Vec<String> = out.iter().map(|o| o.request_id.clone()).collect();
+        let mut ids: Vec<String> = out
+            .iter()
+            .filter(|o| o.op == "apply")
+            .map(|o| o.request_id.clone())
+            .collect();
         ids.dedup();
         ids.len()
     }
