@@ -174,6 +174,21 @@ async fn policy_request_history_revoke_and_exit_codes() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("admin (admin on *)"), "{}", o.stdout);
 
+    // The fleet: one enrolled agent, never connected.
+    let (tok, _) = e
+        .server
+        .store
+        .create_enroll_token(&Actor::local(), "web1")
+        .await
+        .expect("enrolment token");
+    assert!(tok.starts_with("jitenroll_"));
+    let o = e.jit(&rita, &["agents"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("VM "), "{}", o.stdout);
+    let o = e.jit(&rita, &["agents", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "[]", "{}", o.stdout);
+
     // policy set with flags, on the group; show it through the VM (effective)
     let o = e
         .jit(
