@@ -1003,6 +1003,17 @@ impl Core {
                 return;
             }
         };
+        if body.seq == 0 {
+            // Version 0: the VM has no JIT policy on the controller. The local configuration
+            // stays the protected set; an empty list here must not open anything.
+            let _ = out
+                .send(AgentMsg::PolicyResult {
+                    seq: 0,
+                    outcome: Outcome::AlreadyApplied,
+                })
+                .await;
+            return;
+        }
         let current = self.chan.lock().map(|c| c.policy_seq).unwrap_or(u64::MAX);
         if body.seq < current {
             let reason = format!(

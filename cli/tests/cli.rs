@@ -123,10 +123,17 @@ impl Env {
                 .outbox(vm, 0, 10_000)
                 .await
                 .expect("outbox");
-            let ids = applied_requests(&out);
+            // Requests in the order their grants were queued (revocations of superseded
+            // grants follow the new grant and are not counted).
+            let mut ids: Vec<String> = out
+                .iter()
+                .filter(|o| o.op == "apply")
+                .map(|o| o.request_id.clone())
+                .collect();
+            ids.dedup();
             if ids.len() > known {
                 let id = ids.last().expect("id").clone();
-                for o in out.iter().filter(|o| o.request_id == id) {
+                for o in out.iter().filter(|o| o.request_id == id && o.op == "apply") {
                     self.server
                         .store
                         .ack_grant(&Actor::controller(), &o.grant_id)
@@ -146,20 +153,14 @@ impl Env {
             .outbox(vm, 0, 10_000)
             .await
             .expect("outbox");
-        applied_requests(&out).len()
+        let mut ids: Vec<String> = out
+            .iter()
+            .filter(|o| o.op == "apply")
+            .map(|o| o.request_id.clone())
+            .collect();
+        ids.dedup();
+        ids.len()
     }
-}
-
-/// Requests with grants to apply, oldest first, each once (a superseded request also shows
-/// up later with revoke rows, which must not make it look new).
-fn applied_requests(out: &[jitgate_controller::store::OutboxItem]) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for o in out.iter().filter(|o| o.op == "apply") {
-        if !ids.contains(&o.request_id) {
-            ids.push(o.request_id.clone());
-        }
-    }
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,6 +173,21 @@ async fn policy_request_history_revoke_and_exit_codes() {
     let o = e.jit(&admin, &["whoami"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("admin (admin on *)"), "{}", o.stdout);
+
+    // The fleet: one enrolled agent, never connected.
+    let (tok, _) = e
+        .server
+        .store
+        .create_enroll_token(&Actor::local(), "web1")
+        .await
+        .expect("enrolment token");
+    assert!(tok.starts_with("jitenroll_"));
+    let o = e.jit(&rita, &["agents"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("VM "), "{}", o.stdout);
+    let o = e.jit(&rita, &["agents", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "[]", "{}", o.stdout);
 
     // policy set with flags, on the group; show it through the VM (effective)
     let o = e

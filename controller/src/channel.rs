@@ -170,6 +170,8 @@ struct Conn {
     /// Highest outbox seq sent on this connection (starts at the agent's high-water mark).
     cursor: i64,
     audit_acked: u64,
+    /// Version of the policy last sent.
+    policy_seq: i64,
     /// request id -> (requestor, justification)
     requests: HashMap<String, (String, String)>,
 }
@@ -257,12 +259,15 @@ async fn connection(
             vm: row.vm.clone(),
             cursor: i64::try_from(seq_high_water).unwrap_or(i64::MAX),
             audit_acked,
+            policy_seq: -1,
             requests: HashMap::new(),
         };
         c.store.agent_seen(&c.agent_s, None).await?;
         // Subscribe before reading the outbox, so no commit in between is missed.
         let mut outbox = crate::store::outbox_watch();
         outbox.mark_unchanged();
+        let mut policy = crate::store::policy_watch();
+        policy.mark_unchanged();
         send(
             &mut wr,
             &ControllerMsg::Welcome {
@@ -308,6 +313,12 @@ async fn connection(
                     }
                     c.send_outbox(&mut wr, false).await?;
                 }
+                r = policy.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    c.send_policy(&mut wr).await?;
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= IDLE_LIMIT {
                         return Err(ConnError::Protocol(format!(
@@ -345,6 +356,10 @@ impl Conn {
     async fn send_policy(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
         let (group, _) = self.store.vm(&self.vm).await?;
         let seq = self.store.policy_version(&self.vm, &group).await?;
+        if seq == self.policy_seq {
+            return Ok(());
+        }
+        self.policy_seq = seq;
         let mut ports: Vec<ProtectedPort> = Vec::new();
         if let Some(p) = self.store.effective_policy(&self.vm, &group).await? {
             for pp in &p.ports {
@@ -610,7 +625,7 @@ impl Conn {
                 self.store.agent_seen(&self.agent_s, Some(&hb)).await?;
                 return Ok(());
             }
-            AgentMsg::Pong { .. } => {}
+            AgentMsg::Pong { .. } => self.store.agent_seen(&self.agent_s, None).await?,
         }
         Ok(())
     }

@@ -41,12 +41,21 @@ enum Cmd {
         /// Database URL (default: jit.db in the state directory).
         #[arg(long)]
         database_url: Option<String>,
+        /// Address the agent channel will listen on (written to controller.toml).
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        agent_listen: String,
+        /// host:port agents are told to dial at enrolment (default: the bound agent_listen).
+        #[arg(long)]
+        agent_endpoint: Option<String>,
     },
     /// Serve the HTTPS API until SIGINT/SIGTERM.
     Run {
         /// Override the configured listen address.
         #[arg(long)]
         listen: Option<String>,
+        /// Override the configured agent channel address.
+        #[arg(long)]
+        agent_listen: Option<String>,
     },
     /// Manage API tokens.
     #[command(subcommand)]
@@ -186,10 +195,14 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             sans,
             database_url,
+            agent_listen,
+            agent_endpoint,
         } => {
             let cfg = Config {
                 listen,
                 database_url,
+                agent_listen,
+                agent_endpoint,
                 ..Config::default()
             };
             let out = state::init(&dir, &cfg, &sans).await?;
@@ -210,13 +223,22 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", out.admin_token);
             }
         }
-        Cmd::Run { listen } => {
+        Cmd::Run {
+            listen,
+            agent_listen,
+        } => {
             let mut cfg = Config::load(&dir)?;
             if let Some(l) = listen {
                 cfg.listen = l;
             }
+            if let Some(l) = agent_listen {
+                cfg.agent_listen = l;
+            }
             let h = jitgate_controller::start(&dir, &cfg).await?;
             eprintln!("jit-controller listening on https://{}", h.addr);
+            if let Some(a) = h.agent_addr {
+                eprintln!("agent channel on {a}");
+            }
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;

@@ -220,13 +220,33 @@ pub async fn init(
             sans.push(n.clone());
         }
     }
-    if let Some(host) = cfg.listen.rsplit_once(':').map(|x| x.0) {
+    // The API's and the agent channel's addresses; the advertised agent endpoint's host
+    // (a name or an address) too, since agents verify the channel against it.
+    let addrs = [Some(&cfg.listen), Some(&cfg.agent_listen)];
+    for host in addrs
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.rsplit_once(':').map(|x| x.0))
+    {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>()
             && !ip.is_unspecified()
             && !sans.contains(&ip.to_string())
         {
             sans.push(ip.to_string());
+        }
+    }
+    if let Some(host) = cfg
+        .agent_endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit_once(':').map(|x| x.0))
+    {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if !host.is_empty() && !sans.contains(&host) {
+            sans.push(host);
         }
     }
     let srv_key = KeyPair::generate()?;

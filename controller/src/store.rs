@@ -59,6 +59,16 @@ pub fn outbox_watch() -> tokio::sync::watch::Receiver<u64> {
     OUTBOX_HEAD.subscribe()
 }
 
+/// Bumped after every committed policy change: the agent connections re-send their VM's
+/// policy if its version changed.
+static POLICY_GEN: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// A receiver that changes whenever a JIT policy change is committed (in this process).
+pub fn policy_watch() -> tokio::sync::watch::Receiver<u64> {
+    POLICY_GEN.subscribe()
+}
+
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Activity log operation names (Azure's where Azure has one).
@@ -1095,6 +1105,7 @@ impl Store {
         .await?;
         let now = w.now;
         w.commit().await?;
+        POLICY_GEN.send_modify(|g| *g = g.wrapping_add(1));
         Ok(PolicyView {
             scope: if kind == "vm" {
                 "virtualMachine"
@@ -1145,7 +1156,9 @@ impl Store {
             details: serde_json::json!({}),
         })
         .await?;
-        w.commit().await
+        w.commit().await?;
+        POLICY_GEN.send_modify(|g| *g = g.wrapping_add(1));
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------

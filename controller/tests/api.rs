@@ -1341,16 +1341,14 @@ async fn batches_supersede_within_and_across() {
             );
         }
     }
-    // Grants to apply; supersessions also queue revoke rows, which this test does not count.
-    let out: Vec<_> = h
-        .store()
-        .outbox("web1", 0, 1000)
-        .await
-        .expect("outbox")
-        .into_iter()
-        .filter(|o| o.op == "apply")
-        .collect();
+    let all = h.store().outbox("web1", 0, 1000).await.expect("outbox");
+    let out: Vec<_> = all.iter().filter(|o| o.op == "apply").collect();
     assert_eq!(out.len(), 6);
+    assert_eq!(
+        all.len(),
+        11,
+        "six grants, five revocations of the superseded ones"
+    );
     for (n, o) in out.iter().enumerate() {
         let expect: Vec<String> = if n == 0 {
             vec![]
@@ -1358,6 +1356,11 @@ async fn batches_supersede_within_and_across() {
             vec![out[n - 1].grant_id.clone()]
         };
         assert_eq!(o.replaces, expect, "outbox {n}");
+        // The superseded grant's revocation comes right after the grant that replaces it.
+        if n > 0 {
+            let next = all.iter().find(|x| x.seq == o.seq + 1).expect("revocation");
+            assert_eq!((next.op.as_str(), &next.grant_id), ("revoke", &expect[0]));
+        }
     }
     assert!(h.store().verify().await.expect("verify").ok);
 }

@@ -549,6 +549,28 @@ async fn supersession_pushes_the_new_grant_then_revokes_the_old() {
     assert_eq!(r.grant_id, g1.grant_id);
     assert_eq!(r.reason, "NewerRequestInitiated");
     assert!(g1.seq < g2.seq && g2.seq < r.seq);
+
+    // A policy change reaches the connected agent, signed, with a higher version.
+    let (p0, _, _) = {
+        let mut b = Agent::connect(&c).await;
+        b.handshake(&c, r.seq).await
+    };
+    h.put_vm_policy(
+        "web1",
+        json!([{"number": 2222, "protocol": "UDP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT1H"}]),
+    )
+    .await;
+    let p1 = loop {
+        match a.recv().await {
+            ControllerMsg::Policy(p) => break p.verify(&c.signing, c.id).expect("policy"),
+            ControllerMsg::Revoke(_) | ControllerMsg::Grant(_) => continue,
+            m => panic!("{m:?}"),
+        }
+    };
+    assert!(p1.seq > p0.seq);
+    let shown: Vec<String> = p1.ports.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shown, vec!["2222/udp:keep".to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ pub trait Body: Serialize + DeserializeOwned {
     const CONTEXT: &'static [u8];
     /// The agent the body is for.
     fn agent_id(&self) -> Uuid;
-    /// The per-agent sequence number (one sequence across grants, revocations, policies).
+    /// The sequence number: for grants and revocations the controller's outbox seq (one
+    /// increasing sequence); for policies a separate per-VM policy version (docs/protocol.md).
     fn seq(&self) -> u64;
 }
 
