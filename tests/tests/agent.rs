@@ -6,7 +6,7 @@ use jitgate_tests::netns::Lab;
 use jitgate_tests::{require_root, wait_until};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONNECT: Duration = Duration::from_millis(700);
 
