@@ -263,9 +263,10 @@ pub fn run(quick: bool) {
     );
     let socket = agent.socket.clone();
     let rss_before = agent.rss_kib().unwrap_or(0);
+    // Panic rather than exit: unwinding drops the agent, the lab and the pins.
     let fail = |e: String| -> ! {
-        eprintln!("{e}\n--- agent log ---\n{}", agent.log_text());
-        std::process::exit(1);
+        eprintln!("--- agent log ---\n{}", agent.log_text());
+        panic!("{e}");
     };
     let batched = rt
         .block_on(socket_throughput(&socket, 0, total, 256))
