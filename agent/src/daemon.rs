@@ -754,32 +754,46 @@ impl Core {
         self.write(WriteJob::audit(vec![e], true)).await;
     }
 
+    /// Verifies a signed body from the controller. On failure nothing in it is believed,
+    /// not even its ids: the rejection is audited as `kind` and answered with `reply`.
+    async fn verified<T: jitgate_proto::signed::Body>(
+        &self,
+        s: &jitgate_proto::Signed<T>,
+        kind: &str,
+        out: &mpsc::Sender<jitgate_proto::AgentMsg>,
+        reply: impl FnOnce(jitgate_proto::message::Outcome) -> jitgate_proto::AgentMsg,
+    ) -> Option<T> {
+        let enr = self.enrollment.as_ref()?;
+        match s.verify(&enr.signing_key, enr.agent_id) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.reject_controller(kind, None, e.to_string()).await;
+                let reason = e.to_string();
+                let _ = out
+                    .send(reply(jitgate_proto::message::Outcome::Rejected { reason }))
+                    .await;
+                None
+            }
+        }
+    }
+
     async fn controller_grant(
         &mut self,
         s: jitgate_proto::Signed<jitgate_proto::GrantBody>,
         out: mpsc::Sender<jitgate_proto::AgentMsg>,
     ) {
         use jitgate_proto::message::{AgentMsg, Outcome};
-        let Some(enr) = self.enrollment.clone() else {
+        let Some(body) = self
+            .verified(&s, "grant.rejected", &out, |outcome| {
+                AgentMsg::GrantResult {
+                    grant_id: uuid::Uuid::nil(),
+                    seq: 0,
+                    outcome,
+                }
+            })
+            .await
+        else {
             return;
-        };
-        let body = match s.verify(&enr.signing_key, enr.agent_id) {
-            Ok(b) => b,
-            Err(e) => {
-                // Untrusted: nothing in the body is believed, not even its id.
-                self.reject_controller("grant.rejected", None, e.to_string())
-                    .await;
-                let _ = out
-                    .send(AgentMsg::GrantResult {
-                        grant_id: uuid::Uuid::nil(),
-                        seq: 0,
-                        outcome: Outcome::Rejected {
-                            reason: e.to_string(),
-                        },
-                    })
-                    .await;
-                return;
-            }
         };
         let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
         let (bid, bseq) = (body.grant_id, body.seq);
@@ -875,8 +889,7 @@ impl Core {
         tokio::spawn(async move {
             match rx.await {
                 Ok(Ok(())) => {
-                    let agent_unix_ms =
-                        (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                    let agent_unix_ms = unix_ms(OffsetDateTime::now_utc());
                     let _ = out.send(reply(Outcome::Applied { agent_unix_ms })).await;
                 }
                 _ => {
@@ -897,25 +910,17 @@ impl Core {
         out: mpsc::Sender<jitgate_proto::AgentMsg>,
     ) {
         use jitgate_proto::message::{AgentMsg, Outcome};
-        let Some(enr) = self.enrollment.clone() else {
+        let Some(body) = self
+            .verified(&s, "revoke.rejected", &out, |outcome| {
+                AgentMsg::RevokeResult {
+                    grant_id: uuid::Uuid::nil(),
+                    seq: 0,
+                    outcome,
+                }
+            })
+            .await
+        else {
             return;
-        };
-        let body = match s.verify(&enr.signing_key, enr.agent_id) {
-            Ok(b) => b,
-            Err(e) => {
-                self.reject_controller("revoke.rejected", None, e.to_string())
-                    .await;
-                let _ = out
-                    .send(AgentMsg::RevokeResult {
-                        grant_id: uuid::Uuid::nil(),
-                        seq: 0,
-                        outcome: Outcome::Rejected {
-                            reason: e.to_string(),
-                        },
-                    })
-                    .await;
-                return;
-            }
         };
         let (bid, bseq) = (body.grant_id, body.seq);
         let reply = move |outcome| AgentMsg::RevokeResult {
@@ -967,8 +972,7 @@ impl Core {
         tokio::spawn(async move {
             let outcome = match rx.await {
                 Ok(Ok(())) => Outcome::Applied {
-                    agent_unix_ms: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                        as i64,
+                    agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
                 },
                 _ => Outcome::Rejected {
                     reason: "not durable on the agent".into(),
@@ -984,24 +988,13 @@ impl Core {
         out: mpsc::Sender<jitgate_proto::AgentMsg>,
     ) {
         use jitgate_proto::message::{AgentMsg, Outcome};
-        let Some(enr) = self.enrollment.clone() else {
+        let Some(body) = self
+            .verified(&s, "policy.rejected", &out, |outcome| {
+                AgentMsg::PolicyResult { seq: 0, outcome }
+            })
+            .await
+        else {
             return;
-        };
-        let body = match s.verify(&enr.signing_key, enr.agent_id) {
-            Ok(b) => b,
-            Err(e) => {
-                self.reject_controller("policy.rejected", None, e.to_string())
-                    .await;
-                let _ = out
-                    .send(AgentMsg::PolicyResult {
-                        seq: 0,
-                        outcome: Outcome::Rejected {
-                            reason: e.to_string(),
-                        },
-                    })
-                    .await;
-                return;
-            }
         };
         if body.seq == 0 {
             // Version 0: the VM has no JIT policy on the controller. The local configuration
@@ -1088,8 +1081,7 @@ impl Core {
             .send(AgentMsg::PolicyResult {
                 seq: body.seq,
                 outcome: Outcome::Applied {
-                    agent_unix_ms: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                        as i64,
+                    agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
                 },
             })
             .await;
@@ -1149,7 +1141,7 @@ impl Core {
                 protocol: g.protocol,
                 port: g.port,
                 source: g.source,
-                end_unix_ms: (g.end.unix_timestamp_nanos() / 1_000_000) as i64,
+                end_unix_ms: unix_ms(g.end),
                 requester: g.requester.to_string(),
             })
             .collect();
@@ -1275,6 +1267,10 @@ impl Core {
             Err(err) => Response::error(ErrorCode::Internal, err.to_string()),
         });
     }
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn event_to_audit(e: &DataplaneEvent) -> AuditEvent {

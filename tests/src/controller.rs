@@ -131,6 +131,28 @@ impl ControllerProc {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// Registers VM `name` (address `addr`) in resource group `prod` (created on first use)
+    /// and returns its one-time enrolment token.
+    pub fn add_vm(&self, name: &str, addr: std::net::IpAddr) -> String {
+        let groups = self.admin(&["rg", "list"]);
+        if !groups.to_string().contains("\"prod\"") {
+            self.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
+        }
+        let added = self.admin(&[
+            "vm",
+            "add",
+            name,
+            "--resource-group",
+            "prod",
+            "--address",
+            &addr.to_string(),
+        ]);
+        added["enrollmentToken"]
+            .as_str()
+            .expect("enrolment token")
+            .to_string()
+    }
+
     /// `jit <args>` from namespace `ns`, as the admin.
     pub fn jit(&self, ns: &str, args: &[&str]) -> Output {
         self.jit_as(ns, &self.admin_token, args)

@@ -132,17 +132,7 @@ fn hostile_controller_frames_are_rejected() {
     let fleet = Fleet::new(1).expect("fleet");
     let vm = &fleet.vms[0];
     let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
-    let added = ctl.admin(&[
-        "vm",
-        "add",
-        "vm-01",
-        "--resource-group",
-        "prod",
-        "--address",
-        &vm.v4.to_string(),
-    ]);
-    let token = added["enrollmentToken"].as_str().unwrap().to_string();
+    let token = ctl.add_vm("vm-01", vm.v4);
     let agent = AgentProc::start_enrolled(
         &vm.ns,
         &args("--interface eth0 --protect 22/tcp"),

@@ -27,20 +27,7 @@ fn request_ssh_revoke_through_the_controller() {
     let vm = &fleet.vms[0];
     let sshd = Sshd::start(&vm.ns).expect("sshd");
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
-    let added = ctl.admin(&[
-        "vm",
-        "add",
-        "vm-01",
-        "--resource-group",
-        "prod",
-        "--address",
-        &vm.v4.to_string(),
-    ]);
-    let token = added["enrollmentToken"]
-        .as_str()
-        .expect("enrolment token")
-        .to_string();
+    let token = ctl.add_vm("vm-01", vm.v4);
 
     // Policy from the controller: 22/tcp from the workstation's network, cut at expiry.
     ok(
@@ -173,17 +160,7 @@ fn faults_converge() {
     let vm = &fleet.vms[0];
     let sshd = Sshd::start(&vm.ns).expect("sshd");
     let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
-    let added = ctl.admin(&[
-        "vm",
-        "add",
-        "vm-01",
-        "--resource-group",
-        "prod",
-        "--address",
-        &vm.v4.to_string(),
-    ]);
-    let token = added["enrollmentToken"].as_str().unwrap().to_string();
+    let token = ctl.add_vm("vm-01", vm.v4);
     ok(
         ctl.jit(
             &fleet.ws,

@@ -90,20 +90,7 @@ fn run() -> i32 {
         fleet.ws, vm.ns, vm.v4
     );
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
-    let added = ctl.admin(&[
-        "vm",
-        "add",
-        "vm-01",
-        "--resource-group",
-        "prod",
-        "--address",
-        &vm.v4.to_string(),
-    ]);
-    let Some(token) = added["enrollmentToken"].as_str().map(String::from) else {
-        eprintln!("no enrolment token: {added}");
-        return 1;
-    };
+    let token = ctl.add_vm("vm-01", vm.v4);
     let policy = ctl.jit(
         &fleet.ws,
         &args("policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 1h --on-expiry cut"),
