@@ -14,6 +14,8 @@ use jitgate_common::{Port, Protocol, SourcePrefix};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod connections;
+
 const EXIT_HELP: &str = "EXIT CODES:
   0  success
   1  error talking to the controller (network, TLS, server error)
@@ -87,8 +89,12 @@ enum Cmd {
     Show { request: String },
     /// Revoke a request's active access (recorded as UserRequested).
     Revoke { request: String },
-    /// Query the activity log, or verify its hash chain (`jit audit verify`).
+    /// Query the activity log, or verify its hash chain (`jit audit verify`). With
+    /// `--agent --vm VM`: the VM's agents' own audit records, as they delivered them.
     Audit(AuditArgs),
+    /// A VM's connection history, newest first: who connected, from where, under which
+    /// request (from the records its agent delivers; `--denied` adds refused attempts).
+    Connections(connections::ConnectionsArgs),
 }
 
 #[derive(Subcommand)]
@@ -250,6 +256,12 @@ struct AuditArgs {
     /// Export as JSON lines.
     #[arg(long)]
     jsonl: bool,
+    /// The agents' own audit records of `--vm` instead of the controller's activity log.
+    #[arg(long, requires = "vm", conflicts_with_all = ["resource_group", "caller", "resource_type", "csv", "jsonl"])]
+    agent: bool,
+    /// With --agent: only this record kind (grant.applied, connection.admitted, ...).
+    #[arg(long, requires = "agent")]
+    kind: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -985,6 +997,7 @@ async fn run(cli: Cli) -> R<()> {
                 }
             }
         }
+        Cmd::Connections(a) => connections::connections(&c, a, json).await?,
         Cmd::History { vm, limit } => {
             let v = c
                 .get(&format!("/virtualMachines/{vm}/requests?limit={limit}"))
@@ -1045,6 +1058,9 @@ async fn run(cli: Cli) -> R<()> {
                     ));
                 }
                 return Ok(());
+            }
+            if a.agent {
+                return connections::agent_audit(&c, a, json).await;
             }
             let mut q = vec![format!("limit={}", a.limit)];
             for (k, v) in [

@@ -527,15 +527,19 @@ impl Store {
             let seq = i64::try_from(r.seq).map_err(|_| {
                 StoreError::Api(ApiError::bad_request("InvalidAudit", "audit seq too large"))
             })?;
+            let f = crate::connections::RecordFields::of(&r.line);
             sqlx::query(
-                "INSERT INTO agent_audit (agent_id, id, seq, line, received_ms) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                "INSERT INTO agent_audit (agent_id, id, seq, line, received_ms, kind, at_ms, grant_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(agent)
             .bind(&r.id)
             .bind(seq)
             .bind(&r.line)
             .bind(w.now)
+            .bind(f.kind)
+            .bind(f.at_ms)
+            .bind(f.grant_id)
             .execute(&mut *w.tx)
             .await?;
         }

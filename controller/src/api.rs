@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Role};
+use crate::connections::ViewQuery;
 use crate::error::ApiError;
 use crate::model::{Initiate, InitiateJson, Policy, PolicyJson, now_ms};
 use crate::store::{ActivityEntry, ActivityFilter, Actor, Store};
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_vm_policy),
         )
         .route("/api/v1/virtualMachines/{vm}/requests", get(history))
+        .route("/api/v1/virtualMachines/{vm}/connections", get(connections))
+        .route("/api/v1/virtualMachines/{vm}/agentAudit", get(agent_audit))
         .route(
             "/api/v1/resourceGroups/{rg}/jitNetworkAccessPolicies/default",
             get(get_rg_policy)
@@ -450,6 +453,43 @@ async fn history(
     Ok(Json(List { value: v }).into_response())
 }
 
+/// Who connected to the VM, from where, under which request (from its agents' records).
+async fn connections(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+    Q(q): Q<ViewQuery>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let v = st.store.connections(&vm, &q).await?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(List { value: v }).into_response()),
+        "csv" => Ok((
+            [(header::CONTENT_TYPE, "text/csv")],
+            crate::connections::to_csv(&v),
+        )
+            .into_response()),
+        other => Err(ApiError::bad_request(
+            "InvalidFormat",
+            format!("format {other:?} is invalid: use json or csv"),
+        )),
+    }
+}
+
+/// The VM's agents' own audit records, as delivered.
+async fn agent_audit(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+    Q(q): Q<ViewQuery>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let v = st.store.agent_records(&vm, &q).await?;
+    Ok(Json(List { value: v }).into_response())
+}
+
 async fn revoke(
     State(st): State<AppState>,
     c: Caller,
@@ -489,39 +529,42 @@ async fn activity(
     }
 }
 
-/// CSV with a header row; fields quoted when needed (RFC 4180).
+/// The activity log as CSV.
 pub fn to_csv(v: &[ActivityEntry]) -> String {
-    fn q(s: &str) -> String {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    }
-    let mut out = String::from(
-        "seq,timeUtc,operation,resourceType,resourceGroup,virtualMachine,caller,callerAddress,outcome,requestId,details,prevHash,hash\n",
-    );
-    for e in v {
-        let cols = [
-            e.seq.to_string(),
-            e.time_utc.clone(),
-            e.operation.clone(),
-            e.resource_type.clone(),
-            e.resource_group.clone(),
-            e.virtual_machine.clone(),
-            e.caller.clone(),
-            e.caller_address.clone(),
-            e.outcome.clone(),
-            e.request_id.clone(),
-            e.details.to_string(),
-            e.prev_hash.clone(),
-            e.hash.clone(),
-        ];
-        let line: Vec<String> = cols.iter().map(|c| q(c)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
-    }
-    out
+    crate::csv::write(
+        &[
+            "seq",
+            "timeUtc",
+            "operation",
+            "resourceType",
+            "resourceGroup",
+            "virtualMachine",
+            "caller",
+            "callerAddress",
+            "outcome",
+            "requestId",
+            "details",
+            "prevHash",
+            "hash",
+        ],
+        v.iter().map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.time_utc.clone(),
+                e.operation.clone(),
+                e.resource_type.clone(),
+                e.resource_group.clone(),
+                e.virtual_machine.clone(),
+                e.caller.clone(),
+                e.caller_address.clone(),
+                e.outcome.clone(),
+                e.request_id.clone(),
+                e.details.to_string(),
+                e.prev_hash.clone(),
+                e.hash.clone(),
+            ]
+        }),
+    )
 }
 
 async fn verify(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {

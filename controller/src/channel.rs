@@ -518,19 +518,27 @@ impl Conn {
         }
     }
 
-    async fn ack(&self, grant_id: Uuid) -> Result<(), ConnError> {
+    /// Records the acknowledgement without waiting for its commit, so that one agent's
+    /// acknowledgements share group commits (the store's acknowledgement writer). If the
+    /// commit fails the grant stays pending, and the agent's next connection redelivers it
+    /// and acknowledges it again.
+    fn ack(&self, grant_id: Uuid) {
         let actor = Actor {
             name: format!("agent:{}", self.agent),
             address: "agent-channel".into(),
         };
-        match self.store.ack_grant(&actor, &grant_id.to_string()).await {
-            Ok(()) => Ok(()),
-            Err(StoreError::Api(e)) => {
-                tracing::warn!(agent = %self.agent, grant = %grant_id, error = %e.message, "acknowledgement of an unknown grant");
-                Ok(())
+        let (store, agent) = (self.store.clone(), self.agent);
+        tokio::spawn(async move {
+            match store.ack_grant(&actor, &grant_id.to_string()).await {
+                Ok(()) => {}
+                Err(StoreError::Api(e)) => {
+                    tracing::warn!(%agent, grant = %grant_id, error = %e.message, "acknowledgement of an unknown grant");
+                }
+                Err(e) => {
+                    tracing::error!(%agent, grant = %grant_id, error = %e, "acknowledgement not recorded; the grant is redelivered on the next connection");
+                }
             }
-            Err(e) => Err(e.into()),
-        }
+        });
     }
 
     async fn handle(&mut self, wr: &mut Wr, m: AgentMsg) -> Result<(), ConnError> {
@@ -545,7 +553,7 @@ impl Conn {
             } => match outcome {
                 Outcome::Applied { .. } | Outcome::AlreadyApplied => {
                     tracing::info!(agent = %self.agent, grant = %grant_id, seq, "grant applied");
-                    self.ack(grant_id).await?;
+                    self.ack(grant_id);
                 }
                 Outcome::Rejected { reason } => {
                     tracing::warn!(agent = %self.agent, grant = %grant_id, seq, %reason, "grant rejected by the agent");
@@ -666,7 +674,7 @@ impl Conn {
                 }
             } else if pending.contains(&gid) {
                 tracing::info!(agent = %self.agent, grant = %gid, "lost acknowledgement recovered from the report");
-                self.ack(g.grant_id).await?;
+                self.ack(g.grant_id);
             }
         }
         Ok(())

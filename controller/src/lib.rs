@@ -7,6 +7,8 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod channel;
+pub mod connections;
+pub mod csv;
 pub mod error;
 pub mod eval;
 pub mod model;

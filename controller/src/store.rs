@@ -28,6 +28,11 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "agents", include_str!("../migrations/0002_agents.sql")),
+    (
+        3,
+        "agent audit view",
+        include_str!("../migrations/0003_agent_audit_view.sql"),
+    ),
 ];
 
 pub(crate) const ACTIVITY_INSERT: &str = "INSERT INTO activity (seq, time_ms, operation, \
@@ -278,7 +283,68 @@ pub struct Store {
     write_lock: Arc<tokio::sync::Mutex<AnyConnection>>,
     /// Queue of the group-commit writer for initiates (see `batch`).
     initiator: tokio::sync::mpsc::Sender<crate::batch::Job>,
+    /// Queue of the group-commit writer for agents' acknowledgements.
+    acker: tokio::sync::mpsc::Sender<AckJob>,
     pub backend: String,
+}
+
+/// An agent's acknowledgement waiting for the acknowledgement writer.
+pub struct AckJob {
+    actor: Actor,
+    grant_id: String,
+    reply: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// Most acknowledgements committed in one transaction.
+const MAX_ACKS: usize = 256;
+
+/// Commits agents' acknowledgements in groups: whatever is waiting (up to `MAX_ACKS`) in one
+/// transaction, one fsync, each applied exactly as alone. A grant the store does not know is
+/// answered with its error and writes nothing; a database error rolls the group back and
+/// every acknowledgement in it gets the error (the grant stays pending and is redelivered on
+/// the agent's next connection, which acknowledges it again).
+async fn ack_writer(
+    lock: Arc<tokio::sync::Mutex<AnyConnection>>,
+    sqlite: bool,
+    mut rx: tokio::sync::mpsc::Receiver<AckJob>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_ACKS {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let res: Result<Vec<Result<()>>> = async {
+            let mut w = begin_write_on(&lock, sqlite).await?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                out.push(match ack_in(&mut w, &j.actor, &j.grant_id).await {
+                    Err(StoreError::Api(e)) => Err(StoreError::Api(e)),
+                    Err(e) => return Err(e),
+                    Ok(()) => Ok(()),
+                });
+            }
+            w.commit().await?;
+            Ok(out)
+        }
+        .await;
+        tracing::debug!(batch = jobs.len(), "acknowledgement batch");
+        match res {
+            Ok(out) => {
+                for (j, r) in jobs.into_iter().zip(out) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "acknowledgement batch failed; rolled back");
+                for j in jobs {
+                    let _ = j.reply.send(Err(StoreError::Corrupt(e.to_string())));
+                }
+            }
+        }
+    }
 }
 
 fn ai(e: impl std::fmt::Display) -> StoreError {
@@ -643,7 +709,14 @@ impl Store {
             write_pool.acquire().await?.detach(),
         ));
         let (initiator, rx) = tokio::sync::mpsc::channel(1024);
-        let writer = crate::batch::writer(write_lock.clone(), is_sqlite, rx);
+        let (acker, ack_rx) = tokio::sync::mpsc::channel(4096);
+        let writer = {
+            let initiates = crate::batch::writer(write_lock.clone(), is_sqlite, rx);
+            let acks = ack_writer(write_lock.clone(), is_sqlite, ack_rx);
+            async move {
+                tokio::join!(initiates, acks);
+            }
+        };
         if is_sqlite {
             // The group-commit writer gets its own thread and runtime, so that its many short
             // waits on the database are not queued behind the HTTP tasks.
@@ -662,6 +735,7 @@ impl Store {
             pool,
             write_lock,
             initiator,
+            acker,
             backend,
         };
         store.migrate().await?;
@@ -1421,75 +1495,17 @@ impl Store {
     /// The agent acknowledged a grant as in place: grant `applied`; a port whose grants are all
     /// applied becomes Applied (a request is Applied when all its ports are).
     pub async fn ack_grant(&self, actor: &Actor, grant_id: &str) -> Result<()> {
-        let mut w = self.begin_write().await?;
-        let row = sqlx::query(
-            "SELECT request_id, port_idx, vm, state, port, protocol, prefix FROM grants WHERE id = $1",
-        )
-        .bind(grant_id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(
-                ApiError::not_found("GrantNotFound", format!("no grant {grant_id}")).into(),
-            );
-        };
-        let state: String = row.try_get(3)?;
-        if state != "pending" {
-            // Redelivery or a grant that ended meanwhile: acknowledged again, not applied again.
-            return Ok(());
-        }
-        let rid: String = row.try_get(0)?;
-        let pidx: i64 = row.try_get(1)?;
-        let vm: String = row.try_get(2)?;
-        sqlx::query("UPDATE grants SET state = 'applied' WHERE id = $1")
-            .bind(grant_id)
-            .execute(&mut *w.tx)
-            .await?;
-        sqlx::query(
-            "UPDATE grant_outbox SET delivered_ms = $1 WHERE grant_id = $2 AND op = 'apply'",
-        )
-        .bind(w.now)
-        .bind(grant_id)
-        .execute(&mut *w.tx)
-        .await?;
-        let pending = sqlx::query(
-            "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND state = 'pending'",
-        )
-        .bind(&rid)
-        .bind(pidx)
-        .fetch_optional(&mut *w.tx)
-        .await?;
-        if pending.is_none() {
-            sqlx::query(
-                "UPDATE request_ports SET status = 'Applied' WHERE request_id = $1 AND idx = $2 AND status = 'Initiated'",
-            )
-            .bind(&rid)
-            .bind(pidx)
-            .execute(&mut *w.tx)
-            .await?;
-        }
-        let group: String = sqlx::query("SELECT resource_group FROM vms WHERE name = $1")
-            .bind(&vm)
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or_default();
-        w.log(NewActivity {
-            operation: op::APPLY,
-            resource_type: "VirtualMachine",
-            resource_group: &group,
-            vm: &vm,
-            actor,
-            outcome: "Succeeded",
-            request_id: &rid,
-            details: serde_json::json!({"grantId": grant_id,
-                "number": row.try_get::<i64, _>(4)?,
-                "protocol": row.try_get::<String, _>(5)?,
-                "allowedSourceAddressPrefix": row.try_get::<String, _>(6)?}),
-        })
-        .await?;
-        w.commit().await
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Corrupt("the acknowledgement writer has stopped".into());
+        self.acker
+            .send(AckJob {
+                actor: actor.clone(),
+                grant_id: grant_id.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1855,4 +1871,72 @@ async fn load_request(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Reques
         virtual_machines: vms,
         denial_reasons,
     })
+}
+
+/// One acknowledgement inside a write transaction (see `Store::ack_grant`).
+async fn ack_in(w: &mut WriteTx, actor: &Actor, grant_id: &str) -> Result<()> {
+    let row = sqlx::query(
+        "SELECT request_id, port_idx, vm, state, port, protocol, prefix FROM grants WHERE id = $1",
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut *w.tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(ApiError::not_found("GrantNotFound", format!("no grant {grant_id}")).into());
+    };
+    let state: String = row.try_get(3)?;
+    if state != "pending" {
+        // Redelivery or a grant that ended meanwhile: acknowledged again, not applied again.
+        return Ok(());
+    }
+    let rid: String = row.try_get(0)?;
+    let pidx: i64 = row.try_get(1)?;
+    let vm: String = row.try_get(2)?;
+    sqlx::query("UPDATE grants SET state = 'applied' WHERE id = $1")
+        .bind(grant_id)
+        .execute(&mut *w.tx)
+        .await?;
+    sqlx::query("UPDATE grant_outbox SET delivered_ms = $1 WHERE grant_id = $2 AND op = 'apply'")
+        .bind(w.now)
+        .bind(grant_id)
+        .execute(&mut *w.tx)
+        .await?;
+    let pending = sqlx::query(
+        "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND state = 'pending'",
+    )
+    .bind(&rid)
+    .bind(pidx)
+    .fetch_optional(&mut *w.tx)
+    .await?;
+    if pending.is_none() {
+        sqlx::query(
+                "UPDATE request_ports SET status = 'Applied' WHERE request_id = $1 AND idx = $2 AND status = 'Initiated'",
+            )
+            .bind(&rid)
+            .bind(pidx)
+            .execute(&mut *w.tx)
+            .await?;
+    }
+    let group: String = sqlx::query("SELECT resource_group FROM vms WHERE name = $1")
+        .bind(&vm)
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or_default();
+    w.log(NewActivity {
+        operation: op::APPLY,
+        resource_type: "VirtualMachine",
+        resource_group: &group,
+        vm: &vm,
+        actor,
+        outcome: "Succeeded",
+        request_id: &rid,
+        details: serde_json::json!({"grantId": grant_id,
+                "number": row.try_get::<i64, _>(4)?,
+                "protocol": row.try_get::<String, _>(5)?,
+                "allowedSourceAddressPrefix": row.try_get::<String, _>(6)?}),
+    })
+    .await?;
+    Ok(())
 }

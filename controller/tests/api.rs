@@ -662,6 +662,39 @@ async fn bad_input_is_rejected_and_nothing_persisted() {
         (st, v["error"]["code"].clone()),
         (StatusCode::BAD_REQUEST, json!("InvalidQuery"))
     );
+    for (path, code) in [
+        (
+            "/api/v1/virtualMachines/web1/connections?from=yesterday",
+            "InvalidTime",
+        ),
+        (
+            "/api/v1/virtualMachines/web1/connections?format=xml",
+            "InvalidFormat",
+        ),
+        (
+            "/api/v1/virtualMachines/web1/connections?denied=maybe",
+            "InvalidQuery",
+        ),
+        (
+            "/api/v1/virtualMachines/web1/agentAudit?colour=red",
+            "InvalidQuery",
+        ),
+        (
+            "/api/v1/virtualMachines/web1/agentAudit?to=soon",
+            "InvalidTime",
+        ),
+    ] {
+        let (st, v) = h.get(path, &h.admin).await;
+        assert_eq!(
+            (st, v["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!(code)),
+            "{path}: {v}"
+        );
+    }
+    let (st, v) = h
+        .get("/api/v1/virtualMachines/nosuchvm/connections", &h.admin)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     let (st, v) = h.get("/api/v1/nothing", &h.admin).await;
     assert_eq!(
         (st, v["error"]["code"].clone()),

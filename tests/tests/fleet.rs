@@ -138,6 +138,88 @@ fn request_ssh_revoke_through_the_controller() {
         "grant not removed on the agent"
     );
 
+    // The controller's connection history: the SSH sessions, from the workstation, under the
+    // requests, with the caller; and (with --denied) the attempt before any request.
+    let conns = |extra: &str| -> Vec<serde_json::Value> {
+        let out = ok(
+            ctl.jit(
+                &fleet.ws,
+                &args(&format!("connections vm-01 --json {extra}")),
+            ),
+            "connections",
+        );
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("connections json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let first_id = req["id"].as_str().expect("request id").to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || conns("").iter().any(
+            |c| c["requestId"] == first_id.as_str() && c["outcome"] == "admitted"
+        )),
+        "the first session is not in the connection history: {:?}",
+        conns("")
+    );
+    let admitted = conns("");
+    let c = admitted
+        .iter()
+        .find(|c| c["requestId"] == first_id.as_str())
+        .expect("admitted");
+    assert!(
+        c["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{WS_V4}:"))),
+        "{c}"
+    );
+    assert_eq!(c["port"], 22, "{c}");
+    assert_eq!(c["justification"], "e2e-test", "{c}");
+    assert_eq!(c["grantOrigin"], "controller", "{c}");
+    let me: serde_json::Value =
+        serde_json::from_str(&ok(ctl.jit(&fleet.ws, &args("whoami --json")), "whoami")).unwrap();
+    assert_eq!(c["requestor"], me["name"], "{c} vs {me}");
+    assert!(
+        admitted.iter().all(|c| c["outcome"] == "admitted"),
+        "denied attempts listed without --denied"
+    );
+    let all = conns("--denied");
+    assert!(
+        all.iter().any(|c| c["outcome"] == "denied"
+            && c["reason"].is_string()
+            && c["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{WS_V4}:")))),
+        "the refused attempt before the request is not listed: {all:?}"
+    );
+    let csv = ok(
+        ctl.jit(&fleet.ws, &args("connections vm-01 --csv")),
+        "connections --csv",
+    );
+    assert!(
+        csv.starts_with("timeUtc,virtualMachine,outcome,source,protocol,port,requestor,requestId,"),
+        "{csv}"
+    );
+    assert!(csv.contains(&first_id), "{csv}");
+    let records = ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("audit --agent --vm vm-01 --kind grant.applied --json"),
+        ),
+        "agent audit",
+    );
+    let records: serde_json::Value = serde_json::from_str(&records).expect("agent audit json");
+    let kinds: Vec<&str> = records
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["record"]["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.len() >= 2 && kinds.iter().all(|k| *k == "grant.applied"),
+        "{records}"
+    );
+
     // The agent's audit records reached the controller; the fleet view shows it online.
     let agents = ok(ctl.jit(&fleet.ws, &args("agents --json")), "agents");
     assert!(agents.contains("vm-01"), "{agents}");
@@ -146,6 +228,71 @@ fn request_ssh_revoke_through_the_controller() {
         audit.contains("grant.applied") && audit.contains("grant.revoked"),
         "{audit}"
     );
+
+    // A local break-glass grant on the host: the session under it is in the controller's
+    // connection history too, attributed to the local actor.
+    let local = agent.grant(&args(&format!(
+        "--port 22 --source {WS_V4} --duration 1m --justification break-glass"
+    )));
+    let o = sshd.ssh(&fleet.ws, vm.v4, "true", 5).unwrap();
+    assert!(o.status.success(), "ssh under a local grant");
+    assert!(
+        wait_until(Duration::from_secs(10), || conns("").iter().any(
+            |c| c["grantId"] == local[0].as_str()
+                && c["grantOrigin"] == "local"
+                && c["requestor"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("local:"))
+        )),
+        "the break-glass session is not attributed: {:?}",
+        conns("")
+    );
+    agent.ok(&["revoke", &local[0]]);
+
+    // Decommissioning: the agent's credential is revoked. Its live connection is closed, it is
+    // refused when it dials again, and nothing the controller grants from then on reaches it.
+    ctl.admin(&["vm", "revoke-agent", "vm-01"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || ctl
+            .log_text()
+            .contains("(VM vm-01) is revoked")),
+        "the revoked agent was not refused:\n{}",
+        ctl.log_text()
+    );
+    let fleet_view = ok(ctl.jit(&fleet.ws, &args("agents --json")), "agents");
+    assert!(fleet_view.contains("\"revoked\""), "{fleet_view}");
+    let late: serde_json::Value = serde_json::from_str(&ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-01 --port 22 --duration 10m --justification after-revoke --json"),
+        ),
+        "request after the agent was revoked",
+    ))
+    .expect("request json");
+    std::thread::sleep(Duration::from_secs(3));
+    let shown: serde_json::Value = serde_json::from_str(&ok(
+        ctl.jit(
+            &fleet.ws,
+            &["show", late["id"].as_str().expect("id"), "--json"],
+        ),
+        "show",
+    ))
+    .expect("show json");
+    assert_eq!(shown["status"], "Initiated", "{shown}");
+    assert_eq!(agent.grant_count(), 0, "{}", agent.grants_json());
+    assert!(
+        !sshd
+            .ssh(&fleet.ws, vm.v4, "true", 2)
+            .unwrap()
+            .status
+            .success(),
+        "ssh open through a revoked agent"
+    );
+    let log = ok(
+        ctl.jit(&fleet.ws, &args("audit --vm vm-01 --json")),
+        "audit",
+    );
+    assert!(log.contains("Revoke Agent"), "{log}");
 }
 
 /// Faults: the agent killed while a grant is revoked converges on reconnect; the controller
@@ -251,4 +398,52 @@ fn faults_converge() {
     );
     let v = agent.ok(&["audit", "verify"]);
     assert!(v.contains("verifies"), "{v}");
+
+    // Across the kill, the controller restart and the link flap, every record the agent wrote
+    // reached the controller exactly once.
+    let ids = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let mut at_agent = Vec::new();
+    let mut at_controller = Vec::new();
+    let converged = wait_until(Duration::from_secs(20), || {
+        at_agent = ids(&agent.ok(&["audit", "--json"]));
+        let out = ok(
+            ctl.jit(
+                &fleet.ws,
+                &args("audit --agent --vm vm-01 --limit 100000 --json"),
+            ),
+            "agent audit at the controller",
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("agent audit json");
+        at_controller = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["record"]["id"].as_str().map(str::to_string))
+            .collect();
+        let mut a = at_agent.clone();
+        let mut c = at_controller.clone();
+        a.sort();
+        c.sort();
+        a == c
+    });
+    assert!(
+        converged,
+        "agent records {} vs at the controller {}",
+        at_agent.len(),
+        at_controller.len()
+    );
+    let mut distinct = at_controller.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), at_controller.len(), "a record stored twice");
+    assert!(
+        at_agent.len() > 10,
+        "too few records to mean anything: {}",
+        at_agent.len()
+    );
 }

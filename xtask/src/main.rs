@@ -71,6 +71,14 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// The whole system in namespaces (root): `jit request` → first admitted packet at the VM
+    /// p50/p99 over 1 000 requests beside a local `jit-agent grant` through the same agent,
+    /// revoke → door shut, and grants fanned out per second across 50 agents.
+    E2e {
+        /// 50 rounds and 10 agents: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -263,6 +271,7 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
+        Bench::E2e { quick } => bench_binary(root, "e2e", quick),
     }
 }
 

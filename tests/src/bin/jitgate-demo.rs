@@ -211,6 +211,10 @@ fn run() -> i32 {
     show(&ctl.jit(&fleet.ws, &args("history vm-01")));
     println!("\n$ jit audit --vm vm-01");
     show(&ctl.jit(&fleet.ws, &args("audit --vm vm-01")));
+    println!(
+        "\n$ jit connections vm-01 --denied   (who connected, from where, under which request)"
+    );
+    show(&ctl.jit(&fleet.ws, &args("connections vm-01 --denied --limit 10")));
     println!("\n$ jit-agent audit   (on vm-01: the agent's own hash-chained log)");
     println!("{}", agent.ok(&["audit", "--tail", "12"]));
     println!("$ jit audit verify");

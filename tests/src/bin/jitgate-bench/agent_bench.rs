@@ -13,10 +13,10 @@ use jitgate_common::{GrantEntry, GrantKeyV4, Port, Protocol, SourcePrefix};
 use jitgate_tests::TestDataplane;
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::netns::Lab;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
+
+use crate::probe::{Prober, pct};
 
 const CLIENTS: usize = 8;
 
@@ -34,14 +34,6 @@ fn req(i: u32) -> GrantRequest {
         until: None,
         justification: Some("bench".into()),
     }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Sends `total` grants from `CLIENTS` concurrent connections, `batch` per request.
@@ -82,101 +74,13 @@ async fn socket_throughput(
     Ok(f64::from(per * CLIENTS as u32) / start.elapsed().as_secs_f64())
 }
 
-/// A UDP prober: the client sends datagrams to the vm every ~100 µs; the vm records when the
-/// last one arrived (as ns since `epoch`).
-struct Prober {
-    last_rx: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    epoch: Instant,
-}
-
-impl Prober {
-    fn start(lab: &Lab, port: u16) -> Prober {
-        let epoch = Instant::now();
-        let last_rx = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let vm = lab.clients[0].vm_v4;
-        let server = jitgate_agent::netns::run_in(&lab.vm_path(), move || {
-            UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
-        })
-        .expect("netns")
-        .expect("bind");
-        server
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .ok();
-        {
-            let (last, stop) = (last_rx.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    if server.recv(&mut buf).is_ok() {
-                        last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-        let client =
-            jitgate_agent::netns::run_in(&lab.client_path(0), || UdpSocket::bind("0.0.0.0:0"))
-                .expect("netns")
-                .expect("bind");
-        {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let to = SocketAddr::new(vm, port);
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = client.send_to(b"probe", to);
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            });
-        }
-        Prober {
-            last_rx,
-            stop,
-            epoch,
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    /// Waits until nothing has arrived for 30 ms (the door is shut).
-    fn wait_closed(&self) {
-        let limit = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < limit {
-            if self
-                .now()
-                .saturating_sub(self.last_rx.load(Ordering::Relaxed))
-                > 30_000_000
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("probe traffic still arrives: the grant was not removed");
-    }
-
-    /// ns from `t0` until the first datagram that arrived after it.
-    fn wait_open(&self, t0: u64) -> f64 {
-        let limit = Instant::now() + Duration::from_secs(5);
-        loop {
-            let l = self.last_rx.load(Ordering::Relaxed);
-            if l > t0 {
-                return (l - t0) as f64;
-            }
-            assert!(
-                Instant::now() < limit,
-                "no packet admitted within 5 s of the grant"
-            );
-            std::hint::spin_loop();
-        }
-    }
-}
-
-impl Drop for Prober {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+fn prober(lab: &Lab) -> Prober {
+    Prober::start(
+        &lab.client_path(0),
+        &lab.vm_path(),
+        lab.clients[0].vm_v4,
+        3389,
+    )
 }
 
 pub fn run(quick: bool) {
@@ -229,10 +133,11 @@ pub fn run(quick: bool) {
             .expect("attach");
         t.dp.set_protected(&["3389/udp".parse().expect("3389/udp")])
             .expect("protect");
-        let p = Prober::start(&lab, 3389);
+        let p = prober(&lab);
         let mut lat = Vec::new();
         for _ in 0..rounds {
             p.wait_closed();
+            p.arm();
             let id = GrantId::random();
             let t0 = p.now();
             let spec = GrantSpec {
@@ -246,7 +151,7 @@ pub fn run(quick: bool) {
                 BootInstant::now().saturating_add(Duration::from_secs(60)),
             )
             .expect("grant");
-            lat.push(p.wait_open(t0));
+            lat.push((p.wait_first() - t0) as f64);
             t.dp.remove_grant(&id).expect("remove");
             for (k, _) in t.dp.flows() {
                 let _ = t.dp.remove_flow(&k);
@@ -280,13 +185,14 @@ pub fn run(quick: bool) {
         .unwrap_or_else(|e| fail(e));
 
     // Grant request → first admitted packet, through the agent holding all those grants.
-    let p = Prober::start(&lab, 3389);
+    let p = prober(&lab);
     let mut lat = Vec::new();
     let mut acks = Vec::new();
     rt.block_on(async {
         let mut cl = Client::connect(&socket).await.expect("connect");
         for _ in 0..rounds {
             p.wait_closed();
+            p.arm();
             let t0 = p.now();
             let r = Request::Grant(GrantRequest {
                 port: Port::new(3389).expect("3389"),
@@ -301,7 +207,7 @@ pub fn run(quick: bool) {
                 other => panic!("{other:?}"),
             };
             acks.push((p.now() - t0) as f64);
-            lat.push(p.wait_open(t0));
+            lat.push((p.wait_first() - t0) as f64);
             match cl
                 .call(&Request::Revoke { id: id.to_string() })
                 .await

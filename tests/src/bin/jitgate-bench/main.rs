@@ -22,6 +22,7 @@ fn main() {
         Some("dataplane") => dataplane(quick),
         Some("agent") => agent_bench::run(quick),
         Some("flood") => flood::run(quick),
+        Some("e2e") => e2e::run(quick),
         Some("flood-rules") => {
             // flood-rules DIR [GRANTS_PER_FAMILY] [DEV]: the rule sets the flood loads.
             let dir = args.get(1).map_or("bench-flood-rules", String::as_str);
@@ -34,7 +35,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: jitgate-bench dataplane|agent|flood [--quick] | flood-rules DIR [GRANTS] [DEV]"
+                "usage: jitgate-bench dataplane|agent|flood|e2e [--quick] | flood-rules DIR [GRANTS] [DEV]"
             );
             std::process::exit(2);
         }
@@ -386,7 +387,9 @@ fn dataplane(quick: bool) {
 }
 
 mod agent_bench;
+mod e2e;
 mod flood;
+mod probe;
 
 fn chrono_date() -> String {
     let out = std::process::Command::new("date")
