@@ -26,6 +26,8 @@ const EXIT_HELP: &str = "EXIT CODES:
   8  timed out waiting for access to be applied
   9  the activity log failed verification";
 
+mod compliance;
+
 mod exit {
     pub const ERROR: u8 = 1;
     pub const USAGE: u8 = 2;
@@ -63,7 +65,8 @@ struct Cli {
 enum Cmd {
     /// Show who the configured token belongs to, its role and scope, and "My IP".
     Whoami,
-    /// List the VMs you can see, with where their JIT policy comes from.
+    /// List the VMs you can see: where their JIT policy comes from, and their agent's
+    /// status (online, degraded: enforcement detached or partial, offline, none).
     Vms,
     /// The agent fleet: each VM's agent, online/offline, last seen, interfaces, protected
     /// ports, active grants, audit head.
@@ -89,6 +92,10 @@ enum Cmd {
     Revoke { request: String },
     /// Query the activity log, or verify its hash chain (`jit audit verify`).
     Audit(AuditArgs),
+    /// Which VMs have management ports reachable without JIT: the report (grouped by
+    /// resource group or owner, JSON or CSV), evaluations and probes on demand, history,
+    /// policy assignments and remediation.
+    Compliance(compliance::ComplianceArgs),
 }
 
 #[derive(Subcommand)]
@@ -720,8 +727,8 @@ async fn run(cli: Cli) -> R<()> {
                 print_json(&v["value"]);
             } else {
                 println!(
-                    "{:<24} {:<20} {:<16} ADDRESSES",
-                    "NAME", "RESOURCE GROUP", "POLICY"
+                    "{:<24} {:<20} {:<16} {:<9} ADDRESSES",
+                    "NAME", "RESOURCE GROUP", "POLICY", "AGENT"
                 );
                 for x in v["value"].as_array().into_iter().flatten() {
                     let addrs: Vec<String> = x["addresses"]
@@ -731,12 +738,16 @@ async fn run(cli: Cli) -> R<()> {
                         .map(s)
                         .collect();
                     println!(
-                        "{:<24} {:<20} {:<16} {}",
+                        "{:<24} {:<20} {:<16} {:<9} {}",
                         s(&x["name"]),
                         s(&x["resourceGroup"]),
                         s(&x["policySource"]),
+                        s(&x["status"]),
                         addrs.join(" ")
                     );
+                    for p in x["problems"].as_array().into_iter().flatten() {
+                        println!("    {}", s(p));
+                    }
                 }
             }
         }
@@ -1020,6 +1031,7 @@ async fn run(cli: Cli) -> R<()> {
                 print_request_table(std::slice::from_ref(&v));
             }
         }
+        Cmd::Compliance(a) => compliance::run(&c, a, json).await?,
         Cmd::Audit(a) => {
             if let Some(AuditCmd::Verify) = a.verify {
                 let v = c.get("/activityLog/verify").await?;

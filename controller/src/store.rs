@@ -28,6 +28,11 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "agents", include_str!("../migrations/0002_agents.sql")),
+    (
+        3,
+        "compliance",
+        include_str!("../migrations/0003_compliance.sql"),
+    ),
 ];
 
 pub(crate) const ACTIVITY_INSERT: &str = "INSERT INTO activity (seq, time_ms, operation, \
@@ -89,6 +94,9 @@ pub mod op {
     pub const AGENT_REJECT: &str = "Agent Rejected JIT Network Access";
     pub const AGENT_RESULT: &str = "Agent Result";
     pub const LOCAL_ACCESS: &str = "Local Break-Glass JIT Network Access";
+    pub const ASSIGN_COMPLIANCE: &str = "Assign Compliance Policy";
+    pub const UNASSIGN_COMPLIANCE: &str = "Delete Compliance Policy Assignment";
+    pub const REMEDIATE: &str = "Remediate Compliance";
 }
 
 /// Who did something, for the activity log.
@@ -224,6 +232,11 @@ pub struct VmJson {
     pub addresses: Vec<String>,
     /// "virtualMachine", "resourceGroup" or null: where the effective policy comes from.
     pub policy_source: Option<String>,
+    /// The VM's agent: online | degraded (connected, enforcement detached or partial, or the
+    /// program unhealthy) | offline | none (no agent enrolled).
+    pub status: String,
+    /// Why it is degraded.
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -987,6 +1000,8 @@ impl Store {
         for r in &pol {
             has.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
         }
+        let agents = self.agent_records().await?;
+        let now = now_ms();
         let mut out = Vec::new();
         for r in &rows {
             let name: String = r.try_get(0)?;
@@ -994,6 +1009,23 @@ impl Store {
             if !scope.covers_vm(&name, &group) {
                 continue;
             }
+            let (status, problems) = match agents.get(&name) {
+                None => ("none", Vec::new()),
+                Some(a) => {
+                    let st = crate::agents::AgentState::of(
+                        &a.id,
+                        "active",
+                        a.last_seen_ms,
+                        a.heartbeat.as_ref(),
+                        now,
+                    );
+                    let problems = match (&a.heartbeat, st) {
+                        (Some(h), crate::agents::AgentState::Degraded) => h.enforcement_problems(),
+                        _ => Vec::new(),
+                    };
+                    (st.as_str(), problems)
+                }
+            };
             let policy_source = if has.contains(&("vm".to_string(), name.clone())) {
                 Some("virtualMachine".to_string())
             } else if has.contains(&("rg".to_string(), group.clone())) {
@@ -1006,6 +1038,8 @@ impl Store {
                 name,
                 resource_group: group,
                 policy_source,
+                status: status.into(),
+                problems,
             });
         }
         Ok(out)
