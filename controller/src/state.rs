@@ -106,8 +106,9 @@ pub struct Config {
     /// enrolment; default: the address `agent_listen` is bound to.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
-    /// Compliance: management ports, schedule, probe bounds (docs/compliance.md).
-    #[serde(default)]
+    /// Compliance: management ports, schedule, probe bounds (docs/compliance.md). Not written
+    /// by `init` (the defaults apply until a `[compliance]` table is added).
+    #[serde(default, skip_serializing)]
     pub compliance: crate::compliance::ComplianceConfig,
 }
 
