@@ -1159,7 +1159,9 @@ impl Core {
         ] {
             match socks {
                 Ok(v) => listening.extend(v.into_iter().map(|a| (proto, a.to_string()))),
-                Err(e) => tracing::warn!(protocol = %proto, error = %e, "cannot list listening sockets"),
+                Err(e) => {
+                    tracing::warn!(protocol = %proto, error = %e, "cannot list listening sockets")
+                }
             }
         }
         listening.sort();
@@ -1483,7 +1485,9 @@ fn interface_addresses() -> Vec<(String, String)> {
     match nix::ifaddrs::getifaddrs() {
         Ok(it) => {
             for a in it {
-                if a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK) {
+                if a.flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+                {
                     continue;
                 }
                 let Some(addr) = a.address else { continue };

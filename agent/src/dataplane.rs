@@ -433,10 +433,7 @@ impl Dataplane {
         }
         match check_layout(&self.pin_dir) {
             Ok(true) => {}
-            Ok(false) => problems.push(format!(
-                "maps not pinned under {}",
-                self.pin_dir.display()
-            )),
+            Ok(false) => problems.push(format!("maps not pinned under {}", self.pin_dir.display())),
             Err(e) => problems.push(format!("pinned maps: {e}")),
         }
         match list_links(&self.pin_dir) {

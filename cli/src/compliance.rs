@@ -95,15 +95,20 @@ pub async fn run(c: &Client, a: &ComplianceArgs, json: bool) -> R<()> {
             print_summary(&v, json);
         }
         Some(ComplianceCmd::History { limit }) => {
-            let v = c
-                .get(&format!("/compliance/history?limit={limit}"))
-                .await?;
+            let v = c.get(&format!("/compliance/history?limit={limit}")).await?;
             if json {
                 print_json(&v["value"]);
             } else {
                 println!(
                     "{:<6} {:<24} {:<10} {:<6} {:>9} {:>13} {:>7} {:>9}  COMPLIANCE",
-                    "SCAN", "TIME (UTC)", "REASON", "PROBE", "COMPLIANT", "NON-COMPLIANT", "UNKNOWN", "UNMANAGED"
+                    "SCAN",
+                    "TIME (UTC)",
+                    "REASON",
+                    "PROBE",
+                    "COMPLIANT",
+                    "NON-COMPLIANT",
+                    "UNKNOWN",
+                    "UNMANAGED"
                 );
                 for x in v["value"].as_array().into_iter().flatten() {
                     println!(
@@ -134,7 +139,12 @@ pub async fn run(c: &Client, a: &ComplianceArgs, json: bool) -> R<()> {
             if json {
                 print_json(&v);
             } else {
-                println!("assigned {} at {} ({})", s(&v["policy"]), s(&v["scope"]), s(&v["id"]));
+                println!(
+                    "assigned {} at {} ({})",
+                    s(&v["policy"]),
+                    s(&v["scope"]),
+                    s(&v["id"])
+                );
             }
         }
         Some(ComplianceCmd::Assignments) => {
@@ -142,7 +152,10 @@ pub async fn run(c: &Client, a: &ComplianceArgs, json: bool) -> R<()> {
             if json {
                 print_json(&v["value"]);
             } else {
-                println!("{:<38} {:<20} {:<7} {:<24} BY", "ID", "SCOPE", "EFFECT", "CREATED");
+                println!(
+                    "{:<38} {:<20} {:<7} {:<24} BY",
+                    "ID", "SCOPE", "EFFECT", "CREATED"
+                );
                 for x in v["value"].as_array().into_iter().flatten() {
                     println!(
                         "{:<38} {:<20} {:<7} {:<24} {}",
@@ -237,7 +250,9 @@ async fn report(c: &Client, a: &ReportArgs, json: bool) -> R<()> {
         return Ok(());
     }
     if v["scan"].is_null() {
-        println!("no evaluation yet: assign the policy (jit compliance assign) and run jit compliance scan");
+        println!(
+            "no evaluation yet: assign the policy (jit compliance assign) and run jit compliance scan"
+        );
         return Ok(());
     }
     println!(

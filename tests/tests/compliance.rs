@@ -108,13 +108,19 @@ fn compliance_findings_grouping_remediation() {
     ok(
         ctl.jit(
             &ws,
-            &args("policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h"),
+            &args(
+                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
+            ),
         ),
         "policy set",
     );
     // vm-b: an interface with an address that the agent is not told to attach to.
     // (No dummy driver here: one end of a veth pair, its peer left down and unaddressed.)
-    ips(&format!("-n {} link add dummy0 type veth peer name dummy0p", b.ns)).expect("dummy0");
+    ips(&format!(
+        "-n {} link add dummy0 type veth peer name dummy0p",
+        b.ns
+    ))
+    .expect("dummy0");
     ips(&format!("-n {} addr add 203.0.113.5/32 dev dummy0", b.ns)).expect("dummy0 addr");
     ips(&format!("-n {} link set dummy0 up", b.ns)).expect("dummy0 up");
 
@@ -171,8 +177,10 @@ fn compliance_findings_grouping_remediation() {
     agent_c.ok(&["detach", "--yes", "--pin-dir", &pin_c]);
     agent_c.stop();
     assert!(
-        wait_until(Duration::from_secs(15), || vm_status(&ctl, &ws, "vm-c")["status"]
-            == "offline"),
+        wait_until(
+            Duration::from_secs(15),
+            || vm_status(&ctl, &ws, "vm-c")["status"] == "offline"
+        ),
         "vm-c not offline: {}",
         vm_status(&ctl, &ws, "vm-c")
     );
@@ -261,7 +269,8 @@ fn compliance_findings_grouping_remediation() {
         "{csv}"
     );
     assert!(
-        csv.lines().any(|l| l.starts_with("vm-a,virtualMachine,prod,ops@example.net,Compliant,,")),
+        csv.lines()
+            .any(|l| l.starts_with("vm-a,virtualMachine,prod,ops@example.net,Compliant,,")),
         "{csv}"
     );
 
@@ -289,7 +298,10 @@ fn compliance_findings_grouping_remediation() {
     });
     assert!(compliant, "vm-b after remediation: {last:#}");
     assert!(
-        sshds[1].ssh(&ws, b.v4, "true", 2).map(|o| !o.status.success()).unwrap_or(true),
+        sshds[1]
+            .ssh(&ws, b.v4, "true", 2)
+            .map(|o| !o.status.success())
+            .unwrap_or(true),
         "ssh to vm-b still open without a grant"
     );
     // Audited: assignment and remediation in the hash-chained activity log.
@@ -326,7 +338,8 @@ fn compliance_findings_grouping_remediation() {
     let h = hist.as_array().expect("history");
     assert!(h.len() >= 4, "{hist:#}");
     assert!(
-        h.iter().any(|x| x["compliancePercentage"].as_f64().is_some_and(|p| p < 50.0)),
+        h.iter()
+            .any(|x| x["compliancePercentage"].as_f64().is_some_and(|p| p < 50.0)),
         "{hist:#}"
     );
     // The state at a past date: the first evaluation's.
@@ -334,7 +347,12 @@ fn compliance_findings_grouping_remediation() {
     let past = json(
         &ctl,
         &ws,
-        &["compliance", "--at", first["timeUtc"].as_str().expect("time"), "--json"],
+        &[
+            "compliance",
+            "--at",
+            first["timeUtc"].as_str().expect("time"),
+            "--json",
+        ],
     );
     assert_eq!(past["scan"]["scanId"], first["scanId"], "{past:#}");
     drop(agent_a);

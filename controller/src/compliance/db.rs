@@ -246,7 +246,8 @@ impl Store {
             .map(|r| {
                 Ok(Exposure {
                     address: r.try_get(0)?,
-                    port: u16::try_from(r.try_get::<i64, _>(1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    port: u16::try_from(r.try_get::<i64, _>(1)?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     vm: r.try_get(2)?,
                 })
             })
@@ -381,8 +382,9 @@ impl Store {
                     kind: r.try_get(1)?,
                     resource_group: r.try_get(2)?,
                     owner: r.try_get(3)?,
-                    state: State::parse(&state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("compliance state {state:?}")))?,
+                    state: State::parse(&state).ok_or_else(|| {
+                        StoreError::Corrupt(format!("compliance state {state:?}"))
+                    })?,
                     findings: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
                 })
             })

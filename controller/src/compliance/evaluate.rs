@@ -203,9 +203,8 @@ pub async fn probe_fleet(
         Some(r) => vec![r],
         None => s.ranges.clone(),
     };
-    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses).map_err(|e| {
-        StoreError::Api(crate::error::ApiError::bad_request("InvalidRange", e))
-    })?;
+    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses)
+        .map_err(|e| StoreError::Api(crate::error::ApiError::bad_request("InvalidRange", e)))?;
     let registered: HashMap<IpAddr, String> = store
         .registered_addresses()
         .await?
@@ -351,7 +350,10 @@ mod tests {
         let now = 10_000_000;
         // Protected and listening: compliant. A non-management port does not count.
         let ok = rec(
-            hb(&["22/tcp:keep"], &[("TCP", "0.0.0.0", 22), ("TCP", "0.0.0.0", 8080)]),
+            hb(
+                &["22/tcp:keep"],
+                &[("TCP", "0.0.0.0", 22), ("TCP", "0.0.0.0", 8080)],
+            ),
             now,
         );
         let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now);

@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::SetupError;
 
 /// The built-in policy definition assigned at a scope.
-pub const POLICY_NAME: &str =
-    "Management ports of virtual machines should be protected with just-in-time network access control";
+pub const POLICY_NAME: &str = "Management ports of virtual machines should be protected with just-in-time network access control";
 
 fn default_ports() -> Vec<String> {
     ["22/tcp", "3389/tcp", "5985/tcp", "5986/tcp", "3389/udp"]

@@ -75,9 +75,7 @@ pub fn expand(ranges: &[SourcePrefix], max: usize) -> Result<Vec<IpAddr>, String
             }
         }
         if out.len() > max {
-            return Err(format!(
-                "the probe ranges hold more than {max} addresses"
-            ));
+            return Err(format!("the probe ranges hold more than {max} addresses"));
         }
     }
     Ok(out.into_iter().collect())
@@ -90,8 +88,7 @@ pub async fn run(addresses: &[IpAddr], ports: &[u16], limits: &Limits) -> Outcom
         .flat_map(|a| ports.iter().map(move |p| SocketAddr::new(*a, *p)))
         .collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(limits.concurrency));
-    let mut tick =
-        tokio::time::interval(Duration::from_secs(1) / limits.rate_per_second.max(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / limits.rate_per_second.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = tokio::time::Instant::now() + limits.max_time;
     let mut tasks = tokio::task::JoinSet::new();

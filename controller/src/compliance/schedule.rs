@@ -47,8 +47,10 @@ impl Scheduler {
             }
             let start = tokio::time::Instant::now();
             let next = |every: Option<std::time::Duration>| every.map(|e| start + e);
-            let (mut next_scan, mut next_probe) =
-                (next(self.settings.scan_every), next(self.settings.probe_every));
+            let (mut next_scan, mut next_probe) = (
+                next(self.settings.scan_every),
+                next(self.settings.probe_every),
+            );
             loop {
                 let due = match (next_scan, next_probe) {
                     (Some(a), Some(b)) => a.min(b),
