@@ -210,11 +210,11 @@ pub struct UnattachedJson {
 }
 
 impl HeartbeatJson {
-    /// Parses what an agent sent, once, into the stored form. `status` is the extra part of
-    /// a status report: (addresses, problems, agent time).
+    /// Parses what an agent sent, once, into the stored form: a status report, or (from an
+    /// older agent) a bare heartbeat.
     pub fn from_agent(
         h: &jitgate_proto::message::Heartbeat,
-        status: Option<(&[(String, String)], &[String], i64)>,
+        status: Option<&jitgate_proto::message::StatusReport>,
         now: i64,
     ) -> HeartbeatJson {
         let listening_sockets = h
@@ -230,8 +230,8 @@ impl HeartbeatJson {
             })
             .collect();
         let mut unattached: Vec<UnattachedJson> = Vec::new();
-        if let Some((addrs, _, _)) = status {
-            for (iface, addr) in addrs {
+        if let Some(st) = status {
+            for (iface, addr) in &st.addresses {
                 if h.interfaces.iter().any(|(n, _)| n == iface) {
                     continue;
                 }
@@ -263,8 +263,8 @@ impl HeartbeatJson {
             status_reported: status.is_some(),
             listening_sockets,
             unattached,
-            problems: status.map(|s| s.1.to_vec()).unwrap_or_default(),
-            clock_offset_ms: status.map(|s| s.2 - now),
+            problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
+            clock_offset_ms: status.map(|s| s.agent_unix_ms - now),
         }
     }
 

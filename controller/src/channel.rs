@@ -612,11 +612,7 @@ impl Conn {
                 return Ok(());
             }
             AgentMsg::Status(r) => {
-                let hb = HeartbeatJson::from_agent(
-                    &r.heartbeat,
-                    Some((&r.addresses, &r.problems, r.agent_unix_ms)),
-                    now_ms(),
-                );
+                let hb = HeartbeatJson::from_agent(&r.heartbeat, Some(&r), now_ms());
                 self.store.agent_seen(&self.agent_s, Some(&hb)).await?;
                 return Ok(());
             }
