@@ -505,15 +505,17 @@ async fn activity(
     }
 }
 
+/// One CSV field, quoted when needed (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// CSV with a header row; fields quoted when needed (RFC 4180).
 pub fn to_csv(v: &[ActivityEntry]) -> String {
-    fn q(s: &str) -> String {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    }
     let mut out = String::from(
         "seq,timeUtc,operation,resourceType,resourceGroup,virtualMachine,caller,callerAddress,outcome,requestId,details,prevHash,hash\n",
     );
@@ -533,7 +535,7 @@ pub fn to_csv(v: &[ActivityEntry]) -> String {
             e.prev_hash.clone(),
             e.hash.clone(),
         ];
-        let line: Vec<String> = cols.iter().map(|c| q(c)).collect();
+        let line: Vec<String> = cols.iter().map(|c| csv_field(c)).collect();
         out.push_str(&line.join(","));
         out.push('\n');
     }

@@ -8,20 +8,9 @@ use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
 use jitgate_tests::netns::ips;
-use jitgate_tests::{require_root, wait_until};
+use jitgate_tests::{ok, require_root, wait_until};
 use serde_json::Value;
 use std::time::Duration;
-
-fn ok(o: std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn json(ctl: &ControllerProc, ns: &str, a: &[&str]) -> Value {
     let out = ok(ctl.jit(ns, a), &a.join(" "));

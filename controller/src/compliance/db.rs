@@ -261,18 +261,12 @@ impl Store {
         probed: bool,
         results: &[ResourceResult],
     ) -> Result<ScanSummary> {
-        let count = |st: State| {
-            results
-                .iter()
-                .filter(|r| r.kind == "virtualMachine" && r.state == st)
-                .count() as i64
-        };
-        let (c, nc, u) = (
-            count(State::Compliant),
-            count(State::NonCompliant),
-            count(State::Unknown),
-        );
-        let unmanaged = results.iter().filter(|r| r.kind == "unmanagedHost").count() as i64;
+        let super::Counts {
+            compliant: c,
+            non_compliant: nc,
+            unknown: u,
+            unmanaged,
+        } = super::Counts::of(results);
         let mut w = self.begin_write().await?;
         let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 FROM compliance_scans")
             .fetch_one(&mut *w.tx)

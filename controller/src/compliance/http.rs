@@ -97,17 +97,12 @@ pub async fn report(
     if csv {
         return Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(&results)).into_response());
     }
-    let count = |st: CState| {
-        results
-            .iter()
-            .filter(|r| r.kind == "virtualMachine" && r.state == st)
-            .count() as i64
-    };
-    let (compliant, non_compliant, unknown) = (
-        count(CState::Compliant),
-        count(CState::NonCompliant),
-        count(CState::Unknown),
-    );
+    let super::Counts {
+        compliant,
+        non_compliant,
+        unknown,
+        unmanaged,
+    } = super::Counts::of(&results);
     let groups = group_by.map(|g| {
         let by_owner = g == "owner";
         let mut out: Vec<Group> = Vec::new();
@@ -139,7 +134,7 @@ pub async fn report(
         compliant,
         non_compliant,
         unknown,
-        unmanaged: results.iter().filter(|r| r.kind == "unmanagedHost").count() as i64,
+        unmanaged,
         compliance_percentage: ScanSummary::percentage(compliant, non_compliant),
         results,
         groups,
@@ -152,13 +147,6 @@ pub const CSV_HEADER: &str =
     "resource,kind,resourceGroup,owner,state,finding,port,interface,address,reason";
 
 pub fn to_csv(results: &[ResourceResult]) -> String {
-    fn q(s: &str) -> String {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    }
     let mut out = format!("{CSV_HEADER}\n");
     for r in results {
         let head = [
@@ -185,7 +173,11 @@ pub fn to_csv(results: &[ResourceResult]) -> String {
             rows.push(["", "", "", "", ""]);
         }
         for tail in rows {
-            let line: Vec<String> = head.iter().chain(tail.iter()).map(|c| q(c)).collect();
+            let line: Vec<String> = head
+                .iter()
+                .chain(tail.iter())
+                .map(|c| crate::api::csv_field(c))
+                .collect();
             out.push_str(&line.join(","));
             out.push('\n');
         }

@@ -286,6 +286,31 @@ pub struct ResourceResult {
     pub findings: Vec<Finding>,
 }
 
+/// VMs per state, and unmanaged hosts, among results.
+pub struct Counts {
+    pub compliant: i64,
+    pub non_compliant: i64,
+    pub unknown: i64,
+    pub unmanaged: i64,
+}
+
+impl Counts {
+    pub fn of(results: &[ResourceResult]) -> Counts {
+        let vms = |st: State| {
+            results
+                .iter()
+                .filter(|r| r.kind == "virtualMachine" && r.state == st)
+                .count() as i64
+        };
+        Counts {
+            compliant: vms(State::Compliant),
+            non_compliant: vms(State::NonCompliant),
+            unknown: vms(State::Unknown),
+            unmanaged: results.iter().filter(|r| r.kind == "unmanagedHost").count() as i64,
+        }
+    }
+}
+
 /// One evaluation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
