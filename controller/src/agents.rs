@@ -190,6 +190,9 @@ pub struct HeartbeatJson {
     /// Agent wall clock minus controller wall clock at receipt (transit delay included).
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// When the controller received it (ms since the epoch).
+    #[serde(default)]
+    pub received_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -265,15 +268,26 @@ impl HeartbeatJson {
             unattached,
             problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
             clock_offset_ms: status.map(|s| s.agent_unix_ms - now),
+            received_ms: Some(now),
         }
     }
 
-    /// Why enforcement is not whole on this VM (empty: whole, or not reported).
-    pub fn enforcement_problems(&self) -> Vec<String> {
-        if !self.status_reported {
-            return Vec::new();
+    /// Why enforcement is not whole on this VM, or cannot be confirmed because reports
+    /// stopped (empty: whole, or never reported).
+    pub fn problems_at(&self, now: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(r) = self.received_ms
+            && now - r > ONLINE_WITHIN_MS
+        {
+            out.push(format!(
+                "no status report since {} (the agent is connected but not reporting)",
+                fmt_time(r)
+            ));
         }
-        let mut out = self.problems.clone();
+        if !self.status_reported {
+            return out;
+        }
+        out.extend(self.problems.iter().cloned());
         if self.interfaces.is_empty() {
             out.push("enforcement detached: the program is attached to no interface".into());
         }
@@ -371,7 +385,7 @@ impl AgentState {
             AgentState::Revoked
         } else if !online(id, last_seen, now) {
             AgentState::Offline
-        } else if hb.is_some_and(|h| !h.enforcement_problems().is_empty()) {
+        } else if hb.is_some_and(|h| !h.problems_at(now).is_empty()) {
             AgentState::Degraded
         } else {
             AgentState::Online
@@ -855,9 +869,7 @@ impl Store {
                 status,
                 connection: connection.as_str().into(),
                 problems: if connection == AgentState::Degraded {
-                    hb.as_ref()
-                        .map(|h| h.enforcement_problems())
-                        .unwrap_or_default()
+                    hb.as_ref().map(|h| h.problems_at(now)).unwrap_or_default()
                 } else {
                     Vec::new()
                 },

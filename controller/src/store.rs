@@ -1020,7 +1020,7 @@ impl Store {
                         now,
                     );
                     let problems = match (&a.heartbeat, st) {
-                        (Some(h), crate::agents::AgentState::Degraded) => h.enforcement_problems(),
+                        (Some(h), crate::agents::AgentState::Degraded) => h.problems_at(now),
                         _ => Vec::new(),
                     };
                     (st.as_str(), problems)

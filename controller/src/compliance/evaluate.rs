@@ -60,6 +60,17 @@ pub fn evaluate_vm(
                 "the agent's heartbeat carries no enforcement state (agent older than this controller)",
             )),
             Some(hb) => {
+                if let Some(r) = hb.received_ms
+                    && now - r > crate::agents::ONLINE_WITHIN_MS
+                {
+                    f.push(finding(
+                        "StaleStatusReport",
+                        format!(
+                            "no status report since {}: the agent is connected but enforcement cannot be confirmed",
+                            fmt_time(r)
+                        ),
+                    ));
+                }
                 for p in &hb.problems {
                     f.push(finding("ProgramUnhealthy", p.clone()));
                 }
@@ -387,6 +398,14 @@ mod tests {
         let r = evaluate_vm(&s, &vm(), Some(&ok), &[e], now);
         assert_eq!(r.state, State::NonCompliant);
         assert_eq!(r.findings[0].code, "ReachableWithoutJit");
+        // Connected (recent last_seen) but no status report for minutes: not confirmed.
+        let mut stale = ok.clone();
+        if let Some(h) = stale.heartbeat.as_mut() {
+            h.received_ms = Some(now - 120_000);
+        }
+        let r = evaluate_vm(&s, &vm(), Some(&stale), &[], now);
+        assert_eq!(r.state, State::NonCompliant);
+        assert_eq!(r.findings[0].code, "StaleStatusReport");
         // No agent: unknown.
         let r = evaluate_vm(&s, &vm(), None, &[], now);
         assert_eq!(r.state, State::Unknown);

@@ -217,7 +217,8 @@ impl Settings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Finding {
     /// ListeningUnprotected | ReachableWithoutJit | EnforcementDetached | InterfaceUnprotected
-    /// | ProgramUnhealthy | AgentOffline | NoAgent | NoStatusReport | Unmanaged
+    /// | ProgramUnhealthy | StaleStatusReport | AgentOffline | NoAgent | NoStatusReport |
+    /// Unmanaged
     pub code: String,
     /// `22/TCP`
     #[serde(default, skip_serializing_if = "Option::is_none")]
