@@ -312,3 +312,37 @@ async fn compliance_api() {
     let (_, vms) = h.get("/api/v1/virtualMachines", &admin).await;
     assert_eq!(vms["value"][0]["status"], "none", "{vms}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_run_on_schedule() {
+    let h = Harness::with_config(|c| {
+        c.compliance.scan_every_seconds = 1;
+        c.compliance.probe_every_seconds = 0;
+    })
+    .await;
+    h.fixture().await;
+    let admin = h.admin.clone();
+    let (st, _) = post(
+        &h,
+        "/api/v1/compliance/assignments",
+        &admin,
+        json!({"scope": "*"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let mut hist = Value::Null;
+    for _ in 0..100 {
+        hist = h.get("/api/v1/compliance/history", &admin).await.1;
+        if hist["value"].as_array().is_some_and(|v| v.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = hist["value"].as_array().expect("history");
+    assert!(v.len() >= 2, "{hist}");
+    assert!(
+        v.iter()
+            .all(|s| s["reason"] == "schedule" && s["probed"] == false),
+        "{hist}"
+    );
+}

@@ -350,3 +350,91 @@ pub struct Assignment {
     pub created_time_utc: String,
     pub created_by: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_is_checked_once() {
+        let s = Settings::from_config(&ComplianceConfig::default()).unwrap();
+        assert_eq!(s.ports.len(), 5);
+        assert!(s.is_mgmt(Protocol::Udp, 3389) && !s.is_mgmt(Protocol::Udp, 22));
+        assert!(s.ranges.is_empty(), "no probe range unless configured");
+        for (bad, why) in [
+            (
+                ComplianceConfig {
+                    management_ports: vec!["22".into()],
+                    ..Default::default()
+                },
+                "PORT/tcp",
+            ),
+            (
+                ComplianceConfig {
+                    management_ports: vec!["0/tcp".into()],
+                    ..Default::default()
+                },
+                "0/tcp",
+            ),
+            (
+                ComplianceConfig {
+                    management_ports: vec!["22/icmp".into()],
+                    ..Default::default()
+                },
+                "22/icmp",
+            ),
+            (
+                ComplianceConfig {
+                    management_ports: vec![],
+                    ..Default::default()
+                },
+                "empty",
+            ),
+            (
+                ComplianceConfig {
+                    probe_ranges: vec!["198.51.100.7/24".into()],
+                    ..Default::default()
+                },
+                "probe range",
+            ),
+            (
+                ComplianceConfig {
+                    probe_ranges: vec!["198.18.0.0/15".into()],
+                    ..Default::default()
+                },
+                "limit",
+            ),
+            (
+                ComplianceConfig {
+                    probe_concurrency: 0,
+                    ..Default::default()
+                },
+                "probe_concurrency",
+            ),
+            (
+                ComplianceConfig {
+                    probe_rate_per_second: 0,
+                    ..Default::default()
+                },
+                "probe_rate",
+            ),
+            (
+                ComplianceConfig {
+                    probe_timeout_ms: 0,
+                    ..Default::default()
+                },
+                "probe_timeout",
+            ),
+            (
+                ComplianceConfig {
+                    template_max_duration: "3h".into(),
+                    ..Default::default()
+                },
+                "template_max",
+            ),
+        ] {
+            let e = Settings::from_config(&bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+}
