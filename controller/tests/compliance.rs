@@ -15,6 +15,20 @@ async fn post(h: &Harness, path: &str, token: &str, body: Value) -> (StatusCode,
     h.call(Method::POST, path, Some(token), Some(body)).await
 }
 
+async fn assign(h: &Harness, token: &str, scope: &str) -> (StatusCode, Value) {
+    post(
+        h,
+        "/api/v1/compliance/assignments",
+        token,
+        json!({ "scope": scope }),
+    )
+    .await
+}
+
+async fn scan(h: &Harness, token: &str) -> (StatusCode, Value) {
+    post(h, "/api/v1/compliance/scans", token, json!({})).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compliance_api() {
     let h = Harness::new().await;
@@ -131,26 +145,14 @@ async fn compliance_api() {
     );
 
     // Assign at prod, then the fleet; twice at the same scope is a conflict.
-    let (st, a) = post(
-        &h,
-        "/api/v1/compliance/assignments",
-        &admin,
-        json!({"scope": "rg:prod"}),
-    )
-    .await;
+    let (st, a) = assign(&h, &admin, "rg:prod").await;
     assert_eq!(st, StatusCode::CREATED, "{a}");
     assert_eq!(a["effect"], "audit");
-    let (st, _) = post(
-        &h,
-        "/api/v1/compliance/assignments",
-        &admin,
-        json!({"scope": "rg:prod"}),
-    )
-    .await;
+    let (st, _) = assign(&h, &admin, "rg:prod").await;
     assert_eq!(st, StatusCode::CONFLICT);
 
     // An evaluation: web1 and web2 (prod) have no agent: unknown. db1 is not covered.
-    let (st, s1) = post(&h, "/api/v1/compliance/scans", &admin, json!({})).await;
+    let (st, s1) = scan(&h, &admin).await;
     assert_eq!(st, StatusCode::OK, "{s1}");
     assert_eq!(s1["probed"], false);
     assert_eq!(s1["unknown"], 2, "{s1}");
@@ -167,15 +169,9 @@ async fn compliance_api() {
     assert_eq!(r["results"][0]["owner"], "prod-team@example.com");
 
     // Assigning the fleet covers db1 too; the owner grouping and the reader's scope.
-    let (st, fleet) = post(
-        &h,
-        "/api/v1/compliance/assignments",
-        &admin,
-        json!({"scope": "*"}),
-    )
-    .await;
+    let (st, fleet) = assign(&h, &admin, "*").await;
     assert_eq!(st, StatusCode::CREATED);
-    let (_, s2) = post(&h, "/api/v1/compliance/scans", &admin, json!({})).await;
+    let (_, s2) = scan(&h, &admin).await;
     assert_eq!(s2["unknown"], 3, "{s2}");
     let (_, r) = h.get("/api/v1/compliance?groupBy=owner", &admin).await;
     assert_eq!(r["groups"], json!([]), "no non-compliant VM: no group: {r}");
@@ -322,13 +318,7 @@ async fn evaluations_run_on_schedule() {
     .await;
     h.fixture().await;
     let admin = h.admin.clone();
-    let (st, _) = post(
-        &h,
-        "/api/v1/compliance/assignments",
-        &admin,
-        json!({"scope": "*"}),
-    )
-    .await;
+    let (st, _) = assign(&h, &admin, "*").await;
     assert_eq!(st, StatusCode::CREATED);
     let mut hist = Value::Null;
     for _ in 0..100 {
