@@ -113,6 +113,13 @@ fn compliance_findings_grouping_remediation() {
     ips(&format!("-n {} addr add 203.0.113.5/32 dev dummy0", b.ns)).expect("dummy0 addr");
     ips(&format!("-n {} link set dummy0 up", b.ns)).expect("dummy0 up");
 
+    // vm-b also has a UDP service on the RDP port, bound to the IPv6 wildcard.
+    let _rdp_udp = jitgate_agent::netns::run_in(&Fleet::ns_path(&b.ns), || {
+        std::net::UdpSocket::bind("[::]:3389")
+    })
+    .expect("netns")
+    .expect("udp 3389 on vm-b");
+
     let agent_a = AgentProc::start_enrolled(
         &a.ns,
         &args("--interface eth0 --protect 22/tcp"),
@@ -212,6 +219,14 @@ fn compliance_findings_grouping_remediation() {
     assert_eq!(f["port"], "22/TCP", "{f}");
     let f = finding(rb, "InterfaceUnprotected");
     assert_eq!(f["interface"], "dummy0", "{f}");
+    let udp = rb["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["code"] == "ListeningUnprotected" && f["port"] == "3389/UDP")
+        .unwrap_or_else(|| panic!("UDP 3389 not found: {rb:#}"));
+    assert_eq!(udp["address"], "::", "{udp}");
+    assert_eq!(udp["interface"], "*", "{udp}");
     // vm-c: agent offline, enforcement gone, reachable.
     let rc = result(&rep, "vm-c");
     assert_eq!(rc["state"], "NonCompliant", "{rc:#}");
@@ -243,6 +258,12 @@ fn compliance_findings_grouping_remediation() {
     assert_eq!(names("dev@example.net"), ["vm-b"]);
     assert_eq!(names("ops@example.net"), ["vm-c"]);
     assert_eq!(names("(unassigned)"), [d.v4.to_string()]);
+
+    let text = ok(ctl.jit(&ws, &args("compliance --group-by owner")), "report");
+    assert!(
+        text.contains("dev@example.net") && text.contains("ListeningUnprotected"),
+        "{text}"
+    );
 
     // CSV: fixed columns, one row per finding.
     let csv = ok(ctl.jit(&ws, &args("compliance --csv")), "csv");
