@@ -6,6 +6,9 @@ use serde_json::{Value, json};
 
 use crate::{Client, Fail, R, print_json, s, urlencode};
 
+/// How long `scan` and `probe` wait for the controller's answer.
+const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ComplianceArgs {
@@ -80,10 +83,21 @@ pub async fn run(c: &Client, a: &ComplianceArgs, json: bool) -> R<()> {
     let post = |path: &'static str, body: Value| async move {
         c.call(reqwest::Method::POST, path, Some(&body)).await
     };
+    // An evaluation with a probe may take minutes (the controller bounds it by
+    // probe_max_seconds); wait for it rather than giving up after the usual 30 s.
+    let scan = |body: Value| async move {
+        c.call_within(
+            reqwest::Method::POST,
+            "/compliance/scans",
+            Some(&body),
+            Some(SCAN_WAIT),
+        )
+        .await
+    };
     match &a.cmd {
         None => return report(c, &a.report, json).await,
         Some(ComplianceCmd::Scan { probe }) => {
-            let v = post("/compliance/scans", json!({"probe": probe})).await?;
+            let v = scan(json!({"probe": probe})).await?;
             print_summary(&v, json);
         }
         Some(ComplianceCmd::Probe { range }) => {
@@ -91,7 +105,7 @@ pub async fn run(c: &Client, a: &ComplianceArgs, json: bool) -> R<()> {
             if let Some(r) = range {
                 b["range"] = json!(r);
             }
-            let v = post("/compliance/scans", b).await?;
+            let v = scan(b).await?;
             print_summary(&v, json);
         }
         Some(ComplianceCmd::History { limit }) => {

@@ -355,10 +355,25 @@ fn load_client(cli: &Cli) -> R<Client> {
 
 impl Client {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> R<Value> {
+        self.call_within(method, path, body, None).await
+    }
+
+    /// `call` with its own time limit instead of the client's 30 s (for long operations
+    /// such as a compliance probe).
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        limit: Option<Duration>,
+    ) -> R<Value> {
         let mut rb = self
             .http
             .request(method, format!("{}/api/v1{path}", self.base))
             .bearer_auth(&self.token);
+        if let Some(l) = limit {
+            rb = rb.timeout(l);
+        }
         if let Some(b) = body {
             rb = rb.json(b);
         }
