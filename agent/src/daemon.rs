@@ -1085,6 +1085,8 @@ impl Core {
                 },
             })
             .await;
+        // The protected set changed: the controller's view (and compliance) follows at once.
+        let _ = out.send(self.heartbeat()).await;
     }
 
     /// After a (re)connect: controller grants the controller no longer lists were revoked or
@@ -1148,31 +1150,41 @@ impl Core {
         let _ = out.send(jitgate_proto::AgentMsg::Grants { grants }).await;
     }
 
-    fn heartbeat(&self) -> jitgate_proto::AgentMsg {
-        let mgmt: BTreeSet<u16> = self
-            .cfg
-            .protected
-            .iter()
-            .map(|p| p.port.get())
-            .chain([22, 3389, 5985, 5986])
-            .collect();
-        let listening = sockdiag::listening(|p| mgmt.contains(&p))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| (Protocol::Tcp, a.to_string()))
-            .collect();
+    /// The heartbeat with the state of enforcement (docs/protocol.md).
+    fn heartbeat(&mut self) -> jitgate_proto::AgentMsg {
+        let mut listening: Vec<(Protocol, String)> = Vec::new();
+        for (proto, socks) in [
+            (Protocol::Tcp, sockdiag::listening(|_| true)),
+            (Protocol::Udp, sockdiag::listening_udp(|_| true)),
+        ] {
+            match socks {
+                Ok(v) => listening.extend(v.into_iter().map(|a| (proto, a.to_string()))),
+                Err(e) => {
+                    tracing::warn!(protocol = %proto, error = %e, "cannot list listening sockets")
+                }
+            }
+        }
+        listening.sort();
+        listening.dedup();
+        listening.truncate(MAX_REPORTED_SOCKETS);
         let (audit_head, audit_seq) = self.head.lock().map(|h| h.clone()).unwrap_or_default();
-        jitgate_proto::AgentMsg::Heartbeat(Box::new(jitgate_proto::message::Heartbeat {
-            interfaces: self
-                .attached
-                .iter()
-                .map(|(n, m)| (n.clone(), m.as_str().to_string()))
-                .collect(),
-            protected: self.cfg.protected.clone(),
-            listening,
-            active_grants: self.table.len() as u32,
-            audit_head,
-            audit_seq,
+        let problems = self.dp.health(self.attached.keys().map(String::as_str));
+        jitgate_proto::AgentMsg::Status(Box::new(jitgate_proto::message::StatusReport {
+            heartbeat: jitgate_proto::message::Heartbeat {
+                interfaces: self
+                    .attached
+                    .iter()
+                    .map(|(n, m)| (n.clone(), m.as_str().to_string()))
+                    .collect(),
+                protected: self.cfg.protected.clone(),
+                listening,
+                active_grants: self.table.len() as u32,
+                audit_head,
+                audit_seq,
+            },
+            addresses: interface_addresses(),
+            problems,
+            agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
         }))
     }
 
@@ -1462,6 +1474,38 @@ async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
             return Ok(Some(true));
         }
     }
+}
+
+/// At most this many listening sockets go into one status report (frames stay small).
+const MAX_REPORTED_SOCKETS: usize = 1024;
+
+/// Every address of every non-loopback interface, as (interface, address).
+fn interface_addresses() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match nix::ifaddrs::getifaddrs() {
+        Ok(it) => {
+            for a in it {
+                if a.flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+                {
+                    continue;
+                }
+                let Some(addr) = a.address else { continue };
+                let ip: Option<IpAddr> = if let Some(v4) = addr.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                };
+                if let Some(ip) = ip {
+                    out.push((a.interface_name.clone(), ip.to_string()));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list interface addresses"),
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Watches the kernel's link announcements and asks the core to rescan interfaces.

@@ -423,6 +423,32 @@ impl Dataplane {
         list_links(&self.pin_dir)
     }
 
+    /// What is wrong with enforcement, for the status report: the program not loaded, the
+    /// pinned maps not of this layout, or an interface in `attached` without its pinned link.
+    /// Empty when healthy.
+    pub fn health<'a>(&mut self, attached: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.program_id() {
+            problems.push(format!("program not loaded: {e}"));
+        }
+        match check_layout(&self.pin_dir) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("maps not pinned under {}", self.pin_dir.display())),
+            Err(e) => problems.push(format!("pinned maps: {e}")),
+        }
+        match list_links(&self.pin_dir) {
+            Ok(links) => {
+                for i in attached {
+                    if !links.iter().any(|l| l.interface == i) {
+                        problems.push(format!("{i}: link no longer pinned (detached?)"));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("pinned links: {e}")),
+        }
+        problems
+    }
+
     /// Removes enforcement from `iface`: unpinning the link detaches the program.
     pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
         let (path, _) = self

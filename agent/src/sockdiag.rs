@@ -100,6 +100,7 @@ fn request(
     kind: u16,
     flags: u16,
     family: u8,
+    proto: u8,
     states: u32,
     conn: Option<(&TcpConn, [u8; 8])>,
 ) -> Vec<u8> {
@@ -111,7 +112,7 @@ fn request(
     m[8..12].copy_from_slice(&1u32.to_ne_bytes());
     let r = &mut m[NLMSG_HDRLEN..];
     r[0] = family;
-    r[1] = libc::IPPROTO_TCP as u8;
+    r[1] = proto;
     r[4..8].copy_from_slice(&states.to_ne_bytes());
     // sockid at r[8..56]: sport, dport (be16), src[16], dst[16], ifindex, cookie[2].
     // INET_DIAG_NOCOOKIE unless a cookie names the exact socket.
@@ -155,13 +156,25 @@ fn parse_id(family: u8, id: &[u8]) -> Option<TcpConn> {
 const CONNECTED_STATES: u32 =
     (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 
-/// Sockets in `states` with their kernel cookies, IPv4 and IPv6.
+/// TCP sockets in `states` with their kernel cookies, IPv4 and IPv6.
 fn dump(states: u32) -> io::Result<Vec<(TcpConn, [u8; 8])>> {
+    dump_proto(libc::IPPROTO_TCP as u8, states)
+}
+
+/// Sockets of `proto` (TCP or UDP) in `states`, IPv4 and IPv6.
+fn dump_proto(proto: u8, states: u32) -> io::Result<Vec<(TcpConn, [u8; 8])>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         let nl = Netlink::open()?;
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        nl.send(&request(SOCK_DIAG_BY_FAMILY, flags, family, states, None))?;
+        nl.send(&request(
+            SOCK_DIAG_BY_FAMILY,
+            flags,
+            family,
+            proto,
+            states,
+            None,
+        ))?;
         let mut buf = vec![0u8; 64 * 1024];
         'recv: loop {
             let n = nl.recv(&mut buf)?;
@@ -221,6 +234,17 @@ pub fn listening(want: impl Fn(u16) -> bool) -> io::Result<Vec<SocketAddr>> {
         .collect())
 }
 
+/// Bound, unconnected UDP sockets (the UDP form of listening; the kernel reports them in
+/// TCP_CLOSE) whose port satisfies `want`, IPv4 and IPv6.
+pub fn listening_udp(want: impl Fn(u16) -> bool) -> io::Result<Vec<SocketAddr>> {
+    const UDP_UNCONNECTED: u32 = 7;
+    Ok(dump_proto(libc::IPPROTO_UDP as u8, 1 << UDP_UNCONNECTED)?
+        .into_iter()
+        .map(|(c, _)| c.local)
+        .filter(|a| a.port() != 0 && want(a.port()))
+        .collect())
+}
+
 /// Destroys the local sockets of `conns` (their peers see a reset) and returns how many were
 /// found. Each socket is named by its kernel cookie, taken from a dump of connected sockets:
 /// a lookup by address alone falls back to the LISTENING socket when the connection is
@@ -246,6 +270,7 @@ pub fn destroy(conns: &[TcpConn]) -> io::Result<usize> {
             SOCK_DESTROY,
             flags,
             family,
+            libc::IPPROTO_TCP as u8,
             CONNECTED_STATES,
             Some((&c, cookie)),
         ))?;

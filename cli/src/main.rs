@@ -28,6 +28,8 @@ const EXIT_HELP: &str = "EXIT CODES:
   8  timed out waiting for access to be applied
   9  the activity log failed verification";
 
+mod compliance;
+
 mod exit {
     pub const ERROR: u8 = 1;
     pub const USAGE: u8 = 2;
@@ -65,7 +67,8 @@ struct Cli {
 enum Cmd {
     /// Show who the configured token belongs to, its role and scope, and "My IP".
     Whoami,
-    /// List the VMs you can see, with where their JIT policy comes from.
+    /// List the VMs you can see: where their JIT policy comes from, and their agent's
+    /// status (online, degraded: enforcement detached or partial, offline, none).
     Vms,
     /// The agent fleet: each VM's agent, online/offline, last seen, interfaces, protected
     /// ports, active grants, audit head.
@@ -95,6 +98,10 @@ enum Cmd {
     /// A VM's connection history, newest first: who connected, from where, under which
     /// request (from the records its agent delivers; `--denied` adds refused attempts).
     Connections(connections::ConnectionsArgs),
+    /// Which VMs have management ports reachable without JIT: the report (grouped by
+    /// resource group or owner, JSON or CSV), evaluations and probes on demand, history,
+    /// policy assignments and remediation.
+    Compliance(compliance::ComplianceArgs),
 }
 
 #[derive(Subcommand)]
@@ -360,10 +367,25 @@ fn load_client(cli: &Cli) -> R<Client> {
 
 impl Client {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> R<Value> {
+        self.call_within(method, path, body, None).await
+    }
+
+    /// `call` with its own time limit instead of the client's 30 s (for long operations
+    /// such as a compliance probe).
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        limit: Option<Duration>,
+    ) -> R<Value> {
         let mut rb = self
             .http
             .request(method, format!("{}/api/v1{path}", self.base))
             .bearer_auth(&self.token);
+        if let Some(l) = limit {
+            rb = rb.timeout(l);
+        }
         if let Some(b) = body {
             rb = rb.json(b);
         }
@@ -732,8 +754,8 @@ async fn run(cli: Cli) -> R<()> {
                 print_json(&v["value"]);
             } else {
                 println!(
-                    "{:<24} {:<20} {:<16} ADDRESSES",
-                    "NAME", "RESOURCE GROUP", "POLICY"
+                    "{:<24} {:<20} {:<16} {:<9} ADDRESSES",
+                    "NAME", "RESOURCE GROUP", "POLICY", "AGENT"
                 );
                 for x in v["value"].as_array().into_iter().flatten() {
                     let addrs: Vec<String> = x["addresses"]
@@ -743,12 +765,16 @@ async fn run(cli: Cli) -> R<()> {
                         .map(s)
                         .collect();
                     println!(
-                        "{:<24} {:<20} {:<16} {}",
+                        "{:<24} {:<20} {:<16} {:<9} {}",
                         s(&x["name"]),
                         s(&x["resourceGroup"]),
                         s(&x["policySource"]),
+                        s(&x["status"]),
                         addrs.join(" ")
                     );
+                    for p in x["problems"].as_array().into_iter().flatten() {
+                        println!("    {}", s(p));
+                    }
                 }
             }
         }
@@ -1033,6 +1059,7 @@ async fn run(cli: Cli) -> R<()> {
                 print_request_table(std::slice::from_ref(&v));
             }
         }
+        Cmd::Compliance(a) => compliance::run(&c, a, json).await?,
         Cmd::Audit(a) => {
             if let Some(AuditCmd::Verify) = a.verify {
                 let v = c.get("/activityLog/verify").await?;

@@ -143,13 +143,19 @@ pub struct AgentJson {
     pub agent_id: String,
     /// active | revoked
     pub status: String,
-    /// online | offline | revoked
+    /// online | offline | degraded | revoked
     pub connection: String,
+    /// Why it is degraded (enforcement detached or partial, program unhealthy).
+    pub problems: Vec<String>,
     pub enrolled_time_utc: String,
     pub last_seen_time_utc: Option<String>,
     /// From the last heartbeat: (name, mode) of each attached interface.
     pub interfaces: Vec<String>,
     pub protected_ports: Vec<String>,
+    /// Listening sockets from the last heartbeat (`TCP 0.0.0.0:22`).
+    pub listening: Vec<String>,
+    /// Agent clock minus controller clock, from the last status report.
+    pub clock_offset_ms: Option<i64>,
     pub active_grants: Option<u32>,
     pub audit_head: Option<String>,
     pub audit_seq: Option<u64>,
@@ -157,7 +163,8 @@ pub struct AgentJson {
     pub audit_records: i64,
 }
 
-/// A heartbeat as stored (JSON).
+/// A heartbeat as stored (JSON). Fields after `received_time_utc` come from status reports
+/// (`AgentMsg::Status`); absent in rows written from older agents' heartbeats.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatJson {
@@ -168,6 +175,230 @@ pub struct HeartbeatJson {
     pub audit_head: String,
     pub audit_seq: u64,
     pub received_time_utc: String,
+    /// True when the agent sent a status report (enforcement state below is known).
+    #[serde(default)]
+    pub status_reported: bool,
+    /// Listening sockets, parsed.
+    #[serde(default)]
+    pub listening_sockets: Vec<SocketJson>,
+    /// Non-loopback interfaces that have an address and no enforcement.
+    #[serde(default)]
+    pub unattached: Vec<UnattachedJson>,
+    /// Problems with the program, its maps or links, as the agent found them.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Agent wall clock minus controller wall clock at receipt (transit delay included).
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// When the controller received it (ms since the epoch).
+    #[serde(default)]
+    pub received_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketJson {
+    /// TCP | UDP
+    pub protocol: String,
+    /// The bound address (`0.0.0.0` / `::` for a wildcard bind).
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnattachedJson {
+    pub interface: String,
+    pub addresses: Vec<String>,
+}
+
+impl HeartbeatJson {
+    /// Parses what an agent sent, once, into the stored form: a status report, or (from an
+    /// older agent) a bare heartbeat.
+    pub fn from_agent(
+        h: &jitgate_proto::message::Heartbeat,
+        status: Option<&jitgate_proto::message::StatusReport>,
+        now: i64,
+    ) -> HeartbeatJson {
+        let listening_sockets = h
+            .listening
+            .iter()
+            .filter_map(|(p, a)| {
+                let sa: std::net::SocketAddr = a.parse().ok()?;
+                Some(SocketJson {
+                    protocol: p.to_string().to_uppercase(),
+                    address: jitgate_common::net::normalise(sa.ip()).to_string(),
+                    port: sa.port(),
+                })
+            })
+            .collect();
+        let mut unattached: Vec<UnattachedJson> = Vec::new();
+        if let Some(st) = status {
+            for (iface, addr) in &st.addresses {
+                if h.interfaces.iter().any(|(n, _)| n == iface) {
+                    continue;
+                }
+                match unattached.iter_mut().find(|u| &u.interface == iface) {
+                    Some(u) => u.addresses.push(addr.clone()),
+                    None => unattached.push(UnattachedJson {
+                        interface: iface.clone(),
+                        addresses: vec![addr.clone()],
+                    }),
+                }
+            }
+        }
+        HeartbeatJson {
+            interfaces: h
+                .interfaces
+                .iter()
+                .map(|(n, m)| format!("{n} ({m})"))
+                .collect(),
+            protected_ports: h.protected.iter().map(|p| p.to_string()).collect(),
+            listening: h
+                .listening
+                .iter()
+                .map(|(p, a)| format!("{p} {a}"))
+                .collect(),
+            active_grants: h.active_grants,
+            audit_head: h.audit_head.clone(),
+            audit_seq: h.audit_seq,
+            received_time_utc: fmt_time(now),
+            status_reported: status.is_some(),
+            listening_sockets,
+            unattached,
+            problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
+            clock_offset_ms: status.map(|s| s.agent_unix_ms - now),
+            received_ms: Some(now),
+        }
+    }
+
+    /// Why enforcement is not whole on this VM, or cannot be confirmed because reports
+    /// stopped (empty: whole, or never reported).
+    pub fn problems_at(&self, now: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(r) = self.received_ms
+            && now - r > ONLINE_WITHIN_MS
+        {
+            out.push(format!(
+                "no status report since {} (the agent is connected but not reporting)",
+                fmt_time(r)
+            ));
+        }
+        if !self.status_reported {
+            return out;
+        }
+        out.extend(self.problems.iter().cloned());
+        if self.interfaces.is_empty() {
+            out.push("enforcement detached: the program is attached to no interface".into());
+        }
+        for u in &self.unattached {
+            out.push(format!(
+                "{} has an address ({}) and no enforcement",
+                u.interface,
+                u.addresses.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// Agents with a live channel connection in this process (counted: a reconnect may overlap
+/// the old connection's end).
+static LIVE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Marks an agent connected until dropped.
+pub struct LiveGuard(String);
+
+impl LiveGuard {
+    pub fn new(agent: &str) -> LiveGuard {
+        if let Ok(mut m) = LIVE.lock() {
+            *m.entry(agent.to_string()).or_default() += 1;
+        }
+        LiveGuard(agent.to_string())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = LIVE.lock()
+            && let Some(n) = m.get_mut(&self.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Set once this process serves the agent channel: from then on a live connection, not a
+/// recent `last_seen`, says whether an agent is online.
+pub static SERVING_AGENTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the agent has a live connection to this controller process.
+pub fn is_live(agent: &str) -> bool {
+    LIVE.lock().map(|m| m.contains_key(agent)).unwrap_or(false)
+}
+
+/// Connected to this process (when it serves agents), else heard from within
+/// `ONLINE_WITHIN_MS` (administration commands run in another process).
+pub fn online(id: &str, last_seen: Option<i64>, now: i64) -> bool {
+    if SERVING_AGENTS.load(std::sync::atomic::Ordering::Relaxed) {
+        is_live(id)
+    } else {
+        last_seen.is_some_and(|l| now - l <= ONLINE_WITHIN_MS)
+    }
+}
+
+/// A VM's agent as the fleet view and compliance see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentState {
+    /// Connected (or spoke recently) and enforcement whole.
+    Online,
+    /// Connected, but enforcement detached, partial or the program unhealthy.
+    Degraded,
+    /// Neither connected nor heard from within `ONLINE_WITHIN_MS`.
+    Offline,
+    Revoked,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Online => "online",
+            AgentState::Degraded => "degraded",
+            AgentState::Offline => "offline",
+            AgentState::Revoked => "revoked",
+        }
+    }
+
+    pub fn of(
+        id: &str,
+        status: &str,
+        last_seen: Option<i64>,
+        hb: Option<&HeartbeatJson>,
+        now: i64,
+    ) -> AgentState {
+        if status != "active" {
+            AgentState::Revoked
+        } else if !online(id, last_seen, now) {
+            AgentState::Offline
+        } else if hb.is_some_and(|h| !h.problems_at(now).is_empty()) {
+            AgentState::Degraded
+        } else {
+            AgentState::Online
+        }
+    }
+}
+
+/// The latest state of each VM's active agent, by VM name.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    pub id: String,
+    pub last_seen_ms: Option<i64>,
+    pub heartbeat: Option<HeartbeatJson>,
 }
 
 impl Store {
@@ -633,19 +864,21 @@ impl Store {
             let last: Option<i64> = r.try_get(5)?;
             let hb: Option<String> = r.try_get(6)?;
             let hb: Option<HeartbeatJson> = hb.map(|h| serde_json::from_str(&h)).transpose()?;
-            let connection = if status != "active" {
-                "revoked"
-            } else if last.is_some_and(|l| now - l <= ONLINE_WITHIN_MS) {
-                "online"
-            } else {
-                "offline"
-            };
+            let id: String = r.try_get(0)?;
+            let connection = AgentState::of(&id, &status, last, hb.as_ref(), now);
             out.push(AgentJson {
                 virtual_machine: vm,
                 resource_group: group,
-                agent_id: r.try_get(0)?,
+                agent_id: id,
                 status,
-                connection: connection.into(),
+                connection: connection.as_str().into(),
+                problems: if connection == AgentState::Degraded {
+                    hb.as_ref().map(|h| h.problems_at(now)).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                listening: hb.as_ref().map(|h| h.listening.clone()).unwrap_or_default(),
+                clock_offset_ms: hb.as_ref().and_then(|h| h.clock_offset_ms),
                 enrolled_time_utc: fmt_time(r.try_get(4)?),
                 last_seen_time_utc: last.map(fmt_time),
                 interfaces: hb
@@ -661,6 +894,29 @@ impl Store {
                 audit_seq: hb.as_ref().map(|h| h.audit_seq),
                 audit_records: r.try_get(7)?,
             });
+        }
+        Ok(out)
+    }
+
+    /// The active agent of each VM (the newest enrolment), by VM name.
+    pub async fn agent_records(&self) -> Result<std::collections::HashMap<String, AgentRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, vm, last_seen_ms, heartbeat FROM agents WHERE status = 'active' \
+             ORDER BY enrolled_ms",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in &rows {
+            let hb: Option<String> = r.try_get(3)?;
+            out.insert(
+                r.try_get::<String, _>(1)?,
+                AgentRecord {
+                    id: r.try_get(0)?,
+                    last_seen_ms: r.try_get(2)?,
+                    heartbeat: hb.map(|h| serde_json::from_str(&h)).transpose()?,
+                },
+            );
         }
         Ok(out)
     }

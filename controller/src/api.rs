@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Role};
+use crate::compliance::http as cx;
 use crate::connections::ViewQuery;
 use crate::error::ApiError;
 use crate::model::{Initiate, InitiateJson, Policy, PolicyJson, now_ms};
@@ -29,6 +30,8 @@ pub struct AppState {
     /// Agent enrolment: the CA that signs agent certificates, the grant-signing public key
     /// and the advertised agent endpoint.
     pub enroll: Arc<EnrollCtx>,
+    /// Compliance evaluations (on demand; the same one the schedule uses).
+    pub compliance: crate::compliance::schedule::Scheduler,
 }
 
 /// What enrolment hands out.
@@ -72,6 +75,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/activityLog/verify", get(verify))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/enroll", post(enroll))
+        .route("/api/v1/resourceGroups", get(list_groups))
+        .route("/api/v1/compliance", get(cx::report))
+        .route("/api/v1/compliance/scans", post(cx::scan))
+        .route("/api/v1/compliance/history", get(cx::history))
+        .route(
+            "/api/v1/compliance/assignments",
+            get(cx::assignments).post(cx::assign),
+        )
+        .route(
+            "/api/v1/compliance/assignments/{id}",
+            axum::routing::delete(cx::unassign),
+        )
+        .route("/api/v1/compliance/remediate", post(cx::remediate))
         .fallback(|| async {
             ApiError::not_found("NoSuchRoute", "no such API route (see openapi.yaml)")
         })
@@ -486,7 +502,7 @@ async fn agent_audit(
 ) -> Result<Response, ApiError> {
     let (group, _) = st.store.vm(&vm).await?;
     c.check_vm(Role::Reader, &vm, &group)?;
-    let v = st.store.agent_records(&vm, &q).await?;
+    let v = st.store.agent_audit_records(&vm, &q).await?;
     Ok(Json(List { value: v }).into_response())
 }
 
@@ -597,5 +613,26 @@ async fn enroll(
 /// The agent fleet (reader and up, within the caller's scope).
 async fn list_agents(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
     let v = st.store.list_agents(&c.scope).await?;
+    Ok(Json(List { value: v }).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupJson {
+    name: String,
+    /// Who receives the group's remediation requests.
+    owner: String,
+}
+
+/// Resource groups within the caller's scope, with their owners.
+async fn list_groups(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    let v = st
+        .store
+        .list_groups()
+        .await?
+        .into_iter()
+        .filter(|(n, _)| c.scope.covers_group(n))
+        .map(|(name, owner)| GroupJson { name, owner })
+        .collect();
     Ok(Json(List { value: v }).into_response())
 }

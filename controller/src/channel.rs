@@ -107,6 +107,7 @@ pub fn serve_agents(
 ) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let key = Arc::new(key);
+    crate::agents::SERVING_AGENTS.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving the agent channel");
@@ -263,6 +264,7 @@ async fn connection(
             requests: HashMap::new(),
         };
         c.store.agent_seen(&c.agent_s, None).await?;
+        let _live = crate::agents::LiveGuard::new(&c.agent_s);
         // Subscribe before reading the outbox, so no commit in between is missed.
         let mut outbox = crate::store::outbox_watch();
         outbox.mark_unchanged();
@@ -613,23 +615,12 @@ impl Conn {
                 send(wr, &ControllerMsg::AuditAck { up_to }).await?;
             }
             AgentMsg::Heartbeat(h) => {
-                let hb = HeartbeatJson {
-                    interfaces: h
-                        .interfaces
-                        .iter()
-                        .map(|(n, m)| format!("{n} ({m})"))
-                        .collect(),
-                    protected_ports: h.protected.iter().map(|p| p.to_string()).collect(),
-                    listening: h
-                        .listening
-                        .iter()
-                        .map(|(p, a)| format!("{p} {a}"))
-                        .collect(),
-                    active_grants: h.active_grants,
-                    audit_head: h.audit_head.clone(),
-                    audit_seq: h.audit_seq,
-                    received_time_utc: crate::model::fmt_time(now_ms()),
-                };
+                let hb = HeartbeatJson::from_agent(&h, None, now_ms());
+                self.store.agent_seen(&self.agent_s, Some(&hb)).await?;
+                return Ok(());
+            }
+            AgentMsg::Status(r) => {
+                let hb = HeartbeatJson::from_agent(&r.heartbeat, Some(&r), now_ms());
                 self.store.agent_seen(&self.agent_s, Some(&hb)).await?;
                 return Ok(());
             }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod channel;
+pub mod compliance;
 pub mod connections;
 pub mod csv;
 pub mod error;

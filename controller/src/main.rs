@@ -360,15 +360,16 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
                         println!(
-                            "{:<24} {:<20} {:<16} ADDRESSES",
-                            "NAME", "RESOURCE GROUP", "POLICY"
+                            "{:<24} {:<20} {:<16} {:<9} ADDRESSES",
+                            "NAME", "RESOURCE GROUP", "POLICY", "AGENT"
                         );
                         for x in v {
                             println!(
-                                "{:<24} {:<20} {:<16} {}",
+                                "{:<24} {:<20} {:<16} {:<9} {}",
                                 x.name,
                                 x.resource_group,
                                 x.policy_source.as_deref().unwrap_or("-"),
+                                x.status,
                                 x.addresses.join(" ")
                             );
                         }

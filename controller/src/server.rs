@@ -48,6 +48,7 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     join: tokio::task::JoinHandle<()>,
     agent_join: Option<tokio::task::JoinHandle<()>>,
+    compliance_join: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -57,6 +58,9 @@ impl ServerHandle {
         let _ = self.shutdown.send(true);
         let _ = self.join.await;
         if let Some(j) = self.agent_join {
+            let _ = j.await;
+        }
+        if let Some(j) = self.compliance_join {
             let _ = j.await;
         }
         self.store.close().await;
@@ -113,11 +117,16 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             .clone()
             .unwrap_or_else(|| agent_addr.to_string()),
     };
+    let compliance = crate::compliance::schedule::Scheduler::new(
+        store.clone(),
+        Arc::new(crate::compliance::Settings::from_config(&cfg.compliance)?),
+    );
     let state = AppState {
         store: store.clone(),
         trusted_proxies: trusted,
         max_body_bytes: cfg.max_body_bytes,
         enroll: Arc::new(enroll),
+        compliance: compliance.clone(),
     };
     let mut h = serve(
         listener,
@@ -135,6 +144,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     );
     h.agent_addr = Some(agent_addr);
     h.agent_join = Some(agents);
+    h.compliance_join = Some(compliance.spawn(h.shutdown.subscribe()));
     Ok(h)
 }
 
@@ -229,6 +239,7 @@ pub async fn serve(
         addr,
         agent_addr: None,
         agent_join: None,
+        compliance_join: None,
         store,
         shutdown: tx,
         join,

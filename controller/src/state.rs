@@ -106,6 +106,10 @@ pub struct Config {
     /// enrolment; default: the address `agent_listen` is bound to.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
+    /// Compliance: management ports, schedule, probe bounds (docs/compliance.md). Not written
+    /// by `init` (the defaults apply until a `[compliance]` table is added).
+    #[serde(default, skip_serializing)]
+    pub compliance: crate::compliance::ComplianceConfig,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for Config {
             max_db_connections: default_conns(),
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
+            compliance: Default::default(),
         }
     }
 }

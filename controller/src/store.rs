@@ -30,8 +30,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "agents", include_str!("../migrations/0002_agents.sql")),
     (
         3,
+        "compliance",
+        include_str!("../migrations/0003_compliance.sql"),
+    ),
+    (
+        4,
         "agent audit view",
-        include_str!("../migrations/0003_agent_audit_view.sql"),
+        include_str!("../migrations/0004_agent_audit_view.sql"),
     ),
 ];
 
@@ -94,6 +99,9 @@ pub mod op {
     pub const AGENT_REJECT: &str = "Agent Rejected JIT Network Access";
     pub const AGENT_RESULT: &str = "Agent Result";
     pub const LOCAL_ACCESS: &str = "Local Break-Glass JIT Network Access";
+    pub const ASSIGN_COMPLIANCE: &str = "Assign Compliance Policy";
+    pub const UNASSIGN_COMPLIANCE: &str = "Delete Compliance Policy Assignment";
+    pub const REMEDIATE: &str = "Remediate Compliance";
 }
 
 /// Who did something, for the activity log.
@@ -229,6 +237,11 @@ pub struct VmJson {
     pub addresses: Vec<String>,
     /// "virtualMachine", "resourceGroup" or null: where the effective policy comes from.
     pub policy_source: Option<String>,
+    /// The VM's agent: online | degraded (connected, enforcement detached or partial, or the
+    /// program unhealthy) | offline | none (no agent enrolled).
+    pub status: String,
+    /// Why it is degraded.
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -1061,6 +1074,8 @@ impl Store {
         for r in &pol {
             has.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
         }
+        let agents = self.agent_records().await?;
+        let now = now_ms();
         let mut out = Vec::new();
         for r in &rows {
             let name: String = r.try_get(0)?;
@@ -1068,6 +1083,23 @@ impl Store {
             if !scope.covers_vm(&name, &group) {
                 continue;
             }
+            let (status, problems) = match agents.get(&name) {
+                None => ("none", Vec::new()),
+                Some(a) => {
+                    let st = crate::agents::AgentState::of(
+                        &a.id,
+                        "active",
+                        a.last_seen_ms,
+                        a.heartbeat.as_ref(),
+                        now,
+                    );
+                    let problems = match (&a.heartbeat, st) {
+                        (Some(h), crate::agents::AgentState::Degraded) => h.problems_at(now),
+                        _ => Vec::new(),
+                    };
+                    (st.as_str(), problems)
+                }
+            };
             let policy_source = if has.contains(&("vm".to_string(), name.clone())) {
                 Some("virtualMachine".to_string())
             } else if has.contains(&("rg".to_string(), group.clone())) {
@@ -1080,6 +1112,8 @@ impl Store {
                 name,
                 resource_group: group,
                 policy_source,
+                status: status.into(),
+                problems,
             });
         }
         Ok(out)

@@ -519,6 +519,67 @@ async fn grants_flow_signed_acked_revoked_and_not_resent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(seen, "heartbeat shown in the fleet view");
+
+    // A status report: an interface with an address and no enforcement, an unhealthy pin,
+    // the agent's clock 5 minutes ahead: degraded, with the reasons and the offset.
+    let status = |addresses: Vec<(String, String)>, problems: Vec<String>| {
+        AgentMsg::Status(Box::new(jitgate_proto::message::StatusReport {
+            heartbeat: jitgate_proto::message::Heartbeat {
+                interfaces: vec![("eth0".into(), "generic".into())],
+                protected: policy.ports.clone(),
+                listening: vec![(jitgate_common::Protocol::Tcp, "0.0.0.0:22".into())],
+                active_grants: 3,
+                audit_head: "cd".repeat(32),
+                audit_seq: 10,
+            },
+            addresses,
+            problems,
+            agent_unix_ms: jitgate_controller::model::now_ms() + 300_000,
+        }))
+    };
+    a.send(&status(
+        vec![
+            ("eth0".into(), "192.0.2.11".into()),
+            ("eth1".into(), "203.0.113.9".into()),
+        ],
+        vec!["eth0: link no longer pinned (detached?)".into()],
+    ))
+    .await;
+    let agent_view = |v: &serde_json::Value| v["value"][0].clone();
+    let mut x = serde_json::Value::Null;
+    for _ in 0..50 {
+        x = agent_view(&h.get("/api/v1/agents", &reader).await.1);
+        if x["activeGrants"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(x["connection"], "degraded", "{x}");
+    let problems = x["problems"].to_string();
+    assert!(
+        problems.contains("eth1 has an address (203.0.113.9)"),
+        "{x}"
+    );
+    assert!(problems.contains("no longer pinned"), "{x}");
+    assert_eq!(x["listening"][0], "tcp 0.0.0.0:22", "{x}");
+    let off = x["clockOffsetMs"].as_i64().expect("offset");
+    assert!((290_000..=310_000).contains(&off), "{x}");
+    let (_, vms) = h.get("/api/v1/virtualMachines", &reader).await;
+    assert_eq!(vms["value"][1]["name"], "web1", "{vms}");
+    assert_eq!(vms["value"][1]["status"], "degraded", "{vms}");
+    // Healthy again: online.
+    a.send(&status(vec![("eth0".into(), "192.0.2.11".into())], vec![]))
+        .await;
+    let mut healthy = false;
+    for _ in 0..50 {
+        x = agent_view(&h.get("/api/v1/agents", &reader).await.1);
+        if x["connection"] == "online" {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "{x}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

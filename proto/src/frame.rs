@@ -115,6 +115,33 @@ mod tests {
         ));
     }
 
+    /// Messages are only ever appended to their enum, so an older peer's messages keep
+    /// their encoding (docs/protocol.md "Versioning"): pinned here byte for byte.
+    #[test]
+    fn existing_messages_keep_their_encoding() {
+        // len 3, version 1, variant 7 (Pong), nonce 7.
+        assert_eq!(
+            encode(&AgentMsg::Pong { nonce: 7 }).unwrap(),
+            [0, 0, 0, 3, 1, 7, 7]
+        );
+        let status = AgentMsg::Status(Box::new(crate::message::StatusReport {
+            heartbeat: crate::message::Heartbeat {
+                interfaces: vec![],
+                protected: vec![],
+                listening: vec![],
+                active_grants: 0,
+                audit_head: String::new(),
+                audit_seq: 0,
+            },
+            addresses: vec![("eth0".into(), "198.51.100.10".into())],
+            problems: vec![],
+            agent_unix_ms: 1,
+        }));
+        let f = encode(&status).unwrap();
+        assert_eq!(f[5], 8, "Status is appended after Pong");
+        assert_eq!(decode::<AgentMsg>(&f[4..]).unwrap(), status);
+    }
+
     #[tokio::test]
     async fn oversized_length_is_refused_before_allocating() {
         let mut data: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1];

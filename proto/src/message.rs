@@ -65,10 +65,14 @@ pub enum AgentMsg {
     Audit {
         records: Vec<AuditRecord>,
     },
+    /// Sent by agents before status reports existed; still accepted.
     Heartbeat(Box<Heartbeat>),
     Pong {
         nonce: u64,
     },
+    /// The heartbeat with the state of enforcement (appended variant: older messages keep
+    /// their encoding; see docs/protocol.md "Versioning").
+    Status(Box<StatusReport>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,9 +112,23 @@ pub struct AuditRecord {
 pub struct Heartbeat {
     pub interfaces: Vec<(String, String)>,
     pub protected: Vec<ProtectedPort>,
-    /// Sockets listening on management ports (for compliance).
+    /// Listening sockets (TCP in LISTEN, unconnected bound UDP), IPv4 and IPv6, wildcard
+    /// binds included, as `address:port`; the controller picks the management ports.
     pub listening: Vec<(Protocol, String)>,
     pub active_grants: u32,
     pub audit_head: String,
     pub audit_seq: u64,
+}
+
+/// A heartbeat plus what compliance and the fleet view need to judge enforcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub heartbeat: Heartbeat,
+    /// Every address of every non-loopback interface: (interface, address). Interfaces here
+    /// but not in `heartbeat.interfaces` have an address and no enforcement.
+    pub addresses: Vec<(String, String)>,
+    /// What is wrong with the program, its pinned maps or links; empty when healthy.
+    pub problems: Vec<String>,
+    /// The agent's wall clock when it built the report (for the clock offset).
+    pub agent_unix_ms: i64,
 }

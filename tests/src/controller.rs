@@ -22,6 +22,11 @@ impl ControllerProc {
     /// Initialises a controller with API on `host:8443` and the agent listener on
     /// `host:8444`, and starts it in namespace `ns`.
     pub fn start(ns: &str, host: &str) -> ControllerProc {
+        Self::start_with(ns, host, "")
+    }
+
+    /// Like `start`, with `extra` appended to controller.toml (e.g. a `[compliance]` table).
+    pub fn start_with(ns: &str, host: &str, extra: &str) -> ControllerProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("controller");
         let api = format!("{host}:8443");
@@ -51,6 +56,7 @@ impl ControllerProc {
             .map(|l| format!("{l}\n"))
             .collect();
         text.push_str(&format!("agent_listen = \"{host}:8444\"\n"));
+        text.push_str(extra);
         std::fs::write(&cfg, text).expect("controller.toml");
         let mut c = ControllerProc {
             child: None,

@@ -16,6 +16,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Shared bpffs root for test pin directories (root mount namespace, outside /sys).
 pub const TEST_PIN_ROOT: &str = "/run/jitgate-test/bpf";
 
+/// The stdout of a command that must have succeeded (else a panic with its output).
+pub fn ok(o: std::process::Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Whether root/BPF tests can run here. With CI=true they must: a missing capability fails
 /// the test instead of skipping it.
 pub fn require_root() -> bool {

@@ -4,19 +4,8 @@
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
-use jitgate_tests::{require_root, wait_until};
+use jitgate_tests::{ok, require_root, wait_until};
 use std::time::{Duration, Instant};
-
-fn ok(o: std::process::Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[test]
 fn request_ssh_revoke_through_the_controller() {

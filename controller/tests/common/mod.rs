@@ -212,6 +212,10 @@ impl Harness {
             "grants",
             "grant_outbox",
             "activity",
+            "compliance_assignments",
+            "compliance_scans",
+            "compliance_results",
+            "compliance_exposures",
         ] {
             let q = format!("SELECT COUNT(*) FROM {t}");
             let row = sqlx::query(&q)

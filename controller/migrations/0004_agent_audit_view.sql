@@ -1,4 +1,4 @@
--- jitgate controller schema, version 3: what the views of agent audit records filter on,
+-- jitgate controller schema, version 4: what the views of agent audit records filter on,
 -- extracted from each record's JSON when it is stored (records stored before this version
 -- keep NULLs and appear only in the unfiltered agent audit view).
 ALTER TABLE agent_audit ADD COLUMN kind TEXT;

@@ -1,0 +1,413 @@
+//! The evaluator: a VM is compliant when every management port listening on it is protected
+//! by live JIT enforcement (in its protected set, the program attached on every
+//! non-loopback interface with an address, the agent healthy and connected) and the last
+//! probe found none of them reachable without a grant.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use jitgate_common::{ProtectedPort, Protocol, SourcePrefix};
+
+use super::db::{Exposure, VmRow};
+use super::{Finding, ResourceResult, ScanSummary, Settings, State, probe};
+use crate::agents::{AgentRecord, online};
+use crate::error::StoreError;
+use crate::model::{fmt_time, now_ms};
+use crate::store::Store;
+
+fn finding(code: &str, reason: impl Into<String>) -> Finding {
+    Finding {
+        code: code.into(),
+        port: None,
+        interface: None,
+        address: None,
+        reason: reason.into(),
+    }
+}
+
+/// Judges one VM from its agent's last report and the probe's exposures.
+pub fn evaluate_vm(
+    s: &Settings,
+    vm: &VmRow,
+    agent: Option<&AgentRecord>,
+    exposures: &[Exposure],
+    now: i64,
+) -> ResourceResult {
+    let mut f = Vec::new();
+    match agent {
+        None => f.push(finding(
+            "NoAgent",
+            "no agent is enrolled on this VM: nothing reports its listening ports or enforcement",
+        )),
+        Some(a) if !online(&a.id, a.last_seen_ms, now) && a.last_seen_ms.is_none_or(|l| now - l > s.offline_grace_ms) => {
+            f.push(finding(
+                "AgentOffline",
+                match a.last_seen_ms {
+                    Some(l) => format!(
+                        "the agent has been offline since {} (longer than the {} s grace period): enforcement cannot be confirmed",
+                        fmt_time(l),
+                        s.offline_grace_ms / 1000
+                    ),
+                    None => "the agent enrolled but never connected".into(),
+                },
+            ));
+        }
+        Some(a) => match &a.heartbeat {
+            None => f.push(finding("NoStatusReport", "the agent has not reported its status yet")),
+            Some(hb) if !hb.status_reported => f.push(finding(
+                "NoStatusReport",
+                "the agent's heartbeat carries no enforcement state (agent older than this controller)",
+            )),
+            Some(hb) => {
+                if let Some(r) = hb.received_ms
+                    && now - r > crate::agents::ONLINE_WITHIN_MS
+                {
+                    f.push(finding(
+                        "StaleStatusReport",
+                        format!(
+                            "no status report since {}: the agent is connected but enforcement cannot be confirmed",
+                            fmt_time(r)
+                        ),
+                    ));
+                }
+                for p in &hb.problems {
+                    f.push(finding("ProgramUnhealthy", p.clone()));
+                }
+                if hb.interfaces.is_empty() {
+                    f.push(finding(
+                        "EnforcementDetached",
+                        "the JIT program is attached to no interface",
+                    ));
+                }
+                for u in &hb.unattached {
+                    let mut x = finding(
+                        "InterfaceUnprotected",
+                        format!(
+                            "{} has an address ({}) and the JIT program is not attached to it",
+                            u.interface,
+                            u.addresses.join(", ")
+                        ),
+                    );
+                    x.interface = Some(u.interface.clone());
+                    x.address = u.addresses.first().cloned();
+                    f.push(x);
+                }
+                let protected: Vec<ProtectedPort> = hb
+                    .protected_ports
+                    .iter()
+                    .filter_map(|p| ProtectedPort::from_str(p).ok())
+                    .collect();
+                let mut seen = Vec::new();
+                for sock in &hb.listening_sockets {
+                    let Ok(proto) = Protocol::from_str(&sock.protocol) else {
+                        continue;
+                    };
+                    if !s.is_mgmt(proto, sock.port)
+                        || protected
+                            .iter()
+                            .any(|p| p.protocol == proto && p.port.get() == sock.port)
+                    {
+                        continue;
+                    }
+                    let key = (proto, sock.port, sock.address.clone());
+                    if seen.contains(&key) {
+                        continue;
+                    }
+                    seen.push(key);
+                    let label = super::MgmtPort {
+                        protocol: proto,
+                        port: match jitgate_common::Port::new(sock.port) {
+                            Some(p) => p,
+                            None => continue,
+                        },
+                    }
+                    .label();
+                    let interface = interface_of(&sock.address, hb);
+                    let mut x = finding(
+                        "ListeningUnprotected",
+                        format!(
+                            "{label} listens on {} and is not in the agent's protected set",
+                            sock.address
+                        ),
+                    );
+                    x.port = Some(label);
+                    x.interface = Some(interface);
+                    x.address = Some(sock.address.clone());
+                    f.push(x);
+                }
+            }
+        },
+    }
+    for e in exposures.iter().filter(|e| e.vm == vm.name) {
+        let mut x = finding(
+            "ReachableWithoutJit",
+            format!(
+                "{}:{} accepted a TCP connection from the controller, which holds no active grant",
+                e.address, e.port
+            ),
+        );
+        x.port = Some(format!("{}/TCP", e.port));
+        x.address = Some(e.address.clone());
+        f.push(x);
+    }
+    ResourceResult {
+        resource: vm.name.clone(),
+        kind: "virtualMachine".into(),
+        resource_group: vm.group.clone(),
+        owner: vm.owner.clone(),
+        state: State::of(&f),
+        findings: f,
+    }
+}
+
+/// `*` for a wildcard bind (every interface), else the interface holding the address when
+/// the agent reported it, else the address itself.
+fn interface_of(address: &str, hb: &crate::agents::HeartbeatJson) -> String {
+    if address == "0.0.0.0" || address == "::" {
+        return "*".into();
+    }
+    for u in &hb.unattached {
+        if u.addresses.iter().any(|a| a == address) {
+            return u.interface.clone();
+        }
+    }
+    // Attached interfaces are shown as "name (mode)"; with one, the address is on it.
+    match hb.interfaces.as_slice() {
+        [one] => one.split(' ').next().unwrap_or(one).to_string(),
+        _ => address.to_string(),
+    }
+}
+
+/// An unmanaged host: answers on management ports, registered nowhere.
+fn unmanaged(address: &str, ports: &[u16]) -> ResourceResult {
+    ResourceResult {
+        resource: address.into(),
+        kind: "unmanagedHost".into(),
+        resource_group: String::new(),
+        owner: String::new(),
+        state: State::NonCompliant,
+        findings: ports
+            .iter()
+            .map(|p| Finding {
+                code: "Unmanaged".into(),
+                port: Some(format!("{p}/TCP")),
+                interface: None,
+                address: Some(address.into()),
+                reason: format!(
+                    "{address}:{p} accepts connections and the host is not registered with the controller"
+                ),
+            })
+            .collect(),
+    }
+}
+
+/// Runs the probe: registered addresses of covered VMs plus the configured ranges (or
+/// `range`, which must lie inside them). Stores and returns what was open without a grant.
+pub async fn probe_fleet(
+    store: &Store,
+    s: &Settings,
+    vms: &[VmRow],
+    range: Option<SourcePrefix>,
+) -> Result<(Vec<Exposure>, probe::Outcome), StoreError> {
+    let ranges: Vec<SourcePrefix> = match range {
+        Some(r) => vec![r],
+        None => s.ranges.clone(),
+    };
+    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses)
+        .map_err(|e| StoreError::Api(crate::error::ApiError::bad_request("InvalidRange", e)))?;
+    let registered: HashMap<IpAddr, String> = store
+        .registered_addresses()
+        .await?
+        .into_iter()
+        .filter_map(|(a, vm)| Some((jitgate_common::net::normalise(a.parse().ok()?), vm)))
+        .collect();
+    for v in vms {
+        for a in &v.addresses {
+            if let Ok(ip) = a.parse::<IpAddr>() {
+                targets.push(jitgate_common::net::normalise(ip));
+            }
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    if targets.len() > s.probe.max_addresses {
+        return Err(StoreError::Api(crate::error::ApiError::bad_request(
+            "InvalidRange",
+            format!(
+                "the probe would cover {} addresses; the limit is {}",
+                targets.len(),
+                s.probe.max_addresses
+            ),
+        )));
+    }
+    let out = probe::run(&targets, &probe::tcp_ports(s), &s.probe).await;
+    let now = now_ms();
+    let mut found = Vec::new();
+    for o in &out.open {
+        let addr = jitgate_common::net::normalise(o.target.ip());
+        let port = o.target.port();
+        let vm = registered.get(&addr).cloned().unwrap_or_default();
+        if !vm.is_empty() {
+            let granted = store
+                .active_tcp_prefixes(&vm, port, now)
+                .await?
+                .iter()
+                .filter_map(|p| p.parse::<SourcePrefix>().ok())
+                .any(|p| p.contains_addr(o.local));
+            if granted {
+                tracing::info!(%addr, port, %vm, "probe: open under an active grant for the controller");
+                continue;
+            }
+        }
+        found.push(Exposure {
+            address: addr.to_string(),
+            port,
+            vm,
+        });
+    }
+    store.replace_exposures(&found).await?;
+    Ok((found, out))
+}
+
+/// One evaluation: optionally probes first, judges every covered VM, lists unmanaged hosts,
+/// stores the results with a timestamp.
+pub async fn run_scan(
+    store: &Store,
+    s: &Settings,
+    reason: &str,
+    probe: bool,
+    range: Option<SourcePrefix>,
+) -> Result<ScanSummary, StoreError> {
+    let vms = store.compliance_vms().await?;
+    let exposures = if probe {
+        probe_fleet(store, s, &vms, range).await?.0
+    } else {
+        store.exposures().await?
+    };
+    let agents = store.agent_records().await?;
+    let now = now_ms();
+    let mut results: Vec<ResourceResult> = vms
+        .iter()
+        .map(|v| evaluate_vm(s, v, agents.get(&v.name), &exposures, now))
+        .collect();
+    let mut hosts: std::collections::BTreeMap<&str, Vec<u16>> = Default::default();
+    for e in exposures.iter().filter(|e| e.vm.is_empty()) {
+        hosts.entry(&e.address).or_default().push(e.port);
+    }
+    for (a, ports) in hosts {
+        results.push(unmanaged(a, &ports));
+    }
+    let sum = store.store_scan(reason, probe, &results).await?;
+    tracing::info!(
+        scan = sum.scan_id,
+        reason,
+        probed = probe,
+        compliant = sum.compliant,
+        non_compliant = sum.non_compliant,
+        unknown = sum.unknown,
+        unmanaged = sum.unmanaged,
+        "compliance evaluated"
+    );
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{HeartbeatJson, SocketJson, UnattachedJson};
+
+    fn settings() -> Settings {
+        Settings::from_config(&super::super::ComplianceConfig::default()).unwrap()
+    }
+
+    fn vm() -> VmRow {
+        VmRow {
+            name: "vm-1".into(),
+            group: "prod".into(),
+            owner: "ops@example.net".into(),
+            addresses: vec!["198.51.100.10".into()],
+        }
+    }
+
+    fn hb(protected: &[&str], listening: &[(&str, &str, u16)]) -> HeartbeatJson {
+        HeartbeatJson {
+            interfaces: vec!["eth0 (generic)".into()],
+            protected_ports: protected.iter().map(|s| s.to_string()).collect(),
+            status_reported: true,
+            listening_sockets: listening
+                .iter()
+                .map(|(p, a, n)| SocketJson {
+                    protocol: p.to_string(),
+                    address: a.to_string(),
+                    port: *n,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn rec(h: HeartbeatJson, last_seen: i64) -> AgentRecord {
+        AgentRecord {
+            id: "a".into(),
+            last_seen_ms: Some(last_seen),
+            heartbeat: Some(h),
+        }
+    }
+
+    #[test]
+    fn each_case_gives_its_finding() {
+        let s = settings();
+        let now = 10_000_000;
+        // Protected and listening: compliant. A non-management port does not count.
+        let ok = rec(
+            hb(
+                &["22/tcp:keep"],
+                &[("TCP", "0.0.0.0", 22), ("TCP", "0.0.0.0", 8080)],
+            ),
+            now,
+        );
+        let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now);
+        assert_eq!(r.state, State::Compliant, "{r:?}");
+        // Listening unprotected.
+        let bad = rec(hb(&[], &[("TCP", "::", 22)]), now);
+        let r = evaluate_vm(&s, &vm(), Some(&bad), &[], now);
+        assert_eq!(r.state, State::NonCompliant);
+        assert_eq!(r.findings[0].code, "ListeningUnprotected");
+        assert_eq!(r.findings[0].port.as_deref(), Some("22/TCP"));
+        assert_eq!(r.findings[0].interface.as_deref(), Some("*"));
+        // Detached and an unattached interface.
+        let mut h = hb(&["22/tcp:keep"], &[]);
+        h.interfaces.clear();
+        h.unattached = vec![UnattachedJson {
+            interface: "eth1".into(),
+            addresses: vec!["203.0.113.5".into()],
+        }];
+        let r = evaluate_vm(&s, &vm(), Some(&rec(h, now)), &[], now);
+        let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["EnforcementDetached", "InterfaceUnprotected"]);
+        // Offline beyond the grace period (this process serves no agents: last_seen rules).
+        let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now + s.offline_grace_ms + 60_000);
+        assert_eq!(r.findings[0].code, "AgentOffline");
+        // The probe's word beats the agent's.
+        let e = Exposure {
+            address: "198.51.100.10".into(),
+            port: 22,
+            vm: "vm-1".into(),
+        };
+        let r = evaluate_vm(&s, &vm(), Some(&ok), &[e], now);
+        assert_eq!(r.state, State::NonCompliant);
+        assert_eq!(r.findings[0].code, "ReachableWithoutJit");
+        // Connected (recent last_seen) but no status report for minutes: not confirmed.
+        let mut stale = ok.clone();
+        if let Some(h) = stale.heartbeat.as_mut() {
+            h.received_ms = Some(now - 120_000);
+        }
+        let r = evaluate_vm(&s, &vm(), Some(&stale), &[], now);
+        assert_eq!(r.state, State::NonCompliant);
+        assert_eq!(r.findings[0].code, "StaleStatusReport");
+        // No agent: unknown.
+        let r = evaluate_vm(&s, &vm(), None, &[], now);
+        assert_eq!(r.state, State::Unknown);
+    }
+}

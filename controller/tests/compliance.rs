@@ -1,0 +1,338 @@
+//! The compliance API on a real controller (loopback HTTPS, real SQLite file, or PostgreSQL
+//! with JIT_TEST_POSTGRES_URL): assignments, evaluations without a probe (no network traffic
+//! leaves this host: no probe range is configured and no probe is asked), the report and its
+//! filters, history, remediation, rights, and bad input that changes nothing.
+//! Findings from real agents and a real probe: tests/tests/compliance.rs.
+
+mod common;
+
+use common::Harness;
+use jitgate_controller::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn post(h: &Harness, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    h.call(Method::POST, path, Some(token), Some(body)).await
+}
+
+async fn assign(h: &Harness, token: &str, scope: &str) -> (StatusCode, Value) {
+    post(
+        h,
+        "/api/v1/compliance/assignments",
+        token,
+        json!({ "scope": scope }),
+    )
+    .await
+}
+
+async fn scan(h: &Harness, token: &str) -> (StatusCode, Value) {
+    post(h, "/api/v1/compliance/scans", token, json!({})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_api() {
+    let h = Harness::new().await;
+    h.fixture().await;
+    let admin = h.admin.clone();
+    let reader = h.token("rita", Role::Reader, "rg:dev").await;
+    let prod_admin = h.token("pat", Role::Admin, "rg:prod").await;
+
+    // Nothing evaluated yet.
+    let (st, v) = h.get("/api/v1/compliance", &admin).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["scan"].is_null(), "{v}");
+
+    // Bad input: each refused, nothing written.
+    let before = h.snapshot().await;
+    for (path, token, body, want) in [
+        (
+            "/api/v1/compliance/assignments",
+            &admin,
+            json!({"scope": "vm:web1"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/assignments",
+            &admin,
+            json!({"scope": "rg:nosuch"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/compliance/assignments",
+            &admin,
+            json!({"scope": "everything"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/assignments",
+            &admin,
+            json!({"scope": "*", "extra": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/assignments",
+            &prod_admin,
+            json!({"scope": "rg:prod"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/api/v1/compliance/assignments",
+            &reader,
+            json!({"scope": "*"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/api/v1/compliance/scans",
+            &reader,
+            json!({}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/api/v1/compliance/scans",
+            &admin,
+            json!({"probe": true, "range": "192.0.2.0/24"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/scans",
+            &admin,
+            json!({"range": "192.0.2.0/24"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/scans",
+            &admin,
+            json!({"probe": "yes"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/compliance/remediate",
+            &admin,
+            json!({"virtualMachine": "web1", "template": "nosuch"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/compliance/remediate",
+            &admin,
+            json!({"virtualMachine": "nosuch"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/compliance/remediate",
+            &prod_admin,
+            json!({"virtualMachine": "db1"}),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let (st, v) = post(&h, path, token, body.clone()).await;
+        assert_eq!(st, want, "{path} {body}: {v}");
+        assert!(v["error"]["code"].is_string(), "{v}");
+    }
+    for q in [
+        "groupBy=team",
+        "format=xml",
+        "at=yesterday",
+        "scope=bad",
+        "nosuch=1",
+    ] {
+        let (st, v) = h.get(&format!("/api/v1/compliance?{q}"), &admin).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+    assert_eq!(
+        before,
+        h.snapshot().await,
+        "a refused call changed the database"
+    );
+
+    // Assign at prod, then the fleet; twice at the same scope is a conflict.
+    let (st, a) = assign(&h, &admin, "rg:prod").await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    assert_eq!(a["effect"], "audit");
+    let (st, _) = assign(&h, &admin, "rg:prod").await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // An evaluation: web1 and web2 (prod) have no agent: unknown. db1 is not covered.
+    let (st, s1) = scan(&h, &admin).await;
+    assert_eq!(st, StatusCode::OK, "{s1}");
+    assert_eq!(s1["probed"], false);
+    assert_eq!(s1["unknown"], 2, "{s1}");
+    assert!(s1["compliancePercentage"].is_null(), "{s1}");
+    let (_, r) = h.get("/api/v1/compliance", &admin).await;
+    let names: Vec<&str> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web1", "web2"], "{r}");
+    assert_eq!(r["results"][0]["findings"][0]["code"], "NoAgent");
+    assert_eq!(r["results"][0]["owner"], "prod-team@example.com");
+
+    // Assigning the fleet covers db1 too; the owner grouping and the reader's scope.
+    let (st, fleet) = assign(&h, &admin, "*").await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, s2) = scan(&h, &admin).await;
+    assert_eq!(s2["unknown"], 3, "{s2}");
+    let (_, r) = h.get("/api/v1/compliance?groupBy=owner", &admin).await;
+    assert_eq!(r["groups"], json!([]), "no non-compliant VM: no group: {r}");
+    let (_, r) = h.get("/api/v1/compliance", &reader).await;
+    assert_eq!(
+        r["results"].as_array().unwrap().len(),
+        1,
+        "reader sees dev only: {r}"
+    );
+    assert_eq!(r["results"][0]["resource"], "db1");
+    let (_, r) = h.get("/api/v1/compliance?scope=vm:web2", &admin).await;
+    assert_eq!(r["results"].as_array().unwrap().len(), 1, "{r}");
+    let (st, _) = h.get("/api/v1/compliance/history", &reader).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "history is fleet-wide");
+
+    // CSV.
+    let r = h
+        .client
+        .get(format!("{}/api/v1/compliance?format=csv", h.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv");
+    let csv = r.text().await.unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("resource,kind,resourceGroup,owner,state,finding,port,interface,address,reason")
+    );
+    assert!(
+        csv.contains("web1,virtualMachine,prod,prod-team@example.com,Unknown,NoAgent,,,,"),
+        "{csv}"
+    );
+
+    // The state at the first evaluation's time; history in order.
+    let (_, past) = h
+        .get(
+            &format!("/api/v1/compliance?at={}", s1["timeUtc"].as_str().unwrap()),
+            &admin,
+        )
+        .await;
+    assert_eq!(past["scan"]["scanId"], s1["scanId"], "{past}");
+    assert_eq!(past["unknown"], 2);
+    let (_, hist) = h.get("/api/v1/compliance/history", &admin).await;
+    let ids: Vec<i64> = hist["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["scanId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            s1["scanId"].as_i64().unwrap(),
+            s2["scanId"].as_i64().unwrap()
+        ]
+    );
+
+    // Remediation: the template becomes web1's own policy; audited.
+    let (st, p) = post(
+        &h,
+        "/api/v1/compliance/remediate",
+        &prod_admin,
+        json!({"virtualMachine": "web1"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{p}");
+    assert_eq!(p["scope"], "virtualMachine");
+    let ports: Vec<(i64, &str)> = p["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["number"].as_i64().unwrap(),
+                x["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [(22, "TCP"), (3389, "*"), (5985, "TCP"), (5986, "TCP")],
+        "{p}"
+    );
+    assert_eq!(p["ports"][0]["maxRequestAccessDuration"], "PT3H");
+
+    // Unassign; both kinds of change are in the verified activity log.
+    let id = fleet["id"].as_str().unwrap();
+    let (st, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/compliance/assignments/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/compliance/assignments/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, list) = h.get("/api/v1/compliance/assignments", &reader).await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1, "{list}");
+    let (_, log) = h.get("/api/v1/activityLog", &admin).await;
+    let ops: Vec<&str> = log["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
+    for op in [
+        "Assign Compliance Policy",
+        "Delete Compliance Policy Assignment",
+        "Remediate Compliance",
+        "Update JIT Network Access Policy",
+    ] {
+        assert!(ops.contains(&op), "{op} missing: {ops:?}");
+    }
+    let (_, v) = h.get("/api/v1/activityLog/verify", &admin).await;
+    assert_eq!(v["ok"], true, "{v}");
+
+    // Resource groups with their owners; the VM list carries the agent status.
+    let (_, g) = h.get("/api/v1/resourceGroups", &reader).await;
+    assert_eq!(
+        g["value"],
+        json!([{"name": "dev", "owner": "dev-team@example.com"}])
+    );
+    let (_, vms) = h.get("/api/v1/virtualMachines", &admin).await;
+    assert_eq!(vms["value"][0]["status"], "none", "{vms}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_run_on_schedule() {
+    let h = Harness::with_config(|c| {
+        c.compliance.scan_every_seconds = 1;
+        c.compliance.probe_every_seconds = 0;
+    })
+    .await;
+    h.fixture().await;
+    let admin = h.admin.clone();
+    let (st, _) = assign(&h, &admin, "*").await;
+    assert_eq!(st, StatusCode::CREATED);
+    let mut hist = Value::Null;
+    for _ in 0..100 {
+        hist = h.get("/api/v1/compliance/history", &admin).await.1;
+        if hist["value"].as_array().is_some_and(|v| v.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let v = hist["value"].as_array().expect("history");
+    assert!(v.len() >= 2, "{hist}");
+    assert!(
+        v.iter()
+            .all(|s| s["reason"] == "schedule" && s["probed"] == false),
+        "{hist}"
+    );
+}

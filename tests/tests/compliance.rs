@@ -1,0 +1,369 @@
+//! Compliance end to end: a fleet of real agents, real sshd and the real controller in
+//! namespaces. One VM compliant, one whose sshd listens on 22 unprotected (and with an
+//! interface the program is not attached to), one whose agent was stopped and enforcement
+//! detached, one host with sshd and no agent (found by the probe as unmanaged). Then
+//! remediation, and a VM added to an assigned group later.
+
+use jitgate_tests::agent::{AgentProc, args};
+use jitgate_tests::controller::ControllerProc;
+use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
+use jitgate_tests::netns::ips;
+use jitgate_tests::{ok, require_root, wait_until};
+use serde_json::Value;
+use std::time::Duration;
+
+fn json(ctl: &ControllerProc, ns: &str, a: &[&str]) -> Value {
+    let out = ok(ctl.jit(ns, a), &a.join(" "));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{a:?}: {e}: {out}"))
+}
+
+fn result<'a>(report: &'a Value, resource: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["resource"] == resource)
+        .unwrap_or_else(|| panic!("{resource} not in the report: {report:#}"))
+}
+
+fn codes(r: &Value) -> Vec<String> {
+    r["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn finding<'a>(r: &'a Value, code: &str) -> &'a Value {
+    r["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["code"] == code)
+        .unwrap_or_else(|| panic!("no {code} finding: {r:#}"))
+}
+
+fn vm_status(ctl: &ControllerProc, ns: &str, vm: &str) -> Value {
+    json(ctl, ns, &["vms", "--json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == vm)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+const CONFIG: &str = "[compliance]\n\
+    scan_every_seconds = 0\n\
+    probe_every_seconds = 0\n\
+    offline_grace_seconds = 1\n\
+    probe_ranges = [\"198.51.100.0/27\"]\n\
+    probe_timeout_ms = 700\n\
+    probe_concurrency = 32\n\
+    probe_rate_per_second = 500\n";
+
+#[test]
+fn compliance_findings_grouping_remediation() {
+    if !require_root() {
+        return;
+    }
+    let mut fleet = Fleet::new(4).expect("fleet");
+    let ws = fleet.ws.clone();
+    let ctl = ControllerProc::start_with(&ws, WS_V4, CONFIG);
+    let sshds: Vec<Sshd> = fleet
+        .vms
+        .iter()
+        .map(|v| Sshd::start(&v.ns).expect("sshd"))
+        .collect();
+    let (a, b, c, d) = (&fleet.vms[0], &fleet.vms[1], &fleet.vms[2], &fleet.vms[3]);
+
+    // vm-a and vm-c in prod (JIT policy on 22), vm-b in dev (no policy); d is not registered.
+    let token_a = ctl.add_vm("vm-a", a.v4);
+    let token_c = ctl.add_vm("vm-c", c.v4);
+    ctl.admin(&["rg", "add", "dev", "--owner", "dev@example.net"]);
+    let token_b = ctl.admin(&[
+        "vm",
+        "add",
+        "vm-b",
+        "--resource-group",
+        "dev",
+        "--address",
+        &b.v4.to_string(),
+    ])["enrollmentToken"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    ok(
+        ctl.jit(
+            &ws,
+            &args(
+                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
+            ),
+        ),
+        "policy set",
+    );
+    // vm-b: an interface with an address that the agent is not told to attach to.
+    // (No dummy driver here: one end of a veth pair, its peer left down and unaddressed.)
+    ips(&format!(
+        "-n {} link add dummy0 type veth peer name dummy0p",
+        b.ns
+    ))
+    .expect("dummy0");
+    ips(&format!("-n {} addr add 203.0.113.5/32 dev dummy0", b.ns)).expect("dummy0 addr");
+    ips(&format!("-n {} link set dummy0 up", b.ns)).expect("dummy0 up");
+
+    // vm-b also has a UDP service on the RDP port, bound to the IPv6 wildcard.
+    let _rdp_udp = jitgate_agent::netns::run_in(&Fleet::ns_path(&b.ns), || {
+        std::net::UdpSocket::bind("[::]:3389")
+    })
+    .expect("netns")
+    .expect("udp 3389 on vm-b");
+
+    let agent_a = AgentProc::start_enrolled(
+        &a.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_a,
+    );
+    let agent_b = AgentProc::start_enrolled(
+        &b.ns,
+        &args("--interface eth0 --protect 2222/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_b,
+    );
+    let mut agent_c = AgentProc::start_enrolled(
+        &c.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_c,
+    );
+
+    // Heartbeats carry the status: vm-a and vm-c online, vm-b degraded (dummy0).
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            vm_status(&ctl, &ws, "vm-a")["status"] == "online"
+                && vm_status(&ctl, &ws, "vm-c")["status"] == "online"
+                && vm_status(&ctl, &ws, "vm-b")["status"] == "degraded"
+        }),
+        "fleet status: {}",
+        ok(ctl.jit(&ws, &args("vms --json")), "vms")
+    );
+    let vb = vm_status(&ctl, &ws, "vm-b");
+    assert!(vb["problems"].to_string().contains("dummy0"), "{vb}");
+    let agents = json(&ctl, &ws, &["agents", "--json"]);
+    let ag_a = agents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["virtualMachine"] == "vm-a")
+        .expect("vm-a agent");
+    assert!(
+        ag_a["listening"].to_string().contains(":22"),
+        "listening sockets reported: {ag_a}"
+    );
+    let offset = ag_a["clockOffsetMs"].as_i64().expect("clock offset");
+    assert!(offset.abs() < 60_000, "same host clock, offset {offset} ms");
+
+    // vm-c: the agent detaches enforcement and stops.
+    let pin_c = agent_c.pin_dir.display().to_string();
+    agent_c.ok(&["detach", "--yes", "--pin-dir", &pin_c]);
+    agent_c.stop();
+    assert!(
+        wait_until(
+            Duration::from_secs(15),
+            || vm_status(&ctl, &ws, "vm-c")["status"] == "offline"
+        ),
+        "vm-c not offline: {}",
+        vm_status(&ctl, &ws, "vm-c")
+    );
+
+    // The controller's own address holds a grant on vm-a:22: reachable, but not a finding.
+    ok(
+        ctl.jit(
+            &ws,
+            &args("request vm-a --port 22 --duration 10m --justification compliance-probe --wait"),
+        ),
+        "request",
+    );
+
+    ok(
+        ctl.jit(&ws, &args("compliance assign --resource-group prod")),
+        "assign prod",
+    );
+    ok(
+        ctl.jit(&ws, &args("compliance assign --resource-group dev")),
+        "assign dev",
+    );
+    // Assigning twice is a conflict (exit 7), and nothing changes.
+    let again = ctl.jit(&ws, &args("compliance assign --resource-group dev"));
+    assert_eq!(again.status.code(), Some(7), "{again:?}");
+    std::thread::sleep(Duration::from_millis(1500)); // beyond the 1 s offline grace
+    let sum = json(&ctl, &ws, &["compliance", "probe", "--json"]);
+    assert_eq!(sum["probed"], true, "{sum}");
+
+    let rep = json(&ctl, &ws, &["compliance", "--group-by", "owner", "--json"]);
+    // vm-a: compliant although 22 answered the controller (under its own grant).
+    assert_eq!(result(&rep, "vm-a")["state"], "Compliant", "{rep:#}");
+    // vm-b: sshd on 22 unprotected, reachable without JIT, dummy0 unprotected.
+    let rb = result(&rep, "vm-b");
+    assert_eq!(rb["state"], "NonCompliant", "{rb:#}");
+    let f = finding(rb, "ListeningUnprotected");
+    assert_eq!(f["port"], "22/TCP", "{f}");
+    assert_eq!(f["interface"], "*", "wildcard bind: {f}");
+    let f = finding(rb, "ReachableWithoutJit");
+    assert_eq!(f["address"], b.v4.to_string(), "{f}");
+    assert_eq!(f["port"], "22/TCP", "{f}");
+    let f = finding(rb, "InterfaceUnprotected");
+    assert_eq!(f["interface"], "dummy0", "{f}");
+    let udp = rb["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["code"] == "ListeningUnprotected" && f["port"] == "3389/UDP")
+        .unwrap_or_else(|| panic!("UDP 3389 not found: {rb:#}"));
+    assert_eq!(udp["address"], "::", "{udp}");
+    assert_eq!(udp["interface"], "*", "{udp}");
+    // vm-c: agent offline, enforcement gone, reachable.
+    let rc = result(&rep, "vm-c");
+    assert_eq!(rc["state"], "NonCompliant", "{rc:#}");
+    let cc = codes(rc);
+    assert!(
+        cc.contains(&"AgentOffline".to_string()) && cc.contains(&"ReachableWithoutJit".to_string()),
+        "{rc:#}"
+    );
+    // The host with no agent, registered nowhere: unmanaged.
+    let rd = result(&rep, &d.v4.to_string());
+    assert_eq!(rd["kind"], "unmanagedHost", "{rd:#}");
+    assert_eq!(finding(rd, "Unmanaged")["port"], "22/TCP");
+    assert_eq!(rep["compliant"], 1, "{rep:#}");
+    assert_eq!(rep["nonCompliant"], 2, "{rep:#}");
+    assert_eq!(rep["unmanaged"], 1, "{rep:#}");
+    // Grouped by owner: one remediation request per owner.
+    let groups = rep["groups"].as_array().expect("groups");
+    let names = |key: &str| -> Vec<String> {
+        groups
+            .iter()
+            .find(|g| g["key"] == key)
+            .unwrap_or_else(|| panic!("no group {key}: {groups:#?}"))["nonCompliant"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["resource"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(names("dev@example.net"), ["vm-b"]);
+    assert_eq!(names("ops@example.net"), ["vm-c"]);
+    assert_eq!(names("(unassigned)"), [d.v4.to_string()]);
+
+    let text = ok(ctl.jit(&ws, &args("compliance --group-by owner")), "report");
+    assert!(
+        text.contains("dev@example.net") && text.contains("ListeningUnprotected"),
+        "{text}"
+    );
+
+    // CSV: fixed columns, one row per finding.
+    let csv = ok(ctl.jit(&ws, &args("compliance --csv")), "csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("resource,kind,resourceGroup,owner,state,finding,port,interface,address,reason")
+    );
+    assert!(
+        csv.lines().any(|l| l.starts_with(
+            "vm-b,virtualMachine,dev,dev@example.net,NonCompliant,ListeningUnprotected,22/TCP,*,"
+        )),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("vm-a,virtualMachine,prod,ops@example.net,Compliant,,")),
+        "{csv}"
+    );
+
+    // Remediate vm-b: dummy0 goes, the default template protects 22; the next evaluation
+    // (with a probe) shows it compliant.
+    ips(&format!("-n {} link del dummy0", b.ns)).expect("del dummy0");
+    ok(
+        ctl.jit(&ws, &args("compliance remediate vm-b --template default")),
+        "remediate",
+    );
+    let missing = ctl.jit(&ws, &args("compliance remediate vm-b --template nosuch"));
+    assert_eq!(missing.status.code(), Some(6), "{missing:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_b
+            .ok(&["status"])
+            .contains("22/tcp")),
+        "template policy not applied: {}",
+        agent_b.ok(&["status"])
+    );
+    let mut last = Value::Null;
+    let compliant = wait_until(Duration::from_secs(40), || {
+        json(&ctl, &ws, &["compliance", "probe", "--json"]);
+        last = json(&ctl, &ws, &["compliance", "--scope", "vm:vm-b", "--json"]);
+        result(&last, "vm-b")["state"] == "Compliant"
+    });
+    assert!(compliant, "vm-b after remediation: {last:#}");
+    assert!(
+        sshds[1]
+            .ssh(&ws, b.v4, "true", 2)
+            .map(|o| !o.status.success())
+            .unwrap_or(true),
+        "ssh to vm-b still open without a grant"
+    );
+    // Audited: assignment and remediation in the hash-chained activity log.
+    let audit = ok(ctl.jit(&ws, &args("audit --json --limit 1000")), "audit");
+    assert!(audit.contains("Assign Compliance Policy"), "{audit}");
+    assert!(audit.contains("Remediate Compliance"), "{audit}");
+    ok(ctl.jit(&ws, &args("audit verify")), "audit verify");
+
+    // A VM added to an assigned group later is evaluated with no further setup.
+    fleet.add_vm(4).expect("add vm");
+    let e = &fleet.vms[4];
+    let token_e = ctl.add_vm("vm-e", e.v4);
+    ok(ctl.jit(&ws, &args("compliance scan")), "scan");
+    let rep = json(&ctl, &ws, &["compliance", "--json"]);
+    let re = result(&rep, "vm-e");
+    assert_eq!(re["state"], "Unknown", "no agent yet: {re:#}");
+    assert_eq!(codes(re), ["NoAgent"]);
+    let _agent_e = AgentProc::start_enrolled(
+        &e.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_e,
+    );
+    let compliant = wait_until(Duration::from_secs(30), || {
+        json(&ctl, &ws, &["compliance", "scan", "--json"]);
+        last = json(&ctl, &ws, &["compliance", "--json"]);
+        result(&last, "vm-e")["state"] == "Compliant"
+    });
+    assert!(compliant, "vm-e: {last:#}");
+
+    // History: every evaluation, with its percentage.
+    let hist = json(&ctl, &ws, &["compliance", "history", "--json"]);
+    let h = hist.as_array().expect("history");
+    assert!(h.len() >= 4, "{hist:#}");
+    assert!(
+        h.iter()
+            .any(|x| x["compliancePercentage"].as_f64().is_some_and(|p| p < 50.0)),
+        "{hist:#}"
+    );
+    // The state at a past date: the first evaluation's.
+    let first = &h[0];
+    let past = json(
+        &ctl,
+        &ws,
+        &[
+            "compliance",
+            "--at",
+            first["timeUtc"].as_str().expect("time"),
+            "--json",
+        ],
+    );
+    assert_eq!(past["scan"]["scanId"], first["scanId"], "{past:#}");
+    drop(agent_a);
+}
