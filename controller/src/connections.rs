@@ -249,7 +249,11 @@ impl Store {
     }
 
     /// The VM's agents' audit records, newest first.
-    pub async fn agent_audit_records(&self, vm: &str, q: &ViewQuery) -> Result<Vec<AgentRecordJson>> {
+    pub async fn agent_audit_records(
+        &self,
+        vm: &str,
+        q: &ViewQuery,
+    ) -> Result<Vec<AgentRecordJson>> {
         let b = q.bounds()?;
         // Records stored before schema version 4 have no time column: they are listed when no
         // time bound is given.

@@ -752,3 +752,143 @@ async fn audit_records_are_stored_once_and_acked_contiguously() {
     let (_, v) = h.get("/api/v1/agents", &h.admin).await;
     assert_eq!(v["value"][0]["auditRecords"], 6);
 }
+
+/// What the agent delivered becomes the VM's connection history: admitted connections with
+/// the request and requestor behind the grant (or the local actor of a break-glass grant),
+/// denials on request, CSV, and the raw records by kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_history_from_delivered_records() {
+    let (h, alice) = setup().await;
+    let (st, req) = h
+        .initiate(
+            &alice,
+            one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{req}");
+    let rid = req["id"].as_str().expect("request id").to_string();
+    let gid: String = sqlx::query("SELECT id FROM grants WHERE request_id = $1")
+        .bind(&rid)
+        .fetch_one(h.store().pool())
+        .await
+        .expect("grant")
+        .try_get(0)
+        .expect("id");
+    let c = enroll(&h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake(&c, 0).await;
+    let local = Uuid::new_v4().to_string();
+    let line = |seq: u64, t: &str, kind: &str, extra: &str| AuditRecord {
+        seq,
+        id: format!("r{seq}"),
+        line: format!(
+            r#"{{"id":"r{seq}","seq":{seq},"time":"{t}","kind":"{kind}","actor":"kernel"{extra},"prev":"x","hash":"y"}}"#
+        ),
+    };
+    let records = vec![
+        line(
+            1,
+            "2026-01-31T10:00:00Z",
+            "connection.denied",
+            r#","source":"198.51.100.9:40000","protocol":"tcp","port":22,"reason":"no_grant""#,
+        ),
+        line(
+            2,
+            "2026-01-31T10:00:01Z",
+            "connection.admitted",
+            &format!(
+                r#","source":"203.0.113.5:40001","protocol":"tcp","port":22,"grantId":"{gid}""#
+            ),
+        ),
+        AuditRecord {
+            seq: 3,
+            id: "r3".into(),
+            line: format!(
+                r#"{{"id":"r3","seq":3,"time":"2026-01-31T10:00:02Z","kind":"grant.applied","actor":"local:root (pid 7)","grantId":"{local}","prev":"x","hash":"y"}}"#
+            ),
+        },
+        line(
+            4,
+            "2026-01-31T10:00:03Z",
+            "connection.admitted",
+            &format!(
+                r#","source":"203.0.113.6:40002","protocol":"tcp","port":22,"grantId":"{local}""#
+            ),
+        ),
+        // Not JSON: stored as evidence, in no connection view.
+        AuditRecord {
+            seq: 5,
+            id: "r5".into(),
+            line: "garbage".into(),
+        },
+    ];
+    assert_eq!(audit(&mut a, records).await, 5);
+
+    let (st, v) = h
+        .get("/api/v1/virtualMachines/web1/connections", &h.admin)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let list = v["value"].as_array().expect("list").clone();
+    assert_eq!(list.len(), 2, "{v}");
+    // Newest first: the break-glass session, then the one under alice's request.
+    assert_eq!(list[0]["grantOrigin"], "local", "{v}");
+    assert_eq!(list[0]["requestor"], "local:root (pid 7)", "{v}");
+    assert_eq!(list[1]["grantOrigin"], "controller", "{v}");
+    assert_eq!(list[1]["requestId"], rid.as_str(), "{v}");
+    assert_eq!(list[1]["requestor"], "alice", "{v}");
+    assert_eq!(list[1]["source"], "203.0.113.5:40001", "{v}");
+    assert_eq!(list[1]["timeUtc"], "2026-01-31T10:00:01.000Z", "{v}");
+
+    let (_, v) = h
+        .get(
+            "/api/v1/virtualMachines/web1/connections?denied=true&from=2026-01-31T10:00:00Z&to=2026-01-31T10:00:02Z",
+            &h.admin,
+        )
+        .await;
+    let list = v["value"].as_array().expect("list");
+    assert_eq!(list.len(), 2, "{v}");
+    assert_eq!(list[1]["outcome"], "denied", "{v}");
+    assert_eq!(list[1]["reason"], "no_grant", "{v}");
+
+    let (st, text) = h
+        .get(
+            "/api/v1/virtualMachines/web1/connections?format=csv",
+            &h.admin,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let text = text.as_str().expect("csv text").to_string();
+    let mut rows = text.lines();
+    assert!(
+        rows.next()
+            .is_some_and(|r| r.starts_with("timeUtc,virtualMachine,outcome,"))
+    );
+    assert_eq!(rows.count(), 2, "{text}");
+
+    let (_, v) = h
+        .get(
+            "/api/v1/virtualMachines/web1/agentAudit?kind=grant.applied",
+            &h.admin,
+        )
+        .await;
+    assert_eq!(v["value"].as_array().map(Vec::len), Some(1), "{v}");
+    let (_, v) = h
+        .get("/api/v1/virtualMachines/web1/agentAudit", &h.admin)
+        .await;
+    assert_eq!(v["value"].as_array().map(Vec::len), Some(5), "{v}");
+    assert_eq!(v["value"][0]["record"], "garbage", "{v}");
+
+    // Another VM's history is empty; a reader outside the VM's scope is refused.
+    let (_, v) = h
+        .get("/api/v1/virtualMachines/web2/connections", &h.admin)
+        .await;
+    assert_eq!(v["value"].as_array().map(Vec::len), Some(0), "{v}");
+    let dev = h.token("dev-reader", Role::Reader, "rg:dev").await;
+    let (st, _) = h
+        .get("/api/v1/virtualMachines/web1/connections", &dev)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+}
