@@ -1,5 +1,5 @@
-//! The whole system in namespaces: the real controller, an enrolled agent on a VM running a
-//! real sshd, and an operator using the `jit` CLI from a workstation.
+//! The whole system in namespaces: the real controller, enrolled agents on VMs running a real
+//! sshd each, and an operator using the `jit` CLI from a workstation.
 
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
@@ -12,11 +12,16 @@ fn request_ssh_revoke_through_the_controller() {
     if !require_root() {
         return;
     }
-    let fleet = Fleet::new(1).expect("fleet");
+    let fleet = Fleet::new(2).expect("fleet");
     let vm = &fleet.vms[0];
     let sshd = Sshd::start(&vm.ns).expect("sshd");
+    let (vm2, sshd2) = (
+        &fleet.vms[1],
+        Sshd::start(&fleet.vms[1].ns).expect("sshd 2"),
+    );
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
     let token = ctl.add_vm("vm-01", vm.v4);
+    let token2 = ctl.add_vm("vm-02", vm2.v4);
 
     // Policy from the controller: 22/tcp from the workstation's network, cut at expiry.
     ok(
@@ -79,6 +84,43 @@ fn request_ssh_revoke_through_the_controller() {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "via-controller");
     eprintln!("request → Applied in {applied_in:?}");
+
+    // The second VM, with its own agent: vm-01's grant opens nothing there; its own short
+    // request opens it, and it closes again at the end time.
+    let agent2 = AgentProc::start_enrolled(
+        &vm2.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token2,
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent2
+            .ok(&["status"])
+            .contains("22/tcp:cut")),
+        "the policy did not reach vm-02"
+    );
+    let ssh2 = |t: u32| {
+        sshd2
+            .ssh(&fleet.ws, vm2.v4, "true", t)
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!ssh2(2), "vm-01's grant opened vm-02");
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args("request vm-02 --port 22 --duration 4s --justification short --wait"),
+        ),
+        "request vm-02",
+    );
+    assert!(ssh2(3), "ssh to vm-02 after its own request");
+    assert!(
+        wait_until(Duration::from_secs(8), || !ssh2(1)),
+        "vm-02 still open after the end time"
+    );
+    drop(agent2);
 
     // The grant on the agent came from the controller, with the operator as requester.
     let grants = agent.grants_json();
