@@ -40,6 +40,13 @@ impl L4 {
             flags: TCP_ACK,
         }
     }
+    /// An ICMP echo request header.
+    pub fn icmp_echo() -> Self {
+        L4::Other {
+            proto: 1,
+            payload: vec![8, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
     pub fn udp(dport: u16) -> Self {
         L4::Udp {
             sport: 40000,

@@ -34,6 +34,14 @@ fn ssh_runs(sshd: &Sshd, from: &str, host: &str, timeout_secs: u32) -> bool {
     }
 }
 
+/// A local grant for `source` on TCP 22; its id.
+fn grant(agent: &AgentProc, source: &str, duration: &str) -> String {
+    let ids = agent.grant(&args(&format!(
+        "--port 22 --source {source} --duration {duration} --justification tunnel-test"
+    )));
+    ids.into_iter().next().expect("grant id")
+}
+
 /// The agent's view of one interface: (mode, program) from `status --json`.
 fn iface_status(agent: &AgentProc, name: &str) -> Option<(String, String)> {
     let status: serde_json::Value = serde_json::from_str(&agent.ok(&["status", "--json"])).ok()?;
@@ -137,9 +145,7 @@ fn ssh_through_an_l3_tunnel_is_governed() {
     );
 
     // A grant for the workstation's inner address opens the tunnel path, and only it.
-    agent.grant(&args(&format!(
-        "--port 22 --source {WS_IN4} --duration 20s --justification tunnel-test"
-    )));
+    grant(&agent, WS_IN4, "20s");
     assert!(
         ssh_runs(&sshd, &fleet.ws, VM_IN4, 5),
         "granted SSH through the tunnel failed"
@@ -152,27 +158,23 @@ fn ssh_through_an_l3_tunnel_is_governed() {
         !ssh_runs(&sshd, &fleet.ws, VM_IN6, 2),
         "a grant for the inner IPv4 address opened the IPv6 tunnel"
     );
-    let id6 = agent.grant(&args(&format!(
-        "--port 22 --source {WS_IN6} --duration 5m --justification tunnel-test"
-    )));
+    let id6 = grant(&agent, WS_IN6, "5m");
     assert!(
         ssh_runs(&sshd, &fleet.ws, VM_IN6, 5),
         "granted SSH through the IPv6 tunnel failed"
     );
-    agent.ok(&["revoke", &id6[0]]);
+    agent.ok(&["revoke", &id6]);
 
     // The tunnel goes away and a new device takes its name: the link pinned for the old one
     // is defunct, and the new device gets a link of its own.
     drop(t6);
     let _t6 = tunnel6();
-    let id6 = agent.grant(&args(&format!(
-        "--port 22 --source {WS_IN6} --duration 5m --justification tunnel-test"
-    )));
+    let id6 = grant(&agent, WS_IN6, "5m");
     assert!(
         ssh_runs(&sshd, &fleet.ws, VM_IN6, 5),
         "granted SSH through the re-created IPv6 tunnel failed"
     );
-    agent.ok(&["revoke", &id6[0]]);
+    agent.ok(&["revoke", &id6]);
     assert!(
         wait_until(Duration::from_secs(10), || !ssh_runs(
             &sshd, &fleet.ws, VM_IN6, 2
@@ -198,9 +200,7 @@ fn ssh_through_an_l3_tunnel_is_governed() {
     );
     // The outer path was never opened; a grant for the workstation's outer address opens it.
     assert!(!ssh_runs(&sshd, &fleet.ws, &vm_v4, 2));
-    agent.grant(&args(&format!(
-        "--port 22 --source {WS_V4} --duration 5m --justification outer"
-    )));
+    grant(&agent, WS_V4, "5m");
     assert!(
         ssh_runs(&sshd, &fleet.ws, &vm_v4, 5),
         "outer SSH with a grant"
@@ -251,9 +251,7 @@ fn ssh_through_vxlan_is_governed() {
         !ssh_runs(&sshd, ws, VM_IN4, 2),
         "SSH over VXLAN without a grant"
     );
-    agent.grant(&args(&format!(
-        "--port 22 --source {WS_IN4} --duration 5m --justification vxlan"
-    )));
+    grant(&agent, WS_IN4, "5m");
     assert!(
         ssh_runs(&sshd, ws, VM_IN4, 5),
         "granted SSH over VXLAN failed"

@@ -45,6 +45,15 @@ fn setup() -> TestDataplane {
     t
 }
 
+/// Builds frames with source ports counting up from `first`, so that rows never share a flow.
+fn framer(first: u16) -> impl FnMut(&str, &str, L4) -> Frame {
+    let mut sp = first;
+    move |src, dst, l4| {
+        sp += 1;
+        Frame::new(src, dst, l4).sport(sp)
+    }
+}
+
 struct Row {
     name: &'static str,
     frame: Vec<u8>,
@@ -108,11 +117,7 @@ fn verdict_table() {
     let mut t = setup();
     use Counter::*;
     let (p, d) = (XDP_PASS, XDP_DROP);
-    let mut sp = 1000u16;
-    let mut f = |src: &str, dst: &str, l4: L4| {
-        sp += 1;
-        Frame::new(src, dst, l4).sport(sp)
-    };
+    let mut f = framer(1000);
     let mut rows = vec![
         Row {
             name: "arp",
@@ -120,19 +125,7 @@ fn verdict_table() {
             action: p,
             counter: PassedNonIp,
         },
-        row(
-            "icmp",
-            f(
-                NO4,
-                VM4,
-                L4::Other {
-                    proto: 1,
-                    payload: vec![8, 0, 0, 0, 0, 0, 0, 0],
-                },
-            ),
-            p,
-            PassedNotTcpUdp,
-        ),
+        row("icmp", f(NO4, VM4, L4::icmp_echo()), p, PassedNotTcpUdp),
         row(
             "v4 syn 22 no grant",
             f(NO4, VM4, L4::syn(22)),
@@ -584,11 +577,7 @@ fn tunnel_verdict_table() {
     let mut t = setup();
     use Counter::*;
     let (p, d) = (XDP_PASS, XDP_DROP);
-    let mut sp = 3000u16;
-    let mut f = |src: &str, dst: &str, l4: L4| {
-        sp += 1;
-        Frame::new(src, dst, l4).sport(sp)
-    };
+    let mut f = framer(3000);
     let version = |v: u8, f: Frame| {
         let mut b = f.build_ip();
         b[0] = (v << 4) | (b[0] & 0x0f);
@@ -684,19 +673,7 @@ fn tunnel_verdict_table() {
             d,
             DroppedTinyFragment,
         ),
-        row_ip(
-            "icmp",
-            f(
-                NO4,
-                VM4,
-                L4::Other {
-                    proto: 1,
-                    payload: vec![8, 0, 0, 0, 0, 0, 0, 0],
-                },
-            ),
-            p,
-            PassedNotTcpUdp,
-        ),
+        row_ip("icmp", f(NO4, VM4, L4::icmp_echo()), p, PassedNotTcpUdp),
     ];
     // No link layer, so no protocol field: anything that is not IPv4 or IPv6 by its version
     // nibble is dropped, to any port. An Ethernet frame on such a device is such a packet.
