@@ -18,6 +18,8 @@ use std::thread::JoinHandle;
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 205, int)`: sets the device's link type (ARPHRD).
+const TUNSETLINK: libc::c_ulong = 0x4004_54cd;
 
 /// One end: the namespace, the tun device's name and its inner addresses, the outer UDP
 /// endpoint.
@@ -79,6 +81,27 @@ fn open_end(me: &End, peer: SocketAddr) -> io::Result<(OwnedFd, UdpSocket)> {
         udp.set_nonblocking(true)?;
         Ok((tun, udp))
     })?
+}
+
+/// A tun device named `dev` in namespace `ns` that claims link type `arphrd`: a stand-in for
+/// device types this kernel does not build. It carries no traffic and is deleted when the
+/// returned descriptor is closed.
+pub fn tun_with_link_type(ns: &str, dev: &str, arphrd: u16) -> io::Result<OwnedFd> {
+    let path = Path::new("/run/netns").join(ns);
+    let name = dev.to_string();
+    let tun = jitgate_agent::netns::run_in(&path, move || open_tun(&name))??;
+    // SAFETY: a tun descriptor; the argument is the link type by value.
+    if unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            TUNSETLINK as _,
+            libc::c_ulong::from(arphrd),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tun)
 }
 
 fn open_tun(dev: &str) -> io::Result<OwnedFd> {

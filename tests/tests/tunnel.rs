@@ -10,7 +10,7 @@
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
 use jitgate_tests::netns::ips;
-use jitgate_tests::tunnel::{End, UdpTunnel};
+use jitgate_tests::tunnel::{End, UdpTunnel, tun_with_link_type};
 use jitgate_tests::{require_root, wait_until};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -256,4 +256,50 @@ fn ssh_through_vxlan_is_governed() {
         ssh_runs(&sshd, ws, VM_IN4, 5),
         "granted SSH over VXLAN failed"
     );
+}
+
+/// A device whose link layer the program cannot parse is refused, not attached with the wrong
+/// parser: `interface.attach_failed` once (not at every later link event), and absent from
+/// the interfaces `status` reports as enforced.
+#[test]
+fn unknown_link_types_are_refused_once() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(1).expect("fleet");
+    let vm = &fleet.vms[0];
+    let agent = AgentProc::start(
+        &vm.ns,
+        &args("--interface eth0 --interface jt* --protect 22/tcp"),
+    );
+    // InfiniBand (ARPHRD 32): a 20-byte hardware address, no Ethernet header.
+    let _ib = tun_with_link_type(&vm.ns, "jtib", 32).expect("tun as InfiniBand");
+    let audit = || std::fs::read_to_string(agent.state_dir.join("audit.log")).unwrap_or_default();
+    let failures = || {
+        audit()
+            .lines()
+            .filter(|l| l.contains("interface.attach_failed") && l.contains("\"jtib\""))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || failures() == 1),
+        "no refusal recorded: {}",
+        audit()
+    );
+    assert!(audit().contains("link type 32"), "{}", audit());
+    // More link events (another device comes and goes): still one record, still refused.
+    let _tun = tun_with_link_type(&vm.ns, "jtok", 0xfffe).expect("tun");
+    assert!(
+        wait_until(Duration::from_secs(10), || iface_status(&agent, "jtok")
+            .is_some()),
+        "jtok not attached: {}",
+        agent.ok(&["status"])
+    );
+    drop(_tun);
+    assert!(wait_until(Duration::from_secs(10), || iface_status(
+        &agent, "jtok"
+    )
+    .is_none()));
+    assert_eq!(failures(), 1, "{}", audit());
+    assert_eq!(iface_status(&agent, "jtib"), None);
 }
