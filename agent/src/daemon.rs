@@ -607,12 +607,18 @@ impl Core {
                     glob_match(p, &name)
                 }
             });
-            let known = self
-                .attached
-                .get(&name)
-                .is_some_and(|a| a.ifindex == ifindex)
-                || self.refused.contains(&(name.clone(), ifindex));
-            if !wanted || known {
+            if !wanted {
+                continue;
+            }
+            // A device's link type can change while it is down (tun's TUNSETLINK, with a
+            // link event): a known device whose type no longer matches its program is
+            // attached again, which swaps the program or refuses the device.
+            let layer = crate::link::link_layer(&name).ok();
+            let known = match self.attached.get(&name) {
+                Some(a) if a.ifindex == ifindex => layer == Some(a.link),
+                _ => layer.is_none() && self.refused.contains(&(name.clone(), ifindex)),
+            };
+            if known {
                 continue;
             }
             match self.dp.attach(&name) {
@@ -645,6 +651,13 @@ impl Core {
                     tracing::error!(iface = %name, error = %err, "cannot attach");
                     if matches!(err, crate::Error::UnsupportedLink { .. }) {
                         self.refused.insert((name.clone(), ifindex));
+                        // A program for the old link type would mis-parse every packet: it
+                        // goes, and the device is reported as not enforced.
+                        if self.attached.remove(&name).is_some()
+                            && let Err(e) = self.dp.detach(&name)
+                        {
+                            tracing::error!(iface = %name, error = %e, "cannot detach");
+                        }
                     }
                     let mut e = AuditEvent::new("interface.attach_failed", "agent");
                     e.source = Some(name.clone());

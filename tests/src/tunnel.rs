@@ -83,13 +83,17 @@ fn open_end(me: &End, peer: SocketAddr) -> io::Result<(OwnedFd, UdpSocket)> {
     })?
 }
 
-/// A tun device named `dev` in namespace `ns` that claims link type `arphrd`: a stand-in for
-/// device types this kernel does not build. It carries no traffic and is deleted when the
-/// returned descriptor is closed.
-pub fn tun_with_link_type(ns: &str, dev: &str, arphrd: u16) -> io::Result<OwnedFd> {
+/// A bare tun device named `dev` in namespace `ns` (link type ARPHRD_NONE, down, carrying
+/// nothing), deleted when the returned descriptor is closed.
+pub fn tun_device(ns: &str, dev: &str) -> io::Result<OwnedFd> {
     let path = Path::new("/run/netns").join(ns);
     let name = dev.to_string();
-    let tun = jitgate_agent::netns::run_in(&path, move || open_tun(&name))??;
+    jitgate_agent::netns::run_in(&path, move || open_tun(&name))?
+}
+
+/// Makes a (down) tun device claim link type `arphrd`: a stand-in for device types this
+/// kernel does not build.
+pub fn set_link_type(tun: &OwnedFd, arphrd: u16) -> io::Result<()> {
     // SAFETY: a tun descriptor; the argument is the link type by value.
     if unsafe {
         libc::ioctl(
@@ -101,7 +105,7 @@ pub fn tun_with_link_type(ns: &str, dev: &str, arphrd: u16) -> io::Result<OwnedF
     {
         return Err(io::Error::last_os_error());
     }
-    Ok(tun)
+    Ok(())
 }
 
 fn open_tun(dev: &str) -> io::Result<OwnedFd> {

@@ -10,7 +10,7 @@
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
 use jitgate_tests::netns::ips;
-use jitgate_tests::tunnel::{End, UdpTunnel, tun_with_link_type};
+use jitgate_tests::tunnel::{End, UdpTunnel, set_link_type, tun_device};
 use jitgate_tests::{require_root, wait_until};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -40,6 +40,17 @@ fn grant(agent: &AgentProc, source: &str, duration: &str) -> String {
         "--port 22 --source {source} --duration {duration} --justification tunnel-test"
     )));
     ids.into_iter().next().expect("grant id")
+}
+
+/// The agent's audit log, and how many `kind` records it holds for interface `iface`.
+fn audit_records(agent: &AgentProc, kind: &str, iface: &str) -> (String, usize) {
+    let log = std::fs::read_to_string(agent.state_dir.join("audit.log")).unwrap_or_default();
+    let quoted = format!("\"{iface}\"");
+    let n = log
+        .lines()
+        .filter(|l| l.contains(kind) && l.contains(&quoted))
+        .count();
+    (log, n)
 }
 
 /// The agent's view of one interface: (mode, program) from `status --json`.
@@ -181,12 +192,8 @@ fn ssh_through_an_l3_tunnel_is_governed() {
         )),
         "the re-created tunnel is not enforced"
     );
-    let audit = std::fs::read_to_string(agent.state_dir.join("audit.log")).unwrap();
-    let jt6_attached = audit
-        .lines()
-        .filter(|l| l.contains("interface.attached") && l.contains("\"jt6\""))
-        .count();
-    assert_eq!(jt6_attached, 2, "{audit}");
+    let (log, jt6_attached) = audit_records(&agent, "interface.attached", "jt6");
+    assert_eq!(jt6_attached, 2, "{log}");
 
     // The IPv4 grant's end closes the tunnel path again.
     assert!(
@@ -260,7 +267,8 @@ fn ssh_through_vxlan_is_governed() {
 
 /// A device whose link layer the program cannot parse is refused, not attached with the wrong
 /// parser: `interface.attach_failed` once (not at every later link event), and absent from
-/// the interfaces `status` reports as enforced.
+/// the interfaces `status` reports as enforced. A device whose link type changes after it was
+/// attached (tun's TUNSETLINK) loses the program that no longer fits it.
 #[test]
 fn unknown_link_types_are_refused_once() {
     if !require_root() {
@@ -272,34 +280,46 @@ fn unknown_link_types_are_refused_once() {
         &vm.ns,
         &args("--interface eth0 --interface jt* --protect 22/tcp"),
     );
-    // InfiniBand (ARPHRD 32): a 20-byte hardware address, no Ethernet header.
-    let _ib = tun_with_link_type(&vm.ns, "jtib", 32).expect("tun as InfiniBand");
-    let audit = || std::fs::read_to_string(agent.state_dir.join("audit.log")).unwrap_or_default();
-    let failures = || {
-        audit()
-            .lines()
-            .filter(|l| l.contains("interface.attach_failed") && l.contains("\"jtib\""))
-            .count()
-    };
+    let tun = tun_device(&vm.ns, "jtib").expect("tun");
     assert!(
-        wait_until(Duration::from_secs(10), || failures() == 1),
-        "no refusal recorded: {}",
-        audit()
+        wait_until(Duration::from_secs(10), || iface_status(&agent, "jtib")
+            .is_some_and(|(_, l)| l == "ip")),
+        "jtib not attached: {}",
+        agent.ok(&["status"])
     );
-    assert!(audit().contains("link type 32"), "{}", audit());
+    // Now it claims to be InfiniBand (ARPHRD 32): no Ethernet header, no bare IP either.
+    set_link_type(&tun, 32).expect("TUNSETLINK");
+    let failures = || audit_records(&agent, "interface.attach_failed", "jtib");
+    assert!(
+        wait_until(Duration::from_secs(10), || failures().1 == 1),
+        "no refusal recorded: {}",
+        failures().0
+    );
+    assert!(failures().0.contains("link type 32"), "{}", failures().0);
+    assert!(
+        wait_until(Duration::from_secs(5), || iface_status(&agent, "jtib")
+            .is_none()),
+        "jtib still reported as enforced: {}",
+        agent.ok(&["status"])
+    );
+    assert!(
+        !agent.pin_dir.join("link_jtib_skb").exists(),
+        "the program for the old link type is still pinned"
+    );
     // More link events (another device comes and goes): still one record, still refused.
-    let _tun = tun_with_link_type(&vm.ns, "jtok", 0xfffe).expect("tun");
+    let other = tun_device(&vm.ns, "jtok").expect("tun");
     assert!(
         wait_until(Duration::from_secs(10), || iface_status(&agent, "jtok")
             .is_some()),
         "jtok not attached: {}",
         agent.ok(&["status"])
     );
-    drop(_tun);
+    drop(other);
     assert!(wait_until(Duration::from_secs(10), || iface_status(
         &agent, "jtok"
     )
     .is_none()));
-    assert_eq!(failures(), 1, "{}", audit());
+    let (log, n) = failures();
+    assert_eq!(n, 1, "{log}");
     assert_eq!(iface_status(&agent, "jtib"), None);
 }
