@@ -106,7 +106,11 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct InterfaceStatus {
     pub name: String,
+    /// `driver` or `generic`.
     pub mode: String,
+    /// `ethernet`, or `ip` for tunnels (the program that parses from the IP header).
+    #[serde(default)]
+    pub link: String,
 }
 
 /// A connection to the agent.

@@ -14,6 +14,7 @@ use crate::dataplane::{AttachMode, Dataplane, DataplaneOptions};
 use crate::events::DataplaneEvent;
 use crate::grant::{GrantId, GrantRecord, Origin, boot_id};
 use crate::journal::{Journal, Record, RemoveReason};
+use crate::link::LinkLayer;
 use crate::sockdiag::{self, TcpConn};
 use jitgate_common::{Counter, EventKind, FlowEntry, FlowKey, OnExpiry, Protocol, SourcePrefix};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -151,7 +152,10 @@ struct Core {
     boot_id: Arc<str>,
     /// Requester names, shared by their grants.
     requesters: HashMap<String, Arc<str>>,
-    attached: BTreeMap<String, AttachMode>,
+    attached: BTreeMap<String, Attached>,
+    /// Devices (name, ifindex) refused for their link type: reported once, not at every
+    /// rescan. A new device under the same name gets its own try.
+    refused: BTreeSet<(String, u32)>,
     started: OffsetDateTime,
     head: Head,
     removed_since_compact: usize,
@@ -159,6 +163,15 @@ struct Core {
     /// Set when enrolled with a controller.
     enrollment: Option<crate::enroll::Enrollment>,
     chan: crate::channel::SharedState,
+}
+
+/// An interface the program runs on. The ifindex tells a device from a later one that took
+/// its name (a tunnel deleted and created again between two rescans).
+#[derive(Clone, Copy)]
+struct Attached {
+    ifindex: u32,
+    mode: AttachMode,
+    link: LinkLayer,
 }
 
 fn grant_event(kind: &str, actor: &str, g: &GrantRecord, reason: Option<&str>) -> AuditEvent {
@@ -586,6 +599,7 @@ impl Core {
         let mut events = Vec::new();
         for i in ifaces.iter() {
             let name = i.name().to_string_lossy().into_owned();
+            let ifindex = i.index();
             let wanted = self.cfg.interfaces.iter().any(|p| {
                 if name == "lo" {
                     p == "lo"
@@ -593,16 +607,28 @@ impl Core {
                     glob_match(p, &name)
                 }
             });
-            if !wanted || self.attached.contains_key(&name) {
+            if !wanted {
+                continue;
+            }
+            // A device's link type can change while it is down (tun's TUNSETLINK, with a
+            // link event): a known device whose type no longer matches its program is
+            // attached again, which swaps the program or refuses the device.
+            let layer = crate::link::link_layer(&name).ok();
+            let known = match self.attached.get(&name) {
+                Some(a) if a.ifindex == ifindex => layer == Some(a.link),
+                _ => layer.is_none() && self.refused.contains(&(name.clone(), ifindex)),
+            };
+            if known {
                 continue;
             }
             match self.dp.attach(&name) {
                 Ok(a) => {
-                    tracing::info!(iface = %name, mode = a.mode.as_str(), replaced = a.replaced, "enforcing");
+                    tracing::info!(iface = %name, mode = a.mode.as_str(), link = a.link.as_str(), replaced = a.replaced, "enforcing");
                     let mut e = AuditEvent::new("interface.attached", "agent");
                     e.reason = Some(format!(
-                        "{} mode{}",
+                        "{} mode, {} program{}",
                         a.mode.as_str(),
+                        a.link.as_str(),
                         if a.replaced {
                             ", program replaced in place"
                         } else {
@@ -611,10 +637,28 @@ impl Core {
                     ));
                     e.source = Some(name.clone());
                     events.push(e);
-                    self.attached.insert(name, a.mode);
+                    let (mode, link) = (a.mode, a.link);
+                    self.attached.insert(
+                        name,
+                        Attached {
+                            ifindex,
+                            mode,
+                            link,
+                        },
+                    );
                 }
                 Err(err) => {
                     tracing::error!(iface = %name, error = %err, "cannot attach");
+                    if matches!(err, crate::Error::UnsupportedLink { .. }) {
+                        self.refused.insert((name.clone(), ifindex));
+                        // A program for the old link type would mis-parse every packet: it
+                        // goes, and the device is reported as not enforced.
+                        if self.attached.remove(&name).is_some()
+                            && let Err(e) = self.dp.detach(&name)
+                        {
+                            tracing::error!(iface = %name, error = %e, "cannot detach");
+                        }
+                    }
                     let mut e = AuditEvent::new("interface.attach_failed", "agent");
                     e.source = Some(name.clone());
                     e.reason = Some(err.to_string());
@@ -628,6 +672,7 @@ impl Core {
             .map(|i| i.name().to_string_lossy().into_owned())
             .collect();
         self.attached.retain(|n, _| present.contains(n));
+        self.refused.retain(|(n, _)| present.contains(n));
         if !events.is_empty() {
             self.write(WriteJob::audit(events, true)).await;
         }
@@ -1174,7 +1219,7 @@ impl Core {
                 interfaces: self
                     .attached
                     .iter()
-                    .map(|(n, m)| (n.clone(), m.as_str().to_string()))
+                    .map(|(n, a)| (n.clone(), a.mode.as_str().to_string()))
                     .collect(),
                 protected: self.cfg.protected.clone(),
                 listening,
@@ -1204,9 +1249,10 @@ impl Core {
             interfaces: self
                 .attached
                 .iter()
-                .map(|(n, m)| InterfaceStatus {
+                .map(|(n, a)| InterfaceStatus {
                     name: n.clone(),
-                    mode: m.as_str().into(),
+                    mode: a.mode.as_str().into(),
+                    link: a.link.as_str().into(),
                 })
                 .collect(),
             protected: self.cfg.protected.iter().map(|p| p.to_string()).collect(),
@@ -1636,6 +1682,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         boot_id: bid.clone(),
         requesters: HashMap::new(),
         attached: BTreeMap::new(),
+        refused: BTreeSet::new(),
         started: OffsetDateTime::now_utc(),
         head: head.clone(),
         removed_since_compact: 0,

@@ -9,6 +9,7 @@ use crate::cover::{CoverIndex, MapOp, Scope};
 use crate::error::Error;
 use crate::events::EventStream;
 use crate::grant::{GrantId, GrantSpec};
+use crate::link::LinkLayer;
 use aya::maps::{
     Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key,
 };
@@ -134,6 +135,8 @@ impl AttachMode {
 pub struct Attachment {
     pub interface: String,
     pub mode: AttachMode,
+    /// Which program runs there: the Ethernet one or the one for tunnels (from the IP header).
+    pub link: LinkLayer,
     /// An already pinned link was updated in place (atomic program replacement, no gap).
     pub replaced: bool,
 }
@@ -270,11 +273,13 @@ impl Dataplane {
             .map_max_entries(names::GRANTS_LPM_V6, opts.limits.prefix_grants)
             .map_max_entries(names::FLOWS, opts.limits.flows);
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(programs::ENFORCE)
-            .ok_or(Error::MissingProgram(programs::ENFORCE))?
-            .try_into()?;
-        prog.load()?;
+        for name in [programs::ENFORCE, programs::ENFORCE_L3] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()?;
+            prog.load()?;
+        }
 
         let protected_map: Array<MapData, u8> = take(&mut ebpf, names::PROTECTED)?;
         let mut protected = HashMap::new();
@@ -331,49 +336,48 @@ impl Dataplane {
         self.adopted
     }
 
-    fn enforce_program(&mut self) -> Result<&mut Xdp, Error> {
+    fn program(&mut self, link: LinkLayer) -> Result<&mut Xdp, Error> {
+        let name = link.program();
         Ok(self
             .ebpf
-            .program_mut(programs::ENFORCE)
-            .ok_or(Error::MissingProgram(programs::ENFORCE))?
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
             .try_into()?)
     }
 
-    /// The kernel id of the loaded enforcing program.
+    /// The kernel id of the loaded enforcing program (the Ethernet one).
     pub fn program_id(&mut self) -> Result<u32, Error> {
-        Ok(self.enforce_program()?.info()?.id())
+        Ok(self.program(LinkLayer::Ethernet)?.info()?.id())
     }
 
     /// Attaches to `iface` (in the calling thread's network namespace), in driver mode if the
-    /// driver supports it and generic mode otherwise, and pins the link. If a link is already
+    /// driver supports it and generic mode otherwise, and pins the link. The program is the
+    /// one for the interface's link type (see [`crate::link`]); a link type whose layout is
+    /// unknown is refused rather than enforced with the wrong parser. If a link is already
     /// pinned for `iface`, the program behind it is replaced atomically: no packet is ever
     /// unfiltered.
     pub fn attach(&mut self, iface: &str) -> Result<Attachment, Error> {
+        let link = crate::link::link_layer(iface)?;
         if let Some((path, mode)) = self.pinned_link(iface) {
-            let pinned = PinnedLink::from_pin(&path).map_err(|e| Error::Pin {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::Pin {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let prog = self.enforce_program()?;
-            let id = prog.attach_to_link(link)?;
-            // The pin keeps the link; drop our handle so only the pin holds it.
-            drop(prog.take_link(id)?);
-            return Ok(Attachment {
-                interface: iface.to_string(),
-                mode,
-                replaced: true,
-            });
+            match self.replace_in_link(&path, link) {
+                Ok(()) => {
+                    return Ok(Attachment {
+                        interface: iface.to_string(),
+                        mode,
+                        link,
+                        replaced: true,
+                    });
+                }
+                // The device this link was made for is gone; the name now belongs to a new
+                // one, which has no program yet. The stale pin gives way to a new link.
+                Err(ReplaceError::Defunct) => {
+                    tracing::info!(iface, "pinned link outlived its device; attaching anew");
+                    std::fs::remove_file(&path)?;
+                }
+                Err(ReplaceError::Other(e)) => return Err(e),
+            }
         }
-        let c = std::ffi::CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.into()))?;
-        // SAFETY: a valid NUL-terminated string.
-        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
-            return Err(Error::NoSuchInterface(iface.to_string()));
-        }
-        let prog = self.enforce_program()?;
+        let prog = self.program(link)?;
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Driver),
             Err(driver) => match prog.attach(iface, XdpMode::Skb) {
@@ -387,24 +391,54 @@ impl Dataplane {
                 }
             },
         };
-        let link = prog.take_link(id)?;
+        let xdp_link = prog.take_link(id)?;
         let path = self.link_pin_path(iface, mode);
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| Error::Pin {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let fd_link: FdLink =
+            xdp_link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| Error::Pin {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
         fd_link.pin(&path).map_err(|e| Error::Pin {
             path: path.clone(),
             reason: std_error_chain(&e),
         })?;
-        tracing::info!(iface, mode = mode.as_str(), "attached");
+        tracing::info!(
+            iface,
+            mode = mode.as_str(),
+            link = link.as_str(),
+            "attached"
+        );
         Ok(Attachment {
             interface: iface.to_string(),
             mode,
+            link,
             replaced: false,
         })
+    }
+
+    /// Swaps the program inside the link pinned at `path` (`bpf_link_update`).
+    fn replace_in_link(&mut self, path: &Path, link: LinkLayer) -> Result<(), ReplaceError> {
+        let pin_err = |e: &dyn std::fmt::Display| Error::Pin {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| pin_err(&e))?;
+        let xdp_link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_err(&e))?;
+        let prog = self.program(link)?;
+        let id = match prog.attach_to_link(xdp_link) {
+            Ok(id) => id,
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                return Err(ReplaceError::Defunct);
+            }
+            Err(e) => return Err(Error::Program(e).into()),
+        };
+        // The pin keeps the link; drop our handle so only the pin holds it.
+        drop(prog.take_link(id).map_err(Error::Program)?);
+        Ok(())
     }
 
     fn link_pin_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
@@ -419,7 +453,7 @@ impl Dataplane {
     }
 
     /// Interfaces with a pinned link, and their modes.
-    pub fn attachments(&self) -> Result<Vec<Attachment>, Error> {
+    pub fn attachments(&self) -> Result<Vec<(String, AttachMode)>, Error> {
         list_links(&self.pin_dir)
     }
 
@@ -439,7 +473,7 @@ impl Dataplane {
         match list_links(&self.pin_dir) {
             Ok(links) => {
                 for i in attached {
-                    if !links.iter().any(|l| l.interface == i) {
+                    if !links.iter().any(|(name, _)| name == i) {
                         problems.push(format!("{i}: link no longer pinned (detached?)"));
                     }
                 }
@@ -671,9 +705,21 @@ impl Dataplane {
         Ok(EventStream::new(ring))
     }
 
-    /// Runs the enforcing program on `frame` with BPF_PROG_TEST_RUN, `repeat` times.
+    /// Runs the enforcing program on the Ethernet `frame` with BPF_PROG_TEST_RUN, `repeat`
+    /// times.
     pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
-        run(self.enforce_program()?, frame, repeat)
+        self.test_run_on(LinkLayer::Ethernet, frame, repeat)
+    }
+
+    /// The same with the program for `link` (for [`LinkLayer::Ip`], `frame` starts at the IP
+    /// header). The kernel's test runner needs at least 14 bytes.
+    pub fn test_run_on(
+        &mut self,
+        link: LinkLayer,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRun, Error> {
+        run(self.program(link)?, frame, repeat)
     }
 
     /// Runs one of the floor programs (`programs::FLOOR_PASS` or `FLOOR_DROP`) the same way,
@@ -783,8 +829,20 @@ fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Interfaces with a pinned link under `pin_dir`.
-pub fn list_links(pin_dir: &Path) -> Result<Vec<Attachment>, Error> {
+enum ReplaceError {
+    /// `bpf_link_update` said ENOLINK: the link's device is gone.
+    Defunct,
+    Other(Error),
+}
+
+impl From<Error> for ReplaceError {
+    fn from(e: Error) -> Self {
+        ReplaceError::Other(e)
+    }
+}
+
+/// Interfaces with a pinned link under `pin_dir`, and their modes.
+pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, AttachMode)>, Error> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(pin_dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -796,13 +854,9 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<Attachment>, Error> {
             Some((i, "skb")) => (i, AttachMode::Generic),
             _ => continue,
         };
-        out.push(Attachment {
-            interface: decode_iface(iface),
-            mode,
-            replaced: false,
-        });
+        out.push((decode_iface(iface), mode));
     }
-    out.sort_by(|a, b| a.interface.cmp(&b.interface));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -822,8 +876,8 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for a in list_links(pin_dir)? {
-        let p = pin_dir.join(link_pin_name(&a.interface, a.mode));
+    for (iface, mode) in list_links(pin_dir)? {
+        let p = pin_dir.join(link_pin_name(&iface, mode));
         std::fs::remove_file(p)?;
     }
     for name in names::ALL {

@@ -49,6 +49,12 @@ pub enum Error {
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
 
+    #[error(
+        "{iface} has link type {arphrd} (ARPHRD), whose packet layout the XDP program does not \
+         parse; a GRE device without a fixed remote shows its outer headers as a link layer"
+    )]
+    UnsupportedLink { iface: String, arphrd: u16 },
+
     #[error("{0} is not attached")]
     NotAttached(String),
 

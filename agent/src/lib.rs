@@ -5,6 +5,7 @@
 //! - [`cover`] computes, for overlapping grants, the value each map entry must hold.
 //! - [`clock`] converts UTC grant ends into the kernel's CLOCK_BOOTTIME.
 //! - [`events`] decodes the ring-buffer events.
+//! - [`link`] tells Ethernet devices from tunnels (which program runs where).
 //! - [`netns`] runs code inside a network namespace (attaching there, tests).
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod grant;
 pub mod journal;
+pub mod link;
 pub mod netns;
 pub mod sockdiag;
 
@@ -32,3 +34,4 @@ pub use dataplane::{
 pub use error::Error;
 pub use events::{DataplaneEvent, EventStream};
 pub use grant::{GrantId, GrantSpec};
+pub use link::LinkLayer;

@@ -105,7 +105,9 @@ struct RunArgs {
     /// TOML configuration (see agent/jit-agent.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Interface name or glob to enforce on (repeatable; replaces the file's list).
+    /// Interface name or glob to enforce on (repeatable; replaces the file's list). Include
+    /// tunnel devices (wg*, gre*, tun*): traffic they decapsulate never crosses the NIC's XDP
+    /// hook. The program is picked by link type; interfaces that appear later are attached too.
     #[arg(long = "interface", value_name = "IFACE")]
     interfaces: Vec<String>,
     /// Protected port, e.g. 22/tcp:keep or 3389/*:cut (repeatable; replaces the file's list).
@@ -521,7 +523,10 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
             println!("pin dir        {}", s.pin_dir);
             println!("started        {}", fmt_time(s.started));
             for i in &s.interfaces {
-                println!("interface      {} ({} mode)", i.name, i.mode);
+                println!(
+                    "interface      {} ({} mode, {} program)",
+                    i.name, i.mode, i.link
+                );
             }
             println!("protected      {}", s.protected.join(", "));
             println!("active grants  {}", s.active_grants);

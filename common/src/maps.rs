@@ -41,8 +41,11 @@ pub mod names {
 
 /// Program names in the object file.
 pub mod programs {
-    /// The enforcing program.
+    /// The enforcing program, for devices with an Ethernet header.
     pub const ENFORCE: &str = "jitgate";
+    /// The enforcing program for devices without a link-layer header (tunnels): the same
+    /// maps and verdicts, parsing from the IP header.
+    pub const ENFORCE_L3: &str = "jitgate_l3";
     /// Returns XDP_PASS and nothing else: the floor for benchmarks.
     pub const FLOOR_PASS: &str = "jitgate_floor";
     /// Returns XDP_DROP and nothing else: the receive-side floor for flood benchmarks.

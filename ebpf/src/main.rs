@@ -20,7 +20,7 @@ use jitgate_common::{
     GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
     event::FAMILY_V4, limits, port_flags,
 };
-use parse::{Ip16, Parsed, Verdict};
+use parse::{Ip16, Link, Parsed, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
@@ -63,14 +63,29 @@ static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::pinned(1, 0);
 #[map(name = "JG_SRC_RATE")]
 static SRC_RATE: LruHashMap<SourceBucket, u64> = LruHashMap::pinned(limits::SRC_RATE, 0);
 
+/// The enforcing program for devices whose frames start with an Ethernet header.
 #[xdp]
 pub fn jitgate(ctx: XdpContext) -> u32 {
-    match parse::parse(&ctx) {
+    verdict(&ctx, Link::Ethernet)
+}
+
+/// The same enforcement for devices without a link-layer header (tunnels): packets start at
+/// the IP header. See docs/dataplane.md, "Tunnel devices".
+#[xdp]
+pub fn jitgate_l3(ctx: XdpContext) -> u32 {
+    verdict(&ctx, Link::Ip)
+}
+
+/// Everything after the link layer is shared; `link` is a constant in each entry point, so
+/// each one compiles to its own straight-line path.
+#[inline(always)]
+fn verdict(ctx: &XdpContext, link: Link) -> u32 {
+    match parse::parse(ctx, link) {
         Verdict::Decided(action, counter) => {
             count(counter);
             action
         }
-        Verdict::Inspect(p) => enforce(&ctx, &p),
+        Verdict::Inspect(p) => enforce(ctx, &p),
     }
 }
 

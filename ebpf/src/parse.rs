@@ -1,5 +1,7 @@
 //! Packet parsing: Ethernet, up to two VLAN tags, IPv4 (options, fragments), IPv6 with a
-//! bounded extension-header chain, then the TCP/UDP ports.
+//! bounded extension-header chain, then the TCP/UDP ports. Devices without a link-layer
+//! header (tunnels: WireGuard, GRE, ipip, tun) start at the IP header ([`Link::Ip`]); from
+//! there both share every step.
 //!
 //! The rule is fail closed: a packet that might be for a protected port but cannot be parsed
 //! far enough to be sure is dropped. Fragment policy (RFC 1858, RFC 7112): only a first
@@ -116,8 +118,42 @@ fn be16(a: u8, b: u8) -> u16 {
     ((a as u16) << 8) | b as u16
 }
 
+/// Where a packet handed to XDP begins, which is a property of the device's link type.
+#[derive(Clone, Copy)]
+pub enum Link {
+    /// An Ethernet header (Ethernet, veth, VXLAN, loopback).
+    Ethernet,
+    /// The IP header itself, version from its first nibble: generic XDP on a device without
+    /// a link-layer header points `data` at the network header.
+    Ip,
+}
+
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Verdict {
+pub fn parse(ctx: &XdpContext, link: Link) -> Verdict {
+    match link {
+        Link::Ethernet => ethernet(ctx),
+        Link::Ip => ip(ctx),
+    }
+}
+
+/// No link-layer header. There is no protocol field to say what follows either, so a version
+/// other than 4 or 6 is dropped: we cannot tell a corrupt IP packet from something else.
+#[inline(always)]
+fn ip(ctx: &XdpContext) -> Verdict {
+    // The shortest IP header (IPv4, 20 bytes): a one-byte check compiles to `data >= end`,
+    // which the verifier does not take as a bound.
+    let Some(h) = load::<[u8; 20]>(ctx, 0) else {
+        return malformed();
+    };
+    match h[0] >> 4 {
+        4 => ipv4(ctx, 0),
+        6 => ipv6(ctx, 0),
+        _ => malformed(),
+    }
+}
+
+#[inline(always)]
+fn ethernet(ctx: &XdpContext) -> Verdict {
     let Some(eth) = load::<[u8; 14]>(ctx, 0) else {
         return malformed();
     };

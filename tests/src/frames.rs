@@ -1,4 +1,5 @@
-//! Crafted Ethernet frames for BPF_PROG_TEST_RUN. Checksums are not computed: XDP does not
+//! Crafted Ethernet frames (and bare IP packets, as tunnel devices present them) for
+//! BPF_PROG_TEST_RUN. Checksums are not computed: XDP does not
 //! verify them, and these frames never reach a stack.
 
 use std::net::IpAddr;
@@ -37,6 +38,13 @@ impl L4 {
             sport: 40000,
             dport,
             flags: TCP_ACK,
+        }
+    }
+    /// An ICMP echo request header.
+    pub fn icmp_echo() -> Self {
+        L4::Other {
+            proto: 1,
+            payload: vec![8, 0, 0, 0, 0, 0, 0, 0],
         }
     }
     pub fn udp(dport: u16) -> Self {
@@ -160,17 +168,27 @@ impl Frame {
         self
     }
 
+    /// The Ethernet frame: MAC addresses, VLAN tags, ethertype, then [`Frame::build_ip`].
     pub fn build(&self) -> Vec<u8> {
         let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
         for tpid in &self.vlans {
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&[0x00, 0x64]); // VID 100
         }
+        let ethertype: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend(self.build_ip());
+        f
+    }
+
+    /// The IP packet alone, as a device without a link-layer header (a tunnel) presents it.
+    /// VLAN tags do not apply.
+    pub fn build_ip(&self) -> Vec<u8> {
+        let mut f = Vec::new();
         let mut l4 = self.l4.bytes();
         l4.extend(std::iter::repeat_n(0xab, self.payload));
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let ihl = 20 + self.ip_options.len();
                 let total = (ihl + l4.len()) as u16;
                 let mut h = vec![0u8; 20];
@@ -187,7 +205,6 @@ impl Frame {
                 f.extend_from_slice(&l4);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                f.extend_from_slice(&0x86ddu16.to_be_bytes());
                 // Build the chain back to front so each header names the next.
                 let mut next = self.l4.proto();
                 let mut chain: Vec<u8> = Vec::new();

@@ -8,6 +8,7 @@ pub mod flood;
 pub mod frames;
 pub mod model;
 pub mod netns;
+pub mod tunnel;
 
 use jitgate_agent::{Dataplane, DataplaneOptions, MapLimits};
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use jitgate_agent::LinkLayer;
 use jitgate_common::{OnExpiry, SourcePrefix};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +45,20 @@ fn be16(b: &[u8], i: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
 }
 
-/// Parses a frame per the specification.
+/// Parses a packet per the specification, from the link layer `link` says it has.
+pub fn parse_on(link: LinkLayer, f: &[u8]) -> Parsed {
+    match link {
+        LinkLayer::Ethernet => parse(f),
+        // No link layer: the version nibble says what it is; nothing else is IP.
+        LinkLayer::Ip => match f.first().map(|b| b >> 4) {
+            Some(4) => ipv4(f, 0),
+            Some(6) => ipv6(f, 0),
+            _ => Parsed::Malformed,
+        },
+    }
+}
+
+/// Parses an Ethernet frame per the specification.
 pub fn parse(f: &[u8]) -> Parsed {
     let Some(mut ethertype) = be16(f, 12) else {
         return Parsed::Malformed;
@@ -221,7 +235,12 @@ impl Model {
     }
 
     pub fn step(&mut self, frame: &[u8], now: u64) -> (Verdict, Parsed) {
-        let p = parse(frame);
+        self.step_on(LinkLayer::Ethernet, frame, now)
+    }
+
+    /// `step` for a device with link layer `link`.
+    pub fn step_on(&mut self, link: LinkLayer, frame: &[u8], now: u64) -> (Verdict, Parsed) {
+        let p = parse_on(link, frame);
         let v = match &p {
             Parsed::NotIp | Parsed::Other => Verdict::Pass,
             Parsed::Malformed | Parsed::ChainTooLong => Verdict::Drop,

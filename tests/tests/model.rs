@@ -4,7 +4,7 @@
 //! active grant or an admitted flow in the model. Found cases live on as regression rows in
 //! tests/regressions/packet_path.txt.
 
-use jitgate_agent::{BootInstant, GrantId, GrantSpec, XDP_DROP, XDP_PASS};
+use jitgate_agent::{BootInstant, GrantId, GrantSpec, LinkLayer, XDP_DROP, XDP_PASS};
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use jitgate_tests::frames::{Ext, Frame, L4};
 use jitgate_tests::model::{Model, ModelGrant, Parsed, Verdict};
@@ -93,14 +93,16 @@ impl Harness {
         id
     }
 
-    /// Runs one frame through both; returns a failure description, if any.
-    fn check(&mut self, frame: &[u8]) -> Option<String> {
+    /// Runs one packet through both, with the program for link layer `link`; returns a
+    /// failure description, if any.
+    fn check_on(&mut self, link: LinkLayer, frame: &[u8]) -> Option<String> {
+        // The kernel's test runner takes no less.
         if frame.len() < 14 {
             return None;
         }
         let now = BootInstant::now().0;
-        let kernel = self.t.dp.test_run(frame, 1).unwrap().action;
-        let (want, parsed) = self.model.step(frame, now);
+        let kernel = self.t.dp.test_run_on(link, frame, 1).unwrap().action;
+        let (want, parsed) = self.model.step_on(link, frame, now);
         let want = match want {
             Verdict::Pass => XDP_PASS,
             Verdict::Drop => XDP_DROP,
@@ -143,7 +145,7 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn base_frame(r: &mut Rng) -> Vec<u8> {
+fn base_frame(r: &mut Rng) -> Frame {
     let v6 = r.below(2) == 0;
     let (src, dst) = if v6 {
         (*r.pick(V6_SOURCES), "2001:db8:ff::1")
@@ -200,10 +202,12 @@ fn base_frame(r: &mut Rng) -> Vec<u8> {
             f = f.frag([0, 0, 1, 2, 185][r.below(5) as usize], r.below(2) == 0);
         }
     }
-    f.build()
+    f
 }
 
-fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
+/// `l3`: where the IP header starts in the base packet (14, or 0 on a device without a link
+/// layer).
+fn mutate(r: &mut Rng, f: &mut Vec<u8>, l3: usize) {
     for _ in 0..r.below(4) {
         if f.is_empty() {
             return;
@@ -226,7 +230,7 @@ fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
             }
             // A header-length or length field, wherever the base frame put it.
             3 => {
-                let i = 14 + r.below(f.len().saturating_sub(14).min(80) as u64 + 1) as usize;
+                let i = l3 + r.below(f.len().saturating_sub(l3).min(80) as u64 + 1) as usize;
                 if i + 1 < f.len() {
                     f[i] = [0x45, 0x4f, 0x40, 0x60, 0x00, 0xff][r.below(6) as usize];
                 }
@@ -234,7 +238,7 @@ fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
             // Extra bytes at the end (Ethernet padding).
             4 => f.extend(std::iter::repeat_n(0u8, r.below(20) as usize)),
             // Ethertype games.
-            5 if f.len() >= 14 => {
+            5 if l3 == 14 && f.len() >= 14 => {
                 let t: u16 = *r.pick(&[0x0800, 0x86dd, 0x8100, 0x88a8, 0x0806, 0x9100]);
                 f[12..14].copy_from_slice(&t.to_be_bytes());
             }
@@ -248,6 +252,22 @@ fn kernel_verdicts_equal_the_reference_model() {
     if !require_root() {
         return;
     }
+    property(LinkLayer::Ethernet);
+}
+
+/// The same for the program of devices without a link layer, on the same packets without
+/// their Ethernet header (and VLAN tags).
+#[test]
+fn tunnel_verdicts_equal_the_reference_model() {
+    if !require_root() {
+        return;
+    }
+    property(LinkLayer::Ip);
+}
+
+/// Random and mutated packets through the kernel program for `link` and the model: the same
+/// verdicts, and nothing passes to a protected port without a grant or a flow.
+fn property(link: LinkLayer) {
     let mut h = Harness::new();
     let far = BootInstant::now().saturating_add(Duration::from_secs(3600));
     let past = BootInstant(BootInstant::now().0.saturating_sub(1_000_000_000));
@@ -277,16 +297,19 @@ fn kernel_verdicts_equal_the_reference_model() {
     let mut failures = Vec::new();
     let mut frames = Vec::new();
     for i in 0..cases {
-        let mut f = base_frame(&mut r);
+        let (mut f, l3) = match link {
+            LinkLayer::Ethernet => (base_frame(&mut r).build(), 14),
+            LinkLayer::Ip => (base_frame(&mut r).build_ip(), 0),
+        };
         if i % 4 != 0 {
-            mutate(&mut r, &mut f);
+            mutate(&mut r, &mut f, l3);
         }
         // Stay clear of the short grants' end: the model and the kernel read the clock at
         // slightly different moments.
         if BootInstant::now().0 + 50_000_000 > soon.0 {
             break;
         }
-        if let Some(e) = h.check(&f) {
+        if let Some(e) = h.check_on(link, &f) {
             failures.push(e);
         }
         frames.push(f);
@@ -296,7 +319,7 @@ fn kernel_verdicts_equal_the_reference_model() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for f in &frames {
-        if let Some(e) = h.check(f) {
+        if let Some(e) = h.check_on(link, f) {
             failures.push(e);
         }
     }

@@ -6,7 +6,8 @@
 //! same way).
 
 use jitgate_agent::{
-    BootInstant, Dataplane, DataplaneOptions, GrantId, GrantSpec, MapLimits, XDP_DROP, XDP_PASS,
+    BootInstant, Dataplane, DataplaneOptions, GrantId, GrantSpec, LinkLayer, MapLimits, XDP_DROP,
+    XDP_PASS,
 };
 use jitgate_common::{Port, Protocol, SourcePrefix, programs};
 use jitgate_tests::frames::{Frame, L4, TCP_ACK};
@@ -98,6 +99,17 @@ fn frame(src: IpAddr, dport: u16, flags: u8, sport: u16) -> Vec<u8> {
     .build()
 }
 
+/// Which program a measurement runs.
+#[derive(Clone, Copy)]
+enum Prog {
+    /// One of the floor programs.
+    Floor(&'static str),
+    /// The enforcing program for a link layer.
+    Enforce(LinkLayer),
+}
+
+const ETH: Prog = Prog::Enforce(LinkLayer::Ethernet);
+
 struct Bench {
     dp: Dataplane,
     _guard: PinGuard,
@@ -107,7 +119,7 @@ struct Bench {
 
 impl Bench {
     /// ns per packet, one packet repeated.
-    fn one(&mut self, prog: Option<&'static str>, f: &[u8], want: u32) -> f64 {
+    fn one(&mut self, prog: Prog, f: &[u8], want: u32) -> f64 {
         // Warm up (and admit the flow for the granted case).
         self.run(prog, f, 1000, want);
         let mut best = f64::MAX;
@@ -119,13 +131,7 @@ impl Bench {
 
     /// Mean ns per packet over many distinct packets, each run once per pass; every packet
     /// is run once before measuring, so flows exist as they would on a live path.
-    fn many(
-        &mut self,
-        prog: Option<&'static str>,
-        frames: &[Vec<u8>],
-        want: u32,
-        warm: bool,
-    ) -> f64 {
+    fn many(&mut self, prog: Prog, frames: &[Vec<u8>], want: u32, warm: bool) -> f64 {
         if warm {
             for f in frames {
                 self.run(prog, f, 1, want);
@@ -138,10 +144,10 @@ impl Bench {
         total / frames.len() as f64
     }
 
-    fn run(&mut self, prog: Option<&'static str>, f: &[u8], repeat: u32, want: u32) -> f64 {
+    fn run(&mut self, prog: Prog, f: &[u8], repeat: u32, want: u32) -> f64 {
         let r = match prog {
-            None => self.dp.test_run(f, repeat),
-            Some(p) => self.dp.test_run_floor(p, f, repeat),
+            Prog::Enforce(link) => self.dp.test_run_on(link, f, repeat),
+            Prog::Floor(p) => self.dp.test_run_floor(p, f, repeat),
         }
         .expect("BPF_PROG_TEST_RUN");
         assert_eq!(r.action, want, "unexpected verdict in benchmark");
@@ -175,11 +181,21 @@ fn dataplane(quick: bool) {
     };
 
     let floor_frame = frame(denied_host(Family::V4, 0), 22, 0x02, 40000);
-    let floor_one = b.one(Some(programs::FLOOR_PASS), &floor_frame, XDP_PASS);
+    let floor_one = b.one(Prog::Floor(programs::FLOOR_PASS), &floor_frame, XDP_PASS);
     let floor_frames: Vec<Vec<u8>> = (0..b.distinct)
         .map(|i| frame(denied_host(Family::V4, i), 22, 0x02, 40000))
         .collect();
-    let floor_many = b.many(Some(programs::FLOOR_PASS), &floor_frames, XDP_PASS, false);
+    let floor_many = b.many(
+        Prog::Floor(programs::FLOOR_PASS),
+        &floor_frames,
+        XDP_PASS,
+        false,
+    );
+    // The tunnel program on the same packets without their Ethernet header, before any grant.
+    let l3 = Prog::Enforce(LinkLayer::Ip);
+    let bare = |dport| Frame::new(&denied_host(Family::V4, 0).to_string(), VM4, L4::syn(dport));
+    let l3_unprot = b.one(l3, &bare(8080).build_ip(), XDP_PASS);
+    let l3_deny = b.one(l3, &bare(22).build_ip(), XDP_DROP);
 
     let mut rows: Vec<(String, String, String, f64, f64)> = Vec::new();
     let mut load_notes = Vec::new();
@@ -233,11 +249,11 @@ fn dataplane(quick: bool) {
             };
             // Unprotected: TCP to 8080.
             let f_un = frame(denied_host(fam, 0), 8080, 0x02, 40000);
-            let one = b.one(None, &f_un, XDP_PASS);
+            let one = b.one(ETH, &f_un, XDP_PASS);
             let frames: Vec<Vec<u8>> = (0..n)
                 .map(|i| frame(denied_host(fam, i), 8080, 0x02, 40000))
                 .collect();
-            let many = b.many(None, &frames, XDP_PASS, false);
+            let many = b.many(ETH, &frames, XDP_PASS, false);
             rows.push((
                 "unprotected".into(),
                 fam_s.into(),
@@ -247,11 +263,11 @@ fn dataplane(quick: bool) {
             ));
             // Protected, no grant: SYN to 22 from 198.18/15 or 2001:db8:ffff::/48.
             let f_den = frame(denied_host(fam, 0), 22, 0x02, 40000);
-            let one = b.one(None, &f_den, XDP_DROP);
+            let one = b.one(ETH, &f_den, XDP_DROP);
             let frames: Vec<Vec<u8>> = (0..n)
                 .map(|i| frame(denied_host(fam, i), 22, 0x02, 40000))
                 .collect();
-            let many = b.many(None, &frames, XDP_DROP, true);
+            let many = b.many(ETH, &frames, XDP_DROP, true);
             rows.push((
                 "protected, no grant (drop)".into(),
                 fam_s.into(),
@@ -262,12 +278,12 @@ fn dataplane(quick: bool) {
             if hosts > 0 {
                 // Protected, granted: packets of admitted flows (the steady state of a session).
                 let f_ok = frame(sources_granted[0], 22, TCP_ACK, 40000);
-                let one = b.one(None, &f_ok, XDP_PASS);
+                let one = b.one(ETH, &f_ok, XDP_PASS);
                 let frames: Vec<Vec<u8>> = sources_granted
                     .iter()
                     .map(|s| frame(*s, 22, TCP_ACK, 41000))
                     .collect();
-                let many = b.many(None, &frames, XDP_PASS, true);
+                let many = b.many(ETH, &frames, XDP_PASS, true);
                 rows.push((
                     "protected, granted (admitted flow)".into(),
                     fam_s.into(),
@@ -280,7 +296,7 @@ fn dataplane(quick: bool) {
                     .iter()
                     .map(|s| frame(*s, 22, 0x02, 42000))
                     .collect();
-                let many = b.many(None, &frames, XDP_PASS, false);
+                let many = b.many(ETH, &frames, XDP_PASS, false);
                 rows.push((
                     "protected, granted (new connection)".into(),
                     fam_s.into(),
@@ -335,6 +351,12 @@ fn dataplane(quick: bool) {
             many / floor_many
         ));
     }
+    out.push_str(&format!(
+        "\nTunnel program (`jitgate_l3`, the same IPv4 SYN without an Ethernet header, no grants, one packet): \
+         unprotected {l3_unprot:.1} ns ({:.2}× floor), protected with no grant {l3_deny:.1} ns ({:.2}× floor).\n",
+        l3_unprot / floor_one,
+        l3_deny / floor_one
+    ));
     out.push('\n');
     for n in &load_notes {
         out.push_str(&format!("- {n}\n"));
