@@ -80,14 +80,14 @@ fn write_seeds() {
     )
     .unwrap();
 
+    // Two grants and the removal of one: replay leaves one.
     let (mut j, _) = Journal::open(tmp.path()).unwrap();
-    j.append(&[Record::Grant(grant(1)), Record::Grant(grant(2))])
-        .unwrap();
-    j.append(&[Record::Remove {
+    let removal = Record::Remove {
         id: grant(1).id,
         reason: RemoveReason::Revoked,
-    }])
-    .unwrap();
+    };
+    j.append(&[Record::Grant(grant(1)), Record::Grant(grant(2)), removal])
+        .unwrap();
     drop(j);
     std::fs::copy(tmp.path().join(journal::FILE), out.join("grants.journal")).unwrap();
 }

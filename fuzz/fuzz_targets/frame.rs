@@ -2,8 +2,7 @@
 //! length-prefixed, versioned postcard frames (proto/src/frame.rs).
 //!
 //! Properties: reading never panics and never allocates more than the frame limit; every
-//! frame that decodes re-encodes to a frame that decodes to the same message and is no
-//! longer than the one read (postcard's encoding is the shortest one).
+//! frame that decodes re-encodes to a frame that decodes to the same message.
 #![no_main]
 
 use jitgate_proto::frame::{self, FrameError};
@@ -34,12 +33,9 @@ fn read_all<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) {
                 let read = before - r.len();
                 assert!(read <= MAX_FRAME + 4);
                 let again = frame::encode(&msg).expect("a decoded message re-encodes");
-                assert!(
-                    again.len() <= read,
-                    "re-encoding grew: {} > {read}",
-                    again.len()
-                );
                 let back: T = frame::decode(&again[4..]).expect("a re-encoded frame decodes");
+                // Not byte equality: the bytes read need not be canonical (postcard accepts
+                // over-long varints, and a source prefix may arrive as a bare address).
                 assert_eq!(back, msg);
             }
             Err(FrameError::TooLarge(n)) => {

@@ -111,7 +111,7 @@ fn main() -> Result<()> {
                         .with_context(|| format!("no fuzz target {name:?}"))?,
                 ],
             };
-            let runs = fuzz(&root, &targets, seconds)?;
+            let runs = fuzz(&root, &targets, seconds, FuzzBuild::Thorough)?;
             fuzz_verdict(&runs)
         }
         Cmd::Demo => {
@@ -264,7 +264,7 @@ fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Resu
     let tests = cargo_test(extra)?;
     let runs = if tests.ok && fuzz_seconds > 0 {
         let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
-        fuzz(root, &all, fuzz_seconds)?
+        fuzz(root, &all, fuzz_seconds, FuzzBuild::Quick)?
     } else {
         Vec::new()
     };
@@ -379,27 +379,41 @@ struct FuzzRun {
     crash: Option<String>,
 }
 
+/// How the fuzz targets are built.
+#[derive(Clone, Copy)]
+enum FuzzBuild {
+    /// For the short runs in `cargo xtask test`: unoptimized, no sanitizer (panics, overflow
+    /// checks, the RSS limit and the timeout still apply). Builds in a fraction of the time.
+    Quick,
+    /// For `cargo xtask fuzz`: optimized, with AddressSanitizer and debug assertions.
+    Thorough,
+}
+
 /// Builds every fuzz target (one `cargo fuzz build`: the dependencies are built once), then
 /// runs each for `seconds`. The corpus grows in fuzz/corpus/NAME (not committed), starting
 /// from the committed seeds in fuzz/seeds/NAME.
-fn fuzz(root: &Path, targets: &[&FuzzTarget], seconds: u64) -> Result<Vec<FuzzRun>> {
+fn fuzz(
+    root: &Path,
+    targets: &[&FuzzTarget],
+    seconds: u64,
+    build: FuzzBuild,
+) -> Result<Vec<FuzzRun>> {
     let target_dir = target_dir(root).join("fuzz");
+    let (flags, profile): (&[&str], &str) = match build {
+        FuzzBuild::Quick => (&["--dev", "--sanitizer", "none"], "debug"),
+        FuzzBuild::Thorough => (&["--release", "--debug-assertions"], "release"),
+    };
     let started = std::time::Instant::now();
     run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "fuzz",
-            "build",
-            "--release",
-            "--debug-assertions",
-        ])
+        .args(["+nightly", "fuzz", "build"])
+        .args(flags)
         .arg("--target-dir")
         .arg(&target_dir))?;
     eprintln!(
         "fuzz: targets built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let bin_dir = target_dir.join("x86_64-unknown-linux-gnu/release");
+    let bin_dir = target_dir.join("x86_64-unknown-linux-gnu").join(profile);
     let mut runs = Vec::new();
     for t in targets {
         let r = fuzz_one(root, &bin_dir, t, seconds)?;
