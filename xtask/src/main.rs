@@ -257,6 +257,8 @@ fn setup() -> Result<()> {
 fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+        // The fuzz targets are a workspace of their own, outside `--all`.
+        run(Command::new("cargo").args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
         run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
     // The end-to-end tests run the real binaries (jit-agent, ...).
