@@ -168,54 +168,105 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Result<AuditLine, (String, usize)>
 /// Verifies the chain across all files.
 pub fn verify(dir: &Path) -> Result<Verified, VerifyError> {
     let fs = files(dir).map_err(|e| VerifyError::Io(e.to_string()))?;
-    let mut prev: Option<(String, u64)> = None;
-    let mut v = Verified {
-        records: 0,
-        files: fs.len(),
-        first_seq: None,
-        last_seq: None,
-        head: GENESIS.to_string(),
-    };
+    let mut chain = Chain::new();
     for f in &fs {
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let file = File::open(f).map_err(|e| VerifyError::Io(e.to_string()))?;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
+        chain.feed(&name, BufReader::new(file))?;
+    }
+    Ok(chain.finish(fs.len()))
+}
+
+/// The chain check of [`verify`], fed one file at a time, oldest first (a reader, so that it
+/// can be tested and fuzzed without files).
+pub struct Chain {
+    prev: Option<(String, u64)>,
+    v: Verified,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chain {
+    pub fn new() -> Self {
+        Chain {
+            prev: None,
+            v: Verified {
+                records: 0,
+                files: 0,
+                first_seq: None,
+                last_seq: None,
+                head: GENESIS.to_string(),
+            },
+        }
+    }
+
+    /// Checks every line of one file (`name` is for the error) against the chain so far.
+    pub fn feed(&mut self, name: &str, r: impl BufRead) -> Result<(), VerifyError> {
+        for (i, line) in r.lines().enumerate() {
             let line = line.map_err(|e| VerifyError::Io(e.to_string()))?;
             let lineno = i + 1;
             let l: AuditLine = serde_json::from_str(&line).map_err(|_| VerifyError::Malformed {
-                file: name.clone(),
+                file: name.to_string(),
                 line: lineno,
             })?;
             if hash_of(&l.body) != l.hash {
                 return Err(VerifyError::Edited {
-                    file: name,
+                    file: name.to_string(),
                     line: lineno,
                     seq: l.body.seq,
                 });
             }
-            let follows = match &prev {
+            let follows = match &self.prev {
                 // The oldest surviving file may start mid-chain (older files pruned).
                 None => l.body.seq == 1 && l.body.prev == GENESIS || l.body.seq > 1,
                 Some((h, s)) => l.body.prev == *h && l.body.seq == s + 1,
             };
             if !follows {
                 return Err(VerifyError::Broken {
-                    file: name,
+                    file: name.to_string(),
                     line: lineno,
                     seq: l.body.seq,
                 });
             }
-            v.first_seq.get_or_insert(l.body.seq);
-            v.last_seq = Some(l.body.seq);
-            v.records += 1;
-            prev = Some((l.hash.clone(), l.body.seq));
-            v.head = l.hash;
+            self.v.first_seq.get_or_insert(l.body.seq);
+            self.v.last_seq = Some(l.body.seq);
+            self.v.records += 1;
+            self.prev = Some((l.hash.clone(), l.body.seq));
+            self.v.head = l.hash;
         }
+        Ok(())
     }
-    Ok(v)
+
+    /// What was seen, over `files` files.
+    pub fn finish(mut self, files: usize) -> Verified {
+        self.v.files = files;
+        self.v
+    }
+}
+
+/// The last line of `data` that parses as a record, and the end (after its newline) of the
+/// last such line: what [`AuditLog::open`] continues the chain from. A line without its
+/// newline (torn by a crash) never counts.
+pub fn last_good(data: &[u8]) -> (usize, Option<AuditLine>) {
+    let mut good_end = 0usize;
+    let mut last: Option<AuditLine> = None;
+    let mut start = 0usize;
+    while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
+        let line = &data[start..start + nl];
+        if let Ok(l) = serde_json::from_slice::<AuditLine>(line) {
+            last = Some(l);
+            good_end = start + nl + 1;
+        }
+        start += nl + 1;
+    }
+    (good_end, last)
 }
 
 /// The writer. Owned by one task.
@@ -238,17 +289,7 @@ impl AuditLog {
         // The last record of the newest file that has one.
         for f in files(dir)?.iter().rev() {
             let data = std::fs::read(f)?;
-            let mut good_end = 0usize;
-            let mut last: Option<AuditLine> = None;
-            let mut start = 0usize;
-            while let Some(nl) = data[start..].iter().position(|&b| b == b'\n') {
-                let line = &data[start..start + nl];
-                if let Ok(l) = serde_json::from_slice::<AuditLine>(line) {
-                    last = Some(l);
-                    good_end = start + nl + 1;
-                }
-                start += nl + 1;
-            }
+            let (good_end, last) = last_good(&data);
             if *f == path && good_end < data.len() {
                 let t = OpenOptions::new().write(true).open(f)?;
                 t.set_len(good_end as u64)?;

@@ -66,6 +66,46 @@ fn decode(line: &[u8]) -> Option<Record> {
     serde_json::from_slice(json).ok()
 }
 
+impl Replay {
+    /// Replays journal lines from `r`. Returns what they leave in the table and the end of
+    /// the last good record (what follows it is a torn tail, counted in `truncated_bytes`).
+    /// Separate from [`Journal::open`] so that it can be tested and fuzzed without files.
+    pub fn read(mut reader: impl BufRead) -> io::Result<(Replay, u64)> {
+        let mut replay = Replay::default();
+        let mut offset = 0u64;
+        let mut good_end = 0u64;
+        let mut pending_bad = 0usize;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            offset += n as u64;
+            let complete = buf.last() == Some(&b'\n');
+            match decode(buf.strip_suffix(b"\n").unwrap_or(&buf)).filter(|_| complete) {
+                Some(rec) => {
+                    replay.corrupt_records += pending_bad;
+                    pending_bad = 0;
+                    good_end = offset;
+                    match rec {
+                        Record::Grant(g) => {
+                            replay.grants.insert(g.id, g);
+                        }
+                        Record::Remove { id, .. } => {
+                            replay.grants.remove(&id);
+                        }
+                    }
+                }
+                None => pending_bad += 1,
+            }
+        }
+        replay.truncated_bytes = offset - good_end;
+        Ok((replay, good_end))
+    }
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`, replays it, repairs a torn tail and
     /// compacts it.
@@ -76,39 +116,10 @@ impl Journal {
         if path.exists() {
             let f = File::open(&path)?;
             let len = f.metadata()?.len();
-            let mut reader = BufReader::new(f);
-            let mut offset = 0u64;
-            let mut good_end = 0u64;
-            let mut pending_bad = 0usize;
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = reader.read_until(b'\n', &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                offset += n as u64;
-                let complete = buf.last() == Some(&b'\n');
-                match decode(buf.strip_suffix(b"\n").unwrap_or(&buf)).filter(|_| complete) {
-                    Some(rec) => {
-                        replay.corrupt_records += pending_bad;
-                        pending_bad = 0;
-                        good_end = offset;
-                        match rec {
-                            Record::Grant(g) => {
-                                replay.grants.insert(g.id, g);
-                            }
-                            Record::Remove { id, .. } => {
-                                replay.grants.remove(&id);
-                            }
-                        }
-                    }
-                    None => pending_bad += 1,
-                }
-            }
+            let good_end;
+            (replay, good_end) = Replay::read(BufReader::new(f))?;
             // Bad records after the last good one are a torn tail: cut them off.
             if good_end < len {
-                replay.truncated_bytes = len - good_end;
                 let f = OpenOptions::new().write(true).open(&path)?;
                 f.set_len(good_end)?;
                 f.sync_all()?;

@@ -186,13 +186,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, ApiError> {
         let limit = st.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BodyTooLarge",
-                format!("the request body exceeds {limit} bytes"),
-            )
-        };
         if let Some(len) = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -200,7 +193,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
             .and_then(|v| v.parse::<usize>().ok())
             && len > limit
         {
-            return Err(too_large());
+            return Err(body_too_large(limit));
         }
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ok = ct
@@ -228,19 +221,34 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
                 "the request body did not arrive within 30 s",
             )
         })?
-        .map_err(|_| too_large())?;
-        match serde_json::from_slice::<T>(&bytes) {
-            Ok(v) => Ok(Body(v)),
-            Err(e) => {
-                use serde_json::error::Category;
-                let code = match e.classify() {
-                    Category::Syntax | Category::Eof | Category::Io => "InvalidJson",
-                    Category::Data => "InvalidBody",
-                };
-                Err(ApiError::bad_request(code, format!("request body: {e}")))
-            }
-        }
+        .map_err(|_| body_too_large(limit))?;
+        parse_body(&bytes, limit).map(Body)
     }
+}
+
+fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "BodyTooLarge",
+        format!("the request body exceeds {limit} bytes"),
+    )
+}
+
+/// Decodes a request body as [`Body`] does once it has arrived: at most `limit` bytes, JSON,
+/// unknown fields rejected, errors as stable codes. Separate from the extractor so that the
+/// parsing can be tested (and fuzzed) without a server.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, ApiError> {
+    if bytes.len() > limit {
+        return Err(body_too_large(limit));
+    }
+    serde_json::from_slice::<T>(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let code = match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => "InvalidJson",
+            Category::Data => "InvalidBody",
+        };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })
 }
 
 /// Query strings: unknown parameters rejected.

@@ -695,4 +695,55 @@ mod tests {
             assert!(validate_name("VM", bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn bodies_parse_with_the_server_limits() {
+        use crate::api::parse_body;
+        let limit = crate::state::DEFAULT_MAX_BODY_BYTES;
+        let code = |r: Result<PolicyJson, ApiError>| r.err().map(|e| e.code);
+        assert_eq!(
+            code(parse_body(b"{\"ports\": [", limit)),
+            Some("InvalidJson")
+        );
+        assert_eq!(
+            code(parse_body(b"{\"ports\": 1}", limit)),
+            Some("InvalidBody")
+        );
+        assert_eq!(
+            code(parse_body(b"{\"ports\": [], \"x\": 1}", limit)),
+            Some("InvalidBody")
+        );
+        let big = format!("{{\"ports\": []}}{}", " ".repeat(limit));
+        assert_eq!(
+            code(parse_body(big.as_bytes(), limit)),
+            Some("BodyTooLarge")
+        );
+        assert_eq!(code(parse_body(b"{\"ports\": []}", limit)), None);
+    }
+
+    /// The committed seeds of the `request_json` fuzz target (fuzz/, docs/fuzzing.md) stay
+    /// valid requests.
+    #[test]
+    fn fuzz_seeds_validate() {
+        use crate::api::parse_body;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/request_json");
+        let (mut policies, mut requests) = (0, 0);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let limit = crate::state::DEFAULT_MAX_BODY_BYTES;
+            if let Ok(j) = parse_body::<PolicyJson>(&data, limit) {
+                Policy::from_json(&j).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                policies += 1;
+            } else {
+                let j: InitiateJson = parse_body(&data, limit).unwrap();
+                let ip = std::net::IpAddr::from([203, 0, 113, 7]);
+                Initiate::from_json(&j, ip, 1_795_737_600_000)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                requests += 1;
+            }
+        }
+        assert!(policies >= 1 && requests >= 1);
+    }
 }

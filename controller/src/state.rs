@@ -62,8 +62,11 @@ fn default_listen() -> String {
 fn default_agent_listen() -> String {
     "127.0.0.1:8444".into()
 }
+/// `max_body_bytes` when the config does not set it.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
 fn default_body() -> usize {
-    64 * 1024
+    DEFAULT_MAX_BODY_BYTES
 }
 fn default_sync() -> String {
     "full".into()

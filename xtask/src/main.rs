@@ -18,14 +18,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
-    /// nightly rust-src, iproute2, nftables, iptables, and the bpffs mount.
+    /// nightly rust-src, cargo-fuzz 0.13.2, iproute2, nftables, iptables, and the bpffs mount.
     Setup,
     /// Run setup, then formatting and lint checks, then every test (root tests need root;
-    /// with CI=true they fail rather than skip without it).
+    /// with CI=true they fail rather than skip without it), then each fuzz target briefly.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Seconds each fuzz target runs after the tests (0: skip fuzzing).
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -33,6 +36,16 @@ enum Cmd {
     /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
     /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
     Demo,
+    /// Run the libFuzzer targets (fuzz/, docs/fuzzing.md) one after the other. A crash stops
+    /// the run and names the input that caused it (under fuzz/artifacts/).
+    Fuzz {
+        /// Only this target (frame, signed, agent_config, request_json, audit_reader).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run a benchmark and write its section of BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -89,19 +102,32 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::Test {
             no_lint,
+            fuzz_seconds,
             cargo_args,
         } => {
             setup()?;
-            test(no_lint, &cargo_args)
+            test(&root, no_lint, fuzz_seconds, &cargo_args)
+        }
+        Cmd::Fuzz { target, seconds } => {
+            setup()?;
+            let targets: Vec<&FuzzTarget> = match &target {
+                None => FUZZ_TARGETS.iter().collect(),
+                Some(name) => vec![
+                    FUZZ_TARGETS
+                        .iter()
+                        .find(|t| t.name == name)
+                        .with_context(|| format!("no fuzz target {name:?}"))?,
+                ],
+            };
+            let runs = fuzz(&root, &targets, seconds, FuzzBuild::Thorough)?;
+            fuzz_verdict(&runs)
         }
         Cmd::Demo => {
             setup()?;
             run(Command::new("cargo").args(["build", "--bins"]))?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .map(|t| if t.is_absolute() { t } else { root.join(t) })
-                .unwrap_or_else(|| root.join("target"));
-            run(&mut Command::new(target.join("debug/jitgate-demo")))
+            run(&mut Command::new(
+                target_dir(&root).join("debug/jitgate-demo"),
+            ))
         }
         Cmd::Bench { which } => {
             setup()?;
@@ -116,6 +142,14 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .context("xtask has no parent directory")?
         .to_path_buf())
+}
+
+/// The build directory: CARGO_TARGET_DIR (shared machines build into their own) or target/.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -151,6 +185,9 @@ const PACKAGES: &[&str] = &[
     "iptables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds with the installed toolchains (stable 1.95 installs it; the targets build with
+/// nightly, which the sanitizer flags need).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn setup() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
@@ -202,6 +239,18 @@ fn setup() -> Result<()> {
         ]))?;
     }
 
+    let has_cargo_fuzz = output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
+    if !has_cargo_fuzz {
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
+
     // The conventional bpffs; jitgate itself pins under /run (see agent/src/bpffs.rs).
     let bpffs = Path::new("/sys/fs/bpf");
     let mounted = output(Command::new("stat").args(["-f", "-c", "%T"]).arg(bpffs))
@@ -213,19 +262,55 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn test(no_lint: bool, extra: &[String]) -> Result<()> {
+fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
     if !no_lint {
         run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+        // The fuzz targets are a workspace of their own, outside `--all`.
+        run(Command::new("cargo").args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
         run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
     // The end-to-end tests run the real binaries (jit-agent, ...).
     run(Command::new("cargo").args(["build", "--bins"]))?;
-    cargo_test_with_summary(extra)
+    let tests = cargo_test(extra)?;
+    let runs = if tests.ok && fuzz_seconds > 0 {
+        let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
+        fuzz(root, &all, fuzz_seconds, FuzzBuild::Quick)?
+    } else {
+        Vec::new()
+    };
+    let crashed = runs.iter().filter(|r| r.crash.is_some()).count();
+    let mut summary = format!(
+        "summary: {} passed, {} failed, {} skipped",
+        tests.passed, tests.failed, tests.ignored
+    );
+    if !runs.is_empty() {
+        let execs: u64 = runs.iter().map(|r| r.execs).sum();
+        summary.push_str(&format!(
+            "; fuzz: {} targets, {execs} executions, {crashed} crashed",
+            runs.len()
+        ));
+    }
+    println!("{summary}");
+    if !tests.ok {
+        bail!("cargo test failed: {}", tests.status);
+    }
+    if tests.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    fuzz_verdict(&runs)
 }
 
-/// Runs `cargo test`, streaming its output, then prints one closing line with the totals
-/// over every test binary (cargo's own last line is that of the last binary only).
-fn cargo_test_with_summary(extra: &[String]) -> Result<()> {
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ok: bool,
+    status: std::process::ExitStatus,
+}
+
+/// Runs `cargo test`, streaming its output, and adds up the totals over every test binary
+/// (cargo's own last line is that of the last binary only).
+fn cargo_test(extra: &[String]) -> Result<TestCounts> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new("cargo");
     cmd.arg("test")
@@ -255,14 +340,173 @@ fn cargo_test_with_summary(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    Ok(TestCounts {
+        passed,
+        failed,
+        ignored,
+        ok: status.success(),
+        status,
+    })
+}
+
+/// A libFuzzer target in fuzz/fuzz_targets and the largest input it is given.
+struct FuzzTarget {
+    name: &'static str,
+    max_len: usize,
+}
+
+const FUZZ_TARGETS: &[FuzzTarget] = &[
+    // Frames may be 1 MiB; 64 KiB covers every message shape and a stream of several.
+    FuzzTarget {
+        name: "frame",
+        max_len: 64 * 1024,
+    },
+    FuzzTarget {
+        name: "signed",
+        max_len: 4 * 1024,
+    },
+    FuzzTarget {
+        name: "agent_config",
+        max_len: 16 * 1024,
+    },
+    // One byte over the controller's default body limit (64 KiB), to reach the refusal.
+    FuzzTarget {
+        name: "request_json",
+        max_len: 64 * 1024 + 1,
+    },
+    FuzzTarget {
+        name: "audit_reader",
+        max_len: 64 * 1024,
+    },
+];
+
+/// What one fuzz target's run did.
+struct FuzzRun {
+    name: &'static str,
+    execs: u64,
+    seconds: f64,
+    /// The input that crashed it.
+    crash: Option<String>,
+}
+
+/// How the fuzz targets are built.
+#[derive(Clone, Copy)]
+enum FuzzBuild {
+    /// For the short runs in `cargo xtask test`: unoptimized, no sanitizer (panics, overflow
+    /// checks, the RSS limit and the timeout still apply). Builds in a fraction of the time.
+    Quick,
+    /// For `cargo xtask fuzz`: optimized, with AddressSanitizer and debug assertions.
+    Thorough,
+}
+
+/// Builds every fuzz target (one `cargo fuzz build`: the dependencies are built once), then
+/// runs each for `seconds`. The corpus grows in fuzz/corpus/NAME (not committed), starting
+/// from the committed seeds in fuzz/seeds/NAME.
+fn fuzz(
+    root: &Path,
+    targets: &[&FuzzTarget],
+    seconds: u64,
+    build: FuzzBuild,
+) -> Result<Vec<FuzzRun>> {
+    let target_dir = target_dir(root).join("fuzz");
+    let (flags, profile): (&[&str], &str) = match build {
+        FuzzBuild::Quick => (&["--dev", "--sanitizer", "none"], "debug"),
+        FuzzBuild::Thorough => (&["--release", "--debug-assertions"], "release"),
+    };
+    let started = std::time::Instant::now();
+    run(Command::new("cargo")
+        .args(["+nightly", "fuzz", "build"])
+        .args(flags)
+        .arg("--target-dir")
+        .arg(&target_dir))?;
+    eprintln!(
+        "fuzz: targets built in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let bin_dir = target_dir.join("x86_64-unknown-linux-gnu").join(profile);
+    let mut runs = Vec::new();
+    for t in targets {
+        let r = fuzz_one(root, &bin_dir, t, seconds)?;
+        match &r.crash {
+            None => println!(
+                "fuzz {}: {} executions in {:.0} s, no crash",
+                r.name, r.execs, r.seconds
+            ),
+            Some(input) => println!(
+                "fuzz {}: CRASHED after {} executions in {:.0} s; input: {input} \
+                 (reproduce: cargo +nightly fuzz run {} {input})",
+                r.name, r.execs, r.seconds, r.name
+            ),
+        }
+        let crashed = r.crash.is_some();
+        runs.push(r);
+        if crashed {
+            break;
+        }
+    }
+    Ok(runs)
+}
+
+fn fuzz_one(root: &Path, bin_dir: &Path, t: &FuzzTarget, seconds: u64) -> Result<FuzzRun> {
+    use std::io::{BufRead, BufReader};
+    let fuzz = root.join("fuzz");
+    let corpus = fuzz.join("corpus").join(t.name);
+    let artifacts = fuzz.join("artifacts").join(t.name);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let mut cmd = Command::new(bin_dir.join(t.name));
+    cmd.arg(&corpus)
+        .arg(fuzz.join("seeds").join(t.name))
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-max_len={}", t.max_len))
+        .args(["-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1"])
+        .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    let dict = fuzz.join("dicts").join(format!("{}.dict", t.name));
+    if dict.exists() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    eprintln!("+ {cmd:?}");
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning fuzz target {} (built?)", t.name))?;
+    let stderr = child.stderr.take().context("fuzz stderr")?;
+    let (mut execs, mut crash, mut tail) = (0u64, None, Vec::new());
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+            execs = n.trim().parse().unwrap_or(0);
+        }
+        // "artifact_prefix='...'; Test unit written to PATH"
+        if let Some((_, path)) = line.split_once("Test unit written to ") {
+            crash = Some(path.trim().to_string());
+        }
+        // Keep the report (panic message, stack) for a crash; progress lines are noise.
+        if !line.starts_with('#') {
+            tail.push(line);
+        }
+    }
+    let status = child.wait()?;
     if !status.success() {
-        bail!("cargo test failed: {status}");
+        for l in &tail {
+            eprintln!("{l}");
+        }
+        crash.get_or_insert_with(|| format!("(none written; {} exited: {status})", t.name));
     }
-    if passed == 0 {
-        bail!("cargo test ran no test");
+    Ok(FuzzRun {
+        name: t.name,
+        execs,
+        seconds: started.elapsed().as_secs_f64(),
+        crash,
+    })
+}
+
+fn fuzz_verdict(runs: &[FuzzRun]) -> Result<()> {
+    match runs.iter().find_map(|r| Some((r.name, r.crash.as_ref()?))) {
+        Some((name, input)) => bail!("fuzz target {name} crashed on {input}"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn bench(root: &Path, which: Bench) -> Result<()> {
@@ -325,12 +569,7 @@ fn bench_binary(root: &Path, name: &str, quick: bool) -> Result<()> {
     };
     // The benchmarks run the real binaries (jit-agent) beside jitgate-bench.
     run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
-    // Honour CARGO_TARGET_DIR (shared machines build into their own target directories).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root.join(t) })
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/jitgate-bench");
+    let bin = target_dir(root).join("release/jitgate-bench");
     eprintln!("+ {} {}", bin.display(), args.join(" "));
     let out = Command::new(&bin)
         .args(&args)
