@@ -164,3 +164,107 @@ fn relay(tun: OwnedFd, udp: UdpSocket, stop: Arc<AtomicBool>) {
         }
     }
 }
+
+/// A real WireGuard tunnel between two namespaces: one `wireguard-go` (the userspace
+/// implementation, as this kernel has no WireGuard) per end, configured with `wg` — real
+/// Noise handshakes and encryption over the outer UDP addresses, decrypted packets delivered
+/// through a tun device (ARPHRD_NONE, the same link type as a kernel WireGuard device).
+/// Dropping it stops both processes, which deletes the devices.
+pub struct WireGuard {
+    procs: Vec<std::process::Child>,
+    sockets: Vec<std::path::PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl WireGuard {
+    /// `a` and `b` name the devices (distinct: wireguard-go's control sockets share one
+    /// directory across namespaces) and their inner addresses; outer ports are `outer.port()`.
+    pub fn new(a: &End, b: &End) -> io::Result<WireGuard> {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir()?;
+        let mut wg = WireGuard {
+            procs: Vec::new(),
+            sockets: Vec::new(),
+            _dir: dir,
+        };
+        let key = |name: &str| -> io::Result<(std::path::PathBuf, String)> {
+            let private = Command::new("wg").arg("genkey").output()?;
+            if !private.status.success() {
+                return Err(io::Error::other("wg genkey failed"));
+            }
+            let path = wg._dir.path().join(name);
+            std::fs::write(&path, &private.stdout)?;
+            let mut child = Command::new("wg")
+                .arg("pubkey")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                io::Write::write_all(&mut stdin, &private.stdout)?;
+            }
+            let public = child.wait_with_output()?;
+            Ok((
+                path,
+                String::from_utf8_lossy(&public.stdout).trim().to_string(),
+            ))
+        };
+        let (ka, pa) = key("a.key")?;
+        let (kb, pb) = key("b.key")?;
+        for (end, key, peer_pub, peer) in [(a, &ka, &pb, b), (b, &kb, &pa, a)] {
+            let child = Command::new("ip")
+                .args(["netns", "exec", end.ns, "wireguard-go", "-f", end.dev])
+                .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            wg.procs.push(child);
+            let sock = Path::new("/var/run/wireguard").join(format!("{}.sock", end.dev));
+            wg.sockets.push(sock.clone());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !sock.exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "wireguard-go did not create {}",
+                        sock.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let st = Command::new("ip")
+                .args(["netns", "exec", end.ns, "wg", "set", end.dev])
+                .args(["listen-port", &end.outer.port().to_string(), "private-key"])
+                .arg(key)
+                .args(["peer", peer_pub, "allowed-ips", "0.0.0.0/0,::/0"])
+                .args(["endpoint", &peer.outer.to_string()])
+                .status()?;
+            if !st.success() {
+                return Err(io::Error::other(format!("wg set {} failed", end.dev)));
+            }
+            for addr in end.inner {
+                ip(&["-n", end.ns, "addr", "add", addr, "dev", end.dev])?;
+            }
+            ip(&["-n", end.ns, "link", "set", end.dev, "up"])?;
+        }
+        Ok(wg)
+    }
+}
+
+impl Drop for WireGuard {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            // SIGTERM lets wireguard-go remove its device and control socket.
+            if let Ok(pid) = i32::try_from(p.id()) {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while matches!(p.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+}

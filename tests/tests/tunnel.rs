@@ -2,15 +2,15 @@
 //! the outer interface's XDP hook. The agent attaches to tunnel devices too, with the program
 //! for their link type, and governs real SSH through them exactly as on the NIC.
 //!
-//! The L3 tunnel is a tun device carrying IP in UDP (see `jitgate_tests::tunnel`): this
-//! kernel has no GRE, ipip or WireGuard; tun has the same link type as WireGuard
-//! (ARPHRD_NONE). VXLAN, which is built in, is an Ethernet device and gets the Ethernet
-//! program.
+//! The L3 tunnels are tun devices (see `jitgate_tests::tunnel`): a plain IP-in-UDP relay, and
+//! real WireGuard through `wireguard-go` (this kernel has no GRE, ipip or kernel WireGuard;
+//! tun has the same link type as a kernel WireGuard device, ARPHRD_NONE). VXLAN, which is
+//! built in, is an Ethernet device and gets the Ethernet program.
 
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
 use jitgate_tests::netns::ips;
-use jitgate_tests::tunnel::{End, UdpTunnel, set_link_type, tun_device};
+use jitgate_tests::tunnel::{End, UdpTunnel, WireGuard, set_link_type, tun_device};
 use jitgate_tests::{require_root, wait_until};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -322,4 +322,76 @@ fn unknown_link_types_are_refused_once() {
     let (log, n) = failures();
     assert_eq!(n, 1, "{log}");
     assert_eq!(iface_status(&agent, "jtib"), None);
+}
+
+/// SSH over real WireGuard (Noise handshake, encrypted transport over the outer UDP path):
+/// the agent attaches the IP-header program to the WireGuard device; SSH to the VM's inner
+/// address is refused until a grant for the workstation's inner address, and refused again
+/// once it is revoked. The outer path is not opened by it.
+#[test]
+fn ssh_through_wireguard_is_governed() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(1).expect("fleet");
+    let vm = &fleet.vms[0];
+    let vm_v4 = vm.v4.to_string();
+    let sshd = Sshd::start(&vm.ns).expect("sshd");
+    let tag = jitgate_tests::unique("");
+    let (ws_dev, vm_dev) = (format!("wgw{tag}"), format!("wgv{tag}"));
+    let _wg = WireGuard::new(
+        &End {
+            ns: &fleet.ws,
+            dev: &ws_dev,
+            inner: &["203.0.113.1/24", "2001:db8:77::1/64"],
+            outer: format!("{WS_V4}:51830").parse().unwrap(),
+        },
+        &End {
+            ns: &vm.ns,
+            dev: &vm_dev,
+            inner: &["203.0.113.10/24", "2001:db8:77::10/64"],
+            outer: format!("{vm_v4}:51830").parse().unwrap(),
+        },
+    )
+    .expect("WireGuard tunnel (wireguard-go and wireguard-tools come from `cargo xtask setup`)");
+    // Before enforcement WireGuard carries SSH, so a refusal below is the program's doing.
+    assert!(
+        wait_until(Duration::from_secs(10), || ssh_runs(
+            &sshd, &fleet.ws, VM_IN4, 3
+        )),
+        "no SSH through WireGuard before enforcement"
+    );
+
+    let agent = AgentProc::start(
+        &vm.ns,
+        &args(&format!(
+            "--interface eth0 --interface {vm_dev} --protect 22/tcp:cut"
+        )),
+    );
+    let (_, link) = iface_status(&agent, &vm_dev).expect("the WireGuard device is not attached");
+    assert_eq!(link, "ip", "the WireGuard device got the {link} program");
+    assert!(
+        !ssh_runs(&sshd, &fleet.ws, VM_IN4, 2),
+        "SSH through WireGuard without a grant"
+    );
+    assert!(
+        !ssh_runs(&sshd, &fleet.ws, VM_IN6, 2),
+        "SSH through WireGuard (IPv6 inside) without a grant"
+    );
+    let id = grant(&agent, WS_IN4, "5m");
+    assert!(
+        ssh_runs(&sshd, &fleet.ws, VM_IN4, 5),
+        "granted SSH through WireGuard failed"
+    );
+    assert!(
+        !ssh_runs(&sshd, &fleet.ws, &vm_v4, 2),
+        "a grant for the inner address opened the outer path"
+    );
+    agent.ok(&["revoke", &id]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !ssh_runs(
+            &sshd, &fleet.ws, VM_IN4, 2
+        )),
+        "SSH through WireGuard after the revoke"
+    );
 }

@@ -18,7 +18,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
-    /// nightly rust-src, cargo-fuzz 0.13.2, iproute2, nftables, iptables, and the bpffs mount.
+    /// nightly rust-src, cargo-fuzz 0.13.2, iproute2, nftables, iptables, wireguard-go and
+    /// wireguard-tools, and the bpffs mount.
     Setup,
     /// Run setup, then formatting and lint checks, then every test (root tests need root;
     /// with CI=true they fail rather than skip without it), then each fuzz target briefly.
@@ -183,6 +184,9 @@ const PACKAGES: &[&str] = &[
     // The flood benchmark's comparison receivers.
     "nftables",
     "iptables",
+    // The tunnel test's real WireGuard (userspace: the kernel may lack the module).
+    "wireguard-go",
+    "wireguard-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds with the installed toolchains (stable 1.95 installs it; the targets build with
