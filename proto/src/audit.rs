@@ -214,12 +214,21 @@ impl ChainWalk {
             pending.entry(c.seq).or_default().push(c);
         }
         Ok(ChainWalk {
-            prev: GENESIS_HASH.into(),
-            expect: 1,
             pending,
             checkpoints: n,
-            covered: 0,
+            ..ChainWalk::unsigned()
         })
+    }
+
+    /// A walk with no checkpoints (the chain alone).
+    pub fn unsigned() -> ChainWalk {
+        ChainWalk {
+            prev: GENESIS_HASH.into(),
+            expect: 1,
+            pending: BTreeMap::new(),
+            checkpoints: 0,
+            covered: 0,
+        }
     }
 
     /// The next entry: its seq, stored `prev_hash` and `hash`, and the hash recomputed from
