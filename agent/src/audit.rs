@@ -8,7 +8,6 @@
 //! is why the head is also reported off the host (see docs/agent.md).
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -122,11 +121,7 @@ impl AuditEvent {
 
 fn hash_of(body: &AuditBody) -> String {
     let json = serde_json::to_vec(body).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(body.prev.as_bytes());
-    h.update(b"\n");
-    h.update(&json);
-    hex::encode(h.finalize())
+    jitgate_proto::audit::agent_record_hash(&body.prev, &json)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -279,7 +274,8 @@ pub fn verify(dir: &Path, checker: Option<&Checker<'_>>) -> Result<Verified, Ver
 /// Verifies the log in `state_dir`, and its checkpoints against the enrolment certificate if
 /// the agent is enrolled.
 pub fn verify_state_dir(state_dir: &Path) -> Result<Verified, VerifyError> {
-    let enr = crate::enroll::Enrollment::load(state_dir).map_err(|e| VerifyError::Io(e.to_string()))?;
+    let enr =
+        crate::enroll::Enrollment::load(state_dir).map_err(|e| VerifyError::Io(e.to_string()))?;
     match enr {
         None => verify(state_dir, None),
         Some(e) => {
@@ -567,16 +563,31 @@ mod tests {
         };
         let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
         // Not enrolled: no checkpoint is written.
-        log.append([ev(0), AuditEvent::new(CHECKPOINT, "agent")]).unwrap();
+        log.append([ev(0), AuditEvent::new(CHECKPOINT, "agent")])
+            .unwrap();
         assert_eq!(log.head().1, 1);
         log.set_signer(s.clone());
-        log.append([ev(1), AuditEvent::new(CHECKPOINT, "agent")]).unwrap();
+        log.append([ev(1), AuditEvent::new(CHECKPOINT, "agent")])
+            .unwrap();
         // The head has not moved since: nothing new.
         log.append([AuditEvent::new(CHECKPOINT, "agent")]).unwrap();
         log.append([ev(2)]).unwrap();
         log.sync().unwrap();
         let v = verify(dir.path(), Some(&checker)).unwrap();
         assert_eq!((v.records, v.checkpoints, v.covered_seq), (4, 1, Some(2)));
+        // The controller checks delivered lines from their bytes alone: same hashes, and the
+        // checkpoint's signature verifies there too.
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        for line in text.lines() {
+            let l = jitgate_proto::audit::AgentLine::parse(line).unwrap();
+            assert_eq!(l.computed, l.hash, "{line}");
+            if l.kind == CHECKPOINT {
+                let m =
+                    jitgate_proto::audit::agent_checkpoint_message(&s.agent_id, l.seq - 1, &l.prev);
+                jitgate_proto::audit::agent_verify(&cert, &m, l.signature.as_deref().unwrap())
+                    .unwrap();
+            }
+        }
         // Another agent's certificate does not verify the signature.
         let (_, other) = signer();
         let wrong = Checker {

@@ -1416,7 +1416,9 @@ async fn serve_conn(
             }
             Request::AuditVerify => {
                 let dir = state_dir.clone();
-                let resp = match tokio::task::spawn_blocking(move || audit::verify_state_dir(&dir)).await {
+                let resp = match tokio::task::spawn_blocking(move || audit::verify_state_dir(&dir))
+                    .await
+                {
                     Ok(Ok(v)) => Response::Verified(v),
                     Ok(Err(e)) => Response::error(ErrorCode::Tampered, e.to_string()),
                     Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
@@ -1755,7 +1757,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         loop {
             tick.tick().await;
             let ev = AuditEvent::new(audit::CHECKPOINT, "agent");
-            if cp_writer.send(WriteJob::audit(vec![ev], true)).await.is_err() {
+            if cp_writer
+                .send(WriteJob::audit(vec![ev], true))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

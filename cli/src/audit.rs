@@ -73,7 +73,9 @@ pub async fn export(c: &Client, file: &PathBuf, json: bool) -> R<()> {
     let n = v["entries"].as_array().map_or(0, Vec::len);
     let k = v["checkpoints"].as_array().map_or(0, Vec::len);
     if json {
-        print_json(&serde_json::json!({"file": file, "entries": n, "checkpoints": k, "keyId": v["keyId"]}));
+        print_json(
+            &serde_json::json!({"file": file, "entries": n, "checkpoints": k, "keyId": v["keyId"]}),
+        );
     } else {
         println!(
             "wrote {n} entries and {k} checkpoints (key {}) to {}",
@@ -98,6 +100,51 @@ pub async fn checkpoint(c: &Client, json: bool) -> R<()> {
             s(&v["hash"]),
             s(&v["keyId"])
         );
+    }
+    Ok(())
+}
+
+/// `jit audit --agent --vm VM verify`: the VM's agents' delivered records and their signed
+/// checkpoints, verified at the controller.
+pub async fn agent_verify(c: &Client, vm: &str, json: bool) -> R<()> {
+    let v = c
+        .get(&format!(
+            "/virtualMachines/{}/agentAudit/verify",
+            crate::urlencode(vm)
+        ))
+        .await?;
+    if json {
+        print_json(&v);
+    }
+    for a in v["agents"].as_array().into_iter().flatten() {
+        if json {
+            break;
+        }
+        if a["ok"] == true {
+            println!(
+                "agent {}: OK, {} records (seq {}..{}), {} signed checkpoints, covered up to seq {}, {} not yet covered",
+                s(&a["agentId"]),
+                s(&a["records"]),
+                s(&a["firstSeq"]),
+                s(&a["lastSeq"]),
+                s(&a["checkpoints"]),
+                s(&a["coveredSeq"]),
+                s(&a["uncovered"])
+            );
+        } else {
+            println!(
+                "agent {}: FAILED verification at record {}: {}",
+                s(&a["agentId"]),
+                s(&a["firstBadSeq"]),
+                s(&a["problem"])
+            );
+        }
+    }
+    if v["ok"] != true {
+        return Err(Fail::new(
+            exit::VERIFY_FAILED,
+            format!("agent audit verification failed for {vm}"),
+        ));
     }
     Ok(())
 }

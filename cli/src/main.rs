@@ -276,7 +276,9 @@ struct AuditArgs {
 enum AuditCmd {
     /// Verify the activity log: its hash chain, and every signed checkpoint of the chain head
     /// (a rewrite that recomputed the later hashes no longer matches the checkpoint after it).
-    /// Exit 9 and name the first bad entry or checkpoint if it fails.
+    /// With `--agent --vm VM`: the records the VM's agents delivered, and the checkpoints the
+    /// agents signed with their enrolment keys. Exit 9 and name the first bad entry or
+    /// checkpoint if it fails.
     Verify {
         /// Verify an export file (`jit audit export`) instead, with no controller.
         #[arg(long, value_name = "FILE")]
@@ -1089,6 +1091,10 @@ async fn run(cli: Cli) -> R<()> {
         Cmd::Compliance(a) => compliance::run(&c, a, json).await?,
         Cmd::Audit(a) => {
             match &a.verify {
+                Some(AuditCmd::Verify { .. }) if a.agent => {
+                    let vm = a.vm.as_deref().unwrap_or_default();
+                    return audit::agent_verify(&c, vm, json).await;
+                }
                 Some(AuditCmd::Verify { .. }) => {
                     let v = c.get("/activityLog/verify").await?;
                     return audit::report(&v, json, "activity log");

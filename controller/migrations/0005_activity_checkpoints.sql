@@ -9,3 +9,8 @@ CREATE TABLE activity_checkpoints (
     signature TEXT NOT NULL,
     PRIMARY KEY (seq, key_id)
 );
+
+-- The agent's certificate (PEM), kept at enrolment: it verifies the agent's signed audit
+-- checkpoints (and must chain to the CA in the state directory). NULL for agents enrolled
+-- before this version.
+ALTER TABLE agents ADD COLUMN cert_pem TEXT;

@@ -62,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/virtualMachines/{vm}/connections", get(connections))
         .route("/api/v1/virtualMachines/{vm}/agentAudit", get(agent_audit))
         .route(
+            "/api/v1/virtualMachines/{vm}/agentAudit/verify",
+            get(agent_audit_verify),
+        )
+        .route(
             "/api/v1/resourceGroups/{rg}/jitNetworkAccessPolicies/default",
             get(get_rg_policy)
                 .put(put_rg_policy)
@@ -511,6 +515,18 @@ async fn agent_audit(
     c.check_vm(Role::Reader, &vm, &group)?;
     let v = st.store.agent_audit_records(&vm, &q).await?;
     Ok(Json(List { value: v }).into_response())
+}
+
+/// Verifies the VM's agents' delivered records: chains and signed agent checkpoints.
+async fn agent_audit_verify(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let v = st.store.verify_agent_audit(&vm, &st.enroll.ca.pem).await?;
+    Ok(Json(v).into_response())
 }
 
 async fn revoke(

@@ -39,7 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "activity checkpoints",
+        "activity checkpoints and agent certificates",
         include_str!("../migrations/0005_activity_checkpoints.sql"),
     ),
 ];

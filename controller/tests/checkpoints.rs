@@ -114,12 +114,15 @@ async fn rewritten_and_rechained_log_fails_at_the_checkpoint() {
     assert!(entries > covered);
     assert_eq!(v["uncovered"], entries - covered, "{v}");
     // The checkpoints are listed with the key that verifies them.
-    let (_, list) = h
-        .get("/api/v1/activityLog/checkpoints", &h.admin)
-        .await;
+    let (_, list) = h.get("/api/v1/activityLog/checkpoints", &h.admin).await;
     assert_eq!(list["value"][0], cp, "{list}");
     assert_eq!(list["keyId"], v["keyId"]);
-    assert!(list["publicKeyPem"].as_str().expect("pem").contains("PUBLIC KEY"));
+    assert!(
+        list["publicKeyPem"]
+            .as_str()
+            .expect("pem")
+            .contains("PUBLIC KEY")
+    );
 
     rewrite_and_rechain(&h, 2).await;
     // The plain chain is consistent again: without checkpoints it would pass.
@@ -157,7 +160,10 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     let v = verify(&h).await;
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["badCheckpointSeq"], seq, "{v}");
-    assert!(v["problem"].as_str().expect("p").contains("bad signature"), "{v}");
+    assert!(
+        v["problem"].as_str().expect("p").contains("bad signature"),
+        "{v}"
+    );
     sqlx::query("UPDATE activity_checkpoints SET time_ms = time_ms - 1 WHERE seq = $1")
         .bind(seq)
         .execute(h.store().pool())
@@ -186,7 +192,13 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     let v = verify(&h).await;
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["badCheckpointSeq"], seq, "{v}");
-    assert!(v["problem"].as_str().expect("p").contains("entries removed"), "{v}");
+    assert!(
+        v["problem"]
+            .as_str()
+            .expect("p")
+            .contains("entries removed"),
+        "{v}"
+    );
     // Readers may list and export; only admins sign on demand.
     let reader = h
         .token("auditor", jitgate_controller::auth::Role::Reader, "*")
@@ -225,7 +237,10 @@ async fn periodic_checkpoints_sign_only_a_moved_head() {
             assert_eq!(v["ok"], true, "{v}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no periodic checkpoint: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint: {v}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     // Nothing logged: a few more intervals add no checkpoint.

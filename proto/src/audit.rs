@@ -246,7 +246,10 @@ impl ChainWalk {
             problem,
         };
         if seq != self.expect {
-            return Err(fail(self.expect, format!("entry {} is missing", self.expect)));
+            return Err(fail(
+                self.expect,
+                format!("entry {} is missing", self.expect),
+            ));
         }
         if stored_prev != self.prev {
             return Err(fail(
@@ -343,10 +346,7 @@ impl Export {
     /// auditor can compare it with the controller's.
     pub fn verify(&self, pinned: Option<&VerifyingKey>) -> Result<OfflineReport, String> {
         if self.format != EXPORT_FORMAT {
-            return Err(format!(
-                "format {:?} is not {EXPORT_FORMAT:?}",
-                self.format
-            ));
+            return Err(format!("format {:?} is not {EXPORT_FORMAT:?}", self.format));
         }
         let own = parse_public_key(&self.public_key_pem)?;
         if let Some(p) = pinned
@@ -451,11 +451,81 @@ pub fn agent_verify(cert_pem: &str, message: &[u8], signature_hex: &str) -> Resu
     use rustls_pki_types::pem::PemObject;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| format!("agent certificate: {e}"))?;
-    let cert = webpki::EndEntityCert::try_from(&der)
-        .map_err(|e| format!("agent certificate: {e}"))?;
+    let cert =
+        webpki::EndEntityCert::try_from(&der).map_err(|e| format!("agent certificate: {e}"))?;
     let sig = hex::decode(signature_hex).map_err(|_| "signature is not hex".to_string())?;
     cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, &sig)
         .map_err(|_| "bad signature (altered, or not signed by this agent's key)".to_string())
+}
+
+/// The hash of an agent audit record: SHA-256 (hex) over `prev`, a newline, and the record's
+/// JSON without its `hash` field, exactly as written.
+pub fn agent_record_hash(prev: &str, body_json: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(body_json);
+    hex::encode(h.finalize())
+}
+
+/// What verification needs from one agent audit line (`{...body, "hash": "..."}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentLine {
+    pub seq: u64,
+    pub prev: String,
+    pub kind: String,
+    pub signature: Option<String>,
+    pub hash: String,
+    /// The hash recomputed from the line's bytes.
+    pub computed: String,
+}
+
+impl AgentLine {
+    /// Parses a line as the agent wrote it: the body's JSON with `"hash"` as the last field.
+    pub fn parse(line: &str) -> Result<AgentLine, String> {
+        const KEY: &str = ",\"hash\":\"";
+        let bad = || "not an agent audit record".to_string();
+        let at = line.rfind(KEY).ok_or_else(bad)?;
+        let hash = line[at + KEY.len()..]
+            .strip_suffix("\"}")
+            .ok_or_else(bad)?
+            .to_string();
+        let body = format!("{}}}", &line[..at]);
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|_| bad())?;
+        let prev = v["prev"].as_str().ok_or_else(bad)?.to_string();
+        Ok(AgentLine {
+            seq: v["seq"].as_u64().ok_or_else(bad)?,
+            kind: v["kind"].as_str().unwrap_or_default().to_string(),
+            signature: v["signature"].as_str().map(str::to_string),
+            computed: agent_record_hash(&prev, body.as_bytes()),
+            prev,
+            hash,
+        })
+    }
+}
+
+/// Checks that `cert_pem` was issued by the CA in `ca_pem` for client authentication (an
+/// agent certificate), so a certificate substituted in the database is refused.
+pub fn agent_cert_issued_by(cert_pem: &str, ca_pem: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| format!("agent certificate: {e}"))?;
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| format!("CA: {e}"))?;
+    let cert =
+        webpki::EndEntityCert::try_from(&der).map_err(|e| format!("agent certificate: {e}"))?;
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("agent certificate not issued by the controller CA: {e}"))
 }
 
 #[cfg(test)]
@@ -538,7 +608,11 @@ mod tests {
         let r = x.verify(None).expect("verify");
         assert!(!r.ok);
         assert_eq!(r.bad_checkpoint_seq, Some(8), "{r:?}");
-        assert!(r.problem.expect("problem").contains("between entries 5 and 8"));
+        assert!(
+            r.problem
+                .expect("problem")
+                .contains("between entries 5 and 8")
+        );
     }
 
     #[test]
@@ -592,6 +666,9 @@ mod tests {
     fn checkpoint_signature_is_not_a_grant_signature() {
         // Same key, same bytes after the context: the contexts differ, so they never verify
         // as each other.
-        assert_ne!(CHECKPOINT_CONTEXT, <crate::GrantBody as crate::signed::Body>::CONTEXT);
+        assert_ne!(
+            CHECKPOINT_CONTEXT,
+            <crate::GrantBody as crate::signed::Body>::CONTEXT
+        );
     }
 }
