@@ -180,27 +180,8 @@ pub struct ActivityFilter {
     pub format: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VerifyReport {
-    pub ok: bool,
-    pub entries: i64,
-    pub head_seq: i64,
-    pub head_hash: String,
-    /// The first entry that fails, if any (for a checkpoint mismatch: the checkpoint's entry).
-    pub first_bad_seq: Option<i64>,
-    /// The checkpoint that fails (its seq), if any.
-    pub bad_checkpoint_seq: Option<i64>,
-    pub problem: Option<String>,
-    /// Signed checkpoints checked.
-    pub checkpoints: i64,
-    /// Entries 1..=coveredSeq are under a signed checkpoint.
-    pub covered_seq: i64,
-    /// Entries after the last checkpoint: chained, not yet covered by a signature.
-    pub uncovered: i64,
-    /// The checkpoint key's id (docs/controller.md, "Activity log").
-    pub key_id: Option<String>,
-}
+/// The activity log's verification report (shared with offline verification).
+pub use jitgate_proto::audit::Report as VerifyReport;
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -1686,28 +1667,13 @@ impl Store {
         let head_seq: i64 = head.try_get(0)?;
         let head_hash: String = head.try_get(1)?;
         let checkpoints = self.checkpoints().await?;
-        let n_checkpoints = checkpoints.len() as i64;
         let vk = self.checkpoint_key.get();
-        let mut report = VerifyReport {
-            ok: false,
-            entries: 0,
+        let report = VerifyReport::new(
             head_seq,
-            head_hash: head_hash.clone(),
-            first_bad_seq: None,
-            bad_checkpoint_seq: None,
-            problem: None,
-            checkpoints: n_checkpoints,
-            covered_seq: 0,
-            uncovered: 0,
-            key_id: vk.map(jitgate_proto::audit::key_id),
-        };
-        let fail = |mut r: VerifyReport, f: jitgate_proto::audit::Failure, entries: i64| {
-            r.entries = entries;
-            r.first_bad_seq = Some(f.seq);
-            r.bad_checkpoint_seq = f.checkpoint;
-            r.problem = Some(f.problem);
-            r
-        };
+            &head_hash,
+            checkpoints.len(),
+            vk.map(jitgate_proto::audit::key_id),
+        );
         let walk = match vk {
             Some(vk) => ChainWalk::new(checkpoints, vk),
             // Without the key only the chain can be checked; signed checkpoints cannot.
@@ -1720,7 +1686,7 @@ impl Store {
         };
         let mut walk = match walk {
             Ok(w) => w,
-            Err(f) => return Ok(fail(report, f, 0)),
+            Err(f) => return Ok(report.fail(f, 0)),
         };
         let mut expect = 1i64;
         loop {
@@ -1754,34 +1720,12 @@ impl Store {
                 });
                 let before = walk.entries();
                 if let Err(f) = walk.push(seq, &stored_prev, &stored_hash, &h) {
-                    return Ok(fail(report, f, before));
+                    return Ok(report.fail(f, before));
                 }
                 expect = seq + 1;
             }
         }
-        let s = match walk.finish() {
-            Ok(s) => s,
-            Err(f) => {
-                let n = f.seq - 1;
-                return Ok(fail(report, f, n));
-            }
-        };
-        report.entries = s.entries;
-        if s.entries != head_seq || s.head_hash != head_hash {
-            let f = jitgate_proto::audit::Failure {
-                seq: s.entries + 1,
-                checkpoint: None,
-                problem: format!(
-                    "the chain head says {head_seq} entries but {} were found (entries removed from the end?)",
-                    s.entries
-                ),
-            };
-            return Ok(fail(report, f, s.entries));
-        }
-        report.ok = true;
-        report.covered_seq = s.covered_seq;
-        report.uncovered = s.entries - s.covered_seq;
-        Ok(report)
+        Ok(report.finish(walk))
     }
 
     /// Direct access for tests and maintenance tools.

@@ -322,29 +322,99 @@ pub struct Export {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-/// The outcome of verifying an export.
+/// The outcome of a verification (at the controller, or of an export offline).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OfflineReport {
+pub struct Report {
     pub ok: bool,
-    pub key_id: String,
+    /// Entries verified (up to the failure, if any).
     pub entries: i64,
+    /// The head the log claims: the controller's chain head, or an export's last entry.
+    pub head_seq: i64,
     pub head_hash: String,
+    /// The first entry that fails, if any (for a checkpoint mismatch: the checkpoint's entry).
+    pub first_bad_seq: Option<i64>,
+    /// The checkpoint that fails (its seq), if any.
+    pub bad_checkpoint_seq: Option<i64>,
+    pub problem: Option<String>,
+    /// Signed checkpoints checked.
     pub checkpoints: i64,
     /// Entries 1..=coveredSeq are under a signed checkpoint.
     pub covered_seq: i64,
     /// Entries after the last checkpoint: chained, but not yet covered by a signature.
     pub uncovered: i64,
-    pub first_bad_seq: Option<i64>,
-    pub bad_checkpoint_seq: Option<i64>,
-    pub problem: Option<String>,
+    /// The checkpoint key's id (None when no key was loaded).
+    pub key_id: Option<String>,
+}
+
+impl Report {
+    /// A report not yet decided, for a log whose head is (`head_seq`, `head_hash`).
+    pub fn new(
+        head_seq: i64,
+        head_hash: &str,
+        checkpoints: usize,
+        key_id: Option<String>,
+    ) -> Report {
+        Report {
+            ok: false,
+            entries: 0,
+            head_seq,
+            head_hash: head_hash.into(),
+            first_bad_seq: None,
+            bad_checkpoint_seq: None,
+            problem: None,
+            checkpoints: checkpoints as i64,
+            covered_seq: 0,
+            uncovered: 0,
+            key_id,
+        }
+    }
+
+    /// Failed after `entries` good entries.
+    pub fn fail(mut self, f: Failure, entries: i64) -> Report {
+        self.entries = entries;
+        self.first_bad_seq = Some(f.seq);
+        self.bad_checkpoint_seq = f.checkpoint;
+        self.problem = Some(f.problem);
+        self
+    }
+
+    /// Finishes a walk: a failure, a head that disagrees with the walk (entries removed from
+    /// the end), or success.
+    pub fn finish(self, walk: ChainWalk) -> Report {
+        let s = match walk.finish() {
+            Ok(s) => s,
+            Err(f) => {
+                let n = f.seq - 1;
+                return self.fail(f, n);
+            }
+        };
+        if s.entries != self.head_seq || s.head_hash != self.head_hash {
+            let f = Failure {
+                seq: s.entries + 1,
+                checkpoint: None,
+                problem: format!(
+                    "the chain head says {} entries but {} were found (entries removed from the end?)",
+                    self.head_seq, s.entries
+                ),
+            };
+            return self.fail(f, s.entries);
+        }
+        Report {
+            ok: true,
+            entries: s.entries,
+            covered_seq: s.covered_seq,
+            uncovered: s.entries - s.covered_seq,
+            ..self
+        }
+    }
 }
 
 impl Export {
     /// Verifies the bundle from its own content, with `pinned` (if given) as the only key
     /// trusted; without it, the bundle's key is used and the report names its id so the
     /// auditor can compare it with the controller's.
-    pub fn verify(&self, pinned: Option<&VerifyingKey>) -> Result<OfflineReport, String> {
+    pub fn verify(&self, pinned: Option<&VerifyingKey>) -> Result<Report, String> {
         if self.format != EXPORT_FORMAT {
             return Err(format!("format {:?} is not {EXPORT_FORMAT:?}", self.format));
         }
@@ -358,59 +428,35 @@ impl Export {
                 key_id(p)
             ));
         }
-        let mut report = OfflineReport {
-            ok: false,
-            key_id: key_id(&own),
-            entries: 0,
-            head_hash: GENESIS_HASH.into(),
-            checkpoints: self.checkpoints.len() as i64,
-            covered_seq: 0,
-            uncovered: 0,
-            first_bad_seq: None,
-            bad_checkpoint_seq: None,
-            problem: None,
-        };
-        let fail = |mut r: OfflineReport, f: Failure, entries: i64| {
-            r.entries = entries;
-            r.first_bad_seq = Some(f.seq);
-            r.bad_checkpoint_seq = f.checkpoint;
-            r.problem = Some(f.problem);
-            r
-        };
+        let (head_seq, head_hash) = self
+            .entries
+            .last()
+            .map_or((0, GENESIS_HASH), |e| (e.seq, e.hash.as_str()));
+        let report = Report::new(
+            head_seq,
+            head_hash,
+            self.checkpoints.len(),
+            Some(key_id(&own)),
+        );
         let mut walk = match ChainWalk::new(self.checkpoints.clone(), &own) {
             Ok(w) => w,
-            Err(f) => return Ok(fail(report, f, 0)),
+            Err(f) => return Ok(report.fail(f, 0)),
         };
         for e in &self.entries {
-            let computed = match e.computed_hash() {
-                Ok(h) => h,
-                Err(problem) => {
-                    let f = Failure {
-                        seq: e.seq,
-                        checkpoint: None,
-                        problem,
-                    };
-                    return Ok(fail(report, f, walk.entries()));
-                }
-            };
-            if let Err(f) = walk.push(e.seq, &e.prev_hash, &e.hash, &computed) {
-                return Ok(fail(report, f, walk.entries()));
+            let pushed = e
+                .computed_hash()
+                .map_err(|problem| Failure {
+                    seq: e.seq,
+                    checkpoint: None,
+                    problem,
+                })
+                .and_then(|h| walk.push(e.seq, &e.prev_hash, &e.hash, &h));
+            if let Err(f) = pushed {
+                let n = walk.entries();
+                return Ok(report.fail(f, n));
             }
         }
-        match walk.finish() {
-            Ok(s) => {
-                report.ok = true;
-                report.entries = s.entries;
-                report.head_hash = s.head_hash;
-                report.covered_seq = s.covered_seq;
-                report.uncovered = s.entries - s.covered_seq;
-                Ok(report)
-            }
-            Err(f) => {
-                let n = f.seq - 1;
-                Ok(fail(report, f, n))
-            }
-        }
+        Ok(report.finish(walk))
     }
 }
 
