@@ -8,7 +8,6 @@
 //! is why the head is also reported off the host (see docs/agent.md).
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -43,7 +42,40 @@ pub struct AuditBody {
     pub grant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// On `audit.checkpoint` records: the agent's signature (enrolment key, ECDSA P-256, hex)
+    /// over (agent id, seq - 1, prev), i.e. the chain head this record follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     pub prev: String,
+}
+
+/// The kind of a record that signs the chain head before it.
+pub const CHECKPOINT: &str = "audit.checkpoint";
+
+/// Who signs checkpoint records: the agent's id and its enrolment key (PKCS#8 PEM).
+#[derive(Clone)]
+pub struct Signer {
+    pub agent_id: String,
+    pub key_pem: String,
+}
+
+/// Who checks them: the agent's id and its certificate (PEM).
+pub struct Checker<'a> {
+    pub agent_id: &'a str,
+    pub cert_pem: &'a str,
+}
+
+impl Checker<'_> {
+    /// Checks a checkpoint record's signature.
+    pub fn check(&self, body: &AuditBody) -> Result<(), String> {
+        let sig = body.signature.as_deref().ok_or("no signature")?;
+        let m = jitgate_proto::audit::agent_checkpoint_message(
+            self.agent_id,
+            body.seq.saturating_sub(1),
+            &body.prev,
+        );
+        jitgate_proto::audit::agent_verify(self.cert_pem, &m, sig)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,11 +121,7 @@ impl AuditEvent {
 
 fn hash_of(body: &AuditBody) -> String {
     let json = serde_json::to_vec(body).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(body.prev.as_bytes());
-    h.update(b"\n");
-    h.update(&json);
-    hex::encode(h.finalize())
+    jitgate_proto::audit::agent_record_hash(&body.prev, &json)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +135,13 @@ pub enum VerifyError {
          (a record was removed, inserted or reordered before it)"
     )]
     Broken { file: String, line: usize, seq: u64 },
+    #[error("{file}:{line}: seq {seq}: checkpoint signature does not verify: {reason}")]
+    Checkpoint {
+        file: String,
+        line: usize,
+        seq: u64,
+        reason: String,
+    },
     #[error("{0}")]
     Io(String),
 }
@@ -119,6 +154,10 @@ pub struct Verified {
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub head: String,
+    /// Signed checkpoint records (verified when a certificate was given).
+    pub checkpoints: u64,
+    /// The seq the last checkpoint signs: records up to it are covered.
+    pub covered_seq: Option<u64>,
 }
 
 /// The audit log files in `dir`, oldest first: `audit.log.1`, `audit.log.2`, ..., `audit.log`.
@@ -165,10 +204,11 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Result<AuditLine, (String, usize)>
     Ok(out)
 }
 
-/// Verifies the chain across all files.
-pub fn verify(dir: &Path) -> Result<Verified, VerifyError> {
+/// Verifies the chain across all files; with `checker`, also every checkpoint signature.
+pub fn verify(dir: &Path, checker: Option<&Checker<'_>>) -> Result<Verified, VerifyError> {
     let fs = files(dir).map_err(|e| VerifyError::Io(e.to_string()))?;
     let mut chain = Chain::new();
+    chain.checker = checker;
     for f in &fs {
         let name = f
             .file_name()
@@ -182,18 +222,20 @@ pub fn verify(dir: &Path) -> Result<Verified, VerifyError> {
 
 /// The chain check of [`verify`], fed one file at a time, oldest first (a reader, so that it
 /// can be tested and fuzzed without files).
-pub struct Chain {
+pub struct Chain<'a> {
     prev: Option<(String, u64)>,
     v: Verified,
+    /// Also checks each checkpoint's signature (without: counts them, trusts them).
+    pub checker: Option<&'a Checker<'a>>,
 }
 
-impl Default for Chain {
+impl Default for Chain<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Chain {
+impl Chain<'_> {
     pub fn new() -> Self {
         Chain {
             prev: None,
@@ -203,7 +245,10 @@ impl Chain {
                 first_seq: None,
                 last_seq: None,
                 head: GENESIS.to_string(),
+                checkpoints: 0,
+                covered_seq: None,
             },
+            checker: None,
         }
     }
 
@@ -234,6 +279,18 @@ impl Chain {
                     line: lineno,
                     seq: l.body.seq,
                 });
+            }
+            if l.body.kind == CHECKPOINT {
+                if let Some(c) = self.checker {
+                    c.check(&l.body).map_err(|reason| VerifyError::Checkpoint {
+                        file: name.to_string(),
+                        line: lineno,
+                        seq: l.body.seq,
+                        reason,
+                    })?;
+                }
+                self.v.checkpoints += 1;
+                self.v.covered_seq = Some(l.body.seq.saturating_sub(1));
             }
             self.v.first_seq.get_or_insert(l.body.seq);
             self.v.last_seq = Some(l.body.seq);
@@ -269,6 +326,27 @@ pub fn last_good(data: &[u8]) -> (usize, Option<AuditLine>) {
     (good_end, last)
 }
 
+/// Verifies the log in `state_dir`, and its checkpoints against the enrolment certificate if
+/// the agent is enrolled.
+pub fn verify_state_dir(state_dir: &Path) -> Result<Verified, VerifyError> {
+    let enr =
+        crate::enroll::Enrollment::load(state_dir).map_err(|e| VerifyError::Io(e.to_string()))?;
+    match enr {
+        None => verify(state_dir, None),
+        Some(e) => {
+            let cert = e.cert_pem().map_err(|e| VerifyError::Io(e.to_string()))?;
+            let id = e.agent_id.to_string();
+            verify(
+                state_dir,
+                Some(&Checker {
+                    agent_id: &id,
+                    cert_pem: &cert,
+                }),
+            )
+        }
+    }
+}
+
 /// The writer. Owned by one task.
 pub struct AuditLog {
     dir: PathBuf,
@@ -277,6 +355,9 @@ pub struct AuditLog {
     max_bytes: u64,
     head: String,
     seq: u64,
+    signer: Option<Signer>,
+    /// The seq of the last checkpoint record this log wrote (no new one while it is the head).
+    last_checkpoint: Option<u64>,
 }
 
 impl AuditLog {
@@ -310,7 +391,14 @@ impl AuditLog {
             max_bytes,
             head,
             seq,
+            signer: None,
+            last_checkpoint: None,
         })
+    }
+
+    /// Signs `audit.checkpoint` records from now on (once enrolled).
+    pub fn set_signer(&mut self, signer: Signer) {
+        self.signer = Some(signer);
     }
 
     pub fn head(&self) -> (&str, u64) {
@@ -325,7 +413,32 @@ impl AuditLog {
         let mut buf = Vec::new();
         let mut lines = Vec::new();
         for e in events {
+            let mut signature = None;
+            if e.kind == CHECKPOINT {
+                // Signed here, against the exact head it follows; skipped when nothing moved
+                // since the last one, or when there is no key (not enrolled).
+                let Some(s) = &self.signer else { continue };
+                if self.seq == 0 || self.last_checkpoint == Some(self.seq) {
+                    continue;
+                }
+                let m = jitgate_proto::audit::agent_checkpoint_message(
+                    &s.agent_id,
+                    self.seq,
+                    &self.head,
+                );
+                match jitgate_proto::audit::agent_sign(&s.key_pem, &m) {
+                    Ok(sig) => signature = Some(sig),
+                    Err(e) => {
+                        // Never let a signing problem block the audit log itself.
+                        tracing::warn!(error = %e, "cannot sign an audit checkpoint");
+                        continue;
+                    }
+                }
+            }
             self.seq += 1;
+            if signature.is_some() {
+                self.last_checkpoint = Some(self.seq);
+            }
             let body = AuditBody {
                 id: uuid::Uuid::new_v4().to_string(),
                 seq: self.seq,
@@ -338,6 +451,7 @@ impl AuditLog {
                 window: e.window.map(|(start, end)| Window { start, end }),
                 grant_id: e.grant_id,
                 reason: e.reason,
+                signature,
                 prev: self.head.clone(),
             };
             let hash = hash_of(&body);
@@ -406,7 +520,7 @@ mod tests {
             assert_eq!(log.head().1, 10);
             log.append([ev(99)]).unwrap();
         }
-        let v = verify(dir.path()).unwrap();
+        let v = verify(dir.path(), None).unwrap();
         assert_eq!(v.records, 11);
         assert_eq!(v.last_seq, Some(11));
     }
@@ -435,7 +549,7 @@ mod tests {
             l[2] = l[2].replace("203.0.113.2/32", "198.51.100.2/32")
         });
         assert!(matches!(
-            verify(d.path()),
+            verify(d.path(), None),
             Err(VerifyError::Edited {
                 line: 3,
                 seq: 3,
@@ -448,7 +562,7 @@ mod tests {
             l.remove(1);
         });
         assert!(matches!(
-            verify(d.path()),
+            verify(d.path(), None),
             Err(VerifyError::Broken {
                 line: 2,
                 seq: 3,
@@ -459,15 +573,113 @@ mod tests {
         let d = fresh(5);
         rewrite(d.path(), |l| l.swap(1, 3));
         assert!(matches!(
-            verify(d.path()),
+            verify(d.path(), None),
             Err(VerifyError::Broken { line: 2, .. })
         ));
 
         let d = fresh(5);
         rewrite(d.path(), |l| l[4] = "{not json".into());
         assert!(matches!(
-            verify(d.path()),
+            verify(d.path(), None),
             Err(VerifyError::Malformed { line: 5, .. })
+        ));
+    }
+
+    fn signer() -> (Signer, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["agent".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let s = Signer {
+            agent_id: "0b5e1c1e-0000-4000-8000-000000000001".into(),
+            key_pem: key.serialize_pem(),
+        };
+        (s, cert.pem())
+    }
+
+    #[test]
+    fn checkpoints_are_signed_only_when_the_head_moved_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, cert) = signer();
+        let checker = Checker {
+            agent_id: &s.agent_id,
+            cert_pem: &cert,
+        };
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        // Not enrolled: no checkpoint is written.
+        log.append([ev(0), AuditEvent::new(CHECKPOINT, "agent")])
+            .unwrap();
+        assert_eq!(log.head().1, 1);
+        log.set_signer(s.clone());
+        log.append([ev(1), AuditEvent::new(CHECKPOINT, "agent")])
+            .unwrap();
+        // The head has not moved since: nothing new.
+        log.append([AuditEvent::new(CHECKPOINT, "agent")]).unwrap();
+        log.append([ev(2)]).unwrap();
+        log.sync().unwrap();
+        let v = verify(dir.path(), Some(&checker)).unwrap();
+        assert_eq!((v.records, v.checkpoints, v.covered_seq), (4, 1, Some(2)));
+        // The controller checks delivered lines from their bytes alone: same hashes, and the
+        // checkpoint's signature verifies there too.
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        for line in text.lines() {
+            let l = jitgate_proto::audit::AgentLine::parse(line).unwrap();
+            assert_eq!(l.computed, l.hash, "{line}");
+            if l.kind == CHECKPOINT {
+                let m =
+                    jitgate_proto::audit::agent_checkpoint_message(&s.agent_id, l.seq - 1, &l.prev);
+                jitgate_proto::audit::agent_verify(&cert, &m, l.signature.as_deref().unwrap())
+                    .unwrap();
+            }
+        }
+        // Another agent's certificate does not verify the signature.
+        let (_, other) = signer();
+        let wrong = Checker {
+            agent_id: &s.agent_id,
+            cert_pem: &other,
+        };
+        assert!(matches!(
+            verify(dir.path(), Some(&wrong)),
+            Err(VerifyError::Checkpoint { seq: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn rechained_rewrite_fails_the_signed_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, cert) = signer();
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        log.set_signer(s.clone());
+        log.append([ev(1), ev(2), AuditEvent::new(CHECKPOINT, "agent"), ev(3)])
+            .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        // Rewrite record 1 and recompute every later hash: the plain chain holds again.
+        let path = dir.path().join(FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut out = String::new();
+        for (i, line) in text.lines().enumerate() {
+            let mut l: AuditLine = serde_json::from_str(line).unwrap();
+            if i == 0 {
+                l.body.source = Some("198.51.100.9/32".into());
+            }
+            l.body.prev = prev.clone();
+            l.hash = hash_of(&l.body);
+            prev = l.hash.clone();
+            out.push_str(&serde_json::to_string(&l).unwrap());
+            out.push('\n');
+        }
+        std::fs::write(&path, out).unwrap();
+        assert!(verify(dir.path(), None).is_ok());
+        let checker = Checker {
+            agent_id: &s.agent_id,
+            cert_pem: &cert,
+        };
+        assert!(matches!(
+            verify(dir.path(), Some(&checker)),
+            Err(VerifyError::Checkpoint { seq: 3, .. })
         ));
     }
 
@@ -480,6 +692,6 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let mut log = AuditLog::open(d.path(), u64::MAX).unwrap();
         log.append([ev(7)]).unwrap();
-        assert_eq!(verify(d.path()).unwrap().records, 4);
+        assert_eq!(verify(d.path(), None).unwrap().records, 4);
     }
 }

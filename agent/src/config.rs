@@ -11,6 +11,8 @@ pub const DEFAULT_PIN_DIR: &str = "/run/jitgate/bpf/agent";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate";
 pub const DEFAULT_SOCKET: &str = "/run/jitgate/agent.sock";
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
+/// How often an enrolled agent signs its audit chain head (if it moved).
+pub const DEFAULT_AUDIT_CHECKPOINT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_GRANT: Duration = Duration::from_secs(24 * 3600);
 /// The longest local maximum a config may set.
 pub const MAX_MAX_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -81,6 +83,7 @@ struct FileConfig {
     #[serde(default)]
     protect: Vec<FileProtect>,
     flow_idle_timeout: Option<String>,
+    audit_checkpoint_interval: Option<String>,
     max_grant: Option<String>,
     pin_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -98,6 +101,7 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub flow_idle_timeout: Option<String>,
+    pub audit_checkpoint_interval: Option<String>,
 }
 
 /// The validated configuration.
@@ -113,6 +117,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Prometheus endpoint; `None` disables it.
     pub metrics: Option<SocketAddr>,
+    /// How often the audit chain head is signed once enrolled (docs/agent.md).
+    pub audit_checkpoint_interval: Duration,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -238,6 +244,14 @@ impl AgentConfig {
             Some(s) => parse_duration("flow_idle_timeout", s)?,
             None => DEFAULT_IDLE,
         };
+        let audit_checkpoint_interval = match over
+            .audit_checkpoint_interval
+            .as_deref()
+            .or(file.audit_checkpoint_interval.as_deref())
+        {
+            Some(s) => parse_duration("audit_checkpoint_interval", s)?,
+            None => DEFAULT_AUDIT_CHECKPOINT,
+        };
         let max_grant = match file.max_grant.as_deref() {
             Some(s) => parse_duration("max_grant", s)?,
             None => DEFAULT_MAX_GRANT,
@@ -259,6 +273,7 @@ impl AgentConfig {
             state_dir: pick(&over.state_dir, file.state_dir, DEFAULT_STATE_DIR),
             socket: pick(&over.socket, file.socket, DEFAULT_SOCKET),
             metrics: over.metrics.or(file.metrics),
+            audit_checkpoint_interval,
         };
         for (what, p) in [
             ("pin_dir", &cfg.pin_dir),

@@ -1462,7 +1462,9 @@ async fn serve_conn(
             }
             Request::AuditVerify => {
                 let dir = state_dir.clone();
-                let resp = match tokio::task::spawn_blocking(move || audit::verify(&dir)).await {
+                let resp = match tokio::task::spawn_blocking(move || audit::verify_state_dir(&dir))
+                    .await
+                {
                     Ok(Ok(v)) => Response::Verified(v),
                     Ok(Err(e)) => Response::error(ErrorCode::Tampered, e.to_string()),
                     Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
@@ -1647,8 +1649,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
             "grant journal repaired"
         );
     }
-    let log =
+    let mut log =
         AuditLog::open(&cfg.state_dir, AUDIT_ROTATE_BYTES).map_err(io("opening the audit log"))?;
+    // Once enrolled, the agent signs its chain head with its enrolment key.
+    match crate::enroll::Enrollment::load(&cfg.state_dir).map(|e| e.map(|e| e.audit_signer())) {
+        Ok(Some(Ok(s))) => log.set_signer(s),
+        Ok(Some(Err(e))) | Err(e) => {
+            tracing::error!(error = %e, "audit checkpoints disabled: no enrolment key")
+        }
+        Ok(None) => {}
+    }
     let head: Head = Arc::new(Mutex::new({
         let (h, s) = log.head();
         (h.to_string(), s)
@@ -1786,6 +1796,24 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     let _ = done_rx.await;
     core.rescan().await;
 
+    // Signed checkpoints of the audit chain head (skipped by the log while it has not moved).
+    let cp_writer = wtx.clone();
+    let cp_every = cfg.audit_checkpoint_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cp_every, cp_every);
+        loop {
+            tick.tick().await;
+            let ev = AuditEvent::new(audit::CHECKPOINT, "agent");
+            if cp_writer
+                .send(WriteJob::audit(vec![ev], true))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
     // Data-plane events into the audit log.
     let mut events = core.dp.take_events()?;
     let ev_writer = wtx.clone();
@@ -1910,7 +1938,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     let (done_tx, done_rx) = oneshot::channel();
     core.write(WriteJob {
         journal: vec![],
-        audit: vec![stop],
+        audit: vec![stop, AuditEvent::new(audit::CHECKPOINT, "agent")],
         durable: true,
         compact: None,
         done: Some(done_tx),

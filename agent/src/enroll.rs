@@ -106,6 +106,21 @@ impl Enrollment {
         }))
     }
 
+    /// What signs the audit log's checkpoints: this agent's id and enrolment key.
+    pub fn audit_signer(&self) -> Result<crate::audit::Signer, EnrollError> {
+        let path = self.dir.join("agent.key");
+        Ok(crate::audit::Signer {
+            agent_id: self.agent_id.to_string(),
+            key_pem: std::fs::read_to_string(&path).map_err(file_err(&path))?,
+        })
+    }
+
+    /// This agent's certificate (PEM), which verifies its checkpoints.
+    pub fn cert_pem(&self) -> Result<String, EnrollError> {
+        let path = self.dir.join("agent.crt");
+        std::fs::read_to_string(&path).map_err(file_err(&path))
+    }
+
     /// TLS client configuration: the pinned CA, and this agent's certificate.
     pub fn tls_config(&self) -> Result<rustls::ClientConfig, EnrollError> {
         let crypto = |e: &dyn std::fmt::Display| EnrollError::Crypto(e.to_string());

@@ -125,6 +125,9 @@ struct RunArgs {
     /// Idle timeout of `keep` sessions after their grant ended, e.g. 15m.
     #[arg(long)]
     flow_idle_timeout: Option<String>,
+    /// How often an enrolled agent signs its audit chain head (if it moved), e.g. 5m.
+    #[arg(long)]
+    audit_checkpoint_interval: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -220,7 +223,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 state_dir: Some(dir),
                 json,
             }) => print_response(
-                &Response::Verified(match jitgate_agent::audit::verify(&dir) {
+                &Response::Verified(match jitgate_agent::audit::verify_state_dir(&dir) {
                     Ok(v) => v,
                     Err(e) => return fail(EXIT_TAMPERED, e),
                 }),
@@ -292,6 +295,7 @@ async fn run(args: RunArgs, socket: Option<PathBuf>) -> ExitCode {
         socket,
         metrics: args.metrics,
         flow_idle_timeout: args.flow_idle_timeout,
+        audit_checkpoint_interval: args.audit_checkpoint_interval,
     };
     let cfg = match AgentConfig::load(args.config.as_deref(), &over) {
         Ok(c) => c,
@@ -537,12 +541,14 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
             }
         }
         Response::Verified(v) => println!(
-            "audit log verifies: {} records in {} file(s), seq {}..{}, head {}",
+            "audit log verifies: {} records in {} file(s), seq {}..{}, head {}; {} signed checkpoints, covered up to seq {}",
             v.records,
             v.files,
             v.first_seq.unwrap_or(0),
             v.last_seq.unwrap_or(0),
-            v.head
+            v.head,
+            v.checkpoints,
+            v.covered_seq.unwrap_or(0)
         ),
         Response::Detached => {
             println!("detached: enforcement removed from every interface; the agent stopped")

@@ -14,6 +14,7 @@ use jitgate_common::{Port, Protocol, SourcePrefix};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod audit;
 mod connections;
 
 const EXIT_HELP: &str = "EXIT CODES:
@@ -273,8 +274,25 @@ struct AuditArgs {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Verify the activity log's hash chain; exit 9 and name the first bad entry if it fails.
-    Verify,
+    /// Verify the activity log: its hash chain, and every signed checkpoint of the chain head
+    /// (a rewrite that recomputed the later hashes no longer matches the checkpoint after it).
+    /// With `--agent --vm VM`: the records the VM's agents delivered, and the checkpoints the
+    /// agents signed with their enrolment keys. Exit 9 and name the first bad entry or
+    /// checkpoint if it fails.
+    Verify {
+        /// Verify an export file (`jit audit export`) instead, with no controller.
+        #[arg(long, value_name = "FILE")]
+        offline: Option<PathBuf>,
+        /// With --offline: trust only this public key (SPKI PEM; the controller's
+        /// keys/grant-signing.pub), not the one the file carries.
+        #[arg(long, value_name = "PEM", requires = "offline")]
+        key: Option<PathBuf>,
+    },
+    /// Write the whole activity log with its signed checkpoints and the controller's public
+    /// key to FILE, for `jit audit verify --offline FILE` (docs/controller.md).
+    Export { file: PathBuf },
+    /// Sign the chain head now (admin; the controller also does it periodically).
+    Checkpoint,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,6 +748,17 @@ fn print_policy(v: &Value) {
 }
 
 async fn run(cli: Cli) -> R<()> {
+    // Offline verification needs no controller (and no configuration).
+    if let Cmd::Audit(AuditArgs {
+        verify: Some(AuditCmd::Verify {
+            offline: Some(file),
+            key,
+        }),
+        ..
+    }) = &cli.cmd
+    {
+        return audit::verify_offline(file, key.as_deref(), cli.json);
+    }
     let c = load_client(&cli)?;
     let json = cli.json;
     match &cli.cmd {
@@ -1061,30 +1090,18 @@ async fn run(cli: Cli) -> R<()> {
         }
         Cmd::Compliance(a) => compliance::run(&c, a, json).await?,
         Cmd::Audit(a) => {
-            if let Some(AuditCmd::Verify) = a.verify {
-                let v = c.get("/activityLog/verify").await?;
-                if json {
-                    print_json(&v);
-                } else if v["ok"] == true {
-                    println!(
-                        "activity log OK: {} entries, head {}",
-                        s(&v["entries"]),
-                        s(&v["headHash"])
-                    );
-                } else {
-                    println!(
-                        "activity log FAILED verification at entry {}: {}",
-                        s(&v["firstBadSeq"]),
-                        s(&v["problem"])
-                    );
+            match &a.verify {
+                Some(AuditCmd::Verify { .. }) if a.agent => {
+                    let vm = a.vm.as_deref().unwrap_or_default();
+                    return audit::agent_verify(&c, vm, json).await;
                 }
-                if v["ok"] != true {
-                    return Err(Fail::new(
-                        exit::VERIFY_FAILED,
-                        "activity log verification failed",
-                    ));
+                Some(AuditCmd::Verify { .. }) => {
+                    let v = c.get("/activityLog/verify").await?;
+                    return audit::report(&v, json, "activity log");
                 }
-                return Ok(());
+                Some(AuditCmd::Export { file }) => return audit::export(&c, file, json).await,
+                Some(AuditCmd::Checkpoint) => return audit::checkpoint(&c, json).await,
+                None => {}
             }
             if a.agent {
                 return connections::agent_audit(&c, a, json).await;

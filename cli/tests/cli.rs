@@ -692,3 +692,62 @@ fn every_help_explains() {
         .expect("run");
     assert!(String::from_utf8_lossy(&o.stdout).contains("EXIT CODES"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checkpoint_export_and_offline_verify() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let o = e.jit(&admin, &["audit", "checkpoint", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let cp = o.json();
+    let o = e.jit(&admin, &["audit", "verify", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.json()["coveredSeq"], cp["seq"]);
+    let o = e.jit(&admin, &["audit", "export", "audit.json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let file = e._tmp.path().join("audit.json");
+    let key = e.dir.signing_pub();
+    let key = key.to_str().expect("path");
+    // No controller is needed: the URL points nowhere.
+    let offline = |extra: &[&str]| {
+        let mut c = e.command(
+            &admin,
+            &[&["audit", "verify", "--offline", "audit.json"], extra].concat(),
+        );
+        c.env("JIT_URL", "https://127.0.0.1:1");
+        c
+    };
+    let o = offline(&["--key", key, "--json"])
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (v["ok"].clone(), v["checkpoints"].clone()),
+        (Value::Bool(true), 1.into())
+    );
+    // One byte of one entry changed: exit 9, naming the entry.
+    let text = std::fs::read_to_string(&file).expect("export");
+    let at = text.find("\"caller\":\"local:root\"").expect("caller") + 10;
+    let mut bytes = text.into_bytes();
+    bytes[at] = b'L';
+    std::fs::write(&file, bytes).expect("edit");
+    let o = offline(&[]).output().await.expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("altered"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

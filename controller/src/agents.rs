@@ -551,13 +551,14 @@ impl Store {
         .rows_affected();
         sqlx::query(
             "INSERT INTO agents (id, vm, cert_fingerprint, cert_serial, status, enrolled_ms, \
-             revoked_ms, last_seen_ms, heartbeat) VALUES ($1, $2, $3, $4, 'active', $5, NULL, NULL, NULL)",
+             revoked_ms, last_seen_ms, heartbeat, cert_pem) VALUES ($1, $2, $3, $4, 'active', $5, NULL, NULL, NULL, $6)",
         )
         .bind(id.to_string())
         .bind(&vm)
         .bind(&signed.fingerprint)
         .bind(&signed.serial)
         .bind(w.now)
+        .bind(&signed.pem)
         .execute(&mut *w.tx)
         .await?;
         sqlx::query("UPDATE enroll_tokens SET used_ms = $1, agent_id = $2 WHERE hash = $3")

@@ -32,6 +32,8 @@ pub struct AppState {
     pub enroll: Arc<EnrollCtx>,
     /// Compliance evaluations (on demand; the same one the schedule uses).
     pub compliance: crate::compliance::schedule::Scheduler,
+    /// Signs activity log checkpoints on demand (the controller's Ed25519 key).
+    pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 /// What enrolment hands out.
@@ -60,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/virtualMachines/{vm}/connections", get(connections))
         .route("/api/v1/virtualMachines/{vm}/agentAudit", get(agent_audit))
         .route(
+            "/api/v1/virtualMachines/{vm}/agentAudit/verify",
+            get(agent_audit_verify),
+        )
+        .route(
             "/api/v1/resourceGroups/{rg}/jitNetworkAccessPolicies/default",
             get(get_rg_policy)
                 .put(put_rg_policy)
@@ -73,6 +79,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/requests/{id}/revoke", post(revoke))
         .route("/api/v1/activityLog", get(activity))
         .route("/api/v1/activityLog/verify", get(verify))
+        .route(
+            "/api/v1/activityLog/checkpoints",
+            get(list_checkpoints).post(sign_checkpoint),
+        )
+        .route("/api/v1/activityLog/export", get(export))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/enroll", post(enroll))
         .route("/api/v1/resourceGroups", get(list_groups))
@@ -514,6 +525,18 @@ async fn agent_audit(
     Ok(Json(List { value: v }).into_response())
 }
 
+/// Verifies the VM's agents' delivered records: chains and signed agent checkpoints.
+async fn agent_audit_verify(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(vm): Path<String>,
+) -> Result<Response, ApiError> {
+    let (group, _) = st.store.vm(&vm).await?;
+    c.check_vm(Role::Reader, &vm, &group)?;
+    let v = st.store.verify_agent_audit(&vm, &st.enroll.ca.pem).await?;
+    Ok(Json(v).into_response())
+}
+
 async fn revoke(
     State(st): State<AppState>,
     c: Caller,
@@ -595,6 +618,51 @@ async fn verify(State(st): State<AppState>, c: Caller) -> Result<Response, ApiEr
     c.check_global(Role::Reader)?;
     let r = st.store.verify().await?;
     Ok(Json(r).into_response())
+}
+
+/// The signed checkpoints of the chain head, oldest first, with the key that verifies them.
+async fn list_checkpoints(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.check_global(Role::Reader)?;
+    let v = st.store.checkpoints().await?;
+    Ok(Json(CheckpointList {
+        key_id: jitgate_proto::audit::key_id(&st.checkpoint_key.verifying_key()),
+        public_key_pem: st.enroll.grant_signing_key_pem.clone(),
+        value: v,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckpointList {
+    key_id: String,
+    public_key_pem: String,
+    value: Vec<crate::store::Checkpoint>,
+}
+
+/// Signs the chain head now (admin): 201 with the new checkpoint, or 200 with the latest
+/// one when the head has not moved since.
+async fn sign_checkpoint(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.check_global(Role::Admin)?;
+    if let Some(cp) = st.store.checkpoint(&st.checkpoint_key).await? {
+        return Ok((StatusCode::CREATED, Json(cp)).into_response());
+    }
+    match st.store.checkpoints().await?.pop() {
+        Some(cp) => Ok(Json(cp).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "EmptyActivityLog",
+            "the activity log is empty: there is no head to sign",
+        )),
+    }
+}
+
+/// The whole activity log with its checkpoints and the public key: verifiable offline
+/// (`jit audit verify --offline FILE`).
+async fn export(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.check_global(Role::Reader)?;
+    let x = st.store.export(&st.enroll.grant_signing_key_pem).await?;
+    Ok(Json(x).into_response())
 }
 
 /// Agent enrolment: the one-time enrolment token authenticates (no API token).

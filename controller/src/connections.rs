@@ -286,6 +286,164 @@ impl Store {
     }
 }
 
+/// The verification of one agent's delivered audit records.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentChainReport {
+    pub agent_id: String,
+    pub ok: bool,
+    pub records: i64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// Signed `audit.checkpoint` records verified against the agent's certificate.
+    pub checkpoints: i64,
+    /// Records up to this seq are under the agent's signature.
+    pub covered_seq: Option<i64>,
+    /// Records after the last checkpoint (chained, not yet signed).
+    pub uncovered: i64,
+    pub first_bad_seq: Option<i64>,
+    pub problem: Option<String>,
+}
+
+/// Every agent of a VM, verified.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentAuditVerify {
+    pub ok: bool,
+    pub vm: String,
+    pub agents: Vec<AgentChainReport>,
+}
+
+impl Store {
+    /// Verifies the records each of the VM's agents delivered: the chain (contiguous seq, each
+    /// `prev` the previous hash, each hash recomputed from the stored line; the first stored
+    /// record may start mid-chain), and each `audit.checkpoint` signature against the agent's
+    /// certificate, which must have been issued by the controller CA (`ca_pem`, from the state
+    /// directory). A database writer cannot forge the agent's signature.
+    pub async fn verify_agent_audit(&self, vm: &str, ca_pem: &str) -> Result<AgentAuditVerify> {
+        let agents =
+            sqlx::query("SELECT id, cert_pem FROM agents WHERE vm = $1 ORDER BY enrolled_ms, id")
+                .bind(vm)
+                .fetch_all(self.pool())
+                .await?;
+        let mut out = AgentAuditVerify {
+            ok: true,
+            vm: vm.into(),
+            agents: vec![],
+        };
+        for a in &agents {
+            let id: String = a.try_get(0)?;
+            let cert: Option<String> = a.try_get(1)?;
+            let r = self
+                .verify_agent_chain(&id, cert.as_deref(), ca_pem)
+                .await?;
+            out.ok &= r.ok;
+            out.agents.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn verify_agent_chain(
+        &self,
+        agent_id: &str,
+        cert: Option<&str>,
+        ca_pem: &str,
+    ) -> Result<AgentChainReport> {
+        let mut r = AgentChainReport {
+            agent_id: agent_id.into(),
+            ok: false,
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+            checkpoints: 0,
+            covered_seq: None,
+            uncovered: 0,
+            first_bad_seq: None,
+            problem: None,
+        };
+        let cert_ok = match cert {
+            None => Err("no certificate stored for this agent (enrolled before schema 5)".into()),
+            Some(c) => jitgate_proto::audit::agent_cert_issued_by(c, ca_pem).map(|()| c),
+        };
+        let mut prev: Option<(i64, String)> = None;
+        let mut after = -1i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT DISTINCT seq, line FROM agent_audit WHERE agent_id = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT 5000",
+            )
+            .bind(agent_id)
+            .bind(after)
+            .fetch_all(self.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let seq: i64 = row.try_get(0)?;
+                let line: String = row.try_get(1)?;
+                after = seq;
+                let mut fail = |problem: String| {
+                    r.first_bad_seq = Some(seq);
+                    r.problem = Some(problem);
+                };
+                let l = match jitgate_proto::audit::AgentLine::parse(&line) {
+                    Ok(l) if l.seq as i64 == seq => l,
+                    Ok(_) | Err(_) => {
+                        fail(format!("record {seq} is not a valid agent audit record"));
+                        return Ok(r);
+                    }
+                };
+                if l.computed != l.hash {
+                    fail(format!(
+                        "record {seq} was altered: its content does not match its hash"
+                    ));
+                    return Ok(r);
+                }
+                if let Some((ps, ph)) = &prev
+                    && (seq != ps + 1 || l.prev != *ph)
+                {
+                    fail(format!(
+                        "record {seq} does not follow record {ps} (removed, inserted or reordered)"
+                    ));
+                    return Ok(r);
+                }
+                if l.kind == "audit.checkpoint" {
+                    let m = jitgate_proto::audit::agent_checkpoint_message(
+                        agent_id,
+                        l.seq.saturating_sub(1),
+                        &l.prev,
+                    );
+                    let checked = cert_ok.clone().and_then(|c| {
+                        jitgate_proto::audit::agent_verify(
+                            c,
+                            &m,
+                            l.signature.as_deref().unwrap_or_default(),
+                        )
+                    });
+                    if let Err(e) = checked {
+                        fail(format!(
+                            "record {seq}: checkpoint signature does not verify: {e}"
+                        ));
+                        return Ok(r);
+                    }
+                    r.checkpoints += 1;
+                    r.covered_seq = Some(seq - 1);
+                }
+                r.first_seq.get_or_insert(seq);
+                r.last_seq = Some(seq);
+                r.records += 1;
+                prev = Some((seq, l.hash));
+            }
+        }
+        r.ok = true;
+        r.uncovered = r.records
+            - r.covered_seq
+                .map_or(0, |c| c - r.first_seq.unwrap_or(1) + 1);
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,8 @@ pub struct ServerHandle {
     join: tokio::task::JoinHandle<()>,
     agent_join: Option<tokio::task::JoinHandle<()>>,
     compliance_join: Option<tokio::task::JoinHandle<()>>,
+    /// The periodic checkpoint task and its key (a last checkpoint is signed at stop).
+    checkpoint: Option<(tokio::task::JoinHandle<()>, ed25519_dalek::SigningKey)>,
 }
 
 impl ServerHandle {
@@ -62,6 +64,14 @@ impl ServerHandle {
         }
         if let Some(j) = self.compliance_join {
             let _ = j.await;
+        }
+        // After the other tasks: the last checkpoint covers everything they logged.
+        if let Some((j, key)) = self.checkpoint {
+            j.abort();
+            let _ = j.await;
+            if let Err(e) = self.store.checkpoint(&key).await {
+                tracing::error!(error = %e, "signing the shutdown checkpoint failed");
+            }
         }
         self.store.close().await;
     }
@@ -105,6 +115,8 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     let agent_tls =
         crate::channel::agent_tls_config(&dir.server_cert(), &dir.server_key(), &dir.ca_cert())?;
     let key = crate::channel::load_signing_key(&dir.signing_key())?;
+    store.set_checkpoint_key(key.verifying_key());
+    let key_for_stop = key.clone();
     let pub_pem = std::fs::read_to_string(dir.signing_pub()).map_err(|e| SetupError::Io {
         path: dir.signing_pub().display().to_string(),
         source: e,
@@ -127,6 +139,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         max_body_bytes: cfg.max_body_bytes,
         enroll: Arc::new(enroll),
         compliance: compliance.clone(),
+        checkpoint_key: Arc::new(key.clone()),
     };
     let mut h = serve(
         listener,
@@ -135,6 +148,11 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
     )
     .await?;
+    let checkpoints = spawn_checkpointer(
+        store.clone(),
+        key.clone(),
+        Duration::from_secs(cfg.checkpoint_interval_seconds.max(1)),
+    );
     let agents = crate::channel::serve_agents(
         agent_listener,
         agent_tls,
@@ -142,10 +160,30 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         key,
         h.shutdown.subscribe(),
     );
+    h.checkpoint = Some((checkpoints, key_for_stop));
     h.agent_addr = Some(agent_addr);
     h.agent_join = Some(agents);
     h.compliance_join = Some(compliance.spawn(h.shutdown.subscribe()));
     Ok(h)
+}
+
+/// Signs the activity log's head every `every` if it moved (`ServerHandle::stop` signs the
+/// last one).
+fn spawn_checkpointer(
+    store: Store,
+    key: ed25519_dalek::SigningKey,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.checkpoint(&key).await {
+                tracing::error!(error = %e, "signing an activity log checkpoint failed");
+            }
+        }
+    })
 }
 
 /// Serves the API on an already-bound listener.
@@ -240,6 +278,7 @@ pub async fn serve(
         agent_addr: None,
         agent_join: None,
         compliance_join: None,
+        checkpoint: None,
         store,
         shutdown: tx,
         join,

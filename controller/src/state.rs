@@ -7,7 +7,9 @@
 //!   tls/ca.crt, tls/ca.key   the CA operators and agents trust
 //!   tls/server.crt, .key     the API's certificate, signed by the CA
 //!   keys/grant-signing.key   Ed25519 private key (PKCS#8 PEM) that signs grants to agents
-//!   keys/grant-signing.pub   its public key (SPKI PEM), given to agents at enrolment
+//!                            and the activity log's checkpoints (each under its own context)
+//!   keys/grant-signing.pub   its public key (SPKI PEM), given to agents at enrolment and
+//!                            carried in activity log exports
 //! ```
 
 use std::io::Write;
@@ -77,6 +79,9 @@ fn default_sweep() -> u64 {
 fn default_conns() -> u32 {
     8
 }
+fn default_checkpoint() -> u64 {
+    300
+}
 
 /// `controller.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +114,10 @@ pub struct Config {
     /// enrolment; default: the address `agent_listen` is bound to.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
+    /// How often the activity log's chain head is signed (a checkpoint), if it moved; also
+    /// on demand and at shutdown (docs/controller.md, "Activity log").
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_interval_seconds: u64,
     /// Compliance: management ports, schedule, probe bounds (docs/compliance.md). Not written
     /// by `init` (the defaults apply until a `[compliance]` table is added).
     #[serde(default, skip_serializing)]
@@ -127,6 +136,7 @@ impl Default for Config {
             max_db_connections: default_conns(),
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
+            checkpoint_interval_seconds: default_checkpoint(),
             compliance: Default::default(),
         }
     }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -37,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "agent audit view",
         include_str!("../migrations/0004_agent_audit_view.sql"),
+    ),
+    (
+        5,
+        "activity checkpoints and agent certificates",
+        include_str!("../migrations/0005_activity_checkpoints.sql"),
     ),
 ];
 
@@ -79,7 +83,8 @@ pub fn policy_watch() -> tokio::sync::watch::Receiver<u64> {
     POLICY_GEN.subscribe()
 }
 
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use jitgate_proto::audit::{ActivityEntry, Checkpoint, GENESIS_HASH};
+use jitgate_proto::audit::{ChainWalk, HashInput, entry_hash};
 
 /// Activity log operation names (Azure's where Azure has one).
 pub mod op {
@@ -133,48 +138,6 @@ impl Actor {
     }
 }
 
-/// One activity log entry as stored and shown.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ActivityEntry {
-    pub seq: i64,
-    pub time_utc: String,
-    pub operation: String,
-    pub resource_type: String,
-    pub resource_group: String,
-    pub virtual_machine: String,
-    pub caller: String,
-    pub caller_address: String,
-    pub outcome: String,
-    pub request_id: String,
-    pub details: serde_json::Value,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-/// What the hash covers, in this order; `details` as the exact stored text.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HashInput<'a> {
-    seq: i64,
-    time_ms: i64,
-    operation: &'a str,
-    resource_type: &'a str,
-    resource_group: &'a str,
-    vm: &'a str,
-    caller: &'a str,
-    caller_address: &'a str,
-    outcome: &'a str,
-    request_id: &'a str,
-    details: &'a str,
-    prev_hash: &'a str,
-}
-
-fn entry_hash(h: &HashInput<'_>) -> String {
-    let json = serde_json::to_vec(h).unwrap_or_default();
-    hex::encode(Sha256::digest(&json))
-}
-
 pub struct NewActivity<'a> {
     pub operation: &'static str,
     pub resource_type: &'static str,
@@ -217,17 +180,8 @@ pub struct ActivityFilter {
     pub format: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VerifyReport {
-    pub ok: bool,
-    pub entries: i64,
-    pub head_seq: i64,
-    pub head_hash: String,
-    /// The first entry that fails, if any.
-    pub first_bad_seq: Option<i64>,
-    pub problem: Option<String>,
-}
+/// The activity log's verification report (shared with offline verification).
+pub use jitgate_proto::audit::Report as VerifyReport;
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -299,6 +253,9 @@ pub struct Store {
     /// Queue of the group-commit writer for agents' acknowledgements.
     acker: tokio::sync::mpsc::Sender<AckJob>,
     pub backend: String,
+    /// The key checkpoints are verified with (the controller's Ed25519 key, loaded from the
+    /// state directory, never from the database a writer could change).
+    checkpoint_key: Arc<std::sync::OnceLock<ed25519_dalek::VerifyingKey>>,
 }
 
 /// An agent's acknowledgement waiting for the acknowledgement writer.
@@ -750,6 +707,7 @@ impl Store {
             initiator,
             acker,
             backend,
+            checkpoint_key: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -1606,25 +1564,131 @@ impl Store {
         rows.iter().map(activity_row).collect()
     }
 
+    /// Sets the key checkpoints are verified with (once; later calls are ignored).
+    pub fn set_checkpoint_key(&self, vk: ed25519_dalek::VerifyingKey) {
+        let _ = self.checkpoint_key.set(vk);
+    }
+
+    /// Signs the chain head if it moved since the last checkpoint of this key (an empty log
+    /// is never signed). Returns the new checkpoint, or None when there was nothing new.
+    pub async fn checkpoint(&self, sk: &ed25519_dalek::SigningKey) -> Result<Option<Checkpoint>> {
+        let key_id = jitgate_proto::audit::key_id(&sk.verifying_key());
+        // The write transaction holds the chain head, so the signed head is the committed one
+        // and controllers sharing the database never sign the same head twice.
+        let mut w = self.begin_write().await?;
+        let last: Option<i64> =
+            sqlx::query("SELECT MAX(seq) FROM activity_checkpoints WHERE key_id = $1")
+                .bind(&key_id)
+                .fetch_one(&mut *w.tx)
+                .await?
+                .try_get(0)?;
+        if w.head_seq == 0 || last.is_some_and(|l| l >= w.head_seq) {
+            return Ok(None);
+        }
+        let c = Checkpoint::sign(sk, w.head_seq, &w.head_hash, w.now);
+        sqlx::query(
+            "INSERT INTO activity_checkpoints (seq, key_id, hash, time_ms, signature) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(c.seq)
+        .bind(&c.key_id)
+        .bind(&c.hash)
+        .bind(c.time_ms)
+        .bind(&c.signature)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        tracing::info!(seq = c.seq, hash = %c.hash, key_id = %c.key_id, "signed activity log checkpoint");
+        Ok(Some(c))
+    }
+
+    /// All checkpoints, oldest first.
+    pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT seq, key_id, hash, time_ms, signature FROM activity_checkpoints \
+             ORDER BY seq, key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    seq: r.try_get(0)?,
+                    key_id: r.try_get(1)?,
+                    hash: r.try_get(2)?,
+                    time_ms: r.try_get(3)?,
+                    signature: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The whole log with its checkpoints and the checkpoint key, for offline verification.
+    pub async fn export(&self, public_key_pem: &str) -> Result<jitgate_proto::audit::Export> {
+        let Some(vk) = self.checkpoint_key.get() else {
+            return Err(StoreError::Corrupt("no checkpoint key loaded".into()));
+        };
+        // Checkpoints first: every one of them is then at or below the exported head.
+        let checkpoints = self.checkpoints().await?;
+        let mut entries = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, time_ms, operation, resource_type, resource_group, vm, caller, caller_address, \
+                 outcome, request_id, details, prev_hash, hash FROM activity WHERE seq > $1 ORDER BY seq LIMIT 5000",
+            )
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get(0)?;
+            for r in &rows {
+                entries.push(activity_row(r)?);
+            }
+        }
+        Ok(jitgate_proto::audit::Export {
+            format: jitgate_proto::audit::EXPORT_FORMAT.into(),
+            key_id: jitgate_proto::audit::key_id(vk),
+            public_key_pem: public_key_pem.into(),
+            exported_time_ms: now_ms(),
+            entries,
+            checkpoints,
+        })
+    }
+
     /// Walks the whole chain: seq contiguous from 1, each prev_hash equal to the previous
-    /// entry's hash, each hash recomputed from the row, and the head equal to the last entry.
+    /// entry's hash, each hash recomputed from the row, the head equal to the last entry;
+    /// and every checkpoint: its signature by the controller key, and its (seq, hash) on the
+    /// chain, so a rewrite that recomputed all later hashes still fails.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let head = sqlx::query("SELECT value, hash FROM counters WHERE name = 'chain'")
             .fetch_one(&self.pool)
             .await?;
         let head_seq: i64 = head.try_get(0)?;
         let head_hash: String = head.try_get(1)?;
-        let mut prev = GENESIS_HASH.to_string();
-        let mut expect = 1i64;
-        let mut count = 0i64;
-        let fail = |seq: i64, problem: String, count: i64| VerifyReport {
-            ok: false,
-            entries: count,
+        let checkpoints = self.checkpoints().await?;
+        let vk = self.checkpoint_key.get();
+        let report = VerifyReport::new(
             head_seq,
-            head_hash: head_hash.clone(),
-            first_bad_seq: Some(seq),
-            problem: Some(problem),
+            &head_hash,
+            checkpoints.len(),
+            vk.map(jitgate_proto::audit::key_id),
+        );
+        let walk = match vk {
+            Some(vk) => ChainWalk::new(checkpoints, vk),
+            // Without the key only the chain can be checked; signed checkpoints cannot.
+            None if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
+            None => Err(jitgate_proto::audit::Failure {
+                seq: 0,
+                checkpoint: None,
+                problem: "no checkpoint key loaded: checkpoint signatures cannot be checked".into(),
+            }),
         };
+        let mut walk = match walk {
+            Ok(w) => w,
+            Err(f) => return Ok(report.fail(f, 0)),
+        };
+        let mut expect = 1i64;
         loop {
             let rows = sqlx::query(
                 "SELECT seq, time_ms, operation, resource_type, resource_group, vm, caller, caller_address, \
@@ -1638,18 +1702,8 @@ impl Store {
             }
             for r in &rows {
                 let seq: i64 = r.try_get(0)?;
-                if seq != expect {
-                    return Ok(fail(expect, format!("entry {expect} is missing"), count));
-                }
                 let stored_prev: String = r.try_get(11)?;
                 let stored_hash: String = r.try_get(12)?;
-                if stored_prev != prev {
-                    return Ok(fail(
-                        seq,
-                        format!("entry {seq} does not chain to entry {}", seq - 1),
-                        count,
-                    ));
-                }
                 let h = entry_hash(&HashInput {
                     seq,
                     time_ms: r.try_get(1)?,
@@ -1664,35 +1718,14 @@ impl Store {
                     details: &r.try_get::<String, _>(10)?,
                     prev_hash: &stored_prev,
                 });
-                if h != stored_hash {
-                    return Ok(fail(
-                        seq,
-                        format!("entry {seq} was altered: its content does not match its hash"),
-                        count,
-                    ));
+                let before = walk.entries();
+                if let Err(f) = walk.push(seq, &stored_prev, &stored_hash, &h) {
+                    return Ok(report.fail(f, before));
                 }
-                prev = stored_hash;
-                expect += 1;
-                count += 1;
+                expect = seq + 1;
             }
         }
-        if count != head_seq || prev != head_hash {
-            return Ok(fail(
-                count + 1,
-                format!(
-                    "the chain head says {head_seq} entries but {count} were found (entries removed from the end?)"
-                ),
-                count,
-            ));
-        }
-        Ok(VerifyReport {
-            ok: true,
-            entries: count,
-            head_seq,
-            head_hash,
-            first_bad_seq: None,
-            problem: None,
-        })
+        Ok(report.finish(walk))
     }
 
     /// Direct access for tests and maintenance tools.

@@ -892,3 +892,142 @@ async fn connection_history_from_delivered_records() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
+
+/// Agent audit lines as an agent writes them (agent/src/audit.rs): the body's JSON, then the
+/// hash; record `checkpoint_at` is an `audit.checkpoint` signed with `key`, or carrying the
+/// signature `copied` (made over another chain).
+fn agent_lines(
+    agent: &str,
+    key: Option<&rcgen::KeyPair>,
+    copied: Option<&str>,
+    reasons: &[&str],
+    checkpoint_at: u64,
+) -> Vec<String> {
+    let mut prev = jitgate_proto::audit::GENESIS_HASH.to_string();
+    let mut out = Vec::new();
+    for (i, reason) in reasons.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let mut body = serde_json::Map::new();
+        body.insert("id".into(), json!(format!("evt-{seq}")));
+        body.insert("seq".into(), json!(seq));
+        body.insert("time".into(), json!("2026-11-27T02:00:00Z"));
+        if seq == checkpoint_at {
+            body.insert("kind".into(), json!("audit.checkpoint"));
+            body.insert("actor".into(), json!("agent"));
+            if let Some(k) = key {
+                let m = jitgate_proto::audit::agent_checkpoint_message(agent, seq - 1, &prev);
+                let sig = jitgate_proto::audit::agent_sign(&k.serialize_pem(), &m).expect("sign");
+                body.insert("signature".into(), json!(sig));
+            }
+            if let Some(sig) = copied {
+                body.insert("signature".into(), json!(sig));
+            }
+        } else {
+            body.insert("kind".into(), json!("grant.applied"));
+            body.insert("actor".into(), json!("root"));
+            body.insert("reason".into(), json!(reason));
+        }
+        body.insert("prev".into(), json!(prev));
+        let text = serde_json::to_string(&body).expect("json");
+        let hash = jitgate_proto::audit::agent_record_hash(&prev, text.as_bytes());
+        out.push(format!("{},\"hash\":\"{hash}\"}}", &text[..text.len() - 1]));
+        prev = hash;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_checkpoints_verify_and_a_database_rewrite_fails() {
+    let (h, _) = setup().await;
+    let c = enroll(&h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake(&c, 0).await;
+    let id = c.id.to_string();
+    let reasons = ["INC-1", "INC-2", "", "INC-4"];
+    let lines = agent_lines(&id, Some(&c.key), None, &reasons, 3);
+    let records = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| AuditRecord {
+            seq: i as u64 + 1,
+            id: format!("evt-{}", i + 1),
+            line: l.clone(),
+        })
+        .collect();
+    assert_eq!(audit(&mut a, records).await, 4);
+    let verify = || h.get("/api/v1/virtualMachines/web1/agentAudit/verify", &h.admin);
+    let (st, v) = verify().await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let r = &v["agents"][0];
+    assert_eq!(
+        (
+            r["checkpoints"].clone(),
+            r["coveredSeq"].clone(),
+            r["uncovered"].clone()
+        ),
+        (json!(1), json!(2), json!(2)),
+        "{v}"
+    );
+    // A database writer rewrites record 1 and recomputes every later hash (the checkpoint
+    // record keeps the agent's signature, which it cannot remake): the chain holds, the
+    // signature does not.
+    let mut reasons = reasons;
+    reasons[0] = "INC-9";
+    let signed: Value = serde_json::from_str(&lines[2]).expect("line");
+    let sig = signed["signature"].as_str().expect("signature");
+    let forged = agent_lines(&id, None, Some(sig), &reasons, 3);
+    for (i, l) in forged.iter().enumerate() {
+        sqlx::query("UPDATE agent_audit SET line = $1 WHERE agent_id = $2 AND seq = $3")
+            .bind(l)
+            .bind(&id)
+            .bind(i as i64 + 1)
+            .execute(h.store().pool())
+            .await
+            .expect("rewrite");
+    }
+    let (_, v) = verify().await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["agents"][0]["firstBadSeq"], 3, "{v}");
+    assert!(
+        v["agents"][0]["problem"]
+            .as_str()
+            .expect("p")
+            .contains("signature"),
+        "{v}"
+    );
+    // Signing with its own key and substituting its own certificate does not help: the
+    // certificate must come from the controller CA.
+    let mallory = rcgen::KeyPair::generate().expect("key");
+    let own = rcgen::CertificateParams::new(vec!["mallory".into()])
+        .expect("params")
+        .self_signed(&mallory)
+        .expect("cert");
+    for (i, l) in agent_lines(&id, Some(&mallory), None, &reasons, 3)
+        .iter()
+        .enumerate()
+    {
+        sqlx::query("UPDATE agent_audit SET line = $1 WHERE agent_id = $2 AND seq = $3")
+            .bind(l)
+            .bind(&id)
+            .bind(i as i64 + 1)
+            .execute(h.store().pool())
+            .await
+            .expect("rewrite");
+    }
+    sqlx::query("UPDATE agents SET cert_pem = $1 WHERE id = $2")
+        .bind(own.pem())
+        .bind(&id)
+        .execute(h.store().pool())
+        .await
+        .expect("cert");
+    let (_, v) = verify().await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["agents"][0]["problem"]
+            .as_str()
+            .expect("p")
+            .contains("CA"),
+        "{v}"
+    );
+}

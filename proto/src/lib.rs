@@ -2,6 +2,7 @@
 //!
 //! - [`frame`]: length-prefixed, versioned frames; the size limit is checked before anything
 //!   is allocated, and a bad frame is an error, never a panic.
+//! - [`audit`]: the activity log's entry hash, signed checkpoints and offline verification.
 //! - [`message`]: what each side sends.
 //! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
 //!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
@@ -11,6 +12,7 @@
 //! unmaintained (RUSTSEC-2025-0141); postcard is maintained, compact, and has a stable
 //! documented wire format.
 
+pub mod audit;
 pub mod frame;
 pub mod message;
 pub mod signed;

@@ -388,7 +388,7 @@ fn sigterm_keeps_enforcement_and_detach_removes_it() {
     );
     let log = std::fs::read_to_string(agent.state_dir.join("audit.log")).unwrap();
     assert!(log.contains("agent.detached"));
-    assert!(jitgate_agent::audit::verify(&agent.state_dir).is_ok());
+    assert!(jitgate_agent::audit::verify(&agent.state_dir, None).is_ok());
 }
 
 /// A matching interface that appears after start is attached (netlink link events); the

@@ -30,7 +30,7 @@ fn request_ssh_revoke_through_the_controller() {
     );
     let agent = AgentProc::start_enrolled(
         &vm.ns,
-        &args("--interface eth0 --protect 22/tcp:keep"),
+        &args("--interface eth0 --protect 22/tcp:keep --audit-checkpoint-interval 1s"),
         &ctl.api,
         &ctl.ca,
         &token,
@@ -258,6 +258,27 @@ fn request_ssh_revoke_through_the_controller() {
     assert!(
         audit.contains("grant.applied") && audit.contains("grant.revoked"),
         "{audit}"
+    );
+
+    // The agent signs its chain head with its enrolment key; the signed checkpoints reach
+    // the controller, which verifies them (and the chain) against the agent's certificate.
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = ok(
+                ctl.jit(&fleet.ws, &args("audit --agent --vm vm-01 verify --json")),
+                "agent audit verify",
+            );
+            serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| {
+                v["ok"] == true && v["agents"][0]["checkpoints"].as_i64().unwrap_or(0) >= 1
+            })
+        }),
+        "no verified agent checkpoint at the controller: {last}"
+    );
+    let v = agent.ok(&["audit", "verify"]);
+    assert!(
+        v.contains("verifies") && !v.contains(" 0 signed checkpoints"),
+        "{v}"
     );
 
     // A local break-glass grant on the host: the session under it is in the controller's
