@@ -14,13 +14,16 @@ pub fn report(v: &Value, json: bool, what: &str) -> R<()> {
     if json {
         print_json(v);
     } else if v["ok"] == true {
+        let covered = match v["coveredSeq"].as_i64() {
+            Some(n) if n > 0 => format!("entries 1..{n} covered"),
+            _ => "no entry covered yet".to_string(),
+        };
         println!(
-            "{what} OK: {} entries, head {}; {} signed checkpoints (key {}), entries 1..{} covered, {} not yet covered",
+            "{what} OK: {} entries, head {}; {} signed checkpoints (key {}), {covered}, {} not yet covered",
             s(&v["entries"]),
             s(&v["headHash"]),
             s(&v["checkpoints"]),
             s(&v["keyId"]),
-            s(&v["coveredSeq"]),
             s(&v["uncovered"])
         );
     } else {

@@ -217,7 +217,9 @@ fn run() -> i32 {
     show(&ctl.jit(&fleet.ws, &args("connections vm-01 --denied --limit 10")));
     println!("\n$ jit-agent audit   (on vm-01: the agent's own hash-chained log)");
     println!("{}", agent.ok(&["audit", "--tail", "12"]));
-    println!("$ jit audit verify");
+    println!("$ jit audit checkpoint   (the controller signs the chain head; also every 5 min)");
+    show(&ctl.jit(&fleet.ws, &args("audit checkpoint")));
+    println!("\n$ jit audit verify");
     show(&ctl.jit(&fleet.ws, &args("audit verify")));
     0
 }
