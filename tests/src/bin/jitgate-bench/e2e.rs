@@ -316,11 +316,7 @@ fn fan_out(n_agents: usize, per_vm: usize) -> FanOut {
     let api = std::sync::Arc::new(Api::new(&ctl));
     let total = n_agents * per_vm;
     let run = move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::runtime2();
         rt.block_on(async move {
             let start = Instant::now();
             let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

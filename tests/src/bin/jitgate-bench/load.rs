@@ -84,11 +84,7 @@ pub fn run(quick: bool) {
 
     eprintln!("load: {requesters} requesters for {secs} s ...");
     let run = move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::runtime2();
         rt.block_on(async move {
             let next = Arc::new(AtomicUsize::new(0));
             let start = Instant::now();

@@ -397,6 +397,16 @@ mod probe;
 mod scale;
 mod soak;
 
+/// A two-worker tokio runtime (build it on a thread inside a namespace: its workers inherit
+/// the namespace).
+fn runtime2() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn chrono_date() -> String {
     let out = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d"])

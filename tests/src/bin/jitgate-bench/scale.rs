@@ -12,7 +12,7 @@
 //!   exactly the grants still live;
 //! - floor, same run: raw map updates and deletes for the same counts.
 
-use crate::agent_bench::{req, socket_throughput};
+use crate::agent_bench::{host_key, raw_put_rate, req, socket_throughput};
 use crate::probe::Stream;
 use jitgate_agent::admin::{Client, GrantRequest, Request, Response, Status};
 use jitgate_common::{GrantEntry, GrantKeyV4, Port, names};
@@ -29,14 +29,6 @@ const PORT: u16 = 3389;
 const EVERY: Duration = Duration::from_millis(1);
 /// A datagram sent this long after the end may still have met the entry (clock conversion).
 const SLACK_NS: u64 = 2_000_000;
-
-fn key(i: u32) -> GrantKeyV4 {
-    GrantKeyV4 {
-        proto: 6,
-        port: 22u16.to_be_bytes(),
-        addr: (0x0a00_0000 + i).to_be_bytes(),
-    }
-}
 
 /// One pinned map's kernel accounting, from /proc/self/fdinfo of a descriptor on its pin.
 struct MapMem {
@@ -115,18 +107,10 @@ pub fn run(quick: bool) {
     // Floor: raw map updates and deletes, same counts, in a data plane of its own.
     let (put_rate, del_rate) = {
         let mut t = TestDataplane::with(|o| o.limits.host_grants = 1 << 21);
-        let entry = GrantEntry {
-            expires_at_ns: u64::MAX,
-            grant_id: [1; 16],
-        };
-        let start = Instant::now();
-        for i in 0..total {
-            t.dp.raw_put_host_v4(key(i), entry).expect("raw update");
-        }
-        let put = f64::from(total) / start.elapsed().as_secs_f64();
+        let put = raw_put_rate(&mut t, 0, total);
         let start = Instant::now();
         for i in 0..ending {
-            t.dp.raw_delete_host_v4(&key(i)).expect("raw delete");
+            t.dp.raw_delete_host_v4(&host_key(i)).expect("raw delete");
         }
         (put, f64::from(ending) / start.elapsed().as_secs_f64())
     };
@@ -204,7 +188,7 @@ pub fn run(quick: bool) {
                 .ok()
         })
         .unwrap_or_else(|| fail(&agent, "cannot open the agent's pinned grant map".into()));
-    let mut remaining: Vec<GrantKeyV4> = (standing..total).map(key).collect();
+    let mut remaining: Vec<GrantKeyV4> = (standing..total).map(host_key).collect();
     let live = loaded - ending as usize - 1;
     std::thread::sleep(end_wall.duration_since(SystemTime::now()).unwrap_or_default());
     let mut map_done = None;
