@@ -44,11 +44,7 @@ fn raise_nofile() {
 }
 
 pub fn run(quick: bool) {
-    let (n_agents, requesters, secs) = if quick {
-        (10, 100, 10)
-    } else {
-        (50, 1000, 60)
-    };
+    let (n_agents, requesters, secs) = if quick { (10, 100, 10) } else { (50, 1000, 60) };
     raise_nofile();
     let fleet = Fleet::new(n_agents).expect("fleet");
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
@@ -208,10 +204,7 @@ pub fn run(quick: bool) {
         ms(pct(&lat, 1.0)),
         p50_99(&lat)
     ));
-    s.push_str(&format!(
-        "| error responses | {} |\n",
-        out.errors.len()
-    ));
+    s.push_str(&format!("| error responses | {} |\n", out.errors.len()));
     s.push_str(&format!(
         "| all Applied (start → every agent acknowledged) | {:.1} s ({:.0} grants/s end to end) |\n",
         drained.as_secs_f64(),

@@ -116,10 +116,11 @@ fn sockets(
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     };
     let local = if exact { to } else { any };
-    let server =
-        jitgate_agent::netns::run_in(server_ns, move || UdpSocket::bind(SocketAddr::new(local, port)))
-            .expect("netns")
-            .expect("bind the probe server");
+    let server = jitgate_agent::netns::run_in(server_ns, move || {
+        UdpSocket::bind(SocketAddr::new(local, port))
+    })
+    .expect("netns")
+    .expect("bind the probe server");
     server
         .set_read_timeout(Some(Duration::from_millis(50)))
         .ok();

@@ -135,7 +135,9 @@ pub fn run(quick: bool) {
     // Enough time to load the rest at the rate just seen, three times over, plus 10 s.
     let margin = 10.0 + 3.0 * f64::from(ending) / standing_rate;
     let now = OffsetDateTime::now_utc();
-    let end = (now + Duration::from_secs_f64(margin)).replace_nanosecond(0).expect("ns");
+    let end = (now + Duration::from_secs_f64(margin))
+        .replace_nanosecond(0)
+        .expect("ns");
     let make = Arc::new(move |i: u32| GrantRequest {
         duration_secs: None,
         until: Some(end),
@@ -190,7 +192,11 @@ pub fn run(quick: bool) {
         .unwrap_or_else(|| fail(&agent, "cannot open the agent's pinned grant map".into()));
     let mut remaining: Vec<GrantKeyV4> = (standing..total).map(host_key).collect();
     let live = loaded - ending as usize - 1;
-    std::thread::sleep(end_wall.duration_since(SystemTime::now()).unwrap_or_default());
+    std::thread::sleep(
+        end_wall
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    );
     let mut map_done = None;
     let mut agent_done = None;
     let limit = Instant::now() + Duration::from_secs(120);
@@ -299,7 +305,11 @@ pub fn run(quick: bool) {
     ));
     out.push_str(&format!(
         "| journal after SIGKILL, replayed | {replayed} grants ({}) | {live} live |\n",
-        if replayed == live { "exact" } else { "MISMATCH" }
+        if replayed == live {
+            "exact"
+        } else {
+            "MISMATCH"
+        }
     ));
     out.push_str(&format!(
         "\nVerdicts during the run (UDP {PORT} every {} ms per source, judged by send time): standing grant {kept_rx}/{kept_sent} admitted ({kept_sweep_rx}/{kept_sweep_sent} sent between the end and the sweep's completion); grant ending with the others {ended_before} admitted before the end, {ended_after_rx}/{ended_after_sent} after it (+{} ms); never granted {never_rx}/{never_sent} admitted — {}.\n",
