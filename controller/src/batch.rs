@@ -705,7 +705,6 @@ pub(crate) async fn decide(
     let mut grant_rows = Vec::with_capacity(grants.len());
     let mut outbox_rows = Vec::with_capacity(grants.len());
     for g in grants {
-        w.outbox_vm(&g.vm);
         outbox_seq += 1;
         outbox_rows.push(vec![
             V::I(outbox_seq),

@@ -266,7 +266,7 @@ async fn connection(
         c.store.agent_seen(&c.agent_s, None).await?;
         let _live = crate::agents::LiveGuard::new(&c.agent_s);
         // Subscribe before reading the outbox, so no commit in between is missed.
-        let mut outbox = crate::store::outbox_watch(&c.vm);
+        let mut outbox = crate::store::outbox_watch();
         outbox.mark_unchanged();
         let mut policy = crate::store::policy_watch();
         policy.mark_unchanged();

@@ -6,7 +6,7 @@
 //! head (the `counters` row `chain`), appends its activity entries, and commits; any error
 //! rolls the whole change back, so nothing is written on an error.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -59,30 +59,14 @@ pub(crate) fn counters_update(n: usize) -> String {
     )
 }
 
-/// One watch per VM, bumped after every commit that wrote grant outbox rows for that VM: the
-/// VM's agent connection wakes and reads its new rows; the other connections sleep on.
-static OUTBOX_HEADS: std::sync::LazyLock<
-    std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
-> = std::sync::LazyLock::new(Default::default);
+/// Bumped after every commit that wrote grant outbox rows: the agent connections wake and
+/// read their VM's new rows.
+static OUTBOX_HEAD: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
 
-/// A receiver that changes whenever new grant outbox rows for `vm` are committed (in this
-/// process).
-pub fn outbox_watch(vm: &str) -> tokio::sync::watch::Receiver<u64> {
-    let mut heads = OUTBOX_HEADS.lock().unwrap_or_else(|e| e.into_inner());
-    heads
-        .entry(vm.to_string())
-        .or_insert_with(|| tokio::sync::watch::channel(0).0)
-        .subscribe()
-}
-
-/// Wakes the connections of `vms`, or of every VM when `vms` is `None`.
-fn wake_outbox(vms: Option<&BTreeSet<String>>) {
-    let heads = OUTBOX_HEADS.lock().unwrap_or_else(|e| e.into_inner());
-    let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|g| *g = g.wrapping_add(1));
-    match vms {
-        Some(vms) => vms.iter().filter_map(|vm| heads.get(vm)).for_each(bump),
-        None => heads.values().for_each(bump),
-    }
+/// A receiver that changes whenever new grant outbox rows are committed (in this process).
+pub fn outbox_watch() -> tokio::sync::watch::Receiver<u64> {
+    OUTBOX_HEAD.subscribe()
 }
 
 /// Bumped after every committed policy change: the agent connections re-send their VM's
@@ -434,10 +418,8 @@ pub struct WriteTx {
     pub(crate) request_ctr: i64,
     pub(crate) outbox_ctr: i64,
     /// The outbox counter when the transaction started: more at commit wakes the agent
-    /// connections (`outbox_watch`) of the VMs in `outbox_vms`.
+    /// connections (`outbox_watch`).
     outbox_start: i64,
-    /// The VMs this transaction wrote outbox rows for (`outbox_row`).
-    outbox_vms: BTreeSet<String>,
     dirty: bool,
     /// SQLite (bulk inserts through json_each) or PostgreSQL (multi-row VALUES).
     pub(crate) sqlite: bool,
@@ -612,23 +594,8 @@ impl WriteTx {
 
     fn wake_agents(&self) {
         if self.outbox_ctr > self.outbox_start {
-            // A writer that did not name its VMs wakes everyone: never a missed row.
-            wake_outbox((!self.outbox_vms.is_empty()).then_some(&self.outbox_vms));
+            OUTBOX_HEAD.send_modify(|g| *g = g.wrapping_add(1));
         }
-    }
-
-    /// Records that this transaction writes outbox rows for `vm` (its connection wakes at
-    /// commit). Every writer of outbox rows calls it, or `outbox_row`.
-    pub(crate) fn outbox_vm(&mut self, vm: &str) {
-        if !self.outbox_vms.contains(vm) {
-            self.outbox_vms.insert(vm.to_string());
-        }
-    }
-
-    /// The sequence number of a new outbox row for `vm`.
-    pub(crate) fn outbox_row(&mut self, vm: &str) -> i64 {
-        self.outbox_vm(vm);
-        self.next("outbox")
     }
 
     pub async fn commit(mut self) -> Result<()> {
@@ -1417,7 +1384,7 @@ impl Store {
         for g in &grants {
             let gid: String = g.try_get(0)?;
             let vm: String = g.try_get(1)?;
-            let oseq = w.outbox_row(&vm);
+            let oseq = w.next("outbox");
             sqlx::query(
                 "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms, delivered_ms) \
                  VALUES ($1, $2, 'revoke', $3, '', $4, NULL)",
@@ -1752,7 +1719,6 @@ pub(crate) async fn lock_writer(
         request_ctr: 0,
         outbox_ctr: 0,
         outbox_start: 0,
-        outbox_vms: BTreeSet::new(),
         dirty: false,
         sqlite,
         now: now_ms(),
@@ -1785,7 +1751,6 @@ pub(crate) async fn begin_write_on(
         request_ctr: 0,
         outbox_ctr: 0,
         outbox_start: 0,
-        outbox_vms: BTreeSet::new(),
         dirty: false,
         sqlite,
         now: now_ms(),
