@@ -661,6 +661,14 @@ impl Dataplane {
             .map_err(Error::map(names::GRANTS_V4))
     }
 
+    /// Raw delete of one host entry, the floor of a grant removal (benchmarks only).
+    pub fn raw_delete_host_v4(&mut self, key: &GrantKeyV4) -> Result<(), Error> {
+        self.grant_maps
+            .host_v4
+            .remove(key)
+            .map_err(Error::map(names::GRANTS_V4))
+    }
+
     /// Changes the runtime configuration (idle timeout, event limits).
     pub fn set_options(&mut self, opts: &DataplaneOptions) -> Result<(), Error> {
         self.config

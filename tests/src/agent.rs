@@ -104,7 +104,8 @@ impl AgentProc {
         a
     }
 
-    fn spawn(&mut self) {
+    /// Starts the agent process (again, after `kill`) and waits until it is ready.
+    pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.state_dir.join("agent.ready"));
         let log = std::fs::OpenOptions::new()
             .create(true)

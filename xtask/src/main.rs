@@ -52,6 +52,17 @@ enum Cmd {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Soak (root; not part of `test`): the controller and an agent in namespaces under a
+    /// seeded random sequence of requests, revocations, expiries, local grants and kills of
+    /// either process; after each step the kernel's verdicts must equal the reference model's.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Replay a run (its seed is printed at the start and the end).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -90,6 +101,21 @@ enum Bench {
     /// revoke → door shut, and grants fanned out per second across 50 agents.
     E2e {
         /// 50 rounds and 10 agents: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The agent at 1 000 000 active grants (root): load time, map memory, RSS, and the
+    /// sweep of 100 000 grants ending in the same second while real packets are judged.
+    Scale {
+        /// 100 000 grants: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The controller under load (root): 1 000 concurrent requesters (own tokens, own HTTPS
+    /// connections) for 60 s with 50 enrolled agents; req/s, p50/p99, no errors, and the
+    /// activity log, the requests' states and every agent's grants checked afterwards.
+    Load {
+        /// 10 s, 100 requesters, 10 agents: a smoke run, not written to BENCHMARKS.md.
         #[arg(long)]
         quick: bool,
     },
@@ -133,6 +159,16 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => {
             setup()?;
             bench(&root, which)
+        }
+        Cmd::Soak { minutes, seed } => {
+            setup()?;
+            let mut a = vec!["soak".to_string(), "--minutes".into(), minutes.to_string()];
+            if let Some(s) = seed {
+                a.extend(["--seed".into(), s.to_string()]);
+            }
+            let out = run_bench_binary(&root, &a)?;
+            print!("{out}");
+            Ok(())
         }
     }
 }
@@ -520,6 +556,8 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
         Bench::E2e { quick } => bench_binary(root, "e2e", quick),
+        Bench::Scale { quick } => bench_binary(root, "scale", quick),
+        Bench::Load { quick } => bench_binary(root, "load", quick),
     }
 }
 
@@ -566,33 +604,36 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
 /// Runs `jitgate-bench NAME` and writes its section of BENCHMARKS.md.
 fn bench_binary(root: &Path, name: &str, quick: bool) -> Result<()> {
     let command = format!("cargo xtask bench {name}");
-    let args: Vec<&str> = if quick {
-        vec![name, "--quick"]
-    } else {
-        vec![name]
-    };
-    // The benchmarks run the real binaries (jit-agent) beside jitgate-bench.
-    run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
-    let bin = target_dir(root).join("release/jitgate-bench");
-    eprintln!("+ {} {}", bin.display(), args.join(" "));
-    let out = Command::new(&bin)
-        .args(&args)
-        .output()
-        .context("running the benchmark")?;
-    if !out.status.success() {
-        bail!(
-            "benchmark failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut args = vec![name.to_string()];
+    if quick {
+        args.push("--quick".into());
     }
-    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    let section = run_bench_binary(root, &args)?;
     print!("{section}");
     if quick {
         eprintln!("(--quick: BENCHMARKS.md not updated)");
         return Ok(());
     }
     write_section(&root.join("BENCHMARKS.md"), name, &command, &section)
+}
+
+/// Builds the release binaries and runs `jitgate-bench ARGS`; its stdout (stderr streams
+/// through, so progress shows).
+fn run_bench_binary(root: &Path, args: &[String]) -> Result<String> {
+    // The benchmarks run the real binaries (jit-agent) beside jitgate-bench.
+    run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
+    let bin = target_dir(root).join("release/jitgate-bench");
+    eprintln!("+ {} {}", bin.display(), args.join(" "));
+    let out = Command::new(&bin)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the benchmark")?;
+    let stdout = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    if !out.status.success() {
+        bail!("benchmark failed: {}\n{stdout}", out.status);
+    }
+    Ok(stdout)
 }
 
 /// Replaces the marked section `name` of BENCHMARKS.md (or appends it).

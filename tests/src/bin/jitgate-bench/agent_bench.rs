@@ -14,6 +14,7 @@ use jitgate_tests::TestDataplane;
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::netns::Lab;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::probe::{Prober, pct};
@@ -25,7 +26,31 @@ fn host(i: u32) -> SourcePrefix {
     SourcePrefix::host(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
 }
 
-fn req(i: u32) -> GrantRequest {
+/// The host map key of `host(i)` on TCP 22.
+pub(crate) fn host_key(i: u32) -> GrantKeyV4 {
+    GrantKeyV4 {
+        proto: 6,
+        port: 22u16.to_be_bytes(),
+        addr: (0x0a00_0000 + i).to_be_bytes(),
+    }
+}
+
+/// Raw map updates/s: `host_key(first + i)` for i in 0..n, bypassing the grant table (the
+/// floor of a grant write).
+pub(crate) fn raw_put_rate(t: &mut TestDataplane, first: u32, n: u32) -> f64 {
+    let entry = GrantEntry {
+        expires_at_ns: u64::MAX,
+        grant_id: [1; 16],
+    };
+    let start = Instant::now();
+    for i in first..first + n {
+        t.dp.raw_put_host_v4(host_key(i), entry)
+            .expect("raw update");
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
+pub(crate) fn req(i: u32) -> GrantRequest {
     GrantRequest {
         port: Port::new(22).expect("22"),
         protocol: "tcp".into(),
@@ -36,18 +61,21 @@ fn req(i: u32) -> GrantRequest {
     }
 }
 
-/// Sends `total` grants from `CLIENTS` concurrent connections, `batch` per request.
-async fn socket_throughput(
+/// Sends `total` grants (`make(i)` for i in `first..first + total`) from `CLIENTS`
+/// concurrent connections, `batch` per request; returns grants/s.
+pub(crate) async fn socket_throughput(
     socket: &std::path::Path,
     first: u32,
     total: u32,
     batch: u32,
+    make: Arc<dyn Fn(u32) -> GrantRequest + Send + Sync>,
 ) -> Result<f64, String> {
     let per = total / CLIENTS as u32;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS as u32 {
         let socket = socket.to_path_buf();
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let mut cl = Client::connect(&socket).await.expect("connect");
             let base = first + c * per;
@@ -55,9 +83,9 @@ async fn socket_throughput(
             while i < per {
                 let n = batch.min(per - i);
                 let r = if n == 1 {
-                    Request::Grant(req(base + i))
+                    Request::Grant(make(base + i))
                 } else {
-                    Request::GrantBatch((0..n).map(|k| req(base + i + k)).collect())
+                    Request::GrantBatch((0..n).map(|k| make(base + i + k)).collect())
                 };
                 match cl.call(&r).await {
                     Ok(Response::Granted { grants }) if grants.len() == n as usize => {}
@@ -95,20 +123,8 @@ pub fn run(quick: bool) {
     // Floor and library path, in a data plane of their own.
     let (floor_rate, lib_rate) = {
         let mut t = TestDataplane::with(|o| o.limits.host_grants = 1 << 20);
-        let entry = GrantEntry {
-            expires_at_ns: u64::MAX,
-            grant_id: [1; 16],
-        };
-        let start = Instant::now();
-        for i in 0..total {
-            let key = GrantKeyV4 {
-                proto: 6,
-                port: 22u16.to_be_bytes(),
-                addr: (0x0b00_0000 + i).to_be_bytes(),
-            };
-            t.dp.raw_put_host_v4(key, entry).expect("raw update");
-        }
-        let floor = f64::from(total) / start.elapsed().as_secs_f64();
+        // Keys apart from the library path's grants (10.0.0.0 + i).
+        let floor = raw_put_rate(&mut t, 0x0100_0000, total);
         let end = BootInstant::now().saturating_add(Duration::from_secs(3600));
         let start = Instant::now();
         for i in 0..total {
@@ -174,14 +190,14 @@ pub fn run(quick: bool) {
         panic!("{e}");
     };
     let batched = rt
-        .block_on(socket_throughput(&socket, 0, total, 256))
+        .block_on(socket_throughput(&socket, 0, total, 256, Arc::new(req)))
         .unwrap_or_else(|e| fail(e));
     let rss_burst = agent.rss_kib().unwrap_or(0);
     // Steady state: after the agent's next sweep returns the burst's freed buffers.
     std::thread::sleep(Duration::from_secs(6));
     let rss_loaded = agent.rss_kib().unwrap_or(0);
     let singles = rt
-        .block_on(socket_throughput(&socket, total, single, 1))
+        .block_on(socket_throughput(&socket, total, single, 1, Arc::new(req)))
         .unwrap_or_else(|e| fail(e));
 
     // Grant request → first admitted packet, through the agent holding all those grants.

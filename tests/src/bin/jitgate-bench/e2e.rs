@@ -23,30 +23,35 @@ const PROBE_PORT: u16 = 3389;
 /// Concurrent HTTPS callers in the fan-out phase.
 const CALLERS: usize = 32;
 
-struct Api {
+pub(crate) struct Api {
     client: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl Api {
-    fn new(ctl: &ControllerProc) -> Api {
+    pub(crate) fn new(ctl: &ControllerProc) -> Api {
+        Api::with_token(ctl, &ctl.admin_token, CALLERS)
+    }
+
+    /// A client of its own (`pool` connections at most) calling as `token`.
+    pub(crate) fn with_token(ctl: &ControllerProc, token: &str, pool: usize) -> Api {
         let pem = std::fs::read(&ctl.ca).expect("controller CA");
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA pem"))
-            .pool_max_idle_per_host(CALLERS)
+            .pool_max_idle_per_host(pool)
             .build()
             .expect("https client");
         Api {
             client,
             base: format!("https://{}", ctl.api),
-            token: ctl.admin_token.clone(),
+            token: token.to_string(),
         }
     }
 
     /// What `jit request VM --port 3389/udp --source SRC --duration 1h` sends; returns the
     /// request id.
-    async fn initiate(&self, vm: &str, source: &str) -> Result<String, String> {
+    pub(crate) async fn initiate(&self, vm: &str, source: &str) -> Result<String, String> {
         let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": PROBE_PORT,
             "protocol": "UDP", "allowedSourceAddressPrefix": source, "duration": "PT1H"}]}],
             "justification": "e2e benchmark"});
@@ -65,7 +70,7 @@ impl Api {
             .ok_or_else(|| format!("initiate answered without an id: {v}"))
     }
 
-    async fn revoke(&self, id: &str) -> Result<(), String> {
+    pub(crate) async fn revoke(&self, id: &str) -> Result<(), String> {
         let r = self
             .call(
                 self.client
@@ -77,10 +82,10 @@ impl Api {
     }
 
     /// How many of the VM's requests the controller has marked Applied.
-    async fn applied(&self, vm: &str) -> Result<usize, String> {
+    pub(crate) async fn applied(&self, vm: &str) -> Result<usize, String> {
         let r = self
             .call(self.client.get(format!(
-                "{}/api/v1/virtualMachines/{vm}/requests",
+                "{}/api/v1/virtualMachines/{vm}/requests?limit=10000",
                 self.base
             )))
             .send()
@@ -88,6 +93,25 @@ impl Api {
         let v = json_of(r).await?;
         let list = v["value"].as_array().cloned().unwrap_or_default();
         Ok(list.iter().filter(|r| r["status"] == "Applied").count())
+    }
+
+    /// POST `body` to `path` (from /api/v1/); the answer as JSON.
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let r = self
+            .call(self.client.post(format!("{}/api/v1/{path}", self.base)))
+            .json(body)
+            .send()
+            .await;
+        json_of(r).await
+    }
+
+    /// GET `path` (from /api/v1/) as JSON.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, String> {
+        let r = self
+            .call(self.client.get(format!("{}/api/v1/{path}", self.base)))
+            .send()
+            .await;
+        json_of(r).await
     }
 
     fn call(&self, b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -122,16 +146,16 @@ impl Samples {
     }
 }
 
-fn ms(ns: f64) -> f64 {
+pub(crate) fn ms(ns: f64) -> f64 {
     ns / 1e6
 }
 
-fn p50_99(v: &[f64]) -> String {
+pub(crate) fn p50_99(v: &[f64]) -> String {
     format!("{:.2} / {:.2} ms", ms(pct(v, 0.5)), ms(pct(v, 0.99)))
 }
 
 /// Enrols `n` VMs of `fleet` (vm-00 ...) and starts their agents.
-fn start_agents(fleet: &Fleet, ctl: &ControllerProc, n: usize) -> Vec<AgentProc> {
+pub(crate) fn start_agents(fleet: &Fleet, ctl: &ControllerProc, n: usize) -> Vec<AgentProc> {
     (0..n)
         .map(|i| {
             let vm = &fleet.vms[i];
@@ -147,11 +171,13 @@ fn start_agents(fleet: &Fleet, ctl: &ControllerProc, n: usize) -> Vec<AgentProc>
         .collect()
 }
 
-fn set_policy(ctl: &ControllerProc, fleet: &Fleet) {
-    let o = ctl.jit(
-        &fleet.ws,
-        &args("policy set --resource-group prod --port 3389/udp --source 198.51.100.0/24 --max 3h --on-expiry cut"),
-    );
+/// Group `prod`'s policy: 3389/udp from `sources` (e.g. "198.51.100.0/24"), up to 3 h, cut.
+pub(crate) fn set_policy(ctl: &ControllerProc, fleet: &Fleet, sources: &[&str]) {
+    let mut a = args("policy set --resource-group prod --port 3389/udp --max 3h --on-expiry cut");
+    for s in sources {
+        a.extend(["--source", s]);
+    }
+    let o = ctl.jit(&fleet.ws, &a);
     assert!(
         o.status.success(),
         "policy set: {}",
@@ -160,7 +186,7 @@ fn set_policy(ctl: &ControllerProc, fleet: &Fleet) {
 }
 
 /// Waits until every agent runs the controller's policy (3389/udp, cut).
-fn wait_policy(agents: &[AgentProc]) {
+pub(crate) fn wait_policy(agents: &[AgentProc]) {
     for a in agents {
         assert!(
             jitgate_tests::wait_until(Duration::from_secs(20), || a
@@ -177,7 +203,7 @@ fn latency(rounds: usize) -> (Samples, Samples) {
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
     // Registered and given its policy before the agent enrols.
     let token = ctl.add_vm("vm-00", fleet.vms[0].v4);
-    set_policy(&ctl, &fleet);
+    set_policy(&ctl, &fleet, &["198.51.100.0/24"]);
     let agent = AgentProc::start_enrolled(
         &fleet.vms[0].ns,
         &args("--interface eth0 --protect 3389/udp --flow-idle-timeout 60s"),
@@ -283,18 +309,14 @@ fn fan_out(n_agents: usize, per_vm: usize) -> FanOut {
     let fleet = Fleet::new(n_agents).expect("fleet");
     let ctl = ControllerProc::start(&fleet.ws, WS_V4);
     ctl.admin(&["rg", "add", "prod", "--owner", "ops@example.net"]);
-    set_policy(&ctl, &fleet);
+    set_policy(&ctl, &fleet, &["198.51.100.0/24"]);
     eprintln!("fan-out: starting {n_agents} agents ...");
     let agents = start_agents(&fleet, &ctl, n_agents);
     wait_policy(&agents);
     let api = std::sync::Arc::new(Api::new(&ctl));
     let total = n_agents * per_vm;
     let run = move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::runtime2();
         rt.block_on(async move {
             let start = Instant::now();
             let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

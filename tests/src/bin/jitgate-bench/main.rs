@@ -24,6 +24,9 @@ fn main() {
         Some("agent") => agent_bench::run(quick),
         Some("flood") => flood::run(quick),
         Some("e2e") => e2e::run(quick),
+        Some("scale") => scale::run(quick),
+        Some("load") => load::run(quick),
+        Some("soak") => soak::run(&args[1..]),
         Some("flood-rules") => {
             // flood-rules DIR [GRANTS_PER_FAMILY] [DEV]: the rule sets the flood loads.
             let dir = args.get(1).map_or("bench-flood-rules", String::as_str);
@@ -36,7 +39,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: jitgate-bench dataplane|agent|flood|e2e [--quick] | flood-rules DIR [GRANTS] [DEV]"
+                "usage: jitgate-bench dataplane|agent|flood|e2e|scale|load [--quick] | soak [--minutes N] [--seed S] | flood-rules DIR [GRANTS] [DEV]"
             );
             std::process::exit(2);
         }
@@ -411,7 +414,20 @@ fn dataplane(quick: bool) {
 mod agent_bench;
 mod e2e;
 mod flood;
+mod load;
 mod probe;
+mod scale;
+mod soak;
+
+/// A two-worker tokio runtime (build it on a thread inside a namespace: its workers inherit
+/// the namespace).
+fn runtime2() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
 
 fn chrono_date() -> String {
     let out = std::process::Command::new("date")

@@ -23,18 +23,7 @@ impl Prober {
         let last_rx = Arc::new(AtomicU64::new(0));
         let first_rx = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let any = match to {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        };
-        let server = jitgate_agent::netns::run_in(server_ns, move || {
-            UdpSocket::bind(SocketAddr::new(any, port))
-        })
-        .expect("netns")
-        .expect("bind the probe server");
-        server
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .ok();
+        let (server, client) = sockets(client_ns, server_ns, to, port, false);
         {
             let (last, first, stop) = (last_rx.clone(), first_rx.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -48,11 +37,6 @@ impl Prober {
                 }
             });
         }
-        let client = jitgate_agent::netns::run_in(client_ns, move || {
-            UdpSocket::bind(SocketAddr::new(any, 0))
-        })
-        .expect("netns")
-        .expect("bind the probe client");
         {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -113,6 +97,99 @@ impl Prober {
 }
 
 impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A server socket in `server_ns` on `to:port` (on the wildcard address unless `exact`) and an
+/// unconnected client socket in `client_ns`.
+fn sockets(
+    client_ns: &Path,
+    server_ns: &Path,
+    to: IpAddr,
+    port: u16,
+    exact: bool,
+) -> (UdpSocket, UdpSocket) {
+    let any = match to {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let local = if exact { to } else { any };
+    let server = jitgate_agent::netns::run_in(server_ns, move || {
+        UdpSocket::bind(SocketAddr::new(local, port))
+    })
+    .expect("netns")
+    .expect("bind the probe server");
+    server
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .ok();
+    let client =
+        jitgate_agent::netns::run_in(client_ns, move || UdpSocket::bind(SocketAddr::new(any, 0)))
+            .expect("netns")
+            .expect("bind the probe client");
+    (server, client)
+}
+
+/// A stamped UDP stream: each datagram carries its send time (ns since `epoch`), so a verdict
+/// can be judged by when the packet met the XDP program, whatever delays the receiver.
+pub struct Stream {
+    sent: Arc<std::sync::Mutex<Vec<u64>>>,
+    received: Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Stream {
+    /// Sends to `to:port` every `every` from `client_ns`; a server in `server_ns` records.
+    pub fn start(
+        client_ns: &Path,
+        server_ns: &Path,
+        to: IpAddr,
+        port: u16,
+        every: Duration,
+        epoch: Instant,
+    ) -> Stream {
+        let (server, client) = sockets(client_ns, server_ns, to, port, true);
+        let s = Stream {
+            sent: Arc::default(),
+            received: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (rx, stop) = (s.received.clone(), s.stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(8) = server.recv(&mut buf) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[..8]);
+                    rx.lock().expect("lock").push(u64::from_be_bytes(b));
+                }
+            }
+        });
+        let (tx, stop) = (s.sent.clone(), s.stop.clone());
+        std::thread::spawn(move || {
+            let to = SocketAddr::new(to, port);
+            while !stop.load(Ordering::Relaxed) {
+                let t = epoch.elapsed().as_nanos() as u64;
+                if client.send_to(&t.to_be_bytes(), to).is_ok() {
+                    tx.lock().expect("lock").push(t);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        s
+    }
+
+    /// Send stamps of the datagrams sent and of those received, so far.
+    pub fn stamps(&self) -> (Vec<u64>, Vec<u64>) {
+        (
+            self.sent.lock().expect("lock").clone(),
+            self.received.lock().expect("lock").clone(),
+        )
+    }
+}
+
+impl Drop for Stream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
