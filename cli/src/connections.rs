@@ -25,7 +25,8 @@ pub struct ConnectionsArgs {
     csv: bool,
 }
 
-fn query(limit: u32, pairs: &[(&str, &Option<String>)]) -> String {
+/// `limit=N` and each given `key=value`, URL-encoded.
+pub fn query(limit: u32, pairs: &[(&str, &Option<String>)]) -> String {
     let mut q = vec![format!("limit={limit}")];
     for (k, v) in pairs {
         if let Some(v) = v {

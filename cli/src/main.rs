@@ -1106,26 +1106,24 @@ async fn run(cli: Cli) -> R<()> {
             if a.agent {
                 return connections::agent_audit(&c, a, json).await;
             }
-            let mut q = vec![format!("limit={}", a.limit)];
-            for (k, v) in [
-                ("vm", &a.vm),
-                ("resourceGroup", &a.resource_group),
-                ("caller", &a.caller),
-                ("resourceType", &a.resource_type),
-                ("from", &a.since),
-                ("to", &a.until),
-            ] {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", urlencode(v)));
-                }
-            }
+            let mut q = connections::query(
+                a.limit,
+                &[
+                    ("vm", &a.vm),
+                    ("resourceGroup", &a.resource_group),
+                    ("caller", &a.caller),
+                    ("resourceType", &a.resource_type),
+                    ("from", &a.since),
+                    ("to", &a.until),
+                ],
+            );
             if a.csv || a.jsonl {
-                q.push(format!("format={}", if a.csv { "csv" } else { "jsonl" }));
-                let text = c.get_text(&format!("/activityLog?{}", q.join("&"))).await?;
+                q.push_str(&format!("&format={}", if a.csv { "csv" } else { "jsonl" }));
+                let text = c.get_text(&format!("/activityLog?{q}")).await?;
                 print!("{text}");
                 return Ok(());
             }
-            let v = c.get(&format!("/activityLog?{}", q.join("&"))).await?;
+            let v = c.get(&format!("/activityLog?{q}")).await?;
             if json {
                 print_json(&v["value"]);
             } else {

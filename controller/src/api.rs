@@ -497,19 +497,12 @@ async fn connections(
 ) -> Result<Response, ApiError> {
     let (group, _) = st.store.vm(&vm).await?;
     c.check_vm(Role::Reader, &vm, &group)?;
+    let format = Format::parse(q.format.as_deref(), &[Format::Json, Format::Csv])?;
     let v = st.store.connections(&vm, &q).await?;
-    match q.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(List { value: v }).into_response()),
-        "csv" => Ok((
-            [(header::CONTENT_TYPE, "text/csv")],
-            crate::connections::to_csv(&v),
-        )
-            .into_response()),
-        other => Err(ApiError::bad_request(
-            "InvalidFormat",
-            format!("format {other:?} is invalid: use json or csv"),
-        )),
-    }
+    Ok(match format {
+        Format::Csv => csv_response(crate::connections::to_csv(&v)),
+        _ => Json(List { value: v }).into_response(),
+    })
 }
 
 /// The VM's agents' own audit records, as delivered.
@@ -557,10 +550,14 @@ async fn activity(
     c: Caller,
     Q(f): Q<ActivityFilter>,
 ) -> Result<Response, ApiError> {
+    let format = Format::parse(
+        f.format.as_deref(),
+        &[Format::Json, Format::Jsonl, Format::Csv],
+    )?;
     let v = st.store.activity(&f, &c.scope).await?;
-    match f.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(List { value: v }).into_response()),
-        "jsonl" => {
+    match format {
+        Format::Json => Ok(Json(List { value: v }).into_response()),
+        Format::Jsonl => {
             let mut out = String::new();
             for e in &v {
                 out.push_str(&serde_json::to_string(e).map_err(|_| ApiError::internal())?);
@@ -568,12 +565,47 @@ async fn activity(
             }
             Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
         }
-        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(&v)).into_response()),
-        other => Err(ApiError::bad_request(
-            "InvalidQuery",
-            format!("format {other:?} is invalid: use json, jsonl or csv"),
-        )),
+        Format::Csv => Ok(csv_response(to_csv(&v))),
     }
+}
+
+/// The `format` query parameter of the list endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Jsonl,
+    Csv,
+}
+
+impl Format {
+    const NAMES: [(&str, Format); 3] = [
+        ("json", Format::Json),
+        ("jsonl", Format::Jsonl),
+        ("csv", Format::Csv),
+    ];
+
+    /// `format` (json when absent), one of `allowed`; anything else is `InvalidQuery`.
+    pub fn parse(s: Option<&str>, allowed: &[Format]) -> Result<Format, ApiError> {
+        let s = s.unwrap_or("json");
+        match Self::NAMES.iter().find(|(n, _)| *n == s) {
+            Some((_, f)) if allowed.contains(f) => Ok(*f),
+            _ => {
+                let names: Vec<&str> = Self::NAMES
+                    .iter()
+                    .filter(|(_, f)| allowed.contains(f))
+                    .map(|(n, _)| *n)
+                    .collect();
+                Err(ApiError::bad_request(
+                    "InvalidQuery",
+                    format!("format {s:?} is invalid: use {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+}
+
+pub fn csv_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv")], text).into_response()
 }
 
 /// The activity log as CSV.

@@ -669,7 +669,7 @@ async fn bad_input_is_rejected_and_nothing_persisted() {
         ),
         (
             "/api/v1/virtualMachines/web1/connections?format=xml",
-            "InvalidFormat",
+            "InvalidQuery",
         ),
         (
             "/api/v1/virtualMachines/web1/connections?denied=maybe",

@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{Assignment, ResourceResult, ScanSummary, State as CState};
-use crate::api::{AppState, Body, Q};
+use crate::api::{AppState, Body, Format, Q, csv_response};
 use crate::auth::{Caller, Role, Scope};
 use crate::error::ApiError;
 use crate::model::{Policy, PolicyJson, PolicyPortJson, parse_time};
@@ -69,16 +69,7 @@ pub async fn report(
             ));
         }
     };
-    let csv = match q.format.as_deref().unwrap_or("json") {
-        "json" => false,
-        "csv" => true,
-        other => {
-            return Err(ApiError::bad_request(
-                "InvalidQuery",
-                format!("format {other:?} is invalid: use json or csv"),
-            ));
-        }
-    };
+    let csv = Format::parse(q.format.as_deref(), &[Format::Json, Format::Csv])? == Format::Csv;
     let scan = st.store.scan_at(at).await?;
     let mut results = match &scan {
         Some(s) => st.store.scan_results(s.scan_id).await?,
@@ -95,7 +86,7 @@ pub async fn report(
         visible(&c.scope) && want.as_ref().is_none_or(visible)
     });
     if csv {
-        return Ok(([(header::CONTENT_TYPE, "text/csv")], to_csv(&results)).into_response());
+        return Ok(csv_response(to_csv(&results)));
     }
     let super::Counts {
         compliant,
