@@ -164,6 +164,12 @@ impl ControllerProc {
         self.jit_as(ns, &self.admin_token, args)
     }
 
+    /// `jit <args>` from namespace `ns`, as the admin, which must succeed and print JSON.
+    pub fn jit_json(&self, ns: &str, args: &[&str]) -> serde_json::Value {
+        let out = crate::ok(self.jit(ns, args), &args.join(" "));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("jit {args:?}: {e}: {out}"))
+    }
+
     pub fn jit_as(&self, ns: &str, token: &str, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", ns])

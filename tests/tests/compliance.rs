@@ -13,8 +13,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn json(ctl: &ControllerProc, ns: &str, a: &[&str]) -> Value {
-    let out = ok(ctl.jit(ns, a), &a.join(" "));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{a:?}: {e}: {out}"))
+    ctl.jit_json(ns, a)
 }
 
 fn result<'a>(report: &'a Value, resource: &str) -> &'a Value {

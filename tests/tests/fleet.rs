@@ -63,15 +63,11 @@ fn request_ssh_revoke_through_the_controller() {
 
     // Request with "My IP" and wait until the agent applied it.
     let t0 = Instant::now();
-    let out = ok(
-        ctl.jit(
-            &fleet.ws,
-            &args("request vm-01 --port 22 --duration 10m --justification e2e-test --wait --json"),
-        ),
-        "request --wait",
+    let req = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 10m --justification e2e-test --wait --json"),
     );
     let applied_in = t0.elapsed();
-    let req: serde_json::Value = serde_json::from_str(&out).expect("request json");
     let text = req.to_string();
     assert!(text.contains("Applied"), "{text}");
     let o = sshd
@@ -132,14 +128,10 @@ fn request_ssh_revoke_through_the_controller() {
     // grant supersedes the old one and the session survives the hand-over.
     let mut session = sshd.session(&fleet.ws, vm.v4, "sleep 60").unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let ext = ok(
-        ctl.jit(
-            &fleet.ws,
-            &args("request vm-01 --port 22 --duration 20m --justification extend --wait --json"),
-        ),
-        "extension",
+    let ext = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 20m --justification extend --wait --json"),
     );
-    let ext: serde_json::Value = serde_json::from_str(&ext).expect("request json");
     let id = ext["id"].as_str().expect("request id").to_string();
     assert!(
         wait_until(Duration::from_secs(5), || agent.grant_count() == 1),
@@ -172,18 +164,13 @@ fn request_ssh_revoke_through_the_controller() {
     // The controller's connection history: the SSH sessions, from the workstation, under the
     // requests, with the caller; and (with --denied) the attempt before any request.
     let conns = |extra: &str| -> Vec<serde_json::Value> {
-        let out = ok(
-            ctl.jit(
-                &fleet.ws,
-                &args(&format!("connections vm-01 --json {extra}")),
-            ),
-            "connections",
-        );
-        serde_json::from_str::<serde_json::Value>(&out)
-            .expect("connections json")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        ctl.jit_json(
+            &fleet.ws,
+            &args(&format!("connections vm-01 --json {extra}")),
+        )
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
     };
     let first_id = req["id"].as_str().expect("request id").to_string();
     assert!(
@@ -207,8 +194,7 @@ fn request_ssh_revoke_through_the_controller() {
     assert_eq!(c["port"], 22, "{c}");
     assert_eq!(c["justification"], "e2e-test", "{c}");
     assert_eq!(c["grantOrigin"], "controller", "{c}");
-    let me: serde_json::Value =
-        serde_json::from_str(&ok(ctl.jit(&fleet.ws, &args("whoami --json")), "whoami")).unwrap();
+    let me = ctl.jit_json(&fleet.ws, &args("whoami --json"));
     assert_eq!(c["requestor"], me["name"], "{c} vs {me}");
     assert!(
         admitted.iter().all(|c| c["outcome"] == "admitted"),
@@ -232,14 +218,10 @@ fn request_ssh_revoke_through_the_controller() {
         "{csv}"
     );
     assert!(csv.contains(&first_id), "{csv}");
-    let records = ok(
-        ctl.jit(
-            &fleet.ws,
-            &args("audit --agent --vm vm-01 --kind grant.applied --json"),
-        ),
-        "agent audit",
+    let records = ctl.jit_json(
+        &fleet.ws,
+        &args("audit --agent --vm vm-01 --kind grant.applied --json"),
     );
-    let records: serde_json::Value = serde_json::from_str(&records).expect("agent audit json");
     let kinds: Vec<&str> = records
         .as_array()
         .into_iter()
@@ -313,23 +295,15 @@ fn request_ssh_revoke_through_the_controller() {
     );
     let fleet_view = ok(ctl.jit(&fleet.ws, &args("agents --json")), "agents");
     assert!(fleet_view.contains("\"revoked\""), "{fleet_view}");
-    let late: serde_json::Value = serde_json::from_str(&ok(
-        ctl.jit(
-            &fleet.ws,
-            &args("request vm-01 --port 22 --duration 10m --justification after-revoke --json"),
-        ),
-        "request after the agent was revoked",
-    ))
-    .expect("request json");
+    let late = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 10m --justification after-revoke --json"),
+    );
     std::thread::sleep(Duration::from_secs(3));
-    let shown: serde_json::Value = serde_json::from_str(&ok(
-        ctl.jit(
-            &fleet.ws,
-            &["show", late["id"].as_str().expect("id"), "--json"],
-        ),
-        "show",
-    ))
-    .expect("show json");
+    let shown = ctl.jit_json(
+        &fleet.ws,
+        &["show", late["id"].as_str().expect("id"), "--json"],
+    );
     assert_eq!(shown["status"], "Initiated", "{shown}");
     assert_eq!(agent.grant_count(), 0, "{}", agent.grants_json());
     assert!(
@@ -385,14 +359,10 @@ fn faults_converge() {
 
     // 1. Agent down while the controller revokes: the kernel keeps the grant meanwhile, and
     //    reconciliation removes it when the agent is back.
-    let r: serde_json::Value = serde_json::from_str(&ok(
-        ctl.jit(
-            &fleet.ws,
-            &args("request vm-01 --port 22 --duration 30m --justification f1 --wait --json"),
-        ),
-        "request",
-    ))
-    .unwrap();
+    let r = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 30m --justification f1 --wait --json"),
+    );
     assert!(ssh_ok());
     agent.kill();
     assert!(ssh_ok(), "enforcement state lost with the agent");
@@ -418,11 +388,12 @@ fn faults_converge() {
     ctl.kill();
     assert!(ssh_ok(), "access lost with the controller");
     ctl.spawn();
-    let r: serde_json::Value = serde_json::from_str(&ok(
-        ctl.jit(&fleet.ws, &args("request vm-01 --port 22 --duration 3s --justification f3 --wait --timeout 60s --json")),
-        "request after the controller restart",
-    ))
-    .unwrap();
+    let r = ctl.jit_json(
+        &fleet.ws,
+        &args(
+            "request vm-01 --port 22 --duration 3s --justification f3 --wait --timeout 60s --json",
+        ),
+    );
     assert!(r.to_string().contains("Applied"), "{r}");
 
     // 3. Link down: the 3 s grant (which superseded the 30 min one: same port and source)
@@ -463,14 +434,10 @@ fn faults_converge() {
     let mut at_controller = Vec::new();
     let converged = wait_until(Duration::from_secs(20), || {
         at_agent = ids(&agent.ok(&["audit", "--json"]));
-        let out = ok(
-            ctl.jit(
-                &fleet.ws,
-                &args("audit --agent --vm vm-01 --limit 100000 --json"),
-            ),
-            "agent audit at the controller",
+        let v = ctl.jit_json(
+            &fleet.ws,
+            &args("audit --agent --vm vm-01 --limit 100000 --json"),
         );
-        let v: serde_json::Value = serde_json::from_str(&out).expect("agent audit json");
         at_controller = v
             .as_array()
             .into_iter()
