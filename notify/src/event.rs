@@ -159,9 +159,13 @@ pub struct Event {
 
 impl Event {
     /// A new event with a fresh id; the links point at its request (or the fleet view) and
-    /// name the CLI command that acts on it.
+    /// name the CLI command that acts on it. The time is kept to the millisecond, as the JSON
+    /// carries it.
     pub fn new(details: EventDetails, time_utc: OffsetDateTime, portal: Option<&url::Url>) -> Self {
         let links = Links::for_details(&details, portal);
+        let time_utc = time_utc
+            .replace_millisecond(time_utc.millisecond())
+            .unwrap_or(time_utc);
         Event {
             id: EventId::new(),
             time_utc,

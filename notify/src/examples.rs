@@ -47,6 +47,8 @@ pub fn sample(
     now: OffsetDateTime,
     portal: Option<&url::Url>,
 ) -> Event {
+    // Milliseconds, as the JSON carries times.
+    let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
     let person = |id: &str| Principal::new(id, Some(written.to_string()));
     let mut req = request("example-1", written);
     req.requestor = person("token:alice");

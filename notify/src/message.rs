@@ -6,7 +6,8 @@
 //! renderer for its format.
 
 use crate::event::{
-    Event, EventDetails, PolicyOperation, PortInfo, Principal, RequestInfo, is_plain_token, utc,
+    Event, EventDetails, PolicyOperation, PortInfo, Principal, RequestInfo, VmRef, is_plain_token,
+    utc,
 };
 use crate::text;
 
@@ -139,20 +140,7 @@ impl Message {
                 virtual_machine,
                 port,
             } => {
-                m.fact("Request", request.id.clone());
-                m.fact(
-                    "Requester",
-                    people(std::slice::from_ref(&request.requestor)),
-                );
-                m.fact(
-                    "Port",
-                    format!(
-                        "{} on {} ({})",
-                        port_text(port),
-                        virtual_machine.id,
-                        virtual_machine.resource_group
-                    ),
-                );
+                m.port_window(request, virtual_machine, port);
                 m.tone = Tone::Info;
                 "Access ends soon"
             }
@@ -162,29 +150,13 @@ impl Message {
                 port,
                 status_reason,
             } => {
-                m.fact("Request", request.id.clone());
-                m.fact(
-                    "Requester",
-                    people(std::slice::from_ref(&request.requestor)),
-                );
-                m.fact(
-                    "Port",
-                    format!(
-                        "{} on {} ({})",
-                        port_text(port),
-                        virtual_machine.id,
-                        virtual_machine.resource_group
-                    ),
-                );
+                m.port_window(request, virtual_machine, port);
                 m.fact("Reason", status_reason.as_str().to_string());
                 m.tone = Tone::Info;
                 "Access ended"
             }
             EventDetails::AgentOffline { agent } | EventDetails::AgentBackOnline { agent } => {
-                m.fact(
-                    "VM",
-                    format!("{} ({})", agent.virtual_machine, agent.resource_group),
-                );
+                m.vm(&agent.virtual_machine, &agent.resource_group);
                 if let Some(t) = agent.last_seen_utc {
                     m.fact("Last seen", utc::format(t));
                 }
@@ -200,13 +172,7 @@ impl Message {
                 compliant,
                 findings,
             } => {
-                m.fact(
-                    "VM",
-                    format!(
-                        "{} ({})",
-                        virtual_machine.id, virtual_machine.resource_group
-                    ),
-                );
+                m.vm(&virtual_machine.id, &virtual_machine.resource_group);
                 m.list("Findings", findings);
                 if *compliant {
                     m.tone = Tone::Good;
@@ -221,13 +187,7 @@ impl Message {
                 local_user,
                 justification,
             } => {
-                m.fact(
-                    "VM",
-                    format!(
-                        "{} ({})",
-                        virtual_machine.id, virtual_machine.resource_group
-                    ),
-                );
+                m.vm(&virtual_machine.id, &virtual_machine.resource_group);
                 m.fact("Local user", local_user.clone());
                 m.fact(
                     "Ports",
@@ -344,6 +304,20 @@ impl Builder {
                 format!("{} more VM(s)", r.virtual_machines.len() - MAX_VMS),
             );
         }
+    }
+
+    fn vm(&mut self, name: &str, resource_group: &str) {
+        self.fact("VM", format!("{name} ({resource_group})"));
+    }
+
+    /// One port of a request: its window starting or ending.
+    fn port_window(&mut self, r: &RequestInfo, vm: &VmRef, port: &PortInfo) {
+        self.fact("Request", r.id.clone());
+        self.fact("Requester", people(std::slice::from_ref(&r.requestor)));
+        self.fact(
+            "Port",
+            format!("{} on {} ({})", port_text(port), vm.id, vm.resource_group),
+        );
     }
 
     fn justification(&mut self, r: &RequestInfo) {

@@ -49,19 +49,27 @@ pub fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// Slack mrkdwn: `&`, `<` and `>` are its control characters (`<!channel>`, `<@U123>`,
-/// `<http://x|label>`); escaped as Slack documents, they display as themselves.
-pub fn slack(s: &str) -> String {
+/// Replaces the characters `entity` names, keeps the rest.
+fn escape(s: &str, entity: impl Fn(char) -> Option<&'static str>) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
+        match entity(c) {
+            Some(e) => out.push_str(e),
+            None => out.push(c),
         }
     }
     out
+}
+
+/// Slack mrkdwn: `&`, `<` and `>` are its control characters (`<!channel>`, `<@U123>`,
+/// `<http://x|label>`); escaped as Slack documents, they display as themselves.
+pub fn slack(s: &str) -> String {
+    escape(s, |c| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        _ => None,
+    })
 }
 
 /// Slack mrkdwn for a multi-line value: escaped, each line quoted (`>` at the start of a line
@@ -118,18 +126,14 @@ pub fn adaptive_markdown(s: &str) -> String {
 
 /// HTML text and attribute values.
 pub fn html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    escape(s, |c| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '"' => Some("&quot;"),
+        '\'' => Some("&#39;"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
