@@ -404,3 +404,61 @@ async fn missing_secret_is_a_configuration_failure_and_sends_nothing() {
     );
     assert!(rx.received().is_empty());
 }
+
+/// The Python verifier in docs/notifications.md, run on a real delivery: it accepts it, and
+/// refuses it with one byte of the body changed or past the replay window.
+#[tokio::test]
+async fn the_documented_python_verifier_accepts_real_deliveries() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/notifications.md"
+    ))
+    .unwrap();
+    let snippet = doc
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a Python snippet in docs/notifications.md");
+    let pki = Pki::new("test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let d = loopback_deliverer(&pki, TIMEOUT);
+    let (_t, s) = secrets();
+    let sink = webhook(&rx.url("https", "receiver.test"), false);
+    assert!(send(&d, &sink, &s).await.is_delivered());
+    let got = rx.received().pop().unwrap();
+    let check = r#"
+import json, sys, time
+d = json.load(sys.stdin)
+body, secret, sig = d["body"].encode(), d["secret"].encode(), d["sig"]
+tampered = body.replace(b"INC-42", b"INC-43")
+print(json.dumps([
+    verify_jitgate_signature(sig, body, secret),
+    verify_jitgate_signature(sig, tampered, secret),
+    verify_jitgate_signature(sig, body, secret, now=int(time.time()) + 301),
+    verify_jitgate_signature(sig, body, b"other"),
+]))
+"#;
+    let input = serde_json::json!({
+        "body": String::from_utf8(got.body.clone()).unwrap(),
+        "secret": "whsec-test-key",
+        "sig": got.header("jitgate-signature").unwrap(),
+    });
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{snippet}\n{check}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let verdicts: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdicts, [true, false, false, false]);
+}
