@@ -260,23 +260,17 @@ impl Event {
         }
     }
 
-    /// The people the event concerns (the requester and the approvers named in it), whose
-    /// own address receives email when their identity carries one.
+    /// The people to reach by email when their identity carries an address: the approvers
+    /// a pending request waits for (not groups: those are reached through `--to-group`
+    /// sinks), and the requester of every later step of their request.
     pub fn people(&self) -> Vec<&Principal> {
-        let mut out: Vec<&Principal> = Vec::new();
-        if let Some(r) = self.request() {
-            out.push(&r.requestor);
-        }
-        match &self.details {
-            EventDetails::RequestPendingApproval { approvers, .. } => {
-                out.extend(approvers.iter().filter(|p| !p.id.starts_with("group:")))
-            }
-            EventDetails::RequestApproved { approved_by, .. } => out.extend(approved_by.iter()),
-            EventDetails::RequestDenied {
-                denied_by: Some(p), ..
-            } => out.push(p),
-            _ => {}
-        }
+        let mut out: Vec<&Principal> = match &self.details {
+            EventDetails::RequestPendingApproval { approvers, .. } => approvers
+                .iter()
+                .filter(|p| !p.id.starts_with("group:"))
+                .collect(),
+            other => other.request().map(|r| &r.requestor).into_iter().collect(),
+        };
         let mut seen = std::collections::HashSet::new();
         out.retain(|p| seen.insert(p.id.as_str()));
         out
@@ -574,18 +568,28 @@ impl Links {
             (Some(base), Some(id)) => request_url(base, id),
             _ => None,
         };
-        // Only ids the CLI could be handed verbatim are put into a command line.
-        let arg = request_id.filter(|id| is_plain_token(id));
-        let cli = match (details.event_type(), arg) {
-            (EventType::RequestPendingApproval, Some(id)) => Some(format!("jit approve {id}")),
-            (_, Some(id)) => Some(format!("jit show {id}")),
-            (EventType::AgentOffline | EventType::AgentBackOnline, None) => {
+        // Only ids and names that are plain tokens go into a command line.
+        let plain = |s: &str| is_plain_token(s).then(|| s.to_string());
+        let cli = match details {
+            EventDetails::RequestPendingApproval { request, .. } => {
+                plain(&request.id).map(|id| format!("jit approve {id}"))
+            }
+            EventDetails::AgentOffline { .. } | EventDetails::AgentBackOnline { .. } => {
                 Some("jit agents".to_string())
             }
-            (EventType::ComplianceChanged, None) => Some("jit compliance".to_string()),
-            (EventType::AccessBreakGlass, None) => Some("jit connections".to_string()),
-            (EventType::PolicyChanged, None) => Some("jit audit".to_string()),
-            _ => None,
+            EventDetails::ComplianceChanged { .. } => Some("jit compliance".to_string()),
+            EventDetails::AccessBreakGlass {
+                virtual_machine, ..
+            } => plain(&virtual_machine.id).map(|vm| format!("jit connections {vm}")),
+            EventDetails::PolicyChanged { scope, .. } => match &scope.virtual_machine {
+                Some(vm) => plain(vm).map(|vm| format!("jit policy show {vm}")),
+                None => plain(&scope.resource_group)
+                    .map(|rg| format!("jit policy show --resource-group {rg}")),
+            },
+            other => other
+                .request()
+                .and_then(|r| plain(&r.id))
+                .map(|id| format!("jit show {id}")),
         };
         Links { request, cli }
     }
@@ -706,9 +710,40 @@ mod tests {
         assert_eq!(e.audience_groups(), vec!["sec-leads"]);
         assert_eq!(
             e.people().iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-            ["token:alice", "token:bob"]
+            ["token:bob"]
         );
         assert_eq!(e.order_key(), "request:42");
+    }
+
+    #[test]
+    fn commands_name_what_the_event_is_about() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let cli =
+            |t: EventType, written: &str| crate::examples::sample(t, written, now, None).links.cli;
+        assert_eq!(
+            cli(EventType::AccessEnded, "x").as_deref(),
+            Some("jit show example-1")
+        );
+        assert_eq!(
+            cli(EventType::AgentOffline, "x").as_deref(),
+            Some("jit agents")
+        );
+        assert_eq!(
+            cli(EventType::PolicyChanged, "web1").as_deref(),
+            Some("jit policy show web1")
+        );
+        assert_eq!(
+            cli(EventType::AccessBreakGlass, "web1").as_deref(),
+            Some("jit connections web1")
+        );
+        assert_eq!(cli(EventType::AccessBreakGlass, "web1; reboot"), None);
+        let e = crate::examples::sample(EventType::RequestDenied, "x", now, None);
+        assert_eq!(
+            e.people().iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["token:alice"]
+        );
+        let e = crate::examples::sample(EventType::AgentOffline, "x", now, None);
+        assert!(e.people().is_empty());
     }
 
     #[test]

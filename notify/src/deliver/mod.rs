@@ -208,9 +208,9 @@ impl Deliverer {
         }
     }
 
-    /// Renders `event` for `sink` and delivers it: one attempt. `people` are the
-    /// requester and approvers whose identity carries an address (email sinks add them to
-    /// their fixed recipients). Logged with the sink's name and redacted target only.
+    /// Renders `event` for `sink` and delivers it: one attempt. `people` are
+    /// [`Event::people`] whose identity carries an address (email sinks add them to their
+    /// fixed recipients). Logged with the sink's name and redacted target only.
     pub async fn deliver(
         &self,
         sink: &Sink,
