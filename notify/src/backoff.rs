@@ -7,7 +7,7 @@
 //! deliveries spread out but never come sooner than half the nominal delay. A `Retry-After`
 //! from the receiver is honoured exactly (never earlier). Once the next attempt would fall
 //! after `first_attempt + give_up_after` (default 24 h), or the failure is permanent
-//! ([`FailureKind::is_permanent`]), the delivery is dead.
+//! ([`crate::FailureKind::is_permanent`]), the delivery is dead.
 
 use std::fmt;
 use std::str::FromStr;
