@@ -241,29 +241,42 @@ async fn internal_addresses_are_refused_unless_allowed() {
     let rx = Receiver::https(&pki, "127.0.0.1").await;
     let (_t, s) = secrets();
     let named = webhook(&rx.url("https", "receiver.test"), false);
-    // Each resolves to something internal; nothing is connected to, so the addresses
-    // outside loopback are never reached either.
-    for answer in [
-        vec!["127.0.0.1"],
-        vec!["10.1.2.3"],
-        vec!["169.254.169.254"],
-        vec!["fd00:ec2::254"],
-        vec!["100.64.0.1"],
-        vec!["::1"],
-        vec!["::ffff:127.0.0.1"],
-        // A public address beside an internal one: the whole name is refused.
-        vec!["93.184.215.14", "127.0.0.1"],
-    ] {
+    let url = SinkUrl::parse(&rx.url("https", "receiver.test"), false).unwrap();
+    // Loopback answers are tried for real (a receiver listens there and must get nothing).
+    for answer in [vec!["127.0.0.1"], vec!["::1"], vec!["::ffff:127.0.0.1"]] {
         let resolver = ScriptedResolver::always(&answer);
         let d =
             Deliverer::with_resolver(config(&pki, &[], false, TIMEOUT), resolver.clone()).unwrap();
         let o = send(&d, &named, &s).await;
         assert_eq!(kind(&o), FailureKind::BlockedAddress, "{answer:?}: {o:?}");
-        let url = SinkUrl::parse(&rx.url("https", "receiver.test"), false).unwrap();
         let err = d.check_target(&url).await.unwrap_err().to_string();
         assert!(err.contains("not in notify.allow_networks"), "{err}");
         assert_eq!(resolver.calls(), 2);
     }
+    // Answers outside loopback go through the same check at add time only, so that even a
+    // broken check could not send a packet off this machine.
+    for (answer, reason) in [
+        (vec!["10.1.2.3"], "private"),
+        (vec!["169.254.169.254"], "cloud metadata"),
+        (vec!["fd00:ec2::254"], "cloud metadata"),
+        (vec!["100.64.0.1"], "shared address space"),
+        (vec!["fe80::1"], "link-local"),
+    ] {
+        let d = Deliverer::with_resolver(
+            config(&pki, &[], false, TIMEOUT),
+            ScriptedResolver::always(&answer),
+        )
+        .unwrap();
+        let err = d.check_target(&url).await.unwrap_err().to_string();
+        assert!(err.contains(reason), "{answer:?}: {err}");
+    }
+    // One allowed and one refused address for the same name: the whole name is refused.
+    let mixed = ScriptedResolver::always(&["127.0.0.1", "127.0.0.2"]);
+    let d =
+        Deliverer::with_resolver(config(&pki, &["127.0.0.1/32"], false, TIMEOUT), mixed).unwrap();
+    let o = send(&d, &named, &s).await;
+    assert_eq!(kind(&o), FailureKind::BlockedAddress, "{o:?}");
+    assert!(o.failure().unwrap().detail.contains("127.0.0.2"), "{o:?}");
     // Literal addresses and the system resolver's localhost.
     let system =
         Deliverer::with_resolver(config(&pki, &[], false, TIMEOUT), Arc::new(SystemResolver))

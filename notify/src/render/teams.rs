@@ -1,11 +1,12 @@
 //! `teams`: a Microsoft Teams workflow webhook ("When a Teams webhook request is received")
 //! message carrying one Adaptive Card (schema version 1.4, which Teams renders).
 //!
-//! Written text never goes into a Markdown field. Titles and labels (constant text) are
-//! `TextBlock`s; every value is a `TextRun` inside a `RichTextBlock`, where the Adaptive Card
-//! schema says Markdown is not supported, with its `{{DATE()}}` syntax broken
-//! ([`text::adaptive_run`]). The link to the request is an `Action.OpenUrl` built by the
-//! controller, never a link inside text.
+//! Written text never goes into a Markdown field unescaped. Titles and labels (constant text)
+//! are `TextBlock`s; every value is a `TextRun` inside a `RichTextBlock`, where the Adaptive
+//! Card schema says Markdown is not supported, with its `{{DATE()}}` syntax broken
+//! ([`text::adaptive_run`]); the block's fallback, for clients without RichTextBlock, is a
+//! TextBlock with the value Markdown-escaped ([`text::adaptive_markdown`]). The link to the
+//! request is an `Action.OpenUrl` built by the controller, never a link inside text.
 
 use serde_json::{Value, json};
 
@@ -17,6 +18,17 @@ pub const CARD_VERSION: &str = "1.4";
 
 fn run(value: &str) -> Value {
     json!({ "type": "TextRun", "text": text::adaptive_run(value) })
+}
+
+/// Written text as a `RichTextBlock` of one `TextRun`. A client that cannot show a
+/// RichTextBlock shows its fallback instead: a TextBlock with the same text
+/// Markdown-escaped, so even there it stays text.
+fn value_block(value: &str) -> Value {
+    json!({
+        "type": "RichTextBlock",
+        "inlines": [run(value)],
+        "fallback": { "type": "TextBlock", "text": text::adaptive_markdown(value), "wrap": true },
+    })
 }
 
 fn label(s: &str) -> Value {
@@ -44,9 +56,7 @@ pub fn card(m: &Message) -> Value {
             "spacing": "Small",
             "columns": [
                 { "type": "Column", "width": "auto", "items": [label(f.label)] },
-                { "type": "Column", "width": "stretch", "items": [
-                    { "type": "RichTextBlock", "inlines": [run(&f.value)] }
-                ] },
+                { "type": "Column", "width": "stretch", "items": [value_block(&f.value)] },
             ]
         }));
     }
@@ -54,7 +64,7 @@ pub fn card(m: &Message) -> Value {
         let mut l = label(p.label);
         l["spacing"] = json!("Medium");
         body.push(l);
-        body.push(json!({ "type": "RichTextBlock", "inlines": [run(&p.body)] }));
+        body.push(value_block(&p.body));
     }
     if let Some(cmd) = &m.command {
         body.push(json!({
