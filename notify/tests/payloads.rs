@@ -92,7 +92,11 @@ fn slack_and_teams_payloads_follow_their_schemas() {
         for e in events(written) {
             let m = Message::of(&e);
             s.push(slack::payload(&m));
-            t.push(teams::payload(&m));
+            // The card's structure does not depend on the text; the Adaptive Card schema is
+            // slow to check (about 0.2 s a card), so Teams is checked on the hostile set.
+            if written == HOSTILE {
+                t.push(teams::payload(&m));
+            }
         }
     }
     let n = (s.len(), t.len());
