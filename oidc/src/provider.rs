@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use openidconnect::core::CoreClientAuthMethod;
 use openidconnect::{
-    AuthUrl, DeviceAuthorizationUrl, IssuerUrl, JsonWebKey, JsonWebKeySetUrl, TokenUrl,
+    AuthUrl, DeviceAuthorizationUrl, IssuerUrl, JsonWebKey, JsonWebKeySetUrl, RevocationUrl,
+    TokenUrl,
 };
 
 use crate::error::{Error, chain};
@@ -24,6 +25,7 @@ pub(crate) struct Discovered {
     pub auth_url: AuthUrl,
     pub token_url: TokenUrl,
     pub device_url: Option<DeviceAuthorizationUrl>,
+    pub revocation_url: Option<RevocationUrl>,
     pub jwks_url: JsonWebKeySetUrl,
     /// `client_secret_basic` unless the provider only takes `client_secret_post`.
     pub basic_auth: bool,
@@ -239,6 +241,9 @@ impl Provider {
         if let Some(d) = &extra.device_authorization_endpoint {
             https("device authorization endpoint", d.url())?;
         }
+        if let Some(r) = &extra.revocation_endpoint {
+            https("revocation endpoint", r.url())?;
+        }
         let code_flow = meta
             .response_types_supported()
             .iter()
@@ -265,6 +270,7 @@ impl Provider {
             auth_url: meta.authorization_endpoint().clone(),
             token_url,
             device_url: extra.device_authorization_endpoint.clone(),
+            revocation_url: extra.revocation_endpoint.clone(),
             jwks_url: meta.jwks_uri().clone(),
             basic_auth,
             iss_on_callbacks: extra.authorization_response_iss_parameter_supported == Some(true),

@@ -435,6 +435,40 @@ impl RelyingParty {
         Ok(signed)
     }
 
+    /// Revokes the provider's refresh token (RFC 7009), at sign-out or session revocation,
+    /// so that it cannot outlive the session. `Ok(false)`: the provider has no revocation
+    /// endpoint (the token then lives until it expires at the provider).
+    pub async fn revoke(&self, grant: &RefreshGrant) -> Result<bool, Error> {
+        let d = self.inner.provider.ready().await?;
+        let Some(url) = d.revocation_url.clone() else {
+            return Ok(false);
+        };
+        let creds = self.refresh_creds(grant)?;
+        let client = self.client(&d, creds, None).set_revocation_url(url);
+        let token = RefreshToken::new(grant.token.clone());
+        client
+            .revoke_token(token.into())
+            .map_err(|e| Error::TokenRequest(e.to_string()))?
+            .request_async(self.inner.provider.http())
+            .await
+            .map_err(token_error)?;
+        Ok(true)
+    }
+
+    fn refresh_creds(&self, grant: &RefreshGrant) -> Result<&ClientCreds, Error> {
+        Ok(match grant.client {
+            ClientKind::Portal => {
+                &self
+                    .inner
+                    .portal
+                    .as_ref()
+                    .ok_or(Error::PortalNotConfigured)?
+                    .0
+            }
+            ClientKind::Cli => self.inner.cli.as_ref().ok_or(Error::CliNotConfigured)?,
+        })
+    }
+
     async fn sign_in(
         &self,
         d: &Discovered,

@@ -34,6 +34,9 @@ pub(crate) struct ExtraMetadata {
     /// RFC 7636 / RFC 8414 §2; absent at some providers that support S256 all the same.
     #[serde(default)]
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// RFC 7009 / RFC 8414 §2: where sign-out revokes the refresh token.
+    #[serde(default)]
+    pub revocation_endpoint: Option<openidconnect::RevocationUrl>,
     /// RFC 9207: the provider puts `iss` on every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: Option<bool>,

@@ -90,6 +90,16 @@ async fn cli_loopback_code_flow_end_to_end() {
         .await
         .unwrap();
     assert_eq!(again.identity, signed.identity);
+
+    // `jit logout`: the provider's refresh token is revoked and cannot be used again.
+    let grant = again.refresh.unwrap();
+    assert!(rig.rp.revoke(&grant).await.unwrap());
+    let e = rig
+        .rp
+        .refresh(&grant, &signed.identity.principal)
+        .await
+        .unwrap_err();
+    support::assert_refused(&e, "invalid_grant");
 }
 
 #[tokio::test]
@@ -423,4 +433,76 @@ async fn provider_unreachable_at_start_then_discovered_in_the_background() {
     .await;
     assert_eq!(signed.identity.display_name, "bob");
     assert_eq!(signed.identity.principal.subject(), "sub-bob");
+}
+
+/// Whether `pid` is a live process (a zombie is dead: it only waits to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// The provider never outlives its test, also when the test process is killed with SIGKILL
+/// (no Drop runs): this test runs itself as a child that starts a provider, kills the child,
+/// and watches the provider go.
+#[tokio::test]
+async fn the_provider_dies_with_a_killed_test_process() {
+    use std::io::{BufRead, Write};
+    const CHILD: &str = "JITGATE_OIDC_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let ca = Arc::new(TestCa::new().unwrap());
+        let op = TestProvider::start(ca, &Setup::default()).await.unwrap();
+        println!("PROVIDER_PID={}", op.pid());
+        std::io::stdout().flush().unwrap();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_provider_dies_with_a_killed_test_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // libtest may print "test NAME ... " on the same line first.
+            .find_map(|l| {
+                l.split_once("PROVIDER_PID=")
+                    .map(|(_, p)| p.trim().parse::<u32>().unwrap())
+            })
+    })
+    .await
+    .unwrap();
+    let Some(pid) = pid else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the child test did not start a provider");
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("provider.mjs") && alive(pid),
+        "pid {pid} is not the provider"
+    );
+    // SIGKILL, to the child this test started (by its own handle).
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually(
+        "the orphaned provider exits",
+        Duration::from_secs(20),
+        || !alive(pid),
+    )
+    .await;
 }
