@@ -112,7 +112,8 @@ pub enum TokenRejected {
     #[error("wrong audience: {0}")]
     WrongAudience(String),
     #[error(
-        "minted for another client: authorized party (azp) is {found:?}, expected {expected:?}"
+        "minted for another client: authorized party (azp) is {}, expected {expected:?}",
+        shown(found)
     )]
     WrongAuthorizedParty {
         expected: String,
@@ -131,8 +132,9 @@ pub enum TokenRejected {
     #[error("signature algorithm not allowed: {0}")]
     DisallowedAlgorithm(String),
     #[error(
-        "signed with key id {kid:?}, which the provider's key set does not contain (also after \
-         refreshing it)"
+        "signed with key id {}, which the provider's key set does not contain (also after \
+         refreshing it)",
+        shown(kid)
     )]
     UnknownKey { kid: Option<String> },
     #[error("the key to check it with is ambiguous: {0}")]
@@ -147,6 +149,14 @@ pub enum TokenRejected {
     Malformed(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+}
+
+/// An optional claim as shown in a message.
+fn shown(v: &Option<String>) -> String {
+    match v {
+        Some(s) => format!("{s:?}"),
+        None => "absent".into(),
+    }
 }
 
 /// Renders an error and its sources on one line: reqwest's own message ("error sending
