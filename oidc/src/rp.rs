@@ -190,6 +190,11 @@ impl RelyingParty {
                 };
                 Some((creds, redirect))
             }
+            (Some(_), None) => {
+                tracing::warn!(issuer = %config.issuer,
+                    "client_secret_file is set but no portal redirect URI was given: portal sign-in is off");
+                None
+            }
             _ => None,
         };
         let cli = match &config.cli_client_id {
