@@ -1,0 +1,98 @@
+//! The activity log: its vocabulary and its query.
+//!
+//! The entry, checkpoint, export and verification report bodies are the offline verifier's
+//! own types (`jitgate_proto::audit`: the `jit` CLI checks an export with the same code the
+//! controller verifies with); the `audit` feature re-exports them here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::list::Format;
+use crate::wire::wire_enum;
+
+#[cfg(feature = "audit")]
+pub use jitgate_proto::audit::{
+    ActivityEntry, Checkpoint, Export as ActivityExport, Report as VerifyReport,
+};
+
+wire_enum! {
+    /// Activity log operations (Azure's names where Azure has one).
+    pub enum Operation("operation", Other) {
+        Initiate = "Initiate JIT Network Access",
+        UpdatePolicy = "Update JIT Network Access Policy",
+        DeletePolicy = "Delete JIT Network Access Policy",
+        Revoke = "Revoke JIT Network Access",
+        Expire = "Expire JIT Network Access",
+        Apply = "Apply JIT Network Access",
+        CreateToken = "Create API Token",
+        RevokeToken = "Revoke API Token",
+        AddVm = "Add Virtual Machine",
+        AddGroup = "Add Resource Group",
+        CreateEnrollToken = "Create Agent Enrollment Token",
+        EnrollAgent = "Enroll Agent",
+        RevokeAgent = "Revoke Agent",
+        AgentRejected = "Agent Rejected JIT Network Access",
+        AgentResult = "Agent Result",
+        LocalAccess = "Local Break-Glass JIT Network Access",
+        AssignCompliance = "Assign Compliance Policy",
+        UnassignCompliance = "Delete Compliance Policy Assignment",
+        Remediate = "Remediate Compliance",
+    }
+}
+
+wire_enum! {
+    /// What an activity entry is about.
+    pub enum ResourceType("resource type", Other) {
+        VirtualMachine = "VirtualMachine",
+        ResourceGroup = "ResourceGroup",
+        Token = "Token",
+        PolicyAssignment = "PolicyAssignment",
+    }
+}
+
+wire_enum! {
+    /// How an operation ended.
+    pub enum ActivityOutcome("outcome", Other) {
+        Succeeded = "Succeeded",
+        /// A request refused by the policy.
+        Denied = "Denied",
+        Failed = "Failed",
+    }
+}
+
+/// `GET /activityLog`: every filter is optional; times RFC 3339.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActivityQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// Inclusive lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Exclusive upper bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Entries with a greater seq (paging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// json (default), jsonl or csv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+/// `GET /activityLog/checkpoints`: the signed checkpoints and the key that verifies them.
+#[cfg(feature = "audit")]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointList {
+    pub key_id: String,
+    pub public_key_pem: String,
+    pub value: Vec<Checkpoint>,
+}

@@ -1,0 +1,140 @@
+//! Access requests (Azure's `initiate`) and their records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::OnExpiry;
+use crate::port::ProtoSel;
+use crate::wire::wire_enum;
+
+wire_enum! {
+    /// A port's status, and a request's (the summary of its ports).
+    pub enum PortStatus("status", Other) {
+        /// Approved; grants queued for the agent.
+        Initiated = "Initiated",
+        /// The agent confirmed every grant of the port.
+        Applied = "Applied",
+        /// Refused by the policy (see the reasons).
+        Denied = "Denied",
+        /// Ended: revoked, superseded or expired (see the reason).
+        Revoked = "Revoked",
+    }
+}
+
+wire_enum! {
+    /// Why a port is `Revoked` or `Denied`; the denial reasons (from `PortNotInPolicy` on) are
+    /// also the `reason` of a request's `denialReasons`.
+    pub enum StatusReason("status reason", Other) {
+        Expired = "Expired",
+        UserRequested = "UserRequested",
+        NewerRequestInitiated = "NewerRequestInitiated",
+        /// Denied because another port of the request was.
+        OtherPortDenied = "OtherPortDenied",
+        // A rule of the policy that a requested port breaks:
+        PortNotInPolicy = "PortNotInPolicy",
+        ProtocolNotAllowed = "ProtocolNotAllowed",
+        SourceNotAllowed = "SourceNotAllowed",
+        DurationExceedsMaximum = "DurationExceedsMaximum",
+        EndTimeInPast = "EndTimeInPast",
+        NoPolicy = "NoPolicy",
+    }
+}
+
+/// One requested port. Values are checked by the controller, each with its own error code.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitiatePort {
+    pub number: u32,
+    /// TCP, UDP or `*`; default: the policy's protocol for this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// No source means the caller's own address ("My IP").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_source_address_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    /// End of the window (RFC 3339); give this or `duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time_utc: Option<String>,
+    /// Length of the window (ISO 8601, e.g. PT1H); give this or `endTimeUtc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitiateVm {
+    /// The VM's name.
+    pub id: String,
+    pub ports: Vec<InitiatePort>,
+}
+
+/// `POST /jitNetworkAccessPolicies/default/initiate`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitiateBody {
+    pub virtual_machines: Vec<InitiateVm>,
+    pub justification: String,
+}
+
+/// A recorded request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestView {
+    pub id: String,
+    pub start_time_utc: String,
+    pub requestor: String,
+    pub justification: String,
+    pub caller_address: String,
+    /// The summary of the ports: Denied if denied, else Initiated if any port is, else
+    /// Applied if any port is, else Revoked.
+    pub status: PortStatus,
+    pub virtual_machines: Vec<RequestVm>,
+    #[serde(default)]
+    pub denial_reasons: Vec<DenialReason>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestVm {
+    pub id: String,
+    pub resource_group: String,
+    pub ports: Vec<RequestPort>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestPort {
+    pub number: u16,
+    pub protocol: ProtoSel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_source_address_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    pub end_time_utc: String,
+    pub status: PortStatus,
+    #[serde(default)]
+    pub status_reason: Option<StatusReason>,
+    #[serde(default)]
+    pub on_expiry: Option<OnExpiry>,
+}
+
+/// One reason of a denial, with the port it concerns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DenialReason {
+    pub virtual_machine: String,
+    pub number: u16,
+    pub protocol: ProtoSel,
+    /// PortNotInPolicy | ProtocolNotAllowed | SourceNotAllowed | DurationExceedsMaximum |
+    /// EndTimeInPast | NoPolicy
+    pub reason: StatusReason,
+    pub message: String,
+}
+
+/// `GET /virtualMachines/{vm}/requests` and `GET /compliance/history`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
