@@ -75,7 +75,7 @@ impl Env {
                 &Actor::local(),
                 name,
                 role,
-                &Scope::parse(scope).expect("scope"),
+                &scope.parse::<Scope>().expect("scope"),
                 None,
             )
             .await
@@ -583,7 +583,7 @@ async fn wait_connect_and_audit() {
     let rec = e.server.store.get_request(&id).await.expect("rec");
     assert_eq!(rec.justification, "incident 7");
     assert_eq!(rec.virtual_machines[0].ports[0].number, 22);
-    assert_eq!(rec.virtual_machines[0].ports[0].protocol, "TCP");
+    assert_eq!(rec.virtual_machines[0].ports[0].protocol.as_str(), "TCP");
     assert_eq!(
         rec.virtual_machines[0].ports[0]
             .allowed_source_address_prefix

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use jitgate_api::InitiateBody as InitiateJson;
 use jitgate_controller::auth::{Caller, Role, Scope};
-use jitgate_controller::model::{Initiate, InitiateJson, now_ms};
+use jitgate_controller::model::{Initiate, now_ms};
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::store::{Actor, Store, StoreOptions};
 use serde_json::json;

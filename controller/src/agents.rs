@@ -2,6 +2,7 @@
 //! status, last heartbeat), the audit records they deliver, and their local break-glass
 //! grants. See docs/controller.md ("Agents").
 
+use jitgate_api::ErrorCode;
 use rand::RngCore;
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -15,6 +16,7 @@ use crate::auth::Scope;
 use crate::error::{ApiError, SetupError, StoreError};
 use crate::model::{fmt_time, now_ms};
 use crate::store::{Actor, NewActivity, Store, op};
+use jitgate_api::{Agent as AgentJson, AgentConnection, AgentStatus, EnrollRequest};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -106,61 +108,12 @@ pub struct Signed {
     pub pem: String,
 }
 
-/// `POST /api/v1/agents/enroll` request body.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub token: String,
-    pub csr_pem: String,
-}
-
-/// `POST /api/v1/agents/enroll` reply.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnrollResponse {
-    pub agent_id: String,
-    pub vm: String,
-    pub certificate_pem: String,
-    pub ca_pem: String,
-    pub grant_signing_key_pem: String,
-    pub agent_endpoint: String,
-}
-
 /// An enrolled agent as stored.
 #[derive(Clone, Debug)]
 pub struct AgentRow {
     pub id: String,
     pub vm: String,
     pub status: String,
-}
-
-/// One agent in the fleet view (`GET /api/v1/agents`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AgentJson {
-    pub virtual_machine: String,
-    pub resource_group: String,
-    pub agent_id: String,
-    /// active | revoked
-    pub status: String,
-    /// online | offline | degraded | revoked
-    pub connection: String,
-    /// Why it is degraded (enforcement detached or partial, program unhealthy).
-    pub problems: Vec<String>,
-    pub enrolled_time_utc: String,
-    pub last_seen_time_utc: Option<String>,
-    /// From the last heartbeat: (name, mode) of each attached interface.
-    pub interfaces: Vec<String>,
-    pub protected_ports: Vec<String>,
-    /// Listening sockets from the last heartbeat (`TCP 0.0.0.0:22`).
-    pub listening: Vec<String>,
-    /// Agent clock minus controller clock, from the last status report.
-    pub clock_offset_ms: Option<i64>,
-    pub active_grants: Option<u32>,
-    pub audit_head: Option<String>,
-    pub audit_seq: Option<u64>,
-    /// Audit records stored from this agent.
-    pub audit_records: i64,
 }
 
 /// A heartbeat as stored (JSON). Fields after `received_time_utc` come from status reports
@@ -365,12 +318,13 @@ pub enum AgentState {
 }
 
 impl AgentState {
-    pub fn as_str(self) -> &'static str {
+    /// As the API shows it.
+    pub fn connection(self) -> AgentConnection {
         match self {
-            AgentState::Online => "online",
-            AgentState::Degraded => "degraded",
-            AgentState::Offline => "offline",
-            AgentState::Revoked => "revoked",
+            AgentState::Online => AgentConnection::Online,
+            AgentState::Degraded => AgentConnection::Degraded,
+            AgentState::Offline => AgentConnection::Offline,
+            AgentState::Revoked => AgentConnection::Revoked,
         }
     }
 
@@ -468,7 +422,7 @@ impl Store {
         let invalid = || {
             ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
-                "InvalidEnrollmentToken",
+                ErrorCode::InvalidEnrollmentToken,
                 "the enrollment token is unknown, expired or already used",
             )
         };
@@ -538,7 +492,7 @@ impl Store {
                 .await?;
                 w.commit().await?;
                 tracing::warn!(%vm, address = caller_address, error = %e, "enrolment refused: bad CSR");
-                return Err(ApiError::bad_request("InvalidCsr", e).into());
+                return Err(ApiError::bad_request(ErrorCode::InvalidCsr, e).into());
             }
         };
         let revoked = sqlx::query(
@@ -599,7 +553,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         if ids.is_empty() {
             return Err(ApiError::not_found(
-                "AgentNotFound",
+                ErrorCode::AgentNotFound,
                 format!("VM {vm} has no active agent"),
             )
             .into());
@@ -756,9 +710,8 @@ impl Store {
     ) -> Result<u64> {
         let mut w = self.begin_write().await?;
         for r in records {
-            let seq = i64::try_from(r.seq).map_err(|_| {
-                StoreError::Api(ApiError::bad_request("InvalidAudit", "audit seq too large"))
-            })?;
+            let seq = i64::try_from(r.seq)
+                .map_err(|_| StoreError::Corrupt("the agent sent an audit seq too large".into()))?;
             let f = crate::connections::RecordFields::of(&r.line);
             sqlx::query(
                 "INSERT INTO agent_audit (agent_id, id, seq, line, received_ms, kind, at_ms, grant_id) \
@@ -861,18 +814,21 @@ impl Store {
             if !scope.covers_vm(&vm, &group) {
                 continue;
             }
-            let status: String = r.try_get(3)?;
+            let status: AgentStatus = r
+                .try_get::<String, _>(3)?
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
             let last: Option<i64> = r.try_get(5)?;
             let hb: Option<String> = r.try_get(6)?;
             let hb: Option<HeartbeatJson> = hb.map(|h| serde_json::from_str(&h)).transpose()?;
             let id: String = r.try_get(0)?;
-            let connection = AgentState::of(&id, &status, last, hb.as_ref(), now);
+            let connection = AgentState::of(&id, status.as_str(), last, hb.as_ref(), now);
             out.push(AgentJson {
                 virtual_machine: vm,
                 resource_group: group,
                 agent_id: id,
                 status,
-                connection: connection.as_str().into(),
+                connection: connection.connection(),
                 problems: if connection == AgentState::Degraded {
                     hb.as_ref().map(|h| h.problems_at(now)).unwrap_or_default()
                 } else {

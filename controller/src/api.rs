@@ -1,5 +1,6 @@
 //! The HTTPS JSON API (routes under `/api/v1`, documented in `controller/openapi.yaml`).
 
+use jitgate_api::ErrorCode;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -9,16 +10,18 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use jitgate_api::{
+    ActivityQuery, CheckpointList, EnrollRequest, EnrollResponse, Format, HistoryQuery,
+    InitiateBody, List, Me, PolicyBody, ResourceGroup, ViewQuery, VmDetail,
+};
 use jitgate_common::SourcePrefix;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, Role};
 use crate::compliance::http as cx;
-use crate::connections::ViewQuery;
 use crate::error::ApiError;
-use crate::model::{Initiate, InitiateJson, Policy, PolicyJson, now_ms};
-use crate::store::{ActivityEntry, ActivityFilter, Actor, Store};
+use crate::model::{Initiate, Policy, now_ms};
+use crate::store::{ActivityEntry, Actor, Store};
 
 /// Shared state of the API.
 #[derive(Clone)]
@@ -100,12 +103,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/compliance/remediate", post(cx::remediate))
         .fallback(|| async {
-            ApiError::not_found("NoSuchRoute", "no such API route (see openapi.yaml)")
+            ApiError::not_found(
+                ErrorCode::NoSuchRoute,
+                "no such API route (see openapi.yaml)",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not accept that method",
             )
         })
@@ -130,12 +136,15 @@ fn client_address(
     let mut addr = peer;
     for v in headers.get_all("x-forwarded-for") {
         let s = v.to_str().map_err(|_| {
-            ApiError::bad_request("InvalidForwardedFor", "X-Forwarded-For is not ASCII")
+            ApiError::bad_request(
+                ErrorCode::InvalidForwardedFor,
+                "X-Forwarded-For is not ASCII",
+            )
         })?;
         for part in s.split(',').rev() {
             let a: IpAddr = part.trim().parse().map_err(|_| {
                 ApiError::bad_request(
-                    "InvalidForwardedFor",
+                    ErrorCode::InvalidForwardedFor,
                     format!("X-Forwarded-For entry {part:?} is not an IP address"),
                 )
             })?;
@@ -214,7 +223,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
             if !ok {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
+                    ErrorCode::UnsupportedMediaType,
                     "send the body as application/json",
                 ));
             }
@@ -228,7 +237,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
         .map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "RequestTimeout",
+                ErrorCode::RequestTimeout,
                 "the request body did not arrive within 30 s",
             )
         })?
@@ -240,7 +249,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "BodyTooLarge",
+        ErrorCode::BodyTooLarge,
         format!("the request body exceeds {limit} bytes"),
     )
 }
@@ -255,8 +264,8 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, 
     serde_json::from_slice::<T>(bytes).map_err(|e| {
         use serde_json::error::Category;
         let code = match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => "InvalidJson",
-            Category::Data => "InvalidBody",
+            Category::Syntax | Category::Eof | Category::Io => ErrorCode::InvalidJson,
+            Category::Data => ErrorCode::InvalidBody,
         };
         ApiError::bad_request(code, format!("request body: {e}"))
     })
@@ -271,50 +280,26 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
         Query::<T>::from_request_parts(parts, st)
             .await
             .map(|Query(v)| Q(v))
-            .map_err(|e| ApiError::bad_request("InvalidQuery", e.body_text()))
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Me {
-    name: String,
-    token_id: String,
-    role: &'static str,
-    scope: String,
-    caller_address: String,
-}
-
 async fn me(c: Caller) -> Json<Me> {
     Json(Me {
         name: c.name,
         token_id: c.token_id,
-        role: c.role.as_str(),
-        scope: c.scope.to_string_form(),
+        role: c.role,
+        scope: c.scope,
         caller_address: c.address.to_string(),
     })
 }
 
-#[derive(Serialize)]
-struct List<T> {
-    value: Vec<T>,
-}
-
 async fn list_vms(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
     let v = st.store.list_vms(&c.scope).await?;
-    Ok(Json(List { value: v }).into_response())
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct VmDetail {
-    name: String,
-    resource_group: String,
-    addresses: Vec<String>,
-    effective_policy: Option<crate::store::PolicyView>,
+    Ok(Json(List::from(v)).into_response())
 }
 
 async fn get_vm(
@@ -343,7 +328,7 @@ async fn get_vm_policy(
     match st.store.get_policy("vm", &vm).await? {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(ApiError::not_found(
-            "PolicyNotFound",
+            ErrorCode::PolicyNotFound,
             format!(
                 "VM {vm} has no JIT policy of its own (see its effective policy on GET /virtualMachines/{vm})"
             ),
@@ -355,7 +340,7 @@ async fn put_vm_policy(
     State(st): State<AppState>,
     c: Caller,
     Path(vm): Path<String>,
-    Body(body): Body<PolicyJson>,
+    Body(body): Body<PolicyBody>,
 ) -> Result<Response, ApiError> {
     let (group, _) = st.store.vm(&vm).await?;
     c.check_vm(Role::Admin, &vm, &group)?;
@@ -385,7 +370,7 @@ async fn rg_exists(st: &AppState, rg: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::not_found(
-            "ResourceGroupNotFound",
+            ErrorCode::ResourceGroupNotFound,
             format!("no resource group {rg}"),
         ))
     }
@@ -401,7 +386,7 @@ async fn get_rg_policy(
     match st.store.get_policy("rg", &rg).await? {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(ApiError::not_found(
-            "PolicyNotFound",
+            ErrorCode::PolicyNotFound,
             format!("resource group {rg} has no JIT policy"),
         )),
     }
@@ -411,7 +396,7 @@ async fn put_rg_policy(
     State(st): State<AppState>,
     c: Caller,
     Path(rg): Path<String>,
-    Body(body): Body<PolicyJson>,
+    Body(body): Body<PolicyBody>,
 ) -> Result<Response, ApiError> {
     rg_exists(&st, &rg).await?;
     c.check_group(Role::Admin, &rg)?;
@@ -439,7 +424,7 @@ async fn delete_rg_policy(
 async fn initiate(
     State(st): State<AppState>,
     c: Caller,
-    Body(body): Body<InitiateJson>,
+    Body(body): Body<InitiateBody>,
 ) -> Result<Response, ApiError> {
     let req = Initiate::from_json(&body, c.address, now_ms())?;
     let rec = st.store.initiate(&c, &req).await?;
@@ -465,12 +450,6 @@ async fn get_request(
     Ok(Json(rec).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    limit: Option<i64>,
-}
-
 async fn history(
     State(st): State<AppState>,
     c: Caller,
@@ -485,7 +464,7 @@ async fn history(
         rec.virtual_machines
             .retain(|x| c.scope.covers_vm(&x.id, &x.resource_group));
     }
-    Ok(Json(List { value: v }).into_response())
+    Ok(Json(List::from(v)).into_response())
 }
 
 /// Who connected to the VM, from where, under which request (from its agents' records).
@@ -497,11 +476,11 @@ async fn connections(
 ) -> Result<Response, ApiError> {
     let (group, _) = st.store.vm(&vm).await?;
     c.check_vm(Role::Reader, &vm, &group)?;
-    let format = Format::parse(q.format.as_deref(), &[Format::Json, Format::Csv])?;
+    let format = format_of(q.format, &[Format::Json, Format::Csv])?;
     let v = st.store.connections(&vm, &q).await?;
     Ok(match format {
         Format::Csv => csv_response(crate::connections::to_csv(&v)),
-        _ => Json(List { value: v }).into_response(),
+        _ => Json(List::from(v)).into_response(),
     })
 }
 
@@ -515,7 +494,7 @@ async fn agent_audit(
     let (group, _) = st.store.vm(&vm).await?;
     c.check_vm(Role::Reader, &vm, &group)?;
     let v = st.store.agent_audit_records(&vm, &q).await?;
-    Ok(Json(List { value: v }).into_response())
+    Ok(Json(List::from(v)).into_response())
 }
 
 /// Verifies the VM's agents' delivered records: chains and signed agent checkpoints.
@@ -548,15 +527,12 @@ async fn revoke(
 async fn activity(
     State(st): State<AppState>,
     c: Caller,
-    Q(f): Q<ActivityFilter>,
+    Q(f): Q<ActivityQuery>,
 ) -> Result<Response, ApiError> {
-    let format = Format::parse(
-        f.format.as_deref(),
-        &[Format::Json, Format::Jsonl, Format::Csv],
-    )?;
+    let format = format_of(f.format, &[Format::Json, Format::Jsonl, Format::Csv])?;
     let v = st.store.activity(&f, &c.scope).await?;
     match format {
-        Format::Json => Ok(Json(List { value: v }).into_response()),
+        Format::Json => Ok(Json(List::from(v)).into_response()),
         Format::Jsonl => {
             let mut out = String::new();
             for e in &v {
@@ -569,39 +545,21 @@ async fn activity(
     }
 }
 
-/// The `format` query parameter of the list endpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Jsonl,
-    Csv,
-}
-
-impl Format {
-    const NAMES: [(&str, Format); 3] = [
-        ("json", Format::Json),
-        ("jsonl", Format::Jsonl),
-        ("csv", Format::Csv),
-    ];
-
-    /// `format` (json when absent), one of `allowed`; anything else is `InvalidQuery`.
-    pub fn parse(s: Option<&str>, allowed: &[Format]) -> Result<Format, ApiError> {
-        let s = s.unwrap_or("json");
-        match Self::NAMES.iter().find(|(n, _)| *n == s) {
-            Some((_, f)) if allowed.contains(f) => Ok(*f),
-            _ => {
-                let names: Vec<&str> = Self::NAMES
-                    .iter()
-                    .filter(|(_, f)| allowed.contains(f))
-                    .map(|(n, _)| *n)
-                    .collect();
-                Err(ApiError::bad_request(
-                    "InvalidQuery",
-                    format!("format {s:?} is invalid: use {}", names.join(", ")),
-                ))
-            }
-        }
+/// The `format` query parameter (json when absent), one of `allowed`; else `InvalidQuery`.
+pub fn format_of(f: Option<Format>, allowed: &[Format]) -> Result<Format, ApiError> {
+    let f = f.unwrap_or(Format::Json);
+    if allowed.contains(&f) {
+        return Ok(f);
     }
+    let names: Vec<&str> = allowed.iter().map(|f| f.as_str()).collect();
+    Err(ApiError::bad_request(
+        ErrorCode::InvalidQuery,
+        format!(
+            "format {:?} is invalid: use {}",
+            f.as_str(),
+            names.join(", ")
+        ),
+    ))
 }
 
 pub fn csv_response(text: String) -> Response {
@@ -664,14 +622,6 @@ async fn list_checkpoints(State(st): State<AppState>, c: Caller) -> Result<Respo
     .into_response())
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckpointList {
-    key_id: String,
-    public_key_pem: String,
-    value: Vec<crate::store::Checkpoint>,
-}
-
 /// Signs the chain head now (admin): 201 with the new checkpoint, or 200 with the latest
 /// one when the head has not moved since.
 async fn sign_checkpoint(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
@@ -683,7 +633,7 @@ async fn sign_checkpoint(State(st): State<AppState>, c: Caller) -> Result<Respon
         Some(cp) => Ok(Json(cp).into_response()),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "EmptyActivityLog",
+            ErrorCode::EmptyActivityLog,
             "the activity log is empty: there is no head to sign",
         )),
     }
@@ -701,13 +651,13 @@ async fn export(State(st): State<AppState>, c: Caller) -> Result<Response, ApiEr
 async fn enroll(
     State(st): State<AppState>,
     peer: Option<axum::Extension<PeerAddr>>,
-    Body(req): Body<crate::agents::EnrollRequest>,
+    Body(req): Body<EnrollRequest>,
 ) -> Result<Response, ApiError> {
     let address = peer
         .map(|p| jitgate_common::net::normalise(p.0.0.ip()).to_string())
         .unwrap_or_default();
     let (id, vm, signed) = st.store.enroll(&address, &req, &st.enroll.ca).await?;
-    Ok(Json(crate::agents::EnrollResponse {
+    Ok(Json(EnrollResponse {
         agent_id: id.to_string(),
         vm,
         certificate_pem: signed.pem,
@@ -721,15 +671,7 @@ async fn enroll(
 /// The agent fleet (reader and up, within the caller's scope).
 async fn list_agents(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
     let v = st.store.list_agents(&c.scope).await?;
-    Ok(Json(List { value: v }).into_response())
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GroupJson {
-    name: String,
-    /// Who receives the group's remediation requests.
-    owner: String,
+    Ok(Json(List::from(v)).into_response())
 }
 
 /// Resource groups within the caller's scope, with their owners.
@@ -740,7 +682,7 @@ async fn list_groups(State(st): State<AppState>, c: Caller) -> Result<Response, 
         .await?
         .into_iter()
         .filter(|(n, _)| c.scope.covers_group(n))
-        .map(|(name, owner)| GroupJson { name, owner })
-        .collect();
-    Ok(Json(List { value: v }).into_response())
+        .map(|(name, owner)| ResourceGroup { name, owner })
+        .collect::<Vec<_>>();
+    Ok(Json(List::from(v)).into_response())
 }

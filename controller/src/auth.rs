@@ -3,100 +3,28 @@
 //! A token is `jit_` followed by 64 hex digits (256 random bits). Only its SHA-256 is stored.
 //! Each token has a principal name (the `requestor` shown in history), a role and a scope.
 
+use jitgate_api::ErrorCode;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees VMs, policies, history and activity within its scope.
-    Reader,
-    /// Reader, plus initiates requests within its scope and revokes its own.
-    Requester,
-    /// Everything within its scope: writes and deletes policies, revokes any request; with
-    /// the global scope also manages VMs and tokens.
-    Admin,
+use jitgate_api::rights::ScopeError;
+pub use jitgate_api::{Role, Scope};
+
+/// A role from the command line or the database.
+pub fn parse_role(s: &str) -> Result<Role, ApiError> {
+    s.parse().map_err(|e: jitgate_api::UnknownValue| {
+        ApiError::bad_request(ErrorCode::InvalidRole, e.to_string())
+    })
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Requester => "requester",
-            Role::Admin => "admin",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Role, ApiError> {
-        match s {
-            "reader" => Ok(Role::Reader),
-            "requester" => Ok(Role::Requester),
-            "admin" => Ok(Role::Admin),
-            _ => Err(ApiError::bad_request(
-                "InvalidRole",
-                format!("role {s:?} is invalid: use reader, requester or admin"),
-            )),
-        }
-    }
-}
-
-/// Where a token's rights apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Every VM and resource group.
-    All,
-    /// One resource group and its VMs (`rg:NAME`).
-    ResourceGroup(String),
-    /// One VM (`vm:NAME`).
-    Vm(String),
-}
-
-impl Scope {
-    pub fn parse(s: &str) -> Result<Scope, ApiError> {
-        if s == "*" {
-            return Ok(Scope::All);
-        }
-        let bad = || {
-            ApiError::bad_request(
-                "InvalidScope",
-                format!("scope {s:?} is invalid: use *, rg:GROUP or vm:NAME"),
-            )
-        };
-        match s.split_once(':') {
-            Some(("rg", n)) => {
-                crate::model::validate_name("resource group", n)?;
-                Ok(Scope::ResourceGroup(n.into()))
-            }
-            Some(("vm", n)) => {
-                crate::model::validate_name("VM", n)?;
-                Ok(Scope::Vm(n.into()))
-            }
-            _ => Err(bad()),
-        }
-    }
-    pub fn to_string_form(&self) -> String {
-        match self {
-            Scope::All => "*".into(),
-            Scope::ResourceGroup(g) => format!("rg:{g}"),
-            Scope::Vm(v) => format!("vm:{v}"),
-        }
-    }
-    pub fn covers_vm(&self, vm: &str, group: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::ResourceGroup(g) => g == group,
-            Scope::Vm(v) => v == vm,
-        }
-    }
-    pub fn covers_group(&self, group: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::ResourceGroup(g) => g == group,
-            Scope::Vm(_) => false,
-        }
-    }
+/// A scope (`*`, `rg:GROUP`, `vm:NAME`) from a query, the command line or the database.
+pub fn parse_scope(s: &str) -> Result<Scope, ApiError> {
+    s.parse().map_err(|e: ScopeError| match e {
+        ScopeError::Name(n) => ApiError::bad_request(ErrorCode::InvalidName, n.to_string()),
+        e @ ScopeError::Invalid(_) => ApiError::bad_request(ErrorCode::InvalidScope, e.to_string()),
+    })
 }
 
 /// The authenticated caller of one API call.
@@ -138,7 +66,7 @@ impl Caller {
             caller = %self.name,
             token = %self.token_id,
             role = self.role.as_str(),
-            scope = %self.scope.to_string_form(),
+            scope = %self.scope,
             address = %self.address,
             needed = min.as_str(),
             on = %what,
@@ -148,7 +76,7 @@ impl Caller {
             "{} ({} on {}) may not do this on {what}: it needs role {} with a scope covering it",
             self.name,
             self.role.as_str(),
-            self.scope.to_string_form(),
+            self.scope,
             min.as_str()
         ))
     }

@@ -8,6 +8,7 @@
 //! writes nothing; a database error rolls the whole batch back and every request in it gets an
 //! error, so nothing is ever half-written.
 
+use jitgate_api::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,11 +18,12 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, StoreError};
 use crate::eval;
-use crate::model::{
-    self, DenialReason, Initiate, Policy, PolicyJson, RequestJson, RequestPortJson, RequestVmJson,
-    fmt_time,
-};
+use crate::model::{self, Initiate, Policy, fmt_time};
 use crate::store::{Actor, NewActivityOwned, begin_write_on, lock_writer, op};
+use jitgate_api::{
+    DenialReason, PolicyBody as PolicyJson, PortStatus, ProtoSel, RequestPort as RequestPortJson,
+    RequestView as RequestJson, RequestVm as RequestVmJson, StatusReason,
+};
 use jitgate_common::Protocol;
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -240,7 +242,7 @@ pub(crate) async fn decide(
                             pre.push((
                                 vm.name.as_str(),
                                 p.number.get(),
-                                model::proto_str(*proto),
+                                ProtoSel::from(*proto).as_str(),
                                 pfx.to_string(),
                             ));
                         }
@@ -385,7 +387,7 @@ pub(crate) async fn decide(
         for vm in &req.vms {
             let Some(group) = groups.get(&vm.name) else {
                 err = Some(ApiError::not_found(
-                    "VmNotFound",
+                    ErrorCode::VmNotFound,
                     format!("no VM {}", vm.name),
                 ));
                 break;
@@ -415,8 +417,8 @@ pub(crate) async fn decide(
                     reasons.push(DenialReason {
                         virtual_machine: name.clone(),
                         number: p.number.get(),
-                        protocol: o.protocol.as_str().into(),
-                        reason: (*code).into(),
+                        protocol: o.protocol,
+                        reason: code.clone(),
                         message: msg.clone(),
                     });
                 }
@@ -441,7 +443,7 @@ pub(crate) async fn decide(
                     keys.push((
                         name.clone(),
                         i64::from(p.number.get()),
-                        model::proto_str(g.protocol),
+                        ProtoSel::from(g.protocol).as_str(),
                         g.prefix.to_string(),
                     ));
                 }
@@ -535,17 +537,16 @@ pub(crate) async fn decide(
                 let prefixes: Vec<String> = p.prefixes.iter().map(|x| x.to_string()).collect();
                 let (status, reason) = if d.denied {
                     (
-                        "Denied",
+                        PortStatus::Denied,
                         Some(
                             o.reasons
                                 .first()
-                                .map(|r| r.0)
-                                .unwrap_or("OtherPortDenied")
-                                .to_string(),
+                                .map(|r| r.0.clone())
+                                .unwrap_or(StatusReason::OtherPortDenied),
                         ),
                     )
                 } else {
-                    ("Initiated", None)
+                    (PortStatus::Initiated, None)
                 };
                 let on_expiry = o.grants.first().map(|g| g.on_expiry);
                 port_pos.insert((d.id.clone(), idx), port_rows.len());
@@ -558,13 +559,13 @@ pub(crate) async fn decide(
                     V::S(o.protocol.as_str().into()),
                     V::S(prefixes.join(",")),
                     V::I(p.end_ms),
-                    V::S(status.into()),
-                    V::OS(reason.clone()),
+                    V::S(status.as_str().into()),
+                    V::OS(reason.as_ref().map(|r| r.as_str().to_string())),
                     V::OS(on_expiry.map(|e| e.as_str().to_string())),
                 ]);
                 if !d.denied {
                     for g in &o.grants {
-                        let proto = model::proto_str(g.protocol);
+                        let proto = ProtoSel::from(g.protocol).as_str();
                         let key: Key = (
                             name.clone(),
                             i64::from(p.number.get()),
@@ -616,17 +617,17 @@ pub(crate) async fn decide(
                     "allowedSourceAddressPrefixes": prefixes,
                     "startTimeUtc": fmt_time(now),
                     "endTimeUtc": fmt_time(p.end_ms),
-                    "status": status,
-                    "statusReason": reason,
+                    "status": status.as_str(),
+                    "statusReason": reason.as_ref().map(|r| r.as_str()),
                 }));
                 let (one, many) = model::prefixes_to_json(&p.prefixes);
                 rec_ports.push(RequestPortJson {
                     number: p.number.get(),
-                    protocol: o.protocol.as_str().into(),
+                    protocol: o.protocol,
                     allowed_source_address_prefix: one,
                     allowed_source_address_prefixes: many,
                     end_time_utc: fmt_time(p.end_ms),
-                    status: status.into(),
+                    status,
                     status_reason: reason,
                     on_expiry,
                 });
@@ -666,7 +667,11 @@ pub(crate) async fn decide(
                 requestor: caller.name.clone(),
                 justification: req.justification.clone(),
                 caller_address: caller.address.to_string(),
-                status: if d.denied { "Denied" } else { "Initiated" }.into(),
+                status: if d.denied {
+                    PortStatus::Denied
+                } else {
+                    PortStatus::Initiated
+                },
                 virtual_machines: rec_vms,
                 denial_reasons: d.reasons.clone(),
             },

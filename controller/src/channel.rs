@@ -28,8 +28,9 @@ use uuid::Uuid;
 
 use crate::agents::{AGENT_URI_PREFIX, HeartbeatJson};
 use crate::error::{SetupError, StoreError};
-use crate::model::{OnExpiry, ProtoSel, now_ms};
+use crate::model::now_ms;
 use crate::store::{Actor, Store, op};
+use jitgate_api::ProtoSel;
 
 /// Keepalive: a Ping after this long without traffic from the agent.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
@@ -369,19 +370,14 @@ impl Conn {
                     tracing::error!(vm = %self.vm, number = pp.number, "stored policy port out of range");
                     continue;
                 };
-                let protos: &[Protocol] = match ProtoSel::parse(&pp.protocol) {
-                    Ok(ProtoSel::Tcp) => &[Protocol::Tcp],
-                    Ok(ProtoSel::Udp) => &[Protocol::Udp],
-                    Ok(ProtoSel::Any) => &[Protocol::Tcp, Protocol::Udp],
+                let protos: &[Protocol] = match pp.protocol.parse::<ProtoSel>() {
+                    Ok(p) => p.expand(),
                     Err(_) => {
                         tracing::error!(vm = %self.vm, protocol = %pp.protocol, "stored policy protocol invalid");
                         continue;
                     }
                 };
-                let on_expiry = match pp.on_expiry {
-                    OnExpiry::Keep => jitgate_common::OnExpiry::Keep,
-                    OnExpiry::Cut => jitgate_common::OnExpiry::Cut,
-                };
+                let on_expiry = pp.on_expiry;
                 for &protocol in protos {
                     let p = ProtectedPort {
                         protocol,

@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use jitgate_api::{
+    AgentAuditVerify, AgentChainReport, AgentRecord as AgentRecordJson,
+    Connection as ConnectionJson, ConnectionOutcome, GrantOrigin, ViewQuery,
+};
 use sqlx::Row;
 
 use crate::error::{ApiError, StoreError};
@@ -43,74 +46,20 @@ impl RecordFields {
     }
 }
 
-/// One connection attempt seen by a VM's agent (`GET /api/v1/virtualMachines/{vm}/connections`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionJson {
-    /// When the kernel saw it (agent clock).
-    pub time_utc: String,
-    pub virtual_machine: String,
-    pub agent_id: String,
-    /// admitted | denied
-    pub outcome: String,
-    /// address:port of the client.
-    pub source: Option<String>,
-    pub protocol: Option<String>,
-    pub port: Option<u16>,
-    /// The grant that admitted it.
-    pub grant_id: Option<String>,
-    /// controller (a request) | local (break-glass on the host) | unknown
-    pub grant_origin: Option<String>,
-    pub request_id: Option<String>,
-    /// Who asked for the access: the requestor, or the local actor of a break-glass grant.
-    pub requestor: Option<String>,
-    pub justification: Option<String>,
-    /// Why a denied attempt was dropped (no_grant, expired, ...).
-    pub reason: Option<String>,
-}
-
-/// One record as the agent wrote it (`GET /api/v1/virtualMachines/{vm}/agentAudit`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AgentRecordJson {
-    pub agent_id: String,
-    pub received_time_utc: String,
-    /// The agent's hash-chained record, verbatim (a string if it is not JSON).
-    pub record: serde_json::Value,
-}
-
-/// Filters shared by both views; times are RFC 3339, `to` exclusive.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ViewQuery {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub limit: Option<i64>,
-    /// connections: also list denied attempts. agentAudit: ignored.
-    #[serde(default)]
-    pub denied: bool,
-    /// agentAudit: only this record kind (e.g. grant.applied). connections: ignored.
-    pub kind: Option<String>,
-    /// connections: json (default) or csv.
-    pub format: Option<String>,
-}
-
 struct Bounds {
     from: i64,
     to: i64,
     limit: i64,
 }
 
-impl ViewQuery {
-    fn bounds(&self) -> Result<Bounds, ApiError> {
-        let from = self.from.as_deref().map(parse_time).transpose()?;
-        let to = self.to.as_deref().map(parse_time).transpose()?;
-        Ok(Bounds {
-            from: from.unwrap_or(i64::MIN),
-            to: to.unwrap_or(i64::MAX),
-            limit: self.limit.unwrap_or(1000).clamp(1, 100_000),
-        })
-    }
+fn bounds(q: &ViewQuery) -> Result<Bounds, ApiError> {
+    let from = q.from.as_deref().map(parse_time).transpose()?;
+    let to = q.to.as_deref().map(parse_time).transpose()?;
+    Ok(Bounds {
+        from: from.unwrap_or(i64::MIN),
+        to: to.unwrap_or(i64::MAX),
+        limit: q.limit.unwrap_or(1000).clamp(1, 100_000),
+    })
 }
 
 /// The connection history as CSV (`?format=csv`).
@@ -136,7 +85,7 @@ pub fn to_csv(v: &[ConnectionJson]) -> String {
             vec![
                 c.time_utc.clone(),
                 c.virtual_machine.clone(),
-                c.outcome.clone(),
+                c.outcome.to_string(),
                 o(&c.source),
                 o(&c.protocol),
                 c.port.map(|p| p.to_string()).unwrap_or_default(),
@@ -144,7 +93,10 @@ pub fn to_csv(v: &[ConnectionJson]) -> String {
                 o(&c.request_id),
                 o(&c.justification),
                 o(&c.grant_id),
-                o(&c.grant_origin),
+                c.grant_origin
+                    .as_ref()
+                    .map(|g| g.to_string())
+                    .unwrap_or_default(),
                 o(&c.reason),
                 c.agent_id.clone(),
             ]
@@ -161,7 +113,7 @@ impl Store {
     /// The VM's connection history, newest first, across all its agents (also revoked ones:
     /// what they saw before decommissioning stays evidence).
     pub async fn connections(&self, vm: &str, q: &ViewQuery) -> Result<Vec<ConnectionJson>> {
-        let b = q.bounds()?;
+        let b = bounds(q)?;
         let denied = if q.denied { DENIED } else { ADMITTED };
         let rows = sqlx::query(
             "SELECT a.agent_id, a.line, a.at_ms, g.request_id, r.requestor, r.justification \
@@ -190,7 +142,7 @@ impl Store {
             let kind: Option<String> = field(&v, "kind");
             let grant_id: Option<String> = field(&v, "grantId");
             let (origin, requestor, justification) = match (&request_id, &grant_id) {
-                (Some(_), _) => (Some("controller".to_string()), r.try_get(4)?, r.try_get(5)?),
+                (Some(_), _) => (Some(GrantOrigin::Controller), r.try_get(4)?, r.try_get(5)?),
                 (None, Some(g)) => {
                     let key = (agent_id.clone(), g.clone());
                     let actor = match local.get(&key) {
@@ -201,8 +153,12 @@ impl Store {
                             a
                         }
                     };
-                    let origin = if actor.is_some() { "local" } else { "unknown" };
-                    (Some(origin.to_string()), actor, None)
+                    let origin = if actor.is_some() {
+                        GrantOrigin::Local
+                    } else {
+                        GrantOrigin::Unknown
+                    };
+                    (Some(origin), actor, None)
                 }
                 (None, None) => (None, None, None),
             };
@@ -211,11 +167,10 @@ impl Store {
                 virtual_machine: vm.to_string(),
                 agent_id,
                 outcome: if kind.as_deref() == Some(DENIED) {
-                    "denied"
+                    ConnectionOutcome::Denied
                 } else {
-                    "admitted"
-                }
-                .to_string(),
+                    ConnectionOutcome::Admitted
+                },
                 source: field(&v, "source"),
                 protocol: field(&v, "protocol"),
                 port: field(&v, "port"),
@@ -254,7 +209,7 @@ impl Store {
         vm: &str,
         q: &ViewQuery,
     ) -> Result<Vec<AgentRecordJson>> {
-        let b = q.bounds()?;
+        let b = bounds(q)?;
         // Records stored before schema version 4 have no time column: they are listed when no
         // time bound is given.
         let unbounded = q.from.is_none() && q.to.is_none();
@@ -284,34 +239,6 @@ impl Store {
             })
             .collect()
     }
-}
-
-/// The verification of one agent's delivered audit records.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AgentChainReport {
-    pub agent_id: String,
-    pub ok: bool,
-    pub records: i64,
-    pub first_seq: Option<i64>,
-    pub last_seq: Option<i64>,
-    /// Signed `audit.checkpoint` records verified against the agent's certificate.
-    pub checkpoints: i64,
-    /// Records up to this seq are under the agent's signature.
-    pub covered_seq: Option<i64>,
-    /// Records after the last checkpoint (chained, not yet signed).
-    pub uncovered: i64,
-    pub first_bad_seq: Option<i64>,
-    pub problem: Option<String>,
-}
-
-/// Every agent of a VM, verified.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AgentAuditVerify {
-    pub ok: bool,
-    pub vm: String,
-    pub agents: Vec<AgentChainReport>,
 }
 
 impl Store {

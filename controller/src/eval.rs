@@ -7,14 +7,9 @@
 
 use jitgate_common::{Protocol, SourcePrefix};
 
-use crate::model::{OnExpiry, Policy, ProtoSel, RequestedPort, fmt_duration, fmt_time, proto_str};
+use jitgate_api::{OnExpiry, ProtoSel, StatusReason};
 
-pub const PORT_NOT_IN_POLICY: &str = "PortNotInPolicy";
-pub const PROTOCOL_NOT_ALLOWED: &str = "ProtocolNotAllowed";
-pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
-pub const DURATION_EXCEEDS_MAXIMUM: &str = "DurationExceedsMaximum";
-pub const END_TIME_IN_PAST: &str = "EndTimeInPast";
-pub const NO_POLICY: &str = "NoPolicy";
+use crate::model::{Policy, RequestedPort, fmt_duration, fmt_time};
 
 /// A grant an approved port becomes: one per (concrete protocol, prefix).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,24 +24,24 @@ pub struct PortOutcome {
     /// The protocol the port was evaluated for (the request's, else the policy's).
     pub protocol: ProtoSel,
     /// (reason code, message); empty means approved.
-    pub reasons: Vec<(&'static str, String)>,
+    pub reasons: Vec<(StatusReason, String)>,
     pub grants: Vec<PlannedGrant>,
 }
 
 /// Evaluates one requested port of a VM.
 pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64) -> PortOutcome {
-    let mut reasons: Vec<(&'static str, String)> = Vec::new();
+    let mut reasons: Vec<(StatusReason, String)> = Vec::new();
     let mut grants = Vec::new();
     let n = port.number;
     if port.end_ms <= now_ms {
         reasons.push((
-            END_TIME_IN_PAST,
+            StatusReason::EndTimeInPast,
             format!("endTimeUtc {} is not in the future", fmt_time(port.end_ms)),
         ));
     }
     let Some(policy) = policy else {
         reasons.push((
-            NO_POLICY,
+            StatusReason::NoPolicy,
             "the VM has no JIT policy (neither its own nor its resource group's)".into(),
         ));
         return PortOutcome {
@@ -58,7 +53,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
     let entries: Vec<_> = policy.ports.iter().filter(|p| p.number == n).collect();
     if entries.is_empty() {
         reasons.push((
-            PORT_NOT_IN_POLICY,
+            StatusReason::PortNotInPolicy,
             format!("port {n} is not in the VM's JIT policy"),
         ));
         return PortOutcome {
@@ -80,10 +75,14 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
         // lists every reason.
         let exact = policy.entry(n, proto);
         let entry = exact.unwrap_or(entries[0]);
-        if exact.is_none() && !reasons.iter().any(|r| r.0 == PROTOCOL_NOT_ALLOWED) {
+        if exact.is_none()
+            && !reasons
+                .iter()
+                .any(|r| r.0 == StatusReason::ProtocolNotAllowed)
+        {
             let allowed: Vec<&str> = entries.iter().map(|e| e.protocol.as_str()).collect();
             reasons.push((
-                PROTOCOL_NOT_ALLOWED,
+                StatusReason::ProtocolNotAllowed,
                 format!(
                     "port {n} is in the policy for {} only, not {}",
                     allowed.join(", "),
@@ -115,7 +114,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
     }
     if !source_bad.is_empty() {
         reasons.push((
-            SOURCE_NOT_ALLOWED,
+            StatusReason::SourceNotAllowed,
             format!(
                 "source {} is not inside the allowed source prefixes of port {n}/{}",
                 source_bad.join(", "),
@@ -125,7 +124,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
     }
     if let Some(max) = over_max {
         reasons.push((
-            DURATION_EXCEEDS_MAXIMUM,
+            StatusReason::DurationExceedsMaximum,
             format!(
                 "the window of {} exceeds port {n}'s maximum of {}",
                 fmt_duration(window_secs),
@@ -145,5 +144,5 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
 
 /// The label of a grant's protocol, for logs.
 pub fn grant_label(g: &PlannedGrant, port: u16) -> String {
-    format!("{}/{} from {}", port, proto_str(g.protocol), g.prefix)
+    format!("{}/{} from {}", port, ProtoSel::from(g.protocol), g.prefix)
 }

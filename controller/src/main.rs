@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use jitgate_controller::auth::{Role, Scope};
+use jitgate_controller::auth::{self, Scope};
 use jitgate_controller::model;
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::store::{Actor, Store, StoreOptions, TokenInfo};
@@ -258,8 +258,8 @@ async fn run(cli: Cli) -> Result<()> {
                     scope,
                     expires_in,
                 } => {
-                    let role = Role::parse(&role)?;
-                    let scope = Scope::parse(&scope)?;
+                    let role = auth::parse_role(&role)?;
+                    let scope = auth::parse_scope(&scope)?;
                     let expires = match expires_in {
                         Some(d) => {
                             let secs = model::parse_duration(&d)?;
@@ -368,8 +368,8 @@ async fn run(cli: Cli) -> Result<()> {
                                 "{:<24} {:<20} {:<16} {:<9} {}",
                                 x.name,
                                 x.resource_group,
-                                x.policy_source.as_deref().unwrap_or("-"),
-                                x.status,
+                                x.policy_source.map(|p| p.as_str()).unwrap_or("-"),
+                                x.status.as_str(),
                                 x.addresses.join(" ")
                             );
                         }
@@ -407,7 +407,7 @@ fn print_enroll(vm: &str, token: &str, expires: i64, json: bool, added: bool) {
     }
 }
 
-fn print_agents(v: &[jitgate_controller::agents::AgentJson], json: bool) -> Result<()> {
+fn print_agents(v: &[jitgate_api::Agent], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
@@ -421,7 +421,7 @@ fn print_agents(v: &[jitgate_controller::agents::AgentJson], json: bool) -> Resu
             "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} {}",
             a.virtual_machine,
             a.agent_id,
-            a.connection,
+            a.connection.as_str(),
             a.last_seen_time_utc.as_deref().unwrap_or("-"),
             if a.interfaces.is_empty() {
                 "-".to_string()

@@ -6,6 +6,7 @@
 //! head (the `counters` row `chain`), appends its activity entries, and commits; any error
 //! rolls the whole change back, so nothing is written on an error.
 
+use jitgate_api::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,9 +17,11 @@ use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::auth::{self, Caller, Role, Scope};
 use crate::error::{ApiError, StoreError};
-use crate::model::{
-    self, DenialReason, Initiate, OnExpiry, Policy, PolicyJson, RequestJson, RequestPortJson,
-    RequestVmJson, fmt_time, now_ms,
+use crate::model::{self, Initiate, Policy, fmt_time, now_ms};
+use jitgate_api::{
+    ActivityQuery as ActivityFilter, AgentConnection, DenialReason, OnExpiry, PolicyBody,
+    PolicyScope, PolicyView, PortStatus, RequestPort as RequestPortJson,
+    RequestView as RequestJson, RequestVm as RequestVmJson, StatusReason, Vm as VmJson,
 };
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -161,61 +164,16 @@ pub struct NewActivityOwned {
     pub details: serde_json::Value,
 }
 
-/// A filter over the activity log.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ActivityFilter {
-    pub resource_type: Option<String>,
-    pub vm: Option<String>,
-    pub resource_group: Option<String>,
-    pub caller: Option<String>,
-    /// RFC 3339 lower bound (inclusive).
-    pub from: Option<String>,
-    /// RFC 3339 upper bound (exclusive).
-    pub to: Option<String>,
-    /// Entries with seq greater than this (paging).
-    pub after: Option<i64>,
-    pub limit: Option<i64>,
-    /// json (default), jsonl or csv.
-    pub format: Option<String>,
-}
-
 /// The activity log's verification report (shared with offline verification).
 pub use jitgate_proto::audit::Report as VerifyReport;
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct VmJson {
-    pub name: String,
-    pub resource_group: String,
-    pub addresses: Vec<String>,
-    /// "virtualMachine", "resourceGroup" or null: where the effective policy comes from.
-    pub policy_source: Option<String>,
-    /// The VM's agent: online | degraded (connected, enforcement detached or partial, or the
-    /// program unhealthy) | offline | none (no agent enrolled).
-    pub status: String,
-    /// Why it is degraded.
-    pub problems: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicyView {
-    /// "virtualMachine" or "resourceGroup".
-    pub scope: String,
-    pub name: String,
-    pub ports: Vec<model::PolicyPortJson>,
-    pub updated_time_utc: String,
-    pub updated_by: String,
-}
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
-    pub role: String,
-    pub scope: String,
+    pub role: Role,
+    pub scope: Scope,
     pub created_time_utc: String,
     pub expires_time_utc: Option<String>,
     pub revoked_time_utc: Option<String>,
@@ -774,8 +732,8 @@ impl Store {
         if revoked.is_some() || expires.is_some_and(|e| e <= now_ms()) {
             return Ok(None);
         }
-        let role = Role::parse(&row.try_get::<String, _>(2)?).map_err(ai)?;
-        let scope = Scope::parse(&row.try_get::<String, _>(3)?).map_err(ai)?;
+        let role = auth::parse_role(&row.try_get::<String, _>(2)?).map_err(ai)?;
+        let scope = auth::parse_scope(&row.try_get::<String, _>(3)?).map_err(ai)?;
         Ok(Some((row.try_get(0)?, row.try_get(1)?, role, scope)))
     }
 
@@ -791,7 +749,9 @@ impl Store {
         model::validate_name("token", name)?;
         let mut w = self.begin_write().await?;
         if expires_ms.is_some_and(|e| e <= w.now) {
-            return Err(ApiError::bad_request("InvalidTime", "the expiry is in the past").into());
+            return Err(
+                ApiError::bad_request(ErrorCode::InvalidTime, "the expiry is in the past").into(),
+            );
         }
         let id = format!("tok_{}", auth::random_id(8));
         let secret = auth::new_token();
@@ -803,7 +763,7 @@ impl Store {
         .bind(name)
         .bind(auth::hash_token(&secret))
         .bind(role.as_str())
-        .bind(scope.to_string_form())
+        .bind(scope.to_string())
         .bind(w.now)
         .bind(expires_ms)
         .execute(&mut *w.tx)
@@ -811,8 +771,8 @@ impl Store {
         let info = TokenInfo {
             id: id.clone(),
             name: name.into(),
-            role: role.as_str().into(),
-            scope: scope.to_string_form(),
+            role,
+            scope: scope.clone(),
             created_time_utc: fmt_time(w.now),
             expires_time_utc: expires_ms.map(fmt_time),
             revoked_time_utc: None,
@@ -826,7 +786,7 @@ impl Store {
             outcome: "Succeeded",
             request_id: "",
             details: serde_json::json!({"tokenId": id, "name": name, "role": role.as_str(),
-                "scope": scope.to_string_form(), "expiresTimeUtc": info.expires_time_utc}),
+                "scope": scope.to_string(), "expiresTimeUtc": info.expires_time_utc}),
         })
         .await?;
         w.commit().await?;
@@ -844,8 +804,8 @@ impl Store {
                 Ok(TokenInfo {
                     id: r.try_get(0)?,
                     name: r.try_get(1)?,
-                    role: r.try_get(2)?,
-                    scope: r.try_get(3)?,
+                    role: auth::parse_role(&r.try_get::<String, _>(2)?).map_err(ai)?,
+                    scope: auth::parse_scope(&r.try_get::<String, _>(3)?).map_err(ai)?,
                     created_time_utc: fmt_time(r.try_get(4)?),
                     expires_time_utc: r.try_get::<Option<i64>, _>(5)?.map(fmt_time),
                     revoked_time_utc: r.try_get::<Option<i64>, _>(6)?.map(fmt_time),
@@ -861,11 +821,13 @@ impl Store {
             .fetch_optional(&mut *w.tx)
             .await?;
         let Some(row) = row else {
-            return Err(ApiError::not_found("TokenNotFound", format!("no token {id}")).into());
+            return Err(
+                ApiError::not_found(ErrorCode::TokenNotFound, format!("no token {id}")).into(),
+            );
         };
         if row.try_get::<Option<i64>, _>(1)?.is_some() {
             return Err(ApiError::conflict(
-                "TokenAlreadyRevoked",
+                ErrorCode::TokenAlreadyRevoked,
                 format!("token {id} is already revoked"),
             )
             .into());
@@ -897,7 +859,7 @@ impl Store {
         model::validate_name("resource group", name)?;
         if owner.trim().is_empty() || owner.len() > 256 {
             return Err(ApiError::bad_request(
-                "InvalidRequest",
+                ErrorCode::InvalidRequest,
                 "a resource group needs an owner (1-256 characters)",
             )
             .into());
@@ -909,7 +871,7 @@ impl Store {
             .await?;
         if exists.is_some() {
             return Err(ApiError::conflict(
-                "ResourceGroupExists",
+                ErrorCode::ResourceGroupExists,
                 format!("resource group {name} already exists"),
             )
             .into());
@@ -963,7 +925,7 @@ impl Store {
             .await?;
         if g.is_none() {
             return Err(ApiError::not_found(
-                "ResourceGroupNotFound",
+                ErrorCode::ResourceGroupNotFound,
                 format!("no resource group {group} (add it first with `jit-controller rg add`)"),
             )
             .into());
@@ -973,7 +935,11 @@ impl Store {
             .fetch_optional(&mut *w.tx)
             .await?;
         if exists.is_some() {
-            return Err(ApiError::conflict("VmExists", format!("VM {name} already exists")).into());
+            return Err(ApiError::conflict(
+                ErrorCode::VmExists,
+                format!("VM {name} already exists"),
+            )
+            .into());
         }
         sqlx::query(
             "INSERT INTO vms (name, resource_group, addresses, created_ms) VALUES ($1, $2, $3, $4)",
@@ -1005,7 +971,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
-            return Err(ApiError::not_found("VmNotFound", format!("no VM {name}")).into());
+            return Err(ApiError::not_found(ErrorCode::VmNotFound, format!("no VM {name}")).into());
         };
         let addrs: Vec<String> = serde_json::from_str(&row.try_get::<String, _>(1)?)?;
         Ok((row.try_get(0)?, addrs))
@@ -1042,7 +1008,7 @@ impl Store {
                 continue;
             }
             let (status, problems) = match agents.get(&name) {
-                None => ("none", Vec::new()),
+                None => (AgentConnection::NoAgent, Vec::new()),
                 Some(a) => {
                     let st = crate::agents::AgentState::of(
                         &a.id,
@@ -1055,13 +1021,13 @@ impl Store {
                         (Some(h), crate::agents::AgentState::Degraded) => h.problems_at(now),
                         _ => Vec::new(),
                     };
-                    (st.as_str(), problems)
+                    (st.connection(), problems)
                 }
             };
             let policy_source = if has.contains(&("vm".to_string(), name.clone())) {
-                Some("virtualMachine".to_string())
+                Some(PolicyScope::VirtualMachine)
             } else if has.contains(&("rg".to_string(), group.clone())) {
-                Some("resourceGroup".to_string())
+                Some(PolicyScope::ResourceGroup)
             } else {
                 None
             };
@@ -1070,7 +1036,7 @@ impl Store {
                 name,
                 resource_group: group,
                 policy_source,
-                status: status.into(),
+                status,
                 problems,
             });
         }
@@ -1089,14 +1055,13 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let body: PolicyJson = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
+        let body: PolicyBody = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
         Ok(Some(PolicyView {
             scope: if kind == "vm" {
-                "virtualMachine"
+                PolicyScope::VirtualMachine
             } else {
-                "resourceGroup"
-            }
-            .into(),
+                PolicyScope::ResourceGroup
+            },
             name: name.into(),
             ports: body.ports,
             updated_time_utc: fmt_time(row.try_get(1)?),
@@ -1174,11 +1139,10 @@ impl Store {
         POLICY_GEN.send_modify(|g| *g = g.wrapping_add(1));
         Ok(PolicyView {
             scope: if kind == "vm" {
-                "virtualMachine"
+                PolicyScope::VirtualMachine
             } else {
-                "resourceGroup"
-            }
-            .into(),
+                PolicyScope::ResourceGroup
+            },
             name: name.into(),
             ports: pj.ports,
             updated_time_utc: fmt_time(now),
@@ -1202,7 +1166,7 @@ impl Store {
             .rows_affected();
         if n == 0 {
             return Err(ApiError::not_found(
-                "PolicyNotFound",
+                ErrorCode::PolicyNotFound,
                 format!("{name} has no JIT policy of its own"),
             )
             .into());
@@ -1311,7 +1275,7 @@ impl Store {
         .await?;
         if active.is_empty() {
             return Err(ApiError::conflict(
-                "RequestNotActive",
+                ErrorCode::RequestNotActive,
                 format!(
                     "request {id} has no active access to revoke (status {})",
                     rec.status
@@ -1870,7 +1834,7 @@ async fn load_request(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Reques
     let Some(row) = row else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "RequestNotFound",
+            ErrorCode::RequestNotFound,
             format!("no request {id}"),
         )
         .into());
@@ -1895,20 +1859,24 @@ async fn load_request(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Reques
         } else {
             (None, Some(list))
         };
-        let status: String = p.try_get(6)?;
+        let status: PortStatus = p.try_get::<String, _>(6)?.parse().map_err(ai)?;
         statuses.push(status.clone());
         let port = RequestPortJson {
             number: u16::try_from(p.try_get::<i64, _>(2)?).map_err(ai)?,
-            protocol: p.try_get(3)?,
+            protocol: p.try_get::<String, _>(3)?.parse().map_err(ai)?,
             allowed_source_address_prefix: one,
             allowed_source_address_prefixes: many,
             end_time_utc: fmt_time(p.try_get(5)?),
             status,
-            status_reason: p.try_get(7)?,
+            status_reason: p
+                .try_get::<Option<String>, _>(7)?
+                .map(|r| r.parse::<StatusReason>())
+                .transpose()
+                .map_err(ai)?,
             on_expiry: p
                 .try_get::<Option<String>, _>(8)?
                 .as_deref()
-                .and_then(OnExpiry::parse),
+                .and_then(|s| s.parse::<OnExpiry>().ok()),
         };
         match vms.iter_mut().find(|v| v.id == vm) {
             Some(v) => v.ports.push(port),
@@ -1920,13 +1888,13 @@ async fn load_request(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Reques
         }
     }
     let status = if denied {
-        "Denied"
-    } else if statuses.iter().any(|s| s == "Initiated") {
-        "Initiated"
-    } else if statuses.iter().any(|s| s == "Applied") {
-        "Applied"
+        PortStatus::Denied
+    } else if statuses.contains(&PortStatus::Initiated) {
+        PortStatus::Initiated
+    } else if statuses.contains(&PortStatus::Applied) {
+        PortStatus::Applied
     } else {
-        "Revoked"
+        PortStatus::Revoked
     };
     Ok(RequestJson {
         id: id.into(),
@@ -1934,7 +1902,7 @@ async fn load_request(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Reques
         requestor: row.try_get(0)?,
         justification: row.try_get(2)?,
         caller_address: row.try_get(1)?,
-        status: status.into(),
+        status,
         virtual_machines: vms,
         denial_reasons,
     })
@@ -1949,7 +1917,9 @@ async fn ack_in(w: &mut WriteTx, actor: &Actor, grant_id: &str) -> Result<()> {
     .fetch_optional(&mut *w.tx)
     .await?;
     let Some(row) = row else {
-        return Err(ApiError::not_found("GrantNotFound", format!("no grant {grant_id}")).into());
+        return Err(
+            ApiError::not_found(ErrorCode::GrantNotFound, format!("no grant {grant_id}")).into(),
+        );
     };
     let state: String = row.try_get(3)?;
     if state != "pending" {

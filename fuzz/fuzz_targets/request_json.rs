@@ -1,6 +1,6 @@
-//! The controller's JSON request bodies (controller/src/api.rs, model.rs): the initiate
-//! request and the JIT policy, parsed with the server's limits and validated as the handlers
-//! do.
+//! The controller's JSON request bodies (jitgate-api's types, parsed by the controller's HTTP
+//! layer and validated by its model): the initiate request and the JIT policy, parsed with the
+//! server's limits and validated as the handlers do.
 //!
 //! Properties: never a panic; a body over the server's size limit is refused; a policy that
 //! validates shows as JSON (`to_json`, what GET returns) that validates to the same policy; a
@@ -9,7 +9,8 @@
 #![no_main]
 
 use jitgate_controller::api::parse_body;
-use jitgate_controller::model::{Initiate, InitiateJson, MAX_JUSTIFICATION, Policy, PolicyJson};
+use jitgate_api::{InitiateBody as InitiateJson, PolicyBody as PolicyJson};
+use jitgate_controller::model::{Initiate, MAX_JUSTIFICATION, Policy};
 use jitgate_controller::state::DEFAULT_MAX_BODY_BYTES;
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,6 +1,7 @@
 //! Compliance in the database: assignments (audited in the activity log), scans with their
 //! per-resource results (history), and the exposures the last probe found.
 
+use jitgate_api::ErrorCode;
 use sqlx::Row;
 
 use super::{Assignment, POLICY_NAME, ResourceResult, ScanSummary, State};
@@ -8,6 +9,7 @@ use crate::auth::Scope;
 use crate::error::{ApiError, StoreError};
 use crate::model::fmt_time;
 use crate::store::{Actor, NewActivity, Store, op};
+use jitgate_api::{AssignmentEffect, ScanReason};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -30,9 +32,9 @@ pub struct Exposure {
 }
 
 fn assignment_scope(s: &str) -> Result<Scope, ApiError> {
-    match Scope::parse(s)? {
+    match crate::auth::parse_scope(s)? {
         Scope::Vm(_) => Err(ApiError::bad_request(
-            "InvalidScope",
+            ErrorCode::InvalidScope,
             "assign the compliance policy to the whole fleet (*) or a resource group (rg:NAME)",
         )),
         x => Ok(x),
@@ -50,9 +52,13 @@ impl Store {
             .map(|r| {
                 Ok(Assignment {
                     id: r.try_get(0)?,
-                    scope: r.try_get(1)?,
+                    scope: crate::auth::parse_scope(&r.try_get::<String, _>(1)?)
+                        .map_err(|e| StoreError::Corrupt(e.message))?,
                     policy: POLICY_NAME.into(),
-                    effect: r.try_get(2)?,
+                    effect: r
+                        .try_get::<String, _>(2)?
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
                     created_time_utc: fmt_time(r.try_get(3)?),
                     created_by: r.try_get(4)?,
                 })
@@ -68,7 +74,7 @@ impl Store {
             Scope::ResourceGroup(g) => {
                 if !self.group_exists(g).await? {
                     return Err(ApiError::not_found(
-                        "ResourceGroupNotFound",
+                        ErrorCode::ResourceGroupNotFound,
                         format!("no resource group {g}"),
                     )
                     .into());
@@ -77,7 +83,7 @@ impl Store {
             }
             _ => String::new(),
         };
-        let scope = sc.to_string_form();
+        let scope = sc.to_string();
         let id = format!("asg_{}", uuid::Uuid::new_v4().simple());
         let mut w = self.begin_write().await?;
         let n = sqlx::query(
@@ -93,7 +99,7 @@ impl Store {
         .rows_affected();
         if n == 0 {
             return Err(ApiError::conflict(
-                "AssignmentExists",
+                ErrorCode::AssignmentExists,
                 format!("the compliance policy is already assigned at {scope}"),
             )
             .into());
@@ -114,9 +120,9 @@ impl Store {
         w.commit().await?;
         Ok(Assignment {
             id,
-            scope,
+            scope: sc,
             policy: POLICY_NAME.into(),
-            effect: "audit".into(),
+            effect: AssignmentEffect::Audit,
             created_time_utc: fmt_time(now),
             created_by: actor.name.clone(),
         })
@@ -130,7 +136,7 @@ impl Store {
             .await?;
         let Some(row) = row else {
             return Err(ApiError::not_found(
-                "AssignmentNotFound",
+                ErrorCode::AssignmentNotFound,
                 format!("no compliance assignment {id}"),
             )
             .into());
@@ -161,7 +167,7 @@ impl Store {
             .compliance_assignments()
             .await?
             .iter()
-            .filter_map(|a| Scope::parse(&a.scope).ok())
+            .map(|a| a.scope.clone())
             .collect();
         let rows = sqlx::query(
             "SELECT v.name, v.resource_group, g.owner, v.addresses FROM vms v \
@@ -257,7 +263,7 @@ impl Store {
     /// Stores one evaluation and returns its summary.
     pub async fn store_scan(
         &self,
-        reason: &str,
+        reason: &ScanReason,
         probed: bool,
         results: &[ResourceResult],
     ) -> Result<ScanSummary> {
@@ -278,7 +284,7 @@ impl Store {
         )
         .bind(id)
         .bind(w.now)
-        .bind(reason)
+        .bind(reason.as_str())
         .bind(i64::from(probed))
         .bind(c)
         .bind(nc)
@@ -293,7 +299,7 @@ impl Store {
             )
             .bind(id)
             .bind(&r.resource)
-            .bind(&r.kind)
+            .bind(r.kind.as_str())
             .bind(&r.resource_group)
             .bind(&r.owner)
             .bind(r.state.as_str())
@@ -306,7 +312,7 @@ impl Store {
         Ok(ScanSummary {
             scan_id: id,
             time_utc: fmt_time(now),
-            reason: reason.into(),
+            reason: reason.clone(),
             probed,
             compliant: c,
             non_compliant: nc,
@@ -321,7 +327,10 @@ impl Store {
         Ok(ScanSummary {
             scan_id: r.try_get(0)?,
             time_utc: fmt_time(r.try_get(1)?),
-            reason: r.try_get(2)?,
+            reason: r
+                .try_get::<String, _>(2)?
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
             probed: r.try_get::<i64, _>(3)? != 0,
             compliant: c,
             non_compliant: nc,
@@ -373,12 +382,15 @@ impl Store {
                 let state: String = r.try_get(4)?;
                 Ok(ResourceResult {
                     resource: r.try_get(0)?,
-                    kind: r.try_get(1)?,
+                    kind: r
+                        .try_get::<String, _>(1)?
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
                     resource_group: r.try_get(2)?,
                     owner: r.try_get(3)?,
-                    state: State::parse(&state).ok_or_else(|| {
-                        StoreError::Corrupt(format!("compliance state {state:?}"))
-                    })?,
+                    state: state
+                        .parse::<State>()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
                     findings: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
                 })
             })

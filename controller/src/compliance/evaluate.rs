@@ -3,6 +3,7 @@
 //! non-loopback interface with an address, the agent healthy and connected) and the last
 //! probe found none of them reachable without a grant.
 
+use jitgate_api::ErrorCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -10,15 +11,18 @@ use std::str::FromStr;
 use jitgate_common::{ProtectedPort, Protocol, SourcePrefix};
 
 use super::db::{Exposure, VmRow};
-use super::{Finding, ResourceResult, ScanSummary, Settings, State, probe};
+use super::{
+    Finding, FindingCode, ResourceKind, ResourceResult, ScanSummary, Settings, State, probe,
+    state_of,
+};
 use crate::agents::{AgentRecord, online};
 use crate::error::StoreError;
 use crate::model::{fmt_time, now_ms};
 use crate::store::Store;
 
-fn finding(code: &str, reason: impl Into<String>) -> Finding {
+fn finding(code: FindingCode, reason: impl Into<String>) -> Finding {
     Finding {
-        code: code.into(),
+        code,
         port: None,
         interface: None,
         address: None,
@@ -36,13 +40,11 @@ pub fn evaluate_vm(
 ) -> ResourceResult {
     let mut f = Vec::new();
     match agent {
-        None => f.push(finding(
-            "NoAgent",
+        None => f.push(finding(FindingCode::NoAgent,
             "no agent is enrolled on this VM: nothing reports its listening ports or enforcement",
         )),
         Some(a) if !online(&a.id, a.last_seen_ms, now) && a.last_seen_ms.is_none_or(|l| now - l > s.offline_grace_ms) => {
-            f.push(finding(
-                "AgentOffline",
+            f.push(finding(FindingCode::AgentOffline,
                 match a.last_seen_ms {
                     Some(l) => format!(
                         "the agent has been offline since {} (longer than the {} s grace period): enforcement cannot be confirmed",
@@ -54,17 +56,15 @@ pub fn evaluate_vm(
             ));
         }
         Some(a) => match &a.heartbeat {
-            None => f.push(finding("NoStatusReport", "the agent has not reported its status yet")),
-            Some(hb) if !hb.status_reported => f.push(finding(
-                "NoStatusReport",
+            None => f.push(finding(FindingCode::NoStatusReport, "the agent has not reported its status yet")),
+            Some(hb) if !hb.status_reported => f.push(finding(FindingCode::NoStatusReport,
                 "the agent's heartbeat carries no enforcement state (agent older than this controller)",
             )),
             Some(hb) => {
                 if let Some(r) = hb.received_ms
                     && now - r > crate::agents::ONLINE_WITHIN_MS
                 {
-                    f.push(finding(
-                        "StaleStatusReport",
+                    f.push(finding(FindingCode::StaleStatusReport,
                         format!(
                             "no status report since {}: the agent is connected but enforcement cannot be confirmed",
                             fmt_time(r)
@@ -72,17 +72,15 @@ pub fn evaluate_vm(
                     ));
                 }
                 for p in &hb.problems {
-                    f.push(finding("ProgramUnhealthy", p.clone()));
+                    f.push(finding(FindingCode::ProgramUnhealthy, p.clone()));
                 }
                 if hb.interfaces.is_empty() {
-                    f.push(finding(
-                        "EnforcementDetached",
+                    f.push(finding(FindingCode::EnforcementDetached,
                         "the JIT program is attached to no interface",
                     ));
                 }
                 for u in &hb.unattached {
-                    let mut x = finding(
-                        "InterfaceUnprotected",
+                    let mut x = finding(FindingCode::InterfaceUnprotected,
                         format!(
                             "{} has an address ({}) and the JIT program is not attached to it",
                             u.interface,
@@ -124,8 +122,7 @@ pub fn evaluate_vm(
                     }
                     .label();
                     let interface = interface_of(&sock.address, hb);
-                    let mut x = finding(
-                        "ListeningUnprotected",
+                    let mut x = finding(FindingCode::ListeningUnprotected,
                         format!(
                             "{label} listens on {} and is not in the agent's protected set",
                             sock.address
@@ -141,7 +138,7 @@ pub fn evaluate_vm(
     }
     for e in exposures.iter().filter(|e| e.vm == vm.name) {
         let mut x = finding(
-            "ReachableWithoutJit",
+            FindingCode::ReachableWithoutJit,
             format!(
                 "{}:{} accepted a TCP connection from the controller, which holds no active grant",
                 e.address, e.port
@@ -153,10 +150,10 @@ pub fn evaluate_vm(
     }
     ResourceResult {
         resource: vm.name.clone(),
-        kind: "virtualMachine".into(),
+        kind: ResourceKind::VirtualMachine,
         resource_group: vm.group.clone(),
         owner: vm.owner.clone(),
-        state: State::of(&f),
+        state: state_of(&f),
         findings: f,
     }
 }
@@ -183,14 +180,14 @@ fn interface_of(address: &str, hb: &crate::agents::HeartbeatJson) -> String {
 fn unmanaged(address: &str, ports: &[u16]) -> ResourceResult {
     ResourceResult {
         resource: address.into(),
-        kind: "unmanagedHost".into(),
+        kind: ResourceKind::UnmanagedHost,
         resource_group: String::new(),
         owner: String::new(),
         state: State::NonCompliant,
         findings: ports
             .iter()
             .map(|p| Finding {
-                code: "Unmanaged".into(),
+                code: FindingCode::Unmanaged,
                 port: Some(format!("{p}/TCP")),
                 interface: None,
                 address: Some(address.into()),
@@ -214,8 +211,12 @@ pub async fn probe_fleet(
         Some(r) => vec![r],
         None => s.ranges.clone(),
     };
-    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses)
-        .map_err(|e| StoreError::Api(crate::error::ApiError::bad_request("InvalidRange", e)))?;
+    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses).map_err(|e| {
+        StoreError::Api(crate::error::ApiError::bad_request(
+            ErrorCode::InvalidRange,
+            e,
+        ))
+    })?;
     let registered: HashMap<IpAddr, String> = store
         .registered_addresses()
         .await?
@@ -233,7 +234,7 @@ pub async fn probe_fleet(
     targets.dedup();
     if targets.len() > s.probe.max_addresses {
         return Err(StoreError::Api(crate::error::ApiError::bad_request(
-            "InvalidRange",
+            ErrorCode::InvalidRange,
             format!(
                 "the probe would cover {} addresses; the limit is {}",
                 targets.len(),
@@ -275,7 +276,7 @@ pub async fn probe_fleet(
 pub async fn run_scan(
     store: &Store,
     s: &Settings,
-    reason: &str,
+    reason: jitgate_api::ScanReason,
     probe: bool,
     range: Option<SourcePrefix>,
 ) -> Result<ScanSummary, StoreError> {
@@ -298,10 +299,10 @@ pub async fn run_scan(
     for (a, ports) in hosts {
         results.push(unmanaged(a, &ports));
     }
-    let sum = store.store_scan(reason, probe, &results).await?;
+    let sum = store.store_scan(&reason, probe, &results).await?;
     tracing::info!(
         scan = sum.scan_id,
-        reason,
+        reason = %reason,
         probed = probe,
         compliant = sum.compliant,
         non_compliant = sum.non_compliant,
@@ -373,7 +374,7 @@ mod tests {
         let bad = rec(hb(&[], &[("TCP", "::", 22)]), now);
         let r = evaluate_vm(&s, &vm(), Some(&bad), &[], now);
         assert_eq!(r.state, State::NonCompliant);
-        assert_eq!(r.findings[0].code, "ListeningUnprotected");
+        assert_eq!(r.findings[0].code, FindingCode::ListeningUnprotected);
         assert_eq!(r.findings[0].port.as_deref(), Some("22/TCP"));
         assert_eq!(r.findings[0].interface.as_deref(), Some("*"));
         // Detached and an unattached interface.
@@ -388,7 +389,7 @@ mod tests {
         assert_eq!(codes, ["EnforcementDetached", "InterfaceUnprotected"]);
         // Offline beyond the grace period (this process serves no agents: last_seen rules).
         let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now + s.offline_grace_ms + 60_000);
-        assert_eq!(r.findings[0].code, "AgentOffline");
+        assert_eq!(r.findings[0].code, FindingCode::AgentOffline);
         // The probe's word beats the agent's.
         let e = Exposure {
             address: "198.51.100.10".into(),
@@ -397,7 +398,7 @@ mod tests {
         };
         let r = evaluate_vm(&s, &vm(), Some(&ok), &[e], now);
         assert_eq!(r.state, State::NonCompliant);
-        assert_eq!(r.findings[0].code, "ReachableWithoutJit");
+        assert_eq!(r.findings[0].code, FindingCode::ReachableWithoutJit);
         // Connected (recent last_seen) but no status report for minutes: not confirmed.
         let mut stale = ok.clone();
         if let Some(h) = stale.heartbeat.as_mut() {
@@ -405,7 +406,7 @@ mod tests {
         }
         let r = evaluate_vm(&s, &vm(), Some(&stale), &[], now);
         assert_eq!(r.state, State::NonCompliant);
-        assert_eq!(r.findings[0].code, "StaleStatusReport");
+        assert_eq!(r.findings[0].code, FindingCode::StaleStatusReport);
         // No agent: unknown.
         let r = evaluate_vm(&s, &vm(), None, &[], now);
         assert_eq!(r.state, State::Unknown);

@@ -4,72 +4,33 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use jitgate_api::ErrorCode;
+use jitgate_api::{
+    AssignBody, ComplianceGroup as Group, ComplianceReport as Report, Format, GroupBy,
+    HistoryQuery, List, PolicyBody as PolicyJson, PolicyPort as PolicyPortJson, RemediateBody,
+    ReportQuery, ScanBody, ScanReason,
+};
 
-use super::{Assignment, ResourceResult, ScanSummary, State as CState};
-use crate::api::{AppState, Body, Format, Q, csv_response};
+use super::{Assignment, ResourceKind, ResourceResult, ScanSummary, State as CState};
+use crate::api::{AppState, Body, Q, csv_response, format_of};
 use crate::auth::{Caller, Role, Scope};
 use crate::error::ApiError;
-use crate::model::{Policy, PolicyJson, PolicyPortJson, parse_time};
+use crate::model::{Policy, parse_time};
 use crate::store::{Actor, NewActivity, op};
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReportQuery {
-    /// `*`, `rg:NAME` or `vm:NAME`.
-    scope: Option<String>,
-    /// resourceGroup | owner
-    group_by: Option<String>,
-    /// RFC 3339: the state as of the newest evaluation at or before this time.
-    at: Option<String>,
-    /// json (default) or csv.
-    format: Option<String>,
-}
-
-/// Non-compliant resources of one resource group or owner (a weekly remediation request).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Group {
-    pub key: String,
-    pub owner: String,
-    pub non_compliant: Vec<ResourceResult>,
-}
-
-/// `GET /api/v1/compliance`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Report {
-    /// The evaluation shown (null: none yet).
-    pub scan: Option<ScanSummary>,
-    /// Counts within the requested scope.
-    pub compliant: i64,
-    pub non_compliant: i64,
-    pub unknown: i64,
-    pub unmanaged: i64,
-    pub compliance_percentage: Option<f64>,
-    pub results: Vec<ResourceResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Vec<Group>>,
-}
 
 pub async fn report(
     State(st): State<AppState>,
     c: Caller,
     Q(q): Q<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    let want = q.scope.as_deref().map(Scope::parse).transpose()?;
+    let want = q
+        .scope
+        .as_deref()
+        .map(crate::auth::parse_scope)
+        .transpose()?;
     let at = q.at.as_deref().map(parse_time).transpose()?;
-    let group_by = match q.group_by.as_deref() {
-        None => None,
-        Some(g @ ("resourceGroup" | "resource-group" | "owner")) => Some(g.to_string()),
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "InvalidQuery",
-                format!("groupBy {other:?} is invalid: use resourceGroup or owner"),
-            ));
-        }
-    };
-    let csv = Format::parse(q.format.as_deref(), &[Format::Json, Format::Csv])? == Format::Csv;
+    let group_by = q.group_by;
+    let csv = format_of(q.format, &[Format::Json, Format::Csv])? == Format::Csv;
     let scan = st.store.scan_at(at).await?;
     let mut results = match &scan {
         Some(s) => st.store.scan_results(s.scan_id).await?,
@@ -77,7 +38,7 @@ pub async fn report(
     };
     results.retain(|r| {
         let visible = |sc: &Scope| {
-            if r.kind == "unmanagedHost" {
+            if r.kind == ResourceKind::UnmanagedHost {
                 *sc == Scope::All
             } else {
                 sc.covers_vm(&r.resource, &r.resource_group)
@@ -95,7 +56,7 @@ pub async fn report(
         unmanaged,
     } = super::Counts::of(&results);
     let groups = group_by.map(|g| {
-        let by_owner = g == "owner";
+        let by_owner = g == GroupBy::Owner;
         let mut out: Vec<Group> = Vec::new();
         for r in results.iter().filter(|r| r.state == CState::NonCompliant) {
             let key = if by_owner {
@@ -176,16 +137,6 @@ pub fn to_csv(results: &[ResourceResult]) -> String {
     crate::csv::write(&header, rows)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScanBody {
-    /// Probe the network first (default false: use the last probe's exposures).
-    #[serde(default)]
-    probe: bool,
-    /// Probe this range (CIDR) instead of the configured ones; it must lie inside one.
-    range: Option<String>,
-}
-
 pub async fn scan(
     State(st): State<AppState>,
     c: Caller,
@@ -198,7 +149,7 @@ pub async fn scan(
             let p = crate::model::parse_prefix(r)?;
             if !st.compliance.settings.ranges.iter().any(|c| c.contains(&p)) {
                 return Err(ApiError::bad_request(
-                    "RangeNotAllowed",
+                    ErrorCode::RangeNotAllowed,
                     format!(
                         "{p} is not inside a configured probe range ([compliance] probe_ranges)"
                     ),
@@ -209,24 +160,16 @@ pub async fn scan(
     };
     if range.is_some() && !b.probe {
         return Err(ApiError::bad_request(
-            "InvalidScan",
+            ErrorCode::InvalidScan,
             "range is only meaningful with probe: true",
         ));
     }
     tracing::info!(caller = %c.name, probe = b.probe, "compliance evaluation on demand");
-    let s = st.compliance.scan("on-demand", b.probe, range).await?;
+    let s = st
+        .compliance
+        .scan(ScanReason::OnDemand, b.probe, range)
+        .await?;
     Ok(Json(s).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryQuery {
-    limit: Option<i64>,
-}
-
-#[derive(Serialize)]
-struct List<T> {
-    value: Vec<T>,
 }
 
 pub async fn history(
@@ -239,19 +182,12 @@ pub async fn history(
         .store
         .scan_history(q.limit.unwrap_or(100).clamp(1, 10_000))
         .await?;
-    Ok(Json(List { value: v }).into_response())
+    Ok(Json(List::from(v)).into_response())
 }
 
 pub async fn assignments(State(st): State<AppState>, _c: Caller) -> Result<Response, ApiError> {
     let v: Vec<Assignment> = st.store.compliance_assignments().await?;
-    Ok(Json(List { value: v }).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AssignBody {
-    /// `*` (the whole fleet) or `rg:NAME`.
-    scope: String,
+    Ok(Json(List::from(v)).into_response())
 }
 
 pub async fn assign(
@@ -274,30 +210,18 @@ pub async fn unassign(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RemediateBody {
-    virtual_machine: String,
-    #[serde(default = "default_template")]
-    template: String,
-}
-
-fn default_template() -> String {
-    "default".into()
-}
-
 /// The JIT policy of a named template. `default`: every management port, from any source,
 /// for at most the configured duration.
 pub fn template(s: &super::Settings, name: &str) -> Result<PolicyJson, ApiError> {
     if name != "default" {
         return Err(ApiError::not_found(
-            "TemplateNotFound",
+            ErrorCode::TemplateNotFound,
             format!("no remediation template {name:?} (available: default)"),
         ));
     }
     let mut ports: Vec<PolicyPortJson> = Vec::new();
     for m in &s.ports {
-        let proto = crate::model::proto_str(m.protocol);
+        let proto = jitgate_api::ProtoSel::from(m.protocol).as_str();
         match ports
             .iter_mut()
             .find(|p| p.number == u32::from(m.port.get()))

@@ -181,8 +181,8 @@ impl Settings {
         if c.probe_timeout_ms == 0 || c.probe_timeout_ms > 30_000 {
             return Err(bad("probe_timeout_ms must be 1..=30000".into()));
         }
-        let template_max_secs = crate::model::parse_duration(&c.template_max_duration)
-            .map_err(|e| bad(format!("template_max_duration: {}", e.message)))?;
+        let template_max_secs = jitgate_api::duration::parse(&c.template_max_duration)
+            .map_err(|e| bad(format!("template_max_duration: {e}")))?;
         let s = Settings {
             ports,
             scan_every: secs(c.scan_every_seconds),
@@ -212,79 +212,20 @@ impl Settings {
     }
 }
 
-/// A finding: which port, which interface, and why.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Finding {
-    /// ListeningUnprotected | ReachableWithoutJit | EnforcementDetached | InterfaceUnprotected
-    /// | ProgramUnhealthy | StaleStatusReport | AgentOffline | NoAgent | NoStatusReport |
-    /// Unmanaged
-    pub code: String,
-    /// `22/TCP`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    pub reason: String,
-}
+pub use jitgate_api::{
+    Assignment, ComplianceResult as ResourceResult, ComplianceState as State, Finding, FindingCode,
+    ResourceKind, ScanSummary,
+};
 
-impl Finding {
-    /// Findings that leave the state unknown rather than non-compliant (nothing observed).
-    pub fn is_unknown(&self) -> bool {
-        matches!(self.code.as_str(), "NoAgent" | "NoStatusReport")
+/// From findings: none is compliant; only "nothing observed" ones is unknown.
+pub fn state_of(findings: &[Finding]) -> State {
+    if findings.is_empty() {
+        State::Compliant
+    } else if findings.iter().all(|f| f.code.is_unknown()) {
+        State::Unknown
+    } else {
+        State::NonCompliant
     }
-}
-
-/// Compliant | NonCompliant | Unknown
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum State {
-    Compliant,
-    NonCompliant,
-    Unknown,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Compliant => "Compliant",
-            State::NonCompliant => "NonCompliant",
-            State::Unknown => "Unknown",
-        }
-    }
-    pub fn parse(s: &str) -> Option<State> {
-        match s {
-            "Compliant" => Some(State::Compliant),
-            "NonCompliant" => Some(State::NonCompliant),
-            "Unknown" => Some(State::Unknown),
-            _ => None,
-        }
-    }
-    /// From findings: none is compliant; only "nothing observed" ones is unknown.
-    pub fn of(findings: &[Finding]) -> State {
-        if findings.is_empty() {
-            State::Compliant
-        } else if findings.iter().all(Finding::is_unknown) {
-            State::Unknown
-        } else {
-            State::NonCompliant
-        }
-    }
-}
-
-/// One evaluated resource.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ResourceResult {
-    /// The VM's name, or an unmanaged host's address.
-    pub resource: String,
-    /// virtualMachine | unmanagedHost
-    pub kind: String,
-    pub resource_group: String,
-    pub owner: String,
-    pub state: State,
-    pub findings: Vec<Finding>,
 }
 
 /// VMs per state, and unmanaged hosts, among results.
@@ -300,55 +241,19 @@ impl Counts {
         let vms = |st: State| {
             results
                 .iter()
-                .filter(|r| r.kind == "virtualMachine" && r.state == st)
+                .filter(|r| r.kind == ResourceKind::VirtualMachine && r.state == st)
                 .count() as i64
         };
         Counts {
             compliant: vms(State::Compliant),
             non_compliant: vms(State::NonCompliant),
             unknown: vms(State::Unknown),
-            unmanaged: results.iter().filter(|r| r.kind == "unmanagedHost").count() as i64,
+            unmanaged: results
+                .iter()
+                .filter(|r| r.kind == ResourceKind::UnmanagedHost)
+                .count() as i64,
         }
     }
-}
-
-/// One evaluation.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScanSummary {
-    pub scan_id: i64,
-    pub time_utc: String,
-    /// schedule | on-demand
-    pub reason: String,
-    pub probed: bool,
-    pub compliant: i64,
-    pub non_compliant: i64,
-    pub unknown: i64,
-    /// Hosts answering on management ports that are not registered.
-    pub unmanaged: i64,
-    /// compliant / (compliant + nonCompliant) × 100; null when nothing was judged.
-    pub compliance_percentage: Option<f64>,
-}
-
-impl ScanSummary {
-    pub fn percentage(compliant: i64, non_compliant: i64) -> Option<f64> {
-        let n = compliant + non_compliant;
-        (n > 0).then(|| (compliant as f64) * 100.0 / (n as f64))
-    }
-}
-
-/// A policy assignment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Assignment {
-    pub id: String,
-    /// `*` (the whole fleet) or `rg:NAME`.
-    pub scope: String,
-    pub policy: String,
-    /// audit
-    pub effect: String,
-    pub created_time_utc: String,
-    pub created_by: String,
 }
 
 #[cfg(test)]

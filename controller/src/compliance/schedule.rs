@@ -9,6 +9,7 @@ use tokio::sync::{Mutex, watch};
 use super::{ScanSummary, Settings, evaluate};
 use crate::error::StoreError;
 use crate::store::Store;
+use jitgate_api::ScanReason;
 
 /// Runs evaluations, scheduled and on demand, one at a time.
 #[derive(Clone)]
@@ -30,7 +31,7 @@ impl Scheduler {
     /// One evaluation now (waits for a running one to finish first).
     pub async fn scan(
         &self,
-        reason: &str,
+        reason: ScanReason,
         probe: bool,
         range: Option<jitgate_common::SourcePrefix>,
     ) -> Result<ScanSummary, StoreError> {
@@ -69,7 +70,7 @@ impl Scheduler {
                 if next_scan.is_some_and(|p| p <= now) || probe {
                     next_scan = self.settings.scan_every.map(|e| now + e);
                 }
-                if let Err(e) = self.scan("schedule", probe, None).await {
+                if let Err(e) = self.scan(ScanReason::Schedule, probe, None).await {
                     tracing::error!(error = %e, "scheduled compliance evaluation failed");
                 }
             }

@@ -83,7 +83,7 @@ impl Harness {
     }
 
     pub async fn token(&self, name: &str, role: Role, scope: &str) -> String {
-        let scope = Scope::parse(scope).expect("scope");
+        let scope: Scope = scope.parse().expect("scope");
         self.store()
             .create_token(&Actor::local(), name, role, &scope, None)
             .await
