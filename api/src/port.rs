@@ -40,6 +40,15 @@ impl ProtoSel {
     pub fn covers(self, p: Protocol) -> bool {
         self.expand().contains(&p)
     }
+
+    /// The one concrete protocol (None for `*`).
+    pub const fn concrete(self) -> Option<Protocol> {
+        match self {
+            ProtoSel::Tcp => Some(Protocol::Tcp),
+            ProtoSel::Udp => Some(Protocol::Udp),
+            ProtoSel::Any => None,
+        }
+    }
 }
 
 impl From<Protocol> for ProtoSel {
@@ -61,6 +70,13 @@ impl FromStr for ProtoSel {
             Ok(p) => Ok(p.into()),
             Err(_) => Err(ProtoSelError(s.to_string())),
         }
+    }
+}
+
+impl TryFrom<String> for ProtoSel {
+    type Error = ProtoSelError;
+    fn try_from(s: String) -> Result<ProtoSel, ProtoSelError> {
+        s.parse()
     }
 }
 

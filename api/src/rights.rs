@@ -76,6 +76,13 @@ impl FromStr for Scope {
     }
 }
 
+impl TryFrom<String> for Scope {
+    type Error = ScopeError;
+    fn try_from(s: String) -> Result<Scope, ScopeError> {
+        s.parse()
+    }
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -32,7 +32,8 @@ impl fmt::Display for UnknownValue {
     }
 }
 
-/// Defines a wire enum; see the module documentation.
+/// Defines a string enum (used for the API's enums, and by the controller for its stored
+/// states); see the module documentation.
 ///
 /// ```ignore
 /// wire_enum! {
@@ -44,6 +45,7 @@ impl fmt::Display for UnknownValue {
 ///     pub enum PortStatus("status", Other) { Initiated = "Initiated" }
 /// }
 /// ```
+#[macro_export]
 macro_rules! wire_enum {
     (
         $(#[$meta:meta])*
@@ -68,7 +70,7 @@ macro_rules! wire_enum {
             }
         }
 
-        $crate::wire::wire_enum!(@common $name $what $( $variant = $s ),+);
+        $crate::wire_enum!(@common $name $what $( $variant = $s ),+);
 
         impl<'de> ::serde::Deserialize<'de> for $name {
             fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -110,7 +112,7 @@ macro_rules! wire_enum {
             }
         }
 
-        $crate::wire::wire_enum!(@common $name $what $( $variant = $s ),+);
+        $crate::wire_enum!(@common $name $what $( $variant = $s ),+);
 
         impl<'de> ::serde::Deserialize<'de> for $name {
             fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -127,11 +129,11 @@ macro_rules! wire_enum {
         }
 
         impl ::std::str::FromStr for $name {
-            type Err = $crate::wire::UnknownValue;
+            type Err = $crate::UnknownValue;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $( $s => Ok($name::$variant), )+
-                    _ => Err($crate::wire::UnknownValue {
+                    _ => Err($crate::UnknownValue {
                         what: $what,
                         value: s.to_string(),
                         allowed: Self::NAMES,
@@ -151,10 +153,18 @@ macro_rules! wire_enum {
                 s.serialize_str(self.as_str())
             }
         }
+
+        /// Strict, like `FromStr` (for values read from a store).
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::UnknownValue;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
     };
 }
 
-pub(crate) use wire_enum;
+pub(crate) use crate::wire_enum;
 
 /// Deserialises a list of objects leniently: keys the element type does not know are dropped
 /// before the element (which itself rejects unknown fields, as a request body must) is read.
