@@ -3,9 +3,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use jitgate_controller::auth::{Role, Scope};
+use jitgate_api::{Role, Scope};
+use jitgate_controller::authz::{Actor, Caller};
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::Actor;
 use jitgate_controller::{ServerHandle, start};
 use serde_json::Value;
 
@@ -43,8 +43,8 @@ impl Env {
         let out = state::init(&dir, &cfg, &[]).await.expect("init");
         let server = start(&dir, &cfg).await.expect("start");
         let url = format!("https://{}", server.addr);
-        let a = Actor::local();
-        let s = &server.store;
+        let a = Caller::local();
+        let s = &server.app.inventory;
         s.add_group(&a, "prod", "ops@example.com")
             .await
             .expect("rg");
@@ -70,9 +70,10 @@ impl Env {
 
     async fn token(&self, name: &str, role: Role, scope: &str) -> String {
         self.server
-            .store
-            .create_token(
-                &Actor::local(),
+            .app
+            .tokens
+            .create(
+                &Caller::local(),
                 name,
                 role,
                 &scope.parse::<Scope>().expect("scope"),
@@ -119,7 +120,8 @@ impl Env {
             );
             let out = self
                 .server
-                .store
+                .app
+                .lifecycle
                 .outbox(vm, 0, 10_000)
                 .await
                 .expect("outbox");
@@ -127,16 +129,20 @@ impl Env {
             // grants follow the new grant and are not counted).
             let mut ids: Vec<String> = out
                 .iter()
-                .filter(|o| o.op == "apply")
+                .filter(|o| o.op.as_str() == "apply")
                 .map(|o| o.request_id.clone())
                 .collect();
             ids.dedup();
             if ids.len() > known {
                 let id = ids.last().expect("id").clone();
-                for o in out.iter().filter(|o| o.request_id == id && o.op == "apply") {
+                for o in out
+                    .iter()
+                    .filter(|o| o.request_id == id && o.op.as_str() == "apply")
+                {
                     self.server
-                        .store
-                        .ack_grant(&Actor::controller(), &o.grant_id)
+                        .app
+                        .lifecycle
+                        .acknowledge(&Actor::controller(), &o.grant_id)
                         .await
                         .expect("ack");
                 }
@@ -149,13 +155,14 @@ impl Env {
     async fn requests_in_outbox(&self, vm: &str) -> usize {
         let out = self
             .server
-            .store
+            .app
+            .lifecycle
             .outbox(vm, 0, 10_000)
             .await
             .expect("outbox");
         let mut ids: Vec<String> = out
             .iter()
-            .filter(|o| o.op == "apply")
+            .filter(|o| o.op.as_str() == "apply")
             .map(|o| o.request_id.clone())
             .collect();
         ids.dedup();
@@ -177,8 +184,9 @@ async fn policy_request_history_revoke_and_exit_codes() {
     // The fleet: one enrolled agent, never connected.
     let (tok, _) = e
         .server
-        .store
-        .create_enroll_token(&Actor::local(), "web1")
+        .app
+        .fleet
+        .create_enroll_token(&Caller::local(), "web1")
         .await
         .expect("enrolment token");
     assert!(tok.starts_with("jitenroll_"));
@@ -580,7 +588,13 @@ async fn wait_connect_and_audit() {
             "192.0.2.11"
         ])
     );
-    let rec = e.server.store.get_request(&id).await.expect("rec");
+    let rec = e
+        .server
+        .app
+        .lifecycle
+        .get(&Caller::local(), &id)
+        .await
+        .expect("rec");
     assert_eq!(rec.justification, "incident 7");
     assert_eq!(rec.virtual_machines[0].ports[0].number, 22);
     assert_eq!(rec.virtual_machines[0].ports[0].protocol.as_str(), "TCP");
@@ -659,7 +673,7 @@ async fn wait_connect_and_audit() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("activity log OK"));
     sqlx::query("UPDATE activity SET outcome = 'Denied' WHERE seq = 3")
-        .execute(e.server.store.pool())
+        .execute(e.server.app.db.pool())
         .await
         .expect("tamper");
     let o = e.jit(&admin, &["audit", "verify"]).await;

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use jitgate_api::InitiateBody as InitiateJson;
-use jitgate_controller::auth::{Caller, Role, Scope};
-use jitgate_controller::model::{Initiate, now_ms};
+use jitgate_api::time::now_ms;
+use jitgate_api::{Role, Scope};
+use jitgate_controller::app::{App, Parts};
+use jitgate_controller::authz::Caller;
+use jitgate_controller::request::Initiate;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::{Actor, Store, StoreOptions};
+use jitgate_controller::store::{DbOptions, Synchronous};
 use serde_json::json;
 
 struct Opts {
@@ -193,36 +196,36 @@ fn summarize(
     }
 }
 
-async fn count_requests(store: &Store) -> Result<u64> {
-    use sqlx::Row;
-    let r = sqlx::query("SELECT COUNT(*) FROM requests")
-        .fetch_one(store.pool())
+async fn count_requests(app: &App) -> Result<u64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests")
+        .fetch_one(app.db.pool())
         .await?;
-    Ok(u64::try_from(r.try_get::<i64, _>(0)?)?)
+    Ok(u64::try_from(n)?)
 }
 
 /// Fills the history directly through the library (same code path as the API's initiate,
 /// minus HTTP), with `synchronous = NORMAL` to keep seeding time reasonable.
 async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
-    let store = Store::open(
+    let store = App::open(
         url,
-        &StoreOptions {
+        &DbOptions {
             max_connections: 4,
-            sqlite_synchronous: "normal".into(),
+            synchronous: Synchronous::Normal,
         },
+        Parts::default(),
     )
     .await?;
     let have = count_requests(&store).await?;
     if have >= upto {
         return Ok(());
     }
-    let caller = Caller {
-        token_id: "seed".into(),
-        name: "seed".into(),
-        role: Role::Admin,
-        scope: Scope::All,
-        address: IpAddr::from([127, 0, 0, 1]),
-    };
+    let caller = Caller::token(
+        "seed",
+        "seed",
+        Role::Admin,
+        Scope::All,
+        IpAddr::from([127, 0, 0, 1]),
+    );
     let t0 = Instant::now();
     let todo = upto - have;
     let next = Arc::new(AtomicU64::new(0));
@@ -245,9 +248,10 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
                     Ok(j) => j,
                     Err(e) => return Err(anyhow::anyhow!("{e}")),
                 };
-                let req = Initiate::from_json(&j, caller.address, now_ms())
+                let req = Initiate::from_body(&j, caller.address, now_ms())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 store
+                    .lifecycle
                     .initiate(&caller, &req)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -270,7 +274,7 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
     for _ in 0..50 {
         use sqlx::Row;
         let r = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(store.pool())
+            .fetch_one(store.db.pool())
             .await?;
         if r.try_get::<i64, _>(0)? == 0 {
             break;
@@ -283,7 +287,7 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    // JIT_LOG=jitgate_controller::batch=trace shows each batch's phases.
+    // JIT_LOG=jitgate_controller::lifecycle=trace shows each batch's phases.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("JIT_LOG")
@@ -304,15 +308,15 @@ async fn run(o: Opts) -> Result<()> {
     let cfg = Config {
         listen: "127.0.0.1:0".into(),
         agent_listen: "127.0.0.1:0".into(),
-        sqlite_synchronous: o.sync.clone(),
+        sqlite_synchronous: o.sync.parse::<Synchronous>()?,
         expiry_sweep_seconds: 3600,
         ..Config::default()
     };
     let init = state::init(&dir, &cfg, &[]).await?;
     let server = jitgate_controller::start(&dir, &cfg).await?;
     let base = format!("https://{}", server.addr);
-    let s = &server.store;
-    let a = Actor::local();
+    let s = &server.app.inventory;
+    let a = Caller::local();
     s.add_group(&a, "bench", "bench@example.com").await?;
     for i in 0..o.vms {
         s.add_vm(
@@ -342,8 +346,10 @@ async fn run(o: Opts) -> Result<()> {
     if !r.status().is_success() {
         bail!("policy: {}", r.text().await?);
     }
-    let requester = s
-        .create_token(
+    let requester = server
+        .app
+        .tokens
+        .create(
             &a,
             "bench",
             Role::Requester,
@@ -359,7 +365,7 @@ async fn run(o: Opts) -> Result<()> {
             eprintln!("seeding history to {history_target} requests ...");
             seed(&cfg.database_url(&dir), history_target, o.vms, 1 << 24).await?;
         }
-        let history = count_requests(s).await?;
+        let history = count_requests(&server.app).await?;
         // warm up: open the connections
         run_phase(
             &client,
@@ -450,7 +456,7 @@ async fn run(o: Opts) -> Result<()> {
             r.max
         );
     }
-    let verify = s.verify().await?;
+    let verify = server.app.audit.verify(&a).await?;
     println!(
         "\nactivity log after the run: {} entries, verify ok = {}",
         verify.entries, verify.ok

@@ -1,98 +1,60 @@
-//! Errors. Every error that reaches an API caller has a stable `code` (a string that scripts
-//! may match on) and a human message; see `docs/controller.md` for the list.
+//! The controller's errors, without HTTP: a refusal carries a stable [`ErrorCode`] (what the
+//! caller did wrong or may not do); everything else is the controller's own failure. The HTTP
+//! layer (`http::error`) chooses status codes.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use jitgate_api::{ErrorBody, ErrorCode};
+use jitgate_api::ErrorCode;
 
-/// An error as the API reports it: HTTP status, stable code, message.
+/// What the domain and storage layers return.
 #[derive(Debug, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: ErrorCode,
-    pub message: String,
+pub enum Error {
+    /// Refused, with a stable code: bad input, unknown thing, no right, conflict. Nothing was
+    /// written.
+    #[error("{code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The database holds something this controller cannot read.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// A part of the controller that this call needs has stopped (a writer task).
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// Any other failure of the controller itself.
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::Refused {
             code,
             message: message.into(),
         }
     }
-    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-    pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthenticated,
-            message,
-        )
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
-    }
-    pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::InternalError,
-            "internal error; nothing was changed (see the controller log)",
-        )
-    }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody::new(self.code, self.message);
-        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        (
-            self.status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            json,
-        )
-            .into_response()
+    /// Stored data that does not parse.
+    pub fn corrupt(what: impl std::fmt::Display) -> Error {
+        Error::Corrupt(what.to_string())
     }
-}
 
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Api(#[from] ApiError),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Api(a) => a,
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                ApiError::internal()
-            }
+    /// The code of a refusal, `None` for the controller's own failures.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        match self {
+            Error::Refused { code, .. } => Some(code),
+            _ => None,
         }
     }
 }
 
-impl From<serde_json::Error> for StoreError {
+impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        StoreError::Corrupt(e.to_string())
+        Error::Corrupt(e.to_string())
     }
 }
 
-/// Errors of `jit-controller init` and of loading the state directory.
+/// Errors of `jit-controller init` and of starting a controller from its state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("{path}: {source}")]
@@ -107,5 +69,14 @@ pub enum SetupError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] Error),
+}
+
+impl SetupError {
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> SetupError {
+        SetupError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
 }

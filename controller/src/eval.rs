@@ -5,11 +5,13 @@
 //! accepted); the window is no longer than the port's maximum; and the end is in the future.
 //! A denial records every failed rule of every port, not only the first.
 
+use jitgate_api::duration::format as fmt_duration;
+use jitgate_api::time::format as fmt_time;
+use jitgate_api::{OnExpiry, ProtoSel, StatusReason};
 use jitgate_common::{Protocol, SourcePrefix};
 
-use jitgate_api::{OnExpiry, ProtoSel, StatusReason};
-
-use crate::model::{Policy, RequestedPort, fmt_duration, fmt_time};
+use crate::policy::Policy;
+use crate::request::RequestedPort;
 
 /// A grant an approved port becomes: one per (concrete protocol, prefix).
 #[derive(Clone, Debug, PartialEq)]
@@ -140,9 +142,4 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
         reasons,
         grants,
     }
-}
-
-/// The label of a grant's protocol, for logs.
-pub fn grant_label(g: &PlannedGrant, port: u16) -> String {
-    format!("{}/{} from {}", port, ProtoSel::from(g.protocol), g.prefix)
 }

@@ -1,23 +1,49 @@
 //! jitgate control plane: JIT policies, access requests checked against policy and rights,
-//! request history, a hash-chained activity log, over an embedded SQLite (or PostgreSQL)
-//! database, served as an HTTPS JSON API. See `docs/controller.md`.
+//! request history, a hash-chained activity log, the agent fleet and compliance, over an
+//! embedded SQLite (or PostgreSQL) database, served as an HTTPS JSON API and to agents over
+//! mutual TLS. See `docs/controller.md`.
+//!
+//! Layers, each module importing only from the ones below it:
+//! - edges: [`server`] (a running controller), [`http`] (the API: extractors, feature
+//!   routers, the one HTTP error type), [`channel`] (the agent channel);
+//! - the domain, one service per concept, bundled in [`app::App`]: [`tokens`], [`inventory`],
+//!   [`policies`], [`lifecycle`] (initiate, acknowledge, revoke, expire), [`fleet`],
+//!   [`audit`] (the activity log), [`views`] (what agents saw), [`compliance`];
+//!   rights are decided in one place, [`authz`];
+//! - values checked once at the edge: [`input`], [`policy`], [`request`], and the pure
+//!   [`eval`];
+//! - [`store`]: one module per table group, owning its SQL; write transactions and group
+//!   commit in [`store::write`];
+//! - per-controller state (never process-wide): [`notify`] (wakeups), [`presence`] (which
+//!   agents are connected); [`state`] (the state directory and controller.toml), [`error`],
+//!   [`ids`], [`csv`].
 
-pub mod agents;
-pub mod api;
-pub mod auth;
-pub mod batch;
+pub mod app;
+pub mod audit;
+pub mod authz;
 pub mod channel;
 pub mod compliance;
-pub mod connections;
 pub mod csv;
 pub mod error;
 pub mod eval;
-pub mod model;
+pub mod fleet;
+pub mod http;
+pub mod ids;
+pub mod input;
+pub mod inventory;
+pub mod lifecycle;
+pub mod notify;
+pub mod policies;
+pub mod policy;
+pub mod presence;
+pub mod request;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tokens;
+pub mod views;
 
-pub use error::{ApiError, SetupError, StoreError};
+pub use app::App;
+pub use error::{Error, SetupError};
 pub use server::{ServerHandle, start};
 pub use state::{Config, StateDir};
-pub use store::Store;

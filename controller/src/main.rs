@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use jitgate_controller::auth::{self, Scope};
-use jitgate_controller::model;
+use jitgate_controller::app::{App, Parts};
+use jitgate_controller::authz::Caller;
+use jitgate_controller::input;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::{Actor, Store, StoreOptions, TokenInfo};
+use jitgate_controller::tokens::TokenInfo;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
 /// rights, records request history and a hash-chained activity log, and serves the HTTPS API
@@ -153,16 +154,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open_store(dir: &StateDir) -> Result<Store> {
+/// The controller's services for an administration command (no keys, no listeners).
+async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
-    Ok(Store::open(
-        &cfg.database_url(dir),
-        &StoreOptions {
-            max_connections: 2,
-            sqlite_synchronous: cfg.sqlite_synchronous.clone(),
-        },
-    )
-    .await?)
+    Ok(App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?)
 }
 
 fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
@@ -179,8 +174,8 @@ fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
             "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25}",
             t.id,
             t.name,
-            t.role,
-            t.scope,
+            t.role.as_str(),
+            t.scope.to_string(),
             t.expires_time_utc.as_deref().unwrap_or("-"),
             t.revoked_time_utc.as_deref().unwrap_or("-")
         );
@@ -236,9 +231,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let h = jitgate_controller::start(&dir, &cfg).await?;
             eprintln!("jit-controller listening on https://{}", h.addr);
-            if let Some(a) = h.agent_addr {
-                eprintln!("agent channel on {a}");
-            }
+            eprintln!("agent channel on {}", h.agent_addr);
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;
@@ -250,7 +243,8 @@ async fn run(cli: Cli) -> Result<()> {
             h.stop().await;
         }
         Cmd::Token(t) => {
-            let store = open_store(&dir).await?;
+            let app = open_app(&dir).await?;
+            let local = Caller::local();
             match t {
                 TokenCmd::Create {
                     name,
@@ -258,20 +252,21 @@ async fn run(cli: Cli) -> Result<()> {
                     scope,
                     expires_in,
                 } => {
-                    let role = auth::parse_role(&role)?;
-                    let scope = auth::parse_scope(&scope)?;
+                    let role = input::parse_role(&role)?;
+                    let scope = input::parse_scope(&scope)?;
                     let expires = match expires_in {
                         Some(d) => {
-                            let secs = model::parse_duration(&d)?;
+                            let secs = input::parse_duration(&d)?;
                             if secs <= 0 {
                                 bail!("--expires-in must be positive");
                             }
-                            Some(model::now_ms() + secs * 1000)
+                            Some(jitgate_api::time::now_ms() + secs * 1000)
                         }
                         None => None,
                     };
-                    let (info, secret) = store
-                        .create_token(&Actor::local(), &name, role, &scope, expires)
+                    let (info, secret) = app
+                        .tokens
+                        .create(&local, &name, role, &scope, expires)
                         .await?;
                     if cli.json {
                         println!("{}", serde_json::json!({"token": info, "secret": secret}));
@@ -284,65 +279,61 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("{secret}");
                     }
                 }
-                TokenCmd::List => print_tokens(&store.list_tokens().await?, cli.json)?,
+                TokenCmd::List => print_tokens(&app.tokens.list(&local).await?, cli.json)?,
                 TokenCmd::Revoke { id } => {
-                    store.revoke_token(&Actor::local(), &id).await?;
+                    app.tokens.revoke(&local, &id).await?;
                     if !cli.json {
                         println!("revoked {id}");
                     }
                 }
             }
-            store.close().await;
+            app.close().await;
         }
         Cmd::Rg(r) => {
-            let store = open_store(&dir).await?;
+            let app = open_app(&dir).await?;
+            let local = Caller::local();
             match r {
                 RgCmd::Add { name, owner } => {
-                    store.add_group(&Actor::local(), &name, &owner).await?;
+                    app.inventory.add_group(&local, &name, &owner).await?;
                     if !cli.json {
                         println!("added resource group {name} (owner {owner})");
                     }
                 }
                 RgCmd::List => {
-                    let v = store.list_groups().await?;
+                    let v = app.inventory.groups(&local).await?;
                     if cli.json {
-                        let j: Vec<_> = v
-                            .iter()
-                            .map(|(n, o)| serde_json::json!({"name": n, "owner": o}))
-                            .collect();
-                        println!("{}", serde_json::to_string_pretty(&j)?);
+                        println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
                         println!("{:<24} OWNER", "NAME");
-                        for (n, o) in v {
-                            println!("{n:<24} {o}");
+                        for g in v {
+                            println!("{:<24} {}", g.name, g.owner);
                         }
                     }
                 }
             }
-            store.close().await;
+            app.close().await;
         }
         Cmd::Vm(v) => {
-            let store = open_store(&dir).await?;
+            let app = open_app(&dir).await?;
+            let local = Caller::local();
             match v {
                 VmCmd::Add {
                     name,
                     resource_group,
                     addresses,
                 } => {
-                    store
-                        .add_vm(&Actor::local(), &name, &resource_group, &addresses)
+                    app.inventory
+                        .add_vm(&local, &name, &resource_group, &addresses)
                         .await?;
-                    let (token, expires) =
-                        store.create_enroll_token(&Actor::local(), &name).await?;
+                    let (token, expires) = app.fleet.create_enroll_token(&local, &name).await?;
                     print_enroll(&name, &token, expires, cli.json, true);
                 }
                 VmCmd::EnrollToken { name } => {
-                    let (token, expires) =
-                        store.create_enroll_token(&Actor::local(), &name).await?;
+                    let (token, expires) = app.fleet.create_enroll_token(&local, &name).await?;
                     print_enroll(&name, &token, expires, cli.json, false);
                 }
                 VmCmd::RevokeAgent { name } => {
-                    let ids = store.revoke_agents(&Actor::local(), &name).await?;
+                    let ids = app.fleet.revoke_agents(&local, &name).await?;
                     if cli.json {
                         println!(
                             "{}",
@@ -355,7 +346,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 VmCmd::List => {
-                    let v = store.list_vms(&Scope::All).await?;
+                    let v = app.inventory.vms(&local).await?;
                     if cli.json {
                         println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
@@ -376,12 +367,12 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            store.close().await;
+            app.close().await;
         }
         Cmd::Agents => {
-            let store = open_store(&dir).await?;
-            let v = store.list_agents(&Scope::All).await?;
-            store.close().await;
+            let app = open_app(&dir).await?;
+            let v = app.fleet.agents(&Caller::local()).await?;
+            app.close().await;
             print_agents(&v, cli.json)?;
         }
     }
@@ -393,7 +384,7 @@ fn print_enroll(vm: &str, token: &str, expires: i64, json: bool, added: bool) {
         println!(
             "{}",
             serde_json::json!({"vm": vm, "enrollmentToken": token,
-                "expiresTimeUtc": model::fmt_time(expires)})
+                "expiresTimeUtc": jitgate_api::time::format(expires)})
         );
     } else {
         if added {
@@ -401,7 +392,7 @@ fn print_enroll(vm: &str, token: &str, expires: i64, json: bool, added: bool) {
         }
         println!(
             "agent enrolment token for {vm} (single use, expires {}), shown only now:",
-            model::fmt_time(expires)
+            jitgate_api::time::format(expires)
         );
         println!("{token}");
     }

@@ -1,4 +1,6 @@
-//! HTTPS serving: rustls (ring provider) over tokio, hyper HTTP/1.1 with keep-alive.
+//! A running controller: its [`App`] opened from the state directory, the HTTPS API (rustls
+//! with the ring provider over tokio, hyper HTTP/1.1 with keep-alive), the agent channel, and
+//! the background work (the expiry sweep, periodic checkpoints, the compliance schedule).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +14,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{AppState, PeerAddr, router};
+use crate::app::{App, Parts};
+use crate::audit::CheckpointKey;
+use crate::compliance::settings::Settings;
 use crate::error::SetupError;
+use crate::fleet::Enrollment;
+use crate::fleet::ca::Ca;
+use crate::http::extract::PeerAddr;
+use crate::http::router;
+use crate::http::state::AppState;
 use crate::state::{Config, StateDir};
-use crate::store::{Store, StoreOptions};
 
 /// A rustls server configuration from PEM files.
 pub fn tls_config(
@@ -39,61 +47,50 @@ pub fn tls_config(
     Ok(cfg)
 }
 
-/// A running server.
+/// A running controller.
 pub struct ServerHandle {
     pub addr: SocketAddr,
     /// Where the agent channel listens.
-    pub agent_addr: Option<SocketAddr>,
-    pub store: Store,
+    pub agent_addr: SocketAddr,
+    pub app: App,
     shutdown: watch::Sender<bool>,
-    join: tokio::task::JoinHandle<()>,
-    agent_join: Option<tokio::task::JoinHandle<()>>,
-    compliance_join: Option<tokio::task::JoinHandle<()>>,
-    /// The periodic checkpoint task and its key (a last checkpoint is signed at stop).
-    checkpoint: Option<(tokio::task::JoinHandle<()>, ed25519_dalek::SigningKey)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The periodic checkpoint task (a last checkpoint is signed at stop).
+    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
-    /// Stops accepting, stops the background tasks, waits for the accept loop, closes the
+    /// Stops accepting, stops the background tasks, signs a last checkpoint, closes the
     /// database.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.join.await;
-        if let Some(j) = self.agent_join {
-            let _ = j.await;
-        }
-        if let Some(j) = self.compliance_join {
-            let _ = j.await;
+        for t in self.tasks {
+            let _ = t.await;
         }
         // After the other tasks: the last checkpoint covers everything they logged.
-        if let Some((j, key)) = self.checkpoint {
-            j.abort();
-            let _ = j.await;
-            if let Err(e) = self.store.checkpoint(&key).await {
-                tracing::error!(error = %e, "signing the shutdown checkpoint failed");
-            }
+        self.checkpointer.abort();
+        let _ = self.checkpointer.await;
+        if let Err(e) = self.app.audit.checkpoint().await {
+            tracing::error!(error = %e, "signing the shutdown checkpoint failed");
         }
-        self.store.close().await;
+        self.app.close().await;
     }
 }
 
-/// Opens the database of a state directory and starts serving on `cfg.listen`.
-pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupError> {
-    let store = Store::open(
-        &cfg.database_url(dir),
-        &StoreOptions {
-            max_connections: cfg.max_db_connections,
-            sqlite_synchronous: cfg.sqlite_synchronous.clone(),
-        },
-    )
-    .await?;
-    let tls = tls_config(&dir.server_cert(), &dir.server_key())?;
-    let listener = TcpListener::bind(&cfg.listen)
+fn read(path: &std::path::Path) -> Result<String, SetupError> {
+    std::fs::read_to_string(path).map_err(|e| SetupError::io(path.display(), e))
+}
+
+async fn bind(addr: &str, what: &str) -> Result<TcpListener, SetupError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|e| SetupError::Io {
-            path: format!("listen {}", cfg.listen),
-            source: e,
-        })?;
+        .map_err(|e| SetupError::io(format!("{what} {addr}"), e))
+}
+
+/// Opens the database of a state directory and serves the API on `cfg.listen` and the agent
+/// channel on `cfg.agent_listen`.
+pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupError> {
+    let tls = tls_config(&dir.server_cert(), &dir.server_key())?;
     let mut trusted = Vec::new();
     for p in &cfg.trusted_proxies {
         trusted.push(
@@ -101,122 +98,127 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
                 .map_err(|e| SetupError::Invalid(format!("trusted_proxies: {p:?}: {e}")))?,
         );
     }
-    let agent_listener =
-        TcpListener::bind(&cfg.agent_listen)
-            .await
-            .map_err(|e| SetupError::Io {
-                path: format!("agent_listen {}", cfg.agent_listen),
-                source: e,
-            })?;
-    let agent_addr = agent_listener.local_addr().map_err(|e| SetupError::Io {
-        path: "agent listener".into(),
-        source: e,
-    })?;
-    let agent_tls =
-        crate::channel::agent_tls_config(&dir.server_cert(), &dir.server_key(), &dir.ca_cert())?;
-    let key = crate::channel::load_signing_key(&dir.signing_key())?;
-    store.set_checkpoint_key(key.verifying_key());
-    let key_for_stop = key.clone();
-    let pub_pem = std::fs::read_to_string(dir.signing_pub()).map_err(|e| SetupError::Io {
-        path: dir.signing_pub().display().to_string(),
-        source: e,
-    })?;
-    let enroll = crate::api::EnrollCtx {
-        ca: crate::agents::Ca::load(&dir.ca_cert(), &dir.ca_key())?,
-        grant_signing_key_pem: pub_pem,
-        agent_endpoint: cfg
-            .agent_endpoint
-            .clone()
-            .unwrap_or_else(|| agent_addr.to_string()),
+    let listener = bind(&cfg.listen, "listen").await?;
+    let agent_listener = bind(&cfg.agent_listen, "agent_listen").await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SetupError::io("listener", e))?;
+    let agent_addr = agent_listener
+        .local_addr()
+        .map_err(|e| SetupError::io("agent listener", e))?;
+    let agent_tls = crate::channel::tls::agent_tls_config(
+        &dir.server_cert(),
+        &dir.server_key(),
+        &dir.ca_cert(),
+    )?;
+    let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
+    let public_pem = read(&dir.signing_pub())?;
+    let ca = Ca::load(&dir.ca_cert(), &dir.ca_key())?;
+    let parts = Parts {
+        ca_pem: ca.pem.clone(),
+        enrollment: Some(Enrollment {
+            ca,
+            grant_signing_key_pem: public_pem.clone(),
+            agent_endpoint: cfg
+                .agent_endpoint
+                .clone()
+                .unwrap_or_else(|| agent_addr.to_string()),
+        }),
+        checkpoint_key: Some(CheckpointKey {
+            key: key.clone(),
+            public_pem,
+        }),
+        compliance: Some(Settings::from_config(&cfg.compliance)?),
     };
-    let compliance = crate::compliance::schedule::Scheduler::new(
-        store.clone(),
-        Arc::new(crate::compliance::Settings::from_config(&cfg.compliance)?),
-    );
-    let state = AppState {
-        store: store.clone(),
-        trusted_proxies: trusted,
-        max_body_bytes: cfg.max_body_bytes,
-        enroll: Arc::new(enroll),
-        compliance: compliance.clone(),
-        checkpoint_key: Arc::new(key.clone()),
-    };
-    let mut h = serve(
-        listener,
-        tls,
-        state,
-        Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
+    let app = App::open(
+        &cfg.database_url(dir),
+        &cfg.db_options(cfg.max_db_connections),
+        parts,
     )
     .await?;
-    let checkpoints = spawn_checkpointer(
-        store.clone(),
-        key.clone(),
+    let (shutdown, _) = watch::channel(false);
+    let state = AppState {
+        app: app.clone(),
+        trusted_proxies: trusted,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let tasks = vec![
+        serve(listener, tls, state, shutdown.subscribe(), addr),
+        spawn_sweeper(
+            app.clone(),
+            Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
+            shutdown.subscribe(),
+        ),
+        crate::channel::serve_agents(
+            agent_listener,
+            agent_tls,
+            app.clone(),
+            key,
+            shutdown.subscribe(),
+        ),
+        crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
+    ];
+    let checkpointer = spawn_checkpointer(
+        app.clone(),
         Duration::from_secs(cfg.checkpoint_interval_seconds.max(1)),
     );
-    let agents = crate::channel::serve_agents(
-        agent_listener,
-        agent_tls,
-        store,
-        key,
-        h.shutdown.subscribe(),
-    );
-    h.checkpoint = Some((checkpoints, key_for_stop));
-    h.agent_addr = Some(agent_addr);
-    h.agent_join = Some(agents);
-    h.compliance_join = Some(compliance.spawn(h.shutdown.subscribe()));
-    Ok(h)
+    Ok(ServerHandle {
+        addr,
+        agent_addr,
+        app,
+        shutdown,
+        tasks,
+        checkpointer,
+    })
+}
+
+/// Marks ended access every `every` (the controller's bookkeeping; the kernel enforces).
+fn spawn_sweeper(
+    app: App,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = app.lifecycle.expire_due(jitgate_api::time::now_ms()).await {
+                        tracing::error!(error = %e, "expiry sweep failed");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    })
 }
 
 /// Signs the activity log's head every `every` if it moved (`ServerHandle::stop` signs the
 /// last one).
-fn spawn_checkpointer(
-    store: Store,
-    key: ed25519_dalek::SigningKey,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_checkpointer(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = store.checkpoint(&key).await {
+            if let Err(e) = app.audit.checkpoint().await {
                 tracing::error!(error = %e, "signing an activity log checkpoint failed");
             }
         }
     })
 }
 
-/// Serves the API on an already-bound listener.
-pub async fn serve(
+/// Serves the API on a bound listener until `shutdown` turns true.
+fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: AppState,
-    sweep_every: Duration,
-) -> Result<ServerHandle, SetupError> {
-    let addr = listener.local_addr().map_err(|e| SetupError::Io {
-        path: "listener".into(),
-        source: e,
-    })?;
+    mut shutdown: watch::Receiver<bool>,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let store = state.store.clone();
     let app = router(state);
-    let (tx, mut rx) = watch::channel(false);
-    let mut sweep_rx = tx.subscribe();
-    let sweep_store = store.clone();
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(sweep_every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = sweep_store.expire_due(crate::model::now_ms()).await {
-                        tracing::error!(error = %e, "expiry sweep failed");
-                    }
-                }
-                _ = sweep_rx.changed() => break,
-            }
-        }
-    });
-    let join = tokio::spawn(async move {
+    tokio::spawn(async move {
         tracing::info!(%addr, "serving HTTPS API");
         loop {
             let (tcp, peer) = tokio::select! {
@@ -228,12 +230,12 @@ pub async fn serve(
                         continue;
                     }
                 },
-                _ = rx.changed() => break,
+                _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
-            let mut conn_rx = rx.clone();
+            let mut conn_shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -264,23 +266,12 @@ pub async fn serve(
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     }
-                    _ = conn_rx.changed() => {
+                    _ = conn_shutdown.changed() => {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                     }
                 }
             });
         }
-        let _ = sweeper.await;
-    });
-    Ok(ServerHandle {
-        addr,
-        agent_addr: None,
-        agent_join: None,
-        compliance_join: None,
-        checkpoint: None,
-        store,
-        shutdown: tx,
-        join,
     })
 }

@@ -21,9 +21,13 @@ use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Role, Scope};
+use jitgate_api::{Role, Scope};
+
+use crate::app::{App, Parts};
+use crate::authz::Caller;
 use crate::error::SetupError;
-use crate::store::{Actor, Store, StoreOptions, TokenInfo, sqlite_url};
+use crate::store::db::{DbOptions, Synchronous, sqlite_url};
+use crate::tokens::TokenInfo;
 
 /// Default state directory (override with `--state-dir` or `JIT_CONTROLLER_STATE_DIR`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate/controller";
@@ -70,8 +74,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 fn default_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
-fn default_sync() -> String {
-    "full".into()
+fn default_sync() -> Synchronous {
+    Synchronous::Full
 }
 fn default_sweep() -> u64 {
     5
@@ -101,7 +105,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// SQLite durability: "full" (default) or "normal".
     #[serde(default = "default_sync")]
-    pub sqlite_synchronous: String,
+    pub sqlite_synchronous: Synchronous,
     /// How often ended access is marked Revoked/Expired.
     #[serde(default = "default_sweep")]
     pub expiry_sweep_seconds: u64,
@@ -121,7 +125,7 @@ pub struct Config {
     /// Compliance: management ports, schedule, probe bounds (docs/compliance.md). Not written
     /// by `init` (the defaults apply until a `[compliance]` table is added).
     #[serde(default, skip_serializing)]
-    pub compliance: crate::compliance::ComplianceConfig,
+    pub compliance: crate::compliance::settings::ComplianceConfig,
 }
 
 impl Default for Config {
@@ -149,6 +153,14 @@ impl Config {
             .unwrap_or_else(|| sqlite_url(&dir.db()))
     }
 
+    /// How the controller opens its database (`connections` per pool).
+    pub fn db_options(&self, connections: u32) -> DbOptions {
+        DbOptions {
+            max_connections: connections,
+            synchronous: self.sqlite_synchronous,
+        }
+    }
+
     pub fn load(dir: &StateDir) -> Result<Config, SetupError> {
         let p = dir.config();
         let text = std::fs::read_to_string(&p).map_err(|e| SetupError::Io {
@@ -161,10 +173,7 @@ impl Config {
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| SetupError::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
+    let io = |e| SetupError::io(path.display(), e);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -294,18 +303,12 @@ pub async fn init(
     write_file(&dir.signing_pub(), pk_pem.as_bytes(), 0o644)?;
 
     // Database and first admin token.
-    let store = Store::open(
-        &cfg.database_url(dir),
-        &StoreOptions {
-            max_connections: 2,
-            sqlite_synchronous: cfg.sqlite_synchronous.clone(),
-        },
-    )
-    .await?;
-    let (admin, admin_token) = store
-        .create_token(&Actor::local(), "admin", Role::Admin, &Scope::All, None)
+    let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?;
+    let (admin, admin_token) = app
+        .tokens
+        .create(&Caller::local(), "admin", Role::Admin, &Scope::All, None)
         .await?;
-    store.close().await;
+    app.close().await;
 
     // The configuration last: its presence marks a complete init.
     let text = toml::to_string_pretty(cfg)

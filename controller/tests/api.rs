@@ -1,12 +1,12 @@
 //! API tests over real HTTPS against a real SQLite file.
-#![allow(clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod common;
 
 use common::{Harness, one_port, reasons};
-use jitgate_controller::auth::Role;
-use jitgate_controller::model::now_ms;
-use jitgate_controller::store::Actor;
+use jitgate_api::Role;
+use jitgate_api::time::now_ms;
+use jitgate_controller::authz::{Actor, Caller};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -263,14 +263,19 @@ async fn evaluation_rules_ipv4_and_ipv6() {
     assert_eq!(status_of(&v), "Initiated", "{v}");
     // protocol * is one grant for TCP and one for UDP
     let id = v["id"].as_str().expect("id");
-    let out = h.store().outbox("web1", 0, 1000).await.expect("outbox");
+    let out = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 1000)
+        .await
+        .expect("outbox");
     let mine: Vec<_> = out.iter().filter(|o| o.request_id == id).collect();
     let mut protos: Vec<&str> = mine.iter().map(|o| o.protocol.as_str()).collect();
     protos.sort();
     assert_eq!(protos, vec!["TCP", "UDP"]);
     assert!(
         mine.iter()
-            .all(|o| o.on_expiry == "cut" && o.prefix == "127.0.0.1/32")
+            .all(|o| o.on_expiry.as_str() == "cut" && o.prefix == "127.0.0.1/32")
     );
     // A multi-prefix, multi-port request on one VM: one grant per (port, protocol, prefix).
     let (_, v) = h
@@ -283,12 +288,18 @@ async fn evaluation_rules_ipv4_and_ipv6() {
         .await;
     assert_eq!(status_of(&v), "Initiated", "{v}");
     let id = v["id"].as_str().expect("id");
-    let out = h.store().outbox("web2", 0, 1000).await.expect("outbox");
+    let out = h
+        .app()
+        .lifecycle
+        .outbox("web2", 0, 1000)
+        .await
+        .expect("outbox");
     assert_eq!(out.iter().filter(|o| o.request_id == id).count(), 4);
     // A request is approved only if every port passes: one bad port denies the whole request
     // and creates no grant.
     let before = h
-        .store()
+        .app()
+        .lifecycle
         .outbox("web2", 0, 1000)
         .await
         .expect("outbox")
@@ -309,7 +320,8 @@ async fn evaluation_rules_ipv4_and_ipv6() {
         "OtherPortDenied"
     );
     assert_eq!(
-        h.store()
+        h.app()
+            .lifecycle
             .outbox("web2", 0, 1000)
             .await
             .expect("outbox")
@@ -380,9 +392,10 @@ async fn vm_policy_replaces_group_policy() {
     let (_, v) = h.initiate(&alice, req("web1", "203.0.113.5", "PT1H")).await;
     assert_eq!(status_of(&v), "Initiated");
     // A group policy covers VMs added to the group later.
-    h.store()
+    h.app()
+        .inventory
         .add_vm(
-            &Actor::local(),
+            &Caller::local(),
             "web3",
             "prod",
             &["192.0.2.13".parse().expect("ip")],
@@ -433,7 +446,12 @@ async fn supersede_revoke_expire_and_apply() {
     // The new grant names the one it replaces, and the old one's revocation is queued right
     // after it: the agent removes the old only after the new is in place (never cutting the
     // sessions it covers).
-    let out = h.store().outbox("web1", 0, 1000).await.expect("outbox");
+    let out = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 1000)
+        .await
+        .expect("outbox");
     let old_grant = out
         .iter()
         .find(|o| o.request_id == first_id)
@@ -444,7 +462,7 @@ async fn supersede_revoke_expire_and_apply() {
     assert_eq!(new.replaces, vec![old_grant.clone()]);
     let revoke = out
         .iter()
-        .find(|o| o.op == "revoke" && o.grant_id == old_grant)
+        .find(|o| o.op.as_str() == "revoke" && o.grant_id == old_grant)
         .expect("revocation of the superseded grant");
     assert_eq!(revoke.seq, new.seq + 1);
     // History is newest first and shows all three.
@@ -473,10 +491,15 @@ async fn supersede_revoke_expire_and_apply() {
         v["virtualMachines"][0]["ports"][0]["statusReason"],
         "UserRequested"
     );
-    let out = h.store().outbox("web1", 0, 1000).await.expect("outbox");
+    let out = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 1000)
+        .await
+        .expect("outbox");
     assert!(
         out.iter()
-            .any(|o| o.op == "revoke" && o.request_id == other_id)
+            .any(|o| o.op.as_str() == "revoke" && o.request_id == other_id)
     );
     // Revoking again: nothing active.
     let (st, v) = h.call(Method::POST, &path, Some(&alice), None).await;
@@ -506,15 +529,23 @@ async fn supersede_revoke_expire_and_apply() {
     // Applied: the agent channel acknowledges every grant of a request.
     let (_, v) = h.initiate(&alice, req("203.0.113.77")).await;
     let id = v["id"].as_str().expect("id");
-    for o in h.store().outbox("web1", 0, 1000).await.expect("outbox") {
+    for o in h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 1000)
+        .await
+        .expect("outbox")
+    {
         if o.request_id == id {
-            h.store()
-                .ack_grant(&Actor::controller(), &o.grant_id)
+            h.app()
+                .lifecycle
+                .acknowledge(&Actor::controller(), &o.grant_id)
                 .await
                 .expect("ack");
             // a redelivered acknowledgement is accepted again, not applied again
-            h.store()
-                .ack_grant(&Actor::controller(), &o.grant_id)
+            h.app()
+                .lifecycle
+                .acknowledge(&Actor::controller(), &o.grant_id)
                 .await
                 .expect("ack");
         }
@@ -525,7 +556,8 @@ async fn supersede_revoke_expire_and_apply() {
 
     // Expiry (driven with an explicit clock, not by waiting): Revoked / Expired.
     let n = h
-        .store()
+        .app()
+        .lifecycle
         .expire_due(now_ms() + 2 * 3600 * 1000)
         .await
         .expect("sweep");
@@ -723,7 +755,7 @@ async fn tampered_activity_row_is_detected() {
     let target = n - 1;
     sqlx::query("UPDATE activity SET details = REPLACE(details, 'INC-1', 'INC-2') WHERE seq = $1")
         .bind(target)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("tamper");
     let (st, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
@@ -734,24 +766,41 @@ async fn tampered_activity_row_is_detected() {
     // Restoring the row makes it verify again; deleting the last entry is detected too.
     sqlx::query("UPDATE activity SET details = REPLACE(details, 'INC-2', 'INC-1') WHERE seq = $1")
         .bind(target)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("restore");
-    assert!(h.store().verify().await.expect("verify").ok);
+    assert!(
+        h.app()
+            .audit
+            .verify(&Caller::local())
+            .await
+            .expect("verify")
+            .ok
+    );
     sqlx::query("DELETE FROM activity WHERE seq = $1")
         .bind(n)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("delete");
-    let r = h.store().verify().await.expect("verify");
+    let r = h
+        .app()
+        .audit
+        .verify(&Caller::local())
+        .await
+        .expect("verify");
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, Some(n));
     // A changed caller in the middle breaks the chain at that entry.
     sqlx::query("UPDATE activity SET caller = 'mallory' WHERE seq = 2")
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("tamper");
-    let r = h.store().verify().await.expect("verify");
+    let r = h
+        .app()
+        .audit
+        .verify(&Caller::local())
+        .await
+        .expect("verify");
     assert_eq!(r.first_bad_seq, Some(2));
 }
 
@@ -784,7 +833,12 @@ async fn restart_loses_nothing() {
             &alice,
         )
         .await;
-    let out1 = h.store().outbox("web1", 0, 100).await.expect("outbox");
+    let out1 = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 100)
+        .await
+        .expect("outbox");
     let snap = h.snapshot().await;
 
     h.restart().await;
@@ -809,7 +863,11 @@ async fn restart_loses_nothing() {
         pol1
     );
     assert_eq!(
-        h.store().outbox("web1", 0, 100).await.expect("outbox"),
+        h.app()
+            .lifecycle
+            .outbox("web1", 0, 100)
+            .await
+            .expect("outbox"),
         out1
     );
     for r in [&r1, &r2] {
@@ -847,33 +905,35 @@ async fn authentication_failures() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert_eq!(h.snapshot().await, before);
     // Revoked and expired tokens.
-    let tokens = h.store().list_tokens().await.expect("list");
+    let tokens = h.app().tokens.list(&Caller::local()).await.expect("list");
     let alice_id = tokens
         .iter()
         .find(|t| t.name == "alice")
         .expect("alice")
         .id
         .clone();
-    h.store()
-        .revoke_token(&Actor::local(), &alice_id)
+    h.app()
+        .tokens
+        .revoke(&Caller::local(), &alice_id)
         .await
         .expect("revoke");
     let (st, _) = h.get("/api/v1/me", &alice).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (_, secret) = h
-        .store()
-        .create_token(
-            &Actor::local(),
+        .app()
+        .tokens
+        .create(
+            &Caller::local(),
             "temp",
             Role::Reader,
-            &jitgate_controller::auth::Scope::All,
+            &jitgate_api::Scope::All,
             Some(now_ms() + 3_600_000),
         )
         .await
         .expect("token");
     assert_eq!(h.get("/api/v1/me", &secret).await.0, StatusCode::OK);
     sqlx::query("UPDATE tokens SET expires_ms = 1 WHERE name = 'temp'")
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("expire");
     assert_eq!(
@@ -882,7 +942,7 @@ async fn authentication_failures() {
     );
     // Only hashes are stored.
     let rows = sqlx::query("SELECT hash FROM tokens")
-        .fetch_all(h.store().pool())
+        .fetch_all(h.app().db.pool())
         .await
         .expect("rows");
     for r in rows {
@@ -1233,16 +1293,16 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
     // Many concurrent requests (the writer groups them into one transaction when they queue
     // up): the outcome must equal some sequential order, whatever the batching.
     let (h, _) = setup().await;
-    let caller = jitgate_controller::auth::Caller {
-        token_id: "t".into(),
-        name: "carol".into(),
-        role: Role::Requester,
-        scope: jitgate_controller::auth::Scope::All,
-        address: "127.0.0.1".parse().expect("ip"),
-    };
+    let caller = Caller::token(
+        "t",
+        "carol",
+        Role::Requester,
+        jitgate_api::Scope::All,
+        "127.0.0.1".parse().expect("ip"),
+    );
     let mut tasks = Vec::new();
     for i in 0..48u32 {
-        let store = h.store().clone();
+        let store = h.app().clone();
         let caller = caller.clone();
         tasks.push(tokio::spawn(async move {
             // 3 sources shared by many requests (supersede chains), one unknown VM, one denial
@@ -1257,9 +1317,10 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
                 json!({"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}),
             ))
             .expect("json");
-            let req = jitgate_controller::model::Initiate::from_json(&j, caller.address, now_ms())
-                .expect("valid");
-            store.initiate(&caller, &req).await
+            let req =
+                jitgate_controller::request::Initiate::from_body(&j, caller.address, now_ms())
+                    .expect("valid");
+            store.lifecycle.initiate(&caller, &req).await
         }));
     }
     let mut ok = 0;
@@ -1279,7 +1340,7 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
     assert_eq!((ok, denied), (46, 1));
     use sqlx::Row;
     let n: i64 = sqlx::query("SELECT COUNT(*) FROM requests")
-        .fetch_one(h.store().pool())
+        .fetch_one(h.app().db.pool())
         .await
         .expect("count")
         .try_get(0)
@@ -1289,7 +1350,7 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
     for src in ["203.0.113.0/32", "203.0.113.1/32", "203.0.113.2/32"] {
         let rows = sqlx::query("SELECT state FROM grants WHERE prefix = $1")
             .bind(src)
-            .fetch_all(h.store().pool())
+            .fetch_all(h.app().db.pool())
             .await
             .expect("rows");
         let active = rows
@@ -1302,21 +1363,33 @@ async fn concurrent_initiates_are_decided_as_if_one_by_one() {
     let revoked: i64 = sqlx::query(
         "SELECT COUNT(*) FROM request_ports WHERE status = 'Revoked' AND status_reason = 'NewerRequestInitiated'",
     )
-    .fetch_one(h.store().pool())
+    .fetch_one(h.app().db.pool())
     .await
     .expect("count")
     .try_get(0)
     .expect("n");
     assert_eq!(revoked, 46 - 3);
     // Every superseded grant is named in exactly one newer grant's `replaces`.
-    let out = h.store().outbox("web1", 0, 10_000).await.expect("outbox");
+    let out = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 10_000)
+        .await
+        .expect("outbox");
     let mut replaced: Vec<String> = out.iter().flat_map(|o| o.replaces.clone()).collect();
     replaced.sort();
     let before = replaced.len();
     replaced.dedup();
     assert_eq!(before, replaced.len());
     assert_eq!(replaced.len(), 43);
-    assert!(h.store().verify().await.expect("verify").ok);
+    assert!(
+        h.app()
+            .audit
+            .verify(&Caller::local())
+            .await
+            .expect("verify")
+            .ok
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1325,20 +1398,20 @@ async fn batches_supersede_within_and_across() {
     // then three times again in a second batch (superseding a grant already in the database
     // while the key repeats inside the batch), plus an unknown VM and a denial.
     let (h, _) = setup().await;
-    let caller = jitgate_controller::auth::Caller {
-        token_id: "t".into(),
-        name: "carol".into(),
-        role: Role::Requester,
-        scope: jitgate_controller::auth::Scope::All,
-        address: "127.0.0.1".parse().expect("ip"),
-    };
+    let caller = Caller::token(
+        "t",
+        "carol",
+        Role::Requester,
+        jitgate_api::Scope::All,
+        "127.0.0.1".parse().expect("ip"),
+    );
     let job = |vm: &str, src: &str| {
         let j: jitgate_api::InitiateBody = serde_json::from_value(one_port(
             vm,
             json!({"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}),
         ))
         .expect("json");
-        let req = jitgate_controller::model::Initiate::from_json(&j, caller.address, now_ms())
+        let req = jitgate_controller::request::Initiate::from_body(&j, caller.address, now_ms())
             .expect("valid");
         (caller.clone(), req)
     };
@@ -1351,7 +1424,12 @@ async fn batches_supersede_within_and_across() {
             job("web1", "198.51.100.1"),
             job("web1", "203.0.113.50"),
         ];
-        let res = h.store().initiate_batch(&batch).await.expect("batch");
+        let res = h
+            .app()
+            .lifecycle
+            .initiate_batch(&batch)
+            .await
+            .expect("batch");
         assert_eq!(res.len(), 5);
         assert!(res[1].is_err(), "round {round}: unknown VM");
         assert_eq!(res[3].as_ref().expect("ok").status.as_str(), "Denied");
@@ -1363,7 +1441,12 @@ async fn batches_supersede_within_and_across() {
     }
     // Only the last request is active; each earlier one was superseded by the next.
     for (n, id) in ids.iter().enumerate() {
-        let r = h.store().get_request(id).await.expect("rec");
+        let r = h
+            .app()
+            .lifecycle
+            .get(&Caller::local(), id)
+            .await
+            .expect("rec");
         if n + 1 == ids.len() {
             assert_eq!(r.status.as_str(), "Initiated", "{n}");
         } else {
@@ -1377,8 +1460,13 @@ async fn batches_supersede_within_and_across() {
             );
         }
     }
-    let all = h.store().outbox("web1", 0, 1000).await.expect("outbox");
-    let out: Vec<_> = all.iter().filter(|o| o.op == "apply").collect();
+    let all = h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 1000)
+        .await
+        .expect("outbox");
+    let out: Vec<_> = all.iter().filter(|o| o.op.as_str() == "apply").collect();
     assert_eq!(out.len(), 6);
     assert_eq!(
         all.len(),
@@ -1398,5 +1486,12 @@ async fn batches_supersede_within_and_across() {
             assert_eq!((next.op.as_str(), &next.grant_id), ("revoke", &expect[0]));
         }
     }
-    assert!(h.store().verify().await.expect("verify").ok);
+    assert!(
+        h.app()
+            .audit
+            .verify(&Caller::local())
+            .await
+            .expect("verify")
+            .ok
+    );
 }

@@ -1,7 +1,7 @@
 //! The agent side of the controller, played by a test client built from jitgate-proto,
 //! tokio-rustls and rcgen: enrolment over real HTTPS, the channel over real mutual TLS on
 //! loopback, a real SQLite file.
-#![allow(clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Harness, one_port};
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
-use jitgate_controller::auth::Role;
+use jitgate_api::Role;
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, read_frame};
 use reqwest::{Method, StatusCode};
@@ -57,8 +57,9 @@ async fn enroll_raw(h: &Harness, token: &str, csr_pem: &str) -> (StatusCode, Val
 
 async fn enroll(h: &Harness, vm: &str) -> Creds {
     let (token, _) = h
-        .store()
-        .create_enroll_token(&jitgate_controller::store::Actor::local(), vm)
+        .app()
+        .fleet
+        .create_enroll_token(&jitgate_controller::authz::Caller::local(), vm)
         .await
         .expect("token");
     let key = rcgen::KeyPair::generate().expect("key");
@@ -212,7 +213,7 @@ async fn setup() -> (Harness, String) {
 
 async fn count(h: &Harness, sql: &str) -> i64 {
     sqlx::query(sql)
-        .fetch_one(h.store().pool())
+        .fetch_one(h.app().db.pool())
         .await
         .expect("count")
         .try_get::<i64, _>(0)
@@ -223,7 +224,7 @@ async fn activity_ops(h: &Harness, op: &str, outcome: &str) -> i64 {
     sqlx::query("SELECT COUNT(*) FROM activity WHERE operation = $1 AND outcome = $2")
         .bind(op)
         .bind(outcome)
-        .fetch_one(h.store().pool())
+        .fetch_one(h.app().db.pool())
         .await
         .expect("count")
         .try_get::<i64, _>(0)
@@ -234,8 +235,9 @@ async fn activity_ops(h: &Harness, op: &str, outcome: &str) -> i64 {
 async fn enrolment_token_is_single_use_and_failures_write_nothing_but_the_log() {
     let (h, _) = setup().await;
     let (token, _) = h
-        .store()
-        .create_enroll_token(&jitgate_controller::store::Actor::local(), "web1")
+        .app()
+        .fleet
+        .create_enroll_token(&jitgate_controller::authz::Caller::local(), "web1")
         .await
         .expect("token");
     assert!(token.starts_with("jitenroll_") && token.len() == 10 + 64);
@@ -275,8 +277,8 @@ async fn enrolment_token_is_single_use_and_failures_write_nothing_but_the_log() 
             .as_ref()
             .expect("server")
             .agent_addr
-            .expect("agent addr")
             .to_string()
+            .as_str()
     );
 
     // Second use, unknown and malformed tokens: refused, nothing written but the log.
@@ -296,12 +298,13 @@ async fn enrolment_token_is_single_use_and_failures_write_nothing_but_the_log() 
 
     // An expired token is refused.
     let (t2, _) = h
-        .store()
-        .create_enroll_token(&jitgate_controller::store::Actor::local(), "web2")
+        .app()
+        .fleet
+        .create_enroll_token(&jitgate_controller::authz::Caller::local(), "web2")
         .await
         .expect("token");
     sqlx::query("UPDATE enroll_tokens SET expires_ms = 1 WHERE vm = 'web2'")
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("expire");
     let (st, _) = enroll_raw(&h, &t2, &csr(&key)).await;
@@ -424,7 +427,7 @@ async fn grants_flow_signed_acked_revoked_and_not_resent() {
         protocol: jitgate_common::Protocol::Tcp,
         port: jitgate_common::Port::new(22).expect("port"),
         source: "198.51.100.7/32".parse().expect("prefix"),
-        end_unix_ms: jitgate_controller::model::now_ms() + 60_000,
+        end_unix_ms: jitgate_api::time::now_ms() + 60_000,
         requester: "root".into(),
     };
     for _ in 0..2 {
@@ -534,7 +537,7 @@ async fn grants_flow_signed_acked_revoked_and_not_resent() {
             },
             addresses,
             problems,
-            agent_unix_ms: jitgate_controller::model::now_ms() + 300_000,
+            agent_unix_ms: jitgate_api::time::now_ms() + 300_000,
         }))
     };
     a.send(&status(
@@ -681,8 +684,9 @@ async fn bad_frames_close_only_that_connection_and_revoked_agents_are_refused() 
     }
 
     // Revocation closes the live connection and refuses the credential from then on.
-    h.store()
-        .revoke_agents(&jitgate_controller::store::Actor::local(), "web2")
+    h.app()
+        .fleet
+        .revoke_agents(&jitgate_controller::authz::Caller::local(), "web2")
         .await
         .expect("revoke");
     assert!(
@@ -772,7 +776,7 @@ async fn connection_history_from_delivered_records() {
     let rid = req["id"].as_str().expect("request id").to_string();
     let gid: String = sqlx::query("SELECT id FROM grants WHERE request_id = $1")
         .bind(&rid)
-        .fetch_one(h.store().pool())
+        .fetch_one(h.app().db.pool())
         .await
         .expect("grant")
         .try_get(0)
@@ -982,7 +986,7 @@ async fn agent_checkpoints_verify_and_a_database_rewrite_fails() {
             .bind(l)
             .bind(&id)
             .bind(i as i64 + 1)
-            .execute(h.store().pool())
+            .execute(h.app().db.pool())
             .await
             .expect("rewrite");
     }
@@ -1011,14 +1015,14 @@ async fn agent_checkpoints_verify_and_a_database_rewrite_fails() {
             .bind(l)
             .bind(&id)
             .bind(i as i64 + 1)
-            .execute(h.store().pool())
+            .execute(h.app().db.pool())
             .await
             .expect("rewrite");
     }
     sqlx::query("UPDATE agents SET cert_pem = $1 WHERE id = $2")
         .bind(own.pem())
         .bind(&id)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("cert");
     let (_, v) = verify().await;
@@ -1030,4 +1034,79 @@ async fn agent_checkpoints_verify_and_a_database_rewrite_fails() {
             .contains("CA"),
         "{v}"
     );
+}
+
+/// Two controllers in one process on two databases (what HA will run in one test): each
+/// wakes only its own agent connections and knows only its own agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
+    let (a, alice_a) = setup().await;
+    let (b, alice_b) = setup().await;
+    let (ca, cb) = (enroll(&a, "web1").await, enroll(&b, "web1").await);
+    let mut agent_a = Agent::connect(&ca).await;
+    agent_a.handshake(&ca, 0).await;
+    // Presence: A's agent is connected to A only; B's to nobody yet.
+    let live = |h: &Harness| h.app().presence.live_agents();
+    assert_eq!(live(&a), [ca.id.to_string()]);
+    assert!(live(&b).is_empty());
+    let mut agent_b = Agent::connect(&cb).await;
+    agent_b.handshake(&cb, 0).await;
+    assert_eq!(live(&b), [cb.id.to_string()]);
+    assert_eq!(live(&a), [ca.id.to_string()]);
+    let (_, fleet_a) = a.get("/api/v1/agents", &a.admin).await;
+    assert_eq!(fleet_a["value"][0]["connection"], "online", "{fleet_a}");
+    assert_eq!(fleet_a["value"].as_array().map(Vec::len), Some(1));
+    // Wakeups: a grant committed on A wakes A's connections only.
+    let mut outbox_a = a.app().notifier.outbox_watch();
+    let mut outbox_b = b.app().notifier.outbox_watch();
+    outbox_a.mark_unchanged();
+    outbox_b.mark_unchanged();
+    let req = one_port(
+        "web1",
+        json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
+    );
+    let (st, v) = a.initiate(&alice_a, req.clone()).await;
+    assert_eq!(
+        (st, v["status"].as_str()),
+        (StatusCode::OK, Some("Initiated")),
+        "{v}"
+    );
+    assert!(outbox_a.has_changed().expect("open"));
+    assert!(!outbox_b.has_changed().expect("open"));
+    assert!(matches!(agent_a.recv().await, ControllerMsg::Grant(_)));
+    assert!(
+        agent_b
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "B's agent was sent nothing"
+    );
+    // A policy change on B re-sends B's policy only.
+    let mut policy_a = a.app().notifier.policy_watch();
+    policy_a.mark_unchanged();
+    b.put_vm_policy(
+        "web1",
+        json!([{"number": 2222, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT1H"}]),
+    )
+    .await;
+    assert!(!policy_a.has_changed().expect("open"));
+    assert!(matches!(agent_b.recv().await, ControllerMsg::Policy(_)));
+    // B's request reaches B's agent, not A's.
+    let (_, v) = b.initiate(&alice_b, req).await;
+    assert_eq!(
+        v["status"], "Denied",
+        "port 22 left web1's policy on B: {v}"
+    );
+    drop(agent_a);
+    // A's agent gone: A's presence forgets it (within a bounded wait), B's is untouched.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !live(&a).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A still lists its agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(live(&b), [cb.id.to_string()]);
 }

@@ -1,6 +1,7 @@
 //! Signed checkpoints of the activity log (real controller, real SQLite file): a database
 //! writer who rewrites an entry and recomputes every later hash passes the plain chain check
 //! but not the checkpoint check; forged checkpoints fail; exports verify offline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -40,7 +41,7 @@ async fn export(h: &Harness) -> Export {
 /// What a database writer can do: change entry `seq`'s caller and recompute the hash of it
 /// and every later entry, and the chain head, so the plain chain is consistent again.
 async fn rewrite_and_rechain(h: &Harness, seq: i64) {
-    let pool = h.store().pool();
+    let pool = h.app().db.pool();
     sqlx::query("UPDATE activity SET caller = 'mallory' WHERE seq = $1")
         .bind(seq)
         .execute(pool)
@@ -154,7 +155,7 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     // A changed signed time (a forged signature) fails, naming the checkpoint.
     sqlx::query("UPDATE activity_checkpoints SET time_ms = time_ms + 1 WHERE seq = $1")
         .bind(seq)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("tamper");
     let v = verify(&h).await;
@@ -166,7 +167,7 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     );
     sqlx::query("UPDATE activity_checkpoints SET time_ms = time_ms - 1 WHERE seq = $1")
         .bind(seq)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("restore");
     assert_eq!(verify(&h).await["ok"], true);
@@ -174,19 +175,19 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     // checkpoint that covered it.
     let prev: String = sqlx::query("SELECT prev_hash FROM activity WHERE seq = $1")
         .bind(seq)
-        .fetch_one(h.store().pool())
+        .fetch_one(h.app().db.pool())
         .await
         .expect("prev")
         .get(0);
     sqlx::query("DELETE FROM activity WHERE seq = $1")
         .bind(seq)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("delete");
     sqlx::query("UPDATE counters SET value = $1, hash = $2 WHERE name = 'chain'")
         .bind(seq - 1)
         .bind(&prev)
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("head");
     let v = verify(&h).await;
@@ -200,9 +201,7 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
         "{v}"
     );
     // Readers may list and export; only admins sign on demand.
-    let reader = h
-        .token("auditor", jitgate_controller::auth::Role::Reader, "*")
-        .await;
+    let reader = h.token("auditor", jitgate_api::Role::Reader, "*").await;
     let (st, _) = h.get("/api/v1/activityLog/export", &reader).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = h
@@ -216,7 +215,7 @@ async fn forged_or_removed_checkpoints_and_truncation_fail() {
     assert_eq!(st, StatusCode::FORBIDDEN);
     // A stop signs the head: after a restart everything is covered.
     sqlx::query("DELETE FROM activity_checkpoints")
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("clear");
     h.restart().await;

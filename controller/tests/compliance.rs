@@ -3,11 +3,12 @@
 //! leaves this host: no probe range is configured and no probe is asked), the report and its
 //! filters, history, remediation, rights, and bad input that changes nothing.
 //! Findings from real agents and a real probe: tests/tests/compliance.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::Harness;
-use jitgate_controller::auth::Role;
+use jitgate_api::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -334,5 +335,74 @@ async fn evaluations_run_on_schedule() {
         v.iter()
             .all(|s| s["reason"] == "schedule" && s["probed"] == false),
         "{hist}"
+    );
+}
+
+/// Remediation writes the VM's policy and its "Remediate Compliance" entry in one
+/// transaction: when the entry cannot be written (a trigger refuses it here), the policy is
+/// not written either, and a retry once it can succeeds whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remediation_is_one_transaction() {
+    let h = Harness::new().await;
+    h.fixture().await;
+    let pool = h.app().db.pool();
+    let postgres = h.app().db.backend().as_str() == "postgres";
+    let (create, drop): (&[&str], &[&str]) = if postgres {
+        (
+            &[
+                "CREATE FUNCTION refuse_remediation() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse_remediation BEFORE INSERT ON activity FOR EACH ROW \
+                 WHEN (NEW.operation = 'Remediate Compliance') EXECUTE FUNCTION refuse_remediation()",
+            ],
+            &["DROP TRIGGER refuse_remediation ON activity"],
+        )
+    } else {
+        (
+            &[
+                "CREATE TRIGGER refuse_remediation BEFORE INSERT ON activity \
+               WHEN NEW.operation = 'Remediate Compliance' \
+               BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            ],
+            &["DROP TRIGGER refuse_remediation"],
+        )
+    };
+    for sql in create {
+        sqlx::raw_sql(sql).execute(pool).await.expect("trigger");
+    }
+    let before = h.snapshot().await;
+    let body = json!({"virtualMachine": "web1"});
+    let (st, v) = post(&h, "/api/v1/compliance/remediate", &h.admin, body.clone()).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(
+        h.snapshot().await,
+        before,
+        "the policy was written without its entry"
+    );
+    let (st, _) = h
+        .get(
+            "/api/v1/virtualMachines/web1/jitNetworkAccessPolicies/default",
+            &h.admin,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    for sql in drop {
+        sqlx::raw_sql(sql)
+            .execute(pool)
+            .await
+            .expect("drop trigger");
+    }
+    let (st, v) = post(&h, "/api/v1/compliance/remediate", &h.admin, body).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, log) = h.get("/api/v1/activityLog?vm=web1", &h.admin).await;
+    let ops: Vec<&str> = log["value"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["operation"].as_str())
+        .collect();
+    assert!(
+        ops.ends_with(&["Update JIT Network Access Policy", "Remediate Compliance"]),
+        "{ops:?}"
     );
 }

@@ -3,13 +3,14 @@
 //! Runs only when `JIT_TEST_POSTGRES_URL` names a server and a database the test may create
 //! databases from, e.g. `postgres://postgres@127.0.0.1:5432/postgres`; otherwise it passes
 //! without doing anything (there is no PostgreSQL server in CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::{Harness, one_port, reasons};
-use jitgate_controller::auth::Role;
-use jitgate_controller::model::now_ms;
-use jitgate_controller::store::Actor;
+use jitgate_api::Role;
+use jitgate_api::time::now_ms;
+use jitgate_controller::authz::Actor;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -20,7 +21,7 @@ async fn controller_on_postgres() {
         return;
     };
     let mut h = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
-    assert_eq!(h.store().backend, "postgres");
+    assert_eq!(h.app().db.backend().as_str(), "postgres");
     h.fixture().await;
     h.put_rg_policy(
         "prod",
@@ -95,10 +96,17 @@ async fn controller_on_postgres() {
     }
     // applied and expired
     let v6_id = v6["id"].as_str().expect("id");
-    for o in h.store().outbox("web1", 0, 100).await.expect("outbox") {
+    for o in h
+        .app()
+        .lifecycle
+        .outbox("web1", 0, 100)
+        .await
+        .expect("outbox")
+    {
         if o.request_id == v6_id {
-            h.store()
-                .ack_grant(&Actor::controller(), &o.grant_id)
+            h.app()
+                .lifecycle
+                .acknowledge(&Actor::controller(), &o.grant_id)
                 .await
                 .expect("ack");
         }
@@ -106,7 +114,8 @@ async fn controller_on_postgres() {
     let (_, v) = h.get(&format!("/api/v1/requests/{v6_id}"), &alice).await;
     assert_eq!(v["status"], "Applied", "{v}");
     assert!(
-        h.store()
+        h.app()
+            .lifecycle
             .expire_due(now_ms() + 10 * 3600 * 1000)
             .await
             .expect("sweep")
@@ -136,7 +145,7 @@ async fn controller_on_postgres() {
     let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
     assert_eq!(v["ok"], true, "{v}");
     sqlx::query("UPDATE activity SET caller = 'mallory' WHERE seq = 3")
-        .execute(h.store().pool())
+        .execute(h.app().db.pool())
         .await
         .expect("tamper");
     let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;

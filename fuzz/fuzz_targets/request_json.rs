@@ -3,14 +3,15 @@
 //! server's limits and validated as the handlers do.
 //!
 //! Properties: never a panic; a body over the server's size limit is refused; a policy that
-//! validates shows as JSON (`to_json`, what GET returns) that validates to the same policy; a
+//! validates shows as JSON (`to_body`, what GET returns) that validates to the same policy; a
 //! validated request keeps its limits (1-32 VMs, 1-64 ports each, a justification of at most
 //! 1024 bytes, at most 128 source prefixes per port once `*` is expanded).
 #![no_main]
 
-use jitgate_controller::api::parse_body;
+use jitgate_controller::http::extract::parse_body;
 use jitgate_api::{InitiateBody as InitiateJson, PolicyBody as PolicyJson};
-use jitgate_controller::model::{Initiate, MAX_JUSTIFICATION, Policy};
+use jitgate_controller::policy::Policy;
+use jitgate_controller::request::{Initiate, MAX_JUSTIFICATION};
 use jitgate_controller::state::DEFAULT_MAX_BODY_BYTES;
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,11 +26,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     if let Ok(j) = parse_body::<PolicyJson>(data, DEFAULT_MAX_BODY_BYTES)
-        && let Ok(p) = Policy::from_json(&j)
+        && let Ok(p) = Policy::from_body(&j)
     {
         assert!(!p.ports.is_empty() && p.ports.len() <= 256);
-        let shown = p.to_json();
-        let again = Policy::from_json(&shown).expect("a shown policy validates");
+        let shown = p.to_body();
+        let again = Policy::from_body(&shown).expect("a shown policy validates");
         assert_eq!(again, p, "policy changed through its JSON form");
         // And through the bytes a client would send back.
         let bytes = serde_json::to_vec(&shown).expect("serializes");
@@ -37,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(reparsed.ports, shown.ports);
     }
     if let Ok(j) = parse_body::<InitiateJson>(data, DEFAULT_MAX_BODY_BYTES)
-        && let Ok(r) = Initiate::from_json(&j, CALLER, NOW_MS)
+        && let Ok(r) = Initiate::from_body(&j, CALLER, NOW_MS)
     {
         assert!(!r.justification.is_empty() && r.justification.len() <= MAX_JUSTIFICATION);
         assert!((1..=32).contains(&r.vms.len()));

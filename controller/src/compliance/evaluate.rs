@@ -3,22 +3,25 @@
 //! non-loopback interface with an address, the agent healthy and connected) and the last
 //! probe found none of them reachable without a grant.
 
-use jitgate_api::ErrorCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use jitgate_api::time::{format as fmt_time, now_ms};
+use jitgate_api::{
+    ComplianceResult as ResourceResult, ComplianceState as State, ErrorCode, Finding, FindingCode,
+    ResourceKind, ScanReason, ScanSummary,
+};
 use jitgate_common::{ProtectedPort, Protocol, SourcePrefix};
 
-use super::db::{Exposure, VmRow};
-use super::{
-    Finding, FindingCode, ResourceKind, ResourceResult, ScanSummary, Settings, State, probe,
-    state_of,
-};
-use crate::agents::{AgentRecord, online};
-use crate::error::StoreError;
-use crate::model::{fmt_time, now_ms};
-use crate::store::Store;
+use crate::compliance::settings::{MgmtPort, Settings};
+use crate::compliance::{Counts, probe, state_of};
+use crate::error::{Error, Result};
+use crate::presence::Presence;
+use crate::store::agents::{self, AgentRecord, Heartbeat, ONLINE_WITHIN_MS};
+use crate::store::compliance::{self as db, Exposure, VmRow};
+use crate::store::db::Db;
+use crate::store::{grants, inventory};
 
 fn finding(code: FindingCode, reason: impl Into<String>) -> Finding {
     Finding {
@@ -33,6 +36,7 @@ fn finding(code: FindingCode, reason: impl Into<String>) -> Finding {
 /// Judges one VM from its agent's last report and the probe's exposures.
 pub fn evaluate_vm(
     s: &Settings,
+    presence: &Presence,
     vm: &VmRow,
     agent: Option<&AgentRecord>,
     exposures: &[Exposure],
@@ -43,7 +47,7 @@ pub fn evaluate_vm(
         None => f.push(finding(FindingCode::NoAgent,
             "no agent is enrolled on this VM: nothing reports its listening ports or enforcement",
         )),
-        Some(a) if !online(&a.id, a.last_seen_ms, now) && a.last_seen_ms.is_none_or(|l| now - l > s.offline_grace_ms) => {
+        Some(a) if !presence.online(&a.id, a.last_seen_ms, now) && a.last_seen_ms.is_none_or(|l| now - l > s.offline_grace_ms) => {
             f.push(finding(FindingCode::AgentOffline,
                 match a.last_seen_ms {
                     Some(l) => format!(
@@ -62,7 +66,7 @@ pub fn evaluate_vm(
             )),
             Some(hb) => {
                 if let Some(r) = hb.received_ms
-                    && now - r > crate::agents::ONLINE_WITHIN_MS
+                    && now - r > ONLINE_WITHIN_MS
                 {
                     f.push(finding(FindingCode::StaleStatusReport,
                         format!(
@@ -113,7 +117,7 @@ pub fn evaluate_vm(
                         continue;
                     }
                     seen.push(key);
-                    let label = super::MgmtPort {
+                    let label = MgmtPort {
                         protocol: proto,
                         port: match jitgate_common::Port::new(sock.port) {
                             Some(p) => p,
@@ -160,7 +164,7 @@ pub fn evaluate_vm(
 
 /// `*` for a wildcard bind (every interface), else the interface holding the address when
 /// the agent reported it, else the address itself.
-fn interface_of(address: &str, hb: &crate::agents::HeartbeatJson) -> String {
+fn interface_of(address: &str, hb: &Heartbeat) -> String {
     if address == "0.0.0.0" || address == "::" {
         return "*".into();
     }
@@ -202,29 +206,27 @@ fn unmanaged(address: &str, ports: &[u16]) -> ResourceResult {
 /// Runs the probe: registered addresses of covered VMs plus the configured ranges (or
 /// `range`, which must lie inside them). Stores and returns what was open without a grant.
 pub async fn probe_fleet(
-    store: &Store,
+    db: &Db,
     s: &Settings,
     vms: &[VmRow],
     range: Option<SourcePrefix>,
-) -> Result<(Vec<Exposure>, probe::Outcome), StoreError> {
+) -> Result<(Vec<Exposure>, probe::Outcome)> {
     let ranges: Vec<SourcePrefix> = match range {
         Some(r) => vec![r],
         None => s.ranges.clone(),
     };
-    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses).map_err(|e| {
-        StoreError::Api(crate::error::ApiError::bad_request(
-            ErrorCode::InvalidRange,
-            e,
-        ))
-    })?;
-    let registered: HashMap<IpAddr, String> = store
-        .registered_addresses()
-        .await?
-        .into_iter()
-        .filter_map(|(a, vm)| Some((jitgate_common::net::normalise(a.parse().ok()?), vm)))
-        .collect();
+    let mut targets: Vec<IpAddr> = probe::expand(&ranges, s.probe.max_addresses)
+        .map_err(|e| Error::refused(ErrorCode::InvalidRange, e))?;
+    let mut registered: HashMap<IpAddr, String> = HashMap::new();
+    for v in inventory::vms(db.pool()).await? {
+        for a in &v.addresses.0 {
+            if let Ok(ip) = a.parse::<IpAddr>() {
+                registered.insert(jitgate_common::net::normalise(ip), v.name.clone());
+            }
+        }
+    }
     for v in vms {
-        for a in &v.addresses {
+        for a in &v.addresses.0 {
             if let Ok(ip) = a.parse::<IpAddr>() {
                 targets.push(jitgate_common::net::normalise(ip));
             }
@@ -233,16 +235,16 @@ pub async fn probe_fleet(
     targets.sort();
     targets.dedup();
     if targets.len() > s.probe.max_addresses {
-        return Err(StoreError::Api(crate::error::ApiError::bad_request(
+        return Err(Error::refused(
             ErrorCode::InvalidRange,
             format!(
                 "the probe would cover {} addresses; the limit is {}",
                 targets.len(),
                 s.probe.max_addresses
             ),
-        )));
+        ));
     }
-    let out = probe::run(&targets, &probe::tcp_ports(s), &s.probe).await;
+    let out = probe::run(&targets, &s.tcp_ports(), &s.probe).await;
     let now = now_ms();
     let mut found = Vec::new();
     for o in &out.open {
@@ -250,8 +252,7 @@ pub async fn probe_fleet(
         let port = o.target.port();
         let vm = registered.get(&addr).cloned().unwrap_or_default();
         if !vm.is_empty() {
-            let granted = store
-                .active_tcp_prefixes(&vm, port, now)
+            let granted = grants::active_tcp_prefixes(db.pool(), &vm, port, now)
                 .await?
                 .iter()
                 .filter_map(|p| p.parse::<SourcePrefix>().ok())
@@ -267,30 +268,43 @@ pub async fn probe_fleet(
             vm,
         });
     }
-    store.replace_exposures(&found).await?;
+    let mut w = db.begin().await?;
+    db::replace_exposures(&mut w, &found).await?;
+    w.commit().await?;
     Ok((found, out))
 }
 
-/// One evaluation: optionally probes first, judges every covered VM, lists unmanaged hosts,
-/// stores the results with a timestamp.
+/// One evaluation: optionally probes first, judges every VM covered by an assignment (VMs
+/// added to an assigned group later included), lists unmanaged hosts, stores the results
+/// with a timestamp.
 pub async fn run_scan(
-    store: &Store,
+    db: &Db,
+    presence: &Presence,
     s: &Settings,
-    reason: jitgate_api::ScanReason,
+    reason: ScanReason,
     probe: bool,
     range: Option<SourcePrefix>,
-) -> Result<ScanSummary, StoreError> {
-    let vms = store.compliance_vms().await?;
+) -> Result<ScanSummary> {
+    let scopes: Vec<jitgate_api::Scope> = db::assignments(db.pool())
+        .await?
+        .into_iter()
+        .map(|a| a.scope)
+        .collect();
+    let vms: Vec<VmRow> = db::vms(db.pool())
+        .await?
+        .into_iter()
+        .filter(|v| scopes.iter().any(|s| s.covers_vm(&v.name, &v.group)))
+        .collect();
     let exposures = if probe {
-        probe_fleet(store, s, &vms, range).await?.0
+        probe_fleet(db, s, &vms, range).await?.0
     } else {
-        store.exposures().await?
+        db::exposures(db.pool()).await?
     };
-    let agents = store.agent_records().await?;
+    let agents = agents::active_by_vm(db.pool()).await?;
     let now = now_ms();
     let mut results: Vec<ResourceResult> = vms
         .iter()
-        .map(|v| evaluate_vm(s, v, agents.get(&v.name), &exposures, now))
+        .map(|v| evaluate_vm(s, presence, v, agents.get(&v.name), &exposures, now))
         .collect();
     let mut hosts: std::collections::BTreeMap<&str, Vec<u16>> = Default::default();
     for e in exposures.iter().filter(|e| e.vm.is_empty()) {
@@ -299,10 +313,32 @@ pub async fn run_scan(
     for (a, ports) in hosts {
         results.push(unmanaged(a, &ports));
     }
-    let sum = store.store_scan(&reason, probe, &results).await?;
+    let c = Counts::of(&results);
+    let mut w = db.begin().await?;
+    let id = db::insert_scan(
+        &mut w,
+        &reason,
+        probe,
+        [c.compliant, c.non_compliant, c.unknown, c.unmanaged],
+        &results,
+    )
+    .await?;
+    let time = w.now;
+    w.commit().await?;
+    let sum = ScanSummary {
+        scan_id: id,
+        time_utc: fmt_time(time),
+        reason,
+        probed: probe,
+        compliant: c.compliant,
+        non_compliant: c.non_compliant,
+        unknown: c.unknown,
+        unmanaged: c.unmanaged,
+        compliance_percentage: ScanSummary::percentage(c.compliant, c.non_compliant),
+    };
     tracing::info!(
         scan = sum.scan_id,
-        reason = %reason,
+        reason = %sum.reason,
         probed = probe,
         compliant = sum.compliant,
         non_compliant = sum.non_compliant,
@@ -316,10 +352,12 @@ pub async fn run_scan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{HeartbeatJson, SocketJson, UnattachedJson};
+    use crate::compliance::settings::ComplianceConfig;
+    use crate::store::agents::{Heartbeat as HeartbeatJson, SocketJson, UnattachedJson};
+    use crate::store::db::Json;
 
     fn settings() -> Settings {
-        Settings::from_config(&super::super::ComplianceConfig::default()).unwrap()
+        Settings::from_config(&ComplianceConfig::default()).unwrap()
     }
 
     fn vm() -> VmRow {
@@ -327,7 +365,7 @@ mod tests {
             name: "vm-1".into(),
             group: "prod".into(),
             owner: "ops@example.net".into(),
-            addresses: vec!["198.51.100.10".into()],
+            addresses: Json(vec!["198.51.100.10".into()]),
         }
     }
 
@@ -368,11 +406,11 @@ mod tests {
             ),
             now,
         );
-        let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&ok), &[], now);
         assert_eq!(r.state, State::Compliant, "{r:?}");
         // Listening unprotected.
         let bad = rec(hb(&[], &[("TCP", "::", 22)]), now);
-        let r = evaluate_vm(&s, &vm(), Some(&bad), &[], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&bad), &[], now);
         assert_eq!(r.state, State::NonCompliant);
         assert_eq!(r.findings[0].code, FindingCode::ListeningUnprotected);
         assert_eq!(r.findings[0].port.as_deref(), Some("22/TCP"));
@@ -384,11 +422,18 @@ mod tests {
             interface: "eth1".into(),
             addresses: vec!["203.0.113.5".into()],
         }];
-        let r = evaluate_vm(&s, &vm(), Some(&rec(h, now)), &[], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&rec(h, now)), &[], now);
         let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
         assert_eq!(codes, ["EnforcementDetached", "InterfaceUnprotected"]);
         // Offline beyond the grace period (this process serves no agents: last_seen rules).
-        let r = evaluate_vm(&s, &vm(), Some(&ok), &[], now + s.offline_grace_ms + 60_000);
+        let r = evaluate_vm(
+            &s,
+            &Presence::new(),
+            &vm(),
+            Some(&ok),
+            &[],
+            now + s.offline_grace_ms + 60_000,
+        );
         assert_eq!(r.findings[0].code, FindingCode::AgentOffline);
         // The probe's word beats the agent's.
         let e = Exposure {
@@ -396,7 +441,7 @@ mod tests {
             port: 22,
             vm: "vm-1".into(),
         };
-        let r = evaluate_vm(&s, &vm(), Some(&ok), &[e], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&ok), &[e], now);
         assert_eq!(r.state, State::NonCompliant);
         assert_eq!(r.findings[0].code, FindingCode::ReachableWithoutJit);
         // Connected (recent last_seen) but no status report for minutes: not confirmed.
@@ -404,11 +449,11 @@ mod tests {
         if let Some(h) = stale.heartbeat.as_mut() {
             h.received_ms = Some(now - 120_000);
         }
-        let r = evaluate_vm(&s, &vm(), Some(&stale), &[], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&stale), &[], now);
         assert_eq!(r.state, State::NonCompliant);
         assert_eq!(r.findings[0].code, FindingCode::StaleStatusReport);
         // No agent: unknown.
-        let r = evaluate_vm(&s, &vm(), None, &[], now);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), None, &[], now);
         assert_eq!(r.state, State::Unknown);
     }
 }

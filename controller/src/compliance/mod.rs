@@ -1,230 +1,54 @@
 //! Compliance (docs/compliance.md): which hosts have management ports reachable without JIT.
 //!
+//! - [`settings`]: the `[compliance]` configuration, validated once.
 //! - [`evaluate`]: judges each VM in an assigned scope from its agent's status reports and
-//!   the last network probe, into findings.
+//!   the last network probe, into findings; runs and stores an evaluation.
 //! - [`probe`]: the external check: TCP connects from the controller to registered addresses
 //!   (and configured ranges, for unmanaged hosts), rate-limited and bounded in time.
 //! - [`schedule`]: runs evaluations and probes on their intervals.
-//! - [`db`]: assignments, scans and results (a timestamped history), exposures.
-//! - [`http`]: the API handlers.
+//!
+//! This module is the service: reports, evaluations on demand, history, assignments and
+//! remediation.
 
-pub mod db;
 pub mod evaluate;
-pub mod http;
 pub mod probe;
 pub mod schedule;
+pub mod settings;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use jitgate_common::{Port, Protocol, SourcePrefix};
-use serde::{Deserialize, Serialize};
+use jitgate_api::{
+    AssignBody, Assignment, AssignmentEffect, ComplianceGroup, ComplianceReport, ComplianceResult,
+    ComplianceState, ErrorCode, Finding, GroupBy, Operation, PolicyBody, PolicyPort, PolicyView,
+    ProtoSel, RemediateBody, ReportQuery, ResourceKind, ResourceType, ScanBody, ScanReason,
+    ScanSummary, Scope,
+};
+use tokio::sync::Mutex;
 
-use crate::error::SetupError;
+use crate::authz::{self, Action, Caller};
+use crate::compliance::settings::Settings;
+use crate::csv::{self, Cell};
+use crate::error::{Error, Result};
+use crate::input::{parse_prefix, parse_scope, parse_time};
+use crate::policies::{self, Target};
+use crate::policy::Policy;
+use crate::presence::Presence;
+use crate::store::activity::{self, NewActivity};
+use crate::store::compliance::{self as db, AssignmentRow};
+use crate::store::db::Db;
+use crate::store::inventory;
 
 /// The built-in policy definition assigned at a scope.
 pub const POLICY_NAME: &str = "Management ports of virtual machines should be protected with just-in-time network access control";
 
-fn default_ports() -> Vec<String> {
-    ["22/tcp", "3389/tcp", "5985/tcp", "5986/tcp", "3389/udp"]
-        .into_iter()
-        .map(String::from)
-        .collect()
-}
-fn default_scan() -> u64 {
-    1800
-}
-fn default_probe() -> u64 {
-    86_400
-}
-fn default_grace() -> u64 {
-    900
-}
-fn default_timeout() -> u64 {
-    1000
-}
-fn default_concurrency() -> usize {
-    16
-}
-fn default_rate() -> u32 {
-    50
-}
-fn default_probe_max() -> u64 {
-    300
-}
-fn default_max_addresses() -> usize {
-    4096
-}
-fn default_template_max() -> String {
-    "PT3H".into()
-}
-
-/// `[compliance]` in controller.toml.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ComplianceConfig {
-    /// Management ports, `PORT/tcp` or `PORT/udp`.
-    #[serde(default = "default_ports")]
-    pub management_ports: Vec<String>,
-    /// Evaluation interval (0: only on demand).
-    #[serde(default = "default_scan")]
-    pub scan_every_seconds: u64,
-    /// Full network probe interval (0: only on demand).
-    #[serde(default = "default_probe")]
-    pub probe_every_seconds: u64,
-    /// An agent disconnected for longer than this makes its VM non-compliant.
-    #[serde(default = "default_grace")]
-    pub offline_grace_seconds: u64,
-    /// Address ranges (CIDR) probed for unmanaged hosts. Empty: only registered addresses
-    /// are probed. Nothing outside these and the registered addresses is ever probed.
-    #[serde(default)]
-    pub probe_ranges: Vec<String>,
-    #[serde(default = "default_timeout")]
-    pub probe_timeout_ms: u64,
-    #[serde(default = "default_concurrency")]
-    pub probe_concurrency: usize,
-    /// Connection attempts per second, at most.
-    #[serde(default = "default_rate")]
-    pub probe_rate_per_second: u32,
-    /// A probe stops after this long (what is not tried is reported as not probed).
-    #[serde(default = "default_probe_max")]
-    pub probe_max_seconds: u64,
-    /// Largest number of addresses a probe may cover (ranges plus registered addresses).
-    #[serde(default = "default_max_addresses")]
-    pub probe_max_addresses: usize,
-    /// `maxRequestAccessDuration` of the `default` remediation template.
-    #[serde(default = "default_template_max")]
-    pub template_max_duration: String,
-}
-
-impl Default for ComplianceConfig {
-    fn default() -> Self {
-        ComplianceConfig {
-            management_ports: default_ports(),
-            scan_every_seconds: default_scan(),
-            probe_every_seconds: default_probe(),
-            offline_grace_seconds: default_grace(),
-            probe_ranges: Vec::new(),
-            probe_timeout_ms: default_timeout(),
-            probe_concurrency: default_concurrency(),
-            probe_rate_per_second: default_rate(),
-            probe_max_seconds: default_probe_max(),
-            probe_max_addresses: default_max_addresses(),
-            template_max_duration: default_template_max(),
-        }
-    }
-}
-
-/// A management port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MgmtPort {
-    pub protocol: Protocol,
-    pub port: Port,
-}
-
-impl MgmtPort {
-    /// `22/TCP`, as findings show it.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.port, self.protocol.to_string().to_uppercase())
-    }
-}
-
-/// The compliance configuration, validated once at startup.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub ports: Vec<MgmtPort>,
-    pub scan_every: Option<Duration>,
-    pub probe_every: Option<Duration>,
-    pub offline_grace_ms: i64,
-    pub ranges: Vec<SourcePrefix>,
-    pub probe: probe::Limits,
-    pub template_max_secs: i64,
-    pub template_max: String,
-}
-
-impl Settings {
-    pub fn from_config(c: &ComplianceConfig) -> Result<Settings, SetupError> {
-        let bad = |m: String| SetupError::Invalid(format!("[compliance] {m}"));
-        let mut ports = Vec::new();
-        for s in &c.management_ports {
-            let (p, proto) = s
-                .split_once('/')
-                .ok_or_else(|| bad(format!("management port {s:?}: use PORT/tcp or PORT/udp")))?;
-            let port: Port = p
-                .parse()
-                .map_err(|e| bad(format!("management port {s:?}: {e}")))?;
-            let protocol: Protocol = proto
-                .parse()
-                .map_err(|e| bad(format!("management port {s:?}: {e}")))?;
-            let m = MgmtPort { protocol, port };
-            if !ports.contains(&m) {
-                ports.push(m);
-            }
-        }
-        if ports.is_empty() {
-            return Err(bad("management_ports is empty".into()));
-        }
-        ports.sort();
-        let mut ranges = Vec::new();
-        for r in &c.probe_ranges {
-            let p: SourcePrefix = r
-                .parse()
-                .map_err(|e| bad(format!("probe range {r:?}: {e}")))?;
-            ranges.push(p);
-        }
-        let secs = |n: u64| (n > 0).then(|| Duration::from_secs(n));
-        if c.probe_concurrency == 0 || c.probe_concurrency > 1024 {
-            return Err(bad("probe_concurrency must be 1..=1024".into()));
-        }
-        if c.probe_rate_per_second == 0 || c.probe_rate_per_second > 10_000 {
-            return Err(bad("probe_rate_per_second must be 1..=10000".into()));
-        }
-        if c.probe_timeout_ms == 0 || c.probe_timeout_ms > 30_000 {
-            return Err(bad("probe_timeout_ms must be 1..=30000".into()));
-        }
-        let template_max_secs = jitgate_api::duration::parse(&c.template_max_duration)
-            .map_err(|e| bad(format!("template_max_duration: {e}")))?;
-        let s = Settings {
-            ports,
-            scan_every: secs(c.scan_every_seconds),
-            probe_every: secs(c.probe_every_seconds),
-            offline_grace_ms: i64::try_from(c.offline_grace_seconds.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
-            ranges,
-            probe: probe::Limits {
-                timeout: Duration::from_millis(c.probe_timeout_ms),
-                concurrency: c.probe_concurrency,
-                rate_per_second: c.probe_rate_per_second,
-                max_time: Duration::from_secs(c.probe_max_seconds.max(1)),
-                max_addresses: c.probe_max_addresses,
-            },
-            template_max_secs,
-            template_max: c.template_max_duration.clone(),
-        };
-        // The ranges must fit the address budget (checked again per probe).
-        probe::expand(&s.ranges, s.probe.max_addresses).map_err(bad)?;
-        Ok(s)
-    }
-
-    pub fn is_mgmt(&self, protocol: Protocol, port: u16) -> bool {
-        self.ports
-            .iter()
-            .any(|m| m.protocol == protocol && m.port.get() == port)
-    }
-}
-
-pub use jitgate_api::{
-    Assignment, ComplianceResult as ResourceResult, ComplianceState as State, Finding, FindingCode,
-    ResourceKind, ScanSummary,
-};
-
 /// From findings: none is compliant; only "nothing observed" ones is unknown.
-pub fn state_of(findings: &[Finding]) -> State {
+pub fn state_of(findings: &[Finding]) -> ComplianceState {
     if findings.is_empty() {
-        State::Compliant
+        ComplianceState::Compliant
     } else if findings.iter().all(|f| f.code.is_unknown()) {
-        State::Unknown
+        ComplianceState::Unknown
     } else {
-        State::NonCompliant
+        ComplianceState::NonCompliant
     }
 }
 
@@ -237,17 +61,17 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn of(results: &[ResourceResult]) -> Counts {
-        let vms = |st: State| {
+    pub fn of(results: &[ComplianceResult]) -> Counts {
+        let vms = |st: ComplianceState| {
             results
                 .iter()
                 .filter(|r| r.kind == ResourceKind::VirtualMachine && r.state == st)
                 .count() as i64
         };
         Counts {
-            compliant: vms(State::Compliant),
-            non_compliant: vms(State::NonCompliant),
-            unknown: vms(State::Unknown),
+            compliant: vms(ComplianceState::Compliant),
+            non_compliant: vms(ComplianceState::NonCompliant),
+            unknown: vms(ComplianceState::Unknown),
             unmanaged: results
                 .iter()
                 .filter(|r| r.kind == ResourceKind::UnmanagedHost)
@@ -256,90 +80,383 @@ impl Counts {
     }
 }
 
+/// The CSV columns, one row per finding (a resource without findings has one row).
+pub const CSV_HEADER: [&str; 10] = [
+    "resource",
+    "kind",
+    "resourceGroup",
+    "owner",
+    "state",
+    "finding",
+    "port",
+    "interface",
+    "address",
+    "reason",
+];
+
+/// A report as CSV.
+pub fn to_csv(results: &[ComplianceResult]) -> Result<String> {
+    let mut rows = Vec::new();
+    for r in results {
+        let head = [
+            Cell::from(r.resource.as_str()),
+            Cell::from(r.kind.as_str()),
+            Cell::from(r.resource_group.as_str()),
+            Cell::from(r.owner.as_str()),
+            Cell::from(r.state.as_str()),
+        ];
+        let mut tails: Vec<[Cell; 5]> = r
+            .findings
+            .iter()
+            .map(|f| {
+                [
+                    Cell::from(f.code.as_str()),
+                    Cell::from(f.port.as_deref()),
+                    Cell::from(f.interface.as_deref()),
+                    Cell::from(f.address.as_deref()),
+                    Cell::from(f.reason.as_str()),
+                ]
+            })
+            .collect();
+        if tails.is_empty() {
+            tails.push([
+                Cell::Empty,
+                Cell::Empty,
+                Cell::Empty,
+                Cell::Empty,
+                Cell::Empty,
+            ]);
+        }
+        for tail in tails {
+            rows.push(head.iter().cloned().chain(tail).collect());
+        }
+    }
+    csv::write(&CSV_HEADER, rows)
+}
+
+/// The report, or its CSV.
+pub enum Report {
+    Json(ComplianceReport),
+    Csv(String),
+}
+
+/// The JIT policy of a named template. `default`: every management port, from any source,
+/// for at most the configured duration.
+pub fn template(s: &Settings, name: &str) -> Result<PolicyBody> {
+    if name != "default" {
+        return Err(Error::refused(
+            ErrorCode::TemplateNotFound,
+            format!("no remediation template {name:?} (available: default)"),
+        ));
+    }
+    let mut ports: Vec<PolicyPort> = Vec::new();
+    for m in &s.ports {
+        let proto = ProtoSel::from(m.protocol).as_str();
+        match ports
+            .iter_mut()
+            .find(|p| p.number == u32::from(m.port.get()))
+        {
+            // The same port in both protocols: one entry for both.
+            Some(p) if p.protocol != proto => p.protocol = ProtoSel::Any.as_str().into(),
+            Some(_) => {}
+            None => ports.push(PolicyPort {
+                number: u32::from(m.port.get()),
+                protocol: proto.into(),
+                allowed_source_address_prefix: Some("*".into()),
+                allowed_source_address_prefixes: None,
+                max_request_access_duration: s.template_max.clone(),
+                on_expiry: Default::default(),
+            }),
+        }
+    }
+    Ok(PolicyBody { ports })
+}
+
+#[derive(Clone)]
+pub struct Compliance {
+    db: Db,
+    presence: Presence,
+    pub settings: Arc<Settings>,
+    /// One evaluation at a time (scheduled and on demand).
+    running: Arc<Mutex<()>>,
+}
+
+impl Compliance {
+    pub fn new(db: Db, presence: Presence, settings: Settings) -> Compliance {
+        Compliance {
+            db,
+            presence,
+            settings: Arc::new(settings),
+            running: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// One evaluation now (after a running one finishes).
+    pub async fn evaluate(
+        &self,
+        reason: ScanReason,
+        probe: bool,
+        range: Option<jitgate_common::SourcePrefix>,
+    ) -> Result<ScanSummary> {
+        let _one = self.running.lock().await;
+        evaluate::run_scan(
+            &self.db,
+            &self.presence,
+            &self.settings,
+            reason,
+            probe,
+            range,
+        )
+        .await
+    }
+
+    /// An evaluation on demand (admin, scope `*`); with `probe`, the network first.
+    pub async fn scan(&self, caller: &Caller, b: &ScanBody) -> Result<ScanSummary> {
+        authz::authorize(caller, Action::AdministerAll)?;
+        let range = match &b.range {
+            None => None,
+            Some(r) => {
+                let p = parse_prefix(r)?;
+                if !self.settings.ranges.iter().any(|c| c.contains(&p)) {
+                    return Err(Error::refused(
+                        ErrorCode::RangeNotAllowed,
+                        format!(
+                            "{p} is not inside a configured probe range ([compliance] probe_ranges)"
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        if range.is_some() && !b.probe {
+            return Err(Error::refused(
+                ErrorCode::InvalidScan,
+                "range is only meaningful with probe: true",
+            ));
+        }
+        tracing::info!(caller = %caller.name(), probe = b.probe, "compliance evaluation on demand");
+        self.evaluate(ScanReason::OnDemand, b.probe, range).await
+    }
+
+    /// The newest evaluation (or the newest at or before `at`) within the caller's scope and
+    /// the requested one (unmanaged hosts only for scope `*`); grouped on request.
+    pub async fn report(&self, caller: &Caller, q: &ReportQuery, csv: bool) -> Result<Report> {
+        let want = q.scope.as_deref().map(parse_scope).transpose()?;
+        let at = q.at.as_deref().map(parse_time).transpose()?;
+        let scan = db::scan_at(self.db.pool(), at).await?;
+        let mut results = match &scan {
+            Some(s) => db::results(self.db.pool(), s.scan_id).await?,
+            None => Vec::new(),
+        };
+        results.retain(|r| {
+            let visible = |sc: &Scope| {
+                if r.kind == ResourceKind::UnmanagedHost {
+                    *sc == Scope::All
+                } else {
+                    sc.covers_vm(&r.resource, &r.resource_group)
+                }
+            };
+            visible(&caller.scope) && want.as_ref().is_none_or(visible)
+        });
+        if csv {
+            return Ok(Report::Csv(to_csv(&results)?));
+        }
+        let c = Counts::of(&results);
+        let groups = q.group_by.map(|g| {
+            let mut out: Vec<ComplianceGroup> = Vec::new();
+            for r in results
+                .iter()
+                .filter(|r| r.state == ComplianceState::NonCompliant)
+            {
+                let key = match g {
+                    GroupBy::Owner => &r.owner,
+                    GroupBy::ResourceGroup => &r.resource_group,
+                };
+                let key = if key.is_empty() {
+                    "(unassigned)".to_string()
+                } else {
+                    key.clone()
+                };
+                match out.iter_mut().find(|x| x.key == key) {
+                    Some(x) => x.non_compliant.push(r.clone()),
+                    None => out.push(ComplianceGroup {
+                        owner: r.owner.clone(),
+                        key,
+                        non_compliant: vec![r.clone()],
+                    }),
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        });
+        Ok(Report::Json(ComplianceReport {
+            scan,
+            compliant: c.compliant,
+            non_compliant: c.non_compliant,
+            unknown: c.unknown,
+            unmanaged: c.unmanaged,
+            compliance_percentage: ScanSummary::percentage(c.compliant, c.non_compliant),
+            results,
+            groups,
+        }))
+    }
+
+    /// Evaluations, oldest first (the newest `limit`).
+    pub async fn history(&self, caller: &Caller, limit: i64) -> Result<Vec<ScanSummary>> {
+        authz::authorize(caller, Action::ReadAll)?;
+        db::history(self.db.pool(), limit).await
+    }
+
+    /// Where the policy is assigned (any caller).
+    pub async fn assignments(&self) -> Result<Vec<Assignment>> {
+        Ok(db::assignments(self.db.pool())
+            .await?
+            .into_iter()
+            .map(|a| Assignment {
+                id: a.id,
+                scope: a.scope,
+                policy: POLICY_NAME.into(),
+                effect: a.effect,
+                created_time_utc: jitgate_api::time::format(a.created_ms),
+                created_by: a.created_by,
+            })
+            .collect())
+    }
+
+    /// Assigns the policy at `*` or `rg:NAME`; a second assignment at one scope conflicts.
+    pub async fn assign(&self, caller: &Caller, b: &AssignBody) -> Result<Assignment> {
+        authz::authorize(caller, Action::AdministerAll)?;
+        let scope = match parse_scope(&b.scope)? {
+            Scope::Vm(_) => {
+                return Err(Error::refused(
+                    ErrorCode::InvalidScope,
+                    "assign the compliance policy to the whole fleet (*) or a resource group (rg:NAME)",
+                ));
+            }
+            s => s,
+        };
+        let group = match &scope {
+            Scope::ResourceGroup(g) => inventory::require_group(self.db.pool(), g).await?.name,
+            _ => String::new(),
+        };
+        let actor = caller.actor();
+        let mut w = self.db.begin().await?;
+        let row = AssignmentRow {
+            id: format!("asg_{}", uuid::Uuid::new_v4().simple()),
+            scope,
+            effect: AssignmentEffect::Audit,
+            created_ms: w.now,
+            created_by: actor.name.clone(),
+        };
+        if !db::assign(&mut w, &row).await? {
+            return Err(Error::refused(
+                ErrorCode::AssignmentExists,
+                format!("the compliance policy is already assigned at {}", row.scope),
+            ));
+        }
+        activity::log(
+            &mut w,
+            NewActivity::other(
+                Operation::AssignCompliance,
+                ResourceType::PolicyAssignment,
+                &group,
+                &actor,
+            )
+            .details(
+                serde_json::json!({"assignmentId": row.id, "scope": row.scope.to_string(),
+                "policy": POLICY_NAME, "effect": row.effect.as_str()}),
+            ),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(Assignment {
+            id: row.id,
+            scope: row.scope,
+            policy: POLICY_NAME.into(),
+            effect: row.effect,
+            created_time_utc: jitgate_api::time::format(row.created_ms),
+            created_by: row.created_by,
+        })
+    }
+
+    pub async fn unassign(&self, caller: &Caller, id: &str) -> Result<()> {
+        authz::authorize(caller, Action::AdministerAll)?;
+        let mut w = self.db.begin().await?;
+        let Some(scope) = db::unassign(&mut w, id).await? else {
+            return Err(Error::refused(
+                ErrorCode::AssignmentNotFound,
+                format!("no compliance assignment {id}"),
+            ));
+        };
+        let group = match &scope {
+            Scope::ResourceGroup(g) => g.clone(),
+            _ => String::new(),
+        };
+        activity::log(
+            &mut w,
+            NewActivity::other(
+                Operation::UnassignCompliance,
+                ResourceType::PolicyAssignment,
+                &group,
+                &caller.actor(),
+            )
+            .details(serde_json::json!({"assignmentId": id, "scope": scope.to_string()})),
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// Enables JIT on a VM from a template: its own policy (pushed to its agent) and the
+    /// "Remediate Compliance" entry, in one transaction.
+    pub async fn remediate(&self, caller: &Caller, b: &RemediateBody) -> Result<PolicyView> {
+        let vm = &b.virtual_machine;
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        authz::authorize(caller, Action::WriteVmPolicy { vm, group: &group })?;
+        let policy = Policy::from_body(&template(&self.settings, &b.template)?)?;
+        let actor = caller.actor();
+        let mut w = self.db.begin().await?;
+        let view = policies::write(&mut w, &actor, Target::Vm(vm), &group, &policy).await?;
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::Remediate, &group, vm, &actor)
+                .details(serde_json::json!({"template": b.template, "policy": POLICY_NAME})),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(view)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jitgate_api::FindingCode;
 
     #[test]
-    fn configuration_is_checked_once() {
-        let s = Settings::from_config(&ComplianceConfig::default()).unwrap();
-        assert_eq!(s.ports.len(), 5);
-        assert!(s.is_mgmt(Protocol::Udp, 3389) && !s.is_mgmt(Protocol::Udp, 22));
-        assert!(s.ranges.is_empty(), "no probe range unless configured");
-        for (bad, why) in [
-            (
-                ComplianceConfig {
-                    management_ports: vec!["22".into()],
-                    ..Default::default()
-                },
-                "PORT/tcp",
-            ),
-            (
-                ComplianceConfig {
-                    management_ports: vec!["0/tcp".into()],
-                    ..Default::default()
-                },
-                "0/tcp",
-            ),
-            (
-                ComplianceConfig {
-                    management_ports: vec!["22/icmp".into()],
-                    ..Default::default()
-                },
-                "22/icmp",
-            ),
-            (
-                ComplianceConfig {
-                    management_ports: vec![],
-                    ..Default::default()
-                },
-                "empty",
-            ),
-            (
-                ComplianceConfig {
-                    probe_ranges: vec!["198.51.100.7/24".into()],
-                    ..Default::default()
-                },
-                "probe range",
-            ),
-            (
-                ComplianceConfig {
-                    probe_ranges: vec!["198.18.0.0/15".into()],
-                    ..Default::default()
-                },
-                "limit",
-            ),
-            (
-                ComplianceConfig {
-                    probe_concurrency: 0,
-                    ..Default::default()
-                },
-                "probe_concurrency",
-            ),
-            (
-                ComplianceConfig {
-                    probe_rate_per_second: 0,
-                    ..Default::default()
-                },
-                "probe_rate",
-            ),
-            (
-                ComplianceConfig {
-                    probe_timeout_ms: 0,
-                    ..Default::default()
-                },
-                "probe_timeout",
-            ),
-            (
-                ComplianceConfig {
-                    template_max_duration: "3h".into(),
-                    ..Default::default()
-                },
-                "template_max",
-            ),
-        ] {
-            let e = Settings::from_config(&bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{why}: {e}");
-        }
+    fn report_csv_neutralises_formulas() {
+        let r = ComplianceResult {
+            resource: "web1".into(),
+            kind: ResourceKind::VirtualMachine,
+            resource_group: "prod".into(),
+            owner: "=cmd|' /C calc'!A0".into(),
+            state: ComplianceState::NonCompliant,
+            findings: vec![Finding {
+                code: FindingCode::ProgramUnhealthy,
+                port: None,
+                interface: None,
+                address: None,
+                reason: "@SUM(1+1)".into(),
+            }],
+        };
+        let text = to_csv(&[r]).unwrap();
+        assert_eq!(text.lines().next(), Some(CSV_HEADER.join(",").as_str()));
+        assert_eq!(
+            text.lines().nth(1),
+            Some(
+                "web1,virtualMachine,prod,'=cmd|' /C calc'!A0,NonCompliant,ProgramUnhealthy,,,,'@SUM(1+1)"
+            )
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jitgate_common::{Protocol, SourcePrefix};
+use jitgate_common::SourcePrefix;
 
 /// Bounds of one probe.
 #[derive(Clone, Debug)]
@@ -136,15 +136,6 @@ pub async fn run(addresses: &[IpAddr], ports: &[u16], limits: &Limits) -> Outcom
         "probe finished"
     );
     out
-}
-
-/// The TCP ports among management ports.
-pub fn tcp_ports(s: &super::Settings) -> Vec<u16> {
-    s.ports
-        .iter()
-        .filter(|m| m.protocol == Protocol::Tcp)
-        .map(|m| m.port.get())
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! Test harness: a real controller (state directory, SQLite file, CA) in a tempdir, serving
 //! HTTPS on 127.0.0.1 port 0, and a client that trusts the generated CA.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::BTreeMap;
 
-use jitgate_controller::auth::{Role, Scope};
+use jitgate_api::{Role, Scope};
+use jitgate_controller::authz::Caller;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::{Actor, Store};
-use jitgate_controller::{ServerHandle, start};
+use jitgate_controller::{App, ServerHandle, start};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -67,8 +67,8 @@ impl Harness {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.server.as_ref().expect("running").store
+    pub fn app(&self) -> &App {
+        &self.server.as_ref().expect("running").app
     }
 
     /// Stops the server and starts it again on the same state directory (a new port).
@@ -84,8 +84,9 @@ impl Harness {
 
     pub async fn token(&self, name: &str, role: Role, scope: &str) -> String {
         let scope: Scope = scope.parse().expect("scope");
-        self.store()
-            .create_token(&Actor::local(), name, role, &scope, None)
+        self.app()
+            .tokens
+            .create(&Caller::local(), name, role, &scope, None)
             .await
             .expect("token")
             .1
@@ -146,8 +147,8 @@ impl Harness {
 
     /// Standard fixture: groups prod and dev; VMs web1, web2 (prod) and db1 (dev).
     pub async fn fixture(&self) {
-        let s = self.store();
-        let a = Actor::local();
+        let s = &self.app().inventory;
+        let a = Caller::local();
         s.add_group(&a, "prod", "prod-team@example.com")
             .await
             .expect("rg");
@@ -219,7 +220,7 @@ impl Harness {
         ] {
             let q = format!("SELECT COUNT(*) FROM {t}");
             let row = sqlx::query(&q)
-                .fetch_one(self.store().pool())
+                .fetch_one(self.app().db.pool())
                 .await
                 .expect("count");
             m.insert(
@@ -228,7 +229,7 @@ impl Harness {
             );
         }
         let row = sqlx::query("SELECT value, hash FROM counters WHERE name = 'chain'")
-            .fetch_one(self.store().pool())
+            .fetch_one(self.app().db.pool())
             .await
             .expect("head");
         m.insert(
@@ -240,7 +241,7 @@ impl Harness {
             ),
         );
         let row = sqlx::query("SELECT body FROM policies ORDER BY scope_kind, scope_name")
-            .fetch_all(self.store().pool())
+            .fetch_all(self.app().db.pool())
             .await
             .expect("policies");
         let bodies: Vec<String> = row
@@ -258,7 +259,7 @@ pub async fn fresh_postgres_database() -> Option<String> {
     use sqlx::Connection;
     let base = std::env::var("JIT_TEST_POSTGRES_URL").ok()?;
     sqlx::any::install_default_drivers();
-    let name = format!("jit_test_{}", jitgate_controller::auth::random_id(6));
+    let name = format!("jit_test_{}", jitgate_controller::ids::new_token_id());
     let mut admin = sqlx::AnyConnection::connect(&base)
         .await
         .expect("connect to JIT_TEST_POSTGRES_URL");

@@ -1,0 +1,77 @@
+//! One running controller's domain layer: its database, wakeups, agent presence and the
+//! services every client calls (the HTTP API today, the portal later). A value, never
+//! process-wide: several controllers can run in one process.
+
+use crate::audit::{Audit, CheckpointKey};
+use crate::compliance::Compliance;
+use crate::compliance::settings::Settings;
+use crate::error::Result;
+use crate::fleet::{Enrollment, Fleet};
+use crate::inventory::Inventory;
+use crate::lifecycle::Lifecycle;
+use crate::notify::Notifier;
+use crate::policies::Policies;
+use crate::presence::Presence;
+use crate::store::db::{Db, DbOptions};
+use crate::tokens::Tokens;
+use crate::views::AgentViews;
+
+/// What a controller needs besides its database; administration commands run without keys.
+#[derive(Default)]
+pub struct Parts {
+    /// Agent enrolment (the CA, the grant-signing public key, the advertised endpoint).
+    pub enrollment: Option<Enrollment>,
+    /// The key that signs activity log checkpoints.
+    pub checkpoint_key: Option<CheckpointKey>,
+    /// The CA (PEM) agent certificates must chain to, for verifying agent audit records.
+    pub ca_pem: String,
+    pub compliance: Option<Settings>,
+}
+
+/// A controller's services. Clones share everything.
+#[derive(Clone)]
+pub struct App {
+    pub db: Db,
+    pub notifier: Notifier,
+    pub presence: Presence,
+    pub tokens: Tokens,
+    pub inventory: Inventory,
+    pub policies: Policies,
+    pub lifecycle: Lifecycle,
+    pub fleet: Fleet,
+    pub audit: Audit,
+    pub views: AgentViews,
+    pub compliance: Compliance,
+}
+
+impl App {
+    /// Opens the database at `url` and starts the services (and their writer tasks).
+    pub async fn open(url: &str, opts: &DbOptions, parts: Parts) -> Result<App> {
+        let notifier = Notifier::new();
+        let presence = Presence::new();
+        let db = Db::open(url, opts, notifier.clone()).await?;
+        let policies = Policies::new(db.clone());
+        let settings = match parts.compliance {
+            Some(s) => s,
+            None => Settings::from_config(&Default::default())
+                .map_err(|e| crate::error::Error::Internal(e.to_string()))?,
+        };
+        Ok(App {
+            tokens: Tokens::new(db.clone()),
+            inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
+            lifecycle: Lifecycle::start(db.clone())?,
+            fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
+            audit: Audit::new(db.clone(), parts.checkpoint_key),
+            views: AgentViews::new(db.clone(), parts.ca_pem),
+            compliance: Compliance::new(db.clone(), presence.clone(), settings),
+            policies,
+            db,
+            notifier,
+            presence,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}

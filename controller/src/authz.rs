@@ -1,0 +1,343 @@
+//! Who may do what: the one place where the controller decides. The domain functions call
+//! [`authorize`] (the HTTP handlers never check rights themselves), so every client of the
+//! domain layer, the API today and the portal later, gets the same answer.
+//!
+//! | action | role | the scope must cover |
+//! |---|---|---|
+//! | read a VM, its policy, history, connections, agent audit | reader | the VM |
+//! | read a group's policy | reader | the group |
+//! | initiate | requester | every VM of the request |
+//! | revoke own request | requester | every VM of the request |
+//! | revoke anyone's request, write a VM's policy, remediate | admin | the VM (each VM) |
+//! | write a group's policy | admin | the group |
+//! | verify, export, list checkpoints, compliance history | reader | `*` |
+//! | sign a checkpoint, run, assign or unassign compliance | admin | `*` |
+//! | manage tokens, VMs, groups, agents | root on the host | |
+
+use std::net::IpAddr;
+
+use jitgate_api::{ErrorCode, Role, Scope};
+
+use crate::error::{Error, Result};
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// An API token (`id`), named `name` (shown as requestor and caller).
+    Token { id: String, name: String },
+    /// Root on the controller host: the `jit-controller` subcommands.
+    Local,
+}
+
+/// The authenticated caller of one call.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub role: Role,
+    pub scope: Scope,
+    /// The caller's address as the controller sees it (after the trusted-proxy rule).
+    pub address: IpAddr,
+}
+
+impl Caller {
+    pub fn token(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        role: Role,
+        scope: Scope,
+        address: IpAddr,
+    ) -> Caller {
+        Caller {
+            principal: Principal::Token {
+                id: id.into(),
+                name: name.into(),
+            },
+            role,
+            scope,
+            address,
+        }
+    }
+
+    /// The local administrator running `jit-controller` subcommands on the host.
+    pub fn local() -> Caller {
+        Caller {
+            principal: Principal::Local,
+            role: Role::Admin,
+            scope: Scope::All,
+            address: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    /// The principal's name, as history and the activity log show it.
+    pub fn name(&self) -> &str {
+        match &self.principal {
+            Principal::Token { name, .. } => name,
+            Principal::Local => "local:root",
+        }
+    }
+
+    /// The token's id (empty for the local administrator).
+    pub fn token_id(&self) -> &str {
+        match &self.principal {
+            Principal::Token { id, .. } => id,
+            Principal::Local => "",
+        }
+    }
+
+    /// How the activity log names this caller.
+    pub fn actor(&self) -> Actor {
+        match &self.principal {
+            Principal::Token { name, .. } => Actor {
+                name: name.clone(),
+                address: self.address.to_string(),
+            },
+            Principal::Local => Actor::local(),
+        }
+    }
+}
+
+/// Who did something, as the activity log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub address: String,
+}
+
+impl Actor {
+    /// The local administrator on the host.
+    pub fn local() -> Actor {
+        Actor {
+            name: "local:root".into(),
+            address: "local".into(),
+        }
+    }
+    /// The controller itself (expiry, background work).
+    pub fn controller() -> Actor {
+        Actor {
+            name: "controller".into(),
+            address: "local".into(),
+        }
+    }
+    /// An agent, over its channel.
+    pub fn agent(id: impl std::fmt::Display) -> Actor {
+        Actor {
+            name: format!("agent:{id}"),
+            address: "agent-channel".into(),
+        }
+    }
+    /// Whoever presents an enrolment token (no principal yet).
+    pub fn enrollment(address: &str) -> Actor {
+        Actor {
+            name: "agent-enrollment".into(),
+            address: address.into(),
+        }
+    }
+}
+
+/// What a caller wants to do, on what.
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    /// Read a VM and what hangs off it (policy, history, connections, agent audit).
+    ReadVm {
+        vm: &'a str,
+        group: &'a str,
+    },
+    /// Ask for access to a VM.
+    Initiate {
+        vm: &'a str,
+        group: &'a str,
+    },
+    /// Write or delete a VM's own policy; remediate it.
+    WriteVmPolicy {
+        vm: &'a str,
+        group: &'a str,
+    },
+    ReadGroupPolicy {
+        group: &'a str,
+    },
+    WriteGroupPolicy {
+        group: &'a str,
+    },
+    /// Revoke requests at all (checked before the request is looked up).
+    RevokeRequests,
+    /// Revoke this request (of `requestor`) on this VM.
+    Revoke {
+        requestor: &'a str,
+        vm: &'a str,
+        group: &'a str,
+    },
+    /// Anything that spans the whole controller: a request with no VM in the caller's scope,
+    /// verification, exports, checkpoints, compliance history.
+    ReadAll,
+    /// Sign a checkpoint; run, assign or unassign compliance.
+    AdministerAll,
+    /// Tokens, VMs, resource groups, agent credentials: root on the host only.
+    Administer,
+}
+
+/// Allowed, or `Forbidden` (logged with the caller and what it lacked).
+pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
+    let vm = |min: Role, vm: &str, group: &str| {
+        if c.role >= min && c.scope.covers_vm(vm, group) {
+            Ok(())
+        } else {
+            Err(deny(c, &format!("VM {vm}"), min))
+        }
+    };
+    let group = |min: Role, group: &str| {
+        if c.role >= min && c.scope.covers_group(group) {
+            Ok(())
+        } else {
+            Err(deny(c, &format!("resource group {group}"), min))
+        }
+    };
+    let all = |min: Role| {
+        if c.role >= min && c.scope == Scope::All {
+            Ok(())
+        } else {
+            Err(deny(c, "the whole controller (scope *)", min))
+        }
+    };
+    match action {
+        Action::ReadVm { vm: v, group: g } => vm(Role::Reader, v, g),
+        Action::Initiate { vm: v, group: g } => vm(Role::Requester, v, g),
+        Action::WriteVmPolicy { vm: v, group: g } => vm(Role::Admin, v, g),
+        Action::ReadGroupPolicy { group: g } => group(Role::Reader, g),
+        Action::WriteGroupPolicy { group: g } => group(Role::Admin, g),
+        Action::RevokeRequests if c.role < Role::Requester => all(Role::Requester),
+        Action::RevokeRequests => Ok(()),
+        Action::Revoke {
+            requestor,
+            vm: v,
+            group: g,
+        } => {
+            if c.role == Role::Admin {
+                return vm(Role::Admin, v, g);
+            }
+            vm(Role::Requester, v, g)?;
+            if requestor != c.name() {
+                return Err(Error::refused(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{} may revoke only its own requests; this one is {requestor}'s (an admin may revoke any)",
+                        c.name()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Action::ReadAll => all(Role::Reader),
+        Action::AdministerAll => all(Role::Admin),
+        Action::Administer => match c.principal {
+            Principal::Local => Ok(()),
+            Principal::Token { .. } => Err(deny(
+                c,
+                "tokens, VMs and groups (root on the host)",
+                Role::Admin,
+            )),
+        },
+    }
+}
+
+/// Whether a VM shows in the caller's lists.
+pub fn sees_vm(c: &Caller, vm: &str, group: &str) -> bool {
+    c.scope.covers_vm(vm, group)
+}
+
+/// Whether a resource group shows in the caller's lists.
+pub fn sees_group(c: &Caller, group: &str) -> bool {
+    c.scope.covers_group(group)
+}
+
+fn deny(c: &Caller, what: &str, min: Role) -> Error {
+    tracing::warn!(
+        caller = %c.name(),
+        token = %c.token_id(),
+        role = c.role.as_str(),
+        scope = %c.scope,
+        address = %c.address,
+        needed = min.as_str(),
+        on = %what,
+        "forbidden"
+    );
+    Error::refused(
+        ErrorCode::Forbidden,
+        format!(
+            "{} ({} on {}) may not do this on {what}: it needs role {} with a scope covering it",
+            c.name(),
+            c.role.as_str(),
+            c.scope,
+            min.as_str()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(role: Role, scope: &str) -> Caller {
+        Caller::token(
+            "t",
+            "alice",
+            role,
+            scope.parse().unwrap(),
+            IpAddr::from([127, 0, 0, 1]),
+        )
+    }
+
+    fn ok(c: &Caller, a: Action<'_>) -> bool {
+        authorize(c, a).is_ok()
+    }
+
+    #[test]
+    fn roles_and_scopes() {
+        let web1 = Action::ReadVm {
+            vm: "web1",
+            group: "prod",
+        };
+        let db1 = Action::ReadVm {
+            vm: "db1",
+            group: "dev",
+        };
+        let r = caller(Role::Reader, "rg:prod");
+        assert!(ok(&r, web1) && !ok(&r, db1));
+        assert!(!ok(
+            &r,
+            Action::Initiate {
+                vm: "web1",
+                group: "prod"
+            }
+        ));
+        assert!(!ok(&r, Action::ReadAll) && !ok(&caller(Role::Reader, "*"), Action::AdministerAll));
+        assert!(ok(&caller(Role::Reader, "*"), Action::ReadAll));
+        let v = caller(Role::Admin, "vm:web1");
+        assert!(ok(
+            &v,
+            Action::WriteVmPolicy {
+                vm: "web1",
+                group: "prod"
+            }
+        ));
+        assert!(!ok(&v, Action::WriteGroupPolicy { group: "prod" }));
+        // Only root on the host administers, whatever a token's rights.
+        assert!(!ok(&caller(Role::Admin, "*"), Action::Administer));
+        assert!(ok(&Caller::local(), Action::Administer));
+    }
+
+    #[test]
+    fn revocation() {
+        let revoke = |requestor| Action::Revoke {
+            requestor,
+            vm: "web1",
+            group: "prod",
+        };
+        let alice = caller(Role::Requester, "rg:prod");
+        assert!(ok(&alice, Action::RevokeRequests));
+        assert!(ok(&alice, revoke("alice")) && !ok(&alice, revoke("bob")));
+        assert!(ok(&caller(Role::Admin, "vm:web1"), revoke("bob")));
+        assert!(!ok(&caller(Role::Admin, "vm:db1"), revoke("bob")));
+        let reader = caller(Role::Reader, "*");
+        assert!(!ok(&reader, Action::RevokeRequests) && !ok(&reader, revoke("alice")));
+    }
+}

@@ -1,0 +1,333 @@
+//! The agent fleet (docs/controller.md, "Agents"): enrolment (one-time tokens, the CA signing
+//! agent certificates), revocation, the fleet view, and what an agent's channel records
+//! (last seen and status reports, results, break-glass grants, audit records).
+//!
+//! - [`ca`]: the controller CA as it signs agent certificates.
+
+pub mod ca;
+
+use jitgate_api::{
+    ActivityOutcome, Agent, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode, Operation,
+};
+use jitgate_proto::message::AuditRecord;
+
+use crate::authz::{self, Action, Actor, Caller};
+use crate::error::{Error, Result};
+use crate::fleet::ca::Ca;
+use crate::ids;
+use crate::presence::Presence;
+use crate::store::activity::{self, NewActivity};
+use crate::store::agents::{self, AgentIdentity, Heartbeat, NewAgent};
+use crate::store::db::Db;
+use crate::store::{agent_audit, inventory};
+
+/// Lifetime of an enrolment token.
+pub const ENROLL_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// What enrolment hands out besides the certificate.
+pub struct Enrollment {
+    pub ca: Ca,
+    /// SPKI PEM of the grant-signing public key.
+    pub grant_signing_key_pem: String,
+    /// host:port agents dial.
+    pub agent_endpoint: String,
+}
+
+#[derive(Clone)]
+pub struct Fleet {
+    db: Db,
+    presence: Presence,
+    /// None where this controller does not enrol (administration commands).
+    enrollment: Option<std::sync::Arc<Enrollment>>,
+}
+
+impl Fleet {
+    pub fn new(db: Db, presence: Presence, enrollment: Option<Enrollment>) -> Fleet {
+        Fleet {
+            db,
+            presence,
+            enrollment: enrollment.map(std::sync::Arc::new),
+        }
+    }
+
+    /// Issues a one-time enrolment token for a VM; returns it (shown once) and its expiry.
+    pub async fn create_enroll_token(&self, caller: &Caller, vm: &str) -> Result<(String, i64)> {
+        authz::authorize(caller, Action::Administer)?;
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        let token = ids::new_enroll_token();
+        let mut w = self.db.begin().await?;
+        let expires = w.now + ENROLL_TTL_MS;
+        agents::insert_enroll_token(&mut w, &ids::hash_token(&token), vm, expires).await?;
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::CreateEnrollToken, &group, vm, &caller.actor())
+                .details(serde_json::json!({"expiresTimeUtc": jitgate_api::time::format(expires)})),
+        )
+        .await?;
+        w.commit().await?;
+        Ok((token, expires))
+    }
+
+    /// Records a refused enrolment in the activity log (and nothing else).
+    async fn refused(&self, actor: &Actor, vm: &str, group: &str, why: &str) -> Result<()> {
+        let mut w = self.db.begin().await?;
+        activity::log(&mut w, failed_enrolment(actor, vm, group, why)).await?;
+        w.commit().await
+    }
+
+    /// Enrols an agent: checks the one-time token (which authenticates: no API token), signs
+    /// the CSR, records the agent (revoking an earlier agent of the same VM), marks the token
+    /// used. On any failure nothing but an activity log entry is written.
+    pub async fn enroll(
+        &self,
+        caller_address: &str,
+        req: &EnrollRequest,
+    ) -> Result<EnrollResponse> {
+        let Some(en) = &self.enrollment else {
+            return Err(Error::Unavailable("this controller does not enrol agents"));
+        };
+        let actor = Actor::enrollment(caller_address);
+        let invalid = || {
+            Error::refused(
+                ErrorCode::InvalidEnrollmentToken,
+                "the enrollment token is unknown, expired or already used",
+            )
+        };
+        if !ids::plausible_enroll_token(&req.token) {
+            self.refused(&actor, "", "", "malformed enrollment token")
+                .await?;
+            return Err(invalid());
+        }
+        let hash = ids::hash_token(&req.token);
+        let mut w = self.db.begin().await?;
+        let row = agents::enroll_token(&mut w, &hash).await?;
+        let (vm, group, why) = match &row {
+            None => (
+                String::new(),
+                String::new(),
+                Some("unknown enrollment token"),
+            ),
+            Some(t) => {
+                let why = if t.used_ms.is_some() {
+                    Some("enrollment token already used")
+                } else if t.expires_ms <= w.now {
+                    Some("enrollment token expired")
+                } else {
+                    None
+                };
+                (t.vm.clone(), t.resource_group.clone(), why)
+            }
+        };
+        if let Some(why) = why {
+            activity::log(&mut w, failed_enrolment(&actor, &vm, &group, why)).await?;
+            w.commit().await?;
+            tracing::warn!(%vm, address = caller_address, reason = why, "enrolment refused");
+            return Err(invalid());
+        }
+        let id = uuid::Uuid::new_v4();
+        let signed = match en.ca.sign_agent(&req.csr_pem, id) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("bad CSR: {e}");
+                activity::log(&mut w, failed_enrolment(&actor, &vm, &group, &why)).await?;
+                w.commit().await?;
+                tracing::warn!(%vm, address = caller_address, error = %e, "enrolment refused: bad CSR");
+                return Err(Error::refused(ErrorCode::InvalidCsr, e));
+            }
+        };
+        let revoked = agents::revoke_active(&mut w, &vm).await?;
+        let id_s = id.to_string();
+        agents::insert(
+            &mut w,
+            &NewAgent {
+                id: &id_s,
+                vm: &vm,
+                fingerprint: &signed.fingerprint,
+                serial: &signed.serial,
+                cert_pem: &signed.pem,
+            },
+        )
+        .await?;
+        agents::use_enroll_token(&mut w, &hash, &id_s).await?;
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::EnrollAgent, &group, &vm, &actor)
+                .details(serde_json::json!({"agentId": id_s,
+                "certificateSerial": signed.serial, "previousAgentsRevoked": revoked})),
+        )
+        .await?;
+        w.commit().await?;
+        tracing::info!(%vm, agent = %id, address = caller_address, "agent enrolled");
+        Ok(EnrollResponse {
+            agent_id: id_s,
+            vm,
+            certificate_pem: signed.pem,
+            ca_pem: en.ca.pem.clone(),
+            grant_signing_key_pem: en.grant_signing_key_pem.clone(),
+            agent_endpoint: en.agent_endpoint.clone(),
+        })
+    }
+
+    /// Revokes every active agent of a VM; returns their ids. Their credentials are refused
+    /// from then on (a live connection is closed within seconds).
+    pub async fn revoke_agents(&self, caller: &Caller, vm: &str) -> Result<Vec<String>> {
+        authz::authorize(caller, Action::Administer)?;
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        let mut w = self.db.begin().await?;
+        let ids = agents::active_ids(&mut w, vm).await?;
+        if ids.is_empty() {
+            return Err(Error::refused(
+                ErrorCode::AgentNotFound,
+                format!("VM {vm} has no active agent"),
+            ));
+        }
+        agents::revoke_active(&mut w, vm).await?;
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::RevokeAgent, &group, vm, &caller.actor())
+                .details(serde_json::json!({ "agentIds": ids })),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(ids)
+    }
+
+    /// The fleet view, limited to the caller's scope.
+    pub async fn agents(&self, caller: &Caller) -> Result<Vec<Agent>> {
+        let now = jitgate_api::time::now_ms();
+        let mut out = Vec::new();
+        for r in agents::fleet(self.db.pool()).await? {
+            if !authz::sees_vm(caller, &r.vm, &r.resource_group) {
+                continue;
+            }
+            let hb = r.heartbeat()?;
+            let connection =
+                self.presence
+                    .connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
+            let problems = match (&hb, &connection) {
+                (Some(h), jitgate_api::AgentConnection::Degraded) => h.problems_at(now),
+                _ => Vec::new(),
+            };
+            out.push(Agent {
+                virtual_machine: r.vm,
+                resource_group: r.resource_group,
+                agent_id: r.id,
+                status: r.status,
+                connection,
+                problems,
+                enrolled_time_utc: jitgate_api::time::format(r.enrolled_ms),
+                last_seen_time_utc: r.last_seen_ms.map(jitgate_api::time::format),
+                interfaces: hb
+                    .as_ref()
+                    .map(|h| h.interfaces.clone())
+                    .unwrap_or_default(),
+                protected_ports: hb
+                    .as_ref()
+                    .map(|h| h.protected_ports.clone())
+                    .unwrap_or_default(),
+                listening: hb.as_ref().map(|h| h.listening.clone()).unwrap_or_default(),
+                clock_offset_ms: hb.as_ref().and_then(|h| h.clock_offset_ms),
+                active_grants: hb.as_ref().map(|h| h.active_grants),
+                audit_head: hb.as_ref().map(|h| h.audit_head.clone()),
+                audit_seq: hb.as_ref().map(|h| h.audit_seq),
+                audit_records: r.audit_records,
+            });
+        }
+        Ok(out)
+    }
+
+    // What the agent channel records. The certificate (checked by the channel) authenticates
+    // the agent; these act as that agent.
+
+    /// The agent holding a certificate (by the SHA-256 of its DER).
+    pub async fn identify(&self, fingerprint: &str) -> Result<Option<AgentIdentity>> {
+        agents::by_fingerprint(self.db.pool(), fingerprint).await
+    }
+
+    pub async fn status(&self, agent: &str) -> Result<Option<AgentStatus>> {
+        agents::status(self.db.pool(), agent).await
+    }
+
+    /// The agent spoke (with its status report, if any). Not in the activity log.
+    pub async fn seen(&self, agent: &str, report: Option<&Heartbeat>) -> Result<()> {
+        let mut w = self.db.begin().await?;
+        agents::seen(&mut w, agent, report).await?;
+        w.commit().await
+    }
+
+    /// An activity log entry about an agent's VM (results, rejections).
+    pub async fn log(
+        &self,
+        agent: &str,
+        vm: &str,
+        operation: Operation,
+        outcome: ActivityOutcome,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        let group = group_of(&self.db, vm).await?;
+        let mut w = self.db.begin().await?;
+        activity::log(
+            &mut w,
+            NewActivity::vm(operation, &group, vm, &Actor::agent(agent))
+                .outcome(outcome)
+                .details(details),
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// Records a reported local (break-glass) grant once; true if it was new.
+    pub async fn record_local_grant(
+        &self,
+        agent: &str,
+        vm: &str,
+        grant: &str,
+        details: serde_json::Value,
+    ) -> Result<bool> {
+        let group = group_of(&self.db, vm).await?;
+        let mut w = self.db.begin().await?;
+        if !agents::insert_local_grant(&mut w, agent, grant).await? {
+            return Ok(false);
+        }
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::LocalAccess, &group, vm, &Actor::agent(agent))
+                .details(details),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Stores audit records (each once per (agent, id)); returns the highest seq up to which
+    /// every seq after `acked` is stored.
+    pub async fn store_audit(
+        &self,
+        agent: &str,
+        acked: u64,
+        records: &[AuditRecord],
+    ) -> Result<u64> {
+        let mut w = self.db.begin().await?;
+        agent_audit::insert(&mut w, agent, records).await?;
+        w.commit().await?;
+        agent_audit::contiguous_from(self.db.pool(), agent, acked).await
+    }
+}
+
+/// The VM's group ('' if the VM is gone).
+async fn group_of(db: &Db, vm: &str) -> Result<String> {
+    Ok(inventory::vm(db.pool(), vm)
+        .await?
+        .map(|v| v.resource_group)
+        .unwrap_or_default())
+}
+
+fn failed_enrolment(actor: &Actor, vm: &str, group: &str, why: &str) -> NewActivity {
+    NewActivity::vm(Operation::EnrollAgent, group, vm, actor)
+        .outcome(ActivityOutcome::Failed)
+        .details(serde_json::json!({ "reason": why }))
+}

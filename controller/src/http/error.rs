@@ -1,0 +1,155 @@
+//! The one HTTP error type: the domain's errors mapped to status codes here and only here,
+//! with the body `{"error": {"code", "message"}}` (docs/controller.md, "Errors").
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jitgate_api::{ErrorBody, ErrorCode};
+
+use crate::error::Error;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct HttpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
+        HttpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The status of each code.
+pub fn status(code: &ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::InvalidJson
+        | C::InvalidBody
+        | C::InvalidQuery
+        | C::InvalidPort
+        | C::InvalidProtocol
+        | C::InvalidSourcePrefix
+        | C::InvalidDuration
+        | C::InvalidTime
+        | C::InvalidName
+        | C::InvalidPolicy
+        | C::InvalidRequest
+        | C::InvalidForwardedFor
+        | C::InvalidRole
+        | C::InvalidScope
+        | C::InvalidCsr
+        | C::InvalidScan
+        | C::InvalidRange
+        | C::RangeNotAllowed => StatusCode::BAD_REQUEST,
+        C::Unauthenticated | C::InvalidEnrollmentToken => StatusCode::UNAUTHORIZED,
+        C::Forbidden => StatusCode::FORBIDDEN,
+        C::VmNotFound
+        | C::ResourceGroupNotFound
+        | C::PolicyNotFound
+        | C::RequestNotFound
+        | C::TokenNotFound
+        | C::GrantNotFound
+        | C::AgentNotFound
+        | C::AssignmentNotFound
+        | C::TemplateNotFound
+        | C::NoSuchRoute => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        C::RequestNotActive
+        | C::VmExists
+        | C::ResourceGroupExists
+        | C::TokenAlreadyRevoked
+        | C::AssignmentExists
+        | C::EmptyActivityLog => StatusCode::CONFLICT,
+        C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        C::InternalError | C::Unknown(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> HttpError {
+        match e {
+            Error::Refused { code, message } => HttpError { code, message },
+            other => {
+                tracing::error!(error = %other, "internal failure");
+                HttpError::new(
+                    ErrorCode::InternalError,
+                    "internal error; nothing was changed (see the controller log)",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = status(&self.code);
+        let json = serde_json::to_vec(&ErrorBody::new(self.code, self.message))
+            .unwrap_or_else(|_| b"{}".to_vec());
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// docs/controller.md's error table: `| 404 | `VmNotFound`, ... |` rows of "## Errors".
+    fn documented() -> BTreeSet<(u16, String)> {
+        let doc = include_str!("../../../docs/controller.md");
+        let section = doc
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let mut out = BTreeSet::new();
+        for line in section.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (Some(status), Some(codes)) = (cells.get(1), cells.get(2)) else {
+                continue;
+            };
+            let Ok(status) = status.parse::<u16>() else {
+                continue;
+            };
+            // Codes are the quoted CamelCase words (not `application/json` in a note).
+            for (i, part) in codes.split('`').enumerate() {
+                let code_like = part.starts_with(|c: char| c.is_ascii_uppercase())
+                    && part.chars().all(|c| c.is_ascii_alphanumeric());
+                if i % 2 == 1 && code_like {
+                    out.insert((status, part.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_documented_error_table_is_the_enum() {
+        let doc = documented();
+        let code: BTreeSet<(u16, String)> = ErrorCode::known()
+            .map(|c| (status(&c).as_u16(), c.as_str().to_string()))
+            .collect();
+        assert_eq!(
+            code.difference(&doc).collect::<Vec<_>>(),
+            Vec::<&(u16, String)>::new(),
+            "returned but not documented in docs/controller.md"
+        );
+        assert_eq!(
+            doc.difference(&code).collect::<Vec<_>>(),
+            Vec::<&(u16, String)>::new(),
+            "documented in docs/controller.md but not an ErrorCode with that status"
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! The HTTPS JSON API (routes under `/api/v1`, documented in `controller/openapi.yaml`): each
+//! feature's router, merged, with one error type mapped at the edge ([`error`]). Handlers
+//! extract, call the domain services and shape the response; they decide nothing (rights are
+//! checked by the services, `authz`).
+
+pub mod activity;
+pub mod agents;
+pub mod compliance;
+pub mod error;
+pub mod extract;
+pub mod inventory;
+pub mod policies;
+pub mod requests;
+pub mod respond;
+pub mod state;
+
+use axum::Router;
+use jitgate_api::ErrorCode;
+
+use crate::http::error::HttpError;
+use crate::http::state::AppState;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(inventory::router())
+        .merge(policies::router())
+        .merge(requests::router())
+        .merge(activity::router())
+        .merge(agents::router())
+        .merge(compliance::router())
+        .fallback(|| async {
+            HttpError::new(
+                ErrorCode::NoSuchRoute,
+                "no such API route (see openapi.yaml)",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            HttpError::new(
+                ErrorCode::MethodNotAllowed,
+                "this route does not accept that method",
+            )
+        })
+        .with_state(state)
+}

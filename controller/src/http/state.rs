@@ -1,0 +1,13 @@
+//! What every handler gets.
+
+use jitgate_common::SourcePrefix;
+
+use crate::app::App;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub app: App,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<SourcePrefix>,
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,103 @@
+//! How access ends before or at its end time: revocation by a person (UserRequested) and the
+//! expiry sweep (Expired). Supersession is part of the initiate batch (`plan`).
+
+use std::collections::BTreeMap;
+
+use jitgate_api::{ErrorCode, Operation, RequestView, StatusReason};
+
+use crate::authz::{self, Action, Actor, Caller};
+use crate::error::{Error, Result};
+use crate::store::activity::{self, NewActivity};
+use crate::store::db::Db;
+use crate::store::{grants, requests};
+
+/// Revokes a request's live ports: each becomes Revoked / UserRequested, each active grant
+/// gets an outbox `revoke` row. Its requestor (requester rights on every VM) or an admin
+/// whose scope covers every VM of the request may.
+pub async fn revoke(db: &Db, caller: &Caller, id: &str) -> Result<RequestView> {
+    authz::authorize(caller, Action::RevokeRequests)?;
+    let actor = caller.actor();
+    let mut w = db.begin().await?;
+    let Some(rec) = requests::load(w.conn(), id).await? else {
+        return Err(Error::refused(
+            ErrorCode::RequestNotFound,
+            format!("no request {id}"),
+        ));
+    };
+    for vm in &rec.virtual_machines {
+        authz::authorize(
+            caller,
+            Action::Revoke {
+                requestor: &rec.requestor,
+                vm: &vm.id,
+                group: &vm.resource_group,
+            },
+        )?;
+    }
+    let now = w.now;
+    let live = requests::live_ports(&mut w, id, now).await?;
+    if live.is_empty() {
+        return Err(Error::refused(
+            ErrorCode::RequestNotActive,
+            format!(
+                "request {id} has no active access to revoke (status {})",
+                rec.status
+            ),
+        ));
+    }
+    requests::end_live(&mut w, id, now, StatusReason::UserRequested).await?;
+    grants::revoke_request(&mut w, id).await?;
+    let mut by_vm: BTreeMap<(&str, &str), Vec<serde_json::Value>> = BTreeMap::new();
+    for p in &live {
+        by_vm
+            .entry((&p.vm, &p.resource_group))
+            .or_default()
+            .push(p.details());
+    }
+    for ((vm, group), ports) in by_vm {
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::Revoke, group, vm, &actor)
+                .request(id)
+                .details(serde_json::json!({
+                    "statusReason": StatusReason::UserRequested.as_str(),
+                    "ports": ports,
+                    "justification": rec.justification,
+                    "requestor": rec.requestor,
+                })),
+        )
+        .await?;
+    }
+    let after = requests::load(w.conn(), id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("request {id} vanished while revoked")))?;
+    w.commit().await?;
+    Ok(after)
+}
+
+/// Marks ended access Revoked / Expired (the controller's bookkeeping: the agent enforces the
+/// end in the kernel). Returns how many ports ended.
+pub async fn expire_due(db: &Db, now: i64) -> Result<usize> {
+    if !requests::any_due(db.pool(), now).await? {
+        return Ok(0);
+    }
+    let mut w = db.begin().await?;
+    let due = requests::expire_due(&mut w, now).await?;
+    grants::expire_due(&mut w, now).await?;
+    let actor = Actor::controller();
+    for p in &due {
+        let mut details = p.details();
+        if let Some(d) = details.as_object_mut() {
+            d.insert("statusReason".into(), StatusReason::Expired.as_str().into());
+        }
+        activity::log(
+            &mut w,
+            NewActivity::vm(Operation::Expire, &p.resource_group, &p.vm, &actor)
+                .request(&p.request_id)
+                .details(details),
+        )
+        .await?;
+    }
+    w.commit().await?;
+    Ok(due.len())
+}

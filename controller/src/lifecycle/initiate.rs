@@ -1,0 +1,148 @@
+//! Initiate in three phases, one group-committed batch at a time: read (the snapshot, in the
+//! round trip that begins the transaction on SQLite), plan (pure, `plan`), write (every row
+//! and the counters, then COMMIT: one round trip and one fsync per batch on SQLite).
+//!
+//! Requests are queued to one writer task, which takes whatever is waiting (up to
+//! [`MAX_BATCH`]). A database error rolls the whole batch back and every request in it gets
+//! an error: nothing is ever half-written.
+
+use tokio::sync::oneshot;
+
+use crate::authz::Caller;
+use crate::error::{Error, Result};
+use crate::lifecycle::plan::{self, Plan, Start};
+use crate::request::Initiate;
+use crate::store::activity;
+use crate::store::grants::{self, GrantKey};
+use crate::store::requests;
+use crate::store::snapshot;
+use crate::store::write::{WriteTx, Writer};
+use jitgate_api::{RequestView, StatusReason};
+use jitgate_common::Protocol;
+
+/// Most requests decided in one transaction.
+pub const MAX_BATCH: usize = 64;
+
+/// One queued request and where its answer goes.
+pub struct Job {
+    pub caller: Caller,
+    pub req: Initiate,
+    pub reply: oneshot::Sender<Result<RequestView>>,
+}
+
+/// Decides one batch of queued requests and answers each.
+pub async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
+    let n = jobs.len();
+    let mut replies = Vec::with_capacity(n);
+    let mut work = Vec::with_capacity(n);
+    for j in jobs {
+        replies.push(j.reply);
+        work.push((j.caller, j.req));
+    }
+    let t0 = std::time::Instant::now();
+    let res = decide(writer, &work).await;
+    tracing::debug!(
+        batch = n,
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        "initiate batch"
+    );
+    match res {
+        Ok(answers) => {
+            for (r, a) in replies.into_iter().zip(answers) {
+                let _ = r.send(a);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = n, "initiate batch failed; rolled back");
+            for r in replies {
+                let _ = r.send(Err(Error::Unavailable(
+                    "the request batch failed; nothing was written",
+                )));
+            }
+        }
+    }
+}
+
+/// Every (VM, port, concrete protocol, prefix) the requests could create: the keys whose
+/// active grants the batch reads.
+fn keys(jobs: &[(Caller, Initiate)]) -> Vec<GrantKey> {
+    let mut keys = Vec::new();
+    for (_, req) in jobs {
+        for vm in &req.vms {
+            for p in &vm.ports {
+                let protos: &[Protocol] = match p.protocol {
+                    Some(ps) => ps.expand(),
+                    None => &[Protocol::Tcp, Protocol::Udp],
+                };
+                for proto in protos {
+                    for pfx in &p.prefixes {
+                        keys.push(GrantKey {
+                            vm: vm.name.clone(),
+                            port: p.number.get(),
+                            protocol: *proto,
+                            prefix: pfx.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // Each key once: a key repeated would return its grants once per repetition.
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Decides a batch in one transaction: read, plan, write. The outer error is a database
+/// failure (rolled back); each request's own refusal is in its answer.
+pub async fn decide(
+    writer: &Writer,
+    jobs: &[(Caller, Initiate)],
+) -> Result<Vec<Result<RequestView>>> {
+    let t0 = std::time::Instant::now();
+    let mut names: Vec<&str> = jobs
+        .iter()
+        .flat_map(|(_, r)| r.vms.iter().map(|v| v.name.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let (w, snap) = snapshot::begin_and_read(writer, &names, &keys(jobs)).await?;
+    let read = t0.elapsed();
+    let (request_seq, outbox_seq) = w.sequences();
+    let start = Start {
+        now: w.now,
+        request_seq,
+        outbox_seq,
+    };
+    let mut plan = plan::plan(&snap, jobs, start, &mut crate::ids::new_guid)?;
+    let planned = t0.elapsed();
+    let answers = std::mem::take(&mut plan.answers);
+    write(w, plan).await?;
+    if tracing::enabled!(tracing::Level::TRACE) {
+        tracing::trace!(batch = jobs.len(), ?read, ?planned, committed = ?t0.elapsed(), "initiate batch phases");
+    }
+    Ok(answers)
+}
+
+/// Writes a plan and commits.
+async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
+    for (old, new) in &plan.superseded {
+        grants::supersede(&mut w, old, new).await?;
+    }
+    for (rid, idx) in &plan.ports_to_close {
+        if !grants::port_has(&mut w, rid, *idx, None).await? {
+            requests::end_port(&mut w, rid, *idx, &StatusReason::NewerRequestInitiated).await?;
+        }
+    }
+    w.set_sequences(plan.request_seq, plan.outbox_seq);
+    let now = w.now;
+    let log = activity::chain(&mut w, plan.activity)?;
+    let tables = vec![
+        requests::request_rows(&plan.requests, now)?,
+        requests::port_rows(&plan.ports),
+        grants::grant_rows(&plan.grants),
+        grants::outbox_rows(&plan.outbox, now),
+        log,
+    ];
+    w.commit_with(tables).await
+}

@@ -1,0 +1,170 @@
+//! The request lifecycle (docs/request-lifecycle.md): initiate, acknowledge (Applied),
+//! revoke, supersede and expire. Approval states will go here.
+//!
+//! - [`plan`]: the decision of an initiate batch, pure (unit-tested without a database).
+//! - [`initiate`]: the initiate batch's read and write around the plan, group-committed.
+//! - [`ack`]: agents' acknowledgements, group-committed.
+//! - [`end`]: revocation and the expiry sweep.
+
+pub mod ack;
+pub mod end;
+pub mod initiate;
+pub mod plan;
+
+use jitgate_api::{ErrorCode, InitiateBody, RequestView};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::authz::{self, Action, Actor, Caller};
+use crate::error::{Error, Result};
+use crate::request::Initiate;
+use crate::store::db::Db;
+use crate::store::grants::{self, GrantContext, GrantState, OutboxItem};
+use crate::store::write::{group_commit, spawn_writers};
+use crate::store::{inventory, requests};
+
+/// The lifecycle of this controller: its database and its two group-commit writers.
+#[derive(Clone)]
+pub struct Lifecycle {
+    db: Db,
+    initiates: mpsc::Sender<initiate::Job>,
+    acks: mpsc::Sender<ack::Job>,
+}
+
+impl Lifecycle {
+    /// Starts the writers (they stop when the last clone of this is dropped).
+    pub fn start(db: Db) -> Result<Lifecycle> {
+        let (initiates, initiate_rx) = mpsc::channel(1024);
+        let (acks, ack_rx) = mpsc::channel(4096);
+        let writer = db.writer().clone();
+        let (w1, w2) = (writer.clone(), writer);
+        let writers = async move {
+            tokio::join!(
+                group_commit(initiate_rx, initiate::MAX_BATCH, |jobs| {
+                    let w = w1.clone();
+                    async move { initiate::run_batch(&w, jobs).await }
+                }),
+                group_commit(ack_rx, ack::MAX_ACKS, |jobs| {
+                    let w = w2.clone();
+                    async move { ack::run_batch(&w, jobs).await }
+                }),
+            );
+        };
+        spawn_writers(db.backend(), writers)?;
+        Ok(Lifecycle {
+            db,
+            initiates,
+            acks,
+        })
+    }
+
+    /// Validates and records an access request (see [`Lifecycle::initiate`]).
+    pub async fn request(&self, caller: &Caller, body: &InitiateBody) -> Result<RequestView> {
+        let req = Initiate::from_body(body, caller.address, jitgate_api::time::now_ms())?;
+        self.initiate(caller, &req).await
+    }
+
+    /// Evaluates and records a validated request, decided by the group-commit writer in
+    /// arrival order. Approved: Initiated, grants pending in the outbox, older grants for the
+    /// same (VM, port, protocol, prefix) superseded. Denied: recorded with every reason.
+    pub async fn initiate(&self, caller: &Caller, req: &Initiate) -> Result<RequestView> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Error::Unavailable("the request writer has stopped");
+        self.initiates
+            .send(initiate::Job {
+                caller: caller.clone(),
+                req: req.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Decides several requests as one batch (what the writer does with queued requests);
+    /// for tests and tools that need a deterministic batch.
+    pub async fn initiate_batch(
+        &self,
+        jobs: &[(Caller, Initiate)],
+    ) -> Result<Vec<Result<RequestView>>> {
+        initiate::decide(self.db.writer(), jobs).await
+    }
+
+    /// One request; VMs outside the caller's scope are left out (a request with none in it
+    /// needs reader rights on everything).
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<RequestView> {
+        let mut conn = self.db.pool().acquire().await?;
+        let Some(mut rec) = requests::load(&mut conn, id).await? else {
+            return Err(Error::refused(
+                ErrorCode::RequestNotFound,
+                format!("no request {id}"),
+            ));
+        };
+        rec.virtual_machines
+            .retain(|v| authz::sees_vm(caller, &v.id, &v.resource_group));
+        if rec.virtual_machines.is_empty() {
+            authz::authorize(caller, Action::ReadAll)?;
+        }
+        let shown: Vec<String> = rec.virtual_machines.iter().map(|v| v.id.clone()).collect();
+        rec.denial_reasons
+            .retain(|d| shown.contains(&d.virtual_machine));
+        Ok(rec)
+    }
+
+    /// The VM's request history, newest first (VMs outside the caller's scope left out).
+    pub async fn history(&self, caller: &Caller, vm: &str, limit: i64) -> Result<Vec<RequestView>> {
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        authz::authorize(caller, Action::ReadVm { vm, group: &group })?;
+        let mut conn = self.db.pool().acquire().await?;
+        let mut out = Vec::new();
+        for id in requests::ids_for_vm(&mut *conn, vm, limit).await? {
+            if let Some(mut rec) = requests::load(&mut conn, &id).await? {
+                rec.virtual_machines
+                    .retain(|x| authz::sees_vm(caller, &x.id, &x.resource_group));
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a request's live ports (`end::revoke`).
+    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<RequestView> {
+        end::revoke(&self.db, caller, id).await
+    }
+
+    /// The expiry sweep (`end::expire_due`).
+    pub async fn expire_due(&self, now: i64) -> Result<usize> {
+        end::expire_due(&self.db, now).await
+    }
+
+    /// An agent confirmed a grant is in place (`ack`); committed with whatever else waits.
+    pub async fn acknowledge(&self, actor: &Actor, grant_id: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Error::Unavailable("the acknowledgement writer has stopped");
+        self.acks
+            .send(ack::Job {
+                actor: actor.clone(),
+                grant_id: grant_id.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The VM's outbox rows after `after_seq`, oldest first: what its agent must do.
+    pub async fn outbox(&self, vm: &str, after_seq: i64, limit: i64) -> Result<Vec<OutboxItem>> {
+        grants::outbox(self.db.pool(), vm, after_seq, limit).await
+    }
+
+    /// The VM's active grants (ending after `now`), with their state.
+    pub async fn active_grants(&self, vm: &str, now: i64) -> Result<Vec<(String, GrantState)>> {
+        grants::active_on_vm(self.db.pool(), vm, now).await
+    }
+
+    /// A grant's state and its request's requestor and justification.
+    pub async fn grant_context(&self, grant_id: &str) -> Result<Option<GrantContext>> {
+        grants::context(self.db.pool(), grant_id).await
+    }
+}

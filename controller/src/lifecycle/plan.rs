@@ -1,0 +1,570 @@
+//! The decision of an initiate batch, without I/O: from what was read (a [`Snapshot`]) and the
+//! batch's requests, every row to write and every caller's answer.
+//!
+//! Each request is decided exactly as if alone and in arrival order: a later request in the
+//! batch supersedes an earlier one's grant for the same (VM, port, protocol, prefix), as it
+//! supersedes an active grant in the database. A request that fails (unknown VM, no right)
+//! gets its error and plans nothing.
+
+use std::collections::HashMap;
+
+use jitgate_api::{
+    ActivityOutcome, DenialReason, ErrorCode, Operation, PolicyScope, PortStatus, RequestView,
+    RequestVm, StatusReason,
+};
+
+use crate::authz::{self, Action, Caller};
+use crate::error::{Error, Result};
+use crate::eval::{self, PortOutcome};
+use crate::policy::Policy;
+use crate::request::Initiate;
+use crate::store::activity::NewActivity;
+use crate::store::grants::{GrantKey, GrantState, NewGrant, NewOutbox, OutboxOp};
+use crate::store::requests::{NewPort, NewRequest};
+use crate::store::snapshot::Snapshot;
+
+/// The batch's time and the sequence counters it starts from.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    pub now: i64,
+    pub request_seq: i64,
+    pub outbox_seq: i64,
+}
+
+/// Everything a batch writes, and each request's answer (in the batch's order).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub answers: Vec<Result<RequestView>>,
+    pub requests: Vec<NewRequest>,
+    pub ports: Vec<NewPort>,
+    pub grants: Vec<NewGrant>,
+    pub outbox: Vec<NewOutbox>,
+    /// Grants in the database superseded by new ones: (old, new).
+    pub superseded: Vec<(String, String)>,
+    /// Ports in the database one of whose grants was superseded: Revoked / NewerRequestInitiated
+    /// once none of their grants is active.
+    pub ports_to_close: Vec<(String, i64)>,
+    pub activity: Vec<NewActivity>,
+    /// The counters after the batch.
+    pub request_seq: i64,
+    pub outbox_seq: i64,
+}
+
+/// One VM of a request, evaluated.
+struct Evaluated {
+    vm: String,
+    group: String,
+    ports: Vec<PortOutcome>,
+}
+
+/// An active grant a new one may supersede: (grant, request, port index, in the database).
+type Holder = (String, String, i64, bool);
+
+/// Evaluates one request against the snapshot: its VMs (which must exist and be in the
+/// caller's rights) and every port against the VM's effective policy.
+fn evaluate(
+    snap: &Snapshot,
+    policies: &HashMap<(PolicyScope, String), Policy>,
+    caller: &Caller,
+    req: &Initiate,
+    now: i64,
+) -> Result<Vec<Evaluated>> {
+    let mut out = Vec::with_capacity(req.vms.len());
+    for vm in &req.vms {
+        let Some(group) = snap.groups.get(&vm.name) else {
+            return Err(Error::refused(
+                ErrorCode::VmNotFound,
+                format!("no VM {}", vm.name),
+            ));
+        };
+        authz::authorize(
+            caller,
+            Action::Initiate {
+                vm: &vm.name,
+                group,
+            },
+        )?;
+        let policy = policies
+            .get(&(PolicyScope::VirtualMachine, vm.name.clone()))
+            .or_else(|| policies.get(&(PolicyScope::ResourceGroup, group.clone())));
+        out.push(Evaluated {
+            vm: vm.name.clone(),
+            group: group.clone(),
+            ports: vm
+                .ports
+                .iter()
+                .map(|p| eval::evaluate_port(policy, p, now))
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Decides `jobs`; `new_id` names each request and grant (in order).
+pub fn plan(
+    snap: &Snapshot,
+    jobs: &[(Caller, Initiate)],
+    start: Start,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Plan> {
+    let now = start.now;
+    let mut policies = HashMap::with_capacity(snap.policies.len());
+    for (k, body) in &snap.policies {
+        let p = Policy::from_body(body)
+            .map_err(|e| Error::Corrupt(format!("stored policy of {}: {e}", k.1)))?;
+        policies.insert(k.clone(), p);
+    }
+    let mut active: HashMap<GrantKey, Vec<Holder>> = HashMap::new();
+    let mut found = snap.active.clone();
+    found.sort();
+    found.dedup();
+    for g in found {
+        let key = g.key()?;
+        active
+            .entry(key)
+            .or_default()
+            .push((g.id, g.request_id, g.port_idx, true));
+    }
+    let mut p = Plan {
+        request_seq: start.request_seq,
+        outbox_seq: start.outbox_seq,
+        ..Plan::default()
+    };
+    // Position of each new grant in `p.grants`, and of each new port in `p.ports`.
+    let mut grant_pos: HashMap<String, usize> = HashMap::new();
+    let mut port_pos: HashMap<(String, i64), usize> = HashMap::new();
+    for (caller, req) in jobs {
+        let vms = match evaluate(snap, &policies, caller, req, now) {
+            Ok(v) => v,
+            Err(e) => {
+                p.answers.push(Err(e));
+                continue;
+            }
+        };
+        let id = new_id();
+        let mut reasons = Vec::new();
+        for (ev, vm) in vms.iter().zip(&req.vms) {
+            for (o, port) in ev.ports.iter().zip(&vm.ports) {
+                for (code, message) in &o.reasons {
+                    reasons.push(DenialReason {
+                        virtual_machine: ev.vm.clone(),
+                        number: port.number.get(),
+                        protocol: o.protocol,
+                        reason: code.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+        let denied = !reasons.is_empty();
+        p.request_seq += 1;
+        p.requests.push(NewRequest {
+            id: id.clone(),
+            seq: p.request_seq,
+            requestor: caller.name().into(),
+            token_id: caller.token_id().into(),
+            caller_address: caller.address.to_string(),
+            justification: req.justification.clone(),
+            denied,
+            denial_reasons: reasons.clone(),
+        });
+        let mut superseded_requests: Vec<String> = Vec::new();
+        let mut idx: i64 = 0;
+        let mut record_vms = Vec::with_capacity(vms.len());
+        for (ev, vm) in vms.iter().zip(&req.vms) {
+            let mut ports_log = Vec::new();
+            let mut record_ports = Vec::new();
+            for (o, rp) in ev.ports.iter().zip(&vm.ports) {
+                let (status, reason) = if denied {
+                    let first = o.reasons.first().map(|r| r.0.clone());
+                    (
+                        PortStatus::Denied,
+                        Some(first.unwrap_or(StatusReason::OtherPortDenied)),
+                    )
+                } else {
+                    (PortStatus::Initiated, None)
+                };
+                let port = NewPort {
+                    request_id: id.clone(),
+                    idx,
+                    vm: ev.vm.clone(),
+                    resource_group: ev.group.clone(),
+                    number: rp.number.get(),
+                    protocol: o.protocol,
+                    prefixes: rp.prefixes.clone(),
+                    end_ms: rp.end_ms,
+                    status,
+                    status_reason: reason,
+                    on_expiry: o.grants.first().map(|g| g.on_expiry),
+                };
+                if !denied {
+                    for g in &o.grants {
+                        let key = GrantKey {
+                            vm: ev.vm.clone(),
+                            port: rp.number.get(),
+                            protocol: g.protocol,
+                            prefix: g.prefix.to_string(),
+                        };
+                        let gid = new_id();
+                        let mut replaces = Vec::new();
+                        for (old, old_request, old_idx, in_db) in
+                            active.remove(&key).unwrap_or_default()
+                        {
+                            if in_db {
+                                p.superseded.push((old.clone(), gid.clone()));
+                                p.ports_to_close.push((old_request.clone(), old_idx));
+                            } else if let Some(&at) = grant_pos.get(&old) {
+                                p.grants[at].state = GrantState::Superseded;
+                                p.grants[at].superseded_by = Some(gid.clone());
+                            }
+                            if !superseded_requests.contains(&old_request) {
+                                superseded_requests.push(old_request);
+                            }
+                            replaces.push(old);
+                        }
+                        active.entry(key.clone()).or_default().push((
+                            gid.clone(),
+                            id.clone(),
+                            idx,
+                            false,
+                        ));
+                        grant_pos.insert(gid.clone(), p.grants.len());
+                        p.grants.push(NewGrant {
+                            id: gid,
+                            request_id: id.clone(),
+                            port_idx: idx,
+                            key,
+                            start_ms: now,
+                            end_ms: rp.end_ms,
+                            on_expiry: g.on_expiry,
+                            state: GrantState::Pending,
+                            superseded_by: None,
+                        });
+                        p.outbox.push(NewOutbox {
+                            seq: 0,
+                            vm: ev.vm.clone(),
+                            op: OutboxOp::Apply,
+                            grant_id: p.grants[p.grants.len() - 1].id.clone(),
+                            replaces,
+                        });
+                    }
+                }
+                let view = port.view();
+                ports_log.push(serde_json::json!({
+                    "number": port.number,
+                    "protocol": port.protocol.as_str(),
+                    "allowedSourceAddressPrefixes":
+                        port.prefixes.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                    "startTimeUtc": jitgate_api::time::format(now),
+                    "endTimeUtc": view.end_time_utc,
+                    "status": port.status.as_str(),
+                    "statusReason": port.status_reason.as_ref().map(|r| r.as_str()),
+                }));
+                record_ports.push(view);
+                port_pos.insert((id.clone(), idx), p.ports.len());
+                p.ports.push(port);
+                idx += 1;
+            }
+            let vm_reasons: Vec<&DenialReason> = reasons
+                .iter()
+                .filter(|r| r.virtual_machine == ev.vm)
+                .collect();
+            p.activity.push(
+                NewActivity::vm(Operation::Initiate, &ev.group, &ev.vm, &caller.actor())
+                    .outcome(if denied {
+                        ActivityOutcome::Denied
+                    } else {
+                        ActivityOutcome::Succeeded
+                    })
+                    .request(&id)
+                    .details(serde_json::json!({
+                        "justification": req.justification,
+                        "ports": ports_log,
+                        "denialReasons": vm_reasons,
+                        "supersedes": superseded_requests,
+                    })),
+            );
+            record_vms.push(RequestVm {
+                id: ev.vm.clone(),
+                resource_group: ev.group.clone(),
+                ports: record_ports,
+            });
+        }
+        p.answers.push(Ok(RequestView {
+            id,
+            start_time_utc: jitgate_api::time::format(now),
+            requestor: caller.name().into(),
+            justification: req.justification.clone(),
+            caller_address: caller.address.to_string(),
+            status: if denied {
+                PortStatus::Denied
+            } else {
+                PortStatus::Initiated
+            },
+            virtual_machines: record_vms,
+            denial_reasons: reasons,
+        }));
+    }
+    // Ports of this batch whose grants were all superseded within the batch.
+    let mut live: HashMap<(String, i64), bool> = HashMap::new();
+    for g in &p.grants {
+        *live
+            .entry((g.request_id.clone(), g.port_idx))
+            .or_insert(false) |= g.state == GrantState::Pending;
+    }
+    for (k, is_live) in &live {
+        if !is_live && let Some(&at) = port_pos.get(k) {
+            p.ports[at].status = PortStatus::Revoked;
+            p.ports[at].status_reason = Some(StatusReason::NewerRequestInitiated);
+        }
+    }
+    // Outbox seqs: each grant, then right after it a revocation of each grant it
+    // supersedes (the new grant in place first, so a covered flow is never cut).
+    let applies = std::mem::take(&mut p.outbox);
+    for a in applies {
+        p.outbox_seq += 1;
+        let revokes: Vec<NewOutbox> = a
+            .replaces
+            .iter()
+            .map(|old| NewOutbox {
+                seq: 0,
+                vm: a.vm.clone(),
+                op: OutboxOp::Revoke,
+                grant_id: old.clone(),
+                replaces: Vec::new(),
+            })
+            .collect();
+        p.outbox.push(NewOutbox {
+            seq: p.outbox_seq,
+            ..a
+        });
+        for r in revokes {
+            p.outbox_seq += 1;
+            p.outbox.push(NewOutbox {
+                seq: p.outbox_seq,
+                ..r
+            });
+        }
+    }
+    p.ports_to_close.sort();
+    p.ports_to_close.dedup();
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{RequestedPort, RequestedVm};
+    use crate::store::grants::ActiveGrant;
+    use jitgate_api::{OnExpiry, PolicyBody, PolicyPort, Role, Scope};
+    use jitgate_common::Port;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        s.groups.insert("web1".into(), "prod".into());
+        s.groups.insert("db1".into(), "dev".into());
+        s.policies.insert(
+            (PolicyScope::ResourceGroup, "prod".into()),
+            PolicyBody {
+                ports: vec![
+                    PolicyPort {
+                        number: 22,
+                        protocol: "TCP".into(),
+                        allowed_source_address_prefix: Some("203.0.113.0/24".into()),
+                        allowed_source_address_prefixes: None,
+                        max_request_access_duration: "PT3H".into(),
+                        on_expiry: OnExpiry::Keep,
+                    },
+                    PolicyPort {
+                        number: 3389,
+                        protocol: "*".into(),
+                        allowed_source_address_prefix: Some("203.0.113.0/24".into()),
+                        allowed_source_address_prefixes: None,
+                        max_request_access_duration: "PT1H".into(),
+                        on_expiry: OnExpiry::Cut,
+                    },
+                ],
+            },
+        );
+        s
+    }
+
+    fn caller(scope: &str) -> Caller {
+        Caller::token(
+            "tok_1",
+            "alice",
+            Role::Requester,
+            scope.parse::<Scope>().unwrap(),
+            "198.51.100.9".parse().unwrap(),
+        )
+    }
+
+    fn port(n: u16, src: &str, secs: i64) -> RequestedPort {
+        RequestedPort {
+            number: Port::new(n).unwrap(),
+            protocol: None,
+            prefixes: vec![src.parse().unwrap()],
+            end_ms: NOW + secs * 1000,
+        }
+    }
+
+    fn req(vm: &str, ports: Vec<RequestedPort>) -> Initiate {
+        Initiate {
+            vms: vec![RequestedVm {
+                name: vm.into(),
+                ports,
+            }],
+            justification: "INC-1".into(),
+        }
+    }
+
+    fn run(s: &Snapshot, jobs: &[(Caller, Initiate)]) -> Plan {
+        let mut n = 0;
+        let start = Start {
+            now: NOW,
+            request_seq: 10,
+            outbox_seq: 100,
+        };
+        plan(s, jobs, start, &mut || {
+            n += 1;
+            format!("id{n}")
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_approved_request_plans_its_rows() {
+        let p = run(
+            &snapshot(),
+            &[(
+                caller("*"),
+                req("web1", vec![port(3389, "203.0.113.7", 600)]),
+            )],
+        );
+        let r = p.answers[0].as_ref().unwrap();
+        assert_eq!(r.status, PortStatus::Initiated);
+        assert_eq!(r.id, "id1");
+        assert_eq!(p.requests[0].seq, 11);
+        assert_eq!(p.request_seq, 11);
+        // `*`: one TCP and one UDP grant, each cut at the end, each queued in order.
+        assert_eq!(p.grants.len(), 2);
+        assert!(p.grants.iter().all(|g| g.on_expiry == OnExpiry::Cut));
+        let seqs: Vec<i64> = p.outbox.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [101, 102]);
+        assert_eq!(p.outbox_seq, 102);
+        assert_eq!(p.ports[0].status, PortStatus::Initiated);
+        assert_eq!(p.activity[0].outcome, ActivityOutcome::Succeeded);
+        assert_eq!(p.activity[0].actor.name, "alice");
+        assert!(p.superseded.is_empty() && p.ports_to_close.is_empty());
+    }
+
+    #[test]
+    fn a_denied_request_plans_no_grant_and_names_every_reason() {
+        let p = run(
+            &snapshot(),
+            &[(
+                caller("*"),
+                req(
+                    "web1",
+                    vec![
+                        port(22, "198.51.100.1", 4 * 3600),
+                        port(3389, "203.0.113.7", 60),
+                    ],
+                ),
+            )],
+        );
+        let r = p.answers[0].as_ref().unwrap();
+        assert_eq!(r.status, PortStatus::Denied);
+        let mut codes: Vec<&str> = r.denial_reasons.iter().map(|d| d.reason.as_str()).collect();
+        codes.sort();
+        assert_eq!(codes, ["DurationExceedsMaximum", "SourceNotAllowed"]);
+        assert!(p.grants.is_empty() && p.outbox.is_empty());
+        assert_eq!(
+            p.ports[1].status_reason,
+            Some(StatusReason::OtherPortDenied)
+        );
+        assert_eq!(p.activity[0].outcome, ActivityOutcome::Denied);
+        // No policy at all for db1.
+        let p = run(
+            &snapshot(),
+            &[(caller("*"), req("db1", vec![port(22, "203.0.113.7", 60)]))],
+        );
+        assert_eq!(
+            p.answers[0].as_ref().unwrap().denial_reasons[0].reason,
+            StatusReason::NoPolicy
+        );
+    }
+
+    #[test]
+    fn unknown_vms_and_missing_rights_plan_nothing() {
+        let p = run(
+            &snapshot(),
+            &[
+                (caller("*"), req("nope", vec![port(22, "203.0.113.7", 60)])),
+                (
+                    caller("rg:dev"),
+                    req("web1", vec![port(22, "203.0.113.7", 60)]),
+                ),
+            ],
+        );
+        assert_eq!(
+            p.answers[0].as_ref().err().and_then(Error::code),
+            Some(&ErrorCode::VmNotFound)
+        );
+        assert_eq!(
+            p.answers[1].as_ref().err().and_then(Error::code),
+            Some(&ErrorCode::Forbidden)
+        );
+        assert!(p.requests.is_empty() && p.activity.is_empty());
+        assert_eq!((p.request_seq, p.outbox_seq), (10, 100));
+    }
+
+    #[test]
+    fn supersede_in_the_database_and_within_the_batch() {
+        let mut s = snapshot();
+        s.active.push(ActiveGrant {
+            id: "old".into(),
+            request_id: "r0".into(),
+            port_idx: 0,
+            vm: "web1".into(),
+            port: 22,
+            protocol: "TCP".into(),
+            prefix: "203.0.113.7/32".into(),
+        });
+        let job = || (caller("*"), req("web1", vec![port(22, "203.0.113.7", 60)]));
+        let p = run(&s, &[job(), job()]);
+        // The first new grant supersedes the stored one, the second the first.
+        assert_eq!(p.superseded, [("old".to_string(), "id2".to_string())]);
+        assert_eq!(p.ports_to_close, [("r0".to_string(), 0)]);
+        assert_eq!(p.grants[0].state, GrantState::Superseded);
+        assert_eq!(p.grants[0].superseded_by.as_deref(), Some("id4"));
+        assert_eq!(p.grants[1].state, GrantState::Pending);
+        assert_eq!(p.ports[0].status, PortStatus::Revoked);
+        assert_eq!(
+            p.ports[0].status_reason,
+            Some(StatusReason::NewerRequestInitiated)
+        );
+        assert_eq!(p.ports[1].status, PortStatus::Initiated);
+        // Each apply is followed by the revocation of what it replaces.
+        let rows: Vec<(i64, &str, &str)> = p
+            .outbox
+            .iter()
+            .map(|o| (o.seq, o.op.as_str(), o.grant_id.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (101, "apply", "id2"),
+                (102, "revoke", "old"),
+                (103, "apply", "id4"),
+                (104, "revoke", "id2")
+            ]
+        );
+        assert_eq!(p.outbox[2].replaces, ["id2"]);
+        // A different prefix is not superseded.
+        let other = (caller("*"), req("web1", vec![port(22, "203.0.113.8", 60)]));
+        assert!(run(&s, &[other]).superseded.is_empty());
+    }
+}

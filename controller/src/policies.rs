@@ -1,0 +1,190 @@
+//! JIT policies: reading, writing and deleting a VM's or a resource group's policy, and a
+//! VM's effective policy (its own, else its group's, which also covers VMs added later).
+
+use jitgate_api::{ErrorCode, Operation, PolicyBody, PolicyScope, PolicyView, ResourceType};
+
+use crate::authz::{self, Action, Actor, Caller};
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::store::activity::{self, NewActivity};
+use crate::store::db::Db;
+use crate::store::inventory;
+use crate::store::policies::{self, PolicyRow};
+use crate::store::write::WriteTx;
+
+/// Whose policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    Vm(&'a str),
+    Group(&'a str),
+}
+
+/// A target that exists, with its resource group.
+struct Resolved<'a> {
+    scope: PolicyScope,
+    name: &'a str,
+    group: String,
+}
+
+fn view(row: PolicyRow) -> PolicyView {
+    PolicyView {
+        scope: row.scope_kind,
+        name: row.scope_name,
+        ports: row.body.0.ports,
+        updated_time_utc: jitgate_api::time::format(row.updated_ms),
+        updated_by: row.updated_by,
+    }
+}
+
+#[derive(Clone)]
+pub struct Policies {
+    db: Db,
+}
+
+impl Policies {
+    pub fn new(db: Db) -> Policies {
+        Policies { db }
+    }
+
+    /// The target's group, or VmNotFound / ResourceGroupNotFound.
+    async fn resolve<'a>(&self, t: Target<'a>) -> Result<Resolved<'a>> {
+        Ok(match t {
+            Target::Vm(vm) => Resolved {
+                scope: PolicyScope::VirtualMachine,
+                name: vm,
+                group: inventory::require_vm(self.db.pool(), vm)
+                    .await?
+                    .resource_group,
+            },
+            Target::Group(g) => Resolved {
+                scope: PolicyScope::ResourceGroup,
+                name: g,
+                group: inventory::require_group(self.db.pool(), g).await?.name,
+            },
+        })
+    }
+
+    fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
+        let action = match (r.scope, write) {
+            (PolicyScope::VirtualMachine, false) => Action::ReadVm {
+                vm: r.name,
+                group: &r.group,
+            },
+            (PolicyScope::VirtualMachine, true) => Action::WriteVmPolicy {
+                vm: r.name,
+                group: &r.group,
+            },
+            (PolicyScope::ResourceGroup, false) => Action::ReadGroupPolicy { group: &r.group },
+            (PolicyScope::ResourceGroup, true) => Action::WriteGroupPolicy { group: &r.group },
+        };
+        authz::authorize(caller, action)
+    }
+
+    pub async fn get(&self, caller: &Caller, t: Target<'_>) -> Result<PolicyView> {
+        let r = self.resolve(t).await?;
+        Self::authorize(caller, &r, false)?;
+        match policies::get(self.db.pool(), r.scope, r.name).await? {
+            Some(row) => Ok(view(row)),
+            None => Err(Error::refused(
+                ErrorCode::PolicyNotFound,
+                match t {
+                    Target::Vm(vm) => format!(
+                        "VM {vm} has no JIT policy of its own (see its effective policy on GET /virtualMachines/{vm})"
+                    ),
+                    Target::Group(g) => format!("resource group {g} has no JIT policy"),
+                },
+            )),
+        }
+    }
+
+    /// Creates or replaces the target's policy (validated first; nothing is written if it
+    /// is invalid).
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+        body: &PolicyBody,
+    ) -> Result<PolicyView> {
+        let r = self.resolve(t).await?;
+        Self::authorize(caller, &r, true)?;
+        let policy = Policy::from_body(body)?;
+        let mut w = self.db.begin().await?;
+        let v = write(&mut w, &caller.actor(), t, &r.group, &policy).await?;
+        w.commit().await?;
+        Ok(v)
+    }
+
+    pub async fn delete(&self, caller: &Caller, t: Target<'_>) -> Result<()> {
+        let r = self.resolve(t).await?;
+        Self::authorize(caller, &r, true)?;
+        let mut w = self.db.begin().await?;
+        if !policies::delete(&mut w, r.scope, r.name).await? {
+            return Err(Error::refused(
+                ErrorCode::PolicyNotFound,
+                format!("{} has no JIT policy of its own", r.name),
+            ));
+        }
+        activity::log(
+            &mut w,
+            entry(Operation::DeletePolicy, t, &r.group, &caller.actor()),
+        )
+        .await?;
+        w.policy_changed();
+        w.commit().await
+    }
+
+    /// The VM's effective policy: its own if it has one, else its group's.
+    pub async fn effective(&self, vm: &str, group: &str) -> Result<Option<PolicyView>> {
+        if let Some(p) = policies::get(self.db.pool(), PolicyScope::VirtualMachine, vm).await? {
+            return Ok(Some(view(p)));
+        }
+        Ok(
+            policies::get(self.db.pool(), PolicyScope::ResourceGroup, group)
+                .await?
+                .map(view),
+        )
+    }
+
+    /// The VM's policy version: the activity-log seq of the last change to its effective
+    /// policy; 0 if never set.
+    pub async fn version(&self, vm: &str, group: &str) -> Result<i64> {
+        activity::last_policy_change(self.db.pool(), vm, group).await
+    }
+}
+
+fn entry(op: Operation, t: Target<'_>, group: &str, actor: &Actor) -> NewActivity {
+    match t {
+        Target::Vm(vm) => NewActivity::vm(op, group, vm, actor),
+        Target::Group(_) => NewActivity::other(op, ResourceType::ResourceGroup, group, actor),
+    }
+}
+
+/// Writes a validated policy and its activity entry in `w` (the agents are woken at commit).
+pub async fn write(
+    w: &mut WriteTx,
+    actor: &Actor,
+    t: Target<'_>,
+    group: &str,
+    policy: &Policy,
+) -> Result<PolicyView> {
+    let (scope, name) = match t {
+        Target::Vm(vm) => (PolicyScope::VirtualMachine, vm),
+        Target::Group(g) => (PolicyScope::ResourceGroup, g),
+    };
+    let body = policy.to_body();
+    let created = policies::put(w, scope, name, &body, &actor.name).await?;
+    activity::log(
+        w,
+        entry(Operation::UpdatePolicy, t, group, actor)
+            .details(serde_json::json!({"ports": body.ports, "created": created})),
+    )
+    .await?;
+    w.policy_changed();
+    Ok(PolicyView {
+        scope,
+        name: name.into(),
+        ports: body.ports,
+        updated_time_utc: jitgate_api::time::format(w.now),
+        updated_by: actor.name.clone(),
+    })
+}

@@ -1,0 +1,149 @@
+//! Which agents have a live channel connection to this controller. A value owned by the
+//! running controller (never process-wide): two controllers in one process each know only
+//! their own connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use jitgate_api::{AgentConnection, AgentStatus};
+
+use crate::store::agents::{Heartbeat, ONLINE_WITHIN_MS};
+
+#[derive(Clone, Debug, Default)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Connections per agent (counted: a reconnect may overlap the old connection's end).
+    live: Mutex<HashMap<String, usize>>,
+    /// Set once this controller serves the agent channel: from then on a live connection,
+    /// not a recent `last_seen`, says whether an agent is online.
+    serving: AtomicBool,
+}
+
+impl Presence {
+    pub fn new() -> Presence {
+        Presence::default()
+    }
+
+    /// This controller serves the agent channel.
+    pub fn set_serving(&self) {
+        self.inner.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks an agent connected until the guard is dropped.
+    pub fn connected(&self, agent: &str) -> LiveGuard {
+        if let Ok(mut m) = self.inner.live.lock() {
+            *m.entry(agent.to_string()).or_default() += 1;
+        }
+        LiveGuard {
+            presence: self.clone(),
+            agent: agent.to_string(),
+        }
+    }
+
+    /// Whether the agent has a live connection to this controller.
+    pub fn is_live(&self, agent: &str) -> bool {
+        self.inner
+            .live
+            .lock()
+            .map(|m| m.contains_key(agent))
+            .unwrap_or(false)
+    }
+
+    /// Agents connected to this controller.
+    pub fn live_agents(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .live
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Connected to this controller (when it serves agents), else heard from within
+    /// [`ONLINE_WITHIN_MS`] (administration commands run in another process).
+    pub fn online(&self, agent: &str, last_seen: Option<i64>, now: i64) -> bool {
+        if self.inner.serving.load(Ordering::Relaxed) {
+            self.is_live(agent)
+        } else {
+            last_seen.is_some_and(|l| now - l <= ONLINE_WITHIN_MS)
+        }
+    }
+}
+
+impl Presence {
+    /// How the API shows an agent: revoked; offline (neither connected nor heard from);
+    /// degraded (connected, but enforcement detached, partial or unhealthy, or reports
+    /// stopped); else online.
+    pub fn connection(
+        &self,
+        agent: &str,
+        status: &AgentStatus,
+        last_seen: Option<i64>,
+        report: Option<&Heartbeat>,
+        now: i64,
+    ) -> AgentConnection {
+        if *status != AgentStatus::Active {
+            AgentConnection::Revoked
+        } else if !self.online(agent, last_seen, now) {
+            AgentConnection::Offline
+        } else if report.is_some_and(|h| !h.problems_at(now).is_empty()) {
+            AgentConnection::Degraded
+        } else {
+            AgentConnection::Online
+        }
+    }
+}
+
+/// An agent's live connection; dropping it ends it.
+#[derive(Debug)]
+pub struct LiveGuard {
+    presence: Presence,
+    agent: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.presence.inner.live.lock()
+            && let Some(n) = m.get_mut(&self.agent)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.agent);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_controller() {
+        let (a, b) = (Presence::new(), Presence::new());
+        a.set_serving();
+        let g1 = a.connected("x");
+        let g2 = a.connected("x");
+        assert!(a.is_live("x") && !b.is_live("x"));
+        assert!(a.online("x", None, 0));
+        drop(g1);
+        assert!(a.is_live("x"), "the overlapping reconnect keeps it live");
+        drop(g2);
+        assert!(
+            !a.online("x", Some(0), 1),
+            "serving: only a live connection counts"
+        );
+        assert!(
+            b.online("x", Some(0), 1),
+            "not serving: a recent last_seen counts"
+        );
+        assert!(!b.online("x", Some(0), ONLINE_WITHIN_MS + 1));
+    }
+}

@@ -1,0 +1,436 @@
+//! The `activity` table: the append-only, hash-chained activity log, its signed checkpoints
+//! (`activity_checkpoints`), export and verification.
+//!
+//! Each entry's hash covers its fields and the previous entry's hash; the head (last seq and
+//! hash) is the `chain` counter, locked by every write transaction, so appends from several
+//! controllers stay one chain. A checkpoint is the controller's signature over the head.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jitgate_api::{ActivityOutcome, Operation, ResourceType, Scope};
+use jitgate_proto::audit::{
+    ActivityEntry, ChainWalk, Checkpoint, Failure, HashInput, Report, entry_hash, key_id,
+};
+use sqlx::{Any, Executor};
+
+use crate::authz::Actor;
+use crate::error::Result;
+use crate::store::backend::{Param, Rows};
+use crate::store::write::WriteTx;
+
+/// An entry to append.
+#[derive(Clone, Debug)]
+pub struct NewActivity {
+    pub operation: Operation,
+    pub resource_type: ResourceType,
+    pub resource_group: String,
+    pub vm: String,
+    pub actor: Actor,
+    pub outcome: ActivityOutcome,
+    pub request_id: String,
+    pub details: serde_json::Value,
+}
+
+impl NewActivity {
+    /// A Succeeded entry about a VM.
+    pub fn vm(operation: Operation, group: &str, vm: &str, actor: &Actor) -> NewActivity {
+        NewActivity {
+            operation,
+            resource_type: ResourceType::VirtualMachine,
+            resource_group: group.into(),
+            vm: vm.into(),
+            actor: actor.clone(),
+            outcome: ActivityOutcome::Succeeded,
+            request_id: String::new(),
+            details: serde_json::json!({}),
+        }
+    }
+
+    /// A Succeeded entry about something else (`vm` empty).
+    pub fn other(
+        operation: Operation,
+        resource_type: ResourceType,
+        group: &str,
+        actor: &Actor,
+    ) -> NewActivity {
+        NewActivity {
+            resource_type,
+            ..NewActivity::vm(operation, group, "", actor)
+        }
+    }
+
+    pub fn outcome(mut self, o: ActivityOutcome) -> NewActivity {
+        self.outcome = o;
+        self
+    }
+
+    pub fn request(mut self, id: &str) -> NewActivity {
+        self.request_id = id.into();
+        self
+    }
+
+    pub fn details(mut self, d: serde_json::Value) -> NewActivity {
+        self.details = d;
+        self
+    }
+}
+
+const INSERT: &str = "INSERT INTO activity (seq, time_ms, operation, resource_type, \
+    resource_group, vm, caller, caller_address, outcome, request_id, details, prev_hash, hash)";
+
+const COLUMNS: &str = "seq, time_ms, operation, resource_type, resource_group, vm, caller, \
+    caller_address, outcome, request_id, details, prev_hash, hash";
+
+/// Chains `a` after the head (advancing it) and returns its row.
+fn chained(w: &mut WriteTx, a: NewActivity) -> Result<Vec<Param>> {
+    let now = w.now;
+    let head = w.chain();
+    let seq = head.seq + 1;
+    let details = serde_json::to_string(&a.details)?;
+    let hash = entry_hash(&HashInput {
+        seq,
+        time_ms: now,
+        operation: a.operation.as_str(),
+        resource_type: a.resource_type.as_str(),
+        resource_group: &a.resource_group,
+        vm: &a.vm,
+        caller: &a.actor.name,
+        caller_address: &a.actor.address,
+        outcome: a.outcome.as_str(),
+        request_id: &a.request_id,
+        details: &details,
+        prev_hash: &head.hash,
+    });
+    tracing::info!(
+        seq,
+        operation = %a.operation,
+        resource_group = %a.resource_group,
+        vm = %a.vm,
+        caller = %a.actor.name,
+        caller_address = %a.actor.address,
+        outcome = %a.outcome,
+        request_id = %a.request_id,
+        "activity"
+    );
+    let prev = std::mem::replace(&mut head.hash, hash.clone());
+    head.seq = seq;
+    Ok(vec![
+        seq.into(),
+        now.into(),
+        a.operation.as_str().into(),
+        a.resource_type.as_str().into(),
+        a.resource_group.into(),
+        a.vm.into(),
+        a.actor.name.into(),
+        a.actor.address.into(),
+        a.outcome.as_str().into(),
+        a.request_id.into(),
+        details.into(),
+        prev.into(),
+        hash.into(),
+    ])
+}
+
+/// Appends one entry in the transaction; returns its seq.
+pub async fn log(w: &mut WriteTx, a: NewActivity) -> Result<i64> {
+    let row = chained(w, a)?;
+    let seq = w.head().seq;
+    let mut q = sqlx::query(
+        "INSERT INTO activity (seq, time_ms, operation, resource_type, resource_group, vm, \
+         caller, caller_address, outcome, request_id, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    );
+    for p in row {
+        q = match p {
+            Param::Int(i) => q.bind(i),
+            Param::Text(s) => q.bind(s),
+            Param::Null => q.bind(None::<String>),
+        };
+    }
+    q.execute(w.conn()).await?;
+    Ok(seq)
+}
+
+/// Chains several entries in order; the caller inserts the rows in this transaction.
+pub fn chain(w: &mut WriteTx, entries: Vec<NewActivity>) -> Result<Rows> {
+    let mut rows = Rows::new(INSERT, 13);
+    for a in entries {
+        rows.rows.push(chained(w, a)?);
+    }
+    Ok(rows)
+}
+
+#[derive(sqlx::FromRow)]
+struct ActivityRow {
+    seq: i64,
+    time_ms: i64,
+    operation: String,
+    resource_type: String,
+    resource_group: String,
+    vm: String,
+    caller: String,
+    caller_address: String,
+    outcome: String,
+    request_id: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl ActivityRow {
+    fn hash_input(&self) -> HashInput<'_> {
+        HashInput {
+            seq: self.seq,
+            time_ms: self.time_ms,
+            operation: &self.operation,
+            resource_type: &self.resource_type,
+            resource_group: &self.resource_group,
+            vm: &self.vm,
+            caller: &self.caller,
+            caller_address: &self.caller_address,
+            outcome: &self.outcome,
+            request_id: &self.request_id,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+        }
+    }
+
+    fn into_entry(self) -> ActivityEntry {
+        ActivityEntry {
+            seq: self.seq,
+            time_utc: jitgate_api::time::format(self.time_ms),
+            operation: self.operation,
+            resource_type: self.resource_type,
+            resource_group: self.resource_group,
+            virtual_machine: self.vm,
+            caller: self.caller,
+            caller_address: self.caller_address,
+            outcome: self.outcome,
+            request_id: self.request_id,
+            details: serde_json::from_str(&self.details)
+                .unwrap_or(serde_json::Value::String(self.details)),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+/// A filter over the log; times in ms, `to` exclusive.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub resource_type: Option<String>,
+    pub vm: Option<String>,
+    pub resource_group: Option<String>,
+    pub caller: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Entries with a greater seq.
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// Entries matching the filter and within `scope`, oldest first.
+pub async fn list(
+    ex: impl Executor<'_, Database = Any>,
+    f: &Filter,
+    scope: &Scope,
+) -> Result<Vec<ActivityEntry>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM activity WHERE seq > $1");
+    let mut texts: Vec<&str> = Vec::new();
+    let scoped = match scope {
+        Scope::All => None,
+        Scope::ResourceGroup(g) => Some(("resource_group", g.as_str())),
+        Scope::Vm(v) => Some(("vm", v.as_str())),
+    };
+    let filters = [
+        ("resource_type", f.resource_type.as_deref()),
+        ("vm", f.vm.as_deref()),
+        ("resource_group", f.resource_group.as_deref()),
+        ("caller", f.caller.as_deref()),
+    ];
+    for (col, v) in filters
+        .into_iter()
+        .filter_map(|(c, v)| Some((c, v?)))
+        .chain(scoped)
+    {
+        texts.push(v);
+        sql.push_str(&format!(" AND {col} = ${}", texts.len() + 1));
+    }
+    let mut n = texts.len() + 2;
+    let mut ints: Vec<i64> = Vec::new();
+    if let Some(t) = f.from {
+        sql.push_str(&format!(" AND time_ms >= ${n}"));
+        n += 1;
+        ints.push(t);
+    }
+    if let Some(t) = f.to {
+        sql.push_str(&format!(" AND time_ms < ${n}"));
+        n += 1;
+        ints.push(t);
+    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT ${n}"));
+    let mut q = sqlx::query_as::<_, ActivityRow>(&sql).bind(f.after);
+    for t in texts {
+        q = q.bind(t);
+    }
+    for i in ints {
+        q = q.bind(i);
+    }
+    let rows = q.bind(f.limit).fetch_all(ex).await?;
+    Ok(rows.into_iter().map(ActivityRow::into_entry).collect())
+}
+
+/// The VM's policy version: the seq of the last change to its effective policy (its own or
+/// its group's); 0 if never set.
+pub async fn last_policy_change(
+    ex: impl Executor<'_, Database = Any>,
+    vm: &str,
+    group: &str,
+) -> Result<i64> {
+    let (seq,): (Option<i64>,) = sqlx::query_as(
+        "SELECT MAX(seq) FROM activity WHERE operation IN ($1, $2) AND \
+         ((resource_type = $3 AND vm = $4) OR (resource_type = $5 AND resource_group = $6))",
+    )
+    .bind(Operation::UpdatePolicy.as_str())
+    .bind(Operation::DeletePolicy.as_str())
+    .bind(ResourceType::VirtualMachine.as_str())
+    .bind(vm)
+    .bind(ResourceType::ResourceGroup.as_str())
+    .bind(group)
+    .fetch_one(ex)
+    .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// Signs the chain head if it moved since this key's last checkpoint (an empty log is never
+/// signed). The transaction holds the head, so the signed head is the committed one and
+/// controllers sharing the database never sign the same head twice.
+pub async fn checkpoint(mut w: WriteTx, sk: &SigningKey) -> Result<Option<Checkpoint>> {
+    let key_id = key_id(&sk.verifying_key());
+    let (last,): (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(seq) FROM activity_checkpoints WHERE key_id = $1")
+            .bind(&key_id)
+            .fetch_one(w.conn())
+            .await?;
+    let head = w.head().clone();
+    if head.seq == 0 || last.is_some_and(|l| l >= head.seq) {
+        return Ok(None);
+    }
+    let c = Checkpoint::sign(sk, head.seq, &head.hash, w.now);
+    sqlx::query(
+        "INSERT INTO activity_checkpoints (seq, key_id, hash, time_ms, signature) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(c.seq)
+    .bind(&c.key_id)
+    .bind(&c.hash)
+    .bind(c.time_ms)
+    .bind(&c.signature)
+    .execute(w.conn())
+    .await?;
+    w.commit().await?;
+    tracing::info!(seq = c.seq, hash = %c.hash, key_id = %c.key_id, "signed activity log checkpoint");
+    Ok(Some(c))
+}
+
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    seq: i64,
+    key_id: String,
+    hash: String,
+    time_ms: i64,
+    signature: String,
+}
+
+/// All checkpoints, oldest first.
+pub async fn checkpoints(ex: impl Executor<'_, Database = Any>) -> Result<Vec<Checkpoint>> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, key_id, hash, time_ms, signature FROM activity_checkpoints \
+         ORDER BY seq, key_id",
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Checkpoint {
+            seq: r.seq,
+            key_id: r.key_id,
+            hash: r.hash,
+            time_ms: r.time_ms,
+            signature: r.signature,
+        })
+        .collect())
+}
+
+/// Entries read per query when walking the whole log.
+const PAGE: i64 = 5000;
+
+async fn page(pool: &sqlx::AnyPool, from_seq: i64) -> Result<Vec<ActivityRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM activity WHERE seq >= $1 ORDER BY seq LIMIT {PAGE}"
+    ))
+    .bind(from_seq)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The whole log, oldest first.
+pub async fn all_entries(pool: &sqlx::AnyPool) -> Result<Vec<ActivityEntry>> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let rows = page(pool, next).await?;
+        let Some(last) = rows.last() else { break };
+        next = last.seq + 1;
+        out.extend(rows.into_iter().map(ActivityRow::into_entry));
+    }
+    Ok(out)
+}
+
+/// Walks the whole chain: seq contiguous from 1, each prev_hash equal to the previous entry's
+/// hash, each hash recomputed from the row, the head equal to the last entry; and every
+/// checkpoint: its signature by `key`, and its (seq, hash) on the chain, so a rewrite that
+/// recomputed all later hashes still fails.
+pub async fn verify(pool: &sqlx::AnyPool, key: Option<&VerifyingKey>) -> Result<Report> {
+    let (head_seq, head_hash): (i64, String) =
+        sqlx::query_as("SELECT value, hash FROM counters WHERE name = $1")
+            .bind(crate::store::write::Counter::Chain.as_str())
+            .fetch_one(pool)
+            .await?;
+    let checkpoints = checkpoints(pool).await?;
+    let report = Report::new(
+        head_seq,
+        &head_hash,
+        checkpoints.len(),
+        key.map(jitgate_proto::audit::key_id),
+    );
+    let walk = match key {
+        Some(vk) => ChainWalk::new(checkpoints, vk),
+        // Without the key only the chain can be checked; signed checkpoints cannot.
+        None if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
+        None => Err(Failure {
+            seq: 0,
+            checkpoint: None,
+            problem: "no checkpoint key loaded: checkpoint signatures cannot be checked".into(),
+        }),
+    };
+    let mut walk = match walk {
+        Ok(w) => w,
+        Err(f) => return Ok(report.fail(f, 0)),
+    };
+    let mut next = 1i64;
+    loop {
+        let rows = page(pool, next).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let h = entry_hash(&r.hash_input());
+            let before = walk.entries();
+            if let Err(f) = walk.push(r.seq, &r.prev_hash, &r.hash, &h) {
+                return Ok(report.fail(f, before));
+            }
+            next = r.seq + 1;
+        }
+    }
+    Ok(report.finish(walk))
+}

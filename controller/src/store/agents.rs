@@ -1,0 +1,415 @@
+//! The agent fleet's tables: `enroll_tokens` (one-time enrolment tokens, by SHA-256),
+//! `agents` (enrolled agents: certificate, status, last seen, last status report) and
+//! `agent_local_grants` (break-glass grants reported, once each).
+
+use std::collections::HashMap;
+
+use jitgate_api::AgentStatus;
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Executor};
+
+use crate::error::{Error, Result};
+use crate::store::write::WriteTx;
+
+/// An agent is shown online if it spoke within this long (heartbeats every 10 s, pings 15 s),
+/// when presence is not known from a live connection; a status report older than this is
+/// stale.
+pub const ONLINE_WITHIN_MS: i64 = 45_000;
+
+/// A heartbeat as stored (JSON). Fields after `received_time_utc` come from status reports
+/// (`AgentMsg::Status`); absent in rows written from older agents' heartbeats.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub interfaces: Vec<String>,
+    pub protected_ports: Vec<String>,
+    pub listening: Vec<String>,
+    pub active_grants: u32,
+    pub audit_head: String,
+    pub audit_seq: u64,
+    pub received_time_utc: String,
+    /// True when the agent sent a status report (enforcement state below is known).
+    #[serde(default)]
+    pub status_reported: bool,
+    /// Listening sockets, parsed.
+    #[serde(default)]
+    pub listening_sockets: Vec<SocketJson>,
+    /// Non-loopback interfaces that have an address and no enforcement.
+    #[serde(default)]
+    pub unattached: Vec<UnattachedJson>,
+    /// Problems with the program, its maps or links, as the agent found them.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// Agent wall clock minus controller wall clock at receipt (transit delay included).
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
+    /// When the controller received it (ms since the epoch).
+    #[serde(default)]
+    pub received_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketJson {
+    /// TCP | UDP
+    pub protocol: String,
+    /// The bound address (`0.0.0.0` / `::` for a wildcard bind).
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnattachedJson {
+    pub interface: String,
+    pub addresses: Vec<String>,
+}
+
+impl Heartbeat {
+    /// Parses what an agent sent, once, into the stored form: a status report, or (from an
+    /// older agent) a bare heartbeat.
+    pub fn from_agent(
+        h: &jitgate_proto::message::Heartbeat,
+        status: Option<&jitgate_proto::message::StatusReport>,
+        now: i64,
+    ) -> Heartbeat {
+        let listening_sockets = h
+            .listening
+            .iter()
+            .filter_map(|(p, a)| {
+                let sa: std::net::SocketAddr = a.parse().ok()?;
+                Some(SocketJson {
+                    protocol: p.to_string().to_uppercase(),
+                    address: jitgate_common::net::normalise(sa.ip()).to_string(),
+                    port: sa.port(),
+                })
+            })
+            .collect();
+        let mut unattached: Vec<UnattachedJson> = Vec::new();
+        if let Some(st) = status {
+            for (iface, addr) in &st.addresses {
+                if h.interfaces.iter().any(|(n, _)| n == iface) {
+                    continue;
+                }
+                match unattached.iter_mut().find(|u| &u.interface == iface) {
+                    Some(u) => u.addresses.push(addr.clone()),
+                    None => unattached.push(UnattachedJson {
+                        interface: iface.clone(),
+                        addresses: vec![addr.clone()],
+                    }),
+                }
+            }
+        }
+        Heartbeat {
+            interfaces: h
+                .interfaces
+                .iter()
+                .map(|(n, m)| format!("{n} ({m})"))
+                .collect(),
+            protected_ports: h.protected.iter().map(|p| p.to_string()).collect(),
+            listening: h
+                .listening
+                .iter()
+                .map(|(p, a)| format!("{p} {a}"))
+                .collect(),
+            active_grants: h.active_grants,
+            audit_head: h.audit_head.clone(),
+            audit_seq: h.audit_seq,
+            received_time_utc: jitgate_api::time::format(now),
+            status_reported: status.is_some(),
+            listening_sockets,
+            unattached,
+            problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
+            clock_offset_ms: status.map(|s| s.agent_unix_ms - now),
+            received_ms: Some(now),
+        }
+    }
+
+    /// Why enforcement is not whole on this VM, or cannot be confirmed because reports
+    /// stopped (empty: whole, or never reported).
+    pub fn problems_at(&self, now: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(r) = self.received_ms
+            && now - r > ONLINE_WITHIN_MS
+        {
+            out.push(format!(
+                "no status report since {} (the agent is connected but not reporting)",
+                jitgate_api::time::format(r)
+            ));
+        }
+        if !self.status_reported {
+            return out;
+        }
+        out.extend(self.problems.iter().cloned());
+        if self.interfaces.is_empty() {
+            out.push("enforcement detached: the program is attached to no interface".into());
+        }
+        for u in &self.unattached {
+            out.push(format!(
+                "{} has an address ({}) and no enforcement",
+                u.interface,
+                u.addresses.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// A stored status report, decoded.
+fn heartbeat(text: Option<String>) -> Result<Option<Heartbeat>> {
+    Ok(text.map(|h| serde_json::from_str(&h)).transpose()?)
+}
+
+pub async fn insert_enroll_token(
+    w: &mut WriteTx,
+    hash: &str,
+    vm: &str,
+    expires_ms: i64,
+) -> Result<()> {
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO enroll_tokens (hash, vm, created_ms, expires_ms, used_ms, agent_id) \
+         VALUES ($1, $2, $3, $4, NULL, NULL)",
+    )
+    .bind(hash)
+    .bind(vm)
+    .bind(now)
+    .bind(expires_ms)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// An enrolment token, with its VM's group.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EnrollTokenRow {
+    pub vm: String,
+    pub expires_ms: i64,
+    pub used_ms: Option<i64>,
+    pub resource_group: String,
+}
+
+pub async fn enroll_token(w: &mut WriteTx, hash: &str) -> Result<Option<EnrollTokenRow>> {
+    Ok(sqlx::query_as(
+        "SELECT t.vm, t.expires_ms, t.used_ms, v.resource_group FROM enroll_tokens t \
+         JOIN vms v ON v.name = t.vm WHERE t.hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(w.conn())
+    .await?)
+}
+
+pub async fn use_enroll_token(w: &mut WriteTx, hash: &str, agent: &str) -> Result<()> {
+    let now = w.now;
+    sqlx::query("UPDATE enroll_tokens SET used_ms = $1, agent_id = $2 WHERE hash = $3")
+        .bind(now)
+        .bind(agent)
+        .bind(hash)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// The ids of the VM's active agents.
+pub async fn active_ids(w: &mut WriteTx, vm: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM agents WHERE vm = $1 AND status = $2")
+            .bind(vm)
+            .bind(AgentStatus::Active.as_str())
+            .fetch_all(w.conn())
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Revokes the VM's active agents; returns how many.
+pub async fn revoke_active(w: &mut WriteTx, vm: &str) -> Result<u64> {
+    let now = w.now;
+    Ok(
+        sqlx::query("UPDATE agents SET status = $1, revoked_ms = $2 WHERE vm = $3 AND status = $4")
+            .bind(AgentStatus::Revoked.as_str())
+            .bind(now)
+            .bind(vm)
+            .bind(AgentStatus::Active.as_str())
+            .execute(w.conn())
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// A newly enrolled agent.
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub vm: &'a str,
+    pub fingerprint: &'a str,
+    pub serial: &'a str,
+    pub cert_pem: &'a str,
+}
+
+pub async fn insert(w: &mut WriteTx, a: &NewAgent<'_>) -> Result<()> {
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO agents (id, vm, cert_fingerprint, cert_serial, status, enrolled_ms, \
+         revoked_ms, last_seen_ms, heartbeat, cert_pem) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7)",
+    )
+    .bind(a.id)
+    .bind(a.vm)
+    .bind(a.fingerprint)
+    .bind(a.serial)
+    .bind(AgentStatus::Active.as_str())
+    .bind(now)
+    .bind(a.cert_pem)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// An enrolled agent as the channel identifies it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentIdentity {
+    pub id: String,
+    pub vm: String,
+    #[sqlx(try_from = "String")]
+    pub status: AgentStatus,
+}
+
+/// The agent holding a certificate (by the SHA-256 of its DER).
+pub async fn by_fingerprint(
+    ex: impl Executor<'_, Database = Any>,
+    fp: &str,
+) -> Result<Option<AgentIdentity>> {
+    Ok(
+        sqlx::query_as("SELECT id, vm, status FROM agents WHERE cert_fingerprint = $1")
+            .bind(fp)
+            .fetch_optional(ex)
+            .await?,
+    )
+}
+
+pub async fn status(
+    ex: impl Executor<'_, Database = Any>,
+    id: &str,
+) -> Result<Option<AgentStatus>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(ex)
+        .await?;
+    row.map(|r| AgentStatus::try_from(r.0).map_err(Error::corrupt))
+        .transpose()
+}
+
+/// Updates last seen (and the last status report, if given).
+pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Result<()> {
+    let now = w.now;
+    match report {
+        Some(h) => {
+            sqlx::query("UPDATE agents SET last_seen_ms = $1, heartbeat = $2 WHERE id = $3")
+                .bind(now)
+                .bind(serde_json::to_string(h)?)
+                .bind(id)
+                .execute(w.conn())
+                .await?;
+        }
+        None => {
+            sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(w.conn())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records a reported local grant once; true if it was new.
+pub async fn insert_local_grant(w: &mut WriteTx, agent: &str, grant: &str) -> Result<bool> {
+    let now = w.now;
+    let n = sqlx::query(
+        "INSERT INTO agent_local_grants (agent_id, grant_id, reported_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(agent)
+    .bind(grant)
+    .bind(now)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// One agent of the fleet view.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct FleetRow {
+    pub id: String,
+    pub vm: String,
+    pub resource_group: String,
+    #[sqlx(try_from = "String")]
+    pub status: AgentStatus,
+    pub enrolled_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    heartbeat: Option<String>,
+    /// Audit records stored from this agent.
+    pub audit_records: i64,
+}
+
+impl FleetRow {
+    pub fn heartbeat(&self) -> Result<Option<Heartbeat>> {
+        heartbeat(self.heartbeat.clone())
+    }
+}
+
+/// Every enrolled agent (revoked ones too), by VM and enrolment.
+pub async fn fleet(ex: impl Executor<'_, Database = Any>) -> Result<Vec<FleetRow>> {
+    Ok(sqlx::query_as(
+        "SELECT a.id, a.vm, v.resource_group, a.status, a.enrolled_ms, a.last_seen_ms, \
+         a.heartbeat, (SELECT COUNT(*) FROM agent_audit x WHERE x.agent_id = a.id) AS audit_records \
+         FROM agents a JOIN vms v ON v.name = a.vm ORDER BY a.vm, a.enrolled_ms",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The latest state of a VM's active agent.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    pub id: String,
+    pub last_seen_ms: Option<i64>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// The active agent of each VM (the newest enrolment), by VM name.
+pub async fn active_by_vm(
+    ex: impl Executor<'_, Database = Any>,
+) -> Result<HashMap<String, AgentRecord>> {
+    let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT id, vm, last_seen_ms, heartbeat FROM agents WHERE status = $1 ORDER BY enrolled_ms",
+    )
+    .bind(AgentStatus::Active.as_str())
+    .fetch_all(ex)
+    .await?;
+    let mut out = HashMap::new();
+    for (id, vm, last_seen_ms, hb) in rows {
+        out.insert(
+            vm,
+            AgentRecord {
+                id,
+                last_seen_ms,
+                heartbeat: heartbeat(hb)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The VM's agents (all it has had) with their certificates, by enrolment.
+pub async fn certificates(
+    ex: impl Executor<'_, Database = Any>,
+    vm: &str,
+) -> Result<Vec<(String, Option<String>)>> {
+    Ok(
+        sqlx::query_as("SELECT id, cert_pem FROM agents WHERE vm = $1 ORDER BY enrolled_ms, id")
+            .bind(vm)
+            .fetch_all(ex)
+            .await?,
+    )
+}

@@ -1,0 +1,275 @@
+//! The compliance tables: `compliance_assignments` (where the policy is assigned),
+//! `compliance_scans` and `compliance_results` (each evaluation with its per-resource results:
+//! the history), `compliance_exposures` (what the last probe found open).
+
+use jitgate_api::{
+    AssignmentEffect, ComplianceResult, ComplianceState, ResourceKind, ScanReason, ScanSummary,
+    Scope,
+};
+use sqlx::{Any, Executor};
+
+use crate::error::{Error, Result};
+use crate::store::db::Json;
+use crate::store::write::WriteTx;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AssignmentRow {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub scope: Scope,
+    #[sqlx(try_from = "String")]
+    pub effect: AssignmentEffect,
+    pub created_ms: i64,
+    pub created_by: String,
+}
+
+pub async fn assignments(ex: impl Executor<'_, Database = Any>) -> Result<Vec<AssignmentRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, scope, effect, created_ms, created_by FROM compliance_assignments \
+         ORDER BY created_ms, id",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Assigns at `scope`; false if an assignment at that scope exists.
+pub async fn assign(w: &mut WriteTx, a: &AssignmentRow) -> Result<bool> {
+    let n = sqlx::query(
+        "INSERT INTO compliance_assignments (id, scope, effect, created_ms, created_by) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(&a.id)
+    .bind(a.scope.to_string())
+    .bind(a.effect.as_str())
+    .bind(a.created_ms)
+    .bind(&a.created_by)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Removes an assignment; returns its scope, None if there was none.
+pub async fn unassign(w: &mut WriteTx, id: &str) -> Result<Option<Scope>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT scope FROM compliance_assignments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(w.conn())
+            .await?;
+    let Some((scope,)) = row else { return Ok(None) };
+    sqlx::query("DELETE FROM compliance_assignments WHERE id = $1")
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+    Scope::try_from(scope).map(Some).map_err(Error::corrupt)
+}
+
+/// A registered VM as compliance sees it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VmRow {
+    pub name: String,
+    #[sqlx(rename = "resource_group")]
+    pub group: String,
+    pub owner: String,
+    #[sqlx(try_from = "String")]
+    pub addresses: Json<Vec<String>>,
+}
+
+/// Every VM with its group's owner.
+pub async fn vms(ex: impl Executor<'_, Database = Any>) -> Result<Vec<VmRow>> {
+    Ok(sqlx::query_as(
+        "SELECT v.name, v.resource_group, g.owner, v.addresses FROM vms v \
+         JOIN resource_groups g ON g.name = v.resource_group ORDER BY v.name",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// A port found open by the last probe, without an active grant for the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposure {
+    pub address: String,
+    pub port: u16,
+    /// Empty for an unmanaged host.
+    pub vm: String,
+}
+
+pub async fn replace_exposures(w: &mut WriteTx, found: &[Exposure]) -> Result<()> {
+    let now = w.now;
+    sqlx::query("DELETE FROM compliance_exposures")
+        .execute(w.conn())
+        .await?;
+    for e in found {
+        sqlx::query(
+            "INSERT INTO compliance_exposures (address, port, vm, time_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.address)
+        .bind(i64::from(e.port))
+        .bind(&e.vm)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn exposures(ex: impl Executor<'_, Database = Any>) -> Result<Vec<Exposure>> {
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT address, port, vm FROM compliance_exposures ORDER BY address, port")
+            .fetch_all(ex)
+            .await?;
+    rows.into_iter()
+        .map(|(address, port, vm)| {
+            Ok(Exposure {
+                address,
+                port: u16::try_from(port).map_err(Error::corrupt)?,
+                vm,
+            })
+        })
+        .collect()
+}
+
+/// Stores one evaluation with its results; returns its id.
+pub async fn insert_scan(
+    w: &mut WriteTx,
+    reason: &ScanReason,
+    probed: bool,
+    counts: [i64; 4],
+    results: &[ComplianceResult],
+) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM compliance_scans")
+        .fetch_one(w.conn())
+        .await?;
+    let now = w.now;
+    let [compliant, non_compliant, unknown, unmanaged] = counts;
+    sqlx::query(
+        "INSERT INTO compliance_scans (id, time_ms, reason, probed, compliant, non_compliant, \
+         unknown, unmanaged) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(reason.as_str())
+    .bind(i64::from(probed))
+    .bind(compliant)
+    .bind(non_compliant)
+    .bind(unknown)
+    .bind(unmanaged)
+    .execute(w.conn())
+    .await?;
+    for r in results {
+        sqlx::query(
+            "INSERT INTO compliance_results (scan_id, resource, kind, resource_group, owner, \
+             state, findings) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(&r.resource)
+        .bind(r.kind.as_str())
+        .bind(&r.resource_group)
+        .bind(&r.owner)
+        .bind(r.state.as_str())
+        .bind(serde_json::to_string(&r.findings)?)
+        .execute(w.conn())
+        .await?;
+    }
+    Ok(id)
+}
+
+#[derive(sqlx::FromRow)]
+struct ScanRow {
+    id: i64,
+    time_ms: i64,
+    #[sqlx(try_from = "String")]
+    reason: ScanReason,
+    probed: i64,
+    compliant: i64,
+    non_compliant: i64,
+    unknown: i64,
+    unmanaged: i64,
+}
+
+impl From<ScanRow> for ScanSummary {
+    fn from(r: ScanRow) -> ScanSummary {
+        ScanSummary {
+            scan_id: r.id,
+            time_utc: jitgate_api::time::format(r.time_ms),
+            reason: r.reason,
+            probed: r.probed != 0,
+            compliant: r.compliant,
+            non_compliant: r.non_compliant,
+            unknown: r.unknown,
+            unmanaged: r.unmanaged,
+            compliance_percentage: ScanSummary::percentage(r.compliant, r.non_compliant),
+        }
+    }
+}
+
+const SCAN_COLUMNS: &str =
+    "id, time_ms, reason, probed, compliant, non_compliant, unknown, unmanaged";
+
+/// The newest scan at or before `at_ms` (any, if None).
+pub async fn scan_at(
+    ex: impl Executor<'_, Database = Any>,
+    at_ms: Option<i64>,
+) -> Result<Option<ScanSummary>> {
+    let row: Option<ScanRow> = sqlx::query_as(&format!(
+        "SELECT {SCAN_COLUMNS} FROM compliance_scans WHERE time_ms <= $1 ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(at_ms.unwrap_or(i64::MAX))
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(ScanSummary::from))
+}
+
+/// The newest `limit` scans, oldest first.
+pub async fn history(
+    ex: impl Executor<'_, Database = Any>,
+    limit: i64,
+) -> Result<Vec<ScanSummary>> {
+    let rows: Vec<ScanRow> = sqlx::query_as(&format!(
+        "SELECT {SCAN_COLUMNS} FROM compliance_scans ORDER BY id DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(ex)
+    .await?;
+    let mut v: Vec<ScanSummary> = rows.into_iter().map(ScanSummary::from).collect();
+    v.reverse();
+    Ok(v)
+}
+
+#[derive(sqlx::FromRow)]
+struct ResultRow {
+    resource: String,
+    #[sqlx(try_from = "String")]
+    kind: ResourceKind,
+    resource_group: String,
+    owner: String,
+    #[sqlx(try_from = "String")]
+    state: ComplianceState,
+    #[sqlx(try_from = "String")]
+    findings: Json<Vec<jitgate_api::Finding>>,
+}
+
+pub async fn results(
+    ex: impl Executor<'_, Database = Any>,
+    scan_id: i64,
+) -> Result<Vec<ComplianceResult>> {
+    let rows: Vec<ResultRow> = sqlx::query_as(
+        "SELECT resource, kind, resource_group, owner, state, findings FROM compliance_results \
+         WHERE scan_id = $1 ORDER BY kind DESC, resource",
+    )
+    .bind(scan_id)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ComplianceResult {
+            resource: r.resource,
+            kind: r.kind,
+            resource_group: r.resource_group,
+            owner: r.owner,
+            state: r.state,
+            findings: r.findings.0,
+        })
+        .collect())
+}

@@ -1,0 +1,233 @@
+//! The database handle: sqlx's `Any` driver over SQLite (embedded default, a real file) or
+//! PostgreSQL (a configuration change: `database_url = "postgres://..."`). Reads share a pool;
+//! all writes go through one [`Writer`]. Migrations are applied at open.
+
+use serde::de::DeserializeOwned;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::error::Result;
+use crate::notify::Notifier;
+use crate::store::backend::Backend;
+use crate::store::write::{WriteTx, Writer};
+
+/// Migrations, applied in order, each once, in a transaction.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "agents",
+        include_str!("../../migrations/0002_agents.sql"),
+    ),
+    (
+        3,
+        "compliance",
+        include_str!("../../migrations/0003_compliance.sql"),
+    ),
+    (
+        4,
+        "agent audit view",
+        include_str!("../../migrations/0004_agent_audit_view.sql"),
+    ),
+    (
+        5,
+        "activity checkpoints and agent certificates",
+        include_str!("../../migrations/0005_activity_checkpoints.sql"),
+    ),
+    (
+        6,
+        "policy scopes by their API names",
+        include_str!("../../migrations/0006_policy_scope_names.sql"),
+    ),
+];
+
+jitgate_api::wire_enum! {
+    /// SQLite's `synchronous` (`sqlite_synchronous` in controller.toml).
+    pub enum Synchronous("sqlite_synchronous") {
+        /// Every commit is on disk.
+        Full = "full",
+        /// WAL: survives process crashes, may lose the last commits on power loss.
+        Normal = "normal",
+    }
+}
+
+/// Options for opening the database.
+#[derive(Clone, Debug)]
+pub struct DbOptions {
+    pub max_connections: u32,
+    pub synchronous: Synchronous,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            max_connections: 8,
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+/// A JSON text column, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned> TryFrom<String> for Json<T> {
+    type Error = serde_json::Error;
+    fn try_from(s: String) -> Result<Json<T>, serde_json::Error> {
+        serde_json::from_str(&s).map(Json)
+    }
+}
+
+/// A SQLite URL for a file path (created if missing).
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// The database of one controller.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    writer: Writer,
+}
+
+impl Db {
+    /// Opens (and migrates) the database; `notifier` is woken by commits.
+    pub async fn open(url: &str, opts: &DbOptions, notifier: Notifier) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url);
+        let sync = match opts.synchronous {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        };
+        let options = |max: u32, writer: bool| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                // A failed connection surfaces as an error on use; no ping per acquire.
+                .test_before_acquire(false)
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            let pragmas: [&'static str; 7] = [
+                                "PRAGMA journal_mode = WAL",
+                                sync,
+                                "PRAGMA busy_timeout = 10000",
+                                "PRAGMA foreign_keys = ON",
+                                "PRAGMA cache_size = -65536",
+                                "PRAGMA temp_store = MEMORY",
+                                // The writer does not checkpoint inside its commits; a
+                                // background task does (below), off the request path.
+                                if writer {
+                                    "PRAGMA wal_autocheckpoint = 0"
+                                } else {
+                                    "PRAGMA wal_autocheckpoint = 1000"
+                                },
+                            ];
+                            for p in pragmas {
+                                sqlx::Executor::execute(&mut *conn, p).await?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let pool = options(opts.max_connections.max(2), false)
+            .connect(url)
+            .await?;
+        let write_pool = options(1, true)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            spawn_wal_checkpoints(pool.clone());
+        }
+        let writer = Writer::new(write_pool.acquire().await?.detach(), backend, notifier);
+        let db = Db { pool, writer };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// For reads, tests and maintenance tools.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.writer.backend()
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Starts a write transaction (`store::write`).
+    pub async fn begin(&self) -> Result<WriteTx> {
+        self.writer.begin().await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+             name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        // Holding the write lock: this controller writes nothing else meanwhile.
+        let _w = self.writer.lock().await;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(jitgate_api::time::now_ms())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(version, name, "applied database migration");
+        }
+        Ok(())
+    }
+}
+
+/// Background WAL checkpoints (PASSIVE: never blocks the writer or readers), until the pool
+/// closes.
+fn spawn_wal_checkpoints(pool: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(2000));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                break;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_all(&pool)
+                .await
+            {
+                if pool.is_closed() {
+                    break;
+                }
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,29 @@
+//! The storage layer: one module per concept, each owning its tables' SQL and row types
+//! (`sqlx::FromRow`, columns by name, states parsed into their enums as rows are read).
+//! Domain code above decides; these modules only read and write.
+//!
+//! - [`db`]: the database handle, its pools and migrations.
+//! - [`backend`]: the two dialects and the fast paths where they differ.
+//! - [`write`]: write transactions (the locked chain head and counters) and group commit.
+//! - [`tokens`], [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
+//!   ports), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
+//!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
+//! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
+
+pub mod activity;
+pub mod agent_audit;
+pub mod agents;
+pub mod backend;
+pub mod compliance;
+pub mod db;
+pub mod grants;
+pub mod inventory;
+pub mod policies;
+pub mod requests;
+pub mod snapshot;
+pub mod tokens;
+pub mod write;
+
+pub use backend::Backend;
+pub use db::{Db, DbOptions, Synchronous, sqlite_url};
+pub use write::WriteTx;

@@ -1,0 +1,82 @@
+//! The `tokens` table: API tokens (only each token's SHA-256 is stored), their role, scope,
+//! expiry and revocation.
+
+use jitgate_api::{Role, Scope};
+use sqlx::{Any, Executor};
+
+use crate::error::Result;
+use crate::store::write::WriteTx;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    #[sqlx(try_from = "String")]
+    pub scope: Scope,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+}
+
+const COLUMNS: &str = "id, name, role, scope, created_ms, expires_ms, revoked_ms";
+
+/// The token with this hash (revoked and expired ones too).
+pub async fn by_hash(
+    ex: impl Executor<'_, Database = Any>,
+    hash: &str,
+) -> Result<Option<TokenRow>> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tokens WHERE hash = $1"))
+            .bind(hash)
+            .fetch_optional(ex)
+            .await?,
+    )
+}
+
+pub async fn by_id(ex: impl Executor<'_, Database = Any>, id: &str) -> Result<Option<TokenRow>> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(ex)
+            .await?,
+    )
+}
+
+pub async fn list(ex: impl Executor<'_, Database = Any>) -> Result<Vec<TokenRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM tokens ORDER BY created_ms, id"
+    ))
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Stores a new token (created now).
+pub async fn insert(w: &mut WriteTx, t: &TokenRow, hash: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tokens (id, name, hash, role, scope, created_ms, expires_ms, revoked_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&t.id)
+    .bind(&t.name)
+    .bind(hash)
+    .bind(t.role.as_str())
+    .bind(t.scope.to_string())
+    .bind(t.created_ms)
+    .bind(t.expires_ms)
+    .bind(t.revoked_ms)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+pub async fn set_revoked(w: &mut WriteTx, id: &str) -> Result<()> {
+    let now = w.now;
+    sqlx::query("UPDATE tokens SET revoked_ms = $1 WHERE id = $2")
+        .bind(now)
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! Write transactions and group commit.
+//!
+//! Every state change runs in one [`WriteTx`]: it takes this controller's write lock, begins,
+//! and locks the `counters` rows (the activity log's chain head and the request and outbox
+//! sequences) before anything else, so that chain appends and sequence numbers are serialised
+//! across controllers sharing a database (SQLite: the write lock first, so no deferred upgrade
+//! deadlock; PostgreSQL: the row locks). The counters are written back once, at commit. Any
+//! error, or dropping the transaction, rolls it back: nothing is half-written. After a commit
+//! the controller's agent connections are woken ([`Notifier`]) when it wrote outbox rows or a
+//! policy. This is where lease and epoch fencing for several controllers will go.
+//!
+//! Group commit: [`group_commit`] hands whatever jobs are waiting (up to a limit) to one
+//! transaction, so that one fsync serves many requests.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jitgate_proto::audit::GENESIS_HASH;
+use sqlx::{AnyConnection, Row};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+
+use crate::error::{Error, Result};
+use crate::notify::Notifier;
+use crate::store::backend::{self, Backend, Rows};
+
+jitgate_api::wire_enum! {
+    /// The rows of `counters`.
+    pub enum Counter("counter") {
+        /// The activity log's head: last seq and its hash.
+        Chain = "chain",
+        /// The last request seq.
+        Request = "request",
+        /// The last grant outbox seq.
+        Outbox = "outbox",
+    }
+}
+
+/// Locks and reads the three counter rows; their names are bound from `$n`.
+fn lock_counters_sql(n: usize) -> String {
+    format!(
+        "UPDATE counters SET value = value WHERE name IN (${n}, ${}, ${}) \
+         RETURNING name, value, hash",
+        n + 1,
+        n + 2
+    )
+}
+
+/// Writes the three counter rows back: names from `$n`, then chain seq, request, outbox and
+/// chain hash.
+fn write_counters_sql(n: usize) -> String {
+    let p = |i: usize| format!("${}", n + i);
+    format!(
+        "UPDATE counters SET value = CASE name WHEN {c} THEN CAST({seq} AS BIGINT) \
+         WHEN {r} THEN CAST({rq} AS BIGINT) ELSE CAST({ob} AS BIGINT) END, \
+         hash = CASE name WHEN {c} THEN CAST({h} AS TEXT) ELSE hash END \
+         WHERE name IN ({c}, {r}, {o})",
+        c = p(0),
+        r = p(1),
+        o = p(2),
+        seq = p(3),
+        rq = p(4),
+        ob = p(5),
+        h = p(6),
+    )
+}
+
+/// This controller's single writer connection. Writes are serialised anyway (SQLite has one
+/// writer); one long-lived connection keeps its page cache warm (SQLite drops a connection's
+/// cache whenever another one wrote), and waiting on this lock is cheaper and fairer than
+/// SQLite's busy-retry sleeps.
+#[derive(Clone)]
+pub struct Writer {
+    conn: Arc<Mutex<AnyConnection>>,
+    backend: Backend,
+    notifier: Notifier,
+}
+
+impl Writer {
+    pub fn new(conn: AnyConnection, backend: Backend, notifier: Notifier) -> Writer {
+        Writer {
+            conn: Arc::new(Mutex::new(conn)),
+            backend,
+            notifier,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a write transaction (see the module documentation).
+    pub async fn begin(&self) -> Result<WriteTx> {
+        let mut w = self.lock().await;
+        let lock = lock_counters_sql(1);
+        let q = if self.backend == Backend::Sqlite {
+            // One round trip: SQLite runs both statements of the query in order.
+            format!("BEGIN; {lock}")
+        } else {
+            w.execute("BEGIN").await?;
+            lock
+        };
+        w.conn.open = true;
+        let rows = sqlx::query(&q)
+            .bind(Counter::Chain.as_str())
+            .bind(Counter::Request.as_str())
+            .bind(Counter::Outbox.as_str())
+            .fetch_all(w.conn())
+            .await?;
+        let mut counters = Vec::with_capacity(3);
+        for r in &rows {
+            counters.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        }
+        w.load_counters(counters)?;
+        Ok(w)
+    }
+
+    /// Takes the write lock without beginning: the caller begins the transaction itself
+    /// (the initiate batch reads everything in the same round trip on SQLite), then calls
+    /// [`WriteTx::opened`] and [`WriteTx::load_counters`].
+    pub async fn lock(&self) -> WriteTx {
+        WriteTx {
+            conn: WriterConn {
+                guard: Some(self.conn.clone().lock_owned().await),
+                open: false,
+            },
+            head: ChainHead {
+                seq: 0,
+                hash: GENESIS_HASH.into(),
+            },
+            request: 0,
+            outbox: 0,
+            outbox_start: 0,
+            dirty: false,
+            policy_changed: false,
+            backend: self.backend,
+            notifier: self.notifier.clone(),
+            now: jitgate_api::time::now_ms(),
+        }
+    }
+
+    /// The counter-locking statement whose counter names are bound from `$n` (for a caller
+    /// that begins the transaction itself), and the names to bind.
+    pub fn lock_counters(n: usize) -> (String, [&'static str; 3]) {
+        (
+            lock_counters_sql(n),
+            [
+                Counter::Chain.as_str(),
+                Counter::Request.as_str(),
+                Counter::Outbox.as_str(),
+            ],
+        )
+    }
+}
+
+/// The writer connection while a transaction may be open: dropped without `COMMIT` (any
+/// error), the transaction is rolled back before the connection is released.
+struct WriterConn {
+    guard: Option<OwnedMutexGuard<AnyConnection>>,
+    open: bool,
+}
+
+impl Drop for WriterConn {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Some(mut g) = self.guard.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // The lock stays held until the rollback has run.
+            rt.spawn(async move {
+                if let Err(e) = sqlx::Executor::execute(&mut *g, "ROLLBACK").await {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+            });
+        }
+    }
+}
+
+/// The activity log's head as locked by the transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// A write transaction holding the chain head and the sequence counters.
+pub struct WriteTx {
+    conn: WriterConn,
+    head: ChainHead,
+    request: i64,
+    outbox: i64,
+    /// The outbox counter at the start: more at commit wakes the agent connections.
+    outbox_start: i64,
+    dirty: bool,
+    policy_changed: bool,
+    backend: Backend,
+    notifier: Notifier,
+    /// The transaction's time (ms since the epoch): every row it writes carries it.
+    pub now: i64,
+}
+
+impl WriteTx {
+    /// The connection, inside the transaction.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        match &mut self.conn.guard {
+            Some(g) => g,
+            None => unreachable!("the writer connection is held until drop"),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<()> {
+        sqlx::Executor::execute(self.conn(), sql).await?;
+        Ok(())
+    }
+
+    /// The transaction has begun (by the caller's own statement): roll it back if dropped.
+    pub fn opened(&mut self) {
+        self.conn.open = true;
+    }
+
+    /// The counters as the caller read (and locked) them: (name, value, hash) rows.
+    pub fn load_counters(&mut self, rows: Vec<(String, i64, String)>) -> Result<()> {
+        let mut seen = 0;
+        for (name, value, hash) in rows {
+            match Counter::try_from(name).map_err(Error::corrupt)? {
+                Counter::Chain => {
+                    self.head = ChainHead { seq: value, hash };
+                }
+                Counter::Request => self.request = value,
+                Counter::Outbox => self.outbox = value,
+            }
+            seen += 1;
+        }
+        if seen != 3 {
+            return Err(Error::corrupt("the counters table is incomplete"));
+        }
+        self.outbox_start = self.outbox;
+        Ok(())
+    }
+
+    /// The chain head as locked.
+    pub fn head(&self) -> &ChainHead {
+        &self.head
+    }
+
+    /// The chain head, to append to (written back at commit).
+    pub fn chain(&mut self) -> &mut ChainHead {
+        self.dirty = true;
+        &mut self.head
+    }
+
+    /// The next request or outbox seq (unique across controllers sharing the database: the
+    /// counter rows are locked for the transaction and written at commit).
+    pub fn next(&mut self, counter: Counter) -> i64 {
+        self.dirty = true;
+        match counter {
+            Counter::Request => {
+                self.request += 1;
+                self.request
+            }
+            Counter::Outbox | Counter::Chain => {
+                self.outbox += 1;
+                self.outbox
+            }
+        }
+    }
+
+    /// The request and outbox counters as they stand.
+    pub fn sequences(&self) -> (i64, i64) {
+        (self.request, self.outbox)
+    }
+
+    /// Sets the request and outbox counters to what a batch used up to.
+    pub fn set_sequences(&mut self, request: i64, outbox: i64) {
+        self.dirty = true;
+        self.request = request;
+        self.outbox = outbox;
+    }
+
+    /// A JIT policy changed: the agent connections re-send their VM's policy after commit.
+    pub fn policy_changed(&mut self) {
+        self.policy_changed = true;
+    }
+
+    fn wake(&self) {
+        if self.outbox > self.outbox_start {
+            self.notifier.outbox_committed();
+        }
+        if self.policy_changed {
+            self.notifier.policy_committed();
+        }
+    }
+
+    fn counter_values(&self) -> [String; 3] {
+        [
+            Counter::Chain.as_str().into(),
+            Counter::Request.as_str().into(),
+            Counter::Outbox.as_str().into(),
+        ]
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.commit_with(Vec::new()).await
+    }
+
+    /// Inserts `tables`, writes the counters back and commits: on SQLite in one round trip.
+    pub async fn commit_with(mut self, tables: Vec<Rows>) -> Result<()> {
+        let names = self.counter_values();
+        let values = (
+            self.head.seq,
+            self.request,
+            self.outbox,
+            self.head.hash.clone(),
+        );
+        if self.backend == Backend::Sqlite {
+            let mut tail = String::new();
+            let (mut sql, params) = backend::sqlite_batch(tables, "")?;
+            if self.dirty {
+                tail.push_str(&write_counters_sql(params.len() + 1));
+                tail.push_str(";\n");
+            }
+            tail.push_str("COMMIT");
+            sql.push_str(&tail);
+            let mut q = sqlx::query(&sql);
+            for p in params {
+                q = q.bind(p);
+            }
+            if self.dirty {
+                for n in names {
+                    q = q.bind(n);
+                }
+                q = q
+                    .bind(values.0)
+                    .bind(values.1)
+                    .bind(values.2)
+                    .bind(values.3);
+            }
+            q.execute(self.conn()).await?;
+        } else {
+            let backend = self.backend;
+            for t in tables {
+                backend::insert(self.conn(), backend, t).await?;
+            }
+            if self.dirty {
+                let sql = write_counters_sql(1);
+                let mut q = sqlx::query(&sql);
+                for n in names {
+                    q = q.bind(n);
+                }
+                q.bind(values.0)
+                    .bind(values.1)
+                    .bind(values.2)
+                    .bind(values.3)
+                    .execute(self.conn())
+                    .await?;
+            }
+            self.execute("COMMIT").await?;
+        }
+        self.conn.open = false;
+        self.wake();
+        Ok(())
+    }
+}
+
+/// Runs `run` on whatever jobs are waiting (up to `max` at a time, in arrival order) until
+/// every sender is gone.
+pub async fn group_commit<J, F, Fut>(mut rx: mpsc::Receiver<J>, max: usize, mut run: F)
+where
+    F: FnMut(Vec<J>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        run(jobs).await;
+    }
+}
+
+/// Starts the writer tasks: on SQLite on a thread and runtime of their own, so that their many
+/// short waits on the database are not queued behind the HTTP tasks.
+pub fn spawn_writers<F>(backend: Backend, writers: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if backend != Backend::Sqlite {
+        tokio::spawn(writers);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the writer runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("jit-writer".into())
+        .spawn(move || rt.block_on(writers))
+        .map_err(|e| Error::Internal(format!("starting the writer thread: {e}")))?;
+    Ok(())
+}
