@@ -311,6 +311,10 @@ impl Conn {
         Ok((who, why))
     }
 
+    async fn grant_state(&self, id: &str) -> Result<Option<GrantState>, ConnError> {
+        Ok(self.app.lifecycle.grant_context(id).await?.map(|c| c.state))
+    }
+
     /// Sends the VM's outbox rows after the cursor, in seq order. On the first send after
     /// (re)connect, grants that are no longer active (revoked, superseded, expired meanwhile)
     /// are not sent; their revocations are.
@@ -331,12 +335,7 @@ impl Conn {
                 };
                 let useq = u64::try_from(seq).unwrap_or(0);
                 if it.op == OutboxOp::Revoke {
-                    let state = self
-                        .app
-                        .lifecycle
-                        .grant_context(&it.grant_id)
-                        .await?
-                        .map(|x| x.state);
+                    let state = self.grant_state(&it.grant_id).await?;
                     let reason = if state == Some(GrantState::Superseded) {
                         StatusReason::NewerRequestInitiated
                     } else {
@@ -360,12 +359,7 @@ impl Conn {
                     continue;
                 }
                 if catch_up {
-                    let state = self
-                        .app
-                        .lifecycle
-                        .grant_context(&it.grant_id)
-                        .await?
-                        .map(|x| x.state);
+                    let state = self.grant_state(&it.grant_id).await?;
                     if !state.is_some_and(GrantState::is_active) {
                         tracing::debug!(grant = %grant_id, seq, state = ?state, "grant no longer active; not sent");
                         continue;
