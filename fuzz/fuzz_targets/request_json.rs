@@ -8,8 +8,8 @@
 //! 1024 bytes, at most 128 source prefixes per port once `*` is expanded).
 #![no_main]
 
-use jitgate_controller::http::extract::parse_body;
 use jitgate_api::{InitiateBody as InitiateJson, PolicyBody as PolicyJson};
+use jitgate_controller::http::extract::parse_body;
 use jitgate_controller::policy::Policy;
 use jitgate_controller::request::{Initiate, MAX_JUSTIFICATION};
 use jitgate_controller::state::DEFAULT_MAX_BODY_BYTES;
