@@ -30,7 +30,7 @@ use crate::store::db::{DbOptions, Synchronous, sqlite_url};
 use crate::tokens::TokenInfo;
 
 /// Default state directory (override with `--state-dir` or `JIT_CONTROLLER_STATE_DIR`).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate/controller";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate-controller";
 
 #[derive(Clone, Debug)]
 pub struct StateDir(pub PathBuf);

@@ -51,7 +51,8 @@ pub fn entry_hash(h: &HashInput<'_>) -> String {
 
 /// One activity log entry as the API shows and exports it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Tolerant of fields a newer controller adds: an older `jit` keeps reading.
+#[serde(rename_all = "camelCase")]
 pub struct ActivityEntry {
     pub seq: i64,
     pub time_utc: String,
@@ -110,7 +111,8 @@ pub fn parse_public_key(pem: &str) -> Result<VerifyingKey, String> {
 
 /// The controller's signature over its chain head at one point in time.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Tolerant of fields a newer controller adds: an older `jit` keeps reading.
+#[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
     /// Which key signed (see [`key_id`]).
     pub key_id: String,
@@ -324,7 +326,8 @@ pub struct Export {
 
 /// The outcome of a verification (at the controller, or of an export offline).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Tolerant of fields a newer controller adds: an older `jit` keeps reading.
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub ok: bool,
     /// Entries verified (up to the failure, if any).
