@@ -1,4 +1,5 @@
 //! Drives the real `jit` binary against a real controller (HTTPS on 127.0.0.1, SQLite file).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -764,4 +765,142 @@ async fn audit_checkpoint_export_and_offline_verify() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// Whether a terminal would act on any character of `s` other than the line breaks that
+/// separate lines: a cursor movement, a colour, a title, a reordering (see cli/src/text.rs).
+fn drives_a_terminal(s: &str) -> Option<char> {
+    s.chars().find(|&c| {
+        c != '\n'
+            && (c.is_control()
+                || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}'))
+    })
+}
+
+/// A justification written to take over the terminal of whoever reads the history (clear
+/// the screen, home the cursor, recolour, overwrite the line, reorder it) is shown as
+/// visible escapes in every view, and kept exactly, as data, in the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_cannot_drive_the_terminal() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "web1",
+                "--port",
+                "22",
+                "--source",
+                "127.0.0.0/8",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let hostile = "fix \x1b[2J\x1b[H\x1b[31mALL CLEAR\x1b[0m\x1b]0;owned\x07\r\x08\u{9b}7m\u{202e}exe.txt\u{2066}";
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                hostile,
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let id = o
+        .stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("request id")
+        .to_string();
+    let shown = "fix \\x1b[2J\\x1b[H\\x1b[31mALL CLEAR\\x1b[0m\\x1b]0;owned\\x07\\r\\x08\\x9b7m\\u{202e}exe.txt\\u{2066}";
+    assert!(o.stdout.contains(shown), "{}", o.stdout);
+    for args in [
+        vec!["history", "web1"],
+        vec!["show", id.as_str()],
+        vec!["revoke", id.as_str()],
+    ] {
+        let o = e.jit(&admin, &args).await;
+        assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+        assert_eq!(
+            drives_a_terminal(&o.stdout),
+            None,
+            "{args:?}: {:?}",
+            o.stdout
+        );
+        assert_eq!(
+            drives_a_terminal(&o.stderr),
+            None,
+            "{args:?}: {:?}",
+            o.stderr
+        );
+        assert!(o.stdout.contains(shown), "{args:?}: {}", o.stdout);
+    }
+    // --json passes the controller's JSON through: the same value, only escaped.
+    let o = e.jit(&admin, &["history", "web1", "--json"]).await;
+    assert_eq!(drives_a_terminal(&o.stdout), None, "{:?}", o.stdout);
+    assert_eq!(o.json()[0]["justification"], hostile);
+    // An error message that repeats what the caller sent is escaped too.
+    let o = e.jit(&admin, &["revoke", "\x1b[31mnope"]).await;
+    assert_eq!(o.code, 6, "{}", o.stderr);
+    assert_eq!(drives_a_terminal(&o.stderr), None, "{:?}", o.stderr);
+}
+
+/// `jit-gen DIR` writes a man page per command and the shell completions, from the same
+/// clap definition `jit` runs.
+#[test]
+fn man_pages_and_completions_are_generated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_jit-gen"))
+        .arg(dir.path())
+        .output()
+        .expect("run jit-gen");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &str| {
+        std::fs::read_to_string(dir.path().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let top = read("man/jit.1");
+    assert!(top.starts_with(".ie") || top.contains(".TH jit 1"), "{top}");
+    assert!(
+        top.contains("EXIT CODES") && top.contains("compliance"),
+        "{top}"
+    );
+    for page in [
+        "jit-request.1",
+        "jit-connect-ssh.1",
+        "jit-policy-set.1",
+        "jit-audit-verify.1",
+    ] {
+        assert!(read(&format!("man/{page}")).contains("\\-\\-"), "{page}");
+    }
+    let bash = read("completions/jit.bash");
+    assert!(
+        bash.contains("connections") && bash.contains("--on-expiry"),
+        "{bash}"
+    );
+    assert!(
+        bash.contains("keep") && bash.contains("cut"),
+        "possible values: {bash}"
+    );
+    // The bash script parses.
+    let o = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(dir.path().join("completions/jit.bash"))
+        .output()
+        .expect("bash -n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["_jit", "jit.fish", "_jit.ps1", "jit.elv"] {
+        assert!(read(&format!("completions/{f}")).contains("request"), "{f}");
+    }
 }

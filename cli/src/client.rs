@@ -1,0 +1,381 @@
+//! The controller's HTTPS API, one typed method per call. Every response is read once: a
+//! success into the `jitgate-api` type of its body (kept with the JSON as received, which
+//! `--json` prints), a refusal into the API's error body (code and message), whose exit code
+//! [`crate::exit::refused`] chooses.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use jitgate_api::{
+    ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord, AssignBody,
+    Assignment, Checkpoint, ComplianceReport, Connection, ErrorBody, HistoryQuery, InitiateBody,
+    List, Me, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
+    ScanSummary, VerifyReport, ViewQuery, Vm, VmDetail,
+};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use crate::config::Settings;
+use crate::exit::{self, Fail, R};
+
+/// The client's time limit for one call.
+const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long an evaluation with a probe may take (the controller bounds it by
+/// `probe_max_seconds`): wait for it rather than give up after the usual 30 s.
+const SCAN_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: String,
+}
+
+/// A response body: typed, and as received (for `--json`).
+pub struct Reply<T> {
+    body: T,
+    text: String,
+}
+
+impl<T> Reply<T> {
+    /// The JSON exactly as the controller sent it.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> Deref for Reply<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+/// Whose JIT policy: a VM's own, or a resource group's.
+pub enum PolicyOf<'a> {
+    Vm(&'a str),
+    ResourceGroup(&'a str),
+}
+
+impl PolicyOf<'_> {
+    fn segments(&self) -> [&str; 4] {
+        match *self {
+            PolicyOf::Vm(vm) => ["virtualMachines", vm, "jitNetworkAccessPolicies", "default"],
+            PolicyOf::ResourceGroup(rg) => {
+                ["resourceGroups", rg, "jitNetworkAccessPolicies", "default"]
+            }
+        }
+    }
+}
+
+impl Client {
+    pub fn new(s: &Settings) -> R<Client> {
+        let base = Url::parse(&s.url)
+            .map_err(|e| Fail::usage(format!("controller URL {:?}: {e}", s.url)))?;
+        if base.cannot_be_a_base() {
+            return Err(Fail::usage(format!(
+                "controller URL {:?}: not a base URL",
+                s.url
+            )));
+        }
+        let cert = reqwest::Certificate::from_pem(&s.ca_pem)
+            .map_err(|e| Fail::usage(format!("{}: {e}", s.ca_path.display())))?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(cert)
+            .https_only(true)
+            .timeout(CALL_LIMIT)
+            .build()
+            .map_err(|e| Fail::error(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base,
+            token: s.token.clone(),
+        })
+    }
+
+    // --- the caller, VMs, agents -------------------------------------------------------
+
+    /// `GET /me`
+    pub async fn me(&self) -> R<Reply<Me>> {
+        self.typed(self.get(&["me"])).await
+    }
+
+    /// `GET /virtualMachines`
+    pub async fn vms(&self) -> R<Reply<List<Vm>>> {
+        self.typed(self.get(&["virtualMachines"])).await
+    }
+
+    /// `GET /virtualMachines/{vm}`
+    pub async fn vm(&self, vm: &str) -> R<Reply<VmDetail>> {
+        self.typed(self.get(&["virtualMachines", vm])).await
+    }
+
+    /// `GET /agents`
+    pub async fn agents(&self) -> R<Reply<List<Agent>>> {
+        self.typed(self.get(&["agents"])).await
+    }
+
+    // --- policies -------------------------------------------------------------------------
+
+    /// `GET .../jitNetworkAccessPolicies/default`
+    pub async fn policy(&self, of: &PolicyOf<'_>) -> R<Reply<PolicyView>> {
+        self.typed(self.get(&of.segments())).await
+    }
+
+    /// `PUT .../jitNetworkAccessPolicies/default`
+    pub async fn put_policy(&self, of: &PolicyOf<'_>, body: &PolicyBody) -> R<Reply<PolicyView>> {
+        self.typed(self.request(Method::PUT, &of.segments()).json(body))
+            .await
+    }
+
+    /// `DELETE .../jitNetworkAccessPolicies/default`
+    pub async fn delete_policy(&self, of: &PolicyOf<'_>) -> R<()> {
+        self.send(self.request(Method::DELETE, &of.segments()))
+            .await
+            .map(drop)
+    }
+
+    // --- requests -------------------------------------------------------------------------
+
+    /// `POST /jitNetworkAccessPolicies/default/initiate`
+    pub async fn initiate(&self, body: &InitiateBody) -> R<Reply<RequestView>> {
+        let path = ["jitNetworkAccessPolicies", "default", "initiate"];
+        self.typed(self.request(Method::POST, &path).json(body))
+            .await
+    }
+
+    /// `GET /requests/{id}`
+    pub async fn request_view(&self, id: &str) -> R<Reply<RequestView>> {
+        self.typed(self.get(&["requests", id])).await
+    }
+
+    /// `POST /requests/{id}/revoke`
+    pub async fn revoke(&self, id: &str) -> R<Reply<RequestView>> {
+        self.typed(self.request(Method::POST, &["requests", id, "revoke"]))
+            .await
+    }
+
+    /// `GET /virtualMachines/{vm}/requests`
+    pub async fn history(&self, vm: &str, q: &HistoryQuery) -> R<Reply<List<RequestView>>> {
+        self.typed(self.get(&["virtualMachines", vm, "requests"]).query(q))
+            .await
+    }
+
+    // --- the activity log -----------------------------------------------------------------
+
+    /// `GET /activityLog`
+    pub async fn activity(&self, q: &ActivityQuery) -> R<Reply<List<ActivityEntry>>> {
+        self.typed(self.get(&["activityLog"]).query(q)).await
+    }
+
+    /// `GET /activityLog` with `format` csv or jsonl: the export's text.
+    pub async fn activity_text(&self, q: &ActivityQuery) -> R<String> {
+        self.send(self.get(&["activityLog"]).query(q)).await
+    }
+
+    /// `GET /activityLog/verify`
+    pub async fn verify_activity(&self) -> R<Reply<VerifyReport>> {
+        self.typed(self.get(&["activityLog", "verify"])).await
+    }
+
+    /// `GET /activityLog/export`
+    pub async fn export_activity(&self) -> R<Reply<ActivityExport>> {
+        self.typed(self.get(&["activityLog", "export"])).await
+    }
+
+    /// `POST /activityLog/checkpoints`
+    pub async fn sign_checkpoint(&self) -> R<Reply<Checkpoint>> {
+        self.typed(self.request(Method::POST, &["activityLog", "checkpoints"]))
+            .await
+    }
+
+    // --- what the agents saw --------------------------------------------------------------
+
+    /// `GET /virtualMachines/{vm}/connections`
+    pub async fn connections(&self, vm: &str, q: &ViewQuery) -> R<Reply<List<Connection>>> {
+        self.typed(self.get(&["virtualMachines", vm, "connections"]).query(q))
+            .await
+    }
+
+    /// `GET /virtualMachines/{vm}/connections` with `format=csv`.
+    pub async fn connections_text(&self, vm: &str, q: &ViewQuery) -> R<String> {
+        self.send(self.get(&["virtualMachines", vm, "connections"]).query(q))
+            .await
+    }
+
+    /// `GET /virtualMachines/{vm}/agentAudit`
+    pub async fn agent_audit(&self, vm: &str, q: &ViewQuery) -> R<Reply<List<AgentRecord>>> {
+        self.typed(self.get(&["virtualMachines", vm, "agentAudit"]).query(q))
+            .await
+    }
+
+    /// `GET /virtualMachines/{vm}/agentAudit/verify`
+    pub async fn verify_agent_audit(&self, vm: &str) -> R<Reply<AgentAuditVerify>> {
+        self.typed(self.get(&["virtualMachines", vm, "agentAudit", "verify"]))
+            .await
+    }
+
+    // --- compliance -----------------------------------------------------------------------
+
+    /// `GET /compliance`
+    pub async fn compliance(&self, q: &ReportQuery) -> R<Reply<ComplianceReport>> {
+        self.typed(self.get(&["compliance"]).query(q)).await
+    }
+
+    /// `GET /compliance` with `format=csv`.
+    pub async fn compliance_text(&self, q: &ReportQuery) -> R<String> {
+        self.send(self.get(&["compliance"]).query(q)).await
+    }
+
+    /// `POST /compliance/scans` (waits for the evaluation, probe included).
+    pub async fn scan(&self, body: &ScanBody) -> R<Reply<ScanSummary>> {
+        let rb = self.request(Method::POST, &["compliance", "scans"]);
+        self.typed(rb.json(body).timeout(SCAN_LIMIT)).await
+    }
+
+    /// `GET /compliance/history`
+    pub async fn compliance_history(&self, q: &HistoryQuery) -> R<Reply<List<ScanSummary>>> {
+        self.typed(self.get(&["compliance", "history"]).query(q))
+            .await
+    }
+
+    /// `GET /compliance/assignments`
+    pub async fn assignments(&self) -> R<Reply<List<Assignment>>> {
+        self.typed(self.get(&["compliance", "assignments"])).await
+    }
+
+    /// `POST /compliance/assignments`
+    pub async fn assign(&self, body: &AssignBody) -> R<Reply<Assignment>> {
+        let rb = self.request(Method::POST, &["compliance", "assignments"]);
+        self.typed(rb.json(body)).await
+    }
+
+    /// `DELETE /compliance/assignments/{id}`
+    pub async fn unassign(&self, id: &str) -> R<()> {
+        let rb = self.request(Method::DELETE, &["compliance", "assignments", id]);
+        self.send(rb).await.map(drop)
+    }
+
+    /// `POST /compliance/remediate`
+    pub async fn remediate(&self, body: &RemediateBody) -> R<Reply<PolicyView>> {
+        let rb = self.request(Method::POST, &["compliance", "remediate"]);
+        self.typed(rb.json(body)).await
+    }
+
+    // --- the one way a call is made -------------------------------------------------------
+
+    fn get(&self, segments: &[&str]) -> RequestBuilder {
+        self.request(Method::GET, segments)
+    }
+
+    /// `{base}/api/v1/{segments}`, each segment percent-encoded (a name never changes the path).
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let mut url = self.base.clone();
+        if let Ok(mut p) = url.path_segments_mut() {
+            p.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        self.http.request(method, url).bearer_auth(&self.token)
+    }
+
+    /// Sends a call and reads its answer once: the body of a success, or the refusal.
+    async fn send(&self, rb: RequestBuilder) -> R<String> {
+        let r = rb
+            .send()
+            .await
+            .map_err(|e| Fail::error(format!("cannot reach {}: {e}", self.base)))?;
+        let status = r.status();
+        let text = r
+            .text()
+            .await
+            .map_err(|e| Fail::error(format!("reading the response: {e}")))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(refusal(status, &text))
+        }
+    }
+
+    async fn typed<T: DeserializeOwned>(&self, rb: RequestBuilder) -> R<Reply<T>> {
+        let text = self.send(rb).await?;
+        let body = serde_json::from_str(&text).map_err(|e| {
+            Fail::error(format!(
+                "the controller's answer is not what this jit understands: {e}"
+            ))
+        })?;
+        Ok(Reply { body, text })
+    }
+}
+
+/// A refusal as the controller explained it (`{"error": {"code", "message"}}`), or, for a
+/// body that is not the API's (a proxy in between), the HTTP status and the start of the body.
+fn refusal(status: StatusCode, text: &str) -> Fail {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(b) => Fail::new(
+            exit::refused(status.as_u16(), Some(&b.error.code)),
+            format!("{}: {}", b.error.code, b.error.message),
+        ),
+        Err(_) => {
+            let start: String = text.trim().chars().take(200).collect();
+            let msg = if start.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {start}")
+            };
+            Fail::new(exit::refused(status.as_u16(), None), msg)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_read_from_the_one_response() {
+        let f = refusal(
+            StatusCode::CONFLICT,
+            r#"{"error":{"code":"RequestNotActive","message":"nothing to revoke"}}"#,
+        );
+        assert_eq!(
+            (f.code, f.msg.as_str()),
+            (7, "RequestNotActive: nothing to revoke")
+        );
+        // A newer controller's code: the status decides.
+        let f = refusal(
+            StatusCode::FORBIDDEN,
+            r#"{"error":{"code":"ApprovalRequired","message":"m"}}"#,
+        );
+        assert_eq!((f.code, f.msg.as_str()), (5, "ApprovalRequired: m"));
+        let f = refusal(StatusCode::BAD_GATEWAY, "<html>bad gateway</html>");
+        assert_eq!(
+            (f.code, f.msg.as_str()),
+            (1, "HTTP 502 Bad Gateway: <html>bad gateway</html>")
+        );
+        let f = refusal(StatusCode::NOT_FOUND, "");
+        assert_eq!((f.code, f.msg.as_str()), (6, "HTTP 404 Not Found"));
+    }
+
+    #[test]
+    fn names_are_path_segments() {
+        let s = Settings {
+            url: "https://jit.example.net:8443/".into(),
+            ca_pem: Vec::new(),
+            ca_path: "ca.pem".into(),
+            token: "t".into(),
+        };
+        let c = Client {
+            http: reqwest::Client::new(),
+            base: Url::parse(&s.url).unwrap(),
+            token: s.token,
+        };
+        let r = c
+            .get(&["virtualMachines", "a/../b?c", "requests"])
+            .query(&HistoryQuery { limit: Some(5) })
+            .build()
+            .unwrap();
+        assert_eq!(
+            r.url().as_str(),
+            "https://jit.example.net:8443/api/v1/virtualMachines/a%2F..%2Fb%3Fc/requests?limit=5"
+        );
+    }
+}

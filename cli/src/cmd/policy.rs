@@ -1,0 +1,202 @@
+//! `jit policy show|set|delete`: a VM's (effective) JIT policy, or a resource group's.
+
+use std::path::{Path, PathBuf};
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use jitgate_api::{OnExpiry, PolicyBody, PolicyPort, PolicyView, ProtoSel};
+use serde::Deserialize;
+
+use crate::client::{Client, PolicyOf};
+use crate::exit::{self, Fail, R};
+use crate::input;
+use crate::output::{Out, print_json};
+use crate::table::{Table, col};
+use crate::text::safe;
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Show a VM's effective policy (or a resource group's policy).
+    Show(PolicyTarget),
+    /// Set (replace) a policy from flags or a JSON file.
+    Set(PolicySet),
+    /// Delete a policy (a VM then falls back to its resource group's).
+    Delete(PolicyTarget),
+}
+
+#[derive(Args)]
+pub struct PolicyTarget {
+    /// The VM (omit with --resource-group).
+    vm: Option<String>,
+    /// Target the resource group's policy instead of a VM's.
+    #[arg(long)]
+    resource_group: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PolicySet {
+    #[command(flatten)]
+    target: PolicyTarget,
+    /// A JSON file {"ports": [...]} in the API's format ("-" for stdin).
+    #[arg(long, conflicts_with_all = ["port", "source", "max", "on_expiry"])]
+    file: Option<PathBuf>,
+    /// Port and protocol: 22, 22/tcp, 3389/udp, 3389/* (repeatable; default protocol tcp).
+    #[arg(long)]
+    port: Vec<String>,
+    /// Allowed source prefixes for these ports (repeatable), IPv4 or IPv6 CIDR, or "*".
+    #[arg(long)]
+    source: Vec<String>,
+    /// Maximum request window: 3h, 90m, PT3H (PT5M..PT24H).
+    #[arg(long, default_value = "3h")]
+    max: String,
+    /// What happens to admitted flows at expiry: keep or cut.
+    #[arg(long, default_value = "keep",
+          value_parser = PossibleValuesParser::new(["keep", "cut"])
+              .try_map(|s| s.parse::<OnExpiry>()))]
+    on_expiry: OnExpiry,
+}
+
+impl PolicyTarget {
+    fn of(&self) -> R<PolicyOf<'_>> {
+        match (&self.vm, &self.resource_group) {
+            (Some(vm), None) => Ok(PolicyOf::Vm(vm)),
+            (None, Some(rg)) => Ok(PolicyOf::ResourceGroup(rg)),
+            _ => Err(Fail::usage(
+                "name a VM or --resource-group RG (one of them)",
+            )),
+        }
+    }
+}
+
+pub async fn run(c: &Client, cmd: &PolicyCmd, out: Out) -> R<()> {
+    match cmd {
+        PolicyCmd::Show(t) => show(c, t, out).await,
+        PolicyCmd::Set(ps) => {
+            let body = match &ps.file {
+                Some(f) => from_file(f)?,
+                None => from_flags(ps)?,
+            };
+            let v = c.put_policy(&ps.target.of()?, &body).await?;
+            out.show(&v, print_policy)
+        }
+        PolicyCmd::Delete(t) => {
+            c.delete_policy(&t.of()?).await?;
+            if out.json {
+                print_json(&serde_json::json!({"deleted": true}));
+            } else {
+                println!("deleted");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A VM's effective policy comes with the VM (its own, or its group's); a group's, from
+/// the group.
+async fn show(c: &Client, t: &PolicyTarget, out: Out) -> R<()> {
+    let (Some(vm), None) = (&t.vm, &t.resource_group) else {
+        let v = c.policy(&t.of()?).await?;
+        return out.show(&v, print_policy);
+    };
+    let d = c.vm(vm).await?;
+    let Some(policy) = &d.effective_policy else {
+        return Err(Fail::new(
+            exit::NOT_FOUND,
+            format!("VM {vm} has no JIT policy (neither its own nor its group's)"),
+        ));
+    };
+    if out.json {
+        /// The policy as received, with every field a newer controller may add.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Raw {
+            effective_policy: serde_json::Value,
+        }
+        let raw: Raw = serde_json::from_str(d.text())
+            .map_err(|e| Fail::error(format!("the controller's answer: {e}")))?;
+        print_json(&raw.effective_policy);
+    } else {
+        print_policy(policy);
+    }
+    Ok(())
+}
+
+fn from_file(f: &Path) -> R<PolicyBody> {
+    let text = if f.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Fail::usage(format!("stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(f).map_err(|e| Fail::usage(format!("{}: {e}", f.display())))?
+    };
+    serde_json::from_str(&text).map_err(|e| Fail::usage(format!("{}: {e}", f.display())))
+}
+
+fn from_flags(ps: &PolicySet) -> R<PolicyBody> {
+    if ps.port.is_empty() || ps.source.is_empty() {
+        return Err(Fail::usage(
+            "give --port and --source (repeatable), or --file policy.json",
+        ));
+    }
+    for s in &ps.source {
+        input::source(s)?;
+    }
+    let max = input::iso_duration(&ps.max)?;
+    let ports = ps
+        .port
+        .iter()
+        .map(|p| {
+            let spec = input::port_spec(p)?;
+            Ok(PolicyPort {
+                number: u32::from(spec.port.get()),
+                protocol: spec.protocol.unwrap_or(ProtoSel::Tcp).as_str().into(),
+                allowed_source_address_prefix: None,
+                allowed_source_address_prefixes: Some(ps.source.clone()),
+                max_request_access_duration: max.clone(),
+                on_expiry: ps.on_expiry,
+            })
+        })
+        .collect::<R<Vec<_>>>()?;
+    Ok(PolicyBody { ports })
+}
+
+const PORTS: Table = Table::new(&[
+    col("PORT", 8),
+    col("PROTO", 8),
+    col("MAX", 10),
+    col("EXPIRY", 8),
+    col("SOURCES", 0),
+]);
+
+pub fn print_policy(v: &PolicyView) {
+    println!(
+        "{} policy of {} (updated {} by {})",
+        v.scope,
+        safe(&v.name),
+        safe(&v.updated_time_utc),
+        safe(&v.updated_by)
+    );
+    PORTS.print_header();
+    for p in &v.ports {
+        PORTS.print_row(&[
+            p.number.to_string(),
+            p.protocol.clone(),
+            p.max_request_access_duration.clone(),
+            p.on_expiry.to_string(),
+            prefixes(
+                p.allowed_source_address_prefix.as_deref(),
+                p.allowed_source_address_prefixes.as_deref(),
+            ),
+        ]);
+    }
+}
+
+/// A port's sources as one cell: the single prefix, or the list comma-separated.
+pub fn prefixes(one: Option<&str>, many: Option<&[String]>) -> String {
+    match (one, many) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(list)) => list.join(","),
+        (None, None) => "-".into(),
+    }
+}

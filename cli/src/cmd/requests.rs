@@ -1,0 +1,227 @@
+//! `jit request`, `jit show`, `jit revoke`: ask for access (Azure's "initiate"), look at one
+//! request, end it; and waiting until an agent has applied it.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use jitgate_api::{InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestView};
+
+use crate::client::{Client, Reply};
+use crate::cmd::policy::prefixes;
+use crate::exit::{self, Fail, R};
+use crate::input;
+use crate::output::Out;
+use crate::table::{Table, col, or_dash};
+use crate::text::safe;
+
+#[derive(Args)]
+pub struct RequestArgs {
+    /// The VM.
+    vm: String,
+    /// Port[/protocol] (repeatable): 22, 22/tcp, 53/udp, 3389/*. Without a protocol the
+    /// policy's protocol is used.
+    #[arg(long, required = true)]
+    port: Vec<String>,
+    /// Source prefix (repeatable); default: your address as the controller sees it ("My IP").
+    #[arg(long)]
+    source: Vec<String>,
+    /// How long: 30m, 1h, 2h30m or ISO 8601 (PT1H).
+    #[arg(long, conflicts_with = "until", required_unless_present = "until")]
+    duration: Option<String>,
+    /// Until when: an ISO 8601 time such as 2026-01-31T17:00:00Z.
+    #[arg(long)]
+    until: Option<String>,
+    /// Why you need access (recorded in history and the activity log).
+    #[arg(long, short = 'j')]
+    justification: String,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct WaitArgs {
+    /// Wait until the agent has applied the access (status Applied).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (30s, 2m, ...).
+    #[arg(long, default_value = "2m")]
+    timeout: String,
+    /// How often to poll while waiting.
+    #[arg(long, default_value = "1s")]
+    poll: String,
+}
+
+pub async fn request(c: &Client, a: &RequestArgs, out: Out) -> R<()> {
+    for s in &a.source {
+        input::source(s)?;
+    }
+    let (duration, end_time_utc) = match (&a.duration, &a.until) {
+        (Some(d), None) => (Some(input::iso_duration(d)?), None),
+        (None, Some(u)) => (None, Some(u.clone())),
+        _ => return Err(Fail::usage("give --duration or --until")),
+    };
+    let wait = if a.wait.wait {
+        Some(Wait::from_args(&a.wait.timeout, &a.wait.poll)?)
+    } else {
+        None
+    };
+    let ports = a
+        .port
+        .iter()
+        .map(|p| {
+            let spec = input::port_spec(p)?;
+            Ok(InitiatePort {
+                number: u32::from(spec.port.get()),
+                protocol: spec.protocol.map(|p| p.as_str().to_string()),
+                allowed_source_address_prefix: None,
+                allowed_source_address_prefixes: (!a.source.is_empty()).then(|| a.source.clone()),
+                end_time_utc: end_time_utc.clone(),
+                duration: duration.clone(),
+            })
+        })
+        .collect::<R<Vec<_>>>()?;
+    let body = InitiateBody {
+        virtual_machines: vec![InitiateVm {
+            id: a.vm.clone(),
+            ports,
+        }],
+        justification: a.justification.clone(),
+    };
+    let r = c.initiate(&body).await?;
+    if r.status == PortStatus::Denied {
+        out.show(&r, print_denial)?;
+        return Err(Fail::new(exit::DENIED, format!("request {} denied", r.id)));
+    }
+    let r = match wait {
+        Some(w) => w.applied(c, &r.id, out.json).await?,
+        None => r,
+    };
+    out.show(&r, |r| print_requests(std::slice::from_ref(r)))
+}
+
+pub async fn show(c: &Client, id: &str, out: Out) -> R<()> {
+    let r = c.request_view(id).await?;
+    out.show(&r, |r| {
+        print_requests(std::slice::from_ref(r));
+        if r.status == PortStatus::Denied {
+            print_denial(r);
+        }
+    })
+}
+
+pub async fn revoke(c: &Client, id: &str, out: Out) -> R<()> {
+    let r = c.revoke(id).await?;
+    out.show(&r, |r| print_requests(std::slice::from_ref(r)))
+}
+
+/// How long to wait for an agent, and how often to look.
+pub struct Wait {
+    timeout: Duration,
+    poll: Duration,
+}
+
+impl Wait {
+    pub fn from_args(timeout: &str, poll: &str) -> R<Wait> {
+        let secs = |s: &str| input::seconds(s).map(|n| Duration::from_secs(n.unsigned_abs()));
+        Ok(Wait {
+            timeout: secs(timeout)?,
+            poll: secs(poll)?.max(Duration::from_secs(1)),
+        })
+    }
+
+    /// Polls a request until it is Applied (Ok), Denied or Revoked (Err), or the timeout
+    /// passes (Err, the request stays).
+    pub async fn applied(&self, c: &Client, id: &str, quiet: bool) -> R<Reply<RequestView>> {
+        let start = Instant::now();
+        if !quiet {
+            eprintln!("waiting for the agent to apply request {} ...", safe(id));
+        }
+        loop {
+            let r = c.request_view(id).await?;
+            match r.status {
+                PortStatus::Applied => return Ok(r),
+                PortStatus::Denied => {
+                    return Err(Fail::new(exit::DENIED, format!("request {id} was denied")));
+                }
+                PortStatus::Revoked => {
+                    return Err(Fail::new(
+                        exit::CONFLICT,
+                        format!("request {id} was revoked before it was applied"),
+                    ));
+                }
+                PortStatus::Initiated | PortStatus::Other(_) => {}
+            }
+            if start.elapsed() >= self.timeout {
+                return Err(Fail::new(
+                    exit::TIMEOUT,
+                    format!(
+                        "timed out after {}s waiting for request {id} to be applied (status {}); it stays requested",
+                        self.timeout.as_secs(),
+                        r.status
+                    ),
+                ));
+            }
+            tokio::time::sleep(
+                self.poll
+                    .min(self.timeout.saturating_sub(start.elapsed()))
+                    .max(Duration::from_millis(100)),
+            )
+            .await;
+        }
+    }
+}
+
+const REQUESTS: Table = Table::new(&[
+    col("REQUEST", 36),
+    col("START (UTC)", 24),
+    col("REQUESTOR", 12),
+    col("VM", 10),
+    col("PORT", 8),
+    col("STATUS", 10),
+    col("REASON", 22),
+    col("SOURCE", 24),
+    col("END (UTC)", 22),
+    col("JUSTIFICATION", 0),
+])
+.gap("  ");
+
+/// One row per requested port.
+pub fn print_requests(reqs: &[RequestView]) {
+    REQUESTS.print_header();
+    for r in reqs {
+        for vm in &r.virtual_machines {
+            for p in &vm.ports {
+                REQUESTS.print_row(&[
+                    r.id.clone(),
+                    r.start_time_utc.clone(),
+                    r.requestor.clone(),
+                    vm.id.clone(),
+                    format!("{}/{}", p.number, p.protocol),
+                    p.status.to_string(),
+                    or_dash(p.status_reason.as_ref()),
+                    prefixes(
+                        p.allowed_source_address_prefix.as_deref(),
+                        p.allowed_source_address_prefixes.as_deref(),
+                    ),
+                    p.end_time_utc.clone(),
+                    r.justification.clone(),
+                ]);
+            }
+        }
+    }
+}
+
+/// Why a request was denied, port by port (on stderr: the request itself is the output).
+pub fn print_denial(r: &RequestView) {
+    eprintln!("request {} was DENIED:", safe(&r.id));
+    for d in &r.denial_reasons {
+        eprintln!(
+            "  {} port {}/{}: {} - {}",
+            safe(&d.virtual_machine),
+            d.number,
+            d.protocol,
+            safe(d.reason.as_str()),
+            safe(&d.message)
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! `jit whoami`, `jit vms`, `jit agents`: the caller, the VMs it can see, and their agents.
+
+use jitgate_api::{Agent, Vm};
+
+use crate::client::Client;
+use crate::exit::R;
+use crate::output::Out;
+use crate::table::{Table, col, list, num, or_dash};
+use crate::text::safe;
+
+const VMS: Table = Table::new(&[
+    col("NAME", 24),
+    col("RESOURCE GROUP", 20),
+    col("POLICY", 16),
+    col("AGENT", 9),
+    col("ADDRESSES", 0),
+]);
+
+const AGENTS: Table = Table::new(&[
+    col("VM", 16),
+    col("AGENT", 36),
+    col("STATE", 8),
+    col("LAST SEEN", 25),
+    col("INTERFACES", 20),
+    col("PROTECTED", 24),
+    num("GRANTS", 6),
+    col("AUDIT", 0),
+]);
+
+pub async fn whoami(c: &Client, out: Out) -> R<()> {
+    let me = c.me().await?;
+    out.show(&me, |m| {
+        println!(
+            "{} ({} on {}), token {}, address {}",
+            safe(&m.name),
+            m.role,
+            safe(&m.scope.to_string()),
+            safe(&m.token_id),
+            safe(&m.caller_address)
+        );
+    })
+}
+
+pub async fn vms(c: &Client, out: Out) -> R<()> {
+    let vms = c.vms().await?;
+    out.show_list(&vms, |vms: &[Vm]| {
+        VMS.print_header();
+        for v in vms {
+            VMS.print_row(&[
+                v.name.clone(),
+                v.resource_group.clone(),
+                or_dash(v.policy_source.as_ref()),
+                v.status.to_string(),
+                v.addresses.join(" "),
+            ]);
+            for p in &v.problems {
+                println!("    {}", safe(p));
+            }
+        }
+    })
+}
+
+pub async fn agents(c: &Client, out: Out) -> R<()> {
+    let agents = c.agents().await?;
+    out.show_list(&agents, |agents: &[Agent]| {
+        AGENTS.print_header();
+        for a in agents {
+            let head = or_dash(a.audit_head.as_deref());
+            AGENTS.print_row(&[
+                a.virtual_machine.clone(),
+                a.agent_id.clone(),
+                a.connection.to_string(),
+                or_dash(a.last_seen_time_utc.as_deref()),
+                list(&a.interfaces),
+                list(&a.protected_ports),
+                or_dash(a.active_grants),
+                format!(
+                    "{} {}",
+                    or_dash(a.audit_seq),
+                    head.get(..12).unwrap_or(&head)
+                ),
+            ]);
+        }
+    })
+}

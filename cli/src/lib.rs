@@ -1,0 +1,151 @@
+//! `jit`, the jitgate operator command line, as a library: [`command`] is its clap
+//! definition (from which `jit-gen` writes the man pages and shell completions), [`main`]
+//! runs it.
+//!
+//! Module map: `cmd::*` one module per command group (arguments, calls, views); `client`
+//! the typed API calls; `config` where the controller is and the token; `input` what an
+//! operator types (durations, ports, sources, prompts); `output` JSON pass-through and
+//! exports; `table` the one table printer; `text` terminal-safe text; `exit` exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod client;
+mod cmd;
+mod config;
+mod exit;
+mod input;
+mod output;
+mod table;
+mod text;
+
+use client::Client;
+use cmd::{audit, compliance, connect, connections, history, policy, requests, vms};
+use exit::R;
+use output::Out;
+
+/// jit: ask for just-in-time access to a VM's management ports, and manage JIT policies,
+/// request history and the activity log of a jitgate controller.
+#[derive(Parser)]
+#[command(name = "jit", version, after_help = exit::HELP)]
+struct Cli {
+    /// Controller URL, e.g. https://jit.example.net:8443 [env: JIT_URL]
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// CA certificate (PEM) that signed the controller's certificate [env: JIT_CA]
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Configuration file [env: JIT_CONFIG; default ~/.config/jit/config.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show who the configured token belongs to, its role and scope, and "My IP".
+    Whoami,
+    /// List the VMs you can see: where their JIT policy comes from, and their agent's
+    /// status (online, degraded: enforcement detached or partial, offline, none).
+    Vms,
+    /// The agent fleet: each VM's agent, online/offline, last seen, interfaces, protected
+    /// ports, active grants, audit head.
+    Agents,
+    /// Show, set or delete a JIT policy (a VM's own, or a resource group's).
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Request access to ports of a VM (Azure's "initiate").
+    Request(requests::RequestArgs),
+    /// The VM "Connect" workflow: request access for SSH or RDP, wait until it is applied,
+    /// then run ssh or write an .rdp file.
+    #[command(subcommand)]
+    Connect(connect::ConnectCmd),
+    /// Show a VM's request history, newest first.
+    History(history::HistoryArgs),
+    /// Show one request.
+    Show { request: String },
+    /// Revoke a request's active access (recorded as UserRequested).
+    Revoke { request: String },
+    /// Query the activity log, or verify its hash chain (`jit audit verify`). With
+    /// `--agent --vm VM`: the VM's agents' own audit records, as they delivered them.
+    Audit(audit::AuditArgs),
+    /// A VM's connection history, newest first: who connected, from where, under which
+    /// request (from the records its agent delivers; `--denied` adds refused attempts).
+    Connections(connections::ConnectionsArgs),
+    /// Which VMs have management ports reachable without JIT: the report (grouped by
+    /// resource group or owner, JSON or CSV), evaluations and probes on demand, history,
+    /// policy assignments and remediation.
+    Compliance(compliance::ComplianceArgs),
+}
+
+/// The command-line definition, for generating man pages and shell completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Runs `jit` with the process's arguments; the exit code is one of `EXIT CODES`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jit: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("jit: {}", text::safe(&f.msg));
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Dispatches to the command's module.
+async fn run(cli: Cli) -> R<()> {
+    let out = Out { json: cli.json };
+    // Offline verification needs no controller (and no configuration).
+    if let Cmd::Audit(a) = &cli.cmd
+        && let Some((file, key)) = a.offline()
+    {
+        return audit::verify_offline(file, key, out);
+    }
+    let settings = config::load(&config::Flags {
+        url: cli.url.as_deref(),
+        ca: cli.ca.as_deref(),
+        config: cli.config.as_deref(),
+    })?;
+    let c = Client::new(&settings)?;
+    match &cli.cmd {
+        Cmd::Whoami => vms::whoami(&c, out).await,
+        Cmd::Vms => vms::vms(&c, out).await,
+        Cmd::Agents => vms::agents(&c, out).await,
+        Cmd::Policy(p) => policy::run(&c, p, out).await,
+        Cmd::Request(a) => requests::request(&c, a, out).await,
+        Cmd::Connect(a) => connect::run(&c, a, out).await,
+        Cmd::History(a) => history::run(&c, a, out).await,
+        Cmd::Show { request } => requests::show(&c, request, out).await,
+        Cmd::Revoke { request } => requests::revoke(&c, request, out).await,
+        Cmd::Audit(a) => audit::run(&c, a, out).await,
+        Cmd::Connections(a) => connections::run(&c, a, out).await,
+        Cmd::Compliance(a) => compliance::run(&c, a, out).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_is_consistent() {
+        super::command().debug_assert();
+    }
+}
