@@ -21,7 +21,7 @@ impl Out {
     /// `--json`: the reply as received; otherwise `human`.
     pub fn show<T>(self, reply: &Reply<T>, human: impl FnOnce(&T)) -> R<()> {
         if self.json {
-            print_json(&parse(reply.text())?);
+            print_raw(reply.text())?;
         } else {
             human(reply);
         }
@@ -42,8 +42,12 @@ impl Out {
     }
 }
 
-fn parse(text: &str) -> R<Value> {
-    serde_json::from_str(text).map_err(|e| Fail::error(format!("the controller's answer: {e}")))
+/// JSON text as received, pretty and terminal-safe (every field kept, the value unchanged).
+pub fn print_raw(text: &str) -> R<()> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Fail::error(format!("the controller's answer: {e}")))?;
+    print_json(&v);
+    Ok(())
 }
 
 /// Pretty JSON on stdout, made terminal-safe (the value is unchanged).

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::client::Client;
 use crate::cmd::Window;
 use crate::exit::{self, Fail, R};
-use crate::output::{ExportKind, Out, print_export, print_json};
+use crate::output::{ExportKind, Out, print_export, print_json, print_raw};
 use crate::table::{Table, col, or_dash};
 use crate::text::safe;
 
@@ -155,9 +155,7 @@ fn print_activity(entries: &[ActivityEntry]) {
 /// with `VERIFY_FAILED` if it is not ok. `text` is the report as JSON for `--json`.
 fn report(r: &VerifyReport, text: &str, out: Out, what: &str) -> R<()> {
     if out.json {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Fail::error(format!("the verification report: {e}")))?;
-        print_json(&v);
+        print_raw(text)?;
     } else if r.ok {
         let covered = if r.covered_seq > 0 {
             format!("entries 1..{} covered", r.covered_seq)
