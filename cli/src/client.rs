@@ -271,6 +271,7 @@ impl Client {
     /// `{base}/api/v1/{segments}`, each segment percent-encoded (a name never changes the path).
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         let mut url = self.base.clone();
+        // Always Ok: `new` refused a URL that cannot be a base.
         if let Ok(mut p) = url.path_segments_mut() {
             p.pop_if_empty().extend(["api", "v1"]).extend(segments);
         }
