@@ -12,14 +12,15 @@
 //! Every row belongs to this kernel boot: `expires_boot_ns` is on this boot's
 //! CLOCK_BOOTTIME, and records from an earlier boot are converted before they are inserted.
 
-use crate::grant::{GrantId, GrantRecord, Origin};
+use crate::grant::{GrantId, GrantRecord, GrantSpec, Origin};
 use crate::intern::{Interner, Sym};
 use crate::slab::{Keyed, KeyedSlab};
+use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 use jitgate_common::{Port, Protocol, SourcePrefix};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -63,7 +64,7 @@ pub struct GrantTable {
     rows: KeyedSlab<Row>,
     /// Slots by (protocol, port, source); one scope may hold several grants.
     by_scope: HashTable<u32>,
-    scope_hasher: RandomState,
+    scope_hasher: DefaultHashBuilder,
     lens: HashMap<(Protocol, Port, bool), Lens>,
     /// (end on CLOCK_BOOTTIME, slot); entries of removed grants are skipped when they come up.
     deadlines: BinaryHeap<Reverse<(u64, u32)>>,
@@ -80,7 +81,12 @@ fn utc(ns: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn scope_hash(h: &RandomState, protocol: Protocol, port: Port, source: &SourcePrefix) -> u64 {
+fn scope_hash(
+    h: &DefaultHashBuilder,
+    protocol: Protocol,
+    port: Port,
+    source: &SourcePrefix,
+) -> u64 {
     h.hash_one((protocol, port, source))
 }
 
@@ -96,7 +102,7 @@ impl GrantTable {
             boot_id,
             rows: KeyedSlab::default(),
             by_scope: HashTable::new(),
-            scope_hasher: RandomState::new(),
+            scope_hasher: DefaultHashBuilder::default(),
             lens: HashMap::new(),
             deadlines: BinaryHeap::new(),
             requesters: Interner::default(),
@@ -360,6 +366,15 @@ impl Grant<'_> {
 
     pub fn source(&self) -> SourcePrefix {
         self.row.source
+    }
+
+    /// Which packets it admits.
+    pub fn spec(&self) -> GrantSpec {
+        GrantSpec {
+            protocol: self.row.protocol,
+            port: self.row.port,
+            source: self.row.source,
+        }
     }
 
     pub fn expires_boot_ns(&self) -> u64 {

@@ -6,8 +6,9 @@
 //! in powers of two). Freed slots are reused; when most slots are free the vector is
 //! compacted and the owner told where each row moved.
 
+use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 
 /// Slot number meaning "none".
 pub const NONE: u32 = u32::MAX;
@@ -23,7 +24,7 @@ pub struct KeyedSlab<T> {
     slots: Vec<Option<T>>,
     free: Vec<u32>,
     index: HashTable<u32>,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
 }
 
 impl<T> Default for KeyedSlab<T> {
@@ -32,7 +33,7 @@ impl<T> Default for KeyedSlab<T> {
             slots: Vec::new(),
             free: Vec::new(),
             index: HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 }

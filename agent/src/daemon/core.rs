@@ -161,12 +161,17 @@ impl Core {
         .await;
     }
 
-    /// Drops flows nobody needs and compacts the journal after many removals.
-    pub async fn sweep(&mut self) {
-        // Bursts of grants leave freed request and response buffers in the heap; give them
-        // back so that the resident size tracks the live grant table.
+    /// Returns freed heap pages to the kernel. Bursts of grants leave freed request and
+    /// response buffers behind; without this the resident size tracks the largest burst, not
+    /// the live grant table.
+    pub fn trim_heap(&self) {
         // SAFETY: glibc's malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
+    }
+
+    /// Drops flows nobody needs and compacts the journal after many removals.
+    pub async fn sweep(&mut self) {
+        self.trim_heap();
         flows::sweep(
             &mut self.dp,
             &self.cfg.protected,

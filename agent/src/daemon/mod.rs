@@ -159,7 +159,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     let now = BootInstant::now();
     let mut journal_fix = Vec::new();
     let mut startup_events = Vec::new();
-    let mut live = Vec::new();
     for (id, mut g) in replay.grants {
         let exp = g.expires(&bid);
         if exp <= now {
@@ -181,17 +180,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
             g.expires_boot_ns = exp.0;
             journal_fix.push(Record::Grant(g.clone()));
         }
-        live.push(g);
-    }
-    core.dp.reconcile_grants(
-        live.iter()
-            .map(|g| (g.id, g.spec(), BootInstant(g.expires_boot_ns))),
-    )?;
-    for g in live {
         if let Err(e) = core.grants.insert(&g) {
             tracing::error!(grant = %g.id, error = %e, "journal record not restored");
         }
     }
+    core.dp.reconcile_grants(
+        core.grants
+            .iter()
+            .map(|g| (g.id(), g.spec(), BootInstant(g.expires_boot_ns()))),
+    )?;
+    // The replay's records are gone: give their memory back before serving.
+    core.trim_heap();
     startup_events.extend(flows::adopt_sessions(&mut core.dp, &core.cfg.protected));
     let mut started = AuditEvent::new(AuditKind::AgentStarted, "agent");
     started.reason = Some(format!(
