@@ -10,6 +10,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// At most this many jobs are committed together.
 const BATCH: usize = 4096;
+/// After a batch of at least this many records (a mass expiry, a compaction), the freed
+/// buffers are given back to the kernel at once rather than at the core's next sweep.
+const TRIM_AFTER: usize = 16384;
 
 /// What the writer reports back: `Ok` once the job's records are durable.
 pub(super) type Done = oneshot::Sender<Result<(), String>>;
@@ -85,12 +88,18 @@ fn run(
             }
         }
         let durable = jobs.iter().any(|j| j.durable);
+        let mut big = jobs
+            .iter()
+            .map(|j| j.journal.len() + j.audit.len())
+            .sum::<usize>()
+            >= TRIM_AFTER;
         let mut result: Result<(), String> = Ok(());
         // In order: a snapshot holds the effect of every record sent before it, none after.
         let mut records: Vec<Record> = Vec::new();
         for j in &mut jobs {
             records.append(&mut j.journal);
             if let Some(live) = j.compact.take() {
+                big = true;
                 if let Err(e) = journal.append(&records) {
                     result = Err(format!("journal: {e}"));
                 }
@@ -127,6 +136,10 @@ fn run(
             if let Some(done) = j.done {
                 let _ = done.send(result.clone());
             }
+        }
+        if big {
+            // SAFETY: glibc's malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
         }
     }
     let _ = log.sync();
