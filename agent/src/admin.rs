@@ -3,6 +3,7 @@
 //! its clients. This is the break-glass path: it works with the controller unreachable.
 
 use crate::audit::{AuditLine, Verified};
+use crate::config::ProtoSpec;
 use crate::grant::GrantRecord;
 use jitgate_common::{Port, SourcePrefix};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,27 @@ pub struct InterfaceStatus {
     /// `ethernet`, or `ip` for tunnels (the program that parses from the IP header).
     #[serde(default)]
     pub link: String,
+}
+
+/// Parses a grant port argument: `22`, `22/tcp`, `22/udp`, `22/*`.
+pub fn parse_port_arg(s: &str) -> Result<(Port, String), String> {
+    let (port, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, proto.to_string()),
+        None => (s, "tcp".to_string()),
+    };
+    let port: Port = port
+        .parse()
+        .map_err(|e: jitgate_common::ParseError| format!("--port {s:?}: {e}"))?;
+    proto
+        .parse::<ProtoSpec>()
+        .map_err(|e| format!("--port {s:?}: {e}"))?;
+    Ok((port, proto))
+}
+
+/// Parses a source prefix argument with a message that names the flag.
+pub fn parse_source_arg(s: &str) -> Result<SourcePrefix, String> {
+    s.parse()
+        .map_err(|e: jitgate_common::ParseError| format!("--source {s:?}: {e}"))
 }
 
 /// A connection to the agent.

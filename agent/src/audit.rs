@@ -7,11 +7,14 @@
 //! integrity against anyone who cannot rewrite all later lines; root on the host can, which
 //! is why the head is also reported off the host (see docs/agent.md).
 
+use jitgate_proto::AuditKind;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
+
+use crate::enroll::{EnrollError, Enrollment};
 
 pub const FILE: &str = "audit.log";
 /// The hash a chain starts from.
@@ -25,10 +28,8 @@ pub struct AuditBody {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    /// `agent.started`, `interface.attached`, `grant.applied`, `grant.expired`,
-    /// `grant.revoked`, `grant.rejected`, `agent.detached`, `connection.admitted`,
-    /// `connection.denied`, ...
-    pub kind: String,
+    /// A kind this build does not know (written by a newer agent) is kept as it is.
+    pub kind: AuditKind,
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -49,14 +50,22 @@ pub struct AuditBody {
     pub prev: String,
 }
 
-/// The kind of a record that signs the chain head before it.
-pub const CHECKPOINT: &str = "audit.checkpoint";
-
-/// Who signs checkpoint records: the agent's id and its enrolment key (PKCS#8 PEM).
+/// Who signs checkpoint records (of kind `audit.checkpoint`): the agent's id and its
+/// enrolment key (PKCS#8 PEM).
 #[derive(Clone)]
 pub struct Signer {
     pub agent_id: String,
     pub key_pem: String,
+}
+
+impl Signer {
+    /// The signer of an enrolled agent: its id and its enrolment key.
+    pub fn for_enrollment(e: &Enrollment) -> Result<Signer, EnrollError> {
+        Ok(Signer {
+            agent_id: e.agent_id.to_string(),
+            key_pem: e.key_pem()?,
+        })
+    }
 }
 
 /// Who checks them: the agent's id and its certificate (PEM).
@@ -95,9 +104,9 @@ pub struct AuditLine {
 }
 
 /// An event to record; `seq`, `id`, `prev` and `hash` are filled in by the log.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AuditEvent {
-    pub kind: String,
+    pub kind: AuditKind,
     pub actor: String,
     pub source: Option<String>,
     pub protocol: Option<String>,
@@ -110,11 +119,17 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(kind: &str, actor: &str) -> Self {
+    pub fn new(kind: impl Into<AuditKind>, actor: &str) -> Self {
         AuditEvent {
-            kind: kind.to_string(),
+            kind: kind.into(),
             actor: actor.to_string(),
-            ..Default::default()
+            source: None,
+            protocol: None,
+            port: None,
+            window: None,
+            grant_id: None,
+            reason: None,
+            time: None,
         }
     }
 }
@@ -280,7 +295,7 @@ impl Chain<'_> {
                     seq: l.body.seq,
                 });
             }
-            if l.body.kind == CHECKPOINT {
+            if l.body.kind == AuditKind::AuditCheckpoint {
                 if let Some(c) = self.checker {
                     c.check(&l.body).map_err(|reason| VerifyError::Checkpoint {
                         file: name.to_string(),
@@ -329,8 +344,7 @@ pub fn last_good(data: &[u8]) -> (usize, Option<AuditLine>) {
 /// Verifies the log in `state_dir`, and its checkpoints against the enrolment certificate if
 /// the agent is enrolled.
 pub fn verify_state_dir(state_dir: &Path) -> Result<Verified, VerifyError> {
-    let enr =
-        crate::enroll::Enrollment::load(state_dir).map_err(|e| VerifyError::Io(e.to_string()))?;
+    let enr = Enrollment::load(state_dir).map_err(|e| VerifyError::Io(e.to_string()))?;
     match enr {
         None => verify(state_dir, None),
         Some(e) => {
@@ -414,7 +428,7 @@ impl AuditLog {
         let mut lines = Vec::new();
         for e in events {
             let mut signature = None;
-            if e.kind == CHECKPOINT {
+            if e.kind == AuditKind::AuditCheckpoint {
                 // Signed here, against the exact head it follows; skipped when nothing moved
                 // since the last one, or when there is no key (not enrolled).
                 let Some(s) = &self.signer else { continue };
@@ -608,14 +622,15 @@ mod tests {
         };
         let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
         // Not enrolled: no checkpoint is written.
-        log.append([ev(0), AuditEvent::new(CHECKPOINT, "agent")])
+        log.append([ev(0), AuditEvent::new(AuditKind::AuditCheckpoint, "agent")])
             .unwrap();
         assert_eq!(log.head().1, 1);
         log.set_signer(s.clone());
-        log.append([ev(1), AuditEvent::new(CHECKPOINT, "agent")])
+        log.append([ev(1), AuditEvent::new(AuditKind::AuditCheckpoint, "agent")])
             .unwrap();
         // The head has not moved since: nothing new.
-        log.append([AuditEvent::new(CHECKPOINT, "agent")]).unwrap();
+        log.append([AuditEvent::new(AuditKind::AuditCheckpoint, "agent")])
+            .unwrap();
         log.append([ev(2)]).unwrap();
         log.sync().unwrap();
         let v = verify(dir.path(), Some(&checker)).unwrap();
@@ -626,7 +641,7 @@ mod tests {
         for line in text.lines() {
             let l = jitgate_proto::audit::AgentLine::parse(line).unwrap();
             assert_eq!(l.computed, l.hash, "{line}");
-            if l.kind == CHECKPOINT {
+            if l.kind == AuditKind::AuditCheckpoint {
                 let m =
                     jitgate_proto::audit::agent_checkpoint_message(&s.agent_id, l.seq - 1, &l.prev);
                 jitgate_proto::audit::agent_verify(&cert, &m, l.signature.as_deref().unwrap())
@@ -651,8 +666,13 @@ mod tests {
         let (s, cert) = signer();
         let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
         log.set_signer(s.clone());
-        log.append([ev(1), ev(2), AuditEvent::new(CHECKPOINT, "agent"), ev(3)])
-            .unwrap();
+        log.append([
+            ev(1),
+            ev(2),
+            AuditEvent::new(AuditKind::AuditCheckpoint, "agent"),
+            ev(3),
+        ])
+        .unwrap();
         log.sync().unwrap();
         drop(log);
         // Rewrite record 1 and recompute every later hash: the plain chain holds again.
@@ -693,5 +713,32 @@ mod tests {
         let mut log = AuditLog::open(d.path(), u64::MAX).unwrap();
         log.append([ev(7)]).unwrap();
         assert_eq!(verify(d.path(), None).unwrap().records, 4);
+    }
+
+    /// A record of a kind this build does not know (a newer agent wrote it before this one
+    /// was installed) is read, verified and continued from like any other.
+    #[test]
+    fn record_of_unknown_kind_is_read_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        log.append([ev(1), AuditEvent::new("grant.extended", "agent"), ev(2)])
+            .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let all: Vec<AuditLine> = read_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[1].body.kind,
+            AuditKind::Unknown("grant.extended".into())
+        );
+        assert_eq!(verify(dir.path(), None).unwrap().records, 3);
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(log.head().1, 3);
+        log.append([ev(3)]).unwrap();
+        assert_eq!(verify(dir.path(), None).unwrap().records, 4);
     }
 }

@@ -290,3 +290,52 @@ async fn stream_audit(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEvent, AuditLog};
+    use jitgate_proto::AuditKind;
+    use jitgate_proto::audit::AgentLine;
+
+    /// Delivery does not stop at a record of a kind this build does not know: it goes out
+    /// like the others, in order, and later records follow it.
+    #[tokio::test]
+    async fn record_of_unknown_kind_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(dir.path(), u64::MAX).unwrap();
+        log.append([
+            AuditEvent::new(AuditKind::AgentStarted, "agent"),
+            AuditEvent::new("grant.extended", "agent"),
+            AuditEvent::new(AuditKind::GrantApplied, "root"),
+        ])
+        .unwrap();
+        log.sync().unwrap();
+        let (lines, _) = broadcast::channel(16);
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(stream_audit(
+            dir.path().to_path_buf(),
+            0,
+            lines.subscribe(),
+            tx,
+        ));
+        let Some(AgentMsg::Audit { records }) = rx.recv().await else {
+            panic!("no audit records sent");
+        };
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let odd = AgentLine::parse(&records[1].line).unwrap();
+        assert_eq!(odd.kind.as_str(), "grant.extended");
+        assert_eq!(odd.computed, odd.hash);
+        for l in log
+            .append([AuditEvent::new(AuditKind::GrantExpired, "agent")])
+            .unwrap()
+        {
+            lines.send(l).unwrap();
+        }
+        let Some(AgentMsg::Audit { records }) = rx.recv().await else {
+            panic!("no live record sent");
+        };
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [4]);
+        task.abort();
+    }
+}

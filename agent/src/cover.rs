@@ -8,15 +8,21 @@
 //!
 //! `CoverIndex` keeps the grants per prefix and, for each change, returns the map writes that
 //! restore that invariant: the changed prefix and every more specific prefix beneath it.
+//!
+//! Layout (it holds one node per grant, so a million grants must stay small): the grants are
+//! nodes in a slab found by id; per (protocol, port, family) an ordered map from (address,
+//! length) to the first node on that prefix (the others are chained) and the node whose
+//! end the map entry holds. IPv4 keys are 5 bytes, not 17.
 
 use crate::grant::{GrantId, GrantSpec};
+use crate::slab::{Keyed, KeyedSlab, NONE};
 use jitgate_common::{GrantEntry, Port, Protocol, SourcePrefix};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 /// One map entry's identity: protocol, port and source prefix, ordered so that all prefixes
 /// inside a given one form a contiguous range (the address is big-endian bytes, so byte order
-/// is numeric order). 22 bytes: the index holds one per grant.
+/// is numeric order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
     pub proto: Protocol,
@@ -100,65 +106,135 @@ pub enum MapOp {
     Delete(Scope),
 }
 
+/// A grant: the value its prefix's entry holds when it is the best cover, its prefix, and
+/// the next grant on the same prefix.
+#[derive(Debug)]
+struct Node {
+    entry: GrantEntry,
+    scope: Scope,
+    next: u32,
+}
+
+impl Keyed for Node {
+    type Key = [u8; 16];
+    fn key(&self) -> &[u8; 16] {
+        &self.entry.grant_id
+    }
+}
+
+/// Per prefix: the first of its grants, and the node whose entry the map holds now
+/// ([`NONE`] until the first write).
 #[derive(Clone, Copy, Debug)]
-struct Held {
-    id: GrantId,
-    expires_at_ns: u64,
+struct Slots {
+    first: u32,
+    written: u32,
 }
 
-/// The grants on one prefix; almost always exactly one, kept inline.
-#[derive(Debug)]
-enum HeldSet {
-    One(Held),
-    Many(Vec<Held>),
+/// The low `N` bytes of the address (4 for IPv4) and the prefix length.
+type Key<const N: usize> = ([u8; N], u8);
+
+fn key<const N: usize>(addr: [u8; 16], len: u8) -> Key<N> {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&addr[16 - N..]);
+    (a, len)
 }
 
-impl HeldSet {
-    fn as_slice(&self) -> &[Held] {
-        match self {
-            HeldSet::One(h) => std::slice::from_ref(h),
-            HeldSet::Many(v) => v,
-        }
-    }
+/// The prefixes of one (protocol, port, family), in address order.
+enum Tree {
+    V4(BTreeMap<Key<4>, Slots>),
+    V6(BTreeMap<Key<16>, Slots>),
+}
 
-    fn push(&mut self, h: Held) {
-        match self {
-            HeldSet::One(first) => *self = HeldSet::Many(vec![*first, h]),
-            HeldSet::Many(v) => v.push(h),
-        }
-    }
-
-    /// Removes `id`; returns whether the set is now empty.
-    fn remove(&mut self, id: &GrantId) -> bool {
-        match self {
-            HeldSet::One(h) => h.id == *id,
-            HeldSet::Many(v) => {
-                v.retain(|h| h.id != *id);
-                let empty = v.is_empty();
-                if let [only] = v[..] {
-                    *self = HeldSet::One(only);
-                }
-                empty
+/// Scopes of the keys in `t` at or beneath `s`.
+fn beneath<const N: usize>(t: &BTreeMap<Key<N>, Slots>, s: &Scope) -> Vec<Scope> {
+    let lo = key::<N>(s.addr, 0);
+    let hi = key::<N>(s.last_addr().to_be_bytes(), u8::MAX);
+    t.range(lo..=hi)
+        .filter(|((_, len), _)| *len >= s.len)
+        .map(|((a, len), _)| {
+            let mut addr = [0u8; 16];
+            addr[16 - N..].copy_from_slice(a);
+            Scope {
+                addr,
+                len: *len,
+                ..*s
             }
+        })
+        .collect()
+}
+
+impl Tree {
+    fn new(v6: bool) -> Tree {
+        if v6 {
+            Tree::V6(BTreeMap::new())
+        } else {
+            Tree::V4(BTreeMap::new())
+        }
+    }
+
+    fn get(&self, s: &Scope) -> Option<Slots> {
+        match self {
+            Tree::V4(t) => t.get(&key(s.addr, s.len)).copied(),
+            Tree::V6(t) => t.get(&key(s.addr, s.len)).copied(),
+        }
+    }
+
+    fn get_mut(&mut self, s: &Scope) -> Option<&mut Slots> {
+        match self {
+            Tree::V4(t) => t.get_mut(&key(s.addr, s.len)),
+            Tree::V6(t) => t.get_mut(&key(s.addr, s.len)),
+        }
+    }
+
+    fn insert(&mut self, s: &Scope, v: Slots) {
+        match self {
+            Tree::V4(t) => t.insert(key(s.addr, s.len), v),
+            Tree::V6(t) => t.insert(key(s.addr, s.len), v),
+        };
+    }
+
+    fn remove(&mut self, s: &Scope) {
+        match self {
+            Tree::V4(t) => t.remove(&key(s.addr, s.len)),
+            Tree::V6(t) => t.remove(&key(s.addr, s.len)),
+        };
+    }
+
+    /// `s` (if present) and every more specific prefix inside it.
+    fn subtree(&self, s: &Scope) -> Vec<Scope> {
+        match self {
+            Tree::V4(t) => beneath(t, s),
+            Tree::V6(t) => beneath(t, s),
+        }
+    }
+
+    fn values(&self) -> Box<dyn Iterator<Item = &Slots> + '_> {
+        match self {
+            Tree::V4(t) => Box::new(t.values()),
+            Tree::V6(t) => Box::new(t.values()),
+        }
+    }
+
+    fn values_mut(&mut self) -> Box<dyn Iterator<Item = &mut Slots> + '_> {
+        match self {
+            Tree::V4(t) => Box::new(t.values_mut()),
+            Tree::V6(t) => Box::new(t.values_mut()),
         }
     }
 }
 
-/// Per prefix: its grants and the value its map entry holds now.
-#[derive(Debug)]
-struct ScopeState {
-    held: HeldSet,
-    written: Option<GrantEntry>,
+struct Bucket {
+    tree: Tree,
+    /// How many prefixes exist per length, so that the ancestor walk only probes lengths
+    /// that exist.
+    lens: [u32; 129],
 }
 
 /// Grants per prefix, and the value each map entry currently holds.
 #[derive(Default)]
 pub struct CoverIndex {
-    by_id: HashMap<GrantId, (Scope, u64)>,
-    by_scope: BTreeMap<Scope, ScopeState>,
-    /// How many scopes exist per (protocol, port, family) and prefix length, so that the
-    /// ancestor walk only probes lengths that exist.
-    lens: HashMap<(Protocol, Port, bool), Box<[u32; 129]>>,
+    nodes: KeyedSlab<Node>,
+    buckets: HashMap<(Protocol, Port, bool), Bucket>,
 }
 
 impl CoverIndex {
@@ -167,171 +243,243 @@ impl CoverIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.nodes.is_empty()
     }
 
     pub fn contains(&self, id: &GrantId) -> bool {
-        self.by_id.contains_key(id)
+        self.nodes.contains(&id.to_bytes())
     }
 
     /// A grant's protocol, port, prefix and end.
     pub fn get(&self, id: &GrantId) -> Option<(GrantSpec, u64)> {
-        self.by_id.get(id).map(|(s, exp)| {
+        self.nodes.get(&id.to_bytes()).map(|(_, n)| {
             (
                 GrantSpec {
-                    protocol: s.proto,
-                    port: s.port,
-                    source: s.prefix(),
+                    protocol: n.scope.proto,
+                    port: n.scope.port,
+                    source: n.scope.prefix(),
                 },
-                *exp,
+                n.entry.expires_at_ns,
             )
         })
     }
 
     /// Every grant's id, protocol and port.
-    pub fn ids(&self) -> impl Iterator<Item = (&GrantId, Protocol, Port)> {
-        self.by_id.iter().map(|(id, (s, _))| (id, s.proto, s.port))
+    pub fn ids(&self) -> impl Iterator<Item = (GrantId, Protocol, Port)> {
+        self.nodes.iter().map(|(_, n)| {
+            (
+                GrantId::from_bytes(n.entry.grant_id),
+                n.scope.proto,
+                n.scope.port,
+            )
+        })
     }
 
     /// Whether any grant on (protocol, port) has a prefix shorter than a host prefix in the
     /// given family, i.e. whether the kernel must consult the LPM trie after a host miss.
     pub fn has_prefix_grants(&self, proto: Protocol, port: Port, v6: bool) -> bool {
         let max = if v6 { 128 } else { 32 };
-        self.lens
+        self.buckets
             .get(&(proto, port, v6))
-            .is_some_and(|c| c[..max].iter().any(|&n| n > 0))
+            .is_some_and(|b| b.lens[..max].iter().any(|&n| n > 0))
     }
 
     /// Whether any grant on (protocol, port) is for a single host in the given family.
     pub fn has_host_grants(&self, proto: Protocol, port: Port, v6: bool) -> bool {
         let max = if v6 { 128 } else { 32 };
-        self.lens
+        self.buckets
             .get(&(proto, port, v6))
-            .is_some_and(|c| c[max] > 0)
+            .is_some_and(|b| b.lens[max] > 0)
     }
 
     /// The entries the maps must hold, for reconciliation against what is pinned.
     pub fn entries(&self) -> impl Iterator<Item = (&Scope, &GrantEntry)> {
-        self.by_scope
-            .iter()
-            .filter_map(|(s, st)| st.written.as_ref().map(|w| (s, w)))
+        self.buckets
+            .values()
+            .flat_map(|b| b.tree.values())
+            .filter_map(|sl| {
+                let scope = &self.nodes.slot(sl.first)?.scope;
+                let entry = &self.nodes.slot(sl.written)?.entry;
+                Some((scope, entry))
+            })
     }
 
     /// Adds a grant (or replaces one with the same id) and returns the writes.
     pub fn insert(&mut self, id: GrantId, spec: &GrantSpec, expires_at_ns: u64) -> Vec<MapOp> {
         let mut ops = Vec::new();
-        if self.by_id.contains_key(&id) {
+        if self.contains(&id) {
             ops.extend(self.remove(&id).unwrap_or_default());
         }
         let scope = Scope::new(spec.protocol, spec.port, &spec.source);
-        self.by_id.insert(id, (scope, expires_at_ns));
-        let held = Held { id, expires_at_ns };
-        match self.by_scope.get_mut(&scope) {
-            Some(st) => st.held.push(held),
+        let node = Node {
+            entry: GrantEntry {
+                expires_at_ns,
+                grant_id: id.to_bytes(),
+            },
+            scope,
+            next: NONE,
+        };
+        // The id is absent (removed above), so the slab takes the node.
+        let Ok(slot) = self.nodes.insert(node) else {
+            return compact(ops);
+        };
+        let bucket = self
+            .buckets
+            .entry(scope.bucket())
+            .or_insert_with(|| Bucket {
+                tree: Tree::new(scope.v6),
+                lens: [0; 129],
+            });
+        match bucket.tree.get_mut(&scope) {
+            Some(sl) => {
+                if let Some(n) = self.nodes.slot_mut(slot) {
+                    n.next = sl.first;
+                }
+                sl.first = slot;
+            }
             None => {
-                self.by_scope.insert(
-                    scope,
-                    ScopeState {
-                        held: HeldSet::One(held),
-                        written: None,
+                bucket.tree.insert(
+                    &scope,
+                    Slots {
+                        first: slot,
+                        written: NONE,
                     },
                 );
-                self.lens
-                    .entry(scope.bucket())
-                    .or_insert_with(|| Box::new([0; 129]))[usize::from(scope.len)] += 1;
+                bucket.lens[usize::from(scope.len)] += 1;
             }
         }
-        self.refresh_subtree(scope, &mut ops);
+        self.refresh_subtree(&scope, &mut ops);
         compact(ops)
     }
 
     /// Removes a grant; returns the writes, or `None` if the id is unknown.
     pub fn remove(&mut self, id: &GrantId) -> Option<Vec<MapOp>> {
-        let (scope, _) = self.by_id.remove(id)?;
+        let (slot, node) = self.nodes.get(&id.to_bytes())?;
+        let (scope, after) = (node.scope, node.next);
         let mut ops = Vec::new();
-        let mut gone = false;
-        if let Some(st) = self.by_scope.get_mut(&scope)
-            && st.held.remove(id)
+        if let Some(bucket) = self.buckets.get_mut(&scope.bucket())
+            && let Some(sl) = bucket.tree.get_mut(&scope)
         {
-            gone = true;
-            if st.written.is_some() {
-                ops.push(MapOp::Delete(scope));
+            // Unlink the node from its prefix's chain.
+            if sl.first == slot {
+                sl.first = after;
+            } else {
+                let mut cur = sl.first;
+                while let Some(n) = self.nodes.slot_mut(cur) {
+                    if n.next == slot {
+                        n.next = after;
+                        break;
+                    }
+                    cur = n.next;
+                }
+            }
+            if sl.first == NONE {
+                if sl.written != NONE {
+                    ops.push(MapOp::Delete(scope));
+                }
+                bucket.tree.remove(&scope);
+                let n = &mut bucket.lens[usize::from(scope.len)];
+                *n = n.saturating_sub(1);
             }
         }
-        if gone {
-            self.by_scope.remove(&scope);
-            if let Some(l) = self.lens.get_mut(&scope.bucket()) {
-                l[usize::from(scope.len)] -= 1;
-            }
+        // The node is freed only now: entries that held it are compared against it first.
+        self.refresh_subtree(&scope, &mut ops);
+        self.nodes.remove_slot(slot);
+        if self
+            .buckets
+            .get(&scope.bucket())
+            .is_some_and(|b| b.lens.iter().all(|&n| n == 0))
+        {
+            self.buckets.remove(&scope.bucket());
         }
-        self.refresh_subtree(scope, &mut ops);
+        if self.nodes.is_sparse() {
+            self.compact_nodes();
+        }
         Some(compact(ops))
     }
 
+    /// Moves the nodes to the front of the slab and follows them everywhere they are named.
+    fn compact_nodes(&mut self) {
+        let moved = self.nodes.compact();
+        let to = |s: u32| -> u32 { moved.get(s as usize).copied().unwrap_or(NONE) };
+        for b in self.buckets.values_mut() {
+            for sl in b.tree.values_mut() {
+                sl.first = to(sl.first);
+                sl.written = to(sl.written);
+            }
+        }
+        for slot in 0..self.nodes.len() as u32 {
+            if let Some(n) = self.nodes.slot_mut(slot) {
+                n.next = to(n.next);
+            }
+        }
+    }
+
     /// Recomputes `scope` and every more specific scope beneath it.
-    fn refresh_subtree(&mut self, scope: Scope, ops: &mut Vec<MapOp>) {
-        let lo = Scope { len: 0, ..scope };
-        let hi = Scope {
-            addr: scope.last_addr().to_be_bytes(),
-            len: u8::MAX,
-            ..scope
+    fn refresh_subtree(&mut self, scope: &Scope, ops: &mut Vec<MapOp>) {
+        let Some(bucket) = self.buckets.get(&scope.bucket()) else {
+            return;
         };
-        let affected: Vec<Scope> = self
-            .by_scope
-            .range(lo..=hi)
-            .map(|(s, _)| *s)
-            .filter(|s| s.len >= scope.len)
-            .collect();
-        for s in affected {
+        for s in bucket.tree.subtree(scope) {
             let Some(want) = self.effective(&s) else {
                 continue;
             };
-            if let Some(st) = self.by_scope.get_mut(&s)
-                && st.written != Some(want)
-            {
-                st.written = Some(want);
-                ops.push(MapOp::Put(s, want));
+            let Some(entry) = self.nodes.slot(want).map(|n| n.entry) else {
+                continue;
+            };
+            let Some(sl) = self
+                .buckets
+                .get_mut(&s.bucket())
+                .and_then(|b| b.tree.get_mut(&s))
+            else {
+                continue;
+            };
+            let held = self.nodes.slot(sl.written).map(|n| n.entry);
+            if held != Some(entry) {
+                sl.written = want;
+                ops.push(MapOp::Put(s, entry));
             }
         }
     }
 
-    /// The value for `scope`'s entry: the latest end among grants on it and on every prefix
-    /// containing it. `None` when no grant sits on `scope` itself (no entry needed).
-    fn effective(&self, scope: &Scope) -> Option<GrantEntry> {
-        let own = self.by_scope.get(scope)?;
-        let mut best = best_of(own.held.as_slice(), None);
-        if let Some(counts) = self.lens.get(&scope.bucket()) {
-            for l in 0..scope.len {
-                if counts[usize::from(l)] == 0 {
-                    continue;
-                }
-                if let Some(st) = self.by_scope.get(&scope.truncate(l)) {
-                    best = best_of(st.held.as_slice(), best);
-                }
+    /// The node whose value `scope`'s entry must hold: the latest end among grants on it and
+    /// on every prefix containing it. `None` when no grant sits on `scope` itself (no entry
+    /// needed).
+    fn effective(&self, scope: &Scope) -> Option<u32> {
+        let bucket = self.buckets.get(&scope.bucket())?;
+        let own = bucket.tree.get(scope)?;
+        let mut best = self.best_of(own.first, NONE);
+        for l in 0..scope.len {
+            if bucket.lens[usize::from(l)] == 0 {
+                continue;
+            }
+            if let Some(sl) = bucket.tree.get(&scope.truncate(l)) {
+                best = self.best_of(sl.first, best);
             }
         }
-        best.map(|h| GrantEntry {
-            expires_at_ns: h.expires_at_ns,
-            grant_id: h.id.to_bytes(),
-        })
+        (best != NONE).then_some(best)
     }
-}
 
-fn best_of(held: &[Held], mut best: Option<Held>) -> Option<Held> {
-    for h in held {
-        let better = match best {
-            None => true,
-            Some(b) => (h.expires_at_ns, h.id) > (b.expires_at_ns, b.id),
+    /// The later (end, then id) of `best` and every node in the chain from `first`.
+    fn best_of(&self, first: u32, mut best: u32) -> u32 {
+        let rank = |s: u32| {
+            self.nodes
+                .slot(s)
+                .map(|n| (n.entry.expires_at_ns, n.entry.grant_id))
         };
-        if better {
-            best = Some(*h);
+        let mut cur = first;
+        while let Some(n) = self.nodes.slot(cur) {
+            if rank(best).is_none_or(|b| (n.entry.expires_at_ns, n.entry.grant_id) > b) {
+                best = cur;
+            }
+            cur = n.next;
         }
+        best
     }
-    best
 }
 
 /// Keeps the last op per scope (a remove followed by an insert of the same scope).
@@ -485,6 +633,78 @@ mod tests {
                         model_admits(&model, a, now),
                         "step {step} addr {a} now {now}"
                     );
+                }
+            }
+        }
+    }
+
+    /// One node per grant: the memory bound of the agent rests on its size.
+    #[test]
+    fn a_node_is_56_bytes() {
+        assert!(
+            std::mem::size_of::<Node>() <= 56,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Node>>(),
+            std::mem::size_of::<Node>()
+        );
+    }
+
+    /// Thousands of grants, most then removed (the slab compacts and every slot it names is
+    /// renumbered): the single lookup still agrees with the reference, in both families.
+    #[test]
+    fn compaction_keeps_the_answers() {
+        let mut idx = CoverIndex::new();
+        let mut live: Vec<(GrantId, GrantSpec, u64)> = Vec::new();
+        for i in 0..6000u32 {
+            let (src, v6) = if i % 3 == 0 {
+                (format!("2001:db8::{:x}", i % 64), true)
+            } else {
+                (format!("198.51.100.{}", i % 64), false)
+            };
+            let len = match (i % 7, v6) {
+                (0, false) => 26,
+                (0, true) => 120,
+                (1, false) => 0,
+                _ => {
+                    if v6 {
+                        128
+                    } else {
+                        32
+                    }
+                }
+            };
+            let p: SourcePrefix = src.parse().unwrap();
+            let g = GrantSpec {
+                protocol: Protocol::Tcp,
+                port: Port::new(22).unwrap(),
+                source: p.truncate(len),
+            };
+            let gid = GrantId::from_bytes((u128::from(i) + 1).to_be_bytes());
+            let exp = u64::from(i * 7919 % 1000);
+            idx.insert(gid, &g, exp);
+            live.push((gid, g, exp));
+        }
+        let mut kept = Vec::new();
+        for (n, (gid, g, e)) in live.into_iter().enumerate() {
+            if n % 9 == 0 {
+                kept.push((g, e));
+            } else {
+                idx.remove(&gid).unwrap();
+            }
+        }
+        assert_eq!(idx.len(), kept.len());
+        assert!(!idx.nodes.is_sparse());
+        for last in 0..64u8 {
+            for a in [
+                IpAddr::V4([198, 51, 100, last].into()),
+                format!("2001:db8::{last:x}").parse().unwrap(),
+            ] {
+                for now in [0u64, 333, 666, 999] {
+                    let admits = lookup_admits(&idx, a, now);
+                    assert_eq!(admits, model_admits(&kept, a, now), "{a} at {now}");
                 }
             }
         }

@@ -106,13 +106,10 @@ impl Enrollment {
         }))
     }
 
-    /// What signs the audit log's checkpoints: this agent's id and enrolment key.
-    pub fn audit_signer(&self) -> Result<crate::audit::Signer, EnrollError> {
+    /// This agent's enrolment key (PKCS#8 PEM), which signs its audit checkpoints.
+    pub fn key_pem(&self) -> Result<String, EnrollError> {
         let path = self.dir.join("agent.key");
-        Ok(crate::audit::Signer {
-            agent_id: self.agent_id.to_string(),
-            key_pem: std::fs::read_to_string(&path).map_err(file_err(&path))?,
-        })
+        std::fs::read_to_string(&path).map_err(file_err(&path))
     }
 
     /// This agent's certificate (PEM), which verifies its checkpoints.

@@ -129,7 +129,7 @@ impl Journal {
             file: OpenOptions::new().create(true).append(true).open(&path)?,
             path,
         };
-        j.compact(replay.grants.values())?;
+        j.compact(replay.grants.values().cloned())?;
         Ok((j, replay))
     }
 
@@ -147,14 +147,14 @@ impl Journal {
     }
 
     /// Rewrites the journal to exactly `live`, atomically.
-    pub fn compact<'a>(&mut self, live: impl Iterator<Item = &'a GrantRecord>) -> io::Result<()> {
+    pub fn compact(&mut self, live: impl IntoIterator<Item = GrantRecord>) -> io::Result<()> {
         let tmp = self.path.with_extension("journal.tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = io::BufWriter::new(File::create(&tmp)?);
             for g in live {
-                f.write_all(&encode(&Record::Grant(g.clone()))?)?;
+                f.write_all(&encode(&Record::Grant(g))?)?;
             }
-            f.sync_all()?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {

@@ -3,6 +3,9 @@
 //! - [`Dataplane`] loads or adopts the pinned XDP program and maps, attaches to interfaces,
 //!   sets the protected ports and writes grants.
 //! - [`cover`] computes, for overlapping grants, the value each map entry must hold.
+//! - [`grant_table`] holds every grant the daemon applied, compactly, and answers which grant
+//!   ends next and which one covers a source.
+//! - [`daemon`] is `jit-agent run`; [`admin`] its local socket's protocol and client.
 //! - [`clock`] converts UTC grant ends into the kernel's CLOCK_BOOTTIME.
 //! - [`events`] decodes the ring-buffer events.
 //! - [`link`] tells Ethernet devices from tunnels (which program runs where).
@@ -21,9 +24,12 @@ pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod grant;
+pub mod grant_table;
+mod intern;
 pub mod journal;
 pub mod link;
 pub mod netns;
+mod slab;
 pub mod sockdiag;
 
 pub use clock::BootInstant;

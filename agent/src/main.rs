@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use jitgate_agent::admin::{Client, ErrorCode, GrantRequest, Request, Response};
+use jitgate_agent::admin::{self, Client, ErrorCode, GrantRequest, Request, Response};
 use jitgate_agent::config::{self, AgentConfig, Overrides};
 use jitgate_agent::daemon;
 use std::net::SocketAddr;
@@ -315,11 +315,11 @@ async fn connect(socket: &std::path::Path) -> Result<Client, ExitCode> {
 
 async fn grant(socket: &std::path::Path, g: GrantArgs) -> ExitCode {
     // Parse everything before talking to the agent: bad input never leaves this process.
-    let (port, protocol) = match daemon::parse_port_arg(&g.port) {
+    let (port, protocol) = match admin::parse_port_arg(&g.port) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let source = match daemon::parse_source_arg(&g.source) {
+    let source = match admin::parse_source_arg(&g.source) {
         Ok(s) => s,
         Err(e) => return fail(EXIT_USAGE, e),
     };

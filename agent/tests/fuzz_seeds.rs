@@ -4,6 +4,8 @@
 //! The committed seeds must stay valid inputs: this test parses every one.
 //! `JITGATE_WRITE_FUZZ_SEEDS=1 cargo test -p jitgate-agent --test fuzz_seeds` rewrites them
 //! with the real writers (after a change to a format).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use jitgate_agent::GrantId;
 use jitgate_agent::audit::{AuditEvent, AuditLog, Chain};

@@ -522,7 +522,8 @@ pub fn agent_record_hash(prev: &str, body_json: &[u8]) -> String {
 pub struct AgentLine {
     pub seq: u64,
     pub prev: String,
-    pub kind: String,
+    /// Unknown kinds (from a newer agent) are kept, never an error.
+    pub kind: crate::AuditKind,
     pub signature: Option<String>,
     pub hash: String,
     /// The hash recomputed from the line's bytes.
@@ -544,7 +545,7 @@ impl AgentLine {
         let prev = v["prev"].as_str().ok_or_else(bad)?.to_string();
         Ok(AgentLine {
             seq: v["seq"].as_u64().ok_or_else(bad)?,
-            kind: v["kind"].as_str().unwrap_or_default().to_string(),
+            kind: crate::AuditKind::from(v["kind"].as_str().unwrap_or_default()),
             signature: v["signature"].as_str().map(str::to_string),
             computed: agent_record_hash(&prev, body.as_bytes()),
             prev,
@@ -692,6 +693,22 @@ mod tests {
         assert!(!r.ok);
         assert_eq!(r.bad_checkpoint_seq, Some(6));
         assert_eq!(r.first_bad_seq, Some(6));
+    }
+
+    /// A record from a newer agent, of a kind this build does not know, parses with its kind
+    /// kept and its hash intact: the controller stores and shows it like any other.
+    #[test]
+    fn agent_line_of_unknown_kind_parses_and_verifies() {
+        let body = format!(
+            r#"{{"id":"r1","seq":7,"time":"2026-11-27T02:00:00Z","kind":"grant.extended","actor":"agent","prev":"{GENESIS_HASH}"}}"#
+        );
+        let hash = agent_record_hash(GENESIS_HASH, body.as_bytes());
+        let line = format!("{},\"hash\":\"{hash}\"}}", body.trim_end_matches('}'));
+        let l = AgentLine::parse(&line).expect("parses");
+        assert_eq!(l.kind, crate::AuditKind::Unknown("grant.extended".into()));
+        assert_eq!(l.kind.as_str(), "grant.extended");
+        assert_eq!((l.seq, l.computed.as_str()), (7, hash.as_str()));
+        assert_eq!(l.hash, hash);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`frame`]: length-prefixed, versioned frames; the size limit is checked before anything
 //!   is allocated, and a bad frame is an error, never a panic.
 //! - [`audit`]: the activity log's entry hash, signed checkpoints and offline verification.
+//! - [`audit_kind`]: the kinds of record in an agent's audit log.
 //! - [`message`]: what each side sends.
 //! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
 //!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
@@ -13,10 +14,12 @@
 //! documented wire format.
 
 pub mod audit;
+pub mod audit_kind;
 pub mod frame;
 pub mod message;
 pub mod signed;
 
+pub use audit_kind::AuditKind;
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use message::{AgentMsg, ControllerMsg};
 pub use signed::{GrantBody, PolicyBody, RevokeBody, Signed, VerifyError};

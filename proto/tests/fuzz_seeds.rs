@@ -3,6 +3,8 @@
 //! The committed seeds must stay valid inputs: this test decodes (and verifies) every one.
 //! `JITGATE_WRITE_FUZZ_SEEDS=1 cargo test -p jitgate-proto --test fuzz_seeds` rewrites them
 //! from the messages below (after a change to the wire format).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ed25519_dalek::SigningKey;
 use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol};

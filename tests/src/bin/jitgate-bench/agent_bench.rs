@@ -5,7 +5,7 @@
 //!   map updates, in the same run;
 //! - grant request → first admitted packet, p50/p99, in a namespace, beside the same path
 //!   without the agent (library write → first packet);
-//! - agent RSS at 100 000 active grants.
+//! - agent RSS at 100 000 active grants, and bytes per grant beside the kernel's map memory.
 
 use jitgate_agent::admin::{Client, GrantRequest, Request, Response};
 use jitgate_agent::{BootInstant, GrantId, GrantSpec};
@@ -196,6 +196,7 @@ pub fn run(quick: bool) {
     // Steady state: after the agent's next sweep returns the burst's freed buffers.
     std::thread::sleep(Duration::from_secs(6));
     let rss_loaded = agent.rss_kib().unwrap_or(0);
+    let maps = crate::memory::map_memory(&agent.pin_dir);
     let singles = rt
         .block_on(socket_throughput(&socket, total, single, 1, Arc::new(req)))
         .unwrap_or_else(|e| fail(e));
@@ -270,12 +271,16 @@ pub fn run(quick: bool) {
         ms(pct(&acks, 0.5)),
         ms(pct(&acks, 0.99))
     ));
-    out.push_str(&format!(
-        "| agent RSS at {total} active grants (steady; {:.1} MiB right after the burst) | {:.1} MiB | {:.1} MiB at start | ≤ 64 MiB ({}) |\n",
-        rss_burst as f64 / 1024.0,
-        rss_loaded as f64 / 1024.0,
-        rss_before as f64 / 1024.0,
-        if rss_loaded <= 64 * 1024 { "met" } else { "missed" }
+    out.push_str(&crate::memory::rows(
+        total as usize,
+        rss_before,
+        rss_loaded,
+        &format!(
+            "steady; {:.1} MiB right after the burst",
+            rss_burst as f64 / 1024.0
+        ),
+        48,
+        &maps,
     ));
     out.push_str("\nThe probe sends a UDP datagram every ~100 µs from the client namespace to a protected port; \"first admitted packet\" is the first datagram the vm's socket receives after the request was sent, so the figures include up to ~0.1 ms of probe spacing.\n");
     print!("{out}");

@@ -415,6 +415,7 @@ mod agent_bench;
 mod e2e;
 mod flood;
 mod load;
+mod memory;
 mod probe;
 mod scale;
 mod soak;

@@ -2,7 +2,7 @@
 //!
 //! - load: 1 000 000 host grants through the admin socket (8 clients, 256 per request), time
 //!   and rate; map memory (the kernel's own `memlock` figure of each pinned map, from
-//!   /proc/self/fdinfo); agent RSS;
+//!   /proc/self/fdinfo); agent RSS, and bytes per grant beside the kernel's map memory;
 //! - sweep: 100 000 of them end within the same second; the time from that second until the
 //!   grant map holds none of them, and until the agent has journalled and audited every
 //!   expiry; meanwhile stamped UDP streams from three client namespaces check the verdicts:
@@ -29,37 +29,6 @@ const PORT: u16 = 3389;
 const EVERY: Duration = Duration::from_millis(1);
 /// A datagram sent this long after the end may still have met the entry (clock conversion).
 const SLACK_NS: u64 = 2_000_000;
-
-/// One pinned map's kernel accounting, from /proc/self/fdinfo of a descriptor on its pin.
-struct MapMem {
-    name: String,
-    max_entries: u64,
-    memlock: u64,
-}
-
-fn map_memory(pin_dir: &Path) -> Vec<MapMem> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let mut out = Vec::new();
-    for name in names::ALL {
-        let Ok(data) = aya::maps::MapData::from_pin(pin_dir.join(name)) else {
-            continue;
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-        let field = |f: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(f))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        out.push(MapMem {
-            name: name.to_string(),
-            max_entries: field("max_entries:"),
-            memlock: field("memlock:"),
-        });
-    }
-    out
-}
 
 async fn status(socket: &Path) -> Result<Status, String> {
     let mut cl = Client::connect(socket).await.map_err(|e| e.to_string())?;
@@ -161,7 +130,7 @@ pub fn run(quick: bool) {
         .unwrap_or_else(|e| fail(&agent, e));
     let loaded = before.active_grants;
     let rss_loaded = agent.rss_kib().unwrap_or(0);
-    let maps = map_memory(&agent.pin_dir);
+    let maps = crate::memory::map_memory(&agent.pin_dir);
 
     // The verdict streams, on a common epoch; `end` as ns on it.
     let epoch = Instant::now();
@@ -270,7 +239,7 @@ pub fn run(quick: bool) {
         jitgate_common::limits::HOST_GRANTS,
         8
     ));
-    out.push_str("| measure | figure | floor (same run) |\n|---|---:|---:|\n");
+    out.push_str("| measure | figure | floor (same run) | target |\n|---|---:|---:|---|\n");
     out.push_str(&format!(
         "| load {loaded} active grants (journal + audit fsynced per request) | {load_s:.1} s ({:.0} grants/s; {standing_rate:.0}/s for the first {standing}) | {:.1} s ({put_rate:.0} raw map updates/s) |\n",
         f64::from(total) / load_s,
@@ -287,11 +256,13 @@ pub fn run(quick: bool) {
         total_mem as f64 / 1048576.0,
         grant_mem as f64 / 1048576.0
     ));
-    out.push_str(&format!(
-        "| agent RSS with {loaded} grants | {:.1} MiB (at start {:.1} MiB; {:.1} MiB after the sweep) | target ≤ 64 MiB at 100 000 grants (`bench agent`) |\n",
-        mib(rss_loaded),
-        mib(rss_start),
-        mib(rss_after)
+    out.push_str(&crate::memory::rows(
+        loaded,
+        rss_start,
+        rss_loaded,
+        &format!("end of the load; {:.1} MiB after the sweep", mib(rss_after)),
+        256,
+        &maps,
     ));
     out.push_str(&format!(
         "| {} grants ending in the same second: end → none left in the map | {:.0} ms | {:.0} ms ({del_rate:.0} raw deletes/s) |\n",

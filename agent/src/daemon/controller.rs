@@ -1,0 +1,501 @@
+//! The controller's messages, carried out on the core: signed grants, revocations and
+//! policies (verified before anything in them is believed), reconciliation after a
+//! reconnect, and the status reports the controller judges the host by. The connection
+//! itself is `crate::channel`'s.
+
+use super::core::{Core, Msg, grant_event};
+use super::flows;
+use super::interfaces;
+use super::writer::WriteJob;
+use crate::audit::AuditEvent;
+use crate::clock::BootInstant;
+use crate::grant::{GrantId, GrantRecord, Origin};
+use crate::grant_table;
+use crate::journal::{Record, RemoveReason};
+use crate::sockdiag;
+use jitgate_common::Protocol;
+use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant};
+use jitgate_proto::{AuditKind, ControllerMsg, GrantBody, PolicyBody, RevokeBody, Signed};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+/// The last signed policy from the controller, kept across restarts.
+pub(super) const POLICY_FILE: &str = "policy.json";
+
+/// At most this many listening sockets go into one status report (frames stay small).
+const MAX_REPORTED_SOCKETS: usize = 1024;
+
+type Out = mpsc::Sender<AgentMsg>;
+
+pub(super) fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A state-changing message from the controller; answers go to `out`.
+pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
+    match msg {
+        ControllerMsg::Grant(s) => grant(core, s, out).await,
+        ControllerMsg::Revoke(s) => revoke(core, s, out).await,
+        ControllerMsg::Policy(s) => policy(core, s, out).await,
+        ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
+        ControllerMsg::Welcome { .. }
+        | ControllerMsg::Ping { .. }
+        | ControllerMsg::AuditAck { .. } => {}
+    }
+}
+
+fn save_chan(core: &Core) {
+    if let Ok(s) = core.chan.lock()
+        && let Err(e) = s.save(&core.cfg.state_dir)
+    {
+        tracing::error!(error = %e, "cannot record the channel state");
+    }
+}
+
+/// Raises the replay high-water mark (persisted before the answer goes out).
+fn bump_seq(core: &Core, seq: u64) {
+    let changed = core.chan.lock().map(|mut s| {
+        let c = seq > s.seq_high_water;
+        if c {
+            s.seq_high_water = seq;
+        }
+        c
+    });
+    if changed.unwrap_or(false) {
+        save_chan(core);
+    }
+}
+
+fn high_water(core: &Core) -> u64 {
+    core.chan
+        .lock()
+        .map(|s| s.seq_high_water)
+        .unwrap_or(u64::MAX)
+}
+
+async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: String) {
+    tracing::warn!(kind = kind.as_str(), %reason, "controller message rejected");
+    let mut e = AuditEvent::new(kind, "controller");
+    e.grant_id = id.map(|i| i.to_string());
+    e.reason = Some(reason);
+    core.write(WriteJob::audit(vec![e], true)).await;
+}
+
+/// Verifies a signed body from the controller. On failure nothing in it is believed, not
+/// even its ids: the rejection is audited as `kind` and answered with `reply`.
+async fn verified<T: jitgate_proto::signed::Body>(
+    core: &Core,
+    s: &Signed<T>,
+    kind: AuditKind,
+    out: &Out,
+    reply: impl FnOnce(Outcome) -> AgentMsg,
+) -> Option<T> {
+    let enr = core.enrollment.as_ref()?;
+    match s.verify(&enr.signing_key, enr.agent_id) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            reject(core, kind, None, e.to_string()).await;
+            let reason = e.to_string();
+            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            None
+        }
+    }
+}
+
+async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
+    let Some(body) = verified(core, &s, AuditKind::GrantRejected, &out, |outcome| {
+        AgentMsg::GrantResult {
+            grant_id: uuid::Uuid::nil(),
+            seq: 0,
+            outcome,
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
+    let (bid, bseq) = (body.grant_id, body.seq);
+    let reply = move |outcome| AgentMsg::GrantResult {
+        grant_id: bid,
+        seq: bseq,
+        outcome,
+    };
+    if core.grants.contains(&gid) {
+        // A redelivery: acknowledged again, not applied again.
+        let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+        return;
+    }
+    let now = OffsetDateTime::now_utc();
+    let end =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(body.end_unix_ms) * 1_000_000).ok();
+    let problem = if body.seq <= high_water(core) {
+        Some(format!(
+            "replay: seq {} is not above the high-water mark {}",
+            body.seq,
+            high_water(core)
+        ))
+    } else {
+        match end {
+            None => Some("end time out of range".to_string()),
+            Some(e) if e <= now => Some(format!("the end time {e} has passed")),
+            Some(e) if (e - now) > core.cfg.max_grant + time::Duration::seconds(5) => {
+                Some(format!(
+                    "longer than this host's maximum grant of {}",
+                    humantime::format_duration(core.cfg.max_grant)
+                ))
+            }
+            Some(_) => None,
+        }
+    };
+    if let Some(reason) = problem {
+        bump_seq(core, body.seq);
+        reject(
+            core,
+            AuditKind::GrantRejected,
+            Some(body.grant_id),
+            reason.clone(),
+        )
+        .await;
+        let _ = out.send(reply(Outcome::Rejected { reason })).await;
+        return;
+    }
+    let end = end.unwrap_or(now);
+    // The earlier of the wall-clock end and receipt + the time left the controller counted.
+    let by_wall = BootInstant::from_utc(end.into());
+    let by_boot = BootInstant::now().saturating_add(Duration::from_millis(body.remaining_ms));
+    let expires = by_wall.min(by_boot);
+    // A start the table cannot hold (centuries away) reads as now, like one out of range.
+    let start =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(body.start_unix_ms) * 1_000_000)
+            .ok()
+            .filter(|t| grant_table::representable(*t))
+            .unwrap_or(now);
+    let g = GrantRecord {
+        id: gid,
+        protocol: body.protocol,
+        port: body.port,
+        source: body.source,
+        start,
+        end,
+        requester: Arc::from(body.requester.as_str()),
+        justification: body.justification.clone().into(),
+        origin: Origin::Controller,
+        boot_id: core.grants.boot_id().clone(),
+        expires_boot_ns: expires.0,
+    };
+    if let Err(e) = core.apply(&g) {
+        let _ = out
+            .send(reply(Outcome::Rejected {
+                reason: format!("cannot apply: {e}"),
+            }))
+            .await;
+        return;
+    }
+    bump_seq(core, body.seq);
+    let actor = format!("controller:{}", body.requester);
+    let event = grant_event(
+        AuditKind::GrantApplied,
+        &actor,
+        &g,
+        Some(&format!("request {}", body.request_id)),
+    );
+    let (job, done) = WriteJob::durable(vec![Record::Grant(g)], vec![event]);
+    core.write(job).await;
+    let me = core.me.clone();
+    tokio::spawn(async move {
+        match done.await {
+            Ok(Ok(())) => {
+                let agent_unix_ms = unix_ms(OffsetDateTime::now_utc());
+                let _ = out.send(reply(Outcome::Applied { agent_unix_ms })).await;
+            }
+            _ => {
+                let _ = me.send(Msg::Rollback(vec![gid])).await;
+                let _ = out
+                    .send(reply(Outcome::Rejected {
+                        reason: "not durable on the agent".into(),
+                    }))
+                    .await;
+            }
+        }
+    });
+}
+
+async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
+    let Some(body) = verified(core, &s, AuditKind::RevokeRejected, &out, |outcome| {
+        AgentMsg::RevokeResult {
+            grant_id: uuid::Uuid::nil(),
+            seq: 0,
+            outcome,
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (bid, bseq) = (body.grant_id, body.seq);
+    let reply = move |outcome| AgentMsg::RevokeResult {
+        grant_id: bid,
+        seq: bseq,
+        outcome,
+    };
+    let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
+    let Some(origin) = core.grants.get(&gid).map(|g| g.origin()) else {
+        // Already gone (ended, or revoked before): nothing to do, say so again.
+        bump_seq(core, body.seq);
+        let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+        return;
+    };
+    if origin != Origin::Controller {
+        let reason = "local grants are revoked locally, not by the controller".to_string();
+        reject(
+            core,
+            AuditKind::RevokeRejected,
+            Some(body.grant_id),
+            reason.clone(),
+        )
+        .await;
+        let _ = out.send(reply(Outcome::Rejected { reason })).await;
+        return;
+    }
+    if body.seq <= high_water(core) {
+        let reason = format!("replay: seq {} is not above the high-water mark", body.seq);
+        reject(
+            core,
+            AuditKind::RevokeRejected,
+            Some(body.grant_id),
+            reason.clone(),
+        )
+        .await;
+        let _ = out.send(reply(Outcome::Rejected { reason })).await;
+        return;
+    }
+    let Some((g, cut)) = core.withdraw(&[gid]).pop() else {
+        return;
+    };
+    bump_seq(core, body.seq);
+    let mut ev = grant_event(
+        AuditKind::GrantRevoked,
+        "controller",
+        &g,
+        Some(&body.reason),
+    );
+    if cut > 0 {
+        ev.reason = Some(format!("{}; {cut} session(s) closed", body.reason));
+    }
+    let (job, done) = WriteJob::durable(
+        vec![Record::Remove {
+            id: gid,
+            reason: RemoveReason::Revoked,
+        }],
+        vec![ev],
+    );
+    core.write(job).await;
+    tokio::spawn(async move {
+        let outcome = match done.await {
+            Ok(Ok(())) => Outcome::Applied {
+                agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+            },
+            _ => Outcome::Rejected {
+                reason: "not durable on the agent".into(),
+            },
+        };
+        let _ = out.send(reply(outcome)).await;
+    });
+}
+
+async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
+    let Some(body) = verified(core, &s, AuditKind::PolicyRejected, &out, |outcome| {
+        AgentMsg::PolicyResult { seq: 0, outcome }
+    })
+    .await
+    else {
+        return;
+    };
+    if body.seq == 0 {
+        // Version 0: the VM has no JIT policy on the controller. The local configuration
+        // stays the protected set; an empty list here must not open anything.
+        let _ = out
+            .send(AgentMsg::PolicyResult {
+                seq: 0,
+                outcome: Outcome::AlreadyApplied,
+            })
+            .await;
+        return;
+    }
+    let current = core.chan.lock().map(|c| c.policy_seq).unwrap_or(u64::MAX);
+    if body.seq < current {
+        let reason = format!(
+            "policy version {} is older than the applied {current}",
+            body.seq
+        );
+        reject(core, AuditKind::PolicyRejected, None, reason.clone()).await;
+        let _ = out
+            .send(AgentMsg::PolicyResult {
+                seq: body.seq,
+                outcome: Outcome::Rejected { reason },
+            })
+            .await;
+        return;
+    }
+    let mut ports = body.ports.clone();
+    ports.sort();
+    ports.dedup();
+    if body.seq == current && ports == core.cfg.protected {
+        let _ = out
+            .send(AgentMsg::PolicyResult {
+                seq: body.seq,
+                outcome: Outcome::AlreadyApplied,
+            })
+            .await;
+        return;
+    }
+    if let Err(e) = core.dp.set_protected(&ports) {
+        let _ = out
+            .send(AgentMsg::PolicyResult {
+                seq: body.seq,
+                outcome: Outcome::Rejected {
+                    reason: e.to_string(),
+                },
+            })
+            .await;
+        return;
+    }
+    let before = std::mem::replace(&mut core.cfg.protected, ports);
+    // Kept so that a restart while the controller is unreachable keeps this policy.
+    let path = core.cfg.state_dir.join(POLICY_FILE);
+    if let Ok(bytes) = serde_json::to_vec(&s)
+        && let Err(e) = std::fs::write(&path, bytes)
+    {
+        tracing::error!(error = %e, "cannot store the signed policy");
+    }
+    if let Ok(mut c) = core.chan.lock() {
+        c.policy_seq = body.seq;
+    }
+    save_chan(core);
+    let mut events = flows::adopt_sessions(&mut core.dp, &core.cfg.protected);
+    let mut e = AuditEvent::new(AuditKind::PolicyApplied, "controller");
+    e.reason = Some(format!(
+        "version {}: protected {} (was {})",
+        body.seq,
+        core.cfg
+            .protected
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        before
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    events.insert(0, e);
+    core.write(WriteJob::audit(events, true)).await;
+    let _ = out
+        .send(AgentMsg::PolicyResult {
+            seq: body.seq,
+            outcome: Outcome::Applied {
+                agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+            },
+        })
+        .await;
+    // The protected set changed: the controller's view (and compliance) follows at once.
+    let _ = out.send(heartbeat(core)).await;
+}
+
+/// After a (re)connect: controller grants the controller no longer lists were revoked or
+/// superseded while we were away; remove them. Then report everything held.
+async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
+    let keep: BTreeSet<GrantId> = active
+        .iter()
+        .map(|u| GrantId::from_bytes(*u.as_bytes()))
+        .collect();
+    let gone: Vec<GrantId> = core
+        .grants
+        .iter()
+        .filter(|g| g.origin() == Origin::Controller && !keep.contains(&g.id()))
+        .map(|g| g.id())
+        .collect();
+    let mut journal = Vec::new();
+    let mut events = Vec::new();
+    for (g, cut) in core.withdraw(&gone) {
+        journal.push(Record::Remove {
+            id: g.id,
+            reason: RemoveReason::Reconciled,
+        });
+        events.push(grant_event(
+            AuditKind::GrantRevoked,
+            "controller",
+            &g,
+            Some(&format!(
+                "reconciled: no longer active on the controller; {cut} session(s) closed"
+            )),
+        ));
+    }
+    if !events.is_empty() {
+        core.write(WriteJob {
+            journal,
+            audit: events,
+            durable: true,
+            compact: None,
+            done: None,
+        })
+        .await;
+    }
+    let grants = core
+        .grants
+        .iter()
+        .map(|g| ReportedGrant {
+            grant_id: uuid::Uuid::from_bytes(g.id().to_bytes()),
+            origin: g.origin().as_str().into(),
+            protocol: g.protocol(),
+            port: g.port(),
+            source: g.source(),
+            end_unix_ms: unix_ms(g.end()),
+            requester: g.requester().to_string(),
+        })
+        .collect();
+    let _ = out.send(AgentMsg::Grants { grants }).await;
+}
+
+/// The status report with the state of enforcement (docs/protocol.md).
+pub(super) fn heartbeat(core: &mut Core) -> AgentMsg {
+    let mut listening: Vec<(Protocol, String)> = Vec::new();
+    for (proto, socks) in [
+        (Protocol::Tcp, sockdiag::listening(|_| true)),
+        (Protocol::Udp, sockdiag::listening_udp(|_| true)),
+    ] {
+        match socks {
+            Ok(v) => listening.extend(v.into_iter().map(|a| (proto, a.to_string()))),
+            Err(e) => {
+                tracing::warn!(protocol = %proto, error = %e, "cannot list listening sockets")
+            }
+        }
+    }
+    listening.sort();
+    listening.dedup();
+    listening.truncate(MAX_REPORTED_SOCKETS);
+    let (audit_head, audit_seq) = core.head.lock().map(|h| h.clone()).unwrap_or_default();
+    let attached = core.interfaces.attached();
+    let problems = core.dp.health(attached.keys().map(String::as_str));
+    AgentMsg::Status(Box::new(jitgate_proto::message::StatusReport {
+        heartbeat: jitgate_proto::message::Heartbeat {
+            interfaces: attached
+                .iter()
+                .map(|(n, a)| (n.clone(), a.mode.as_str().to_string()))
+                .collect(),
+            protected: core.cfg.protected.clone(),
+            listening,
+            active_grants: core.grants.len() as u32,
+            audit_head,
+            audit_seq,
+        },
+        addresses: interfaces::addresses(),
+        problems,
+        agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+    }))
+}

@@ -1,0 +1,206 @@
+//! The core task's state and the grant operations every path shares: apply a grant to the
+//! maps and the table, withdraw grants (and the flows only they admitted), end grants on
+//! time, sweep, and hand records to the writer. The core handles one change at a time, so
+//! the table and the maps never disagree for another request to see.
+
+use super::flows;
+use super::interfaces::Interfaces;
+use super::writer::{AuditHead, WriteJob};
+use crate::admin::{Request, Response};
+use crate::audit::AuditEvent;
+use crate::channel::SharedState;
+use crate::clock::BootInstant;
+use crate::config::AgentConfig;
+use crate::dataplane::Dataplane;
+use crate::enroll::Enrollment;
+use crate::grant::{GrantId, GrantRecord};
+use crate::grant_table::GrantTable;
+use crate::journal::{Record, RemoveReason};
+use jitgate_common::OnExpiry;
+use jitgate_proto::AuditKind;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+/// The journal is rewritten to the live grants after this many removals.
+const COMPACT_AFTER: usize = 1000;
+
+/// What the admin socket, the metrics endpoint and the writer's callbacks ask of the core.
+pub(super) enum Msg {
+    Admin {
+        req: Request,
+        actor: String,
+        reply: oneshot::Sender<Response>,
+    },
+    Metrics(oneshot::Sender<String>),
+    /// These grants could not be made durable: out of the maps and the table again.
+    Rollback(Vec<GrantId>),
+}
+
+pub(super) struct Core {
+    pub cfg: AgentConfig,
+    pub dp: Dataplane,
+    pub grants: GrantTable,
+    pub writer: mpsc::Sender<WriteJob>,
+    pub me: mpsc::Sender<Msg>,
+    pub interfaces: Interfaces,
+    pub started: OffsetDateTime,
+    pub head: AuditHead,
+    pub removed_since_compact: usize,
+    pub detached: bool,
+    /// Set when enrolled with a controller.
+    pub enrollment: Option<Enrollment>,
+    pub chan: SharedState,
+}
+
+/// The audit record of something that happened to a grant.
+pub(super) fn grant_event(
+    kind: AuditKind,
+    actor: &str,
+    g: &GrantRecord,
+    reason: Option<&str>,
+) -> AuditEvent {
+    AuditEvent {
+        kind,
+        actor: actor.into(),
+        source: Some(g.source.to_string()),
+        protocol: Some(g.protocol.to_string()),
+        port: Some(g.port.get()),
+        window: Some((g.start, g.end)),
+        grant_id: Some(g.id.to_string()),
+        reason: reason.map(String::from),
+        time: None,
+    }
+}
+
+impl Core {
+    pub async fn write(&self, job: WriteJob) {
+        if self.writer.send(job).await.is_err() {
+            tracing::error!("the journal writer has stopped");
+        }
+    }
+
+    /// What ends with a grant on (protocol, port) under the current policy.
+    pub fn on_expiry(&self, g: &GrantRecord) -> Option<OnExpiry> {
+        flows::on_expiry(&self.cfg.protected, g.protocol, g.port.get())
+    }
+
+    /// Puts a grant into the maps and the table (durability is the caller's next step).
+    pub fn apply(&mut self, g: &GrantRecord) -> Result<(), String> {
+        self.dp
+            .add_grant(g.id, g.spec(), BootInstant(g.expires_boot_ns))
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.grants.insert(g) {
+            let _ = self.dp.remove_grant(&g.id);
+            return Err(e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Takes a grant out of the maps and the table (no journal record); returns it.
+    pub fn forget(&mut self, id: &GrantId) -> Option<GrantRecord> {
+        let g = self.grants.remove(id)?;
+        let _ = self.dp.remove_grant(id);
+        Some(g)
+    }
+
+    /// Takes grants out of the maps and the table and deals with the flows they admitted
+    /// (see [`flows::cut`]); returns each with how many of its sessions were closed.
+    pub fn withdraw(&mut self, ids: &[GrantId]) -> Vec<(GrantRecord, usize)> {
+        let gone: Vec<GrantRecord> = ids.iter().filter_map(|id| self.forget(id)).collect();
+        self.removed_since_compact += gone.len();
+        let ids: Vec<GrantId> = gone.iter().map(|g| g.id).collect();
+        let cut = flows::cut(&mut self.dp, &self.grants, &ids);
+        gone.into_iter().zip(cut).collect()
+    }
+
+    /// Ends every grant whose end has passed: maps, table, journal, audit; for `cut` ports
+    /// the sessions are closed too. The kernel already stopped admitting at the end.
+    pub async fn expire_due(&mut self) {
+        let due = self.grants.take_due(BootInstant::now().0);
+        if due.is_empty() {
+            return;
+        }
+        for g in &due {
+            let _ = self.dp.remove_grant(&g.id);
+        }
+        self.removed_since_compact += due.len();
+        let cut_ids: Vec<GrantId> = due
+            .iter()
+            .filter(|g| self.on_expiry(g) == Some(OnExpiry::Cut))
+            .map(|g| g.id)
+            .collect();
+        let cut = flows::cut(&mut self.dp, &self.grants, &cut_ids);
+        let closed: std::collections::HashMap<GrantId, usize> =
+            cut_ids.into_iter().zip(cut).collect();
+        let mut journal = Vec::with_capacity(due.len());
+        let mut events = Vec::with_capacity(due.len());
+        for g in &due {
+            let reason = match closed.get(&g.id) {
+                Some(&n) if n > 0 => format!("Expired; {n} session(s) closed (on_expiry = cut)"),
+                _ => "Expired".to_string(),
+            };
+            journal.push(Record::Remove {
+                id: g.id,
+                reason: RemoveReason::Expired,
+            });
+            events.push(grant_event(
+                AuditKind::GrantExpired,
+                "agent",
+                g,
+                Some(&reason),
+            ));
+        }
+        self.write(WriteJob {
+            journal,
+            audit: events,
+            durable: true,
+            compact: None,
+            done: None,
+        })
+        .await;
+    }
+
+    /// Returns freed heap pages to the kernel. Bursts of grants leave freed request and
+    /// response buffers behind; without this the resident size tracks the largest burst, not
+    /// the live grant table.
+    pub fn trim_heap(&self) {
+        // SAFETY: glibc's malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
+    }
+
+    /// Drops flows nobody needs and compacts the journal after many removals.
+    pub async fn sweep(&mut self) {
+        self.trim_heap();
+        flows::sweep(
+            &mut self.dp,
+            &self.cfg.protected,
+            self.cfg.flow_idle_timeout,
+        );
+        if self.removed_since_compact >= COMPACT_AFTER {
+            self.removed_since_compact = 0;
+            self.write(WriteJob {
+                compact: Some(self.grants.snapshot()),
+                ..WriteJob::audit(Vec::new(), false)
+            })
+            .await;
+        }
+    }
+
+    /// How long the core may sleep before the next grant ends (at most a second, to stay
+    /// correct across suspend).
+    pub fn next_wake(&mut self) -> Duration {
+        let cap = Duration::from_secs(1);
+        match self.grants.next_deadline() {
+            Some(t) => BootInstant(t).remaining().min(cap),
+            None => cap,
+        }
+    }
+
+    /// Grants whose journal write failed leave the maps and the table again.
+    pub fn rollback(&mut self, ids: &[GrantId]) {
+        for id in ids {
+            self.forget(id);
+        }
+    }
+}
