@@ -9,27 +9,14 @@ use jitgate_api::{
     AgentAuditVerify, AgentChainReport, AgentRecord, Connection, ConnectionOutcome, GrantOrigin,
     ViewQuery,
 };
-
+// The record kinds these views read are the agent's own (one enum on both sides of the wire).
 use crate::authz::{self, Action, Caller};
 use crate::csv::{self, Cell};
 use crate::error::Result;
 use crate::input::parse_time;
 use crate::store::db::Db;
 use crate::store::{agent_audit, agents, inventory};
-
-jitgate_api::wire_enum! {
-    /// The agent record kinds these views read.
-    enum Kind("record kind") {
-        /// The kernel admitted a connection.
-        Admitted = "connection.admitted",
-        /// The kernel dropped a connection attempt.
-        Denied = "connection.denied",
-        /// The agent applied a grant (its actor says who asked).
-        GrantApplied = "grant.applied",
-        /// The agent's signature over its chain head.
-        Checkpoint = "audit.checkpoint",
-    }
-}
+use jitgate_proto::AuditKind as Kind;
 
 /// The time bounds and size of a view.
 struct Bounds {
@@ -87,14 +74,14 @@ impl AgentViews {
         self.readable(caller, vm).await?;
         let b = bounds(q)?;
         let also = if q.denied {
-            Kind::Denied
+            Kind::ConnectionDenied
         } else {
-            Kind::Admitted
+            Kind::ConnectionAdmitted
         };
         let rows = agent_audit::connections(
             self.db.pool(),
             vm,
-            [Kind::Admitted.as_str(), also.as_str()],
+            [Kind::ConnectionAdmitted.as_str(), also.as_str()],
             b.from,
             b.to,
             b.limit,
@@ -131,7 +118,7 @@ impl AgentViews {
                 time_utc: jitgate_api::time::format(r.at_ms),
                 virtual_machine: vm.to_string(),
                 agent_id: r.agent_id,
-                outcome: if kind.as_deref() == Some(Kind::Denied.as_str()) {
+                outcome: if kind.as_deref() == Some(Kind::ConnectionDenied.as_str()) {
                     ConnectionOutcome::Denied
                 } else {
                     ConnectionOutcome::Admitted
@@ -263,7 +250,7 @@ impl AgentViews {
                     ));
                     return Ok(r);
                 }
-                if l.kind == Kind::Checkpoint.as_str() {
+                if l.kind == Kind::AuditCheckpoint.as_str() {
                     let m = jitgate_proto::audit::agent_checkpoint_message(
                         agent_id,
                         l.seq.saturating_sub(1),
