@@ -391,6 +391,13 @@ impl Phases {
         r
     }
 
+    /// A phase that ran to its end but whose result is a failure (failed tests).
+    fn mark_failed(&mut self) {
+        if let Some(last) = self.0.last_mut() {
+            last.2 = false;
+        }
+    }
+
     fn print(&self) {
         let width = self.0.iter().map(|p| p.0.len()).max().unwrap_or(0).max(5);
         println!("phase wall times:");
@@ -477,11 +484,9 @@ fn test_phases(
             .env("JIT_TEST_BACKEND", "sqlite");
         run_tests(&mut cmd)
     })?;
-    summary.push_str(&format!(
-        "summary: {} passed, {} failed, {} skipped",
-        sqlite.passed, sqlite.failed, sqlite.ignored
-    ));
+    summary.push_str(&format!("summary: {}", sqlite.describe()));
     if !sqlite.ok {
+        phases.mark_failed();
         println!("{summary}");
         bail!("cargo test failed");
     }
@@ -495,11 +500,9 @@ fn test_phases(
             let pg = phases.run("tests (PostgreSQL, controller)", || {
                 postgres_tests(root, &controller_tests, bin_args)
             })?;
-            summary.push_str(&format!(
-                "; on PostgreSQL (controller): {} passed, {} failed, {} skipped",
-                pg.passed, pg.failed, pg.ignored
-            ));
+            summary.push_str(&format!("; on PostgreSQL (controller): {}", pg.describe()));
             if !pg.ok {
+                phases.mark_failed();
                 println!("{summary}");
                 bail!("the controller's tests failed on PostgreSQL");
             }
@@ -614,6 +617,15 @@ struct TestCounts {
     failed: u64,
     ignored: u64,
     ok: bool,
+}
+
+impl TestCounts {
+    fn describe(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
 }
 
 impl Default for TestCounts {
