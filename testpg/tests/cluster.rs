@@ -26,6 +26,13 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A file in `dir` (the cluster's, removed with it).
+fn tempfile_in(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// The uid a process runs as.
 fn uid_of(pid: u32) -> u32 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -137,11 +144,12 @@ fn tls_verify_full_against_the_test_ca_and_nothing_else() {
     assert!(row.trim().starts_with("t|TLS"), "{row}");
 
     // Another CA does not vouch for this server.
-    let other = Cluster::builder().tls().start().unwrap();
-    let wrong = url.replace(
-        &ca.display().to_string(),
-        &other.ca_cert().unwrap().display().to_string(),
-    );
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_pem = other.self_signed(&other_key).unwrap().pem();
+    let other_ca = tempfile_in(c.dir(), "other-ca.crt", &other_pem);
+    let wrong = url.replace(&ca.display().to_string(), &other_ca.display().to_string());
     let bad = psql(&wrong);
     assert!(!bad.status.success());
     let msg = String::from_utf8_lossy(&bad.stderr);
@@ -193,7 +201,7 @@ fn a_panicking_test_leaves_nothing_behind() {
     let r = std::panic::catch_unwind(move || {
         let c = Cluster::start().unwrap();
         tx.send((c.dir().to_path_buf(), c.pid().unwrap())).unwrap();
-        panic!("the test failed");
+        panic!("deliberate: the cluster must go while this panic unwinds");
     });
     assert!(r.is_err());
     let (dir, pid) = rx.recv().unwrap();
@@ -240,11 +248,14 @@ fn child(role: &str, test: &str) -> std::process::Child {
 /// Reads `READY dir pid` from a child.
 fn ready(c: &mut std::process::Child) -> (std::path::PathBuf, u32) {
     let out = c.stdout.take().unwrap();
-    for line in std::io::BufReader::new(out).lines() {
+    let mut lines = std::io::BufReader::new(out).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         // libtest prints `test NAME ... ` before the test's own output, on the same line.
         if let Some((_, rest)) = line.split_once("READY ") {
             let (dir, pid) = rest.rsplit_once(' ').unwrap();
+            // Keep reading: a closed pipe would fail the child's next write.
+            std::thread::spawn(move || lines.for_each(drop));
             return (dir.into(), pid.parse().unwrap());
         }
     }
