@@ -130,14 +130,11 @@ impl Cluster {
     fn start_with(opts: Builder) -> Result<Cluster> {
         let bin = install::bin_dir()?;
         let run_as = install::run_as()?;
+        let port = if opts.tcp { free_port()? } else { SOCKET_PORT };
         let base = make_base_dir()?;
-        if let Some(r) = run_as {
-            chown(&base, r)?;
-        }
         let data = base.join("data");
         let socket_dir = base.join("s");
         let log = base.join("server.log");
-        let port = if opts.tcp { free_port()? } else { SOCKET_PORT };
         let mut c = Cluster {
             bin,
             data,
@@ -153,6 +150,9 @@ impl Cluster {
             base,
         };
         // From here on, Drop (or the watchdog) cleans up whatever happens next.
+        if let Some(r) = run_as {
+            chown(&c.base, r)?;
+        }
         c.spawn_watchdog()?;
         c.init(&opts)?;
         let mut tries = 0;

@@ -372,45 +372,88 @@ struct TestOptions {
 }
 
 /// Wall time per phase of `cargo xtask test`, printed as each ends and again at the end, so
-/// that every change can state what it costs the CI run.
+/// that every change can state what it costs the CI run. Beside it the CPU time of the
+/// phase's finished child processes (compilers, test binaries), which varies much less than
+/// wall time on a shared machine.
 #[derive(Default)]
-struct Phases(Vec<(String, Duration, bool)>);
+struct Phases(Vec<Phase>);
+
+struct Phase {
+    name: String,
+    wall: Duration,
+    cpu: Duration,
+    ok: bool,
+}
+
+/// User + system time of every child process waited for so far (and of their waited-for
+/// descendants).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
 
 impl Phases {
     fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         eprintln!("== phase {name}");
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), children_cpu());
         let r = f();
-        let took = started.elapsed();
+        let phase = Phase {
+            name: name.to_string(),
+            wall: started.elapsed(),
+            cpu: children_cpu().saturating_sub(cpu_before),
+            ok: r.is_ok(),
+        };
         eprintln!(
-            "== phase {name}: {:.1} s{}",
-            took.as_secs_f64(),
-            if r.is_ok() { "" } else { " (failed)" }
+            "== phase {name}: {:.1} s (cpu {:.1} s){}",
+            phase.wall.as_secs_f64(),
+            phase.cpu.as_secs_f64(),
+            if phase.ok { "" } else { " (failed)" }
         );
-        self.0.push((name.to_string(), took, r.is_ok()));
+        self.0.push(phase);
         r
     }
 
     /// A phase that ran to its end but whose result is a failure (failed tests).
     fn mark_failed(&mut self) {
         if let Some(last) = self.0.last_mut() {
-            last.2 = false;
+            last.ok = false;
         }
     }
 
     fn print(&self) {
-        let width = self.0.iter().map(|p| p.0.len()).max().unwrap_or(0).max(5);
-        println!("phase wall times:");
-        let mut total = Duration::ZERO;
-        for (name, took, ok) in &self.0 {
-            total += *took;
+        let width = self
+            .0
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        println!("phase times (wall, and cpu of child processes):");
+        let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+        for p in &self.0 {
+            wall += p.wall;
+            cpu += p.cpu;
             println!(
-                "  {name:<width$}  {:>7.1} s{}",
-                took.as_secs_f64(),
-                if *ok { "" } else { "  (failed)" }
+                "  {:<width$}  {:>7.1} s  {:>7.1} s cpu{}",
+                p.name,
+                p.wall.as_secs_f64(),
+                p.cpu.as_secs_f64(),
+                if p.ok { "" } else { "  (failed)" }
             );
         }
-        println!("  {:<width$}  {:>7.1} s", "total", total.as_secs_f64());
+        println!(
+            "  {:<width$}  {:>7.1} s  {:>7.1} s cpu",
+            "total",
+            wall.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
     }
 }
 
