@@ -3,8 +3,8 @@
 //! Default-deny for protected (protocol, port) pairs: a packet to one passes only if an active
 //! grant covers its source address, or it belongs to a flow admitted under one. Everything
 //! else passes untouched, at the cost of one array lookup. See docs/dataplane.md.
-#![no_std]
-#![no_main]
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod parse;
 
@@ -447,7 +447,7 @@ fn emit(
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
@@ -456,3 +456,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+// Only the BPF target is the real program (the agent's build.rs builds it with aya-build).
+// For the host (`cargo build --workspace`, clippy) the crate is an ordinary std binary with
+// an empty `main`: no second panic handler beside std's, which other crates link anyway.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

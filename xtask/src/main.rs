@@ -3,10 +3,13 @@
 //! Deliberately depends on nothing of the project: it must build on a fresh machine before
 //! the eBPF toolchain that the rest of the workspace needs is installed (by `setup`).
 
+mod cycles;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(about = "jitgate developer tasks", long_about = None)]
@@ -19,20 +22,37 @@ struct Cli {
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
     /// nightly rust-src, cargo-fuzz 0.13.2, iproute2, nftables, iptables, wireguard-go and
-    /// wireguard-tools, and the bpffs mount.
+    /// wireguard-tools, PostgreSQL's server binaries (for the test clusters), and the bpffs
+    /// mount.
     Setup,
-    /// Run setup, then formatting and lint checks, then every test (root tests need root;
-    /// with CI=true they fail rather than skip without it), then each fuzz target briefly.
+    /// Run setup, then formatting, lint and import-cycle checks, then every test (root tests
+    /// need root; with CI=true they fail rather than skip without it), then the controller's
+    /// test suites again on PostgreSQL, then each fuzz target briefly. Prints the wall time
+    /// of each phase (docs/testing.md).
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Report import cycles without failing (also JIT_CYCLES=warn).
+        #[arg(long)]
+        allow_cycles: bool,
+        /// Skip the second run of the controller's tests on PostgreSQL.
+        #[arg(long)]
+        no_postgres: bool,
         /// Seconds each fuzz target runs after the tests (0: skip fuzzing).
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
-        /// Extra arguments for `cargo test` (after `--`).
+        /// Extra arguments for `cargo test` (after `--`; what follows a second `--` also goes
+        /// to the PostgreSQL run's test binaries).
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Import cycles between the modules of each crate (see xtask/src/cycles.rs for the
+    /// rules); fails when there is one.
+    Cycles {
+        /// Report them without failing.
+        #[arg(long)]
+        warn: bool,
     },
     /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
     /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
@@ -129,11 +149,30 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::Test {
             no_lint,
+            allow_cycles,
+            no_postgres,
             fuzz_seconds,
             cargo_args,
         } => {
-            setup()?;
-            test(&root, no_lint, fuzz_seconds, &cargo_args)
+            let allow_cycles =
+                allow_cycles || std::env::var("JIT_CYCLES").is_ok_and(|v| v == "warn");
+            test(
+                &root,
+                &TestOptions {
+                    no_lint,
+                    allow_cycles,
+                    no_postgres,
+                    fuzz_seconds,
+                },
+                &cargo_args,
+            )
+        }
+        Cmd::Cycles { warn } => {
+            let found = check_cycles(&root)?;
+            if found > 0 && !warn {
+                bail!("{found} import cycle(s)");
+            }
+            Ok(())
         }
         Cmd::Fuzz { target, seconds } => {
             setup()?;
@@ -224,20 +263,43 @@ const PACKAGES: &[&str] = &[
     "wireguard-go",
     "wireguard-tools",
 ];
+/// Debian's PostgreSQL (server and psql), for the test clusters (jitgate-testpg); installed
+/// unless its server binaries are already there.
+const POSTGRES_PACKAGE: &str = "postgresql";
+const POSTGRES_BINARIES: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds with the installed toolchains (stable 1.95 installs it; the targets build with
 /// nightly, which the sanitizer flags need).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
+fn dpkg_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Whether some /usr/lib/postgresql/*/bin has the server binaries (where jitgate-testpg
+/// looks first).
+fn postgres_server_installed() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            POSTGRES_BINARIES
+                .iter()
+                .all(|b| e.path().join("bin").join(b).is_file())
+        })
+}
+
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<&str> = PACKAGES
         .iter()
         .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
+        .filter(|p| !dpkg_installed(p))
         .collect();
+    if !postgres_server_installed() && !dpkg_installed(POSTGRES_PACKAGE) {
+        missing.push(POSTGRES_PACKAGE);
+    }
     if !missing.is_empty() {
         if !is_root() {
             bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root");
@@ -302,28 +364,203 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Result<()> {
-    if !no_lint {
-        run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
-        // The fuzz targets are a workspace of their own, outside `--all`.
-        run(Command::new("cargo").args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
-        run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+struct TestOptions {
+    no_lint: bool,
+    allow_cycles: bool,
+    no_postgres: bool,
+    fuzz_seconds: u64,
+}
+
+/// Wall time per phase of `cargo xtask test`, printed as each ends and again at the end, so
+/// that every change can state what it costs the CI run. Beside it the CPU time of the
+/// phase's finished child processes (compilers, test binaries), which varies much less than
+/// wall time on a shared machine.
+#[derive(Default)]
+struct Phases(Vec<Phase>);
+
+struct Phase {
+    name: String,
+    wall: Duration,
+    cpu: Duration,
+    ok: bool,
+}
+
+/// User + system time of every child process waited for so far (and of their waited-for
+/// descendants).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
     }
-    // The end-to-end tests run the real binaries (jit-agent, ...).
-    run(Command::new("cargo").args(["build", "--bins"]))?;
-    let tests = cargo_test(extra)?;
-    let runs = if tests.ok && fuzz_seconds > 0 {
-        let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
-        fuzz(root, &all, fuzz_seconds, FuzzBuild::Quick)?
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl Phases {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        eprintln!("== phase {name}");
+        let (started, cpu_before) = (Instant::now(), children_cpu());
+        let r = f();
+        let phase = Phase {
+            name: name.to_string(),
+            wall: started.elapsed(),
+            cpu: children_cpu().saturating_sub(cpu_before),
+            ok: r.is_ok(),
+        };
+        eprintln!(
+            "== phase {name}: {:.1} s (cpu {:.1} s){}",
+            phase.wall.as_secs_f64(),
+            phase.cpu.as_secs_f64(),
+            if phase.ok { "" } else { " (failed)" }
+        );
+        self.0.push(phase);
+        r
+    }
+
+    /// A phase that ran to its end but whose result is a failure (failed tests).
+    fn mark_failed(&mut self) {
+        if let Some(last) = self.0.last_mut() {
+            last.ok = false;
+        }
+    }
+
+    fn print(&self) {
+        let width = self
+            .0
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        println!("phase times (wall, and cpu of child processes):");
+        let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+        for p in &self.0 {
+            wall += p.wall;
+            cpu += p.cpu;
+            println!(
+                "  {:<width$}  {:>7.1} s  {:>7.1} s cpu{}",
+                p.name,
+                p.wall.as_secs_f64(),
+                p.cpu.as_secs_f64(),
+                if p.ok { "" } else { "  (failed)" }
+            );
+        }
+        println!(
+            "  {:<width$}  {:>7.1} s  {:>7.1} s cpu",
+            "total",
+            wall.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+    }
+}
+
+fn test(root: &Path, opts: &TestOptions, extra: &[String]) -> Result<()> {
+    let mut phases = Phases::default();
+    let started = Instant::now();
+    let result = test_phases(root, opts, extra, &mut phases);
+    phases.print();
+    eprintln!(
+        "cargo xtask test: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
+
+fn test_phases(
+    root: &Path,
+    opts: &TestOptions,
+    extra: &[String],
+    phases: &mut Phases,
+) -> Result<()> {
+    // `cargo test` arguments, and after a second `--` the test binaries' own.
+    let (cargo_args, bin_args) = match extra.iter().position(|a| a == "--") {
+        Some(i) => (&extra[..i], &extra[i + 1..]),
+        None => (extra, &[][..]),
+    };
+    phases.run("setup", setup)?;
+    if !opts.no_lint {
+        phases.run("lint", || {
+            run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+            // The fuzz targets are a workspace of their own, outside `--all`.
+            run(Command::new("cargo").args([
+                "fmt",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--check",
+            ]))?;
+            run(Command::new("cargo").args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+    }
+    phases.run("cycles", || {
+        let found = check_cycles(root)?;
+        if found > 0 {
+            if opts.allow_cycles {
+                eprintln!(
+                    "cycles: {found} import cycle(s), allowed by --allow-cycles / JIT_CYCLES=warn"
+                );
+            } else {
+                bail!("{found} import cycle(s) (see above)");
+            }
+        }
+        Ok(())
+    })?;
+    let controller_tests = phases.run("build", || {
+        // The end-to-end tests run the real binaries (jit-agent, ...).
+        run(Command::new("cargo").args(["build", "--bins"]))?;
+        build_tests(root, cargo_args)
+    })?;
+    let mut summary = String::new();
+    let sqlite = phases.run("tests (SQLite)", || {
+        let mut cmd = Command::new("cargo");
+        cmd.arg("test")
+            .args(extra)
+            .env("JIT_TEST_BACKEND", "sqlite");
+        run_tests(&mut cmd)
+    })?;
+    summary.push_str(&format!("summary: {}", sqlite.describe()));
+    if !sqlite.ok {
+        phases.mark_failed();
+        println!("{summary}");
+        bail!("cargo test failed");
+    }
+    if sqlite.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    if !opts.no_postgres {
+        if controller_tests.is_empty() {
+            eprintln!("tests (PostgreSQL): no controller test binary selected; skipped");
+        } else {
+            let pg = phases.run("tests (PostgreSQL, controller)", || {
+                postgres_tests(root, &controller_tests, bin_args)
+            })?;
+            summary.push_str(&format!("; on PostgreSQL (controller): {}", pg.describe()));
+            if !pg.ok {
+                phases.mark_failed();
+                println!("{summary}");
+                bail!("the controller's tests failed on PostgreSQL");
+            }
+        }
+    }
+    let runs = if opts.fuzz_seconds > 0 {
+        phases.run("fuzz", || {
+            let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
+            fuzz(root, &all, opts.fuzz_seconds, FuzzBuild::Quick)
+        })?
     } else {
         Vec::new()
     };
-    let crashed = runs.iter().filter(|r| r.crash.is_some()).count();
-    let mut summary = format!(
-        "summary: {} passed, {} failed, {} skipped",
-        tests.passed, tests.failed, tests.ignored
-    );
     if !runs.is_empty() {
+        let crashed = runs.iter().filter(|r| r.crash.is_some()).count();
         let execs: u64 = runs.iter().map(|r| r.execs).sum();
         summary.push_str(&format!(
             "; fuzz: {} targets, {execs} executions, {crashed} crashed",
@@ -331,13 +568,91 @@ fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Resu
         ));
     }
     println!("{summary}");
-    if !tests.ok {
-        bail!("cargo test failed: {}", tests.status);
-    }
-    if tests.passed == 0 {
-        bail!("cargo test ran no test");
-    }
     fuzz_verdict(&runs)
+}
+
+/// Checks every lib and bin target of the workspace; prints the cycles; returns how many.
+fn check_cycles(root: &Path) -> Result<usize> {
+    let mut found = 0;
+    let (mut modules, mut edges) = (0, 0);
+    let targets = cycles::workspace_targets(root)?;
+    for t in &targets {
+        let report = cycles::check(t).with_context(|| format!("checking {}", t.label))?;
+        modules += report.modules;
+        edges += report.edges;
+        found += report.cycles.len();
+        print!("{}", report.render(root));
+    }
+    eprintln!(
+        "cycles: {} targets, {modules} modules, {edges} dependencies, {found} cycle(s)",
+        targets.len()
+    );
+    Ok(found)
+}
+
+/// Builds every test binary `cargo test` will run (so that its phase is the tests alone) and
+/// returns the controller's integration-test executables.
+fn build_tests(root: &Path, cargo_args: &[String]) -> Result<Vec<PathBuf>> {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "test",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(cargo_args)
+    .stdout(std::process::Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let out = cmd
+        .spawn()
+        .context("spawning cargo test --no-run")?
+        .wait_with_output()?;
+    if !out.status.success() {
+        bail!("cargo test --no-run failed: {}", out.status);
+    }
+    let manifest = root.join("controller").join("Cargo.toml");
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if msg["reason"] == "compiler-artifact"
+            && is_test
+            && msg["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path())
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    bins.sort();
+    Ok(bins)
+}
+
+/// The controller's integration tests again, each on fresh databases of a throwaway
+/// PostgreSQL cluster (JIT_TEST_BACKEND=postgres: controller/tests/common, jitgate-testpg).
+/// The binaries run directly: `cargo test -p jitgate-controller` would resolve features for
+/// the controller alone and rebuild half the dependency tree.
+fn postgres_tests(root: &Path, bins: &[PathBuf], bin_args: &[String]) -> Result<TestCounts> {
+    let dir = root.join("controller");
+    let mut total = TestCounts::default();
+    for bin in bins {
+        let mut cmd = Command::new(bin);
+        cmd.args(bin_args)
+            .current_dir(&dir)
+            .env("CARGO_MANIFEST_DIR", &dir)
+            .env("JIT_TEST_BACKEND", "postgres");
+        let c = run_tests(&mut cmd)?;
+        total.passed += c.passed;
+        total.failed += c.failed;
+        total.ignored += c.ignored;
+        total.ok &= c.ok;
+    }
+    if total.passed == 0 {
+        bail!("no controller test ran on PostgreSQL");
+    }
+    Ok(total)
 }
 
 struct TestCounts {
@@ -345,21 +660,37 @@ struct TestCounts {
     failed: u64,
     ignored: u64,
     ok: bool,
-    status: std::process::ExitStatus,
 }
 
-/// Runs `cargo test`, streaming its output, and adds up the totals over every test binary
-/// (cargo's own last line is that of the last binary only).
-fn cargo_test(extra: &[String]) -> Result<TestCounts> {
+impl TestCounts {
+    fn describe(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
+impl Default for TestCounts {
+    fn default() -> Self {
+        TestCounts {
+            passed: 0,
+            failed: 0,
+            ignored: 0,
+            ok: true,
+        }
+    }
+}
+
+/// Runs a test command (`cargo test` or a test binary), streaming its output, and adds up
+/// the totals over every test binary (cargo's own last line is that of the last one only).
+fn run_tests(cmd: &mut Command) -> Result<TestCounts> {
     use std::io::{BufRead, BufReader};
-    let mut cmd = Command::new("cargo");
-    cmd.arg("test")
-        .args(extra)
-        .stdout(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped());
     eprintln!("+ {cmd:?}");
-    let mut child = cmd.spawn().context("spawning cargo test")?;
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    let mut counts = TestCounts::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
@@ -370,23 +701,17 @@ fn cargo_test(extra: &[String]) -> Result<TestCounts> {
                     && let Ok(n) = n.parse::<u64>()
                 {
                     match what {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
+                        "passed" => counts.passed += n,
+                        "failed" => counts.failed += n,
+                        "ignored" => counts.ignored += n,
                         _ => {}
                     }
                 }
             }
         }
     }
-    let status = child.wait()?;
-    Ok(TestCounts {
-        passed,
-        failed,
-        ignored,
-        ok: status.success(),
-        status,
-    })
+    counts.ok = child.wait()?.success();
+    Ok(counts)
 }
 
 /// A libFuzzer target in fuzz/fuzz_targets and the largest input it is given.

@@ -49,9 +49,9 @@ impl Harness {
             ..Config::default()
         };
         f(&mut cfg);
-        if cfg.database_url.is_none() {
-            // JIT_TEST_POSTGRES_URL runs the whole suite on PostgreSQL (a fresh database each).
-            cfg.database_url = fresh_postgres_database().await;
+        if cfg.database_url.is_none() && postgres_backend() {
+            // JIT_TEST_BACKEND=postgres: every harness on a fresh database (docs/testing.md).
+            cfg.database_url = Some(fresh_postgres_database().await);
         }
         let out = state::init(&dir, &cfg, &[]).await.expect("init");
         let server = start(&dir, &cfg).await.expect("start");
@@ -253,11 +253,33 @@ impl Harness {
     }
 }
 
-/// A new, empty database on the server named by `JIT_TEST_POSTGRES_URL` (e.g.
-/// `postgres://jit:pw@127.0.0.1:5432/postgres`), or None when it is not set.
-pub async fn fresh_postgres_database() -> Option<String> {
+/// Whether this run is on PostgreSQL: `JIT_TEST_BACKEND` is `sqlite` (the default) or
+/// `postgres`; unset, `JIT_TEST_POSTGRES_URL` means postgres. Anything else stops the test
+/// rather than silently testing SQLite.
+pub fn postgres_backend() -> bool {
+    match std::env::var("JIT_TEST_BACKEND").as_deref() {
+        Err(_) => std::env::var_os("JIT_TEST_POSTGRES_URL").is_some(),
+        Ok("" | "sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("JIT_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// A new, empty PostgreSQL database: on this test binary's throwaway cluster (started on
+/// first use by jitgate-testpg, removed when the binary exits), or on the server named by
+/// `JIT_TEST_POSTGRES_URL` when set (a URL of a role that may create databases, e.g.
+/// `postgres://jit:pw@127.0.0.1:5432/postgres`).
+pub async fn fresh_postgres_database() -> String {
     use sqlx::Connection;
-    let base = std::env::var("JIT_TEST_POSTGRES_URL").ok()?;
+    let Ok(base) = std::env::var("JIT_TEST_POSTGRES_URL") else {
+        return tokio::task::spawn_blocking(|| {
+            jitgate_testpg::Cluster::shared().and_then(|c| c.create_database())
+        })
+        .await
+        .expect("join")
+        .expect("a database on the test cluster (cargo xtask setup installs PostgreSQL)")
+        .url;
+    };
     sqlx::any::install_default_drivers();
     let name = format!("jit_test_{}", jitgate_controller::ids::new_token_id());
     let mut admin = sqlx::AnyConnection::connect(&base)
@@ -266,8 +288,14 @@ pub async fn fresh_postgres_database() -> Option<String> {
     sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str())
         .await
         .expect("create database");
-    let (prefix, _) = base.rsplit_once('/').expect("URL with a database");
-    Some(format!("{prefix}/{name}"))
+    let (url, query) = base.split_once('?').unwrap_or((&base, ""));
+    let (prefix, _) = url.rsplit_once('/').expect("URL with a database");
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{prefix}/{name}{query}")
 }
 
 pub fn one_port(vm: &str, port: Value) -> Value {
