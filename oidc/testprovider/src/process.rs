@@ -22,7 +22,7 @@ pub const CLI_CLIENT_ID: &str = "jitgate-cli";
 const CLI_REDIRECT: &str = "http://127.0.0.1/callback";
 
 /// How long the provider may take to start on a busy machine.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A person known to the provider.
 #[derive(Clone, Debug)]
@@ -103,6 +103,19 @@ impl TestProvider {
     /// Installs the npm packages if needed, starts the provider over TLS with a certificate
     /// from `ca`, and waits until it listens.
     pub async fn start(ca: Arc<TestCa>, setup: &Setup) -> Result<TestProvider, HarnessError> {
+        // Seen once in CI-like runs on a loaded 2-core machine: a provider that printed its
+        // runtime warning and then never its ready line. A second process, started fresh,
+        // comes up; a provider that fails for any other reason fails the test at once.
+        match TestProvider::start_once(ca.clone(), setup).await {
+            Err(e) if e.0.contains("did not start (timed out)") => {
+                eprintln!("OpenID test provider: first start timed out, starting a fresh one: {e}");
+                TestProvider::start_once(ca, setup).await
+            }
+            r => r,
+        }
+    }
+
+    async fn start_once(ca: Arc<TestCa>, setup: &Setup) -> Result<TestProvider, HarnessError> {
         let dir_path = tokio::task::spawn_blocking(crate::ensure_installed)
             .await
             .map_err(|e| HarnessError::new("npm install task", e))??;
