@@ -4,6 +4,11 @@
 //! and one link per interface. Dropping a `Dataplane`, or killing the process, leaves
 //! enforcement in place; only [`Dataplane::detach`] and [`remove_pins`] take it away.
 
+mod prefilter;
+
+use prefilter::Prefilter;
+pub use prefilter::PrefilterKey;
+
 use crate::clock::BootInstant;
 use crate::cover::{CoverIndex, MapOp, Scope};
 use crate::error::Error;
@@ -18,10 +23,11 @@ use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xd
 use aya::{Ebpf, EbpfLoader};
 use jitgate_common::{
     Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4, GrantKeyV6,
-    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, limits, names, port_flags,
-    programs, protected_index,
+    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, UPGRADABLE_FROM, limits, names,
+    port_flags, programs, protected_index,
 };
 use std::collections::HashMap;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -170,38 +176,39 @@ struct GrantMaps {
     lpm_v6: LpmTrie<MapData, GrantKeyV6, GrantEntry>,
 }
 
+/// BPF_NOEXIST: create only. Tells a new entry from a rewrite, which the prefilter needs.
+const BPF_NOEXIST: u64 = 1;
+
+fn is_eexist(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
 impl GrantMaps {
-    fn put(&mut self, scope: &Scope, entry: &GrantEntry) -> Result<(), Error> {
+    /// Writes an entry; returns whether the key is new to the map.
+    fn put(&mut self, scope: &Scope, entry: &GrantEntry) -> Result<bool, Error> {
         let p = scope.prefix();
         match GrantKey::new(scope.proto, scope.port, &p) {
-            GrantKey::V4(k) if scope.is_host() => self
-                .host_v4
-                .insert(k, entry, 0)
-                .map_err(Error::map(names::GRANTS_V4)),
-            GrantKey::V6(k) if scope.is_host() => self
-                .host_v6
-                .insert(k, entry, 0)
-                .map_err(Error::map(names::GRANTS_V6)),
-            GrantKey::V4(k) => self
-                .lpm_v4
-                .insert(
-                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
-                    entry,
-                    0,
-                )
-                .map_err(Error::map(names::GRANTS_LPM_V4)),
-            GrantKey::V6(k) => self
-                .lpm_v6
-                .insert(
-                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
-                    entry,
-                    0,
-                )
-                .map_err(Error::map(names::GRANTS_LPM_V6)),
+            GrantKey::V4(k) if scope.is_host() => {
+                upsert(|f| self.host_v4.insert(k, entry, f)).map_err(Error::map(names::GRANTS_V4))
+            }
+            GrantKey::V6(k) if scope.is_host() => {
+                upsert(|f| self.host_v6.insert(k, entry, f)).map_err(Error::map(names::GRANTS_V6))
+            }
+            GrantKey::V4(k) => {
+                let key = Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k);
+                upsert(|f| self.lpm_v4.insert(&key, entry, f))
+                    .map_err(Error::map(names::GRANTS_LPM_V4))
+            }
+            GrantKey::V6(k) => {
+                let key = Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k);
+                upsert(|f| self.lpm_v6.insert(&key, entry, f))
+                    .map_err(Error::map(names::GRANTS_LPM_V6))
+            }
         }
     }
 
-    fn delete(&mut self, scope: &Scope) -> Result<(), Error> {
+    /// Deletes an entry; returns whether it was there.
+    fn delete(&mut self, scope: &Scope) -> Result<bool, Error> {
         let p = scope.prefix();
         let r = match GrantKey::new(scope.proto, scope.port, &p) {
             GrantKey::V4(k) if scope.is_host() => self.host_v4.remove(&k),
@@ -214,21 +221,53 @@ impl GrantMaps {
                 .remove(&Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k)),
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Already gone is the state we want.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(Error::map(names::GRANTS_V4)(e)),
         }
     }
 
-    fn apply(&mut self, ops: &[MapOp]) -> Result<(), Error> {
+    /// Applies `ops` in order, keeping the prefilter in step: a new key's bits are set as
+    /// soon as its entry exists, a removed key's bits cleared only once its entry is gone.
+    fn apply(&mut self, ops: &[MapOp], pf: &mut Prefilter) -> Result<(), Error> {
         for op in ops {
             match op {
-                MapOp::Put(s, e) => self.put(s, e)?,
-                MapOp::Delete(s) => self.delete(s)?,
+                MapOp::Put(s, e) => {
+                    if self.put(s, e)? {
+                        pf.add(&prefilter_key(s));
+                    }
+                }
+                MapOp::Delete(s) => {
+                    if self.delete(s)? {
+                        pf.remove(&prefilter_key(s));
+                    }
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Creates the entry, or rewrites it if it exists; true if it was created.
+fn upsert(
+    mut insert: impl FnMut(u64) -> Result<(), aya::maps::MapError>,
+) -> Result<bool, aya::maps::MapError> {
+    match insert(BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if is_eexist(&e) => insert(0).map(|()| false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The prefilter key of a grant-map entry.
+fn prefilter_key(s: &Scope) -> PrefilterKey {
+    let p = s.prefix();
+    PrefilterKey {
+        proto: s.proto.number(),
+        port: s.port.get(),
+        len: p.prefix_len(),
+        addr: p.addr(),
     }
 }
 
@@ -243,6 +282,7 @@ pub struct Dataplane {
     policy: HashMap<u32, u8>,
     grant_maps: GrantMaps,
     cover: CoverIndex,
+    prefilter: Prefilter,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, DataplaneConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -264,6 +304,9 @@ impl Dataplane {
     pub fn open(opts: &DataplaneOptions) -> Result<Self, Error> {
         let pin_dir = crate::bpffs::ensure_pin_dir(&opts.pin_dir)?;
         let adopted = check_layout(&pin_dir)?;
+        let prefilter_blocks = 2
+            * (limits::prefilter_capacity(opts.limits.host_grants)
+                + limits::prefilter_capacity(opts.limits.prefix_grants));
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
@@ -271,7 +314,8 @@ impl Dataplane {
             .map_max_entries(names::GRANTS_V6, opts.limits.host_grants)
             .map_max_entries(names::GRANTS_LPM_V4, opts.limits.prefix_grants)
             .map_max_entries(names::GRANTS_LPM_V6, opts.limits.prefix_grants)
-            .map_max_entries(names::FLOWS, opts.limits.flows);
+            .map_max_entries(names::FLOWS, opts.limits.flows)
+            .map_max_entries(names::PREFILTER, prefilter_blocks);
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         for name in [programs::ENFORCE, programs::ENFORCE_L3] {
             let prog: &mut Xdp = ebpf
@@ -306,6 +350,29 @@ impl Dataplane {
             .map_err(Error::map(names::CONFIG))?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
         let events = Some(take(&mut ebpf, names::EVENTS)?);
+        let prefilter = {
+            let blocks = ebpf
+                .map(names::PREFILTER)
+                .ok_or(Error::MissingMap(names::PREFILTER))?;
+            let ctl = ebpf
+                .map(names::PREFILTER_CTL)
+                .ok_or(Error::MissingMap(names::PREFILTER_CTL))?;
+            let (Map::Array(blocks), Map::Array(ctl)) = (blocks, ctl) else {
+                return Err(Error::MissingMap(names::PREFILTER));
+            };
+            let total = blocks
+                .info()
+                .map_err(Error::map(names::PREFILTER))?
+                .max_entries();
+            Prefilter::open(
+                blocks.fd().as_fd(),
+                total,
+                ctl.fd().as_fd(),
+                opts.limits.host_grants,
+                opts.limits.prefix_grants,
+                adopted,
+            )?
+        };
         let policy = protected
             .iter()
             .map(|(k, v)| (*k, v & port_flags::POLICY_MASK))
@@ -319,6 +386,7 @@ impl Dataplane {
             policy,
             grant_maps,
             cover: CoverIndex::new(),
+            prefilter,
             flows,
             config,
             counters,
@@ -555,15 +623,16 @@ impl Dataplane {
     ) -> Result<(), Error> {
         let previous = self.cover.get(&id);
         let ops = self.cover.insert(id, &spec, expires.0);
-        if let Err(e) = self.grant_maps.apply(&ops) {
+        if let Err(e) = self.grant_maps.apply(&ops, &mut self.prefilter) {
             // Restore the index and the maps to the state before this call.
             let undo = match &previous {
                 Some((s, exp)) => self.cover.insert(id, s, *exp),
                 None => self.cover.remove(&id).unwrap_or_default(),
             };
-            let _ = self.grant_maps.apply(&undo);
+            let _ = self.grant_maps.apply(&undo, &mut self.prefilter);
             return Err(e);
         }
+        self.resize_prefilter();
         let idx = slot(spec.protocol, spec.port);
         // The entry is written before the flag that makes the kernel look at it.
         self.write_slot(idx)?;
@@ -591,7 +660,8 @@ impl Dataplane {
     pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
         let (spec, _) = self.cover.get(id).ok_or(Error::UnknownGrant(*id))?;
         let ops = self.cover.remove(id).unwrap_or_default();
-        self.grant_maps.apply(&ops)?;
+        self.grant_maps.apply(&ops, &mut self.prefilter)?;
+        self.resize_prefilter();
         self.write_slot(slot(spec.protocol, spec.port))
     }
 
@@ -621,7 +691,9 @@ impl Dataplane {
         let desired: Vec<(Scope, GrantEntry)> =
             self.cover.entries().map(|(s, e)| (*s, *e)).collect();
         for (s, e) in &desired {
-            self.grant_maps.put(s, e)?;
+            if self.grant_maps.put(s, e)? {
+                self.prefilter.add(&prefilter_key(s));
+            }
             let p = s.prefix();
             let lpm_len = GrantKey::lpm_prefix_len(p.prefix_len());
             match GrantKey::new(s.proto, s.port, &p) {
@@ -644,12 +716,45 @@ impl Dataplane {
         prune_hash(&mut m.host_v6, &want_v6h);
         prune_lpm(&mut m.lpm_v4, &want_v4p);
         prune_lpm(&mut m.lpm_v6, &want_v6p);
+        // The maps now hold exactly `desired`: count the filter from scratch.
+        self.prefilter
+            .rebuild(desired.iter().map(|(s, _)| prefilter_key(s)));
         let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
         slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
         for idx in slots {
             self.write_slot(idx)?;
         }
         Ok(())
+    }
+
+    /// Resizes the prefilter regions whose key counts left their size's range. Each is
+    /// rebuilt from the full key set (the maps' contents) while not filtering.
+    fn resize_prefilter(&mut self) {
+        if self.prefilter.resize_wanted() {
+            let keys: Vec<PrefilterKey> = self
+                .cover
+                .entries()
+                .map(|(s, _)| prefilter_key(s))
+                .collect();
+            self.prefilter.resize(keys.into_iter());
+        }
+    }
+
+    /// Blocks of the prefilter in use per region (host IPv4, prefix IPv4, host IPv6, prefix
+    /// IPv6; 0: not filtering), and whether its counts match the maps.
+    pub fn prefilter_state(&self) -> ([u32; 4], bool) {
+        (self.prefilter.blocks_in_use(), self.prefilter.is_exact())
+    }
+
+    /// Benchmarks only: turn the denial prefilter off (or back on) to measure the lookups
+    /// without it in the same run.
+    pub fn set_prefilter_enabled(&mut self, on: bool) {
+        let keys: Vec<PrefilterKey> = self
+            .cover
+            .entries()
+            .map(|(s, _)| prefilter_key(s))
+            .collect();
+        self.prefilter.set_enabled(on, keys.into_iter());
     }
 
     /// Raw write of one host entry, bypassing the grant table. Benchmarks use it as the floor
@@ -813,7 +918,9 @@ fn std_error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Returns whether maps are already pinned (adoption), after checking their layout version.
+/// Returns whether maps are already pinned (adoption), after checking their layout version:
+/// this one, or an older one whose maps this program reads the same (upgraded in place: the
+/// maps added since are created empty, and `open` stamps the current version).
 fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
     let path = pin_dir.join(names::CONFIG);
     if !path.exists() {
@@ -831,7 +938,7 @@ fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
         Err(_) => return Err(mismatch(0)),
     };
     let cfg = arr.get(&0, 0).map_err(Error::map(names::CONFIG))?;
-    if cfg.layout_version != LAYOUT_VERSION {
+    if cfg.layout_version != LAYOUT_VERSION && !UPGRADABLE_FROM.contains(&cfg.layout_version) {
         return Err(mismatch(cfg.layout_version));
     }
     Ok(true)

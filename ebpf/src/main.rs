@@ -17,12 +17,14 @@ use aya_ebpf::{
 };
 use jitgate_common::{
     ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
-    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
-    event::FAMILY_V4, limits, port_flags,
+    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, PrefilterBlock, PrefilterCtl,
+    RateWindow, SourceBucket, event::FAMILY_V4, limits, port_flags, prefilter,
 };
 use parse::{Ip16, Link, Parsed, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// User space writes the prefilter through a shared mapping: one atomic store per word.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_NOEXIST: u64 = 1;
 
 #[map(name = "JG_PROTECTED")]
@@ -59,6 +61,12 @@ static RATE: PerCpuArray<RateWindow> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "JG_CLOCK")]
 static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "JG_PREFILTER")]
+static PREFILTER: Array<PrefilterBlock> = Array::pinned(limits::PREFILTER_BLOCKS, BPF_F_MMAPABLE);
+
+#[map(name = "JG_PREFILT_CTL")]
+static PREFILTER_CTL: Array<PrefilterCtl> = Array::pinned(1, BPF_F_MMAPABLE);
 
 #[map(name = "JG_SRC_RATE")]
 static SRC_RATE: LruHashMap<SourceBucket, u64> = LruHashMap::pinned(limits::SRC_RATE, 0);
@@ -319,24 +327,28 @@ fn touch(f: &mut FlowEntry, now: u64) {
 }
 
 /// The grant entry covering the source: exact host entry first, then the longest prefix.
-/// Each map is consulted only if the slot's flags say some grant on this pair lives there.
-/// Each entry already holds the latest end of every grant covering it (see `GrantEntry`).
+/// Each map is consulted only if the slot's flags say some grant on this pair lives there,
+/// and the prefilter does not rule the key out. Each entry already holds the latest end of
+/// every grant covering it (see `GrantEntry`).
 #[inline(always)]
 fn lookup_grant(p: &Parsed, flags: u8, saddr: &Ip16) -> Option<GrantEntry> {
     let port = p.dport.to_be_bytes();
+    let ctl = PREFILTER_CTL.get(0);
     if p.family == FAMILY_V4 {
         let key = GrantKeyV4 {
             proto: p.proto,
             port,
             addr: (saddr.0[0] as u32).to_le_bytes(),
         };
-        if flags & port_flags::HOST_V4 != 0 {
+        // Numeric (host order) address for the prefilter hash.
+        let addr = (saddr.0[0] as u32).swap_bytes();
+        if flags & port_flags::HOST_V4 != 0 && maybe_host_v4(ctl, p, addr) {
             // SAFETY: the value is copied out at once.
             if let Some(e) = unsafe { GRANTS_V4.get(&key) } {
                 return Some(*e);
             }
         }
-        if flags & port_flags::PREFIX_V4 == 0 {
+        if flags & port_flags::PREFIX_V4 == 0 || !maybe_prefix_v4(ctl, p, addr) {
             return None;
         }
         GRANTS_LPM_V4
@@ -348,19 +360,147 @@ fn lookup_grant(p: &Parsed, flags: u8, saddr: &Ip16) -> Option<GrantEntry> {
             port,
             addr: saddr.bytes(),
         };
-        if flags & port_flags::HOST_V6 != 0 {
+        let hi = saddr.0[0].swap_bytes();
+        let lo = saddr.0[1].swap_bytes();
+        if flags & port_flags::HOST_V6 != 0 && maybe_host_v6(ctl, p, hi, lo) {
             // SAFETY: the value is copied out at once.
             if let Some(e) = unsafe { GRANTS_V6.get(&key) } {
                 return Some(*e);
             }
         }
-        if flags & port_flags::PREFIX_V6 == 0 {
+        if flags & port_flags::PREFIX_V6 == 0 || !maybe_prefix_v6(ctl, p, hi, lo) {
             return None;
         }
         GRANTS_LPM_V6
             .get(Key::new(KEY_PREFIX_BITS + 128, key))
             .copied()
     }
+}
+
+/// A region's geometry word, read once (user space replaces it with one 8-byte store).
+#[inline(always)]
+fn geometry(ctl: Option<&PrefilterCtl>, region: usize) -> u64 {
+    match ctl {
+        // SAFETY: a map value field, aligned; read once.
+        Some(c) => unsafe { core::ptr::read_volatile(&c.geometry[region]) },
+        None => 0,
+    }
+}
+
+/// Whether the key with hash `h` may be in the region described by `g`. A region that is
+/// not filtering (0) says "maybe", as does a missing block (cannot happen: user space sizes
+/// regions inside the array).
+#[inline(always)]
+fn maybe(g: u64, h: u64) -> bool {
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    let idx = prefilter::base(g).wrapping_add(prefilter::block_of(h, prefilter::mask(g)));
+    let Some(b) = PREFILTER.get_ptr(idx) else {
+        return true;
+    };
+    let mut hit = true;
+    let mut i = 0;
+    while i < prefilter::BITS_PER_KEY {
+        let bit = prefilter::bit_of(h, i);
+        // SAFETY: `bit >> 6` < 8 = words per block; a map value pointer, valid for this run.
+        let w = unsafe { core::ptr::read_volatile((b as *const u64).add((bit >> 6) as usize)) };
+        hit &= w & (1u64 << (bit & 63)) != 0;
+        i += 1;
+    }
+    hit
+}
+
+#[inline(always)]
+fn seed(ctl: Option<&PrefilterCtl>) -> u64 {
+    match ctl {
+        Some(c) => c.seed,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn maybe_host_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
+    let g = geometry(ctl, prefilter::HOST_V4);
+    g & prefilter::VALID == 0 || maybe(g, prefilter::hash_v4(seed(ctl), p.proto, p.dport, 32, addr))
+}
+
+#[inline(always)]
+fn maybe_host_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
+    let g = geometry(ctl, prefilter::HOST_V6);
+    g & prefilter::VALID == 0
+        || maybe(
+            g,
+            prefilter::hash_v6(seed(ctl), p.proto, p.dport, 128, hi, lo),
+        )
+}
+
+/// Whether any shorter prefix length in use may hold a key covering `addr`. Probes at most
+/// `MAX_PROBED_LENS` lengths; with more in use, "maybe".
+#[inline(always)]
+fn maybe_prefix_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
+    let g = geometry(ctl, prefilter::PREFIX_V4);
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    let Some(c) = ctl else {
+        return true;
+    };
+    // SAFETY: a map value field, aligned; read once.
+    let mut lens = unsafe { core::ptr::read_volatile(&c.lens_v4) };
+    let seed = c.seed;
+    let mut n = 0;
+    while n < prefilter::MAX_PROBED_LENS {
+        if lens == 0 {
+            return false;
+        }
+        let len = 63 - lens.leading_zeros();
+        lens &= !(1u64 << len);
+        let len = len as u8;
+        let h = prefilter::hash_v4(seed, p.proto, p.dport, len, prefilter::mask_v4(addr, len));
+        if maybe(g, h) {
+            return true;
+        }
+        n += 1;
+    }
+    lens != 0
+}
+
+/// The same for IPv6: lengths /64../127 live in word 1, /0../63 in word 0.
+#[inline(always)]
+fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
+    let g = geometry(ctl, prefilter::PREFIX_V6);
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    let Some(c) = ctl else {
+        return true;
+    };
+    // SAFETY: map value fields, aligned; each read once.
+    let mut upper = unsafe { core::ptr::read_volatile(&c.lens_v6[1]) };
+    let mut lower = unsafe { core::ptr::read_volatile(&c.lens_v6[0]) };
+    let seed = c.seed;
+    let mut n = 0;
+    while n < prefilter::MAX_PROBED_LENS {
+        let len = if upper != 0 {
+            let b = 63 - upper.leading_zeros();
+            upper &= !(1u64 << b);
+            64 + b
+        } else if lower != 0 {
+            let b = 63 - lower.leading_zeros();
+            lower &= !(1u64 << b);
+            b
+        } else {
+            return false;
+        };
+        let len = len as u8;
+        let (mh, ml) = prefilter::mask_v6(hi, lo, len);
+        if maybe(g, prefilter::hash_v6(seed, p.proto, p.dport, len, mh, ml)) {
+            return true;
+        }
+        n += 1;
+    }
+    upper != 0 || lower != 0
 }
 
 /// Denial events are limited twice: a per-CPU budget per second (so a flood from many
