@@ -283,6 +283,21 @@ pub mod prefilter {
     /// At most this many shorter prefix lengths per family are probed per packet; with more
     /// in use, the prefix class is not filtered (the trie is consulted).
     pub const MAX_PROBED_LENS: u32 = 8;
+    /// A lengths word with more lengths in use than it holds: "maybe" for every source.
+    pub const LENS_OVERFLOW: u64 = u64::MAX;
+
+    /// The lengths word for `lens` (shorter prefix lengths in use): length + 1 per byte from
+    /// the low byte, 0 for an empty byte, [`LENS_OVERFLOW`] for more than 8 lengths.
+    pub fn lens_word(lens: impl IntoIterator<Item = u8>) -> u64 {
+        let mut w = 0u64;
+        for (i, l) in lens.into_iter().enumerate() {
+            if i as u32 >= MAX_PROBED_LENS {
+                return LENS_OVERFLOW;
+            }
+            w |= u64::from(l.saturating_add(1)) << (8 * i);
+        }
+        w
+    }
     /// Set in a geometry word that is in use.
     pub const VALID: u64 = 1 << 63;
 
@@ -381,10 +396,11 @@ pub struct PrefilterCtl {
     /// Per region ([`prefilter::HOST_V4`], ...): 0 (not filtering) or a
     /// [`prefilter::geometry`] word.
     pub geometry: [u64; prefilter::REGIONS],
-    /// Shorter prefix lengths in use by some IPv4 grant: bit L for /L (L < 32).
+    /// Shorter prefix lengths in use by some IPv4 grant ([`prefilter::lens_word`]).
     pub lens_v4: u64,
-    /// The same for IPv6: bit L % 64 of word L / 64 (L < 128).
-    pub lens_v6: [u64; 2],
+    /// The same for IPv6.
+    pub lens_v6: u64,
+    pub _reserved: u64,
     /// Hash seed, chosen when the maps are created.
     pub seed: u64,
     /// Blocks reserved per region, in order, from block 0 (user space's bookkeeping; the
@@ -486,6 +502,41 @@ mod tests {
             }
             GrantKey::V4(_) => panic!("expected v6"),
         }
+    }
+
+    #[test]
+    fn lens_words_list_up_to_eight_lengths() {
+        assert_eq!(prefilter::lens_word([]), 0);
+        assert_eq!(prefilter::lens_word([24, 0]), 25 | 1 << 8);
+        assert_eq!(prefilter::lens_word([127]), 128);
+        assert_eq!(prefilter::lens_word(0..8), 0x0807_0605_0403_0201);
+        assert_eq!(prefilter::lens_word(0..9), prefilter::LENS_OVERFLOW);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix_bits() {
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 24), 0xc633_6400);
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 0), 0);
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 32), 0xc633_64ff);
+        assert_eq!(
+            prefilter::mask_v6(u64::MAX, u64::MAX, 48),
+            (0xffff_ffff_ffff_0000, 0)
+        );
+        assert_eq!(prefilter::mask_v6(u64::MAX, u64::MAX, 64), (u64::MAX, 0));
+        assert_eq!(
+            prefilter::mask_v6(u64::MAX, u64::MAX, 65),
+            (u64::MAX, 1 << 63)
+        );
+        assert_eq!(prefilter::mask_v6(7, 9, 128), (7, 9));
+        assert_eq!(prefilter::mask_v6(7, 9, 0), (0, 0));
+    }
+
+    #[test]
+    fn geometry_words_round_trip() {
+        let g = prefilter::geometry(4096, 511);
+        assert!(g & prefilter::VALID != 0);
+        assert_eq!(prefilter::base(g), 4096);
+        assert_eq!(prefilter::mask(g), 511);
     }
 
     #[test]

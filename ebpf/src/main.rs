@@ -435,72 +435,69 @@ fn maybe_host_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bo
         )
 }
 
-/// Whether any shorter prefix length in use may hold a key covering `addr`. Probes at most
-/// `MAX_PROBED_LENS` lengths; with more in use, "maybe".
+/// Whether any shorter prefix length in use may hold a key covering `addr`. The lengths
+/// word lists up to `MAX_PROBED_LENS` of them; with more in use it says "maybe".
 #[inline(always)]
 fn maybe_prefix_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
     let g = geometry(ctl, prefilter::PREFIX_V4);
-    if g & prefilter::VALID == 0 {
-        return true;
-    }
     let Some(c) = ctl else {
         return true;
     };
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
     // SAFETY: a map value field, aligned; read once.
-    let mut lens = unsafe { core::ptr::read_volatile(&c.lens_v4) };
+    let lens = unsafe { core::ptr::read_volatile(&c.lens_v4) };
+    if lens == prefilter::LENS_OVERFLOW {
+        return true;
+    }
     let seed = c.seed;
-    let mut n = 0;
-    while n < prefilter::MAX_PROBED_LENS {
-        if lens == 0 {
+    let mut i = 0;
+    while i < prefilter::MAX_PROBED_LENS {
+        let b = (lens >> (8 * i)) & 0xff;
+        if b == 0 {
             return false;
         }
-        let len = 63 - lens.leading_zeros();
-        lens &= !(1u64 << len);
-        let len = len as u8;
+        let len = (b - 1) as u8;
         let h = prefilter::hash_v4(seed, p.proto, p.dport, len, prefilter::mask_v4(addr, len));
         if maybe(g, h) {
             return true;
         }
-        n += 1;
+        i += 1;
     }
-    lens != 0
+    false
 }
 
-/// The same for IPv6: lengths /64../127 live in word 1, /0../63 in word 0.
+/// The same for IPv6.
 #[inline(always)]
 fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
     let g = geometry(ctl, prefilter::PREFIX_V6);
-    if g & prefilter::VALID == 0 {
-        return true;
-    }
     let Some(c) = ctl else {
         return true;
     };
-    // SAFETY: map value fields, aligned; each read once.
-    let mut upper = unsafe { core::ptr::read_volatile(&c.lens_v6[1]) };
-    let mut lower = unsafe { core::ptr::read_volatile(&c.lens_v6[0]) };
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    // SAFETY: a map value field, aligned; read once.
+    let lens = unsafe { core::ptr::read_volatile(&c.lens_v6) };
+    if lens == prefilter::LENS_OVERFLOW {
+        return true;
+    }
     let seed = c.seed;
-    let mut n = 0;
-    while n < prefilter::MAX_PROBED_LENS {
-        let len = if upper != 0 {
-            let b = 63 - upper.leading_zeros();
-            upper &= !(1u64 << b);
-            64 + b
-        } else if lower != 0 {
-            let b = 63 - lower.leading_zeros();
-            lower &= !(1u64 << b);
-            b
-        } else {
+    let mut i = 0;
+    while i < prefilter::MAX_PROBED_LENS {
+        let b = (lens >> (8 * i)) & 0xff;
+        if b == 0 {
             return false;
-        };
-        let len = len as u8;
+        }
+        let len = (b - 1) as u8;
         let (mh, ml) = prefilter::mask_v6(hi, lo, len);
         if maybe(g, prefilter::hash_v6(seed, p.proto, p.dport, len, mh, ml)) {
             return true;
         }
-        n += 1;
+        i += 1;
     }
-    upper != 0 || lower != 0
+    false
 }
 
 /// Denial events are limited twice: a per-CPU budget per second (so a flood from many

@@ -54,12 +54,7 @@ fn layout1_host_is_upgraded_without_a_missing_or_extra_grant() {
 
     let far = BootInstant::now().saturating_add(Duration::from_secs(3600));
     let past = BootInstant(BootInstant::now().0.saturating_sub(1_000_000_000));
-    let (host_ok, net_ok, host_old, inner_old) = (
-        GrantId::random(),
-        GrantId::random(),
-        GrantId::random(),
-        GrantId::random(),
-    );
+    let (host_ok, net_ok, host_old) = (GrantId::random(), GrantId::random(), GrantId::random());
 
     // --- The layout-1 agent's state, written as that agent wrote it. ---
     let link_pin = {

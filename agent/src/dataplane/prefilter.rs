@@ -343,7 +343,7 @@ impl Prefilter {
             if let Some(n) = self.lens.get_mut(slot) {
                 *n += 1;
                 if *n == 1 {
-                    self.set_len_bit(key.is_v6(), key.len, true);
+                    self.store_lens(key.is_v6());
                 }
             }
         }
@@ -387,25 +387,30 @@ impl Prefilter {
             if let Some(n) = self.lens.get_mut(slot) {
                 *n = n.saturating_sub(1);
                 if *n == 0 && exact {
-                    self.set_len_bit(key.is_v6(), key.len, false);
+                    self.store_lens(key.is_v6());
                 }
             }
         }
     }
 
-    fn set_len_bit(&self, v6: bool, len: u8, on: bool) {
-        let (word, bit) = if v6 {
-            (ctl_word::LENS_V6 + usize::from(len) / 64, len % 64)
+    /// Rewrites the lengths word of a family from the counts (one atomic store).
+    fn store_lens(&self, v6: bool) {
+        let (word, lens) = if v6 {
+            (
+                ctl_word::LENS_V6,
+                (0..128u8)
+                    .filter(|l| self.lens[v6_len_slot(*l)] > 0)
+                    .collect::<Vec<u8>>(),
+            )
         } else {
-            (ctl_word::LENS_V4, len)
+            (
+                ctl_word::LENS_V4,
+                (0..32u8)
+                    .filter(|l| self.lens[usize::from(*l)] > 0)
+                    .collect::<Vec<u8>>(),
+            )
         };
-        if let Some(w) = self.ctl.word(word) {
-            if on {
-                w.fetch_or(1 << bit, Ordering::Release);
-            } else {
-                w.fetch_and(!(1 << bit), Ordering::Release);
-            }
-        }
+        self.ctl_store(word, prefilter::lens_word(lens));
     }
 
     /// Whether some region holds far more or fewer keys than its size is meant for, so that
@@ -443,25 +448,12 @@ impl Prefilter {
                 *n += 1;
             }
         }
-        let mut v4 = 0u64;
-        let mut v6 = [0u64; 2];
-        for len in 0..32u8 {
-            if self.lens[usize::from(len)] > 0 {
-                v4 |= 1 << len;
-            }
-        }
-        for len in 0..128u8 {
-            if self.lens[v6_len_slot(len)] > 0 {
-                v6[usize::from(len / 64)] |= 1 << (len % 64);
-            }
-        }
-        // Not filtering while rewritten, so stale length bits can go too.
+        // Not filtering while rewritten, so stale lengths can go too.
         for r in 0..prefilter::REGIONS {
             self.ctl_store(ctl_word::GEOMETRY + r, 0);
         }
-        self.ctl_store(ctl_word::LENS_V4, v4);
-        self.ctl_store(ctl_word::LENS_V6, v6[0]);
-        self.ctl_store(ctl_word::LENS_V6 + 1, v6[1]);
+        self.store_lens(false);
+        self.store_lens(true);
         self.exact = true;
         for (r, keys) in per.into_iter().enumerate() {
             self.rebuild_region(r, keys.into_iter());
@@ -499,6 +491,14 @@ impl Prefilter {
         let seed = self.seed;
         let reg = &mut self.regions[r];
         let blocks = blocks_for(keys.len() as u64, reg.capacity);
+        // Blocks a larger size used before: cleared, so that a later growth starts clean.
+        let stale = (reg.base as usize + blocks as usize) * prefilter::BLOCK_WORDS
+            ..(reg.base as usize + reg.blocks.max(blocks) as usize) * prefilter::BLOCK_WORDS;
+        for i in stale {
+            if let Some(w) = self.blocks.word(i) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
         reg.blocks = blocks;
         reg.keys = keys.len() as u64;
         reg.counts = vec![0; blocks as usize * prefilter::BLOCK_BITS as usize];
