@@ -1,11 +1,16 @@
 //! Loads, adopts, attaches and feeds the XDP program.
 //!
 //! Everything the kernel enforces with is pinned under one pin directory: the maps (by name)
-//! and one link per interface. Dropping a `Dataplane`, or killing the process, leaves
+//! and one link (or dispatcher-slot marker) per interface; see `hooks` for where the program
+//! runs beside other programs. Dropping a `Dataplane`, or killing the process, leaves
 //! enforcement in place; only [`Dataplane::detach`] and [`remove_pins`] take it away.
 
+mod hooks;
+mod multiprog;
 mod prefilter;
+mod rtnl;
 
+pub use hooks::{Ahead, Hook, HookProblem, HookStatus};
 use prefilter::Prefilter;
 pub use prefilter::PrefilterKey;
 
@@ -118,6 +123,8 @@ pub enum AttachMode {
     Driver,
     /// Generic (skb) XDP: the driver has no native support.
     Generic,
+    /// tcx ingress (not XDP: the XDP hook holds a program that is not dispatcher-aware).
+    Tcx,
 }
 
 impl AttachMode {
@@ -125,6 +132,7 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Generic => "generic",
+            AttachMode::Tcx => "tcx",
         }
     }
 
@@ -132,6 +140,7 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "drv",
             AttachMode::Generic => "skb",
+            AttachMode::Tcx => "in",
         }
     }
 }
@@ -143,8 +152,13 @@ pub struct Attachment {
     pub mode: AttachMode,
     /// Which program runs there: the Ethernet one or the one for tunnels (from the IP header).
     pub link: LinkLayer,
-    /// An already pinned link was updated in place (atomic program replacement, no gap).
+    /// The program already ran there and was replaced in place (atomic: a link update or a
+    /// dispatcher swap; no gap).
     pub replaced: bool,
+    /// Which hook it runs at, and where in that hook's chain (0: first) of how many.
+    pub hook: Hook,
+    pub position: u32,
+    pub programs: u32,
 }
 
 /// Counter totals over all CPUs.
@@ -288,6 +302,12 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     adopted: bool,
+    /// libxdp's state directory (`xdp/` on the pin directory's bpffs).
+    xdp_state: PathBuf,
+    /// Ids of jitgate's dispatcher components, of this version and pinned by earlier ones.
+    our_ext_ids: std::collections::HashSet<u32>,
+    /// Link layers whose extension program this process has loaded.
+    ext_loaded: Vec<LinkLayer>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -373,6 +393,13 @@ impl Dataplane {
                 adopted,
             )?
         };
+        let mut our_ext_ids = std::collections::HashSet::new();
+        for l in [LinkLayer::Ethernet, LinkLayer::Ip] {
+            if let Ok(i) = aya::programs::ProgramInfo::from_pin(hooks_ext_pin(&pin_dir, l)) {
+                our_ext_ids.insert(i.id());
+            }
+        }
+        let xdp_state = bpffs_root(&pin_dir).join("xdp");
         let policy = protected
             .iter()
             .map(|(k, v)| (*k, v & port_flags::POLICY_MASK))
@@ -392,6 +419,9 @@ impl Dataplane {
             counters,
             events,
             adopted,
+            xdp_state,
+            our_ext_ids,
+            ext_loaded: Vec::new(),
         })
     }
 
@@ -434,6 +464,9 @@ impl Dataplane {
                         mode,
                         link,
                         replaced: true,
+                        hook: Hook::XdpLink,
+                        position: 0,
+                        programs: 1,
                     });
                 }
                 // The device this link was made for is gone; the name now belongs to a new
@@ -445,6 +478,10 @@ impl Dataplane {
                 Err(ReplaceError::Other(e)) => return Err(e),
             }
         }
+        if let Some(a) = self.attach_shared(iface, link)? {
+            return Ok(a);
+        }
+        // No dispatcher object on this host and the XDP hook is free: a link of our own.
         let prog = self.program(link)?;
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Driver),
@@ -483,6 +520,9 @@ impl Dataplane {
             mode,
             link,
             replaced: false,
+            hook: Hook::XdpLink,
+            position: 0,
+            programs: 1,
         })
     }
 
@@ -510,7 +550,7 @@ impl Dataplane {
     }
 
     fn link_pin_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
-        self.pin_dir.join(link_pin_name(iface, mode))
+        self.pin_dir.join(link_pin_name("link", iface, mode))
     }
 
     fn pinned_link(&self, iface: &str) -> Option<(PathBuf, AttachMode)> {
@@ -551,12 +591,22 @@ impl Dataplane {
         problems
     }
 
-    /// Removes enforcement from `iface`: unpinning the link detaches the program.
+    /// Removes enforcement from `iface` (call in its network namespace): unpinning an XDP or
+    /// tcx link detaches the program; in a dispatcher, jitgate's slot is removed and the
+    /// other programs keep running.
     pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
-        let (path, _) = self
-            .pinned_link(iface)
-            .ok_or_else(|| Error::NotAttached(iface.to_string()))?;
-        std::fs::remove_file(&path)?;
+        if let Some((path, _)) = self.pinned_link(iface) {
+            std::fs::remove_file(&path)?;
+        } else if hooks::tcx_pin(&self.pin_dir, iface).exists() {
+            std::fs::remove_file(hooks::tcx_pin(&self.pin_dir, iface))?;
+        } else if [AttachMode::Driver, AttachMode::Generic]
+            .iter()
+            .any(|m| hooks::dispatcher_pin(&self.pin_dir, iface, *m).exists())
+        {
+            self.leave_dispatcher(iface)?;
+        } else {
+            return Err(Error::NotAttached(iface.to_string()));
+        }
         tracing::info!(iface, "detached");
         Ok(())
     }
@@ -961,12 +1011,16 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, AttachMode)>, Error> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(pin_dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("link_") else {
+        let Some(rest) = ["link_", "xdpd_", "tcx_"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+        else {
             continue;
         };
         let (iface, mode) = match rest.rsplit_once('_') {
             Some((i, "drv")) => (i, AttachMode::Driver),
             Some((i, "skb")) => (i, AttachMode::Generic),
+            Some((i, "in")) => (i, AttachMode::Tcx),
             _ => continue,
         };
         out.push((decode_iface(iface), mode));
@@ -975,10 +1029,32 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, AttachMode)>, Error> {
     Ok(out)
 }
 
-/// bpffs refuses names with a dot, which interface names may have (`eth0.100`).
-fn link_pin_name(iface: &str, mode: AttachMode) -> String {
+/// bpffs refuses names with a dot, which interface names may have (`eth0.100`). `kind`:
+/// `link` (an XDP link), `xdpd` (a dispatcher slot's marker), `tcx` (a tcx link).
+fn link_pin_name(kind: &str, iface: &str, mode: AttachMode) -> String {
     let enc = iface.replace('%', "%25").replace('.', "%2e");
-    format!("link_{enc}_{}", mode.pin_suffix())
+    format!("{kind}_{enc}_{}", mode.pin_suffix())
+}
+
+/// Pin of jitgate's dispatcher component program for `link` (see `hooks`).
+fn hooks_ext_pin(pin_dir: &Path, link: LinkLayer) -> PathBuf {
+    pin_dir.join(match link {
+        LinkLayer::Ethernet => "xdpd_prog_eth",
+        LinkLayer::Ip => "xdpd_prog_l3",
+    })
+}
+
+/// The mount point of the bpffs holding `dir`: the root libxdp's `LIBXDP_BPFFS` names.
+fn bpffs_root(dir: &Path) -> PathBuf {
+    let mut root = dir.to_path_buf();
+    while let Some(parent) = root.parent() {
+        if crate::bpffs::is_bpffs(parent) {
+            root = parent.to_path_buf();
+        } else {
+            break;
+        }
+    }
+    root
 }
 
 fn decode_iface(enc: &str) -> String {
@@ -991,9 +1067,15 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for (iface, mode) in list_links(pin_dir)? {
-        let p = pin_dir.join(link_pin_name(&iface, mode));
-        std::fs::remove_file(p)?;
+    for entry in std::fs::read_dir(pin_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if ["link_", "xdpd_", "tcx_"].iter().any(|p| name.starts_with(p)) {
+            std::fs::remove_file(path)?;
+        }
     }
     for name in names::ALL {
         let p = pin_dir.join(name);

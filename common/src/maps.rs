@@ -58,6 +58,10 @@ pub mod programs {
     /// The enforcing program for devices without a link-layer header (tunnels): the same
     /// maps and verdicts, parsing from the IP header.
     pub const ENFORCE_L3: &str = "jitgate_l3";
+    /// The enforcing program at tcx ingress (Ethernet devices).
+    pub const ENFORCE_TC: &str = "jitgate_tc";
+    /// The enforcing program at tcx ingress for devices without a link-layer header.
+    pub const ENFORCE_TC_L3: &str = "jitgate_tc_l3";
     /// Returns XDP_PASS and nothing else: the floor for benchmarks.
     pub const FLOOR_PASS: &str = "jitgate_floor";
     /// Returns XDP_DROP and nothing else: the receive-side floor for flood benchmarks.

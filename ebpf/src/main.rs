@@ -11,16 +11,16 @@ mod parse;
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use jitgate_common::{
     ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
     GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, PrefilterBlock, PrefilterCtl,
     RateWindow, SourceBucket, event::FAMILY_V4, limits, port_flags, prefilter,
 };
-use parse::{Ip16, Link, Parsed, Verdict};
+use parse::{Ip16, Link, Parsed, Pkt, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// User space writes the prefilter through a shared mapping: one atomic store per word.
@@ -84,10 +84,45 @@ pub fn jitgate_l3(ctx: XdpContext) -> u32 {
     verdict(&ctx, Link::Ip)
 }
 
+/// tcx: pass to the next program of the chain (TC_ACT_UNSPEC), or drop.
+const TCX_NEXT: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+/// Bytes made linear before parsing at tc: every header the parser walks in practice. Longer
+/// header chains read past it and are dropped as malformed (fail closed).
+const TC_PULL: u32 = 512;
+
+/// The same enforcement at tcx ingress, where an interface's XDP hook holds a program that
+/// is not dispatcher-aware. A VLAN tag the stack took into the skb's metadata counts as one
+/// of the two tags walked. Passing hands the packet on to the next tcx program.
+#[classifier]
+pub fn jitgate_tc(ctx: TcContext) -> i32 {
+    tc(&ctx, Link::Ethernet)
+}
+
+/// tcx ingress on devices without a link-layer header (tunnels).
+#[classifier]
+pub fn jitgate_tc_l3(ctx: TcContext) -> i32 {
+    tc(&ctx, Link::Ip)
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, link: Link) -> i32 {
+    let want = core::cmp::min(ctx.len(), TC_PULL);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Failure leaves the linear part as it is: the parser then drops what it cannot see.
+        let _ = ctx.pull_data(want);
+    }
+    if verdict(ctx, link) == xdp_action::XDP_PASS {
+        TCX_NEXT
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
 /// Everything after the link layer is shared; `link` is a constant in each entry point, so
 /// each one compiles to its own straight-line path.
 #[inline(always)]
-fn verdict(ctx: &XdpContext, link: Link) -> u32 {
+fn verdict<C: Pkt>(ctx: &C, link: Link) -> u32 {
     match parse::parse(ctx, link) {
         Verdict::Decided(action, counter) => {
             count(counter);
@@ -119,7 +154,7 @@ fn count(c: Counter) {
 
 /// A TCP/UDP packet whose ports are known: decide.
 #[inline(always)]
-fn enforce(ctx: &XdpContext, p: &Parsed) -> u32 {
+fn enforce<C: Pkt>(ctx: &C, p: &Parsed) -> u32 {
     let idx = ((p.proto == parse::IPPROTO_UDP) as u32) << 16 | p.dport as u32;
     let flags = match PROTECTED.get(idx) {
         Some(f) => *f,
@@ -294,7 +329,7 @@ fn boot_ns() -> u64 {
 }
 
 #[inline(always)]
-fn deny(ctx: &XdpContext, p: &Parsed, saddr: &Ip16, daddr: &Ip16, reason: Counter) -> u32 {
+fn deny<C: Pkt>(ctx: &C, p: &Parsed, saddr: &Ip16, daddr: &Ip16, reason: Counter) -> u32 {
     count(reason);
     if deny_event_allowed(p, saddr) {
         emit(
@@ -551,8 +586,8 @@ fn deny_event_allowed(p: &Parsed, saddr: &Ip16) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(
-    ctx: &XdpContext,
+fn emit<C: Pkt>(
+    ctx: &C,
     p: &Parsed,
     saddr: &Ip16,
     daddr: &Ip16,
@@ -574,7 +609,7 @@ fn emit(
                 family: p.family,
                 proto: p.proto,
                 reason: reason as u8,
-                ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+                ifindex: ctx.ifindex(),
                 _pad: 0,
             });
             e.submit(0);

@@ -223,6 +223,7 @@ const PACKAGES: &[&str] = &[
     // The tunnel test's real WireGuard (userspace: the kernel may lack the module).
     "wireguard-go",
     "wireguard-tools",
+    "xdp-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Builds with the installed toolchains (stable 1.95 installs it; the targets build with
