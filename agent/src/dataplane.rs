@@ -308,6 +308,8 @@ pub struct Dataplane {
     our_ext_ids: std::collections::HashSet<u32>,
     /// Link layers whose extension program this process has loaded.
     ext_loaded: Vec<LinkLayer>,
+    /// Why extensions cannot be loaded here (the kernel refused one): no dispatcher.
+    ext_refused: Option<String>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -422,6 +424,7 @@ impl Dataplane {
             xdp_state,
             our_ext_ids,
             ext_loaded: Vec::new(),
+            ext_refused: None,
         })
     }
 
@@ -1073,7 +1076,10 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if ["link_", "xdpd_", "tcx_"].iter().any(|p| name.starts_with(p)) {
+        if ["link_", "xdpd_", "tcx_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             std::fs::remove_file(path)?;
         }
     }

@@ -1,10 +1,16 @@
-//! jitgate beside other XDP programs, through libxdp's dispatcher protocol, against the real
-//! `xdp-loader` (xdp-tools, installed by `cargo xtask setup`): programs loaded before and
-//! after the agent all run, jitgate first, its verdicts unchanged; a program placed ahead of
-//! it and its slot unloaded by `xdp-loader` are reported by the agent's check; enforcement
-//! outlives the agent and is adopted by the next one. Verdicts are run through the
-//! dispatcher the interface holds at that moment (BPF_PROG_TEST_RUN), with the kernel's run
-//! counts showing which components ran.
+//! jitgate beside other XDP programs, against the real `xdp-loader` (xdp-tools, installed by
+//! `cargo xtask setup`). Which path runs depends on the kernel: libxdp's dispatcher needs
+//! freplace extensions (BPF_PROG_TYPE_EXT); a kernel that refuses them (as the development
+//! machines' does, to root too) makes `xdp-loader` itself fall back to loading its program
+//! alone, which jitgate must not replace: it goes to tcx ingress. Each test asserts the path
+//! the kernel allows and says which one ran.
+//!
+//! Dispatcher path: programs loaded before and after the agent all run, jitgate first, its
+//! verdicts unchanged (BPF_PROG_TEST_RUN through the dispatcher the interface holds, the
+//! kernel's run counts showing which components ran); a program placed ahead of it and its
+//! slot unloaded by `xdp-loader` are reported; enforcement outlives the agent and is adopted.
+//! tcx path: the other program keeps the XDP hook and runs, jitgate enforces at tcx on real
+//! connections, is reported behind it, outlives the agent and is adopted.
 
 use jitgate_agent::dataplane::{Hook, HookProblem};
 use jitgate_agent::{
@@ -61,12 +67,7 @@ fn xdp_prog(lab: &Lab, iface: &str) -> u32 {
         .split("prog/xdp id ")
         .nth(1)
         .unwrap_or_else(|| panic!("no XDP program on {iface}: {text}"));
-    after
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    after.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn in_vm<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> T {
@@ -102,97 +103,225 @@ fn check_chain(lab: &Lab, iface: &str, after: u32) {
     assert_eq!(r2 - r1, 0, "and not after jitgate dropped");
 }
 
-#[test]
-fn shares_the_xdp_hook_with_xdp_loader_programs() {
-    if !require_root() {
-        return;
-    }
-    let obj = |n: &str| format!("{OBJ_DIR}/{n}");
-    assert!(
-        Path::new(&obj("xdp-dispatcher.o")).exists(),
-        "libxdp's dispatcher object (xdp-tools, via cargo xtask setup)"
-    );
-    jitgate_agent::bpffs::ensure_pin_dir(Path::new(TEST_PIN_ROOT)).unwrap();
-    let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("mp"));
-    let _guard = PinGuard(pin_dir.clone());
-    let lab = Lab::new(1).unwrap();
-    let iface = lab.clients[0].vm_iface.clone();
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
-
-    let mut dp = open(&pin_dir);
+fn setup(lab: &Lab, pin_dir: &Path) -> (Dataplane, PathBuf) {
+    let mut dp = open(pin_dir);
     let bpffs = dp.xdp_state_dir().parent().unwrap().to_path_buf();
     dp.set_protected(&["22/tcp".parse().unwrap()]).unwrap();
     let end = BootInstant::now().saturating_add(Duration::from_secs(3600));
-    let spec = GrantSpec {
-        protocol: jitgate_common::Protocol::Tcp,
-        port: jitgate_common::Port::new(22).unwrap(),
-        source: GRANTED.parse().unwrap(),
-    };
-    dp.add_grant(GrantId::random(), spec, end).unwrap();
+    for src in [GRANTED.to_string(), lab.clients[0].v4.to_string()] {
+        let spec = GrantSpec {
+            protocol: jitgate_common::Protocol::Tcp,
+            port: jitgate_common::Port::new(22).unwrap(),
+            source: src.parse().unwrap(),
+        };
+        dp.add_grant(GrantId::random(), spec, end).unwrap();
+    }
+    (dp, bpffs)
+}
 
-    // Before the agent: another tool's program (xdp-filter's deny-mode UDP filter, empty:
-    // it passes everything and counts).
-    loader(&lab, &bpffs, &["load", "-m", "native", &iface, &obj("xdpfilt_dny_udp.o")]);
-    let first = prog_by_name("xdpfilt_dny_udp").unwrap().id();
-    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
-    assert_eq!(a.hook, Hook::XdpDispatcher, "{a:?}");
-    assert_eq!((a.position, a.programs), (0, 2), "{a:?}");
-    check_chain(&lab, &iface, first);
-    let status = loader(&lab, &bpffs, &["status", &iface]);
+/// Real connections to the vm's port 22: from the granted client address, and from a second
+/// address of the same client without a grant.
+fn check_traffic(lab: &Lab) {
+    let dst = std::net::SocketAddr::from((lab.clients[0].vm_v4, 22));
     assert!(
-        status.contains("jitgate") && status.contains("xdpfilt_dny_udp"),
-        "xdp-loader sees both: {status}"
+        lab.tcp_connects(0, None, dst, Duration::from_secs(2)),
+        "granted connection"
     );
+    let other: std::net::IpAddr = "198.51.100.77".parse().unwrap();
+    assert!(
+        !lab.tcp_connects(0, Some(other), dst, Duration::from_millis(500)),
+        "refused connection"
+    );
+}
 
-    // After the agent: a third program, loaded by xdp-loader into jitgate's dispatcher.
-    loader(&lab, &bpffs, &["load", "-m", "native", &iface, &obj("xdpfilt_dny_tcp.o")]);
-    let third = prog_by_name("xdpfilt_dny_tcp").unwrap().id();
-    let st = in_vm(&lab, || dp.hook_status(&iface).unwrap());
-    assert_eq!((st.position, st.programs, &st.problem), (0, 3, &None), "{st:?}");
-    check_chain(&lab, &iface, first);
-    check_chain(&lab, &iface, third);
+fn obj(n: &str) -> String {
+    format!("{OBJ_DIR}/{n}")
+}
 
-    // A program placed ahead of jitgate (priority 5 < jitgate's 10) is reported.
+fn env(lab: &Lab) -> (PathBuf, PinGuard) {
+    jitgate_agent::bpffs::ensure_pin_dir(Path::new(TEST_PIN_ROOT)).unwrap();
+    let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("mp"));
+    lab.tcp_server(22, false).unwrap();
+    lab.add_client_addr(0, "198.51.100.77/24").unwrap();
+    (pin_dir.clone(), PinGuard(pin_dir))
+}
+
+/// Another tool's program first, then the agent.
+#[test]
+fn xdp_loader_program_before_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new(1).unwrap();
+    let iface = lab.clients[0].vm_iface.clone();
+    let (pin_dir, _guard) = env(&lab);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let (mut dp, bpffs) = setup(&lab, &pin_dir);
     loader(
         &lab,
         &bpffs,
-        &["load", "-m", "native", "-P", "5", &iface, &obj("xdpfilt_dny_all.o")],
+        &["load", "-m", "native", &iface, &obj("xdpfilt_alw_udp.o")],
     );
-    let ahead = prog_by_name("xdpfilt_dny_all").unwrap().id();
+    let other = prog_by_name("xdpfilt_alw_udp").unwrap().id();
+    let dispatched = loader(&lab, &bpffs, &["status", &iface]).contains("xdp_dispatcher");
+    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
+    if dispatched {
+        eprintln!("path: libxdp dispatcher");
+        assert_eq!(a.hook, Hook::XdpDispatcher, "{a:?}");
+        assert_eq!((a.position, a.programs), (0, 2), "{a:?}");
+        check_chain(&lab, &iface, other);
+        dispatcher_life(&lab, &iface, &bpffs, &pin_dir, dp, other);
+        return;
+    }
+    eprintln!("path: the kernel refuses extensions, xdp-loader loaded its program alone: tcx");
+    assert_eq!(a.hook, Hook::TcxIngress, "{a:?}");
+    assert_eq!(
+        xdp_prog(&lab, &iface),
+        other,
+        "the other program keeps the XDP hook"
+    );
+    let r0 = runs(other);
+    check_traffic(&lab);
+    assert!(runs(other) > r0, "the XDP program ran on that traffic");
     let st = in_vm(&lab, || dp.hook_status(&iface).unwrap());
     assert_eq!(st.problem, Some(HookProblem::NotFirst), "{st:?}");
-    assert_eq!(st.position, 1);
-    assert_eq!(st.ahead[0].id, ahead, "{st:?}");
-    check_chain(&lab, &iface, third);
-    loader(&lab, &bpffs, &["unload", &iface, "-i", &ahead.to_string()]);
+    assert_eq!(st.ahead[0].id, other, "{st:?}");
+    // Fail closed with no agent, then adopted by the next one.
+    drop(dp);
+    check_traffic(&lab);
+    let mut dp = open(&pin_dir);
+    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
+    assert!(a.replaced && a.hook == Hook::TcxIngress, "{a:?}");
+    check_traffic(&lab);
+    in_vm(&lab, || dp.detach(&iface).unwrap());
+    assert_eq!(
+        xdp_prog(&lab, &iface),
+        other,
+        "detach leaves the other program"
+    );
+    loader(&lab, &bpffs, &["unload", "-a", &iface]);
+}
 
-    // jitgate's slot unloaded by another tool: reported, and restored by attaching again.
+/// The agent first, then another tool's program.
+#[test]
+fn xdp_loader_program_after_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new(1).unwrap();
+    let iface = lab.clients[0].vm_iface.clone();
+    let (pin_dir, _guard) = env(&lab);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let (mut dp, bpffs) = setup(&lab, &pin_dir);
+    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
+    check_traffic(&lab);
+    if a.hook == Hook::XdpDispatcher {
+        eprintln!("path: libxdp dispatcher");
+        loader(
+            &lab,
+            &bpffs,
+            &["load", "-m", "native", &iface, &obj("xdpfilt_alw_udp.o")],
+        );
+        let other = prog_by_name("xdpfilt_alw_udp").unwrap().id();
+        let st = in_vm(&lab, || dp.hook_status(&iface).unwrap());
+        assert_eq!(
+            (st.position, st.programs, &st.problem),
+            (0, 2, &None),
+            "{st:?}"
+        );
+        check_chain(&lab, &iface, other);
+        check_traffic(&lab);
+        dispatcher_life(&lab, &iface, &bpffs, &pin_dir, dp, other);
+        return;
+    }
+    // No dispatcher on this kernel: jitgate holds the XDP hook through its own link, and
+    // xdp-loader, which would have to replace it, is refused: nothing is silently replaced.
+    eprintln!("path: the kernel refuses extensions: jitgate's own XDP link");
+    assert_eq!(a.hook, Hook::XdpLink, "{a:?}");
+    let ours = xdp_prog(&lab, &iface);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.vm, "env"])
+        .arg(format!("LIBXDP_BPFFS={}", bpffs.display()))
+        .args([
+            "xdp-loader",
+            "load",
+            "-m",
+            "native",
+            &iface,
+            &obj("xdpfilt_alw_udp.o"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "xdp-loader must not replace jitgate");
+    assert_eq!(xdp_prog(&lab, &iface), ours, "jitgate still holds the hook");
+    check_traffic(&lab);
+    in_vm(&lab, || dp.detach(&iface).unwrap());
+}
+
+/// The dispatcher path's life: a third program after jitgate, one placed ahead (reported),
+/// jitgate's slot unloaded by xdp-loader (reported, restored), no agent (still enforcing),
+/// the next agent (adopts), detach (the others stay).
+fn dispatcher_life(
+    lab: &Lab,
+    iface: &str,
+    bpffs: &Path,
+    pin_dir: &Path,
+    mut dp: Dataplane,
+    first: u32,
+) {
+    loader(
+        lab,
+        bpffs,
+        &["load", "-m", "native", iface, &obj("xdpfilt_alw_tcp.o")],
+    );
+    let third = prog_by_name("xdpfilt_alw_tcp").unwrap().id();
+    let st = in_vm(lab, || dp.hook_status(iface).unwrap());
+    assert_eq!(
+        (st.position, st.programs, &st.problem),
+        (0, 3, &None),
+        "{st:?}"
+    );
+    check_chain(lab, iface, first);
+    check_chain(lab, iface, third);
+    loader(
+        lab,
+        bpffs,
+        &[
+            "load",
+            "-m",
+            "native",
+            "-P",
+            "5",
+            iface,
+            &obj("xdpfilt_alw_all.o"),
+        ],
+    );
+    let ahead = prog_by_name("xdpfilt_alw_all").unwrap().id();
+    let st = in_vm(lab, || dp.hook_status(iface).unwrap());
+    assert_eq!(st.problem, Some(HookProblem::NotFirst), "{st:?}");
+    assert_eq!((st.position, st.ahead[0].id), (1, ahead), "{st:?}");
+    loader(lab, bpffs, &["unload", iface, "-i", &ahead.to_string()]);
     let ours = prog_by_name("jitgate").unwrap().id();
-    loader(&lab, &bpffs, &["unload", &iface, "-i", &ours.to_string()]);
-    let st = in_vm(&lab, || dp.hook_status(&iface).unwrap());
+    loader(lab, bpffs, &["unload", iface, "-i", &ours.to_string()]);
+    let st = in_vm(lab, || dp.hook_status(iface).unwrap());
     assert!(
         matches!(st.problem, Some(HookProblem::Missing(_))),
         "{st:?}"
     );
-    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
+    let a = in_vm(lab, || dp.attach(iface).unwrap());
     assert_eq!(a.position, 0);
-    check_chain(&lab, &iface, first);
-
-    // Fail closed: the agent goes away, the chain keeps enforcing; the next one adopts it.
     drop(dp);
-    check_chain(&lab, &iface, first);
-    let mut dp = open(&pin_dir);
-    let a = in_vm(&lab, || dp.attach(&iface).unwrap());
-    assert!(a.replaced, "adopted: its old slot replaced in place: {a:?}");
+    check_chain(lab, iface, first);
+    let mut dp = open(pin_dir);
+    let a = in_vm(lab, || dp.attach(iface).unwrap());
+    assert!(a.replaced, "{a:?}");
     assert_eq!((a.position, a.programs), (0, 3), "{a:?}");
-    check_chain(&lab, &iface, third);
-    let status = loader(&lab, &bpffs, &["status", &iface]);
-    assert_eq!(status.matches("jitgate").count(), 1, "one jitgate slot: {status}");
-
-    // Detach: jitgate leaves, the others keep running.
-    in_vm(&lab, || dp.detach(&iface).unwrap());
-    let status = loader(&lab, &bpffs, &["status", &iface]);
-    assert!(!status.contains("jitgate"), "{status}");
-    assert!(status.contains("xdpfilt_dny_udp"), "{status}");
-    loader(&lab, &bpffs, &["unload", "-a", &iface]);
+    check_chain(lab, iface, third);
+    in_vm(lab, || dp.detach(iface).unwrap());
+    let status = loader(lab, bpffs, &["status", iface]);
+    assert!(
+        !status.contains("jitgate") && status.contains("xdpfilt_alw_udp"),
+        "{status}"
+    );
+    loader(lab, bpffs, &["unload", "-a", iface]);
 }

@@ -121,7 +121,23 @@ impl Dataplane {
     /// an older version's pin. Ids of every version seen are remembered as "ours".
     fn our_extension(&mut self, object: &Path, link: LinkLayer) -> Result<Extension, Error> {
         let pin = ext_pin(&self.pin_dir, link);
+        if let Some(why) = &self.ext_refused {
+            return Err(io(why.clone()));
+        }
         if !self.ext_loaded.contains(&link) {
+            match self.load_extension(object, link, &pin) {
+                Ok(()) => self.ext_loaded.push(link),
+                Err(e) => {
+                    self.ext_refused = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Extension::from_pin(&pin)?)
+    }
+
+    fn load_extension(&mut self, object: &Path, link: LinkLayer, pin: &Path) -> Result<(), Error> {
+        {
             let target = multiprog::load_target(object)?;
             let tprog: &aya::programs::Xdp = target
                 .program("xdp_dispatcher")
@@ -138,18 +154,17 @@ impl Dataplane {
                 .ok_or(Error::MissingProgram(name))?
                 .try_into()?;
             ext.load(tfd, "prog0")?;
-            if let Some(old) = program_id(&pin) {
+            if let Some(old) = program_id(pin) {
                 self.our_ext_ids.insert(old);
             }
-            let _ = std::fs::remove_file(&pin);
-            ext.pin(&pin).map_err(|e| Error::Pin {
-                path: pin.clone(),
+            let _ = std::fs::remove_file(pin);
+            ext.pin(pin).map_err(|e| Error::Pin {
+                path: pin.to_path_buf(),
                 reason: e.to_string(),
             })?;
             self.our_ext_ids.insert(ext.info()?.id());
-            self.ext_loaded.push(link);
         }
-        Ok(Extension::from_pin(&pin)?)
+        Ok(())
     }
 
     /// Attaches through the dispatcher protocol or at tcx, as the interface allows (see the
@@ -181,7 +196,18 @@ impl Dataplane {
         }
         let idx = ifindex(iface)?;
         let st = rtnl::query(idx).map_err(Error::Io)?;
-        let object = multiprog::dispatcher_object();
+        // The dispatcher needs libxdp's object and a kernel that loads freplace extensions
+        // (some refuse BPF_PROG_TYPE_EXT even to root: libxdp then falls back the same way).
+        let object = match multiprog::dispatcher_object() {
+            Some(o) => match self.our_extension(&o, link) {
+                Ok(_) => Some(o),
+                Err(e) => {
+                    tracing::warn!(iface, error = %e, "no XDP dispatcher: extensions cannot be loaded here");
+                    None
+                }
+            },
+            None => None,
+        };
         match (st.main(), object) {
             (None, None) => Ok(None),
             (None, Some(object)) => self.join_dispatcher(iface, link, &object).map(Some),

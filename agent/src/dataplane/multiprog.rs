@@ -103,7 +103,10 @@ pub struct Dispatcher {
 pub enum XdpHook {
     Empty,
     /// A program that is not a (version 2) dispatcher: its id and name.
-    Other { id: u32, name: String },
+    Other {
+        id: u32,
+        name: String,
+    },
     Dispatcher(Dispatcher),
 }
 

@@ -128,8 +128,8 @@ fn recv(sock: &OwnedFd, kind: u16) -> io::Result<Option<Vec<u8>>> {
         let mut off = 0usize;
         let n = n as usize;
         while off + 16 <= n {
-            let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
-                as usize;
+            let len =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
             let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
             if len < 16 || off + len > n {
                 return Err(io::Error::other("truncated netlink reply"));
