@@ -569,8 +569,9 @@ impl Dataplane {
     }
 
     /// What is wrong with enforcement, for the status report: the program not loaded, the
-    /// pinned maps not of this layout, or an interface in `attached` without its pinned link.
-    /// Empty when healthy.
+    /// pinned maps not of this layout, an interface in `attached` without its pinned link, or
+    /// not first at its hook / no longer there ([`Dataplane::hook_status`]; call in the
+    /// interfaces' network namespace). Empty when healthy.
     pub fn health<'a>(&mut self, attached: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = self.program_id() {
@@ -586,6 +587,30 @@ impl Dataplane {
                 for i in attached {
                     if !links.iter().any(|(name, _)| name == i) {
                         problems.push(format!("{i}: link no longer pinned (detached?)"));
+                        continue;
+                    }
+                    // Its place beside other programs: still there, and first?
+                    match self.hook_status(i) {
+                        Ok(HookStatus {
+                            problem: Some(p),
+                            hook,
+                            ahead,
+                            ..
+                        }) => problems.push(match p {
+                            HookProblem::Missing(why) => format!("{i}: {why}"),
+                            HookProblem::NotFirst => format!(
+                                "{i}: {} ahead of jitgate at {}: {}",
+                                ahead.len(),
+                                hook.as_str(),
+                                ahead
+                                    .iter()
+                                    .map(|a| format!("{} (id {}, {})", a.name, a.id, a.hook))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }),
+                        Ok(_) => {}
+                        Err(e) => problems.push(format!("{i}: {e}")),
                     }
                 }
             }

@@ -474,39 +474,37 @@ fn maybe_host_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bo
 /// word lists up to `MAX_PROBED_LENS` of them; with more in use it says "maybe".
 #[inline(always)]
 fn maybe_prefix_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
-    let g = geometry(ctl, prefilter::PREFIX_V4);
-    let Some(c) = ctl else {
-        return true;
-    };
-    if g & prefilter::VALID == 0 {
-        return true;
-    }
-    // SAFETY: a map value field, aligned; read once.
-    let lens = unsafe { core::ptr::read_volatile(&c.lens_v4) };
-    if lens == prefilter::LENS_OVERFLOW {
-        return true;
-    }
-    let seed = c.seed;
-    let mut i = 0;
-    while i < prefilter::MAX_PROBED_LENS {
-        let b = (lens >> (8 * i)) & 0xff;
-        if b == 0 {
-            return false;
-        }
-        let len = (b - 1) as u8;
-        let h = prefilter::hash_v4(seed, p.proto, p.dport, len, prefilter::mask_v4(addr, len));
-        if maybe(g, h) {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    probe_lens(
+        ctl,
+        prefilter::PREFIX_V4,
+        |c| &c.lens_v4,
+        |seed, len| prefilter::hash_v4(seed, p.proto, p.dport, len, prefilter::mask_v4(addr, len)),
+    )
 }
 
 /// The same for IPv6.
 #[inline(always)]
 fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
-    let g = geometry(ctl, prefilter::PREFIX_V6);
+    probe_lens(
+        ctl,
+        prefilter::PREFIX_V6,
+        |c| &c.lens_v6,
+        |seed, len| {
+            let (mh, ml) = prefilter::mask_v6(hi, lo, len);
+            prefilter::hash_v6(seed, p.proto, p.dport, len, mh, ml)
+        },
+    )
+}
+
+/// Probes `region` for each prefix length its lengths word lists, hashing with `hash`.
+#[inline(always)]
+fn probe_lens(
+    ctl: Option<&PrefilterCtl>,
+    region: usize,
+    word: impl Fn(&PrefilterCtl) -> &u64,
+    hash: impl Fn(u64, u8) -> u64,
+) -> bool {
+    let g = geometry(ctl, region);
     let Some(c) = ctl else {
         return true;
     };
@@ -514,7 +512,7 @@ fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> 
         return true;
     }
     // SAFETY: a map value field, aligned; read once.
-    let lens = unsafe { core::ptr::read_volatile(&c.lens_v6) };
+    let lens = unsafe { core::ptr::read_volatile(word(c)) };
     if lens == prefilter::LENS_OVERFLOW {
         return true;
     }
@@ -525,9 +523,7 @@ fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> 
         if b == 0 {
             return false;
         }
-        let len = (b - 1) as u8;
-        let (mh, ml) = prefilter::mask_v6(hi, lo, len);
-        if maybe(g, prefilter::hash_v6(seed, p.proto, p.dport, len, mh, ml)) {
+        if maybe(g, hash(seed, (b - 1) as u8)) {
             return true;
         }
         i += 1;

@@ -237,15 +237,22 @@ pub fn load_target(object: &Path) -> Result<aya::Ebpf, Error> {
         num_progs_enabled: 1,
         ..Config::default()
     };
+    Ok(load_dispatcher(object, &config)?.0)
+}
+
+/// The dispatcher object loaded with `config` as its `.rodata`; its program's fd and id.
+fn load_dispatcher(object: &Path, config: &Config) -> Result<(aya::Ebpf, ProgramFd, u32), Error> {
     let mut ebpf = EbpfLoader::new()
-        .override_global("conf", &config, true)
+        .override_global("conf", config, true)
         .load_file(object)?;
     let prog: &mut Xdp = ebpf
         .program_mut("xdp_dispatcher")
         .ok_or(Error::MissingProgram("xdp_dispatcher"))?
         .try_into()?;
     prog.load()?;
-    Ok(ebpf)
+    let fd = prog.fd()?.try_clone().map_err(io_err("dispatcher fd"))?;
+    let id = prog.info()?.id();
+    Ok((ebpf, fd, id))
 }
 
 pub fn build(
@@ -272,16 +279,7 @@ pub fn build(
         config.run_prios[i] = c.run_prio;
         config.program_flags[i] = c.flags;
     }
-    let mut ebpf = EbpfLoader::new()
-        .override_global("conf", &config, true)
-        .load_file(object)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("xdp_dispatcher")
-        .ok_or(Error::MissingProgram("xdp_dispatcher"))?
-        .try_into()?;
-    prog.load()?;
-    let fd = prog.fd()?.try_clone().map_err(io_err("dispatcher fd"))?;
-    let id = prog.info()?.id();
+    let (ebpf, fd, id) = load_dispatcher(object, &config)?;
     let dir = dir_of(state, ifindex, id);
     std::fs::create_dir_all(&dir).map_err(io_err("creating the dispatcher's pin directory"))?;
     let built = Built { ebpf, dir };

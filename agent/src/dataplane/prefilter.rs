@@ -41,6 +41,15 @@ impl PrefilterKey {
         }
     }
 
+    /// Its index in `Prefilter::lens` (IPv4 lengths first, then IPv6).
+    fn lens_slot(&self) -> usize {
+        if self.is_v6() {
+            v6_len_slot(self.len)
+        } else {
+            usize::from(self.len)
+        }
+    }
+
     fn hash(&self, seed: u64) -> u64 {
         match self.addr {
             IpAddr::V4(a) => prefilter::hash_v4(
@@ -335,11 +344,7 @@ impl Prefilter {
             }
         }
         if r == prefilter::PREFIX_V4 || r == prefilter::PREFIX_V6 {
-            let slot = if key.is_v6() {
-                v6_len_slot(key.len)
-            } else {
-                usize::from(key.len)
-            };
+            let slot = key.lens_slot();
             if let Some(n) = self.lens.get_mut(slot) {
                 *n += 1;
                 if *n == 1 {
@@ -379,11 +384,7 @@ impl Prefilter {
             }
         }
         if r == prefilter::PREFIX_V4 || r == prefilter::PREFIX_V6 {
-            let slot = if key.is_v6() {
-                v6_len_slot(key.len)
-            } else {
-                usize::from(key.len)
-            };
+            let slot = key.lens_slot();
             if let Some(n) = self.lens.get_mut(slot) {
                 *n = n.saturating_sub(1);
                 if *n == 0 && exact {
@@ -439,12 +440,7 @@ impl Prefilter {
             .iter()
             .chain(per[prefilter::PREFIX_V6].iter())
         {
-            let slot = if k.is_v6() {
-                v6_len_slot(k.len)
-            } else {
-                usize::from(k.len)
-            };
-            if let Some(n) = self.lens.get_mut(slot) {
+            if let Some(n) = self.lens.get_mut(k.lens_slot()) {
                 *n += 1;
             }
         }

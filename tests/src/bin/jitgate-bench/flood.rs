@@ -552,6 +552,7 @@ pub fn run(quick: bool) {
 }
 
 fn run_inner(quick: bool) -> Result<(), String> {
+    let load_start = super::load_average();
     let lab = Lab::new(1).map_err(|e| format!("lab: {e}"))?;
     let c = lab.clients[0].clone();
     let (IpAddr::V4(dst_v4), IpAddr::V6(dst_v6)) = (c.vm_v4, c.vm_v6) else {
@@ -672,11 +673,20 @@ fn run_inner(quick: bool) -> Result<(), String> {
             results.push((others + 1, *r, a));
         }
     }
-    print!("{}", report(&rig, &results, rounds, started.elapsed()));
+    print!(
+        "{}",
+        report(&rig, &results, rounds, started.elapsed(), &load_start)
+    );
     Ok(())
 }
 
-fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Duration) -> String {
+fn report(
+    rig: &Rig,
+    results: &[(u32, Receiver, Acc)],
+    rounds: usize,
+    took: Duration,
+    load_start: &str,
+) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let ipt = Command::new("iptables")
         .arg("-V")
@@ -690,11 +700,12 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
         .unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "Measured {} on kernel {}, {} CPUs; {nft}; {ipt}. {} s per flood window, {rounds} round(s) per receiver and grant level, receivers interleaved; whole run {:.0} s.\n\n",
+        "Measured {} on kernel {}, {} CPUs; {nft}; {ipt}. {} s per flood window, {rounds} round(s) per receiver and grant level, receivers interleaved; load average {load_start} at the start, {} at the end (other builds on both cores: the flood thread got a fraction of its CPU, see frames/s, while the per-frame CPU figures count only its own time); whole run {:.0} s.\n\n",
         super::chrono_date(),
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         rig.flood_for.as_secs_f64(),
+        super::load_average(),
         took.as_secs_f64()
     ));
     out.push_str(&format!(
@@ -715,6 +726,7 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
         s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let mut verdicts = Vec::new();
+    let mut notes = Vec::new();
     let mut max_user = 0.0f64;
     let mut min_kernel = 1.0f64;
     for level in results
@@ -778,8 +790,8 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
                 median_pps(&a.pps),
             ));
             if *r == Receiver::JitgateNoPrefilter {
-                verdicts.push(format!(
-                    "(information) jitgate's receive-side cost with the prefilter off at {level} grants/family: {recv:.0} ns, {:.0} ns above the prefilter's {ours_recv:.0} ns",
+                notes.push(format!(
+                    "jitgate's receive-side cost with the prefilter off at {level} grants/family: {recv:.0} ns, {:.0} ns above the prefilter's {ours_recv:.0} ns",
                     recv - ours_recv
                 ));
             }
@@ -813,6 +825,9 @@ fn report(rig: &Rig, results: &[(u32, Receiver, Acc)], rounds: usize, took: Dura
     ));
     for v in verdicts {
         out.push_str(&format!("- Target: {v}\n"));
+    }
+    for n in notes {
+        out.push_str(&format!("- {n}\n"));
     }
     out
 }

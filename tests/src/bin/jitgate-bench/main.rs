@@ -169,6 +169,7 @@ impl Bench {
 }
 
 fn dataplane(quick: bool, host_map: Option<u32>) {
+    let load_start = load_average();
     jitgate_agent::bpffs::ensure_pin_dir(std::path::Path::new(TEST_PIN_ROOT)).expect("bpffs");
     let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("bench"));
     let mut opts = DataplaneOptions::new(&pin_dir);
@@ -365,13 +366,17 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
         .unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "Measured {} on kernel {}, {} ({} CPUs). BPF_PROG_TEST_RUN, one TCP segment per run.\n\n",
+        "Measured {} on kernel {}, {} ({} CPUs). BPF_PROG_TEST_RUN, one TCP segment per run. \
+         Load average (1/5/15 min) {load_start} at the start and {} at the end: other builds shared both cores, \
+         so memory-bound figures (distinct sources) are slower than on an idle machine; compare each to its floor \
+         and to the prefilter-off rows of the same run.\n\n",
         chrono_date(),
         kernel.trim(),
         cpu,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        load_average()
     ));
     out.push_str(&format!(
         "- **Floor** (`jitgate_floor`, returns XDP_PASS and nothing else, same object, same run): \
@@ -379,7 +384,7 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
         b.repeat, b.distinct
     ));
     out.push_str("- \"One packet\": the same frame repeated (best of 3 runs); \"distinct sources\": the mean over distinct source addresses, each run once (repeat = 1), so caches and map lookups see a spread of keys. With repeat = 1 the kernel's per-run timer overhead is in both the figure and its floor.\n");
-    out.push_str("- Grants per family: host prefixes plus CIDRs (IPv4 /24, IPv6 /64) — 9 900 + 100 at the 10 000 level, 999 000 + 1 000 at the 1 000 000 level — on TCP 22, all active; both families installed at once. Granted sources are hosts with grants (hash hit); denied sources come from 198.18.0.0/15 and 2001:db8:ffff::/48 (hash miss, then LPM miss).\n\n");
+    out.push_str("- Grants per family: host prefixes plus CIDRs (IPv4 /24, IPv6 /64) — 9 900 + 100 at the 10 000 level, 999 000 + 1 000 at the 1 000 000 level — on TCP 22, all active; both families installed at once. Granted sources are hosts with grants (prefilter hit, hash hit); denied sources come from 198.18.0.0/15 and 2001:db8:ffff::/48 (the prefilter's host and /24 or /64 blocks; with the prefilter off, a hash miss and then an LPM miss).\n\n");
     out.push_str("| case | family | grants | one packet (ns) | − floor (ns) | × floor | distinct sources (ns) | − floor (ns) | × floor |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (case, fam, grants, one, many) in &rows {
         let (one_s, one_d, one_r) = if one.is_nan() {
@@ -494,8 +499,8 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
         "\nWhat limits it (IPv4, one packet): the floor is {floor_one:.0} ns, so 1.2× leaves {:.0} ns for all the work and 3× leaves {:.0} ns. \
          Parsing Ethernet/VLAN/IP/TCP, the protected-set array lookup and a per-CPU counter cost {:.0} ns (unprotected − floor). \
          A protected packet with no grant on the port needs no map lookup at all (the slot's flags say so) and costs {:.0} ns more \
-         (addresses, flow key, the event budget). Each hash or LPM lookup costs roughly 10-20 ns on this machine: a denied packet at \
-         {max_grants} grants does a host-hash miss and an LPM miss ({deny_max:.0} ns); a packet of an admitted flow does one 40-byte-key \
+         (addresses, flow key, the event budget). Each hash or LPM lookup costs roughly 10-20 ns on this machine when cached: a denied packet at \
+         {max_grants} grants reads two prefilter blocks and usually no map ({deny_max:.0} ns); a packet of an admitted flow does one 40-byte-key \
          LRU-hash lookup and reads the clock cache ({flow_max:.0} ns). Meeting 3× would need the whole protected path in one lookup \
          of under ~5 ns, which no BPF hash map offers.\n",
         floor_one * 0.2,
@@ -522,6 +527,14 @@ fn runtime2() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` prints them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 fn chrono_date() -> String {
