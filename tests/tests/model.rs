@@ -392,7 +392,7 @@ fn verdicts_equal_the_model_while_grants_come_and_go() {
     let seed = std::env::var("JITGATE_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0f_c0ffee_u64);
+        .unwrap_or(0x5eed_0fc0_ffee_u64);
     let mut r = Rng(seed);
     let far = BootInstant::now().saturating_add(Duration::from_secs(3600));
     let past = BootInstant(BootInstant::now().0.saturating_sub(1_000_000_000));

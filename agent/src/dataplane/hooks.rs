@@ -379,8 +379,8 @@ impl Dataplane {
             path: pin.clone(),
             reason: e.to_string(),
         })?;
-        let tl = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .map_err(|e| Error::from(io(e.to_string())))?;
+        let tl =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| io(e.to_string()))?;
         let prog = self.tc_program(link)?;
         let id = match prog.attach_to_link(tl) {
             Ok(id) => id,
