@@ -262,6 +262,7 @@ const PACKAGES: &[&str] = &[
     // The tunnel test's real WireGuard (userspace: the kernel may lack the module).
     "wireguard-go",
     "wireguard-tools",
+    "xdp-tools",
 ];
 /// Debian's PostgreSQL (server and psql), for the test clusters (jitgate-testpg); installed
 /// unless its server binaries are already there.
