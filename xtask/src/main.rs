@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod package;
+
 #[derive(Parser)]
 #[command(about = "jitgate developer tasks", long_about = None)]
 struct Cli {
@@ -37,6 +39,10 @@ enum Cmd {
     /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
     /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
     Demo,
+    /// Build the Debian packages jitgate-agent, jitgate-controller and jitgate-cli from the
+    /// release build (cargo-deb); `--test` also installs, upgrades, removes and purges them
+    /// in a throwaway Debian root (docs/operations.md).
+    Package(package::Args),
     /// Run the libFuzzer targets (fuzz/, docs/fuzzing.md) one after the other. A crash stops
     /// the run and names the input that caused it (under fuzz/artifacts/).
     Fuzz {
@@ -149,6 +155,10 @@ fn main() -> Result<()> {
             let runs = fuzz(&root, &targets, seconds, FuzzBuild::Thorough)?;
             fuzz_verdict(&runs)
         }
+        Cmd::Package(args) => {
+            setup()?;
+            package::main(&root, args)
+        }
         Cmd::Demo => {
             setup()?;
             run(Command::new("cargo").args(["build", "--bins"]))?;
@@ -232,6 +242,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 fn setup() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
+        .chain(package::APT_PACKAGES)
         .copied()
         .filter(|p| {
             !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
@@ -279,6 +290,8 @@ fn setup() -> Result<()> {
         ]))?;
     }
 
+    package::ensure_cargo_deb()?;
+
     let has_cargo_fuzz = output(Command::new("cargo").args(["fuzz", "--version"]))
         .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
     if !has_cargo_fuzz {
@@ -312,6 +325,9 @@ fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Resu
     // The end-to-end tests run the real binaries (jit-agent, ...).
     run(Command::new("cargo").args(["build", "--bins"]))?;
     let tests = cargo_test(extra)?;
+    if tests.ok {
+        package::test(root)?;
+    }
     let runs = if tests.ok && fuzz_seconds > 0 {
         let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
         fuzz(root, &all, fuzz_seconds, FuzzBuild::Quick)?
