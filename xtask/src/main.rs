@@ -326,7 +326,7 @@ fn test(root: &Path, no_lint: bool, fuzz_seconds: u64, extra: &[String]) -> Resu
     run(Command::new("cargo").args(["build", "--bins"]))?;
     let tests = cargo_test(extra)?;
     if tests.ok {
-        package::test(root)?;
+        package::test(root, package::Profile::Dev)?;
     }
     let runs = if tests.ok && fuzz_seconds > 0 {
         let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
