@@ -1080,8 +1080,13 @@ struct Booted<'a> {
 impl<'a> Booted<'a> {
     fn start(root: &'a Chroot, log: &Path) -> Result<Booted<'a>> {
         let log = std::fs::File::create(log)?;
-        let mut cmd = Command::new("systemd-nspawn");
+        // setpriv: if this process dies, nspawn is told to power the container off.
+        let mut cmd = Command::new("setpriv");
         cmd.args([
+            "--pdeathsig",
+            "TERM",
+            "--",
+            "systemd-nspawn",
             "--quiet",
             "--boot",
             "--private-network",
