@@ -1,8 +1,18 @@
 //! Loads, adopts, attaches and feeds the XDP program.
 //!
 //! Everything the kernel enforces with is pinned under one pin directory: the maps (by name)
-//! and one link per interface. Dropping a `Dataplane`, or killing the process, leaves
+//! and one link (or dispatcher-slot marker) per interface; see `hooks` for where the program
+//! runs beside other programs. Dropping a `Dataplane`, or killing the process, leaves
 //! enforcement in place; only [`Dataplane::detach`] and [`remove_pins`] take it away.
+
+mod hooks;
+mod multiprog;
+mod prefilter;
+mod rtnl;
+
+pub use hooks::{Ahead, Hook, HookProblem, HookStatus};
+use prefilter::Prefilter;
+pub use prefilter::PrefilterKey;
 
 use crate::clock::BootInstant;
 use crate::cover::{CoverIndex, MapOp, Scope};
@@ -18,10 +28,11 @@ use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xd
 use aya::{Ebpf, EbpfLoader};
 use jitgate_common::{
     Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4, GrantKeyV6,
-    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, limits, names, port_flags,
-    programs, protected_index,
+    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, UPGRADABLE_FROM, limits, names,
+    port_flags, programs, protected_index,
 };
 use std::collections::HashMap;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,6 +123,8 @@ pub enum AttachMode {
     Driver,
     /// Generic (skb) XDP: the driver has no native support.
     Generic,
+    /// tcx ingress (not XDP: the XDP hook holds a program that is not dispatcher-aware).
+    Tcx,
 }
 
 impl AttachMode {
@@ -119,6 +132,7 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Generic => "generic",
+            AttachMode::Tcx => "tcx",
         }
     }
 
@@ -126,6 +140,7 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "drv",
             AttachMode::Generic => "skb",
+            AttachMode::Tcx => "in",
         }
     }
 }
@@ -137,8 +152,13 @@ pub struct Attachment {
     pub mode: AttachMode,
     /// Which program runs there: the Ethernet one or the one for tunnels (from the IP header).
     pub link: LinkLayer,
-    /// An already pinned link was updated in place (atomic program replacement, no gap).
+    /// The program already ran there and was replaced in place (atomic: a link update or a
+    /// dispatcher swap; no gap).
     pub replaced: bool,
+    /// Which hook it runs at, and where in that hook's chain (0: first) of how many.
+    pub hook: Hook,
+    pub position: u32,
+    pub programs: u32,
 }
 
 /// Counter totals over all CPUs.
@@ -170,38 +190,39 @@ struct GrantMaps {
     lpm_v6: LpmTrie<MapData, GrantKeyV6, GrantEntry>,
 }
 
+/// BPF_NOEXIST: create only. Tells a new entry from a rewrite, which the prefilter needs.
+const BPF_NOEXIST: u64 = 1;
+
+fn is_eexist(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
 impl GrantMaps {
-    fn put(&mut self, scope: &Scope, entry: &GrantEntry) -> Result<(), Error> {
+    /// Writes an entry; returns whether the key is new to the map.
+    fn put(&mut self, scope: &Scope, entry: &GrantEntry) -> Result<bool, Error> {
         let p = scope.prefix();
         match GrantKey::new(scope.proto, scope.port, &p) {
-            GrantKey::V4(k) if scope.is_host() => self
-                .host_v4
-                .insert(k, entry, 0)
-                .map_err(Error::map(names::GRANTS_V4)),
-            GrantKey::V6(k) if scope.is_host() => self
-                .host_v6
-                .insert(k, entry, 0)
-                .map_err(Error::map(names::GRANTS_V6)),
-            GrantKey::V4(k) => self
-                .lpm_v4
-                .insert(
-                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
-                    entry,
-                    0,
-                )
-                .map_err(Error::map(names::GRANTS_LPM_V4)),
-            GrantKey::V6(k) => self
-                .lpm_v6
-                .insert(
-                    &Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k),
-                    entry,
-                    0,
-                )
-                .map_err(Error::map(names::GRANTS_LPM_V6)),
+            GrantKey::V4(k) if scope.is_host() => {
+                upsert(|f| self.host_v4.insert(k, entry, f)).map_err(Error::map(names::GRANTS_V4))
+            }
+            GrantKey::V6(k) if scope.is_host() => {
+                upsert(|f| self.host_v6.insert(k, entry, f)).map_err(Error::map(names::GRANTS_V6))
+            }
+            GrantKey::V4(k) => {
+                let key = Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k);
+                upsert(|f| self.lpm_v4.insert(&key, entry, f))
+                    .map_err(Error::map(names::GRANTS_LPM_V4))
+            }
+            GrantKey::V6(k) => {
+                let key = Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k);
+                upsert(|f| self.lpm_v6.insert(&key, entry, f))
+                    .map_err(Error::map(names::GRANTS_LPM_V6))
+            }
         }
     }
 
-    fn delete(&mut self, scope: &Scope) -> Result<(), Error> {
+    /// Deletes an entry; returns whether it was there.
+    fn delete(&mut self, scope: &Scope) -> Result<bool, Error> {
         let p = scope.prefix();
         let r = match GrantKey::new(scope.proto, scope.port, &p) {
             GrantKey::V4(k) if scope.is_host() => self.host_v4.remove(&k),
@@ -214,21 +235,53 @@ impl GrantMaps {
                 .remove(&Key::new(GrantKey::lpm_prefix_len(p.prefix_len()), k)),
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             // Already gone is the state we want.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(Error::map(names::GRANTS_V4)(e)),
         }
     }
 
-    fn apply(&mut self, ops: &[MapOp]) -> Result<(), Error> {
+    /// Applies `ops` in order, keeping the prefilter in step: a new key's bits are set as
+    /// soon as its entry exists, a removed key's bits cleared only once its entry is gone.
+    fn apply(&mut self, ops: &[MapOp], pf: &mut Prefilter) -> Result<(), Error> {
         for op in ops {
             match op {
-                MapOp::Put(s, e) => self.put(s, e)?,
-                MapOp::Delete(s) => self.delete(s)?,
+                MapOp::Put(s, e) => {
+                    if self.put(s, e)? {
+                        pf.add(&prefilter_key(s));
+                    }
+                }
+                MapOp::Delete(s) => {
+                    if self.delete(s)? {
+                        pf.remove(&prefilter_key(s));
+                    }
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Creates the entry, or rewrites it if it exists; true if it was created.
+fn upsert(
+    mut insert: impl FnMut(u64) -> Result<(), aya::maps::MapError>,
+) -> Result<bool, aya::maps::MapError> {
+    match insert(BPF_NOEXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if is_eexist(&e) => insert(0).map(|()| false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The prefilter key of a grant-map entry.
+fn prefilter_key(s: &Scope) -> PrefilterKey {
+    let p = s.prefix();
+    PrefilterKey {
+        proto: s.proto.number(),
+        port: s.port.get(),
+        len: p.prefix_len(),
+        addr: p.addr(),
     }
 }
 
@@ -243,11 +296,20 @@ pub struct Dataplane {
     policy: HashMap<u32, u8>,
     grant_maps: GrantMaps,
     cover: CoverIndex,
+    prefilter: Prefilter,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, DataplaneConfig>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     adopted: bool,
+    /// libxdp's state directory (`xdp/` on the pin directory's bpffs).
+    xdp_state: PathBuf,
+    /// Ids of jitgate's dispatcher components, of this version and pinned by earlier ones.
+    our_ext_ids: std::collections::HashSet<u32>,
+    /// Link layers whose extension program this process has loaded.
+    ext_loaded: Vec<LinkLayer>,
+    /// Why extensions cannot be loaded here (the kernel refused one): no dispatcher.
+    ext_refused: Option<String>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -264,6 +326,9 @@ impl Dataplane {
     pub fn open(opts: &DataplaneOptions) -> Result<Self, Error> {
         let pin_dir = crate::bpffs::ensure_pin_dir(&opts.pin_dir)?;
         let adopted = check_layout(&pin_dir)?;
+        let prefilter_blocks = 2
+            * (limits::prefilter_capacity(opts.limits.host_grants)
+                + limits::prefilter_capacity(opts.limits.prefix_grants));
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
@@ -271,7 +336,8 @@ impl Dataplane {
             .map_max_entries(names::GRANTS_V6, opts.limits.host_grants)
             .map_max_entries(names::GRANTS_LPM_V4, opts.limits.prefix_grants)
             .map_max_entries(names::GRANTS_LPM_V6, opts.limits.prefix_grants)
-            .map_max_entries(names::FLOWS, opts.limits.flows);
+            .map_max_entries(names::FLOWS, opts.limits.flows)
+            .map_max_entries(names::PREFILTER, prefilter_blocks);
         let mut ebpf = loader.load(PROGRAM_OBJECT)?;
         for name in [programs::ENFORCE, programs::ENFORCE_L3] {
             let prog: &mut Xdp = ebpf
@@ -306,6 +372,36 @@ impl Dataplane {
             .map_err(Error::map(names::CONFIG))?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
         let events = Some(take(&mut ebpf, names::EVENTS)?);
+        let prefilter = {
+            let blocks = ebpf
+                .map(names::PREFILTER)
+                .ok_or(Error::MissingMap(names::PREFILTER))?;
+            let ctl = ebpf
+                .map(names::PREFILTER_CTL)
+                .ok_or(Error::MissingMap(names::PREFILTER_CTL))?;
+            let (Map::Array(blocks), Map::Array(ctl)) = (blocks, ctl) else {
+                return Err(Error::MissingMap(names::PREFILTER));
+            };
+            let total = blocks
+                .info()
+                .map_err(Error::map(names::PREFILTER))?
+                .max_entries();
+            Prefilter::open(
+                blocks.fd().as_fd(),
+                total,
+                ctl.fd().as_fd(),
+                opts.limits.host_grants,
+                opts.limits.prefix_grants,
+                adopted,
+            )?
+        };
+        let mut our_ext_ids = std::collections::HashSet::new();
+        for l in [LinkLayer::Ethernet, LinkLayer::Ip] {
+            if let Ok(i) = aya::programs::ProgramInfo::from_pin(hooks_ext_pin(&pin_dir, l)) {
+                our_ext_ids.insert(i.id());
+            }
+        }
+        let xdp_state = bpffs_root(&pin_dir).join("xdp");
         let policy = protected
             .iter()
             .map(|(k, v)| (*k, v & port_flags::POLICY_MASK))
@@ -319,11 +415,16 @@ impl Dataplane {
             policy,
             grant_maps,
             cover: CoverIndex::new(),
+            prefilter,
             flows,
             config,
             counters,
             events,
             adopted,
+            xdp_state,
+            our_ext_ids,
+            ext_loaded: Vec::new(),
+            ext_refused: None,
         })
     }
 
@@ -366,6 +467,9 @@ impl Dataplane {
                         mode,
                         link,
                         replaced: true,
+                        hook: Hook::XdpLink,
+                        position: 0,
+                        programs: 1,
                     });
                 }
                 // The device this link was made for is gone; the name now belongs to a new
@@ -377,6 +481,10 @@ impl Dataplane {
                 Err(ReplaceError::Other(e)) => return Err(e),
             }
         }
+        if let Some(a) = self.attach_shared(iface, link)? {
+            return Ok(a);
+        }
+        // No dispatcher object on this host and the XDP hook is free: a link of our own.
         let prog = self.program(link)?;
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachMode::Driver),
@@ -415,6 +523,9 @@ impl Dataplane {
             mode,
             link,
             replaced: false,
+            hook: Hook::XdpLink,
+            position: 0,
+            programs: 1,
         })
     }
 
@@ -442,7 +553,7 @@ impl Dataplane {
     }
 
     fn link_pin_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
-        self.pin_dir.join(link_pin_name(iface, mode))
+        self.pin_dir.join(link_pin_name("link", iface, mode))
     }
 
     fn pinned_link(&self, iface: &str) -> Option<(PathBuf, AttachMode)> {
@@ -458,8 +569,9 @@ impl Dataplane {
     }
 
     /// What is wrong with enforcement, for the status report: the program not loaded, the
-    /// pinned maps not of this layout, or an interface in `attached` without its pinned link.
-    /// Empty when healthy.
+    /// pinned maps not of this layout, an interface in `attached` without its pinned link, or
+    /// not first at its hook / no longer there ([`Dataplane::hook_status`]; call in the
+    /// interfaces' network namespace). Empty when healthy.
     pub fn health<'a>(&mut self, attached: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = self.program_id() {
@@ -475,6 +587,30 @@ impl Dataplane {
                 for i in attached {
                     if !links.iter().any(|(name, _)| name == i) {
                         problems.push(format!("{i}: link no longer pinned (detached?)"));
+                        continue;
+                    }
+                    // Its place beside other programs: still there, and first?
+                    match self.hook_status(i) {
+                        Ok(HookStatus {
+                            problem: Some(p),
+                            hook,
+                            ahead,
+                            ..
+                        }) => problems.push(match p {
+                            HookProblem::Missing(why) => format!("{i}: {why}"),
+                            HookProblem::NotFirst => format!(
+                                "{i}: {} ahead of jitgate at {}: {}",
+                                ahead.len(),
+                                hook.as_str(),
+                                ahead
+                                    .iter()
+                                    .map(|a| format!("{} (id {}, {})", a.name, a.id, a.hook))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }),
+                        Ok(_) => {}
+                        Err(e) => problems.push(format!("{i}: {e}")),
                     }
                 }
             }
@@ -483,12 +619,22 @@ impl Dataplane {
         problems
     }
 
-    /// Removes enforcement from `iface`: unpinning the link detaches the program.
+    /// Removes enforcement from `iface` (call in its network namespace): unpinning an XDP or
+    /// tcx link detaches the program; in a dispatcher, jitgate's slot is removed and the
+    /// other programs keep running.
     pub fn detach(&mut self, iface: &str) -> Result<(), Error> {
-        let (path, _) = self
-            .pinned_link(iface)
-            .ok_or_else(|| Error::NotAttached(iface.to_string()))?;
-        std::fs::remove_file(&path)?;
+        if let Some((path, _)) = self.pinned_link(iface) {
+            std::fs::remove_file(&path)?;
+        } else if hooks::tcx_pin(&self.pin_dir, iface).exists() {
+            std::fs::remove_file(hooks::tcx_pin(&self.pin_dir, iface))?;
+        } else if [AttachMode::Driver, AttachMode::Generic]
+            .iter()
+            .any(|m| hooks::dispatcher_pin(&self.pin_dir, iface, *m).exists())
+        {
+            self.leave_dispatcher(iface)?;
+        } else {
+            return Err(Error::NotAttached(iface.to_string()));
+        }
         tracing::info!(iface, "detached");
         Ok(())
     }
@@ -555,15 +701,16 @@ impl Dataplane {
     ) -> Result<(), Error> {
         let previous = self.cover.get(&id);
         let ops = self.cover.insert(id, &spec, expires.0);
-        if let Err(e) = self.grant_maps.apply(&ops) {
+        if let Err(e) = self.grant_maps.apply(&ops, &mut self.prefilter) {
             // Restore the index and the maps to the state before this call.
             let undo = match &previous {
                 Some((s, exp)) => self.cover.insert(id, s, *exp),
                 None => self.cover.remove(&id).unwrap_or_default(),
             };
-            let _ = self.grant_maps.apply(&undo);
+            let _ = self.grant_maps.apply(&undo, &mut self.prefilter);
             return Err(e);
         }
+        self.resize_prefilter();
         let idx = slot(spec.protocol, spec.port);
         // The entry is written before the flag that makes the kernel look at it.
         self.write_slot(idx)?;
@@ -591,7 +738,8 @@ impl Dataplane {
     pub fn remove_grant(&mut self, id: &GrantId) -> Result<(), Error> {
         let (spec, _) = self.cover.get(id).ok_or(Error::UnknownGrant(*id))?;
         let ops = self.cover.remove(id).unwrap_or_default();
-        self.grant_maps.apply(&ops)?;
+        self.grant_maps.apply(&ops, &mut self.prefilter)?;
+        self.resize_prefilter();
         self.write_slot(slot(spec.protocol, spec.port))
     }
 
@@ -621,7 +769,9 @@ impl Dataplane {
         let desired: Vec<(Scope, GrantEntry)> =
             self.cover.entries().map(|(s, e)| (*s, *e)).collect();
         for (s, e) in &desired {
-            self.grant_maps.put(s, e)?;
+            if self.grant_maps.put(s, e)? {
+                self.prefilter.add(&prefilter_key(s));
+            }
             let p = s.prefix();
             let lpm_len = GrantKey::lpm_prefix_len(p.prefix_len());
             match GrantKey::new(s.proto, s.port, &p) {
@@ -644,12 +794,45 @@ impl Dataplane {
         prune_hash(&mut m.host_v6, &want_v6h);
         prune_lpm(&mut m.lpm_v4, &want_v4p);
         prune_lpm(&mut m.lpm_v6, &want_v6p);
+        // The maps now hold exactly `desired`: count the filter from scratch.
+        self.prefilter
+            .rebuild(desired.iter().map(|(s, _)| prefilter_key(s)));
         let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
         slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
         for idx in slots {
             self.write_slot(idx)?;
         }
         Ok(())
+    }
+
+    /// Resizes the prefilter regions whose key counts left their size's range. Each is
+    /// rebuilt from the full key set (the maps' contents) while not filtering.
+    fn resize_prefilter(&mut self) {
+        if self.prefilter.resize_wanted() {
+            let keys: Vec<PrefilterKey> = self
+                .cover
+                .entries()
+                .map(|(s, _)| prefilter_key(s))
+                .collect();
+            self.prefilter.resize(keys.into_iter());
+        }
+    }
+
+    /// Blocks of the prefilter in use per region (host IPv4, prefix IPv4, host IPv6, prefix
+    /// IPv6; 0: not filtering), and whether its counts match the maps.
+    pub fn prefilter_state(&self) -> ([u32; 4], bool) {
+        (self.prefilter.blocks_in_use(), self.prefilter.is_exact())
+    }
+
+    /// Benchmarks only: turn the denial prefilter off (or back on) to measure the lookups
+    /// without it in the same run.
+    pub fn set_prefilter_enabled(&mut self, on: bool) {
+        let keys: Vec<PrefilterKey> = self
+            .cover
+            .entries()
+            .map(|(s, _)| prefilter_key(s))
+            .collect();
+        self.prefilter.set_enabled(on, keys.into_iter());
     }
 
     /// Raw write of one host entry, bypassing the grant table. Benchmarks use it as the floor
@@ -813,7 +996,9 @@ fn std_error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Returns whether maps are already pinned (adoption), after checking their layout version.
+/// Returns whether maps are already pinned (adoption), after checking their layout version:
+/// this one, or an older one whose maps this program reads the same (upgraded in place: the
+/// maps added since are created empty, and `open` stamps the current version).
 fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
     let path = pin_dir.join(names::CONFIG);
     if !path.exists() {
@@ -831,7 +1016,7 @@ fn check_layout(pin_dir: &Path) -> Result<bool, Error> {
         Err(_) => return Err(mismatch(0)),
     };
     let cfg = arr.get(&0, 0).map_err(Error::map(names::CONFIG))?;
-    if cfg.layout_version != LAYOUT_VERSION {
+    if cfg.layout_version != LAYOUT_VERSION && !UPGRADABLE_FROM.contains(&cfg.layout_version) {
         return Err(mismatch(cfg.layout_version));
     }
     Ok(true)
@@ -854,12 +1039,16 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, AttachMode)>, Error> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(pin_dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("link_") else {
+        let Some(rest) = ["link_", "xdpd_", "tcx_"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+        else {
             continue;
         };
         let (iface, mode) = match rest.rsplit_once('_') {
             Some((i, "drv")) => (i, AttachMode::Driver),
             Some((i, "skb")) => (i, AttachMode::Generic),
+            Some((i, "in")) => (i, AttachMode::Tcx),
             _ => continue,
         };
         out.push((decode_iface(iface), mode));
@@ -868,10 +1057,32 @@ pub fn list_links(pin_dir: &Path) -> Result<Vec<(String, AttachMode)>, Error> {
     Ok(out)
 }
 
-/// bpffs refuses names with a dot, which interface names may have (`eth0.100`).
-fn link_pin_name(iface: &str, mode: AttachMode) -> String {
+/// bpffs refuses names with a dot, which interface names may have (`eth0.100`). `kind`:
+/// `link` (an XDP link), `xdpd` (a dispatcher slot's marker), `tcx` (a tcx link).
+fn link_pin_name(kind: &str, iface: &str, mode: AttachMode) -> String {
     let enc = iface.replace('%', "%25").replace('.', "%2e");
-    format!("link_{enc}_{}", mode.pin_suffix())
+    format!("{kind}_{enc}_{}", mode.pin_suffix())
+}
+
+/// Pin of jitgate's dispatcher component program for `link` (see `hooks`).
+fn hooks_ext_pin(pin_dir: &Path, link: LinkLayer) -> PathBuf {
+    pin_dir.join(match link {
+        LinkLayer::Ethernet => "xdpd_prog_eth",
+        LinkLayer::Ip => "xdpd_prog_l3",
+    })
+}
+
+/// The mount point of the bpffs holding `dir`: the root libxdp's `LIBXDP_BPFFS` names.
+fn bpffs_root(dir: &Path) -> PathBuf {
+    let mut root = dir.to_path_buf();
+    while let Some(parent) = root.parent() {
+        if crate::bpffs::is_bpffs(parent) {
+            root = parent.to_path_buf();
+        } else {
+            break;
+        }
+    }
+    root
 }
 
 fn decode_iface(enc: &str) -> String {
@@ -884,9 +1095,18 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
     if !pin_dir.exists() {
         return Ok(());
     }
-    for (iface, mode) in list_links(pin_dir)? {
-        let p = pin_dir.join(link_pin_name(&iface, mode));
-        std::fs::remove_file(p)?;
+    for entry in std::fs::read_dir(pin_dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if ["link_", "xdpd_", "tcx_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            std::fs::remove_file(path)?;
+        }
     }
     for name in names::ALL {
         let p = pin_dir.join(name);

@@ -6,7 +6,15 @@ use crate::net::{Port, Protocol, SourcePrefix};
 use core::net::IpAddr;
 
 /// Version of the pinned map layout. Stored in [`DataplaneConfig::layout_version`].
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 2 added the denial prefilter (`JG_PREFILTER`, `JG_PREFILT_CTL`); every map of layout 1 is
+/// unchanged, so pinned maps of layout 1 are adopted and upgraded in place
+/// ([`UPGRADABLE_FROM`]).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Older layouts whose pinned maps the current program can adopt: their maps mean the same
+/// and the maps added since start out empty, which the program treats as "no filter".
+pub const UPGRADABLE_FROM: &[u32] = &[1];
 
 /// Map names (also their pin names under the pin directory). At most 15 bytes each.
 pub mod names {
@@ -22,8 +30,10 @@ pub mod names {
     pub const RATE: &str = "JG_RATE";
     pub const SRC_RATE: &str = "JG_SRC_RATE";
     pub const CLOCK: &str = "JG_CLOCK";
+    pub const PREFILTER: &str = "JG_PREFILTER";
+    pub const PREFILTER_CTL: &str = "JG_PREFILT_CTL";
     /// Every map, for pinning and removal.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         PROTECTED,
         GRANTS_V4,
         GRANTS_V6,
@@ -36,6 +46,8 @@ pub mod names {
         RATE,
         SRC_RATE,
         CLOCK,
+        PREFILTER,
+        PREFILTER_CTL,
     ];
 }
 
@@ -46,6 +58,10 @@ pub mod programs {
     /// The enforcing program for devices without a link-layer header (tunnels): the same
     /// maps and verdicts, parsing from the IP header.
     pub const ENFORCE_L3: &str = "jitgate_l3";
+    /// The enforcing program at tcx ingress (Ethernet devices).
+    pub const ENFORCE_TC: &str = "jitgate_tc";
+    /// The enforcing program at tcx ingress for devices without a link-layer header.
+    pub const ENFORCE_TC_L3: &str = "jitgate_tc_l3";
     /// Returns XDP_PASS and nothing else: the floor for benchmarks.
     pub const FLOOR_PASS: &str = "jitgate_floor";
     /// Returns XDP_DROP and nothing else: the receive-side floor for flood benchmarks.
@@ -60,6 +76,20 @@ pub mod limits {
     pub const FLOWS: u32 = 1 << 16;
     pub const SRC_RATE: u32 = 1 << 14;
     pub const EVENTS_BYTES: u32 = 1 << 18;
+    /// Blocks of `JG_PREFILTER` for the default limits (see [`prefilter_capacity`]).
+    pub const PREFILTER_BLOCKS: u32 =
+        2 * (prefilter_capacity(HOST_GRANTS) + prefilter_capacity(PREFIX_GRANTS));
+
+    /// Blocks a prefilter region needs for `keys` keys: a power of two with at most
+    /// [`super::prefilter::KEYS_PER_BLOCK`] keys per block.
+    pub const fn prefilter_capacity(keys: u32) -> u32 {
+        let blocks = keys.div_ceil(super::prefilter::KEYS_PER_BLOCK);
+        if blocks <= 1 {
+            1
+        } else {
+            blocks.next_power_of_two()
+        }
+    }
 }
 
 /// `JG_PROTECTED` is an array indexed by `protected_index(proto, port)`; each value is a set
@@ -227,6 +257,161 @@ impl DataplaneConfig {
     };
 }
 
+/// The denial prefilter: blocked Bloom filters over the keys of the grant maps, so that a
+/// packet from a source without a grant is usually denied without touching the large hash
+/// map or the trie (whose buckets and nodes miss the cache when there are many grants).
+///
+/// `JG_PREFILTER` is an array of 64-byte blocks (one cache line each) split into four
+/// regions: host keys and shorter-prefix keys, per family. A key is (protocol, port, prefix
+/// length, address masked to that length); its hash picks one block of its region and
+/// [`prefilter::BITS_PER_KEY`] bits in it. A region uses only its first `mask + 1` blocks,
+/// sized by user space to the keys actually installed, so the part the program touches
+/// stays small. User space counts how many keys set each bit, so removals clear bits exactly.
+/// A region whose geometry word is 0 is not filtering: the program then does the lookups as
+/// if the filter had said "maybe", which is always correct (that is the state of maps
+/// adopted from layout 1, and the state while a region is rebuilt at another size).
+pub mod prefilter {
+    pub const HOST_V4: usize = 0;
+    pub const PREFIX_V4: usize = 1;
+    pub const HOST_V6: usize = 2;
+    pub const PREFIX_V6: usize = 3;
+    pub const REGIONS: usize = 4;
+    /// 64-bit words per block: one 64-byte cache line.
+    pub const BLOCK_WORDS: usize = 8;
+    pub const BLOCK_BITS: u32 = 512;
+    /// Bits set (and tested) per key, all in the key's one block.
+    pub const BITS_PER_KEY: u32 = 4;
+    /// Keys per block user space aims for: 16 bits per key when a region is full, 32 right
+    /// after it doubled (false positives about 0.2 % and well under 0.1 %).
+    pub const KEYS_PER_BLOCK: u32 = 32;
+    /// At most this many shorter prefix lengths per family are probed per packet; with more
+    /// in use, the prefix class is not filtered (the trie is consulted).
+    pub const MAX_PROBED_LENS: u32 = 8;
+    /// A lengths word with more lengths in use than it holds: "maybe" for every source.
+    pub const LENS_OVERFLOW: u64 = u64::MAX;
+
+    /// The lengths word for `lens` (shorter prefix lengths in use): length + 1 per byte from
+    /// the low byte, 0 for an empty byte, [`LENS_OVERFLOW`] for more than 8 lengths.
+    pub fn lens_word(lens: impl IntoIterator<Item = u8>) -> u64 {
+        let mut w = 0u64;
+        for (i, l) in lens.into_iter().enumerate() {
+            if i as u32 >= MAX_PROBED_LENS {
+                return LENS_OVERFLOW;
+            }
+            w |= u64::from(l.saturating_add(1)) << (8 * i);
+        }
+        w
+    }
+    /// Set in a geometry word that is in use.
+    pub const VALID: u64 = 1 << 63;
+
+    /// A geometry word: the region starts at block `base` and uses `mask + 1` blocks (a
+    /// power of two).
+    pub const fn geometry(base: u32, mask: u32) -> u64 {
+        VALID | (((base & 0x7fff_ffff) as u64) << 32) | mask as u64
+    }
+
+    pub const fn base(geometry: u64) -> u32 {
+        ((geometry >> 32) as u32) & 0x7fff_ffff
+    }
+
+    pub const fn mask(geometry: u64) -> u32 {
+        geometry as u32
+    }
+
+    /// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
+    #[inline(always)]
+    pub const fn mix(mut h: u64) -> u64 {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        h
+    }
+
+    #[inline(always)]
+    const fn meta(proto: u8, port: u16, len: u8) -> u64 {
+        ((proto as u64) << 24) | ((port as u64) << 8) | len as u64
+    }
+
+    /// Hash of an IPv4 key. `addr` is the numeric address, already masked to `len` bits.
+    #[inline(always)]
+    pub const fn hash_v4(seed: u64, proto: u8, port: u16, len: u8, addr: u32) -> u64 {
+        mix(seed ^ (meta(proto, port, len) << 32) ^ addr as u64)
+    }
+
+    /// Hash of an IPv6 key. `hi`/`lo` are the numeric halves, already masked to `len` bits.
+    #[inline(always)]
+    pub const fn hash_v6(seed: u64, proto: u8, port: u16, len: u8, hi: u64, lo: u64) -> u64 {
+        mix(mix(seed ^ hi ^ (meta(proto, port, len) << 32)) ^ lo)
+    }
+
+    /// The block (within the region) a hash selects.
+    #[inline(always)]
+    pub const fn block_of(h: u64, mask: u32) -> u32 {
+        ((h >> 40) as u32) & mask
+    }
+
+    /// The `i`-th bit (0..BITS_PER_KEY) a hash selects within its block.
+    #[inline(always)]
+    pub const fn bit_of(h: u64, i: u32) -> u32 {
+        ((h >> (9 * i)) & 511) as u32
+    }
+
+    /// `addr` with only its first `len` bits kept.
+    #[inline(always)]
+    pub const fn mask_v4(addr: u32, len: u8) -> u32 {
+        if len == 0 {
+            0
+        } else if len >= 32 {
+            addr
+        } else {
+            addr & (u32::MAX << (32 - len))
+        }
+    }
+
+    /// The same for an IPv6 address in two numeric halves.
+    #[inline(always)]
+    pub const fn mask_v6(hi: u64, lo: u64, len: u8) -> (u64, u64) {
+        if len == 0 {
+            (0, 0)
+        } else if len < 64 {
+            (hi & (u64::MAX << (64 - len)), 0)
+        } else if len == 64 {
+            (hi, 0)
+        } else if len < 128 {
+            (hi, lo & (u64::MAX << (128 - len)))
+        } else {
+            (hi, lo)
+        }
+    }
+}
+
+/// One block of `JG_PREFILTER`.
+pub type PrefilterBlock = [u64; prefilter::BLOCK_WORDS];
+
+/// The one entry of `JG_PREFILT_CTL`. User space writes it through a shared mapping (the
+/// map is BPF_F_MMAPABLE) with one aligned 8-byte store per field, so the program never
+/// sees a torn word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefilterCtl {
+    /// Per region ([`prefilter::HOST_V4`], ...): 0 (not filtering) or a
+    /// [`prefilter::geometry`] word.
+    pub geometry: [u64; prefilter::REGIONS],
+    /// Shorter prefix lengths in use by some IPv4 grant ([`prefilter::lens_word`]).
+    pub lens_v4: u64,
+    /// The same for IPv6.
+    pub lens_v6: u64,
+    pub _reserved: u64,
+    /// Hash seed, chosen when the maps are created.
+    pub seed: u64,
+    /// Blocks reserved per region, in order, from block 0 (user space's bookkeeping; the
+    /// program reads only `geometry`).
+    pub capacity: [u32; prefilter::REGIONS],
+}
+
 /// Per-CPU cache of CLOCK_BOOTTIME (`JG_CLOCK`), refreshed when jiffies change.
 ///
 /// Reading CLOCK_BOOTTIME costs tens of ns in a VM; jiffies cost one load. While jiffies
@@ -274,6 +459,7 @@ mod pod {
     unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for ClockCache {}
     unsafe impl aya::Pod for SourceBucket {}
+    unsafe impl aya::Pod for PrefilterCtl {}
 }
 
 const _: () = {
@@ -283,6 +469,8 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<SourceBucket>() == 24);
     assert!(core::mem::size_of::<RateWindow>() == 48);
+    assert!(core::mem::size_of::<PrefilterCtl>() == 80);
+    assert!(core::mem::size_of::<PrefilterBlock>() == 64);
 };
 
 #[cfg(test)]
@@ -318,6 +506,41 @@ mod tests {
             }
             GrantKey::V4(_) => panic!("expected v6"),
         }
+    }
+
+    #[test]
+    fn lens_words_list_up_to_eight_lengths() {
+        assert_eq!(prefilter::lens_word([]), 0);
+        assert_eq!(prefilter::lens_word([24, 0]), 25 | 1 << 8);
+        assert_eq!(prefilter::lens_word([127]), 128);
+        assert_eq!(prefilter::lens_word(0..8), 0x0807_0605_0403_0201);
+        assert_eq!(prefilter::lens_word(0..9), prefilter::LENS_OVERFLOW);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix_bits() {
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 24), 0xc633_6400);
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 0), 0);
+        assert_eq!(prefilter::mask_v4(0xc633_64ff, 32), 0xc633_64ff);
+        assert_eq!(
+            prefilter::mask_v6(u64::MAX, u64::MAX, 48),
+            (0xffff_ffff_ffff_0000, 0)
+        );
+        assert_eq!(prefilter::mask_v6(u64::MAX, u64::MAX, 64), (u64::MAX, 0));
+        assert_eq!(
+            prefilter::mask_v6(u64::MAX, u64::MAX, 65),
+            (u64::MAX, 1 << 63)
+        );
+        assert_eq!(prefilter::mask_v6(7, 9, 128), (7, 9));
+        assert_eq!(prefilter::mask_v6(7, 9, 0), (0, 0));
+    }
+
+    #[test]
+    fn geometry_words_round_trip() {
+        let g = prefilter::geometry(4096, 511);
+        assert!(g & prefilter::VALID != 0);
+        assert_eq!(prefilter::base(g), 4096);
+        assert_eq!(prefilter::mask(g), 511);
     }
 
     #[test]

@@ -11,18 +11,20 @@ mod parse;
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use jitgate_common::{
     ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
-    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, RateWindow, SourceBucket,
-    event::FAMILY_V4, limits, port_flags,
+    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, PrefilterBlock, PrefilterCtl,
+    RateWindow, SourceBucket, event::FAMILY_V4, limits, port_flags, prefilter,
 };
-use parse::{Ip16, Link, Parsed, Verdict};
+use parse::{Ip16, Link, Parsed, Pkt, Verdict};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// User space writes the prefilter through a shared mapping: one atomic store per word.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_NOEXIST: u64 = 1;
 
 #[map(name = "JG_PROTECTED")]
@@ -60,6 +62,12 @@ static RATE: PerCpuArray<RateWindow> = PerCpuArray::pinned(1, 0);
 #[map(name = "JG_CLOCK")]
 static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::pinned(1, 0);
 
+#[map(name = "JG_PREFILTER")]
+static PREFILTER: Array<PrefilterBlock> = Array::pinned(limits::PREFILTER_BLOCKS, BPF_F_MMAPABLE);
+
+#[map(name = "JG_PREFILT_CTL")]
+static PREFILTER_CTL: Array<PrefilterCtl> = Array::pinned(1, BPF_F_MMAPABLE);
+
 #[map(name = "JG_SRC_RATE")]
 static SRC_RATE: LruHashMap<SourceBucket, u64> = LruHashMap::pinned(limits::SRC_RATE, 0);
 
@@ -76,10 +84,45 @@ pub fn jitgate_l3(ctx: XdpContext) -> u32 {
     verdict(&ctx, Link::Ip)
 }
 
+/// tcx: pass to the next program of the chain (TC_ACT_UNSPEC), or drop.
+const TCX_NEXT: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+/// Bytes made linear before parsing at tc: every header the parser walks in practice. Longer
+/// header chains read past it and are dropped as malformed (fail closed).
+const TC_PULL: u32 = 512;
+
+/// The same enforcement at tcx ingress, where an interface's XDP hook holds a program that
+/// is not dispatcher-aware. A VLAN tag the stack took into the skb's metadata counts as one
+/// of the two tags walked. Passing hands the packet on to the next tcx program.
+#[classifier]
+pub fn jitgate_tc(ctx: TcContext) -> i32 {
+    tc(&ctx, Link::Ethernet)
+}
+
+/// tcx ingress on devices without a link-layer header (tunnels).
+#[classifier]
+pub fn jitgate_tc_l3(ctx: TcContext) -> i32 {
+    tc(&ctx, Link::Ip)
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, link: Link) -> i32 {
+    let want = core::cmp::min(ctx.len(), TC_PULL);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Failure leaves the linear part as it is: the parser then drops what it cannot see.
+        let _ = ctx.pull_data(want);
+    }
+    if verdict(ctx, link) == xdp_action::XDP_PASS {
+        TCX_NEXT
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
 /// Everything after the link layer is shared; `link` is a constant in each entry point, so
 /// each one compiles to its own straight-line path.
 #[inline(always)]
-fn verdict(ctx: &XdpContext, link: Link) -> u32 {
+fn verdict<C: Pkt>(ctx: &C, link: Link) -> u32 {
     match parse::parse(ctx, link) {
         Verdict::Decided(action, counter) => {
             count(counter);
@@ -111,7 +154,7 @@ fn count(c: Counter) {
 
 /// A TCP/UDP packet whose ports are known: decide.
 #[inline(always)]
-fn enforce(ctx: &XdpContext, p: &Parsed) -> u32 {
+fn enforce<C: Pkt>(ctx: &C, p: &Parsed) -> u32 {
     let idx = ((p.proto == parse::IPPROTO_UDP) as u32) << 16 | p.dport as u32;
     let flags = match PROTECTED.get(idx) {
         Some(f) => *f,
@@ -286,7 +329,7 @@ fn boot_ns() -> u64 {
 }
 
 #[inline(always)]
-fn deny(ctx: &XdpContext, p: &Parsed, saddr: &Ip16, daddr: &Ip16, reason: Counter) -> u32 {
+fn deny<C: Pkt>(ctx: &C, p: &Parsed, saddr: &Ip16, daddr: &Ip16, reason: Counter) -> u32 {
     count(reason);
     if deny_event_allowed(p, saddr) {
         emit(
@@ -319,24 +362,28 @@ fn touch(f: &mut FlowEntry, now: u64) {
 }
 
 /// The grant entry covering the source: exact host entry first, then the longest prefix.
-/// Each map is consulted only if the slot's flags say some grant on this pair lives there.
-/// Each entry already holds the latest end of every grant covering it (see `GrantEntry`).
+/// Each map is consulted only if the slot's flags say some grant on this pair lives there,
+/// and the prefilter does not rule the key out. Each entry already holds the latest end of
+/// every grant covering it (see `GrantEntry`).
 #[inline(always)]
 fn lookup_grant(p: &Parsed, flags: u8, saddr: &Ip16) -> Option<GrantEntry> {
     let port = p.dport.to_be_bytes();
+    let ctl = PREFILTER_CTL.get(0);
     if p.family == FAMILY_V4 {
         let key = GrantKeyV4 {
             proto: p.proto,
             port,
             addr: (saddr.0[0] as u32).to_le_bytes(),
         };
-        if flags & port_flags::HOST_V4 != 0 {
+        // Numeric (host order) address for the prefilter hash.
+        let addr = (saddr.0[0] as u32).swap_bytes();
+        if flags & port_flags::HOST_V4 != 0 && maybe_host_v4(ctl, p, addr) {
             // SAFETY: the value is copied out at once.
             if let Some(e) = unsafe { GRANTS_V4.get(&key) } {
                 return Some(*e);
             }
         }
-        if flags & port_flags::PREFIX_V4 == 0 {
+        if flags & port_flags::PREFIX_V4 == 0 || !maybe_prefix_v4(ctl, p, addr) {
             return None;
         }
         GRANTS_LPM_V4
@@ -348,19 +395,140 @@ fn lookup_grant(p: &Parsed, flags: u8, saddr: &Ip16) -> Option<GrantEntry> {
             port,
             addr: saddr.bytes(),
         };
-        if flags & port_flags::HOST_V6 != 0 {
+        let hi = saddr.0[0].swap_bytes();
+        let lo = saddr.0[1].swap_bytes();
+        if flags & port_flags::HOST_V6 != 0 && maybe_host_v6(ctl, p, hi, lo) {
             // SAFETY: the value is copied out at once.
             if let Some(e) = unsafe { GRANTS_V6.get(&key) } {
                 return Some(*e);
             }
         }
-        if flags & port_flags::PREFIX_V6 == 0 {
+        if flags & port_flags::PREFIX_V6 == 0 || !maybe_prefix_v6(ctl, p, hi, lo) {
             return None;
         }
         GRANTS_LPM_V6
             .get(Key::new(KEY_PREFIX_BITS + 128, key))
             .copied()
     }
+}
+
+/// A region's geometry word, read once (user space replaces it with one 8-byte store).
+#[inline(always)]
+fn geometry(ctl: Option<&PrefilterCtl>, region: usize) -> u64 {
+    match ctl {
+        // SAFETY: a map value field, aligned; read once.
+        Some(c) => unsafe { core::ptr::read_volatile(&c.geometry[region]) },
+        None => 0,
+    }
+}
+
+/// Whether the key with hash `h` may be in the region described by `g`. A region that is
+/// not filtering (0) says "maybe", as does a missing block (cannot happen: user space sizes
+/// regions inside the array).
+#[inline(always)]
+fn maybe(g: u64, h: u64) -> bool {
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    let idx = prefilter::base(g).wrapping_add(prefilter::block_of(h, prefilter::mask(g)));
+    let Some(b) = PREFILTER.get_ptr(idx) else {
+        return true;
+    };
+    let mut hit = true;
+    let mut i = 0;
+    while i < prefilter::BITS_PER_KEY {
+        let bit = prefilter::bit_of(h, i);
+        // SAFETY: `bit >> 6` < 8 = words per block; a map value pointer, valid for this run.
+        let w = unsafe { core::ptr::read_volatile((b as *const u64).add((bit >> 6) as usize)) };
+        hit &= w & (1u64 << (bit & 63)) != 0;
+        i += 1;
+    }
+    hit
+}
+
+#[inline(always)]
+fn seed(ctl: Option<&PrefilterCtl>) -> u64 {
+    match ctl {
+        Some(c) => c.seed,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn maybe_host_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
+    let g = geometry(ctl, prefilter::HOST_V4);
+    g & prefilter::VALID == 0 || maybe(g, prefilter::hash_v4(seed(ctl), p.proto, p.dport, 32, addr))
+}
+
+#[inline(always)]
+fn maybe_host_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
+    let g = geometry(ctl, prefilter::HOST_V6);
+    g & prefilter::VALID == 0
+        || maybe(
+            g,
+            prefilter::hash_v6(seed(ctl), p.proto, p.dport, 128, hi, lo),
+        )
+}
+
+/// Whether any shorter prefix length in use may hold a key covering `addr`. The lengths
+/// word lists up to `MAX_PROBED_LENS` of them; with more in use it says "maybe".
+#[inline(always)]
+fn maybe_prefix_v4(ctl: Option<&PrefilterCtl>, p: &Parsed, addr: u32) -> bool {
+    probe_lens(
+        ctl,
+        prefilter::PREFIX_V4,
+        |c| &c.lens_v4,
+        |seed, len| prefilter::hash_v4(seed, p.proto, p.dport, len, prefilter::mask_v4(addr, len)),
+    )
+}
+
+/// The same for IPv6.
+#[inline(always)]
+fn maybe_prefix_v6(ctl: Option<&PrefilterCtl>, p: &Parsed, hi: u64, lo: u64) -> bool {
+    probe_lens(
+        ctl,
+        prefilter::PREFIX_V6,
+        |c| &c.lens_v6,
+        |seed, len| {
+            let (mh, ml) = prefilter::mask_v6(hi, lo, len);
+            prefilter::hash_v6(seed, p.proto, p.dport, len, mh, ml)
+        },
+    )
+}
+
+/// Probes `region` for each prefix length its lengths word lists, hashing with `hash`.
+#[inline(always)]
+fn probe_lens(
+    ctl: Option<&PrefilterCtl>,
+    region: usize,
+    word: impl Fn(&PrefilterCtl) -> &u64,
+    hash: impl Fn(u64, u8) -> u64,
+) -> bool {
+    let g = geometry(ctl, region);
+    let Some(c) = ctl else {
+        return true;
+    };
+    if g & prefilter::VALID == 0 {
+        return true;
+    }
+    // SAFETY: a map value field, aligned; read once.
+    let lens = unsafe { core::ptr::read_volatile(word(c)) };
+    if lens == prefilter::LENS_OVERFLOW {
+        return true;
+    }
+    let seed = c.seed;
+    let mut i = 0;
+    while i < prefilter::MAX_PROBED_LENS {
+        let b = (lens >> (8 * i)) & 0xff;
+        if b == 0 {
+            return false;
+        }
+        if maybe(g, hash(seed, (b - 1) as u8)) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Denial events are limited twice: a per-CPU budget per second (so a flood from many
@@ -414,8 +582,8 @@ fn deny_event_allowed(p: &Parsed, saddr: &Ip16) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(
-    ctx: &XdpContext,
+fn emit<C: Pkt>(
+    ctx: &C,
     p: &Parsed,
     saddr: &Ip16,
     daddr: &Ip16,
@@ -437,7 +605,7 @@ fn emit(
                 family: p.family,
                 proto: p.proto,
                 reason: reason as u8,
-                ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+                ifindex: ctx.ifindex(),
                 _pad: 0,
             });
             e.submit(0);

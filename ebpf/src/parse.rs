@@ -11,7 +11,10 @@
 //! one exception is a TCP fragment at offset 8 bytes, the overlapping-fragment attack of
 //! RFC 1858 section 3.2, which is dropped.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    programs::{TcContext, XdpContext},
+};
 use jitgate_common::{
     Counter,
     event::{FAMILY_V4, FAMILY_V6},
@@ -60,9 +63,71 @@ impl Ip16 {
     }
 }
 
+/// The packet a hook hands the program: bytes readable directly in `[data, data_end)`, and
+/// the whole packet's length (XDP: the same span; tc: the skb, whose tail may lie beyond the
+/// linear part that was pulled).
+pub trait Pkt {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Bytes of the whole packet from `data`.
+    fn len(&self) -> usize;
+    /// VLAN tags the hook already took off the packet into metadata (tc: 0 or 1).
+    fn tags_outside(&self) -> usize;
+    fn ifindex(&self) -> u32;
+}
+
+impl Pkt for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn tags_outside(&self) -> usize {
+        0
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel passed in.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+impl Pkt for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+    #[inline(always)]
+    fn tags_outside(&self) -> usize {
+        // SAFETY: the context the kernel passed in.
+        (unsafe { (*self.skb.skb).vlan_present } != 0) as usize
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel passed in.
+        unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+}
+
 /// Source and destination addresses.
 #[inline(always)]
-pub fn addresses(ctx: &XdpContext, p: &Parsed) -> Option<(Ip16, Ip16)> {
+pub fn addresses<C: Pkt>(ctx: &C, p: &Parsed) -> Option<(Ip16, Ip16)> {
     // Little-endian loads keep the bytes in memory order (bpfel).
     if p.family == FAMILY_V4 {
         let a = load::<[u8; 8]>(ctx, p.l3 + 12)?;
@@ -103,7 +168,7 @@ const fn pass(c: Counter) -> Verdict {
 }
 
 #[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+fn load<T: Copy>(ctx: &impl Pkt, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -129,7 +194,7 @@ pub enum Link {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, link: Link) -> Verdict {
+pub fn parse<C: Pkt>(ctx: &C, link: Link) -> Verdict {
     match link {
         Link::Ethernet => ethernet(ctx),
         Link::Ip => ip(ctx),
@@ -139,7 +204,7 @@ pub fn parse(ctx: &XdpContext, link: Link) -> Verdict {
 /// No link-layer header. There is no protocol field to say what follows either, so a version
 /// other than 4 or 6 is dropped: we cannot tell a corrupt IP packet from something else.
 #[inline(always)]
-fn ip(ctx: &XdpContext) -> Verdict {
+fn ip<C: Pkt>(ctx: &C) -> Verdict {
     // The shortest IP header (IPv4, 20 bytes): a one-byte check compiles to `data >= end`,
     // which the verifier does not take as a bound.
     let Some(h) = load::<[u8; 20]>(ctx, 0) else {
@@ -153,13 +218,24 @@ fn ip(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn ethernet(ctx: &XdpContext) -> Verdict {
+fn ethernet<C: Pkt>(ctx: &C) -> Verdict {
     let Some(eth) = load::<[u8; 14]>(ctx, 0) else {
         return malformed();
     };
     let mut ethertype = be16(eth[12], eth[13]);
     let mut off = 14usize;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+    // A tag the hook moved into metadata (tc) counts against the two walked here.
+    let outside = ctx.tags_outside();
+    if outside > 0 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        let Some(tag) = load::<[u8; 4]>(ctx, off) else {
+            return malformed();
+        };
+        ethertype = be16(tag[2], tag[3]);
+        off += 4;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return malformed();
+        }
+    } else if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let Some(tag) = load::<[u8; 4]>(ctx, off) else {
             return malformed();
         };
@@ -185,7 +261,7 @@ fn ethernet(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, off: usize) -> Verdict {
+fn ipv4<C: Pkt>(ctx: &C, off: usize) -> Verdict {
     let Some(h) = load::<[u8; 20]>(ctx, off) else {
         return malformed();
     };
@@ -194,7 +270,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Verdict {
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let total = be16(h[2], h[3]) as usize;
-    if ihl < 20 || total < ihl || ctx.data() + off + total > ctx.data_end() {
+    if ihl < 20 || total < ihl || off + total > ctx.len() {
         return malformed();
     }
     let proto = h[9];
@@ -219,7 +295,7 @@ fn non_first_fragment(proto: u8, units8: u16) -> Verdict {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
+fn ipv6<C: Pkt>(ctx: &C, off: usize) -> Verdict {
     let Some(h) = load::<[u8; 40]>(ctx, off) else {
         return malformed();
     };
@@ -230,7 +306,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
     // A jumbogram (payload length 0 with a hop-by-hop jumbo option) fails the extension
     // walk below: its headers cannot fit in a zero-length payload. No management protocol
     // needs one.
-    if ctx.data() + off + 40 + payload > ctx.data_end() {
+    if off + 40 + payload > ctx.len() {
         return malformed();
     }
     let mut next = h[6];
@@ -286,8 +362,8 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Verdict {
 
 /// `l4_len`: bytes of transport header and payload as the IP header declares them.
 #[inline(always)]
-fn transport(
-    ctx: &XdpContext,
+fn transport<C: Pkt>(
+    ctx: &C,
     l3: usize,
     l4: usize,
     l4_len: usize,

@@ -26,14 +26,18 @@ pub fn flood_source(i: u32) -> IpAddr {
     }
 }
 
-/// The i-th granted address that never sends (written into sets, maps and rules only).
+/// The i-th granted address that never sends (written into sets, maps and rules only):
+/// 198.19.0.0/16 for the first 65 535 IPv4 ones, then 10.0.0.0/8 (only ever a map key, as in
+/// the scale benchmark: no packet goes there).
 pub fn idle_grant(v6: bool, i: u32) -> IpAddr {
     if v6 {
         IpAddr::V6(Ipv6Addr::from(
             (0x2001_0db8_eeee_u128 << 80) | u128::from(i + 1),
         ))
+    } else if i < 0xffff {
+        IpAddr::V4(Ipv4Addr::from(0xc613_0000 + i + 1))
     } else {
-        IpAddr::V4(Ipv4Addr::from(0xc613_0000 + ((i + 1) & 0xffff)))
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i - 0xffff)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! directory, all removed when the test ends, pass or fail.
 
 pub mod agent;
+pub mod bpfrun;
 pub mod controller;
 pub mod fleet;
 pub mod flood;
@@ -112,4 +113,14 @@ impl Default for TestDataplane {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Every word of the denial prefilter's block array pinned under `pin_dir` (tests check
+/// that removals leave no bit behind).
+pub fn prefilter_words(pin_dir: &std::path::Path) -> Vec<u64> {
+    let data = aya::maps::MapData::from_pin(pin_dir.join(jitgate_common::names::PREFILTER))
+        .expect("pinned prefilter");
+    let arr: aya::maps::Array<aya::maps::MapData, jitgate_common::PrefilterBlock> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("prefilter array");
+    arr.iter().filter_map(Result::ok).flatten().collect()
 }

@@ -376,3 +376,123 @@ fn regression_rows() {
     }
     assert!(n > 0);
 }
+
+/// Grants come and go (random prefixes of many lengths in both families, overlapping,
+/// some already ended, then removed in random order) while random sources knock on the
+/// protected port: after every change the kernel admits a SYN exactly when the model has an
+/// active covering grant. This drives the denial prefilter through growth, shrinking, more
+/// prefix lengths than it probes, and removals of keys that share bits with others; at the
+/// end, with every grant gone, no prefilter bit may remain set (its counts are exact).
+#[test]
+fn verdicts_equal_the_model_while_grants_come_and_go() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let seed = std::env::var("JITGATE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0fc0_ffee_u64);
+    let mut r = Rng(seed);
+    let far = BootInstant::now().saturating_add(Duration::from_secs(3600));
+    let past = BootInstant(BootInstant::now().0.saturating_sub(1_000_000_000));
+    // Sources inside a few documentation ranges, so that prefixes and probes overlap often.
+    let v4_base: [u32; 2] = [0xc633_6400, 0xcb00_7100]; // 198.51.100.0, 203.0.113.0
+    let v6_base: u128 = 0x2001_0db8_0001_u128 << 80;
+    let rand_v4 = |r: &mut Rng| -> std::net::IpAddr {
+        let b = v4_base[r.below(2) as usize];
+        std::net::IpAddr::V4((b | (r.below(256) as u32)).into())
+    };
+    let rand_v6 = |r: &mut Rng| -> std::net::IpAddr {
+        std::net::IpAddr::V6(
+            (v6_base | u128::from(r.below(1 << 20)) << 40 | u128::from(r.below(256))).into(),
+        )
+    };
+    let mut live: Vec<(GrantId, usize)> = Vec::new();
+    let mut sport = 1024u16;
+    let mut failures = Vec::new();
+    let mut check = |h: &mut Harness, r: &mut Rng, failures: &mut Vec<String>| {
+        for _ in 0..40 {
+            let src = if r.below(2) == 0 {
+                rand_v4(r)
+            } else {
+                rand_v6(r)
+            };
+            let dst = if src.is_ipv4() {
+                "192.0.2.1"
+            } else {
+                "2001:db8:ff::1"
+            };
+            sport = sport.wrapping_add(1).max(1024);
+            let f = Frame::new(&src.to_string(), dst, L4::syn(22))
+                .sport(sport)
+                .build();
+            let now = BootInstant::now().0;
+            let got = h.t.dp.test_run(&f, 1).unwrap().action;
+            let want = if h.model.covering(6, 22, src, now).is_some() {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            };
+            if got != want {
+                failures.push(format!("{src}: kernel {got}, model {want}"));
+            }
+        }
+    };
+    for round in 0..1200 {
+        let adding = live.is_empty() || (round < 700 && r.below(3) != 0) || r.below(3) == 0;
+        if adding {
+            let v6 = r.below(2) == 1;
+            let (addr, max) = if v6 {
+                (rand_v6(&mut r), 128u8)
+            } else {
+                (rand_v4(&mut r), 32u8)
+            };
+            // Host prefixes half the time, otherwise any length (up to 14 distinct ones per
+            // family: more than the program probes).
+            let len = if r.below(2) == 0 {
+                max
+            } else {
+                max - 1 - r.below(14) as u8
+            };
+            let src = SourcePrefix::host(addr).truncate(len).to_string();
+            let exp = if r.below(8) == 0 { past } else { far };
+            let id = h.grant(Protocol::Tcp, 22, &src, exp);
+            live.push((id, h.model.grants.len() - 1));
+        } else {
+            let i = r.below(live.len() as u64) as usize;
+            let (id, mi) = live.swap_remove(i);
+            h.t.dp.remove_grant(&id).unwrap();
+            // Keep the model's indices valid: mark removed grants as ended long ago.
+            h.model.grants[mi].expires_ns = 0;
+        }
+        if round % 10 == 0 {
+            check(&mut h, &mut r, &mut failures);
+        }
+    }
+    let (blocks, exact) = h.t.dp.prefilter_state();
+    assert!(exact, "prefilter counts not exact");
+    assert!(
+        blocks.iter().all(|&b| b > 0),
+        "every region filters: {blocks:?}"
+    );
+    // Remove the rest: no bit may stay set.
+    for (id, mi) in live.drain(..) {
+        h.t.dp.remove_grant(&id).unwrap();
+        h.model.grants[mi].expires_ns = 0;
+    }
+    check(&mut h, &mut r, &mut failures);
+    failures.truncate(20);
+    assert!(
+        failures.is_empty(),
+        "seed {seed:#x}: {} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let words = jitgate_tests::prefilter_words(&h.t.pin_dir);
+    assert!(
+        words.iter().all(|&w| w == 0),
+        "{} prefilter words still set after every grant was removed",
+        words.iter().filter(|&&w| w != 0).count()
+    );
+}

@@ -115,6 +115,11 @@ fn verdict_table() {
         return;
     }
     let mut t = setup();
+    run_rows(&mut t, verdict_table_rows());
+}
+
+/// The rows of the verdict table, in order (later rows rely on the flows earlier ones made).
+fn verdict_table_rows() -> Vec<Row> {
     use Counter::*;
     let (p, d) = (XDP_PASS, XDP_DROP);
     let mut f = framer(1000);
@@ -564,7 +569,7 @@ fn verdict_table() {
         action: p,
         counter: PassedUnprotected,
     });
-    run_rows(&mut t, rows);
+    rows
 }
 
 /// The program for devices without a link-layer header (tunnels) gives the same verdicts on
@@ -1034,4 +1039,102 @@ fn keep_cut_and_extension_of_admitted_flows() {
         "idle keep flow not cut"
     );
     assert_eq!(t.dp.flows().len(), 2);
+}
+
+/// The tcx fallback on real traffic: the vm's interface already runs an XDP program that is
+/// not dispatcher-aware, so the agent attaches at tcx ingress (first in the tcx chain, the
+/// other program untouched), and every row of the verdict table, sent as a real frame from
+/// the client's side of the veth (VLAN tags arrive in the skb's metadata there), gets the
+/// same verdict, told by the counter that explains it. A frame the stack itself discards
+/// before tc (it never reaches the hook) counts only for rows that must be dropped.
+#[test]
+fn verdict_table_at_tcx_on_real_traffic() {
+    if !require_root() {
+        return;
+    }
+    let mut t = setup();
+    let lab = jitgate_tests::netns::Lab::new(1).unwrap();
+    let iface = lab.clients[0].vm_iface.clone();
+    // Another tool's XDP program, attached without a dispatcher: never replaced.
+    let mut other = aya::EbpfLoader::new()
+        .load(jitgate_agent::dataplane::PROGRAM_OBJECT)
+        .unwrap();
+    let floor: &mut aya::programs::Xdp = other
+        .program_mut(jitgate_common::programs::FLOOR_PASS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    floor.load().unwrap();
+    let other_id = floor.info().unwrap().id();
+    jitgate_agent::netns::run_in(&lab.vm_path(), || {
+        floor.attach(&iface, aya::programs::XdpMode::Driver)
+    })
+    .unwrap()
+    .unwrap();
+    let a = jitgate_agent::netns::run_in(&lab.vm_path(), || t.dp.attach(&iface))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.hook, jitgate_agent::dataplane::Hook::TcxIngress, "{a:?}");
+    assert_eq!((a.position, a.programs), (0, 1), "{a:?}");
+    let st = jitgate_agent::netns::run_in(&lab.vm_path(), || t.dp.hook_status(&iface))
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.ahead.len(), 1, "the XDP program runs before tc: {st:?}");
+    assert_eq!(st.ahead[0].id, other_id);
+    let sock = jitgate_agent::netns::run_in(&lab.client_path(0), || {
+        jitgate_tests::flood::PacketSocket::open("eth0")
+    })
+    .unwrap()
+    .unwrap();
+    let mut failures = Vec::new();
+    let mut before_hook = 0;
+    let mut unsendable = 0;
+    let mut reached = 0;
+    let rows = verdict_table_rows();
+    let total = rows.len();
+    for r in rows {
+        let before = t.dp.counters().unwrap();
+        if sock.send_batch(std::slice::from_ref(&r.frame)).is_err() {
+            // Longer than the link's MTU: cannot be sent as a frame at all.
+            unsendable += 1;
+            continue;
+        }
+        // The receive path runs in the sender's softirq, or soon after in ksoftirqd.
+        let moved = jitgate_tests::wait_until(Duration::from_secs(1), || {
+            t.dp.counters().unwrap() != before
+        });
+        let after = t.dp.counters().unwrap();
+        let delta = after.get(r.counter) - before.get(r.counter);
+        if !moved && r.action == XDP_DROP {
+            before_hook += 1;
+            continue;
+        }
+        reached += 1;
+        if delta != 1 {
+            failures.push(format!(
+                "{}: {} +{delta} (want +1)",
+                r.name,
+                r.counter.name()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "tcx verdicts differ from the table:\n{}",
+        failures.join("\n")
+    );
+    eprintln!(
+        "{reached} rows reached the hook, {before_hook} were dropped before it, {unsendable} exceed the MTU"
+    );
+    assert!(
+        unsendable <= 1 && reached + before_hook + unsendable == total,
+        "{reached} of {total} rows reached the hook"
+    );
+    assert!(
+        before_hook < 10,
+        "{before_hook} rows never reached the hook"
+    );
+    jitgate_agent::netns::run_in(&lab.vm_path(), || t.dp.detach(&iface))
+        .unwrap()
+        .unwrap();
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod package;
+
 #[derive(Parser)]
 #[command(about = "jitgate developer tasks", long_about = None)]
 struct Cli {
@@ -57,6 +59,10 @@ enum Cmd {
     /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
     /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
     Demo,
+    /// Build the Debian packages jitgate-agent, jitgate-controller and jitgate-cli from the
+    /// release build (cargo-deb); `--test` also installs, upgrades, removes and purges them
+    /// in a throwaway Debian root (docs/operations.md).
+    Package(package::Args),
     /// Run the libFuzzer targets (fuzz/, docs/fuzzing.md) one after the other. A crash stops
     /// the run and names the input that caused it (under fuzz/artifacts/).
     Fuzz {
@@ -188,6 +194,10 @@ fn main() -> Result<()> {
             let runs = fuzz(&root, &targets, seconds, FuzzBuild::Thorough)?;
             fuzz_verdict(&runs)
         }
+        Cmd::Package(args) => {
+            setup()?;
+            package::main(&root, args)
+        }
         Cmd::Demo => {
             setup()?;
             run(Command::new("cargo").args(["build", "--bins"]))?;
@@ -262,6 +272,7 @@ const PACKAGES: &[&str] = &[
     // The tunnel test's real WireGuard (userspace: the kernel may lack the module).
     "wireguard-go",
     "wireguard-tools",
+    "xdp-tools",
 ];
 /// Debian's PostgreSQL (server and psql), for the test clusters (jitgate-testpg); installed
 /// unless its server binaries are already there.
@@ -294,6 +305,7 @@ fn postgres_server_installed() -> bool {
 fn setup() -> Result<()> {
     let mut missing: Vec<&str> = PACKAGES
         .iter()
+        .chain(package::APT_PACKAGES)
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
@@ -340,6 +352,8 @@ fn setup() -> Result<()> {
             "nightly",
         ]))?;
     }
+
+    package::ensure_cargo_deb()?;
 
     let has_cargo_fuzz = output(Command::new("cargo").args(["fuzz", "--version"]))
         .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
@@ -551,6 +565,7 @@ fn test_phases(
             }
         }
     }
+    phases.run("package", || package::test(root, package::Profile::Dev))?;
     let runs = if opts.fuzz_seconds > 0 {
         phases.run("fuzz", || {
             let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();

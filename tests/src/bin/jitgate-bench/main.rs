@@ -20,7 +20,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
-        Some("dataplane") => dataplane(quick),
+        Some("dataplane") => dataplane(
+            quick,
+            // Experiment: host grant maps sized to N entries instead of the default limit.
+            args.windows(2)
+                .find(|w| w[0] == "--host-map")
+                .and_then(|w| w[1].parse().ok()),
+        ),
         Some("agent") => agent_bench::run(quick),
         Some("flood") => flood::run(quick),
         Some("e2e") => e2e::run(quick),
@@ -45,6 +51,10 @@ fn main() {
         }
     }
 }
+
+const DENY: &str = "protected, no grant (drop)";
+const DENY_OFF: &str = "protected, no grant (drop), prefilter off";
+const NEW_OFF: &str = "protected, granted (new connection), prefilter off";
 
 const VM4: &str = "192.0.2.1";
 const VM6: &str = "2001:db8:ff::1";
@@ -158,12 +168,13 @@ impl Bench {
     }
 }
 
-fn dataplane(quick: bool) {
+fn dataplane(quick: bool, host_map: Option<u32>) {
+    let load_start = load_average();
     jitgate_agent::bpffs::ensure_pin_dir(std::path::Path::new(TEST_PIN_ROOT)).expect("bpffs");
     let pin_dir = PathBuf::from(TEST_PIN_ROOT).join(unique("bench"));
     let mut opts = DataplaneOptions::new(&pin_dir);
     opts.limits = MapLimits {
-        host_grants: 1 << 21,
+        host_grants: host_map.unwrap_or(1 << 21),
         prefix_grants: 1 << 16,
         flows: 1 << 16,
     };
@@ -177,11 +188,16 @@ fn dataplane(quick: bool) {
     b.dp.set_protected(&["22/tcp".parse().expect("22/tcp")])
         .expect("protect");
     let end = BootInstant::now().saturating_add(Duration::from_secs(4 * 3600));
-    let levels: &[(u32, u32)] = if quick {
-        &[(0, 0), (10_000, 100)]
+    let all_levels: &[(u32, u32)] = if quick {
+        &[(0, 0), (9_900, 100)]
     } else {
         &[(0, 0), (9_900, 100), (999_000, 1_000)]
     };
+    let levels: Vec<(u32, u32)> = all_levels
+        .iter()
+        .copied()
+        .filter(|(h, _)| host_map.is_none_or(|m| *h <= m))
+        .collect();
 
     let floor_frame = frame(denied_host(Family::V4, 0), 22, 0x02, 40000);
     let floor_one = b.one(Prog::Floor(programs::FLOOR_PASS), &floor_frame, XDP_PASS);
@@ -203,7 +219,7 @@ fn dataplane(quick: bool) {
     let mut rows: Vec<(String, String, String, f64, f64)> = Vec::new();
     let mut load_notes = Vec::new();
     let mut installed = [(0u32, 0u32); 2];
-    for &(hosts, cidrs) in levels {
+    for &(hosts, cidrs) in &levels {
         for (fi, fam) in [Family::V4, Family::V6].into_iter().enumerate() {
             let (h0, c0) = installed[fi];
             // Grants accumulate: add what this level lacks.
@@ -279,6 +295,15 @@ fn dataplane(quick: bool) {
                 many,
             ));
             if hosts > 0 {
+                // The same denials with the prefilter off: every one looks the maps up, as
+                // layout 1 did.
+                b.dp.set_prefilter_enabled(false);
+                let one = b.one(ETH, &f_den, XDP_DROP);
+                let many = b.many(ETH, &frames, XDP_DROP, true);
+                b.dp.set_prefilter_enabled(true);
+                rows.push((DENY_OFF.into(), fam_s.into(), total.to_string(), one, many));
+            }
+            if hosts > 0 {
                 // Protected, granted: packets of admitted flows (the steady state of a session).
                 let f_ok = frame(sources_granted[0], 22, TCP_ACK, 40000);
                 let one = b.one(ETH, &f_ok, XDP_PASS);
@@ -310,6 +335,20 @@ fn dataplane(quick: bool) {
                 for (flow_key, _) in b.dp.flows() {
                     let _ = b.dp.remove_flow(&flow_key);
                 }
+                // The same new connections with the prefilter off (the lookups of layout 1).
+                b.dp.set_prefilter_enabled(false);
+                let many = b.many(ETH, &frames, XDP_PASS, false);
+                b.dp.set_prefilter_enabled(true);
+                rows.push((
+                    NEW_OFF.into(),
+                    fam_s.into(),
+                    total.to_string(),
+                    f64::NAN,
+                    many,
+                ));
+                for (flow_key, _) in b.dp.flows() {
+                    let _ = b.dp.remove_flow(&flow_key);
+                }
                 let _ =
                     b.dp.test_run(&frame(sources_granted[0], 22, 0x02, 43000), 1);
             }
@@ -327,13 +366,17 @@ fn dataplane(quick: bool) {
         .unwrap_or_default();
     let mut out = String::new();
     out.push_str(&format!(
-        "Measured {} on kernel {}, {} ({} CPUs). BPF_PROG_TEST_RUN, one TCP segment per run.\n\n",
+        "Measured {} on kernel {}, {} ({} CPUs). BPF_PROG_TEST_RUN, one TCP segment per run. \
+         Load average (1/5/15 min) {load_start} at the start and {} at the end: other builds shared both cores, \
+         so memory-bound figures (distinct sources) are slower than on an idle machine; compare each to its floor \
+         and to the prefilter-off rows of the same run.\n\n",
         chrono_date(),
         kernel.trim(),
         cpu,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        load_average()
     ));
     out.push_str(&format!(
         "- **Floor** (`jitgate_floor`, returns XDP_PASS and nothing else, same object, same run): \
@@ -341,16 +384,21 @@ fn dataplane(quick: bool) {
         b.repeat, b.distinct
     ));
     out.push_str("- \"One packet\": the same frame repeated (best of 3 runs); \"distinct sources\": the mean over distinct source addresses, each run once (repeat = 1), so caches and map lookups see a spread of keys. With repeat = 1 the kernel's per-run timer overhead is in both the figure and its floor.\n");
-    out.push_str("- Grants per family: host prefixes plus CIDRs (IPv4 /24, IPv6 /64) — 9 900 + 100 at the 10 000 level, 999 000 + 1 000 at the 1 000 000 level — on TCP 22, all active; both families installed at once. Granted sources are hosts with grants (hash hit); denied sources come from 198.18.0.0/15 and 2001:db8:ffff::/48 (hash miss, then LPM miss).\n\n");
-    out.push_str("| case | family | grants | one packet (ns) | × floor | distinct sources (ns) | × floor |\n|---|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("- Grants per family: host prefixes plus CIDRs (IPv4 /24, IPv6 /64) — 9 900 + 100 at the 10 000 level, 999 000 + 1 000 at the 1 000 000 level — on TCP 22, all active; both families installed at once. Granted sources are hosts with grants (prefilter hit, hash hit); denied sources come from 198.18.0.0/15 and 2001:db8:ffff::/48 (the prefilter's host and /24 or /64 blocks; with the prefilter off, a hash miss and then an LPM miss).\n\n");
+    out.push_str("| case | family | grants | one packet (ns) | − floor (ns) | × floor | distinct sources (ns) | − floor (ns) | × floor |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (case, fam, grants, one, many) in &rows {
-        let (one_s, one_r) = if one.is_nan() {
-            ("–".to_string(), "–".to_string())
+        let (one_s, one_d, one_r) = if one.is_nan() {
+            ("–".to_string(), "–".to_string(), "–".to_string())
         } else {
-            (format!("{one:.1}"), format!("{:.2}", one / floor_one))
+            (
+                format!("{one:.1}"),
+                format!("{:+.1}", one - floor_one),
+                format!("{:.2}", one / floor_one),
+            )
         };
         out.push_str(&format!(
-            "| {case} | {fam} | {grants} | {one_s} | {one_r} | {many:.1} | {:.2} |\n",
+            "| {case} | {fam} | {grants} | {one_s} | {one_d} | {one_r} | {many:.1} | {:+.1} | {:.2} |\n",
+            many - floor_many,
             many / floor_many
         ));
     }
@@ -384,6 +432,58 @@ fn dataplane(quick: bool) {
         if worst_unprot <= 1.2 { "met" } else { "missed" },
         if worst_prot <= 3.0 { "met" } else { "missed" }
     ));
+    // Denials at scale: distinct sources, above the same run's denial with no grants.
+    let find_many = |case: &str, fam: &str, grants: &str| {
+        rows.iter()
+            .find(|r| r.0 == case && r.1 == fam && r.2 == grants)
+            .map(|r| r.4)
+    };
+    out.push_str("\nDenials at scale (distinct sources, ns above the same run's denial with no grants installed, which already pays the parse and the per-run timer):\n\n");
+    out.push_str("| family | grants | denial (ns) | − denial at 0 grants (ns) | target | prefilter off (ns) | − denial at 0 grants (ns) |\n|---|---:|---:|---:|---|---:|---:|\n");
+    for fam in ["IPv4", "IPv6"] {
+        let Some(base) = find_many(DENY, fam, "0") else {
+            continue;
+        };
+        for &(h, c) in levels.iter().skip(1) {
+            let g = (h + c).to_string();
+            let (Some(on), off) = (find_many(DENY, fam, &g), find_many(DENY_OFF, fam, &g)) else {
+                continue;
+            };
+            let target = if h + c >= 1_000_000 { 50.0 } else { 25.0 };
+            let d = on - base;
+            out.push_str(&format!(
+                "| {fam} | {g} | {on:.1} | {d:+.1} | ≤ +{target:.0} ({}) | {} | {} |\n",
+                if d <= target { "met" } else { "missed" },
+                off.map_or("–".into(), |x| format!("{x:.1}")),
+                off.map_or("–".into(), |x| format!("{:+.1}", x - base)),
+            ));
+        }
+    }
+    out.push_str("\nGranted new connections, prefilter on vs off (distinct sources, same run; the admitted-flow path does not consult the prefilter):\n\n");
+    for fam in ["IPv4", "IPv6"] {
+        for &(h, c) in levels.iter().skip(1) {
+            let g = (h + c).to_string();
+            if let (Some(on), Some(off)) = (
+                find_many("protected, granted (new connection)", fam, &g),
+                find_many(NEW_OFF, fam, &g),
+            ) {
+                out.push_str(&format!(
+                    "- {fam}, {g} grants: {on:.1} ns with the prefilter, {off:.1} ns without ({:+.1} ns)\n",
+                    on - off
+                ));
+            }
+        }
+    }
+    let (blocks, exact) = b.dp.prefilter_state();
+    out.push_str(&format!(
+        "\nPrefilter at the end of the run: {} / {} / {} / {} blocks of 64 bytes in use (IPv4 hosts, IPv4 prefixes, IPv6 hosts, IPv6 prefixes), counts exact: {exact}.\n",
+        blocks[0], blocks[1], blocks[2], blocks[3]
+    ));
+    if let Some(m) = host_map {
+        out.push_str(&format!(
+            "\nExperiment: host grant maps created with {m} entries (not the default limit).\n"
+        ));
+    }
     // What limits it, from this run's own rows.
     let find = |case: &str, fam: &str, grants: &str| {
         rows.iter()
@@ -399,8 +499,8 @@ fn dataplane(quick: bool) {
         "\nWhat limits it (IPv4, one packet): the floor is {floor_one:.0} ns, so 1.2× leaves {:.0} ns for all the work and 3× leaves {:.0} ns. \
          Parsing Ethernet/VLAN/IP/TCP, the protected-set array lookup and a per-CPU counter cost {:.0} ns (unprotected − floor). \
          A protected packet with no grant on the port needs no map lookup at all (the slot's flags say so) and costs {:.0} ns more \
-         (addresses, flow key, the event budget). Each hash or LPM lookup costs roughly 10-20 ns on this machine: a denied packet at \
-         {max_grants} grants does a host-hash miss and an LPM miss ({deny_max:.0} ns); a packet of an admitted flow does one 40-byte-key \
+         (addresses, flow key, the event budget). Each hash or LPM lookup costs roughly 10-20 ns on this machine when cached: a denied packet at \
+         {max_grants} grants reads two prefilter blocks and usually no map ({deny_max:.0} ns); a packet of an admitted flow does one 40-byte-key \
          LRU-hash lookup and reads the clock cache ({flow_max:.0} ns). Meeting 3× would need the whole protected path in one lookup \
          of under ~5 ns, which no BPF hash map offers.\n",
         floor_one * 0.2,
@@ -428,6 +528,14 @@ fn runtime2() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// The 1, 5 and 15 minute load averages, as `uptime` prints them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 fn chrono_date() -> String {
