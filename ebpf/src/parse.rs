@@ -119,6 +119,9 @@ impl Pkt for TcContext {
         (unsafe { (*self.skb.skb).vlan_present } != 0) as usize
     }
     #[inline(always)]
+    // The interface the packet arrived on, as XDP's ingress_ifindex: on tc ingress `ifindex`
+    // is the same device, but `ingress_ifindex` stays right if the program is ever moved.
+    #[allow(clippy::misnamed_getters)]
     fn ifindex(&self) -> u32 {
         // SAFETY: the context the kernel passed in.
         unsafe { (*self.skb.skb).ingress_ifindex }
