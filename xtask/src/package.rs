@@ -168,6 +168,7 @@ fn make_debs(out: &Path, revision: &str, profile: Profile, fast: bool) -> Result
 /// The same packages with Debian revision `revision`: unpacked, the control file's Version
 /// changed, packed again (light compression).
 fn repack(debs: &[PathBuf], out: &Path, revision: &str) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out)?;
     let tree = out.join("tree");
     debs.iter()
         .map(|deb| {
