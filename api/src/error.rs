@@ -63,6 +63,84 @@ wire_enum! {
     }
 }
 
+/// What kind of refusal a code is: the one grouping of the codes that the controller (HTTP
+/// status) and `jit` (exit code) both map from, so the two can never disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The input was malformed or not allowed (400).
+    Invalid,
+    /// No or a bad credential (401).
+    Unauthenticated,
+    /// The caller may not do this (403).
+    Forbidden,
+    /// What was named does not exist (404).
+    NotFound,
+    /// The method is not served on this path (405).
+    MethodNotAllowed,
+    /// The request took too long to arrive (408).
+    Timeout,
+    /// The state does not allow it (409).
+    Conflict,
+    /// The body is too large (413).
+    TooLarge,
+    /// The body is not JSON (415).
+    UnsupportedMediaType,
+    /// The controller failed; nothing was changed (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's class; `None` for a code this build does not know.
+    pub fn class(&self) -> Option<ErrorClass> {
+        use ErrorClass as K;
+        use ErrorCode as C;
+        Some(match self {
+            C::InvalidJson
+            | C::InvalidBody
+            | C::InvalidQuery
+            | C::InvalidPort
+            | C::InvalidProtocol
+            | C::InvalidSourcePrefix
+            | C::InvalidDuration
+            | C::InvalidTime
+            | C::InvalidName
+            | C::InvalidPolicy
+            | C::InvalidRequest
+            | C::InvalidForwardedFor
+            | C::InvalidRole
+            | C::InvalidScope
+            | C::InvalidCsr
+            | C::InvalidScan
+            | C::InvalidRange
+            | C::RangeNotAllowed => K::Invalid,
+            C::Unauthenticated | C::InvalidEnrollmentToken => K::Unauthenticated,
+            C::Forbidden => K::Forbidden,
+            C::VmNotFound
+            | C::ResourceGroupNotFound
+            | C::PolicyNotFound
+            | C::RequestNotFound
+            | C::TokenNotFound
+            | C::GrantNotFound
+            | C::AgentNotFound
+            | C::AssignmentNotFound
+            | C::TemplateNotFound
+            | C::NoSuchRoute => K::NotFound,
+            C::MethodNotAllowed => K::MethodNotAllowed,
+            C::RequestTimeout => K::Timeout,
+            C::RequestNotActive
+            | C::VmExists
+            | C::ResourceGroupExists
+            | C::TokenAlreadyRevoked
+            | C::AssignmentExists
+            | C::EmptyActivityLog => K::Conflict,
+            C::BodyTooLarge => K::TooLarge,
+            C::UnsupportedMediaType => K::UnsupportedMediaType,
+            C::InternalError => K::Internal,
+            C::Unknown(_) => return None,
+        })
+    }
+}
+
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

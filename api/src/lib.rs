@@ -39,7 +39,7 @@ pub use compliance::{
     ComplianceState, Finding, FindingCode, GroupBy, RemediateBody, ReportQuery, ResourceKind,
     ScanBody, ScanReason, ScanSummary,
 };
-pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use error::{ErrorBody, ErrorClass, ErrorCode, ErrorDetail};
 pub use inventory::{Me, ResourceGroup, Vm, VmDetail};
 pub use list::{Format, List};
 pub use policy::{OnExpiry, PolicyBody, PolicyPort, PolicyScope, PolicyView};

@@ -61,48 +61,14 @@ pub fn refused(status: u16, code: Option<&ErrorCode>) -> u8 {
 }
 
 fn by_code(code: &ErrorCode) -> Option<u8> {
-    use ErrorCode as C;
-    Some(match code {
-        C::InvalidJson
-        | C::InvalidBody
-        | C::InvalidQuery
-        | C::InvalidPort
-        | C::InvalidProtocol
-        | C::InvalidSourcePrefix
-        | C::InvalidDuration
-        | C::InvalidTime
-        | C::InvalidName
-        | C::InvalidPolicy
-        | C::InvalidRequest
-        | C::InvalidForwardedFor
-        | C::InvalidRole
-        | C::InvalidScope
-        | C::InvalidCsr
-        | C::InvalidScan
-        | C::InvalidRange
-        | C::RangeNotAllowed
-        | C::BodyTooLarge
-        | C::UnsupportedMediaType => USAGE,
-        C::Unauthenticated | C::InvalidEnrollmentToken => UNAUTHENTICATED,
-        C::Forbidden => FORBIDDEN,
-        C::VmNotFound
-        | C::ResourceGroupNotFound
-        | C::PolicyNotFound
-        | C::RequestNotFound
-        | C::TokenNotFound
-        | C::GrantNotFound
-        | C::AgentNotFound
-        | C::AssignmentNotFound
-        | C::TemplateNotFound
-        | C::NoSuchRoute => NOT_FOUND,
-        C::RequestNotActive
-        | C::VmExists
-        | C::ResourceGroupExists
-        | C::TokenAlreadyRevoked
-        | C::AssignmentExists
-        | C::EmptyActivityLog => CONFLICT,
-        C::MethodNotAllowed | C::RequestTimeout | C::InternalError => ERROR,
-        C::Unknown(_) => return None,
+    use jitgate_api::ErrorClass as K;
+    Some(match code.class()? {
+        K::Invalid | K::TooLarge | K::UnsupportedMediaType => USAGE,
+        K::Unauthenticated => UNAUTHENTICATED,
+        K::Forbidden => FORBIDDEN,
+        K::NotFound => NOT_FOUND,
+        K::Conflict => CONFLICT,
+        K::MethodNotAllowed | K::Timeout | K::Internal => ERROR,
     })
 }
 

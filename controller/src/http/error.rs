@@ -23,51 +23,20 @@ impl HttpError {
     }
 }
 
-/// The status of each code.
+/// The status of each code (by its class, which `jit`'s exit codes share).
 pub fn status(code: &ErrorCode) -> StatusCode {
-    use ErrorCode as C;
-    match code {
-        C::InvalidJson
-        | C::InvalidBody
-        | C::InvalidQuery
-        | C::InvalidPort
-        | C::InvalidProtocol
-        | C::InvalidSourcePrefix
-        | C::InvalidDuration
-        | C::InvalidTime
-        | C::InvalidName
-        | C::InvalidPolicy
-        | C::InvalidRequest
-        | C::InvalidForwardedFor
-        | C::InvalidRole
-        | C::InvalidScope
-        | C::InvalidCsr
-        | C::InvalidScan
-        | C::InvalidRange
-        | C::RangeNotAllowed => StatusCode::BAD_REQUEST,
-        C::Unauthenticated | C::InvalidEnrollmentToken => StatusCode::UNAUTHORIZED,
-        C::Forbidden => StatusCode::FORBIDDEN,
-        C::VmNotFound
-        | C::ResourceGroupNotFound
-        | C::PolicyNotFound
-        | C::RequestNotFound
-        | C::TokenNotFound
-        | C::GrantNotFound
-        | C::AgentNotFound
-        | C::AssignmentNotFound
-        | C::TemplateNotFound
-        | C::NoSuchRoute => StatusCode::NOT_FOUND,
-        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        C::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-        C::RequestNotActive
-        | C::VmExists
-        | C::ResourceGroupExists
-        | C::TokenAlreadyRevoked
-        | C::AssignmentExists
-        | C::EmptyActivityLog => StatusCode::CONFLICT,
-        C::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        C::InternalError | C::Unknown(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    use jitgate_api::ErrorClass as K;
+    match code.class() {
+        Some(K::Invalid) => StatusCode::BAD_REQUEST,
+        Some(K::Unauthenticated) => StatusCode::UNAUTHORIZED,
+        Some(K::Forbidden) => StatusCode::FORBIDDEN,
+        Some(K::NotFound) => StatusCode::NOT_FOUND,
+        Some(K::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+        Some(K::Timeout) => StatusCode::REQUEST_TIMEOUT,
+        Some(K::Conflict) => StatusCode::CONFLICT,
+        Some(K::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(K::UnsupportedMediaType) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some(K::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
