@@ -155,11 +155,10 @@ pub async fn connection(
         };
         c.app.fleet.seen(&c.agent_s, None).await?;
         let _live = c.app.presence.connected(&c.agent_s);
-        // Subscribe before reading the outbox, so no commit in between is missed.
-        let mut outbox = c.app.notifier.outbox_watch();
-        outbox.mark_unchanged();
-        let mut policy = c.app.notifier.policy_watch();
-        policy.mark_unchanged();
+        // Subscribe before reading the outbox, so no commit in between is missed: only
+        // commits that touch this VM (or its group's policy) wake this connection.
+        let group = c.app.inventory.group_of(&c.vm).await?;
+        let mut wakeups = c.app.notifier.subscribe(&c.vm, &group);
         send(
             &mut wr,
             &ControllerMsg::Welcome {
@@ -199,17 +198,13 @@ pub async fn connection(
                     last_heard = tokio::time::Instant::now();
                     c.handle(&mut wr, m).await?;
                 }
-                r = outbox.changed() => {
-                    if r.is_err() {
-                        return Ok(());
+                w = wakeups.changed() => {
+                    if w.policy {
+                        c.send_policy(&mut wr).await?;
                     }
-                    c.send_outbox(&mut wr, false).await?;
-                }
-                r = policy.changed() => {
-                    if r.is_err() {
-                        return Ok(());
+                    if w.outbox {
+                        c.send_outbox(&mut wr, false).await?;
                     }
-                    c.send_policy(&mut wr).await?;
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= IDLE_LIMIT {
