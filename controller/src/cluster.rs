@@ -4,8 +4,8 @@
 //!   (`store::write`); [`listen`] receives the other controllers' notices and wakes this
 //!   controller's connections of those VMs, as a local commit would.
 //! - Catch-up: push is a hint. Every [`CATCH_UP_EVERY`] [`catch_up`] compares the committed
-//!   outbox and activity heads with what it last saw and wakes the VMs with outbox rows or
-//!   policy changes in between, so a lost notification (a listener reconnecting, a full
+//!   outbox and activity heads with what it last saw and wakes the VMs with outbox rows,
+//!   policy changes or agent revocations in between, so a lost notification (a listener reconnecting, a full
 //!   queue, a bug) delays a delivery, never loses it. It also samples
 //!   `pg_notification_queue_usage()`.
 //! - Presence: every [`PRESENCE_EVERY`] (and soon after a connection begins or ends)
@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::notify::{CHANNEL, Notice, Notifier, Touched};
 use crate::presence::Presence;
 use crate::store::Db;
-use crate::store::cluster::{self as sql, PolicyChange};
+use crate::store::cluster::{self as sql, Change};
 
 /// How often each controller looks for committed work it was not told about.
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
@@ -39,6 +39,9 @@ const PRESENCE_MIN_GAP: Duration = Duration::from_millis(500);
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// A notification queue fuller than this is logged as a warning.
 const QUEUE_WARN: f64 = 0.5;
+/// Above this, commits stop notifying (a notifying commit fails when the queue is full) and
+/// other controllers rely on the catch-up until it drains below [`QUEUE_WARN`].
+const QUEUE_STOP: f64 = 0.9;
 
 /// What this controller knows about the cluster, for status and metrics. Clones share it.
 #[derive(Clone, Debug)]
@@ -204,9 +207,22 @@ async fn catch_up(p: Parts, mut shutdown: watch::Receiver<bool>) {
                         "PostgreSQL's notification queue is filling: a listener is stalled"
                     );
                 }
+                queue_guard(&p.notifier, u);
             }
             Err(e) => tracing::warn!(error = %e, "reading the notification queue usage failed"),
         }
+    }
+}
+
+/// Stops notifying above [`QUEUE_STOP`], starts again below [`QUEUE_WARN`].
+fn queue_guard(notifier: &Notifier, usage: f64) {
+    if usage > QUEUE_STOP && notifier.set_push(false) {
+        tracing::error!(
+            usage,
+            "notification queue nearly full: commits stop notifying; other controllers deliver by catch-up"
+        );
+    } else if usage < QUEUE_WARN && !notifier.set_push(true) {
+        tracing::info!(usage, "notification queue drained: commits notify again");
     }
 }
 
@@ -225,10 +241,11 @@ async fn catch_up_once(p: &Parts, seen: Option<(i64, i64)>) -> crate::error::Res
             .collect();
     }
     if chain > seen_chain {
-        for c in sql::policy_changes(p.db.pool(), seen_chain, chain).await? {
+        for c in sql::changes(p.db.pool(), seen_chain, chain).await? {
             match c {
-                PolicyChange::Vm(vm) => t.policy_vms.insert(vm),
-                PolicyChange::Group(g) => t.policy_groups.insert(g),
+                Change::VmPolicy(vm) => t.policy_vms.insert(vm),
+                Change::GroupPolicy(g) => t.policy_groups.insert(g),
+                Change::Agents(vm) => t.agents.insert(vm),
             };
         }
     }
@@ -238,6 +255,7 @@ async fn catch_up_once(p: &Parts, seen: Option<(i64, i64)>) -> crate::error::Res
             outbox_vms = t.outbox.len(),
             policy_vms = t.policy_vms.len(),
             policy_groups = t.policy_groups.len(),
+            agents = t.agents.len(),
             woken,
             "catch-up"
         );
@@ -307,6 +325,19 @@ mod tests {
         let other = n.subscribe("db1", "data");
         on_notice(&n, &st, "not json");
         assert!(other.pending().outbox && other.pending().policy);
+    }
+
+    #[test]
+    fn a_full_queue_stops_notifying_until_it_drains() {
+        let n = Notifier::new();
+        queue_guard(&n, 0.6);
+        assert!(n.push(), "a filling queue only warns");
+        queue_guard(&n, 0.95);
+        assert!(!n.push());
+        queue_guard(&n, 0.7);
+        assert!(!n.push(), "still above the warning level");
+        queue_guard(&n, 0.1);
+        assert!(n.push());
     }
 
     #[test]

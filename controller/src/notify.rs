@@ -1,13 +1,13 @@
 //! Wakeups of one running controller's agent connections. A commit says what it touched
 //! ([`Touched`]: the VMs that got grant outbox rows, the VMs and resource groups whose policy
-//! changed) and only the connections of those VMs are woken ([`Subscription`]); the others
+//! changed, the VMs whose agents were revoked) and only the connections of those VMs are woken ([`Subscription`]); the others
 //! sleep. A value owned by the controller (never process-wide), so that several controllers
 //! in one process (tests) do not wake each other's connections. On PostgreSQL the same
 //! [`Touched`] travels to the other controllers as a `NOTIFY` payload (`cluster`), with a
 //! periodic catch-up behind it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ pub struct Touched {
     /// Resource groups whose policy changed (every VM of the group).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub policy_groups: BTreeSet<String>,
+    /// VMs whose agents were revoked.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub agents: BTreeSet<String>,
     /// Too much to name (or not known): every connection looks again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub everything: bool,
@@ -37,6 +40,7 @@ impl Touched {
             && self.outbox.is_empty()
             && self.policy_vms.is_empty()
             && self.policy_groups.is_empty()
+            && self.agents.is_empty()
     }
 
     /// Every connection looks again.
@@ -88,21 +92,26 @@ pub struct Wake {
     pub outbox: bool,
     /// Its VM's effective policy.
     pub policy: bool,
+    /// Its agent's status (revoked?).
+    pub agent: bool,
 }
 
 const OUTBOX: u8 = 1;
 const POLICY: u8 = 2;
+const AGENT: u8 = 4;
+const ALL: u8 = OUTBOX | POLICY | AGENT;
 
 impl Wake {
     fn from_bits(b: u8) -> Wake {
         Wake {
             outbox: b & OUTBOX != 0,
             policy: b & POLICY != 0,
+            agent: b & AGENT != 0,
         }
     }
 
     pub fn any(self) -> bool {
-        self.outbox || self.policy
+        self.outbox || self.policy || self.agent
     }
 }
 
@@ -137,6 +146,9 @@ struct Inner {
     origin: String,
     /// Connections woken, for tests and logs.
     woken: AtomicU64,
+    /// Whether commits tell the other controllers (off while PostgreSQL's notification queue
+    /// is nearly full: a notifying commit would then fail; the catch-up still delivers).
+    push: AtomicBool,
 }
 
 /// The controller's wakeups. Clones share them.
@@ -152,6 +164,7 @@ impl Default for Notifier {
                 registry: Mutex::new(Registry::default()),
                 origin: uuid::Uuid::new_v4().to_string(),
                 woken: AtomicU64::new(0),
+                push: AtomicBool::new(true),
             }),
         }
     }
@@ -205,7 +218,7 @@ impl Notifier {
         if t.everything {
             for slots in r.by_vm.values() {
                 for s in slots.values() {
-                    s.wake(OUTBOX | POLICY);
+                    s.wake(ALL);
                     woken += 1;
                 }
             }
@@ -216,6 +229,9 @@ impl Notifier {
             }
             for vm in &t.policy_vms {
                 *bits.entry(vm).or_default() |= POLICY;
+            }
+            for vm in &t.agents {
+                *bits.entry(vm).or_default() |= AGENT;
             }
             for g in &t.policy_groups {
                 for vm in r.by_group.get(g).into_iter().flatten() {
@@ -231,6 +247,16 @@ impl Notifier {
         }
         self.inner.woken.fetch_add(woken as u64, Ordering::Relaxed);
         woken
+    }
+
+    /// Whether commits send their [`Notice`] to the other controllers.
+    pub fn push(&self) -> bool {
+        self.inner.push.load(Ordering::Relaxed)
+    }
+
+    /// Turns the sending of notices on or off; returns the previous setting.
+    pub fn set_push(&self, on: bool) -> bool {
+        self.inner.push.swap(on, Ordering::Relaxed)
     }
 
     /// How many connection wakeups this controller has made.
@@ -318,7 +344,8 @@ mod tests {
             web1.pending(),
             Wake {
                 outbox: true,
-                policy: false
+                policy: false,
+                agent: false,
             }
         );
         assert!(!web2.pending().any() && !db1.pending().any());
@@ -329,7 +356,14 @@ mod tests {
         assert_eq!(n.wake(&group), 2);
         assert!(web2.pending().policy && !db1.pending().any());
         assert_eq!(n.wake(&Touched::everything()), 3);
-        assert!(db1.pending().outbox && db1.pending().policy);
+        assert!(db1.pending().outbox && db1.pending().policy && db1.pending().agent);
+        let revoked = Touched {
+            agents: ["web2".to_string()].into(),
+            ..Touched::default()
+        };
+        let fresh = n.subscribe("web2", "prod");
+        assert_eq!(n.wake(&revoked), 2);
+        assert!(fresh.pending().agent && !fresh.pending().outbox);
         assert_eq!(n.wake(&outbox("nobody")), 0);
     }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::agent::{Agent, Creds, enroll};
 use common::{Harness, one_port};
 use jitgate_api::Role;
+use jitgate_controller::authz::Caller;
 use jitgate_controller::cluster::CATCH_UP_EVERY;
 use jitgate_proto::message::Outcome;
 use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, RevokeBody};
@@ -198,6 +199,27 @@ async fn grant_revoke_and_policy_committed_on_a_reach_an_agent_on_b() {
         "A -> agent on B: grant {grant_ms} ms, revoke {revoke_ms} ms, policy {policy_ms} ms; \
          A -> agent on A: grant {local_ms} ms"
     );
+    // Revoking the agent through A closes its connection on B (pushed; B does not poll).
+    let t0 = Instant::now();
+    let ids = a
+        .app()
+        .fleet
+        .revoke_agents(&Caller::local(), "web1")
+        .await
+        .expect("revoke agent");
+    assert_eq!(ids, [c.id.to_string()]);
+    assert!(
+        agent.closed_within(PUSH_WITHIN).await,
+        "B closes the revoked agent's connection"
+    );
+    eprintln!(
+        "agent revoked on A, closed by B after {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        !agent2.closed_within(Duration::from_millis(300)).await,
+        "web2's agent stays connected"
+    );
     let usage = b.app().cluster.notification_queue_usage();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -326,7 +348,17 @@ async fn a_lost_notification_is_caught_up() {
         b.app().notifier.woken() > woken,
         "the catch-up woke the connection"
     );
+    // A's commits stop notifying (what a nearly full notification queue does): an initiate
+    // through A still reaches the agent on B, by the catch-up.
+    assert!(a.app().notifier.set_push(false));
+    let t1 = Instant::now();
+    let (_, v) = a.initiate(&alice, request("web1", "203.0.113.10")).await;
+    assert_eq!(v["status"], "Initiated", "{v}");
+    let g2 = grant_within(&mut agent, &c, within).await;
+    let unpushed_ms = t1.elapsed().as_millis();
+    assert_eq!(g2.request_id, v["id"].as_str().expect("id"));
+    assert_eq!(b.app().cluster.notices_applied(), notices);
     eprintln!(
-        "lost notification caught up after {caught_ms} ms (catch-up every {CATCH_UP_EVERY:?})"
+        "lost notification caught up after {caught_ms} ms, unpushed grant after {unpushed_ms} ms (catch-up every {CATCH_UP_EVERY:?})"
     );
 }

@@ -24,6 +24,7 @@ use crate::authz::Actor;
 use crate::channel::tls::identify;
 use crate::channel::{HELLO_TIMEOUT, IDLE_LIMIT, OUTBOX_BATCH, PING_EVERY, STATUS_EVERY};
 use crate::error::Error;
+use crate::store::Backend;
 use crate::store::agents::Heartbeat;
 use crate::store::grants::{GrantState, OutboxOp};
 
@@ -188,6 +189,10 @@ pub async fn connection(
         let mut last_heard = tokio::time::Instant::now();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
+        // Revocation is pushed (a wakeup for the VM, from any controller; on PostgreSQL the
+        // cluster catch-up backs it). On SQLite an administration command in another process
+        // cannot wake this one: poll.
+        let poll_status = c.app.db.backend() == Backend::Sqlite;
         let mut status = tokio::time::interval(STATUS_EVERY);
         let mut nonce = 0u64;
         loop {
@@ -199,6 +204,9 @@ pub async fn connection(
                     c.handle(&mut wr, m).await?;
                 }
                 w = wakeups.changed() => {
+                    if w.agent {
+                        c.check_status().await?;
+                    }
                     if w.policy {
                         c.send_policy(&mut wr).await?;
                     }
@@ -214,16 +222,7 @@ pub async fn connection(
                     nonce += 1;
                     send(&mut wr, &ControllerMsg::Ping { nonce }).await?;
                 }
-                _ = status.tick() => {
-                    match c.app.fleet.status(&c.agent_s).await? {
-                        Some(AgentStatus::Active) => {}
-                        other => {
-                            return Err(ConnError::Refused(format!(
-                                "agent {} is now {}", c.agent,
-                                other.as_ref().map_or("unknown", |s| s.as_str()))));
-                        }
-                    }
-                }
+                _ = status.tick(), if poll_status => c.check_status().await?,
                 _ = shutdown.changed() => return Ok(()),
             }
         }
@@ -241,6 +240,18 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(),
 type Wr = WriteHalf<TlsStream<TcpStream>>;
 
 impl Conn {
+    /// Ends the connection unless its agent is still active.
+    async fn check_status(&self) -> Result<(), ConnError> {
+        match self.app.fleet.status(&self.agent_s).await? {
+            Some(AgentStatus::Active) => Ok(()),
+            other => Err(ConnError::Refused(format!(
+                "agent {} is now {}",
+                self.agent,
+                other.as_ref().map_or("unknown", |s| s.as_str())
+            ))),
+        }
+    }
+
     async fn send_policy(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
         let group = self.app.inventory.group_of(&self.vm).await?;
         let seq = self.app.policies.version(&self.vm, &group).await?;

@@ -53,34 +53,45 @@ pub async fn outbox_vms(
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// A policy change in the activity log.
+/// A change in the activity log that agent connections act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicyChange {
-    Vm(String),
-    Group(String),
+pub enum Change {
+    /// A VM's own policy.
+    VmPolicy(String),
+    /// A resource group's policy.
+    GroupPolicy(String),
+    /// A VM's agents were revoked or replaced (enrolment revokes the previous agent).
+    Agents(String),
 }
 
-/// Policy changes logged in `(after, up_to]`.
-pub async fn policy_changes(
+/// Policy and agent changes logged in `(after, up_to]`.
+pub async fn changes(
     ex: impl Executor<'_, Database = Any>,
     after: i64,
     up_to: i64,
-) -> Result<Vec<PolicyChange>> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT resource_type, resource_group, vm FROM activity \
-         WHERE seq > $1 AND seq <= $2 AND operation IN ($3, $4)",
+) -> Result<Vec<Change>> {
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT operation, resource_type, resource_group, vm FROM activity \
+         WHERE seq > $1 AND seq <= $2 AND operation IN ($3, $4, $5, $6)",
     )
     .bind(after)
     .bind(up_to)
     .bind(Operation::UpdatePolicy.as_str())
     .bind(Operation::DeletePolicy.as_str())
+    .bind(Operation::RevokeAgent.as_str())
+    .bind(Operation::EnrollAgent.as_str())
     .fetch_all(ex)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for (kind, group, vm) in rows {
+    for (op, kind, group, vm) in rows {
+        let op = Operation::try_from(op).map_err(Error::corrupt)?;
+        if matches!(op, Operation::RevokeAgent | Operation::EnrollAgent) {
+            out.push(Change::Agents(vm));
+            continue;
+        }
         match ResourceType::try_from(kind).map_err(Error::corrupt)? {
-            ResourceType::VirtualMachine => out.push(PolicyChange::Vm(vm)),
-            ResourceType::ResourceGroup => out.push(PolicyChange::Group(group)),
+            ResourceType::VirtualMachine => out.push(Change::VmPolicy(vm)),
+            ResourceType::ResourceGroup => out.push(Change::GroupPolicy(group)),
             _ => {}
         }
     }

@@ -297,6 +297,11 @@ impl WriteTx {
         set.insert(name.to_string());
     }
 
+    /// The VM's agents were revoked: its agent connections check their agent after commit.
+    pub fn agents_revoked(&mut self, vm: &str) {
+        self.touched.agents.insert(vm.to_string());
+    }
+
     /// Outbox rows were written for `vm`: its agent connections read them after commit.
     pub fn outbox_written(&mut self, vm: &str) {
         self.touched.outbox.insert(vm.to_string());
@@ -318,7 +323,7 @@ impl WriteTx {
     /// PostgreSQL: tells the other controllers what this transaction touched (delivered at
     /// commit, dropped at rollback).
     async fn notify_others(&mut self, touched: &Touched) -> Result<()> {
-        if self.backend == Backend::Sqlite || touched.is_empty() {
+        if self.backend == Backend::Sqlite || touched.is_empty() || !self.notifier.push() {
             return Ok(());
         }
         let payload = Notice::payload(self.notifier.origin(), touched)?;
