@@ -263,6 +263,14 @@ async fn catch_up_once(p: &Parts, seen: Option<(i64, i64)>) -> crate::error::Res
     Ok((chain, outbox))
 }
 
+/// Reads the cluster's presence once (administration commands on PostgreSQL, which list
+/// agents without serving them).
+pub async fn read_presence(db: &Db, presence: &Presence) -> crate::error::Result<()> {
+    let now = jitgate_api::time::now_ms();
+    presence.set_cluster(sql::present(db.pool(), now).await?);
+    Ok(())
+}
+
 /// Writes this controller's agents' presence and reads the cluster's, every
 /// [`PRESENCE_EVERY`] and soon after a connection begins or ends; removes this
 /// controller's rows at shutdown.

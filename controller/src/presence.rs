@@ -74,12 +74,14 @@ impl Presence {
         v
     }
 
-    /// Connected to this controller or, as last read, to another one of the cluster (when
-    /// it serves agents); else heard from within [`ONLINE_WITHIN_MS`] (administration
-    /// commands run in another process).
+    /// Connected to this controller or, as last read, to any controller of the cluster;
+    /// else, unless this controller serves agents, heard from within [`ONLINE_WITHIN_MS`]
+    /// (administration commands run in another process; on SQLite they have no presence).
     pub fn online(&self, agent: &str, last_seen: Option<i64>, now: i64) -> bool {
-        if self.inner.serving.load(Ordering::Relaxed) {
-            self.is_live(agent) || self.in_cluster(agent, now)
+        if self.is_live(agent) || self.in_cluster(agent, now) {
+            true
+        } else if self.inner.serving.load(Ordering::Relaxed) {
+            false
         } else {
             last_seen.is_some_and(|l| now - l <= ONLINE_WITHIN_MS)
         }

@@ -263,6 +263,39 @@ async fn agents_connected_to_b_are_online_on_a() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(web1["status"], "online", "{web1}");
+    // An administration command (`jit-controller agents`, another process, serving no
+    // agent) reads the presence rows: online although the agent has not spoken for long.
+    sqlx::query("UPDATE agents SET last_seen_ms = 0")
+        .execute(a.app().db.pool())
+        .await
+        .expect("age last_seen");
+    let url = a.cfg.database_url.clone().expect("database URL");
+    let admin = jitgate_controller::App::open(
+        &url,
+        &jitgate_controller::store::DbOptions::default(),
+        jitgate_controller::app::Parts::default(),
+    )
+    .await
+    .expect("open");
+    let listed = |admin: &jitgate_controller::App| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .fleet
+                .agents(&Caller::local())
+                .await
+                .expect("agents")
+                .into_iter()
+                .map(|x| x.connection.as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&admin).await, ["offline"], "no presence read yet");
+    jitgate_controller::cluster::read_presence(&admin.db, &admin.presence)
+        .await
+        .expect("presence");
+    assert_eq!(listed(&admin).await, ["online"]);
+    admin.close().await;
     // One row in the database, naming one controller.
     let rows = sqlx::query("SELECT agent_id, controller FROM agent_presence")
         .fetch_all(a.app().db.pool())
