@@ -263,12 +263,27 @@ async fn agents_connected_to_b_are_online_on_a() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(web1["status"], "online", "{web1}");
-    // An administration command (`jit-controller agents`, another process, serving no
-    // agent) reads the presence rows: online although the agent has not spoken for long.
+    // The agent never answered a ping here: B's presence refresh, not a pong, marks it
+    // seen (no write per pong on PostgreSQL).
+    let last_seen = || async {
+        sqlx::query("SELECT last_seen_ms FROM agents WHERE id = $1")
+            .bind(c_b.id.to_string())
+            .fetch_one(a.app().db.pool())
+            .await
+            .expect("agent")
+            .get::<Option<i64>, _>(0)
+            .unwrap_or(0)
+    };
     sqlx::query("UPDATE agents SET last_seen_ms = 0")
         .execute(a.app().db.pool())
         .await
         .expect("age last_seen");
+    assert!(
+        eventually(Duration::from_secs(15), || async { last_seen().await > 0 }).await,
+        "the presence refresh marks the agent seen"
+    );
+    // An administration command (`jit-controller agents`, another process, serving no
+    // agent) reads the presence rows.
     let url = a.cfg.database_url.clone().expect("database URL");
     let admin = jitgate_controller::App::open(
         &url,
@@ -277,24 +292,22 @@ async fn agents_connected_to_b_are_online_on_a() {
     )
     .await
     .expect("open");
-    let listed = |admin: &jitgate_controller::App| {
-        let admin = admin.clone();
-        async move {
-            admin
-                .fleet
-                .agents(&Caller::local())
-                .await
-                .expect("agents")
-                .into_iter()
-                .map(|x| x.connection.as_str().to_string())
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(listed(&admin).await, ["offline"], "no presence read yet");
+    let now = jitgate_api::time::now_ms();
+    let id = c_b.id.to_string();
+    assert!(!admin.presence.in_cluster(&id, now), "nothing read yet");
     jitgate_controller::cluster::read_presence(&admin.db, &admin.presence)
         .await
         .expect("presence");
-    assert_eq!(listed(&admin).await, ["online"]);
+    assert!(admin.presence.in_cluster(&id, now));
+    let listed: Vec<String> = admin
+        .fleet
+        .agents(&Caller::local())
+        .await
+        .expect("agents")
+        .into_iter()
+        .map(|x| x.connection.as_str().to_string())
+        .collect();
+    assert_eq!(listed, ["online"]);
     admin.close().await;
     // One row in the database, naming one controller.
     let rows = sqlx::query("SELECT agent_id, controller FROM agent_presence")

@@ -506,7 +506,12 @@ impl Conn {
                 let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
                 self.app.fleet.seen(&self.agent_s, Some(&hb)).await?;
             }
-            AgentMsg::Pong { .. } => self.app.fleet.seen(&self.agent_s, None).await?,
+            // On PostgreSQL the presence refresh marks connected agents seen, in one
+            // statement every few seconds (`cluster`): no write transaction per pong.
+            AgentMsg::Pong { .. } if self.app.db.backend() == Backend::Sqlite => {
+                self.app.fleet.seen(&self.agent_s, None).await?;
+            }
+            AgentMsg::Pong { .. } => {}
         }
         Ok(())
     }

@@ -98,9 +98,10 @@ pub async fn changes(
     Ok(out)
 }
 
-/// Records `agents` as connected to `controller` until `expires_ms`, and drops this
-/// controller's rows that this refresh did not renew (agents gone since). One statement per
-/// [`PRESENCE_CHUNK`] agents, plus one.
+/// Records `agents` as connected to `controller` until `expires_ms`, marks them seen now
+/// (`agents.last_seen_ms`: no write per pong), and drops this controller's rows that this
+/// refresh did not renew (agents gone since). One statement per [`PRESENCE_CHUNK`] agents,
+/// plus two.
 pub async fn refresh_presence(
     pool: &AnyPool,
     controller: &str,
@@ -126,6 +127,17 @@ pub async fn refresh_presence(
             q = q.bind(a.as_str());
         }
         q.execute(pool).await?;
+    }
+    if !agents.is_empty() {
+        sqlx::query(
+            "UPDATE agents SET last_seen_ms = $1 WHERE id IN \
+             (SELECT agent_id FROM agent_presence WHERE controller = $2 AND expires_ms = $3)",
+        )
+        .bind(now_ms)
+        .bind(controller)
+        .bind(expires_ms)
+        .execute(pool)
+        .await?;
     }
     // This controller's rows not renewed above, and anyone's long expired.
     sqlx::query(
