@@ -3,6 +3,7 @@
 //! process-wide: several controllers can run in one process.
 
 use crate::audit::{Audit, CheckpointKey};
+use crate::cluster::ClusterStatus;
 use crate::compliance::Compliance;
 use crate::compliance::settings::Settings;
 use crate::error::Result;
@@ -34,6 +35,8 @@ pub struct App {
     pub db: Db,
     pub notifier: Notifier,
     pub presence: Presence,
+    /// Several controllers on one PostgreSQL: what this one knows of the others.
+    pub cluster: ClusterStatus,
     pub tokens: Tokens,
     pub inventory: Inventory,
     pub policies: Policies,
@@ -68,6 +71,7 @@ impl App {
             db,
             notifier,
             presence,
+            cluster: ClusterStatus::default(),
         })
     }
 

@@ -15,13 +15,15 @@
 //! - [`store`]: one module per table group, owning its SQL; write transactions and group
 //!   commit in [`store::write`];
 //! - per-controller state (never process-wide): [`notify`] (wakeups), [`presence`] (which
-//!   agents are connected); [`state`] (the state directory and controller.toml), [`error`],
+//!   agents are connected), [`cluster`] (on PostgreSQL: other controllers' commits, the
+//!   catch-up behind them, presence in the database); [`state`] (the state directory and controller.toml), [`error`],
 //!   [`ids`], [`csv`].
 
 pub mod app;
 pub mod audit;
 pub mod authz;
 pub mod channel;
+pub mod cluster;
 pub mod compliance;
 pub mod csv;
 pub mod error;

@@ -157,7 +157,12 @@ fn main() -> ExitCode {
 /// The controller's services for an administration command (no keys, no listeners).
 async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
-    Ok(App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?)
+    let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?;
+    if app.db.backend() == jitgate_controller::store::Backend::Postgres {
+        // Which agents are connected to the cluster's controllers (`agents`, `vm list`).
+        jitgate_controller::cluster::read_presence(&app.db, &app.presence).await?;
+    }
+    Ok(app)
 }
 
 fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {

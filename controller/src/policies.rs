@@ -129,7 +129,7 @@ impl Policies {
             entry(Operation::DeletePolicy, t, &r.group, &caller.actor()),
         )
         .await?;
-        w.policy_changed();
+        w.policy_changed(r.scope, r.name);
         w.commit().await
     }
 
@@ -179,7 +179,7 @@ pub async fn write(
             .details(serde_json::json!({"ports": body.ports, "created": created})),
     )
     .await?;
-    w.policy_changed();
+    w.policy_changed(scope, name);
     Ok(PolicyView {
         scope,
         name: name.into(),

@@ -1,10 +1,13 @@
-//! Which agents have a live channel connection to this controller. A value owned by the
-//! running controller (never process-wide): two controllers in one process each know only
-//! their own connections.
+//! Which agents have a live channel connection: to this controller (counted here), and, on
+//! PostgreSQL, to any controller of the cluster (the `agent_presence` rows, which `cluster`
+//! writes in batches and reads back here). A value owned by the running controller (never
+//! process-wide): two controllers in one process each count only their own connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use jitgate_api::{AgentConnection, AgentStatus};
 
@@ -22,6 +25,10 @@ struct Inner {
     /// Set once this controller serves the agent channel: from then on a live connection,
     /// not a recent `last_seen`, says whether an agent is online.
     serving: AtomicBool,
+    /// Agents connected to any controller of the cluster, with the expiry of that knowledge.
+    cluster: Mutex<HashMap<String, i64>>,
+    /// A connection began or ended: the presence rows are due for a refresh.
+    changed: Notify,
 }
 
 impl Presence {
@@ -39,6 +46,7 @@ impl Presence {
         if let Ok(mut m) = self.inner.live.lock() {
             *m.entry(agent.to_string()).or_default() += 1;
         }
+        self.inner.changed.notify_one();
         LiveGuard {
             presence: self.clone(),
             agent: agent.to_string(),
@@ -66,14 +74,38 @@ impl Presence {
         v
     }
 
-    /// Connected to this controller (when it serves agents), else heard from within
-    /// [`ONLINE_WITHIN_MS`] (administration commands run in another process).
+    /// Connected to this controller or, as last read, to any controller of the cluster;
+    /// else, unless this controller serves agents, heard from within [`ONLINE_WITHIN_MS`]
+    /// (administration commands run in another process; on SQLite they have no presence).
     pub fn online(&self, agent: &str, last_seen: Option<i64>, now: i64) -> bool {
-        if self.inner.serving.load(Ordering::Relaxed) {
-            self.is_live(agent)
+        if self.is_live(agent) || self.in_cluster(agent, now) {
+            true
+        } else if self.inner.serving.load(Ordering::Relaxed) {
+            false
         } else {
             last_seen.is_some_and(|l| now - l <= ONLINE_WITHIN_MS)
         }
+    }
+
+    /// Whether the cluster's presence rows, as last read, say the agent is connected.
+    pub fn in_cluster(&self, agent: &str, now: i64) -> bool {
+        self.inner
+            .cluster
+            .lock()
+            .map(|m| m.get(agent).is_some_and(|&exp| exp > now))
+            .unwrap_or(false)
+    }
+
+    /// The cluster's presence as just read: agent -> expiry (ms).
+    pub fn set_cluster(&self, present: HashMap<String, i64>) {
+        if let Ok(mut m) = self.inner.cluster.lock() {
+            *m = present;
+        }
+    }
+
+    /// Waits until a connection began or ended (since the last wait).
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await;
     }
 }
 
@@ -118,6 +150,7 @@ impl Drop for LiveGuard {
                 m.remove(&self.agent);
             }
         }
+        self.presence.inner.changed.notify_one();
     }
 }
 
@@ -145,5 +178,12 @@ mod tests {
             "not serving: a recent last_seen counts"
         );
         assert!(!b.online("x", Some(0), ONLINE_WITHIN_MS + 1));
+        // Connected to another controller of the cluster, until the row's expiry.
+        a.set_cluster([("y".to_string(), 100)].into());
+        assert!(a.online("y", None, 99) && !a.online("y", None, 100));
+        assert!(
+            !a.is_live("y"),
+            "not counted as this controller's connection"
+        );
     }
 }

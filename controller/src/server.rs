@@ -1,6 +1,7 @@
 //! A running controller: its [`App`] opened from the state directory, the HTTPS API (rustls
 //! with the ring provider over tokio, hyper HTTP/1.1 with keep-alive), the agent channel, and
-//! the background work (the expiry sweep, periodic checkpoints, the compliance schedule).
+//! the background work (the expiry sweep, periodic checkpoints, the compliance schedule, and
+//! on PostgreSQL the cluster tasks: other controllers' commits, catch-up, presence).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::http::extract::PeerAddr;
 use crate::http::router;
 use crate::http::state::AppState;
 use crate::state::{Config, StateDir};
+use crate::store::Backend;
 
 /// A rustls server configuration from PEM files.
 pub fn tls_config(
@@ -142,7 +144,8 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         trusted_proxies: trusted,
         max_body_bytes: cfg.max_body_bytes,
     };
-    let tasks = vec![
+    let url = cfg.database_url(dir);
+    let mut tasks = vec![
         serve(listener, tls, state, shutdown.subscribe(), addr),
         spawn_sweeper(
             app.clone(),
@@ -158,6 +161,18 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         ),
         crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
     ];
+    if app.db.backend() == Backend::Postgres {
+        tasks.extend(crate::cluster::spawn(
+            crate::cluster::Parts {
+                db: app.db.clone(),
+                url,
+                notifier: app.notifier.clone(),
+                presence: app.presence.clone(),
+                status: app.cluster.clone(),
+            },
+            &shutdown.subscribe(),
+        ));
+    }
     let checkpointer = spawn_checkpointer(
         app.clone(),
         Duration::from_secs(cfg.checkpoint_interval_seconds.max(1)),

@@ -5,194 +5,18 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::agent::{Agent, csr, enroll, enroll_raw};
 use common::{Harness, one_port};
-use ed25519_dalek::VerifyingKey;
-use ed25519_dalek::pkcs8::DecodePublicKey;
 use jitgate_api::Role;
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
-use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, read_frame};
+use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, RevokeBody};
 use reqwest::{Method, StatusCode};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::{Value, json};
 use sqlx::Row;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
-
-const ENROLL: &str = "/api/v1/agents/enroll";
-
-/// An enrolled test agent: its key, certificate and what enrolment returned.
-struct Creds {
-    id: Uuid,
-    key: rcgen::KeyPair,
-    cert_pem: String,
-    ca_pem: String,
-    signing: VerifyingKey,
-    endpoint: String,
-}
-
-fn csr(key: &rcgen::KeyPair) -> String {
-    rcgen::CertificateParams::new(Vec::<String>::new())
-        .expect("params")
-        .serialize_request(key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
-}
-
-async fn enroll_raw(h: &Harness, token: &str, csr_pem: &str) -> (StatusCode, Value) {
-    h.call(
-        Method::POST,
-        ENROLL,
-        None,
-        Some(json!({"token": token, "csrPem": csr_pem})),
-    )
-    .await
-}
-
-async fn enroll(h: &Harness, vm: &str) -> Creds {
-    let (token, _) = h
-        .app()
-        .fleet
-        .create_enroll_token(&jitgate_controller::authz::Caller::local(), vm)
-        .await
-        .expect("token");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let (st, v) = enroll_raw(h, &token, &csr(&key)).await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(v["vm"], vm);
-    Creds {
-        id: v["agentId"].as_str().expect("id").parse().expect("uuid"),
-        key,
-        cert_pem: v["certificatePem"].as_str().expect("cert").into(),
-        ca_pem: v["caPem"].as_str().expect("ca").into(),
-        signing: VerifyingKey::from_public_key_pem(v["grantSigningKeyPem"].as_str().expect("pub"))
-            .expect("SPKI PEM"),
-        endpoint: v["agentEndpoint"].as_str().expect("endpoint").into(),
-    }
-}
-
-async fn tls(c: &Creds) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(c.ca_pem.as_bytes()) {
-        roots.add(cert.expect("ca")).expect("root");
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("chain");
-    let key = PrivatePkcs8KeyDer::from(c.key.serialize_der());
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key.into())
-    .expect("client cert");
-    let tcp = TcpStream::connect(&c.endpoint).await.expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS")
-}
-
-struct Agent {
-    rd: ReadHalf<TlsStream<TcpStream>>,
-    wr: WriteHalf<TlsStream<TcpStream>>,
-}
-
-impl Agent {
-    async fn connect(c: &Creds) -> Agent {
-        let (rd, wr) = tokio::io::split(tls(c).await);
-        Agent { rd, wr }
-    }
-
-    async fn send(&mut self, m: &AgentMsg) {
-        jitgate_proto::write_frame(&mut self.wr, m)
-            .await
-            .expect("send");
-    }
-
-    async fn hello(&mut self, c: &Creds, high: u64, audit: u64) {
-        self.send(&AgentMsg::Hello {
-            agent_id: c.id,
-            version: "test".into(),
-            seq_high_water: high,
-            audit_acked: audit,
-        })
-        .await;
-    }
-
-    /// The next message other than Ping, within `within`.
-    async fn recv_within(&mut self, within: Duration) -> Option<ControllerMsg> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let r = tokio::time::timeout_at(deadline, read_frame::<_, ControllerMsg>(&mut self.rd))
-                .await
-                .ok()?;
-            match r {
-                Ok(Some(ControllerMsg::Ping { nonce })) => {
-                    self.send(&AgentMsg::Pong { nonce }).await;
-                }
-                Ok(Some(m)) => return Some(m),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> ControllerMsg {
-        self.recv_within(Duration::from_secs(5))
-            .await
-            .expect("a message from the controller")
-    }
-
-    /// Welcome, Policy, then grants/revokes until Active. Returns (policy, items, active).
-    async fn handshake(
-        &mut self,
-        c: &Creds,
-        high: u64,
-    ) -> (PolicyBody, Vec<ControllerMsg>, (Vec<Uuid>, u64)) {
-        self.hello(c, high, 0).await;
-        match self.recv().await {
-            ControllerMsg::Welcome { agent_id, .. } => assert_eq!(agent_id, c.id),
-            m => panic!("expected Welcome, got {m:?}"),
-        }
-        let policy = match self.recv().await {
-            ControllerMsg::Policy(p) => p.verify(&c.signing, c.id).expect("signed policy"),
-            m => panic!("expected Policy, got {m:?}"),
-        };
-        let mut items = Vec::new();
-        loop {
-            match self.recv().await {
-                ControllerMsg::Active {
-                    grant_ids,
-                    up_to_seq,
-                } => return (policy, items, (grant_ids, up_to_seq)),
-                m @ (ControllerMsg::Grant(_) | ControllerMsg::Revoke(_)) => items.push(m),
-                m => panic!("unexpected {m:?}"),
-            }
-        }
-    }
-
-    /// True if the controller closes the connection within `within`.
-    async fn closed_within(&mut self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, read_frame::<_, ControllerMsg>(&mut self.rd))
-                .await
-            {
-                Err(_) => return false,
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) | Ok(Err(_)) => return true,
-            }
-        }
-    }
-}
 
 fn policy_prod() -> Value {
     json!([
@@ -1056,11 +880,12 @@ async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
     let (_, fleet_a) = a.get("/api/v1/agents", &a.admin).await;
     assert_eq!(fleet_a["value"][0]["connection"], "online", "{fleet_a}");
     assert_eq!(fleet_a["value"].as_array().map(Vec::len), Some(1));
-    // Wakeups: a grant committed on A wakes A's connections only.
-    let mut outbox_a = a.app().notifier.outbox_watch();
-    let mut outbox_b = b.app().notifier.outbox_watch();
-    outbox_a.mark_unchanged();
-    outbox_b.mark_unchanged();
+    // Wakeups: a grant committed on A wakes A's connections of that VM only.
+    let (sub_a, sub_b) = (
+        a.app().notifier.subscribe("web1", "prod"),
+        b.app().notifier.subscribe("web1", "prod"),
+    );
+    let sub_a_web2 = a.app().notifier.subscribe("web2", "prod");
     let req = one_port(
         "web1",
         json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
@@ -1071,8 +896,9 @@ async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
         (StatusCode::OK, Some("Initiated")),
         "{v}"
     );
-    assert!(outbox_a.has_changed().expect("open"));
-    assert!(!outbox_b.has_changed().expect("open"));
+    assert!(sub_a.pending().outbox);
+    assert!(!sub_a_web2.pending().any(), "web2 was not touched");
+    assert!(!sub_b.pending().any());
     assert!(matches!(agent_a.recv().await, ControllerMsg::Grant(_)));
     assert!(
         agent_b
@@ -1082,15 +908,14 @@ async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
         "B's agent was sent nothing"
     );
     // A policy change on B re-sends B's policy only.
-    let mut policy_a = a.app().notifier.policy_watch();
-    policy_a.mark_unchanged();
     b.put_vm_policy(
         "web1",
         json!([{"number": 2222, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
                 "maxRequestAccessDuration": "PT1H"}]),
     )
     .await;
-    assert!(!policy_a.has_changed().expect("open"));
+    assert!(!sub_a.pending().policy);
+    assert!(sub_b.pending().policy);
     assert!(matches!(agent_b.recv().await, ControllerMsg::Policy(_)));
     // B's request reaches B's agent, not A's.
     let (_, v) = b.initiate(&alice_b, req).await;

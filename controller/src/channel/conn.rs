@@ -24,6 +24,7 @@ use crate::authz::Actor;
 use crate::channel::tls::identify;
 use crate::channel::{HELLO_TIMEOUT, IDLE_LIMIT, OUTBOX_BATCH, PING_EVERY, STATUS_EVERY};
 use crate::error::Error;
+use crate::store::Backend;
 use crate::store::agents::Heartbeat;
 use crate::store::grants::{GrantState, OutboxOp};
 
@@ -155,11 +156,10 @@ pub async fn connection(
         };
         c.app.fleet.seen(&c.agent_s, None).await?;
         let _live = c.app.presence.connected(&c.agent_s);
-        // Subscribe before reading the outbox, so no commit in between is missed.
-        let mut outbox = c.app.notifier.outbox_watch();
-        outbox.mark_unchanged();
-        let mut policy = c.app.notifier.policy_watch();
-        policy.mark_unchanged();
+        // Subscribe before reading the outbox, so no commit in between is missed: only
+        // commits that touch this VM (or its group's policy) wake this connection.
+        let group = c.app.inventory.group_of(&c.vm).await?;
+        let mut wakeups = c.app.notifier.subscribe(&c.vm, &group);
         send(
             &mut wr,
             &ControllerMsg::Welcome {
@@ -189,6 +189,10 @@ pub async fn connection(
         let mut last_heard = tokio::time::Instant::now();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
+        // Revocation is pushed (a wakeup for the VM, from any controller; on PostgreSQL the
+        // cluster catch-up backs it). On SQLite an administration command in another process
+        // cannot wake this one: poll.
+        let poll_status = c.app.db.backend() == Backend::Sqlite;
         let mut status = tokio::time::interval(STATUS_EVERY);
         let mut nonce = 0u64;
         loop {
@@ -199,17 +203,16 @@ pub async fn connection(
                     last_heard = tokio::time::Instant::now();
                     c.handle(&mut wr, m).await?;
                 }
-                r = outbox.changed() => {
-                    if r.is_err() {
-                        return Ok(());
+                w = wakeups.changed() => {
+                    if w.agent {
+                        c.check_status().await?;
                     }
-                    c.send_outbox(&mut wr, false).await?;
-                }
-                r = policy.changed() => {
-                    if r.is_err() {
-                        return Ok(());
+                    if w.policy {
+                        c.send_policy(&mut wr).await?;
                     }
-                    c.send_policy(&mut wr).await?;
+                    if w.outbox {
+                        c.send_outbox(&mut wr, false).await?;
+                    }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= IDLE_LIMIT {
@@ -219,16 +222,7 @@ pub async fn connection(
                     nonce += 1;
                     send(&mut wr, &ControllerMsg::Ping { nonce }).await?;
                 }
-                _ = status.tick() => {
-                    match c.app.fleet.status(&c.agent_s).await? {
-                        Some(AgentStatus::Active) => {}
-                        other => {
-                            return Err(ConnError::Refused(format!(
-                                "agent {} is now {}", c.agent,
-                                other.as_ref().map_or("unknown", |s| s.as_str()))));
-                        }
-                    }
-                }
+                _ = status.tick(), if poll_status => c.check_status().await?,
                 _ = shutdown.changed() => return Ok(()),
             }
         }
@@ -246,6 +240,18 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(),
 type Wr = WriteHalf<TlsStream<TcpStream>>;
 
 impl Conn {
+    /// Ends the connection unless its agent is still active.
+    async fn check_status(&self) -> Result<(), ConnError> {
+        match self.app.fleet.status(&self.agent_s).await? {
+            Some(AgentStatus::Active) => Ok(()),
+            other => Err(ConnError::Refused(format!(
+                "agent {} is now {}",
+                self.agent,
+                other.as_ref().map_or("unknown", |s| s.as_str())
+            ))),
+        }
+    }
+
     async fn send_policy(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
         let group = self.app.inventory.group_of(&self.vm).await?;
         let seq = self.app.policies.version(&self.vm, &group).await?;
@@ -500,7 +506,12 @@ impl Conn {
                 let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
                 self.app.fleet.seen(&self.agent_s, Some(&hb)).await?;
             }
-            AgentMsg::Pong { .. } => self.app.fleet.seen(&self.agent_s, None).await?,
+            // On PostgreSQL the presence refresh marks connected agents seen, in one
+            // statement every few seconds (`cluster`): no write transaction per pong.
+            AgentMsg::Pong { .. } if self.app.db.backend() == Backend::Sqlite => {
+                self.app.fleet.seen(&self.agent_s, None).await?;
+            }
+            AgentMsg::Pong { .. } => {}
         }
         Ok(())
     }

@@ -23,7 +23,8 @@ use crate::app::App;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// A connection silent for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
-/// How often a connection re-checks that its agent is still active (revocation).
+/// How often a connection re-checks that its agent is still active (revocation), on SQLite
+/// (on PostgreSQL revocation is pushed, with the cluster catch-up behind it).
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Time allowed for the TLS handshake and the agent's Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

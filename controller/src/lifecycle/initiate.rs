@@ -135,6 +135,9 @@ async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
         }
     }
     w.set_sequences(plan.request_seq, plan.outbox_seq);
+    for o in &plan.outbox {
+        w.outbox_written(&o.vm);
+    }
     let now = w.now;
     let log = activity::chain(&mut w, plan.activity)?;
     let tables = vec![

@@ -222,9 +222,10 @@ pub async fn active_ids(w: &mut WriteTx, vm: &str) -> Result<Vec<String>> {
 }
 
 /// Revokes the VM's active agents; returns how many.
+/// Their connections (on any controller) are told at commit and close.
 pub async fn revoke_active(w: &mut WriteTx, vm: &str) -> Result<u64> {
     let now = w.now;
-    Ok(
+    let n =
         sqlx::query("UPDATE agents SET status = $1, revoked_ms = $2 WHERE vm = $3 AND status = $4")
             .bind(AgentStatus::Revoked.as_str())
             .bind(now)
@@ -232,8 +233,11 @@ pub async fn revoke_active(w: &mut WriteTx, vm: &str) -> Result<u64> {
             .bind(AgentStatus::Active.as_str())
             .execute(w.conn())
             .await?
-            .rows_affected(),
-    )
+            .rows_affected();
+    if n > 0 {
+        w.agents_revoked(vm);
+    }
+    Ok(n)
 }
 
 /// A newly enrolled agent.

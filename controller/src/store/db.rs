@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policy scopes by their API names",
         include_str!("../../migrations/0006_policy_scope_names.sql"),
     ),
+    (
+        10,
+        "agent presence across controllers",
+        include_str!("../../migrations/0010_agent_presence.sql"),
+    ),
 ];
 
 jitgate_api::wire_enum! {

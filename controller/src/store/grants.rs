@@ -235,6 +235,7 @@ pub async fn revoke_request(w: &mut WriteTx, request_id: &str) -> Result<()> {
     .await?;
     for (id, vm) in active {
         let seq = w.next(Counter::Outbox);
+        w.outbox_written(&vm);
         let now = w.now;
         sqlx::query(
             "INSERT INTO grant_outbox (seq, vm, op, grant_id, replaces, created_ms, delivered_ms) \

@@ -8,12 +8,15 @@
 //! - [`tokens`], [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
 //!   ports), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
 //!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
+//! - [`cluster`]: what several controllers on one database share besides the data: agent
+//!   presence, the catch-up behind `NOTIFY`, the notification queue.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
 pub mod activity;
 pub mod agent_audit;
 pub mod agents;
 pub mod backend;
+pub mod cluster;
 pub mod compliance;
 pub mod db;
 pub mod grants;

@@ -6,8 +6,10 @@
 //! across controllers sharing a database (SQLite: the write lock first, so no deferred upgrade
 //! deadlock; PostgreSQL: the row locks). The counters are written back once, at commit. Any
 //! error, or dropping the transaction, rolls it back: nothing is half-written. After a commit
-//! the controller's agent connections are woken ([`Notifier`]) when it wrote outbox rows or a
-//! policy. This is where lease and epoch fencing for several controllers will go.
+//! the agent connections of the VMs it touched (outbox rows, policies: [`Touched`]) are woken
+//! ([`Notifier`]); on PostgreSQL the transaction also sends a `NOTIFY` naming them, delivered
+//! to the other controllers at commit. This is where lease and epoch fencing for several
+//! controllers will go.
 //!
 //! Group commit: [`group_commit`] hands whatever jobs are waiting (up to a limit) to one
 //! transaction, so that one fsync serves many requests.
@@ -20,7 +22,9 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 
 use crate::error::{Error, Result};
-use crate::notify::Notifier;
+use jitgate_api::PolicyScope;
+
+use crate::notify::{CHANNEL, Notice, Notifier, Touched};
 use crate::store::backend::{self, Backend, Rows};
 
 jitgate_api::wire_enum! {
@@ -131,7 +135,7 @@ impl Writer {
             outbox: 0,
             outbox_start: 0,
             dirty: false,
-            policy_changed: false,
+            touched: Touched::default(),
             backend: self.backend,
             notifier: self.notifier.clone(),
             now: jitgate_api::time::now_ms(),
@@ -193,7 +197,8 @@ pub struct WriteTx {
     /// The outbox counter at the start: more at commit wakes the agent connections.
     outbox_start: i64,
     dirty: bool,
-    policy_changed: bool,
+    /// Whose agent connections the commit wakes.
+    touched: Touched,
     backend: Backend,
     notifier: Notifier,
     /// The transaction's time (ms since the epoch): every row it writes carries it.
@@ -282,18 +287,52 @@ impl WriteTx {
         self.outbox = outbox;
     }
 
-    /// A JIT policy changed: the agent connections re-send their VM's policy after commit.
-    pub fn policy_changed(&mut self) {
-        self.policy_changed = true;
+    /// A JIT policy changed: the agent connections of its VM (or of every VM of its group)
+    /// re-send their policy after commit.
+    pub fn policy_changed(&mut self, scope: PolicyScope, name: &str) {
+        let set = match scope {
+            PolicyScope::VirtualMachine => &mut self.touched.policy_vms,
+            PolicyScope::ResourceGroup => &mut self.touched.policy_groups,
+        };
+        set.insert(name.to_string());
     }
 
-    fn wake(&self) {
-        if self.outbox > self.outbox_start {
-            self.notifier.outbox_committed();
+    /// The VM's agents were revoked: its agent connections check their agent after commit.
+    pub fn agents_revoked(&mut self, vm: &str) {
+        self.touched.agents.insert(vm.to_string());
+    }
+
+    /// Outbox rows were written for `vm`: its agent connections read them after commit.
+    pub fn outbox_written(&mut self, vm: &str) {
+        self.touched.outbox.insert(vm.to_string());
+    }
+
+    /// What the commit touched. Outbox seqs taken without naming their VMs wake everyone.
+    fn touched(&self) -> Touched {
+        if self.outbox > self.outbox_start && self.touched.outbox.is_empty() {
+            tracing::warn!(
+                from = self.outbox_start,
+                to = self.outbox,
+                "outbox rows written without their VMs; waking every agent connection"
+            );
+            return Touched::everything();
         }
-        if self.policy_changed {
-            self.notifier.policy_committed();
+        self.touched.clone()
+    }
+
+    /// PostgreSQL: tells the other controllers what this transaction touched (delivered at
+    /// commit, dropped at rollback).
+    async fn notify_others(&mut self, touched: &Touched) -> Result<()> {
+        if self.backend == Backend::Sqlite || touched.is_empty() || !self.notifier.push() {
+            return Ok(());
         }
+        let payload = Notice::payload(self.notifier.origin(), touched)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(self.conn())
+            .await?;
+        Ok(())
     }
 
     fn counter_values(&self) -> [String; 3] {
@@ -310,6 +349,7 @@ impl WriteTx {
 
     /// Inserts `tables`, writes the counters back and commits: on SQLite in one round trip.
     pub async fn commit_with(mut self, tables: Vec<Rows>) -> Result<()> {
+        let touched = self.touched();
         let names = self.counter_values();
         let values = (
             self.head.seq,
@@ -359,10 +399,11 @@ impl WriteTx {
                     .execute(self.conn())
                     .await?;
             }
+            self.notify_others(&touched).await?;
             self.execute("COMMIT").await?;
         }
         self.conn.open = false;
-        self.wake();
+        self.notifier.wake(&touched);
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! HTTPS on 127.0.0.1 port 0, and a client that trusts the generated CA.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 
 use jitgate_api::{Role, Scope};
@@ -64,6 +66,27 @@ impl Harness {
             base,
             server: Some(server),
             admin: out.admin_token,
+        }
+    }
+
+    /// Another controller on the same database, with this one's keys and certificates (what
+    /// an operator shares between controllers; docs/ha.md), in a state directory of its own.
+    pub async fn second(&self) -> Harness {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir(tmp.path().join("state"));
+        copy_dir(&self.dir.0, &dir.0);
+        let server = start(&dir, &self.cfg)
+            .await
+            .expect("start the second controller");
+        let base = format!("https://{}", server.addr);
+        Harness {
+            client: client_for(&dir),
+            tmp,
+            dir,
+            cfg: self.cfg.clone(),
+            base,
+            server: Some(server),
+            admin: self.admin.clone(),
         }
     }
 
@@ -200,6 +223,17 @@ impl Harness {
         .await
     }
 
+    /// `POST /api/v1/requests/{id}/revoke`.
+    pub async fn revoke(&self, token: &str, id: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/requests/{id}/revoke"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
     /// Row counts of every table plus the chain head: equal snapshots mean nothing was written.
     pub async fn snapshot(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
@@ -250,6 +284,20 @@ impl Harness {
             .collect();
         m.insert("policy_bodies".into(), bodies.join("|"));
         m
+    }
+}
+
+/// Copies a state directory (files and their modes).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).expect("copy");
+        }
     }
 }
 
