@@ -44,9 +44,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0006_policy_scope_names.sql"),
     ),
     (
-        10,
+        7,
         "agent presence across controllers",
-        include_str!("../../migrations/0010_agent_presence.sql"),
+        include_str!("../../migrations/0007_agent_presence.sql"),
     ),
 ];
 
