@@ -148,3 +148,64 @@ async fn controller_on_postgres() {
     let (_, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
     assert_eq!(v["firstBadSeq"], 3, "{v}");
 }
+
+/// `sslmode=verify-full` with a CA file: the controller talks TLS to a server the CA vouches
+/// for (under the name in the URL), and refuses, clearly, a server that another CA vouches for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_on_postgres_over_tls_with_verify_full() {
+    use jitgate_controller::app::{App, Parts};
+    use jitgate_controller::store::db::DbOptions;
+
+    let cluster =
+        tokio::task::spawn_blocking(|| jitgate_testpg::Cluster::builder().tcp().tls().start())
+            .await
+            .unwrap()
+            .expect("a TLS cluster (cargo xtask setup installs PostgreSQL)");
+    let db = cluster.create_database().unwrap();
+    let url = cluster.tcp_url(&db.name).unwrap();
+    assert!(url.contains("sslmode=verify-full"), "{url}");
+
+    let mut h = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
+    // The controller's own sessions are encrypted (PostgreSQL's view of them).
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(h.app().db.pool())
+        .await
+        .unwrap();
+    assert!(ssl, "the controller's session is not TLS");
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "*", "allowedSourceAddressPrefixes": ["203.0.113.0/24"],
+                "maxRequestAccessDuration": "PT1H"}]),
+    )
+    .await;
+    let alice = h.token("alice", Role::Requester, "rg:prod").await;
+    let (st, a) = h
+        .initiate(
+            &alice,
+            one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT1H"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    assert_eq!(a["status"], "Initiated", "{a}");
+    drop(h);
+
+    // Another CA does not vouch for this server: the controller does not start.
+    let ca = cluster.ca_cert().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = cluster.dir().join("other-ca.crt");
+    std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+    let wrong = url.replace(&ca.display().to_string(), &other.display().to_string());
+    assert_ne!(wrong, url);
+    let err = App::open(&wrong, &DbOptions::default(), Parts::default())
+        .await
+        .err()
+        .expect("a server the configured CA does not vouch for is refused");
+    let msg = format!("{err:#}").to_lowercase();
+    assert!(msg.contains("invalid peer certificate"), "{msg}");
+}
