@@ -884,6 +884,13 @@ fn man_pages_and_completions_are_generated() {
     ] {
         assert!(read(&format!("man/{page}")).contains("\\-\\-"), "{page}");
     }
+    // No pages for clap's built-in `help` subcommands.
+    let helps: Vec<String> = std::fs::read_dir(dir.path().join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-help"))
+        .collect();
+    assert!(helps.is_empty(), "{helps:?}");
     let bash = read("completions/jit.bash");
     assert!(
         bash.contains("connections") && bash.contains("--on-expiry"),

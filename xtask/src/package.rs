@@ -94,7 +94,7 @@ pub fn main(root: &Path, args: Args) -> Result<()> {
     let out = args
         .output
         .unwrap_or_else(|| crate::target_dir(root).join("debian"));
-    for deb in make_debs(&out, &args.revision, Profile::Release, false)? {
+    for deb in make_debs(root, &out, &args.revision, Profile::Release, false)? {
         println!("{}", deb.display());
     }
     Ok(())
@@ -126,13 +126,53 @@ fn build(profile: Profile) -> Result<()> {
     for d in DEBS {
         cmd.args(["--bin", d.binary]);
     }
+    // Writes jit's man pages and completions for the jitgate-cli package (`cli_docs`).
+    cmd.args(["--bin", "jit-gen"]);
     crate::run(&mut cmd)
+}
+
+/// jit's man pages and shell completions, generated from its clap definition by `jit-gen`
+/// into `<target>/<profile>/jit-gen-out/`, where jitgate-cli's `assets` take them
+/// (cargo-deb maps `target/release/` to the profile's directory).
+fn cli_docs(root: &Path, profile: Profile) -> Result<()> {
+    let dir = crate::target_dir(root).join(match profile {
+        Profile::Release => "release",
+        Profile::Dev => "debug",
+    });
+    let generator = dir.join("jit-gen");
+    ensure!(
+        generator.is_file(),
+        "{} is missing: build it (cargo build --bin jit-gen{})",
+        generator.display(),
+        if profile == Profile::Release {
+            " --release"
+        } else {
+            ""
+        }
+    );
+    let out = dir.join("jit-gen-out");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    crate::run(Command::new(generator).arg(&out))?;
+    // Debian policy 12.1: manual pages are installed compressed with `gzip -9n`.
+    let pages: Vec<PathBuf> = std::fs::read_dir(out.join("man"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    crate::run(Command::new("gzip").arg("-9nf").args(&pages))
 }
 
 /// Packages the built binaries (never building them) with Debian revision `revision`;
 /// `fast`: light compression (packages for the test).
-fn make_debs(out: &Path, revision: &str, profile: Profile, fast: bool) -> Result<Vec<PathBuf>> {
+fn make_debs(
+    root: &Path,
+    out: &Path,
+    revision: &str,
+    profile: Profile,
+    fast: bool,
+) -> Result<Vec<PathBuf>> {
     ensure_cargo_deb()?;
+    cli_docs(root, profile)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut debs = Vec::new();
     for d in DEBS {
@@ -254,7 +294,7 @@ pub fn test(root: &Path, profile: Profile) -> Result<()> {
 
     let step = Instant::now();
     build(profile)?;
-    let v1 = make_debs(&dir.join("v1"), "1", profile, true)?;
+    let v1 = make_debs(root, &dir.join("v1"), "1", profile, true)?;
     // The upgrade: the same packages repacked with a higher revision, no second build.
     let v2 = repack(&v1, &dir.join("v2"), "2")?;
     eprintln!(
@@ -762,6 +802,16 @@ fn case_install(c: &Chroot, ctx: &Ctx) -> Result<()> {
         calls_for(&calls, AGENT_UNIT).is_empty(),
         "installing asked systemd to act on jit-agent: {calls:#?}"
     );
+    // jit's man pages and completions, generated from its clap definition, are installed.
+    for f in [
+        "/usr/share/man/man1/jit.1.gz",
+        "/usr/share/man/man1/jit-request.1.gz",
+        "/usr/share/bash-completion/completions/jit",
+        "/usr/share/zsh/vendor-completions/_jit",
+        "/usr/share/fish/vendor_completions.d/jit.fish",
+    ] {
+        ensure!(c.exists(f), "jitgate-cli did not install {f}");
+    }
     // The controller is enabled (deb-systemd-helper's preset), not started.
     ensure!(
         calls_for(&calls, CONTROLLER_UNIT)

@@ -41,6 +41,18 @@ fn generate(dir: &std::path::Path) -> std::io::Result<usize> {
     let mut n = 0;
     // clap_mangen names each page after its command path: jit.1, jit-policy-set.1, ...
     clap_mangen::generate_to(cmd.clone(), &man)?;
+    // clap's built-in `help` subcommands (jit-audit-help-verify.1, ...) only repeat the
+    // pages of the commands they name: leave them out.
+    for entry in std::fs::read_dir(&man)? {
+        let path = entry?.path();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if stem.split('-').any(|part| part == "help") {
+            std::fs::remove_file(&path)?;
+        }
+    }
     n += std::fs::read_dir(&man)?.count();
     for shell in Shell::value_variants() {
         clap_complete::generate_to(*shell, &mut cmd, "jit", &completions)?;
