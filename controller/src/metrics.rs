@@ -48,10 +48,15 @@ impl Outcome {
     }
 }
 
-impl EncodeLabelValue for Outcome {
-    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        std::fmt::Write::write_str(e, self.as_str())
-    }
+/// Label values are the enums' wire names.
+macro_rules! label_values {
+    ($($t:ty),+) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(e, self.as_str())
+            }
+        }
+    )+};
 }
 
 /// `jitgate_http_requests_total` labels.
@@ -77,12 +82,6 @@ jitgate_api::wire_enum! {
     }
 }
 
-impl EncodeLabelValue for AgentState {
-    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        std::fmt::Write::write_str(e, self.as_str())
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentLabels {
     pub state: AgentState,
@@ -98,16 +97,12 @@ jitgate_api::wire_enum! {
     }
 }
 
-impl EncodeLabelValue for CertKind {
-    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        std::fmt::Write::write_str(e, self.as_str())
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     pub certificate: CertKind,
 }
+
+label_values!(Outcome, AgentState, CertKind);
 
 /// A metric with no labels whose sample may be absent (no value known yet): a family with
 /// the one empty label set, or nothing.

@@ -260,22 +260,11 @@ fn serve(
     let app = router(state);
     tokio::spawn(async move {
         tracing::info!(%addr, "serving HTTPS API");
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
+        while let Some((tcp, peer)) = next_connection(&listener, &mut shutdown).await {
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
-            let mut conn_shutdown = shutdown.clone();
+            let conn_shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -290,27 +279,7 @@ fn serve(
                         return;
                     }
                 };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    let mut app = app.clone();
-                    async move { tower_service::Service::call(&mut app, req).await }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(tls), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    }
-                    _ = conn_shutdown.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                    }
-                }
+                serve_connection(tls, app, peer, Duration::from_secs(30), conn_shutdown).await;
             });
         }
     })
@@ -326,42 +295,70 @@ fn serve_metrics(
     let app = crate::http::ops::metrics_router(state);
     tokio::spawn(async move {
         tracing::info!(%addr, "serving metrics and health over HTTP");
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
+        while let Some((tcp, peer)) = next_connection(&listener, &mut shutdown).await {
             let app = app.clone();
-            let mut conn_shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let mut app = app.clone();
-                    async move { tower_service::Service::call(&mut app, req).await }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(tcp), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-                        }
-                    }
-                    _ = conn_shutdown.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                    }
-                }
-            });
+            let conn_shutdown = shutdown.clone();
+            tokio::spawn(serve_connection(
+                tcp,
+                app,
+                peer,
+                Duration::from_secs(10),
+                conn_shutdown,
+            ));
         }
     })
+}
+
+/// The next accepted connection, or `None` once `shutdown` turns true (accept errors are
+/// logged and retried).
+async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (keep-alive) on one connection with `app` until it ends; at shutdown,
+/// lets the request in flight finish (at most 5 s).
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    peer: SocketAddr,
+    header_read_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
