@@ -5,7 +5,10 @@
 //!
 //! Layers, each module importing only from the ones below it:
 //! - edges: [`server`] (a running controller), [`http`] (the API: extractors, feature
-//!   routers, the one HTTP error type), [`channel`] (the agent channel);
+//!   routers, the one HTTP error type; the health routes and the metrics listener's
+//!   router), [`channel`] (the agent channel), [`logging`] (the binary's log format);
+//! - [`health`]: readiness, the database probe and what a metrics scrape samples, over
+//!   [`metrics`] (this controller's Prometheus registry);
 //! - the domain, one service per concept, bundled in [`app::App`]: [`tokens`], [`inventory`],
 //!   [`policies`], [`lifecycle`] (initiate, acknowledge, revoke, expire), [`fleet`],
 //!   [`audit`] (the activity log), [`views`] (what agents saw), [`compliance`];
@@ -29,11 +32,14 @@ pub mod csv;
 pub mod error;
 pub mod eval;
 pub mod fleet;
+pub mod health;
 pub mod http;
 pub mod ids;
 pub mod input;
 pub mod inventory;
 pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod policies;
 pub mod policy;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
+use jitgate_controller::logging::{self, LogFormat};
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::tokens::TokenInfo;
 
@@ -24,6 +25,10 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Log lines as `text` or `json` (one object per line); default: `log_format` in
+    /// controller.toml, else text. The filter is `JIT_LOG`, else `log_filter`, else info.
+    #[arg(long, global = true, env = "JIT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -48,6 +53,10 @@ enum Cmd {
         /// host:port agents are told to dial at enrolment (default: the bound agent_listen).
         #[arg(long)]
         agent_endpoint: Option<String>,
+        /// Address of the metrics listener (plain HTTP: /metrics, /healthz, /readyz), written
+        /// to controller.toml; `off` for none.
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        metrics_listen: String,
     },
     /// Serve the HTTPS API until SIGINT/SIGTERM.
     Run {
@@ -128,13 +137,19 @@ enum VmCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JIT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The configuration, if the state directory has a readable one (the command itself
+    // reports a bad or missing one).
+    let file = Config::load(&StateDir(cli.state_dir.clone())).ok();
+    let format = cli
+        .log_format
+        .or(file.as_ref().map(|c| c.log_format))
+        .unwrap_or_default();
+    let env = std::env::var("JIT_LOG").ok().filter(|f| !f.is_empty());
+    let filter = env.or(file.and_then(|c| c.log_filter));
+    if let Err(e) = logging::init(format, filter.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -197,12 +212,15 @@ async fn run(cli: Cli) -> Result<()> {
             database_url,
             agent_listen,
             agent_endpoint,
+            metrics_listen,
         } => {
             let cfg = Config {
                 listen,
                 database_url,
                 agent_listen,
                 agent_endpoint,
+                metrics_listen: (metrics_listen != "off").then_some(metrics_listen),
+                log_format: cli.log_format.unwrap_or_default(),
                 ..Config::default()
             };
             let out = state::init(&dir, &cfg, &sans).await?;
@@ -235,8 +253,13 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.agent_listen = l;
             }
             let h = jitgate_controller::start(&dir, &cfg).await?;
-            eprintln!("jit-controller listening on https://{}", h.addr);
-            eprintln!("agent channel on {}", h.agent_addr);
+            // A log line, not a bare print: with `--log-format json` every line is JSON.
+            tracing::info!(
+                api = %h.addr,
+                agent_channel = %h.agent_addr,
+                metrics = h.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+                "jit-controller running"
+            );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;

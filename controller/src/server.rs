@@ -24,6 +24,7 @@ use crate::fleet::ca::Ca;
 use crate::http::extract::PeerAddr;
 use crate::http::router;
 use crate::http::state::AppState;
+use crate::metrics::Metrics;
 use crate::state::{Config, StateDir};
 use crate::store::Backend;
 
@@ -54,7 +55,11 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// Where the agent channel listens.
     pub agent_addr: SocketAddr,
+    /// Where the metrics listener is bound (`metrics_listen`), if configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: App,
+    /// This controller's metrics.
+    pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The periodic checkpoint task (a last checkpoint is signed at stop).
@@ -108,6 +113,19 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     let agent_addr = agent_listener
         .local_addr()
         .map_err(|e| SetupError::io("agent listener", e))?;
+    let metrics_listener = match &cfg.metrics_listen {
+        Some(a) => {
+            let l = bind(a, "metrics_listen").await?;
+            let bound = l
+                .local_addr()
+                .map_err(|e| SetupError::io("metrics listener", e))?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
+    let metrics = Metrics::new();
+    crate::health::record_cert_expiry(&metrics, &read(&dir.server_cert())?, &read(&dir.ca_cert())?);
     let agent_tls = crate::channel::tls::agent_tls_config(
         &dir.server_cert(),
         &dir.server_key(),
@@ -143,10 +161,12 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         app: app.clone(),
         trusted_proxies: trusted,
         max_body_bytes: cfg.max_body_bytes,
+        metrics: metrics.clone(),
     };
     let url = cfg.database_url(dir);
     let mut tasks = vec![
-        serve(listener, tls, state, shutdown.subscribe(), addr),
+        serve(listener, tls, state.clone(), shutdown.subscribe(), addr),
+        crate::health::spawn_probe(app.db.clone(), metrics.clone(), shutdown.subscribe()),
         spawn_sweeper(
             app.clone(),
             Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
@@ -161,6 +181,9 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         ),
         crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
     ];
+    if let Some((l, a)) = metrics_listener {
+        tasks.push(serve_metrics(l, state, shutdown.subscribe(), a));
+    }
     if app.db.backend() == Backend::Postgres {
         tasks.extend(crate::cluster::spawn(
             crate::cluster::Parts {
@@ -180,7 +203,9 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     Ok(ServerHandle {
         addr,
         agent_addr,
+        metrics_addr,
         app,
+        metrics,
         shutdown,
         tasks,
         checkpointer,
@@ -235,22 +260,11 @@ fn serve(
     let app = router(state);
     tokio::spawn(async move {
         tracing::info!(%addr, "serving HTTPS API");
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            };
+        while let Some((tcp, peer)) = next_connection(&listener, &mut shutdown).await {
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
-            let mut conn_shutdown = shutdown.clone();
+            let conn_shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
@@ -265,28 +279,86 @@ fn serve(
                         return;
                     }
                 };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    let mut app = app.clone();
-                    async move { tower_service::Service::call(&mut app, req).await }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(tls), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    }
-                    _ = conn_shutdown.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                    }
-                }
+                serve_connection(tls, app, peer, Duration::from_secs(30), conn_shutdown).await;
             });
         }
     })
+}
+
+/// Serves the metrics listener (plain HTTP/1.1, read-only) until `shutdown` turns true.
+fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    let app = crate::http::ops::metrics_router(state);
+    tokio::spawn(async move {
+        tracing::info!(%addr, "serving metrics and health over HTTP");
+        while let Some((tcp, peer)) = next_connection(&listener, &mut shutdown).await {
+            let app = app.clone();
+            let conn_shutdown = shutdown.clone();
+            tokio::spawn(serve_connection(
+                tcp,
+                app,
+                peer,
+                Duration::from_secs(10),
+                conn_shutdown,
+            ));
+        }
+    })
+}
+
+/// The next accepted connection, or `None` once `shutdown` turns true (accept errors are
+/// logged and retried).
+async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (keep-alive) on one connection with `app` until it ends; at shutdown,
+/// lets the request in flight finish (at most 5 s).
+async fn serve_connection<I>(
+    io: I,
+    app: axum::Router,
+    peer: SocketAddr,
+    header_read_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }

@@ -122,6 +122,19 @@ pub struct Config {
     /// on demand and at shutdown (docs/controller.md, "Activity log").
     #[serde(default = "default_checkpoint")]
     pub checkpoint_interval_seconds: u64,
+    /// Address and port of the metrics listener (plain HTTP, read-only: `/metrics`,
+    /// `/healthz`, `/readyz`; docs/operations.md, "Metrics and health"). Off when unset;
+    /// `init` writes `127.0.0.1:9465` unless told otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Log lines as text (default) or one JSON object per line; `--log-format` overrides.
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
+    /// Which log lines are written: a tracing `EnvFilter` (`RUST_LOG` syntax, e.g.
+    /// `"info,jitgate_controller::channel=debug"`); the `JIT_LOG` environment variable
+    /// overrides. Default `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_filter: Option<String>,
     /// Compliance: management ports, schedule, probe bounds (docs/compliance.md). Not written
     /// by `init` (the defaults apply until a `[compliance]` table is added).
     #[serde(default, skip_serializing)]
@@ -141,6 +154,9 @@ impl Default for Config {
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
             checkpoint_interval_seconds: default_checkpoint(),
+            metrics_listen: None,
+            log_format: Default::default(),
+            log_filter: None,
             compliance: Default::default(),
         }
     }

@@ -165,7 +165,7 @@ async fn controller_on_postgres_over_tls_with_verify_full() {
     let url = cluster.tcp_url(&db.name).unwrap();
     assert!(url.contains("sslmode=verify-full"), "{url}");
 
-    let mut h = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
+    let h = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
     // The controller's own sessions are encrypted (PostgreSQL's view of them).
     let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(h.app().db.pool())

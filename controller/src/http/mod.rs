@@ -9,6 +9,7 @@ pub mod compliance;
 pub mod error;
 pub mod extract;
 pub mod inventory;
+pub mod ops;
 pub mod policies;
 pub mod requests;
 pub mod respond;
@@ -20,9 +21,11 @@ use jitgate_api::ErrorCode;
 use crate::http::error::HttpError;
 use crate::http::state::AppState;
 
-/// The whole API.
+/// The whole API, and `/healthz` and `/readyz` (unauthenticated), each request counted.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
+        .merge(ops::router())
         .merge(inventory::router())
         .merge(policies::router())
         .merge(requests::router())
@@ -41,5 +44,6 @@ pub fn router(state: AppState) -> Router {
                 "this route does not accept that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(metrics, ops::count))
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 use jitgate_common::SourcePrefix;
 
 use crate::app::App;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -10,4 +11,6 @@ pub struct AppState {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<SourcePrefix>,
     pub max_body_bytes: usize,
+    /// This controller's metrics (requests are counted by the router).
+    pub metrics: Metrics,
 }

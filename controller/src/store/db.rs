@@ -50,6 +50,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The schema version this binary migrates to (its last migration).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
 jitgate_api::wire_enum! {
     /// SQLite's `synchronous` (`sqlite_synchronous` in controller.toml).
     pub enum Synchronous("sqlite_synchronous") {

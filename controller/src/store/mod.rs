@@ -10,6 +10,7 @@
 //!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
+//! - [`health`]: what readiness checks and metrics read.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
 pub mod activity;
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod compliance;
 pub mod db;
 pub mod grants;
+pub mod health;
 pub mod inventory;
 pub mod policies;
 pub mod requests;

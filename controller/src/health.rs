@@ -1,0 +1,234 @@
+//! Is this controller alive and ready, and what do its sampled metrics say: the readiness
+//! check behind `/readyz` (the database answers within [`READY_TIMEOUT`] and its schema is
+//! this binary's), the periodic database probe, the scrape-time [`sample`] of stored state,
+//! and the certificates' expiry. Nothing here names an HTTP status (`http::ops` does).
+
+use std::time::{Duration, Instant};
+
+use jitgate_api::{AgentConnection, AgentStatus};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::metrics::{AgentCounts, CertKind, CheckpointSample, Metrics, PendingGrants, Sample};
+use crate::store::Db;
+use crate::store::db::SCHEMA_VERSION;
+use crate::store::{agents, cluster, health as sql};
+
+/// How long the readiness check waits for the database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the database is probed for the latency histogram and error counter.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long a scrape waits for the stored state it reports.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+jitgate_api::wire_enum! {
+    /// The readiness verdict.
+    pub enum ReadyStatus("readiness") {
+        Ready = "ready",
+        NotReady = "notReady",
+    }
+}
+
+jitgate_api::wire_enum! {
+    /// Whether the database answered.
+    pub enum DatabaseCheck("database check") {
+        Ok = "ok",
+        /// The query failed (connection refused or lost, file unreadable, pool closed).
+        Unreachable = "unreachable",
+        /// No answer within [`READY_TIMEOUT`].
+        Timeout = "timeout",
+    }
+}
+
+jitgate_api::wire_enum! {
+    /// Whether the database's schema is the one this binary migrates to.
+    pub enum MigrationsCheck("migrations check") {
+        Ok = "ok",
+        /// Older than this binary's (not migrated).
+        Behind = "behind",
+        /// Newer: a newer controller migrated it; this one may misread it.
+        Ahead = "ahead",
+        /// The database did not answer.
+        Unknown = "unknown",
+    }
+}
+
+/// What `/readyz` answers: the verdict and each check's result, nothing else (no error text,
+/// which could name hosts or paths).
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    pub checks: Checks,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Checks {
+    pub database: DatabaseCheck,
+    pub migrations: MigrationsCheck,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.status == ReadyStatus::Ready
+    }
+}
+
+/// Checks the database and its schema; records the probe in `metrics`.
+pub async fn readiness(db: &Db, metrics: &Metrics) -> Readiness {
+    let start = Instant::now();
+    let r = tokio::time::timeout(READY_TIMEOUT, sql::schema_version(db.pool())).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let (database, migrations) = match r {
+        Ok(Ok(v)) => (
+            DatabaseCheck::Ok,
+            match v.cmp(&SCHEMA_VERSION) {
+                std::cmp::Ordering::Equal => MigrationsCheck::Ok,
+                std::cmp::Ordering::Less => MigrationsCheck::Behind,
+                std::cmp::Ordering::Greater => MigrationsCheck::Ahead,
+            },
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database query failed");
+            (DatabaseCheck::Unreachable, MigrationsCheck::Unknown)
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READY_TIMEOUT.as_millis() as u64,
+                "readiness: the database did not answer in time"
+            );
+            (DatabaseCheck::Timeout, MigrationsCheck::Unknown)
+        }
+    };
+    metrics.db_probe(seconds, database == DatabaseCheck::Ok);
+    if migrations != MigrationsCheck::Ok && database == DatabaseCheck::Ok {
+        tracing::warn!(
+            expected = SCHEMA_VERSION,
+            check = %migrations,
+            "readiness: the database schema is not this controller's"
+        );
+    }
+    let ready = database == DatabaseCheck::Ok && migrations == MigrationsCheck::Ok;
+    Readiness {
+        status: if ready {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::NotReady
+        },
+        checks: Checks {
+            database,
+            migrations,
+        },
+    }
+}
+
+/// Probes the database every [`PROBE_EVERY`] (the first at once) until `shutdown`.
+pub fn spawn_probe(
+    db: Db,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let r = readiness(&db, &metrics).await;
+            tracing::trace!(status = %r.status, "database probe");
+        }
+    })
+}
+
+/// The stored state a scrape reports, read now.
+pub async fn sample(app: &App) -> Result<Sample> {
+    let now = jitgate_api::time::now_ms();
+    let pool = app.db.pool();
+    let pending = sql::pending_grants(pool, now)
+        .await?
+        .into_iter()
+        .map(|(vm, count, oldest_ms)| PendingGrants {
+            vm,
+            count,
+            oldest_age_seconds: (now - oldest_ms).max(0) as f64 / 1000.0,
+        })
+        .collect();
+    let mut counts = AgentCounts::default();
+    for rec in agents::active_by_vm(pool).await?.into_values() {
+        let c = app.presence.connection(
+            &rec.id,
+            &AgentStatus::Active,
+            rec.last_seen_ms,
+            rec.heartbeat.as_ref(),
+            now,
+        );
+        match c {
+            AgentConnection::Online => counts.online += 1,
+            AgentConnection::Degraded => counts.degraded += 1,
+            AgentConnection::Offline => counts.offline += 1,
+            _ => {}
+        }
+    }
+    let (head, _) = cluster::heads(pool).await?;
+    let checkpoint = sql::last_checkpoint(pool)
+        .await?
+        .map(|(seq, time_ms)| CheckpointSample {
+            seq,
+            age_seconds: (now - time_ms).max(0) as f64 / 1000.0,
+        });
+    Ok(Sample {
+        pending,
+        agents: counts,
+        activity_head_seq: head,
+        checkpoint,
+        pg_notification_queue_usage: app.cluster.notification_queue_usage(),
+    })
+}
+
+/// Samples the stored state within [`SAMPLE_TIMEOUT`] and renders every metric. When the
+/// database does not answer, the sampled gauges keep their last values and the failure is
+/// counted with the probe errors.
+pub async fn scrape(app: &App, metrics: &Metrics) -> Result<String> {
+    let s = match tokio::time::timeout(SAMPLE_TIMEOUT, sample(app)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: reading the stored state failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("metrics: reading the stored state timed out");
+            None
+        }
+    };
+    if s.is_none() {
+        metrics.db_error();
+    }
+    metrics
+        .render(s.as_ref())
+        .await
+        .map_err(|e| Error::Internal(format!("rendering metrics: {e}")))
+}
+
+/// The expiry (unix seconds) of the first certificate in a PEM file.
+pub fn cert_expiry(pem: &str) -> std::result::Result<i64, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| format!("unparsable certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// Exports the expiry of the server certificate and the CA (PEM text).
+pub fn record_cert_expiry(metrics: &Metrics, server_pem: &str, ca_pem: &str) {
+    for (kind, pem) in [(CertKind::Server, server_pem), (CertKind::Ca, ca_pem)] {
+        match cert_expiry(pem) {
+            Ok(t) => metrics.set_cert_expiry(kind, t),
+            Err(e) => tracing::warn!(certificate = %kind, error = %e, "cannot read the expiry"),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The controller's Prometheus metrics: one [`Metrics`] value per running controller (its own
+//! registry, never process-wide, so two controllers in one process count apart), rendered in
+//! the Prometheus text format (0.0.4) by the maintained `prometheus-client` crate.
+//!
+//! Counters and the database histogram move as things happen; the gauges that describe
+//! stored state (pending grants, agents, the activity log) are set from the database just
+//! before each scrape (`health::sample`). Every metric is documented in docs/operations.md,
+//! "Metrics and health"; a test compares that table with what a scrape returns.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of a scrape.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A gauge holding a float (ages, ratios, timestamps).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+jitgate_api::wire_enum! {
+    /// How an API request ended, by its HTTP status class.
+    pub enum Outcome("request outcome") {
+        /// 1xx-3xx.
+        Success = "success",
+        /// 4xx: refused (bad input, no right, unknown thing, conflict).
+        ClientError = "client_error",
+        /// 5xx: the controller failed.
+        ServerError = "server_error",
+    }
+}
+
+impl Outcome {
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            500.. => Outcome::ServerError,
+            400..=499 => Outcome::ClientError,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+/// Label values are the enums' wire names.
+macro_rules! label_values {
+    ($($t:ty),+) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(e, self.as_str())
+            }
+        }
+    )+};
+}
+
+/// `jitgate_http_requests_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Method and route template (`POST /api/v1/requests/{id}/revoke`), or `unmatched`.
+    pub operation: String,
+    pub outcome: Outcome,
+}
+
+/// Labels naming a VM (each VM has at most one active agent).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VmLabels {
+    pub vm: String,
+}
+
+jitgate_api::wire_enum! {
+    /// The connection states an active agent is counted in (`jitgate_agents`).
+    pub enum AgentState("agent state") {
+        Online = "online",
+        Degraded = "degraded",
+        Offline = "offline",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    pub state: AgentState,
+}
+
+jitgate_api::wire_enum! {
+    /// The certificates whose expiry is exported.
+    pub enum CertKind("certificate") {
+        /// The API's and the agent channel's server certificate.
+        Server = "server",
+        /// The CA agents and operators trust.
+        Ca = "ca",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub certificate: CertKind,
+}
+
+label_values!(Outcome, AgentState, CertKind);
+
+/// A metric with no labels whose sample may be absent (no value known yet): a family with
+/// the one empty label set, or nothing.
+pub type Optional = Family<Vec<(String, String)>, FloatGauge>;
+
+/// Sets an [`Optional`] gauge, or removes its sample.
+pub fn set_optional(g: &Optional, v: Option<f64>) {
+    match v {
+        Some(v) => {
+            g.get_or_create(&Vec::new()).set(v);
+        }
+        None => g.clear(),
+    }
+}
+
+/// A metric always described: `# HELP` and `# TYPE` even without a sample (the registry
+/// leaves out empty families; a scraper, and the documentation test, should see every
+/// metric the controller has).
+#[derive(Debug)]
+struct Described<M> {
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Described<M> {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let m = e.encode_descriptor(self.name, self.help, None, self.metric.metric_type())?;
+        self.metric.encode(m)
+    }
+}
+
+fn add<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+    r: &mut Registry,
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+) {
+    r.register_collector(Box::new(Described { name, help, metric }));
+}
+
+/// One controller's metrics. Clones share them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    /// Serialises scrapes: the sampled gauges are cleared and set, then encoded.
+    scrape: tokio::sync::Mutex<()>,
+    requests: Family<RequestLabels, Counter>,
+    db_probe_seconds: Histogram,
+    db_errors: Counter,
+    grants_pending: Family<VmLabels, Gauge>,
+    grants_pending_oldest_age: Family<VmLabels, FloatGauge>,
+    agents: Family<AgentLabels, Gauge>,
+    activity_head_seq: Gauge,
+    checkpoint_seq: Optional,
+    checkpoint_age: Optional,
+    pg_queue_usage: Optional,
+    cert_expiry: Family<CertLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        add(
+            &mut r,
+            "jitgate_http_requests",
+            "API requests handled, by operation and outcome",
+            requests.clone(),
+        );
+        // 0.5 ms .. ~4 s.
+        let db_probe_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        add(
+            &mut r,
+            "jitgate_db_probe_duration_seconds",
+            "Time of each database probe (periodic and per readiness check)",
+            db_probe_seconds.clone(),
+        );
+        let db_errors = Counter::default();
+        add(
+            &mut r,
+            "jitgate_db_probe_errors",
+            "Database probes that failed or timed out",
+            db_errors.clone(),
+        );
+        let grants_pending = Family::<VmLabels, Gauge>::default();
+        add(
+            &mut r,
+            "jitgate_grants_pending",
+            "Active grants the VM's agent has not acknowledged yet",
+            grants_pending.clone(),
+        );
+        let grants_pending_oldest_age = Family::<VmLabels, FloatGauge>::default();
+        add(
+            &mut r,
+            "jitgate_grants_pending_oldest_age_seconds",
+            "Age of the VM's oldest grant still pending delivery",
+            grants_pending_oldest_age.clone(),
+        );
+        let agents = Family::<AgentLabels, Gauge>::default();
+        add(
+            &mut r,
+            "jitgate_agents",
+            "Active (not revoked) agents by connection state",
+            agents.clone(),
+        );
+        let activity_head_seq = Gauge::default();
+        add(
+            &mut r,
+            "jitgate_activity_head_seq",
+            "Sequence number of the activity log's last entry",
+            activity_head_seq.clone(),
+        );
+        let checkpoint_seq = Optional::default();
+        add(
+            &mut r,
+            "jitgate_activity_checkpoint_seq",
+            "Sequence number the last signed checkpoint covers",
+            checkpoint_seq.clone(),
+        );
+        let checkpoint_age = Optional::default();
+        add(
+            &mut r,
+            "jitgate_activity_checkpoint_age_seconds",
+            "Time since the last signed checkpoint of the activity log",
+            checkpoint_age.clone(),
+        );
+        let pg_queue_usage = Optional::default();
+        add(
+            &mut r,
+            "jitgate_pg_notification_queue_usage_ratio",
+            "PostgreSQL's notification queue in use (0-1), as last sampled",
+            pg_queue_usage.clone(),
+        );
+        let cert_expiry = Family::<CertLabels, Gauge>::default();
+        add(
+            &mut r,
+            "jitgate_tls_certificate_expiry_timestamp_seconds",
+            "When a certificate the controller serves or trusts expires (unix seconds)",
+            cert_expiry.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: r,
+                scrape: tokio::sync::Mutex::new(()),
+                requests,
+                db_probe_seconds,
+                db_errors,
+                grants_pending,
+                grants_pending_oldest_age,
+                agents,
+                activity_head_seq,
+                checkpoint_seq,
+                checkpoint_age,
+                pg_queue_usage,
+                cert_expiry,
+            }),
+        }
+    }
+
+    /// Counts one API request.
+    pub fn request(&self, operation: String, outcome: Outcome) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels { operation, outcome })
+            .inc();
+    }
+
+    /// Records one database probe: its duration, or a failure.
+    pub fn db_probe(&self, seconds: f64, ok: bool) {
+        self.inner.db_probe_seconds.observe(seconds);
+        if !ok {
+            self.inner.db_errors.inc();
+        }
+    }
+
+    /// Counts a failed database read for health or metrics that has no probe duration.
+    pub fn db_error(&self) {
+        self.inner.db_errors.inc();
+    }
+
+    /// Sets a certificate's expiry (unix seconds).
+    pub fn set_cert_expiry(&self, cert: CertKind, unix_seconds: i64) {
+        self.inner
+            .cert_expiry
+            .get_or_create(&CertLabels { certificate: cert })
+            .set(unix_seconds);
+    }
+
+    /// Sets the sampled gauges from `s` and renders every metric (scrapes one at a time).
+    pub async fn render(&self, s: Option<&Sample>) -> Result<String, std::fmt::Error> {
+        let _one = self.inner.scrape.lock().await;
+        if let Some(s) = s {
+            self.apply(s);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry)?;
+        Ok(out)
+    }
+
+    fn apply(&self, s: &Sample) {
+        let m = &self.inner;
+        m.grants_pending.clear();
+        m.grants_pending_oldest_age.clear();
+        for p in &s.pending {
+            let l = VmLabels { vm: p.vm.clone() };
+            m.grants_pending.get_or_create(&l).set(p.count);
+            m.grants_pending_oldest_age
+                .get_or_create(&l)
+                .set(p.oldest_age_seconds);
+        }
+        for st in AgentState::ALL {
+            let n = match st {
+                AgentState::Online => s.agents.online,
+                AgentState::Degraded => s.agents.degraded,
+                AgentState::Offline => s.agents.offline,
+            };
+            m.agents.get_or_create(&AgentLabels { state: *st }).set(n);
+        }
+        m.activity_head_seq.set(s.activity_head_seq);
+        set_optional(&m.checkpoint_seq, s.checkpoint.map(|c| c.seq as f64));
+        set_optional(&m.checkpoint_age, s.checkpoint.map(|c| c.age_seconds));
+        set_optional(&m.pg_queue_usage, s.pg_notification_queue_usage);
+    }
+}
+
+/// The stored state a scrape reports, read just before it.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub pending: Vec<PendingGrants>,
+    pub agents: AgentCounts,
+    pub activity_head_seq: i64,
+    pub checkpoint: Option<CheckpointSample>,
+    pub pg_notification_queue_usage: Option<f64>,
+}
+
+/// One VM's grants pending delivery.
+#[derive(Clone, Debug)]
+pub struct PendingGrants {
+    pub vm: String,
+    pub count: i64,
+    pub oldest_age_seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentCounts {
+    pub online: i64,
+    pub degraded: i64,
+    pub offline: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointSample {
+    pub seq: i64,
+    pub age_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_controllers_count_apart_and_samples_replace_each_other() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.request("GET /healthz".into(), Outcome::Success);
+        let ta = a.render(None).await.expect("render");
+        let tb = b.render(None).await.expect("render");
+        assert!(ta.contains(
+            "jitgate_http_requests_total{operation=\"GET /healthz\",outcome=\"success\"} 1"
+        ));
+        assert!(!tb.contains("GET /healthz"), "{tb}");
+
+        let one = Sample {
+            pending: vec![PendingGrants {
+                vm: "web1".into(),
+                count: 2,
+                oldest_age_seconds: 1.5,
+            }],
+            ..Sample::default()
+        };
+        let t = a.render(Some(&one)).await.expect("render");
+        assert!(t.contains("jitgate_grants_pending{vm=\"web1\"} 2"), "{t}");
+        assert!(t.contains("jitgate_agents{state=\"offline\"} 0"), "{t}");
+        assert!(
+            !t.lines()
+                .any(|l| l.starts_with("jitgate_activity_checkpoint_age_seconds")),
+            "no sample before a checkpoint: {t}"
+        );
+        assert!(
+            t.contains("# TYPE jitgate_activity_checkpoint_age_seconds gauge\n"),
+            "described all the same: {t}"
+        );
+        let t = a.render(Some(&Sample::default())).await.expect("render");
+        assert!(
+            !t.contains("vm=\"web1\""),
+            "a VM without pending grants drops out: {t}"
+        );
+    }
+
+    #[test]
+    fn outcomes_follow_the_status_class() {
+        assert_eq!(Outcome::of_status(200), Outcome::Success);
+        assert_eq!(Outcome::of_status(404), Outcome::ClientError);
+        assert_eq!(Outcome::of_status(503), Outcome::ServerError);
+    }
+}
