@@ -1055,8 +1055,14 @@ fn verdict_table_at_tcx_on_real_traffic() {
     let mut t = setup();
     let lab = jitgate_tests::netns::Lab::new(1).unwrap();
     let iface = lab.clients[0].vm_iface.clone();
-    // Another tool's XDP program, attached without a dispatcher: never replaced.
+    // Another tool's XDP program, attached without a dispatcher: never replaced. Its maps are
+    // pinned in a private directory (removed at the end), never at the bpffs root.
+    let other_pins =
+        std::path::PathBuf::from(jitgate_tests::TEST_PIN_ROOT).join(jitgate_tests::unique("other"));
+    std::fs::create_dir_all(&other_pins).unwrap();
+    let _other_pins = jitgate_tests::PinGuard(other_pins.clone());
     let mut other = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other_pins)
         .load(jitgate_agent::dataplane::PROGRAM_OBJECT)
         .unwrap();
     let floor: &mut aya::programs::Xdp = other
