@@ -171,11 +171,12 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::grant::Origin;
 
-    fn grant(n: u8) -> GrantRecord {
+    /// A grant record numbered `n` (also used by the writer's tests).
+    pub(crate) fn grant(n: u8) -> GrantRecord {
         GrantRecord {
             id: GrantId::from_bytes([n; 16]),
             protocol: jitgate_common::Protocol::Tcp,

@@ -148,25 +148,9 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grant::{GrantId, GrantRecord, Origin};
     use crate::grant_table::GrantTable;
     use crate::journal::RemoveReason;
-
-    fn grant(n: u8) -> GrantRecord {
-        GrantRecord {
-            id: GrantId::from_bytes([n; 16]),
-            protocol: jitgate_common::Protocol::Tcp,
-            port: jitgate_common::Port::new(22).unwrap(),
-            source: "203.0.113.0/24".parse().unwrap(),
-            start: time::OffsetDateTime::UNIX_EPOCH,
-            end: time::OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
-            requester: "root".into(),
-            justification: "test".into(),
-            origin: Origin::Local,
-            boot_id: Arc::from("b"),
-            expires_boot_ns: 42,
-        }
-    }
+    use crate::journal::tests::grant;
 
     fn job(journal: Vec<Record>) -> WriteJob {
         WriteJob {
