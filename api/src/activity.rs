@@ -36,6 +36,10 @@ wire_enum! {
         AssignCompliance = "Assign Compliance Policy",
         UnassignCompliance = "Delete Compliance Policy Assignment",
         Remediate = "Remediate Compliance",
+        Approve = "Approve JIT Network Access",
+        Deny = "Deny JIT Network Access",
+        Cancel = "Cancel JIT Network Access",
+        ApprovalTimedOut = "Approval Timed Out JIT Network Access",
     }
 }
 

@@ -49,6 +49,14 @@ wire_enum! {
         RequestTimeout = "RequestTimeout",
         // 409
         RequestNotActive = "RequestNotActive",
+        /// The request is no longer waiting for a decision (decided, cancelled, timed out).
+        RequestNotPending = "RequestNotPending",
+        /// The principal already decided on this request (one principal counts once).
+        AlreadyDecided = "AlreadyDecided",
+        /// The requester has as many requests pending as allowed.
+        TooManyPending = "TooManyPending",
+        /// An agent of the VM does not understand what the request needs (e.g. a booked start).
+        AgentTooOld = "AgentTooOld",
         VmExists = "VmExists",
         ResourceGroupExists = "ResourceGroupExists",
         TokenAlreadyRevoked = "TokenAlreadyRevoked",
@@ -132,7 +140,11 @@ impl ErrorCode {
             | C::ResourceGroupExists
             | C::TokenAlreadyRevoked
             | C::AssignmentExists
-            | C::EmptyActivityLog => K::Conflict,
+            | C::EmptyActivityLog
+            | C::RequestNotPending
+            | C::AlreadyDecided
+            | C::TooManyPending
+            | C::AgentTooOld => K::Conflict,
             C::BodyTooLarge => K::TooLarge,
             C::UnsupportedMediaType => K::UnsupportedMediaType,
             C::InternalError => K::Internal,

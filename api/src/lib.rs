@@ -15,6 +15,7 @@ mod wire;
 
 pub mod activity;
 pub mod agents;
+pub mod approval;
 pub mod compliance;
 pub mod duration;
 pub mod error;
@@ -33,6 +34,10 @@ pub use activity::{ActivityOutcome, ActivityQuery, Operation, ResourceType};
 pub use agents::{
     Agent, AgentAuditVerify, AgentChainReport, AgentConnection, AgentRecord, AgentStatus,
     Connection, ConnectionOutcome, EnrollRequest, EnrollResponse, GrantOrigin, ViewQuery,
+};
+pub use approval::{
+    ApprovalEntry, ApprovalRecord, ApprovalRule, ApprovalStage, ApprovalsQuery, Approver, Decision,
+    DecisionBody, PendingStage, PrincipalError, PrincipalId,
 };
 pub use compliance::{
     AssignBody, Assignment, AssignmentEffect, ComplianceGroup, ComplianceReport, ComplianceResult,

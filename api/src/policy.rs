@@ -31,6 +31,9 @@ pub struct PolicyPort {
     pub max_request_access_duration: String,
     #[serde(default)]
     pub on_expiry: OnExpiry,
+    /// Who must approve requests for this port; absent: approved by policy alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::ApprovalRule>,
 }
 
 impl KnownFields for PolicyPort {
@@ -41,7 +44,23 @@ impl KnownFields for PolicyPort {
         "allowedSourceAddressPrefixes",
         "maxRequestAccessDuration",
         "onExpiry",
+        "approval",
     ];
+
+    fn prune(m: &mut serde_json::Map<String, serde_json::Value>) {
+        use crate::approval::{ApprovalRule, ApprovalStage};
+        crate::wire::retain_known(m, Self::FIELDS);
+        if let Some(serde_json::Value::Object(rule)) = m.get_mut("approval") {
+            ApprovalRule::prune(rule);
+            if let Some(serde_json::Value::Array(stages)) = rule.get_mut("stages") {
+                for s in stages {
+                    if let serde_json::Value::Object(s) = s {
+                        ApprovalStage::prune(s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `PUT .../jitNetworkAccessPolicies/default`.
@@ -75,10 +94,13 @@ mod tests {
             r#"{"scope":"virtualMachine","name":"web1","updatedTimeUtc":"t","updatedBy":"a",
                 "approvers":["x"],
                 "ports":[{"number":22,"protocol":"TCP","allowedSourceAddressPrefix":"*",
-                          "maxRequestAccessDuration":"PT1H","approval":{"required":2}}]}"#,
+                          "maxRequestAccessDuration":"PT1H","ttl":3,
+                          "approval":{"escalateAfter":"PT1H",
+                            "stages":[{"approvers":["token:a"],"required":1,"weight":2}]}}]}"#,
         )
         .unwrap();
         assert_eq!(v.ports[0].number, 22);
+        assert_eq!(v.ports[0].approval.as_ref().unwrap().stages[0].required, 1);
         // A request body still refuses what it does not know.
         assert!(
             serde_json::from_str::<PolicyBody>(
@@ -97,6 +119,13 @@ mod tests {
             allowed_source_address_prefixes: Some(vec![]),
             max_request_access_duration: "PT1H".into(),
             on_expiry: OnExpiry::Cut,
+            approval: Some(crate::approval::ApprovalRule {
+                auto_approve_up_to: None,
+                stages: vec![],
+                allow_self_approval: false,
+                allow_emergency: false,
+                timeout: None,
+            }),
         };
         let v = serde_json::to_value(&p).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

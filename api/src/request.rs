@@ -9,6 +9,8 @@ use crate::wire::wire_enum;
 wire_enum! {
     /// A port's status, and a request's (the summary of its ports).
     pub enum PortStatus("status", Other) {
+        /// Waiting for approvers (see the request's `pendingApproval`).
+        PendingApproval = "PendingApproval",
         /// Approved; grants queued for the agent.
         Initiated = "Initiated",
         /// The agent confirmed every grant of the port.
@@ -29,6 +31,12 @@ wire_enum! {
         NewerRequestInitiated = "NewerRequestInitiated",
         /// Denied because another port of the request was.
         OtherPortDenied = "OtherPortDenied",
+        /// An approver said no (their reason is in the request's `approvals`).
+        Rejected = "Rejected",
+        /// Still pending at its approval timeout or at the end of its window.
+        ApprovalTimedOut = "ApprovalTimedOut",
+        /// The requester withdrew it while pending.
+        Cancelled = "Cancelled",
         // A rule of the policy that a requested port breaks:
         PortNotInPolicy = "PortNotInPolicy",
         ProtocolNotAllowed = "ProtocolNotAllowed",
@@ -55,9 +63,15 @@ pub struct InitiatePort {
     /// End of the window (RFC 3339); give this or `duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time_utc: Option<String>,
-    /// Length of the window (ISO 8601, e.g. PT1H); give this or `endTimeUtc`.
+    /// Length of the window (ISO 8601, e.g. PT1H); give this or `endTimeUtc`. Without a
+    /// `startTimeUtc` it starts when the request is approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    /// Books the port ahead (RFC 3339, at most P7D ahead): the window is [start, start +
+    /// duration] or [start, endTimeUtc]. Approved late, it opens at approval and still ends
+    /// at the booked end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time_utc: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -91,6 +105,18 @@ pub struct RequestView {
     pub virtual_machines: Vec<RequestVm>,
     #[serde(default)]
     pub denial_reasons: Vec<DenialReason>,
+    /// Every decision on the request, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<crate::approval::ApprovalRecord>,
+    /// While PendingApproval: the current stage of each rule still to be satisfied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_approval: Vec<crate::approval::PendingStage>,
+    /// When a pending request times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_deadline_utc: Option<String>,
+    /// Approved by an admin's emergency approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -110,6 +136,9 @@ pub struct RequestPort {
     pub allowed_source_address_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_source_address_prefixes: Option<Vec<String>>,
+    /// When the window opens (opened): the approval time or the booked start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time_utc: Option<String>,
     pub end_time_utc: String,
     pub status: PortStatus,
     #[serde(default)]

@@ -177,7 +177,7 @@ where
     let raw: Vec<serde_json::Map<String, serde_json::Value>> = serde::Deserialize::deserialize(d)?;
     raw.into_iter()
         .map(|mut m| {
-            m.retain(|k, _| T::FIELDS.contains(&k.as_str()));
+            T::prune(&mut m);
             serde_json::from_value(serde_json::Value::Object(m)).map_err(serde::de::Error::custom)
         })
         .collect()
@@ -186,6 +186,17 @@ where
 /// The JSON field names of a type that rejects unknown fields.
 pub trait KnownFields {
     const FIELDS: &'static [&'static str];
+
+    /// Drops the fields this version does not know (a type with nested objects that also
+    /// reject unknown fields prunes those too).
+    fn prune(m: &mut serde_json::Map<String, serde_json::Value>) {
+        retain_known(m, Self::FIELDS);
+    }
+}
+
+/// Keeps only `fields` of `m`.
+pub fn retain_known(m: &mut serde_json::Map<String, serde_json::Value>, fields: &[&str]) {
+    m.retain(|k, _| fields.contains(&k.as_str()));
 }
 
 #[cfg(test)]

@@ -176,6 +176,12 @@ fn every_schema_matches_its_type() {
     check::<api::AssignBody>(s, "ComplianceAssignBody", seen);
     check::<api::RemediateBody>(s, "ComplianceRemediateBody", seen);
     check::<api::PolicyPort>(s, "PolicyPort", seen);
+    check::<api::ApprovalRule>(s, "ApprovalRule", seen);
+    check::<api::ApprovalStage>(s, "ApprovalStage", seen);
+    check::<api::DecisionBody>(s, "DecisionBody", seen);
+    check::<api::ApprovalRecord>(s, "ApprovalRecord", seen);
+    check::<api::PendingStage>(s, "PendingStage", seen);
+    check::<api::ApprovalEntry>(s, "ApprovalEntry", seen);
     check::<api::PolicyBody>(s, "PolicyBody", seen);
     check::<api::PolicyView>(s, "PolicyView", seen);
     check::<api::InitiatePort>(s, "InitiatePort", seen);
@@ -240,6 +246,10 @@ fn query_types_match_the_documented_parameters() {
         .collect();
     assert_eq!(fields_of::<api::ViewQuery>(), views);
     assert_eq!(
+        fields_of::<api::ApprovalsQuery>(),
+        query_params(&spec, "/api/v1/approvals")
+    );
+    assert_eq!(
         fields_of::<api::ReportQuery>(),
         query_params(&spec, "/api/v1/compliance")
     );
@@ -289,6 +299,9 @@ fn documented_enums_are_known() {
         schema(&["RequestPort", "status"]),
         names(api::PortStatus::NAMES)
     );
+    for s in ["ApprovalRecord", "ApprovalEntry"] {
+        assert_eq!(schema(&[s, "decision"]), names(api::Decision::NAMES), "{s}");
+    }
     let denial = schema(&["DenialReason", "reason"]);
     assert!(
         denial

@@ -7,10 +7,11 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use jitgate_api::{
-    ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord, AssignBody,
-    Assignment, Checkpoint, ComplianceReport, Connection, ErrorBody, HistoryQuery, InitiateBody,
-    List, Me, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
-    ScanSummary, VerifyReport, ViewQuery, Vm, VmDetail,
+    ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
+    ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
+    Connection, DecisionBody, ErrorBody, HistoryQuery, InitiateBody, List, Me, PolicyBody,
+    PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody, ScanSummary, VerifyReport,
+    ViewQuery, Vm, VmDetail,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -153,6 +154,30 @@ impl Client {
     pub async fn revoke(&self, id: &str) -> R<Reply<RequestView>> {
         self.typed(self.request(Method::POST, &["requests", id, "revoke"]))
             .await
+    }
+
+    /// `POST /requests/{id}/approve|deny|cancel`
+    pub async fn decide(&self, id: &str, what: &str, body: &DecisionBody) -> R<Reply<RequestView>> {
+        self.typed(
+            self.request(Method::POST, &["requests", id, what])
+                .json(body),
+        )
+        .await
+    }
+
+    /// `GET /approvals` (waiting for the caller, or with `history` the report)
+    pub async fn approvals(&self, q: &ApprovalsQuery) -> R<Reply<List<RequestView>>> {
+        self.typed(self.get(&["approvals"]).query(q)).await
+    }
+
+    /// `GET /approvals?history=true`
+    pub async fn approval_history(&self, q: &ApprovalsQuery) -> R<Reply<List<ApprovalEntry>>> {
+        self.typed(self.get(&["approvals"]).query(q)).await
+    }
+
+    /// `GET /approvals?history=true&format=csv`: the report's text.
+    pub async fn approvals_text(&self, q: &ApprovalsQuery) -> R<String> {
+        self.send(self.get(&["approvals"]).query(q)).await
     }
 
     /// `GET /virtualMachines/{vm}/requests`

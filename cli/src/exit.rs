@@ -12,6 +12,7 @@ pub const NOT_FOUND: u8 = 6;
 pub const CONFLICT: u8 = 7;
 pub const TIMEOUT: u8 = 8;
 pub const VERIFY_FAILED: u8 = 9;
+pub const REJECTED: u8 = 10;
 
 /// The `EXIT CODES` section of `jit --help` (and of the man page).
 pub const HELP: &str = "EXIT CODES:
@@ -24,7 +25,9 @@ pub const HELP: &str = "EXIT CODES:
   6  not found (HTTP 404)
   7  conflict, e.g. nothing left to revoke (HTTP 409), or access was revoked while waiting
   8  timed out waiting for access to be applied
-  9  the activity log failed verification";
+  9  the activity log failed verification
+ 10  the request ended without access while pending approval: an approver rejected it,
+     it timed out waiting for approval, or it was cancelled";
 
 /// Why a command failed, and its exit code. The message is printed terminal-safe.
 #[derive(Debug)]

@@ -29,6 +29,25 @@ pub fn seconds(s: &str) -> R<i64> {
     }
 }
 
+/// A booked start as the API takes it (RFC 3339): an RFC 3339 time as given, or `+2h`,
+/// `+30m`, `+1d` from now.
+pub fn start_time(s: &str) -> R<String> {
+    let t = s.trim();
+    if let Some(rel) = t.strip_prefix('+') {
+        let secs = seconds(rel)?;
+        return Ok(jitgate_api::time::format(
+            jitgate_api::time::now_ms() + secs * 1000,
+        ));
+    }
+    jitgate_api::time::parse(t)
+        .map(|_| t.to_string())
+        .map_err(|_| {
+            Fail::usage(format!(
+                "{s:?} is not a time such as 2026-01-31T22:00:00Z or +2h"
+            ))
+        })
+}
+
 /// A duration as the API takes it (`PT2H30M`).
 pub fn iso_duration(s: &str) -> R<String> {
     seconds(s).map(duration::format)

@@ -22,7 +22,7 @@ mod table;
 mod text;
 
 use client::Client;
-use cmd::{audit, compliance, connect, connections, history, policy, requests, vms};
+use cmd::{approvals, audit, compliance, connect, connections, history, policy, requests, vms};
 use exit::R;
 use output::Out;
 
@@ -70,8 +70,19 @@ enum Cmd {
     History(history::HistoryArgs),
     /// Show one request.
     Show { request: String },
-    /// Revoke a request's active access (recorded as UserRequested).
+    /// Revoke a request's active access (recorded as UserRequested); a request still
+    /// pending approval is cancelled instead.
     Revoke { request: String },
+    /// The requests waiting for your approval, with what each still needs; or, with
+    /// `--history`, the approvals report (every decision; table, --json or --csv).
+    Approvals(approvals::ApprovalsArgs),
+    /// Approve a request pending approval (counts once toward its rule's current stage), or
+    /// record an admin's `--emergency` approval.
+    Approve(approvals::ApproveArgs),
+    /// Deny a request pending approval (ends it: Denied / Rejected, with your reason).
+    Deny(approvals::DenyArgs),
+    /// Withdraw your own request while it is pending approval (Denied / Cancelled).
+    Cancel { request: String },
     /// Query the activity log, or verify its hash chain (`jit audit verify`). With
     /// `--agent --vm VM`: the VM's agents' own audit records, as they delivered them.
     Audit(audit::AuditArgs),
@@ -136,6 +147,10 @@ async fn run(cli: Cli) -> R<()> {
         Cmd::History(a) => history::run(&c, a, out).await,
         Cmd::Show { request } => requests::show(&c, request, out).await,
         Cmd::Revoke { request } => requests::revoke(&c, request, out).await,
+        Cmd::Approvals(a) => approvals::list(&c, a, out).await,
+        Cmd::Approve(a) => approvals::approve(&c, a, out).await,
+        Cmd::Deny(a) => approvals::deny(&c, a, out).await,
+        Cmd::Cancel { request } => approvals::cancel(&c, request, out).await,
         Cmd::Audit(a) => audit::run(&c, a, out).await,
         Cmd::Connections(a) => connections::run(&c, a, out).await,
         Cmd::Compliance(a) => compliance::run(&c, a, out).await,

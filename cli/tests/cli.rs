@@ -70,6 +70,11 @@ impl Env {
     }
 
     async fn token(&self, name: &str, role: Role, scope: &str) -> String {
+        self.token_in(name, role, scope, &[]).await
+    }
+
+    async fn token_in(&self, name: &str, role: Role, scope: &str, groups: &[&str]) -> String {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         self.server
             .app
             .tokens
@@ -79,6 +84,7 @@ impl Env {
                 role,
                 &scope.parse::<Scope>().expect("scope"),
                 None,
+                &groups,
             )
             .await
             .expect("token")

@@ -355,6 +355,7 @@ async fn run(o: Opts) -> Result<()> {
             Role::Requester,
             &Scope::ResourceGroup("bench".into()),
             None,
+            &[],
         )
         .await?
         .1;

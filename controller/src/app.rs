@@ -27,6 +27,8 @@ pub struct Parts {
     /// The CA (PEM) agent certificates must chain to, for verifying agent audit records.
     pub ca_pem: String,
     pub compliance: Option<Settings>,
+    /// What an initiate obeys (the pending-approval limit).
+    pub limits: crate::lifecycle::initiate::Limits,
 }
 
 /// A controller's services. Clones share everything.
@@ -62,7 +64,7 @@ impl App {
         Ok(App {
             tokens: Tokens::new(db.clone()),
             inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
-            lifecycle: Lifecycle::start(db.clone())?,
+            lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
             audit: Audit::new(db.clone(), parts.checkpoint_key),
             views: AgentViews::new(db.clone(), parts.ca_pem),

@@ -7,7 +7,9 @@
 //! | read a VM, its policy, history, connections, agent audit | reader | the VM |
 //! | read a group's policy | reader | the group |
 //! | initiate | requester | every VM of the request |
-//! | revoke own request | requester | every VM of the request |
+//! | revoke or cancel own request | requester | every VM of the request |
+//! | approve or deny (when the rule's current stage names the caller) | reader | every VM of the request |
+//! | emergency approval (where every rule allows it) | admin | every VM of the request |
 //! | revoke anyone's request, write a VM's policy, remediate | admin | the VM (each VM) |
 //! | write a group's policy | admin | the group |
 //! | verify, export, list checkpoints, compliance history | reader | `*` |
@@ -16,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use jitgate_api::{ErrorCode, Role, Scope};
+use jitgate_api::{ErrorCode, PrincipalId, Role, Scope};
 
 use crate::error::{Error, Result};
 
@@ -37,6 +39,8 @@ pub struct Caller {
     pub scope: Scope,
     /// The caller's address as the controller sees it (after the trusted-proxy rule).
     pub address: IpAddr,
+    /// The groups the principal belongs to (approver lists name groups).
+    pub groups: Vec<String>,
 }
 
 impl Caller {
@@ -55,6 +59,21 @@ impl Caller {
             role,
             scope,
             address,
+            groups: Vec::new(),
+        }
+    }
+
+    /// The same caller, member of `groups`.
+    pub fn with_groups(mut self, groups: Vec<String>) -> Caller {
+        self.groups = groups;
+        self
+    }
+
+    /// The stable principal id (approvals and ownership compare these, never names).
+    pub fn principal_id(&self) -> PrincipalId {
+        match &self.principal {
+            Principal::Token { name, .. } => PrincipalId::Token(name.clone()),
+            Principal::Local => PrincipalId::Local,
         }
     }
 
@@ -65,6 +84,7 @@ impl Caller {
             role: Role::Admin,
             scope: Scope::All,
             address: IpAddr::from([127, 0, 0, 1]),
+            groups: Vec::new(),
         }
     }
 
@@ -160,9 +180,20 @@ pub enum Action<'a> {
     },
     /// Revoke requests at all (checked before the request is looked up).
     RevokeRequests,
-    /// Revoke this request (of `requestor`) on this VM.
+    /// Revoke or cancel this request (whose requester is the principal `owner`) on this VM.
     Revoke {
-        requestor: &'a str,
+        owner: &'a str,
+        vm: &'a str,
+        group: &'a str,
+    },
+    /// Approve or deny a request touching this VM (as an approver the rule names: any role;
+    /// whether the rule names the caller is the approval engine's check).
+    Decide {
+        vm: &'a str,
+        group: &'a str,
+    },
+    /// Record an emergency approval on a request touching this VM.
+    EmergencyApprove {
         vm: &'a str,
         group: &'a str,
     },
@@ -207,7 +238,7 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::RevokeRequests if c.role < Role::Requester => all(Role::Requester),
         Action::RevokeRequests => Ok(()),
         Action::Revoke {
-            requestor,
+            owner,
             vm: v,
             group: g,
         } => {
@@ -215,17 +246,20 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
                 return vm(Role::Admin, v, g);
             }
             vm(Role::Requester, v, g)?;
-            if requestor != c.name() {
+            if owner != c.principal_id().to_string() {
                 return Err(Error::refused(
                     ErrorCode::Forbidden,
                     format!(
-                        "{} may revoke only its own requests; this one is {requestor}'s (an admin may revoke any)",
-                        c.name()
+                        "{} may revoke or cancel only its own requests; this one is {owner}'s \
+                         (an admin may revoke any)",
+                        c.principal_id()
                     ),
                 ));
             }
             Ok(())
         }
+        Action::Decide { vm: v, group: g } => vm(Role::Reader, v, g),
+        Action::EmergencyApprove { vm: v, group: g } => vm(Role::Admin, v, g),
         Action::ReadAll => all(Role::Reader),
         Action::AdministerAll => all(Role::Admin),
         Action::Administer => match c.principal {
@@ -327,17 +361,30 @@ mod tests {
 
     #[test]
     fn revocation() {
-        let revoke = |requestor| Action::Revoke {
-            requestor,
+        let revoke = |owner| Action::Revoke {
+            owner,
             vm: "web1",
             group: "prod",
         };
+        // Ownership compares principal ids, never display names.
         let alice = caller(Role::Requester, "rg:prod");
         assert!(ok(&alice, Action::RevokeRequests));
-        assert!(ok(&alice, revoke("alice")) && !ok(&alice, revoke("bob")));
-        assert!(ok(&caller(Role::Admin, "vm:web1"), revoke("bob")));
-        assert!(!ok(&caller(Role::Admin, "vm:db1"), revoke("bob")));
+        assert!(ok(&alice, revoke("token:alice")) && !ok(&alice, revoke("token:bob")));
+        assert!(!ok(&alice, revoke("alice")));
+        assert!(ok(&caller(Role::Admin, "vm:web1"), revoke("token:bob")));
+        assert!(!ok(&caller(Role::Admin, "vm:db1"), revoke("token:bob")));
         let reader = caller(Role::Reader, "*");
-        assert!(!ok(&reader, Action::RevokeRequests) && !ok(&reader, revoke("alice")));
+        assert!(!ok(&reader, Action::RevokeRequests) && !ok(&reader, revoke("token:alice")));
+        // Any role may decide where the rule names it; emergency approval needs admin.
+        let decide = Action::Decide {
+            vm: "web1",
+            group: "prod",
+        };
+        let emergency = Action::EmergencyApprove {
+            vm: "web1",
+            group: "prod",
+        };
+        assert!(ok(&reader, decide) && !ok(&caller(Role::Reader, "rg:dev"), decide));
+        assert!(!ok(&reader, emergency) && ok(&caller(Role::Admin, "rg:prod"), emergency));
     }
 }

@@ -34,6 +34,18 @@ impl Error {
         }
     }
 
+    /// A refusal's message prefixed with where it applies ("port 22: ..."); other errors as
+    /// they are.
+    pub fn context(self, place: &str) -> Error {
+        match self {
+            Error::Refused { code, message } => Error::Refused {
+                code,
+                message: format!("{place}: {message}"),
+            },
+            e => e,
+        }
+    }
+
     /// Stored data that does not parse.
     pub fn corrupt(what: impl std::fmt::Display) -> Error {
         Error::Corrupt(what.to_string())

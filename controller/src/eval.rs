@@ -10,6 +10,7 @@ use jitgate_api::time::format as fmt_time;
 use jitgate_api::{OnExpiry, ProtoSel, StatusReason};
 use jitgate_common::{Protocol, SourcePrefix};
 
+use crate::approval::rule::Rule;
 use crate::policy::Policy;
 use crate::request::RequestedPort;
 
@@ -28,13 +29,23 @@ pub struct PortOutcome {
     /// (reason code, message); empty means approved.
     pub reasons: Vec<(StatusReason, String)>,
     pub grants: Vec<PlannedGrant>,
+    /// The distinct approval rules of the policy entries the port touches (empty: approved
+    /// by policy alone).
+    pub approvals: Vec<Rule>,
+    /// The window's length in whole seconds (from its start, or from now).
+    pub window_secs: i64,
 }
 
 /// Evaluates one requested port of a VM.
 pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64) -> PortOutcome {
     let mut reasons: Vec<(StatusReason, String)> = Vec::new();
     let mut grants = Vec::new();
+    let mut approvals: Vec<Rule> = Vec::new();
     let n = port.number;
+    // Whole seconds: a window of exactly the maximum plus the request's own transit
+    // (sub-second) is still within it.
+    let from = port.start_ms.map_or(now_ms, |s| s.max(now_ms));
+    let window_secs = (port.end_ms - from).max(0) / 1000;
     if port.end_ms <= now_ms {
         reasons.push((
             StatusReason::EndTimeInPast,
@@ -50,6 +61,8 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
             protocol: port.protocol.unwrap_or(ProtoSel::Tcp),
             reasons,
             grants,
+            approvals,
+            window_secs,
         };
     };
     let entries: Vec<_> = policy.ports.iter().filter(|p| p.number == n).collect();
@@ -62,13 +75,14 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
             protocol: port.protocol.unwrap_or(ProtoSel::Tcp),
             reasons,
             grants,
+            approvals,
+            window_secs,
         };
     }
     let protocol = match port.protocol {
         Some(p) => p,
         None => entries[0].protocol,
     };
-    let window_secs = (port.end_ms - now_ms).max(0) / 1000;
     let mut source_bad: Vec<String> = Vec::new();
     let mut over_max: Option<i64> = None;
     for &proto in protocol.expand() {
@@ -77,6 +91,11 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
         // lists every reason.
         let exact = policy.entry(n, proto);
         let entry = exact.unwrap_or(entries[0]);
+        if let Some(rule) = &entry.approval
+            && !approvals.contains(rule)
+        {
+            approvals.push(rule.clone());
+        }
         if exact.is_none()
             && !reasons
                 .iter()
@@ -106,8 +125,6 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
                 });
             }
         }
-        // Whole seconds: a window of exactly the maximum plus the request's own transit
-        // (sub-second) is still within it.
         if window_secs > entry.max_duration_secs {
             over_max = Some(over_max.map_or(entry.max_duration_secs, |m: i64| {
                 m.min(entry.max_duration_secs)
@@ -141,5 +158,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
         protocol,
         reasons,
         grants,
+        approvals,
+        window_secs,
     }
 }

@@ -23,6 +23,7 @@
 //!   [`ids`], [`csv`].
 
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod authz;
 pub mod channel;

@@ -97,6 +97,11 @@ enum TokenCmd {
         /// Lifetime as an ISO 8601 duration (e.g. P90D, PT8H); default: no expiry.
         #[arg(long)]
         expires_in: Option<String>,
+        /// A group the token's principal belongs to (repeatable). Approval rules name
+        /// groups (`group:NAME`), so whoever creates tokens decides who can approve: each
+        /// creation is in the activity log. One person holding two tokens is two principals.
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,
@@ -186,18 +191,23 @@ fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25}",
+        "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25} GROUPS",
         "ID", "NAME", "ROLE", "SCOPE", "EXPIRES", "REVOKED"
     );
     for t in v {
         println!(
-            "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25}",
+            "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25} {}",
             t.id,
             t.name,
             t.role.as_str(),
             t.scope.to_string(),
             t.expires_time_utc.as_deref().unwrap_or("-"),
-            t.revoked_time_utc.as_deref().unwrap_or("-")
+            t.revoked_time_utc.as_deref().unwrap_or("-"),
+            if t.groups.is_empty() {
+                "-".to_string()
+            } else {
+                t.groups.join(",")
+            }
         );
     }
     Ok(())
@@ -279,6 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
                     role,
                     scope,
                     expires_in,
+                    groups,
                 } => {
                     let role = input::parse_role(&role)?;
                     let scope = input::parse_scope(&scope)?;
@@ -294,7 +305,7 @@ async fn run(cli: Cli) -> Result<()> {
                     };
                     let (info, secret) = app
                         .tokens
-                        .create(&local, &name, role, &scope, expires)
+                        .create(&local, &name, role, &scope, expires, &groups)
                         .await?;
                     if cli.json {
                         println!("{}", serde_json::json!({"token": info, "secret": secret}));

@@ -4,6 +4,7 @@
 use jitgate_api::{ErrorCode, OnExpiry, PolicyBody, PolicyPort as PolicyPortBody, ProtoSel};
 use jitgate_common::{Port, Protocol, SourcePrefix};
 
+use crate::approval::rule::Rule;
 use crate::error::{Error, Result};
 use crate::input::{parse_duration, parse_port, parse_prefixes, parse_proto_sel, prefixes_json};
 
@@ -19,6 +20,8 @@ pub struct PolicyPort {
     pub prefixes: Vec<SourcePrefix>,
     pub max_duration_secs: i64,
     pub on_expiry: OnExpiry,
+    /// Who must approve requests for the port; None: approved by policy alone.
+    pub approval: Option<Rule>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -71,12 +74,19 @@ impl Policy {
                     ));
                 }
             }
+            let approval = p
+                .approval
+                .as_ref()
+                .map(Rule::from_body)
+                .transpose()
+                .map_err(|e| e.context(&format!("port {number}")))?;
             ports.push(PolicyPort {
                 number,
                 protocol,
                 prefixes,
                 max_duration_secs: max,
                 on_expiry: p.on_expiry,
+                approval,
             });
         }
         Ok(Policy { ports })
@@ -98,6 +108,7 @@ impl Policy {
                             p.max_duration_secs,
                         ),
                         on_expiry: p.on_expiry,
+                        approval: p.approval.as_ref().map(Rule::to_body),
                     }
                 })
                 .collect(),

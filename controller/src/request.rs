@@ -9,6 +9,11 @@ use crate::input::{
     parse_duration, parse_port, parse_prefixes, parse_proto_sel, parse_time, validate_name,
 };
 
+/// Furthest ahead a port may be booked (its startTimeUtc).
+pub const MAX_BOOKING_AHEAD_MS: i64 = 7 * 24 * 3600 * 1000;
+/// A booked start this little in the past is a clock's skew, taken as "now".
+const START_SKEW_MS: i64 = 60 * 1000;
+
 /// Longest justification kept.
 pub const MAX_JUSTIFICATION: usize = 1024;
 
@@ -19,7 +24,12 @@ pub struct RequestedPort {
     /// None: take the policy's.
     pub protocol: Option<ProtoSel>,
     pub prefixes: Vec<SourcePrefix>,
+    /// The end: for a duration port, provisional (now + duration) until the window opens.
     pub end_ms: i64,
+    /// Given as a duration: the window is this long from when it opens (the approval).
+    pub duration_ms: Option<i64>,
+    /// A booked start (startTimeUtc); None: opens when approved.
+    pub start_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,14 +93,33 @@ impl Initiate {
                 if prefixes.is_empty() {
                     prefixes.push(SourcePrefix::host(my_ip));
                 }
-                let end_ms = match (&p.end_time_utc, &p.duration) {
+                let start_ms = match &p.start_time_utc {
+                    None => None,
+                    Some(t) => {
+                        let at = parse_time(t)?;
+                        if at < now - START_SKEW_MS {
+                            return Err(Error::refused(
+                                ErrorCode::InvalidTime,
+                                format!("port {number}: startTimeUtc {t} is in the past"),
+                            ));
+                        }
+                        if at > now + MAX_BOOKING_AHEAD_MS {
+                            return Err(Error::refused(
+                                ErrorCode::InvalidTime,
+                                format!("port {number}: startTimeUtc {t} is more than P7D ahead"),
+                            ));
+                        }
+                        Some(at.max(now))
+                    }
+                };
+                let (end_ms, duration_ms) = match (&p.end_time_utc, &p.duration) {
                     (Some(_), Some(_)) => {
                         return Err(Error::refused(
                             ErrorCode::InvalidRequest,
                             "give endTimeUtc or duration, not both",
                         ));
                     }
-                    (Some(t), None) => parse_time(t)?,
+                    (Some(t), None) => (parse_time(t)?, None),
                     (None, Some(d)) => {
                         let secs = parse_duration(d)?;
                         if secs <= 0 {
@@ -99,7 +128,7 @@ impl Initiate {
                                 "duration must be positive",
                             ));
                         }
-                        now + secs * 1000
+                        (start_ms.unwrap_or(now) + secs * 1000, Some(secs * 1000))
                     }
                     (None, None) => {
                         return Err(Error::refused(
@@ -108,11 +137,21 @@ impl Initiate {
                         ));
                     }
                 };
+                if let Some(start) = start_ms
+                    && end_ms <= start
+                {
+                    return Err(Error::refused(
+                        ErrorCode::InvalidTime,
+                        format!("port {number}: endTimeUtc is not after startTimeUtc"),
+                    ));
+                }
                 ports.push(RequestedPort {
                     number,
                     protocol,
                     prefixes,
                     end_ms,
+                    duration_ms,
+                    start_ms,
                 });
             }
             vms.push(RequestedVm {

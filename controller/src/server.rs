@@ -149,6 +149,9 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             public_pem,
         }),
         compliance: Some(Settings::from_config(&cfg.compliance)?),
+        limits: crate::lifecycle::initiate::Limits {
+            max_pending: i64::from(cfg.max_pending_per_requester),
+        },
     };
     let app = App::open(
         &cfg.database_url(dir),

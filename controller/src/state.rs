@@ -77,6 +77,10 @@ fn default_body() -> usize {
 fn default_sync() -> Synchronous {
     Synchronous::Full
 }
+fn default_max_pending() -> u32 {
+    20
+}
+
 fn default_sweep() -> u64 {
     5
 }
@@ -106,9 +110,13 @@ pub struct Config {
     /// SQLite durability: "full" (default) or "normal".
     #[serde(default = "default_sync")]
     pub sqlite_synchronous: Synchronous,
-    /// How often ended access is marked Revoked/Expired.
+    /// How often ended access is marked Revoked/Expired (and pending requests past their
+    /// approval deadline time out).
     #[serde(default = "default_sweep")]
     pub expiry_sweep_seconds: u64,
+    /// Most requests one principal may have pending approval at once.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_per_requester: u32,
     #[serde(default = "default_conns")]
     pub max_db_connections: u32,
     /// Address and port of the agent channel (mutual TLS, docs/protocol.md).
@@ -150,6 +158,7 @@ impl Default for Config {
             max_body_bytes: default_body(),
             sqlite_synchronous: default_sync(),
             expiry_sweep_seconds: default_sweep(),
+            max_pending_per_requester: default_max_pending(),
             max_db_connections: default_conns(),
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
@@ -183,7 +192,15 @@ impl Config {
             path: p.display().to_string(),
             source: e,
         })?;
-        toml::from_str(&text).map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
+        if cfg.max_pending_per_requester == 0 {
+            return Err(SetupError::Invalid(format!(
+                "{}: max_pending_per_requester must be at least 1",
+                p.display()
+            )));
+        }
+        Ok(cfg)
     }
 }
 
@@ -322,7 +339,14 @@ pub async fn init(
     let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?;
     let (admin, admin_token) = app
         .tokens
-        .create(&Caller::local(), "admin", Role::Admin, &Scope::All, None)
+        .create(
+            &Caller::local(),
+            "admin",
+            Role::Admin,
+            &Scope::All,
+            None,
+            &[],
+        )
         .await?;
     app.close().await;
 

@@ -10,7 +10,7 @@ use crate::ids;
 use crate::input::validate_name;
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
-use crate::store::tokens::{self, TokenRow};
+use crate::store::tokens::{self, Groups, TokenRow};
 
 /// A token as `jit-controller token list` shows it (never its secret).
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -23,6 +23,9 @@ pub struct TokenInfo {
     pub created_time_utc: String,
     pub expires_time_utc: Option<String>,
     pub revoked_time_utc: Option<String>,
+    /// Groups its principal belongs to (approver lists name groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl From<TokenRow> for TokenInfo {
@@ -36,6 +39,7 @@ impl From<TokenRow> for TokenInfo {
             created_time_utc: time(t.created_ms),
             expires_time_utc: t.expires_ms.map(time),
             revoked_time_utc: t.revoked_ms.map(time),
+            groups: t.groups.0,
         }
     }
 }
@@ -66,7 +70,9 @@ impl Tokens {
         if t.revoked_ms.is_some() || t.expires_ms.is_some_and(|e| e <= now) {
             return Ok(None);
         }
-        Ok(Some(Caller::token(t.id, t.name, t.role, t.scope, address)))
+        Ok(Some(
+            Caller::token(t.id, t.name, t.role, t.scope, address).with_groups(t.groups.0),
+        ))
     }
 
     /// Creates a token; returns its info and the secret (shown once, never stored).
@@ -77,9 +83,17 @@ impl Tokens {
         role: Role,
         scope: &Scope,
         expires_ms: Option<i64>,
+        groups: &[String],
     ) -> Result<(TokenInfo, String)> {
         authz::authorize(caller, Action::Administer)?;
         validate_name("token", name)?;
+        let mut group_list: Vec<String> = Vec::with_capacity(groups.len());
+        for g in groups {
+            validate_name("group", g)?;
+            if !group_list.contains(g) {
+                group_list.push(g.clone());
+            }
+        }
         let mut w = self.db.begin().await?;
         if expires_ms.is_some_and(|e| e <= w.now) {
             return Err(Error::refused(
@@ -96,6 +110,7 @@ impl Tokens {
             created_ms: w.now,
             expires_ms,
             revoked_ms: None,
+            groups: Groups(group_list),
         };
         tokens::insert(&mut w, &row, &ids::hash_token(&secret)).await?;
         let info = TokenInfo::from(row);
@@ -109,7 +124,7 @@ impl Tokens {
             )
             .details(serde_json::json!({"tokenId": info.id, "name": name,
                     "role": role.as_str(), "scope": scope.to_string(),
-                    "expiresTimeUtc": info.expires_time_utc})),
+                    "expiresTimeUtc": info.expires_time_utc, "groups": info.groups})),
         )
         .await?;
         w.commit().await?;

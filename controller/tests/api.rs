@@ -560,7 +560,8 @@ async fn supersede_revoke_expire_and_apply() {
         .lifecycle
         .expire_due(now_ms() + 2 * 3600 * 1000)
         .await
-        .expect("sweep");
+        .expect("sweep")
+        .0;
     assert!(n >= 1);
     let (_, v) = h.get(&format!("/api/v1/requests/{id}"), &alice).await;
     assert_eq!(status_of(&v), "Revoked");
@@ -928,6 +929,7 @@ async fn authentication_failures() {
             Role::Reader,
             &jitgate_api::Scope::All,
             Some(now_ms() + 3_600_000),
+            &[],
         )
         .await
         .expect("token");

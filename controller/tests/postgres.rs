@@ -116,6 +116,7 @@ async fn controller_on_postgres() {
             .expire_due(now_ms() + 10 * 3600 * 1000)
             .await
             .expect("sweep")
+            .0
             > 0
     );
     // bad input writes nothing

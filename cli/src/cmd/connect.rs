@@ -109,6 +109,7 @@ pub async fn run(c: &Client, cmd: &ConnectCmd, out: Out) -> R<()> {
         virtual_machines: vec![InitiateVm {
             id: vm.clone(),
             ports: vec![InitiatePort {
+                start_time_utc: None,
                 number: u32::from(port),
                 protocol: Some(ProtoSel::Tcp.as_str().into()),
                 allowed_source_address_prefix: None,

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
-use jitgate_api::{OnExpiry, PolicyBody, PolicyPort, PolicyView, ProtoSel};
+use jitgate_api::{
+    ApprovalRule, ApprovalStage, Approver, OnExpiry, PolicyBody, PolicyPort, PolicyView, ProtoSel,
+};
 use serde::Deserialize;
 
 use crate::client::{Client, PolicyOf};
@@ -38,7 +40,8 @@ pub struct PolicySet {
     #[command(flatten)]
     target: PolicyTarget,
     /// A JSON file {"ports": [...]} in the API's format ("-" for stdin).
-    #[arg(long, conflicts_with_all = ["port", "source", "max", "on_expiry"])]
+    #[arg(long, conflicts_with_all = ["port", "source", "max", "on_expiry", "approvers",
+                                      "stage"])]
     file: Option<PathBuf>,
     /// Port and protocol: 22, 22/tcp, 3389/udp, 3389/* (repeatable; default protocol tcp).
     #[arg(long)]
@@ -54,6 +57,105 @@ pub struct PolicySet {
           value_parser = PossibleValuesParser::new(["keep", "cut"])
               .try_map(|s| s.parse::<OnExpiry>()))]
     on_expiry: OnExpiry,
+    #[command(flatten)]
+    approval: ApprovalFlags,
+}
+
+/// Who must approve requests for these ports (absent: approved by policy alone).
+#[derive(Args)]
+pub struct ApprovalFlags {
+    /// Approvers of a one-stage rule, comma-separated: token:NAME, oidc:ISSUER#SUBJECT,
+    /// group:NAME. For several stages use --stage instead.
+    #[arg(long, value_delimiter = ',', conflicts_with = "stage")]
+    approvers: Vec<String>,
+    /// How many distinct approvers of --approvers must approve (default 1).
+    #[arg(long, requires = "approvers")]
+    approvals_required: Option<u32>,
+    /// One stage, in order (repeatable): APPROVER[,APPROVER...][=REQUIRED], e.g.
+    /// --stage token:alice,group:sec-leads=2 --stage group:ops-managers.
+    #[arg(long)]
+    stage: Vec<String>,
+    /// Requests whose window is at most this are approved by policy (30m, 1h, PT1H).
+    #[arg(long)]
+    auto_approve_up_to: Option<String>,
+    /// How long a request may wait for approval (default 1h, at most 7d).
+    #[arg(long)]
+    approval_timeout: Option<String>,
+    /// The requester's own approval counts (named approvers only).
+    #[arg(long)]
+    allow_self_approval: bool,
+    /// An admin may record an emergency approval (with a reason) that completes a request.
+    #[arg(long)]
+    allow_emergency: bool,
+}
+
+impl ApprovalFlags {
+    /// The rule the flags describe; None when no approver is named.
+    fn rule(&self) -> R<Option<ApprovalRule>> {
+        let mut stages = Vec::new();
+        if !self.approvers.is_empty() {
+            stages.push(ApprovalStage {
+                approvers: self
+                    .approvers
+                    .iter()
+                    .map(|a| approver(a))
+                    .collect::<R<_>>()?,
+                required: self.approvals_required.unwrap_or(1),
+            });
+        }
+        for st in &self.stage {
+            let (list, required) = match st.rsplit_once('=') {
+                Some((l, n)) => (
+                    l,
+                    n.trim().parse::<u32>().map_err(|_| {
+                        Fail::usage(format!("--stage {st:?}: REQUIRED must be a number"))
+                    })?,
+                ),
+                None => (st.as_str(), 1),
+            };
+            stages.push(ApprovalStage {
+                approvers: list
+                    .split(',')
+                    .map(|a| approver(a.trim()))
+                    .collect::<R<_>>()?,
+                required,
+            });
+        }
+        let rest = self.auto_approve_up_to.is_some()
+            || self.approval_timeout.is_some()
+            || self.allow_self_approval
+            || self.allow_emergency;
+        if stages.is_empty() {
+            if rest {
+                return Err(Fail::usage(
+                    "approval options need approvers: give --approvers or --stage",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(ApprovalRule {
+            auto_approve_up_to: self
+                .auto_approve_up_to
+                .as_deref()
+                .map(input::iso_duration)
+                .transpose()?,
+            stages,
+            allow_self_approval: self.allow_self_approval,
+            allow_emergency: self.allow_emergency,
+            timeout: self
+                .approval_timeout
+                .as_deref()
+                .map(input::iso_duration)
+                .transpose()?,
+        }))
+    }
+}
+
+/// An approver as typed, checked by the parser the controller uses.
+fn approver(s: &str) -> R<String> {
+    s.parse::<Approver>()
+        .map(|a| a.to_string())
+        .map_err(|e| Fail::usage(e.to_string()))
 }
 
 impl PolicyTarget {
@@ -143,6 +245,7 @@ fn from_flags(ps: &PolicySet) -> R<PolicyBody> {
         input::source(s)?;
     }
     let max = input::iso_duration(&ps.max)?;
+    let approval = ps.approval.rule()?;
     let ports = ps
         .port
         .iter()
@@ -155,6 +258,7 @@ fn from_flags(ps: &PolicySet) -> R<PolicyBody> {
                 allowed_source_address_prefixes: Some(ps.source.clone()),
                 max_request_access_duration: max.clone(),
                 on_expiry: ps.on_expiry,
+                approval: approval.clone(),
             })
         })
         .collect::<R<Vec<_>>>()?;
@@ -166,7 +270,8 @@ const PORTS: Table = Table::new(&[
     col("PROTO", 8),
     col("MAX", 10),
     col("EXPIRY", 8),
-    col("SOURCES", 0),
+    col("SOURCES", 28),
+    col("APPROVAL", 0),
 ]);
 
 pub fn print_policy(v: &PolicyView) {
@@ -188,8 +293,34 @@ pub fn print_policy(v: &PolicyView) {
                 p.allowed_source_address_prefix.as_deref(),
                 p.allowed_source_address_prefixes.as_deref(),
             ),
+            p.approval
+                .as_ref()
+                .map_or_else(|| "-".to_string(), describe),
         ]);
     }
+}
+
+/// An approval rule in one line: its stages, then its options.
+fn describe(r: &ApprovalRule) -> String {
+    let mut parts: Vec<String> = r
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{}: {} of {}", i + 1, s.required, s.approvers.join(",")))
+        .collect();
+    if let Some(a) = &r.auto_approve_up_to {
+        parts.push(format!("auto up to {a}"));
+    }
+    if let Some(t) = &r.timeout {
+        parts.push(format!("timeout {t}"));
+    }
+    if r.allow_self_approval {
+        parts.push("self-approval".into());
+    }
+    if r.allow_emergency {
+        parts.push("emergency".into());
+    }
+    parts.join("; ")
 }
 
 /// A port's sources as one cell: the single prefix, or the list comma-separated.

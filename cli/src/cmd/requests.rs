@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use jitgate_api::{InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestView};
+use jitgate_api::{InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestView, StatusReason};
 
 use crate::client::{Client, Reply};
+use crate::cmd::approvals::{print_approvals, print_pending};
 use crate::cmd::policy::prefixes;
 use crate::exit::{self, Fail, R};
 use crate::input;
@@ -31,6 +32,10 @@ pub struct RequestArgs {
     /// Until when: an ISO 8601 time such as 2026-01-31T17:00:00Z.
     #[arg(long)]
     until: Option<String>,
+    /// Book the access ahead: it opens at this time (RFC 3339, or +2h / +30m from now; at
+    /// most 7 days ahead). Without it the window starts when the request is approved.
+    #[arg(long)]
+    start: Option<String>,
     /// Why you need access (recorded in history and the activity log).
     #[arg(long, short = 'j')]
     justification: String,
@@ -60,6 +65,7 @@ pub async fn request(c: &Client, a: &RequestArgs, out: Out) -> R<()> {
         (None, Some(u)) => (None, Some(u.clone())),
         _ => return Err(Fail::usage("give --duration or --until")),
     };
+    let start_time_utc = a.start.as_deref().map(input::start_time).transpose()?;
     let wait = if a.wait.wait {
         Some(Wait::from_args(&a.wait.timeout, &a.wait.poll)?)
     } else {
@@ -77,6 +83,7 @@ pub async fn request(c: &Client, a: &RequestArgs, out: Out) -> R<()> {
                 allowed_source_address_prefixes: (!a.source.is_empty()).then(|| a.source.clone()),
                 end_time_utc: end_time_utc.clone(),
                 duration: duration.clone(),
+                start_time_utc: start_time_utc.clone(),
             })
         })
         .collect::<R<Vec<_>>>()?;
@@ -92,6 +99,12 @@ pub async fn request(c: &Client, a: &RequestArgs, out: Out) -> R<()> {
         out.show(&r, print_denial)?;
         return Err(Fail::new(exit::DENIED, format!("request {} denied", r.id)));
     }
+    if r.status == PortStatus::PendingApproval && wait.is_none() {
+        return out.show(&r, |r| {
+            print_requests(std::slice::from_ref(r));
+            print_pending(r);
+        });
+    }
     let r = match wait {
         Some(w) => w.applied(c, &r.id, out.json).await?,
         None => r,
@@ -106,12 +119,43 @@ pub async fn show(c: &Client, id: &str, out: Out) -> R<()> {
         if r.status == PortStatus::Denied {
             print_denial(r);
         }
+        if r.emergency {
+            println!("  completed by an EMERGENCY approval");
+        }
+        print_approvals(r);
+        print_pending(r);
     })
 }
 
 pub async fn revoke(c: &Client, id: &str, out: Out) -> R<()> {
     let r = c.revoke(id).await?;
     out.show(&r, |r| print_requests(std::slice::from_ref(r)))
+}
+
+/// The failure of a request that ended without access: exit 10 if it ended while pending
+/// approval (rejected, timed out, cancelled), else 3 (denied by policy).
+fn ended_without_access(r: &RequestView) -> Fail {
+    let reason = r
+        .virtual_machines
+        .iter()
+        .flat_map(|v| &v.ports)
+        .find_map(|p| p.status_reason.clone());
+    match reason {
+        Some(
+            why @ (StatusReason::Rejected
+            | StatusReason::ApprovalTimedOut
+            | StatusReason::Cancelled),
+        ) => {
+            let by = r
+                .approvals
+                .last()
+                .and_then(|a| a.reason.as_deref())
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default();
+            Fail::new(exit::REJECTED, format!("request {} ended {why}{by}", r.id))
+        }
+        _ => Fail::new(exit::DENIED, format!("request {} was denied", r.id)),
+    }
 }
 
 /// How long to wait for an agent, and how often to look.
@@ -130,18 +174,36 @@ impl Wait {
     }
 
     /// Polls a request until it is Applied (Ok), Denied or Revoked (Err), or the timeout
-    /// passes (Err, the request stays).
+    /// passes (Err, the request stays). While it is pending approval, says (once per
+    /// change) who still has to approve.
     pub async fn applied(&self, c: &Client, id: &str, quiet: bool) -> R<Reply<RequestView>> {
         let start = Instant::now();
         if !quiet {
             eprintln!("waiting for the agent to apply request {} ...", safe(id));
         }
+        let mut told = None;
         loop {
             let r = c.request_view(id).await?;
             match r.status {
                 PortStatus::Applied => return Ok(r),
                 PortStatus::Denied => {
-                    return Err(Fail::new(exit::DENIED, format!("request {id} was denied")));
+                    return Err(ended_without_access(&r));
+                }
+                PortStatus::PendingApproval => {
+                    if !quiet && told.as_ref() != Some(&r.pending_approval) {
+                        for p in &r.pending_approval {
+                            eprintln!(
+                                "request {} waits for approval, stage {}/{}: {} of {} from {}",
+                                safe(id),
+                                p.stage,
+                                p.stages,
+                                p.approved_by.len(),
+                                p.required,
+                                safe(&p.approvers.join(", "))
+                            );
+                        }
+                        told = Some(r.pending_approval.clone());
+                    }
                 }
                 PortStatus::Revoked => {
                     return Err(Fail::new(

@@ -166,6 +166,7 @@ pub fn template(s: &Settings, name: &str) -> Result<PolicyBody> {
                 allowed_source_address_prefixes: None,
                 max_request_access_duration: s.template_max.clone(),
                 on_expiry: Default::default(),
+                approval: None,
             }),
         }
     }

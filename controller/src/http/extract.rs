@@ -104,42 +104,63 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, HttpError> {
         let limit = st.max_body_bytes;
-        if let Some(len) = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            && len > limit
-        {
-            return Err(body_too_large(limit));
-        }
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ok = ct
-                .to_str()
-                .map(|s| s.trim_start().starts_with("application/json"))
-                .unwrap_or(false);
-            if !ok {
-                return Err(HttpError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    "send the body as application/json",
-                ));
-            }
-        }
-        // A slow body must not hold a connection (and its task) forever.
-        let bytes = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            axum::body::to_bytes(req.into_body(), limit),
-        )
-        .await
-        .map_err(|_| {
-            HttpError::new(
-                ErrorCode::RequestTimeout,
-                "the request body did not arrive within 30 s",
-            )
-        })?
-        .map_err(|_| body_too_large(limit))?;
+        let bytes = read_body(req, limit).await?;
         parse_body(&bytes, limit).map(Body)
     }
+}
+
+/// A JSON body that may be left out: no body (or only whitespace) is `T::default()`.
+pub struct BodyOrDefault<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for BodyOrDefault<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, HttpError> {
+        let limit = st.max_body_bytes;
+        let bytes = read_body(req, limit).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(BodyOrDefault(T::default()));
+        }
+        parse_body(&bytes, limit).map(BodyOrDefault)
+    }
+}
+
+/// The body's bytes: at most `limit`, JSON if a content type is given, within 30 s.
+async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, HttpError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(body_too_large(limit));
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ok = ct
+            .to_str()
+            .map(|s| s.trim_start().starts_with("application/json"))
+            .unwrap_or(false);
+        if !ok {
+            return Err(HttpError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as application/json",
+            ));
+        }
+    }
+    // A slow body must not hold a connection (and its task) forever.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        axum::body::to_bytes(req.into_body(), limit),
+    )
+    .await
+    .map_err(|_| {
+        HttpError::new(
+            ErrorCode::RequestTimeout,
+            "the request body did not arrive within 30 s",
+        )
+    })?
+    .map_err(|_| body_too_large(limit))
 }
 
 fn body_too_large(limit: usize) -> HttpError {

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod agents;
+pub mod approvals;
 pub mod compliance;
 pub mod error;
 pub mod extract;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(inventory::router())
         .merge(policies::router())
         .merge(requests::router())
+        .merge(approvals::router())
         .merge(activity::router())
         .merge(agents::router())
         .merge(compliance::router())

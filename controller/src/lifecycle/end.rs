@@ -24,11 +24,12 @@ pub async fn revoke(db: &Db, caller: &Caller, id: &str) -> Result<RequestView> {
             format!("no request {id}"),
         ));
     };
+    let owner = requests::owner(w.conn(), id).await?.unwrap_or_default();
     for vm in &rec.virtual_machines {
         authz::authorize(
             caller,
             Action::Revoke {
-                requestor: &rec.requestor,
+                owner: &owner,
                 vm: &vm.id,
                 group: &vm.resource_group,
             },

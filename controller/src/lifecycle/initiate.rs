@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::plan::{self, Plan, Start};
 use crate::request::Initiate;
 use crate::store::activity;
+use crate::store::backend::Rows;
 use crate::store::grants::{self, GrantKey};
 use crate::store::requests;
 use crate::store::snapshot;
@@ -23,6 +24,19 @@ use jitgate_common::Protocol;
 /// Most requests decided in one transaction.
 pub const MAX_BATCH: usize = 64;
 
+/// The limits an initiate obeys (controller.toml).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most requests one principal may have pending approval at once.
+    pub max_pending: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_pending: 20 }
+    }
+}
+
 /// One queued request and where its answer goes.
 pub struct Job {
     pub caller: Caller,
@@ -31,7 +45,7 @@ pub struct Job {
 }
 
 /// Decides one batch of queued requests and answers each.
-pub async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
+pub async fn run_batch(writer: &Writer, limits: Limits, jobs: Vec<Job>) {
     let n = jobs.len();
     let mut replies = Vec::with_capacity(n);
     let mut work = Vec::with_capacity(n);
@@ -40,7 +54,7 @@ pub async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
         work.push((j.caller, j.req));
     }
     let t0 = std::time::Instant::now();
-    let res = decide(writer, &work).await;
+    let res = decide(writer, limits, &work).await;
     tracing::debug!(
         batch = n,
         elapsed_us = t0.elapsed().as_micros() as u64,
@@ -97,6 +111,7 @@ fn keys(jobs: &[(Caller, Initiate)]) -> Vec<GrantKey> {
 /// failure (rolled back); each request's own refusal is in its answer.
 pub async fn decide(
     writer: &Writer,
+    limits: Limits,
     jobs: &[(Caller, Initiate)],
 ) -> Result<Vec<Result<RequestView>>> {
     let t0 = std::time::Instant::now();
@@ -106,13 +121,21 @@ pub async fn decide(
         .collect();
     names.sort();
     names.dedup();
-    let (w, snap) = snapshot::begin_and_read(writer, &names, &keys(jobs)).await?;
+    let principals: Vec<String> = jobs
+        .iter()
+        .map(|(c, _)| c.principal_id().to_string())
+        .collect();
+    let mut principal_refs: Vec<&str> = principals.iter().map(String::as_str).collect();
+    principal_refs.sort();
+    principal_refs.dedup();
+    let (w, snap) = snapshot::begin_and_read(writer, &names, &keys(jobs), &principal_refs).await?;
     let read = t0.elapsed();
     let (request_seq, outbox_seq) = w.sequences();
     let start = Start {
         now: w.now,
         request_seq,
         outbox_seq,
+        max_pending: limits.max_pending,
     };
     let mut plan = plan::plan(&snap, jobs, start, &mut crate::ids::new_guid)?;
     let planned = t0.elapsed();
@@ -126,12 +149,26 @@ pub async fn decide(
 
 /// Writes a plan and commits.
 async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
+    let mut tables = vec![
+        requests::request_rows(&plan.requests, w.now)?,
+        requests::port_rows(&plan.ports),
+    ];
+    tables.extend(write_grants(&mut w, &plan).await?);
+    let log = activity::chain(&mut w, plan.activity)?;
+    tables.push(log);
+    w.commit_with(tables).await
+}
+
+/// Writes what a plan does to grants: supersessions (and the ports they close) now, the
+/// counters, and returns the new grant and outbox rows for the commit to insert. Shared
+/// by the initiate batch and the final approval of a pending request.
+pub async fn write_grants(w: &mut WriteTx, plan: &Plan) -> Result<Vec<Rows>> {
     for (old, new) in &plan.superseded {
-        grants::supersede(&mut w, old, new).await?;
+        grants::supersede(w, old, new).await?;
     }
     for (rid, idx) in &plan.ports_to_close {
-        if !grants::port_has(&mut w, rid, *idx, None).await? {
-            requests::end_port(&mut w, rid, *idx, &StatusReason::NewerRequestInitiated).await?;
+        if !grants::port_has(w, rid, *idx, None).await? {
+            requests::end_port(w, rid, *idx, &StatusReason::NewerRequestInitiated).await?;
         }
     }
     w.set_sequences(plan.request_seq, plan.outbox_seq);
@@ -139,13 +176,8 @@ async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
         w.outbox_written(&o.vm);
     }
     let now = w.now;
-    let log = activity::chain(&mut w, plan.activity)?;
-    let tables = vec![
-        requests::request_rows(&plan.requests, now)?,
-        requests::port_rows(&plan.ports),
+    Ok(vec![
         grants::grant_rows(&plan.grants),
         grants::outbox_rows(&plan.outbox, now),
-        log,
-    ];
-    w.commit_with(tables).await
+    ])
 }

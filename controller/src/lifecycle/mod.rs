@@ -1,5 +1,6 @@
 //! The request lifecycle (docs/request-lifecycle.md): initiate, acknowledge (Applied),
-//! revoke, supersede and expire. Approval states will go here.
+//! revoke, supersede and expire; decisions on pending requests are the approval engine's
+//! (`crate::approval`), reached through [`Lifecycle::decide`].
 //!
 //! - [`plan`]: the decision of an initiate batch, pure (unit-tested without a database).
 //! - [`initiate`]: the initiate batch's read and write around the plan, group-committed.
@@ -11,9 +12,11 @@ pub mod end;
 pub mod initiate;
 pub mod plan;
 
-use jitgate_api::{ErrorCode, InitiateBody, RequestView};
+use jitgate_api::{ApprovalEntry, ApprovalsQuery, ErrorCode, InitiateBody, RequestView};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::approval::decide::{self, Verdict};
+use crate::approval::report;
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
 use crate::request::Initiate;
@@ -28,11 +31,12 @@ pub struct Lifecycle {
     db: Db,
     initiates: mpsc::Sender<initiate::Job>,
     acks: mpsc::Sender<ack::Job>,
+    limits: initiate::Limits,
 }
 
 impl Lifecycle {
     /// Starts the writers (they stop when the last clone of this is dropped).
-    pub fn start(db: Db) -> Result<Lifecycle> {
+    pub fn start(db: Db, limits: initiate::Limits) -> Result<Lifecycle> {
         let (initiates, initiate_rx) = mpsc::channel(1024);
         let (acks, ack_rx) = mpsc::channel(4096);
         let writer = db.writer().clone();
@@ -41,7 +45,7 @@ impl Lifecycle {
             tokio::join!(
                 group_commit(initiate_rx, initiate::MAX_BATCH, |jobs| {
                     let w = w1.clone();
-                    async move { initiate::run_batch(&w, jobs).await }
+                    async move { initiate::run_batch(&w, limits, jobs).await }
                 }),
                 group_commit(ack_rx, ack::MAX_ACKS, |jobs| {
                     let w = w2.clone();
@@ -54,6 +58,7 @@ impl Lifecycle {
             db,
             initiates,
             acks,
+            limits,
         })
     }
 
@@ -86,7 +91,7 @@ impl Lifecycle {
         &self,
         jobs: &[(Caller, Initiate)],
     ) -> Result<Vec<Result<RequestView>>> {
-        initiate::decide(self.db.writer(), jobs).await
+        initiate::decide(self.db.writer(), self.limits, jobs).await
     }
 
     /// One request; VMs outside the caller's scope are left out (a request with none in it
@@ -128,14 +133,45 @@ impl Lifecycle {
         Ok(out)
     }
 
-    /// Revokes a request's live ports (`end::revoke`).
+    /// Revokes a request's live ports (`end::revoke`); revoking a pending request cancels it.
     pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<RequestView> {
+        let mut conn = self.db.pool().acquire().await?;
+        if let Some(Some(_)) = requests::pending(&mut conn, id).await? {
+            drop(conn);
+            match decide::decide(&self.db, caller, id, Verdict::Cancel).await {
+                // Decided meanwhile: revoke what it became.
+                Err(e) if e.code() == Some(&ErrorCode::RequestNotPending) => {}
+                other => return other,
+            }
+        }
         end::revoke(&self.db, caller, id).await
     }
 
-    /// The expiry sweep (`end::expire_due`).
-    pub async fn expire_due(&self, now: i64) -> Result<usize> {
-        end::expire_due(&self.db, now).await
+    /// A decision on a pending request (`approval::decide`).
+    pub async fn decide(&self, caller: &Caller, id: &str, verdict: Verdict) -> Result<RequestView> {
+        decide::decide(&self.db, caller, id, verdict).await
+    }
+
+    /// The requests waiting for the caller's decision.
+    pub async fn waiting(&self, caller: &Caller) -> Result<Vec<RequestView>> {
+        report::waiting(&self.db, caller).await
+    }
+
+    /// The approvals report.
+    pub async fn approvals(
+        &self,
+        caller: &Caller,
+        q: &ApprovalsQuery,
+    ) -> Result<Vec<ApprovalEntry>> {
+        report::history(&self.db, caller, q).await
+    }
+
+    /// The expiry sweep (`end::expire_due`), and pending requests past their deadline time
+    /// out (`approval::decide::time_out_due`). Returns (ports expired, requests timed out).
+    pub async fn expire_due(&self, now: i64) -> Result<(usize, usize)> {
+        let expired = end::expire_due(&self.db, now).await?;
+        let timed_out = decide::time_out_due(&self.db, now).await?;
+        Ok((expired, timed_out))
     }
 
     /// An agent confirmed a grant is in place (`ack`); committed with whatever else waits.

@@ -1,34 +1,40 @@
 //! The decision of an initiate batch, without I/O: from what was read (a [`Snapshot`]) and the
-//! batch's requests, every row to write and every caller's answer.
+//! batch's requests, every row to write and every caller's answer. Also the final approval
+//! of a pending request ([`approve`]), which opens its ports the same way.
 //!
 //! Each request is decided exactly as if alone and in arrival order: a later request in the
 //! batch supersedes an earlier one's grant for the same (VM, port, protocol, prefix), as it
-//! supersedes an active grant in the database. A request that fails (unknown VM, no right)
-//! gets its error and plans nothing.
+//! supersedes an active grant in the database. A request that fails (unknown VM, no right,
+//! too many pending) gets its error and plans nothing. A request under approval rules that it
+//! does not auto-satisfy is recorded `PendingApproval` and plans no grant.
 
 use std::collections::HashMap;
 
 use jitgate_api::{
-    ActivityOutcome, DenialReason, ErrorCode, Operation, PolicyScope, PortStatus, RequestView,
-    RequestVm, StatusReason,
+    ActivityOutcome, ApprovalRule, DenialReason, ErrorCode, Operation, PolicyScope, PortStatus,
+    RequestView, RequestVm, StatusReason,
 };
+use jitgate_common::{Port, SourcePrefix};
 
+use crate::approval::rule::{self, Rule};
 use crate::authz::{self, Action, Caller};
 use crate::error::{Error, Result};
-use crate::eval::{self, PortOutcome};
+use crate::eval::{self, PlannedGrant, PortOutcome};
 use crate::policy::Policy;
-use crate::request::Initiate;
+use crate::request::{Initiate, RequestedPort};
 use crate::store::activity::NewActivity;
 use crate::store::grants::{GrantKey, GrantState, NewGrant, NewOutbox, OutboxOp};
-use crate::store::requests::{NewPort, NewRequest};
+use crate::store::requests::{NewPort, NewRequest, Pending};
 use crate::store::snapshot::Snapshot;
 
-/// The batch's time and the sequence counters it starts from.
+/// The batch's time, the sequence counters it starts from, and its limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Start {
     pub now: i64,
     pub request_seq: i64,
     pub outbox_seq: i64,
+    /// Most requests one principal may have pending at once.
+    pub max_pending: i64,
 }
 
 /// Everything a batch writes, and each request's answer (in the batch's order).
@@ -60,6 +66,28 @@ struct Evaluated {
 /// An active grant a new one may supersede: (grant, request, port index, in the database).
 type Holder = (String, String, i64, bool);
 
+/// The effective policy of each (scope, name) read, validated.
+fn policies_of(snap: &Snapshot) -> Result<HashMap<(PolicyScope, String), Policy>> {
+    let mut policies = HashMap::with_capacity(snap.policies.len());
+    for (k, body) in &snap.policies {
+        let p = Policy::from_body(body)
+            .map_err(|e| Error::Corrupt(format!("stored policy of {}: {e}", k.1)))?;
+        policies.insert(k.clone(), p);
+    }
+    Ok(policies)
+}
+
+/// The VM's effective policy: its own, else its group's.
+fn effective<'a>(
+    policies: &'a HashMap<(PolicyScope, String), Policy>,
+    vm: &str,
+    group: &str,
+) -> Option<&'a Policy> {
+    policies
+        .get(&(PolicyScope::VirtualMachine, vm.to_string()))
+        .or_else(|| policies.get(&(PolicyScope::ResourceGroup, group.to_string())))
+}
+
 /// Evaluates one request against the snapshot: its VMs (which must exist and be in the
 /// caller's rights) and every port against the VM's effective policy.
 fn evaluate(
@@ -84,9 +112,7 @@ fn evaluate(
                 group,
             },
         )?;
-        let policy = policies
-            .get(&(PolicyScope::VirtualMachine, vm.name.clone()))
-            .or_else(|| policies.get(&(PolicyScope::ResourceGroup, group.clone())));
+        let policy = effective(policies, &vm.name, group);
         out.push(Evaluated {
             vm: vm.name.clone(),
             group: group.clone(),
@@ -100,6 +126,189 @@ fn evaluate(
     Ok(out)
 }
 
+/// Every denial reason of the evaluated ports.
+fn denial_reasons<'a>(
+    evaluated: impl Iterator<Item = (&'a str, u16, &'a PortOutcome)>,
+) -> Vec<DenialReason> {
+    let mut reasons = Vec::new();
+    for (vm, number, o) in evaluated {
+        for (code, message) in &o.reasons {
+            reasons.push(DenialReason {
+                virtual_machine: vm.to_string(),
+                number,
+                protocol: o.protocol,
+                reason: code.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+    reasons
+}
+
+/// The active grants of a batch (read, then created by it) and where its new grants are.
+struct Granting {
+    now: i64,
+    active: HashMap<GrantKey, Vec<Holder>>,
+    grant_pos: HashMap<String, usize>,
+}
+
+impl Granting {
+    fn new(snap: &Snapshot, now: i64) -> Result<Granting> {
+        let mut active: HashMap<GrantKey, Vec<Holder>> = HashMap::new();
+        let mut found = snap.active.clone();
+        found.sort();
+        found.dedup();
+        for g in found {
+            let key = g.key()?;
+            active
+                .entry(key)
+                .or_default()
+                .push((g.id, g.request_id, g.port_idx, true));
+        }
+        Ok(Granting {
+            now,
+            active,
+            grant_pos: HashMap::new(),
+        })
+    }
+
+    /// The grants of one approved port, for the window [start, end]. A window that has
+    /// started supersedes the active grants for the same key (they are revoked right after
+    /// it is queued); a booked window supersedes nothing, so booking tonight never cuts
+    /// the access someone has now. Returns the requests whose grants it superseded.
+    #[allow(clippy::too_many_arguments)]
+    fn port(
+        &mut self,
+        p: &mut Plan,
+        request_id: &str,
+        idx: i64,
+        vm: &str,
+        number: u16,
+        grants: &[PlannedGrant],
+        (start, end): (i64, i64),
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Vec<String> {
+        let started = start <= self.now;
+        let mut superseded_requests = Vec::new();
+        for g in grants {
+            let key = GrantKey {
+                vm: vm.to_string(),
+                port: number,
+                protocol: g.protocol,
+                prefix: g.prefix.to_string(),
+            };
+            let gid = new_id();
+            let mut replaces = Vec::new();
+            let holders = if started {
+                self.active.remove(&key).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            for (old, old_request, old_idx, in_db) in holders {
+                if in_db {
+                    p.superseded.push((old.clone(), gid.clone()));
+                    p.ports_to_close.push((old_request.clone(), old_idx));
+                } else if let Some(&at) = self.grant_pos.get(&old) {
+                    p.grants[at].state = GrantState::Superseded;
+                    p.grants[at].superseded_by = Some(gid.clone());
+                }
+                if !superseded_requests.contains(&old_request) {
+                    superseded_requests.push(old_request);
+                }
+                replaces.push(old);
+            }
+            if started {
+                self.active.entry(key.clone()).or_default().push((
+                    gid.clone(),
+                    request_id.to_string(),
+                    idx,
+                    false,
+                ));
+            }
+            self.grant_pos.insert(gid.clone(), p.grants.len());
+            p.grants.push(NewGrant {
+                id: gid.clone(),
+                request_id: request_id.to_string(),
+                port_idx: idx,
+                key,
+                start_ms: start,
+                end_ms: end,
+                on_expiry: g.on_expiry,
+                state: GrantState::Pending,
+                superseded_by: None,
+            });
+            p.outbox.push(NewOutbox {
+                seq: 0,
+                vm: vm.to_string(),
+                op: OutboxOp::Apply,
+                grant_id: gid,
+                replaces,
+            });
+        }
+        superseded_requests
+    }
+}
+
+/// What a request's ports need before they open: approved at once, or pending its rules.
+enum Approval {
+    Now,
+    Pending { rules: Vec<Rule>, deadline_ms: i64 },
+}
+
+/// Whether the request needs approval: the distinct rules of every port it touches, unless
+/// every one of them auto-approves its longest window.
+fn approval_needed(vms: &[Evaluated], req: &Initiate, now: i64) -> Approval {
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut longest = 0;
+    let mut deadline = i64::MAX;
+    for (ev, vm) in vms.iter().zip(&req.vms) {
+        for (o, rp) in ev.ports.iter().zip(&vm.ports) {
+            longest = longest.max(o.window_secs);
+            for r in &o.approvals {
+                if !rules.contains(r) {
+                    rules.push(r.clone());
+                }
+            }
+            // Pending past the end of a fixed window ends it.
+            if rp.duration_ms.is_none() || rp.start_ms.is_some() {
+                deadline = deadline.min(rp.end_ms);
+            }
+        }
+    }
+    if rules.is_empty() || rule::auto_approved(&rules, longest) {
+        return Approval::Now;
+    }
+    let timeout = rules.iter().map(|r| r.timeout_secs).min().unwrap_or(0);
+    Approval::Pending {
+        deadline_ms: deadline.min(now + timeout * 1000),
+        rules,
+    }
+}
+
+/// The protocol level an agent must announce to be sent a grant that opens later.
+pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
+
+/// A request that books a port ahead needs every such VM's agent to understand booked
+/// grants: an older agent would apply one at receipt, so it is never sent one.
+fn bookable(snap: &Snapshot, req: &Initiate, now: i64) -> Result<()> {
+    for vm in &req.vms {
+        let booked = vm.ports.iter().any(|p| p.start_ms.is_some_and(|s| s > now));
+        let level = snap.agent_levels.get(&vm.name).copied().unwrap_or(1);
+        if booked && level < LEVEL_SCHEDULED_GRANTS {
+            return Err(Error::refused(
+                ErrorCode::AgentTooOld,
+                format!(
+                    "VM {}: its agent does not support booked access (protocol level {level}, \
+                     needs {LEVEL_SCHEDULED_GRANTS}); upgrade the agent, or request access \
+                     without a start",
+                    vm.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Decides `jobs`; `new_id` names each request and grant (in order).
 pub fn plan(
     snap: &Snapshot,
@@ -108,30 +317,15 @@ pub fn plan(
     new_id: &mut dyn FnMut() -> String,
 ) -> Result<Plan> {
     let now = start.now;
-    let mut policies = HashMap::with_capacity(snap.policies.len());
-    for (k, body) in &snap.policies {
-        let p = Policy::from_body(body)
-            .map_err(|e| Error::Corrupt(format!("stored policy of {}: {e}", k.1)))?;
-        policies.insert(k.clone(), p);
-    }
-    let mut active: HashMap<GrantKey, Vec<Holder>> = HashMap::new();
-    let mut found = snap.active.clone();
-    found.sort();
-    found.dedup();
-    for g in found {
-        let key = g.key()?;
-        active
-            .entry(key)
-            .or_default()
-            .push((g.id, g.request_id, g.port_idx, true));
-    }
+    let policies = policies_of(snap)?;
+    let mut granting = Granting::new(snap, now)?;
     let mut p = Plan {
         request_seq: start.request_seq,
         outbox_seq: start.outbox_seq,
         ..Plan::default()
     };
-    // Position of each new grant in `p.grants`, and of each new port in `p.ports`.
-    let mut grant_pos: HashMap<String, usize> = HashMap::new();
+    let mut pending_of: HashMap<String, i64> = snap.pending.clone();
+    // Position of each new port in `p.ports`.
     let mut port_pos: HashMap<(String, i64), usize> = HashMap::new();
     for (caller, req) in jobs {
         let vms = match evaluate(snap, &policies, caller, req, now) {
@@ -141,23 +335,53 @@ pub fn plan(
                 continue;
             }
         };
-        let id = new_id();
-        let mut reasons = Vec::new();
-        for (ev, vm) in vms.iter().zip(&req.vms) {
-            for (o, port) in ev.ports.iter().zip(&vm.ports) {
-                for (code, message) in &o.reasons {
-                    reasons.push(DenialReason {
-                        virtual_machine: ev.vm.clone(),
-                        number: port.number.get(),
-                        protocol: o.protocol,
-                        reason: code.clone(),
-                        message: message.clone(),
-                    });
-                }
-            }
+        if let Err(e) = bookable(snap, req, now) {
+            p.answers.push(Err(e));
+            continue;
         }
+        let reasons = denial_reasons(vms.iter().zip(&req.vms).flat_map(|(ev, vm)| {
+            ev.ports
+                .iter()
+                .zip(&vm.ports)
+                .map(|(o, port)| (ev.vm.as_str(), port.number.get(), o))
+        }));
         let denied = !reasons.is_empty();
+        let principal = caller.principal_id().to_string();
+        let approval = if denied {
+            Approval::Now
+        } else {
+            approval_needed(&vms, req, now)
+        };
+        if let Approval::Pending { .. } = approval {
+            let n = pending_of.entry(principal.clone()).or_insert(0);
+            if *n >= start.max_pending {
+                p.answers.push(Err(Error::refused(
+                    ErrorCode::TooManyPending,
+                    format!(
+                        "{principal} already has {n} requests pending approval (at most {}); \
+                         cancel one or wait for a decision",
+                        start.max_pending
+                    ),
+                )));
+                continue;
+            }
+            *n += 1;
+        }
+        let pending = matches!(approval, Approval::Pending { .. });
+        let id = new_id();
         p.request_seq += 1;
+        let (rules_doc, deadline_ms) = match &approval {
+            Approval::Pending { rules, deadline_ms } => (
+                Some(
+                    rules
+                        .iter()
+                        .map(Rule::to_body)
+                        .collect::<Vec<ApprovalRule>>(),
+                ),
+                Some(*deadline_ms),
+            ),
+            Approval::Now => (None, None),
+        };
         p.requests.push(NewRequest {
             id: id.clone(),
             seq: p.request_seq,
@@ -167,6 +391,10 @@ pub fn plan(
             justification: req.justification.clone(),
             denied,
             denial_reasons: reasons.clone(),
+            principal,
+            approval: rules_doc,
+            deadline_ms,
+            decided_ms: (!denied && !pending).then_some(now),
         });
         let mut superseded_requests: Vec<String> = Vec::new();
         let mut idx: i64 = 0;
@@ -181,9 +409,12 @@ pub fn plan(
                         PortStatus::Denied,
                         Some(first.unwrap_or(StatusReason::OtherPortDenied)),
                     )
+                } else if pending {
+                    (PortStatus::PendingApproval, None)
                 } else {
                     (PortStatus::Initiated, None)
                 };
+                let opens = (!denied && !pending).then(|| rp.start_ms.unwrap_or(now).max(now));
                 let port = NewPort {
                     request_id: id.clone(),
                     idx,
@@ -196,57 +427,24 @@ pub fn plan(
                     status,
                     status_reason: reason,
                     on_expiry: o.grants.first().map(|g| g.on_expiry),
+                    start_ms: opens,
+                    duration_ms: rp.duration_ms,
+                    booked_ms: rp.start_ms,
                 };
-                if !denied {
-                    for g in &o.grants {
-                        let key = GrantKey {
-                            vm: ev.vm.clone(),
-                            port: rp.number.get(),
-                            protocol: g.protocol,
-                            prefix: g.prefix.to_string(),
-                        };
-                        let gid = new_id();
-                        let mut replaces = Vec::new();
-                        for (old, old_request, old_idx, in_db) in
-                            active.remove(&key).unwrap_or_default()
-                        {
-                            if in_db {
-                                p.superseded.push((old.clone(), gid.clone()));
-                                p.ports_to_close.push((old_request.clone(), old_idx));
-                            } else if let Some(&at) = grant_pos.get(&old) {
-                                p.grants[at].state = GrantState::Superseded;
-                                p.grants[at].superseded_by = Some(gid.clone());
-                            }
-                            if !superseded_requests.contains(&old_request) {
-                                superseded_requests.push(old_request);
-                            }
-                            replaces.push(old);
+                if let Some(opens) = opens {
+                    for r in granting.port(
+                        &mut p,
+                        &id,
+                        idx,
+                        &ev.vm,
+                        rp.number.get(),
+                        &o.grants,
+                        (opens, rp.end_ms),
+                        new_id,
+                    ) {
+                        if !superseded_requests.contains(&r) {
+                            superseded_requests.push(r);
                         }
-                        active.entry(key.clone()).or_default().push((
-                            gid.clone(),
-                            id.clone(),
-                            idx,
-                            false,
-                        ));
-                        grant_pos.insert(gid.clone(), p.grants.len());
-                        p.grants.push(NewGrant {
-                            id: gid,
-                            request_id: id.clone(),
-                            port_idx: idx,
-                            key,
-                            start_ms: now,
-                            end_ms: rp.end_ms,
-                            on_expiry: g.on_expiry,
-                            state: GrantState::Pending,
-                            superseded_by: None,
-                        });
-                        p.outbox.push(NewOutbox {
-                            seq: 0,
-                            vm: ev.vm.clone(),
-                            op: OutboxOp::Apply,
-                            grant_id: p.grants[p.grants.len() - 1].id.clone(),
-                            replaces,
-                        });
                     }
                 }
                 let view = port.view();
@@ -255,7 +453,7 @@ pub fn plan(
                     "protocol": port.protocol.as_str(),
                     "allowedSourceAddressPrefixes":
                         port.prefixes.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
-                    "startTimeUtc": jitgate_api::time::format(now),
+                    "startTimeUtc": view.start_time_utc,
                     "endTimeUtc": view.end_time_utc,
                     "status": port.status.as_str(),
                     "statusReason": port.status_reason.as_ref().map(|r| r.as_str()),
@@ -282,6 +480,7 @@ pub fn plan(
                         "ports": ports_log,
                         "denialReasons": vm_reasons,
                         "supersedes": superseded_requests,
+                        "pendingApproval": pending,
                     })),
             );
             record_vms.push(RequestVm {
@@ -290,6 +489,10 @@ pub fn plan(
                 ports: record_ports,
             });
         }
+        let pending_approval = match &approval {
+            Approval::Pending { rules, .. } => rule::pending_stages(rules, &[]),
+            Approval::Now => Vec::new(),
+        };
         p.answers.push(Ok(RequestView {
             id,
             start_time_utc: jitgate_api::time::format(now),
@@ -298,11 +501,17 @@ pub fn plan(
             caller_address: caller.address.to_string(),
             status: if denied {
                 PortStatus::Denied
+            } else if pending {
+                PortStatus::PendingApproval
             } else {
                 PortStatus::Initiated
             },
             virtual_machines: record_vms,
             denial_reasons: reasons,
+            approvals: Vec::new(),
+            pending_approval,
+            approval_deadline_utc: deadline_ms.map(jitgate_api::time::format),
+            emergency: false,
         }));
     }
     // Ports of this batch whose grants were all superseded within the batch.
@@ -318,8 +527,13 @@ pub fn plan(
             p.ports[at].status_reason = Some(StatusReason::NewerRequestInitiated);
         }
     }
-    // Outbox seqs: each grant, then right after it a revocation of each grant it
-    // supersedes (the new grant in place first, so a covered flow is never cut).
+    sequence_outbox(&mut p);
+    Ok(p)
+}
+
+/// Numbers the outbox: each grant, then right after it a revocation of each grant it
+/// supersedes (the new grant in place first, so a covered flow is never cut).
+fn sequence_outbox(p: &mut Plan) {
     let applies = std::mem::take(&mut p.outbox);
     for a in applies {
         p.outbox_seq += 1;
@@ -348,7 +562,120 @@ pub fn plan(
     }
     p.ports_to_close.sort();
     p.ports_to_close.dedup();
-    Ok(p)
+}
+
+/// How one port of a pending request ends up at its final approval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    pub idx: i64,
+    pub status: PortStatus,
+    pub reason: Option<StatusReason>,
+    /// [start, end] of the window granted (None when denied).
+    pub window: Option<(i64, i64)>,
+}
+
+/// The final approval of a pending request, planned: the ports re-checked against the policy
+/// of this moment with the window they get now.
+#[derive(Debug, Default)]
+pub struct Approved {
+    pub plan: Plan,
+    pub ports: Vec<Opened>,
+    /// Non-empty: the policy of this moment refuses it (the request is Denied).
+    pub denial: Vec<DenialReason>,
+    /// Requests whose grants the new ones superseded.
+    pub supersedes: Vec<String>,
+}
+
+/// Plans the final approval of `req` at `start.now`: a duration port's window starts now, a
+/// booked one at its start (or now if that passed) and keeps its end; every port must still
+/// pass the policy of this moment (ports, sources, maximum duration), else the whole request
+/// is denied with every reason.
+pub fn approve(
+    snap: &Snapshot,
+    req: &Pending,
+    start: Start,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Approved> {
+    let now = start.now;
+    let policies = policies_of(snap)?;
+    let mut granting = Granting::new(snap, now)?;
+    let mut out = Approved {
+        plan: Plan {
+            request_seq: start.request_seq,
+            outbox_seq: start.outbox_seq,
+            ..Plan::default()
+        },
+        ..Approved::default()
+    };
+    let mut evaluated = Vec::with_capacity(req.ports.len());
+    for sp in &req.ports {
+        let number = u16::try_from(sp.number)
+            .ok()
+            .and_then(Port::new)
+            .ok_or_else(|| Error::Corrupt(format!("stored port {}", sp.number)))?;
+        let prefixes = sp
+            .prefixes
+            .split(',')
+            .map(|x| x.parse::<SourcePrefix>().map_err(Error::corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        let end_ms = match (sp.duration_ms, sp.booked_ms) {
+            (Some(d), None) => now + d,
+            _ => sp.end_ms,
+        };
+        let rp = RequestedPort {
+            number,
+            protocol: Some(sp.protocol),
+            prefixes,
+            end_ms,
+            duration_ms: sp.duration_ms,
+            start_ms: sp.booked_ms,
+        };
+        let outcome = match snap.groups.get(&sp.vm) {
+            Some(group) => eval::evaluate_port(effective(&policies, &sp.vm, group), &rp, now),
+            None => eval::evaluate_port(None, &rp, now),
+        };
+        evaluated.push((sp, rp, outcome));
+    }
+    out.denial = denial_reasons(
+        evaluated
+            .iter()
+            .map(|(sp, rp, o)| (sp.vm.as_str(), rp.number.get(), o)),
+    );
+    for (sp, rp, o) in &evaluated {
+        if !out.denial.is_empty() {
+            let first = o.reasons.first().map(|r| r.0.clone());
+            out.ports.push(Opened {
+                idx: sp.idx,
+                status: PortStatus::Denied,
+                reason: Some(first.unwrap_or(StatusReason::OtherPortDenied)),
+                window: None,
+            });
+            continue;
+        }
+        let opens = rp.start_ms.unwrap_or(now).max(now);
+        for r in granting.port(
+            &mut out.plan,
+            &req.id,
+            sp.idx,
+            &sp.vm,
+            rp.number.get(),
+            &o.grants,
+            (opens, rp.end_ms),
+            new_id,
+        ) {
+            if !out.supersedes.contains(&r) {
+                out.supersedes.push(r);
+            }
+        }
+        out.ports.push(Opened {
+            idx: sp.idx,
+            status: PortStatus::Initiated,
+            reason: None,
+            window: Some((opens, rp.end_ms)),
+        });
+    }
+    sequence_outbox(&mut out.plan);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -376,6 +703,7 @@ mod tests {
                         allowed_source_address_prefixes: None,
                         max_request_access_duration: "PT3H".into(),
                         on_expiry: OnExpiry::Keep,
+                        approval: None,
                     },
                     PolicyPort {
                         number: 3389,
@@ -384,6 +712,7 @@ mod tests {
                         allowed_source_address_prefixes: None,
                         max_request_access_duration: "PT1H".into(),
                         on_expiry: OnExpiry::Cut,
+                        approval: None,
                     },
                 ],
             },
@@ -407,6 +736,8 @@ mod tests {
             protocol: None,
             prefixes: vec![src.parse().unwrap()],
             end_ms: NOW + secs * 1000,
+            duration_ms: Some(secs * 1000),
+            start_ms: None,
         }
     }
 
@@ -426,6 +757,7 @@ mod tests {
             now: NOW,
             request_seq: 10,
             outbox_seq: 100,
+            max_pending: 2,
         };
         plan(s, jobs, start, &mut || {
             n += 1;

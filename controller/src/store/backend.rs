@@ -130,17 +130,23 @@ pub async fn insert(conn: &mut AnyConnection, backend: Backend, t: Rows) -> Resu
         let mut sql = String::from(t.head);
         sql.push_str(" VALUES ");
         let mut n = 1;
-        for (i, _) in chunk.iter().enumerate() {
+        for (i, row) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
             }
             sql.push('(');
-            for c in 0..t.cols {
+            for (c, v) in row.iter().enumerate() {
                 if c > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("${n}"));
-                n += 1;
+                // A NULL literal fits a column of any type (a bound NULL has the bind's
+                // type, and PostgreSQL refuses text into bigint).
+                if *v == Param::Null {
+                    sql.push_str("NULL");
+                } else {
+                    sql.push_str(&format!("${n}"));
+                    n += 1;
+                }
             }
             sql.push(')');
         }
@@ -150,7 +156,7 @@ pub async fn insert(conn: &mut AnyConnection, backend: Backend, t: Rows) -> Resu
                 q = match v {
                     Param::Int(i) => q.bind(i),
                     Param::Text(s) => q.bind(s),
-                    Param::Null => q.bind(None::<String>),
+                    Param::Null => q,
                 };
             }
         }

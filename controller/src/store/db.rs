@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent presence across controllers",
         include_str!("../../migrations/0007_agent_presence.sql"),
     ),
+    (
+        8,
+        "approvals",
+        include_str!("../../migrations/0008_approvals.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

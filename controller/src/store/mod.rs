@@ -6,7 +6,7 @@
 //! - [`backend`]: the two dialects and the fast paths where they differ.
 //! - [`write`]: write transactions (the locked chain head and counters) and group commit.
 //! - [`tokens`], [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
-//!   ports), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
+//!   ports), [`approvals`] (every decision on a request), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
 //!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
@@ -16,6 +16,7 @@
 pub mod activity;
 pub mod agent_audit;
 pub mod agents;
+pub mod approvals;
 pub mod backend;
 pub mod cluster;
 pub mod compliance;

@@ -6,8 +6,14 @@ use jitgate_api::{
 };
 use sqlx::{Any, AnyConnection, Executor};
 
+use std::collections::HashMap;
+
+use jitgate_api::ApprovalRule;
+
+use crate::approval::rule::{self, Rule};
 use crate::error::{Error, Result};
 use crate::input::prefixes_json;
+use crate::store::approvals;
 use crate::store::backend::Rows;
 use crate::store::db::Json;
 use crate::store::write::WriteTx;
@@ -21,6 +27,9 @@ struct RequestRow {
     denied: i64,
     #[sqlx(try_from = "String")]
     denial_reasons: Json<Vec<DenialReason>>,
+    approval: Option<String>,
+    deadline_ms: Option<i64>,
+    emergency: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -36,13 +45,16 @@ struct PortRow {
     status: PortStatus,
     status_reason: Option<String>,
     on_expiry: Option<String>,
+    start_ms: Option<i64>,
 }
 
-/// A request's status from its ports: Denied if denied, else Initiated if any port is, else
-/// Applied if any port is, else Revoked.
+/// A request's status from its ports: Denied if denied, else PendingApproval, Initiated or
+/// Applied if any port is (in that order), else Revoked.
 pub fn summary(denied: bool, ports: &[PortStatus]) -> PortStatus {
     if denied {
         PortStatus::Denied
+    } else if ports.contains(&PortStatus::PendingApproval) {
+        PortStatus::PendingApproval
     } else if ports.contains(&PortStatus::Initiated) {
         PortStatus::Initiated
     } else if ports.contains(&PortStatus::Applied) {
@@ -55,8 +67,8 @@ pub fn summary(denied: bool, ports: &[PortStatus]) -> PortStatus {
 /// The request as the API shows it; None if there is none.
 pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestView>> {
     let row: Option<RequestRow> = sqlx::query_as(
-        "SELECT requestor, caller_address, justification, start_ms, denied, denial_reasons \
-         FROM requests WHERE id = $1",
+        "SELECT requestor, caller_address, justification, start_ms, denied, denial_reasons, \
+         approval, deadline_ms, emergency FROM requests WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -64,7 +76,7 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
     let Some(row) = row else { return Ok(None) };
     let ports: Vec<PortRow> = sqlx::query_as(
         "SELECT vm, resource_group, number, protocol, prefixes, end_ms, status, status_reason, \
-         on_expiry FROM request_ports WHERE request_id = $1 ORDER BY idx",
+         on_expiry, start_ms FROM request_ports WHERE request_id = $1 ORDER BY idx",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -84,6 +96,7 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
             protocol: p.protocol,
             allowed_source_address_prefix: one,
             allowed_source_address_prefixes: many,
+            start_time_utc: p.start_ms.map(jitgate_api::time::format),
             end_time_utc: jitgate_api::time::format(p.end_ms),
             status: p.status,
             status_reason: p
@@ -102,6 +115,15 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
             }),
         }
     }
+    let decisions = approvals::of_request(&mut *conn, id).await?;
+    let pending_approval = match (&row.approval, row.deadline_ms) {
+        (Some(doc), Some(_)) => {
+            let rules = rules_of(doc)?;
+            let counted = approvals::counted(&decisions);
+            rule::pending_stages(&rules, &counted)
+        }
+        _ => Vec::new(),
+    };
     Ok(Some(RequestView {
         id: id.into(),
         start_time_utc: jitgate_api::time::format(row.start_ms),
@@ -111,7 +133,216 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
         status: summary(row.denied != 0, &statuses),
         virtual_machines: vms,
         denial_reasons: row.denial_reasons.0,
+        approvals: decisions.iter().map(approvals::Decided::record).collect(),
+        pending_approval,
+        approval_deadline_utc: row.deadline_ms.map(jitgate_api::time::format),
+        emergency: row.emergency != 0,
     }))
+}
+
+/// The approval rules fixed on a request (its `approval` column).
+pub fn rules_of(doc: &str) -> Result<Vec<Rule>> {
+    let bodies: Vec<ApprovalRule> = serde_json::from_str(doc).map_err(Error::corrupt)?;
+    bodies
+        .iter()
+        .map(|b| Rule::from_body(b).map_err(|e| Error::Corrupt(format!("stored rule: {e}"))))
+        .collect()
+}
+
+/// The principal id of the request's requester; None if there is no such request.
+pub async fn owner(conn: &mut AnyConnection, id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT principal FROM requests WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// How many requests each of `principals` has pending.
+pub async fn pending_counts(
+    conn: &mut AnyConnection,
+    principals: &[&str],
+) -> Result<HashMap<String, i64>> {
+    let mut out = HashMap::new();
+    for p in principals {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM requests WHERE principal = $1 AND deadline_ms IS NOT NULL",
+        )
+        .bind(*p)
+        .fetch_one(&mut *conn)
+        .await?;
+        if n > 0 {
+            out.insert(p.to_string(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// A pending request as a decision reads it (inside its transaction).
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub id: String,
+    pub principal: String,
+    pub requestor: String,
+    pub justification: String,
+    pub rules: Vec<Rule>,
+    pub deadline_ms: i64,
+    pub ports: Vec<PendingPort>,
+}
+
+/// A port of a pending request.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PendingPort {
+    pub idx: i64,
+    pub vm: String,
+    pub resource_group: String,
+    pub number: i64,
+    #[sqlx(try_from = "String")]
+    pub protocol: ProtoSel,
+    pub prefixes: String,
+    pub end_ms: i64,
+    pub duration_ms: Option<i64>,
+    pub booked_ms: Option<i64>,
+}
+
+impl Pending {
+    /// Each VM of the request once, with its group.
+    pub fn vms(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .ports
+            .iter()
+            .map(|p| (p.vm.as_str(), p.resource_group.as_str()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The request if it exists, and whether it is pending (None inside: it is not).
+pub async fn pending(conn: &mut AnyConnection, id: &str) -> Result<Option<Option<Pending>>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        principal: String,
+        requestor: String,
+        justification: String,
+        approval: Option<String>,
+        deadline_ms: Option<i64>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT principal, requestor, justification, approval, deadline_ms FROM requests \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (Some(doc), Some(deadline_ms)) = (row.approval, row.deadline_ms) else {
+        return Ok(Some(None));
+    };
+    let ports: Vec<PendingPort> = sqlx::query_as(
+        "SELECT idx, vm, resource_group, number, protocol, prefixes, end_ms, duration_ms, \
+         booked_ms FROM request_ports WHERE request_id = $1 ORDER BY idx",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(Some(Pending {
+        id: id.to_string(),
+        principal: row.principal,
+        requestor: row.requestor,
+        justification: row.justification,
+        rules: rules_of(&doc)?,
+        deadline_ms,
+        ports,
+    })))
+}
+
+/// Ids of pending requests, oldest first (`due`: only those at or past their deadline).
+pub async fn pending_ids(
+    ex: impl Executor<'_, Database = Any>,
+    due: Option<i64>,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM requests WHERE deadline_ms IS NOT NULL AND deadline_ms <= $1 \
+         ORDER BY seq LIMIT $2",
+    )
+    .bind(due.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// A pending request ends without access: every port Denied with `reason`.
+pub async fn end_pending(w: &mut WriteTx, id: &str, reason: &StatusReason) -> Result<()> {
+    sqlx::query("UPDATE requests SET deadline_ms = NULL, denied = 1 WHERE id = $1")
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+    sqlx::query(
+        "UPDATE request_ports SET status = $1, status_reason = $2 WHERE request_id = $3 \
+         AND status = $4",
+    )
+    .bind(PortStatus::Denied.as_str())
+    .bind(reason.as_str())
+    .bind(id)
+    .bind(PortStatus::PendingApproval.as_str())
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// A pending request is approved at `now`; `denial`: refused by the policy of that moment.
+pub async fn set_decided(
+    w: &mut WriteTx,
+    id: &str,
+    emergency: bool,
+    denial: &[DenialReason],
+) -> Result<()> {
+    let now = w.now;
+    sqlx::query(
+        "UPDATE requests SET deadline_ms = NULL, decided_ms = $1, emergency = $2, denied = $3, \
+         denial_reasons = $4 WHERE id = $5",
+    )
+    .bind(now)
+    .bind(i64::from(emergency))
+    .bind(i64::from(!denial.is_empty()))
+    .bind(serde_json::to_string(denial)?)
+    .bind(id)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// A port's status after its request was decided: opened for [start, end], or denied.
+pub async fn set_port(
+    w: &mut WriteTx,
+    id: &str,
+    idx: i64,
+    status: &PortStatus,
+    reason: Option<&StatusReason>,
+    window: Option<(i64, i64)>,
+) -> Result<()> {
+    let q = match window {
+        Some((start, end)) => sqlx::query(
+            "UPDATE request_ports SET status = $1, status_reason = $2, start_ms = $3, \
+             end_ms = $4 WHERE request_id = $5 AND idx = $6",
+        )
+        .bind(status.as_str())
+        .bind(reason.map(|r| r.as_str()))
+        .bind(start)
+        .bind(end),
+        None => sqlx::query(
+            "UPDATE request_ports SET status = $1, status_reason = $2 WHERE request_id = $3 \
+             AND idx = $4",
+        )
+        .bind(status.as_str())
+        .bind(reason.map(|r| r.as_str())),
+    };
+    q.bind(id).bind(idx).execute(w.conn()).await?;
+    Ok(())
 }
 
 /// The ids of the VM's requests, newest first.
@@ -280,6 +511,14 @@ pub struct NewRequest {
     pub justification: String,
     pub denied: bool,
     pub denial_reasons: Vec<DenialReason>,
+    /// The requester's principal id.
+    pub principal: String,
+    /// The rules it must satisfy, fixed now (pending requests only).
+    pub approval: Option<Vec<ApprovalRule>>,
+    /// Pending: when it times out.
+    pub deadline_ms: Option<i64>,
+    /// Approved at once: now.
+    pub decided_ms: Option<i64>,
 }
 
 /// A request port to insert.
@@ -296,6 +535,10 @@ pub struct NewPort {
     pub status: PortStatus,
     pub status_reason: Option<StatusReason>,
     pub on_expiry: Option<OnExpiry>,
+    /// When the window opened (None while pending or if denied).
+    pub start_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub booked_ms: Option<i64>,
 }
 
 impl NewPort {
@@ -307,6 +550,7 @@ impl NewPort {
             protocol: self.protocol,
             allowed_source_address_prefix: one,
             allowed_source_address_prefixes: many,
+            start_time_utc: self.start_ms.map(jitgate_api::time::format),
             end_time_utc: jitgate_api::time::format(self.end_ms),
             status: self.status.clone(),
             status_reason: self.status_reason.clone(),
@@ -318,8 +562,8 @@ impl NewPort {
 pub fn request_rows(requests: &[NewRequest], start_ms: i64) -> Result<Rows> {
     let mut t = Rows::new(
         "INSERT INTO requests (id, seq, requestor, token_id, caller_address, justification, \
-         start_ms, denied, denial_reasons)",
-        9,
+         start_ms, denied, denial_reasons, principal, approval, deadline_ms, decided_ms)",
+        13,
     );
     for r in requests {
         t.rows.push(vec![
@@ -332,6 +576,14 @@ pub fn request_rows(requests: &[NewRequest], start_ms: i64) -> Result<Rows> {
             start_ms.into(),
             i64::from(r.denied).into(),
             serde_json::to_string(&r.denial_reasons)?.into(),
+            r.principal.as_str().into(),
+            r.approval
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?
+                .into(),
+            r.deadline_ms.into(),
+            r.decided_ms.into(),
         ]);
     }
     Ok(t)
@@ -340,8 +592,8 @@ pub fn request_rows(requests: &[NewRequest], start_ms: i64) -> Result<Rows> {
 pub fn port_rows(ports: &[NewPort]) -> Rows {
     let mut t = Rows::new(
         "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, \
-         prefixes, end_ms, status, status_reason, on_expiry)",
-        11,
+         prefixes, end_ms, status, status_reason, on_expiry, start_ms, duration_ms, booked_ms)",
+        14,
     );
     for p in ports {
         let prefixes: Vec<String> = p.prefixes.iter().map(|x| x.to_string()).collect();
@@ -357,6 +609,9 @@ pub fn port_rows(ports: &[NewPort]) -> Rows {
             p.status.as_str().into(),
             p.status_reason.as_ref().map(|r| r.as_str()).into(),
             p.on_expiry.map(|e| e.as_str()).into(),
+            p.start_ms.into(),
+            p.duration_ms.into(),
+            p.booked_ms.into(),
         ]);
     }
     t

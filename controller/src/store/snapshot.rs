@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::store::backend::Backend;
 use crate::store::grants::{self, ActiveGrant, GrantKey, GrantState};
 use crate::store::write::{WriteTx, Writer};
-use crate::store::{inventory, policies};
+use crate::store::{inventory, policies, requests};
 
 /// What the batch reads.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +26,11 @@ pub struct Snapshot {
     pub policies: HashMap<(PolicyScope, String), PolicyBody>,
     /// Active grants for the keys.
     pub active: Vec<ActiveGrant>,
+    /// How many requests each named principal has pending (absent: none).
+    pub pending: HashMap<String, i64>,
+    /// The highest protocol level among each named VM's connected agents (absent: none
+    /// connected, or only agents that announce no level).
+    pub agent_levels: HashMap<String, u32>,
 }
 
 #[derive(Deserialize)]
@@ -41,33 +46,12 @@ pub async fn begin_and_read(
     writer: &Writer,
     vms: &[&str],
     keys: &[GrantKey],
+    principals: &[&str],
 ) -> Result<(WriteTx, Snapshot)> {
     if writer.backend() != Backend::Sqlite {
         let mut w = writer.begin().await?;
-        let groups = inventory::groups_of(w.conn(), vms).await?;
-        let mut targets: Vec<(PolicyScope, &str)> = vms
-            .iter()
-            .filter(|n| groups.contains_key(**n))
-            .map(|n| (PolicyScope::VirtualMachine, *n))
-            .collect();
-        let mut rgs: Vec<&str> = groups.values().map(String::as_str).collect();
-        rgs.sort();
-        rgs.dedup();
-        targets.extend(rgs.into_iter().map(|g| (PolicyScope::ResourceGroup, g)));
-        let policies = policies::of_targets(w.conn(), &targets)
-            .await?
-            .into_iter()
-            .map(|p| ((p.scope_kind, p.scope_name), p.body.0))
-            .collect();
-        let active = grants::active_for_keys(w.conn(), keys).await?;
-        return Ok((
-            w,
-            Snapshot {
-                groups,
-                policies,
-                active,
-            },
-        ));
+        let snap = read(&mut w, vms, keys, principals).await?;
+        return Ok((w, snap));
     }
     let mut w = writer.lock().await;
     let (lock, counters) = Writer::lock_counters(7);
@@ -84,7 +68,10 @@ pub async fn begin_and_read(
          'portIdx', g.port_idx, 'vm', g.vm, 'port', g.port, 'protocol', g.protocol, \
          'prefix', g.prefix)) FROM json_each($2) AS k CROSS JOIN grants AS g \
          WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
-         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6)"
+         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6); \
+         SELECT json_group_object(principal, n) FROM (SELECT principal, count(*) AS n \
+         FROM requests WHERE deadline_ms IS NOT NULL \
+         AND principal IN (SELECT value FROM json_each($10)) GROUP BY principal)"
     );
     let keys: Vec<serde_json::Value> = keys
         .iter()
@@ -101,10 +88,11 @@ pub async fn begin_and_read(
     for c in counters {
         q = q.bind(c);
     }
+    q = q.bind(serde_json::to_string(principals)?);
     let rows = q.fetch_all(w.conn()).await?;
-    let [c1, c2, c3, vms_doc, policies_doc, grants_doc] = rows.as_slice() else {
+    let [c1, c2, c3, vms_doc, policies_doc, grants_doc, pending_doc] = rows.as_slice() else {
         return Err(Error::Corrupt(format!(
-            "the initiate read returned {} rows, not 6",
+            "the initiate read returned {} rows, not 7",
             rows.len()
         )));
     };
@@ -122,12 +110,49 @@ pub async fn begin_and_read(
         policies.insert((scope, p.scope_name), p.body);
     }
     let active: Vec<ActiveGrant> = serde_json::from_str(&doc(grants_doc)?)?;
+    let pending: HashMap<String, i64> = serde_json::from_str(&doc(pending_doc)?)?;
     Ok((
         w,
         Snapshot {
             groups,
             policies,
             active,
+            pending,
+            agent_levels: HashMap::new(),
         },
     ))
+}
+
+/// Reads the snapshot inside an open transaction, with one portable query per part (what
+/// PostgreSQL does for an initiate batch, and a final approval on either backend).
+pub async fn read(
+    w: &mut WriteTx,
+    vms: &[&str],
+    keys: &[GrantKey],
+    principals: &[&str],
+) -> Result<Snapshot> {
+    let groups = inventory::groups_of(w.conn(), vms).await?;
+    let mut targets: Vec<(PolicyScope, &str)> = vms
+        .iter()
+        .filter(|n| groups.contains_key(**n))
+        .map(|n| (PolicyScope::VirtualMachine, *n))
+        .collect();
+    let mut rgs: Vec<&str> = groups.values().map(String::as_str).collect();
+    rgs.sort();
+    rgs.dedup();
+    targets.extend(rgs.into_iter().map(|g| (PolicyScope::ResourceGroup, g)));
+    let policies = policies::of_targets(w.conn(), &targets)
+        .await?
+        .into_iter()
+        .map(|p| ((p.scope_kind, p.scope_name), p.body.0))
+        .collect();
+    let active = grants::active_for_keys(w.conn(), keys).await?;
+    let pending = requests::pending_counts(w.conn(), principals).await?;
+    Ok(Snapshot {
+        groups,
+        policies,
+        active,
+        pending,
+        agent_levels: HashMap::new(),
+    })
 }

@@ -18,9 +18,31 @@ pub struct TokenRow {
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
     pub revoked_ms: Option<i64>,
+    /// The groups its principal belongs to (approver lists name groups).
+    #[sqlx(try_from = "String")]
+    pub groups: Groups,
 }
 
-const COLUMNS: &str = "id, name, role, scope, created_ms, expires_ms, revoked_ms";
+/// A token's groups, stored comma-separated (names never contain a comma).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Groups(pub Vec<String>);
+
+impl TryFrom<String> for Groups {
+    type Error = crate::error::Error;
+    fn try_from(s: String) -> Result<Groups> {
+        let list: Vec<String> = s
+            .split(',')
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        for g in &list {
+            jitgate_api::name::validate("group", g).map_err(crate::error::Error::corrupt)?;
+        }
+        Ok(Groups(list))
+    }
+}
+
+const COLUMNS: &str = "id, name, role, scope, created_ms, expires_ms, revoked_ms, groups";
 
 /// The token with this hash (revoked and expired ones too).
 pub async fn by_hash(
@@ -55,8 +77,8 @@ pub async fn list(ex: impl Executor<'_, Database = Any>) -> Result<Vec<TokenRow>
 /// Stores a new token (created now).
 pub async fn insert(w: &mut WriteTx, t: &TokenRow, hash: &str) -> Result<()> {
     sqlx::query(
-        "INSERT INTO tokens (id, name, hash, role, scope, created_ms, expires_ms, revoked_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO tokens (id, name, hash, role, scope, created_ms, expires_ms, revoked_ms, \
+         groups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&t.id)
     .bind(&t.name)
@@ -66,6 +88,7 @@ pub async fn insert(w: &mut WriteTx, t: &TokenRow, hash: &str) -> Result<()> {
     .bind(t.created_ms)
     .bind(t.expires_ms)
     .bind(t.revoked_ms)
+    .bind(t.groups.0.join(","))
     .execute(w.conn())
     .await?;
     Ok(())

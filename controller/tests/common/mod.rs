@@ -106,10 +106,16 @@ impl Harness {
     }
 
     pub async fn token(&self, name: &str, role: Role, scope: &str) -> String {
+        self.token_in(name, role, scope, &[]).await
+    }
+
+    /// A token whose principal belongs to `groups`.
+    pub async fn token_in(&self, name: &str, role: Role, scope: &str, groups: &[&str]) -> String {
         let scope: Scope = scope.parse().expect("scope");
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         self.app()
             .tokens
-            .create(&Caller::local(), name, role, &scope, None)
+            .create(&Caller::local(), name, role, &scope, None, &groups)
             .await
             .expect("token")
             .1
@@ -244,6 +250,7 @@ impl Harness {
             "tokens",
             "requests",
             "request_ports",
+            "request_approvals",
             "grants",
             "grant_outbox",
             "activity",
@@ -284,6 +291,24 @@ impl Harness {
             .collect();
         m.insert("policy_bodies".into(), bodies.join("|"));
         m
+    }
+
+    /// How many `grants` (or `grant_outbox` apply rows) request `id` has.
+    pub async fn count_rows(&self, table: &str, id: &str) -> usize {
+        let sql = match table {
+            "grants" => "SELECT count(*) FROM grants WHERE request_id = $1",
+            "grant_outbox" => {
+                "SELECT count(*) FROM grant_outbox o JOIN grants g ON g.id = o.grant_id \
+                 WHERE g.request_id = $1 AND o.op = 'apply'"
+            }
+            other => panic!("count_rows: no query for {other}"),
+        };
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_one(self.app().db.pool())
+            .await
+            .expect("count");
+        usize::try_from(row.try_get::<i64, _>(0).expect("n")).expect("count")
     }
 }
 
