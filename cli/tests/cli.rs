@@ -463,6 +463,182 @@ async fn policy_request_history_revoke_and_exit_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("JIT_URL"));
 }
 
+/// Approvals from the command line: a two-stage rule set with flags, `request --wait`
+/// waiting through PendingApproval (and saying who must approve), `approvals`, `approve`,
+/// `deny` (exit 10 for the waiting requester), `cancel`, the report as CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_from_the_command_line() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let alice = e.token("alice", Role::Requester, "rg:prod").await;
+    let ann = e
+        .token_in("ann", Role::Reader, "rg:prod", &["sec-leads"])
+        .await;
+    let mgr = e.token_in("mgr", Role::Reader, "*", &["ops"]).await;
+    // Bad approver syntax: refused before anything is sent.
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22",
+                "--source",
+                "127.0.0.0/8",
+                "--approvers",
+                "alice",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("token:NAME"), "{}", o.stderr);
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22",
+                "--source",
+                "127.0.0.0/8",
+                "--stage",
+                "group:sec-leads",
+                "--stage",
+                "group:ops=1",
+                "--approval-timeout",
+                "2h",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("1: 1 of group:sec-leads; 2: 1 of group:ops"),
+        "{}",
+        o.stdout
+    );
+
+    // A request that must wait: without --wait it is recorded and shown pending.
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "10m",
+                "-j",
+                "INC-5",
+                "--json",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.json()["status"], "PendingApproval");
+    let first = o.json()["id"].as_str().expect("id").to_string();
+    let o = e.jit(&ann, &["approvals"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(&first) && o.stdout.contains("stage 1/2"),
+        "{}",
+        o.stdout
+    );
+    let o = e
+        .jit(&ann, &["approve", &first, "--reason", "looks fine"])
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = e.jit(&ann, &["approve", &first]).await;
+    assert_eq!(o.code, 7, "counted once: {}", o.stderr);
+    let o = e.jit(&mgr, &["approve", &first, "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.json()["status"], "Initiated");
+
+    // --wait through PendingApproval; an approver denies: exit 10 with the reason.
+    let mut waiting = e.command(
+        &alice,
+        &[
+            "request",
+            "web1",
+            "--port",
+            "22",
+            "--duration",
+            "10m",
+            "-j",
+            "INC-6",
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
+    let child = waiting.spawn().expect("spawn");
+    let id = loop {
+        let o = e.jit(&ann, &["approvals", "--json"]).await;
+        if let Some(id) = o.json()[0]["id"].as_str() {
+            break id.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let o = e.jit(&ann, &["deny", &id]).await;
+    assert_eq!(o.code, 2, "a denial needs --reason: {}", o.stderr);
+    let o = e.jit(&ann, &["deny", &id, "--reason", "freeze =cmd"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out = child.wait_with_output().await.expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stderr}");
+    assert!(stderr.contains("waits for approval, stage 1/2"), "{stderr}");
+    assert!(stderr.contains("Rejected: freeze =cmd"), "{stderr}");
+
+    // Cancel by its requester; the report as formula-safe CSV.
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "10m",
+                "-j",
+                "x",
+                "--json",
+            ],
+        )
+        .await;
+    let id = o.json()["id"].as_str().expect("id").to_string();
+    let o = e.jit(&ann, &["cancel", &id]).await;
+    assert_eq!(o.code, 5, "only its requester: {}", o.stderr);
+    let o = e.jit(&alice, &["cancel", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = e.jit(&admin, &["approvals", "--history", "--csv"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(",'freeze =cmd") || o.stdout.contains("freeze =cmd"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        o.stdout.lines().count(),
+        5,
+        "header + 4 decisions: {}",
+        o.stdout
+    );
+    let o = e.jit(&admin, &["show", &first]).await;
+    assert!(
+        o.stdout.contains("Approved (stage 2) by token:mgr"),
+        "{}",
+        o.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_connect_and_audit() {
     let e = Env::new().await;

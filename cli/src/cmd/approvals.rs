@@ -5,11 +5,10 @@ use clap::Args;
 use jitgate_api::{ApprovalsQuery, DecisionBody, Format, RequestView};
 
 use crate::client::Client;
-use crate::cmd::requests::print_requests;
+use crate::cmd::requests::{print_approvals, print_pending, print_requests};
 use crate::exit::R;
 use crate::output::Out;
 use crate::table::{Table, col, or_dash};
-use crate::text::safe;
 
 #[derive(Args)]
 pub struct ApprovalsArgs {
@@ -154,45 +153,4 @@ fn print_decided(r: &RequestView) {
     print_requests(std::slice::from_ref(r));
     print_approvals(r);
     print_pending(r);
-}
-
-/// Every decision recorded on the request.
-pub fn print_approvals(r: &RequestView) {
-    for a in &r.approvals {
-        println!(
-            "  {} {}{} by {}{}{}",
-            safe(&a.time_utc),
-            a.decision,
-            a.stage.map(|s| format!(" (stage {s})")).unwrap_or_default(),
-            safe(&a.approver),
-            if a.emergency { " [EMERGENCY]" } else { "" },
-            a.reason
-                .as_deref()
-                .map(|x| format!(": {}", safe(x)))
-                .unwrap_or_default()
-        );
-    }
-}
-
-/// What a pending request still needs: per rule, its current stage and its approvers.
-pub fn print_pending(r: &RequestView) {
-    for p in &r.pending_approval {
-        println!(
-            "  request {} waits for stage {}/{}: {} of {} approved ({}); approvers: {}",
-            safe(&r.id),
-            p.stage,
-            p.stages,
-            p.approved_by.len(),
-            p.required,
-            if p.approved_by.is_empty() {
-                "none yet".to_string()
-            } else {
-                safe(&p.approved_by.join(", ")).into_owned()
-            },
-            safe(&p.approvers.join(", "))
-        );
-    }
-    if let Some(d) = &r.approval_deadline_utc {
-        println!("  times out at {}", safe(d));
-    }
 }

@@ -21,7 +21,7 @@ pub enum PolicyCmd {
     /// Show a VM's effective policy (or a resource group's policy).
     Show(PolicyTarget),
     /// Set (replace) a policy from flags or a JSON file.
-    Set(PolicySet),
+    Set(Box<PolicySet>),
     /// Delete a policy (a VM then falls back to its resource group's).
     Delete(PolicyTarget),
 }

@@ -7,7 +7,6 @@ use clap::Args;
 use jitgate_api::{InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestView, StatusReason};
 
 use crate::client::{Client, Reply};
-use crate::cmd::approvals::{print_approvals, print_pending};
 use crate::cmd::policy::prefixes;
 use crate::exit::{self, Fail, R};
 use crate::input;
@@ -285,5 +284,46 @@ pub fn print_denial(r: &RequestView) {
             safe(d.reason.as_str()),
             safe(&d.message)
         );
+    }
+}
+
+/// Every decision recorded on the request.
+pub fn print_approvals(r: &RequestView) {
+    for a in &r.approvals {
+        println!(
+            "  {} {}{} by {}{}{}",
+            safe(&a.time_utc),
+            a.decision,
+            a.stage.map(|s| format!(" (stage {s})")).unwrap_or_default(),
+            safe(&a.approver),
+            if a.emergency { " [EMERGENCY]" } else { "" },
+            a.reason
+                .as_deref()
+                .map(|x| format!(": {}", safe(x)))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// What a pending request still needs: per rule, its current stage and its approvers.
+pub fn print_pending(r: &RequestView) {
+    for p in &r.pending_approval {
+        println!(
+            "  request {} waits for stage {}/{}: {} of {} approved ({}); approvers: {}",
+            safe(&r.id),
+            p.stage,
+            p.stages,
+            p.approved_by.len(),
+            p.required,
+            if p.approved_by.is_empty() {
+                "none yet".to_string()
+            } else {
+                safe(&p.approved_by.join(", ")).into_owned()
+            },
+            safe(&p.approvers.join(", "))
+        );
+    }
+    if let Some(d) = &r.approval_deadline_utc {
+        println!("  times out at {}", safe(d));
     }
 }
