@@ -74,7 +74,27 @@ struct Row {
     max: f64,
 }
 
-/// Runs `total` calls from `conc` concurrent tasks (initiates or trivial GETs).
+/// A plain initiate, approved by policy.
+const PLAIN: Op = Op::Initiate {
+    prefix: "vm",
+    status: "Initiated",
+};
+
+/// What each call of a phase does.
+#[derive(Clone)]
+enum Op {
+    /// `GET /api/v1/me`: the floor (TLS + HTTP + one token lookup).
+    Me,
+    /// An initiate on VM `{prefix}{i % vms}` that must come back with this status.
+    Initiate {
+        prefix: &'static str,
+        status: &'static str,
+    },
+    /// Approve the i-th of these pending requests (each completes it).
+    Approve(Arc<Vec<String>>),
+}
+
+/// Runs `total` calls from `conc` concurrent tasks.
 #[allow(clippy::too_many_arguments)]
 async fn run_phase(
     client: &reqwest::Client,
@@ -82,7 +102,7 @@ async fn run_phase(
     token: &str,
     total: u64,
     conc: u64,
-    initiate: bool,
+    op: &Op,
     src_offset: u64,
     vms: u64,
     rate: Option<f64>,
@@ -97,6 +117,7 @@ async fn run_phase(
         let token = token.to_string();
         let next = next.clone();
         let errors = errors.clone();
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -114,24 +135,39 @@ async fn run_phase(
                     }
                     None => Instant::now(),
                 };
-                let r = if initiate {
-                    let n = src_offset + i;
-                    let src = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
-                    let body = json!({"virtualMachines": [{"id": format!("vm{}", i % vms), "ports": [
-                        {"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}]}],
-                        "justification": "bench"});
-                    client
-                        .post(format!("{base}/api/v1/jitNetworkAccessPolicies/default/initiate"))
-                        .bearer_auth(&token)
-                        .json(&body)
-                        .send()
-                        .await
-                } else {
-                    client
-                        .get(format!("{base}/api/v1/me"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await
+                let (r, want) = match &op {
+                    Op::Initiate { prefix, status } => {
+                        let n = src_offset + i;
+                        let src =
+                            format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+                        let body = json!({"virtualMachines": [{"id": format!("{prefix}{}", i % vms), "ports": [
+                            {"number": 22, "allowedSourceAddressPrefix": src, "duration": "PT1H"}]}],
+                            "justification": "bench"});
+                        let r = client
+                            .post(format!("{base}/api/v1/jitNetworkAccessPolicies/default/initiate"))
+                            .bearer_auth(&token)
+                            .json(&body)
+                            .send()
+                            .await;
+                        (r, Some(*status))
+                    }
+                    Op::Approve(ids) => {
+                        let id = &ids[i as usize % ids.len()];
+                        let r = client
+                            .post(format!("{base}/api/v1/requests/{id}/approve"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await;
+                        (r, Some("Initiated"))
+                    }
+                    Op::Me => {
+                        let r = client
+                            .get(format!("{base}/api/v1/me"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await;
+                        (r, None)
+                    }
                 };
                 let ok = match r {
                     Ok(resp) => {
@@ -139,15 +175,15 @@ async fn run_phase(
                         let body = resp.bytes().await;
                         st.is_success()
                             && body.is_ok()
-                            && (!initiate
-                                || body
-                                    .as_ref()
+                            && want.is_none_or(|w| {
+                                body.as_ref()
                                     .map(|b| {
                                         std::str::from_utf8(b)
-                                            .map(|s| s.contains("\"status\":\"Initiated\""))
+                                            .map(|s| s.contains(&format!("\"status\":\"{w}\"")))
                                             .unwrap_or(false)
                                     })
-                                    .unwrap_or(false))
+                                    .unwrap_or(false)
+                            })
                     }
                     Err(_) => false,
                 };
@@ -310,6 +346,8 @@ async fn run(o: Opts) -> Result<()> {
         agent_listen: "127.0.0.1:0".into(),
         sqlite_synchronous: o.sync.parse::<Synchronous>()?,
         expiry_sweep_seconds: 3600,
+        // The approval rows keep thousands of requests pending.
+        max_pending_per_requester: 1_000_000,
         ..Config::default()
     };
     let init = state::init(&dir, &cfg, &[]).await?;
@@ -359,7 +397,10 @@ async fn run(o: Opts) -> Result<()> {
         )
         .await?
         .1;
+    let (auto_requester, approver) =
+        approval_setup(&server.app, &client, &base, &admin, o.vms).await?;
     let mut rows = Vec::new();
+    let mut approval_rows = Vec::new();
     let mut offset = 0u64;
     for history_target in [0u64, o.history] {
         if history_target > 0 {
@@ -374,7 +415,7 @@ async fn run(o: Opts) -> Result<()> {
             &requester,
             o.concurrency * 4,
             o.concurrency,
-            false,
+            &Op::Me,
             0,
             o.vms,
             None,
@@ -390,7 +431,7 @@ async fn run(o: Opts) -> Result<()> {
             &requester,
             o.requests,
             o.concurrency,
-            false,
+            &Op::Me,
             0,
             o.vms,
             None,
@@ -404,7 +445,7 @@ async fn run(o: Opts) -> Result<()> {
             &requester,
             o.requests,
             o.concurrency,
-            true,
+            &PLAIN,
             offset,
             o.vms,
             None,
@@ -421,7 +462,7 @@ async fn run(o: Opts) -> Result<()> {
             &requester,
             paced,
             o.concurrency,
-            true,
+            &PLAIN,
             offset,
             o.vms,
             Some(1000.0),
@@ -435,6 +476,23 @@ async fn run(o: Opts) -> Result<()> {
             err,
             wall,
         ));
+        if history_target == 0 {
+            let n = (o.requests / 2).max(1);
+            let (r, next) = approval_phases(
+                &server.app,
+                &client,
+                &base,
+                (&requester, &auto_requester, &approver),
+                n,
+                o.concurrency,
+                offset,
+                o.vms,
+                (o.requests / 2).max(100),
+            )
+            .await?;
+            offset = next;
+            approval_rows = r;
+        }
     }
     println!(
         "Controller, {} concurrent HTTPS callers (keep-alive), embedded SQLite (synchronous={}), {} VMs, 2-core machine, server and load generator in one process. Unpaced rows: each caller sends its next request as soon as the previous answer arrives (saturation: latency there is mostly queueing, ≈ callers / throughput). Paced rows: requests are due at a fixed 1 000/s and latency counts from when each was due.\n",
@@ -457,6 +515,41 @@ async fn run(o: Opts) -> Result<()> {
             r.max
         );
     }
+    println!(
+        "\nApprovals (docs/approvals.md), same run, fresh database: an initiate under an approval rule that auto-approves it beside the plain initiate (best of 3 each, alternating), and approvals that each complete a pending request (one stage, one approver) with the pending requests seeded first.\n"
+    );
+    println!(
+        "| operation | pending at start | calls | errors | req/s | p50 ms | p99 ms | max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &approval_rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            r.phase,
+            r.history,
+            r.ops,
+            r.errors,
+            r.ops as f64 / r.secs,
+            r.p50,
+            r.p99,
+            r.max
+        );
+    }
+    let rate = |name: &str| {
+        approval_rows
+            .iter()
+            .filter(|r| r.phase.starts_with(name))
+            .map(|r| r.ops as f64 / r.secs)
+            .fold(0.0, f64::max)
+    };
+    let (plain, auto) = (rate("initiate, plain"), rate("initiate, auto-approving"));
+    if plain > 0.0 {
+        println!(
+            "\nauto-approving rule vs plain initiate, best of 3: {auto:.0} vs {plain:.0} req/s, difference {:.0} req/s ({:+.1} %; target: within 5 %)",
+            auto - plain,
+            (auto - plain) / plain * 100.0
+        );
+    }
     let verify = server.app.audit.verify(&a).await?;
     println!(
         "\nactivity log after the run: {} entries, verify ok = {}",
@@ -464,4 +557,171 @@ async fn run(o: Opts) -> Result<()> {
     );
     server.stop().await;
     Ok(())
+}
+
+/// Two more groups for the approval rows: `appr` (port 22 under a rule that auto-approves up
+/// to PT3H) and `pend` (a rule that always needs one approver of `bench-approvers`), each
+/// with `vms` VMs; returns the tokens of a requester on `appr` and of the approver.
+async fn approval_setup(
+    app: &App,
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    vms: u64,
+) -> Result<(String, String)> {
+    let a = Caller::local();
+    for (group, prefix, auto) in [("appr", "avm", true), ("pend", "pvm", false)] {
+        app.inventory
+            .add_group(&a, group, "bench@example.com")
+            .await?;
+        for i in 0..vms {
+            app.inventory
+                .add_vm(
+                    &a,
+                    &format!("{prefix}{i}"),
+                    group,
+                    &[IpAddr::from([192, 0, 2, 1])],
+                )
+                .await?;
+        }
+        let mut rule = json!({"stages": [{"approvers": ["group:bench-approvers"], "required": 1}],
+                              "timeout": "P7D"});
+        if auto {
+            rule["autoApproveUpTo"] = json!("PT3H");
+        }
+        let r = client
+            .put(format!(
+                "{base}/api/v1/resourceGroups/{group}/jitNetworkAccessPolicies/default"
+            ))
+            .bearer_auth(admin)
+            .json(&json!({"ports": [{"number": 22, "protocol": "TCP",
+                "allowedSourceAddressPrefixes": ["10.0.0.0/8"],
+                "maxRequestAccessDuration": "PT3H", "approval": rule}]}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("policy of {group}: {}", r.text().await?);
+        }
+    }
+    let requester = app
+        .tokens
+        .create(
+            &a,
+            "bench-appr",
+            Role::Requester,
+            &Scope::ResourceGroup("appr".into()),
+            None,
+            &[],
+        )
+        .await?
+        .1;
+    let approver = app
+        .tokens
+        .create(
+            &a,
+            "approver",
+            Role::Reader,
+            &Scope::All,
+            None,
+            &["bench-approvers".to_string()],
+        )
+        .await?
+        .1;
+    Ok((requester, approver))
+}
+
+/// The approval rows: plain and auto-approved initiates alternating (3 each), then
+/// `pending` requests seeded through the library and each approved over HTTPS. Returns the
+/// rows and the next free source offset.
+#[allow(clippy::too_many_arguments)]
+async fn approval_phases(
+    app: &App,
+    client: &reqwest::Client,
+    base: &str,
+    (requester, auto_requester, approver): (&str, &str, &str),
+    n: u64,
+    conc: u64,
+    mut offset: u64,
+    vms: u64,
+    pending: u64,
+) -> Result<(Vec<Row>, u64)> {
+    let mut rows = Vec::new();
+    let auto = Op::Initiate {
+        prefix: "avm",
+        status: "Initiated",
+    };
+    for round in 1..=3 {
+        for (name, op) in [
+            ("initiate, plain", &PLAIN),
+            ("initiate, auto-approving rule", &auto),
+        ] {
+            eprintln!("{name} x{n} (round {round}) ...");
+            let (lat, err, wall) =
+                run_phase(client, base, requester, n, conc, op, offset, vms, None).await;
+            offset += n;
+            rows.push(summarize(
+                &format!("{name} (round {round})"),
+                0,
+                lat,
+                err,
+                wall,
+            ));
+        }
+    }
+    eprintln!("seeding {pending} pending requests ...");
+    let caller = Caller::token(
+        "tok_bench_pending",
+        "pending-bench",
+        Role::Requester,
+        Scope::All,
+        IpAddr::from([127, 0, 0, 1]),
+    );
+    let mut ids = Vec::with_capacity(pending as usize);
+    let mut i = 0u64;
+    while i < pending {
+        let mut jobs = Vec::new();
+        for _ in 0..64.min(pending - i) {
+            let n = offset + i;
+            let body: InitiateJson = serde_json::from_value(json!({
+                "virtualMachines": [{"id": format!("pvm{}", i % vms), "ports": [
+                    {"number": 22, "allowedSourceAddressPrefix":
+                        format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff),
+                     "duration": "PT1H"}]}],
+                "justification": "bench"}))?;
+            jobs.push((
+                caller.clone(),
+                Initiate::from_body(&body, caller.address, now_ms())?,
+            ));
+            i += 1;
+        }
+        for r in app.lifecycle.initiate_batch(&jobs).await? {
+            let v = r?;
+            if v.status.as_str() != "PendingApproval" {
+                bail!("a seeded request is {}, not pending", v.status);
+            }
+            ids.push(v.id);
+        }
+    }
+    offset += pending;
+    eprintln!("approve x{pending} ...");
+    let (lat, err, wall) = run_phase(
+        client,
+        base,
+        approver,
+        pending,
+        conc,
+        &Op::Approve(Arc::new(ids)),
+        0,
+        vms,
+        None,
+    )
+    .await;
+    rows.push(summarize(
+        "approve (completes the request)",
+        pending,
+        lat,
+        err,
+        wall,
+    ));
+    Ok((rows, offset))
 }

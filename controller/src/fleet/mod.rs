@@ -259,6 +259,13 @@ impl Fleet {
         w.commit().await
     }
 
+    /// An agent said Hello at protocol level `protocol` (docs/protocol.md "Levels").
+    pub async fn hello(&self, agent: &str, protocol: u32) -> Result<()> {
+        let mut w = self.db.begin().await?;
+        agents::hello(&mut w, agent, protocol).await?;
+        w.commit().await
+    }
+
     /// An activity log entry about an agent's VM (results, rejections).
     pub async fn log(
         &self,

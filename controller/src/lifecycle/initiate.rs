@@ -16,8 +16,8 @@ use crate::store::activity;
 use crate::store::backend::Rows;
 use crate::store::grants::{self, GrantKey};
 use crate::store::requests;
-use crate::store::snapshot;
 use crate::store::write::{WriteTx, Writer};
+use crate::store::{agents, snapshot};
 use jitgate_api::{RequestView, StatusReason};
 use jitgate_common::Protocol;
 

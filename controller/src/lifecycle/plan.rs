@@ -899,4 +899,50 @@ mod tests {
         let other = (caller("*"), req("web1", vec![port(22, "203.0.113.8", 60)]));
         assert!(run(&s, &[other]).superseded.is_empty());
     }
+
+    #[test]
+    fn a_request_under_an_approval_rule_waits_and_plans_no_grant() {
+        let mut s = snapshot();
+        let mut body = s.policies[&(PolicyScope::ResourceGroup, "prod".to_string())].clone();
+        body.ports[0].approval = Some(jitgate_api::ApprovalRule {
+            auto_approve_up_to: Some("PT30M".into()),
+            stages: vec![jitgate_api::ApprovalStage {
+                approvers: vec!["group:sec".into()],
+                required: 1,
+            }],
+            allow_self_approval: false,
+            allow_emergency: false,
+            timeout: Some("PT2H".into()),
+        });
+        s.policies
+            .insert((PolicyScope::ResourceGroup, "prod".into()), body);
+        let short = (caller("*"), req("web1", vec![port(22, "203.0.113.7", 600)]));
+        let long = (
+            caller("*"),
+            req("web1", vec![port(22, "203.0.113.7", 3600)]),
+        );
+        // Up to autoApproveUpTo: approved by policy. Beyond: pending, no grant, a deadline.
+        let p = run(&s, &[short, long.clone()]);
+        assert_eq!(p.answers[0].as_ref().unwrap().status, PortStatus::Initiated);
+        let r = p.answers[1].as_ref().unwrap();
+        assert_eq!(r.status, PortStatus::PendingApproval);
+        assert_eq!(
+            p.grants.len(),
+            1,
+            "only the auto-approved request has a grant"
+        );
+        assert_eq!(p.requests[1].deadline_ms, Some(NOW + 2 * 3600 * 1000));
+        assert_eq!(p.requests[1].approval.as_ref().map(Vec::len), Some(1));
+        assert_eq!(p.ports[1].status, PortStatus::PendingApproval);
+        assert_eq!(p.ports[1].start_ms, None);
+        // The principal's pending limit (2 in `run`) counts what is stored and this batch.
+        s.pending.insert("token:alice".into(), 1);
+        let p = run(&s, &[long.clone(), long]);
+        assert!(p.answers[0].is_ok());
+        assert_eq!(
+            p.answers[1].as_ref().err().and_then(Error::code),
+            Some(&ErrorCode::TooManyPending)
+        );
+        assert_eq!(p.requests.len(), 1);
+    }
 }

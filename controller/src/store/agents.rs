@@ -325,6 +325,39 @@ pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Resu
     Ok(())
 }
 
+/// The protocol level the agent announced in its Hello (and that it was seen now).
+pub async fn hello(w: &mut WriteTx, id: &str, protocol: u32) -> Result<()> {
+    let now = w.now;
+    sqlx::query("UPDATE agents SET last_seen_ms = $1, protocol = $2 WHERE id = $3")
+        .bind(now)
+        .bind(i64::from(protocol))
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// The lowest protocol level among each named VM's active agents (a VM with none is absent:
+/// nothing can be delivered there until one enrols, and it will say its level then).
+pub async fn levels(
+    w: &mut WriteTx,
+    vms: &[&str],
+) -> Result<std::collections::HashMap<String, u32>> {
+    let mut out = std::collections::HashMap::new();
+    for vm in vms {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT MIN(protocol) FROM agents WHERE vm = $1 AND status = $2")
+                .bind(*vm)
+                .bind(AgentStatus::Active.as_str())
+                .fetch_optional(w.conn())
+                .await?;
+        if let Some((Some(level),)) = row {
+            out.insert(vm.to_string(), u32::try_from(level).unwrap_or(1));
+        }
+    }
+    Ok(out)
+}
+
 /// Records a reported local grant once; true if it was new.
 pub async fn insert_local_grant(w: &mut WriteTx, agent: &str, grant: &str) -> Result<bool> {
     let now = w.now;

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "approvals",
         include_str!("../../migrations/0008_approvals.sql"),
     ),
+    (
+        9,
+        "agent protocol levels",
+        include_str!("../../migrations/0009_agent_protocol.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

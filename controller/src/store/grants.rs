@@ -386,22 +386,24 @@ impl ActiveGrant {
 
 const ACTIVE_COLUMNS: &str = "id, request_id, port_idx, vm, port, protocol, prefix";
 
-/// The active grants for these keys (portable: chunks of OR-ed key matches).
+/// The active grants for these keys whose window has started by `now` (a booked grant is
+/// never superseded before its start) (portable: chunks of OR-ed key matches).
 pub async fn active_for_keys(
     conn: &mut AnyConnection,
     keys: &[GrantKey],
+    now: i64,
 ) -> Result<Vec<ActiveGrant>> {
     let mut out = Vec::new();
     for chunk in keys.chunks(500) {
         let mut sql = format!(
-            "SELECT {ACTIVE_COLUMNS} FROM grants WHERE {} AND (",
+            "SELECT {ACTIVE_COLUMNS} FROM grants WHERE {} AND start_ms <= $3 AND (",
             active_in(1)
         );
         for i in 0..chunk.len() {
             if i > 0 {
                 sql.push_str(" OR ");
             }
-            let b = 3 + 4 * i;
+            let b = 4 + 4 * i;
             sql.push_str(&format!(
                 "(vm = ${b} AND port = ${} AND protocol = ${} AND prefix = ${})",
                 b + 1,
@@ -412,7 +414,8 @@ pub async fn active_for_keys(
         sql.push(')');
         let mut q = sqlx::query_as::<_, ActiveGrant>(&sql)
             .bind(PENDING)
-            .bind(APPLIED);
+            .bind(APPLIED)
+            .bind(now);
         for k in chunk {
             q = q
                 .bind(k.vm.as_str())

@@ -68,7 +68,7 @@ pub async fn begin_and_read(
          'portIdx', g.port_idx, 'vm', g.vm, 'port', g.port, 'protocol', g.protocol, \
          'prefix', g.prefix)) FROM json_each($2) AS k CROSS JOIN grants AS g \
          WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
-         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6); \
+         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6) AND g.start_ms <= $11; \
          SELECT json_group_object(principal, n) FROM (SELECT principal, count(*) AS n \
          FROM requests WHERE deadline_ms IS NOT NULL \
          AND principal IN (SELECT value FROM json_each($10)) GROUP BY principal)"
@@ -89,6 +89,7 @@ pub async fn begin_and_read(
         q = q.bind(c);
     }
     q = q.bind(serde_json::to_string(principals)?);
+    q = q.bind(w.now);
     let rows = q.fetch_all(w.conn()).await?;
     let [c1, c2, c3, vms_doc, policies_doc, grants_doc, pending_doc] = rows.as_slice() else {
         return Err(Error::Corrupt(format!(
@@ -146,7 +147,8 @@ pub async fn read(
         .into_iter()
         .map(|p| ((p.scope_kind, p.scope_name), p.body.0))
         .collect();
-    let active = grants::active_for_keys(w.conn(), keys).await?;
+    let now = w.now;
+    let active = grants::active_for_keys(w.conn(), keys, now).await?;
     let pending = requests::pending_counts(w.conn(), principals).await?;
     Ok(Snapshot {
         groups,
