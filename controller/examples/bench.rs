@@ -173,19 +173,23 @@ async fn run_phase(
                     Ok(resp) => {
                         let st = resp.status();
                         let body = resp.bytes().await;
-                        st.is_success()
-                            && body.is_ok()
-                            && want.is_none_or(|w| {
-                                body.as_ref()
-                                    .map(|b| {
-                                        std::str::from_utf8(b)
-                                            .map(|s| s.contains(&format!("\"status\":\"{w}\"")))
-                                            .unwrap_or(false)
-                                    })
-                                    .unwrap_or(false)
-                            })
+                        let text = body
+                            .as_ref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default();
+                        let ok = st.is_success()
+                            && want.is_none_or(|w| text.contains(&format!("\"status\":\"{w}\"")));
+                        if !ok && errors.load(Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {st} {text}");
+                        }
+                        ok
                     }
-                    Err(_) => false,
+                    Err(e) => {
+                        if errors.load(Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {e}");
+                        }
+                        false
+                    }
                 };
                 if !ok {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -651,13 +655,13 @@ async fn approval_phases(
         status: "Initiated",
     };
     for round in 1..=3 {
-        for (name, op) in [
-            ("initiate, plain", &PLAIN),
-            ("initiate, auto-approving rule", &auto),
+        for (name, op, token) in [
+            ("initiate, plain", &PLAIN, requester),
+            ("initiate, auto-approving rule", &auto, auto_requester),
         ] {
             eprintln!("{name} x{n} (round {round}) ...");
             let (lat, err, wall) =
-                run_phase(client, base, requester, n, conc, op, offset, vms, None).await;
+                run_phase(client, base, token, n, conc, op, offset, vms, None).await;
             offset += n;
             rows.push(summarize(
                 &format!("{name} (round {round})"),
