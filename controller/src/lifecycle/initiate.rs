@@ -128,7 +128,19 @@ pub async fn decide(
     let mut principal_refs: Vec<&str> = principals.iter().map(String::as_str).collect();
     principal_refs.sort();
     principal_refs.dedup();
-    let (w, snap) = snapshot::begin_and_read(writer, &names, &keys(jobs), &principal_refs).await?;
+    let (mut w, mut snap) =
+        snapshot::begin_and_read(writer, &names, &keys(jobs), &principal_refs).await?;
+    // Only a batch that books ahead needs its VMs' agent levels (plan::bookable).
+    let now = w.now;
+    let booked: Vec<&str> = jobs
+        .iter()
+        .flat_map(|(_, r)| &r.vms)
+        .filter(|vm| vm.ports.iter().any(|p| p.start_ms.is_some_and(|s| s > now)))
+        .map(|vm| vm.name.as_str())
+        .collect();
+    if !booked.is_empty() {
+        snap.agent_levels = agents::levels(&mut w, &booked).await?;
+    }
     let read = t0.elapsed();
     let (request_seq, outbox_seq) = w.sequences();
     let start = Start {
