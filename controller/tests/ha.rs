@@ -408,3 +408,74 @@ async fn a_lost_notification_is_caught_up() {
         "lost notification caught up after {caught_ms} ms, unpushed grant after {unpushed_ms} ms (catch-up every {CATCH_UP_EVERY:?})"
     );
 }
+
+/// Decisions on one pending request made through two controllers at once have exactly one
+/// outcome (each decision locks the request under the counters row, whichever controller
+/// runs it), and an approval that completes a request through A reaches the agent on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_decisions_on_two_controllers_have_one_outcome() {
+    let (a, b, alice) = two_controllers().await;
+    a.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT3H",
+                "approval": {"stages": [{"approvers": ["group:leads"], "required": 1}]}}]),
+    )
+    .await;
+    let ann = a.token_in("ann", Role::Reader, "*", &["leads"]).await;
+    let ben = a.token_in("ben", Role::Reader, "*", &["leads"]).await;
+    let (c, mut agent) = agent_on(&a, &b, "web1").await;
+    let mut approved = 0;
+    for round in 0..8 {
+        let (_, r) = a
+            .initiate(
+                &alice,
+                request("web1", &format!("203.0.113.{}", 10 + round)),
+            )
+            .await;
+        assert_eq!(r["status"], "PendingApproval", "{r}");
+        let id = r["id"].as_str().unwrap().to_string();
+        let (x, y, z) = tokio::join!(
+            decide(&a, &ann, &id, "approve", None),
+            decide(&b, &ben, &id, "deny", Some(json!({"reason": "race"}))),
+            decide(&b, &alice, &id, "cancel", None),
+        );
+        let ok: Vec<&(StatusCode, Value)> = [&x, &y, &z]
+            .into_iter()
+            .filter(|r| r.0 == StatusCode::OK)
+            .collect();
+        assert_eq!(ok.len(), 1, "round {round}: {x:?} {y:?} {z:?}");
+        for r in [&x, &y, &z] {
+            assert!(
+                r.0 == StatusCode::OK || r.1["error"]["code"] == "RequestNotPending",
+                "round {round}: {r:?}"
+            );
+        }
+        let (_, v) = b.get(&format!("/api/v1/requests/{id}"), &alice).await;
+        assert_eq!(v["approvals"].as_array().unwrap().len(), 1, "{v}");
+        if v["status"] == "Initiated" {
+            approved += 1;
+            // Approved through A: the agent connected to B gets the grant.
+            let g = grant_within(&mut agent, &c, PUSH_WITHIN).await;
+            assert_eq!(g.request_id, id);
+        }
+    }
+    eprintln!("{approved} of 8 rounds ended approved");
+}
+
+/// `POST /api/v1/requests/{id}/{what}` through `h`.
+async fn decide(
+    h: &Harness,
+    token: &str,
+    id: &str,
+    what: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    h.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/requests/{id}/{what}"),
+        Some(token),
+        body,
+    )
+    .await
+}
