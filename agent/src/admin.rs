@@ -55,15 +55,42 @@ pub struct GrantRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Granted { grants: Vec<GrantRecord> },
-    Revoked { id: String, flows_cut: usize },
-    Grants { grants: Vec<GrantRecord> },
+    Granted {
+        grants: Vec<GrantRecord>,
+    },
+    Revoked {
+        id: String,
+        flows_cut: usize,
+    },
+    /// Open grants, then bookings waiting for their start.
+    Grants {
+        grants: Vec<GrantRecord>,
+        #[serde(default)]
+        scheduled: Vec<BookedGrant>,
+    },
     Status(Box<Status>),
-    Audit { line: Box<AuditLine> },
+    Audit {
+        line: Box<AuditLine>,
+    },
     AuditEnd,
     Verified(Verified),
     Detached,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A booked grant as `jit-agent grants` lists it: not in the maps until `opens`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BookedGrant {
+    /// `start` is the booked start.
+    pub grant: GrantRecord,
+    /// When it opens by this host's clocks: its start, or later if the controller's count
+    /// of the time to the start says so.
+    #[serde(with = "time::serde::rfc3339")]
+    pub opens: OffsetDateTime,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

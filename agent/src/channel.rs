@@ -127,11 +127,12 @@ impl Channel {
         let marks = self.state.lock().map(|s| s.clone()).unwrap_or_default();
         write_frame(
             &mut wr,
-            &AgentMsg::Hello {
+            &AgentMsg::HelloV2 {
                 agent_id: self.enrollment.agent_id,
                 version: self.version.clone(),
                 seq_high_water: marks.seq_high_water,
                 audit_acked: marks.audit_acked,
+                protocol: jitgate_proto::PROTOCOL_LEVEL,
             },
         )
         .await

@@ -6,6 +6,7 @@
 //! lost. After replay the journal is compacted to the live grants (write, fsync, rename).
 
 use crate::grant::{GrantId, GrantRecord};
+use crate::schedule::Booking;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,19 +23,30 @@ pub enum RemoveReason {
     Revoked,
     /// Replaced by reconciliation with the controller.
     Reconciled,
+    /// A booking that could not be put into the maps at its start.
+    OpenFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Record {
+    /// A grant in the maps (for a booking: it opened).
     Grant(GrantRecord),
-    Remove { id: GrantId, reason: RemoveReason },
+    Remove {
+        id: GrantId,
+        reason: RemoveReason,
+    },
+    /// A booked grant waiting for its start, not in the maps. An agent that predates
+    /// bookings skips the record as unreadable: it never opens it early.
+    Scheduled(Booking),
 }
 
 /// What replay found.
 #[derive(Debug, Default)]
 pub struct Replay {
     pub grants: BTreeMap<GrantId, GrantRecord>,
+    /// Bookings that had not opened.
+    pub scheduled: BTreeMap<GrantId, Booking>,
     /// Bytes cut off the end (a torn last record).
     pub truncated_bytes: u64,
     /// Records in the middle that failed their check and were skipped.
@@ -91,10 +103,15 @@ impl Replay {
                     good_end = offset;
                     match rec {
                         Record::Grant(g) => {
+                            replay.scheduled.remove(&g.id);
                             replay.grants.insert(g.id, g);
                         }
                         Record::Remove { id, .. } => {
                             replay.grants.remove(&id);
+                            replay.scheduled.remove(&id);
+                        }
+                        Record::Scheduled(b) => {
+                            replay.scheduled.insert(b.grant.id, b);
                         }
                     }
                 }
@@ -129,7 +146,14 @@ impl Journal {
             file: OpenOptions::new().create(true).append(true).open(&path)?,
             path,
         };
-        j.compact(replay.grants.values().cloned())?;
+        j.compact(
+            replay
+                .grants
+                .values()
+                .cloned()
+                .map(Record::Grant)
+                .chain(replay.scheduled.values().cloned().map(Record::Scheduled)),
+        )?;
         Ok((j, replay))
     }
 
@@ -146,13 +170,13 @@ impl Journal {
         self.file.sync_data()
     }
 
-    /// Rewrites the journal to exactly `live`, atomically.
-    pub fn compact(&mut self, live: impl IntoIterator<Item = GrantRecord>) -> io::Result<()> {
+    /// Rewrites the journal to exactly `live` (grant and booking records), atomically.
+    pub fn compact(&mut self, live: impl IntoIterator<Item = Record>) -> io::Result<()> {
         let tmp = self.path.with_extension("journal.tmp");
         {
             let mut f = io::BufWriter::new(File::create(&tmp)?);
-            for g in live {
-                f.write_all(&encode(&Record::Grant(g))?)?;
+            for r in live {
+                f.write_all(&encode(&r)?)?;
             }
             f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
@@ -224,6 +248,46 @@ pub(crate) mod tests {
         assert_eq!(r.grants.len(), 1);
         assert_eq!(r.truncated_bytes, 0);
         assert_eq!(r.grants.values().next(), Some(&grant(2)));
+    }
+
+    #[test]
+    fn a_booking_replays_as_scheduled_until_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let booking = |n| Booking {
+            grant: grant(n),
+            opens_boot_ns: 7,
+            seq: 1,
+        };
+        {
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            j.append(&[
+                Record::Scheduled(booking(1)),
+                Record::Scheduled(booking(2)),
+                Record::Scheduled(booking(3)),
+            ])
+            .unwrap();
+            // 1 opens; 2 is revoked before its start; 3 still waits.
+            j.append(&[
+                Record::Grant(grant(1)),
+                Record::Remove {
+                    id: grant(2).id,
+                    reason: RemoveReason::Revoked,
+                },
+            ])
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Twice: the compacted journal says the same.
+            let (_, r) = Journal::open(dir.path()).unwrap();
+            assert_eq!(
+                r.grants.keys().copied().collect::<Vec<_>>(),
+                vec![grant(1).id]
+            );
+            assert_eq!(
+                r.scheduled.values().cloned().collect::<Vec<_>>(),
+                vec![booking(3)]
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`events`] decodes the ring-buffer events.
 //! - [`link`] tells Ethernet devices from tunnels (which program runs where).
 //! - [`netns`] runs code inside a network namespace (attaching there, tests).
+//! - [`schedule`] holds booked grants, out of the maps, until their start.
 
 pub mod admin;
 pub mod audit;
@@ -29,6 +30,7 @@ mod intern;
 pub mod journal;
 pub mod link;
 pub mod netns;
+pub mod schedule;
 mod slab;
 pub mod sockdiag;
 

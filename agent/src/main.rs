@@ -505,7 +505,7 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
         Response::Revoked { id, flows_cut } => {
             println!("revoked {id} ({flows_cut} session(s) closed)")
         }
-        Response::Grants { grants } => {
+        Response::Grants { grants, scheduled } => {
             println!(
                 "{:<36}  {:<10} {:<28} {:<20} {:<10} REQUESTER",
                 "ID", "PORT", "SOURCE", "ENDS (UTC)", "ORIGIN"
@@ -520,6 +520,25 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
                     g.origin.as_str(),
                     g.requester
                 );
+            }
+            if !scheduled.is_empty() {
+                println!();
+                println!(
+                    "{:<36}  {:<10} {:<28} {:<20} {:<20} REQUESTER",
+                    "SCHEDULED", "PORT", "SOURCE", "OPENS (UTC)", "ENDS (UTC)"
+                );
+                for b in scheduled {
+                    let g = &b.grant;
+                    println!(
+                        "{:<36}  {:<10} {:<28} {:<20} {:<20} {}",
+                        g.id,
+                        format!("{}/{}", g.port, g.protocol),
+                        g.source.to_string(),
+                        fmt_time(b.opens),
+                        fmt_time(g.end),
+                        g.requester
+                    );
+                }
             }
         }
         Response::Status(s) => {

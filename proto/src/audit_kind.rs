@@ -31,6 +31,8 @@ pub enum AuditKind {
     GrantApplied,
     /// A grant (local or from the controller) was refused; nothing changed.
     GrantRejected,
+    /// A booked grant is journaled and waits for its start, out of the maps.
+    GrantScheduled,
     /// A grant was revoked (locally, by the controller, or by reconciliation).
     GrantRevoked,
     /// A grant reached its end.
@@ -53,7 +55,7 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind this build knows, in the order of the enum.
-    pub const KNOWN: [AuditKind; 16] = [
+    pub const KNOWN: [AuditKind; 17] = [
         AuditKind::AgentStarted,
         AuditKind::AgentStopped,
         AuditKind::AgentDetached,
@@ -62,6 +64,7 @@ impl AuditKind {
         AuditKind::SessionAdopted,
         AuditKind::GrantApplied,
         AuditKind::GrantRejected,
+        AuditKind::GrantScheduled,
         AuditKind::GrantRevoked,
         AuditKind::GrantExpired,
         AuditKind::RevokeRejected,
@@ -83,6 +86,7 @@ impl AuditKind {
             AuditKind::SessionAdopted => "session.adopted",
             AuditKind::GrantApplied => "grant.applied",
             AuditKind::GrantRejected => "grant.rejected",
+            AuditKind::GrantScheduled => "grant.scheduled",
             AuditKind::GrantRevoked => "grant.revoked",
             AuditKind::GrantExpired => "grant.expired",
             AuditKind::RevokeRejected => "revoke.rejected",

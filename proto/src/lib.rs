@@ -22,4 +22,5 @@ pub mod signed;
 pub use audit_kind::AuditKind;
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use message::{AgentMsg, ControllerMsg};
-pub use signed::{GrantBody, PolicyBody, RevokeBody, Signed, VerifyError};
+pub use message::{LEVEL_SCHEDULED_GRANTS, PROTOCOL_LEVEL};
+pub use signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError};

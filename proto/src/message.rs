@@ -1,9 +1,18 @@
 //! The messages. The agent always dials out; the controller never connects to an agent.
 
-use crate::signed::{GrantBody, PolicyBody, RevokeBody, Signed};
+use crate::signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed};
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
+/// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
+/// level 1. The controller sends a message only to agents whose level knows it.
+pub const PROTOCOL_LEVEL: u32 = 2;
+
+/// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
+/// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
+pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
 
 /// Controller → agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +38,11 @@ pub enum ControllerMsg {
     Ping {
         nonce: u64,
     },
+    /// A booked grant: the agent keeps it out of the maps until its start, then opens it by
+    /// itself (appended variant; sent only to agents at [`LEVEL_SCHEDULED_GRANTS`] or later).
+    /// Answered with `GrantResult { outcome: Scheduled }`, then `GrantResult { outcome:
+    /// Applied }` when it opens.
+    ScheduledGrant(Signed<ScheduledGrantBody>),
 }
 
 /// Agent → controller.
@@ -73,6 +87,21 @@ pub enum AgentMsg {
     /// The heartbeat with the state of enforcement (appended variant: older messages keep
     /// their encoding; see docs/protocol.md "Versioning").
     Status(Box<StatusReport>),
+    /// The first message of agents at level 2 and later: `Hello` plus the protocol level
+    /// ([`PROTOCOL_LEVEL`]) it speaks (appended variant).
+    HelloV2 {
+        agent_id: Uuid,
+        version: String,
+        seq_high_water: u64,
+        audit_acked: u64,
+        protocol: u32,
+    },
+    /// Every booked grant the agent holds that has not opened yet, sent with each `Grants`
+    /// report (`Grants` lists only open grants). A controller grant in neither list is not
+    /// held by the agent.
+    ScheduledGrants {
+        grants: Vec<ReportedScheduledGrant>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +115,13 @@ pub enum Outcome {
     Rejected {
         reason: String,
     },
+    /// A booked grant is journaled and will open at `opens_unix_ms` (agent wall clock, as
+    /// read at receipt); nothing is in the maps yet. When it opens the agent sends a second
+    /// `GrantResult` for the same grant with `Applied` (appended variant).
+    Scheduled {
+        agent_unix_ms: i64,
+        opens_unix_ms: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +134,14 @@ pub struct ReportedGrant {
     pub source: SourcePrefix,
     pub end_unix_ms: i64,
     pub requester: String,
+}
+
+/// A booked grant waiting for its start, as reported in [`AgentMsg::ScheduledGrants`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedScheduledGrant {
+    pub grant: ReportedGrant,
+    /// When the agent will open it (its wall clock).
+    pub opens_unix_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,4 +175,157 @@ pub struct StatusReport {
     pub problems: Vec<String>,
     /// The agent's wall clock when it built the report (for the clock offset).
     pub agent_unix_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signed::{GrantBody, ScheduledGrantBody, Signed};
+    use ed25519_dalek::SigningKey;
+
+    /// `AgentMsg` as level-1 agents and controllers know it (before the appended variants).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum AgentMsgV1 {
+        Hello {
+            agent_id: Uuid,
+            version: String,
+            seq_high_water: u64,
+            audit_acked: u64,
+        },
+    }
+
+    /// `ControllerMsg` as a level-1 agent knows it (up to `Ping`).
+    #[derive(Debug, Serialize, Deserialize)]
+    enum ControllerMsgV1 {
+        Welcome {
+            agent_id: Uuid,
+            controller_unix_ms: i64,
+        },
+        Policy(Vec<u8>, Vec<u8>),
+        Grant(Signed<GrantBody>),
+        Revoke(Vec<u8>, Vec<u8>),
+        Active {
+            grant_ids: Vec<Uuid>,
+            up_to_seq: u64,
+        },
+        AuditAck {
+            up_to: u64,
+        },
+        Ping {
+            nonce: u64,
+        },
+    }
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        assert_eq!(postcard::from_bytes::<T>(&bytes).unwrap(), v);
+    }
+
+    fn booked() -> Signed<ScheduledGrantBody> {
+        let body = ScheduledGrantBody {
+            grant: GrantBody {
+                agent_id: Uuid::from_bytes([1; 16]),
+                grant_id: Uuid::from_bytes([2; 16]),
+                seq: 9,
+                request_id: "r".into(),
+                protocol: Protocol::Tcp,
+                port: Port::new(22).unwrap(),
+                source: "203.0.113.7/32".parse().unwrap(),
+                start_unix_ms: 10_000,
+                end_unix_ms: 20_000,
+                remaining_ms: 15_000,
+                requester: "alice".into(),
+                justification: "booked".into(),
+            },
+            starts_in_ms: 5_000,
+        };
+        Signed::sign(&body, &SigningKey::from_bytes(&[3; 32])).unwrap()
+    }
+
+    #[test]
+    fn new_messages_round_trip() {
+        round_trip(ControllerMsg::ScheduledGrant(booked()));
+        round_trip(AgentMsg::HelloV2 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 7,
+            audit_acked: 3,
+            protocol: PROTOCOL_LEVEL,
+        });
+        round_trip(AgentMsg::GrantResult {
+            grant_id: Uuid::from_bytes([2; 16]),
+            seq: 9,
+            outcome: Outcome::Scheduled {
+                agent_unix_ms: 1,
+                opens_unix_ms: 2,
+            },
+        });
+        round_trip(AgentMsg::ScheduledGrants {
+            grants: vec![ReportedScheduledGrant {
+                grant: ReportedGrant {
+                    grant_id: Uuid::from_bytes([2; 16]),
+                    origin: "controller".into(),
+                    protocol: Protocol::Tcp,
+                    port: Port::new(22).unwrap(),
+                    source: "203.0.113.7/32".parse().unwrap(),
+                    end_unix_ms: 20_000,
+                    requester: "alice".into(),
+                },
+                opens_unix_ms: 10_000,
+            }],
+        });
+    }
+
+    #[test]
+    fn an_old_hello_still_decodes_and_means_level_1() {
+        let old = AgentMsgV1::Hello {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.1.0".into(),
+            seq_high_water: 5,
+            audit_acked: 4,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<AgentMsg>(&bytes).unwrap(),
+            AgentMsg::Hello {
+                agent_id: Uuid::from_bytes([1; 16]),
+                version: "0.1.0".into(),
+                seq_high_water: 5,
+                audit_acked: 4,
+            }
+        );
+        // And the new Hello is not mistaken for the old one by an older controller.
+        let v2 = postcard::to_allocvec(&AgentMsg::HelloV2 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 5,
+            audit_acked: 4,
+            protocol: PROTOCOL_LEVEL,
+        })
+        .unwrap();
+        assert!(postcard::from_bytes::<AgentMsgV1>(&v2).is_err());
+    }
+
+    #[test]
+    fn a_level_1_agent_cannot_read_a_booking_as_a_grant() {
+        let bytes = postcard::to_allocvec(&ControllerMsg::ScheduledGrant(booked())).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV1>(&bytes).is_err());
+        // The old messages keep their encoding.
+        let grant = Signed::sign(
+            &booked()
+                .verify(
+                    &SigningKey::from_bytes(&[3; 32]).verifying_key(),
+                    Uuid::from_bytes([1; 16]),
+                )
+                .unwrap()
+                .grant,
+            &SigningKey::from_bytes(&[3; 32]),
+        )
+        .unwrap();
+        let bytes = postcard::to_allocvec(&ControllerMsg::Grant(grant.clone())).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV1>(&bytes).unwrap(),
+            ControllerMsgV1::Grant(g) if g == grant
+        ));
+    }
 }

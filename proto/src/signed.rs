@@ -42,6 +42,24 @@ pub struct GrantBody {
     pub justification: String,
 }
 
+/// A booked grant: `grant` opens at its start, not at receipt.
+///
+/// A separate body type (own [`Body::CONTEXT`], own message) rather than a new field of
+/// [`GrantBody`]: postcard ignores what an older decoder does not know, so an older agent
+/// would read an appended field as an ordinary grant and open it at once. The controller
+/// sends this only to agents whose `HelloV2` announces
+/// [`LEVEL_SCHEDULED_GRANTS`](crate::LEVEL_SCHEDULED_GRANTS) or later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledGrantBody {
+    /// The grant; its `start_unix_ms` is the booked start and `remaining_ms` the time to its
+    /// end at signing.
+    pub grant: GrantBody,
+    /// Time to the start at signing, in ms. The agent opens at the LATER of
+    /// `grant.start_unix_ms` (by its wall clock) and receipt + `starts_in_ms` (by its boot
+    /// clock): no wall clock can open a booked grant early.
+    pub starts_in_ms: u64,
+}
+
 /// Ends a grant now (revocation or supersession).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeBody {
@@ -68,6 +86,16 @@ impl Body for GrantBody {
     }
     fn seq(&self) -> u64 {
         self.seq
+    }
+}
+
+impl Body for ScheduledGrantBody {
+    const CONTEXT: &'static [u8] = b"jitgate scheduled grant v1\0";
+    fn agent_id(&self) -> Uuid {
+        self.grant.agent_id
+    }
+    fn seq(&self) -> u64 {
+        self.grant.seq
     }
 }
 
@@ -213,5 +241,58 @@ mod tests {
             as_revoke.verify(&k.verifying_key(), agent),
             Err(VerifyError::Signature)
         );
+    }
+
+    fn booked(agent: Uuid) -> ScheduledGrantBody {
+        ScheduledGrantBody {
+            grant: grant(agent),
+            starts_in_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn scheduled_grant_has_its_own_context() {
+        let contexts = [
+            GrantBody::CONTEXT,
+            ScheduledGrantBody::CONTEXT,
+            RevokeBody::CONTEXT,
+            PolicyBody::CONTEXT,
+        ];
+        for (i, a) in contexts.iter().enumerate() {
+            for b in &contexts[i + 1..] {
+                assert_ne!(a, b);
+                // Neither is a prefix of the other (each ends in NUL).
+                assert!(!a.starts_with(b) && !b.starts_with(a));
+            }
+        }
+    }
+
+    #[test]
+    fn grant_and_scheduled_grant_signatures_do_not_cross() {
+        let agent = Uuid::from_bytes([1; 16]);
+        let k = key(1);
+        let vk = k.verifying_key();
+        let s = Signed::sign(&booked(agent), &k).unwrap();
+        assert_eq!(s.verify(&vk, agent).unwrap(), booked(agent));
+        // A grant's signature does not verify as a booking, even over the same bytes.
+        let g = Signed::sign(&grant(agent), &k).unwrap();
+        let as_booked: Signed<ScheduledGrantBody> = Signed {
+            body: g.body.clone(),
+            signature: g.signature.clone(),
+            _t: PhantomData,
+        };
+        assert_eq!(as_booked.verify(&vk, agent), Err(VerifyError::Signature));
+        // Nor a booking's as a grant (it would open at once).
+        let as_grant: Signed<GrantBody> = Signed {
+            body: s.body.clone(),
+            signature: s.signature.clone(),
+            _t: PhantomData,
+        };
+        assert_eq!(as_grant.verify(&vk, agent), Err(VerifyError::Signature));
+        // The booking's agent id is the inner grant's.
+        assert!(matches!(
+            s.verify(&vk, Uuid::nil()),
+            Err(VerifyError::WrongAgent(_))
+        ));
     }
 }

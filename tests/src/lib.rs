@@ -7,6 +7,7 @@ pub mod controller;
 pub mod fleet;
 pub mod flood;
 pub mod frames;
+pub mod impostor;
 pub mod model;
 pub mod netns;
 pub mod tunnel;

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -183,19 +183,7 @@ impl Lab {
     /// A TCP listener in the vm on all addresses, accepting and holding connections open
     /// (echoing what it reads) on a background thread.
     pub fn tcp_server(&self, port: u16, v6: bool) -> io::Result<()> {
-        let addr: SocketAddr = if v6 {
-            SocketAddr::from(([0u16; 8], port))
-        } else {
-            SocketAddr::from(([0u8; 4], port))
-        };
-        let listener =
-            jitgate_agent::netns::run_in(&self.vm_path(), move || TcpListener::bind(addr))??;
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                std::thread::spawn(move || echo(s));
-            }
-        });
-        Ok(())
+        tcp_server_in(&self.vm_path(), port, v6)
     }
 
     /// A UDP echo server in the vm.
@@ -272,6 +260,31 @@ fn echo(mut s: TcpStream) {
             }
         }
     }
+}
+
+/// A TCP listener in namespace `ns` (a path under /run/netns) on all addresses, accepting and
+/// holding connections open (echoing what it reads) on a background thread.
+pub fn tcp_server_in(ns: &Path, port: u16, v6: bool) -> io::Result<()> {
+    let addr: SocketAddr = if v6 {
+        SocketAddr::from(([0u16; 8], port))
+    } else {
+        SocketAddr::from(([0u8; 4], port))
+    };
+    let listener = jitgate_agent::netns::run_in(ns, move || TcpListener::bind(addr))??;
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            std::thread::spawn(move || echo(s));
+        }
+    });
+    Ok(())
+}
+
+/// Whether a TCP connection from namespace `ns` to `dst` opens within `timeout` (a dropped
+/// SYN shows as a timeout).
+pub fn tcp_connects_in(ns: &Path, dst: SocketAddr, timeout: Duration) -> bool {
+    jitgate_agent::netns::run_in(ns, move || connect_from(None, dst, timeout))
+        .map(|r| r.is_ok())
+        .unwrap_or(false)
 }
 
 fn connect_from(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {

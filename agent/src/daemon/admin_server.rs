@@ -4,7 +4,9 @@
 
 use super::core::{Core, Msg, grant_event};
 use super::writer::WriteJob;
-use crate::admin::{self, ErrorCode, GrantRequest, InterfaceStatus, Request, Response, Status};
+use crate::admin::{
+    self, BookedGrant, ErrorCode, GrantRequest, InterfaceStatus, Request, Response, Status,
+};
 use crate::audit::{self, AuditEvent, AuditLine};
 use crate::clock::BootInstant;
 use crate::config::ProtoSpec;
@@ -242,7 +244,16 @@ pub(super) async fn handle(
         Request::Grants => {
             let mut grants: Vec<GrantRecord> = core.grants.iter().map(|g| g.record()).collect();
             grants.sort_by_key(|g| (g.end, g.id));
-            let _ = reply.send(Response::Grants { grants });
+            let boot = core.grants.boot_id();
+            let scheduled = core
+                .schedule
+                .iter()
+                .map(|b| BookedGrant {
+                    grant: b.grant.clone(),
+                    opens: b.opens(boot).to_utc().into(),
+                })
+                .collect();
+            let _ = reply.send(Response::Grants { grants, scheduled });
         }
         Request::Status => {
             let _ = reply.send(status(core));

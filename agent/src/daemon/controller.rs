@@ -3,6 +3,7 @@
 //! reconnect, and the status reports the controller judges the host by. The connection
 //! itself is `crate::channel`'s.
 
+use super::booking;
 use super::core::{Core, Msg, grant_event};
 use super::flows;
 use super::interfaces;
@@ -28,7 +29,7 @@ pub(super) const POLICY_FILE: &str = "policy.json";
 /// At most this many listening sockets go into one status report (frames stay small).
 const MAX_REPORTED_SOCKETS: usize = 1024;
 
-type Out = mpsc::Sender<AgentMsg>;
+pub(super) type Out = mpsc::Sender<AgentMsg>;
 
 pub(super) fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
@@ -38,6 +39,7 @@ pub(super) fn unix_ms(t: OffsetDateTime) -> i64 {
 pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
     match msg {
         ControllerMsg::Grant(s) => grant(core, s, out).await,
+        ControllerMsg::ScheduledGrant(s) => booking::receive(core, s, out).await,
         ControllerMsg::Revoke(s) => revoke(core, s, out).await,
         ControllerMsg::Policy(s) => policy(core, s, out).await,
         ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
@@ -56,7 +58,7 @@ fn save_chan(core: &Core) {
 }
 
 /// Raises the replay high-water mark (persisted before the answer goes out).
-fn bump_seq(core: &Core, seq: u64) {
+pub(super) fn bump_seq(core: &Core, seq: u64) {
     let changed = core.chan.lock().map(|mut s| {
         let c = seq > s.seq_high_water;
         if c {
@@ -69,14 +71,14 @@ fn bump_seq(core: &Core, seq: u64) {
     }
 }
 
-fn high_water(core: &Core) -> u64 {
+pub(super) fn high_water(core: &Core) -> u64 {
     core.chan
         .lock()
         .map(|s| s.seq_high_water)
         .unwrap_or(u64::MAX)
 }
 
-async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: String) {
+pub(super) async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: String) {
     tracing::warn!(kind = kind.as_str(), %reason, "controller message rejected");
     let mut e = AuditEvent::new(kind, "controller");
     e.grant_id = id.map(|i| i.to_string());
@@ -86,7 +88,7 @@ async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: St
 
 /// Verifies a signed body from the controller. On failure nothing in it is believed, not
 /// even its ids: the rejection is audited as `kind` and answered with `reply`.
-async fn verified<T: jitgate_proto::signed::Body>(
+pub(super) async fn verified<T: jitgate_proto::signed::Body>(
     core: &Core,
     s: &Signed<T>,
     kind: AuditKind,
@@ -127,6 +129,19 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
     if core.grants.contains(&gid) {
         // A redelivery: acknowledged again, not applied again.
         let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+        return;
+    }
+    if core.schedule.contains(&gid) {
+        // Booked under this id: it opens at its start, not because of a plain grant.
+        let reason = "this grant is booked; it opens at its start".to_string();
+        reject(
+            core,
+            AuditKind::GrantRejected,
+            Some(body.grant_id),
+            reason.clone(),
+        )
+        .await;
+        let _ = out.send(reply(Outcome::Rejected { reason })).await;
         return;
     }
     let now = OffsetDateTime::now_utc();
@@ -243,6 +258,9 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
         outcome,
     };
     let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
+    if booking::revoke(core, gid, body.seq, &body.reason, &out, reply).await {
+        return;
+    }
     let Some(origin) = core.grants.get(&gid).map(|g| g.origin()) else {
         // Already gone (ended, or revoked before): nothing to do, say so again.
         bump_seq(core, body.seq);
@@ -420,8 +438,7 @@ async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
         .filter(|g| g.origin() == Origin::Controller && !keep.contains(&g.id()))
         .map(|g| g.id())
         .collect();
-    let mut journal = Vec::new();
-    let mut events = Vec::new();
+    let (mut journal, mut events) = booking::reconcile(core, &keep);
     for (g, cut) in core.withdraw(&gone) {
         journal.push(Record::Remove {
             id: g.id,
@@ -460,6 +477,7 @@ async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
         })
         .collect();
     let _ = out.send(AgentMsg::Grants { grants }).await;
+    let _ = out.send(booking::report(core)).await;
 }
 
 /// The status report with the state of enforcement (docs/protocol.md).

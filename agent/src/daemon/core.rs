@@ -5,7 +5,7 @@
 
 use super::flows;
 use super::interfaces::Interfaces;
-use super::writer::{AuditHead, WriteJob};
+use super::writer::{AuditHead, Compaction, WriteJob};
 use crate::admin::{Request, Response};
 use crate::audit::AuditEvent;
 use crate::channel::SharedState;
@@ -16,8 +16,10 @@ use crate::enroll::Enrollment;
 use crate::grant::{GrantId, GrantRecord};
 use crate::grant_table::GrantTable;
 use crate::journal::{Record, RemoveReason};
+use crate::schedule::Schedule;
 use jitgate_common::OnExpiry;
 use jitgate_proto::AuditKind;
+use jitgate_proto::message::AgentMsg;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +37,8 @@ pub(super) enum Msg {
     Metrics(oneshot::Sender<String>),
     /// These grants could not be made durable: out of the maps and the table again.
     Rollback(Vec<GrantId>),
+    /// A result for the controller that found no open connection: sent on the next one.
+    Unsent(AgentMsg),
 }
 
 pub(super) struct Core {
@@ -51,6 +55,12 @@ pub(super) struct Core {
     /// Set when enrolled with a controller.
     pub enrollment: Option<Enrollment>,
     pub chan: SharedState,
+    /// Booked grants waiting for their start (not in the maps).
+    pub schedule: Schedule,
+    /// The current controller connection's outgoing queue (the last one a message came on).
+    pub outbox: Option<mpsc::Sender<AgentMsg>>,
+    /// Results that found no connection (a booking opened while disconnected), oldest first.
+    pub unsent: Vec<AgentMsg>,
 }
 
 /// The audit record of something that happened to a grant.
@@ -180,27 +190,56 @@ impl Core {
         if self.removed_since_compact >= COMPACT_AFTER {
             self.removed_since_compact = 0;
             self.write(WriteJob {
-                compact: Some(self.grants.snapshot()),
+                compact: Some(Compaction {
+                    grants: self.grants.snapshot(),
+                    booked: self.schedule.iter().cloned().collect(),
+                }),
                 ..WriteJob::audit(Vec::new(), false)
             })
             .await;
         }
     }
 
-    /// How long the core may sleep before the next grant ends (at most a second, to stay
-    /// correct across suspend).
+    /// How long the core may sleep before the next grant ends or booking opens (at most a
+    /// second, to stay correct across suspend: tokio's clock stops during it, boot time not).
     pub fn next_wake(&mut self) -> Duration {
         let cap = Duration::from_secs(1);
-        match self.grants.next_deadline() {
-            Some(t) => BootInstant(t).remaining().min(cap),
-            None => cap,
-        }
+        self.grants
+            .next_deadline()
+            .into_iter()
+            .chain(self.schedule.next_opening())
+            .map(|t| BootInstant(t).remaining())
+            .fold(cap, Duration::min)
     }
 
-    /// Grants whose journal write failed leave the maps and the table again.
+    /// Grants whose journal write failed leave the maps, the table and the schedule again.
     pub fn rollback(&mut self, ids: &[GrantId]) {
         for id in ids {
             self.forget(id);
+            self.schedule.remove(id);
+        }
+    }
+
+    /// Sends a result on the current connection, or keeps it for the next one.
+    pub async fn send_or_keep(&mut self, m: AgentMsg) {
+        let unsent = match &self.outbox {
+            Some(o) => o.send(m).await.err().map(|e| e.0),
+            None => Some(m),
+        };
+        self.unsent.extend(unsent);
+    }
+
+    /// Notes the connection a controller message came on; results kept while there was
+    /// none go out on it first.
+    pub async fn connected(&mut self, out: &mpsc::Sender<AgentMsg>) {
+        if self.outbox.as_ref().is_some_and(|o| o.same_channel(out)) {
+            return;
+        }
+        self.outbox = Some(out.clone());
+        for m in std::mem::take(&mut self.unsent) {
+            if let Err(e) = out.send(m).await {
+                self.unsent.push(e.0);
+            }
         }
     }
 }

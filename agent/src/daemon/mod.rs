@@ -15,6 +15,7 @@
 
 mod admin_server;
 mod audit_feed;
+mod booking;
 mod controller;
 mod core;
 mod flows;
@@ -143,6 +144,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         detached: false,
         enrollment: None,
         chan: Arc::new(Mutex::new(ChannelState::load(&cfg.state_dir))),
+        schedule: Default::default(),
+        outbox: None,
+        unsent: Vec::new(),
     };
     if let Some(e) = enrollment {
         // The controller's last signed policy, if any, sets the protected set; the local
@@ -184,6 +188,28 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
             tracing::error!(grant = %g.id, error = %e, "journal record not restored");
         }
     }
+    // Bookings wait again; one whose start passed while the agent was down opens at the
+    // first wake, one whose end passed never opens.
+    for (id, b) in replay.scheduled {
+        let rebased = b.clone().rebased(&bid);
+        if BootInstant(rebased.grant.expires_boot_ns) <= now {
+            journal_fix.push(Record::Remove {
+                id,
+                reason: RemoveReason::Expired,
+            });
+            startup_events.push(grant_event(
+                AuditKind::GrantExpired,
+                "agent",
+                &rebased.grant,
+                Some("Booked; ended while the agent was down, never opened"),
+            ));
+            continue;
+        }
+        if rebased != b {
+            journal_fix.push(Record::Scheduled(rebased.clone()));
+        }
+        core.schedule.insert(rebased);
+    }
     core.dp.reconcile_grants(
         core.grants
             .iter()
@@ -194,8 +220,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     startup_events.extend(flows::adopt_sessions(&mut core.dp, &core.cfg.protected));
     let mut started = AuditEvent::new(AuditKind::AgentStarted, "agent");
     started.reason = Some(format!(
-        "{} active grant(s) restored; {}; protected: {}",
+        "{} active grant(s) and {} booking(s) restored; {}; protected: {}",
         core.grants.len(),
+        core.schedule.len(),
         if adopted {
             "adopted pinned enforcement"
         } else {
@@ -276,17 +303,24 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                     let _ = reply.send(metrics::render(&core));
                 }
                 Some(Msg::Rollback(ids)) => core.rollback(&ids),
+                Some(Msg::Unsent(m)) => core.send_or_keep(m).await,
                 None => break,
             },
             Some(req) = chan_rx.recv() => match req {
-                ChannelRequest::Handle(m, out) => controller::handle(&mut core, m, out).await,
+                ChannelRequest::Handle(m, out) => {
+                    core.connected(&out).await;
+                    controller::handle(&mut core, m, out).await
+                }
                 ChannelRequest::Heartbeat(reply) => {
                     let _ = reply.send(controller::heartbeat(&mut core));
                 }
             },
             // A burst of link messages coalesces into one rescan (Notify keeps one permit).
             _ = rescans.notified() => rescan(&mut core).await,
-            _ = tokio::time::sleep(wake) => core.expire_due().await,
+            _ = tokio::time::sleep(wake) => {
+                booking::open_due(&mut core).await;
+                core.expire_due().await;
+            }
             _ = sweep.tick() => core.sweep().await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

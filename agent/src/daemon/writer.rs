@@ -5,6 +5,7 @@
 use crate::audit::{AuditEvent, AuditLine, AuditLog};
 use crate::grant_table::Snapshot;
 use crate::journal::{Journal, Record};
+use crate::schedule::Booking;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -20,13 +21,19 @@ pub(super) type Done = oneshot::Sender<Result<(), String>>;
 /// The audit chain's head (hash, seq), as the status and the heartbeat report it.
 pub(super) type AuditHead = Arc<Mutex<(String, u64)>>;
 
+/// What a compacted journal holds: the open grants and the bookings still waiting.
+pub(super) struct Compaction {
+    pub grants: Snapshot,
+    pub booked: Vec<Booking>,
+}
+
 pub(super) struct WriteJob {
     pub journal: Vec<Record>,
     pub audit: Vec<AuditEvent>,
     /// fsync before answering (grant changes); data-plane events only need ordering.
     pub durable: bool,
     /// Rewrite the journal to exactly these grants (after many removals).
-    pub compact: Option<Snapshot>,
+    pub compact: Option<Compaction>,
     pub done: Option<Done>,
 }
 
@@ -104,7 +111,12 @@ fn run(
                     result = Err(format!("journal: {e}"));
                 }
                 records.clear();
-                if let Err(e) = journal.compact(live.records()) {
+                let live_records = live
+                    .grants
+                    .records()
+                    .map(Record::Grant)
+                    .chain(live.booked.into_iter().map(Record::Scheduled));
+                if let Err(e) = journal.compact(live_records) {
                     tracing::error!(error = %e, "journal compaction failed");
                 }
             }
@@ -172,7 +184,10 @@ mod tests {
         table.insert(&a).unwrap();
         tx.try_send(job(vec![Record::Grant(a.clone())])).unwrap();
         tx.try_send(WriteJob {
-            compact: Some(table.snapshot()),
+            compact: Some(Compaction {
+                grants: table.snapshot(),
+                booked: Vec::new(),
+            }),
             ..job(Vec::new())
         })
         .unwrap();

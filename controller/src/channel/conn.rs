@@ -64,6 +64,8 @@ struct Conn {
     policy_seq: i64,
     /// request id -> (requestor, justification)
     requests: HashMap<String, (String, String)>,
+    /// The agent's protocol level: 1 for `Hello`, `HelloV2.protocol` otherwise.
+    protocol: u32,
 }
 
 /// Serves one agent connection until it ends; returns the agent's id.
@@ -128,21 +130,29 @@ pub async fn connection(
             .await
             .map_err(|_| ConnError::Protocol("no Hello within 10 s".into()))?
             .ok_or_else(|| ConnError::Protocol("closed before Hello".into()))??;
-        let AgentMsg::Hello {
-            agent_id,
-            version,
-            seq_high_water,
-            audit_acked,
-        } = hello
-        else {
-            return Err(ConnError::Protocol("first message is not Hello".into()));
+        // `Hello` is level 1 (docs/protocol.md "Levels").
+        let (agent_id, version, seq_high_water, audit_acked, protocol) = match hello {
+            AgentMsg::Hello {
+                agent_id,
+                version,
+                seq_high_water,
+                audit_acked,
+            } => (agent_id, version, seq_high_water, audit_acked, 1),
+            AgentMsg::HelloV2 {
+                agent_id,
+                version,
+                seq_high_water,
+                audit_acked,
+                protocol,
+            } => (agent_id, version, seq_high_water, audit_acked, protocol),
+            _ => return Err(ConnError::Protocol("first message is not Hello".into())),
         };
         if agent_id != agent {
             return Err(ConnError::Refused(format!(
                 "Hello names agent {agent_id}, the certificate {agent}"
             )));
         }
-        tracing::info!(%agent, vm = %row.vm, %version, seq_high_water, audit_acked, "agent connected");
+        tracing::info!(%agent, vm = %row.vm, %version, protocol, seq_high_water, audit_acked, "agent connected");
         let mut c = Conn {
             app: app.clone(),
             key,
@@ -153,6 +163,7 @@ pub async fn connection(
             audit_acked,
             policy_seq: -1,
             requests: HashMap::new(),
+            protocol,
         };
         c.app.fleet.seen(&c.agent_s, None).await?;
         let _live = c.app.presence.connected(&c.agent_s);
@@ -444,8 +455,11 @@ impl Conn {
     async fn handle(&mut self, wr: &mut Wr, m: AgentMsg) -> Result<(), ConnError> {
         let now = jitgate_api::time::now_ms();
         match m {
-            AgentMsg::Hello { .. } => {
-                return Err(ConnError::Protocol("a second Hello".into()));
+            AgentMsg::Hello { .. } | AgentMsg::HelloV2 { .. } => {
+                return Err(ConnError::Protocol(format!(
+                    "a second Hello (level {})",
+                    self.protocol
+                )));
             }
             AgentMsg::GrantResult {
                 grant_id,
@@ -455,6 +469,9 @@ impl Conn {
                 Outcome::Applied { .. } | Outcome::AlreadyApplied => {
                     tracing::info!(agent = %self.agent, grant = %grant_id, seq, "grant applied");
                     self.ack(grant_id);
+                }
+                Outcome::Scheduled { opens_unix_ms, .. } => {
+                    tracing::debug!(agent = %self.agent, grant = %grant_id, seq, opens_unix_ms, "grant booked on the agent");
                 }
                 Outcome::Rejected { reason } => {
                     tracing::warn!(agent = %self.agent, grant = %grant_id, seq, %reason, "grant rejected by the agent");
@@ -494,6 +511,9 @@ impl Conn {
                 }
             }
             AgentMsg::Grants { grants } => self.report(grants).await?,
+            AgentMsg::ScheduledGrants { grants } => {
+                tracing::debug!(agent = %self.agent, count = grants.len(), "bookings reported");
+            }
             AgentMsg::Audit { records } => {
                 let up_to = self.audit(&records).await?;
                 send(wr, &ControllerMsg::AuditAck { up_to }).await?;
