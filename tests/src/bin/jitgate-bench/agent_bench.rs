@@ -236,6 +236,9 @@ pub fn run(quick: bool) {
         }
     });
     drop(p);
+    drop(agent);
+    drop(lab);
+    let booked = crate::booked::measure(rounds);
     lat.sort_by(f64::total_cmp);
     acks.sort_by(f64::total_cmp);
     let ms = |ns: f64| ns / 1e6;
@@ -271,6 +274,7 @@ pub fn run(quick: bool) {
         ms(pct(&acks, 0.5)),
         ms(pct(&acks, 0.99))
     ));
+    out.push_str(&crate::booked::row(&booked));
     out.push_str(&crate::memory::rows(
         total as usize,
         rss_before,

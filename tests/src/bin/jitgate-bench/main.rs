@@ -512,6 +512,7 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
 }
 
 mod agent_bench;
+mod booked;
 mod e2e;
 mod flood;
 mod load;
