@@ -3,13 +3,14 @@
 //! place, with the controller's own TLS certificate and grant-signing key. Tests use it to
 //! send exact signed messages (hostile ones, booked grants with chosen times) to a real agent.
 
+use crate::agent::{AgentProc, args};
 use crate::controller::ControllerProc;
 use crate::fleet::{Fleet, WS_V4};
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jitgate_common::{Port, Protocol, SourcePrefix};
 use jitgate_proto::message::{AgentMsg, ControllerMsg, Outcome};
-use jitgate_proto::{GrantBody, read_frame, write_frame};
+use jitgate_proto::{GrantBody, RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -117,6 +118,18 @@ pub fn window_body(
 }
 
 impl Impostor {
+    /// A real controller in `fleet.ws`, an agent in the first VM enrolled with it (running
+    /// `jit-agent run` with `agent_args`), then this endpoint in the controller's place.
+    pub fn enrolled(fleet: &Fleet, agent_args: &str) -> (AgentProc, Impostor) {
+        let vm = &fleet.vms[0];
+        let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
+        let token = ctl.add_vm("vm-01", vm.v4);
+        let agent = AgentProc::start_enrolled(&vm.ns, &args(agent_args), &ctl.api, &ctl.ca, &token);
+        std::thread::sleep(Duration::from_millis(500));
+        let imp = Impostor::replace(&mut ctl, fleet);
+        (agent, imp)
+    }
+
     /// Reads the controller's keys, stops it and listens on its agent port in `fleet.ws`.
     pub fn replace(ctl: &mut ControllerProc, fleet: &Fleet) -> Impostor {
         let key_pem = std::fs::read_to_string(ctl.state.join("keys/grant-signing.key"))
@@ -226,6 +239,33 @@ impl Session {
     pub async fn outcome_of(&mut self, id: Uuid, timeout: Duration) -> Outcome {
         self.until(timeout, |m| match m {
             AgentMsg::GrantResult {
+                grant_id, outcome, ..
+            } if grant_id == id => Some(outcome),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a booking signed with `key`; the agent's first outcome for it.
+    pub async fn book(&mut self, key: &SigningKey, b: &ScheduledGrantBody) -> Outcome {
+        let signed = Signed::sign(b, key).expect("sign");
+        self.send(&ControllerMsg::ScheduledGrant(signed)).await;
+        self.outcome_of(b.grant.grant_id, Duration::from_secs(10))
+            .await
+    }
+
+    /// Revokes grant `id` with `seq`, signed with `key`; the agent's outcome.
+    pub async fn revoke(&mut self, key: &SigningKey, id: Uuid, seq: u64) -> Outcome {
+        let body = RevokeBody {
+            agent_id: self.agent,
+            grant_id: id,
+            seq,
+            reason: "UserRequested".into(),
+        };
+        let signed = Signed::sign(&body, key).expect("sign");
+        self.send(&ControllerMsg::Revoke(signed)).await;
+        self.until(Duration::from_secs(10), |m| match m {
+            AgentMsg::RevokeResult {
                 grant_id, outcome, ..
             } if grant_id == id => Some(outcome),
             _ => None,

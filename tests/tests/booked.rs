@@ -7,11 +7,9 @@
 //! endpoint (`jitgate_tests::impostor`), which signs with the controller's real key.
 
 use jitgate_proto::message::{AgentMsg, ControllerMsg, Outcome};
-use jitgate_proto::{GrantBody, RevokeBody, ScheduledGrantBody, Signed};
-use jitgate_tests::agent::{AgentProc, args};
-use jitgate_tests::controller::ControllerProc;
+use jitgate_proto::{GrantBody, ScheduledGrantBody, Signed};
 use jitgate_tests::fleet::{Fleet, WS_V4};
-use jitgate_tests::impostor::{Impostor, Session, now_ms, window_body};
+use jitgate_tests::impostor::{Impostor, now_ms, window_body};
 use jitgate_tests::netns::{tcp_connects_in, tcp_server_in};
 use jitgate_tests::require_root;
 use std::net::SocketAddr;
@@ -27,13 +25,6 @@ fn booking(g: GrantBody) -> ScheduledGrantBody {
         grant: g,
         starts_in_ms,
     }
-}
-
-async fn book(s: &mut Session, imp: &Impostor, b: &ScheduledGrantBody) -> Outcome {
-    let signed = Signed::sign(b, &imp.key).expect("sign");
-    s.send(&ControllerMsg::ScheduledGrant(signed)).await;
-    s.outcome_of(b.grant.grant_id, Duration::from_secs(10))
-        .await
 }
 
 async fn sleep_until_ms(t: i64) {
@@ -69,17 +60,10 @@ fn booked_grants_open_at_their_start_and_only_then() {
     }
     let dst = |p: u16| SocketAddr::new(vm.v4, p);
     let connects = |p: u16| tcp_connects_in(&ws, dst(p), Duration::from_millis(300));
-    let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    let token = ctl.add_vm("vm-01", vm.v4);
-    let mut agent = AgentProc::start_enrolled(
-        &vm.ns,
-        &args("--interface eth0 --protect 2222/tcp --protect 2223/tcp --protect 2224/tcp"),
-        &ctl.api,
-        &ctl.ca,
-        &token,
+    let (mut agent, imp) = Impostor::enrolled(
+        &fleet,
+        "--interface eth0 --protect 2222/tcp --protect 2223/tcp --protect 2224/tcp",
     );
-    std::thread::sleep(Duration::from_millis(500));
-    let imp = Impostor::replace(&mut ctl, &fleet);
     let src: jitgate_common::SourcePrefix = format!("{WS_V4}/32").parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -95,7 +79,7 @@ fn booked_grants_open_at_their_start_and_only_then() {
         assert!(matches!(s.grant_outcome().await, Outcome::Applied { .. }));
         seq += 1;
         let b = booking(window_body(me, seq, 2222, src, 9_000, 15_000));
-        let Outcome::Scheduled { opens_unix_ms, .. } = book(&mut s, &imp, &b).await else {
+        let Outcome::Scheduled { opens_unix_ms, .. } = s.book(&imp.key, &b).await else {
             panic!("booking B not scheduled")
         };
         assert!(
@@ -105,7 +89,7 @@ fn booked_grants_open_at_their_start_and_only_then() {
         );
         // The redelivery is answered as scheduled again, not applied.
         assert!(matches!(
-            book(&mut s, &imp, &b).await,
+            s.book(&imp.key, &b).await,
             Outcome::Scheduled { .. }
         ));
 
@@ -113,26 +97,11 @@ fn booked_grants_open_at_their_start_and_only_then() {
         seq += 1;
         let c = booking(window_body(me, seq, 2223, src, 6_000, 20_000));
         assert!(matches!(
-            book(&mut s, &imp, &c).await,
+            s.book(&imp.key, &c).await,
             Outcome::Scheduled { .. }
         ));
         seq += 1;
-        let revoke = RevokeBody {
-            agent_id: me,
-            grant_id: c.grant.grant_id,
-            seq,
-            reason: "UserRequested".into(),
-        };
-        s.send(&ControllerMsg::Revoke(
-            Signed::sign(&revoke, &imp.key).unwrap(),
-        ))
-        .await;
-        let revoked = s
-            .until(Duration::from_secs(10), |m| match m {
-                AgentMsg::RevokeResult { outcome, .. } => Some(outcome),
-                _ => None,
-            })
-            .await;
+        let revoked = s.revoke(&imp.key, c.grant.grant_id, seq).await;
         assert!(matches!(revoked, Outcome::Applied { .. }), "{revoked:?}");
 
         // Refused bookings: start not before end, too far ahead, longer than max_grant
@@ -161,7 +130,7 @@ fn booked_grants_open_at_their_start_and_only_then() {
             let what = format!("{g:?}");
             assert!(
                 matches!(
-                    book(&mut s, &imp, &booking(g)).await,
+                    s.book(&imp.key, &booking(g)).await,
                     Outcome::Rejected { .. }
                 ),
                 "accepted: {what}"
@@ -187,20 +156,12 @@ fn booked_grants_open_at_their_start_and_only_then() {
             31 * 3_600_000,
         ));
         assert!(matches!(
-            book(&mut s, &imp, &far).await,
+            s.book(&imp.key, &far).await,
             Outcome::Scheduled { .. }
         ));
         seq += 1;
-        let revoke = RevokeBody {
-            agent_id: me,
-            grant_id: far.grant.grant_id,
-            seq,
-            reason: "UserRequested".into(),
-        };
-        s.send(&ControllerMsg::Revoke(
-            Signed::sign(&revoke, &imp.key).unwrap(),
-        ))
-        .await;
+        let revoked = s.revoke(&imp.key, far.grant.grant_id, seq).await;
+        assert!(matches!(revoked, Outcome::Applied { .. }), "{revoked:?}");
 
         // A is open, nothing else.
         assert!(connects(2222), "active grant A does not admit");
@@ -248,12 +209,12 @@ fn booked_grants_open_at_their_start_and_only_then() {
         let me = s.agent;
         let d = booking(window_body(me, seq, 2223, src, 7_000, 13_000));
         assert!(matches!(
-            book(&mut s, &imp, &d).await,
+            s.book(&imp.key, &d).await,
             Outcome::Scheduled { .. }
         ));
         let e = booking(window_body(me, seq + 1, 2224, src, 1_500, 30_000));
         assert!(matches!(
-            book(&mut s, &imp, &e).await,
+            s.book(&imp.key, &e).await,
             Outcome::Scheduled { .. }
         ));
         (d, e)

@@ -8,9 +8,7 @@
 use ed25519_dalek::SigningKey;
 use jitgate_proto::Signed;
 use jitgate_proto::message::Outcome;
-use jitgate_tests::agent::{AgentProc, args};
-use jitgate_tests::controller::ControllerProc;
-use jitgate_tests::fleet::{Fleet, WS_V4};
+use jitgate_tests::fleet::Fleet;
 use jitgate_tests::impostor::{Impostor, grant_body as body};
 use jitgate_tests::require_root;
 use uuid::Uuid;
@@ -21,18 +19,7 @@ fn hostile_controller_frames_are_rejected() {
         return;
     }
     let fleet = Fleet::new(1).expect("fleet");
-    let vm = &fleet.vms[0];
-    let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    let token = ctl.add_vm("vm-01", vm.v4);
-    let agent = AgentProc::start_enrolled(
-        &vm.ns,
-        &args("--interface eth0 --protect 22/tcp"),
-        &ctl.api,
-        &ctl.ca,
-        &token,
-    );
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let imp = Impostor::replace(&mut ctl, &fleet);
+    let (agent, imp) = Impostor::enrolled(&fleet, "--interface eth0 --protect 22/tcp");
     let real_key = imp.key.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -2,17 +2,19 @@
 //! of the maps (`crate::schedule`), and opened by the core's timer at the start. Revocation
 //! or reconciliation before the start removes a booking without it ever opening.
 
-use super::controller::{Out, bump_seq, high_water, reject, unix_ms, verified};
-use super::core::{Core, Msg, grant_event};
+use super::controller::{
+    Out, answer_when_durable, bump_seq, grant_reply, high_water, record, record_revocation,
+    refuse_grant, reject, unix_ms, verified_grant,
+};
+use super::core::{Core, Msg, expired, grant_event};
 use super::writer::WriteJob;
 use crate::clock::BootInstant;
-use crate::grant::{GrantId, GrantRecord, Origin};
+use crate::grant::GrantId;
 use crate::grant_table;
 use crate::journal::{Record, RemoveReason};
 use crate::schedule::{Booking, MAX_AHEAD};
 use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant, ReportedScheduledGrant};
 use jitgate_proto::{AuditKind, ScheduledGrantBody, Signed};
-use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -59,27 +61,14 @@ fn problem(core: &Core, b: &ScheduledGrantBody, now: OffsetDateTime) -> Option<S
 /// booking and answered `Scheduled`; it opens at the later of the wall-clock start and
 /// receipt + `starts_in_ms` on the boot clock.
 pub(super) async fn receive(core: &mut Core, s: Signed<ScheduledGrantBody>, out: Out) {
-    let Some(body) = verified(core, &s, AuditKind::GrantRejected, &out, |outcome| {
-        AgentMsg::GrantResult {
-            grant_id: uuid::Uuid::nil(),
-            seq: 0,
-            outcome,
-        }
-    })
-    .await
-    else {
+    let Some(body) = verified_grant(core, &s, &out).await else {
         return;
     };
     let received = BootInstant::now();
     let now = OffsetDateTime::now_utc();
     let g = &body.grant;
     let gid = GrantId::from_bytes(*g.grant_id.as_bytes());
-    let (bid, bseq) = (g.grant_id, g.seq);
-    let reply = move |outcome| AgentMsg::GrantResult {
-        grant_id: bid,
-        seq: bseq,
-        outcome,
-    };
+    let reply = grant_reply(g.grant_id, g.seq);
     if core.grants.contains(&gid) {
         // It opened already: acknowledged again, not applied again.
         let _ = out.send(reply(Outcome::AlreadyApplied)).await;
@@ -113,32 +102,12 @@ pub(super) async fn receive(core: &mut Core, s: Signed<ScheduledGrantBody>, out:
     let (start, end, opens, expires) = match checked {
         Ok(t) => t,
         Err(reason) => {
-            bump_seq(core, g.seq);
-            reject(
-                core,
-                AuditKind::GrantRejected,
-                Some(g.grant_id),
-                reason.clone(),
-            )
-            .await;
-            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            refuse_grant(core, (g.grant_id, g.seq), true, reason, &out).await;
             return;
         }
     };
     let booking = Booking {
-        grant: GrantRecord {
-            id: gid,
-            protocol: g.protocol,
-            port: g.port,
-            source: g.source,
-            start,
-            end,
-            requester: Arc::from(g.requester.as_str()),
-            justification: g.justification.clone().into(),
-            origin: Origin::Controller,
-            boot_id: core.grants.boot_id().clone(),
-            expires_boot_ns: expires.0,
-        },
+        grant: record(core, g, gid, start, end, expires),
         opens_boot_ns: opens.0,
         seq: g.seq,
     };
@@ -154,23 +123,11 @@ pub(super) async fn receive(core: &mut Core, s: Signed<ScheduledGrantBody>, out:
     );
     let (job, done) = WriteJob::durable(vec![Record::Scheduled(booking)], vec![event]);
     core.write(job).await;
-    let me = core.me.clone();
-    tokio::spawn(async move {
-        match done.await {
-            Ok(Ok(())) => {
-                let outcome = Outcome::Scheduled {
-                    agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
-                    opens_unix_ms: unix_ms(opens_utc),
-                };
-                let _ = out.send(reply(outcome)).await;
-            }
-            _ => {
-                let _ = me.send(Msg::Rollback(vec![gid])).await;
-                let reason = "not durable on the agent".into();
-                let _ = out.send(reply(Outcome::Rejected { reason })).await;
-            }
-        }
-    });
+    let scheduled = move || Outcome::Scheduled {
+        agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+        opens_unix_ms: unix_ms(opens_utc),
+    };
+    answer_when_durable(core, done, out, vec![gid], reply, scheduled);
 }
 
 /// Opens every booking whose opening has come: into the maps and the table, journaled, and
@@ -189,16 +146,9 @@ pub(super) async fn open_due(core: &mut Core) {
         let g = b.grant;
         let id = uuid::Uuid::from_bytes(g.id.to_bytes());
         if BootInstant(g.expires_boot_ns) <= now {
-            journal.push(Record::Remove {
-                id: g.id,
-                reason: RemoveReason::Expired,
-            });
-            events.push(grant_event(
-                AuditKind::GrantExpired,
-                "agent",
-                &g,
-                Some("ended before it could open"),
-            ));
+            let (r, e) = expired(&g, "ended before it could open");
+            journal.push(r);
+            events.push(e);
             continue;
         }
         match core.apply(&g) {
@@ -295,26 +245,7 @@ pub(super) async fn revoke(
         &b.grant,
         Some(&format!("{reason}; before its start, never opened")),
     );
-    let (job, done) = WriteJob::durable(
-        vec![Record::Remove {
-            id: gid,
-            reason: RemoveReason::Revoked,
-        }],
-        vec![ev],
-    );
-    core.write(job).await;
-    let out = out.clone();
-    tokio::spawn(async move {
-        let outcome = match done.await {
-            Ok(Ok(())) => Outcome::Applied {
-                agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
-            },
-            _ => Outcome::Rejected {
-                reason: "not durable on the agent".into(),
-            },
-        };
-        let _ = out.send(reply(outcome)).await;
-    });
+    record_revocation(core, gid, ev, out.clone(), reply).await;
     true
 }
 

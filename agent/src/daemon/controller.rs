@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The last signed policy from the controller, kept across restarts.
 pub(super) const POLICY_FILE: &str = "policy.json";
@@ -107,25 +107,93 @@ pub(super) async fn verified<T: jitgate_proto::signed::Body>(
     }
 }
 
+/// The answer about one grant (`grant_id`, `seq`).
+pub(super) fn grant_reply(
+    grant_id: uuid::Uuid,
+    seq: u64,
+) -> impl FnOnce(Outcome) -> AgentMsg + Send + 'static {
+    move |outcome| AgentMsg::GrantResult {
+        grant_id,
+        seq,
+        outcome,
+    }
+}
+
+/// Verifies a signed grant or booking; a failure is answered with a result naming no grant.
+pub(super) async fn verified_grant<T: jitgate_proto::signed::Body>(
+    core: &Core,
+    s: &Signed<T>,
+    out: &Out,
+) -> Option<T> {
+    let reply = grant_reply(uuid::Uuid::nil(), 0);
+    verified(core, s, AuditKind::GrantRejected, out, reply).await
+}
+
+/// Refuses a verified grant or booking: audited and answered; with `seen`, its seq moves
+/// the high-water mark (it may not come back).
+pub(super) async fn refuse_grant(
+    core: &Core,
+    (grant_id, seq): (uuid::Uuid, u64),
+    seen: bool,
+    reason: String,
+    out: &Out,
+) {
+    if seen {
+        bump_seq(core, seq);
+    }
+    reject(
+        core,
+        AuditKind::GrantRejected,
+        Some(grant_id),
+        reason.clone(),
+    )
+    .await;
+    let _ = out
+        .send(grant_reply(grant_id, seq)(Outcome::Rejected { reason }))
+        .await;
+}
+
+/// Answers once the writer reports `done`: `ok()` when durable, else `Rejected` after
+/// `rollback` leaves the maps, the table and the schedule again.
+pub(super) fn answer_when_durable(
+    core: &Core,
+    done: oneshot::Receiver<Result<(), String>>,
+    out: Out,
+    rollback: Vec<GrantId>,
+    reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
+    ok: impl FnOnce() -> Outcome + Send + 'static,
+) {
+    let me = core.me.clone();
+    tokio::spawn(async move {
+        let outcome = match done.await {
+            Ok(Ok(())) => ok(),
+            _ => {
+                if !rollback.is_empty() {
+                    let _ = me.send(Msg::Rollback(rollback)).await;
+                }
+                Outcome::Rejected {
+                    reason: "not durable on the agent".into(),
+                }
+            }
+        };
+        let _ = out.send(reply(outcome)).await;
+    });
+}
+
+/// `Applied`, now.
+pub(super) fn applied_now() -> Outcome {
+    Outcome::Applied {
+        agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+    }
+}
+
 async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
-    let Some(body) = verified(core, &s, AuditKind::GrantRejected, &out, |outcome| {
-        AgentMsg::GrantResult {
-            grant_id: uuid::Uuid::nil(),
-            seq: 0,
-            outcome,
-        }
-    })
-    .await
-    else {
+    let Some(body) = verified_grant(core, &s, &out).await else {
         return;
     };
     let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
-    let (bid, bseq) = (body.grant_id, body.seq);
-    let reply = move |outcome| AgentMsg::GrantResult {
-        grant_id: bid,
-        seq: bseq,
-        outcome,
-    };
+    let ids = (body.grant_id, body.seq);
+    let reply = grant_reply(body.grant_id, body.seq);
     if core.grants.contains(&gid) {
         // A redelivery: acknowledged again, not applied again.
         let _ = out.send(reply(Outcome::AlreadyApplied)).await;
@@ -134,14 +202,7 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
     if core.schedule.contains(&gid) {
         // Booked under this id: it opens at its start, not because of a plain grant.
         let reason = "this grant is booked; it opens at its start".to_string();
-        reject(
-            core,
-            AuditKind::GrantRejected,
-            Some(body.grant_id),
-            reason.clone(),
-        )
-        .await;
-        let _ = out.send(reply(Outcome::Rejected { reason })).await;
+        refuse_grant(core, ids, false, reason, &out).await;
         return;
     }
     let now = OffsetDateTime::now_utc();
@@ -167,15 +228,7 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
         }
     };
     if let Some(reason) = problem {
-        bump_seq(core, body.seq);
-        reject(
-            core,
-            AuditKind::GrantRejected,
-            Some(body.grant_id),
-            reason.clone(),
-        )
-        .await;
-        let _ = out.send(reply(Outcome::Rejected { reason })).await;
+        refuse_grant(core, ids, true, reason, &out).await;
         return;
     }
     let end = end.unwrap_or(now);
@@ -189,19 +242,7 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
             .ok()
             .filter(|t| grant_table::representable(*t))
             .unwrap_or(now);
-    let g = GrantRecord {
-        id: gid,
-        protocol: body.protocol,
-        port: body.port,
-        source: body.source,
-        start,
-        end,
-        requester: Arc::from(body.requester.as_str()),
-        justification: body.justification.clone().into(),
-        origin: Origin::Controller,
-        boot_id: core.grants.boot_id().clone(),
-        expires_boot_ns: expires.0,
-    };
+    let g = record(core, &body, gid, start, end, expires);
     if let Err(e) = core.apply(&g) {
         let _ = out
             .send(reply(Outcome::Rejected {
@@ -220,23 +261,31 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
     );
     let (job, done) = WriteJob::durable(vec![Record::Grant(g)], vec![event]);
     core.write(job).await;
-    let me = core.me.clone();
-    tokio::spawn(async move {
-        match done.await {
-            Ok(Ok(())) => {
-                let agent_unix_ms = unix_ms(OffsetDateTime::now_utc());
-                let _ = out.send(reply(Outcome::Applied { agent_unix_ms })).await;
-            }
-            _ => {
-                let _ = me.send(Msg::Rollback(vec![gid])).await;
-                let _ = out
-                    .send(reply(Outcome::Rejected {
-                        reason: "not durable on the agent".into(),
-                    }))
-                    .await;
-            }
-        }
-    });
+    answer_when_durable(core, done, out, vec![gid], reply, applied_now);
+}
+
+/// The grant record of a signed grant body, for this boot.
+pub(super) fn record(
+    core: &Core,
+    body: &GrantBody,
+    id: GrantId,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    expires: BootInstant,
+) -> GrantRecord {
+    GrantRecord {
+        id,
+        protocol: body.protocol,
+        port: body.port,
+        source: body.source,
+        start,
+        end,
+        requester: Arc::from(body.requester.as_str()),
+        justification: body.justification.clone().into(),
+        origin: Origin::Controller,
+        boot_id: core.grants.boot_id().clone(),
+        expires_boot_ns: expires.0,
+    }
 }
 
 async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
@@ -304,25 +353,24 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
     if cut > 0 {
         ev.reason = Some(format!("{}; {cut} session(s) closed", body.reason));
     }
-    let (job, done) = WriteJob::durable(
-        vec![Record::Remove {
-            id: gid,
-            reason: RemoveReason::Revoked,
-        }],
-        vec![ev],
-    );
+    record_revocation(core, gid, ev, out, reply).await;
+}
+
+/// Journals and audits a revocation from the controller, then answers `Applied` once durable.
+pub(super) async fn record_revocation(
+    core: &Core,
+    gid: GrantId,
+    event: AuditEvent,
+    out: Out,
+    reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
+) {
+    let journal = vec![Record::Remove {
+        id: gid,
+        reason: RemoveReason::Revoked,
+    }];
+    let (job, done) = WriteJob::durable(journal, vec![event]);
     core.write(job).await;
-    tokio::spawn(async move {
-        let outcome = match done.await {
-            Ok(Ok(())) => Outcome::Applied {
-                agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
-            },
-            _ => Outcome::Rejected {
-                reason: "not durable on the agent".into(),
-            },
-        };
-        let _ = out.send(reply(outcome)).await;
-    });
+    answer_when_durable(core, done, out, Vec::new(), reply, applied_now);
 }
 
 async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {

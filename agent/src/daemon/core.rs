@@ -83,6 +83,17 @@ pub(super) fn grant_event(
     }
 }
 
+/// The journal and audit records of a grant (or booking) that reached its end.
+pub(super) fn expired(g: &GrantRecord, reason: &str) -> (Record, AuditEvent) {
+    (
+        Record::Remove {
+            id: g.id,
+            reason: RemoveReason::Expired,
+        },
+        grant_event(AuditKind::GrantExpired, "agent", g, Some(reason)),
+    )
+}
+
 impl Core {
     pub async fn write(&self, job: WriteJob) {
         if self.writer.send(job).await.is_err() {
@@ -150,16 +161,9 @@ impl Core {
                 Some(&n) if n > 0 => format!("Expired; {n} session(s) closed (on_expiry = cut)"),
                 _ => "Expired".to_string(),
             };
-            journal.push(Record::Remove {
-                id: g.id,
-                reason: RemoveReason::Expired,
-            });
-            events.push(grant_event(
-                AuditKind::GrantExpired,
-                "agent",
-                g,
-                Some(&reason),
-            ));
+            let (r, e) = expired(g, &reason);
+            journal.push(r);
+            events.push(e);
         }
         self.write(WriteJob {
             journal,

@@ -23,7 +23,7 @@ mod interfaces;
 mod metrics;
 mod writer;
 
-use self::core::{Core, Msg, grant_event};
+use self::core::{Core, Msg, expired};
 use self::interfaces::Interfaces;
 use self::writer::{AuditHead, WriteJob};
 use crate::audit::{AuditEvent, AuditLine, AuditLog};
@@ -34,7 +34,7 @@ use crate::dataplane::{Dataplane, DataplaneOptions};
 use crate::enroll::Enrollment;
 use crate::grant::boot_id;
 use crate::grant_table::GrantTable;
-use crate::journal::{Journal, Record, RemoveReason};
+use crate::journal::{Journal, Record};
 use jitgate_proto::{AuditKind, PolicyBody, Signed};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
@@ -163,19 +163,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     let now = BootInstant::now();
     let mut journal_fix = Vec::new();
     let mut startup_events = Vec::new();
-    for (id, mut g) in replay.grants {
+    for mut g in replay.grants.into_values() {
         let exp = g.expires(&bid);
         if exp <= now {
-            journal_fix.push(Record::Remove {
-                id,
-                reason: RemoveReason::Expired,
-            });
-            startup_events.push(grant_event(
-                AuditKind::GrantExpired,
-                "agent",
-                &g,
-                Some("Expired while the agent was down"),
-            ));
+            let (r, e) = expired(&g, "Expired while the agent was down");
+            journal_fix.push(r);
+            startup_events.push(e);
             continue;
         }
         if g.boot_id != bid {
@@ -190,19 +183,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     }
     // Bookings wait again; one whose start passed while the agent was down opens at the
     // first wake, one whose end passed never opens.
-    for (id, b) in replay.scheduled {
+    for b in replay.scheduled.into_values() {
         let rebased = b.clone().rebased(&bid);
         if BootInstant(rebased.grant.expires_boot_ns) <= now {
-            journal_fix.push(Record::Remove {
-                id,
-                reason: RemoveReason::Expired,
-            });
-            startup_events.push(grant_event(
-                AuditKind::GrantExpired,
-                "agent",
-                &rebased.grant,
-                Some("Booked; ended while the agent was down, never opened"),
-            ));
+            let reason = "Booked; ended while the agent was down, never opened";
+            let (r, e) = expired(&rebased.grant, reason);
+            journal_fix.push(r);
+            startup_events.push(e);
             continue;
         }
         if rebased != b {

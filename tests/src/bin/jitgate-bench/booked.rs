@@ -5,10 +5,8 @@
 
 use crate::probe::{Prober, pct};
 use jitgate_common::Port;
-use jitgate_proto::message::{AgentMsg, ControllerMsg, Outcome};
-use jitgate_proto::{RevokeBody, ScheduledGrantBody, Signed};
-use jitgate_tests::agent::{AgentProc, args};
-use jitgate_tests::controller::ControllerProc;
+use jitgate_proto::message::{ControllerMsg, Outcome};
+use jitgate_proto::{ScheduledGrantBody, Signed};
 use jitgate_tests::fleet::{Fleet, WS_V4};
 use jitgate_tests::impostor::{Impostor, window_body};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,17 +31,7 @@ fn wall_ns() -> i128 {
 pub fn measure(rounds: usize) -> Lateness {
     let fleet = Fleet::new(1).expect("fleet");
     let vm = &fleet.vms[0];
-    let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    let token = ctl.add_vm("vm-01", vm.v4);
-    let agent = AgentProc::start_enrolled(
-        &vm.ns,
-        &args("--interface eth0 --protect 3389/udp"),
-        &ctl.api,
-        &ctl.ca,
-        &token,
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let imp = Impostor::replace(&mut ctl, &fleet);
+    let (agent, imp) = Impostor::enrolled(&fleet, "--interface eth0 --protect 3389/udp");
     let p = Prober::start(
         &Fleet::ns_path(&fleet.ws),
         &Fleet::ns_path(&vm.ns),
@@ -94,20 +82,8 @@ pub fn measure(rounds: usize) -> Lateness {
                 }
             }
             seq += 1;
-            let r = RevokeBody {
-                agent_id: s.agent,
-                grant_id: id,
-                seq,
-                reason: "bench".into(),
-            };
-            s.send(&ControllerMsg::Revoke(
-                Signed::sign(&r, &imp.key).expect("sign"),
-            ))
-            .await;
-            s.until(Duration::from_secs(5), |m| {
-                matches!(m, AgentMsg::RevokeResult { grant_id, .. } if grant_id == id).then_some(())
-            })
-            .await;
+            let revoked = s.revoke(&imp.key, id, seq).await;
+            assert!(matches!(revoked, Outcome::Applied { .. }), "{revoked:?}");
             seq += 1;
         }
     });
