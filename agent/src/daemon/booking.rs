@@ -2,7 +2,7 @@
 //! of the maps (`crate::schedule`), and opened by the core's timer at the start. Revocation
 //! or reconciliation before the start removes a booking without it ever opening.
 
-use super::controller::{
+use super::answers::{
     Out, answer_when_durable, bump_seq, grant_reply, high_water, record, record_revocation,
     refuse_grant, reject, unix_ms, verified_grant,
 };

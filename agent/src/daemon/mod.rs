@@ -8,12 +8,15 @@
 //! - [`admin_server`]: the root-only admin socket (local break-glass grants, status, audit).
 //! - [`controller`]: signed grants, revocations and policies from the controller channel
 //!   (`crate::channel` keeps the connection), and the status reports it sends back.
+//! - [`booking`]: booked grants, kept out of the maps and opened by the core's timer.
+//! - [`answers`]: verification, refusals and durable answers shared by the two above.
 //! - [`interfaces`]: attaching to configured interfaces, also ones that appear later.
 //! - [`flows`]: adopted sessions, flows handed over or cut when their grant ends, idle sweep.
 //! - [`audit_feed`]: kernel connection events and checkpoints, straight to the writer.
 //! - [`metrics`]: the optional read-only Prometheus endpoint.
 
 mod admin_server;
+mod answers;
 mod audit_feed;
 mod booking;
 mod controller;

@@ -1,0 +1,201 @@
+//! What the agent answers to the controller's signed messages, shared by grants, bookings
+//! and revocations: verification (nothing in a failed message is believed), refusals (audited
+//! and answered), the replay high-water mark, and answers sent only once the journal and
+//! audit records are durable.
+
+use super::core::{Core, Msg};
+use super::writer::WriteJob;
+use crate::audit::AuditEvent;
+use crate::clock::BootInstant;
+use crate::grant::{GrantId, GrantRecord, Origin};
+use crate::journal::{Record, RemoveReason};
+use jitgate_proto::message::{AgentMsg, Outcome};
+use jitgate_proto::{AuditKind, GrantBody, Signed};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+pub(super) type Out = mpsc::Sender<AgentMsg>;
+
+pub(super) fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub(super) fn save_chan(core: &Core) {
+    if let Ok(s) = core.chan.lock()
+        && let Err(e) = s.save(&core.cfg.state_dir)
+    {
+        tracing::error!(error = %e, "cannot record the channel state");
+    }
+}
+
+/// Raises the replay high-water mark (persisted before the answer goes out).
+pub(super) fn bump_seq(core: &Core, seq: u64) {
+    let changed = core.chan.lock().map(|mut s| {
+        let c = seq > s.seq_high_water;
+        if c {
+            s.seq_high_water = seq;
+        }
+        c
+    });
+    if changed.unwrap_or(false) {
+        save_chan(core);
+    }
+}
+
+pub(super) fn high_water(core: &Core) -> u64 {
+    core.chan
+        .lock()
+        .map(|s| s.seq_high_water)
+        .unwrap_or(u64::MAX)
+}
+
+pub(super) async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: String) {
+    tracing::warn!(kind = kind.as_str(), %reason, "controller message rejected");
+    let mut e = AuditEvent::new(kind, "controller");
+    e.grant_id = id.map(|i| i.to_string());
+    e.reason = Some(reason);
+    core.write(WriteJob::audit(vec![e], true)).await;
+}
+
+/// Verifies a signed body from the controller. On failure nothing in it is believed, not
+/// even its ids: the rejection is audited as `kind` and answered with `reply`.
+pub(super) async fn verified<T: jitgate_proto::signed::Body>(
+    core: &Core,
+    s: &Signed<T>,
+    kind: AuditKind,
+    out: &Out,
+    reply: impl FnOnce(Outcome) -> AgentMsg,
+) -> Option<T> {
+    let enr = core.enrollment.as_ref()?;
+    match s.verify(&enr.signing_key, enr.agent_id) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            reject(core, kind, None, e.to_string()).await;
+            let reason = e.to_string();
+            let _ = out.send(reply(Outcome::Rejected { reason })).await;
+            None
+        }
+    }
+}
+
+/// The answer about one grant (`grant_id`, `seq`).
+pub(super) fn grant_reply(
+    grant_id: uuid::Uuid,
+    seq: u64,
+) -> impl FnOnce(Outcome) -> AgentMsg + Send + 'static {
+    move |outcome| AgentMsg::GrantResult {
+        grant_id,
+        seq,
+        outcome,
+    }
+}
+
+/// Verifies a signed grant or booking; a failure is answered with a result naming no grant.
+pub(super) async fn verified_grant<T: jitgate_proto::signed::Body>(
+    core: &Core,
+    s: &Signed<T>,
+    out: &Out,
+) -> Option<T> {
+    let reply = grant_reply(uuid::Uuid::nil(), 0);
+    verified(core, s, AuditKind::GrantRejected, out, reply).await
+}
+
+/// Refuses a verified grant or booking: audited and answered; with `seen`, its seq moves
+/// the high-water mark (it may not come back).
+pub(super) async fn refuse_grant(
+    core: &Core,
+    (grant_id, seq): (uuid::Uuid, u64),
+    seen: bool,
+    reason: String,
+    out: &Out,
+) {
+    if seen {
+        bump_seq(core, seq);
+    }
+    reject(
+        core,
+        AuditKind::GrantRejected,
+        Some(grant_id),
+        reason.clone(),
+    )
+    .await;
+    let _ = out
+        .send(grant_reply(grant_id, seq)(Outcome::Rejected { reason }))
+        .await;
+}
+
+/// Answers once the writer reports `done`: `ok()` when durable, else `Rejected` after
+/// `rollback` leaves the maps, the table and the schedule again.
+pub(super) fn answer_when_durable(
+    core: &Core,
+    done: oneshot::Receiver<Result<(), String>>,
+    out: Out,
+    rollback: Vec<GrantId>,
+    reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
+    ok: impl FnOnce() -> Outcome + Send + 'static,
+) {
+    let me = core.me.clone();
+    tokio::spawn(async move {
+        let outcome = match done.await {
+            Ok(Ok(())) => ok(),
+            _ => {
+                if !rollback.is_empty() {
+                    let _ = me.send(Msg::Rollback(rollback)).await;
+                }
+                Outcome::Rejected {
+                    reason: "not durable on the agent".into(),
+                }
+            }
+        };
+        let _ = out.send(reply(outcome)).await;
+    });
+}
+
+/// `Applied`, now.
+pub(super) fn applied_now() -> Outcome {
+    Outcome::Applied {
+        agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
+    }
+}
+
+/// The grant record of a signed grant body, for this boot.
+pub(super) fn record(
+    core: &Core,
+    body: &GrantBody,
+    id: GrantId,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    expires: BootInstant,
+) -> GrantRecord {
+    GrantRecord {
+        id,
+        protocol: body.protocol,
+        port: body.port,
+        source: body.source,
+        start,
+        end,
+        requester: Arc::from(body.requester.as_str()),
+        justification: body.justification.clone().into(),
+        origin: Origin::Controller,
+        boot_id: core.grants.boot_id().clone(),
+        expires_boot_ns: expires.0,
+    }
+}
+
+/// Journals and audits a revocation from the controller, then answers `Applied` once durable.
+pub(super) async fn record_revocation(
+    core: &Core,
+    gid: GrantId,
+    event: AuditEvent,
+    out: Out,
+    reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
+) {
+    let journal = vec![Record::Remove {
+        id: gid,
+        reason: RemoveReason::Revoked,
+    }];
+    let (job, done) = WriteJob::durable(journal, vec![event]);
+    core.write(job).await;
+    answer_when_durable(core, done, out, Vec::new(), reply, applied_now);
+}
