@@ -9,9 +9,13 @@
 use ed25519_dalek::SigningKey;
 use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol};
 use jitgate_proto::frame::{decode, encode};
-use jitgate_proto::message::{AuditRecord, Heartbeat, Outcome, ReportedGrant};
+use jitgate_proto::message::{
+    AuditRecord, Heartbeat, Outcome, ReportedGrant, ReportedScheduledGrant,
+};
 use jitgate_proto::signed::Body;
-use jitgate_proto::{AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, Signed};
+use jitgate_proto::{
+    AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+};
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -100,6 +104,19 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
         ),
         ("audit-ack", ControllerMsg::AuditAck { up_to: 9 }),
         ("ping", ControllerMsg::Ping { nonce: 77 }),
+        (
+            "scheduled-grant",
+            ControllerMsg::ScheduledGrant(
+                Signed::sign(
+                    &ScheduledGrantBody {
+                        grant: grant(),
+                        starts_in_ms: 600_000,
+                    },
+                    key,
+                )
+                .unwrap(),
+            ),
+        ),
     ]
 }
 
@@ -178,6 +195,44 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
             })),
         ),
         ("pong", AgentMsg::Pong { nonce: 77 }),
+        (
+            "hello-v2",
+            AgentMsg::HelloV2 {
+                agent_id: AGENT,
+                version: "0.2.0".into(),
+                seq_high_water: 41,
+                audit_acked: 8,
+                protocol: jitgate_proto::PROTOCOL_LEVEL,
+            },
+        ),
+        (
+            "grant-result-scheduled",
+            AgentMsg::GrantResult {
+                grant_id: Uuid::from_bytes([7; 16]),
+                seq: 42,
+                outcome: Outcome::Scheduled {
+                    agent_unix_ms: 1_795_737_000_000,
+                    opens_unix_ms: 1_795_737_600_000,
+                },
+            },
+        ),
+        (
+            "scheduled-grants",
+            AgentMsg::ScheduledGrants {
+                grants: vec![ReportedScheduledGrant {
+                    grant: ReportedGrant {
+                        grant_id: Uuid::from_bytes([7; 16]),
+                        origin: "controller".into(),
+                        protocol: Protocol::Tcp,
+                        port: Port::new(22).unwrap(),
+                        source: "203.0.113.0/24".parse().unwrap(),
+                        end_unix_ms: 1_795_741_200_000,
+                        requester: "alice@example.com".into(),
+                    },
+                    opens_unix_ms: 1_795_737_600_000,
+                }],
+            },
+        ),
     ]
 }
 
