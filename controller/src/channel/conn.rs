@@ -9,8 +9,8 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, PolicyBody, RevokeBody, Signed, read_frame,
-    write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, LEVEL_SCHEDULED_GRANTS, PolicyBody, RevokeBody,
+    ScheduledGrantBody, Signed, read_frame, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -165,7 +165,7 @@ pub async fn connection(
             requests: HashMap::new(),
             protocol,
         };
-        c.app.fleet.seen(&c.agent_s, None).await?;
+        c.app.fleet.hello(&c.agent_s, protocol).await?;
         let _live = c.app.presence.connected(&c.agent_s);
         // Subscribe before reading the outbox, so no commit in between is missed: only
         // commits that touch this VM (or its group's policy) wake this connection.
@@ -406,6 +406,24 @@ impl Conn {
                     requester,
                     justification,
                 };
+                if it.start_ms > now {
+                    // Booked: only an agent that opens it at its start by itself may have it;
+                    // an older one would apply it at receipt, so it waits here (and is sent
+                    // when the VM's agent speaks a level that knows bookings).
+                    if self.protocol < LEVEL_SCHEDULED_GRANTS {
+                        tracing::warn!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, level = self.protocol, "booked grant held back: the agent is too old to open it at its start");
+                        continue;
+                    }
+                    let booked = ScheduledGrantBody {
+                        grant: body,
+                        starts_in_ms: u64::try_from(it.start_ms - now).unwrap_or(0),
+                    };
+                    let s = Signed::sign(&booked, &self.key)
+                        .map_err(|e| ConnError::Sign(e.to_string()))?;
+                    tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, starts_in_ms = booked.starts_in_ms, "booked grant sent");
+                    send(wr, &ControllerMsg::ScheduledGrant(s)).await?;
+                    continue;
+                }
                 let s =
                     Signed::sign(&body, &self.key).map_err(|e| ConnError::Sign(e.to_string()))?;
                 tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, "grant sent");

@@ -16,6 +16,8 @@ use jitgate_api::{
 };
 use jitgate_common::{Port, SourcePrefix};
 
+use jitgate_proto::LEVEL_SCHEDULED_GRANTS;
+
 use crate::approval::rule::{self, Rule};
 use crate::authz::{self, Action, Caller};
 use crate::error::{Error, Result};
@@ -284,9 +286,6 @@ fn approval_needed(vms: &[Evaluated], req: &Initiate, now: i64) -> Approval {
         rules,
     }
 }
-
-/// The protocol level an agent must announce to be sent a grant that opens later.
-pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
 
 /// A request that books a port ahead needs every such VM's agent to understand booked
 /// grants: an older agent would apply one at receipt, so it is never sent one.

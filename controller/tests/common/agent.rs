@@ -114,13 +114,28 @@ impl Agent {
     }
 
     pub async fn hello(&mut self, c: &Creds, high: u64, audit: u64) {
-        self.send(&AgentMsg::Hello {
-            agent_id: c.id,
-            version: "test".into(),
-            seq_high_water: high,
-            audit_acked: audit,
-        })
-        .await;
+        self.hello_at(c, high, audit, 1).await;
+    }
+
+    /// Hello as an agent of protocol `level`: 1 sends the old `Hello`, later levels `HelloV2`.
+    pub async fn hello_at(&mut self, c: &Creds, high: u64, audit: u64, level: u32) {
+        let m = if level <= 1 {
+            AgentMsg::Hello {
+                agent_id: c.id,
+                version: "test".into(),
+                seq_high_water: high,
+                audit_acked: audit,
+            }
+        } else {
+            AgentMsg::HelloV2 {
+                agent_id: c.id,
+                version: "test".into(),
+                seq_high_water: high,
+                audit_acked: audit,
+                protocol: level,
+            }
+        };
+        self.send(&m).await;
     }
 
     /// The next message other than Ping, within `within`.
@@ -152,7 +167,17 @@ impl Agent {
         c: &Creds,
         high: u64,
     ) -> (PolicyBody, Vec<ControllerMsg>, (Vec<Uuid>, u64)) {
-        self.hello(c, high, 0).await;
+        self.handshake_at(c, high, 1).await
+    }
+
+    /// [`Agent::handshake`] as an agent of protocol `level`.
+    pub async fn handshake_at(
+        &mut self,
+        c: &Creds,
+        high: u64,
+        level: u32,
+    ) -> (PolicyBody, Vec<ControllerMsg>, (Vec<Uuid>, u64)) {
+        self.hello_at(c, high, 0, level).await;
         match self.recv().await {
             ControllerMsg::Welcome { agent_id, .. } => assert_eq!(agent_id, c.id),
             m => panic!("expected Welcome, got {m:?}"),
@@ -168,7 +193,9 @@ impl Agent {
                     grant_ids,
                     up_to_seq,
                 } => return (policy, items, (grant_ids, up_to_seq)),
-                m @ (ControllerMsg::Grant(_) | ControllerMsg::Revoke(_)) => items.push(m),
+                m @ (ControllerMsg::Grant(_)
+                | ControllerMsg::Revoke(_)
+                | ControllerMsg::ScheduledGrant(_)) => items.push(m),
                 m => panic!("unexpected {m:?}"),
             }
         }
