@@ -466,3 +466,96 @@ fn faults_converge() {
         at_agent.len()
     );
 }
+
+/// Booked access end to end (docs/approvals.md "Windows"): booked through the real
+/// controller with `jit request --start`, SSH is refused before the start, works after it
+/// although the controller was killed before the start (the agent opens it by itself), and is
+/// refused after the end; a booking revoked before its start never opens.
+#[test]
+fn booked_ssh_opens_at_its_start_without_the_controller() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(1).expect("fleet");
+    let vm = &fleet.vms[0];
+    let sshd = Sshd::start(&vm.ns).expect("sshd");
+    let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
+    let token = ctl.add_vm("vm-01", vm.v4);
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args(
+                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
+            ),
+        ),
+        "policy",
+    );
+    let _agent = AgentProc::start_enrolled(
+        &vm.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token,
+    );
+    let ssh_ok = || {
+        sshd.ssh(&fleet.ws, vm.v4, "true", 2)
+            .unwrap()
+            .status
+            .success()
+    };
+    // The agent must have said Hello (its level) before a booking is accepted.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            String::from_utf8_lossy(&ctl.jit(&fleet.ws, &args("agents --json")).stdout)
+                .contains("online")
+        }),
+        "the agent never came online"
+    );
+
+    // A booking revoked before its start never opens.
+    let cancelled = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 1m --start +12s --justification b0 --json"),
+    );
+    assert_eq!(cancelled["status"], "Initiated", "{cancelled}");
+    ok(
+        ctl.jit(&fleet.ws, &["revoke", cancelled["id"].as_str().unwrap()]),
+        "revoke the booking",
+    );
+
+    // Booked 15 s ahead for 20 s.
+    let booked_at = Instant::now();
+    let r = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-01 --port 22 --duration 20s --start +15s --justification b1 --json"),
+    );
+    assert_eq!(r["status"], "Initiated", "{r}");
+    assert!(!ssh_ok(), "admitted before the booked start");
+    // Give the booking time to reach the agent, then take the controller away.
+    std::thread::sleep(Duration::from_secs(3));
+    ctl.kill();
+    assert!(
+        !ssh_ok(),
+        "admitted before the booked start (controller down)"
+    );
+    let start = booked_at + Duration::from_secs(15);
+    while Instant::now() + Duration::from_millis(1500) < start {
+        assert!(!ssh_ok(), "admitted before the booked start");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), ssh_ok),
+        "not admitted after the booked start"
+    );
+    let end = booked_at + Duration::from_secs(35);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || !ssh_ok()),
+        "still admitted after the booked end"
+    );
+    // The revoked booking's start (12 s) has passed by now: it never opened (checked above:
+    // SSH was refused until the second booking's start).
+    ctl.spawn();
+}
