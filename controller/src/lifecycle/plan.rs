@@ -944,4 +944,71 @@ mod tests {
         );
         assert_eq!(p.requests.len(), 1);
     }
+
+    #[test]
+    fn the_final_approval_opens_the_window_it_gets_now() {
+        use crate::store::requests::{Pending, PendingPort};
+        let s = snapshot();
+        let port = |idx, duration_ms: Option<i64>, booked_ms: Option<i64>, end_ms| PendingPort {
+            idx,
+            vm: "web1".into(),
+            resource_group: "prod".into(),
+            number: 22,
+            protocol: jitgate_api::ProtoSel::Tcp,
+            prefixes: "203.0.113.7/32".into(),
+            end_ms,
+            duration_ms,
+            booked_ms,
+        };
+        let req = Pending {
+            id: "r1".into(),
+            principal: "token:alice".into(),
+            requestor: "alice".into(),
+            justification: "x".into(),
+            rules: Vec::new(),
+            deadline_ms: NOW + 3_600_000,
+            ports: vec![
+                // A duration: starts at the approval, 40 minutes after the request.
+                port(0, Some(600_000), None, NOW - 40 * 60_000 + 600_000),
+                // Booked for a start that passed while it waited: opens now, keeps its end.
+                port(
+                    1,
+                    Some(1_800_000),
+                    Some(NOW - 60_000),
+                    NOW - 60_000 + 1_800_000,
+                ),
+                // Booked ahead: opens at its start, supersedes nothing.
+                port(2, Some(600_000), Some(NOW + 3_600_000), NOW + 4_200_000),
+            ],
+        };
+        let start = Start {
+            now: NOW,
+            request_seq: 1,
+            outbox_seq: 1,
+            max_pending: 20,
+        };
+        let mut n = 0;
+        let a = approve(&s, &req, start, &mut || {
+            n += 1;
+            format!("g{n}")
+        })
+        .unwrap();
+        assert!(a.denial.is_empty(), "{:?}", a.denial);
+        let windows: Vec<_> = a.ports.iter().map(|p| p.window).collect();
+        assert_eq!(
+            windows,
+            [
+                Some((NOW, NOW + 600_000)),
+                Some((NOW, NOW - 60_000 + 1_800_000)),
+                Some((NOW + 3_600_000, NOW + 4_200_000)),
+            ]
+        );
+        assert_eq!(a.plan.grants[2].start_ms, NOW + 3_600_000);
+        // The policy of this moment still decides: a window over its maximum is denied.
+        let mut long = req.clone();
+        long.ports = vec![port(0, Some(4 * 3_600_000), None, NOW)];
+        let a = approve(&s, &long, start, &mut || "g".into()).unwrap();
+        assert_eq!(a.denial[0].reason, StatusReason::DurationExceedsMaximum);
+        assert!(a.plan.grants.is_empty());
+    }
 }
