@@ -42,6 +42,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod policies;
 pub mod policy;
 pub mod presence;

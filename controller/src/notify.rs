@@ -149,6 +149,8 @@ struct Inner {
     /// Whether commits tell the other controllers (off while PostgreSQL's notification queue
     /// is nearly full: a notifying commit would then fail; the catch-up still delivers).
     push: AtomicBool,
+    /// Commits that wrote notification events wake the delivery worker (`outbox`).
+    events: tokio::sync::Notify,
 }
 
 /// The controller's wakeups. Clones share them.
@@ -165,6 +167,7 @@ impl Default for Notifier {
                 origin: uuid::Uuid::new_v4().to_string(),
                 woken: AtomicU64::new(0),
                 push: AtomicBool::new(true),
+                events: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -257,6 +260,16 @@ impl Notifier {
     /// Turns the sending of notices on or off; returns the previous setting.
     pub fn set_push(&self, on: bool) -> bool {
         self.inner.push.swap(on, Ordering::Relaxed)
+    }
+
+    /// A commit wrote notification events: the delivery worker looks now.
+    pub fn events_committed(&self) {
+        self.inner.events.notify_one();
+    }
+
+    /// Waits for [`Notifier::events_committed`] (a wakeup before the wait is kept).
+    pub async fn events(&self) {
+        self.inner.events.notified().await;
     }
 
     /// How many connection wakeups this controller has made.

@@ -184,6 +184,10 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         ),
         crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
     ];
+    let outbox =
+        crate::outbox::worker::setup(&cfg.notify, &dir.notify_secrets(), &app.db, &app.notifier)
+            .await?;
+    tasks.push(crate::outbox::spawn(outbox, shutdown.subscribe()));
     if let Some((l, a)) = metrics_listener {
         tasks.push(serve_metrics(l, state, shutdown.subscribe(), a));
     }

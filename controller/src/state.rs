@@ -60,6 +60,10 @@ impl StateDir {
     pub fn signing_pub(&self) -> PathBuf {
         self.0.join("keys/grant-signing.pub")
     }
+    /// The notification secrets (`notify.secrets_dir` by default).
+    pub fn notify_secrets(&self) -> PathBuf {
+        self.0.join("notify-secrets")
+    }
 }
 
 fn default_listen() -> String {
@@ -147,6 +151,10 @@ pub struct Config {
     /// by `init` (the defaults apply until a `[compliance]` table is added).
     #[serde(default, skip_serializing)]
     pub compliance: crate::compliance::settings::ComplianceConfig,
+    /// Notifications: sinks, secrets, what sinks may reach, retries, retention
+    /// (docs/notifications.md). Not written by `init`.
+    #[serde(default, skip_serializing)]
+    pub notify: jitgate_notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -167,6 +175,7 @@ impl Default for Config {
             log_format: Default::default(),
             log_filter: None,
             compliance: Default::default(),
+            notify: Default::default(),
         }
     }
 }

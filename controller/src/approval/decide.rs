@@ -16,12 +16,14 @@ use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
 use crate::lifecycle::initiate::write_grants;
 use crate::lifecycle::plan::{self, Start};
+use crate::outbox::event;
 use crate::request::MAX_JUSTIFICATION;
 use crate::store::activity::{self, NewActivity};
 use crate::store::approvals::{self, NewDecision};
 use crate::store::backend::Rows;
 use crate::store::db::Db;
 use crate::store::grants::GrantKey;
+use crate::store::notify;
 use crate::store::requests::{self, Pending};
 use crate::store::snapshot;
 use crate::store::write::WriteTx;
@@ -101,8 +103,9 @@ pub async fn decide(db: &Db, caller: &Caller, id: &str, verdict: Verdict) -> Res
     if req.deadline_ms <= w.now {
         // Its time ran out before this decision: it times out now, and the decision finds
         // it no longer pending.
-        time_out(&mut w, &req).await?;
-        w.commit().await?;
+        let event = time_out(&mut w, &req).await?;
+        let rows = notify::event_rows(&mut w, &[event])?;
+        w.commit_with(vec![rows]).await?;
         return Err(Error::refused(
             ErrorCode::RequestNotPending,
             format!("request {id} timed out waiting for approval"),
@@ -252,6 +255,16 @@ pub async fn decide(db: &Db, caller: &Caller, id: &str, verdict: Verdict) -> Res
     let after = requests::load(w.conn(), id)
         .await?
         .ok_or_else(|| Error::Internal(format!("request {id} vanished while decided")))?;
+    let events = decision_events(
+        &after,
+        &req,
+        &verdict,
+        &me_str,
+        (&counted, counted_for),
+        complete,
+        w.now,
+    );
+    tables.push(notify::event_rows(&mut w, &events)?);
     w.commit_with(tables).await?;
     tracing::info!(
         request = id,
@@ -262,6 +275,72 @@ pub async fn decide(db: &Db, caller: &Caller, id: &str, verdict: Verdict) -> Res
         "approval decision"
     );
     Ok(after)
+}
+
+/// The notification events of a decision: denied (by the approver, or by the policy at the
+/// final approval), cancelled, approved (emergency flagged), or the next stage pending.
+fn decision_events(
+    after: &RequestView,
+    req: &Pending,
+    verdict: &Verdict,
+    me: &str,
+    (before, counted_for): (&[rule::Counted], Option<(usize, usize)>),
+    complete: bool,
+    now: i64,
+) -> Vec<jitgate_notify::Event> {
+    let owner = req.principal.as_str();
+    let reasons = || verdict.reason().map(str::to_string).into_iter().collect();
+    match verdict {
+        Verdict::Deny { .. } => vec![event::denied(
+            after,
+            owner,
+            Some(event::principal(me)),
+            reasons(),
+            now,
+        )],
+        Verdict::Cancel => vec![event::cancelled(after, owner, event::principal(me), now)],
+        Verdict::Approve { .. } | Verdict::Emergency { .. } if complete => {
+            if !after.denial_reasons.is_empty() {
+                return vec![event::denied(
+                    after,
+                    owner,
+                    None,
+                    event::policy_reasons(after),
+                    now,
+                )];
+            }
+            let emergency = matches!(verdict, Verdict::Emergency { .. });
+            let mut by: Vec<jitgate_notify::event::Principal> = Vec::new();
+            for a in &after.approvals {
+                if a.decision == Decision::Approved && !by.iter().any(|p| p.id == a.approver) {
+                    by.push(event::principal(&a.approver));
+                }
+            }
+            vec![event::approved(after, owner, by, emergency, reasons(), now)]
+        }
+        Verdict::Approve { .. } | Verdict::Emergency { .. } => {
+            // Counted toward a stage: the approvers of a stage that has just begun are told.
+            let Some(at) = counted_for else {
+                return Vec::new();
+            };
+            let mut counted = before.to_vec();
+            counted.push(rule::Counted {
+                principal: me.to_string(),
+                rule: at.0,
+                stage: at.1,
+            });
+            let was = rule::pending_stages(&req.rules, before);
+            let now_stages = rule::pending_stages(&req.rules, &counted);
+            let new: Vec<_> = now_stages
+                .into_iter()
+                .filter(|s| {
+                    !was.iter()
+                        .any(|w| w.stage == s.stage && w.approvers == s.approvers)
+                })
+                .collect();
+            event::pending(after, owner, &new, now)
+        }
+    }
 }
 
 /// Opens a pending request's ports at its final approval (re-checked against the policy of
@@ -306,8 +385,9 @@ async fn open(
     Ok((approved, tables))
 }
 
-/// Ends a pending request whose deadline passed: Denied / ApprovalTimedOut.
-async fn time_out(w: &mut WriteTx, req: &Pending) -> Result<()> {
+/// Ends a pending request whose deadline passed: Denied / ApprovalTimedOut. Returns its
+/// notification event.
+async fn time_out(w: &mut WriteTx, req: &Pending) -> Result<jitgate_notify::Event> {
     approvals::insert(
         w,
         &NewDecision {
@@ -339,7 +419,10 @@ async fn time_out(w: &mut WriteTx, req: &Pending) -> Result<()> {
         )
         .await?;
     }
-    Ok(())
+    let after = requests::load(w.conn(), &req.id)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("request {} vanished while timed out", req.id)))?;
+    Ok(event::timed_out(&after, &req.principal, w.now))
 }
 
 /// Times out every pending request whose deadline is at or before `now` (the sweep; also
@@ -352,15 +435,17 @@ pub async fn time_out_due(db: &Db, now: i64) -> Result<usize> {
     }
     let mut w = db.begin().await?;
     let mut n = 0;
+    let mut events = Vec::new();
     for id in &due {
         if let Some(Some(req)) = requests::pending(w.conn(), id).await?
             && req.deadline_ms <= now
         {
-            time_out(&mut w, &req).await?;
+            events.push(time_out(&mut w, &req).await?);
             n += 1;
         }
     }
-    w.commit().await?;
+    let rows = notify::event_rows(&mut w, &events)?;
+    w.commit_with(vec![rows]).await?;
     Ok(n)
 }
 

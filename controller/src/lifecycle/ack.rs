@@ -8,13 +8,15 @@
 //! acknowledgement in it gets the error (the grant stays pending and is redelivered on the
 //! agent's next connection, which acknowledges it again).
 
-use jitgate_api::{ErrorCode, Operation};
+use jitgate_api::{ErrorCode, Operation, PortStatus};
 use tokio::sync::oneshot;
 
 use crate::authz::Actor;
 use crate::error::{Error, Result};
+use crate::outbox::event;
 use crate::store::activity::{self, NewActivity};
 use crate::store::grants::{self, GrantState};
+use crate::store::notify;
 use crate::store::write::{WriteTx, Writer};
 use crate::store::{inventory, requests};
 
@@ -33,14 +35,18 @@ pub async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
     let res: Result<Vec<Result<()>>> = async {
         let mut w = writer.begin().await?;
         let mut out = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
         for j in &jobs {
-            out.push(match acknowledge(&mut w, &j.actor, &j.grant_id).await {
-                Err(e @ Error::Refused { .. }) => Err(e),
-                Err(e) => return Err(e),
-                Ok(()) => Ok(()),
-            });
+            out.push(
+                match acknowledge(&mut w, &j.actor, &j.grant_id, &mut events).await {
+                    Err(e @ Error::Refused { .. }) => Err(e),
+                    Err(e) => return Err(e),
+                    Ok(()) => Ok(()),
+                },
+            );
         }
-        w.commit().await?;
+        let rows = notify::event_rows(&mut w, &events)?;
+        w.commit_with(vec![rows]).await?;
         Ok(out)
     }
     .await;
@@ -62,8 +68,14 @@ pub async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
     }
 }
 
-/// One acknowledgement inside a write transaction.
-async fn acknowledge(w: &mut WriteTx, actor: &Actor, grant_id: &str) -> Result<()> {
+/// One acknowledgement inside a write transaction; `access.applied` joins `events` when it
+/// makes the whole request Applied.
+async fn acknowledge(
+    w: &mut WriteTx,
+    actor: &Actor,
+    grant_id: &str,
+    events: &mut Vec<jitgate_notify::Event>,
+) -> Result<()> {
     let Some(g) = grants::get(w, grant_id).await? else {
         return Err(Error::refused(
             ErrorCode::GrantNotFound,
@@ -78,6 +90,14 @@ async fn acknowledge(w: &mut WriteTx, actor: &Actor, grant_id: &str) -> Result<(
     grants::mark_delivered(w, grant_id).await?;
     if !grants::port_has(w, &g.request_id, g.port_idx, Some(GrantState::Pending)).await? {
         requests::mark_applied(w, &g.request_id, g.port_idx).await?;
+        if let Some(view) = requests::load(w.conn(), &g.request_id).await?
+            && view.status == PortStatus::Applied
+        {
+            let owner = requests::owner(w.conn(), &g.request_id)
+                .await?
+                .unwrap_or_default();
+            events.push(event::applied(&view, &owner, w.now));
+        }
     }
     let group = inventory::vm(w.conn(), &g.vm)
         .await?

@@ -7,9 +7,13 @@ use jitgate_api::{ErrorCode, Operation, RequestView, StatusReason};
 
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
+use crate::outbox::event;
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
+use crate::store::notify;
+use crate::store::requests::LivePort;
 use crate::store::{grants, requests};
+use jitgate_notify::event::EndReason;
 
 /// Revokes a request's live ports: each becomes Revoked / UserRequested, each active grant
 /// gets an outbox `revoke` row. Its requestor (requester rights on every VM) or an admin
@@ -72,7 +76,12 @@ pub async fn revoke(db: &Db, caller: &Caller, id: &str) -> Result<RequestView> {
     let after = requests::load(w.conn(), id)
         .await?
         .ok_or_else(|| Error::Internal(format!("request {id} vanished while revoked")))?;
-    w.commit().await?;
+    let events: Vec<_> = live
+        .iter()
+        .map(|p| ended(&after, &owner, p, EndReason::UserRequested, now))
+        .collect();
+    let rows = notify::event_rows(&mut w, &events)?;
+    w.commit_with(vec![rows]).await?;
     Ok(after)
 }
 
@@ -86,6 +95,18 @@ pub async fn expire_due(db: &Db, now: i64) -> Result<usize> {
     let due = requests::expire_due(&mut w, now).await?;
     grants::expire_due(&mut w, now).await?;
     let actor = Actor::controller();
+    let mut events = Vec::with_capacity(due.len());
+    let mut views: BTreeMap<&str, Option<(RequestView, String)>> = BTreeMap::new();
+    for p in &due {
+        if !views.contains_key(p.request_id.as_str()) {
+            let view = requests::load(w.conn(), &p.request_id).await?;
+            let owner = requests::owner(w.conn(), &p.request_id).await?;
+            views.insert(&p.request_id, view.zip(owner));
+        }
+        if let Some(Some((view, owner))) = views.get(p.request_id.as_str()) {
+            events.push(ended(view, owner, p, EndReason::Expired, now));
+        }
+    }
     for p in &due {
         let mut details = p.details();
         if let Some(d) = details.as_object_mut() {
@@ -99,6 +120,29 @@ pub async fn expire_due(db: &Db, now: i64) -> Result<usize> {
         )
         .await?;
     }
-    w.commit().await?;
+    let rows = notify::event_rows(&mut w, &events)?;
+    w.commit_with(vec![rows]).await?;
     Ok(due.len())
+}
+
+/// `access.ended` for one port window of the request `view`.
+fn ended(
+    view: &RequestView,
+    owner: &str,
+    p: &LivePort,
+    reason: EndReason,
+    now: i64,
+) -> jitgate_notify::Event {
+    event::ended(
+        view,
+        owner,
+        &p.vm,
+        &p.resource_group,
+        u16::try_from(p.number).unwrap_or(0),
+        &p.protocol,
+        &p.prefixes,
+        p.end_ms,
+        reason,
+        now,
+    )
 }

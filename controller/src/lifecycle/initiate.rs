@@ -11,14 +11,16 @@ use tokio::sync::oneshot;
 use crate::authz::Caller;
 use crate::error::{Error, Result};
 use crate::lifecycle::plan::{self, Plan, Start};
+use crate::outbox::event;
 use crate::request::Initiate;
 use crate::store::activity;
 use crate::store::backend::Rows;
 use crate::store::grants::{self, GrantKey};
+use crate::store::notify;
 use crate::store::requests;
 use crate::store::write::{WriteTx, Writer};
 use crate::store::{agents, snapshot};
-use jitgate_api::{RequestView, StatusReason};
+use jitgate_api::{PortStatus, RequestView, StatusReason};
 use jitgate_common::Protocol;
 
 /// Most requests decided in one transaction.
@@ -152,15 +154,45 @@ pub async fn decide(
     let mut plan = plan::plan(&snap, jobs, start, &mut crate::ids::new_guid)?;
     let planned = t0.elapsed();
     let answers = std::mem::take(&mut plan.answers);
-    write(w, plan).await?;
+    let events = events(jobs, &answers, now);
+    write(w, plan, &events).await?;
     if tracing::enabled!(tracing::Level::TRACE) {
         tracing::trace!(batch = jobs.len(), ?read, ?planned, committed = ?t0.elapsed(), "initiate batch phases");
     }
     Ok(answers)
 }
 
-/// Writes a plan and commits.
-async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
+/// The notification events of a batch: each request pending approval (to its first
+/// stages' approvers) or denied by policy. Requests approved by policy alone tell nothing
+/// until their access is applied.
+fn events(
+    jobs: &[(Caller, Initiate)],
+    answers: &[Result<RequestView>],
+    now: i64,
+) -> Vec<jitgate_notify::Event> {
+    let mut out = Vec::new();
+    for ((caller, _), answer) in jobs.iter().zip(answers) {
+        let Ok(view) = answer else { continue };
+        let owner = caller.principal_id().to_string();
+        match view.status {
+            PortStatus::PendingApproval => {
+                out.extend(event::pending(view, &owner, &view.pending_approval, now));
+            }
+            PortStatus::Denied => out.push(event::denied(
+                view,
+                &owner,
+                None,
+                event::policy_reasons(view),
+                now,
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Writes a plan and its events and commits (the events in the commit's own round trip).
+async fn write(mut w: WriteTx, plan: Plan, events: &[jitgate_notify::Event]) -> Result<()> {
     let mut tables = vec![
         requests::request_rows(&plan.requests, w.now)?,
         requests::port_rows(&plan.ports),
@@ -168,6 +200,7 @@ async fn write(mut w: WriteTx, plan: Plan) -> Result<()> {
     tables.extend(write_grants(&mut w, &plan).await?);
     let log = activity::chain(&mut w, plan.activity)?;
     tables.push(log);
+    tables.push(notify::event_rows(&mut w, events)?);
     w.commit_with(tables).await
 }
 

@@ -29,7 +29,7 @@ pub async fn heads(ex: impl Executor<'_, Database = Any>) -> Result<(i64, i64)> 
         match Counter::try_from(name).map_err(Error::corrupt)? {
             Counter::Chain => chain = Some(value),
             Counter::Outbox => outbox = Some(value),
-            Counter::Request => {}
+            Counter::Request | Counter::Notify => {}
         }
     }
     match (chain, outbox) {

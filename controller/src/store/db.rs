@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent protocol levels",
         include_str!("../../migrations/0009_agent_protocol.sql"),
     ),
+    (
+        10,
+        "notifications",
+        include_str!("../../migrations/0010_notifications.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

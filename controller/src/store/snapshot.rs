@@ -68,10 +68,10 @@ pub async fn begin_and_read(
          'portIdx', g.port_idx, 'vm', g.vm, 'port', g.port, 'protocol', g.protocol, \
          'prefix', g.prefix)) FROM json_each($2) AS k CROSS JOIN grants AS g \
          WHERE g.vm = k.value ->> 0 AND g.port = k.value ->> 1 AND g.protocol = k.value ->> 2 \
-         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6) AND g.start_ms <= $11; \
+         AND g.prefix = k.value ->> 3 AND g.state IN ($5, $6) AND g.start_ms <= $12; \
          SELECT json_group_object(principal, n) FROM (SELECT principal, count(*) AS n \
          FROM requests WHERE deadline_ms IS NOT NULL \
-         AND principal IN (SELECT value FROM json_each($10)) GROUP BY principal)"
+         AND principal IN (SELECT value FROM json_each($11)) GROUP BY principal)"
     );
     let keys: Vec<serde_json::Value> = keys
         .iter()
@@ -91,15 +91,25 @@ pub async fn begin_and_read(
     q = q.bind(serde_json::to_string(principals)?);
     q = q.bind(w.now);
     let rows = q.fetch_all(w.conn()).await?;
-    let [c1, c2, c3, vms_doc, policies_doc, grants_doc, pending_doc] = rows.as_slice() else {
+    let [
+        c1,
+        c2,
+        c3,
+        c4,
+        vms_doc,
+        policies_doc,
+        grants_doc,
+        pending_doc,
+    ] = rows.as_slice()
+    else {
         return Err(Error::Corrupt(format!(
-            "the initiate read returned {} rows, not 7",
+            "the initiate read returned {} rows, not 8",
             rows.len()
         )));
     };
     use sqlx::FromRow;
-    let mut counter_rows = Vec::with_capacity(3);
-    for r in [c1, c2, c3] {
+    let mut counter_rows = Vec::with_capacity(4);
+    for r in [c1, c2, c3, c4] {
         counter_rows.push(<(String, i64, String)>::from_row(r)?);
     }
     w.load_counters(counter_rows)?;

@@ -36,35 +36,44 @@ jitgate_api::wire_enum! {
         Request = "request",
         /// The last grant outbox seq.
         Outbox = "outbox",
+        /// The last notification event seq (`notify_events.seq`, commit order).
+        Notify = "notify",
     }
 }
 
-/// Locks and reads the three counter rows; their names are bound from `$n`.
+/// How many counter rows a write transaction locks.
+pub const COUNTERS: usize = 4;
+
+/// Locks and reads the counter rows; their names are bound from `$n`.
 fn lock_counters_sql(n: usize) -> String {
     format!(
-        "UPDATE counters SET value = value WHERE name IN (${n}, ${}, ${}) \
+        "UPDATE counters SET value = value WHERE name IN (${n}, ${}, ${}, ${}) \
          RETURNING name, value, hash",
         n + 1,
-        n + 2
+        n + 2,
+        n + 3
     )
 }
 
-/// Writes the three counter rows back: names from `$n`, then chain seq, request, outbox and
-/// chain hash.
+/// Writes the counter rows back: names from `$n`, then chain seq, request, outbox, notify
+/// and chain hash.
 fn write_counters_sql(n: usize) -> String {
     let p = |i: usize| format!("${}", n + i);
     format!(
         "UPDATE counters SET value = CASE name WHEN {c} THEN CAST({seq} AS BIGINT) \
-         WHEN {r} THEN CAST({rq} AS BIGINT) ELSE CAST({ob} AS BIGINT) END, \
+         WHEN {r} THEN CAST({rq} AS BIGINT) WHEN {o} THEN CAST({ob} AS BIGINT) \
+         ELSE CAST({nt} AS BIGINT) END, \
          hash = CASE name WHEN {c} THEN CAST({h} AS TEXT) ELSE hash END \
-         WHERE name IN ({c}, {r}, {o})",
+         WHERE name IN ({c}, {r}, {o}, {n})",
         c = p(0),
         r = p(1),
         o = p(2),
-        seq = p(3),
-        rq = p(4),
-        ob = p(5),
-        h = p(6),
+        n = p(3),
+        seq = p(4),
+        rq = p(5),
+        ob = p(6),
+        nt = p(7),
+        h = p(8),
     )
 }
 
@@ -108,9 +117,10 @@ impl Writer {
             .bind(Counter::Chain.as_str())
             .bind(Counter::Request.as_str())
             .bind(Counter::Outbox.as_str())
+            .bind(Counter::Notify.as_str())
             .fetch_all(w.conn())
             .await?;
-        let mut counters = Vec::with_capacity(3);
+        let mut counters = Vec::with_capacity(COUNTERS);
         for r in &rows {
             counters.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
         }
@@ -134,6 +144,8 @@ impl Writer {
             request: 0,
             outbox: 0,
             outbox_start: 0,
+            notify: 0,
+            notify_start: 0,
             dirty: false,
             touched: Touched::default(),
             backend: self.backend,
@@ -144,13 +156,14 @@ impl Writer {
 
     /// The counter-locking statement whose counter names are bound from `$n` (for a caller
     /// that begins the transaction itself), and the names to bind.
-    pub fn lock_counters(n: usize) -> (String, [&'static str; 3]) {
+    pub fn lock_counters(n: usize) -> (String, [&'static str; COUNTERS]) {
         (
             lock_counters_sql(n),
             [
                 Counter::Chain.as_str(),
                 Counter::Request.as_str(),
                 Counter::Outbox.as_str(),
+                Counter::Notify.as_str(),
             ],
         )
     }
@@ -196,6 +209,9 @@ pub struct WriteTx {
     outbox: i64,
     /// The outbox counter at the start: more at commit wakes the agent connections.
     outbox_start: i64,
+    notify: i64,
+    /// The notify counter at the start: more at commit wakes the notification worker.
+    notify_start: i64,
     dirty: bool,
     /// Whose agent connections the commit wakes.
     touched: Touched,
@@ -238,13 +254,15 @@ impl WriteTx {
                 }
                 Counter::Request => self.request = value,
                 Counter::Outbox => self.outbox = value,
+                Counter::Notify => self.notify = value,
             }
             seen += 1;
         }
-        if seen != 3 {
+        if seen != COUNTERS {
             return Err(Error::corrupt("the counters table is incomplete"));
         }
         self.outbox_start = self.outbox;
+        self.notify_start = self.notify;
         Ok(())
     }
 
@@ -259,14 +277,19 @@ impl WriteTx {
         &mut self.head
     }
 
-    /// The next request or outbox seq (unique across controllers sharing the database: the
-    /// counter rows are locked for the transaction and written at commit).
+    /// The next request, outbox or notification event seq (unique across controllers
+    /// sharing the database: the counter rows are locked for the transaction and written at
+    /// commit).
     pub fn next(&mut self, counter: Counter) -> i64 {
         self.dirty = true;
         match counter {
             Counter::Request => {
                 self.request += 1;
                 self.request
+            }
+            Counter::Notify => {
+                self.notify += 1;
+                self.notify
             }
             Counter::Outbox | Counter::Chain => {
                 self.outbox += 1;
@@ -335,11 +358,12 @@ impl WriteTx {
         Ok(())
     }
 
-    fn counter_values(&self) -> [String; 3] {
+    fn counter_values(&self) -> [String; COUNTERS] {
         [
             Counter::Chain.as_str().into(),
             Counter::Request.as_str().into(),
             Counter::Outbox.as_str().into(),
+            Counter::Notify.as_str().into(),
         ]
     }
 
@@ -355,8 +379,10 @@ impl WriteTx {
             self.head.seq,
             self.request,
             self.outbox,
+            self.notify,
             self.head.hash.clone(),
         );
+        let events = self.notify > self.notify_start;
         if self.backend == Backend::Sqlite {
             let mut tail = String::new();
             let (mut sql, params) = backend::sqlite_batch(tables, "")?;
@@ -378,7 +404,8 @@ impl WriteTx {
                     .bind(values.0)
                     .bind(values.1)
                     .bind(values.2)
-                    .bind(values.3);
+                    .bind(values.3)
+                    .bind(values.4);
             }
             q.execute(self.conn()).await?;
         } else {
@@ -396,6 +423,7 @@ impl WriteTx {
                     .bind(values.1)
                     .bind(values.2)
                     .bind(values.3)
+                    .bind(values.4)
                     .execute(self.conn())
                     .await?;
             }
@@ -404,6 +432,9 @@ impl WriteTx {
         }
         self.conn.open = false;
         self.notifier.wake(&touched);
+        if events {
+            self.notifier.events_committed();
+        }
         Ok(())
     }
 }

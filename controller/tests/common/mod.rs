@@ -258,6 +258,7 @@ impl Harness {
             "compliance_scans",
             "compliance_results",
             "compliance_exposures",
+            "notify_events",
         ] {
             let q = format!("SELECT COUNT(*) FROM {t}");
             let row = sqlx::query(&q)

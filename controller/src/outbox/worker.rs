@@ -1,0 +1,359 @@
+//! The delivery worker: one task per controller (docs/notifications.md, "Delivery").
+//!
+//! Each round it
+//! - fans out new events (in a write transaction: under the counters lock, so one
+//!   controller at a time): one `queued` delivery per sink that wants the event;
+//! - claims, per sink, as many due deliveries as the sink has free slots
+//!   ([`PER_SINK`]), leased to this controller for the attempt's timeout plus a margin, the
+//!   first pending one of each request only (per-request order);
+//! - attempts each in a task of its own: a hanging sink holds its own slots and nothing
+//!   else (no transaction, no lock, no request);
+//! - records each outcome, fenced by the lease: delivered, or retrying at the backoff's
+//!   time, or dead;
+//! - prunes delivered rows older than the retention, hourly.
+//!
+//! It wakes when a commit of this controller wrote events, when an attempt ends, and every
+//! second (events of other controllers, retries coming due).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use jitgate_notify::event::Links;
+use jitgate_notify::{
+    Deliverer, DeliveryState, Event, Next, NotifyConfig, Outcome, RetryPolicy, SecretStore, Sink,
+    SinkRules, SinkSpec,
+};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::error::{Result, SetupError};
+use crate::notify::Notifier;
+use crate::outbox::sinks;
+use crate::store::db::Db;
+use crate::store::notify::{self, Attempted, Claimed};
+
+/// Most attempts in flight per sink.
+pub const PER_SINK: usize = 4;
+/// Most events fanned out per transaction.
+const FANOUT_BATCH: i64 = 500;
+/// How often the worker looks without being woken.
+const POLL: Duration = Duration::from_secs(1);
+/// How often delivered rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A lease outlives the attempt's timeout by this much.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// What the worker needs (built from `[notify]` at start).
+#[derive(Clone)]
+pub struct Outbox {
+    pub db: Db,
+    pub notifier: Notifier,
+    pub deliverer: Arc<Deliverer>,
+    pub secrets: SecretStore,
+    pub rules: SinkRules,
+    pub retry: RetryPolicy,
+    pub portal: Option<url::Url>,
+    /// One attempt's timeout (`notify.timeout_seconds`).
+    pub timeout: Duration,
+    pub retain: Duration,
+    /// This controller's lease owner id.
+    pub owner: String,
+}
+
+/// The worker's parts from `[notify]`: the deliverer, the secrets directory
+/// (`notify.secrets_dir`, default `notify-secrets` in the state directory), and the sinks of
+/// controller.toml stored. Any error stops the start.
+pub async fn setup(
+    cfg: &NotifyConfig,
+    default_secrets: &Path,
+    db: &Db,
+    notifier: &Notifier,
+) -> std::result::Result<Outbox, SetupError> {
+    let invalid = |e: &dyn std::fmt::Display| SetupError::Invalid(format!("[notify]: {e}"));
+    let delivery = cfg.delivery_config().map_err(|e| invalid(&e))?;
+    let timeout = delivery.timeout;
+    let deliverer = Deliverer::new(delivery).map_err(|e| invalid(&e))?;
+    let dir = cfg
+        .secrets_dir
+        .clone()
+        .unwrap_or_else(|| default_secrets.to_path_buf());
+    let dir = std::path::absolute(&dir).map_err(|e| SetupError::io(dir.display(), e))?;
+    let secrets = SecretStore::open(dir).map_err(|e| invalid(&e))?;
+    let rules = cfg.sink_rules();
+    sinks::sync(db, &cfg.sinks, &rules, &secrets)
+        .await
+        .map_err(|e| invalid(&e))?;
+    Ok(Outbox {
+        db: db.clone(),
+        notifier: notifier.clone(),
+        deliverer: Arc::new(deliverer),
+        secrets,
+        rules,
+        retry: cfg.retry_policy(),
+        portal: cfg.portal().map_err(|e| invalid(&e))?,
+        timeout,
+        retain: Duration::from_secs(cfg.retain_delivered_days.saturating_mul(86_400)),
+        owner: notifier.origin().to_string(),
+    })
+}
+
+/// Starts the worker; it stops (giving up its leases) when `shutdown` changes.
+pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut inflight: HashMap<String, usize> = HashMap::new();
+        let mut attempts: JoinSet<String> = JoinSet::new();
+        let mut last_prune: Option<tokio::time::Instant> = None;
+        loop {
+            if let Err(e) = outbox.round(&mut inflight, &mut attempts).await {
+                tracing::warn!(error = %e, "notification round failed; retrying");
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(tokio::time::Instant::now());
+                if let Err(e) = outbox.prune().await {
+                    tracing::warn!(error = %e, "pruning delivered notifications failed");
+                }
+            }
+            tokio::select! {
+                _ = outbox.notifier.events() => {}
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    finished(&mut inflight, done);
+                    while let Some(done) = attempts.try_join_next() {
+                        finished(&mut inflight, done);
+                    }
+                }
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        attempts.shutdown().await;
+        match notify::release(outbox.db.writer(), &outbox.owner).await {
+            Ok(n) if n > 0 => tracing::info!(released = n, "notification leases given up"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "giving up notification leases failed"),
+        }
+    })
+}
+
+fn finished(
+    inflight: &mut HashMap<String, usize>,
+    done: std::result::Result<String, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(sink) => {
+            if let Some(n) = inflight.get_mut(&sink) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "a notification attempt panicked"),
+    }
+}
+
+impl Outbox {
+    /// The sinks as stored; one that no longer validates is skipped (and logged).
+    async fn sinks(&self) -> Result<Vec<Sink>> {
+        let mut conn = self.db.pool().acquire().await?;
+        let rows = notify::sinks(&mut conn).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let parsed = serde_json::from_str::<SinkSpec>(&r.spec)
+                .map_err(|e| e.to_string())
+                .and_then(|s| Sink::from_spec(&s, &self.rules).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    tracing::error!(sink = %r.name, error = %e, "stored sink is invalid; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn round(
+        &self,
+        inflight: &mut HashMap<String, usize>,
+        attempts: &mut JoinSet<String>,
+    ) -> Result<()> {
+        let sinks = self.sinks().await?;
+        self.fan_out(&sinks).await?;
+        let now = jitgate_api::time::now_ms();
+        let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
+        for sink in sinks {
+            let busy = inflight.get(&sink.name).copied().unwrap_or(0);
+            let free = PER_SINK.saturating_sub(busy);
+            if free == 0 {
+                continue;
+            }
+            let claimed = notify::claim(
+                self.db.writer(),
+                &self.owner,
+                &sink.name,
+                now,
+                now.saturating_add(lease),
+                i64::try_from(free).unwrap_or(1),
+            )
+            .await?;
+            if claimed.is_empty() {
+                continue;
+            }
+            *inflight.entry(sink.name.clone()).or_insert(0) += claimed.len();
+            let sink = Arc::new(sink);
+            for c in claimed {
+                let (me, sink) = (self.clone(), sink.clone());
+                attempts.spawn(async move {
+                    me.attempt(&sink, c).await;
+                    sink.name.clone()
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a delivery of every new event to every sink that wants it.
+    async fn fan_out(&self, sinks: &[Sink]) -> Result<()> {
+        let any: Option<(i64,)> =
+            sqlx::query_as("SELECT seq FROM notify_events WHERE fanned_out = 0 LIMIT 1")
+                .fetch_optional(self.db.pool())
+                .await?;
+        if any.is_none() {
+            return Ok(());
+        }
+        let mut w = self.db.begin().await?;
+        let events = notify::unfanned(&mut w, FANOUT_BATCH).await?;
+        let Some(upto) = events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        let mut to = Vec::new();
+        for e in &events {
+            let event: Event = match serde_json::from_str(&e.body) {
+                Ok(ev) => ev,
+                Err(err) => {
+                    tracing::error!(seq = e.seq, error = %err, "stored event does not parse; not sent");
+                    continue;
+                }
+            };
+            for s in sinks.iter().filter(|s| s.wants(&event)) {
+                to.push((e.seq, s.name.clone(), e.order_key.clone()));
+            }
+        }
+        let queued = to.len();
+        notify::fan_out(&mut w, to, upto).await?;
+        w.commit().await?;
+        tracing::debug!(events = events.len(), queued, "notifications fanned out");
+        if events.len() as i64 == FANOUT_BATCH {
+            self.notifier.events_committed();
+        }
+        Ok(())
+    }
+
+    /// One attempt of one claimed delivery, and its outcome recorded.
+    async fn attempt(&self, sink: &Sink, c: Claimed) {
+        let outcome = match self.load(c.event_seq).await {
+            Ok(Some(event)) => {
+                self.deliverer
+                    .deliver(sink, &event, &self.secrets, &[], SystemTime::now())
+                    .await
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "loading a notification failed");
+                return;
+            }
+        };
+        let now = jitgate_api::time::now_ms();
+        let attempted = self.outcome(&outcome, &c, now);
+        match notify::record(
+            self.db.writer(),
+            &self.owner,
+            &sink.name,
+            c.event_seq,
+            &attempted,
+        )
+        .await
+        {
+            Ok(true) => {
+                if attempted.state == DeliveryState::Dead {
+                    tracing::warn!(
+                        sink = %sink.name,
+                        seq = c.event_seq,
+                        attempts = c.attempts,
+                        kind = attempted.kind,
+                        "notification given up (dead)"
+                    );
+                }
+            }
+            Ok(false) => tracing::info!(
+                sink = %sink.name,
+                seq = c.event_seq,
+                "notification lease lost during the attempt; its outcome is not recorded"
+            ),
+            Err(e) => {
+                tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "recording a notification outcome failed")
+            }
+        }
+    }
+
+    async fn load(&self, seq: i64) -> Result<Option<Event>> {
+        let mut conn = self.db.pool().acquire().await?;
+        let Some((body, _people)) = notify::event(&mut conn, seq).await? else {
+            return Ok(None);
+        };
+        let mut event: Event = serde_json::from_str(&body).map_err(crate::error::Error::corrupt)?;
+        event.links = Links::for_details(&event.details, self.portal.as_ref());
+        Ok(Some(event))
+    }
+
+    /// The row an outcome leaves.
+    fn outcome(&self, outcome: &Outcome, c: &Claimed, now: i64) -> Attempted {
+        match outcome {
+            Outcome::Delivered { status } => Attempted {
+                state: DeliveryState::Delivered,
+                next_attempt_at: now,
+                kind: outcome.kind_str(),
+                status: Some(status.as_str()),
+                detail: None,
+                delivered_at: Some(now),
+            },
+            Outcome::Failed(f) => {
+                let next = jitgate_notify::next_attempt(
+                    &self.retry,
+                    crate::outbox::event::time_of(c.first_attempt_at),
+                    u32::try_from(c.attempts).unwrap_or(u32::MAX),
+                    f,
+                    crate::outbox::event::time_of(now),
+                    rand::random::<f64>(),
+                );
+                let (state, at) = match next {
+                    Next::RetryAt(t) => (
+                        DeliveryState::Retrying,
+                        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+                    ),
+                    Next::Dead => (DeliveryState::Dead, now),
+                };
+                Attempted {
+                    state,
+                    next_attempt_at: at,
+                    kind: f.kind.as_str(),
+                    status: f.status.map(|s| s.as_str()),
+                    detail: Some(f.detail.chars().take(200).collect()),
+                    delivered_at: None,
+                }
+            }
+        }
+    }
+
+    /// Deletes delivered rows older than the retention (one controller at a time: the
+    /// counters lock).
+    async fn prune(&self) -> Result<()> {
+        let retain = i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX);
+        let before = jitgate_api::time::now_ms().saturating_sub(retain);
+        let mut w = self.db.begin().await?;
+        let (d, e) = notify::prune(&mut w, before).await?;
+        w.commit().await?;
+        if d + e > 0 {
+            tracing::info!(deliveries = d, events = e, "delivered notifications pruned");
+        }
+        Ok(())
+    }
+}

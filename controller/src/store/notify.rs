@@ -1,0 +1,294 @@
+//! The notification tables (`notify_sinks`, `notify_events`, `notify_deliveries`;
+//! docs/notifications.md): events written with their state change, their fan-out to sinks,
+//! the leased claim of due deliveries, the recorded outcome, and pruning.
+//!
+//! Claims and outcomes are single statements on the writer connection (without the
+//! counters lock): on SQLite no second writer contends, on PostgreSQL the repeated lease
+//! condition makes each claim atomic per row, so a delivery is attempted by one controller
+//! at a time.
+
+use jitgate_notify::{DeliveryState, Event};
+use sqlx::AnyConnection;
+
+use crate::error::{Error, Result};
+use crate::store::backend::{self, Param, Rows};
+use crate::store::write::{Counter, WriteTx, Writer};
+
+/// Who wrote the sinks taken from controller.toml (`created_by`).
+pub const CONFIG_SINK_OWNER: &str = "controller.toml";
+
+/// The event rows of a transaction, numbered from the `notify` counter (commit order), for
+/// [`WriteTx::commit_with`]: inserted in the commit's own round trip.
+pub fn event_rows(w: &mut WriteTx, events: &[Event]) -> Result<Rows> {
+    let mut rows = Rows::new(
+        "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at)",
+        7,
+    );
+    for e in events {
+        let seq = w.next(Counter::Notify);
+        rows.rows.push(vec![
+            Param::Int(seq),
+            Param::Text(e.id.to_string()),
+            Param::Text(e.event_type().as_str().into()),
+            Param::Text(e.order_key()),
+            Param::Text(serde_json::to_string(e)?),
+            // Identities carry no address yet: nobody to mail directly.
+            Param::Text("[]".into()),
+            Param::Int(w.now),
+        ]);
+    }
+    Ok(rows)
+}
+
+/// Inserts `events` now, inside the transaction (paths whose commit has no rows of its own).
+pub async fn insert_events(w: &mut WriteTx, events: &[Event]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = event_rows(w, events)?;
+    let backend = w.backend();
+    backend::insert(w.conn(), backend, rows).await
+}
+
+/// A stored sink: its name, `SinkSpec` JSON and who made it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SinkRow {
+    pub name: String,
+    pub spec: String,
+    pub created_by: String,
+}
+
+/// Every sink.
+pub async fn sinks(conn: &mut AnyConnection) -> Result<Vec<SinkRow>> {
+    Ok(
+        sqlx::query_as("SELECT name, spec, created_by FROM notify_sinks ORDER BY name")
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Stores `name` (insert or replace its spec).
+pub async fn put_sink(w: &mut WriteTx, name: &str, spec: &str, created_by: &str) -> Result<()> {
+    let now = w.now;
+    sqlx::query(
+        "INSERT INTO notify_sinks (name, spec, created_by, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET spec = $2, \
+         created_by = $3, updated_at = $4",
+    )
+    .bind(name)
+    .bind(spec)
+    .bind(created_by)
+    .bind(now)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// Removes `name` and its deliveries.
+pub async fn remove_sink(w: &mut WriteTx, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM notify_deliveries WHERE sink = $1")
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    sqlx::query("DELETE FROM notify_sinks WHERE name = $1")
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// An event not yet fanned out.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Unfanned {
+    pub seq: i64,
+    pub order_key: String,
+    pub body: String,
+}
+
+/// Up to `limit` events not yet fanned out, in commit order.
+pub async fn unfanned(w: &mut WriteTx, limit: i64) -> Result<Vec<Unfanned>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, order_key, body FROM notify_events WHERE fanned_out = 0 \
+         ORDER BY seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(w.conn())
+    .await?)
+}
+
+/// One queued delivery per (event, sink) in `to`, and the events up to `upto` marked fanned
+/// out (the caller read every unfanned event up to it, under the counters lock).
+pub async fn fan_out(w: &mut WriteTx, to: Vec<(i64, String, String)>, upto: i64) -> Result<()> {
+    let mut rows = Rows::new(
+        "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
+         next_attempt_at)",
+        6,
+    );
+    let now = w.now;
+    for (seq, sink, order_key) in to {
+        rows.rows.push(vec![
+            Param::Int(seq),
+            Param::Text(sink),
+            Param::Text(order_key),
+            Param::Text(DeliveryState::Queued.as_str().into()),
+            Param::Int(0),
+            Param::Int(now),
+        ]);
+    }
+    let backend = w.backend();
+    backend::insert(w.conn(), backend, rows).await?;
+    sqlx::query("UPDATE notify_events SET fanned_out = 1 WHERE fanned_out = 0 AND seq <= $1")
+        .bind(upto)
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
+/// A delivery claimed for one attempt.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub event_seq: i64,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    pub first_attempt_at: i64,
+}
+
+/// Claims up to `limit` due deliveries of `sink` for `owner` until `lease_until`: pending,
+/// due, not leased, and the first pending one of their order key (per-request order).
+pub async fn claim(
+    writer: &Writer,
+    owner: &str,
+    sink: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>> {
+    let mut w = writer.lock().await;
+    Ok(sqlx::query_as(
+        "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
+         attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
+         last_attempt_at = $3 \
+         WHERE sink = $4 AND (lease_until IS NULL OR lease_until < $3) AND event_seq IN ( \
+           SELECT d.event_seq FROM notify_deliveries d WHERE d.sink = $4 \
+           AND d.state IN ($5, $6) AND d.next_attempt_at <= $3 \
+           AND (d.lease_until IS NULL OR d.lease_until < $3) \
+           AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.sink = d.sink \
+             AND p.order_key = d.order_key AND p.event_seq < d.event_seq \
+             AND p.state IN ($5, $6)) \
+           ORDER BY d.event_seq LIMIT $7) \
+         RETURNING event_seq, attempts, first_attempt_at",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(sink)
+    .bind(DeliveryState::Queued.as_str())
+    .bind(DeliveryState::Retrying.as_str())
+    .bind(limit)
+    .fetch_all(w.conn())
+    .await?)
+}
+
+/// A stored event: its JSON and the people it addresses.
+pub async fn event(conn: &mut AnyConnection, seq: i64) -> Result<Option<(String, String)>> {
+    Ok(
+        sqlx::query_as("SELECT body, people FROM notify_events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// The outcome of one attempt.
+#[derive(Clone, Debug)]
+pub struct Attempted {
+    pub state: DeliveryState,
+    pub next_attempt_at: i64,
+    /// `FailureKind::as_str`, or `delivered`.
+    pub kind: &'static str,
+    pub status: Option<&'static str>,
+    /// Short, never a response body or a URL.
+    pub detail: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+/// Records an attempt's outcome, fenced by the lease: returns false (and changes nothing)
+/// if `owner` no longer holds it.
+pub async fn record(
+    writer: &Writer,
+    owner: &str,
+    sink: &str,
+    event_seq: i64,
+    a: &Attempted,
+) -> Result<bool> {
+    let mut w = writer.lock().await;
+    let r = sqlx::query(
+        "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, last_kind = $3, \
+         last_status = $4, last_detail = $5, delivered_at = $6, lease_owner = NULL, \
+         lease_until = NULL WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
+    )
+    .bind(a.state.as_str())
+    .bind(a.next_attempt_at)
+    .bind(a.kind)
+    .bind(a.status)
+    .bind(a.detail.as_deref())
+    .bind(a.delivered_at)
+    .bind(event_seq)
+    .bind(sink)
+    .bind(owner)
+    .execute(w.conn())
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Gives up `owner`'s leases (at shutdown: another controller, or this one restarted, takes
+/// them at once instead of after the lease).
+pub async fn release(writer: &Writer, owner: &str) -> Result<u64> {
+    let mut w = writer.lock().await;
+    let r = sqlx::query(
+        "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL \
+         WHERE lease_owner = $1",
+    )
+    .bind(owner)
+    .execute(w.conn())
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Deletes deliveries delivered before `before`, then the events older than `before` that
+/// have no delivery left. Returns (deliveries, events) deleted.
+pub async fn prune(w: &mut WriteTx, before: i64) -> Result<(u64, u64)> {
+    let d = sqlx::query("DELETE FROM notify_deliveries WHERE state = $1 AND delivered_at < $2")
+        .bind(DeliveryState::Delivered.as_str())
+        .bind(before)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+    let e = sqlx::query(
+        "DELETE FROM notify_events WHERE fanned_out = 1 AND created_at < $1 AND NOT EXISTS \
+         (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = notify_events.seq)",
+    )
+    .bind(before)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    Ok((d, e))
+}
+
+/// How many deliveries each sink has in each state.
+pub async fn counts(conn: &mut AnyConnection) -> Result<Vec<(String, DeliveryState, i64)>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT sink, state, COUNT(*) FROM notify_deliveries GROUP BY sink, state \
+         ORDER BY sink, state",
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (sink, state, n) in rows {
+        let state: DeliveryState = state
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("notify_deliveries.state: {e}")))?;
+        out.push((sink, state, n));
+    }
+    Ok(out)
+}

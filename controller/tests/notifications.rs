@@ -1,0 +1,345 @@
+//! Notifications end to end: a real controller (SQLite here; PostgreSQL with
+//! JIT_TEST_BACKEND=postgres) with a webhook sink from `[notify]` in controller.toml, and a
+//! real recording HTTPS receiver on loopback (the one jitgate-notify's tests use). Events
+//! arrive in order with valid signatures; a receiver that fails (5xx, then refused) and a
+//! controller restarted meanwhile lose nothing; a hanging sink does not slow initiate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../notify/tests/common/mod.rs"]
+mod receivers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Harness, one_port};
+use jitgate_api::Role;
+use jitgate_controller::state::Config;
+use jitgate_notify::{DeliveryState, SecretName, SecretStore};
+use receivers::{Answer, Pki, Received, Receiver};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const SECRET: &[u8] = b"a-webhook-signing-secret-for-tests";
+
+/// Port 22 of prod needs carl's approval; 80 is open without one.
+fn policy() -> Value {
+    json!([
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+         "maxRequestAccessDuration": "PT3H",
+         "approval": {"stages": [{"approvers": ["token:carl"], "required": 1}],
+           "allowEmergency": true}},
+        {"number": 80, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+         "maxRequestAccessDuration": "PT3H"}
+    ])
+}
+
+struct T {
+    h: Harness,
+    /// The sink's secret and CA file.
+    _tmp: tempfile::TempDir,
+    pki: Pki,
+    req: String,
+    carl: String,
+}
+
+/// `[notify]` as an operator writes it in controller.toml: one webhook sink at `url`.
+fn notify_toml(dir: &Path, url: &str, timeout: u64) -> String {
+    format!(
+        r#"
+[notify]
+secrets_dir = "{secrets}"
+allow_networks = ["127.0.0.1/32"]
+ca_files = ["{ca}"]
+system_roots = false
+timeout_seconds = {timeout}
+retry_initial_seconds = 1
+retry_max_interval_seconds = 2
+
+[[notify.sinks]]
+name = "hook"
+format = "webhook"
+target = "{url}"
+secret = "hook-key"
+"#,
+        secrets = dir.join("secrets").display(),
+        ca = dir.join("ca.pem").display(),
+    )
+}
+
+async fn setup(pki: Pki, url: &str, timeout: u64) -> T {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
+    store
+        .put(&"hook-key".parse::<SecretName>().unwrap(), SECRET)
+        .unwrap();
+    let parsed: Config = toml::from_str(&notify_toml(tmp.path(), url, timeout)).unwrap();
+    let h = Harness::with_config(|c| c.notify = parsed.notify).await;
+    h.fixture().await;
+    h.put_rg_policy("prod", policy()).await;
+    let req = h.token("req", Role::Requester, "rg:prod").await;
+    let carl = h.token("carl", Role::Reader, "*").await;
+    T {
+        h,
+        _tmp: tmp,
+        pki,
+        req,
+        carl,
+    }
+}
+
+fn port(n: u32) -> Value {
+    json!({"number": n, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT10M"})
+}
+
+async fn initiate(t: &T, n: u32) -> Value {
+    let (st, r) = t.h.initiate(&t.req, one_port("web1", port(n))).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    r
+}
+
+async fn approve(t: &T, id: &str) {
+    let (st, v) =
+        t.h.call(
+            Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            Some(&t.carl),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+/// Waits until `f` holds for what the receiver got (at most `limit`).
+async fn wait_for(
+    rx: &Receiver,
+    limit: Duration,
+    f: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    let t0 = Instant::now();
+    loop {
+        let got = rx.received();
+        if f(&got) {
+            return got;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the receiver got {} deliveries in {limit:?}: {:?}",
+            got.len(),
+            got.iter()
+                .map(|r| r.json()["type"].clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each delivery's signature verifies with the sink's secret and its `Jitgate-Delivery` is
+/// the event's id.
+fn check_signed(r: &Received) {
+    let sig = r.header("jitgate-signature").expect("signature header");
+    let now = jitgate_api::time::now_ms() / 1000;
+    jitgate_notify::verify_signature(sig, &r.body, SECRET, now, Duration::from_secs(600))
+        .expect("valid signature");
+    assert_eq!(
+        r.header("jitgate-delivery"),
+        r.json()["id"].as_str(),
+        "Jitgate-Delivery is the event id"
+    );
+}
+
+/// Distinct events in first-arrival order; every duplicate has the id and body of the
+/// first.
+fn distinct(got: &[Received]) -> Vec<Value> {
+    let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in got {
+        let id = r.header("jitgate-delivery").unwrap().to_string();
+        match seen.get(&id) {
+            Some(body) => assert_eq!(body, &r.body, "a duplicate of {id} differs"),
+            None => {
+                seen.insert(id, r.body.clone());
+                out.push(r.json());
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the delivery states satisfy `f` (at most `limit`).
+async fn wait_states(
+    t: &T,
+    limit: Duration,
+    f: impl Fn(&HashMap<DeliveryState, i64>) -> bool,
+) -> HashMap<DeliveryState, i64> {
+    let t0 = Instant::now();
+    loop {
+        let s = states(t).await;
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "delivery states {s:?} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn states(t: &T) -> HashMap<DeliveryState, i64> {
+    let mut conn = t.h.app().db.pool().acquire().await.unwrap();
+    jitgate_controller::store::notify::counts(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, s, n)| (s, n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_flow_reaches_the_webhook_in_order_signed() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let t = setup(pki, &rx.url("https", "127.0.0.1"), 5).await;
+    let r = initiate(&t, 22).await;
+    assert_eq!(r["status"], "PendingApproval", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    approve(&t, &id).await;
+    let (st, v) = t.h.revoke(&t.req, &id).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // A policy denial at initiate (port 23 is in no policy) and an emergency approval.
+    let denied = initiate(&t, 23).await;
+    assert_eq!(denied["status"], "Denied", "{denied}");
+    let e = initiate(&t, 22).await["id"].as_str().unwrap().to_string();
+    let (st, v) =
+        t.h.call(
+            Method::POST,
+            &format!("/api/v1/requests/{e}/approve"),
+            Some(&t.h.admin),
+            Some(json!({"emergency": true, "reason": "prod is down"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    let got = wait_for(&rx, Duration::from_secs(30), |g| distinct(g).len() >= 6).await;
+    got.iter().for_each(check_signed);
+    let events = distinct(&got);
+    let of = |rid: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["request"]["id"] == rid)
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        of(&id),
+        [
+            "request.pending_approval",
+            "request.approved",
+            "access.ended"
+        ],
+        "{events:#?}"
+    );
+    let first = &events[0];
+    assert_eq!(first["approvers"][0]["id"], "token:carl");
+    assert_eq!(first["request"]["requestor"]["id"], "token:req");
+    assert_eq!(first["links"]["cli"], format!("jit approve {id}"));
+    let ended = events.iter().find(|e| e["type"] == "access.ended").unwrap();
+    assert_eq!(ended["statusReason"], "UserRequested");
+    assert_eq!(ended["port"]["number"], 22);
+    let d = denied["id"].as_str().unwrap();
+    assert_eq!(of(d), ["request.denied"]);
+    let den = events.iter().find(|e| e["request"]["id"] == d).unwrap();
+    assert!(den.get("deniedBy").is_none(), "a policy denial: {den}");
+    assert!(!den["reasons"].as_array().unwrap().is_empty(), "{den}");
+    assert_eq!(of(&e), ["request.pending_approval", "request.approved"]);
+    let em = events
+        .iter()
+        .find(|x| x["request"]["id"] == e && x["type"] == "request.approved")
+        .unwrap();
+    assert_eq!(em["emergency"], true, "{em}");
+    assert_eq!(em["reasons"], json!(["prod is down"]));
+    // Every delivery is recorded delivered.
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&6)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_receiver_and_a_restart_lose_nothing() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let addr = rx.addr;
+    rx.answer(Answer::Status(503));
+    let mut t = setup(pki, &rx.url("https", "127.0.0.1"), 5).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = initiate(&t, 22).await;
+        let id = r["id"].as_str().unwrap().to_string();
+        approve(&t, &id).await;
+        ids.push(id);
+    }
+    // 5xx: attempted, failing, retrying.
+    wait_for(&rx, Duration::from_secs(30), |g| !g.is_empty()).await;
+    let s = wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Retrying).is_some()
+    })
+    .await;
+    assert_eq!(s.get(&DeliveryState::Delivered), None, "{s:?}");
+    // Then refused (nothing listens), with the controller restarted meanwhile.
+    let failed_5xx = rx.received().len();
+    drop(rx);
+    t.h.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Back: everything arrives, in order per request.
+    let rx = Receiver::https_on(&t.pki, "127.0.0.1", addr.port()).await;
+    let got = wait_for(&rx, Duration::from_secs(60), |g| distinct(g).len() >= 6).await;
+    got.iter().for_each(check_signed);
+    let events = distinct(&got);
+    assert_eq!(events.len(), 6, "{events:#?}");
+    for id in &ids {
+        let types: Vec<&str> = events
+            .iter()
+            .filter(|e| e["request"]["id"] == id.as_str())
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["request.pending_approval", "request.approved"]);
+    }
+    assert!(failed_5xx >= 1);
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&6)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_sink_does_not_slow_initiate() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    rx.answer(Answer::Hang);
+    // Each attempt waits its whole timeout (3 s) for an answer that never comes.
+    let t = setup(pki, &rx.url("https", "127.0.0.1"), 3).await;
+    let n = 20;
+    let t0 = Instant::now();
+    for i in 0..n {
+        // Denied by policy (port 2000+ is in no policy): each writes an event.
+        let r = initiate(&t, 2000 + i).await;
+        assert_eq!(r["status"], "Denied", "{r}");
+    }
+    let took = t0.elapsed();
+    // Waiting on the sink would take n x 3 s = 60 s; the requests take a small fraction.
+    assert!(
+        took < Duration::from_secs(15),
+        "{n} initiates took {took:?} with a hanging sink"
+    );
+    // The sink was being tried meanwhile (its attempts hang), and every event is queued.
+    wait_for(&rx, Duration::from_secs(30), |g| !g.is_empty()).await;
+    let s = wait_states(&t, Duration::from_secs(30), |s| {
+        s.values().sum::<i64>() == i64::from(n)
+    })
+    .await;
+    assert_eq!(s.get(&DeliveryState::Delivered), None, "{s:?}");
+}
