@@ -314,8 +314,12 @@ impl Harness {
 }
 
 /// Copies a state directory (files and their modes).
+/// Copies a directory tree with its modes (as `cp -a` would: the notification secrets
+/// directory must stay 0700).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
+    let mode = std::fs::metadata(from).expect("stat").permissions();
+    std::fs::set_permissions(to, mode).expect("chmod");
     for e in std::fs::read_dir(from).expect("read_dir") {
         let e = e.expect("entry");
         let dest = to.join(e.file_name());
