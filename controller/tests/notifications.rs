@@ -69,6 +69,11 @@ secret = "hook-key"
 }
 
 async fn setup(pki: Pki, url: &str, timeout: u64) -> T {
+    setup_on(pki, url, timeout, None).await
+}
+
+/// As [`setup`], on the database `database` if given.
+async fn setup_on(pki: Pki, url: &str, timeout: u64, database: Option<String>) -> T {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("ca.pem"), &pki.ca_pem).unwrap();
     let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
@@ -76,7 +81,11 @@ async fn setup(pki: Pki, url: &str, timeout: u64) -> T {
         .put(&"hook-key".parse::<SecretName>().unwrap(), SECRET)
         .unwrap();
     let parsed: Config = toml::from_str(&notify_toml(tmp.path(), url, timeout)).unwrap();
-    let h = Harness::with_config(|c| c.notify = parsed.notify).await;
+    let h = Harness::with_config(|c| {
+        c.notify = parsed.notify;
+        c.database_url = database;
+    })
+    .await;
     h.fixture().await;
     h.put_rg_policy("prod", policy()).await;
     let req = h.token("req", Role::Requester, "rg:prod").await;
@@ -342,4 +351,40 @@ async fn a_hanging_sink_does_not_slow_initiate() {
     })
     .await;
     assert_eq!(s.get(&DeliveryState::Delivered), None, "{s:?}");
+}
+
+/// Two controllers on one PostgreSQL, both delivering: each event reaches the receiver
+/// exactly once (the lease: one controller at a time per delivery). Always on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_deliver_each_event_once() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let db = common::fresh_postgres_database().await;
+    let t = setup_on(pki, &rx.url("https", "127.0.0.1"), 5, Some(db)).await;
+    let b = t.h.second().await;
+    let n = 8;
+    for i in 0..n {
+        let r = initiate(&t, 22).await;
+        let id = r["id"].as_str().unwrap().to_string();
+        // Decided through either controller: both write events, both workers deliver.
+        let via = if i % 2 == 0 { &t.h } else { &b };
+        let (st, v) = via
+            .call(
+                Method::POST,
+                &format!("/api/v1/requests/{id}/approve"),
+                Some(&t.carl),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let want = 2 * n;
+    wait_for(&rx, Duration::from_secs(30), |g| distinct(g).len() >= want).await;
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&(want as i64))
+    })
+    .await;
+    let got = rx.received();
+    got.iter().for_each(check_signed);
+    assert_eq!(got.len(), want, "every event exactly once");
 }
