@@ -186,6 +186,7 @@ pub async fn sample(app: &App) -> Result<Sample> {
         activity_head_seq: head,
         checkpoint,
         pg_notification_queue_usage: app.cluster.notification_queue_usage(),
+        notify: crate::store::notify::counts(&mut *pool.acquire().await?).await?,
     })
 }
 

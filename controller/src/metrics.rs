@@ -73,6 +73,13 @@ pub struct VmLabels {
     pub vm: String,
 }
 
+/// Labels of a notification sink's deliveries in one state (`DeliveryState::as_str`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    pub sink: String,
+    pub state: String,
+}
+
 jitgate_api::wire_enum! {
     /// The connection states an active agent is counted in (`jitgate_agents`).
     pub enum AgentState("agent state") {
@@ -165,6 +172,7 @@ struct Inner {
     checkpoint_age: Optional,
     pg_queue_usage: Optional,
     cert_expiry: Family<CertLabels, Gauge>,
+    notify_deliveries: Family<NotifyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -254,6 +262,13 @@ impl Metrics {
             "When a certificate the controller serves or trusts expires (unix seconds)",
             cert_expiry.clone(),
         );
+        let notify_deliveries = Family::<NotifyLabels, Gauge>::default();
+        add(
+            &mut r,
+            "jitgate_notify_deliveries",
+            "Notification deliveries per sink and state (queued, retrying, delivered, dead)",
+            notify_deliveries.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: r,
@@ -269,6 +284,7 @@ impl Metrics {
                 checkpoint_age,
                 pg_queue_usage,
                 cert_expiry,
+                notify_deliveries,
             }),
         }
     }
@@ -336,6 +352,15 @@ impl Metrics {
         set_optional(&m.checkpoint_seq, s.checkpoint.map(|c| c.seq as f64));
         set_optional(&m.checkpoint_age, s.checkpoint.map(|c| c.age_seconds));
         set_optional(&m.pg_queue_usage, s.pg_notification_queue_usage);
+        m.notify_deliveries.clear();
+        for (sink, state, n) in &s.notify {
+            m.notify_deliveries
+                .get_or_create(&NotifyLabels {
+                    sink: sink.clone(),
+                    state: state.as_str().to_string(),
+                })
+                .set(*n);
+        }
     }
 }
 
@@ -347,6 +372,8 @@ pub struct Sample {
     pub activity_head_seq: i64,
     pub checkpoint: Option<CheckpointSample>,
     pub pg_notification_queue_usage: Option<f64>,
+    /// Notification deliveries per sink and state.
+    pub notify: Vec<(String, jitgate_notify::DeliveryState, i64)>,
 }
 
 /// One VM's grants pending delivery.

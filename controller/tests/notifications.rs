@@ -13,10 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::agent::{Agent, enroll};
 use common::{Harness, one_port};
 use jitgate_api::Role;
 use jitgate_controller::state::Config;
 use jitgate_notify::{DeliveryState, SecretName, SecretStore};
+use jitgate_proto::message::Outcome;
+use jitgate_proto::{AgentMsg, ControllerMsg};
 use receivers::{Answer, Pki, Received, Receiver};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -275,6 +278,14 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
         s.get(&DeliveryState::Delivered) == Some(&6)
     })
     .await;
+    // And counted on the metrics listener's scrape.
+    let sample = jitgate_controller::health::sample(t.h.app()).await.unwrap();
+    let server = t.h.server.as_ref().unwrap();
+    let text = server.metrics.render(Some(&sample)).await.unwrap();
+    assert!(
+        text.contains("jitgate_notify_deliveries{sink=\"hook\",state=\"delivered\"} 6"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,4 +398,47 @@ async fn two_controllers_deliver_each_event_once() {
     let got = rx.received();
     got.iter().for_each(check_signed);
     assert_eq!(got.len(), want, "every event exactly once");
+}
+
+/// A request approved by policy alone tells nothing until its agent applies it
+/// (`access.applied`), then its end (`access.ended`, Expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_and_expired_access_is_told() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let t = setup(pki, &rx.url("https", "127.0.0.1"), 5).await;
+    let c = enroll(&t.h, "web1").await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake(&c, 0).await;
+    let r = initiate(&t, 80).await;
+    assert_eq!(r["status"], "Initiated", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let g = match a.recv_within(Duration::from_secs(5)).await {
+        Some(ControllerMsg::Grant(s)) => s.verify(&c.signing, c.id).expect("grant verifies"),
+        m => panic!("expected a grant, got {m:?}"),
+    };
+    a.send(&AgentMsg::GrantResult {
+        grant_id: g.grant_id,
+        seq: g.seq,
+        outcome: Outcome::Applied { agent_unix_ms: 1 },
+    })
+    .await;
+    let got = wait_for(&rx, Duration::from_secs(30), |g| !g.is_empty()).await;
+    let events = distinct(&got);
+    assert_eq!(events[0]["type"], "access.applied", "{events:#?}");
+    assert_eq!(events[0]["request"]["status"], "Applied");
+    // The window ends (the sweep, driven here at a time past it).
+    let later = jitgate_api::time::now_ms() + 3_600_000;
+    t.h.app().lifecycle.expire_due(later).await.unwrap();
+    let got = wait_for(&rx, Duration::from_secs(30), |g| distinct(g).len() >= 2).await;
+    got.iter().for_each(check_signed);
+    let events = distinct(&got);
+    let types: Vec<&str> = events
+        .iter()
+        .filter(|e| e["request"]["id"] == id.as_str())
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["access.applied", "access.ended"]);
+    assert_eq!(events[1]["statusReason"], "Expired");
+    assert_eq!(events[1]["virtualMachine"]["id"], "web1");
 }
