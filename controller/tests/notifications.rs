@@ -72,18 +72,20 @@ secret = "hook-key"
 }
 
 async fn setup(pki: Pki, url: &str, timeout: u64) -> T {
-    setup_on(pki, url, timeout, None).await
+    setup_on(pki, url, timeout, None, "").await
 }
 
-/// As [`setup`], on the database `database` if given.
-async fn setup_on(pki: Pki, url: &str, timeout: u64, database: Option<String>) -> T {
+/// As [`setup`], on the database `database` if given, with more of controller.toml after
+/// the `[notify]` table (`extra`).
+async fn setup_on(pki: Pki, url: &str, timeout: u64, database: Option<String>, extra: &str) -> T {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("ca.pem"), &pki.ca_pem).unwrap();
     let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
     store
         .put(&"hook-key".parse::<SecretName>().unwrap(), SECRET)
         .unwrap();
-    let parsed: Config = toml::from_str(&notify_toml(tmp.path(), url, timeout)).unwrap();
+    let text = notify_toml(tmp.path(), url, timeout) + extra;
+    let parsed: Config = toml::from_str(&text).unwrap();
     let h = Harness::with_config(|c| {
         c.notify = parsed.notify;
         c.database_url = database;
@@ -200,14 +202,17 @@ async fn wait_states(
     }
 }
 
+/// How many deliveries are in each state, all sinks together.
 async fn states(t: &T) -> HashMap<DeliveryState, i64> {
     let mut conn = t.h.app().db.pool().acquire().await.unwrap();
-    jitgate_controller::store::notify::counts(&mut conn)
+    let mut out = HashMap::new();
+    for (_, s, n) in jitgate_controller::store::notify::counts(&mut conn)
         .await
         .unwrap()
-        .into_iter()
-        .map(|(_, s, n)| (s, n))
-        .collect()
+    {
+        *out.entry(s).or_insert(0) += n;
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +376,7 @@ async fn two_controllers_deliver_each_event_once() {
     let pki = Pki::new("notify test CA");
     let rx = Receiver::https(&pki, "127.0.0.1").await;
     let db = common::fresh_postgres_database().await;
-    let t = setup_on(pki, &rx.url("https", "127.0.0.1"), 5, Some(db)).await;
+    let t = setup_on(pki, &rx.url("https", "127.0.0.1"), 5, Some(db), "").await;
     let b = t.h.second().await;
     let n = 8;
     for i in 0..n {
@@ -441,4 +446,65 @@ async fn applied_and_expired_access_is_told() {
     assert_eq!(types, ["access.applied", "access.ended"]);
     assert_eq!(events[1]["statusReason"], "Expired");
     assert_eq!(events[1]["virtualMachine"]["id"], "web1");
+}
+
+/// A sink scoped to `rg:dev` and to `request.denied` gets only those events; the unscoped
+/// sink gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_sink_gets_only_its_scope_and_types() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let dev = Receiver::https(&pki, "127.0.0.1").await;
+    let extra = format!(
+        r#"
+[[notify.sinks]]
+name = "dev-denials"
+format = "webhook"
+target = "{}"
+secret = "hook-key"
+scope = "rg:dev"
+events = ["request.denied"]
+"#,
+        dev.url("https", "127.0.0.1")
+    );
+    let t = setup_on(pki, &rx.url("https", "127.0.0.1"), 5, None, &extra).await;
+    let dev_req = t.h.token("devreq", Role::Requester, "rg:dev").await;
+    // prod: pending (both types outside the dev sink), then denied (outside its scope).
+    let pending = initiate(&t, 22).await["id"].as_str().unwrap().to_string();
+    let prod_denied = initiate(&t, 23).await["id"].as_str().unwrap().to_string();
+    // dev: denied (db1 has no policy).
+    let (st, r) = t
+        .h
+        .initiate(
+            &dev_req,
+            one_port(
+                "db1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT10M"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "Denied", "{r}");
+    let dev_denied = r["id"].as_str().unwrap().to_string();
+    let all = wait_for(&rx, Duration::from_secs(30), |g| distinct(g).len() >= 3).await;
+    // In order per request; across requests in any order.
+    let mut ids: Vec<String> = distinct(&all)
+        .iter()
+        .map(|e| e["request"]["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut want = vec![pending, prod_denied, dev_denied.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let got = wait_for(&dev, Duration::from_secs(30), |g| !g.is_empty()).await;
+    got.iter().for_each(check_signed);
+    // Everything the unscoped sink got has been fanned out: the dev sink has its one.
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&4)
+    })
+    .await;
+    let events = distinct(&dev.received());
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["type"], "request.denied");
+    assert_eq!(events[0]["request"]["id"], dev_denied.as_str());
 }
