@@ -10,6 +10,7 @@ use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
 use jitgate_controller::logging::{self, LogFormat};
+use jitgate_controller::outbox;
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::tokens::TokenInfo;
 
@@ -79,6 +80,22 @@ enum Cmd {
     /// The agent fleet: VM, agent id, online/offline, last seen, interfaces, protected
     /// ports, active grants, audit head.
     Agents,
+    /// Notifications (docs/notifications.md): the delivery queue per sink, and dead
+    /// deliveries re-driven.
+    #[command(subcommand)]
+    Notify(NotifyCmd),
+}
+
+#[derive(Subcommand)]
+enum NotifyCmd {
+    /// Deliveries per sink: queued, retrying, delivered, dead, and the last failure.
+    Status,
+    /// Attempt dead deliveries again (a running controller picks them up within a second).
+    Retry {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -414,6 +431,55 @@ async fn run(cli: Cli) -> Result<()> {
             app.close().await;
             print_agents(&v, cli.json)?;
         }
+        Cmd::Notify(n) => {
+            let app = open_app(&dir).await?;
+            let res = match n {
+                NotifyCmd::Status => outbox::status::status(&app.db)
+                    .await
+                    .map(|v| print_notify(&v, cli.json)),
+                NotifyCmd::Retry { sink } => outbox::status::retry(&app.db, sink.as_deref())
+                    .await
+                    .map(|n| {
+                        if cli.json {
+                            println!("{}", serde_json::json!({"retried": n}));
+                        } else {
+                            println!("{n} dead deliveries will be attempted again");
+                        }
+                        Ok(())
+                    }),
+            };
+            app.close().await;
+            res??;
+        }
+    }
+    Ok(())
+}
+
+fn print_notify(v: &[outbox::status::SinkStatus], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>8} {:>8} {:>10} {:>6}  LAST FAILURE",
+        "SINK", "QUEUED", "RETRYING", "DELIVERED", "DEAD"
+    );
+    for s in v {
+        let last = s.last_failure.as_ref().map_or_else(
+            || "-".to_string(),
+            |f| {
+                format!(
+                    "{} {} at {}",
+                    f.kind,
+                    f.status_class.as_deref().unwrap_or(""),
+                    f.time_utc
+                )
+            },
+        );
+        println!(
+            "{:<24} {:>8} {:>8} {:>10} {:>6}  {last}",
+            s.name, s.queued, s.retrying, s.delivered, s.dead
+        );
     }
     Ok(())
 }

@@ -508,3 +508,60 @@ events = ["request.denied"]
     assert_eq!(events[0]["type"], "request.denied");
     assert_eq!(events[0]["request"]["id"], dev_denied.as_str());
 }
+
+/// A receiver that refuses for good (404: permanent) makes deliveries dead at once;
+/// `jit-controller notify status` shows them with the failure, `notify retry` re-drives
+/// them and they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_deliveries_are_shown_and_retried() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    rx.answer(Answer::Status(404));
+    let t = setup(pki, &rx.url("https", "127.0.0.1"), 5).await;
+    let id = initiate(&t, 22).await["id"].as_str().unwrap().to_string();
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Dead) == Some(&1)
+    })
+    .await;
+    let cli = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+            .arg("--state-dir")
+            .arg(&t.h.dir.0)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = cli(&["notify", "status"]);
+    assert_eq!(v[0]["name"], "hook", "{v}");
+    assert_eq!(v[0]["dead"], 1, "{v}");
+    assert_eq!(v[0]["lastFailure"]["kind"], "http-4xx", "{v}");
+    assert_eq!(v[0]["lastFailure"]["statusClass"], "4xx", "{v}");
+    // An unknown sink is refused and changes nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+        .arg("--state-dir")
+        .arg(&t.h.dir.0)
+        .args(["notify", "retry", "--sink", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(states(&t).await.get(&DeliveryState::Dead), Some(&1));
+    // The receiver is fixed; the dead delivery is re-driven and arrives.
+    rx.answer(Answer::Status(204));
+    assert_eq!(cli(&["notify", "retry", "--sink", "hook"])["retried"], 1);
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&1)
+    })
+    .await;
+    let got = rx.received();
+    got.iter().for_each(check_signed);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("jitgate-delivery").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "one refused attempt, one delivered");
+    assert_eq!(ids[0], ids[1], "the same delivery id both times");
+    assert_eq!(got[1].json()["request"]["id"], id.as_str());
+}

@@ -292,3 +292,53 @@ pub async fn counts(conn: &mut AnyConnection) -> Result<Vec<(String, DeliverySta
     }
     Ok(out)
 }
+
+/// Dead deliveries (of `sink`, or of every sink) back to `retrying`, due now, with a fresh
+/// give-up window. Returns how many.
+pub async fn retry_dead(w: &mut WriteTx, sink: Option<&str>) -> Result<u64> {
+    let now = w.now;
+    let q = match sink {
+        Some(_) => {
+            "UPDATE notify_deliveries SET state = $1, attempts = 0, first_attempt_at = NULL, \
+             next_attempt_at = $2 WHERE state = $3 AND sink = $4"
+        }
+        None => {
+            "UPDATE notify_deliveries SET state = $1, attempts = 0, first_attempt_at = NULL, \
+             next_attempt_at = $2 WHERE state = $3"
+        }
+    };
+    let mut q = sqlx::query(q)
+        .bind(DeliveryState::Retrying.as_str())
+        .bind(now)
+        .bind(DeliveryState::Dead.as_str());
+    if let Some(s) = sink {
+        q = q.bind(s);
+    }
+    Ok(q.execute(w.conn()).await?.rows_affected())
+}
+
+/// A sink's last failure still standing (on a delivery retrying or dead).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LastFailure {
+    /// `FailureKind::as_str`.
+    pub kind: String,
+    /// `StatusClass::as_str`, when there was an answer.
+    pub status: Option<String>,
+    pub detail: Option<String>,
+    pub at: i64,
+}
+
+/// The latest failure of `sink`'s retrying or dead deliveries.
+pub async fn last_failure(conn: &mut AnyConnection, sink: &str) -> Result<Option<LastFailure>> {
+    Ok(sqlx::query_as(
+        "SELECT last_kind AS kind, last_status AS status, last_detail AS detail, \
+         last_attempt_at AS at FROM notify_deliveries WHERE sink = $1 AND state IN ($2, $3) \
+         AND last_kind IS NOT NULL AND last_attempt_at IS NOT NULL \
+         ORDER BY last_attempt_at DESC LIMIT 1",
+    )
+    .bind(sink)
+    .bind(DeliveryState::Retrying.as_str())
+    .bind(DeliveryState::Dead.as_str())
+    .fetch_optional(conn)
+    .await?)
+}

@@ -1,0 +1,92 @@
+//! What an operator sees of the notification queue (`jit-controller notify status`), and
+//! the re-drive of dead deliveries (`jit-controller notify retry`).
+
+use serde::Serialize;
+
+use jitgate_notify::DeliveryState;
+
+use crate::error::{Error, Result};
+use crate::store::db::Db;
+use crate::store::notify;
+
+/// One sink's deliveries by state and its last standing failure (never a response body or
+/// a sink's URL: a Slack or Teams URL is a credential).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    pub name: String,
+    pub created_by: String,
+    pub queued: i64,
+    pub retrying: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailureView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureView {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub time_utc: String,
+}
+
+/// Every sink's status, by name.
+pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
+    let mut conn = db.pool().acquire().await?;
+    let counts = notify::counts(&mut conn).await?;
+    let mut out = Vec::new();
+    for s in notify::sinks(&mut conn).await? {
+        let n = |state: DeliveryState| {
+            counts
+                .iter()
+                .filter(|(sink, st, _)| *sink == s.name && *st == state)
+                .map(|(_, _, n)| *n)
+                .sum()
+        };
+        let last_failure = notify::last_failure(&mut conn, &s.name)
+            .await?
+            .map(|f| FailureView {
+                kind: f.kind,
+                status_class: f.status,
+                detail: f.detail,
+                time_utc: jitgate_api::time::format(f.at),
+            });
+        out.push(SinkStatus {
+            queued: n(DeliveryState::Queued),
+            retrying: n(DeliveryState::Retrying),
+            delivered: n(DeliveryState::Delivered),
+            dead: n(DeliveryState::Dead),
+            name: s.name,
+            created_by: s.created_by,
+            last_failure,
+        });
+    }
+    Ok(out)
+}
+
+/// Dead deliveries of `sink` (or of every sink) are attempted again at once, with a fresh
+/// give-up window. Returns how many.
+pub async fn retry(db: &Db, sink: Option<&str>) -> Result<u64> {
+    let mut w = db.begin().await?;
+    if let Some(name) = sink
+        && !notify::sinks(w.conn())
+            .await?
+            .iter()
+            .any(|s| s.name == name)
+    {
+        return Err(Error::Internal(format!("no notification sink {name}")));
+    }
+    let n = notify::retry_dead(&mut w, sink).await?;
+    w.commit().await?;
+    tracing::info!(
+        sink = sink.unwrap_or("*"),
+        deliveries = n,
+        "dead notifications re-driven"
+    );
+    Ok(n)
+}
