@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use jitgate_notify::event::Links;
@@ -102,8 +103,8 @@ pub async fn setup(
 /// Starts the worker; it stops (giving up its leases) when `shutdown` changes.
 pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut inflight: HashMap<String, usize> = HashMap::new();
-        let mut attempts: JoinSet<String> = JoinSet::new();
+        let mut inflight = Inflight::new();
+        let mut attempts: JoinSet<()> = JoinSet::new();
         let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             if let Err(e) = outbox.round(&mut inflight, &mut attempts).await {
@@ -118,9 +119,9 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
             tokio::select! {
                 _ = outbox.notifier.events() => {}
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    finished(&mut inflight, done);
+                    finished(done);
                     while let Some(done) = attempts.try_join_next() {
-                        finished(&mut inflight, done);
+                        finished(done);
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
@@ -136,17 +137,24 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
     })
 }
 
-fn finished(
-    inflight: &mut HashMap<String, usize>,
-    done: std::result::Result<String, tokio::task::JoinError>,
-) {
-    match done {
-        Ok(sink) => {
-            if let Some(n) = inflight.get_mut(&sink) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "a notification attempt panicked"),
+fn finished(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a notification attempt panicked");
+    }
+}
+
+/// Attempts in flight per sink.
+type Inflight = HashMap<String, Arc<AtomicUsize>>;
+
+/// One sink's slot, held by an attempt's task: given back when the task ends, however it
+/// ends (done, panicked, aborted at stop).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -170,18 +178,14 @@ impl Outbox {
         Ok(out)
     }
 
-    async fn round(
-        &self,
-        inflight: &mut HashMap<String, usize>,
-        attempts: &mut JoinSet<String>,
-    ) -> Result<()> {
+    async fn round(&self, inflight: &mut Inflight, attempts: &mut JoinSet<()>) -> Result<()> {
         let sinks = self.sinks().await?;
         self.fan_out(&sinks).await?;
         let now = jitgate_api::time::now_ms();
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
         for sink in sinks {
-            let busy = inflight.get(&sink.name).copied().unwrap_or(0);
-            let free = PER_SINK.saturating_sub(busy);
+            let busy = inflight.entry(sink.name.clone()).or_default().clone();
+            let free = PER_SINK.saturating_sub(busy.load(Ordering::Relaxed));
             if free == 0 {
                 continue;
             }
@@ -197,13 +201,14 @@ impl Outbox {
             if claimed.is_empty() {
                 continue;
             }
-            *inflight.entry(sink.name.clone()).or_insert(0) += claimed.len();
             let sink = Arc::new(sink);
             for c in claimed {
+                busy.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot(busy.clone());
                 let (me, sink) = (self.clone(), sink.clone());
                 attempts.spawn(async move {
+                    let _slot = slot;
                     me.attempt(&sink, c).await;
-                    sink.name.clone()
                 });
             }
         }
