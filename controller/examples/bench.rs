@@ -552,7 +552,11 @@ async fn run(o: Opts) -> Result<()> {
             "\nauto-approving rule vs plain initiate, best of 3: {auto:.0} vs {plain:.0} req/s, difference {:.0} req/s ({:+.1} %; target: at most 5 % slower: {})",
             auto - plain,
             (auto - plain) / plain * 100.0,
-            if auto >= plain * 0.95 { "met" } else { "MISSED" }
+            if auto >= plain * 0.95 {
+                "met"
+            } else {
+                "MISSED"
+            }
         );
     }
     let verify = server.app.audit.verify(&a).await?;
