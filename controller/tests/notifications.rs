@@ -565,3 +565,36 @@ async fn dead_deliveries_are_shown_and_retried() {
     assert_eq!(ids[0], ids[1], "the same delivery id both times");
     assert_eq!(got[1].json()["request"]["id"], id.as_str());
 }
+
+/// A host that trusts no certificate authority (a minimal system without CA certificates)
+/// and has no sink still runs: a trust store is needed only once a sink is configured, and
+/// then its absence stops the start with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_trust_store_is_needed_until_a_sink_is_configured() {
+    let parsed: Config = toml::from_str("[notify]\nsystem_roots = false\n").unwrap();
+    let h = Harness::with_config(|c| c.notify = parsed.notify).await;
+    let (st, _) = h.get("/api/v1/me", &h.admin).await;
+    assert_eq!(st, reqwest::StatusCode::OK);
+    drop(h);
+    let parsed: Config = toml::from_str(
+        "[notify]\nsystem_roots = false\n[[notify.sinks]]\nname = \"hook\"\nformat = \"webhook\"\n\
+         target = \"https://hooks.example.net/x\"\n",
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = jitgate_controller::state::StateDir(tmp.path().join("state"));
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        agent_listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    cfg.notify = parsed.notify;
+    jitgate_controller::state::init(&dir, &cfg, &[])
+        .await
+        .unwrap();
+    let err = match jitgate_controller::start(&dir, &cfg).await {
+        Ok(_) => panic!("started without a trust store for its https sink"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no trusted certificate authority"), "{err}");
+}

@@ -144,7 +144,7 @@ pub mod text;
 
 pub use backoff::{DeliveryState, Next, RetryPolicy, next_attempt};
 pub use config::NotifyConfig;
-pub use deliver::{Deliverer, DeliveryConfig, SmtpRelay, SmtpSecurity, TlsRoots};
+pub use deliver::{DeliverError, Deliverer, DeliveryConfig, SmtpRelay, SmtpSecurity, TlsRoots};
 pub use egress::EgressPolicy;
 pub use event::{Event, EventDetails, EventId, EventType};
 pub use outcome::{Failure, FailureKind, Outcome, StatusClass};

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use jitgate_notify::event::Links;
 use jitgate_notify::{
-    Deliverer, DeliveryState, Event, Next, NotifyConfig, Outcome, RetryPolicy, SecretStore, Sink,
-    SinkRules, SinkSpec,
+    DeliverError, Deliverer, DeliveryState, Event, Next, NotifyConfig, Outcome, RetryPolicy,
+    SecretStore, Sink, SinkRules, SinkSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -51,7 +51,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 pub struct Outbox {
     pub db: Db,
     pub notifier: Notifier,
-    pub deliverer: Arc<Deliverer>,
+    /// None when no sink is configured and the host trusts no certificate authority (a
+    /// minimal host without CA certificates): events are still fanned out (to no one) and
+    /// pruned.
+    pub deliverer: Option<Arc<Deliverer>>,
     pub secrets: SecretStore,
     pub rules: SinkRules,
     pub retry: RetryPolicy,
@@ -75,7 +78,17 @@ pub async fn setup(
     let invalid = |e: &dyn std::fmt::Display| SetupError::Invalid(format!("[notify]: {e}"));
     let delivery = cfg.delivery_config().map_err(|e| invalid(&e))?;
     let timeout = delivery.timeout;
-    let deliverer = Deliverer::new(delivery).map_err(|e| invalid(&e))?;
+    let deliverer = match Deliverer::new(delivery) {
+        Ok(d) => Some(Arc::new(d)),
+        // Nothing to send to: a trust store is needed only once a sink is configured.
+        Err(DeliverError::NoRoots) if cfg.sinks.is_empty() => {
+            tracing::info!(
+                "no notification sink and no trusted certificate authority: notifications are not sent"
+            );
+            None
+        }
+        Err(e) => return Err(invalid(&e)),
+    };
     let dir = cfg
         .secrets_dir
         .clone()
@@ -89,7 +102,7 @@ pub async fn setup(
     Ok(Outbox {
         db: db.clone(),
         notifier: notifier.clone(),
-        deliverer: Arc::new(deliverer),
+        deliverer,
         secrets,
         rules,
         retry: cfg.retry_policy(),
@@ -256,7 +269,13 @@ impl Outbox {
     async fn attempt(&self, sink: &Sink, c: Claimed) {
         let outcome = match self.load(c.event_seq).await {
             Ok(Some(event)) => {
-                self.deliverer
+                let Some(deliverer) = &self.deliverer else {
+                    // Unreachable while sinks are only those of the file (none here); the
+                    // lease expires and the row waits for a restart with a trust store.
+                    tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
+                    return;
+                };
+                deliverer
                     .deliver(sink, &event, &self.secrets, &[], SystemTime::now())
                     .await
             }
