@@ -9,7 +9,8 @@ use crate::input::{
     parse_duration, parse_port, parse_prefixes, parse_proto_sel, parse_time, validate_name,
 };
 
-/// Furthest ahead a port may be booked (its startTimeUtc).
+/// Furthest ahead a port may be booked (its startTimeUtc): the default and the largest value
+/// of `max_booking_ahead` in controller.toml (agents refuse bookings further ahead).
 pub const MAX_BOOKING_AHEAD_MS: i64 = 7 * 24 * 3600 * 1000;
 /// A booked start this little in the past is a clock's skew, taken as "now".
 const START_SKEW_MS: i64 = 60 * 1000;
@@ -47,6 +48,16 @@ pub struct Initiate {
 impl Initiate {
     /// Validates syntax. `my_ip` fills a missing source; `now` anchors durations.
     pub fn from_body(j: &InitiateBody, my_ip: std::net::IpAddr, now: i64) -> Result<Initiate> {
+        Self::from_body_within(j, my_ip, now, MAX_BOOKING_AHEAD_MS)
+    }
+
+    /// [`Initiate::from_body`], with bookings at most `max_ahead_ms` ahead.
+    pub fn from_body_within(
+        j: &InitiateBody,
+        my_ip: std::net::IpAddr,
+        now: i64,
+        max_ahead_ms: i64,
+    ) -> Result<Initiate> {
         let justification = j.justification.trim().to_string();
         if justification.is_empty() {
             return Err(Error::refused(
@@ -103,10 +114,13 @@ impl Initiate {
                                 format!("port {number}: startTimeUtc {t} is in the past"),
                             ));
                         }
-                        if at > now + MAX_BOOKING_AHEAD_MS {
+                        if at > now + max_ahead_ms {
                             return Err(Error::refused(
                                 ErrorCode::InvalidTime,
-                                format!("port {number}: startTimeUtc {t} is more than P7D ahead"),
+                                format!(
+                                    "port {number}: startTimeUtc {t} is more than {} ahead",
+                                    jitgate_api::duration::format(max_ahead_ms / 1000)
+                                ),
                             ));
                         }
                         Some(at.max(now))

@@ -151,6 +151,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         compliance: Some(Settings::from_config(&cfg.compliance)?),
         limits: crate::lifecycle::initiate::Limits {
             max_pending: i64::from(cfg.max_pending_per_requester),
+            max_booking_ahead_ms: cfg.booking_horizon_ms().map_err(SetupError::Invalid)?,
         },
     };
     let app = App::open(

@@ -121,6 +121,9 @@ pub struct Config {
     /// Most requests one principal may have pending approval at once.
     #[serde(default = "default_max_pending")]
     pub max_pending_per_requester: u32,
+    /// Furthest ahead a port may be booked (ISO 8601, PT1M to P7D; default P7D).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_booking_ahead: Option<String>,
     #[serde(default = "default_conns")]
     pub max_db_connections: u32,
     /// Address and port of the agent channel (mutual TLS, docs/protocol.md).
@@ -167,6 +170,7 @@ impl Default for Config {
             sqlite_synchronous: default_sync(),
             expiry_sweep_seconds: default_sweep(),
             max_pending_per_requester: default_max_pending(),
+            max_booking_ahead: None,
             max_db_connections: default_conns(),
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
@@ -187,6 +191,21 @@ impl Config {
             .unwrap_or_else(|| sqlite_url(&dir.db()))
     }
 
+    /// `max_booking_ahead` in ms (default and at most P7D: agents refuse bookings further
+    /// ahead).
+    pub fn booking_horizon_ms(&self) -> Result<i64, String> {
+        let Some(d) = &self.max_booking_ahead else {
+            return Ok(crate::request::MAX_BOOKING_AHEAD_MS);
+        };
+        let secs =
+            jitgate_api::duration::parse(d).map_err(|e| format!("max_booking_ahead {d:?}: {e}"))?;
+        let ms = secs.saturating_mul(1000);
+        if !(60_000..=crate::request::MAX_BOOKING_AHEAD_MS).contains(&ms) {
+            return Err(format!("max_booking_ahead {d} is outside PT1M..P7D"));
+        }
+        Ok(ms)
+    }
+
     /// How the controller opens its database (`connections` per pool).
     pub fn db_options(&self, connections: u32) -> DbOptions {
         DbOptions {
@@ -202,6 +221,8 @@ impl Config {
             source: e,
         })?;
         let cfg: Config = toml::from_str(&text)
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
+        cfg.booking_horizon_ms()
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(

@@ -9,6 +9,7 @@ mod common;
 use common::{Harness, one_port};
 use jitgate_api::Role;
 use jitgate_api::time::{now_ms, parse};
+use jitgate_controller::state::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -674,4 +675,36 @@ async fn bad_input_is_refused_and_changes_nothing() {
         "{v}"
     );
     assert_eq!(t.h.snapshot().await, before);
+}
+
+/// The booking horizon is `max_booking_ahead` (controller.toml, default and at most P7D).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_booking_horizon_is_configurable() {
+    let h = Harness::with_config(|c| c.max_booking_ahead = Some("PT2H".into())).await;
+    h.fixture().await;
+    h.put_rg_policy("prod", policy()).await;
+    let req = h.token("req", Role::Requester, "rg:prod").await;
+    let at = |ms: i64| {
+        let mut p = port(3389, "PT10M");
+        p["startTimeUtc"] = json!(jitgate_api::time::format(now_ms() + ms));
+        one_port("web1", p)
+    };
+    let (st, v) = h.initiate(&req, at(3 * 3_600_000)).await;
+    assert_eq!(
+        (st, code(&v)),
+        (StatusCode::BAD_REQUEST, "InvalidTime"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("PT2H"),
+        "{v}"
+    );
+    // Within the horizon it is the agent's level that decides (none here speaks level 2).
+    let (st, v) = h.initiate(&req, at(3_600_000)).await;
+    assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "AgentTooOld"), "{v}");
+    let bad = Config {
+        max_booking_ahead: Some("P8D".into()),
+        ..Config::default()
+    };
+    assert!(bad.booking_horizon_ms().unwrap_err().contains("PT1M..P7D"));
 }

@@ -31,11 +31,16 @@ pub const MAX_BATCH: usize = 64;
 pub struct Limits {
     /// Most requests one principal may have pending approval at once.
     pub max_pending: i64,
+    /// Furthest ahead a port may be booked, in ms.
+    pub max_booking_ahead_ms: i64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_pending: 20 }
+        Limits {
+            max_pending: 20,
+            max_booking_ahead_ms: crate::request::MAX_BOOKING_AHEAD_MS,
+        }
     }
 }
 

@@ -64,7 +64,12 @@ impl Lifecycle {
 
     /// Validates and records an access request (see [`Lifecycle::initiate`]).
     pub async fn request(&self, caller: &Caller, body: &InitiateBody) -> Result<RequestView> {
-        let req = Initiate::from_body(body, caller.address, jitgate_api::time::now_ms())?;
+        let req = Initiate::from_body_within(
+            body,
+            caller.address,
+            jitgate_api::time::now_ms(),
+            self.limits.max_booking_ahead_ms,
+        )?;
         self.initiate(caller, &req).await
     }
 
