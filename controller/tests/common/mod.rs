@@ -156,15 +156,28 @@ impl Harness {
         content_type: &str,
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("send");
+        // A server that refuses a body before reading it (too large) answers and closes
+        // while the client may still be writing it: the client then sees a broken pipe
+        // instead of the answer. Send again (a fresh connection) until the answer is read.
+        let mut tries = 0;
+        let r = loop {
+            tries += 1;
+            match self
+                .client
+                .request(method.clone(), format!("{}{}", self.base, path))
+                .bearer_auth(token)
+                .header("content-type", content_type)
+                .body(body.clone())
+                .send()
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if tries < 10 && e.is_request() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("send: {e:?}"),
+            }
+        };
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         (status, v)
