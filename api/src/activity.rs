@@ -40,6 +40,10 @@ wire_enum! {
         Deny = "Deny JIT Network Access",
         Cancel = "Cancel JIT Network Access",
         ApprovalTimedOut = "Approval Timed Out JIT Network Access",
+        AddSink = "Add Notification Sink",
+        RemoveSink = "Remove Notification Sink",
+        RetrySink = "Retry Notification Deliveries",
+        WriteSecret = "Write Notification Secret",
     }
 }
 
@@ -50,6 +54,8 @@ wire_enum! {
         ResourceGroup = "ResourceGroup",
         Token = "Token",
         PolicyAssignment = "PolicyAssignment",
+        NotificationSink = "NotificationSink",
+        NotificationSecret = "NotificationSecret",
     }
 }
 

@@ -27,6 +27,12 @@ wire_enum! {
         InvalidScan = "InvalidScan",
         InvalidRange = "InvalidRange",
         RangeNotAllowed = "RangeNotAllowed",
+        /// A notification sink that does not validate (format, target, scope, secret name).
+        InvalidSink = "InvalidSink",
+        /// A secret name or value that is not acceptable.
+        InvalidSecret = "InvalidSecret",
+        /// A sink's URL resolves to an address the controller may not contact.
+        BlockedAddress = "BlockedAddress",
         // 401
         Unauthenticated = "Unauthenticated",
         InvalidEnrollmentToken = "InvalidEnrollmentToken",
@@ -42,6 +48,7 @@ wire_enum! {
         AgentNotFound = "AgentNotFound",
         AssignmentNotFound = "AssignmentNotFound",
         TemplateNotFound = "TemplateNotFound",
+        SinkNotFound = "SinkNotFound",
         NoSuchRoute = "NoSuchRoute",
         // 405
         MethodNotAllowed = "MethodNotAllowed",
@@ -62,6 +69,11 @@ wire_enum! {
         TokenAlreadyRevoked = "TokenAlreadyRevoked",
         AssignmentExists = "AssignmentExists",
         EmptyActivityLog = "EmptyActivityLog",
+        SinkExists = "SinkExists",
+        /// The sink comes from controller.toml: change it there.
+        SinkInConfigFile = "SinkInConfigFile",
+        /// This controller cannot send notifications (no trusted certificate authority).
+        NotificationsUnavailable = "NotificationsUnavailable",
         // 413
         BodyTooLarge = "BodyTooLarge",
         // 415
@@ -120,7 +132,10 @@ impl ErrorCode {
             | C::InvalidCsr
             | C::InvalidScan
             | C::InvalidRange
-            | C::RangeNotAllowed => K::Invalid,
+            | C::RangeNotAllowed
+            | C::InvalidSink
+            | C::InvalidSecret
+            | C::BlockedAddress => K::Invalid,
             C::Unauthenticated | C::InvalidEnrollmentToken => K::Unauthenticated,
             C::Forbidden => K::Forbidden,
             C::VmNotFound
@@ -132,6 +147,7 @@ impl ErrorCode {
             | C::AgentNotFound
             | C::AssignmentNotFound
             | C::TemplateNotFound
+            | C::SinkNotFound
             | C::NoSuchRoute => K::NotFound,
             C::MethodNotAllowed => K::MethodNotAllowed,
             C::RequestTimeout => K::Timeout,
@@ -144,7 +160,10 @@ impl ErrorCode {
             | C::RequestNotPending
             | C::AlreadyDecided
             | C::TooManyPending
-            | C::AgentTooOld => K::Conflict,
+            | C::AgentTooOld
+            | C::SinkExists
+            | C::SinkInConfigFile
+            | C::NotificationsUnavailable => K::Conflict,
             C::BodyTooLarge => K::TooLarge,
             C::UnsupportedMediaType => K::UnsupportedMediaType,
             C::InternalError => K::Internal,

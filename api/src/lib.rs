@@ -22,6 +22,7 @@ pub mod error;
 pub mod inventory;
 pub mod list;
 pub mod name;
+pub mod notify;
 pub mod policy;
 pub mod port;
 pub mod request;
@@ -47,6 +48,10 @@ pub use compliance::{
 pub use error::{ErrorBody, ErrorClass, ErrorCode, ErrorDetail};
 pub use inventory::{Me, ResourceGroup, Vm, VmDetail};
 pub use list::{Format, List};
+pub use notify::{
+    DeliveryFailure, NewSink, RetryBody, RetryResult, SecretBody, SinkInfo, SinkStatus, SinkTarget,
+    SinkTestResult, SinkView,
+};
 pub use policy::{OnExpiry, PolicyBody, PolicyPort, PolicyScope, PolicyView};
 pub use port::{PortSpec, ProtoSel};
 pub use request::{

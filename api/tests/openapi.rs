@@ -182,6 +182,15 @@ fn every_schema_matches_its_type() {
     check::<api::ApprovalRecord>(s, "ApprovalRecord", seen);
     check::<api::PendingStage>(s, "PendingStage", seen);
     check::<api::ApprovalEntry>(s, "ApprovalEntry", seen);
+    check::<api::NewSink>(s, "NewSink", seen);
+    check::<api::SinkView>(s, "SinkView", seen);
+    check::<api::SinkInfo>(s, "SinkInfo", seen);
+    check::<api::DeliveryFailure>(s, "DeliveryFailure", seen);
+    check::<api::SinkStatus>(s, "SinkStatus", seen);
+    check::<api::SinkTestResult>(s, "SinkTestResult", seen);
+    check::<api::RetryBody>(s, "RetryBody", seen);
+    check::<api::RetryResult>(s, "RetryResult", seen);
+    check::<api::SecretBody>(s, "SecretBody", seen);
     check::<api::PolicyBody>(s, "PolicyBody", seen);
     check::<api::PolicyView>(s, "PolicyView", seen);
     check::<api::InitiatePort>(s, "InitiatePort", seen);

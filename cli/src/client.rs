@@ -9,9 +9,10 @@ use std::time::Duration;
 use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
     ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
-    Connection, DecisionBody, ErrorBody, HistoryQuery, InitiateBody, List, Me, PolicyBody,
-    PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody, ScanSummary, VerifyReport,
-    ViewQuery, Vm, VmDetail,
+    Connection, DecisionBody, ErrorBody, HistoryQuery, InitiateBody, List, Me, NewSink, PolicyBody,
+    PolicyView, RemediateBody, ReportQuery, RequestView, RetryBody, RetryResult, ScanBody,
+    ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
+    VmDetail,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -285,6 +286,53 @@ impl Client {
     pub async fn remediate(&self, body: &RemediateBody) -> R<Reply<PolicyView>> {
         let rb = self.request(Method::POST, &["compliance", "remediate"]);
         self.typed(rb.json(body)).await
+    }
+
+    // --- notifications -------------------------------------------------------------------
+
+    /// `GET /notify/sinks`
+    pub async fn sinks(&self) -> R<Reply<List<SinkInfo>>> {
+        self.typed(self.get(&["notify", "sinks"])).await
+    }
+
+    /// `POST /notify/sinks`
+    pub async fn add_sink(&self, body: &NewSink) -> R<Reply<SinkInfo>> {
+        let rb = self.request(Method::POST, &["notify", "sinks"]);
+        self.typed(rb.json(body)).await
+    }
+
+    /// `DELETE /notify/sinks/{name}`
+    pub async fn remove_sink(&self, name: &str) -> R<()> {
+        let rb = self.request(Method::DELETE, &["notify", "sinks", name]);
+        self.send(rb).await.map(drop)
+    }
+
+    /// `POST /notify/sinks/{name}/test`
+    pub async fn test_sink(&self, name: &str) -> R<Reply<SinkTestResult>> {
+        let rb = self.request(Method::POST, &["notify", "sinks", name, "test"]);
+        self.typed(rb).await
+    }
+
+    /// `GET /notify/status`
+    pub async fn notify_status(&self) -> R<Reply<List<SinkStatus>>> {
+        self.typed(self.get(&["notify", "status"])).await
+    }
+
+    /// `POST /notify/retry`
+    pub async fn notify_retry(&self, body: &RetryBody) -> R<Reply<RetryResult>> {
+        let rb = self.request(Method::POST, &["notify", "retry"]);
+        self.typed(rb.json(body)).await
+    }
+
+    /// `GET /notify/secrets`: names only.
+    pub async fn secret_names(&self) -> R<Reply<List<String>>> {
+        self.typed(self.get(&["notify", "secrets"])).await
+    }
+
+    /// `PUT /notify/secrets/{name}`
+    pub async fn put_secret(&self, name: &str, body: &SecretBody) -> R<()> {
+        let rb = self.request(Method::PUT, &["notify", "secrets", name]);
+        self.send(rb.json(body)).await.map(drop)
     }
 
     // --- the one way a call is made -------------------------------------------------------

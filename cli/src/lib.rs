@@ -22,7 +22,9 @@ mod table;
 mod text;
 
 use client::Client;
-use cmd::{approvals, audit, compliance, connect, connections, history, policy, requests, vms};
+use cmd::{
+    approvals, audit, compliance, connect, connections, history, notify, policy, requests, vms,
+};
 use exit::R;
 use output::Out;
 
@@ -93,6 +95,11 @@ enum Cmd {
     /// resource group or owner, JSON or CSV), evaluations and probes on demand, history,
     /// policy assignments and remediation.
     Compliance(compliance::ComplianceArgs),
+    /// Where the controller sends notifications (webhook, Slack, Teams, email): add, list,
+    /// remove and test sinks, see their queues, re-drive dead deliveries, write the secrets
+    /// that sign webhook bodies. Admins only; a sink's scope lies within yours.
+    #[command(subcommand)]
+    Notify(notify::NotifyCmd),
 }
 
 /// The command-line definition, for generating man pages and shell completions.
@@ -154,6 +161,7 @@ async fn run(cli: Cli) -> R<()> {
         Cmd::Audit(a) => audit::run(&c, a, out).await,
         Cmd::Connections(a) => connections::run(&c, a, out).await,
         Cmd::Compliance(a) => compliance::run(&c, a, out).await,
+        Cmd::Notify(n) => notify::run(&c, n, out).await,
     }
 }
 

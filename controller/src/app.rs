@@ -11,6 +11,7 @@ use crate::fleet::{Enrollment, Fleet};
 use crate::inventory::Inventory;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
+use crate::outbox::Notifications;
 use crate::policies::Policies;
 use crate::presence::Presence;
 use crate::store::db::{Db, DbOptions};
@@ -47,6 +48,8 @@ pub struct App {
     pub audit: Audit,
     pub views: AgentViews,
     pub compliance: Compliance,
+    /// Notification sinks and secrets (unavailable in administration commands).
+    pub notifications: Notifications,
 }
 
 impl App {
@@ -74,6 +77,7 @@ impl App {
             notifier,
             presence,
             cluster: ClusterStatus::default(),
+            notifications: Notifications::default(),
         })
     }
 

@@ -14,6 +14,9 @@
 //! | write a group's policy | admin | the group |
 //! | verify, export, list checkpoints, compliance history | reader | `*` |
 //! | sign a checkpoint, run, assign or unassign compliance | admin | `*` |
+//! | list notification sinks and secret names | admin | anything |
+//! | add, remove, test, re-drive a notification sink | admin | the sink's scope (no scope: `*`) |
+//! | write a notification secret | admin | `*` |
 //! | manage tokens, VMs, groups, agents | root on the host | |
 
 use std::net::IpAddr;
@@ -202,8 +205,26 @@ pub enum Action<'a> {
     ReadAll,
     /// Sign a checkpoint; run, assign or unassign compliance.
     AdministerAll,
+    /// See the notification sinks at all, and the names of their secrets.
+    ListSinks,
+    /// Add, remove, test or re-drive a notification sink reaching this much.
+    ManageSink {
+        reach: SinkReach<'a>,
+    },
     /// Tokens, VMs, resource groups, agent credentials: root on the host only.
     Administer,
+}
+
+/// What a notification sink reaches: its scope, resolved to the VM's resource group.
+#[derive(Clone, Copy, Debug)]
+pub enum SinkReach<'a> {
+    /// No scope: every VM (only an admin of scope `*`).
+    Everything,
+    Group(&'a str),
+    Vm {
+        vm: &'a str,
+        group: &'a str,
+    },
 }
 
 /// Allowed, or `Forbidden` (logged with the caller and what it lacked).
@@ -262,6 +283,13 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::EmergencyApprove { vm: v, group: g } => vm(Role::Admin, v, g),
         Action::ReadAll => all(Role::Reader),
         Action::AdministerAll => all(Role::Admin),
+        Action::ListSinks if c.role == Role::Admin => Ok(()),
+        Action::ListSinks => Err(deny(c, "notification sinks", Role::Admin)),
+        Action::ManageSink { reach } => match reach {
+            SinkReach::Everything => all(Role::Admin),
+            SinkReach::Group(g) => group(Role::Admin, g),
+            SinkReach::Vm { vm: v, group: g } => vm(Role::Admin, v, g),
+        },
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),
             Principal::Token { .. } => Err(deny(
@@ -276,6 +304,17 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
 /// Whether a VM shows in the caller's lists.
 pub fn sees_vm(c: &Caller, vm: &str, group: &str) -> bool {
     c.scope.covers_vm(vm, group)
+}
+
+/// Whether a notification sink shows in the caller's lists (an admin sees the sinks within
+/// their scope).
+pub fn sees_sink(c: &Caller, reach: SinkReach<'_>) -> bool {
+    c.role == Role::Admin
+        && match reach {
+            SinkReach::Everything => c.scope == Scope::All,
+            SinkReach::Group(g) => c.scope.covers_group(g),
+            SinkReach::Vm { vm, group } => c.scope.covers_vm(vm, group),
+        }
 }
 
 /// Whether a resource group shows in the caller's lists.

@@ -455,7 +455,7 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn print_notify(v: &[outbox::status::SinkStatus], json: bool) -> Result<()> {
+fn print_notify(v: &[jitgate_api::SinkStatus], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());

@@ -154,12 +154,16 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             max_booking_ahead_ms: cfg.booking_horizon_ms().map_err(SetupError::Invalid)?,
         },
     };
-    let app = App::open(
+    let mut app = App::open(
         &cfg.database_url(dir),
         &cfg.db_options(cfg.max_db_connections),
         parts,
     )
     .await?;
+    let outbox =
+        crate::outbox::worker::setup(&cfg.notify, &dir.notify_secrets(), &app.db, &app.notifier)
+            .await?;
+    app.notifications = crate::outbox::Notifications::new(outbox.clone());
     let (shutdown, _) = watch::channel(false);
     let state = AppState {
         app: app.clone(),
@@ -185,9 +189,6 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         ),
         crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
     ];
-    let outbox =
-        crate::outbox::worker::setup(&cfg.notify, &dir.notify_secrets(), &app.db, &app.notifier)
-            .await?;
     tasks.push(crate::outbox::spawn(outbox, shutdown.subscribe()));
     if let Some((l, a)) = metrics_listener {
         tasks.push(serve_metrics(l, state, shutdown.subscribe(), a));

@@ -41,7 +41,7 @@
 //!    CREATE TABLE notify_sinks (
 //!        name TEXT PRIMARY KEY,
 //!        spec TEXT NOT NULL,           -- SinkSpec JSON (full target: a Slack/Teams URL is a
-//!                                      -- credential; only SinkView ever leaves the server)
+//!                                      -- credential; only Sink::view ever leaves the server)
 //!        created_by TEXT NOT NULL,
 //!        created_at BIGINT NOT NULL,
 //!        updated_at BIGINT NOT NULL
@@ -123,7 +123,7 @@
 //!    [`Sink::check_secret`] against the [`SecretStore`] and [`Deliverer::check_target`]
 //!    (the URL must resolve to allowed addresses) before storing anything, and checks that
 //!    the sink's scope lies within the admin's (only scope `*` creates unscoped sinks).
-//!    Responses show [`SinkView`] (redacted). `test` sends [`examples::sample`]. Secret
+//!    Responses show [`Sink::view`] (redacted). `test` sends [`examples::sample`]. Secret
 //!    upload is [`SecretStore::put`]; nothing reads a secret back.
 
 pub mod backoff;
@@ -151,5 +151,5 @@ pub use outcome::{Failure, FailureKind, Outcome, StatusClass};
 pub use render::email::Person;
 pub use secrets::{SecretName, SecretStore};
 pub use signature::verify_signature;
-pub use sink::{Sink, SinkFormat, SinkRules, SinkSpec, SinkView};
+pub use sink::{Sink, SinkFormat, SinkRules, SinkSpec};
 pub use sink_url::SinkUrl;

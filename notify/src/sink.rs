@@ -2,19 +2,20 @@
 //!
 //! A [`SinkSpec`] is what an admin wrote (`jit notify add`, or `[[notify.sinks]]` in the
 //! configuration file); [`Sink::from_spec`] checks all of it at once and names the first
-//! problem in words an admin can act on. What a sink may be shown as is [`SinkView`]: the
+//! problem in words an admin can act on. What a sink may be shown as is [`Sink::view`]: the
 //! target URL there is redacted.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use jitgate_api::{NewSink, SinkTarget, SinkView};
 use lettre::Address;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventType, EventTypeError};
 use crate::secrets::{SecretError, SecretName, SecretStore};
-use crate::sink_url::{RedactedUrl, SinkUrl, UrlError};
+use crate::sink_url::{SinkUrl, UrlError};
 
 /// Most fixed addresses one email sink may have.
 pub const MAX_ADDRESSES: usize = 50;
@@ -41,6 +42,21 @@ pub struct SinkSpec {
     /// Deliver only events addressed to this approver group (`group:NAME`).
     #[serde(default)]
     pub to_group: Option<String>,
+}
+
+impl From<NewSink> for SinkSpec {
+    /// The API's body (camelCase JSON) as the same fields the configuration file has.
+    fn from(n: NewSink) -> SinkSpec {
+        SinkSpec {
+            name: n.name,
+            events: n.events,
+            scope: n.scope,
+            format: n.format,
+            target: n.target,
+            secret: n.secret,
+            to_group: n.to_group,
+        }
+    }
 }
 
 /// What the configuration file allows sinks (never settable through the API).
@@ -319,23 +335,23 @@ impl Sink {
         }
     }
 
-    /// What responses and logs may show.
+    /// What responses and logs may show: the URL redacted.
     pub fn view(&self) -> SinkView {
         SinkView {
             name: self.name.clone(),
             events: match &self.events {
                 EventSelection::All => Vec::new(),
-                EventSelection::Only(s) => s.iter().copied().collect(),
+                EventSelection::Only(s) => s.iter().map(|t| t.as_str().to_string()).collect(),
             },
             scope: self.scope.as_ref().map(Scope::to_string),
-            format: self.format.as_str(),
+            format: self.format.as_str().to_string(),
             target: match &self.target {
-                Target::Url(u) => ViewTarget::Url(u.redacted()),
+                Target::Url(u) => SinkTarget::Url(u.redacted().to_string()),
                 Target::Email(a) => {
-                    ViewTarget::Addresses(a.iter().map(Address::to_string).collect())
+                    SinkTarget::Addresses(a.iter().map(Address::to_string).collect())
                 }
             },
-            secret: self.secret.clone(),
+            secret: self.secret.as_ref().map(|s| s.as_str().to_string()),
             to_group: self.to_group.clone(),
         }
     }
@@ -360,30 +376,6 @@ fn parse_addresses(s: &str) -> Result<Vec<Address>, SinkError> {
         }
     }
     Ok(out)
-}
-
-/// A sink as responses show it (camelCase JSON); the URL is redacted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SinkView {
-    pub name: String,
-    /// Empty: all event types.
-    pub events: Vec<EventType>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    pub format: &'static str,
-    pub target: ViewTarget,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to_group: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ViewTarget {
-    Url(RedactedUrl),
-    Addresses(Vec<String>),
 }
 
 #[cfg(test)]

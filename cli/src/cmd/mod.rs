@@ -6,6 +6,7 @@ pub mod compliance;
 pub mod connect;
 pub mod connections;
 pub mod history;
+pub mod notify;
 pub mod policy;
 pub mod requests;
 pub mod vms;

@@ -10,6 +10,7 @@ pub mod compliance;
 pub mod error;
 pub mod extract;
 pub mod inventory;
+pub mod notify;
 pub mod ops;
 pub mod policies;
 pub mod requests;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(activity::router())
         .merge(agents::router())
         .merge(compliance::router())
+        .merge(notify::router())
         .fallback(|| async {
             HttpError::new(
                 ErrorCode::NoSuchRoute,

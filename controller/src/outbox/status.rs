@@ -1,39 +1,12 @@
 //! What an operator sees of the notification queue (`jit-controller notify status`), and
 //! the re-drive of dead deliveries (`jit-controller notify retry`).
 
-use serde::Serialize;
-
+use jitgate_api::{DeliveryFailure, SinkStatus};
 use jitgate_notify::DeliveryState;
 
 use crate::error::{Error, Result};
 use crate::store::db::Db;
 use crate::store::notify;
-
-/// One sink's deliveries by state and its last standing failure (never a response body or
-/// a sink's URL: a Slack or Teams URL is a credential).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SinkStatus {
-    pub name: String,
-    pub created_by: String,
-    pub queued: i64,
-    pub retrying: i64,
-    pub delivered: i64,
-    pub dead: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<FailureView>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FailureView {
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status_class: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    pub time_utc: String,
-}
 
 /// Every sink's status, by name.
 pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
@@ -48,14 +21,15 @@ pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
                 .map(|(_, _, n)| *n)
                 .sum()
         };
-        let last_failure = notify::last_failure(&mut conn, &s.name)
-            .await?
-            .map(|f| FailureView {
-                kind: f.kind,
-                status_class: f.status,
-                detail: f.detail,
-                time_utc: jitgate_api::time::format(f.at),
-            });
+        let last_failure =
+            notify::last_failure(&mut conn, &s.name)
+                .await?
+                .map(|f| DeliveryFailure {
+                    kind: f.kind,
+                    status_class: f.status,
+                    detail: f.detail,
+                    time_utc: jitgate_api::time::format(f.at),
+                });
         out.push(SinkStatus {
             queued: n(DeliveryState::Queued),
             retrying: n(DeliveryState::Retrying),

@@ -56,15 +56,26 @@ pub struct SinkRow {
     pub name: String,
     pub spec: String,
     pub created_by: String,
+    pub updated_at: i64,
 }
 
 /// Every sink.
 pub async fn sinks(conn: &mut AnyConnection) -> Result<Vec<SinkRow>> {
     Ok(
-        sqlx::query_as("SELECT name, spec, created_by FROM notify_sinks ORDER BY name")
+        sqlx::query_as("SELECT name, spec, created_by, updated_at FROM notify_sinks ORDER BY name")
             .fetch_all(conn)
             .await?,
     )
+}
+
+/// One sink.
+pub async fn sink(conn: &mut AnyConnection, name: &str) -> Result<Option<SinkRow>> {
+    Ok(sqlx::query_as(
+        "SELECT name, spec, created_by, updated_at FROM notify_sinks WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Stores `name` (insert or replace its spec).

@@ -153,6 +153,11 @@ impl Deliverer {
         })
     }
 
+    /// Whether an SMTP relay is configured (email sinks need one).
+    pub fn has_smtp(&self) -> bool {
+        self.smtp.is_some()
+    }
+
     /// What `add` does with a new sink's URL: the same checks a delivery makes, before
     /// anything is stored. Returns the addresses it resolved to.
     pub async fn check_target(&self, url: &SinkUrl) -> Result<Vec<IpAddr>, TargetError> {
