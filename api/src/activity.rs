@@ -25,6 +25,7 @@ wire_enum! {
         Apply = "Apply JIT Network Access",
         CreateToken = "Create API Token",
         RevokeToken = "Revoke API Token",
+        UpdateToken = "Update API Token",
         AddVm = "Add Virtual Machine",
         AddGroup = "Add Resource Group",
         CreateEnrollToken = "Create Agent Enrollment Token",

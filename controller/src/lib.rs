@@ -45,6 +45,7 @@ pub mod notify;
 pub mod outbox;
 pub mod policies;
 pub mod policy;
+pub mod policy_change;
 pub mod presence;
 pub mod request;
 pub mod server;

@@ -119,6 +119,10 @@ enum TokenCmd {
         /// creation is in the activity log. One person holding two tokens is two principals.
         #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
+        /// The principal's email address: email notification sinks reach it when it
+        /// requests access or an approval rule names it.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// List tokens (never their secrets).
     List,
@@ -307,9 +311,15 @@ async fn run(cli: Cli) -> Result<()> {
                     scope,
                     expires_in,
                     groups,
+                    email,
                 } => {
                     let role = input::parse_role(&role)?;
                     let scope = input::parse_scope(&scope)?;
+                    if let Some(e) = &email
+                        && e.trim().parse::<jitgate_notify::EmailAddress>().is_err()
+                    {
+                        bail!("--email {e:?} is not an email address");
+                    }
                     let expires = match expires_in {
                         Some(d) => {
                             let secs = input::parse_duration(&d)?;
@@ -324,6 +334,9 @@ async fn run(cli: Cli) -> Result<()> {
                         .tokens
                         .create(&local, &name, role, &scope, expires, &groups)
                         .await?;
+                    if let Some(e) = &email {
+                        app.tokens.set_email(&local, &info.id, Some(e)).await?;
+                    }
                     if cli.json {
                         println!("{}", serde_json::json!({"token": info, "secret": secret}));
                     } else {

@@ -3,12 +3,17 @@
 
 use jitgate_api::{ErrorCode, Operation, PolicyBody, PolicyScope, PolicyView, ResourceType};
 
+use jitgate_notify::event::PolicyOperation;
+
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
+use crate::outbox;
 use crate::policy::Policy;
+use crate::policy_change;
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
 use crate::store::inventory;
+use crate::store::notify;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::write::WriteTx;
 
@@ -17,6 +22,16 @@ use crate::store::write::WriteTx;
 pub enum Target<'a> {
     Vm(&'a str),
     Group(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// The VM, for a VM's own policy.
+    pub fn vm(self) -> Option<&'a str> {
+        match self {
+            Target::Vm(vm) => Some(vm),
+            Target::Group(_) => None,
+        }
+    }
 }
 
 /// A target that exists, with its resource group.
@@ -109,7 +124,7 @@ impl Policies {
         Self::authorize(caller, &r, true)?;
         let policy = Policy::from_body(body)?;
         let mut w = self.db.begin().await?;
-        let v = write(&mut w, &caller.actor(), t, &r.group, &policy).await?;
+        let v = write(&mut w, caller, t, &r.group, &policy).await?;
         w.commit().await?;
         Ok(v)
     }
@@ -118,6 +133,7 @@ impl Policies {
         let r = self.resolve(t).await?;
         Self::authorize(caller, &r, true)?;
         let mut w = self.db.begin().await?;
+        let old = stored(&mut w, r.scope, r.name).await?;
         if !policies::delete(&mut w, r.scope, r.name).await? {
             return Err(Error::refused(
                 ErrorCode::PolicyNotFound,
@@ -129,6 +145,16 @@ impl Policies {
             entry(Operation::DeletePolicy, t, &r.group, &caller.actor()),
         )
         .await?;
+        let change = policy_change::compare(old.as_ref(), None);
+        let event = outbox::event::policy_changed(
+            t.vm(),
+            &r.group,
+            caller,
+            PolicyOperation::Delete,
+            change,
+            w.now,
+        );
+        notify::insert_events(&mut w, &[event]).await?;
         w.policy_changed(r.scope, r.name);
         w.commit().await
     }
@@ -159,10 +185,26 @@ fn entry(op: Operation, t: Target<'_>, group: &str, actor: &Actor) -> NewActivit
     }
 }
 
-/// Writes a validated policy and its activity entry in `w` (the agents are woken at commit).
+/// The policy stored for `name`, validated (None: none; one that no longer validates counts
+/// as none for the comparison, and is logged).
+async fn stored(w: &mut WriteTx, scope: PolicyScope, name: &str) -> Result<Option<Policy>> {
+    let Some(row) = policies::get(w.conn(), scope, name).await? else {
+        return Ok(None);
+    };
+    match Policy::from_body(&row.body.0) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            tracing::warn!(policy = %name, error = %e, "stored policy no longer validates");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes a validated policy, its activity entry and its `policy.changed` notification in
+/// `w` (the agents are woken at commit).
 pub async fn write(
     w: &mut WriteTx,
-    actor: &Actor,
+    caller: &Caller,
     t: Target<'_>,
     group: &str,
     policy: &Policy,
@@ -171,6 +213,9 @@ pub async fn write(
         Target::Vm(vm) => (PolicyScope::VirtualMachine, vm),
         Target::Group(g) => (PolicyScope::ResourceGroup, g),
     };
+    let actor = &caller.actor();
+    let old = stored(w, scope, name).await?;
+    let change = policy_change::compare(old.as_ref(), Some(policy));
     let body = policy.to_body();
     let created = policies::put(w, scope, name, &body, &actor.name).await?;
     activity::log(
@@ -179,6 +224,17 @@ pub async fn write(
             .details(serde_json::json!({"ports": body.ports, "created": created})),
     )
     .await?;
+    if !change.lines.is_empty() {
+        let event = outbox::event::policy_changed(
+            t.vm(),
+            group,
+            caller,
+            PolicyOperation::Update,
+            change,
+            w.now,
+        );
+        notify::insert_events(w, &[event]).await?;
+    }
     w.policy_changed(scope, name);
     Ok(PolicyView {
         scope,

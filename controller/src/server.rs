@@ -178,6 +178,10 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         spawn_sweeper(
             app.clone(),
             Duration::from_secs(cfg.expiry_sweep_seconds.max(1)),
+            Leads {
+                ending_soon_ms: ms(cfg.notify.ending_soon_lead_seconds),
+                agent_offline_ms: ms(cfg.notify.agent_offline_after_seconds),
+            },
             shutdown.subscribe(),
         ),
         crate::channel::serve_agents(
@@ -221,19 +225,48 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     })
 }
 
-/// Marks ended access every `every` (the controller's bookkeeping; the kernel enforces).
+fn ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// What the sweeper tells ahead of or after the fact.
+struct Leads {
+    /// `access.ending_soon` this long before a window ends.
+    ending_soon_ms: i64,
+    /// `agent.offline` after an agent is gone this long.
+    agent_offline_ms: i64,
+}
+
+/// Marks ended access every `every` (the controller's bookkeeping; the kernel enforces), and
+/// tells of access ending soon and of agents gone offline or back.
 fn spawn_sweeper(
     app: App,
     every: Duration,
+    leads: Leads,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let since = jitgate_api::time::now_ms();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = app.lifecycle.expire_due(jitgate_api::time::now_ms()).await {
+                    let now = jitgate_api::time::now_ms();
+                    if let Err(e) = app.lifecycle.expire_due(now).await {
                         tracing::error!(error = %e, "expiry sweep failed");
+                    }
+                    if let Err(e) = app.lifecycle.tell_ending_soon(now, leads.ending_soon_ms).await {
+                        tracing::error!(error = %e, "ending-soon sweep failed");
+                    }
+                    let offline = crate::fleet::watch::check(
+                        &app.db,
+                        &app.presence,
+                        now,
+                        leads.agent_offline_ms,
+                        since,
+                    );
+                    if let Err(e) = offline.await {
+                        tracing::error!(error = %e, "agent offline watch failed");
                     }
                 }
                 _ = shutdown.changed() => break,

@@ -131,6 +131,48 @@ impl Tokens {
         Ok((info, secret))
     }
 
+    /// Sets (or clears, with None) the email address of the token `id`: where email sinks
+    /// reach its principal (as requester or named approver).
+    pub async fn set_email(&self, caller: &Caller, id: &str, email: Option<&str>) -> Result<()> {
+        authz::authorize(caller, Action::Administer)?;
+        let email = match email {
+            Some(e) => Some(
+                e.trim()
+                    .parse::<jitgate_notify::EmailAddress>()
+                    .map_err(|_| {
+                        Error::refused(
+                            ErrorCode::InvalidBody,
+                            format!(
+                                "{:?} is not an email address",
+                                e.chars().take(80).collect::<String>()
+                            ),
+                        )
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let mut w = self.db.begin().await?;
+        if !tokens::set_email(&mut w, id, email.as_deref()).await? {
+            return Err(Error::refused(
+                ErrorCode::TokenNotFound,
+                format!("no token {id}"),
+            ));
+        }
+        activity::log(
+            &mut w,
+            NewActivity::other(
+                Operation::UpdateToken,
+                ResourceType::Token,
+                "",
+                &caller.actor(),
+            )
+            .details(serde_json::json!({"tokenId": id, "email": email})),
+        )
+        .await?;
+        w.commit().await
+    }
+
     pub async fn list(&self, caller: &Caller) -> Result<Vec<TokenInfo>> {
         authz::authorize(caller, Action::Administer)?;
         Ok(tokens::list(self.db.pool())

@@ -11,10 +11,9 @@ mod receivers;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, one_port};
+use common::notify::Rig;
+use common::one_port;
 use jitgate_api::Role;
-use jitgate_controller::state::Config;
-use jitgate_notify::{SecretName, SecretStore};
 use receivers::{Pki, Received, Receiver};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -22,42 +21,16 @@ use serde_json::{Value, json};
 const FILE_SECRET: &[u8] = b"the-file-sink-secret";
 const API_SECRET: &str = "an-api-written-secret-0123456789";
 
-struct T {
-    h: Harness,
-    tmp: tempfile::TempDir,
-}
+type T = Rig;
 
-/// A controller whose controller.toml allows 127.0.0.1 (the receiver) and names one sink
-/// of its own (`filehook`, pointing at `file_url`).
+/// A controller whose controller.toml names one sink of its own (`filehook`, at
+/// `file_url`).
 async fn setup(pki: &Pki, file_url: &str) -> T {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("ca.pem"), &pki.ca_pem).unwrap();
-    let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
-    store
-        .put(&"file-key".parse::<SecretName>().unwrap(), FILE_SECRET)
-        .unwrap();
-    let text = format!(
-        r#"
-[notify]
-secrets_dir = "{secrets}"
-allow_networks = ["127.0.0.1/32"]
-ca_files = ["{ca}"]
-system_roots = false
-timeout_seconds = 3
-
-[[notify.sinks]]
-name = "filehook"
-format = "webhook"
-target = "{file_url}"
-secret = "file-key"
-"#,
-        secrets = tmp.path().join("secrets").display(),
-        ca = tmp.path().join("ca.pem").display(),
+    let tail = format!(
+        "[[notify.sinks]]\nname = \"filehook\"\nformat = \"webhook\"\n\
+         target = \"{file_url}\"\nsecret = \"file-key\"\n"
     );
-    let parsed: Config = toml::from_str(&text).unwrap();
-    let h = Harness::with_config(|c| c.notify = parsed.notify).await;
-    h.fixture().await;
-    T { h, tmp }
+    Rig::start(&pki.ca_pem, &[("file-key", FILE_SECRET)], &tail).await
 }
 
 fn sink(name: &str, url: &str) -> Value {

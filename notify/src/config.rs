@@ -68,6 +68,10 @@ pub struct NotifyConfig {
     pub give_up_after_seconds: u64,
     #[serde(default = "d_lead")]
     pub ending_soon_lead_seconds: u64,
+    /// How long an agent is gone before `agent.offline` is told (a restart of the agent or
+    /// of the controller stays quiet).
+    #[serde(default = "d_offline")]
+    pub agent_offline_after_seconds: u64,
     #[serde(default = "d_retain")]
     pub retain_delivered_days: u64,
     #[serde(default)]
@@ -116,6 +120,9 @@ fn d_give_up() -> u64 {
 fn d_lead() -> u64 {
     600
 }
+fn d_offline() -> u64 {
+    120
+}
 fn d_retain() -> u64 {
     30
 }
@@ -137,6 +144,7 @@ impl Default for NotifyConfig {
             retry_max_interval_seconds: d_max_interval(),
             give_up_after_seconds: d_give_up(),
             ending_soon_lead_seconds: d_lead(),
+            agent_offline_after_seconds: d_offline(),
             retain_delivered_days: d_retain(),
             portal_url: None,
             ca_files: Vec::new(),
@@ -222,6 +230,13 @@ impl NotifyConfig {
             0,
             86_400,
             "0 to 86400",
+        )?;
+        range(
+            "agent_offline_after_seconds",
+            self.agent_offline_after_seconds,
+            5,
+            86_400,
+            "5 to 86400",
         )?;
         range(
             "retain_delivered_days",

@@ -147,6 +147,7 @@ pub use config::NotifyConfig;
 pub use deliver::{DeliverError, Deliverer, DeliveryConfig, SmtpRelay, SmtpSecurity, TlsRoots};
 pub use egress::EgressPolicy;
 pub use event::{Event, EventDetails, EventId, EventType};
+pub use lettre::Address as EmailAddress;
 pub use outcome::{Failure, FailureKind, Outcome, StatusClass};
 pub use render::email::Person;
 pub use secrets::{SecretName, SecretStore};

@@ -572,20 +572,7 @@ impl Conn {
                 let new = self
                     .app
                     .fleet
-                    .record_local_grant(
-                        &self.agent_s,
-                        &self.vm,
-                        &gid,
-                        serde_json::json!({
-                            "grantId": gid,
-                            "origin": GrantOrigin::Local.as_str(),
-                            "protocol": g.protocol.to_string(),
-                            "number": g.port.get(),
-                            "allowedSourceAddressPrefix": g.source.to_string(),
-                            "endTimeUtc": jitgate_api::time::format(g.end_unix_ms),
-                            "requestor": g.requester,
-                        }),
-                    )
+                    .record_local_grant(&self.agent_s, &self.vm, g)
                     .await?;
                 if new {
                     tracing::info!(agent = %self.agent, grant = %gid, "local break-glass grant reported");

@@ -13,6 +13,8 @@ use jitgate_api::{
     ResourceKind, ScanReason, ScanSummary,
 };
 use jitgate_common::{ProtectedPort, Protocol, SourcePrefix};
+use jitgate_notify::event::VmRef;
+use jitgate_notify::{Event, EventDetails};
 
 use crate::compliance::settings::{MgmtPort, Settings};
 use crate::compliance::{Counts, probe, state_of};
@@ -277,6 +279,50 @@ pub async fn probe_fleet(
 /// One evaluation: optionally probes first, judges every VM covered by an assignment (VMs
 /// added to an assigned group later included), lists unmanaged hosts, stores the results
 /// with a timestamp.
+/// `compliance.changed` for each VM that became non-compliant (from any other state, or new
+/// since the previous evaluation) or compliant again (from non-compliant). The first
+/// evaluation tells nothing: there is nothing it changed from.
+fn changed(previous: &[ResourceResult], now: &[ResourceResult], at: i64) -> Vec<Event> {
+    let vm = |r: &&ResourceResult| r.kind == ResourceKind::VirtualMachine;
+    let before: HashMap<&str, &State> = previous
+        .iter()
+        .filter(vm)
+        .map(|r| (r.resource.as_str(), &r.state))
+        .collect();
+    now.iter()
+        .filter(vm)
+        .filter_map(|r| {
+            let was = before.get(r.resource.as_str()).copied();
+            let compliant = match (&r.state, was) {
+                (State::NonCompliant, Some(State::NonCompliant)) => None,
+                (State::NonCompliant, _) => Some(false),
+                (State::Compliant, Some(State::NonCompliant)) => Some(true),
+                _ => None,
+            }?;
+            let findings = r
+                .findings
+                .iter()
+                .map(|f| match &f.port {
+                    Some(p) => format!("{p}: {}", f.reason),
+                    None => f.reason.clone(),
+                })
+                .collect();
+            Some(Event::new(
+                EventDetails::ComplianceChanged {
+                    virtual_machine: VmRef {
+                        id: r.resource.clone(),
+                        resource_group: r.resource_group.clone(),
+                    },
+                    compliant,
+                    findings: if compliant { Vec::new() } else { findings },
+                },
+                crate::outbox::event::time_of(at),
+                None,
+            ))
+        })
+        .collect()
+}
+
 pub async fn run_scan(
     db: &Db,
     presence: &Presence,
@@ -315,6 +361,14 @@ pub async fn run_scan(
     }
     let c = Counts::of(&results);
     let mut w = db.begin().await?;
+    let previous = match db::scan_at(w.conn(), None).await? {
+        Some(p) => Some(db::results(w.conn(), p.scan_id).await?),
+        None => None,
+    };
+    if let Some(previous) = previous {
+        let events = changed(&previous, &results, w.now);
+        crate::store::notify::insert_events(&mut w, &events).await?;
+    }
     let id = db::insert_scan(
         &mut w,
         &reason,
@@ -358,6 +412,54 @@ mod tests {
 
     fn settings() -> Settings {
         Settings::from_config(&ComplianceConfig::default()).unwrap()
+    }
+
+    fn result(vm: &str, state: State) -> ResourceResult {
+        ResourceResult {
+            resource: vm.into(),
+            kind: ResourceKind::VirtualMachine,
+            resource_group: "prod".into(),
+            owner: "ops@example.com".into(),
+            state,
+            findings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compliance_changes_are_told_only_when_a_vm_flips() {
+        let before = vec![
+            result("a", State::Compliant),
+            result("b", State::NonCompliant),
+            result("c", State::Unknown),
+            result("d", State::NonCompliant),
+        ];
+        let after = vec![
+            result("a", State::NonCompliant),
+            result("b", State::Compliant),
+            result("c", State::Compliant),
+            result("d", State::NonCompliant),
+            result("e", State::NonCompliant),
+        ];
+        let told: Vec<(String, bool)> = changed(&before, &after, 0)
+            .into_iter()
+            .map(|e| match e.details {
+                EventDetails::ComplianceChanged {
+                    virtual_machine,
+                    compliant,
+                    ..
+                } => (virtual_machine.id, compliant),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("a".to_string(), false),
+                ("b".to_string(), true),
+                ("e".to_string(), false)
+            ]
+        );
+        assert!(changed(&after, &after, 0).is_empty());
     }
 
     fn vm() -> VmRow {

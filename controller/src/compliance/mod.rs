@@ -418,7 +418,7 @@ impl Compliance {
         let policy = Policy::from_body(&template(&self.settings, &b.template)?)?;
         let actor = caller.actor();
         let mut w = self.db.begin().await?;
-        let view = policies::write(&mut w, &actor, Target::Vm(vm), &group, &policy).await?;
+        let view = policies::write(&mut w, caller, Target::Vm(vm), &group, &policy).await?;
         activity::log(
             &mut w,
             NewActivity::vm(Operation::Remediate, &group, vm, &actor)

@@ -3,13 +3,16 @@
 //! (last seen and status reports, results, break-glass grants, audit records).
 //!
 //! - [`ca`]: the controller CA as it signs agent certificates.
+//! - [`watch`]: agents going offline and coming back, told as notifications.
 
 pub mod ca;
+pub mod watch;
 
+use jitgate_api::GrantOrigin;
 use jitgate_api::{
     ActivityOutcome, Agent, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode, Operation,
 };
-use jitgate_proto::message::AuditRecord;
+use jitgate_proto::message::{AuditRecord, ReportedGrant};
 
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
@@ -287,25 +290,37 @@ impl Fleet {
         w.commit().await
     }
 
-    /// Records a reported local (break-glass) grant once; true if it was new.
+    /// Records a reported local (break-glass) grant once, with its activity entry and its
+    /// `access.break_glass` notification; true if it was new.
     pub async fn record_local_grant(
         &self,
         agent: &str,
         vm: &str,
-        grant: &str,
-        details: serde_json::Value,
+        g: &ReportedGrant,
     ) -> Result<bool> {
         let group = group_of(&self.db, vm).await?;
+        let gid = g.grant_id.to_string();
         let mut w = self.db.begin().await?;
-        if !agents::insert_local_grant(&mut w, agent, grant).await? {
+        if !agents::insert_local_grant(&mut w, agent, &gid).await? {
             return Ok(false);
         }
+        let details = serde_json::json!({
+            "grantId": gid,
+            "origin": GrantOrigin::Local.as_str(),
+            "protocol": g.protocol.to_string(),
+            "number": g.port.get(),
+            "allowedSourceAddressPrefix": g.source.to_string(),
+            "endTimeUtc": jitgate_api::time::format(g.end_unix_ms),
+            "requestor": g.requester,
+        });
         activity::log(
             &mut w,
             NewActivity::vm(Operation::LocalAccess, &group, vm, &Actor::agent(agent))
                 .details(details),
         )
         .await?;
+        let event = crate::outbox::event::break_glass(vm, &group, g, w.now);
+        crate::store::notify::insert_events(&mut w, &[event]).await?;
         w.commit().await?;
         Ok(true)
     }

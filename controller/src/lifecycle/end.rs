@@ -125,6 +125,47 @@ pub async fn expire_due(db: &Db, now: i64) -> Result<usize> {
     Ok(due.len())
 }
 
+/// `access.ending_soon` for every begun port window ending within `lead_ms`, once per
+/// window. Returns how many were told.
+pub async fn tell_ending_soon(db: &Db, now: i64, lead_ms: i64) -> Result<usize> {
+    if lead_ms <= 0 || !requests::any_ending_soon(db.pool(), now, lead_ms).await? {
+        return Ok(0);
+    }
+    let mut w = db.begin().await?;
+    let due = requests::ending_soon(&mut w, now, lead_ms).await?;
+    let mut events = Vec::with_capacity(due.len());
+    let mut views: BTreeMap<&str, Option<(RequestView, String)>> = BTreeMap::new();
+    for p in &due {
+        if !views.contains_key(p.request_id.as_str()) {
+            let view = requests::load(w.conn(), &p.request_id).await?;
+            let owner = requests::owner(w.conn(), &p.request_id).await?;
+            views.insert(&p.request_id, view.zip(owner));
+        }
+        if let Some(Some((view, owner))) = views.get(p.request_id.as_str()) {
+            events.push(event::ending_soon(
+                view,
+                owner,
+                &p.vm,
+                &p.resource_group,
+                window(p),
+                now,
+            ));
+        }
+    }
+    let rows = notify::event_rows(&mut w, &events)?;
+    w.commit_with(vec![rows]).await?;
+    Ok(due.len())
+}
+
+fn window(p: &LivePort) -> event::Window<'_> {
+    event::Window {
+        number: u16::try_from(p.number).unwrap_or(0),
+        protocol: &p.protocol,
+        prefixes: &p.prefixes,
+        end_ms: p.end_ms,
+    }
+}
+
 /// `access.ended` for one port window of the request `view`.
 fn ended(
     view: &RequestView,
@@ -138,10 +179,7 @@ fn ended(
         owner,
         &p.vm,
         &p.resource_group,
-        u16::try_from(p.number).unwrap_or(0),
-        &p.protocol,
-        &p.prefixes,
-        p.end_ms,
+        window(p),
         reason,
         now,
     )

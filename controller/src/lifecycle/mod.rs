@@ -179,6 +179,11 @@ impl Lifecycle {
         Ok((expired, timed_out))
     }
 
+    /// `access.ending_soon` for windows ending within `lead_ms` (`end::tell_ending_soon`).
+    pub async fn tell_ending_soon(&self, now: i64, lead_ms: i64) -> Result<usize> {
+        end::tell_ending_soon(&self.db, now, lead_ms).await
+    }
+
     /// An agent confirmed a grant is in place (`ack`); committed with whatever else waits.
     pub async fn acknowledge(&self, actor: &Actor, grant_id: &str) -> Result<()> {
         let (reply, rx) = oneshot::channel();

@@ -4,10 +4,15 @@
 
 use jitgate_api::{PendingStage, PortStatus, ProtoSel, RequestPort, RequestView};
 use jitgate_notify::event::{
-    EndReason, PortInfo, Principal, Protocol, RequestInfo, RequestStatus, VmPorts, VmRef,
+    EndReason, PolicyOperation, PolicyScope, PortInfo, Principal, Protocol, RequestInfo,
+    RequestStatus, VmPorts, VmRef,
 };
 use jitgate_notify::{Event, EventDetails};
+use jitgate_proto::message::ReportedGrant;
 use time::OffsetDateTime;
+
+use crate::authz::Caller;
+use crate::policy_change::Change;
 
 /// The time of `ms` since the epoch (the epoch if out of range).
 pub fn time_of(ms: i64) -> OffsetDateTime {
@@ -184,43 +189,129 @@ pub fn applied(view: &RequestView, owner: &str, now: i64) -> Event {
     )
 }
 
-/// One ended port window of the request: the request's port on `vm` numbered `number`
-/// with protocol `proto` (as stored), ended for `reason`.
-#[allow(clippy::too_many_arguments)]
+/// One port window of a request as stored: its port, protocol, prefixes and end.
+pub struct Window<'a> {
+    pub number: u16,
+    pub protocol: &'a str,
+    /// Canonical prefixes, comma-separated.
+    pub prefixes: &'a str,
+    pub end_ms: i64,
+}
+
+impl Window<'_> {
+    fn info(&self) -> PortInfo {
+        PortInfo {
+            number: self.number,
+            protocol: self
+                .protocol
+                .parse::<ProtoSel>()
+                .map(protocol)
+                .unwrap_or(Protocol::Any),
+            allowed_source_address_prefixes: self
+                .prefixes
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+            end_time_utc: Some(time_of(self.end_ms)),
+        }
+    }
+}
+
+fn vm_ref(vm: &str, resource_group: &str) -> VmRef {
+    VmRef {
+        id: vm.to_string(),
+        resource_group: resource_group.to_string(),
+    }
+}
+
+/// `access.ended`: one port window of the request on `vm` ended for `reason`.
 pub fn ended(
     view: &RequestView,
     owner: &str,
     vm: &str,
     resource_group: &str,
-    number: u16,
-    proto: &str,
-    prefixes: &str,
-    end_ms: i64,
+    window: Window<'_>,
     reason: EndReason,
     now: i64,
 ) -> Event {
-    let port = PortInfo {
-        number,
-        protocol: proto
-            .parse::<ProtoSel>()
-            .map(protocol)
-            .unwrap_or(Protocol::Any),
-        allowed_source_address_prefixes: prefixes
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect(),
-        end_time_utc: Some(time_of(end_ms)),
-    };
     event(
         EventDetails::AccessEnded {
             request: request_info(view, owner),
-            virtual_machine: VmRef {
-                id: vm.to_string(),
-                resource_group: resource_group.to_string(),
-            },
-            port,
+            virtual_machine: vm_ref(vm, resource_group),
+            port: window.info(),
             status_reason: reason,
+        },
+        now,
+    )
+}
+
+/// `access.ending_soon`: one port window of the request on `vm` ends within the lead.
+pub fn ending_soon(
+    view: &RequestView,
+    owner: &str,
+    vm: &str,
+    resource_group: &str,
+    window: Window<'_>,
+    now: i64,
+) -> Event {
+    event(
+        EventDetails::AccessEndingSoon {
+            request: request_info(view, owner),
+            virtual_machine: vm_ref(vm, resource_group),
+            port: window.info(),
+        },
+        now,
+    )
+}
+
+/// `policy.changed`: the policy of `vm` (None: of the resource group `group`) written or
+/// deleted by `caller`, with what changed and whether it weakens protection.
+pub fn policy_changed(
+    vm: Option<&str>,
+    group: &str,
+    caller: &Caller,
+    operation: PolicyOperation,
+    change: Change,
+    now: i64,
+) -> Event {
+    let scope = PolicyScope {
+        resource_group: group.to_string(),
+        virtual_machine: vm.map(str::to_string),
+    };
+    event(
+        EventDetails::PolicyChanged {
+            scope,
+            operation,
+            changed_by: Principal::new(
+                caller.principal_id().to_string(),
+                Some(caller.name().to_string()),
+            ),
+            weakens_protection: change.weakens,
+            changes: change.lines,
+        },
+        now,
+    )
+}
+
+/// `access.break_glass`: a local grant an agent reported (its requester is the local account
+/// the agent recorded; the wire carries no justification).
+pub fn break_glass(vm: &str, resource_group: &str, g: &ReportedGrant, now: i64) -> Event {
+    let proto = match g.protocol {
+        jitgate_common::Protocol::Tcp => Protocol::Tcp,
+        jitgate_common::Protocol::Udp => Protocol::Udp,
+    };
+    event(
+        EventDetails::AccessBreakGlass {
+            virtual_machine: vm_ref(vm, resource_group),
+            ports: vec![PortInfo {
+                number: g.port.get(),
+                protocol: proto,
+                allowed_source_address_prefixes: vec![g.source.to_string()],
+                end_time_utc: Some(time_of(g.end_unix_ms)),
+            }],
+            local_user: g.requester.clone(),
+            justification: String::new(),
         },
         now,
     )

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use jitgate_notify::event::Links;
 use jitgate_notify::{
-    DeliverError, Deliverer, DeliveryState, Event, Next, NotifyConfig, Outcome, RetryPolicy,
-    SecretStore, Sink, SinkRules, SinkSpec,
+    DeliverError, Deliverer, DeliveryState, EmailAddress, Event, Next, NotifyConfig, Outcome,
+    Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -34,6 +34,7 @@ use crate::notify::Notifier;
 use crate::outbox::sinks;
 use crate::store::db::Db;
 use crate::store::notify::{self, Attempted, Claimed};
+use crate::store::tokens;
 
 /// Most attempts in flight per sink.
 pub const PER_SINK: usize = 4;
@@ -275,8 +276,19 @@ impl Outbox {
                     tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
                     return;
                 };
+                let people = if sink.format == SinkFormat::Email {
+                    match self.people(&event).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "looking up addresses failed");
+                            Vec::new()
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
                 deliverer
-                    .deliver(sink, &event, &self.secrets, &[], SystemTime::now())
+                    .deliver(sink, &event, &self.secrets, &people, SystemTime::now())
                     .await
             }
             Ok(None) => return,
@@ -316,6 +328,37 @@ impl Outbox {
                 tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "recording a notification outcome failed")
             }
         }
+    }
+
+    /// The addresses of the people the event concerns (its requester, or the approvers it
+    /// waits for), read at delivery: `token:NAME` principals whose token carries an email.
+    async fn people(&self, event: &Event) -> Result<Vec<Person>> {
+        let principals = event.people();
+        let names: Vec<&str> = principals
+            .iter()
+            .filter_map(|p| p.id.strip_prefix("token:"))
+            .collect();
+        let mut conn = self.db.pool().acquire().await?;
+        let found = tokens::emails(&mut conn, &names, jitgate_api::time::now_ms()).await?;
+        let mut out: Vec<Person> = Vec::new();
+        for (name, email) in found {
+            let Ok(address) = email.parse::<EmailAddress>() else {
+                continue;
+            };
+            if out.iter().any(|p| p.address == address) {
+                continue;
+            }
+            let display_name = principals
+                .iter()
+                .find(|p| p.id.strip_prefix("token:") == Some(name.as_str()))
+                .and_then(|p| p.display_name.clone())
+                .or(Some(name));
+            out.push(Person {
+                display_name,
+                address,
+            });
+        }
+        Ok(out)
     }
 
     async fn load(&self, seq: i64) -> Result<Option<Event>> {

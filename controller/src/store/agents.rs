@@ -450,3 +450,39 @@ pub async fn certificates(
             .await?,
     )
 }
+
+/// An active agent as the offline watch sees it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct WatchRow {
+    pub id: String,
+    pub vm: String,
+    pub resource_group: String,
+    pub last_seen_ms: Option<i64>,
+    pub offline_told: i64,
+}
+
+/// The active agents whose offline state may have changed: told offline, or last heard
+/// from before `before` (a connected agent is heard from every few seconds).
+pub async fn watched(ex: impl Executor<'_, Database = Any>, before: i64) -> Result<Vec<WatchRow>> {
+    Ok(sqlx::query_as(
+        "SELECT a.id, a.vm, v.resource_group, a.last_seen_ms, a.offline_told \
+         FROM agents a JOIN vms v ON v.name = a.vm \
+         WHERE a.status = $1 AND (a.offline_told = 1 OR a.last_seen_ms < $2) ORDER BY a.id",
+    )
+    .bind(AgentStatus::Active.as_str())
+    .bind(before)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Flips the agent's `offline_told` from `from` to `to`; false when another controller did
+/// it first (so each change is told once).
+pub async fn set_offline_told(w: &mut WriteTx, id: &str, from: bool, to: bool) -> Result<bool> {
+    let r = sqlx::query("UPDATE agents SET offline_told = $1 WHERE id = $2 AND offline_told = $3")
+        .bind(i64::from(to))
+        .bind(id)
+        .bind(i64::from(from))
+        .execute(w.conn())
+        .await?;
+    Ok(r.rows_affected() == 1)
+}

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications",
         include_str!("../../migrations/0010_notifications.sql"),
     ),
+    (
+        11,
+        "notifications: ending soon, addresses, agents offline",
+        include_str!("../../migrations/0011_notify_more.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -32,7 +32,7 @@ pub fn event_rows(w: &mut WriteTx, events: &[Event]) -> Result<Rows> {
             Param::Text(e.event_type().as_str().into()),
             Param::Text(e.order_key()),
             Param::Text(serde_json::to_string(e)?),
-            // Identities carry no address yet: nobody to mail directly.
+            // Addresses are looked up at delivery, for email sinks (`outbox::worker`).
             Param::Text("[]".into()),
             Param::Int(w.now),
         ]);

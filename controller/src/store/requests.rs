@@ -442,6 +442,52 @@ pub async fn any_due(ex: impl Executor<'_, Database = Any>, now: i64) -> Result<
     Ok(row.is_some())
 }
 
+/// The live, begun ports ending within `(now, now + lead]` whose `access.ending_soon` is not
+/// told yet (the condition of [`ending_soon`], for a look without the write lock).
+const ENDING_SOON: &str = "status IN ($1, $2) AND end_ms > $3 AND end_ms <= $4 \
+     AND ending_soon_told = 0 AND (start_ms IS NULL OR start_ms <= $3)";
+
+pub async fn any_ending_soon(
+    ex: impl Executor<'_, Database = Any>,
+    now: i64,
+    lead_ms: i64,
+) -> Result<bool> {
+    let row: Option<(String,)> = sqlx::query_as(&format!(
+        "SELECT request_id FROM request_ports WHERE {ENDING_SOON} LIMIT 1"
+    ))
+    .bind(PortStatus::Initiated.as_str())
+    .bind(PortStatus::Applied.as_str())
+    .bind(now)
+    .bind(now.saturating_add(lead_ms))
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// The ports ending soon (above), marked told; returns them.
+pub async fn ending_soon(w: &mut WriteTx, now: i64, lead_ms: i64) -> Result<Vec<LivePort>> {
+    let until = now.saturating_add(lead_ms);
+    let due: Vec<LivePort> = sqlx::query_as(&format!(
+        "SELECT {LIVE_COLUMNS} FROM request_ports WHERE {ENDING_SOON} ORDER BY request_id, idx"
+    ))
+    .bind(PortStatus::Initiated.as_str())
+    .bind(PortStatus::Applied.as_str())
+    .bind(now)
+    .bind(until)
+    .fetch_all(w.conn())
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE request_ports SET ending_soon_told = 1 WHERE {ENDING_SOON}"
+    ))
+    .bind(PortStatus::Initiated.as_str())
+    .bind(PortStatus::Applied.as_str())
+    .bind(now)
+    .bind(until)
+    .execute(w.conn())
+    .await?;
+    Ok(due)
+}
+
 /// Live ports whose end is at or before `now` become Revoked / Expired; returns them.
 pub async fn expire_due(w: &mut WriteTx, now: i64) -> Result<Vec<LivePort>> {
     let due: Vec<LivePort> = sqlx::query_as(&format!(

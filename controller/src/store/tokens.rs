@@ -103,3 +103,36 @@ pub async fn set_revoked(w: &mut WriteTx, id: &str) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Sets (or clears) a token's email address.
+pub async fn set_email(w: &mut WriteTx, id: &str, email: Option<&str>) -> Result<bool> {
+    let r = sqlx::query("UPDATE tokens SET email = $1 WHERE id = $2")
+        .bind(email)
+        .bind(id)
+        .execute(w.conn())
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The email addresses of the live tokens named `names` (the `token:NAME` principals an
+/// event names), as (name, address).
+pub async fn emails(
+    conn: &mut sqlx::AnyConnection,
+    names: &[&str],
+    now: i64,
+) -> Result<Vec<(String, String)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..names.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT name, email FROM tokens WHERE email IS NOT NULL AND revoked_ms IS NULL \
+         AND (expires_ms IS NULL OR expires_ms > $1) AND name IN ({}) ORDER BY name, created_ms",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query_as(&sql).bind(now);
+    for n in names {
+        q = q.bind(*n);
+    }
+    Ok(q.fetch_all(conn).await?)
+}
