@@ -267,3 +267,85 @@ async fn a_break_glass_grant_is_told_once() {
     );
     drop(a);
 }
+
+/// Email sinks reach the people an event concerns when their token carries an address:
+/// the approvers a request waits for, then its requester; never a principal without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_the_approvers_then_the_requester() {
+    let pki = Pki::new("notify events test CA");
+    let mut smtp =
+        receivers::SmtpServer::start(&pki, jitgate_notify::SmtpSecurity::StartTls, "250 OK").await;
+    let tail = format!(
+        "[notify.smtp]\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\n\
+         username = \"jitgate\"\npassword_secret = \"smtp-password\"\n\
+         from = \"jitgate <jit@example.com>\"\n\
+         [[notify.sinks]]\nname = \"mail\"\nformat = \"email\"\ntarget = \"ops@example.com\"\n\
+         events = [\"request.pending_approval\", \"request.approved\"]\n",
+        smtp.port
+    );
+    let t = Rig::start(&pki.ca_pem, &[("smtp-password", b"s3cret pass")], &tail).await;
+    t.h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+            "maxRequestAccessDuration": "PT3H",
+            "approval": {"stages": [{"approvers": ["token:carl", "token:dave"], "required": 1}]}}]),
+    )
+    .await;
+    let app = t.h.app();
+    let local = jitgate_controller::authz::Caller::local();
+    let mut ids = std::collections::HashMap::new();
+    for (name, role, email) in [
+        ("req", Role::Requester, Some("alice@example.com")),
+        ("carl", Role::Reader, Some("carl@example.com")),
+        ("dave", Role::Reader, None),
+    ] {
+        let scope = "*".parse().unwrap();
+        let (info, secret) = app
+            .tokens
+            .create(&local, name, role, &scope, None, &[])
+            .await
+            .unwrap();
+        app.tokens.set_email(&local, &info.id, email).await.unwrap();
+        ids.insert(name, secret);
+    }
+    assert!(
+        app.tokens
+            .set_email(&local, "tok_nosuch", Some("x@example.com"))
+            .await
+            .is_err()
+    );
+    let (st, r) =
+        t.h.initiate(
+            &ids["req"],
+            one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT10M"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let rcpt = |m: &Value| -> Vec<String> {
+        let mut v: Vec<String> = m["rcpt_tos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let m = smtp.next().await;
+    assert_eq!(rcpt(&m), ["carl@example.com", "ops@example.com"], "{m}");
+    let id = r["id"].as_str().unwrap();
+    let (st, v) =
+        t.h.call(
+            Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            Some(&ids["carl"]),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let m = smtp.next().await;
+    assert_eq!(rcpt(&m), ["alice@example.com", "ops@example.com"], "{m}");
+}

@@ -5,95 +5,19 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use common::{Pki, closed_port, python, python_script};
+use common::{Pki, SmtpServer, closed_port};
 use jitgate_notify::{
     Deliverer, DeliveryConfig, EgressPolicy, EventType, FailureKind, Outcome, Person, SecretStore,
     Sink, SinkRules, SinkSpec, SmtpRelay, SmtpSecurity, StatusClass, examples,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
 
 const HOSTILE: &str = "<!channel> <http://evil.example|Approve> <script>alert(1)</script> \
 <img src=x onerror=alert(1)> &amp; \r\nBcc: victim@example.com\r\nX-Injected: yes\r\n\r\n\
 \u{202E}gnp.exe\u{2066} \u{1b}[31m end";
-
-/// One aiosmtpd process; killed when dropped.
-struct SmtpServer {
-    port: u16,
-    messages: mpsc::UnboundedReceiver<Value>,
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    async fn start(pki: &Pki, mode: SmtpSecurity, reply: &str) -> SmtpServer {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert, &pki.cert_pem).unwrap();
-        std::fs::write(&key, &pki.key_pem).unwrap();
-        let py = tokio::task::spawn_blocking(python).await.unwrap();
-        let mut child = tokio::process::Command::new(py)
-            .arg(python_script("smtp_server.py"))
-            .args([
-                "--mode",
-                mode.as_str(),
-                "--user",
-                "jitgate",
-                "--password",
-                "s3cret pass",
-            ])
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .args(["--reply", reply])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("SMTP server did not start")
-            .unwrap()
-            .unwrap();
-        let port = serde_json::from_str::<Value>(&first).unwrap()["ready"]
-            .as_u64()
-            .unwrap() as u16;
-        let (tx, messages) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                if tx.send(serde_json::from_str(&l).unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
-        SmtpServer {
-            port,
-            messages,
-            _child: child,
-            _dir: dir,
-        }
-    }
-
-    async fn next(&mut self) -> Value {
-        tokio::time::timeout(Duration::from_secs(10), self.messages.recv())
-            .await
-            .expect("no message arrived")
-            .unwrap()
-    }
-
-    fn relay(&self, security: SmtpSecurity) -> SmtpRelay {
-        relay_to(self.port, security)
-    }
-}
 
 fn relay_to(port: u16, security: SmtpSecurity) -> SmtpRelay {
     SmtpRelay {
@@ -180,7 +104,7 @@ async fn email_over_starttls_and_implicit_tls_with_authentication() {
     let (_t, s) = secrets("s3cret pass");
     for mode in [SmtpSecurity::StartTls, SmtpSecurity::Implicit] {
         let mut server = SmtpServer::start(&pki, mode, "250 OK").await;
-        let d = deliverer(&pki, Some(server.relay(mode)));
+        let d = deliverer(&pki, Some(relay_to(server.port, mode)));
         let portal = url::Url::parse("https://jit.example.com").unwrap();
         let e = examples::sample(
             EventType::RequestPendingApproval,
@@ -243,7 +167,7 @@ async fn hostile_text_is_inert_in_email() {
     let pki = Pki::new("test CA");
     let (_t, s) = secrets("s3cret pass");
     let mut server = SmtpServer::start(&pki, SmtpSecurity::StartTls, "250 OK").await;
-    let d = deliverer(&pki, Some(server.relay(SmtpSecurity::StartTls)));
+    let d = deliverer(&pki, Some(relay_to(server.port, SmtpSecurity::StartTls)));
     let e = examples::sample(
         EventType::RequestDenied,
         HOSTILE,
@@ -360,21 +284,21 @@ async fn smtp_failures_give_their_kind() {
     };
     let kind = |o: Outcome| o.failure().unwrap_or_else(|| panic!("{o:?}")).kind;
     let f = send(
-        deliverer(&pki, Some(later.relay(SmtpSecurity::StartTls))),
+        deliverer(&pki, Some(relay_to(later.port, SmtpSecurity::StartTls))),
         s.clone(),
     )
     .await;
     assert_eq!(f.failure().unwrap().status, Some(StatusClass::ClientError));
     assert_eq!(kind(f), FailureKind::Smtp4xx);
     let f = send(
-        deliverer(&pki, Some(never.relay(SmtpSecurity::Implicit))),
+        deliverer(&pki, Some(relay_to(never.port, SmtpSecurity::Implicit))),
         s.clone(),
     )
     .await;
     assert_eq!(kind(f), FailureKind::Smtp5xx);
     // Wrong password: 535, permanent.
     let f = send(
-        deliverer(&pki, Some(later.relay(SmtpSecurity::StartTls))),
+        deliverer(&pki, Some(relay_to(later.port, SmtpSecurity::StartTls))),
         wrong,
     )
     .await;
@@ -382,13 +306,19 @@ async fn smtp_failures_give_their_kind() {
     // A relay whose certificate we do not trust.
     let stranger = Pki::new("another CA");
     let f = send(
-        deliverer(&stranger, Some(never.relay(SmtpSecurity::Implicit))),
+        deliverer(
+            &stranger,
+            Some(relay_to(never.port, SmtpSecurity::Implicit)),
+        ),
         s.clone(),
     )
     .await;
     assert_eq!(kind(f), FailureKind::Tls);
     let f = send(
-        deliverer(&stranger, Some(later.relay(SmtpSecurity::StartTls))),
+        deliverer(
+            &stranger,
+            Some(relay_to(later.port, SmtpSecurity::StartTls)),
+        ),
         s.clone(),
     )
     .await;
@@ -408,7 +338,7 @@ async fn smtp_failures_give_their_kind() {
         (t, st)
     };
     let f = send(
-        deliverer(&pki, Some(later.relay(SmtpSecurity::StartTls))),
+        deliverer(&pki, Some(relay_to(later.port, SmtpSecurity::StartTls))),
         empty,
     )
     .await;

@@ -343,7 +343,7 @@ pub fn python() -> PathBuf {
         lock.lock().unwrap();
         let venv = tmp.join("notify-py");
         let py = venv.join("bin/python");
-        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+        let here = python_dir();
         let stamp_want = format!(
             "{}\n{}",
             std::fs::read_to_string(here.join("requirements.txt")).unwrap(),
@@ -380,9 +380,89 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// notify/tests/python, also from the tests of other crates that include this module
+/// (every crate of the workspace is a directory of its root).
+fn python_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .unwrap_or(crate_dir)
+        .join("notify/tests/python")
+}
+
 /// The path of a file in tests/python.
 pub fn python_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
+    python_dir().join(name)
+}
+
+/// One aiosmtpd process; killed when dropped.
+pub struct SmtpServer {
+    pub port: u16,
+    messages: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    /// Accepts `jitgate` / `s3cret pass`; answers each message with `reply` (e.g. `250 OK`).
+    pub async fn start(pki: &Pki, mode: jitgate_notify::SmtpSecurity, reply: &str) -> SmtpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, &pki.cert_pem).unwrap();
+        std::fs::write(&key, &pki.key_pem).unwrap();
+        let py = tokio::task::spawn_blocking(python).await.unwrap();
+        let mut child = tokio::process::Command::new(py)
+            .arg(python_script("smtp_server.py"))
+            .args([
+                "--mode",
+                mode.as_str(),
+                "--user",
+                "jitgate",
+                "--password",
+                "s3cret pass",
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--reply", reply])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("SMTP server did not start")
+            .unwrap()
+            .unwrap();
+        let port = serde_json::from_str::<serde_json::Value>(&first).unwrap()["ready"]
+            .as_u64()
+            .unwrap() as u16;
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(serde_json::from_str(&l).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        SmtpServer {
+            port,
+            messages,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    /// The next message received (as smtp_server.py prints it), within 10 s.
+    pub async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(10), self.messages.recv())
+            .await
+            .expect("no message arrived")
+            .unwrap()
+    }
 }
