@@ -65,6 +65,8 @@ name = "hook"
 format = "webhook"
 target = "{url}"
 secret = "hook-key"
+events = ["request.pending_approval", "request.approved", "request.denied", "request.cancelled",
+  "request.approval_timed_out", "access.applied", "access.ended"]
 "#,
         secrets = dir.join("secrets").display(),
         ca = dir.join("ca.pem").display(),
@@ -597,4 +599,92 @@ async fn no_trust_store_is_needed_until_a_sink_is_configured() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("no trusted certificate authority"), "{err}");
+}
+
+/// A controller process killed (SIGKILL) with deliveries queued and retrying loses none:
+/// another process on the same state picks them up and every event arrives, duplicates
+/// only with the same delivery id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_loses_nothing() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    rx.answer(Answer::Status(503));
+    let url = rx.url("https", "127.0.0.1");
+    let mut t = setup(pki, &url, 3).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(initiate(&t, 22).await["id"].as_str().unwrap().to_string());
+    }
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Retrying).is_some()
+    })
+    .await;
+    // The same controller as a process of its own (controller.toml and the database as
+    // `init` wrote them), attempting and failing, then killed without warning.
+    let dir = t.h.dir.0.clone();
+    if let Some(s) = t.h.server.take() {
+        s.stop().await;
+    }
+    // `init` writes no `[notify]`: the operator adds it.
+    let mut toml = std::fs::read_to_string(t.h.dir.config()).unwrap();
+    toml.push_str(&notify_toml(t._tmp.path(), &url, 3));
+    std::fs::write(t.h.dir.config(), toml).unwrap();
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("../run.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let before = rx.received().len();
+    let mut first = spawn();
+    let t0 = Instant::now();
+    while rx.received().len() <= before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the controller process attempted nothing: {}",
+            std::fs::read_to_string(dir.join("../run.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().await.unwrap();
+    first.wait().await.unwrap();
+    // The receiver recovers; a new process delivers everything.
+    rx.answer(Answer::Status(204));
+    let _second = spawn();
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(["--json", "notify", "status"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let t0 = Instant::now();
+    loop {
+        let v = status();
+        if v[0]["delivered"] == 3 {
+            assert_eq!(v[0]["dead"], 0, "{v}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "{v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got = rx.received();
+    got.iter().for_each(check_signed);
+    let events = distinct(&got);
+    let told: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["request"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(told.len(), 3, "{events:#?}");
+    for id in &ids {
+        assert!(told.contains(id.as_str()), "{id} lost: {events:#?}");
+    }
 }

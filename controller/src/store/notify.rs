@@ -166,6 +166,11 @@ pub struct Claimed {
 
 /// Claims up to `limit` due deliveries of `sink` for `owner` until `lease_until`: pending,
 /// due, not leased, and the first pending one of their order key (per-request order).
+///
+/// The state, due time and lease conditions are repeated outside the subquery: on
+/// PostgreSQL a row another controller changed meanwhile is re-checked against the outer
+/// conditions only, and a delivery just recorded delivered (lease cleared) must not be
+/// claimed again.
 pub async fn claim(
     writer: &Writer,
     owner: &str,
@@ -179,7 +184,8 @@ pub async fn claim(
         "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
          last_attempt_at = $3 \
-         WHERE sink = $4 AND (lease_until IS NULL OR lease_until < $3) AND event_seq IN ( \
+         WHERE sink = $4 AND (lease_until IS NULL OR lease_until < $3) \
+         AND state IN ($5, $6) AND next_attempt_at <= $3 AND event_seq IN ( \
            SELECT d.event_seq FROM notify_deliveries d WHERE d.sink = $4 \
            AND d.state IN ($5, $6) AND d.next_attempt_at <= $3 \
            AND (d.lease_until IS NULL OR d.lease_until < $3) \
