@@ -8,12 +8,13 @@
 //!   first pending one of each request only (per-request order);
 //! - attempts each in a task of its own: a hanging sink holds its own slots and nothing
 //!   else (no transaction, no lock, no request);
-//! - records each outcome, fenced by the lease: delivered, or retrying at the backoff's
-//!   time, or dead;
+//! - records the outcomes that came in since the last round in one transaction, each
+//!   fenced by its lease: delivered, or retrying at the backoff's time, or dead;
 //! - prunes delivered rows older than the retention, hourly.
 //!
 //! It wakes when a commit of this controller wrote events, when an attempt ends, and every
-//! second (events of other controllers, retries coming due).
+//! second (events of other controllers, retries coming due); after a wakeup it lets
+//! [`GATHER`] pass so that one round serves many commits and outcomes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +27,7 @@ use jitgate_notify::{
     DeliverError, Deliverer, DeliveryState, EmailAddress, Event, Next, NotifyConfig, Outcome,
     Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::{Result, SetupError};
@@ -36,8 +37,12 @@ use crate::store::db::Db;
 use crate::store::notify::{self, Attempted, Claimed};
 use crate::store::tokens;
 
-/// Most attempts in flight per sink.
-pub const PER_SINK: usize = 4;
+/// Most attempts in flight per sink (a hanging sink holds these and nothing else).
+pub const PER_SINK: usize = 32;
+/// After a wakeup, how long the worker lets more commits and outcomes gather before its
+/// round: a round is a few write transactions, which the request path shares; gathering
+/// keeps them to a few dozen a second however busy the controller is.
+const GATHER: Duration = Duration::from_millis(10);
 /// Most events fanned out per transaction.
 const FANOUT_BATCH: i64 = 500;
 /// How often the worker looks without being woken.
@@ -120,8 +125,11 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
         let mut inflight = Inflight::new();
         let mut attempts: JoinSet<()> = JoinSet::new();
         let mut last_prune: Option<tokio::time::Instant> = None;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut done: Vec<Done> = Vec::new();
         loop {
-            if let Err(e) = outbox.round(&mut inflight, &mut attempts).await {
+            outbox.record(&mut done).await;
+            if let Err(e) = outbox.round(&mut inflight, &mut attempts, &done_tx).await {
                 tracing::warn!(error = %e, "notification round failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -132,17 +140,34 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
             }
             tokio::select! {
                 _ = outbox.notifier.events() => {}
-                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    finished(done);
-                    while let Some(done) = attempts.try_join_next() {
-                        finished(done);
+                Some(o) = done_rx.recv() => {
+                    done.push(o);
+                    while let Ok(o) = done_rx.try_recv() {
+                        done.push(o);
+                    }
+                }
+                Some(ended) = attempts.join_next(), if !attempts.is_empty() => {
+                    finished(ended);
+                    while let Some(ended) = attempts.try_join_next() {
+                        finished(ended);
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => break,
             }
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = shutdown.changed() => break,
+            }
+            while let Ok(o) = done_rx.try_recv() {
+                done.push(o);
+            }
         }
         attempts.shutdown().await;
+        while let Ok(o) = done_rx.try_recv() {
+            done.push(o);
+        }
+        outbox.record(&mut done).await;
         match notify::release(outbox.db.writer(), &outbox.owner).await {
             Ok(n) if n > 0 => tracing::info!(released = n, "notification leases given up"),
             Ok(_) => {}
@@ -161,6 +186,14 @@ fn finished(done: std::result::Result<(), tokio::task::JoinError>) {
 
 /// Attempts in flight per sink.
 type Inflight = HashMap<String, Arc<AtomicUsize>>;
+
+/// One attempt's outcome, for the worker to record with the others that ended meanwhile
+/// (one transaction for many: a busy sink does not cost a commit per delivery).
+struct Done {
+    sink: String,
+    claimed: Claimed,
+    attempted: Attempted,
+}
 
 /// One sink's slot, held by an attempt's task: given back when the task ends, however it
 /// ends (done, panicked, aborted at stop).
@@ -192,7 +225,49 @@ impl Outbox {
         Ok(out)
     }
 
-    async fn round(&self, inflight: &mut Inflight, attempts: &mut JoinSet<()>) -> Result<()> {
+    /// Records the outcomes that came in (fenced by the lease, one transaction).
+    async fn record(&self, done: &mut Vec<Done>) {
+        if done.is_empty() {
+            return;
+        }
+        let batch: Vec<(String, i64, Attempted)> = done
+            .iter()
+            .map(|o| (o.sink.clone(), o.claimed.event_seq, o.attempted.clone()))
+            .collect();
+        match notify::record_all(self.db.writer(), &self.owner, &batch).await {
+            Ok(held) => {
+                for (o, held) in done.iter().zip(held) {
+                    if !held {
+                        tracing::info!(
+                            sink = %o.sink,
+                            seq = o.claimed.event_seq,
+                            "notification lease lost during the attempt; its outcome is not recorded"
+                        );
+                    } else if o.attempted.state == DeliveryState::Dead {
+                        tracing::warn!(
+                            sink = %o.sink,
+                            seq = o.claimed.event_seq,
+                            attempts = o.claimed.attempts,
+                            kind = o.attempted.kind,
+                            "notification given up (dead)"
+                        );
+                    }
+                }
+                done.clear();
+            }
+            // Kept for the next round; the leases outlive a short database outage.
+            Err(e) => {
+                tracing::warn!(error = %e, outcomes = done.len(), "recording notification outcomes failed")
+            }
+        }
+    }
+
+    async fn round(
+        &self,
+        inflight: &mut Inflight,
+        attempts: &mut JoinSet<()>,
+        done: &mpsc::UnboundedSender<Done>,
+    ) -> Result<()> {
         let sinks = self.sinks().await?;
         self.fan_out(&sinks).await?;
         let now = jitgate_api::time::now_ms();
@@ -219,10 +294,13 @@ impl Outbox {
             for c in claimed {
                 busy.fetch_add(1, Ordering::Relaxed);
                 let slot = Slot(busy.clone());
-                let (me, sink) = (self.clone(), sink.clone());
+                let (me, sink, done) = (self.clone(), sink.clone(), done.clone());
                 attempts.spawn(async move {
                     let _slot = slot;
-                    me.attempt(&sink, c).await;
+                    if let Some(o) = me.attempt(&sink, c).await {
+                        // The worker is gone only at stop; the lease then expires.
+                        let _ = done.send(o);
+                    }
                 });
             }
         }
@@ -266,15 +344,16 @@ impl Outbox {
         Ok(())
     }
 
-    /// One attempt of one claimed delivery, and its outcome recorded.
-    async fn attempt(&self, sink: &Sink, c: Claimed) {
+    /// One attempt of one claimed delivery: its outcome, to record (None: nothing was
+    /// attempted; the lease expires and the delivery is taken again).
+    async fn attempt(&self, sink: &Sink, c: Claimed) -> Option<Done> {
         let outcome = match self.load(c.event_seq).await {
             Ok(Some(event)) => {
                 let Some(deliverer) = &self.deliverer else {
                     // Unreachable while sinks are only those of the file (none here); the
                     // lease expires and the row waits for a restart with a trust store.
                     tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
-                    return;
+                    return None;
                 };
                 let people = if sink.format == SinkFormat::Email {
                     match self.people(&event).await {
@@ -291,43 +370,19 @@ impl Outbox {
                     .deliver(sink, &event, &self.secrets, &people, SystemTime::now())
                     .await
             }
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "loading a notification failed");
-                return;
+                return None;
             }
         };
         let now = jitgate_api::time::now_ms();
         let attempted = self.outcome(&outcome, &c, now);
-        match notify::record(
-            self.db.writer(),
-            &self.owner,
-            &sink.name,
-            c.event_seq,
-            &attempted,
-        )
-        .await
-        {
-            Ok(true) => {
-                if attempted.state == DeliveryState::Dead {
-                    tracing::warn!(
-                        sink = %sink.name,
-                        seq = c.event_seq,
-                        attempts = c.attempts,
-                        kind = attempted.kind,
-                        "notification given up (dead)"
-                    );
-                }
-            }
-            Ok(false) => tracing::info!(
-                sink = %sink.name,
-                seq = c.event_seq,
-                "notification lease lost during the attempt; its outcome is not recorded"
-            ),
-            Err(e) => {
-                tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "recording a notification outcome failed")
-            }
-        }
+        Some(Done {
+            sink: sink.name.clone(),
+            claimed: c,
+            attempted,
+        })
     }
 
     /// The addresses of the people the event concerns (its requester, or the approvers it

@@ -229,33 +229,36 @@ pub struct Attempted {
     pub delivered_at: Option<i64>,
 }
 
-/// Records an attempt's outcome, fenced by the lease: returns false (and changes nothing)
-/// if `owner` no longer holds it.
-pub async fn record(
+/// Records attempts' outcomes (sink, event seq, outcome) in one transaction, each fenced by
+/// the lease: false for one `owner` no longer holds (that row is left alone).
+pub async fn record_all(
     writer: &Writer,
     owner: &str,
-    sink: &str,
-    event_seq: i64,
-    a: &Attempted,
-) -> Result<bool> {
-    let mut w = writer.lock().await;
-    let r = sqlx::query(
-        "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, last_kind = $3, \
-         last_status = $4, last_detail = $5, delivered_at = $6, lease_owner = NULL, \
-         lease_until = NULL WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
-    )
-    .bind(a.state.as_str())
-    .bind(a.next_attempt_at)
-    .bind(a.kind)
-    .bind(a.status)
-    .bind(a.detail.as_deref())
-    .bind(a.delivered_at)
-    .bind(event_seq)
-    .bind(sink)
-    .bind(owner)
-    .execute(w.conn())
-    .await?;
-    Ok(r.rows_affected() == 1)
+    outcomes: &[(String, i64, Attempted)],
+) -> Result<Vec<bool>> {
+    let mut w = writer.begin().await?;
+    let mut held = Vec::with_capacity(outcomes.len());
+    for (sink, event_seq, a) in outcomes {
+        let r = sqlx::query(
+            "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, last_kind = $3, \
+             last_status = $4, last_detail = $5, delivered_at = $6, lease_owner = NULL, \
+             lease_until = NULL WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
+        )
+        .bind(a.state.as_str())
+        .bind(a.next_attempt_at)
+        .bind(a.kind)
+        .bind(a.status)
+        .bind(a.detail.as_deref())
+        .bind(a.delivered_at)
+        .bind(event_seq)
+        .bind(sink)
+        .bind(owner)
+        .execute(w.conn())
+        .await?;
+        held.push(r.rows_affected() == 1);
+    }
+    w.commit().await?;
+    Ok(held)
 }
 
 /// Gives up `owner`'s leases (at shutdown: another controller, or this one restarted, takes

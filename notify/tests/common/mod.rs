@@ -112,6 +112,8 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When it arrived (ms since the epoch).
+    pub at_ms: i64,
 }
 
 impl Received {
@@ -252,12 +254,17 @@ async fn handle(
         .await
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     got.lock().unwrap().push(Received {
         local,
         method,
         path,
         headers,
         body,
+        at_ms,
     });
     let a = answer.lock().unwrap().clone();
     let mut resp = Response::new(Full::new(Bytes::from_static(
@@ -337,7 +344,12 @@ pub async fn silent_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 pub fn python() -> PathBuf {
     static DONE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Integration tests have a target tmp directory; other users (the controller's
+        // benchmark, which needs no Python) fall back to the system's.
+        let tmp = option_env!("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let tmp = tmp.as_path();
         std::fs::create_dir_all(tmp).unwrap();
         let lock = std::fs::File::create(tmp.join("notify-py.lock")).unwrap();
         lock.lock().unwrap();

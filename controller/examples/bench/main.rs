@@ -7,6 +7,10 @@
 //!
 //! Prints a markdown table on stdout; progress on stderr. All traffic is to 127.0.0.1.
 
+mod notify;
+#[path = "../../../notify/tests/common/mod.rs"]
+mod receivers;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -558,6 +562,29 @@ async fn run(o: Opts) -> Result<()> {
                 "MISSED"
             }
         );
+    }
+    let n = (o.requests / 2).max(100);
+    let (notify_rows, notify_lines) = notify::rows(n, o.concurrency, o.vms).await?;
+    println!(
+        "\nNotifications (docs/notifications.md), same run, three more controllers alike but for their sinks: initiates that each write a `request.pending_approval` event (the request path's only notification cost: one row in the same commit), with no sink, one healthy webhook receiver and one receiver that never answers (best of 3 each, alternating); then the delivery lag at 1 000 requests/s with the healthy sink.\n"
+    );
+    println!("| operation | calls | errors | req/s | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &notify_rows {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            r.phase,
+            r.ops,
+            r.errors,
+            r.ops as f64 / r.secs,
+            r.p50,
+            r.p99,
+            r.max
+        );
+    }
+    println!();
+    for l in &notify_lines {
+        println!("{l}\n");
     }
     let verify = server.app.audit.verify(&a).await?;
     println!(
