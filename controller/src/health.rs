@@ -187,6 +187,13 @@ pub async fn sample(app: &App) -> Result<Sample> {
         checkpoint,
         pg_notification_queue_usage: app.cluster.notification_queue_usage(),
         notify: crate::store::notify::counts(&mut *pool.acquire().await?).await?,
+        notify_oldest_age_seconds: crate::store::notify::oldest_pending(
+            &mut *pool.acquire().await?,
+        )
+        .await?
+        .into_iter()
+        .map(|(sink, at)| (sink, (now - at).max(0) as f64 / 1000.0))
+        .collect(),
     })
 }
 

@@ -80,6 +80,11 @@ pub struct NotifyLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
 jitgate_api::wire_enum! {
     /// The connection states an active agent is counted in (`jitgate_agents`).
     pub enum AgentState("agent state") {
@@ -173,6 +178,7 @@ struct Inner {
     pg_queue_usage: Optional,
     cert_expiry: Family<CertLabels, Gauge>,
     notify_deliveries: Family<NotifyLabels, Gauge>,
+    notify_oldest_age: Family<SinkLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -269,6 +275,13 @@ impl Metrics {
             "Notification deliveries per sink and state (queued, retrying, delivered, dead)",
             notify_deliveries.clone(),
         );
+        let notify_oldest_age = Family::<SinkLabels, Gauge<f64, AtomicU64>>::default();
+        add(
+            &mut r,
+            "jitgate_notify_oldest_pending_age_seconds",
+            "Age of the oldest notification still waiting for each sink (queued or retrying): the delivery lag",
+            notify_oldest_age.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: r,
@@ -285,6 +298,7 @@ impl Metrics {
                 pg_queue_usage,
                 cert_expiry,
                 notify_deliveries,
+                notify_oldest_age,
             }),
         }
     }
@@ -361,6 +375,12 @@ impl Metrics {
                 })
                 .set(*n);
         }
+        m.notify_oldest_age.clear();
+        for (sink, age) in &s.notify_oldest_age_seconds {
+            m.notify_oldest_age
+                .get_or_create(&SinkLabels { sink: sink.clone() })
+                .set(*age);
+        }
     }
 }
 
@@ -374,6 +394,8 @@ pub struct Sample {
     pub pg_notification_queue_usage: Option<f64>,
     /// Notification deliveries per sink and state.
     pub notify: Vec<(String, jitgate_notify::DeliveryState, i64)>,
+    /// Per sink with deliveries waiting, the age of the oldest (seconds).
+    pub notify_oldest_age_seconds: Vec<(String, f64)>,
 }
 
 /// One VM's grants pending delivery.

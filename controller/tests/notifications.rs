@@ -316,6 +316,13 @@ async fn failing_receiver_and_a_restart_lose_nothing() {
     })
     .await;
     assert_eq!(s.get(&DeliveryState::Delivered), None, "{s:?}");
+    // The lag shows on the scrape while deliveries wait.
+    let sample = jitgate_controller::health::sample(t.h.app()).await.unwrap();
+    let text = t.h.server.as_ref().unwrap().metrics.render(Some(&sample)).await.unwrap();
+    assert!(
+        text.contains("jitgate_notify_oldest_pending_age_seconds{sink=\"hook\"}"),
+        "{text}"
+    );
     // Then refused (nothing listens), with the controller restarted meanwhile.
     let failed_5xx = rx.received().len();
     drop(rx);

@@ -362,3 +362,16 @@ pub async fn last_failure(conn: &mut AnyConnection, sink: &str) -> Result<Option
     .fetch_optional(conn)
     .await?)
 }
+
+/// Per sink, when the oldest event still waiting for it (queued or retrying) was written:
+/// the delivery lag operators alert on.
+pub async fn oldest_pending(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT d.sink, MIN(e.created_at) FROM notify_deliveries d \
+         JOIN notify_events e ON e.seq = d.event_seq WHERE d.state IN ($1, $2) GROUP BY d.sink",
+    )
+    .bind(DeliveryState::Queued.as_str())
+    .bind(DeliveryState::Retrying.as_str())
+    .fetch_all(conn)
+    .await?)
+}
