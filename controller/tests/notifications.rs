@@ -318,7 +318,14 @@ async fn failing_receiver_and_a_restart_lose_nothing() {
     assert_eq!(s.get(&DeliveryState::Delivered), None, "{s:?}");
     // The lag shows on the scrape while deliveries wait.
     let sample = jitgate_controller::health::sample(t.h.app()).await.unwrap();
-    let text = t.h.server.as_ref().unwrap().metrics.render(Some(&sample)).await.unwrap();
+    let text =
+        t.h.server
+            .as_ref()
+            .unwrap()
+            .metrics
+            .render(Some(&sample))
+            .await
+            .unwrap();
     assert!(
         text.contains("jitgate_notify_oldest_pending_age_seconds{sink=\"hook\"}"),
         "{text}"

@@ -349,3 +349,31 @@ async fn email_reaches_the_approvers_then_the_requester() {
     let m = smtp.next().await;
     assert_eq!(rcpt(&m), ["alice@example.com", "ops@example.com"], "{m}");
 }
+
+/// A newer request for the same port and source closes the older one's window: told as
+/// `access.ended` with `NewerRequestInitiated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closed_by_a_newer_request_is_told() {
+    let pki = Pki::new("notify events test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    let t = rig(&rx, &pki, &["access.ended"]).await;
+    t.h.put_rg_policy("prod", ssh("203.0.113.0/24")).await;
+    let req = t.h.token("req", Role::Requester, "rg:prod").await;
+    let body = one_port(
+        "web1",
+        json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT10M"}),
+    );
+    let (st, first) = t.h.initiate(&req, body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    let (st, second) = t.h.initiate(&req, body).await;
+    assert_eq!(st, StatusCode::OK, "{second}");
+    let got = wait_events(&rx, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events(&rx).len(), 1, "{got:#?}");
+    let e = &got[0];
+    assert_eq!(e["type"], "access.ended");
+    assert_eq!(e["request"]["id"], first["id"]);
+    assert_eq!(e["statusReason"], "NewerRequestInitiated");
+    assert_eq!(e["virtualMachine"]["id"], "web1");
+    assert_eq!(e["port"]["number"], 22);
+}

@@ -209,6 +209,44 @@ async fn write(mut w: WriteTx, plan: Plan, events: &[jitgate_notify::Event]) -> 
     w.commit_with(tables).await
 }
 
+/// `access.ended` (`NewerRequestInitiated`) for each port window a newer request closed.
+/// Reads the older requests: only when a supersession closes a port, never on a plain
+/// initiate.
+async fn superseded_events(
+    w: &mut WriteTx,
+    closed: &[(&str, i64)],
+) -> Result<Vec<jitgate_notify::Event>> {
+    let mut out = Vec::new();
+    let mut ids: Vec<&str> = closed.iter().map(|(r, _)| *r).collect();
+    ids.dedup();
+    for rid in ids {
+        let (Some(view), Some(owner)) = (
+            requests::load(w.conn(), rid).await?,
+            requests::owner(w.conn(), rid).await?,
+        ) else {
+            continue;
+        };
+        let ports: Vec<(&jitgate_api::RequestVm, &jitgate_api::RequestPort)> = view
+            .virtual_machines
+            .iter()
+            .flat_map(|vm| vm.ports.iter().map(move |p| (vm, p)))
+            .collect();
+        for (_, idx) in closed.iter().filter(|(r, _)| *r == rid) {
+            if let Some((vm, port)) = usize::try_from(*idx).ok().and_then(|i| ports.get(i)) {
+                out.push(event::ended_port(
+                    &view,
+                    &owner,
+                    vm,
+                    port,
+                    jitgate_notify::event::EndReason::NewerRequestInitiated,
+                    w.now,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Writes what a plan does to grants: supersessions (and the ports they close) now, the
 /// counters, and returns the new grant and outbox rows for the commit to insert. Shared
 /// by the initiate batch and the final approval of a pending request.
@@ -216,10 +254,16 @@ pub async fn write_grants(w: &mut WriteTx, plan: &Plan) -> Result<Vec<Rows>> {
     for (old, new) in &plan.superseded {
         grants::supersede(w, old, new).await?;
     }
+    let mut closed: Vec<(&str, i64)> = Vec::new();
     for (rid, idx) in &plan.ports_to_close {
         if !grants::port_has(w, rid, *idx, None).await? {
             requests::end_port(w, rid, *idx, &StatusReason::NewerRequestInitiated).await?;
+            closed.push((rid, *idx));
         }
+    }
+    if !closed.is_empty() {
+        let events = superseded_events(w, &closed).await?;
+        notify::insert_events(w, &events).await?;
     }
     w.set_sequences(plan.request_seq, plan.outbox_seq);
     for o in &plan.outbox {

@@ -2,7 +2,7 @@
 //! record shows it), for the transaction that makes the change to insert
 //! ([`crate::store::notify::event_rows`]). Pure: no I/O, no sink, no rendering.
 
-use jitgate_api::{PendingStage, PortStatus, ProtoSel, RequestPort, RequestView};
+use jitgate_api::{PendingStage, PortStatus, ProtoSel, RequestPort, RequestView, RequestVm};
 use jitgate_notify::event::{
     EndReason, PolicyOperation, PolicyScope, PortInfo, Principal, Protocol, RequestInfo,
     RequestStatus, VmPorts, VmRef,
@@ -240,6 +240,26 @@ pub fn ended(
             request: request_info(view, owner),
             virtual_machine: vm_ref(vm, resource_group),
             port: window.info(),
+            status_reason: reason,
+        },
+        now,
+    )
+}
+
+/// `access.ended` for a port of the request as loaded (`vm` holds `port`).
+pub fn ended_port(
+    view: &RequestView,
+    owner: &str,
+    vm: &RequestVm,
+    p: &RequestPort,
+    reason: EndReason,
+    now: i64,
+) -> Event {
+    event(
+        EventDetails::AccessEnded {
+            request: request_info(view, owner),
+            virtual_machine: vm_ref(&vm.id, &vm.resource_group),
+            port: port(p),
             status_reason: reason,
         },
         now,
