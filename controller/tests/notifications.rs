@@ -106,8 +106,12 @@ async fn setup_on(pki: Pki, url: &str, timeout: u64, database: Option<String>, e
     }
 }
 
+/// Port `n` from a source no earlier request of the test used: a request never supersedes
+/// another here (that would add `access.ended` events the tests do not count).
 fn port(n: u32) -> Value {
-    json!({"number": n, "allowedSourceAddressPrefix": "203.0.113.7", "duration": "PT10M"})
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let host = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 1;
+    json!({"number": n, "allowedSourceAddressPrefix": format!("203.0.113.{host}"), "duration": "PT10M"})
 }
 
 async fn initiate(t: &T, n: u32) -> Value {

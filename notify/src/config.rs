@@ -13,7 +13,8 @@
 //! retry_initial_seconds = 10         # first retry delay (then doubling, with jitter)
 //! retry_max_interval_seconds = 3600
 //! give_up_after_seconds = 86400      # then the delivery is dead
-//! ending_soon_lead_seconds = 600     # access.ending_soon this long before the end
+//! ending_soon_lead_seconds = 600     # access.ending_soon this long before the end (0: off)
+//! agent_offline_after_seconds = 120  # agent.offline after an agent is gone this long
 //! retain_delivered_days = 30
 //! portal_url = "https://jit.example.com"  # links to requests
 //! ca_files = []                      # extra PEM CAs for sinks and the relay
