@@ -44,6 +44,7 @@ wire_enum! {
         AddSink = "Add Notification Sink",
         RemoveSink = "Remove Notification Sink",
         RetrySink = "Retry Notification Deliveries",
+        DiscardDead = "Discard Dead Notification Deliveries",
         WriteSecret = "Write Notification Secret",
     }
 }

@@ -49,8 +49,8 @@ pub use error::{ErrorBody, ErrorClass, ErrorCode, ErrorDetail};
 pub use inventory::{Me, ResourceGroup, Vm, VmDetail};
 pub use list::{Format, List};
 pub use notify::{
-    DeliveryFailure, NewSink, RetryBody, RetryResult, SecretBody, SinkInfo, SinkStatus, SinkTarget,
-    SinkTestResult, SinkView,
+    DeadCount, DeadDeliveries, DeliveryFailure, NewSink, SecretBody, SinkInfo, SinkStatus,
+    SinkTarget, SinkTestResult, SinkView,
 };
 pub use policy::{OnExpiry, PolicyBody, PolicyPort, PolicyScope, PolicyView};
 pub use port::{PortSpec, ProtoSel};

@@ -112,20 +112,20 @@ pub struct SinkTestResult {
     pub detail: Option<String>,
 }
 
-/// `POST /notify/retry`: dead deliveries of one sink (or of every sink in the caller's
-/// scope) are attempted again.
+/// `POST /notify/retry` and `POST /notify/discard`: the dead deliveries of one sink (or of
+/// every sink in the caller's scope), attempted again or deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RetryBody {
+pub struct DeadDeliveries {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
 }
 
-/// How many dead deliveries were re-driven.
+/// How many dead deliveries were re-driven or deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RetryResult {
-    pub redriven: u64,
+pub struct DeadCount {
+    pub deliveries: u64,
 }
 
 /// `PUT /notify/secrets/{name}`: the secret's value (written, never read back).

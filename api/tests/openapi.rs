@@ -188,8 +188,8 @@ fn every_schema_matches_its_type() {
     check::<api::DeliveryFailure>(s, "DeliveryFailure", seen);
     check::<api::SinkStatus>(s, "SinkStatus", seen);
     check::<api::SinkTestResult>(s, "SinkTestResult", seen);
-    check::<api::RetryBody>(s, "RetryBody", seen);
-    check::<api::RetryResult>(s, "RetryResult", seen);
+    check::<api::DeadDeliveries>(s, "DeadDeliveries", seen);
+    check::<api::DeadCount>(s, "DeadCount", seen);
     check::<api::SecretBody>(s, "SecretBody", seen);
     check::<api::PolicyBody>(s, "PolicyBody", seen);
     check::<api::PolicyView>(s, "PolicyView", seen);

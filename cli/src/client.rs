@@ -9,8 +9,8 @@ use std::time::Duration;
 use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
     ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
-    Connection, DecisionBody, ErrorBody, HistoryQuery, InitiateBody, List, Me, NewSink, PolicyBody,
-    PolicyView, RemediateBody, ReportQuery, RequestView, RetryBody, RetryResult, ScanBody,
+    Connection, DeadCount, DeadDeliveries, DecisionBody, ErrorBody, HistoryQuery, InitiateBody,
+    List, Me, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
     ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
     VmDetail,
 };
@@ -319,8 +319,14 @@ impl Client {
     }
 
     /// `POST /notify/retry`
-    pub async fn notify_retry(&self, body: &RetryBody) -> R<Reply<RetryResult>> {
+    pub async fn notify_retry(&self, body: &DeadDeliveries) -> R<Reply<DeadCount>> {
         let rb = self.request(Method::POST, &["notify", "retry"]);
+        self.typed(rb.json(body)).await
+    }
+
+    /// `POST /notify/discard`
+    pub async fn notify_discard(&self, body: &DeadDeliveries) -> R<Reply<DeadCount>> {
+        let rb = self.request(Method::POST, &["notify", "discard"]);
         self.typed(rb.json(body)).await
     }
 

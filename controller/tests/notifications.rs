@@ -584,6 +584,31 @@ async fn dead_deliveries_are_shown_and_retried() {
     assert_eq!(ids.len(), 2, "one refused attempt, one delivered");
     assert_eq!(ids[0], ids[1], "the same delivery id both times");
     assert_eq!(got[1].json()["request"]["id"], id.as_str());
+    // Given up on: an admin deletes a dead delivery through the API (a requester may not).
+    rx.answer(Answer::Status(404));
+    initiate(&t, 22).await;
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Dead) == Some(&1)
+    })
+    .await;
+    let (st, _) =
+        t.h.call(Method::POST, "/api/v1/notify/discard", Some(&t.req), None)
+            .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v) =
+        t.h.call(
+            Method::POST,
+            "/api/v1/notify/discard",
+            Some(&t.h.admin),
+            Some(json!({"sink": "hook"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["deliveries"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{v}"
+    );
+    assert_eq!(states(&t).await.get(&DeliveryState::Dead), None);
 }
 
 /// A host that trusts no certificate authority (a minimal system without CA certificates)

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use jitgate_api::{NewSink, RetryBody, SecretBody, SinkInfo, SinkStatus, SinkTarget};
+use jitgate_api::{DeadDeliveries, NewSink, SecretBody, SinkInfo, SinkStatus, SinkTarget};
 
 use crate::client::Client;
 use crate::exit::{Fail, R};
@@ -30,6 +30,12 @@ pub enum NotifyCmd {
     Status,
     /// Attempt dead deliveries again (of one sink, or of every sink you can see).
     Retry {
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Delete dead deliveries (of one sink, or of every sink you can see): given up on.
+    Discard {
         /// Only this sink.
         #[arg(long)]
         sink: Option<String>,
@@ -132,10 +138,18 @@ pub async fn run(c: &Client, cmd: &NotifyCmd, out: Out) -> R<()> {
             out.show_list(&v, print_status)
         }
         NotifyCmd::Retry { sink } => {
-            let r = c.notify_retry(&RetryBody { sink: sink.clone() }).await?;
+            let r = c
+                .notify_retry(&DeadDeliveries { sink: sink.clone() })
+                .await?;
             out.show(&r, |r| {
-                println!("{} dead deliveries queued again", r.redriven)
+                println!("{} dead deliveries queued again", r.deliveries)
             })
+        }
+        NotifyCmd::Discard { sink } => {
+            let r = c
+                .notify_discard(&DeadDeliveries { sink: sink.clone() })
+                .await?;
+            out.show(&r, |r| println!("{} dead deliveries deleted", r.deliveries))
         }
         NotifyCmd::Secret(SecretCmd::Set { name, from_file }) => {
             let value = read_secret(from_file.as_ref())?;

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use jitgate_api::{NewSink, RetryBody, RetryResult, SecretBody, SinkInfo, SinkTestResult};
+use jitgate_api::{DeadCount, DeadDeliveries, NewSink, SecretBody, SinkInfo, SinkTestResult};
 
 use crate::authz::Caller;
 use crate::http::error::HttpError;
@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/notify/sinks/{name}/test", post(test))
         .route("/api/v1/notify/status", get(status))
         .route("/api/v1/notify/retry", post(retry))
+        .route("/api/v1/notify/discard", post(discard))
         .route("/api/v1/notify/secrets", get(secrets))
         .route("/api/v1/notify/secrets/{name}", put(put_secret))
 }
@@ -63,13 +64,22 @@ async fn status(State(st): State<AppState>, c: Caller) -> Result<Response, HttpE
 async fn retry(
     State(st): State<AppState>,
     c: Caller,
-    BodyOrDefault(b): BodyOrDefault<RetryBody>,
-) -> Result<Json<RetryResult>, HttpError> {
-    let redriven = st.app.notifications.retry(&c, b.sink.as_deref()).await?;
-    Ok(Json(RetryResult { redriven }))
+    BodyOrDefault(b): BodyOrDefault<DeadDeliveries>,
+) -> Result<Json<DeadCount>, HttpError> {
+    let deliveries = st.app.notifications.retry(&c, b.sink.as_deref()).await?;
+    Ok(Json(DeadCount { deliveries }))
 }
 
 /// The secrets' names (never a value).
+async fn discard(
+    State(st): State<AppState>,
+    c: Caller,
+    BodyOrDefault(b): BodyOrDefault<DeadDeliveries>,
+) -> Result<Json<DeadCount>, HttpError> {
+    let deliveries = st.app.notifications.discard(&c, b.sink.as_deref()).await?;
+    Ok(Json(DeadCount { deliveries }))
+}
+
 async fn secrets(State(st): State<AppState>, c: Caller) -> Result<Response, HttpError> {
     Ok(respond::list(st.app.notifications.secret_names(&c).await?))
 }

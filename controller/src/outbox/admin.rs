@@ -34,6 +34,13 @@ pub struct Notifications {
     outbox: Option<Outbox>,
 }
 
+/// What becomes of dead deliveries.
+#[derive(Clone, Copy, Debug)]
+enum DeadAction {
+    Retry,
+    Discard,
+}
+
 /// A sink's scope with the VM's resource group looked up (what `authz` decides on).
 enum Reach {
     Everything,
@@ -227,6 +234,16 @@ impl Notifications {
 
     /// Dead deliveries of `sink` (or of every sink the caller sees) are attempted again.
     pub async fn retry(&self, caller: &Caller, sink: Option<&str>) -> Result<u64> {
+        self.dead(caller, sink, DeadAction::Retry).await
+    }
+
+    /// Dead deliveries of `sink` (or of every sink the caller sees) are deleted: an admin
+    /// gave up on them (delivered ones are pruned by age; dead ones stay until this).
+    pub async fn discard(&self, caller: &Caller, sink: Option<&str>) -> Result<u64> {
+        self.dead(caller, sink, DeadAction::Discard).await
+    }
+
+    async fn dead(&self, caller: &Caller, sink: Option<&str>, what: DeadAction) -> Result<u64> {
         authz::authorize(caller, Action::ListSinks)?;
         let o = self.outbox()?;
         let names: Vec<String> = match sink {
@@ -245,20 +262,22 @@ impl Notifications {
         let mut w = o.db.begin().await?;
         let mut n = 0;
         for name in &names {
-            n += notify::retry_dead(&mut w, Some(name)).await?;
+            n += match what {
+                DeadAction::Retry => notify::retry_dead(&mut w, Some(name)).await?,
+                DeadAction::Discard => notify::discard_dead(&mut w, name).await?,
+            };
         }
         if n > 0 {
-            let a = NewActivity::other(
-                Operation::RetrySink,
-                ResourceType::NotificationSink,
-                "",
-                &caller.actor(),
-            )
-            .details(serde_json::json!({"sinks": names, "deliveries": n}));
+            let op = match what {
+                DeadAction::Retry => Operation::RetrySink,
+                DeadAction::Discard => Operation::DiscardDead,
+            };
+            let a = NewActivity::other(op, ResourceType::NotificationSink, "", &caller.actor())
+                .details(serde_json::json!({"sinks": names, "deliveries": n}));
             activity::log(&mut w, a).await?;
         }
         w.commit().await?;
-        tracing::info!(deliveries = n, by = %caller.principal_id(), "dead notifications re-driven");
+        tracing::info!(deliveries = n, action = ?what, by = %caller.principal_id(), "dead notifications handled");
         Ok(n)
     }
 

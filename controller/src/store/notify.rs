@@ -375,3 +375,13 @@ pub async fn oldest_pending(conn: &mut AnyConnection) -> Result<Vec<(String, i64
     .fetch_all(conn)
     .await?)
 }
+
+/// Deletes the dead deliveries of `sink` (an admin gave up on them); returns how many.
+pub async fn discard_dead(w: &mut WriteTx, sink: &str) -> Result<u64> {
+    let r = sqlx::query("DELETE FROM notify_deliveries WHERE sink = $1 AND state = $2")
+        .bind(sink)
+        .bind(DeliveryState::Dead.as_str())
+        .execute(w.conn())
+        .await?;
+    Ok(r.rows_affected())
+}
