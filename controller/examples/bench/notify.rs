@@ -216,20 +216,22 @@ pub async fn rows(n: u64, conc: u64, vms: u64) -> Result<(Vec<Row>, Vec<String>)
     // At the target rate: latency without a sink (the floor), then with the healthy sink
     // and its delivery lag.
     let paced = n.max(1000);
-    let v = &variants[0];
-    eprintln!("pending initiate x{paced} paced at 1000/s, no sink ...");
-    let (lat, err, wall) = run_phase(
-        &v.client,
-        &v.base,
-        &v.requester,
-        paced,
-        conc,
-        &PENDING,
-        offset,
-        vms,
-        Some(1000.0),
-    )
-    .await;
+    let at_target = |i: usize, offset: u64| {
+        let v = &variants[i];
+        eprintln!("pending initiate x{paced} paced at 1000/s, {} ...", v.name);
+        run_phase(
+            &v.client,
+            &v.base,
+            &v.requester,
+            paced,
+            conc,
+            &PENDING,
+            offset,
+            vms,
+            Some(1000.0),
+        )
+    };
+    let (lat, err, wall) = at_target(0, offset).await;
     offset += paced;
     rows.push(summarize(
         "initiate (pending approval) paced at 1 000/s, no sink",
@@ -238,21 +240,8 @@ pub async fn rows(n: u64, conc: u64, vms: u64) -> Result<(Vec<Row>, Vec<String>)
         err,
         wall,
     ));
-    let v = &variants[1];
     let before = healthy.received().len();
-    eprintln!("pending initiate x{paced} paced at 1000/s, healthy sink: delivery lag ...");
-    let (lat, err, wall) = run_phase(
-        &v.client,
-        &v.base,
-        &v.requester,
-        paced,
-        conc,
-        &PENDING,
-        offset,
-        vms,
-        Some(1000.0),
-    )
-    .await;
+    let (lat, err, wall) = at_target(1, offset).await;
     rows.push(summarize(
         "initiate (pending approval) paced at 1 000/s, one healthy sink",
         0,

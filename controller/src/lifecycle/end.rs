@@ -95,18 +95,10 @@ pub async fn expire_due(db: &Db, now: i64) -> Result<usize> {
     let due = requests::expire_due(&mut w, now).await?;
     grants::expire_due(&mut w, now).await?;
     let actor = Actor::controller();
-    let mut events = Vec::with_capacity(due.len());
-    let mut views: BTreeMap<&str, Option<(RequestView, String)>> = BTreeMap::new();
-    for p in &due {
-        if !views.contains_key(p.request_id.as_str()) {
-            let view = requests::load(w.conn(), &p.request_id).await?;
-            let owner = requests::owner(w.conn(), &p.request_id).await?;
-            views.insert(&p.request_id, view.zip(owner));
-        }
-        if let Some(Some((view, owner))) = views.get(p.request_id.as_str()) {
-            events.push(ended(view, owner, p, EndReason::Expired, now));
-        }
-    }
+    let events = per_port(&mut w, &due, |view, owner, p| {
+        ended(view, owner, p, EndReason::Expired, now)
+    })
+    .await?;
     for p in &due {
         let mut details = p.details();
         if let Some(d) = details.as_object_mut() {
@@ -133,28 +125,35 @@ pub async fn tell_ending_soon(db: &Db, now: i64, lead_ms: i64) -> Result<usize> 
     }
     let mut w = db.begin().await?;
     let due = requests::ending_soon(&mut w, now, lead_ms).await?;
-    let mut events = Vec::with_capacity(due.len());
+    let events = per_port(&mut w, &due, |view, owner, p| {
+        event::ending_soon(view, owner, &p.vm, &p.resource_group, window(p), now)
+    })
+    .await?;
+    let rows = notify::event_rows(&mut w, &events)?;
+    w.commit_with(vec![rows]).await?;
+    Ok(due.len())
+}
+
+/// One event per port of `ports`, made by `make` with the port's request (loaded once per
+/// request; a request gone from the database gets none).
+async fn per_port(
+    w: &mut crate::store::write::WriteTx,
+    ports: &[LivePort],
+    make: impl Fn(&RequestView, &str, &LivePort) -> jitgate_notify::Event,
+) -> Result<Vec<jitgate_notify::Event>> {
+    let mut events = Vec::with_capacity(ports.len());
     let mut views: BTreeMap<&str, Option<(RequestView, String)>> = BTreeMap::new();
-    for p in &due {
+    for p in ports {
         if !views.contains_key(p.request_id.as_str()) {
             let view = requests::load(w.conn(), &p.request_id).await?;
             let owner = requests::owner(w.conn(), &p.request_id).await?;
             views.insert(&p.request_id, view.zip(owner));
         }
         if let Some(Some((view, owner))) = views.get(p.request_id.as_str()) {
-            events.push(event::ending_soon(
-                view,
-                owner,
-                &p.vm,
-                &p.resource_group,
-                window(p),
-                now,
-            ));
+            events.push(make(view, owner, p));
         }
     }
-    let rows = notify::event_rows(&mut w, &events)?;
-    w.commit_with(vec![rows]).await?;
-    Ok(due.len())
+    Ok(events)
 }
 
 fn window(p: &LivePort) -> event::Window<'_> {
