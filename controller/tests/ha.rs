@@ -479,3 +479,29 @@ async fn decide(
     )
     .await
 }
+
+/// Controllers started at the same moment against one new PostgreSQL database (a rolling
+/// deployment's first start): one applies the migrations, the others wait for it and find
+/// them applied; every one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controllers_starting_together_migrate_once() {
+    use jitgate_controller::app::{App, Parts};
+    use jitgate_controller::store::DbOptions;
+    use jitgate_controller::store::db::SCHEMA_VERSION;
+    for _ in 0..3 {
+        let url = common::fresh_postgres_database().await;
+        let opts = DbOptions::default();
+        let open = || App::open(&url, &opts, Parts::default());
+        let (a, b, c) = tokio::join!(open(), open(), open());
+        let (a, b, c) = (a.expect("first"), b.expect("second"), c.expect("third"));
+        let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(a.db.pool())
+            .await
+            .unwrap();
+        let versions: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        for app in [a, b, c] {
+            app.close().await;
+        }
+    }
+}

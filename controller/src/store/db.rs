@@ -202,38 +202,69 @@ impl Db {
         self.pool.close().await;
     }
 
+    /// Applies the migrations this database lacks, each in its own transaction. On
+    /// PostgreSQL several controllers may start at once against one database: a session
+    /// advisory lock ([`MIGRATION_LOCK`]) makes them take turns, and each finds the
+    /// migrations the first applied already recorded.
     async fn migrate(&self) -> Result<()> {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
-             name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await?;
         // Holding the write lock: this controller writes nothing else meanwhile.
         let _w = self.writer.lock().await;
-        for (version, name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
-            let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *tx)
+        let mut conn = self.pool.acquire().await?;
+        let postgres = self.backend() == Backend::Postgres;
+        if postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
                 .await?;
-            if done.is_some() {
-                continue;
-            }
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query(
-                "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
-            )
-            .bind(*version)
-            .bind(*name)
-            .bind(jitgate_api::time::now_ms())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            tracing::info!(version, name, "applied database migration");
         }
-        Ok(())
+        let applied = apply_migrations(&mut conn).await;
+        if postgres {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                // Never hand a connection that may still hold the lock back to the pool.
+                conn.detach();
+                unlocked?;
+            }
+        }
+        applied
     }
+}
+
+/// The PostgreSQL advisory lock key that serialises migrations across controllers.
+pub const MIGRATION_LOCK: i64 = 0x6a69_7467_6174_6501;
+
+async fn apply_migrations(conn: &mut sqlx::AnyConnection) -> Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+         name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    for (version, name, sql) in MIGRATIONS {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(*version)
+        .bind(*name)
+        .bind(jitgate_api::time::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, name, "applied database migration");
+    }
+    Ok(())
 }
 
 /// Background WAL checkpoints (PASSIVE: never blocks the writer or readers), until the pool
