@@ -290,14 +290,20 @@ impl Outbox {
             if claimed.is_empty() {
                 continue;
             }
+            // The claimed events in one read; one gone meanwhile (pruned) is not attempted
+            // and its lease expires.
+            let mut events = self.load(&claimed).await?;
             let sink = Arc::new(sink);
             for c in claimed {
+                let Some(event) = events.remove(&c.event_seq) else {
+                    continue;
+                };
                 busy.fetch_add(1, Ordering::Relaxed);
                 let slot = Slot(busy.clone());
                 let (me, sink, done) = (self.clone(), sink.clone(), done.clone());
                 attempts.spawn(async move {
                     let _slot = slot;
-                    if let Some(o) = me.attempt(&sink, c).await {
+                    if let Some(o) = me.attempt(&sink, c, event).await {
                         // The worker is gone only at stop; the lease then expires.
                         let _ = done.send(o);
                     }
@@ -346,36 +352,27 @@ impl Outbox {
 
     /// One attempt of one claimed delivery: its outcome, to record (None: nothing was
     /// attempted; the lease expires and the delivery is taken again).
-    async fn attempt(&self, sink: &Sink, c: Claimed) -> Option<Done> {
-        let outcome = match self.load(c.event_seq).await {
-            Ok(Some(event)) => {
-                let Some(deliverer) = &self.deliverer else {
-                    // Unreachable while sinks are only those of the file (none here); the
-                    // lease expires and the row waits for a restart with a trust store.
-                    tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
-                    return None;
-                };
-                let people = if sink.format == SinkFormat::Email {
-                    match self.people(&event).await {
-                        Ok(p) => p,
-                        Err(e) => {
-                            tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "looking up addresses failed");
-                            Vec::new()
-                        }
-                    }
-                } else {
-                    Vec::new()
-                };
-                deliverer
-                    .deliver(sink, &event, &self.secrets, &people, SystemTime::now())
-                    .await
-            }
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "loading a notification failed");
-                return None;
-            }
+    async fn attempt(&self, sink: &Sink, c: Claimed, event: Event) -> Option<Done> {
+        let Some(deliverer) = &self.deliverer else {
+            // A sink needs a trust store to be added, so this is a host that lost its CA
+            // certificates: the lease expires and the row waits for a restart with them.
+            tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
+            return None;
         };
+        let people = if sink.format == SinkFormat::Email {
+            match self.people(&event).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "looking up addresses failed");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let outcome = deliverer
+            .deliver(sink, &event, &self.secrets, &people, SystemTime::now())
+            .await;
         let now = jitgate_api::time::now_ms();
         let attempted = self.outcome(&outcome, &c, now);
         Some(Done {
@@ -416,14 +413,21 @@ impl Outbox {
         Ok(out)
     }
 
-    async fn load(&self, seq: i64) -> Result<Option<Event>> {
+    /// The events of `claimed`, by seq, with their links as configured now.
+    async fn load(&self, claimed: &[Claimed]) -> Result<HashMap<i64, Event>> {
+        let seqs: Vec<i64> = claimed.iter().map(|c| c.event_seq).collect();
         let mut conn = self.db.pool().acquire().await?;
-        let Some((body, _people)) = notify::event(&mut conn, seq).await? else {
-            return Ok(None);
-        };
-        let mut event: Event = serde_json::from_str(&body).map_err(crate::error::Error::corrupt)?;
-        event.links = Links::for_details(&event.details, self.portal.as_ref());
-        Ok(Some(event))
+        let mut out = HashMap::with_capacity(seqs.len());
+        for (seq, body) in notify::events(&mut conn, &seqs).await? {
+            match serde_json::from_str::<Event>(&body) {
+                Ok(mut event) => {
+                    event.links = Links::for_details(&event.details, self.portal.as_ref());
+                    out.insert(seq, event);
+                }
+                Err(e) => tracing::error!(seq, error = %e, "stored event does not parse; not sent"),
+            }
+        }
+        Ok(out)
     }
 
     /// The row an outcome leaves.

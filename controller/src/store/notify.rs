@@ -206,14 +206,21 @@ pub async fn claim(
     .await?)
 }
 
-/// A stored event: its JSON and the people it addresses.
-pub async fn event(conn: &mut AnyConnection, seq: i64) -> Result<Option<(String, String)>> {
-    Ok(
-        sqlx::query_as("SELECT body, people FROM notify_events WHERE seq = $1")
-            .bind(seq)
-            .fetch_optional(conn)
-            .await?,
-    )
+/// Stored events by seq: (seq, JSON); a seq gone (pruned) is absent.
+pub async fn events(conn: &mut AnyConnection, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT seq, body FROM notify_events WHERE seq IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query_as(&sql);
+    for s in seqs {
+        q = q.bind(*s);
+    }
+    Ok(q.fetch_all(conn).await?)
 }
 
 /// The outcome of one attempt.
