@@ -45,6 +45,11 @@ wire_enum! {
         RemoveSink = "Remove Notification Sink",
         RetrySink = "Retry Notification Deliveries",
         WriteSecret = "Write Notification Secret",
+        SignIn = "Sign In",
+        SignOut = "Sign Out",
+        RevokeSession = "Revoke Session",
+        /// A session ended because its refresh with the identity provider failed.
+        SessionRefreshFailed = "Session Refresh Failed",
     }
 }
 
@@ -57,6 +62,7 @@ wire_enum! {
         PolicyAssignment = "PolicyAssignment",
         NotificationSink = "NotificationSink",
         NotificationSecret = "NotificationSecret",
+        Session = "Session",
     }
 }
 

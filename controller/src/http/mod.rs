@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod agents;
 pub mod approvals;
+pub mod auth;
 pub mod compliance;
 pub mod error;
 pub mod extract;
@@ -13,8 +14,10 @@ pub mod inventory;
 pub mod notify;
 pub mod ops;
 pub mod policies;
+pub mod ratelimit;
 pub mod requests;
 pub mod respond;
+pub mod sessions;
 pub mod state;
 
 use axum::Router;
@@ -36,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(compliance::router())
         .merge(notify::router())
+        .merge(auth::router())
+        .merge(sessions::router())
         .fallback(|| async {
             HttpError::new(
                 ErrorCode::NoSuchRoute,

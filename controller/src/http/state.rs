@@ -13,4 +13,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// This controller's metrics (requests are counted by the router).
     pub metrics: Metrics,
+    /// Unauthenticated sign-in starts per client address.
+    pub sign_in_limit: crate::http::ratelimit::RateLimit,
 }
