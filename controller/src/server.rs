@@ -177,6 +177,11 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             SIGN_IN_PER_MINUTE,
             Duration::from_secs(60),
         ),
+        public_origin: cfg
+            .public_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin().ascii_serialization()),
     };
     let url = cfg.database_url(dir);
     let mut tasks = vec![

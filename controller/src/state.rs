@@ -239,6 +239,18 @@ impl Config {
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         cfg.booking_horizon_ms()
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
+        if let Some(u) = &cfg.public_url {
+            match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.path() == "/" => {}
+                _ => {
+                    return Err(SetupError::Invalid(format!(
+                        "{}: public_url {u:?} must be an https URL without a path \
+                         (https://jit.example.net)",
+                        p.display()
+                    )));
+                }
+            }
+        }
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(
                 "{}: max_pending_per_requester must be at least 1",

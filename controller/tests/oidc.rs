@@ -697,3 +697,212 @@ async fn forged_id_tokens_are_refused_through_the_controller() {
         "only the honest sign-in made a session: {list}"
     );
 }
+
+/// The value of a `Set-Cookie` for `name` among the response's, whole (attributes too).
+fn set_cookie(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no Set-Cookie {name}: {:?}", r.headers()))
+}
+
+/// `name=value` of a `Set-Cookie`, as a browser sends it back.
+fn cookie_pair(set: &str) -> String {
+    set.split(';').next().unwrap().to_string()
+}
+
+/// The portal's browser sign-in: the pre-sign-in state in a sealed `__Host-` cookie (nothing
+/// stored), a fresh session at the callback, CSRF and Origin on sign-out, and cookies that
+/// never authenticate the JSON API.
+#[tokio::test]
+async fn portal_sign_in_with_host_cookies() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("https://127.0.0.1:{port}");
+    let ca = Arc::new(TestCa::new().unwrap());
+    let op = TestProvider::start(
+        ca.clone(),
+        &Setup {
+            web_redirect: format!("{public}/auth/callback"),
+            ..Setup::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut oidc = oidc_toml(op.issuer(), ca.ca_file(), "");
+    oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
+    let h = Harness::with_config(|c| {
+        c.oidc = Some(oidc);
+        c.listen = format!("127.0.0.1:{port}");
+        c.public_url = Some(public.clone());
+    })
+    .await;
+    let pem = std::fs::read(h.dir.ca_cert()).unwrap();
+    let browser = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let planted = format!("__Host-jitgate-session=jitsess_{}", "0".repeat(64));
+    let stored = async |table: &str| -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(h.app().db.pool())
+            .await
+            .unwrap()
+    };
+
+    // Start: 303 to the provider, the sealed state in a short-lived __Host- cookie.
+    let r = browser
+        .get(format!("{public}/auth/login?return=/auth/session"))
+        .header("cookie", &planted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(op.issuer()), "{to}");
+    assert!(to.contains("response_mode=query"), "{to}");
+    let login = set_cookie(&r, "__Host-jitgate-login");
+    for attr in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
+        assert!(login.contains(attr), "{attr}: {login}");
+    }
+    assert!(!login.contains("Domain"), "{login}");
+    assert_eq!(
+        (
+            stored("sessions").await,
+            stored("oidc_used_callbacks").await
+        ),
+        (0, 0),
+        "an unauthenticated visitor writes nothing"
+    );
+
+    let alice = Person::new(&ca, &Setup::default().users[0]).unwrap();
+    let back = alice
+        .authorize(&to, &format!("{public}/auth/callback"), Choice::Allow)
+        .await
+        .unwrap();
+    // Without the browser's sign-in cookie the callback is refused.
+    let r = browser.get(&back).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // With it: a fresh session (not the planted one), the sign-in cookie cleared.
+    let r = browser
+        .get(&back)
+        .header("cookie", format!("{}; {planted}", cookie_pair(&login)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{:?}", r.text().await);
+    assert_eq!(r.headers()["location"], "/auth/session");
+    let session = set_cookie(&r, "__Host-jitgate-session");
+    for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(session.contains(attr), "{attr}: {session}");
+    }
+    let session = cookie_pair(&session);
+    assert_ne!(session, planted);
+    assert!(set_cookie(&r, "__Host-jitgate-login").contains("Max-Age=0"));
+    // The same callback again (the browser's back button, a leaked URL with its cookie).
+    let r = browser
+        .get(&back)
+        .header("cookie", cookie_pair(&login))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("accepted once"));
+
+    // The landing page names the person (as text) under a strict CSP.
+    let r = browser
+        .get(format!("{public}/auth/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Signed in as <b>alice</b>"), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    // The cookie never authenticates the JSON API.
+    let r = browser
+        .get(format!("{public}/api/v1/auth/whoami"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Sign-out: a POST with the CSRF token, from this site.
+    let post = |origin: &str, form: String| {
+        browser
+            .post(format!("{public}/auth/logout"))
+            .header("cookie", &session)
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    let r = post(&public, String::new()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let r = post("https://evil.example", format!("csrf={csrf}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another site");
+    let r = browser
+        .get(format!("{public}/auth/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), StatusCode::OK, "nothing changes on GET");
+    assert_eq!(activity(&h, "Sign Out").await.len(), 0);
+    let r = post(&public, format!("csrf={csrf}")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(set_cookie(&r, "__Host-jitgate-session").contains("Max-Age=0"));
+    let out = activity(&h, "Sign Out").await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1["displayName"], "alice");
+    let r = browser
+        .get(format!("{public}/auth/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // /auth/login is rate-limited per address.
+    let mut last = StatusCode::OK;
+    for _ in 0..40 {
+        last = browser
+            .get(format!("{public}/auth/login"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if last == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -41,7 +41,11 @@ async fn callback(
     Body(body): Body<CallbackBody>,
 ) -> Result<Json<SessionGranted>, HttpError> {
     Ok(Json(
-        st.app.sessions.finish_login(&body, addr).await?.granted,
+        st.app
+            .sessions
+            .finish_login(&body, addr, jitgate_oidc::ClientKind::Cli)
+            .await?
+            .granted,
     ))
 }
 

@@ -19,6 +19,7 @@ pub mod requests;
 pub mod respond;
 pub mod sessions;
 pub mod state;
+pub mod web_signin;
 
 use axum::Router;
 use jitgate_api::ErrorCode;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notify::router())
         .merge(auth::router())
         .merge(sessions::router())
+        .merge(web_signin::router())
         .fallback(|| async {
             HttpError::new(
                 ErrorCode::NoSuchRoute,

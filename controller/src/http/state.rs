@@ -15,4 +15,7 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Unauthenticated sign-in starts per client address.
     pub sign_in_limit: crate::http::ratelimit::RateLimit,
+    /// The controller's public origin (`https://host[:port]`), which state-changing portal
+    /// requests must come from; None: no portal sign-in.
+    pub public_origin: Option<String>,
 }

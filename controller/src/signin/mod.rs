@@ -23,8 +23,9 @@ use jitgate_api::{
     SessionGranted, SessionView, Whoami,
 };
 use jitgate_oidc::{
-    CallbackParams, DevicePoll, Groups, LoginRequest, LoopbackRedirect, OidcConfig, PendingDevice,
-    PendingLogin, ProviderStatus, RefreshGrant, RelyingParty, ReturnPath, Sealer, SignIn,
+    CallbackParams, ClientKind, DevicePoll, Groups, LoginRequest, LoopbackRedirect, OidcConfig,
+    PendingDevice, PendingLogin, ProviderStatus, RefreshGrant, RelyingParty, ReturnPath, Sealer,
+    SignIn,
 };
 
 use crate::authz::{self, Action, Actor, Caller, Grant, Principal};
@@ -169,11 +170,20 @@ impl Sessions {
         })
     }
 
-    /// Finishes a code flow (the CLI's or the portal's): the sealed state must fit the
-    /// callback, the callback is used once, and the provider's ID token must validate.
-    pub async fn finish_login(&self, body: &CallbackBody, address: IpAddr) -> Result<Created> {
+    /// Finishes a code flow of `client` (the CLI's through the API, the portal's through its
+    /// cookie): the sealed state must fit the callback, the callback is used once, and the
+    /// provider's ID token must validate.
+    pub async fn finish_login(
+        &self,
+        body: &CallbackBody,
+        address: IpAddr,
+        client: ClientKind,
+    ) -> Result<Created> {
         let o = self.oidc()?;
         let pending = PendingLogin::open(&o.sealer, &body.handle).map_err(refused)?;
+        if pending.request().client() != client {
+            return Err(refused(jitgate_oidc::StateError::OtherProvider.into()));
+        }
         let params = CallbackParams {
             code: body.code.clone(),
             state: body.state.clone(),
@@ -446,6 +456,22 @@ impl Sessions {
         }
         Ok(row)
     }
+}
+
+/// The CSRF token of a portal session: derived from its credential (which only the
+/// session's browser holds, in an HttpOnly cookie), so nothing more is stored.
+pub fn csrf_token(credential: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"jitgate-csrf/v1\0");
+    h.update(credential.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Whether `given` is the CSRF token of `credential` (compared as hashes: no timing hint).
+pub fn csrf_matches(credential: &str, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(csrf_token(credential).as_bytes()) == Sha256::digest(given.as_bytes())
 }
 
 /// A new session: the credential (shown once) and whoami; where the portal goes next.
