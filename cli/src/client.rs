@@ -362,18 +362,11 @@ impl Client {
 
     /// `POST /auth/device/poll`: None while the person has not approved (202).
     pub async fn device_poll(&self, body: &DevicePollBody) -> R<Option<Reply<SessionGranted>>> {
-        let r = self
+        let rb = self
             .anonymous(&["auth", "device", "poll"])
             .json(body)
-            .timeout(DEVICE_POLL_LIMIT)
-            .send()
-            .await
-            .map_err(|e| Fail::error(format!("cannot reach {}: {e}", self.base)))?;
-        let status = r.status();
-        let text = r
-            .text()
-            .await
-            .map_err(|e| Fail::error(format!("reading the response: {e}")))?;
+            .timeout(DEVICE_POLL_LIMIT);
+        let (status, text) = self.exchange(rb).await?;
         if status == StatusCode::ACCEPTED {
             return Ok(None);
         }
@@ -402,13 +395,9 @@ impl Client {
 
     // --- the one way a call is made -------------------------------------------------------
 
-    /// A call that carries no credential (the starts of sign-in).
+    /// A POST that carries no credential (the starts of sign-in).
     fn anonymous(&self, segments: &[&str]) -> RequestBuilder {
-        let mut url = self.base.clone();
-        if let Ok(mut p) = url.path_segments_mut() {
-            p.pop_if_empty().extend(["api", "v1"]).extend(segments);
-        }
-        self.http.request(Method::POST, url)
+        self.http.request(Method::POST, self.url(segments))
     }
 
     fn get(&self, segments: &[&str]) -> RequestBuilder {
@@ -416,21 +405,26 @@ impl Client {
     }
 
     /// `{base}/api/v1/{segments}`, each segment percent-encoded (a name never changes the path).
-    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         // Always Ok: `new` refused a URL that cannot be a base.
         if let Ok(mut p) = url.path_segments_mut() {
             p.pop_if_empty().extend(["api", "v1"]).extend(segments);
         }
-        let rb = self.http.request(method, url);
+        url
+    }
+
+    /// A call with the credential, if there is one.
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(segments));
         match &self.token {
             Some(t) => rb.bearer_auth(t),
             None => rb,
         }
     }
 
-    /// Sends a call and reads its answer once: the body of a success, or the refusal.
-    async fn send(&self, rb: RequestBuilder) -> R<String> {
+    /// Sends a call and reads its answer once: the status and the body.
+    async fn exchange(&self, rb: RequestBuilder) -> R<(StatusCode, String)> {
         let r = rb
             .send()
             .await
@@ -440,6 +434,12 @@ impl Client {
             .text()
             .await
             .map_err(|e| Fail::error(format!("reading the response: {e}")))?;
+        Ok((status, text))
+    }
+
+    /// Sends a call and reads its answer once: the body of a success, or the refusal.
+    async fn send(&self, rb: RequestBuilder) -> R<String> {
+        let (status, text) = self.exchange(rb).await?;
         if status.is_success() {
             Ok(text)
         } else {

@@ -50,12 +50,7 @@ impl Rig {
     }
 
     fn person(&self, login: &str) -> Person {
-        let user = Setup::default()
-            .users
-            .into_iter()
-            .find(|u| u.login == login)
-            .unwrap();
-        Person::new(&self.ca, &user).unwrap()
+        Person::new(&self.ca, &Setup::default().user(login).unwrap()).unwrap()
     }
 
     fn session_file(&self) -> PathBuf {

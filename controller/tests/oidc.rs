@@ -14,56 +14,47 @@ use std::time::{Duration, Instant};
 
 use common::Harness;
 use jitgate_api::{Role, Scope};
-use jitgate_oidc::OidcConfig;
-use jitgate_oidc_testprovider::{
-    CLI_CLIENT_ID, Choice, Person, Setup, TestCa, TestProvider, User, WEB_CLIENT_ID,
-};
+use jitgate_oidc::{OidcConfig, RoleRule};
+use jitgate_oidc_testprovider::{Choice, Person, Setup, TestCa, TestProvider, User};
 use reqwest::{Method, StatusCode};
 use rp_support::hostile::{Forgery, Hostile};
-use rp_support::{LoopbackListener, query_of};
+use rp_support::{LoopbackListener, free_port, query_of};
 use serde_json::{Value, json};
 
-/// `[oidc]` as an operator writes it; `extra` adds keys (e.g. `token_roles`).
-fn oidc_toml(issuer: &str, ca: &Path, extra: &str) -> OidcConfig<Role, Scope> {
-    oidc_clients(issuer, WEB_CLIENT_ID, CLI_CLIENT_ID, ca, extra)
-}
-
-fn oidc_clients(
-    issuer: &str,
-    web_client: &str,
-    cli_client: &str,
-    ca: &Path,
-    extra: &str,
-) -> OidcConfig<Role, Scope> {
-    let text = format!(
-        r#"
-[oidc]
-issuer = "{issuer}"
-client_id = "{web_client}"
-cli_client_id = "{cli_client}"
-scopes = ["openid", "profile", "email", "groups", "offline_access"]
-groups_claim = "groups"
-name_claim = "preferred_username"
-session_lifetime = "PT8H"
-ca_file = "{ca}"
-auth_params = {{ prompt = "consent" }}
-{extra}
-[[oidc.roles]]
-group = "jit-admins"
-role = "admin"
-scope = "*"
-[[oidc.roles]]
-group = "prod-ops"
-role = "requester"
-scope = "rg:prod"
-[[oidc.roles]]
-group = "prod-ops"
-role = "reader"
-scope = "rg:dev"
-"#,
-        ca = ca.display()
-    );
-    OidcConfig::from_toml(&text).unwrap()
+/// `[oidc]` as the relying party's own tests write it (jit-admins: admin on `*`; prod-ops:
+/// requester on `rg:prod`), with the controller's roles and scopes, and a third row (prod-ops:
+/// reader on `rg:dev`) for unions.
+fn oidc_config(issuer: &str, ca: &Path) -> OidcConfig<Role, Scope> {
+    let c = rp_support::config(issuer, None, ca);
+    let mut roles: Vec<RoleRule<Role, Scope>> = c
+        .roles
+        .iter()
+        .map(|r| RoleRule {
+            group: r.group.clone(),
+            role: r.role.parse().unwrap(),
+            scope: r.scope.parse().unwrap(),
+        })
+        .collect();
+    roles.push(RoleRule {
+        group: "prod-ops".into(),
+        role: Role::Reader,
+        scope: "rg:dev".parse().unwrap(),
+    });
+    OidcConfig {
+        issuer: c.issuer,
+        client_id: c.client_id,
+        client_secret_file: None,
+        cli_client_id: c.cli_client_id,
+        cli_client_secret_file: None,
+        scopes: c.scopes,
+        groups_claim: c.groups_claim,
+        name_claim: c.name_claim,
+        session_lifetime: c.session_lifetime,
+        roles,
+        ca_file: c.ca_file,
+        token_roles: None,
+        auth_params: c.auth_params,
+    }
 }
 
 /// A provider and a controller signing people in with it.
@@ -75,26 +66,24 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        Rig::start_with("").await
+        Rig::start_with(None).await
     }
 
-    async fn start_with(extra: &str) -> Rig {
+    async fn start_with(token_roles: Option<Vec<Role>>) -> Rig {
         let ca = Arc::new(TestCa::new().unwrap());
         let op = TestProvider::start(ca.clone(), &Setup::default())
             .await
             .unwrap();
-        let oidc = oidc_toml(op.issuer(), ca.ca_file(), extra);
+        let oidc = OidcConfig {
+            token_roles,
+            ..oidc_config(op.issuer(), ca.ca_file())
+        };
         let h = Harness::with_config(|c| c.oidc = Some(oidc)).await;
         Rig { ca, op, h }
     }
 
     fn person(&self, login: &str) -> Person {
-        let user = Setup::default()
-            .users
-            .into_iter()
-            .find(|u| u.login == login)
-            .unwrap();
-        Person::new(&self.ca, &user).unwrap()
+        Person::new(&self.ca, &Setup::default().user(login).unwrap()).unwrap()
     }
 
     fn user(&self, login: &str) -> User {
@@ -125,15 +114,12 @@ impl Rig {
             .unwrap();
         let t0 = Instant::now();
         loop {
-            let (s, v) = self
-                .h
-                .call(
-                    Method::POST,
-                    "/api/v1/auth/device/poll",
-                    None,
-                    Some(json!({"handle": start["handle"]})),
-                )
-                .await;
+            let (s, v) = post(
+                &self.h,
+                "/api/v1/auth/device/poll",
+                json!({"handle": start["handle"]}),
+            )
+            .await;
             match s {
                 StatusCode::OK => return v,
                 StatusCode::ACCEPTED => assert!(
@@ -150,15 +136,12 @@ impl Rig {
     /// callback to the controller. Returns the callback body and the controller's answer.
     async fn loopback_sign_in(&self, login: &str) -> (Value, StatusCode, Value) {
         let listener = LoopbackListener::bind().await;
-        let (s, start) = self
-            .h
-            .call(
-                Method::POST,
-                "/api/v1/auth/login",
-                None,
-                Some(json!({"redirectUri": listener.redirect.as_str()})),
-            )
-            .await;
+        let (s, start) = post(
+            &self.h,
+            "/api/v1/auth/login",
+            json!({"redirectUri": listener.redirect.as_str()}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{start}");
         let person = self.person(login);
         let back = person
@@ -179,21 +162,18 @@ impl Rig {
         );
         let body = json!({"handle": start["handle"], "code": q.code, "state": q.state,
             "iss": q.iss});
-        let (s, v) = self
-            .h
-            .call(
-                Method::POST,
-                "/api/v1/auth/callback",
-                None,
-                Some(body.clone()),
-            )
-            .await;
+        let (s, v) = post(&self.h, "/api/v1/auth/callback", body.clone()).await;
         (body, s, v)
     }
 
     async fn whoami(&self, credential: &str) -> (StatusCode, Value) {
         self.h.get("/api/v1/auth/whoami", credential).await
     }
+}
+
+/// An unauthenticated POST of the sign-in API.
+async fn post(h: &Harness, path: &str, body: Value) -> (StatusCode, Value) {
+    h.call(Method::POST, path, None, Some(body)).await
 }
 
 fn credential(session: &Value) -> String {
@@ -319,20 +299,15 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
     assert_eq!(vms["value"].as_array().unwrap().len(), 3);
     let (s, v) = rig.h.get("/api/v1/activityLog/verify", &cred).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "not reader on *: {v}");
-    rig.h
-        .put_rg_policy(
-            "prod",
-            json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
-                "maxRequestAccessDuration": "PT3H"}]),
-        )
-        .await;
-    rig.h
-        .put_rg_policy(
-            "dev",
-            json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
-                "maxRequestAccessDuration": "PT3H"}]),
-        )
-        .await;
+    for group in ["prod", "dev"] {
+        rig.h
+            .put_rg_policy(
+                group,
+                json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+                    "maxRequestAccessDuration": "PT3H"}]),
+            )
+            .await;
+    }
     let port = json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.7",
         "endTimeUtc": jitgate_api::time::format(jitgate_api::time::now_ms() + 3_600_000)});
     let (s, r) = rig
@@ -345,15 +320,7 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
     assert_eq!(s, StatusCode::FORBIDDEN, "only reader on dev: {r}");
 
     // The same callback again: refused by the controller before the provider is asked.
-    let (s, v) = rig
-        .h
-        .call(
-            Method::POST,
-            "/api/v1/auth/callback",
-            None,
-            Some(body.clone()),
-        )
-        .await;
+    let (s, v) = post(&rig.h, "/api/v1/auth/callback", body.clone()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert_eq!(v["error"]["code"], "SignInRefused");
     assert!(
@@ -366,10 +333,7 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
     // A callback whose state is not the one this sign-in started.
     let mut wrong = body.clone();
     wrong["state"] = json!("not-the-state");
-    let (s, v) = rig
-        .h
-        .call(Method::POST, "/api/v1/auth/callback", None, Some(wrong))
-        .await;
+    let (s, v) = post(&rig.h, "/api/v1/auth/callback", wrong).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("state"),
@@ -378,21 +342,15 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
     // A handle not sealed by this controller.
     let mut forged = body;
     forged["handle"] = json!("AAAA");
-    let (s, v) = rig
-        .h
-        .call(Method::POST, "/api/v1/auth/callback", None, Some(forged))
-        .await;
+    let (s, v) = post(&rig.h, "/api/v1/auth/callback", forged).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     // A redirect that is not loopback is refused at the start.
-    let (s, v) = rig
-        .h
-        .call(
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"redirectUri": "https://evil.example/callback"})),
-        )
-        .await;
+    let (s, v) = post(
+        &rig.h,
+        "/api/v1/auth/login",
+        json!({"redirectUri": "https://evil.example/callback"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     // Exactly one session came out of all this.
     let (s, list) = rig.h.get("/api/v1/sessions", &rig.h.admin).await;
@@ -402,7 +360,7 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
 
 #[tokio::test]
 async fn a_person_in_no_group_signs_in_and_sees_nothing_and_token_roles_apply() {
-    let rig = Rig::start_with(r#"token_roles = ["requester"]"#).await;
+    let rig = Rig::start_with(Some(vec![Role::Requester])).await;
     rig.h.fixture().await;
     let session = rig.device_sign_in("carol").await;
     let cred = credential(&session);
@@ -481,27 +439,17 @@ async fn refresh_rereads_groups_a_failed_refresh_ends_the_session_and_revoke_wor
     let (s, _) = rig.h.get("/api/v1/sessions", &bob).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let id = bob_session["whoami"]["sessionId"].as_str().unwrap();
-    let (s, v) = rig
-        .h
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/sessions/{id}"),
-            Some(&rig.h.admin),
-            None,
-        )
-        .await;
+    let path = format!("/api/v1/sessions/{id}");
+    let revoke = async || {
+        rig.h
+            .call(Method::DELETE, &path, Some(&rig.h.admin), None)
+            .await
+    };
+    let (s, v) = revoke().await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (s, _) = rig.whoami(&bob).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked at once");
-    let (s, v) = rig
-        .h
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/sessions/{id}"),
-            Some(&rig.h.admin),
-            None,
-        )
-        .await;
+    let (s, v) = revoke().await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let revoked = activity(&rig.h, "Revoke Session").await;
     assert_eq!(revoked.len(), 1);
@@ -563,13 +511,9 @@ async fn key_rotation_at_the_provider_needs_no_restart() {
 #[tokio::test]
 async fn provider_unreachable_at_start_then_sign_in_works() {
     let ca = Arc::new(TestCa::new().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let issuer = format!("https://127.0.0.1:{port}");
-    let oidc = oidc_toml(&issuer, ca.ca_file(), "");
+    let oidc = oidc_config(&issuer, ca.ca_file());
     let h = Harness::with_config(|c| c.oidc = Some(oidc)).await;
     // Tokens keep working; health says why sign-in does not.
     let (s, _) = h.get("/api/v1/virtualMachines", &h.admin).await;
@@ -610,31 +554,19 @@ async fn provider_unreachable_at_start_then_sign_in_works() {
 
 /// One `jit login` through the hostile issuer; the controller's answer to the callback.
 async fn hostile_sign_in(h: &Harness, evil: &Hostile) -> (StatusCode, Value) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let (s, start) = h
-        .call(
-            Method::POST,
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"redirectUri": redirect})),
-        )
-        .await;
+    let (s, start) = post(h, "/api/v1/auth/login", json!({"redirectUri": redirect})).await;
     assert_eq!(s, StatusCode::OK, "{start}");
     let back = evil
         .authorize(start["authorizeUrl"].as_str().unwrap())
         .await;
     assert!(back.starts_with(&redirect), "{back}");
     let q = jitgate_oidc::CallbackParams::from_query(&query_of(&back));
-    h.call(
-        Method::POST,
+    post(
+        h,
         "/api/v1/auth/callback",
-        None,
-        Some(json!({"handle": start["handle"], "code": q.code, "state": q.state, "iss": q.iss})),
+        json!({"handle": start["handle"], "code": q.code, "state": q.state, "iss": q.iss}),
     )
     .await
 }
@@ -646,14 +578,12 @@ async fn forged_id_tokens_are_refused_through_the_controller() {
     let evil = Hostile::start().await;
     // The hostile issuer knows one client: here the CLI's (with a secret, as Google's
     // installed-app clients have).
-    let mut oidc = oidc_clients(
-        &evil.issuer,
-        "jitgate-web",
-        rp_support::hostile::CLIENT_ID,
-        evil.ca.ca_file(),
-        "",
-    );
-    oidc.cli_client_secret_file = Some(evil.secret_file.clone());
+    let oidc = OidcConfig {
+        client_id: "jitgate-web".into(),
+        cli_client_id: Some(rp_support::hostile::CLIENT_ID.into()),
+        cli_client_secret_file: Some(evil.secret_file.clone()),
+        ..oidc_config(&evil.issuer, evil.ca.ca_file())
+    };
     let h = Harness::with_config(|c| c.oidc = Some(oidc)).await;
 
     // The control case: the same issuer's honest token makes a session.
@@ -718,11 +648,7 @@ fn cookie_pair(set: &str) -> String {
 /// never authenticate the JSON API.
 #[tokio::test]
 async fn portal_sign_in_with_host_cookies() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let public = format!("https://127.0.0.1:{port}");
     let ca = Arc::new(TestCa::new().unwrap());
     let op = TestProvider::start(
@@ -734,7 +660,7 @@ async fn portal_sign_in_with_host_cookies() {
     )
     .await
     .unwrap();
-    let mut oidc = oidc_toml(op.issuer(), ca.ca_file(), "");
+    let mut oidc = oidc_config(op.issuer(), ca.ca_file());
     oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
     let h = Harness::with_config(|c| {
         c.oidc = Some(oidc);
