@@ -66,10 +66,11 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        Rig::start_with(None).await
+        Rig::start_with(None, None).await
     }
 
-    async fn start_with(token_roles: Option<Vec<Role>>) -> Rig {
+    /// With `token_roles`, on `database` (default: the run's backend).
+    async fn start_with(token_roles: Option<Vec<Role>>, database: Option<String>) -> Rig {
         let ca = Arc::new(TestCa::new().unwrap());
         let op = TestProvider::start(ca.clone(), &Setup::default())
             .await
@@ -78,7 +79,11 @@ impl Rig {
             token_roles,
             ..oidc_config(op.issuer(), ca.ca_file())
         };
-        let h = Harness::with_config(|c| c.oidc = Some(oidc)).await;
+        let h = Harness::with_config(|c| {
+            c.oidc = Some(oidc);
+            c.database_url = database;
+        })
+        .await;
         Rig { ca, op, h }
     }
 
@@ -360,7 +365,7 @@ async fn loopback_code_flow_narrows_scopes_and_refuses_replays_and_wrong_state()
 
 #[tokio::test]
 async fn a_person_in_no_group_signs_in_and_sees_nothing_and_token_roles_apply() {
-    let rig = Rig::start_with(Some(vec![Role::Requester])).await;
+    let rig = Rig::start_with(Some(vec![Role::Requester]), None).await;
     rig.h.fixture().await;
     let session = rig.device_sign_in("carol").await;
     let cred = credential(&session);
@@ -831,4 +836,39 @@ async fn portal_sign_in_with_host_cookies() {
         }
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Two controllers on one PostgreSQL ([ha.md]): a session made on one works on the other and
+/// ends on both, and when both sweep at once it is refreshed once (a rotated refresh token is
+/// good once). Runs on PostgreSQL in both runs, like tests/ha.rs.
+#[tokio::test]
+async fn sessions_span_controllers_on_one_database() {
+    let db = common::fresh_postgres_database().await;
+    let rig = Rig::start_with(None, Some(db)).await;
+    let other = rig.h.second().await;
+    let cred = credential(&rig.device_sign_in("alice").await);
+    let (s, me) = other.get("/api/v1/auth/whoami", &cred).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    assert_eq!(me["displayName"], "alice");
+
+    let later = jitgate_api::time::now_ms() + 16 * 60 * 1000;
+    let (a, b) = tokio::join!(
+        rig.h.app().sessions.refresh_due(later),
+        other.app().sessions.refresh_due(later)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        (a.refreshed + b.refreshed, a.ended + b.ended),
+        (1, 0),
+        "{a:?} {b:?}"
+    );
+    let (s, _) = rig.whoami(&cred).await;
+    assert_eq!(s, StatusCode::OK, "still signed in after the refresh");
+
+    let (s, _) = other
+        .call(Method::POST, "/api/v1/auth/logout", Some(&cred), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = rig.whoami(&cred).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "ended on every controller");
 }
