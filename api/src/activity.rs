@@ -46,6 +46,11 @@ wire_enum! {
         RetrySink = "Retry Notification Deliveries",
         DiscardDead = "Discard Dead Notification Deliveries",
         WriteSecret = "Write Notification Secret",
+        SignIn = "Sign In",
+        SignOut = "Sign Out",
+        RevokeSession = "Revoke Session",
+        /// A session ended because its refresh with the identity provider failed.
+        SessionRefreshFailed = "Session Refresh Failed",
     }
 }
 
@@ -58,6 +63,7 @@ wire_enum! {
         PolicyAssignment = "PolicyAssignment",
         NotificationSink = "NotificationSink",
         NotificationSecret = "NotificationSecret",
+        Session = "Session",
     }
 }
 

@@ -36,6 +36,9 @@ wire_enum! {
         // 401
         Unauthenticated = "Unauthenticated",
         InvalidEnrollmentToken = "InvalidEnrollmentToken",
+        /// An OpenID Connect sign-in was refused (forged or expired token, replayed
+        /// callback, wrong state, the provider said no).
+        SignInRefused = "SignInRefused",
         // 403
         Forbidden = "Forbidden",
         // 404
@@ -49,6 +52,9 @@ wire_enum! {
         AssignmentNotFound = "AssignmentNotFound",
         TemplateNotFound = "TemplateNotFound",
         SinkNotFound = "SinkNotFound",
+        SessionNotFound = "SessionNotFound",
+        /// Sign-in (or this flow of it) is not configured on this controller.
+        SignInNotConfigured = "SignInNotConfigured",
         NoSuchRoute = "NoSuchRoute",
         // 405
         MethodNotAllowed = "MethodNotAllowed",
@@ -74,12 +80,18 @@ wire_enum! {
         SinkInConfigFile = "SinkInConfigFile",
         /// This controller cannot send notifications (no trusted certificate authority).
         NotificationsUnavailable = "NotificationsUnavailable",
+        SessionEnded = "SessionEnded",
         // 413
         BodyTooLarge = "BodyTooLarge",
         // 415
         UnsupportedMediaType = "UnsupportedMediaType",
+        // 429
+        TooManyRequests = "TooManyRequests",
         // 500
         InternalError = "InternalError",
+        // 503
+        /// The OpenID provider cannot be reached (discovery is retried).
+        SignInUnavailable = "SignInUnavailable",
     }
 }
 
@@ -105,8 +117,12 @@ pub enum ErrorClass {
     TooLarge,
     /// The body is not JSON (415).
     UnsupportedMediaType,
+    /// Too many attempts from this address; try again later (429).
+    TooManyRequests,
     /// The controller failed; nothing was changed (500).
     Internal,
+    /// A service the call needs (the OpenID provider) is unreachable for now (503).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -136,7 +152,7 @@ impl ErrorCode {
             | C::InvalidSink
             | C::InvalidSecret
             | C::BlockedAddress => K::Invalid,
-            C::Unauthenticated | C::InvalidEnrollmentToken => K::Unauthenticated,
+            C::Unauthenticated | C::InvalidEnrollmentToken | C::SignInRefused => K::Unauthenticated,
             C::Forbidden => K::Forbidden,
             C::VmNotFound
             | C::ResourceGroupNotFound
@@ -148,6 +164,8 @@ impl ErrorCode {
             | C::AssignmentNotFound
             | C::TemplateNotFound
             | C::SinkNotFound
+            | C::SessionNotFound
+            | C::SignInNotConfigured
             | C::NoSuchRoute => K::NotFound,
             C::MethodNotAllowed => K::MethodNotAllowed,
             C::RequestTimeout => K::Timeout,
@@ -157,6 +175,7 @@ impl ErrorCode {
             | C::TokenAlreadyRevoked
             | C::AssignmentExists
             | C::EmptyActivityLog
+            | C::SessionEnded
             | C::RequestNotPending
             | C::AlreadyDecided
             | C::TooManyPending
@@ -166,7 +185,9 @@ impl ErrorCode {
             | C::NotificationsUnavailable => K::Conflict,
             C::BodyTooLarge => K::TooLarge,
             C::UnsupportedMediaType => K::UnsupportedMediaType,
+            C::TooManyRequests => K::TooManyRequests,
             C::InternalError => K::Internal,
+            C::SignInUnavailable => K::Unavailable,
             C::Unknown(_) => return None,
         })
     }

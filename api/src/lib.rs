@@ -16,6 +16,7 @@ mod wire;
 pub mod activity;
 pub mod agents;
 pub mod approval;
+pub mod auth;
 pub mod compliance;
 pub mod duration;
 pub mod error;
@@ -39,6 +40,10 @@ pub use agents::{
 pub use approval::{
     ApprovalEntry, ApprovalRecord, ApprovalRule, ApprovalStage, ApprovalsQuery, Approver, Decision,
     DecisionBody, PendingStage, PrincipalError, PrincipalId,
+};
+pub use auth::{
+    CallbackBody, CallerKind, DevicePollBody, DeviceStarted, GrantView, GroupsView, LoginBody,
+    LoginStarted, SessionEndReason, SessionGranted, SessionView, Whoami,
 };
 pub use compliance::{
     AssignBody, Assignment, AssignmentEffect, ComplianceGroup, ComplianceReport, ComplianceResult,

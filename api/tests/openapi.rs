@@ -206,6 +206,14 @@ fn every_schema_matches_its_type() {
     check::<jitgate_proto::audit::Checkpoint>(s, "Checkpoint", seen);
     check::<jitgate_proto::audit::Export>(s, "ActivityExport", seen);
     check::<api::CheckpointList>(s, "CheckpointList", seen);
+    check::<api::LoginBody>(s, "LoginBody", seen);
+    check::<api::LoginStarted>(s, "LoginStarted", seen);
+    check::<api::CallbackBody>(s, "CallbackBody", seen);
+    check::<api::DeviceStarted>(s, "DeviceStarted", seen);
+    check::<api::GrantView>(s, "Grant", seen);
+    check::<api::Whoami>(s, "Whoami", seen);
+    check::<api::SessionGranted>(s, "SessionGranted", seen);
+    check::<api::SessionView>(s, "Session", seen);
     // Every object schema is checked above.
     for (name, schema) in spec["components"]["schemas"].as_object().expect("schemas") {
         if properties(schema).is_some() {

@@ -10,9 +10,12 @@ use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
     ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
     Connection, DeadCount, DeadDeliveries, DecisionBody, ErrorBody, HistoryQuery, InitiateBody,
-    List, Me, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
+    List, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
     ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
     VmDetail,
+};
+use jitgate_api::{
+    CallbackBody, DevicePollBody, DeviceStarted, LoginBody, LoginStarted, SessionGranted, Whoami,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -23,6 +26,9 @@ use crate::exit::{self, Fail, R};
 /// The client's time limit for one call.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
 
+/// A device poll: the controller waits up to about 20 s for the person.
+const DEVICE_POLL_LIMIT: Duration = Duration::from_secs(60);
+
 /// How long an evaluation with a probe may take (the controller bounds it by
 /// `probe_max_seconds`): wait for it rather than give up after the usual 30 s.
 const SCAN_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -30,7 +36,7 @@ const SCAN_LIMIT: Duration = Duration::from_secs(30 * 60);
 pub struct Client {
     http: reqwest::Client,
     base: Url,
-    token: String,
+    token: Option<String>,
 }
 
 /// A response body: typed, and as received (for `--json`).
@@ -96,11 +102,6 @@ impl Client {
     }
 
     // --- the caller, VMs, agents -------------------------------------------------------
-
-    /// `GET /me`
-    pub async fn me(&self) -> R<Reply<Me>> {
-        self.typed(self.get(&["me"])).await
-    }
 
     /// `GET /virtualMachines`
     pub async fn vms(&self) -> R<Reply<List<Vm>>> {
@@ -341,24 +342,95 @@ impl Client {
         self.send(rb.json(body)).await.map(drop)
     }
 
+    // --- sign-in ---------------------------------------------------------------------------
+
+    /// Whether a credential is configured (an API token or a saved session).
+    pub fn has_credential(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `POST /auth/login`
+    pub async fn login_start(&self, body: &LoginBody) -> R<Reply<LoginStarted>> {
+        self.typed(self.anonymous(&["auth", "login"]).json(body))
+            .await
+    }
+
+    /// `POST /auth/callback`
+    pub async fn login_finish(&self, body: &CallbackBody) -> R<Reply<SessionGranted>> {
+        self.typed(self.anonymous(&["auth", "callback"]).json(body))
+            .await
+    }
+
+    /// `POST /auth/device`
+    pub async fn device_start(&self) -> R<Reply<DeviceStarted>> {
+        self.typed(self.anonymous(&["auth", "device"])).await
+    }
+
+    /// `POST /auth/device/poll`: None while the person has not approved (202).
+    pub async fn device_poll(&self, body: &DevicePollBody) -> R<Option<Reply<SessionGranted>>> {
+        let rb = self
+            .anonymous(&["auth", "device", "poll"])
+            .json(body)
+            .timeout(DEVICE_POLL_LIMIT);
+        let (status, text) = self.exchange(rb).await?;
+        if status == StatusCode::ACCEPTED {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(refusal(status, &text));
+        }
+        let body = serde_json::from_str(&text).map_err(|e| {
+            Fail::error(format!(
+                "the controller's answer is not what this jit understands: {e}"
+            ))
+        })?;
+        Ok(Some(Reply { body, text }))
+    }
+
+    /// `POST /auth/logout`
+    pub async fn logout(&self) -> R<()> {
+        self.send(self.request(Method::POST, &["auth", "logout"]))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /auth/whoami`
+    pub async fn whoami(&self) -> R<Reply<Whoami>> {
+        self.typed(self.get(&["auth", "whoami"])).await
+    }
+
     // --- the one way a call is made -------------------------------------------------------
+
+    /// A POST that carries no credential (the starts of sign-in).
+    fn anonymous(&self, segments: &[&str]) -> RequestBuilder {
+        self.http.request(Method::POST, self.url(segments))
+    }
 
     fn get(&self, segments: &[&str]) -> RequestBuilder {
         self.request(Method::GET, segments)
     }
 
     /// `{base}/api/v1/{segments}`, each segment percent-encoded (a name never changes the path).
-    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         // Always Ok: `new` refused a URL that cannot be a base.
         if let Ok(mut p) = url.path_segments_mut() {
             p.pop_if_empty().extend(["api", "v1"]).extend(segments);
         }
-        self.http.request(method, url).bearer_auth(&self.token)
+        url
     }
 
-    /// Sends a call and reads its answer once: the body of a success, or the refusal.
-    async fn send(&self, rb: RequestBuilder) -> R<String> {
+    /// A call with the credential, if there is one.
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(segments));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Sends a call and reads its answer once: the status and the body.
+    async fn exchange(&self, rb: RequestBuilder) -> R<(StatusCode, String)> {
         let r = rb
             .send()
             .await
@@ -368,6 +440,12 @@ impl Client {
             .text()
             .await
             .map_err(|e| Fail::error(format!("reading the response: {e}")))?;
+        Ok((status, text))
+    }
+
+    /// Sends a call and reads its answer once: the body of a success, or the refusal.
+    async fn send(&self, rb: RequestBuilder) -> R<String> {
+        let (status, text) = self.exchange(rb).await?;
         if status.is_success() {
             Ok(text)
         } else {
@@ -390,6 +468,13 @@ impl Client {
 /// body that is not the API's (a proxy in between), the HTTP status and the start of the body.
 fn refusal(status: StatusCode, text: &str) -> Fail {
     match serde_json::from_str::<ErrorBody>(text) {
+        Ok(b) if b.error.code == jitgate_api::ErrorCode::Unauthenticated => Fail::new(
+            exit::refused(status.as_u16(), Some(&b.error.code)),
+            format!(
+                "{}: {} (people: `jit login`; automation: an API token in JIT_TOKEN)",
+                b.error.code, b.error.message
+            ),
+        ),
         Ok(b) => Fail::new(
             exit::refused(status.as_u16(), Some(&b.error.code)),
             format!("{}: {}", b.error.code, b.error.message),
@@ -441,7 +526,8 @@ mod tests {
             url: "https://jit.example.net:8443/".into(),
             ca_pem: Vec::new(),
             ca_path: "ca.pem".into(),
-            token: "t".into(),
+            token: Some("t".into()),
+            session_path: None,
         };
         let c = Client {
             http: reqwest::Client::new(),

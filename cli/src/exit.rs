@@ -71,7 +71,9 @@ fn by_code(code: &ErrorCode) -> Option<u8> {
         K::Forbidden => FORBIDDEN,
         K::NotFound => NOT_FOUND,
         K::Conflict => CONFLICT,
-        K::MethodNotAllowed | K::Timeout | K::Internal => ERROR,
+        K::MethodNotAllowed | K::Timeout | K::TooManyRequests | K::Internal | K::Unavailable => {
+            ERROR
+        }
     })
 }
 

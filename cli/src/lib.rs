@@ -23,7 +23,8 @@ mod text;
 
 use client::Client;
 use cmd::{
-    approvals, audit, compliance, connect, connections, history, notify, policy, requests, vms,
+    approvals, audit, compliance, connect, connections, history, login, logout, notify, policy,
+    requests, vms, whoami,
 };
 use exit::R;
 use output::Out;
@@ -51,7 +52,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Show who the configured token belongs to, its role and scope, and "My IP".
+    /// Sign in with your organisation's identity provider (the browser, or `--device` for
+    /// a code entered elsewhere); the session is kept for the next commands.
+    Login(login::LoginArgs),
+    /// End your session and forget it.
+    Logout,
+    /// Who you are to the controller: the person (or token), your groups, the roles and
+    /// scopes they give, when your session ends, and "My IP".
     Whoami,
     /// List the VMs you can see: where their JIT policy comes from, and their agent's
     /// status (online, degraded: enforcement detached or partial, offline, none).
@@ -145,7 +152,20 @@ async fn run(cli: Cli) -> R<()> {
     })?;
     let c = Client::new(&settings)?;
     match &cli.cmd {
-        Cmd::Whoami => vms::whoami(&c, out).await,
+        Cmd::Login(a) => return login::run(&c, &settings, a, out).await,
+        Cmd::Logout => return logout::run(&c, &settings).await,
+        _ if !c.has_credential() => {
+            return Err(exit::Fail::new(
+                exit::UNAUTHENTICATED,
+                "not signed in: run `jit login` (people), or set an API token in JIT_TOKEN or the \
+                 config file's `token` (automation)",
+            ));
+        }
+        _ => {}
+    }
+    match &cli.cmd {
+        Cmd::Login(_) | Cmd::Logout => Ok(()),
+        Cmd::Whoami => whoami::run(&c, out).await,
         Cmd::Vms => vms::vms(&c, out).await,
         Cmd::Agents => vms::agents(&c, out).await,
         Cmd::Policy(p) => policy::run(&c, p, out).await,

@@ -14,6 +14,7 @@ use crate::notify::Notifier;
 use crate::outbox::Notifications;
 use crate::policies::Policies;
 use crate::presence::Presence;
+use crate::signin::Sessions;
 use crate::store::db::{Db, DbOptions};
 use crate::tokens::Tokens;
 use crate::views::AgentViews;
@@ -30,6 +31,10 @@ pub struct Parts {
     pub compliance: Option<Settings>,
     /// What an initiate obeys (the pending-approval limit).
     pub limits: crate::lifecycle::initiate::Limits,
+    /// Sign-in with OpenID Connect, when `[oidc]` is configured.
+    pub oidc: Option<std::sync::Arc<crate::signin::Oidc>>,
+    /// Roles new API tokens may carry (`oidc.token_roles`); None: any.
+    pub token_roles: Option<Vec<jitgate_api::Role>>,
 }
 
 /// A controller's services. Clones share everything.
@@ -41,6 +46,8 @@ pub struct App {
     /// Several controllers on one PostgreSQL: what this one knows of the others.
     pub cluster: ClusterStatus,
     pub tokens: Tokens,
+    /// People's sign-in sessions.
+    pub sessions: Sessions,
     pub inventory: Inventory,
     pub policies: Policies,
     pub lifecycle: Lifecycle,
@@ -65,7 +72,8 @@ impl App {
                 .map_err(|e| crate::error::Error::Internal(e.to_string()))?,
         };
         Ok(App {
-            tokens: Tokens::new(db.clone()),
+            tokens: Tokens::new(db.clone(), parts.token_roles),
+            sessions: Sessions::new(db.clone(), parts.oidc),
             inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
             lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),

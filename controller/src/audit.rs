@@ -57,7 +57,7 @@ impl Audit {
             after: q.after.unwrap_or(0),
             limit: q.limit.unwrap_or(1000).clamp(1, 100_000),
         };
-        activity::list(self.db.pool(), &f, &caller.scope).await
+        activity::list(self.db.pool(), &f, &caller.scopes()).await
     }
 
     /// Walks the whole chain and every checkpoint.

@@ -17,6 +17,7 @@
 //! | list notification sinks and secret names | admin | anything |
 //! | add, remove, test, re-drive a notification sink | admin | the sink's scope (no scope: `*`) |
 //! | write a notification secret | admin | `*` |
+//! | list or revoke people's sessions | admin | `*` |
 //! | manage tokens, VMs, groups, agents | root on the host | |
 
 use std::net::IpAddr;
@@ -30,16 +31,39 @@ use crate::error::{Error, Result};
 pub enum Principal {
     /// An API token (`id`), named `name` (shown as requestor and caller).
     Token { id: String, name: String },
+    /// A person signed in through the OpenID provider, in session `session`. The display
+    /// name is for display only: nothing is authorised on it.
+    Person {
+        issuer: String,
+        subject: String,
+        display_name: String,
+        session: String,
+    },
     /// Root on the controller host: the `jit-controller` subcommands.
     Local,
+}
+
+/// One role within one scope. A caller holds the union of its grants: an action is allowed
+/// when any one grant allows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    pub scope: Scope,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.role.as_str(), self.scope)
+    }
 }
 
 /// The authenticated caller of one call.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
-    pub role: Role,
-    pub scope: Scope,
+    /// What the caller may do (a token: exactly one; a person: one per matching
+    /// `[[oidc.roles]]` row, possibly none).
+    pub grants: Vec<Grant>,
     /// The caller's address as the controller sees it (after the trusted-proxy rule).
     pub address: IpAddr,
     /// The groups the principal belongs to (approver lists name groups).
@@ -59,8 +83,17 @@ impl Caller {
                 id: id.into(),
                 name: name.into(),
             },
-            role,
-            scope,
+            grants: vec![Grant { role, scope }],
+            address,
+            groups: Vec::new(),
+        }
+    }
+
+    /// A signed-in person with the grants its groups map to.
+    pub fn person(principal: Principal, grants: Vec<Grant>, address: IpAddr) -> Caller {
+        Caller {
+            principal,
+            grants,
             address,
             groups: Vec::new(),
         }
@@ -76,6 +109,12 @@ impl Caller {
     pub fn principal_id(&self) -> PrincipalId {
         match &self.principal {
             Principal::Token { name, .. } => PrincipalId::Token(name.clone()),
+            Principal::Person {
+                issuer, subject, ..
+            } => PrincipalId::Oidc {
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+            },
             Principal::Local => PrincipalId::Local,
         }
     }
@@ -84,38 +123,76 @@ impl Caller {
     pub fn local() -> Caller {
         Caller {
             principal: Principal::Local,
-            role: Role::Admin,
-            scope: Scope::All,
+            grants: vec![Grant {
+                role: Role::Admin,
+                scope: Scope::All,
+            }],
             address: IpAddr::from([127, 0, 0, 1]),
             groups: Vec::new(),
         }
     }
 
-    /// The principal's name, as history and the activity log show it.
+    /// The principal's name, as history and the activity log show it (a person's display
+    /// name).
     pub fn name(&self) -> &str {
         match &self.principal {
             Principal::Token { name, .. } => name,
+            Principal::Person { display_name, .. } => display_name,
             Principal::Local => "local:root",
         }
     }
 
-    /// The token's id (empty for the local administrator).
+    /// The token's id (empty for a person and the local administrator).
     pub fn token_id(&self) -> &str {
         match &self.principal {
             Principal::Token { id, .. } => id,
-            Principal::Local => "",
+            Principal::Person { .. } | Principal::Local => "",
         }
     }
 
-    /// How the activity log names this caller.
+    /// The session a person calls in (None for tokens and the local administrator).
+    pub fn session_id(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Person { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The scopes of all grants (what lists are limited to).
+    pub fn scopes(&self) -> Vec<Scope> {
+        self.grants.iter().map(|g| g.scope.clone()).collect()
+    }
+
+    /// The grants as one line for messages and logs: `admin on *, requester on rg:prod`.
+    pub fn grants_text(&self) -> String {
+        if self.grants.is_empty() {
+            return "no role".into();
+        }
+        let list: Vec<String> = self.grants.iter().map(Grant::to_string).collect();
+        list.join(", ")
+    }
+
+    /// How the activity log names this caller: a person by display name and principal id
+    /// (the display name alone could be anyone's).
     pub fn actor(&self) -> Actor {
         match &self.principal {
             Principal::Token { name, .. } => Actor {
                 name: name.clone(),
                 address: self.address.to_string(),
             },
+            Principal::Person { display_name, .. } => Actor {
+                name: format!("{display_name} ({})", self.principal_id()),
+                address: self.address.to_string(),
+            },
             Principal::Local => Actor::local(),
         }
+    }
+
+    /// Whether some grant has at least `min` within a scope for which `covers` holds.
+    fn holds(&self, min: Role, covers: impl Fn(&Scope) -> bool) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.role >= min && covers(&g.scope))
     }
 }
 
@@ -211,6 +288,8 @@ pub enum Action<'a> {
     ManageSink {
         reach: SinkReach<'a>,
     },
+    /// List or revoke people's sign-in sessions.
+    ManageSessions,
     /// Tokens, VMs, resource groups, agent credentials: root on the host only.
     Administer,
 }
@@ -230,21 +309,21 @@ pub enum SinkReach<'a> {
 /// Allowed, or `Forbidden` (logged with the caller and what it lacked).
 pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
     let vm = |min: Role, vm: &str, group: &str| {
-        if c.role >= min && c.scope.covers_vm(vm, group) {
+        if c.holds(min, |s| s.covers_vm(vm, group)) {
             Ok(())
         } else {
             Err(deny(c, &format!("VM {vm}"), min))
         }
     };
     let group = |min: Role, group: &str| {
-        if c.role >= min && c.scope.covers_group(group) {
+        if c.holds(min, |s| s.covers_group(group)) {
             Ok(())
         } else {
             Err(deny(c, &format!("resource group {group}"), min))
         }
     };
     let all = |min: Role| {
-        if c.role >= min && c.scope == Scope::All {
+        if c.holds(min, |s| *s == Scope::All) {
             Ok(())
         } else {
             Err(deny(c, "the whole controller (scope *)", min))
@@ -256,14 +335,19 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::WriteVmPolicy { vm: v, group: g } => vm(Role::Admin, v, g),
         Action::ReadGroupPolicy { group: g } => group(Role::Reader, g),
         Action::WriteGroupPolicy { group: g } => group(Role::Admin, g),
-        Action::RevokeRequests if c.role < Role::Requester => all(Role::Requester),
+        Action::RevokeRequests if !c.holds(Role::Requester, |_| true) => all(Role::Requester),
         Action::RevokeRequests => Ok(()),
         Action::Revoke {
             owner,
             vm: v,
             group: g,
         } => {
-            if c.role == Role::Admin {
+            // An admin over the VM revokes anyone's; otherwise only one's own, as a requester
+            // over the VM.
+            if c.holds(Role::Admin, |s| s.covers_vm(v, g)) {
+                return Ok(());
+            }
+            if c.holds(Role::Admin, |_| true) && !c.holds(Role::Requester, |s| s.covers_vm(v, g)) {
                 return vm(Role::Admin, v, g);
             }
             vm(Role::Requester, v, g)?;
@@ -282,17 +366,17 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::Decide { vm: v, group: g } => vm(Role::Reader, v, g),
         Action::EmergencyApprove { vm: v, group: g } => vm(Role::Admin, v, g),
         Action::ReadAll => all(Role::Reader),
-        Action::AdministerAll => all(Role::Admin),
-        Action::ListSinks if c.role == Role::Admin => Ok(()),
+        Action::ListSinks if c.holds(Role::Admin, |_| true) => Ok(()),
         Action::ListSinks => Err(deny(c, "notification sinks", Role::Admin)),
         Action::ManageSink { reach } => match reach {
             SinkReach::Everything => all(Role::Admin),
             SinkReach::Group(g) => group(Role::Admin, g),
             SinkReach::Vm { vm: v, group: g } => vm(Role::Admin, v, g),
         },
+        Action::AdministerAll | Action::ManageSessions => all(Role::Admin),
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),
-            Principal::Token { .. } => Err(deny(
+            Principal::Token { .. } | Principal::Person { .. } => Err(deny(
                 c,
                 "tokens, VMs and groups (root on the host)",
                 Role::Admin,
@@ -303,31 +387,29 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
 
 /// Whether a VM shows in the caller's lists.
 pub fn sees_vm(c: &Caller, vm: &str, group: &str) -> bool {
-    c.scope.covers_vm(vm, group)
+    c.grants.iter().any(|g| g.scope.covers_vm(vm, group))
 }
 
 /// Whether a notification sink shows in the caller's lists (an admin sees the sinks within
 /// their scope).
 pub fn sees_sink(c: &Caller, reach: SinkReach<'_>) -> bool {
-    c.role == Role::Admin
-        && match reach {
-            SinkReach::Everything => c.scope == Scope::All,
-            SinkReach::Group(g) => c.scope.covers_group(g),
-            SinkReach::Vm { vm, group } => c.scope.covers_vm(vm, group),
-        }
+    c.holds(Role::Admin, |s| match reach {
+        SinkReach::Everything => *s == Scope::All,
+        SinkReach::Group(g) => s.covers_group(g),
+        SinkReach::Vm { vm, group } => s.covers_vm(vm, group),
+    })
 }
 
 /// Whether a resource group shows in the caller's lists.
 pub fn sees_group(c: &Caller, group: &str) -> bool {
-    c.scope.covers_group(group)
+    c.grants.iter().any(|g| g.scope.covers_group(group))
 }
 
 fn deny(c: &Caller, what: &str, min: Role) -> Error {
     tracing::warn!(
         caller = %c.name(),
         token = %c.token_id(),
-        role = c.role.as_str(),
-        scope = %c.scope,
+        grants = %c.grants_text(),
         address = %c.address,
         needed = min.as_str(),
         on = %what,
@@ -336,10 +418,9 @@ fn deny(c: &Caller, what: &str, min: Role) -> Error {
     Error::refused(
         ErrorCode::Forbidden,
         format!(
-            "{} ({} on {}) may not do this on {what}: it needs role {} with a scope covering it",
+            "{} ({}) may not do this on {what}: it needs role {} with a scope covering it",
             c.name(),
-            c.role.as_str(),
-            c.scope,
+            c.grants_text(),
             min.as_str()
         ),
     )
@@ -425,5 +506,59 @@ mod tests {
         };
         assert!(ok(&reader, decide) && !ok(&caller(Role::Reader, "rg:dev"), decide));
         assert!(!ok(&reader, emergency) && ok(&caller(Role::Admin, "rg:prod"), emergency));
+    }
+
+    #[test]
+    fn a_person_holds_the_union_of_its_grants() {
+        let person = |grants: Vec<(Role, &str)>| {
+            Caller::person(
+                Principal::Person {
+                    issuer: "https://op.example".into(),
+                    subject: "s1".into(),
+                    display_name: "alice".into(),
+                    session: "ses_1".into(),
+                },
+                grants
+                    .into_iter()
+                    .map(|(role, s)| Grant {
+                        role,
+                        scope: s.parse().unwrap(),
+                    })
+                    .collect(),
+                IpAddr::from([127, 0, 0, 1]),
+            )
+        };
+        let init = |vm, group| Action::Initiate { vm, group };
+        let p = person(vec![(Role::Reader, "*"), (Role::Requester, "rg:prod")]);
+        assert!(ok(&p, init("web1", "prod")) && !ok(&p, init("db1", "dev")));
+        assert!(ok(&p, Action::ReadAll) && !ok(&p, Action::AdministerAll));
+        assert!(sees_vm(&p, "db1", "dev"));
+        assert!(
+            !ok(&p, Action::Administer),
+            "people never administer tokens"
+        );
+        // Ownership is the oidc principal id, never the display name.
+        let revoke = |owner| Action::Revoke {
+            owner,
+            vm: "web1",
+            group: "prod",
+        };
+        assert!(ok(&p, revoke("oidc:https://op.example#s1")));
+        assert!(!ok(&p, revoke("token:alice")));
+        // No matching group: signed in, sees nothing, may do nothing.
+        let none = person(vec![]);
+        assert!(!ok(
+            &none,
+            Action::ReadVm {
+                vm: "web1",
+                group: "prod"
+            }
+        ));
+        assert!(!ok(&none, Action::RevokeRequests) && !sees_vm(&none, "web1", "prod"));
+        assert_eq!(none.grants_text(), "no role");
+        // An admin grant on one group does not lift a requester grant elsewhere.
+        let mixed = person(vec![(Role::Admin, "rg:dev"), (Role::Requester, "rg:prod")]);
+        assert!(ok(&mixed, revoke("oidc:https://op.example#s1")));
+        assert!(!ok(&mixed, revoke("token:bob")));
     }
 }

@@ -68,6 +68,10 @@ pub struct Readiness {
 pub struct Checks {
     pub database: DatabaseCheck,
     pub migrations: MigrationsCheck,
+    /// Sign-in with the identity provider, when configured: `ready` or `unavailable` (the
+    /// controller stays ready: API tokens work and discovery is retried).
+    #[serde(rename = "signIn", skip_serializing_if = "Option::is_none")]
+    pub sign_in: Option<&'static str>,
 }
 
 impl Readiness {
@@ -120,6 +124,7 @@ pub async fn readiness(db: &Db, metrics: &Metrics) -> Readiness {
         checks: Checks {
             database,
             migrations,
+            sign_in: None,
         },
     }
 }

@@ -20,6 +20,24 @@ pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", random_hex(32))
 }
 
+/// Prefix of session credentials (people signed in with OpenID Connect).
+const SESSION_PREFIX: &str = "jitsess_";
+
+/// A fresh session credential: `jitsess_` + 64 hex digits (256 random bits).
+pub fn new_session_credential() -> String {
+    format!("{SESSION_PREFIX}{}", random_hex(32))
+}
+
+/// Whether a presented string has the shape of a session credential.
+pub fn plausible_session(t: &str) -> bool {
+    plausible(t, SESSION_PREFIX)
+}
+
+/// A session id (for list and revoke; not the credential): `ses_` + 32 hex digits.
+pub fn new_session_id() -> String {
+    format!("ses_{}", random_hex(16))
+}
+
 /// A fresh one-time enrolment token.
 pub fn new_enroll_token() -> String {
     format!("{ENROLL_PREFIX}{}", random_hex(32))
@@ -70,6 +88,8 @@ mod tests {
         let e = new_enroll_token();
         assert!(plausible_enroll_token(&e) && !plausible_token(&e));
         assert!(!plausible_token("jit_xyz"));
+        let s = new_session_credential();
+        assert!(plausible_session(&s) && !plausible_token(&s) && !plausible_session(&t));
         assert_eq!(hash_token(&t).len(), 64);
         let (a, b) = (new_guid(), new_guid());
         assert_eq!(a.len(), 36);

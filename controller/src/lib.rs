@@ -9,7 +9,8 @@
 //!   router), [`channel`] (the agent channel), [`logging`] (the binary's log format);
 //! - [`health`]: readiness, the database probe and what a metrics scrape samples, over
 //!   [`metrics`] (this controller's Prometheus registry);
-//! - the domain, one service per concept, bundled in [`app::App`]: [`tokens`], [`inventory`],
+//! - the domain, one service per concept, bundled in [`app::App`]: [`tokens`], [`signin`]
+//!   (people's OpenID Connect sign-in and sessions), [`inventory`],
 //!   [`policies`], [`lifecycle`] (initiate, acknowledge, revoke, expire), [`fleet`],
 //!   [`audit`] (the activity log), [`views`] (what agents saw), [`compliance`];
 //!   rights are decided in one place, [`authz`];
@@ -49,6 +50,7 @@ pub mod policy_change;
 pub mod presence;
 pub mod request;
 pub mod server;
+pub mod signin;
 pub mod state;
 pub mod store;
 pub mod tokens;

@@ -84,6 +84,22 @@ enum Cmd {
     /// deliveries re-driven.
     #[command(subcommand)]
     Notify(NotifyCmd),
+    /// People's sign-in sessions (OpenID Connect, docs/identity.md).
+    #[command(subcommand)]
+    Session(SessionCmd),
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// Open sessions, newest first (never their credentials).
+    List {
+        /// Ended and expired sessions too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a session now (ses_...): its credential stops working at once, and the person
+    /// must sign in again.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +214,11 @@ fn main() -> ExitCode {
 /// The controller's services for an administration command (no keys, no listeners).
 async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
-    let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?;
+    let parts = Parts {
+        token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
+        ..Parts::default()
+    };
+    let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), parts).await?;
     if app.db.backend() == jitgate_controller::store::Backend::Postgres {
         // Which agents are connected to the cluster's controllers (`agents`, `vm list`).
         jitgate_controller::cluster::read_presence(&app.db, &app.presence).await?;
@@ -230,6 +250,47 @@ fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
                 t.groups.join(",")
             }
         );
+    }
+    Ok(())
+}
+
+/// Text a person chose (a display name), safe for a terminal.
+fn term_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:<24} {:<6} {:<25} {:<25} {:<16} ROLES",
+        "ID", "PERSON", "CLIENT", "EXPIRES", "ENDED", "REASON"
+    );
+    for s in v {
+        let roles: Vec<String> = s
+            .grants
+            .iter()
+            .map(|g| format!("{} on {}", g.role, g.scope))
+            .collect();
+        println!(
+            "{:<36} {:<24} {:<6} {:<25} {:<25} {:<16} {}",
+            s.id,
+            term_safe(&s.display_name),
+            s.client,
+            s.expires_time_utc,
+            s.ended_time_utc.as_deref().unwrap_or("-"),
+            s.end_reason.as_ref().map_or("-", |r| r.as_str()),
+            if roles.is_empty() {
+                "-".to_string()
+            } else {
+                roles.join(", ")
+            }
+        );
+        println!("    {}", term_safe(&s.principal));
     }
     Ok(())
 }
@@ -437,6 +498,25 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             app.close().await;
+        }
+        Cmd::Session(c) => {
+            let app = open_app(&dir).await?;
+            let local = Caller::local();
+            let res = match c {
+                SessionCmd::List { all } => app
+                    .sessions
+                    .list(&local, all)
+                    .await
+                    .map(|v| print_sessions(&v, cli.json)),
+                SessionCmd::Revoke { id } => app.sessions.revoke(&local, &id).await.map(|()| {
+                    if !cli.json {
+                        println!("revoked {id}");
+                    }
+                    Ok(())
+                }),
+            };
+            app.close().await;
+            res??;
         }
         Cmd::Agents => {
             let app = open_app(&dir).await?;

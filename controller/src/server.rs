@@ -134,7 +134,10 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
     let public_pem = read(&dir.signing_pub())?;
     let ca = Ca::load(&dir.ca_cert(), &dir.ca_key())?;
+    let oidc = start_oidc(dir, cfg).await?;
     let parts = Parts {
+        token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
+        oidc,
         ca_pem: ca.pem.clone(),
         enrollment: Some(Enrollment {
             ca,
@@ -170,6 +173,15 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         trusted_proxies: trusted,
         max_body_bytes: cfg.max_body_bytes,
         metrics: metrics.clone(),
+        sign_in_limit: crate::http::ratelimit::RateLimit::new(
+            SIGN_IN_PER_MINUTE,
+            Duration::from_secs(60),
+        ),
+        public_origin: cfg
+            .public_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin().ascii_serialization()),
     };
     let url = cfg.database_url(dir);
     let mut tasks = vec![
@@ -192,6 +204,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             shutdown.subscribe(),
         ),
         crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
+        spawn_session_refresher(app.clone(), shutdown.subscribe()),
     ];
     tasks.push(crate::outbox::spawn(outbox, shutdown.subscribe()));
     if let Some((l, a)) = metrics_listener {
@@ -222,6 +235,88 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         shutdown,
         tasks,
         checkpointer,
+    })
+}
+
+/// Sign-in starts (`/auth/login`, device flow) accepted per client address and minute.
+const SIGN_IN_PER_MINUTE: u32 = 30;
+/// How often due sessions are looked for (each is refreshed every 15 minutes).
+const SESSION_SWEEP: Duration = Duration::from_secs(30);
+
+/// The relying party for `[oidc]`, with this state directory's sealing key. An unreachable
+/// provider is no error: sign-in is unavailable (health says so) and discovery is retried.
+async fn start_oidc(
+    dir: &StateDir,
+    cfg: &Config,
+) -> Result<Option<Arc<crate::signin::Oidc>>, SetupError> {
+    let Some(oc) = &cfg.oidc else {
+        return Ok(None);
+    };
+    let key_path = dir.oidc_seal_key();
+    let key = if key_path.exists() {
+        jitgate_oidc::SealKey::load(&key_path)
+    } else {
+        // A state directory made before sign-in existed: make the key now. Controllers on
+        // one database must share it: copy it to the others.
+        tracing::warn!(path = %key_path.display(),
+            "no sign-in sealing key: creating one (copy it to every controller on this database)");
+        jitgate_oidc::SealKey::create_file(&key_path)
+    }
+    .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    let portal_redirect = cfg
+        .public_url
+        .as_ref()
+        .map(|u| format!("{}/auth/callback", u.trim_end_matches('/')));
+    let rp = jitgate_oidc::RelyingParty::start(
+        oc,
+        jitgate_oidc::Options {
+            portal_redirect,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    match rp.status() {
+        jitgate_oidc::ProviderStatus::Ready { .. } => {
+            tracing::info!(issuer = %oc.issuer, "sign-in with the identity provider is ready");
+        }
+        jitgate_oidc::ProviderStatus::Unavailable { reason, .. } => {
+            tracing::error!(issuer = %oc.issuer, %reason,
+                "the identity provider is unreachable: sign-in is unavailable until discovery                  succeeds (retried); API tokens keep working");
+        }
+    }
+    Ok(Some(Arc::new(crate::signin::Oidc {
+        rp,
+        sealer: jitgate_oidc::Sealer::new(&key),
+        config: oc.clone(),
+    })))
+}
+
+/// Refreshes people's sessions as they come due (and ends those whose refresh fails).
+fn spawn_session_refresher(
+    app: App,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if app.sessions.status().is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(SESSION_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match app.sessions.refresh_due(jitgate_api::time::now_ms()).await {
+                        Ok(s) if s.refreshed + s.ended > 0 => {
+                            tracing::info!(refreshed = s.refreshed, ended = s.ended, "session refresh sweep");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "session refresh sweep failed"),
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
     })
 }
 

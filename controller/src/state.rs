@@ -10,6 +10,8 @@
 //!                            and the activity log's checkpoints (each under its own context)
 //!   keys/grant-signing.pub   its public key (SPKI PEM), given to agents at enrolment and
 //!                            carried in activity log exports
+//!   keys/oidc-seal.key       sealing key (mode 0600) of sign-in state and stored refresh
+//!                            tokens; every controller on one database needs the same file
 //! ```
 
 use std::io::Write;
@@ -59,6 +61,10 @@ impl StateDir {
     }
     pub fn signing_pub(&self) -> PathBuf {
         self.0.join("keys/grant-signing.pub")
+    }
+    /// The key that seals sign-in state and the identity provider's refresh tokens.
+    pub fn oidc_seal_key(&self) -> PathBuf {
+        self.0.join("keys/oidc-seal.key")
     }
     /// The notification secrets (`notify.secrets_dir` by default).
     pub fn notify_secrets(&self) -> PathBuf {
@@ -158,6 +164,13 @@ pub struct Config {
     /// (docs/notifications.md). Not written by `init`.
     #[serde(default, skip_serializing)]
     pub notify: jitgate_notify::NotifyConfig,
+    /// The controller's public https URL as browsers reach it (`https://jit.example.net`):
+    /// the portal's sign-in redirect is this plus `/auth/callback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// OpenID Connect sign-in for people (docs/identity.md). Not written by `init`.
+    #[serde(default, skip_serializing)]
+    pub oidc: Option<jitgate_oidc::OidcConfig<Role, Scope>>,
 }
 
 impl Default for Config {
@@ -180,6 +193,8 @@ impl Default for Config {
             log_filter: None,
             compliance: Default::default(),
             notify: Default::default(),
+            public_url: None,
+            oidc: None,
         }
     }
 }
@@ -224,6 +239,18 @@ impl Config {
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         cfg.booking_horizon_ms()
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
+        if let Some(u) = &cfg.public_url {
+            match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "https" && parsed.path() == "/" => {}
+                _ => {
+                    return Err(SetupError::Invalid(format!(
+                        "{}: public_url {u:?} must be an https URL without a path \
+                         (https://jit.example.net)",
+                        p.display()
+                    )));
+                }
+            }
+        }
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(
                 "{}: max_pending_per_requester must be at least 1",
@@ -364,6 +391,10 @@ pub async fn init(
         .map_err(|e| SetupError::Invalid(format!("encoding the public key: {e}")))?;
     write_file(&dir.signing_key(), sk_pem.as_bytes(), 0o600)?;
     write_file(&dir.signing_pub(), pk_pem.as_bytes(), 0o644)?;
+    // Sign-in sealing key: made now so that `[oidc]` can be turned on later, and copied with
+    // the other keys to every controller on the same database.
+    jitgate_oidc::SealKey::create_file(&dir.oidc_seal_key())
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
 
     // Database and first admin token.
     let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), Parts::default()).await?;

@@ -47,11 +47,13 @@ impl From<TokenRow> for TokenInfo {
 #[derive(Clone)]
 pub struct Tokens {
     db: Db,
+    /// `oidc.token_roles`: once people sign in with SSO, the roles new tokens may carry.
+    allowed_roles: Option<Vec<Role>>,
 }
 
 impl Tokens {
-    pub fn new(db: Db) -> Tokens {
-        Tokens { db }
+    pub fn new(db: Db, allowed_roles: Option<Vec<Role>>) -> Tokens {
+        Tokens { db, allowed_roles }
     }
 
     /// The caller a presented token stands for; None if unknown, revoked or expired.
@@ -87,6 +89,19 @@ impl Tokens {
     ) -> Result<(TokenInfo, String)> {
         authz::authorize(caller, Action::Administer)?;
         validate_name("token", name)?;
+        if let Some(allowed) = &self.allowed_roles
+            && !allowed.contains(&role)
+        {
+            let list: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            return Err(Error::refused(
+                ErrorCode::InvalidRole,
+                format!(
+                    "API tokens may carry only the roles [{}] while sign-in with the identity \
+                     provider is on (oidc.token_roles); people sign in with `jit login`",
+                    list.join(", ")
+                ),
+            ));
+        }
         let mut group_list: Vec<String> = Vec::with_capacity(groups.len());
         for g in groups {
             validate_name("group", g)?;

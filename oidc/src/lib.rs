@@ -49,7 +49,8 @@
 //! `RelyingParty::start(&cfg, Options { portal_redirect: Some(PUBLIC_URL + "/auth/callback"),
 //! ..})`. `status()` goes into the health output.
 //!
-//! **Sessions table** (a migration number from the lead):
+//! **Sessions table** (controller migration 0012, `controller/src/store/sessions.rs`; there
+//! the times are in milliseconds, `*_ms`, like the controller's other tables):
 //! ```sql
 //! CREATE TABLE sessions (
 //!   id             TEXT PRIMARY KEY,     -- random, for list/revoke; not the credential

@@ -381,11 +381,7 @@ async fn cancelled_at_the_provider_is_a_refusal() {
 async fn provider_unreachable_at_start_then_discovered_in_the_background() {
     let ca = Arc::new(TestCa::new().unwrap());
     // A port nobody listens on (yet).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let issuer = format!("https://127.0.0.1:{port}");
     let cfg = support::config(&issuer, None, ca.ca_file());
     let rp = RelyingParty::start(

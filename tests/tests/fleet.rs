@@ -195,7 +195,7 @@ fn request_ssh_revoke_through_the_controller() {
     assert_eq!(c["justification"], "e2e-test", "{c}");
     assert_eq!(c["grantOrigin"], "controller", "{c}");
     let me = ctl.jit_json(&fleet.ws, &args("whoami --json"));
-    assert_eq!(c["requestor"], me["name"], "{c} vs {me}");
+    assert_eq!(c["requestor"], me["displayName"], "{c} vs {me}");
     assert!(
         admitted.iter().all(|c| c["outcome"] == "admitted"),
         "denied attempts listed without --denied"

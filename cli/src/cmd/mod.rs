@@ -6,10 +6,13 @@ pub mod compliance;
 pub mod connect;
 pub mod connections;
 pub mod history;
+pub mod login;
+pub mod logout;
 pub mod notify;
 pub mod policy;
 pub mod requests;
 pub mod vms;
+pub mod whoami;
 
 use clap::Args;
 

@@ -1,4 +1,4 @@
-//! `jit whoami`, `jit vms`, `jit agents`: the caller, the VMs it can see, and their agents.
+//! `jit vms`, `jit agents`: the VMs the caller can see, and their agents.
 
 use jitgate_api::{Agent, Vm};
 
@@ -26,20 +26,6 @@ const AGENTS: Table = Table::new(&[
     num("GRANTS", 6),
     col("AUDIT", 0),
 ]);
-
-pub async fn whoami(c: &Client, out: Out) -> R<()> {
-    let me = c.me().await?;
-    out.show(&me, |m| {
-        println!(
-            "{} ({} on {}), token {}, address {}",
-            safe(&m.name),
-            m.role,
-            safe(&m.scope.to_string()),
-            safe(&m.token_id),
-            safe(&m.caller_address)
-        );
-    })
-}
 
 pub async fn vms(c: &Client, out: Out) -> R<()> {
     let vms = c.vms().await?;

@@ -257,7 +257,7 @@ impl Compliance {
                     sc.covers_vm(&r.resource, &r.resource_group)
                 }
             };
-            visible(&caller.scope) && want.as_ref().is_none_or(visible)
+            caller.grants.iter().any(|g| visible(&g.scope)) && want.as_ref().is_none_or(visible)
         });
         if csv {
             return Ok(Report::Csv(to_csv(&results)?));

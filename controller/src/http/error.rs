@@ -36,6 +36,8 @@ pub fn status(code: &ErrorCode) -> StatusCode {
         Some(K::Conflict) => StatusCode::CONFLICT,
         Some(K::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         Some(K::UnsupportedMediaType) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some(K::TooManyRequests) => StatusCode::TOO_MANY_REQUESTS,
+        Some(K::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
         Some(K::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -65,6 +65,18 @@ fn client_address(
     Ok(addr)
 }
 
+/// The caller's address ("My IP", after the trusted-proxy rule), for unauthenticated routes.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        client_address(peer(parts), &parts.headers, &st.trusted_proxies).map(ClientAddr)
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = HttpError;
 
@@ -80,16 +92,23 @@ impl FromRequestParts<AppState> for Caller {
             tracing::warn!(%address, path = %parts.uri.path(), "unauthenticated: no bearer token");
             return Err(HttpError::new(
                 ErrorCode::Unauthenticated,
-                "missing API token: send Authorization: Bearer jit_...",
+                "missing credential: send Authorization: Bearer with an API token (jit_...) or \
+                 a session from `jit login` (jitsess_...)",
             ));
         };
-        match st.app.tokens.authenticate(token, address).await? {
+        // An API token or a jitgate session; never a cookie, never a provider's token.
+        let caller = match st.app.tokens.authenticate(token, address).await? {
+            Some(c) => Some(c),
+            None => st.app.sessions.authenticate(token, address).await?,
+        };
+        match caller {
             Some(c) => Ok(c),
             None => {
-                tracing::warn!(%address, path = %parts.uri.path(), "unauthenticated: unknown, expired or revoked token");
+                tracing::warn!(%address, path = %parts.uri.path(), "unauthenticated: unknown, expired or revoked credential");
                 Err(HttpError::new(
                     ErrorCode::Unauthenticated,
-                    "the API token is unknown, expired or revoked",
+                    "the credential is unknown, expired or revoked (a session: sign in again \
+                     with `jit login`)",
                 ))
             }
         }

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use jitgate_api::{Me, VmDetail};
+use jitgate_api::{ErrorCode, Me, VmDetail};
 
 use crate::authz::Caller;
 use crate::http::error::HttpError;
@@ -19,14 +19,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/resourceGroups", get(groups))
 }
 
-async fn me(c: Caller) -> Json<Me> {
-    Json(Me {
+/// The caller's strongest grant (a person may hold several: `/auth/whoami` lists them).
+async fn me(c: Caller) -> Result<Json<Me>, HttpError> {
+    let Some(g) = c.grants.iter().max_by_key(|g| g.role) else {
+        return Err(HttpError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} holds no role: see GET /api/v1/auth/whoami for why",
+                c.name()
+            ),
+        ));
+    };
+    Ok(Json(Me {
         name: c.name().into(),
         token_id: c.token_id().into(),
-        role: c.role,
-        scope: c.scope.clone(),
+        role: g.role,
+        scope: g.scope.clone(),
         caller_address: c.address.to_string(),
-    })
+    }))
 }
 
 async fn vms(State(st): State<AppState>, c: Caller) -> Result<Response, HttpError> {

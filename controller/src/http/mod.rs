@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod agents;
 pub mod approvals;
+pub mod auth;
 pub mod compliance;
 pub mod error;
 pub mod extract;
@@ -13,9 +14,12 @@ pub mod inventory;
 pub mod notify;
 pub mod ops;
 pub mod policies;
+pub mod ratelimit;
 pub mod requests;
 pub mod respond;
+pub mod sessions;
 pub mod state;
+pub mod web_signin;
 
 use axum::Router;
 use jitgate_api::ErrorCode;
@@ -36,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(compliance::router())
         .merge(notify::router())
+        .merge(auth::router())
+        .merge(sessions::router())
+        .merge(web_signin::router())
         .fallback(|| async {
             HttpError::new(
                 ErrorCode::NoSuchRoute,

@@ -43,7 +43,11 @@ async fn healthz() -> Response {
 /// 200 when the database answers and its schema is current, else 503; the body names each
 /// check's result.
 async fn readyz(State(st): State<AppState>) -> Response {
-    let r = health::readiness(&st.app.db, &st.metrics).await;
+    let mut r = health::readiness(&st.app.db, &st.metrics).await;
+    r.checks.sign_in = st.app.sessions.status().map(|s| match s {
+        jitgate_oidc::ProviderStatus::Ready { .. } => "ready",
+        jitgate_oidc::ProviderStatus::Unavailable { .. } => "unavailable",
+    });
     let status = if r.is_ready() {
         StatusCode::OK
     } else {

@@ -13,4 +13,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// This controller's metrics (requests are counted by the router).
     pub metrics: Metrics,
+    /// Unauthenticated sign-in starts per client address.
+    pub sign_in_limit: crate::http::ratelimit::RateLimit,
+    /// The controller's public origin (`https://host[:port]`), which state-changing portal
+    /// requests must come from; None: no portal sign-in.
+    pub public_origin: Option<String>,
 }

@@ -228,32 +228,39 @@ pub struct Filter {
     pub limit: i64,
 }
 
-/// Entries matching the filter and within `scope`, oldest first.
+/// Entries matching the filter and within any of `scopes`, oldest first (none: nothing).
 pub async fn list(
     ex: impl Executor<'_, Database = Any>,
     f: &Filter,
-    scope: &Scope,
+    scopes: &[Scope],
 ) -> Result<Vec<ActivityEntry>> {
+    if scopes.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut sql = format!("SELECT {COLUMNS} FROM activity WHERE seq > $1");
     let mut texts: Vec<&str> = Vec::new();
-    let scoped = match scope {
-        Scope::All => None,
-        Scope::ResourceGroup(g) => Some(("resource_group", g.as_str())),
-        Scope::Vm(v) => Some(("vm", v.as_str())),
-    };
     let filters = [
         ("resource_type", f.resource_type.as_deref()),
         ("vm", f.vm.as_deref()),
         ("resource_group", f.resource_group.as_deref()),
         ("caller", f.caller.as_deref()),
     ];
-    for (col, v) in filters
-        .into_iter()
-        .filter_map(|(c, v)| Some((c, v?)))
-        .chain(scoped)
-    {
+    for (col, v) in filters.into_iter().filter_map(|(c, v)| Some((c, v?))) {
         texts.push(v);
         sql.push_str(&format!(" AND {col} = ${}", texts.len() + 1));
+    }
+    if !scopes.contains(&Scope::All) {
+        let mut any: Vec<String> = Vec::new();
+        for s in scopes {
+            let (col, v) = match s {
+                Scope::All => continue,
+                Scope::ResourceGroup(g) => ("resource_group", g.as_str()),
+                Scope::Vm(v) => ("vm", v.as_str()),
+            };
+            texts.push(v);
+            any.push(format!("{col} = ${}", texts.len() + 1));
+        }
+        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
     let mut n = texts.len() + 2;
     let mut ints: Vec<i64> = Vec::new();

@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: ending soon, addresses, agents offline",
         include_str!("../../migrations/0011_notify_more.sql"),
     ),
+    (
+        12,
+        "sessions",
+        include_str!("../../migrations/0012_sessions.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

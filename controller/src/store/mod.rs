@@ -5,7 +5,7 @@
 //! - [`db`]: the database handle, its pools and migrations.
 //! - [`backend`]: the two dialects and the fast paths where they differ.
 //! - [`write`]: write transactions (the locked chain head and counters) and group commit.
-//! - [`tokens`], [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
+//! - [`tokens`], [`sessions`] (people signed in with OpenID Connect, used callbacks), [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
 //!   ports), [`approvals`] (every decision on a request), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
 //!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
@@ -27,6 +27,7 @@ pub mod inventory;
 pub mod notify;
 pub mod policies;
 pub mod requests;
+pub mod sessions;
 pub mod snapshot;
 pub mod tokens;
 pub mod write;

@@ -59,6 +59,13 @@ pub struct Setup {
     pub port: Option<u16>,
 }
 
+impl Setup {
+    /// The user signing in as `login`, if there is one.
+    pub fn user(&self, login: &str) -> Option<User> {
+        self.users.iter().find(|u| u.login == login).cloned()
+    }
+}
+
 impl Default for Setup {
     /// alice: jit-admins and prod-ops; bob: prod-ops; carol: no group.
     fn default() -> Setup {

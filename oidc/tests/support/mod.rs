@@ -106,10 +106,7 @@ impl Rig {
     }
 
     pub fn op_user(&self, login: &str) -> Option<jitgate_oidc_testprovider::User> {
-        Setup::default()
-            .users
-            .into_iter()
-            .find(|u| u.login == login)
+        Setup::default().user(login)
     }
 
     /// A portal sign-in started (return to "/").
@@ -147,6 +144,15 @@ impl Rig {
         let signed = self.rp.finish_login(checked, &self.guard).await.unwrap();
         (signed, query, cookie)
     }
+}
+
+/// A loopback port nobody listens on (for a provider that is not up yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn query_of(url: &str) -> String {
