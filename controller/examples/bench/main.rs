@@ -566,7 +566,7 @@ async fn run(o: Opts) -> Result<()> {
     let n = (o.requests / 2).max(100);
     let (notify_rows, notify_lines) = notify::rows(n, o.concurrency, o.vms).await?;
     println!(
-        "\nNotifications (docs/notifications.md), same run, three more controllers alike but for their sinks: initiates that each write a `request.pending_approval` event (the request path's only notification cost: one row in the same commit), with no sink, one healthy webhook receiver and one receiver that never answers (best of 3 each, alternating); then the delivery lag at 1 000 requests/s with the healthy sink.\n"
+        "\nNotifications (docs/notifications.md), same run, three more controllers alike but for their sinks: initiates that each write a `request.pending_approval` event (the request path's only notification cost: one row in the same commit), with no sink, one healthy webhook receiver and one receiver that never answers (3 rounds each, alternating, each round starting with another; compared by their medians; the receivers run on a lower-priority thread, standing in for other hosts); then the delivery lag at 1 000 requests/s with the healthy sink.\n"
     );
     println!("| operation | calls | errors | req/s | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");

@@ -2,14 +2,16 @@
 //! three controllers alike but for their sinks (none, one healthy webhook receiver, one
 //! receiver that never answers), best of 3 rounds each, alternating; then the delivery lag
 //! (arrival at the receiver minus the event's time) with the healthy sink at 1 000
-//! requests/s. Receivers are the notification tests' recording HTTPS servers on 127.0.0.1.
+//! requests/s. Receivers are the notification tests' recording HTTPS servers on 127.0.0.1,
+//! run on a lower-priority thread to stand in for other hosts.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use jitgate_api::{Role, Scope};
 use jitgate_controller::ServerHandle;
 use jitgate_controller::authz::Caller;
+use jitgate_controller::outbox::sender::Sender;
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_notify::{SecretName, SecretStore};
 use serde_json::json;
@@ -133,9 +135,19 @@ async fn drained(rx: &Receiver, n: usize, limit: Duration) -> Result<()> {
 
 /// The rows and the lines under them (the comparisons and the lag).
 pub async fn rows(n: u64, conc: u64, vms: u64) -> Result<(Vec<Row>, Vec<String>)> {
-    let pki = Pki::new("bench notify CA");
-    let healthy = Receiver::https(&pki, "127.0.0.1").await;
-    let hanging = Receiver::https(&pki, "127.0.0.1").await;
+    // The receivers stand in for other hosts: they run on a thread of their own at a lower
+    // priority (the controller's notification sending thread is one too), so that on this
+    // 2-core machine they take CPU only when the controller leaves some.
+    let remote = Sender::start()?;
+    let (pki, healthy, hanging) = remote
+        .run(async {
+            let pki = Pki::new("bench notify CA");
+            let healthy = Receiver::https(&pki, "127.0.0.1").await;
+            let hanging = Receiver::https(&pki, "127.0.0.1").await;
+            (pki, healthy, hanging)
+        })
+        .await
+        .context("the receivers' thread")?;
     hanging.answer(Answer::Hang);
     let variants = [
         variant("no sink", &pki, None, vms, conc).await?,
@@ -167,8 +179,10 @@ pub async fn rows(n: u64, conc: u64, vms: u64) -> Result<(Vec<Row>, Vec<String>)
         )
         .await;
     }
-    for round in 1..=3 {
-        for v in &variants {
+    for round in 1..=3usize {
+        // Each round starts with another variant: none is always first (or last).
+        for k in 0..variants.len() {
+            let v = &variants[(k + round - 1) % variants.len()];
             eprintln!("pending initiate x{n}, {} (round {round}) ...", v.name);
             let (lat, err, wall) = run_phase(
                 &v.client,
@@ -196,18 +210,22 @@ pub async fn rows(n: u64, conc: u64, vms: u64) -> Result<(Vec<Row>, Vec<String>)
             }
         }
     }
-    let best = |name: &str| {
-        rows.iter()
+    // The median of the three rounds: one lucky or unlucky round does not decide.
+    let median = |name: &str| {
+        let mut v: Vec<f64> = rows
+            .iter()
             .filter(|r| r.phase.contains(name))
             .map(|r| r.ops as f64 / r.secs)
-            .fold(0.0, f64::max)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    let none = best("no sink");
+    let none = median("no sink");
     let mut lines = Vec::new();
     for name in ["one healthy sink", "one sink that never answers"] {
-        let with = best(name);
+        let with = median(name);
         lines.push(format!(
-            "{name} vs no sink, best of 3: {with:.0} vs {none:.0} req/s, difference {:.0} req/s ({:+.1} %; target: within 5 %: {})",
+            "{name} vs no sink, median of 3: {with:.0} vs {none:.0} req/s, difference {:.0} req/s ({:+.1} %; target: within 5 %: {})",
             with - none,
             (with - none) / none * 100.0,
             if with >= none * 0.95 { "met" } else { "MISSED" }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod event;
+pub mod sender;
 pub mod sinks;
 pub mod status;
 pub mod worker;

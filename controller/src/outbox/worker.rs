@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{Result, SetupError};
 use crate::notify::Notifier;
+use crate::outbox::sender::Sender;
 use crate::outbox::sinks;
 use crate::store::db::Db;
 use crate::store::notify::{self, Attempted, Claimed};
@@ -70,6 +71,8 @@ pub struct Outbox {
     pub retain: Duration,
     /// This controller's lease owner id.
     pub owner: String,
+    /// Where attempts run: a thread at a lower CPU priority.
+    pub sender: Sender,
 }
 
 /// The worker's parts from `[notify]`: the deliverer, the secrets directory
@@ -116,6 +119,7 @@ pub async fn setup(
         timeout,
         retain: Duration::from_secs(cfg.retain_delivered_days.saturating_mul(86_400)),
         owner: notifier.origin().to_string(),
+        sender: Sender::start()?,
     })
 }
 
@@ -352,7 +356,7 @@ impl Outbox {
 
     /// One attempt of one claimed delivery: its outcome, to record (None: nothing was
     /// attempted; the lease expires and the delivery is taken again).
-    async fn attempt(&self, sink: &Sink, c: Claimed, event: Event) -> Option<Done> {
+    async fn attempt(&self, sink: &Arc<Sink>, c: Claimed, event: Event) -> Option<Done> {
         let Some(deliverer) = &self.deliverer else {
             // A sink needs a trust store to be added, so this is a host that lost its CA
             // certificates: the lease expires and the row waits for a restart with them.
@@ -370,9 +374,15 @@ impl Outbox {
         } else {
             Vec::new()
         };
-        let outcome = deliverer
-            .deliver(sink, &event, &self.secrets, &people, SystemTime::now())
-            .await;
+        let (deliverer, target, secrets) = (deliverer.clone(), sink.clone(), self.secrets.clone());
+        let outcome = self
+            .sender
+            .run(async move {
+                deliverer
+                    .deliver(&target, &event, &secrets, &people, SystemTime::now())
+                    .await
+            })
+            .await?;
         let now = jitgate_api::time::now_ms();
         let attempted = self.outcome(&outcome, &c, now);
         Some(Done {
