@@ -35,10 +35,10 @@ impl Sessions {
         };
         let due = sessions::due(self.db.pool(), at_ms, BATCH).await?;
         for row in due {
-            if !self.claim(&row).await? {
+            if !self.claim(&row, at_ms).await? {
                 continue;
             }
-            match self.refresh_one(&o, &row).await {
+            match self.refresh_one(&o, &row, at_ms).await {
                 Ok(()) => swept.refreshed += 1,
                 Err(reason) => {
                     tracing::warn!(session = %row.id, principal = %row.principal,
@@ -63,9 +63,11 @@ impl Sessions {
     }
 
     /// Pushes the due time out by a claim; false if another controller got there first.
-    async fn claim(&self, row: &SessionRow) -> Result<bool> {
+    /// Times count from the sweep's own time (`at_ms`, never before now), so that no sweep
+    /// at that time finds the claimed or refreshed session due again.
+    async fn claim(&self, row: &SessionRow, at_ms: i64) -> Result<bool> {
         let mut w = self.db.begin().await?;
-        let until = w.now + CLAIM_MS;
+        let until = w.now.max(at_ms) + CLAIM_MS;
         let claimed = sessions::claim_refresh(&mut w, &row.id, row.refresh_due_ms, until).await?;
         w.commit().await?;
         Ok(claimed)
@@ -76,8 +78,9 @@ impl Sessions {
         &self,
         o: &crate::signin::Oidc,
         row: &SessionRow,
+        at_ms: i64,
     ) -> std::result::Result<(), String> {
-        let now = jitgate_api::time::now_ms();
+        let now = jitgate_api::time::now_ms().max(at_ms);
         if now >= row.expires_ms {
             return Err("the session reached its lifetime".into());
         }
