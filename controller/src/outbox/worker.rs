@@ -36,7 +36,7 @@ use crate::outbox::sender::Sender;
 use crate::outbox::sinks;
 use crate::store::db::Db;
 use crate::store::notify::{self, Attempted, Claimed};
-use crate::store::tokens;
+use crate::store::{sessions, tokens};
 
 /// Most attempts in flight per sink (a hanging sink holds these and nothing else).
 pub const PER_SINK: usize = 32;
@@ -393,17 +393,29 @@ impl Outbox {
     }
 
     /// The addresses of the people the event concerns (its requester, or the approvers it
-    /// waits for), read at delivery: `token:NAME` principals whose token carries an email.
+    /// waits for), read at delivery: `token:NAME` principals whose token carries an email,
+    /// and `oidc:` principals by the address they last signed in with.
     async fn people(&self, event: &Event) -> Result<Vec<Person>> {
         let principals = event.people();
         let names: Vec<&str> = principals
             .iter()
             .filter_map(|p| p.id.strip_prefix("token:"))
             .collect();
+        let people: Vec<&str> = principals
+            .iter()
+            .map(|p| p.id.as_str())
+            .filter(|id| id.starts_with("oidc:"))
+            .collect();
         let mut conn = self.db.pool().acquire().await?;
-        let found = tokens::emails(&mut conn, &names, jitgate_api::time::now_ms()).await?;
+        let mut found: Vec<(String, String)> =
+            tokens::emails(&mut conn, &names, jitgate_api::time::now_ms())
+                .await?
+                .into_iter()
+                .map(|(name, email)| (format!("token:{name}"), email))
+                .collect();
+        found.extend(sessions::emails(&mut conn, &people).await?);
         let mut out: Vec<Person> = Vec::new();
-        for (name, email) in found {
+        for (id, email) in found {
             let Ok(address) = email.parse::<EmailAddress>() else {
                 continue;
             };
@@ -412,9 +424,8 @@ impl Outbox {
             }
             let display_name = principals
                 .iter()
-                .find(|p| p.id.strip_prefix("token:") == Some(name.as_str()))
-                .and_then(|p| p.display_name.clone())
-                .or(Some(name));
+                .find(|p| p.id == id)
+                .and_then(|p| p.display_name.clone());
             out.push(Person {
                 display_name,
                 address,

@@ -247,3 +247,31 @@ pub async fn claim_refresh(
     .await?;
     Ok(r.rows_affected() == 1)
 }
+
+/// The address each of `principals` (`oidc:` ids) last signed in with, as (principal,
+/// address): where email notifications reach people who sign in with the identity provider.
+pub async fn emails(
+    conn: &mut sqlx::AnyConnection,
+    principals: &[&str],
+) -> Result<Vec<(String, String)>> {
+    if principals.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=principals.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT principal, email FROM sessions WHERE email IS NOT NULL \
+         AND principal IN ({}) ORDER BY created_ms DESC",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for p in principals {
+        q = q.bind(*p);
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (principal, email) in q.fetch_all(conn).await? {
+        if !out.iter().any(|(p, _)| *p == principal) {
+            out.push((principal, email));
+        }
+    }
+    Ok(out)
+}
