@@ -2,8 +2,6 @@
 //! `policy.changed` notification's flag): a port no longer protected, sources widened, longer
 //! access, or an approval rule relaxed. Pure: two policies in, a verdict out.
 
-use jitgate_api::ProtoSel;
-
 use crate::approval::rule::Rule;
 use crate::policy::{Policy, PolicyPort};
 
@@ -23,12 +21,7 @@ impl Change {
 }
 
 fn key(p: &PolicyPort) -> String {
-    let proto = match p.protocol {
-        ProtoSel::Tcp => "TCP",
-        ProtoSel::Udp => "UDP",
-        ProtoSel::Any => "*",
-    };
-    format!("port {}/{proto}", p.number)
+    format!("port {}/{}", p.number, p.protocol.as_str())
 }
 
 /// `old` (None: there was none) replaced by `new` (None: deleted).
