@@ -7,55 +7,21 @@
 mod common;
 #[path = "../../oidc/tests/support/mod.rs"]
 mod rp_support;
+#[path = "common/signin.rs"]
+mod signin;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Harness;
 use jitgate_api::{Role, Scope};
-use jitgate_oidc::{OidcConfig, RoleRule};
+use jitgate_oidc::OidcConfig;
 use jitgate_oidc_testprovider::{Choice, Person, Setup, TestCa, TestProvider, User};
 use reqwest::{Method, StatusCode};
 use rp_support::hostile::{Forgery, Hostile};
 use rp_support::{LoopbackListener, free_port, query_of};
 use serde_json::{Value, json};
-
-/// `[oidc]` as the relying party's own tests write it (jit-admins: admin on `*`; prod-ops:
-/// requester on `rg:prod`), with the controller's roles and scopes, and a third row (prod-ops:
-/// reader on `rg:dev`) for unions.
-fn oidc_config(issuer: &str, ca: &Path) -> OidcConfig<Role, Scope> {
-    let c = rp_support::config(issuer, None, ca);
-    let mut roles: Vec<RoleRule<Role, Scope>> = c
-        .roles
-        .iter()
-        .map(|r| RoleRule {
-            group: r.group.clone(),
-            role: r.role.parse().unwrap(),
-            scope: r.scope.parse().unwrap(),
-        })
-        .collect();
-    roles.push(RoleRule {
-        group: "prod-ops".into(),
-        role: Role::Reader,
-        scope: "rg:dev".parse().unwrap(),
-    });
-    OidcConfig {
-        issuer: c.issuer,
-        client_id: c.client_id,
-        client_secret_file: None,
-        cli_client_id: c.cli_client_id,
-        cli_client_secret_file: None,
-        scopes: c.scopes,
-        groups_claim: c.groups_claim,
-        name_claim: c.name_claim,
-        session_lifetime: c.session_lifetime,
-        roles,
-        ca_file: c.ca_file,
-        token_roles: None,
-        auth_params: c.auth_params,
-    }
-}
+use signin::oidc_config;
 
 /// A provider and a controller signing people in with it.
 struct Rig {
@@ -765,7 +731,7 @@ async fn portal_sign_in_with_host_cookies() {
         r.headers()["content-security-policy"]
             .to_str()
             .unwrap()
-            .starts_with("default-src 'none'")
+            .starts_with("default-src 'self'; object-src 'none'")
     );
     let page = r.text().await.unwrap();
     assert!(page.contains("Signed in as <b>alice</b>"), "{page}");

@@ -30,7 +30,7 @@ pub fn peer(parts: &Parts) -> IpAddr {
 
 /// The caller's address: the peer, or (only if the peer is a trusted proxy) the rightmost
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
-fn client_address(
+pub(crate) fn client_address(
     peer: IpAddr,
     headers: &HeaderMap,
     trusted: &[SourcePrefix],

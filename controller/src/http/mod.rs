@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod notify;
 pub mod ops;
 pub mod policies;
+pub mod portal;
 pub mod ratelimit;
 pub mod requests;
 pub mod respond;
@@ -42,7 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notify::router())
         .merge(auth::router())
         .merge(sessions::router())
-        .merge(web_signin::router())
+        .merge(portal::router())
         .fallback(|| async {
             HttpError::new(
                 ErrorCode::NoSuchRoute,

@@ -32,9 +32,7 @@ use crate::signin::{csrf_matches, csrf_token};
 pub const LOGIN_COOKIE: &str = "__Host-jitgate-login";
 pub const SESSION_COOKIE: &str = "__Host-jitgate-session";
 /// Where the browser lands after sign-in when no return path was asked for.
-const LANDING: &str = "/auth/session";
-/// The pages' Content-Security-Policy: nothing loads, forms post only here.
-const CSP: &str = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const LANDING: &str = "/jit";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -56,7 +54,7 @@ fn set_cookie(name: &'static str, value: String, max_age: i64) -> Option<HeaderV
 }
 
 /// The value of cookie `name` the browser sent (the first, if several).
-fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -67,11 +65,13 @@ fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_string())
 }
 
-/// An HTML page (`body` is markup the caller escaped), uncached, under the strict CSP.
+/// An HTML page (`body` is markup the caller escaped), uncached; the portal's layer adds
+/// the security headers (`portal::page::headers`).
 fn page(code: StatusCode, title: &str, body: &str) -> Response {
     let text = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
-         </head><body><h1>{}</h1>{body}</body></html>",
+         <link rel=\"stylesheet\" href=\"/assets/portal.css\"></head><body><main id=\"main\">\
+         <h1>{}</h1>{body}</main></body></html>",
         html(title),
         html(title)
     );
@@ -81,19 +81,7 @@ fn page(code: StatusCode, title: &str, body: &str) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
     r
 }
 

@@ -120,6 +120,15 @@ impl Lifecycle {
         Ok(rec)
     }
 
+    /// Per VM, the approved requests since `since_ms` and the newest one (the portal's JIT
+    /// page; the caller only ever sees the VMs its list shows).
+    pub async fn recent_access(
+        &self,
+        since_ms: i64,
+    ) -> Result<std::collections::HashMap<String, requests::RecentAccess>> {
+        requests::recent_by_vm(self.db.pool(), since_ms).await
+    }
+
     /// The VM's request history, newest first (VMs outside the caller's scope left out).
     pub async fn history(&self, caller: &Caller, vm: &str, limit: i64) -> Result<Vec<RequestView>> {
         let group = inventory::require_vm(self.db.pool(), vm)

@@ -142,7 +142,9 @@ impl Heartbeat {
         }
         out.extend(self.problems.iter().cloned());
         if self.interfaces.is_empty() {
-            out.push("enforcement detached: the program is attached to no interface".into());
+            out.push(format!(
+                "{DETACHED}: the program is attached to no interface"
+            ));
         }
         for u in &self.unattached {
             out.push(format!(
@@ -154,6 +156,10 @@ impl Heartbeat {
         out
     }
 }
+
+/// How a problem that leaves the host without enforcement begins (the portal lists such
+/// VMs as unsupported).
+pub const DETACHED: &str = "enforcement detached";
 
 /// A stored status report, decoded.
 fn heartbeat(text: Option<String>) -> Result<Option<Heartbeat>> {

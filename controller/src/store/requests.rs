@@ -662,3 +662,44 @@ pub fn port_rows(ports: &[NewPort]) -> Rows {
     }
     t
 }
+
+/// A VM's approved access in a recent window (the portal's JIT page).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecentAccess {
+    /// Approved requests that include the VM.
+    pub approved: usize,
+    /// The newest of them: when it started and who made it.
+    pub last_ms: i64,
+    pub last_user: String,
+}
+
+/// Per VM, the requests since `since_ms` that were approved (not denied, rejected, timed
+/// out or cancelled), counted once each, with the newest one.
+pub async fn recent_by_vm(
+    ex: impl Executor<'_, Database = Any>,
+    since_ms: i64,
+) -> Result<HashMap<String, RecentAccess>> {
+    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT p.vm, r.id, r.start_ms, r.requestor FROM requests r \
+         JOIN request_ports p ON p.request_id = r.id \
+         WHERE r.start_ms >= $1 AND r.denied = 0 AND p.status <> $2 \
+         AND (p.status_reason IS NULL OR p.status_reason NOT IN ($3, $4, $5))",
+    )
+    .bind(since_ms)
+    .bind(PortStatus::PendingApproval.as_str())
+    .bind(StatusReason::Rejected.as_str())
+    .bind(StatusReason::ApprovalTimedOut.as_str())
+    .bind(StatusReason::Cancelled.as_str())
+    .fetch_all(ex)
+    .await?;
+    let mut out: HashMap<String, RecentAccess> = HashMap::new();
+    for (vm, _id, start_ms, requestor) in rows {
+        let e = out.entry(vm).or_default();
+        e.approved += 1;
+        if e.last_user.is_empty() || start_ms > e.last_ms {
+            e.last_ms = start_ms;
+            e.last_user = requestor;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,39 @@
+//! The web portal (docs/portal.md): server-rendered pages on the controller's HTTPS
+//! listener, over the same services as the JSON API (no HTTP calls to itself), so every
+//! action is authorised exactly as the API authorises it.
+//!
+//! - [`session`]: who is looking (the sign-in cookie) and the checks of every form
+//!   (Origin, CSRF), in one place.
+//! - [`page`]: security headers, the frame of each page, rendering, errors as pages.
+//! - [`vms`]: the "Just-in-time VM access" page, a VM's page, request history.
+//! - [`requests`]: request access, the request page (live status, connection details),
+//!   revoke, cancel, the `.rdp` download; [`connect`] builds the connection details.
+//! - [`approvals`]: the inbox of requests waiting for my decision.
+//! - [`assets`]: the style sheet and htmx, compiled in.
+//!
+//! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
+//! work without JavaScript; htmx only refreshes the request's status in place.
+
+pub mod approvals;
+pub mod assets;
+pub mod connect;
+pub mod page;
+pub mod requests;
+pub mod session;
+pub mod vms;
+
+use axum::Router;
+
+use crate::http::state::AppState;
+
+/// Every portal route and the browser's sign-in, each response with the portal's security
+/// headers.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(crate::http::web_signin::router())
+        .merge(vms::router())
+        .merge(requests::router())
+        .merge(approvals::router())
+        .merge(assets::router())
+        .layer(axum::middleware::from_fn(page::headers))
+}

@@ -1,0 +1,652 @@
+//! The web portal over real HTTPS (docs/portal.md): people signed in through a real OpenID
+//! provider, pages rendered from the same services as the API, every form checked for
+//! Origin and CSRF, hostile strings shown as text, security headers on every response.
+//! (Chromium drives the same pages in the root tests; these run anywhere.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../oidc/tests/support/mod.rs"]
+mod rp_support;
+#[path = "common/signin.rs"]
+mod signin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Harness;
+use common::agent::{Agent, enroll};
+use jitgate_controller::authz::Caller;
+use jitgate_oidc_testprovider::{Choice, Person, Setup, TestCa, TestProvider};
+use jitgate_proto::message::Outcome;
+use jitgate_proto::{AgentMsg, ControllerMsg};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use rp_support::free_port;
+use serde_json::json;
+use signin::oidc_config;
+
+const HOSTILE: &str =
+    "<script>alert(1)</script>\"><img src=x onerror=alert(2)> javascript:alert(3) \u{202e}cba";
+
+struct Portal {
+    public: String,
+    ca: Arc<TestCa>,
+    _op: TestProvider,
+    h: Harness,
+    browser: reqwest::Client,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    /// The CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with csrf")
+            + 19;
+        self.body[at..at + 64].to_string()
+    }
+}
+
+impl Portal {
+    async fn start() -> Portal {
+        let port = free_port();
+        let public = format!("https://127.0.0.1:{port}");
+        let ca = Arc::new(TestCa::new().unwrap());
+        let op = TestProvider::start(
+            ca.clone(),
+            &Setup {
+                web_redirect: format!("{public}/auth/callback"),
+                ..Setup::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut oidc = oidc_config(op.issuer(), ca.ca_file());
+        oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
+        let h = Harness::with_config(|c| {
+            c.oidc = Some(oidc);
+            c.listen = format!("127.0.0.1:{port}");
+            c.public_url = Some(public.clone());
+        })
+        .await;
+        let pem = std::fs::read(h.dir.ca_cert()).unwrap();
+        let browser = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Portal {
+            public,
+            ca,
+            _op: op,
+            h,
+            browser,
+        }
+    }
+
+    /// Signs `login` in as a browser does; the session cookie (`name=value`).
+    async fn sign_in(&self, login: &str) -> String {
+        let r = self
+            .browser
+            .get(format!("{}/auth/login?return=/jit", self.public))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let to = r.headers()["location"].to_str().unwrap().to_string();
+        let login_cookie = set_cookie(r.headers(), "__Host-jitgate-login");
+        let setup = Setup::default();
+        let user = setup.users.iter().find(|u| u.login == login).unwrap();
+        let person = Person::new(&self.ca, user).unwrap();
+        let back = person
+            .authorize(
+                &to,
+                &format!("{}/auth/callback", self.public),
+                Choice::Allow,
+            )
+            .await
+            .unwrap();
+        let r = self
+            .browser
+            .get(&back)
+            .header("cookie", login_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()["location"], "/jit");
+        set_cookie(r.headers(), "__Host-jitgate-session")
+    }
+
+    async fn get(&self, cookie: &str, path: &str) -> Page {
+        let r = self
+            .browser
+            .get(format!("{}{path}", self.public))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        page(r).await
+    }
+
+    /// A form POST as the browser sends it (Origin: the portal's, unless `origin` says).
+    async fn post(&self, cookie: &str, path: &str, origin: &str, fields: &[(&str, &str)]) -> Page {
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let r = self
+            .browser
+            .post(format!("{}{path}", self.public))
+            .header("cookie", cookie)
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        page(r).await
+    }
+}
+
+impl Portal {
+    /// The page at `path` once it shows `text` (polled for up to 10 s, as htmx polls).
+    async fn until(&self, cookie: &str, path: &str, text: &str) -> String {
+        let mut body = String::new();
+        for _ in 0..200 {
+            body = self.get(cookie, path).await.body;
+            if body.contains(text) {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{path} never showed {text:?}: {body}");
+    }
+}
+
+async fn page(r: reqwest::Response) -> Page {
+    let status = r.status();
+    let headers = r.headers().clone();
+    check_headers(&headers);
+    Page {
+        status,
+        headers,
+        body: r.text().await.unwrap(),
+    }
+}
+
+/// The security headers every portal response carries.
+fn check_headers(h: &HeaderMap) {
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for d in [
+        "default-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(d), "{d}: {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h.contains_key("strict-transport-security") || h.get("location").is_some());
+}
+
+fn set_cookie(h: &HeaderMap, name: &str) -> String {
+    h.get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no Set-Cookie {name}: {h:?}"))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Receives the next grant as the agent and reports it applied.
+async fn apply_next_grant(agent: &mut Agent, creds: &common::agent::Creds) {
+    let grant = match agent.recv_within(Duration::from_secs(5)).await {
+        Some(ControllerMsg::Grant(g)) => g.verify(&creds.signing, creds.id).unwrap(),
+        m => panic!("expected a grant, got {m:?}"),
+    };
+    agent
+        .send(&AgentMsg::GrantResult {
+            grant_id: grant.grant_id,
+            seq: grant.seq,
+            outcome: Outcome::Applied { agent_unix_ms: 1 },
+        })
+        .await;
+}
+
+/// The request id of `/requests/ID...`.
+fn request_id(location: &str) -> String {
+    let rest = location.strip_prefix("/requests/").expect(location);
+    rest.split('?').next().unwrap().to_string()
+}
+
+/// Standard inventory plus: prod's policy on 22 and 3389 (3389 needs an approver of
+/// jit-admins), an agent for web2 (online), a hostile owner for dev.
+async fn lab(p: &Portal) -> (Agent, common::agent::Creds) {
+    let h = &p.h;
+    h.fixture().await;
+    h.app()
+        .inventory
+        .add_group(&Caller::local(), "ops", HOSTILE)
+        .await
+        .unwrap();
+    h.app()
+        .inventory
+        .add_vm(
+            &Caller::local(),
+            "tools1",
+            "ops",
+            &["198.51.100.7".parse().unwrap()],
+        )
+        .await
+        .unwrap();
+    h.put_rg_policy(
+        "prod",
+        json!([
+            {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+             "maxRequestAccessDuration": "PT3H"},
+            {"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+             "maxRequestAccessDuration": "PT3H",
+             "approval": {"stages": [{"approvers": ["group:jit-admins"], "required": 1}]}}
+        ]),
+    )
+    .await;
+    let creds = enroll(h, "web2").await;
+    let mut agent = Agent::connect(&creds).await;
+    agent.handshake(&creds, 0).await;
+    (agent, creds)
+}
+
+#[tokio::test]
+async fn jit_page_request_form_live_status_connect_and_revoke() {
+    let p = Portal::start().await;
+    let (mut agent, creds) = lab(&p).await;
+
+    // Without a session: to sign-in, and back to the page asked for.
+    let r = p.get("", "/jit?tab=unsupported").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.location(),
+        "/auth/login?return=%2Fjit%3Ftab%3Dunsupported"
+    );
+
+    let alice = p.sign_in("alice").await;
+    // The three tabs: each VM in exactly one.
+    let configured = p.get(&alice, "/jit").await;
+    assert_eq!(configured.status, StatusCode::OK, "{}", configured.body);
+    assert!(configured.headers["cache-control"] == "no-store");
+    let body = &configured.body;
+    assert!(body.contains("Signed in as <strong>"), "{body}");
+    assert!(body.contains("admin on *"), "{body}");
+    assert!(
+        body.contains(">127.0.0.1</strong>"),
+        "the address as seen: {body}"
+    );
+    assert!(
+        body.contains("Configured (1)")
+            && body.contains("Not configured (2)")
+            && body.contains("Unsupported (1)"),
+        "{body}"
+    );
+    assert!(body.contains("/vms/web2\">web2<"), "{body}");
+    let not = p.get(&alice, "/jit?tab=not-configured").await.body;
+    assert!(
+        not.contains(">db1<") && not.contains(">tools1<") && !not.contains(">web2<"),
+        "{not}"
+    );
+    // The hostile owner is text.
+    assert!(
+        !not.contains("<script>alert(1)") && !not.contains("<img src=x"),
+        "{not}"
+    );
+    assert!(
+        not.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+        "{not}"
+    );
+    let unsupported = p.get(&alice, "/jit?tab=unsupported").await.body;
+    assert!(
+        unsupported.contains(">web1<") && unsupported.contains("no agent is enrolled"),
+        "{unsupported}"
+    );
+    let bad = p.get(&alice, "/jit?tab=everything").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("not-configured"), "{}", bad.body);
+
+    // The form of Connect with SSH: 22 preselected, the policy's lengths only.
+    let form = p.get(&alice, "/request?vm=web2&connect=ssh").await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert!(
+        form.body.contains("value=\"web2|22\" checked"),
+        "{}",
+        form.body
+    );
+    assert!(
+        !form.body.contains("value=\"web2|3389\" checked"),
+        "{}",
+        form.body
+    );
+    assert!(
+        form.body.contains("PT3H") && !form.body.contains("value=\"PT8H\""),
+        "{}",
+        form.body
+    );
+    let csrf = form.csrf();
+
+    // Refused before the service: no justification, a bad range, an injected login name.
+    let before = p.h.snapshot().await;
+    let r = p
+        .post(
+            &alice,
+            "/request",
+            &p.public,
+            &[
+                ("csrf", &csrf),
+                ("vm", "web2"),
+                ("port", "web2|22"),
+                ("source", "range"),
+                ("range", "203.0.113.0/33"),
+                ("duration", "PT1H"),
+                ("when", "now"),
+                ("justification", ""),
+                ("login", "root; rm -rf ~"),
+                ("connect", "ssh"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    for words in [
+        "is not an IP range",
+        "say why you need access",
+        "is not allowed",
+    ] {
+        assert!(r.body.contains(words), "{words}: {}", r.body);
+    }
+    assert_eq!(
+        p.h.snapshot().await,
+        before,
+        "a refused form writes nothing"
+    );
+
+    // Denied by the policy (3389 allows 203.0.113.0/24 only): the reason beside the port.
+    let r = p
+        .post(
+            &alice,
+            "/request",
+            &p.public,
+            &[
+                ("csrf", &csrf),
+                ("vm", "web2"),
+                ("port", "web2|3389"),
+                ("source", "range"),
+                ("range", "198.51.100.0/24"),
+                ("duration", "PT1H"),
+                ("when", "now"),
+                ("justification", "rdp"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("was denied by the policy"), "{}", r.body);
+    assert!(r.body.contains("class=\"field-error\""), "{}", r.body);
+
+    // Open port 22 with My IP for an hour, a hostile justification.
+    let r = p
+        .post(
+            &alice,
+            "/request",
+            &p.public,
+            &[
+                ("csrf", &csrf),
+                ("vm", "web2"),
+                ("port", "web2|22"),
+                ("source", "myip"),
+                ("duration", "PT1H"),
+                ("when", "now"),
+                ("justification", HOSTILE),
+                ("login", "alice"),
+                ("connect", "ssh"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let location = r.location().to_string();
+    assert!(location.ends_with("?connect=ssh&login=alice"), "{location}");
+    let id = request_id(&location);
+    let page = p.get(&alice, &location).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("<span id=\"status\">Initiated</span>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("hx-trigger=\"every 2s\""),
+        "live while Initiated"
+    );
+    assert!(!page.body.contains("<script>alert") && !page.body.contains("<img src=x"));
+    assert!(
+        page.body.contains("&#60;img src=x onerror=alert(2)&#62;"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("127.0.0.1/32"), "My IP: {}", page.body);
+
+    // The agent applies it: the fragment the page polls shows Applied and the command.
+    apply_next_grant(&mut agent, &creds).await;
+    let live = format!("/requests/{id}/live?connect=ssh&login=alice");
+    let fragment = p.until(&alice, &live, ">Applied</span>").await;
+    assert!(!fragment.contains("<html"), "a fragment, not a page");
+    assert!(
+        fragment.contains("<code class=\"ssh\">ssh -p 22 alice@192.0.2.12</code>"),
+        "{fragment}"
+    );
+
+    // Revoke needs the form's CSRF token and our Origin; each refusal changes nothing.
+    let revoke = format!("/requests/{id}/revoke");
+    let other = p.sign_in("bob").await;
+    let before = p.h.snapshot().await;
+    let r = p.post(&alice, &revoke, &p.public, &[("csrf", "0")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("CSRF"), "{}", r.body);
+    let r = p
+        .post(&alice, &revoke, "https://evil.example", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("Origin"), "{}", r.body);
+    let r = p.post(&other, &revoke, &p.public, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token");
+    assert_eq!(p.h.snapshot().await, before);
+    let r = p.post(&alice, &revoke, &p.public, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = p.get(&alice, &format!("/requests/{id}")).await;
+    assert!(
+        page.body.contains("<span id=\"status\">Revoked</span>"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("hx-trigger"), "no polling once ended");
+
+    // History of the VM, filtered.
+    let hist = p.get(&alice, "/vms/web2/requests?status=Revoked").await;
+    assert!(hist.body.contains(&id), "{}", hist.body);
+    let hist = p.get(&alice, "/vms/web2/requests?status=Applied").await;
+    assert!(!hist.body.contains(&id), "{}", hist.body);
+
+    // Sign-out ends the session on the server.
+    let r = p
+        .post(&alice, "/auth/logout", &p.public, &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = p.get(&alice, "/jit").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn approvals_inbox_approve_deny_and_rdp_file() {
+    let p = Portal::start().await;
+    let (mut agent, creds) = lab(&p).await;
+    let alice = p.sign_in("alice").await;
+    let bob = p.sign_in("bob").await;
+
+    // Bob (requester on rg:prod) asks for RDP from the office range.
+    let form = p.get(&bob, "/request?vm=web2&connect=rdp").await;
+    assert!(form.body.contains("requester on rg:prod"), "{}", form.body);
+    let bob_csrf = form.csrf();
+    let ask = |just: &'static str| {
+        [
+            ("csrf", bob_csrf.clone()),
+            ("vm", "web2".into()),
+            ("port", "web2|3389".into()),
+            ("source", "range".into()),
+            ("range", "203.0.113.0/24".into()),
+            ("duration", "PT1H".into()),
+            ("when", "now".into()),
+            ("justification", just.into()),
+            ("login", "bob".into()),
+            ("connect", "rdp".into()),
+        ]
+    };
+    let fields = ask("patch night");
+    let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = p.post(&bob, "/request", &p.public, &f).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let first = request_id(r.location());
+    let page = p.get(&bob, r.location()).await;
+    assert!(
+        page.body.contains(">PendingApproval</span>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("group:jit-admins"),
+        "who still has to approve: {}",
+        page.body
+    );
+
+    // Bob sees nothing to decide; Alice sees it with everything she needs.
+    let inbox = p.get(&bob, "/approvals").await;
+    assert!(
+        inbox.body.contains("Nothing waits for your decision"),
+        "{}",
+        inbox.body
+    );
+    let inbox = p.get(&alice, "/approvals").await;
+    assert!(
+        inbox.body.contains(&first) && inbox.body.contains("patch night"),
+        "{}",
+        inbox.body
+    );
+    assert!(
+        inbox.body.contains("web2 3389/TCP from 203.0.113.0/24"),
+        "{}",
+        inbox.body
+    );
+    let csrf = inbox.csrf();
+
+    // Bob cannot approve his own with a forged form; Alice approves.
+    let r = p
+        .post(
+            &bob,
+            &format!("/requests/{first}/approve"),
+            &p.public,
+            &[("csrf", &bob_csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = p
+        .post(
+            &alice,
+            &format!("/requests/{first}/approve"),
+            &p.public,
+            &[("csrf", &csrf), ("reason", "ok")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    apply_next_grant(&mut agent, &creds).await;
+    let fragment = p
+        .until(
+            &bob,
+            &format!("/requests/{first}/live?connect=rdp&login=bob"),
+            ">Applied</span>",
+        )
+        .await;
+    assert!(fragment.contains("Download the .rdp file"), "{fragment}");
+    // The .rdp file: exactly the address and the user.
+    let r = p
+        .get(
+            &bob,
+            &format!("/requests/{first}/rdp?vm=web2&port=3389&login=bob"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/x-rdp");
+    assert_eq!(
+        r.body,
+        "full address:s:192.0.2.12:3389\r\nusername:s:bob\r\n"
+    );
+    // A crafted user name adds no line.
+    let r = p
+        .get(
+            &bob,
+            &format!("/requests/{first}/rdp?vm=web2&port=3389&login=bob%0Aalternate%20shell:s:cmd"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    // A second request, denied with a reason that Bob then reads.
+    let fields = ask("again");
+    let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = p.post(&bob, "/request", &p.public, &f).await;
+    let second = request_id(r.location());
+    let r = p
+        .post(
+            &alice,
+            &format!("/requests/{second}/deny"),
+            &p.public,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a denial needs a reason");
+    let r = p
+        .post(
+            &alice,
+            &format!("/requests/{second}/deny"),
+            &p.public,
+            &[("csrf", &csrf), ("reason", "<b>not tonight</b>")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = p.get(&bob, &format!("/requests/{second}")).await;
+    assert!(
+        page.body.contains(">Revoked</span>") || page.body.contains(">Denied</span>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("&#60;b&#62;not tonight&#60;/b&#62;"),
+        "{}",
+        page.body
+    );
+}
