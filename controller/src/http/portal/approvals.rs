@@ -86,7 +86,7 @@ async fn inbox(State(st): State<AppState>, v: Viewer) -> PageResult {
     Ok(html(
         StatusCode::OK,
         &Inbox {
-            chrome: Chrome::of(&v, "approvals"),
+            chrome: v.chrome("approvals"),
             waiting,
         },
     ))

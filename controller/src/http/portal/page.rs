@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 
 use crate::authz::Caller;
 use crate::http::error::{HttpError, status};
-use crate::http::portal::session::Viewer;
 
 /// No inline script or style, nothing from elsewhere, never framed.
 pub const CSP: &str = "default-src 'self'; object-src 'none'; frame-ancestors 'none'; \
@@ -52,18 +51,6 @@ pub struct Chrome {
     pub csrf: String,
     /// The navigation entry of this page.
     pub here: &'static str,
-}
-
-impl Chrome {
-    pub fn of(v: &Viewer, here: &'static str) -> Chrome {
-        Chrome {
-            name: v.caller.name().to_string(),
-            rights: rights(&v.caller),
-            address: v.caller.address.to_string(),
-            csrf: v.csrf.clone(),
-            here,
-        }
-    }
 }
 
 /// "requester on rg:prod, reader on *", or "no role".

@@ -266,7 +266,7 @@ async fn render_form(
     Ok(html(
         code,
         &FormPage {
-            chrome: Chrome::of(v, "jit"),
+            chrome: v.chrome("jit"),
             vms,
             durations,
             connect: values.connect.map(|c| c.as_str()).unwrap_or("").to_string(),
@@ -686,7 +686,7 @@ async fn request_page(
     Ok(html(
         StatusCode::OK,
         &RequestPage {
-            chrome: Chrome::of(&v, "jit"),
+            chrome: v.chrome("jit"),
             id: view.id.clone(),
             requestor: view.requestor.clone(),
             justification: view.justification.clone(),

@@ -16,7 +16,7 @@ use jitgate_api::ErrorCode;
 use crate::authz::Caller;
 use crate::http::error::HttpError;
 use crate::http::extract::{client_address, peer};
-use crate::http::portal::page::{self, see_other};
+use crate::http::portal::page::{self, Chrome, see_other};
 use crate::http::state::AppState;
 use crate::http::web_signin::{SESSION_COOKIE, read_cookie};
 use crate::signin::csrf_token;
@@ -32,6 +32,17 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// The frame of a page this viewer looks at (`here`: its navigation entry).
+    pub fn chrome(&self, here: &'static str) -> Chrome {
+        Chrome {
+            name: self.caller.name().to_string(),
+            rights: page::rights(&self.caller),
+            address: self.caller.address.to_string(),
+            csrf: self.csrf.clone(),
+            here,
+        }
+    }
+
     /// Whether `given` is this session's CSRF token (compared as hashes: no timing hint).
     fn csrf_ok(&self, given: &str) -> bool {
         use sha2::{Digest, Sha256};

@@ -233,7 +233,7 @@ async fn jit(State(st): State<AppState>, v: Viewer, Q(query): Q<JitQuery>) -> Pa
     Ok(html(
         StatusCode::OK,
         &JitPage {
-            chrome: Chrome::of(&v, "jit"),
+            chrome: v.chrome("jit"),
             tab,
             tabs,
             rows,
@@ -342,7 +342,7 @@ async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>
     Ok(html(
         StatusCode::OK,
         &VmPage {
-            chrome: Chrome::of(&v, "jit"),
+            chrome: v.chrome("jit"),
             name: d.name,
             resource_group: d.resource_group,
             addresses: d.addresses.join(", "),
@@ -423,7 +423,7 @@ async fn history(
     Ok(html(
         StatusCode::OK,
         &HistoryPage {
-            chrome: Chrome::of(&v, "jit"),
+            chrome: v.chrome("jit"),
             vm,
             history,
             statuses: [
