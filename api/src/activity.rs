@@ -51,6 +51,10 @@ wire_enum! {
         RevokeSession = "Revoke Session",
         /// A session ended because its refresh with the identity provider failed.
         SessionRefreshFailed = "Session Refresh Failed",
+        /// `jit-controller login-link` made a one-time portal sign-in link.
+        CreateLoginLink = "Create Login Link",
+        /// A one-time sign-in link was redeemed (a session began).
+        RedeemLoginLink = "Redeem Login Link",
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Parts {
     pub limits: crate::lifecycle::initiate::Limits,
     /// Sign-in with OpenID Connect, when `[oidc]` is configured.
     pub oidc: Option<std::sync::Arc<crate::signin::Oidc>>,
+    /// Whether one-time sign-in links may be made and redeemed (`login_links`; default:
+    /// only while `[oidc]` is not configured).
+    pub login_links: bool,
     /// Roles new API tokens may carry (`oidc.token_roles`); None: any.
     pub token_roles: Option<Vec<jitgate_api::Role>>,
 }
@@ -73,7 +76,7 @@ impl App {
         };
         Ok(App {
             tokens: Tokens::new(db.clone(), parts.token_roles),
-            sessions: Sessions::new(db.clone(), parts.oidc),
+            sessions: Sessions::new(db.clone(), parts.oidc, parts.login_links),
             inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
             lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),

@@ -39,6 +39,9 @@ pub enum Principal {
         display_name: String,
         session: String,
     },
+    /// Signed in to the portal with a one-time link (`link:NAME`), in session `session`;
+    /// never an approver.
+    Link { name: String, session: String },
     /// Root on the controller host: the `jit-controller` subcommands.
     Local,
 }
@@ -115,6 +118,7 @@ impl Caller {
                 issuer: issuer.clone(),
                 subject: subject.clone(),
             },
+            Principal::Link { name, .. } => PrincipalId::Link(name.clone()),
             Principal::Local => PrincipalId::Local,
         }
     }
@@ -138,6 +142,7 @@ impl Caller {
         match &self.principal {
             Principal::Token { name, .. } => name,
             Principal::Person { display_name, .. } => display_name,
+            Principal::Link { name, .. } => name,
             Principal::Local => "local:root",
         }
     }
@@ -146,14 +151,14 @@ impl Caller {
     pub fn token_id(&self) -> &str {
         match &self.principal {
             Principal::Token { id, .. } => id,
-            Principal::Person { .. } | Principal::Local => "",
+            Principal::Person { .. } | Principal::Link { .. } | Principal::Local => "",
         }
     }
 
     /// The session a person calls in (None for tokens and the local administrator).
     pub fn session_id(&self) -> Option<&str> {
         match &self.principal {
-            Principal::Person { session, .. } => Some(session),
+            Principal::Person { session, .. } | Principal::Link { session, .. } => Some(session),
             _ => None,
         }
     }
@@ -182,6 +187,10 @@ impl Caller {
             },
             Principal::Person { display_name, .. } => Actor {
                 name: format!("{display_name} ({})", self.principal_id()),
+                address: self.address.to_string(),
+            },
+            Principal::Link { .. } => Actor {
+                name: self.principal_id().to_string(),
                 address: self.address.to_string(),
             },
             Principal::Local => Actor::local(),
@@ -376,11 +385,9 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::AdministerAll | Action::ManageSessions => all(Role::Admin),
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),
-            Principal::Token { .. } | Principal::Person { .. } => Err(deny(
-                c,
-                "tokens, VMs and groups (root on the host)",
-                Role::Admin,
-            )),
+            Principal::Token { .. } | Principal::Person { .. } | Principal::Link { .. } => Err(
+                deny(c, "tokens, VMs and groups (root on the host)", Role::Admin),
+            ),
         },
     }
 }

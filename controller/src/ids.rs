@@ -38,6 +38,23 @@ pub fn new_session_id() -> String {
     format!("ses_{}", random_hex(16))
 }
 
+/// A one-time sign-in link's secret: `jitlink_` + 64 hex digits.
+pub fn new_link_secret() -> String {
+    format!("{LINK_PREFIX}{}", random_hex(32))
+}
+
+/// Whether a presented string has the shape of a sign-in link's secret.
+pub fn plausible_link(t: &str) -> bool {
+    plausible(t, LINK_PREFIX)
+}
+
+/// A sign-in link's id (named in the activity log; not the secret).
+pub fn new_link_id() -> String {
+    format!("lnk_{}", random_hex(16))
+}
+
+const LINK_PREFIX: &str = "jitlink_";
+
 /// A fresh one-time enrolment token.
 pub fn new_enroll_token() -> String {
     format!("{ENROLL_PREFIX}{}", random_hex(32))

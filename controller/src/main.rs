@@ -87,6 +87,22 @@ enum Cmd {
     /// People's sign-in sessions (OpenID Connect, docs/identity.md).
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Print a one-time portal sign-in link (docs/portal.md): for first setup and demos
+    /// without an identity provider. It works once, within 10 minutes, and signs in as the
+    /// principal link:NAME (which can never approve) with one role and scope. Both making
+    /// and using it are in the activity log. Needs public_url in controller.toml; off by
+    /// default once [oidc] is configured (login_links = true turns it on).
+    LoginLink {
+        /// The name of the principal (link:NAME).
+        #[arg(long)]
+        name: String,
+        /// reader, requester or admin.
+        #[arg(long)]
+        role: String,
+        /// *, rg:GROUP or vm:NAME.
+        #[arg(long, default_value = "*")]
+        scope: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +232,7 @@ async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
     let parts = Parts {
         token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
+        login_links: cfg.login_links_enabled(),
         ..Parts::default()
     };
     let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), parts).await?;
@@ -361,6 +378,42 @@ async fn run(cli: Cli) -> Result<()> {
             }
             tracing::info!("shutting down");
             h.stop().await;
+        }
+        Cmd::LoginLink { name, role, scope } => {
+            let cfg = Config::load(&dir)?;
+            let Some(public) = cfg.public_url.clone() else {
+                bail!(
+                    "public_url is not set in controller.toml: the link must name the address \
+                     browsers reach the portal at (e.g. public_url = \"https://jit.example.net\")"
+                );
+            };
+            let role = input::parse_role(&role)?;
+            let scope = input::parse_scope(&scope)?;
+            let app = open_app(&dir).await?;
+            let link = app
+                .sessions
+                .create_link(&Caller::local(), &name, role, &scope)
+                .await;
+            app.close().await;
+            let link = link?;
+            let url = format!(
+                "{}/auth/link?t={}",
+                public.trim_end_matches('/'),
+                link.secret
+            );
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": link.id, "url": url,
+                        "expiresTimeUtc": jitgate_api::time::format(link.expires_ms)})
+                );
+            } else {
+                println!(
+                    "one-time sign-in link for link:{name} ({role} on {scope}), valid until {}:",
+                    jitgate_api::time::format(link.expires_ms)
+                );
+                println!("{url}");
+            }
         }
         Cmd::Token(t) => {
             let app = open_app(&dir).await?;

@@ -137,6 +137,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     let oidc = start_oidc(dir, cfg).await?;
     let parts = Parts {
         token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
+        login_links: cfg.login_links_enabled(),
         oidc,
         ca_pem: ca.pem.clone(),
         enrollment: Some(Enrollment {

@@ -171,6 +171,10 @@ pub struct Config {
     /// OpenID Connect sign-in for people (docs/identity.md). Not written by `init`.
     #[serde(default, skip_serializing)]
     pub oidc: Option<jitgate_oidc::OidcConfig<Role, Scope>>,
+    /// One-time portal sign-in links (`jit-controller login-link`, docs/portal.md). Default:
+    /// on while `[oidc]` is not configured, off once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_links: Option<bool>,
 }
 
 impl Default for Config {
@@ -195,11 +199,17 @@ impl Default for Config {
             notify: Default::default(),
             public_url: None,
             oidc: None,
+            login_links: None,
         }
     }
 }
 
 impl Config {
+    /// Whether one-time sign-in links are on (`login_links`, else: only without `[oidc]`).
+    pub fn login_links_enabled(&self) -> bool {
+        self.login_links.unwrap_or(self.oidc.is_none())
+    }
+
     pub fn database_url(&self, dir: &StateDir) -> String {
         self.database_url
             .clone()

@@ -650,3 +650,147 @@ async fn approvals_inbox_approve_deny_and_rdp_file() {
         page.body
     );
 }
+
+/// `jit-controller login-link`: a link that works once, within its time, by a POST from this
+/// site; its session (`link:NAME`) uses the portal but never approves; both ends logged.
+#[tokio::test]
+async fn one_time_link_signs_in_once_and_never_approves() {
+    let port = free_port();
+    let public = format!("https://127.0.0.1:{port}");
+    let h = Harness::with_config(|c| {
+        c.listen = format!("127.0.0.1:{port}");
+        c.public_url = Some(public.clone());
+    })
+    .await;
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+                "maxRequestAccessDuration": "PT3H",
+                "approval": {"stages": [{"approvers": ["token:boss"], "required": 1}]}}]),
+    )
+    .await;
+    let pem = std::fs::read(h.dir.ca_cert()).unwrap();
+    let browser = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // The command prints the link (JSON for scripts); a bad role changes nothing.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+            .arg("--state-dir")
+            .arg(&h.dir.0)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bad = cli(&["login-link", "--name", "demo", "--role", "root"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("root"),
+        "{bad:?}"
+    );
+    let out = cli(&["--json", "login-link", "--name", "demo", "--role", "admin"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = v["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{public}/auth/link?t=jitlink_")),
+        "{url}"
+    );
+
+    // Opening it only shows what it is, as many times as you like.
+    for _ in 0..2 {
+        let r = browser.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        check_headers(r.headers());
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("link:demo") && body.contains("admin on *"),
+            "{body}"
+        );
+    }
+    let secret = url.split("t=").nth(1).unwrap().to_string();
+    let redeem = |origin: &'static str| {
+        browser
+            .post(format!("{public}/auth/link"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("t={secret}"))
+            .send()
+    };
+    // From another site: refused, and the link still works afterwards.
+    let r = redeem("https://evil.example").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let origin: &'static str = Box::leak(public.clone().into_boxed_str());
+    let r = redeem(origin).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/jit");
+    let cookie = set_cookie(r.headers(), "__Host-jitgate-session");
+    // Once only.
+    let r = redeem(origin).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("already used"));
+
+    let get = |path: &str| {
+        browser
+            .get(format!("{public}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let r = get("/jit").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<strong>demo</strong>") && body.contains("admin on *"),
+        "{body}"
+    );
+
+    // A pending request made with a token: the link's session, though admin, cannot approve.
+    let requester = h.token("ann", jitgate_api::Role::Requester, "*").await;
+    let (_, req) = h
+        .initiate(
+            &requester,
+            common::one_port(
+                "web1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"}),
+            ),
+        )
+        .await;
+    let id = req["id"].as_str().unwrap();
+    assert_eq!(req["status"], "PendingApproval", "{req}");
+    let inbox = get("/approvals").await.unwrap().text().await.unwrap();
+    let csrf = {
+        let at = inbox.find("name=\"csrf\" value=\"").unwrap() + 19;
+        inbox[at..at + 64].to_string()
+    };
+    let r = browser
+        .post(format!("{public}/requests/{id}/approve"))
+        .header("cookie", &cookie)
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, v) = h.get(&format!("/api/v1/requests/{id}"), &requester).await;
+    assert_eq!(v["status"], "PendingApproval");
+
+    // Both ends of the link are in the activity log.
+    let (_, log) = h.get("/api/v1/activityLog", &h.admin).await;
+    let ops: Vec<&str> = log
+        .as_array()
+        .or_else(|| log["value"].as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["operation"].as_str())
+        .collect();
+    assert!(
+        ops.contains(&"Create Login Link") && ops.contains(&"Redeem Login Link"),
+        "{ops:?}"
+    );
+}

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/auth/callback", get(callback))
         .route("/auth/logout", post(logout))
         .route("/auth/session", get(landing))
+        .route("/auth/link", get(link_page).post(link_redeem))
 }
 
 /// `Set-Cookie` for one of our `__Host-` cookies (`max_age` 0 clears it).
@@ -232,6 +233,76 @@ async fn landing(
         csrf_token(&credential)
     );
     page(StatusCode::OK, "jitgate", &body)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LinkQuery {
+    /// The link's secret.
+    t: Option<String>,
+}
+
+/// A one-time sign-in link, opened: says what it signs in as and asks to confirm (a GET
+/// never uses the link up).
+async fn link_page(State(st): State<AppState>, Q(q): Q<LinkQuery>) -> Response {
+    let secret = q.t.unwrap_or_default();
+    match st.app.sessions.peek_link(&secret).await {
+        Ok(info) => page(
+            StatusCode::OK,
+            "Sign in with a one-time link",
+            &format!(
+                "<p>This link signs you in as <b>link:{}</b>, {} on {}, until you sign out \
+                 or for at most 8 hours. It works once and expires {}.</p>\
+                 <form method=\"post\" action=\"/auth/link\"><input type=\"hidden\" \
+                 name=\"t\" value=\"{}\"><button type=\"submit\">Sign in</button></form>",
+                html(&info.name),
+                html(info.role.as_str()),
+                html(&info.scope.to_string()),
+                html(&jitgate_api::time::format(info.expires_ms)),
+                html(&secret),
+            ),
+        ),
+        Err(e) => error_page(e.into()),
+    }
+}
+
+/// Redeems a one-time sign-in link (a POST from this site): a new session, 303 to the
+/// portal.
+async fn link_redeem(
+    State(st): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    form: Bytes,
+) -> Response {
+    if let Err(e) = st.sign_in_limit.check(addr, "sign-in") {
+        return error_page(e);
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match (&st.public_origin, origin) {
+        (Some(ours), Some(o)) if o == ours => {}
+        _ => {
+            return error_page(HttpError::new(
+                ErrorCode::Forbidden,
+                "the form did not come from this site (Origin), or public_url is not set",
+            ));
+        }
+    }
+    let secret = url::form_urlencoded::parse(&form)
+        .find(|(k, _)| k == "t")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    match st.app.sessions.redeem_link(&secret, addr).await {
+        Ok(created) => {
+            let age = (created.expires_ms - jitgate_api::time::now_ms()) / 1000;
+            see_other(
+                LANDING,
+                set_cookie(SESSION_COOKIE, created.granted.credential, age)
+                    .into_iter()
+                    .collect(),
+            )
+        }
+        Err(e) => error_page(e.into()),
+    }
 }
 
 /// Ends the browser's session: a POST with the session's CSRF token, from our own origin.

@@ -9,6 +9,7 @@
 //! session when that fails; a session whose refresh is overdue stops authenticating (a
 //! stalled refresher fails closed).
 
+pub mod link;
 pub mod refresh;
 pub mod replay;
 
@@ -67,6 +68,8 @@ pub struct PortalLogin {
 pub struct Sessions {
     db: Db,
     oidc: Option<Arc<Oidc>>,
+    /// One-time sign-in links may be made and redeemed ([`link`]).
+    links: bool,
 }
 
 /// A refusal for a sign-in that did not produce an identity; the reason is logged.
@@ -120,8 +123,8 @@ fn groups_view(g: &Groups) -> GroupsView {
 }
 
 impl Sessions {
-    pub fn new(db: Db, oidc: Option<Arc<Oidc>>) -> Sessions {
-        Sessions { db, oidc }
+    pub fn new(db: Db, oidc: Option<Arc<Oidc>>, links: bool) -> Sessions {
+        Sessions { db, oidc, links }
     }
 
     fn oidc(&self) -> Result<&Oidc> {
@@ -136,12 +139,17 @@ impl Sessions {
     /// The caller a presented session credential stands for; None if unknown, ended, past
     /// its cap, overdue for refresh, or sign-in is no longer configured.
     pub async fn authenticate(&self, credential: &str, address: IpAddr) -> Result<Option<Caller>> {
-        if !ids::plausible_session(credential) || self.oidc.is_none() {
+        if !ids::plausible_session(credential) || (self.oidc.is_none() && !self.links) {
             return Ok(None);
         }
         let Some(s) = sessions::by_hash(self.db.pool(), &ids::hash_token(credential)).await? else {
             return Ok(None);
         };
+        // A session lives only while the way it began is still switched on.
+        let from_link = link::is_link_session(&s);
+        if (from_link && !self.links) || (!from_link && self.oidc.is_none()) {
+            return Ok(None);
+        }
         let now = jitgate_api::time::now_ms();
         if s.ended_ms.is_some()
             || now >= s.expires_ms
@@ -482,9 +490,10 @@ pub struct Created {
 }
 
 /// The caller a stored session stands for.
-fn caller_of(s: &SessionRow, address: IpAddr) -> Result<Caller> {
+pub(crate) fn caller_of(s: &SessionRow, address: IpAddr) -> Result<Caller> {
     let (issuer, subject) = match PrincipalId::from_str(&s.principal) {
         Ok(PrincipalId::Oidc { issuer, subject }) => (issuer, subject),
+        Ok(PrincipalId::Link(name)) => return Ok(link::caller_of(s, name, address)),
         _ => {
             return Err(Error::corrupt(format!(
                 "session {}: principal {:?} is not oidc:ISSUER#SUBJECT",

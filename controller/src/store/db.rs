@@ -73,6 +73,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions",
         include_str!("../../migrations/0012_sessions.sql"),
     ),
+    (
+        13,
+        "one-time sign-in links",
+        include_str!("../../migrations/0013_login_links.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -24,6 +24,7 @@ pub mod db;
 pub mod grants;
 pub mod health;
 pub mod inventory;
+pub mod login_links;
 pub mod notify;
 pub mod policies;
 pub mod requests;

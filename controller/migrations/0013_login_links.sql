@@ -1,0 +1,12 @@
+-- jitgate controller schema, version 13: one-time portal sign-in links
+-- (`jit-controller login-link`, docs/portal.md). Only the hash of the link's secret is kept.
+CREATE TABLE login_links (
+    id          TEXT PRIMARY KEY,         -- lnk_ + 32 hex digits, named in the activity log
+    token_hash  TEXT NOT NULL UNIQUE,     -- SHA-256 of the secret in the link
+    name        TEXT NOT NULL,            -- the principal is link:NAME
+    role        TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,          -- at most 10 minutes after created_ms
+    redeemed_ms BIGINT                    -- set once, by the one POST that redeems it
+);
