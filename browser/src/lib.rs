@@ -49,6 +49,9 @@ mod session;
 mod site;
 mod tls;
 
+/// The WebDriver client ([`Browser::client`]), for what the harness does not wrap.
+pub use fantoccini;
+
 pub use axe::{AxeViolation, axe_dir, ensure_axe_installed};
 pub use headers::{HeaderPolicy, Headers, headers_of, security_header_problems};
 pub use session::{Browser, BrowserOptions, ConsoleEntry, SeenResponse, screenshot_root};

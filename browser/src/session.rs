@@ -46,6 +46,9 @@ pub struct BrowserOptions {
     /// `header_policy`, and whose other responses must carry `nosniff`.
     pub check_headers: Vec<String>,
     pub header_policy: HeaderPolicy,
+    /// Problems (substrings) that never fail a check: noise of pages not under test, such as
+    /// a third party's missing favicon.
+    pub ignore: Vec<String>,
     pub window: (u32, u32),
     /// Default wait for [`Browser::wait_for_text`] and friends.
     pub wait: Duration,
@@ -59,6 +62,7 @@ impl BrowserOptions {
             netns: None,
             check_headers: vec![],
             header_policy: HeaderPolicy::default(),
+            ignore: vec![],
             window: (1280, 900),
             wait: WAIT,
         }
@@ -77,6 +81,12 @@ impl BrowserOptions {
     pub fn check_headers_of(mut self, origin: &str) -> Self {
         self.check_headers
             .push(origin.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Never fail on problems containing `substring` (see [`BrowserOptions::ignore`]).
+    pub fn ignore(mut self, substring: &str) -> Self {
+        self.ignore.push(substring.to_string());
         self
     }
 
@@ -616,6 +626,9 @@ impl Browser {
         let mut seen = vec![false; expected.len()];
         let mut out = vec![];
         for line in lines {
+            if self.opts.ignore.iter().any(|i| line.contains(i.as_str())) {
+                continue;
+            }
             match expected.iter().position(|x| line.contains(x.as_str())) {
                 Some(i) => seen[i] = true,
                 None => out.push(line),

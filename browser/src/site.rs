@@ -2,7 +2,7 @@
 //! whose form posts to the portal, say).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -12,10 +12,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::BrowserError;
 
-/// Serves `pages` (path → HTML) until dropped; any other path is a 404.
+type Pages = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Serves pages (path → HTML) until dropped; any other path is a 404.
 pub struct StaticSite {
     /// `https://127.0.0.1:PORT`
     pub origin: String,
+    pages: Pages,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,22 +51,27 @@ impl StaticSite {
             .local_addr()
             .map_err(|e| BrowserError::new("site listener", e))?
             .port();
-        let pages: Arc<BTreeMap<String, String>> = Arc::new(
+        let pages: Pages = Arc::new(Mutex::new(
             pages
                 .iter()
                 .map(|(p, h)| (p.to_string(), h.to_string()))
                 .collect(),
-        );
+        ));
+        let served = pages.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
-                let pages = pages.clone();
+                let pages = served.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(move |req| {
-                        let page = pages.get(req.uri().path()).cloned();
+                        let page = pages
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(req.uri().path())
+                            .cloned();
                         async move {
                             let mut r = http::Response::builder()
                                 .header("content-type", "text/html; charset=utf-8")
@@ -80,8 +88,17 @@ impl StaticSite {
         });
         Ok(StaticSite {
             origin: format!("https://127.0.0.1:{port}"),
+            pages,
             task,
         })
+    }
+
+    /// Serves `html` at `path` from now on (a page that needs what the test learnt later).
+    pub fn set_page(&self, path: &str, html: &str) {
+        self.pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), html.to_string());
     }
 
     /// The URL of `path` on this site.

@@ -24,8 +24,8 @@ struct Cli {
 enum Cmd {
     /// Install what a fresh machine lacks (idempotent): llvm-22-dev, bpf-linker 0.13.0,
     /// nightly rust-src, cargo-fuzz 0.13.2, iproute2, nftables, iptables, wireguard-go and
-    /// wireguard-tools, PostgreSQL's server binaries (for the test clusters), and the bpffs
-    /// mount.
+    /// wireguard-tools, PostgreSQL's server binaries (for the test clusters), chromium and
+    /// chromium-driver (the browser tests), and the bpffs mount.
     Setup,
     /// Run setup, then formatting, lint and import-cycle checks, then every test (root tests
     /// need root; with CI=true they fail rather than skip without it), then the controller's
@@ -273,6 +273,9 @@ const PACKAGES: &[&str] = &[
     "wireguard-go",
     "wireguard-tools",
     "xdp-tools",
+    // The portal's browser tests (jitgate-browser): headless Chromium and its WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 /// Debian's PostgreSQL (server and psql), for the test clusters (jitgate-testpg); installed
 /// unless its server binaries are already there.

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod inventory;
 pub mod notify;
 pub mod ops;
+pub mod origin;
 pub mod policies;
 pub mod portal;
 pub mod ratelimit;

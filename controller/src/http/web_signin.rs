@@ -7,8 +7,8 @@
 //! - The callback always issues a fresh session and credential in `__Host-jitgate-session`
 //!   (Secure, HttpOnly, SameSite=Lax, Path=/): a cookie planted before sign-in is never the
 //!   one after it.
-//! - Nothing changes state on GET. `POST /auth/logout` needs the session's CSRF token and an
-//!   `Origin` equal to the controller's public URL.
+//! - Nothing changes state on GET. `POST /auth/logout` needs the session's CSRF token and a
+//!   request from the controller's public origin ([`crate::http::origin`]).
 //! - These cookies authenticate only these pages: the JSON API under `/api/v1` takes
 //!   bearer credentials only.
 
@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::http::error::{HttpError, status};
 use crate::http::extract::{ClientAddr, Q};
+use crate::http::origin::from_this_site;
 use crate::http::state::AppState;
 use crate::signin::{csrf_matches, csrf_token};
 
@@ -320,11 +321,10 @@ async fn logout(
             &format!("<p>{}</p>", html(why)),
         )
     };
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    match (&st.public_origin, origin) {
-        (Some(ours), Some(o)) if o == ours => {}
-        (None, _) => return forbidden("portal sign-in is not configured (public_url)"),
-        _ => return forbidden("the request did not come from this site (Origin)"),
+    match &st.public_origin {
+        Some(ours) if from_this_site(&headers, ours) => {}
+        None => return forbidden("portal sign-in is not configured (public_url)"),
+        Some(_) => return forbidden("the request did not come from this site (Origin)"),
     }
     let Some(credential) = read_cookie(&headers, SESSION_COOKIE) else {
         return forbidden("not signed in");

@@ -88,6 +88,7 @@ pub struct TestProvider {
     issuer: String,
     admin_token: String,
     web_secret_file: PathBuf,
+    cert_file: PathBuf,
     ca: Arc<TestCa>,
     log: PathBuf,
     admin: reqwest::Client,
@@ -254,6 +255,7 @@ impl TestProvider {
             issuer,
             admin_token,
             web_secret_file,
+            cert_file: cert.cert_file.clone(),
             ca,
             log,
             admin,
@@ -271,6 +273,11 @@ impl TestProvider {
 
     pub fn ca(&self) -> &Arc<TestCa> {
         &self.ca
+    }
+
+    /// The provider's TLS certificate (PEM), for a browser that trusts exactly it.
+    pub fn cert_file(&self) -> &Path {
+        &self.cert_file
     }
 
     /// The portal client's secret, in a file with mode 0600 (`client_secret_file`).
