@@ -170,6 +170,29 @@ impl Driver {
         }
     }
 
+    /// The processes of the group (chromedriver and Chromium's): pid and command name.
+    pub(crate) fn processes(&self) -> Vec<(u32, String)> {
+        let want = self.pgid.as_raw().to_string();
+        let mut out = vec![];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            if rest.split_whitespace().nth(2) == Some(want.as_str()) {
+                let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or_default();
+                out.push((pid, comm.to_string()));
+            }
+        }
+        out
+    }
+
     /// chromedriver's own log (warnings and errors), for a failure message.
     pub(crate) fn log_text(&self) -> String {
         let log =

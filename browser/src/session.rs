@@ -561,6 +561,11 @@ impl Browser {
         self.driver.pgid.as_raw()
     }
 
+    /// The processes of that group now (pid, command name): chromedriver and Chromium's.
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        self.driver.processes()
+    }
+
     /// The directory this browser's screenshots go to.
     pub fn screenshot_dir(&self) -> &Path {
         &self.shots

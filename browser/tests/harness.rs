@@ -29,25 +29,6 @@ fn page(title: &str, head: &str, body: &str) -> String {
     )
 }
 
-/// The command names of the processes in group `pgid`.
-fn group_members(pgid: i32) -> Vec<String> {
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let comm = head.split_once(" (").map(|(_, c)| c).unwrap_or_default();
-        if rest.split_whitespace().nth(2) == Some(&pgid.to_string()) {
-            out.push(comm.to_string());
-        }
-    }
-    out
-}
-
 /// No browser process of the group is left within a generous bound.
 fn group_gone(pgid: i32) -> bool {
     let end = Instant::now() + Duration::from_secs(20);
@@ -203,9 +184,9 @@ async fn the_processes_go_when_the_browser_drops() {
     let pgid = b.process_group();
     // SAFETY: signal 0 only checks for existence.
     assert_eq!(unsafe { libc::kill(-pgid, 0) }, 0, "the group runs");
-    let members = group_members(pgid);
+    let members = b.processes();
     assert!(
-        members.iter().any(|c| c == "chromium"),
+        members.iter().any(|(_, c)| c == "chromium"),
         "chromedriver started Chromium in its group: {members:?}"
     );
     drop(b);
