@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::Harness;
 use jitgate_api::{Role, Scope};
-use jitgate_browser::{Browser, BrowserOptions, HeaderPolicy, StaticSite};
+use jitgate_browser::{Browser, BrowserOptions, StaticSite};
 use jitgate_oidc::OidcConfig;
 use jitgate_oidc_testprovider::{Setup, TestCa, TestProvider, WEB_CLIENT_ID};
 use reqwest::StatusCode;
@@ -94,9 +94,6 @@ async fn sign_in_through_the_provider_and_out_again_in_chromium() {
             // favicon.
             .ignore(&format!("{}/favicon.ico", op.issuer()))
             .ignore(&evil.url("/favicon.ico"))
-            // The controller sends no Strict-Transport-Security yet (issue 16 asks for it):
-            // the other headers are held to the issue's list.
-            .header_policy(HeaderPolicy { hsts: false }),
     )
     .await
     .unwrap();

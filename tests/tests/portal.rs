@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use jitgate_browser::{Browser, BrowserOptions, HeaderPolicy};
+use jitgate_browser::{Browser, BrowserOptions};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, WS_V4};
 use jitgate_tests::require_root;
@@ -24,8 +24,6 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
             .netns(&ws)
             .trust(ctl.state.join("tls/server.crt"))
             .check_headers_of(&origin)
-            // The controller sends no Strict-Transport-Security yet (issue 16 asks for it).
-            .header_policy(HeaderPolicy { hsts: false }),
     )
     .await
     .unwrap();

@@ -278,9 +278,8 @@ async fn link_redeem(
     if let Err(e) = st.sign_in_limit.check(addr, "sign-in") {
         return error_page(e);
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    match (&st.public_origin, origin) {
-        (Some(ours), Some(o)) if o == ours => {}
+    match &st.public_origin {
+        Some(ours) if from_this_site(&headers, ours) => {}
         _ => {
             return error_page(HttpError::new(
                 ErrorCode::Forbidden,

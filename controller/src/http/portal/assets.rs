@@ -3,7 +3,7 @@
 //! in the file name so it can be cached for good).
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -14,6 +14,12 @@ const CSS: &[u8] = include_bytes!("../../../assets/portal.css");
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        // Browsers ask every site for /favicon.ico; the portal has no icon, and a 404 would
+        // be a failed load in the console of every page.
+        .route(
+            "/favicon.ico",
+            get(|| async { StatusCode::NO_CONTENT.into_response() }),
+        )
         .route(
             "/assets/htmx-2.0.11.min.js",
             get(|| async {

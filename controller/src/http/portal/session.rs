@@ -9,13 +9,14 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jitgate_api::ErrorCode;
 
 use crate::authz::Caller;
 use crate::http::error::HttpError;
 use crate::http::extract::{client_address, peer};
+use crate::http::origin::from_this_site;
 use crate::http::portal::page::{self, Chrome, see_other};
 use crate::http::state::AppState;
 use crate::http::web_signin::{SESSION_COOKIE, read_cookie};
@@ -119,18 +120,14 @@ impl FromRequest<AppState> for Posted {
 
     async fn from_request(req: Request, st: &AppState) -> Result<Self, Response> {
         let (mut parts, body) = req.into_parts();
-        let origin = parts
-            .headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        match (&st.public_origin, origin) {
-            (Some(ours), Some(o)) if o == ours => {}
-            (None, _) => {
+        match &st.public_origin {
+            Some(ours) if from_this_site(&parts.headers, ours) => {}
+            None => {
                 return Err(refused(
                     "the portal needs public_url in controller.toml to accept forms",
                 ));
             }
-            _ => {
+            Some(_) => {
                 tracing::warn!(path = %parts.uri.path(), "portal form refused: foreign Origin");
                 return Err(refused(
                     "the form did not come from this site (Origin): nothing was changed",
