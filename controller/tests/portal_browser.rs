@@ -93,7 +93,7 @@ async fn sign_in_through_the_provider_and_out_again_in_chromium() {
             // The provider (a stand-in for the organisation's) and the hostile site have no
             // favicon.
             .ignore(&format!("{}/favicon.ico", op.issuer()))
-            .ignore(&evil.url("/favicon.ico"))
+            .ignore(&evil.url("/favicon.ico")),
     )
     .await
     .unwrap();

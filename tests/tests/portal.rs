@@ -1,6 +1,6 @@
 //! The portal in a real browser inside the namespace lab: Chromium runs in the workstation
-//! namespace (so the address the controller sees is the workstation's, as "My IP" will
-//! show), against a controller on the workstation's lab address.
+//! namespace, against a controller on the workstation's lab address, and the portal shows
+//! the workstation's address as the one the server sees ("My IP").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
@@ -16,14 +16,15 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
         return;
     }
     let fleet = Fleet::new(0).unwrap();
-    let ctl = ControllerProc::start(&fleet.ws, WS_V4);
-    let origin = format!("https://{}", ctl.api);
+    let origin = format!("https://{WS_V4}:8443");
+    let ctl = ControllerProc::start_with(&fleet.ws, WS_V4, &format!("public_url = \"{origin}\"\n"));
+    assert_eq!(origin, format!("https://{}", ctl.api));
     let ws = Fleet::ns_path(&fleet.ws);
     let b = Browser::start(
         BrowserOptions::new("portal_in_namespace")
             .netns(&ws)
             .trust(ctl.state.join("tls/server.crt"))
-            .check_headers_of(&origin)
+            .check_headers_of(&origin),
     )
     .await
     .unwrap();
@@ -48,5 +49,30 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
     b.wait_for_text("Not signed in").await.unwrap();
     assert_eq!(b.url().await.unwrap(), format!("{origin}/auth/session"));
     b.checkpoint("not-signed-in").await;
+
+    // Signed in with a one-time link (a real form POST from the portal's page), every page
+    // says the address the server sees: the workstation's.
+    let link = ctl.admin(&[
+        "login-link",
+        "--name",
+        "alice",
+        "--role",
+        "admin",
+        "--scope",
+        "*",
+    ]);
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{origin}/auth/link?t=")), "{url}");
+    b.goto(url).await.unwrap();
+    b.wait_for_text("This link signs you in as link:alice")
+        .await
+        .unwrap();
+    b.checkpoint("one-time-link").await;
+    b.click_button("Sign in").await.unwrap();
+    b.wait_for_url(&format!("{origin}/jit")).await.unwrap();
+    b.wait_for_text("Just-in-time VM access").await.unwrap();
+    let seen = b.find("#my-address").await.unwrap().text().await.unwrap();
+    assert_eq!(seen, WS_V4);
+    b.checkpoint("jit-page").await;
     b.close().await.unwrap();
 }
