@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use rp_support::hostile::{Forgery, Hostile};
 use rp_support::{LoopbackListener, free_port, query_of};
 use serde_json::{Value, json};
-use signin::oidc_config;
+use signin::{activity, oidc_config};
 
 /// A provider and a controller signing people in with it.
 struct Rig {
@@ -168,26 +168,6 @@ fn grants(whoami: &Value) -> Vec<String> {
         .collect();
     g.sort();
     g
-}
-
-/// Activity entries of `operation`, as (caller, details).
-async fn activity(h: &Harness, operation: &str) -> Vec<(String, Value)> {
-    let (s, v) = h
-        .get("/api/v1/activityLog?resourceType=Session", &h.admin)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    v["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["operation"] == operation)
-        .map(|e| {
-            (
-                e["caller"].as_str().unwrap().to_string(),
-                e["details"].clone(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -619,26 +599,7 @@ fn cookie_pair(set: &str) -> String {
 /// never authenticate the JSON API.
 #[tokio::test]
 async fn portal_sign_in_with_host_cookies() {
-    let port = free_port();
-    let public = format!("https://127.0.0.1:{port}");
-    let ca = Arc::new(TestCa::new().unwrap());
-    let op = TestProvider::start(
-        ca.clone(),
-        &Setup {
-            web_redirect: format!("{public}/auth/callback"),
-            ..Setup::default()
-        },
-    )
-    .await
-    .unwrap();
-    let mut oidc = oidc_config(op.issuer(), ca.ca_file());
-    oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
-    let h = Harness::with_config(|c| {
-        c.oidc = Some(oidc);
-        c.listen = format!("127.0.0.1:{port}");
-        c.public_url = Some(public.clone());
-    })
-    .await;
+    let (ca, op, h, public) = signin::portal_with_provider().await;
     let pem = std::fs::read(h.dir.ca_cert()).unwrap();
     let browser = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())

@@ -23,7 +23,6 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use rp_support::free_port;
 use serde_json::json;
-use signin::oidc_config;
 
 const HOSTILE: &str =
     "<script>alert(1)</script>\"><img src=x onerror=alert(2)> javascript:alert(3) \u{202e}cba";
@@ -63,26 +62,7 @@ impl Page {
 
 impl Portal {
     async fn start() -> Portal {
-        let port = free_port();
-        let public = format!("https://127.0.0.1:{port}");
-        let ca = Arc::new(TestCa::new().unwrap());
-        let op = TestProvider::start(
-            ca.clone(),
-            &Setup {
-                web_redirect: format!("{public}/auth/callback"),
-                ..Setup::default()
-            },
-        )
-        .await
-        .unwrap();
-        let mut oidc = oidc_config(op.issuer(), ca.ca_file());
-        oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
-        let h = Harness::with_config(|c| {
-            c.oidc = Some(oidc);
-            c.listen = format!("127.0.0.1:{port}");
-            c.public_url = Some(public.clone());
-        })
-        .await;
+        let (ca, op, h, public) = signin::portal_with_provider().await;
         let pem = std::fs::read(h.dir.ca_cert()).unwrap();
         let browser = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())

@@ -43,3 +43,59 @@ pub fn oidc_config(issuer: &str, ca: &Path) -> OidcConfig<Role, Scope> {
         auth_params: c.auth_params,
     }
 }
+
+/// A provider, and a controller whose portal signs people in with it, on a port chosen
+/// first (the provider's redirect and `public_url` name it): (CA, provider, controller,
+/// public URL).
+pub async fn portal_with_provider() -> (
+    std::sync::Arc<jitgate_oidc_testprovider::TestCa>,
+    jitgate_oidc_testprovider::TestProvider,
+    crate::common::Harness,
+    String,
+) {
+    use jitgate_oidc_testprovider::{Setup, TestCa, TestProvider};
+    let port = crate::rp_support::free_port();
+    let public = format!("https://127.0.0.1:{port}");
+    let ca = std::sync::Arc::new(TestCa::new().unwrap());
+    let op = TestProvider::start(
+        ca.clone(),
+        &Setup {
+            web_redirect: format!("{public}/auth/callback"),
+            ..Setup::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut oidc = oidc_config(op.issuer(), ca.ca_file());
+    oidc.client_secret_file = Some(op.web_client_secret_file().to_path_buf());
+    let h = crate::common::Harness::with_config(|c| {
+        c.oidc = Some(oidc);
+        c.listen = format!("127.0.0.1:{port}");
+        c.public_url = Some(public.clone());
+    })
+    .await;
+    (ca, op, h, public)
+}
+
+/// Activity entries about sessions of `operation`, as (caller, details).
+pub async fn activity(
+    h: &crate::common::Harness,
+    operation: &str,
+) -> Vec<(String, serde_json::Value)> {
+    let (s, v) = h
+        .get("/api/v1/activityLog?resourceType=Session", &h.admin)
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{v}");
+    v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation"] == operation)
+        .map(|e| {
+            (
+                e["caller"].as_str().unwrap().to_string(),
+                e["details"].clone(),
+            )
+        })
+        .collect()
+}
