@@ -15,6 +15,75 @@ use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
 use crate::store::{agents, inventory, policies};
 
+/// The tab of the portal's JIT page a VM is in: exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JitTab {
+    /// A policy applies and an agent is enrolled whose enforcement is not detached.
+    Configured,
+    /// No policy applies.
+    NotConfigured,
+    /// A policy applies but no agent is enrolled, it was revoked, or enforcement is detached.
+    Unsupported,
+}
+
+impl JitTab {
+    pub const ALL: [JitTab; 3] = [
+        JitTab::Configured,
+        JitTab::NotConfigured,
+        JitTab::Unsupported,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JitTab::Configured => "configured",
+            JitTab::NotConfigured => "not-configured",
+            JitTab::Unsupported => "unsupported",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JitTab> {
+        JitTab::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Its number in the store's list query.
+    fn code(self) -> i64 {
+        match self {
+            JitTab::Configured => 0,
+            JitTab::NotConfigured => 1,
+            JitTab::Unsupported => 2,
+        }
+    }
+}
+
+/// The filters of the JIT page (empty: any).
+#[derive(Clone, Debug, Default)]
+pub struct JitFilter {
+    /// Part of the VM's name, any case.
+    pub name_part: String,
+    pub group: String,
+    pub owner: String,
+}
+
+/// A VM of the JIT page.
+pub struct JitEntry {
+    pub name: String,
+    pub resource_group: String,
+    pub owner: String,
+    pub agent: AgentConnection,
+    /// Why the agent is degraded (status reports), empty otherwise.
+    pub problems: Vec<String>,
+    /// Why an unsupported VM cannot be protected.
+    pub reason: Option<String>,
+}
+
+/// A page of one tab, the count of every tab, and whether more follow.
+pub struct JitList {
+    pub rows: Vec<JitEntry>,
+    /// Configured, not configured, unsupported.
+    pub counts: [usize; 3],
+    pub more: bool,
+}
+
 #[derive(Clone)]
 pub struct Inventory {
     db: Db,
@@ -178,6 +247,98 @@ impl Inventory {
             });
         }
         Ok(out)
+    }
+
+    /// A page of the JIT list: the VMs of `tab` within the caller's scopes and the filters,
+    /// by name after `after`. Tabs and filters are decided by the database (the cost follows
+    /// the page, not the fleet); only the page's agents are looked at here.
+    pub async fn jit_list(
+        &self,
+        caller: &Caller,
+        f: &JitFilter,
+        tab: JitTab,
+        after: &str,
+        limit: usize,
+    ) -> Result<JitList> {
+        let scopes: Vec<(Option<&str>, Option<&str>)> = caller
+            .grants
+            .iter()
+            .map(|g| match &g.scope {
+                jitgate_api::Scope::All => (None, None),
+                jitgate_api::Scope::ResourceGroup(rg) => (Some(rg.as_str()), None),
+                jitgate_api::Scope::Vm(vm) => (None, Some(vm.as_str())),
+            })
+            .collect();
+        if scopes.is_empty() {
+            return Ok(JitList {
+                rows: Vec::new(),
+                counts: [0; 3],
+                more: false,
+            });
+        }
+        let q = inventory::JitQuery {
+            name_part: &f.name_part,
+            group: &f.group,
+            owner: &f.owner,
+            scopes: &scopes,
+        };
+        let counts = inventory::jit_counts(self.db.pool(), &q).await?;
+        let page_limit = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let mut rows =
+            inventory::jit_page(self.db.pool(), &q, tab.code(), after, page_limit).await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let now = jitgate_api::time::now_ms();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let report = r
+                .heartbeat
+                .map(|h| serde_json::from_str::<agents::Heartbeat>(&h))
+                .transpose()?;
+            let (agent, problems) = match &r.agent_id {
+                None if r.revoked == 1 => (AgentConnection::Revoked, Vec::new()),
+                None => (AgentConnection::NoAgent, Vec::new()),
+                Some(id) => {
+                    let st = self.presence.connection(
+                        id,
+                        &jitgate_api::AgentStatus::Active,
+                        r.last_seen_ms,
+                        report.as_ref(),
+                        now,
+                    );
+                    let problems = match (&report, &st) {
+                        (Some(h), AgentConnection::Degraded) => h.problems_at(now),
+                        _ => Vec::new(),
+                    };
+                    (st, problems)
+                }
+            };
+            let reason = (tab == JitTab::Unsupported).then(|| match &agent {
+                AgentConnection::Revoked => "its agent was revoked".to_string(),
+                AgentConnection::NoAgent => "no agent is enrolled".to_string(),
+                _ => report
+                    .as_ref()
+                    .and_then(|h| {
+                        h.problems_at(now)
+                            .into_iter()
+                            .find(|p| p.starts_with(agents::DETACHED))
+                    })
+                    .unwrap_or_else(|| agents::DETACHED.to_string()),
+            });
+            out.push(JitEntry {
+                name: r.name,
+                resource_group: r.resource_group,
+                owner: r.owner,
+                agent,
+                problems,
+                reason,
+            });
+        }
+        Ok(JitList {
+            rows: out,
+            counts,
+            more,
+        })
     }
 
     /// The VM's resource group, or VmNotFound.

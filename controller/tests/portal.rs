@@ -490,6 +490,34 @@ async fn approvals_inbox_approve_deny_and_rdp_file() {
     let alice = p.sign_in("alice").await;
     let bob = p.sign_in("bob").await;
 
+    // Bob sees only what his scopes (rg:prod, and rg:dev as a reader) cover; filters narrow
+    // it in the database.
+    let jit = p.get(&bob, "/jit").await.body;
+    assert!(
+        jit.contains("Configured (1)")
+            && jit.contains("Not configured (1)")
+            && jit.contains("Unsupported (1)"),
+        "{jit}"
+    );
+    let all = p.get(&alice, "/jit?tab=not-configured&q=B1").await.body;
+    assert!(all.contains(">db1<") && !all.contains(">tools1<"), "{all}");
+    let none = p.get(&alice, "/jit?tab=not-configured&q=%25").await.body;
+    assert!(
+        none.contains("Not configured (0)"),
+        "a % is a character, not a wildcard: {none}"
+    );
+    let owner = p
+        .get(
+            &alice,
+            "/jit?tab=not-configured&owner=dev-team%40example.com",
+        )
+        .await
+        .body;
+    assert!(
+        owner.contains(">db1<") && !owner.contains(">tools1<"),
+        "{owner}"
+    );
+
     // Bob (requester on rg:prod) asks for RDP from the office range.
     let form = p.get(&bob, "/request?vm=web2&connect=rdp").await;
     assert!(form.body.contains("requester on rg:prod"), "{}", form.body);

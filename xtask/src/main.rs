@@ -107,6 +107,14 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// The web portal over HTTPS with 10 000 VMs and 1 000 000 requests in history: each
+    /// page type's response time p50/p99 beside the signed-in floor page, and its weight with
+    /// its assets.
+    Portal {
+        /// 1 000 VMs and 20 000 requests: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
     /// packet p50/p99, RSS at 100 000 grants.
     Agent {
@@ -895,6 +903,7 @@ fn fuzz_verdict(runs: &[FuzzRun]) -> Result<()> {
 fn bench(root: &Path, which: Bench) -> Result<()> {
     match which {
         Bench::Controller { quick } => bench_controller(root, quick),
+        Bench::Portal { quick } => bench_portal(root, quick),
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
@@ -940,6 +949,43 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
         &root.join("BENCHMARKS.md"),
         "controller",
         "cargo xtask bench controller",
+        &section,
+    )
+}
+
+fn bench_portal(root: &Path, quick: bool) -> Result<()> {
+    let args: &[&str] = if quick {
+        &["--vms", "1000", "--requests", "20000", "--rounds", "100"]
+    } else {
+        &["--vms", "10000", "--requests", "1000000", "--rounds", "300"]
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "jitgate-controller",
+        "--example",
+        "portal_bench",
+        "--",
+    ])
+    .args(args)
+    .stderr(std::process::Stdio::inherit());
+    eprintln!("+ {cmd:?}");
+    let out = cmd.output().context("running the portal benchmark")?;
+    if !out.status.success() {
+        bail!("portal benchmark failed: {}", out.status);
+    }
+    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    print!("{section}");
+    if quick {
+        return Ok(());
+    }
+    write_section(
+        &root.join("BENCHMARKS.md"),
+        "portal",
+        "cargo xtask bench portal",
         &section,
     )
 }

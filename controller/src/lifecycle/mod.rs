@@ -120,13 +120,43 @@ impl Lifecycle {
         Ok(rec)
     }
 
-    /// Per VM, the approved requests since `since_ms` and the newest one (the portal's JIT
-    /// page; the caller only ever sees the VMs its list shows).
+    /// For each of `vms`, the approved requests since `since_ms` and the newest one (the
+    /// portal's JIT page, for the VMs its page shows, which the caller sees).
     pub async fn recent_access(
         &self,
         since_ms: i64,
+        vms: &[String],
     ) -> Result<std::collections::HashMap<String, requests::RecentAccess>> {
-        requests::recent_by_vm(self.db.pool(), since_ms).await
+        requests::recent_by_vm(self.db.pool(), since_ms, vms).await
+    }
+
+    /// A page of the VM's request history, newest first, filtered; with the sequence number
+    /// to pass as `before_seq` for the next page when there may be one.
+    pub async fn history_page(
+        &self,
+        caller: &Caller,
+        vm: &str,
+        filter: &requests::HistoryFilter,
+        limit: i64,
+    ) -> Result<(Vec<RequestView>, Option<i64>)> {
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        authz::authorize(caller, Action::ReadVm { vm, group: &group })?;
+        let mut conn = self.db.pool().acquire().await?;
+        let ids = requests::page_for_vm(&mut *conn, vm, filter, limit).await?;
+        let next = (ids.len() as i64 == limit)
+            .then(|| ids.last().map(|(_, seq)| *seq))
+            .flatten();
+        let mut out = Vec::new();
+        for (id, _) in ids {
+            if let Some(mut rec) = requests::load(&mut conn, &id).await? {
+                rec.virtual_machines
+                    .retain(|x| authz::sees_vm(caller, &x.id, &x.resource_group));
+                out.push(rec);
+            }
+        }
+        Ok((out, next))
     }
 
     /// The VM's request history, newest first (VMs outside the caller's scope left out).

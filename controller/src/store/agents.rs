@@ -125,6 +125,12 @@ impl Heartbeat {
         }
     }
 
+    /// Whether the report leaves the host without enforcement (time plays no part).
+    pub fn detached(&self) -> bool {
+        self.status_reported
+            && (self.interfaces.is_empty() || self.problems.iter().any(|p| p.starts_with(DETACHED)))
+    }
+
     /// Why enforcement is not whole on this VM, or cannot be confirmed because reports
     /// stopped (empty: whole, or never reported).
     pub fn problems_at(&self, now: i64) -> Vec<String> {
@@ -313,12 +319,15 @@ pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Resu
     let now = w.now;
     match report {
         Some(h) => {
-            sqlx::query("UPDATE agents SET last_seen_ms = $1, heartbeat = $2 WHERE id = $3")
-                .bind(now)
-                .bind(serde_json::to_string(h)?)
-                .bind(id)
-                .execute(w.conn())
-                .await?;
+            sqlx::query(
+                "UPDATE agents SET last_seen_ms = $1, heartbeat = $2, detached = $3 WHERE id = $4",
+            )
+            .bind(now)
+            .bind(serde_json::to_string(h)?)
+            .bind(i64::from(h.detached()))
+            .bind(id)
+            .execute(w.conn())
+            .await?;
         }
         None => {
             sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE id = $2")

@@ -75,8 +75,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         13,
-        "one-time sign-in links",
-        include_str!("../../migrations/0013_login_links.sql"),
+        "portal: one-time sign-in links, agents' detached flag",
+        include_str!("../../migrations/0013_portal.sql"),
     ),
 ];
 

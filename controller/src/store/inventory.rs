@@ -125,3 +125,144 @@ pub async fn require_group(ex: impl Executor<'_, Database = Any>, name: &str) ->
         )
     })
 }
+
+/// The portal's JIT list: which VMs the filters and the caller's scopes keep, each in one tab.
+pub struct JitQuery<'a> {
+    /// Part of the name, any case (empty: any).
+    pub name_part: &'a str,
+    /// The resource group, exactly (empty: any).
+    pub group: &'a str,
+    /// The group's owner, exactly (empty: any).
+    pub owner: &'a str,
+    /// The caller's scopes as (resource group, VM) pairs: `(None, None)` is everything.
+    pub scopes: &'a [(Option<&'a str>, Option<&'a str>)],
+}
+
+/// One VM of the JIT list, as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct JitRow {
+    pub name: String,
+    pub resource_group: String,
+    pub owner: String,
+    pub agent_id: Option<String>,
+    pub last_seen_ms: Option<i64>,
+    pub heartbeat: Option<String>,
+    /// 0 configured, 1 not configured, 2 unsupported ([`crate::inventory::JitTab`]).
+    pub tab: i64,
+    /// 1 when a revoked agent of the VM exists.
+    pub revoked: i64,
+}
+
+/// The VMs with the tab each is in, filtered (as a subquery `t`), and the binds it needs in
+/// order after the first `first` placeholders.
+fn jit_base(q: &JitQuery<'_>, first: usize) -> (String, Vec<String>) {
+    use jitgate_api::{AgentStatus, PolicyScope};
+    let mut binds: Vec<String> = vec![
+        PolicyScope::VirtualMachine.as_str().into(),
+        PolicyScope::ResourceGroup.as_str().into(),
+        AgentStatus::Active.as_str().into(),
+        AgentStatus::Revoked.as_str().into(),
+    ];
+    let p = |binds: &Vec<String>| format!("${}", first + binds.len());
+    let mut sql = format!(
+        "SELECT v.name AS name, v.resource_group AS resource_group, \
+         COALESCE(g.owner, '') AS owner, a.id AS agent_id, a.last_seen_ms AS last_seen_ms, \
+         a.heartbeat AS heartbeat, \
+         CASE WHEN NOT EXISTS (SELECT 1 FROM policies p WHERE \
+              (p.scope_kind = ${} AND p.scope_name = v.name) OR \
+              (p.scope_kind = ${} AND p.scope_name = v.resource_group)) THEN 1 \
+              WHEN a.id IS NULL OR a.detached = 1 THEN 2 ELSE 0 END AS tab, \
+         CASE WHEN EXISTS (SELECT 1 FROM agents r WHERE r.vm = v.name AND r.status = ${}) \
+              THEN 1 ELSE 0 END AS revoked \
+         FROM vms v LEFT JOIN resource_groups g ON g.name = v.resource_group \
+         LEFT JOIN agents a ON a.vm = v.name AND a.status = ${} WHERE 1 = 1",
+        first + 1,
+        first + 2,
+        first + 4,
+        first + 3
+    );
+    if !q.name_part.is_empty() {
+        let escaped = q
+            .name_part
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        binds.push(format!("%{escaped}%"));
+        sql.push_str(&format!(
+            " AND LOWER(v.name) LIKE {} ESCAPE '\\'",
+            p(&binds)
+        ));
+    }
+    if !q.group.is_empty() {
+        binds.push(q.group.into());
+        sql.push_str(&format!(" AND v.resource_group = {}", p(&binds)));
+    }
+    if !q.owner.is_empty() {
+        binds.push(q.owner.into());
+        sql.push_str(&format!(" AND g.owner = {}", p(&binds)));
+    }
+    if !q.scopes.contains(&(None, None)) {
+        let mut any = Vec::new();
+        for s in q.scopes {
+            match s {
+                (Some(g), _) => {
+                    binds.push((*g).into());
+                    any.push(format!("v.resource_group = {}", p(&binds)));
+                }
+                (None, Some(vm)) => {
+                    binds.push((*vm).into());
+                    any.push(format!("v.name = {}", p(&binds)));
+                }
+                (None, None) => {}
+            }
+        }
+        if any.is_empty() {
+            any.push("1 = 0".into());
+        }
+        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+    }
+    (sql, binds)
+}
+
+/// How many VMs each tab holds: `[configured, not configured, unsupported]`.
+pub async fn jit_counts(
+    ex: impl Executor<'_, Database = Any>,
+    q: &JitQuery<'_>,
+) -> Result<[usize; 3]> {
+    let (base, binds) = jit_base(q, 0);
+    let sql = format!("SELECT t.tab, COUNT(*) FROM ({base}) t GROUP BY t.tab");
+    let mut query = sqlx::query_as::<_, (i64, i64)>(&sql);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    let mut out = [0usize; 3];
+    for (tab, n) in query.fetch_all(ex).await? {
+        if let Some(slot) = usize::try_from(tab).ok().and_then(|t| out.get_mut(t)) {
+            *slot = usize::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+/// A page of one tab, by name after `after`, at most `limit` rows.
+pub async fn jit_page(
+    ex: impl Executor<'_, Database = Any>,
+    q: &JitQuery<'_>,
+    tab: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<JitRow>> {
+    let (base, binds) = jit_base(q, 3);
+    let sql = format!(
+        "SELECT t.* FROM ({base}) t WHERE t.tab = $1 AND t.name > $2 ORDER BY t.name LIMIT $3"
+    );
+    let mut query = sqlx::query_as::<_, JitRow>(&sql)
+        .bind(tab)
+        .bind(after)
+        .bind(limit);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    Ok(query.fetch_all(ex).await?)
+}

@@ -673,25 +673,36 @@ pub struct RecentAccess {
     pub last_user: String,
 }
 
-/// Per VM, the requests since `since_ms` that were approved (not denied, rejected, timed
-/// out or cancelled), counted once each, with the newest one.
+/// For each of `vms` (a page of the portal's list), the requests since `since_ms` that were
+/// approved (not denied, rejected, timed out or cancelled), counted once each, with the
+/// newest one. Reads through the `(vm, request_id)` index: the cost follows the page, not
+/// the history.
 pub async fn recent_by_vm(
     ex: impl Executor<'_, Database = Any>,
     since_ms: i64,
+    vms: &[String],
 ) -> Result<HashMap<String, RecentAccess>> {
-    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
-        "SELECT DISTINCT p.vm, r.id, r.start_ms, r.requestor FROM requests r \
-         JOIN request_ports p ON p.request_id = r.id \
-         WHERE r.start_ms >= $1 AND r.denied = 0 AND p.status <> $2 \
+    if vms.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let list: Vec<String> = (0..vms.len()).map(|i| format!("${}", i + 6)).collect();
+    let sql = format!(
+        "SELECT DISTINCT p.vm, r.id, r.start_ms, r.requestor FROM request_ports p \
+         JOIN requests r ON r.id = p.request_id \
+         WHERE p.vm IN ({}) AND r.start_ms >= $1 AND r.denied = 0 AND p.status <> $2 \
          AND (p.status_reason IS NULL OR p.status_reason NOT IN ($3, $4, $5))",
-    )
-    .bind(since_ms)
-    .bind(PortStatus::PendingApproval.as_str())
-    .bind(StatusReason::Rejected.as_str())
-    .bind(StatusReason::ApprovalTimedOut.as_str())
-    .bind(StatusReason::Cancelled.as_str())
-    .fetch_all(ex)
-    .await?;
+        list.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (String, String, i64, String)>(&sql)
+        .bind(since_ms)
+        .bind(PortStatus::PendingApproval.as_str())
+        .bind(StatusReason::Rejected.as_str())
+        .bind(StatusReason::ApprovalTimedOut.as_str())
+        .bind(StatusReason::Cancelled.as_str());
+    for vm in vms {
+        q = q.bind(vm);
+    }
+    let rows = q.fetch_all(ex).await?;
     let mut out: HashMap<String, RecentAccess> = HashMap::new();
     for (vm, _id, start_ms, requestor) in rows {
         let e = out.entry(vm).or_default();
@@ -702,4 +713,65 @@ pub async fn recent_by_vm(
         }
     }
     Ok(out)
+}
+
+/// Which of a VM's requests a history page shows.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Requests with a port in this status.
+    pub status: Option<PortStatus>,
+    /// Made by this requester (as history names them).
+    pub requestor: Option<String>,
+    /// Made at or after this time.
+    pub since_ms: Option<i64>,
+    /// Keyset pagination: only requests older than this sequence number.
+    pub before_seq: Option<i64>,
+}
+
+/// A page of a VM's request ids, newest first, with their sequence numbers.
+pub async fn page_for_vm(
+    ex: impl Executor<'_, Database = Any>,
+    vm: &str,
+    f: &HistoryFilter,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    // The VM's (and, filtered, its ports in that status) request ids first, through the
+    // `(vm, request_id)` index; the requests table is only looked up by them.
+    let mut sql = String::from(
+        "SELECT r.id, r.seq FROM requests r WHERE r.id IN \
+         (SELECT request_id FROM request_ports WHERE vm = $1",
+    );
+    let mut n = 1;
+    let mut arg = |sql: &mut String, clause: &str| {
+        n += 1;
+        sql.push_str(&clause.replace('?', &format!("${n}")));
+    };
+    if f.status.is_some() {
+        arg(&mut sql, " AND status = ?");
+    }
+    sql.push(')');
+    if f.requestor.is_some() {
+        arg(&mut sql, " AND r.requestor = ?");
+    }
+    if f.since_ms.is_some() {
+        arg(&mut sql, " AND r.start_ms >= ?");
+    }
+    if f.before_seq.is_some() {
+        arg(&mut sql, " AND r.seq < ?");
+    }
+    arg(&mut sql, " ORDER BY r.seq DESC LIMIT ?");
+    let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(vm);
+    if let Some(s) = &f.status {
+        q = q.bind(s.as_str());
+    }
+    if let Some(r) = &f.requestor {
+        q = q.bind(r.as_str());
+    }
+    if let Some(t) = f.since_ms {
+        q = q.bind(t);
+    }
+    if let Some(b) = f.before_seq {
+        q = q.bind(b);
+    }
+    Ok(q.bind(limit).fetch_all(ex).await?)
 }

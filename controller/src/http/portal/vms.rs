@@ -1,21 +1,20 @@
 //! The "Just-in-time VM access" page (three tabs), a VM's page with Connect, and a VM's
 //! request history.
 
-use std::collections::HashMap;
-
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use jitgate_api::{AgentConnection, PortStatus, RequestView, Vm};
+use jitgate_api::{AgentConnection, PortStatus, RequestView};
 use serde::Deserialize;
 
 use crate::http::extract::Q;
 use crate::http::portal::page::{Chrome, PageResult, html, refuse, see_other, when, when_utc};
 use crate::http::portal::session::Viewer;
 use crate::http::state::AppState;
-use crate::store::agents::DETACHED;
+use crate::inventory::{JitEntry, JitFilter, JitTab};
+use crate::store::requests::HistoryFilter;
 
 /// VMs per page of the JIT list.
 const PAGE: usize = 50;
@@ -30,61 +29,20 @@ pub fn router() -> Router<AppState> {
         .route("/vms/{vm}/requests", get(history))
 }
 
-/// The tab a VM belongs to: exactly one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tab {
-    /// A policy applies and an agent enforces it.
-    Configured,
-    /// No policy applies.
-    NotConfigured,
-    /// A policy applies but nothing on the host can enforce it.
-    Unsupported,
-}
-
-impl Tab {
-    pub const ALL: [Tab; 3] = [Tab::Configured, Tab::NotConfigured, Tab::Unsupported];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tab::Configured => "configured",
-            Tab::NotConfigured => "not-configured",
-            Tab::Unsupported => "unsupported",
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Tab::Configured => "Configured",
-            Tab::NotConfigured => "Not configured",
-            Tab::Unsupported => "Unsupported",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Tab> {
-        Tab::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-/// The tab of a VM, and why when it is unsupported.
-pub fn classify(vm: &Vm) -> (Tab, Option<String>) {
-    if vm.policy_source.is_none() {
-        return (Tab::NotConfigured, None);
-    }
-    match vm.status {
-        AgentConnection::NoAgent => (Tab::Unsupported, Some("no agent is enrolled".into())),
-        AgentConnection::Revoked => (Tab::Unsupported, Some("its agent was revoked".into())),
-        _ => match vm.problems.iter().find(|p| p.starts_with(DETACHED)) {
-            Some(p) => (Tab::Unsupported, Some(p.clone())),
-            None => (Tab::Configured, None),
-        },
+/// A tab's title.
+fn title(t: JitTab) -> &'static str {
+    match t {
+        JitTab::Configured => "Configured",
+        JitTab::NotConfigured => "Not configured",
+        JitTab::Unsupported => "Unsupported",
     }
 }
 
 /// The agent's state in words: "online", "degraded: ...", "offline".
-fn agent_state(vm: &Vm) -> String {
-    match &vm.status {
-        AgentConnection::Degraded if !vm.problems.is_empty() => {
-            format!("degraded: {}", vm.problems.join("; "))
+fn agent_state(e: &JitEntry) -> String {
+    match &e.agent {
+        AgentConnection::Degraded if !e.problems.is_empty() => {
+            format!("degraded: {}", e.problems.join("; "))
         }
         s => s.as_str().to_string(),
     }
@@ -126,7 +84,8 @@ struct TabLink {
 #[template(path = "portal/jit.html")]
 struct JitPage {
     chrome: Chrome,
-    tab: Tab,
+    title: &'static str,
+    tab: &'static str,
     tabs: Vec<TabLink>,
     rows: Vec<Row>,
     q: String,
@@ -137,7 +96,7 @@ struct JitPage {
     is_not_configured: bool,
 }
 
-fn query_string(tab: Tab, q: &str, rg: &str, owner: &str, after: Option<&str>) -> String {
+fn query_string(tab: JitTab, q: &str, rg: &str, owner: &str, after: Option<&str>) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     s.append_pair("tab", tab.as_str());
     for (k, v) in [("q", q), ("rg", rg), ("owner", owner)] {
@@ -153,78 +112,64 @@ fn query_string(tab: Tab, q: &str, rg: &str, owner: &str, after: Option<&str>) -
 
 async fn jit(State(st): State<AppState>, v: Viewer, Q(query): Q<JitQuery>) -> PageResult {
     let tab = match query.tab.as_deref() {
-        None => Tab::Configured,
-        Some(t) => match Tab::parse(t) {
-            Some(t) => t,
-            None => {
-                return Err(refuse(
-                    jitgate_api::ErrorCode::InvalidQuery,
-                    format!("no tab {t:?}: configured, not-configured or unsupported"),
-                ));
-            }
-        },
+        None => JitTab::Configured,
+        Some(t) => JitTab::parse(t).ok_or_else(|| {
+            refuse(
+                jitgate_api::ErrorCode::InvalidQuery,
+                format!("no tab {t:?}: configured, not-configured or unsupported"),
+            )
+        })?,
     };
-    let (vms, groups, recent) = tokio::try_join!(
-        st.app.inventory.vms(&v.caller),
-        st.app.inventory.groups(&v.caller),
-        st.app
-            .lifecycle
-            .recent_access(jitgate_api::time::now_ms() - RECENT_DAYS * 86_400_000),
-    )?;
-    let owners: HashMap<String, String> = groups.into_iter().map(|g| (g.name, g.owner)).collect();
-    let q = query.q.unwrap_or_default();
-    let rg = query.rg.unwrap_or_default();
-    let owner = query.owner.unwrap_or_default();
-    let mut counts = [0usize; 3];
-    let mut rows = Vec::new();
-    let mut more = false;
-    for vm in &vms {
-        let vm_owner = owners.get(&vm.resource_group).cloned().unwrap_or_default();
-        if (!q.is_empty() && !vm.name.to_lowercase().contains(&q.to_lowercase()))
-            || (!rg.is_empty() && vm.resource_group != rg)
-            || (!owner.is_empty() && vm_owner != owner)
-        {
-            continue;
+    let filter = JitFilter {
+        name_part: query.q.unwrap_or_default(),
+        group: query.rg.unwrap_or_default(),
+        owner: query.owner.unwrap_or_default(),
+    };
+    let after = query.after.unwrap_or_default();
+    let list = st
+        .app
+        .inventory
+        .jit_list(&v.caller, &filter, tab, &after, PAGE)
+        .await?;
+    let mut rows: Vec<Row> = list
+        .rows
+        .iter()
+        .map(|e| Row {
+            name: e.name.clone(),
+            resource_group: e.resource_group.clone(),
+            owner: e.owner.clone(),
+            agent: agent_state(e),
+            reason: e.reason.clone().unwrap_or_default(),
+            approved: 0,
+            last_access: "-".into(),
+            last_user: "-".into(),
+        })
+        .collect();
+    if tab == JitTab::Configured {
+        let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let since = jitgate_api::time::now_ms() - RECENT_DAYS * 86_400_000;
+        let recent = st.app.lifecycle.recent_access(since, &names).await?;
+        for row in &mut rows {
+            if let Some(r) = recent.get(&row.name) {
+                row.approved = r.approved;
+                row.last_access = when(r.last_ms);
+                row.last_user = r.last_user.clone();
+            }
         }
-        let (t, reason) = classify(vm);
-        if let Some(i) = Tab::ALL.iter().position(|x| *x == t) {
-            counts[i] += 1;
-        }
-        if t != tab
-            || query
-                .after
-                .as_deref()
-                .is_some_and(|a| vm.name.as_str() <= a)
-        {
-            continue;
-        }
-        if rows.len() == PAGE {
-            more = true;
-            continue;
-        }
-        let r = recent.get(&vm.name);
-        rows.push(Row {
-            name: vm.name.clone(),
-            resource_group: vm.resource_group.clone(),
-            owner: vm_owner,
-            agent: agent_state(vm),
-            reason: reason.unwrap_or_default(),
-            approved: r.map_or(0, |r| r.approved),
-            last_access: r.map_or_else(|| "-".into(), |r| when(r.last_ms)),
-            last_user: r.map_or_else(|| "-".into(), |r| r.last_user.clone()),
-        });
     }
-    let next = more
+    let (q, rg, owner) = (filter.name_part, filter.group, filter.owner);
+    let next = list
+        .more
         .then(|| {
             rows.last()
                 .map(|r| query_string(tab, &q, &rg, &owner, Some(&r.name)))
         })
         .flatten();
-    let tabs = Tab::ALL
+    let tabs = JitTab::ALL
         .iter()
-        .zip(counts)
+        .zip(list.counts)
         .map(|(t, count)| TabLink {
-            title: t.title(),
+            title: title(*t),
             href: query_string(*t, &q, &rg, &owner, None),
             count,
             current: *t == tab,
@@ -234,15 +179,16 @@ async fn jit(State(st): State<AppState>, v: Viewer, Q(query): Q<JitQuery>) -> Pa
         StatusCode::OK,
         &JitPage {
             chrome: v.chrome("jit"),
-            tab,
+            title: title(tab),
+            tab: tab.as_str(),
             tabs,
             rows,
             q,
             rg,
             owner,
             next,
-            is_configured: tab == Tab::Configured,
-            is_not_configured: tab == Tab::NotConfigured,
+            is_configured: tab == JitTab::Configured,
+            is_not_configured: tab == JitTab::NotConfigured,
         },
     ))
 }
@@ -358,8 +304,10 @@ async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>
 struct HistoryQuery {
     status: Option<String>,
     requester: Option<String>,
-    /// Only requests that started on or after this day (YYYY-MM-DD, UTC).
+    /// Only requests made on or after this day (YYYY-MM-DD, UTC).
     since: Option<String>,
+    /// Keyset pagination: requests older than this sequence number.
+    before: Option<i64>,
 }
 
 #[derive(Template)]
@@ -372,10 +320,12 @@ struct HistoryPage {
     status: String,
     requester: String,
     since: String,
+    /// The next (older) page.
+    next: Option<String>,
 }
 
-/// How many requests the history page reads before filtering.
-const HISTORY_LIMIT: i64 = 500;
+/// Requests per history page.
+const HISTORY_PAGE: i64 = 50;
 
 async fn history(
     State(st): State<AppState>,
@@ -385,47 +335,59 @@ async fn history(
 ) -> PageResult {
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => match s.parse::<PortStatus>() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return Err(refuse(jitgate_api::ErrorCode::InvalidQuery, e.to_string()));
-            }
-        },
+        Some(s) => Some(
+            s.parse::<PortStatus>()
+                .map_err(|e| refuse(jitgate_api::ErrorCode::InvalidQuery, e.to_string()))?,
+        ),
     };
-    let since_ms = match q.since.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(d) => match jitgate_api::time::parse(&format!("{d}T00:00:00Z")) {
-            Ok(ms) => Some(ms),
-            Err(_) => {
-                return Err(refuse(
+    let since = q.since.clone().unwrap_or_default();
+    let since_ms = match since.as_str() {
+        "" => None,
+        d => Some(
+            jitgate_api::time::parse(&format!("{d}T00:00:00Z")).map_err(|_| {
+                refuse(
                     jitgate_api::ErrorCode::InvalidQuery,
                     format!("since {d:?} is not a day (YYYY-MM-DD)"),
-                ));
-            }
-        },
+                )
+            })?,
+        ),
     };
-    let all = st
+    let requester = q.requester.unwrap_or_default();
+    let filter = HistoryFilter {
+        status: status.clone(),
+        requestor: (!requester.is_empty()).then(|| requester.clone()),
+        since_ms,
+        before_seq: q.before,
+    };
+    let (page, before) = st
         .app
         .lifecycle
-        .history(&v.caller, &vm, HISTORY_LIMIT)
+        .history_page(&v.caller, &vm, &filter, HISTORY_PAGE)
         .await?;
-    let requester = q.requester.unwrap_or_default();
-    let history = all
-        .iter()
-        .filter(|r| status.as_ref().is_none_or(|s| &r.status == s))
-        .filter(|r| requester.is_empty() || r.requestor == requester)
-        .filter(|r| {
-            since_ms
-                .is_none_or(|s| jitgate_api::time::parse(&r.start_time_utc).is_ok_and(|t| t >= s))
-        })
-        .map(HistoryRow::of)
-        .collect();
+    let next = before.map(|b| {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, val) in [
+            ("status", status.as_ref().map_or("", |s| s.as_str())),
+            ("requester", requester.as_str()),
+            ("since", since.as_str()),
+        ] {
+            if !val.is_empty() {
+                s.append_pair(k, val);
+            }
+        }
+        s.append_pair("before", &b.to_string());
+        format!(
+            "/vms/{}/requests?{}",
+            url::form_urlencoded::byte_serialize(vm.as_bytes()).collect::<String>(),
+            s.finish()
+        )
+    });
     Ok(html(
         StatusCode::OK,
         &HistoryPage {
             chrome: v.chrome("jit"),
+            history: page.iter().map(HistoryRow::of).collect(),
             vm,
-            history,
             statuses: [
                 PortStatus::PendingApproval,
                 PortStatus::Initiated,
@@ -438,46 +400,8 @@ async fn history(
             .collect(),
             status: status.map(|s| s.as_str().to_string()).unwrap_or_default(),
             requester,
-            since: q.since.unwrap_or_default(),
+            since,
+            next,
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use jitgate_api::PolicyScope;
-
-    fn vm(policy: bool, status: AgentConnection, problems: &[&str]) -> Vm {
-        Vm {
-            name: "web1".into(),
-            resource_group: "prod".into(),
-            addresses: vec![],
-            policy_source: policy.then_some(PolicyScope::VirtualMachine),
-            status,
-            problems: problems.iter().map(|p| p.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn each_vm_is_in_exactly_one_tab() {
-        use AgentConnection as A;
-        assert_eq!(classify(&vm(false, A::Online, &[])).0, Tab::NotConfigured);
-        assert_eq!(classify(&vm(true, A::Online, &[])).0, Tab::Configured);
-        assert_eq!(classify(&vm(true, A::Offline, &[])).0, Tab::Configured);
-        assert_eq!(
-            classify(&vm(true, A::Degraded, &["no status report since x"])).0,
-            Tab::Configured
-        );
-        let (t, why) = classify(&vm(
-            true,
-            A::Degraded,
-            &["enforcement detached: no interface"],
-        ));
-        assert_eq!(t, Tab::Unsupported);
-        assert!(why.is_some_and(|w| w.contains("detached")));
-        assert_eq!(classify(&vm(true, A::NoAgent, &[])).0, Tab::Unsupported);
-        assert_eq!(classify(&vm(true, A::Revoked, &[])).0, Tab::Unsupported);
-        assert_eq!(classify(&vm(false, A::NoAgent, &[])).0, Tab::NotConfigured);
-    }
 }

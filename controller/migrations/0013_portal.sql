@@ -1,4 +1,4 @@
--- jitgate controller schema, version 13: one-time portal sign-in links
+-- jitgate controller schema, version 13, for the portal: one-time sign-in links
 -- (`jit-controller login-link`, docs/portal.md). Only the hash of the link's secret is kept.
 CREATE TABLE login_links (
     id          TEXT PRIMARY KEY,         -- lnk_ + 32 hex digits, named in the activity log
@@ -10,3 +10,8 @@ CREATE TABLE login_links (
     expires_ms  BIGINT NOT NULL,          -- at most 10 minutes after created_ms
     redeemed_ms BIGINT                    -- set once, by the one POST that redeems it
 );
+
+-- Whether the agent's last status report left the host without enforcement (no interface,
+-- or a detached program): the portal's JIT page lists such VMs as unsupported, and finds them
+-- in SQL without reading every report.
+ALTER TABLE agents ADD COLUMN detached BIGINT NOT NULL DEFAULT 0;
