@@ -291,6 +291,14 @@ impl Sink {
         }
     }
 
+    /// Whether this sink receives every event (chooses by no type, scope or group): then
+    /// [`Sink::wants`] need not look at an event.
+    pub fn wants_every_event(&self) -> bool {
+        matches!(self.events, EventSelection::All)
+            && self.scope.is_none()
+            && self.to_group.is_none()
+    }
+
     /// Whether this sink receives `event`: its type is wanted, it lies in the scope, and for
     /// a `--to-group` sink it is addressed to that group.
     pub fn wants(&self, event: &Event) -> bool {

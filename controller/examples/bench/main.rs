@@ -33,6 +33,8 @@ struct Opts {
     concurrency: u64,
     sync: String,
     vms: u64,
+    /// Only the notification rows (`--only notify`), for working on them.
+    notify_only: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -42,6 +44,7 @@ fn parse_args() -> Result<Opts> {
         concurrency: 64,
         sync: "full".into(),
         vms: 100,
+        notify_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -52,9 +55,13 @@ fn parse_args() -> Result<Opts> {
             "--concurrency" => o.concurrency = val()?.parse()?,
             "--sync" => o.sync = val()?,
             "--vms" => o.vms = val()?.parse()?,
+            "--only" => match val()?.as_str() {
+                "notify" => o.notify_only = true,
+                other => bail!("--only: unknown part {other} (notify)"),
+            },
             "-h" | "--help" => {
                 println!(
-                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)]"
+                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--only notify]"
                 );
                 std::process::exit(0);
             }
@@ -347,6 +354,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(o: Opts) -> Result<()> {
+    if o.notify_only {
+        return print_notify(&o).await;
+    }
     let tmp = tempfile::tempdir()?;
     let dir = StateDir(tmp.path().join("state"));
     let cfg = Config {
@@ -563,6 +573,18 @@ async fn run(o: Opts) -> Result<()> {
             }
         );
     }
+    print_notify(&o).await?;
+    let verify = server.app.audit.verify(&a).await?;
+    println!(
+        "\nactivity log after the run: {} entries, verify ok = {}",
+        verify.entries, verify.ok
+    );
+    server.stop().await;
+    Ok(())
+}
+
+/// The notification rows and the lines under them (their own controllers).
+async fn print_notify(o: &Opts) -> Result<()> {
     let n = (o.requests / 2).max(100);
     let (notify_rows, notify_lines) = notify::rows(n, o.concurrency, o.vms).await?;
     println!(
@@ -586,12 +608,6 @@ async fn run(o: Opts) -> Result<()> {
     for l in &notify_lines {
         println!("{l}\n");
     }
-    let verify = server.app.audit.verify(&a).await?;
-    println!(
-        "\nactivity log after the run: {} entries, verify ok = {}",
-        verify.entries, verify.ok
-    );
-    server.stop().await;
     Ok(())
 }
 

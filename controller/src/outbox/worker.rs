@@ -1,20 +1,30 @@
 //! The delivery worker: one task per controller (docs/notifications.md, "Delivery").
 //!
-//! Each round it
-//! - fans out new events (in a write transaction: under the counters lock, so one
-//!   controller at a time): one `queued` delivery per sink that wants the event;
-//! - claims, per sink, as many due deliveries as the sink has free slots
-//!   ([`PER_SINK`]), leased to this controller for the attempt's timeout plus a margin, the
-//!   first pending one of each request only (per-request order);
-//! - attempts each in a task of its own: a hanging sink holds its own slots and nothing
-//!   else (no transaction, no lock, no request);
-//! - records the outcomes that came in since the last round in one transaction, each
-//!   fenced by its lease: delivered, or retrying at the backoff's time, or dead;
-//! - prunes delivered rows older than the retention, hourly.
+//! Each round is one write transaction (one commit: the request path shares the writer) that
+//! - records the outcomes that came in since the last round, each fenced by its lease:
+//!   delivered, or retrying at the backoff's time, or dead (or, for a claim that was not
+//!   attempted in time, the lease given back);
+//! - fans out new events (under the counters lock, so one controller at a time): one
+//!   `queued` delivery per sink that wants the event;
+//! - claims, per sink, due deliveries up to [`AHEAD`] times the sink's [`PER_SINK`]
+//!   attempts in flight, leased to this controller for the attempt's timeout plus a margin,
+//!   the first pending one of each request only (per-request order).
+//!
+//! Each claim becomes a task that waits for one of its sink's [`PER_SINK`] slots and then
+//! attempts it: a healthy sink's next delivery starts as soon as one ends, without a round
+//! in between; a hanging sink holds its own slots and nothing else (no transaction, no lock,
+//! no request). A claim that could not start early enough to end within its lease is given
+//! back instead (the next round), so a delivery is never attempted after its lease.
+//! Delivered rows older than the retention are pruned hourly.
+//!
+//! The sinks are kept parsed between rounds and re-read only when a row's `updated_at`
+//! changed (a cheap read in the round's transaction, so a sink added by any controller is
+//! seen by the next fan-out).
 //!
 //! It wakes when a commit of this controller wrote events, when an attempt ends, and every
 //! second (events of other controllers, retries coming due); after a wakeup it lets
-//! [`GATHER`] pass so that one round serves many commits and outcomes.
+//! [`GATHER`] pass so that one round serves many commits and outcomes. A round with no
+//! outcome to record first reads whether anything waits, so an idle worker writes nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,10 +34,10 @@ use std::time::{Duration, SystemTime};
 
 use jitgate_notify::event::Links;
 use jitgate_notify::{
-    DeliverError, Deliverer, DeliveryState, EmailAddress, Event, Next, NotifyConfig, Outcome,
-    Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
+    DeliverError, Deliverer, DeliveryState, EmailAddress, Event, FailureKind, Next, NotifyConfig,
+    Outcome, Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::error::{Result, SetupError};
@@ -35,17 +45,28 @@ use crate::notify::Notifier;
 use crate::outbox::sender::Sender;
 use crate::outbox::sinks;
 use crate::store::db::Db;
-use crate::store::notify::{self, Attempted, Claimed};
+use crate::store::notify::{self, Attempted, Claimed, SinkRow};
+use crate::store::write::WriteTx;
 use crate::store::{sessions, tokens};
 
 /// Most attempts in flight per sink (a hanging sink holds these and nothing else).
 pub const PER_SINK: usize = 32;
+/// Claims per sink may run this many times ahead of its attempts in flight: a healthy
+/// sink's next delivery starts when one ends, not at the next round.
+pub const AHEAD: usize = 8;
+/// A claim waiting for a slot starts only if its attempt, bounded by the timeout (plus a
+/// little the HTTP layer adds), would end this long before its lease does.
+const START_SLACK: Duration = Duration::from_secs(2);
 /// After a wakeup, how long the worker lets more commits and outcomes gather before its
 /// round: a round is a few write transactions, which the request path shares; gathering
 /// keeps them to a few dozen a second however busy the controller is.
 const GATHER: Duration = Duration::from_millis(10);
-/// Most events fanned out per transaction.
-const FANOUT_BATCH: i64 = 500;
+/// Most events fanned out per round.
+const FANOUT_BATCH: i64 = 1000;
+/// Rounds (write transactions) start at least this far apart while work keeps coming: the
+/// request path shares the writer; up to [`AHEAD`] x [`PER_SINK`] claims per sink and
+/// round keep a healthy sink busy in between.
+const ROUND_EVERY: Duration = Duration::from_millis(50);
 /// How often the worker looks without being woken.
 const POLL: Duration = Duration::from_secs(1);
 /// How often delivered rows are pruned.
@@ -126,15 +147,18 @@ pub async fn setup(
 /// Starts the worker; it stops (giving up its leases) when `shutdown` changes.
 pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut inflight = Inflight::new();
+        let outbox = Arc::new(outbox);
+        let mut rounds = Rounds::default();
         let mut attempts: JoinSet<()> = JoinSet::new();
         let mut last_prune: Option<tokio::time::Instant> = None;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut done: Vec<Done> = Vec::new();
         loop {
-            outbox.record(&mut done).await;
-            if let Err(e) = outbox.round(&mut inflight, &mut attempts, &done_tx).await {
-                tracing::warn!(error = %e, "notification round failed; retrying");
+            if let Err(e) = outbox
+                .round(&mut rounds, &mut done, &mut attempts, &done_tx)
+                .await
+            {
+                tracing::warn!(error = %e, outcomes = done.len(), "notification round failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
@@ -159,8 +183,11 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => break,
             }
+            let pause = rounds.last.map_or(GATHER, |t| {
+                GATHER.max(ROUND_EVERY.saturating_sub(t.elapsed()))
+            });
             tokio::select! {
-                _ = tokio::time::sleep(GATHER) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => break,
             }
             while let Ok(o) = done_rx.try_recv() {
@@ -171,7 +198,9 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
         while let Ok(o) = done_rx.try_recv() {
             done.push(o);
         }
-        outbox.record(&mut done).await;
+        if let Err(e) = outbox.record_only(&mut done).await {
+            tracing::warn!(error = %e, outcomes = done.len(), "recording notification outcomes failed");
+        }
         match notify::release(outbox.db.writer(), &outbox.owner).await {
             Ok(n) if n > 0 => tracing::info!(released = n, "notification leases given up"),
             Ok(_) => {}
@@ -188,126 +217,229 @@ fn finished(done: std::result::Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Attempts in flight per sink.
-type Inflight = HashMap<String, Arc<AtomicUsize>>;
+/// What the worker keeps between rounds.
+#[derive(Default)]
+struct Rounds {
+    /// The sinks as last read, with the `updated_at` each was parsed at.
+    sinks: Vec<(i64, Arc<Sink>)>,
+    /// Per sink: its claims not ended, and its slots for attempts in flight.
+    slots: HashMap<String, Slots>,
+    /// When the last round's transaction ran, and whether its fan-out left events behind.
+    last: Option<tokio::time::Instant>,
+    more: bool,
+}
 
-/// One attempt's outcome, for the worker to record with the others that ended meanwhile
-/// (one transaction for many: a busy sink does not cost a commit per delivery).
+impl Rounds {
+    /// Whether a round could claim anything now: some sink has room for more claims.
+    fn room(&self) -> bool {
+        self.sinks.iter().any(|(_, s)| {
+            self.slots
+                .get(&s.name)
+                .is_none_or(|sl| sl.claimed.load(Ordering::Relaxed) < PER_SINK * AHEAD)
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Slots {
+    /// Claims whose task has not ended (waiting for a slot, or attempting).
+    claimed: Arc<AtomicUsize>,
+    /// [`PER_SINK`] permits: one per attempt in flight.
+    flight: Arc<Semaphore>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots {
+            claimed: Arc::new(AtomicUsize::new(0)),
+            flight: Arc::new(Semaphore::new(PER_SINK)),
+        }
+    }
+}
+
+/// One claim's outcome, for the worker to record with the others that ended meanwhile
+/// (one transaction for many: a busy sink does not cost a commit per delivery). No outcome:
+/// the claim was not attempted (it could not start in time), its lease is given back.
 struct Done {
     sink: String,
     claimed: Claimed,
-    attempted: Attempted,
+    attempted: Option<Attempted>,
 }
 
-/// One sink's slot, held by an attempt's task: given back when the task ends, however it
-/// ends (done, panicked, aborted at stop).
-struct Slot(Arc<AtomicUsize>);
+/// One claim, held by its task: counted until the task ends, however it ends (done,
+/// panicked, aborted at stop).
+struct Claim(Arc<AtomicUsize>);
 
-impl Drop for Slot {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Outbox {
-    /// The sinks as stored; one that no longer validates is skipped (and logged).
-    async fn sinks(&self) -> Result<Vec<Sink>> {
-        let mut conn = self.db.pool().acquire().await?;
-        let rows = notify::sinks(&mut conn).await?;
-        let mut out = Vec::with_capacity(rows.len());
+    /// The sinks as stored, parsed again only when a row changed; one that no longer
+    /// validates is skipped (and logged).
+    async fn sinks(&self, w: &mut WriteTx, kept: &mut Vec<(i64, Arc<Sink>)>) -> Result<()> {
+        let versions = notify::sink_versions(w.conn()).await?;
+        let same = versions.len() == kept.len()
+            && versions
+                .iter()
+                .zip(kept.iter())
+                .all(|((name, at), (kept_at, s))| *name == s.name && at == kept_at);
+        if same {
+            return Ok(());
+        }
+        let rows = notify::sinks(w.conn()).await?;
+        kept.clear();
         for r in rows {
-            let parsed = serde_json::from_str::<SinkSpec>(&r.spec)
-                .map_err(|e| e.to_string())
-                .and_then(|s| Sink::from_spec(&s, &self.rules).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(s) => out.push(s),
-                Err(e) => {
-                    tracing::error!(sink = %r.name, error = %e, "stored sink is invalid; skipped")
-                }
+            if let Some(s) = self.parse_sink(&r) {
+                kept.push((r.updated_at, Arc::new(s)));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Records the outcomes that came in (fenced by the lease, one transaction).
-    async fn record(&self, done: &mut Vec<Done>) {
-        if done.is_empty() {
-            return;
-        }
-        let batch: Vec<(String, i64, Attempted)> = done
-            .iter()
-            .map(|o| (o.sink.clone(), o.claimed.event_seq, o.attempted.clone()))
-            .collect();
-        match notify::record_all(self.db.writer(), &self.owner, &batch).await {
-            Ok(held) => {
-                for (o, held) in done.iter().zip(held) {
-                    if !held {
-                        tracing::info!(
-                            sink = %o.sink,
-                            seq = o.claimed.event_seq,
-                            "notification lease lost during the attempt; its outcome is not recorded"
-                        );
-                    } else if o.attempted.state == DeliveryState::Dead {
-                        tracing::warn!(
-                            sink = %o.sink,
-                            seq = o.claimed.event_seq,
-                            attempts = o.claimed.attempts,
-                            kind = o.attempted.kind,
-                            "notification given up (dead)"
-                        );
-                    }
-                }
-                done.clear();
-            }
-            // Kept for the next round; the leases outlive a short database outage.
+    fn parse_sink(&self, r: &SinkRow) -> Option<Sink> {
+        let parsed = serde_json::from_str::<SinkSpec>(&r.spec)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Sink::from_spec(&s, &self.rules).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, outcomes = done.len(), "recording notification outcomes failed")
+                tracing::error!(sink = %r.name, error = %e, "stored sink is invalid; skipped");
+                None
             }
         }
     }
 
+    /// The outcomes of `done` as stored rows.
+    fn batch(done: &[Done]) -> Vec<(String, i64, Option<Attempted>)> {
+        done.iter()
+            .map(|o| (o.sink.clone(), o.claimed.event_seq, o.attempted.clone()))
+            .collect()
+    }
+
+    /// After the outcomes were committed: logs what became of them and forgets them.
+    fn recorded(done: &mut Vec<Done>, held: Vec<bool>) {
+        for (o, held) in done.iter().zip(held) {
+            match &o.attempted {
+                _ if !held => tracing::info!(
+                    sink = %o.sink,
+                    seq = o.claimed.event_seq,
+                    "notification lease lost during the attempt; its outcome is not recorded"
+                ),
+                Some(a) if a.state == DeliveryState::Dead => tracing::warn!(
+                    sink = %o.sink,
+                    seq = o.claimed.event_seq,
+                    attempts = o.claimed.attempts,
+                    kind = a.kind,
+                    "notification given up (dead)"
+                ),
+                None => tracing::debug!(
+                    sink = %o.sink,
+                    seq = o.claimed.event_seq,
+                    "notification claim not started within its lease; given back"
+                ),
+                Some(_) => {}
+            }
+        }
+        done.clear();
+    }
+
+    /// Records the outcomes of `done` in a transaction of their own (at stop).
+    async fn record_only(&self, done: &mut Vec<Done>) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.db.begin().await?;
+        let held = notify::record_all(&mut w, &self.owner, &Self::batch(done)).await?;
+        w.commit().await?;
+        Self::recorded(done, held);
+        Ok(())
+    }
+
+    /// One round (see the module documentation). On an error nothing of it is stored: the
+    /// outcomes stay in `done` for the next round; the leases outlive a short outage.
     async fn round(
-        &self,
-        inflight: &mut Inflight,
+        self: &Arc<Self>,
+        rounds: &mut Rounds,
+        done: &mut Vec<Done>,
         attempts: &mut JoinSet<()>,
-        done: &mpsc::UnboundedSender<Done>,
+        done_tx: &mpsc::UnboundedSender<Done>,
     ) -> Result<()> {
-        let sinks = self.sinks().await?;
-        self.fan_out(&sinks).await?;
-        let now = jitgate_api::time::now_ms();
+        if done.is_empty() {
+            // Every sink's claims are taken (a hanging sink, or none at all): fanning out
+            // can wait for the next poll, so such a sink costs no write per commit.
+            if !rounds.room() && !rounds.more && rounds.last.is_some_and(|t| t.elapsed() < POLL) {
+                return Ok(());
+            }
+            let mut conn = self.db.pool().acquire().await?;
+            if !notify::work_waiting(&mut conn, jitgate_api::time::now_ms()).await? {
+                return Ok(());
+            }
+        }
+        let mut w = self.db.begin().await?;
+        let held = notify::record_all(&mut w, &self.owner, &Self::batch(done)).await?;
+        self.sinks(&mut w, &mut rounds.sinks).await?;
+        let (mut events, more) = self.fan_out(&mut w, &rounds.sinks).await?;
+        let now = w.now;
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
-        for sink in sinks {
-            let busy = inflight.entry(sink.name.clone()).or_default().clone();
-            let free = PER_SINK.saturating_sub(busy.load(Ordering::Relaxed));
+        let lease_until = now.saturating_add(lease);
+        let mut claims: Vec<(Arc<Sink>, Slots, Vec<Claimed>)> = Vec::new();
+        for (_, sink) in &rounds.sinks {
+            let slots = rounds.slots.entry(sink.name.clone()).or_default().clone();
+            let free = (PER_SINK * AHEAD).saturating_sub(slots.claimed.load(Ordering::Relaxed));
             if free == 0 {
                 continue;
             }
             let claimed = notify::claim(
-                self.db.writer(),
+                &mut w,
                 &self.owner,
                 &sink.name,
                 now,
-                now.saturating_add(lease),
+                lease_until,
                 i64::try_from(free).unwrap_or(1),
             )
             .await?;
-            if claimed.is_empty() {
-                continue;
+            if !claimed.is_empty() {
+                claims.push((sink.clone(), slots, claimed));
             }
-            // The claimed events in one read; one gone meanwhile (pruned) is not attempted
-            // and its lease expires.
-            let mut events = self.load(&claimed).await?;
-            let sink = Arc::new(sink);
+        }
+        w.commit().await?;
+        rounds.last = Some(tokio::time::Instant::now());
+        rounds.more = more;
+        Self::recorded(done, held);
+        rounds
+            .slots
+            .retain(|name, _| rounds.sinks.iter().any(|(_, s)| s.name == *name));
+        // The claimed events not fanned out in this round, in one read; one gone meanwhile
+        // (pruned) is not attempted and its lease expires.
+        let missing: Vec<i64> = claims
+            .iter()
+            .flat_map(|(_, _, c)| c.iter().map(|c| c.event_seq))
+            .filter(|seq| !events.contains_key(seq))
+            .collect();
+        if !missing.is_empty() {
+            events.extend(self.load(&missing).await?);
+        }
+        for (sink, slots, claimed) in claims {
             for c in claimed {
-                let Some(event) = events.remove(&c.event_seq) else {
+                // One event may go to several sinks.
+                let Some(body) = events.get(&c.event_seq).cloned() else {
                     continue;
                 };
-                busy.fetch_add(1, Ordering::Relaxed);
-                let slot = Slot(busy.clone());
-                let (me, sink, done) = (self.clone(), sink.clone(), done.clone());
+                slots.claimed.fetch_add(1, Ordering::Relaxed);
+                let claim = Claim(slots.claimed.clone());
+                let (me, sink, flight, done) = (
+                    self.clone(),
+                    sink.clone(),
+                    slots.flight.clone(),
+                    done_tx.clone(),
+                );
                 attempts.spawn(async move {
-                    let _slot = slot;
-                    if let Some(o) = me.attempt(&sink, c, event).await {
+                    let _claim = claim;
+                    let o = me.start(&sink, &flight, c, lease_until, body).await;
+                    if let Some(o) = o {
                         // The worker is gone only at stop; the lease then expires.
                         let _ = done.send(o);
                     }
@@ -317,67 +449,114 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a delivery of every new event to every sink that wants it.
-    async fn fan_out(&self, sinks: &[Sink]) -> Result<()> {
-        let any: Option<(i64,)> =
-            sqlx::query_as("SELECT seq FROM notify_events WHERE fanned_out = 0 LIMIT 1")
-                .fetch_optional(self.db.pool())
-                .await?;
-        if any.is_none() {
-            return Ok(());
+    /// Waits for one of the sink's slots, then attempts the claim if it can end within its
+    /// lease, or gives it back.
+    async fn start(
+        &self,
+        sink: &Arc<Sink>,
+        flight: &Semaphore,
+        c: Claimed,
+        lease_until: i64,
+        body: Arc<str>,
+    ) -> Option<Done> {
+        // The semaphore is never closed.
+        let _permit = flight.acquire().await.ok()?;
+        let latest = i64::try_from((self.timeout + START_SLACK).as_millis()).unwrap_or(i64::MAX);
+        if jitgate_api::time::now_ms().saturating_add(latest) > lease_until {
+            return Some(Done {
+                sink: sink.name.clone(),
+                claimed: c,
+                attempted: None,
+            });
         }
-        let mut w = self.db.begin().await?;
-        let events = notify::unfanned(&mut w, FANOUT_BATCH).await?;
+        self.attempt(sink, c, body).await
+    }
+
+    /// Queues a delivery of every new event to every sink that wants it; returns the bodies
+    /// of the events queued (by seq), so that those claimed in the same round are not read
+    /// again, and whether more events wait. An event is parsed here only if some sink
+    /// chooses by type, scope or group; delivery parses it on the sending thread.
+    async fn fan_out(
+        &self,
+        w: &mut WriteTx,
+        sinks: &[(i64, Arc<Sink>)],
+    ) -> Result<(HashMap<i64, Arc<str>>, bool)> {
+        let events = notify::unfanned(w, FANOUT_BATCH).await?;
         let Some(upto) = events.last().map(|e| e.seq) else {
-            return Ok(());
+            return Ok((HashMap::new(), false));
         };
+        let choosy = sinks.iter().any(|(_, s)| !s.wants_every_event());
         let mut to = Vec::new();
-        for e in &events {
-            let event: Event = match serde_json::from_str(&e.body) {
-                Ok(ev) => ev,
-                Err(err) => {
-                    tracing::error!(seq = e.seq, error = %err, "stored event does not parse; not sent");
-                    continue;
+        let mut read = HashMap::with_capacity(events.len());
+        for e in events.iter() {
+            let before = to.len();
+            if choosy {
+                let event: Event = match serde_json::from_str(&e.body) {
+                    Ok(ev) => ev,
+                    Err(err) => {
+                        tracing::error!(seq = e.seq, error = %err, "stored event does not parse; not sent");
+                        continue;
+                    }
+                };
+                for (_, s) in sinks.iter().filter(|(_, s)| s.wants(&event)) {
+                    to.push((e.seq, s.name.clone(), e.order_key.clone()));
                 }
-            };
-            for s in sinks.iter().filter(|s| s.wants(&event)) {
-                to.push((e.seq, s.name.clone(), e.order_key.clone()));
+            } else {
+                for (_, s) in sinks {
+                    to.push((e.seq, s.name.clone(), e.order_key.clone()));
+                }
+            }
+            if to.len() > before {
+                read.insert(e.seq, Arc::<str>::from(e.body.as_str()));
             }
         }
         let queued = to.len();
-        notify::fan_out(&mut w, to, upto).await?;
-        w.commit().await?;
+        notify::fan_out(w, to, upto).await?;
         tracing::debug!(events = events.len(), queued, "notifications fanned out");
-        if events.len() as i64 == FANOUT_BATCH {
+        let more = events.len() as i64 == FANOUT_BATCH;
+        if more {
             self.notifier.events_committed();
         }
-        Ok(())
+        Ok((read, more))
     }
 
     /// One attempt of one claimed delivery: its outcome, to record (None: nothing was
-    /// attempted; the lease expires and the delivery is taken again).
-    async fn attempt(&self, sink: &Arc<Sink>, c: Claimed, event: Event) -> Option<Done> {
+    /// attempted; the lease expires and the delivery is taken again). The event is parsed
+    /// on the sending thread (for an email sink here: its people are looked up first).
+    async fn attempt(&self, sink: &Arc<Sink>, c: Claimed, body: Arc<str>) -> Option<Done> {
         let Some(deliverer) = &self.deliverer else {
             // A sink needs a trust store to be added, so this is a host that lost its CA
             // certificates: the lease expires and the row waits for a restart with them.
             tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
             return None;
         };
-        let people = if sink.format == SinkFormat::Email {
-            match self.people(&event).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %e, "looking up addresses failed");
-                    Vec::new()
+        let (mut event, mut people) = (None, Vec::new());
+        if sink.format == SinkFormat::Email
+            && let Ok(e) = parse_event(&body, self.portal.as_ref())
+        {
+            match self.people(&e).await {
+                Ok(p) => people = p,
+                Err(err) => {
+                    tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %err, "looking up addresses failed");
                 }
             }
-        } else {
-            Vec::new()
-        };
+            event = Some(e);
+        }
         let (deliverer, target, secrets) = (deliverer.clone(), sink.clone(), self.secrets.clone());
+        let (portal, seq) = (self.portal.clone(), c.event_seq);
         let outcome = self
             .sender
             .run(async move {
+                let event = match event.map_or_else(|| parse_event(&body, portal.as_ref()), Ok) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "stored event does not parse; not sent");
+                        return Outcome::failed(
+                            FailureKind::Misconfigured,
+                            "the stored event does not parse",
+                        );
+                    }
+                };
                 deliverer
                     .deliver(&target, &event, &secrets, &people, SystemTime::now())
                     .await
@@ -388,7 +567,7 @@ impl Outbox {
         Some(Done {
             sink: sink.name.clone(),
             claimed: c,
-            attempted,
+            attempted: Some(attempted),
         })
     }
 
@@ -434,21 +613,14 @@ impl Outbox {
         Ok(out)
     }
 
-    /// The events of `claimed`, by seq, with their links as configured now.
-    async fn load(&self, claimed: &[Claimed]) -> Result<HashMap<i64, Event>> {
-        let seqs: Vec<i64> = claimed.iter().map(|c| c.event_seq).collect();
+    /// The bodies of the events `seqs`, by seq.
+    async fn load(&self, seqs: &[i64]) -> Result<HashMap<i64, Arc<str>>> {
         let mut conn = self.db.pool().acquire().await?;
-        let mut out = HashMap::with_capacity(seqs.len());
-        for (seq, body) in notify::events(&mut conn, &seqs).await? {
-            match serde_json::from_str::<Event>(&body) {
-                Ok(mut event) => {
-                    event.links = Links::for_details(&event.details, self.portal.as_ref());
-                    out.insert(seq, event);
-                }
-                Err(e) => tracing::error!(seq, error = %e, "stored event does not parse; not sent"),
-            }
-        }
-        Ok(out)
+        Ok(notify::events(&mut conn, seqs)
+            .await?
+            .into_iter()
+            .map(|(seq, body)| (seq, Arc::<str>::from(body)))
+            .collect())
     }
 
     /// The row an outcome leaves.
@@ -503,4 +675,11 @@ impl Outbox {
         }
         Ok(())
     }
+}
+
+/// A stored event, with its links as configured now.
+fn parse_event(body: &str, portal: Option<&url::Url>) -> serde_json::Result<Event> {
+    let mut event: Event = serde_json::from_str(body)?;
+    event.links = Links::for_details(&event.details, portal);
+    Ok(event)
 }

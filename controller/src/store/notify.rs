@@ -2,10 +2,10 @@
 //! docs/notifications.md): events written with their state change, their fan-out to sinks,
 //! the leased claim of due deliveries, the recorded outcome, and pruning.
 //!
-//! Claims and outcomes are single statements on the writer connection (without the
-//! counters lock): on SQLite no second writer contends, on PostgreSQL the repeated lease
-//! condition makes each claim atomic per row, so a delivery is attempted by one controller
-//! at a time.
+//! The delivery worker records outcomes, fans out and claims in one write transaction per
+//! round (one commit, one fsync): on PostgreSQL the counters lock serialises the rounds of
+//! several controllers, and the repeated lease condition makes each claim atomic per row,
+//! so a delivery is attempted by one controller at a time.
 
 use jitgate_notify::{DeliveryState, Event};
 use sqlx::AnyConnection;
@@ -63,6 +63,15 @@ pub struct SinkRow {
 pub async fn sinks(conn: &mut AnyConnection) -> Result<Vec<SinkRow>> {
     Ok(
         sqlx::query_as("SELECT name, spec, created_by, updated_at FROM notify_sinks ORDER BY name")
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Every sink's name and last change (the worker re-reads a spec only when it changed).
+pub async fn sink_versions(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
+    Ok(
+        sqlx::query_as("SELECT name, updated_at FROM notify_sinks ORDER BY name")
             .fetch_all(conn)
             .await?,
     )
@@ -172,14 +181,13 @@ pub struct Claimed {
 /// conditions only, and a delivery just recorded delivered (lease cleared) must not be
 /// claimed again.
 pub async fn claim(
-    writer: &Writer,
+    w: &mut WriteTx,
     owner: &str,
     sink: &str,
     now: i64,
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
-    let mut w = writer.lock().await;
     Ok(sqlx::query_as(
         "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
@@ -236,37 +244,136 @@ pub struct Attempted {
     pub delivered_at: Option<i64>,
 }
 
-/// Records attempts' outcomes (sink, event seq, outcome) in one transaction, each fenced by
-/// the lease: false for one `owner` no longer holds (that row is left alone).
+/// Whether a round has anything to do besides recording outcomes: an event not fanned
+/// out, or a delivery due and not leased (a read, so an idle worker writes nothing).
+pub async fn work_waiting(conn: &mut AnyConnection, now: i64) -> Result<bool> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM notify_events WHERE fanned_out = 0 \
+         LIMIT 1) e) + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
+         WHERE state IN ($1, $2) AND next_attempt_at <= $3 \
+         AND (lease_until IS NULL OR lease_until < $3) LIMIT 1) d)",
+    )
+    .bind(DeliveryState::Queued.as_str())
+    .bind(DeliveryState::Retrying.as_str())
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Records attempts' outcomes (sink, event seq, outcome) in the worker's transaction, each
+/// fenced by the lease: false for one `owner` no longer holds (that row is left alone).
+/// No outcome means the claim was not attempted: its lease is given back and the attempt
+/// it counted is taken back. Deliveries are recorded in one statement per sink (at most
+/// [`RECORD_CHUNK`] at a time), with the latest of their times as `delivered_at`; failures
+/// one by one.
 pub async fn record_all(
-    writer: &Writer,
+    w: &mut WriteTx,
     owner: &str,
-    outcomes: &[(String, i64, Attempted)],
+    outcomes: &[(String, i64, Option<Attempted>)],
 ) -> Result<Vec<bool>> {
-    let mut w = writer.begin().await?;
-    let mut held = Vec::with_capacity(outcomes.len());
-    for (sink, event_seq, a) in outcomes {
-        let r = sqlx::query(
-            "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, last_kind = $3, \
-             last_status = $4, last_detail = $5, delivered_at = $6, lease_owner = NULL, \
-             lease_until = NULL WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
-        )
-        .bind(a.state.as_str())
-        .bind(a.next_attempt_at)
-        .bind(a.kind)
-        .bind(a.status)
-        .bind(a.detail.as_deref())
-        .bind(a.delivered_at)
-        .bind(event_seq)
-        .bind(sink)
-        .bind(owner)
-        .execute(w.conn())
-        .await?;
-        held.push(r.rows_affected() == 1);
+    let mut held = vec![false; outcomes.len()];
+    // Deliveries by (sink, kind, status class): (index, seq), and the latest time.
+    let mut delivered: Vec<Delivered> = Vec::new();
+    for (i, (sink, event_seq, a)) in outcomes.iter().enumerate() {
+        let r = match a {
+            Some(a) if a.state == DeliveryState::Delivered => {
+                let at = a.delivered_at.unwrap_or(a.next_attempt_at);
+                let key = (sink.as_str(), a.kind, a.status);
+                match delivered.iter_mut().find(|d| d.key == key) {
+                    Some(d) => {
+                        d.rows.push((i, *event_seq));
+                        d.latest = d.latest.max(at);
+                    }
+                    None => delivered.push(Delivered {
+                        key,
+                        rows: vec![(i, *event_seq)],
+                        latest: at,
+                    }),
+                }
+                continue;
+            }
+            Some(a) => {
+                sqlx::query(
+                    "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, \
+                     last_kind = $3, last_status = $4, last_detail = $5, delivered_at = $6, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
+                )
+                .bind(a.state.as_str())
+                .bind(a.next_attempt_at)
+                .bind(a.kind)
+                .bind(a.status)
+                .bind(a.detail.as_deref())
+                .bind(a.delivered_at)
+                .bind(event_seq)
+                .bind(sink)
+                .bind(owner)
+                .execute(w.conn())
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL, \
+                     first_attempt_at = CASE WHEN attempts <= 1 THEN NULL \
+                     ELSE first_attempt_at END, \
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+                     WHERE event_seq = $1 AND sink = $2 AND lease_owner = $3",
+                )
+                .bind(event_seq)
+                .bind(sink)
+                .bind(owner)
+                .execute(w.conn())
+                .await?
+            }
+        };
+        held[i] = r.rows_affected() == 1;
     }
-    w.commit().await?;
+    for d in delivered {
+        let (sink, kind, status) = d.key;
+        for chunk in d.rows.chunks(RECORD_CHUNK) {
+            let marks: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 7)).collect();
+            let sql = format!(
+                "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, \
+                 delivered_at = $2, last_kind = $3, last_status = $4, last_detail = NULL, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE sink = $5 AND lease_owner = $6 AND event_seq IN ({}) RETURNING event_seq",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (i64,)>(&sql)
+                .bind(DeliveryState::Delivered.as_str())
+                .bind(d.latest)
+                .bind(kind)
+                .bind(status)
+                .bind(sink)
+                .bind(owner);
+            for (_, seq) in chunk {
+                q = q.bind(*seq);
+            }
+            let done: std::collections::HashSet<i64> = q
+                .fetch_all(w.conn())
+                .await?
+                .into_iter()
+                .map(|(s,)| s)
+                .collect();
+            for (i, seq) in chunk {
+                held[*i] = done.contains(seq);
+            }
+        }
+    }
     Ok(held)
 }
+
+/// Deliveries of one sink recorded together: (sink, kind, status class), the rows (index
+/// in the outcomes, event seq), and the latest delivery time among them.
+struct Delivered<'a> {
+    key: (&'a str, &'static str, Option<&'static str>),
+    rows: Vec<(usize, i64)>,
+    latest: i64,
+}
+
+/// Most deliveries recorded by one statement.
+const RECORD_CHUNK: usize = 500;
 
 /// Gives up `owner`'s leases (at shutdown: another controller, or this one restarted, takes
 /// them at once instead of after the lease).

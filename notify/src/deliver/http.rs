@@ -25,8 +25,9 @@ pub(super) async fn post(
     }
     // The client's own timeout covers the request; this one also covers anything it does
     // not (a resolver that never answers).
-    let sent = tokio::time::timeout(timeout + Duration::from_millis(250), req.send()).await;
-    let resp = match sent {
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(250);
+    let sent = tokio::time::timeout_at(deadline, req.send()).await;
+    let mut resp = match sent {
         Err(_) => return Outcome::failed(FailureKind::Timeout, "no answer within the timeout"),
         Ok(Err(e)) => return Outcome::Failed(classify_error(&e)),
         Ok(Ok(resp)) => resp,
@@ -37,9 +38,26 @@ pub(super) async fn post(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    // The body is never read: dropping the response closes it.
-    drop(resp);
+    // A short body is read and thrown away, so that the connection goes back to the pool
+    // (keep-alive: the next delivery to this sink skips the TCP and TLS handshakes); a
+    // longer or slower one is dropped, which closes the connection. It is never kept.
+    let _ = tokio::time::timeout_at(deadline, discard(&mut resp)).await;
     classify_status(status, retry_after)
+}
+
+/// Most of a response body read (and discarded) to keep its connection.
+const DISCARD_LIMIT: usize = 16 * 1024;
+
+/// Reads `resp`'s body to its end if it is at most [`DISCARD_LIMIT`] bytes; stops early
+/// otherwise.
+async fn discard(resp: &mut reqwest::Response) {
+    let mut seen = 0usize;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        seen = seen.saturating_add(chunk.len());
+        if seen > DISCARD_LIMIT {
+            return;
+        }
+    }
 }
 
 /// An answer's status as an outcome. 408 is a timeout on the receiver's side and 429 asks
