@@ -53,7 +53,7 @@ use crate::store::{sessions, tokens};
 pub const PER_SINK: usize = 32;
 /// Claims per sink may run this many times ahead of its attempts in flight: a healthy
 /// sink's next delivery starts when one ends, not at the next round.
-pub const AHEAD: usize = 8;
+pub const AHEAD: usize = 16;
 /// A claim waiting for a slot starts only if its attempt, bounded by the timeout (plus a
 /// little the HTTP layer adds), would end this long before its lease does.
 const START_SLACK: Duration = Duration::from_secs(2);
@@ -66,7 +66,7 @@ const FANOUT_BATCH: i64 = 1000;
 /// Rounds (write transactions) start at least this far apart while work keeps coming: the
 /// request path shares the writer; up to [`AHEAD`] x [`PER_SINK`] claims per sink and
 /// round keep a healthy sink busy in between.
-const ROUND_EVERY: Duration = Duration::from_millis(50);
+const ROUND_EVERY: Duration = Duration::from_millis(200);
 /// How often the worker looks without being woken.
 const POLL: Duration = Duration::from_secs(1);
 /// How often delivered rows are pruned.
