@@ -57,9 +57,8 @@ pub const AHEAD: usize = 16;
 /// A claim waiting for a slot starts only if its attempt, bounded by the timeout (plus a
 /// little the HTTP layer adds), would end this long before its lease does.
 const START_SLACK: Duration = Duration::from_secs(2);
-/// After a wakeup, how long the worker lets more commits and outcomes gather before its
-/// round: a round is a few write transactions, which the request path shares; gathering
-/// keeps them to a few dozen a second however busy the controller is.
+/// After a wakeup (the first after a quiet spell), how long the worker lets more commits
+/// and outcomes gather before its round ([`ROUND_EVERY`] spaces the rounds that follow).
 const GATHER: Duration = Duration::from_millis(10);
 /// Most events fanned out per round.
 const FANOUT_BATCH: i64 = 1000;
