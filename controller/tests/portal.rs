@@ -314,6 +314,14 @@ async fn jit_page_request_form_live_status_connect_and_revoke() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("not-configured"), "{}", bad.body);
 
+    // Several VMs at once: chosen on the Configured tab, one form with each VM's ports.
+    assert!(body.contains("form=\"select-vms\""), "{body}");
+    let both = p.get(&alice, "/request?vm=web2&vm=web1").await.body;
+    assert!(
+        both.contains("Ports of web2") && both.contains("Ports of web1"),
+        "{both}"
+    );
+
     // The form of Connect with SSH: 22 preselected, the policy's lengths only.
     let form = p.get(&alice, "/request?vm=web2&connect=ssh").await;
     assert_eq!(form.status, StatusCode::OK, "{}", form.body);
