@@ -1,14 +1,49 @@
 //! The portal in a real browser inside the namespace lab: Chromium runs in the workstation
 //! namespace, against a controller on the workstation's lab address, and the portal shows
-//! the workstation's address as the one the server sees ("My IP").
+//! the workstation's address as the one the server sees ("My IP"); and a person's request
+//! flow, from sign-in to SSH through the agent's XDP program and Revoke, on every page type.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
 
 use jitgate_browser::{Browser, BrowserOptions};
+use std::time::Duration;
+
+use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
-use jitgate_tests::fleet::{Fleet, WS_V4};
-use jitgate_tests::require_root;
+use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
+use jitgate_tests::{ok, require_root, wait_until};
+
+/// Chromium inside the workstation namespace, trusting the controller's certificate and
+/// checking the headers of its pages.
+async fn workstation_browser(
+    name: &str,
+    ws: &std::path::Path,
+    ctl: &ControllerProc,
+    origin: &str,
+) -> Browser {
+    Browser::start(
+        BrowserOptions::new(name)
+            .netns(ws)
+            .trust(ctl.state.join("tls/server.crt"))
+            .check_headers_of(origin),
+    )
+    .await
+    .unwrap()
+}
+
+/// A one-time sign-in link for alice, admin on everything.
+fn admin_link(ctl: &ControllerProc) -> serde_json::Value {
+    ctl.admin(&[
+        "login-link",
+        "--name",
+        "alice",
+        "--role",
+        "admin",
+        "--scope",
+        "*",
+    ])
+}
 
 #[tokio::test]
 async fn the_browser_runs_inside_the_workstation_namespace() {
@@ -20,14 +55,7 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
     let ctl = ControllerProc::start_with(&fleet.ws, WS_V4, &format!("public_url = \"{origin}\"\n"));
     assert_eq!(origin, format!("https://{}", ctl.api));
     let ws = Fleet::ns_path(&fleet.ws);
-    let b = Browser::start(
-        BrowserOptions::new("portal_in_namespace")
-            .netns(&ws)
-            .trust(ctl.state.join("tls/server.crt"))
-            .check_headers_of(&origin),
-    )
-    .await
-    .unwrap();
+    let b = workstation_browser("portal_in_namespace", &ws, &ctl, &origin).await;
 
     // chromedriver and every Chromium process live in the workstation's namespace.
     let want = std::fs::metadata(&ws).unwrap().ino();
@@ -52,15 +80,7 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
 
     // Signed in with a one-time link (a real form POST from the portal's page), every page
     // says the address the server sees: the workstation's.
-    let link = ctl.admin(&[
-        "login-link",
-        "--name",
-        "alice",
-        "--role",
-        "admin",
-        "--scope",
-        "*",
-    ]);
+    let link = admin_link(&ctl);
     let url = link["url"].as_str().unwrap();
     assert!(url.starts_with(&format!("{origin}/auth/link?t=")), "{url}");
     b.goto(url).await.unwrap();
@@ -75,4 +95,249 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
     assert_eq!(seen, WS_V4);
     b.checkpoint("jit-page").await;
     b.close().await.unwrap();
+}
+
+/// Strings meant to break out of HTML text or attributes, or to run as a URL, and bidi
+/// controls that reorder what is shown.
+const HOSTILE: &str = "deploy <script>window.jitPwned=1</script> \
+                       \"><img src=x onerror=window.jitPwned=2> \
+                       javascript:window.jitPwned=3 \u{202E}txt.exe\u{202C} end";
+
+/// No element the hostile strings could have made exists: no image, no inline script, no
+/// `javascript:` link, no event-handler attribute.
+async fn assert_nothing_injected(b: &Browser) {
+    let found = b
+        .execute(
+            "return Array.from(document.querySelectorAll('img, script:not([src]), \
+             a[href^=\"javascript:\"], [onerror], [onload], [onclick]'))\
+             .map(e => e.outerHTML);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, serde_json::json!([]), "injected elements");
+    assert!(
+        b.execute("return window.jitPwned || null;", vec![])
+            .await
+            .unwrap()
+            .is_null()
+    );
+}
+
+/// Polls the live section's `#status` until it reads `want` (the page is never reloaded:
+/// htmx swaps the section in place).
+async fn wait_for_status(b: &Browser, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = match b.find("#status").await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status still {now:?}, not {want:?}:\n{}",
+            b.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The whole request flow of a person in the portal, with a real agent enforcing it with XDP
+/// and a real sshd behind it: sign in, the VM lists, the request form, the live status
+/// reaching Applied without a reload, SSH from the same workstation, the connection details
+/// (the SSH command and the `.rdp` file, fetched with the page's session), Revoke from the
+/// page, SSH refused.
+#[tokio::test]
+async fn request_ssh_and_revoke_in_the_browser() {
+    if !require_root() {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let fleet = Fleet::new(1).unwrap();
+    let vm = &fleet.vms[0];
+    let sshd = Sshd::start(&vm.ns).unwrap();
+    let origin = format!("https://{WS_V4}:8443");
+    let ctl = ControllerProc::start_with(&fleet.ws, WS_V4, &format!("public_url = \"{origin}\"\n"));
+    let token = ctl.add_vm("vm-01", vm.v4);
+    // A second VM in a group without a policy: the "Not configured" tab.
+    // Its owner is a hostile string: shown as text, nothing runs.
+    ctl.admin(&["rg", "add", "staging", "--owner", HOSTILE]);
+    ctl.admin(&[
+        "vm",
+        "add",
+        "vm-02",
+        "--resource-group",
+        "staging",
+        "--address",
+        "203.0.113.9",
+    ]);
+    ok(
+        ctl.jit(
+            &fleet.ws,
+            &args(
+                "policy set --resource-group prod --port 22/tcp --port 3389/tcp \
+                 --source 198.51.100.0/24 --max 3h --on-expiry cut",
+            ),
+        ),
+        "policy set",
+    );
+    let agent = AgentProc::start_enrolled(
+        &vm.ns,
+        &args("--interface eth0 --protect 22/tcp:cut"),
+        &ctl.api,
+        &ctl.ca,
+        &token,
+    );
+    let refused = |t: u32| {
+        !sshd
+            .ssh(&fleet.ws, vm.v4, "true", t)
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .ok(&["status"])
+            .contains("22/tcp:cut")),
+        "the policy did not reach the agent: {}",
+        agent.ok(&["status"])
+    );
+    assert!(refused(2), "ssh open before any request");
+
+    let ws = Fleet::ns_path(&fleet.ws);
+    let b = workstation_browser("portal_request_ssh", &ws, &ctl, &origin).await;
+    let link = admin_link(&ctl);
+    b.goto(link["url"].as_str().unwrap()).await.unwrap();
+    b.click_button("Sign in").await.unwrap();
+    b.wait_for_url(&format!("{origin}/jit")).await.unwrap();
+
+    // The tabs: vm-01 (policy, agent) is configured, vm-02 is not.
+    b.wait_for_text("Configured (1)").await.unwrap();
+    let text = b.text().await.unwrap();
+    assert!(text.contains("Not configured (1)"), "{text}");
+    let rows = b.find("table tbody").await.unwrap().text().await.unwrap();
+    assert!(rows.contains("vm-01") && !rows.contains("vm-02"), "{rows}");
+    b.checkpoint("jit-configured").await;
+    b.click_link("Not configured (1)").await.unwrap();
+    b.wait_for_text("Not configured VMs").await.unwrap();
+    let rows = b.find("table tbody").await.unwrap().text().await.unwrap();
+    assert!(rows.contains("vm-02") && !rows.contains("vm-01"), "{rows}");
+    assert!(rows.contains(HOSTILE), "the owner as text: {rows}");
+    assert_nothing_injected(&b).await;
+    b.checkpoint("jit-not-configured").await;
+    b.click_link("Unsupported (0)").await.unwrap();
+    b.wait_for_text("Unsupported VMs").await.unwrap();
+    b.checkpoint("jit-unsupported").await;
+    b.click_link("Configured (1)").await.unwrap();
+    b.wait_for_text("Configured VMs").await.unwrap();
+
+    // The request form: SSH and RDP ports, My IP, 1 hour, a justification, a login name.
+    b.click_link("Request access").await.unwrap();
+    b.wait_for_text("Ports of vm-01").await.unwrap();
+    for port in ["22", "3389"] {
+        let cb = b
+            .find(&format!("input[name=port][value=\"vm-01|{port}\"]"))
+            .await
+            .unwrap();
+        if !cb.is_selected().await.unwrap() {
+            cb.click().await.unwrap();
+        }
+    }
+    let myip = b.find("input[name=source][value=myip]").await.unwrap();
+    assert!(
+        myip.is_selected().await.unwrap(),
+        "My IP is not the default"
+    );
+    let text = b.text().await.unwrap();
+    assert!(text.contains(&format!("My IP ({WS_V4})")), "{text}");
+    b.click("#duration option[value=PT1H]").await.unwrap();
+    b.fill_label("Justification (required)", HOSTILE)
+        .await
+        .unwrap();
+    b.fill("#login", "alice").await.unwrap();
+    b.checkpoint("request-form").await;
+    b.click_button("Open ports").await.unwrap();
+    let page = b
+        .wait_for_url(&format!("{origin}/requests/"))
+        .await
+        .unwrap();
+
+    // A mark in the document: if the page were reloaded it would be gone.
+    b.execute("window.jitMark = 'same-document'; return null;", vec![])
+        .await
+        .unwrap();
+    let applied = std::time::Instant::now();
+    wait_for_status(&b, "Applied").await;
+    eprintln!("request → Applied on the page in {:?}", applied.elapsed());
+    let mark = b
+        .execute("return window.jitMark || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, "same-document", "the page was reloaded");
+    assert_eq!(b.url().await.unwrap(), page);
+
+    // Connection details: exactly the command the test expects, and the .rdp file's two lines.
+    let ssh = b.find("code.ssh").await.unwrap().text().await.unwrap();
+    assert_eq!(ssh, format!("ssh -p 22 alice@{}", vm.v4));
+    let rdp = b
+        .client()
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const a = document.querySelector('a[download]');
+             fetch(a.href, {credentials: 'same-origin'})
+               .then(async r => done([r.status, r.headers.get('content-type'), await r.text()]))
+               .catch(e => done(['error', String(e), '']));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rdp[0], 200, "{rdp}");
+    assert_eq!(
+        rdp[2],
+        format!("full address:s:{}:3389\r\nusername:s:alice\r\n", vm.v4),
+        "{rdp}"
+    );
+    let shown = b
+        .execute(
+            "return document.querySelector('dd.text').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, HOSTILE, "the justification as typed, as text");
+    assert_nothing_injected(&b).await;
+    b.checkpoint("applied").await;
+
+    // Every other page type, checked the same way (headers, axe, console, CSP).
+    for (path, text, step) in [
+        ("/vms/vm-01", "Connect with SSH", "vm"),
+        ("/vms/vm-01/requests", "Request history of", "vm-history"),
+        ("/approvals", "Requests waiting for me", "approvals"),
+    ] {
+        b.goto(&format!("{origin}{path}")).await.unwrap();
+        b.wait_for_text(text).await.unwrap();
+        assert_nothing_injected(&b).await;
+        b.checkpoint(step).await;
+    }
+    b.goto(&page).await.unwrap();
+    wait_for_status(&b, "Applied").await;
+
+    // SSH from the same workstation works now.
+    let o = sshd.ssh(&fleet.ws, vm.v4, "echo via-portal", 10).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "via-portal");
+
+    // Revoke from the page: the status says so and SSH is refused again.
+    b.click_button("Revoke").await.unwrap();
+    wait_for_status(&b, "Revoked").await;
+    b.checkpoint("revoked").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || refused(2)),
+        "ssh still works after Revoke"
+    );
+    b.close().await.unwrap();
+    eprintln!("request_ssh_and_revoke_in_the_browser: {:?}", t0.elapsed());
 }
