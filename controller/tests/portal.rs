@@ -476,6 +476,13 @@ async fn jit_page_request_form_live_status_connect_and_revoke() {
     );
     assert!(!page.body.contains("hx-trigger"), "no polling once ended");
 
+    // The Configured tab counts it among the approved requests of the last 7 days.
+    let jit = p.get(&alice, "/jit").await.body;
+    assert!(
+        jit.contains("<td>1</td>") && jit.contains("<td>alice</td>"),
+        "{jit}"
+    );
+
     // History of the VM, filtered.
     let hist = p.get(&alice, "/vms/web2/requests?status=Revoked").await;
     assert!(hist.body.contains(&id), "{}", hist.body);

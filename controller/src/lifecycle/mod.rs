@@ -127,7 +127,8 @@ impl Lifecycle {
         since_ms: i64,
         vms: &[String],
     ) -> Result<std::collections::HashMap<String, requests::RecentAccess>> {
-        requests::recent_by_vm(self.db.pool(), since_ms, vms).await
+        let mut conn = self.db.pool().acquire().await?;
+        requests::recent_by_vm(&mut conn, since_ms, vms).await
     }
 
     /// A page of the VM's request history, newest first, filtered; with the sequence number

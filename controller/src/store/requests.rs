@@ -678,22 +678,25 @@ pub struct RecentAccess {
 /// newest one. Reads through the `(vm, request_id)` index: the cost follows the page, not
 /// the history.
 pub async fn recent_by_vm(
-    ex: impl Executor<'_, Database = Any>,
+    conn: &mut AnyConnection,
     since_ms: i64,
     vms: &[String],
 ) -> Result<HashMap<String, RecentAccess>> {
     if vms.is_empty() {
         return Ok(HashMap::new());
     }
+    // Counted by the database (one row per VM comes back), then the newest request of
+    // each VM read by its sequence number.
     let list: Vec<String> = (0..vms.len()).map(|i| format!("${}", i + 6)).collect();
     let sql = format!(
-        "SELECT DISTINCT p.vm, r.id, r.start_ms, r.requestor FROM request_ports p \
+        "SELECT p.vm, COUNT(DISTINCT r.id), MAX(r.seq) FROM request_ports p \
          JOIN requests r ON r.id = p.request_id \
          WHERE p.vm IN ({}) AND r.start_ms >= $1 AND r.denied = 0 AND p.status <> $2 \
-         AND (p.status_reason IS NULL OR p.status_reason NOT IN ($3, $4, $5))",
+         AND (p.status_reason IS NULL OR p.status_reason NOT IN ($3, $4, $5)) \
+         GROUP BY p.vm",
         list.join(", ")
     );
-    let mut q = sqlx::query_as::<_, (String, String, i64, String)>(&sql)
+    let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql)
         .bind(since_ms)
         .bind(PortStatus::PendingApproval.as_str())
         .bind(StatusReason::Rejected.as_str())
@@ -702,17 +705,39 @@ pub async fn recent_by_vm(
     for vm in vms {
         q = q.bind(vm);
     }
-    let rows = q.fetch_all(ex).await?;
-    let mut out: HashMap<String, RecentAccess> = HashMap::new();
-    for (vm, _id, start_ms, requestor) in rows {
-        let e = out.entry(vm).or_default();
-        e.approved += 1;
-        if e.last_user.is_empty() || start_ms > e.last_ms {
-            e.last_ms = start_ms;
-            e.last_user = requestor;
-        }
+    let counted = q.fetch_all(&mut *conn).await?;
+    if counted.is_empty() {
+        return Ok(HashMap::new());
     }
-    Ok(out)
+    let seqs: Vec<String> = (0..counted.len()).map(|i| format!("${}", i + 1)).collect();
+    let sql = format!(
+        "SELECT seq, start_ms, requestor FROM requests WHERE seq IN ({})",
+        seqs.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (i64, i64, String)>(&sql);
+    for (_, _, seq) in &counted {
+        q = q.bind(*seq);
+    }
+    let newest: HashMap<i64, (i64, String)> = q
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(seq, start, who)| (seq, (start, who)))
+        .collect();
+    Ok(counted
+        .into_iter()
+        .map(|(vm, n, seq)| {
+            let (last_ms, last_user) = newest.get(&seq).cloned().unwrap_or_default();
+            (
+                vm,
+                RecentAccess {
+                    approved: usize::try_from(n).unwrap_or(0),
+                    last_ms,
+                    last_user,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Which of a VM's requests a history page shows.
