@@ -919,38 +919,7 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
     } else {
         &["--requests", "20000", "--history", "100000"]
     };
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "jitgate-controller",
-        "--example",
-        "bench",
-        "--",
-    ])
-    .args(args);
-    eprintln!("+ {cmd:?}");
-    let out = cmd.output().context("running the controller benchmark")?;
-    if !out.status.success() {
-        bail!(
-            "benchmark failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
-    print!("{section}");
-    if quick {
-        return Ok(());
-    }
-    write_section(
-        &root.join("BENCHMARKS.md"),
-        "controller",
-        "cargo xtask bench controller",
-        &section,
-    )
+    bench_example(root, "bench", "controller", args, quick)
 }
 
 fn bench_portal(root: &Path, quick: bool) -> Result<()> {
@@ -959,6 +928,18 @@ fn bench_portal(root: &Path, quick: bool) -> Result<()> {
     } else {
         &["--vms", "10000", "--requests", "1000000", "--rounds", "300"]
     };
+    bench_example(root, "portal_bench", "portal", args, quick)
+}
+
+/// Runs the controller's example `example` (release) with `args`, progress on stderr, and
+/// writes its stdout as the `section` of BENCHMARKS.md unless `quick`.
+fn bench_example(
+    root: &Path,
+    example: &str,
+    section: &str,
+    args: &[&str],
+    quick: bool,
+) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.args([
         "run",
@@ -967,26 +948,28 @@ fn bench_portal(root: &Path, quick: bool) -> Result<()> {
         "-p",
         "jitgate-controller",
         "--example",
-        "portal_bench",
+        example,
         "--",
     ])
     .args(args)
     .stderr(std::process::Stdio::inherit());
     eprintln!("+ {cmd:?}");
-    let out = cmd.output().context("running the portal benchmark")?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running the {section} benchmark"))?;
     if !out.status.success() {
-        bail!("portal benchmark failed: {}", out.status);
+        bail!("the {section} benchmark failed: {}", out.status);
     }
-    let section = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
-    print!("{section}");
+    let body = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+    print!("{body}");
     if quick {
         return Ok(());
     }
     write_section(
         &root.join("BENCHMARKS.md"),
-        "portal",
-        "cargo xtask bench portal",
-        &section,
+        section,
+        &format!("cargo xtask bench {section}"),
+        &body,
     )
 }
 

@@ -16,7 +16,7 @@ use jitgate_api::{
 };
 use jitgate_oidc::Groups;
 
-use crate::authz::{self, Action, Caller, Grant, Principal};
+use crate::authz::{self, Action, Caller, Principal};
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::signin::{Created, Sessions, ms};
@@ -54,20 +54,12 @@ pub(crate) fn is_link_session(s: &SessionRow) -> bool {
 
 /// The caller of a link session.
 pub(crate) fn caller_of(s: &SessionRow, name: String, address: IpAddr) -> Caller {
-    let grants = s
-        .roles
-        .iter()
-        .map(|g| Grant {
-            role: g.role,
-            scope: g.scope.clone(),
-        })
-        .collect();
     Caller::person(
         Principal::Link {
             name,
             session: s.id.clone(),
         },
-        grants,
+        super::grants_of(s),
         address,
     )
 }

@@ -490,6 +490,17 @@ pub struct Created {
 }
 
 /// The caller a stored session stands for.
+/// The (role, scope) grants a session holds.
+fn grants_of(s: &SessionRow) -> Vec<Grant> {
+    s.roles
+        .iter()
+        .map(|g| Grant {
+            role: g.role,
+            scope: g.scope.clone(),
+        })
+        .collect()
+}
+
 pub(crate) fn caller_of(s: &SessionRow, address: IpAddr) -> Result<Caller> {
     let (issuer, subject) = match PrincipalId::from_str(&s.principal) {
         Ok(PrincipalId::Oidc { issuer, subject }) => (issuer, subject),
@@ -501,14 +512,7 @@ pub(crate) fn caller_of(s: &SessionRow, address: IpAddr) -> Result<Caller> {
             )));
         }
     };
-    let grants = s
-        .roles
-        .iter()
-        .map(|g| Grant {
-            role: g.role,
-            scope: g.scope.clone(),
-        })
-        .collect();
+    let grants = grants_of(s);
     let groups = match &s.groups {
         Groups::Known { groups } => groups.iter().cloned().collect(),
         Groups::Unknown { .. } => Vec::new(),
