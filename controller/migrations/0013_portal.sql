@@ -15,3 +15,7 @@ CREATE TABLE login_links (
 -- or a detached program): the portal's JIT page lists such VMs as unsupported, and finds them
 -- in SQL without reading every report.
 ALTER TABLE agents ADD COLUMN detached BIGINT NOT NULL DEFAULT 0;
+
+-- A VM's history filtered by status reads the VM's ports in that status directly (without
+-- it, the status index of the expiry sweep is chosen and every port in that status is read).
+CREATE INDEX request_ports_by_vm_status ON request_ports (vm, status, request_id);
