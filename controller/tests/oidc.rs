@@ -600,13 +600,7 @@ fn cookie_pair(set: &str) -> String {
 #[tokio::test]
 async fn portal_sign_in_with_host_cookies() {
     let (ca, op, h, public) = signin::portal_with_provider().await;
-    let pem = std::fs::read(h.dir.ca_cert()).unwrap();
-    let browser = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .tls_built_in_root_certs(false)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = common::browser_for(&h.dir);
     let planted = format!("__Host-jitgate-session=jitsess_{}", "0".repeat(64));
     let stored = async |table: &str| -> i64 {
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))

@@ -63,13 +63,7 @@ impl Page {
 impl Portal {
     async fn start() -> Portal {
         let (ca, op, h, public) = signin::portal_with_provider().await;
-        let pem = std::fs::read(h.dir.ca_cert()).unwrap();
-        let browser = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .tls_built_in_root_certs(false)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let browser = common::browser_for(&h.dir);
         Portal {
             public,
             ca,
@@ -693,13 +687,7 @@ async fn one_time_link_signs_in_once_and_never_approves() {
                 "approval": {"stages": [{"approvers": ["token:boss"], "required": 1}]}}]),
     )
     .await;
-    let pem = std::fs::read(h.dir.ca_cert()).unwrap();
-    let browser = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .tls_built_in_root_certs(false)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = common::browser_for(&h.dir);
 
     // The command prints the link (JSON for scripts); a bad role changes nothing.
     let cli = |args: &[&str]| {

@@ -36,6 +36,18 @@ pub fn client_for(dir: &StateDir) -> reqwest::Client {
         .expect("client")
 }
 
+/// A client like a browser's for the portal's pages: trusts the controller's CA only and
+/// follows no redirect (tests look at each 303).
+pub fn browser_for(dir: &StateDir) -> reqwest::Client {
+    let pem = std::fs::read(dir.ca_cert()).expect("CA certificate");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA parses"))
+        .tls_built_in_root_certs(false)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
 impl Harness {
     pub async fn new() -> Harness {
         Self::with_config(|_| {}).await
