@@ -543,14 +543,18 @@ async fn dead_deliveries_are_shown_and_retried() {
         s.get(&DeliveryState::Dead) == Some(&1)
     })
     .await;
+    // block_in_place: the controller under test runs on this runtime; its tasks move to the
+    // other worker while the command waits for the database.
     let cli = |args: &[&str]| -> Value {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
-            .arg("--state-dir")
-            .arg(&t.h.dir.0)
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+                .arg("--state-dir")
+                .arg(&t.h.dir.0)
+                .arg("--json")
+                .args(args)
+                .output()
+        })
+        .unwrap();
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -560,12 +564,14 @@ async fn dead_deliveries_are_shown_and_retried() {
     assert_eq!(v[0]["lastFailure"]["kind"], "http-4xx", "{v}");
     assert_eq!(v[0]["lastFailure"]["statusClass"], "4xx", "{v}");
     // An unknown sink is refused and changes nothing.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
-        .arg("--state-dir")
-        .arg(&t.h.dir.0)
-        .args(["notify", "retry", "--sink", "nope"])
-        .output()
-        .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+            .arg("--state-dir")
+            .arg(&t.h.dir.0)
+            .args(["notify", "retry", "--sink", "nope"])
+            .output()
+    })
+    .unwrap();
     assert!(!out.status.success());
     assert_eq!(states(&t).await.get(&DeliveryState::Dead), Some(&1));
     // The receiver is fixed; the dead delivery is re-driven and arrives.

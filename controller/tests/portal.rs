@@ -690,21 +690,26 @@ async fn one_time_link_signs_in_once_and_never_approves() {
     let browser = common::browser_for(&h.dir);
 
     // The command prints the link (JSON for scripts); a bad role changes nothing.
+    // Asynchronous: the controller under test runs on this test's runtime, and a blocking
+    // wait would stall its transactions while the command waits for the database.
     let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
             .arg("--state-dir")
             .arg(&h.dir.0)
             .args(args)
             .output()
-            .unwrap()
     };
-    let bad = cli(&["login-link", "--name", "demo", "--role", "root"]);
+    let bad = cli(&["login-link", "--name", "demo", "--role", "root"])
+        .await
+        .unwrap();
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("root"),
         "{bad:?}"
     );
-    let out = cli(&["--json", "login-link", "--name", "demo", "--role", "admin"]);
+    let out = cli(&["--json", "login-link", "--name", "demo", "--role", "admin"])
+        .await
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let url = v["url"].as_str().unwrap().to_string();
