@@ -14,18 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Harness;
-use common::agent::{Agent, enroll};
-use jitgate_controller::authz::Caller;
+use common::lab::{HOSTILE, apply_next_grant, lab};
 use jitgate_oidc_testprovider::{Choice, Person, Setup, TestCa, TestProvider};
-use jitgate_proto::message::Outcome;
-use jitgate_proto::{AgentMsg, ControllerMsg};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use rp_support::free_port;
 use serde_json::json;
-
-const HOSTILE: &str =
-    "<script>alert(1)</script>\"><img src=x onerror=alert(2)> javascript:alert(3) \u{202e}cba";
 
 struct Portal {
     public: String,
@@ -195,68 +189,16 @@ fn set_cookie(h: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
-/// Receives the next grant as the agent and reports it applied.
-async fn apply_next_grant(agent: &mut Agent, creds: &common::agent::Creds) {
-    let grant = match agent.recv_within(Duration::from_secs(5)).await {
-        Some(ControllerMsg::Grant(g)) => g.verify(&creds.signing, creds.id).unwrap(),
-        m => panic!("expected a grant, got {m:?}"),
-    };
-    agent
-        .send(&AgentMsg::GrantResult {
-            grant_id: grant.grant_id,
-            seq: grant.seq,
-            outcome: Outcome::Applied { agent_unix_ms: 1 },
-        })
-        .await;
-}
-
 /// The request id of `/requests/ID...`.
 fn request_id(location: &str) -> String {
     let rest = location.strip_prefix("/requests/").expect(location);
     rest.split('?').next().unwrap().to_string()
 }
 
-/// Standard inventory plus: prod's policy on 22 and 3389 (3389 needs an approver of
-/// jit-admins), an agent for web2 (online), a hostile owner for dev.
-async fn lab(p: &Portal) -> (Agent, common::agent::Creds) {
-    let h = &p.h;
-    h.fixture().await;
-    h.app()
-        .inventory
-        .add_group(&Caller::local(), "ops", HOSTILE)
-        .await
-        .unwrap();
-    h.app()
-        .inventory
-        .add_vm(
-            &Caller::local(),
-            "tools1",
-            "ops",
-            &["198.51.100.7".parse().unwrap()],
-        )
-        .await
-        .unwrap();
-    h.put_rg_policy(
-        "prod",
-        json!([
-            {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
-             "maxRequestAccessDuration": "PT3H"},
-            {"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
-             "maxRequestAccessDuration": "PT3H",
-             "approval": {"stages": [{"approvers": ["group:jit-admins"], "required": 1}]}}
-        ]),
-    )
-    .await;
-    let creds = enroll(h, "web2").await;
-    let mut agent = Agent::connect(&creds).await;
-    agent.handshake(&creds, 0).await;
-    (agent, creds)
-}
-
 #[tokio::test]
 async fn jit_page_request_form_live_status_connect_and_revoke() {
     let p = Portal::start().await;
-    let (mut agent, creds) = lab(&p).await;
+    let (mut agent, creds) = lab(&p.h).await;
 
     // Without a session: to sign-in, and back to the page asked for.
     let r = p.get("", "/jit?tab=unsupported").await;
@@ -495,7 +437,7 @@ async fn jit_page_request_form_live_status_connect_and_revoke() {
 #[tokio::test]
 async fn approvals_inbox_approve_deny_and_rdp_file() {
     let p = Portal::start().await;
-    let (mut agent, creds) = lab(&p).await;
+    let (mut agent, creds) = lab(&p.h).await;
     let alice = p.sign_in("alice").await;
     let bob = p.sign_in("bob").await;
 

@@ -2,7 +2,8 @@
 //! person types into the real OpenID provider's login form, lands on the controller's
 //! session page, and signs out; a hostile page on another origin of the same site cannot
 //! sign them out. At every page of the controller: no console error or CSP violation, no
-//! serious or critical axe-core violation, the security headers, and a screenshot.
+//! serious or critical axe-core violation, the security headers, and a screenshot. And the
+//! approval flow with two people in two browsers: a requester and an approver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +12,11 @@ mod rp_support;
 #[path = "common/signin.rs"]
 mod signin;
 
+use std::time::{Duration, Instant};
+
+use common::lab::{HOSTILE, apply_next_grant, lab};
 use jitgate_browser::{Browser, BrowserOptions, StaticSite};
+use jitgate_oidc_testprovider::TestProvider;
 
 #[tokio::test]
 async fn sign_in_through_the_provider_and_out_again_in_chromium() {
@@ -145,4 +150,212 @@ async fn sign_in_through_the_provider_and_out_again_in_chromium() {
     b.wait_for_text("Not signed in").await.unwrap();
     b.checkpoint("not-signed-in-after-sign-out").await;
     b.close().await.unwrap();
+}
+
+/// A Chromium of its own for `login`, signed in through the provider's form (password and
+/// consent), on the JIT page.
+async fn signed_in(
+    name: &str,
+    login: &str,
+    h: &common::Harness,
+    op: &TestProvider,
+    public: &str,
+) -> Browser {
+    let b = Browser::start(
+        BrowserOptions::new(name)
+            .trust(h.dir.server_cert())
+            .trust(op.cert_file())
+            .check_headers_of(public)
+            .ignore(&format!("{}/favicon.ico", op.issuer())),
+    )
+    .await
+    .unwrap();
+    b.goto(&format!("{public}/auth/login?return=/jit"))
+        .await
+        .unwrap();
+    b.wait_for_url(&format!("{}/interaction/", op.issuer()))
+        .await
+        .unwrap();
+    b.fill("input[name=login]", login).await.unwrap();
+    b.fill("input[name=password]", &format!("{login}-password"))
+        .await
+        .unwrap();
+    b.click_button("Sign in").await.unwrap();
+    b.wait_for_text("asks for").await.unwrap();
+    b.click_button("Allow").await.unwrap();
+    b.wait_for_url(&format!("{public}/jit")).await.unwrap();
+    b.wait_for_text(&format!("Signed in as {login}"))
+        .await
+        .unwrap();
+    b
+}
+
+/// Waits until the live section's `#status` reads `want`; the page is never reloaded (a
+/// mark set in the document must survive: htmx swaps the section in place).
+async fn wait_for_status(b: &Browser, want: &str) {
+    b.execute("window.jitMark = 'same-document'; return null;", vec![])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = match b.find("#status").await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if now == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status still {now:?}, not {want:?}:\n{}",
+            b.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        b.execute("return window.jitMark || null;", vec![])
+            .await
+            .unwrap(),
+        "same-document",
+        "the page was reloaded"
+    );
+}
+
+/// The buttons of the live section (they follow the status).
+async fn buttons(b: &Browser) -> Vec<String> {
+    let v = b
+        .execute(
+            "return Array.from(document.querySelectorAll('#live button')).map(e => e.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// Bob (requester on rg:prod) asks for RDP to web2 from the office range in his browser.
+async fn bob_requests_rdp(bob: &Browser, public: &str, justification: &str) -> String {
+    bob.goto(&format!("{public}/vms/web2")).await.unwrap();
+    bob.click_link("Connect with RDP").await.unwrap();
+    bob.wait_for_text("Ports of web2").await.unwrap();
+    let rdp = bob
+        .find("input[name=port][value=\"web2|3389\"]")
+        .await
+        .unwrap();
+    assert!(
+        rdp.is_selected().await.unwrap(),
+        "RDP's port is preselected by the connection type"
+    );
+    bob.click("input[name=source][value=range]").await.unwrap();
+    bob.fill("#range", "203.0.113.0/24").await.unwrap();
+    bob.click("#duration option[value=PT1H]").await.unwrap();
+    bob.fill_label("Justification (required)", justification)
+        .await
+        .unwrap();
+    bob.fill("#login", "bob").await.unwrap();
+    bob.click_button("Open ports").await.unwrap();
+    bob.wait_for_url(&format!("{public}/requests/"))
+        .await
+        .unwrap()
+}
+
+/// Requester and approver in two browsers: the request waits for the approver's group; the
+/// approver sees it in the inbox with everything needed to decide and approves; the
+/// requester's page reaches Applied without a reload and offers the .rdp file. A second
+/// request is denied with a reason that the requester's page shows as text.
+#[tokio::test]
+async fn approval_with_requester_and_approver_in_two_browsers() {
+    let (_ca, op, h, public) = signin::portal_with_provider().await;
+    let (mut agent, creds) = lab(&h).await;
+    let bob = signed_in("portal_approval_requester", "bob", &h, &op, &public).await;
+    let alice = signed_in("portal_approval_approver", "alice", &h, &op, &public).await;
+
+    // Bob asks; his page says who still has to approve.
+    let first = bob_requests_rdp(&bob, &public, "patch night").await;
+    wait_for_status(&bob, "PendingApproval").await;
+    assert_eq!(buttons(&bob).await, ["Cancel"]);
+    let live = bob.find("#live").await.unwrap().text().await.unwrap();
+    assert!(live.contains("group:jit-admins"), "{live}");
+    assert!(live.contains("approved so far: nobody"), "{live}");
+    bob.checkpoint("pending").await;
+    // Nothing waits for Bob himself.
+    bob.goto(&format!("{public}/approvals")).await.unwrap();
+    bob.wait_for_text("Nothing waits for your decision")
+        .await
+        .unwrap();
+    bob.goto(&first).await.unwrap();
+
+    // Alice's inbox: requester, ports, source, justification; she approves with a reason.
+    alice.goto(&format!("{public}/approvals")).await.unwrap();
+    alice
+        .wait_for_text("Requests waiting for me")
+        .await
+        .unwrap();
+    let inbox = alice.find("main").await.unwrap().text().await.unwrap();
+    assert!(inbox.contains("by bob"), "{inbox}");
+    assert!(
+        inbox.contains("web2 3389/TCP from 203.0.113.0/24"),
+        "{inbox}"
+    );
+    assert!(inbox.contains("patch night"), "{inbox}");
+    alice.checkpoint("inbox").await;
+    alice
+        .fill_label("Reason (optional)", "change CHG-7 approved")
+        .await
+        .unwrap();
+    alice.click_button("Approve").await.unwrap();
+    alice
+        .wait_for_text("Nothing waits for your decision")
+        .await
+        .unwrap();
+
+    // The grant reaches the agent, which applies it: Bob's page follows without a reload.
+    apply_next_grant(&mut agent, &creds).await;
+    wait_for_status(&bob, "Applied").await;
+    let live = bob.find("#live").await.unwrap().text().await.unwrap();
+    assert!(
+        live.contains("approved") && live.contains("change CHG-7 approved"),
+        "the decision with its reason: {live}"
+    );
+    bob.find("a[download]").await.unwrap();
+    assert_eq!(
+        buttons(&bob).await,
+        ["Revoke"],
+        "Cancel went with PendingApproval"
+    );
+    bob.checkpoint("applied-after-approval").await;
+
+    // A second request, denied with a reason that is hostile markup: shown as text.
+    bob_requests_rdp(&bob, &public, "again").await;
+    wait_for_status(&bob, "PendingApproval").await;
+    alice.goto(&format!("{public}/approvals")).await.unwrap();
+    alice.wait_for_text("again").await.unwrap();
+    alice
+        .fill_label("Reason (required)", HOSTILE)
+        .await
+        .unwrap();
+    alice.click_button("Deny").await.unwrap();
+    alice
+        .wait_for_text("Nothing waits for your decision")
+        .await
+        .unwrap();
+    alice.checkpoint("inbox-empty").await;
+    wait_for_status(&bob, "Denied").await;
+    let live = bob.find("#live").await.unwrap().text().await.unwrap();
+    assert!(live.contains(HOSTILE), "the reason, as typed: {live}");
+    let injected = bob
+        .execute(
+            "return document.querySelectorAll('#live img, #live script').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, 0);
+    assert!(
+        buttons(&bob).await.is_empty(),
+        "nothing to revoke or cancel"
+    );
+    bob.checkpoint("denied").await;
+    bob.close().await.unwrap();
+    alice.close().await.unwrap();
 }

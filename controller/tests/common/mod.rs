@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod agent;
+pub mod lab;
 pub mod notify;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,6 @@ use jitgate_api::{
 use serde::Deserialize;
 
 use crate::approval::decide::Verdict;
-use crate::authz::Caller;
 use crate::http::error::HttpError;
 use crate::http::extract::Q;
 use crate::http::portal::connect::{self, LoginName};
@@ -507,6 +506,10 @@ struct Live {
     details: Vec<Detail>,
     no_address: Vec<String>,
     login_error: String,
+    /// Revoke and Cancel follow the status (in the fragment, so they never go stale).
+    can_revoke: bool,
+    can_cancel: bool,
+    csrf: String,
 }
 
 #[derive(Template)]
@@ -518,18 +521,17 @@ struct RequestPage {
     justification: String,
     caller_address: String,
     started: String,
-    can_revoke: bool,
-    can_cancel: bool,
     /// The rendered (escaped) live fragment.
     live_html: String,
 }
 
 async fn live_of(
     st: &AppState,
-    caller: &Caller,
+    v: &Viewer,
     view: &RequestView,
     q: &DetailsQuery,
 ) -> Result<Live, HttpError> {
+    let caller = &v.caller;
     let connect = ConnectKind::parse(q.connect.as_deref())?;
     let login = q.login.as_deref().filter(|l| !l.is_empty());
     let (login, login_error) = match login.map(LoginName::parse) {
@@ -666,6 +668,9 @@ async fn live_of(
         details,
         no_address,
         login_error,
+        can_revoke: matches!(view.status, PortStatus::Initiated | PortStatus::Applied),
+        can_cancel: view.status == PortStatus::PendingApproval,
+        csrf: v.csrf.clone(),
     })
 }
 
@@ -676,13 +681,10 @@ async fn request_page(
     Q(q): Q<DetailsQuery>,
 ) -> PageResult {
     let view = st.app.lifecycle.get(&v.caller, &id).await?;
-    let live_html = live_of(&st, &v.caller, &view, &q)
-        .await?
-        .render()
-        .map_err(|e| {
-            tracing::error!(error = %e, "request fragment failed to render");
-            refuse(ErrorCode::InternalError, "the page could not be rendered")
-        })?;
+    let live_html = live_of(&st, &v, &view, &q).await?.render().map_err(|e| {
+        tracing::error!(error = %e, "request fragment failed to render");
+        refuse(ErrorCode::InternalError, "the page could not be rendered")
+    })?;
     Ok(html(
         StatusCode::OK,
         &RequestPage {
@@ -692,8 +694,6 @@ async fn request_page(
             justification: view.justification.clone(),
             caller_address: view.caller_address.clone(),
             started: when_utc(&view.start_time_utc),
-            can_revoke: matches!(view.status, PortStatus::Initiated | PortStatus::Applied),
-            can_cancel: view.status == PortStatus::PendingApproval,
             live_html,
         },
     ))
@@ -706,10 +706,7 @@ async fn live(
     Q(q): Q<DetailsQuery>,
 ) -> PageResult {
     let view = st.app.lifecycle.get(&v.caller, &id).await?;
-    Ok(html(
-        StatusCode::OK,
-        &live_of(&st, &v.caller, &view, &q).await?,
-    ))
+    Ok(html(StatusCode::OK, &live_of(&st, &v, &view, &q).await?))
 }
 
 async fn revoke(State(st): State<AppState>, Path(id): Path<String>, p: Posted) -> PageResult {
