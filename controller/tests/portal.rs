@@ -752,3 +752,102 @@ async fn one_time_link_signs_in_once_and_never_approves() {
         "{ops:?}"
     );
 }
+
+/// The request form's check as it is typed (`POST /request/check`, what htmx sends): the
+/// same field checks and policy reasons as a submission, each in its field's element; the
+/// Origin and CSRF checks of every form; and nothing recorded.
+#[tokio::test]
+async fn request_form_check_says_why_and_records_nothing() {
+    let p = Portal::start().await;
+    let _agent = lab(&p.h).await;
+    let bob = p.sign_in("bob").await;
+    let csrf = p.get(&bob, "/request?vm=web2&connect=rdp").await.csrf();
+    let check = |vm: &'static str, range: &'static str, login: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("vm", vm.into()),
+            ("port", format!("{vm}|3389")),
+            ("source", "range".into()),
+            ("range", range.into()),
+            ("duration", "PT1H".into()),
+            ("when", "now".into()),
+            ("justification", String::new()),
+            ("login", login.into()),
+        ]
+    };
+    let post = |fields: [(&'static str, String); 9], origin: String| {
+        let p = &p;
+        let bob = bob.clone();
+        async move {
+            let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            p.post(&bob, "/request/check", &origin, &f).await
+        }
+    };
+
+    // A range outside the policy's for RDP: the reason in the port's element, the other
+    // elements empty (they clear what an earlier check said); no word about the
+    // justification still being typed.
+    let r = post(check("web2", "198.51.100.0/24", "bob"), p.public.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "id=\"port-errors-web2-3389\" hx-swap-oob=\"true\"><p class=\"field-error\">source \
+             198.51.100.0/24 is not inside the allowed source prefixes of port 3389/TCP"
+        ),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains(
+            "<div class=\"port-errors\" id=\"port-errors-web2-22\" hx-swap-oob=\"true\"></div>"
+        ),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("id=\"range-error\" hx-swap-oob=\"true\"></p>"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("justification"), "{}", r.body);
+
+    // Bad fields: each where it belongs, as text.
+    let r = post(check("web2", "203.0.113.0/33", "<b>x"), p.public.clone()).await;
+    assert!(r.body.contains("is not an IP range"), "{}", r.body);
+    assert!(
+        r.body.contains("&#60;b&#62;x") && !r.body.contains("<b>x"),
+        "{}",
+        r.body
+    );
+    // A VM outside Bob's rights to request (he reads rg:dev): refused in words.
+    let r = post(check("db1", "203.0.113.0/24", "bob"), p.public.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("id=\"form-check\""), "{}", r.body);
+    assert!(
+        r.body
+            .contains("may not do this on VM db1: it needs role requester"),
+        "the refusal is said: {}",
+        r.body
+    );
+
+    // Another origin (even with the token): refused.
+    let r = post(
+        check("web2", "203.0.113.0/24", "bob"),
+        "https://evil.example".into(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // Checks record nothing: no request for web2 or db1.
+    for vm in ["web2", "db1"] {
+        let (s, v) =
+            p.h.get(
+                &format!("/api/v1/virtualMachines/{vm}/requests"),
+                &p.h.admin,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["value"], json!([]), "{v}");
+    }
+}

@@ -233,8 +233,37 @@ async fn buttons(b: &Browser) -> Vec<String> {
     serde_json::from_value(v).unwrap()
 }
 
+/// The text of the element `css` ("" if it is not there).
+async fn error_text(b: &Browser, css: &str) -> String {
+    match b.find(css).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the element `css` says `want` (contains it; "" means: is empty).
+async fn wait_for_error(b: &Browser, css: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = error_text(b, css).await;
+        if (want.is_empty() && now.is_empty()) || (!want.is_empty() && now.contains(want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} says {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
 /// Bob (requester on rg:prod) asks for RDP to web2 from the office range in his browser.
-async fn bob_requests_rdp(bob: &Browser, public: &str, justification: &str) -> String {
+async fn bob_requests_rdp(
+    bob: &Browser,
+    public: &str,
+    justification: &str,
+    checked_as_typed: bool,
+) -> String {
     bob.goto(&format!("{public}/vms/web2")).await.unwrap();
     bob.click_link("Connect with RDP").await.unwrap();
     bob.wait_for_text("Ports of web2").await.unwrap();
@@ -247,7 +276,25 @@ async fn bob_requests_rdp(bob: &Browser, public: &str, justification: &str) -> S
         "RDP's port is preselected by the connection type"
     );
     bob.click("input[name=source][value=range]").await.unwrap();
+    if checked_as_typed {
+        // Checked on the server as it is typed, before any submission: a range that does
+        // not parse, then one the policy does not allow for RDP, each next to its field.
+        bob.fill("#range", "203.0.113.0/33").await.unwrap();
+        wait_for_error(bob, "#range-error", "is not an IP range").await;
+        bob.fill("#range", "198.51.100.0/24").await.unwrap();
+        wait_for_error(
+            bob,
+            "#port-errors-web2-3389",
+            "not inside the allowed source prefixes",
+        )
+        .await;
+        assert_eq!(error_text(bob, "#range-error").await, "");
+        bob.checkpoint("request-form-checked").await;
+    }
     bob.fill("#range", "203.0.113.0/24").await.unwrap();
+    if checked_as_typed {
+        wait_for_error(bob, "#port-errors-web2-3389", "").await;
+    }
     bob.click("#duration option[value=PT1H]").await.unwrap();
     bob.fill_label("Justification (required)", justification)
         .await
@@ -271,7 +318,7 @@ async fn approval_with_requester_and_approver_in_two_browsers() {
     let alice = signed_in("portal_approval_approver", "alice", &h, &op, &public).await;
 
     // Bob asks; his page says who still has to approve.
-    let first = bob_requests_rdp(&bob, &public, "patch night").await;
+    let first = bob_requests_rdp(&bob, &public, "patch night", true).await;
     wait_for_status(&bob, "PendingApproval").await;
     assert_eq!(buttons(&bob).await, ["Cancel"]);
     let live = bob.find("#live").await.unwrap().text().await.unwrap();
@@ -326,7 +373,7 @@ async fn approval_with_requester_and_approver_in_two_browsers() {
     bob.checkpoint("applied-after-approval").await;
 
     // A second request, denied with a reason that is hostile markup: shown as text.
-    bob_requests_rdp(&bob, &public, "again").await;
+    bob_requests_rdp(&bob, &public, "again", false).await;
     wait_for_status(&bob, "PendingApproval").await;
     alice.goto(&format!("{public}/approvals")).await.unwrap();
     alice.wait_for_text("again").await.unwrap();

@@ -12,18 +12,33 @@ pub mod end;
 pub mod initiate;
 pub mod plan;
 
-use jitgate_api::{ApprovalEntry, ApprovalsQuery, ErrorCode, InitiateBody, RequestView};
+use jitgate_api::{
+    ApprovalEntry, ApprovalsQuery, ErrorCode, InitiateBody, PolicyScope, RequestView,
+};
+use jitgate_common::Port;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::approval::decide::{self, Verdict};
 use crate::approval::report;
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
+use crate::eval;
+use crate::policy::Policy;
 use crate::request::Initiate;
 use crate::store::db::Db;
 use crate::store::grants::{self, GrantContext, GrantState, OutboxItem};
 use crate::store::write::{group_commit, spawn_writers};
-use crate::store::{inventory, requests};
+use crate::store::{inventory, policies, requests};
+
+/// What [`Lifecycle::preview`] found for one requested port.
+#[derive(Clone, Debug)]
+pub struct Preview {
+    pub vm: String,
+    pub port: Port,
+    /// Why the policy would deny it, in words; empty: it would not be denied.
+    pub reasons: Vec<String>,
+    pub needs_approval: bool,
+}
 
 /// The lifecycle of this controller: its database and its two group-commit writers.
 #[derive(Clone)]
@@ -71,6 +86,54 @@ impl Lifecycle {
             self.limits.max_booking_ahead_ms,
         )?;
         self.initiate(caller, &req).await
+    }
+
+    /// What the policy says about `body` now, recording nothing: per requested port, every
+    /// reason it would be denied (none: granted, or sent to approval). The portal checks a
+    /// form with it as it is filled in; the request itself is decided by
+    /// [`Lifecycle::request`], under the same rights (a VM outside them is refused here too).
+    pub async fn preview(&self, caller: &Caller, body: &InitiateBody) -> Result<Vec<Preview>> {
+        let now = jitgate_api::time::now_ms();
+        let req = Initiate::from_body_within(
+            body,
+            caller.address,
+            now,
+            self.limits.max_booking_ahead_ms,
+        )?;
+        let pool = self.db.pool();
+        let mut out = Vec::new();
+        for vm in &req.vms {
+            let row = inventory::require_vm(pool, &vm.name).await?;
+            let group = row.resource_group.as_str();
+            authz::authorize(
+                caller,
+                Action::Initiate {
+                    vm: &vm.name,
+                    group,
+                },
+            )?;
+            let stored = match policies::get(pool, PolicyScope::VirtualMachine, &vm.name).await? {
+                Some(p) => Some(p),
+                None => policies::get(pool, PolicyScope::ResourceGroup, group).await?,
+            };
+            let policy = stored
+                .map(|p| {
+                    Policy::from_body(&p.body.0).map_err(|e| {
+                        Error::Corrupt(format!("stored policy of {}: {e}", p.scope_name))
+                    })
+                })
+                .transpose()?;
+            for p in &vm.ports {
+                let o = eval::evaluate_port(policy.as_ref(), p, now);
+                out.push(Preview {
+                    vm: vm.name.clone(),
+                    port: p.number,
+                    reasons: o.reasons.into_iter().map(|(_, m)| m).collect(),
+                    needs_approval: !o.approvals.is_empty(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Evaluates and records a validated request, decided by the group-commit writer in

@@ -6,6 +6,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use jitgate_api::ErrorCode;
+
+use crate::http::error::HttpError;
+
 /// A login name for SSH or RDP: a lowercase letter or `_`, then up to 31 of lowercase
 /// letters, digits, `_`, `-` and `.` (the portable POSIX user-name set, never starting
 /// with `-` and never holding a space, quote, newline or control character).
@@ -123,4 +127,52 @@ mod tests {
         );
         assert_eq!(address_of(&["198.51.100.0/24".into()]), None);
     }
+}
+
+/// What the connect buttons ask for: the port they preselect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectKind {
+    Ssh,
+    Rdp,
+}
+
+impl ConnectKind {
+    pub fn parse(s: Option<&str>) -> Result<Option<ConnectKind>, HttpError> {
+        match s.filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some("ssh") => Ok(Some(ConnectKind::Ssh)),
+            Some("rdp") => Ok(Some(ConnectKind::Rdp)),
+            Some(o) => Err(HttpError::new(
+                ErrorCode::InvalidQuery,
+                format!("connect {o:?}: use ssh or rdp"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectKind::Ssh => "ssh",
+            ConnectKind::Rdp => "rdp",
+        }
+    }
+
+    pub fn port(self) -> u32 {
+        match self {
+            ConnectKind::Ssh => 22,
+            ConnectKind::Rdp => 3389,
+        }
+    }
+}
+
+/// Where the request page shows connection details for, carried in its address.
+pub fn details_query(connect: Option<ConnectKind>, login: &str) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(c) = connect {
+        s.append_pair("connect", c.as_str());
+    }
+    if !login.is_empty() {
+        s.append_pair("login", login);
+    }
+    let q = s.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
 }

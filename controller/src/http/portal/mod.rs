@@ -6,17 +6,20 @@
 //!   (Origin, CSRF), in one place.
 //! - [`page`]: security headers, the frame of each page, rendering, errors as pages.
 //! - [`vms`]: the "Just-in-time VM access" page, a VM's page, request history.
-//! - [`requests`]: request access, the request page (live status, connection details),
-//!   revoke, cancel, the `.rdp` download; [`connect`] builds the connection details.
+//! - [`form`]: request access (the form, checked as it is filled in, and its submission).
+//! - [`requests`]: the request page (live status, connection details), revoke, cancel, the
+//!   `.rdp` download; [`connect`] builds the connection details.
 //! - [`approvals`]: the inbox of requests waiting for my decision.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
-//! work without JavaScript; htmx only refreshes the request's status in place.
+//! work without JavaScript; htmx refreshes the request's status in place and checks the
+//! request form as it is filled in.
 
 pub mod approvals;
 pub mod assets;
 pub mod connect;
+pub mod form;
 pub mod page;
 pub mod requests;
 pub mod session;
@@ -32,6 +35,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(crate::http::web_signin::router())
         .merge(vms::router())
+        .merge(form::router())
         .merge(requests::router())
         .merge(approvals::router())
         .merge(assets::router())

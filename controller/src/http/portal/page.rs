@@ -149,6 +149,15 @@ pub fn sources(p: &jitgate_api::RequestPort) -> String {
         .join(", ")
 }
 
+/// The allowed sources of a policy's port, as listed.
+pub fn policy_sources(p: &jitgate_api::PolicyPort) -> String {
+    p.allowed_source_address_prefixes
+        .clone()
+        .or_else(|| p.allowed_source_address_prefix.clone().map(|x| vec![x]))
+        .unwrap_or_default()
+        .join(", ")
+}
+
 /// A 303 to a path of this site.
 pub fn see_other(to: &str) -> Response {
     let mut r = StatusCode::SEE_OTHER.into_response();
@@ -189,6 +198,11 @@ pub fn remaining(end_ms: i64, now_ms: i64) -> String {
     } else {
         format!("{s} s")
     }
+}
+
+/// `s` as one path segment or query value.
+pub fn url_path(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[cfg(test)]

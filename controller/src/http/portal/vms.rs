@@ -10,7 +10,9 @@ use jitgate_api::{AgentConnection, PortStatus, RequestView};
 use serde::Deserialize;
 
 use crate::http::extract::Q;
-use crate::http::portal::page::{Chrome, PageResult, html, refuse, see_other, when, when_utc};
+use crate::http::portal::page::{
+    Chrome, PageResult, html, policy_sources, refuse, see_other, when, when_utc,
+};
 use crate::http::portal::session::Viewer;
 use crate::http::state::AppState;
 use crate::inventory::{JitEntry, JitFilter, JitTab};
@@ -268,12 +270,7 @@ async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>
                 .iter()
                 .map(|port| PolicyLine {
                     port: format!("{}/{}", port.number, port.protocol),
-                    sources: port
-                        .allowed_source_address_prefixes
-                        .clone()
-                        .or_else(|| port.allowed_source_address_prefix.clone().map(|p| vec![p]))
-                        .unwrap_or_default()
-                        .join(", "),
+                    sources: policy_sources(port),
                     max: port.max_request_access_duration.clone(),
                     approval: if port.approval.is_some() {
                         "approval required".into()
