@@ -851,3 +851,83 @@ async fn request_form_check_says_why_and_records_nothing() {
         assert_eq!(v["value"], json!([]), "{v}");
     }
 }
+
+/// Connect from the page of a VM that no policy covers: the details at once (no request to
+/// make), built from validated parts only; a VM under a policy goes through the request
+/// form, and its `.rdp` file only comes from an open request.
+#[tokio::test]
+async fn connect_without_a_policy_shows_the_details_at_once() {
+    let p = Portal::start().await;
+    let _agent = lab(&p.h).await;
+    let alice = p.sign_in("alice").await;
+
+    let vm = p.get(&alice, "/vms/tools1").await.body;
+    assert!(
+        vm.contains("href=\"/vms/tools1/connect?kind=ssh\"")
+            && vm.contains("href=\"/vms/tools1/connect?kind=rdp\""),
+        "{vm}"
+    );
+    let ssh = p
+        .get(&alice, "/vms/tools1/connect?kind=ssh&login=alice")
+        .await;
+    assert_eq!(ssh.status, StatusCode::OK, "{}", ssh.body);
+    assert!(
+        ssh.body
+            .contains("<code class=\"ssh\">ssh -p 22 alice@198.51.100.7</code>"),
+        "{}",
+        ssh.body
+    );
+    assert!(ssh.body.contains("no request is needed"), "{}", ssh.body);
+    let rdp = p
+        .get(&alice, "/vms/tools1/connect?kind=rdp&login=alice")
+        .await
+        .body;
+    assert!(
+        rdp.contains("href=\"/vms/tools1/rdp?login=alice\" download"),
+        "{rdp}"
+    );
+    let file = p.get(&alice, "/vms/tools1/rdp?login=alice").await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(file.headers["content-type"], "application/x-rdp");
+    assert_eq!(
+        file.body,
+        "full address:s:198.51.100.7:3389\r\nusername:s:alice\r\n"
+    );
+
+    // A crafted login name: refused in words, in no command or file.
+    let bad = p
+        .get(
+            &alice,
+            "/vms/tools1/connect?kind=ssh&login=a%3B%20rm%20-rf%20~",
+        )
+        .await
+        .body;
+    assert!(
+        bad.contains("<code class=\"ssh\">ssh -p 22 198.51.100.7</code>"),
+        "{bad}"
+    );
+    assert!(!bad.contains("a; rm -rf ~@"), "{bad}");
+    let r = p
+        .get(
+            &alice,
+            "/vms/tools1/rdp?login=x%0D%0Adrivestoredirect%3As%3A*",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(!r.body.contains("full address"), "{}", r.body);
+    let r = p.get(&alice, "/vms/tools1/connect?kind=telnet").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    // Under a policy: the request form first; no .rdp file without a request.
+    let r = p.get(&alice, "/vms/web2/connect?kind=rdp").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/request?vm=web2&connect=rdp");
+    let r = p.get(&alice, "/vms/web2/rdp").await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    assert!(r.body.contains("request access"), "{}", r.body);
+
+    // Outside the person's rights: refused.
+    let bob = p.sign_in("bob").await;
+    let r = p.get(&bob, "/vms/tools1/connect?kind=ssh").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+}

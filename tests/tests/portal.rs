@@ -316,6 +316,11 @@ async fn request_ssh_and_revoke_in_the_browser() {
         ("/vms/vm-01", "Connect with SSH", "vm"),
         ("/vms/vm-01/requests", "Request history of", "vm-history"),
         ("/approvals", "Requests waiting for me", "approvals"),
+        (
+            "/vms/vm-02/connect?kind=ssh&login=alice",
+            "ssh -p 22 alice@203.0.113.9",
+            "connect-without-policy",
+        ),
     ] {
         b.goto(&format!("{origin}{path}")).await.unwrap();
         b.wait_for_text(text).await.unwrap();

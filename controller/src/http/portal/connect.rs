@@ -57,6 +57,35 @@ pub fn address_of(registered: &[String]) -> Option<IpAddr> {
     })
 }
 
+/// The download of [`rdp_file`]: its file name is built from the address only (nothing a
+/// person wrote).
+pub fn rdp_download(addr: IpAddr, port: u16, user: Option<&LoginName>) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-rdp".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"jitgate-{}.rdp\"",
+                    addr.to_string().replace(':', "-")
+                ),
+            ),
+        ],
+        rdp_file(addr, port, user),
+    )
+        .into_response()
+}
+
+/// An optional login name from a query: absent or empty is none.
+pub fn login_of(given: Option<&str>) -> Result<Option<LoginName>, String> {
+    given
+        .filter(|l| !l.is_empty())
+        .map(LoginName::parse)
+        .transpose()
+}
+
 /// `ssh -p PORT [USER@]ADDRESS`.
 pub fn ssh_command(addr: IpAddr, port: u16, user: Option<&LoginName>) -> String {
     match user {

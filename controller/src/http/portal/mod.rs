@@ -9,6 +9,7 @@
 //! - [`form`]: request access (the form, checked as it is filled in, and its submission).
 //! - [`requests`]: the request page (live status, connection details), revoke, cancel, the
 //!   `.rdp` download; [`connect`] builds the connection details.
+//! - [`direct`]: Connect to a VM that no policy covers (details at once, no request).
 //! - [`approvals`]: the inbox of requests waiting for my decision.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
@@ -19,6 +20,7 @@
 pub mod approvals;
 pub mod assets;
 pub mod connect;
+pub mod direct;
 pub mod form;
 pub mod page;
 pub mod requests;
@@ -37,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .merge(vms::router())
         .merge(form::router())
         .merge(requests::router())
+        .merge(direct::router())
         .merge(approvals::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))

@@ -4,8 +4,7 @@
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use jitgate_api::{ErrorCode, PortStatus, RequestView};
 use serde::Deserialize;
@@ -317,16 +316,8 @@ async fn rdp(
             format!("port {} of {} is not open under this request", q.port, q.vm),
         ));
     }
-    let login = match q
-        .login
-        .as_deref()
-        .filter(|l| !l.is_empty())
-        .map(LoginName::parse)
-    {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => return Err(refuse(ErrorCode::InvalidQuery, e)),
-    };
+    let login =
+        connect::login_of(q.login.as_deref()).map_err(|e| refuse(ErrorCode::InvalidQuery, e))?;
     let d = st.app.inventory.vm(&v.caller, &q.vm).await?;
     let Some(addr) = connect::address_of(&d.addresses) else {
         return Err(refuse(
@@ -334,19 +325,5 @@ async fn rdp(
             format!("{} has no registered IP address to connect to", q.vm),
         ));
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-rdp".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                // The file name is built from the address only: nothing a person wrote.
-                format!(
-                    "attachment; filename=\"jitgate-{}.rdp\"",
-                    addr.to_string().replace(':', "-")
-                ),
-            ),
-        ],
-        connect::rdp_file(addr, q.port, login.as_ref()),
-    )
-        .into_response())
+    Ok(connect::rdp_download(addr, q.port, login.as_ref()))
 }
