@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 
 use jitgate_browser::{Browser, BrowserOptions};
+use jitgate_oidc_testprovider::{CLI_CLIENT_ID, Setup, TestCa, TestProvider, WEB_CLIENT_ID};
 use std::time::Duration;
 
 use jitgate_tests::agent::{AgentProc, args};
@@ -146,7 +148,7 @@ async fn wait_for_status(b: &Browser, want: &str) {
 }
 
 /// The whole request flow of a person in the portal, with a real agent enforcing it with XDP
-/// and a real sshd behind it: sign in, the VM lists, the request form, the live status
+/// and a real sshd behind it: sign in through the real OpenID provider, the VM lists, the request form, the live status
 /// reaching Applied without a reload, SSH from the same workstation, the connection details
 /// (the SSH command and the `.rdp` file, fetched with the page's session), Revoke from the
 /// page, SSH refused.
@@ -160,7 +162,34 @@ async fn request_ssh_and_revoke_in_the_browser() {
     let vm = &fleet.vms[0];
     let sshd = Sshd::start(&vm.ns).unwrap();
     let origin = format!("https://{WS_V4}:8443");
-    let ctl = ControllerProc::start_with(&fleet.ws, WS_V4, &format!("public_url = \"{origin}\"\n"));
+    // The OpenID provider people sign in with, on the workstation namespace's loopback:
+    // reached there by the controller and by the browser.
+    let ws = Fleet::ns_path(&fleet.ws);
+    let ca = Arc::new(TestCa::new().unwrap());
+    let op = TestProvider::start(
+        ca.clone(),
+        &Setup {
+            web_redirect: format!("{origin}/auth/callback"),
+            netns: Some(ws.clone()),
+            ..Setup::default()
+        },
+    )
+    .await
+    .unwrap();
+    let oidc = format!(
+        "[oidc]\nissuer = \"{}\"\nclient_id = \"{WEB_CLIENT_ID}\"\nclient_secret_file = \"{}\"\n\
+         cli_client_id = \"{CLI_CLIENT_ID}\"\nca_file = \"{}\"\n\
+         scopes = [\"openid\", \"profile\", \"groups\"]\n\
+         [[oidc.roles]]\ngroup = \"jit-admins\"\nrole = \"admin\"\nscope = \"*\"\n",
+        op.issuer(),
+        op.web_client_secret_file().display(),
+        ca.ca_file().display()
+    );
+    let ctl = ControllerProc::start_with(
+        &fleet.ws,
+        WS_V4,
+        &format!("public_url = \"{origin}\"\n{oidc}"),
+    );
     let token = ctl.add_vm("vm-01", vm.v4);
     // A second VM in a group without a policy: the "Not configured" tab.
     // Its owner is a hostile string: shown as text, nothing runs.
@@ -207,12 +236,32 @@ async fn request_ssh_and_revoke_in_the_browser() {
     );
     assert!(refused(2), "ssh open before any request");
 
-    let ws = Fleet::ns_path(&fleet.ws);
-    let b = workstation_browser("portal_request_ssh", &ws, &ctl, &origin).await;
-    let link = admin_link(&ctl);
-    b.goto(link["url"].as_str().unwrap()).await.unwrap();
+    // Alice signs in through the provider's own form (she is in jit-admins: admin on *).
+    let b = Browser::start(
+        BrowserOptions::new("portal_request_ssh")
+            .netns(&ws)
+            .trust(ctl.state.join("tls/server.crt"))
+            .trust(op.cert_file())
+            .check_headers_of(&origin)
+            .ignore(&format!("{}/favicon.ico", op.issuer())),
+    )
+    .await
+    .unwrap();
+    b.goto(&format!("{origin}/auth/login?return=/jit"))
+        .await
+        .unwrap();
+    b.wait_for_url(&format!("{}/interaction/", op.issuer()))
+        .await
+        .unwrap();
+    b.fill("input[name=login]", "alice").await.unwrap();
+    b.fill("input[name=password]", "alice-password")
+        .await
+        .unwrap();
     b.click_button("Sign in").await.unwrap();
+    b.wait_for_text("asks for").await.unwrap();
+    b.click_button("Allow").await.unwrap();
     b.wait_for_url(&format!("{origin}/jit")).await.unwrap();
+    b.wait_for_text("Signed in as alice").await.unwrap();
 
     // The tabs: vm-01 (policy, agent) is configured, vm-02 is not.
     b.wait_for_text("Configured (1)").await.unwrap();

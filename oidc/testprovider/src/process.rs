@@ -57,6 +57,10 @@ pub struct Setup {
     /// Listen on this port (for a test that needs the issuer before the provider runs);
     /// default: any free port.
     pub port: Option<u16>,
+    /// Run inside this network namespace (a path such as `/run/netns/NAME`): the provider
+    /// then listens on that namespace's loopback, for a browser and a controller in it. The
+    /// admin calls of [`TestProvider`] reach the provider only from the same namespace.
+    pub netns: Option<PathBuf>,
 }
 
 impl Setup {
@@ -77,6 +81,7 @@ impl Default for Setup {
             ],
             web_redirect: "https://127.0.0.1:8443/auth/callback".into(),
             port: None,
+            netns: None,
         }
     }
 }
@@ -181,11 +186,22 @@ impl TestProvider {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        let netns = match &setup.netns {
+            None => None,
+            Some(p) => Some(std::fs::File::open(p).map_err(|e| HarnessError::new(p.display(), e))?),
+        };
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: prctl and setns are async-signal-safe system calls; nothing else runs
+        // between fork and exec. The namespace file stays open until after the spawn.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // Killed when the thread that started it dies, however the test ends.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = netns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -194,6 +210,7 @@ impl TestProvider {
         let mut child = cmd
             .spawn()
             .map_err(|e| HarnessError::new("starting node (Node.js must be installed)", e))?;
+        drop(netns);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let drain_to = log.clone();
