@@ -124,7 +124,8 @@ impl Driver {
         let port = d.wait_port().await?;
         let port = match netns {
             Some(ns) => {
-                let f = Forwarder::start(ns, port).await?;
+                let f = Forwarder::start(ns, std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await?;
                 let local = f.port;
                 d.forward = Some(f);
                 local

@@ -54,6 +54,7 @@ pub use fantoccini;
 
 pub use axe::{AxeViolation, axe_dir, ensure_axe_installed};
 pub use headers::{HeaderPolicy, Headers, headers_of, security_header_problems};
+pub use netns::Forwarder;
 pub use session::{Browser, BrowserOptions, ConsoleEntry, SeenResponse, screenshot_root};
 pub use site::StaticSite;
 pub use tls::spki_sha256_base64;

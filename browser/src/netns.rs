@@ -1,6 +1,7 @@
-//! Reaching a chromedriver that listens on a network namespace's loopback: a listener on
-//! this namespace's loopback whose connections are forwarded to sockets opened inside the
-//! other namespace (by one thread that entered it; a socket keeps its namespace).
+//! Reaching a server inside a network namespace (chromedriver on its loopback, a controller on
+//! a lab address) from this one: a listener on this namespace's loopback whose connections are
+//! forwarded to sockets opened inside the other namespace (by one thread that entered it; a
+//! socket keeps its namespace).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -61,14 +62,23 @@ impl NsConnector {
     }
 }
 
-/// `127.0.0.1:port` here, forwarded to `127.0.0.1:target` inside a namespace.
-pub(crate) struct Forwarder {
-    pub(crate) port: u16,
+/// `127.0.0.1:port` here (a free port), forwarded to `to` inside a namespace; it stops when
+/// dropped. Needs a tokio runtime (its connections are tasks).
+pub struct Forwarder {
+    pub port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Forwarder(127.0.0.1:{})", self.port)
+    }
+}
+
 impl Forwarder {
-    pub(crate) async fn start(ns: &Path, target: u16) -> Result<Forwarder, BrowserError> {
+    /// Listens on a free loopback port here and forwards each connection to `to` inside the
+    /// namespace at `ns` (`/run/netns/NAME`; needs root).
+    pub async fn start(ns: &Path, to: SocketAddr) -> Result<Forwarder, BrowserError> {
         let connector = NsConnector::start(ns)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -77,7 +87,6 @@ impl Forwarder {
             .local_addr()
             .map_err(|e| BrowserError::new("forwarder listener", e))?
             .port();
-        let to = SocketAddr::from(([127, 0, 0, 1], target));
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let c = connector.clone();

@@ -57,8 +57,18 @@ enum Cmd {
         warn: bool,
     },
     /// The reference scenario end to end (root): SSH refused, `jit connect ssh`, a real
-    /// session, the window ends, history and activity log. Cleans up, also on Ctrl-C.
-    Demo,
+    /// session, the window ends, history and activity log; then the web portal in headless
+    /// Chromium (sign in with a one-time link, request SSH with My IP, Applied live, SSH,
+    /// Revoke), a screenshot of each step under <target>/demo/portal/. Cleans up, also on
+    /// failure and Ctrl-C, and checks that nothing is left.
+    Demo {
+        /// Set up the lab (controller, vm-01 with sshd and an agent enforcing with XDP, a
+        /// policy, vm-02 without one) and keep it running: prints a loopback URL of the portal
+        /// (https://127.0.0.1:PORT/, forwarded into the lab), the CA to trust, a one-time
+        /// sign-in link and the SSH command, then waits for Ctrl-C and removes everything.
+        #[arg(long)]
+        portal: bool,
+    },
     /// Build the Debian packages jitgate-agent, jitgate-controller and jitgate-cli from the
     /// release build (cargo-deb); `--test` also installs, upgrades, removes and purges them
     /// in a throwaway Debian root (docs/operations.md).
@@ -206,12 +216,20 @@ fn main() -> Result<()> {
             setup()?;
             package::main(&root, args)
         }
-        Cmd::Demo => {
+        Cmd::Demo { portal } => {
             setup()?;
             run(Command::new("cargo").args(["build", "--bins"]))?;
-            run(&mut Command::new(
-                target_dir(&root).join("debug/jitgate-demo"),
-            ))
+            let target = target_dir(&root);
+            let mut demo = Command::new(target.join("debug/jitgate-demo"));
+            if portal {
+                demo.arg("--portal");
+            }
+            // The demo's browser saves its screenshots under <target>/demo/portal/.
+            demo.env("JIT_SCREENSHOT_DIR", target.join("demo"));
+            // Replaced by the demo: Ctrl-C then reaches it (which cleans up) and no waiting
+            // parent that would die first and hand the terminal back mid-cleanup.
+            use std::os::unix::process::CommandExt;
+            Err(demo.exec()).context("running the demo")
         }
         Cmd::Bench { which } => {
             setup()?;
