@@ -165,11 +165,14 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs the SSH command the demo printed, with `true` as the remote command.
-fn printed_ssh_works(cmd: &str) -> bool {
+/// Runs the SSH command the demo printed, with `true` as the remote command (a refused
+/// connection is a dropped SYN: it ends at the connect timeout).
+fn printed_ssh_works(cmd: &str, connect_timeout: u32) -> bool {
     Command::new("timeout")
         .args(["20", "sh", "-c"])
-        .arg(format!("{cmd} -o BatchMode=yes -o ConnectTimeout=3 true"))
+        .arg(format!(
+            "{cmd} -o BatchMode=yes -o ConnectTimeout={connect_timeout} true"
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -217,7 +220,7 @@ async fn demo_portal_serves_this_hosts_loopback_until_sigint_then_removes_everyt
         .map(|l| l.trim().to_string())
         .unwrap();
     assert!(ssh.starts_with("ip netns exec jgws"), "{ssh}");
-    assert!(!printed_ssh_works(&ssh), "SSH works before any request");
+    assert!(!printed_ssh_works(&ssh, 1), "SSH works before any request");
 
     // The loopback URL, checked against the printed CA (as curl --cacert does).
     let client = reqwest::Client::builder()
