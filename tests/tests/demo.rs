@@ -273,7 +273,7 @@ async fn demo_portal_serves_this_hosts_loopback_until_sigint_then_removes_everyt
     b.wait_for_text("Status: Applied").await.unwrap();
     b.checkpoint("applied").await;
     assert!(
-        printed_ssh_works(&ssh),
+        printed_ssh_works(&ssh, 10),
         "the printed SSH command after Applied"
     );
     b.close().await.unwrap();

@@ -29,14 +29,18 @@ async fn shot(b: &Browser, name: &str, what: &str) -> Step<PathBuf> {
     Ok(path)
 }
 
+/// The text of the element matching `css` (waiting for it).
+async fn text_of(b: &Browser, css: &str) -> Step<String> {
+    let e = b.find(css).await.map_err(fail)?;
+    Ok(e.text().await.unwrap_or_default())
+}
+
 /// The live section's status, polled until it reads `want` (htmx swaps it in place).
 async fn wait_for_status(b: &Browser, want: &str, limit: Duration) -> Step {
     let end = Instant::now() + limit;
     loop {
-        let now = match b.find("#status").await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        // Between swaps the element may be missing for a moment.
+        let now = text_of(b, "#status").await.unwrap_or_default();
         if now == want {
             return Ok(());
         }
@@ -98,13 +102,7 @@ pub async fn run(lab: &Lab, made: &mut Made, first: u32) -> Step {
         .await
         .map_err(fail)?;
     b.wait_for_text("Configured (1)").await.map_err(fail)?;
-    let seen = b
-        .find("#my-address")
-        .await
-        .map_err(fail)?
-        .text()
-        .await
-        .unwrap_or_default();
+    let seen = text_of(&b, "#my-address").await?;
     shot(
         &b,
         "jit-configured",
@@ -166,13 +164,7 @@ pub async fn run(lab: &Lab, made: &mut Made, first: u32) -> Step {
     b.wait_for_url(&format!("{origin}/requests/"))
         .await
         .map_err(fail)?;
-    let status = b
-        .find("#status")
-        .await
-        .map_err(fail)?
-        .text()
-        .await
-        .unwrap_or_default();
+    let status = text_of(&b, "#status").await?;
     shot(
         &b,
         "request-page",
@@ -181,13 +173,7 @@ pub async fn run(lab: &Lab, made: &mut Made, first: u32) -> Step {
     .await?;
     wait_for_status(&b, "Applied", Duration::from_secs(60)).await?;
     let applied = t_req.elapsed();
-    let ssh = b
-        .find("code.ssh")
-        .await
-        .map_err(fail)?
-        .text()
-        .await
-        .unwrap_or_default();
+    let ssh = text_of(&b, "code.ssh").await?;
     shot(
         &b,
         "request-applied",
