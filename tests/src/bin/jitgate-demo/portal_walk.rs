@@ -222,8 +222,8 @@ pub async fn run(lab: &Lab, made: &mut Made, first: u32) -> Step {
     shot(
         &b,
         "history",
-        "vm-01's request history: the portal's request (Revoked, UserRequested) and the \
-         earlier `jit connect` (Revoked, Expired)",
+        "vm-01's request history, newest first: the portal's request and the earlier `jit \
+         connect` one, both Revoked (by the button, and at the end of its window)",
     )
     .await?;
     let dir = b.screenshot_dir().to_path_buf();
