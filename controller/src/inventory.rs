@@ -1,6 +1,8 @@
 //! Resource groups and VMs: their administration (root on the host) and the views of them.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use jitgate_api::{
     AgentConnection, ErrorCode, Operation, PolicyScope, ResourceGroup, ResourceType, Vm, VmDetail,
@@ -84,11 +86,57 @@ pub struct JitList {
     pub more: bool,
 }
 
+/// The caller's scopes as (resource group, VM) pairs, and the filters: what the tab counts
+/// depend on besides the inventory.
+type CountKey = (
+    Vec<(Option<String>, Option<String>)>,
+    String,
+    String,
+    String,
+);
+
+/// How many (scopes, filters) the tab-count cache keeps before it starts over.
+const COUNT_CACHE_MAX: usize = 1024;
+
+/// The JIT page's tab counts, per (scopes, filters), as of one inventory generation
+/// ([`inventory::generation`]). Counting reads every VM in the caller's scope; the
+/// generation is raised in the same transaction as every write that can move a VM between
+/// tabs, and is read before each view, so a count served from here is never older than the
+/// last such write, on this controller or another sharing the database.
+#[derive(Default)]
+struct CountCache {
+    generation: i64,
+    counts: HashMap<CountKey, [usize; 3]>,
+}
+
+impl CountCache {
+    fn get(&self, generation: i64, key: &CountKey) -> Option<[usize; 3]> {
+        if self.generation != generation {
+            return None;
+        }
+        self.counts.get(key).copied()
+    }
+
+    /// Keeps `counts`, counted after `generation` was read: not if a newer generation is
+    /// already known (they may predate it).
+    fn put(&mut self, generation: i64, key: CountKey, counts: [usize; 3]) {
+        if generation < self.generation {
+            return;
+        }
+        if generation > self.generation || self.counts.len() >= COUNT_CACHE_MAX {
+            self.generation = generation;
+            self.counts.clear();
+        }
+        self.counts.insert(key, counts);
+    }
+}
+
 #[derive(Clone)]
 pub struct Inventory {
     db: Db,
     presence: Presence,
     policies: Policies,
+    counts: Arc<Mutex<CountCache>>,
 }
 
 impl Inventory {
@@ -97,6 +145,7 @@ impl Inventory {
             db,
             presence,
             policies,
+            counts: Arc::default(),
         }
     }
 
@@ -282,7 +331,7 @@ impl Inventory {
             owner: &f.owner,
             scopes: &scopes,
         };
-        let counts = inventory::jit_counts(self.db.pool(), &q).await?;
+        let counts = self.jit_counts(&q).await?;
         let page_limit = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
         let mut rows =
             inventory::jit_page(self.db.pool(), &q, tab.code(), after, page_limit).await?;
@@ -339,6 +388,36 @@ impl Inventory {
             counts,
             more,
         })
+    }
+
+    /// The tab counts of `q`: from the cache if counted at the current inventory generation
+    /// (read first, so that counts taken after a write are never filed under the generation
+    /// before it).
+    async fn jit_counts(&self, q: &inventory::JitQuery<'_>) -> Result<[usize; 3]> {
+        let generation = inventory::generation(self.db.pool()).await?;
+        let mut scopes: Vec<(Option<String>, Option<String>)> = q
+            .scopes
+            .iter()
+            .map(|(g, vm)| (g.map(str::to_string), vm.map(str::to_string)))
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        let key = (
+            scopes,
+            q.name_part.to_string(),
+            q.group.to_string(),
+            q.owner.to_string(),
+        );
+        let poisoned = |_| Error::Internal("the tab count cache".into());
+        if let Some(c) = self.counts.lock().map_err(poisoned)?.get(generation, &key) {
+            return Ok(c);
+        }
+        let counts = inventory::jit_counts(self.db.pool(), q).await?;
+        self.counts
+            .lock()
+            .map_err(poisoned)?
+            .put(generation, key, counts);
+        Ok(counts)
     }
 
     /// The VM's resource group, or VmNotFound.

@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Harness;
+use common::agent::{Agent, enroll};
 use common::lab::{HOSTILE, apply_next_grant, lab};
+use jitgate_controller::authz::Caller;
 use jitgate_oidc_testprovider::{Choice, Person, Setup, TestCa, TestProvider};
+use jitgate_proto::AgentMsg;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use rp_support::free_port;
@@ -930,4 +933,210 @@ async fn connect_without_a_policy_shows_the_details_at_once() {
     let bob = p.sign_in("bob").await;
     let r = p.get(&bob, "/vms/tools1/connect?kind=ssh").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+}
+
+/// The JIT page's tab counts (cached per scopes and filters under the inventory generation)
+/// are current after every kind of write that moves a VM between tabs: a VM added, a policy
+/// created or deleted, an agent enrolled, detached, re-attached or revoked.
+#[tokio::test]
+async fn jit_tab_counts_follow_every_change() {
+    use jitgate_controller::inventory::{JitFilter, JitTab};
+    let h = Harness::new().await;
+    h.fixture().await;
+    let dev = Caller::token(
+        "dev",
+        "dev-reader",
+        jitgate_api::Role::Reader,
+        jitgate_api::Scope::ResourceGroup("dev".into()),
+        [127, 0, 0, 1].into(),
+    );
+    let web = JitFilter {
+        name_part: "WEB".into(),
+        ..JitFilter::default()
+    };
+    // [configured, not configured, unsupported], for everything / dev's scope / names with
+    // "web"; each read twice, so the second comes from the cache (unless `settling`: a
+    // status report may be applied in between).
+    let read = async |h: &Harness, settling: bool| {
+        let mut out = Vec::new();
+        for (caller, f) in [
+            (&Caller::local(), &JitFilter::default()),
+            (&dev, &JitFilter::default()),
+            (&Caller::local(), &web),
+        ] {
+            let mut two = Vec::new();
+            for _ in 0..2 {
+                let list = h
+                    .app()
+                    .inventory
+                    .jit_list(caller, f, JitTab::Configured, "", 50)
+                    .await
+                    .unwrap();
+                two.push(list.counts);
+            }
+            if !settling {
+                assert_eq!(two[0], two[1]);
+            }
+            out.push(two[1]);
+        }
+        out
+    };
+    let counts = async |h: &Harness| read(h, false).await;
+    assert_eq!(counts(&h).await, [[0, 3, 0], [0, 1, 0], [0, 2, 0]]);
+    let ports = json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+                        "maxRequestAccessDuration": "PT1H"}]);
+    h.put_rg_policy("prod", ports.clone()).await;
+    assert_eq!(counts(&h).await, [[0, 1, 2], [0, 1, 0], [0, 0, 2]]);
+    // A replaced policy moves nothing.
+    h.put_rg_policy("prod", ports.clone()).await;
+    assert_eq!(counts(&h).await, [[0, 1, 2], [0, 1, 0], [0, 0, 2]]);
+    h.put_vm_policy("db1", ports.clone()).await;
+    assert_eq!(counts(&h).await, [[0, 0, 3], [0, 0, 1], [0, 0, 2]]);
+    let creds = enroll(&h, "web2").await;
+    assert_eq!(counts(&h).await, [[1, 0, 2], [0, 0, 1], [1, 0, 1]]);
+
+    // A status report without an attached interface: enforcement detached, unsupported;
+    // attached again, configured.
+    let mut agent = Agent::connect(&creds).await;
+    agent.handshake(&creds, 0).await;
+    let status = |interfaces: Vec<(String, String)>| {
+        AgentMsg::Status(Box::new(jitgate_proto::message::StatusReport {
+            heartbeat: jitgate_proto::message::Heartbeat {
+                interfaces,
+                protected: vec![],
+                listening: vec![],
+                active_grants: 0,
+                audit_head: "ab".repeat(32),
+                audit_seq: 0,
+            },
+            addresses: vec![],
+            problems: vec![],
+            agent_unix_ms: jitgate_api::time::now_ms(),
+        }))
+    };
+    let until = async |h: &Harness, want: [usize; 3]| {
+        for _ in 0..100 {
+            if read(h, true).await[0] == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the counts never became {want:?}: {:?}", counts(h).await);
+    };
+    agent.send(&status(vec![])).await;
+    until(&h, [0, 0, 3]).await;
+    agent
+        .send(&status(vec![("eth0".into(), "native".into())]))
+        .await;
+    until(&h, [1, 0, 2]).await;
+
+    h.app()
+        .fleet
+        .revoke_agents(&Caller::local(), "web2")
+        .await
+        .unwrap();
+    assert_eq!(counts(&h).await, [[0, 0, 3], [0, 0, 1], [0, 0, 2]]);
+    h.app()
+        .policies
+        .delete(
+            &Caller::local(),
+            jitgate_controller::policies::Target::Vm("db1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts(&h).await, [[0, 1, 2], [0, 1, 0], [0, 0, 2]]);
+    h.app()
+        .inventory
+        .add_vm(
+            &Caller::local(),
+            "web3",
+            "prod",
+            &["192.0.2.13".parse().unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counts(&h).await, [[0, 1, 3], [0, 1, 0], [0, 0, 3]]);
+}
+
+/// The Configured tab's "approved requests of the last 7 days": each approved request once
+/// per VM (also with several ports on it), pending and denied ones not, and the newest one's
+/// requester and time.
+#[tokio::test]
+async fn recent_access_counts_approved_requests_once() {
+    use jitgate_api::Role;
+    let h = Harness::new().await;
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([
+            {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+             "maxRequestAccessDuration": "PT3H"},
+            {"number": 443, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+             "maxRequestAccessDuration": "PT3H"},
+            {"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+             "maxRequestAccessDuration": "PT3H",
+             "approval": {"stages": [{"approvers": ["group:jit-admins"], "required": 1}]}}
+        ]),
+    )
+    .await;
+    let since = jitgate_api::time::now_ms() - 1000;
+    let port = |n: u16| json!({"number": n, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT1H"});
+    let made = async |who: &str, body: serde_json::Value, status: &str| {
+        let t = h.token(who, Role::Requester, "*").await;
+        let (st, v) = h.initiate(&t, body).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["status"], status, "{v}");
+        // Distinct request times.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // alice: web1 on two ports, one request.
+    made(
+        "alice",
+        json!({"virtualMachines": [{"id": "web1", "ports": [port(22), port(443)]}],
+               "justification": "ticket INC-1"}),
+        "Initiated",
+    )
+    .await;
+    // bob: pending approval; carol: denied (a port without a policy rule).
+    made(
+        "bob",
+        common::one_port("web1", port(3389)),
+        "PendingApproval",
+    )
+    .await;
+    made("carol", common::one_port("web1", port(8080)), "Denied").await;
+    // dave: web1 and web2 in one request.
+    made(
+        "dave",
+        json!({"virtualMachines": [{"id": "web1", "ports": [port(22)]},
+                                   {"id": "web2", "ports": [port(22)]}],
+               "justification": "ticket INC-2"}),
+        "Initiated",
+    )
+    .await;
+    made(
+        "erin",
+        common::one_port("web2", port(3389)),
+        "PendingApproval",
+    )
+    .await;
+    let vms: Vec<String> = ["web1", "web2", "db1"].map(String::from).to_vec();
+    let recent = h.app().lifecycle.recent_access(since, &vms).await.unwrap();
+    let web1 = &recent["web1"];
+    assert_eq!((web1.approved, web1.last_user.as_str()), (2, "dave"));
+    let web2 = &recent["web2"];
+    assert_eq!((web2.approved, web2.last_user.as_str()), (1, "dave"));
+    assert_eq!(web1.last_ms, web2.last_ms, "one request");
+    assert!(web1.last_ms >= since, "{}", web1.last_ms);
+    assert!(!recent.contains_key("db1"), "{recent:?}");
+    // Outside the window: nothing.
+    let later = jitgate_api::time::now_ms() + 1000;
+    assert!(
+        h.app()
+            .lifecycle
+            .recent_access(later, &vms)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

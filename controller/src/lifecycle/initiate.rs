@@ -200,7 +200,7 @@ fn events(
 async fn write(mut w: WriteTx, plan: Plan, events: &[jitgate_notify::Event]) -> Result<()> {
     let mut tables = vec![
         requests::request_rows(&plan.requests, w.now)?,
-        requests::port_rows(&plan.ports),
+        requests::port_rows(&plan.ports, w.now),
     ];
     tables.extend(write_grants(&mut w, &plan).await?);
     let log = activity::chain(&mut w, plan.activity)?;

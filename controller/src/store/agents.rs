@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Any, Executor};
 
 use crate::error::{Error, Result};
+use crate::store::inventory;
 use crate::store::write::WriteTx;
 
 /// An agent is shown online if it spoke within this long (heartbeats every 10 s, pings 15 s),
@@ -248,6 +249,7 @@ pub async fn revoke_active(w: &mut WriteTx, vm: &str) -> Result<u64> {
             .rows_affected();
     if n > 0 {
         w.agents_revoked(vm);
+        inventory::raise_generation(w).await?;
     }
     Ok(n)
 }
@@ -277,7 +279,7 @@ pub async fn insert(w: &mut WriteTx, a: &NewAgent<'_>) -> Result<()> {
     .bind(a.cert_pem)
     .execute(w.conn())
     .await?;
-    Ok(())
+    inventory::raise_generation(w).await
 }
 
 /// An enrolled agent as the channel identifies it.
@@ -319,12 +321,23 @@ pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Resu
     let now = w.now;
     match report {
         Some(h) => {
+            let detached = i64::from(h.detached());
+            // Enforcement detached or re-attached moves the VM between tabs of the portal's
+            // JIT page: raise the inventory generation then (and only then).
+            sqlx::query(
+                "UPDATE inventory_generation SET value = value + 1 WHERE EXISTS \
+                 (SELECT 1 FROM agents WHERE id = $1 AND detached <> $2)",
+            )
+            .bind(id)
+            .bind(detached)
+            .execute(w.conn())
+            .await?;
             sqlx::query(
                 "UPDATE agents SET last_seen_ms = $1, heartbeat = $2, detached = $3 WHERE id = $4",
             )
             .bind(now)
             .bind(serde_json::to_string(h)?)
-            .bind(i64::from(h.detached()))
+            .bind(detached)
             .bind(id)
             .execute(w.conn())
             .await?;

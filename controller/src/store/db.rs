@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "portal: one-time sign-in links, agents' detached flag",
         include_str!("../../migrations/0013_portal.sql"),
     ),
+    (
+        14,
+        "portal at scale: request ports keep when their request was made; inventory generation",
+        include_str!("../../migrations/0014_portal_scale.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -49,7 +49,7 @@ pub async fn insert_group(w: &mut WriteTx, name: &str, owner: &str) -> Result<()
         .bind(now)
         .execute(w.conn())
         .await?;
-    Ok(())
+    raise_generation(w).await
 }
 
 pub async fn vm(ex: impl Executor<'_, Database = Any>, name: &str) -> Result<Option<VmRow>> {
@@ -85,7 +85,7 @@ pub async fn insert_vm(
     .bind(now)
     .execute(w.conn())
     .await?;
-    Ok(())
+    raise_generation(w).await
 }
 
 /// The resource group of each named VM that exists (portable: chunks of `IN` lists).
@@ -126,6 +126,23 @@ pub async fn require_group(ex: impl Executor<'_, Database = Any>, name: &str) ->
     })
 }
 
+/// The inventory generation (see migration 0014): raised by every write that can move a VM
+/// between the JIT page's tabs, so that counts cached under it are known to be current.
+pub async fn generation(ex: impl Executor<'_, Database = Any>) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT value FROM inventory_generation")
+        .fetch_one(ex)
+        .await?)
+}
+
+/// Raises the inventory generation with the transaction: it changes what decides a VM's tab
+/// (its policy's existence, its active agent, whether enforcement is detached, the VM itself).
+pub async fn raise_generation(w: &mut WriteTx) -> Result<()> {
+    sqlx::query("UPDATE inventory_generation SET value = value + 1")
+        .execute(w.conn())
+        .await?;
+    Ok(())
+}
+
 /// The portal's JIT list: which VMs the filters and the caller's scopes keep, each in one tab.
 pub struct JitQuery<'a> {
     /// Part of the name, any case (empty: any).
@@ -153,32 +170,30 @@ pub struct JitRow {
     pub revoked: i64,
 }
 
-/// The VMs with the tab each is in, filtered (as a subquery `t`), and the binds it needs in
-/// order after the first `first` placeholders.
-fn jit_base(q: &JitQuery<'_>, first: usize) -> (String, Vec<String>) {
+/// The tab of a VM of [`jit_from`]: 1 without a policy (of the VM or of its group), else 2
+/// without an active agent or with enforcement detached, else 0.
+const JIT_TAB: &str = "CASE WHEN pv.scope_name IS NULL AND pg.scope_name IS NULL THEN 1 \
+     WHEN a.id IS NULL OR a.detached = 1 THEN 2 ELSE 0 END";
+
+/// The `FROM ... WHERE ...` of the VMs the filters and scopes keep (`v`), joined with their
+/// group (`g`), their own policy (`pv`), their group's policy (`pg`) and their active agent
+/// (`a`): one index lookup each per VM. The binds it needs in order after the first `first`
+/// placeholders.
+fn jit_from(q: &JitQuery<'_>, first: usize) -> (String, Vec<String>) {
     use jitgate_api::{AgentStatus, PolicyScope};
     let mut binds: Vec<String> = vec![
         PolicyScope::VirtualMachine.as_str().into(),
         PolicyScope::ResourceGroup.as_str().into(),
         AgentStatus::Active.as_str().into(),
-        AgentStatus::Revoked.as_str().into(),
     ];
     let p = |binds: &Vec<String>| format!("${}", first + binds.len());
     let mut sql = format!(
-        "SELECT v.name AS name, v.resource_group AS resource_group, \
-         COALESCE(g.owner, '') AS owner, a.id AS agent_id, a.last_seen_ms AS last_seen_ms, \
-         a.heartbeat AS heartbeat, \
-         CASE WHEN NOT EXISTS (SELECT 1 FROM policies p WHERE \
-              (p.scope_kind = ${} AND p.scope_name = v.name) OR \
-              (p.scope_kind = ${} AND p.scope_name = v.resource_group)) THEN 1 \
-              WHEN a.id IS NULL OR a.detached = 1 THEN 2 ELSE 0 END AS tab, \
-         CASE WHEN EXISTS (SELECT 1 FROM agents r WHERE r.vm = v.name AND r.status = ${}) \
-              THEN 1 ELSE 0 END AS revoked \
-         FROM vms v LEFT JOIN resource_groups g ON g.name = v.resource_group \
+        "FROM vms v LEFT JOIN resource_groups g ON g.name = v.resource_group \
+         LEFT JOIN policies pv ON pv.scope_kind = ${} AND pv.scope_name = v.name \
+         LEFT JOIN policies pg ON pg.scope_kind = ${} AND pg.scope_name = v.resource_group \
          LEFT JOIN agents a ON a.vm = v.name AND a.status = ${} WHERE 1 = 1",
         first + 1,
         first + 2,
-        first + 4,
         first + 3
     );
     if !q.name_part.is_empty() {
@@ -230,19 +245,20 @@ pub async fn jit_counts(
     ex: impl Executor<'_, Database = Any>,
     q: &JitQuery<'_>,
 ) -> Result<[usize; 3]> {
-    let (base, binds) = jit_base(q, 0);
-    let sql = format!("SELECT t.tab, COUNT(*) FROM ({base}) t GROUP BY t.tab");
-    let mut query = sqlx::query_as::<_, (i64, i64)>(&sql);
+    let (from, binds) = jit_from(q, 0);
+    let sql = format!(
+        "SELECT COALESCE(SUM(CASE WHEN t = 0 THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN t = 1 THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN t = 2 THEN 1 ELSE 0 END), 0) \
+         FROM (SELECT {JIT_TAB} AS t {from}) c"
+    );
+    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
     for b in &binds {
         query = query.bind(b.as_str());
     }
-    let mut out = [0usize; 3];
-    for (tab, n) in query.fetch_all(ex).await? {
-        if let Some(slot) = usize::try_from(tab).ok().and_then(|t| out.get_mut(t)) {
-            *slot = usize::try_from(n).unwrap_or(0);
-        }
-    }
-    Ok(out)
+    let (c, n, u) = query.fetch_one(ex).await?;
+    let count = |x: i64| usize::try_from(x).unwrap_or(0);
+    Ok([count(c), count(n), count(u)])
 }
 
 /// A page of one tab, by name after `after`, at most `limit` rows.
@@ -253,14 +269,20 @@ pub async fn jit_page(
     after: &str,
     limit: i64,
 ) -> Result<Vec<JitRow>> {
-    let (base, binds) = jit_base(q, 3);
+    let (from, binds) = jit_from(q, 4);
     let sql = format!(
-        "SELECT t.* FROM ({base}) t WHERE t.tab = $1 AND t.name > $2 ORDER BY t.name LIMIT $3"
+        "SELECT t.* FROM (SELECT v.name AS name, v.resource_group AS resource_group, \
+         COALESCE(g.owner, '') AS owner, a.id AS agent_id, a.last_seen_ms AS last_seen_ms, \
+         a.heartbeat AS heartbeat, {JIT_TAB} AS tab, \
+         CASE WHEN EXISTS (SELECT 1 FROM agents r WHERE r.vm = v.name AND r.status = $4) \
+         THEN 1 ELSE 0 END AS revoked {from}) t \
+         WHERE t.tab = $1 AND t.name > $2 ORDER BY t.name LIMIT $3"
     );
     let mut query = sqlx::query_as::<_, JitRow>(&sql)
         .bind(tab)
         .bind(after)
-        .bind(limit);
+        .bind(limit)
+        .bind(jitgate_api::AgentStatus::Revoked.as_str());
     for b in &binds {
         query = query.bind(b.as_str());
     }

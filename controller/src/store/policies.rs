@@ -8,6 +8,7 @@ use sqlx::{Any, AnyConnection, Executor};
 
 use crate::error::Result;
 use crate::store::db::Json;
+use crate::store::inventory;
 use crate::store::write::WriteTx;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -90,6 +91,9 @@ pub async fn put(
     .bind(by)
     .execute(w.conn())
     .await?;
+    // A new policy can move VMs to another tab of the portal's JIT page (a replaced one
+    // cannot).
+    inventory::raise_generation(w).await?;
     Ok(true)
 }
 
@@ -101,6 +105,9 @@ pub async fn delete(w: &mut WriteTx, scope: PolicyScope, name: &str) -> Result<b
         .execute(w.conn())
         .await?
         .rows_affected();
+    if n > 0 {
+        inventory::raise_generation(w).await?;
+    }
     Ok(n > 0)
 }
 

@@ -635,11 +635,13 @@ pub fn request_rows(requests: &[NewRequest], start_ms: i64) -> Result<Rows> {
     Ok(t)
 }
 
-pub fn port_rows(ports: &[NewPort]) -> Rows {
+/// The ports of requests made at `requested_ms` (their requests' `start_ms`).
+pub fn port_rows(ports: &[NewPort], requested_ms: i64) -> Rows {
     let mut t = Rows::new(
         "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, \
-         prefixes, end_ms, status, status_reason, on_expiry, start_ms, duration_ms, booked_ms)",
-        14,
+         prefixes, end_ms, status, status_reason, on_expiry, start_ms, duration_ms, booked_ms, \
+         requested_ms)",
+        15,
     );
     for p in ports {
         let prefixes: Vec<String> = p.prefixes.iter().map(|x| x.to_string()).collect();
@@ -658,6 +660,7 @@ pub fn port_rows(ports: &[NewPort]) -> Rows {
             p.start_ms.into(),
             p.duration_ms.into(),
             p.booked_ms.into(),
+            requested_ms.into(),
         ]);
     }
     t
@@ -673,10 +676,30 @@ pub struct RecentAccess {
     pub last_user: String,
 }
 
-/// For each of `vms` (a page of the portal's list), the requests since `since_ms` that were
-/// approved (not denied, rejected, timed out or cancelled), counted once each, with the
-/// newest one. Reads through the `(vm, request_id)` index: the cost follows the page, not
-/// the history.
+/// The condition on `request_ports p` (placeholders `$1` to `$6`, bound by
+/// [`bind_approved`]) that keeps the ports of requests made since `$1` that were approved: not
+/// pending, not denied (a denied request's ports are all Denied), and not ended by a
+/// rejection, an approval timeout or a cancellation.
+const APPROVED_SINCE: &str = "p.requested_ms >= $1 AND p.status NOT IN ($2, $3) \
+     AND (p.status_reason IS NULL OR p.status_reason NOT IN ($4, $5, $6))";
+
+fn bind_approved<'q, O>(
+    q: sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments<'q>>,
+    since_ms: i64,
+) -> sqlx::query::QueryAs<'q, Any, O, sqlx::any::AnyArguments<'q>> {
+    q.bind(since_ms)
+        .bind(PortStatus::PendingApproval.as_str())
+        .bind(PortStatus::Denied.as_str())
+        .bind(StatusReason::Rejected.as_str())
+        .bind(StatusReason::ApprovalTimedOut.as_str())
+        .bind(StatusReason::Cancelled.as_str())
+}
+
+/// For each of `vms` (a page of the portal's list), the requests made since `since_ms` that
+/// were approved, counted once each, with the newest one (the latest made; of those made in
+/// the same millisecond, the last numbered). Both queries read the
+/// `(vm, requested_ms, status, status_reason, request_id)` index from `since_ms` on: the
+/// cost follows the page and its window, and no request row is read to count.
 pub async fn recent_by_vm(
     conn: &mut AnyConnection,
     since_ms: i64,
@@ -685,23 +708,13 @@ pub async fn recent_by_vm(
     if vms.is_empty() {
         return Ok(HashMap::new());
     }
-    // Counted by the database (one row per VM comes back), then the newest request of
-    // each VM read by its sequence number.
-    let list: Vec<String> = (0..vms.len()).map(|i| format!("${}", i + 6)).collect();
+    let list: Vec<String> = (0..vms.len()).map(|i| format!("${}", i + 7)).collect();
     let sql = format!(
-        "SELECT p.vm, COUNT(DISTINCT r.id), MAX(r.seq) FROM request_ports p \
-         JOIN requests r ON r.id = p.request_id \
-         WHERE p.vm IN ({}) AND r.start_ms >= $1 AND r.denied = 0 AND p.status <> $2 \
-         AND (p.status_reason IS NULL OR p.status_reason NOT IN ($3, $4, $5)) \
-         GROUP BY p.vm",
+        "SELECT p.vm, COUNT(DISTINCT p.request_id), MAX(p.requested_ms) FROM request_ports p \
+         WHERE p.vm IN ({}) AND {APPROVED_SINCE} GROUP BY p.vm",
         list.join(", ")
     );
-    let mut q = sqlx::query_as::<_, (String, i64, i64)>(&sql)
-        .bind(since_ms)
-        .bind(PortStatus::PendingApproval.as_str())
-        .bind(StatusReason::Rejected.as_str())
-        .bind(StatusReason::ApprovalTimedOut.as_str())
-        .bind(StatusReason::Cancelled.as_str());
+    let mut q = bind_approved(sqlx::query_as::<_, (String, i64, i64)>(&sql), since_ms);
     for vm in vms {
         q = q.bind(vm);
     }
@@ -709,25 +722,38 @@ pub async fn recent_by_vm(
     if counted.is_empty() {
         return Ok(HashMap::new());
     }
-    let seqs: Vec<String> = (0..counted.len()).map(|i| format!("${}", i + 1)).collect();
-    let sql = format!(
-        "SELECT seq, start_ms, requestor FROM requests WHERE seq IN ({})",
-        seqs.join(", ")
-    );
-    let mut q = sqlx::query_as::<_, (i64, i64, String)>(&sql);
-    for (_, _, seq) in &counted {
-        q = q.bind(*seq);
-    }
-    let newest: HashMap<i64, (i64, String)> = q
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|(seq, start, who)| (seq, (start, who)))
+    // The newest approved request of each VM: its ports made at the VM's latest time.
+    let pairs: Vec<String> = (0..counted.len())
+        .map(|i| {
+            format!(
+                "(p.vm = ${} AND p.requested_ms = ${})",
+                2 * i + 7,
+                2 * i + 8
+            )
+        })
         .collect();
+    let sql = format!(
+        "SELECT p.vm, r.seq, r.requestor FROM request_ports p \
+         JOIN requests r ON r.id = p.request_id WHERE ({}) AND {APPROVED_SINCE}",
+        pairs.join(" OR ")
+    );
+    let mut q = bind_approved(sqlx::query_as::<_, (String, i64, String)>(&sql), since_ms);
+    for (vm, _, last_ms) in &counted {
+        q = q.bind(vm).bind(*last_ms);
+    }
+    let mut newest: HashMap<String, (i64, String)> = HashMap::new();
+    for (vm, seq, who) in q.fetch_all(&mut *conn).await? {
+        match newest.get(&vm) {
+            Some((s, _)) if *s >= seq => {}
+            _ => {
+                newest.insert(vm, (seq, who));
+            }
+        }
+    }
     Ok(counted
         .into_iter()
-        .map(|(vm, n, seq)| {
-            let (last_ms, last_user) = newest.get(&seq).cloned().unwrap_or_default();
+        .map(|(vm, n, last_ms)| {
+            let last_user = newest.remove(&vm).map(|(_, who)| who).unwrap_or_default();
             (
                 vm,
                 RecentAccess {
