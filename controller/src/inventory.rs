@@ -72,6 +72,8 @@ pub struct JitEntry {
     pub resource_group: String,
     pub owner: String,
     pub agent: AgentConnection,
+    /// When the agent was last heard from (an offline agent: since when), ms.
+    pub last_seen_ms: Option<i64>,
     /// Why the agent is degraded (status reports), empty otherwise.
     pub problems: Vec<String>,
     /// Why an unsupported VM cannot be protected.
@@ -379,6 +381,7 @@ impl Inventory {
                 resource_group: r.resource_group,
                 owner: r.owner,
                 agent,
+                last_seen_ms: r.last_seen_ms,
                 problems,
                 reason,
             });

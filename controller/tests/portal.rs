@@ -1140,3 +1140,27 @@ async fn recent_access_counts_approved_requests_once() {
             .is_empty()
     );
 }
+
+/// The Configured tab says since when an agent is offline: from the moment its channel
+/// closes, with the time it was last heard from.
+#[tokio::test]
+async fn configured_tab_says_since_when_an_agent_is_offline() {
+    let p = Portal::start().await;
+    let (agent, _creds) = lab(&p.h).await;
+    let alice = p.sign_in("alice").await;
+    let online = p.get(&alice, "/jit").await.body;
+    assert!(online.contains("<td>online</td>"), "{online}");
+    let before = jitgate_api::time::now_ms();
+    drop(agent);
+    let page = p.until(&alice, "/jit", "offline since ").await;
+    let at = page.find("offline since ").unwrap() + "offline since ".len();
+    let shown = &page[at..at + 20];
+    assert!(shown.ends_with(" UTC"), "{shown}");
+    // The time shown is the agent's last contact: at most a minute before it went.
+    let ms = jitgate_api::time::parse(&format!("{}:00Z", shown[..16].replace(' ', "T"))).unwrap();
+    assert!(ms <= before && ms >= before - 120_000, "{shown}");
+    assert!(
+        page.contains("Configured (1)"),
+        "an offline agent's VM stays configured: {page}"
+    );
+}

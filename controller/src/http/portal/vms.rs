@@ -40,12 +40,16 @@ fn title(t: JitTab) -> &'static str {
     }
 }
 
-/// The agent's state in words: "online", "degraded: ...", "offline".
+/// The agent's state in words: "online", "degraded: ...", "offline since ...".
 fn agent_state(e: &JitEntry) -> String {
     match &e.agent {
         AgentConnection::Degraded if !e.problems.is_empty() => {
             format!("degraded: {}", e.problems.join("; "))
         }
+        AgentConnection::Offline => match e.last_seen_ms {
+            Some(ms) => format!("offline since {}", when(ms)),
+            None => "offline (never connected)".into(),
+        },
         s => s.as_str().to_string(),
     }
 }
