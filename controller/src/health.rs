@@ -149,6 +149,11 @@ pub fn spawn_probe(
     })
 }
 
+/// The approval decision times exported are those of the last hour...
+const DECISION_WINDOW_MS: i64 = 3_600_000;
+/// ... at most this many (the latest), so a scrape stays cheap under a burst.
+const DECISION_SAMPLES: i64 = 10_000;
+
 /// The stored state a scrape reports, read now.
 pub async fn sample(app: &App) -> Result<Sample> {
     let now = jitgate_api::time::now_ms();
@@ -185,6 +190,7 @@ pub async fn sample(app: &App) -> Result<Sample> {
             seq,
             age_seconds: (now - time_ms).max(0) as f64 / 1000.0,
         });
+    let (approvals_pending, oldest_approval) = sql::pending_approvals(pool).await?;
     Ok(Sample {
         pending,
         agents: counts,
@@ -199,6 +205,13 @@ pub async fn sample(app: &App) -> Result<Sample> {
         .into_iter()
         .map(|(sink, at)| (sink, (now - at).max(0) as f64 / 1000.0))
         .collect(),
+        approvals_pending,
+        approvals_oldest_age_seconds: oldest_approval.map(|at| (now - at).max(0) as f64 / 1000.0),
+        decision_seconds: sql::decision_waits(pool, now - DECISION_WINDOW_MS, DECISION_SAMPLES)
+            .await?
+            .into_iter()
+            .map(|ms| ms as f64 / 1000.0)
+            .collect(),
     })
 }
 

@@ -12,6 +12,7 @@ use jitgate_controller::input;
 use jitgate_controller::logging::{self, LogFormat};
 use jitgate_controller::outbox;
 use jitgate_controller::state::{self, Config, StateDir};
+use jitgate_controller::store::{activity, backup};
 use jitgate_controller::tokens::TokenInfo;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
@@ -59,7 +60,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9465")]
         metrics_listen: String,
     },
-    /// Serve the HTTPS API until SIGINT/SIGTERM.
+    /// Serve the HTTPS API until SIGINT/SIGTERM. SIGHUP re-reads `log_filter` from
+    /// controller.toml (`systemctl reload jit-controller`).
     Run {
         /// Override the configured listen address.
         #[arg(long)]
@@ -87,6 +89,23 @@ enum Cmd {
     /// People's sign-in sessions (OpenID Connect, docs/identity.md).
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Write an online, consistent backup of the database (SQLite or PostgreSQL) to FILE:
+    /// one snapshot while the controller keeps serving, created with mode 0600 (it holds
+    /// people's addresses and the activity log; never a secret's clear text), never over an
+    /// existing file. Keys, certificates and controller.toml are files in the state
+    /// directory: back them up as well (docs/operations.md, "Backup and restore").
+    Backup {
+        /// Where to write (must not exist).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty database (this state directory without controller.db,
+    /// or the empty PostgreSQL database its database_url names) in one transaction, then
+    /// verify the activity log's chain and signed checkpoints with this state directory's
+    /// key. A damaged or changed file, or a database that is not empty, changes nothing.
+    Restore {
+        /// The backup (from `jit-controller backup`).
+        file: PathBuf,
+    },
     /// Print a one-time portal sign-in link (docs/portal.md): for first setup and demos
     /// without an identity provider. It works once, within 10 minutes, and signs in as the
     /// principal link:NAME (which can never approve) with one role and scope. Both making
@@ -202,12 +221,14 @@ fn main() -> ExitCode {
         .log_format
         .or(file.as_ref().map(|c| c.log_format))
         .unwrap_or_default();
-    let env = std::env::var("JIT_LOG").ok().filter(|f| !f.is_empty());
-    let filter = env.or(file.and_then(|c| c.log_filter));
-    if let Err(e) = logging::init(format, filter.as_deref()) {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
-    }
+    let filter = log_filter(file.as_ref());
+    let log = match logging::init(format, filter.as_deref()) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,13 +239,72 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The log filter: `JIT_LOG` when set, else controller.toml's `log_filter`.
+fn log_filter(file: Option<&Config>) -> Option<String> {
+    let env = std::env::var("JIT_LOG").ok().filter(|f| !f.is_empty());
+    env.or_else(|| file.and_then(|c| c.log_filter.clone()))
+}
+
+/// SIGHUP (`systemctl reload jit-controller`): the log filter from controller.toml again.
+/// Nothing else is re-read; a bad file or filter is logged and changes nothing.
+fn reload_log_filter(dir: &StateDir, log: &logging::LogControl) {
+    if std::env::var("JIT_LOG").is_ok_and(|f| !f.is_empty()) {
+        tracing::warn!("log filter not reloaded: JIT_LOG is set and wins over log_filter");
+        return;
+    }
+    let cfg = match Config::load(dir) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::warn!(error = %e, "log filter not reloaded");
+            return;
+        }
+    };
+    let from = log.filter();
+    let to = cfg
+        .log_filter
+        .unwrap_or_else(|| logging::DEFAULT_FILTER.to_string());
+    if from == to {
+        tracing::info!(filter = %to, "log filter unchanged");
+        return;
+    }
+    // Logged before the change, so it shows under the filter the reader is watching.
+    tracing::info!(from = %from, to = %to, "log filter changing");
+    if let Err(e) = log.set_filter(&to) {
+        tracing::warn!(error = %e, filter = %from, "log filter not reloaded");
+    }
+}
+
+/// Writes a backup of `url` to `file` (new, mode 0600, synced); removes it on failure.
+async fn write_backup(url: &str, file: &std::path::Path) -> Result<backup::Summary> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    let written = backup::dump_url(url, &mut w)
+        .await
+        .map_err(anyhow::Error::from);
+    let synced = written.and_then(|s| {
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(s)
+    });
+    if synced.is_err() {
+        let _ = std::fs::remove_file(file);
+    }
+    synced.with_context(|| format!("backing up to {}", file.display()))
 }
 
 /// The controller's services for an administration command (no keys, no listeners).
@@ -312,7 +392,7 @@ fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
     let dir = StateDir(cli.state_dir.clone());
     match cli.cmd {
         Cmd::Init {
@@ -369,15 +449,112 @@ async fn run(cli: Cli) -> Result<()> {
                 metrics = h.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
                 "jit-controller running"
             );
+            use tokio::signal::unix::{SignalKind, signal};
             let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+            let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => reload_log_filter(&dir, &log),
+                }
             }
             tracing::info!("shutting down");
             h.stop().await;
+        }
+        Cmd::Backup { file } => {
+            let cfg = Config::load(&dir)?;
+            let url = cfg.database_url(&dir);
+            if cfg.database_url.is_none() && !dir.db().exists() {
+                bail!("{} does not exist: nothing to back up", dir.db().display());
+            }
+            let summary = write_backup(&url, &file).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "backup written to {}: schema {}, {} tables, {} rows, {} bytes, activity \
+                     log up to #{}",
+                    file.display(),
+                    summary.header.schema,
+                    summary.tables,
+                    summary.rows,
+                    summary.bytes,
+                    summary.header.activity_head
+                );
+                println!("sha256 {}", summary.sha256);
+            }
+        }
+        Cmd::Restore { file } => {
+            let cfg = Config::load(&dir)?;
+            let url = cfg.database_url(&dir);
+            // The key that verifies the restored checkpoints; checked before anything is written.
+            let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let new_file = cfg.database_url.is_none() && !dir.db().exists();
+            let restored = backup::restore(&url, std::io::BufReader::new(f)).await;
+            if restored.is_err() && new_file {
+                // The SQLite file the restore created holds nothing: leave no trace.
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = dir.db().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            let summary = match restored {
+                Ok(s) => s,
+                Err(e @ backup::BackupError::NotEmpty(_)) => bail!(
+                    "restoring {}: nothing was written: {e} ({})",
+                    file.display(),
+                    if cfg.database_url.is_none() {
+                        format!(
+                            "move {} and its -wal and -shm files away first",
+                            dir.db().display()
+                        )
+                    } else {
+                        "create an empty PostgreSQL database and name it in database_url".into()
+                    }
+                ),
+                Err(e) => bail!("restoring {}: nothing was written: {e}", file.display()),
+            };
+            // Opening the database applies the migrations newer than the backup.
+            let app = open_app(&dir).await?;
+            let report = activity::verify(app.db.pool(), Some(&key.verifying_key())).await;
+            app.close().await;
+            let report = report?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"restored": summary, "verify": report})
+                    )?
+                );
+            } else {
+                println!(
+                    "restored {}: schema {}, {} tables, {} rows, taken {} from {}",
+                    file.display(),
+                    summary.header.schema,
+                    summary.tables,
+                    summary.rows,
+                    summary.header.created_time_utc,
+                    summary.header.source
+                );
+                println!(
+                    "activity log: {} entries, {} signed checkpoints, {}",
+                    report.entries,
+                    report.checkpoints,
+                    if report.ok { "verified" } else { "FAILS" }
+                );
+            }
+            if !report.ok {
+                bail!(
+                    "the restored activity log does not verify at #{}: {}",
+                    report.first_bad_seq.unwrap_or(0),
+                    report.problem.as_deref().unwrap_or("unknown problem")
+                );
+            }
         }
         Cmd::LoginLink { name, role, scope } => {
             let cfg = Config::load(&dir)?;

@@ -85,6 +85,14 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
+/// The quantiles of approval decision time exported (0.5, 0.9 and the longest).
+pub const DECISION_QUANTILES: [(&str, f64); 3] = [("0.5", 0.5), ("0.9", 0.9), ("1", 1.0)];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantileLabels {
+    pub quantile: &'static str,
+}
+
 jitgate_api::wire_enum! {
     /// The connection states an active agent is counted in (`jitgate_agents`).
     pub enum AgentState("agent state") {
@@ -179,6 +187,9 @@ struct Inner {
     cert_expiry: Family<CertLabels, Gauge>,
     notify_deliveries: Family<NotifyLabels, Gauge>,
     notify_oldest_age: Family<SinkLabels, Gauge<f64, AtomicU64>>,
+    approvals_pending: Gauge,
+    approvals_oldest_age: Optional,
+    decision_seconds: Family<QuantileLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -282,6 +293,27 @@ impl Metrics {
             "Age of the oldest notification still waiting for each sink (queued or retrying): the delivery lag",
             notify_oldest_age.clone(),
         );
+        let approvals_pending = Gauge::default();
+        add(
+            &mut r,
+            "jitgate_approvals_pending",
+            "Requests waiting for an approval decision (cluster-wide)",
+            approvals_pending.clone(),
+        );
+        let approvals_oldest_age = Optional::default();
+        add(
+            &mut r,
+            "jitgate_approvals_pending_oldest_age_seconds",
+            "How long the oldest request waiting for approval has waited",
+            approvals_oldest_age.clone(),
+        );
+        let decision_seconds = Family::<QuantileLabels, FloatGauge>::default();
+        add(
+            &mut r,
+            "jitgate_approval_decision_seconds",
+            "Time from request to final decision of the requests decided in the last hour, by quantile",
+            decision_seconds.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: r,
@@ -299,6 +331,9 @@ impl Metrics {
                 cert_expiry,
                 notify_deliveries,
                 notify_oldest_age,
+                approvals_pending,
+                approvals_oldest_age,
+                decision_seconds,
             }),
         }
     }
@@ -381,6 +416,16 @@ impl Metrics {
                 .get_or_create(&SinkLabels { sink: sink.clone() })
                 .set(*age);
         }
+        m.approvals_pending.set(s.approvals_pending);
+        set_optional(&m.approvals_oldest_age, s.approvals_oldest_age_seconds);
+        m.decision_seconds.clear();
+        for (q, p) in DECISION_QUANTILES {
+            if let Some(v) = quantile(&s.decision_seconds, p) {
+                m.decision_seconds
+                    .get_or_create(&QuantileLabels { quantile: q })
+                    .set(v);
+            }
+        }
     }
 }
 
@@ -396,6 +441,23 @@ pub struct Sample {
     pub notify: Vec<(String, jitgate_notify::DeliveryState, i64)>,
     /// Per sink with deliveries waiting, the age of the oldest (seconds).
     pub notify_oldest_age_seconds: Vec<(String, f64)>,
+    /// Requests waiting for an approval decision.
+    pub approvals_pending: i64,
+    /// How long the oldest of them has waited (seconds); None when none waits.
+    pub approvals_oldest_age_seconds: Option<f64>,
+    /// How long each request decided in the last hour waited for its decision (seconds).
+    pub decision_seconds: Vec<f64>,
+}
+
+/// The `p` quantile (nearest rank) of `v`; None for no values.
+fn quantile(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).copied()
 }
 
 /// One VM's grants pending delivery.
@@ -459,6 +521,16 @@ mod tests {
             !t.contains("vm=\"web1\""),
             "a VM without pending grants drops out: {t}"
         );
+    }
+
+    #[test]
+    fn decision_quantiles_by_nearest_rank() {
+        assert_eq!(quantile(&[], 0.5), None);
+        let v = [4.0, 1.0, 3.0, 2.0, 10.0];
+        assert_eq!(quantile(&v, 0.5), Some(3.0));
+        assert_eq!(quantile(&v, 0.9), Some(10.0));
+        assert_eq!(quantile(&v, 1.0), Some(10.0));
+        assert_eq!(quantile(&[7.0], 0.5), Some(7.0));
     }
 
     #[test]

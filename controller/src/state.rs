@@ -236,6 +236,7 @@ impl Config {
         DbOptions {
             max_connections: connections,
             synchronous: self.sqlite_synchronous,
+            ..DbOptions::default()
         }
     }
 

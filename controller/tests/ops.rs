@@ -432,6 +432,78 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
         assert!((0.0..=1.0).contains(&u), "{u}");
     }
 
+    // Approvals: nothing waits, then one request waits, then it is approved.
+    h.put_vm_policy(
+        "db1",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT1H",
+                "approval": {"stages": [{"approvers": ["token:carl"], "required": 1}]}}]),
+    )
+    .await;
+    let carl = h.token("carl", Role::Reader, "*").await;
+    let dev = h.token("dev", Role::Requester, "rg:dev").await;
+    let s = o.scrape().await;
+    assert_eq!(
+        s.get("jitgate_approvals_pending", &[]),
+        Some(0.0),
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.get("jitgate_approvals_pending_oldest_age_seconds", &[]),
+        None
+    );
+    assert_eq!(
+        s.get("jitgate_approval_decision_seconds", &[("quantile", "1")]),
+        None,
+        "no decision in the last hour yet"
+    );
+    let (st, r) = h
+        .initiate(
+            &dev,
+            one_port(
+                "db1",
+                json!({"number": 22, "allowedSourceAddressPrefix": "203.0.113.5", "duration": "PT30M"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "PendingApproval", "{r}");
+    let s = o.scrape().await;
+    assert_eq!(
+        s.get("jitgate_approvals_pending", &[]),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    let age = s
+        .get("jitgate_approvals_pending_oldest_age_seconds", &[])
+        .expect("the oldest pending approval's age");
+    assert!((0.0..600.0).contains(&age), "{age}");
+    let id = r["id"].as_str().expect("id");
+    let (st, v) = h
+        .call(
+            Method::POST,
+            &format!("/api/v1/requests/{id}/approve"),
+            Some(&carl),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let s = o.scrape().await;
+    assert_eq!(
+        s.get("jitgate_approvals_pending", &[]),
+        Some(0.0),
+        "{}",
+        s.text
+    );
+    for q in ["0.5", "0.9", "1"] {
+        let d = s
+            .get("jitgate_approval_decision_seconds", &[("quantile", q)])
+            .unwrap_or_else(|| panic!("decision time {q}: {}", s.text));
+        assert!((0.0..600.0).contains(&d), "{q}: {d}");
+    }
+
     // A schema that is not this binary's: not ready, and the body says which check.
     let pool = h.app().db.pool();
     let (v,): (i64,) = sqlx::query_as("SELECT MAX(version) FROM schema_migrations")
@@ -667,19 +739,363 @@ fn json_logs_from_the_command_line_and_from_the_configuration() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (st, v) = rt.block_on(get_json(&plain_client(), &format!("http://{addr}/readyz")));
     assert_eq!(st, StatusCode::OK, "{v}");
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+
+    // SIGHUP: the filter from controller.toml again, while it runs. To `warn`...
+    let config = format!("{state}/controller.toml");
+    let set_filter = |filter: &str| {
+        let toml = std::fs::read_to_string(&config).expect("config");
+        let rest: Vec<&str> = toml
+            .lines()
+            .filter(|l| !l.starts_with("log_filter"))
+            .collect();
+        // First in the file: top-level, whatever tables follow.
+        let toml = format!("log_filter = {filter:?}\n{}\n", rest.join("\n"));
+        std::fs::write(&config, toml).expect("write config");
+    };
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    };
+    let wait_for = |seen: &mut Vec<String>, message: &str| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(l) = rx.recv_timeout(left) else {
+                panic!("no {message:?} line within 30 s: {seen:?}");
+            };
+            let v: Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            seen.push(l);
+            if v["fields"]["message"] == message {
+                return v;
+            }
+        }
+    };
+    set_filter("warn");
+    signal("-HUP");
+    let v = wait_for(&mut seen, "log filter changing");
+    assert_eq!(v["fields"]["from"], "info", "{v}");
+    assert_eq!(v["fields"]["to"], "warn", "{v}");
+    // ... then a filter that does not parse: said at warn level, nothing changes.
+    set_filter("info,jitgate=notalevel");
+    signal("-HUP");
+    let v = wait_for(&mut seen, "log filter not reloaded");
+    assert_eq!(v["level"], "WARN", "{v}");
+    assert_eq!(v["fields"]["filter"], "warn", "{v}");
+
+    signal("-TERM");
     let exit = child.wait().expect("wait");
     reader.join().expect("reader");
     seen.extend(rx.try_iter());
     assert!(exit.success(), "{exit:?}: {seen:?}");
     let logs = assert_json_lines(&seen);
+    // The info line at shutdown is filtered out now: the reload took effect.
     assert!(
-        logs.iter()
+        !logs
+            .iter()
             .any(|v| v["fields"]["message"] == "shutting down"),
         "{seen:?}"
     );
+}
+
+/// SQLite's write-ahead log stays bounded under sustained writes while readers keep
+/// overlapping (which stops SQLite from ever restarting it by itself): past the configured
+/// number of frames the controller checkpoints it to the end and truncates the file, and no
+/// committed row is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_truncated_under_writes_with_overlapping_readers() {
+    use jitgate_controller::app::Parts;
+    use jitgate_controller::store::{DbOptions, sqlite_url};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const LIMIT_FRAMES: i64 = 256; // 1 MiB at 4 KiB pages
+    const TXS: i64 = 40;
+    const ROWS: i64 = 200; // ~4 KB each: ~200 frames per transaction
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("controller.db");
+    let wal = tmp.path().join("controller.db-wal");
+    let opts = DbOptions {
+        wal_truncate_frames: LIMIT_FRAMES,
+        ..DbOptions::default()
+    };
+    let app = jitgate_controller::App::open(&sqlite_url(&path), &opts, Parts::default())
+        .await
+        .expect("open");
+    let mut tx = app.db.begin().await.expect("begin");
+    sqlx::query("CREATE TABLE wal_probe (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(tx.conn())
+        .await
+        .expect("create");
+    tx.commit().await.expect("commit");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (pool, stop) = (app.db.pool().clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM wal_probe")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("read");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let mut largest = 0u64;
+    for _ in 0..TXS {
+        let mut tx = app.db.begin().await.expect("begin");
+        sqlx::query(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $1) \
+             INSERT INTO wal_probe (body) SELECT hex(randomblob(2000)) FROM n",
+        )
+        .bind(ROWS)
+        .execute(tx.conn())
+        .await
+        .expect("insert");
+        tx.commit().await.expect("commit");
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        largest > 2 * 4096 * LIMIT_FRAMES as u64,
+        "the writes grew the WAL well past the limit ({largest} bytes)"
+    );
+    // Readers still overlapping: within a few checkpoint ticks the file is emptied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let size = loop {
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size <= 4096 * LIMIT_FRAMES as u64 || std::time::Instant::now() > deadline {
+            break size;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.expect("reader") > 0, "the readers ran");
+    }
+    assert!(
+        size <= 4096 * LIMIT_FRAMES as u64,
+        "WAL still {size} bytes (largest {largest}) 60 s after the writes"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM wal_probe")
+        .fetch_one(app.db.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, TXS * ROWS, "every committed row is still there");
+    app.close().await;
+}
+
+/// Runs `jit-controller --state-dir DIR ARGS --json` without blocking the runtime that serves
+/// the in-process controller: (success, stdout as JSON or Null, stderr).
+async fn controller_json(dir: &std::path::Path, args: &[&str]) -> (bool, Value, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .arg("--json")
+        .env_remove("JIT_LOG")
+        .env_remove("JIT_LOG_FORMAT")
+        .output()
+        .await
+        .expect("run jit-controller");
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of `h`'s state directory (keys, certificates, controller.toml) with an empty
+/// database: no SQLite file, or a new PostgreSQL database in its controller.toml.
+async fn empty_copy(h: &Harness, into: &std::path::Path) -> std::path::PathBuf {
+    let dir = into.join("state");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&h.dir.0)
+        .arg(&dir)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let config = dir.join("controller.toml");
+    match &h.cfg.database_url {
+        None => {
+            for e in std::fs::read_dir(&dir).expect("read_dir") {
+                let p = e.expect("entry").path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.starts_with("jit.db") || name.starts_with("controller.db") {
+                    std::fs::remove_file(&p).expect("remove the database file");
+                }
+            }
+        }
+        Some(old) => {
+            let fresh = common::fresh_postgres_database().await;
+            let toml = std::fs::read_to_string(&config).expect("config");
+            assert!(toml.contains(old.as_str()), "{toml}");
+            std::fs::write(&config, toml.replace(old.as_str(), &fresh)).expect("write config");
+        }
+    }
+    dir
+}
+
+/// `jit-controller backup` while requests keep arriving, then `restore` into an empty
+/// database: the copy is one consistent moment (its activity log verifies, every request in
+/// it is whole), a controller started on it serves it, and a second restore, a damaged file
+/// or a truncated one change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_load_restores_and_verifies() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let h = Arc::new(Harness::new().await);
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT3H"}]),
+    )
+    .await;
+    let alice = h.token("alice", Role::Requester, "rg:prod").await;
+    h.app().audit.checkpoint().await.expect("checkpoint");
+
+    // Requests keep arriving while the backup reads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (h, stop, made, alice) = (h.clone(), stop.clone(), made.clone(), alice.clone());
+        tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (st, v) = h
+                    .initiate(
+                        &alice,
+                        one_port(
+                            if i.is_multiple_of(2) { "web1" } else { "web2" },
+                            json!({"number": 22, "duration": "PT1H",
+                                   "allowedSourceAddressPrefix": format!("203.0.113.{}", i % 250)}),
+                        ),
+                    )
+                    .await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while made.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("backup.jsonl");
+    let file_s = file.to_str().expect("utf-8 path");
+    let before = made.load(Ordering::Relaxed);
+    let (ok, summary, err) = controller_json(&h.dir.0, &["backup", file_s]).await;
+    let after = made.load(Ordering::Relaxed);
+    assert!(ok, "{err}");
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("backup").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the backup is private");
+    let head = summary["header"]["activityHead"].as_i64().expect("head");
+    assert!(head > 0, "{summary}");
+    // Never over an existing file.
+    let (ok, _, err) = controller_json(&h.dir.0, &["backup", file_s]).await;
+    assert!(!ok && err.contains("exists"), "{err}");
+
+    // Restore into an empty copy of the state directory.
+    let target = empty_copy(&h, work.path()).await;
+    let (ok, out, err) = controller_json(&target, &["restore", file_s]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out["verify"]["ok"], true, "{out}");
+    assert_eq!(out["verify"]["headSeq"].as_i64(), Some(head), "{out}");
+    assert!(out["verify"]["checkpoints"].as_i64() >= Some(1), "{out}");
+    assert_eq!(out["restored"]["sha256"], summary["sha256"], "{out}");
+
+    // A controller on the restored state serves it: the chain verifies over the API, and
+    // the history holds the requests made up to the backup, each with its ports.
+    let cfg = jitgate_controller::state::Config::load(&jitgate_controller::state::StateDir(
+        target.clone(),
+    ))
+    .expect("config");
+    let restored =
+        jitgate_controller::start(&jitgate_controller::state::StateDir(target.clone()), &cfg)
+            .await
+            .expect("start on the restored state");
+    let pool = restored.app.db.pool();
+    let (requests,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    // 20 or more had been made before the backup started; none after the load stopped.
+    assert!(
+        requests as u64 >= before && requests as u64 <= after + 1,
+        "{before} <= {requests} <= {after} + 1"
+    );
+    let (orphans,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM requests r WHERE NOT EXISTS \
+         (SELECT 1 FROM request_ports p WHERE p.request_id = r.id)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count");
+    assert_eq!(orphans, 0, "every request is whole");
+    let url = format!("https://{}/api/v1/activityLog/verify", restored.addr);
+    let v: Value = common::client_for(&jitgate_controller::state::StateDir(target.clone()))
+        .get(&url)
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .expect("verify")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["headSeq"].as_i64(), Some(head), "{v}");
+    let rows_before: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM activity")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+
+    // Restoring again into the now-used database: refused, nothing written.
+    let (ok, _, err) = controller_json(&target, &["restore", file_s]).await;
+    assert!(!ok && err.contains("not empty"), "{err}");
+    let rows_after: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM activity")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    assert_eq!(rows_before, rows_after);
+    restored.stop().await;
+
+    // A damaged file (one character of one row changed) and a truncated one: refused, and
+    // the empty target stays empty.
+    let text = std::fs::read_to_string(&file).expect("read");
+    let damaged = work.path().join("damaged.jsonl");
+    std::fs::write(&damaged, text.replacen("203.0.113.", "203.0.113.9", 1)).expect("write");
+    let truncated = work.path().join("truncated.jsonl");
+    std::fs::write(&truncated, &text[..text.len() * 2 / 3]).expect("write");
+    let spare = tempfile::tempdir().expect("tempdir");
+    let target = empty_copy(&h, spare.path()).await;
+    for (f, says) in [(&damaged, "digest"), (&truncated, "truncated")] {
+        let (ok, _, err) = controller_json(&target, &["restore", f.to_str().expect("utf-8")]).await;
+        assert!(!ok && err.contains(says), "{says}: {err}");
+    }
+    if h.cfg.database_url.is_none() {
+        let left: Vec<_> = std::fs::read_dir(&target)
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("jit.db"))
+            .collect();
+        assert!(left.is_empty(), "no database file left behind: {left:?}");
+    }
+    let (ok, out, err) = controller_json(&target, &["restore", file_s]).await;
+    assert!(ok && out["verify"]["ok"] == true, "{err} {out}");
 }

@@ -262,6 +262,7 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
         &DbOptions {
             max_connections: 4,
             synchronous: Synchronous::Normal,
+            ..DbOptions::default()
         },
         Parts::default(),
     )

@@ -66,15 +66,15 @@ impl<T: Into<Param>> From<Option<T>> for Param {
 
 /// Rows for one table: `INSERT INTO t (a, b, ...)` and each row's values in that order.
 pub struct Rows {
-    pub head: &'static str,
+    pub head: std::borrow::Cow<'static, str>,
     pub cols: usize,
     pub rows: Vec<Vec<Param>>,
 }
 
 impl Rows {
-    pub fn new(head: &'static str, cols: usize) -> Rows {
+    pub fn new(head: impl Into<std::borrow::Cow<'static, str>>, cols: usize) -> Rows {
         Rows {
-            head,
+            head: head.into(),
             cols,
             rows: Vec::new(),
         }
@@ -127,7 +127,7 @@ pub async fn insert(conn: &mut AnyConnection, backend: Backend, t: Rows) -> Resu
     let mut it = t.rows.into_iter().peekable();
     while it.peek().is_some() {
         let chunk: Vec<Vec<Param>> = it.by_ref().take(per).collect();
-        let mut sql = String::from(t.head);
+        let mut sql = t.head.to_string();
         sql.push_str(" VALUES ");
         let mut n = 1;
         for (i, row) in chunk.iter().enumerate() {

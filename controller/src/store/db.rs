@@ -103,13 +103,20 @@ jitgate_api::wire_enum! {
 pub struct DbOptions {
     pub max_connections: u32,
     pub synchronous: Synchronous,
+    /// SQLite: a write-ahead log holding more frames than this (pages; 4 KiB each by
+    /// default) is checkpointed to the end and truncated (see [`WAL_TRUNCATE_FRAMES`]).
+    pub wal_truncate_frames: i64,
 }
+
+/// 16 384 frames = 64 MiB of WAL at SQLite's default 4 KiB page.
+pub const WAL_TRUNCATE_FRAMES: i64 = 16_384;
 
 impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
             max_connections: 8,
             synchronous: Synchronous::Full,
+            wal_truncate_frames: WAL_TRUNCATE_FRAMES,
         }
     }
 }
@@ -186,10 +193,10 @@ impl Db {
             .max_lifetime(None)
             .connect(url)
             .await?;
-        if backend == Backend::Sqlite {
-            spawn_wal_checkpoints(pool.clone());
-        }
         let writer = Writer::new(write_pool.acquire().await?.detach(), backend, notifier);
+        if backend == Backend::Sqlite {
+            spawn_wal_checkpoints(pool.clone(), writer.clone(), opts.wal_truncate_frames);
+        }
         let db = Db { pool, writer };
         db.migrate().await?;
         Ok(db)
@@ -232,7 +239,7 @@ impl Db {
                 .execute(&mut *conn)
                 .await?;
         }
-        let applied = apply_migrations(&mut conn).await;
+        let applied = apply_migrations(&mut conn, SCHEMA_VERSION).await;
         if postgres {
             let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(MIGRATION_LOCK)
@@ -251,14 +258,16 @@ impl Db {
 /// The PostgreSQL advisory lock key that serialises migrations across controllers.
 pub const MIGRATION_LOCK: i64 = 0x6a69_7467_6174_6501;
 
-async fn apply_migrations(conn: &mut sqlx::AnyConnection) -> Result<()> {
+/// Applies the migrations up to version `upto` that the database lacks (a restore stops at
+/// its backup's version; the rest apply when a controller opens the database).
+pub(crate) async fn apply_migrations(conn: &mut sqlx::AnyConnection, upto: i64) -> Result<()> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
          name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
     )
     .execute(&mut *conn)
     .await?;
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 <= upto) {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
             .bind(*version)
@@ -282,9 +291,16 @@ async fn apply_migrations(conn: &mut sqlx::AnyConnection) -> Result<()> {
     Ok(())
 }
 
-/// Background WAL checkpoints (PASSIVE: never blocks the writer or readers), until the pool
-/// closes.
-fn spawn_wal_checkpoints(pool: AnyPool) {
+/// Background WAL checkpoints until the pool closes.
+///
+/// Every tick a PASSIVE checkpoint copies what it can without blocking anyone. That alone
+/// never shrinks the log under a steady mix of writes and reads: SQLite restarts the WAL only
+/// when a writer begins while no reader still uses it, which overlapping readers prevent, so
+/// the file grows without bound (tens of GB after hours of load). When the log holds more
+/// than `truncate_frames` frames, a TRUNCATE checkpoint runs on the writer connection under
+/// this controller's write lock: it waits (busy timeout) for the readers of the old frames,
+/// which are short, then empties the file. Writes of this controller wait meanwhile.
+fn spawn_wal_checkpoints(pool: AnyPool, writer: Writer, truncate_frames: i64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(2000));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,15 +309,47 @@ fn spawn_wal_checkpoints(pool: AnyPool) {
             if pool.is_closed() {
                 break;
             }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_all(&pool)
-                .await
-            {
-                if pool.is_closed() {
-                    break;
+            let frames = match checkpoint(&pool, "PRAGMA wal_checkpoint(PASSIVE)").await {
+                Ok(frames) => frames,
+                Err(e) => {
+                    if pool.is_closed() {
+                        break;
+                    }
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    continue;
                 }
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+            };
+            if frames <= truncate_frames {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let mut w = writer.lock().await;
+            let done = checkpoint(w.conn(), "PRAGMA wal_checkpoint(TRUNCATE)").await;
+            drop(w);
+            let waited_ms = started.elapsed().as_millis() as u64;
+            match done {
+                Ok(0) => tracing::info!(frames, waited_ms, "WAL checkpointed and truncated"),
+                Ok(left) => tracing::warn!(
+                    frames,
+                    left,
+                    waited_ms,
+                    "WAL not truncated: readers held it past the busy timeout; retrying"
+                ),
+                Err(e) => tracing::warn!(error = %e, waited_ms, "WAL truncation failed"),
             }
         }
     });
+}
+
+/// Runs a `wal_checkpoint` pragma: the frames left in the log (0 once truncated), or the
+/// frames it holds when the checkpoint could not finish.
+async fn checkpoint<'c, E>(conn: E, pragma: &str) -> Result<i64>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    // (busy, frames in the log, frames checkpointed); -1 when not in WAL mode.
+    let row = sqlx::query_as::<_, (i64, i64, i64)>(pragma)
+        .fetch_one(conn)
+        .await?;
+    Ok(row.1.max(0))
 }

@@ -11,6 +11,7 @@
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
 //! - [`health`]: what readiness checks and metrics read.
+//! - [`backup`]: online backup and restore, one portable format for both backends.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
 pub mod activity;
@@ -18,6 +19,7 @@ pub mod agent_audit;
 pub mod agents;
 pub mod approvals;
 pub mod backend;
+pub mod backup;
 pub mod cluster;
 pub mod compliance;
 pub mod db;
