@@ -93,15 +93,24 @@ pub struct ActivityQuery {
     pub resource_group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// The operation's name, as entries carry it (`Initiate JIT Network Access`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// `Succeeded`, `Denied` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
     /// Inclusive lower bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// Exclusive upper bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
-    /// Entries with a greater seq (paging).
+    /// Entries with a greater seq (paging forward, oldest first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<i64>,
+    /// Entries with a smaller seq, newest first (paging back from the head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
     /// json (default), jsonl or csv.

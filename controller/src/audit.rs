@@ -52,9 +52,12 @@ impl Audit {
             vm: q.vm.clone(),
             resource_group: q.resource_group.clone(),
             caller: q.caller.clone(),
+            operation: q.operation.clone(),
+            outcome: q.outcome.clone(),
             from: q.from.as_deref().map(parse_time).transpose()?,
             to: q.to.as_deref().map(parse_time).transpose()?,
             after: q.after.unwrap_or(0),
+            before: q.before,
             limit: q.limit.unwrap_or(1000).clamp(1, 100_000),
         };
         activity::list(self.db.pool(), &f, &caller.scopes()).await

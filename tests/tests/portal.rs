@@ -365,6 +365,7 @@ async fn request_ssh_and_revoke_in_the_browser() {
         ("/vms/vm-01", "Connect with SSH", "vm"),
         ("/vms/vm-01/requests", "Request history of", "vm-history"),
         ("/approvals", "Requests waiting for me", "approvals"),
+        ("/activity", "Entries, newest first", "activity"),
         (
             "/vms/vm-02/connect?kind=ssh&login=alice",
             "ssh -p 22 alice@203.0.113.9",

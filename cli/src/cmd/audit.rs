@@ -36,6 +36,12 @@ pub struct AuditArgs {
     /// Only this resource type: VirtualMachine, ResourceGroup, Token.
     #[arg(long)]
     resource_type: Option<String>,
+    /// Only this operation, as entries name it ("Initiate JIT Network Access", ...).
+    #[arg(long)]
+    operation: Option<String>,
+    /// Only this outcome: Succeeded, Denied or Failed.
+    #[arg(long)]
+    outcome: Option<String>,
     #[command(flatten)]
     window: Window,
     /// Export as CSV.
@@ -45,7 +51,7 @@ pub struct AuditArgs {
     #[arg(long)]
     jsonl: bool,
     /// The agents' own audit records of `--vm` instead of the controller's activity log.
-    #[arg(long, requires = "vm", conflicts_with_all = ["resource_group", "caller", "resource_type", "csv", "jsonl"])]
+    #[arg(long, requires = "vm", conflicts_with_all = ["resource_group", "caller", "resource_type", "operation", "outcome", "csv", "jsonl"])]
     agent: bool,
     /// With --agent: only this record kind (grant.applied, connection.admitted, ...).
     #[arg(long, requires = "agent")]
@@ -106,6 +112,8 @@ pub async fn run(c: &Client, a: &AuditArgs, out: Out) -> R<()> {
         vm: a.vm.clone(),
         resource_group: a.resource_group.clone(),
         caller: a.caller.clone(),
+        operation: a.operation.clone(),
+        outcome: a.outcome.clone(),
         from: a.window.since.clone(),
         to: a.window.until.clone(),
         limit: a.window.limit(),

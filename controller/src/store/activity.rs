@@ -221,14 +221,19 @@ pub struct Filter {
     pub vm: Option<String>,
     pub resource_group: Option<String>,
     pub caller: Option<String>,
+    pub operation: Option<String>,
+    pub outcome: Option<String>,
     pub from: Option<i64>,
     pub to: Option<i64>,
     /// Entries with a greater seq.
     pub after: i64,
+    /// Entries with a smaller seq, newest first.
+    pub before: Option<i64>,
     pub limit: i64,
 }
 
-/// Entries matching the filter and within any of `scopes`, oldest first (none: nothing).
+/// Entries matching the filter and within any of `scopes`, oldest first, or newest first
+/// with `before` (none: nothing).
 pub async fn list(
     ex: impl Executor<'_, Database = Any>,
     f: &Filter,
@@ -244,6 +249,8 @@ pub async fn list(
         ("vm", f.vm.as_deref()),
         ("resource_group", f.resource_group.as_deref()),
         ("caller", f.caller.as_deref()),
+        ("operation", f.operation.as_deref()),
+        ("outcome", f.outcome.as_deref()),
     ];
     for (col, v) in filters.into_iter().filter_map(|(c, v)| Some((c, v?))) {
         texts.push(v);
@@ -274,7 +281,15 @@ pub async fn list(
         n += 1;
         ints.push(t);
     }
-    sql.push_str(&format!(" ORDER BY seq LIMIT ${n}"));
+    if let Some(b) = f.before {
+        sql.push_str(&format!(
+            " AND seq < ${n} ORDER BY seq DESC LIMIT ${}",
+            n + 1
+        ));
+        ints.push(b);
+    } else {
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${n}"));
+    }
     let mut q = sqlx::query_as::<_, ActivityRow>(&sql).bind(f.after);
     for t in texts {
         q = q.bind(t);

@@ -11,12 +11,14 @@
 //!   `.rdp` download; [`connect`] builds the connection details.
 //! - [`direct`]: Connect to a VM that no policy covers (details at once, no request).
 //! - [`approvals`]: the inbox of requests waiting for my decision.
+//! - [`activity`]: the activity log, its exports and its verification.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
 //! work without JavaScript; htmx refreshes the request's status in place and checks the
 //! request form as it is filled in.
 
+pub mod activity;
 pub mod approvals;
 pub mod assets;
 pub mod connect;
@@ -41,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .merge(requests::router())
         .merge(direct::router())
         .merge(approvals::router())
+        .merge(activity::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }

@@ -1,0 +1,357 @@
+//! The activity log page: entries newest first, filtered and keyset-paginated, each
+//! expanding to its details; the filtered set exported as the API exports it (CSV, JSON);
+//! and, for readers of everything, the verification panel (where the signed checkpoints
+//! reach, what they do not cover yet, and a verification of the whole log on demand).
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use jitgate_api::activity::{ActivityOutcome, Operation};
+use jitgate_api::{ActivityEntry, ActivityQuery, ErrorCode, VerifyReport};
+use serde::Deserialize;
+
+use crate::authz::{self, Action};
+use crate::http::extract::Q;
+use crate::http::portal::page::{Chrome, PageError, PageResult, html, refuse, when, when_utc};
+use crate::http::portal::session::{Posted, Viewer};
+use crate::http::state::AppState;
+
+/// Entries per page.
+const PAGE: i64 = 50;
+/// Most entries one export carries (the API's limit).
+const EXPORT_MAX: i64 = 100_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/activity", get(list))
+        .route("/activity/export", get(export))
+        .route("/activity/verify", post(verify))
+}
+
+/// The filters as the form sends them (an empty field: no filter).
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Filters {
+    operation: Option<String>,
+    vm: Option<String>,
+    group: Option<String>,
+    caller: Option<String>,
+    outcome: Option<String>,
+    /// UTC, `YYYY-MM-DDTHH:MM` (a datetime-local field) or RFC 3339.
+    from: Option<String>,
+    to: Option<String>,
+    /// Keyset pagination: entries older than this sequence number.
+    before: Option<i64>,
+    /// Export only: `csv` or `json`.
+    format: Option<String>,
+}
+
+fn some(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+/// A time field: RFC 3339, or a datetime-local value read as UTC.
+fn time_field(name: &str, v: &Option<String>) -> Result<Option<String>, PageError> {
+    let Some(s) = some(v) else { return Ok(None) };
+    let full = if s.len() == 16 && s.as_bytes().get(10) == Some(&b'T') {
+        format!("{s}:00Z")
+    } else {
+        s.clone()
+    };
+    jitgate_api::time::parse(&full).map_err(|_| {
+        refuse(
+            ErrorCode::InvalidTime,
+            format!("{name} {s:?} is not a time (YYYY-MM-DDTHH:MM, UTC)"),
+        )
+    })?;
+    Ok(Some(full))
+}
+
+impl Filters {
+    /// The API query for these filters (checked: unknown operation or outcome refused).
+    fn query(&self) -> Result<ActivityQuery, PageError> {
+        let operation = some(&self.operation);
+        if let Some(o) = &operation
+            && !Operation::known().any(|k| k.as_str() == o)
+        {
+            return Err(refuse(
+                ErrorCode::InvalidQuery,
+                format!("operation {o:?} is not one the activity log records"),
+            ));
+        }
+        let outcome = some(&self.outcome);
+        if let Some(o) = &outcome
+            && !ActivityOutcome::known().any(|k| k.as_str() == o)
+        {
+            return Err(refuse(
+                ErrorCode::InvalidQuery,
+                format!("outcome {o:?} is not Succeeded, Denied or Failed"),
+            ));
+        }
+        Ok(ActivityQuery {
+            vm: some(&self.vm),
+            resource_group: some(&self.group),
+            caller: some(&self.caller),
+            operation,
+            outcome,
+            from: time_field("from", &self.from)?,
+            to: time_field("to", &self.to)?,
+            ..ActivityQuery::default()
+        })
+    }
+
+    /// The filters as a query string (without `before` and `format`).
+    fn pairs(&self) -> url::form_urlencoded::Serializer<'static, String> {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("operation", &self.operation),
+            ("vm", &self.vm),
+            ("group", &self.group),
+            ("caller", &self.caller),
+            ("outcome", &self.outcome),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if let Some(v) = some(v) {
+                s.append_pair(k, &v);
+            }
+        }
+        s
+    }
+}
+
+struct Row {
+    seq: i64,
+    time: String,
+    operation: String,
+    target: String,
+    caller: String,
+    address: String,
+    outcome: String,
+    request: String,
+    details: String,
+}
+
+impl Row {
+    fn of(e: &ActivityEntry) -> Row {
+        let target = match (e.virtual_machine.as_str(), e.resource_group.as_str()) {
+            ("", "") => e.resource_type.clone(),
+            ("", g) => format!("{} {g}", e.resource_type),
+            (vm, _) => vm.to_string(),
+        };
+        Row {
+            seq: e.seq,
+            time: when_utc(&e.time_utc),
+            operation: e.operation.clone(),
+            target,
+            caller: e.caller.clone(),
+            address: e.caller_address.clone(),
+            outcome: e.outcome.clone(),
+            request: e.request_id.clone(),
+            details: serde_json::to_string_pretty(&e.details).unwrap_or_default(),
+        }
+    }
+}
+
+/// Where the signatures reach, read cheaply on every page.
+struct Coverage {
+    head: i64,
+    /// (seq covered, when signed).
+    checkpoint: Option<(i64, String)>,
+}
+
+/// A verification of the whole log, in words.
+struct Verdict {
+    ok: bool,
+    summary: String,
+    problem: String,
+}
+
+impl Verdict {
+    fn of(r: &VerifyReport) -> Verdict {
+        if r.ok {
+            let uncovered = if r.uncovered > 0 {
+                format!(
+                    " The {} entries after entry {} are chained but not yet under a signature.",
+                    r.uncovered, r.covered_seq
+                )
+            } else {
+                String::new()
+            };
+            Verdict {
+                ok: true,
+                summary: format!(
+                    "Verified: entries 1 to {} chain correctly, and {} signed checkpoints match \
+                     (key {}).{uncovered}",
+                    r.entries,
+                    r.checkpoints,
+                    r.key_id.as_deref().unwrap_or("none")
+                ),
+                problem: String::new(),
+            }
+        } else {
+            Verdict {
+                ok: false,
+                summary: match (r.first_bad_seq, r.bad_checkpoint_seq) {
+                    (Some(e), Some(c)) => format!(
+                        "Verification failed at entry {e}: the checkpoint signed at entry {c} \
+                         does not match the log. Entries before {e} verified."
+                    ),
+                    (Some(e), None) => format!(
+                        "Verification failed at entry {e}: it does not match the chain. \
+                         Entries before {e} verified."
+                    ),
+                    (None, _) => "Verification failed.".into(),
+                },
+                problem: r.problem.clone().unwrap_or_default(),
+            }
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "portal/activity.html")]
+struct ActivityPage {
+    chrome: Chrome,
+    rows: Vec<Row>,
+    operations: Vec<String>,
+    outcomes: Vec<String>,
+    operation: String,
+    vm: String,
+    group: String,
+    caller: String,
+    outcome: String,
+    from: String,
+    to: String,
+    /// The filters as a query string, for the export links.
+    query: String,
+    next: Option<String>,
+    /// None: the viewer may not verify (not a reader of everything).
+    coverage: Option<Coverage>,
+    verdict: Option<Verdict>,
+}
+
+async fn render(st: &AppState, v: &Viewer, f: &Filters, verdict: Option<Verdict>) -> PageResult {
+    let mut q = f.query()?;
+    q.before = Some(f.before.unwrap_or(i64::MAX));
+    q.limit = Some(PAGE + 1);
+    let mut entries = st.app.audit.entries(&v.caller, &q).await?;
+    let more = entries.len() as i64 > PAGE;
+    entries.truncate(PAGE as usize);
+    let next = match (more, entries.last()) {
+        (true, Some(last)) => {
+            let mut s = f.pairs();
+            s.append_pair("before", &last.seq.to_string());
+            Some(format!("/activity?{}", s.finish()))
+        }
+        _ => None,
+    };
+    let coverage = if authz::authorize(&v.caller, Action::ReadAll).is_ok() {
+        let pool = st.app.db.pool();
+        let (head, _) = crate::store::cluster::heads(pool).await?;
+        let checkpoint = crate::store::health::last_checkpoint(pool)
+            .await?
+            .map(|(seq, ms)| (seq, when(ms)));
+        Some(Coverage { head, checkpoint })
+    } else {
+        None
+    };
+    let text = |o: &Option<String>| o.clone().unwrap_or_default();
+    Ok(html(
+        StatusCode::OK,
+        &ActivityPage {
+            chrome: v.chrome("activity"),
+            rows: entries.iter().map(Row::of).collect(),
+            operations: Operation::known().map(|o| o.as_str().to_string()).collect(),
+            outcomes: ActivityOutcome::known()
+                .map(|o| o.as_str().to_string())
+                .collect(),
+            operation: text(&f.operation),
+            vm: text(&f.vm),
+            group: text(&f.group),
+            caller: text(&f.caller),
+            outcome: text(&f.outcome),
+            from: text(&f.from),
+            to: text(&f.to),
+            query: f.pairs().finish(),
+            next,
+            coverage,
+            verdict,
+        },
+    ))
+}
+
+async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
+    render(&st, &v, &f, None).await
+}
+
+/// The filtered entries, oldest first, exactly as `GET /api/v1/activityLog` returns them
+/// for the same filters (`format=csv` or `json`).
+async fn export(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
+    let mut q = f.query()?;
+    q.limit = Some(EXPORT_MAX);
+    let entries = st.app.audit.entries(&v.caller, &q).await?;
+    let name = |ext: &str| format!("attachment; filename=\"jitgate-activity.{ext}\"");
+    let mut r = match f.format.as_deref() {
+        Some("csv") => {
+            let r = crate::http::respond::csv(crate::audit::to_csv(&entries)?);
+            (r, name("csv"))
+        }
+        Some("json") | None => (crate::http::respond::list(entries), name("json")),
+        Some(other) => {
+            return Err(refuse(
+                ErrorCode::InvalidQuery,
+                format!("format {other:?}: csv or json"),
+            ));
+        }
+    };
+    if let Ok(h) = axum::http::HeaderValue::from_str(&r.1) {
+        r.0.headers_mut()
+            .insert(axum::http::header::CONTENT_DISPOSITION, h);
+    }
+    Ok(r.0)
+}
+
+/// Verifies the whole log (the chain and every signed checkpoint) and shows the page with
+/// the verdict. A form POST: the walk reads every entry, so a link must not start it.
+async fn verify(State(st): State<AppState>, p: Posted) -> PageResult {
+    let report = st.app.audit.verify(&p.viewer.caller).await?;
+    let f = Filters::default();
+    render(&st, &p.viewer, &f, Some(Verdict::of(&report))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_fields_read_as_utc() {
+        let f = |s: &str| time_field("from", &Some(s.to_string()));
+        assert_eq!(
+            f("2026-11-30T10:15").ok().flatten().as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert_eq!(
+            f("2026-11-30T10:15:00Z").ok().flatten().as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert!(f("yesterday").is_err());
+        assert_eq!(f("  ").ok().flatten(), None);
+    }
+
+    #[test]
+    fn a_failed_verification_names_the_entry() {
+        let mut r = VerifyReport::new(9, "h", 1, None);
+        r.first_bad_seq = Some(4);
+        r.problem = Some("hash mismatch".into());
+        let v = Verdict::of(&r);
+        assert!(!v.ok);
+        assert!(v.summary.contains("entry 4"), "{}", v.summary);
+        assert_eq!(v.problem, "hash mismatch");
+    }
+}
