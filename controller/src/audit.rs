@@ -2,6 +2,7 @@
 //! the export for offline verification (docs/controller.md, "Activity log").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use ed25519_dalek::SigningKey;
 use jitgate_api::{
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::input::parse_time;
 use crate::store::activity::{self, Filter};
 use crate::store::db::Db;
+use crate::store::verified::{self, Verified};
 
 /// The controller's checkpoint key: its Ed25519 key from the state directory (never from the
 /// database, which a writer could change), and the public half as agents and auditors pin it.
@@ -29,14 +31,164 @@ pub struct Audit {
     db: Db,
     /// None where this controller signs nothing (administration commands).
     key: Option<Arc<CheckpointKey>>,
+    /// This controller's verification of the whole log, running or last finished.
+    full: Arc<std::sync::Mutex<FullRun>>,
+    /// Entries the running full verification has walked.
+    walked: Arc<AtomicI64>,
 }
+
+/// A verification of the whole log in the background (one per controller at a time).
+#[derive(Clone, Debug, Default)]
+pub struct FullRun {
+    pub running: bool,
+    /// Entries the log held when it started.
+    pub total: i64,
+    /// Entries walked so far (while running).
+    pub walked: i64,
+    pub started_ms: i64,
+    /// The last run's result, once finished.
+    pub report: Option<VerifyReport>,
+    /// Why the last run could not finish (a database error), if it could not.
+    pub error: Option<String>,
+}
+
+/// Entries the background task verifies per step (`Audit::extend_verified`).
+pub const VERIFY_STEP: i64 = 200_000;
 
 impl Audit {
     pub fn new(db: Db, key: Option<CheckpointKey>) -> Audit {
         Audit {
             db,
             key: key.map(Arc::new),
+            full: Arc::default(),
+            walked: Arc::default(),
         }
+    }
+
+    /// Moves the verified mark over up to `max` entries appended since it last moved
+    /// (checking their chain and the checkpoints signed over them). A failure is recorded
+    /// and logged; it stays until a verification of the whole log passes. Run after each
+    /// checkpoint, so the portal shows how far the log verifies without walking it.
+    pub async fn extend_verified(&self, max: i64) -> Result<Verified> {
+        let vk = self.key()?.key.verifying_key();
+        let pool = self.db.pool();
+        let mark = verified::get(pool).await?.unwrap_or_else(Verified::start);
+        if mark.failed_seq.is_some() {
+            return Ok(mark);
+        }
+        let now = jitgate_api::time::now_ms();
+        let from = (mark.seq, mark.hash.as_str(), mark.covered);
+        let next = match activity::walk_from(pool, &vk, from, max).await? {
+            Ok(walk) => {
+                let (seq, hash, covered) = walk.position();
+                Verified {
+                    seq,
+                    hash: hash.to_string(),
+                    covered,
+                    checkpoints: mark.checkpoints + walk.matched(),
+                    time_ms: now,
+                    failed_seq: None,
+                    problem: None,
+                }
+            }
+            Err(f) => {
+                tracing::error!(seq = f.seq, problem = %f.problem, "the activity log does not verify");
+                Verified {
+                    time_ms: now,
+                    failed_seq: Some(f.seq),
+                    problem: Some(f.problem),
+                    ..mark
+                }
+            }
+        };
+        self.record(&next).await?;
+        Ok(next)
+    }
+
+    async fn record(&self, v: &Verified) -> Result<()> {
+        let mut w = self.db.begin().await?;
+        verified::set(&mut w, v).await?;
+        w.commit().await
+    }
+
+    /// How far the log has been verified (None before the first verification).
+    pub async fn verified(&self, caller: &Caller) -> Result<Option<Verified>> {
+        authz::authorize(caller, Action::ReadAll)?;
+        verified::get(self.db.pool()).await
+    }
+
+    /// Starts verifying the whole log in the background; false if a run is going on
+    /// already. Its progress and result: [`Audit::full_run`]. A passing run confirms the
+    /// mark (and clears a recorded failure); a failing one records where it failed.
+    pub fn start_full(&self, caller: &Caller) -> Result<bool> {
+        authz::authorize(caller, Action::ReadAll)?;
+        let vk = self.key()?.key.verifying_key();
+        {
+            let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner());
+            if f.running {
+                return Ok(false);
+            }
+            *f = FullRun {
+                running: true,
+                started_ms: jitgate_api::time::now_ms(),
+                ..FullRun::default()
+            };
+        }
+        self.walked.store(0, Ordering::Relaxed);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.run_full(&vk).await;
+            let mut f = me.full.lock().unwrap_or_else(|p| p.into_inner());
+            f.running = false;
+            match result {
+                Ok(r) => f.report = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "verifying the whole activity log failed to run");
+                    f.error = Some(e.to_string());
+                }
+            }
+        });
+        Ok(true)
+    }
+
+    async fn run_full(&self, vk: &ed25519_dalek::VerifyingKey) -> Result<VerifyReport> {
+        let pool = self.db.pool();
+        let (head, _) = crate::store::cluster::heads(pool).await?;
+        {
+            let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner());
+            f.total = head;
+        }
+        let r = activity::verify_counting(pool, Some(vk), &self.walked).await?;
+        let now = jitgate_api::time::now_ms();
+        let mark = if r.ok {
+            Verified {
+                seq: r.entries,
+                hash: r.head_hash.clone(),
+                covered: r.covered_seq,
+                checkpoints: r.checkpoints,
+                time_ms: now,
+                failed_seq: None,
+                problem: None,
+            }
+        } else {
+            tracing::error!(seq = ?r.first_bad_seq, problem = ?r.problem, "the activity log does not verify");
+            Verified {
+                failed_seq: Some(r.first_bad_seq.unwrap_or(0)),
+                problem: r.problem.clone(),
+                time_ms: now,
+                ..verified::get(pool).await?.unwrap_or_else(Verified::start)
+            }
+        };
+        self.record(&mark).await?;
+        Ok(r)
+    }
+
+    /// The running or last full verification of this controller.
+    pub fn full_run(&self, caller: &Caller) -> Result<FullRun> {
+        authz::authorize(caller, Action::ReadAll)?;
+        let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        f.walked = self.walked.load(Ordering::Relaxed);
+        Ok(f)
     }
 
     fn key(&self) -> Result<&CheckpointKey> {

@@ -191,6 +191,7 @@ pub async fn sample(app: &App) -> Result<Sample> {
             age_seconds: (now - time_ms).max(0) as f64 / 1000.0,
         });
     let (approvals_pending, oldest_approval) = sql::pending_approvals(pool).await?;
+    let verified = crate::store::verified::get(pool).await?;
     Ok(Sample {
         pending,
         agents: counts,
@@ -205,6 +206,8 @@ pub async fn sample(app: &App) -> Result<Sample> {
         .into_iter()
         .map(|(sink, at)| (sink, (now - at).max(0) as f64 / 1000.0))
         .collect(),
+        verified_seq: verified.as_ref().map(|v| v.seq),
+        verification_failed: verified.is_some_and(|v| v.failed_seq.is_some()),
         approvals_pending,
         approvals_oldest_age_seconds: oldest_approval.map(|at| (now - at).max(0) as f64 / 1000.0),
         decision_seconds: sql::decision_waits(pool, now - DECISION_WINDOW_MS, DECISION_SAMPLES)

@@ -189,6 +189,8 @@ struct Inner {
     notify_oldest_age: Family<SinkLabels, Gauge<f64, AtomicU64>>,
     approvals_pending: Gauge,
     approvals_oldest_age: Optional,
+    verified_seq: Optional,
+    verification_failed: Gauge,
     decision_seconds: Family<QuantileLabels, FloatGauge>,
 }
 
@@ -293,6 +295,20 @@ impl Metrics {
             "Age of the oldest notification still waiting for each sink (queued or retrying): the delivery lag",
             notify_oldest_age.clone(),
         );
+        let verified_seq = Optional::default();
+        add(
+            &mut r,
+            "jitgate_activity_verified_seq",
+            "Entries of the activity log verified so far (chain and signed checkpoints)",
+            verified_seq.clone(),
+        );
+        let verification_failed = Gauge::default();
+        add(
+            &mut r,
+            "jitgate_activity_verification_failed",
+            "1 when the activity log failed verification (an entry altered, removed or re-chained)",
+            verification_failed.clone(),
+        );
         let approvals_pending = Gauge::default();
         add(
             &mut r,
@@ -333,6 +349,8 @@ impl Metrics {
                 notify_oldest_age,
                 approvals_pending,
                 approvals_oldest_age,
+                verified_seq,
+                verification_failed,
                 decision_seconds,
             }),
         }
@@ -416,6 +434,8 @@ impl Metrics {
                 .get_or_create(&SinkLabels { sink: sink.clone() })
                 .set(*age);
         }
+        set_optional(&m.verified_seq, s.verified_seq.map(|v| v as f64));
+        m.verification_failed.set(i64::from(s.verification_failed));
         m.approvals_pending.set(s.approvals_pending);
         set_optional(&m.approvals_oldest_age, s.approvals_oldest_age_seconds);
         m.decision_seconds.clear();
@@ -441,6 +461,10 @@ pub struct Sample {
     pub notify: Vec<(String, jitgate_notify::DeliveryState, i64)>,
     /// Per sink with deliveries waiting, the age of the oldest (seconds).
     pub notify_oldest_age_seconds: Vec<(String, f64)>,
+    /// Entries verified (None before the first verification).
+    pub verified_seq: Option<i64>,
+    /// Whether the last verification failed.
+    pub verification_failed: bool,
     /// Requests waiting for an approval decision.
     pub approvals_pending: i64,
     /// How long the oldest of them has waited (seconds); None when none waits.

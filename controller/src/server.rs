@@ -372,7 +372,7 @@ fn spawn_sweeper(
 }
 
 /// Signs the activity log's head every `every` if it moved (`ServerHandle::stop` signs the
-/// last one).
+/// last one), then verifies the entries appended since the last time (the verified mark).
 fn spawn_checkpointer(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -381,6 +381,9 @@ fn spawn_checkpointer(app: App, every: Duration) -> tokio::task::JoinHandle<()> 
             tick.tick().await;
             if let Err(e) = app.audit.checkpoint().await {
                 tracing::error!(error = %e, "signing an activity log checkpoint failed");
+            }
+            if let Err(e) = app.audit.extend_verified(crate::audit::VERIFY_STEP).await {
+                tracing::error!(error = %e, "verifying the new activity log entries failed");
             }
         }
     })

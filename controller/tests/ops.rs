@@ -417,6 +417,26 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
         .get("jitgate_activity_checkpoint_age_seconds", &[])
         .expect("checkpoint age");
     assert!((0.0..600.0).contains(&cp_age), "{cp_age}");
+    // The verified mark: absent, then at the head once the step ran; not failed.
+    assert_eq!(s.get("jitgate_activity_verified_seq", &[]), None);
+    assert_eq!(
+        s.get("jitgate_activity_verification_failed", &[]),
+        Some(0.0)
+    );
+    h.app()
+        .audit
+        .extend_verified(jitgate_controller::audit::VERIFY_STEP)
+        .await
+        .expect("verify");
+    let s = o.scrape().await;
+    let v = s
+        .get("jitgate_activity_verified_seq", &[])
+        .expect("verified seq");
+    assert!(v >= head as f64, "{v} {head}");
+    assert_eq!(
+        s.get("jitgate_activity_verification_failed", &[]),
+        Some(0.0)
+    );
 
     // On PostgreSQL the catch-up samples the notification queue (every 2 s).
     if h.app().db.backend().as_str() == "postgres" {

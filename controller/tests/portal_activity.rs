@@ -176,37 +176,113 @@ async fn activity_log_filters_pages_exports_and_verifies() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
-    // Verification: first all verifies; then a row changed in the database is named.
+    // Verification. The mark: the background task's step, run here by hand.
+    let audit = &h.app().audit;
+    let mark = audit
+        .extend_verified(jitgate_controller::audit::VERIFY_STEP)
+        .await
+        .unwrap();
+    assert_eq!(mark.failed_seq, None);
     let page = p.get(&alice, "/activity").await;
+    assert!(
+        page.body
+            .contains(&format!("Verified up to entry {}", mark.seq)),
+        "{}",
+        page.body
+    );
     let csrf = page.csrf();
     let r = p
         .post(&alice, "/activity/verify", &p.public, &[("csrf", "0")])
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "CSRF");
-    let r = p
-        .post(&alice, "/activity/verify", &p.public, &[("csrf", &csrf)])
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(r.body.contains("Verified: entries 1 to"), "{}", r.body);
+    let verify_all = || async {
+        let r = p
+            .post(&alice, "/activity/verify", &p.public, &[("csrf", &csrf)])
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        // The page follows the run (htmx polls the fragment; here, the fragment itself).
+        let done = p
+            .until(
+                &alice,
+                "/activity/verify/progress",
+                "role=\"status\" class=",
+            )
+            .await;
+        assert!(!done.contains("<html"), "a fragment");
+        done
+    };
+    let done = verify_all().await;
+    assert!(done.contains("Verified: entries 1 to"), "{done}");
+
+    // An old entry (below the mark) changed: the next step walks only new entries and
+    // cannot see it; verifying the whole log names it, and the mark says so from then on.
+    let pool = h.app().db.pool();
     let (seq,): (i64,) =
         sqlx::query_as("SELECT MIN(seq) FROM activity WHERE vm = 'web2' AND operation = $1")
             .bind(INITIATE)
-            .fetch_one(h.app().db.pool())
+            .fetch_one(pool)
             .await
             .unwrap();
-    sqlx::query("UPDATE activity SET caller = 'someone-else' WHERE seq = $1")
+    let (caller,): (String,) = sqlx::query_as("SELECT caller FROM activity WHERE seq = $1")
         .bind(seq)
-        .execute(h.app().db.pool())
+        .fetch_one(pool)
         .await
         .unwrap();
-    let r = p
-        .post(&alice, "/activity/verify", &p.public, &[("csrf", &csrf)])
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    let set_caller = |c: String| async move {
+        sqlx::query("UPDATE activity SET caller = $1 WHERE seq = $2")
+            .bind(c)
+            .bind(seq)
+            .execute(h.app().db.pool())
+            .await
+            .unwrap();
+    };
+    set_caller("someone-else".into()).await;
+    let still = audit
+        .extend_verified(jitgate_controller::audit::VERIFY_STEP)
+        .await
+        .unwrap();
+    assert_eq!(
+        still.failed_seq, None,
+        "the step does not re-read old entries"
+    );
+    let done = verify_all().await;
     assert!(
-        r.body
-            .contains(&format!("Verification failed at entry {seq}")),
+        done.contains(&format!("Verification failed at entry {seq}")),
+        "{done}"
+    );
+    let page = p.get(&alice, "/activity").await;
+    assert!(
+        page.body
+            .contains(&format!("Verification FAILED at entry {seq}")),
         "{}",
-        r.body
+        page.body
+    );
+
+    // Put back, verified whole again: the mark is clear. Then a new entry changed before
+    // the step reaches it: the step names it.
+    set_caller(caller).await;
+    let done = verify_all().await;
+    assert!(done.contains("Verified: entries 1 to"), "{done}");
+    h.token("late", Role::Reader, "*").await;
+    let (late,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM activity")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE activity SET caller = 'someone-else' WHERE seq = $1")
+        .bind(late)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mark = audit
+        .extend_verified(jitgate_controller::audit::VERIFY_STEP)
+        .await
+        .unwrap();
+    assert_eq!(mark.failed_seq, Some(late), "{mark:?}");
+    let page = p.get(&alice, "/activity").await;
+    assert!(
+        page.body
+            .contains(&format!("Verification FAILED at entry {late}")),
+        "{}",
+        page.body
     );
 }

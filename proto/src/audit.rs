@@ -222,6 +222,37 @@ impl ChainWalk {
         })
     }
 
+    /// A walk that continues after entry `last_seq`, whose hash is `last_hash`: an earlier
+    /// walk verified entries 1..=`last_seq` and the checkpoints up to `covered`. Of
+    /// `checkpoints`, those above `last_seq` are checked (signature first).
+    pub fn resume(
+        last_seq: i64,
+        last_hash: &str,
+        covered: i64,
+        checkpoints: Vec<Checkpoint>,
+        vk: &VerifyingKey,
+    ) -> Result<ChainWalk, Failure> {
+        let later = checkpoints
+            .into_iter()
+            .filter(|c| c.seq > last_seq)
+            .collect();
+        let mut w = ChainWalk::new(later, vk)?;
+        w.prev = last_hash.into();
+        w.expect = last_seq + 1;
+        w.covered = covered;
+        Ok(w)
+    }
+
+    /// The last entry walked (seq, hash) and the entry the last matched checkpoint covers.
+    pub fn position(&self) -> (i64, &str, i64) {
+        (self.expect - 1, &self.prev, self.covered)
+    }
+
+    /// Checkpoints matched so far (of those this walk was given).
+    pub fn matched(&self) -> i64 {
+        self.checkpoints - self.pending.values().map(|v| v.len() as i64).sum::<i64>()
+    }
+
     /// A walk with no checkpoints (the chain alone).
     pub fn unsigned() -> ChainWalk {
         ChainWalk {

@@ -233,6 +233,12 @@ async fn run(o: Opts) -> Result<()> {
             true,
         ),
         ("Approvals inbox", "/approvals".into(), true),
+        ("Activity log, newest", "/activity".into(), true),
+        (
+            "Activity log, one VM and operation",
+            format!("/activity?vm={vm}&operation=Initiate+JIT+Network+Access"),
+            true,
+        ),
     ];
     for _ in 0..3 {
         let t = Instant::now();

@@ -413,12 +413,23 @@ pub async fn all_entries(pool: &sqlx::AnyPool) -> Result<Vec<ActivityEntry>> {
 /// checkpoint: its signature by `key`, and its (seq, hash) on the chain, so a rewrite that
 /// recomputed all later hashes still fails.
 pub async fn verify(pool: &sqlx::AnyPool, key: Option<&VerifyingKey>) -> Result<Report> {
+    verify_counting(pool, key, &std::sync::atomic::AtomicI64::new(0)).await
+}
+
+/// [`verify`], storing in `progress` how many entries it has walked (for a progress bar).
+pub async fn verify_counting(
+    pool: &sqlx::AnyPool,
+    key: Option<&VerifyingKey>,
+    progress: &std::sync::atomic::AtomicI64,
+) -> Result<Report> {
+    // Checkpoints first, then the head: every checkpoint read is at or below the head, and
+    // entries appended while the walk runs (beyond the head) are left for the next one.
+    let checkpoints = checkpoints(pool).await?;
     let (head_seq, head_hash): (i64, String) =
         sqlx::query_as("SELECT value, hash FROM counters WHERE name = $1")
             .bind(crate::store::write::Counter::Chain.as_str())
             .fetch_one(pool)
             .await?;
-    let checkpoints = checkpoints(pool).await?;
     let report = Report::new(
         head_seq,
         &head_hash,
@@ -440,12 +451,15 @@ pub async fn verify(pool: &sqlx::AnyPool, key: Option<&VerifyingKey>) -> Result<
         Err(f) => return Ok(report.fail(f, 0)),
     };
     let mut next = 1i64;
-    loop {
+    'walk: loop {
         let rows = page(pool, next).await?;
         if rows.is_empty() {
             break;
         }
         for r in &rows {
+            if r.seq > head_seq {
+                break 'walk;
+            }
             let h = entry_hash(&r.hash_input());
             let before = walk.entries();
             if let Err(f) = walk.push(r.seq, &r.prev_hash, &r.hash, &h) {
@@ -453,6 +467,40 @@ pub async fn verify(pool: &sqlx::AnyPool, key: Option<&VerifyingKey>) -> Result<
             }
             next = r.seq + 1;
         }
+        progress.store(next - 1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(report.finish(walk))
+}
+
+/// Walks the entries after `from` (the last verified entry's seq and hash, and the entry
+/// the last matched checkpoint covers), at most `max` of them, checking the checkpoints
+/// above `from` with `key`: the walk's new position, or the first failure.
+pub async fn walk_from(
+    pool: &sqlx::AnyPool,
+    key: &VerifyingKey,
+    from: (i64, &str, i64),
+    max: i64,
+) -> Result<std::result::Result<ChainWalk, Failure>> {
+    let cps = checkpoints(pool).await?;
+    let mut walk = match ChainWalk::resume(from.0, from.1, from.2, cps, key) {
+        Ok(w) => w,
+        Err(f) => return Ok(Err(f)),
+    };
+    let mut next = from.0 + 1;
+    let mut n = 0;
+    while n < max {
+        let rows = page(pool, next).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let h = entry_hash(&r.hash_input());
+            if let Err(f) = walk.push(r.seq, &r.prev_hash, &r.hash, &h) {
+                return Ok(Err(f));
+            }
+            next = r.seq + 1;
+            n += 1;
+        }
+    }
+    Ok(Ok(walk))
 }

@@ -83,6 +83,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "portal at scale: request ports keep when their request was made; inventory generation",
         include_str!("../../migrations/0014_portal_scale.sql"),
     ),
+    (
+        15,
+        "activity log: how far it has been verified",
+        include_str!("../../migrations/0015_activity_verified.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -12,6 +12,7 @@
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
 //! - [`health`]: what readiness checks and metrics read.
 //! - [`backup`]: online backup and restore, one portable format for both backends.
+//! - [`verified`]: how far the activity log has been verified.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
 pub mod activity;
@@ -33,6 +34,7 @@ pub mod requests;
 pub mod sessions;
 pub mod snapshot;
 pub mod tokens;
+pub mod verified;
 pub mod write;
 
 pub use backend::Backend;

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::authz::{self, Action};
 use crate::http::extract::Q;
-use crate::http::portal::page::{Chrome, PageError, PageResult, html, refuse, when, when_utc};
+use crate::http::portal::page::{
+    Chrome, PageError, PageResult, html, refuse, see_other, when, when_utc,
+};
 use crate::http::portal::session::{Posted, Viewer};
 use crate::http::state::AppState;
 
@@ -28,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/activity", get(list))
         .route("/activity/export", get(export))
         .route("/activity/verify", post(verify))
+        .route("/activity/verify/progress", get(progress))
 }
 
 /// The filters as the form sends them (an empty field: no filter).
@@ -158,11 +161,71 @@ impl Row {
     }
 }
 
-/// Where the signatures reach, read cheaply on every page.
+/// Where the signatures and the verification reach, read cheaply on every page.
 struct Coverage {
     head: i64,
     /// (seq covered, when signed).
     checkpoint: Option<(i64, String)>,
+    /// The verified mark in words.
+    mark: String,
+    mark_failed: bool,
+}
+
+/// This controller's verification of the whole log: running, or its result.
+struct FullView {
+    running: bool,
+    walked: i64,
+    total: i64,
+    verdict: Option<Verdict>,
+    error: Option<String>,
+}
+
+impl FullView {
+    fn of(f: &crate::audit::FullRun) -> FullView {
+        FullView {
+            running: f.running,
+            walked: f.walked,
+            total: f.total,
+            verdict: f.report.as_ref().map(Verdict::of),
+            error: f.error.clone(),
+        }
+    }
+}
+
+/// The verified mark in words: (text, failed).
+fn mark_words(v: Option<&crate::store::verified::Verified>) -> (String, bool) {
+    match v {
+        None => (
+            "Not verified yet: the controller verifies new entries after each checkpoint.".into(),
+            false,
+        ),
+        Some(v) => match (v.failed_seq, &v.problem) {
+            (Some(seq), problem) => (
+                format!(
+                    "Verification FAILED at entry {seq} (found {}): {}",
+                    when(v.time_ms),
+                    problem.as_deref().unwrap_or("unknown problem")
+                ),
+                true,
+            ),
+            (None, _) => (
+                format!(
+                    "Verified up to entry {} (checked {}): the chain holds and {} signed \
+                     checkpoints match.",
+                    v.seq,
+                    when(v.time_ms),
+                    v.checkpoints
+                ),
+                false,
+            ),
+        },
+    }
+}
+
+#[derive(Template)]
+#[template(path = "portal/activity_progress.html")]
+struct Progress {
+    full: FullView,
 }
 
 /// A verification of the whole log, in words.
@@ -233,10 +296,10 @@ struct ActivityPage {
     next: Option<String>,
     /// None: the viewer may not verify (not a reader of everything).
     coverage: Option<Coverage>,
-    verdict: Option<Verdict>,
+    full: FullView,
 }
 
-async fn render(st: &AppState, v: &Viewer, f: &Filters, verdict: Option<Verdict>) -> PageResult {
+async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
     let mut q = f.query()?;
     q.before = Some(f.before.unwrap_or(i64::MAX));
     q.limit = Some(PAGE + 1);
@@ -251,15 +314,25 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, verdict: Option<Verdict>
         }
         _ => None,
     };
-    let coverage = if authz::authorize(&v.caller, Action::ReadAll).is_ok() {
+    let (coverage, full) = if authz::authorize(&v.caller, Action::ReadAll).is_ok() {
         let pool = st.app.db.pool();
         let (head, _) = crate::store::cluster::heads(pool).await?;
         let checkpoint = crate::store::health::last_checkpoint(pool)
             .await?
             .map(|(seq, ms)| (seq, when(ms)));
-        Some(Coverage { head, checkpoint })
+        let (mark, mark_failed) = mark_words(st.app.audit.verified(&v.caller).await?.as_ref());
+        let full = FullView::of(&st.app.audit.full_run(&v.caller)?);
+        (
+            Some(Coverage {
+                head,
+                checkpoint,
+                mark,
+                mark_failed,
+            }),
+            full,
+        )
     } else {
-        None
+        (None, FullView::of(&crate::audit::FullRun::default()))
     };
     let text = |o: &Option<String>| o.clone().unwrap_or_default();
     Ok(html(
@@ -281,13 +354,9 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, verdict: Option<Verdict>
             query: f.pairs().finish(),
             next,
             coverage,
-            verdict,
+            full,
         },
     ))
-}
-
-async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
-    render(&st, &v, &f, None).await
 }
 
 /// The filtered entries, oldest first, exactly as `GET /api/v1/activityLog` returns them
@@ -317,12 +386,18 @@ async fn export(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> Page
     Ok(r.0)
 }
 
-/// Verifies the whole log (the chain and every signed checkpoint) and shows the page with
-/// the verdict. A form POST: the walk reads every entry, so a link must not start it.
+/// Starts verifying the whole log (the chain and every signed checkpoint) in the
+/// background and goes back to the page, which follows its progress. A form POST: the walk
+/// reads every entry, so a link must not start it.
 async fn verify(State(st): State<AppState>, p: Posted) -> PageResult {
-    let report = st.app.audit.verify(&p.viewer.caller).await?;
-    let f = Filters::default();
-    render(&st, &p.viewer, &f, Some(Verdict::of(&report))).await
+    st.app.audit.start_full(&p.viewer.caller)?;
+    Ok(see_other("/activity#verify-h"))
+}
+
+/// The progress (or result) of the full verification, as htmx polls it.
+async fn progress(State(st): State<AppState>, v: Viewer) -> PageResult {
+    let full = FullView::of(&st.app.audit.full_run(&v.caller)?);
+    Ok(html(StatusCode::OK, &Progress { full }))
 }
 
 #[cfg(test)]
