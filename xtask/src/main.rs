@@ -101,7 +101,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Bench {
     /// ns per packet of the XDP program (BPF_PROG_TEST_RUN) at 0, 10 000 and 1 000 000
     /// grants, beside a do-nothing XDP program.
@@ -124,6 +124,10 @@ enum Bench {
         /// 1 000 VMs and 20 000 requests: a smoke run, not written to BENCHMARKS.md.
         #[arg(long)]
         quick: bool,
+        /// Keep the seeded state in DIR and reuse it when it is there (seeding the full
+        /// size takes about 20 minutes; measuring again then takes one).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
     /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
     /// packet p50/p99, RSS at 100 000 grants.
@@ -921,7 +925,7 @@ fn fuzz_verdict(runs: &[FuzzRun]) -> Result<()> {
 fn bench(root: &Path, which: Bench) -> Result<()> {
     match which {
         Bench::Controller { quick } => bench_controller(root, quick),
-        Bench::Portal { quick } => bench_portal(root, quick),
+        Bench::Portal { quick, state } => bench_portal(root, quick, state.as_deref()),
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
@@ -940,13 +944,18 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
     bench_example(root, "bench", "controller", args, quick)
 }
 
-fn bench_portal(root: &Path, quick: bool) -> Result<()> {
-    let args: &[&str] = if quick {
-        &["--vms", "1000", "--requests", "20000", "--rounds", "100"]
+fn bench_portal(root: &Path, quick: bool, state: Option<&Path>) -> Result<()> {
+    let mut args: Vec<&str> = if quick {
+        vec!["--vms", "1000", "--requests", "20000", "--rounds", "100"]
     } else {
-        &["--vms", "10000", "--requests", "1000000", "--rounds", "300"]
+        vec!["--vms", "10000", "--requests", "1000000", "--rounds", "300"]
     };
-    bench_example(root, "portal_bench", "portal", args, quick)
+    let dir;
+    if let Some(d) = state {
+        dir = d.to_str().context("--state: not UTF-8")?.to_string();
+        args.extend(["--state", dir.as_str()]);
+    }
+    bench_example(root, "portal_bench", "portal", &args, quick)
 }
 
 /// Runs the controller's example `example` (release) with `args`, progress on stderr, and
