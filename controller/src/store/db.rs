@@ -169,7 +169,7 @@ impl Db {
                             let pragmas: [&'static str; 7] = [
                                 "PRAGMA journal_mode = WAL",
                                 sync,
-                                "PRAGMA busy_timeout = 10000",
+                                BUSY_TIMEOUT,
                                 "PRAGMA foreign_keys = ON",
                                 "PRAGMA cache_size = -65536",
                                 "PRAGMA temp_store = MEMORY",
@@ -303,8 +303,8 @@ pub(crate) async fn apply_migrations(conn: &mut sqlx::AnyConnection, upto: i64) 
 /// when a writer begins while no reader still uses it, which overlapping readers prevent, so
 /// the file grows without bound (tens of GB after hours of load). When the log holds more
 /// than `truncate_frames` frames, a TRUNCATE checkpoint runs on the writer connection under
-/// this controller's write lock: it waits (busy timeout) for the readers of the old frames,
-/// which are short, then empties the file. Writes of this controller wait meanwhile.
+/// this controller's write lock: it waits up to 1 s for the readers of the old frames, which
+/// are short, then empties the file (or gives up until a later tick). Writes wait meanwhile.
 fn spawn_wal_checkpoints(pool: AnyPool, writer: Writer, truncate_frames: i64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(2000));
@@ -329,7 +329,15 @@ fn spawn_wal_checkpoints(pool: AnyPool, writer: Writer, truncate_frames: i64) {
             }
             let started = std::time::Instant::now();
             let mut w = writer.lock().await;
-            let done = checkpoint(w.conn(), "PRAGMA wal_checkpoint(TRUNCATE)").await;
+            // Waiting for readers holds SQLite's write lock: bound it to 1 s (then try again
+            // at a later tick) rather than the 10 s every other statement may wait.
+            let done = match pragma(w.conn(), TRUNCATE_WAIT).await {
+                Ok(()) => checkpoint(w.conn(), "PRAGMA wal_checkpoint(TRUNCATE)").await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = pragma(w.conn(), BUSY_TIMEOUT).await {
+                tracing::warn!(error = %e, "restoring the writer's busy timeout failed");
+            }
             drop(w);
             let waited_ms = started.elapsed().as_millis() as u64;
             match done {
@@ -344,6 +352,16 @@ fn spawn_wal_checkpoints(pool: AnyPool, writer: Writer, truncate_frames: i64) {
             }
         }
     });
+}
+
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
+/// How long the truncating checkpoint waits for readers (it holds the write lock meanwhile).
+const TRUNCATE_WAIT: &str = "PRAGMA busy_timeout = 1000";
+
+async fn pragma(conn: &mut sqlx::AnyConnection, sql: &str) -> Result<()> {
+    sqlx::Executor::execute(conn, sql).await?;
+    Ok(())
 }
 
 /// Runs a `wal_checkpoint` pragma: the frames left in the log (0 once truncated), or the
