@@ -1119,3 +1119,85 @@ async fn backup_under_load_restores_and_verifies() {
     let (ok, out, err) = controller_json(&target, &["restore", file_s]).await;
     assert!(ok && out["verify"]["ok"] == true, "{err} {out}");
 }
+
+/// A SQLite controller's backup restores into PostgreSQL (how to move from one to the
+/// other): the same rows, and the activity log verifies there with the controller's key.
+/// Run in the SQLite pass only (the PostgreSQL pass would compare PostgreSQL with itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_backup_restores_into_postgresql() {
+    if common::postgres_backend() {
+        return;
+    }
+    let h = Harness::new().await;
+    h.fixture().await;
+    h.put_rg_policy(
+        "prod",
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+                "maxRequestAccessDuration": "PT3H"}]),
+    )
+    .await;
+    let alice = h.token("alice", Role::Requester, "rg:prod").await;
+    for i in 0..5 {
+        let (st, v) = h
+            .initiate(
+                &alice,
+                one_port(
+                    "web1",
+                    json!({"number": 22, "duration": "PT1H",
+                           "allowedSourceAddressPrefix": format!("203.0.113.{i}")}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    h.app().audit.checkpoint().await.expect("checkpoint");
+    let mut out = Vec::new();
+    let url = jitgate_controller::store::sqlite_url(&h.dir.db());
+    let summary = jitgate_controller::store::backup::dump_url(&url, &mut out)
+        .await
+        .expect("backup");
+    assert_eq!(summary.header.source, "sqlite");
+
+    let pg = common::fresh_postgres_database().await;
+    let restored = jitgate_controller::store::backup::restore(&pg, &out[..])
+        .await
+        .expect("restore into PostgreSQL");
+    assert_eq!(restored.rows, summary.rows);
+    assert_eq!(restored.sha256, summary.sha256);
+    let app = jitgate_controller::App::open(
+        &pg,
+        &jitgate_controller::store::DbOptions::default(),
+        jitgate_controller::app::Parts::default(),
+    )
+    .await
+    .expect("open the PostgreSQL database");
+    let key =
+        jitgate_controller::channel::tls::load_signing_key(&h.dir.signing_key()).expect("key");
+    let report =
+        jitgate_controller::store::activity::verify(app.db.pool(), Some(&key.verifying_key()))
+            .await
+            .expect("verify");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.head_seq, summary.header.activity_head);
+    assert!(report.checkpoints >= 1);
+    for table in [
+        "requests",
+        "request_ports",
+        "grants",
+        "activity",
+        "tokens",
+        "vms",
+    ] {
+        let q = format!("SELECT COUNT(*) FROM {table}");
+        let (a,): (i64,) = sqlx::query_as(&q)
+            .fetch_one(h.app().db.pool())
+            .await
+            .expect("count");
+        let (b,): (i64,) = sqlx::query_as(&q)
+            .fetch_one(app.db.pool())
+            .await
+            .expect("count");
+        assert_eq!(a, b, "{table}");
+    }
+    app.close().await;
+}
