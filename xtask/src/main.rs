@@ -277,6 +277,108 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// A step of `cargo xtask test` that runs beside the others: at the lowest CPU and I/O
+/// priority, in a process group of its own, its output in a log file under
+/// target/ci-logs/ (printed when it fails). Dropped without [`Background::wait`] (an earlier
+/// phase failed), it is stopped when `stop_on_drop` (a build), else waited for (a test that
+/// must get to its own clean-up: mounts, throwaway roots).
+struct Background {
+    name: &'static str,
+    stop_on_drop: bool,
+    child: std::process::Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Background {
+    fn start(root: &Path, name: &'static str, stop_on_drop: bool, cmd: Command) -> Result<Self> {
+        let dir = target_dir(root).join("ci-logs");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{name}.log"));
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        // nice 19 + the idle I/O class: the tests beside it keep the CPU and the disk.
+        let mut wrapped = Command::new("nice");
+        wrapped.args(["-n", "19", "ionice", "-c", "3"]);
+        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        use std::os::unix::process::CommandExt;
+        wrapped
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        eprintln!("+ (in the background, log {}) {cmd:?}", log.display());
+        let child = wrapped
+            .spawn()
+            .with_context(|| format!("spawning {name} in the background"))?;
+        Ok(Self {
+            name,
+            stop_on_drop,
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for it to end; fails, with its log, when it did.
+    fn wait(mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        let took = self.started.elapsed().as_secs_f64();
+        if status.success() {
+            eprintln!(
+                "{}: done in {took:.0} s in the background (log {})",
+                self.name,
+                self.log.display()
+            );
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(300);
+        eprintln!(
+            "---- {} (last {} lines of {})",
+            self.name,
+            lines.len() - from,
+            self.log.display()
+        );
+        for line in &lines[from..] {
+            eprintln!("{line}");
+        }
+        eprintln!("----");
+        bail!("{} failed after {took:.0} s: {status}", self.name)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if !self.stop_on_drop {
+                eprintln!(
+                    "{}: waiting for it to end (an earlier phase failed)",
+                    self.name
+                );
+                let _ = self.child.wait();
+                return;
+            }
+            // The group: cargo and the compilers it started.
+            let pid = self.child.id() as libc::pid_t;
+            // SAFETY: kill only sends a signal.
+            unsafe { libc::kill(-pid, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
@@ -566,6 +668,19 @@ fn test_phases(
         run(Command::new("cargo").args(["build", "--bins"]))?;
         build_tests(root, cargo_args)
     })?;
+    // The fuzz targets compile (their own target directory and flags) while the tests run,
+    // at the lowest CPU and I/O priority so that the tests keep the machine: the tests spend
+    // much of their time waiting on processes and sockets, and the build uses that time.
+    let mut fuzz_build = if opts.fuzz_seconds > 0 {
+        Some(Background::start(
+            root,
+            "fuzz-build",
+            true,
+            fuzz_build_command(root, FuzzBuild::Quick),
+        )?)
+    } else {
+        None
+    };
     let mut summary = String::new();
     let sqlite = phases.run("tests (SQLite)", || {
         let mut cmd = Command::new("cargo");
@@ -583,10 +698,17 @@ fn test_phases(
     if sqlite.passed == 0 {
         bail!("cargo test ran no test");
     }
+    // The package test (a throwaway Debian root, mostly unpacking and waiting on dpkg) runs
+    // beside the PostgreSQL tests, in the background at the lowest priority; its phase below
+    // is only what is left of it once they end.
+    let mut package_test = None;
     if !opts.no_postgres {
         if controller_tests.is_empty() {
             eprintln!("tests (PostgreSQL): no controller test binary selected; skipped");
         } else {
+            let mut cmd = Command::new(std::env::current_exe().context("the xtask binary")?);
+            cmd.args(["package", "--test"]);
+            package_test = Some(Background::start(root, "package-test", false, cmd)?);
             let pg = phases.run("tests (PostgreSQL, controller)", || {
                 postgres_tests(root, &controller_tests, bin_args)
             })?;
@@ -598,14 +720,17 @@ fn test_phases(
             }
         }
     }
-    phases.run("package", || package::test(root, package::Profile::Dev))?;
-    let runs = if opts.fuzz_seconds > 0 {
-        phases.run("fuzz", || {
+    phases.run("package", || match package_test.take() {
+        Some(job) => job.wait(),
+        None => package::test(root, package::Profile::Dev),
+    })?;
+    let runs = match fuzz_build.take() {
+        Some(job) => phases.run("fuzz", || {
+            job.wait()?;
             let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
-            fuzz(root, &all, opts.fuzz_seconds, FuzzBuild::Quick)
-        })?
-    } else {
-        Vec::new()
+            fuzz_targets(root, &all, opts.fuzz_seconds, FuzzBuild::Quick)
+        })?,
+        None => Vec::new(),
     };
     if !runs.is_empty() {
         let crashed = runs.iter().filter(|r| r.crash.is_some()).count();
@@ -821,22 +946,44 @@ fn fuzz(
     seconds: u64,
     build: FuzzBuild,
 ) -> Result<Vec<FuzzRun>> {
-    let target_dir = target_dir(root).join("fuzz");
-    let (flags, profile): (&[&str], &str) = match build {
-        FuzzBuild::Quick => (&["--dev", "--sanitizer", "none"], "debug"),
-        FuzzBuild::Thorough => (&["--release", "--debug-assertions"], "release"),
-    };
     let started = std::time::Instant::now();
-    run(Command::new("cargo")
-        .args(["+nightly", "fuzz", "build"])
-        .args(flags)
-        .arg("--target-dir")
-        .arg(&target_dir))?;
+    run(&mut fuzz_build_command(root, build))?;
     eprintln!(
         "fuzz: targets built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let bin_dir = target_dir.join("x86_64-unknown-linux-gnu").join(profile);
+    fuzz_targets(root, targets, seconds, build)
+}
+
+/// `cargo fuzz build` of every target (the dependencies are built once).
+fn fuzz_build_command(root: &Path, build: FuzzBuild) -> Command {
+    let flags: &[&str] = match build {
+        FuzzBuild::Quick => &["--dev", "--sanitizer", "none"],
+        FuzzBuild::Thorough => &["--release", "--debug-assertions"],
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "build"])
+        .args(flags)
+        .arg("--target-dir")
+        .arg(target_dir(root).join("fuzz"));
+    cmd
+}
+
+/// Runs each built fuzz target for `seconds`, stopping at the first crash.
+fn fuzz_targets(
+    root: &Path,
+    targets: &[&FuzzTarget],
+    seconds: u64,
+    build: FuzzBuild,
+) -> Result<Vec<FuzzRun>> {
+    let profile = match build {
+        FuzzBuild::Quick => "debug",
+        FuzzBuild::Thorough => "release",
+    };
+    let bin_dir = target_dir(root)
+        .join("fuzz")
+        .join("x86_64-unknown-linux-gnu")
+        .join(profile);
     let mut runs = Vec::new();
     for t in targets {
         let r = fuzz_one(root, &bin_dir, t, seconds)?;
