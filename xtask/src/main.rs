@@ -706,8 +706,10 @@ fn test_phases(
         if controller_tests.is_empty() {
             eprintln!("tests (PostgreSQL): no controller test binary selected; skipped");
         } else {
-            let mut cmd = Command::new(std::env::current_exe().context("the xtask binary")?);
-            cmd.args(["package", "--test"]);
+            // Through cargo, not this executable's path: the build phase may have replaced
+            // the xtask binary this process runs from.
+            let mut cmd = Command::new("cargo");
+            cmd.args(["xtask", "package", "--test"]);
             package_test = Some(Background::start(root, "package-test", false, cmd)?);
             let pg = phases.run("tests (PostgreSQL, controller)", || {
                 postgres_tests(root, &controller_tests, bin_args)
