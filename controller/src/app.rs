@@ -9,6 +9,7 @@ use crate::compliance::settings::Settings;
 use crate::error::Result;
 use crate::fleet::{Enrollment, Fleet};
 use crate::inventory::Inventory;
+use crate::lease::Leader;
 use crate::lifecycle::Lifecycle;
 use crate::notify::Notifier;
 use crate::outbox::Notifications;
@@ -38,6 +39,8 @@ pub struct Parts {
     pub login_links: bool,
     /// Roles new API tokens may carry (`oidc.token_roles`); None: any.
     pub token_roles: Option<Vec<jitgate_api::Role>>,
+    /// How long the leader lease lasts without renewal (`leader_lease_seconds`; zero: 15 s).
+    pub leader_lease: std::time::Duration,
 }
 
 /// A controller's services. Clones share everything.
@@ -48,6 +51,8 @@ pub struct App {
     pub presence: Presence,
     /// Several controllers on one PostgreSQL: what this one knows of the others.
     pub cluster: ClusterStatus,
+    /// Whether this controller does the once-per-cluster work now (`lease`).
+    pub leader: Leader,
     pub tokens: Tokens,
     /// People's sign-in sessions.
     pub sessions: Sessions,
@@ -74,6 +79,12 @@ impl App {
             None => Settings::from_config(&Default::default())
                 .map_err(|e| crate::error::Error::Internal(e.to_string()))?,
         };
+        let lease = if parts.leader_lease.is_zero() {
+            std::time::Duration::from_secs(15)
+        } else {
+            parts.leader_lease
+        };
+        let leader = Leader::new(holder_name(notifier.origin()), lease);
         Ok(App {
             tokens: Tokens::new(db.clone(), parts.token_roles),
             sessions: Sessions::new(db.clone(), parts.oidc, parts.login_links),
@@ -88,11 +99,25 @@ impl App {
             notifier,
             presence,
             cluster: ClusterStatus::default(),
+            leader,
             notifications: Notifications::default(),
         })
     }
 
     pub async fn close(&self) {
         self.db.close().await;
+    }
+}
+
+/// This controller's name in the lease row: its host (for people reading it) and its
+/// per-process id (unique).
+fn holder_name(origin: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        origin.to_string()
+    } else {
+        format!("{host}/{origin}")
     }
 }

@@ -19,6 +19,11 @@ pub enum Error {
     /// A part of the controller that this call needs has stopped (a writer task).
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// Leader work refused at commit: this controller no longer holds the lease it ran under
+    /// (another controller took over, or it expired while this one was stalled). Nothing was
+    /// written.
+    #[error("fenced: the {lease} lease of epoch {epoch} is no longer held by this controller")]
+    Fenced { lease: &'static str, epoch: i64 },
     /// Any other failure of the controller itself.
     #[error("{0}")]
     Internal(String),

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::error::{Error, Result};
+use crate::lease::LeaderStatus;
 use crate::metrics::{AgentCounts, CertKind, CheckpointSample, Metrics, PendingGrants, Sample};
 use crate::store::Db;
 use crate::store::db::SCHEMA_VERSION;
@@ -44,6 +45,19 @@ jitgate_api::wire_enum! {
 }
 
 jitgate_api::wire_enum! {
+    /// Whether the cluster has a leader (`lease`): someone does the once-per-cluster work.
+    pub enum LeaderCheck("leader check") {
+        /// This controller holds the leader lease.
+        Leading = "leading",
+        /// Another controller held it at the last look.
+        Following = "following",
+        /// No live holder seen for three lease times: sweeps, checkpoints and notification
+        /// delivery have stopped (every controller failing to renew or take the lease).
+        NoLeader = "noLeader",
+    }
+}
+
+jitgate_api::wire_enum! {
     /// Whether the database's schema is the one this binary migrates to.
     pub enum MigrationsCheck("migrations check") {
         Ok = "ok",
@@ -68,6 +82,7 @@ pub struct Readiness {
 pub struct Checks {
     pub database: DatabaseCheck,
     pub migrations: MigrationsCheck,
+    pub leader: LeaderCheck,
     /// Sign-in with the identity provider, when configured: `ready` or `unavailable` (the
     /// controller stays ready: API tokens work and discovery is retried).
     #[serde(rename = "signIn", skip_serializing_if = "Option::is_none")]
@@ -80,8 +95,9 @@ impl Readiness {
     }
 }
 
-/// Checks the database and its schema; records the probe in `metrics`.
-pub async fn readiness(db: &Db, metrics: &Metrics) -> Readiness {
+/// Whether the database answers within [`READY_TIMEOUT`] and its schema is this binary's;
+/// records the probe in `metrics`.
+async fn database(db: &Db, metrics: &Metrics) -> (DatabaseCheck, MigrationsCheck) {
     let start = Instant::now();
     let r = tokio::time::timeout(READY_TIMEOUT, sql::schema_version(db.pool())).await;
     let seconds = start.elapsed().as_secs_f64();
@@ -114,7 +130,20 @@ pub async fn readiness(db: &Db, metrics: &Metrics) -> Readiness {
             "readiness: the database schema is not this controller's"
         );
     }
-    let ready = database == DatabaseCheck::Ok && migrations == MigrationsCheck::Ok;
+    (database, migrations)
+}
+
+/// Checks the database, its schema and that the cluster has a leader; records the probe in
+/// `metrics`.
+pub async fn readiness(db: &Db, metrics: &Metrics, leader: &LeaderStatus) -> Readiness {
+    let (database, migrations) = database(db, metrics).await;
+    let leader = leader_check(leader);
+    if leader == LeaderCheck::NoLeader {
+        tracing::warn!("readiness: no controller has held the leader lease for three lease times");
+    }
+    let ready = database == DatabaseCheck::Ok
+        && migrations == MigrationsCheck::Ok
+        && leader != LeaderCheck::NoLeader;
     Readiness {
         status: if ready {
             ReadyStatus::Ready
@@ -124,8 +153,21 @@ pub async fn readiness(db: &Db, metrics: &Metrics) -> Readiness {
         checks: Checks {
             database,
             migrations,
+            leader,
             sign_in: None,
         },
+    }
+}
+
+/// A controller that just started has not looked yet: it is given three lease times too.
+fn leader_check(s: &LeaderStatus) -> LeaderCheck {
+    if s.leading {
+        return LeaderCheck::Leading;
+    }
+    match s.since_live_holder {
+        Some(d) if d <= s.ttl * 3 => LeaderCheck::Following,
+        None if s.running_for <= s.ttl * 3 => LeaderCheck::Following,
+        _ => LeaderCheck::NoLeader,
     }
 }
 
@@ -143,8 +185,8 @@ pub fn spawn_probe(
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let r = readiness(&db, &metrics).await;
-            tracing::trace!(status = %r.status, "database probe");
+            let (database, _) = database(&db, &metrics).await;
+            tracing::trace!(%database, "database probe");
         }
     })
 }
@@ -208,6 +250,7 @@ pub async fn sample(app: &App) -> Result<Sample> {
         .collect(),
         verified_seq: verified.as_ref().map(|v| v.seq),
         verification_failed: verified.is_some_and(|v| v.failed_seq.is_some()),
+        leader_epoch: app.leader.status().epoch,
         approvals_pending,
         approvals_oldest_age_seconds: oldest_approval.map(|at| (now - at).max(0) as f64 / 1000.0),
         decision_seconds: sql::decision_waits(pool, now - DECISION_WINDOW_MS, DECISION_SAMPLES)

@@ -20,7 +20,8 @@
 //!   commit in [`store::write`];
 //! - per-controller state (never process-wide): [`notify`] (wakeups), [`presence`] (which
 //!   agents are connected), [`cluster`] (on PostgreSQL: other controllers' commits, the
-//!   catch-up behind them, presence in the database); [`state`] (the state directory and controller.toml), [`error`],
+//!   catch-up behind them, presence in the database), [`lease`] (whether this controller
+//!   does the once-per-cluster work: the leader lease and its fence); [`state`] (the state directory and controller.toml), [`error`],
 //!   [`ids`], [`csv`].
 
 pub mod app;
@@ -39,6 +40,7 @@ pub mod http;
 pub mod ids;
 pub mod input;
 pub mod inventory;
+pub mod lease;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -192,6 +192,8 @@ struct Inner {
     verified_seq: Optional,
     verification_failed: Gauge,
     decision_seconds: Family<QuantileLabels, FloatGauge>,
+    leader: Gauge,
+    leader_epoch: Optional,
 }
 
 impl Default for Metrics {
@@ -330,6 +332,20 @@ impl Metrics {
             "Time from request to final decision of the requests decided in the last hour, by quantile",
             decision_seconds.clone(),
         );
+        let leader = Gauge::default();
+        add(
+            &mut r,
+            "jitgate_leader",
+            "1 while this controller holds the leader lease and does the once-per-cluster work (sweeps, schedules, checkpoints, notification delivery)",
+            leader.clone(),
+        );
+        let leader_epoch = Optional::default();
+        add(
+            &mut r,
+            "jitgate_leader_epoch",
+            "The leader lease's epoch while this controller holds it (grows at every change of holder)",
+            leader_epoch.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry: r,
@@ -352,6 +368,8 @@ impl Metrics {
                 verified_seq,
                 verification_failed,
                 decision_seconds,
+                leader,
+                leader_epoch,
             }),
         }
     }
@@ -436,6 +454,8 @@ impl Metrics {
         }
         set_optional(&m.verified_seq, s.verified_seq.map(|v| v as f64));
         m.verification_failed.set(i64::from(s.verification_failed));
+        m.leader.set(i64::from(s.leader_epoch.is_some()));
+        set_optional(&m.leader_epoch, s.leader_epoch.map(|e| e as f64));
         m.approvals_pending.set(s.approvals_pending);
         set_optional(&m.approvals_oldest_age, s.approvals_oldest_age_seconds);
         m.decision_seconds.clear();
@@ -465,6 +485,8 @@ pub struct Sample {
     pub verified_seq: Option<i64>,
     /// Whether the last verification failed.
     pub verification_failed: bool,
+    /// The leader lease's epoch while this controller holds it.
+    pub leader_epoch: Option<i64>,
     /// Requests waiting for an approval decision.
     pub approvals_pending: i64,
     /// How long the oldest of them has waited (seconds); None when none waits.

@@ -77,9 +77,12 @@ impl ServerHandle {
         // After the other tasks: the last checkpoint covers everything they logged.
         self.checkpointer.abort();
         let _ = self.checkpointer.await;
-        if let Err(e) = self.app.audit.checkpoint().await {
+        // Only the leader signs (another controller's checkpoints cover what this one
+        // logged); then it gives the lease up, so that another takes over at once.
+        if let Some(Err(e)) = self.app.leader.run(self.app.audit.checkpoint()).await {
             tracing::error!(error = %e, "signing the shutdown checkpoint failed");
         }
+        self.app.leader.release(&self.app.db).await;
         self.app.close().await;
     }
 }
@@ -157,6 +160,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             max_pending: i64::from(cfg.max_pending_per_requester),
             max_booking_ahead_ms: cfg.booking_horizon_ms().map_err(SetupError::Invalid)?,
         },
+        leader_lease: Duration::from_secs(cfg.leader_lease_seconds.max(1)),
     };
     let mut app = App::open(
         &cfg.database_url(dir),
@@ -186,6 +190,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     };
     let url = cfg.database_url(dir);
     let mut tasks = vec![
+        app.leader.spawn(app.db.clone(), shutdown.subscribe()),
         serve(listener, tls, state.clone(), shutdown.subscribe(), addr),
         crate::health::spawn_probe(app.db.clone(), metrics.clone(), shutdown.subscribe()),
         spawn_sweeper(
@@ -204,10 +209,18 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             key,
             shutdown.subscribe(),
         ),
-        crate::compliance::schedule::spawn(app.compliance.clone(), shutdown.subscribe()),
+        crate::compliance::schedule::spawn(
+            app.compliance.clone(),
+            app.leader.clone(),
+            shutdown.subscribe(),
+        ),
         spawn_session_refresher(app.clone(), shutdown.subscribe()),
     ];
-    tasks.push(crate::outbox::spawn(outbox, shutdown.subscribe()));
+    tasks.push(crate::outbox::spawn(
+        outbox,
+        app.leader.clone(),
+        shutdown.subscribe(),
+    ));
     if let Some((l, a)) = metrics_listener {
         tasks.push(serve_metrics(l, state, shutdown.subscribe(), a));
     }
@@ -333,8 +346,9 @@ struct Leads {
     agent_offline_ms: i64,
 }
 
-/// Marks ended access every `every` (the controller's bookkeeping; the kernel enforces), and
-/// tells of access ending soon and of agents gone offline or back.
+/// While this controller leads: marks ended access every `every` (the controller's
+/// bookkeeping; the kernel enforces), times out pending approvals, and tells of access ending
+/// soon and of agents gone offline or back.
 fn spawn_sweeper(
     app: App,
     every: Duration,
@@ -347,23 +361,7 @@ fn spawn_sweeper(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let now = jitgate_api::time::now_ms();
-                    if let Err(e) = app.lifecycle.expire_due(now).await {
-                        tracing::error!(error = %e, "expiry sweep failed");
-                    }
-                    if let Err(e) = app.lifecycle.tell_ending_soon(now, leads.ending_soon_ms).await {
-                        tracing::error!(error = %e, "ending-soon sweep failed");
-                    }
-                    let offline = crate::fleet::watch::check(
-                        &app.db,
-                        &app.presence,
-                        now,
-                        leads.agent_offline_ms,
-                        since,
-                    );
-                    if let Err(e) = offline.await {
-                        tracing::error!(error = %e, "agent offline watch failed");
-                    }
+                    app.leader.run(sweep(&app, &leads, since)).await;
                 }
                 _ = shutdown.changed() => break,
             }
@@ -371,20 +369,43 @@ fn spawn_sweeper(
     })
 }
 
-/// Signs the activity log's head every `every` if it moved (`ServerHandle::stop` signs the
-/// last one), then verifies the entries appended since the last time (the verified mark).
+/// One sweep (leader work): expiry and approval timeouts, ending soon, agents offline.
+async fn sweep(app: &App, leads: &Leads, since: i64) {
+    let now = jitgate_api::time::now_ms();
+    if let Err(e) = app.lifecycle.expire_due(now).await {
+        tracing::error!(error = %e, "expiry sweep failed");
+    }
+    if let Err(e) = app
+        .lifecycle
+        .tell_ending_soon(now, leads.ending_soon_ms)
+        .await
+    {
+        tracing::error!(error = %e, "ending-soon sweep failed");
+    }
+    let offline =
+        crate::fleet::watch::check(&app.db, &app.presence, now, leads.agent_offline_ms, since);
+    if let Err(e) = offline.await {
+        tracing::error!(error = %e, "agent offline watch failed");
+    }
+}
+
+/// While this controller leads: signs the activity log's head every `every` if it moved
+/// (`ServerHandle::stop` signs the last one), then verifies the entries appended since the last time (the verified mark).
 fn spawn_checkpointer(app: App, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = app.audit.checkpoint().await {
-                tracing::error!(error = %e, "signing an activity log checkpoint failed");
-            }
-            if let Err(e) = app.audit.extend_verified(crate::audit::VERIFY_STEP).await {
-                tracing::error!(error = %e, "verifying the new activity log entries failed");
-            }
+            let work = async {
+                if let Err(e) = app.audit.checkpoint().await {
+                    tracing::error!(error = %e, "signing an activity log checkpoint failed");
+                }
+                if let Err(e) = app.audit.extend_verified(crate::audit::VERIFY_STEP).await {
+                    tracing::error!(error = %e, "verifying the new activity log entries failed");
+                }
+            };
+            app.leader.run(work).await;
         }
     })
 }

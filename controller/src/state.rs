@@ -101,6 +101,10 @@ fn default_checkpoint() -> u64 {
     300
 }
 
+fn default_lease() -> u64 {
+    15
+}
+
 /// `controller.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +147,12 @@ pub struct Config {
     /// on demand and at shutdown (docs/controller.md, "Activity log").
     #[serde(default = "default_checkpoint")]
     pub checkpoint_interval_seconds: u64,
+    /// Several controllers on one database: how long the leader lease lasts without renewal
+    /// (renewed every third of it). A controller that stops or freezes is replaced as leader
+    /// (sweeps, schedules, checkpoints, notification delivery) within about 4/3 of this
+    /// (docs/ha.md, "Leader lease"). Default 15.
+    #[serde(default = "default_lease")]
+    pub leader_lease_seconds: u64,
     /// Address and port of the metrics listener (plain HTTP, read-only: `/metrics`,
     /// `/healthz`, `/readyz`; docs/operations.md, "Metrics and health"). Off when unset;
     /// `init` writes `127.0.0.1:9465` unless told otherwise.
@@ -192,6 +202,7 @@ impl Default for Config {
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
             checkpoint_interval_seconds: default_checkpoint(),
+            leader_lease_seconds: default_lease(),
             metrics_listen: None,
             log_format: Default::default(),
             log_filter: None,

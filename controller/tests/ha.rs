@@ -32,14 +32,7 @@ async fn two_controllers() -> (Harness, Harness, String) {
     let url = common::fresh_postgres_database().await;
     let a = Harness::with_config(|c| c.database_url = Some(url.clone())).await;
     assert_eq!(a.app().db.backend().as_str(), "postgres");
-    a.fixture().await;
-    a.put_rg_policy(
-        "prod",
-        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
-                "maxRequestAccessDuration": "PT3H"}]),
-    )
-    .await;
-    let alice = a.token("alice", Role::Requester, "rg:prod").await;
+    let alice = a.prod_with_requester().await;
     let b = a.second().await;
     (a, b, alice)
 }

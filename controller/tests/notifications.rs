@@ -265,7 +265,12 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
         ],
         "{events:#?}"
     );
-    let first = &events[0];
+    // Order is kept per request, not across requests (deliveries run in parallel).
+    let first = events
+        .iter()
+        .find(|e| e["request"]["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(first["type"], "request.pending_approval");
     assert_eq!(first["approvers"][0]["id"], "token:carl");
     assert_eq!(first["request"]["requestor"]["id"], "token:req");
     assert_eq!(first["links"]["cli"], format!("jit approve {id}"));

@@ -195,11 +195,20 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
     assert_eq!((st, v), (StatusCode::OK, json!({"status": "alive"})));
     let (st, v) = h.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((st, v), (StatusCode::OK, json!({"status": "alive"})));
-    let (st, v) = o.readyz().await;
-    assert_eq!(st, StatusCode::OK, "{v}");
+    // The one controller leads once its first lease renewal ran (at start).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let (st, v) = o.readyz().await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        if v["checks"]["leader"] == "leading" {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never leading: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         v,
-        json!({"status": "ready", "checks": {"database": "ok", "migrations": "ok"}})
+        json!({"status": "ready", "checks": {"database": "ok", "migrations": "ok", "leader": "leading"}})
     );
 
     // The metrics listener is read-only and serves no API.
@@ -417,6 +426,9 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
         .get("jitgate_activity_checkpoint_age_seconds", &[])
         .expect("checkpoint age");
     assert!((0.0..600.0).contains(&cp_age), "{cp_age}");
+    // One controller: it leads, under an epoch.
+    assert_eq!(s.get("jitgate_leader", &[]), Some(1.0), "{}", s.text);
+    assert!(s.get("jitgate_leader_epoch", &[]).is_some_and(|e| e >= 1.0));
     // The verified mark: absent, then at the head once the step ran; not failed.
     assert_eq!(s.get("jitgate_activity_verified_seq", &[]), None);
     assert_eq!(
@@ -537,10 +549,9 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
         .expect("insert");
     let (st, body) = o.readyz().await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        body,
-        json!({"status": "notReady", "checks": {"database": "ok", "migrations": "ahead"}})
-    );
+    assert_eq!(body["status"], "notReady", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert_eq!(body["checks"]["migrations"], "ahead", "{body}");
     sqlx::query("DELETE FROM schema_migrations WHERE version >= $1")
         .bind(v)
         .execute(pool)
@@ -563,10 +574,9 @@ async fn readyz_fails_when_the_database_is_gone() {
         o.h.app().db.pool().close().await;
         let (st, v) = o.readyz().await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-        assert_eq!(
-            v,
-            json!({"status": "notReady", "checks": {"database": "unreachable", "migrations": "unknown"}})
-        );
+        assert_eq!(v["status"], "notReady", "{v}");
+        assert_eq!(v["checks"]["database"], "unreachable", "{v}");
+        assert_eq!(v["checks"]["migrations"], "unknown", "{v}");
         let (st, _) = get_json(&o.http, &format!("{}/healthz", o.metrics)).await;
         assert_eq!(st, StatusCode::OK);
         let s = o.scrape().await;
@@ -627,6 +637,45 @@ async fn readyz_fails_when_the_database_is_gone() {
             "not ready 60 s after PostgreSQL came back: {v}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Writes work again without a restart: the writer's connection, closed by the server's
+    // stop, is replaced (store::write), and the lease is held again. (A pooled read
+    // connection the stop broke fails the one call that next takes it, hence the retries.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut failed = 0;
+    loop {
+        let r =
+            o.h.app()
+                .inventory
+                .add_group(
+                    &jitgate_controller::authz::Caller::local(),
+                    "after-restart",
+                    "ops@example.com",
+                )
+                .await;
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no write 30 s after PostgreSQL came back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        failed <= 10,
+        "{failed} writes failed after PostgreSQL came back"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while o.h.app().leader.fence().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was not taken again after PostgreSQL came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut h = o.h;
     if let Some(s) = h.server.take() {

@@ -40,10 +40,10 @@ async fn healthz() -> Response {
     Json(serde_json::json!({"status": "alive"})).into_response()
 }
 
-/// 200 when the database answers and its schema is current, else 503; the body names each
-/// check's result.
+/// 200 when the database answers, its schema is current and the cluster has a leader, else
+/// 503; the body names each check's result.
 async fn readyz(State(st): State<AppState>) -> Response {
-    let mut r = health::readiness(&st.app.db, &st.metrics).await;
+    let mut r = health::readiness(&st.app.db, &st.metrics, &st.app.leader.status()).await;
     r.checks.sign_in = st.app.sessions.status().map(|s| match s {
         jitgate_oidc::ProviderStatus::Ready { .. } => "ready",
         jitgate_oidc::ProviderStatus::Unavailable { .. } => "unavailable",

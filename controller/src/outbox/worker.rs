@@ -1,4 +1,6 @@
-//! The delivery worker: one task per controller (docs/notifications.md, "Delivery").
+//! The delivery worker: one task per controller (docs/notifications.md, "Delivery"). Only
+//! the leader (`lease`) fans out and claims; every controller records the outcomes of the
+//! claims it made.
 //!
 //! Each round is one write transaction (one commit: the request path shares the writer) that
 //! - records the outcomes that came in since the last round, each fenced by its lease:
@@ -38,6 +40,8 @@ use jitgate_notify::{
     Outcome, Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::lease::Leader;
 use tokio::task::JoinSet;
 
 use crate::error::{Result, SetupError};
@@ -144,7 +148,11 @@ pub async fn setup(
 }
 
 /// Starts the worker; it stops (giving up its leases) when `shutdown` changes.
-pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    outbox: Outbox,
+    leader: Leader,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let outbox = Arc::new(outbox);
         let mut rounds = Rounds::default();
@@ -153,10 +161,20 @@ pub fn spawn(outbox: Outbox, mut shutdown: watch::Receiver<bool>) -> tokio::task
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut done: Vec<Done> = Vec::new();
         loop {
-            if let Err(e) = outbox
-                .round(&mut rounds, &mut done, &mut attempts, &done_tx)
-                .await
-            {
+            // The leader fans out and claims, fenced by its lease; any controller records
+            // the outcomes of the claims it made (each fenced by its own delivery lease).
+            let round = match leader.fence() {
+                Some(fence) => {
+                    let round = outbox.round(&mut rounds, &mut done, &mut attempts, &done_tx, true);
+                    crate::store::lease::fenced(fence, round).await
+                }
+                None => {
+                    outbox
+                        .round(&mut rounds, &mut done, &mut attempts, &done_tx, false)
+                        .await
+                }
+            };
+            if let Err(e) = round {
                 tracing::warn!(error = %e, outcomes = done.len(), "notification round failed; retrying");
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -365,7 +383,11 @@ impl Outbox {
         done: &mut Vec<Done>,
         attempts: &mut JoinSet<()>,
         done_tx: &mpsc::UnboundedSender<Done>,
+        lead: bool,
     ) -> Result<()> {
+        if !lead && done.is_empty() {
+            return Ok(());
+        }
         if done.is_empty() {
             // Every sink's claims are taken (a hanging sink, or none at all): fanning out
             // can wait for the next poll, so such a sink costs no write per commit.
@@ -380,7 +402,12 @@ impl Outbox {
         let mut w = self.db.begin().await?;
         let held = notify::record_all(&mut w, &self.owner, &Self::batch(done)).await?;
         self.sinks(&mut w, &mut rounds.sinks).await?;
-        let (mut events, more) = self.fan_out(&mut w, &rounds.sinks).await?;
+        // A controller that no longer leads only records the outcomes of its own claims.
+        let (mut events, more) = if lead {
+            self.fan_out(&mut w, &rounds.sinks).await?
+        } else {
+            (HashMap::new(), false)
+        };
         let now = w.now;
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
         let lease_until = now.saturating_add(lease);
@@ -388,7 +415,7 @@ impl Outbox {
         for (_, sink) in &rounds.sinks {
             let slots = rounds.slots.entry(sink.name.clone()).or_default().clone();
             let free = (PER_SINK * AHEAD).saturating_sub(slots.claimed.load(Ordering::Relaxed));
-            if free == 0 {
+            if free == 0 || !lead {
                 continue;
             }
             let claimed = notify::claim(

@@ -39,7 +39,7 @@ const MAX_LINE: usize = 16 << 20;
 
 /// Tables the migrations fill: a restore replaces their rows; every other table must be
 /// empty before it.
-const SEEDED: [&str; 2] = ["counters", "inventory_generation"];
+const SEEDED: [&str; 3] = ["counters", "inventory_generation", "leases"];
 
 /// The first line of a backup.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -88,6 +88,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity log: how far it has been verified",
         include_str!("../../migrations/0015_activity_verified.sql"),
     ),
+    (
+        16,
+        "leases: the leader lease and its epoch (fencing)",
+        include_str!("../../migrations/0016_leases.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
@@ -149,6 +154,9 @@ pub struct Db {
     writer: Writer,
 }
 
+/// PostgreSQL: the longest the writer's session may sit idle inside a transaction.
+const WRITER_IDLE_IN_TX: &str = "SET idle_in_transaction_session_timeout = '10s'";
+
 impl Db {
     /// Opens (and migrates) the database; `notifier` is woken by commits.
     pub async fn open(url: &str, opts: &DbOptions, notifier: Notifier) -> Result<Db> {
@@ -184,6 +192,12 @@ impl Db {
                             for p in pragmas {
                                 sqlx::Executor::execute(&mut *conn, p).await?;
                             }
+                        } else if writer {
+                            // Every write transaction locks the counter rows: a controller
+                            // frozen inside one (SIGSTOP, a paused VM) would stall every
+                            // controller's writes for as long as it stays frozen. The server
+                            // ends such a transaction; the writer reconnects when it wakes.
+                            sqlx::Executor::execute(&mut *conn, WRITER_IDLE_IN_TX).await?;
                         }
                         Ok(())
                     })
@@ -198,7 +212,12 @@ impl Db {
             .max_lifetime(None)
             .connect(url)
             .await?;
-        let writer = Writer::new(write_pool.acquire().await?.detach(), backend, notifier);
+        let writer = Writer::new(
+            write_pool.acquire().await?.detach(),
+            write_pool,
+            backend,
+            notifier,
+        );
         if backend == Backend::Sqlite {
             spawn_wal_checkpoints(pool.clone(), writer.clone(), opts.wal_truncate_frames);
         }

@@ -13,6 +13,7 @@
 //! - [`health`]: what readiness checks and metrics read.
 //! - [`backup`]: online backup and restore, one portable format for both backends.
 //! - [`verified`]: how far the activity log has been verified.
+//! - [`lease`]: the leader lease, and the fence its holder's writes check.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
 pub mod activity;
@@ -27,6 +28,7 @@ pub mod db;
 pub mod grants;
 pub mod health;
 pub mod inventory;
+pub mod lease;
 pub mod login_links;
 pub mod notify;
 pub mod policies;

@@ -8,8 +8,9 @@
 //! error, or dropping the transaction, rolls it back: nothing is half-written. After a commit
 //! the agent connections of the VMs it touched (outbox rows, policies: [`Touched`]) are woken
 //! ([`Notifier`]); on PostgreSQL the transaction also sends a `NOTIFY` naming them, delivered
-//! to the other controllers at commit. This is where lease and epoch fencing for several
-//! controllers will go.
+//! to the other controllers at commit. Leader work commits only while its lease holds
+//! (`store::lease`: the fence is checked inside the transaction, after the counter locks, so
+//! no takeover can come between the check and the commit).
 //!
 //! Group commit: [`group_commit`] hands whatever jobs are waiting (up to a limit) to one
 //! transaction, so that one fsync serves many requests.
@@ -84,14 +85,23 @@ fn write_counters_sql(n: usize) -> String {
 #[derive(Clone)]
 pub struct Writer {
     conn: Arc<Mutex<AnyConnection>>,
+    /// Where a new writer connection comes from (with the writer's session settings) when
+    /// the server ended this one: a restart, a failover, a transaction ended for idling.
+    reconnect: sqlx::AnyPool,
     backend: Backend,
     notifier: Notifier,
 }
 
 impl Writer {
-    pub fn new(conn: AnyConnection, backend: Backend, notifier: Notifier) -> Writer {
+    pub fn new(
+        conn: AnyConnection,
+        reconnect: sqlx::AnyPool,
+        backend: Backend,
+        notifier: Notifier,
+    ) -> Writer {
         Writer {
             conn: Arc::new(Mutex::new(conn)),
+            reconnect,
             backend,
             notifier,
         }
@@ -101,8 +111,30 @@ impl Writer {
         self.backend
     }
 
-    /// Starts a write transaction (see the module documentation).
+    /// Starts a write transaction (see the module documentation). On PostgreSQL a writer
+    /// connection the server closed is replaced, and the transaction begun on the new one.
     pub async fn begin(&self) -> Result<WriteTx> {
+        match self.try_begin().await {
+            Ok(w) => Ok(w),
+            Err(e) if self.backend == Backend::Postgres && self.replace_if_gone().await? => {
+                tracing::warn!(error = %e, "the writer's database connection was gone; reconnected");
+                self.try_begin().await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the writer connection if it no longer answers; true if it did.
+    async fn replace_if_gone(&self) -> Result<bool> {
+        let mut g = self.conn.lock().await;
+        if sqlx::Connection::ping(&mut *g).await.is_ok() {
+            return Ok(false);
+        }
+        *g = self.reconnect.acquire().await?.detach();
+        Ok(true)
+    }
+
+    async fn try_begin(&self) -> Result<WriteTx> {
         let mut w = self.lock().await;
         let lock = lock_counters_sql(1);
         let q = if self.backend == Backend::Sqlite {
@@ -372,7 +404,12 @@ impl WriteTx {
     }
 
     /// Inserts `tables`, writes the counters back and commits: on SQLite in one round trip.
+    /// Leader work ([`crate::store::lease::fenced`]) first checks its fence, in this
+    /// transaction: refused, nothing is written.
     pub async fn commit_with(mut self, tables: Vec<Rows>) -> Result<()> {
+        if let Some(fence) = crate::store::lease::current() {
+            crate::store::lease::check(&mut self, &fence).await?;
+        }
         let touched = self.touched();
         let names = self.counter_values();
         let values = (

@@ -222,6 +222,19 @@ impl Harness {
         }
     }
 
+    /// The fixture, a policy for prod (SSH from 203.0.113.0/24, up to 3 hours) and a
+    /// requester token for prod (alice).
+    pub async fn prod_with_requester(&self) -> String {
+        self.fixture().await;
+        self.put_rg_policy(
+            "prod",
+            json!([{"number": 22, "protocol": "TCP",
+                "allowedSourceAddressPrefix": "203.0.113.0/24", "maxRequestAccessDuration": "PT3H"}]),
+        )
+        .await;
+        self.token("alice", Role::Requester, "rg:prod").await
+    }
+
     pub async fn put_rg_policy(&self, rg: &str, ports: Value) {
         let (st, v) = self
             .call(
@@ -340,10 +353,9 @@ impl Harness {
     }
 }
 
-/// Copies a state directory (files and their modes).
 /// Copies a directory tree with its modes (as `cp -a` would: the notification secrets
 /// directory must stay 0700).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     let mode = std::fs::metadata(from).expect("stat").permissions();
     std::fs::set_permissions(to, mode).expect("chmod");
