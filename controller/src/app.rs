@@ -41,6 +41,8 @@ pub struct Parts {
     pub token_roles: Option<Vec<jitgate_api::Role>>,
     /// How long the leader lease lasts without renewal (`leader_lease_seconds`; zero: 15 s).
     pub leader_lease: std::time::Duration,
+    /// The cluster configuration fingerprint (`Config::fingerprint`).
+    pub config_fingerprint: String,
 }
 
 /// A controller's services. Clones share everything.
@@ -84,7 +86,11 @@ impl App {
         } else {
             parts.leader_lease
         };
-        let leader = Leader::new(holder_name(notifier.origin()), lease);
+        let leader = Leader::new(
+            holder_name(notifier.origin()),
+            parts.config_fingerprint.clone(),
+            lease,
+        );
         Ok(App {
             tokens: Tokens::new(db.clone(), parts.token_roles),
             sessions: Sessions::new(db.clone(), parts.oidc, parts.login_links),

@@ -58,6 +58,20 @@ jitgate_api::wire_enum! {
 }
 
 jitgate_api::wire_enum! {
+    /// Whether this controller's configuration is the cluster's (the leader's fingerprint,
+    /// `Config::fingerprint`).
+    pub enum ConfigCheck("configuration check") {
+        /// The same (or this controller leads).
+        Same = "same",
+        /// Different: a setting of controller.toml or a shared key or certificate differs.
+        Differs = "differs",
+        /// Not compared: no leader seen yet, or the leader runs another version (a rolling
+        /// upgrade).
+        Unknown = "unknown",
+    }
+}
+
+jitgate_api::wire_enum! {
     /// Whether the database's schema is the one this binary migrates to.
     pub enum MigrationsCheck("migrations check") {
         Ok = "ok",
@@ -83,6 +97,7 @@ pub struct Checks {
     pub database: DatabaseCheck,
     pub migrations: MigrationsCheck,
     pub leader: LeaderCheck,
+    pub config: ConfigCheck,
     /// Sign-in with the identity provider, when configured: `ready` or `unavailable` (the
     /// controller stays ready: API tokens work and discovery is retried).
     #[serde(rename = "signIn", skip_serializing_if = "Option::is_none")]
@@ -137,13 +152,19 @@ async fn database(db: &Db, metrics: &Metrics) -> (DatabaseCheck, MigrationsCheck
 /// `metrics`.
 pub async fn readiness(db: &Db, metrics: &Metrics, leader: &LeaderStatus) -> Readiness {
     let (database, migrations) = database(db, metrics).await;
+    let config = match leader.config_matches {
+        Some(true) => ConfigCheck::Same,
+        Some(false) => ConfigCheck::Differs,
+        None => ConfigCheck::Unknown,
+    };
     let leader = leader_check(leader);
     if leader == LeaderCheck::NoLeader {
         tracing::warn!("readiness: no controller has held the leader lease for three lease times");
     }
     let ready = database == DatabaseCheck::Ok
         && migrations == MigrationsCheck::Ok
-        && leader != LeaderCheck::NoLeader;
+        && leader != LeaderCheck::NoLeader
+        && config != ConfigCheck::Differs;
     Readiness {
         status: if ready {
             ReadyStatus::Ready
@@ -154,6 +175,7 @@ pub async fn readiness(db: &Db, metrics: &Metrics, leader: &LeaderStatus) -> Rea
             database,
             migrations,
             leader,
+            config,
             sign_in: None,
         },
     }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::store::Db;
-use crate::store::lease::{self as sql, Fence, LEADER};
+use crate::store::lease::{self as sql, Fence, HolderInfo, LEADER};
 
 /// The lease is renewed (or a takeover tried) this many times per lease time.
 const RENEW_DIVISOR: u32 = 3;
@@ -35,6 +35,11 @@ pub struct Leader {
 struct Inner {
     /// This controller's id in the lease row.
     holder: String,
+    /// Its configuration fingerprint and version, written into the row while it leads.
+    info: HolderInfo,
+    /// Whether its configuration is the leader's, at the last look (None: not known, or the
+    /// leader runs another version: a rolling upgrade).
+    config_matches: std::sync::Mutex<Option<bool>>,
     ttl: Duration,
     /// The fence while this controller leads, with the instant its belief ends.
     state: watch::Sender<Option<(Fence, Instant)>>,
@@ -51,17 +56,26 @@ pub struct LeaderStatus {
     pub epoch: Option<i64>,
     /// Time since a live holder was last seen in the database (None: never yet).
     pub since_live_holder: Option<Duration>,
+    /// Whether this controller's configuration is the cluster's (the leader's); None: not
+    /// known yet, or the leader runs another version.
+    pub config_matches: Option<bool>,
     /// Time since this controller started.
     pub running_for: Duration,
     pub ttl: Duration,
 }
 
 impl Leader {
-    /// `holder` names this controller in the lease row (unique per process).
-    pub fn new(holder: String, ttl: Duration) -> Leader {
+    /// `holder` names this controller in the lease row (unique per process); `config` is
+    /// its cluster configuration fingerprint.
+    pub fn new(holder: String, config: String, ttl: Duration) -> Leader {
         Leader {
             inner: Arc::new(Inner {
                 holder,
+                info: HolderInfo {
+                    config,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+                config_matches: std::sync::Mutex::new(None),
                 ttl: ttl.max(Duration::from_secs(1)),
                 state: watch::channel(None).0,
                 seen_live: std::sync::Mutex::new(None),
@@ -104,8 +118,13 @@ impl Leader {
             .and_then(|g| g.map(|t| t.elapsed()));
         LeaderStatus {
             leading: fence.is_some(),
-            epoch: fence.map(|f| f.epoch),
+            epoch: fence.as_ref().map(|f| f.epoch),
             since_live_holder,
+            config_matches: if fence.is_some() {
+                Some(true)
+            } else {
+                self.inner.config_matches.lock().ok().and_then(|g| *g)
+            },
             running_for: self.inner.started.elapsed(),
             ttl: self.inner.ttl,
         }
@@ -127,26 +146,40 @@ impl Leader {
         let held = self.inner.state.borrow().as_ref().map(|(f, _)| f.clone());
         let mut w = db.begin().await?;
         let now = w.now;
+        let (me, info, ttl) = (&self.inner.holder, &self.inner.info, self.ttl_ms());
         let fence = match held {
             Some(f) => {
-                if sql::renew(&mut w, &f, self.ttl_ms()).await? {
+                if sql::renew(&mut w, &f, info, ttl).await? {
                     Some(f)
                 } else {
                     tracing::warn!(epoch = f.epoch, "the leader lease was lost");
-                    sql::take(&mut w, LEADER, &self.inner.holder, self.ttl_ms()).await?
+                    sql::take(&mut w, LEADER, me, info, ttl).await?
                 }
             }
-            None => sql::take(&mut w, LEADER, &self.inner.holder, self.ttl_ms()).await?,
+            None => sql::take(&mut w, LEADER, me, info, ttl).await?,
         };
-        let live = match &fence {
-            Some(_) => true,
-            None => sql::get(w.conn(), LEADER)
-                .await?
-                .is_some_and(|l| l.expires_ms > now && !l.holder.is_empty()),
+        let (live, matches) = match &fence {
+            Some(_) => (true, Some(true)),
+            None => match sql::get(w.conn(), LEADER).await? {
+                Some(l) if l.expires_ms > now && !l.holder.is_empty() => (
+                    true,
+                    (l.version == info.version).then(|| l.config == info.config),
+                ),
+                _ => (false, None),
+            },
         };
         w.commit().await?;
         if live {
             self.saw_live_holder();
+        }
+        if let Ok(mut g) = self.inner.config_matches.lock() {
+            if matches == Some(false) && *g != Some(false) {
+                tracing::warn!(
+                    "this controller's configuration differs from the leader's \
+                     (controller.toml or shared keys): not ready until it is the same"
+                );
+            }
+            *g = matches;
         }
         let until = started + self.inner.ttl * 4 / 5;
         self.inner.state.send_if_modified(|s| {

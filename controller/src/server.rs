@@ -161,6 +161,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             max_booking_ahead_ms: cfg.booking_horizon_ms().map_err(SetupError::Invalid)?,
         },
         leader_lease: Duration::from_secs(cfg.leader_lease_seconds.max(1)),
+        config_fingerprint: cfg.fingerprint(dir),
     };
     let mut app = App::open(
         &cfg.database_url(dir),

@@ -242,6 +242,35 @@ impl Config {
         Ok(ms)
     }
 
+    /// What every controller of a cluster must agree on, as one SHA-256 (hex): every
+    /// setting but those that are this host's own (listen addresses, the endpoint it
+    /// advertises, metrics, logging, the database URL and pool size, trusted proxies), and
+    /// the keys and certificates operators copy between controllers (the CA, the
+    /// grant-signing public key, the sign-in sealing key). Compared with the leader's for
+    /// `/readyz` (docs/ha.md, "Configuration drift"); the hash reveals nothing of them.
+    pub fn fingerprint(&self, dir: &StateDir) -> String {
+        use sha2::{Digest, Sha256};
+        let mut shared = self.clone();
+        shared.listen.clear();
+        shared.agent_listen.clear();
+        shared.agent_endpoint = None;
+        shared.metrics_listen = None;
+        shared.log_format = Default::default();
+        shared.log_filter = None;
+        shared.database_url = None;
+        shared.max_db_connections = 0;
+        shared.trusted_proxies.clear();
+        let mut h = Sha256::new();
+        h.update(b"jitgate cluster configuration v1\0");
+        h.update(format!("{shared:?}").as_bytes());
+        for file in [dir.ca_cert(), dir.signing_pub(), dir.oidc_seal_key()] {
+            h.update(b"\0");
+            // A missing file (no sign-in key yet) hashes as empty, alike on every controller.
+            h.update(std::fs::read(file).unwrap_or_default());
+        }
+        hex::encode(h.finalize())
+    }
+
     /// How the controller opens its database (`connections` per pool).
     pub fn db_options(&self, connections: u32) -> DbOptions {
         DbOptions {

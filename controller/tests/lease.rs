@@ -323,8 +323,8 @@ async fn readyz_fails_without_a_leader() {
     );
     assert!(h.app().leader.fence().is_none());
     sqlx::query(
-        "INSERT INTO leases (name, holder, epoch, acquired_ms, expires_ms) \
-         VALUES ('leader', '', 7, 0, 0)",
+        "INSERT INTO leases (name, holder, epoch, acquired_ms, expires_ms, config, version) \
+         VALUES ('leader', '', 7, 0, 0, '', '')",
     )
     .execute(pool)
     .await
@@ -335,4 +335,55 @@ async fn readyz_fails_without_a_leader() {
             .is_some()
     );
     assert_eq!(h.app().leader.fence().map(|f| f.epoch), Some(8));
+}
+
+/// Configuration drift: a controller whose cluster-wide settings differ from the leader's is
+/// not ready (and says why); one with the same settings, and host-specific ones changed, is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_configured_unlike_the_leader_is_not_ready() {
+    let url = common::fresh_postgres_database().await;
+    let a = controller(&url).await;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            a.app().leader.fence().is_some()
+        })
+        .await
+        .is_some()
+    );
+    // B: another limit on pending approvals (who may do what differs): not ready.
+    let b = a.second_with(|c| c.max_pending_per_requester = 3).await;
+    // C: only host-specific settings differ (its own listen address, pool size): ready.
+    let c = a
+        .second_with(|c| {
+            c.max_db_connections = 3;
+            c.trusted_proxies = vec!["198.51.100.0/24".into()];
+        })
+        .await;
+    let differs = within(Duration::from_secs(15), || async {
+        let (st, v) = b.call(reqwest::Method::GET, "/readyz", None, None).await;
+        st == StatusCode::SERVICE_UNAVAILABLE && v["checks"]["config"] == "differs"
+    })
+    .await;
+    assert!(
+        differs.is_some(),
+        "{:?}",
+        b.call(reqwest::Method::GET, "/readyz", None, None).await
+    );
+    let same = within(Duration::from_secs(15), || async {
+        let (st, v) = c.call(reqwest::Method::GET, "/readyz", None, None).await;
+        st == StatusCode::OK
+            && v["checks"]["config"] == "same"
+            && v["checks"]["leader"] == "following"
+    })
+    .await;
+    assert!(
+        same.is_some(),
+        "{:?}",
+        c.call(reqwest::Method::GET, "/readyz", None, None).await
+    );
+    let (st, v) = a.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["checks"]["config"], "same", "{v}");
+    // Nothing of the configuration itself in the answer.
+    assert!(!v.to_string().contains("max_pending"), "{v}");
 }

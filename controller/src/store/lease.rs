@@ -44,12 +44,23 @@ pub struct LeaseRow {
     pub epoch: i64,
     pub acquired_ms: i64,
     pub expires_ms: i64,
+    /// The holder's cluster configuration fingerprint (`state::Config::fingerprint`).
+    pub config: String,
+    /// The holder's version.
+    pub version: String,
+}
+
+/// What a holder writes about itself into the row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderInfo {
+    pub config: String,
+    pub version: String,
 }
 
 /// The lease as stored.
 pub async fn get(ex: impl Executor<'_, Database = Any>, name: &str) -> Result<Option<LeaseRow>> {
     Ok(
-        sqlx::query_as("SELECT holder, epoch, acquired_ms, expires_ms FROM leases WHERE name = $1")
+        sqlx::query_as("SELECT holder, epoch, acquired_ms, expires_ms, config, version FROM leases WHERE name = $1")
             .bind(name)
             .fetch_optional(ex)
             .await?,
@@ -62,17 +73,20 @@ pub async fn take(
     w: &mut WriteTx,
     name: &'static str,
     holder: &str,
+    info: &HolderInfo,
     ttl_ms: i64,
 ) -> Result<Option<Fence>> {
     let now = w.now;
     let epoch: Option<i64> = sqlx::query_scalar(
-        "UPDATE leases SET holder = $1, epoch = epoch + 1, acquired_ms = $2, expires_ms = $3 \
-         WHERE name = $4 AND expires_ms <= $2 RETURNING epoch",
+        "UPDATE leases SET holder = $1, epoch = epoch + 1, acquired_ms = $2, expires_ms = $3, \
+         config = $5, version = $6 WHERE name = $4 AND expires_ms <= $2 RETURNING epoch",
     )
     .bind(holder)
     .bind(now)
     .bind(now.saturating_add(ttl_ms))
     .bind(name)
+    .bind(&info.config)
+    .bind(&info.version)
     .fetch_optional(w.conn())
     .await?;
     Ok(epoch.map(|epoch| Fence {
@@ -84,10 +98,10 @@ pub async fn take(
 
 /// Extends the lease while `fence` still holds it (and it has not expired). False when it
 /// was lost.
-pub async fn renew(w: &mut WriteTx, fence: &Fence, ttl_ms: i64) -> Result<bool> {
+pub async fn renew(w: &mut WriteTx, fence: &Fence, info: &HolderInfo, ttl_ms: i64) -> Result<bool> {
     let now = w.now;
     let n = sqlx::query(
-        "UPDATE leases SET expires_ms = $1 \
+        "UPDATE leases SET expires_ms = $1, config = $6, version = $7 \
          WHERE name = $2 AND holder = $3 AND epoch = $4 AND expires_ms > $5",
     )
     .bind(now.saturating_add(ttl_ms))
@@ -95,6 +109,8 @@ pub async fn renew(w: &mut WriteTx, fence: &Fence, ttl_ms: i64) -> Result<bool> 
     .bind(&fence.holder)
     .bind(fence.epoch)
     .bind(now)
+    .bind(&info.config)
+    .bind(&info.version)
     .execute(w.conn())
     .await?
     .rows_affected();

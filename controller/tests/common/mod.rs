@@ -86,10 +86,17 @@ impl Harness {
     /// Another controller on the same database, with this one's keys and certificates (what
     /// an operator shares between controllers; docs/ha.md), in a state directory of its own.
     pub async fn second(&self) -> Harness {
+        self.second_with(|_| {}).await
+    }
+
+    /// As [`Harness::second`], with its configuration changed by `f`.
+    pub async fn second_with(&self, f: impl FnOnce(&mut Config)) -> Harness {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = StateDir(tmp.path().join("state"));
         copy_dir(&self.dir.0, &dir.0);
-        let server = start(&dir, &self.cfg)
+        let mut cfg = self.cfg.clone();
+        f(&mut cfg);
+        let server = start(&dir, &cfg)
             .await
             .expect("start the second controller");
         let base = format!("https://{}", server.addr);
@@ -97,7 +104,7 @@ impl Harness {
             client: client_for(&dir),
             tmp,
             dir,
-            cfg: self.cfg.clone(),
+            cfg,
             base,
             server: Some(server),
             admin: self.admin.clone(),
