@@ -122,12 +122,17 @@ fn build(profile: Profile) -> Result<()> {
     cmd.arg("build");
     if profile == Profile::Release {
         cmd.arg("--release");
+        for d in DEBS {
+            cmd.args(["--bin", d.binary]);
+        }
+        // Writes jit's man pages and completions for the jitgate-cli package (`cli_docs`).
+        cmd.args(["--bin", "jit-gen"]);
+    } else {
+        // Every binary, exactly as `cargo xtask test` builds them (jit-gen among them):
+        // naming a few would unify features over fewer packages and compile the
+        // dependencies a second time.
+        cmd.arg("--bins");
     }
-    for d in DEBS {
-        cmd.args(["--bin", d.binary]);
-    }
-    // Writes jit's man pages and completions for the jitgate-cli package (`cli_docs`).
-    cmd.args(["--bin", "jit-gen"]);
     crate::run(&mut cmd)
 }
 
