@@ -24,6 +24,7 @@
 //!   [`ids`], [`csv`].
 
 pub mod app;
+pub mod apply;
 pub mod approval;
 pub mod audit;
 pub mod authz;
