@@ -6,7 +6,6 @@
 use std::ops::Deref;
 use std::time::Duration;
 
-use jitgate_api::{ApplyBody, Document, Plan};
 use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
     ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
@@ -15,6 +14,7 @@ use jitgate_api::{
     ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
     VmDetail,
 };
+use jitgate_api::{ApplyBody, Document, Plan};
 use jitgate_api::{
     CallbackBody, DevicePollBody, DeviceStarted, LoginBody, LoginStarted, SessionGranted, Whoami,
 };

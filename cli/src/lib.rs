@@ -23,8 +23,8 @@ mod text;
 
 use client::Client;
 use cmd::{
-    apply, approvals, audit, compliance, connect, connections, history, login, logout, notify, policy,
-    requests, vms, whoami,
+    apply, approvals, audit, compliance, connect, connections, history, login, logout, notify,
+    policy, requests, vms, whoami,
 };
 use exit::R;
 use output::Out;

@@ -111,7 +111,10 @@ fn normalise(app: &App, mut d: Document, stored_sinks: &[SinkSpec]) -> Result<Do
         }
         Ok(())
     }
-    unique("resource group", d.resource_groups.iter().map(|g| g.name.clone()))?;
+    unique(
+        "resource group",
+        d.resource_groups.iter().map(|g| g.name.clone()),
+    )?;
     unique("VM", d.vms.iter().map(|v| v.name.clone()))?;
     for v in &mut d.vms {
         let mut addrs = Vec::with_capacity(v.addresses.len());
@@ -129,12 +132,26 @@ fn normalise(app: &App, mut d: Document, stored_sinks: &[SinkSpec]) -> Result<Do
             ports: p.ports.drain(..).map(PolicyPort::from).collect(),
         };
         let policy = Policy::from_body(&body).map_err(|e| match e {
-            Error::Refused { code, message } => Error::refused(code, format!("policy {key}: {message}")),
+            Error::Refused { code, message } => {
+                Error::refused(code, format!("policy {key}: {message}"))
+            }
             other => other,
         })?;
-        p.ports = policy.to_body().ports.into_iter().map(PortDecl::from).collect();
+        p.ports = policy
+            .to_body()
+            .ports
+            .into_iter()
+            .map(PortDecl::from)
+            .collect();
     }
-    unique("policy", d.policies.iter().map(policy_key).collect::<Result<Vec<_>>>()?.into_iter())?;
+    unique(
+        "policy",
+        d.policies
+            .iter()
+            .map(policy_key)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter(),
+    )?;
     for a in &mut d.compliance_assignments {
         a.scope = parse_scope(&a.scope)?.to_string();
     }
@@ -403,10 +420,8 @@ fn diff(
 ) -> Result<Vec<PlannedChange>> {
     let before = objects(cur)?;
     let after = objects(want)?;
-    let find = |list: &[Object], o: &Object| {
-        list.iter()
-            .position(|x| x.kind == o.kind && x.key == o.key)
-    };
+    let find =
+        |list: &[Object], o: &Object| list.iter().position(|x| x.kind == o.kind && x.key == o.key);
     let shown = |f: &BTreeMap<String, String>, k: &str| {
         f.get(k).map(|v| {
             if v.starts_with(NOT_SHOWN) {
@@ -546,7 +561,11 @@ async fn run(
             inventory::delete_group(w, caller, &c.name).await
         }
         (DeclKind::ResourceGroup, a) => {
-            let g = want.resource_groups.iter().find(|g| g.name == c.name).ok_or_else(gone)?;
+            let g = want
+                .resource_groups
+                .iter()
+                .find(|g| g.name == c.name)
+                .ok_or_else(gone)?;
             if *a == PlanAction::Create {
                 inventory::create_group(w, caller, &g.name, &g.owner).await
             } else {
@@ -557,7 +576,11 @@ async fn run(
             inventory::delete_vm(w, caller, &c.name).await
         }
         (DeclKind::VirtualMachine, a) => {
-            let v = want.vms.iter().find(|v| v.name == c.name).ok_or_else(gone)?;
+            let v = want
+                .vms
+                .iter()
+                .find(|v| v.name == c.name)
+                .ok_or_else(gone)?;
             if *a == PlanAction::Create {
                 inventory::create_vm(w, caller, &v.name, &v.resource_group, &v.addresses).await
             } else {
@@ -599,11 +622,17 @@ async fn run(
             let sink = checked.get(&c.name).ok_or_else(|| {
                 Error::refused(
                     ErrorCode::InvalidDocument,
-                    format!("sink {} changed while the plan was made: apply again", c.name),
+                    format!(
+                        "sink {} changed while the plan was made: apply again",
+                        c.name
+                    ),
                 )
             })?;
             if *a == PlanAction::Create {
-                if crate::store::notify::sink(w.conn(), &c.name).await?.is_some() {
+                if crate::store::notify::sink(w.conn(), &c.name)
+                    .await?
+                    .is_some()
+                {
                     return Err(Error::refused(
                         ErrorCode::SinkExists,
                         format!(

@@ -421,9 +421,9 @@ fn decide(c: &Caller, action: Action<'_>) -> Result<()> {
         Action::ChangeGroup { group: g } | Action::WriteVm { group: g } => group(Role::Admin, g),
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),
-            Principal::Token { .. } | Principal::Person { .. } | Principal::Link { .. } => Err(
-                deny(c, "tokens and agents (root on the host)", Role::Admin),
-            ),
+            Principal::Token { .. } | Principal::Person { .. } | Principal::Link { .. } => {
+                Err(deny(c, "tokens and agents (root on the host)", Role::Admin))
+            }
         },
     }
 }
@@ -511,10 +511,17 @@ mod tests {
         // VMs and groups: a group's admin adds its VMs and names its owner; only an admin of
         // `*` makes or removes a group; a VM's admin does neither.
         let g = caller(Role::Admin, "rg:prod");
-        assert!(ok(&g, Action::WriteVm { group: "prod" }) && !ok(&g, Action::WriteVm { group: "dev" }));
-        assert!(ok(&g, Action::ChangeGroup { group: "prod" }) && !ok(&g, Action::CreateOrDeleteGroup));
+        assert!(
+            ok(&g, Action::WriteVm { group: "prod" }) && !ok(&g, Action::WriteVm { group: "dev" })
+        );
+        assert!(
+            ok(&g, Action::ChangeGroup { group: "prod" }) && !ok(&g, Action::CreateOrDeleteGroup)
+        );
         assert!(!ok(&v, Action::WriteVm { group: "prod" }));
-        assert!(!ok(&caller(Role::Requester, "*"), Action::WriteVm { group: "prod" }));
+        assert!(!ok(
+            &caller(Role::Requester, "*"),
+            Action::WriteVm { group: "prod" }
+        ));
         assert!(ok(&caller(Role::Admin, "*"), Action::CreateOrDeleteGroup));
         // Only root on the host administers, whatever a token's rights.
         assert!(!ok(&caller(Role::Admin, "*"), Action::Administer));

@@ -551,7 +551,12 @@ pub async fn delete_vm(w: &mut WriteTx, caller: &Caller, name: &str) -> Result<(
     inventory::delete_vm(w, name).await?;
     activity::log(
         w,
-        NewActivity::vm(Operation::DeleteVm, &old.resource_group, name, &caller.actor()),
+        NewActivity::vm(
+            Operation::DeleteVm,
+            &old.resource_group,
+            name,
+            &caller.actor(),
+        ),
     )
     .await?;
     Ok(())

@@ -44,10 +44,7 @@ pub fn read(path: &Path) -> R<Document> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Fail::usage(format!("{}: {e}", path.display())))?;
     let mut doc: Document = toml::from_str(&text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| line_col(&text, s.start))
-            .unwrap_or((1, 1));
+        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
         Fail::usage(format!(
             "{}:{line}:{col}: {}",
             path.display(),

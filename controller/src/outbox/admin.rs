@@ -446,7 +446,12 @@ async fn reach(
 }
 
 /// Stores a checked sink in `w` and logs `op` (its redacted definition).
-pub async fn store(w: &mut WriteTx, caller: &Caller, sink: &Sink, op: Operation) -> Result<SinkRow> {
+pub async fn store(
+    w: &mut WriteTx,
+    caller: &Caller,
+    sink: &Sink,
+    op: Operation,
+) -> Result<SinkRow> {
     let spec = serde_json::to_string(&sink.to_spec())?;
     let by = caller.principal_id().to_string();
     notify::put_sink(w, &sink.name, &spec, &by).await?;
