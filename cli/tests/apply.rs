@@ -22,7 +22,11 @@ async fn export_apply_round_trip_plan_and_bad_files() {
     // What was exported applies as "no changes".
     let o = e.jit(&admin, &["export"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("[[vms]]") && o.stdout.contains("name = \"web1\""), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("[[vms]]") && o.stdout.contains("name = \"web1\""),
+        "{}",
+        o.stdout
+    );
     let f = write(&e, "jitgate.toml", &o.stdout);
     let o = e.jit(&admin, &["apply", "-f", &f]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -39,14 +43,25 @@ async fn export_apply_round_trip_plan_and_bad_files() {
     let f2 = write(&e, "changed.toml", &changed);
     let dry = e.jit(&admin, &["apply", "-f", &f2, "--dry-run"]).await;
     assert_eq!(dry.code, 0, "{}", dry.stderr);
-    assert!(dry.stdout.contains("~ change resourceGroup prod"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("owner: ops@example.com -> ops\\x1b[2J@example.com"), "{}", dry.stdout);
-    assert!(!dry.stdout.contains('\u{1b}'), "a raw escape reached the terminal");
-    assert!(dry.stdout.contains("+ create policy vm:web1"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("ports[22/TCP].max_request_access_duration: PT1H"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("dry run: nothing changed"), "{}", dry.stdout);
+    for line in [
+        "~ change resourceGroup prod",
+        "owner: ops@example.com -> ops\\x1b[2J@example.com",
+        "+ create policy vm:web1",
+        "ports[22/TCP].max_request_access_duration: PT1H",
+        "dry run: nothing changed",
+    ] {
+        assert!(dry.stdout.contains(line), "{line}: {}", dry.stdout);
+    }
+    assert!(
+        !dry.stdout.contains('\u{1b}'),
+        "a raw escape reached the terminal"
+    );
     let still = e.jit(&admin, &["apply", "-f", &f]).await;
-    assert_eq!(still.stdout.trim(), "no changes", "the dry run changed something");
+    assert_eq!(
+        still.stdout.trim(),
+        "no changes",
+        "the dry run changed something"
+    );
 
     let o = e.jit(&admin, &["apply", "-f", &f2, "--json"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -69,14 +84,21 @@ async fn export_apply_round_trip_plan_and_bad_files() {
         "[[policies]]\nvm = \"web1\"\n[[policies.ports]]\nnumber = \"22\"\nprotocol = \"TCP\"\n\
          max_request_access_duration = \"PT1H\"\n",
     );
-    let camel = write(&e, "camel.toml", "[[vms]]\nname = \"a\"\nresourceGroup = \"prod\"\n");
+    let camel = write(
+        &e,
+        "camel.toml",
+        "[[vms]]\nname = \"a\"\nresourceGroup = \"prod\"\n",
+    );
     for (file, place, words) in [
         (&unknown, ":3:1: ", "unknown field `colour`"),
         (&wrong_type, ":4:10: ", "invalid type"),
         (&camel, ":3:1: ", "unknown field `resourceGroup`"),
     ] {
         let o = e
-            .jit(&admin, &["--url", "https://127.0.0.1:9", "apply", "-f", file])
+            .jit(
+                &admin,
+                &["--url", "https://127.0.0.1:9", "apply", "-f", file],
+            )
             .await;
         assert_eq!(o.code, 2, "{file}: {}", o.stderr);
         assert!(o.stderr.contains(&format!("{file}{place}")), "{}", o.stderr);

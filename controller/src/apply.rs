@@ -16,7 +16,6 @@ use jitgate_api::{
     SinkDecl, VmDecl,
 };
 use jitgate_notify::SinkSpec;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::app::App;
@@ -102,7 +101,7 @@ fn is_url(format: &str) -> bool {
 /// trusts the client's parsing): duplicates refused, addresses and policies normalised,
 /// sinks without a target given the stored one.
 fn normalise(app: &App, mut d: Document, stored_sinks: &[SinkSpec]) -> Result<Document> {
-    fn unique<'a>(kind: &str, keys: impl Iterator<Item = String>) -> Result<()> {
+    fn unique(kind: &str, keys: impl Iterator<Item = String>) -> Result<()> {
         let mut seen = BTreeSet::new();
         for k in keys {
             if !seen.insert(k.clone()) {
@@ -306,8 +305,8 @@ async fn current(conn: &mut sqlx::AnyConnection, app: &App, caller: &Caller) -> 
     })
 }
 
-/// An object of a document: its kind, key, fields (flattened), and whether its fields may
-/// hold credentials.
+/// An object of a document: its kind, key and fields (flattened; a credential marked with
+/// [`NOT_SHOWN`]).
 struct Object {
     kind: DeclKind,
     key: String,
@@ -316,25 +315,36 @@ struct Object {
 
 fn objects(d: &Document) -> Result<Vec<Object>> {
     let mut out = Vec::new();
-    let mut add = |kind: DeclKind, key: String, v: &dyn ErasedSerialize| -> Result<()> {
+    let mut add = |kind: DeclKind, key: String, v: Value| {
         let mut fields = BTreeMap::new();
-        flatten("", &v.value()?, &mut fields);
+        flatten("", &v, &mut fields);
         out.push(Object { kind, key, fields });
-        Ok(())
     };
     for g in &d.resource_groups {
-        add(DeclKind::ResourceGroup, g.name.clone(), g)?;
+        add(
+            DeclKind::ResourceGroup,
+            g.name.clone(),
+            serde_json::to_value(g)?,
+        );
     }
     for v in &d.vms {
         let mut v = v.clone();
         v.addresses.sort();
-        add(DeclKind::VirtualMachine, v.name.clone(), &v)?;
+        add(
+            DeclKind::VirtualMachine,
+            v.name.clone(),
+            serde_json::to_value(&v)?,
+        );
     }
     for p in &d.policies {
-        add(DeclKind::Policy, policy_key(p)?, p)?;
+        add(DeclKind::Policy, policy_key(p)?, serde_json::to_value(p)?);
     }
     for a in &d.compliance_assignments {
-        add(DeclKind::ComplianceAssignment, a.scope.clone(), a)?;
+        add(
+            DeclKind::ComplianceAssignment,
+            a.scope.clone(),
+            serde_json::to_value(a)?,
+        );
     }
     for s in &d.sinks {
         let mut s = s.clone();
@@ -345,7 +355,11 @@ fn objects(d: &Document) -> Result<Vec<Object>> {
             // Compared by a fingerprint, never shown.
             s.target = s.target.as_deref().map(fingerprint);
         }
-        add(DeclKind::NotificationSink, s.name.clone(), &s)?;
+        add(
+            DeclKind::NotificationSink,
+            s.name.clone(),
+            serde_json::to_value(&s)?,
+        );
     }
     Ok(out)
 }
@@ -354,17 +368,6 @@ fn objects(d: &Document) -> Result<Vec<Object>> {
 /// never carries it).
 fn fingerprint(s: &str) -> String {
     format!("{NOT_SHOWN}{s}")
-}
-
-/// Serialisable declarations, as JSON values (object-safe).
-trait ErasedSerialize {
-    fn value(&self) -> Result<Value>;
-}
-
-impl<T: Serialize> ErasedSerialize for T {
-    fn value(&self) -> Result<Value> {
-        Ok(serde_json::to_value(self)?)
-    }
 }
 
 /// Flattens a value into `path -> text`: ports keyed by `number/protocol`, lists of plain
