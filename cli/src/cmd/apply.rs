@@ -11,8 +11,8 @@ use jitgate_api::{ApplyBody, Document, Plan, PlanAction};
 
 use crate::client::Client;
 use crate::exit::{Fail, R};
-use crate::output::Out;
-use crate::text::{safe, safe_lines};
+use crate::output::{ExportKind, Out, print_export};
+use crate::text::safe;
 
 #[derive(Args)]
 pub struct ApplyArgs {
@@ -127,7 +127,8 @@ fn print_plan(p: &Plan, dry_run: bool) {
     }
 }
 
-/// `jit export`: the state you can see, as a declaration file on stdout.
+/// `jit export`: the state you can see, as a declaration file on stdout (byte for byte into
+/// a file or pipe; terminal-safe on a terminal).
 pub async fn export(c: &Client, out: Out) -> R<()> {
     let doc = c.export().await?;
     if out.json {
@@ -135,11 +136,8 @@ pub async fn export(c: &Client, out: Out) -> R<()> {
     }
     let text = toml::to_string(&*doc)
         .map_err(|e| Fail::error(format!("writing the declaration as TOML: {e}")))?;
-    println!(
-        "# jitgate declaration (jit export): apply with `jit apply -f FILE`.\n\
+    let header = "# jitgate declaration (jit export): apply with `jit apply -f FILE`.\n\
          # URL sink targets are not exported (they may be credentials): a sink without\n\
-         # target keeps its own; give target_file = \"PATH\" to set one from a file.\n"
-    );
-    print!("{}", safe_lines(&text));
-    Ok(())
+         # target keeps its own; give target_file = \"PATH\" to set one from a file.\n\n";
+    print_export(&format!("{header}{text}"), ExportKind::Toml)
 }
