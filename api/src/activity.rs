@@ -28,6 +28,14 @@ wire_enum! {
         UpdateToken = "Update API Token",
         AddVm = "Add Virtual Machine",
         AddGroup = "Add Resource Group",
+        /// `jit apply`: a resource group's owner changed.
+        UpdateGroup = "Update Resource Group",
+        DeleteGroup = "Delete Resource Group",
+        /// `jit apply`: a VM's addresses or resource group changed.
+        UpdateVm = "Update Virtual Machine",
+        DeleteVm = "Delete Virtual Machine",
+        /// `jit apply`: a notification sink's definition changed.
+        UpdateSink = "Update Notification Sink",
         CreateEnrollToken = "Create Agent Enrollment Token",
         EnrollAgent = "Enroll Agent",
         RevokeAgent = "Revoke Agent",

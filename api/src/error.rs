@@ -33,6 +33,8 @@ wire_enum! {
         InvalidSecret = "InvalidSecret",
         /// A sink's URL resolves to an address the controller may not contact.
         BlockedAddress = "BlockedAddress",
+        /// A declaration document (`jit apply`) that does not hold together.
+        InvalidDocument = "InvalidDocument",
         // 401
         Unauthenticated = "Unauthenticated",
         InvalidEnrollmentToken = "InvalidEnrollmentToken",
@@ -81,6 +83,8 @@ wire_enum! {
         /// This controller cannot send notifications (no trusted certificate authority).
         NotificationsUnavailable = "NotificationsUnavailable",
         SessionEnded = "SessionEnded",
+        /// The object is still used (a VM with an enrolled agent, a group with VMs).
+        ResourceInUse = "ResourceInUse",
         // 413
         BodyTooLarge = "BodyTooLarge",
         // 415
@@ -151,7 +155,8 @@ impl ErrorCode {
             | C::RangeNotAllowed
             | C::InvalidSink
             | C::InvalidSecret
-            | C::BlockedAddress => K::Invalid,
+            | C::BlockedAddress
+            | C::InvalidDocument => K::Invalid,
             C::Unauthenticated | C::InvalidEnrollmentToken | C::SignInRefused => K::Unauthenticated,
             C::Forbidden => K::Forbidden,
             C::VmNotFound
@@ -182,7 +187,8 @@ impl ErrorCode {
             | C::AgentTooOld
             | C::SinkExists
             | C::SinkInConfigFile
-            | C::NotificationsUnavailable => K::Conflict,
+            | C::NotificationsUnavailable
+            | C::ResourceInUse => K::Conflict,
             C::BodyTooLarge => K::TooLarge,
             C::UnsupportedMediaType => K::UnsupportedMediaType,
             C::TooManyRequests => K::TooManyRequests,

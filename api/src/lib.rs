@@ -15,6 +15,7 @@ mod wire;
 
 pub mod activity;
 pub mod agents;
+pub mod apply;
 pub mod approval;
 pub mod auth;
 pub mod compliance;
@@ -36,6 +37,10 @@ pub use activity::{ActivityOutcome, ActivityQuery, Operation, ResourceType};
 pub use agents::{
     Agent, AgentAuditVerify, AgentChainReport, AgentConnection, AgentRecord, AgentStatus,
     Connection, ConnectionOutcome, EnrollRequest, EnrollResponse, GrantOrigin, ViewQuery,
+};
+pub use apply::{
+    ApplyBody, ApprovalDecl, AssignmentDecl, DeclKind, Document, FieldChange, GroupDecl, Plan,
+    PlanAction, PlannedChange, PolicyDecl, PortDecl, SinkDecl, VmDecl,
 };
 pub use approval::{
     ApprovalEntry, ApprovalRecord, ApprovalRule, ApprovalStage, ApprovalsQuery, Approver, Decision,

@@ -214,6 +214,18 @@ fn every_schema_matches_its_type() {
     check::<api::Whoami>(s, "Whoami", seen);
     check::<api::SessionGranted>(s, "SessionGranted", seen);
     check::<api::SessionView>(s, "Session", seen);
+    check::<api::ApplyBody>(s, "ApplyBody", seen);
+    check::<api::Document>(s, "Document", seen);
+    check::<api::GroupDecl>(s, "GroupDecl", seen);
+    check::<api::VmDecl>(s, "VmDecl", seen);
+    check::<api::PolicyDecl>(s, "PolicyDecl", seen);
+    check::<api::PortDecl>(s, "PortDecl", seen);
+    check::<api::ApprovalDecl>(s, "ApprovalDecl", seen);
+    check::<api::AssignmentDecl>(s, "AssignmentDecl", seen);
+    check::<api::SinkDecl>(s, "SinkDecl", seen);
+    check::<api::Plan>(s, "Plan", seen);
+    check::<api::PlannedChange>(s, "PlannedChange", seen);
+    check::<api::FieldChange>(s, "FieldChange", seen);
     // Every object schema is checked above.
     for (name, schema) in spec["components"]["schemas"].as_object().expect("schemas") {
         if properties(schema).is_some() {

@@ -14,6 +14,7 @@ use jitgate_api::{
     ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
     VmDetail,
 };
+use jitgate_api::{ApplyBody, Document, Plan};
 use jitgate_api::{
     CallbackBody, DevicePollBody, DeviceStarted, LoginBody, LoginStarted, SessionGranted, Whoami,
 };
@@ -287,6 +288,19 @@ impl Client {
     pub async fn remediate(&self, body: &RemediateBody) -> R<Reply<PolicyView>> {
         let rb = self.request(Method::POST, &["compliance", "remediate"]);
         self.typed(rb.json(body)).await
+    }
+
+    // --- policies as code ------------------------------------------------------------------
+
+    /// `POST /apply`
+    pub async fn apply(&self, body: &ApplyBody) -> R<Reply<Plan>> {
+        let rb = self.request(Method::POST, &["apply"]);
+        self.typed(rb.json(body)).await
+    }
+
+    /// `GET /export`
+    pub async fn export(&self) -> R<Reply<Document>> {
+        self.typed(self.get(&["export"])).await
     }
 
     // --- notifications -------------------------------------------------------------------

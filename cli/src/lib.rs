@@ -23,8 +23,8 @@ mod text;
 
 use client::Client;
 use cmd::{
-    approvals, audit, compliance, connect, connections, history, login, logout, notify, policy,
-    requests, vms, whoami,
+    apply, approvals, audit, compliance, connect, connections, history, login, logout, notify,
+    policy, requests, vms, whoami,
 };
 use exit::R;
 use output::Out;
@@ -107,6 +107,12 @@ enum Cmd {
     /// that sign webhook bodies. Admins only; a sink's scope lies within yours.
     #[command(subcommand)]
     Notify(notify::NotifyCmd),
+    /// Policies as code: declare resource groups, VMs, JIT policies, compliance assignments
+    /// and notification sinks in a TOML file; print the plan (create / change / delete, field
+    /// by field) and apply it in one transaction. Deletes only with --prune.
+    Apply(apply::ApplyArgs),
+    /// Write the state you can see as a declaration file (`jit apply -f` reads it back).
+    Export,
 }
 
 /// The command-line definition, for generating man pages and shell completions.
@@ -145,6 +151,11 @@ async fn run(cli: Cli) -> R<()> {
     {
         return audit::verify_offline(file, key, out);
     }
+    // A declaration file is read first: its mistakes need no controller.
+    let apply_body = match &cli.cmd {
+        Cmd::Apply(a) => Some(a.body()?),
+        _ => None,
+    };
     let settings = config::load(&config::Flags {
         url: cli.url.as_deref(),
         ca: cli.ca.as_deref(),
@@ -182,6 +193,11 @@ async fn run(cli: Cli) -> R<()> {
         Cmd::Connections(a) => connections::run(&c, a, out).await,
         Cmd::Compliance(a) => compliance::run(&c, a, out).await,
         Cmd::Notify(n) => notify::run(&c, n, out).await,
+        Cmd::Apply(_) => match apply_body {
+            Some(b) => apply::apply(&c, b, out).await,
+            None => Ok(()),
+        },
+        Cmd::Export => apply::export(&c, out).await,
     }
 }
 

@@ -63,16 +63,18 @@ pub fn print_json<T: Serialize + ?Sized>(v: &T) {
 pub enum ExportKind {
     Csv,
     JsonLines,
+    /// A declaration file (`jit export`): TOML strings take the same `\uXXXX` escapes as JSON.
+    Toml,
 }
 
-/// An export (CSV, JSON lines) as received: byte for byte into a pipe or file; made
+/// An export (CSV, JSON lines, TOML) as received: byte for byte into a pipe or file; made
 /// terminal-safe when stdout is a terminal.
 pub fn print_export(text: &str, kind: ExportKind) -> R<()> {
     let mut out = std::io::stdout().lock();
     let r = if out.is_terminal() {
         let shown = match kind {
             ExportKind::Csv => safe_lines(text),
-            ExportKind::JsonLines => safe_json(text),
+            ExportKind::JsonLines | ExportKind::Toml => safe_json(text),
         };
         out.write_all(shown.as_bytes())
     } else {

@@ -18,7 +18,10 @@
 //! | add, remove, test, re-drive a notification sink | admin | the sink's scope (no scope: `*`) |
 //! | write a notification secret | admin | `*` |
 //! | list or revoke people's sessions | admin | `*` |
-//! | manage tokens, VMs, groups, agents | root on the host | |
+//! | create or delete a resource group | admin | `*` |
+//! | change a resource group's owner | admin | the group |
+//! | add, change or delete a VM (its addresses, its group) | admin | the VM's group (both, to move it) |
+//! | manage tokens, agents and enrolment | root on the host | |
 
 use std::net::IpAddr;
 
@@ -299,7 +302,18 @@ pub enum Action<'a> {
     },
     /// List or revoke people's sign-in sessions.
     ManageSessions,
-    /// Tokens, VMs, resource groups, agent credentials: root on the host only.
+    /// Create or delete a resource group (a new name is a new scope: only an admin of `*`).
+    CreateOrDeleteGroup,
+    /// Change a resource group's owner.
+    ChangeGroup {
+        group: &'a str,
+    },
+    /// Add, change or delete a VM in this resource group (a VM-scoped admin may not: the
+    /// group a VM is in decides who reaches it).
+    WriteVm {
+        group: &'a str,
+    },
+    /// Tokens, agent credentials and enrolment: root on the host only.
     Administer,
 }
 
@@ -317,6 +331,25 @@ pub enum SinkReach<'a> {
 
 /// Allowed, or `Forbidden` (logged with the caller and what it lacked).
 pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
+    decide(c, action).inspect_err(|e| {
+        tracing::warn!(
+            caller = %c.name(),
+            token = %c.token_id(),
+            grants = %c.grants_text(),
+            address = %c.address,
+            error = %e,
+            "forbidden"
+        );
+    })
+}
+
+/// Whether the caller may do it (nothing logged: for choosing what to offer or touch, e.g.
+/// which undeclared objects `jit apply --prune` deletes).
+pub fn allowed(c: &Caller, action: Action<'_>) -> bool {
+    decide(c, action).is_ok()
+}
+
+fn decide(c: &Caller, action: Action<'_>) -> Result<()> {
     let vm = |min: Role, vm: &str, group: &str| {
         if c.holds(min, |s| s.covers_vm(vm, group)) {
             Ok(())
@@ -382,12 +415,15 @@ pub fn authorize(c: &Caller, action: Action<'_>) -> Result<()> {
             SinkReach::Group(g) => group(Role::Admin, g),
             SinkReach::Vm { vm: v, group: g } => vm(Role::Admin, v, g),
         },
-        Action::AdministerAll | Action::ManageSessions => all(Role::Admin),
+        Action::AdministerAll | Action::ManageSessions | Action::CreateOrDeleteGroup => {
+            all(Role::Admin)
+        }
+        Action::ChangeGroup { group: g } | Action::WriteVm { group: g } => group(Role::Admin, g),
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),
-            Principal::Token { .. } | Principal::Person { .. } | Principal::Link { .. } => Err(
-                deny(c, "tokens, VMs and groups (root on the host)", Role::Admin),
-            ),
+            Principal::Token { .. } | Principal::Person { .. } | Principal::Link { .. } => {
+                Err(deny(c, "tokens and agents (root on the host)", Role::Admin))
+            }
         },
     }
 }
@@ -413,15 +449,6 @@ pub fn sees_group(c: &Caller, group: &str) -> bool {
 }
 
 fn deny(c: &Caller, what: &str, min: Role) -> Error {
-    tracing::warn!(
-        caller = %c.name(),
-        token = %c.token_id(),
-        grants = %c.grants_text(),
-        address = %c.address,
-        needed = min.as_str(),
-        on = %what,
-        "forbidden"
-    );
     Error::refused(
         ErrorCode::Forbidden,
         format!(
@@ -481,6 +508,21 @@ mod tests {
             }
         ));
         assert!(!ok(&v, Action::WriteGroupPolicy { group: "prod" }));
+        // VMs and groups: a group's admin adds its VMs and names its owner; only an admin of
+        // `*` makes or removes a group; a VM's admin does neither.
+        let g = caller(Role::Admin, "rg:prod");
+        assert!(
+            ok(&g, Action::WriteVm { group: "prod" }) && !ok(&g, Action::WriteVm { group: "dev" })
+        );
+        assert!(
+            ok(&g, Action::ChangeGroup { group: "prod" }) && !ok(&g, Action::CreateOrDeleteGroup)
+        );
+        assert!(!ok(&v, Action::WriteVm { group: "prod" }));
+        assert!(!ok(
+            &caller(Role::Requester, "*"),
+            Action::WriteVm { group: "prod" }
+        ));
+        assert!(ok(&caller(Role::Admin, "*"), Action::CreateOrDeleteGroup));
         // Only root on the host administers, whatever a token's rights.
         assert!(!ok(&caller(Role::Admin, "*"), Action::Administer));
         assert!(ok(&Caller::local(), Action::Administer));

@@ -15,6 +15,7 @@ use crate::policies::Policies;
 use crate::presence::Presence;
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
+use crate::store::write::WriteTx;
 use crate::store::{agents, inventory, policies};
 
 /// The tab of the portal's JIT page a VM is in: exactly one.
@@ -153,33 +154,8 @@ impl Inventory {
 
     /// Adds a resource group with the owner who receives its remediation requests.
     pub async fn add_group(&self, caller: &Caller, name: &str, owner: &str) -> Result<()> {
-        authz::authorize(caller, Action::Administer)?;
-        validate_name("resource group", name)?;
-        if owner.trim().is_empty() || owner.len() > 256 {
-            return Err(Error::refused(
-                ErrorCode::InvalidRequest,
-                "a resource group needs an owner (1-256 characters)",
-            ));
-        }
         let mut w = self.db.begin().await?;
-        if inventory::group(w.conn(), name).await?.is_some() {
-            return Err(Error::refused(
-                ErrorCode::ResourceGroupExists,
-                format!("resource group {name} already exists"),
-            ));
-        }
-        inventory::insert_group(&mut w, name, owner).await?;
-        activity::log(
-            &mut w,
-            NewActivity::other(
-                Operation::AddGroup,
-                ResourceType::ResourceGroup,
-                name,
-                &caller.actor(),
-            )
-            .details(serde_json::json!({"owner": owner})),
-        )
-        .await?;
+        create_group(&mut w, caller, name, owner).await?;
         w.commit().await
     }
 
@@ -204,33 +180,8 @@ impl Inventory {
         group: &str,
         addresses: &[IpAddr],
     ) -> Result<()> {
-        authz::authorize(caller, Action::Administer)?;
-        validate_name("VM", name)?;
-        validate_name("resource group", group)?;
-        let addrs: Vec<String> = addresses
-            .iter()
-            .map(|a| jitgate_common::net::normalise(*a).to_string())
-            .collect();
         let mut w = self.db.begin().await?;
-        if inventory::group(w.conn(), group).await?.is_none() {
-            return Err(Error::refused(
-                ErrorCode::ResourceGroupNotFound,
-                format!("no resource group {group} (add it first with `jit-controller rg add`)"),
-            ));
-        }
-        if inventory::vm(w.conn(), name).await?.is_some() {
-            return Err(Error::refused(
-                ErrorCode::VmExists,
-                format!("VM {name} already exists"),
-            ));
-        }
-        inventory::insert_vm(&mut w, name, group, &addrs).await?;
-        activity::log(
-            &mut w,
-            NewActivity::vm(Operation::AddVm, group, name, &caller.actor())
-                .details(serde_json::json!({"addresses": addrs})),
-        )
-        .await?;
+        create_vm(&mut w, caller, name, group, &addresses_text(addresses)).await?;
         w.commit().await
     }
 
@@ -429,4 +380,184 @@ impl Inventory {
             .await?
             .resource_group)
     }
+}
+
+/// Addresses as stored: normalised (an IPv4-mapped IPv6 address as IPv4).
+pub fn addresses_text(addresses: &[IpAddr]) -> Vec<String> {
+    addresses
+        .iter()
+        .map(|a| jitgate_common::net::normalise(*a).to_string())
+        .collect()
+}
+
+fn check_owner(owner: &str) -> Result<()> {
+    if owner.trim().is_empty() || owner.len() > 256 {
+        return Err(Error::refused(
+            ErrorCode::InvalidRequest,
+            "a resource group needs an owner (1-256 characters)",
+        ));
+    }
+    Ok(())
+}
+
+/// Adds a resource group in `w` (authorised, checked, activity-logged).
+pub async fn create_group(w: &mut WriteTx, caller: &Caller, name: &str, owner: &str) -> Result<()> {
+    authz::authorize(caller, Action::CreateOrDeleteGroup)?;
+    validate_name("resource group", name)?;
+    check_owner(owner)?;
+    if inventory::group(w.conn(), name).await?.is_some() {
+        return Err(Error::refused(
+            ErrorCode::ResourceGroupExists,
+            format!("resource group {name} already exists"),
+        ));
+    }
+    inventory::insert_group(w, name, owner).await?;
+    let a = NewActivity::other(
+        Operation::AddGroup,
+        ResourceType::ResourceGroup,
+        name,
+        &caller.actor(),
+    )
+    .details(serde_json::json!({"owner": owner}));
+    activity::log(w, a).await?;
+    Ok(())
+}
+
+/// Gives a resource group a new owner, in `w`.
+pub async fn change_group(w: &mut WriteTx, caller: &Caller, name: &str, owner: &str) -> Result<()> {
+    authz::authorize(caller, Action::ChangeGroup { group: name })?;
+    check_owner(owner)?;
+    inventory::require_group(w.conn(), name).await?;
+    inventory::set_group_owner(w, name, owner).await?;
+    let a = NewActivity::other(
+        Operation::UpdateGroup,
+        ResourceType::ResourceGroup,
+        name,
+        &caller.actor(),
+    )
+    .details(serde_json::json!({"owner": owner}));
+    activity::log(w, a).await?;
+    Ok(())
+}
+
+/// Deletes a resource group that no VM is in any more, in `w`.
+pub async fn delete_group(w: &mut WriteTx, caller: &Caller, name: &str) -> Result<()> {
+    authz::authorize(caller, Action::CreateOrDeleteGroup)?;
+    inventory::require_group(w.conn(), name).await?;
+    let members = inventory::vms_in(w.conn(), name).await?;
+    if members > 0 {
+        return Err(Error::refused(
+            ErrorCode::ResourceInUse,
+            format!("resource group {name} still has {members} VM(s): delete or move them first"),
+        ));
+    }
+    inventory::delete_group(w, name).await?;
+    let a = NewActivity::other(
+        Operation::DeleteGroup,
+        ResourceType::ResourceGroup,
+        name,
+        &caller.actor(),
+    );
+    activity::log(w, a).await?;
+    Ok(())
+}
+
+/// Registers a VM in `w` (authorised, checked, activity-logged).
+pub async fn create_vm(
+    w: &mut WriteTx,
+    caller: &Caller,
+    name: &str,
+    group: &str,
+    addresses: &[String],
+) -> Result<()> {
+    authz::authorize(caller, Action::WriteVm { group })?;
+    validate_name("VM", name)?;
+    validate_name("resource group", group)?;
+    if inventory::group(w.conn(), group).await?.is_none() {
+        return Err(Error::refused(
+            ErrorCode::ResourceGroupNotFound,
+            format!("no resource group {group} (add it first with `jit-controller rg add`)"),
+        ));
+    }
+    if inventory::vm(w.conn(), name).await?.is_some() {
+        return Err(Error::refused(
+            ErrorCode::VmExists,
+            format!("VM {name} already exists"),
+        ));
+    }
+    inventory::insert_vm(w, name, group, addresses).await?;
+    activity::log(
+        w,
+        NewActivity::vm(Operation::AddVm, group, name, &caller.actor())
+            .details(serde_json::json!({"addresses": addresses})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Changes a VM's addresses or resource group, in `w` (moving it needs admin over both
+/// groups; its agents are sent its new effective policy at commit).
+pub async fn change_vm(
+    w: &mut WriteTx,
+    caller: &Caller,
+    name: &str,
+    group: &str,
+    addresses: &[String],
+) -> Result<()> {
+    let old = inventory::require_vm(w.conn(), name).await?;
+    authz::authorize(
+        caller,
+        Action::WriteVm {
+            group: &old.resource_group,
+        },
+    )?;
+    if old.resource_group != group {
+        authz::authorize(caller, Action::WriteVm { group })?;
+        inventory::require_group(w.conn(), group).await?;
+    }
+    inventory::update_vm(w, name, group, addresses).await?;
+    if old.resource_group != group {
+        w.policy_changed(jitgate_api::PolicyScope::VirtualMachine, name);
+    }
+    activity::log(
+        w,
+        NewActivity::vm(Operation::UpdateVm, group, name, &caller.actor()).details(
+            serde_json::json!({"addresses": addresses, "resourceGroup": group,
+                "previousResourceGroup": old.resource_group}),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes a VM that never had an agent enrolled (its history stays), in `w`.
+pub async fn delete_vm(w: &mut WriteTx, caller: &Caller, name: &str) -> Result<()> {
+    let old = inventory::require_vm(w.conn(), name).await?;
+    authz::authorize(
+        caller,
+        Action::WriteVm {
+            group: &old.resource_group,
+        },
+    )?;
+    if inventory::vm_has_agents(w.conn(), name).await? {
+        return Err(Error::refused(
+            ErrorCode::ResourceInUse,
+            format!(
+                "VM {name} has (or had) an enrolled agent or an enrolment token: it stays \
+                 (revoke its agent with `jit-controller agent revoke`; its records remain)"
+            ),
+        ));
+    }
+    inventory::delete_vm(w, name).await?;
+    activity::log(
+        w,
+        NewActivity::vm(
+            Operation::DeleteVm,
+            &old.resource_group,
+            name,
+            &caller.actor(),
+        ),
+    )
+    .await?;
+    Ok(())
 }

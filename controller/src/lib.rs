@@ -25,6 +25,7 @@
 //!   [`ids`], [`csv`].
 
 pub mod app;
+pub mod apply;
 pub mod approval;
 pub mod audit;
 pub mod authz;

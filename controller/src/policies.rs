@@ -16,6 +16,7 @@ use crate::store::inventory;
 use crate::store::notify;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::write::WriteTx;
+use sqlx::AnyConnection;
 
 /// Whose policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,41 +64,13 @@ impl Policies {
 
     /// The target's group, or VmNotFound / ResourceGroupNotFound.
     async fn resolve<'a>(&self, t: Target<'a>) -> Result<Resolved<'a>> {
-        Ok(match t {
-            Target::Vm(vm) => Resolved {
-                scope: PolicyScope::VirtualMachine,
-                name: vm,
-                group: inventory::require_vm(self.db.pool(), vm)
-                    .await?
-                    .resource_group,
-            },
-            Target::Group(g) => Resolved {
-                scope: PolicyScope::ResourceGroup,
-                name: g,
-                group: inventory::require_group(self.db.pool(), g).await?.name,
-            },
-        })
-    }
-
-    fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
-        let action = match (r.scope, write) {
-            (PolicyScope::VirtualMachine, false) => Action::ReadVm {
-                vm: r.name,
-                group: &r.group,
-            },
-            (PolicyScope::VirtualMachine, true) => Action::WriteVmPolicy {
-                vm: r.name,
-                group: &r.group,
-            },
-            (PolicyScope::ResourceGroup, false) => Action::ReadGroupPolicy { group: &r.group },
-            (PolicyScope::ResourceGroup, true) => Action::WriteGroupPolicy { group: &r.group },
-        };
-        authz::authorize(caller, action)
+        let mut conn = self.db.pool().acquire().await?;
+        resolve(&mut conn, t).await
     }
 
     pub async fn get(&self, caller: &Caller, t: Target<'_>) -> Result<PolicyView> {
         let r = self.resolve(t).await?;
-        Self::authorize(caller, &r, false)?;
+        authorize(caller, &r, false)?;
         match policies::get(self.db.pool(), r.scope, r.name).await? {
             Some(row) => Ok(view(row)),
             None => Err(Error::refused(
@@ -120,42 +93,19 @@ impl Policies {
         t: Target<'_>,
         body: &PolicyBody,
     ) -> Result<PolicyView> {
+        // Rights before validity: a caller who may not write learns nothing of the rules.
         let r = self.resolve(t).await?;
-        Self::authorize(caller, &r, true)?;
+        authorize(caller, &r, true)?;
         let policy = Policy::from_body(body)?;
         let mut w = self.db.begin().await?;
-        let v = write(&mut w, caller, t, &r.group, &policy).await?;
+        let v = set(&mut w, caller, t, &policy).await?;
         w.commit().await?;
         Ok(v)
     }
 
     pub async fn delete(&self, caller: &Caller, t: Target<'_>) -> Result<()> {
-        let r = self.resolve(t).await?;
-        Self::authorize(caller, &r, true)?;
         let mut w = self.db.begin().await?;
-        let old = stored(&mut w, r.scope, r.name).await?;
-        if !policies::delete(&mut w, r.scope, r.name).await? {
-            return Err(Error::refused(
-                ErrorCode::PolicyNotFound,
-                format!("{} has no JIT policy of its own", r.name),
-            ));
-        }
-        activity::log(
-            &mut w,
-            entry(Operation::DeletePolicy, t, &r.group, &caller.actor()),
-        )
-        .await?;
-        let change = policy_change::compare(old.as_ref(), None);
-        let event = outbox::event::policy_changed(
-            t.vm(),
-            &r.group,
-            caller,
-            PolicyOperation::Delete,
-            change,
-            w.now,
-        );
-        notify::insert_events(&mut w, &[event]).await?;
-        w.policy_changed(r.scope, r.name);
+        remove(&mut w, caller, t).await?;
         w.commit().await
     }
 
@@ -176,6 +126,81 @@ impl Policies {
     pub async fn version(&self, vm: &str, group: &str) -> Result<i64> {
         activity::last_policy_change(self.db.pool(), vm, group).await
     }
+}
+
+fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
+    let action = match (r.scope, write) {
+        (PolicyScope::VirtualMachine, false) => Action::ReadVm {
+            vm: r.name,
+            group: &r.group,
+        },
+        (PolicyScope::VirtualMachine, true) => Action::WriteVmPolicy {
+            vm: r.name,
+            group: &r.group,
+        },
+        (PolicyScope::ResourceGroup, false) => Action::ReadGroupPolicy { group: &r.group },
+        (PolicyScope::ResourceGroup, true) => Action::WriteGroupPolicy { group: &r.group },
+    };
+    authz::authorize(caller, action)
+}
+
+/// The target's group, or VmNotFound / ResourceGroupNotFound.
+async fn resolve<'a>(conn: &mut AnyConnection, t: Target<'a>) -> Result<Resolved<'a>> {
+    Ok(match t {
+        Target::Vm(vm) => Resolved {
+            scope: PolicyScope::VirtualMachine,
+            name: vm,
+            group: inventory::require_vm(&mut *conn, vm).await?.resource_group,
+        },
+        Target::Group(g) => Resolved {
+            scope: PolicyScope::ResourceGroup,
+            name: g,
+            group: inventory::require_group(&mut *conn, g).await?.name,
+        },
+    })
+}
+
+/// Sets the target's policy in `w` (authorised; `policy` is validated).
+pub async fn set(
+    w: &mut WriteTx,
+    caller: &Caller,
+    t: Target<'_>,
+    policy: &Policy,
+) -> Result<PolicyView> {
+    let r = resolve(w.conn(), t).await?;
+    authorize(caller, &r, true)?;
+    write(w, caller, t, &r.group, policy).await
+}
+
+/// Deletes the target's own policy in `w` (authorised, activity-logged, notified; its agents
+/// are sent their new effective policy at commit).
+pub async fn remove(w: &mut WriteTx, caller: &Caller, t: Target<'_>) -> Result<()> {
+    let r = resolve(w.conn(), t).await?;
+    authorize(caller, &r, true)?;
+    let old = stored(w, r.scope, r.name).await?;
+    if !policies::delete(w, r.scope, r.name).await? {
+        return Err(Error::refused(
+            ErrorCode::PolicyNotFound,
+            format!("{} has no JIT policy of its own", r.name),
+        ));
+    }
+    activity::log(
+        w,
+        entry(Operation::DeletePolicy, t, &r.group, &caller.actor()),
+    )
+    .await?;
+    let change = policy_change::compare(old.as_ref(), None);
+    let event = outbox::event::policy_changed(
+        t.vm(),
+        &r.group,
+        caller,
+        PolicyOperation::Delete,
+        change,
+        w.now,
+    );
+    notify::insert_events(w, &[event]).await?;
+    w.policy_changed(r.scope, r.name);
+    Ok(())
 }
 
 fn entry(op: Operation, t: Target<'_>, group: &str, actor: &Actor) -> NewActivity {

@@ -1,5 +1,6 @@
 //! One module per command group; each owns its arguments, its calls and its views.
 
+pub mod apply;
 pub mod approvals;
 pub mod audit;
 pub mod compliance;

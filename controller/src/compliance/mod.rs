@@ -37,6 +37,7 @@ use crate::store::activity::{self, NewActivity};
 use crate::store::compliance::{self as db, AssignmentRow};
 use crate::store::db::Db;
 use crate::store::inventory;
+use crate::store::write::WriteTx;
 
 /// The built-in policy definition assigned at a scope.
 pub const POLICY_NAME: &str = "Management ports of virtual machines should be protected with just-in-time network access control";
@@ -326,84 +327,15 @@ impl Compliance {
 
     /// Assigns the policy at `*` or `rg:NAME`; a second assignment at one scope conflicts.
     pub async fn assign(&self, caller: &Caller, b: &AssignBody) -> Result<Assignment> {
-        authz::authorize(caller, Action::AdministerAll)?;
-        let scope = match parse_scope(&b.scope)? {
-            Scope::Vm(_) => {
-                return Err(Error::refused(
-                    ErrorCode::InvalidScope,
-                    "assign the compliance policy to the whole fleet (*) or a resource group (rg:NAME)",
-                ));
-            }
-            s => s,
-        };
-        let group = match &scope {
-            Scope::ResourceGroup(g) => inventory::require_group(self.db.pool(), g).await?.name,
-            _ => String::new(),
-        };
-        let actor = caller.actor();
         let mut w = self.db.begin().await?;
-        let row = AssignmentRow {
-            id: format!("asg_{}", uuid::Uuid::new_v4().simple()),
-            scope,
-            effect: AssignmentEffect::Audit,
-            created_ms: w.now,
-            created_by: actor.name.clone(),
-        };
-        if !db::assign(&mut w, &row).await? {
-            return Err(Error::refused(
-                ErrorCode::AssignmentExists,
-                format!("the compliance policy is already assigned at {}", row.scope),
-            ));
-        }
-        activity::log(
-            &mut w,
-            NewActivity::other(
-                Operation::AssignCompliance,
-                ResourceType::PolicyAssignment,
-                &group,
-                &actor,
-            )
-            .details(
-                serde_json::json!({"assignmentId": row.id, "scope": row.scope.to_string(),
-                "policy": POLICY_NAME, "effect": row.effect.as_str()}),
-            ),
-        )
-        .await?;
+        let a = assign(&mut w, caller, &b.scope).await?;
         w.commit().await?;
-        Ok(Assignment {
-            id: row.id,
-            scope: row.scope,
-            policy: POLICY_NAME.into(),
-            effect: row.effect,
-            created_time_utc: jitgate_api::time::format(row.created_ms),
-            created_by: row.created_by,
-        })
+        Ok(a)
     }
 
     pub async fn unassign(&self, caller: &Caller, id: &str) -> Result<()> {
-        authz::authorize(caller, Action::AdministerAll)?;
         let mut w = self.db.begin().await?;
-        let Some(scope) = db::unassign(&mut w, id).await? else {
-            return Err(Error::refused(
-                ErrorCode::AssignmentNotFound,
-                format!("no compliance assignment {id}"),
-            ));
-        };
-        let group = match &scope {
-            Scope::ResourceGroup(g) => g.clone(),
-            _ => String::new(),
-        };
-        activity::log(
-            &mut w,
-            NewActivity::other(
-                Operation::UnassignCompliance,
-                ResourceType::PolicyAssignment,
-                &group,
-                &caller.actor(),
-            )
-            .details(serde_json::json!({"assignmentId": id, "scope": scope.to_string()})),
-        )
-        .await?;
+        unassign(&mut w, caller, id).await?;
         w.commit().await
     }
 
@@ -428,6 +360,87 @@ impl Compliance {
         w.commit().await?;
         Ok(view)
     }
+}
+
+/// Assigns the policy at `scope` (`*` or `rg:NAME`) in `w` (authorised, activity-logged).
+pub async fn assign(w: &mut WriteTx, caller: &Caller, scope: &str) -> Result<Assignment> {
+    authz::authorize(caller, Action::AdministerAll)?;
+    let scope = match parse_scope(scope)? {
+        Scope::Vm(_) => {
+            return Err(Error::refused(
+                ErrorCode::InvalidScope,
+                "assign the compliance policy to the whole fleet (*) or a resource group (rg:NAME)",
+            ));
+        }
+        s => s,
+    };
+    let group = match &scope {
+        Scope::ResourceGroup(g) => inventory::require_group(w.conn(), g).await?.name,
+        _ => String::new(),
+    };
+    let actor = caller.actor();
+    let row = AssignmentRow {
+        id: format!("asg_{}", uuid::Uuid::new_v4().simple()),
+        scope,
+        effect: AssignmentEffect::Audit,
+        created_ms: w.now,
+        created_by: actor.name.clone(),
+    };
+    if !db::assign(w, &row).await? {
+        return Err(Error::refused(
+            ErrorCode::AssignmentExists,
+            format!("the compliance policy is already assigned at {}", row.scope),
+        ));
+    }
+    activity::log(
+        w,
+        NewActivity::other(
+            Operation::AssignCompliance,
+            ResourceType::PolicyAssignment,
+            &group,
+            &actor,
+        )
+        .details(
+            serde_json::json!({"assignmentId": row.id, "scope": row.scope.to_string(),
+            "policy": POLICY_NAME, "effect": row.effect.as_str()}),
+        ),
+    )
+    .await?;
+    Ok(Assignment {
+        id: row.id,
+        scope: row.scope,
+        policy: POLICY_NAME.into(),
+        effect: row.effect,
+        created_time_utc: jitgate_api::time::format(row.created_ms),
+        created_by: row.created_by,
+    })
+}
+
+/// Deletes assignment `id` in `w` (authorised, activity-logged).
+pub async fn unassign(w: &mut WriteTx, caller: &Caller, id: &str) -> Result<()> {
+    authz::authorize(caller, Action::AdministerAll)?;
+    let Some(scope) = db::unassign(w, id).await? else {
+        return Err(Error::refused(
+            ErrorCode::AssignmentNotFound,
+            format!("no compliance assignment {id}"),
+        ));
+    };
+    let group = match &scope {
+        Scope::ResourceGroup(g) => g.clone(),
+        _ => String::new(),
+    };
+    activity::log(
+        w,
+        NewActivity::other(
+            Operation::UnassignCompliance,
+            ResourceType::PolicyAssignment,
+            &group,
+            &caller.actor(),
+        )
+        .details(serde_json::json!({"assignmentId": id, "scope": scope.to_string()})),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod agents;
+pub mod apply;
 pub mod approvals;
 pub mod auth;
 pub mod compliance;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(activity::router())
         .merge(agents::router())
         .merge(compliance::router())
+        .merge(apply::router())
         .merge(notify::router())
         .merge(auth::router())
         .merge(sessions::router())

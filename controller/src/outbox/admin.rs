@@ -23,6 +23,7 @@ use crate::outbox::status;
 use crate::store::activity::{self, NewActivity};
 use crate::store::inventory;
 use crate::store::notify::{self, CONFIG_SINK_OWNER, SinkRow};
+use crate::store::write::WriteTx;
 
 /// What the example event of `test` carries where people write text.
 const TEST_TEXT: &str = "jitgate test notification";
@@ -89,6 +90,24 @@ impl Notifications {
 
     /// Checks and stores a new sink; nothing is stored when any check fails.
     pub async fn add(&self, caller: &Caller, body: NewSink) -> Result<SinkInfo> {
+        let sink = self.check(caller, body).await?;
+        let o = self.outbox()?;
+        let mut w = o.db.begin().await?;
+        if notify::sink(w.conn(), &sink.name).await?.is_some() {
+            return Err(Error::refused(
+                ErrorCode::SinkExists,
+                format!("a notification sink named {} exists", sink.name),
+            ));
+        }
+        let row = store(&mut w, caller, &sink, Operation::AddSink).await?;
+        w.commit().await?;
+        Ok(info(&sink, &row))
+    }
+
+    /// Everything a new (or changed) sink must pass before it is stored: its definition,
+    /// its scope within the caller's, its named secret, and its target (the URL's host
+    /// resolved and checked against the egress rules).
+    pub async fn check(&self, caller: &Caller, body: NewSink) -> Result<Sink> {
         authz::authorize(caller, Action::ListSinks)?;
         let o = self.outbox()?;
         let sink = Sink::from_spec(&SinkSpec::from(body), &o.rules)
@@ -125,36 +144,43 @@ impl Notifications {
             }
             Target::Email(_) => {}
         }
-        let spec = serde_json::to_string(&sink.to_spec())?;
-        let mut w = o.db.begin().await?;
-        if notify::sink(w.conn(), &sink.name).await?.is_some() {
-            return Err(Error::refused(
-                ErrorCode::SinkExists,
-                format!("a notification sink named {} exists", sink.name),
-            ));
-        }
-        let by = caller.principal_id().to_string();
-        notify::put_sink(&mut w, &sink.name, &spec, &by).await?;
-        activity::log(&mut w, entry(Operation::AddSink, caller, &sink)).await?;
-        let now = w.now;
-        w.commit().await?;
-        tracing::info!(sink = %sink.name, format = sink.format.as_str(), by = %by, "notification sink added");
-        Ok(info(
-            &sink,
-            &SinkRow {
-                name: sink.name.clone(),
-                spec,
-                created_by: by,
-                updated_at: now,
-            },
-        ))
+        Ok(sink)
     }
 
-    /// Removes a sink made through the API, with its queued deliveries.
-    pub async fn remove(&self, caller: &Caller, name: &str) -> Result<()> {
-        authz::authorize(caller, Action::ListSinks)?;
+    /// A sink definition as it would be stored (checked, events and scope in canonical form).
+    pub fn normalise(&self, spec: &SinkSpec) -> Result<SinkSpec> {
         let o = self.outbox()?;
-        let mut w = o.db.begin().await?;
+        Ok(Sink::from_spec(spec, &o.rules)
+            .map_err(|e| Error::refused(ErrorCode::InvalidSink, e.to_string()))?
+            .to_spec())
+    }
+
+    /// The stored sinks the caller may see, as their definitions (targets included: for
+    /// the controller's own comparisons, never for a response), config-file sinks left out.
+    pub async fn specs(&self, caller: &Caller) -> Result<Vec<SinkSpec>> {
+        if authz::authorize(caller, Action::ListSinks).is_err() {
+            return Ok(Vec::new());
+        }
+        let Ok(o) = self.outbox() else {
+            return Ok(Vec::new());
+        };
+        let mut conn = o.db.pool().acquire().await?;
+        let mut out = Vec::new();
+        for row in notify::sinks(&mut conn).await? {
+            if row.created_by == CONFIG_SINK_OWNER {
+                continue;
+            }
+            let sink = parse(&row, o)?;
+            let reach = reach(&mut conn, sink.scope.as_ref(), false).await?;
+            if authz::sees_sink(caller, reach.as_ref()) {
+                out.push(sink.to_spec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a sink in `w` (one the caller may manage, not from controller.toml).
+    pub async fn remove_in(&self, w: &mut WriteTx, caller: &Caller, name: &str) -> Result<()> {
         let (sink, row) = self.visible(w.conn(), caller, name).await?;
         if row.created_by == CONFIG_SINK_OWNER {
             return Err(Error::refused(
@@ -162,11 +188,36 @@ impl Notifications {
                 format!("the sink {name} comes from controller.toml: remove it there and restart"),
             ));
         }
-        notify::remove_sink(&mut w, name).await?;
-        activity::log(&mut w, entry(Operation::RemoveSink, caller, &sink)).await?;
-        w.commit().await?;
+        notify::remove_sink(w, name).await?;
+        activity::log(w, entry(Operation::RemoveSink, caller, &sink)).await?;
         tracing::info!(sink = %name, by = %caller.principal_id(), "notification sink removed");
         Ok(())
+    }
+
+    /// Replaces a sink's definition in `w` (`sink` passed [`Notifications::check`]; the
+    /// stored one must be the caller's to manage and not from controller.toml).
+    pub async fn replace_in(&self, w: &mut WriteTx, caller: &Caller, sink: &Sink) -> Result<()> {
+        let (_, row) = self.visible(w.conn(), caller, &sink.name).await?;
+        if row.created_by == CONFIG_SINK_OWNER {
+            return Err(Error::refused(
+                ErrorCode::SinkInConfigFile,
+                format!(
+                    "the sink {} comes from controller.toml: change it there and restart",
+                    sink.name
+                ),
+            ));
+        }
+        store(w, caller, sink, Operation::UpdateSink).await?;
+        Ok(())
+    }
+
+    /// Removes a sink made through the API, with its queued deliveries.
+    pub async fn remove(&self, caller: &Caller, name: &str) -> Result<()> {
+        authz::authorize(caller, Action::ListSinks)?;
+        let o = self.outbox()?;
+        let mut w = o.db.begin().await?;
+        self.remove_in(&mut w, caller, name).await?;
+        w.commit().await
     }
 
     /// Sends an example event to the sink now (one attempt, outside the queue) and says how
@@ -391,6 +442,26 @@ async fn reach(
                 group,
             }
         }
+    })
+}
+
+/// Stores a checked sink in `w` and logs `op` (its redacted definition).
+pub async fn store(
+    w: &mut WriteTx,
+    caller: &Caller,
+    sink: &Sink,
+    op: Operation,
+) -> Result<SinkRow> {
+    let spec = serde_json::to_string(&sink.to_spec())?;
+    let by = caller.principal_id().to_string();
+    notify::put_sink(w, &sink.name, &spec, &by).await?;
+    tracing::info!(sink = %sink.name, format = sink.format.as_str(), by = %by, operation = op.as_str(), "notification sink stored");
+    activity::log(w, entry(op, caller, sink)).await?;
+    Ok(SinkRow {
+        name: sink.name.clone(),
+        spec,
+        created_by: by,
+        updated_at: w.now,
     })
 }
 

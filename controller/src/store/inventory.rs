@@ -88,6 +88,68 @@ pub async fn insert_vm(
     raise_generation(w).await
 }
 
+pub async fn set_group_owner(w: &mut WriteTx, name: &str, owner: &str) -> Result<()> {
+    sqlx::query("UPDATE resource_groups SET owner = $1 WHERE name = $2")
+        .bind(owner)
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    raise_generation(w).await
+}
+
+pub async fn delete_group(w: &mut WriteTx, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM resource_groups WHERE name = $1")
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    raise_generation(w).await
+}
+
+/// How many VMs are in the group.
+pub async fn vms_in(conn: &mut AnyConnection, group: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM vms WHERE resource_group = $1")
+            .bind(group)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+pub async fn update_vm(
+    w: &mut WriteTx,
+    name: &str,
+    group: &str,
+    addresses: &[String],
+) -> Result<()> {
+    sqlx::query("UPDATE vms SET resource_group = $1, addresses = $2 WHERE name = $3")
+        .bind(group)
+        .bind(serde_json::to_string(addresses)?)
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    raise_generation(w).await
+}
+
+/// Whether an agent or an enrolment token was ever made for the VM (their rows name it).
+pub async fn vm_has_agents(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM agents WHERE vm = $1) \
+         + (SELECT COUNT(*) FROM enroll_tokens WHERE vm = $1)",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+pub async fn delete_vm(w: &mut WriteTx, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM vms WHERE name = $1")
+        .bind(name)
+        .execute(w.conn())
+        .await?;
+    raise_generation(w).await
+}
+
 /// The resource group of each named VM that exists (portable: chunks of `IN` lists).
 pub async fn groups_of(
     conn: &mut AnyConnection,

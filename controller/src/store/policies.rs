@@ -38,6 +38,15 @@ pub async fn get(
     .await?)
 }
 
+/// Every policy, by scope and name.
+pub async fn all(ex: impl Executor<'_, Database = Any>) -> Result<Vec<PolicyRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM policies ORDER BY scope_kind, scope_name"
+    ))
+    .fetch_all(ex)
+    .await?)
+}
+
 /// Every (scope, name) that has a policy.
 pub async fn targets(
     ex: impl Executor<'_, Database = Any>,
