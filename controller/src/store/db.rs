@@ -88,6 +88,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity log: how far it has been verified",
         include_str!("../../migrations/0015_activity_verified.sql"),
     ),
+    (
+        18,
+        "fleet page: agent versions, keyset indexes",
+        include_str!("../../migrations/0018_fleet_page.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
