@@ -426,6 +426,8 @@ async fn request_ssh_and_revoke_in_the_browser() {
     b.click_button("Verify this agent's records").await.unwrap();
     b.wait_for_text("Verified: records").await.unwrap();
     b.checkpoint("fleet-agent").await;
+    b.goto(&page).await.unwrap();
+    wait_for_status(&b, "Applied").await;
 
     // Revoke from the page: the status says so and SSH is refused again.
     b.click_button("Revoke").await.unwrap();
