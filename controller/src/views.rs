@@ -199,6 +199,37 @@ impl AgentViews {
         Ok(out)
     }
 
+    /// One agent's delivered records before (`seq`, `id`), newest first (the agent's page).
+    pub async fn agent_records(
+        &self,
+        caller: &Caller,
+        vm: &str,
+        agent: &str,
+        before: (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<agent_audit::AgentLineRow>> {
+        self.readable(caller, vm).await?;
+        agent_audit::agent_page(self.db.pool(), agent, before, limit).await
+    }
+
+    /// Verifies one agent of the VM as [`AgentViews::verify`] verifies each.
+    pub async fn verify_agent(
+        &self,
+        caller: &Caller,
+        vm: &str,
+        agent: &str,
+    ) -> Result<Option<AgentChainReport>> {
+        self.readable(caller, vm).await?;
+        match agents::certificates(self.db.pool(), vm)
+            .await?
+            .into_iter()
+            .find(|(id, _)| id == agent)
+        {
+            Some((id, cert)) => Ok(Some(self.verify_chain(&id, cert.as_deref()).await?)),
+            None => Ok(None),
+        }
+    }
+
     async fn verify_chain(&self, agent_id: &str, cert: Option<&str>) -> Result<AgentChainReport> {
         let mut r = AgentChainReport {
             agent_id: agent_id.into(),

@@ -28,15 +28,7 @@ fn rows(body: &str) -> usize {
 
 /// The API's answer to `GET /api/v1/activityLog?{query}` as the admin token sees it.
 async fn api(p: &Portal, query: &str) -> String {
-    let r =
-        p.h.client
-            .get(format!("{}/api/v1/activityLog?{query}", p.h.base))
-            .bearer_auth(&p.h.admin)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.text().await.unwrap()
+    p.api_text(&format!("/api/v1/activityLog?{query}")).await
 }
 
 #[tokio::test]

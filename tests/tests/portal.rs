@@ -385,6 +385,50 @@ async fn request_ssh_and_revoke_in_the_browser() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "via-portal");
 
+    // The session on the VM's connections page, under the request and its justification,
+    // once the agent has delivered the kernel's record; the attempts refused before the
+    // request behind the toggle, with the kernel's reason.
+    let rid = page
+        .rsplit("/requests/")
+        .next()
+        .and_then(|r| r.split(['?', '#']).next())
+        .unwrap()
+        .to_string();
+    let connections = format!("{origin}/vms/vm-01/connections");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        b.goto(&connections).await.unwrap();
+        let t = b.text().await.unwrap();
+        if t.contains(&rid) {
+            assert!(t.contains(HOSTILE), "the justification, as text: {t}");
+            assert!(t.contains("\trequest\t"), "under the request: {t}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SSH session never showed under request {rid}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_nothing_injected(&b).await;
+    b.checkpoint("connections").await;
+    b.click_link("Show the denied attempts too").await.unwrap();
+    b.wait_for_text("denied: ").await.unwrap();
+    b.checkpoint("connections-denied").await;
+    // The fleet, the VM's agent and its delivered records, verified in the page.
+    b.goto(&format!("{origin}/fleet")).await.unwrap();
+    b.wait_for_text("Agents, by VM name").await.unwrap();
+    b.checkpoint("fleet").await;
+    b.goto(&format!("{origin}/vms/vm-01/agent")).await.unwrap();
+    b.wait_for_text("Delivered audit records, newest first")
+        .await
+        .unwrap();
+    b.click_button("Verify this agent's records").await.unwrap();
+    b.wait_for_text("Verified: records").await.unwrap();
+    b.checkpoint("fleet-agent").await;
+    b.goto(&page).await.unwrap();
+    wait_for_status(&b, "Applied").await;
+
     // Revoke from the page: the status says so and SSH is refused again.
     b.click_button("Revoke").await.unwrap();
     wait_for_status(&b, "Revoked").await;

@@ -179,6 +179,9 @@ async fn run(o: Opts) -> Result<()> {
         .history_page(&local, &vm, &Default::default(), 10)
         .await?;
     let before = before.context("the VM has more than ten requests")?;
+    let agent: String = sqlx::query_scalar("SELECT id FROM agents ORDER BY vm, id LIMIT 1")
+        .fetch_one(app.db.pool())
+        .await?;
     let css = get(&browser, &cookie, &format!("{public}/assets/portal.css"))
         .await?
         .1;
@@ -234,6 +237,19 @@ async fn run(o: Opts) -> Result<()> {
         ),
         ("Approvals inbox", "/approvals".into(), true),
         ("Activity log, newest", "/activity".into(), true),
+        ("Fleet", "/fleet".into(), true),
+        // No agent is connected: the filter looks at its most agents and finds none.
+        (
+            "Fleet, a state no agent is in",
+            "/fleet?status=online".into(),
+            true,
+        ),
+        ("Agent page", format!("/fleet/{agent}"), true),
+        (
+            "Connections",
+            format!("/vms/{vm}/connections?denied=1"),
+            true,
+        ),
         (
             "Activity log, one VM and operation",
             format!("/activity?vm={vm}&operation=Initiate+JIT+Network+Access"),

@@ -165,7 +165,7 @@ pub async fn connection(
             requests: HashMap::new(),
             protocol,
         };
-        c.app.fleet.hello(&c.agent_s, protocol).await?;
+        c.app.fleet.hello(&c.agent_s, protocol, &version).await?;
         let _live = c.app.presence.connected(&c.agent_s);
         // Subscribe before reading the outbox, so no commit in between is missed: only
         // commits that touch this VM (or its group's policy) wake this connection.

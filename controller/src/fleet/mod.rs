@@ -10,7 +10,8 @@ pub mod watch;
 
 use jitgate_api::GrantOrigin;
 use jitgate_api::{
-    ActivityOutcome, Agent, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode, Operation,
+    ActivityOutcome, Agent, AgentConnection, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode,
+    Operation,
 };
 use jitgate_proto::message::{AuditRecord, ReportedGrant};
 
@@ -203,18 +204,14 @@ impl Fleet {
     pub async fn agents(&self, caller: &Caller) -> Result<Vec<Agent>> {
         let now = jitgate_api::time::now_ms();
         let mut out = Vec::new();
-        for r in agents::fleet(self.db.pool()).await? {
+        for row in agents::fleet(self.db.pool()).await? {
+            let (r, audit_records) = (row.agent, row.audit_records);
             if !authz::sees_vm(caller, &r.vm, &r.resource_group) {
                 continue;
             }
             let hb = r.heartbeat()?;
-            let connection =
-                self.presence
-                    .connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
-            let problems = match (&hb, &connection) {
-                (Some(h), jitgate_api::AgentConnection::Degraded) => h.problems_at(now),
-                _ => Vec::new(),
-            };
+            let (connection, problems) =
+                self.connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
             out.push(Agent {
                 virtual_machine: r.vm,
                 resource_group: r.resource_group,
@@ -237,10 +234,136 @@ impl Fleet {
                 active_grants: hb.as_ref().map(|h| h.active_grants),
                 audit_head: hb.as_ref().map(|h| h.audit_head.clone()),
                 audit_seq: hb.as_ref().map(|h| h.audit_seq),
-                audit_records: r.audit_records,
+                audit_records,
             });
         }
         Ok(out)
+    }
+
+    /// How an agent is shown (online, degraded with its problems, offline, revoked): the
+    /// API's, `jit agents`' and the portal's one rule.
+    fn connection(
+        &self,
+        id: &str,
+        status: &AgentStatus,
+        last_seen_ms: Option<i64>,
+        report: Option<&Heartbeat>,
+        now: i64,
+    ) -> (AgentConnection, Vec<String>) {
+        let connection = self
+            .presence
+            .connection(id, status, last_seen_ms, report, now);
+        let problems = match (report, &connection) {
+            (Some(h), AgentConnection::Degraded) => h.problems_at(now),
+            _ => Vec::new(),
+        };
+        (connection, problems)
+    }
+
+    /// A page of the fleet for the portal: the agents within the caller's scope after
+    /// `after` (VM name, agent id) whose VM name contains `name_part` and, if given, whose
+    /// connection is `connection`. Reads batches of the index by VM name until `limit`
+    /// agents match or [`SCAN_MAX`] were looked at, so a rare status costs a bounded read;
+    /// `next` is where the following page starts (None: the end).
+    pub async fn page(
+        &self,
+        caller: &Caller,
+        name_part: &str,
+        connection: Option<AgentConnection>,
+        after: (String, String),
+        limit: usize,
+    ) -> Result<FleetPage> {
+        let scopes = caller.scopes();
+        let status = connection.as_ref().map(|c| match c {
+            AgentConnection::Revoked => AgentStatus::Revoked,
+            _ => AgentStatus::Active,
+        });
+        let q = agents::FleetQuery {
+            name_part,
+            status,
+            scopes: &scopes,
+        };
+        let now = jitgate_api::time::now_ms();
+        let batch = i64::try_from(limit.max(1)).unwrap_or(i64::MAX - 1) + 1;
+        let mut cursor = after;
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        loop {
+            let rows =
+                agents::fleet_page(self.db.pool(), &q, (&cursor.0, &cursor.1), batch).await?;
+            let end = rows.len() < usize::try_from(batch).unwrap_or(usize::MAX);
+            for r in rows {
+                if out.len() == limit {
+                    return Ok(FleetPage {
+                        agents: out,
+                        next: Some(cursor),
+                        scanned,
+                    });
+                }
+                cursor = (r.agent.vm.clone(), r.agent.id.clone());
+                scanned += 1;
+                let e = self.entry(r, now)?;
+                if connection.as_ref().is_none_or(|c| *c == e.connection) {
+                    out.push(e);
+                }
+            }
+            if end {
+                return Ok(FleetPage {
+                    agents: out,
+                    next: None,
+                    scanned,
+                });
+            }
+            if scanned >= SCAN_MAX {
+                return Ok(FleetPage {
+                    agents: out,
+                    next: Some(cursor),
+                    scanned,
+                });
+            }
+        }
+    }
+
+    /// One agent for the portal, if the caller may see its VM.
+    pub async fn entry_of(&self, caller: &Caller, id: &str) -> Result<FleetEntry> {
+        let not_found = || Error::refused(ErrorCode::AgentNotFound, format!("no agent {id}"));
+        let Some(r) = agents::fleet_agent(self.db.pool(), id).await? else {
+            return Err(not_found());
+        };
+        if !authz::sees_vm(caller, &r.agent.vm, &r.agent.resource_group) {
+            // Outside the caller's scope reads as absent (no hint that it exists).
+            return Err(not_found());
+        }
+        self.entry(r, jitgate_api::time::now_ms())
+    }
+
+    /// The newest agent of a VM the caller may read (an active one first).
+    pub async fn newest_of_vm(&self, caller: &Caller, vm: &str) -> Result<Option<String>> {
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        authz::authorize(caller, Action::ReadVm { vm, group: &group })?;
+        agents::newest_of_vm(self.db.pool(), vm).await
+    }
+
+    fn entry(&self, r: agents::FleetPageRow, now: i64) -> Result<FleetEntry> {
+        let a = &r.agent;
+        let report = a.heartbeat()?;
+        let (connection, problems) =
+            self.connection(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
+        Ok(FleetEntry {
+            id: r.agent.id,
+            vm: r.agent.vm,
+            resource_group: r.agent.resource_group,
+            connection,
+            problems,
+            enrolled_ms: r.agent.enrolled_ms,
+            last_seen_ms: r.agent.last_seen_ms,
+            protocol: r.protocol,
+            version: r.version,
+            delivered_seq: r.delivered_seq,
+            report,
+        })
     }
 
     // What the agent channel records. The certificate (checked by the channel) authenticates
@@ -262,10 +385,11 @@ impl Fleet {
         w.commit().await
     }
 
-    /// An agent said Hello at protocol level `protocol` (docs/protocol.md "Levels").
-    pub async fn hello(&self, agent: &str, protocol: u32) -> Result<()> {
+    /// An agent said Hello at protocol level `protocol` (docs/protocol.md "Levels") as
+    /// `version` (its own words, cut to [`agents::VERSION_MAX_CHARS`]).
+    pub async fn hello(&self, agent: &str, protocol: u32, version: &str) -> Result<()> {
         let mut w = self.db.begin().await?;
-        agents::hello(&mut w, agent, protocol).await?;
+        agents::hello(&mut w, agent, protocol, version).await?;
         w.commit().await
     }
 
@@ -338,6 +462,36 @@ impl Fleet {
         w.commit().await?;
         agent_audit::contiguous_from(self.db.pool(), agent, acked).await
     }
+}
+
+/// The most agents one Fleet page looks at when a status filter skips most of them.
+pub const SCAN_MAX: usize = 2_000;
+
+/// A page of the fleet ([`Fleet::page`]).
+pub struct FleetPage {
+    pub agents: Vec<FleetEntry>,
+    /// (VM name, agent id) after which the next page starts; None: nothing follows.
+    pub next: Option<(String, String)>,
+    /// How many agents were looked at.
+    pub scanned: usize,
+}
+
+/// One agent on the portal's Fleet pages.
+pub struct FleetEntry {
+    pub id: String,
+    pub vm: String,
+    pub resource_group: String,
+    pub connection: AgentConnection,
+    pub problems: Vec<String>,
+    pub enrolled_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub protocol: i64,
+    /// As the agent named it in its last Hello (None: not since the controller kept it).
+    pub version: Option<String>,
+    /// The highest seq of the records stored from it.
+    pub delivered_seq: Option<i64>,
+    /// Its last status report.
+    pub report: Option<Heartbeat>,
 }
 
 /// The VM's group ('' if the VM is gone).

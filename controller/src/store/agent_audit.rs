@@ -174,6 +174,36 @@ pub async fn records(
     .await?)
 }
 
+/// One record of an agent, as its page lists it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentLineRow {
+    pub seq: i64,
+    pub id: String,
+    pub line: String,
+    pub received_ms: i64,
+}
+
+/// The agent's records before (`seq`, `id`), newest (highest seq) first, at most `limit`:
+/// one range of the index `agent_audit (agent_id, seq, id)`.
+pub async fn agent_page(
+    ex: impl Executor<'_, Database = Any>,
+    agent: &str,
+    (seq, id): (i64, &str),
+    limit: i64,
+) -> Result<Vec<AgentLineRow>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, id, line, received_ms FROM agent_audit \
+         WHERE agent_id = $1 AND (seq < $2 OR (seq = $2 AND id < $3)) \
+         ORDER BY seq DESC, id DESC LIMIT $4",
+    )
+    .bind(agent)
+    .bind(seq)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?)
+}
+
 /// The agent's records after `after` in seq order (one per seq), up to 5000.
 pub async fn chain_page(
     pool: &sqlx::AnyPool,

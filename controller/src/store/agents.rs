@@ -353,12 +353,18 @@ pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Resu
     Ok(())
 }
 
-/// The protocol level the agent announced in its Hello (and that it was seen now).
-pub async fn hello(w: &mut WriteTx, id: &str, protocol: u32) -> Result<()> {
+/// The longest agent version kept (the agent writes it: a longer one is cut).
+pub const VERSION_MAX_CHARS: usize = 64;
+
+/// The protocol level and version the agent announced in its Hello (and that it was seen
+/// now).
+pub async fn hello(w: &mut WriteTx, id: &str, protocol: u32, version: &str) -> Result<()> {
     let now = w.now;
-    sqlx::query("UPDATE agents SET last_seen_ms = $1, protocol = $2 WHERE id = $3")
+    let version: String = version.chars().take(VERSION_MAX_CHARS).collect();
+    sqlx::query("UPDATE agents SET last_seen_ms = $1, protocol = $2, version = $3 WHERE id = $4")
         .bind(now)
         .bind(i64::from(protocol))
+        .bind(version)
         .bind(id)
         .execute(w.conn())
         .await?;
@@ -402,9 +408,9 @@ pub async fn insert_local_grant(w: &mut WriteTx, agent: &str, grant: &str) -> Re
     Ok(n > 0)
 }
 
-/// One agent of the fleet view.
+/// What the fleet's views read of every agent.
 #[derive(Clone, Debug, sqlx::FromRow)]
-pub struct FleetRow {
+pub struct AgentColumns {
     pub id: String,
     pub vm: String,
     pub resource_group: String,
@@ -413,14 +419,21 @@ pub struct FleetRow {
     pub enrolled_ms: i64,
     pub last_seen_ms: Option<i64>,
     heartbeat: Option<String>,
-    /// Audit records stored from this agent.
-    pub audit_records: i64,
 }
 
-impl FleetRow {
+impl AgentColumns {
     pub fn heartbeat(&self) -> Result<Option<Heartbeat>> {
         heartbeat(self.heartbeat.clone())
     }
+}
+
+/// One agent of the fleet view.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct FleetRow {
+    #[sqlx(flatten)]
+    pub agent: AgentColumns,
+    /// Audit records stored from this agent.
+    pub audit_records: i64,
 }
 
 /// Every enrolled agent (revoked ones too), by VM and enrolment.
@@ -432,6 +445,109 @@ pub async fn fleet(ex: impl Executor<'_, Database = Any>) -> Result<Vec<FleetRow
     )
     .fetch_all(ex)
     .await?)
+}
+
+/// One agent as the portal's Fleet page shows it: the fleet view's columns, the agent's
+/// protocol level and version, and the highest record seq it delivered.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct FleetPageRow {
+    #[sqlx(flatten)]
+    pub agent: AgentColumns,
+    pub protocol: i64,
+    pub version: Option<String>,
+    /// The highest seq of the records stored from this agent (an index lookup, unlike a
+    /// count).
+    pub delivered_seq: Option<i64>,
+}
+
+const FLEET_PAGE_COLUMNS: &str = "SELECT a.id, a.vm, v.resource_group, a.status, \
+     a.enrolled_ms, a.last_seen_ms, a.heartbeat, a.protocol, a.version, \
+     (SELECT MAX(x.seq) FROM agent_audit x WHERE x.agent_id = a.id) AS delivered_seq \
+     FROM agents a JOIN vms v ON v.name = a.vm";
+
+/// Which agents a Fleet page lists.
+pub struct FleetQuery<'a> {
+    /// Part of the VM's name, any case (empty: any).
+    pub name_part: &'a str,
+    /// Only agents of this status (active or revoked).
+    pub status: Option<AgentStatus>,
+    /// The caller's scopes: only agents of VMs inside one of them.
+    pub scopes: &'a [jitgate_api::Scope],
+}
+
+/// The next `limit` agents after (`after_vm`, `after_id`) in (VM name, agent id) order that
+/// `q` keeps: one index range over `agents (vm, id)`, whatever the fleet's size.
+pub async fn fleet_page(
+    ex: impl Executor<'_, Database = Any>,
+    q: &FleetQuery<'_>,
+    (after_vm, after_id): (&str, &str),
+    limit: i64,
+) -> Result<Vec<FleetPageRow>> {
+    use jitgate_api::Scope;
+    if q.scopes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut texts: Vec<String> = vec![after_vm.into(), after_id.into()];
+    let mut sql = format!("{FLEET_PAGE_COLUMNS} WHERE (a.vm > $1 OR (a.vm = $1 AND a.id > $2))");
+    if let Some(st) = &q.status {
+        texts.push(st.as_str().into());
+        sql.push_str(&format!(" AND a.status = ${}", texts.len()));
+    }
+    if !q.name_part.is_empty() {
+        texts.push(inventory::like_part(q.name_part));
+        sql.push_str(&format!(
+            " AND LOWER(a.vm) LIKE ${} ESCAPE '\\'",
+            texts.len()
+        ));
+    }
+    if !q.scopes.contains(&Scope::All) {
+        let mut any: Vec<String> = Vec::new();
+        for s in q.scopes {
+            let (col, v) = match s {
+                Scope::All => continue,
+                Scope::ResourceGroup(g) => ("v.resource_group", g.as_str()),
+                Scope::Vm(vm) => ("a.vm", vm.as_str()),
+            };
+            texts.push(v.into());
+            any.push(format!("{col} = ${}", texts.len()));
+        }
+        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+    }
+    sql.push_str(&format!(" ORDER BY a.vm, a.id LIMIT ${}", texts.len() + 1));
+    let mut query = sqlx::query_as::<_, FleetPageRow>(&sql);
+    for t in &texts {
+        query = query.bind(t.as_str());
+    }
+    Ok(query.bind(limit).fetch_all(ex).await?)
+}
+
+/// One agent as the Fleet page shows it.
+pub async fn fleet_agent(
+    ex: impl Executor<'_, Database = Any>,
+    id: &str,
+) -> Result<Option<FleetPageRow>> {
+    Ok(
+        sqlx::query_as(&format!("{FLEET_PAGE_COLUMNS} WHERE a.id = $1"))
+            .bind(id)
+            .fetch_optional(ex)
+            .await?,
+    )
+}
+
+/// The VM's newest agent (an active one before revoked ones).
+pub async fn newest_of_vm(
+    ex: impl Executor<'_, Database = Any>,
+    vm: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM agents WHERE vm = $1 \
+         ORDER BY CASE WHEN status = $2 THEN 0 ELSE 1 END, enrolled_ms DESC, id LIMIT 1",
+    )
+    .bind(vm)
+    .bind(AgentStatus::Active.as_str())
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(|r| r.0))
 }
 
 /// The latest state of a VM's active agent.

@@ -93,6 +93,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leases: the leader lease and its epoch (fencing)",
         include_str!("../../migrations/0016_leases.sql"),
     ),
+    (
+        17,
+        "fleet page: agent versions, keyset indexes",
+        include_str!("../../migrations/0017_fleet_page.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -259,13 +259,7 @@ fn jit_from(q: &JitQuery<'_>, first: usize) -> (String, Vec<String>) {
         first + 3
     );
     if !q.name_part.is_empty() {
-        let escaped = q
-            .name_part
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        binds.push(format!("%{escaped}%"));
+        binds.push(like_part(q.name_part));
         sql.push_str(&format!(
             " AND LOWER(v.name) LIKE {} ESCAPE '\\'",
             p(&binds)
@@ -300,6 +294,17 @@ fn jit_from(q: &JitQuery<'_>, first: usize) -> (String, Vec<String>) {
         sql.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
     (sql, binds)
+}
+
+/// A `LIKE ... ESCAPE '\\'` pattern matching any text that contains `part` (any case, when
+/// the column is lowered): its `%`, `_` and `\\` match only themselves.
+pub fn like_part(part: &str) -> String {
+    let escaped = part
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// How many VMs each tab holds: `[configured, not configured, unsupported]`.

@@ -94,6 +94,21 @@ impl Portal {
         set_cookie(r.headers(), "__Host-jitgate-session")
     }
 
+    /// The JSON API's answer to `GET path` as the admin token sees it (200 expected), as
+    /// text: what the portal's exports are compared with.
+    pub async fn api_text(&self, path: &str) -> String {
+        let r = self
+            .h
+            .client
+            .get(format!("{}{path}", self.h.base))
+            .bearer_auth(&self.h.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        r.text().await.unwrap()
+    }
+
     pub async fn get(&self, cookie: &str, path: &str) -> Page {
         let r = self
             .browser

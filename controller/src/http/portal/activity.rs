@@ -15,7 +15,8 @@ use serde::Deserialize;
 use crate::authz::{self, Action};
 use crate::http::extract::Q;
 use crate::http::portal::page::{
-    Chrome, PageError, PageResult, html, refuse, see_other, when, when_utc,
+    Chrome, PageError, PageResult, export, html, refuse, see_other, some, time_field, when,
+    when_utc,
 };
 use crate::http::portal::session::{Posted, Viewer};
 use crate::http::state::AppState;
@@ -28,7 +29,7 @@ const EXPORT_MAX: i64 = 100_000;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/activity", get(list))
-        .route("/activity/export", get(export))
+        .route("/activity/export", get(download))
         .route("/activity/verify", post(verify))
         .route("/activity/verify/progress", get(progress))
 }
@@ -49,30 +50,6 @@ struct Filters {
     before: Option<i64>,
     /// Export only: `csv` or `json`.
     format: Option<String>,
-}
-
-fn some(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-}
-
-/// A time field: RFC 3339, or a datetime-local value read as UTC.
-fn time_field(name: &str, v: &Option<String>) -> Result<Option<String>, PageError> {
-    let Some(s) = some(v) else { return Ok(None) };
-    let full = if s.len() == 16 && s.as_bytes().get(10) == Some(&b'T') {
-        format!("{s}:00Z")
-    } else {
-        s.clone()
-    };
-    jitgate_api::time::parse(&full).map_err(|_| {
-        refuse(
-            ErrorCode::InvalidTime,
-            format!("{name} {s:?} is not a time (YYYY-MM-DDTHH:MM, UTC)"),
-        )
-    })?;
-    Ok(Some(full))
 }
 
 impl Filters {
@@ -361,29 +338,16 @@ async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageRe
 
 /// The filtered entries, oldest first, exactly as `GET /api/v1/activityLog` returns them
 /// for the same filters (`format=csv` or `json`).
-async fn export(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
+async fn download(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageResult {
     let mut q = f.query()?;
     q.limit = Some(EXPORT_MAX);
     let entries = st.app.audit.entries(&v.caller, &q).await?;
-    let name = |ext: &str| format!("attachment; filename=\"jitgate-activity.{ext}\"");
-    let mut r = match f.format.as_deref() {
-        Some("csv") => {
-            let r = crate::http::respond::csv(crate::audit::to_csv(&entries)?);
-            (r, name("csv"))
-        }
-        Some("json") | None => (crate::http::respond::list(entries), name("json")),
-        Some(other) => {
-            return Err(refuse(
-                ErrorCode::InvalidQuery,
-                format!("format {other:?}: csv or json"),
-            ));
-        }
-    };
-    if let Ok(h) = axum::http::HeaderValue::from_str(&r.1) {
-        r.0.headers_mut()
-            .insert(axum::http::header::CONTENT_DISPOSITION, h);
-    }
-    Ok(r.0)
+    export(
+        f.format.as_deref(),
+        "jitgate-activity",
+        entries,
+        crate::audit::to_csv,
+    )
 }
 
 /// Starts verifying the whole log (the chain and every signed checkpoint) in the
@@ -403,21 +367,6 @@ async fn progress(State(st): State<AppState>, v: Viewer) -> PageResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_fields_read_as_utc() {
-        let f = |s: &str| time_field("from", &Some(s.to_string()));
-        assert_eq!(
-            f("2026-11-30T10:15").ok().flatten().as_deref(),
-            Some("2026-11-30T10:15:00Z")
-        );
-        assert_eq!(
-            f("2026-11-30T10:15:00Z").ok().flatten().as_deref(),
-            Some("2026-11-30T10:15:00Z")
-        );
-        assert!(f("yesterday").is_err());
-        assert_eq!(f("  ").ok().flatten(), None);
-    }
 
     #[test]
     fn a_failed_verification_names_the_entry() {

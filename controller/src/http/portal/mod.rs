@@ -12,6 +12,10 @@
 //! - [`direct`]: Connect to a VM that no policy covers (details at once, no request).
 //! - [`approvals`]: the inbox of requests waiting for my decision.
 //! - [`activity`]: the activity log, its exports and its verification.
+//! - [`fleet`]: the agents (state, reports, versions) and an agent's delivered audit
+//!   records with their verification.
+//! - [`connections`]: who connected to a VM, under which request (or break-glass), and
+//!   the denied attempts; exported as the API exports them.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -22,7 +26,9 @@ pub mod activity;
 pub mod approvals;
 pub mod assets;
 pub mod connect;
+pub mod connections;
 pub mod direct;
+pub mod fleet;
 pub mod form;
 pub mod page;
 pub mod requests;
@@ -44,6 +50,8 @@ pub fn router() -> Router<AppState> {
         .merge(direct::router())
         .merge(approvals::router())
         .merge(activity::router())
+        .merge(fleet::router())
+        .merge(connections::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }

@@ -200,6 +200,75 @@ pub fn remaining(end_ms: i64, now_ms: i64) -> String {
     }
 }
 
+/// A form field's value, trimmed; None when absent or empty.
+pub fn some(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+/// A time field: RFC 3339, or a datetime-local value read as UTC.
+pub fn time_field(name: &str, v: &Option<String>) -> Result<Option<String>, PageError> {
+    let Some(s) = some(v) else { return Ok(None) };
+    let full = if s.len() == 16 && s.as_bytes().get(10) == Some(&b'T') {
+        format!("{s}:00Z")
+    } else {
+        s.clone()
+    };
+    jitgate_api::time::parse(&full).map_err(|_| {
+        refuse(
+            jitgate_api::ErrorCode::InvalidTime,
+            format!("{name} {s:?} is not a time (YYYY-MM-DDTHH:MM, UTC)"),
+        )
+    })?;
+    Ok(Some(full))
+}
+
+/// An agent's state in words, as the pages show it: "online", "degraded: why; why",
+/// "offline since <time>", "revoked".
+pub fn agent_words(
+    c: &jitgate_api::AgentConnection,
+    problems: &[String],
+    last_seen_ms: Option<i64>,
+) -> String {
+    use jitgate_api::AgentConnection;
+    match c {
+        AgentConnection::Degraded if !problems.is_empty() => {
+            format!("degraded: {}", problems.join("; "))
+        }
+        AgentConnection::Offline => match last_seen_ms {
+            Some(ms) => format!("offline since {}", when(ms)),
+            None => "offline (never connected)".into(),
+        },
+        s => s.as_str().to_string(),
+    }
+}
+
+/// A list exported as the API exports it, as a download `NAME.csv` or `NAME.json`
+/// (`format`: csv or json; none is json). `name`: ASCII letters, digits and `-`.
+pub fn export<T: serde::Serialize>(
+    format: Option<&str>,
+    name: &str,
+    items: Vec<T>,
+    to_csv: impl FnOnce(&[T]) -> crate::error::Result<String>,
+) -> PageResult {
+    let (mut r, ext) = match format {
+        Some("csv") => (crate::http::respond::csv(to_csv(&items)?), "csv"),
+        Some("json") | None => (crate::http::respond::list(items), "json"),
+        Some(other) => {
+            return Err(refuse(
+                jitgate_api::ErrorCode::InvalidQuery,
+                format!("format {other:?}: csv or json"),
+            ));
+        }
+    };
+    if let Ok(h) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.{ext}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, h);
+    }
+    Ok(r)
+}
+
 /// `s` as one path segment or query value.
 pub fn url_path(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -215,5 +284,20 @@ mod tests {
         assert_eq!(remaining(3_900_000, 0), "1 h 05 min");
         assert_eq!(remaining(61_000, 0), "1 min 01 s");
         assert_eq!(remaining(1_000, 2_000), "ended");
+    }
+
+    #[test]
+    fn time_fields_read_as_utc() {
+        let f = |s: &str| time_field("from", &Some(s.to_string()));
+        assert_eq!(
+            f("2026-11-30T10:15").ok().flatten().as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert_eq!(
+            f("2026-11-30T10:15:00Z").ok().flatten().as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert!(f("yesterday").is_err());
+        assert_eq!(f("  ").ok().flatten(), None);
     }
 }

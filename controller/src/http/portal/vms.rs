@@ -6,12 +6,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use jitgate_api::{AgentConnection, PortStatus, RequestView};
+use jitgate_api::{PortStatus, RequestView};
 use serde::Deserialize;
 
 use crate::http::extract::Q;
 use crate::http::portal::page::{
-    Chrome, PageResult, html, policy_sources, refuse, see_other, when, when_utc,
+    Chrome, PageResult, agent_words, html, policy_sources, refuse, see_other, when, when_utc,
 };
 use crate::http::portal::session::Viewer;
 use crate::http::state::AppState;
@@ -42,16 +42,7 @@ fn title(t: JitTab) -> &'static str {
 
 /// The agent's state in words: "online", "degraded: ...", "offline since ...".
 fn agent_state(e: &JitEntry) -> String {
-    match &e.agent {
-        AgentConnection::Degraded if !e.problems.is_empty() => {
-            format!("degraded: {}", e.problems.join("; "))
-        }
-        AgentConnection::Offline => match e.last_seen_ms {
-            Some(ms) => format!("offline since {}", when(ms)),
-            None => "offline (never connected)".into(),
-        },
-        s => s.as_str().to_string(),
-    }
+    agent_words(&e.agent, &e.problems, e.last_seen_ms)
 }
 
 #[derive(Deserialize, Default)]
