@@ -149,14 +149,14 @@ impl Leader {
         let (me, info, ttl) = (&self.inner.holder, &self.inner.info, self.ttl_ms());
         let fence = match held {
             Some(f) => {
-                if sql::renew(&mut w, &f, info, ttl).await? {
+                if sql::renew(w.conn(), now, &f, info, ttl).await? {
                     Some(f)
                 } else {
                     tracing::warn!(epoch = f.epoch, "the leader lease was lost");
-                    sql::take(&mut w, LEADER, me, info, ttl).await?
+                    sql::take(w.conn(), now, LEADER, me, info, ttl).await?
                 }
             }
-            None => sql::take(&mut w, LEADER, me, info, ttl).await?,
+            None => sql::take(w.conn(), now, LEADER, me, info, ttl).await?,
         };
         let (live, matches) = match &fence {
             Some(_) => (true, Some(true)),
@@ -205,7 +205,7 @@ impl Leader {
         };
         let r = async {
             let mut w = db.begin().await?;
-            sql::release(&mut w, &fence).await?;
+            sql::release(w.conn(), &fence).await?;
             w.commit().await
         };
         match r.await {

@@ -1,13 +1,13 @@
 //! The `leases` table: who does the once-per-cluster work, under which epoch, until when.
 //!
-//! Every statement here runs inside a write transaction ([`WriteTx`]): those lock the counter
-//! rows first, so a takeover and the holder's fenced writes are serialised on both backends,
-//! and a fenced write that checked its epoch commits before any takeover can.
+//! Every statement here runs inside a write transaction (`store::write::WriteTx`, whose
+//! connection and time the callers pass): those lock the counter rows first, so a takeover
+//! and the holder's fenced writes are serialised on both backends, and a fenced write that
+//! checked its epoch commits before any takeover can.
 
-use sqlx::{Any, Executor};
+use sqlx::{Any, AnyConnection, Executor};
 
 use crate::error::{Error, Result};
-use crate::store::write::WriteTx;
 
 /// The lease the once-per-cluster work runs under.
 pub const LEADER: &str = "leader";
@@ -70,13 +70,13 @@ pub async fn get(ex: impl Executor<'_, Database = Any>, name: &str) -> Result<Op
 /// Takes the lease for `holder` if it has expired (or was given up): a new epoch. None when
 /// someone else holds it.
 pub async fn take(
-    w: &mut WriteTx,
+    conn: &mut AnyConnection,
+    now: i64,
     name: &'static str,
     holder: &str,
     info: &HolderInfo,
     ttl_ms: i64,
 ) -> Result<Option<Fence>> {
-    let now = w.now;
     let epoch: Option<i64> = sqlx::query_scalar(
         "UPDATE leases SET holder = $1, epoch = epoch + 1, acquired_ms = $2, expires_ms = $3, \
          config = $5, version = $6 WHERE name = $4 AND expires_ms <= $2 RETURNING epoch",
@@ -87,7 +87,7 @@ pub async fn take(
     .bind(name)
     .bind(&info.config)
     .bind(&info.version)
-    .fetch_optional(w.conn())
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(epoch.map(|epoch| Fence {
         name,
@@ -98,8 +98,13 @@ pub async fn take(
 
 /// Extends the lease while `fence` still holds it (and it has not expired). False when it
 /// was lost.
-pub async fn renew(w: &mut WriteTx, fence: &Fence, info: &HolderInfo, ttl_ms: i64) -> Result<bool> {
-    let now = w.now;
+pub async fn renew(
+    conn: &mut AnyConnection,
+    now: i64,
+    fence: &Fence,
+    info: &HolderInfo,
+    ttl_ms: i64,
+) -> Result<bool> {
     let n = sqlx::query(
         "UPDATE leases SET expires_ms = $1, config = $6, version = $7 \
          WHERE name = $2 AND holder = $3 AND epoch = $4 AND expires_ms > $5",
@@ -111,27 +116,26 @@ pub async fn renew(w: &mut WriteTx, fence: &Fence, info: &HolderInfo, ttl_ms: i6
     .bind(now)
     .bind(&info.config)
     .bind(&info.version)
-    .execute(w.conn())
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     Ok(n == 1)
 }
 
 /// Gives the lease up (a controller stopping): another controller may take it at once.
-pub async fn release(w: &mut WriteTx, fence: &Fence) -> Result<()> {
+pub async fn release(conn: &mut AnyConnection, fence: &Fence) -> Result<()> {
     sqlx::query("UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND epoch = $3")
         .bind(fence.name)
         .bind(&fence.holder)
         .bind(fence.epoch)
-        .execute(w.conn())
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 /// The fencing check, inside the transaction about to commit: refused unless `fence` still
 /// holds an unexpired lease.
-pub async fn check(w: &mut WriteTx, fence: &Fence) -> Result<()> {
-    let now = w.now;
+pub async fn check(conn: &mut AnyConnection, now: i64, fence: &Fence) -> Result<()> {
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT epoch FROM leases \
          WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_ms > $4",
@@ -140,7 +144,7 @@ pub async fn check(w: &mut WriteTx, fence: &Fence) -> Result<()> {
     .bind(&fence.holder)
     .bind(fence.epoch)
     .bind(now)
-    .fetch_optional(w.conn())
+    .fetch_optional(&mut *conn)
     .await?;
     match held {
         Some(_) => Ok(()),

@@ -408,7 +408,8 @@ impl WriteTx {
     /// transaction: refused, nothing is written.
     pub async fn commit_with(mut self, tables: Vec<Rows>) -> Result<()> {
         if let Some(fence) = crate::store::lease::current() {
-            crate::store::lease::check(&mut self, &fence).await?;
+            let now = self.now;
+            crate::store::lease::check(self.conn(), now, &fence).await?;
         }
         let touched = self.touched();
         let names = self.counter_values();
