@@ -742,3 +742,95 @@ async fn a_killed_controller_loses_nothing() {
         assert!(told.contains(id.as_str()), "{id} lost: {events:#?}");
     }
 }
+
+/// The hourly prune works in short transactions, oldest events first: delivered deliveries
+/// and their events older than the retention go; an old event with a delivery still retrying
+/// or dead stays with it; an event not fanned out yet stays; young events stay; each step
+/// reads one batch, not the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
+    use jitgate_controller::store::notify::prune_batch;
+    let h = Harness::new().await;
+    let pool = h.app().db.pool();
+    let now = jitgate_api::time::now_ms();
+    let before = now - 3_600_000;
+    sqlx::query(
+        "INSERT INTO notify_sinks (name, spec, created_by, created_at, updated_at) \
+         VALUES ('s', '{}', 'test', 0, 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // Events 1..=2500 are old (two hours, against the test's one-hour `before`; the
+    // controller's own hourly prune, with its days of retention, leaves them alone),
+    // 2501..=2510 young; 2511 is old but not fanned out yet. Every fanned-out one has a
+    // delivery: delivered, except 5 (retrying) and 7 (dead).
+    let old = now - 7_200_000;
+    for seq in 1..=2511i64 {
+        let (created, fanned) = match seq {
+            2501..=2510 => (now, 1),
+            2511 => (old, 0),
+            _ => (old + seq, 1),
+        };
+        sqlx::query(
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at, \
+             fanned_out) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3, $4)",
+        )
+        .bind(seq)
+        .bind(format!("e{seq}"))
+        .bind(created)
+        .bind(fanned)
+        .execute(pool)
+        .await
+        .unwrap();
+        if fanned == 1 {
+            let state = match seq {
+                5 => DeliveryState::Retrying,
+                7 => DeliveryState::Dead,
+                _ => DeliveryState::Delivered,
+            };
+            sqlx::query(
+                "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, \
+                 next_attempt_at, delivered_at) VALUES ($1, 's', 'r', $2, 0, $3)",
+            )
+            .bind(seq)
+            .bind(state.as_str())
+            .bind(created + 10)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+    let mut steps = Vec::new();
+    let mut after = 0;
+    loop {
+        let mut w = h.app().db.begin().await.unwrap();
+        let (d, e, next) = prune_batch(&mut w, before, after, 1000).await.unwrap();
+        w.commit().await.unwrap();
+        steps.push((d, e));
+        match next {
+            Some(seq) => after = seq,
+            None => break,
+        }
+        assert!(steps.len() < 10, "the prune does not end: {steps:?}");
+    }
+    // Three steps: 1000 old, 1000 old, then 500 old before the first young event.
+    assert_eq!(steps, [(998, 998), (1000, 1000), (500, 500)]);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM notify_events ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut want = vec![5, 7];
+    want.extend(2501..=2511);
+    assert_eq!(left, want);
+    let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notify_deliveries")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 12, "5 and 7, and the ten young ones");
+    // Again: nothing left to do, in one step that stops at the young events (5 and 7 stay).
+    let mut w = h.app().db.begin().await.unwrap();
+    let (d, e, next) = prune_batch(&mut w, before, 0, 1000).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!((d, e, next), (0, 0, None));
+}

@@ -17,7 +17,8 @@
 //! in between; a hanging sink holds its own slots and nothing else (no transaction, no lock,
 //! no request). A claim that could not start early enough to end within its lease is given
 //! back instead (the next round), so a delivery is never attempted after its lease.
-//! Delivered rows older than the retention are pruned hourly.
+//! Delivered rows older than the retention are pruned hourly, by the leader, in short
+//! transactions.
 //!
 //! The sinks are kept parsed between rounds and re-read only when a row's `updated_at`
 //! changed (a cheap read in the round's transaction, so a sink added by any controller is
@@ -177,9 +178,11 @@ pub fn spawn(
             if let Err(e) = round {
                 tracing::warn!(error = %e, outcomes = done.len(), "notification round failed; retrying");
             }
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+                && let Some(pruned) = leader.run(outbox.prune()).await
+            {
                 last_prune = Some(tokio::time::Instant::now());
-                if let Err(e) = outbox.prune().await {
+                if let Err(e) = pruned {
                     tracing::warn!(error = %e, "pruning delivered notifications failed");
                 }
             }
@@ -690,12 +693,24 @@ impl Outbox {
 
     /// Deletes delivered rows older than the retention (one controller at a time: the
     /// counters lock).
+    /// Leader work: short transactions (`notify::prune_batch`), so that requests wait for
+    /// one batch at most, never for the whole prune.
     async fn prune(&self) -> Result<()> {
         let retain = i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX);
         let before = jitgate_api::time::now_ms().saturating_sub(retain);
-        let mut w = self.db.begin().await?;
-        let (d, e) = notify::prune(&mut w, before).await?;
-        w.commit().await?;
+        let (mut d, mut e, mut after) = (0, 0, 0);
+        loop {
+            let mut w = self.db.begin().await?;
+            let (dd, ee, next) =
+                notify::prune_batch(&mut w, before, after, notify::PRUNE_BATCH).await?;
+            w.commit().await?;
+            (d, e) = (d + dd, e + ee);
+            match next {
+                Some(seq) => after = seq,
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
         if d + e > 0 {
             tracing::info!(deliveries = d, events = e, "delivered notifications pruned");
         }

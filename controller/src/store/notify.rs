@@ -389,24 +389,61 @@ pub async fn release(writer: &Writer, owner: &str) -> Result<u64> {
     Ok(r.rows_affected())
 }
 
-/// Deletes deliveries delivered before `before`, then the events older than `before` that
-/// have no delivery left. Returns (deliveries, events) deleted.
-pub async fn prune(w: &mut WriteTx, before: i64) -> Result<(u64, u64)> {
-    let d = sqlx::query("DELETE FROM notify_deliveries WHERE state = $1 AND delivered_at < $2")
-        .bind(DeliveryState::Delivered.as_str())
-        .bind(before)
-        .execute(w.conn())
-        .await?
-        .rows_affected();
-    let e = sqlx::query(
-        "DELETE FROM notify_events WHERE fanned_out = 1 AND created_at < $1 AND NOT EXISTS \
-         (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = notify_events.seq)",
+/// Events one prune transaction looks at.
+pub const PRUNE_BATCH: i64 = 1000;
+
+/// One short step of the prune, oldest events first: among the next `batch` fanned-out
+/// events after seq `after` (the `(fanned_out, seq)` index), those created before `before`
+/// lose their deliveries delivered before `before` (a range of the deliveries' primary key),
+/// and go when no delivery is left (one still retrying, or dead, keeps its event). Seq is
+/// commit order, so `created_at` grows with it: the step stops at the first younger event
+/// instead of reading every event there is, as one `DELETE ... WHERE created_at < ?` would
+/// (seconds under the write lock on a large database). Returns the deliveries and events
+/// deleted, and the seq to continue after when the whole batch was old.
+pub async fn prune_batch(
+    w: &mut WriteTx,
+    before: i64,
+    after: i64,
+    batch: i64,
+) -> Result<(u64, u64, Option<i64>)> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT seq, created_at FROM notify_events WHERE fanned_out = 1 AND seq > $1 \
+         ORDER BY seq LIMIT $2",
     )
+    .bind(after)
+    .bind(batch)
+    .fetch_all(w.conn())
+    .await?;
+    let old = rows.iter().take_while(|(_, at)| *at < before).count();
+    let (Some((first, _)), Some((last, _))) =
+        (rows.first(), old.checked_sub(1).and_then(|i| rows.get(i)))
+    else {
+        return Ok((0, 0, None));
+    };
+    let d = sqlx::query(
+        "DELETE FROM notify_deliveries WHERE event_seq BETWEEN $1 AND $2 AND state = $3 \
+         AND delivered_at < $4",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(DeliveryState::Delivered.as_str())
     .bind(before)
     .execute(w.conn())
     .await?
     .rows_affected();
-    Ok((d, e))
+    let e = sqlx::query(
+        "DELETE FROM notify_events WHERE seq BETWEEN $1 AND $2 AND fanned_out = 1 \
+         AND created_at < $3 AND NOT EXISTS \
+         (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = notify_events.seq)",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(before)
+    .execute(w.conn())
+    .await?
+    .rows_affected();
+    let whole = old == rows.len() && i64::try_from(rows.len()).is_ok_and(|n| n == batch);
+    Ok((d, e, whole.then_some(*last)))
 }
 
 /// How many deliveries each sink has in each state.
