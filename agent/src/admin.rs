@@ -129,6 +129,12 @@ pub struct Status {
     pub audit_seq: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
+    /// Enrolled agents: the controller endpoint connected to now (`None`: not connected).
+    #[serde(default)]
+    pub controller: Option<String>,
+    /// Whether the agent is enrolled with a controller.
+    #[serde(default)]
+    pub enrolled: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

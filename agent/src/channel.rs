@@ -1,5 +1,7 @@
 //! The agent's side of the controller channel (docs/protocol.md): one outbound, mutually
-//! authenticated TLS connection, re-established after any failure with backoff and jitter.
+//! authenticated TLS connection to one of the controllers (`crate::endpoints`); when it ends
+//! or fails the next controller is tried at once, and after all of them failed in a row,
+//! again with backoff and jitter.
 //!
 //! This task only moves frames. Everything that changes state (signed grants, revocations,
 //! policies, reconciliation) goes to the core task, which answers on `out` once the change
@@ -7,9 +9,10 @@
 //! from the last seq the controller acknowledged.
 
 use crate::audit::{self, AuditLine};
+use crate::endpoints::Endpoints;
 use crate::enroll::Enrollment;
 use jitgate_proto::message::{AgentMsg, AuditRecord, ControllerMsg};
-use jitgate_proto::{read_frame, write_frame};
+use jitgate_proto::{Endpoint, read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,9 @@ impl ChannelState {
 
 pub type SharedState = Arc<Mutex<ChannelState>>;
 
+/// The endpoint of the controller the channel is connected to now, if any.
+pub type Connected = Arc<Mutex<Option<String>>>;
+
 /// What the channel asks of the core.
 pub enum ChannelRequest {
     /// A state-changing message; answers go to `out`.
@@ -64,6 +70,10 @@ pub enum ChannelRequest {
 
 pub struct Channel {
     pub enrollment: Enrollment,
+    /// Which controller to dial, and which next.
+    pub endpoints: Endpoints,
+    /// Set while a connection is up.
+    pub connected: Connected,
     pub state: SharedState,
     pub state_dir: PathBuf,
     pub core: mpsc::Sender<ChannelRequest>,
@@ -74,85 +84,138 @@ pub struct Channel {
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// With no frame from the controller for this long, the connection is considered dead.
+/// With no frame from the controller for this long, the connection is considered dead; a
+/// controller at level 3 or later says how often it pings, and then the limit is
+/// [`SILENT_PINGS`] of those.
 const SILENCE: Duration = Duration::from_secs(45);
+const SILENT_PINGS: u32 = 3;
+/// The shortest and longest silence limit a controller's ping interval can set.
+const SILENCE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), SILENCE);
+/// A controller that does not accept the TCP connection within this is skipped (an address
+/// whose packets are dropped would otherwise hold the agent for the system's SYN retries).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The TLS handshake and the `Welcome` must come within this (a frozen controller's kernel
+/// still accepts connections).
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that lasted this long (or that the controller closed in order) was a
+/// success: the backoff starts again from the shortest wait.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 fn jitter(d: Duration) -> Duration {
     let f = 0.8 + rand::random::<f64>() * 0.4;
     d.mul_f64(f)
 }
 
+/// How a session ended.
+struct Ended {
+    /// The controller welcomed the agent (the connection came up).
+    welcomed: bool,
+    result: Result<(), String>,
+}
+
 impl Channel {
-    /// Runs forever: connect, serve, reconnect.
-    pub async fn run(self) {
+    /// Runs forever: connect, serve, and when the connection ends or fails, the next
+    /// controller at once; after every controller failed in a row, wait (backoff with
+    /// jitter) and go round again.
+    pub async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
+        let mut failed_in_a_row = 0usize;
         loop {
-            match self.session().await {
+            let endpoint = self.endpoints.current();
+            let began = tokio::time::Instant::now();
+            let ended = self.session(&endpoint).await;
+            match &ended.result {
                 Ok(()) => {
-                    tracing::info!(endpoint = %self.enrollment.endpoint, "controller closed the channel");
+                    tracing::info!(%endpoint, "controller closed the channel")
+                }
+                Err(e) => tracing::warn!(%endpoint, error = %e, "controller channel down"),
+            }
+            if ended.welcomed {
+                // The round starts again here: every other controller is tried at once.
+                failed_in_a_row = 0;
+                if ended.result.is_ok() || began.elapsed() >= STABLE_AFTER {
                     backoff = MIN_BACKOFF;
                 }
-                Err(e) => {
-                    tracing::warn!(endpoint = %self.enrollment.endpoint, error = %e, "controller channel down")
-                }
             }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            failed_in_a_row += 1;
+            self.endpoints.advance();
+            if failed_in_a_row >= self.endpoints.list().len() {
+                failed_in_a_row = 0;
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            } else {
+                tracing::info!(next = %self.endpoints.current(), "trying the next controller");
+            }
         }
     }
 
-    async fn session(&self) -> Result<(), String> {
+    async fn session(&mut self, endpoint: &Endpoint) -> Ended {
+        let mut welcomed = false;
+        let result = self.serve(endpoint, &mut welcomed).await;
+        if let Ok(mut c) = self.connected.lock() {
+            *c = None;
+        }
+        Ended { welcomed, result }
+    }
+
+    async fn serve(&mut self, endpoint: &Endpoint, welcomed: &mut bool) -> Result<(), String> {
         let cfg = self.enrollment.tls_config().map_err(|e| e.to_string())?;
-        let host = self
-            .enrollment
-            .endpoint
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            .ok_or_else(|| format!("endpoint {:?} is not host:port", self.enrollment.endpoint))?;
-        let name = rustls_pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from(endpoint.host().to_string())
+            .map_err(|e| e.to_string())?;
         let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::net::TcpStream::connect(&self.enrollment.endpoint),
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())),
         )
         .await
-        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|_| format!("connect timed out ({} s)", CONNECT_TIMEOUT.as_secs()))?
         .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut rd, mut wr) = tokio::io::split(tls);
-        let (tx, mut rx) = mpsc::channel::<AgentMsg>(1024);
         let marks = self.state.lock().map(|s| s.clone()).unwrap_or_default();
-        write_frame(
-            &mut wr,
-            &AgentMsg::HelloV2 {
-                agent_id: self.enrollment.agent_id,
-                version: self.version.clone(),
-                seq_high_water: marks.seq_high_water,
-                audit_acked: marks.audit_acked,
-                protocol: jitgate_proto::PROTOCOL_LEVEL,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            read_frame::<_, ControllerMsg>(&mut rd),
-        )
-        .await
-        {
-            Ok(Ok(Some(ControllerMsg::Welcome { agent_id, .. })))
-                if agent_id == self.enrollment.agent_id => {}
-            Ok(Ok(Some(other))) => return Err(format!("expected Welcome, got {other:?}")),
-            Ok(Ok(None)) => {
-                return Err("the controller closed the connection (credential revoked?)".into());
+        let (mut rd, mut wr) = tokio::time::timeout(WELCOME_TIMEOUT, async {
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            write_frame(
+                &mut wr,
+                &AgentMsg::HelloV2 {
+                    agent_id: self.enrollment.agent_id,
+                    version: self.version.clone(),
+                    seq_high_water: marks.seq_high_water,
+                    audit_acked: marks.audit_acked,
+                    protocol: jitgate_proto::PROTOCOL_LEVEL,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            match read_frame::<_, ControllerMsg>(&mut rd).await {
+                Ok(Some(ControllerMsg::Welcome { agent_id, .. }))
+                    if agent_id == self.enrollment.agent_id =>
+                {
+                    Ok((rd, wr))
+                }
+                Ok(Some(other)) => Err(format!("expected Welcome, got {other:?}")),
+                Ok(None) => {
+                    Err("the controller closed the connection (credential revoked?)".to_string())
+                }
+                Err(e) => Err(e.to_string()),
             }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no Welcome within 10 s".into()),
+        })
+        .await
+        .map_err(|_| {
+            format!(
+                "no TLS handshake and Welcome within {} s",
+                WELCOME_TIMEOUT.as_secs()
+            )
+        })??;
+        *welcomed = true;
+        self.endpoints.connected(endpoint);
+        if let Ok(mut c) = self.connected.lock() {
+            *c = Some(endpoint.to_string());
         }
-        tracing::info!(endpoint = %self.enrollment.endpoint, agent = %self.enrollment.agent_id, "controller channel up");
+        tracing::info!(%endpoint, agent = %self.enrollment.agent_id, "controller channel up");
+        let (tx, mut rx) = mpsc::channel::<AgentMsg>(1024);
 
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
@@ -185,11 +248,17 @@ impl Channel {
                 }
             })
         };
+        let mut silence = SILENCE;
         let result = loop {
-            let msg = match tokio::time::timeout(SILENCE, read_frame::<_, ControllerMsg>(&mut rd))
+            let msg = match tokio::time::timeout(silence, read_frame::<_, ControllerMsg>(&mut rd))
                 .await
             {
-                Err(_) => break Err("no frame from the controller for 45 s".to_string()),
+                Err(_) => {
+                    break Err(format!(
+                        "no frame from the controller for {} ms",
+                        silence.as_millis()
+                    ));
+                }
                 Ok(Err(e)) => break Err(format!("bad frame, closing: {e}")),
                 Ok(Ok(None)) => break Ok(()),
                 Ok(Ok(Some(m))) => m,
@@ -197,6 +266,17 @@ impl Channel {
             match msg {
                 ControllerMsg::Ping { nonce } => {
                     let _ = tx.send(AgentMsg::Pong { nonce }).await;
+                }
+                ControllerMsg::Settings {
+                    endpoints,
+                    ping_every_ms,
+                } => {
+                    silence = silence_limit(ping_every_ms);
+                    tracing::debug!(
+                        silence_ms = silence.as_millis() as u64,
+                        "controller settings"
+                    );
+                    self.endpoints.learn(&endpoints);
                 }
                 ControllerMsg::AuditAck { up_to } => {
                     let save = self.state.lock().ok().and_then(|mut s| {
@@ -229,6 +309,11 @@ impl Channel {
         heartbeat.abort();
         result
     }
+}
+
+/// The silence limit for a controller that pings every `ping_every_ms`.
+fn silence_limit(ping_every_ms: u64) -> Duration {
+    (Duration::from_millis(ping_every_ms) * SILENT_PINGS).clamp(SILENCE_BOUNDS.0, SILENCE_BOUNDS.1)
 }
 
 /// Sends the audit log from `after + 1` on, then every new record as it is written. If it
@@ -295,6 +380,14 @@ async fn stream_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_silence_limit_follows_the_controllers_pings_within_bounds() {
+        assert_eq!(silence_limit(2_000), Duration::from_secs(6));
+        assert_eq!(silence_limit(0), SILENCE_BOUNDS.0);
+        assert_eq!(silence_limit(u64::MAX), SILENCE);
+        assert_eq!(silence_limit(60_000), SILENCE);
+    }
     use crate::audit::{AuditEvent, AuditLog};
     use jitgate_proto::AuditKind;
     use jitgate_proto::audit::AgentLine;

@@ -2,6 +2,7 @@
 //! line flags that override it, parsed and validated once into [`AgentConfig`].
 
 use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol};
+use jitgate_proto::{Endpoint, MAX_ENDPOINTS};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     metrics: Option<SocketAddr>,
+    #[serde(default)]
+    controller_endpoints: Vec<String>,
 }
 
 /// Command-line overrides. Each list given replaces the file's list.
@@ -102,6 +105,7 @@ pub struct Overrides {
     pub metrics: Option<SocketAddr>,
     pub flow_idle_timeout: Option<String>,
     pub audit_checkpoint_interval: Option<String>,
+    pub controller_endpoints: Vec<String>,
 }
 
 /// The validated configuration.
@@ -119,6 +123,9 @@ pub struct AgentConfig {
     pub metrics: Option<SocketAddr>,
     /// How often the audit chain head is signed once enrolled (docs/agent.md).
     pub audit_checkpoint_interval: Duration,
+    /// The controllers' agent endpoints, overriding the list the enrolment and the
+    /// controllers give (empty: not set; docs/ha.md, "Agent failover").
+    pub controller_endpoints: Vec<Endpoint>,
 }
 
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -261,6 +268,19 @@ impl AgentConfig {
                 "max_grant may be at most 7 days".into(),
             ));
         }
+        let endpoints = if over.controller_endpoints.is_empty() {
+            file.controller_endpoints
+        } else {
+            over.controller_endpoints.clone()
+        };
+        if endpoints.len() > MAX_ENDPOINTS {
+            return Err(ConfigError::Invalid(format!(
+                "controller_endpoints lists {} controllers; at most {MAX_ENDPOINTS}",
+                endpoints.len()
+            )));
+        }
+        let controller_endpoints = Endpoint::parse_list(&endpoints, MAX_ENDPOINTS)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let pick = |o: &Option<PathBuf>, f: Option<PathBuf>, d: &str| {
             o.clone().or(f).unwrap_or_else(|| PathBuf::from(d))
         };
@@ -274,6 +294,7 @@ impl AgentConfig {
             socket: pick(&over.socket, file.socket, DEFAULT_SOCKET),
             metrics: over.metrics.or(file.metrics),
             audit_checkpoint_interval,
+            controller_endpoints,
         };
         for (what, p) in [
             ("pin_dir", &cfg.pin_dir),
@@ -362,6 +383,14 @@ mod tests {
                 "absolute",
             ),
             ("interfaces = [\"a/b\"]\n", "not a valid name"),
+            (
+                "interfaces = [\"eth0\"]\ncontroller_endpoints = [\"ctl-a.example.net\"]\n",
+                "expected host:port",
+            ),
+            (
+                "interfaces = [\"eth0\"]\ncontroller_endpoints = [\"[2001:db8::1:8444\"]\n",
+                "brackets",
+            ),
             (
                 "interfaces = [\"eth0\"]\n[[protect]]\nport = 22\nprotocol = \"tcp\"\non_expiry = \"cut\"\n[[protect]]\nport = 22\nprotocol = \"tcp\"\n",
                 "both keep and cut",

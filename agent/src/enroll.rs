@@ -34,6 +34,9 @@ struct Meta {
     agent_id: Uuid,
     vm: String,
     endpoint: String,
+    /// Every controller's agent endpoint at enrolment (absent: one controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    endpoints: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +55,8 @@ struct EnrollResponse {
     ca_pem: String,
     grant_signing_key_pem: String,
     agent_endpoint: String,
+    #[serde(default)]
+    agent_endpoints: Vec<String>,
 }
 
 /// A completed enrolment.
@@ -59,8 +64,10 @@ struct EnrollResponse {
 pub struct Enrollment {
     pub agent_id: Uuid,
     pub vm: String,
-    /// `host:port` of the controller's agent listener.
+    /// `host:port` of the enrolling controller's agent listener.
     pub endpoint: String,
+    /// Every controller's agent endpoint as the enrolment gave them (may be empty).
+    pub endpoints: Vec<String>,
     pub signing_key: VerifyingKey,
     dir: PathBuf,
 }
@@ -101,6 +108,7 @@ impl Enrollment {
             agent_id: meta.agent_id,
             vm: meta.vm,
             endpoint: meta.endpoint,
+            endpoints: meta.endpoints,
             signing_key,
             dir,
         }))
@@ -202,6 +210,18 @@ pub async fn enroll(
     }
     let r: EnrollResponse = serde_json::from_str(&body)
         .map_err(|e| EnrollError::Refused(format!("unexpected answer: {e}")))?;
+    // Checked before anything is written: a bad endpoint would only show at connect time.
+    let unexpected =
+        |e: jitgate_proto::EndpointError| EnrollError::Refused(format!("unexpected answer: {e}"));
+    r.agent_endpoint
+        .parse::<jitgate_proto::Endpoint>()
+        .map_err(unexpected)?;
+    let endpoints: Vec<String> =
+        jitgate_proto::Endpoint::parse_list(&r.agent_endpoints, jitgate_proto::MAX_ENDPOINTS)
+            .map_err(unexpected)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
     let signing_key = VerifyingKey::from_public_key_pem(&r.grant_signing_key_pem)
         .map_err(|e| EnrollError::Crypto(e.to_string()))?;
     let dir = state_dir.join(DIR);
@@ -217,6 +237,7 @@ pub async fn enroll(
         agent_id: r.agent_id,
         vm: r.vm.clone(),
         endpoint: r.agent_endpoint.clone(),
+        endpoints: endpoints.clone(),
     };
     // Written last: its presence marks a complete enrolment.
     let meta_json =
@@ -226,6 +247,7 @@ pub async fn enroll(
         agent_id: r.agent_id,
         vm: r.vm,
         endpoint: r.agent_endpoint,
+        endpoints,
         signing_key,
         dir,
     })

@@ -6,6 +6,7 @@
 //! - [`grant_table`] holds every grant the daemon applied, compactly, and answers which grant
 //!   ends next and which one covers a source.
 //! - [`daemon`] is `jit-agent run`; [`admin`] its local socket's protocol and client.
+//! - [`channel`] is the connection to a controller; [`endpoints`] which controller it dials.
 //! - [`clock`] converts UTC grant ends into the kernel's CLOCK_BOOTTIME.
 //! - [`events`] decodes the ring-buffer events.
 //! - [`link`] tells Ethernet devices from tunnels (which program runs where).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cover;
 pub mod daemon;
 pub mod dataplane;
+pub mod endpoints;
 pub mod enroll;
 pub mod error;
 pub mod events;

@@ -128,6 +128,11 @@ struct RunArgs {
     /// How often an enrolled agent signs its audit chain head (if it moved), e.g. 5m.
     #[arg(long)]
     audit_checkpoint_interval: Option<String>,
+    /// A controller's agent endpoint, host:port (repeatable; replaces the file's
+    /// `controller_endpoints`, and the list the enrolment and the controllers give). When the
+    /// controller in use goes away the agent tries the next at once (docs/ha.md).
+    #[arg(long = "controller-endpoint", value_name = "HOST:PORT")]
+    controller_endpoints: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -296,6 +301,7 @@ async fn run(args: RunArgs, socket: Option<PathBuf>) -> ExitCode {
         metrics: args.metrics,
         flow_idle_timeout: args.flow_idle_timeout,
         audit_checkpoint_interval: args.audit_checkpoint_interval,
+        controller_endpoints: args.controller_endpoints,
     };
     let cfg = match AgentConfig::load(args.config.as_deref(), &over) {
         Ok(c) => c,
@@ -555,6 +561,12 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
             println!("active grants  {}", s.active_grants);
             println!("flows          {}", s.flows);
             println!("audit head     seq {} {}", s.audit_seq, s.audit_head);
+            if s.enrolled {
+                println!(
+                    "controller     {}",
+                    s.controller.as_deref().unwrap_or("not connected")
+                );
+            }
             for (k, v) in &s.counters {
                 println!("  {k:<22} {v}");
             }

@@ -65,8 +65,12 @@ pub struct EnrollResponse {
     pub ca_pem: String,
     /// SPKI PEM of the Ed25519 grant-signing public key.
     pub grant_signing_key_pem: String,
-    /// host:port of the agent channel (mutual TLS).
+    /// host:port of the agent channel (mutual TLS) of the controller that enrolled it.
     pub agent_endpoint: String,
+    /// Every controller's agent channel (host:port), this one's included: where the agent
+    /// goes when its controller goes away. Absent from older controllers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_endpoints: Vec<String>,
 }
 
 /// One agent in `GET /agents`.

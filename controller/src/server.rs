@@ -116,6 +116,22 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     let agent_addr = agent_listener
         .local_addr()
         .map_err(|e| SetupError::io("agent listener", e))?;
+    let own_endpoint = cfg
+        .agent_endpoint
+        .clone()
+        .unwrap_or_else(|| agent_addr.to_string());
+    let channel_settings = crate::channel::Settings {
+        endpoints: if cfg.agent_endpoints.is_empty() {
+            vec![own_endpoint.clone()]
+        } else {
+            cfg.agent_endpoints.clone()
+        },
+        ping_every: Duration::from_secs(cfg.agent_ping_seconds.max(1)),
+    };
+    if !channel_settings.endpoints.contains(&own_endpoint) {
+        tracing::warn!(endpoint = %own_endpoint, listed = ?channel_settings.endpoints,
+            "agent_endpoints does not list this controller's own agent endpoint; agents will not come back to it unless a listed name leads here");
+    }
     let metrics_listener = match &cfg.metrics_listen {
         Some(a) => {
             let l = bind(a, "metrics_listen").await?;
@@ -146,10 +162,8 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         enrollment: Some(Enrollment {
             ca,
             grant_signing_key_pem: public_pem.clone(),
-            agent_endpoint: cfg
-                .agent_endpoint
-                .clone()
-                .unwrap_or_else(|| agent_addr.to_string()),
+            agent_endpoint: own_endpoint.clone(),
+            agent_endpoints: channel_settings.endpoints.clone(),
         }),
         checkpoint_key: Some(CheckpointKey {
             key: key.clone(),
@@ -208,6 +222,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             agent_tls,
             app.clone(),
             key,
+            channel_settings,
             shutdown.subscribe(),
         ),
         crate::compliance::schedule::spawn(

@@ -104,6 +104,11 @@ fn default_checkpoint() -> u64 {
 fn default_lease() -> u64 {
     15
 }
+fn default_agent_ping() -> u64 {
+    2
+}
+/// The bounds of `agent_ping_seconds`.
+const AGENT_PING_SECONDS: std::ops::RangeInclusive<u64> = 1..=15;
 
 /// `controller.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -143,6 +148,17 @@ pub struct Config {
     /// enrolment; default: the address `agent_listen` is bound to.
     #[serde(default)]
     pub agent_endpoint: Option<String>,
+    /// Several controllers: every controller's agent channel as agents dial it (host:port),
+    /// the same list on every controller. Given to agents at enrolment and on every
+    /// connection; an agent whose controller goes away tries the next one at once (docs/ha.md,
+    /// "Agent failover"). Default: this controller's own endpoint only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_endpoints: Vec<String>,
+    /// How often the controller pings each agent (1 to 15 s, default 2). An agent leaves a
+    /// controller silent for three pings, so this bounds how long a frozen or cut-off
+    /// controller keeps its agents (about 3 × this + one reconnect).
+    #[serde(default = "default_agent_ping")]
+    pub agent_ping_seconds: u64,
     /// How often the activity log's chain head is signed (a checkpoint), if it moved; also
     /// on demand and at shutdown (docs/controller.md, "Activity log").
     #[serde(default = "default_checkpoint")]
@@ -201,6 +217,8 @@ impl Default for Config {
             max_db_connections: default_conns(),
             agent_listen: default_agent_listen(),
             agent_endpoint: None,
+            agent_endpoints: vec![],
+            agent_ping_seconds: default_agent_ping(),
             checkpoint_interval_seconds: default_checkpoint(),
             leader_lease_seconds: default_lease(),
             metrics_listen: None,
@@ -301,6 +319,27 @@ impl Config {
                     )));
                 }
             }
+        }
+        if !AGENT_PING_SECONDS.contains(&cfg.agent_ping_seconds) {
+            return Err(SetupError::Invalid(format!(
+                "{}: agent_ping_seconds must be from {} to {}, not {}",
+                p.display(),
+                AGENT_PING_SECONDS.start(),
+                AGENT_PING_SECONDS.end(),
+                cfg.agent_ping_seconds
+            )));
+        }
+        if cfg.agent_endpoints.len() > jitgate_proto::MAX_ENDPOINTS {
+            return Err(SetupError::Invalid(format!(
+                "{}: agent_endpoints lists {} controllers; at most {}",
+                p.display(),
+                cfg.agent_endpoints.len(),
+                jitgate_proto::MAX_ENDPOINTS
+            )));
+        }
+        for e in cfg.agent_endpoint.iter().chain(&cfg.agent_endpoints) {
+            e.parse::<jitgate_proto::Endpoint>()
+                .map_err(|err| SetupError::Invalid(format!("{}: {err}", p.display())))?;
         }
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(
@@ -467,4 +506,53 @@ pub async fn init(
         .map_err(|e| SetupError::Invalid(format!("writing the configuration: {e}")))?;
     write_file(&dir.config(), text.as_bytes(), 0o644)?;
     Ok(InitOutcome { admin, admin_token })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = StateDir(tmp.path().to_path_buf());
+        std::fs::write(dir.config(), text).map_err(|e| e.to_string())?;
+        Config::load(&dir).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn agent_failover_settings_are_checked_when_loaded() {
+        let ok = load(
+            "agent_endpoints = [\"ctl-a.example.net:8444\", \"[2001:db8::2]:8444\"]\nagent_ping_seconds = 5\n",
+        );
+        let cfg = ok.as_ref().map_err(String::as_str);
+        assert_eq!(cfg.map(|c| c.agent_ping_seconds), Ok(5));
+        assert_eq!(load("").map(|c| c.agent_ping_seconds), Ok(2), "default");
+        for (text, want) in [
+            (
+                "agent_ping_seconds = 0\n",
+                "agent_ping_seconds must be from 1 to 15",
+            ),
+            (
+                "agent_ping_seconds = 16\n",
+                "agent_ping_seconds must be from 1 to 15",
+            ),
+            (
+                "agent_endpoints = [\"ctl-a.example.net\"]\n",
+                "expected host:port",
+            ),
+            (
+                "agent_endpoints = [\"ctl-a:8444\", \"2001:db8::2:8444\"]\n",
+                "brackets",
+            ),
+            ("agent_endpoint = \"ctl-a:99999\"\n", "1 to 65535"),
+        ] {
+            let err = load(text).err().unwrap_or_default();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("\"ctl-{i}:8444\"")).collect();
+        let err = load(&format!("agent_endpoints = [{}]\n", many.join(", ")))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("at most 16"), "{err}");
+    }
 }

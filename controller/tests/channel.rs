@@ -935,3 +935,85 @@ async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
     }
     assert_eq!(live(&b), [cb.id.to_string()]);
 }
+
+/// Agent failover (docs/ha.md): an agent of level 3 hears every controller's endpoint at
+/// enrolment and right after Welcome, is pinged at `agent_ping_seconds`, and a silent one is
+/// let go after three pings; an agent of level 2 gets none of it (it could not decode
+/// `Settings`) and keeps the 15 s / 45 s keepalive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_3_agents_learn_the_controllers_and_the_short_keepalive() {
+    let listed = vec![
+        "ctl-a.example.net:8444".to_string(),
+        "[2001:db8::2]:8444".to_string(),
+    ];
+    let h = Harness::with_config(|c| {
+        c.agent_ping_seconds = 1;
+        c.agent_endpoints = listed.clone();
+    })
+    .await;
+    h.fixture().await;
+    let (token, _) = h
+        .app()
+        .fleet
+        .create_enroll_token(&jitgate_controller::authz::Caller::local(), "web1")
+        .await
+        .expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let (st, v) = common::agent::enroll_raw(&h, &token, &common::agent::csr(&key)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["agentEndpoints"], json!(listed), "{v}");
+    assert!(
+        v["agentEndpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+
+    let new = enroll(&h, "web1").await;
+    let old = enroll(&h, "web2").await;
+    let mut a3 = Agent::connect(&new).await;
+    a3.hello_at(&new, 0, 0, 3).await;
+    assert!(matches!(a3.recv().await, ControllerMsg::Welcome { .. }));
+    match a3.recv().await {
+        ControllerMsg::Settings {
+            endpoints,
+            ping_every_ms,
+        } => {
+            assert_eq!(endpoints, listed);
+            assert_eq!(ping_every_ms, 1_000);
+        }
+        m => panic!("expected Settings, got {m:?}"),
+    }
+    let mut a2 = Agent::connect(&old).await;
+    a2.handshake_at(&old, 0, 2).await;
+
+    // Pings about every second: at least three in five seconds (answered, so it stays).
+    let t0 = tokio::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            jitgate_proto::read_frame::<_, ControllerMsg>(&mut a3.rd),
+        )
+        .await
+        {
+            Ok(Ok(Some(ControllerMsg::Ping { nonce }))) => {
+                pings += 1;
+                a3.send(&AgentMsg::Pong { nonce }).await;
+            }
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => panic!("closed while answering pings"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 5 s at agent_ping_seconds = 1");
+    // Silent from now on: let go after three pings (well within 10 s); the level-2 agent,
+    // just as silent, is still connected then (its limit is 45 s).
+    assert!(
+        a3.closed_within(Duration::from_secs(10)).await,
+        "a silent level-3 agent was kept"
+    );
+    assert!(
+        !a2.closed_within(Duration::from_millis(300)).await,
+        "the level-2 agent was closed as if it were level 3"
+    );
+}

@@ -4,6 +4,7 @@
 //!   is allocated, and a bad frame is an error, never a panic.
 //! - [`audit`]: the activity log's entry hash, signed checkpoints and offline verification.
 //! - [`audit_kind`]: the kinds of record in an agent's audit log.
+//! - [`endpoint`]: a controller's agent endpoint (`host:port`), as agents dial it.
 //! - [`message`]: what each side sends.
 //! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
 //!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
@@ -15,12 +16,14 @@
 
 pub mod audit;
 pub mod audit_kind;
+pub mod endpoint;
 pub mod frame;
 pub mod message;
 pub mod signed;
 
 pub use audit_kind::AuditKind;
+pub use endpoint::{Endpoint, EndpointError};
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use message::{AgentMsg, ControllerMsg};
-pub use message::{LEVEL_SCHEDULED_GRANTS, PROTOCOL_LEVEL};
+pub use message::{LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_ENDPOINTS, PROTOCOL_LEVEL};
 pub use signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError};

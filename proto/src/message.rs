@@ -8,11 +8,20 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 2;
+pub const PROTOCOL_LEVEL: u32 = 3;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
 pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
+
+/// The first level that understands [`ControllerMsg::Settings`]: the cluster's agent
+/// endpoints and the ping interval its silence limit follows. Older agents are pinged every
+/// 15 s and give up after 45 s of silence.
+pub const LEVEL_SETTINGS: u32 = 3;
+
+/// At most this many controller endpoints in [`ControllerMsg::Settings`] (and in an
+/// enrolment): a longer list is cut, not refused.
+pub const MAX_ENDPOINTS: usize = 16;
 
 /// Controller → agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +52,14 @@ pub enum ControllerMsg {
     /// Answered with `GrantResult { outcome: Scheduled }`, then `GrantResult { outcome:
     /// Applied }` when it opens.
     ScheduledGrant(Signed<ScheduledGrantBody>),
+    /// Sent right after `Welcome` to agents at [`LEVEL_SETTINGS`] or later (appended
+    /// variant): every controller's agent endpoint (`host:port`, the agent tries the next one
+    /// when its controller goes away) and how often this controller pings (the agent leaves
+    /// a controller silent for three of these).
+    Settings {
+        endpoints: Vec<String>,
+        ping_every_ms: u64,
+    },
 }
 
 /// Agent → controller.
@@ -304,6 +321,46 @@ mod tests {
         })
         .unwrap();
         assert!(postcard::from_bytes::<AgentMsgV1>(&v2).is_err());
+    }
+
+    /// `ControllerMsg` as a level-2 agent knows it (up to `ScheduledGrant`).
+    #[derive(Debug, Serialize, Deserialize)]
+    enum ControllerMsgV2 {
+        Welcome {
+            agent_id: Uuid,
+            controller_unix_ms: i64,
+        },
+        Policy(Vec<u8>, Vec<u8>),
+        Grant(Vec<u8>, Vec<u8>),
+        Revoke(Vec<u8>, Vec<u8>),
+        Active {
+            grant_ids: Vec<Uuid>,
+            up_to_seq: u64,
+        },
+        AuditAck {
+            up_to: u64,
+        },
+        Ping {
+            nonce: u64,
+        },
+        ScheduledGrant(Vec<u8>, Vec<u8>),
+    }
+
+    #[test]
+    fn settings_round_trip_and_a_level_2_agent_cannot_read_them() {
+        let m = ControllerMsg::Settings {
+            endpoints: vec!["ctl-a.example.net:8444".into(), "[2001:db8::1]:8444".into()],
+            ping_every_ms: 2_000,
+        };
+        round_trip(m.clone());
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV2>(&bytes).is_err());
+        // A Ping keeps its encoding for them.
+        let ping = postcard::to_allocvec(&ControllerMsg::Ping { nonce: 7 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV2>(&ping).unwrap(),
+            ControllerMsgV2::Ping { nonce: 7 }
+        ));
     }
 
     #[test]

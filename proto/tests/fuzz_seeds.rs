@@ -117,6 +117,13 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
                 .unwrap(),
             ),
         ),
+        (
+            "settings",
+            ControllerMsg::Settings {
+                endpoints: vec!["ctl-a.example.net:8444".into(), "[2001:db8::2]:8444".into()],
+                ping_every_ms: 2_000,
+            },
+        ),
     ]
 }
 

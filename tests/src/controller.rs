@@ -27,14 +27,28 @@ impl ControllerProc {
 
     /// Like `start`, with `extra` appended to controller.toml (e.g. a `[compliance]` table).
     pub fn start_with(ns: &str, host: &str, extra: &str) -> ControllerProc {
+        Self::start_at(ns, host, Ports::DEFAULT, &[], extra)
+    }
+
+    /// Initialises a controller with its listeners on `ports` of `host`, `init_args` added
+    /// to `jit-controller init` (e.g. `--database-url`), `extra` appended to controller.toml,
+    /// and starts it in namespace `ns`.
+    pub fn start_at(
+        ns: &str,
+        host: &str,
+        ports: Ports,
+        init_args: &[&str],
+        extra: &str,
+    ) -> ControllerProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("controller");
-        let api = format!("{host}:8443");
+        let api = format!("{host}:{}", ports.api);
         let out = Command::new(bin("jit-controller"))
             .arg("--json")
             .arg("--state-dir")
             .arg(&state)
             .args(["init", "--listen", &api, "--san", host])
+            .args(init_args)
             .output()
             .expect("jit-controller init");
         assert!(
@@ -45,19 +59,7 @@ impl ControllerProc {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init json");
         let admin_token = v["adminToken"].as_str().expect("admin token").to_string();
         let ca = PathBuf::from(v["caCertificate"].as_str().expect("ca"));
-        let cfg = state.join("controller.toml");
-        let text = std::fs::read_to_string(&cfg).expect("controller.toml");
-        let mut text: String = text
-            .lines()
-            .filter(|l| {
-                !l.trim_start().starts_with("agent_listen")
-                    && !l.trim_start().starts_with("agent_endpoint")
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        text.push_str(&format!("agent_listen = \"{host}:8444\"\n"));
-        text.push_str(extra);
-        std::fs::write(&cfg, text).expect("controller.toml");
+        listen_on(&state, host, ports, extra);
         let mut c = ControllerProc {
             child: None,
             ns: ns.to_string(),
@@ -70,6 +72,56 @@ impl ControllerProc {
         };
         c.spawn();
         c
+    }
+
+    /// Another controller of the same cluster (it must be on PostgreSQL): a copy of this
+    /// one's state directory (keys, CA, controller.toml: what an operator copies, docs/ha.md)
+    /// with its listeners on `ports`, started in this one's namespace.
+    pub fn another(&self, host: &str, ports: Ports) -> ControllerProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("controller");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&self.state)
+            .arg(&state)
+            .output()
+            .expect("cp");
+        assert!(
+            out.status.success(),
+            "cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(state.join("controller.db"));
+        listen_on(&state, host, ports, "");
+        let mut c = ControllerProc {
+            child: None,
+            ns: self.ns.clone(),
+            log: dir.path().join("controller.log"),
+            state,
+            api: format!("{host}:{}", ports.api),
+            ca: self.ca.clone(),
+            admin_token: self.admin_token.clone(),
+            _dir: dir,
+        };
+        c.spawn();
+        c
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the controller process; false if it is not
+    /// running or the signal could not be sent.
+    pub fn signal(&self, signal: &str) -> bool {
+        self.pid().is_some_and(|pid| {
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
     }
 
     pub fn spawn(&mut self) {
@@ -184,8 +236,56 @@ impl ControllerProc {
     }
 }
 
+/// Where a controller listens (on its host address).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub api: u16,
+    pub agent: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    pub const DEFAULT: Ports = Ports {
+        api: 8443,
+        agent: 8444,
+        metrics: 9465,
+    };
+}
+
+/// Rewrites the listeners in `state`'s controller.toml and appends `extra` (whose top-level
+/// keys replace the file's).
+fn listen_on(state: &std::path::Path, host: &str, ports: Ports, extra: &str) {
+    let cfg = state.join("controller.toml");
+    let text = std::fs::read_to_string(&cfg).expect("controller.toml");
+    // Top-level keys that `extra` sets replace those init wrote (TOML refuses duplicates).
+    let replaced: Vec<&str> = extra
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut text: String = text
+        .lines()
+        .filter(|l| {
+            let key = l.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+            !["listen", "agent_listen", "agent_endpoint", "metrics_listen"].contains(&key)
+                && !replaced.contains(&key)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let top = format!(
+        "listen = \"{host}:{}\"\nagent_listen = \"{host}:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+        ports.api, ports.agent, ports.metrics
+    );
+    // Top-level keys go before the first table.
+    text.insert_str(0, &top);
+    text.push_str(extra);
+    std::fs::write(&cfg, text).expect("controller.toml");
+}
+
 impl Drop for ControllerProc {
     fn drop(&mut self) {
+        // A stopped process would not die of the kill until continued.
+        self.signal("CONT");
         self.kill();
         if std::thread::panicking() {
             let log = self.log_text();

@@ -482,6 +482,8 @@ fn status(core: &mut Core) -> Response {
         audit_head,
         audit_seq,
         started: core.started,
+        controller: core.controller.lock().ok().and_then(|c| c.clone()),
+        enrolled: core.enrollment.is_some(),
     }))
 }
 

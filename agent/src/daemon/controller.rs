@@ -40,6 +40,7 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         ControllerMsg::Policy(s) => policy(core, s, out).await,
         ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
         ControllerMsg::Welcome { .. }
+        | ControllerMsg::Settings { .. }
         | ControllerMsg::Ping { .. }
         | ControllerMsg::AuditAck { .. } => {}
     }

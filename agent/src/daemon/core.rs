@@ -55,6 +55,8 @@ pub(super) struct Core {
     /// Set when enrolled with a controller.
     pub enrollment: Option<Enrollment>,
     pub chan: SharedState,
+    /// The controller endpoint the channel is connected to now (`jit-agent status`).
+    pub controller: crate::channel::Connected,
     /// Booked grants waiting for their start (not in the maps).
     pub schedule: Schedule,
     /// The current controller connection's outgoing queue (the last one a message came on).

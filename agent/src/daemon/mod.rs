@@ -34,6 +34,7 @@ use crate::channel::{Channel, ChannelRequest, ChannelState};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
 use crate::dataplane::{Dataplane, DataplaneOptions};
+use crate::endpoints::Endpoints;
 use crate::enroll::Enrollment;
 use crate::grant::boot_id;
 use crate::grant_table::GrantTable;
@@ -59,6 +60,8 @@ pub enum DaemonError {
         what: String,
         source: std::io::Error,
     },
+    #[error("the enrolment names a bad controller endpoint ({0}); enrol again")]
+    Enrollment(jitgate_proto::EndpointError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -147,6 +150,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         detached: false,
         enrollment: None,
         chan: Arc::new(Mutex::new(ChannelState::load(&cfg.state_dir))),
+        controller: Default::default(),
         schedule: Default::default(),
         outbox: None,
         unsent: Vec::new(),
@@ -252,8 +256,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     }
     let (chan_tx, mut chan_rx) = mpsc::channel::<ChannelRequest>(1024);
     if let Some(e) = core.enrollment.clone() {
+        let enrolled = e.endpoint.parse().map_err(DaemonError::Enrollment)?;
+        let endpoints = Endpoints::load(
+            &cfg.state_dir,
+            cfg.controller_endpoints.clone(),
+            enrolled,
+            &e.endpoints,
+        );
         tokio::spawn(
             Channel {
+                endpoints,
+                connected: core.controller.clone(),
                 enrollment: e,
                 state: core.chan.clone(),
                 state_dir: cfg.state_dir.clone(),

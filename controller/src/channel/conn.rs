@@ -9,8 +9,8 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, LEVEL_SCHEDULED_GRANTS, PolicyBody, RevokeBody,
-    ScheduledGrantBody, Signed, read_frame, write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
+    PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::authz::Actor;
 use crate::channel::tls::identify;
-use crate::channel::{HELLO_TIMEOUT, IDLE_LIMIT, OUTBOX_BATCH, PING_EVERY, STATUS_EVERY};
+use crate::channel::{HELLO_TIMEOUT, OUTBOX_BATCH, STATUS_EVERY, Settings};
 use crate::error::Error;
 use crate::store::Backend;
 use crate::store::agents::Heartbeat;
@@ -66,7 +66,14 @@ struct Conn {
     requests: HashMap<String, (String, String)>,
     /// The agent's protocol level: 1 for `Hello`, `HelloV2.protocol` otherwise.
     protocol: u32,
+    /// When a pong last marked the agent seen (SQLite: at most every [`SEEN_BY_PONG_EVERY`]).
+    pong_seen: Option<tokio::time::Instant>,
 }
+
+/// On SQLite a pong marks its agent seen at most this often: with pings every 2 s, a write
+/// transaction per pong would cost every agent one commit in the single writer's queue every
+/// 2 s; status reports (every 10 s) mark it seen as well.
+const SEEN_BY_PONG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves one agent connection until it ends; returns the agent's id.
 pub async fn connection(
@@ -74,6 +81,7 @@ pub async fn connection(
     tcp: TcpStream,
     app: App,
     key: Arc<SigningKey>,
+    settings: Arc<Settings>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Uuid, ConnError> {
     let tls = tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp))
@@ -164,6 +172,7 @@ pub async fn connection(
             policy_seq: -1,
             requests: HashMap::new(),
             protocol,
+            pong_seen: None,
         };
         c.app.fleet.hello(&c.agent_s, protocol, &version).await?;
         let _live = c.app.presence.connected(&c.agent_s);
@@ -179,6 +188,17 @@ pub async fn connection(
             },
         )
         .await?;
+        let (ping_every, silence) = settings.keepalive(protocol);
+        if protocol >= LEVEL_SETTINGS {
+            send(
+                &mut wr,
+                &ControllerMsg::Settings {
+                    endpoints: settings.endpoints.clone(),
+                    ping_every_ms: u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX),
+                },
+            )
+            .await?;
+        }
         c.send_policy(&mut wr).await?;
         c.send_outbox(&mut wr, true).await?;
         let now = jitgate_api::time::now_ms();
@@ -198,7 +218,7 @@ pub async fn connection(
         )
         .await?;
         let mut last_heard = tokio::time::Instant::now();
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(ping_every);
         ping.reset();
         // Revocation is pushed (a wakeup for the VM, from any controller; on PostgreSQL the
         // cluster catch-up backs it). On SQLite an administration command in another process
@@ -226,9 +246,9 @@ pub async fn connection(
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() >= IDLE_LIMIT {
+                    if last_heard.elapsed() >= silence {
                         return Err(ConnError::Protocol(format!(
-                            "agent silent for {} s", IDLE_LIMIT.as_secs())));
+                            "agent silent for {} ms", silence.as_millis())));
                     }
                     nonce += 1;
                     send(&mut wr, &ControllerMsg::Ping { nonce }).await?;
@@ -547,7 +567,13 @@ impl Conn {
             // On PostgreSQL the presence refresh marks connected agents seen, in one
             // statement every few seconds (`cluster`): no write transaction per pong.
             AgentMsg::Pong { .. } if self.app.db.backend() == Backend::Sqlite => {
-                self.app.fleet.seen(&self.agent_s, None).await?;
+                if self
+                    .pong_seen
+                    .is_none_or(|t| t.elapsed() >= SEEN_BY_PONG_EVERY)
+                {
+                    self.pong_seen = Some(tokio::time::Instant::now());
+                    self.app.fleet.seen(&self.agent_s, None).await?;
+                }
             }
             AgentMsg::Pong { .. } => {}
         }

@@ -18,11 +18,36 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use jitgate_proto::LEVEL_SETTINGS;
 
-/// Keepalive: a Ping after this long without traffic from the agent.
+/// Keepalive for agents before level 3 ([`LEVEL_SETTINGS`]): a Ping this often; they give up
+/// on a controller silent for 45 s whatever it says.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
-/// A connection silent for this long is closed.
+/// A connection of an agent before level 3 silent for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// The silence limit on both sides is this many ping intervals (level 3 and later).
+pub const SILENT_PINGS: u32 = 3;
+
+/// What every connection tells an agent of level 3 or later (`ControllerMsg::Settings`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Every controller's agent endpoint (`agent_endpoints`, else this controller's own).
+    pub endpoints: Vec<String>,
+    /// `agent_ping_seconds`: a frozen or cut-off controller is left after
+    /// [`SILENT_PINGS`] of these.
+    pub ping_every: Duration,
+}
+
+impl Settings {
+    /// The ping interval and silence limit for an agent of protocol `level`.
+    pub fn keepalive(&self, level: u32) -> (Duration, Duration) {
+        if level >= LEVEL_SETTINGS {
+            (self.ping_every, self.ping_every * SILENT_PINGS)
+        } else {
+            (PING_EVERY, IDLE_LIMIT)
+        }
+    }
+}
 /// How often a connection re-checks that its agent is still active (revocation), on SQLite
 /// (on PostgreSQL revocation is pushed, with the cluster catch-up behind it).
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -37,10 +62,12 @@ pub fn serve_agents(
     tls: rustls::ServerConfig,
     app: App,
     key: SigningKey,
+    settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let key = Arc::new(key);
+    let settings = Arc::new(settings);
     app.presence.set_serving();
     tokio::spawn(async move {
         if let Ok(addr) = listener.local_addr() {
@@ -59,10 +86,15 @@ pub fn serve_agents(
                 _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, app, key, sd) =
-                (acceptor.clone(), app.clone(), key.clone(), shutdown.clone());
+            let (acceptor, app, key, settings, sd) = (
+                acceptor.clone(),
+                app.clone(),
+                key.clone(),
+                settings.clone(),
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
-                match conn::connection(acceptor, tcp, app, key, sd).await {
+                match conn::connection(acceptor, tcp, app, key, settings, sd).await {
                     Ok(agent) => tracing::info!(%peer, %agent, "agent connection closed"),
                     Err(e) => tracing::warn!(%peer, reason = %e, "agent connection closed"),
                 }

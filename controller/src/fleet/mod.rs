@@ -33,8 +33,10 @@ pub struct Enrollment {
     pub ca: Ca,
     /// SPKI PEM of the grant-signing public key.
     pub grant_signing_key_pem: String,
-    /// host:port agents dial.
+    /// host:port of this controller's agent channel.
     pub agent_endpoint: String,
+    /// Every controller's (`agent_endpoints`, else this one's only).
+    pub agent_endpoints: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -171,6 +173,7 @@ impl Fleet {
             ca_pem: en.ca.pem.clone(),
             grant_signing_key_pem: en.grant_signing_key_pem.clone(),
             agent_endpoint: en.agent_endpoint.clone(),
+            agent_endpoints: en.agent_endpoints.clone(),
         })
     }
 

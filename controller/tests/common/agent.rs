@@ -182,6 +182,13 @@ impl Agent {
             ControllerMsg::Welcome { agent_id, .. } => assert_eq!(agent_id, c.id),
             m => panic!("expected Welcome, got {m:?}"),
         }
+        // Level 3 and later: the cluster's endpoints and the ping interval come next.
+        if level >= jitgate_proto::LEVEL_SETTINGS {
+            match self.recv().await {
+                ControllerMsg::Settings { .. } => {}
+                m => panic!("expected Settings, got {m:?}"),
+            }
+        }
         let policy = match self.recv().await {
             ControllerMsg::Policy(p) => p.verify(&c.signing, c.id).expect("signed policy"),
             m => panic!("expected Policy, got {m:?}"),
