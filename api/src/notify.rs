@@ -78,6 +78,17 @@ pub struct SinkStatus {
     pub retrying: i64,
     pub delivered: i64,
     pub dead: i64,
+    /// Of the queued and retrying deliveries, those being attempted now (leased).
+    #[serde(default)]
+    pub in_flight: i64,
+    /// When the sink's latest delivery succeeded, among the 10 000 latest deliveries of all
+    /// sinks (absent: none that recent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered_utc: Option<String>,
+    /// When the oldest event still waiting for this sink (queued or retrying) was written:
+    /// the delivery lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_utc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<DeliveryFailure>,
 }

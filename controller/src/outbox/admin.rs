@@ -22,7 +22,7 @@ use crate::outbox::Outbox;
 use crate::outbox::status;
 use crate::store::activity::{self, NewActivity};
 use crate::store::inventory;
-use crate::store::notify::{self, CONFIG_SINK_OWNER, SinkRow};
+use crate::store::notify::{self, CONFIG_SINK_OWNER, DeadRow, SinkRow};
 use crate::store::write::WriteTx;
 
 /// What the example event of `test` carries where people write text.
@@ -281,6 +281,33 @@ impl Notifications {
             .into_iter()
             .filter(|s| visible.contains(&s.name))
             .collect())
+    }
+
+    /// One sink the caller may manage, as `list` shows it (target redacted); one outside
+    /// their scope is "not found".
+    pub async fn sink_info(&self, caller: &Caller, name: &str) -> Result<SinkInfo> {
+        authz::authorize(caller, Action::ListSinks)?;
+        let o = self.outbox()?;
+        let mut conn = o.db.pool().acquire().await?;
+        let (sink, row) = self.visible(&mut conn, caller, name).await?;
+        Ok(info(&sink, &row))
+    }
+
+    /// The dead deliveries of `sink` (one the caller may manage, as for `retry` and
+    /// `discard`), newest event first: at most `limit` (1 to 500) with an event seq below
+    /// `before`.
+    pub async fn dead_letters(
+        &self,
+        caller: &Caller,
+        sink: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadRow>> {
+        authz::authorize(caller, Action::ListSinks)?;
+        let o = self.outbox()?;
+        let mut conn = o.db.pool().acquire().await?;
+        let (s, _) = self.visible(&mut conn, caller, sink).await?;
+        notify::dead(&mut conn, &s.name, before, limit.clamp(1, 500)).await
     }
 
     /// Dead deliveries of `sink` (or of every sink the caller sees) are attempted again.

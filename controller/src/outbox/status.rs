@@ -8,10 +8,15 @@ use crate::error::{Error, Result};
 use crate::store::db::Db;
 use crate::store::notify;
 
-/// Every sink's status, by name.
+/// Every sink's status, by name: deliveries per state, those in flight, the latest
+/// success, the oldest undelivered event and the last failure still standing.
 pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
     let mut conn = db.pool().acquire().await?;
+    let now = jitgate_api::time::now_ms();
     let counts = notify::counts(&mut conn).await?;
+    let in_flight = notify::in_flight(&mut conn, now).await?;
+    let delivered_at = notify::last_delivered(&mut conn).await?;
+    let oldest = notify::oldest_pending(&mut conn).await?;
     let mut out = Vec::new();
     for s in notify::sinks(&mut conn).await? {
         let n = |state: DeliveryState| {
@@ -21,6 +26,7 @@ pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
                 .map(|(_, _, n)| *n)
                 .sum()
         };
+        let of = |v: &[(String, i64)]| v.iter().find(|(sink, _)| *sink == s.name).map(|(_, x)| *x);
         let last_failure =
             notify::last_failure(&mut conn, &s.name)
                 .await?
@@ -35,6 +41,13 @@ pub async fn status(db: &Db) -> Result<Vec<SinkStatus>> {
             retrying: n(DeliveryState::Retrying),
             delivered: n(DeliveryState::Delivered),
             dead: n(DeliveryState::Dead),
+            in_flight: of(&in_flight).unwrap_or(0),
+            last_delivered_utc: delivered_at
+                .iter()
+                .find(|(sink, _)| *sink == s.name)
+                .and_then(|(_, at)| *at)
+                .map(jitgate_api::time::format),
+            oldest_pending_utc: of(&oldest).map(jitgate_api::time::format),
             name: s.name,
             created_by: s.created_by,
             last_failure,

@@ -536,3 +536,85 @@ pub async fn discard_dead(w: &mut WriteTx, sink: &str) -> Result<u64> {
         .await?;
     Ok(r.rows_affected())
 }
+
+/// Per sink, how many of its queued and retrying deliveries a controller holds a lease on
+/// at `now` (an attempt under way). Reads only the pending deliveries (index on state).
+pub async fn in_flight(conn: &mut AnyConnection, now: i64) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT sink, COUNT(*) FROM notify_deliveries WHERE state IN ($1, $2) \
+         AND lease_until IS NOT NULL AND lease_until >= $3 GROUP BY sink",
+    )
+    .bind(DeliveryState::Queued.as_str())
+    .bind(DeliveryState::Retrying.as_str())
+    .bind(now)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// How many of the latest deliveries (of every sink) [`last_delivered`] looks at.
+pub const LAST_DELIVERED_SCAN: i64 = 10_000;
+
+/// Per sink, when its latest delivery succeeded, among the [`LAST_DELIVERED_SCAN`] latest
+/// deliveries of all sinks: a bounded walk back along the index `(state, next_attempt_at)`
+/// (a delivered row's `next_attempt_at` is its delivery time: [`record_all`] sets both), so
+/// the cost does not grow with the deliveries kept. A sink absent from the answer had no
+/// success that recent.
+pub async fn last_delivered(conn: &mut AnyConnection) -> Result<Vec<(String, Option<i64>)>> {
+    Ok(sqlx::query_as(
+        "SELECT sink, MAX(delivered_at) FROM (SELECT sink, delivered_at FROM notify_deliveries \
+         WHERE state = $1 ORDER BY next_attempt_at DESC LIMIT $2) latest GROUP BY sink",
+    )
+    .bind(DeliveryState::Delivered.as_str())
+    .bind(LAST_DELIVERED_SCAN)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A dead delivery with what its event is about (never the event's body).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeadRow {
+    pub event_seq: i64,
+    /// The event's id (the `Jitgate-Delivery` header).
+    pub event_id: String,
+    /// `EventType::as_str`.
+    pub event_type: String,
+    /// What the event concerns: `request:ID`, `vm:GROUP/VM`, `policy:GROUP[/VM]` or
+    /// `event:ID` ([`jitgate_notify::Event::order_key`]).
+    pub order_key: String,
+    /// When the event was written.
+    pub created_at: i64,
+    pub attempts: i64,
+    /// `FailureKind::as_str`.
+    pub last_kind: Option<String>,
+    /// `StatusClass::as_str`, when there was an answer.
+    pub last_status: Option<String>,
+    /// Short, never a response body or a URL; still text from elsewhere (shown escaped).
+    pub last_detail: Option<String>,
+    pub last_attempt_at: Option<i64>,
+}
+
+/// Up to `limit` dead deliveries of `sink` with an event seq below `before`, newest event
+/// first (keyset by seq): the sink's dead rows through the index `(sink, state)`, the page
+/// chosen among them first, then only its events read by primary key.
+pub async fn dead(
+    conn: &mut AnyConnection,
+    sink: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<DeadRow>> {
+    Ok(sqlx::query_as(
+        "SELECT d.event_seq, e.id AS event_id, e.event_type, e.order_key, e.created_at, \
+         d.attempts, d.last_kind, d.last_status, d.last_detail, d.last_attempt_at \
+         FROM (SELECT event_seq, attempts, last_kind, last_status, last_detail, \
+           last_attempt_at FROM notify_deliveries \
+           WHERE sink = $1 AND state = $2 AND event_seq < $3 \
+           ORDER BY event_seq DESC LIMIT $4) d \
+         JOIN notify_events e ON e.seq = d.event_seq ORDER BY d.event_seq DESC",
+    )
+    .bind(sink)
+    .bind(DeliveryState::Dead.as_str())
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

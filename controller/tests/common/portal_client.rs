@@ -49,7 +49,12 @@ impl Page {
 
 impl Portal {
     pub async fn start() -> Portal {
-        let (ca, op, h, public) = signin::portal_with_provider().await;
+        Self::start_with(|_| {}).await
+    }
+
+    /// As [`Portal::start`], with more of the controller's configuration set by `more`.
+    pub async fn start_with(more: impl FnOnce(&mut jitgate_controller::state::Config)) -> Portal {
+        let (ca, op, h, public) = signin::portal_with_provider_and(more).await;
         let browser = crate::common::browser_for(&h.dir);
         Portal {
             public,

@@ -53,6 +53,18 @@ pub async fn portal_with_provider() -> (
     crate::common::Harness,
     String,
 ) {
+    portal_with_provider_and(|_| {}).await
+}
+
+/// As [`portal_with_provider`], with more of the controller's configuration set by `more`.
+pub async fn portal_with_provider_and(
+    more: impl FnOnce(&mut jitgate_controller::state::Config),
+) -> (
+    std::sync::Arc<jitgate_oidc_testprovider::TestCa>,
+    jitgate_oidc_testprovider::TestProvider,
+    crate::common::Harness,
+    String,
+) {
     use jitgate_oidc_testprovider::{Setup, TestCa, TestProvider};
     let port = crate::rp_support::free_port();
     let public = format!("https://127.0.0.1:{port}");
@@ -72,6 +84,7 @@ pub async fn portal_with_provider() -> (
         c.oidc = Some(oidc);
         c.listen = format!("127.0.0.1:{port}");
         c.public_url = Some(public.clone());
+        more(c);
     })
     .await;
     (ca, op, h, public)

@@ -136,6 +136,9 @@ pub enum Answer {
     WithHeader(u16, &'static str, String),
     /// Read the request, never answer.
     Hang,
+    /// A status, one extra header and a body of the receiver's choosing (hostile text that
+    /// must never be kept or shown).
+    WithBody(u16, &'static str, String, String),
 }
 
 /// A recording HTTPS (or plain HTTP) receiver on one loopback address.
@@ -275,6 +278,11 @@ async fn handle(
         Answer::WithHeader(s, name, value) => {
             *resp.status_mut() = s.try_into().unwrap();
             resp.headers_mut().insert(name, value.parse().unwrap());
+        }
+        Answer::WithBody(s, name, value, body) => {
+            *resp.status_mut() = s.try_into().unwrap();
+            resp.headers_mut().insert(name, value.parse().unwrap());
+            *resp.body_mut() = Full::new(Bytes::from(body));
         }
         Answer::Hang => std::future::pending::<()>().await,
     }

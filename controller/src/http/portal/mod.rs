@@ -16,6 +16,8 @@
 //!   records with their verification.
 //! - [`connections`]: who connected to a VM, under which request (or break-glass), and
 //!   the denied attempts; exported as the API exports them.
+//! - [`notifications`]: the notification sinks (admins), their delivery state, their dead
+//!   deliveries with retry and discard, and a test message.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -30,6 +32,7 @@ pub mod connections;
 pub mod direct;
 pub mod fleet;
 pub mod form;
+pub mod notifications;
 pub mod page;
 pub mod requests;
 pub mod session;
@@ -52,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .merge(activity::router())
         .merge(fleet::router())
         .merge(connections::router())
+        .merge(notifications::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }

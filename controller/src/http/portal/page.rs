@@ -51,6 +51,8 @@ pub struct Chrome {
     pub csrf: String,
     /// The navigation entry of this page.
     pub here: &'static str,
+    /// Whether the viewer may see notification sinks (the Notifications entry).
+    pub sinks: bool,
 }
 
 /// "requester on rg:prod, reader on *", or "no role".

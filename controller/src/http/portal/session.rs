@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use jitgate_api::ErrorCode;
 
-use crate::authz::Caller;
+use crate::authz::{self, Action, Caller};
 use crate::http::error::HttpError;
 use crate::http::extract::{client_address, peer};
 use crate::http::origin::from_this_site;
@@ -41,6 +41,7 @@ impl Viewer {
             address: self.caller.address.to_string(),
             csrf: self.csrf.clone(),
             here,
+            sinks: authz::allowed(&self.caller, Action::ListSinks),
         }
     }
 
