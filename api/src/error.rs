@@ -96,6 +96,9 @@ wire_enum! {
         // 503
         /// The OpenID provider cannot be reached (discovery is retried).
         SignInUnavailable = "SignInUnavailable",
+        /// The database cannot be reached now (restarting, failing over, unreachable):
+        /// nothing was changed; try again.
+        DatabaseUnavailable = "DatabaseUnavailable",
     }
 }
 
@@ -125,7 +128,8 @@ pub enum ErrorClass {
     TooManyRequests,
     /// The controller failed; nothing was changed (500).
     Internal,
-    /// A service the call needs (the OpenID provider) is unreachable for now (503).
+    /// A service the call needs (the OpenID provider, the database) is unreachable for now
+    /// (503).
     Unavailable,
 }
 
@@ -193,7 +197,7 @@ impl ErrorCode {
             C::UnsupportedMediaType => K::UnsupportedMediaType,
             C::TooManyRequests => K::TooManyRequests,
             C::InternalError => K::Internal,
-            C::SignInUnavailable => K::Unavailable,
+            C::SignInUnavailable | C::DatabaseUnavailable => K::Unavailable,
             C::Unknown(_) => return None,
         })
     }

@@ -56,6 +56,28 @@ impl Error {
         Error::Corrupt(what.to_string())
     }
 
+    /// Whether the database could not be reached (a connection refused, reset or not
+    /// handed out in time; the server shutting down or starting): the call changed nothing
+    /// and may succeed when retried.
+    pub fn database_unavailable(&self) -> bool {
+        match self {
+            Error::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08 (connection exception), 57P01..57P03 (admin shutdown,
+                // crash shutdown, cannot connect now).
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The code of a refusal, `None` for the controller's own failures.
     pub fn code(&self) -> Option<&ErrorCode> {
         match self {

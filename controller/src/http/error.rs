@@ -46,6 +46,13 @@ impl From<Error> for HttpError {
     fn from(e: Error) -> HttpError {
         match e {
             Error::Refused { code, message } => HttpError { code, message },
+            e if e.database_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                HttpError::new(
+                    ErrorCode::DatabaseUnavailable,
+                    "the database cannot be reached now; nothing was changed, try again",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "internal failure");
                 HttpError::new(

@@ -159,6 +159,13 @@ pub struct Db {
     writer: Writer,
 }
 
+/// PostgreSQL: a pooled connection idle this long is pinged before it is handed out.
+const PING_IF_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest a call waits for a PostgreSQL connection.
+const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest a call waits for a SQLite connection (sqlx's default).
+const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// PostgreSQL: the longest the writer's session may sit idle inside a transaction.
 const WRITER_IDLE_IN_TX: &str = "SET idle_in_transaction_session_timeout = '10s'";
 
@@ -174,8 +181,25 @@ impl Db {
         let options = |max: u32, writer: bool| {
             AnyPoolOptions::new()
                 .max_connections(max)
-                // A failed connection surfaces as an error on use; no ping per acquire.
+                // No ping per acquire: only a connection idle for a while is checked first
+                // (PostgreSQL: a server restart or a proxy may have closed it; without the
+                // check the one call that next takes it would fail).
                 .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Postgres && meta.idle_for >= PING_IF_IDLE {
+                            return Ok(sqlx::Connection::ping(conn).await.is_ok());
+                        }
+                        Ok(true)
+                    })
+                })
+                // PostgreSQL that cannot be reached is answered within this (503
+                // `DatabaseUnavailable`), rather than holding the caller for sqlx's 30 s.
+                // (SQLite is a local file: a wait there is load, not an outage.)
+                .acquire_timeout(match backend {
+                    Backend::Postgres => PG_ACQUIRE_TIMEOUT,
+                    Backend::Sqlite => SQLITE_ACQUIRE_TIMEOUT,
+                })
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {

@@ -88,9 +88,16 @@ pub struct Writer {
     /// Where a new writer connection comes from (with the writer's session settings) when
     /// the server ended this one: a restart, a failover, a transaction ended for idling.
     reconnect: sqlx::AnyPool,
+    /// When a reconnection last failed: for [`RETRY_RECONNECT_AFTER`] after that, writes fail
+    /// at once instead of each waiting its turn for another attempt (a database outage
+    /// answers every caller within one connection timeout, not one per caller queued).
+    reconnect_failed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     backend: Backend,
     notifier: Notifier,
 }
+
+/// How long a failed reconnection of the writer is not tried again.
+const RETRY_RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     pub fn new(
@@ -102,6 +109,7 @@ impl Writer {
         Writer {
             conn: Arc::new(Mutex::new(conn)),
             reconnect,
+            reconnect_failed: Default::default(),
             backend,
             notifier,
         }
@@ -126,11 +134,28 @@ impl Writer {
 
     /// Replaces the writer connection if it no longer answers; true if it did.
     async fn replace_if_gone(&self) -> Result<bool> {
+        let failed_lately = || {
+            self.reconnect_failed
+                .lock()
+                .map(|t| t.is_some_and(|t| t.elapsed() < RETRY_RECONNECT_AFTER))
+                .unwrap_or(false)
+        };
+        if failed_lately() {
+            return Err(sqlx::Error::PoolTimedOut.into());
+        }
         let mut g = self.conn.lock().await;
         if sqlx::Connection::ping(&mut *g).await.is_ok() {
             return Ok(false);
         }
-        *g = self.reconnect.acquire().await?.detach();
+        // Another caller may have failed while this one waited for the lock.
+        if failed_lately() {
+            return Err(sqlx::Error::PoolTimedOut.into());
+        }
+        let fresh = self.reconnect.acquire().await;
+        if let Ok(mut t) = self.reconnect_failed.lock() {
+            *t = fresh.is_err().then(std::time::Instant::now);
+        }
+        *g = fresh?.detach();
         Ok(true)
     }
 
