@@ -185,10 +185,17 @@ async fn request_ssh_and_revoke_in_the_browser() {
         op.web_client_secret_file().display(),
         ca.ca_file().display()
     );
+    // A notification sink that cannot be reached (nothing listens on that port): its page
+    // shows the failures, and a test sent from it fails in words.
+    let notify = format!(
+        "[notify]\nallow_networks = [\"{WS_V4}/32\"]\ntimeout_seconds = 2\n\
+         [[notify.sinks]]\nname = \"lab-hook\"\nformat = \"slack\"\n\
+         target = \"https://{WS_V4}:9/services/lab\"\nevents = [\"access.applied\"]\n"
+    );
     let ctl = ControllerProc::start_with(
         &fleet.ws,
         WS_V4,
-        &format!("public_url = \"{origin}\"\n{oidc}"),
+        &format!("public_url = \"{origin}\"\n{notify}{oidc}"),
     );
     let token = ctl.add_vm("vm-01", vm.v4);
     // A second VM in a group without a policy: the "Not configured" tab.
@@ -426,6 +433,21 @@ async fn request_ssh_and_revoke_in_the_browser() {
     b.click_button("Verify this agent's records").await.unwrap();
     b.wait_for_text("Verified: records").await.unwrap();
     b.checkpoint("fleet-agent").await;
+    // Notifications (admins): the sink from controller.toml with its state; a test sent
+    // from the sink's page fails in words (nothing listens there).
+    b.goto(&format!("{origin}/notifications")).await.unwrap();
+    b.wait_for_text("Sinks, by name").await.unwrap();
+    b.wait_for_text("lab-hook").await.unwrap();
+    assert_nothing_injected(&b).await;
+    b.checkpoint("notifications").await;
+    b.goto(&format!("{origin}/notifications/lab-hook"))
+        .await
+        .unwrap();
+    b.wait_for_text("Notification sink lab-hook").await.unwrap();
+    b.click_button("Send a test").await.unwrap();
+    b.wait_for_text("Test not delivered").await.unwrap();
+    assert_nothing_injected(&b).await;
+    b.checkpoint("notification-sink").await;
     b.goto(&page).await.unwrap();
     wait_for_status(&b, "Applied").await;
 
