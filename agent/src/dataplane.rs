@@ -296,6 +296,11 @@ pub struct Dataplane {
     policy: HashMap<u32, u8>,
     grant_maps: GrantMaps,
     cover: CoverIndex,
+    /// Whether `cover` describes every entry of the grant maps. False from adopting pinned
+    /// maps until `reconcile_grants` has pruned them: until then `write_slot` keeps the
+    /// lookup bits the pinned slots hold, or entries this process does not know yet (the
+    /// previous agent's grants, still enforced) would be skipped and their sources dropped.
+    grants_known: bool,
     prefilter: Prefilter,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, DataplaneConfig>,
@@ -415,6 +420,7 @@ impl Dataplane {
             policy,
             grant_maps,
             cover: CoverIndex::new(),
+            grants_known: !adopted,
             prefilter,
             flows,
             config,
@@ -657,7 +663,9 @@ impl Dataplane {
 
     /// Writes one `JG_PROTECTED` slot: policy bits plus the grant-derived lookup bits. Called
     /// after the grant maps are written (so a bit never points at a missing entry for long)
-    /// and after entries are removed (so no entry is ever skipped while it exists).
+    /// and after entries are removed (so no entry is ever skipped while it exists). While
+    /// the maps may hold entries `cover` does not know (`grants_known` false), the slot's
+    /// lookup bits are only ever added to.
     fn write_slot(&mut self, idx: u32) -> Result<(), Error> {
         let proto = if idx >> 16 == 1 {
             Protocol::Udp
@@ -679,7 +687,11 @@ impl Dataplane {
                 v |= port_flags::HOST_V6;
             }
         }
-        if self.protected.get(&idx).copied().unwrap_or(0) != v {
+        let current = self.protected.get(&idx).copied().unwrap_or(0);
+        if !self.grants_known {
+            v |= current & !port_flags::POLICY_MASK;
+        }
+        if current != v {
             self.protected_map
                 .set(idx, v, 0)
                 .map_err(Error::map(names::PROTECTED))?;
@@ -754,10 +766,16 @@ impl Dataplane {
 
     /// Makes the grant maps hold exactly what `grants` require, deleting every other entry.
     /// Used after adopting pinned maps whose contents the caller's journal supersedes.
+    ///
+    /// Every source the maps or `grants` admit stays admitted until its entry is pruned: the
+    /// wanted entries are written and their slots' lookup bits added (none taken away), the
+    /// other entries deleted, and only then each slot set to exactly what `grants` need.
     pub fn reconcile_grants(
         &mut self,
         grants: impl IntoIterator<Item = (GrantId, GrantSpec, BootInstant)>,
     ) -> Result<(), Error> {
+        // Until the prune below, the maps hold entries the new index does not describe.
+        self.grants_known = false;
         self.cover = CoverIndex::new();
         for (id, spec, exp) in grants {
             self.cover.insert(id, &spec, exp.0);
@@ -789,6 +807,11 @@ impl Dataplane {
                 }
             }
         }
+        let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
+        slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
+        for idx in &slots {
+            self.write_slot(*idx)?;
+        }
         let m = &mut self.grant_maps;
         prune_hash(&mut m.host_v4, &want_v4h);
         prune_hash(&mut m.host_v6, &want_v6h);
@@ -797,11 +820,15 @@ impl Dataplane {
         // The maps now hold exactly `desired`: count the filter from scratch.
         self.prefilter
             .rebuild(desired.iter().map(|(s, _)| prefilter_key(s)));
-        let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
-        slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
+        self.grants_known = true;
         for idx in slots {
             self.write_slot(idx)?;
         }
+        tracing::debug!(
+            entries = desired.len(),
+            slots = self.protected.len(),
+            "grant maps reconciled"
+        );
         Ok(())
     }
 

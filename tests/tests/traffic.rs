@@ -349,6 +349,13 @@ fn enforcement_survives_the_loader_and_is_adopted() {
     let mut dp =
         jitgate_agent::Dataplane::open(&jitgate_agent::DataplaneOptions::new(&pin_dir)).unwrap();
     assert!(dp.adopted());
+    // As the daemon does: the policy is restated before the journal is replayed. The
+    // adopted grant, not yet known to this process, must keep admitting meanwhile.
+    dp.set_protected(&["22/tcp".parse().unwrap()]).unwrap();
+    assert!(
+        lab.tcp_connects(0, None, at(vm, 22), CONNECT),
+        "grant lost when the policy was restated before reconciling"
+    );
     let a = jitgate_agent::netns::run_in(&lab.vm_path(), || dp.attach(&iface))
         .unwrap()
         .unwrap();
