@@ -129,6 +129,22 @@ enum Bench {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+    /// Simulated agents speaking the real protocol (mutual TLS, level 3, signatures checked,
+    /// acknowledgements, status reports and pongs on the agent's schedule) against real
+    /// controllers on one throwaway PostgreSQL: connections held, controller RSS per agent,
+    /// the idle keepalive's CPU (controllers + PostgreSQL, and the generator's own), and
+    /// request → agent acknowledgement p50/p99 at 500 initiates/s.
+    Fleet {
+        /// 1 000 agents, 10 s of load: a smoke run, not written to BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+        /// How many simulated agents (default 10 000).
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// How many controllers share the agents (default 1).
+        #[arg(long, default_value_t = 1)]
+        controllers: usize,
+    },
     /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
     /// packet p50/p99, RSS at 100 000 grants.
     Agent {
@@ -1075,6 +1091,11 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
     match which {
         Bench::Controller { quick } => bench_controller(root, quick),
         Bench::Portal { quick, state } => bench_portal(root, quick, state.as_deref()),
+        Bench::Fleet {
+            quick,
+            agents,
+            controllers,
+        } => bench_fleet(root, quick, agents, controllers),
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
@@ -1091,6 +1112,26 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
         &["--requests", "20000", "--history", "100000"]
     };
     bench_example(root, "bench", "controller", args, quick)
+}
+
+fn bench_fleet(root: &Path, quick: bool, agents: usize, controllers: usize) -> Result<()> {
+    // The simulated fleet runs against the real `jit-controller` binary.
+    run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
+    let (agents, seconds) = if quick {
+        ("1000".to_string(), "10")
+    } else {
+        (agents.to_string(), "20")
+    };
+    let controllers = controllers.to_string();
+    let args = [
+        "--agents",
+        agents.as_str(),
+        "--controllers",
+        controllers.as_str(),
+        "--seconds",
+        seconds,
+    ];
+    bench_example(root, "fleet_bench", "fleet", &args, quick)
 }
 
 fn bench_portal(root: &Path, quick: bool, state: Option<&Path>) -> Result<()> {

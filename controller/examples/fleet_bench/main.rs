@@ -1,0 +1,715 @@
+//! Fleet benchmark (docs/ha.md): N simulated agents speaking the real protocol (enrolled over
+//! HTTPS, mutual TLS, protocol level 3, signatures checked, grants acknowledged, status
+//! reports every 10 s and pongs as the real agent sends them) against K real `jit-controller`
+//! processes on one throwaway PostgreSQL cluster, with requests initiated over HTTPS at a
+//! fixed rate. No XDP: this measures the control plane.
+//!
+//! cargo run --release -p jitgate-controller --example fleet_bench -- [--agents N (10000)]
+//!     [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)]
+//!
+//! Reports: connections held, controller RSS per connected agent, the CPU the fleet's
+//! keepalive costs when idle (controllers and PostgreSQL together, and the generator's own),
+//! and request → agent acknowledgement p50/p99 at the given rate, beside the same initiates'
+//! HTTP latency (the floor: what the API alone takes). Markdown on stdout, progress on stderr.
+//! All traffic is to 127.0.0.1 and a unix socket.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use jitgate_api::{PolicyBody, Role, Scope};
+use jitgate_controller::app::{App, Parts};
+use jitgate_controller::authz::Caller;
+use jitgate_controller::policies::Target;
+use jitgate_controller::store::DbOptions;
+use jitgate_proto::message::{Heartbeat, Outcome, StatusReport};
+use jitgate_proto::{AgentMsg, ControllerMsg, read_frame, write_frame};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+struct Opts {
+    agents: usize,
+    controllers: usize,
+    rate: u64,
+    seconds: u64,
+    idle: u64,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        agents: 10_000,
+        controllers: 1,
+        rate: 500,
+        seconds: 20,
+        idle: 30,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("missing value");
+        match a.as_str() {
+            "--agents" => o.agents = val()?.parse()?,
+            "--controllers" => o.controllers = val()?.parse()?,
+            "--rate" => o.rate = val()?.parse()?,
+            "--seconds" => o.seconds = val()?.parse()?,
+            "--idle" => o.idle = val()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if o.agents == 0 || o.controllers == 0 || o.rate == 0 || o.seconds == 0 {
+        bail!("--agents, --controllers, --rate and --seconds must be positive");
+    }
+    Ok(o)
+}
+
+/// A `jit-controller run` child process.
+struct Controller {
+    child: Child,
+    api: String,
+    agent: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/release/examples/fleet_bench -> target/release/jit-controller
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("jit-controller"))
+        .context("no target directory")?;
+    if !bin.exists() {
+        bail!(
+            "{} not found: `cargo build --release --bins` first (cargo xtask bench fleet does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Rewrites the listeners of a state directory's controller.toml and appends `extra`.
+fn configure(state: &Path, api: &str, agent: &str, extra: &str) -> Result<()> {
+    let cfg = state.join("controller.toml");
+    let text = std::fs::read_to_string(&cfg)?;
+    let mut out = format!("listen = \"{api}\"\nagent_listen = \"{agent}\"\n");
+    // Keys `extra` sets replace init's (TOML refuses duplicates).
+    let replaced: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    for l in text.lines() {
+        let key = l.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+        if !["listen", "agent_listen", "agent_endpoint", "metrics_listen"].contains(&key)
+            && !replaced.contains(&key)
+        {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    std::fs::write(&cfg, out)?;
+    Ok(())
+}
+
+fn spawn_controller(bin: &Path, state: &Path, api: String, agent: String) -> Result<Controller> {
+    let log = std::fs::File::create(state.with_extension("log"))?;
+    let child = Command::new(bin)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("run")
+        .env("JIT_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting jit-controller")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&api).is_err() {
+        if Instant::now() > deadline {
+            bail!("the controller at {api} did not start (see {})", state.with_extension("log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Controller { child, api, agent })
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state(0) ... utime(11) stime(12).
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// The postmaster and its children (the backends, the checkpointer, ...).
+fn postgres_pids(postmaster: u32) -> Vec<u32> {
+    let mut pids = vec![postmaster];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// One enrolled simulated agent.
+struct Identity {
+    id: uuid::Uuid,
+    vm: String,
+    cert_pem: String,
+}
+
+/// What the simulated agents share: the key, trust, where grants are timed.
+struct Shared {
+    key_der: Vec<u8>,
+    ca_pem: String,
+    signing: VerifyingKey,
+    connected: AtomicUsize,
+    grants: AtomicU64,
+    bad_signatures: AtomicU64,
+    /// "vm|source" -> when its initiate was sent.
+    sent: Mutex<HashMap<String, Instant>>,
+    /// request -> agent acknowledgement, microseconds.
+    acks: Mutex<Vec<u64>>,
+}
+
+fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivatePkcs8KeyDer::from(s.key_der.clone());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key.into())?,
+    ))
+}
+
+fn status_report() -> AgentMsg {
+    AgentMsg::Status(Box::new(StatusReport {
+        heartbeat: Heartbeat {
+            interfaces: vec![("eth0".into(), "driver".into())],
+            protected: vec![],
+            listening: vec![],
+            active_grants: 0,
+            audit_head: String::new(),
+            audit_seq: 0,
+        },
+        addresses: vec![],
+        problems: vec![],
+        agent_unix_ms: jitgate_api::time::now_ms(),
+    }))
+}
+
+/// One agent's life: connect, hello, then answer until the connection ends.
+async fn run_agent(s: Arc<Shared>, who: Identity, endpoint: String) -> Result<()> {
+    let cfg = tls_config(&s, &who.cert_pem)?;
+    let tcp = tokio::net::TcpStream::connect(&endpoint).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write_frame(&mut wr, &m).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tx.send(AgentMsg::HelloV2 {
+        agent_id: who.id,
+        version: "fleet-bench".into(),
+        seq_high_water: 0,
+        audit_acked: 0,
+        protocol: jitgate_proto::PROTOCOL_LEVEL,
+    })
+    .await?;
+    // Status reports on the agent's schedule (every 10 s), the first at once, spread.
+    let hb = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
+            loop {
+                if tx.send(status_report()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+    let mut counted = false;
+    let result = loop {
+        let m = match read_frame::<_, ControllerMsg>(&mut rd).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow::anyhow!("{e}")),
+        };
+        let reply = match m {
+            ControllerMsg::Welcome { .. } => {
+                counted = true;
+                s.connected.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            ControllerMsg::Ping { nonce } => Some(AgentMsg::Pong { nonce }),
+            ControllerMsg::Policy(p) => match p.verify(&s.signing, who.id) {
+                Ok(b) => Some(AgentMsg::PolicyResult {
+                    seq: b.seq,
+                    outcome: Outcome::Applied {
+                        agent_unix_ms: jitgate_api::time::now_ms(),
+                    },
+                }),
+                Err(_) => {
+                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            ControllerMsg::Grant(g) => match g.verify(&s.signing, who.id) {
+                Ok(b) => {
+                    let key = format!("{}|{}", who.vm, b.source);
+                    let sent = s.sent.lock().ok().and_then(|mut m| m.remove(&key));
+                    if let Some(t) = sent {
+                        if let Ok(mut a) = s.acks.lock() {
+                            a.push(t.elapsed().as_micros() as u64);
+                        }
+                    }
+                    s.grants.fetch_add(1, Ordering::Relaxed);
+                    Some(AgentMsg::GrantResult {
+                        grant_id: b.grant_id,
+                        seq: b.seq,
+                        outcome: Outcome::Applied {
+                            agent_unix_ms: jitgate_api::time::now_ms(),
+                        },
+                    })
+                }
+                Err(_) => {
+                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            ControllerMsg::Revoke(r) => match r.verify(&s.signing, who.id) {
+                Ok(b) => Some(AgentMsg::RevokeResult {
+                    grant_id: b.grant_id,
+                    seq: b.seq,
+                    outcome: Outcome::AlreadyApplied,
+                }),
+                Err(_) => None,
+            },
+            ControllerMsg::Active { .. } => {
+                let _ = tx.send(AgentMsg::Grants { grants: vec![] }).await;
+                Some(AgentMsg::ScheduledGrants { grants: vec![] })
+            }
+            ControllerMsg::Settings { .. }
+            | ControllerMsg::AuditAck { .. }
+            | ControllerMsg::ScheduledGrant(_) => None,
+        };
+        if let Some(r) = reply
+            && tx.send(r).await.is_err()
+        {
+            break Ok(());
+        }
+    };
+    if counted {
+        s.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    hb.abort();
+    writer.abort();
+    result
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = parse_args()?;
+    let bin = controller_bin()?;
+    let tmp = tempfile::tempdir()?;
+    eprintln!("PostgreSQL: a throwaway cluster ...");
+    let pg = tokio::task::spawn_blocking(jitgate_testpg::Cluster::start).await??;
+    let db = pg.create_database()?;
+    let postmaster = pg.pid().context("PostgreSQL is not running")?;
+
+    // Controllers: the first initialised, the others with a copy of its state directory.
+    let mut addrs = Vec::new();
+    for _ in 0..o.controllers {
+        addrs.push((
+            format!("127.0.0.1:{}", free_port()?),
+            format!("127.0.0.1:{}", free_port()?),
+        ));
+    }
+    let endpoints = addrs
+        .iter()
+        .map(|(_, a)| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let extra = format!("agent_endpoints = [{endpoints}]\nmax_db_connections = 16\n");
+    let first = tmp.path().join("c0");
+    let out = Command::new(&bin)
+        .arg("--json")
+        .arg("--state-dir")
+        .arg(&first)
+        .args(["init", "--database-url", &db.url, "--metrics-listen", "off"])
+        .output()?;
+    if !out.status.success() {
+        bail!("init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let init: Value = serde_json::from_slice(&out.stdout)?;
+    let ca_pem = std::fs::read_to_string(init["caCertificate"].as_str().context("CA")?)?;
+    let mut states = vec![first.clone()];
+    for k in 1..o.controllers {
+        let d = tmp.path().join(format!("c{k}"));
+        let st = Command::new("cp").arg("-a").arg(&first).arg(&d).status()?;
+        if !st.success() {
+            bail!("copying the state directory");
+        }
+        states.push(d);
+    }
+    let mut ctls = Vec::new();
+    for (state, (api, agent)) in states.iter().zip(&addrs) {
+        configure(state, api, agent, &extra)?;
+        ctls.push(spawn_controller(&bin, state, api.clone(), agent.clone())?);
+    }
+
+    // Inventory, policy and tokens through the library on the same database (as the
+    // administration commands do).
+    let app = App::open(&db.url, &DbOptions::default(), Parts::default()).await?;
+    let local = Caller::local();
+    eprintln!("inventory: {} VMs ...", o.agents);
+    let t0 = Instant::now();
+    app.inventory
+        .add_group(&local, "fleet", "ops@example.com")
+        .await?;
+    for i in 0..o.agents {
+        let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            198,
+            18,
+            (i >> 8) as u8,
+            (i & 0xff) as u8,
+        ));
+        app.inventory
+            .add_vm(&local, &format!("vm{i}"), "fleet", &[addr])
+            .await?;
+    }
+    let policy: PolicyBody = serde_json::from_value(json!({"ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "198.18.0.0/15",
+         "maxRequestAccessDuration": "PT3H"}]}))?;
+    app.policies
+        .put(&local, Target::Group("fleet"), &policy)
+        .await?;
+    let requester = app
+        .tokens
+        .create(&local, "bench", Role::Requester, &Scope::All, None, &[])
+        .await?
+        .1;
+    let mut tokens = Vec::with_capacity(o.agents);
+    for i in 0..o.agents {
+        tokens.push(app.fleet.create_enroll_token(&local, &format!("vm{i}")).await?.0);
+    }
+    eprintln!("  done in {:.0}s", t0.elapsed().as_secs_f64());
+
+    // Enrolment over HTTPS, one key for every simulated agent (their certificates differ).
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .tls_built_in_root_certs(false)
+        .build()?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?;
+    eprintln!("enrolment: {} agents ...", o.agents);
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(tokens);
+    let enrolled = Arc::new(Mutex::new(Vec::with_capacity(o.agents)));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, next, tokens, enrolled, csr) = (
+            http.clone(),
+            next.clone(),
+            tokens.clone(),
+            enrolled.clone(),
+            csr.clone(),
+        );
+        let api = ctls[0].api.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = tokens.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                let v: Value = http
+                    .post(format!("https://{api}/api/v1/agents/enroll"))
+                    .json(&json!({"token": token, "csrPem": csr}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let id = v["agentId"].as_str().context("agentId")?.parse()?;
+                let cert_pem = v["certificatePem"].as_str().context("cert")?.to_string();
+                let signing = v["grantSigningKeyPem"].as_str().context("key")?.to_string();
+                if let Ok(mut e) = enrolled.lock() {
+                    e.push((
+                        Identity {
+                            id,
+                            vm: format!("vm{i}"),
+                            cert_pem,
+                        },
+                        signing,
+                    ));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let enrolled: Vec<(Identity, String)> = std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    eprintln!("  done in {:.0}s", t0.elapsed().as_secs_f64());
+    let signing_pem = enrolled.first().map(|e| e.1.clone()).context("no agent enrolled")?;
+    let shared = Arc::new(Shared {
+        key_der: key.serialize_der(),
+        ca_pem: ca_pem.clone(),
+        signing: VerifyingKey::from_public_key_pem(&signing_pem)?,
+        connected: AtomicUsize::new(0),
+        grants: AtomicU64::new(0),
+        bad_signatures: AtomicU64::new(0),
+        sent: Mutex::new(HashMap::new()),
+        acks: Mutex::new(Vec::new()),
+    });
+
+    // Connect the fleet, K controllers in turn; RSS before and after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before: Vec<u64> = ctls.iter().map(|c| rss(c.child.id())).collect();
+    eprintln!("connecting {} agents ...", o.agents);
+    let t0 = Instant::now();
+    let failures = Arc::new(AtomicUsize::new(0));
+    for (i, (who, _)) in enrolled.into_iter().enumerate() {
+        let endpoint = ctls[i % ctls.len()].agent.clone();
+        let (s, failures) = (shared.clone(), failures.clone());
+        tokio::spawn(async move {
+            if let Err(e) = run_agent(s, who, endpoint).await {
+                if failures.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("  agent ended: {e:#}");
+                }
+            }
+        });
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while shared.connected.load(Ordering::Relaxed) < o.agents && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let connected = shared.connected.load(Ordering::Relaxed);
+    let connect_s = t0.elapsed().as_secs_f64();
+    eprintln!("  {connected} connected in {connect_s:.0}s");
+    // Let the first status reports (spread over 10 s) and presence writes settle.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let rss_after: Vec<u64> = ctls.iter().map(|c| rss(c.child.id())).collect();
+
+    // Idle: the keepalive's cost (pings every 2 s, status reports every 10 s).
+    eprintln!("idle for {} s ...", o.idle);
+    let tps = ticks_per_second();
+    let pg_pids = postgres_pids(postmaster);
+    let sample = |ctls: &[Controller]| {
+        (
+            ctls.iter().map(|c| cpu_ticks(c.child.id())).sum::<u64>(),
+            pg_pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>(),
+            cpu_ticks(std::process::id()),
+        )
+    };
+    let (c0, p0, g0) = sample(&ctls);
+    let i0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(o.idle)).await;
+    let (c1, p1, g1) = sample(&ctls);
+    let idle_s = i0.elapsed().as_secs_f64();
+    let core = |a: u64, b: u64| 100.0 * (b.saturating_sub(a)) as f64 / tps / idle_s;
+    let (idle_ctl, idle_pg, idle_gen) = (core(c0, c1), core(p0, p1), core(g0, g1));
+
+    // Load: R initiates a second through the controllers in turn, each for a random VM and a
+    // source of its own, timed from just before the call to the agent's acknowledgement.
+    eprintln!("load: {} initiates/s for {} s ...", o.rate, o.seconds);
+    let (c0, p0, g0) = sample(&ctls);
+    let http_lat = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let total = o.rate * o.seconds;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let l0 = Instant::now();
+    let mut calls = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        tick.tick().await;
+        let vm = rand::random::<u64>() as usize % o.agents;
+        let source = format!(
+            "198.{}.{}.{}",
+            18 + ((n >> 16) & 1),
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
+        let key = format!("vm{vm}|{source}/32");
+        if let Ok(mut m) = shared.sent.lock() {
+            m.insert(key, Instant::now());
+        }
+        let (http, api, token, lat, errors) = (
+            http.clone(),
+            ctls[n as usize % ctls.len()].api.clone(),
+            requester.clone(),
+            http_lat.clone(),
+            errors.clone(),
+        );
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http
+                .post(format!(
+                    "https://{api}/api/v1/jitNetworkAccessPolicies/default/initiate"
+                ))
+                .bearer_auth(&token)
+                .json(&json!({"virtualMachines": [{"id": format!("vm{vm}"), "ports": [
+                    {"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}]}],
+                    "justification": "fleet bench"}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(t.elapsed().as_micros() as u64);
+                    }
+                }
+                Ok(r) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("  initiate: {} {}", r.status(), r.text().await.unwrap_or_default());
+                    }
+                }
+                Err(e) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("  initiate: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for c in calls {
+        let _ = c.await;
+    }
+    let offered_s = l0.elapsed().as_secs_f64();
+    // Acknowledgements still in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared.sent.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load_s = l0.elapsed().as_secs_f64();
+    let (c1, p1, g1) = sample(&ctls);
+    let core_load = |a: u64, b: u64| 100.0 * (b.saturating_sub(a)) as f64 / tps / load_s;
+    let unacked = shared.sent.lock().map(|m| m.len()).unwrap_or(0);
+    let mut acks = shared.acks.lock().map(|a| a.clone()).unwrap_or_default();
+    acks.sort_unstable();
+    let mut lat = http_lat.lock().map(|a| a.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    let still = shared.connected.load(Ordering::Relaxed);
+
+    let n = o.agents as f64;
+    let per_agent: Vec<String> = rss_before
+        .iter()
+        .zip(&rss_after)
+        .map(|(b, a)| {
+            let per = a.saturating_sub(*b) as f64 * o.controllers as f64 / n / 1024.0;
+            format!("{per:.1} KiB ({:.0} → {:.0} MiB)", *b as f64 / 1048576.0, *a as f64 / 1048576.0)
+        })
+        .collect();
+    println!(
+        "{} simulated agents (protocol level {}, mutual TLS, one connection each) on {} controller(s), one PostgreSQL; release build; {} logical CPUs shared by the controllers, PostgreSQL and the load generator.\n",
+        o.agents,
+        jitgate_proto::PROTOCOL_LEVEL,
+        o.controllers,
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| agents connected (held at the end) | {connected} ({still}); connection failures {} |", failures.load(Ordering::Relaxed));
+    println!("| time to connect every agent | {connect_s:.1} s |");
+    println!("| controller RSS per connected agent | {} |", per_agent.join("; "));
+    println!("| idle keepalive CPU ({} s; pings every 2 s, status every 10 s): controllers + PostgreSQL | {:.1} % + {:.1} % = {:.1} % of one core |", o.idle, idle_ctl, idle_pg, idle_ctl + idle_pg);
+    println!("| idle: the load generator's own CPU | {idle_gen:.1} % of one core |");
+    println!("| per agent per second, idle (controllers + PostgreSQL) | {:.1} µs of CPU |", (idle_ctl + idle_pg) / 100.0 / n * 1e6);
+    println!("| load: initiates offered / answered OK / errors | {total} in {offered_s:.1} s / {} / {} |", lat.len(), errors.load(Ordering::Relaxed));
+    println!("| floor: initiate HTTP latency p50 / p99 | {:.1} / {:.1} ms |", pct(&lat, 0.5), pct(&lat, 0.99));
+    println!("| request → agent acknowledgement p50 / p99 | {:.1} / {:.1} ms |", pct(&acks, 0.5), pct(&acks, 0.99));
+    println!("| p99 above the floor's p99 | {:+.1} ms |", pct(&acks, 0.99) - pct(&lat, 0.99));
+    println!("| grants received / bad signatures / never acknowledged | {} / {} / {unacked} |", shared.grants.load(Ordering::Relaxed), shared.bad_signatures.load(Ordering::Relaxed));
+    println!("| CPU under load: controllers / PostgreSQL / generator | {:.0} % / {:.0} % / {:.0} % of one core |", core_load(c0, c1), core_load(p0, p1), core_load(g0, g1));
+    drop(ctls);
+    Ok(())
+}
