@@ -11,6 +11,7 @@ use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
 use jitgate_controller::logging::{self, LogFormat};
 use jitgate_controller::outbox;
+use jitgate_controller::retention;
 use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::store::{activity, backup};
 use jitgate_controller::tokens::TokenInfo;
@@ -105,6 +106,22 @@ enum Cmd {
     Restore {
         /// The backup (from `jit-controller backup`).
         file: PathBuf,
+    },
+    /// Delete the records past their retention (`[retention]` in controller.toml;
+    /// docs/operations.md, "Retention"): ended requests with their grants and approvals,
+    /// agent audit and connection records, compliance evaluations, delivered notifications,
+    /// ended sessions, in short transactions while the controllers keep serving. The
+    /// activity log (only with `activity_days` set) is pruned up to a signed checkpoint,
+    /// after the pruned range was written to --archive FILE and verified. Prints per kind
+    /// how many rows went; recorded in the activity log.
+    Prune {
+        /// Change nothing: print what would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the pruned range of the activity log goes (new file, mode 0600; `jit audit
+        /// verify --offline FILE` verifies it). Without it the activity log is not pruned.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
     },
     /// Print a one-time portal sign-in link (docs/portal.md): for first setup and demos
     /// without an identity provider. It works once, within 10 minutes, and signs in as the
@@ -556,6 +573,38 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
                 );
             }
         }
+        Cmd::Prune { dry_run, archive } => {
+            let cfg = Config::load(&dir)?;
+            let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
+            let public_pem = std::fs::read_to_string(dir.signing_pub())
+                .with_context(|| format!("reading {}", dir.signing_pub().display()))?;
+            if let Some(a) = &archive
+                && a.exists()
+            {
+                bail!("{} exists: the archive must be a new file", a.display());
+            }
+            let keys = retention::Keys {
+                verifying: key.verifying_key(),
+                public_pem,
+            };
+            let app = open_app(&dir).await?;
+            let report = retention::prune(
+                &app.db,
+                &retention::Options {
+                    retention: &cfg.retention,
+                    notify_days: cfg.notify.retain_delivered_days,
+                    dry_run,
+                    archive: archive.as_deref(),
+                    keys: &keys,
+                    actor: jitgate_controller::authz::Actor::local(),
+                    now_ms: jitgate_api::time::now_ms(),
+                },
+            )
+            .await;
+            app.close().await;
+            let report = report?;
+            print_prune(&report, cli.json)?;
+        }
         Cmd::LoginLink { name, role, scope } => {
             let cfg = Config::load(&dir)?;
             let Some(public) = cfg.public_url.clone() else {
@@ -774,6 +823,48 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             app.close().await;
             res??;
         }
+    }
+    Ok(())
+}
+
+fn print_prune(r: &retention::PruneReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!("{:<24} {:>10}  OLDER THAN", "KIND", verb.to_uppercase());
+    for k in &r.kinds {
+        println!(
+            "{:<24} {:>10}  {}",
+            k.kind,
+            k.rows,
+            k.cutoff_time_utc.as_deref().unwrap_or("kept forever")
+        );
+    }
+    let a = &r.activity;
+    match (&a.skipped, a.through_seq) {
+        (Some(why), _) => println!("activity log: not pruned: {why}"),
+        (None, Some(seq)) => println!(
+            "activity log: entries up to #{seq} ({} entries, {} checkpoints) {} {}{}",
+            a.entries,
+            a.checkpoints,
+            if r.dry_run {
+                "would be archived to"
+            } else {
+                "archived to"
+            },
+            a.archive
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            a.archive_sha256
+                .as_ref()
+                .map_or_else(String::new, |h| format!(" (sha256 {h})"))
+        ),
+        (None, None) => println!("activity log: nothing to prune"),
+    }
+    if let Some(seq) = r.activity_seq {
+        println!("recorded as activity entry #{seq}");
     }
     Ok(())
 }

@@ -190,6 +190,10 @@ pub struct Config {
     /// (docs/notifications.md). Not written by `init`.
     #[serde(default, skip_serializing)]
     pub notify: jitgate_notify::NotifyConfig,
+    /// How long each kind of record is kept (`jit-controller prune`; docs/operations.md,
+    /// "Retention"). Not written by `init` (the defaults apply).
+    #[serde(default, skip_serializing)]
+    pub retention: crate::retention::RetentionConfig,
     /// The controller's public https URL as browsers reach it (`https://jit.example.net`):
     /// the portal's sign-in redirect is this plus `/auth/callback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +230,7 @@ impl Default for Config {
             log_filter: None,
             compliance: Default::default(),
             notify: Default::default(),
+            retention: Default::default(),
             public_url: None,
             oidc: None,
             login_links: None,
@@ -341,6 +346,9 @@ impl Config {
             e.parse::<jitgate_proto::Endpoint>()
                 .map_err(|err| SetupError::Invalid(format!("{}: {err}", p.display())))?;
         }
+        cfg.retention
+            .validate()
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(
                 "{}: max_pending_per_requester must be at least 1",
