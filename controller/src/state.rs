@@ -528,6 +528,29 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_checked_when_loaded_and_part_of_the_cluster_fingerprint() {
+        let cfg = load("[retention]\nrequests_days = 30\nactivity_days = 3650\n");
+        let cfg = cfg.as_ref().map_err(String::as_str);
+        assert_eq!(cfg.map(|c| c.retention.requests_days), Ok(30));
+        assert_eq!(cfg.map(|c| c.retention.activity_days), Ok(Some(3650)));
+        let defaults = load("").map(|c| c.retention);
+        assert_eq!(defaults, Ok(crate::retention::RetentionConfig::default()));
+        let err = load("[retention]\ncompliance_days = 0\n")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("retention.compliance_days = 0 is out of range"),
+            "{err}"
+        );
+        let tmp = tempfile::tempdir().ok();
+        let dir = StateDir(tmp.as_ref().map_or_else(PathBuf::new, |t| t.path().into()));
+        let a = Config::default();
+        let mut b = Config::default();
+        b.retention.activity_days = Some(365);
+        assert_ne!(a.fingerprint(&dir), b.fingerprint(&dir));
+    }
+
+    #[test]
     fn agent_failover_settings_are_checked_when_loaded() {
         let ok = load(
             "agent_endpoints = [\"ctl-a.example.net:8444\", \"[2001:db8::2]:8444\"]\nagent_ping_seconds = 5\n",

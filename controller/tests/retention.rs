@@ -24,12 +24,16 @@ fn now() -> i64 {
     jitgate_api::time::now_ms()
 }
 
-/// Runs `jit-controller --state-dir DIR ARGS --json`: (success, stdout JSON, stderr).
+/// Runs `jit-controller --state-dir DIR prune ARGS --json`: (success, stdout JSON, stderr).
 async fn prune(h: &Harness, args: &[&str]) -> (bool, Value, String) {
+    run(&h.dir.0, &[&["prune"], args].concat()).await
+}
+
+/// Runs `jit-controller --state-dir DIR ARGS --json`.
+async fn run(dir: &std::path::Path, args: &[&str]) -> (bool, Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
         .arg("--state-dir")
-        .arg(&h.dir.0)
-        .arg("prune")
+        .arg(dir)
         .args(args)
         .arg("--json")
         .env_remove("JIT_LOG")
@@ -434,6 +438,16 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     let details: Value = serde_json::from_str(&details).expect("json");
     assert_eq!(details["deleted"]["requests"], 1, "{details}");
 
+    // The verified mark behind the cut (one entry walked) follows the anchor.
+    exec(&h, "DELETE FROM activity_verified", &[]).await;
+    exec(
+        &h,
+        "INSERT INTO activity_verified (id, seq, hash, covered, checkpoints, time_ms) \
+         SELECT 1, seq, hash, 0, 0, 0 FROM activity WHERE seq = 1",
+        &[],
+    )
+    .await;
+
     // With --archive: the log up to the checkpoint c1, archived first.
     let head_before = count(&h, "SELECT value FROM counters WHERE name = 'chain'").await;
     let (ok, r, err) = prune(&h, &["--archive", archive_s]).await;
@@ -466,6 +480,19 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     assert!(v.ok, "the archive verifies offline: {v:?}");
     assert_eq!((v.entries, v.covered_seq), (c1, c1));
 
+    let local = jitgate_controller::authz::Caller::local();
+    let mark = h
+        .app()
+        .audit
+        .verified(&local)
+        .await
+        .expect("mark")
+        .expect("set");
+    assert_eq!(
+        (mark.seq, mark.covered, mark.failed_seq),
+        (c1, c1, None),
+        "{mark:?}"
+    );
     // What remains verifies online (the full walk and the incremental mark)...
     let (st, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
     assert_eq!(st, StatusCode::OK, "{v}");
@@ -526,6 +553,46 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     assert!(!ok);
     assert!(err.contains("exists"), "{err}");
     assert_eq!(read_export(&archive), arch);
+
+    // A backup of the pruned database restores, and the restored log verifies from its
+    // anchor.
+    let backup = dir.path().join("backup.jsonl");
+    let (ok, _, err) = run(&h.dir.0, &["backup", backup.to_str().expect("utf-8")]).await;
+    assert!(ok, "{err}");
+    let copy = empty_copy(&h, dir.path()).await;
+    let (ok, v, err) = run(&copy, &["restore", backup.to_str().expect("utf-8")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(v["verify"]["ok"], true, "{v}");
+}
+
+/// A copy of `h`'s state directory with an empty database (as in ops.rs).
+async fn empty_copy(h: &Harness, into: &std::path::Path) -> std::path::PathBuf {
+    let dir = into.join("state");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&h.dir.0)
+        .arg(&dir)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let config = dir.join("controller.toml");
+    match &h.cfg.database_url {
+        None => {
+            for e in std::fs::read_dir(&dir).expect("read_dir") {
+                let p = e.expect("entry").path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.starts_with("jit.db") {
+                    std::fs::remove_file(&p).expect("remove the database file");
+                }
+            }
+        }
+        Some(old) => {
+            let fresh = common::fresh_postgres_database().await;
+            let toml = std::fs::read_to_string(&config).expect("config");
+            std::fs::write(&config, toml.replace(old.as_str(), &fresh)).expect("write config");
+        }
+    }
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
