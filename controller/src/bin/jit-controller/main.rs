@@ -11,10 +11,11 @@ use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
 use jitgate_controller::logging::{self, LogFormat};
 use jitgate_controller::outbox;
-use jitgate_controller::retention;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::{activity, backup};
 use jitgate_controller::tokens::TokenInfo;
+
+mod backup;
+mod prune;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
 /// rights, records request history and a hash-chained activity log, and serves the HTTPS API
@@ -300,32 +301,8 @@ fn reload_log_filter(dir: &StateDir, log: &logging::LogControl) {
     }
 }
 
-/// Writes a backup of `url` to `file` (new, mode 0600, synced); removes it on failure.
-async fn write_backup(url: &str, file: &std::path::Path) -> Result<backup::Summary> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {}", file.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    let written = backup::dump_url(url, &mut w)
-        .await
-        .map_err(anyhow::Error::from);
-    let synced = written.and_then(|s| {
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        Ok(s)
-    });
-    if synced.is_err() {
-        let _ = std::fs::remove_file(file);
-    }
-    synced.with_context(|| format!("backing up to {}", file.display()))
-}
-
 /// The controller's services for an administration command (no keys, no listeners).
-async fn open_app(dir: &StateDir) -> Result<App> {
+pub(crate) async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
     let parts = Parts {
         token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
@@ -481,129 +458,13 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             h.stop().await;
         }
         Cmd::Backup { file } => {
-            let cfg = Config::load(&dir)?;
-            let url = cfg.database_url(&dir);
-            if cfg.database_url.is_none() && !dir.db().exists() {
-                bail!("{} does not exist: nothing to back up", dir.db().display());
-            }
-            let summary = write_backup(&url, &file).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!(
-                    "backup written to {}: schema {}, {} tables, {} rows, {} bytes, activity \
-                     log up to #{}",
-                    file.display(),
-                    summary.header.schema,
-                    summary.tables,
-                    summary.rows,
-                    summary.bytes,
-                    summary.header.activity_head
-                );
-                println!("sha256 {}", summary.sha256);
-            }
+            backup::backup(&dir, &file, cli.json).await?;
         }
         Cmd::Restore { file } => {
-            let cfg = Config::load(&dir)?;
-            let url = cfg.database_url(&dir);
-            // The key that verifies the restored checkpoints; checked before anything is written.
-            let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
-            let f = std::fs::File::open(&file)
-                .with_context(|| format!("opening {}", file.display()))?;
-            let new_file = cfg.database_url.is_none() && !dir.db().exists();
-            let restored = backup::restore(&url, std::io::BufReader::new(f)).await;
-            if restored.is_err() && new_file {
-                // The SQLite file the restore created holds nothing: leave no trace.
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = dir.db().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            let summary = match restored {
-                Ok(s) => s,
-                Err(e @ backup::BackupError::NotEmpty(_)) => bail!(
-                    "restoring {}: nothing was written: {e} ({})",
-                    file.display(),
-                    if cfg.database_url.is_none() {
-                        format!(
-                            "move {} and its -wal and -shm files away first",
-                            dir.db().display()
-                        )
-                    } else {
-                        "create an empty PostgreSQL database and name it in database_url".into()
-                    }
-                ),
-                Err(e) => bail!("restoring {}: nothing was written: {e}", file.display()),
-            };
-            // Opening the database applies the migrations newer than the backup.
-            let app = open_app(&dir).await?;
-            let report = activity::verify(app.db.pool(), Some(&key.verifying_key())).await;
-            app.close().await;
-            let report = report?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"restored": summary, "verify": report})
-                    )?
-                );
-            } else {
-                println!(
-                    "restored {}: schema {}, {} tables, {} rows, taken {} from {}",
-                    file.display(),
-                    summary.header.schema,
-                    summary.tables,
-                    summary.rows,
-                    summary.header.created_time_utc,
-                    summary.header.source
-                );
-                println!(
-                    "activity log: {} entries, {} signed checkpoints, {}",
-                    report.entries,
-                    report.checkpoints,
-                    if report.ok { "verified" } else { "FAILS" }
-                );
-            }
-            if !report.ok {
-                bail!(
-                    "the restored activity log does not verify at #{}: {}",
-                    report.first_bad_seq.unwrap_or(0),
-                    report.problem.as_deref().unwrap_or("unknown problem")
-                );
-            }
+            backup::restore(&dir, &file, cli.json).await?;
         }
         Cmd::Prune { dry_run, archive } => {
-            let cfg = Config::load(&dir)?;
-            let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
-            let public_pem = std::fs::read_to_string(dir.signing_pub())
-                .with_context(|| format!("reading {}", dir.signing_pub().display()))?;
-            if let Some(a) = &archive
-                && a.exists()
-            {
-                bail!("{} exists: the archive must be a new file", a.display());
-            }
-            let keys = retention::Keys {
-                verifying: key.verifying_key(),
-                public_pem,
-            };
-            let app = open_app(&dir).await?;
-            let report = retention::prune(
-                &app.db,
-                &retention::Options {
-                    retention: &cfg.retention,
-                    notify_days: cfg.notify.retain_delivered_days,
-                    dry_run,
-                    archive: archive.as_deref(),
-                    keys: &keys,
-                    actor: jitgate_controller::authz::Actor::local(),
-                    now_ms: jitgate_api::time::now_ms(),
-                },
-            )
-            .await;
-            app.close().await;
-            let report = report?;
-            print_prune(&report, cli.json)?;
+            prune::prune(&dir, dry_run, archive, cli.json).await?;
         }
         Cmd::LoginLink { name, role, scope } => {
             let cfg = Config::load(&dir)?;
@@ -823,48 +684,6 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             app.close().await;
             res??;
         }
-    }
-    Ok(())
-}
-
-fn print_prune(r: &retention::PruneReport, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
-        return Ok(());
-    }
-    let verb = if r.dry_run { "would delete" } else { "deleted" };
-    println!("{:<24} {:>10}  OLDER THAN", "KIND", verb.to_uppercase());
-    for k in &r.kinds {
-        println!(
-            "{:<24} {:>10}  {}",
-            k.kind,
-            k.rows,
-            k.cutoff_time_utc.as_deref().unwrap_or("kept forever")
-        );
-    }
-    let a = &r.activity;
-    match (&a.skipped, a.through_seq) {
-        (Some(why), _) => println!("activity log: not pruned: {why}"),
-        (None, Some(seq)) => println!(
-            "activity log: entries up to #{seq} ({} entries, {} checkpoints) {} {}{}",
-            a.entries,
-            a.checkpoints,
-            if r.dry_run {
-                "would be archived to"
-            } else {
-                "archived to"
-            },
-            a.archive
-                .as_ref()
-                .map_or_else(String::new, |p| p.display().to_string()),
-            a.archive_sha256
-                .as_ref()
-                .map_or_else(String::new, |h| format!(" (sha256 {h})"))
-        ),
-        (None, None) => println!("activity log: nothing to prune"),
-    }
-    if let Some(seq) = r.activity_seq {
-        println!("recorded as activity entry #{seq}");
     }
     Ok(())
 }
