@@ -195,18 +195,25 @@ pub async fn prune(db: &Db, o: &Options<'_>) -> Result<PruneReport, RetentionErr
     let fmt = |t: i64| Some(jitgate_api::time::format(t));
 
     // Requests, with their grants and approvals.
+    // Candidates are read in windows of seq outside any write transaction; each batch is
+    // checked again and deleted in a short one.
     let before = cutoff(o.now_ms, r.requests_days);
-    let (mut n, mut after) = (0, 0);
-    loop {
-        let mut w = db.begin().await?;
-        let (k, next) = sql::requests_batch(&mut w, before, after, delete).await?;
-        w.commit().await?;
-        n += k;
-        match next {
-            Some(s) => after = s,
-            None => break,
+    let end = sql::requests_end(db.pool(), before).await?;
+    let (mut n, mut lo) = (0, 0);
+    while lo <= end {
+        let hi = lo.saturating_add(sql::REQUEST_WINDOW);
+        let ids = sql::request_candidates(db.pool(), before, lo, hi).await?;
+        if delete {
+            for chunk in ids.chunks(usize::try_from(sql::REQUEST_BATCH).unwrap_or(200)) {
+                let mut w = db.begin().await?;
+                n += sql::delete_requests(&mut w, before, chunk).await?;
+                w.commit().await?;
+                tokio::task::yield_now().await;
+            }
+        } else {
+            n += ids.len() as u64;
         }
-        tokio::task::yield_now().await;
+        lo = hi;
     }
     kinds.push(KindCount {
         kind: "requests",

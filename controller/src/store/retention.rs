@@ -28,62 +28,97 @@ fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// The next requests after seq `after` that ended before `before` and are needed no more:
-/// every port ended (Denied or Revoked) before `before`, no grant pending or applied or
-/// ending later, no grant message still queued for an agent. Deletes them (unless `delete`
-/// is false) with their ports, grants, approvals and delivered grant messages. Returns the
-/// requests and the cursor to continue after (None: done).
-pub async fn requests_batch(
-    w: &mut WriteTx,
+/// Requests whose seq a step looks at (read outside the write transaction).
+pub const REQUEST_WINDOW: i64 = 5000;
+
+/// What makes request `r` prunable: it started before `$1`, every port ended (Denied or
+/// Revoked) before `$1`, no grant is pending or applied or ends later, and no grant message
+/// is still queued for an agent.
+const PRUNABLE: &str = "r.start_ms < $1 \
+     AND NOT EXISTS (SELECT 1 FROM request_ports p WHERE p.request_id = r.id \
+       AND (p.end_ms >= $1 OR p.status NOT IN ($2, $3))) \
+     AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.request_id = r.id \
+       AND (g.end_ms >= $1 OR g.state IN ($4, $5))) \
+     AND NOT EXISTS (SELECT 1 FROM grants g JOIN grant_outbox o ON o.grant_id = g.id \
+       WHERE g.request_id = r.id AND o.delivered_ms IS NULL)";
+
+fn bind_prunable<'q>(
+    q: sqlx::query::QueryAs<'q, Any, (String,), sqlx::any::AnyArguments<'q>>,
     before: i64,
-    after: i64,
-    delete: bool,
-) -> Result<(u64, Option<i64>)> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT r.id, r.seq FROM requests r WHERE r.seq > $1 AND r.start_ms < $2 \
-         AND NOT EXISTS (SELECT 1 FROM request_ports p WHERE p.request_id = r.id \
-           AND (p.end_ms >= $2 OR p.status NOT IN ($3, $4))) \
-         AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.request_id = r.id \
-           AND (g.end_ms >= $2 OR g.state IN ($5, $6))) \
-         AND NOT EXISTS (SELECT 1 FROM grants g JOIN grant_outbox o ON o.grant_id = g.id \
-           WHERE g.request_id = r.id AND o.delivered_ms IS NULL) \
-         ORDER BY r.seq LIMIT $7",
-    )
-    .bind(after)
-    .bind(before)
-    .bind(PortStatus::Denied.as_str())
-    .bind(PortStatus::Revoked.as_str())
-    .bind(GrantState::Pending.as_str())
-    .bind(GrantState::Applied.as_str())
-    .bind(REQUEST_BATCH)
-    .fetch_all(w.conn())
-    .await?;
-    let Some((_, last)) = rows.last() else {
-        return Ok((0, None));
-    };
-    let last = *last;
-    let n = rows.len() as u64;
-    if delete {
-        let ids = placeholders(1, rows.len());
-        let statements = [
-            format!(
-                "DELETE FROM grant_outbox WHERE grant_id IN \
-                 (SELECT id FROM grants WHERE request_id IN ({ids}))"
-            ),
-            format!("DELETE FROM request_approvals WHERE request_id IN ({ids})"),
-            format!("DELETE FROM grants WHERE request_id IN ({ids})"),
-            format!("DELETE FROM request_ports WHERE request_id IN ({ids})"),
-            format!("DELETE FROM requests WHERE id IN ({ids})"),
-        ];
-        for sql in &statements {
-            let mut q = sqlx::query(sql);
-            for (id, _) in &rows {
-                q = q.bind(id);
-            }
-            q.execute(w.conn()).await?;
-        }
+) -> sqlx::query::QueryAs<'q, Any, (String,), sqlx::any::AnyArguments<'q>> {
+    q.bind(before)
+        .bind(PortStatus::Denied.as_str())
+        .bind(PortStatus::Revoked.as_str())
+        .bind(GrantState::Pending.as_str())
+        .bind(GrantState::Applied.as_str())
+}
+
+/// The highest seq of a request that started before `before` (where the windows end).
+pub async fn requests_end(ex: impl Executor<'_, Database = Any>, before: i64) -> Result<i64> {
+    let (hi,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM requests WHERE start_ms < $1")
+        .bind(before)
+        .fetch_one(ex)
+        .await?;
+    Ok(hi.unwrap_or(0))
+}
+
+/// The prunable requests with seq in `lo..hi` (a read; nothing is locked).
+pub async fn request_candidates(
+    ex: impl Executor<'_, Database = Any>,
+    before: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT r.id FROM requests r WHERE r.seq >= $6 AND r.seq < $7 AND {PRUNABLE} \
+         ORDER BY r.seq"
+    );
+    let rows = bind_prunable(sqlx::query_as(&sql), before)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(ex)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Deletes those of `ids` (at most [`REQUEST_BATCH`]) that are still prunable, checked again
+/// in this transaction, with their ports, grants, approvals and delivered grant messages.
+/// Returns how many requests went.
+pub async fn delete_requests(w: &mut WriteTx, before: i64, ids: &[String]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
     }
-    Ok((n, Some(last)))
+    let sql = format!(
+        "SELECT r.id FROM requests r WHERE r.id IN ({}) AND {PRUNABLE}",
+        placeholders(6, ids.len())
+    );
+    let mut q = bind_prunable(sqlx::query_as(&sql), before);
+    for id in ids {
+        q = q.bind(id);
+    }
+    let rows: Vec<(String,)> = q.fetch_all(w.conn()).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let list = placeholders(1, rows.len());
+    let statements = [
+        format!(
+            "DELETE FROM grant_outbox WHERE grant_id IN \
+             (SELECT id FROM grants WHERE request_id IN ({list}))"
+        ),
+        format!("DELETE FROM request_approvals WHERE request_id IN ({list})"),
+        format!("DELETE FROM grants WHERE request_id IN ({list})"),
+        format!("DELETE FROM request_ports WHERE request_id IN ({list})"),
+        format!("DELETE FROM requests WHERE id IN ({list})"),
+    ];
+    for sql in &statements {
+        let mut q = sqlx::query(sql);
+        for (id,) in &rows {
+            q = q.bind(id);
+        }
+        q.execute(w.conn()).await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// The agents with stored audit records.
