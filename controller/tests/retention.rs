@@ -623,3 +623,103 @@ async fn bad_retention_settings_are_refused() {
     assert!(ok, "{err}");
     assert_eq!(r["dryRun"], true);
 }
+
+/// Many rows of a kind go in many short steps (each kind's continuation is exercised), while
+/// the controller keeps taking requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_prunes_go_in_steps_while_requests_are_served() {
+    let h = Harness::new().await;
+    let alice = h.prod_with_requester().await;
+    let old = now() - 500 * DAY;
+    let pool = h.app().db.pool();
+    // 2 500 expired sessions, 2 500 records of one agent, 12 evaluations.
+    for chunk in 0..25 {
+        let mut sql = String::from(
+            "INSERT INTO sessions (id, token_hash, principal, display_name, email, groups, \
+             roles, client, refresh_sealed, created_ms, expires_ms, refresh_due_ms, \
+             source_address, ended_ms, end_reason) VALUES ",
+        );
+        let mut audit = String::from(
+            "INSERT INTO agent_audit (agent_id, id, seq, line, received_ms, kind, at_ms, \
+             grant_id) VALUES ",
+        );
+        for i in 0..100 {
+            let n = chunk * 100 + i;
+            if i > 0 {
+                sql.push(',');
+                audit.push(',');
+            }
+            sql.push_str(&format!(
+                "('ses-{n:05}', 'h-{n}', 'oidc:x#y', 'Y', NULL, '{{}}', '[]', 'cli', NULL, \
+                 {old}, {old}, {old}, '203.0.113.9', NULL, NULL)"
+            ));
+            audit.push_str(&format!(
+                "('agt-2', 'r{n}', {}, '{{}}', {old}, 'grant.applied', {old}, NULL)",
+                n + 1
+            ));
+        }
+        sqlx::query(&sql).execute(pool).await.expect("sessions");
+        sqlx::query(&audit)
+            .execute(pool)
+            .await
+            .expect("agent audit");
+    }
+    for id in 1..=12 {
+        scan(&h, id, old + id).await;
+    }
+    scan(&h, 13, now()).await;
+    let requests = {
+        let h = &h;
+        let alice = alice.clone();
+        async move {
+            let mut ok = 0;
+            for i in 0..20 {
+                let (st, _) = h
+                    .initiate(
+                        &alice,
+                        one_port(
+                            "web1",
+                            json!({"number": 22, "allowedSourceAddressPrefix":
+                                format!("203.0.113.{}", 10 + i), "duration": "PT1H"}),
+                        ),
+                    )
+                    .await;
+                if st == StatusCode::OK {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    let (pruned, ok) = tokio::join!(prune(&h, &[]), requests);
+    let (success, r, err) = pruned;
+    assert!(success, "{err}");
+    assert_eq!(ok, 20, "every request made during the prune succeeded");
+    assert_eq!(kind(&r, "sessions"), 2_500, "{r}");
+    // The agent's newest record always stays (its chain's head).
+    assert_eq!(kind(&r, "agentAuditRecords"), 2_499, "{r}");
+    assert_eq!(kind(&r, "complianceEvaluations"), 12, "{r}");
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM sessions").await, 0);
+    assert_eq!(
+        count(
+            &h,
+            "SELECT COUNT(*) FROM agent_audit WHERE agent_id = 'agt-2'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &h,
+            "SELECT MAX(seq) FROM agent_audit WHERE agent_id = 'agt-2'"
+        )
+        .await,
+        2_500
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM compliance_scans").await, 1);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM requests").await, 20);
+    // The log still verifies, the prune entry included.
+    let (st, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+}
