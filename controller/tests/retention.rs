@@ -622,6 +622,23 @@ async fn bad_retention_settings_are_refused() {
     let (ok, r, err) = prune(&h, &["--dry-run"]).await;
     assert!(ok, "{err}");
     assert_eq!(r["dryRun"], true);
+    // The text report: per kind, and why the activity log was left alone.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
+        .arg("--state-dir")
+        .arg(&h.dir.0)
+        .args(["prune", "--dry-run"])
+        .env_remove("JIT_LOG")
+        .output()
+        .await
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("WOULD DELETE"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("requests ")), "{text}");
+    assert!(
+        text.contains("activity log: not pruned: no signed checkpoint covers only entries older than 3650 days"),
+        "{text}"
+    );
 }
 
 /// Many rows of a kind go in many short steps (each kind's continuation is exercised), while
