@@ -63,6 +63,8 @@ wire_enum! {
         CreateLoginLink = "Create Login Link",
         /// A one-time sign-in link was redeemed (a session began).
         RedeemLoginLink = "Redeem Login Link",
+        /// `jit-controller prune` deleted records past their retention (counts in details).
+        Prune = "Prune Records Past Retention",
     }
 }
 
@@ -76,6 +78,8 @@ wire_enum! {
         NotificationSink = "NotificationSink",
         NotificationSecret = "NotificationSecret",
         Session = "Session",
+        /// The controller's database as a whole (retention).
+        Database = "Database",
     }
 }
 

@@ -52,6 +52,7 @@ pub mod policy;
 pub mod policy_change;
 pub mod presence;
 pub mod request;
+pub mod retention;
 pub mod server;
 pub mod signin;
 pub mod state;

@@ -190,6 +190,10 @@ pub struct Config {
     /// (docs/notifications.md). Not written by `init`.
     #[serde(default, skip_serializing)]
     pub notify: jitgate_notify::NotifyConfig,
+    /// How long each kind of record is kept (`jit-controller prune`; docs/operations.md,
+    /// "Retention"). Not written by `init` (the defaults apply).
+    #[serde(default, skip_serializing)]
+    pub retention: crate::retention::RetentionConfig,
     /// The controller's public https URL as browsers reach it (`https://jit.example.net`):
     /// the portal's sign-in redirect is this plus `/auth/callback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +230,7 @@ impl Default for Config {
             log_filter: None,
             compliance: Default::default(),
             notify: Default::default(),
+            retention: Default::default(),
             public_url: None,
             oidc: None,
             login_links: None,
@@ -341,6 +346,9 @@ impl Config {
             e.parse::<jitgate_proto::Endpoint>()
                 .map_err(|err| SetupError::Invalid(format!("{}: {err}", p.display())))?;
         }
+        cfg.retention
+            .validate()
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         if cfg.max_pending_per_requester == 0 {
             return Err(SetupError::Invalid(format!(
                 "{}: max_pending_per_requester must be at least 1",
@@ -517,6 +525,29 @@ mod tests {
         let dir = StateDir(tmp.path().to_path_buf());
         std::fs::write(dir.config(), text).map_err(|e| e.to_string())?;
         Config::load(&dir).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn retention_is_checked_when_loaded_and_part_of_the_cluster_fingerprint() {
+        let cfg = load("[retention]\nrequests_days = 30\nactivity_days = 3650\n");
+        let cfg = cfg.as_ref().map_err(String::as_str);
+        assert_eq!(cfg.map(|c| c.retention.requests_days), Ok(30));
+        assert_eq!(cfg.map(|c| c.retention.activity_days), Ok(Some(3650)));
+        let defaults = load("").map(|c| c.retention);
+        assert_eq!(defaults, Ok(crate::retention::RetentionConfig::default()));
+        let err = load("[retention]\ncompliance_days = 0\n")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("retention.compliance_days = 0 is out of range"),
+            "{err}"
+        );
+        let tmp = tempfile::tempdir().ok();
+        let dir = StateDir(tmp.as_ref().map_or_else(PathBuf::new, |t| t.path().into()));
+        let a = Config::default();
+        let mut b = Config::default();
+        b.retention.activity_days = Some(365);
+        assert_ne!(a.fingerprint(&dir), b.fingerprint(&dir));
     }
 
     #[test]

@@ -472,7 +472,24 @@ impl Export {
             self.checkpoints.len(),
             Some(key_id(&own)),
         );
-        let mut walk = match ChainWalk::new(self.checkpoints.clone(), &own) {
+        // An export of a pruned log (or an archive after the first) starts after entry
+        // N: it is anchored by the signed checkpoint at N, which its first entry chains to.
+        let start = match self.entries.first() {
+            Some(first) if first.seq > 1 => {
+                match anchor(&self.checkpoints, first.seq - 1, &first.prev_hash, &own) {
+                    Ok(()) => ChainWalk::resume(
+                        first.seq - 1,
+                        &first.prev_hash,
+                        first.seq - 1,
+                        self.checkpoints.clone(),
+                        &own,
+                    ),
+                    Err(f) => Err(f),
+                }
+            }
+            _ => ChainWalk::new(self.checkpoints.clone(), &own),
+        };
+        let mut walk = match start {
             Ok(w) => w,
             Err(f) => return Ok(report.fail(f, 0)),
         };
@@ -491,6 +508,90 @@ impl Export {
             }
         }
         Ok(report.finish(walk))
+    }
+}
+
+/// Checks the anchor of a log that starts after entry `seq` (pruned before it): a checkpoint
+/// at `seq` signed by `vk` whose hash is `hash`, the hash the first remaining entry chains to.
+pub fn anchor(
+    checkpoints: &[Checkpoint],
+    seq: i64,
+    hash: &str,
+    vk: &VerifyingKey,
+) -> Result<(), Failure> {
+    let fail = |problem: String| Failure {
+        seq: seq + 1,
+        checkpoint: Some(seq),
+        problem,
+    };
+    let mut found = false;
+    for c in checkpoints.iter().filter(|c| c.seq == seq) {
+        c.verify(vk).map_err(&fail)?;
+        if c.hash != hash {
+            return Err(fail(format!(
+                "entry {} does not chain to the signed checkpoint at entry {seq}",
+                seq + 1
+            )));
+        }
+        found = true;
+    }
+    if !found {
+        return Err(fail(format!(
+            "the log starts at entry {} but no signed checkpoint covers entry {seq}: entries \
+             1..={seq} are missing (verify with the archive of the pruned range)",
+            seq + 1
+        )));
+    }
+    Ok(())
+}
+
+impl Export {
+    /// Joins the parts of one log, oldest first (the archives `jit-controller prune` wrote,
+    /// then an export of what remains): each part must continue the one before it (its
+    /// first entry right after the previous part's last, chained to its hash), under the
+    /// same key. The joined export verifies as one chain; checkpoints in several parts
+    /// (an archive's last is the next part's anchor) count once.
+    pub fn join(parts: Vec<Export>) -> Result<Export, String> {
+        let mut it = parts.into_iter();
+        let Some(mut all) = it.next() else {
+            return Err("no export to verify".into());
+        };
+        for (i, p) in it.enumerate() {
+            if p.format != all.format
+                || p.key_id != all.key_id
+                || p.public_key_pem != all.public_key_pem
+            {
+                return Err(format!(
+                    "part {} is of another format or key ({}) than the first ({})",
+                    i + 2,
+                    p.key_id,
+                    all.key_id
+                ));
+            }
+            if let (Some(last), Some(first)) = (all.entries.last(), p.entries.first())
+                && (first.seq != last.seq + 1 || first.prev_hash != last.hash)
+            {
+                return Err(format!(
+                    "part {} does not continue the part before it: it starts at entry {}, \
+                     the part before ends at entry {} (give the files oldest first)",
+                    i + 2,
+                    first.seq,
+                    last.seq
+                ));
+            }
+            all.exported_time_ms = p.exported_time_ms;
+            all.entries.extend(p.entries);
+            for c in p.checkpoints {
+                if !all
+                    .checkpoints
+                    .iter()
+                    .any(|x| x.seq == c.seq && x.key_id == c.key_id && x.signature == c.signature)
+                {
+                    all.checkpoints.push(c);
+                }
+            }
+        }
+        Ok(all)
     }
 }
 

@@ -66,9 +66,13 @@ enum AuditCmd {
     /// agents signed with their enrolment keys. Exit 9 and name the first bad entry or
     /// checkpoint if it fails.
     Verify {
-        /// Verify an export file (`jit audit export`) instead, with no controller.
+        /// Verify an export file (`jit audit export`) instead, with no controller. Given
+        /// several times, the files are one log, oldest first: the archives `jit-controller
+        /// prune --archive` wrote, then an export of what remains; each must continue the
+        /// one before it. An export of a pruned log also verifies alone, from the signed
+        /// checkpoint it starts after.
         #[arg(long, value_name = "FILE")]
-        offline: Option<PathBuf>,
+        offline: Vec<PathBuf>,
         /// With --offline: trust only this public key (SPKI PEM; the controller's
         /// keys/grant-signing.pub), not the one the file carries.
         #[arg(long, value_name = "PEM", requires = "offline")]
@@ -82,13 +86,12 @@ enum AuditCmd {
 }
 
 impl AuditArgs {
-    /// `verify --offline FILE [--key PEM]`: needs no controller (and no configuration).
-    pub fn offline(&self) -> Option<(&Path, Option<&Path>)> {
+    /// `verify --offline FILE... [--key PEM]`: needs no controller (and no configuration).
+    pub fn offline(&self) -> Option<(&[PathBuf], Option<&Path>)> {
         match &self.verify {
-            Some(AuditCmd::Verify {
-                offline: Some(file),
-                key,
-            }) => Some((file, key.as_deref())),
+            Some(AuditCmd::Verify { offline, key }) if !offline.is_empty() => {
+                Some((offline.as_slice(), key.as_deref()))
+            }
             _ => None,
         }
     }
@@ -200,13 +203,25 @@ fn report(r: &VerifyReport, text: &str, out: Out, what: &str) -> R<()> {
 
 /// Verifies an export file from its content alone (no controller). With `key`, only that
 /// public key (SPKI PEM, the controller's `keys/grant-signing.pub`) is trusted.
-pub fn verify_offline(file: &Path, key: Option<&Path>, out: Out) -> R<()> {
+/// Several files are one log, oldest first (archives of pruned ranges, then the rest).
+pub fn verify_offline(files: &[PathBuf], key: Option<&Path>, out: Out) -> R<()> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| Fail::error(format!("{}: {e}", p.display())))
     };
-    let bad = |msg: String| Fail::new(exit::VERIFY_FAILED, format!("{}: {msg}", file.display()));
-    let x: ActivityExport = serde_json::from_str(&read(file)?)
-        .map_err(|e| bad(format!("not an activity log export: {e}")))?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let all = names.join(" + ");
+    let bad = |msg: String| Fail::new(exit::VERIFY_FAILED, format!("{all}: {msg}"));
+    let mut parts = Vec::with_capacity(files.len());
+    for f in files {
+        let x: ActivityExport = serde_json::from_str(&read(f)?).map_err(|e| {
+            Fail::new(
+                exit::VERIFY_FAILED,
+                format!("{}: not an activity log export: {e}", f.display()),
+            )
+        })?;
+        parts.push(x);
+    }
+    let x = ActivityExport::join(parts).map_err(&bad)?;
     let pinned = key
         .map(|k| {
             parse_public_key(&read(k)?).map_err(|e| Fail::usage(format!("{}: {e}", k.display())))

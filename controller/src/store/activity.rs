@@ -383,6 +383,43 @@ pub async fn checkpoints(ex: impl Executor<'_, Database = Any>) -> Result<Vec<Ch
         .collect())
 }
 
+/// Where the log starts after a prune (`jit-controller prune`): entries 1..=seq went to an
+/// archive; the signed checkpoint at seq covers `hash`, which entry seq+1 chains to.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+    pub time_ms: i64,
+    pub archive_sha256: String,
+}
+
+/// The anchor, None while nothing was pruned.
+pub async fn anchor(ex: impl Executor<'_, Database = Any>) -> Result<Option<Anchor>> {
+    Ok(sqlx::query_as(
+        "SELECT seq, hash, time_ms, archive_sha256 FROM activity_anchor WHERE id = 1",
+    )
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Replaces the anchor.
+pub async fn set_anchor(w: &mut WriteTx, a: &Anchor) -> Result<()> {
+    sqlx::query("DELETE FROM activity_anchor WHERE id = 1")
+        .execute(w.conn())
+        .await?;
+    sqlx::query(
+        "INSERT INTO activity_anchor (id, seq, hash, time_ms, archive_sha256) \
+         VALUES (1, $1, $2, $3, $4)",
+    )
+    .bind(a.seq)
+    .bind(&a.hash)
+    .bind(a.time_ms)
+    .bind(&a.archive_sha256)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
 /// Entries read per query when walking the whole log.
 const PAGE: i64 = 5000;
 
@@ -393,6 +430,25 @@ async fn page(pool: &sqlx::AnyPool, from_seq: i64) -> Result<Vec<ActivityRow>> {
     .bind(from_seq)
     .fetch_all(pool)
     .await?)
+}
+
+/// Entries first..=last, oldest first.
+pub async fn range(pool: &sqlx::AnyPool, first: i64, last: i64) -> Result<Vec<ActivityEntry>> {
+    let mut out = Vec::new();
+    let mut next = first;
+    while next <= last {
+        let rows = page(pool, next).await?;
+        let Some(end) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        next = end + 1;
+        out.extend(
+            rows.into_iter()
+                .filter(|r| r.seq <= last)
+                .map(ActivityRow::into_entry),
+        );
+    }
+    Ok(out)
 }
 
 /// The whole log, oldest first.
@@ -422,6 +478,25 @@ pub async fn verify_counting(
     key: Option<&VerifyingKey>,
     progress: &std::sync::atomic::AtomicI64,
 ) -> Result<Report> {
+    // A prune running meanwhile moves the anchor and deletes entries below it: walk again
+    // from the new anchor (once) rather than report the entries it removed as missing.
+    let before = anchor(pool).await?;
+    let report = verify_once(pool, key, progress, before.as_ref()).await?;
+    if !report.ok {
+        let now = anchor(pool).await?;
+        if now != before {
+            return verify_once(pool, key, progress, now.as_ref()).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn verify_once(
+    pool: &sqlx::AnyPool,
+    key: Option<&VerifyingKey>,
+    progress: &std::sync::atomic::AtomicI64,
+    anchor: Option<&Anchor>,
+) -> Result<Report> {
     // Checkpoints first, then the head: every checkpoint read is at or below the head, and
     // entries appended while the walk runs (beyond the head) are left for the next one.
     let checkpoints = checkpoints(pool).await?;
@@ -436,11 +511,21 @@ pub async fn verify_counting(
         checkpoints.len(),
         key.map(jitgate_proto::audit::key_id),
     );
-    let walk = match key {
-        Some(vk) => ChainWalk::new(checkpoints, vk),
+    let walk = match (key, anchor) {
+        // After a prune the chain starts at the anchor, which a signed checkpoint covers.
+        (Some(vk), Some(a)) => jitgate_proto::audit::anchor(&checkpoints, a.seq, &a.hash, vk)
+            .and_then(|()| ChainWalk::resume(a.seq, &a.hash, a.seq, checkpoints, vk)),
+        (None, Some(a)) => Err(Failure {
+            seq: a.seq + 1,
+            checkpoint: Some(a.seq),
+            problem: "the log was pruned: its anchor checkpoint cannot be checked without the \
+                      checkpoint key"
+                .into(),
+        }),
+        (Some(vk), None) => ChainWalk::new(checkpoints, vk),
         // Without the key only the chain can be checked; signed checkpoints cannot.
-        None if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
-        None => Err(Failure {
+        (None, None) if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
+        (None, None) => Err(Failure {
             seq: 0,
             checkpoint: None,
             problem: "no checkpoint key loaded: checkpoint signatures cannot be checked".into(),
@@ -450,7 +535,7 @@ pub async fn verify_counting(
         Ok(w) => w,
         Err(f) => return Ok(report.fail(f, 0)),
     };
-    let mut next = 1i64;
+    let mut next = anchor.map_or(1, |a| a.seq + 1);
     'walk: loop {
         let rows = page(pool, next).await?;
         if rows.is_empty() {
@@ -482,6 +567,18 @@ pub async fn walk_from(
     max: i64,
 ) -> Result<std::result::Result<ChainWalk, Failure>> {
     let cps = checkpoints(pool).await?;
+    // Entries below the anchor were verified by the prune that archived them (it verifies
+    // the range before deleting it): a mark behind the anchor continues from the anchor.
+    let anchored = anchor(pool).await?.filter(|a| a.seq > from.0);
+    let from = match &anchored {
+        Some(a) => {
+            if let Err(f) = jitgate_proto::audit::anchor(&cps, a.seq, &a.hash, key) {
+                return Ok(Err(f));
+            }
+            (a.seq, a.hash.as_str(), a.seq)
+        }
+        None => from,
+    };
     let mut walk = match ChainWalk::resume(from.0, from.1, from.2, cps, key) {
         Ok(w) => w,
         Err(f) => return Ok(Err(f)),
@@ -496,6 +593,11 @@ pub async fn walk_from(
         for r in &rows {
             let h = entry_hash(&r.hash_input());
             if let Err(f) = walk.push(r.seq, &r.prev_hash, &r.hash, &h) {
+                // A prune that moved the anchor meanwhile deleted what this walk was reading:
+                // stop here; the next walk starts from the new anchor.
+                if anchor(pool).await?.is_some_and(|a| a.seq > from.0) && anchored.is_none() {
+                    return Ok(Ok(walk));
+                }
                 return Ok(Err(f));
             }
             next = r.seq + 1;

@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet page: agent versions, keyset indexes",
         include_str!("../../migrations/0017_fleet_page.sql"),
     ),
+    (
+        18,
+        "retention: the activity log's anchor after a prune",
+        include_str!("../../migrations/0018_activity_anchor.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

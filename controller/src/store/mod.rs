@@ -13,6 +13,7 @@
 //! - [`health`]: what readiness checks and metrics read.
 //! - [`backup`]: online backup and restore, one portable format for both backends.
 //! - [`verified`]: how far the activity log has been verified.
+//! - [`retention`]: what `jit-controller prune` deletes, in short steps.
 //! - [`lease`]: the leader lease, and the fence its holder's writes check.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
@@ -33,6 +34,7 @@ pub mod login_links;
 pub mod notify;
 pub mod policies;
 pub mod requests;
+pub mod retention;
 pub mod sessions;
 pub mod snapshot;
 pub mod tokens;
