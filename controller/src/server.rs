@@ -91,10 +91,28 @@ fn read(path: &std::path::Path) -> Result<String, SetupError> {
     std::fs::read_to_string(path).map_err(|e| SetupError::io(path.display(), e))
 }
 
+/// Pending connections a listener holds (the kernel caps it at `net.core.somaxconn`): when a
+/// controller goes away, its agents all reconnect to the others at once, and a short queue
+/// would drop their SYNs into the kernel's 1 s, 3 s, 7 s retransmissions.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: &str, what: &str) -> Result<TcpListener, SetupError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| SetupError::io(format!("{what} {addr}"), e))
+    let err = |e| SetupError::io(format!("{what} {addr}"), e);
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in tokio::net::lookup_host(addr).await.map_err(err)? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(err(last))
 }
 
 /// Opens the database of a state directory and serves the API on `cfg.listen` and the agent

@@ -1111,7 +1111,14 @@ fn bench_controller(root: &Path, quick: bool) -> Result<()> {
     } else {
         &["--requests", "20000", "--history", "100000"]
     };
-    bench_example(root, "bench", "controller", args, quick)
+    bench_example(
+        root,
+        "bench",
+        "controller",
+        "cargo xtask bench controller",
+        args,
+        quick,
+    )
 }
 
 fn bench_fleet(root: &Path, quick: bool, agents: usize, controllers: usize) -> Result<()> {
@@ -1131,7 +1138,8 @@ fn bench_fleet(root: &Path, quick: bool, agents: usize, controllers: usize) -> R
         "--seconds",
         seconds,
     ];
-    bench_example(root, "fleet_bench", "fleet", &args, quick)
+    let command = format!("cargo xtask bench fleet --agents {agents} --controllers {controllers}");
+    bench_example(root, "fleet_bench", "fleet", &command, &args, quick)
 }
 
 fn bench_portal(root: &Path, quick: bool, state: Option<&Path>) -> Result<()> {
@@ -1145,15 +1153,23 @@ fn bench_portal(root: &Path, quick: bool, state: Option<&Path>) -> Result<()> {
         dir = d.to_str().context("--state: not UTF-8")?.to_string();
         args.extend(["--state", dir.as_str()]);
     }
-    bench_example(root, "portal_bench", "portal", &args, quick)
+    bench_example(
+        root,
+        "portal_bench",
+        "portal",
+        "cargo xtask bench portal",
+        &args,
+        quick,
+    )
 }
 
 /// Runs the controller's example `example` (release) with `args`, progress on stderr, and
-/// writes its stdout as the `section` of BENCHMARKS.md unless `quick`.
+/// writes its stdout as the `section` of BENCHMARKS.md (headed by `command`) unless `quick`.
 fn bench_example(
     root: &Path,
     example: &str,
     section: &str,
+    command: &str,
     args: &[&str],
     quick: bool,
 ) -> Result<()> {
@@ -1182,12 +1198,7 @@ fn bench_example(
     if quick {
         return Ok(());
     }
-    write_section(
-        &root.join("BENCHMARKS.md"),
-        section,
-        &format!("cargo xtask bench {section}"),
-        &body,
-    )
+    write_section(&root.join("BENCHMARKS.md"), section, command, &body)
 }
 
 /// Runs `jitgate-bench NAME` and writes its section of BENCHMARKS.md.

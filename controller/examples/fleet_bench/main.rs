@@ -151,7 +151,10 @@ fn spawn_controller(bin: &Path, state: &Path, api: String, agent: String) -> Res
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(&api).is_err() {
         if Instant::now() > deadline {
-            bail!("the controller at {api} did not start (see {})", state.with_extension("log").display());
+            bail!(
+                "the controller at {api} did not start (see {})",
+                state.with_extension("log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -193,7 +196,14 @@ fn postgres_pids(postmaster: u32) -> Vec<u32> {
             };
             let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok());
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                });
             if ppid == Some(postmaster) {
                 pids.push(pid);
             }
@@ -263,10 +273,26 @@ fn status_report() -> AgentMsg {
     }))
 }
 
-/// One agent's life: connect, hello, then answer until the connection ends.
-async fn run_agent(s: Arc<Shared>, who: Identity, endpoint: String) -> Result<()> {
-    let cfg = tls_config(&s, &who.cert_pem)?;
-    let tcp = tokio::net::TcpStream::connect(&endpoint).await?;
+/// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
+async fn keep_agent(s: Arc<Shared>, who: Identity, endpoint: String, failures: Arc<AtomicUsize>) {
+    loop {
+        if let Err(e) = run_agent(&s, &who, &endpoint).await
+            && failures.fetch_add(1, Ordering::Relaxed) < 3
+        {
+            eprintln!("  agent connection ended: {e:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
+    }
+}
+
+/// One connection of an agent: connect, hello, then answer until the connection ends.
+async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()> {
+    let cfg = tls_config(s, &who.cert_pem)?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(endpoint),
+    )
+    .await??;
     tcp.set_nodelay(true)?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from("localhost")?, tcp)
@@ -332,10 +358,10 @@ async fn run_agent(s: Arc<Shared>, who: Identity, endpoint: String) -> Result<()
                 Ok(b) => {
                     let key = format!("{}|{}", who.vm, b.source);
                     let sent = s.sent.lock().ok().and_then(|mut m| m.remove(&key));
-                    if let Some(t) = sent {
-                        if let Ok(mut a) = s.acks.lock() {
-                            a.push(t.elapsed().as_micros() as u64);
-                        }
+                    if let Some(t) = sent
+                        && let Ok(mut a) = s.acks.lock()
+                    {
+                        a.push(t.elapsed().as_micros() as u64);
                     }
                     s.grants.fetch_add(1, Ordering::Relaxed);
                     Some(AgentMsg::GrantResult {
@@ -473,7 +499,12 @@ async fn main() -> Result<()> {
         .1;
     let mut tokens = Vec::with_capacity(o.agents);
     for i in 0..o.agents {
-        tokens.push(app.fleet.create_enroll_token(&local, &format!("vm{i}")).await?.0);
+        tokens.push(
+            app.fleet
+                .create_enroll_token(&local, &format!("vm{i}"))
+                .await?
+                .0,
+        );
     }
     eprintln!("  done in {:.0}s", t0.elapsed().as_secs_f64());
 
@@ -534,9 +565,13 @@ async fn main() -> Result<()> {
     for t in tasks {
         t.await??;
     }
-    let enrolled: Vec<(Identity, String)> = std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let enrolled: Vec<(Identity, String)> =
+        std::mem::take(&mut *enrolled.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     eprintln!("  done in {:.0}s", t0.elapsed().as_secs_f64());
-    let signing_pem = enrolled.first().map(|e| e.1.clone()).context("no agent enrolled")?;
+    let signing_pem = enrolled
+        .first()
+        .map(|e| e.1.clone())
+        .context("no agent enrolled")?;
     let shared = Arc::new(Shared {
         key_der: key.serialize_der(),
         ca_pem: ca_pem.clone(),
@@ -556,14 +591,7 @@ async fn main() -> Result<()> {
     let failures = Arc::new(AtomicUsize::new(0));
     for (i, (who, _)) in enrolled.into_iter().enumerate() {
         let endpoint = ctls[i % ctls.len()].agent.clone();
-        let (s, failures) = (shared.clone(), failures.clone());
-        tokio::spawn(async move {
-            if let Err(e) = run_agent(s, who, endpoint).await {
-                if failures.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("  agent ended: {e:#}");
-                }
-            }
-        });
+        tokio::spawn(keep_agent(shared.clone(), who, endpoint, failures.clone()));
         if i % 64 == 63 {
             tokio::task::yield_now().await;
         }
@@ -636,9 +664,11 @@ async fn main() -> Result<()> {
                     "https://{api}/api/v1/jitNetworkAccessPolicies/default/initiate"
                 ))
                 .bearer_auth(&token)
-                .json(&json!({"virtualMachines": [{"id": format!("vm{vm}"), "ports": [
+                .json(
+                    &json!({"virtualMachines": [{"id": format!("vm{vm}"), "ports": [
                     {"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}]}],
-                    "justification": "fleet bench"}))
+                    "justification": "fleet bench"}),
+                )
                 .send()
                 .await;
             match r {
@@ -649,7 +679,11 @@ async fn main() -> Result<()> {
                 }
                 Ok(r) => {
                     if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("  initiate: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        eprintln!(
+                            "  initiate: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                     }
                 }
                 Err(e) => {
@@ -666,8 +700,7 @@ async fn main() -> Result<()> {
     let offered_s = l0.elapsed().as_secs_f64();
     // Acknowledgements still in flight.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shared.sent.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < deadline
-    {
+    while shared.sent.lock().map(|m| !m.is_empty()).unwrap_or(false) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let load_s = l0.elapsed().as_secs_f64();
@@ -686,7 +719,11 @@ async fn main() -> Result<()> {
         .zip(&rss_after)
         .map(|(b, a)| {
             let per = a.saturating_sub(*b) as f64 * o.controllers as f64 / n / 1024.0;
-            format!("{per:.1} KiB ({:.0} → {:.0} MiB)", *b as f64 / 1048576.0, *a as f64 / 1048576.0)
+            format!(
+                "{per:.1} KiB ({:.0} → {:.0} MiB)",
+                *b as f64 / 1048576.0,
+                *a as f64 / 1048576.0
+            )
         })
         .collect();
     println!(
@@ -698,18 +735,57 @@ async fn main() -> Result<()> {
     );
     println!("| measure | value |");
     println!("|---|---:|");
-    println!("| agents connected (held at the end) | {connected} ({still}); connection failures {} |", failures.load(Ordering::Relaxed));
+    println!(
+        "| agents connected (held at the end) | {connected} ({still}); failed connection attempts {} |",
+        failures.load(Ordering::Relaxed)
+    );
     println!("| time to connect every agent | {connect_s:.1} s |");
-    println!("| controller RSS per connected agent | {} |", per_agent.join("; "));
-    println!("| idle keepalive CPU ({} s; pings every 2 s, status every 10 s): controllers + PostgreSQL | {:.1} % + {:.1} % = {:.1} % of one core |", o.idle, idle_ctl, idle_pg, idle_ctl + idle_pg);
+    println!(
+        "| controller RSS per connected agent | {} |",
+        per_agent.join("; ")
+    );
+    println!(
+        "| idle keepalive CPU ({} s; pings every 2 s, status every 10 s): controllers + PostgreSQL | {:.1} % + {:.1} % = {:.1} % of one core |",
+        o.idle,
+        idle_ctl,
+        idle_pg,
+        idle_ctl + idle_pg
+    );
     println!("| idle: the load generator's own CPU | {idle_gen:.1} % of one core |");
-    println!("| per agent per second, idle (controllers + PostgreSQL) | {:.1} µs of CPU |", (idle_ctl + idle_pg) / 100.0 / n * 1e6);
-    println!("| load: initiates offered / answered OK / errors | {total} in {offered_s:.1} s / {} / {} |", lat.len(), errors.load(Ordering::Relaxed));
-    println!("| floor: initiate HTTP latency p50 / p99 | {:.1} / {:.1} ms |", pct(&lat, 0.5), pct(&lat, 0.99));
-    println!("| request → agent acknowledgement p50 / p99 | {:.1} / {:.1} ms |", pct(&acks, 0.5), pct(&acks, 0.99));
-    println!("| p99 above the floor's p99 | {:+.1} ms |", pct(&acks, 0.99) - pct(&lat, 0.99));
-    println!("| grants received / bad signatures / never acknowledged | {} / {} / {unacked} |", shared.grants.load(Ordering::Relaxed), shared.bad_signatures.load(Ordering::Relaxed));
-    println!("| CPU under load: controllers / PostgreSQL / generator | {:.0} % / {:.0} % / {:.0} % of one core |", core_load(c0, c1), core_load(p0, p1), core_load(g0, g1));
+    println!(
+        "| per agent per second, idle (controllers + PostgreSQL) | {:.1} µs of CPU |",
+        (idle_ctl + idle_pg) / 100.0 / n * 1e6
+    );
+    println!(
+        "| load: initiates offered / answered OK / errors | {total} in {offered_s:.1} s / {} / {} |",
+        lat.len(),
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "| floor: initiate HTTP latency p50 / p99 | {:.1} / {:.1} ms |",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    println!(
+        "| request → agent acknowledgement p50 / p99 | {:.1} / {:.1} ms |",
+        pct(&acks, 0.5),
+        pct(&acks, 0.99)
+    );
+    println!(
+        "| p99 above the floor's p99 | {:+.1} ms |",
+        pct(&acks, 0.99) - pct(&lat, 0.99)
+    );
+    println!(
+        "| grants received / bad signatures / never acknowledged | {} / {} / {unacked} |",
+        shared.grants.load(Ordering::Relaxed),
+        shared.bad_signatures.load(Ordering::Relaxed)
+    );
+    println!(
+        "| CPU under load: controllers / PostgreSQL / generator | {:.0} % / {:.0} % / {:.0} % of one core |",
+        core_load(c0, c1),
+        core_load(p0, p1),
+        core_load(g0, g1)
+    );
     drop(ctls);
     Ok(())
 }

@@ -174,7 +174,11 @@ pub async fn connection(
             protocol,
             pong_seen: None,
         };
-        c.app.fleet.hello(&c.agent_s, protocol, &version).await?;
+        // Nothing to write when the level and version are the ones stored (a reconnect): the
+        // Welcome of a fleet moving here after a controller failed waits for no write.
+        if row.hello_changes(protocol, &version) {
+            c.app.fleet.hello(&c.agent_s, protocol, &version).await?;
+        }
         let _live = c.app.presence.connected(&c.agent_s);
         // Subscribe before reading the outbox, so no commit in between is missed: only
         // commits that touch this VM (or its group's policy) wake this connection.

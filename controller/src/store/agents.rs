@@ -289,6 +289,18 @@ pub struct AgentIdentity {
     pub vm: String,
     #[sqlx(try_from = "String")]
     pub status: AgentStatus,
+    /// The protocol level and version of its last `Hello` (none before the first).
+    pub protocol: Option<i64>,
+    pub version: Option<String>,
+}
+
+impl AgentIdentity {
+    /// Whether a `Hello` with this level and version changes what is stored: a fleet
+    /// reconnecting after a controller went away (thousands at once) then writes nothing.
+    pub fn hello_changes(&self, protocol: u32, version: &str) -> bool {
+        let version: String = version.chars().take(VERSION_MAX_CHARS).collect();
+        self.protocol != Some(i64::from(protocol)) || self.version.as_deref() != Some(&*version)
+    }
 }
 
 /// The agent holding a certificate (by the SHA-256 of its DER).
@@ -296,12 +308,12 @@ pub async fn by_fingerprint(
     ex: impl Executor<'_, Database = Any>,
     fp: &str,
 ) -> Result<Option<AgentIdentity>> {
-    Ok(
-        sqlx::query_as("SELECT id, vm, status FROM agents WHERE cert_fingerprint = $1")
-            .bind(fp)
-            .fetch_optional(ex)
-            .await?,
+    Ok(sqlx::query_as(
+        "SELECT id, vm, status, protocol, version FROM agents WHERE cert_fingerprint = $1",
     )
+    .bind(fp)
+    .fetch_optional(ex)
+    .await?)
 }
 
 pub async fn status(
