@@ -249,6 +249,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             shutdown.subscribe(),
         ),
         spawn_session_refresher(app.clone(), shutdown.subscribe()),
+        app.fleet.spawn_reports(shutdown.subscribe()),
     ];
     tasks.push(crate::outbox::spawn(
         outbox,

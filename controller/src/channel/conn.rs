@@ -562,11 +562,11 @@ impl Conn {
             }
             AgentMsg::Heartbeat(h) => {
                 let hb = Heartbeat::from_agent(&h, None, now);
-                self.app.fleet.seen(&self.agent_s, Some(&hb)).await?;
+                self.app.fleet.seen(&self.agent_s, Some(hb));
             }
             AgentMsg::Status(r) => {
                 let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
-                self.app.fleet.seen(&self.agent_s, Some(&hb)).await?;
+                self.app.fleet.seen(&self.agent_s, Some(hb));
             }
             // On PostgreSQL the presence refresh marks connected agents seen, in one
             // statement every few seconds (`cluster`): no write transaction per pong.
@@ -576,7 +576,7 @@ impl Conn {
                     .is_none_or(|t| t.elapsed() >= SEEN_BY_PONG_EVERY)
                 {
                     self.pong_seen = Some(tokio::time::Instant::now());
-                    self.app.fleet.seen(&self.agent_s, None).await?;
+                    self.app.fleet.seen(&self.agent_s, None);
                 }
             }
             AgentMsg::Pong { .. } => {}

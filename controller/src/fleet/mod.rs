@@ -3,9 +3,11 @@
 //! (last seen and status reports, results, break-glass grants, audit records).
 //!
 //! - [`ca`]: the controller CA as it signs agent certificates.
+//! - [`reports`]: last seen and status reports, kept and written in batches.
 //! - [`watch`]: agents going offline and coming back, told as notifications.
 
 pub mod ca;
+pub mod reports;
 pub mod watch;
 
 use jitgate_api::GrantOrigin;
@@ -45,6 +47,8 @@ pub struct Fleet {
     presence: Presence,
     /// None where this controller does not enrol (administration commands).
     enrollment: Option<std::sync::Arc<Enrollment>>,
+    /// Reports not yet written ([`reports::spawn`] writes them).
+    reports: std::sync::Arc<reports::Reports>,
 }
 
 impl Fleet {
@@ -53,6 +57,7 @@ impl Fleet {
             db,
             presence,
             enrollment: enrollment.map(std::sync::Arc::new),
+            reports: std::sync::Arc::default(),
         }
     }
 
@@ -381,11 +386,18 @@ impl Fleet {
         agents::status(self.db.pool(), agent).await
     }
 
-    /// The agent spoke (with its status report, if any). Not in the activity log.
-    pub async fn seen(&self, agent: &str, report: Option<&Heartbeat>) -> Result<()> {
-        let mut w = self.db.begin().await?;
-        agents::seen(&mut w, agent, report).await?;
-        w.commit().await
+    /// The agent spoke (with its status report, if any): kept and written within
+    /// [`reports::FLUSH_EVERY`] ([`reports`]). Not in the activity log.
+    pub fn seen(&self, agent: &str, report: Option<Heartbeat>) {
+        self.reports.note(agent, report);
+    }
+
+    /// Writes the kept reports every [`reports::FLUSH_EVERY`] until shutdown.
+    pub fn spawn_reports(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        reports::spawn(self.db.clone(), self.reports.clone(), shutdown)
     }
 
     /// An agent said Hello at protocol level `protocol` (docs/protocol.md "Levels") as

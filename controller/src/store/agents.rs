@@ -328,41 +328,74 @@ pub async fn status(
         .transpose()
 }
 
-/// Updates last seen (and the last status report, if given).
-pub async fn seen(w: &mut WriteTx, id: &str, report: Option<&Heartbeat>) -> Result<()> {
-    let now = w.now;
-    match report {
-        Some(h) => {
-            let detached = i64::from(h.detached());
-            // Enforcement detached or re-attached moves the VM between tabs of the portal's
-            // JIT page: raise the inventory generation then (and only then).
-            sqlx::query(
-                "UPDATE inventory_generation SET value = value + 1 WHERE EXISTS \
-                 (SELECT 1 FROM agents WHERE id = $1 AND detached <> $2)",
-            )
-            .bind(id)
-            .bind(detached)
-            .execute(w.conn())
-            .await?;
-            sqlx::query(
-                "UPDATE agents SET last_seen_ms = $1, heartbeat = $2, detached = $3 WHERE id = $4",
-            )
-            .bind(now)
-            .bind(serde_json::to_string(h)?)
-            .bind(detached)
-            .bind(id)
-            .execute(w.conn())
-            .await?;
+/// Rows per statement in [`seen_many`] (three parameters each).
+const SEEN_CHUNK: usize = 500;
+
+/// Marks many agents seen at `now`, writing the status reports given, in one statement per
+/// [`SEEN_CHUNK`] agents (`fleet::reports`). Rows must be sorted by agent id, so that two
+/// controllers' batches lock agent rows in the same order. A report that detaches or
+/// re-attaches enforcement raises the inventory generation, once for the whole batch.
+pub async fn seen_many(
+    conn: &mut sqlx::AnyConnection,
+    now: i64,
+    rows: &[(String, Option<Heartbeat>)],
+) -> Result<()> {
+    for chunk in rows.chunks(SEEN_CHUNK) {
+        let reports: Vec<(&str, i64)> = chunk
+            .iter()
+            .filter_map(|(id, h)| h.as_ref().map(|h| (id.as_str(), i64::from(h.detached()))))
+            .collect();
+        if !reports.is_empty() {
+            let sql = format!(
+                "WITH v(id, det) AS (VALUES {}) UPDATE inventory_generation SET value = value + 1 \
+                 WHERE EXISTS (SELECT 1 FROM agents a JOIN v ON a.id = v.id WHERE a.detached <> v.det)",
+                values_list(reports.len(), 2, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, det) in &reports {
+                q = q.bind(*id).bind(*det);
+            }
+            q.execute(&mut *conn).await?;
         }
-        None => {
-            sqlx::query("UPDATE agents SET last_seen_ms = $1 WHERE id = $2")
-                .bind(now)
-                .bind(id)
-                .execute(w.conn())
-                .await?;
+        let sql = format!(
+            "WITH v(id, hb, det) AS (VALUES {}) UPDATE agents SET last_seen_ms = $1, \
+             heartbeat = COALESCE(v.hb, agents.heartbeat), detached = COALESCE(v.det, agents.detached) \
+             FROM v WHERE agents.id = v.id",
+            values_list(chunk.len(), 3, 2)
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (id, h) in chunk {
+            let (hb, det) = match h {
+                Some(h) => (
+                    Some(serde_json::to_string(h)?),
+                    Some(i64::from(h.detached())),
+                ),
+                None => (None, None),
+            };
+            q = q.bind(id.as_str()).bind(hb).bind(det);
         }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// `($a, $b, ...), (...)`: `rows` tuples of `width` parameters numbered from `first`.
+fn values_list(rows: usize, width: usize, first: usize) -> String {
+    let mut s = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..width {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(&format!("${}", first + r * width + c));
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// The longest agent version kept (the agent writes it: a longer one is cut).
