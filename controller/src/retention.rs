@@ -288,20 +288,7 @@ pub async fn prune(db: &Db, o: &Options<'_>) -> Result<PruneReport, RetentionErr
     // Delivered notifications (the leader prunes them hourly as well).
     let before = cutoff(o.now_ms, o.notify_days);
     let (d, e) = if delete {
-        let (mut d, mut e, mut after) = (0, 0, 0);
-        loop {
-            let mut w = db.begin().await?;
-            let (dd, ee, next) =
-                notify::prune_batch(&mut w, before, after, notify::PRUNE_BATCH).await?;
-            w.commit().await?;
-            (d, e) = (d + dd, e + ee);
-            match next {
-                Some(seq) => after = seq,
-                None => break,
-            }
-            tokio::task::yield_now().await;
-        }
-        (d, e)
+        notify::prune_all(db, before).await?
     } else {
         let mut c = db
             .pool()

@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::binary::{controller_json as run, empty_copy};
 use common::{Harness, one_port};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jitgate_proto::audit::{Checkpoint, Export, HashInput, entry_hash, parse_public_key};
@@ -27,25 +28,6 @@ fn now() -> i64 {
 /// Runs `jit-controller --state-dir DIR prune ARGS --json`: (success, stdout JSON, stderr).
 async fn prune(h: &Harness, args: &[&str]) -> (bool, Value, String) {
     run(&h.dir.0, &[&["prune"], args].concat()).await
-}
-
-/// Runs `jit-controller --state-dir DIR ARGS --json`.
-async fn run(dir: &std::path::Path, args: &[&str]) -> (bool, Value, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-controller"))
-        .arg("--state-dir")
-        .arg(dir)
-        .args(args)
-        .arg("--json")
-        .env_remove("JIT_LOG")
-        .env_remove("JIT_LOG_FORMAT")
-        .output()
-        .await
-        .expect("run jit-controller");
-    (
-        out.status.success(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn set_retention(h: &Harness, table: &str) {
@@ -563,36 +545,6 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     let (ok, v, err) = run(&copy, &["restore", backup.to_str().expect("utf-8")]).await;
     assert!(ok, "{err}");
     assert_eq!(v["verify"]["ok"], true, "{v}");
-}
-
-/// A copy of `h`'s state directory with an empty database (as in ops.rs).
-async fn empty_copy(h: &Harness, into: &std::path::Path) -> std::path::PathBuf {
-    let dir = into.join("state");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&h.dir.0)
-        .arg(&dir)
-        .status()
-        .expect("cp");
-    assert!(st.success());
-    let config = dir.join("controller.toml");
-    match &h.cfg.database_url {
-        None => {
-            for e in std::fs::read_dir(&dir).expect("read_dir") {
-                let p = e.expect("entry").path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.starts_with("jit.db") {
-                    std::fs::remove_file(&p).expect("remove the database file");
-                }
-            }
-        }
-        Some(old) => {
-            let fresh = common::fresh_postgres_database().await;
-            let toml = std::fs::read_to_string(&config).expect("config");
-            std::fs::write(&config, toml.replace(old.as_str(), &fresh)).expect("write config");
-        }
-    }
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

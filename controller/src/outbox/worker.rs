@@ -693,24 +693,11 @@ impl Outbox {
 
     /// Deletes delivered rows older than the retention (one controller at a time: the
     /// counters lock).
-    /// Leader work: short transactions (`notify::prune_batch`), so that requests wait for
-    /// one batch at most, never for the whole prune.
+    /// Leader work: short transactions (`notify::prune_all`).
     async fn prune(&self) -> Result<()> {
         let retain = i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX);
         let before = jitgate_api::time::now_ms().saturating_sub(retain);
-        let (mut d, mut e, mut after) = (0, 0, 0);
-        loop {
-            let mut w = self.db.begin().await?;
-            let (dd, ee, next) =
-                notify::prune_batch(&mut w, before, after, notify::PRUNE_BATCH).await?;
-            w.commit().await?;
-            (d, e) = (d + dd, e + ee);
-            match next {
-                Some(seq) => after = seq,
-                None => break,
-            }
-            tokio::task::yield_now().await;
-        }
+        let (d, e) = notify::prune_all(&self.db, before).await?;
         if d + e > 0 {
             tracing::info!(deliveries = d, events = e, "delivered notifications pruned");
         }

@@ -12,6 +12,7 @@ use sqlx::AnyConnection;
 
 use crate::error::{Error, Result};
 use crate::store::backend::{self, Param, Rows};
+use crate::store::db::Db;
 use crate::store::write::{Counter, WriteTx, Writer};
 
 /// Who wrote the sinks taken from controller.toml (`created_by`).
@@ -391,6 +392,24 @@ pub async fn release(writer: &Writer, owner: &str) -> Result<u64> {
 
 /// Events one prune transaction looks at.
 pub const PRUNE_BATCH: i64 = 1000;
+
+/// Prunes every delivered row older than `before`, one [`prune_batch`] per write transaction
+/// (requests wait for one batch at most, never for the whole prune). Returns the deliveries
+/// and events deleted.
+pub async fn prune_all(db: &Db, before: i64) -> Result<(u64, u64)> {
+    let (mut d, mut e, mut after) = (0, 0, 0);
+    loop {
+        let mut w = db.begin().await?;
+        let (dd, ee, next) = prune_batch(&mut w, before, after, PRUNE_BATCH).await?;
+        w.commit().await?;
+        (d, e) = (d + dd, e + ee);
+        match next {
+            Some(seq) => after = seq,
+            None => return Ok((d, e)),
+        }
+        tokio::task::yield_now().await;
+    }
+}
 
 /// One short step of the prune, oldest events first: among the next `batch` fanned-out
 /// events after seq `after` (the `(fanned_out, seq)` index), those created before `before`

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod agent;
+pub mod binary;
 pub mod lab;
 pub mod notify;
 
