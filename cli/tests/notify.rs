@@ -139,6 +139,34 @@ async fn notify_commands_manage_sinks_and_secrets() {
     let s = o.json();
     assert_eq!(s[0]["name"], "ops", "{s}");
     assert_eq!(s[0]["queued"], 0, "{s}");
+    assert_eq!(s[0]["inFlight"], 0, "{s}");
+    let o = env.jit(&admin, &["notify", "status"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let header = o.stdout.lines().next().unwrap_or("");
+    for c in [
+        "SINK",
+        "QUEUED",
+        "IN FLIGHT",
+        "OLDEST WAITING",
+        "LAST DELIVERED",
+        "LAST FAILURE",
+    ] {
+        assert!(header.contains(c), "{c} missing: {}", o.stdout);
+    }
+    let row: Vec<&str> = o
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // ops, queued, retrying, in flight, delivered, dead, then "-" for the three times.
+    assert_eq!(
+        row,
+        ["ops", "0", "0", "0", "0", "0", "-", "-", "-"],
+        "{}",
+        o.stdout
+    );
     let o = env.jit(&admin, &["notify", "retry"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("0 dead deliveries"), "{}", o.stdout);

@@ -268,8 +268,11 @@ const STATUS: Table = Table::new(&[
     col("SINK", 16),
     num("QUEUED", 7),
     num("RETRYING", 9),
+    num("IN FLIGHT", 9),
     num("DELIVERED", 10),
     num("DEAD", 6),
+    col("OLDEST WAITING", 20),
+    col("LAST DELIVERED", 20),
     col("LAST FAILURE", 0),
 ])
 .gap("  ");
@@ -294,8 +297,11 @@ fn print_status(v: &[SinkStatus]) {
             s.name.clone(),
             s.queued.to_string(),
             s.retrying.to_string(),
+            s.in_flight.to_string(),
             s.delivered.to_string(),
             s.dead.to_string(),
+            or_dash(s.oldest_pending_utc.clone()),
+            or_dash(s.last_delivered_utc.clone()),
             or_dash(failure),
         ]);
     }

@@ -694,9 +694,17 @@ fn print_notify(v: &[jitgate_api::SinkStatus], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:>8} {:>8} {:>10} {:>6}  LAST FAILURE",
-        "SINK", "QUEUED", "RETRYING", "DELIVERED", "DEAD"
+        "{:<24} {:>8} {:>8} {:>9} {:>10} {:>6}  {:<20}  {:<20}  LAST FAILURE",
+        "SINK",
+        "QUEUED",
+        "RETRYING",
+        "IN FLIGHT",
+        "DELIVERED",
+        "DEAD",
+        "OLDEST WAITING",
+        "LAST DELIVERED"
     );
+    let or_dash = |t: &Option<String>| t.clone().unwrap_or_else(|| "-".into());
     for s in v {
         let last = s.last_failure.as_ref().map_or_else(
             || "-".to_string(),
@@ -710,8 +718,15 @@ fn print_notify(v: &[jitgate_api::SinkStatus], json: bool) -> Result<()> {
             },
         );
         println!(
-            "{:<24} {:>8} {:>8} {:>10} {:>6}  {last}",
-            s.name, s.queued, s.retrying, s.delivered, s.dead
+            "{:<24} {:>8} {:>8} {:>9} {:>10} {:>6}  {:<20}  {:<20}  {last}",
+            s.name,
+            s.queued,
+            s.retrying,
+            s.in_flight,
+            s.delivered,
+            s.dead,
+            or_dash(&s.oldest_pending_utc),
+            or_dash(&s.last_delivered_utc)
         );
     }
     Ok(())
