@@ -577,6 +577,9 @@ async fn policy_editor() {
         b["ports"][0]["approval"]["stages"][0]["approvers"],
         json!([HOSTILE_APPROVER])
     );
+    // The previews were rolled back whole: the hash chain still verifies.
+    let (_, v) = p.h.get("/api/v1/activityLog/verify", &p.h.admin).await;
+    assert_eq!(v["ok"], true, "{v}");
     // A VM outside everything: not found; a group that does not exist: not found.
     assert_eq!(
         p.get(&alice, "/vms/nope/policy").await.status,
