@@ -71,6 +71,7 @@ pub async fn apply(app: &App, caller: &Caller, body: ApplyBody) -> Result<Plan> 
         }
     }
     let mut w = app.db.begin().await?;
+    w.dry_run = body.dry_run;
     let cur = current(w.conn(), app, caller).await?;
     let mut plan = diff(&cur.doc, &declared, caller, body.prune)?;
     plan.sort_by_key(order);

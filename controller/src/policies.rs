@@ -112,6 +112,7 @@ impl Policies {
         body: &PolicyBody,
     ) -> Result<Staged, EditError> {
         let mut w = self.db.begin().await?;
+        w.dry_run = true;
         let staged = policy_edit::stage(&mut w, caller, t, body, None, true).await?;
         // Dropping `w` rolls it back: nothing of the dry run stays.
         drop(w);
