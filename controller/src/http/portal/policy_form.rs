@@ -160,7 +160,7 @@ fn blank_port(i: usize) -> PortForm {
     )
 }
 
-/// The words of a value the form reads (form fields hold text; a bounded count).
+/// A count the form carries (`ports`, `pI-stages`): absent is 0, more than `max` refused.
 fn count(fields: &[(String, String)], name: &str, max: usize) -> Result<usize, String> {
     let v = fields
         .iter()
