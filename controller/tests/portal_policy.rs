@@ -245,6 +245,21 @@ async fn policy_editor() {
         page.body
     );
 
+    // web1 has no policy of its own: its editor says the group's applies and starts from it.
+    let r = p.get(&alice, "/vms/web1/policy").await;
+    assert!(
+        r.body
+            .contains("The policy of its resource group prod applies to it"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("id=\"p0-number\" name=\"p0-number\" type=\"text\" value=\"22\""),
+        "{}",
+        r.body
+    );
+
     // Each invalid input: refused next to its field (and summarised), focused, nothing
     // written.
     let cases: Vec<(&str, &str, &str, &str)> = vec![

@@ -67,7 +67,9 @@ struct Context {
     group: String,
     /// The stored policy of the target (None: it has none).
     current: Option<PolicyView>,
-    /// For a VM without a policy of its own: its group has one, which applies.
+    /// For a VM without a policy of its own: its group's, which applies (the form starts
+    /// from it).
+    group_policy: Option<PolicyView>,
     group_applies: bool,
     editable: bool,
 }
@@ -84,8 +86,14 @@ async fn context(st: &AppState, c: &Caller, whose: &Whose) -> Result<Context, Pa
     Ok(match whose {
         Whose::Vm(vm) => {
             let d = st.app.inventory.vm(c, vm).await?;
-            let group_applies = current.is_none() && d.effective_policy.is_some();
+            let group_policy = if current.is_none() {
+                d.effective_policy
+            } else {
+                None
+            };
             Context {
+                group_applies: group_policy.is_some(),
+                group_policy,
                 title: format!("VM {}", d.name),
                 editable: authz::allowed(
                     c,
@@ -98,7 +106,6 @@ async fn context(st: &AppState, c: &Caller, whose: &Whose) -> Result<Context, Pa
                 is_vm: true,
                 group: d.resource_group,
                 current,
-                group_applies,
             }
         }
         Whose::Group(g) => Context {
@@ -107,6 +114,7 @@ async fn context(st: &AppState, c: &Caller, whose: &Whose) -> Result<Context, Pa
             is_vm: false,
             group: g.clone(),
             current,
+            group_policy: None,
             group_applies: false,
             editable: authz::allowed(c, Action::WriteGroupPolicy { group: g }),
         },
@@ -369,9 +377,11 @@ struct EditorQuery {
 
 async fn editor(st: &AppState, v: &Viewer, whose: Whose, q: EditorQuery) -> PageResult {
     let c = context(st, &v.caller, &whose).await?;
+    // A VM without a policy of its own starts from its group's.
     let form = PolicyForm::of_body(
         c.current
             .as_ref()
+            .or(c.group_policy.as_ref())
             .map(|p| PolicyBody {
                 ports: p.ports.clone(),
             })
