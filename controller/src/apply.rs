@@ -71,6 +71,7 @@ pub async fn apply(app: &App, caller: &Caller, body: ApplyBody) -> Result<Plan> 
         }
     }
     let mut w = app.db.begin().await?;
+    w.dry_run = body.dry_run;
     let cur = current(w.conn(), app, caller).await?;
     let mut plan = diff(&cur.doc, &declared, caller, body.prune)?;
     plan.sort_by_key(order);
@@ -130,12 +131,8 @@ fn normalise(app: &App, mut d: Document, stored_sinks: &[SinkSpec]) -> Result<Do
         let body = PolicyBody {
             ports: p.ports.drain(..).map(PolicyPort::from).collect(),
         };
-        let policy = Policy::from_body(&body).map_err(|e| match e {
-            Error::Refused { code, message } => {
-                Error::refused(code, format!("policy {key}: {message}"))
-            }
-            other => other,
-        })?;
+        let policy = Policy::check_new(&body)
+            .map_err(|e| Error::from(e).context(&format!("policy {key}")))?;
         p.ports = policy
             .to_body()
             .ports
@@ -441,17 +438,7 @@ fn diff(
             None => (PlanAction::Create, None),
         };
         let empty = BTreeMap::new();
-        let old = old.unwrap_or(&empty);
-        let keys: BTreeSet<&String> = old.keys().chain(o.fields.keys()).collect();
-        let fields: Vec<FieldChange> = keys
-            .into_iter()
-            .filter(|k| old.get(*k) != o.fields.get(*k))
-            .map(|k| FieldChange {
-                field: k.clone(),
-                before: shown(old, k),
-                after: shown(&o.fields, k),
-            })
-            .collect();
+        let fields = changed_fields(old.unwrap_or(&empty), &o.fields, shown);
         if action == PlanAction::Create || !fields.is_empty() {
             plan.push(PlannedChange {
                 action,
@@ -482,6 +469,52 @@ fn diff(
         }
     }
     Ok(plan)
+}
+
+/// The fields whose values differ between two flattened objects, each before and after
+/// as `shown` gives it.
+fn changed_fields(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    shown: impl Fn(&BTreeMap<String, String>, &str) -> Option<String>,
+) -> Vec<FieldChange> {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| FieldChange {
+            field: k.clone(),
+            before: shown(old, k),
+            after: shown(new, k),
+        })
+        .collect()
+}
+
+/// What a policy change replaces, field by field, as a plan shows it (`ports[22/TCP].
+/// maxRequestAccessDuration`, ...): `before` (None: there was none) and `after`. The
+/// sources read as one list whether the body gives one prefix or several.
+pub fn policy_fields(before: Option<&PolicyBody>, after: &PolicyBody) -> Result<Vec<FieldChange>> {
+    fn flat(b: Option<&PolicyBody>) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let Some(b) = b else { return Ok(out) };
+        let mut v = serde_json::to_value(b)?;
+        if let Some(Value::Array(ports)) = v.get_mut("ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(one) = p.remove("allowedSourceAddressPrefix") {
+                    p.insert(
+                        "allowedSourceAddressPrefixes".into(),
+                        Value::Array(vec![one]),
+                    );
+                }
+            }
+        }
+        flatten("", &v, &mut out);
+        Ok(out)
+    }
+    Ok(changed_fields(
+        &flat(before)?,
+        &flat(Some(after))?,
+        |f, k| f.get(k).cloned(),
+    ))
 }
 
 /// Whether `--prune` touches this undeclared object: only one the caller may delete (an

@@ -29,11 +29,25 @@ pub fn parse_proto_sel(s: &str) -> Result<ProtoSel> {
         .map_err(|e| Error::refused(ErrorCode::InvalidProtocol, e.to_string()))
 }
 
+/// What a port number must be, in words.
+const PORT_RULE: &str = "use a whole number from 1 to 65535";
+
 pub fn parse_port(n: u32) -> Result<Port> {
     u16::try_from(n).ok().and_then(Port::new).ok_or_else(|| {
         Error::refused(
             ErrorCode::InvalidPort,
-            format!("port {n} is invalid: use a whole number from 1 to 65535"),
+            format!("port {n} is invalid: {PORT_RULE}"),
+        )
+    })
+}
+
+/// A port number as typed in a form: a whole number (checked by [`parse_port`] with the
+/// rest of the policy).
+pub fn port_from_text(s: &str) -> Result<u32> {
+    s.trim().parse::<u32>().map_err(|_| {
+        Error::refused(
+            ErrorCode::InvalidPort,
+            format!("port {s:?} is invalid: {PORT_RULE}"),
         )
     })
 }

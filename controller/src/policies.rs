@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::outbox;
 use crate::policy::Policy;
 use crate::policy_change;
+use crate::policy_edit::{self, EditError, Staged};
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
 use crate::store::inventory;
@@ -36,10 +37,10 @@ impl<'a> Target<'a> {
 }
 
 /// A target that exists, with its resource group.
-struct Resolved<'a> {
-    scope: PolicyScope,
-    name: &'a str,
-    group: String,
+pub(crate) struct Resolved<'a> {
+    pub scope: PolicyScope,
+    pub name: &'a str,
+    pub group: String,
 }
 
 fn view(row: PolicyRow) -> PolicyView {
@@ -86,21 +87,51 @@ impl Policies {
     }
 
     /// Creates or replaces the target's policy (validated first; nothing is written if it
-    /// is invalid).
+    /// is invalid). The same staging as the portal's preview and save
+    /// ([`policy_edit::stage`]), committed.
     pub async fn put(
         &self,
         caller: &Caller,
         t: Target<'_>,
         body: &PolicyBody,
     ) -> Result<PolicyView> {
-        // Rights before validity: a caller who may not write learns nothing of the rules.
-        let r = self.resolve(t).await?;
-        authorize(caller, &r, true)?;
-        let policy = Policy::from_body(body)?;
         let mut w = self.db.begin().await?;
-        let v = set(&mut w, caller, t, &policy).await?;
+        let staged = policy_edit::stage(&mut w, caller, t, body, None, false)
+            .await
+            .map_err(Error::from)?;
         w.commit().await?;
-        Ok(v)
+        Ok(staged.view)
+    }
+
+    /// What saving `body` as the target's policy would do: the save itself, run and rolled
+    /// back (a dry run), with the affected VMs and the activity entry it would write.
+    pub async fn preview(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+        body: &PolicyBody,
+    ) -> Result<Staged, EditError> {
+        let mut w = self.db.begin().await?;
+        w.dry_run = true;
+        let staged = policy_edit::stage(&mut w, caller, t, body, None, true).await?;
+        // Dropping `w` rolls it back: nothing of the dry run stays.
+        drop(w);
+        Ok(staged)
+    }
+
+    /// Saves `body` as the target's policy if the stored one is still the `version` a
+    /// preview was made against ([`EditError::Stale`] otherwise, nothing written).
+    pub async fn save(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+        body: &PolicyBody,
+        version: &str,
+    ) -> Result<Staged, EditError> {
+        let mut w = self.db.begin().await?;
+        let staged = policy_edit::stage(&mut w, caller, t, body, Some(version), true).await?;
+        w.commit().await?;
+        Ok(staged)
     }
 
     pub async fn delete(&self, caller: &Caller, t: Target<'_>) -> Result<()> {
@@ -128,7 +159,7 @@ impl Policies {
     }
 }
 
-fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
+pub(crate) fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
     let action = match (r.scope, write) {
         (PolicyScope::VirtualMachine, false) => Action::ReadVm {
             vm: r.name,
@@ -145,7 +176,7 @@ fn authorize(caller: &Caller, r: &Resolved<'_>, write: bool) -> Result<()> {
 }
 
 /// The target's group, or VmNotFound / ResourceGroupNotFound.
-async fn resolve<'a>(conn: &mut AnyConnection, t: Target<'a>) -> Result<Resolved<'a>> {
+pub(crate) async fn resolve<'a>(conn: &mut AnyConnection, t: Target<'a>) -> Result<Resolved<'a>> {
     Ok(match t {
         Target::Vm(vm) => Resolved {
             scope: PolicyScope::VirtualMachine,
@@ -234,6 +265,25 @@ pub async fn write(
     group: &str,
     policy: &Policy,
 ) -> Result<PolicyView> {
+    Ok(written(w, caller, t, group, policy).await?.view)
+}
+
+/// What [`written`] wrote.
+pub(crate) struct Written {
+    pub view: PolicyView,
+    pub change: policy_change::Change,
+    /// The activity entry, as appended.
+    pub entry: NewActivity,
+}
+
+/// [`write`], saying what it wrote.
+pub(crate) async fn written(
+    w: &mut WriteTx,
+    caller: &Caller,
+    t: Target<'_>,
+    group: &str,
+    policy: &Policy,
+) -> Result<Written> {
     let (scope, name) = match t {
         Target::Vm(vm) => (PolicyScope::VirtualMachine, vm),
         Target::Group(g) => (PolicyScope::ResourceGroup, g),
@@ -243,29 +293,30 @@ pub async fn write(
     let change = policy_change::compare(old.as_ref(), Some(policy));
     let body = policy.to_body();
     let created = policies::put(w, scope, name, &body, &actor.name).await?;
-    activity::log(
-        w,
-        entry(Operation::UpdatePolicy, t, group, actor)
-            .details(serde_json::json!({"ports": body.ports, "created": created})),
-    )
-    .await?;
+    let entry = entry(Operation::UpdatePolicy, t, group, actor)
+        .details(serde_json::json!({"ports": body.ports, "created": created}));
+    activity::log(w, entry.clone()).await?;
     if !change.lines.is_empty() {
         let event = outbox::event::policy_changed(
             t.vm(),
             group,
             caller,
             PolicyOperation::Update,
-            change,
+            change.clone(),
             w.now,
         );
         notify::insert_events(w, &[event]).await?;
     }
     w.policy_changed(scope, name);
-    Ok(PolicyView {
-        scope,
-        name: name.into(),
-        ports: body.ports,
-        updated_time_utc: jitgate_api::time::format(w.now),
-        updated_by: actor.name.clone(),
+    Ok(Written {
+        view: PolicyView {
+            scope,
+            name: name.into(),
+            ports: body.ports,
+            updated_time_utc: jitgate_api::time::format(w.now),
+            updated_by: actor.name.clone(),
+        },
+        change,
+        entry,
     })
 }

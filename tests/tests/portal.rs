@@ -459,6 +459,76 @@ async fn request_ssh_and_revoke_in_the_browser() {
         wait_until(Duration::from_secs(20), || refused(2)),
         "ssh still works after Revoke"
     );
+
+    // The policy editor: staging's policy with an approval stage, set through the form. An
+    // invalid port first: refused beside its field, focused, nothing saved; then the
+    // preview (what changes, the VMs it affects, the activity entry), Save, and the API
+    // returns the same policy.
+    b.goto(&format!("{origin}/groups/staging/policy"))
+        .await
+        .unwrap();
+    b.wait_for_text("Resource group staging has no policy")
+        .await
+        .unwrap();
+    b.fill("#p0-number", "70000").await.unwrap();
+    b.fill("#p0-sources", "198.51.100.0/24").await.unwrap();
+    b.fill("#p0-max", "PT2H").await.unwrap();
+    b.click("#p0-approval").await.unwrap();
+    b.fill("#p0-s0-approvers", "group:jit-admins")
+        .await
+        .unwrap();
+    // A refused form is answered 400 (the form with its errors), which Chromium logs; the
+    // next checkpoint accepts exactly that.
+    b.expect_console_error(
+        "policy/preview - Failed to load resource: the server responded with a status of 400",
+    );
+    b.click_button("Preview the changes").await.unwrap();
+    b.wait_for_text("port 70000 is invalid").await.unwrap();
+    let focused = b
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, "p0-number", "the first field in error is focused");
+    assert!(
+        !ctl.jit(&fleet.ws, &args("policy show --resource-group staging"))
+            .status
+            .success()
+    );
+    assert_nothing_injected(&b).await;
+    b.checkpoint("policy-invalid").await;
+    b.fill("#p0-number", "22").await.unwrap();
+    b.click_button("Preview the changes").await.unwrap();
+    b.wait_for_text("The activity entry saving writes")
+        .await
+        .unwrap();
+    let preview = b.find("#preview").await.unwrap().text().await.unwrap();
+    for want in [
+        "port 22/TCP added",
+        "1 VM(s) of resource group staging take this policy: vm-02",
+        "Update JIT Network Access Policy",
+    ] {
+        assert!(preview.contains(want), "{want:?} in {preview}");
+    }
+    assert_nothing_injected(&b).await;
+    b.checkpoint("policy-preview").await;
+    b.click_button("Save this policy").await.unwrap();
+    b.wait_for_text("Saved: the policy is in force")
+        .await
+        .unwrap();
+    b.checkpoint("policy-saved").await;
+    let got = ctl.jit_json(
+        &fleet.ws,
+        &args("--json policy show --resource-group staging"),
+    );
+    assert_eq!(
+        got["ports"],
+        serde_json::json!([{"number": 22, "protocol": "TCP",
+            "allowedSourceAddressPrefix": "198.51.100.0/24",
+            "maxRequestAccessDuration": "PT2H", "onExpiry": "keep",
+            "approval": {"stages": [{"approvers": ["group:jit-admins"], "required": 1}],
+                "allowSelfApproval": false, "allowEmergency": false, "timeout": "PT1H"}}]),
+        "{got}"
+    );
     b.close().await.unwrap();
     eprintln!("request_ssh_and_revoke_in_the_browser: {:?}", t0.elapsed());
 }

@@ -255,6 +255,12 @@ async fn run(o: Opts) -> Result<()> {
             format!("/activity?vm={vm}&operation=Initiate+JIT+Network+Access"),
             true,
         ),
+        ("Policy editor, a VM", format!("/vms/{vm}/policy"), true),
+        (
+            "Policy editor, a resource group",
+            format!("/groups/rg{}/policy", group_of(with_policy[7])),
+            true,
+        ),
     ];
     for _ in 0..3 {
         let t = Instant::now();

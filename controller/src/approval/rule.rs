@@ -34,41 +34,129 @@ pub struct Rule {
     pub timeout_secs: i64,
 }
 
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::refused(ErrorCode::InvalidPolicy, msg)
+/// Which part of an approval rule a problem is about (stages counted from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleField {
+    /// The list of stages (none, or too many).
+    Stages,
+    /// A stage's approvers.
+    Approvers(usize),
+    /// A stage's required count.
+    Required(usize),
+    Timeout,
+    AutoApprove,
+}
+
+/// A rule an approval rule breaks: where, the refusal's code, and why in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleProblem {
+    pub field: RuleField,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RuleProblem {
+    fn new(field: RuleField, code: ErrorCode, message: impl Into<String>) -> RuleProblem {
+        RuleProblem {
+            field,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(field: RuleField, message: impl Into<String>) -> RuleProblem {
+        RuleProblem::new(field, ErrorCode::InvalidPolicy, message)
+    }
+
+    fn from_error(field: RuleField, e: Error) -> RuleProblem {
+        match e {
+            Error::Refused { code, message } => RuleProblem::new(field, code, message),
+            other => RuleProblem::invalid(field, other.to_string()),
+        }
+    }
+}
+
+/// A stage's `required` as typed in a form: a whole number (its bounds are the rule's).
+pub fn required_from_text(stage: usize, s: &str) -> Result<u32, RuleProblem> {
+    s.trim().parse::<u32>().map_err(|_| {
+        RuleProblem::invalid(
+            RuleField::Required(stage),
+            format!(
+                "approval stage {}: required {s:?} is not a whole number (1 to {MAX_REQUIRED})",
+                stage + 1
+            ),
+        )
+    })
 }
 
 impl Rule {
+    /// A rule as stored or sent, validated; the first problem as the refusal.
     pub fn from_body(b: &ApprovalRule) -> Result<Rule> {
+        Rule::check(b, false).map_err(|mut p| {
+            let first = p.swap_remove(0);
+            Error::refused(first.code, first.message)
+        })
+    }
+
+    /// Every problem of the rule, in the order of its fields. `new`: the rule is about to
+    /// be written, so the rules that only new rules must meet apply too (a stage that names
+    /// people only, and no group, cannot require more approvals than it names people:
+    /// each counts once, so it could never complete). Stored rules are read without them.
+    pub fn check(b: &ApprovalRule, new: bool) -> Result<Rule, Vec<RuleProblem>> {
+        let mut problems = Vec::new();
         if b.stages.is_empty() {
-            return Err(invalid("approval.stages must list at least one stage"));
+            problems.push(RuleProblem::invalid(
+                RuleField::Stages,
+                "approval.stages must list at least one stage",
+            ));
         }
         if b.stages.len() > MAX_STAGES {
-            return Err(invalid(format!(
-                "approval.stages may list at most {MAX_STAGES} stages"
-            )));
+            problems.push(RuleProblem::invalid(
+                RuleField::Stages,
+                format!("approval.stages may list at most {MAX_STAGES} stages"),
+            ));
         }
         let mut stages = Vec::with_capacity(b.stages.len());
-        for (i, s) in b.stages.iter().enumerate() {
+        for (i, s) in b.stages.iter().enumerate().take(MAX_STAGES) {
             let n = i + 1;
+            let before = problems.len();
             if s.approvers.is_empty() || s.approvers.len() > MAX_APPROVERS {
-                return Err(invalid(format!(
-                    "approval stage {n}: approvers must list 1 to {MAX_APPROVERS} entries"
-                )));
+                problems.push(RuleProblem::invalid(
+                    RuleField::Approvers(i),
+                    format!("approval stage {n}: approvers must list 1 to {MAX_APPROVERS} entries"),
+                ));
             }
             let mut approvers: Vec<Approver> = Vec::with_capacity(s.approvers.len());
-            for a in &s.approvers {
-                let a: Approver = a
-                    .parse()
-                    .map_err(|e| invalid(format!("approval stage {n}: {e}")))?;
-                if !approvers.contains(&a) {
-                    approvers.push(a);
+            for a in s.approvers.iter().take(MAX_APPROVERS) {
+                match a.parse::<Approver>() {
+                    Ok(a) if !approvers.contains(&a) => approvers.push(a),
+                    Ok(_) => {}
+                    Err(e) => problems.push(RuleProblem::invalid(
+                        RuleField::Approvers(i),
+                        format!("approval stage {n}: {e}"),
+                    )),
                 }
             }
             if s.required < 1 || s.required > MAX_REQUIRED {
-                return Err(invalid(format!(
-                    "approval stage {n}: required must be 1 to {MAX_REQUIRED}"
-                )));
+                problems.push(RuleProblem::invalid(
+                    RuleField::Required(i),
+                    format!("approval stage {n}: required must be 1 to {MAX_REQUIRED}"),
+                ));
+            } else if new
+                && problems.len() == before
+                && !approvers.iter().any(|a| matches!(a, Approver::Group(_)))
+                && s.required as usize > approvers.len()
+            {
+                problems.push(RuleProblem::invalid(
+                    RuleField::Required(i),
+                    format!(
+                        "approval stage {n}: required {} is more than the {} approver(s) named; \
+                         a person counts once, so the stage could never complete (name more \
+                         approvers, or a group)",
+                        s.required,
+                        approvers.len()
+                    ),
+                ));
             }
             stages.push(Stage {
                 approvers,
@@ -77,31 +165,44 @@ impl Rule {
         }
         let timeout_secs = match &b.timeout {
             None => DEFAULT_TIMEOUT_SECS,
-            Some(t) => {
-                let secs = parse_duration(t)?;
-                if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&secs) {
-                    return Err(Error::refused(
+            Some(t) => match parse_duration(t) {
+                Err(e) => {
+                    problems.push(RuleProblem::from_error(RuleField::Timeout, e));
+                    DEFAULT_TIMEOUT_SECS
+                }
+                Ok(secs) if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&secs) => {
+                    problems.push(RuleProblem::new(
+                        RuleField::Timeout,
                         ErrorCode::InvalidDuration,
                         format!("approval.timeout {t} is outside PT1M..P7D"),
                     ));
+                    DEFAULT_TIMEOUT_SECS
                 }
-                secs
-            }
+                Ok(secs) => secs,
+            },
         };
         let auto_up_to_secs = match &b.auto_approve_up_to {
             None => None,
-            Some(t) => {
-                let secs = parse_duration(t)?;
-                if secs <= 0 {
-                    return Err(Error::refused(
+            Some(t) => match parse_duration(t) {
+                Err(e) => {
+                    problems.push(RuleProblem::from_error(RuleField::AutoApprove, e));
+                    None
+                }
+                Ok(secs) if secs <= 0 => {
+                    problems.push(RuleProblem::new(
+                        RuleField::AutoApprove,
                         ErrorCode::InvalidDuration,
                         "approval.autoApproveUpTo must be positive (omit it to always require \
                          approval)",
                     ));
+                    None
                 }
-                Some(secs)
-            }
+                Ok(secs) => Some(secs),
+            },
         };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         Ok(Rule {
             auto_up_to_secs,
             stages,
@@ -324,6 +425,70 @@ mod tests {
         let r = mk(vec![st(&["token:a"], 3)], Some("PT2H")).unwrap();
         assert_eq!(r.timeout_secs, 7200);
         assert_eq!(Rule::from_body(&r.to_body()).unwrap(), r);
+    }
+
+    #[test]
+    fn new_rules_need_enough_people_and_every_problem_is_named() {
+        let st = |a: &[&str], n| ApprovalStage {
+            approvers: a.iter().map(|s| s.to_string()).collect(),
+            required: n,
+        };
+        let body = |stages, timeout: Option<&str>| ApprovalRule {
+            auto_approve_up_to: Some("soon".into()),
+            stages,
+            allow_self_approval: false,
+            allow_emergency: false,
+            timeout: timeout.map(String::from),
+        };
+        // A stored rule that names one person and requires two still reads.
+        let two_of_one = body(vec![st(&["token:a", "token:a"], 2)], None);
+        assert!(
+            Rule::check(&two_of_one, false).is_err(),
+            "auto 'soon' is bad"
+        );
+        let mut ok = two_of_one.clone();
+        ok.auto_approve_up_to = None;
+        assert!(Rule::check(&ok, false).is_ok());
+        let p = Rule::check(&ok, true).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, RuleField::Required(0));
+        assert!(
+            p[0].message.contains("more than the 1 approver(s)"),
+            "{p:?}"
+        );
+        // A group can grow: allowed.
+        let with_group = body(vec![st(&["group:leads"], 3)], None);
+        let mut with_group = with_group;
+        with_group.auto_approve_up_to = None;
+        assert!(Rule::check(&with_group, true).is_ok());
+        // Every problem, each at its field, in the order of the fields.
+        let p = Rule::check(
+            &body(vec![st(&[], 1), st(&["alice"], 0)], Some("P9D")),
+            true,
+        )
+        .unwrap_err();
+        let fields: Vec<RuleField> = p.iter().map(|x| x.field).collect();
+        assert_eq!(
+            fields,
+            [
+                RuleField::Approvers(0),
+                RuleField::Approvers(1),
+                RuleField::Required(1),
+                RuleField::Timeout,
+                RuleField::AutoApprove
+            ]
+        );
+        assert!(
+            Rule::from_body(&body(vec![st(&[], 1)], None))
+                .unwrap_err()
+                .to_string()
+                .ends_with("approval stage 1: approvers must list 1 to 50 entries")
+        );
+        assert_eq!(required_from_text(1, " 2 "), Ok(2));
+        assert_eq!(
+            required_from_text(1, "two").unwrap_err().field,
+            RuleField::Required(1)
+        );
     }
 
     #[test]

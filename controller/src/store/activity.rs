@@ -82,7 +82,7 @@ const COLUMNS: &str = "seq, time_ms, operation, resource_type, resource_group, v
 
 /// Chains `a` after the head (advancing it) and returns its row.
 fn chained(w: &mut WriteTx, a: NewActivity) -> Result<Vec<Param>> {
-    let now = w.now;
+    let (now, dry_run) = (w.now, w.dry_run);
     let head = w.chain();
     let seq = head.seq + 1;
     let details = serde_json::to_string(&a.details)?;
@@ -109,6 +109,7 @@ fn chained(w: &mut WriteTx, a: NewActivity) -> Result<Vec<Param>> {
         caller_address = %a.actor.address,
         outcome = %a.outcome,
         request_id = %a.request_id,
+        dry_run,
         "activity"
     );
     let prev = std::mem::replace(&mut head.hash, hash.clone());

@@ -115,6 +115,57 @@ pub async fn vms_in(conn: &mut AnyConnection, group: &str) -> Result<i64> {
     )
 }
 
+/// A group's VMs split by whether they have a policy of their own.
+pub struct GroupVms {
+    /// VMs without one (the group's policy is theirs), by name, at most the limit.
+    pub taking: Vec<String>,
+    pub taking_count: i64,
+    /// VMs with one, by name, at most the limit.
+    pub own: Vec<String>,
+    pub own_count: i64,
+}
+
+/// The group's VMs, split by whether they have a policy of their own (`vms_by_group` and
+/// the policies' primary key; `limit` names of each kind, exact counts).
+pub async fn group_vms_by_policy(
+    conn: &mut AnyConnection,
+    group: &str,
+    limit: i64,
+) -> Result<GroupVms> {
+    let mut out = GroupVms {
+        taking: Vec::new(),
+        taking_count: 0,
+        own: Vec::new(),
+        own_count: 0,
+    };
+    for own in [false, true] {
+        let cond = if own { "EXISTS" } else { "NOT EXISTS" };
+        let of_kind = format!(
+            "FROM vms v WHERE v.resource_group = $1 AND {cond} (SELECT 1 FROM policies p \
+             WHERE p.scope_kind = $2 AND p.scope_name = v.name)"
+        );
+        let kind = jitgate_api::PolicyScope::VirtualMachine.as_str();
+        let names: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT v.name {of_kind} ORDER BY v.name LIMIT $3"))
+                .bind(group)
+                .bind(kind)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) {of_kind}"))
+            .bind(group)
+            .bind(kind)
+            .fetch_one(&mut *conn)
+            .await?;
+        if own {
+            (out.own, out.own_count) = (names, count);
+        } else {
+            (out.taking, out.taking_count) = (names, count);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn update_vm(
     w: &mut WriteTx,
     name: &str,

@@ -208,6 +208,7 @@ impl Writer {
             backend: self.backend,
             notifier: self.notifier.clone(),
             now: jitgate_api::time::now_ms(),
+            dry_run: false,
         }
     }
 
@@ -276,6 +277,9 @@ pub struct WriteTx {
     notifier: Notifier,
     /// The transaction's time (ms since the epoch): every row it writes carries it.
     pub now: i64,
+    /// A dry run, rolled back by its caller (a preview, `jit apply --dry-run`): its log
+    /// lines say so, so that no reader of the log takes them for writes.
+    pub dry_run: bool,
 }
 
 impl WriteTx {

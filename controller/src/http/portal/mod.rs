@@ -18,6 +18,9 @@
 //!   the denied attempts; exported as the API exports them.
 //! - [`notifications`]: the notification sinks (admins), their delivery state, their dead
 //!   deliveries with retry and discard, and a test message.
+//! - [`policy`]: the policy editor of a VM or a resource group (read-only for readers):
+//!   preview (a dry run of the save: before/after, affected VMs, the activity entry) and
+//!   save against the previewed version; [`policy_form`] is its form.
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -34,6 +37,8 @@ pub mod fleet;
 pub mod form;
 pub mod notifications;
 pub mod page;
+pub mod policy;
+pub mod policy_form;
 pub mod requests;
 pub mod session;
 pub mod vms;
@@ -56,6 +61,7 @@ pub fn router() -> Router<AppState> {
         .merge(fleet::router())
         .merge(connections::router())
         .merge(notifications::router())
+        .merge(policy::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }
