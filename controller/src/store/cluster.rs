@@ -98,8 +98,15 @@ pub async fn changes(
     Ok(out)
 }
 
-/// Records `agents` as connected to `controller` until `expires_ms`, marks them seen now
-/// (`agents.last_seen_ms`: no write per pong), and drops this controller's rows that this
+/// How stale a connected agent's last seen may grow before a presence refresh moves it: an
+/// agent's status reports (every 10 s) move it as well, and while it is connected it shows
+/// online whatever its last seen says. Rewriting every connected agent's row every refresh
+/// was most of PostgreSQL's idle work at 10 000 agents.
+pub const SEEN_REFRESH_MS: i64 = 30_000;
+
+/// Records `agents` as connected to `controller` until `expires_ms`, marks them seen now when
+/// their last seen is older than [`SEEN_REFRESH_MS`] (`agents.last_seen_ms`: no write per
+/// pong), and drops this controller's rows that this
 /// refresh did not renew (agents gone since). One statement per [`PRESENCE_CHUNK`] agents,
 /// plus two.
 pub async fn refresh_presence(
@@ -131,11 +138,13 @@ pub async fn refresh_presence(
     if !agents.is_empty() {
         sqlx::query(
             "UPDATE agents SET last_seen_ms = $1 WHERE id IN \
-             (SELECT agent_id FROM agent_presence WHERE controller = $2 AND expires_ms = $3)",
+             (SELECT agent_id FROM agent_presence WHERE controller = $2 AND expires_ms = $3) \
+             AND (last_seen_ms IS NULL OR last_seen_ms < $4)",
         )
         .bind(now_ms)
         .bind(controller)
         .bind(expires_ms)
+        .bind(now_ms.saturating_sub(SEEN_REFRESH_MS))
         .execute(pool)
         .await?;
     }
