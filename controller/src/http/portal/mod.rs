@@ -18,6 +18,9 @@
 //!   the denied attempts; exported as the API exports them.
 //! - [`notifications`]: the notification sinks (admins), their delivery state, their dead
 //!   deliveries with retry and discard, and a test message.
+//! - [`compliance`]: the compliance dashboard (the report as of a date, the chart of
+//!   [`compliance_chart`], findings grouped by owner or resource group, exports, scan,
+//!   probe, remediation and assignments for admins).
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -27,6 +30,8 @@
 pub mod activity;
 pub mod approvals;
 pub mod assets;
+pub mod compliance;
+pub mod compliance_chart;
 pub mod connect;
 pub mod connections;
 pub mod direct;
@@ -56,6 +61,7 @@ pub fn router() -> Router<AppState> {
         .merge(fleet::router())
         .merge(connections::router())
         .merge(notifications::router())
+        .merge(compliance::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }
