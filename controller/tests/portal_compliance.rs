@@ -305,9 +305,9 @@ async fn compliance_dashboard() {
     let w2 = resource(&nc, "web2");
     for want in [
         "VM <a href=\"/vms/web2\">web2</a> <strong class=\"rstate\">NonCompliant</strong>",
-        "<strong>Listening without JIT</strong><br><span class=\"hint\">ListeningUnprotected</span></td><td class=\"nowrap\">22/TCP</td><td>* (every interface)</td><td>0.0.0.0</td><td>22/TCP listens on 0.0.0.0 and is not in the agent&#39;s protected set</td>",
+        "<strong>Listening without JIT</strong><br><span class=\"hint\">ListeningUnprotected</span></td><td class=\"nowrap\">22/TCP</td><td>* (every interface)</td><td class=\"nowrap\">0.0.0.0</td><td>22/TCP listens on 0.0.0.0 and is not in the agent&#39;s protected set</td>",
         "<strong>Interface without enforcement</strong>",
-        "<td>eth&#60;b&#62;1&#34;&#60;/b&#62;</td><td>198.51.100.20</td>",
+        "<td>eth&#60;b&#62;1&#34;&#60;/b&#62;</td><td class=\"nowrap\">198.51.100.20</td>",
         "href=\"/compliance/remediate?vm=web2\">Remediate web2</a>",
     ] {
         assert!(w2.contains(want), "{want:?} in {w2}");
