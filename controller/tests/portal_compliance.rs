@@ -299,7 +299,7 @@ async fn compliance_dashboard() {
     assert!(page.body.contains("<td id=\"unknown\">3</td>"));
     let nc = section(&page.body, "nc-h");
     assert!(
-        nc.contains("Owner <bdi>prod-team@example.com</bdi></h3>"),
+        nc.contains("Owner <bdi>prod-team@example.com</bdi> <span class=\"hint\">1 non-compliant</span></h3>"),
         "{nc}"
     );
     let w2 = resource(&nc, "web2");
@@ -339,7 +339,7 @@ async fn compliance_dashboard() {
     // By resource group, and one scope.
     let by_rg = p.get(&alice, "/compliance?group=resourceGroup").await;
     assert!(
-        by_rg.body.contains("Resource group <bdi>prod</bdi> <span class=\"hint\">(owner <bdi>prod-team@example.com</bdi>)</span></h3>"),
+        by_rg.body.contains("Resource group <bdi>prod</bdi> <span class=\"hint\">(owner <bdi>prod-team@example.com</bdi>)</span> <span class=\"hint\">1 non-compliant</span></h3>"),
         "{}",
         by_rg.body
     );

@@ -32,8 +32,11 @@ use crate::http::state::AppState;
 
 /// Evaluations on the chart (the newest, up to the date shown).
 const CHART_POINTS: i64 = 100;
-/// Resources listed per section; the rest are counted (the exports carry them all).
+/// Resources listed with their findings on one page, all sections together (non-compliant
+/// first, then unknown, then unmanaged); the rest are counted (the exports carry them all).
 const LISTED: usize = 100;
+/// Compliant VMs listed (names only).
+const LISTED_COMPLIANT: usize = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -176,20 +179,27 @@ impl Resource {
     }
 }
 
-/// A section's resources: the first [`LISTED`] and how many more.
+/// A section's resources: as many as `budget` still allows (it is used up), and how many
+/// more there are.
 struct Listed {
     items: Vec<Resource>,
     more: usize,
 }
 
 impl Listed {
-    fn of<'a>(rs: impl Iterator<Item = &'a ComplianceResult>, caller: &Caller) -> Listed {
+    fn of<'a>(
+        rs: impl Iterator<Item = &'a ComplianceResult>,
+        caller: &Caller,
+        budget: &mut usize,
+    ) -> Listed {
         let all: Vec<&ComplianceResult> = rs.collect();
+        let n = all.len().min(*budget);
+        *budget -= n;
         Listed {
-            more: all.len().saturating_sub(LISTED),
+            more: all.len() - n,
             items: all
                 .into_iter()
-                .take(LISTED)
+                .take(n)
                 .map(|r| Resource::of(r, caller))
                 .collect(),
         }
@@ -200,6 +210,7 @@ impl Listed {
 struct Group {
     key: String,
     owner: String,
+    count: usize,
     vms: Listed,
 }
 
@@ -297,6 +308,7 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
         Err(e) => return Err(e.into()),
     };
     let caller = &v.caller;
+    let mut budget = LISTED;
     let groups = report
         .groups
         .iter()
@@ -304,7 +316,8 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
         .map(|g| Group {
             key: g.key.clone(),
             owner: g.owner.clone(),
-            vms: Listed::of(g.non_compliant.iter(), caller),
+            count: g.non_compliant.len(),
+            vms: Listed::of(g.non_compliant.iter(), caller, &mut budget),
         })
         .collect();
     let vms = |st: ComplianceState| {
@@ -313,13 +326,7 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
     let unknown = Listed::of(
         report.results.iter().filter(vms(ComplianceState::Unknown)),
         caller,
-    );
-    let compliant = Listed::of(
-        report
-            .results
-            .iter()
-            .filter(vms(ComplianceState::Compliant)),
-        caller,
+        &mut budget,
     );
     let unmanaged = Listed::of(
         report
@@ -327,6 +334,15 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
             .iter()
             .filter(|r| r.kind == ResourceKind::UnmanagedHost),
         caller,
+        &mut budget,
+    );
+    let compliant = Listed::of(
+        report
+            .results
+            .iter()
+            .filter(vms(ComplianceState::Compliant)),
+        caller,
+        &mut LISTED_COMPLIANT.clone(),
     );
     let assignments = c
         .assignments()
@@ -563,6 +579,26 @@ mod tests {
         };
         assert!(bad.query().is_err());
         assert_eq!(Filters::default().group_by().ok(), Some(GroupBy::Owner));
+    }
+
+    #[test]
+    fn sections_share_one_budget() {
+        let r = |name: &str| ComplianceResult {
+            resource: name.into(),
+            kind: ResourceKind::VirtualMachine,
+            resource_group: "prod".into(),
+            owner: "ops".into(),
+            state: ComplianceState::NonCompliant,
+            findings: vec![],
+        };
+        let rs = [r("a"), r("b"), r("c")];
+        let local = Caller::local();
+        let mut budget = 2;
+        let first = Listed::of(rs.iter(), &local, &mut budget);
+        assert_eq!((first.items.len(), first.more, budget), (2, 1, 0));
+        assert!(first.items[0].remediate, "a local caller may remediate");
+        let second = Listed::of(rs.iter(), &local, &mut budget);
+        assert_eq!((second.items.len(), second.more), (0, 3));
     }
 
     #[test]
