@@ -10,6 +10,7 @@ pub mod frames;
 pub mod impostor;
 pub mod model;
 pub mod netns;
+pub mod portal;
 pub mod tunnel;
 
 use jitgate_agent::{Dataplane, DataplaneOptions, MapLimits};

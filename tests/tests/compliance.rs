@@ -2,12 +2,14 @@
 //! namespaces. One VM compliant, one whose sshd listens on 22 unprotected (and with an
 //! interface the program is not attached to), one whose agent was stopped and enforcement
 //! detached, one host with sshd and no agent (found by the probe as unmanaged). Then
-//! remediation, and a VM added to an assigned group later.
+//! remediation, and a VM added to an assigned group later. And the portal's compliance
+//! dashboard in Chromium inside the workstation namespace, on a lab of its own.
 
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
 use jitgate_tests::netns::ips;
+use jitgate_tests::portal::{HOSTILE, admin_link, assert_nothing_injected, workstation_browser};
 use jitgate_tests::{ok, require_root, wait_until};
 use serde_json::Value;
 use std::time::Duration;
@@ -53,6 +55,33 @@ fn vm_status(ctl: &ControllerProc, ns: &str, vm: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// vm-b added to group dev (which must exist), and prod's policy: SSH from the lab, up to
+/// 3 hours. vm-b's enrollment token.
+fn vm_b_in_dev_and_prod_policy(ctl: &ControllerProc, ws: &str, addr: std::net::IpAddr) -> String {
+    let token = ctl.admin(&[
+        "vm",
+        "add",
+        "vm-b",
+        "--resource-group",
+        "dev",
+        "--address",
+        &addr.to_string(),
+    ])["enrollmentToken"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    ok(
+        ctl.jit(
+            ws,
+            &args(
+                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
+            ),
+        ),
+        "policy set",
+    );
+    token
+}
+
 const CONFIG: &str = "[compliance]\n\
     scan_every_seconds = 0\n\
     probe_every_seconds = 0\n\
@@ -81,27 +110,7 @@ fn compliance_findings_grouping_remediation() {
     let token_a = ctl.add_vm("vm-a", a.v4);
     let token_c = ctl.add_vm("vm-c", c.v4);
     ctl.admin(&["rg", "add", "dev", "--owner", "dev@example.net"]);
-    let token_b = ctl.admin(&[
-        "vm",
-        "add",
-        "vm-b",
-        "--resource-group",
-        "dev",
-        "--address",
-        &b.v4.to_string(),
-    ])["enrollmentToken"]
-        .as_str()
-        .expect("token")
-        .to_string();
-    ok(
-        ctl.jit(
-            &ws,
-            &args(
-                "policy set --resource-group prod --port 22/tcp --source 198.51.100.0/24 --max 3h",
-            ),
-        ),
-        "policy set",
-    );
+    let token_b = vm_b_in_dev_and_prod_policy(&ctl, &ws, b.v4);
     // vm-b: an interface with an address that the agent is not told to attach to.
     // (No dummy driver here: one end of a veth pair, its peer left down and unaddressed.)
     ips(&format!(
@@ -365,4 +374,209 @@ fn compliance_findings_grouping_remediation() {
     );
     assert_eq!(past["scan"]["scanId"], first["scanId"], "{past:#}");
     drop(agent_a);
+}
+
+/// The scan ids `jit compliance history` lists.
+fn scan_ids(ctl: &ControllerProc, ns: &str) -> Vec<i64> {
+    json(ctl, ns, &["compliance", "history", "--json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["scanId"].as_i64())
+        .collect()
+}
+
+/// Scrolls the element with `id` to the top, so that the screenshot shows it.
+async fn scroll_to(b: &jitgate_browser::Browser, id: &str) {
+    b.execute(
+        "document.getElementById(arguments[0]).scrollIntoView(); return null;",
+        vec![serde_json::json!(id)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scroll to {id}: {e}"));
+}
+
+/// Presses Probe now on the page shown and waits for the evaluation's answer.
+async fn probe_now(b: &jitgate_browser::Browser, ctl: &ControllerProc, ns: &str) {
+    let next = scan_ids(ctl, ns).last().copied().unwrap_or(0) + 1;
+    b.click_button("Probe now").await.expect("Probe now");
+    b.wait_for_text_within(&format!("Evaluation {next} done"), Duration::from_secs(60))
+        .await
+        .expect("the evaluation's answer");
+}
+
+/// The dashboard in a real browser: one compliant VM, one whose sshd listens unprotected
+/// (its group's owner a hostile string), and a host with sshd and no agent that the probe
+/// finds; each shown with its findings, grouped by owner; Remediate from its confirmation
+/// turns the VM compliant at the next probe; the chart has a point per evaluation.
+#[tokio::test]
+async fn compliance_dashboard_in_a_browser() {
+    if !require_root() {
+        return;
+    }
+    let fleet = Fleet::new(3).expect("fleet");
+    let ws = fleet.ws.clone();
+    let origin = format!("https://{WS_V4}:8443");
+    let ctl =
+        ControllerProc::start_with(&ws, WS_V4, &format!("public_url = \"{origin}\"\n{CONFIG}"));
+    let _sshds: Vec<Sshd> = fleet
+        .vms
+        .iter()
+        .map(|v| Sshd::start(&v.ns).expect("sshd"))
+        .collect();
+    let (a, bv, c) = (&fleet.vms[0], &fleet.vms[1], &fleet.vms[2]);
+    let token_a = ctl.add_vm("vm-a", a.v4);
+    ctl.admin(&["rg", "add", "dev", "--owner", HOSTILE]);
+    let token_b = vm_b_in_dev_and_prod_policy(&ctl, &ws, bv.v4);
+    let _agent_a = AgentProc::start_enrolled(
+        &a.ns,
+        &args("--interface eth0 --protect 22/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_a,
+    );
+    let agent_b = AgentProc::start_enrolled(
+        &bv.ns,
+        &args("--interface eth0 --protect 2222/tcp"),
+        &ctl.api,
+        &ctl.ca,
+        &token_b,
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            vm_status(&ctl, &ws, "vm-a")["status"] == "online"
+                && vm_status(&ctl, &ws, "vm-b")["status"] == "online"
+        }),
+        "fleet status: {}",
+        ok(ctl.jit(&ws, &args("vms --json")), "vms")
+    );
+
+    let b = workstation_browser("compliance_dashboard", &Fleet::ns_path(&ws), &ctl, &origin).await;
+    let link = admin_link(&ctl);
+    b.goto(link["url"].as_str().expect("url"))
+        .await
+        .expect("link");
+    b.wait_for_text("This link signs you in as link:alice")
+        .await
+        .expect("link page");
+    b.click_button("Sign in").await.expect("sign in");
+    b.wait_for_url(&format!("{origin}/jit"))
+        .await
+        .expect("signed in");
+    b.click_link("Compliance").await.expect("Compliance");
+    b.wait_for_text("Not assigned anywhere")
+        .await
+        .expect("dashboard");
+    b.checkpoint("compliance-empty").await;
+
+    // Assign the policy to the fleet, then probe and evaluate.
+    b.fill("#assign-scope", "*").await.expect("scope");
+    b.click_button("Assign").await.expect("Assign");
+    b.wait_for_text("The compliance policy is assigned at *")
+        .await
+        .expect("assigned");
+    probe_now(&b, &ctl, &ws).await;
+    b.wait_for_text("1 compliant, 1 non-compliant, 0 unknown, 1 unmanaged host")
+        .await
+        .expect("counts");
+    let text = |css: String| {
+        let b = &b;
+        async move {
+            b.find(&css)
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+        }
+    };
+    // vm-b under its owner (the hostile string, as text), with its findings in words.
+    let nc = text("section[aria-labelledby=nc-h]".into()).await;
+    assert!(nc.contains(&format!("Owner {HOSTILE}")), "{nc}");
+    let rb = text("[id=res-vm-b]".into()).await;
+    for want in [
+        "Listening without JIT",
+        "22/TCP",
+        "* (every interface)",
+        "is not in the agent's protected set",
+        "Reachable without JIT",
+        &bv.v4.to_string(),
+        "Remediate vm-b",
+    ] {
+        assert!(rb.contains(want), "{want:?} in {rb}");
+    }
+    // The host without an agent, found by the probe; vm-a compliant.
+    let rc = text(format!("[id=\"res-{}\"]", c.v4)).await;
+    assert!(
+        rc.contains("Unmanaged host") && rc.contains("22/TCP"),
+        "{rc}"
+    );
+    assert!(text("[id=ok-vm-a]".into()).await.contains("vm-a"));
+    assert_nothing_injected(&b).await;
+    scroll_to(&b, "nc-h").await;
+    b.checkpoint("compliance-findings").await;
+
+    // Remediate: the confirmation shows the policy; confirmed, the agent protects 22.
+    b.click_link("Remediate vm-b").await.expect("Remediate");
+    b.wait_for_text("The policy it will set")
+        .await
+        .expect("confirmation");
+    let policy = text("table.policy".into()).await;
+    assert!(
+        policy.contains("22/TCP") && policy.contains("PT3H"),
+        "{policy}"
+    );
+    b.checkpoint("compliance-remediate").await;
+    b.click_button("Enable JIT on vm-b")
+        .await
+        .expect("Enable JIT");
+    b.wait_for_text("JIT enabled on vm-b")
+        .await
+        .expect("remediated");
+    assert_nothing_injected(&b).await;
+    b.checkpoint("compliance-remediated").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_b
+            .ok(&["status"])
+            .contains("22/tcp")),
+        "template policy not applied: {}",
+        agent_b.ok(&["status"])
+    );
+    // The next evaluations (each with a probe) turn it compliant.
+    let mut compliant = false;
+    for _ in 0..10 {
+        probe_now(&b, &ctl, &ws).await;
+        if b.find("[id=ok-vm-b]").await.is_ok() {
+            compliant = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(
+        compliant,
+        "vm-b never compliant: {}",
+        b.text().await.unwrap_or_default()
+    );
+    b.wait_for_text("2 compliant, 0 non-compliant")
+        .await
+        .expect("counts");
+
+    // The chart: one point per evaluation, as the history lists them.
+    b.goto(&format!("{origin}/compliance"))
+        .await
+        .expect("dashboard");
+    b.wait_for_text("Over time").await.expect("chart");
+    let ids = scan_ids(&ctl, &ws);
+    assert!(ids.len() >= 2, "{ids:?}");
+    let shown = b
+        .execute(
+            "return Array.from(document.querySelectorAll('circle.point')).map(c => Number(c.dataset.scan));",
+            vec![],
+        )
+        .await
+        .expect("points");
+    assert_eq!(shown, serde_json::json!(ids), "one point per evaluation");
+    scroll_to(&b, "chart-h").await;
+    b.checkpoint("compliance-chart").await;
+    b.close().await.expect("close");
 }

@@ -14,38 +14,8 @@ use std::time::Duration;
 use jitgate_tests::agent::{AgentProc, args};
 use jitgate_tests::controller::ControllerProc;
 use jitgate_tests::fleet::{Fleet, Sshd, WS_V4};
+use jitgate_tests::portal::{HOSTILE, admin_link, assert_nothing_injected, workstation_browser};
 use jitgate_tests::{ok, require_root, wait_until};
-
-/// Chromium inside the workstation namespace, trusting the controller's certificate and
-/// checking the headers of its pages.
-async fn workstation_browser(
-    name: &str,
-    ws: &std::path::Path,
-    ctl: &ControllerProc,
-    origin: &str,
-) -> Browser {
-    Browser::start(
-        BrowserOptions::new(name)
-            .netns(ws)
-            .trust(ctl.state.join("tls/server.crt"))
-            .check_headers_of(origin),
-    )
-    .await
-    .unwrap()
-}
-
-/// A one-time sign-in link for alice, admin on everything.
-fn admin_link(ctl: &ControllerProc) -> serde_json::Value {
-    ctl.admin(&[
-        "login-link",
-        "--name",
-        "alice",
-        "--role",
-        "admin",
-        "--scope",
-        "*",
-    ])
-}
 
 #[tokio::test]
 async fn the_browser_runs_inside_the_workstation_namespace() {
@@ -97,33 +67,6 @@ async fn the_browser_runs_inside_the_workstation_namespace() {
     assert_eq!(seen, WS_V4);
     b.checkpoint("jit-page").await;
     b.close().await.unwrap();
-}
-
-/// Strings meant to break out of HTML text or attributes, or to run as a URL, and bidi
-/// controls that reorder what is shown.
-const HOSTILE: &str = "deploy <script>window.jitPwned=1</script> \
-                       \"><img src=x onerror=window.jitPwned=2> \
-                       javascript:window.jitPwned=3 \u{202E}txt.exe\u{202C} end";
-
-/// No element the hostile strings could have made exists: no image, no inline script, no
-/// `javascript:` link, no event-handler attribute.
-async fn assert_nothing_injected(b: &Browser) {
-    let found = b
-        .execute(
-            "return Array.from(document.querySelectorAll('img, script:not([src]), \
-             a[href^=\"javascript:\"], [onerror], [onload], [onclick]'))\
-             .map(e => e.outerHTML);",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(found, serde_json::json!([]), "injected elements");
-    assert!(
-        b.execute("return window.jitPwned || null;", vec![])
-            .await
-            .unwrap()
-            .is_null()
-    );
 }
 
 /// Polls the live section's `#status` until it reads `want` (the page is never reloaded:

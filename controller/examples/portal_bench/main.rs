@@ -166,6 +166,25 @@ async fn run(o: Opts) -> Result<()> {
         .context("no session cookie from the link")?
         .to_string();
 
+    // Compliance: the policy assigned to the fleet and evaluated (once each run, so a
+    // reused state gains one evaluation per run: the chart grows as a fleet's would).
+    if app.compliance.assignments().await?.is_empty() {
+        app.compliance
+            .assign(&local, &jitgate_api::AssignBody { scope: "*".into() })
+            .await?;
+    }
+    let t = Instant::now();
+    let scan = app
+        .compliance
+        .evaluate(jitgate_api::ScanReason::OnDemand, false, None)
+        .await?;
+    eprintln!(
+        "compliance evaluation {}: {} VMs judged in {:.1} s",
+        scan.scan_id,
+        scan.compliant + scan.non_compliant + scan.unknown,
+        t.elapsed().as_secs_f64()
+    );
+
     // The pages: a busy VM's, one of its requests, an older history page.
     let vm = format!("vm{}", with_policy[7]);
     let (hist, _) = app
@@ -248,6 +267,12 @@ async fn run(o: Opts) -> Result<()> {
         (
             "Connections",
             format!("/vms/{vm}/connections?denied=1"),
+            true,
+        ),
+        ("Compliance dashboard", "/compliance".into(), true),
+        (
+            "Compliance dashboard, one resource group",
+            "/compliance?scope=rg%3Arg7&group=resourceGroup".into(),
             true,
         ),
         (

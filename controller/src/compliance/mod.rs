@@ -305,8 +305,19 @@ impl Compliance {
 
     /// Evaluations, oldest first (the newest `limit`).
     pub async fn history(&self, caller: &Caller, limit: i64) -> Result<Vec<ScanSummary>> {
+        self.history_until(caller, None, limit).await
+    }
+
+    /// Evaluations at or before `until_ms` (every one without it), oldest first (the newest
+    /// `limit` of them): the history as it stood at a time.
+    pub async fn history_until(
+        &self,
+        caller: &Caller,
+        until_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ScanSummary>> {
         authz::authorize(caller, Action::ReadAll)?;
-        db::history(self.db.pool(), limit).await
+        db::history(self.db.pool(), until_ms, limit).await
     }
 
     /// Where the policy is assigned (any caller).
@@ -343,11 +354,8 @@ impl Compliance {
     /// "Remediate Compliance" entry, in one transaction.
     pub async fn remediate(&self, caller: &Caller, b: &RemediateBody) -> Result<PolicyView> {
         let vm = &b.virtual_machine;
-        let group = inventory::require_vm(self.db.pool(), vm)
-            .await?
-            .resource_group;
-        authz::authorize(caller, Action::WriteVmPolicy { vm, group: &group })?;
-        let policy = Policy::from_body(&template(&self.settings, &b.template)?)?;
+        let (group, body) = self.remediation(caller, b).await?;
+        let policy = Policy::from_body(&body)?;
         let actor = caller.actor();
         let mut w = self.db.begin().await?;
         let view = policies::write(&mut w, caller, Target::Vm(vm), &group, &policy).await?;
@@ -359,6 +367,24 @@ impl Compliance {
         .await?;
         w.commit().await?;
         Ok(view)
+    }
+}
+
+impl Compliance {
+    /// What [`Compliance::remediate`] would do, checked as it checks it and changing
+    /// nothing: the VM's resource group and the policy the template sets (for a
+    /// confirmation that shows it).
+    pub async fn remediation(
+        &self,
+        caller: &Caller,
+        b: &RemediateBody,
+    ) -> Result<(String, PolicyBody)> {
+        let vm = &b.virtual_machine;
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await?
+            .resource_group;
+        authz::authorize(caller, Action::WriteVmPolicy { vm, group: &group })?;
+        Ok((group, template(&self.settings, &b.template)?))
     }
 }
 

@@ -221,14 +221,16 @@ pub async fn scan_at(
     Ok(row.map(ScanSummary::from))
 }
 
-/// The newest `limit` scans, oldest first.
+/// The newest `limit` scans at or before `until_ms` (any time without it), oldest first.
 pub async fn history(
     ex: impl Executor<'_, Database = Any>,
+    until_ms: Option<i64>,
     limit: i64,
 ) -> Result<Vec<ScanSummary>> {
     let rows: Vec<ScanRow> = sqlx::query_as(&format!(
-        "SELECT {SCAN_COLUMNS} FROM compliance_scans ORDER BY id DESC LIMIT $1"
+        "SELECT {SCAN_COLUMNS} FROM compliance_scans WHERE time_ms <= $1 ORDER BY id DESC LIMIT $2"
     ))
+    .bind(until_ms.unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(ex)
     .await?;

@@ -21,6 +21,9 @@
 //! - [`policy`]: the policy editor of a VM or a resource group (read-only for readers):
 //!   preview (a dry run of the save: before/after, affected VMs, the activity entry) and
 //!   save against the previewed version; [`policy_form`] is its form.
+//! - [`compliance`]: the compliance dashboard (the report as of a date, the chart of
+//!   [`compliance_chart`], findings grouped by owner or resource group, exports, scan,
+//!   probe, remediation and assignments for admins).
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -30,6 +33,8 @@
 pub mod activity;
 pub mod approvals;
 pub mod assets;
+pub mod compliance;
+pub mod compliance_chart;
 pub mod connect;
 pub mod connections;
 pub mod direct;
@@ -62,6 +67,7 @@ pub fn router() -> Router<AppState> {
         .merge(connections::router())
         .merge(notifications::router())
         .merge(policy::router())
+        .merge(compliance::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }
