@@ -50,7 +50,6 @@ pub mod outbox;
 pub mod policies;
 pub mod policy;
 pub mod policy_change;
-pub mod policy_edit;
 pub mod presence;
 pub mod request;
 pub mod retention;

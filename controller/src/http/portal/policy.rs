@@ -25,7 +25,7 @@ use crate::http::portal::policy_form::PolicyForm;
 use crate::http::portal::session::{Posted, Viewer};
 use crate::http::state::AppState;
 use crate::policies::Target;
-use crate::policy_edit::{EditError, Staged};
+use crate::policies::edit::{EditError, Staged};
 
 pub fn router() -> Router<AppState> {
     Router::new()

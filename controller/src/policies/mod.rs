@@ -1,5 +1,10 @@
 //! JIT policies: reading, writing and deleting a VM's or a resource group's policy, and a
 //! VM's effective policy (its own, else its group's, which also covers VMs added later).
+//!
+//! - [`edit`]: a policy staged (authorised, validated, written with its activity entry) and
+//!   described: the API's `PUT`, and the portal's preview and save.
+
+pub mod edit;
 
 use jitgate_api::{ErrorCode, Operation, PolicyBody, PolicyScope, PolicyView, ResourceType};
 
@@ -10,13 +15,13 @@ use crate::error::{Error, Result};
 use crate::outbox;
 use crate::policy::Policy;
 use crate::policy_change;
-use crate::policy_edit::{self, EditError, Staged};
 use crate::store::activity::{self, NewActivity};
 use crate::store::db::Db;
 use crate::store::inventory;
 use crate::store::notify;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::write::WriteTx;
+use edit::{EditError, Staged};
 use sqlx::AnyConnection;
 
 /// Whose policy.
@@ -88,7 +93,7 @@ impl Policies {
 
     /// Creates or replaces the target's policy (validated first; nothing is written if it
     /// is invalid). The same staging as the portal's preview and save
-    /// ([`policy_edit::stage`]), committed.
+    /// ([`edit::stage`]), committed.
     pub async fn put(
         &self,
         caller: &Caller,
@@ -96,7 +101,7 @@ impl Policies {
         body: &PolicyBody,
     ) -> Result<PolicyView> {
         let mut w = self.db.begin().await?;
-        let staged = policy_edit::stage(&mut w, caller, t, body, None, false)
+        let staged = edit::stage(&mut w, caller, t, body, None, false)
             .await
             .map_err(Error::from)?;
         w.commit().await?;
@@ -113,7 +118,7 @@ impl Policies {
     ) -> Result<Staged, EditError> {
         let mut w = self.db.begin().await?;
         w.dry_run = true;
-        let staged = policy_edit::stage(&mut w, caller, t, body, None, true).await?;
+        let staged = edit::stage(&mut w, caller, t, body, None, true).await?;
         // Dropping `w` rolls it back: nothing of the dry run stays.
         drop(w);
         Ok(staged)
@@ -129,7 +134,7 @@ impl Policies {
         version: &str,
     ) -> Result<Staged, EditError> {
         let mut w = self.db.begin().await?;
-        let staged = policy_edit::stage(&mut w, caller, t, body, Some(version), true).await?;
+        let staged = edit::stage(&mut w, caller, t, body, Some(version), true).await?;
         w.commit().await?;
         Ok(staged)
     }
