@@ -104,19 +104,20 @@ pub async fn changes(
 /// was most of PostgreSQL's idle work at 10 000 agents.
 pub const SEEN_REFRESH_MS: i64 = 30_000;
 
-/// Records `agents` as connected to `controller` until `expires_ms`, marks them seen now when
+/// Records `renew` as connected to `controller` until `expires_ms`, marks them seen now when
 /// their last seen is older than [`SEEN_REFRESH_MS`] (`agents.last_seen_ms`: no write per
-/// pong), and drops this controller's rows that this
-/// refresh did not renew (agents gone since). One statement per [`PRESENCE_CHUNK`] agents,
-/// plus two.
+/// pong), drops this controller's rows of the agents in `gone` (disconnected since), and
+/// anyone's rows long expired (a controller that died). One statement per
+/// [`PRESENCE_CHUNK`] agents, plus two.
 pub async fn refresh_presence(
     pool: &AnyPool,
     controller: &str,
-    agents: &[String],
+    renew: &[String],
+    gone: &[String],
     now_ms: i64,
     expires_ms: i64,
 ) -> Result<()> {
-    for chunk in agents.chunks(PRESENCE_CHUNK) {
+    for chunk in renew.chunks(PRESENCE_CHUNK) {
         let mut sql =
             String::from("INSERT INTO agent_presence (agent_id, controller, expires_ms) VALUES ");
         for i in 0..chunk.len() {
@@ -135,7 +136,7 @@ pub async fn refresh_presence(
         }
         q.execute(pool).await?;
     }
-    if !agents.is_empty() {
+    if !renew.is_empty() {
         sqlx::query(
             "UPDATE agents SET last_seen_ms = $1 WHERE id IN \
              (SELECT agent_id FROM agent_presence WHERE controller = $2 AND expires_ms = $3) \
@@ -148,16 +149,22 @@ pub async fn refresh_presence(
         .execute(pool)
         .await?;
     }
-    // This controller's rows not renewed above, and anyone's long expired.
-    sqlx::query(
-        "DELETE FROM agent_presence WHERE (controller = $1 AND expires_ms < $2) \
-         OR expires_ms < $3",
-    )
-    .bind(controller)
-    .bind(expires_ms)
-    .bind(now_ms)
-    .execute(pool)
-    .await?;
+    for chunk in gone.chunks(PRESENCE_CHUNK) {
+        let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "DELETE FROM agent_presence WHERE controller = $1 AND agent_id IN ({})",
+            ids.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(controller);
+        for a in chunk {
+            q = q.bind(a.as_str());
+        }
+        q.execute(pool).await?;
+    }
+    sqlx::query("DELETE FROM agent_presence WHERE expires_ms < $1")
+        .bind(now_ms)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
