@@ -472,6 +472,104 @@ async fn request_ssh_and_revoke_in_the_browser() {
                 "allowSelfApproval": false, "allowEmergency": false, "timeout": "PT1H"}}]),
         "{got}"
     );
+
+    // The activity log filtered to vm-01's initiates through the form and exported: the CSV
+    // is the API's for the same filter. Then an entry is changed in the database behind the
+    // controller's back: verifying the whole log from the page names it.
+    const INITIATE: &str = "Initiate JIT Network Access";
+    b.goto(&format!("{origin}/activity")).await.unwrap();
+    b.wait_for_text("Entries, newest first").await.unwrap();
+    b.fill("input[name=vm]", "vm-01").await.unwrap();
+    b.click(&format!(
+        "select[name=operation] option[value=\"{INITIATE}\"]"
+    ))
+    .await
+    .unwrap();
+    b.click_button("Filter").await.unwrap();
+    b.wait_for_url(&format!("{origin}/activity?"))
+        .await
+        .unwrap();
+    let csv = b
+        .client()
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const a = document.querySelector('a[href*=\"/activity/export\"][href*=\"format=csv\"]');
+             fetch(a.href, {credentials: 'same-origin'})
+               .then(async r => done([r.status, await r.text()]))
+               .catch(e => done(['error', String(e)]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(csv[0], 200, "{csv}");
+    let csv = csv[1].as_str().unwrap_or_default().to_string();
+    let api = ctl.jit(
+        &fleet.ws,
+        &["audit", "--vm", "vm-01", "--operation", INITIATE, "--csv"],
+    );
+    assert!(api.status.success(), "{api:?}");
+    assert_eq!(
+        csv.trim_end(),
+        String::from_utf8_lossy(&api.stdout).trim_end(),
+        "the portal's export is the API's"
+    );
+    let entries: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(
+        !entries.is_empty(),
+        "the portal's request is an initiate of vm-01: {csv}"
+    );
+    for e in &entries {
+        assert!(e.contains("vm-01") && e.contains(INITIATE), "{csv}");
+    }
+    assert_nothing_injected(&b).await;
+    b.checkpoint("activity-filtered").await;
+
+    let seq = tamper_initiate(&ctl, "vm-01").await;
+    b.goto(&format!("{origin}/activity")).await.unwrap();
+    b.click_button("Verify the whole log").await.unwrap();
+    b.wait_for_text_within(
+        &format!("Verification failed at entry {seq}"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_nothing_injected(&b).await;
+    b.checkpoint("activity-tampered").await;
+
     b.close().await.unwrap();
     eprintln!("request_ssh_and_revoke_in_the_browser: {:?}", t0.elapsed());
+}
+
+/// Changes the caller of `vm`'s first initiate in the controller's SQLite file, as someone
+/// with the file but not the signing key would; returns the entry's seq.
+async fn tamper_initiate(ctl: &ControllerProc, vm: &str) -> i64 {
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let db = std::fs::read_dir(&ctl.state)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "db"))
+        .expect("the controller's SQLite file");
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+        .unwrap()
+        .busy_timeout(Duration::from_secs(10));
+    let mut c = sqlx::sqlite::SqliteConnection::connect_with(&opts)
+        .await
+        .unwrap();
+    let (seq,): (i64,) = sqlx::query_as(
+        "SELECT MIN(seq) FROM activity WHERE vm = ?1 AND operation = 'Initiate JIT Network Access'",
+    )
+    .bind(vm)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let changed = sqlx::query("UPDATE activity SET caller = 'someone-else' WHERE seq = ?1")
+        .bind(seq)
+        .execute(&mut c)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(changed, 1);
+    c.close().await.unwrap();
+    seq
 }
