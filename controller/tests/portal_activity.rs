@@ -68,6 +68,17 @@ async fn activity_log_filters_pages_exports_and_verifies() {
         "{}",
         page.body
     );
+    // The signed checkpoints are listed, each with the entries it adds.
+    let (head,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM activity_checkpoints")
+        .fetch_one(h.app().db.pool())
+        .await
+        .unwrap();
+    assert!(
+        page.body.contains("Signed checkpoints, newest first")
+            && page.body.contains(&format!("<td>entries 1 to {head}</td>")),
+        "{}",
+        page.body
+    );
     // Newest first, and the next page continues below the last seq shown.
     let next = page
         .body
@@ -113,6 +124,15 @@ async fn activity_log_filters_pages_exports_and_verifies() {
     assert!(!page.body.contains("<td>web2</td>"));
     assert!(!page.body.contains("<script>alert") && !page.body.contains("<img src=x"));
     assert!(page.body.contains("&#60;img src=x onerror=alert(2)&#62;"));
+    // Each entry's details as labelled fields (the hostile justification as text), and as
+    // recorded.
+    assert!(
+        page.body
+            .contains("<dt>Justification</dt><dd class=\"text\">")
+            && page.body.contains("<summary>As recorded</summary>"),
+        "{}",
+        page.body
+    );
 
     // The exports are the API's answers to the same filter.
     for format in ["csv", "json"] {

@@ -364,6 +364,24 @@ struct CheckpointRow {
     signature: String,
 }
 
+/// The newest `limit` checkpoints, newest first.
+pub async fn recent_checkpoints(
+    ex: impl Executor<'_, Database = Any>,
+    limit: i64,
+) -> Result<Vec<Checkpoint>> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, key_id, hash, time_ms, signature FROM activity_checkpoints \
+         ORDER BY seq DESC, key_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(ex)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(CheckpointRow::into_checkpoint)
+        .collect())
+}
+
 /// All checkpoints, oldest first.
 pub async fn checkpoints(ex: impl Executor<'_, Database = Any>) -> Result<Vec<Checkpoint>> {
     let rows: Vec<CheckpointRow> = sqlx::query_as(
@@ -374,14 +392,20 @@ pub async fn checkpoints(ex: impl Executor<'_, Database = Any>) -> Result<Vec<Ch
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Checkpoint {
-            seq: r.seq,
-            key_id: r.key_id,
-            hash: r.hash,
-            time_ms: r.time_ms,
-            signature: r.signature,
-        })
+        .map(CheckpointRow::into_checkpoint)
         .collect())
+}
+
+impl CheckpointRow {
+    fn into_checkpoint(self) -> Checkpoint {
+        Checkpoint {
+            seq: self.seq,
+            key_id: self.key_id,
+            hash: self.hash,
+            time_ms: self.time_ms,
+            signature: self.signature,
+        }
+    }
 }
 
 /// Where the log starts after a prune (`jit-controller prune`): entries 1..=seq went to an

@@ -114,7 +114,63 @@ struct Row {
     address: String,
     outcome: String,
     request: String,
+    /// The details' fields, labelled in words (top level of the recorded object).
+    fields: Vec<Field>,
+    /// The details as recorded (JSON).
     details: String,
+}
+
+/// One labelled field of an entry's details.
+struct Field {
+    label: String,
+    value: String,
+}
+
+/// The top-level fields of an entry's details, labelled in words (`maxRequestAccessDuration`
+/// → "Max request access duration"), each value as text: strings as written, lists of plain
+/// values joined with commas, anything nested as compact JSON. Not an object: no fields.
+fn fields_of(details: &serde_json::Value) -> Vec<Field> {
+    let Some(o) = details.as_object() else {
+        return Vec::new();
+    };
+    o.iter()
+        .map(|(k, v)| Field {
+            label: label_of(k),
+            value: text_of(v),
+        })
+        .collect()
+}
+
+fn label_of(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut prev_lower = false;
+    for c in key.chars() {
+        if c.is_uppercase() && prev_lower {
+            out.push(' ');
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        if out.is_empty() {
+            out.extend(c.to_uppercase());
+        } else if c == '_' {
+            out.push(' ');
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+fn text_of(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Bool(_) | Value::Number(_) => v.to_string(),
+        Value::Array(a) if a.iter().all(|x| !x.is_array() && !x.is_object()) => {
+            a.iter().map(text_of).collect::<Vec<_>>().join(", ")
+        }
+        _ => v.to_string(),
+    }
 }
 
 impl Row {
@@ -133,6 +189,7 @@ impl Row {
             address: e.caller_address.clone(),
             outcome: e.outcome.clone(),
             request: e.request_id.clone(),
+            fields: fields_of(&e.details),
             details: serde_json::to_string_pretty(&e.details).unwrap_or_default(),
         }
     }
@@ -146,6 +203,39 @@ struct Coverage {
     /// The verified mark in words.
     mark: String,
     mark_failed: bool,
+    /// The newest signed checkpoints, newest first.
+    recent: Vec<CheckpointLine>,
+}
+
+/// How many signed checkpoints the panel lists.
+const CHECKPOINTS_SHOWN: usize = 10;
+
+/// A signed checkpoint as the panel lists it.
+struct CheckpointLine {
+    /// Entries 1 to `seq` are under its signature ...
+    seq: i64,
+    /// ... of which `from` to `seq` came after the checkpoint before it.
+    from: i64,
+    signed: String,
+    key_id: String,
+}
+
+impl CheckpointLine {
+    /// `newest` is newest first, one more than shown when there are more (that one only
+    /// says where the oldest shown begins).
+    fn list(newest: &[jitgate_proto::audit::Checkpoint]) -> Vec<CheckpointLine> {
+        newest
+            .iter()
+            .take(CHECKPOINTS_SHOWN)
+            .enumerate()
+            .map(|(i, k)| CheckpointLine {
+                seq: k.seq,
+                from: newest.get(i + 1).map_or(1, |before| before.seq + 1),
+                signed: when(k.time_ms),
+                key_id: k.key_id.clone(),
+            })
+            .collect()
+    }
 }
 
 /// This controller's verification of the whole log: running, or its result.
@@ -298,6 +388,9 @@ async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageRe
             .await?
             .map(|(seq, ms)| (seq, when(ms)));
         let (mark, mark_failed) = mark_words(st.app.audit.verified(&v.caller).await?.as_ref());
+        let limit = i64::try_from(CHECKPOINTS_SHOWN + 1).unwrap_or(i64::MAX);
+        let recent =
+            CheckpointLine::list(&crate::store::activity::recent_checkpoints(pool, limit).await?);
         let full = FullView::of(&st.app.audit.full_run(&v.caller)?);
         (
             Some(Coverage {
@@ -305,6 +398,7 @@ async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageRe
                 checkpoint,
                 mark,
                 mark_failed,
+                recent,
             }),
             full,
         )
@@ -367,6 +461,50 @@ async fn progress(State(st): State<AppState>, v: Viewer) -> PageResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_read_as_labelled_fields() {
+        let d = serde_json::json!({
+            "justification": "db <b>fix</b>",
+            "maxRequestAccessDuration": "PT1H",
+            "ports": [22, 3389],
+            "sourcePrefixes": ["198.51.100.0/24"],
+            "approvals": [{"by": "bob"}],
+            "end_time": null,
+            "weakensProtection": true
+        });
+        let f: Vec<(String, String)> = fields_of(&d)
+            .into_iter()
+            .map(|f| (f.label, f.value))
+            .collect();
+        let get = |l: &str| f.iter().find(|(k, _)| k == l).map(|(_, v)| v.as_str());
+        assert_eq!(get("Justification"), Some("db <b>fix</b>"));
+        assert_eq!(get("Max request access duration"), Some("PT1H"));
+        assert_eq!(get("Ports"), Some("22, 3389"));
+        assert_eq!(get("Source prefixes"), Some("198.51.100.0/24"));
+        assert_eq!(get("Approvals"), Some(r#"[{"by":"bob"}]"#));
+        assert_eq!(get("End time"), Some("-"));
+        assert_eq!(get("Weakens protection"), Some("true"));
+        assert!(fields_of(&serde_json::json!("text")).is_empty());
+    }
+
+    #[test]
+    fn checkpoints_say_what_each_adds() {
+        let k = |seq: i64| jitgate_proto::audit::Checkpoint {
+            key_id: "k1".into(),
+            seq,
+            hash: String::new(),
+            time_ms: 0,
+            signature: String::new(),
+        };
+        let newest: Vec<_> = (1..=12).rev().map(|i| k(i * 10)).collect();
+        let l = CheckpointLine::list(&newest);
+        assert_eq!(l.len(), CHECKPOINTS_SHOWN);
+        assert_eq!((l[0].from, l[0].seq), (111, 120));
+        assert_eq!((l[9].from, l[9].seq), (21, 30));
+        let l = CheckpointLine::list(&[k(7)]);
+        assert_eq!((l[0].from, l[0].seq), (1, 7));
+    }
 
     #[test]
     fn a_failed_verification_names_the_entry() {
