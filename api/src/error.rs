@@ -85,6 +85,10 @@ wire_enum! {
         SessionEnded = "SessionEnded",
         /// The object is still used (a VM with an enrolled agent, a group with VMs).
         ResourceInUse = "ResourceInUse",
+        // 412
+        /// The stored policy is no longer the version named by `If-Match` (or exists despite
+        /// `If-None-Match: *`): nothing was changed; read it again.
+        PolicyChanged = "PolicyChanged",
         // 413
         BodyTooLarge = "BodyTooLarge",
         // 415
@@ -120,6 +124,8 @@ pub enum ErrorClass {
     Timeout,
     /// The state does not allow it (409).
     Conflict,
+    /// The object is not the version the caller named (412).
+    PreconditionFailed,
     /// The body is too large (413).
     TooLarge,
     /// The body is not JSON (415).
@@ -193,6 +199,7 @@ impl ErrorCode {
             | C::SinkInConfigFile
             | C::NotificationsUnavailable
             | C::ResourceInUse => K::Conflict,
+            C::PolicyChanged => K::PreconditionFailed,
             C::BodyTooLarge => K::TooLarge,
             C::UnsupportedMediaType => K::UnsupportedMediaType,
             C::TooManyRequests => K::TooManyRequests,

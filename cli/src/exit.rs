@@ -23,7 +23,8 @@ pub const HELP: &str = "EXIT CODES:
   4  authentication failed (missing, wrong, expired or revoked token; HTTP 401)
   5  forbidden: the token lacks the right or scope (HTTP 403)
   6  not found (HTTP 404)
-  7  conflict, e.g. nothing left to revoke (HTTP 409), or access was revoked while waiting
+  7  conflict, e.g. nothing left to revoke (HTTP 409), a policy changed since it was read
+     (HTTP 412), or access was revoked while waiting
   8  timed out waiting for access to be applied
   9  the activity log failed verification
  10  the request ended without access while pending approval: an approver rejected it,
@@ -70,7 +71,7 @@ fn by_code(code: &ErrorCode) -> Option<u8> {
         K::Unauthenticated => UNAUTHENTICATED,
         K::Forbidden => FORBIDDEN,
         K::NotFound => NOT_FOUND,
-        K::Conflict => CONFLICT,
+        K::Conflict | K::PreconditionFailed => CONFLICT,
         K::MethodNotAllowed | K::Timeout | K::TooManyRequests | K::Internal | K::Unavailable => {
             ERROR
         }
@@ -84,7 +85,7 @@ pub fn by_status(status: u16) -> u8 {
         401 => UNAUTHENTICATED,
         403 => FORBIDDEN,
         404 => NOT_FOUND,
-        409 => CONFLICT,
+        409 | 412 => CONFLICT,
         _ => ERROR,
     }
 }

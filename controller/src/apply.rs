@@ -630,7 +630,7 @@ async fn run(
                 _ => return Err(gone()),
             };
             if *a == PlanAction::Delete {
-                return policies::remove(w, caller, target).await;
+                return policies::remove(w, caller, target).await.map(|_| ());
             }
             let p = want
                 .policies

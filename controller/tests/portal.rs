@@ -867,6 +867,7 @@ async fn jit_tab_counts_follow_every_change() {
         .delete(
             &Caller::local(),
             jitgate_controller::policies::Target::Vm("db1"),
+            None,
         )
         .await
         .unwrap();

@@ -605,3 +605,170 @@ async fn policy_editor() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_deletion() {
+    let p = Portal::start().await;
+    p.h.fixture().await;
+    let ssh = |max: &str| {
+        json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "203.0.113.0/24",
+            "maxRequestAccessDuration": max}])
+    };
+    p.h.put_rg_policy("prod", ssh("PT1H")).await;
+    p.h.put_vm_policy("web1", ssh("PT2H")).await;
+    p.h.put_vm_policy("web2", ssh("PT3H")).await;
+    let alice = p.sign_in("alice").await; // admin on *
+    let bob = p.sign_in("bob").await; // requester on rg:prod
+    const VM_API: &str = "/api/v1/virtualMachines/web1/jitNetworkAccessPolicies/default";
+    let vm_state = async || {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM activity")
+            .fetch_one(p.h.app().db.pool())
+            .await
+            .unwrap();
+        (n, p.h.get(VM_API, &p.h.admin).await)
+    };
+
+    // Only those who may write the policy get the button; others may not post.
+    let page = p.get(&alice, "/vms/web1/policy").await;
+    assert!(page.body.contains("id=\"delete\""), "{}", page.body);
+    let csrf = page.csrf();
+    let r = p.get(&bob, "/vms/web1/policy").await;
+    assert!(!r.body.contains("/policy/delete"), "{}", r.body);
+    let bob_csrf = r.csrf();
+    let before = vm_state().await;
+    let r = p
+        .post(
+            &bob,
+            "/vms/web1/policy/delete",
+            &p.public,
+            &[("csrf", &bob_csrf), ("confirm", "yes"), ("version", "x")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // Without the CSRF token: refused.
+    let r = p
+        .post(
+            &alice,
+            "/vms/web1/policy/delete",
+            &p.public,
+            &[("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // The review: what deleting changes, written nowhere.
+    let r = p
+        .post(
+            &alice,
+            "/vms/web1/policy/delete",
+            &p.public,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("id=\"delete-review\""), "{}", r.body);
+    assert!(
+        r.body.contains("port 22/TCP removed: no longer protected"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("Afterwards the policy of its resource group prod applies to VM web1."),
+        "{}",
+        r.body
+    );
+    let old_version = hidden(&r.body, "version");
+    assert_eq!(vm_state().await, before, "the review wrote nothing");
+
+    // Changed through the API meanwhile: the confirmation deletes nothing.
+    p.h.put_vm_policy("web1", ssh("PT4H")).await;
+    let changed = vm_state().await;
+    let r = p
+        .post(
+            &alice,
+            "/vms/web1/policy/delete",
+            &p.public,
+            &[
+                ("csrf", &csrf),
+                ("confirm", "yes"),
+                ("version", &old_version),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.body
+            .contains("Not deleted: the policy was changed since you reviewed it (by admin, "),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        vm_state().await,
+        changed,
+        "a stale confirmation deletes nothing"
+    );
+    let new_version = hidden(&r.body, "version");
+    assert_ne!(new_version, old_version);
+
+    // The version shown deletes: logged, and the group's policy applies again.
+    let r = p
+        .post(
+            &alice,
+            "/vms/web1/policy/delete",
+            &p.public,
+            &[
+                ("csrf", &csrf),
+                ("confirm", "yes"),
+                ("version", &new_version),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (n, (st, _)) = vm_state().await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(n, changed.0 + 1);
+    let (_, log) = p.h.get("/api/v1/activityLog?vm=web1", &p.h.admin).await;
+    let last = log["value"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["operation"], "Delete JIT Network Access Policy",
+        "{log}"
+    );
+    assert!(
+        last["caller"].as_str().unwrap().starts_with("alice "),
+        "{last}"
+    );
+    let (_, vm) = p.h.get("/api/v1/virtualMachines/web1", &p.h.admin).await;
+    assert_eq!(vm["effectivePolicy"]["scope"], "resourceGroup", "{vm}");
+    let r = p.get(&alice, "/vms/web1/policy?deleted=1").await;
+    assert!(r.body.contains("Deleted: "), "{}", r.body);
+    assert!(!r.body.contains("id=\"delete\""), "nothing left to delete");
+
+    // A group's: the VMs that lose it, and those keeping their own.
+    let r = p
+        .post(
+            &alice,
+            "/groups/prod/policy/delete",
+            &p.public,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains(
+            "This weakens protection:</strong> 1 VM(s) of resource group prod lose this policy"
+        ),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("href=\"/vms/web1\">web1</a>"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("1 VM(s) with a policy of their own keep it."),
+        "{}",
+        r.body
+    );
+    // The rolled-back reviews left the hash chain whole.
+    let (_, v) = p.h.get("/api/v1/activityLog/verify", &p.h.admin).await;
+    assert_eq!(v["ok"], true, "{v}");
+}

@@ -490,7 +490,7 @@ async fn main() -> Result<()> {
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "198.18.0.0/15",
          "maxRequestAccessDuration": "PT3H"}]}))?;
     app.policies
-        .put(&local, Target::Group("fleet"), &policy)
+        .put(&local, Target::Group("fleet"), &policy, None)
         .await?;
     let requester = app
         .tokens

@@ -386,7 +386,7 @@ async fn seed(app: &jitgate_controller::App, o: &Opts, with_policy: &[u64]) -> R
          "maxRequestAccessDuration": "PT3H"}]}))?;
     for g in (0..GROUPS).filter(|g| has_policy(*g)) {
         app.policies
-            .put(&local, Target::Group(&format!("rg{g}")), &policy)
+            .put(&local, Target::Group(&format!("rg{g}")), &policy, None)
             .await?;
     }
     // Agents as enrolment leaves them (not connected: offline, and already told so, as a

@@ -34,6 +34,7 @@ pub fn status(code: &ErrorCode) -> StatusCode {
         Some(K::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
         Some(K::Timeout) => StatusCode::REQUEST_TIMEOUT,
         Some(K::Conflict) => StatusCode::CONFLICT,
+        Some(K::PreconditionFailed) => StatusCode::PRECONDITION_FAILED,
         Some(K::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         Some(K::UnsupportedMediaType) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Some(K::TooManyRequests) => StatusCode::TOO_MANY_REQUESTS,

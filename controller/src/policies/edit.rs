@@ -21,14 +21,39 @@ use crate::store::write::WriteTx;
 /// The most VMs of a resource group a staging names (the count is always exact).
 pub const AFFECTED_SHOWN: i64 = 200;
 
+/// What a write requires of the stored policy first: the API's `If-Match` /
+/// `If-None-Match: *`, the portal's previewed version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition<'a> {
+    /// The stored policy is this version ([`version`]).
+    Version(&'a str),
+    /// There is a stored policy (`If-Match: *`).
+    Exists,
+    /// There is none (`If-None-Match: *`): create only.
+    Absent,
+}
+
+impl Precondition<'_> {
+    fn holds(self, row: Option<&PolicyRow>, stored: &str) -> bool {
+        match self {
+            Precondition::Version(v) => v == stored,
+            Precondition::Exists => row.is_some(),
+            Precondition::Absent => row.is_none(),
+        }
+    }
+}
+
 /// Why a policy was not staged.
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
     /// The policy does not validate: every problem, each with its field.
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// The stored policy is no longer the version the preview was made against.
-    #[error("the policy changed since the preview: preview again")]
+    /// The stored policy is not what the [`Precondition`] requires (changed since it was
+    /// read or previewed).
+    #[error(
+        "the stored policy is not the version given (it changed since it was read): nothing was changed; read it again"
+    )]
     Stale,
     /// Not found, not allowed, or the controller's own failure.
     #[error(transparent)]
@@ -46,7 +71,7 @@ impl From<EditError> for Error {
         match e {
             EditError::Invalid(i) => i.into(),
             EditError::Stale => {
-                Error::refused(jitgate_api::ErrorCode::InvalidPolicy, e.to_string())
+                Error::refused(jitgate_api::ErrorCode::PolicyChanged, e.to_string())
             }
             EditError::Other(e) => e,
         }
@@ -110,15 +135,15 @@ pub fn version(row: Option<&PolicyRow>) -> String {
 
 /// Stages `body` as the target's policy in `w`: resolved (not found otherwise), authorised
 /// (rights before validity: a caller who may not write learns nothing of the rules),
-/// validated as a new policy, refused as [`EditError::Stale`] if `expected` is given and is
-/// not the stored policy's version, then written with its activity entry and notification.
+/// validated as a new policy, refused as [`EditError::Stale`] if the stored policy does not
+/// meet `expected`, then written with its activity entry and notification.
 /// `explain`: also read the affected VMs. The caller commits or drops `w`.
 pub async fn stage(
     w: &mut WriteTx,
     caller: &Caller,
     t: Target<'_>,
     body: &PolicyBody,
-    expected: Option<&str>,
+    expected: Option<Precondition<'_>>,
     explain: bool,
 ) -> Result<Staged, EditError> {
     let r = policies::resolve(w.conn(), t).await?;
@@ -126,15 +151,7 @@ pub async fn stage(
     let policy = Policy::check_new(body)?;
     let row = stored::get(w.conn(), r.scope, r.name).await?;
     let version = version(row.as_ref());
-    if expected.is_some_and(|v| v != version) {
-        tracing::info!(
-            policy = %r.name,
-            scope = %r.scope.as_str(),
-            caller = %caller.name(),
-            "policy save refused: changed since the preview"
-        );
-        return Err(EditError::Stale);
-    }
+    check(expected, row.as_ref(), &version, caller, &r)?;
     let affected = if explain {
         affected(w, t, &r.group).await?
     } else {
@@ -145,17 +162,86 @@ pub async fn stage(
         scope: r.scope,
         name: r.name.to_string(),
         group: r.group,
-        before: row.map(|row| PolicyView {
-            scope: row.scope_kind,
-            name: row.scope_name,
-            ports: row.body.0.ports,
-            updated_time_utc: jitgate_api::time::format(row.updated_ms),
-            updated_by: row.updated_by,
-        }),
+        before: row.map(policies::view),
         version,
         view: written.view,
         change: written.change,
         entry: written.entry,
+        affected,
+    })
+}
+
+/// Refuses with [`EditError::Stale`] unless the stored policy meets `expected`.
+fn check(
+    expected: Option<Precondition<'_>>,
+    row: Option<&PolicyRow>,
+    version: &str,
+    caller: &Caller,
+    r: &policies::Resolved<'_>,
+) -> Result<(), EditError> {
+    if expected.is_none_or(|p| p.holds(row, version)) {
+        return Ok(());
+    }
+    tracing::info!(
+        policy = %r.name,
+        scope = %r.scope.as_str(),
+        caller = %caller.name(),
+        "policy write refused: the stored policy is not the version given"
+    );
+    Err(EditError::Stale)
+}
+
+/// A policy's deletion staged in a write transaction.
+#[derive(Clone, Debug)]
+pub struct Unstaged {
+    pub scope: PolicyScope,
+    pub name: String,
+    pub group: String,
+    /// The policy it deletes, as stored.
+    pub before: PolicyView,
+    /// The version of that stored policy ([`version`]).
+    pub version: String,
+    /// The change in words (deleting always weakens protection of what it covered).
+    pub change: Change,
+    /// For a VM: whether its group's policy applies to it afterwards. For a group: the VMs
+    /// that lose it and those that keep their own.
+    pub affected: Affected,
+}
+
+/// Stages the deletion of the target's own policy in `w`: resolved, authorised, refused as
+/// [`EditError::Stale`] if the stored policy does not meet `expected`, then deleted with its
+/// activity entry and notification ([`policies::remove`]). The caller commits or drops `w`.
+pub async fn unstage(
+    w: &mut WriteTx,
+    caller: &Caller,
+    t: Target<'_>,
+    expected: Option<Precondition<'_>>,
+    explain: bool,
+) -> Result<Unstaged, EditError> {
+    let r = policies::resolve(w.conn(), t).await?;
+    policies::authorize(caller, &r, true)?;
+    let row = stored::get(w.conn(), r.scope, r.name).await?;
+    let version = version(row.as_ref());
+    check(expected, row.as_ref(), &version, caller, &r)?;
+    let affected = if explain {
+        affected(w, t, &r.group).await?
+    } else {
+        Affected::default()
+    };
+    let change = policies::remove(w, caller, t).await?;
+    // `remove` refused a target without a policy of its own, so there was a row.
+    let Some(row) = row else {
+        return Err(EditError::Other(Error::Internal(
+            "policy deleted without a stored row".into(),
+        )));
+    };
+    Ok(Unstaged {
+        scope: r.scope,
+        name: r.name.to_string(),
+        group: r.group,
+        before: policies::view(row),
+        version,
+        change,
         affected,
     })
 }

@@ -21,7 +21,7 @@ use crate::store::inventory;
 use crate::store::notify;
 use crate::store::policies::{self, PolicyRow};
 use crate::store::write::WriteTx;
-use edit::{EditError, Staged};
+use edit::{EditError, Precondition, Staged, Unstaged};
 use sqlx::AnyConnection;
 
 /// Whose policy.
@@ -48,7 +48,7 @@ pub(crate) struct Resolved<'a> {
     pub group: String,
 }
 
-fn view(row: PolicyRow) -> PolicyView {
+pub(crate) fn view(row: PolicyRow) -> PolicyView {
     PolicyView {
         scope: row.scope_kind,
         name: row.scope_name,
@@ -75,10 +75,22 @@ impl Policies {
     }
 
     pub async fn get(&self, caller: &Caller, t: Target<'_>) -> Result<PolicyView> {
+        Ok(self.get_versioned(caller, t).await?.0)
+    }
+
+    /// The target's own policy and its version ([`edit::version`], the API's `ETag`).
+    pub async fn get_versioned(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+    ) -> Result<(PolicyView, String)> {
         let r = self.resolve(t).await?;
         authorize(caller, &r, false)?;
         match policies::get(self.db.pool(), r.scope, r.name).await? {
-            Some(row) => Ok(view(row)),
+            Some(row) => {
+                let version = edit::version(Some(&row));
+                Ok((view(row), version))
+            }
             None => Err(Error::refused(
                 ErrorCode::PolicyNotFound,
                 match t {
@@ -92,20 +104,24 @@ impl Policies {
     }
 
     /// Creates or replaces the target's policy (validated first; nothing is written if it
-    /// is invalid). The same staging as the portal's preview and save
-    /// ([`edit::stage`]), committed.
+    /// is invalid, or if the stored policy does not meet `expected`). The same staging as
+    /// the portal's preview and save ([`edit::stage`]), committed. Returns the policy and
+    /// its new version.
     pub async fn put(
         &self,
         caller: &Caller,
         t: Target<'_>,
         body: &PolicyBody,
-    ) -> Result<PolicyView> {
+        expected: Option<Precondition<'_>>,
+    ) -> Result<(PolicyView, String)> {
         let mut w = self.db.begin().await?;
-        let staged = edit::stage(&mut w, caller, t, body, None, false)
+        let staged = edit::stage(&mut w, caller, t, body, expected, false)
             .await
             .map_err(Error::from)?;
+        let row = policies::get(w.conn(), staged.scope, &staged.name).await?;
+        let version = edit::version(row.as_ref());
         w.commit().await?;
-        Ok(staged.view)
+        Ok((staged.view, version))
     }
 
     /// What saving `body` as the target's policy would do: the save itself, run and rolled
@@ -134,15 +150,46 @@ impl Policies {
         version: &str,
     ) -> Result<Staged, EditError> {
         let mut w = self.db.begin().await?;
-        let staged = edit::stage(&mut w, caller, t, body, Some(version), true).await?;
+        let staged = edit::stage(
+            &mut w,
+            caller,
+            t,
+            body,
+            Some(Precondition::Version(version)),
+            true,
+        )
+        .await?;
         w.commit().await?;
         Ok(staged)
     }
 
-    pub async fn delete(&self, caller: &Caller, t: Target<'_>) -> Result<()> {
+    /// Deletes the target's own policy if the stored one meets `expected` (nothing is
+    /// deleted otherwise: [`EditError::Stale`]).
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+        expected: Option<Precondition<'_>>,
+    ) -> Result<Unstaged, EditError> {
         let mut w = self.db.begin().await?;
-        remove(&mut w, caller, t).await?;
-        w.commit().await
+        let gone = edit::unstage(&mut w, caller, t, expected, true).await?;
+        w.commit().await?;
+        Ok(gone)
+    }
+
+    /// What deleting the target's own policy would do: the deletion itself, run and rolled
+    /// back (a dry run).
+    pub async fn preview_delete(
+        &self,
+        caller: &Caller,
+        t: Target<'_>,
+    ) -> Result<Unstaged, EditError> {
+        let mut w = self.db.begin().await?;
+        w.dry_run = true;
+        let gone = edit::unstage(&mut w, caller, t, None, true).await?;
+        // Dropping `w` rolls it back.
+        drop(w);
+        Ok(gone)
     }
 
     /// The VM's effective policy: its own if it has one, else its group's.
@@ -209,8 +256,12 @@ pub async fn set(
 }
 
 /// Deletes the target's own policy in `w` (authorised, activity-logged, notified; its agents
-/// are sent their new effective policy at commit).
-pub async fn remove(w: &mut WriteTx, caller: &Caller, t: Target<'_>) -> Result<()> {
+/// are sent their new effective policy at commit). Returns the change in words.
+pub async fn remove(
+    w: &mut WriteTx,
+    caller: &Caller,
+    t: Target<'_>,
+) -> Result<policy_change::Change> {
     let r = resolve(w.conn(), t).await?;
     authorize(caller, &r, true)?;
     let old = stored(w, r.scope, r.name).await?;
@@ -231,12 +282,12 @@ pub async fn remove(w: &mut WriteTx, caller: &Caller, t: Target<'_>) -> Result<(
         &r.group,
         caller,
         PolicyOperation::Delete,
-        change,
+        change.clone(),
         w.now,
     );
     notify::insert_events(w, &[event]).await?;
     w.policy_changed(r.scope, r.name);
-    Ok(())
+    Ok(change)
 }
 
 fn entry(op: Operation, t: Target<'_>, group: &str, actor: &Actor) -> NewActivity {

@@ -5,7 +5,9 @@
 //! changes field by field and in words, the VMs that take it, and the activity entry saving
 //! writes. **Save** posts the previewed policy with the version of the stored one it was
 //! previewed against (`Policies::save`): if someone changed the policy since, nothing is
-//! saved and the new preview is shown.
+//! saved and the new preview is shown. **Delete** first shows what deleting changes (the
+//! deletion run and rolled back, `Policies::preview_delete`), then deletes only the version
+//! shown.
 
 use askama::Template;
 use axum::Router;
@@ -25,7 +27,7 @@ use crate::http::portal::policy_form::PolicyForm;
 use crate::http::portal::session::{Posted, Viewer};
 use crate::http::state::AppState;
 use crate::policies::Target;
-use crate::policies::edit::{EditError, Staged};
+use crate::policies::edit::{EditError, Precondition, Staged, Unstaged};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,6 +35,8 @@ pub fn router() -> Router<AppState> {
         .route("/vms/{vm}/policy/preview", post(vm_preview))
         .route("/groups/{rg}/policy", get(group_editor).post(group_save))
         .route("/groups/{rg}/policy/preview", post(group_preview))
+        .route("/vms/{vm}/policy/delete", post(vm_delete))
+        .route("/groups/{rg}/policy/delete", post(group_delete))
 }
 
 /// Whose policy the page is about.
@@ -330,6 +334,8 @@ struct EditorPage {
     current_by: String,
     form: PolicyForm,
     preview: Option<PreviewView>,
+    /// What deleting would do (after **Delete this policy**).
+    delete: Option<DeleteView>,
     /// What happened, in words (saved; changed since the preview).
     notice: Option<String>,
     stale: bool,
@@ -340,10 +346,15 @@ fn render(
     whose: &Whose,
     c: Context,
     form: PolicyForm,
-    preview: Option<PreviewView>,
+    shown: Shown,
     notice: Option<String>,
     code: StatusCode,
 ) -> PageResult {
+    let (preview, delete) = match shown {
+        Shown::Form => (None, None),
+        Shown::Preview(p) => (Some(*p), None),
+        Shown::Delete(d) => (None, Some(d)),
+    };
     let current = c
         .current
         .as_ref()
@@ -361,6 +372,7 @@ fn render(
             current_by,
             form,
             preview,
+            delete,
             stale: code == StatusCode::CONFLICT,
             notice,
             c,
@@ -368,31 +380,72 @@ fn render(
     ))
 }
 
+/// What the page shows beside the policy in force and the form.
+enum Shown {
+    Form,
+    Preview(Box<PreviewView>),
+    Delete(DeleteView),
+}
+
+/// What deleting the policy would do.
+struct DeleteView {
+    lines: Vec<String>,
+    /// For a VM: its group's policy applies to it afterwards.
+    group_applies: bool,
+    group: String,
+    vms: Vec<String>,
+    vms_count: i64,
+    vms_more: i64,
+    own_count: i64,
+    /// The version of the policy shown, which the confirmation deletes.
+    version: String,
+}
+
+impl DeleteView {
+    fn of(u: &Unstaged) -> DeleteView {
+        let a = &u.affected;
+        DeleteView {
+            lines: u.change.lines.clone(),
+            group_applies: a.overrides_group,
+            group: u.group.clone(),
+            vms_more: a.count - a.vms.len() as i64,
+            vms: a.vms.clone(),
+            vms_count: a.count,
+            own_count: a.own_policy_count,
+            version: u.version.clone(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct EditorQuery {
     /// Set after a save (the redirect's page says so).
     saved: Option<u8>,
+    /// Set after a deletion.
+    deleted: Option<u8>,
 }
 
 async fn editor(st: &AppState, v: &Viewer, whose: Whose, q: EditorQuery) -> PageResult {
     let c = context(st, &v.caller, &whose).await?;
     // A VM without a policy of its own starts from its group's.
-    let form = PolicyForm::of_body(
-        c.current
-            .as_ref()
-            .or(c.group_policy.as_ref())
-            .map(|p| PolicyBody {
-                ports: p.ports.clone(),
-            })
-            .as_ref(),
-    );
-    let notice = q.saved.map(|_| {
-        "Saved: the policy is in force, and the agents of the VMs it affects receive it within \
-         seconds."
-            .to_string()
-    });
-    render(v, &whose, c, form, None, notice, StatusCode::OK)
+    let form = form_of(&c);
+    let notice = if q.saved.is_some() {
+        Some(
+            "Saved: the policy is in force, and the agents of the VMs it affects receive it \
+             within seconds."
+                .to_string(),
+        )
+    } else if q.deleted.is_some() {
+        Some(
+            "Deleted: the agents of the VMs it covered receive their new effective policy \
+             within seconds."
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    render(v, &whose, c, form, Shown::Form, notice, StatusCode::OK)
 }
 
 async fn vm_editor(
@@ -443,13 +496,21 @@ async fn preview(st: &AppState, p: Posted, whose: Whose) -> PageResult {
     })?;
     let action = p.one("action").unwrap_or("preview").to_string();
     if form.reshape(&action) {
-        return render(v, &whose, c, form, None, None, StatusCode::OK);
+        return render(v, &whose, c, form, Shown::Form, None, StatusCode::OK);
     }
     let body = match form.to_body() {
         Ok(b) => b,
         Err(problems) => {
             form.place(problems);
-            return render(v, &whose, c, form, None, None, StatusCode::BAD_REQUEST);
+            return render(
+                v,
+                &whose,
+                c,
+                form,
+                Shown::Form,
+                None,
+                StatusCode::BAD_REQUEST,
+            );
         }
     };
     match st
@@ -460,11 +521,19 @@ async fn preview(st: &AppState, p: Posted, whose: Whose) -> PageResult {
     {
         Ok(staged) => {
             let pv = PreviewView::of(&staged)?;
-            render(v, &whose, c, form, Some(pv), None, StatusCode::OK)
+            render(v, &whose, c, form, Shown::Preview(Box::new(pv)), None, StatusCode::OK)
         }
         Err(EditError::Invalid(i)) => {
             form.place(i.0);
-            render(v, &whose, c, form, None, None, StatusCode::BAD_REQUEST)
+            render(
+                v,
+                &whose,
+                c,
+                form,
+                Shown::Form,
+                None,
+                StatusCode::BAD_REQUEST,
+            )
         }
         Err(e) => Err(Error::from(e).into()),
     }
@@ -520,7 +589,7 @@ async fn save(st: &AppState, p: Posted, whose: Whose) -> PageResult {
                 &whose,
                 c,
                 form,
-                Some(pv),
+                Shown::Preview(Box::new(pv)),
                 Some(notice),
                 StatusCode::CONFLICT,
             )
@@ -529,7 +598,15 @@ async fn save(st: &AppState, p: Posted, whose: Whose) -> PageResult {
             let c = context(st, &v.caller, &whose).await?;
             let mut form = PolicyForm::of_body(Some(&body));
             form.place(i.0);
-            render(v, &whose, c, form, None, None, StatusCode::BAD_REQUEST)
+            render(
+                v,
+                &whose,
+                c,
+                form,
+                Shown::Form,
+                None,
+                StatusCode::BAD_REQUEST,
+            )
         }
         Err(EditError::Other(e)) => Err(e.into()),
     }
@@ -541,6 +618,83 @@ async fn vm_save(State(st): State<AppState>, Path(vm): Path<String>, p: Posted) 
 
 async fn group_save(State(st): State<AppState>, Path(rg): Path<String>, p: Posted) -> PageResult {
     save(&st, p, Whose::Group(rg)).await
+}
+
+/// The form of the page beside a deletion: the policy in force (or the group's).
+fn form_of(c: &Context) -> PolicyForm {
+    PolicyForm::of_body(
+        c.current
+            .as_ref()
+            .or(c.group_policy.as_ref())
+            .map(|p| PolicyBody {
+                ports: p.ports.clone(),
+            })
+            .as_ref(),
+    )
+}
+
+/// `POST .../policy/delete`: without `confirm`, what deleting changes (run and rolled
+/// back); with `confirm=yes`, the deletion of the version shown, or, if the policy changed
+/// since, nothing and what deleting it now would change.
+async fn delete(st: &AppState, p: Posted, whose: Whose) -> PageResult {
+    let v = &p.viewer;
+    let c = context(st, &v.caller, &whose).await?;
+    may_edit(&c)?;
+    let target = whose.target();
+    let mut notice = None;
+    let mut code = StatusCode::OK;
+    if p.one("confirm") == Some("yes") {
+        let version = p.one("version").unwrap_or_default();
+        match st
+            .app
+            .policies
+            .delete(&v.caller, target, Some(Precondition::Version(version)))
+            .await
+        {
+            Ok(_) => return Ok(see_other(&format!("{}?deleted=1", whose.path()))),
+            Err(EditError::Stale) => {
+                code = StatusCode::CONFLICT;
+                notice = Some(match &c.current {
+                    None => "Not deleted: the policy was deleted meanwhile.".to_string(),
+                    Some(p) => format!(
+                        "Not deleted: the policy was changed since you reviewed it (by {}, \
+                         {}). Here is what deleting it now changes; delete again if it is \
+                         still what you want.",
+                        p.updated_by,
+                        when_utc(&p.updated_time_utc)
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        }
+    }
+    let form = form_of(&c);
+    if c.current.is_none() {
+        return render(v, &whose, c, form, Shown::Form, notice, code);
+    }
+    let gone = st
+        .app
+        .policies
+        .preview_delete(&v.caller, target)
+        .await
+        .map_err(Error::from)?;
+    render(
+        v,
+        &whose,
+        c,
+        form,
+        Shown::Delete(DeleteView::of(&gone)),
+        notice,
+        code,
+    )
+}
+
+async fn vm_delete(State(st): State<AppState>, Path(vm): Path<String>, p: Posted) -> PageResult {
+    delete(&st, p, Whose::Vm(vm)).await
+}
+
+async fn group_delete(State(st): State<AppState>, Path(rg): Path<String>, p: Posted) -> PageResult {
+    delete(&st, p, Whose::Group(rg)).await
 }
 
 #[cfg(test)]
