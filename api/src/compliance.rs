@@ -240,6 +240,18 @@ fn default_template() -> String {
     "default".into()
 }
 
+/// `GET /compliance/history`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComplianceHistoryQuery {
+    /// The newest evaluations to list (1..=10000, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// `*`, `rg:NAME` or `vm:NAME`: count only this part of what the caller may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
 /// `GET /compliance`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -51,9 +51,9 @@ pub use auth::{
     LoginStarted, SessionEndReason, SessionGranted, SessionView, Whoami,
 };
 pub use compliance::{
-    AssignBody, Assignment, AssignmentEffect, ComplianceGroup, ComplianceReport, ComplianceResult,
-    ComplianceState, Finding, FindingCode, GroupBy, RemediateBody, ReportQuery, ResourceKind,
-    ScanBody, ScanReason, ScanSummary,
+    AssignBody, Assignment, AssignmentEffect, ComplianceGroup, ComplianceHistoryQuery,
+    ComplianceReport, ComplianceResult, ComplianceState, Finding, FindingCode, GroupBy,
+    RemediateBody, ReportQuery, ResourceKind, ScanBody, ScanReason, ScanSummary,
 };
 pub use error::{ErrorBody, ErrorClass, ErrorCode, ErrorDetail};
 pub use inventory::{Me, ResourceGroup, Vm, VmDetail};

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
-    ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceReport,
-    Connection, DeadCount, DeadDeliveries, DecisionBody, ErrorBody, HistoryQuery, InitiateBody,
-    List, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView, ScanBody,
-    ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport, ViewQuery, Vm,
-    VmDetail,
+    ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceHistoryQuery,
+    ComplianceReport, Connection, DeadCount, DeadDeliveries, DecisionBody, ErrorBody, HistoryQuery,
+    InitiateBody, List, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView,
+    ScanBody, ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport,
+    ViewQuery, Vm, VmDetail,
 };
 use jitgate_api::{ApplyBody, Document, Plan};
 use jitgate_api::{
@@ -262,7 +262,10 @@ impl Client {
     }
 
     /// `GET /compliance/history`
-    pub async fn compliance_history(&self, q: &HistoryQuery) -> R<Reply<List<ScanSummary>>> {
+    pub async fn compliance_history(
+        &self,
+        q: &ComplianceHistoryQuery,
+    ) -> R<Reply<List<ScanSummary>>> {
         self.typed(self.get(&["compliance", "history"]).query(q))
             .await
     }

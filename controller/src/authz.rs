@@ -12,7 +12,7 @@
 //! | emergency approval (where every rule allows it) | admin | every VM of the request |
 //! | revoke anyone's request, write a VM's policy, remediate | admin | the VM (each VM) |
 //! | write a group's policy | admin | the group |
-//! | verify, export, list checkpoints, compliance history | reader | `*` |
+//! | verify, export, list checkpoints | reader | `*` |
 //! | sign a checkpoint, run, assign or unassign compliance | admin | `*` |
 //! | list notification sinks and secret names | admin | anything |
 //! | add, remove, test, re-drive a notification sink | admin | the sink's scope (no scope: `*`) |
@@ -290,7 +290,7 @@ pub enum Action<'a> {
         group: &'a str,
     },
     /// Anything that spans the whole controller: a request with no VM in the caller's scope,
-    /// verification, exports, checkpoints, compliance history.
+    /// verification, exports, checkpoints.
     ReadAll,
     /// Sign a checkpoint; run, assign or unassign compliance.
     AdministerAll,

@@ -185,8 +185,35 @@ async fn compliance_api() {
     assert_eq!(r["results"][0]["resource"], "db1");
     let (_, r) = h.get("/api/v1/compliance?scope=vm:web2", &admin).await;
     assert_eq!(r["results"].as_array().unwrap().len(), 1, "{r}");
-    let (st, _) = h.get("/api/v1/compliance/history", &reader).await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "history is fleet-wide");
+    // The history counts what the caller may read, and the scope asked for.
+    let unknown_per_scan = async |token: &str, q: &str| -> Vec<i64> {
+        let (st, v) = h
+            .get(&format!("/api/v1/compliance/history{q}"), token)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{q}: {v}");
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["unknown"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        unknown_per_scan(&reader, "").await,
+        [0, 1],
+        "reader: dev only"
+    );
+    assert_eq!(unknown_per_scan(&admin, "").await, [2, 3], "the fleet");
+    assert_eq!(unknown_per_scan(&admin, "?scope=rg:prod").await, [2, 2]);
+    assert_eq!(unknown_per_scan(&admin, "?scope=vm:web1").await, [1, 1]);
+    assert_eq!(
+        unknown_per_scan(&reader, "?scope=rg:prod").await,
+        [0, 0],
+        "not theirs"
+    );
+    assert_eq!(unknown_per_scan(&reader, "?scope=*").await, [0, 1]);
+    let (st, _) = h.get("/api/v1/compliance/history?scope=bad", &admin).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
 
     // CSV.
     let r = h

@@ -399,11 +399,48 @@ async fn compliance_dashboard() {
     inert(&bobs);
     assert!(bobs.body.contains("id=\"res-web2\"") && bobs.body.contains("id=\"res-db1\""));
     assert!(!bobs.body.contains("id=\"res-tools1\"") && !bobs.body.contains("id=\"res-pay1\""));
+    // His chart counts his scopes: the same evaluations, the newest one's point the numbers
+    // of his report (the fleet's would count ops and fin too).
     assert!(
-        bobs.body
-            .contains("<p id=\"no-chart\">The history covers the whole fleet"),
+        bobs.body.contains(
+            "<title id=\"chart-title\">Compliance percentage per evaluation (the VMs within your scope)</title>"
+        ),
         "{}",
         bobs.body
+    );
+    let ids: Vec<i64> = history(&p)
+        .await
+        .iter()
+        .map(|s| s["scanId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(points(&bobs.body), ids);
+    let cell = |id: &str| -> i64 {
+        let at = bobs.body.find(&format!("id=\"{id}\"")).unwrap();
+        let rest = &bobs.body[at..];
+        let v = &rest[rest.find('>').unwrap() + 1..rest.find("</td>").unwrap()];
+        v.parse().unwrap()
+    };
+    let (ok, bad, unknown) = (cell("compliant"), cell("non-compliant"), cell("unknown"));
+    let fleet = history(&p).await.last().unwrap().clone();
+    let n = |k: &str| fleet[k].as_i64().unwrap();
+    assert_ne!(
+        (
+            n("compliant"),
+            n("nonCompliant"),
+            n("unknown"),
+            n("unmanaged")
+        ),
+        (ok, bad, unknown, 0),
+        "the fixture's fleet differs from bob's part"
+    );
+    let last = *ids.last().unwrap();
+    let row = &bobs.body[bobs.body.find(&format!("<tr id=\"scan-{last}\">")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.ends_with(&format!(
+            "<td>{ok}</td><td>{bad}</td><td>{unknown}</td><td>0</td>"
+        )),
+        "{row}"
     );
     assert!(!bobs.body.contains("Remediate web2"));
     let r = p.get(&bob, "/compliance/remediate?vm=web2").await;

@@ -3,8 +3,8 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use jitgate_api::{
-    AssignBody, Assignment, ComplianceReport, ComplianceResult, ComplianceState, Format,
-    HistoryQuery, RemediateBody, ReportQuery, ScanBody, ScanSummary, Scope,
+    AssignBody, Assignment, ComplianceHistoryQuery, ComplianceReport, ComplianceResult,
+    ComplianceState, Format, RemediateBody, ReportQuery, ScanBody, ScanSummary, Scope,
 };
 
 use crate::client::Client;
@@ -67,10 +67,14 @@ enum ComplianceCmd {
         #[arg(long)]
         range: Option<String>,
     },
-    /// Compliance percentage over time, one line per evaluation.
+    /// Compliance percentage over time, one line per evaluation, counted within your
+    /// token's scope (and --scope).
     History {
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Count only this part: `*`, `rg:GROUP` or `vm:NAME`.
+        #[arg(long)]
+        scope: Option<String>,
     },
     /// Assign the compliance policy to a resource group or the whole fleet (audited).
     Assign {
@@ -137,9 +141,10 @@ pub async fn run(c: &Client, a: &ComplianceArgs, out: Out) -> R<()> {
             };
             out.show(&c.scan(&body).await?, print_summary)
         }
-        Some(ComplianceCmd::History { limit }) => {
-            let q = HistoryQuery {
+        Some(ComplianceCmd::History { limit, scope }) => {
+            let q = ComplianceHistoryQuery {
                 limit: Some(i64::from(*limit)),
+                scope: scope.clone(),
             };
             let h = c.compliance_history(&q).await?;
             out.show_list(&h, |list: &[ScanSummary]| {

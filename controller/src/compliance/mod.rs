@@ -303,21 +303,78 @@ impl Compliance {
         }))
     }
 
-    /// Evaluations, oldest first (the newest `limit`).
-    pub async fn history(&self, caller: &Caller, limit: i64) -> Result<Vec<ScanSummary>> {
-        self.history_until(caller, None, limit).await
+    /// Evaluations, oldest first (the newest `limit`), counted within the caller's scope and
+    /// `scope` (`*`, `rg:NAME`, `vm:NAME`; none: everything the caller may read).
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        scope: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ScanSummary>> {
+        self.history_until(caller, scope, None, limit).await
     }
 
     /// Evaluations at or before `until_ms` (every one without it), oldest first (the newest
-    /// `limit` of them): the history as it stood at a time.
+    /// `limit` of them): the history as it stood at a time, counted as [`Self::report`]
+    /// counts — the VMs within the caller's scope and `scope`, unmanaged hosts only for
+    /// scope `*`. A reader of everything without a narrower `scope` gets the fleet's counts
+    /// as stored with each evaluation; anyone else the sum of their groups' counts
+    /// (`compliance_counts`) and of their single VMs' results.
     pub async fn history_until(
         &self,
         caller: &Caller,
+        scope: Option<&str>,
         until_ms: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ScanSummary>> {
-        authz::authorize(caller, Action::ReadAll)?;
-        db::history(self.db.pool(), until_ms, limit).await
+        let want = scope.map(parse_scope).transpose()?;
+        let all = caller.grants.iter().any(|g| g.scope == Scope::All);
+        if all && want.as_ref().is_none_or(|w| *w == Scope::All) {
+            return db::history(self.db.pool(), until_ms, limit).await;
+        }
+        let mut groups = std::collections::BTreeSet::new();
+        let mut vms = std::collections::BTreeSet::new();
+        match &want {
+            Some(Scope::Vm(v)) => {
+                vms.insert(v.clone());
+            }
+            Some(Scope::ResourceGroup(g))
+                if caller.grants.iter().any(|c| c.scope.covers_group(g)) =>
+            {
+                groups.insert(g.clone());
+            }
+            _ => {
+                for g in &caller.grants {
+                    match &g.scope {
+                        Scope::ResourceGroup(rg) => {
+                            if want.as_ref().is_none_or(|w| w.covers_group(rg)) {
+                                groups.insert(rg.clone());
+                            }
+                        }
+                        Scope::Vm(v) => {
+                            vms.insert(v.clone());
+                        }
+                        Scope::All => {}
+                    }
+                }
+            }
+        }
+        let keep_vm = |vm: &str, group: &str| {
+            caller.grants.iter().any(|g| g.scope.covers_vm(vm, group))
+                && want.as_ref().is_none_or(|w| w.covers_vm(vm, group))
+        };
+        let mut conn = self.db.pool().acquire().await?;
+        db::history_of(
+            &mut conn,
+            until_ms,
+            limit,
+            &db::HistoryScope {
+                groups: &groups,
+                vms: &vms,
+                keep_vm: &keep_vm,
+            },
+        )
+        .await
     }
 
     /// Where the policy is assigned (any caller).

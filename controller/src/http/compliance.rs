@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jitgate_api::{
-    AssignBody, Assignment, Format, HistoryQuery, PolicyView, RemediateBody, ReportQuery, ScanBody,
-    ScanSummary,
+    AssignBody, Assignment, ComplianceHistoryQuery, Format, PolicyView, RemediateBody, ReportQuery,
+    ScanBody, ScanSummary,
 };
 
 use crate::authz::Caller;
@@ -53,10 +53,15 @@ async fn scan(
 async fn history(
     State(st): State<AppState>,
     c: Caller,
-    Q(q): Q<HistoryQuery>,
+    Q(q): Q<ComplianceHistoryQuery>,
 ) -> Result<Response, HttpError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(list(st.app.compliance.history(&c, limit).await?))
+    Ok(list(
+        st.app
+            .compliance
+            .history(&c, q.scope.as_deref(), limit)
+            .await?,
+    ))
 }
 
 async fn assignments(State(st): State<AppState>, _c: Caller) -> Result<Response, HttpError> {

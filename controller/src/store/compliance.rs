@@ -1,6 +1,9 @@
 //! The compliance tables: `compliance_assignments` (where the policy is assigned),
 //! `compliance_scans` and `compliance_results` (each evaluation with its per-resource results:
-//! the history), `compliance_exposures` (what the last probe found open).
+//! the history), `compliance_counts` (each evaluation's VM counts per resource group: the
+//! history of a scope), `compliance_exposures` (what the last probe found open).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use jitgate_api::{
     AssignmentEffect, ComplianceResult, ComplianceState, ResourceKind, ScanReason, ScanSummary,
@@ -157,6 +160,19 @@ pub async fn insert_scan(
     .bind(unmanaged)
     .execute(w.conn())
     .await?;
+    for (group, c) in group_counts(results) {
+        sqlx::query(
+            "INSERT INTO compliance_counts (scan_id, resource_group, compliant, non_compliant, \
+             unknown) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(group)
+        .bind(c.compliant)
+        .bind(c.non_compliant)
+        .bind(c.unknown)
+        .execute(w.conn())
+        .await?;
+    }
     for r in results {
         sqlx::query(
             "INSERT INTO compliance_results (scan_id, resource, kind, resource_group, owner, \
@@ -173,6 +189,125 @@ pub async fn insert_scan(
         .await?;
     }
     Ok(id)
+}
+
+/// VM counts by state (unmanaged hosts are counted apart, fleet-wide only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmCounts {
+    pub compliant: i64,
+    pub non_compliant: i64,
+    pub unknown: i64,
+}
+
+impl VmCounts {
+    fn add(&mut self, state: ComplianceState) {
+        match state {
+            ComplianceState::Compliant => self.compliant += 1,
+            ComplianceState::NonCompliant => self.non_compliant += 1,
+            ComplianceState::Unknown | ComplianceState::Other(_) => self.unknown += 1,
+        }
+    }
+}
+
+/// The VM results' counts per resource group.
+fn group_counts(results: &[ComplianceResult]) -> BTreeMap<&str, VmCounts> {
+    let mut out: BTreeMap<&str, VmCounts> = BTreeMap::new();
+    for r in results
+        .iter()
+        .filter(|r| r.kind == ResourceKind::VirtualMachine)
+    {
+        out.entry(r.resource_group.as_str())
+            .or_default()
+            .add(r.state.clone());
+    }
+    out
+}
+
+/// What part of the fleet a scoped history counts: whole resource groups, and single VMs
+/// (each kept only if `keep_vm(vm, its group then)` and its group is not among `groups`, so
+/// that none counts twice).
+pub struct HistoryScope<'a> {
+    pub groups: &'a BTreeSet<String>,
+    pub vms: &'a BTreeSet<String>,
+    pub keep_vm: &'a (dyn Fn(&str, &str) -> bool + Sync),
+}
+
+/// The newest `limit` scans at or before `until_ms`, oldest first, each with the counts of
+/// `scope` only (no unmanaged hosts): a few rows per scan and group from
+/// `compliance_counts`, and the results of the single VMs by primary key.
+pub async fn history_of(
+    conn: &mut sqlx::AnyConnection,
+    until_ms: Option<i64>,
+    limit: i64,
+    scope: &HistoryScope<'_>,
+) -> Result<Vec<ScanSummary>> {
+    let mut scans = history(&mut *conn, until_ms, limit).await?;
+    let (Some(first), Some(last)) = (scans.first(), scans.last()) else {
+        return Ok(scans);
+    };
+    let (first, last) = (first.scan_id, last.scan_id);
+    let mut counts: BTreeMap<i64, VmCounts> = BTreeMap::new();
+    let groups: Vec<&String> = scope.groups.iter().collect();
+    for chunk in groups.chunks(500) {
+        let ph: Vec<String> = (3..3 + chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT scan_id, CAST(SUM(compliant) AS BIGINT), CAST(SUM(non_compliant) AS BIGINT), \
+             CAST(SUM(unknown) AS BIGINT) \
+             FROM compliance_counts WHERE scan_id >= $1 AND scan_id <= $2 \
+             AND resource_group IN ({}) GROUP BY scan_id",
+            ph.join(",")
+        );
+        let mut q = sqlx::query_as::<_, (i64, i64, i64, i64)>(&sql)
+            .bind(first)
+            .bind(last);
+        for g in chunk {
+            q = q.bind(g.as_str());
+        }
+        for (id, c, n, u) in q.fetch_all(&mut *conn).await? {
+            let e = counts.entry(id).or_default();
+            e.compliant += c;
+            e.non_compliant += n;
+            e.unknown += u;
+        }
+    }
+    let ids: Vec<i64> = scans.iter().map(|s| s.scan_id).collect();
+    let vms: Vec<&String> = scope.vms.iter().collect();
+    for chunk in vms.chunks(200) {
+        let ids_ph: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let vm_ph: Vec<String> = (0..chunk.len())
+            .map(|i| format!("${}", i + 2 + ids.len()))
+            .collect();
+        let sql = format!(
+            "SELECT scan_id, resource, resource_group, state FROM compliance_results \
+             WHERE kind = $1 AND scan_id IN ({}) AND resource IN ({})",
+            ids_ph.join(","),
+            vm_ph.join(",")
+        );
+        let mut q = sqlx::query_as::<_, (i64, String, String, String)>(&sql)
+            .bind(ResourceKind::VirtualMachine.as_str());
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        for vm in chunk {
+            q = q.bind(vm.as_str());
+        }
+        for (id, vm, group, state) in q.fetch_all(&mut *conn).await? {
+            if scope.groups.contains(&group) || !(scope.keep_vm)(&vm, &group) {
+                continue;
+            }
+            let state = ComplianceState::try_from(state).map_err(Error::corrupt)?;
+            counts.entry(id).or_default().add(state);
+        }
+    }
+    for s in &mut scans {
+        let c = counts.get(&s.scan_id).copied().unwrap_or_default();
+        s.compliant = c.compliant;
+        s.non_compliant = c.non_compliant;
+        s.unknown = c.unknown;
+        s.unmanaged = 0;
+        s.compliance_percentage = ScanSummary::percentage(c.compliant, c.non_compliant);
+    }
+    Ok(scans)
 }
 
 #[derive(sqlx::FromRow)]

@@ -103,6 +103,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention: the activity log's anchor after a prune",
         include_str!("../../migrations/0018_activity_anchor.sql"),
     ),
+    (
+        22,
+        "compliance: each evaluation's counts per resource group",
+        include_str!("../../migrations/0022_compliance_counts.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

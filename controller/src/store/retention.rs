@@ -227,6 +227,11 @@ pub async fn compliance_batch(
             .execute(w.conn())
             .await?
             .rows_affected();
+        sqlx::query("DELETE FROM compliance_counts WHERE scan_id >= $1 AND scan_id <= $2")
+            .bind(first)
+            .bind(last)
+            .execute(w.conn())
+            .await?;
         sqlx::query("DELETE FROM compliance_scans WHERE id >= $1 AND id <= $2")
             .bind(first)
             .bind(last)

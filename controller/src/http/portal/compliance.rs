@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use jitgate_api::{
     AssignBody, ComplianceReport, ComplianceResult, ComplianceState, ErrorCode, Finding,
     FindingCode, GroupBy, PolicyBody, RemediateBody, ReportQuery, ResourceKind, ScanBody,
-    ScanSummary,
+    ScanSummary, Scope,
 };
 use serde::Deserialize;
 
@@ -268,6 +268,8 @@ struct Dashboard {
     unmanaged: Listed,
     compliant: Listed,
     chart: Option<Chart>,
+    /// What the chart counts: "the whole fleet", "scope rg:prod", "the VMs within your scope".
+    chart_of: String,
     /// Why there is no chart, when there is none.
     no_chart: &'static str,
     assignments: Vec<Assigned>,
@@ -295,17 +297,17 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
             .transpose()
             .map_err(|_| refuse(ErrorCode::InvalidTime, "as of: not a time"))?;
     let shown_id = report.scan.as_ref().map(|s| s.scan_id);
-    // The history is fleet-wide: for readers of everything, as through the API.
-    let (chart, no_chart) = match c.history_until(&v.caller, until, CHART_POINTS).await {
-        Ok(h) => (
-            Chart::of(&h, shown_id),
-            "No evaluation yet: the chart starts with the first one.",
-        ),
-        Err(e) if e.code() == Some(&ErrorCode::Forbidden) => (
-            None,
-            "The history covers the whole fleet: it is shown to readers of everything (scope *).",
-        ),
-        Err(e) => return Err(e.into()),
+    // The history counts what the dashboard lists: the viewer's scope and the filter's.
+    let history = c
+        .history_until(&v.caller, q.scope.as_deref(), until, CHART_POINTS)
+        .await?;
+    let chart = Chart::of(&history, shown_id);
+    let no_chart = "No evaluation yet: the chart starts with the first one.";
+    let everything = v.caller.grants.iter().any(|g| g.scope == Scope::All);
+    let chart_of = match q.scope.as_deref() {
+        Some(s) if s != "*" => format!("scope {s}"),
+        _ if everything => "the whole fleet".to_string(),
+        _ => "the VMs within your scope".to_string(),
     };
     let caller = &v.caller;
     let mut budget = LISTED;
@@ -377,6 +379,7 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
             unmanaged,
             compliant,
             chart,
+            chart_of,
             no_chart,
             assignments,
             admin: authz::allowed(caller, Action::AdministerAll),

@@ -521,7 +521,15 @@ async fn preview(st: &AppState, p: Posted, whose: Whose) -> PageResult {
     {
         Ok(staged) => {
             let pv = PreviewView::of(&staged)?;
-            render(v, &whose, c, form, Shown::Preview(Box::new(pv)), None, StatusCode::OK)
+            render(
+                v,
+                &whose,
+                c,
+                form,
+                Shown::Preview(Box::new(pv)),
+                None,
+                StatusCode::OK,
+            )
         }
         Err(EditError::Invalid(i)) => {
             form.place(i.0);
