@@ -86,18 +86,15 @@ impl App {
         } else {
             parts.leader_lease
         };
-        let leader = Leader::new(
-            holder_name(notifier.origin()),
-            parts.config_fingerprint.clone(),
-            lease,
-        );
+        let name = holder_name(notifier.origin());
+        let leader = Leader::new(name.clone(), parts.config_fingerprint.clone(), lease);
         Ok(App {
             tokens: Tokens::new(db.clone(), parts.token_roles),
             sessions: Sessions::new(db.clone(), parts.oidc, parts.login_links),
             inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
             lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
-            audit: Audit::new(db.clone(), parts.checkpoint_key),
+            audit: Audit::new(db.clone(), parts.checkpoint_key, &name),
             views: AgentViews::new(db.clone(), parts.ca_pem),
             compliance: Compliance::new(db.clone(), presence.clone(), settings),
             policies,

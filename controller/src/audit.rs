@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::input::parse_time;
 use crate::store::activity::{self, Filter};
 use crate::store::db::Db;
+use crate::store::full_run;
 use crate::store::verified::{self, Verified};
 
 /// The controller's checkpoint key: its Ed25519 key from the state directory (never from the
@@ -31,24 +32,27 @@ pub struct Audit {
     db: Db,
     /// None where this controller signs nothing (administration commands).
     key: Option<Arc<CheckpointKey>>,
-    /// This controller's verification of the whole log, running or last finished.
-    full: Arc<std::sync::Mutex<FullRun>>,
-    /// Entries the running full verification has walked.
-    walked: Arc<AtomicI64>,
+    /// This controller's name in the cluster (the lease holder's name): who runs a full
+    /// verification.
+    name: Arc<str>,
 }
 
-/// A verification of the whole log in the background (one per controller at a time).
+/// A verification of the whole log in the background (one in the cluster at a time), as
+/// every controller sees it (`store::full_run`).
 #[derive(Clone, Debug, Default)]
 pub struct FullRun {
     pub running: bool,
+    /// The controller that runs (or ran) it.
+    pub controller: String,
     /// Entries the log held when it started.
     pub total: i64,
-    /// Entries walked so far (while running).
+    /// Entries walked so far (written every second while it runs).
     pub walked: i64,
     pub started_ms: i64,
     /// The last run's result, once finished.
     pub report: Option<VerifyReport>,
-    /// Why the last run could not finish (a database error), if it could not.
+    /// Why the last run could not finish (a database error, or its controller stopped), if
+    /// it could not.
     pub error: Option<String>,
 }
 
@@ -56,12 +60,12 @@ pub struct FullRun {
 pub const VERIFY_STEP: i64 = 200_000;
 
 impl Audit {
-    pub fn new(db: Db, key: Option<CheckpointKey>) -> Audit {
+    /// `name`: this controller's name in the cluster.
+    pub fn new(db: Db, key: Option<CheckpointKey>, name: &str) -> Audit {
         Audit {
             db,
             key: key.map(Arc::new),
-            full: Arc::default(),
-            walked: Arc::default(),
+            name: name.into(),
         }
     }
 
@@ -118,47 +122,81 @@ impl Audit {
     }
 
     /// Starts verifying the whole log in the background; false if a run is going on
-    /// already. Its progress and result: [`Audit::full_run`]. A passing run confirms the
-    /// mark (and clears a recorded failure); a failing one records where it failed.
-    pub fn start_full(&self, caller: &Caller) -> Result<bool> {
+    /// already, on this controller or another. Its progress and result: [`Audit::full_run`].
+    /// A passing run confirms the mark (and clears a recorded failure); a failing one
+    /// records where it failed.
+    pub async fn start_full(&self, caller: &Caller) -> Result<bool> {
         authz::authorize(caller, Action::ReadAll)?;
         let vk = self.key()?.key.verifying_key();
-        {
-            let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner());
-            if f.running {
-                return Ok(false);
-            }
-            *f = FullRun {
-                running: true,
-                started_ms: jitgate_api::time::now_ms(),
-                ..FullRun::default()
-            };
+        let (head, _) = crate::store::cluster::heads(self.db.pool()).await?;
+        let mut w = self.db.begin().await?;
+        let started_ms = w.now;
+        if !full_run::claim(&mut w, &self.name, head).await? {
+            return Ok(false);
         }
-        self.walked.store(0, Ordering::Relaxed);
+        w.commit().await?;
+        tracing::info!(caller = %caller.name(), entries = head, "verifying the whole activity log");
         let me = self.clone();
-        tokio::spawn(async move {
-            let result = me.run_full(&vk).await;
-            let mut f = me.full.lock().unwrap_or_else(|p| p.into_inner());
-            f.running = false;
-            match result {
-                Ok(r) => f.report = Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "verifying the whole activity log failed to run");
-                    f.error = Some(e.to_string());
-                }
-            }
-        });
+        tokio::spawn(async move { me.run_full(&vk, started_ms).await });
         Ok(true)
     }
 
-    async fn run_full(&self, vk: &ed25519_dalek::VerifyingKey) -> Result<VerifyReport> {
+    /// Walks the whole log, writing its progress every second, then its result.
+    async fn run_full(&self, vk: &ed25519_dalek::VerifyingKey, started_ms: i64) {
+        let walked = Arc::new(AtomicI64::new(0));
         let pool = self.db.pool();
-        let (head, _) = crate::store::cluster::heads(pool).await?;
-        {
-            let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner());
-            f.total = head;
+        let walk = activity::verify_counting(pool, Some(vk), &walked);
+        tokio::pin!(walk);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut walk => break r,
+                _ = tick.tick() => {
+                    let n = walked.load(Ordering::Relaxed);
+                    if let Err(e) = self.write_progress(started_ms, n).await {
+                        tracing::warn!(error = %e, "could not record the verification's progress");
+                    }
+                }
+            }
+        };
+        let n = walked.load(Ordering::Relaxed);
+        let outcome = match result {
+            Ok(r) => match self.record_full(&r).await {
+                Ok(()) => Ok(r),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "verifying the whole activity log failed to run");
         }
-        let r = activity::verify_counting(pool, Some(vk), &self.walked).await?;
+        let written = async {
+            let mut w = self.db.begin().await?;
+            full_run::finish(
+                &mut w,
+                &self.name,
+                started_ms,
+                n,
+                outcome.as_ref().map_err(String::as_str),
+            )
+            .await?;
+            w.commit().await
+        };
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, "could not record the verification's result");
+        }
+    }
+
+    async fn write_progress(&self, started_ms: i64, walked: i64) -> Result<()> {
+        let mut w = self.db.begin().await?;
+        full_run::progress(&mut w, &self.name, started_ms, walked).await?;
+        w.commit().await
+    }
+
+    /// Moves (or fails) the verified mark after a full run.
+    async fn record_full(&self, r: &VerifyReport) -> Result<()> {
+        let pool = self.db.pool();
         let now = jitgate_api::time::now_ms();
         let mark = if r.ok {
             Verified {
@@ -179,16 +217,35 @@ impl Audit {
                 ..verified::get(pool).await?.unwrap_or_else(Verified::start)
             }
         };
-        self.record(&mark).await?;
-        Ok(r)
+        self.record(&mark).await
     }
 
-    /// The running or last full verification of this controller.
-    pub fn full_run(&self, caller: &Caller) -> Result<FullRun> {
+    /// The running or last full verification, whichever controller runs it. A run whose
+    /// controller wrote no progress for [`full_run::ABANDONED_AFTER_MS`] shows as stopped.
+    pub async fn full_run(&self, caller: &Caller) -> Result<FullRun> {
         authz::authorize(caller, Action::ReadAll)?;
-        let mut f = self.full.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        f.walked = self.walked.load(Ordering::Relaxed);
-        Ok(f)
+        let Some(row) = full_run::get(self.db.pool()).await? else {
+            return Ok(FullRun::default());
+        };
+        let now = jitgate_api::time::now_ms();
+        let abandoned = row.running != 0 && !row.live(now);
+        Ok(FullRun {
+            running: row.live(now),
+            total: row.total,
+            walked: row.walked,
+            started_ms: row.started_ms,
+            report: row.report()?,
+            error: if abandoned {
+                Some(format!(
+                    "controller {} stopped reporting progress after {} of {} entries; start it \
+                     again",
+                    row.controller, row.walked, row.total
+                ))
+            } else {
+                row.error.clone()
+            },
+            controller: row.controller,
+        })
     }
 
     fn key(&self) -> Result<&CheckpointKey> {

@@ -108,6 +108,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compliance: each evaluation's counts per resource group",
         include_str!("../../migrations/0022_compliance_counts.sql"),
     ),
+    (
+        23,
+        "activity: the whole log's verification, shared by the controllers",
+        include_str!("../../migrations/0023_activity_full_run.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

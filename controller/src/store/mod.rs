@@ -12,7 +12,8 @@
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
 //! - [`health`]: what readiness checks and metrics read.
 //! - [`backup`]: online backup and restore, one portable format for both backends.
-//! - [`verified`]: how far the activity log has been verified.
+//! - [`verified`]: how far the activity log has been verified; [`full_run`]: the
+//!   verification of the whole log running in the background, as every controller sees it.
 //! - [`retention`]: what `jit-controller prune` deletes, in short steps.
 //! - [`lease`]: the leader lease, and the fence its holder's writes check.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
@@ -26,6 +27,7 @@ pub mod backup;
 pub mod cluster;
 pub mod compliance;
 pub mod db;
+pub mod full_run;
 pub mod grants;
 pub mod health;
 pub mod inventory;

@@ -241,6 +241,8 @@ impl CheckpointLine {
 /// This controller's verification of the whole log: running, or its result.
 struct FullView {
     running: bool,
+    /// The controller that runs it (any controller's page shows it).
+    controller: String,
     walked: i64,
     total: i64,
     verdict: Option<Verdict>,
@@ -251,6 +253,7 @@ impl FullView {
     fn of(f: &crate::audit::FullRun) -> FullView {
         FullView {
             running: f.running,
+            controller: f.controller.clone(),
             walked: f.walked,
             total: f.total,
             verdict: f.report.as_ref().map(Verdict::of),
@@ -391,7 +394,7 @@ async fn list(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> PageRe
         let limit = i64::try_from(CHECKPOINTS_SHOWN + 1).unwrap_or(i64::MAX);
         let recent =
             CheckpointLine::list(&crate::store::activity::recent_checkpoints(pool, limit).await?);
-        let full = FullView::of(&st.app.audit.full_run(&v.caller)?);
+        let full = FullView::of(&st.app.audit.full_run(&v.caller).await?);
         (
             Some(Coverage {
                 head,
@@ -448,13 +451,13 @@ async fn download(State(st): State<AppState>, v: Viewer, Q(f): Q<Filters>) -> Pa
 /// background and goes back to the page, which follows its progress. A form POST: the walk
 /// reads every entry, so a link must not start it.
 async fn verify(State(st): State<AppState>, p: Posted) -> PageResult {
-    st.app.audit.start_full(&p.viewer.caller)?;
+    st.app.audit.start_full(&p.viewer.caller).await?;
     Ok(see_other("/activity#verify-h"))
 }
 
 /// The progress (or result) of the full verification, as htmx polls it.
 async fn progress(State(st): State<AppState>, v: Viewer) -> PageResult {
-    let full = FullView::of(&st.app.audit.full_run(&v.caller)?);
+    let full = FullView::of(&st.app.audit.full_run(&v.caller).await?);
     Ok(html(StatusCode::OK, &Progress { full }))
 }
 
