@@ -302,6 +302,23 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
         text.contains("jitgate_notify_deliveries{sink=\"hook\",state=\"delivered\"} 6"),
         "{text}"
     );
+    // The delivered count is kept, not counted: it equals the rows, and a prune of every
+    // delivered row takes it down with them.
+    let pool = t.h.app().db.pool();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notify_deliveries WHERE state = 'delivered'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 6);
+    let (d, _) = jitgate_controller::store::notify::prune_all(
+        &t.h.app().db,
+        jitgate_api::time::now_ms() + 60_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(d, 6);
+    assert_eq!(states(&t).await.get(&DeliveryState::Delivered), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity: the whole log's verification, shared by the controllers",
         include_str!("../../migrations/0023_activity_full_run.sql"),
     ),
+    (
+        24,
+        "notifications: each sink's delivered count, kept",
+        include_str!("../../migrations/0024_notify_delivered.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

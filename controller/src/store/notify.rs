@@ -360,9 +360,28 @@ pub async fn record_all(
             for (i, seq) in chunk {
                 held[*i] = done.contains(seq);
             }
+            add_delivered(w, sink, done.len() as i64).await?;
         }
     }
     Ok(held)
+}
+
+/// Moves `sink`'s kept delivered count by `n` (never below zero: rows written around this
+/// code, by hand or by an older version, cannot make it negative).
+async fn add_delivered(w: &mut WriteTx, sink: &str, n: i64) -> Result<()> {
+    let q = match n.cmp(&0) {
+        std::cmp::Ordering::Equal => return Ok(()),
+        std::cmp::Ordering::Greater => {
+            "INSERT INTO notify_delivered (sink, delivered) VALUES ($1, $2) \
+             ON CONFLICT (sink) DO UPDATE SET delivered = notify_delivered.delivered + $2"
+        }
+        std::cmp::Ordering::Less => {
+            "UPDATE notify_delivered SET delivered = CASE WHEN delivered + $2 > 0 \
+             THEN delivered + $2 ELSE 0 END WHERE sink = $1"
+        }
+    };
+    sqlx::query(q).bind(sink).bind(n).execute(w.conn()).await?;
+    Ok(())
 }
 
 /// Deliveries of one sink recorded together: (sink, kind, status class), the rows (index
@@ -439,6 +458,19 @@ pub async fn prune_batch(
     else {
         return Ok((0, 0, None));
     };
+    let gone: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sink, COUNT(*) FROM notify_deliveries WHERE event_seq BETWEEN $1 AND $2 \
+         AND state = $3 AND delivered_at < $4 GROUP BY sink",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(DeliveryState::Delivered.as_str())
+    .bind(before)
+    .fetch_all(w.conn())
+    .await?;
+    for (sink, n) in &gone {
+        add_delivered(w, sink, -n).await?;
+    }
     let d = sqlx::query(
         "DELETE FROM notify_deliveries WHERE event_seq BETWEEN $1 AND $2 AND state = $3 \
          AND delivered_at < $4",
@@ -465,14 +497,29 @@ pub async fn prune_batch(
     Ok((d, e, whole.then_some(*last)))
 }
 
-/// How many deliveries each sink has in each state.
+/// How many deliveries each sink has in each state: the pending and dead ones counted
+/// (through the index on state: they are few), the delivered ones read from their kept
+/// count (`notify_delivered`: one row per sink, however many deliveries are kept).
 pub async fn counts(conn: &mut AnyConnection) -> Result<Vec<(String, DeliveryState, i64)>> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sink, state, COUNT(*) FROM notify_deliveries GROUP BY sink, state \
-         ORDER BY sink, state",
+    let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT sink, state, COUNT(*) FROM notify_deliveries WHERE state IN ($1, $2, $3) \
+         GROUP BY sink, state",
     )
-    .fetch_all(conn)
+    .bind(DeliveryState::Queued.as_str())
+    .bind(DeliveryState::Retrying.as_str())
+    .bind(DeliveryState::Dead.as_str())
+    .fetch_all(&mut *conn)
     .await?;
+    let delivered: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sink, delivered FROM notify_delivered WHERE delivered > 0")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.extend(
+        delivered
+            .into_iter()
+            .map(|(sink, n)| (sink, DeliveryState::Delivered.as_str().to_string(), n)),
+    );
+    rows.sort();
     let mut out = Vec::with_capacity(rows.len());
     for (sink, state, n) in rows {
         let state: DeliveryState = state
