@@ -501,9 +501,12 @@ pub async fn prune_batch(
 /// (through the index on state: they are few), the delivered ones read from their kept
 /// count (`notify_delivered`: one row per sink, however many deliveries are kept).
 pub async fn counts(conn: &mut AnyConnection) -> Result<Vec<(String, DeliveryState, i64)>> {
+    // Grouped by an expression, not the column: with statistics, SQLite would otherwise
+    // read the whole `(sink, state)` index in order (80 ms at 600 000 kept deliveries)
+    // rather than the few pending rows through `(state, next_attempt_at)` (0.1 ms).
     let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sink, state, COUNT(*) FROM notify_deliveries WHERE state IN ($1, $2, $3) \
-         GROUP BY sink, state",
+        "SELECT sink || '' AS s, state, COUNT(*) FROM notify_deliveries \
+         WHERE state IN ($1, $2, $3) GROUP BY s, state",
     )
     .bind(DeliveryState::Queued.as_str())
     .bind(DeliveryState::Retrying.as_str())
@@ -581,11 +584,12 @@ pub async fn last_failure(conn: &mut AnyConnection, sink: &str) -> Result<Option
 }
 
 /// Per sink, when the oldest event still waiting for it (queued or retrying) was written:
-/// the delivery lag operators alert on.
+/// the delivery lag operators alert on. Reads only the pending deliveries (grouped by an
+/// expression so that SQLite keeps to the index on state, as in [`counts`]).
 pub async fn oldest_pending(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
-        "SELECT d.sink, MIN(e.created_at) FROM notify_deliveries d \
-         JOIN notify_events e ON e.seq = d.event_seq WHERE d.state IN ($1, $2) GROUP BY d.sink",
+        "SELECT d.sink || '' AS s, MIN(e.created_at) FROM notify_deliveries d \
+         JOIN notify_events e ON e.seq = d.event_seq WHERE d.state IN ($1, $2) GROUP BY s",
     )
     .bind(DeliveryState::Queued.as_str())
     .bind(DeliveryState::Retrying.as_str())
@@ -607,8 +611,8 @@ pub async fn discard_dead(w: &mut WriteTx, sink: &str) -> Result<u64> {
 /// at `now` (an attempt under way). Reads only the pending deliveries (index on state).
 pub async fn in_flight(conn: &mut AnyConnection, now: i64) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
-        "SELECT sink, COUNT(*) FROM notify_deliveries WHERE state IN ($1, $2) \
-         AND lease_until IS NOT NULL AND lease_until >= $3 GROUP BY sink",
+        "SELECT sink || '' AS s, COUNT(*) FROM notify_deliveries WHERE state IN ($1, $2) \
+         AND lease_until IS NOT NULL AND lease_until >= $3 GROUP BY s",
     )
     .bind(DeliveryState::Queued.as_str())
     .bind(DeliveryState::Retrying.as_str())
