@@ -480,7 +480,7 @@ async fn decide(
 async fn controllers_starting_together_migrate_once() {
     use jitgate_controller::app::{App, Parts};
     use jitgate_controller::store::DbOptions;
-    use jitgate_controller::store::db::SCHEMA_VERSION;
+    use jitgate_controller::store::db::migration_versions;
     for _ in 0..3 {
         let url = common::fresh_postgres_database().await;
         let opts = DbOptions::default();
@@ -492,7 +492,7 @@ async fn controllers_starting_together_migrate_once() {
             .await
             .unwrap();
         let versions: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
-        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(versions, migration_versions());
         for app in [a, b, c] {
             app.close().await;
         }

@@ -68,12 +68,21 @@ struct Conn {
     protocol: u32,
     /// When a pong last marked the agent seen (SQLite: at most every [`SEEN_BY_PONG_EVERY`]).
     pong_seen: Option<tokio::time::Instant>,
+    /// The last status report kept for writing, and when.
+    last_status: Option<(Heartbeat, tokio::time::Instant)>,
 }
 
 /// On SQLite a pong marks its agent seen at most this often: with pings every 2 s, a write
 /// transaction per pong would cost every agent one commit in the single writer's queue every
 /// 2 s; status reports (every 10 s) mark it seen as well.
 const SEEN_BY_PONG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A status report that says what the last one said (the clock offset within
+/// [`Heartbeat::OFFSET_MOVES_MS`]) is written at most this often: at 10 000 agents reporting
+/// every 10 s, rewriting unchanged rows was most of the database's idle work. The stored
+/// report's time stays within [`crate::store::agents::ONLINE_WITHIN_MS`] (45 s): at most
+/// this plus one report interval and one flush old.
+pub const STATUS_REWRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Serves one agent connection until it ends; returns the agent's id.
 pub async fn connection(
@@ -173,6 +182,7 @@ pub async fn connection(
             requests: HashMap::new(),
             protocol,
             pong_seen: None,
+            last_status: None,
         };
         // Nothing to write when the level and version are the ones stored (a reconnect): the
         // Welcome of a fleet moving here after a controller failed waits for no write.
@@ -562,11 +572,11 @@ impl Conn {
             }
             AgentMsg::Heartbeat(h) => {
                 let hb = Heartbeat::from_agent(&h, None, now);
-                self.app.fleet.seen(&self.agent_s, Some(hb));
+                self.status(hb);
             }
             AgentMsg::Status(r) => {
                 let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
-                self.app.fleet.seen(&self.agent_s, Some(hb));
+                self.status(hb);
             }
             // On PostgreSQL the presence refresh marks connected agents seen, in one
             // statement every few seconds (`cluster`): no write transaction per pong.
@@ -582,6 +592,20 @@ impl Conn {
             AgentMsg::Pong { .. } => {}
         }
         Ok(())
+    }
+
+    /// Keeps a status report for writing, unless it says what the last one kept said and
+    /// that one is younger than [`STATUS_REWRITE_EVERY`].
+    fn status(&mut self, hb: Heartbeat) {
+        let now = tokio::time::Instant::now();
+        if let Some((last, at)) = &self.last_status
+            && now.duration_since(*at) < STATUS_REWRITE_EVERY
+            && last.same_state(&hb)
+        {
+            return;
+        }
+        self.app.fleet.seen(&self.agent_s, Some(hb.clone()));
+        self.last_status = Some((hb, now));
     }
 
     /// The agent's report of every grant it holds: controller grants still pending here are

@@ -69,6 +69,25 @@ pub struct UnattachedJson {
 impl Heartbeat {
     /// Parses what an agent sent, once, into the stored form: a status report, or (from an
     /// older agent) a bare heartbeat.
+    /// A clock offset that moved more than this is a change worth writing.
+    pub const OFFSET_MOVES_MS: i64 = 1_000;
+
+    /// Whether `other` says what `self` says, but for when it was received and a clock
+    /// offset within [`Heartbeat::OFFSET_MOVES_MS`] (transit time varies).
+    pub fn same_state(&self, other: &Heartbeat) -> bool {
+        let offset_kept = match (self.clock_offset_ms, other.clock_offset_ms) {
+            (Some(a), Some(b)) => (a - b).abs() <= Self::OFFSET_MOVES_MS,
+            (a, b) => a == b,
+        };
+        let bare = |h: &Heartbeat| Heartbeat {
+            received_time_utc: String::new(),
+            received_ms: None,
+            clock_offset_ms: None,
+            ..h.clone()
+        };
+        offset_kept && bare(self) == bare(other)
+    }
+
     pub fn from_agent(
         h: &jitgate_proto::message::Heartbeat,
         status: Option<&jitgate_proto::message::StatusReport>,
@@ -674,4 +693,54 @@ pub async fn set_offline_told(w: &mut WriteTx, id: &str, from: bool, to: bool) -
         .execute(w.conn())
         .await?;
     Ok(r.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_state_ignores_when_and_small_offset_moves_only() {
+        let a = Heartbeat {
+            interfaces: vec!["eth0 (native)".into()],
+            active_grants: 2,
+            audit_seq: 9,
+            received_time_utc: "2026-11-30T10:00:00.000Z".into(),
+            received_ms: Some(1_000),
+            clock_offset_ms: Some(120),
+            status_reported: true,
+            ..Heartbeat::default()
+        };
+        let later = Heartbeat {
+            received_time_utc: "2026-11-30T10:00:10.000Z".into(),
+            received_ms: Some(11_000),
+            clock_offset_ms: Some(900),
+            ..a.clone()
+        };
+        assert!(a.same_state(&later));
+        for changed in [
+            Heartbeat {
+                active_grants: 3,
+                ..later.clone()
+            },
+            Heartbeat {
+                audit_seq: 10,
+                ..later.clone()
+            },
+            Heartbeat {
+                problems: vec!["eth0: link no longer pinned".into()],
+                ..later.clone()
+            },
+            Heartbeat {
+                clock_offset_ms: Some(120 + 300_000),
+                ..later.clone()
+            },
+            Heartbeat {
+                clock_offset_ms: None,
+                ..later.clone()
+            },
+        ] {
+            assert!(!a.same_state(&changed), "{changed:?}");
+        }
+    }
 }

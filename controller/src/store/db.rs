@@ -123,6 +123,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// The schema version this binary migrates to (its last migration).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
+/// Every migration's version, in order (numbers may be skipped: a number reserved for work
+/// that did not need one).
+pub fn migration_versions() -> Vec<i64> {
+    MIGRATIONS.iter().map(|m| m.0).collect()
+}
+
 jitgate_api::wire_enum! {
     /// SQLite's `synchronous` (`sqlite_synchronous` in controller.toml).
     pub enum Synchronous("sqlite_synchronous") {
