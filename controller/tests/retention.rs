@@ -70,6 +70,7 @@ async fn state(h: &Harness) -> BTreeMap<String, String> {
         "sessions",
         "activity_checkpoints",
         "activity_anchor",
+        "notify_events",
         "notify_deliveries",
     ] {
         m.insert(
@@ -298,8 +299,67 @@ fn read_export(p: &std::path::Path) -> Export {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     let h = Harness::new().await;
-    let alice = h.prod_with_requester().await;
     let old = now() - 500 * DAY;
+    // Notifications, kept 1 day by the prune below (the running controller keeps them 30
+    // days: its own hourly prune leaves them alone): event 1 delivered two days ago (goes,
+    // with its delivery); event 2 delivered two days ago to one sink and still retrying to
+    // another (its delivery goes; the event and the retrying delivery stay); event 3
+    // delivered an hour ago (stays).
+    for sink in ["hook", "chat"] {
+        exec(
+            &h,
+            "INSERT INTO notify_sinks (name, spec, created_by, created_at, updated_at) \
+             VALUES ($1, '{}', 'test', 0, 0)",
+            &[json!(sink)],
+        )
+        .await;
+    }
+    // Written before anything else, in seq order as the outbox numbers them (oldest
+    // first), and the counter moved past them.
+    const E: i64 = 0;
+    let two_days = now() - 2 * DAY;
+    let hour_ago = now() - 3_600_000;
+    for (seq, at) in [(E + 1, two_days), (E + 2, two_days + 1), (E + 3, hour_ago)] {
+        exec(
+            &h,
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, \
+             created_at, fanned_out) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3, 1)",
+            &[json!(seq), json!(format!("ev{seq}")), json!(at)],
+        )
+        .await;
+    }
+    for (seq, sink, state, at) in [
+        (E + 1, "hook", "delivered", two_days + 10),
+        (E + 2, "hook", "delivered", two_days + 10),
+        (E + 2, "chat", "retrying", two_days + 10),
+        (E + 3, "hook", "delivered", hour_ago + 10),
+    ] {
+        exec(
+            &h,
+            "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, \
+             next_attempt_at, delivered_at) VALUES ($1, $2, 'r', $3, $4, $5)",
+            &[
+                json!(seq),
+                json!(sink),
+                json!(state),
+                json!(at),
+                if state == "delivered" {
+                    json!(at)
+                } else {
+                    Value::Null
+                },
+            ],
+        )
+        .await;
+    }
+    exec(
+        &h,
+        "UPDATE counters SET value = $1 WHERE name = 'notify'",
+        &[json!(E + 3)],
+    )
+    .await;
+
+    let alice = h.prod_with_requester().await;
 
     // Requests: one ended long ago (goes with its grants), one old but still active (stays),
     // one ended recently (stays).
@@ -340,7 +400,10 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     request(&h, &alice, "203.0.113.4").await;
     let c2 = checkpoint(&h).await;
     assert!(c2 > c1);
-    set_retention(&h, "activity_days = 365\n");
+    set_retention(
+        &h,
+        "activity_days = 365\n\n[notify]\nretain_delivered_days = 1\n",
+    );
 
     // A dry run changes nothing and says what would go.
     let before = state(&h).await;
@@ -356,6 +419,8 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     assert_eq!(kind(&r, "complianceResults"), 4, "{r}");
     assert_eq!(kind(&r, "agentAuditRecords"), 1, "{r}");
     assert_eq!(kind(&r, "connectionRecords"), 1, "{r}");
+    assert_eq!(kind(&r, "notificationDeliveries"), 2, "{r}");
+    assert_eq!(kind(&r, "notificationEvents"), 1, "{r}");
     assert_eq!(kind(&r, "activityEntries"), c1, "{r}");
     assert_eq!(r["activity"]["throughSeq"], c1, "{r}");
     assert!(!archive.exists(), "a dry run writes no archive");
@@ -372,6 +437,25 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     );
     assert_eq!(kind(&r, "activityEntries"), 0, "{r}");
     assert_eq!(kind(&r, "requests"), 1, "{r}");
+    assert_eq!(
+        (
+            kind(&r, "notificationDeliveries"),
+            kind(&r, "notificationEvents")
+        ),
+        (2, 1),
+        "the dry run's counts: {r}"
+    );
+    let left: Vec<(i64, String)> =
+        sqlx::query_as("SELECT event_seq, sink FROM notify_deliveries ORDER BY event_seq, sink")
+            .fetch_all(h.app().db.pool())
+            .await
+            .expect("deliveries");
+    assert_eq!(left, [(2, "chat".to_string()), (3, "hook".to_string())]);
+    assert_eq!(
+        count(&h, "SELECT COUNT(*) FROM notify_events WHERE seq <= 3").await,
+        2,
+        "event 1 went; 2 (still retrying to chat) and 3 (young) stay"
+    );
     assert_eq!(
         h.count_rows("grants", &gone).await,
         0,
