@@ -149,14 +149,7 @@ pub async fn stage(
     let r = policies::resolve(w.conn(), t).await?;
     policies::authorize(caller, &r, true)?;
     let policy = Policy::check_new(body)?;
-    let row = stored::get(w.conn(), r.scope, r.name).await?;
-    let version = version(row.as_ref());
-    check(expected, row.as_ref(), &version, caller, &r)?;
-    let affected = if explain {
-        affected(w, t, &r.group).await?
-    } else {
-        Affected::default()
-    };
+    let (row, version, affected) = current(w, caller, t, &r, expected, explain).await?;
     let written = policies::written(w, caller, t, &r.group, &policy).await?;
     Ok(Staged {
         scope: r.scope,
@@ -169,6 +162,27 @@ pub async fn stage(
         entry: written.entry,
         affected,
     })
+}
+
+/// The target's stored policy and its version, refused as [`EditError::Stale`] unless it
+/// meets `expected`; with `explain`, the VMs it affects.
+async fn current(
+    w: &mut WriteTx,
+    caller: &Caller,
+    t: Target<'_>,
+    r: &policies::Resolved<'_>,
+    expected: Option<Precondition<'_>>,
+    explain: bool,
+) -> Result<(Option<PolicyRow>, String, Affected), EditError> {
+    let row = stored::get(w.conn(), r.scope, r.name).await?;
+    let version = version(row.as_ref());
+    check(expected, row.as_ref(), &version, caller, r)?;
+    let affected = if explain {
+        affected(w, t, &r.group).await?
+    } else {
+        Affected::default()
+    };
+    Ok((row, version, affected))
 }
 
 /// Refuses with [`EditError::Stale`] unless the stored policy meets `expected`.
@@ -220,14 +234,7 @@ pub async fn unstage(
 ) -> Result<Unstaged, EditError> {
     let r = policies::resolve(w.conn(), t).await?;
     policies::authorize(caller, &r, true)?;
-    let row = stored::get(w.conn(), r.scope, r.name).await?;
-    let version = version(row.as_ref());
-    check(expected, row.as_ref(), &version, caller, &r)?;
-    let affected = if explain {
-        affected(w, t, &r.group).await?
-    } else {
-        Affected::default()
-    };
+    let (row, version, affected) = current(w, caller, t, &r, expected, explain).await?;
     let change = policies::remove(w, caller, t).await?;
     // `remove` refused a target without a policy of its own, so there was a row.
     let Some(row) = row else {
