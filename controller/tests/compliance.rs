@@ -433,3 +433,174 @@ async fn remediation_is_one_transaction() {
         "{ops:?}"
     );
 }
+
+/// The dashboard's read (`Compliance::overview`: counted and listed by the database) says
+/// what the export (`Compliance::report`: every result, filtered in memory) says, for each
+/// reader, filter, grouping and budget: the counts, the groups with their counts and first
+/// rows, and the first rows of each section. An evaluation of 40 VMs in four groups (two
+/// sharing an owner, one without), in every state, and three unmanaged hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_read_agrees_with_the_report() {
+    use jitgate_api::{
+        ComplianceResult, ComplianceState, Finding, FindingCode, GroupBy, ReportQuery,
+        ResourceKind, ScanReason, Scope,
+    };
+    use jitgate_controller::authz::{Caller, Grant};
+    use jitgate_controller::compliance::Report;
+    use jitgate_controller::compliance::overview::Budget;
+
+    let h = Harness::new().await;
+    let finding = |vm: &str| Finding {
+        code: FindingCode::ListeningUnprotected,
+        port: Some("22/TCP".into()),
+        interface: Some("*".into()),
+        address: Some("0.0.0.0".into()),
+        reason: format!("22/TCP listens on {vm}"),
+    };
+    let mut results = Vec::new();
+    for i in 0..40 {
+        let name = format!("vm{i:02}");
+        let state = match i % 4 {
+            0 => ComplianceState::Compliant,
+            1 | 2 => ComplianceState::NonCompliant,
+            _ => ComplianceState::Unknown,
+        };
+        results.push(ComplianceResult {
+            findings: if state == ComplianceState::NonCompliant {
+                vec![finding(&name)]
+            } else {
+                vec![]
+            },
+            resource: name,
+            kind: ResourceKind::VirtualMachine,
+            // Groups g0..g3 of ten VMs; the owner is the group's (g2 and g3 share one; g1
+            // has none).
+            resource_group: format!("g{}", i / 10),
+            owner: ["o1", "", "o2", "o2"][i / 10].to_string(),
+            state,
+        });
+    }
+    for a in ["198.51.100.7", "198.51.100.8", "198.51.100.9"] {
+        results.push(ComplianceResult {
+            resource: a.into(),
+            kind: ResourceKind::UnmanagedHost,
+            resource_group: String::new(),
+            owner: String::new(),
+            state: ComplianceState::NonCompliant,
+            findings: vec![finding(a)],
+        });
+    }
+    let mut w = h.app().db.begin().await.unwrap();
+    jitgate_controller::store::compliance::insert_scan(
+        &mut w,
+        &ScanReason::OnDemand,
+        true,
+        [10, 20, 10, 3],
+        &results,
+    )
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+
+    let c = &h.app().compliance;
+    let scoped = Caller {
+        grants: vec![
+            Grant {
+                role: Role::Reader,
+                scope: Scope::ResourceGroup("g1".into()),
+            },
+            Grant {
+                role: Role::Requester,
+                scope: Scope::Vm("vm33".into()),
+            },
+        ],
+        ..Caller::local()
+    };
+    for caller in [&Caller::local(), &scoped] {
+        for scope in [
+            None,
+            Some("*"),
+            Some("rg:g1"),
+            Some("rg:g3"),
+            Some("vm:vm33"),
+        ] {
+            for by in [GroupBy::Owner, GroupBy::ResourceGroup] {
+                let q = ReportQuery {
+                    scope: scope.map(str::to_string),
+                    group_by: Some(by),
+                    ..ReportQuery::default()
+                };
+                let Report::Json(r) = c.report(caller, &q, false).await.unwrap() else {
+                    panic!("json");
+                };
+                for budget in [0usize, 1, 3, 7, 100] {
+                    let o = c
+                        .overview(
+                            caller,
+                            &q,
+                            Budget {
+                                with_findings: budget,
+                                compliant: budget,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    let ctx = format!("{:?} {scope:?} {by:?} budget {budget}", caller.grants);
+                    assert_eq!(
+                        (o.compliant, o.non_compliant, o.unknown, o.unmanaged),
+                        (r.compliant, r.non_compliant, r.unknown, r.unmanaged),
+                        "{ctx}"
+                    );
+                    assert_eq!(o.compliance_percentage, r.compliance_percentage, "{ctx}");
+                    let groups = r.groups.clone().unwrap();
+                    assert_eq!(o.groups.len(), groups.len(), "{ctx}");
+                    // The report's rows in its order, the budget taken section by section.
+                    let mut left = budget;
+                    let mut take = |rows: Vec<&ComplianceResult>| -> Vec<ComplianceResult> {
+                        let n = rows.len().min(left);
+                        left -= n;
+                        rows.into_iter().take(n).cloned().collect()
+                    };
+                    for (og, rg) in o.groups.iter().zip(&groups) {
+                        assert_eq!((&og.key, &og.owner), (&rg.key, &rg.owner), "{ctx}");
+                        assert_eq!(og.count, rg.non_compliant.len() as i64, "{ctx}");
+                        assert_eq!(og.listed, take(rg.non_compliant.iter().collect()), "{ctx}");
+                    }
+                    let of = |kind: ResourceKind, state: Option<ComplianceState>| {
+                        r.results
+                            .iter()
+                            .filter(|x| {
+                                x.kind == kind && state.as_ref().is_none_or(|s| x.state == *s)
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    let unknown = of(ResourceKind::VirtualMachine, Some(ComplianceState::Unknown));
+                    assert_eq!(o.unknown_listed, take(unknown), "{ctx}");
+                    let hosts = of(ResourceKind::UnmanagedHost, None);
+                    assert_eq!(o.unmanaged_listed, take(hosts), "{ctx}");
+                    let ok: Vec<ComplianceResult> = of(
+                        ResourceKind::VirtualMachine,
+                        Some(ComplianceState::Compliant),
+                    )
+                    .into_iter()
+                    .take(budget)
+                    .cloned()
+                    .collect();
+                    assert_eq!(o.compliant_listed, ok, "{ctx}");
+                }
+            }
+        }
+    }
+    // The fixture is what it says: every section has rows for a reader of everything.
+    let Report::Json(all) = c
+        .report(&Caller::local(), &ReportQuery::default(), false)
+        .await
+        .unwrap()
+    else {
+        panic!("json");
+    };
+    assert_eq!(
+        (all.compliant, all.non_compliant, all.unknown, all.unmanaged),
+        (10, 20, 10, 3)
+    );
+}

@@ -11,6 +11,7 @@
 //! remediation.
 
 pub mod evaluate;
+pub mod overview;
 pub mod probe;
 pub mod schedule;
 pub mod settings;

@@ -387,6 +387,19 @@ struct ResultRow {
     findings: Json<Vec<jitgate_api::Finding>>,
 }
 
+impl From<ResultRow> for ComplianceResult {
+    fn from(r: ResultRow) -> ComplianceResult {
+        ComplianceResult {
+            resource: r.resource,
+            kind: r.kind,
+            resource_group: r.resource_group,
+            owner: r.owner,
+            state: r.state,
+            findings: r.findings.0,
+        }
+    }
+}
+
 pub async fn results(
     ex: impl Executor<'_, Database = Any>,
     scan_id: i64,
@@ -398,15 +411,160 @@ pub async fn results(
     .bind(scan_id)
     .fetch_all(ex)
     .await?;
-    Ok(rows
+    Ok(rows.into_iter().map(ComplianceResult::from).collect())
+}
+
+/// Which results of an evaluation a reader sees: VMs within `scopes` (the reader's, all of
+/// them for a reader of everything) and `want` (the filter), unmanaged hosts only when
+/// `unmanaged` (a reader of everything, without a narrower filter).
+pub struct ResultScope<'a> {
+    pub scopes: &'a [Scope],
+    pub want: Option<&'a Scope>,
+    pub unmanaged: bool,
+}
+
+impl ResultScope<'_> {
+    /// The condition as SQL over `compliance_results`, its values appended to `binds` and
+    /// numbered after the `first` placeholders before them.
+    fn sql(&self, binds: &mut Vec<String>, first: usize) -> String {
+        let mut p = |v: &str, binds: &mut Vec<String>| {
+            binds.push(v.to_string());
+            format!("${}", first + binds.len())
+        };
+        let one = |s: &Scope,
+                   binds: &mut Vec<String>,
+                   p: &mut dyn FnMut(&str, &mut Vec<String>) -> String| match s {
+            Scope::All => "1 = 1".to_string(),
+            Scope::ResourceGroup(g) => format!("resource_group = {}", p(g, binds)),
+            Scope::Vm(v) => format!("resource = {}", p(v, binds)),
+        };
+        let mut any: Vec<String> = Vec::new();
+        for s in self.scopes {
+            any.push(one(s, binds, &mut p));
+        }
+        if any.is_empty() {
+            any.push("1 = 0".into());
+        }
+        let mut vm = format!("({})", any.join(" OR "));
+        if let Some(w) = self.want {
+            vm = format!("{vm} AND {}", one(w, binds, &mut p));
+        }
+        let kind_vm = p(ResourceKind::VirtualMachine.as_str(), binds);
+        if self.unmanaged {
+            let kind_host = p(ResourceKind::UnmanagedHost.as_str(), binds);
+            format!("((kind = {kind_vm} AND {vm}) OR kind = {kind_host})")
+        } else {
+            format!("(kind = {kind_vm} AND {vm})")
+        }
+    }
+}
+
+/// Rows of one evaluation within a [`ResultScope`], in one state and kind (None: any).
+pub struct ResultFilter<'a> {
+    pub scope: &'a ResultScope<'a>,
+    pub state: Option<ComplianceState>,
+    pub kind: Option<ResourceKind>,
+}
+
+impl ResultFilter<'_> {
+    fn sql(&self, binds: &mut Vec<String>, first: usize) -> String {
+        let mut sql = self.scope.sql(binds, first);
+        if let Some(s) = &self.state {
+            binds.push(s.as_str().to_string());
+            sql.push_str(&format!(" AND state = ${}", first + binds.len()));
+        }
+        if let Some(k) = &self.kind {
+            binds.push(k.as_str().to_string());
+            sql.push_str(&format!(" AND kind = ${}", first + binds.len()));
+        }
+        sql
+    }
+}
+
+/// The column a grouping reads.
+fn group_column(by: jitgate_api::GroupBy) -> &'static str {
+    match by {
+        jitgate_api::GroupBy::Owner => "owner",
+        jitgate_api::GroupBy::ResourceGroup => "resource_group",
+    }
+}
+
+/// How many results of evaluation `scan_id` within `scope` are in each (kind, state).
+pub async fn result_counts(
+    ex: impl Executor<'_, Database = Any>,
+    scan_id: i64,
+    scope: &ResultScope<'_>,
+) -> Result<Vec<(ResourceKind, ComplianceState, i64)>> {
+    let mut binds = Vec::new();
+    let cond = scope.sql(&mut binds, 1);
+    let sql = format!(
+        "SELECT kind, state, COUNT(*) FROM compliance_results WHERE scan_id = $1 AND {cond} \
+         GROUP BY kind, state"
+    );
+    let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).bind(scan_id);
+    for b in &binds {
+        q = q.bind(b.as_str());
+    }
+    q.fetch_all(ex)
+        .await?
         .into_iter()
-        .map(|r| ComplianceResult {
-            resource: r.resource,
-            kind: r.kind,
-            resource_group: r.resource_group,
-            owner: r.owner,
-            state: r.state,
-            findings: r.findings.0,
+        .map(|(k, s, n)| {
+            Ok((
+                ResourceKind::try_from(k).map_err(Error::corrupt)?,
+                ComplianceState::try_from(s).map_err(Error::corrupt)?,
+                n,
+            ))
         })
+        .collect()
+}
+
+/// The groups of `filter`'s results by owner or resource group, in key order: (key, its
+/// owner, how many).
+pub async fn result_groups(
+    ex: impl Executor<'_, Database = Any>,
+    scan_id: i64,
+    filter: &ResultFilter<'_>,
+    by: jitgate_api::GroupBy,
+) -> Result<Vec<(String, String, i64)>> {
+    let col = group_column(by);
+    let mut binds = Vec::new();
+    let cond = filter.sql(&mut binds, 1);
+    let sql = format!(
+        "SELECT {col}, MIN(owner), COUNT(*) FROM compliance_results WHERE scan_id = $1 \
+         AND {cond} GROUP BY {col} ORDER BY {col}"
+    );
+    let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).bind(scan_id);
+    for b in &binds {
+        q = q.bind(b.as_str());
+    }
+    Ok(q.fetch_all(ex).await?)
+}
+
+/// The first `limit` of `filter`'s results: by owner or resource group when `by` is given,
+/// then as the report lists them (VMs before hosts, by name).
+pub async fn result_rows(
+    ex: impl Executor<'_, Database = Any>,
+    scan_id: i64,
+    filter: &ResultFilter<'_>,
+    by: Option<jitgate_api::GroupBy>,
+    limit: i64,
+) -> Result<Vec<ComplianceResult>> {
+    let mut binds = Vec::new();
+    let cond = filter.sql(&mut binds, 2);
+    let order = by.map_or(String::new(), |b| format!("{}, ", group_column(b)));
+    let sql = format!(
+        "SELECT resource, kind, resource_group, owner, state, findings FROM compliance_results \
+         WHERE scan_id = $1 AND {cond} ORDER BY {order}kind DESC, resource LIMIT $2"
+    );
+    let mut q = sqlx::query_as::<_, ResultRow>(&sql)
+        .bind(scan_id)
+        .bind(limit);
+    for b in &binds {
+        q = q.bind(b.as_str());
+    }
+    Ok(q.fetch_all(ex)
+        .await?
+        .into_iter()
+        .map(ComplianceResult::from)
         .collect())
 }

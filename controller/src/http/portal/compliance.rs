@@ -14,14 +14,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use jitgate_api::{
-    AssignBody, ComplianceReport, ComplianceResult, ComplianceState, ErrorCode, Finding,
-    FindingCode, GroupBy, PolicyBody, RemediateBody, ReportQuery, ResourceKind, ScanBody,
-    ScanSummary, Scope,
+    AssignBody, ComplianceResult, ComplianceState, ErrorCode, Finding, FindingCode, GroupBy,
+    PolicyBody, RemediateBody, ReportQuery, ResourceKind, ScanBody, ScanSummary, Scope,
 };
 use serde::Deserialize;
 
 use crate::authz::{self, Action, Caller};
 use crate::compliance::Report;
+use crate::compliance::overview::{Budget, Overview};
 use crate::http::extract::Q;
 use crate::http::portal::compliance_chart::{Chart, percent};
 use crate::http::portal::page::{
@@ -34,9 +34,10 @@ use crate::http::state::AppState;
 const CHART_POINTS: i64 = 100;
 /// Resources listed with their findings on one page, all sections together (non-compliant
 /// first, then unknown, then unmanaged); the rest are counted (the exports carry them all).
-const LISTED: usize = 100;
+/// With the compliant names, it keeps the page within 150 KB with its assets.
+const LISTED: usize = 50;
 /// Compliant VMs listed (names only).
-const LISTED_COMPLIANT: usize = 200;
+const LISTED_COMPLIANT: usize = 100;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -179,29 +180,18 @@ impl Resource {
     }
 }
 
-/// A section's resources: as many as `budget` still allows (it is used up), and how many
-/// more there are.
+/// A section's resources: those listed, and how many more there are.
 struct Listed {
     items: Vec<Resource>,
-    more: usize,
+    more: i64,
 }
 
 impl Listed {
-    fn of<'a>(
-        rs: impl Iterator<Item = &'a ComplianceResult>,
-        caller: &Caller,
-        budget: &mut usize,
-    ) -> Listed {
-        let all: Vec<&ComplianceResult> = rs.collect();
-        let n = all.len().min(*budget);
-        *budget -= n;
+    /// `listed` of a section of `count` resources.
+    fn of(listed: &[ComplianceResult], count: i64, caller: &Caller) -> Listed {
         Listed {
-            more: all.len() - n,
-            items: all
-                .into_iter()
-                .take(n)
-                .map(|r| Resource::of(r, caller))
-                .collect(),
+            more: (count - listed.len() as i64).max(0),
+            items: listed.iter().map(|r| Resource::of(r, caller)).collect(),
         }
     }
 }
@@ -210,7 +200,7 @@ impl Listed {
 struct Group {
     key: String,
     owner: String,
-    count: usize,
+    count: i64,
     vms: Listed,
 }
 
@@ -262,7 +252,9 @@ struct Dashboard {
     shown: Option<ScanSummary>,
     shown_time: String,
     percentage: String,
-    report: ComplianceReport,
+    report: Overview,
+    /// Resources listed with their findings at most ([`LISTED`]).
+    listed: usize,
     groups: Vec<Group>,
     unknown: Listed,
     unmanaged: Listed,
@@ -283,14 +275,16 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
     let c = &st.app.compliance;
     let q = f.query()?;
     let by = q.group_by.unwrap_or(GroupBy::Owner);
-    let report = match c.report(&v.caller, &q, false).await? {
-        Report::Json(r) => r,
-        Report::Csv(_) => {
-            return Err(PageError::from(crate::error::Error::Internal(
-                "the compliance report came back as CSV".into(),
-            )));
-        }
-    };
+    let report = c
+        .overview(
+            &v.caller,
+            &q,
+            Budget {
+                with_findings: LISTED,
+                compliant: LISTED_COMPLIANT,
+            },
+        )
+        .await?;
     let until =
         q.at.as_deref()
             .map(jitgate_api::time::parse)
@@ -310,42 +304,19 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
         _ => "the VMs within your scope".to_string(),
     };
     let caller = &v.caller;
-    let mut budget = LISTED;
     let groups = report
         .groups
         .iter()
-        .flatten()
         .map(|g| Group {
             key: g.key.clone(),
             owner: g.owner.clone(),
-            count: g.non_compliant.len(),
-            vms: Listed::of(g.non_compliant.iter(), caller, &mut budget),
+            count: g.count,
+            vms: Listed::of(&g.listed, g.count, caller),
         })
         .collect();
-    let vms = |st: ComplianceState| {
-        move |r: &&ComplianceResult| r.kind == ResourceKind::VirtualMachine && r.state == st
-    };
-    let unknown = Listed::of(
-        report.results.iter().filter(vms(ComplianceState::Unknown)),
-        caller,
-        &mut budget,
-    );
-    let unmanaged = Listed::of(
-        report
-            .results
-            .iter()
-            .filter(|r| r.kind == ResourceKind::UnmanagedHost),
-        caller,
-        &mut budget,
-    );
-    let compliant = Listed::of(
-        report
-            .results
-            .iter()
-            .filter(vms(ComplianceState::Compliant)),
-        caller,
-        &mut LISTED_COMPLIANT.clone(),
-    );
+    let unknown = Listed::of(&report.unknown_listed, report.unknown, caller);
+    let unmanaged = Listed::of(&report.unmanaged_listed, report.unmanaged, caller);
+    let compliant = Listed::of(&report.compliant_listed, report.compliant, caller);
     let assignments = c
         .assignments()
         .await?
@@ -374,6 +345,7 @@ async fn render(st: &AppState, v: &Viewer, f: &Filters, notice: Option<Notice>) 
                 .unwrap_or_default(),
             shown: report.scan.clone(),
             percentage: percent(report.compliance_percentage),
+            listed: LISTED,
             groups,
             unknown,
             unmanaged,
@@ -585,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn sections_share_one_budget() {
+    fn a_section_says_how_many_more() {
         let r = |name: &str| ComplianceResult {
             resource: name.into(),
             kind: ResourceKind::VirtualMachine,
@@ -594,14 +566,13 @@ mod tests {
             state: ComplianceState::NonCompliant,
             findings: vec![],
         };
-        let rs = [r("a"), r("b"), r("c")];
+        let rs = [r("a"), r("b")];
         let local = Caller::local();
-        let mut budget = 2;
-        let first = Listed::of(rs.iter(), &local, &mut budget);
-        assert_eq!((first.items.len(), first.more, budget), (2, 1, 0));
+        let first = Listed::of(&rs, 3, &local);
+        assert_eq!((first.items.len(), first.more), (2, 1));
         assert!(first.items[0].remediate, "a local caller may remediate");
-        let second = Listed::of(rs.iter(), &local, &mut budget);
-        assert_eq!((second.items.len(), second.more), (0, 3));
+        let none = Listed::of(&[], 3, &local);
+        assert_eq!((none.items.len(), none.more), (0, 3));
     }
 
     #[test]
