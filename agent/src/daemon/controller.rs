@@ -11,6 +11,7 @@ use super::booking;
 use super::core::{Core, grant_event};
 use super::flows;
 use super::interfaces;
+use super::keys;
 use super::writer::WriteJob;
 use crate::audit::AuditEvent;
 use crate::clock::BootInstant;
@@ -39,6 +40,8 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         ControllerMsg::Revoke(s) => revoke(core, s, out).await,
         ControllerMsg::Policy(s) => policy(core, s, out).await,
         ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
+        ControllerMsg::KeyAnnouncement(s) => keys::announcement(core, s, out).await,
+        ControllerMsg::KeyRetirement(s) => keys::retirement(core, s, out).await,
         ControllerMsg::Welcome { .. }
         | ControllerMsg::Settings { .. }
         | ControllerMsg::Ping { .. }

@@ -103,6 +103,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention: the activity log's anchor after a prune",
         include_str!("../../migrations/0018_activity_anchor.sql"),
     ),
+    (
+        19,
+        "grant-signing key rotation: keys and agents' answers",
+        include_str!("../../migrations/0019_grant_keys.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

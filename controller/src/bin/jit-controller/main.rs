@@ -15,6 +15,7 @@ use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::tokens::TokenInfo;
 
 mod backup;
+mod keys;
 mod prune;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
@@ -75,6 +76,9 @@ enum Cmd {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Rotate the grant-signing key (rotate, status, retire).
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Manage resource groups.
     #[command(subcommand, name = "rg")]
     Rg(RgCmd),
@@ -457,6 +461,7 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             tracing::info!("shutting down");
             h.stop().await;
         }
+        Cmd::Keys(k) => keys::run(&dir, k, cli.json).await?,
         Cmd::Backup { file } => {
             backup::backup(&dir, &file, cli.json).await?;
         }
