@@ -29,6 +29,20 @@ use time::OffsetDateTime;
 /// The last signed policy from the controller, kept across restarts.
 pub(super) const POLICY_FILE: &str = "policy.json";
 
+/// Stores the signed policy as received (unless the file already holds these bytes).
+fn store_policy(core: &Core, s: &Signed<PolicyBody>) {
+    let path = core.cfg.state_dir.join(POLICY_FILE);
+    let Ok(bytes) = serde_json::to_vec(s) else {
+        return;
+    };
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, bytes) {
+        tracing::error!(error = %e, "cannot store the signed policy");
+    }
+}
+
 /// At most this many listening sockets go into one status report (frames stay small).
 const MAX_REPORTED_SOCKETS: usize = 1024;
 
@@ -232,6 +246,9 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
     ports.sort();
     ports.dedup();
     if body.seq == current && ports == core.cfg.protected {
+        // The same policy, perhaps signed by another key (after a key rotation): kept as
+        // received, so that a restart still verifies it once the old key is retired.
+        store_policy(core, &s);
         let _ = out
             .send(AgentMsg::PolicyResult {
                 seq: body.seq,
@@ -253,12 +270,7 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
     }
     let before = std::mem::replace(&mut core.cfg.protected, ports);
     // Kept so that a restart while the controller is unreachable keeps this policy.
-    let path = core.cfg.state_dir.join(POLICY_FILE);
-    if let Ok(bytes) = serde_json::to_vec(&s)
-        && let Err(e) = std::fs::write(&path, bytes)
-    {
-        tracing::error!(error = %e, "cannot store the signed policy");
-    }
+    store_policy(core, &s);
     if let Ok(mut c) = core.chan.lock() {
         c.policy_seq = body.seq;
     }

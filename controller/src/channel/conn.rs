@@ -313,6 +313,7 @@ impl Conn {
             return Ok(());
         }
         let snap = self.app.keys.snapshot();
+        let mut retired = false;
         for s in &snap.steps {
             let k = (s.key_id, s.step);
             if self.key_acks.contains(&k) || !self.key_sent.insert(k) {
@@ -320,6 +321,13 @@ impl Conn {
             }
             tracing::info!(agent = %self.agent, key = %s.key_id, step = s.step.as_str(), "key rotation step sent");
             send(wr, &s.msg).await?;
+            retired |= s.step == KeyStep::Retired;
+        }
+        if retired && self.policy_seq >= 0 {
+            // The agent keeps the signed policy for its restarts: the same policy again,
+            // signed by the key it now pins.
+            self.policy_seq = -1;
+            self.send_policy(wr).await?;
         }
         Ok(())
     }
