@@ -71,10 +71,30 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
     let t1 = ctl.add_vm("vm-01", fleet.vms[0].v4);
     let t2 = ctl.add_vm("vm-02", fleet.vms[1].v4);
+    // A policy from the controller (2222/tcp; the agents' local configuration protects
+    // 22/tcp): after the rotation a restarted agent must still verify its stored copy.
+    let set = ctl.jit(
+        &fleet.ws,
+        &args("policy set --resource-group prod --port 2222/tcp --source 198.51.100.0/24 --max 3h"),
+    );
+    assert!(
+        set.status.success(),
+        "policy set: {}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     let a1 = AgentProc::start_enrolled(&fleet.vms[0].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t1);
     let mut a2 =
         AgentProc::start_enrolled(&fleet.vms[1].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t2);
     let (id1, id2) = (agent_id(&a1), agent_id(&a2));
+    for a in [&a1, &a2] {
+        assert!(
+            wait_until(Duration::from_secs(10), || a
+                .ok(&["status"])
+                .contains("2222/tcp")),
+            "the policy did not arrive: {}",
+            a.ok(&["status"])
+        );
+    }
     let before = status(&ctl);
     let old_key = before["keys"][0]["keyId"]
         .as_str()
@@ -172,7 +192,22 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     // agent endpoint: every agent refuses the retired key's grant and applies the new key's.
     let new_sk = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&file).expect("new key"))
         .expect("new key pem");
+    // Each agent has been sent its policy again, signed by the new key (give the rewrite
+    // of the stored copy a moment).
+    std::thread::sleep(Duration::from_secs(1));
     let imp = Impostor::replace(&mut ctl, &fleet);
+    // Restarted without a controller, each keeps the controller's policy: its stored copy
+    // verifies with the key it now pins.
+    let mut a1 = a1;
+    for a in [&mut a1, &mut a2] {
+        a.stop();
+        a.spawn();
+        let st = a.ok(&["status"]);
+        assert!(
+            st.contains("2222/tcp"),
+            "stored policy lost after the rotation: {st}"
+        );
+    }
     let retired_sk = imp.key.clone();
     assert_eq!(
         jitgate_proto::KeyId::of(&retired_sk.verifying_key()).to_string(),
@@ -182,7 +217,9 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     let mut seen = std::collections::BTreeSet::new();
     rt.block_on(async {
         while seen.len() < 2 {
-            let mut s = imp.accept().await;
+            let Ok(mut s) = imp.try_accept().await else {
+                continue;
+            };
             if !seen.insert(s.agent) {
                 continue;
             }
