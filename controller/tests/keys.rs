@@ -247,3 +247,91 @@ async fn rotate_and_retire_with_readiness_and_the_old_key_destroyed() {
         ]
     );
 }
+
+/// Agents over the real channel: one at the current level acknowledges the announcement;
+/// one at level 3 cannot follow, so while connected it blocks the switch (refused, nothing
+/// changes) until `--force`, which names it for re-enrolment; it is never sent a key
+/// message. After the switch the current agent gets the retirement, signed by the new key,
+/// and its policy again, signed by the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_agent_blocks_the_switch_until_forced() {
+    use common::agent::{Agent, enroll};
+    use jitgate_proto::message::{AgentMsg, Outcome};
+    use jitgate_proto::{ControllerMsg, KeyStep};
+
+    let h = Harness::new().await;
+    h.fixture().await;
+    let c_new = enroll(&h, "web1").await;
+    let c_old = enroll(&h, "web2").await;
+    let mut new = Agent::connect(&c_new).await;
+    new.handshake_at(&c_new, 0, jitgate_proto::PROTOCOL_LEVEL)
+        .await;
+    let mut old = Agent::connect(&c_old).await;
+    old.handshake_at(&c_old, 0, 3).await;
+    let r = rotation(&h);
+    let actor = Actor::local();
+    let new_id = r.rotate(&actor).await.expect("rotate").key_id;
+
+    let ann = match new.recv().await {
+        ControllerMsg::KeyAnnouncement(s) => s
+            .verify_broadcast(&c_new.signing)
+            .expect("signed by the current key"),
+        m => panic!("expected KeyAnnouncement, got {m:?}"),
+    };
+    assert_eq!(ann.key_id.to_string(), new_id);
+    let new_vk = ann.verifying_key().expect("the id is the key's");
+    new.send(&AgentMsg::KeyResult {
+        key_id: ann.key_id,
+        step: KeyStep::Announced,
+        outcome: Outcome::Applied { agent_unix_ms: 1 },
+    })
+    .await;
+    let acked = within(Duration::from_secs(10), || async {
+        let s = r.status().await.unwrap();
+        s.agents
+            .iter()
+            .any(|a| a.agent_id == c_new.id.to_string() && a.state.as_str() == "acknowledged")
+    })
+    .await;
+    assert!(acked, "{:?}", r.status().await.unwrap());
+    let s = r.status().await.unwrap();
+    assert_eq!(s.blocking, vec![c_old.id.to_string()], "{s:?}");
+
+    // Blocked: refused, nothing written.
+    let before = key_rows(&h).await;
+    match r.retire(&actor, false).await {
+        Err(KeyError::Blocked { blocking, .. }) => {
+            assert!(blocking[0].contains(&c_old.id.to_string()), "{blocking:?}")
+        }
+        other => panic!("expected Blocked, got {other:?}"),
+    }
+    assert_eq!(key_rows(&h).await, before);
+
+    let retired = r.retire(&actor, true).await.expect("forced");
+    assert!(retired.forced);
+    assert!(
+        retired.need_reenrolment[0].contains(&c_old.id.to_string()),
+        "{retired:?}"
+    );
+    // The current agent: the retirement (signed by the new key), then its policy again,
+    // signed by the new key.
+    match new.recv_within(Duration::from_secs(10)).await {
+        Some(ControllerMsg::KeyRetirement(s)) => {
+            let b = s.verify_broadcast(&new_vk).expect("signed by the new key");
+            assert_eq!(b.successor, ann.key_id);
+        }
+        m => panic!("expected KeyRetirement, got {m:?}"),
+    }
+    match new.recv_within(Duration::from_secs(10)).await {
+        Some(ControllerMsg::Policy(p)) => {
+            p.verify(&new_vk, c_new.id)
+                .expect("policy signed by the new key");
+        }
+        m => panic!("expected Policy, got {m:?}"),
+    }
+    // The old agent was sent nothing of the rotation.
+    assert!(
+        old.recv_within(Duration::from_secs(3)).await.is_none(),
+        "a level-3 agent was sent a key message"
+    );
+}
