@@ -7,14 +7,7 @@ use jitgate_controller::keys::files::KeyDir;
 use jitgate_controller::keys::rotation::Rotation;
 use jitgate_controller::state::StateDir;
 
-/// Grant-signing key rotation. The key signs every grant, revocation and policy agents
-/// apply. A rotation is: `rotate` (a new key, announced to agents signed by the current one;
-/// agents keep it next to the pinned key and acknowledge), then `retire` (once every
-/// connected agent acknowledged: the new key signs from then on, the old one is retired,
-/// agents refuse it, and its private half is destroyed). Agents offline meanwhile are sent
-/// both steps when they return. Agents too old to follow (protocol level below 4) refuse
-/// every grant after the switch until upgraded and re-enrolled. A key that may be
-/// compromised is not rotated but replaced by re-enrolment (docs/operations.md).
+/// The `keys` subcommands (the overview is on `Cmd::Keys`).
 #[derive(Subcommand)]
 pub enum KeysCmd {
     /// Make a new grant-signing key and announce it to agents (signed by the current key).

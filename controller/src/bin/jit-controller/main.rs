@@ -77,6 +77,15 @@ enum Cmd {
     #[command(subcommand)]
     Token(TokenCmd),
     /// Rotate the grant-signing key (rotate, status, retire).
+    ///
+    /// The key signs every grant, revocation and policy agents apply. A rotation is `rotate`
+    /// (a new key, announced to agents signed by the current one; they keep it next to the
+    /// pinned key and acknowledge), then `retire` (once every connected agent acknowledged:
+    /// the new key signs from then on, agents refuse the old one, and its private half is
+    /// destroyed). Agents offline meanwhile are sent both steps when they return; agents
+    /// below protocol level 4 cannot follow and must be re-enrolled after the switch. A key
+    /// that may be compromised is replaced by re-enrolment, not rotated
+    /// (docs/operations.md, "Rotation").
     #[command(subcommand)]
     Keys(keys::KeysCmd),
     /// Manage resource groups.
