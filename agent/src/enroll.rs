@@ -2,6 +2,7 @@
 //! and kept in `state_dir/enrollment/`. The private key is generated here and never leaves
 //! the host; the controller's CA and grant-signing key are pinned from that moment on.
 
+use crate::keyring::Keyring;
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use rustls_pki_types::pem::PemObject;
@@ -68,7 +69,8 @@ pub struct Enrollment {
     pub endpoint: String,
     /// Every controller's agent endpoint as the enrolment gave them (may be empty).
     pub endpoints: Vec<String>,
-    pub signing_key: VerifyingKey,
+    /// The controller's grant-signing keys this agent trusts (pinned, and one announced).
+    pub keys: Keyring,
     dir: PathBuf,
 }
 
@@ -97,19 +99,13 @@ impl Enrollment {
             path: meta_path.clone(),
             reason: e.to_string(),
         })?;
-        let key_path = dir.join("grant-signing.pub");
-        let pem = std::fs::read_to_string(&key_path).map_err(file_err(&key_path))?;
-        let signing_key =
-            VerifyingKey::from_public_key_pem(&pem).map_err(|e| EnrollError::File {
-                path: key_path,
-                reason: e.to_string(),
-            })?;
+        let keys = Keyring::load(&dir).map_err(|e| EnrollError::Crypto(e.to_string()))?;
         Ok(Some(Enrollment {
             agent_id: meta.agent_id,
             vm: meta.vm,
             endpoint: meta.endpoint,
             endpoints: meta.endpoints,
-            signing_key,
+            keys,
             dir,
         }))
     }
@@ -222,7 +218,7 @@ pub async fn enroll(
             .iter()
             .map(ToString::to_string)
             .collect();
-    let signing_key = VerifyingKey::from_public_key_pem(&r.grant_signing_key_pem)
+    VerifyingKey::from_public_key_pem(&r.grant_signing_key_pem)
         .map_err(|e| EnrollError::Crypto(e.to_string()))?;
     let dir = state_dir.join(DIR);
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
@@ -231,8 +227,9 @@ pub async fn enroll(
     write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())?;
     std::fs::write(dir.join("agent.crt"), &r.certificate_pem).map_err(file_err(&dir))?;
     std::fs::write(dir.join("ca.crt"), &r.ca_pem).map_err(file_err(&dir))?;
-    std::fs::write(dir.join("grant-signing.pub"), &r.grant_signing_key_pem)
+    std::fs::write(dir.join(crate::keyring::PINNED), &r.grant_signing_key_pem)
         .map_err(file_err(&dir))?;
+    let keys = Keyring::load(&dir).map_err(|e| EnrollError::Crypto(e.to_string()))?;
     let meta = Meta {
         agent_id: r.agent_id,
         vm: r.vm.clone(),
@@ -248,7 +245,7 @@ pub async fn enroll(
         vm: r.vm,
         endpoint: r.agent_endpoint,
         endpoints,
-        signing_key,
+        keys,
         dir,
     })
 }

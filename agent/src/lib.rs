@@ -30,6 +30,7 @@ pub mod grant;
 pub mod grant_table;
 mod intern;
 pub mod journal;
+pub mod keyring;
 pub mod link;
 pub mod netns;
 pub mod schedule;

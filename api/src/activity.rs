@@ -65,6 +65,10 @@ wire_enum! {
         RedeemLoginLink = "Redeem Login Link",
         /// `jit-controller prune` deleted records past their retention (counts in details).
         Prune = "Prune Records Past Retention",
+        /// `jit-controller keys rotate`: a new grant-signing key announced to agents.
+        RotateKey = "Rotate Grant-Signing Key",
+        /// `jit-controller keys retire`: the switch to the new key; the old one retired.
+        RetireKey = "Retire Grant-Signing Key",
     }
 }
 
@@ -80,6 +84,8 @@ wire_enum! {
         Session = "Session",
         /// The controller's database as a whole (retention).
         Database = "Database",
+        /// The controller's grant-signing key (rotation).
+        GrantSigningKey = "GrantSigningKey",
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Parts {
     pub enrollment: Option<Enrollment>,
     /// The key that signs activity log checkpoints.
     pub checkpoint_key: Option<CheckpointKey>,
+    /// Where the grant-signing keys' private halves are (None: this controller signs
+    /// nothing for agents).
+    pub key_dir: Option<crate::keys::files::KeyDir>,
     /// The CA (PEM) agent certificates must chain to, for verifying agent audit records.
     pub ca_pem: String,
     pub compliance: Option<Settings>,
@@ -63,6 +66,8 @@ pub struct App {
     pub lifecycle: Lifecycle,
     pub fleet: Fleet,
     pub audit: Audit,
+    /// The grant-signing keys (rotation).
+    pub keys: crate::keys::Ring,
     pub views: AgentViews,
     pub compliance: Compliance,
     /// Notification sinks and secrets (unavailable in administration commands).
@@ -95,6 +100,7 @@ impl App {
             lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
             audit: Audit::new(db.clone(), parts.checkpoint_key, &name),
+            keys: crate::keys::Ring::new(parts.key_dir),
             views: AgentViews::new(db.clone(), parts.ca_pem),
             compliance: Compliance::new(db.clone(), presence.clone(), settings),
             policies,

@@ -102,6 +102,39 @@ pub struct Checks {
     /// controller stays ready: API tokens work and discovery is retried).
     #[serde(rename = "signIn", skip_serializing_if = "Option::is_none")]
     pub sign_in: Option<&'static str>,
+    /// Whether this controller holds the private half of every grant-signing key in use (the
+    /// current one, and the announced one during a rotation): not ready otherwise.
+    #[serde(rename = "grantSigningKey", skip_serializing_if = "Option::is_none")]
+    pub grant_signing_key: Option<KeyCheck>,
+}
+
+/// The grant-signing key check: `ok`, or `missing` with the ids of the keys whose private
+/// half is not in this controller's state directory (`keys/grant-<id>.key`).
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyCheck {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+impl Readiness {
+    /// Adds the grant-signing key check; missing keys make the controller not ready.
+    pub fn with_keys(mut self, keys: &crate::keys::Ring) -> Readiness {
+        let snap = keys.snapshot();
+        let mut missing: Vec<String> = snap.missing.iter().map(ToString::to_string).collect();
+        if !snap.loaded || snap.current.is_none() {
+            missing.push("unknown".into());
+        }
+        if !missing.is_empty() {
+            tracing::warn!(missing = ?missing, "readiness: grant-signing key(s) missing on this controller");
+            self.status = ReadyStatus::NotReady;
+        }
+        self.checks.grant_signing_key = Some(KeyCheck {
+            status: if missing.is_empty() { "ok" } else { "missing" },
+            missing,
+        });
+        self
+    }
 }
 
 impl Readiness {
@@ -177,6 +210,7 @@ pub async fn readiness(db: &Db, metrics: &Metrics, leader: &LeaderStatus) -> Rea
             leader,
             config,
             sign_in: None,
+            grant_signing_key: None,
         },
     }
 }

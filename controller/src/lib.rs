@@ -41,6 +41,7 @@ pub mod http;
 pub mod ids;
 pub mod input;
 pub mod inventory;
+pub mod keys;
 pub mod lease;
 pub mod lifecycle;
 pub mod logging;

@@ -169,6 +169,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         &dir.ca_cert(),
     )?;
     let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
+    let key_dir = crate::keys::files::KeyDir::new(dir.signing_key());
     let public_pem = read(&dir.signing_pub())?;
     let ca = Ca::load(&dir.ca_cert(), &dir.ca_key())?;
     let oidc = start_oidc(dir, cfg).await?;
@@ -184,9 +185,10 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             agent_endpoints: channel_settings.endpoints.clone(),
         }),
         checkpoint_key: Some(CheckpointKey {
-            key: key.clone(),
-            public_pem,
+            key,
+            public_pem: public_pem.clone(),
         }),
+        key_dir: Some(key_dir),
         compliance: Some(Settings::from_config(&cfg.compliance)?),
         limits: crate::lifecycle::initiate::Limits {
             max_pending: i64::from(cfg.max_pending_per_requester),
@@ -201,6 +203,14 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         parts,
     )
     .await?;
+    // The key `init` made is the first grant-signing key; after a rotation the database
+    // names the one in use.
+    if let Err(e) = app.keys.seed(&app.db, &public_pem).await {
+        return Err(SetupError::Invalid(format!("grant-signing keys: {e}")));
+    }
+    if let Err(e) = app.keys.refresh(&app.db).await {
+        return Err(SetupError::Invalid(format!("grant-signing keys: {e}")));
+    }
     let outbox =
         crate::outbox::worker::setup(&cfg.notify, &dir.notify_secrets(), &app.db, &app.notifier)
             .await?;
@@ -235,11 +245,11 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             },
             shutdown.subscribe(),
         ),
+        app.keys.spawn(app.db.clone(), shutdown.subscribe()),
         crate::channel::serve_agents(
             agent_listener,
             agent_tls,
             app.clone(),
-            key,
             channel_settings,
             shutdown.subscribe(),
         ),

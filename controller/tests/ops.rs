@@ -208,7 +208,7 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
     };
     assert_eq!(
         v,
-        json!({"status": "ready", "checks": {"database": "ok", "migrations": "ok", "leader": "leading", "config": "same"}})
+        json!({"status": "ready", "checks": {"database": "ok", "migrations": "ok", "leader": "leading", "config": "same", "grantSigningKey": {"status": "ok"}}})
     );
 
     // The metrics listener is read-only and serves no API.

@@ -49,13 +49,19 @@ pub enum AuditKind {
     ConnectionDenied,
     /// The agent's signature over the chain head before this record.
     AuditCheckpoint,
+    /// A new grant-signing key was announced and is accepted next to the pinned one.
+    KeyAnnounced,
+    /// The previous grant-signing key was retired: refused from now on.
+    KeyRetired,
+    /// A key announcement or retirement was refused; the keys did not change.
+    KeyRejected,
     /// A kind this build does not know, kept verbatim.
     Unknown(String),
 }
 
 impl AuditKind {
     /// Every kind this build knows, in the order of the enum.
-    pub const KNOWN: [AuditKind; 17] = [
+    pub const KNOWN: [AuditKind; 20] = [
         AuditKind::AgentStarted,
         AuditKind::AgentStopped,
         AuditKind::AgentDetached,
@@ -73,6 +79,9 @@ impl AuditKind {
         AuditKind::ConnectionAdmitted,
         AuditKind::ConnectionDenied,
         AuditKind::AuditCheckpoint,
+        AuditKind::KeyAnnounced,
+        AuditKind::KeyRetired,
+        AuditKind::KeyRejected,
     ];
 
     /// The kind as written in a record's `kind` field.
@@ -95,6 +104,9 @@ impl AuditKind {
             AuditKind::ConnectionAdmitted => "connection.admitted",
             AuditKind::ConnectionDenied => "connection.denied",
             AuditKind::AuditCheckpoint => "audit.checkpoint",
+            AuditKind::KeyAnnounced => "key.announced",
+            AuditKind::KeyRetired => "key.retired",
+            AuditKind::KeyRejected => "key.rejected",
             AuditKind::Unknown(s) => s,
         }
     }

@@ -5,6 +5,7 @@
 //! - [`audit`]: the activity log's entry hash, signed checkpoints and offline verification.
 //! - [`audit_kind`]: the kinds of record in an agent's audit log.
 //! - [`endpoint`]: a controller's agent endpoint (`host:port`), as agents dial it.
+//! - [`keys`]: grant-signing key ids and the signed bodies of a key rotation.
 //! - [`message`]: what each side sends.
 //! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
 //!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
@@ -18,12 +19,16 @@ pub mod audit;
 pub mod audit_kind;
 pub mod endpoint;
 pub mod frame;
+pub mod keys;
 pub mod message;
 pub mod signed;
 
 pub use audit_kind::AuditKind;
 pub use endpoint::{Endpoint, EndpointError};
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
+pub use keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
 pub use message::{AgentMsg, ControllerMsg};
-pub use message::{LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_ENDPOINTS, PROTOCOL_LEVEL};
+pub use message::{
+    LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_ENDPOINTS, PROTOCOL_LEVEL,
+};
 pub use signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError};

@@ -1,5 +1,6 @@
 //! The messages. The agent always dials out; the controller never connects to an agent.
 
+use crate::keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
 use crate::signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed};
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 3;
+pub const PROTOCOL_LEVEL: u32 = 4;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -18,6 +19,11 @@ pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
 /// endpoints and the ping interval its silence limit follows. Older agents are pinged every
 /// 15 s and give up after 45 s of silence.
 pub const LEVEL_SETTINGS: u32 = 3;
+
+/// The first level that understands [`ControllerMsg::KeyAnnouncement`] and
+/// [`ControllerMsg::KeyRetirement`] and answers them with [`AgentMsg::KeyResult`]. Older
+/// agents cannot follow a grant-signing key rotation (docs/operations.md, "Rotation").
+pub const LEVEL_KEY_ROTATION: u32 = 4;
 
 /// At most this many controller endpoints in [`ControllerMsg::Settings`] (and in an
 /// enrolment): a longer list is cut, not refused.
@@ -60,6 +66,12 @@ pub enum ControllerMsg {
         endpoints: Vec<String>,
         ping_every_ms: u64,
     },
+    /// A new grant-signing key, signed by the key in use (appended variant; sent only to
+    /// agents at [`LEVEL_KEY_ROTATION`] or later). Answered with `KeyResult { Announced }`.
+    KeyAnnouncement(Signed<KeyAnnouncementBody>),
+    /// The previous key is retired, signed by its successor (appended variant; level
+    /// [`LEVEL_KEY_ROTATION`]). Answered with `KeyResult { Retired }`.
+    KeyRetirement(Signed<KeyRetirementBody>),
 }
 
 /// Agent → controller.
@@ -118,6 +130,14 @@ pub enum AgentMsg {
     /// held by the agent.
     ScheduledGrants {
         grants: Vec<ReportedScheduledGrant>,
+    },
+    /// The answer to a key announcement (`key_id`: the announced key) or retirement
+    /// (`key_id`: the retired key), appended variant. `Applied` when it changed the agent's
+    /// keys, `AlreadyApplied` when they already were so, `Rejected` with the reason.
+    KeyResult {
+        key_id: KeyId,
+        step: KeyStep,
+        outcome: Outcome,
     },
 }
 

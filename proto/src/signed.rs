@@ -160,6 +160,43 @@ impl<T: Body> Signed<T> {
     /// Verifies the signature over the exact bytes, then decodes them, then checks that the
     /// body is for `agent`.
     pub fn verify(&self, key: &VerifyingKey, agent: Uuid) -> Result<T, VerifyError> {
+        let body = self.open(key)?;
+        if body.agent_id() != agent {
+            return Err(VerifyError::WrongAgent(body.agent_id()));
+        }
+        Ok(body)
+    }
+
+    /// Verifies and decodes a body for every agent (a key rotation's, whose agent id is nil).
+    pub fn verify_broadcast(&self, key: &VerifyingKey) -> Result<T, VerifyError> {
+        self.verify(key, Uuid::nil())
+    }
+
+    /// Verifies with the first of `keys` that the signature verifies with.
+    pub fn verify_any<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a VerifyingKey>,
+        agent: Uuid,
+    ) -> Result<T, VerifyError> {
+        let mut last = VerifyError::Signature;
+        for k in keys {
+            match self.verify(k, agent) {
+                Err(VerifyError::Signature) => {}
+                Err(e) => last = e,
+                Ok(b) => return Ok(b),
+            }
+        }
+        Err(last)
+    }
+
+    /// The body decoded WITHOUT verifying: only to name what was refused in an answer,
+    /// never to act on.
+    pub fn unverified(&self) -> Option<T> {
+        postcard::from_bytes(&self.body).ok()
+    }
+
+    /// The signature over the exact bytes, then the decoding (no trailing bytes).
+    fn open(&self, key: &VerifyingKey) -> Result<T, VerifyError> {
         let sig =
             <[u8; 64]>::try_from(self.signature.as_slice()).map_err(|_| VerifyError::Signature)?;
         key.verify(&message::<T>(&self.body), &Signature::from_bytes(&sig))
@@ -168,9 +205,6 @@ impl<T: Body> Signed<T> {
             .map_err(|e| VerifyError::Decode(e.to_string()))?;
         if !rest.is_empty() {
             return Err(VerifyError::Decode("trailing bytes".into()));
-        }
-        if body.agent_id() != agent {
-            return Err(VerifyError::WrongAgent(body.agent_id()));
         }
         Ok(body)
     }

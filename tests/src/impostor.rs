@@ -153,15 +153,26 @@ impl Impostor {
 
     /// Accepts the agent's next connection (within 40 s): reads its Hello, sends Welcome.
     pub async fn accept(&self) -> Session {
+        self.try_accept()
+            .await
+            .expect("TLS and Hello from the agent")
+    }
+
+    /// As [`Impostor::accept`]; a connection that ends before its Hello (an agent stopped
+    /// while it was connecting) is an error, not a panic.
+    pub async fn try_accept(&self) -> std::io::Result<Session> {
         let listener = tokio::net::TcpListener::from_std(self.listener.try_clone().expect("dup"))
             .expect("tokio listener");
         let (tcp, _) = tokio::time::timeout(Duration::from_secs(40), listener.accept())
             .await
             .expect("agent connects")
             .expect("accept");
-        let tls = self.acceptor.accept(tcp).await.expect("TLS with the agent");
+        let tls = self.acceptor.accept(tcp).await?;
         let (mut rd, mut wr) = tokio::io::split(tls);
-        let hello: AgentMsg = read_frame(&mut rd).await.expect("frame").expect("hello");
+        let hello: AgentMsg = read_frame(&mut rd)
+            .await
+            .map_err(std::io::Error::other)?
+            .ok_or_else(|| std::io::Error::other("closed before Hello"))?;
         let (agent, seq_high_water, protocol) = match hello {
             AgentMsg::Hello {
                 agent_id,
@@ -185,13 +196,13 @@ impl Impostor {
         )
         .await
         .expect("welcome");
-        Session {
+        Ok(Session {
             agent,
             seq_high_water,
             protocol,
             rd,
             wr,
-        }
+        })
     }
 }
 

@@ -68,7 +68,7 @@ pub(super) async fn verified<T: jitgate_proto::signed::Body>(
     reply: impl FnOnce(Outcome) -> AgentMsg,
 ) -> Option<T> {
     let enr = core.enrollment.as_ref()?;
-    match s.verify(&enr.signing_key, enr.agent_id) {
+    match enr.keys.verify(s, enr.agent_id) {
         Ok(b) => Some(b),
         Err(e) => {
             reject(core, kind, None, e.to_string()).await;

@@ -11,6 +11,7 @@ use super::booking;
 use super::core::{Core, grant_event};
 use super::flows;
 use super::interfaces;
+use super::keys;
 use super::writer::WriteJob;
 use crate::audit::AuditEvent;
 use crate::clock::BootInstant;
@@ -28,6 +29,20 @@ use time::OffsetDateTime;
 /// The last signed policy from the controller, kept across restarts.
 pub(super) const POLICY_FILE: &str = "policy.json";
 
+/// Stores the signed policy as received (unless the file already holds these bytes).
+fn store_policy(core: &Core, s: &Signed<PolicyBody>) {
+    let path = core.cfg.state_dir.join(POLICY_FILE);
+    let Ok(bytes) = serde_json::to_vec(s) else {
+        return;
+    };
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, bytes) {
+        tracing::error!(error = %e, "cannot store the signed policy");
+    }
+}
+
 /// At most this many listening sockets go into one status report (frames stay small).
 const MAX_REPORTED_SOCKETS: usize = 1024;
 
@@ -39,6 +54,8 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         ControllerMsg::Revoke(s) => revoke(core, s, out).await,
         ControllerMsg::Policy(s) => policy(core, s, out).await,
         ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
+        ControllerMsg::KeyAnnouncement(s) => keys::announcement(core, s, out).await,
+        ControllerMsg::KeyRetirement(s) => keys::retirement(core, s, out).await,
         ControllerMsg::Welcome { .. }
         | ControllerMsg::Settings { .. }
         | ControllerMsg::Ping { .. }
@@ -229,6 +246,9 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
     ports.sort();
     ports.dedup();
     if body.seq == current && ports == core.cfg.protected {
+        // The same policy, perhaps signed by another key (after a key rotation): kept as
+        // received, so that a restart still verifies it once the old key is retired.
+        store_policy(core, &s);
         let _ = out
             .send(AgentMsg::PolicyResult {
                 seq: body.seq,
@@ -250,12 +270,7 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
     }
     let before = std::mem::replace(&mut core.cfg.protected, ports);
     // Kept so that a restart while the controller is unreachable keeps this policy.
-    let path = core.cfg.state_dir.join(POLICY_FILE);
-    if let Ok(bytes) = serde_json::to_vec(&s)
-        && let Err(e) = std::fs::write(&path, bytes)
-    {
-        tracing::error!(error = %e, "cannot store the signed policy");
-    }
+    store_policy(core, &s);
     if let Ok(mut c) = core.chan.lock() {
         c.policy_seq = body.seq;
     }

@@ -10,6 +10,7 @@
 //!   (`crate::channel` keeps the connection), and the status reports it sends back.
 //! - [`booking`]: booked grants, kept out of the maps and opened by the core's timer.
 //! - [`answers`]: verification, refusals and durable answers shared by the two above.
+//! - [`keys`]: a grant-signing key rotation (announced key kept, retired key refused).
 //! - [`interfaces`]: attaching to configured interfaces, also ones that appear later.
 //! - [`flows`]: adopted sessions, flows handed over or cut when their grant ends, idle sweep.
 //! - [`audit_feed`]: kernel connection events and checkpoints, straight to the writer.
@@ -23,6 +24,7 @@ mod controller;
 mod core;
 mod flows;
 mod interfaces;
+mod keys;
 mod metrics;
 mod writer;
 
@@ -73,7 +75,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 fn stored_policy(cfg: &AgentConfig, e: &Enrollment) -> Option<Vec<jitgate_common::ProtectedPort>> {
     let text = std::fs::read(cfg.state_dir.join(controller::POLICY_FILE)).ok()?;
     let signed: Signed<PolicyBody> = serde_json::from_slice(&text).ok()?;
-    match signed.verify(&e.signing_key, e.agent_id) {
+    match e.keys.verify(&signed, e.agent_id) {
         Ok(p) => {
             let mut ports = p.ports;
             ports.sort();

@@ -1,7 +1,7 @@
 //! One agent's connection: identification, `Hello`, then policy, grants and revocations
 //! pushed as they commit, and the agent's results, reports, audit records and heartbeats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -9,8 +9,9 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
-    PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_KEY_ROTATION,
+    LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+    read_frame, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -48,12 +49,12 @@ jitgate_api::wire_enum! {
     enum Refused("refused") {
         Revoke = "revoke",
         Policy = "policy",
+        Key = "key",
     }
 }
 
 struct Conn {
     app: App,
-    key: Arc<SigningKey>,
     agent: Uuid,
     agent_s: String,
     vm: String,
@@ -70,6 +71,9 @@ struct Conn {
     pong_seen: Option<tokio::time::Instant>,
     /// The last status report kept for writing, and when.
     last_status: Option<(Heartbeat, tokio::time::Instant)>,
+    /// Key rotation steps the agent answered (stored), and those sent on this connection.
+    key_acks: HashSet<(KeyId, KeyStep)>,
+    key_sent: HashSet<(KeyId, KeyStep)>,
 }
 
 /// On SQLite a pong marks its agent seen at most this often: with pings every 2 s, a write
@@ -89,7 +93,6 @@ pub async fn connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     app: App,
-    key: Arc<SigningKey>,
     settings: Arc<Settings>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Uuid, ConnError> {
@@ -172,7 +175,6 @@ pub async fn connection(
         tracing::info!(%agent, vm = %row.vm, %version, protocol, seq_high_water, audit_acked, "agent connected");
         let mut c = Conn {
             app: app.clone(),
-            key,
             agent,
             agent_s: agent.to_string(),
             vm: row.vm.clone(),
@@ -183,6 +185,8 @@ pub async fn connection(
             protocol,
             pong_seen: None,
             last_status: None,
+            key_acks: HashSet::new(),
+            key_sent: HashSet::new(),
         };
         // Nothing to write when the level and version are the ones stored (a reconnect): the
         // Welcome of a fleet moving here after a controller failed waits for no write.
@@ -213,6 +217,10 @@ pub async fn connection(
             )
             .await?;
         }
+        // A key rotation first: grants below may be signed by the announced key.
+        let mut keys_changed = c.app.keys.subscribe();
+        c.load_key_acks().await?;
+        c.send_keys(&mut wr).await?;
         c.send_policy(&mut wr).await?;
         c.send_outbox(&mut wr, true).await?;
         let now = jitgate_api::time::now_ms();
@@ -259,6 +267,7 @@ pub async fn connection(
                         c.send_outbox(&mut wr, false).await?;
                     }
                 }
+                _ = keys_changed.changed() => c.send_keys(&mut wr).await?,
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= silence {
                         return Err(ConnError::Protocol(format!(
@@ -285,6 +294,87 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(),
 type Wr = WriteHalf<TlsStream<TcpStream>>;
 
 impl Conn {
+    /// The key that signs now (a rotation may change it between two messages).
+    fn key(&self) -> Result<Arc<SigningKey>, ConnError> {
+        self.app
+            .keys
+            .signer()
+            .map_err(|e| ConnError::Sign(e.to_string()))
+    }
+
+    async fn load_key_acks(&mut self) -> Result<(), ConnError> {
+        for (k, s) in crate::store::grant_keys::acks_of(self.app.db.pool(), &self.agent_s).await? {
+            let step = match s.as_str() {
+                "announced" => KeyStep::Announced,
+                "retired" => KeyStep::Retired,
+                _ => continue,
+            };
+            if let Ok(id) = k.parse::<KeyId>() {
+                self.key_acks.insert((id, step));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rotation steps this agent has not answered, each once per connection, to agents
+    /// that understand them.
+    async fn send_keys(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
+        if self.protocol < LEVEL_KEY_ROTATION {
+            return Ok(());
+        }
+        let snap = self.app.keys.snapshot();
+        let mut retired = false;
+        for s in &snap.steps {
+            let k = (s.key_id, s.step);
+            if self.key_acks.contains(&k) || !self.key_sent.insert(k) {
+                continue;
+            }
+            tracing::info!(agent = %self.agent, key = %s.key_id, step = s.step.as_str(), "key rotation step sent");
+            send(wr, &s.msg).await?;
+            retired |= s.step == KeyStep::Retired;
+        }
+        if retired && self.policy_seq >= 0 {
+            // The agent keeps the signed policy for its restarts: the same policy again,
+            // signed by the key it now pins.
+            self.policy_seq = -1;
+            self.send_policy(wr).await?;
+        }
+        Ok(())
+    }
+
+    async fn key_result(
+        &mut self,
+        key_id: KeyId,
+        step: KeyStep,
+        outcome: Outcome,
+    ) -> Result<(), ConnError> {
+        match outcome {
+            Outcome::Applied { .. } | Outcome::AlreadyApplied => {
+                tracing::info!(agent = %self.agent, key = %key_id, step = step.as_str(), "key rotation step acknowledged");
+                let mut w = self.app.db.begin().await?;
+                crate::store::grant_keys::ack(
+                    &mut w,
+                    &self.agent_s,
+                    &key_id.to_string(),
+                    step.as_str(),
+                )
+                .await?;
+                w.commit().await?;
+                self.key_acks.insert((key_id, step));
+            }
+            Outcome::Rejected { reason } => {
+                tracing::warn!(agent = %self.agent, key = %key_id, step = step.as_str(), %reason, "key rotation step rejected by the agent");
+                self.refused(
+                    Operation::AgentResult,
+                    serde_json::json!({"kind": Refused::Key.as_str(), "keyId": key_id.to_string(), "step": step.as_str(), "reason": reason}),
+                )
+                .await?;
+            }
+            Outcome::Scheduled { .. } => {}
+        }
+        Ok(())
+    }
+
     /// Ends the connection unless its agent is still active.
     async fn check_status(&self) -> Result<(), ConnError> {
         match self.app.fleet.status(&self.agent_s).await? {
@@ -341,7 +431,7 @@ impl Conn {
             ports,
             issued_unix_ms: jitgate_api::time::now_ms(),
         };
-        let s = Signed::sign(&body, &self.key).map_err(|e| ConnError::Sign(e.to_string()))?;
+        let s = Signed::sign(&body, &*self.key()?).map_err(|e| ConnError::Sign(e.to_string()))?;
         tracing::debug!(agent = %self.agent, seq, ports = body.ports.len(), "policy sent");
         send(wr, &ControllerMsg::Policy(s)).await
     }
@@ -398,7 +488,7 @@ impl Conn {
                         seq: useq,
                         reason: reason.as_str().into(),
                     };
-                    let s = Signed::sign(&body, &self.key)
+                    let s = Signed::sign(&body, &*self.key()?)
                         .map_err(|e| ConnError::Sign(e.to_string()))?;
                     tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, %reason, "revoke sent");
                     send(wr, &ControllerMsg::Revoke(s)).await?;
@@ -452,14 +542,14 @@ impl Conn {
                         grant: body,
                         starts_in_ms: u64::try_from(it.start_ms - now).unwrap_or(0),
                     };
-                    let s = Signed::sign(&booked, &self.key)
+                    let s = Signed::sign(&booked, &*self.key()?)
                         .map_err(|e| ConnError::Sign(e.to_string()))?;
                     tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, starts_in_ms = booked.starts_in_ms, "booked grant sent");
                     send(wr, &ControllerMsg::ScheduledGrant(s)).await?;
                     continue;
                 }
-                let s =
-                    Signed::sign(&body, &self.key).map_err(|e| ConnError::Sign(e.to_string()))?;
+                let s = Signed::sign(&body, &*self.key()?)
+                    .map_err(|e| ConnError::Sign(e.to_string()))?;
                 tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, "grant sent");
                 send(wr, &ControllerMsg::Grant(s)).await?;
             }
@@ -590,6 +680,11 @@ impl Conn {
                 }
             }
             AgentMsg::Pong { .. } => {}
+            AgentMsg::KeyResult {
+                key_id,
+                step,
+                outcome,
+            } => self.key_result(key_id, step, outcome).await?,
         }
         Ok(())
     }

@@ -12,7 +12,6 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -61,12 +60,10 @@ pub fn serve_agents(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     app: App,
-    key: SigningKey,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let key = Arc::new(key);
     let settings = Arc::new(settings);
     app.presence.set_serving();
     tokio::spawn(async move {
@@ -86,15 +83,14 @@ pub fn serve_agents(
                 _ = shutdown.changed() => break,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, app, key, settings, sd) = (
+            let (acceptor, app, settings, sd) = (
                 acceptor.clone(),
                 app.clone(),
-                key.clone(),
                 settings.clone(),
                 shutdown.clone(),
             );
             tokio::spawn(async move {
-                match conn::connection(acceptor, tcp, app, key, settings, sd).await {
+                match conn::connection(acceptor, tcp, app, settings, sd).await {
                     Ok(agent) => tracing::info!(%peer, %agent, "agent connection closed"),
                     Err(e) => tracing::warn!(%peer, reason = %e, "agent connection closed"),
                 }

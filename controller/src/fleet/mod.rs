@@ -176,7 +176,10 @@ impl Fleet {
             vm,
             certificate_pem: signed.pem,
             ca_pem: en.ca.pem.clone(),
-            grant_signing_key_pem: en.grant_signing_key_pem.clone(),
+            // The key in use after a rotation; the one `init` made before any.
+            grant_signing_key_pem: crate::store::grant_keys::current_pem(self.db.pool())
+                .await?
+                .unwrap_or_else(|| en.grant_signing_key_pem.clone()),
             agent_endpoint: en.agent_endpoint.clone(),
             agent_endpoints: en.agent_endpoints.clone(),
         })

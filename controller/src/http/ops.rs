@@ -43,7 +43,9 @@ async fn healthz() -> Response {
 /// 200 when the database answers, its schema is current and the cluster has a leader, else
 /// 503; the body names each check's result.
 async fn readyz(State(st): State<AppState>) -> Response {
-    let mut r = health::readiness(&st.app.db, &st.metrics, &st.app.leader.status()).await;
+    let mut r = health::readiness(&st.app.db, &st.metrics, &st.app.leader.status())
+        .await
+        .with_keys(&st.app.keys);
     r.checks.sign_in = st.app.sessions.status().map(|s| match s {
         jitgate_oidc::ProviderStatus::Ready { .. } => "ready",
         jitgate_oidc::ProviderStatus::Unavailable { .. } => "unavailable",

@@ -104,6 +104,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0018_activity_anchor.sql"),
     ),
     (
+        19,
+        "grant-signing key rotation: keys and agents' answers",
+        include_str!("../../migrations/0019_grant_keys.sql"),
+    ),
+    (
         22,
         "compliance: each evaluation's counts per resource group",
         include_str!("../../migrations/0022_compliance_counts.sql"),

@@ -10,6 +10,7 @@
 //!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
+//! - [`grant_keys`]: grant-signing keys, their rotation messages and agents' answers.
 //! - [`health`]: what readiness checks and metrics read.
 //! - [`backup`]: online backup and restore, one portable format for both backends.
 //! - [`verified`]: how far the activity log has been verified; [`full_run`]: the
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod compliance;
 pub mod db;
 pub mod full_run;
+pub mod grant_keys;
 pub mod grants;
 pub mod health;
 pub mod inventory;

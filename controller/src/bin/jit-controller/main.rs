@@ -15,6 +15,7 @@ use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::tokens::TokenInfo;
 
 mod backup;
+mod keys;
 mod prune;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
@@ -75,6 +76,18 @@ enum Cmd {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Rotate the grant-signing key (rotate, status, retire).
+    ///
+    /// The key signs every grant, revocation and policy agents apply. A rotation is `rotate`
+    /// (a new key, announced to agents signed by the current one; they keep it next to the
+    /// pinned key and acknowledge), then `retire` (once every connected agent acknowledged:
+    /// the new key signs from then on, agents refuse the old one, and its private half is
+    /// destroyed). Agents offline meanwhile are sent both steps when they return; agents
+    /// below protocol level 4 cannot follow and must be re-enrolled after the switch. A key
+    /// that may be compromised is replaced by re-enrolment, not rotated
+    /// (docs/operations.md, "Rotation").
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Manage resource groups.
     #[command(subcommand, name = "rg")]
     Rg(RgCmd),
@@ -457,6 +470,7 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             tracing::info!("shutting down");
             h.stop().await;
         }
+        Cmd::Keys(k) => keys::run(&dir, k, cli.json).await?,
         Cmd::Backup { file } => {
             backup::backup(&dir, &file, cli.json).await?;
         }

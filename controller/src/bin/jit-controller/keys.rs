@@ -1,0 +1,99 @@
+//! `jit-controller keys`: grant-signing key rotation (docs/operations.md, "Rotation").
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use jitgate_controller::authz::Actor;
+use jitgate_controller::keys::files::KeyDir;
+use jitgate_controller::keys::rotation::Rotation;
+use jitgate_controller::state::StateDir;
+
+/// The `keys` subcommands (the overview is on `Cmd::Keys`).
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Make a new grant-signing key and announce it to agents (signed by the current key).
+    /// Its private half is written to keys/grant-<id>.key (mode 0600): copy it to every
+    /// other controller on this database (their /readyz fails until they have it).
+    Rotate,
+    /// The keys, and during a rotation every active agent: acknowledged, waiting (connected,
+    /// blocks the switch), will catch up (offline), or too old to follow.
+    Status,
+    /// Switch to the announced key and retire the current one; refused while a connected
+    /// agent has not acknowledged, unless --force (the answer names those agents).
+    Retire {
+        /// Retire even though connected agents have not acknowledged the new key (they
+        /// refuse every grant until they reconnect and catch up, or are re-enrolled).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
+    let app = crate::open_app(dir).await?;
+    let pem = std::fs::read_to_string(dir.signing_pub())
+        .with_context(|| format!("reading {}", dir.signing_pub().display()))?;
+    app.keys.seed(&app.db, &pem).await?;
+    let rotation = Rotation::new(app.db.clone(), KeyDir::new(dir.signing_key()));
+    let actor = Actor::local();
+    let r = match cmd {
+        KeysCmd::Rotate => rotation.rotate(&actor).await.map(|r| {
+            if json {
+                println!("{}", serde_json::json!(r));
+            } else {
+                println!(
+                    "new grant-signing key {} announced (signed by {}); private half in {}",
+                    r.key_id, r.signed_by, r.private_key_file
+                );
+                println!("copy that file to every other controller on this database, then watch `jit-controller keys status` and run `jit-controller keys retire`");
+            }
+        }),
+        KeysCmd::Status => rotation.status().await.map(|s| {
+            if json {
+                println!("{}", serde_json::json!(s));
+                return;
+            }
+            println!("{:<18} {:<8} {:<26} HERE", "KEY", "STATE", "CREATED");
+            for k in &s.keys {
+                println!(
+                    "{:<18} {:<8} {:<26} {}",
+                    k.key_id,
+                    k.state.as_str(),
+                    k.created_time_utc,
+                    if k.private_key_here { "yes" } else { "no" }
+                );
+            }
+            if let Some(n) = &s.rotating_to {
+                println!("\nrotating to {n}:");
+                println!("{:<38} {:<20} {:<6} {:<7} STATE", "AGENT", "VM", "LEVEL", "ONLINE");
+                for a in &s.agents {
+                    println!(
+                        "{:<38} {:<20} {:<6} {:<7} {}",
+                        a.agent_id, a.virtual_machine, a.protocol, a.online, a.state
+                    );
+                }
+                println!("blocking the switch: {}", s.blocking.len());
+            }
+        }),
+        KeysCmd::Retire { force } => rotation.retire(&actor, force).await.map(|r| {
+            if json {
+                println!("{}", serde_json::json!(r));
+                return;
+            }
+            println!(
+                "grant-signing key {} retired; {} signs from now on",
+                r.retired_key_id, r.current_key_id
+            );
+            for a in &r.not_acknowledged {
+                println!("not acknowledged (forced): {a}");
+            }
+            for a in &r.catching_up {
+                println!("offline, will catch up when it returns: {a}");
+            }
+            for a in &r.need_reenrolment {
+                println!("too old to follow, upgrade and re-enrol: {a}");
+            }
+            println!("old private key: {}", r.private_key);
+        }),
+    };
+    app.close().await;
+    Ok(r?)
+}

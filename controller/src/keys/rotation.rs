@@ -1,0 +1,356 @@
+//! `jit-controller keys rotate | status | retire` (docs/operations.md, "Rotation").
+//!
+//! - `rotate` makes a new key (private half in the state directory, mode 0600), signs its
+//!   announcement with the current key and records both; every connected agent at
+//!   `LEVEL_KEY_ROTATION` is sent the announcement within seconds, others when they return.
+//! - `status` lists the keys and, per active agent, whether it acknowledged the new key,
+//!   blocks the switch (connected, not acknowledged), will catch up (offline), or cannot
+//!   follow at all (protocol level too old: re-enrol or upgrade it).
+//! - `retire` switches to the new key and retires the old one once every connected agent
+//!   acknowledged (or with `--force`, naming those that did not), signs the retirement with
+//!   the new key, and destroys the old private half. Each step is activity-logged.
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use jitgate_api::{Operation, ResourceType};
+use jitgate_proto::{
+    KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep, LEVEL_KEY_ROTATION, Signed,
+};
+use serde::Serialize;
+
+use super::files::{Destroyed, KeyDir};
+use super::{KeyError, parse_id};
+use crate::authz::Actor;
+use crate::store::activity::{self, NewActivity};
+use crate::store::agents::ONLINE_WITHIN_MS;
+use crate::store::db::Db;
+use crate::store::grant_keys::{self, KeyRow, KeyState};
+
+/// The rotation commands over one state directory and its database.
+pub struct Rotation {
+    db: Db,
+    dir: KeyDir,
+}
+
+/// One key, as `keys status` shows it (never its private half).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub key_id: String,
+    pub state: KeyState,
+    pub created_time_utc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switched_time_utc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_time_utc: Option<String>,
+    /// Whether this controller holds its private half.
+    pub private_key_here: bool,
+}
+
+jitgate_api::wire_enum! {
+    /// Where an agent stands in the rotation under way.
+    pub enum AgentKeyState("agent key state") {
+        /// It holds the new key.
+        Acknowledged = "acknowledged",
+        /// Connected, has not answered yet: it blocks the switch.
+        Waiting = "waiting",
+        /// Offline: it is sent the rotation when it returns.
+        WillCatchUp = "willCatchUp",
+        /// Its protocol level cannot follow a rotation: after the switch it refuses every
+        /// grant until it is upgraded and re-enrolled.
+        TooOld = "tooOld",
+    }
+}
+
+/// One active agent, as `keys status` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub agent_id: String,
+    pub virtual_machine: String,
+    pub protocol: i64,
+    pub online: bool,
+    pub state: AgentKeyState,
+}
+
+/// `keys status`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub keys: Vec<KeyView>,
+    /// The key announced, while a rotation is under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotating_to: Option<String>,
+    /// Every active agent, during a rotation (empty otherwise).
+    pub agents: Vec<AgentView>,
+    /// Agents that block the switch (connected and not acknowledged).
+    pub blocking: Vec<String>,
+}
+
+/// `keys rotate`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotated {
+    pub key_id: String,
+    pub signed_by: String,
+    /// Where the private half was written.
+    pub private_key_file: String,
+}
+
+/// `keys retire`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retired {
+    pub retired_key_id: String,
+    pub current_key_id: String,
+    pub forced: bool,
+    /// Connected agents that had not acknowledged (only with `--force`).
+    pub not_acknowledged: Vec<String>,
+    /// Offline agents: they are sent the rotation when they return.
+    pub catching_up: Vec<String>,
+    /// Agents too old to follow: they must be upgraded and re-enrolled.
+    pub need_reenrolment: Vec<String>,
+    /// What became of the retired key's private half here.
+    pub private_key: String,
+}
+
+fn key_view(r: &KeyRow, dir: &KeyDir) -> Result<KeyView, KeyError> {
+    let id = parse_id(&r.key_id)?;
+    Ok(KeyView {
+        key_id: r.key_id.clone(),
+        state: r.state,
+        created_time_utc: jitgate_api::time::format(r.created_ms),
+        switched_time_utc: r.switched_ms.map(jitgate_api::time::format),
+        retired_time_utc: r.retired_ms.map(jitgate_api::time::format),
+        private_key_here: dir.load(id)?.is_some(),
+    })
+}
+
+impl Rotation {
+    pub fn new(db: Db, dir: KeyDir) -> Rotation {
+        Rotation { db, dir }
+    }
+
+    async fn live(&self) -> Result<(KeyRow, Option<KeyRow>), KeyError> {
+        let rows = grant_keys::live(self.db.pool()).await?;
+        let current = rows
+            .iter()
+            .find(|r| r.state == KeyState::Current)
+            .cloned()
+            .ok_or(KeyError::NoCurrentKey)?;
+        let next = rows.into_iter().find(|r| r.state == KeyState::Next);
+        Ok((current, next))
+    }
+
+    pub async fn status(&self) -> Result<Status, KeyError> {
+        let keys = grant_keys::all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| key_view(r, &self.dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (_, next) = self.live().await?;
+        let Some(next) = next else {
+            return Ok(Status {
+                keys,
+                rotating_to: None,
+                agents: Vec::new(),
+                blocking: Vec::new(),
+            });
+        };
+        let agents = self.agents(&next.key_id).await?;
+        let blocking = agents
+            .iter()
+            .filter(|a| blocks(a))
+            .map(|a| a.agent_id.clone())
+            .collect();
+        Ok(Status {
+            keys,
+            rotating_to: Some(next.key_id),
+            agents,
+            blocking,
+        })
+    }
+
+    async fn agents(&self, next: &str) -> Result<Vec<AgentView>, KeyError> {
+        let acked: std::collections::HashSet<String> =
+            grant_keys::acks_for_key(self.db.pool(), next)
+                .await?
+                .into_iter()
+                .filter(|(_, s)| s == KeyStep::Announced.as_str())
+                .map(|(a, _)| a)
+                .collect();
+        let now = jitgate_api::time::now_ms();
+        Ok(grant_keys::active_agents(self.db.pool())
+            .await?
+            .into_iter()
+            .map(|a| {
+                let online = a.last_seen_ms.is_some_and(|l| now - l <= ONLINE_WITHIN_MS);
+                let state = if acked.contains(&a.id) {
+                    AgentKeyState::Acknowledged
+                } else if a.protocol < i64::from(LEVEL_KEY_ROTATION) {
+                    AgentKeyState::TooOld
+                } else if online {
+                    AgentKeyState::Waiting
+                } else {
+                    AgentKeyState::WillCatchUp
+                };
+                AgentView {
+                    agent_id: a.id,
+                    virtual_machine: a.vm,
+                    protocol: a.protocol,
+                    online,
+                    state,
+                }
+            })
+            .collect())
+    }
+
+    /// Makes a new key and announces it, signed by the current one.
+    pub async fn rotate(&self, actor: &Actor) -> Result<Rotated, KeyError> {
+        let (current, next) = self.live().await?;
+        if let Some(n) = next {
+            return Err(KeyError::RotationUnderway(parse_id(&n.key_id)?));
+        }
+        let current_id = parse_id(&current.key_id)?;
+        let signing = self
+            .dir
+            .load(current_id)?
+            .ok_or(KeyError::MissingPrivate(current_id))?;
+        let new = SigningKey::generate(&mut rand::rngs::OsRng);
+        let vk = new.verifying_key();
+        let id = KeyId::of(&vk);
+        let pem = vk
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let body = KeyAnnouncementBody {
+            key_id: id,
+            public_key: vk.to_bytes(),
+            issued_unix_ms: jitgate_api::time::now_ms(),
+        };
+        let signed = Signed::sign(&body, &signing).map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let announcement =
+            serde_json::to_string(&signed).map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let path = self.dir.create(&new)?;
+        let write = async {
+            let mut w = self.db.begin().await?;
+            grant_keys::insert_next(
+                &mut w,
+                &id.to_string(),
+                &pem,
+                &current.key_id,
+                &announcement,
+            )
+            .await?;
+            activity::log(
+                &mut w,
+                NewActivity::other(
+                    Operation::RotateKey,
+                    ResourceType::GrantSigningKey,
+                    "",
+                    actor,
+                )
+                .details(serde_json::json!({
+                    "keyId": id.to_string(),
+                    "signedBy": current.key_id,
+                })),
+            )
+            .await?;
+            w.commit().await
+        };
+        if let Err(e) = write.await {
+            // Nothing recorded: the new key must not linger.
+            let _ = self.dir.destroy(id);
+            return Err(e.into());
+        }
+        tracing::info!(key = %id, signed_by = %current.key_id, "grant-signing key rotation begun");
+        Ok(Rotated {
+            key_id: id.to_string(),
+            signed_by: current.key_id,
+            private_key_file: path.display().to_string(),
+        })
+    }
+
+    /// Switches to the announced key and retires the current one.
+    pub async fn retire(&self, actor: &Actor, force: bool) -> Result<Retired, KeyError> {
+        let (current, next) = self.live().await?;
+        let next = next.ok_or(KeyError::NoRotation)?;
+        let (old_id, new_id) = (parse_id(&current.key_id)?, parse_id(&next.key_id)?);
+        let agents = self.agents(&next.key_id).await?;
+        let pick = |s: AgentKeyState| -> Vec<String> {
+            agents
+                .iter()
+                .filter(|a| a.state == s)
+                .map(|a| format!("{} (VM {})", a.agent_id, a.virtual_machine))
+                .collect()
+        };
+        let blocking: Vec<String> = agents
+            .iter()
+            .filter(|a| blocks(a))
+            .map(|a| format!("{} (VM {})", a.agent_id, a.virtual_machine))
+            .collect();
+        if !blocking.is_empty() && !force {
+            return Err(KeyError::Blocked {
+                key: new_id,
+                blocking,
+            });
+        }
+        let signing = self
+            .dir
+            .load(new_id)?
+            .ok_or(KeyError::MissingPrivate(new_id))?;
+        let body = KeyRetirementBody {
+            retired: old_id,
+            successor: new_id,
+            issued_unix_ms: jitgate_api::time::now_ms(),
+        };
+        let signed = Signed::sign(&body, &signing).map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let retirement =
+            serde_json::to_string(&signed).map_err(|e| KeyError::Corrupt(e.to_string()))?;
+        let out = Retired {
+            retired_key_id: old_id.to_string(),
+            current_key_id: new_id.to_string(),
+            forced: force,
+            not_acknowledged: if force { blocking } else { Vec::new() },
+            catching_up: pick(AgentKeyState::WillCatchUp),
+            need_reenrolment: pick(AgentKeyState::TooOld),
+            private_key: String::new(),
+        };
+        let mut w = self.db.begin().await?;
+        grant_keys::switch(&mut w, &current.key_id, &next.key_id, &retirement).await?;
+        activity::log(
+            &mut w,
+            NewActivity::other(
+                Operation::RetireKey,
+                ResourceType::GrantSigningKey,
+                "",
+                actor,
+            )
+            .details(serde_json::json!({
+                "retiredKeyId": out.retired_key_id,
+                "currentKeyId": out.current_key_id,
+                "forced": force,
+                "notAcknowledged": out.not_acknowledged,
+                "catchingUp": out.catching_up,
+                "needReenrolment": out.need_reenrolment,
+            })),
+        )
+        .await?;
+        w.commit().await?;
+        tracing::info!(retired = %old_id, current = %new_id, forced = force, "grant-signing key retired");
+        let private_key = match self.dir.destroy(old_id)? {
+            Destroyed::Deleted(p) => format!("destroyed ({})", p.display()),
+            Destroyed::KeptAsCheckpointKey(p) => format!(
+                "kept: {} still signs the activity log's checkpoints; agents refuse it for grants",
+                p.display()
+            ),
+            Destroyed::NotHere => "not held by this controller".into(),
+        };
+        Ok(Retired { private_key, ..out })
+    }
+}
+
+/// Connected and not acknowledged (a connected agent too old to follow blocks as well).
+fn blocks(a: &AgentView) -> bool {
+    a.online && matches!(a.state, AgentKeyState::Waiting | AgentKeyState::TooOld)
+}

@@ -1,0 +1,337 @@
+//! Grant-signing key rotation on the controller (docs/operations.md, "Rotation"): the
+//! commands' rules (bad input changes nothing), the switch seen by every controller of the
+//! cluster, `/readyz` failing on a controller without the private half of a key in use, the
+//! retired private half destroyed, each step activity-logged. SQLite and PostgreSQL
+//! (`JIT_TEST_BACKEND`); with PostgreSQL also across two controllers. The agents' side is in
+//! tests/tests/key_rotation.rs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Harness;
+use jitgate_controller::authz::Actor;
+use jitgate_controller::keys::KeyError;
+use jitgate_controller::keys::files::KeyDir;
+use jitgate_controller::keys::rotation::Rotation;
+use reqwest::{Method, StatusCode};
+
+async fn within<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready(h: &Harness) -> (StatusCode, serde_json::Value) {
+    h.call(Method::GET, "/readyz", None, None).await
+}
+
+fn rotation(h: &Harness) -> Rotation {
+    Rotation::new(h.app().db.clone(), KeyDir::new(h.dir.signing_key()))
+}
+
+async fn key_rows(h: &Harness) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT key_id, state FROM grant_keys ORDER BY created_ms, key_id")
+        .fetch_all(h.app().db.pool())
+        .await
+        .unwrap()
+}
+
+fn signer_id(h: &Harness) -> Option<String> {
+    h.app()
+        .keys
+        .snapshot()
+        .signer
+        .as_ref()
+        .map(|(id, _)| id.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_and_retire_with_readiness_and_the_old_key_destroyed() {
+    let a = Harness::new().await;
+    let b = if common::postgres_backend() {
+        Some(a.second().await)
+    } else {
+        None
+    };
+    let (st, v) = ready(&a).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["checks"]["grantSigningKey"]["status"], "ok", "{v}");
+    let first = key_rows(&a).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].1, "current");
+    let r = rotation(&a);
+    let actor = Actor::local();
+
+    // Nothing to retire: refused, nothing written.
+    assert!(matches!(
+        r.retire(&actor, false).await,
+        Err(KeyError::NoRotation)
+    ));
+    assert_eq!(key_rows(&a).await, first);
+
+    let rotated = r.rotate(&actor).await.expect("rotate");
+    let new_id = rotated.key_id.clone();
+    let new_file = a
+        .dir
+        .signing_key()
+        .with_file_name(format!("grant-{new_id}.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&new_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let after_rotate = key_rows(&a).await;
+    assert_eq!(after_rotate.len(), 2);
+    // A second rotation while one is under way: refused, nothing written, no key file.
+    assert!(matches!(
+        r.rotate(&actor).await,
+        Err(KeyError::RotationUnderway(_))
+    ));
+    assert_eq!(key_rows(&a).await, after_rotate);
+    let files = std::fs::read_dir(new_file.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("grant-")
+        })
+        .count();
+    assert_eq!(files, 3, "grant-signing.key, .pub and the new key only");
+    // The status lists both keys and the rotation (no agents: nothing blocks).
+    let s = r.status().await.unwrap();
+    assert_eq!(s.rotating_to.as_deref(), Some(new_id.as_str()));
+    assert!(s.blocking.is_empty());
+    // The private half never leaves the state directory.
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(!json.contains("PRIVATE"), "{json}");
+
+    // Without the new key's private half, /readyz fails and names the key.
+    let aside = new_file.with_extension("aside");
+    std::fs::rename(&new_file, &aside).unwrap();
+    let missing = within(Duration::from_secs(10), || async {
+        let (st, v) = ready(&a).await;
+        st == StatusCode::SERVICE_UNAVAILABLE
+            && v["checks"]["grantSigningKey"]["missing"][0] == new_id.as_str()
+    })
+    .await;
+    assert!(missing, "{:?}", ready(&a).await);
+    // Retiring needs it too: refused, nothing written.
+    assert!(matches!(
+        r.retire(&actor, false).await,
+        Err(KeyError::MissingPrivate(_))
+    ));
+    assert_eq!(key_rows(&a).await, after_rotate);
+    std::fs::rename(&aside, &new_file).unwrap();
+    assert!(
+        within(Duration::from_secs(10), || async {
+            ready(&a).await.0 == StatusCode::OK
+        })
+        .await
+    );
+    // The second controller has no copy of the new key: not ready until it is copied.
+    if let Some(b) = &b {
+        let b_file = b
+            .dir
+            .signing_key()
+            .with_file_name(format!("grant-{new_id}.key"));
+        assert!(
+            within(Duration::from_secs(10), || async {
+                ready(b).await.0 == StatusCode::SERVICE_UNAVAILABLE
+            })
+            .await,
+            "{:?}",
+            ready(b).await
+        );
+        std::fs::copy(&new_file, &b_file).unwrap();
+        assert!(
+            within(Duration::from_secs(10), || async {
+                ready(b).await.0 == StatusCode::OK
+            })
+            .await
+        );
+    }
+
+    // Retire: the new key signs on every controller; the old one is retired.
+    let old_id = first[0].0.clone();
+    let retired = r.retire(&actor, false).await.expect("retire");
+    assert_eq!(retired.retired_key_id, old_id);
+    assert_eq!(retired.current_key_id, new_id);
+    // The key `init` made stays as the activity log's checkpoint key (said so).
+    assert!(
+        retired.private_key.starts_with("kept"),
+        "{}",
+        retired.private_key
+    );
+    for h in std::iter::once(&a).chain(b.as_ref()) {
+        assert!(
+            within(Duration::from_secs(10), || async {
+                signer_id(h).as_deref() == Some(new_id.as_str())
+            })
+            .await,
+            "signer not switched"
+        );
+    }
+
+    // A second rotation; its retirement destroys the first rotated key's private half, on
+    // this controller at once and on the other within seconds.
+    let third = r.rotate(&actor).await.expect("rotate again").key_id;
+    if let Some(b) = &b {
+        std::fs::copy(
+            a.dir
+                .signing_key()
+                .with_file_name(format!("grant-{third}.key")),
+            b.dir
+                .signing_key()
+                .with_file_name(format!("grant-{third}.key")),
+        )
+        .unwrap();
+    }
+    let retired = r.retire(&actor, false).await.expect("retire again");
+    assert!(
+        retired.private_key.starts_with("destroyed"),
+        "{}",
+        retired.private_key
+    );
+    assert!(!new_file.exists());
+    if let Some(b) = &b {
+        let b_file = b
+            .dir
+            .signing_key()
+            .with_file_name(format!("grant-{new_id}.key"));
+        assert!(
+            within(Duration::from_secs(10), || async { !b_file.exists() }).await,
+            "the second controller kept the retired key"
+        );
+    }
+    let states: Vec<String> = key_rows(&a).await.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "retired").count(),
+        2,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| *s == "current").count(),
+        1,
+        "{states:?}"
+    );
+
+    // Activity-logged: two rotations, two retirements.
+    let ops: Vec<String> = sqlx::query_scalar(
+        "SELECT operation FROM activity WHERE resource_type = 'GrantSigningKey'",
+    )
+    .fetch_all(a.app().db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        ops,
+        [
+            "Rotate Grant-Signing Key",
+            "Retire Grant-Signing Key",
+            "Rotate Grant-Signing Key",
+            "Retire Grant-Signing Key"
+        ]
+    );
+}
+
+/// Agents over the real channel: one at the current level acknowledges the announcement;
+/// one at level 3 cannot follow, so while connected it blocks the switch (refused, nothing
+/// changes) until `--force`, which names it for re-enrolment; it is never sent a key
+/// message. After the switch the current agent gets the retirement, signed by the new key,
+/// and its policy again, signed by the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_agent_blocks_the_switch_until_forced() {
+    use common::agent::{Agent, enroll};
+    use jitgate_proto::message::{AgentMsg, Outcome};
+    use jitgate_proto::{ControllerMsg, KeyStep};
+
+    let h = Harness::new().await;
+    h.fixture().await;
+    let c_new = enroll(&h, "web1").await;
+    let c_old = enroll(&h, "web2").await;
+    let mut new = Agent::connect(&c_new).await;
+    new.handshake_at(&c_new, 0, jitgate_proto::PROTOCOL_LEVEL)
+        .await;
+    let mut old = Agent::connect(&c_old).await;
+    old.handshake_at(&c_old, 0, 3).await;
+    let r = rotation(&h);
+    let actor = Actor::local();
+    let new_id = r.rotate(&actor).await.expect("rotate").key_id;
+
+    let ann = match new.recv().await {
+        ControllerMsg::KeyAnnouncement(s) => s
+            .verify_broadcast(&c_new.signing)
+            .expect("signed by the current key"),
+        m => panic!("expected KeyAnnouncement, got {m:?}"),
+    };
+    assert_eq!(ann.key_id.to_string(), new_id);
+    let new_vk = ann.verifying_key().expect("the id is the key's");
+    new.send(&AgentMsg::KeyResult {
+        key_id: ann.key_id,
+        step: KeyStep::Announced,
+        outcome: Outcome::Applied { agent_unix_ms: 1 },
+    })
+    .await;
+    let acked = within(Duration::from_secs(10), || async {
+        let s = r.status().await.unwrap();
+        s.agents
+            .iter()
+            .any(|a| a.agent_id == c_new.id.to_string() && a.state.as_str() == "acknowledged")
+    })
+    .await;
+    assert!(acked, "{:?}", r.status().await.unwrap());
+    let s = r.status().await.unwrap();
+    assert_eq!(s.blocking, vec![c_old.id.to_string()], "{s:?}");
+
+    // Blocked: refused, nothing written.
+    let before = key_rows(&h).await;
+    match r.retire(&actor, false).await {
+        Err(KeyError::Blocked { blocking, .. }) => {
+            assert!(blocking[0].contains(&c_old.id.to_string()), "{blocking:?}")
+        }
+        other => panic!("expected Blocked, got {other:?}"),
+    }
+    assert_eq!(key_rows(&h).await, before);
+
+    let retired = r.retire(&actor, true).await.expect("forced");
+    assert!(retired.forced);
+    assert!(
+        retired.need_reenrolment[0].contains(&c_old.id.to_string()),
+        "{retired:?}"
+    );
+    // The current agent: the retirement (signed by the new key), then its policy again,
+    // signed by the new key.
+    match new.recv_within(Duration::from_secs(10)).await {
+        Some(ControllerMsg::KeyRetirement(s)) => {
+            let b = s.verify_broadcast(&new_vk).expect("signed by the new key");
+            assert_eq!(b.successor, ann.key_id);
+        }
+        m => panic!("expected KeyRetirement, got {m:?}"),
+    }
+    match new.recv_within(Duration::from_secs(10)).await {
+        Some(ControllerMsg::Policy(p)) => {
+            p.verify(&new_vk, c_new.id)
+                .expect("policy signed by the new key");
+        }
+        m => panic!("expected Policy, got {m:?}"),
+    }
+    // The old agent was sent nothing of the rotation.
+    assert!(
+        old.recv_within(Duration::from_secs(3)).await.is_none(),
+        "a level-3 agent was sent a key message"
+    );
+}
