@@ -49,13 +49,16 @@ pub enum AuditKind {
     ConnectionDenied,
     /// The agent's signature over the chain head before this record.
     AuditCheckpoint,
+    /// A grant with a connection limit admitted its last connection (data-plane event; the
+    /// record names the connection that took it).
+    GrantConnectionLimitReached,
     /// A kind this build does not know, kept verbatim.
     Unknown(String),
 }
 
 impl AuditKind {
     /// Every kind this build knows, in the order of the enum.
-    pub const KNOWN: [AuditKind; 17] = [
+    pub const KNOWN: [AuditKind; 18] = [
         AuditKind::AgentStarted,
         AuditKind::AgentStopped,
         AuditKind::AgentDetached,
@@ -73,6 +76,7 @@ impl AuditKind {
         AuditKind::ConnectionAdmitted,
         AuditKind::ConnectionDenied,
         AuditKind::AuditCheckpoint,
+        AuditKind::GrantConnectionLimitReached,
     ];
 
     /// The kind as written in a record's `kind` field.
@@ -95,6 +99,7 @@ impl AuditKind {
             AuditKind::ConnectionAdmitted => "connection.admitted",
             AuditKind::ConnectionDenied => "connection.denied",
             AuditKind::AuditCheckpoint => "audit.checkpoint",
+            AuditKind::GrantConnectionLimitReached => "grant.connection_limit_reached",
             AuditKind::Unknown(s) => s,
         }
     }

@@ -25,5 +25,9 @@ pub use audit_kind::AuditKind;
 pub use endpoint::{Endpoint, EndpointError};
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use message::{AgentMsg, ControllerMsg};
-pub use message::{LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_ENDPOINTS, PROTOCOL_LEVEL};
-pub use signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError};
+pub use message::{
+    LEVEL_CONNECTION_LIMITS, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_ENDPOINTS, PROTOCOL_LEVEL,
+};
+pub use signed::{
+    GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError,
+};

@@ -1,6 +1,8 @@
 //! The messages. The agent always dials out; the controller never connects to an agent.
 
-use crate::signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed};
+use crate::signed::{
+    GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+};
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -8,7 +10,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 3;
+pub const PROTOCOL_LEVEL: u32 = 4;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -18,6 +20,11 @@ pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
 /// endpoints and the ping interval its silence limit follows. Older agents are pinged every
 /// 15 s and give up after 45 s of silence.
 pub const LEVEL_SETTINGS: u32 = 3;
+
+/// The first level that understands [`ControllerMsg::LimitedGrant`]: grants that admit at
+/// most N new connections. An older agent would apply such a grant unlimited, so it is
+/// never sent one.
+pub const LEVEL_CONNECTION_LIMITS: u32 = 4;
 
 /// At most this many controller endpoints in [`ControllerMsg::Settings`] (and in an
 /// enrolment): a longer list is cut, not refused.
@@ -60,6 +67,10 @@ pub enum ControllerMsg {
         endpoints: Vec<String>,
         ping_every_ms: u64,
     },
+    /// A grant with a connection limit, open at receipt or booked (appended variant; sent
+    /// only to agents at [`LEVEL_CONNECTION_LIMITS`] or later). Answered like `Grant`, or
+    /// like `ScheduledGrant` when booked.
+    LimitedGrant(Signed<LimitedGrantBody>),
 }
 
 /// Agent → controller.

@@ -199,8 +199,8 @@ fn layout1_host_is_upgraded_without_a_missing_or_extra_grant() {
     };
     // The journal's view: the ended grants were dropped at replay.
     dp.reconcile_grants([
-        (host_ok, spec("198.51.100.7"), far),
-        (net_ok, spec("198.51.100.0/24"), far),
+        (host_ok, spec("198.51.100.7"), far, None),
+        (net_ok, spec("198.51.100.0/24"), far, None),
     ])
     .unwrap();
     let (blocks, exact) = dp.prefilter_state();

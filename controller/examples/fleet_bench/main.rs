@@ -391,7 +391,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             }
             ControllerMsg::Settings { .. }
             | ControllerMsg::AuditAck { .. }
-            | ControllerMsg::ScheduledGrant(_) => None,
+            | ControllerMsg::ScheduledGrant(_)
+            | ControllerMsg::LimitedGrant(_) => None,
         };
         if let Some(r) = reply
             && tx.send(r).await.is_err()
