@@ -747,6 +747,11 @@ impl Dataplane {
                 None => self.cover.remove(&id).unwrap_or_default(),
             };
             let _ = self.grant_maps.apply(&undo, &mut self.prefilter);
+            if previous.is_none() && limit.is_some() {
+                // No entry names the grant: its counter goes (the LIMITED bit stays until
+                // the slot is next written, which only costs a lookup).
+                let _ = self.conn_limits.forget(&id);
+            }
             return Err(e);
         }
         self.resize_prefilter();
@@ -946,7 +951,9 @@ impl Dataplane {
                 Ok(v) => v,
                 // A counter array adopted from an older layout is shorter: the counters
                 // added since read as 0 until the maps are recreated.
-                Err(aya::maps::MapError::OutOfBounds { .. }) => continue,
+                Err(aya::maps::MapError::OutOfBounds { .. } | aya::maps::MapError::KeyNotFound) => {
+                    continue;
+                }
                 Err(e) => return Err(Error::map(names::COUNTERS)(e)),
             };
             out.0[c as usize] = per_cpu.iter().sum();
