@@ -259,18 +259,19 @@ fn enforce<C: Pkt>(ctx: &C, p: &Parsed) -> u32 {
             &g.grant_id,
             now,
         );
-        if slot == Slot::Last {
-            emit(
-                ctx,
-                p,
-                &saddr,
-                &daddr,
-                EventKind::LimitReached,
-                Counter::AllowedByGrant,
-                &g.grant_id,
-                now,
-            );
-        }
+    }
+    // Once per grant, even if a racing CPU recorded this 5-tuple first.
+    if slot == Slot::Last {
+        emit(
+            ctx,
+            p,
+            &saddr,
+            &daddr,
+            EventKind::LimitReached,
+            Counter::AllowedByGrant,
+            &g.grant_id,
+            now,
+        );
     }
     count(Counter::AllowedByGrant);
     xdp_action::XDP_PASS
