@@ -5,7 +5,7 @@
 use crate::audit::{AuditLine, Verified};
 use crate::config::ProtoSpec;
 use crate::grant::GrantRecord;
-use jitgate_common::{Port, SourcePrefix};
+use jitgate_common::{MaxConnections, Port, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use time::OffsetDateTime;
@@ -50,6 +50,9 @@ pub struct GrantRequest {
     pub until: Option<OffsetDateTime>,
     #[serde(default)]
     pub justification: Option<String>,
+    /// Admit at most this many new connections (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -67,6 +70,9 @@ pub enum Response {
         grants: Vec<GrantRecord>,
         #[serde(default)]
         scheduled: Vec<BookedGrant>,
+        /// The kernel's count for each open grant with a connection limit.
+        #[serde(default)]
+        connections: Vec<ConnectionUse>,
     },
     Status(Box<Status>),
     Audit {
@@ -79,6 +85,16 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// How much of its connection limit an open grant has used, as the kernel counts it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionUse {
+    pub id: crate::grant::GrantId,
+    /// New connections admitted so far (at most `limit`).
+    pub admitted: u64,
+    pub limit: MaxConnections,
 }
 
 /// A booked grant as `jit-agent grants` lists it: not in the maps until `opens`.

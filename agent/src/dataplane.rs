@@ -5,11 +5,13 @@
 //! runs beside other programs. Dropping a `Dataplane`, or killing the process, leaves
 //! enforcement in place; only [`Dataplane::detach`] and [`remove_pins`] take it away.
 
+mod conn_limit;
 mod hooks;
 mod multiprog;
 mod prefilter;
 mod rtnl;
 
+use conn_limit::ConnLimits;
 pub use hooks::{Ahead, Hook, HookProblem, HookStatus};
 use prefilter::Prefilter;
 pub use prefilter::PrefilterKey;
@@ -27,9 +29,9 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
 use jitgate_common::{
-    Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4, GrantKeyV6,
-    LAYOUT_VERSION, PROTECTED_SLOTS, Port, ProtectedPort, Protocol, UPGRADABLE_FROM, limits, names,
-    port_flags, programs, protected_index,
+    ConnLimit, Counter, DataplaneConfig, FlowEntry, FlowKey, GrantEntry, GrantKey, GrantKeyV4,
+    GrantKeyV6, LAYOUT_VERSION, MaxConnections, PROTECTED_SLOTS, Port, ProtectedPort, Protocol,
+    UPGRADABLE_FROM, limits, names, port_flags, programs, protected_index,
 };
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;
@@ -302,6 +304,7 @@ pub struct Dataplane {
     /// previous agent's grants, still enforced) would be skipped and their sources dropped.
     grants_known: bool,
     prefilter: Prefilter,
+    conn_limits: ConnLimits,
     flows: BpfHashMap<MapData, FlowKey, FlowEntry>,
     config: Array<MapData, DataplaneConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -371,6 +374,7 @@ impl Dataplane {
             lpm_v6: take(&mut ebpf, names::GRANTS_LPM_V6)?,
         };
         let flows = take(&mut ebpf, names::FLOWS)?;
+        let conn_limits = ConnLimits::new(take(&mut ebpf, names::CONN_LIMIT)?);
         let mut config: Array<MapData, DataplaneConfig> = take(&mut ebpf, names::CONFIG)?;
         config
             .set(0, opts.config(), 0)
@@ -422,6 +426,7 @@ impl Dataplane {
             cover: CoverIndex::new(),
             grants_known: !adopted,
             prefilter,
+            conn_limits,
             flows,
             config,
             counters,
@@ -687,6 +692,9 @@ impl Dataplane {
                 v |= port_flags::HOST_V6;
             }
         }
+        if self.conn_limits.on_slot(idx) {
+            v |= port_flags::LIMITED;
+        }
         let current = self.protected.get(&idx).copied().unwrap_or(0);
         if !self.grants_known {
             v |= current & !port_flags::POLICY_MASK;
@@ -711,6 +719,25 @@ impl Dataplane {
         spec: GrantSpec,
         expires: BootInstant,
     ) -> Result<(), Error> {
+        self.add_limited_grant(id, spec, expires, None)
+    }
+
+    /// Adds a grant that admits at most `limit` new connections (`None`: unlimited). The
+    /// counter and the slot's `LIMITED` bit are in place before the grant's entries, so the
+    /// kernel never applies the grant without its limit. A grant applied again keeps the
+    /// count the kernel has (restart, resend); its limit cannot change.
+    pub fn add_limited_grant(
+        &mut self,
+        id: GrantId,
+        spec: GrantSpec,
+        expires: BootInstant,
+        limit: Option<MaxConnections>,
+    ) -> Result<(), Error> {
+        if let Some(limit) = limit {
+            let idx = slot(spec.protocol, spec.port);
+            self.conn_limits.install(id, idx, limit)?;
+            self.write_slot(idx)?;
+        }
         let previous = self.cover.get(&id);
         let ops = self.cover.insert(id, &spec, expires.0);
         if let Err(e) = self.grant_maps.apply(&ops, &mut self.prefilter) {
@@ -720,6 +747,11 @@ impl Dataplane {
                 None => self.cover.remove(&id).unwrap_or_default(),
             };
             let _ = self.grant_maps.apply(&undo, &mut self.prefilter);
+            if previous.is_none() && limit.is_some() {
+                // No entry names the grant: its counter goes (the LIMITED bit stays until
+                // the slot is next written, which only costs a lookup).
+                let _ = self.conn_limits.forget(&id);
+            }
             return Err(e);
         }
         self.resize_prefilter();
@@ -752,7 +784,15 @@ impl Dataplane {
         let ops = self.cover.remove(id).unwrap_or_default();
         self.grant_maps.apply(&ops, &mut self.prefilter)?;
         self.resize_prefilter();
+        // The counter goes only once no entry names the grant.
+        self.conn_limits.forget(id)?;
         self.write_slot(slot(spec.protocol, spec.port))
+    }
+
+    /// A limited grant's count as the kernel has it: `limit` and the slots `taken` (new
+    /// flows that asked; `admitted()` of them got one). `None` for unlimited grants.
+    pub fn conn_usage(&self, id: &GrantId) -> Option<ConnLimit> {
+        self.conn_limits.usage(id)
     }
 
     /// A grant's protocol, port, source and end, as the maps hold it.
@@ -770,15 +810,30 @@ impl Dataplane {
     /// Every source the maps or `grants` admit stays admitted until its entry is pruned: the
     /// wanted entries are written and their slots' lookup bits added (none taken away), the
     /// other entries deleted, and only then each slot set to exactly what `grants` need.
+    ///
+    /// A limited grant keeps the count the pinned `JG_CONN_LIMIT` holds for it (an agent
+    /// restart does not give it new connections); counters of other grants are deleted.
     pub fn reconcile_grants(
         &mut self,
-        grants: impl IntoIterator<Item = (GrantId, GrantSpec, BootInstant)>,
+        grants: impl IntoIterator<Item = (GrantId, GrantSpec, BootInstant, Option<MaxConnections>)>,
     ) -> Result<(), Error> {
         // Until the prune below, the maps hold entries the new index does not describe.
         self.grants_known = false;
         self.cover = CoverIndex::new();
-        for (id, spec, exp) in grants {
+        let mut limited = Vec::new();
+        for (id, spec, exp, limit) in grants {
             self.cover.insert(id, &spec, exp.0);
+            if let Some(l) = limit {
+                limited.push((id, slot(spec.protocol, spec.port), l));
+            }
+        }
+        // Counters and LIMITED bits before any entry is written.
+        self.conn_limits.reset();
+        for (id, idx, l) in &limited {
+            self.conn_limits.install(*id, *idx, *l)?;
+        }
+        for (_, idx, _) in &limited {
+            self.write_slot(*idx)?;
         }
         let mut want_v4h = std::collections::HashSet::new();
         let mut want_v6h = std::collections::HashSet::new();
@@ -809,6 +864,7 @@ impl Dataplane {
         }
         let mut slots: std::collections::HashSet<u32> = self.protected.keys().copied().collect();
         slots.extend(self.cover.ids().map(|(_, proto, port)| slot(proto, port)));
+        slots.extend(self.conn_limits.slots());
         for idx in &slots {
             self.write_slot(*idx)?;
         }
@@ -817,6 +873,8 @@ impl Dataplane {
         prune_hash(&mut m.host_v6, &want_v6h);
         prune_lpm(&mut m.lpm_v4, &want_v4p);
         prune_lpm(&mut m.lpm_v6, &want_v6p);
+        // No entry names a grant outside `grants` any more: their counters can go.
+        self.conn_limits.prune();
         // The maps now hold exactly `desired`: count the filter from scratch.
         self.prefilter
             .rebuild(desired.iter().map(|(s, _)| prefilter_key(s)));
@@ -889,10 +947,15 @@ impl Dataplane {
     pub fn counters(&self) -> Result<Counters, Error> {
         let mut out = Counters::default();
         for c in Counter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(Error::map(names::COUNTERS))?;
+            let per_cpu = match self.counters.get(&(c as u32), 0) {
+                Ok(v) => v,
+                // A counter array adopted from an older layout is shorter: the counters
+                // added since read as 0 until the maps are recreated.
+                Err(aya::maps::MapError::OutOfBounds { .. } | aya::maps::MapError::KeyNotFound) => {
+                    continue;
+                }
+                Err(e) => return Err(Error::map(names::COUNTERS)(e)),
+            };
             out.0[c as usize] = per_cpu.iter().sum();
         }
         Ok(out)

@@ -1,7 +1,7 @@
 //! What the data plane needs to know about a grant.
 
 use crate::clock::BootInstant;
-use jitgate_common::{Port, Protocol, SourcePrefix};
+use jitgate_common::{MaxConnections, Port, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -118,6 +118,10 @@ pub struct GrantRecord {
     /// The end on CLOCK_BOOTTIME, fixed when the grant was first applied. Within the same
     /// boot it is authoritative: a wall-clock change cannot move it.
     pub expires_boot_ns: u64,
+    /// At most this many new connections (absent: unlimited). Counted by the kernel
+    /// (docs/dataplane.md, "Connection limits").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
 }
 
 impl GrantRecord {

@@ -17,7 +17,7 @@ use crate::intern::{Interner, Sym};
 use crate::slab::{Keyed, KeyedSlab};
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
-use jitgate_common::{Port, Protocol, SourcePrefix};
+use jitgate_common::{MaxConnections, Port, Protocol, SourcePrefix};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
@@ -38,6 +38,7 @@ struct Row {
     protocol: Protocol,
     port: Port,
     origin: Origin,
+    max_connections: Option<MaxConnections>,
 }
 
 impl Keyed for Row {
@@ -155,6 +156,7 @@ impl GrantTable {
             protocol: g.protocol,
             port: g.port,
             origin: g.origin,
+            max_connections: g.max_connections,
         };
         let slot = match self.rows.insert(row) {
             Ok(slot) => slot,
@@ -377,6 +379,11 @@ impl Grant<'_> {
         }
     }
 
+    /// Its connection limit, if it has one.
+    pub fn max_connections(&self) -> Option<MaxConnections> {
+        self.row.max_connections
+    }
+
     pub fn expires_boot_ns(&self) -> u64 {
         self.row.expires_boot_ns
     }
@@ -421,6 +428,7 @@ fn record(row: &Row, boot_id: &Arc<str>, req: &Interner, just: &Interner) -> Gra
         origin: row.origin,
         boot_id: boot_id.clone(),
         expires_boot_ns: row.expires_boot_ns,
+        max_connections: row.max_connections,
     }
 }
 
@@ -474,6 +482,7 @@ mod tests {
             },
             boot_id: Arc::from(BOOT),
             expires_boot_ns: expires,
+            max_connections: jitgate_common::MaxConnections::new(n % 3),
         }
     }
 

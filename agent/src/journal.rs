@@ -213,6 +213,8 @@ pub(crate) mod tests {
             origin: Origin::Local,
             boot_id: std::sync::Arc::from("b"),
             expires_boot_ns: 42,
+            // Records with and without a limit (absent from older journals).
+            max_connections: jitgate_common::MaxConnections::new(u32::from(n) % 3),
         }
     }
 

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use jitgate_agent::admin::{self, Client, ErrorCode, GrantRequest, Request, Response};
 use jitgate_agent::config::{self, AgentConfig, Overrides};
 use jitgate_agent::daemon;
+use jitgate_common::MaxConnections;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -155,6 +156,9 @@ struct GrantArgs {
     /// Why: recorded in the audit log.
     #[arg(long)]
     justification: Option<String>,
+    /// Admit at most N new connections (TCP connections, UDP flows); unlimited when omitted.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -351,6 +355,13 @@ async fn grant(socket: &std::path::Path, g: GrantArgs) -> ExitCode {
         },
         None => None,
     };
+    let max_connections = match &g.max_connections {
+        Some(n) => match n.parse::<MaxConnections>() {
+            Ok(m) => Some(m),
+            Err(e) => return fail(EXIT_USAGE, format!("--max-connections {n:?}: {e}")),
+        },
+        None => None,
+    };
     let req = Request::Grant(GrantRequest {
         port,
         protocol,
@@ -358,6 +369,7 @@ async fn grant(socket: &std::path::Path, g: GrantArgs) -> ExitCode {
         duration_secs,
         until,
         justification: g.justification,
+        max_connections,
     });
     let mut c = match connect(socket).await {
         Ok(c) => c,
@@ -511,19 +523,30 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
         Response::Revoked { id, flows_cut } => {
             println!("revoked {id} ({flows_cut} session(s) closed)")
         }
-        Response::Grants { grants, scheduled } => {
+        Response::Grants {
+            grants,
+            scheduled,
+            connections,
+        } => {
             println!(
-                "{:<36}  {:<10} {:<28} {:<20} {:<10} REQUESTER",
-                "ID", "PORT", "SOURCE", "ENDS (UTC)", "ORIGIN"
+                "{:<36}  {:<10} {:<28} {:<20} {:<10} {:<11} REQUESTER",
+                "ID", "PORT", "SOURCE", "ENDS (UTC)", "ORIGIN", "CONNS"
             );
             for g in grants {
+                // used/limit for limited grants, `-` for unlimited ones.
+                let conns = match (g.max_connections, connections.iter().find(|c| c.id == g.id)) {
+                    (Some(_), Some(c)) => format!("{}/{}", c.admitted, c.limit),
+                    (Some(l), None) => format!("?/{l}"),
+                    (None, _) => "-".to_string(),
+                };
                 println!(
-                    "{:<36}  {:<10} {:<28} {:<20} {:<10} {}",
+                    "{:<36}  {:<10} {:<28} {:<20} {:<10} {:<11} {}",
                     g.id,
                     format!("{}/{}", g.port, g.protocol),
                     g.source.to_string(),
                     fmt_time(g.end),
                     g.origin.as_str(),
+                    conns,
                     g.requester
                 );
             }

@@ -32,6 +32,7 @@ fn grant(n: u8) -> GrantRecord {
         origin: Origin::Controller,
         boot_id: "3f1e".into(),
         expires_boot_ns: 3_600_000_000_000,
+        max_connections: jitgate_common::MaxConnections::new(u32::from(n % 2)),
     }
 }
 

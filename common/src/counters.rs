@@ -36,11 +36,15 @@ pub enum Counter {
     EventsLost = 14,
     /// A flow could not be recorded (flow table insert failed).
     FlowInsertFailed = 15,
+    /// Protected, an active grant covers the source, but it has admitted as many new
+    /// connections as its limit allows. Absent on maps adopted from layout 2 or older
+    /// (their counter array is shorter): read as 0 there until the maps are recreated.
+    DeniedConnLimit = 16,
 }
 
 impl Counter {
     /// Number of counters; the size of the per-CPU counter array.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -60,6 +64,7 @@ impl Counter {
         Counter::EventsSuppressed,
         Counter::EventsLost,
         Counter::FlowInsertFailed,
+        Counter::DeniedConnLimit,
     ];
 
     /// Stable snake_case name, used in JSON output and metric labels.
@@ -81,6 +86,7 @@ impl Counter {
             Counter::EventsSuppressed => "events_suppressed",
             Counter::EventsLost => "events_lost",
             Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::DeniedConnLimit => "denied_conn_limit",
         }
     }
 }

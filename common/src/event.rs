@@ -9,6 +9,9 @@ pub enum EventKind {
     Admitted = 1,
     /// A packet to a protected port was dropped (rate-limited per CPU and per source).
     Denied = 2,
+    /// A new flow took the last connection a limited grant allows (written right after that
+    /// flow's `Admitted`): from now on the grant admits no new connection.
+    LimitReached = 3,
 }
 
 impl EventKind {
@@ -16,6 +19,7 @@ impl EventKind {
         match v {
             1 => Some(EventKind::Admitted),
             2 => Some(EventKind::Denied),
+            3 => Some(EventKind::LimitReached),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod event;
+pub mod limit;
 pub mod maps;
 pub mod net;
 pub mod policy;
@@ -16,6 +17,7 @@ mod serde_impl;
 
 pub use counters::Counter;
 pub use event::{Event, EventKind};
+pub use limit::{MaxConnections, MaxConnectionsError};
 pub use maps::*;
 pub use net::{ParseError, Port, Protocol, SourcePrefix};
 pub use policy::{OnExpiry, ProtectedPort, ProtectedPortError};

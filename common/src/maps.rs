@@ -9,12 +9,14 @@ use core::net::IpAddr;
 ///
 /// 2 added the denial prefilter (`JG_PREFILTER`, `JG_PREFILT_CTL`); every map of layout 1 is
 /// unchanged, so pinned maps of layout 1 are adopted and upgraded in place
-/// ([`UPGRADABLE_FROM`]).
-pub const LAYOUT_VERSION: u32 = 2;
+/// ([`UPGRADABLE_FROM`]). 3 added connection limits (`JG_CONN_LIMIT`, `JG_LIM_SYNS`, the
+/// `LIMITED` slot bit and the `denied_conn_limit` counter); maps of layouts 1 and 2 mean the
+/// same, and the maps added since start out empty (no grant is limited).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Older layouts whose pinned maps the current program can adopt: their maps mean the same
 /// and the maps added since start out empty, which the program treats as "no filter".
-pub const UPGRADABLE_FROM: &[u32] = &[1];
+pub const UPGRADABLE_FROM: &[u32] = &[1, 2];
 
 /// Map names (also their pin names under the pin directory). At most 15 bytes each.
 pub mod names {
@@ -32,8 +34,10 @@ pub mod names {
     pub const CLOCK: &str = "JG_CLOCK";
     pub const PREFILTER: &str = "JG_PREFILTER";
     pub const PREFILTER_CTL: &str = "JG_PREFILT_CTL";
+    pub const CONN_LIMIT: &str = "JG_CONN_LIMIT";
+    pub const LIMITED_SYNS: &str = "JG_LIM_SYNS";
     /// Every map, for pinning and removal.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         PROTECTED,
         GRANTS_V4,
         GRANTS_V6,
@@ -48,6 +52,8 @@ pub mod names {
         CLOCK,
         PREFILTER,
         PREFILTER_CTL,
+        CONN_LIMIT,
+        LIMITED_SYNS,
     ];
 }
 
@@ -76,6 +82,11 @@ pub mod limits {
     pub const FLOWS: u32 = 1 << 16;
     pub const SRC_RATE: u32 = 1 << 14;
     pub const EVENTS_BYTES: u32 = 1 << 18;
+    /// Grants with a connection limit (`JG_CONN_LIMIT`, allocated on demand).
+    pub const CONN_LIMITS: u32 = 1 << 16;
+    /// SYNs that took a slot of a limited grant, remembered to recognise their
+    /// retransmissions (`JG_LIM_SYNS`, LRU).
+    pub const LIMITED_SYNS: u32 = 1 << 14;
     /// Blocks of `JG_PREFILTER` for the default limits (see [`prefilter_capacity`]).
     pub const PREFILTER_BLOCKS: u32 =
         2 * (prefilter_capacity(HOST_GRANTS) + prefilter_capacity(PREFIX_GRANTS));
@@ -110,6 +121,10 @@ pub mod port_flags {
     pub const HOST_V4: u8 = 16;
     /// The same for IPv6 hosts (/128).
     pub const HOST_V6: u8 = 32;
+    /// Some grant on this pair has a connection limit: a new flow's grant is looked up in
+    /// `JG_CONN_LIMIT`. Set before the limited grant's entries are written and cleared only
+    /// after they are deleted, so a limited grant is never applied unlimited.
+    pub const LIMITED: u8 = 64;
     /// The bits that come from policy (the rest come from the grants).
     pub const POLICY_MASK: u8 = PROTECTED | CUT;
 }
@@ -221,6 +236,46 @@ pub struct FlowEntry {
     /// so an extension is picked up without user space touching flows.
     pub grant_expires_ns: u64,
     pub grant_id: [u8; 16],
+}
+
+/// Value of `JG_CONN_LIMIT`, keyed by the grant id of [`GrantEntry::grant_id`]: a grant that
+/// admits only its first `limit` new flows.
+///
+/// `taken` counts the new flows that asked for a slot. The program increments it with one
+/// atomic fetch-and-add and admits the flow only if the value it got was below `limit`, so
+/// CPUs racing for the last slot get distinct values and exactly one of them wins. It may
+/// grow past `limit` (refused attempts); the connections admitted are `min(taken, limit)`.
+/// User space writes an entry once, when the grant is first applied, and never rewrites
+/// it: the count survives agent restarts with the pinned map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimit {
+    pub limit: u64,
+    pub taken: u64,
+}
+
+impl ConnLimit {
+    /// Connections admitted so far.
+    pub const fn admitted(&self) -> u64 {
+        if self.taken < self.limit {
+            self.taken
+        } else {
+            self.limit
+        }
+    }
+}
+
+/// Value of `JG_LIM_SYNS`, keyed by [`FlowKey`]: the SYN that took a slot of a limited grant.
+/// A SYN with the same 5-tuple, grant and initial sequence number is its retransmission and
+/// passes without taking another slot; a new connection reusing the 5-tuple has another
+/// initial sequence number and needs a slot of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitedSyn {
+    pub grant_id: [u8; 16],
+    /// The SYN's sequence number, as its bytes were on the wire.
+    pub seq: u32,
+    pub _pad: u32,
 }
 
 /// The one entry of `JG_CONFIG`, written by user space.
@@ -455,6 +510,8 @@ mod pod {
     unsafe impl aya::Pod for GrantEntry {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for ConnLimit {}
+    unsafe impl aya::Pod for LimitedSyn {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for ClockCache {}

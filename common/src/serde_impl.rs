@@ -2,6 +2,7 @@
 //! port as a number), parsed with the same `FromStr` as everywhere else, so a bad value in
 //! JSON or TOML gets the same error as on the command line.
 
+use crate::limit::MaxConnections;
 use crate::net::{Port, Protocol, SourcePrefix};
 use crate::policy::{OnExpiry, ProtectedPort};
 use core::fmt;
@@ -84,6 +85,43 @@ impl<'de> Deserialize<'de> for Port {
             d.deserialize_any(PortVisitor)
         } else {
             d.deserialize_u16(PortVisitor)
+        }
+    }
+}
+
+/// Connection limits are numbers in JSON and TOML (`"maxConnections": 1`).
+impl Serialize for MaxConnections {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.get())
+    }
+}
+
+struct MaxConnectionsVisitor;
+
+impl Visitor<'_> for MaxConnectionsVisitor {
+    type Value = MaxConnections;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number of connections, at least 1")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<MaxConnections, E> {
+        MaxConnections::try_from(v).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<MaxConnections, E> {
+        u64::try_from(v)
+            .map_err(|_| E::custom(crate::MaxConnectionsError))
+            .and_then(|v| self.visit_u64(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<MaxConnections, E> {
+        v.parse().map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(MaxConnectionsVisitor)
+        } else {
+            d.deserialize_u32(MaxConnectionsVisitor)
         }
     }
 }

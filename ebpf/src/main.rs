@@ -5,6 +5,8 @@
 //! else passes untouched, at the cost of one array lookup. See docs/dataplane.md.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for the one atomic fetch-and-add (see `fetch_add_u64`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod parse;
 
@@ -16,9 +18,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use jitgate_common::{
-    ClockCache, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey, GrantEntry,
-    GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, PROTECTED_SLOTS, PrefilterBlock, PrefilterCtl,
-    RateWindow, SourceBucket, event::FAMILY_V4, limits, port_flags, prefilter,
+    ClockCache, ConnLimit, Counter, DataplaneConfig, Event, EventKind, FlowEntry, FlowKey,
+    GrantEntry, GrantKeyV4, GrantKeyV6, KEY_PREFIX_BITS, LimitedSyn, PROTECTED_SLOTS,
+    PrefilterBlock, PrefilterCtl, RateWindow, SourceBucket, event::FAMILY_V4, limits, port_flags,
+    prefilter,
 };
 use parse::{Ip16, Link, Parsed, Pkt, Verdict};
 
@@ -67,6 +70,13 @@ static PREFILTER: Array<PrefilterBlock> = Array::pinned(limits::PREFILTER_BLOCKS
 
 #[map(name = "JG_PREFILT_CTL")]
 static PREFILTER_CTL: Array<PrefilterCtl> = Array::pinned(1, BPF_F_MMAPABLE);
+
+#[map(name = "JG_CONN_LIMIT")]
+static CONN_LIMITS: HashMap<[u8; 16], ConnLimit> =
+    HashMap::pinned(limits::CONN_LIMITS, BPF_F_NO_PREALLOC);
+
+#[map(name = "JG_LIM_SYNS")]
+static LIMITED_SYNS: LruHashMap<FlowKey, LimitedSyn> = LruHashMap::pinned(limits::LIMITED_SYNS, 0);
 
 #[map(name = "JG_SRC_RATE")]
 static SRC_RATE: LruHashMap<SourceBucket, u64> = LruHashMap::pinned(limits::SRC_RATE, 0);
@@ -220,6 +230,15 @@ fn enforce<C: Pkt>(ctx: &C, p: &Parsed) -> u32 {
     if !now.before(g.expires_at_ns) {
         return deny(ctx, p, &saddr, &daddr, Counter::DeniedExpired);
     }
+    // A limited grant admits a new flow only if it gets one of the grant's slots.
+    let slot = if flags & port_flags::LIMITED != 0 {
+        take_slot(p, &fkey(), &g.grant_id)
+    } else {
+        Slot::Unlimited
+    };
+    if slot == Slot::Refused {
+        return deny(ctx, p, &saddr, &daddr, Counter::DeniedConnLimit);
+    }
     let now = now.precise();
     let entry = FlowEntry {
         admitted_at_ns: now,
@@ -241,8 +260,107 @@ fn enforce<C: Pkt>(ctx: &C, p: &Parsed) -> u32 {
             now,
         );
     }
+    // Once per grant, even if a racing CPU recorded this 5-tuple first.
+    if slot == Slot::Last {
+        emit(
+            ctx,
+            p,
+            &saddr,
+            &daddr,
+            EventKind::LimitReached,
+            Counter::AllowedByGrant,
+            &g.grant_id,
+            now,
+        );
+    }
     count(Counter::AllowedByGrant);
     xdp_action::XDP_PASS
+}
+
+/// Whether a new flow under grant `grant` may be admitted: the grant has no connection limit,
+/// or the flow takes one of its remaining slots, or it is a retransmitted SYN of a connection
+/// that took one. Slots are taken with one atomic fetch-and-add on the grant's counter: each
+/// CPU gets a distinct previous value, so exactly `limit` flows ever get one below the limit.
+#[inline(always)]
+fn take_slot(p: &Parsed, key: &FlowKey, grant: &[u8; 16]) -> Slot {
+    let Some(l) = CONN_LIMITS.get_ptr_mut(grant) else {
+        // This grant is not limited (another grant on the pair is).
+        return Slot::Unlimited;
+    };
+    if p.tcp_syn {
+        // SAFETY: the value is read at once.
+        if let Some(s) = unsafe { LIMITED_SYNS.get(key) }
+            && s.grant_id == *grant
+            && s.seq == p.tcp_seq
+        {
+            return Slot::Retransmission;
+        }
+    }
+    // SAFETY: a map value pointer, valid for this program run; `taken` is 8-byte aligned.
+    let (limit, before) = unsafe { ((*l).limit, fetch_add_u64(&raw mut (*l).taken, 1)) };
+    if before >= limit {
+        return Slot::Refused;
+    }
+    if p.tcp_syn {
+        let s = LimitedSyn {
+            grant_id: *grant,
+            seq: p.tcp_seq,
+            _pad: 0,
+        };
+        // Best effort: if it cannot be recorded, a retransmission takes another slot.
+        let _ = LIMITED_SYNS.insert(key, &s, 0);
+    }
+    if before + 1 == limit {
+        Slot::Last
+    } else {
+        Slot::Taken
+    }
+}
+
+/// What `take_slot` decided for a new flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The grant has no limit.
+    Unlimited,
+    /// A retransmitted SYN of a connection that already has a slot.
+    Retransmission,
+    /// A slot, with more left.
+    Taken,
+    /// The grant's last slot.
+    Last,
+    /// No slot left: refused.
+    Refused,
+}
+
+/// `*p += v` atomically across CPUs, returning the previous value (BPF_ATOMIC | BPF_FETCH |
+/// BPF_ADD, kernel 5.12 and later).
+/// Written as the instruction itself: the BPF target has no `AtomicU64::fetch_add` (rustc's
+/// target has no compare-and-swap), and for the `generic` CPU bpf-linker compiles for, LLVM
+/// refuses to use the value an atomic add returns (that needs BPF_FETCH, CPU v3).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn fetch_add_u64(p: *mut u64, v: u64) -> u64 {
+    let mut r = v;
+    // SAFETY: the caller passes a valid, aligned pointer into a map value; the instruction
+    // reads and writes only that word and puts its previous value in `r`.
+    unsafe {
+        core::arch::asm!(
+            "{r} = atomic_fetch_add((u64 *)({p} + 0), {r})",
+            p = in(reg) p,
+            r = inout(reg) r,
+            options(nostack),
+        );
+    }
+    r
+}
+
+/// Host builds (clippy) only: the program never runs there.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn fetch_add_u64(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+        .fetch_add(v, core::sync::atomic::Ordering::SeqCst)
 }
 
 /// The current CLOCK_BOOTTIME, known to lie in `[lo, hi]` from the per-CPU cache (see

@@ -35,6 +35,9 @@ pub struct Parsed {
     pub family: u8,
     pub proto: u8,
     pub tcp_syn: bool,
+    /// The TCP sequence number as its bytes were on the wire (0 for UDP): tells a
+    /// retransmitted SYN from a new connection on the same 5-tuple.
+    pub tcp_seq: u32,
     /// Host order.
     pub sport: u16,
     /// Host order.
@@ -385,6 +388,7 @@ fn transport<C: Pkt>(
             family,
             proto,
             tcp_syn: flags & 0x02 != 0 && flags & 0x10 == 0,
+            tcp_seq: u32::from_ne_bytes([t[4], t[5], t[6], t[7]]),
             sport: be16(t[0], t[1]),
             dport: be16(t[2], t[3]),
             l3,
@@ -400,6 +404,7 @@ fn transport<C: Pkt>(
             family,
             proto,
             tcp_syn: false,
+            tcp_seq: 0,
             sport: be16(u[0], u[1]),
             dport: be16(u[2], u[3]),
             l3,

@@ -55,13 +55,16 @@ pub enum AuditKind {
     KeyRetired,
     /// A key announcement or retirement was refused; the keys did not change.
     KeyRejected,
+    /// A grant with a connection limit admitted its last connection (data-plane event; the
+    /// record names the connection that took it).
+    GrantConnectionLimitReached,
     /// A kind this build does not know, kept verbatim.
     Unknown(String),
 }
 
 impl AuditKind {
     /// Every kind this build knows, in the order of the enum.
-    pub const KNOWN: [AuditKind; 20] = [
+    pub const KNOWN: [AuditKind; 21] = [
         AuditKind::AgentStarted,
         AuditKind::AgentStopped,
         AuditKind::AgentDetached,
@@ -82,6 +85,7 @@ impl AuditKind {
         AuditKind::KeyAnnounced,
         AuditKind::KeyRetired,
         AuditKind::KeyRejected,
+        AuditKind::GrantConnectionLimitReached,
     ];
 
     /// The kind as written in a record's `kind` field.
@@ -107,6 +111,7 @@ impl AuditKind {
             AuditKind::KeyAnnounced => "key.announced",
             AuditKind::KeyRetired => "key.retired",
             AuditKind::KeyRejected => "key.rejected",
+            AuditKind::GrantConnectionLimitReached => "grant.connection_limit_reached",
             AuditKind::Unknown(s) => s,
         }
     }

@@ -1,7 +1,9 @@
 //! The messages. The agent always dials out; the controller never connects to an agent.
 
 use crate::keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
-use crate::signed::{GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed};
+use crate::signed::{
+    GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+};
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -9,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 4;
+pub const PROTOCOL_LEVEL: u32 = 5;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -24,6 +26,11 @@ pub const LEVEL_SETTINGS: u32 = 3;
 /// [`ControllerMsg::KeyRetirement`] and answers them with [`AgentMsg::KeyResult`]. Older
 /// agents cannot follow a grant-signing key rotation (docs/operations.md, "Rotation").
 pub const LEVEL_KEY_ROTATION: u32 = 4;
+
+/// The first level that understands [`ControllerMsg::LimitedGrant`]: grants that admit at
+/// most N new connections. An older agent would apply such a grant unlimited, so it is
+/// never sent one.
+pub const LEVEL_CONNECTION_LIMITS: u32 = 5;
 
 /// At most this many controller endpoints in [`ControllerMsg::Settings`] (and in an
 /// enrolment): a longer list is cut, not refused.
@@ -72,6 +79,10 @@ pub enum ControllerMsg {
     /// The previous key is retired, signed by its successor (appended variant; level
     /// [`LEVEL_KEY_ROTATION`]). Answered with `KeyResult { Retired }`.
     KeyRetirement(Signed<KeyRetirementBody>),
+    /// A grant with a connection limit, open at receipt or booked (appended variant; sent
+    /// only to agents at [`LEVEL_CONNECTION_LIMITS`] or later). Answered like `Grant`, or
+    /// like `ScheduledGrant` when booked.
+    LimitedGrant(Signed<LimitedGrantBody>),
 }
 
 /// Agent → controller.

@@ -6,7 +6,7 @@
 //! signature over one kind of body from being replayed as another.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
+use jitgate_common::{MaxConnections, Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::marker::PhantomData;
 use uuid::Uuid;
@@ -60,6 +60,22 @@ pub struct ScheduledGrantBody {
     pub starts_in_ms: u64,
 }
 
+/// A grant that admits at most `max_connections` new connections, open at receipt
+/// (`starts_in_ms` absent) or booked (`starts_in_ms` as in [`ScheduledGrantBody`]).
+///
+/// Its own body type and message for the same reason as [`ScheduledGrantBody`]: an older
+/// agent would read an appended field of [`GrantBody`] as an ordinary, unlimited grant. The
+/// controller sends this only to agents whose `HelloV2` announces
+/// [`LEVEL_CONNECTION_LIMITS`](crate::LEVEL_CONNECTION_LIMITS) or later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitedGrantBody {
+    pub grant: GrantBody,
+    pub max_connections: MaxConnections,
+    /// For a booked grant, the time to its start at signing in ms (see
+    /// [`ScheduledGrantBody::starts_in_ms`]); absent: it opens at receipt.
+    pub starts_in_ms: Option<u64>,
+}
+
 /// Ends a grant now (revocation or supersession).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeBody {
@@ -91,6 +107,16 @@ impl Body for GrantBody {
 
 impl Body for ScheduledGrantBody {
     const CONTEXT: &'static [u8] = b"jitgate scheduled grant v1\0";
+    fn agent_id(&self) -> Uuid {
+        self.grant.agent_id
+    }
+    fn seq(&self) -> u64 {
+        self.grant.seq
+    }
+}
+
+impl Body for LimitedGrantBody {
+    const CONTEXT: &'static [u8] = b"jitgate limited grant v1\0";
     fn agent_id(&self) -> Uuid {
         self.grant.agent_id
     }
@@ -289,6 +315,7 @@ mod tests {
         let contexts = [
             GrantBody::CONTEXT,
             ScheduledGrantBody::CONTEXT,
+            LimitedGrantBody::CONTEXT,
             RevokeBody::CONTEXT,
             PolicyBody::CONTEXT,
         ];
@@ -327,6 +354,66 @@ mod tests {
         assert!(matches!(
             s.verify(&vk, Uuid::nil()),
             Err(VerifyError::WrongAgent(_))
+        ));
+    }
+
+    fn limited(agent: Uuid, starts_in_ms: Option<u64>) -> LimitedGrantBody {
+        LimitedGrantBody {
+            grant: grant(agent),
+            max_connections: MaxConnections::ONE,
+            starts_in_ms,
+        }
+    }
+
+    /// A limited grant round-trips with its limit, and no signature crosses between it and
+    /// an unlimited grant or a booking: neither can be presented as the other.
+    #[test]
+    fn limited_grant_signatures_do_not_cross() {
+        let agent = Uuid::from_bytes([1; 16]);
+        let k = key(1);
+        let vk = k.verifying_key();
+        for start in [None, Some(60_000)] {
+            let s = Signed::sign(&limited(agent, start), &k).unwrap();
+            assert_eq!(s.verify(&vk, agent).unwrap(), limited(agent, start));
+            let as_grant: Signed<GrantBody> = Signed {
+                body: s.body.clone(),
+                signature: s.signature.clone(),
+                _t: PhantomData,
+            };
+            assert_eq!(as_grant.verify(&vk, agent), Err(VerifyError::Signature));
+            let as_booked: Signed<ScheduledGrantBody> = Signed {
+                body: s.body.clone(),
+                signature: s.signature.clone(),
+                _t: PhantomData,
+            };
+            assert_eq!(as_booked.verify(&vk, agent), Err(VerifyError::Signature));
+        }
+        let g = Signed::sign(&grant(agent), &k).unwrap();
+        let as_limited: Signed<LimitedGrantBody> = Signed {
+            body: g.body,
+            signature: g.signature,
+            _t: PhantomData,
+        };
+        assert_eq!(as_limited.verify(&vk, agent), Err(VerifyError::Signature));
+    }
+
+    /// A limit of 0 never decodes, even validly signed bytes (postcard: a u32 varint).
+    #[test]
+    fn a_zero_limit_does_not_decode() {
+        let agent = Uuid::from_bytes([1; 16]);
+        let k = key(1);
+        let mut bytes = postcard::to_allocvec(&grant(agent)).unwrap();
+        bytes.push(0); // max_connections = 0
+        bytes.push(0); // starts_in_ms = None
+        let sig = k.sign(&message::<LimitedGrantBody>(&bytes));
+        let s: Signed<LimitedGrantBody> = Signed {
+            body: bytes,
+            signature: sig.to_bytes().to_vec(),
+            _t: PhantomData,
+        };
+        assert!(matches!(
+            s.verify(&k.verifying_key(), agent),
+            Err(VerifyError::Decode(_))
         ));
     }
 }

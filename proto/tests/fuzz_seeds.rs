@@ -7,14 +7,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ed25519_dalek::SigningKey;
-use jitgate_common::{OnExpiry, Port, ProtectedPort, Protocol};
+use jitgate_common::{MaxConnections, OnExpiry, Port, ProtectedPort, Protocol};
 use jitgate_proto::frame::{decode, encode};
 use jitgate_proto::message::{
     AuditRecord, Heartbeat, Outcome, ReportedGrant, ReportedScheduledGrant,
 };
 use jitgate_proto::signed::Body;
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, GrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+    AgentMsg, ControllerMsg, GrantBody, LimitedGrantBody, PolicyBody, RevokeBody,
+    ScheduledGrantBody, Signed,
 };
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -111,6 +112,20 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
                     &ScheduledGrantBody {
                         grant: grant(),
                         starts_in_ms: 600_000,
+                    },
+                    key,
+                )
+                .unwrap(),
+            ),
+        ),
+        (
+            "limited-grant",
+            ControllerMsg::LimitedGrant(
+                Signed::sign(
+                    &LimitedGrantBody {
+                        grant: grant(),
+                        max_connections: MaxConnections::ONE,
+                        starts_in_ms: None,
                     },
                     key,
                 )

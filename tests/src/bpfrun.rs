@@ -29,14 +29,25 @@ struct TestAttr {
 
 /// Runs program `id` once on `frame`; returns its return value (the XDP action).
 pub fn run_by_id(id: u32, frame: &[u8]) -> std::io::Result<u32> {
+    run_fd(program_fd(id)?.as_fd(), frame)
+}
+
+/// A file descriptor of loaded program `id`, to run it many times (from several threads).
+pub fn program_fd(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
         .ok_or_else(|| std::io::Error::other(format!("program {id} not loaded")))?;
     let fd = info.fd().map_err(std::io::Error::other)?;
+    fd.as_fd().try_clone_to_owned()
+}
+
+/// Runs the program behind `fd` once on `frame`, on the calling CPU; returns its return
+/// value (the XDP action).
+pub fn run_fd(fd: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> std::io::Result<u32> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        prog_fd: fd.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_size_out: out.len() as u32,
         data_in: frame.as_ptr() as u64,

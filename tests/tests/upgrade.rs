@@ -199,8 +199,8 @@ fn layout1_host_is_upgraded_without_a_missing_or_extra_grant() {
     };
     // The journal's view: the ended grants were dropped at replay.
     dp.reconcile_grants([
-        (host_ok, spec("198.51.100.7"), far),
-        (net_ok, spec("198.51.100.0/24"), far),
+        (host_ok, spec("198.51.100.7"), far, None),
+        (net_ok, spec("198.51.100.0/24"), far, None),
     ])
     .unwrap();
     let (blocks, exact) = dp.prefilter_state();
@@ -256,5 +256,33 @@ fn layout1_host_is_upgraded_without_a_missing_or_extra_grant() {
         cfg.get(&0, 0).unwrap().layout_version,
         jitgate_common::LAYOUT_VERSION
     );
+    // Connection limits on maps adopted from layout 1: the maps added since were created
+    // empty, a limited grant is counted, and the counter array (shorter than this layout's)
+    // still reads, its newer counters as 0.
+    let lim = GrantId::random();
+    dp.add_limited_grant(
+        lim,
+        spec("203.0.113.78"),
+        far,
+        jitgate_common::MaxConnections::new(1),
+    )
+    .unwrap();
+    let syn = |sport| {
+        Frame::new("203.0.113.78", VM4, L4::syn(22))
+            .sport(sport)
+            .build()
+    };
+    assert_eq!(
+        bpfrun::run_by_id(new_id, &syn(1)).unwrap(),
+        jitgate_agent::XDP_PASS
+    );
+    assert_eq!(
+        bpfrun::run_by_id(new_id, &syn(2)).unwrap(),
+        jitgate_agent::XDP_DROP
+    );
+    let c = dp
+        .counters()
+        .expect("counters of an adopted layout-1 array");
+    assert_eq!(c.get(jitgate_common::Counter::DeniedConnLimit), 0);
     drop(dp);
 }

@@ -253,7 +253,23 @@ pub(super) async fn handle(
                     opens: b.opens(boot).to_utc().into(),
                 })
                 .collect();
-            let _ = reply.send(Response::Grants { grants, scheduled });
+            let connections = grants
+                .iter()
+                .filter_map(|g| {
+                    let limit = g.max_connections?;
+                    let used = core.dp.conn_usage(&g.id)?;
+                    Some(admin::ConnectionUse {
+                        id: g.id,
+                        admitted: used.admitted(),
+                        limit,
+                    })
+                })
+                .collect();
+            let _ = reply.send(Response::Grants {
+                grants,
+                scheduled,
+                connections,
+            });
         }
         Request::Status => {
             let _ = reply.send(status(core));
@@ -340,6 +356,7 @@ fn apply_local(
                 origin: Origin::Local,
                 boot_id: core.grants.boot_id().clone(),
                 expires_boot_ns: boot_now.saturating_add(d).0,
+                max_connections: r.max_connections,
             };
             if let Err(e) = core.apply(&g) {
                 for done in &out {

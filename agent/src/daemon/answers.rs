@@ -9,6 +9,7 @@ use crate::audit::AuditEvent;
 use crate::clock::BootInstant;
 use crate::grant::{GrantId, GrantRecord, Origin};
 use crate::journal::{Record, RemoveReason};
+use jitgate_common::MaxConnections;
 use jitgate_proto::message::{AgentMsg, Outcome};
 use jitgate_proto::{AuditKind, GrantBody, Signed};
 use std::sync::Arc;
@@ -164,9 +165,9 @@ pub(super) fn record(
     core: &Core,
     body: &GrantBody,
     id: GrantId,
-    start: OffsetDateTime,
-    end: OffsetDateTime,
+    (start, end): (OffsetDateTime, OffsetDateTime),
     expires: BootInstant,
+    max_connections: Option<MaxConnections>,
 ) -> GrantRecord {
     GrantRecord {
         id,
@@ -180,6 +181,7 @@ pub(super) fn record(
         origin: Origin::Controller,
         boot_id: core.grants.boot_id().clone(),
         expires_boot_ns: expires.0,
+        max_connections,
     }
 }
 

@@ -14,6 +14,7 @@ fn event_to_audit(e: &DataplaneEvent) -> AuditEvent {
     let kind = match e.kind {
         EventKind::Admitted => AuditKind::ConnectionAdmitted,
         EventKind::Denied => AuditKind::ConnectionDenied,
+        EventKind::LimitReached => AuditKind::GrantConnectionLimitReached,
     };
     AuditEvent {
         kind,

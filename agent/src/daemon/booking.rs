@@ -13,6 +13,7 @@ use crate::grant::GrantId;
 use crate::grant_table;
 use crate::journal::{Record, RemoveReason};
 use crate::schedule::{Booking, MAX_AHEAD};
+use jitgate_common::MaxConnections;
 use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant, ReportedScheduledGrant};
 use jitgate_proto::{AuditKind, ScheduledGrantBody, Signed};
 use std::time::Duration;
@@ -64,6 +65,16 @@ pub(super) async fn receive(core: &mut Core, s: Signed<ScheduledGrantBody>, out:
     let Some(body) = verified_grant(core, &s, &out).await else {
         return;
     };
+    book(core, body, None, out).await;
+}
+
+/// A verified booking, with its connection limit if it has one.
+pub(super) async fn book(
+    core: &mut Core,
+    body: ScheduledGrantBody,
+    limit: Option<MaxConnections>,
+    out: Out,
+) {
     let received = BootInstant::now();
     let now = OffsetDateTime::now_utc();
     let g = &body.grant;
@@ -107,7 +118,7 @@ pub(super) async fn receive(core: &mut Core, s: Signed<ScheduledGrantBody>, out:
         }
     };
     let booking = Booking {
-        grant: record(core, g, gid, start, end, expires),
+        grant: record(core, g, gid, (start, end), expires, limit),
         opens_boot_ns: opens.0,
         seq: g.seq,
     };

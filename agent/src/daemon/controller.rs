@@ -19,9 +19,12 @@ use crate::grant::{GrantId, Origin};
 use crate::grant_table;
 use crate::journal::{Record, RemoveReason};
 use crate::sockdiag;
-use jitgate_common::Protocol;
+use jitgate_common::{MaxConnections, Protocol};
 use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant};
-use jitgate_proto::{AuditKind, ControllerMsg, GrantBody, PolicyBody, RevokeBody, Signed};
+use jitgate_proto::{
+    AuditKind, ControllerMsg, GrantBody, LimitedGrantBody, PolicyBody, RevokeBody,
+    ScheduledGrantBody, Signed,
+};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -51,6 +54,7 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
     match msg {
         ControllerMsg::Grant(s) => grant(core, s, out).await,
         ControllerMsg::ScheduledGrant(s) => booking::receive(core, s, out).await,
+        ControllerMsg::LimitedGrant(s) => limited_grant(core, s, out).await,
         ControllerMsg::Revoke(s) => revoke(core, s, out).await,
         ControllerMsg::Policy(s) => policy(core, s, out).await,
         ControllerMsg::Active { grant_ids, .. } => reconcile(core, grant_ids, out).await,
@@ -67,6 +71,29 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
     let Some(body) = verified_grant(core, &s, &out).await else {
         return;
     };
+    open_grant(core, body, None, out).await;
+}
+
+/// A grant with a connection limit: opened like a grant, or booked like a booking.
+async fn limited_grant(core: &mut Core, s: Signed<LimitedGrantBody>, out: Out) {
+    let Some(body) = verified_grant(core, &s, &out).await else {
+        return;
+    };
+    let limit = Some(body.max_connections);
+    match body.starts_in_ms {
+        None => open_grant(core, body.grant, limit, out).await,
+        Some(starts_in_ms) => {
+            let b = ScheduledGrantBody {
+                grant: body.grant,
+                starts_in_ms,
+            };
+            booking::book(core, b, limit, out).await;
+        }
+    }
+}
+
+/// A verified grant to open now, with its connection limit if it has one.
+async fn open_grant(core: &mut Core, body: GrantBody, limit: Option<MaxConnections>, out: Out) {
     let gid = GrantId::from_bytes(*body.grant_id.as_bytes());
     let ids = (body.grant_id, body.seq);
     let reply = grant_reply(body.grant_id, body.seq);
@@ -118,7 +145,7 @@ async fn grant(core: &mut Core, s: Signed<GrantBody>, out: Out) {
             .ok()
             .filter(|t| grant_table::representable(*t))
             .unwrap_or(now);
-    let g = record(core, &body, gid, start, end, expires);
+    let g = record(core, &body, gid, (start, end), expires, limit);
     if let Err(e) = core.apply(&g) {
         let _ = out
             .send(reply(Outcome::Rejected {

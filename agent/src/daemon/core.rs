@@ -111,7 +111,12 @@ impl Core {
     /// Puts a grant into the maps and the table (durability is the caller's next step).
     pub fn apply(&mut self, g: &GrantRecord) -> Result<(), String> {
         self.dp
-            .add_grant(g.id, g.spec(), BootInstant(g.expires_boot_ns))
+            .add_limited_grant(
+                g.id,
+                g.spec(),
+                BootInstant(g.expires_boot_ns),
+                g.max_connections,
+            )
             .map_err(|e| e.to_string())?;
         if let Err(e) = self.grants.insert(g) {
             let _ = self.dp.remove_grant(&g.id);

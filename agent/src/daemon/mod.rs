@@ -206,11 +206,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         }
         core.schedule.insert(rebased);
     }
-    core.dp.reconcile_grants(
-        core.grants
-            .iter()
-            .map(|g| (g.id(), g.spec(), BootInstant(g.expires_boot_ns()))),
-    )?;
+    core.dp.reconcile_grants(core.grants.iter().map(|g| {
+        (
+            g.id(),
+            g.spec(),
+            BootInstant(g.expires_boot_ns()),
+            g.max_connections(),
+        )
+    }))?;
     // The replay's records are gone: give their memory back before serving.
     core.trim_heap();
     startup_events.extend(flows::adopt_sessions(&mut core.dp, &core.cfg.protected));

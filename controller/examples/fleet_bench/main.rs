@@ -393,7 +393,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::AuditAck { .. }
             | ControllerMsg::ScheduledGrant(_)
             | ControllerMsg::KeyAnnouncement(_)
-            | ControllerMsg::KeyRetirement(_) => None,
+            | ControllerMsg::KeyRetirement(_)
+            | ControllerMsg::LimitedGrant(_) => None,
         };
         if let Some(r) = reply
             && tx.send(r).await.is_err()

@@ -58,6 +58,7 @@ pub(crate) fn req(i: u32) -> GrantRequest {
         duration_secs: Some(3600),
         until: None,
         justification: Some("bench".into()),
+        max_connections: None,
     }
 }
 
@@ -218,6 +219,7 @@ pub fn run(quick: bool) {
                 duration_secs: Some(60),
                 until: None,
                 justification: None,
+                max_connections: None,
             });
             let id = match cl.call(&r).await.expect("grant") {
                 Response::Granted { grants } => grants[0].id,

@@ -262,6 +262,7 @@ fn latency(rounds: usize) -> (Samples, Samples) {
                     duration_secs: Some(3600),
                     until: None,
                     justification: Some("e2e floor".into()),
+                    max_connections: None,
                 });
                 let id = match local.call(&r).await.map_err(|e| e.to_string())? {
                     Response::Granted { grants } => grants[0].id,

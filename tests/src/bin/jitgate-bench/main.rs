@@ -474,6 +474,7 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
             }
         }
     }
+    out.push_str(&conn_limit::section(&mut b, floor_one, floor_many));
     let (blocks, exact) = b.dp.prefilter_state();
     out.push_str(&format!(
         "\nPrefilter at the end of the run: {} / {} / {} / {} blocks of 64 bytes in use (IPv4 hosts, IPv4 prefixes, IPv6 hosts, IPv6 prefixes), counts exact: {exact}.\n",
@@ -513,6 +514,7 @@ fn dataplane(quick: bool, host_map: Option<u32>) {
 
 mod agent_bench;
 mod booked;
+mod conn_limit;
 mod e2e;
 mod flood;
 mod load;

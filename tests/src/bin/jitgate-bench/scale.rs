@@ -54,6 +54,7 @@ fn udp_grant(source: std::net::IpAddr, until: Option<OffsetDateTime>) -> GrantRe
         duration_secs: until.is_none().then_some(3600),
         until,
         justification: Some("scale benchmark".into()),
+        max_connections: None,
     }
 }
 
