@@ -115,7 +115,7 @@ async fn run(o: Opts) -> Result<()> {
         .local_addr()?
         .port();
     let public = format!("https://127.0.0.1:{port}");
-    let cfg = Config {
+    let mut cfg = Config {
         listen: format!("127.0.0.1:{port}"),
         agent_listen: "127.0.0.1:0".into(),
         expiry_sweep_seconds: 3600,
@@ -127,8 +127,10 @@ async fn run(o: Opts) -> Result<()> {
     if !reuse {
         state::init(&dir, &cfg, &[]).await?;
     }
+    cfg.notify = notify_config(&dir)?;
     let server = jitgate_controller::start(&dir, &cfg).await?;
     let app = server.app.clone();
+    seed_notifications(&app).await?;
     let local = Caller::local();
     let with_policy: Vec<u64> = (0..o.vms).filter(|i| has_policy(group_of(*i))).collect();
     if reuse {
@@ -284,6 +286,12 @@ async fn run(o: Opts) -> Result<()> {
         (
             "Policy editor, a resource group",
             format!("/groups/rg{}/policy", group_of(with_policy[7])),
+            true,
+        ),
+        ("Notifications", "/notifications".into(), true),
+        (
+            "Notification sink with its dead deliveries",
+            format!("/notifications/{SINK}"),
             true,
         ),
     ];
@@ -476,6 +484,100 @@ async fn get(c: &reqwest::Client, cookie: &str, url: &str) -> Result<(u16, usize
     let r = c.get(url).header("cookie", cookie).send().await?;
     let status = r.status().as_u16();
     Ok((status, r.bytes().await?.len()))
+}
+
+/// The sink the Notifications pages show: declared in controller.toml, as operators do;
+/// nothing is sent to it (its deliveries are seeded as done).
+const SINK: &str = "bench-chat";
+/// Deliveries the sink keeps, delivered and dead: a month of a busy fleet's notifications.
+const KEPT_DELIVERED: i64 = 600_000;
+const KEPT_DEAD: i64 = 200;
+
+fn notify_config(dir: &StateDir) -> Result<jitgate_notify::NotifyConfig> {
+    let text = format!(
+        r#"
+[notify]
+allow_networks = ["127.0.0.1/32"]
+ca_files = ["{ca}"]
+system_roots = false
+
+[[notify.sinks]]
+name = "{SINK}"
+format = "slack"
+target = "https://127.0.0.1:9/services/bench"
+"#,
+        ca = dir.ca_cert().display()
+    );
+    Ok(toml::from_str::<Config>(&text)?.notify)
+}
+
+/// The sink's kept deliveries, written a day ago (within the month the controller keeps
+/// them), once: the events, the deliveries (delivered, and the newest dead) and the kept
+/// count, in one write transaction that moves the event counter past them.
+async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
+    let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notify_deliveries WHERE sink = $1")
+        .bind(SINK)
+        .fetch_one(app.db.pool())
+        .await?;
+    if have == KEPT_DELIVERED + KEPT_DEAD {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let n = KEPT_DELIVERED + KEPT_DEAD;
+    let at = now_ms() - 86_400_000;
+    let mut w = app.db.begin().await?;
+    sqlx::query("DELETE FROM notify_deliveries WHERE sink = $1")
+        .bind(SINK)
+        .execute(w.conn())
+        .await?;
+    let base: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'notify'")
+        .fetch_one(w.conn())
+        .await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+         INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at, \
+         fanned_out) SELECT $2 + i, 'bench-' || ($2 + i), 'request.approved', \
+         'request:bench-' || (i % 5000), '{}', '[]', $3 + i, 1 FROM n",
+    )
+    .bind(n)
+    .bind(base)
+    .bind(at)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
+         next_attempt_at, delivered_at, last_kind, last_status, last_detail, last_attempt_at) \
+         SELECT seq, $1, order_key, CASE WHEN seq > $2 THEN 'dead' ELSE 'delivered' END, 1, \
+         created_at + 50, CASE WHEN seq > $2 THEN NULL ELSE created_at + 50 END, \
+         CASE WHEN seq > $2 THEN 'http-5xx' ELSE 'delivered' END, \
+         CASE WHEN seq > $2 THEN '5xx' ELSE '2xx' END, \
+         CASE WHEN seq > $2 THEN 'HTTP 503' ELSE NULL END, created_at + 50 \
+         FROM notify_events WHERE seq > $3 AND seq <= $4",
+    )
+    .bind(SINK)
+    .bind(base + KEPT_DELIVERED)
+    .bind(base)
+    .bind(base + n)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "INSERT INTO notify_delivered (sink, delivered) VALUES ($1, $2) \
+         ON CONFLICT (sink) DO UPDATE SET delivered = $2",
+    )
+    .bind(SINK)
+    .bind(KEPT_DELIVERED)
+    .execute(w.conn())
+    .await?;
+    sqlx::query("UPDATE counters SET value = $1 WHERE name = 'notify'")
+        .bind(base + n)
+        .execute(w.conn())
+        .await?;
+    w.commit().await?;
+    eprintln!(
+        "notifications: {KEPT_DELIVERED} delivered and {KEPT_DEAD} dead kept for {SINK} in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn count(app: &jitgate_controller::App, table: &str) -> Result<i64> {
