@@ -311,6 +311,20 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
             .await
             .unwrap();
     assert_eq!(rows, 6);
+    // The last success is kept beside the count: the latest delivery's time, before the
+    // prune and after it.
+    let latest: i64 = sqlx::query_scalar(
+        "SELECT MAX(delivered_at) FROM notify_deliveries WHERE state = 'delivered'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let last = || async {
+        jitgate_controller::store::notify::last_delivered(&mut pool.acquire().await.unwrap())
+            .await
+            .unwrap()
+    };
+    assert_eq!(last().await, vec![("hook".to_string(), Some(latest))]);
     let (d, _) = jitgate_controller::store::notify::prune_all(
         &t.h.app().db,
         jitgate_api::time::now_ms() + 60_000,
@@ -319,6 +333,7 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
     .unwrap();
     assert_eq!(d, 6);
     assert_eq!(states(&t).await.get(&DeliveryState::Delivered), None);
+    assert_eq!(last().await, vec![("hook".to_string(), Some(latest))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +371,20 @@ async fn failing_receiver_and_a_restart_lose_nothing() {
         text.contains("jitgate_notify_oldest_pending_age_seconds{sink=\"hook\"}"),
         "{text}"
     );
+    // The oldest pending event, read from the index alone, is the first one still waiting.
+    let pool = t.h.app().db.pool();
+    let first: i64 = sqlx::query_scalar(
+        "SELECT MIN(e.created_at) FROM notify_deliveries d JOIN notify_events e \
+         ON e.seq = d.event_seq WHERE d.state IN ('queued', 'retrying')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let oldest =
+        jitgate_controller::store::notify::oldest_pending(&mut pool.acquire().await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(oldest, vec![("hook".to_string(), first)]);
     // Then refused (nothing listens), with the controller restarted meanwhile.
     let failed_5xx = rx.received().len();
     drop(rx);

@@ -123,6 +123,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: each sink's delivered count, kept",
         include_str!("../../migrations/0024_notify_delivered.sql"),
     ),
+    (
+        27,
+        "notifications: pending deliveries indexed by state and sink, each sink's last success kept",
+        include_str!("../../migrations/0027_notify_pending_index.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

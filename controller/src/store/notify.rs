@@ -360,27 +360,49 @@ pub async fn record_all(
             for (i, seq) in chunk {
                 held[*i] = done.contains(seq);
             }
-            add_delivered(w, sink, done.len() as i64).await?;
+            add_delivered(w, sink, done.len() as i64, d.latest).await?;
         }
     }
     Ok(held)
 }
 
-/// Moves `sink`'s kept delivered count by `n` (never below zero: rows written around this
-/// code, by hand or by an older version, cannot make it negative).
-async fn add_delivered(w: &mut WriteTx, sink: &str, n: i64) -> Result<()> {
-    let q = match n.cmp(&0) {
-        std::cmp::Ordering::Equal => return Ok(()),
-        std::cmp::Ordering::Greater => {
-            "INSERT INTO notify_delivered (sink, delivered) VALUES ($1, $2) \
-             ON CONFLICT (sink) DO UPDATE SET delivered = notify_delivered.delivered + $2"
-        }
-        std::cmp::Ordering::Less => {
-            "UPDATE notify_delivered SET delivered = CASE WHEN delivered + $2 > 0 \
-             THEN delivered + $2 ELSE 0 END WHERE sink = $1"
-        }
-    };
-    sqlx::query(q).bind(sink).bind(n).execute(w.conn()).await?;
+/// Adds `n` deliveries just recorded to `sink`'s kept delivered count, and moves its last
+/// success forward to `latest` (the latest of their times). The prune takes the count back
+/// ([`take_delivered`]) but leaves the last success: it stays known after the deliveries
+/// themselves are gone.
+async fn add_delivered(w: &mut WriteTx, sink: &str, n: i64, latest: i64) -> Result<()> {
+    if n <= 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO notify_delivered (sink, delivered, last_delivered_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (sink) DO UPDATE SET delivered = notify_delivered.delivered + $2, \
+         last_delivered_at = CASE WHEN notify_delivered.last_delivered_at IS NULL \
+         OR notify_delivered.last_delivered_at < $3 THEN $3 \
+         ELSE notify_delivered.last_delivered_at END",
+    )
+    .bind(sink)
+    .bind(n)
+    .bind(latest)
+    .execute(w.conn())
+    .await?;
+    Ok(())
+}
+
+/// Takes `n` pruned deliveries off `sink`'s kept delivered count (never below zero: rows
+/// written around this code, by hand or by an older version, cannot make it negative).
+async fn take_delivered(w: &mut WriteTx, sink: &str, n: i64) -> Result<()> {
+    if n <= 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE notify_delivered SET delivered = CASE WHEN delivered - $2 > 0 \
+         THEN delivered - $2 ELSE 0 END WHERE sink = $1",
+    )
+    .bind(sink)
+    .bind(n)
+    .execute(w.conn())
+    .await?;
     Ok(())
 }
 
@@ -469,7 +491,7 @@ pub async fn prune_batch(
     .fetch_all(w.conn())
     .await?;
     for (sink, n) in &gone {
-        add_delivered(w, sink, -n).await?;
+        take_delivered(w, sink, *n).await?;
     }
     let d = sqlx::query(
         "DELETE FROM notify_deliveries WHERE event_seq BETWEEN $1 AND $2 AND state = $3 \
@@ -498,15 +520,13 @@ pub async fn prune_batch(
 }
 
 /// How many deliveries each sink has in each state: the pending and dead ones counted
-/// (through the index on state: they are few), the delivered ones read from their kept
-/// count (`notify_delivered`: one row per sink, however many deliveries are kept).
+/// from the index `(state, sink, event_seq)` alone (never the table: a sink's backlog may
+/// be large), the delivered ones read from their kept count (`notify_delivered`: one row
+/// per sink, however many deliveries are kept).
 pub async fn counts(conn: &mut AnyConnection) -> Result<Vec<(String, DeliveryState, i64)>> {
-    // Grouped by an expression, not the column: with statistics, SQLite would otherwise
-    // read the whole `(sink, state)` index in order (80 ms at 600 000 kept deliveries)
-    // rather than the few pending rows through `(state, next_attempt_at)` (0.1 ms).
     let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT sink || '' AS s, state, COUNT(*) FROM notify_deliveries \
-         WHERE state IN ($1, $2, $3) GROUP BY s, state",
+        "SELECT sink, state, COUNT(*) FROM notify_deliveries \
+         WHERE state IN ($1, $2, $3) GROUP BY sink, state",
     )
     .bind(DeliveryState::Queued.as_str())
     .bind(DeliveryState::Retrying.as_str())
@@ -584,12 +604,16 @@ pub async fn last_failure(conn: &mut AnyConnection, sink: &str) -> Result<Option
 }
 
 /// Per sink, when the oldest event still waiting for it (queued or retrying) was written:
-/// the delivery lag operators alert on. Reads only the pending deliveries (grouped by an
-/// expression so that SQLite keeps to the index on state, as in [`counts`]).
+/// the delivery lag operators alert on. The oldest is the one with the smallest sequence
+/// number (events are numbered as they are written), found in the index
+/// `(state, sink, event_seq)` alone, so only one event per sink is read, however long the
+/// backlog. Grouped by an expression: SQLite with statistics would otherwise walk the
+/// `(sink, order_key, event_seq)` index, every delivery kept, for the grouping's order.
 pub async fn oldest_pending(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
-        "SELECT d.sink || '' AS s, MIN(e.created_at) FROM notify_deliveries d \
-         JOIN notify_events e ON e.seq = d.event_seq WHERE d.state IN ($1, $2) GROUP BY s",
+        "SELECT p.s, e.created_at FROM (SELECT sink || '' AS s, MIN(event_seq) AS seq \
+         FROM notify_deliveries WHERE state IN ($1, $2) GROUP BY s) p \
+         JOIN notify_events e ON e.seq = p.seq",
     )
     .bind(DeliveryState::Queued.as_str())
     .bind(DeliveryState::Retrying.as_str())
@@ -621,23 +645,15 @@ pub async fn in_flight(conn: &mut AnyConnection, now: i64) -> Result<Vec<(String
     .await?)
 }
 
-/// How many of the latest deliveries (of every sink) [`last_delivered`] looks at.
-pub const LAST_DELIVERED_SCAN: i64 = 10_000;
-
-/// Per sink, when its latest delivery succeeded, among the [`LAST_DELIVERED_SCAN`] latest
-/// deliveries of all sinks: a bounded walk back along the index `(state, next_attempt_at)`
-/// (a delivered row's `next_attempt_at` is its delivery time: [`record_all`] sets both), so
-/// the cost does not grow with the deliveries kept. A sink absent from the answer had no
-/// success that recent.
+/// Per sink, when its latest delivery succeeded: one kept row per sink (`notify_delivered`,
+/// moved forward in the transaction that records deliveries), so reading it costs the same
+/// however many deliveries are kept. A sink absent from the answer never had one.
 pub async fn last_delivered(conn: &mut AnyConnection) -> Result<Vec<(String, Option<i64>)>> {
-    Ok(sqlx::query_as(
-        "SELECT sink, MAX(delivered_at) FROM (SELECT sink, delivered_at FROM notify_deliveries \
-         WHERE state = $1 ORDER BY next_attempt_at DESC LIMIT $2) latest GROUP BY sink",
+    Ok(
+        sqlx::query_as("SELECT sink, last_delivered_at FROM notify_delivered")
+            .fetch_all(conn)
+            .await?,
     )
-    .bind(DeliveryState::Delivered.as_str())
-    .bind(LAST_DELIVERED_SCAN)
-    .fetch_all(conn)
-    .await?)
 }
 
 /// A dead delivery with what its event is about (never the event's body).
