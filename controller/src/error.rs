@@ -56,6 +56,11 @@ impl Error {
         Error::Corrupt(what.to_string())
     }
 
+    /// Whether a write broke a unique constraint (another writer got there first).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Error::Db(sqlx::Error::Database(d)) if d.is_unique_violation())
+    }
+
     /// Whether the database could not be reached (a connection refused, reset or not
     /// handed out in time; the server shutting down or starting): the call changed nothing
     /// and may succeed when retried.

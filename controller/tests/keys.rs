@@ -335,3 +335,72 @@ async fn an_old_agent_blocks_the_switch_until_forced() {
         "a level-3 agent was sent a key message"
     );
 }
+
+/// Two rotations begun at the same instant announce one key: the database holds at most one
+/// announced key (migration 28), the other rotation is refused as under way and leaves no
+/// key file behind. With PostgreSQL each rotation runs on its own controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_begun_together_announce_one_key() {
+    let a = Harness::new().await;
+    let b = if common::postgres_backend() {
+        Some(a.second().await)
+    } else {
+        None
+    };
+    let actor = Actor::local();
+    let ra = rotation(&a);
+    let rb = rotation(b.as_ref().unwrap_or(&a));
+    // The rotated keys' private files (grant-ID.key) of both controllers.
+    let key_files = || {
+        let mut out = std::collections::BTreeSet::new();
+        for h in std::iter::once(&a).chain(b.as_ref()) {
+            for e in std::fs::read_dir(h.dir.signing_key().parent().unwrap()).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if let Some(id) = name
+                    .strip_prefix("grant-")
+                    .and_then(|n| n.strip_suffix(".key"))
+                    && id != "signing"
+                {
+                    out.insert(id.to_string());
+                }
+            }
+        }
+        out
+    };
+    for round in 0..5 {
+        let before = key_files();
+        let (x, y) = tokio::join!(ra.rotate(&actor), rb.rotate(&actor));
+        let won: Vec<String> = [&x, &y]
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|k| k.key_id.clone()))
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {x:?} / {y:?}");
+        let lost = if x.is_ok() { &y } else { &x };
+        match lost {
+            Err(KeyError::RotationUnderway(id)) => assert_eq!(id.to_string(), won[0]),
+            other => panic!("round {round}: expected RotationUnderway, got {other:?}"),
+        }
+        let rows = key_rows(&a).await;
+        let next: Vec<_> = rows.iter().filter(|(_, s)| s == "next").collect();
+        assert_eq!(next.len(), 1, "round {round}: {rows:?}");
+        assert_eq!(next[0].0, won[0]);
+        // Only the winner's private half was kept: the loser destroyed its new file.
+        let new: Vec<String> = key_files().difference(&before).cloned().collect();
+        assert_eq!(new, won, "round {round}");
+        // Both controllers get the winner's private half (as an operator copies it), and
+        // switch to it (forced: no agent here), to begin the next round from one key.
+        if let Some(b) = &b {
+            let file = format!("grant-{}.key", won[0]);
+            let (pa, pb) = (
+                a.dir.signing_key().with_file_name(&file),
+                b.dir.signing_key().with_file_name(&file),
+            );
+            if pa.exists() {
+                std::fs::copy(&pa, &pb).unwrap();
+            } else {
+                std::fs::copy(&pb, &pa).unwrap();
+            }
+        }
+        ra.retire(&actor, true).await.expect("retire");
+    }
+}

@@ -234,14 +234,17 @@ impl Rotation {
         let path = self.dir.create(&new)?;
         let write = async {
             let mut w = self.db.begin().await?;
-            grant_keys::insert_next(
+            if !grant_keys::insert_next(
                 &mut w,
                 &id.to_string(),
                 &pem,
                 &current.key_id,
                 &announcement,
             )
-            .await?;
+            .await?
+            {
+                return Ok(false);
+            }
             activity::log(
                 &mut w,
                 NewActivity::other(
@@ -256,12 +259,24 @@ impl Rotation {
                 })),
             )
             .await?;
-            w.commit().await
+            w.commit().await.map(|()| true)
         };
-        if let Err(e) = write.await {
+        let written = write.await;
+        if !matches!(written, Ok(true)) {
             // Nothing recorded: the new key must not linger.
             let _ = self.dir.destroy(id);
-            return Err(e.into());
+        }
+        match written {
+            Ok(true) => {}
+            // Another rotation was begun meanwhile: that one stands.
+            Ok(false) => {
+                let (_, next) = self.live().await?;
+                return Err(match next {
+                    Some(n) => KeyError::RotationUnderway(parse_id(&n.key_id)?),
+                    None => KeyError::Corrupt("a rotation was begun and is gone".into()),
+                });
+            }
+            Err(e) => return Err(e.into()),
         }
         tracing::info!(key = %id, signed_by = %current.key_id, "grant-signing key rotation begun");
         Ok(Rotated {

@@ -128,6 +128,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: pending deliveries indexed by state and sink, each sink's last success kept",
         include_str!("../../migrations/0027_notify_pending_index.sql"),
     ),
+    (
+        28,
+        "keys: at most one current and one announced grant-signing key",
+        include_str!("../../migrations/0028_grant_keys_one_next.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

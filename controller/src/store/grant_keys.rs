@@ -90,16 +90,18 @@ pub async fn seed(w: &mut WriteTx, key_id: &str, public_pem: &str) -> Result<boo
     Ok(true)
 }
 
-/// A new key announced by `predecessor` (the current key).
+/// A new key announced by `predecessor` (the current key). False, nothing written, when
+/// another key is announced already: at most one is (a unique index, migration 28), so two
+/// rotations begun at the same instant, on one controller or two, cannot both succeed.
 pub async fn insert_next(
     w: &mut WriteTx,
     key_id: &str,
     public_pem: &str,
     predecessor: &str,
     announcement: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let now = w.now;
-    sqlx::query(
+    let r = sqlx::query(
         "INSERT INTO grant_keys (key_id, public_pem, state, predecessor, created_ms, announcement) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -110,8 +112,18 @@ pub async fn insert_next(
     .bind(now)
     .bind(announcement)
     .execute(w.conn())
-    .await?;
-    Ok(())
+    .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let e = Error::from(e);
+            if e.is_unique_violation() {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The switch: `next` becomes current with its retirement message, `current` is retired.
