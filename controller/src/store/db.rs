@@ -123,6 +123,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: each sink's delivered count, kept",
         include_str!("../../migrations/0024_notify_delivered.sql"),
     ),
+    (
+        25,
+        "connection limits: request ports' and grants' max_connections",
+        include_str!("../../migrations/0025_connection_limits.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
