@@ -458,6 +458,7 @@ impl PolicyForm {
                     &mut p.protocol,
                     &mut p.sources,
                     &mut p.max,
+                    &mut p.connections,
                     &mut p.rule,
                     &mut p.auto,
                     &mut p.timeout,
