@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::approval::{ApprovalRule, ApprovalStage};
-use crate::policy::{OnExpiry, PolicyPort};
+use crate::policy::{MaxConnections, OnExpiry, PolicyPort};
 use crate::wire::wire_enum;
 
 /// What a declaration file holds. Every list may be absent (nothing of that kind declared).
@@ -72,6 +72,8 @@ pub struct PortDecl {
     #[serde(default)]
     pub on_expiry: OnExpiry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalDecl>,
 }
 
@@ -132,6 +134,7 @@ impl From<PortDecl> for PolicyPort {
             allowed_source_address_prefixes: p.allowed_source_address_prefixes,
             max_request_access_duration: p.max_request_access_duration,
             on_expiry: p.on_expiry,
+            max_connections: p.max_connections,
             approval: p.approval.map(|a| ApprovalRule {
                 auto_approve_up_to: a.auto_approve_up_to,
                 stages: a.stages,
@@ -152,6 +155,7 @@ impl From<PolicyPort> for PortDecl {
             allowed_source_address_prefixes: p.allowed_source_address_prefixes,
             max_request_access_duration: p.max_request_access_duration,
             on_expiry: p.on_expiry,
+            max_connections: p.max_connections,
             approval: p.approval.map(|a| ApprovalDecl {
                 auto_approve_up_to: a.auto_approve_up_to,
                 stages: a.stages,

@@ -62,7 +62,9 @@ pub use notify::{
     DeadCount, DeadDeliveries, DeliveryFailure, NewSink, SecretBody, SinkInfo, SinkStatus,
     SinkTarget, SinkTestResult, SinkView,
 };
-pub use policy::{OnExpiry, PolicyBody, PolicyPort, PolicyScope, PolicyView};
+pub use policy::{
+    MaxConnections, MaxConnectionsError, OnExpiry, PolicyBody, PolicyPort, PolicyScope, PolicyView,
+};
 pub use port::{PortSpec, ProtoSel};
 pub use request::{
     DenialReason, HistoryQuery, InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestPort,

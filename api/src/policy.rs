@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use jitgate_common::OnExpiry;
+pub use jitgate_common::{MaxConnections, MaxConnectionsError, OnExpiry};
 
 use crate::wire::{KnownFields, lenient_vec, wire_enum};
 
@@ -31,6 +31,10 @@ pub struct PolicyPort {
     pub max_request_access_duration: String,
     #[serde(default)]
     pub on_expiry: OnExpiry,
+    /// The most new connections a grant of this port may admit (1..=65535), and the limit
+    /// of a request that names none; absent: unlimited (a request may still ask for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
     /// Who must approve requests for this port; absent: approved by policy alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::approval::ApprovalRule>,
@@ -44,6 +48,7 @@ impl KnownFields for PolicyPort {
         "allowedSourceAddressPrefixes",
         "maxRequestAccessDuration",
         "onExpiry",
+        "maxConnections",
         "approval",
     ];
 
@@ -119,6 +124,7 @@ mod tests {
             allowed_source_address_prefixes: Some(vec![]),
             max_request_access_duration: "PT1H".into(),
             on_expiry: OnExpiry::Cut,
+            max_connections: Some(MaxConnections::ONE),
             approval: Some(crate::approval::ApprovalRule {
                 auto_approve_up_to: None,
                 stages: vec![],

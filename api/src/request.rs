@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::OnExpiry;
+use crate::policy::{MaxConnections, OnExpiry};
 use crate::port::ProtoSel;
 use crate::wire::wire_enum;
 
@@ -42,6 +42,9 @@ wire_enum! {
         ProtocolNotAllowed = "ProtocolNotAllowed",
         SourceNotAllowed = "SourceNotAllowed",
         DurationExceedsMaximum = "DurationExceedsMaximum",
+        /// The port's `maxConnections` is above the policy's (refused at initiate; a denial
+        /// when a pending request's policy was lowered before its approval).
+        ConnectionsExceedMaximum = "ConnectionsExceedMaximum",
         EndTimeInPast = "EndTimeInPast",
         NoPolicy = "NoPolicy",
     }
@@ -72,6 +75,10 @@ pub struct InitiatePort {
     /// at the booked end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time_utc: Option<String>,
+    /// The most new connections each grant of the port admits (1..=65535), at most the
+    /// policy's; absent: the policy's (unlimited if the policy sets none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -145,6 +152,9 @@ pub struct RequestPort {
     pub status_reason: Option<StatusReason>,
     #[serde(default)]
     pub on_expiry: Option<OnExpiry>,
+    /// The most new connections each grant of the port admits; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
 }
 
 /// One reason of a denial, with the port it concerns.

@@ -58,6 +58,8 @@ async fn policy_request_history_revoke_and_exit_codes() {
                 "3h",
                 "--on-expiry",
                 "cut",
+                "--max-connections",
+                "2",
             ],
         )
         .await;
@@ -71,6 +73,72 @@ async fn policy_request_history_revoke_and_exit_codes() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(o.json()["scope"], "resourceGroup");
     assert_eq!(o.json()["ports"][0]["onExpiry"], "cut");
+    assert_eq!(o.json()["ports"][0]["maxConnections"], 2);
+    // A limit that is not one is refused before anything is sent.
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22",
+                "--source",
+                "127.0.0.0/8",
+                "--max-connections",
+                "0",
+            ],
+        )
+        .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("maxConnections"), "{}", o.stderr);
+    let o = e.jit(&alice, &["policy", "show", "web1", "--json"]).await;
+    assert_eq!(o.json()["ports"][0]["maxConnections"], 2);
+    // Web1 has no agent that enforces a limit: a request that would carry one is refused.
+    let o = e
+        .jit(
+            &alice,
+            &[
+                "request",
+                "web1",
+                "--port",
+                "22",
+                "--duration",
+                "1h",
+                "-j",
+                "x",
+            ],
+        )
+        .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("AgentTooOld"), "{}", o.stderr);
+    // The rest of this test asks for unlimited access.
+    let o = e
+        .jit(
+            &admin,
+            &[
+                "policy",
+                "set",
+                "--resource-group",
+                "prod",
+                "--port",
+                "22/tcp",
+                "--port",
+                "3389",
+                "--source",
+                "127.0.0.0/8",
+                "--source",
+                "2001:db8::/32",
+                "--max",
+                "3h",
+                "--on-expiry",
+                "cut",
+            ],
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
     // policy set from a JSON file, on the VM
     let file = e._tmp.path().join("p.json");
     std::fs::write(

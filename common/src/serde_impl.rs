@@ -101,7 +101,7 @@ struct MaxConnectionsVisitor;
 impl Visitor<'_> for MaxConnectionsVisitor {
     type Value = MaxConnections;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a number of connections, at least 1")
+        f.write_str("a number of connections (maxConnections), a whole number from 1 to 65535")
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<MaxConnections, E> {
         MaxConnections::try_from(v).map_err(E::custom)

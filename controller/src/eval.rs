@@ -2,12 +2,13 @@
 //!
 //! A request is approved only if, for every port: the port is in the policy with the requested
 //! protocol; every requested source prefix lies inside an allowed prefix (a narrower prefix is
-//! accepted); the window is no longer than the port's maximum; and the end is in the future.
+//! accepted); the window is no longer than the port's maximum; the connection limit asked for
+//! is no more than the port's `maxConnections`; and the end is in the future.
 //! A denial records every failed rule of every port, not only the first.
 
 use jitgate_api::duration::format as fmt_duration;
 use jitgate_api::time::format as fmt_time;
-use jitgate_api::{OnExpiry, ProtoSel, StatusReason};
+use jitgate_api::{MaxConnections, OnExpiry, ProtoSel, StatusReason};
 use jitgate_common::{Protocol, SourcePrefix};
 
 use crate::approval::rule::Rule;
@@ -20,6 +21,8 @@ pub struct PlannedGrant {
     pub protocol: Protocol,
     pub prefix: SourcePrefix,
     pub on_expiry: OnExpiry,
+    /// The request's limit, else the policy entry's; None: unlimited.
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +88,7 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
     };
     let mut source_bad: Vec<String> = Vec::new();
     let mut over_max: Option<i64> = None;
+    let mut over_connections: Option<MaxConnections> = None;
     for &proto in protocol.expand() {
         // Without an entry for this protocol the port is denied; the source and window are
         // still checked against the port's entry for another protocol, so that the denial
@@ -122,8 +126,14 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
                     protocol: proto,
                     prefix: *pfx,
                     on_expiry: entry.on_expiry,
+                    max_connections: port.max_connections.or(entry.max_connections),
                 });
             }
+        }
+        if let (Some(asked), Some(max)) = (port.max_connections, entry.max_connections)
+            && asked > max
+        {
+            over_connections = Some(over_connections.map_or(max, |m| m.min(max)));
         }
         if window_secs > entry.max_duration_secs {
             over_max = Some(over_max.map_or(entry.max_duration_secs, |m: i64| {
@@ -149,6 +159,12 @@ pub fn evaluate_port(policy: Option<&Policy>, port: &RequestedPort, now_ms: i64)
                 fmt_duration(window_secs),
                 fmt_duration(max)
             ),
+        ));
+    }
+    if let (Some(max), Some(asked)) = (over_connections, port.max_connections) {
+        reasons.push((
+            StatusReason::ConnectionsExceedMaximum,
+            format!("maxConnections {asked} exceeds port {n}'s maximum of {max}"),
         ));
     }
     if !reasons.is_empty() {

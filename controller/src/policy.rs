@@ -1,7 +1,9 @@
 //! A JIT policy, validated: what may be requested on a VM (its own policy, else its resource
 //! group's).
 
-use jitgate_api::{ErrorCode, OnExpiry, PolicyBody, PolicyPort as PolicyPortBody, ProtoSel};
+use jitgate_api::{
+    ErrorCode, MaxConnections, OnExpiry, PolicyBody, PolicyPort as PolicyPortBody, ProtoSel,
+};
 use jitgate_common::{Port, Protocol, SourcePrefix};
 
 use crate::approval::rule::{Rule, RuleField};
@@ -22,6 +24,9 @@ pub struct PolicyPort {
     pub prefixes: Vec<SourcePrefix>,
     pub max_duration_secs: i64,
     pub on_expiry: OnExpiry,
+    /// The most new connections a grant of the port may admit, and the limit of a request
+    /// that names none; None: unlimited.
+    pub max_connections: Option<MaxConnections>,
     /// Who must approve requests for the port; None: approved by policy alone.
     pub approval: Option<Rule>,
 }
@@ -40,6 +45,8 @@ pub enum Field {
     Protocol,
     Sources,
     MaxDuration,
+    /// `maxConnections`.
+    MaxConnections,
     /// A part of the port's approval rule.
     Approval(RuleField),
 }
@@ -181,6 +188,7 @@ impl Policy {
                     prefixes,
                     max_duration_secs: max,
                     on_expiry: p.on_expiry,
+                    max_connections: p.max_connections,
                     approval,
                 });
             }
@@ -207,6 +215,7 @@ impl Policy {
                             p.max_duration_secs,
                         ),
                         on_expiry: p.on_expiry,
+                        max_connections: p.max_connections,
                         approval: p.approval.as_ref().map(Rule::to_body),
                     }
                 })

@@ -1,6 +1,6 @@
 //! What a policy change does, in words, and whether it weakens protection (the
 //! `policy.changed` notification's flag): a port no longer protected, sources widened, longer
-//! access, or an approval rule relaxed. Pure: two policies in, a verdict out.
+//! access, a connection limit raised or removed, or an approval rule relaxed. Pure: two policies in, a verdict out.
 
 use crate::approval::rule::Rule;
 use crate::policy::{Policy, PolicyPort};
@@ -78,6 +78,25 @@ fn port(c: &mut Change, o: &PolicyPort, n: &PolicyPort) {
         c.note(
             false,
             format!("{k}: on expiry {:?} (was {:?})", n.on_expiry, o.on_expiry),
+        );
+    }
+    if n.max_connections != o.max_connections {
+        let words = |m: Option<jitgate_api::MaxConnections>| {
+            m.map_or_else(|| "unlimited".to_string(), |m| m.to_string())
+        };
+        // No limit is looser than any limit; a higher limit is looser than a lower one.
+        let looser = match (o.max_connections, n.max_connections) {
+            (Some(_), None) => true,
+            (Some(a), Some(b)) => b > a,
+            _ => false,
+        };
+        c.note(
+            looser,
+            format!(
+                "{k}: new connections per grant {} (was {})",
+                words(n.max_connections),
+                words(o.max_connections)
+            ),
         );
     }
     match (&o.approval, &n.approval) {
@@ -257,5 +276,51 @@ mod tests {
         let first = compare(None, Some(&base));
         assert!(!first.weakens);
         assert_eq!(first.lines, ["port 22/TCP added"]);
+    }
+
+    #[test]
+    fn a_connection_limit_raised_or_removed_weakens() {
+        let limited = |n: Option<u32>| {
+            let mut p = ssh("203.0.113.0/24", "PT1H", None);
+            if let Some(n) = n {
+                p["maxConnections"] = n.into();
+            }
+            policy(json!([p]))
+        };
+        for (old, new, weakens, line) in [
+            (
+                None,
+                Some(2),
+                false,
+                "new connections per grant 2 (was unlimited)",
+            ),
+            (
+                Some(2),
+                Some(1),
+                false,
+                "new connections per grant 1 (was 2)",
+            ),
+            (
+                Some(1),
+                Some(2),
+                true,
+                "new connections per grant 2 (was 1)",
+            ),
+            (
+                Some(1),
+                None,
+                true,
+                "new connections per grant unlimited (was 1)",
+            ),
+        ] {
+            let c = compare(Some(&limited(old)), Some(&limited(new)));
+            assert_eq!(c.weakens, weakens, "{old:?} -> {new:?}: {c:?}");
+            assert_eq!(c.lines, [format!("port 22/TCP: {line}")]);
+        }
+        assert!(
+            compare(Some(&limited(Some(1))), Some(&limited(Some(1))))
+                .lines
+                .is_empty()
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! An access request (Azure's initiate), validated: which ports of which VMs, from where,
 //! until when, and why. Checked against the policy later (`eval`).
 
-use jitgate_api::{ErrorCode, InitiateBody, ProtoSel};
+use jitgate_api::{ErrorCode, InitiateBody, MaxConnections, ProtoSel};
 use jitgate_common::{Port, SourcePrefix};
 
 use crate::error::{Error, Result};
@@ -31,6 +31,8 @@ pub struct RequestedPort {
     pub duration_ms: Option<i64>,
     /// A booked start (startTimeUtc); None: opens when approved.
     pub start_ms: Option<i64>,
+    /// The connection limit asked for (at most the policy's); None: the policy's.
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +168,7 @@ impl Initiate {
                     end_ms,
                     duration_ms,
                     start_ms,
+                    max_connections: p.max_connections,
                 });
             }
             vms.push(RequestedVm {

@@ -324,6 +324,24 @@ async fn policy_editor() {
         ("p0-auto", "soon", "p0-auto", "soon"),
         ("p0-protocol", "ICMP", "p0-protocol", "use TCP, UDP or *"),
         ("p0-sources", HOSTILE, "p0-sources", "is invalid"),
+        (
+            "p0-connections",
+            "0",
+            "p0-connections",
+            "port 1: maxConnections must be a whole number from 1 to 65535",
+        ),
+        (
+            "p0-connections",
+            "65536",
+            "p0-connections",
+            "maxConnections must be a whole number from 1 to 65535",
+        ),
+        (
+            "p0-connections",
+            "one",
+            "p0-connections",
+            "maxConnections must be a whole number from 1 to 65535",
+        ),
     ];
     for (field, value, at, want) in cases {
         // More approvals than people named counts only without a group (groups grow); a
@@ -381,6 +399,28 @@ async fn policy_editor() {
             "{field}={value:?} changed something"
         );
     }
+    // A connection limit: previewed in words (the field's change and the activity entry),
+    // nothing written by the preview.
+    let r = post(
+        &p,
+        &alice,
+        "/groups/prod/policy/preview",
+        &csrf,
+        &with(valid(), "p0-connections", "1"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("most new connections per grant"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("new connections: at most 1 per grant"),
+        "{}",
+        r.body
+    );
+    assert_eq!(state(&p).await, (n1, stored.clone()));
     // Several problems at once: each at its field.
     let mut two = with(valid(), "p0-number", "70000");
     two = with(two, "p0-max", "PT30H");

@@ -116,6 +116,7 @@ pub async fn run(c: &Client, cmd: &ConnectCmd, out: Out) -> R<()> {
                 allowed_source_address_prefixes: None,
                 end_time_utc: None,
                 duration: Some(input::iso_duration(&duration)?),
+                max_connections: None,
             }],
         }],
         justification,

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 use jitgate_api::{
-    ApprovalRule, ApprovalStage, Approver, OnExpiry, PolicyBody, PolicyPort, PolicyView, ProtoSel,
+    ApprovalRule, ApprovalStage, Approver, MaxConnections, OnExpiry, PolicyBody, PolicyPort,
+    PolicyView, ProtoSel,
 };
 use serde::Deserialize;
 
@@ -13,7 +14,7 @@ use crate::client::{Client, PolicyOf};
 use crate::exit::{self, Fail, R};
 use crate::input;
 use crate::output::{Out, print_json};
-use crate::table::{Table, col};
+use crate::table::{Table, col, or_dash};
 use crate::text::safe;
 
 #[derive(Subcommand)]
@@ -40,8 +41,8 @@ pub struct PolicySet {
     #[command(flatten)]
     target: PolicyTarget,
     /// A JSON file {"ports": [...]} in the API's format ("-" for stdin).
-    #[arg(long, conflicts_with_all = ["port", "source", "max", "on_expiry", "approvers",
-                                      "stage"])]
+    #[arg(long, conflicts_with_all = ["port", "source", "max", "on_expiry", "max_connections",
+                                      "approvers", "stage"])]
     file: Option<PathBuf>,
     /// Port and protocol: 22, 22/tcp, 3389/udp, 3389/* (repeatable; default protocol tcp).
     #[arg(long)]
@@ -57,6 +58,10 @@ pub struct PolicySet {
           value_parser = PossibleValuesParser::new(["keep", "cut"])
               .try_map(|s| s.parse::<OnExpiry>()))]
     on_expiry: OnExpiry,
+    /// Each grant admits at most N new connections (1..=65535); requests may ask for fewer.
+    /// Without it: unlimited.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<MaxConnections>,
     #[command(flatten)]
     approval: ApprovalFlags,
 }
@@ -258,6 +263,7 @@ fn from_flags(ps: &PolicySet) -> R<PolicyBody> {
                 allowed_source_address_prefixes: Some(ps.source.clone()),
                 max_request_access_duration: max.clone(),
                 on_expiry: ps.on_expiry,
+                max_connections: ps.max_connections,
                 approval: approval.clone(),
             })
         })
@@ -270,6 +276,7 @@ const PORTS: Table = Table::new(&[
     col("PROTO", 8),
     col("MAX", 10),
     col("EXPIRY", 8),
+    col("CONNS", 6),
     col("SOURCES", 28),
     col("APPROVAL", 0),
 ]);
@@ -289,6 +296,7 @@ pub fn print_policy(v: &PolicyView) {
             p.protocol.clone(),
             p.max_request_access_duration.clone(),
             p.on_expiry.to_string(),
+            or_dash(p.max_connections.as_ref()),
             prefixes(
                 p.allowed_source_address_prefix.as_deref(),
                 p.allowed_source_address_prefixes.as_deref(),

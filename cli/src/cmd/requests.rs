@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use jitgate_api::{InitiateBody, InitiatePort, InitiateVm, PortStatus, RequestView, StatusReason};
+use jitgate_api::{
+    InitiateBody, InitiatePort, InitiateVm, MaxConnections, PortStatus, RequestView, StatusReason,
+};
 
 use crate::client::{Client, Reply};
 use crate::cmd::policy::prefixes;
@@ -35,6 +37,10 @@ pub struct RequestArgs {
     /// most 7 days ahead). Without it the window starts when the request is approved.
     #[arg(long)]
     start: Option<String>,
+    /// Admit at most N new connections per grant (1..=65535; at most the policy's). Without
+    /// it the policy's limit applies (none: unlimited).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<MaxConnections>,
     /// Why you need access (recorded in history and the activity log).
     #[arg(long, short = 'j')]
     justification: String,
@@ -83,6 +89,7 @@ pub async fn request(c: &Client, a: &RequestArgs, out: Out) -> R<()> {
                 end_time_utc: end_time_utc.clone(),
                 duration: duration.clone(),
                 start_time_utc: start_time_utc.clone(),
+                max_connections: a.max_connections,
             })
         })
         .collect::<R<Vec<_>>>()?;
@@ -240,6 +247,7 @@ const REQUESTS: Table = Table::new(&[
     col("PORT", 8),
     col("STATUS", 10),
     col("REASON", 22),
+    col("CONNS", 6),
     col("SOURCE", 24),
     col("END (UTC)", 22),
     col("JUSTIFICATION", 0),
@@ -260,6 +268,7 @@ pub fn print_requests(reqs: &[RequestView]) {
                     format!("{}/{}", p.number, p.protocol),
                     p.status.to_string(),
                     or_dash(p.status_reason.as_ref()),
+                    or_dash(p.max_connections.as_ref()),
                     prefixes(
                         p.allowed_source_address_prefix.as_deref(),
                         p.allowed_source_address_prefixes.as_deref(),

@@ -368,7 +368,9 @@ async fn open(
     }
     keys.sort();
     keys.dedup();
-    let snap = snapshot::read(w, &names, &keys, &[]).await?;
+    let mut snap = snapshot::read(w, &names, &keys, &[]).await?;
+    // A grant with a connection limit needs the VM's agent to enforce it (plan::limitable).
+    snap.agent_levels = crate::store::agents::levels(w, &names).await?;
     let (request_seq, outbox_seq) = w.sequences();
     let start = Start {
         now: w.now,
@@ -380,7 +382,16 @@ async fn open(
     let tables = write_grants(w, &approved.plan).await?;
     requests::set_decided(w, &req.id, emergency, &approved.denial).await?;
     for p in &approved.ports {
-        requests::set_port(w, &req.id, p.idx, &p.status, p.reason.as_ref(), p.window).await?;
+        requests::set_port(
+            w,
+            &req.id,
+            p.idx,
+            &p.status,
+            p.reason.as_ref(),
+            p.window,
+            p.max_connections,
+        )
+        .await?;
     }
     Ok((approved, tables))
 }

@@ -9,9 +9,9 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_KEY_ROTATION,
-    LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
-    read_frame, write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CONNECTION_LIMITS,
+    LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, LimitedGrantBody, PolicyBody,
+    RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -530,6 +530,28 @@ impl Conn {
                     requester,
                     justification,
                 };
+                if let Some(limit) = it.max_connections {
+                    // Limited: only an agent that enforces the limit may have it; an older
+                    // one would read it as an unlimited grant, so it is never sent there in
+                    // any form (requests are refused AgentTooOld; this holds it back should
+                    // the agent have been replaced by an older one since).
+                    if self.protocol < LEVEL_CONNECTION_LIMITS {
+                        tracing::error!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, level = self.protocol, max_connections = limit.get(), "limited grant held back: the agent is too old to enforce its connection limit");
+                        continue;
+                    }
+                    let starts_in_ms =
+                        (it.start_ms > now).then(|| u64::try_from(it.start_ms - now).unwrap_or(0));
+                    let limited = LimitedGrantBody {
+                        grant: body,
+                        max_connections: limit,
+                        starts_in_ms,
+                    };
+                    let s = Signed::sign(&limited, &*self.key()?)
+                        .map_err(|e| ConnError::Sign(e.to_string()))?;
+                    tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, max_connections = limit.get(), ?starts_in_ms, "limited grant sent");
+                    send(wr, &ControllerMsg::LimitedGrant(s)).await?;
+                    continue;
+                }
                 if it.start_ms > now {
                     // Booked: only an agent that opens it at its start by itself may have it;
                     // an older one would apply it at receipt, so it waits here (and is sent

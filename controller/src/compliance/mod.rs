@@ -168,6 +168,7 @@ pub fn template(s: &Settings, name: &str) -> Result<PolicyBody> {
                 allowed_source_address_prefixes: None,
                 max_request_access_duration: s.template_max.clone(),
                 on_expiry: Default::default(),
+                max_connections: None,
                 approval: None,
             }),
         }

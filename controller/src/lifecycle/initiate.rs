@@ -137,14 +137,20 @@ pub async fn decide(
     principal_refs.dedup();
     let (mut w, mut snap) =
         snapshot::begin_and_read(writer, &names, &keys(jobs), &principal_refs).await?;
-    // Only a batch that books ahead needs its VMs' agent levels (plan::bookable).
+    // Only a batch that books ahead or may limit connections needs its VMs' agent levels
+    // (plan::bookable, plan::limitable).
     let now = w.now;
-    let booked: Vec<&str> = jobs
+    let mut booked: Vec<&str> = jobs
         .iter()
         .flat_map(|(_, r)| &r.vms)
-        .filter(|vm| vm.ports.iter().any(|p| p.start_ms.is_some_and(|s| s > now)))
+        .filter(|vm| {
+            vm.ports.iter().any(|p| p.start_ms.is_some_and(|s| s > now))
+                || plan::may_limit(&snap, vm)
+        })
         .map(|vm| vm.name.as_str())
         .collect();
+    booked.sort_unstable();
+    booked.dedup();
     if !booked.is_empty() {
         snap.agent_levels = agents::levels(&mut w, &booked).await?;
     }

@@ -14,9 +14,9 @@ use jitgate_api::{
     ActivityOutcome, ApprovalRule, DenialReason, ErrorCode, Operation, PolicyScope, PortStatus,
     RequestView, RequestVm, StatusReason,
 };
-use jitgate_common::{Port, SourcePrefix};
+use jitgate_common::{MaxConnections, Port, SourcePrefix};
 
-use jitgate_proto::LEVEL_SCHEDULED_GRANTS;
+use jitgate_proto::{LEVEL_CONNECTION_LIMITS, LEVEL_SCHEDULED_GRANTS};
 
 use crate::approval::rule::{self, Rule};
 use crate::authz::{self, Action, Caller};
@@ -236,6 +236,7 @@ impl Granting {
                 start_ms: start,
                 end_ms: end,
                 on_expiry: g.on_expiry,
+                max_connections: g.max_connections,
                 state: GrantState::Pending,
                 superseded_by: None,
             });
@@ -308,6 +309,70 @@ fn bookable(snap: &Snapshot, req: &Initiate, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// A request asking a port for more connections than its policy allows is refused whole
+/// (nothing recorded): the caller can ask again within the maximum.
+fn within_connection_limits(vms: &[Evaluated]) -> Result<()> {
+    let over: Vec<String> = vms
+        .iter()
+        .flat_map(|ev| {
+            ev.ports.iter().flat_map(move |o| {
+                o.reasons
+                    .iter()
+                    .filter(|r| r.0 == StatusReason::ConnectionsExceedMaximum)
+                    .map(move |r| format!("VM {}: {}", ev.vm, r.1))
+            })
+        })
+        .collect();
+    if over.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(ErrorCode::InvalidRequest, over.join("; ")))
+}
+
+/// A grant with a connection limit may go only to an agent that enforces it: an agent below
+/// [`LEVEL_CONNECTION_LIMITS`] is never sent one, so a request whose grants would carry a
+/// limit to such a VM is refused (`levels`: the VMs' agent levels; none known: level 1).
+fn limitable<'a>(
+    levels: &std::collections::HashMap<String, u32>,
+    grants: impl IntoIterator<Item = (&'a str, &'a PlannedGrant)>,
+) -> Result<()> {
+    for (vm, g) in grants {
+        let Some(limit) = g.max_connections else {
+            continue;
+        };
+        let level = levels.get(vm).copied().unwrap_or(1);
+        if level < LEVEL_CONNECTION_LIMITS {
+            return Err(Error::refused(
+                ErrorCode::AgentTooOld,
+                format!(
+                    "VM {vm}: its agent does not support connection limits (protocol level \
+                     {level}, needs {LEVEL_CONNECTION_LIMITS}) and the grant would admit at \
+                     most {limit} connections; upgrade the agent"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the request's grants on `vm` might carry a connection limit (it asks for one, or
+/// the VM's effective policy sets one): the VMs whose agent levels a batch must read.
+pub fn may_limit(snap: &Snapshot, vm: &crate::request::RequestedVm) -> bool {
+    if vm.ports.iter().any(|p| p.max_connections.is_some()) {
+        return true;
+    }
+    let Some(group) = snap.groups.get(&vm.name) else {
+        return false;
+    };
+    snap.policies
+        .get(&(PolicyScope::VirtualMachine, vm.name.clone()))
+        .or_else(|| {
+            snap.policies
+                .get(&(PolicyScope::ResourceGroup, group.clone()))
+        })
+        .is_some_and(|p| p.ports.iter().any(|x| x.max_connections.is_some()))
+}
+
 /// Decides `jobs`; `new_id` names each request and grant (in order).
 pub fn plan(
     snap: &Snapshot,
@@ -334,7 +399,19 @@ pub fn plan(
                 continue;
             }
         };
-        if let Err(e) = bookable(snap, req, now) {
+        if let Err(e) = bookable(snap, req, now)
+            .and_then(|()| within_connection_limits(&vms))
+            .and_then(|()| {
+                limitable(
+                    &snap.agent_levels,
+                    vms.iter().flat_map(|ev| {
+                        ev.ports
+                            .iter()
+                            .flat_map(|o| o.grants.iter().map(|g| (ev.vm.as_str(), g)))
+                    }),
+                )
+            })
+        {
             p.answers.push(Err(e));
             continue;
         }
@@ -426,6 +503,7 @@ pub fn plan(
                     status,
                     status_reason: reason,
                     on_expiry: o.grants.first().map(|g| g.on_expiry),
+                    max_connections: o.grants.first().and_then(|g| g.max_connections),
                     start_ms: opens,
                     duration_ms: rp.duration_ms,
                     booked_ms: rp.start_ms,
@@ -447,7 +525,7 @@ pub fn plan(
                     }
                 }
                 let view = port.view();
-                ports_log.push(serde_json::json!({
+                let mut logged = serde_json::json!({
                     "number": port.number,
                     "protocol": port.protocol.as_str(),
                     "allowedSourceAddressPrefixes":
@@ -456,7 +534,11 @@ pub fn plan(
                     "endTimeUtc": view.end_time_utc,
                     "status": port.status.as_str(),
                     "statusReason": port.status_reason.as_ref().map(|r| r.as_str()),
-                }));
+                });
+                if let Some(m) = port.max_connections {
+                    logged["maxConnections"] = m.get().into();
+                }
+                ports_log.push(logged);
                 record_ports.push(view);
                 port_pos.insert((id.clone(), idx), p.ports.len());
                 p.ports.push(port);
@@ -571,6 +653,8 @@ pub struct Opened {
     pub reason: Option<StatusReason>,
     /// [start, end] of the window granted (None when denied).
     pub window: Option<(i64, i64)>,
+    /// The connection limit its grants carry (None: unlimited, or denied).
+    pub max_connections: Option<MaxConnections>,
 }
 
 /// The final approval of a pending request, planned: the ports re-checked against the policy
@@ -628,6 +712,7 @@ pub fn approve(
             end_ms,
             duration_ms: sp.duration_ms,
             start_ms: sp.booked_ms,
+            max_connections: crate::store::requests::stored_limit(sp.max_connections)?,
         };
         let outcome = match snap.groups.get(&sp.vm) {
             Some(group) => eval::evaluate_port(effective(&policies, &sp.vm, group), &rp, now),
@@ -640,6 +725,14 @@ pub fn approve(
             .iter()
             .map(|(sp, rp, o)| (sp.vm.as_str(), rp.number.get(), o)),
     );
+    if out.denial.is_empty() {
+        limitable(
+            &snap.agent_levels,
+            evaluated
+                .iter()
+                .flat_map(|(sp, _, o)| o.grants.iter().map(|g| (sp.vm.as_str(), g))),
+        )?;
+    }
     for (sp, rp, o) in &evaluated {
         if !out.denial.is_empty() {
             let first = o.reasons.first().map(|r| r.0.clone());
@@ -648,6 +741,7 @@ pub fn approve(
                 status: PortStatus::Denied,
                 reason: Some(first.unwrap_or(StatusReason::OtherPortDenied)),
                 window: None,
+                max_connections: None,
             });
             continue;
         }
@@ -671,6 +765,7 @@ pub fn approve(
             status: PortStatus::Initiated,
             reason: None,
             window: Some((opens, rp.end_ms)),
+            max_connections: o.grants.first().and_then(|g| g.max_connections),
         });
     }
     sequence_outbox(&mut out.plan);
@@ -702,6 +797,7 @@ mod tests {
                         allowed_source_address_prefixes: None,
                         max_request_access_duration: "PT3H".into(),
                         on_expiry: OnExpiry::Keep,
+                        max_connections: None,
                         approval: None,
                     },
                     PolicyPort {
@@ -711,6 +807,7 @@ mod tests {
                         allowed_source_address_prefixes: None,
                         max_request_access_duration: "PT1H".into(),
                         on_expiry: OnExpiry::Cut,
+                        max_connections: None,
                         approval: None,
                     },
                 ],
@@ -737,6 +834,7 @@ mod tests {
             end_ms: NOW + secs * 1000,
             duration_ms: Some(secs * 1000),
             start_ms: None,
+            max_connections: None,
         }
     }
 
@@ -789,6 +887,116 @@ mod tests {
         assert_eq!(p.activity[0].outcome, ActivityOutcome::Succeeded);
         assert_eq!(p.activity[0].actor.name, "alice");
         assert!(p.superseded.is_empty() && p.ports_to_close.is_empty());
+    }
+
+    /// web1's policy with port 3389 limited to `max` connections, its agent at `level`.
+    fn limited(max: u32, level: u32) -> Snapshot {
+        let mut s = snapshot();
+        if let Some(b) = s
+            .policies
+            .get_mut(&(PolicyScope::ResourceGroup, "prod".into()))
+        {
+            b.ports[1].max_connections = MaxConnections::new(max);
+        }
+        s.agent_levels.insert("web1".into(), level);
+        s
+    }
+
+    fn limit(n: u32) -> Option<MaxConnections> {
+        MaxConnections::new(n)
+    }
+
+    fn try_run(s: &Snapshot, r: Initiate) -> (Plan, Result<RequestView>) {
+        let mut p = run(s, &[(caller("*"), r)]);
+        let answer = p.answers.remove(0);
+        (p, answer)
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_request_else_the_policy() {
+        // Absent in the request: the policy's, on every grant (TCP and UDP of `*`).
+        let (p, r) = try_run(
+            &limited(3, LEVEL_CONNECTION_LIMITS),
+            req("web1", vec![port(3389, "203.0.113.7", 600)]),
+        );
+        assert_eq!(
+            r.unwrap().virtual_machines[0].ports[0].max_connections,
+            limit(3)
+        );
+        assert_eq!(p.grants.len(), 2);
+        assert!(p.grants.iter().all(|g| g.max_connections == limit(3)));
+        assert_eq!(p.ports[0].max_connections, limit(3));
+        assert_eq!(p.activity[0].details["ports"][0]["maxConnections"], 3);
+        // Fewer than the policy's: the request's.
+        let mut asked = port(3389, "203.0.113.7", 600);
+        asked.max_connections = limit(1);
+        let (p, r) = try_run(
+            &limited(3, LEVEL_CONNECTION_LIMITS),
+            req("web1", vec![asked.clone()]),
+        );
+        assert!(r.is_ok());
+        assert!(p.grants.iter().all(|g| g.max_connections == limit(1)));
+        // A policy without a limit: the request may still ask for one.
+        let mut s = snapshot();
+        s.agent_levels
+            .insert("web1".into(), LEVEL_CONNECTION_LIMITS);
+        let (p, _) = try_run(&s, req("web1", vec![asked]));
+        assert!(p.grants.iter().all(|g| g.max_connections == limit(1)));
+        // Neither: unlimited, and the agent's level does not matter.
+        let (p, r) = try_run(
+            &snapshot(),
+            req("web1", vec![port(3389, "203.0.113.7", 600)]),
+        );
+        assert!(r.is_ok());
+        assert!(p.grants.iter().all(|g| g.max_connections.is_none()));
+        assert!(
+            p.activity[0].details["ports"][0]
+                .get("maxConnections")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn more_connections_than_the_policy_allows_is_refused_whole() {
+        let mut over = port(3389, "203.0.113.7", 600);
+        over.max_connections = limit(3);
+        let (p, r) = try_run(
+            &limited(2, LEVEL_CONNECTION_LIMITS),
+            req("web1", vec![port(22, "203.0.113.7", 600), over]),
+        );
+        let Err(Error::Refused { code, message }) = r else {
+            panic!("not refused: {r:?}");
+        };
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert!(
+            message.contains("maxConnections 3 exceeds port 3389's maximum of 2"),
+            "{message}"
+        );
+        assert!(p.requests.is_empty() && p.ports.is_empty() && p.grants.is_empty());
+        assert!(p.outbox.is_empty() && p.activity.is_empty());
+    }
+
+    #[test]
+    fn a_limited_grant_is_refused_for_an_agent_too_old_to_enforce_it() {
+        for level in [1, LEVEL_CONNECTION_LIMITS - 1] {
+            let (p, r) = try_run(
+                &limited(1, level),
+                req("web1", vec![port(3389, "203.0.113.7", 600)]),
+            );
+            let Err(Error::Refused { code, message }) = r else {
+                panic!("not refused: {r:?}");
+            };
+            assert_eq!(code, ErrorCode::AgentTooOld);
+            assert!(message.contains("VM web1") && message.contains("connection limits"));
+            assert!(p.requests.is_empty() && p.grants.is_empty() && p.outbox.is_empty());
+            // An unlimited port of the same VM is still granted.
+            let (p, r) = try_run(
+                &limited(1, level),
+                req("web1", vec![port(22, "203.0.113.7", 600)]),
+            );
+            assert!(r.is_ok());
+            assert_eq!(p.grants.len(), 1);
+        }
     }
 
     #[test]
@@ -959,6 +1167,7 @@ mod tests {
             end_ms,
             duration_ms,
             booked_ms,
+            max_connections: None,
         };
         let req = Pending {
             id: "r1".into(),

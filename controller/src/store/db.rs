@@ -124,6 +124,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0024_notify_delivered.sql"),
     ),
     (
+        25,
+        "connection limits: request ports' and grants' max_connections",
+        include_str!("../../migrations/0025_connection_limits.sql"),
+    ),
+    (
         27,
         "notifications: pending deliveries indexed by state and sink, each sink's last success kept",
         include_str!("../../migrations/0027_notify_pending_index.sql"),

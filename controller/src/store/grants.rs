@@ -5,7 +5,7 @@
 //! decision: `apply` carries a grant (and the grants it supersedes, removed only once it is in
 //! place), `revoke` withdraws one. Each VM's agent connection reads its rows in seq order.
 
-use jitgate_api::{OnExpiry, ProtoSel};
+use jitgate_api::{MaxConnections, OnExpiry, ProtoSel};
 use jitgate_common::Protocol;
 use sqlx::{Any, AnyConnection, Executor};
 
@@ -64,6 +64,9 @@ pub struct OutboxItem {
     pub start_ms: i64,
     pub end_ms: i64,
     pub on_expiry: OnExpiry,
+    /// The grant admits at most this many new connections (sent as a `LimitedGrant`, only
+    /// to an agent at protocol level 5 or later); None: unlimited.
+    pub max_connections: Option<MaxConnections>,
     /// Grants this one supersedes: the agent removes them only once this one is in place,
     /// so a flow the new grant covers is never cut.
     pub replaces: Vec<String>,
@@ -85,6 +88,7 @@ struct OutboxRow {
     start_ms: i64,
     end_ms: i64,
     on_expiry: String,
+    max_connections: Option<i64>,
 }
 
 /// The VM's outbox rows after `after_seq`, oldest first.
@@ -96,7 +100,7 @@ pub async fn outbox(
 ) -> Result<Vec<OutboxItem>> {
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT o.seq, o.vm, o.op, o.grant_id, o.replaces, g.request_id, g.protocol, g.port, \
-         g.prefix, g.start_ms, g.end_ms, g.on_expiry FROM grant_outbox o \
+         g.prefix, g.start_ms, g.end_ms, g.on_expiry, g.max_connections FROM grant_outbox o \
          JOIN grants g ON g.id = o.grant_id WHERE o.vm = $1 AND o.seq > $2 ORDER BY o.seq LIMIT $3",
     )
     .bind(vm)
@@ -127,6 +131,7 @@ pub async fn outbox(
                     .on_expiry
                     .parse()
                     .map_err(|_| Error::Corrupt(format!("grant on_expiry {:?}", r.on_expiry)))?,
+                max_connections: crate::store::requests::stored_limit(r.max_connections)?,
             })
         })
         .collect()
@@ -438,6 +443,7 @@ pub struct NewGrant {
     pub start_ms: i64,
     pub end_ms: i64,
     pub on_expiry: OnExpiry,
+    pub max_connections: Option<MaxConnections>,
     pub state: GrantState,
     pub superseded_by: Option<String>,
 }
@@ -445,8 +451,8 @@ pub struct NewGrant {
 pub fn grant_rows(grants: &[NewGrant]) -> Rows {
     let mut t = Rows::new(
         "INSERT INTO grants (id, request_id, port_idx, vm, protocol, port, prefix, start_ms, \
-         end_ms, on_expiry, state, superseded_by)",
-        12,
+         end_ms, on_expiry, state, superseded_by, max_connections)",
+        13,
     );
     for g in grants {
         t.rows.push(vec![
@@ -462,6 +468,7 @@ pub fn grant_rows(grants: &[NewGrant]) -> Rows {
             g.on_expiry.as_str().into(),
             g.state.as_str().into(),
             g.superseded_by.clone().into(),
+            crate::store::requests::limit_column(g.max_connections).into(),
         ]);
     }
     t

@@ -2,7 +2,8 @@
 //! status (Azure keeps status per port; a request's own status summarises its ports).
 
 use jitgate_api::{
-    DenialReason, OnExpiry, PortStatus, ProtoSel, RequestPort, RequestView, RequestVm, StatusReason,
+    DenialReason, MaxConnections, OnExpiry, PortStatus, ProtoSel, RequestPort, RequestView,
+    RequestVm, StatusReason,
 };
 use sqlx::{Any, AnyConnection, Executor};
 
@@ -46,6 +47,24 @@ struct PortRow {
     status_reason: Option<String>,
     on_expiry: Option<String>,
     start_ms: Option<i64>,
+    max_connections: Option<i64>,
+}
+
+/// A stored connection limit (`max_connections` of `request_ports` and `grants`; NULL:
+/// unlimited), checked as it is read.
+pub fn stored_limit(v: Option<i64>) -> Result<Option<MaxConnections>> {
+    v.map(|n| {
+        u64::try_from(n)
+            .map_err(|_| jitgate_api::MaxConnectionsError)
+            .and_then(MaxConnections::try_from)
+            .map_err(|e| Error::Corrupt(format!("stored max_connections {n}: {e}")))
+    })
+    .transpose()
+}
+
+/// A connection limit as stored.
+pub fn limit_column(v: Option<MaxConnections>) -> Option<i64> {
+    v.map(|m| i64::from(m.get()))
 }
 
 /// A request's status from its ports: Denied if denied, else PendingApproval, Initiated or
@@ -76,7 +95,8 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
     let Some(row) = row else { return Ok(None) };
     let ports: Vec<PortRow> = sqlx::query_as(
         "SELECT vm, resource_group, number, protocol, prefixes, end_ms, status, status_reason, \
-         on_expiry, start_ms FROM request_ports WHERE request_id = $1 ORDER BY idx",
+         on_expiry, start_ms, max_connections FROM request_ports WHERE request_id = $1 \
+         ORDER BY idx",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -105,6 +125,7 @@ pub async fn load(conn: &mut AnyConnection, id: &str) -> Result<Option<RequestVi
                 .transpose()
                 .map_err(Error::corrupt)?,
             on_expiry: p.on_expiry.and_then(|s| s.parse::<OnExpiry>().ok()),
+            max_connections: stored_limit(p.max_connections)?,
         };
         match vms.iter_mut().find(|v| v.id == p.vm) {
             Some(v) => v.ports.push(port),
@@ -203,6 +224,8 @@ pub struct PendingPort {
     pub end_ms: i64,
     pub duration_ms: Option<i64>,
     pub booked_ms: Option<i64>,
+    /// The port's connection limit as recorded at the request (see [`stored_limit`]).
+    pub max_connections: Option<i64>,
 }
 
 impl Pending {
@@ -242,7 +265,7 @@ pub async fn pending(conn: &mut AnyConnection, id: &str) -> Result<Option<Option
     };
     let ports: Vec<PendingPort> = sqlx::query_as(
         "SELECT idx, vm, resource_group, number, protocol, prefixes, end_ms, duration_ms, \
-         booked_ms FROM request_ports WHERE request_id = $1 ORDER BY idx",
+         booked_ms, max_connections FROM request_ports WHERE request_id = $1 ORDER BY idx",
     )
     .bind(id)
     .fetch_all(&mut *conn)
@@ -324,16 +347,18 @@ pub async fn set_port(
     status: &PortStatus,
     reason: Option<&StatusReason>,
     window: Option<(i64, i64)>,
+    max_connections: Option<MaxConnections>,
 ) -> Result<()> {
     let q = match window {
         Some((start, end)) => sqlx::query(
             "UPDATE request_ports SET status = $1, status_reason = $2, start_ms = $3, \
-             end_ms = $4 WHERE request_id = $5 AND idx = $6",
+             end_ms = $4, max_connections = $5 WHERE request_id = $6 AND idx = $7",
         )
         .bind(status.as_str())
         .bind(reason.map(|r| r.as_str()))
         .bind(start)
-        .bind(end),
+        .bind(end)
+        .bind(limit_column(max_connections)),
         None => sqlx::query(
             "UPDATE request_ports SET status = $1, status_reason = $2 WHERE request_id = $3 \
              AND idx = $4",
@@ -581,6 +606,8 @@ pub struct NewPort {
     pub status: PortStatus,
     pub status_reason: Option<StatusReason>,
     pub on_expiry: Option<OnExpiry>,
+    /// The connection limit of the port's grants (None: unlimited, or denied).
+    pub max_connections: Option<MaxConnections>,
     /// When the window opened (None while pending or if denied).
     pub start_ms: Option<i64>,
     pub duration_ms: Option<i64>,
@@ -601,6 +628,7 @@ impl NewPort {
             status: self.status.clone(),
             status_reason: self.status_reason.clone(),
             on_expiry: self.on_expiry,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -640,8 +668,8 @@ pub fn port_rows(ports: &[NewPort], requested_ms: i64) -> Rows {
     let mut t = Rows::new(
         "INSERT INTO request_ports (request_id, idx, vm, resource_group, number, protocol, \
          prefixes, end_ms, status, status_reason, on_expiry, start_ms, duration_ms, booked_ms, \
-         requested_ms)",
-        15,
+         requested_ms, max_connections)",
+        16,
     );
     for p in ports {
         let prefixes: Vec<String> = p.prefixes.iter().map(|x| x.to_string()).collect();
@@ -661,6 +689,7 @@ pub fn port_rows(ports: &[NewPort], requested_ms: i64) -> Rows {
             p.duration_ms.into(),
             p.booked_ms.into(),
             requested_ms.into(),
+            limit_column(p.max_connections).into(),
         ]);
     }
     t

@@ -202,7 +202,8 @@ impl Agent {
                 } => return (policy, items, (grant_ids, up_to_seq)),
                 m @ (ControllerMsg::Grant(_)
                 | ControllerMsg::Revoke(_)
-                | ControllerMsg::ScheduledGrant(_)) => items.push(m),
+                | ControllerMsg::ScheduledGrant(_)
+                | ControllerMsg::LimitedGrant(_)) => items.push(m),
                 m => panic!("unexpected {m:?}"),
             }
         }

@@ -330,6 +330,8 @@ fn body_of(v: &Values) -> Result<InitiateBody, Box<Refusal>> {
                     end_time_utc: None,
                     duration: duration.clone(),
                     start_time_utc: start.clone(),
+                    // The policy's limit, if it sets one.
+                    max_connections: None,
                 })
             }
             _ => r

@@ -131,6 +131,8 @@ struct PortLine {
     sources: String,
     max: String,
     expiry: &'static str,
+    /// The most new connections per grant, in words.
+    connections: String,
     approval: String,
 }
 
@@ -143,6 +145,10 @@ impl PortLine {
             expiry: match p.on_expiry {
                 jitgate_api::OnExpiry::Keep => "keep open connections",
                 jitgate_api::OnExpiry::Cut => "cut every connection",
+            },
+            connections: match p.max_connections {
+                None => "unlimited".into(),
+                Some(m) => format!("at most {m} per grant"),
             },
             approval: match &p.approval {
                 None => "approved by policy".into(),
@@ -210,6 +216,7 @@ fn field_words(key: &str) -> String {
         "allowedSourceAddressPrefixes" => "allowed sources".into(),
         "maxRequestAccessDuration" => "longest access".into(),
         "onExpiry" => "at the end of access".into(),
+        "maxConnections" => "most new connections per grant".into(),
         "approval.autoApproveUpTo" => "approved by policy up to".into(),
         "approval.timeout" => "approval timeout".into(),
         "approval.allowSelfApproval" => "self-approval allowed".into(),

@@ -5,7 +5,7 @@
 //! count into numbers, the sources into a list), with the library's own words when it
 //! cannot, and [`crate::policy::Policy::check_new`] judges the rest.
 
-use jitgate_api::{ApprovalRule, ApprovalStage, OnExpiry, PolicyBody, PolicyPort};
+use jitgate_api::{ApprovalRule, ApprovalStage, MaxConnections, OnExpiry, PolicyBody, PolicyPort};
 
 use crate::approval::rule::{RuleField, required_from_text};
 use crate::error::Error;
@@ -55,6 +55,8 @@ pub struct PortForm {
     pub max: Input,
     /// `keep` or `cut`.
     pub expiry: Input,
+    /// The most new connections per grant; empty: unlimited.
+    pub connections: Input,
     pub approval: bool,
     /// Where problems of the approval rule as a whole go (its id is the checkbox's).
     pub rule: Input,
@@ -127,6 +129,10 @@ fn port(i: usize, p: &PolicyPort) -> PortForm {
         sources: Input::new(id(i, "sources"), sources),
         max: Input::new(id(i, "max"), p.max_request_access_duration.clone()),
         expiry: Input::new(id(i, "expiry"), p.on_expiry.as_str()),
+        connections: Input::new(
+            id(i, "connections"),
+            p.max_connections.map(|m| m.to_string()).unwrap_or_default(),
+        ),
         approval: rule.is_some(),
         rule: Input::new(id(i, "approval"), ""),
         auto: Input::new(
@@ -155,6 +161,7 @@ fn blank_port(i: usize) -> PortForm {
             allowed_source_address_prefixes: None,
             max_request_access_duration: "PT3H".into(),
             on_expiry: OnExpiry::Keep,
+            max_connections: None,
             approval: None,
         },
     )
@@ -223,6 +230,7 @@ impl PolicyForm {
                 sources: text("sources"),
                 max: text("max"),
                 expiry: text("expiry"),
+                connections: text("connections"),
                 approval: on(&id(i, "approval")),
                 rule: Input::new(id(i, "approval"), ""),
                 auto: text("auto"),
@@ -285,6 +293,7 @@ impl PolicyForm {
                 ("sources", &mut p.sources),
                 ("max", &mut p.max),
                 ("expiry", &mut p.expiry),
+                ("connections", &mut p.connections),
                 ("approval", &mut p.rule),
                 ("auto", &mut p.auto),
                 ("timeout", &mut p.timeout),
@@ -319,6 +328,24 @@ impl PolicyForm {
                 ));
                 OnExpiry::Keep
             });
+            let connections = p.connections.value.trim();
+            let max_connections = if connections.is_empty() {
+                None
+            } else {
+                connections
+                    .parse::<MaxConnections>()
+                    .map_err(|e| {
+                        problems.push(Problem::new(
+                            Some(i),
+                            Field::MaxConnections,
+                            Error::refused(
+                                jitgate_api::ErrorCode::InvalidPolicy,
+                                format!("port {}: {e} (or empty: unlimited)", p.n),
+                            ),
+                        ))
+                    })
+                    .ok()
+            };
             let mut sources: Vec<String> = p
                 .sources
                 .value
@@ -375,6 +402,7 @@ impl PolicyForm {
                 allowed_source_address_prefixes: many,
                 max_request_access_duration: p.max.value.trim().to_string(),
                 on_expiry,
+                max_connections,
                 approval,
             });
         }
@@ -396,6 +424,7 @@ impl PolicyForm {
                     Field::Protocol => &mut p.protocol,
                     Field::Sources => &mut p.sources,
                     Field::MaxDuration => &mut p.max,
+                    Field::MaxConnections => &mut p.connections,
                     Field::Approval(RuleField::Stages) => &mut p.rule,
                     Field::Approval(RuleField::Timeout) => &mut p.timeout,
                     Field::Approval(RuleField::AutoApprove) => &mut p.auto,
@@ -429,6 +458,7 @@ impl PolicyForm {
                     &mut p.protocol,
                     &mut p.sources,
                     &mut p.max,
+                    &mut p.connections,
                     &mut p.rule,
                     &mut p.auto,
                     &mut p.timeout,

@@ -50,6 +50,8 @@ struct PortLine {
     port: String,
     sources: String,
     window: String,
+    /// The connection limit of each grant, in words.
+    connections: String,
     status: String,
     reason: String,
     left: String,
@@ -127,6 +129,10 @@ async fn live_of(
                         .unwrap_or_else(|| "approval".into()),
                     when_utc(&p.end_time_utc)
                 ),
+                connections: match p.max_connections {
+                    None => "unlimited".into(),
+                    Some(m) => format!("at most {m} per grant"),
+                },
                 status: p.status.as_str().to_string(),
                 reason: p
                     .status_reason
