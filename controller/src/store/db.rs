@@ -123,6 +123,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: each sink's delivered count, kept",
         include_str!("../../migrations/0024_notify_delivered.sql"),
     ),
+    (
+        26,
+        "agent certificates renewed over the channel",
+        include_str!("../../migrations/0026_agent_certs.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
