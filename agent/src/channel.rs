@@ -189,24 +189,10 @@ impl Channel {
         let marks = self.state.lock().map(|s| s.clone()).unwrap_or_default();
         let mut server_chain: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
         let (mut rd, mut wr) = tokio::time::timeout(WELCOME_TIMEOUT, async {
-            let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
                 .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    if let Some(at) = expired_at {
-                        let why = format!(
-                            "this agent's certificate expired at {} (unix {at}) and the controller refused it ({e}): past the renewal grace, or the agent was revoked; re-enrol this host (jit-agent enroll)",
-                            fmt_unix(at)
-                        );
-                        tracing::error!(expired_unix = at, error = %e, "certificate expired and refused: re-enrol this host");
-                        self.set_problem(Some(why.clone()));
-                        return Err(why);
-                    }
-                    return Err(format!("TLS: {e}"));
-                }
-            };
+                .map_err(|e| format!("TLS: {e}"))?;
             server_chain = tls
                 .get_ref()
                 .1
@@ -245,7 +231,21 @@ impl Channel {
                 "no TLS handshake and Welcome within {} s",
                 WELCOME_TIMEOUT.as_secs()
             )
-        })??;
+        })
+        .and_then(|r| r)
+        .map_err(|e| match expired_at {
+            // TLS 1.3: the controller's refusal of the certificate shows at the first read.
+            Some(at) => {
+                let why = format!(
+                    "this agent's certificate expired at {} (unix {at}) and the controller refused it ({e}): past the renewal grace, or the agent was revoked; re-enrol this host (jit-agent enroll)",
+                    fmt_unix(at)
+                );
+                tracing::error!(expired_unix = at, error = %e, "certificate expired and refused: re-enrol this host");
+                self.set_problem(Some(why.clone()));
+                why
+            }
+            None => e,
+        })?;
         *welcomed = true;
         self.endpoints.connected(endpoint);
         if let Ok(mut c) = self.connected.lock() {
