@@ -37,7 +37,9 @@ fn agent_certificates_renew_over_the_channel_within_the_grace_and_not_after_it()
     let ctl = ControllerProc::start_with(
         &fleet.ws,
         WS_V4,
-        &format!("[certificates]\nagent_lifetime_seconds = {LIFETIME}\nagent_grace_seconds = {GRACE}\n"),
+        &format!(
+            "[certificates]\nagent_lifetime_seconds = {LIFETIME}\nagent_grace_seconds = {GRACE}\n"
+        ),
     );
     let tokens: Vec<String> = (0..3)
         .map(|i| ctl.add_vm(&format!("vm-0{}", i + 1), fleet.vms[i].v4))
@@ -101,9 +103,7 @@ fn agent_certificates_renew_over_the_channel_within_the_grace_and_not_after_it()
 
     // Past the original expiry (and past the first renewal's 2/3: renewed again), vm-01
     // still works: connected, and a grant reaches it.
-    std::thread::sleep(
-        Duration::from_secs(LIFETIME + 3).saturating_sub(t0.elapsed()),
-    );
+    std::thread::sleep(Duration::from_secs(LIFETIME + 3).saturating_sub(t0.elapsed()));
     // vm-02 returns, its certificate expired but within the grace: it renews and connects.
     agents[1].spawn();
     assert!(
@@ -132,9 +132,7 @@ fn agent_certificates_renew_over_the_channel_within_the_grace_and_not_after_it()
     );
 
     // vm-03 returns after the grace: refused, with a clear reason on both sides.
-    std::thread::sleep(
-        Duration::from_secs(LIFETIME + GRACE + 6).saturating_sub(t0.elapsed()),
-    );
+    std::thread::sleep(Duration::from_secs(LIFETIME + GRACE + 6).saturating_sub(t0.elapsed()));
     agents[2].spawn();
     assert!(
         wait_until(Duration::from_secs(15), || agents[2]
