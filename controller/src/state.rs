@@ -211,52 +211,7 @@ pub struct Config {
     pub certificates: CertConfig,
 }
 
-/// `[certificates]` in `controller.toml`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CertConfig {
-    /// Lifetime of the certificate of an agent that renews over the channel (protocol level
-    /// 6 or later); older agents get 825 days. Default 30 days.
-    #[serde(default = "default_agent_cert_lifetime")]
-    pub agent_lifetime_seconds: u64,
-    /// How long after its expiry an agent's certificate may still be used, for its renewal
-    /// only. Default 90 days.
-    #[serde(default = "default_agent_cert_grace")]
-    pub agent_grace_seconds: u64,
-    /// How often the server certificate and key files are checked for a change (reloaded
-    /// without a restart; also on SIGHUP). Default 60; 0 turns the check off.
-    #[serde(default = "default_server_reload")]
-    pub server_reload_seconds: u64,
-}
-
-fn default_agent_cert_lifetime() -> u64 {
-    30 * 86_400
-}
-fn default_agent_cert_grace() -> u64 {
-    90 * 86_400
-}
-fn default_server_reload() -> u64 {
-    60
-}
-
-impl Default for CertConfig {
-    fn default() -> Self {
-        CertConfig {
-            agent_lifetime_seconds: default_agent_cert_lifetime(),
-            agent_grace_seconds: default_agent_cert_grace(),
-            server_reload_seconds: default_server_reload(),
-        }
-    }
-}
-
-impl CertConfig {
-    pub fn agent_lifetime(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.agent_lifetime_seconds)
-    }
-    pub fn agent_grace(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.agent_grace_seconds)
-    }
-}
+pub use crate::fleet::ca::CertConfig;
 
 impl Default for Config {
     fn default() -> Self {

@@ -40,7 +40,7 @@ pub struct Enrollment {
     /// Every controller's (`agent_endpoints`, else this one's only).
     pub agent_endpoints: Vec<String>,
     /// Agent certificate lifetime (level 6 and later) and renewal grace.
-    pub certs: crate::state::CertConfig,
+    pub certs: ca::CertConfig,
 }
 
 /// A renewal the controller refused, with the reason told to the agent and logged.
