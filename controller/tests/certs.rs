@@ -496,6 +496,20 @@ async fn the_server_certificate_is_reloaded_for_new_connections_only() {
     let (_, na, ..) = facts(&cert);
     assert_eq!(m1, na as f64);
     assert_ne!(m1, m0);
+
+    // `jit-controller certs renew-server`: a new certificate from the CA, same names, new key.
+    let r = jitgate_controller::state::renew_server_cert(&h.dir, &[], 90).unwrap();
+    assert!(r.names.contains(&"localhost".to_string()), "{:?}", r.names);
+    assert!(server.reload_server_cert().unwrap());
+    let renewed = served_cert(&c).await;
+    assert_ne!(
+        renewed, after,
+        "verified against the CA for localhost, and new"
+    );
+    let m2 = expiry_metric(&server.metrics.render(None).await.unwrap());
+    assert_eq!(m2, r.not_after_unix as f64);
+    assert!(jitgate_controller::state::renew_server_cert(&h.dir, &[], 0).is_err());
+    assert_eq!(served_cert(&c).await, renewed, "bad input changes nothing");
 }
 
 /// Self-signed CA: (certificate PEM, key).

@@ -132,6 +132,29 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A server certificate (the API's and the agent channel's) for `names` (DNS names or
+    /// addresses), valid `days`, with a new key: (certificate PEM, key PEM).
+    pub fn issue_server(&self, names: Vec<String>, days: i64) -> Result<(String, String), String> {
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::new(names).map_err(|e| e.to_string())?;
+        p.distinguished_name
+            .push(DnType::CommonName, "jitgate controller");
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(days);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut serial = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut serial);
+        serial[0] &= 0x7f;
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        let cert = p
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| format!("signing the certificate: {e}"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
 pub struct Signed {
     pub fingerprint: String,
     pub serial: String,
