@@ -415,3 +415,155 @@ pub async fn enroll(
         dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::FromDer;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    fn agent_cert(ca: &Ca, key: &rcgen::KeyPair, id: Uuid) -> String {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(format!("urn:jitgate:agent:{id}")).unwrap(),
+        )];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.signed_by(key, &ca.cert, &ca.key).unwrap().pem()
+    }
+
+    fn server_cert(ca: &Ca) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        p.signed_by(&key, &ca.cert, &ca.key).unwrap().der().clone()
+    }
+
+    fn enrolled(tmp: &Path, ca: &Ca, key: &rcgen::KeyPair, id: Uuid) -> Enrollment {
+        let dir = tmp.join(DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes()).unwrap();
+        std::fs::write(dir.join("agent.crt"), agent_cert(ca, key, id)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert.pem()).unwrap();
+        let gk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        std::fs::write(
+            dir.join(crate::keyring::PINNED),
+            gk.to_public_key_pem(LineEnding::LF).unwrap(),
+        )
+        .unwrap();
+        Enrollment {
+            agent_id: id,
+            vm: "vm".into(),
+            endpoint: "localhost:8444".into(),
+            endpoints: vec![],
+            keys: Keyring::load(&dir).unwrap(),
+            dir,
+        }
+    }
+
+    #[test]
+    fn a_renewal_is_stored_only_for_this_key_and_id_and_a_bundle_that_trusts_the_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = (ca("old CA"), ca("new CA"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let id = Uuid::from_bytes([1; 16]);
+        let e = enrolled(tmp.path(), &old, &key, id);
+        let server = vec![server_cert(&old)];
+        let crt = e.dir.join("agent.crt");
+        let before = std::fs::read_to_string(&crt).unwrap();
+        let both = format!("{}{}", old.cert.pem(), new.cert.pem());
+
+        // Another key, another id, a CA not in the bundle: refused, nothing written.
+        let other = rcgen::KeyPair::generate().unwrap();
+        for (cert, bundle) in [
+            (agent_cert(&old, &other, id), old.cert.pem()),
+            (
+                agent_cert(&old, &key, Uuid::from_bytes([2; 16])),
+                old.cert.pem(),
+            ),
+            (agent_cert(&new, &key, id), old.cert.pem()),
+        ] {
+            assert!(
+                e.store_renewed(&cert, &bundle, &server, "localhost")
+                    .is_err()
+            );
+            assert_eq!(std::fs::read_to_string(&crt).unwrap(), before);
+        }
+        // A bundle that would not trust the controller connected to: refused.
+        let err = e
+            .store_renewed(
+                &agent_cert(&new, &key, id),
+                &new.cert.pem(),
+                &server,
+                "localhost",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("would not trust"), "{err}");
+        assert_eq!(std::fs::read_to_string(&crt).unwrap(), before);
+
+        // A certificate from the new CA with both CAs in the bundle: stored, 0600.
+        let renewed = agent_cert(&new, &key, id);
+        let v = e
+            .store_renewed(&renewed, &both, &server, "localhost")
+            .unwrap();
+        assert_eq!(v, e.cert_validity().unwrap());
+        assert_eq!(std::fs::read_to_string(&crt).unwrap(), renewed);
+        assert_eq!(std::fs::read_to_string(e.dir.join("ca.crt")).unwrap(), both);
+        for f in ["agent.crt", "ca.crt"] {
+            let mode = std::fs::metadata(e.dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        assert!(!e.dir.join("agent.crt.tmp").exists());
+        // The next connection uses them.
+        e.tls_config().unwrap();
+        // The renewal request is for the same key.
+        let csr = e.renewal_csr().unwrap();
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes()).unwrap();
+        let (_, req) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .unwrap();
+        assert_eq!(
+            req.certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data
+                .as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
+        let v = Validity {
+            not_before: 1_000,
+            not_after: 1_000 + 30 * 86_400,
+        };
+        assert_eq!(v.renew_at(), 1_000 + 20 * 86_400);
+    }
+}
