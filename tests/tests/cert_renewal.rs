@@ -3,7 +3,8 @@
 //! it expires, the agent still working (a grant applied) after the original would have
 //! expired; an agent stopped past its certificate's expiry renews when it returns within the
 //! grace; one that returns after the grace is refused, with the reason in its status and in
-//! the controller's log and activity log.
+//! the controller's log and activity log. The server certificate renewed from the CA
+//! (`jit-controller certs renew-server`) and reloaded on SIGHUP without a restart.
 
 use std::time::{Duration, Instant};
 
@@ -129,6 +130,31 @@ fn agent_certificates_renew_over_the_channel_within_the_grace_and_not_after_it()
         ctl.log_text().contains("agent certificate renewed"),
         "{}",
         ctl.log_text()
+    );
+
+    // The server certificate renewed from the CA and reloaded on SIGHUP, without a restart:
+    // the established channels go on (a grant reaches vm-02), a new connection (vm-01
+    // restarted) verifies the new certificate against its CA bundle.
+    let renewed = ctl.admin(&["certs", "renew-server", "--days", "30"]);
+    assert!(renewed["notAfterUnix"].as_i64().is_some(), "{renewed}");
+    assert!(ctl.signal("HUP"));
+    assert!(
+        wait_until(Duration::from_secs(5), || ctl
+            .log_text()
+            .contains("server certificate reloaded")),
+        "{}",
+        ctl.log_text()
+    );
+    let req = ctl.jit_json(
+        &fleet.ws,
+        &args("request vm-02 --port 22 --duration 10m --justification reloaded --wait --json"),
+    );
+    assert!(req.to_string().contains("Applied"), "vm-02: {req}");
+    agents[0].restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || connected(&agents[0])),
+        "vm-01 did not connect to the reloaded certificate: {}",
+        agents[0].log_text()
     );
 
     // vm-03 returns after the grace: refused, with a clear reason on both sides.
