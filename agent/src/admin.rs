@@ -151,6 +151,13 @@ pub struct Status {
     /// Whether the agent is enrolled with a controller.
     #[serde(default)]
     pub enrolled: bool,
+    /// Enrolled agents: when the certificate expires (renewed over the channel before).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub certificate_expires: Option<OffsetDateTime>,
+    /// Why the certificate cannot be renewed (refused by the controller, expired past the
+    /// grace: re-enrol), if so.
+    #[serde(default)]
+    pub certificate_problem: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -60,6 +60,10 @@ pub type SharedState = Arc<Mutex<ChannelState>>;
 /// The endpoint of the controller the channel is connected to now, if any.
 pub type Connected = Arc<Mutex<Option<String>>>;
 
+/// What is wrong with this agent's certificate, if anything (a renewal the controller
+/// refused, an expired certificate refused at the handshake); shown by `jit-agent status`.
+pub type CertProblem = Arc<Mutex<Option<String>>>;
+
 /// What the channel asks of the core.
 pub enum ChannelRequest {
     /// A state-changing message; answers go to `out`.
@@ -74,6 +78,8 @@ pub struct Channel {
     pub endpoints: Endpoints,
     /// Set while a connection is up.
     pub connected: Connected,
+    /// Set when the certificate cannot be renewed (cleared by a renewal).
+    pub cert_problem: CertProblem,
     pub state: SharedState,
     pub state_dir: PathBuf,
     pub core: mpsc::Sender<ChannelRequest>,
@@ -158,8 +164,18 @@ impl Channel {
         Ended { welcomed, result }
     }
 
+    fn set_problem(&self, p: Option<String>) {
+        if let Ok(mut c) = self.cert_problem.lock() {
+            *c = p;
+        }
+    }
+
     async fn serve(&mut self, endpoint: &Endpoint, welcomed: &mut bool) -> Result<(), String> {
         let cfg = self.enrollment.tls_config().map_err(|e| e.to_string())?;
+        let validity = self.enrollment.cert_validity().ok();
+        let expired_at = validity
+            .filter(|v| now_unix() > v.not_after)
+            .map(|v| v.not_after);
         let name = rustls_pki_types::ServerName::try_from(endpoint.host().to_string())
             .map_err(|e| e.to_string())?;
         let tcp = tokio::time::timeout(
@@ -171,11 +187,18 @@ impl Channel {
         .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let marks = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut server_chain: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
         let (mut rd, mut wr) = tokio::time::timeout(WELCOME_TIMEOUT, async {
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
+            server_chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                .unwrap_or_default();
             let (mut rd, mut wr) = tokio::io::split(tls);
             write_frame(
                 &mut wr,
@@ -208,7 +231,21 @@ impl Channel {
                 "no TLS handshake and Welcome within {} s",
                 WELCOME_TIMEOUT.as_secs()
             )
-        })??;
+        })
+        .and_then(|r| r)
+        .map_err(|e| match expired_at {
+            // TLS 1.3: the controller's refusal of the certificate shows at the first read.
+            Some(at) => {
+                let why = format!(
+                    "this agent's certificate expired at {} (unix {at}) and the controller refused it ({e}): past the renewal grace, or the agent was revoked; re-enrol this host (jit-agent enroll)",
+                    fmt_unix(at)
+                );
+                tracing::error!(expired_unix = at, error = %e, "certificate expired and refused: re-enrol this host");
+                self.set_problem(Some(why.clone()));
+                why
+            }
+            None => e,
+        })?;
         *welcomed = true;
         self.endpoints.connected(endpoint);
         if let Ok(mut c) = self.connected.lock() {
@@ -230,6 +267,7 @@ impl Channel {
             self.lines.subscribe(),
             tx.clone(),
         ));
+        let renewer = tokio::spawn(renew_when_due(self.enrollment.clone(), tx.clone()));
         let heartbeat = {
             let core = self.core.clone();
             let tx = tx.clone();
@@ -292,6 +330,40 @@ impl Channel {
                     }
                 }
                 ControllerMsg::Welcome { .. } => {}
+                ControllerMsg::Certificate {
+                    certificate_pem,
+                    ca_bundle_pem,
+                } => {
+                    match self.enrollment.store_renewed(
+                        &certificate_pem,
+                        &ca_bundle_pem,
+                        &server_chain,
+                        endpoint.host(),
+                    ) {
+                        Ok(v) => {
+                            tracing::info!(
+                                not_after_unix = v.not_after,
+                                renew_at_unix = v.renew_at(),
+                                "certificate renewed and stored; used from the next connection"
+                            );
+                            self.set_problem(None);
+                            if expired_at.is_some() {
+                                // The controller closes a renewal-only connection; so do we.
+                                break Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "renewed certificate refused; the current one is kept");
+                            self.set_problem(Some(format!("renewed certificate refused: {e}")));
+                        }
+                    }
+                }
+                ControllerMsg::RenewalRefused { reason } => {
+                    tracing::error!(%reason, "the controller refused to renew this agent's certificate");
+                    self.set_problem(Some(format!(
+                        "the controller refused to renew the certificate: {reason}"
+                    )));
+                }
                 m => {
                     if self
                         .core
@@ -307,7 +379,67 @@ impl Channel {
         writer.abort();
         audit.abort();
         heartbeat.abort();
+        renewer.abort();
         result
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn fmt_unix(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Asks for a new certificate (same key) once two thirds of the current one's lifetime have
+/// passed (at once when it expired: the controller then serves nothing but the renewal), and
+/// again every 1/20 of the lifetime (2 s to 5 min) until one is stored.
+async fn renew_when_due(enrollment: Enrollment, tx: mpsc::Sender<AgentMsg>) {
+    loop {
+        let v = match enrollment.cert_validity() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read this agent's certificate; no renewal");
+                return;
+            }
+        };
+        let now = now_unix();
+        let due = v.renew_at();
+        if now < due {
+            let wait = u64::try_from(due - now).unwrap_or(0).min(3600);
+            tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+            continue;
+        }
+        match enrollment.renewal_csr() {
+            Ok(csr_pem) => {
+                tracing::info!(
+                    not_after_unix = v.not_after,
+                    "asking the controller to renew this agent's certificate"
+                );
+                if tx
+                    .send(AgentMsg::RenewCertificate { csr_pem })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a renewal request");
+            }
+        }
+        let life = u64::try_from(v.not_after - v.not_before).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs((life / 20).clamp(2, 300))).await;
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::keyring::Keyring;
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
+use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,9 @@ struct Meta {
 struct EnrollRequest<'a> {
     token: &'a str,
     csr_pem: &'a str,
+    /// This agent's protocol level: at level 6 it renews its certificate over the channel
+    /// and is given a short-lived one.
+    protocol: u32,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +83,57 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
         path: path.to_path_buf(),
         reason: e.to_string(),
     }
+}
+
+/// Writes `data` to `path` atomically and durably: a temporary file in the same directory
+/// (mode 0600), fsync, rename over `path`, fsync of the directory.
+fn replace_private(path: &Path, data: &[u8]) -> Result<(), EnrollError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(file_err(&tmp))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(file_err(&tmp))?;
+        f.write_all(data).map_err(file_err(&tmp))?;
+        f.sync_all().map_err(file_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(file_err(path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(file_err(dir))
+}
+
+/// A certificate's validity, unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// When to ask for a renewal: at two thirds of the lifetime.
+    pub fn renew_at(&self) -> i64 {
+        self.not_before + (self.not_after - self.not_before).max(0) * 2 / 3
+    }
+}
+
+fn validity_of(der: &[u8]) -> Result<Validity, EnrollError> {
+    let (_, c) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| EnrollError::Crypto(format!("certificate: {e}")))?;
+    Ok(Validity {
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+    })
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), EnrollError> {
@@ -120,6 +175,116 @@ impl Enrollment {
     pub fn cert_pem(&self) -> Result<String, EnrollError> {
         let path = self.dir.join("agent.crt");
         std::fs::read_to_string(&path).map_err(file_err(&path))
+    }
+
+    /// The validity of this agent's certificate as stored now.
+    pub fn cert_validity(&self) -> Result<Validity, EnrollError> {
+        let path = self.dir.join("agent.crt");
+        let der = CertificateDer::from_pem_file(&path).map_err(|e| EnrollError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        validity_of(der.as_ref())
+    }
+
+    /// A certificate request (PEM) for this agent's own key: a renewal keeps the key.
+    pub fn renewal_csr(&self) -> Result<String, EnrollError> {
+        let key = rcgen::KeyPair::from_pem(&self.key_pem()?)
+            .map_err(|e| EnrollError::Crypto(e.to_string()))?;
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&key))
+            .and_then(|c| c.pem())
+            .map_err(|e| EnrollError::Crypto(e.to_string()))
+    }
+
+    /// Checks and stores a renewed certificate and the CA bundle that came with it (each
+    /// file replaced atomically, mode 0600, next to the key); the next connection uses
+    /// them. Refused whole, changing nothing, unless: the certificate is for this agent's
+    /// key and id and chains to a CA of the bundle, and the bundle still trusts the
+    /// controller this agent is connected to (`server`: its certificate chain, `host` the
+    /// name it was checked for), so that a bundle cannot lock the agent out.
+    pub fn store_renewed(
+        &self,
+        cert_pem: &str,
+        ca_bundle_pem: &str,
+        server: &[CertificateDer<'static>],
+        host: &str,
+    ) -> Result<Validity, EnrollError> {
+        let crypto = |e: &dyn std::fmt::Display| EnrollError::Crypto(e.to_string());
+        if cert_pem.len() > jitgate_proto::MAX_CERT_PEM
+            || ca_bundle_pem.len() > jitgate_proto::MAX_CERT_PEM
+        {
+            return Err(EnrollError::Crypto("renewal larger than allowed".into()));
+        }
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| crypto(&e))?;
+        let Some(leaf) = certs.first() else {
+            return Err(EnrollError::Crypto("no certificate in the renewal".into()));
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| crypto(&format!("renewed certificate: {e}")))?;
+        let key = rcgen::KeyPair::from_pem(&self.key_pem()?).map_err(|e| crypto(&e))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(EnrollError::Crypto(
+                "the renewed certificate is not for this agent's key".into(),
+            ));
+        }
+        let want = format!("urn:jitgate:agent:{}", self.agent_id);
+        let names_us = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value.general_names.iter().any(
+                    |n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == want),
+                )
+            })
+            .unwrap_or(false);
+        if !names_us {
+            return Err(EnrollError::Crypto(
+                "the renewed certificate does not name this agent".into(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_bundle_pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| crypto(&e))?)
+                .map_err(|e| crypto(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(EnrollError::Crypto("an empty CA bundle".into()));
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let now = rustls_pki_types::UnixTime::now();
+        let client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| crypto(&e))?;
+        client
+            .verify_client_cert(leaf, &certs[1..], now)
+            .map_err(|e| crypto(&format!("the renewed certificate does not verify: {e}")))?;
+        if let Some((end, rest)) = server.split_first() {
+            let name =
+                rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| crypto(&e))?;
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| crypto(&e))?
+                .verify_server_cert(end, rest, &name, &[], now)
+                .map_err(|e| {
+                    crypto(&format!(
+                        "the new CA bundle would not trust this controller: {e}"
+                    ))
+                })?;
+        }
+        let validity = validity_of(leaf.as_ref())?;
+        replace_private(&self.dir.join("ca.crt"), ca_bundle_pem.as_bytes())?;
+        replace_private(&self.dir.join("agent.crt"), cert_pem.as_bytes())?;
+        Ok(validity)
     }
 
     /// TLS client configuration: the pinned CA, and this agent's certificate.
@@ -188,6 +353,7 @@ pub async fn enroll(
         .json(&EnrollRequest {
             token,
             csr_pem: &csr,
+            protocol: jitgate_proto::PROTOCOL_LEVEL,
         })
         .send()
         .await
@@ -248,4 +414,156 @@ pub async fn enroll(
         keys,
         dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::FromDer;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    fn agent_cert(ca: &Ca, key: &rcgen::KeyPair, id: Uuid) -> String {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(format!("urn:jitgate:agent:{id}")).unwrap(),
+        )];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.signed_by(key, &ca.cert, &ca.key).unwrap().pem()
+    }
+
+    fn server_cert(ca: &Ca) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        p.signed_by(&key, &ca.cert, &ca.key).unwrap().der().clone()
+    }
+
+    fn enrolled(tmp: &Path, ca: &Ca, key: &rcgen::KeyPair, id: Uuid) -> Enrollment {
+        let dir = tmp.join(DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes()).unwrap();
+        std::fs::write(dir.join("agent.crt"), agent_cert(ca, key, id)).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert.pem()).unwrap();
+        let gk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        std::fs::write(
+            dir.join(crate::keyring::PINNED),
+            gk.to_public_key_pem(LineEnding::LF).unwrap(),
+        )
+        .unwrap();
+        Enrollment {
+            agent_id: id,
+            vm: "vm".into(),
+            endpoint: "localhost:8444".into(),
+            endpoints: vec![],
+            keys: Keyring::load(&dir).unwrap(),
+            dir,
+        }
+    }
+
+    #[test]
+    fn a_renewal_is_stored_only_for_this_key_and_id_and_a_bundle_that_trusts_the_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = (ca("old CA"), ca("new CA"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let id = Uuid::from_bytes([1; 16]);
+        let e = enrolled(tmp.path(), &old, &key, id);
+        let server = vec![server_cert(&old)];
+        let crt = e.dir.join("agent.crt");
+        let before = std::fs::read_to_string(&crt).unwrap();
+        let both = format!("{}{}", old.cert.pem(), new.cert.pem());
+
+        // Another key, another id, a CA not in the bundle: refused, nothing written.
+        let other = rcgen::KeyPair::generate().unwrap();
+        for (cert, bundle) in [
+            (agent_cert(&old, &other, id), old.cert.pem()),
+            (
+                agent_cert(&old, &key, Uuid::from_bytes([2; 16])),
+                old.cert.pem(),
+            ),
+            (agent_cert(&new, &key, id), old.cert.pem()),
+        ] {
+            assert!(
+                e.store_renewed(&cert, &bundle, &server, "localhost")
+                    .is_err()
+            );
+            assert_eq!(std::fs::read_to_string(&crt).unwrap(), before);
+        }
+        // A bundle that would not trust the controller connected to: refused.
+        let err = e
+            .store_renewed(
+                &agent_cert(&new, &key, id),
+                &new.cert.pem(),
+                &server,
+                "localhost",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("would not trust"), "{err}");
+        assert_eq!(std::fs::read_to_string(&crt).unwrap(), before);
+
+        // A certificate from the new CA with both CAs in the bundle: stored, 0600.
+        let renewed = agent_cert(&new, &key, id);
+        let v = e
+            .store_renewed(&renewed, &both, &server, "localhost")
+            .unwrap();
+        assert_eq!(v, e.cert_validity().unwrap());
+        assert_eq!(std::fs::read_to_string(&crt).unwrap(), renewed);
+        assert_eq!(std::fs::read_to_string(e.dir.join("ca.crt")).unwrap(), both);
+        for f in ["agent.crt", "ca.crt"] {
+            let mode = std::fs::metadata(e.dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        assert!(!e.dir.join("agent.crt.tmp").exists());
+        // The next connection uses them.
+        e.tls_config().unwrap();
+        // The renewal request is for the same key.
+        let csr = e.renewal_csr().unwrap();
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes()).unwrap();
+        let (_, req) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .unwrap();
+        assert_eq!(
+            req.certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data
+                .as_ref(),
+            key.public_key_raw()
+        );
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
+        let v = Validity {
+            not_before: 1_000,
+            not_after: 1_000 + 30 * 86_400,
+        };
+        assert_eq!(v.renew_at(), 1_000 + 20 * 86_400);
+    }
 }

@@ -589,6 +589,12 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
                     "controller     {}",
                     s.controller.as_deref().unwrap_or("not connected")
                 );
+                if let Some(t) = s.certificate_expires {
+                    println!("certificate    expires {}", fmt_time(t));
+                }
+                if let Some(p) = &s.certificate_problem {
+                    println!("certificate    PROBLEM: {p}");
+                }
             }
             for (k, v) in &s.counters {
                 println!("  {k:<22} {v}");

@@ -69,6 +69,8 @@ wire_enum! {
         RotateKey = "Rotate Grant-Signing Key",
         /// `jit-controller keys retire`: the switch to the new key; the old one retired.
         RetireKey = "Retire Grant-Signing Key",
+        /// An agent's certificate renewed over the channel (or the renewal refused).
+        RenewAgentCertificate = "Renew Agent Certificate",
     }
 }
 

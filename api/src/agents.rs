@@ -54,6 +54,10 @@ pub struct EnrollRequest {
     pub token: String,
     /// PKCS#10 certificate request (PEM); only its public key is used.
     pub csr_pem: String,
+    /// The agent's protocol level (absent before level 6): an agent at level 6 or later
+    /// renews its certificate over the channel and is given a short-lived one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

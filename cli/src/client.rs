@@ -87,10 +87,20 @@ impl Client {
                 s.url
             )));
         }
-        let cert = reqwest::Certificate::from_pem(&s.ca_pem)
+        // A bundle: during a CA rotation, the old CA and the new one (docs/operations.md).
+        let certs = reqwest::Certificate::from_pem_bundle(&s.ca_pem)
             .map_err(|e| Fail::usage(format!("{}: {e}", s.ca_path.display())))?;
-        let http = reqwest::Client::builder()
-            .add_root_certificate(cert)
+        if certs.is_empty() {
+            return Err(Fail::usage(format!(
+                "{}: no certificate in it",
+                s.ca_path.display()
+            )));
+        }
+        let mut http = reqwest::Client::builder();
+        for cert in certs {
+            http = http.add_root_certificate(cert);
+        }
+        let http = http
             .https_only(true)
             .timeout(CALL_LIMIT)
             .build()

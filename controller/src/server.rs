@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, Parts};
 use crate::audit::CheckpointKey;
+use crate::channel::tls::ServerCert;
 use crate::compliance::settings::Settings;
 use crate::error::SetupError;
 use crate::fleet::Enrollment;
@@ -28,26 +27,60 @@ use crate::metrics::Metrics;
 use crate::state::{Config, StateDir};
 use crate::store::Backend;
 
-/// A rustls server configuration from PEM files.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<rustls::ServerConfig, SetupError> {
-    let io = |p: &std::path::Path, e: rustls_pki_types::pem::Error| {
-        SetupError::Invalid(format!("{}: {e}", p.display()))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| io(cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io(cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| io(key, e))?;
+/// The API's rustls server configuration: the server certificate from `server` (reloaded
+/// when its files change).
+pub fn tls_config(server: Arc<ServerCert>) -> Result<rustls::ServerConfig, SetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(server);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// Reloads the server certificate when its files change (checked every `every`; never
+/// when zero) and on SIGHUP, and keeps the expiry metric true.
+fn spawn_cert_reloader(
+    server: Arc<ServerCert>,
+    ca_pem: String,
+    metrics: Metrics,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(if every.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            every
+        });
+        tick.reset();
+        loop {
+            let force = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.changed() => return,
+            };
+            if !force && every.is_zero() {
+                continue;
+            }
+            match server.reload(force) {
+                Ok(true) => {
+                    let pem = server.pem();
+                    crate::health::record_cert_expiry(&metrics, &pem, &ca_pem);
+                    tracing::info!(
+                        expires_unix = crate::health::cert_expiry(&pem).ok(),
+                        "server certificate reloaded: new connections get it"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "server certificate not reloaded; the one loaded is kept")
+                }
+            }
+        }
+    })
 }
 
 /// A running controller.
@@ -60,6 +93,9 @@ pub struct ServerHandle {
     pub app: App,
     /// This controller's metrics.
     pub metrics: Metrics,
+    /// The server certificate served to new connections (API and agent channel).
+    pub server_cert: Arc<ServerCert>,
+    ca_pem: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The periodic checkpoint task (a last checkpoint is signed at stop).
@@ -67,6 +103,16 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Reads the server certificate and key files again now (what SIGHUP does): `Ok(true)`
+    /// when new connections get a new certificate. The expiry metric follows.
+    pub fn reload_server_cert(&self) -> Result<bool, SetupError> {
+        let changed = self.server_cert.reload(true)?;
+        if changed {
+            crate::health::record_cert_expiry(&self.metrics, &self.server_cert.pem(), &self.ca_pem);
+        }
+        Ok(changed)
+    }
+
     /// Stops accepting, stops the background tasks, signs a last checkpoint, closes the
     /// database.
     pub async fn stop(self) {
@@ -118,7 +164,8 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener, SetupError> {
 /// Opens the database of a state directory and serves the API on `cfg.listen` and the agent
 /// channel on `cfg.agent_listen`.
 pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupError> {
-    let tls = tls_config(&dir.server_cert(), &dir.server_key())?;
+    let server_cert = Arc::new(ServerCert::load(&dir.server_cert(), &dir.server_key())?);
+    let tls = tls_config(server_cert.clone())?;
     let mut trusted = Vec::new();
     for p in &cfg.trusted_proxies {
         trusted.push(
@@ -162,11 +209,14 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
     let metrics = Metrics::new();
-    crate::health::record_cert_expiry(&metrics, &read(&dir.server_cert())?, &read(&dir.ca_cert())?);
+    let ca_pem = read(&dir.ca_cert())?;
+    crate::health::record_cert_expiry(&metrics, &server_cert.pem(), &ca_pem);
+    let (past_grace_tx, past_grace_rx) = tokio::sync::mpsc::unbounded_channel();
     let agent_tls = crate::channel::tls::agent_tls_config(
-        &dir.server_cert(),
-        &dir.server_key(),
+        server_cert.clone(),
         &dir.ca_cert(),
+        cfg.certificates.agent_grace(),
+        Some(past_grace_tx),
     )?;
     let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
     let key_dir = crate::keys::files::KeyDir::new(dir.signing_key());
@@ -183,6 +233,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             grant_signing_key_pem: public_pem.clone(),
             agent_endpoint: own_endpoint.clone(),
             agent_endpoints: channel_settings.endpoints.clone(),
+            certs: cfg.certificates.clone(),
         }),
         checkpoint_key: Some(CheckpointKey {
             key,
@@ -260,6 +311,14 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         ),
         spawn_session_refresher(app.clone(), shutdown.subscribe()),
         app.fleet.spawn_reports(shutdown.subscribe()),
+        spawn_cert_reloader(
+            server_cert.clone(),
+            ca_pem.clone(),
+            metrics.clone(),
+            Duration::from_secs(cfg.certificates.server_reload_seconds),
+            shutdown.subscribe(),
+        ),
+        app.fleet.spawn_past_grace(past_grace_rx),
     ];
     tasks.push(crate::outbox::spawn(
         outbox,
@@ -286,6 +345,8 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         Duration::from_secs(cfg.checkpoint_interval_seconds.max(1)),
     );
     Ok(ServerHandle {
+        server_cert,
+        ca_pem,
         addr,
         agent_addr,
         metrics_addr,

@@ -205,7 +205,13 @@ pub struct Config {
     /// on while `[oidc]` is not configured, off once it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_links: Option<bool>,
+    /// Certificate lifetimes and renewal (docs/operations.md, "Rotation"). Not written by
+    /// `init` (the defaults apply).
+    #[serde(default, skip_serializing)]
+    pub certificates: CertConfig,
 }
+
+pub use crate::fleet::ca::CertConfig;
 
 impl Default for Config {
     fn default() -> Self {
@@ -234,6 +240,7 @@ impl Default for Config {
             public_url: None,
             oidc: None,
             login_links: None,
+            certificates: CertConfig::default(),
         }
     }
 }
@@ -325,6 +332,12 @@ impl Config {
                 }
             }
         }
+        if cfg.certificates.agent_lifetime_seconds < 10 {
+            return Err(SetupError::Invalid(format!(
+                "{}: certificates.agent_lifetime_seconds must be at least 10",
+                p.display()
+            )));
+        }
         if !AGENT_PING_SECONDS.contains(&cfg.agent_ping_seconds) {
             return Err(SetupError::Invalid(format!(
                 "{}: agent_ping_seconds must be from {} to {}, not {}",
@@ -370,6 +383,96 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// What `jit-controller certs renew-server` did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRenewal {
+    pub names: Vec<String>,
+    pub not_after_unix: i64,
+}
+
+/// Issues a new server certificate from the CA in the state directory (the signing one,
+/// whose key is `ca.key`) for the names of the current one plus `extra`, valid `days`, with a
+/// new key, and installs it: `server.key` (0600) then `server.crt`, each written to a
+/// temporary file, synced and renamed. A running controller serves it to new connections
+/// within `server_reload_seconds`, or at once on SIGHUP.
+pub fn renew_server_cert(
+    dir: &StateDir,
+    extra: &[String],
+    days: i64,
+) -> Result<ServerRenewal, SetupError> {
+    if !(1..=825).contains(&days) {
+        return Err(SetupError::Invalid(format!(
+            "--days must be from 1 to 825, not {days}"
+        )));
+    }
+    let ca = crate::fleet::ca::Ca::load(&dir.ca_cert(), &dir.ca_key())?;
+    let current = std::fs::read_to_string(dir.server_cert())
+        .map_err(|e| SetupError::io(dir.server_cert().display(), e))?;
+    let mut names = Vec::new();
+    use rustls_pki_types::pem::PemObject;
+    let first: Option<Vec<u8>> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(current.as_bytes())
+            .next()
+            .and_then(|r| r.ok())
+            .map(|d| d.as_ref().to_vec());
+    if let Some(der) = first
+        && let Ok((_, c)) = x509_parser::parse_x509_certificate(&der)
+        && let Ok(Some(san)) = c.subject_alternative_name()
+    {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for n in extra {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    if names.is_empty() {
+        names.push("localhost".into());
+    }
+    let (cert, key) = ca
+        .issue_server(names.clone(), days)
+        .map_err(SetupError::Invalid)?;
+    let not_after_unix = crate::health::cert_expiry(&cert).map_err(SetupError::Invalid)?;
+    replace_file(&dir.server_key(), key.as_bytes(), 0o600)?;
+    replace_file(&dir.server_cert(), cert.as_bytes(), 0o644)?;
+    Ok(ServerRenewal {
+        names,
+        not_after_unix,
+    })
+}
+
+/// Writes `path` atomically: a temporary file next to it (`mode`), synced, renamed over it.
+fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    write_file(&tmp, data, mode)?;
+    std::fs::rename(&tmp, path).map_err(|e| SetupError::io(path.display(), e))?;
+    if let Some(d) = path.parent()
+        && let Ok(f) = std::fs::File::open(d)
+    {
+        let _ = f.sync_all();
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 5;
+pub const PROTOCOL_LEVEL: u32 = 6;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -31,6 +31,16 @@ pub const LEVEL_KEY_ROTATION: u32 = 4;
 /// most N new connections. An older agent would apply such a grant unlimited, so it is
 /// never sent one.
 pub const LEVEL_CONNECTION_LIMITS: u32 = 5;
+
+/// The first level that renews its TLS certificate over the channel: it sends
+/// [`AgentMsg::RenewCertificate`] and understands [`ControllerMsg::Certificate`] and
+/// [`ControllerMsg::RenewalRefused`]. Only agents at this level are given short-lived
+/// certificates; older agents keep the long ones they were enrolled with.
+pub const LEVEL_CERT_RENEWAL: u32 = 6;
+
+/// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
+/// sent over the channel (a frame is at most 1 MiB anyway).
+pub const MAX_CERT_PEM: usize = 64 * 1024;
 
 /// At most this many controller endpoints in [`ControllerMsg::Settings`] (and in an
 /// enrolment): a longer list is cut, not refused.
@@ -83,6 +93,20 @@ pub enum ControllerMsg {
     /// only to agents at [`LEVEL_CONNECTION_LIMITS`] or later). Answered like `Grant`, or
     /// like `ScheduledGrant` when booked.
     LimitedGrant(Signed<LimitedGrantBody>),
+    /// The answer to [`AgentMsg::RenewCertificate`] (appended variant; sent only to agents
+    /// at [`LEVEL_CERT_RENEWAL`] or later): a new certificate for the same agent id and the
+    /// same key, and the CA bundle the agent is to trust from now on (PEM, one or more
+    /// certificates: during a CA rotation the old and the new CA).
+    Certificate {
+        certificate_pem: String,
+        ca_bundle_pem: String,
+    },
+    /// A renewal the controller will not do (appended variant; level
+    /// [`LEVEL_CERT_RENEWAL`]): the agent is revoked, its certificate is past the grace
+    /// period, the request does not carry its key, ... The reason is for the agent's log.
+    RenewalRefused {
+        reason: String,
+    },
 }
 
 /// Agent → controller.
@@ -149,6 +173,12 @@ pub enum AgentMsg {
         key_id: KeyId,
         step: KeyStep,
         outcome: Outcome,
+    },
+    /// A request for a new certificate for this agent's same key (appended variant; level
+    /// [`LEVEL_CERT_RENEWAL`]): a PKCS#10 request (PEM) signed by the key of the certificate
+    /// the connection was made with. Answered with `Certificate` or `RenewalRefused`.
+    RenewCertificate {
+        csr_pem: String,
     },
 }
 
@@ -415,5 +445,62 @@ mod tests {
             postcard::from_bytes::<ControllerMsgV1>(&bytes).unwrap(),
             ControllerMsgV1::Grant(g) if g == grant
         ));
+    }
+
+    /// `ControllerMsg` as a level-5 agent knows it (up to `LimitedGrant`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum ControllerMsgV5 {
+        Welcome {
+            agent_id: Uuid,
+            controller_unix_ms: i64,
+        },
+        Policy(Vec<u8>, Vec<u8>),
+        Grant(Vec<u8>, Vec<u8>),
+        Revoke(Vec<u8>, Vec<u8>),
+        Active {
+            grant_ids: Vec<Uuid>,
+            up_to_seq: u64,
+        },
+        AuditAck {
+            up_to: u64,
+        },
+        Ping {
+            nonce: u64,
+        },
+        ScheduledGrant(Vec<u8>, Vec<u8>),
+        Settings {
+            endpoints: Vec<String>,
+            ping_every_ms: u64,
+        },
+        KeyAnnouncement(Vec<u8>, Vec<u8>),
+        KeyRetirement(Vec<u8>, Vec<u8>),
+        LimitedGrant(Vec<u8>, Vec<u8>),
+    }
+
+    #[test]
+    fn certificate_renewal_round_trips_and_a_level_5_agent_cannot_read_it() {
+        let cert = ControllerMsg::Certificate {
+            certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+            ca_bundle_pem: "ca".into(),
+        };
+        let refused = ControllerMsg::RenewalRefused {
+            reason: "revoked".into(),
+        };
+        round_trip(cert.clone());
+        round_trip(refused.clone());
+        round_trip(AgentMsg::RenewCertificate {
+            csr_pem: "csr".into(),
+        });
+        for m in [cert, refused] {
+            let bytes = postcard::to_allocvec(&m).unwrap();
+            assert!(postcard::from_bytes::<ControllerMsgV5>(&bytes).is_err());
+        }
+        let ping = postcard::to_allocvec(&ControllerMsg::Ping { nonce: 7 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV5>(&ping).unwrap(),
+            ControllerMsgV5::Ping { nonce: 7 }
+        ));
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_CERT_RENEWAL);
     }
 }

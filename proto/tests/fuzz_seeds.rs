@@ -139,6 +139,21 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
                 ping_every_ms: 2_000,
             },
         ),
+        (
+            "certificate",
+            ControllerMsg::Certificate {
+                certificate_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                    .into(),
+                ca_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+                    .into(),
+            },
+        ),
+        (
+            "renewal-refused",
+            ControllerMsg::RenewalRefused {
+                reason: "agent revoked: re-enrol the host".into(),
+            },
+        ),
     ]
 }
 
@@ -253,6 +268,14 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
                     },
                     opens_unix_ms: 1_795_737_600_000,
                 }],
+            },
+        ),
+        (
+            "renew-certificate",
+            AgentMsg::RenewCertificate {
+                csr_pem:
+                    "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                        .into(),
             },
         ),
     ]

@@ -501,6 +501,12 @@ fn status(core: &mut Core) -> Response {
         started: core.started,
         controller: core.controller.lock().ok().and_then(|c| c.clone()),
         enrolled: core.enrollment.is_some(),
+        certificate_expires: core
+            .enrollment
+            .as_ref()
+            .and_then(|e| e.cert_validity().ok())
+            .and_then(|v| OffsetDateTime::from_unix_timestamp(v.not_after).ok()),
+        certificate_problem: core.cert_problem.lock().ok().and_then(|c| c.clone()),
     }))
 }
 

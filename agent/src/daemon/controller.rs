@@ -63,7 +63,9 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         ControllerMsg::Welcome { .. }
         | ControllerMsg::Settings { .. }
         | ControllerMsg::Ping { .. }
-        | ControllerMsg::AuditAck { .. } => {}
+        | ControllerMsg::AuditAck { .. }
+        | ControllerMsg::Certificate { .. }
+        | ControllerMsg::RenewalRefused { .. } => {}
     }
 }
 

@@ -57,6 +57,8 @@ pub(super) struct Core {
     pub chan: SharedState,
     /// The controller endpoint the channel is connected to now (`jit-agent status`).
     pub controller: crate::channel::Connected,
+    /// What is wrong with the agent's certificate (a refused renewal), if anything.
+    pub cert_problem: crate::channel::CertProblem,
     /// Booked grants waiting for their start (not in the maps).
     pub schedule: Schedule,
     /// The current controller connection's outgoing queue (the last one a message came on).

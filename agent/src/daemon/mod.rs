@@ -153,6 +153,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         enrollment: None,
         chan: Arc::new(Mutex::new(ChannelState::load(&cfg.state_dir))),
         controller: Default::default(),
+        cert_problem: Default::default(),
         schedule: Default::default(),
         outbox: None,
         unsent: Vec::new(),
@@ -272,6 +273,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
             Channel {
                 endpoints,
                 connected: core.controller.clone(),
+                cert_problem: core.cert_problem.clone(),
                 enrollment: e,
                 state: core.chan.clone(),
                 state_dir: cfg.state_dir.clone(),

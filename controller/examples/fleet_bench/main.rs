@@ -394,7 +394,9 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::ScheduledGrant(_)
             | ControllerMsg::KeyAnnouncement(_)
             | ControllerMsg::KeyRetirement(_)
-            | ControllerMsg::LimitedGrant(_) => None,
+            | ControllerMsg::LimitedGrant(_)
+            | ControllerMsg::Certificate { .. }
+            | ControllerMsg::RenewalRefused { .. } => None,
         };
         if let Some(r) = reply
             && tx.send(r).await.is_err()

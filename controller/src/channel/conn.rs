@@ -9,9 +9,10 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CONNECTION_LIMITS,
-    LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, LimitedGrantBody, PolicyBody,
-    RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CERT_RENEWAL,
+    LEVEL_CONNECTION_LIMITS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
+    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame,
+    write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -22,9 +23,10 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::authz::Actor;
-use crate::channel::tls::identify;
+use crate::channel::tls::{self, identify};
 use crate::channel::{HELLO_TIMEOUT, OUTBOX_BATCH, STATUS_EVERY, Settings};
 use crate::error::Error;
+use crate::fleet::RenewalError;
 use crate::store::Backend;
 use crate::store::agents::Heartbeat;
 use crate::store::grants::{GrantState, OutboxOp};
@@ -74,6 +76,9 @@ struct Conn {
     /// Key rotation steps the agent answered (stored), and those sent on this connection.
     key_acks: HashSet<(KeyId, KeyStep)>,
     key_sent: HashSet<(KeyId, KeyStep)>,
+    /// The subject public key of the certificate the agent connected with: a renewal must
+    /// carry it.
+    public_key: Vec<u8>,
 }
 
 /// On SQLite a pong marks its agent seen at most this often: with pings every 2 s, a write
@@ -108,6 +113,12 @@ pub async fn connection(
         .map(|c| c.as_ref().to_vec())
         .ok_or_else(|| ConnError::Refused("no client certificate".into()))?;
     let (agent, fp) = identify(&der).map_err(ConnError::Refused)?;
+    let public_key = tls::public_key(&der)
+        .ok_or_else(|| ConnError::Refused(format!("agent {agent}: unparsable certificate")))?;
+    // The handshake accepts a certificate that expired within the renewal grace (and no
+    // other expired one); such a connection renews it and does nothing else.
+    let not_after = tls::not_after(&der).unwrap_or(i64::MAX);
+    let expired = jitgate_api::time::now_ms() / 1000 > not_after;
     let row = app
         .fleet
         .identify(&fp)
@@ -172,6 +183,15 @@ pub async fn connection(
                 "Hello names agent {agent_id}, the certificate {agent}"
             )));
         }
+        if expired {
+            if protocol < LEVEL_CERT_RENEWAL {
+                return Err(ConnError::Refused(format!(
+                    "agent {agent} (VM {}): certificate expired and protocol level {protocol} cannot renew it: re-enrol the host",
+                    row.vm
+                )));
+            }
+            return renew_only(&app, agent, &row.vm, &public_key, &mut wr, &mut rx).await;
+        }
         tracing::info!(%agent, vm = %row.vm, %version, protocol, seq_high_water, audit_acked, "agent connected");
         let mut c = Conn {
             app: app.clone(),
@@ -187,6 +207,7 @@ pub async fn connection(
             last_status: None,
             key_acks: HashSet::new(),
             key_sent: HashSet::new(),
+            public_key,
         };
         // Nothing to write when the level and version are the ones stored (a reconnect): the
         // Welcome of a fleet moving here after a controller failed waits for no write.
@@ -285,6 +306,70 @@ pub async fn connection(
     reader.abort();
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
     res.map(|()| agent)
+}
+
+/// How long a connection made with an expired certificate waits for the renewal request.
+const RENEW_ONLY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A connection made with a certificate that expired within the grace: `Welcome`, then the
+/// agent's `RenewCertificate` and the answer, then the connection is closed. Nothing else
+/// is sent (no settings, keys, policy, grants) and nothing else the agent sends is read
+/// (reports, audit records): the agent reconnects with its renewed certificate for that.
+async fn renew_only(
+    app: &App,
+    agent: Uuid,
+    vm: &str,
+    public_key: &[u8],
+    wr: &mut Wr,
+    rx: &mut mpsc::Receiver<Result<AgentMsg, FrameError>>,
+) -> Result<(), ConnError> {
+    tracing::info!(%agent, %vm, "agent connected with an expired certificate within the grace: renewal only");
+    send(
+        wr,
+        &ControllerMsg::Welcome {
+            agent_id: agent,
+            controller_unix_ms: jitgate_api::time::now_ms(),
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + RENEW_ONLY_WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| {
+                ConnError::Protocol("expired certificate and no renewal request within 30 s".into())
+            })?
+            .ok_or_else(|| ConnError::Protocol("closed before renewing".into()))??;
+        if let AgentMsg::RenewCertificate { csr_pem } = m {
+            let answer = renewal_answer(app, agent, vm, public_key, &csr_pem, true).await?;
+            send(wr, &answer).await?;
+            return Ok(());
+        }
+        tracing::debug!(%agent, "message ignored: the connection serves the renewal only");
+    }
+}
+
+/// Renews and answers: `Certificate`, or `RenewalRefused` with the reason.
+async fn renewal_answer(
+    app: &App,
+    agent: Uuid,
+    vm: &str,
+    public_key: &[u8],
+    csr_pem: &str,
+    expired: bool,
+) -> Result<ControllerMsg, ConnError> {
+    match app
+        .fleet
+        .renew_certificate(agent, vm, public_key, csr_pem, expired)
+        .await
+    {
+        Ok((certificate_pem, ca_bundle_pem)) => Ok(ControllerMsg::Certificate {
+            certificate_pem,
+            ca_bundle_pem,
+        }),
+        Err(RenewalError::Refused(reason)) => Ok(ControllerMsg::RenewalRefused { reason }),
+        Err(RenewalError::Store(e)) => Err(ConnError::Store(e)),
+    }
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(), ConnError> {
@@ -624,6 +709,24 @@ impl Conn {
                     "a second Hello (level {})",
                     self.protocol
                 )));
+            }
+            AgentMsg::RenewCertificate { csr_pem } => {
+                if self.protocol < LEVEL_CERT_RENEWAL {
+                    return Err(ConnError::Protocol(format!(
+                        "a renewal request from an agent at level {}",
+                        self.protocol
+                    )));
+                }
+                let answer = renewal_answer(
+                    &self.app,
+                    self.agent,
+                    &self.vm,
+                    &self.public_key,
+                    &csr_pem,
+                    false,
+                )
+                .await?;
+                send(wr, &answer).await?;
             }
             AgentMsg::GrantResult {
                 grant_id,

@@ -39,6 +39,22 @@ pub struct Enrollment {
     pub agent_endpoint: String,
     /// Every controller's (`agent_endpoints`, else this one's only).
     pub agent_endpoints: Vec<String>,
+    /// Agent certificate lifetime (level 6 and later) and renewal grace.
+    pub certs: ca::CertConfig,
+}
+
+/// A renewal the controller refused, with the reason told to the agent and logged.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// Days in `d` (at least the seconds, for the short lifetimes of tests).
+fn lifetime(d: std::time::Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
 #[derive(Clone)]
@@ -138,7 +154,15 @@ impl Fleet {
             return Err(invalid());
         }
         let id = uuid::Uuid::new_v4();
-        let signed = match en.ca.sign_agent(&req.csr_pem, id) {
+        // Only an agent that renews over the channel gets a short-lived certificate: an older
+        // one could not renew it and would need re-enrolment when it expires.
+        let days = match req.protocol {
+            Some(p) if p >= jitgate_proto::LEVEL_CERT_RENEWAL => {
+                lifetime(en.certs.agent_lifetime())
+            }
+            _ => time::Duration::days(ca::LONG_AGENT_CERT_DAYS),
+        };
+        let signed = match en.ca.sign_agent(&req.csr_pem, id, days) {
             Ok(s) => s,
             Err(e) => {
                 let why = format!("bad CSR: {e}");
@@ -158,15 +182,18 @@ impl Fleet {
                 fingerprint: &signed.fingerprint,
                 serial: &signed.serial,
                 cert_pem: &signed.pem,
+                not_after_ms: signed.not_after_ms,
             },
         )
         .await?;
         agents::use_enroll_token(&mut w, &hash, &id_s).await?;
         activity::log(
             &mut w,
-            NewActivity::vm(Operation::EnrollAgent, &group, &vm, &actor)
-                .details(serde_json::json!({"agentId": id_s,
-                "certificateSerial": signed.serial, "previousAgentsRevoked": revoked})),
+            NewActivity::vm(Operation::EnrollAgent, &group, &vm, &actor).details(
+                serde_json::json!({"agentId": id_s,
+                "certificateSerial": signed.serial, "previousAgentsRevoked": revoked,
+                "certificateNotAfterMs": signed.not_after_ms}),
+            ),
         )
         .await?;
         w.commit().await?;
@@ -183,6 +210,150 @@ impl Fleet {
             agent_endpoint: en.agent_endpoint.clone(),
             agent_endpoints: en.agent_endpoints.clone(),
         })
+    }
+
+    /// Renews the certificate of agent `agent` of VM `vm` over its channel: `csr_pem` must
+    /// carry `public_key` (the key of the certificate the connection was made with, which
+    /// the TLS handshake proved), and the agent must still be active (a revoked agent never
+    /// renews). Records the new certificate (the old one keeps identifying the agent until
+    /// it expires) and an activity entry (`Renew Agent Certificate`, Succeeded or Failed).
+    /// Returns the certificate (PEM) and the CA bundle the agent is to trust.
+    pub async fn renew_certificate(
+        &self,
+        agent: uuid::Uuid,
+        vm: &str,
+        public_key: &[u8],
+        csr_pem: &str,
+        expired: bool,
+    ) -> std::result::Result<(String, String), RenewalError> {
+        let Some(en) = &self.enrollment else {
+            return Err(RenewalError::Refused(
+                "this controller does not issue agent certificates".into(),
+            ));
+        };
+        let actor = Actor::agent(agent);
+        let group = inventory::require_vm(self.db.pool(), vm)
+            .await
+            .map(|v| v.resource_group)
+            .unwrap_or_default();
+        let agent_s = agent.to_string();
+        let entry = |outcome: ActivityOutcome, details: serde_json::Value| {
+            NewActivity::vm(Operation::RenewAgentCertificate, &group, vm, &actor)
+                .outcome(outcome)
+                .details(details)
+        };
+        let refuse = |why: String| async move {
+            let mut w = self.db.begin().await?;
+            activity::log(
+                &mut w,
+                entry(
+                    ActivityOutcome::Failed,
+                    serde_json::json!({"agentId": agent_s, "reason": why, "expired": expired}),
+                ),
+            )
+            .await?;
+            w.commit().await?;
+            tracing::warn!(%agent, %vm, reason = %why, "agent certificate renewal refused");
+            Err::<(String, String), RenewalError>(RenewalError::Refused(why))
+        };
+        if csr_pem.len() > jitgate_proto::MAX_CERT_PEM {
+            return refuse("the certificate request is too large".into()).await;
+        }
+        let signed = match en.ca.renew_agent(
+            csr_pem,
+            agent,
+            public_key,
+            lifetime(en.certs.agent_lifetime()),
+        ) {
+            Ok(s) => s,
+            Err(e) => return refuse(e).await,
+        };
+        let mut w = self.db.begin().await?;
+        let renewed = agents::renew_cert(
+            &mut w,
+            &agent.to_string(),
+            &agents::RenewedCert {
+                fingerprint: &signed.fingerprint,
+                serial: &signed.serial,
+                cert_pem: &signed.pem,
+                not_after_ms: signed.not_after_ms,
+            },
+        )
+        .await?;
+        if !renewed {
+            drop(w);
+            return refuse(format!("agent {agent} is revoked: re-enrol the host")).await;
+        }
+        activity::log(
+            &mut w,
+            entry(
+                ActivityOutcome::Succeeded,
+                serde_json::json!({"agentId": agent.to_string(),
+                    "certificateSerial": signed.serial,
+                    "certificateNotAfterMs": signed.not_after_ms,
+                    "expired": expired}),
+            ),
+        )
+        .await?;
+        w.commit().await?;
+        tracing::info!(%agent, %vm, serial = %signed.serial, not_after_ms = signed.not_after_ms,
+            expired, "agent certificate renewed");
+        Ok((signed.pem, en.ca.pem.clone()))
+    }
+
+    /// Records, once per agent while this controller runs, that an agent's certificate was
+    /// refused at the handshake because it expired longer ago than the renewal grace
+    /// (`Renew Agent Certificate`, Failed): the host must be re-enrolled.
+    pub fn spawn_past_grace(
+        &self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::channel::tls::PastGrace>,
+    ) -> tokio::task::JoinHandle<()> {
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let mut told = std::collections::HashSet::new();
+            while let Some(p) = rx.recv().await {
+                if !told.insert(p.agent) {
+                    continue;
+                }
+                let agent_s = p.agent.to_string();
+                let vm = agents::vm_of(fleet.db.pool(), &agent_s)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let group = inventory::require_vm(fleet.db.pool(), &vm)
+                    .await
+                    .map(|v| v.resource_group)
+                    .unwrap_or_default();
+                let why =
+                    "the certificate expired longer ago than the renewal grace: re-enrol the host";
+                tracing::warn!(agent = %p.agent, %vm, not_after_unix = p.not_after_unix, reason = why,
+                    "agent certificate renewal refused");
+                let entry = NewActivity::vm(
+                    Operation::RenewAgentCertificate,
+                    &group,
+                    &vm,
+                    &Actor::agent(p.agent),
+                )
+                .outcome(ActivityOutcome::Failed)
+                .details(serde_json::json!({"agentId": agent_s, "reason": why,
+                    "expired": true, "certificateNotAfterMs": p.not_after_unix.saturating_mul(1000)}));
+                let r = async {
+                    let mut w = fleet.db.begin().await?;
+                    activity::log(&mut w, entry).await?;
+                    w.commit().await
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record a refused renewal");
+                }
+            }
+        })
+    }
+
+    /// The renewal grace: how long after expiry an agent's certificate still renews.
+    pub fn renewal_grace(&self) -> Option<std::time::Duration> {
+        self.enrollment.as_ref().map(|e| e.certs.agent_grace())
     }
 
     /// Revokes every active agent of a VM; returns their ids. Their credentials are refused

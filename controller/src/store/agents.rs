@@ -280,14 +280,16 @@ pub struct NewAgent<'a> {
     pub fingerprint: &'a str,
     pub serial: &'a str,
     pub cert_pem: &'a str,
+    /// The certificate's notAfter (unix ms).
+    pub not_after_ms: i64,
 }
 
 pub async fn insert(w: &mut WriteTx, a: &NewAgent<'_>) -> Result<()> {
     let now = w.now;
     sqlx::query(
         "INSERT INTO agents (id, vm, cert_fingerprint, cert_serial, status, enrolled_ms, \
-         revoked_ms, last_seen_ms, heartbeat, cert_pem) \
-         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7)",
+         revoked_ms, last_seen_ms, heartbeat, cert_pem, cert_not_after_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7, $8)",
     )
     .bind(a.id)
     .bind(a.vm)
@@ -296,9 +298,62 @@ pub async fn insert(w: &mut WriteTx, a: &NewAgent<'_>) -> Result<()> {
     .bind(AgentStatus::Active.as_str())
     .bind(now)
     .bind(a.cert_pem)
+    .bind(a.not_after_ms)
     .execute(w.conn())
     .await?;
     inventory::raise_generation(w).await
+}
+
+/// A certificate renewed for an agent (same key, same id).
+pub struct RenewedCert<'a> {
+    pub fingerprint: &'a str,
+    pub serial: &'a str,
+    pub cert_pem: &'a str,
+    pub not_after_ms: i64,
+}
+
+/// Makes `new` the agent's current certificate, keeping the one it replaces in
+/// `agent_certs` (it still identifies the agent until it expires). Refused (`Ok(false)`)
+/// unless the agent is active: a revoked agent never renews.
+pub async fn renew_cert(w: &mut WriteTx, id: &str, new: &RenewedCert<'_>) -> Result<bool> {
+    let now = w.now;
+    let row: Option<(String, String, String, String)> = sqlx::query_as(
+        "SELECT status, cert_fingerprint, cert_serial, cert_pem FROM agents WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(w.conn())
+    .await?;
+    let Some((status, fp, serial, pem)) = row else {
+        return Ok(false);
+    };
+    if status != AgentStatus::Active.as_str() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO agent_certs (fingerprint, agent_id, serial, replaced_ms, cert_pem) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind(&fp)
+    .bind(id)
+    .bind(&serial)
+    .bind(now)
+    .bind(&pem)
+    .execute(w.conn())
+    .await?;
+    sqlx::query(
+        "UPDATE agents SET cert_fingerprint = $1, cert_serial = $2, cert_pem = $3, \
+         cert_not_after_ms = $4, cert_renewed_ms = $5 WHERE id = $6 AND status = $7",
+    )
+    .bind(new.fingerprint)
+    .bind(new.serial)
+    .bind(new.cert_pem)
+    .bind(new.not_after_ms)
+    .bind(now)
+    .bind(id)
+    .bind(AgentStatus::Active.as_str())
+    .execute(w.conn())
+    .await?;
+    Ok(true)
 }
 
 /// An enrolled agent as the channel identifies it.
@@ -328,11 +383,21 @@ pub async fn by_fingerprint(
     fp: &str,
 ) -> Result<Option<AgentIdentity>> {
     Ok(sqlx::query_as(
-        "SELECT id, vm, status, protocol, version FROM agents WHERE cert_fingerprint = $1",
+        "SELECT id, vm, status, protocol, version FROM agents WHERE cert_fingerprint = $1 \
+         OR id IN (SELECT agent_id FROM agent_certs WHERE fingerprint = $2)",
     )
+    .bind(fp)
     .bind(fp)
     .fetch_optional(ex)
     .await?)
+}
+
+/// The VM of an agent.
+pub async fn vm_of(ex: impl Executor<'_, Database = Any>, id: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT vm FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(ex)
+        .await?)
 }
 
 pub async fn status(

@@ -129,6 +129,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0025_connection_limits.sql"),
     ),
     (
+        26,
+        "agent certificates renewed over the channel",
+        include_str!("../../migrations/0026_agent_certs.sql"),
+    ),
+    (
         27,
         "notifications: pending deliveries indexed by state and sink, each sink's last success kept",
         include_str!("../../migrations/0027_notify_pending_index.sql"),

@@ -15,6 +15,7 @@ use jitgate_controller::state::{self, Config, StateDir};
 use jitgate_controller::tokens::TokenInfo;
 
 mod backup;
+mod certs;
 mod keys;
 mod prune;
 
@@ -88,6 +89,11 @@ enum Cmd {
     /// (docs/operations.md, "Rotation").
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// The server certificate: `renew-server` issues a new one from the CA and installs it;
+    /// a running controller serves it to new connections without a restart
+    /// (docs/operations.md, "Rotation").
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// Manage resource groups.
     #[command(subcommand, name = "rg")]
     Rg(RgCmd),
@@ -471,6 +477,7 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             h.stop().await;
         }
         Cmd::Keys(k) => keys::run(&dir, k, cli.json).await?,
+        Cmd::Certs(c) => certs::run(&dir, c, cli.json)?,
         Cmd::Backup { file } => {
             backup::backup(&dir, &file, cli.json).await?;
         }
