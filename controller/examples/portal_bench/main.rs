@@ -492,6 +492,10 @@ const SINK: &str = "bench-chat";
 /// Deliveries the sink keeps, delivered and dead: a month of a busy fleet's notifications.
 const KEPT_DELIVERED: i64 = 600_000;
 const KEPT_DEAD: i64 = 200;
+/// And its backlog: an hour of events while its receiver is down, retrying (their next
+/// attempt an hour away, so that they stay put while the pages are measured). The moment an
+/// operator opens the Notifications page is when a sink has one.
+const BACKLOG: i64 = 7_000;
 
 fn notify_config(dir: &StateDir) -> Result<jitgate_notify::NotifyConfig> {
     let text = format!(
@@ -512,18 +516,28 @@ target = "https://127.0.0.1:9/services/bench"
 }
 
 /// The sink's kept deliveries, written a day ago (within the month the controller keeps
-/// them), once: the events, the deliveries (delivered, and the newest dead) and the kept
+/// them), once: the events, the deliveries (delivered, then dead, then the backlog) and the kept
 /// count, in one write transaction that moves the event counter past them.
 async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
-    let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notify_deliveries WHERE sink = $1")
-        .bind(SINK)
-        .fetch_one(app.db.pool())
-        .await?;
-    if have == KEPT_DELIVERED + KEPT_DEAD {
+    let have: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM notify_deliveries WHERE sink = $1 GROUP BY state \
+         ORDER BY state",
+    )
+    .bind(SINK)
+    .fetch_all(app.db.pool())
+    .await?;
+    let want = [
+        ("dead", KEPT_DEAD),
+        ("delivered", KEPT_DELIVERED),
+        ("retrying", BACKLOG),
+    ];
+    if have.len() == want.len()
+        && have.iter().zip(want).all(|((s, n), (ws, wn))| s == ws && *n == wn)
+    {
         return Ok(());
     }
     let t = Instant::now();
-    let n = KEPT_DELIVERED + KEPT_DEAD;
+    let n = KEPT_DELIVERED + KEPT_DEAD + BACKLOG;
     let at = now_ms() - 86_400_000;
     let mut w = app.db.begin().await?;
     sqlx::query("DELETE FROM notify_deliveries WHERE sink = $1")
@@ -547,8 +561,10 @@ async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
     sqlx::query(
         "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
          next_attempt_at, delivered_at, last_kind, last_status, last_detail, last_attempt_at) \
-         SELECT seq, $1, order_key, CASE WHEN seq > $2 THEN 'dead' ELSE 'delivered' END, 1, \
-         created_at + 50, CASE WHEN seq > $2 THEN NULL ELSE created_at + 50 END, \
+         SELECT seq, $1, order_key, CASE WHEN seq > $5 THEN 'retrying' \
+         WHEN seq > $2 THEN 'dead' ELSE 'delivered' END, 1, \
+         CASE WHEN seq > $5 THEN $6 ELSE created_at + 50 END, \
+         CASE WHEN seq > $2 THEN NULL ELSE created_at + 50 END, \
          CASE WHEN seq > $2 THEN 'http-5xx' ELSE 'delivered' END, \
          CASE WHEN seq > $2 THEN '5xx' ELSE '2xx' END, \
          CASE WHEN seq > $2 THEN 'HTTP 503' ELSE NULL END, created_at + 50 \
@@ -558,14 +574,17 @@ async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
     .bind(base + KEPT_DELIVERED)
     .bind(base)
     .bind(base + n)
+    .bind(base + KEPT_DELIVERED + KEPT_DEAD)
+    .bind(now_ms() + 3_600_000)
     .execute(w.conn())
     .await?;
     sqlx::query(
-        "INSERT INTO notify_delivered (sink, delivered) VALUES ($1, $2) \
-         ON CONFLICT (sink) DO UPDATE SET delivered = $2",
+        "INSERT INTO notify_delivered (sink, delivered, last_delivered_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (sink) DO UPDATE SET delivered = $2, last_delivered_at = $3",
     )
     .bind(SINK)
     .bind(KEPT_DELIVERED)
+    .bind(at + KEPT_DELIVERED + 50)
     .execute(w.conn())
     .await?;
     sqlx::query("UPDATE counters SET value = $1 WHERE name = 'notify'")
@@ -574,7 +593,7 @@ async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
         .await?;
     w.commit().await?;
     eprintln!(
-        "notifications: {KEPT_DELIVERED} delivered and {KEPT_DEAD} dead kept for {SINK} in {:.0} s",
+        "notifications: {KEPT_DELIVERED} delivered, {KEPT_DEAD} dead and {BACKLOG} retrying for {SINK} in {:.0} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
