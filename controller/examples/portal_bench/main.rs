@@ -532,7 +532,10 @@ async fn seed_notifications(app: &jitgate_controller::App) -> Result<()> {
         ("retrying", BACKLOG),
     ];
     if have.len() == want.len()
-        && have.iter().zip(want).all(|((s, n), (ws, wn))| s == ws && *n == wn)
+        && have
+            .iter()
+            .zip(want)
+            .all(|((s, n), (ws, wn))| s == ws && *n == wn)
     {
         return Ok(());
     }

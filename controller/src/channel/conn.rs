@@ -11,8 +11,7 @@ use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
     AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CERT_RENEWAL,
     LEVEL_CONNECTION_LIMITS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
-    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame,
-    write_frame,
+    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
