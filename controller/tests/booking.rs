@@ -27,18 +27,6 @@ fn booked(source: &str, start_ms: i64, duration: &str) -> Value {
     )
 }
 
-async fn status_within(h: &Harness, token: &str, id: &str, want: &str) -> Value {
-    let mut v = Value::Null;
-    for _ in 0..100 {
-        v = h.get(&format!("/api/v1/requests/{id}"), token).await.1;
-        if v["status"] == want {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("request {id} never became {want}: {v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_booking_needs_a_level_2_agent_and_opens_on_the_agent() {
     let h = Harness::new().await;
@@ -90,7 +78,7 @@ async fn a_booking_needs_a_level_2_agent_and_opens_on_the_agent() {
         },
     })
     .await;
-    status_within(&h, &alice, &now_id, "Applied").await;
+    h.status_within(&alice, &now_id, "Applied").await;
     drop(old);
 
     // The same agent, upgraded: the booking is accepted and sent as a signed booking.
@@ -145,7 +133,7 @@ async fn a_booking_needs_a_level_2_agent_and_opens_on_the_agent() {
         },
     })
     .await;
-    status_within(&h, &alice, &id, "Applied").await;
+    h.status_within(&alice, &id, "Applied").await;
 
     // Revoked before its start: a signed Revoke reaches the agent.
     let (_, v) = h

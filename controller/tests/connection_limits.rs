@@ -88,18 +88,6 @@ async fn applied(a: &mut Agent, g: &GrantBody) {
     .await;
 }
 
-async fn status_within(h: &Harness, token: &str, id: &str, want: &str) -> Value {
-    let mut v = Value::Null;
-    for _ in 0..100 {
-        v = h.get(&format!("/api/v1/requests/{id}"), token).await.1;
-        if v["status"] == want {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("request {id} never became {want}: {v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_limit_round_trips_and_bad_limits_change_nothing() {
     let (h, alice, _c) = setup().await;
@@ -206,7 +194,7 @@ async fn a_limited_grant_never_reaches_an_agent_below_level_5() {
     assert_eq!((g.port.get(), limit), (3389, None));
     applied(&mut old, &g).await;
     let id = v["id"].as_str().unwrap().to_string();
-    status_within(&h, &alice, &id, "Applied").await;
+    h.status_within(&alice, &id, "Applied").await;
     // Nothing else reaches it.
     assert!(
         old.recv_within(Duration::from_millis(300)).await.is_none(),
@@ -256,7 +244,7 @@ async fn a_level_5_agent_gets_limited_grants_and_unlimited_ones_stay_ordinary() 
     assert_eq!(g.port.get(), 22);
     assert_eq!(g.source.to_string(), "203.0.113.5/32");
     applied(&mut a, &g).await;
-    let v = status_within(&h, &alice, &id, "Applied").await;
+    let v = h.status_within(&alice, &id, "Applied").await;
     assert_eq!(
         v["virtualMachines"][0]["ports"][0]["maxConnections"], 1,
         "{v}"

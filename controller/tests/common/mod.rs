@@ -205,6 +205,19 @@ impl Harness {
         (status, v)
     }
 
+    /// The request `id` as `token` sees it, once its status is `want` (polled for 5 s).
+    pub async fn status_within(&self, token: &str, id: &str, want: &str) -> Value {
+        let mut v = Value::Null;
+        for _ in 0..100 {
+            v = self.get(&format!("/api/v1/requests/{id}"), token).await.1;
+            if v["status"] == want {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("request {id} never became {want}: {v}");
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }
