@@ -447,8 +447,11 @@ impl Browser {
                 return Ok(url);
             }
             if Instant::now() > end {
+                // What the page says is what tells a hung page from an error page.
+                let text = self.text().await.unwrap_or_default();
+                let shot = self.screenshot("timeout").await.ok();
                 return Err(BrowserError(format!(
-                    "the URL did not become {prefix}... within {:?}: {url}",
+                    "the URL did not become {prefix}... within {:?}: {url} (screenshot {shot:?}); the page says:\n{text}",
                     self.opts.wait
                 )));
             }

@@ -681,6 +681,122 @@ async fn request_form_check_says_why_and_records_nothing() {
     }
 }
 
+/// The most new connections per grant, asked on the form: the policy's limit named beside
+/// its port, a bad number refused next to the field (as typed and on submission), a number
+/// above the policy's refused in words, and nothing recorded for either; a number within it
+/// is the request's limit.
+#[tokio::test]
+async fn request_form_asks_for_a_connection_limit() {
+    let p = Portal::start().await;
+    // The lab's agent speaks level 1, which cannot enforce a limit: its VM's requests with
+    // one are refused (below, in words); web2 gets an agent of the current level after.
+    let (old, creds) = lab(&p.h).await;
+    p.h.put_rg_policy(
+        "prod",
+        json!([
+            {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*",
+             "maxRequestAccessDuration": "PT3H", "maxConnections": 2},
+        ]),
+    )
+    .await;
+    let alice = p.sign_in("alice").await;
+    let form = p.get(&alice, "/request?vm=web2&connect=ssh").await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert!(
+        form.body.contains("2 new connections per grant")
+            && form.body.contains("name=\"connections\""),
+        "{}",
+        form.body
+    );
+    let csrf = form.csrf();
+    let fields = |connections: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("vm", "web2".to_string()),
+            ("port", "web2|22".into()),
+            ("source", "myip".into()),
+            ("duration", "PT1H".into()),
+            ("when", "now".into()),
+            ("justification", "limited".into()),
+            ("connections", connections.into()),
+        ]
+    };
+    let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let p = &p;
+        let alice = alice.clone();
+        async move {
+            let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            p.post(&alice, path, &p.public, &f).await
+        }
+    };
+
+    // As typed: a bad number beside the field, one above the policy's beside the port.
+    let r = post("/request/check", fields("0")).await;
+    assert!(
+        r.body.contains(
+            "id=\"connections-error\" hx-swap-oob=\"true\">&#34;0&#34; is not a number of connections"
+        ),
+        "{}",
+        r.body
+    );
+    let r = post("/request/check", fields("3")).await;
+    assert!(
+        r.body
+            .contains("maxConnections 3 exceeds port 22&#39;s maximum of 2")
+            && r.body
+                .contains("id=\"connections-error\" hx-swap-oob=\"true\"></p>"),
+        "{}",
+        r.body
+    );
+
+    // Submitted: refused, in words, and nothing recorded.
+    let before = p.h.snapshot().await;
+    let r = post("/request", fields("<b>many")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body
+            .contains("&#34;&#60;b&#62;many&#34; is not a number of connections")
+            && !r.body.contains("<b>many"),
+        "{}",
+        r.body
+    );
+    let r = post("/request", fields("3")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body
+            .contains("maxConnections 3 exceeds port 22&#39;s maximum of 2"),
+        "{}",
+        r.body
+    );
+    let r = post("/request", fields("1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body
+            .contains("its agent does not support connection limits (protocol level 1, needs 5)"),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.h.snapshot().await, before, "refused forms write nothing");
+
+    // Within the policy's, to an agent that enforces it: the request's limit.
+    drop(old);
+    let mut agent = Agent::connect(&creds).await;
+    agent
+        .handshake_at(&creds, 0, jitgate_proto::PROTOCOL_LEVEL)
+        .await;
+    let r = post("/request", fields("1")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let id = request_id(r.location());
+    let (s, v) = p.h.get(&format!("/api/v1/requests/{id}"), &p.h.admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["virtualMachines"][0]["ports"][0]["maxConnections"], 1,
+        "{v}"
+    );
+    let page = p.get(&alice, &format!("/requests/{id}")).await.body;
+    assert!(page.contains("at most 1 per grant"), "{page}");
+}
+
 /// Connect from the page of a VM that no policy covers: the details at once (no request to
 /// make), built from validated parts only; a VM under a policy goes through the request
 /// form, and its `.rdp` file only comes from an open request.

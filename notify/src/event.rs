@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use jitgate_api::MaxConnections;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -521,6 +522,9 @@ pub struct PortInfo {
     pub allowed_source_address_prefixes: Vec<String>,
     #[serde(default, with = "utc_opt", skip_serializing_if = "Option::is_none")]
     pub end_time_utc: Option<OffsetDateTime>,
+    /// The most new connections each grant of the port admits; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<MaxConnections>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ fn port(end: OffsetDateTime) -> PortInfo {
         protocol: Protocol::Tcp,
         allowed_source_address_prefixes: vec!["203.0.113.7".into()],
         end_time_utc: Some(end),
+        max_connections: None,
     }
 }
 

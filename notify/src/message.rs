@@ -336,7 +336,7 @@ fn people(ps: &[Principal]) -> String {
         .join(", ")
 }
 
-/// `22/TCP from 203.0.113.7 until 2027-01-15T09:00:00.000Z`.
+/// `22/TCP from 203.0.113.7 until 2027-01-15T09:00:00.000Z, at most 1 new connection`.
 fn port_text(p: &PortInfo) -> String {
     let mut s = format!("{}/{}", p.number, p.protocol.as_str());
     if !p.allowed_source_address_prefixes.is_empty() {
@@ -347,6 +347,10 @@ fn port_text(p: &PortInfo) -> String {
         s.push_str(" until ");
         s.push_str(&utc::format(end));
     }
+    if let Some(m) = p.max_connections {
+        let plural = if m.get() == 1 { "" } else { "s" };
+        s.push_str(&format!(", at most {m} new connection{plural}"));
+    }
     s
 }
 
@@ -355,6 +359,27 @@ mod tests {
     use super::*;
     use crate::event::EventType;
     use time::OffsetDateTime;
+
+    #[test]
+    fn a_port_says_its_connection_limit() {
+        let mut p = PortInfo {
+            number: 22,
+            protocol: crate::event::Protocol::Tcp,
+            allowed_source_address_prefixes: vec!["203.0.113.7".into()],
+            end_time_utc: None,
+            max_connections: None,
+        };
+        assert_eq!(port_text(&p), "22/TCP from 203.0.113.7");
+        p.max_connections = jitgate_api::MaxConnections::new(1);
+        assert_eq!(
+            port_text(&p),
+            "22/TCP from 203.0.113.7, at most 1 new connection"
+        );
+        p.max_connections = jitgate_api::MaxConnections::new(3);
+        assert!(port_text(&p).ends_with("at most 3 new connections"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["maxConnections"], 3, "{json}");
+    }
 
     #[test]
     fn every_type_has_a_constant_title_and_no_written_text_in_it() {

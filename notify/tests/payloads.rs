@@ -48,6 +48,7 @@ fn events(written: &str) -> Vec<Event> {
                         protocol: Protocol::Any,
                         allowed_source_address_prefixes: vec!["2001:db8::/64".into()],
                         end_time_utc: Some(now),
+                        max_connections: jitgate_api::MaxConnections::new(65_535),
                     })
                     .collect(),
             })

@@ -11,7 +11,7 @@ use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
     AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CERT_RENEWAL,
     LEVEL_CONNECTION_LIMITS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
-    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, read_frame, write_frame,
+    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::authz::Actor;
+use crate::channel::reader;
 use crate::channel::tls::{self, identify};
 use crate::channel::{HELLO_TIMEOUT, OUTBOX_BATCH, STATUS_EVERY, Settings};
 use crate::error::Error;
@@ -68,8 +69,6 @@ struct Conn {
     requests: HashMap<String, (String, String)>,
     /// The agent's protocol level: 1 for `Hello`, `HelloV2.protocol` otherwise.
     protocol: u32,
-    /// When a pong last marked the agent seen (SQLite: at most every [`SEEN_BY_PONG_EVERY`]).
-    pong_seen: Option<tokio::time::Instant>,
     /// The last status report kept for writing, and when.
     last_status: Option<(Heartbeat, tokio::time::Instant)>,
     /// Key rotation steps the agent answered (stored), and those sent on this connection.
@@ -136,25 +135,10 @@ pub async fn connection(
         )));
     }
     let (rd, mut wr) = tokio::io::split(tls);
-    // Reader task: frames in, in order; a bad frame ends it with the error.
-    let (tx, mut rx) = mpsc::channel::<Result<AgentMsg, FrameError>>(64);
-    let reader = tokio::spawn(async move {
-        let mut rd = rd;
-        loop {
-            match read_frame::<_, AgentMsg>(&mut rd).await {
-                Ok(Some(m)) => {
-                    if tx.send(Ok(m)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    break;
-                }
-            }
-        }
-    });
+    // On PostgreSQL the presence refresh marks connected agents seen (`cluster`): no pong
+    // is needed past the reader. On SQLite one now and then marks the agent seen.
+    let pong_every = (app.db.backend() == Backend::Sqlite).then_some(SEEN_BY_PONG_EVERY);
+    let (reader, mut rx, heard) = reader::spawn(rd, pong_every);
     let res = async {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, rx.recv())
             .await
@@ -202,7 +186,6 @@ pub async fn connection(
             policy_seq: -1,
             requests: HashMap::new(),
             protocol,
-            pong_seen: None,
             last_status: None,
             key_acks: HashSet::new(),
             key_sent: HashSet::new(),
@@ -259,7 +242,6 @@ pub async fn connection(
             },
         )
         .await?;
-        let mut last_heard = tokio::time::Instant::now();
         let mut ping = tokio::time::interval(ping_every);
         ping.reset();
         // Revocation is pushed (a wakeup for the VM, from any controller; on PostgreSQL the
@@ -272,9 +254,7 @@ pub async fn connection(
             tokio::select! {
                 m = rx.recv() => {
                     let Some(m) = m else { return Ok(()) };
-                    let m = m?;
-                    last_heard = tokio::time::Instant::now();
-                    c.handle(&mut wr, m).await?;
+                    c.handle(&mut wr, m?).await?;
                 }
                 w = wakeups.changed() => {
                     if w.agent {
@@ -289,7 +269,7 @@ pub async fn connection(
                 }
                 _ = keys_changed.changed() => c.send_keys(&mut wr).await?,
                 _ = ping.tick() => {
-                    if last_heard.elapsed() >= silence {
+                    if heard.silent_for() >= silence {
                         return Err(ConnError::Protocol(format!(
                             "agent silent for {} ms", silence.as_millis())));
                     }
@@ -320,7 +300,7 @@ async fn renew_only(
     vm: &str,
     public_key: &[u8],
     wr: &mut Wr,
-    rx: &mut mpsc::Receiver<Result<AgentMsg, FrameError>>,
+    rx: &mut mpsc::Receiver<reader::Incoming>,
 ) -> Result<(), ConnError> {
     tracing::info!(%agent, %vm, "agent connected with an expired certificate within the grace: renewal only");
     send(
@@ -792,18 +772,8 @@ impl Conn {
                 let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
                 self.status(hb);
             }
-            // On PostgreSQL the presence refresh marks connected agents seen, in one
-            // statement every few seconds (`cluster`): no write transaction per pong.
-            AgentMsg::Pong { .. } if self.app.db.backend() == Backend::Sqlite => {
-                if self
-                    .pong_seen
-                    .is_none_or(|t| t.elapsed() >= SEEN_BY_PONG_EVERY)
-                {
-                    self.pong_seen = Some(tokio::time::Instant::now());
-                    self.app.fleet.seen(&self.agent_s, None);
-                }
-            }
-            AgentMsg::Pong { .. } => {}
+            // Passed on by the reader only on SQLite, once per `SEEN_BY_PONG_EVERY`.
+            AgentMsg::Pong { .. } => self.app.fleet.seen(&self.agent_s, None),
             AgentMsg::KeyResult {
                 key_id,
                 step,

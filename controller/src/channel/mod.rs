@@ -5,8 +5,10 @@
 //!
 //! - [`tls`]: the listener's TLS, the client certificate's agent id, the signing key.
 //! - [`conn`]: one agent's connection.
+//! - [`reader`]: a connection's reader task (pongs noted there, not passed on).
 
 pub mod conn;
+mod reader;
 pub mod tls;
 
 use std::sync::Arc;

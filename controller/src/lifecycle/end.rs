@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use jitgate_api::{ErrorCode, Operation, RequestView, StatusReason};
+use jitgate_api::{ErrorCode, MaxConnections, Operation, RequestView, StatusReason};
 
 use crate::authz::{self, Action, Actor, Caller};
 use crate::error::{Error, Result};
@@ -162,6 +162,10 @@ fn window(p: &LivePort) -> event::Window<'_> {
         protocol: &p.protocol,
         prefixes: &p.prefixes,
         end_ms: p.end_ms,
+        max_connections: p
+            .max_connections
+            .and_then(|m| u32::try_from(m).ok())
+            .and_then(MaxConnections::new),
     }
 }
 

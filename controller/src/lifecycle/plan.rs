@@ -346,8 +346,8 @@ fn limitable<'a>(
                 ErrorCode::AgentTooOld,
                 format!(
                     "VM {vm}: its agent does not support connection limits (protocol level \
-                     {level}, needs {LEVEL_CONNECTION_LIMITS}) and the grant would admit at \
-                     most {limit} connections; upgrade the agent"
+                     {level}, needs {LEVEL_CONNECTION_LIMITS}) and the grant would limit new \
+                     connections to {limit}; upgrade the agent"
                 ),
             ));
         }

@@ -2,7 +2,9 @@
 //! record shows it), for the transaction that makes the change to insert
 //! ([`crate::store::notify::event_rows`]). Pure: no I/O, no sink, no rendering.
 
-use jitgate_api::{PendingStage, PortStatus, ProtoSel, RequestPort, RequestView, RequestVm};
+use jitgate_api::{
+    MaxConnections, PendingStage, PortStatus, ProtoSel, RequestPort, RequestView, RequestVm,
+};
 use jitgate_notify::event::{
     EndReason, PolicyOperation, PolicyScope, PortInfo, Principal, Protocol, RequestInfo,
     RequestStatus, VmPorts, VmRef,
@@ -56,6 +58,7 @@ fn port(p: &RequestPort) -> PortInfo {
         protocol: protocol(p.protocol),
         allowed_source_address_prefixes: prefixes,
         end_time_utc: time_str(&p.end_time_utc),
+        max_connections: p.max_connections,
     }
 }
 
@@ -196,6 +199,7 @@ pub struct Window<'a> {
     /// Canonical prefixes, comma-separated.
     pub prefixes: &'a str,
     pub end_ms: i64,
+    pub max_connections: Option<MaxConnections>,
 }
 
 impl Window<'_> {
@@ -214,6 +218,7 @@ impl Window<'_> {
                 .map(str::to_string)
                 .collect(),
             end_time_utc: Some(time_of(self.end_ms)),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -329,6 +334,8 @@ pub fn break_glass(vm: &str, resource_group: &str, g: &ReportedGrant, now: i64) 
                 protocol: proto,
                 allowed_source_address_prefixes: vec![g.source.to_string()],
                 end_time_utc: Some(time_of(g.end_unix_ms)),
+                // A local grant's limit is the host's business; the record does not say.
+                max_connections: None,
             }],
             local_user: g.requester.clone(),
             justification: String::new(),

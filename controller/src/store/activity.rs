@@ -302,6 +302,24 @@ pub async fn list(
     Ok(rows.into_iter().map(ActivityRow::into_entry).collect())
 }
 
+/// The activity entries that change a policy, as the partial indexes of migration 32 say
+/// it, word for word: a partial index serves only queries that repeat its predicate (with
+/// bound parameters instead, neither backend could tell that the index applies).
+pub const POLICY_CHANGE: &str =
+    "operation IN ('Update JIT Network Access Policy', 'Delete JIT Network Access Policy')";
+
+/// [`last_policy_change`]'s query: the two lookups apart (`vm` and `resource_group` each have
+/// their partial index; joined by `OR` they were a scan of the whole log).
+pub fn last_policy_change_sql() -> String {
+    format!(
+        "SELECT MAX(s) FROM ( \
+         SELECT MAX(seq) AS s FROM activity WHERE {POLICY_CHANGE} AND vm = $1 AND resource_type = $2 \
+         UNION ALL \
+         SELECT MAX(seq) AS s FROM activity WHERE {POLICY_CHANGE} AND resource_group = $3 \
+         AND resource_type = $4) t"
+    )
+}
+
 /// The VM's policy version: the seq of the last change to its effective policy (its own or
 /// its group's); 0 if never set.
 pub async fn last_policy_change(
@@ -309,18 +327,13 @@ pub async fn last_policy_change(
     vm: &str,
     group: &str,
 ) -> Result<i64> {
-    let (seq,): (Option<i64>,) = sqlx::query_as(
-        "SELECT MAX(seq) FROM activity WHERE operation IN ($1, $2) AND \
-         ((resource_type = $3 AND vm = $4) OR (resource_type = $5 AND resource_group = $6))",
-    )
-    .bind(Operation::UpdatePolicy.as_str())
-    .bind(Operation::DeletePolicy.as_str())
-    .bind(ResourceType::VirtualMachine.as_str())
-    .bind(vm)
-    .bind(ResourceType::ResourceGroup.as_str())
-    .bind(group)
-    .fetch_one(ex)
-    .await?;
+    let (seq,): (Option<i64>,) = sqlx::query_as(&last_policy_change_sql())
+        .bind(vm)
+        .bind(ResourceType::VirtualMachine.as_str())
+        .bind(group)
+        .bind(ResourceType::ResourceGroup.as_str())
+        .fetch_one(ex)
+        .await?;
     Ok(seq.unwrap_or(0))
 }
 
@@ -630,4 +643,26 @@ pub async fn walk_from(
         }
     }
     Ok(Ok(walk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The predicate names the policy operations as the log writes them, and the migration's
+    /// indexes repeat it word for word.
+    #[test]
+    fn the_policy_change_predicate_is_the_indexes_own() {
+        let list = format!(
+            "('{}', '{}')",
+            Operation::UpdatePolicy.as_str(),
+            Operation::DeletePolicy.as_str()
+        );
+        assert_eq!(POLICY_CHANGE, format!("operation IN {list}"));
+        let migration = include_str!("../../migrations/0032_activity_policy_changes.sql");
+        assert_eq!(
+            migration.matches(&format!("WHERE {POLICY_CHANGE}")).count(),
+            2
+        );
+    }
 }

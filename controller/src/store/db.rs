@@ -143,6 +143,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys: at most one current and one announced grant-signing key",
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
+    (
+        32,
+        "activity: policy changes indexed by VM and by group (the policy version)",
+        include_str!("../../migrations/0032_activity_policy_changes.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

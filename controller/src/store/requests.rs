@@ -398,6 +398,8 @@ pub struct LivePort {
     pub protocol: String,
     pub prefixes: String,
     pub end_ms: i64,
+    /// The most new connections per grant; NULL: unlimited.
+    pub max_connections: Option<i64>,
 }
 
 impl LivePort {
@@ -413,7 +415,7 @@ impl LivePort {
 }
 
 const LIVE_COLUMNS: &str =
-    "request_id, idx, vm, resource_group, number, protocol, prefixes, end_ms";
+    "request_id, idx, vm, resource_group, number, protocol, prefixes, end_ms, max_connections";
 
 /// `status IN (Initiated, Applied)` with the placeholders given.
 fn live_in(a: usize) -> String {

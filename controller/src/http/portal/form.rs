@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use jitgate_api::{ErrorCode, InitiateBody, InitiatePort, InitiateVm, PortStatus, StatusReason};
+use jitgate_common::MaxConnections;
 
 use crate::http::portal::connect::{ConnectKind, LoginName, details_query};
 use crate::http::portal::page::{
@@ -73,6 +74,8 @@ struct Values {
     start: String,
     justification: String,
     login: String,
+    /// Most new connections per grant, empty for the policy's limit.
+    connections: String,
     connect: Option<ConnectKind>,
 }
 
@@ -90,6 +93,7 @@ struct FormPage {
     justification_error: String,
     login_error: String,
     duration_error: String,
+    connections_error: String,
 }
 
 /// `?vm=a&vm=b&port=22&connect=ssh` (repeated names, read in order).
@@ -154,6 +158,7 @@ struct Refusal {
     justification: String,
     login: String,
     duration: String,
+    connections: String,
 }
 
 async fn render_form(
@@ -185,11 +190,18 @@ async fn render_form(
                     checked: only_one || values.ports.contains(&value),
                     errors: refusal.by_port.remove(&value).unwrap_or_default(),
                     label: format!(
-                        "{}/{} from {} (at most {}{})",
+                        "{}/{} from {} (at most {}{}{})",
                         p.number,
                         p.protocol,
                         policy_sources(p),
                         p.max_request_access_duration,
+                        match p.max_connections {
+                            Some(m) => format!(
+                                ", {m} new connection{} per grant",
+                                if m.get() == 1 { "" } else { "s" }
+                            ),
+                            None => String::new(),
+                        },
                         if p.approval.is_some() {
                             ", needs approval"
                         } else {
@@ -234,6 +246,7 @@ async fn render_form(
             justification_error: refusal.justification,
             login_error: refusal.login,
             duration_error: refusal.duration,
+            connections_error: refusal.connections,
         },
     ))
 }
@@ -251,6 +264,7 @@ fn values_of(p: &Posted) -> Values {
         start: s("start"),
         justification: p.one("justification").unwrap_or_default().to_string(),
         login: s("login"),
+        connections: s("connections"),
         connect: ConnectKind::parse(p.one("connect")).ok().flatten(),
     }
 }
@@ -315,6 +329,19 @@ fn body_of(v: &Values) -> Result<InitiateBody, Box<Refusal>> {
     {
         r.login = e;
     }
+    let max_connections = match v.connections.trim() {
+        "" => None,
+        n => match n.parse::<MaxConnections>() {
+            Ok(m) => Some(m),
+            Err(_) => {
+                r.connections = format!(
+                    "{n:?} is not a number of connections: leave it empty for the policy's limit, or enter 1 to {}",
+                    MaxConnections::MAX
+                );
+                None
+            }
+        },
+    };
     let mut by_vm: BTreeMap<&str, Vec<InitiatePort>> = BTreeMap::new();
     for p in &v.ports {
         let parsed = p
@@ -330,8 +357,8 @@ fn body_of(v: &Values) -> Result<InitiateBody, Box<Refusal>> {
                     end_time_utc: None,
                     duration: duration.clone(),
                     start_time_utc: start.clone(),
-                    // The policy's limit, if it sets one.
-                    max_connections: None,
+                    // None: the policy's limit, if it sets one.
+                    max_connections,
                 })
             }
             _ => r
@@ -346,7 +373,8 @@ fn body_of(v: &Values) -> Result<InitiateBody, Box<Refusal>> {
         || !r.range.is_empty()
         || !r.duration.is_empty()
         || !r.justification.is_empty()
-        || !r.login.is_empty();
+        || !r.login.is_empty()
+        || !r.connections.is_empty();
     if refused {
         return Err(Box::new(r));
     }
@@ -423,6 +451,7 @@ struct Checked {
     range_error: String,
     duration_error: String,
     login_error: String,
+    connections_error: String,
 }
 
 /// `POST /request/check`: the form's fields checked as a submission would be, and each
@@ -473,6 +502,7 @@ async fn check(State(st): State<AppState>, p: Posted) -> PageResult {
             range_error: r.range,
             duration_error: r.duration,
             login_error: r.login,
+            connections_error: r.connections,
         },
     ))
 }
