@@ -143,6 +143,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys: at most one current and one announced grant-signing key",
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
+    (
+        31,
+        "agent certificate renewals limited in rate: the last refusal logged",
+        include_str!("../../migrations/0031_agent_cert_rate.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
