@@ -22,6 +22,7 @@ pub mod compliance;
 pub mod duration;
 pub mod error;
 pub mod inventory;
+pub mod keys;
 pub mod list;
 pub mod name;
 pub mod notify;
@@ -57,6 +58,7 @@ pub use compliance::{
 };
 pub use error::{ErrorBody, ErrorClass, ErrorCode, ErrorDetail};
 pub use inventory::{Me, ResourceGroup, Vm, VmDetail};
+pub use keys::{AgentKeyState, GrantKey, GrantKeyState, KeyAgent, KeyStatus};
 pub use list::{Format, List};
 pub use notify::{
     DeadCount, DeadDeliveries, DeliveryFailure, NewSink, SecretBody, SinkInfo, SinkStatus,

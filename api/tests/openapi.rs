@@ -214,6 +214,9 @@ fn every_schema_matches_its_type() {
     check::<api::Whoami>(s, "Whoami", seen);
     check::<api::SessionGranted>(s, "SessionGranted", seen);
     check::<api::SessionView>(s, "Session", seen);
+    check::<api::KeyStatus>(s, "KeyStatus", seen);
+    check::<api::GrantKey>(s, "GrantKey", seen);
+    check::<api::KeyAgent>(s, "KeyAgent", seen);
     check::<api::ApplyBody>(s, "ApplyBody", seen);
     check::<api::Document>(s, "Document", seen);
     check::<api::GroupDecl>(s, "GroupDecl", seen);

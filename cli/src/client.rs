@@ -10,9 +10,9 @@ use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Agent, AgentAuditVerify, AgentRecord,
     ApprovalEntry, ApprovalsQuery, AssignBody, Assignment, Checkpoint, ComplianceHistoryQuery,
     ComplianceReport, Connection, DeadCount, DeadDeliveries, DecisionBody, ErrorBody, HistoryQuery,
-    InitiateBody, List, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery, RequestView,
-    ScanBody, ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult, VerifyReport,
-    ViewQuery, Vm, VmDetail,
+    InitiateBody, KeyStatus, List, NewSink, PolicyBody, PolicyView, RemediateBody, ReportQuery,
+    RequestView, ScanBody, ScanSummary, SecretBody, SinkInfo, SinkStatus, SinkTestResult,
+    VerifyReport, ViewQuery, Vm, VmDetail,
 };
 use jitgate_api::{ApplyBody, Document, Plan};
 use jitgate_api::{
@@ -127,6 +127,11 @@ impl Client {
     /// `GET /agents`
     pub async fn agents(&self) -> R<Reply<List<Agent>>> {
         self.typed(self.get(&["agents"])).await
+    }
+
+    /// `GET /keys`
+    pub async fn keys(&self) -> R<Reply<KeyStatus>> {
+        self.typed(self.get(&["keys"])).await
     }
 
     // --- policies -------------------------------------------------------------------------

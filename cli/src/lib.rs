@@ -23,8 +23,8 @@ mod text;
 
 use client::Client;
 use cmd::{
-    apply, approvals, audit, compliance, connect, connections, history, login, logout, notify,
-    policy, requests, vms, whoami,
+    apply, approvals, audit, compliance, connect, connections, history, keys, login, logout,
+    notify, policy, requests, vms, whoami,
 };
 use exit::R;
 use output::Out;
@@ -113,6 +113,10 @@ enum Cmd {
     Apply(apply::ApplyArgs),
     /// Write the state you can see as a declaration file (`jit apply -f` reads it back).
     Export,
+    /// The grant-signing keys (admins on `*`): states and times, and during a rotation the
+    /// active agents that have not acknowledged the announced key and when the leader
+    /// switches anyway. Rotating is `jit-controller keys rotate` on a controller host.
+    Keys,
 }
 
 /// The command-line definition, for generating man pages and shell completions.
@@ -198,6 +202,7 @@ async fn run(cli: Cli) -> R<()> {
             None => Ok(()),
         },
         Cmd::Export => apply::export(&c, out).await,
+        Cmd::Keys => keys::run(&c, out).await,
     }
 }
 

@@ -765,6 +765,52 @@ async fn wait_connect_and_audit() {
     assert!(o.stdout.contains("entry 3"), "{}", o.stdout);
 }
 
+/// `jit keys`: admins on `*` see the keys and, during a rotation, the announced key with its
+/// switch deadline; anyone else is refused (exit 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_for_admins_only() {
+    use jitgate_controller::keys::files::KeyDir;
+    use jitgate_controller::keys::rotation::Rotation;
+
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    let rita = e.token("rita", Role::Reader, "*").await;
+    let o = e.jit(&admin, &["keys"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("KEY "), "{}", o.stdout);
+    assert!(o.stdout.contains(" current "), "{}", o.stdout);
+    assert!(o.stdout.contains("no rotation under way"), "{}", o.stdout);
+    let o = e.jit(&rita, &["keys"]).await;
+    assert_eq!(o.code, 5, "{}", o.stderr);
+
+    let rotated = Rotation::new(e.server.app.db.clone(), KeyDir::new(e.dir.signing_key()))
+        .rotate(&jitgate_controller::authz::Actor::local())
+        .await
+        .expect("rotate");
+    let o = e.jit(&admin, &["keys", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["rotatingTo"], rotated.key_id.as_str(), "{v}");
+    assert_eq!(v["keys"][1]["state"], "next", "{v}");
+    assert_eq!(v["keys"][1]["acknowledged"], 0, "{v}");
+    assert_eq!(v["switchGraceSeconds"], 86400, "{v}");
+    assert!(v["switchDueTimeUtc"].is_string(), "{v}");
+    // Never a private half, nor where it is kept.
+    assert!(
+        !o.stdout.contains("PRIVATE") && !o.stdout.contains(".key"),
+        "{}",
+        o.stdout
+    );
+    let o = e.jit(&admin, &["keys"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains(&format!("rotating to {}", rotated.key_id)),
+        "{}",
+        o.stdout
+    );
+}
+
 #[test]
 fn every_help_explains() {
     for args in [

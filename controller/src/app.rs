@@ -46,6 +46,8 @@ pub struct Parts {
     pub leader_lease: std::time::Duration,
     /// The cluster configuration fingerprint (`Config::fingerprint`).
     pub config_fingerprint: String,
+    /// `[keys] switch_grace_seconds` (zero: the default).
+    pub key_switch_grace: std::time::Duration,
 }
 
 /// A controller's services. Clones share everything.
@@ -68,6 +70,9 @@ pub struct App {
     pub audit: Audit,
     /// The grant-signing keys (rotation).
     pub keys: crate::keys::Ring,
+    /// How long after an announcement the leader switches without every agent's
+    /// acknowledgement (`[keys] switch_grace_seconds`).
+    pub key_switch_grace: std::time::Duration,
     pub views: AgentViews,
     pub compliance: Compliance,
     /// Notification sinks and secrets (unavailable in administration commands).
@@ -101,6 +106,11 @@ impl App {
             fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
             audit: Audit::new(db.clone(), parts.checkpoint_key, &name),
             keys: crate::keys::Ring::new(parts.key_dir),
+            key_switch_grace: if parts.key_switch_grace.is_zero() {
+                crate::keys::KeysConfig::default().switch_grace()
+            } else {
+                parts.key_switch_grace
+            },
             views: AgentViews::new(db.clone(), parts.ca_pem),
             compliance: Compliance::new(db.clone(), presence.clone(), settings),
             policies,

@@ -18,6 +18,7 @@
 //! | add, remove, test, re-drive a notification sink | admin | the sink's scope (no scope: `*`) |
 //! | write a notification secret | admin | `*` |
 //! | list or revoke people's sessions | admin | `*` |
+//! | read the grant-signing keys' status | admin | `*` |
 //! | create or delete a resource group | admin | `*` |
 //! | change a resource group's owner | admin | the group |
 //! | add, change or delete a VM (its addresses, its group) | admin | the VM's group (both, to move it) |
@@ -302,6 +303,9 @@ pub enum Action<'a> {
     },
     /// List or revoke people's sign-in sessions.
     ManageSessions,
+    /// Read the grant-signing keys' status (ids, states, acknowledgements; never a private
+    /// half).
+    ReadKeys,
     /// Create or delete a resource group (a new name is a new scope: only an admin of `*`).
     CreateOrDeleteGroup,
     /// Change a resource group's owner.
@@ -415,9 +419,10 @@ fn decide(c: &Caller, action: Action<'_>) -> Result<()> {
             SinkReach::Group(g) => group(Role::Admin, g),
             SinkReach::Vm { vm: v, group: g } => vm(Role::Admin, v, g),
         },
-        Action::AdministerAll | Action::ManageSessions | Action::CreateOrDeleteGroup => {
-            all(Role::Admin)
-        }
+        Action::AdministerAll
+        | Action::ManageSessions
+        | Action::ReadKeys
+        | Action::CreateOrDeleteGroup => all(Role::Admin),
         Action::ChangeGroup { group: g } | Action::WriteVm { group: g } => group(Role::Admin, g),
         Action::Administer => match c.principal {
             Principal::Local => Ok(()),

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::lease::LeaderStatus;
-use crate::metrics::{AgentCounts, CertKind, CheckpointSample, Metrics, PendingGrants, Sample};
+use crate::metrics::{
+    AgentCounts, CertExpiry, CertKind, CheckpointSample, Metrics, PendingGrants, Sample,
+};
 use crate::store::Db;
 use crate::store::db::SCHEMA_VERSION;
 use crate::store::{agents, cluster, health as sql};
@@ -351,11 +353,39 @@ pub fn cert_expiry(pem: &str) -> std::result::Result<i64, String> {
     Ok(cert.validity().not_after.timestamp())
 }
 
-/// Exports the expiry of the server certificate and the CA (PEM text).
+/// Every certificate of a PEM file (a bundle), in order: fingerprint, subject, expiry.
+pub fn cert_expiries(pem: &str) -> std::result::Result<Vec<CertExpiry>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::new();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der = der.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("unparsable certificate: {e}"))?;
+        let digest = hex::encode(Sha256::digest(der.as_ref()));
+        out.push(CertExpiry {
+            fingerprint: digest[..16].to_string(),
+            subject: cert.subject().to_string(),
+            not_after_unix: cert.validity().not_after.timestamp(),
+        });
+    }
+    if out.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(out)
+}
+
+/// Exports the expiry of the server certificate (the first of its file: the leaf) and of
+/// every certificate of the CA bundle (PEM text).
 pub fn record_cert_expiry(metrics: &Metrics, server_pem: &str, ca_pem: &str) {
     for (kind, pem) in [(CertKind::Server, server_pem), (CertKind::Ca, ca_pem)] {
-        match cert_expiry(pem) {
-            Ok(t) => metrics.set_cert_expiry(kind, t),
+        match cert_expiries(pem) {
+            Ok(mut certs) => {
+                if kind == CertKind::Server {
+                    certs.truncate(1);
+                }
+                metrics.set_cert_expiry(kind, &certs);
+            }
             Err(e) => tracing::warn!(certificate = %kind, error = %e, "cannot read the expiry"),
         }
     }

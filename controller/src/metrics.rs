@@ -117,9 +117,23 @@ jitgate_api::wire_enum! {
     }
 }
 
+/// One certificate's series: which file it is from, and which certificate of it (every
+/// certificate of a CA bundle has its own).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabels {
     pub certificate: CertKind,
+    /// The first 16 hex digits of the SHA-256 of the certificate (DER).
+    pub fingerprint: String,
+    /// Its subject, as RFC 4514 text.
+    pub subject: String,
+}
+
+/// A certificate's expiry as exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertExpiry {
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after_unix: i64,
 }
 
 label_values!(Outcome, AgentState, CertKind);
@@ -185,6 +199,8 @@ struct Inner {
     checkpoint_age: Optional,
     pg_queue_usage: Optional,
     cert_expiry: Family<CertLabels, Gauge>,
+    /// The series last set per kind (a reload or a bundle change removes the old ones).
+    cert_series: std::sync::Mutex<Vec<CertLabels>>,
     notify_deliveries: Family<NotifyLabels, Gauge>,
     notify_oldest_age: Family<SinkLabels, Gauge<f64, AtomicU64>>,
     approvals_pending: Gauge,
@@ -361,6 +377,7 @@ impl Metrics {
                 checkpoint_age,
                 pg_queue_usage,
                 cert_expiry,
+                cert_series: std::sync::Mutex::new(Vec::new()),
                 notify_deliveries,
                 notify_oldest_age,
                 approvals_pending,
@@ -395,12 +412,32 @@ impl Metrics {
         self.inner.db_errors.inc();
     }
 
-    /// Sets a certificate's expiry (unix seconds).
-    pub fn set_cert_expiry(&self, cert: CertKind, unix_seconds: i64) {
-        self.inner
-            .cert_expiry
-            .get_or_create(&CertLabels { certificate: cert })
-            .set(unix_seconds);
+    /// Sets the expiry (unix seconds) of the certificates of one kind: one series each,
+    /// replacing the series of that kind set before.
+    pub fn set_cert_expiry(&self, kind: CertKind, certs: &[CertExpiry]) {
+        let Ok(mut series) = self.inner.cert_series.lock() else {
+            return;
+        };
+        series.retain(|l| {
+            if l.certificate == kind {
+                self.inner.cert_expiry.remove(l);
+                false
+            } else {
+                true
+            }
+        });
+        for c in certs {
+            let labels = CertLabels {
+                certificate: kind,
+                fingerprint: c.fingerprint.clone(),
+                subject: c.subject.clone(),
+            };
+            self.inner
+                .cert_expiry
+                .get_or_create(&labels)
+                .set(c.not_after_unix);
+            series.push(labels);
+        }
     }
 
     /// Sets the sampled gauges from `s` and renders every metric (scrapes one at a time).

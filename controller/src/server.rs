@@ -220,6 +220,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
     )?;
     let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
     let key_dir = crate::keys::files::KeyDir::new(dir.signing_key());
+    let switcher_dir = key_dir.clone();
     let public_pem = read(&dir.signing_pub())?;
     let ca = Ca::load(&dir.ca_cert(), &dir.ca_key())?;
     let oidc = start_oidc(dir, cfg).await?;
@@ -247,6 +248,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         },
         leader_lease: Duration::from_secs(cfg.leader_lease_seconds.max(1)),
         config_fingerprint: cfg.fingerprint(dir),
+        key_switch_grace: cfg.keys.switch_grace(),
     };
     let mut app = App::open(
         &cfg.database_url(dir),
@@ -297,6 +299,12 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             shutdown.subscribe(),
         ),
         app.keys.spawn(app.db.clone(), shutdown.subscribe()),
+        crate::keys::switcher::spawn(
+            app.clone(),
+            switcher_dir,
+            cfg.keys.switch_grace(),
+            shutdown.subscribe(),
+        ),
         crate::channel::serve_agents(
             agent_listener,
             agent_tls,

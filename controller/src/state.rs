@@ -209,6 +209,10 @@ pub struct Config {
     /// `init` (the defaults apply).
     #[serde(default, skip_serializing)]
     pub certificates: CertConfig,
+    /// Grant-signing key rotation: the switch's grace (docs/operations.md, "Rotation"). Not
+    /// written by `init` (the defaults apply).
+    #[serde(default, skip_serializing)]
+    pub keys: crate::keys::KeysConfig,
 }
 
 pub use crate::fleet::ca::CertConfig;
@@ -241,6 +245,7 @@ impl Default for Config {
             oidc: None,
             login_links: None,
             certificates: CertConfig::default(),
+            keys: Default::default(),
         }
     }
 }
@@ -332,12 +337,9 @@ impl Config {
                 }
             }
         }
-        if cfg.certificates.agent_lifetime_seconds < 10 {
-            return Err(SetupError::Invalid(format!(
-                "{}: certificates.agent_lifetime_seconds must be at least 10",
-                p.display()
-            )));
-        }
+        cfg.certificates
+            .validate()
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         if !AGENT_PING_SECONDS.contains(&cfg.agent_ping_seconds) {
             return Err(SetupError::Invalid(format!(
                 "{}: agent_ping_seconds must be from {} to {}, not {}",
@@ -360,6 +362,9 @@ impl Config {
                 .map_err(|err| SetupError::Invalid(format!("{}: {err}", p.display())))?;
         }
         cfg.retention
+            .validate()
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
+        cfg.keys
             .validate()
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;
         if cfg.max_pending_per_requester == 0 {

@@ -147,6 +147,14 @@ async fn a_level_6_agent_gets_a_short_certificate_and_renews_it_with_its_key() {
 
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
+    // A request for another key is refused, clearly, and changes nothing.
+    let other = rcgen::KeyPair::generate().unwrap();
+    match renew(&mut a, &other).await {
+        ControllerMsg::RenewalRefused { reason } => {
+            assert!(reason.contains("key"), "{reason}")
+        }
+        m => panic!("expected a refusal, got {m:?}"),
+    }
     let (cert, bundle) = match renew(&mut a, &c.key).await {
         ControllerMsg::Certificate {
             certificate_pem,
@@ -162,15 +170,6 @@ async fn a_level_6_agent_gets_a_short_certificate_and_renews_it_with_its_key() {
     assert_eq!(bundle, c.ca_pem, "the CA bundle the agent trusts");
     // The connection goes on: a ping is still answered.
     assert!(!a.closed_within(Duration::from_millis(500)).await);
-
-    // A request for another key is refused, clearly, and changes nothing.
-    let other = rcgen::KeyPair::generate().unwrap();
-    match renew(&mut a, &other).await {
-        ControllerMsg::RenewalRefused { reason } => {
-            assert!(reason.contains("key"), "{reason}")
-        }
-        m => panic!("expected a refusal, got {m:?}"),
-    }
 
     // The renewed certificate identifies the agent; so does the previous one until it
     // expires (an agent that had not stored the renewal yet).
@@ -194,9 +193,91 @@ async fn a_level_6_agent_gets_a_short_certificate_and_renews_it_with_its_key() {
     assert_eq!(stored, cert, "the current certificate is the renewed one");
     let log = renewals(&h).await;
     assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].0, "Failed");
+    assert_eq!(log[1].0, "Succeeded");
+    assert_eq!(log[1].1["agentId"], c.id.to_string());
+}
+
+/// The renewal rate limit: a renewal sooner than the window after the last one granted is
+/// refused with the reason, writes nothing to `agent_certs`, and the refusals of one window
+/// are written to the activity log once; after the window a renewal is granted again. The
+/// window is a tenth of the lifetime unless configured, and at most half of it.
+#[tokio::test]
+async fn renewals_are_limited_in_rate_and_refusals_logged_once_per_window() {
+    use jitgate_controller::state::CertConfig;
+    let d = CertConfig::default();
+    assert_eq!(
+        d.renewal_min_interval().as_secs(),
+        d.agent_lifetime_seconds / 10
+    );
+    let too_long = CertConfig {
+        renewal_min_interval_seconds: Some(d.agent_lifetime_seconds / 2 + 1),
+        ..CertConfig::default()
+    };
+    assert!(too_long.validate().is_err());
+    assert!(d.validate().is_ok());
+
+    let h = Harness::with_config(|c: &mut Config| {
+        c.certificates.agent_lifetime_seconds = 120;
+        c.certificates.renewal_min_interval_seconds = Some(3);
+    })
+    .await;
+    h.fixture().await;
+    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
+    let kept = |h: &Harness| {
+        let pool = h.app().db.pool().clone();
+        let id = c.id.to_string();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM agent_certs WHERE agent_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(
+        renew(&mut a, &c.key).await,
+        ControllerMsg::Certificate { .. }
+    ));
+    for _ in 0..5 {
+        match renew(&mut a, &c.key).await {
+            ControllerMsg::RenewalRefused { reason } => {
+                assert!(reason.contains("at most once every 3 s"), "{reason}");
+                assert!(reason.contains("retry after"), "{reason}");
+            }
+            m => panic!("expected a refusal, got {m:?}"),
+        }
+    }
+    assert_eq!(
+        kept(&h).await,
+        1,
+        "only the certificate the renewal replaced"
+    );
+    let log = renewals(&h).await;
+    assert_eq!(
+        log.len(),
+        2,
+        "one entry for the refusals of the window: {log:?}"
+    );
     assert_eq!(log[0].0, "Succeeded");
-    assert_eq!(log[0].1["agentId"], c.id.to_string());
     assert_eq!(log[1].0, "Failed");
+    assert_eq!(log[1].1["rateLimited"], true, "{:?}", log[1]);
+
+    // After the window: granted again; the next refusal is logged again.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(matches!(
+        renew(&mut a, &c.key).await,
+        ControllerMsg::Certificate { .. }
+    ));
+    assert!(matches!(
+        renew(&mut a, &c.key).await,
+        ControllerMsg::RenewalRefused { .. }
+    ));
+    assert_eq!(kept(&h).await, 2);
+    let outcomes: Vec<String> = renewals(&h).await.into_iter().map(|(o, _)| o).collect();
+    assert_eq!(outcomes, ["Succeeded", "Failed", "Succeeded", "Failed"]);
 }
 
 fn clone_creds(c: &Creds) -> Creds {
@@ -512,6 +593,35 @@ async fn the_server_certificate_is_reloaded_for_new_connections_only() {
     assert_eq!(served_cert(&c).await, renewed, "bad input changes nothing");
 }
 
+/// The CA series of the expiry metric: (fingerprint, subject, expiry unix seconds).
+async fn ca_expiries(h: &Harness) -> Vec<(String, String, i64)> {
+    let text = h
+        .server
+        .as_ref()
+        .unwrap()
+        .metrics
+        .render(None)
+        .await
+        .unwrap();
+    let label = |l: &str, name: &str| -> String {
+        let at = l.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        l[at..at + l[at..].find('"').unwrap()].to_string()
+    };
+    text.lines()
+        .filter(|l| {
+            l.starts_with("jitgate_tls_certificate_expiry_timestamp_seconds")
+                && l.contains("certificate=\"ca\"")
+        })
+        .map(|l| {
+            (
+                label(l, "fingerprint"),
+                label(l, "subject"),
+                l.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Self-signed CA: (certificate PEM, key).
 fn new_ca(name: &str) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -542,7 +652,14 @@ fn issuer_cn(pem: &str) -> String {
 /// following by renewal and never re-enrolled.
 #[tokio::test]
 async fn the_ca_is_rotated_through_a_bundle_and_agents_follow_by_renewal() {
-    let mut h = harness(120, 3600).await;
+    // Three renewals within seconds: the rate limit off.
+    let mut h = Harness::with_config(|c: &mut Config| {
+        c.certificates.agent_lifetime_seconds = 120;
+        c.certificates.agent_grace_seconds = 3600;
+        c.certificates.renewal_min_interval_seconds = Some(0);
+    })
+    .await;
+    h.fixture().await;
     let mut c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
     let old_ca = std::fs::read_to_string(h.dir.ca_cert()).unwrap();
     let old_key = std::fs::read_to_string(h.dir.ca_key()).unwrap();
@@ -551,6 +668,18 @@ async fn the_ca_is_rotated_through_a_bundle_and_agents_follow_by_renewal() {
     // 1. Trust the new CA alongside the old one; the old one still signs.
     std::fs::write(h.dir.ca_cert(), format!("{old_ca}{new_ca_pem}")).unwrap();
     h.restart().await;
+    // The expiry of each CA of the bundle, as its own series.
+    let series = ca_expiries(&h).await;
+    assert_eq!(series.len(), 2, "{series:?}");
+    assert_ne!(series[0].0, series[1].0, "{series:?}");
+    assert!(
+        series
+            .iter()
+            .any(|(_, s, _)| s == "CN=jitgate controller CA 2"),
+        "{series:?}"
+    );
+    let (_, new_na, ..) = facts(&new_ca_pem);
+    assert!(series.iter().any(|(_, _, t)| *t == new_na), "{series:?}");
     c.endpoint = h.server.as_ref().unwrap().agent_addr.to_string();
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
@@ -600,6 +729,9 @@ async fn the_ca_is_rotated_through_a_bundle_and_agents_follow_by_renewal() {
     // 3. Retire the old CA: the bundle has the new one only.
     std::fs::write(h.dir.ca_cert(), &new_ca_pem).unwrap();
     h.restart().await;
+    let series = ca_expiries(&h).await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].1, "CN=jitgate controller CA 2");
     c.endpoint = h.server.as_ref().unwrap().agent_addr.to_string();
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;

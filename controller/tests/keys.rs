@@ -404,3 +404,167 @@ async fn rotations_begun_together_announce_one_key() {
         ra.retire(&actor, true).await.expect("retire");
     }
 }
+
+/// The announcement as an agent receives it (skipping what else it is sent), acknowledged.
+async fn acknowledge(a: &mut common::agent::Agent, key_id: &str) {
+    use jitgate_proto::message::{AgentMsg, Outcome};
+    use jitgate_proto::{ControllerMsg, KeyStep};
+    loop {
+        match a.recv_within(Duration::from_secs(10)).await {
+            Some(ControllerMsg::KeyAnnouncement(s)) => {
+                let body = s.unverified().expect("an announcement");
+                if body.key_id.to_string() != key_id {
+                    continue;
+                }
+                a.send(&AgentMsg::KeyResult {
+                    key_id: body.key_id,
+                    step: KeyStep::Announced,
+                    outcome: Outcome::Applied { agent_unix_ms: 1 },
+                })
+                .await;
+                return;
+            }
+            Some(_) => continue,
+            None => panic!("no announcement of {key_id}"),
+        }
+    }
+}
+
+/// (created_ms, switched_ms) of a key.
+async fn key_times(h: &Harness, key_id: &str) -> (i64, Option<i64>) {
+    sqlx::query_as("SELECT created_ms, switched_ms FROM grant_keys WHERE key_id = $1")
+        .bind(key_id)
+        .fetch_one(h.app().db.pool())
+        .await
+        .unwrap()
+}
+
+/// The activity entries of switches: (caller, details).
+async fn switches(h: &Harness) -> Vec<(String, serde_json::Value)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT caller, details FROM activity WHERE operation = 'Retire Grant-Signing Key' \
+         ORDER BY seq",
+    )
+    .fetch_all(h.app().db.pool())
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(c, d)| (c, serde_json::from_str(&d).unwrap()))
+        .collect()
+}
+
+/// `[keys] switch_grace_seconds`: the leader switches by itself. With an agent that never
+/// acknowledges, not before the grace, and the entry names and counts it; `GET /api/v1/keys`
+/// shows who acknowledged meanwhile (admins on `*` only). Once every active agent
+/// acknowledged, at once, well before the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_switches_after_the_grace_or_once_every_agent_acknowledged() {
+    use common::agent::{Agent, enroll};
+    use jitgate_api::Role;
+
+    const GRACE_MS: i64 = 6000;
+    let h = Harness::with_config(|c| c.keys.switch_grace_seconds = 6).await;
+    h.fixture().await;
+    let c_yes = enroll(&h, "web1").await;
+    let c_no = enroll(&h, "web2").await;
+    let mut yes = Agent::connect(&c_yes).await;
+    yes.handshake_at(&c_yes, 0, jitgate_proto::PROTOCOL_LEVEL)
+        .await;
+    let mut no = Agent::connect(&c_no).await;
+    no.handshake_at(&c_no, 0, jitgate_proto::PROTOCOL_LEVEL)
+        .await;
+    let r = rotation(&h);
+    let first = r.rotate(&Actor::local()).await.expect("rotate").key_id;
+    acknowledge(&mut yes, &first).await;
+
+    // The API while the rotation waits: one acknowledged, the other named.
+    let reader = h.token("rita", Role::Reader, "*").await;
+    let (st, v) = h
+        .call(Method::GET, "/api/v1/keys", Some(&reader), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let seen = within(Duration::from_secs(5), || async {
+        let (_, v) = h
+            .call(Method::GET, "/api/v1/keys", Some(&h.admin), None)
+            .await;
+        v["keys"][1]["acknowledged"] == 1
+    })
+    .await;
+    let (st, v) = h
+        .call(Method::GET, "/api/v1/keys", Some(&h.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(seen, "{v}");
+    assert_eq!(v["rotatingTo"], first.as_str(), "{v}");
+    assert_eq!(v["switchGraceSeconds"], 6, "{v}");
+    assert_eq!(v["keys"][0]["state"], "current", "{v}");
+    assert_eq!(v["keys"][1]["state"], "next", "{v}");
+    let waiting = v["keys"][1]["notAcknowledged"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{v}");
+    assert_eq!(waiting[0]["agentId"], c_no.id.to_string(), "{v}");
+    assert_eq!(waiting[0]["state"], "waiting", "{v}");
+
+    // Switched by the leader, not before the grace.
+    assert!(
+        within(Duration::from_secs(20), || async {
+            key_times(&h, &first).await.1.is_some()
+        })
+        .await,
+        "no switch after the grace"
+    );
+    let (created, switched) = key_times(&h, &first).await;
+    assert!(
+        switched.unwrap() >= created + GRACE_MS,
+        "switched before the grace: {created} {switched:?}"
+    );
+    let log = switches(&h).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].0, "controller");
+    let d = &log[0].1;
+    assert_eq!(d["automatic"], true, "{d}");
+    assert_eq!(d["reason"], "grace", "{d}");
+    assert_eq!(d["notAcknowledgedCount"], 1, "{d}");
+    assert!(
+        d["notAcknowledged"][0]
+            .as_str()
+            .unwrap()
+            .contains(&c_no.id.to_string()),
+        "{d}"
+    );
+    assert!(
+        within(Duration::from_secs(10), || async {
+            signer_id(&h).as_deref() == Some(first.as_str())
+        })
+        .await
+    );
+
+    // Only the agent that acknowledges is left: the switch follows its acknowledgement.
+    drop(no);
+    h.app()
+        .fleet
+        .revoke_agents(&jitgate_controller::authz::Caller::local(), "web2")
+        .await
+        .unwrap();
+    let second = r
+        .rotate(&Actor::local())
+        .await
+        .expect("rotate again")
+        .key_id;
+    acknowledge(&mut yes, &second).await;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            key_times(&h, &second).await.1.is_some()
+        })
+        .await,
+        "no switch after every agent acknowledged"
+    );
+    let (created, switched) = key_times(&h, &second).await;
+    assert!(
+        switched.unwrap() < created + GRACE_MS,
+        "waited for the grace: {created} {switched:?}"
+    );
+    let log = switches(&h).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].1["reason"], "acknowledged", "{}", log[1].1);
+    assert_eq!(log[1].1["notAcknowledgedCount"], 0, "{}", log[1].1);
+}

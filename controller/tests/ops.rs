@@ -255,18 +255,33 @@ async fn metrics_are_documented_and_move_with_requests_and_grants() {
 
     // Certificates: the server's expires in ~825 days, the CA's later.
     let now = jitgate_api::time::now_ms() / 1000;
-    let server = s
-        .get(
-            "jitgate_tls_certificate_expiry_timestamp_seconds",
-            &[("certificate", "server")],
-        )
-        .expect("server certificate expiry") as i64;
-    let ca = s
-        .get(
-            "jitgate_tls_certificate_expiry_timestamp_seconds",
-            &[("certificate", "ca")],
-        )
-        .expect("CA expiry") as i64;
+    // One series per certificate, named by fingerprint and subject.
+    let certs = |kind: &str| -> Vec<(BTreeMap<String, String>, f64)> {
+        s.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "jitgate_tls_certificate_expiry_timestamp_seconds"
+                    && l.get("certificate").map(String::as_str) == Some(kind)
+            })
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect()
+    };
+    let (server, ca) = (certs("server"), certs("ca"));
+    assert_eq!(server.len(), 1, "{server:?}");
+    assert_eq!(ca.len(), 1, "{ca:?}");
+    assert_eq!(
+        server[0].0["subject"], "CN=jitgate controller",
+        "{server:?}"
+    );
+    assert_eq!(ca[0].0["subject"], "CN=jitgate controller CA", "{ca:?}");
+    for (l, _) in server.iter().chain(&ca) {
+        let fp = &l["fingerprint"];
+        assert!(
+            fp.len() == 16 && fp.chars().all(|c| c.is_ascii_hexdigit()),
+            "{l:?}"
+        );
+    }
+    let (server, ca) = (server[0].1 as i64, ca[0].1 as i64);
     assert!(
         server > now + 800 * 86400 && server < now + 830 * 86400,
         "{server}"

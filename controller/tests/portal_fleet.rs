@@ -396,3 +396,79 @@ async fn fleet_and_connections_pages() {
     unique.dedup();
     assert_eq!(unique.len(), seen.len());
 }
+
+/// The Keys page: admins on `*` see every key and, during a rotation, the active agents that
+/// have not acknowledged the announced key and when the leader switches anyway; the entry
+/// and the page are refused to anyone else; no private half or key file is ever named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_page_for_admins_only() {
+    use jitgate_controller::keys::files::KeyDir;
+    use jitgate_controller::keys::rotation::Rotation;
+
+    let p = Portal::start().await;
+    let h = &p.h;
+    let (_web2, creds) = lab(h).await;
+    let tools1 = enroll(h, "tools1").await;
+    let alice = p.sign_in("alice").await; // admin on *
+    let bob = p.sign_in("bob").await; // requester on rg:prod, reader on rg:dev
+
+    let page = p.get(&alice, "/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    check_headers(&page.headers);
+    assert!(
+        page.body
+            .contains("<a href=\"/keys\" aria-current=\"page\">Keys</a>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("No rotation under way."),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.body.matches("<tr id=\"key-").count(), 1);
+
+    let rotated = Rotation::new(h.app().db.clone(), KeyDir::new(h.dir.signing_key()))
+        .rotate(&jitgate_controller::authz::Actor::local())
+        .await
+        .expect("rotate");
+    let page = p.get(&alice, "/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body.matches("<tr id=\"key-").count(), 2);
+    assert!(
+        page.body
+            .contains(&format!("Rotating to <code>{}</code>", rotated.key_id)),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("id=\"switch-due\""), "{}", page.body);
+    // Both agents are active and neither answered the announcement.
+    for id in [creds.id.to_string(), tools1.id.to_string()] {
+        assert!(
+            page.body.contains(&format!("<tr id=\"waiting-{id}\">")),
+            "{id}: {}",
+            page.body
+        );
+    }
+    // What the page shows is what the API says.
+    let api: Value = serde_json::from_str(&p.api_text("/api/v1/keys").await).unwrap();
+    assert_eq!(api["rotatingTo"], rotated.key_id.as_str(), "{api}");
+    assert_eq!(
+        api["keys"][1]["notAcknowledged"].as_array().unwrap().len(),
+        2,
+        "{api}"
+    );
+    for text in [&page.body, &api.to_string()] {
+        assert!(
+            !text.contains("PRIVATE") && !text.contains(".key"),
+            "{text}"
+        );
+    }
+
+    // Anyone but an admin on *: no entry, no page.
+    let page = p.get(&bob, "/jit").await;
+    assert!(!page.body.contains("href=\"/keys\""), "{}", page.body);
+    let page = p.get(&bob, "/keys").await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    assert!(!page.body.contains(&rotated.key_id), "{}", page.body);
+}

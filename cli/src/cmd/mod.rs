@@ -7,6 +7,7 @@ pub mod compliance;
 pub mod connect;
 pub mod connections;
 pub mod history;
+pub mod keys;
 pub mod login;
 pub mod logout;
 pub mod notify;

@@ -179,6 +179,13 @@ pub struct CertConfig {
     /// without a restart; also on SIGHUP). Default 60; 0 turns the check off.
     #[serde(default = "default_server_reload")]
     pub server_reload_seconds: u64,
+    /// The least time between two renewals granted to one agent: a renewal asked for sooner
+    /// is refused (`RenewalRefused`), and such refusals are written to the activity log at
+    /// most once per agent and this window. Default: a tenth of `agent_lifetime_seconds`
+    /// (an agent renews at two thirds of its certificate's life and retries every
+    /// twentieth, so a healthy agent never meets it); at most half of it; 0 turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_min_interval_seconds: Option<u64>,
 }
 
 fn default_agent_cert_lifetime() -> u64 {
@@ -197,6 +204,7 @@ impl Default for CertConfig {
             agent_lifetime_seconds: default_agent_cert_lifetime(),
             agent_grace_seconds: default_agent_cert_grace(),
             server_reload_seconds: default_server_reload(),
+            renewal_min_interval_seconds: None,
         }
     }
 }
@@ -207,5 +215,30 @@ impl CertConfig {
     }
     pub fn agent_grace(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.agent_grace_seconds)
+    }
+    /// The renewal rate limit's window (`renewal_min_interval_seconds`, else a tenth of
+    /// the lifetime).
+    pub fn renewal_min_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.renewal_min_interval_seconds
+                .unwrap_or(self.agent_lifetime_seconds / 10),
+        )
+    }
+
+    /// Within bounds, or why not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.agent_lifetime_seconds < 10 {
+            return Err("certificates.agent_lifetime_seconds must be at least 10".into());
+        }
+        if let Some(m) = self.renewal_min_interval_seconds
+            && m > self.agent_lifetime_seconds / 2
+        {
+            return Err(format!(
+                "certificates.renewal_min_interval_seconds ({m}) must be at most half of \
+                 agent_lifetime_seconds ({}): healthy agents renew at two thirds of it",
+                self.agent_lifetime_seconds
+            ));
+        }
+        Ok(())
     }
 }

@@ -256,6 +256,16 @@ impl Fleet {
             tracing::warn!(%agent, %vm, reason = %why, "agent certificate renewal refused");
             Err::<(String, String), RenewalError>(RenewalError::Refused(why))
         };
+        let window = en.certs.renewal_min_interval();
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        if let Some(last_ms) = agents::cert_renewed_ms(self.db.pool(), &agent.to_string()).await? {
+            let now = jitgate_api::time::now_ms();
+            if now - last_ms < window_ms {
+                return Err(self
+                    .rate_refused(agent, vm, &group, &actor, last_ms, window_ms, expired)
+                    .await?);
+            }
+        }
         if csr_pem.len() > jitgate_proto::MAX_CERT_PEM {
             return refuse("the certificate request is too large".into()).await;
         }
@@ -278,11 +288,21 @@ impl Fleet {
                 cert_pem: &signed.pem,
                 not_after_ms: signed.not_after_ms,
             },
+            window_ms,
         )
         .await?;
-        if !renewed {
-            drop(w);
-            return refuse(format!("agent {agent} is revoked: re-enrol the host")).await;
+        match renewed {
+            agents::Renewal::Renewed => {}
+            agents::Renewal::NotActive => {
+                drop(w);
+                return refuse(format!("agent {agent} is revoked: re-enrol the host")).await;
+            }
+            agents::Renewal::TooSoon { last_ms } => {
+                drop(w);
+                return Err(self
+                    .rate_refused(agent, vm, &group, &actor, last_ms, window_ms, expired)
+                    .await?);
+            }
         }
         activity::log(
             &mut w,
@@ -299,6 +319,50 @@ impl Fleet {
         tracing::info!(%agent, %vm, serial = %signed.serial, not_after_ms = signed.not_after_ms,
             expired, "agent certificate renewed");
         Ok((signed.pem, en.ca.pem.clone()))
+    }
+
+    /// A renewal refused by the rate limit (the last one granted, at `last_ms`, is younger
+    /// than `window_ms`): the refusal, written to the activity log at most once per agent
+    /// and window, so that a stolen agent key fills neither the log nor `agent_certs`.
+    #[allow(clippy::too_many_arguments)]
+    async fn rate_refused(
+        &self,
+        agent: uuid::Uuid,
+        vm: &str,
+        group: &str,
+        actor: &Actor,
+        last_ms: i64,
+        window_ms: i64,
+        expired: bool,
+    ) -> Result<RenewalError> {
+        let retry_ms = last_ms.saturating_add(window_ms);
+        let why = format!(
+            "renewals are granted at most once every {} s (a tenth of the certificate \
+             lifetime, [certificates] renewal_min_interval_seconds); the last was at {}: \
+             retry after {}",
+            window_ms / 1000,
+            jitgate_api::time::format(last_ms),
+            jitgate_api::time::format(retry_ms)
+        );
+        let agent_s = agent.to_string();
+        let mut w = self.db.begin().await?;
+        if agents::note_rate_refusal(&mut w, &agent_s, window_ms).await? {
+            activity::log(
+                &mut w,
+                NewActivity::vm(Operation::RenewAgentCertificate, group, vm, actor)
+                    .outcome(ActivityOutcome::Failed)
+                    .details(serde_json::json!({"agentId": agent_s, "reason": why,
+                        "rateLimited": true, "expired": expired})),
+            )
+            .await?;
+            w.commit().await?;
+            tracing::warn!(%agent, %vm, reason = %why,
+                "agent certificate renewal refused (rate limit; further refusals in this window are not logged)");
+        } else {
+            drop(w);
+            tracing::debug!(%agent, %vm, "agent certificate renewal refused (rate limit)");
+        }
+        Ok(RenewalError::Refused(why))
     }
 
     /// Records, once per agent while this controller runs, that an agent's certificate was

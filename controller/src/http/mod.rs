@@ -12,6 +12,7 @@ pub mod compliance;
 pub mod error;
 pub mod extract;
 pub mod inventory;
+pub mod keys;
 pub mod notify;
 pub mod ops;
 pub mod origin;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notify::router())
         .merge(auth::router())
         .merge(sessions::router())
+        .merge(keys::router())
         .merge(portal::router())
         .fallback(|| async {
             HttpError::new(

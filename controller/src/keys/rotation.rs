@@ -48,20 +48,7 @@ pub struct KeyView {
     pub private_key_here: bool,
 }
 
-jitgate_api::wire_enum! {
-    /// Where an agent stands in the rotation under way.
-    pub enum AgentKeyState("agent key state") {
-        /// It holds the new key.
-        Acknowledged = "acknowledged",
-        /// Connected, has not answered yet: it blocks the switch.
-        Waiting = "waiting",
-        /// Offline: it is sent the rotation when it returns.
-        WillCatchUp = "willCatchUp",
-        /// Its protocol level cannot follow a rotation: after the switch it refuses every
-        /// grant until it is upgraded and re-enrolled.
-        TooOld = "tooOld",
-    }
-}
+pub use jitgate_api::AgentKeyState;
 
 /// One active agent, as `keys status` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -173,37 +160,7 @@ impl Rotation {
     }
 
     async fn agents(&self, next: &str) -> Result<Vec<AgentView>, KeyError> {
-        let acked: std::collections::HashSet<String> =
-            grant_keys::acks_for_key(self.db.pool(), next)
-                .await?
-                .into_iter()
-                .filter(|(_, s)| s == KeyStep::Announced.as_str())
-                .map(|(a, _)| a)
-                .collect();
-        let now = jitgate_api::time::now_ms();
-        Ok(grant_keys::active_agents(self.db.pool())
-            .await?
-            .into_iter()
-            .map(|a| {
-                let online = a.last_seen_ms.is_some_and(|l| now - l <= ONLINE_WITHIN_MS);
-                let state = if acked.contains(&a.id) {
-                    AgentKeyState::Acknowledged
-                } else if a.protocol < i64::from(LEVEL_KEY_ROTATION) {
-                    AgentKeyState::TooOld
-                } else if online {
-                    AgentKeyState::Waiting
-                } else {
-                    AgentKeyState::WillCatchUp
-                };
-                AgentView {
-                    agent_id: a.id,
-                    virtual_machine: a.vm,
-                    protocol: a.protocol,
-                    online,
-                    state,
-                }
-            })
-            .collect())
+        agent_views(&self.db, next).await
     }
 
     /// Makes a new key and announces it, signed by the current one.
@@ -290,26 +247,95 @@ impl Rotation {
     pub async fn retire(&self, actor: &Actor, force: bool) -> Result<Retired, KeyError> {
         let (current, next) = self.live().await?;
         let next = next.ok_or(KeyError::NoRotation)?;
-        let (old_id, new_id) = (parse_id(&current.key_id)?, parse_id(&next.key_id)?);
         let agents = self.agents(&next.key_id).await?;
+        let blocking: Vec<String> = agents
+            .iter()
+            .filter(|a| blocks(a))
+            .map(agent_name)
+            .collect();
+        if !blocking.is_empty() && !force {
+            return Err(KeyError::Blocked {
+                key: parse_id(&next.key_id)?,
+                blocking,
+            });
+        }
+        let not_acknowledged = if force { blocking } else { Vec::new() };
+        let details = serde_json::json!({"forced": force, "notAcknowledged": not_acknowledged});
+        self.switch(
+            actor,
+            &current,
+            &next,
+            &agents,
+            force,
+            not_acknowledged,
+            details,
+        )
+        .await
+    }
+
+    /// The leader's periodic check ([`crate::keys::switcher`]): switches to the announced
+    /// key once every active agent (at least one) acknowledged it, or once `grace` has
+    /// passed since its announcement, naming (at most [`NAMED_AT_MOST`]) and counting the
+    /// agents that had not. None: no rotation under way, or not yet.
+    pub async fn switch_if_due(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Option<Retired>, KeyError> {
+        let (current, next) = self.live().await?;
+        let Some(next) = next else { return Ok(None) };
+        let agents = self.agents(&next.key_id).await?;
+        let pending: Vec<String> = agents
+            .iter()
+            .filter(|a| a.state != AgentKeyState::Acknowledged)
+            .map(agent_name)
+            .collect();
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let due = next.created_ms.saturating_add(grace_ms);
+        let now = jitgate_api::time::now_ms();
+        let reason = if pending.is_empty() && !agents.is_empty() {
+            "acknowledged"
+        } else if now >= due {
+            "grace"
+        } else {
+            return Ok(None);
+        };
+        let count = pending.len();
+        let named: Vec<String> = pending.into_iter().take(NAMED_AT_MOST).collect();
+        let details = serde_json::json!({
+            "automatic": true,
+            "reason": reason,
+            "switchGraceSeconds": grace.as_secs(),
+            "notAcknowledged": named,
+            "notAcknowledgedCount": count,
+        });
+        let actor = Actor::controller();
+        self.switch(&actor, &current, &next, &agents, count > 0, named, details)
+            .await
+            .map(Some)
+    }
+
+    /// The switch itself: the retirement signed by the new key, the keys' states, the
+    /// activity entry (`details` added to what every switch records), the old private half
+    /// destroyed here (other controllers destroy theirs when they next read the keys).
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        actor: &Actor,
+        current: &KeyRow,
+        next: &KeyRow,
+        agents: &[AgentView],
+        forced: bool,
+        not_acknowledged: Vec<String>,
+        details: serde_json::Value,
+    ) -> Result<Retired, KeyError> {
+        let (old_id, new_id) = (parse_id(&current.key_id)?, parse_id(&next.key_id)?);
         let pick = |s: AgentKeyState| -> Vec<String> {
             agents
                 .iter()
                 .filter(|a| a.state == s)
-                .map(|a| format!("{} (VM {})", a.agent_id, a.virtual_machine))
+                .map(agent_name)
                 .collect()
         };
-        let blocking: Vec<String> = agents
-            .iter()
-            .filter(|a| blocks(a))
-            .map(|a| format!("{} (VM {})", a.agent_id, a.virtual_machine))
-            .collect();
-        if !blocking.is_empty() && !force {
-            return Err(KeyError::Blocked {
-                key: new_id,
-                blocking,
-            });
-        }
         let signing = self
             .dir
             .load(new_id)?
@@ -325,12 +351,21 @@ impl Rotation {
         let out = Retired {
             retired_key_id: old_id.to_string(),
             current_key_id: new_id.to_string(),
-            forced: force,
-            not_acknowledged: if force { blocking } else { Vec::new() },
+            forced,
+            not_acknowledged,
             catching_up: pick(AgentKeyState::WillCatchUp),
             need_reenrolment: pick(AgentKeyState::TooOld),
             private_key: String::new(),
         };
+        let mut entry = serde_json::json!({
+            "retiredKeyId": out.retired_key_id,
+            "currentKeyId": out.current_key_id,
+            "catchingUp": out.catching_up,
+            "needReenrolment": out.need_reenrolment,
+        });
+        if let (Some(e), serde_json::Value::Object(d)) = (entry.as_object_mut(), details) {
+            e.extend(d);
+        }
         let mut w = self.db.begin().await?;
         grant_keys::switch(&mut w, &current.key_id, &next.key_id, &retirement).await?;
         activity::log(
@@ -341,18 +376,12 @@ impl Rotation {
                 "",
                 actor,
             )
-            .details(serde_json::json!({
-                "retiredKeyId": out.retired_key_id,
-                "currentKeyId": out.current_key_id,
-                "forced": force,
-                "notAcknowledged": out.not_acknowledged,
-                "catchingUp": out.catching_up,
-                "needReenrolment": out.need_reenrolment,
-            })),
+            .details(entry),
         )
         .await?;
         w.commit().await?;
-        tracing::info!(retired = %old_id, current = %new_id, forced = force, "grant-signing key retired");
+        tracing::info!(retired = %old_id, current = %new_id, forced, actor = %actor.name,
+            "grant-signing key retired");
         let private_key = match self.dir.destroy(old_id)? {
             Destroyed::Deleted(p) => format!("destroyed ({})", p.display()),
             Destroyed::KeptAsCheckpointKey(p) => format!(
@@ -363,6 +392,49 @@ impl Rotation {
         };
         Ok(Retired { private_key, ..out })
     }
+}
+
+/// At most this many agents are named in the activity entry of an automatic switch (all
+/// are counted).
+pub const NAMED_AT_MOST: usize = 20;
+
+/// How an agent is named in answers and activity entries.
+fn agent_name(a: &AgentView) -> String {
+    format!("{} (VM {})", a.agent_id, a.virtual_machine)
+}
+
+/// Every active agent and where it stands toward the announced key `next`.
+pub(crate) async fn agent_views(db: &Db, next: &str) -> Result<Vec<AgentView>, KeyError> {
+    let acked: std::collections::HashSet<String> = grant_keys::acks_for_key(db.pool(), next)
+        .await?
+        .into_iter()
+        .filter(|(_, s)| s == KeyStep::Announced.as_str())
+        .map(|(a, _)| a)
+        .collect();
+    let now = jitgate_api::time::now_ms();
+    Ok(grant_keys::active_agents(db.pool())
+        .await?
+        .into_iter()
+        .map(|a| {
+            let online = a.last_seen_ms.is_some_and(|l| now - l <= ONLINE_WITHIN_MS);
+            let state = if acked.contains(&a.id) {
+                AgentKeyState::Acknowledged
+            } else if a.protocol < i64::from(LEVEL_KEY_ROTATION) {
+                AgentKeyState::TooOld
+            } else if online {
+                AgentKeyState::Waiting
+            } else {
+                AgentKeyState::WillCatchUp
+            };
+            AgentView {
+                agent_id: a.id,
+                virtual_machine: a.vm,
+                protocol: a.protocol,
+                online,
+                state,
+            }
+        })
+        .collect())
 }
 
 /// Connected and not acknowledged (a connected agent too old to follow blocks as well).

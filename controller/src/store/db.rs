@@ -144,6 +144,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
     (
+        31,
+        "agent certificate renewals limited in rate: the last refusal logged",
+        include_str!("../../migrations/0031_agent_cert_rate.sql"),
+    ),
+    (
         32,
         "activity: policy changes indexed by VM and by group (the policy version)",
         include_str!("../../migrations/0032_activity_policy_changes.sql"),

@@ -17,8 +17,10 @@ pub enum KeysCmd {
     /// The keys, and during a rotation every active agent: acknowledged, waiting (connected,
     /// blocks the switch), will catch up (offline), or too old to follow.
     Status,
-    /// Switch to the announced key and retire the current one; refused while a connected
-    /// agent has not acknowledged, unless --force (the answer names those agents).
+    /// Switch to the announced key now and retire the current one; refused while a
+    /// connected agent has not acknowledged, unless --force (the answer names those
+    /// agents). Without it the leader switches by itself once every active agent
+    /// acknowledged, or after `[keys] switch_grace_seconds`.
     Retire {
         /// Retire even though connected agents have not acknowledged the new key (they
         /// refuse every grant until they reconnect and catch up, or are re-enrolled).
@@ -43,7 +45,7 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                     "new grant-signing key {} announced (signed by {}); private half in {}",
                     r.key_id, r.signed_by, r.private_key_file
                 );
-                println!("copy that file to every other controller on this database, then watch `jit-controller keys status` and run `jit-controller keys retire`");
+                println!("copy that file to every other controller on this database, then watch `jit-controller keys status`: the leader switches once every active agent acknowledged, or after [keys] switch_grace_seconds (`jit-controller keys retire` switches now)");
             }
         }),
         KeysCmd::Status => rotation.status().await.map(|s| {

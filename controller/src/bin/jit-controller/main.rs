@@ -326,6 +326,7 @@ pub(crate) async fn open_app(dir: &StateDir) -> Result<App> {
     let parts = Parts {
         token_roles: cfg.oidc.as_ref().and_then(|o| o.token_roles.clone()),
         login_links: cfg.login_links_enabled(),
+        key_switch_grace: cfg.keys.switch_grace(),
         ..Parts::default()
     };
     let app = App::open(&cfg.database_url(dir), &cfg.db_options(2), parts).await?;

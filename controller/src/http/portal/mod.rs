@@ -24,6 +24,7 @@
 //! - [`compliance`]: the compliance dashboard (the report as of a date, the chart of
 //!   [`compliance_chart`], findings grouped by owner or resource group, exports, scan,
 //!   probe, remediation and assignments for admins).
+//! - [`keys`]: the grant-signing keys and the rotation under way (admins on `*`).
 //! - [`assets`]: the style sheet and htmx, compiled in.
 //!
 //! Templates (askama, escaping by default) are in `controller/templates/portal/`. Pages
@@ -40,6 +41,7 @@ pub mod connections;
 pub mod direct;
 pub mod fleet;
 pub mod form;
+pub mod keys;
 pub mod notifications;
 pub mod page;
 pub mod policy;
@@ -68,6 +70,7 @@ pub fn router() -> Router<AppState> {
         .merge(notifications::router())
         .merge(policy::router())
         .merge(compliance::router())
+        .merge(keys::router())
         .merge(assets::router())
         .layer(axum::middleware::from_fn(page::headers))
 }

@@ -53,6 +53,8 @@ pub struct Chrome {
     pub here: &'static str,
     /// Whether the viewer may see notification sinks (the Notifications entry).
     pub sinks: bool,
+    /// Whether the viewer may see the grant-signing keys (the Keys entry).
+    pub keys: bool,
 }
 
 /// "requester on rg:prod, reader on *", or "no role".

@@ -42,6 +42,7 @@ impl Viewer {
             csrf: self.csrf.clone(),
             here,
             sinks: authz::allowed(&self.caller, Action::ListSinks),
+            keys: authz::allowed(&self.caller, Action::ReadKeys),
         }
     }
 
