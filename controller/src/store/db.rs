@@ -143,6 +143,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys: at most one current and one announced grant-signing key",
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
+    (
+        30,
+        "agents: where the program runs on each interface (hook reports, protocol level 7)",
+        include_str!("../../migrations/0030_agent_hooks.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
