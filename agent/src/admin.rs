@@ -168,6 +168,21 @@ pub struct InterfaceStatus {
     /// `ethernet`, or `ip` for tunnels (the program that parses from the IP header).
     #[serde(default)]
     pub link: String,
+    /// The hook it runs at (absent when it could not be read: see `problem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<jitgate_proto::HookKind>,
+    /// Its place in that hook's chain (0: first) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// ... of this many programs, jitgate's included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<u32>,
+    /// The programs that see packets before jitgate does, first first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<jitgate_proto::ProgramAhead>,
+    /// What is wrong with its place there (another program ahead, its slot gone), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Parses a grant port argument: `22`, `22/tcp`, `22/udp`, `22/*`.

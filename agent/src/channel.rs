@@ -15,6 +15,7 @@ use jitgate_proto::message::{AgentMsg, AuditRecord, ControllerMsg};
 use jitgate_proto::{Endpoint, read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -64,12 +65,18 @@ pub type Connected = Arc<Mutex<Option<String>>>;
 /// refused, an expired certificate refused at the handshake); shown by `jit-agent status`.
 pub type CertProblem = Arc<Mutex<Option<String>>>;
 
+/// The protocol level the connected controller announced with `ControllerMsg::Level` (0:
+/// none yet, or an older controller that never does). Messages of a newer level than it
+/// (the hook report of level 7) are not sent.
+pub type ControllerLevel = Arc<AtomicU32>;
+
 /// What the channel asks of the core.
 pub enum ChannelRequest {
     /// A state-changing message; answers go to `out`.
     Handle(ControllerMsg, mpsc::Sender<AgentMsg>),
-    /// A heartbeat snapshot.
-    Heartbeat(oneshot::Sender<AgentMsg>),
+    /// A heartbeat snapshot: the status report, after the hook report for a controller at
+    /// level 7 or later.
+    Heartbeat(oneshot::Sender<Vec<AgentMsg>>),
 }
 
 pub struct Channel {
@@ -80,6 +87,8 @@ pub struct Channel {
     pub connected: Connected,
     /// Set when the certificate cannot be renewed (cleared by a renewal).
     pub cert_problem: CertProblem,
+    /// The connected controller's protocol level.
+    pub controller_level: ControllerLevel,
     pub state: SharedState,
     pub state_dir: PathBuf,
     pub core: mpsc::Sender<ChannelRequest>,
@@ -247,6 +256,8 @@ impl Channel {
             None => e,
         })?;
         *welcomed = true;
+        // Nothing newer than level 6 until this controller says its level.
+        self.controller_level.store(0, Ordering::Relaxed);
         self.endpoints.connected(endpoint);
         if let Ok(mut c) = self.connected.lock() {
             *c = Some(endpoint.to_string());
@@ -268,21 +279,30 @@ impl Channel {
             tx.clone(),
         ));
         let renewer = tokio::spawn(renew_when_due(self.enrollment.clone(), tx.clone()));
+        // A report at once, every HEARTBEAT, and again as soon as the controller says its
+        // level (a level-7 controller then has the hooks at connect).
+        let report_now = Arc::new(tokio::sync::Notify::new());
         let heartbeat = {
             let core = self.core.clone();
             let tx = tx.clone();
+            let report_now = report_now.clone();
             tokio::spawn(async move {
                 loop {
                     let (otx, orx) = oneshot::channel();
                     if core.send(ChannelRequest::Heartbeat(otx)).await.is_err() {
                         return;
                     }
-                    if let Ok(hb) = orx.await
-                        && tx.send(hb).await.is_err()
-                    {
-                        return;
+                    if let Ok(msgs) = orx.await {
+                        for m in msgs {
+                            if tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
                     }
-                    tokio::time::sleep(HEARTBEAT).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(HEARTBEAT) => {}
+                        _ = report_now.notified() => {}
+                    }
                 }
             })
         };
@@ -330,6 +350,11 @@ impl Channel {
                     }
                 }
                 ControllerMsg::Welcome { .. } => {}
+                ControllerMsg::Level { protocol } => {
+                    tracing::debug!(controller_level = protocol, "controller protocol level");
+                    self.controller_level.store(protocol, Ordering::Relaxed);
+                    report_now.notify_one();
+                }
                 ControllerMsg::Certificate {
                     certificate_pem,
                     ca_bundle_pem,

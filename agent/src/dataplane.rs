@@ -138,12 +138,40 @@ impl AttachMode {
         }
     }
 
+    /// The mode as the protocol names it.
+    pub const fn wire(self) -> jitgate_proto::HookMode {
+        match self {
+            AttachMode::Driver => jitgate_proto::HookMode::Driver,
+            AttachMode::Generic => jitgate_proto::HookMode::Generic,
+            AttachMode::Tcx => jitgate_proto::HookMode::Tcx,
+        }
+    }
+
     fn pin_suffix(self) -> &'static str {
         match self {
             AttachMode::Driver => "drv",
             AttachMode::Generic => "skb",
             AttachMode::Tcx => "in",
         }
+    }
+}
+
+/// What [`Dataplane::health`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// What is wrong with the program, its maps or links (not with its place at a hook).
+    pub problems: Vec<String>,
+    /// Where the program runs on each attached interface, with what is wrong there.
+    pub hooks: Vec<HookStatus>,
+}
+
+impl Health {
+    /// The hooks' problems in words (`IFACE: ...`).
+    pub fn hook_problems(&self) -> Vec<String> {
+        self.hooks
+            .iter()
+            .filter_map(HookStatus::problem_words)
+            .collect()
     }
 }
 
@@ -580,54 +608,40 @@ impl Dataplane {
     }
 
     /// What is wrong with enforcement, for the status report: the program not loaded, the
-    /// pinned maps not of this layout, an interface in `attached` without its pinned link, or
-    /// not first at its hook / no longer there ([`Dataplane::hook_status`]; call in the
-    /// interfaces' network namespace). Empty when healthy.
-    pub fn health<'a>(&mut self, attached: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// pinned maps not of this layout, an interface in `attached` without its pinned link
+    /// (`problems`); and where the program runs on each interface
+    /// ([`Dataplane::hook_status`]; call in the interfaces' network namespace), whose
+    /// problems (not first at its hook, no longer there) are in `hooks`.
+    pub fn health<'a>(&mut self, attached: impl IntoIterator<Item = &'a str>) -> Health {
+        let mut h = Health::default();
         if let Err(e) = self.program_id() {
-            problems.push(format!("program not loaded: {e}"));
+            h.problems.push(format!("program not loaded: {e}"));
         }
         match check_layout(&self.pin_dir) {
             Ok(true) => {}
-            Ok(false) => problems.push(format!("maps not pinned under {}", self.pin_dir.display())),
-            Err(e) => problems.push(format!("pinned maps: {e}")),
+            Ok(false) => h
+                .problems
+                .push(format!("maps not pinned under {}", self.pin_dir.display())),
+            Err(e) => h.problems.push(format!("pinned maps: {e}")),
         }
         match list_links(&self.pin_dir) {
             Ok(links) => {
                 for i in attached {
                     if !links.iter().any(|(name, _)| name == i) {
-                        problems.push(format!("{i}: link no longer pinned (detached?)"));
+                        h.problems
+                            .push(format!("{i}: link no longer pinned (detached?)"));
                         continue;
                     }
                     // Its place beside other programs: still there, and first?
                     match self.hook_status(i) {
-                        Ok(HookStatus {
-                            problem: Some(p),
-                            hook,
-                            ahead,
-                            ..
-                        }) => problems.push(match p {
-                            HookProblem::Missing(why) => format!("{i}: {why}"),
-                            HookProblem::NotFirst => format!(
-                                "{i}: {} ahead of jitgate at {}: {}",
-                                ahead.len(),
-                                hook.as_str(),
-                                ahead
-                                    .iter()
-                                    .map(|a| format!("{} (id {}, {})", a.name, a.id, a.hook))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        }),
-                        Ok(_) => {}
-                        Err(e) => problems.push(format!("{i}: {e}")),
+                        Ok(st) => h.hooks.push(st),
+                        Err(e) => h.problems.push(format!("{i}: {e}")),
                     }
                 }
             }
-            Err(e) => problems.push(format!("pinned links: {e}")),
+            Err(e) => h.problems.push(format!("pinned links: {e}")),
         }
-        problems
+        h
     }
 
     /// Removes enforcement from `iface` (call in its network namespace): unpinning an XDP or

@@ -579,6 +579,22 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
                     "interface      {} ({} mode, {} program)",
                     i.name, i.mode, i.link
                 );
+                if let (Some(hook), Some(pos), Some(n)) = (i.hook, i.position, i.programs) {
+                    println!(
+                        "  hook         {hook}, position {pos} of {n} ({})",
+                        if i.ahead.is_empty() {
+                            "nothing runs before it"
+                        } else {
+                            "other programs run before it"
+                        }
+                    );
+                }
+                for a in &i.ahead {
+                    println!("  ahead        {} (id {}, {})", a.name, a.id, a.hook);
+                }
+                if let Some(p) = &i.problem {
+                    println!("  PROBLEM      {p}");
+                }
             }
             println!("protected      {}", s.protected.join(", "));
             println!("active grants  {}", s.active_grants);

@@ -46,6 +46,109 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// The hook a program runs at on an interface.
+    pub enum HookKind("hook", Other) {
+        /// The XDP hook (an XDP link of its own; ahead of a tcx program: whatever the XDP
+        /// hook holds).
+        Xdp = "xdp",
+        /// A slot of a libxdp multi-program dispatcher at the XDP hook.
+        XdpDispatcher = "xdp-dispatcher",
+        /// tcx ingress (the XDP hook holds a program that is not dispatcher-aware).
+        TcxIngress = "tcx-ingress",
+    }
+}
+
+wire_enum! {
+    /// How jitgate's program is attached at its hook.
+    pub enum HookMode("hook mode", Other) {
+        Driver = "driver",
+        Generic = "generic",
+        Tcx = "tcx",
+    }
+}
+
+wire_enum! {
+    /// What is wrong with jitgate's place on an interface.
+    pub enum HookProblem("hook problem", Other) {
+        /// Other programs run before it (`ahead`): they may pass, drop or redirect packets
+        /// before jitgate decides.
+        NotFirst = "NotFirst",
+        /// jitgate's program no longer runs there (its slot unloaded, the dispatcher
+        /// replaced, the link removed by another tool).
+        Missing = "Missing",
+    }
+}
+
+/// A program that sees an interface's packets before jitgate does.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramAhead {
+    /// The kernel's program id on the VM.
+    pub id: u32,
+    /// Its name, as the agent read it.
+    pub name: String,
+    pub hook: HookKind,
+}
+
+/// Where jitgate's program runs on one of the VM's interfaces, as its agent last reported
+/// (agents at protocol level 7 or later).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceHook {
+    pub interface: String,
+    pub hook: HookKind,
+    pub mode: HookMode,
+    /// 0: first in its hook's chain.
+    pub position: u32,
+    /// Programs in that chain, jitgate's included.
+    pub programs: u32,
+    /// Programs that run before it, first first.
+    #[serde(default)]
+    pub ahead: Vec<ProgramAhead>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<HookProblem>,
+    /// The agent's words on a `Missing` problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_reason: Option<String>,
+}
+
+impl InterfaceHook {
+    /// The problem in words, naming the interface (none: jitgate runs first there).
+    pub fn problem_words(&self) -> Option<String> {
+        let i = &self.interface;
+        match self.problem.as_ref()? {
+            HookProblem::NotFirst => Some(format!(
+                "another program runs ahead of jitgate on {i} ({}, position {} of {}): {}",
+                self.hook,
+                self.position,
+                self.programs,
+                self.ahead_words()
+            )),
+            HookProblem::Missing => Some(format!(
+                "jitgate's program is missing from {i} ({}): {}",
+                self.hook,
+                self.problem_reason
+                    .as_deref()
+                    .unwrap_or("no longer attached")
+            )),
+            HookProblem::Other(p) => Some(format!("{i}: {p}")),
+        }
+    }
+
+    /// The programs ahead: `name (id N, hook)`, comma-separated (`none`).
+    pub fn ahead_words(&self) -> String {
+        if self.ahead.is_empty() {
+            return "none".into();
+        }
+        self.ahead
+            .iter()
+            .map(|a| format!("{} (id {}, {})", a.name, a.id, a.hook))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// `POST /agents/enroll`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -103,6 +206,10 @@ pub struct Agent {
     pub audit_seq: Option<u64>,
     /// Audit records stored from this agent.
     pub audit_records: i64,
+    /// Where jitgate's program runs on each interface and what runs before it, from the
+    /// agent's last hook report (empty: none yet, or an agent below protocol level 7).
+    #[serde(default)]
+    pub hooks: Vec<InterfaceHook>,
 }
 
 /// One connection attempt seen by a VM's agent (`GET /virtualMachines/{vm}/connections`).

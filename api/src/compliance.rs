@@ -27,6 +27,12 @@ wire_enum! {
         EnforcementDetached = "EnforcementDetached",
         InterfaceUnprotected = "InterfaceUnprotected",
         ProgramUnhealthy = "ProgramUnhealthy",
+        /// Another program runs ahead of jitgate on an interface (it may pass, drop or
+        /// redirect packets before jitgate decides).
+        ProgramNotFirst = "ProgramNotFirst",
+        /// jitgate's program is missing from an interface it enforces on (its slot unloaded
+        /// or its link removed by another tool).
+        ProgramMissing = "ProgramMissing",
         StaleStatusReport = "StaleStatusReport",
         AgentOffline = "AgentOffline",
         NoAgent = "NoAgent",

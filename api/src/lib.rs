@@ -37,7 +37,8 @@ pub use activity::{ActivityEntry, ActivityExport, Checkpoint, CheckpointList, Ve
 pub use activity::{ActivityOutcome, ActivityQuery, Operation, ResourceType};
 pub use agents::{
     Agent, AgentAuditVerify, AgentChainReport, AgentConnection, AgentRecord, AgentStatus,
-    Connection, ConnectionOutcome, EnrollRequest, EnrollResponse, GrantOrigin, ViewQuery,
+    Connection, ConnectionOutcome, EnrollRequest, EnrollResponse, GrantOrigin, HookKind, HookMode,
+    HookProblem, InterfaceHook, ProgramAhead, ViewQuery,
 };
 pub use apply::{
     ApplyBody, ApprovalDecl, AssignmentDecl, DeclKind, Document, FieldChange, GroupDecl, Plan,

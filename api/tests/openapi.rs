@@ -159,6 +159,8 @@ fn every_schema_matches_its_type() {
     check::<api::EnrollRequest>(s, "EnrollRequest", seen);
     check::<api::EnrollResponse>(s, "EnrollResponse", seen);
     check::<api::Agent>(s, "Agent", seen);
+    check::<api::InterfaceHook>(s, "InterfaceHook", seen);
+    check::<api::ProgramAhead>(s, "ProgramAhead", seen);
     check::<api::Connection>(s, "Connection", seen);
     check::<api::AgentRecord>(s, "AgentRecord", seen);
     check::<api::AgentAuditVerify>(s, "AgentAuditVerify", seen);
@@ -344,6 +346,22 @@ fn documented_enums_are_known() {
         names(api::StatusReason::NAMES)
     );
     assert_eq!(schema(&["Agent", "status"]), names(api::AgentStatus::NAMES));
+    assert_eq!(
+        schema(&["InterfaceHook", "hook"]),
+        names(api::HookKind::NAMES)
+    );
+    assert_eq!(
+        schema(&["ProgramAhead", "hook"]),
+        names(api::HookKind::NAMES)
+    );
+    assert_eq!(
+        schema(&["InterfaceHook", "mode"]),
+        names(api::HookMode::NAMES)
+    );
+    assert_eq!(
+        schema(&["InterfaceHook", "problem"]),
+        names(api::HookProblem::NAMES)
+    );
     let mut conn = names(api::AgentConnection::NAMES);
     conn.retain(|c| c != "none");
     assert_eq!(schema(&["Agent", "connection"]), conn);

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 6;
+pub const PROTOCOL_LEVEL: u32 = 7;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -37,6 +37,21 @@ pub const LEVEL_CONNECTION_LIMITS: u32 = 5;
 /// [`ControllerMsg::RenewalRefused`]. Only agents at this level are given short-lived
 /// certificates; older agents keep the long ones they were enrolled with.
 pub const LEVEL_CERT_RENEWAL: u32 = 6;
+
+/// The first level that reports where the program runs on each interface: the controller
+/// announces its own level with [`ControllerMsg::Level`] right after `Welcome`/`Settings`,
+/// and an agent told a level at least this sends [`AgentMsg::Hooks`] (never to an older
+/// controller, which could not decode it).
+pub const LEVEL_HOOK_REPORTS: u32 = 7;
+
+/// At most this many interfaces in [`AgentMsg::Hooks`] (more are cut, not refused).
+pub const MAX_HOOK_INTERFACES: usize = 64;
+/// At most this many programs ahead of jitgate per interface in [`AgentMsg::Hooks`].
+pub const MAX_PROGRAMS_AHEAD: usize = 16;
+/// Interface and program names in [`AgentMsg::Hooks`] are cut to this many characters.
+pub const MAX_HOOK_NAME: usize = 64;
+/// A hook problem's reason is cut to this many characters.
+pub const MAX_HOOK_REASON: usize = 256;
 
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).
@@ -106,6 +121,12 @@ pub enum ControllerMsg {
     /// period, the request does not carry its key, ... The reason is for the agent's log.
     RenewalRefused {
         reason: String,
+    },
+    /// The controller's protocol level (appended variant; sent right after `Welcome` and
+    /// `Settings`, only to agents at [`LEVEL_HOOK_REPORTS`] or later). Until it comes the
+    /// agent sends nothing newer than level 6 (an older controller never sends it).
+    Level {
+        protocol: u32,
     },
 }
 
@@ -180,6 +201,134 @@ pub enum AgentMsg {
     RenewCertificate {
         csr_pem: String,
     },
+    /// Where jitgate's program runs on each interface it enforces on, and what runs before
+    /// it (appended variant; sent only to a controller that announced
+    /// [`LEVEL_HOOK_REPORTS`] or later with [`ControllerMsg::Level`]): at connect and with
+    /// every status report, just before it. At most [`MAX_HOOK_INTERFACES`] interfaces.
+    Hooks {
+        interfaces: Vec<InterfaceHook>,
+    },
+}
+
+/// The hook a program runs at. (In JSON, e.g. `jit-agent status --json`: `xdp`,
+/// `xdp-dispatcher`, `tcx-ingress`; postcard encodes the variant's index.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    /// The XDP hook through an XDP link of its own: the interface's only XDP program (for a
+    /// program ahead of jitgate's tcx program: the XDP hook, which runs before tcx).
+    Xdp,
+    /// A component (slot) of a libxdp multi-program dispatcher at the XDP hook.
+    XdpDispatcher,
+    /// tcx ingress (the XDP hook holds a program that is not dispatcher-aware).
+    TcxIngress,
+}
+
+impl HookKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Xdp => "xdp",
+            HookKind::XdpDispatcher => "xdp-dispatcher",
+            HookKind::TcxIngress => "tcx-ingress",
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the program is attached at its hook (in JSON: `driver`, `generic`, `tcx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookMode {
+    /// Native XDP in the driver.
+    Driver,
+    /// Generic (skb) XDP.
+    Generic,
+    /// tcx (not XDP).
+    Tcx,
+}
+
+impl HookMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookMode::Driver => "driver",
+            HookMode::Generic => "generic",
+            HookMode::Tcx => "tcx",
+        }
+    }
+}
+
+/// A program that sees an interface's packets before jitgate does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramAhead {
+    /// The kernel's program id.
+    pub id: u32,
+    /// Its name (at most [`MAX_HOOK_NAME`] characters).
+    pub name: String,
+    /// Where it runs.
+    pub hook: HookKind,
+}
+
+/// What is wrong with jitgate's place on an interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HookProblem {
+    /// jitgate's program no longer runs there (its dispatcher slot unloaded, the dispatcher
+    /// replaced, the link removed); the reason as the agent found it.
+    Missing { reason: String },
+    /// Other programs run first (see `ahead`): they may pass, drop or redirect packets
+    /// before jitgate decides.
+    NotFirst,
+}
+
+/// jitgate's place on one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceHook {
+    pub interface: String,
+    pub hook: HookKind,
+    pub mode: HookMode,
+    /// 0: first in its hook's chain.
+    pub position: u32,
+    /// Programs in that chain, jitgate's included.
+    pub programs: u32,
+    /// Programs that run before it, first first (at most [`MAX_PROGRAMS_AHEAD`]).
+    pub ahead: Vec<ProgramAhead>,
+    pub problem: Option<HookProblem>,
+}
+
+fn cut(s: &mut String, max: usize) {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+    }
+}
+
+impl InterfaceHook {
+    /// Within the bounds of [`AgentMsg::Hooks`]: names and reasons cut, at most
+    /// [`MAX_PROGRAMS_AHEAD`] programs ahead. Both sides apply it (the agent before it
+    /// sends, the controller to what it received).
+    pub fn bounded(mut self) -> InterfaceHook {
+        cut(&mut self.interface, MAX_HOOK_NAME);
+        self.ahead.truncate(MAX_PROGRAMS_AHEAD);
+        for a in &mut self.ahead {
+            cut(&mut a.name, MAX_HOOK_NAME);
+        }
+        if let Some(HookProblem::Missing { reason }) = &mut self.problem {
+            cut(reason, MAX_HOOK_REASON);
+        }
+        self
+    }
+}
+
+/// At most [`MAX_HOOK_INTERFACES`] interfaces, each [`InterfaceHook::bounded`].
+pub fn bounded_hooks(hooks: impl IntoIterator<Item = InterfaceHook>) -> Vec<InterfaceHook> {
+    hooks
+        .into_iter()
+        .take(MAX_HOOK_INTERFACES)
+        .map(InterfaceHook::bounded)
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,6 +650,169 @@ mod tests {
             postcard::from_bytes::<ControllerMsgV5>(&ping).unwrap(),
             ControllerMsgV5::Ping { nonce: 7 }
         ));
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_CERT_RENEWAL);
+    }
+
+    /// `ControllerMsg` as a level-6 agent knows it (up to `RenewalRefused`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum ControllerMsgV6 {
+        Welcome {
+            agent_id: Uuid,
+            controller_unix_ms: i64,
+        },
+        Policy(Vec<u8>, Vec<u8>),
+        Grant(Vec<u8>, Vec<u8>),
+        Revoke(Vec<u8>, Vec<u8>),
+        Active {
+            grant_ids: Vec<Uuid>,
+            up_to_seq: u64,
+        },
+        AuditAck {
+            up_to: u64,
+        },
+        Ping {
+            nonce: u64,
+        },
+        ScheduledGrant(Vec<u8>, Vec<u8>),
+        Settings {
+            endpoints: Vec<String>,
+            ping_every_ms: u64,
+        },
+        KeyAnnouncement(Vec<u8>, Vec<u8>),
+        KeyRetirement(Vec<u8>, Vec<u8>),
+        LimitedGrant(Vec<u8>, Vec<u8>),
+        Certificate {
+            certificate_pem: String,
+            ca_bundle_pem: String,
+        },
+        RenewalRefused {
+            reason: String,
+        },
+    }
+
+    /// `AgentMsg` as a level-6 controller knows it (up to `RenewCertificate`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum AgentMsgV6 {
+        Hello(Uuid, String, u64, u64),
+        GrantResult(Uuid, u64, Vec<u8>),
+        RevokeResult(Uuid, u64, Vec<u8>),
+        PolicyResult(u64, Vec<u8>),
+        Grants(Vec<u8>),
+        Audit(Vec<u8>),
+        Heartbeat(Vec<u8>),
+        Pong { nonce: u64 },
+        Status(Vec<u8>),
+        HelloV2(Uuid, String, u64, u64, u32),
+        ScheduledGrants(Vec<u8>),
+        KeyResult(Vec<u8>),
+        RenewCertificate { csr_pem: String },
+    }
+
+    fn hooks() -> AgentMsg {
+        AgentMsg::Hooks {
+            interfaces: vec![
+                InterfaceHook {
+                    interface: "eth0".into(),
+                    hook: HookKind::TcxIngress,
+                    mode: HookMode::Tcx,
+                    position: 0,
+                    programs: 1,
+                    ahead: vec![ProgramAhead {
+                        id: 41,
+                        name: "xdp_pass".into(),
+                        hook: HookKind::Xdp,
+                    }],
+                    problem: Some(HookProblem::NotFirst),
+                },
+                InterfaceHook {
+                    interface: "eth1".into(),
+                    hook: HookKind::XdpDispatcher,
+                    mode: HookMode::Driver,
+                    position: 0,
+                    programs: 0,
+                    ahead: vec![],
+                    problem: Some(HookProblem::Missing {
+                        reason: "jitgate's slot was removed from the XDP dispatcher".into(),
+                    }),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn hook_reports_round_trip_and_a_level_6_side_cannot_read_them() {
+        let level = ControllerMsg::Level {
+            protocol: PROTOCOL_LEVEL,
+        };
+        round_trip(level.clone());
+        round_trip(hooks());
+        let bytes = postcard::to_allocvec(&level).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV6>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&hooks()).unwrap();
+        assert!(postcard::from_bytes::<AgentMsgV6>(&bytes).is_err());
+        // The older messages keep their encoding for them.
+        let ping = postcard::to_allocvec(&ControllerMsg::Ping { nonce: 7 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV6>(&ping).unwrap(),
+            ControllerMsgV6::Ping { nonce: 7 }
+        ));
+        let refused =
+            postcard::to_allocvec(&ControllerMsg::RenewalRefused { reason: "r".into() }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV6>(&refused).unwrap(),
+            ControllerMsgV6::RenewalRefused { reason } if reason == "r"
+        ));
+        let pong = postcard::to_allocvec(&AgentMsg::Pong { nonce: 9 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<AgentMsgV6>(&pong).unwrap(),
+            AgentMsgV6::Pong { nonce: 9 }
+        ));
+        let renew = postcard::to_allocvec(&AgentMsg::RenewCertificate {
+            csr_pem: "csr".into(),
+        })
+        .unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<AgentMsgV6>(&renew).unwrap(),
+            AgentMsgV6::RenewCertificate { csr_pem } if csr_pem == "csr"
+        ));
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_HOOK_REPORTS);
+    }
+
+    #[test]
+    fn hook_reports_are_bounded() {
+        let long = "x".repeat(MAX_HOOK_NAME + 10);
+        let one = InterfaceHook {
+            interface: long.clone(),
+            hook: HookKind::XdpDispatcher,
+            mode: HookMode::Generic,
+            position: 20,
+            programs: 21,
+            ahead: (0..20)
+                .map(|i| ProgramAhead {
+                    id: i,
+                    name: long.clone(),
+                    hook: HookKind::XdpDispatcher,
+                })
+                .collect(),
+            problem: Some(HookProblem::Missing {
+                reason: "é".repeat(MAX_HOOK_REASON + 1),
+            }),
+        };
+        let all = bounded_hooks(std::iter::repeat_n(one, MAX_HOOK_INTERFACES + 3));
+        assert_eq!(all.len(), MAX_HOOK_INTERFACES);
+        let h = &all[0];
+        assert_eq!(h.interface.chars().count(), MAX_HOOK_NAME);
+        assert_eq!(h.ahead.len(), MAX_PROGRAMS_AHEAD);
+        assert!(
+            h.ahead
+                .iter()
+                .all(|a| a.name.chars().count() == MAX_HOOK_NAME)
+        );
+        assert!(matches!(&h.problem, Some(HookProblem::Missing { reason })
+            if reason.chars().count() == MAX_HOOK_REASON));
+        // A full report stays far below a frame.
+        let bytes = postcard::to_allocvec(&AgentMsg::Hooks { interfaces: all }).unwrap();
+        assert!(bytes.len() < crate::MAX_FRAME / 4, "{}", bytes.len());
     }
 }

@@ -1,6 +1,8 @@
 //! Compliance end to end: a fleet of real agents, real sshd and the real controller in
 //! namespaces. One VM compliant, one whose sshd listens on 22 unprotected (and with an
-//! interface the program is not attached to), one whose agent was stopped and enforcement
+//! interface the program is not attached to, and another tool's XDP program ahead of
+//! jitgate's, which runs at tcx ingress behind it: reported per interface by the agent, shown
+//! by `jit agents` and `jit-agent status`, and a `ProgramNotFirst` finding), one whose agent was stopped and enforcement
 //! detached, one host with sshd and no agent (found by the probe as unmanaged). Then
 //! remediation, and a VM added to an assigned group later. And the portal's compliance
 //! dashboard in Chromium inside the workstation namespace, on a lab of its own.
@@ -128,6 +130,33 @@ fn compliance_findings_grouping_remediation() {
     .expect("netns")
     .expect("udp 3389 on vm-b");
 
+    // vm-b: another tool's XDP program (not dispatcher-aware) already holds eth0's XDP hook,
+    // so its agent enforces at tcx ingress, behind it: reported per interface, a finding.
+    // Its maps are pinned in a private directory (removed at the end); dropping `other`
+    // detaches it.
+    let other_pins =
+        std::path::PathBuf::from(jitgate_tests::TEST_PIN_ROOT).join(jitgate_tests::unique("other"));
+    std::fs::create_dir_all(&other_pins).expect("pin dir");
+    let _other_pins = jitgate_tests::PinGuard(other_pins.clone());
+    let mut other = aya::EbpfLoader::new()
+        .default_map_pin_directory(&other_pins)
+        .load(jitgate_agent::dataplane::PROGRAM_OBJECT)
+        .expect("load the other program");
+    let floor: &mut aya::programs::Xdp = other
+        .program_mut(jitgate_common::programs::FLOOR_PASS)
+        .expect("floor program")
+        .try_into()
+        .expect("xdp");
+    floor.load().expect("load floor");
+    let other_id = floor.info().expect("info").id();
+    jitgate_agent::netns::run_in(&Fleet::ns_path(&b.ns), || {
+        floor
+            .attach(&b.iface, aya::programs::XdpMode::Driver)
+            .or_else(|_| floor.attach(&b.iface, aya::programs::XdpMode::Skb))
+    })
+    .expect("netns")
+    .expect("attach the other XDP program on vm-b");
+
     let agent_a = AgentProc::start_enrolled(
         &a.ns,
         &args("--interface eth0 --protect 22/tcp"),
@@ -175,6 +204,67 @@ fn compliance_findings_grouping_remediation() {
     );
     let offset = ag_a["clockOffsetMs"].as_i64().expect("clock offset");
     assert!(offset.abs() < 60_000, "same host clock, offset {offset} ms");
+    // Where the programs run: vm-a's alone at its hook; vm-b's at tcx behind the other.
+    let agent_of = |vm: &str| {
+        json(&ctl, &ws, &["agents", "--json"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["virtualMachine"] == vm)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut ag_a = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ag_a = agent_of("vm-a");
+            ag_a["hooks"].as_array().is_some_and(|h| !h.is_empty())
+        }),
+        "vm-a's hook report: {ag_a:#}"
+    );
+    assert_eq!(ag_a["hooks"][0]["interface"], "eth0", "{ag_a:#}");
+    assert_eq!(ag_a["hooks"][0]["position"], 0, "{ag_a:#}");
+    assert_eq!(ag_a["hooks"][0]["ahead"], serde_json::json!([]), "{ag_a:#}");
+    assert!(ag_a["hooks"][0].get("problem").is_none(), "{ag_a:#}");
+    let mut ag_b = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ag_b = agent_of("vm-b");
+            ag_b["hooks"][0]["problem"] == "NotFirst"
+        }),
+        "vm-b's hook report: {ag_b:#}"
+    );
+    let hb = &ag_b["hooks"][0];
+    assert_eq!(hb["interface"], "eth0", "{hb}");
+    assert_eq!(hb["hook"], "tcx-ingress", "{hb}");
+    assert_eq!(hb["mode"], "tcx", "{hb}");
+    assert_eq!(hb["position"], 0, "{hb}");
+    assert_eq!(hb["ahead"][0]["id"], other_id, "{hb}");
+    assert_eq!(hb["ahead"][0]["hook"], "xdp", "{hb}");
+    assert_eq!(hb["ahead"][0]["name"], "jitgate_floor", "{hb}");
+    assert!(
+        vm_status(&ctl, &ws, "vm-b")["problems"]
+            .to_string()
+            .contains("another program runs ahead of jitgate on eth0"),
+        "{}",
+        vm_status(&ctl, &ws, "vm-b")
+    );
+    let text = ok(ctl.jit(&ws, &args("agents")), "agents");
+    assert!(
+        text.contains("eth0: tcx-ingress (tcx), position 0 of ")
+            && text.contains("PROBLEM: another program runs ahead of jitgate on eth0"),
+        "{text}"
+    );
+    let local = agent_b.ok(&["status"]);
+    assert!(
+        local.contains("hook         tcx-ingress, position 0 of ")
+            && local.contains(&format!("ahead        jitgate_floor (id {other_id}, xdp)")),
+        "{local}"
+    );
+    let local: Value = serde_json::from_str(&agent_b.ok(&["status", "--json"])).expect("json");
+    let i = &local["status"]["interfaces"][0];
+    assert_eq!(i["hook"], "tcx-ingress", "{local:#}");
+    assert_eq!(i["ahead"][0]["id"], other_id, "{local:#}");
 
     // vm-c: the agent detaches enforcement and stops.
     let pin_c = agent_c.pin_dir.display().to_string();
@@ -227,6 +317,19 @@ fn compliance_findings_grouping_remediation() {
     assert_eq!(f["port"], "22/TCP", "{f}");
     let f = finding(rb, "InterfaceUnprotected");
     assert_eq!(f["interface"], "dummy0", "{f}");
+    // The program ahead of jitgate's: its own finding, on its interface, named.
+    let f = finding(rb, "ProgramNotFirst");
+    assert_eq!(f["interface"], "eth0", "{f}");
+    let why = f["reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!("jitgate_floor (id {other_id}, xdp)")),
+        "{f}"
+    );
+    // Not also in the agent's words: one fact, one finding.
+    assert!(
+        !codes(rb).contains(&"ProgramUnhealthy".to_string()),
+        "{rb:#}"
+    );
     let udp = rb["findings"]
         .as_array()
         .into_iter()
@@ -292,9 +395,11 @@ fn compliance_findings_grouping_remediation() {
         "{csv}"
     );
 
-    // Remediate vm-b: dummy0 goes, the default template protects 22; the next evaluation
+    // Remediate vm-b: dummy0 goes, the other XDP program goes (jitgate is then first: its
+    // next hook report says so), the default template protects 22; the next evaluation
     // (with a probe) shows it compliant.
     ips(&format!("-n {} link del dummy0", b.ns)).expect("del dummy0");
+    drop(other);
     ok(
         ctl.jit(&ws, &args("compliance remediate vm-b --template default")),
         "remediate",

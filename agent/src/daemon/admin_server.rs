@@ -479,19 +479,43 @@ fn status(core: &mut Core) -> Response {
     };
     let program_id = core.dp.program_id().unwrap_or(0);
     let (audit_head, audit_seq) = core.head.lock().map(|h| h.clone()).unwrap_or_default();
+    let attached: Vec<(String, crate::dataplane::AttachMode, crate::link::LinkLayer)> = core
+        .interfaces
+        .attached()
+        .iter()
+        .map(|(n, a)| (n.clone(), a.mode, a.link))
+        .collect();
+    let interfaces = attached
+        .into_iter()
+        .map(|(name, mode, link)| {
+            let mut i = InterfaceStatus {
+                name,
+                mode: mode.as_str().into(),
+                link: link.as_str().into(),
+                hook: None,
+                position: None,
+                programs: None,
+                ahead: Vec::new(),
+                problem: None,
+            };
+            match core.dp.hook_status(&i.name) {
+                Ok(st) => {
+                    let wire = st.to_wire();
+                    i.hook = Some(wire.hook);
+                    i.position = Some(wire.position);
+                    i.programs = Some(wire.programs);
+                    i.problem = st.problem_words();
+                    i.ahead = wire.ahead;
+                }
+                Err(e) => i.problem = Some(format!("{}: {e}", i.name)),
+            }
+            i
+        })
+        .collect();
     Response::Status(Box::new(Status {
         program_id,
         pin_dir: core.cfg.pin_dir.display().to_string(),
-        interfaces: core
-            .interfaces
-            .attached()
-            .iter()
-            .map(|(n, a)| InterfaceStatus {
-                name: n.clone(),
-                mode: a.mode.as_str().into(),
-                link: a.link.as_str().into(),
-            })
-            .collect(),
+        interfaces,
         protected: core.cfg.protected.iter().map(|p| p.to_string()).collect(),
         counters,
         active_grants: core.grants.len(),

@@ -20,12 +20,13 @@ use crate::grant_table;
 use crate::journal::{Record, RemoveReason};
 use crate::sockdiag;
 use jitgate_common::{MaxConnections, Protocol};
-use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant};
+use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant, bounded_hooks};
 use jitgate_proto::{
-    AuditKind, ControllerMsg, GrantBody, LimitedGrantBody, PolicyBody, RevokeBody,
-    ScheduledGrantBody, Signed,
+    AuditKind, ControllerMsg, GrantBody, LEVEL_HOOK_REPORTS, LimitedGrantBody, PolicyBody,
+    RevokeBody, ScheduledGrantBody, Signed,
 };
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -65,7 +66,8 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         | ControllerMsg::Ping { .. }
         | ControllerMsg::AuditAck { .. }
         | ControllerMsg::Certificate { .. }
-        | ControllerMsg::RenewalRefused { .. } => {}
+        | ControllerMsg::RenewalRefused { .. }
+        | ControllerMsg::Level { .. } => {}
     }
 }
 
@@ -332,7 +334,9 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
         })
         .await;
     // The protected set changed: the controller's view (and compliance) follows at once.
-    let _ = out.send(heartbeat(core)).await;
+    for m in heartbeat(core) {
+        let _ = out.send(m).await;
+    }
 }
 
 /// After a (re)connect: controller grants the controller no longer lists were revoked or
@@ -390,8 +394,10 @@ async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
     let _ = out.send(booking::report(core)).await;
 }
 
-/// The status report with the state of enforcement (docs/protocol.md).
-pub(super) fn heartbeat(core: &mut Core) -> AgentMsg {
+/// The status report with the state of enforcement (docs/protocol.md), after the hook
+/// report (`AgentMsg::Hooks`) for a controller at level 7 or later; an older controller
+/// has the hooks' problems in words among the report's problems instead (never both).
+pub(super) fn heartbeat(core: &mut Core) -> Vec<AgentMsg> {
     let mut listening: Vec<(Protocol, String)> = Vec::new();
     for (proto, socks) in [
         (Protocol::Tcp, sockdiag::listening(|_| true)),
@@ -409,21 +415,33 @@ pub(super) fn heartbeat(core: &mut Core) -> AgentMsg {
     listening.truncate(MAX_REPORTED_SOCKETS);
     let (audit_head, audit_seq) = core.head.lock().map(|h| h.clone()).unwrap_or_default();
     let attached = core.interfaces.attached();
-    let problems = core.dp.health(attached.keys().map(String::as_str));
-    AgentMsg::Status(Box::new(jitgate_proto::message::StatusReport {
-        heartbeat: jitgate_proto::message::Heartbeat {
-            interfaces: attached
-                .iter()
-                .map(|(n, a)| (n.clone(), a.mode.as_str().to_string()))
-                .collect(),
-            protected: core.cfg.protected.clone(),
-            listening,
-            active_grants: core.grants.len() as u32,
-            audit_head,
-            audit_seq,
+    let health = core.dp.health(attached.keys().map(String::as_str));
+    let mut out = Vec::with_capacity(2);
+    let mut problems = health.problems.clone();
+    if core.controller_level.load(Ordering::Relaxed) >= LEVEL_HOOK_REPORTS {
+        out.push(AgentMsg::Hooks {
+            interfaces: bounded_hooks(health.hooks.iter().map(|h| h.to_wire())),
+        });
+    } else {
+        problems.extend(health.hook_problems());
+    }
+    out.push(AgentMsg::Status(Box::new(
+        jitgate_proto::message::StatusReport {
+            heartbeat: jitgate_proto::message::Heartbeat {
+                interfaces: attached
+                    .iter()
+                    .map(|(n, a)| (n.clone(), a.mode.as_str().to_string()))
+                    .collect(),
+                protected: core.cfg.protected.clone(),
+                listening,
+                active_grants: core.grants.len() as u32,
+                audit_head,
+                audit_seq,
+            },
+            addresses: interfaces::addresses(),
+            problems,
+            agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
         },
-        addresses: interfaces::addresses(),
-        problems,
-        agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
-    }))
+    )));
+    out
 }

@@ -59,6 +59,8 @@ pub(super) struct Core {
     pub controller: crate::channel::Connected,
     /// What is wrong with the agent's certificate (a refused renewal), if anything.
     pub cert_problem: crate::channel::CertProblem,
+    /// The connected controller's protocol level (what the status report may carry).
+    pub controller_level: crate::channel::ControllerLevel,
     /// Booked grants waiting for their start (not in the maps).
     pub schedule: Schedule,
     /// The current controller connection's outgoing queue (the last one a message came on).

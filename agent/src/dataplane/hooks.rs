@@ -16,6 +16,7 @@ use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{Extension, ProgramError, SchedClassifier, TcAttachType};
 use jitgate_common::programs;
+use jitgate_proto::{HookKind, InterfaceHook, ProgramAhead};
 use std::path::{Path, PathBuf};
 
 /// The hook jitgate runs at on an interface.
@@ -31,10 +32,15 @@ pub enum Hook {
 
 impl Hook {
     pub const fn as_str(self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The hook as the protocol names it.
+    pub const fn kind(self) -> HookKind {
         match self {
-            Hook::XdpLink => "xdp",
-            Hook::XdpDispatcher => "xdp-dispatcher",
-            Hook::TcxIngress => "tcx-ingress",
+            Hook::XdpLink => HookKind::Xdp,
+            Hook::XdpDispatcher => HookKind::XdpDispatcher,
+            Hook::TcxIngress => HookKind::TcxIngress,
         }
     }
 }
@@ -44,9 +50,9 @@ impl Hook {
 pub struct Ahead {
     pub id: u32,
     pub name: String,
-    /// Where it runs: "xdp-dispatcher" (an earlier slot), "xdp" (the XDP hook, ahead of any
-    /// tcx program) or "tcx-ingress".
-    pub hook: &'static str,
+    /// Where it runs: an earlier dispatcher slot, the XDP hook (ahead of any tcx program) or
+    /// tcx ingress.
+    pub hook: HookKind,
 }
 
 /// What the periodic check found wrong with jitgate's place on an interface.
@@ -73,6 +79,54 @@ pub struct HookStatus {
     /// Programs that run before it (its hook's chain, and for tcx any XDP program).
     pub ahead: Vec<Ahead>,
     pub problem: Option<HookProblem>,
+}
+
+impl HookStatus {
+    /// As [`jitgate_proto::AgentMsg::Hooks`] carries it (bounded).
+    pub fn to_wire(&self) -> InterfaceHook {
+        InterfaceHook {
+            interface: self.interface.clone(),
+            hook: self.hook.kind(),
+            mode: self.mode.wire(),
+            position: self.position,
+            programs: self.programs,
+            ahead: self
+                .ahead
+                .iter()
+                .map(|a| ProgramAhead {
+                    id: a.id,
+                    name: a.name.clone(),
+                    hook: a.hook,
+                })
+                .collect(),
+            problem: self.problem.as_ref().map(|p| match p {
+                HookProblem::Missing(why) => jitgate_proto::HookProblem::Missing {
+                    reason: why.clone(),
+                },
+                HookProblem::NotFirst => jitgate_proto::HookProblem::NotFirst,
+            }),
+        }
+        .bounded()
+    }
+
+    /// The problem in words (`IFACE: ...`), for a controller older than
+    /// [`jitgate_proto::LEVEL_HOOK_REPORTS`] and for `jit-agent status`.
+    pub fn problem_words(&self) -> Option<String> {
+        let i = &self.interface;
+        self.problem.as_ref().map(|p| match p {
+            HookProblem::Missing(why) => format!("{i}: {why}"),
+            HookProblem::NotFirst => format!(
+                "{i}: {} ahead of jitgate at {}: {}",
+                self.ahead.len(),
+                self.hook.as_str(),
+                self.ahead
+                    .iter()
+                    .map(|a| format!("{} (id {}, {})", a.name, a.id, a.hook))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
 }
 
 fn ifindex(iface: &str) -> Result<u32, Error> {
@@ -452,7 +506,7 @@ impl Dataplane {
                         .find(|p| p.id() == id)
                         .and_then(|p| p.name_as_str().map(str::to_string))
                         .unwrap_or_default(),
-                    hook: "xdp",
+                    hook: HookKind::Xdp,
                 })
                 .into_iter()
                 .collect()
@@ -493,7 +547,7 @@ impl Dataplane {
                     ahead.push(Ahead {
                         id: p.id(),
                         name: p.name_as_str().unwrap_or("").to_string(),
-                        hook: "tcx-ingress",
+                        hook: HookKind::TcxIngress,
                     });
                 }
             }
@@ -533,7 +587,7 @@ impl Dataplane {
                             .map(|c| Ahead {
                                 id: c.id,
                                 name: c.name.clone(),
-                                hook: "xdp-dispatcher",
+                                hook: HookKind::XdpDispatcher,
                             })
                             .collect();
                         HookStatus {
@@ -558,7 +612,7 @@ impl Dataplane {
                             .map(|c| Ahead {
                                 id: c.id,
                                 name: c.name.clone(),
-                                hook: "xdp-dispatcher",
+                                hook: HookKind::XdpDispatcher,
                             })
                             .collect(),
                         problem: Some(HookProblem::Missing(

@@ -1,6 +1,6 @@
 //! `jit vms`, `jit agents`: the VMs the caller can see, and their agents.
 
-use jitgate_api::{Agent, Vm};
+use jitgate_api::{Agent, InterfaceHook, Vm};
 
 use crate::client::Client;
 use crate::exit::R;
@@ -66,6 +66,57 @@ pub async fn agents(c: &Client, out: Out) -> R<()> {
                     head.get(..12).unwrap_or(&head)
                 ),
             ]);
+            for h in &a.hooks {
+                println!("    {}", safe(&hook_line(h)));
+            }
         }
     })
+}
+
+/// One interface's hook under its agent: where jitgate runs there, and what is wrong.
+fn hook_line(h: &InterfaceHook) -> String {
+    let place = format!(
+        "{}: {} ({}), position {} of {}",
+        h.interface, h.hook, h.mode, h.position, h.programs
+    );
+    match h.problem_words() {
+        Some(p) => format!("{place}; PROBLEM: {p}"),
+        None => format!("{place}; runs first"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitgate_api::{HookKind, HookMode, HookProblem, ProgramAhead};
+
+    #[test]
+    fn a_hook_line_says_where_and_what_is_ahead() {
+        let mut h = InterfaceHook {
+            interface: "eth0".into(),
+            hook: HookKind::TcxIngress,
+            mode: HookMode::Tcx,
+            position: 0,
+            programs: 1,
+            ahead: vec![],
+            problem: None,
+            problem_reason: None,
+        };
+        assert_eq!(
+            hook_line(&h),
+            "eth0: tcx-ingress (tcx), position 0 of 1; runs first"
+        );
+        h.ahead.push(ProgramAhead {
+            id: 7,
+            name: "xdp_pass".into(),
+            hook: HookKind::Xdp,
+        });
+        h.problem = Some(HookProblem::NotFirst);
+        let line = hook_line(&h);
+        assert!(
+            line.contains("PROBLEM: another program runs ahead of jitgate on eth0"),
+            "{line}"
+        );
+        assert!(line.contains("xdp_pass (id 7, xdp)"), "{line}");
+    }
 }

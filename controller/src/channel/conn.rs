@@ -10,8 +10,9 @@ use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
     AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CERT_RENEWAL,
-    LEVEL_CONNECTION_LIMITS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
-    LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, write_frame,
+    LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS,
+    LEVEL_SETTINGS, LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody, RevokeBody, ScheduledGrantBody,
+    Signed, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -71,6 +72,8 @@ struct Conn {
     protocol: u32,
     /// The last status report kept for writing, and when.
     last_status: Option<(Heartbeat, tokio::time::Instant)>,
+    /// The agent's last hook report on this connection (level 7 and later).
+    hooks: Option<Vec<jitgate_api::InterfaceHook>>,
     /// Key rotation steps the agent answered (stored), and those sent on this connection.
     key_acks: HashSet<(KeyId, KeyStep)>,
     key_sent: HashSet<(KeyId, KeyStep)>,
@@ -187,6 +190,7 @@ pub async fn connection(
             requests: HashMap::new(),
             protocol,
             last_status: None,
+            hooks: None,
             key_acks: HashSet::new(),
             key_sent: HashSet::new(),
             public_key,
@@ -216,6 +220,17 @@ pub async fn connection(
                 &ControllerMsg::Settings {
                     endpoints: settings.endpoints.clone(),
                     ping_every_ms: u64::try_from(ping_every.as_millis()).unwrap_or(u64::MAX),
+                },
+            )
+            .await?;
+        }
+        // Level 7 and later: the controller's level, so that the agent sends what this
+        // controller reads (its hook reports) and nothing newer.
+        if protocol >= LEVEL_HOOK_REPORTS {
+            send(
+                &mut wr,
+                &ControllerMsg::Level {
+                    protocol: PROTOCOL_LEVEL,
                 },
             )
             .await?;
@@ -769,8 +784,31 @@ impl Conn {
                 self.status(hb);
             }
             AgentMsg::Status(r) => {
-                let hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
+                let mut hb = Heartbeat::from_agent(&r.heartbeat, Some(&r), now);
+                // The hooks came just before (level 7): their problems make it degraded.
+                if let Some(hooks) = &self.hooks {
+                    hb.hook_problems = hooks
+                        .iter()
+                        .filter_map(jitgate_api::InterfaceHook::problem_words)
+                        .collect();
+                }
                 self.status(hb);
+            }
+            AgentMsg::Hooks { interfaces } => {
+                if self.protocol < LEVEL_HOOK_REPORTS {
+                    return Err(ConnError::Protocol(format!(
+                        "a hook report from an agent at level {}",
+                        self.protocol
+                    )));
+                }
+                let hooks = crate::fleet::hooks_from_agent(interfaces);
+                if self.hooks.as_ref() != Some(&hooks) {
+                    tracing::info!(agent = %self.agent, vm = %self.vm, interfaces = hooks.len(),
+                        problems = hooks.iter().filter(|h| h.problem.is_some()).count(),
+                        "hook report");
+                    self.app.fleet.hooks(&self.agent_s, &hooks)?;
+                    self.hooks = Some(hooks);
+                }
             }
             // Passed on by the reader only on SQLite, once per `SEEN_BY_PONG_EVERY`.
             AgentMsg::Pong { .. } => self.app.fleet.seen(&self.agent_s, None),

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use jitgate_api::time::{format as fmt_time, now_ms};
 use jitgate_api::{
     ComplianceResult as ResourceResult, ComplianceState as State, ErrorCode, Finding, FindingCode,
-    ResourceKind, ScanReason, ScanSummary,
+    HookProblem, InterfaceHook, ResourceKind, ScanReason, ScanSummary,
 };
 use jitgate_common::{ProtectedPort, Protocol, SourcePrefix};
 use jitgate_notify::event::VmRef;
@@ -80,6 +80,9 @@ pub fn evaluate_vm(
                 for p in &hb.problems {
                     f.push(finding(FindingCode::ProgramUnhealthy, p.clone()));
                 }
+                // Level 7 agents report their place per interface typed (and leave it out
+                // of `problems`): one finding per interface where it is wrong.
+                f.extend(a.hooks.iter().filter_map(hook_finding));
                 if hb.interfaces.is_empty() {
                     f.push(finding(FindingCode::EnforcementDetached,
                         "the JIT program is attached to no interface",
@@ -162,6 +165,19 @@ pub fn evaluate_vm(
         state: state_of(&f),
         findings: f,
     }
+}
+
+/// The finding for an interface where another program runs ahead of jitgate, or where
+/// jitgate's program is missing (none: it runs first there).
+fn hook_finding(h: &InterfaceHook) -> Option<Finding> {
+    let code = match h.problem.as_ref()? {
+        HookProblem::NotFirst => FindingCode::ProgramNotFirst,
+        HookProblem::Missing => FindingCode::ProgramMissing,
+        HookProblem::Other(_) => FindingCode::ProgramUnhealthy,
+    };
+    let mut x = finding(code, h.problem_words()?);
+    x.interface = Some(h.interface.clone());
+    Some(x)
 }
 
 /// `*` for a wildcard bind (every interface), else the interface holding the address when
@@ -493,6 +509,7 @@ mod tests {
             id: "a".into(),
             last_seen_ms: Some(last_seen),
             heartbeat: Some(h),
+            hooks: Vec::new(),
         }
     }
 
@@ -557,5 +574,73 @@ mod tests {
         // No agent: unknown.
         let r = evaluate_vm(&s, &Presence::new(), &vm(), None, &[], now);
         assert_eq!(r.state, State::Unknown);
+    }
+
+    #[test]
+    fn a_program_ahead_or_a_missing_slot_is_a_finding_per_interface() {
+        use jitgate_api::{HookKind, HookMode, ProgramAhead};
+        let s = settings();
+        let now = 10_000_000;
+        let first = InterfaceHook {
+            interface: "eth0".into(),
+            hook: HookKind::XdpDispatcher,
+            mode: HookMode::Driver,
+            position: 0,
+            programs: 2,
+            ahead: vec![],
+            problem: None,
+            problem_reason: None,
+        };
+        let mut a = rec(hb(&["22/tcp:keep"], &[("TCP", "0.0.0.0", 22)]), now);
+        a.hooks = vec![first.clone()];
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&a), &[], now);
+        assert_eq!(r.state, State::Compliant, "{r:?}");
+        a.hooks = vec![
+            InterfaceHook {
+                interface: "eth1".into(),
+                hook: HookKind::TcxIngress,
+                mode: HookMode::Tcx,
+                position: 0,
+                programs: 1,
+                ahead: vec![ProgramAhead {
+                    id: 41,
+                    name: "xdp_pass".into(),
+                    hook: HookKind::Xdp,
+                }],
+                problem: Some(HookProblem::NotFirst),
+                problem_reason: None,
+            },
+            first.clone(),
+            InterfaceHook {
+                interface: "eth2".into(),
+                problem: Some(HookProblem::Missing),
+                problem_reason: Some("jitgate's slot was removed from the XDP dispatcher".into()),
+                ..first
+            },
+        ];
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&a), &[], now);
+        assert_eq!(r.state, State::NonCompliant);
+        let got: Vec<(&str, Option<&str>)> = r
+            .findings
+            .iter()
+            .map(|f| (f.code.as_str(), f.interface.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ProgramNotFirst", Some("eth1")),
+                ("ProgramMissing", Some("eth2"))
+            ]
+        );
+        assert!(
+            r.findings[0].reason.contains("xdp_pass (id 41, xdp)"),
+            "{}",
+            r.findings[0].reason
+        );
+        assert!(
+            r.findings[1].reason.contains("slot was removed"),
+            "{}",
+            r.findings[1].reason
+        );
     }
 }

@@ -10,11 +10,11 @@ pub mod ca;
 pub mod reports;
 pub mod watch;
 
-use jitgate_api::GrantOrigin;
 use jitgate_api::{
     ActivityOutcome, Agent, AgentConnection, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode,
     Operation,
 };
+use jitgate_api::{GrantOrigin, InterfaceHook};
 use jitgate_proto::message::{AuditRecord, ReportedGrant};
 
 use crate::authz::{self, Action, Actor, Caller};
@@ -456,6 +456,7 @@ impl Fleet {
                 continue;
             }
             let hb = r.heartbeat()?;
+            let hooks = r.hooks()?;
             let (connection, problems) =
                 self.connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
             out.push(Agent {
@@ -481,6 +482,7 @@ impl Fleet {
                 audit_head: hb.as_ref().map(|h| h.audit_head.clone()),
                 audit_seq: hb.as_ref().map(|h| h.audit_seq),
                 audit_records,
+                hooks,
             });
         }
         Ok(out)
@@ -595,9 +597,11 @@ impl Fleet {
     fn entry(&self, r: agents::FleetPageRow, now: i64) -> Result<FleetEntry> {
         let a = &r.agent;
         let report = a.heartbeat()?;
+        let hooks = a.hooks()?;
         let (connection, problems) =
             self.connection(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
         Ok(FleetEntry {
+            hooks,
             id: r.agent.id,
             vm: r.agent.vm,
             resource_group: r.agent.resource_group,
@@ -628,6 +632,14 @@ impl Fleet {
     /// [`reports::FLUSH_EVERY`] ([`reports`]). Not in the activity log.
     pub fn seen(&self, agent: &str, report: Option<Heartbeat>) {
         self.reports.note(agent, report);
+    }
+
+    /// The agent's hook report changed (or is its first on this connection): kept and
+    /// written within [`reports::FLUSH_EVERY`], like status reports.
+    pub fn hooks(&self, agent: &str, hooks: &[InterfaceHook]) -> Result<()> {
+        self.reports
+            .note_hooks(agent, serde_json::to_string(hooks)?);
+        Ok(())
     }
 
     /// Writes the kept reports every [`reports::FLUSH_EVERY`] until shutdown.
@@ -745,6 +757,53 @@ pub struct FleetEntry {
     pub delivered_seq: Option<i64>,
     /// Its last status report.
     pub report: Option<Heartbeat>,
+    /// Its last hook report (empty: none).
+    pub hooks: Vec<InterfaceHook>,
+}
+
+/// A hook report as the agent sent it, bounded ([`jitgate_proto::message::bounded_hooks`])
+/// and in the API's terms: parsed once, here, at the channel.
+pub fn hooks_from_agent(reported: Vec<jitgate_proto::InterfaceHook>) -> Vec<InterfaceHook> {
+    use jitgate_api::{HookKind as K, HookMode as M, HookProblem as P};
+    let kind = |k: jitgate_proto::HookKind| match k {
+        jitgate_proto::HookKind::Xdp => K::Xdp,
+        jitgate_proto::HookKind::XdpDispatcher => K::XdpDispatcher,
+        jitgate_proto::HookKind::TcxIngress => K::TcxIngress,
+    };
+    jitgate_proto::message::bounded_hooks(reported)
+        .into_iter()
+        .map(|h| {
+            let (problem, problem_reason) = match h.problem {
+                None => (None, None),
+                Some(jitgate_proto::HookProblem::NotFirst) => (Some(P::NotFirst), None),
+                Some(jitgate_proto::HookProblem::Missing { reason }) => {
+                    (Some(P::Missing), Some(reason))
+                }
+            };
+            InterfaceHook {
+                interface: h.interface,
+                hook: kind(h.hook),
+                mode: match h.mode {
+                    jitgate_proto::HookMode::Driver => M::Driver,
+                    jitgate_proto::HookMode::Generic => M::Generic,
+                    jitgate_proto::HookMode::Tcx => M::Tcx,
+                },
+                position: h.position,
+                programs: h.programs,
+                ahead: h
+                    .ahead
+                    .into_iter()
+                    .map(|a| jitgate_api::ProgramAhead {
+                        id: a.id,
+                        name: a.name,
+                        hook: kind(a.hook),
+                    })
+                    .collect(),
+                problem,
+                problem_reason,
+            }
+        })
+        .collect()
 }
 
 /// The VM's group ('' if the VM is gone).

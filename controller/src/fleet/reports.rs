@@ -5,6 +5,8 @@
 //! agents: on PostgreSQL outside the write lock (the rows are the agents' own, not part of
 //! the activity chain or any sequence), on SQLite in one write transaction.
 //!
+//! Hook reports (protocol level 7) are kept and written the same way, into `agents.hooks`.
+//!
 //! A report is therefore visible in the database up to [`FLUSH_EVERY`] after it arrived.
 //! Nothing here is lost that matters: a failed write is retried at the next flush (unless
 //! a newer report replaced it), and at shutdown the last ones are written.
@@ -30,6 +32,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Reports {
     pending: Mutex<HashMap<String, Option<Heartbeat>>>,
+    /// Hook reports not yet written: per agent id, its latest (JSON), kept only when it
+    /// differs from the one before on the same connection.
+    hooks: Mutex<HashMap<String, String>>,
 }
 
 impl Reports {
@@ -49,9 +54,37 @@ impl Reports {
         }
     }
 
+    /// Keeps `agent`'s latest hook report (JSON), replacing one not yet written.
+    pub fn note_hooks(&self, agent: &str, hooks: String) {
+        self.lock_hooks().insert(agent.to_string(), hooks);
+    }
+
     /// How many agents have something not yet written.
     pub fn pending(&self) -> usize {
-        self.lock().len()
+        self.lock().len() + self.lock_hooks().len()
+    }
+
+    /// The hook reports kept, sorted by agent id.
+    fn take_hooks(&self) -> Vec<(String, String)> {
+        let mut rows: Vec<_> = std::mem::take(&mut *self.lock_hooks())
+            .into_iter()
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Puts back hook reports whose write failed, unless a newer one came meanwhile.
+    fn put_back_hooks(&self, rows: Vec<(String, String)>) {
+        let mut p = self.lock_hooks();
+        for (id, hooks) in rows {
+            p.entry(id).or_insert(hooks);
+        }
+    }
+
+    fn lock_hooks(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Everything kept, sorted by agent id (the order rows are locked in).
@@ -90,30 +123,38 @@ impl Reports {
 /// were written.
 pub async fn flush(db: &Db, reports: &Reports) -> Result<usize> {
     let rows = reports.take();
-    if rows.is_empty() {
+    let hooks = reports.take_hooks();
+    if rows.is_empty() && hooks.is_empty() {
         return Ok(0);
     }
-    let written = write(db, &rows).await;
+    let written = write(db, &rows, &hooks).await;
     match written {
-        Ok(()) => Ok(rows.len()),
+        Ok(()) => Ok(rows.len().max(hooks.len())),
         Err(e) => {
             reports.put_back(rows);
+            reports.put_back_hooks(hooks);
             Err(e)
         }
     }
 }
 
-async fn write(db: &Db, rows: &[(String, Option<Heartbeat>)]) -> Result<()> {
+async fn write(
+    db: &Db,
+    rows: &[(String, Option<Heartbeat>)],
+    hooks: &[(String, String)],
+) -> Result<()> {
     match db.backend() {
         Backend::Sqlite => {
             let mut w = db.begin().await?;
             let now = w.now;
             agents::seen_many(w.conn(), now, rows).await?;
+            agents::hooks_many(w.conn(), hooks).await?;
             w.commit().await
         }
         Backend::Postgres => {
             let mut tx = db.pool().begin().await?;
             agents::seen_many(&mut tx, jitgate_api::time::now_ms(), rows).await?;
+            agents::hooks_many(&mut tx, hooks).await?;
             tx.commit().await?;
             Ok(())
         }
@@ -176,6 +217,26 @@ mod tests {
         r.note("b", hb(1));
         r.note("b", hb(2));
         assert_eq!(r.take(), vec![("b".to_string(), hb(2))]);
+    }
+
+    #[test]
+    fn a_failed_hook_write_is_put_back_under_a_newer_report() {
+        let r = Reports::default();
+        r.note_hooks("b", "[1]".into());
+        r.note_hooks("a", "[1]".into());
+        r.note_hooks("a", "[2]".into());
+        assert_eq!(r.pending(), 2);
+        let failed = r.take_hooks();
+        assert_eq!(
+            failed,
+            vec![("a".into(), "[2]".into()), ("b".into(), "[1]".into())]
+        );
+        r.note_hooks("a", "[3]".into());
+        r.put_back_hooks(failed);
+        assert_eq!(
+            r.take_hooks(),
+            vec![("a".into(), "[3]".into()), ("b".into(), "[1]".into())]
+        );
     }
 
     #[test]

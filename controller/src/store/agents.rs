@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use jitgate_api::AgentStatus;
+use jitgate_api::{AgentStatus, InterfaceHook};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Executor};
 
@@ -41,6 +41,12 @@ pub struct Heartbeat {
     /// Problems with the program, its maps or links, as the agent found them.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// The problems of the agent's last hook report (level 7 and later), in words: another
+    /// program ahead of jitgate, its program missing from an interface. They make the agent
+    /// degraded like `problems`; compliance judges them from the hooks themselves
+    /// (`agents.hooks`), not from these words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hook_problems: Vec<String>,
     /// Agent wall clock minus controller wall clock at receipt (transit delay included).
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
@@ -140,6 +146,7 @@ impl Heartbeat {
             listening_sockets,
             unattached,
             problems: status.map(|s| s.problems.clone()).unwrap_or_default(),
+            hook_problems: Vec::new(),
             clock_offset_ms: status.map(|s| s.agent_unix_ms - now),
             received_ms: Some(now),
         }
@@ -167,6 +174,7 @@ impl Heartbeat {
             return out;
         }
         out.extend(self.problems.iter().cloned());
+        out.extend(self.hook_problems.iter().cloned());
         if self.interfaces.is_empty() {
             out.push(format!(
                 "{DETACHED}: the program is attached to no interface"
@@ -190,6 +198,14 @@ pub const DETACHED: &str = "enforcement detached";
 /// A stored status report, decoded.
 fn heartbeat(text: Option<String>) -> Result<Option<Heartbeat>> {
     Ok(text.map(|h| serde_json::from_str(&h)).transpose()?)
+}
+
+/// A stored hook report, decoded (empty: none).
+fn hooks(text: Option<&str>) -> Result<Vec<InterfaceHook>> {
+    Ok(text
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default())
 }
 
 pub async fn insert_enroll_token(
@@ -535,6 +551,24 @@ pub async fn seen_many(
     Ok(())
 }
 
+/// Writes agents' hook reports (JSON arrays of [`InterfaceHook`]), one statement per
+/// [`SEEN_CHUNK`] agents; rows sorted by agent id like [`seen_many`]'s.
+pub async fn hooks_many(conn: &mut sqlx::AnyConnection, rows: &[(String, String)]) -> Result<()> {
+    for chunk in rows.chunks(SEEN_CHUNK) {
+        let sql = format!(
+            "WITH v(id, hooks) AS (VALUES {}) UPDATE agents SET hooks = v.hooks \
+             FROM v WHERE agents.id = v.id",
+            values_list(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, hooks) in chunk {
+            q = q.bind(id.as_str()).bind(hooks.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// `($a, $b, ...), (...)`: `rows` tuples of `width` parameters numbered from `first`.
 fn values_list(rows: usize, width: usize, first: usize) -> String {
     let mut s = String::new();
@@ -558,11 +592,17 @@ fn values_list(rows: usize, width: usize, first: usize) -> String {
 pub const VERSION_MAX_CHARS: usize = 64;
 
 /// The protocol level and version the agent announced in its Hello (and that it was seen
-/// now).
+/// now). An agent below the level of hook reports (one replaced by an older version) has its
+/// last hook report forgotten: it will not renew it.
 pub async fn hello(w: &mut WriteTx, id: &str, protocol: u32, version: &str) -> Result<()> {
     let now = w.now;
     let version: String = version.chars().take(VERSION_MAX_CHARS).collect();
-    sqlx::query("UPDATE agents SET last_seen_ms = $1, protocol = $2, version = $3 WHERE id = $4")
+    let sql = format!(
+        "UPDATE agents SET last_seen_ms = $1, protocol = $2, version = $3, \
+         hooks = CASE WHEN $2 < {} THEN NULL ELSE hooks END WHERE id = $4",
+        jitgate_proto::LEVEL_HOOK_REPORTS
+    );
+    sqlx::query(&sql)
         .bind(now)
         .bind(i64::from(protocol))
         .bind(version)
@@ -620,11 +660,17 @@ pub struct AgentColumns {
     pub enrolled_ms: i64,
     pub last_seen_ms: Option<i64>,
     heartbeat: Option<String>,
+    hooks: Option<String>,
 }
 
 impl AgentColumns {
     pub fn heartbeat(&self) -> Result<Option<Heartbeat>> {
         heartbeat(self.heartbeat.clone())
+    }
+
+    /// The agent's last hook report (empty: none).
+    pub fn hooks(&self) -> Result<Vec<InterfaceHook>> {
+        hooks(self.hooks.as_deref())
     }
 }
 
@@ -641,7 +687,7 @@ pub struct FleetRow {
 pub async fn fleet(ex: impl Executor<'_, Database = Any>) -> Result<Vec<FleetRow>> {
     Ok(sqlx::query_as(
         "SELECT a.id, a.vm, v.resource_group, a.status, a.enrolled_ms, a.last_seen_ms, \
-         a.heartbeat, (SELECT COUNT(*) FROM agent_audit x WHERE x.agent_id = a.id) AS audit_records \
+         a.heartbeat, a.hooks, (SELECT COUNT(*) FROM agent_audit x WHERE x.agent_id = a.id) AS audit_records \
          FROM agents a JOIN vms v ON v.name = a.vm ORDER BY a.vm, a.enrolled_ms",
     )
     .fetch_all(ex)
@@ -662,7 +708,7 @@ pub struct FleetPageRow {
 }
 
 const FLEET_PAGE_COLUMNS: &str = "SELECT a.id, a.vm, v.resource_group, a.status, \
-     a.enrolled_ms, a.last_seen_ms, a.heartbeat, a.protocol, a.version, \
+     a.enrolled_ms, a.last_seen_ms, a.heartbeat, a.hooks, a.protocol, a.version, \
      (SELECT MAX(x.seq) FROM agent_audit x WHERE x.agent_id = a.id) AS delivered_seq \
      FROM agents a JOIN vms v ON v.name = a.vm";
 
@@ -757,26 +803,31 @@ pub struct AgentRecord {
     pub id: String,
     pub last_seen_ms: Option<i64>,
     pub heartbeat: Option<Heartbeat>,
+    /// Its last hook report (empty: none).
+    pub hooks: Vec<InterfaceHook>,
 }
 
 /// The active agent of each VM (the newest enrolment), by VM name.
 pub async fn active_by_vm(
     ex: impl Executor<'_, Database = Any>,
 ) -> Result<HashMap<String, AgentRecord>> {
-    let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
-        "SELECT id, vm, last_seen_ms, heartbeat FROM agents WHERE status = $1 ORDER BY enrolled_ms",
+    type Row = (String, String, Option<i64>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, vm, last_seen_ms, heartbeat, hooks FROM agents WHERE status = $1 \
+         ORDER BY enrolled_ms",
     )
     .bind(AgentStatus::Active.as_str())
     .fetch_all(ex)
     .await?;
     let mut out = HashMap::new();
-    for (id, vm, last_seen_ms, hb) in rows {
+    for (id, vm, last_seen_ms, hb, hk) in rows {
         out.insert(
             vm,
             AgentRecord {
                 id,
                 last_seen_ms,
                 heartbeat: heartbeat(hb)?,
+                hooks: hooks(hk.as_deref())?,
             },
         );
     }

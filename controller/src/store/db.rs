@@ -144,6 +144,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
     (
+        30,
+        "agents: where the program runs on each interface (hook reports, protocol level 7)",
+        include_str!("../../migrations/0030_agent_hooks.sql"),
+    ),
+    (
         31,
         "agent certificate renewals limited in rate: the last refusal logged",
         include_str!("../../migrations/0031_agent_cert_rate.sql"),

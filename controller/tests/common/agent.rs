@@ -189,6 +189,16 @@ impl Agent {
                 m => panic!("expected Settings, got {m:?}"),
             }
         }
+        // Level 7 and later: the controller's own level (never sent to older agents: any
+        // other message here fails the handshake below).
+        if level >= jitgate_proto::LEVEL_HOOK_REPORTS {
+            match self.recv().await {
+                ControllerMsg::Level { protocol } => {
+                    assert_eq!(protocol, jitgate_proto::PROTOCOL_LEVEL)
+                }
+                m => panic!("expected Level, got {m:?}"),
+            }
+        }
         let policy = match self.recv().await {
             ControllerMsg::Policy(p) => p.verify(&c.signing, c.id).expect("signed policy"),
             m => panic!("expected Policy, got {m:?}"),

@@ -108,6 +108,8 @@ fn title(code: &FindingCode) -> &'static str {
         FindingCode::EnforcementDetached => "Enforcement detached",
         FindingCode::InterfaceUnprotected => "Interface without enforcement",
         FindingCode::ProgramUnhealthy => "Program unhealthy",
+        FindingCode::ProgramNotFirst => "Another program runs first",
+        FindingCode::ProgramMissing => "Program missing from an interface",
         FindingCode::StaleStatusReport => "No recent status report",
         FindingCode::AgentOffline => "Agent offline",
         FindingCode::NoAgent => "No agent",

@@ -271,11 +271,35 @@ impl Verdict {
     }
 }
 
+/// Where the program runs on one interface, as a table row (the agent's words are text:
+/// the template escapes them).
+pub struct HookRow {
+    pub interface: String,
+    pub hook: String,
+    pub position: String,
+    pub ahead: String,
+    /// Empty: it runs first there.
+    pub problem: String,
+}
+
+impl HookRow {
+    pub fn of(h: &jitgate_api::InterfaceHook) -> HookRow {
+        HookRow {
+            interface: h.interface.clone(),
+            hook: format!("{} ({})", h.hook, h.mode),
+            position: format!("{} of {}", h.position, h.programs),
+            ahead: h.ahead_words(),
+            problem: h.problem_words().unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "portal/fleet_agent.html")]
 struct AgentPage {
     chrome: Chrome,
     a: Line,
+    hooks: Vec<HookRow>,
     enrolled: String,
     listening: String,
     unattached: String,
@@ -317,6 +341,7 @@ async fn render(
     let page = AgentPage {
         chrome: v.chrome("fleet"),
         a: Line::of(&e),
+        hooks: e.hooks.iter().map(HookRow::of).collect(),
         enrolled: when(e.enrolled_ms),
         listening: r.map(|h| h.listening.join(", ")).unwrap_or_default(),
         unattached: r

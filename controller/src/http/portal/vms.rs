@@ -10,6 +10,7 @@ use jitgate_api::{PortStatus, RequestView};
 use serde::Deserialize;
 
 use crate::http::extract::Q;
+use crate::http::portal::fleet::HookRow;
 use crate::http::portal::page::{
     Chrome, PageResult, agent_words, html, policy_sources, refuse, see_other, when, when_utc,
 };
@@ -246,10 +247,24 @@ struct VmPage {
     policy: Vec<PolicyLine>,
     policy_from: String,
     history: Vec<HistoryRow>,
+    /// Where its (newest) agent's program runs, per interface.
+    hooks: Vec<HookRow>,
 }
 
 async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> PageResult {
     let d = st.app.inventory.vm(&v.caller, &name).await?;
+    let hooks = match st.app.fleet.newest_of_vm(&v.caller, &name).await? {
+        Some(id) => st
+            .app
+            .fleet
+            .entry_of(&v.caller, &id)
+            .await?
+            .hooks
+            .iter()
+            .map(HookRow::of)
+            .collect(),
+        None => Vec::new(),
+    };
     let history = st
         .app
         .lifecycle
@@ -287,6 +302,7 @@ async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>
             policy,
             policy_from,
             history,
+            hooks,
         },
     ))
 }
