@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 6;
+pub const PROTOCOL_LEVEL: u32 = 8;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -37,6 +37,12 @@ pub const LEVEL_CONNECTION_LIMITS: u32 = 5;
 /// [`ControllerMsg::RenewalRefused`]. Only agents at this level are given short-lived
 /// certificates; older agents keep the long ones they were enrolled with.
 pub const LEVEL_CERT_RENEWAL: u32 = 6;
+
+/// The first level that helps a controller whose database went back in time (a restore from
+/// a backup, a promoted replica that lacks the last commits): it sends [`AgentMsg::HelloV3`]
+/// (its applied policy version beside its other marks) and understands
+/// [`ControllerMsg::AuditResend`] (send the audit records after a seq again).
+pub const LEVEL_AUDIT_RESEND: u32 = 8;
 
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).
@@ -106,6 +112,13 @@ pub enum ControllerMsg {
     /// period, the request does not carry its key, ... The reason is for the agent's log.
     RenewalRefused {
         reason: String,
+    },
+    /// The controller's database holds this agent's audit records only up to `after` (a
+    /// restore or a promotion lost the later ones): the agent takes its acknowledged mark
+    /// back to `after` and sends its records after it again (appended variant; sent only to
+    /// agents at [`LEVEL_AUDIT_RESEND`] or later).
+    AuditResend {
+        after: u64,
     },
 }
 
@@ -179,6 +192,17 @@ pub enum AgentMsg {
     /// the connection was made with. Answered with `Certificate` or `RenewalRefused`.
     RenewCertificate {
         csr_pem: String,
+    },
+    /// The first message of agents at [`LEVEL_AUDIT_RESEND`] and later: `HelloV2` plus the
+    /// version of the policy the agent applied (`policy_seq`, 0: none), so that a controller
+    /// whose database went back in time numbers the next policy above it (appended variant).
+    HelloV3 {
+        agent_id: Uuid,
+        version: String,
+        seq_high_water: u64,
+        audit_acked: u64,
+        policy_seq: u64,
+        protocol: u32,
     },
 }
 
@@ -501,6 +525,120 @@ mod tests {
             postcard::from_bytes::<ControllerMsgV5>(&ping).unwrap(),
             ControllerMsgV5::Ping { nonce: 7 }
         ));
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_CERT_RENEWAL);
+    }
+
+    /// `AgentMsg` as a level-6 controller knows it (up to `RenewCertificate`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum AgentMsgV6 {
+        Hello {
+            agent_id: Uuid,
+            version: String,
+            seq_high_water: u64,
+            audit_acked: u64,
+        },
+        GrantResult(Uuid, u64, Outcome),
+        RevokeResult(Uuid, u64, Outcome),
+        PolicyResult(u64, Outcome),
+        Grants(Vec<ReportedGrant>),
+        Audit(Vec<AuditRecord>),
+        Heartbeat(Box<Heartbeat>),
+        Pong {
+            nonce: u64,
+        },
+        Status(Box<StatusReport>),
+        HelloV2 {
+            agent_id: Uuid,
+            version: String,
+            seq_high_water: u64,
+            audit_acked: u64,
+            protocol: u32,
+        },
+        ScheduledGrants(Vec<ReportedScheduledGrant>),
+        KeyResult(KeyId, KeyStep, Outcome),
+        RenewCertificate {
+            csr_pem: String,
+        },
+    }
+
+    /// `ControllerMsg` as a level-6 agent knows it (up to `RenewalRefused`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum ControllerMsgV6 {
+        Welcome {
+            agent_id: Uuid,
+            controller_unix_ms: i64,
+        },
+        Policy(Vec<u8>, Vec<u8>),
+        Grant(Vec<u8>, Vec<u8>),
+        Revoke(Vec<u8>, Vec<u8>),
+        Active {
+            grant_ids: Vec<Uuid>,
+            up_to_seq: u64,
+        },
+        AuditAck {
+            up_to: u64,
+        },
+        Ping {
+            nonce: u64,
+        },
+        ScheduledGrant(Vec<u8>, Vec<u8>),
+        Settings {
+            endpoints: Vec<String>,
+            ping_every_ms: u64,
+        },
+        KeyAnnouncement(Vec<u8>, Vec<u8>),
+        KeyRetirement(Vec<u8>, Vec<u8>),
+        LimitedGrant(Vec<u8>, Vec<u8>),
+        Certificate {
+            certificate_pem: String,
+            ca_bundle_pem: String,
+        },
+        RenewalRefused {
+            reason: String,
+        },
+    }
+
+    #[test]
+    fn audit_resend_and_hello_v3_round_trip_and_older_peers_cannot_read_them() {
+        let resend = ControllerMsg::AuditResend { after: 41 };
+        let hello = AgentMsg::HelloV3 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 7,
+            audit_acked: 3,
+            policy_seq: 12,
+            protocol: PROTOCOL_LEVEL,
+        };
+        round_trip(resend.clone());
+        round_trip(hello.clone());
+        let bytes = postcard::to_allocvec(&resend).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV6>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&hello).unwrap();
+        assert!(postcard::from_bytes::<AgentMsgV6>(&bytes).is_err());
+        // The messages a level-6 peer knows keep their encoding.
+        let ack = postcard::to_allocvec(&ControllerMsg::AuditAck { up_to: 9 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV6>(&ack).unwrap(),
+            ControllerMsgV6::AuditAck { up_to: 9 }
+        ));
+        let v2 = postcard::to_allocvec(&AgentMsg::HelloV2 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 5,
+            audit_acked: 4,
+            protocol: 6,
+        })
+        .unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<AgentMsgV6>(&v2).unwrap(),
+            AgentMsgV6::HelloV2 {
+                seq_high_water: 5,
+                audit_acked: 4,
+                protocol: 6,
+                ..
+            }
+        ));
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_AUDIT_RESEND);
     }
 }

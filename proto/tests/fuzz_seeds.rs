@@ -154,6 +154,7 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
                 reason: "agent revoked: re-enrol the host".into(),
             },
         ),
+        ("audit-resend", ControllerMsg::AuditResend { after: 40 }),
     ]
 }
 
@@ -276,6 +277,17 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
                 csr_pem:
                     "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
                         .into(),
+            },
+        ),
+        (
+            "hello-v3",
+            AgentMsg::HelloV3 {
+                agent_id: AGENT,
+                version: "0.9.0".into(),
+                seq_high_water: 41,
+                audit_acked: 40,
+                policy_seq: 12,
+                protocol: jitgate_proto::PROTOCOL_LEVEL,
             },
         ),
     ]

@@ -396,7 +396,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::KeyRetirement(_)
             | ControllerMsg::LimitedGrant(_)
             | ControllerMsg::Certificate { .. }
-            | ControllerMsg::RenewalRefused { .. } => None,
+            | ControllerMsg::RenewalRefused { .. }
+            | ControllerMsg::AuditResend { .. } => None,
         };
         if let Some(r) = reply
             && tx.send(r).await.is_err()
