@@ -143,6 +143,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "keys: at most one current and one announced grant-signing key",
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
+    (
+        29,
+        "policy versions: a base that moves past versions agents hold after a restore",
+        include_str!("../../migrations/0029_policy_base.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
