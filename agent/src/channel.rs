@@ -211,11 +211,12 @@ impl Channel {
             let (mut rd, mut wr) = tokio::io::split(tls);
             write_frame(
                 &mut wr,
-                &AgentMsg::HelloV2 {
+                &AgentMsg::HelloV3 {
                     agent_id: self.enrollment.agent_id,
                     version: self.version.clone(),
                     seq_high_water: marks.seq_high_water,
                     audit_acked: marks.audit_acked,
+                    policy_seq: marks.policy_seq,
                     protocol: jitgate_proto::PROTOCOL_LEVEL,
                 },
             )
@@ -272,7 +273,7 @@ impl Channel {
                 }
             }
         });
-        let audit = tokio::spawn(stream_audit(
+        let mut audit = tokio::spawn(stream_audit(
             self.state_dir.clone(),
             marks.audit_acked,
             self.lines.subscribe(),
@@ -347,6 +348,34 @@ impl Channel {
                         && let Err(e) = s.save(&self.state_dir)
                     {
                         tracing::warn!(error = %e, "cannot record the audit acknowledgement");
+                    }
+                }
+                ControllerMsg::AuditResend { after } => {
+                    // The controller's database lost records it had acknowledged (restored
+                    // from a backup, or a promoted replica): send them again from the log.
+                    let lowered = self.state.lock().ok().and_then(|mut s| {
+                        (after < s.audit_acked).then(|| {
+                            let was = s.audit_acked;
+                            s.audit_acked = after;
+                            (was, s.clone())
+                        })
+                    });
+                    if let Some((was, s)) = lowered {
+                        tracing::warn!(
+                            after,
+                            acknowledged = was,
+                            "the controller lacks audit records it had acknowledged; sending them again"
+                        );
+                        if let Err(e) = s.save(&self.state_dir) {
+                            tracing::warn!(error = %e, "cannot record the audit acknowledgement");
+                        }
+                        audit.abort();
+                        audit = tokio::spawn(stream_audit(
+                            self.state_dir.clone(),
+                            after,
+                            self.lines.subscribe(),
+                            tx.clone(),
+                        ));
                     }
                 }
                 ControllerMsg::Welcome { .. } => {}

@@ -71,6 +71,10 @@ wire_enum! {
         RetireKey = "Retire Grant-Signing Key",
         /// An agent's certificate renewed over the channel (or the renewal refused).
         RenewAgentCertificate = "Renew Agent Certificate",
+        /// An agent's marks were above what the database had issued (it was restored from a
+        /// backup, or a replica lacking the last commits was promoted): the sequences moved
+        /// past them and what the agent lacked was issued again (docs/ha.md).
+        RecoverSequences = "Recover Sequence Numbers",
     }
 }
 

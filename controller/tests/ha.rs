@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, Creds, enroll};
-use common::{Harness, one_port};
+use common::{Harness, ssh_request as request};
 use jitgate_api::Role;
 use jitgate_controller::authz::Caller;
 use jitgate_controller::cluster::CATCH_UP_EVERY;
@@ -44,13 +44,6 @@ async fn agent_on(via: &Harness, to: &Harness, vm: &str) -> (Creds, Agent) {
     let mut a = Agent::connect(&c).await;
     a.handshake(&c, 0).await;
     (c, a)
-}
-
-fn request(vm: &str, source: &str) -> Value {
-    one_port(
-        vm,
-        json!({"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}),
-    )
 }
 
 async fn grant_within(a: &mut Agent, c: &Creds, within: Duration) -> GrantBody {

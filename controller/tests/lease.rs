@@ -10,11 +10,10 @@ mod common;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use common::{Harness, one_port};
+use common::Harness;
 use jitgate_controller::Error;
 use jitgate_controller::store::lease::{self, LEADER};
 use reqwest::StatusCode;
-use serde_json::json;
 
 /// A harness on `url` with a short lease and frequent checkpoints.
 async fn controller(url: &str) -> Harness {
@@ -58,19 +57,6 @@ where
     }
 }
 
-async fn initiate(h: &Harness, token: &str, source: &str) {
-    let (st, v) = h
-        .initiate(
-            token,
-            one_port(
-                "web1",
-                json!({"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}),
-            ),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_hands_over_at_shutdown_and_a_stale_fence_writes_nothing() {
     let url = common::fresh_postgres_database().await;
@@ -112,7 +98,7 @@ async fn one_leader_hands_over_at_shutdown_and_a_stale_fence_writes_nothing() {
 
     // Leader work under A's old fence, run on B's services: refused at commit, nothing
     // written. The same work under B's fence writes (the check can pass).
-    initiate(&b, &alice, "203.0.113.10").await;
+    b.request_ssh(&alice, "web1", "203.0.113.10").await;
     let before = checkpoints(&b).await;
     let stale = lease::fenced(old.clone(), b.app().audit.checkpoint()).await;
     assert!(
@@ -254,7 +240,7 @@ async fn a_frozen_leader_is_replaced_and_stays_out_when_it_wakes() {
     println!("takeover from a frozen leader: {took:?}");
 
     // A does the work: a request made now is covered by a checkpoint A signs.
-    initiate(&a, &alice, "203.0.113.20").await;
+    a.request_ssh(&alice, "web1", "203.0.113.20").await;
     let head: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'chain'")
         .fetch_one(a.app().db.pool())
         .await

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 7;
+pub const PROTOCOL_LEVEL: u32 = 8;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -52,6 +52,12 @@ pub const MAX_PROGRAMS_AHEAD: usize = 16;
 pub const MAX_HOOK_NAME: usize = 64;
 /// A hook problem's reason is cut to this many characters.
 pub const MAX_HOOK_REASON: usize = 256;
+
+/// The first level that helps a controller whose database went back in time (a restore from
+/// a backup, a promoted replica that lacks the last commits): it sends [`AgentMsg::HelloV3`]
+/// (its applied policy version beside its other marks) and understands
+/// [`ControllerMsg::AuditResend`] (send the audit records after a seq again).
+pub const LEVEL_AUDIT_RESEND: u32 = 8;
 
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).
@@ -127,6 +133,13 @@ pub enum ControllerMsg {
     /// agent sends nothing newer than level 6 (an older controller never sends it).
     Level {
         protocol: u32,
+    },
+    /// The controller's database holds this agent's audit records only up to `after` (a
+    /// restore or a promotion lost the later ones): the agent takes its acknowledged mark
+    /// back to `after` and sends its records after it again (appended variant; sent only to
+    /// agents at [`LEVEL_AUDIT_RESEND`] or later).
+    AuditResend {
+        after: u64,
     },
 }
 
@@ -207,6 +220,17 @@ pub enum AgentMsg {
     /// every status report, just before it. At most [`MAX_HOOK_INTERFACES`] interfaces.
     Hooks {
         interfaces: Vec<InterfaceHook>,
+    },
+    /// The first message of agents at [`LEVEL_AUDIT_RESEND`] and later: `HelloV2` plus the
+    /// version of the policy the agent applied (`policy_seq`, 0: none), so that a controller
+    /// whose database went back in time numbers the next policy above it (appended variant).
+    HelloV3 {
+        agent_id: Uuid,
+        version: String,
+        seq_high_water: u64,
+        audit_acked: u64,
+        policy_seq: u64,
+        protocol: u32,
     },
 }
 
@@ -652,6 +676,40 @@ mod tests {
         ));
     }
 
+    /// `AgentMsg` as a level-6 controller knows it (up to `RenewCertificate`).
+    #[derive(Debug, Serialize, Deserialize)]
+    #[allow(dead_code)]
+    enum AgentMsgV6 {
+        Hello {
+            agent_id: Uuid,
+            version: String,
+            seq_high_water: u64,
+            audit_acked: u64,
+        },
+        GrantResult(Uuid, u64, Outcome),
+        RevokeResult(Uuid, u64, Outcome),
+        PolicyResult(u64, Outcome),
+        Grants(Vec<ReportedGrant>),
+        Audit(Vec<AuditRecord>),
+        Heartbeat(Box<Heartbeat>),
+        Pong {
+            nonce: u64,
+        },
+        Status(Box<StatusReport>),
+        HelloV2 {
+            agent_id: Uuid,
+            version: String,
+            seq_high_water: u64,
+            audit_acked: u64,
+            protocol: u32,
+        },
+        ScheduledGrants(Vec<ReportedScheduledGrant>),
+        KeyResult(KeyId, KeyStep, Outcome),
+        RenewCertificate {
+            csr_pem: String,
+        },
+    }
+
     /// `ControllerMsg` as a level-6 agent knows it (up to `RenewalRefused`).
     #[derive(Debug, Serialize, Deserialize)]
     #[allow(dead_code)]
@@ -688,25 +746,6 @@ mod tests {
         RenewalRefused {
             reason: String,
         },
-    }
-
-    /// `AgentMsg` as a level-6 controller knows it (up to `RenewCertificate`).
-    #[derive(Debug, Serialize, Deserialize)]
-    #[allow(dead_code)]
-    enum AgentMsgV6 {
-        Hello(Uuid, String, u64, u64),
-        GrantResult(Uuid, u64, Vec<u8>),
-        RevokeResult(Uuid, u64, Vec<u8>),
-        PolicyResult(u64, Vec<u8>),
-        Grants(Vec<u8>),
-        Audit(Vec<u8>),
-        Heartbeat(Vec<u8>),
-        Pong { nonce: u64 },
-        Status(Vec<u8>),
-        HelloV2(Uuid, String, u64, u64, u32),
-        ScheduledGrants(Vec<u8>),
-        KeyResult(Vec<u8>),
-        RenewCertificate { csr_pem: String },
     }
 
     fn hooks() -> AgentMsg {
@@ -776,7 +815,7 @@ mod tests {
             postcard::from_bytes::<AgentMsgV6>(&renew).unwrap(),
             AgentMsgV6::RenewCertificate { csr_pem } if csr_pem == "csr"
         ));
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_HOOK_REPORTS);
+        assert_eq!(LEVEL_HOOK_REPORTS, 7);
     }
 
     #[test]
@@ -814,5 +853,48 @@ mod tests {
         // A full report stays far below a frame.
         let bytes = postcard::to_allocvec(&AgentMsg::Hooks { interfaces: all }).unwrap();
         assert!(bytes.len() < crate::MAX_FRAME / 4, "{}", bytes.len());
+    }
+
+    #[test]
+    fn audit_resend_and_hello_v3_round_trip_and_older_peers_cannot_read_them() {
+        let resend = ControllerMsg::AuditResend { after: 41 };
+        let hello = AgentMsg::HelloV3 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 7,
+            audit_acked: 3,
+            policy_seq: 12,
+            protocol: PROTOCOL_LEVEL,
+        };
+        round_trip(resend.clone());
+        round_trip(hello.clone());
+        let bytes = postcard::to_allocvec(&resend).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV6>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&hello).unwrap();
+        assert!(postcard::from_bytes::<AgentMsgV6>(&bytes).is_err());
+        // The messages a level-6 peer knows keep their encoding.
+        let ack = postcard::to_allocvec(&ControllerMsg::AuditAck { up_to: 9 }).unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<ControllerMsgV6>(&ack).unwrap(),
+            ControllerMsgV6::AuditAck { up_to: 9 }
+        ));
+        let v2 = postcard::to_allocvec(&AgentMsg::HelloV2 {
+            agent_id: Uuid::from_bytes([1; 16]),
+            version: "0.9".into(),
+            seq_high_water: 5,
+            audit_acked: 4,
+            protocol: 6,
+        })
+        .unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<AgentMsgV6>(&v2).unwrap(),
+            AgentMsgV6::HelloV2 {
+                seq_high_water: 5,
+                audit_acked: 4,
+                protocol: 6,
+                ..
+            }
+        ));
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_AUDIT_RESEND);
     }
 }

@@ -160,6 +160,7 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
                 protocol: jitgate_proto::PROTOCOL_LEVEL,
             },
         ),
+        ("audit-resend", ControllerMsg::AuditResend { after: 40 }),
     ]
 }
 
@@ -320,6 +321,17 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
                         }),
                     },
                 ],
+            },
+        ),
+        (
+            "hello-v3",
+            AgentMsg::HelloV3 {
+                agent_id: AGENT,
+                version: "0.9.0".into(),
+                seq_high_water: 41,
+                audit_acked: 40,
+                policy_seq: 12,
+                protocol: jitgate_proto::PROTOCOL_LEVEL,
             },
         ),
     ]

@@ -36,7 +36,7 @@ pub struct Impostor {
 pub struct Session {
     pub agent: Uuid,
     pub seq_high_water: u64,
-    /// 1 for `Hello`, `HelloV2.protocol` otherwise.
+    /// 1 for `Hello`, the `protocol` of `HelloV2` or `HelloV3` otherwise.
     pub protocol: u32,
     pub rd: Rd,
     pub wr: Wr,
@@ -180,6 +180,12 @@ impl Impostor {
                 ..
             } => (agent_id, seq_high_water, 1),
             AgentMsg::HelloV2 {
+                agent_id,
+                seq_high_water,
+                protocol,
+                ..
+            }
+            | AgentMsg::HelloV3 {
                 agent_id,
                 seq_high_water,
                 protocol,

@@ -65,6 +65,7 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         | ControllerMsg::Settings { .. }
         | ControllerMsg::Ping { .. }
         | ControllerMsg::AuditAck { .. }
+        | ControllerMsg::AuditResend { .. }
         | ControllerMsg::Certificate { .. }
         | ControllerMsg::RenewalRefused { .. }
         | ControllerMsg::Level { .. } => {}

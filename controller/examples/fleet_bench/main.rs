@@ -397,7 +397,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::LimitedGrant(_)
             | ControllerMsg::Certificate { .. }
             | ControllerMsg::RenewalRefused { .. }
-            | ControllerMsg::Level { .. } => None,
+            | ControllerMsg::Level { .. }
+            | ControllerMsg::AuditResend { .. } => None,
         };
         if let Some(r) = reply
             && tx.send(r).await.is_err()

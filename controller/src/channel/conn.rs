@@ -9,10 +9,10 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_CERT_RENEWAL,
-    LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS,
-    LEVEL_SETTINGS, LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody, RevokeBody, ScheduledGrantBody,
-    Signed, write_frame,
+    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_AUDIT_RESEND,
+    LEVEL_CERT_RENEWAL, LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION,
+    LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody,
+    RevokeBody, ScheduledGrantBody, Signed, write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -28,6 +28,7 @@ use crate::channel::tls::{self, identify};
 use crate::channel::{HELLO_TIMEOUT, OUTBOX_BATCH, STATUS_EVERY, Settings};
 use crate::error::Error;
 use crate::fleet::RenewalError;
+use crate::fleet::marks::Marks;
 use crate::store::Backend;
 use crate::store::agents::Heartbeat;
 use crate::store::grants::{GrantState, OutboxOp};
@@ -148,20 +149,37 @@ pub async fn connection(
             .map_err(|_| ConnError::Protocol("no Hello within 10 s".into()))?
             .ok_or_else(|| ConnError::Protocol("closed before Hello".into()))??;
         // `Hello` is level 1 (docs/protocol.md "Levels").
-        let (agent_id, version, seq_high_water, audit_acked, protocol) = match hello {
+        // `policy_seq`: the policy version the agent applied, from level 8 on.
+        let (agent_id, version, seq_high_water, audit_acked, policy_seq, protocol) = match hello
+        {
             AgentMsg::Hello {
                 agent_id,
                 version,
                 seq_high_water,
                 audit_acked,
-            } => (agent_id, version, seq_high_water, audit_acked, 1),
+            } => (agent_id, version, seq_high_water, audit_acked, None, 1),
             AgentMsg::HelloV2 {
                 agent_id,
                 version,
                 seq_high_water,
                 audit_acked,
                 protocol,
-            } => (agent_id, version, seq_high_water, audit_acked, protocol),
+            } => (agent_id, version, seq_high_water, audit_acked, None, protocol),
+            AgentMsg::HelloV3 {
+                agent_id,
+                version,
+                seq_high_water,
+                audit_acked,
+                policy_seq,
+                protocol,
+            } => (
+                agent_id,
+                version,
+                seq_high_water,
+                audit_acked,
+                Some(policy_seq),
+                protocol,
+            ),
             _ => return Err(ConnError::Protocol("first message is not Hello".into())),
         };
         if agent_id != agent {
@@ -235,6 +253,17 @@ pub async fn connection(
             )
             .await?;
         }
+        // Marks above what the database issued (restored or promoted): move the sequences
+        // past them before anything is numbered for this agent.
+        let marks = Marks {
+            seq_high_water,
+            policy_seq,
+        };
+        c.app
+            .fleet
+            .recover_marks(&c.agent_s, &c.vm, marks)
+            .await?;
+        c.recover_audit(&mut wr).await?;
         // A key rotation first: grants below may be signed by the announced key.
         let mut keys_changed = c.app.keys.subscribe();
         c.load_key_acks().await?;
@@ -698,7 +727,7 @@ impl Conn {
     async fn handle(&mut self, wr: &mut Wr, m: AgentMsg) -> Result<(), ConnError> {
         let now = jitgate_api::time::now_ms();
         match m {
-            AgentMsg::Hello { .. } | AgentMsg::HelloV2 { .. } => {
+            AgentMsg::Hello { .. } | AgentMsg::HelloV2 { .. } | AgentMsg::HelloV3 { .. } => {
                 return Err(ConnError::Protocol(format!(
                     "a second Hello (level {})",
                     self.protocol
@@ -864,6 +893,27 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// The agent's acknowledged audit mark is above the records stored from it (the
+    /// database was restored or promoted): an agent at [`LEVEL_AUDIT_RESEND`] or later is
+    /// asked to send them again from the last one stored; an older one cannot, and the
+    /// records in between stay missing (logged).
+    async fn recover_audit(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
+        if self.audit_acked == 0 {
+            return Ok(());
+        }
+        let stored = crate::store::sequences::audit_max(self.app.db.pool(), &self.agent_s).await?;
+        if stored >= self.audit_acked {
+            return Ok(());
+        }
+        if self.protocol < LEVEL_AUDIT_RESEND {
+            tracing::error!(agent = %self.agent, vm = %self.vm, stored, acknowledged = self.audit_acked, level = self.protocol, "the database lacks audit records this agent was told were stored, and its level cannot send them again");
+            return Ok(());
+        }
+        tracing::warn!(agent = %self.agent, vm = %self.vm, stored, acknowledged = self.audit_acked, "the database lacks audit records this agent was told were stored; asking for them again");
+        self.audit_acked = stored;
+        send(wr, &ControllerMsg::AuditResend { after: stored }).await
     }
 
     async fn audit(&mut self, records: &[AuditRecord]) -> Result<u64, ConnError> {

@@ -7,6 +7,7 @@
 //! - [`watch`]: agents going offline and coming back, told as notifications.
 
 pub mod ca;
+pub mod marks;
 pub mod reports;
 pub mod watch;
 

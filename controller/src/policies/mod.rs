@@ -205,9 +205,15 @@ impl Policies {
     }
 
     /// The VM's policy version: the activity-log seq of the last change to its effective
-    /// policy; 0 if never set.
+    /// policy plus the policy base (`counters.policy_base`: 0 until an agent's applied
+    /// version was above what a restored or promoted database could issue, docs/ha.md); 0 if
+    /// never set.
     pub async fn version(&self, vm: &str, group: &str) -> Result<i64> {
-        activity::last_policy_change(self.db.pool(), vm, group).await
+        let last = activity::last_policy_change(self.db.pool(), vm, group).await?;
+        if last == 0 {
+            return Ok(0);
+        }
+        Ok(last + crate::store::sequences::policy_base(self.db.pool()).await?)
     }
 }
 

@@ -144,6 +144,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0028_grant_keys_one_next.sql"),
     ),
     (
+        29,
+        "policy versions: a base that moves past versions agents hold after a restore",
+        include_str!("../../migrations/0029_policy_base.sql"),
+    ),
+    (
         30,
         "agents: where the program runs on each interface (hook reports, protocol level 7)",
         include_str!("../../migrations/0030_agent_hooks.sql"),

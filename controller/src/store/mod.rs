@@ -16,6 +16,7 @@
 //! - [`verified`]: how far the activity log has been verified; [`full_run`]: the
 //!   verification of the whole log running in the background, as every controller sees it.
 //! - [`retention`]: what `jit-controller prune` deletes, in short steps.
+//! - [`sequences`]: what moving sequence numbers past an agent's marks reads and writes.
 //! - [`lease`]: the leader lease, and the fence its holder's writes check.
 //! - [`snapshot`]: what an initiate batch reads, in one round trip on SQLite.
 
@@ -39,6 +40,7 @@ pub mod notify;
 pub mod policies;
 pub mod requests;
 pub mod retention;
+pub mod sequences;
 pub mod sessions;
 pub mod snapshot;
 pub mod tokens;

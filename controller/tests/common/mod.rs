@@ -290,6 +290,13 @@ impl Harness {
         .await
     }
 
+    /// Initiates an hour of SSH on `vm` from `source`, which must succeed; the request id.
+    pub async fn request_ssh(&self, token: &str, vm: &str, source: &str) -> String {
+        let (st, v) = self.initiate(token, ssh_request(vm, source)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v["id"].as_str().expect("request id").to_string()
+    }
+
     /// `POST /api/v1/requests/{id}/revoke`.
     pub async fn revoke(&self, token: &str, id: &str) -> (StatusCode, Value) {
         self.call(
@@ -438,6 +445,14 @@ pub async fn fresh_postgres_database() -> String {
 
 pub fn one_port(vm: &str, port: Value) -> Value {
     json!({"virtualMachines": [{"id": vm, "ports": [port]}], "justification": "ticket INC-1"})
+}
+
+/// A request body: an hour of SSH on `vm` from `source`.
+pub fn ssh_request(vm: &str, source: &str) -> Value {
+    one_port(
+        vm,
+        json!({"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}),
+    )
 }
 
 /// The denial reason codes of a request record.
