@@ -154,7 +154,9 @@ impl<'a> Sim<'a> {
                 self.resend = Some(after);
                 self.marks.audit = self.marks.audit.min(after);
             }
-            ControllerMsg::Welcome { .. } | ControllerMsg::Settings { .. } => {}
+            ControllerMsg::Welcome { .. }
+            | ControllerMsg::Settings { .. }
+            | ControllerMsg::Level { .. } => {}
             m => panic!("unexpected {m:?}"),
         }
     }
