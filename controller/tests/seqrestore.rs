@@ -390,3 +390,38 @@ async fn after_a_restore_sequences_move_past_the_agents_marks() {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// Marks far beyond anything the database issued (the marks of a compromised agent, not of a
+/// restore) are refused: the connection is closed and no counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_far_beyond_what_was_issued_are_refused_and_move_nothing() {
+    let h = Harness::new().await;
+    let _alice = h.prod_with_requester().await;
+    let c = enroll(&h, "web1").await;
+    let counters = || async {
+        sqlx::query_as::<_, (String, i64)>("SELECT name, value FROM counters ORDER BY name")
+            .fetch_all(h.app().db.pool())
+            .await
+            .expect("counters")
+    };
+    let before = counters().await;
+    let far = u64::try_from(jitgate_controller::fleet::marks::MAX_RECOVERY_GAP).unwrap() * 2;
+    for (high, policy) in [(far, 0), (0, far), (u64::MAX, u64::MAX)] {
+        let mut a = Agent::connect(&c).await;
+        a.send(&AgentMsg::HelloV3 {
+            agent_id: c.id,
+            version: "test".into(),
+            seq_high_water: high,
+            audit_acked: 0,
+            policy_seq: policy,
+            protocol: LEVEL_AUDIT_RESEND,
+        })
+        .await;
+        assert!(
+            a.closed_within(Duration::from_secs(5)).await,
+            "marks {high} / {policy} accepted"
+        );
+    }
+    assert_eq!(counters().await, before, "nothing moved");
+    assert!(recoveries(&h).await.is_empty());
+}

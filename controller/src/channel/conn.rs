@@ -262,7 +262,11 @@ pub async fn connection(
         c.app
             .fleet
             .recover_marks(&c.agent_s, &c.vm, marks)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::Refused { message, .. } => ConnError::Refused(message),
+                e => e.into(),
+            })?;
         c.recover_audit(&mut wr).await?;
         // A key rotation first: grants below may be signed by the announced key.
         let mut keys_changed = c.app.keys.subscribe();

@@ -12,16 +12,22 @@
 //! moves the policy versions' base so that the agent's next policy is above its own, and
 //! writes one `Recover Sequence Numbers` activity entry saying what moved from what to what.
 
-use jitgate_api::{Operation, PolicyScope};
+use jitgate_api::{ErrorCode, Operation, PolicyScope};
 use sqlx::AnyConnection;
 
 use super::{Fleet, group_of};
 use crate::authz::Actor;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::activity::{self, NewActivity};
 use crate::store::grants::{self, NewOutbox, OutboxOp};
 use crate::store::write::Counter;
 use crate::store::{cluster, sequences};
+
+/// The most a mark may be above what the database has issued for a recovery to follow it:
+/// far more than a controller issues between a backup and its restore (a trillion grants or
+/// activity entries), and far from the end of the counters' range, so that the marks of one
+/// compromised agent cannot carry every VM's sequences there. An agent beyond it is refused.
+pub const MAX_RECOVERY_GAP: i64 = 1 << 40;
 
 /// What an agent says it has seen, in its `Hello`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,11 +72,11 @@ async fn policy_base_needed(
     let base = sequences::policy_base(&mut *conn).await?;
     Ok(if last > 0 {
         // The version the agent gets next is last + base: make it policy_seq + 1.
-        (policy_seq > last + base).then_some(policy_seq + 1 - last)
+        (policy_seq > last.saturating_add(base)).then_some(policy_seq.saturating_add(1) - last)
     } else {
         // No policy here (version 0: the agent keeps its own): the next change, at head + 1
         // or later, must number above the agent's.
-        (policy_seq > head + base).then_some(policy_seq - head)
+        (policy_seq > head.saturating_add(base)).then_some(policy_seq - head)
     })
 }
 
@@ -88,6 +94,21 @@ impl Fleet {
         let now = jitgate_api::time::now_ms();
         let pool = self.db.pool();
         let (chain, outbox) = cluster::heads(pool).await?;
+        let base = sequences::policy_base(pool).await?;
+        let beyond = |mark: i64, issued: i64| mark > issued.saturating_add(MAX_RECOVERY_GAP);
+        if beyond(high, outbox) || policy.is_some_and(|p| beyond(p, chain.saturating_add(base))) {
+            tracing::error!(%agent, %vm, seq_high_water = marks.seq_high_water, policy_seq = ?marks.policy_seq,
+                outbox, chain, base, "agent refused: its marks are far beyond anything this database issued");
+            return Err(Error::refused(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "agent {agent} (VM {vm}): its marks (seq {}, policy {:?}) are more than {MAX_RECOVERY_GAP} \
+                     above anything this database issued (outbox {outbox}, activity {chain}); \
+                     nothing was moved: re-enrol the host if it is genuine",
+                    marks.seq_high_water, marks.policy_seq
+                ),
+            ));
+        }
         let outbox_behind = high > sequences::vm_outbox_max(pool, vm).await?
             && (high > outbox || !grants::active_on_vm(pool, vm, now).await?.is_empty());
         let policy_behind = match policy {
