@@ -17,6 +17,10 @@ use crate::netns::Forwarder;
 
 /// How long chromedriver may take to say it listens on a busy machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a start is tried again when chromedriver lost the race for its port: given
+/// `--port=0`, it takes a free IPv6 port and then exits if the same port is taken on IPv4
+/// ("IPv4 port not available"), which happens now and then while other tests listen.
+const START_ATTEMPTS: usize = 5;
 /// How long the killed group may take to be gone before the profile is removed anyway.
 const GONE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,8 +62,37 @@ pub(crate) struct Driver {
     dir: tempfile::TempDir,
 }
 
+/// Why one start failed: the port race is worth another try, nothing else is.
+enum StartError {
+    PortTaken(BrowserError),
+    Other(BrowserError),
+}
+
+impl From<BrowserError> for StartError {
+    fn from(e: BrowserError) -> Self {
+        StartError::Other(e)
+    }
+}
+
 impl Driver {
     pub(crate) async fn start(netns: Option<&Path>) -> Result<Driver, BrowserError> {
+        let mut attempt = 1;
+        loop {
+            match Driver::start_once(netns).await {
+                Ok(d) => return Ok(d),
+                Err(StartError::PortTaken(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "chromedriver lost its port (attempt {attempt}); starting it again: {}",
+                        e.0
+                    );
+                    attempt += 1;
+                }
+                Err(StartError::PortTaken(e) | StartError::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(netns: Option<&Path>) -> Result<Driver, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("jitgate-browser-")
             .tempdir()
@@ -146,7 +179,7 @@ impl Driver {
     }
 
     /// The port chromedriver reports ("... started successfully on port N.").
-    async fn wait_port(&mut self) -> Result<u16, BrowserError> {
+    async fn wait_port(&mut self) -> Result<u16, StartError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let text = self.output();
@@ -158,14 +191,19 @@ impl Driver {
                 return Ok(port);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(BrowserError(format!(
+                let e = BrowserError(format!(
                     "chromedriver exited ({status}) before it listened:\n{text}"
-                )));
+                ));
+                return Err(if text.contains("port not available") {
+                    StartError::PortTaken(e)
+                } else {
+                    StartError::Other(e)
+                });
             }
             if Instant::now() > deadline {
-                return Err(BrowserError(format!(
+                return Err(StartError::Other(BrowserError(format!(
                     "chromedriver did not listen within {START_TIMEOUT:?}:\n{text}"
-                )));
+                ))));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
