@@ -131,6 +131,24 @@ impl Presence {
             AgentConnection::Online
         }
     }
+
+    /// [`Presence::connection`] with the reasons of a degraded agent: how the API, `jit`
+    /// and the portal show an agent, by one rule.
+    pub fn shown(
+        &self,
+        agent: &str,
+        status: &AgentStatus,
+        last_seen: Option<i64>,
+        report: Option<&Heartbeat>,
+        now: i64,
+    ) -> (AgentConnection, Vec<String>) {
+        let connection = self.connection(agent, status, last_seen, report, now);
+        let problems = match (report, &connection) {
+            (Some(h), AgentConnection::Degraded) => h.problems_at(now),
+            _ => Vec::new(),
+        };
+        (connection, problems)
+    }
 }
 
 /// An agent's live connection; dropping it ends it.

@@ -489,8 +489,8 @@ impl Fleet {
         Ok(out)
     }
 
-    /// How an agent is shown (online, degraded with its problems, offline, revoked): the
-    /// API's, `jit agents`' and the portal's one rule.
+    /// How an agent is shown (online, degraded with its problems, offline, revoked):
+    /// [`Presence::shown`].
     fn connection(
         &self,
         id: &str,
@@ -499,14 +499,7 @@ impl Fleet {
         report: Option<&Heartbeat>,
         now: i64,
     ) -> (AgentConnection, Vec<String>) {
-        let connection = self
-            .presence
-            .connection(id, status, last_seen_ms, report, now);
-        let problems = match (report, &connection) {
-            (Some(h), AgentConnection::Degraded) => h.problems_at(now),
-            _ => Vec::new(),
-        };
-        (connection, problems)
+        self.presence.shown(id, status, last_seen_ms, report, now)
     }
 
     /// A page of the fleet for the portal: the agents within the caller's scope after
