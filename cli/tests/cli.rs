@@ -850,16 +850,11 @@ fn drives_a_terminal(s: &str) -> Option<char> {
     })
 }
 
-/// A justification written to take over the terminal of whoever reads the history (clear
-/// the screen, home the cursor, recolour, overwrite the line, reorder it) is shown as
-/// visible escapes in every view, and kept exactly, as data, in the JSON.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_text_cannot_drive_the_terminal() {
-    let e = Env::new().await;
-    let admin = e.admin.clone();
+/// web1's own policy: SSH from 127.0.0.0/8 (`jit policy set`, which must succeed).
+async fn ssh_from_loopback(e: &Env, admin: &str) {
     let o = e
         .jit(
-            &admin,
+            admin,
             &[
                 "policy",
                 "set",
@@ -872,6 +867,16 @@ async fn hostile_text_cannot_drive_the_terminal() {
         )
         .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+/// A justification written to take over the terminal of whoever reads the history (clear
+/// the screen, home the cursor, recolour, overwrite the line, reorder it) is shown as
+/// visible escapes in every view, and kept exactly, as data, in the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_cannot_drive_the_terminal() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    ssh_from_loopback(&e, &admin).await;
     let hostile = "fix \x1b[2J\x1b[H\x1b[31mALL CLEAR\x1b[0m\x1b]0;owned\x07\r\x08\u{9b}7m\u{202e}exe.txt\u{2066}";
     let o = e
         .jit(
@@ -955,21 +960,7 @@ async fn vm_show_gives_the_vm_its_agent_and_hooks() {
     assert_eq!(o.json()["agent"], Value::Null, "{}", o.stdout);
     let o = e.jit(&rita, &["vm", "show", "nope"]).await;
     assert_eq!(o.code, 6, "{}", o.stderr);
-    let o = e
-        .jit(
-            &e.admin,
-            &[
-                "policy",
-                "set",
-                "web1",
-                "--port",
-                "22",
-                "--source",
-                "127.0.0.0/8",
-            ],
-        )
-        .await;
-    assert_eq!(o.code, 0, "{}", o.stderr);
+    ssh_from_loopback(&e, &e.admin).await;
 
     // An agent at level 7, recorded as the agent channel records what it says: its Hello
     // and its hook report (another tool's program named to drive a terminal).

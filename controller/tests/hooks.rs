@@ -259,14 +259,21 @@ async fn a_level_7_agent_reports_its_hooks_and_they_are_shown_and_judged() {
     assert_eq!(codes, Vec::<(String, String)>::new(), "{f:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
-    let h = &Harness::new().await;
+/// [`setup`], then web1's agent enrolled and connected at protocol `level` (its handshake
+/// checked): the reader's token and the agent.
+async fn connected_at(h: &Harness, level: u32) -> (String, Agent) {
     let reader = setup(h).await;
     let c = enroll(h, "web1").await;
     let mut a = Agent::connect(&c).await;
+    a.handshake_at(&c, 0, level).await;
+    (reader, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
+    let h = &Harness::new().await;
     // Level 6: Welcome, Settings, then the policy (a Level in between fails the handshake).
-    a.handshake_at(&c, 0, LEVEL_HOOK_REPORTS - 1).await;
+    let (reader, mut a) = connected_at(h, LEVEL_HOOK_REPORTS - 1).await;
     let words = "eth0: 1 ahead of jitgate at tcx-ingress: xdp_pass (id 41, xdp)".to_string();
     a.send(&status(vec![words.clone()])).await;
     let v = agent_view(h, &reader, |v| v["connection"] == "degraded").await;
@@ -294,10 +301,7 @@ async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_hook_report_is_not_judged() {
     let h = &Harness::new().await;
-    let reader = setup(h).await;
-    let c = enroll(h, "web1").await;
-    let mut a = Agent::connect(&c).await;
-    a.handshake_at(&c, 0, LEVEL_HOOK_REPORTS).await;
+    let (reader, mut a) = connected_at(h, LEVEL_HOOK_REPORTS).await;
     a.send(&hooks()).await;
     a.send(&status(vec![])).await;
     agent_view(h, &reader, |v| {
@@ -313,7 +317,10 @@ async fn a_stale_hook_report_is_not_judged() {
 
     // The status report goes stale: received two minutes ago (the agent stays connected).
     let pool = h.app().db.pool();
-    let id = c.id.to_string();
+    let id: String = sqlx::query_scalar("SELECT id FROM agents WHERE vm = 'web1'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let stored: String = sqlx::query_scalar("SELECT heartbeat FROM agents WHERE id = $1")
         .bind(id.as_str())
         .fetch_one(pool)

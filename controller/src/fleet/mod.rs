@@ -459,7 +459,8 @@ impl Fleet {
             let hb = r.heartbeat()?;
             let hooks = r.hooks()?;
             let (connection, problems) =
-                self.connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
+                self.presence
+                    .shown(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
             out.push(Agent {
                 virtual_machine: r.vm,
                 resource_group: r.resource_group,
@@ -487,19 +488,6 @@ impl Fleet {
             });
         }
         Ok(out)
-    }
-
-    /// How an agent is shown (online, degraded with its problems, offline, revoked):
-    /// [`Presence::shown`].
-    fn connection(
-        &self,
-        id: &str,
-        status: &AgentStatus,
-        last_seen_ms: Option<i64>,
-        report: Option<&Heartbeat>,
-        now: i64,
-    ) -> (AgentConnection, Vec<String>) {
-        self.presence.shown(id, status, last_seen_ms, report, now)
     }
 
     /// A page of the fleet for the portal: the agents within the caller's scope after
@@ -593,7 +581,8 @@ impl Fleet {
         let report = a.heartbeat()?;
         let hooks = a.hooks()?;
         let (connection, problems) =
-            self.connection(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
+            self.presence
+                .shown(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
         Ok(FleetEntry {
             hooks,
             id: r.agent.id,
