@@ -212,6 +212,30 @@ pub struct Agent {
     pub hooks: Vec<InterfaceHook>,
 }
 
+/// A VM's agent in `GET /virtualMachines/{vm}`: its newest enrolment (an active one before
+/// revoked ones), shown by the same rule as in `GET /agents`, with its last hook report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmAgent {
+    pub agent_id: String,
+    pub status: AgentStatus,
+    pub connection: AgentConnection,
+    /// Why it is degraded.
+    pub problems: Vec<String>,
+    pub enrolled_time_utc: String,
+    pub last_seen_time_utc: Option<String>,
+    /// When its last status report was received (null: none yet).
+    pub last_report_time_utc: Option<String>,
+    /// The protocol level of its last Hello.
+    pub protocol: u32,
+    /// Its version, as its last Hello named it.
+    pub version: Option<String>,
+    /// Where jitgate's program runs on each interface and what runs before it, from the
+    /// agent's last hook report (empty: none yet, or an agent below protocol level 7).
+    #[serde(default)]
+    pub hooks: Vec<InterfaceHook>,
+}
+
 /// One connection attempt seen by a VM's agent (`GET /virtualMachines/{vm}/connections`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

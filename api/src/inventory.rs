@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agents::AgentConnection;
+use crate::agents::{AgentConnection, VmAgent};
 use crate::policy::{PolicyScope, PolicyView};
 use crate::rights::{Role, Scope};
 
@@ -40,6 +40,9 @@ pub struct VmDetail {
     pub resource_group: String,
     pub addresses: Vec<String>,
     pub effective_policy: Option<PolicyView>,
+    /// Its agent (null: none was ever enrolled; absent from older controllers).
+    #[serde(default)]
+    pub agent: Option<VmAgent>,
 }
 
 /// One group in `GET /resourceGroups`.

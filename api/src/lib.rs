@@ -38,7 +38,7 @@ pub use activity::{ActivityOutcome, ActivityQuery, Operation, ResourceType};
 pub use agents::{
     Agent, AgentAuditVerify, AgentChainReport, AgentConnection, AgentRecord, AgentStatus,
     Connection, ConnectionOutcome, EnrollRequest, EnrollResponse, GrantOrigin, HookKind, HookMode,
-    HookProblem, InterfaceHook, ProgramAhead, ViewQuery,
+    HookProblem, InterfaceHook, ProgramAhead, ViewQuery, VmAgent,
 };
 pub use apply::{
     ApplyBody, ApprovalDecl, AssignmentDecl, DeclKind, Document, FieldChange, GroupDecl, Plan,

@@ -167,6 +167,7 @@ fn every_schema_matches_its_type() {
     check::<api::AgentChainReport>(s, "AgentChainReport", seen);
     check::<api::Vm>(s, "Vm", seen);
     check::<api::VmDetail>(s, "VmDetail", seen);
+    check::<api::VmAgent>(s, "VmAgent", seen);
     check::<api::ResourceGroup>(s, "ResourceGroup", seen);
     check::<api::Finding>(s, "ComplianceFinding", seen);
     check::<api::ComplianceResult>(s, "ComplianceResult", seen);

@@ -24,7 +24,7 @@ mod text;
 use client::Client;
 use cmd::{
     apply, approvals, audit, compliance, connect, connections, history, keys, login, logout,
-    notify, policy, requests, vms, whoami,
+    notify, policy, requests, vm, vms, whoami,
 };
 use exit::R;
 use output::Out;
@@ -63,6 +63,10 @@ enum Cmd {
     /// List the VMs you can see: where their JIT policy comes from, and their agent's
     /// status (online, degraded: enforcement detached or partial, offline, none).
     Vms,
+    /// One VM: its policy, its agent (state, last heard, protocol level) and where
+    /// jitgate's program runs on each interface (hook, position, the programs ahead).
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
     /// The agent fleet: each VM's agent, online/offline, last seen, interfaces, protected
     /// ports, active grants, audit head.
     Agents,
@@ -182,6 +186,7 @@ async fn run(cli: Cli) -> R<()> {
         Cmd::Login(_) | Cmd::Logout => Ok(()),
         Cmd::Whoami => whoami::run(&c, out).await,
         Cmd::Vms => vms::vms(&c, out).await,
+        Cmd::Vm(v) => vm::run(&c, v, out).await,
         Cmd::Agents => vms::agents(&c, out).await,
         Cmd::Policy(p) => policy::run(&c, p, out).await,
         Cmd::Request(a) => requests::request(&c, a, out).await,

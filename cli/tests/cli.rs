@@ -850,16 +850,11 @@ fn drives_a_terminal(s: &str) -> Option<char> {
     })
 }
 
-/// A justification written to take over the terminal of whoever reads the history (clear
-/// the screen, home the cursor, recolour, overwrite the line, reorder it) is shown as
-/// visible escapes in every view, and kept exactly, as data, in the JSON.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_text_cannot_drive_the_terminal() {
-    let e = Env::new().await;
-    let admin = e.admin.clone();
+/// web1's own policy: SSH from 127.0.0.0/8 (`jit policy set`, which must succeed).
+async fn ssh_from_loopback(e: &Env, admin: &str) {
     let o = e
         .jit(
-            &admin,
+            admin,
             &[
                 "policy",
                 "set",
@@ -872,6 +867,16 @@ async fn hostile_text_cannot_drive_the_terminal() {
         )
         .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+/// A justification written to take over the terminal of whoever reads the history (clear
+/// the screen, home the cursor, recolour, overwrite the line, reorder it) is shown as
+/// visible escapes in every view, and kept exactly, as data, in the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_cannot_drive_the_terminal() {
+    let e = Env::new().await;
+    let admin = e.admin.clone();
+    ssh_from_loopback(&e, &admin).await;
     let hostile = "fix \x1b[2J\x1b[H\x1b[31mALL CLEAR\x1b[0m\x1b]0;owned\x07\r\x08\u{9b}7m\u{202e}exe.txt\u{2066}";
     let o = e
         .jit(
@@ -927,6 +932,139 @@ async fn hostile_text_cannot_drive_the_terminal() {
     let o = e.jit(&admin, &["revoke", "\x1b[31mnope"]).await;
     assert_eq!(o.code, 6, "{}", o.stderr);
     assert_eq!(drives_a_terminal(&o.stderr), None, "{:?}", o.stderr);
+}
+
+/// `jit vm show`: the VM, its policy, its agent (state, last heard, protocol level) and one
+/// line per interface with jitgate's hook, position and the programs ahead; what the agent
+/// wrote (its version, a program's name) made visible, never acted on; `--json` the API's
+/// object, the same value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_show_gives_the_vm_its_agent_and_hooks() {
+    let e = Env::new().await;
+    let rita = e.token("rita", Role::Reader, "rg:prod").await;
+    let o = e.jit(&rita, &["vm", "show", "web1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("VM web1 (resource group prod): 192.0.2.11, 2001:db8::11\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("no JIT policy"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("no agent was ever enrolled"),
+        "{}",
+        o.stdout
+    );
+    let o = e.jit(&rita, &["vm", "show", "web1", "--json"]).await;
+    assert_eq!(o.json()["agent"], Value::Null, "{}", o.stdout);
+    let o = e.jit(&rita, &["vm", "show", "nope"]).await;
+    assert_eq!(o.code, 6, "{}", o.stderr);
+    ssh_from_loopback(&e, &e.admin).await;
+
+    // An agent at level 7, recorded as the agent channel records what it says: its Hello
+    // and its hook report (another tool's program named to drive a terminal).
+    let app = &e.server.app;
+    let (token, _) = app
+        .fleet
+        .create_enroll_token(&Caller::local(), "web1")
+        .await
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let enrolled = app
+        .fleet
+        .enroll(
+            "127.0.0.1",
+            &jitgate_api::EnrollRequest {
+                token,
+                csr_pem,
+                protocol: Some(jitgate_proto::PROTOCOL_LEVEL),
+            },
+        )
+        .await
+        .unwrap();
+    let id = enrolled.agent_id;
+    app.fleet
+        .hello(&id, jitgate_proto::LEVEL_HOOK_REPORTS, "0.9.0\x1b[2J")
+        .await
+        .unwrap();
+    let hostile = "xdp\x1b]0;owned\x07\u{202e}ssap";
+    let mut reported = jitgate_proto::testing::example_hooks();
+    reported[0].ahead[0].name = hostile.into();
+    app.fleet
+        .hooks(&id, &jitgate_controller::fleet::hooks_from_agent(reported))
+        .unwrap();
+    // Written within a second (with the agents' batched reports).
+    let mut shown = Value::Null;
+    for _ in 0..100 {
+        let o = e.jit(&rita, &["vm", "show", "web1", "--json"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(drives_a_terminal(&o.stdout), None, "{:?}", o.stdout);
+        shown = o.json();
+        if shown["agent"]["hooks"]
+            .as_array()
+            .is_some_and(|h| h.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let agent = &shown["agent"];
+    assert_eq!(agent["agentId"], id.as_str(), "{shown:#}");
+    assert_eq!(
+        agent["protocol"],
+        jitgate_proto::LEVEL_HOOK_REPORTS,
+        "{shown:#}"
+    );
+    assert_eq!(agent["hooks"][0]["ahead"][0]["name"], hostile, "{shown:#}");
+    assert_eq!(
+        shown["effectivePolicy"]["ports"][0]["number"], 22,
+        "{shown:#}"
+    );
+
+    let o = e.jit(&rita, &["vm", "show", "web1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(drives_a_terminal(&o.stdout), None, "{:?}", o.stdout);
+    let text = &o.stdout;
+    assert!(text.contains("virtualMachine policy of web1"), "{text}");
+    // Enrolled, said Hello, no connection now: offline, last heard at its Hello.
+    assert!(
+        text.contains(&format!("agent {id}: offline, last heard 20")),
+        "{text}"
+    );
+    assert!(
+        text.contains("protocol level 7, version 0.9.0\\x1b[2J\n"),
+        "{text}"
+    );
+    let line = |iface: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(iface))
+            .unwrap_or_else(|| panic!("no line for {iface}: {text}"))
+            .to_string()
+    };
+    let eth0 = line("eth0");
+    for part in [
+        "tcx-ingress (tcx)",
+        "1 of 2",
+        "xdp\\x1b]0;owned\\x07\\u{202e}ssap (id 40, xdp), tc_count (id 41, tcx-ingress)",
+        "NotFirst",
+    ] {
+        assert!(eth0.contains(part), "{part}: {eth0}");
+    }
+    let eth1 = line("eth1");
+    for part in [
+        "xdp-dispatcher (driver)",
+        "0 of 1",
+        "Missing: jitgate's slot was removed from the XDP dispatcher",
+    ] {
+        assert!(eth1.contains(part), "{part}: {eth1}");
+    }
 }
 
 /// `jit-gen DIR` writes a man page per command and the shell completions, from the same

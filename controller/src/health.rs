@@ -269,7 +269,7 @@ pub async fn sample(app: &App) -> Result<Sample> {
         .collect();
     let mut counts = AgentCounts::default();
     for rec in agents::active_by_vm(pool).await?.into_values() {
-        let c = app.presence.connection(
+        let (c, _) = app.presence.shown(
             &rec.id,
             &AgentStatus::Active,
             rec.last_seen_ms,

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use jitgate_api::{
-    AgentConnection, ErrorCode, Operation, PolicyScope, ResourceGroup, ResourceType, Vm, VmDetail,
+    AgentConnection, ErrorCode, Operation, PolicyScope, ResourceGroup, ResourceType, Vm, VmAgent,
+    VmDetail,
 };
 
 use crate::authz::{self, Action, Caller};
@@ -185,7 +186,8 @@ impl Inventory {
         w.commit().await
     }
 
-    /// A VM with its effective policy.
+    /// A VM with its effective policy and its agent (the newest enrolment, an active one
+    /// first: one query).
     pub async fn vm(&self, caller: &Caller, name: &str) -> Result<VmDetail> {
         let vm = inventory::require_vm(self.db.pool(), name).await?;
         authz::authorize(
@@ -196,11 +198,40 @@ impl Inventory {
             },
         )?;
         let effective_policy = self.policies.effective(name, &vm.resource_group).await?;
+        let agent = match agents::vm_agent(self.db.pool(), name).await? {
+            Some(row) => Some(self.vm_agent(row, jitgate_api::time::now_ms())?),
+            None => None,
+        };
         Ok(VmDetail {
             name: vm.name,
             resource_group: vm.resource_group,
             addresses: vm.addresses.0,
             effective_policy,
+            agent,
+        })
+    }
+
+    /// A VM's agent as `GET /virtualMachines/{vm}` shows it.
+    fn vm_agent(&self, row: agents::FleetPageRow, now: i64) -> Result<VmAgent> {
+        let a = row.agent;
+        let report = a.heartbeat()?;
+        let hooks = a.hooks()?;
+        let (connection, problems) =
+            self.presence
+                .shown(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
+        Ok(VmAgent {
+            agent_id: a.id,
+            status: a.status,
+            connection,
+            problems,
+            enrolled_time_utc: jitgate_api::time::format(a.enrolled_ms),
+            last_seen_time_utc: a.last_seen_ms.map(jitgate_api::time::format),
+            last_report_time_utc: report
+                .and_then(|h| h.received_ms)
+                .map(jitgate_api::time::format),
+            protocol: u32::try_from(row.protocol).unwrap_or(0),
+            version: row.version,
+            hooks,
         })
     }
 
@@ -217,20 +248,13 @@ impl Inventory {
             }
             let (status, problems) = match agents.get(&r.name) {
                 None => (AgentConnection::NoAgent, Vec::new()),
-                Some(a) => {
-                    let st = self.presence.connection(
-                        &a.id,
-                        &jitgate_api::AgentStatus::Active,
-                        a.last_seen_ms,
-                        a.heartbeat.as_ref(),
-                        now,
-                    );
-                    let problems = match (&a.heartbeat, &st) {
-                        (Some(h), AgentConnection::Degraded) => h.problems_at(now),
-                        _ => Vec::new(),
-                    };
-                    (st, problems)
-                }
+                Some(a) => self.presence.shown(
+                    &a.id,
+                    &jitgate_api::AgentStatus::Active,
+                    a.last_seen_ms,
+                    a.heartbeat.as_ref(),
+                    now,
+                ),
             };
             let policy_source = if has.contains(&(PolicyScope::VirtualMachine, r.name.clone())) {
                 Some(PolicyScope::VirtualMachine)
@@ -300,20 +324,13 @@ impl Inventory {
             let (agent, problems) = match &r.agent_id {
                 None if r.revoked == 1 => (AgentConnection::Revoked, Vec::new()),
                 None => (AgentConnection::NoAgent, Vec::new()),
-                Some(id) => {
-                    let st = self.presence.connection(
-                        id,
-                        &jitgate_api::AgentStatus::Active,
-                        r.last_seen_ms,
-                        report.as_ref(),
-                        now,
-                    );
-                    let problems = match (&report, &st) {
-                        (Some(h), AgentConnection::Degraded) => h.problems_at(now),
-                        _ => Vec::new(),
-                    };
-                    (st, problems)
-                }
+                Some(id) => self.presence.shown(
+                    id,
+                    &jitgate_api::AgentStatus::Active,
+                    r.last_seen_ms,
+                    report.as_ref(),
+                    now,
+                ),
             };
             let reason = (tab == JitTab::Unsupported).then(|| match &agent {
                 AgentConnection::Revoked => "its agent was revoked".to_string(),

@@ -110,25 +110,26 @@ impl Presence {
 }
 
 impl Presence {
-    /// How the API shows an agent: revoked; offline (neither connected nor heard from);
-    /// degraded (connected, but enforcement detached, partial or unhealthy, or reports
-    /// stopped); else online.
-    pub fn connection(
+    /// How the API, `jit` and the portal show an agent, by one rule: revoked; offline
+    /// (neither connected nor heard from); degraded (connected, but enforcement detached,
+    /// partial or unhealthy, or reports stopped), with the reasons; else online.
+    pub fn shown(
         &self,
         agent: &str,
         status: &AgentStatus,
         last_seen: Option<i64>,
         report: Option<&Heartbeat>,
         now: i64,
-    ) -> AgentConnection {
+    ) -> (AgentConnection, Vec<String>) {
         if *status != AgentStatus::Active {
-            AgentConnection::Revoked
-        } else if !self.online(agent, last_seen, now) {
-            AgentConnection::Offline
-        } else if report.is_some_and(|h| !h.problems_at(now).is_empty()) {
-            AgentConnection::Degraded
-        } else {
-            AgentConnection::Online
+            return (AgentConnection::Revoked, Vec::new());
+        }
+        if !self.online(agent, last_seen, now) {
+            return (AgentConnection::Offline, Vec::new());
+        }
+        match report.map(|h| h.problems_at(now)) {
+            Some(problems) if !problems.is_empty() => (AgentConnection::Degraded, problems),
+            _ => (AgentConnection::Online, Vec::new()),
         }
     }
 }
@@ -184,6 +185,44 @@ mod tests {
         assert!(
             !a.is_live("y"),
             "not counted as this controller's connection"
+        );
+    }
+
+    #[test]
+    fn an_agent_is_shown_by_one_rule() {
+        let p = Presence::new();
+        let now = 1_000_000;
+        let whole = Heartbeat {
+            interfaces: vec!["eth0 (driver)".into()],
+            status_reported: true,
+            received_ms: Some(now),
+            ..Heartbeat::default()
+        };
+        let shown = |status: AgentStatus, seen: i64, h: &Heartbeat| {
+            p.shown("a", &status, Some(seen), Some(h), now)
+        };
+        assert_eq!(
+            shown(AgentStatus::Active, now, &whole),
+            (AgentConnection::Online, vec![])
+        );
+        let detached = Heartbeat {
+            interfaces: vec![],
+            ..whole.clone()
+        };
+        let (c, problems) = shown(AgentStatus::Active, now, &detached);
+        assert_eq!(c, AgentConnection::Degraded);
+        assert!(
+            problems[0].starts_with("enforcement detached"),
+            "{problems:?}"
+        );
+        // Offline and revoked say nothing of an old report's problems.
+        assert_eq!(
+            shown(AgentStatus::Active, now - ONLINE_WITHIN_MS - 1, &detached),
+            (AgentConnection::Offline, vec![])
+        );
+        assert_eq!(
+            shown(AgentStatus::Revoked, now, &detached),
+            (AgentConnection::Revoked, vec![])
         );
     }
 }

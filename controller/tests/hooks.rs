@@ -21,13 +21,17 @@ use common::agent::{Agent, enroll};
 use jitgate_api::Role;
 use jitgate_proto::message::{Heartbeat, StatusReport};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, HookKind, HookMode, HookProblem, InterfaceHook, LEVEL_HOOK_REPORTS,
-    ProgramAhead,
+    AgentMsg, ControllerMsg, HookKind, HookMode, InterfaceHook, LEVEL_HOOK_REPORTS,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 fn status(problems: Vec<String>) -> AgentMsg {
+    status_at(problems, 3)
+}
+
+/// A status report whose audit head is at `audit_seq` (a change the controller writes at once).
+fn status_at(problems: Vec<String>, audit_seq: u64) -> AgentMsg {
     AgentMsg::Status(Box::new(StatusReport {
         heartbeat: Heartbeat {
             interfaces: vec![
@@ -38,7 +42,7 @@ fn status(problems: Vec<String>) -> AgentMsg {
             listening: vec![(jitgate_common::Protocol::Tcp, "0.0.0.0:22".into())],
             active_grants: 0,
             audit_head: "ab".repeat(32),
-            audit_seq: 3,
+            audit_seq,
         },
         addresses: vec![
             ("eth0".into(), "192.0.2.11".into()),
@@ -49,41 +53,13 @@ fn status(problems: Vec<String>) -> AgentMsg {
     }))
 }
 
-/// eth0: jitgate at tcx ingress behind the XDP hook's `xdp_pass` (another tool's, `<b>`
-/// in its name to show it is escaped); eth1: its dispatcher slot unloaded.
+/// The shared example report (`jitgate_proto::testing::example_hooks`): eth0 at tcx ingress
+/// behind another tool's `xdp_pass` (`<b>` added to its name to show it is escaped) and a
+/// tcx program; eth1's dispatcher slot unloaded.
 fn hooks() -> AgentMsg {
-    AgentMsg::Hooks {
-        interfaces: vec![
-            InterfaceHook {
-                interface: "eth0".into(),
-                hook: HookKind::TcxIngress,
-                mode: HookMode::Tcx,
-                position: 0,
-                programs: 1,
-                ahead: vec![ProgramAhead {
-                    id: 41,
-                    name: "xdp_pass<b>".into(),
-                    hook: HookKind::Xdp,
-                }],
-                problem: Some(HookProblem::NotFirst),
-            },
-            InterfaceHook {
-                interface: "eth1".into(),
-                hook: HookKind::XdpDispatcher,
-                mode: HookMode::Driver,
-                position: 0,
-                programs: 1,
-                ahead: vec![ProgramAhead {
-                    id: 52,
-                    name: "xdp_count".into(),
-                    hook: HookKind::XdpDispatcher,
-                }],
-                problem: Some(HookProblem::Missing {
-                    reason: "jitgate's slot was removed from the XDP dispatcher".into(),
-                }),
-            },
-        ],
-    }
+    let mut interfaces = jitgate_proto::testing::example_hooks();
+    interfaces[0].ahead[0].name.push_str("<b>");
+    AgentMsg::Hooks { interfaces }
 }
 
 /// The only agent of the fleet view, once `done` holds for it (polled for 10 s).
@@ -197,7 +173,8 @@ async fn a_level_7_agent_reports_its_hooks_and_they_are_shown_and_judged() {
     assert_eq!(v["hooks"][0]["problem"], "NotFirst", "{v:#}");
     assert_eq!(
         v["hooks"][0]["ahead"],
-        json!([{"id": 41, "name": "xdp_pass<b>", "hook": "xdp"}])
+        json!([{"id": 40, "name": "xdp_pass<b>", "hook": "xdp"},
+               {"id": 41, "name": "tc_count", "hook": "tcx-ingress"}])
     );
     assert_eq!(v["hooks"][1]["problem"], "Missing", "{v:#}");
     assert_eq!(
@@ -226,7 +203,25 @@ async fn a_level_7_agent_reports_its_hooks_and_they_are_shown_and_judged() {
         "{f:#}"
     );
     let reason = f[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("xdp_pass<b> (id 41, xdp)"), "{reason}");
+    assert!(
+        reason.contains("xdp_pass<b> (id 40, xdp), tc_count (id 41, tcx-ingress)"),
+        "{reason}"
+    );
+
+    // The VM's API object carries its agent with the same hooks.
+    let (st, vm) = h.get("/api/v1/virtualMachines/web1", &reader).await;
+    assert_eq!(st, StatusCode::OK, "{vm}");
+    let agent = &vm["agent"];
+    assert_eq!(agent["agentId"], c.id.to_string(), "{vm:#}");
+    assert_eq!(agent["status"], "active", "{vm:#}");
+    assert_eq!(agent["connection"], "degraded", "{vm:#}");
+    assert_eq!(agent["protocol"], LEVEL_HOOK_REPORTS, "{vm:#}");
+    assert!(agent["lastSeenTimeUtc"].is_string(), "{vm:#}");
+    assert!(agent["lastReportTimeUtc"].is_string(), "{vm:#}");
+    assert_eq!(agent["hooks"], v["hooks"], "{vm:#}");
+    // A VM that never had an agent: null.
+    let (_, web2) = h.get("/api/v1/virtualMachines/web2", &reader).await;
+    assert_eq!(web2["agent"], Value::Null, "{web2:#}");
 
     // The portal's VM page and its agent's page show them, escaped.
     let alice = p.sign_in("alice").await; // admin on *
@@ -236,12 +231,12 @@ async fn a_level_7_agent_reports_its_hooks_and_they_are_shown_and_judged() {
         let body = &page.body;
         assert!(body.contains("id=\"hooks\""), "{path}: {body}");
         assert!(
-            body.contains("xdp_pass&#60;b&#62; (id 41, xdp)"),
+            body.contains("xdp_pass&#60;b&#62; (id 40, xdp)"),
             "{path}: {body}"
         );
         assert!(!body.contains("xdp_pass<b>"), "{path}: not escaped: {body}");
         assert!(body.contains("tcx-ingress (tcx)"), "{path}: {body}");
-        assert!(body.contains("0 of 1"), "{path}: {body}");
+        assert!(body.contains("1 of 2"), "{path}: {body}");
     }
 
     // The same report again is accepted (and not written again).
@@ -264,14 +259,21 @@ async fn a_level_7_agent_reports_its_hooks_and_they_are_shown_and_judged() {
     assert_eq!(codes, Vec::<(String, String)>::new(), "{f:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
-    let h = &Harness::new().await;
+/// [`setup`], then web1's agent enrolled and connected at protocol `level` (its handshake
+/// checked): the reader's token and the agent.
+async fn connected_at(h: &Harness, level: u32) -> (String, Agent) {
     let reader = setup(h).await;
     let c = enroll(h, "web1").await;
     let mut a = Agent::connect(&c).await;
+    a.handshake_at(&c, 0, level).await;
+    (reader, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
+    let h = &Harness::new().await;
     // Level 6: Welcome, Settings, then the policy (a Level in between fails the handshake).
-    a.handshake_at(&c, 0, LEVEL_HOOK_REPORTS - 1).await;
+    let (reader, mut a) = connected_at(h, LEVEL_HOOK_REPORTS - 1).await;
     let words = "eth0: 1 ahead of jitgate at tcx-ingress: xdp_pass (id 41, xdp)".to_string();
     a.send(&status(vec![words.clone()])).await;
     let v = agent_view(h, &reader, |v| v["connection"] == "degraded").await;
@@ -291,4 +293,77 @@ async fn a_level_6_agent_is_not_told_the_level_and_its_words_still_count() {
     // A hook report from an agent that announced level 6 ends the connection.
     a.send(&hooks()).await;
     assert!(a.closed_within(Duration::from_secs(5)).await);
+}
+
+/// A hook report is as old as the status report it came with: once that is stale, the
+/// evaluation says so (StaleStatusReport) and no longer judges where the program ran then;
+/// when the agent reports again, the hook findings come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_hook_report_is_not_judged() {
+    let h = &Harness::new().await;
+    let (reader, mut a) = connected_at(h, LEVEL_HOOK_REPORTS).await;
+    a.send(&hooks()).await;
+    a.send(&status(vec![])).await;
+    agent_view(h, &reader, |v| {
+        v["hooks"].as_array().is_some_and(|x| x.len() == 2) && v["auditSeq"] == 3
+    })
+    .await;
+    let judged = vec![
+        ("ProgramNotFirst".to_string(), "eth0".to_string()),
+        ("ProgramMissing".to_string(), "eth1".to_string()),
+    ];
+    let (codes, f) = findings(h).await;
+    assert_eq!(codes, judged, "{f:#}");
+
+    // The status report goes stale: received two minutes ago (the agent stays connected).
+    let pool = h.app().db.pool();
+    let id: String = sqlx::query_scalar("SELECT id FROM agents WHERE vm = 'web1'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let stored: String = sqlx::query_scalar("SELECT heartbeat FROM agents WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut report: Value = serde_json::from_str(&stored).unwrap();
+    let old = jitgate_api::time::now_ms() - 120_000;
+    report["receivedMs"] = json!(old);
+    sqlx::query("UPDATE agents SET heartbeat = $1 WHERE id = $2")
+        .bind(report.to_string())
+        .bind(id.as_str())
+        .execute(pool)
+        .await
+        .unwrap();
+    // (Heard from, so that the connection is not closed as silent meanwhile.)
+    a.send(&AgentMsg::Pong { nonce: 0 }).await;
+    let (codes, f) = findings(h).await;
+    assert_eq!(
+        codes,
+        [("StaleStatusReport".to_string(), String::new())],
+        "{f:#}"
+    );
+    // The API still shows the last report, and when it came.
+    let (_, vm) = h.get("/api/v1/virtualMachines/web1", &reader).await;
+    assert_eq!(vm["agent"]["hooks"][0]["problem"], "NotFirst", "{vm:#}");
+    assert_eq!(
+        vm["agent"]["lastReportTimeUtc"],
+        jitgate_api::time::format(old),
+        "{vm:#}"
+    );
+    assert!(
+        vm["agent"]["problems"]
+            .to_string()
+            .contains("no status report since"),
+        "{vm:#}"
+    );
+
+    a.send(&AgentMsg::Pong { nonce: 0 }).await;
+    // Fresh again: the agent reports (its audit head moved, so the report is written at
+    // once), and the hook findings come back.
+    a.send(&hooks()).await;
+    a.send(&status_at(vec![], 4)).await;
+    agent_view(h, &reader, |v| v["auditSeq"] == 4).await;
+    let (codes, f) = findings(h).await;
+    assert_eq!(codes, judged, "{f:#}");
 }

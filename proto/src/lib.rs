@@ -22,6 +22,8 @@ pub mod frame;
 pub mod keys;
 pub mod message;
 pub mod signed;
+#[doc(hidden)]
+pub mod testing;
 
 pub use audit_kind::AuditKind;
 pub use endpoint::{Endpoint, EndpointError};

@@ -750,32 +750,7 @@ mod tests {
 
     fn hooks() -> AgentMsg {
         AgentMsg::Hooks {
-            interfaces: vec![
-                InterfaceHook {
-                    interface: "eth0".into(),
-                    hook: HookKind::TcxIngress,
-                    mode: HookMode::Tcx,
-                    position: 0,
-                    programs: 1,
-                    ahead: vec![ProgramAhead {
-                        id: 41,
-                        name: "xdp_pass".into(),
-                        hook: HookKind::Xdp,
-                    }],
-                    problem: Some(HookProblem::NotFirst),
-                },
-                InterfaceHook {
-                    interface: "eth1".into(),
-                    hook: HookKind::XdpDispatcher,
-                    mode: HookMode::Driver,
-                    position: 0,
-                    programs: 0,
-                    ahead: vec![],
-                    problem: Some(HookProblem::Missing {
-                        reason: "jitgate's slot was removed from the XDP dispatcher".into(),
-                    }),
-                },
-            ],
+            interfaces: crate::testing::example_hooks(),
         }
     }
 

@@ -14,8 +14,8 @@ use jitgate_proto::message::{
 };
 use jitgate_proto::signed::Body;
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, GrantBody, HookKind, HookMode, HookProblem, InterfaceHook,
-    LimitedGrantBody, PolicyBody, ProgramAhead, RevokeBody, ScheduledGrantBody, Signed,
+    AgentMsg, ControllerMsg, GrantBody, LimitedGrantBody, PolicyBody, RevokeBody,
+    ScheduledGrantBody, Signed,
 };
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -288,39 +288,7 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
         (
             "hooks",
             AgentMsg::Hooks {
-                interfaces: vec![
-                    InterfaceHook {
-                        interface: "eth0".into(),
-                        hook: HookKind::TcxIngress,
-                        mode: HookMode::Tcx,
-                        position: 1,
-                        programs: 2,
-                        ahead: vec![
-                            ProgramAhead {
-                                id: 40,
-                                name: "xdp_pass".into(),
-                                hook: HookKind::Xdp,
-                            },
-                            ProgramAhead {
-                                id: 41,
-                                name: "tc_count".into(),
-                                hook: HookKind::TcxIngress,
-                            },
-                        ],
-                        problem: Some(HookProblem::NotFirst),
-                    },
-                    InterfaceHook {
-                        interface: "eth1".into(),
-                        hook: HookKind::XdpDispatcher,
-                        mode: HookMode::Driver,
-                        position: 0,
-                        programs: 1,
-                        ahead: vec![],
-                        problem: Some(HookProblem::Missing {
-                            reason: "jitgate's slot was removed from the XDP dispatcher".into(),
-                        }),
-                    },
-                ],
+                interfaces: jitgate_proto::testing::example_hooks(),
             },
         ),
         (

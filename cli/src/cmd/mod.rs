@@ -13,6 +13,7 @@ pub mod logout;
 pub mod notify;
 pub mod policy;
 pub mod requests;
+pub mod vm;
 pub mod vms;
 pub mod whoami;
 

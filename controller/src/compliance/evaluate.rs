@@ -67,9 +67,8 @@ pub fn evaluate_vm(
                 "the agent's heartbeat carries no enforcement state (agent older than this controller)",
             )),
             Some(hb) => {
-                if let Some(r) = hb.received_ms
-                    && now - r > ONLINE_WITHIN_MS
-                {
+                let stale = hb.received_ms.filter(|r| now - r > ONLINE_WITHIN_MS);
+                if let Some(r) = stale {
                     f.push(finding(FindingCode::StaleStatusReport,
                         format!(
                             "no status report since {}: the agent is connected but enforcement cannot be confirmed",
@@ -81,8 +80,13 @@ pub fn evaluate_vm(
                     f.push(finding(FindingCode::ProgramUnhealthy, p.clone()));
                 }
                 // Level 7 agents report their place per interface typed (and leave it out
-                // of `problems`): one finding per interface where it is wrong.
-                f.extend(a.hooks.iter().filter_map(hook_finding));
+                // of `problems`): one finding per interface where it is wrong. A hook report
+                // comes with each status report: once that is stale, so is the hook report,
+                // and the stale report is what is known (its finding above), not where the
+                // program ran then.
+                if stale.is_none() {
+                    f.extend(a.hooks.iter().filter_map(hook_finding));
+                }
                 if hb.interfaces.is_empty() {
                     f.push(finding(FindingCode::EnforcementDetached,
                         "the JIT program is attached to no interface",
@@ -642,5 +646,32 @@ mod tests {
             "{}",
             r.findings[1].reason
         );
+        // The status report (and with it the hook report) goes stale: what is known is that
+        // it is stale, not where the program ran then.
+        let mut stale = a.clone();
+        if let Some(h) = stale.heartbeat.as_mut() {
+            h.received_ms = Some(now - ONLINE_WITHIN_MS - 1);
+        }
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&stale), &[], now);
+        let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["StaleStatusReport"], "{r:?}");
+        // Offline beyond the grace period: only that.
+        let r = evaluate_vm(
+            &s,
+            &Presence::new(),
+            &vm(),
+            Some(&a),
+            &[],
+            now + s.offline_grace_ms + 1,
+        );
+        let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["AgentOffline"], "{r:?}");
+        // Fresh again (at the limit): the findings come back.
+        if let Some(h) = stale.heartbeat.as_mut() {
+            h.received_ms = Some(now - ONLINE_WITHIN_MS);
+        }
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&stale), &[], now);
+        let codes: Vec<&str> = r.findings.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["ProgramNotFirst", "ProgramMissing"], "{r:?}");
     }
 }

@@ -459,7 +459,8 @@ impl Fleet {
             let hb = r.heartbeat()?;
             let hooks = r.hooks()?;
             let (connection, problems) =
-                self.connection(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
+                self.presence
+                    .shown(&r.id, &r.status, r.last_seen_ms, hb.as_ref(), now);
             out.push(Agent {
                 virtual_machine: r.vm,
                 resource_group: r.resource_group,
@@ -487,26 +488,6 @@ impl Fleet {
             });
         }
         Ok(out)
-    }
-
-    /// How an agent is shown (online, degraded with its problems, offline, revoked): the
-    /// API's, `jit agents`' and the portal's one rule.
-    fn connection(
-        &self,
-        id: &str,
-        status: &AgentStatus,
-        last_seen_ms: Option<i64>,
-        report: Option<&Heartbeat>,
-        now: i64,
-    ) -> (AgentConnection, Vec<String>) {
-        let connection = self
-            .presence
-            .connection(id, status, last_seen_ms, report, now);
-        let problems = match (report, &connection) {
-            (Some(h), AgentConnection::Degraded) => h.problems_at(now),
-            _ => Vec::new(),
-        };
-        (connection, problems)
     }
 
     /// A page of the fleet for the portal: the agents within the caller's scope after
@@ -600,7 +581,8 @@ impl Fleet {
         let report = a.heartbeat()?;
         let hooks = a.hooks()?;
         let (connection, problems) =
-            self.connection(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
+            self.presence
+                .shown(&a.id, &a.status, a.last_seen_ms, report.as_ref(), now);
         Ok(FleetEntry {
             hooks,
             id: r.agent.id,

@@ -781,15 +781,33 @@ pub async fn fleet_agent(
     )
 }
 
-/// The VM's newest agent (an active one before revoked ones).
+/// The order that puts a VM's newest agent (an active one before revoked ones) first, over
+/// `agents a`; `$2` is the active status.
+const NEWEST_FIRST: &str =
+    "ORDER BY CASE WHEN a.status = $2 THEN 0 ELSE 1 END, a.enrolled_ms DESC, a.id";
+
+/// The VM's newest agent ([`NEWEST_FIRST`]), as the Fleet page shows it: one query.
+pub async fn vm_agent(
+    ex: impl Executor<'_, Database = Any>,
+    vm: &str,
+) -> Result<Option<FleetPageRow>> {
+    Ok(sqlx::query_as(&format!(
+        "{FLEET_PAGE_COLUMNS} WHERE a.vm = $1 {NEWEST_FIRST} LIMIT 1"
+    ))
+    .bind(vm)
+    .bind(AgentStatus::Active.as_str())
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// The id of the VM's newest agent ([`NEWEST_FIRST`]).
 pub async fn newest_of_vm(
     ex: impl Executor<'_, Database = Any>,
     vm: &str,
 ) -> Result<Option<String>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT id FROM agents WHERE vm = $1 \
-         ORDER BY CASE WHEN status = $2 THEN 0 ELSE 1 END, enrolled_ms DESC, id LIMIT 1",
-    )
+    let row: Option<(String,)> = sqlx::query_as(&format!(
+        "SELECT a.id FROM agents a WHERE a.vm = $1 {NEWEST_FIRST} LIMIT 1"
+    ))
     .bind(vm)
     .bind(AgentStatus::Active.as_str())
     .fetch_optional(ex)

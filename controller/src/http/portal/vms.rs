@@ -253,18 +253,12 @@ struct VmPage {
 
 async fn vm_page(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> PageResult {
     let d = st.app.inventory.vm(&v.caller, &name).await?;
-    let hooks = match st.app.fleet.newest_of_vm(&v.caller, &name).await? {
-        Some(id) => st
-            .app
-            .fleet
-            .entry_of(&v.caller, &id)
-            .await?
-            .hooks
-            .iter()
-            .map(HookRow::of)
-            .collect(),
-        None => Vec::new(),
-    };
+    // The VM comes with its agent (one query): no second look-up of the agent.
+    let hooks = d
+        .agent
+        .as_ref()
+        .map(|a| a.hooks.iter().map(HookRow::of).collect())
+        .unwrap_or_default();
     let history = st
         .app
         .lifecycle
