@@ -644,7 +644,11 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     let v = lacking_key(&a).await;
     assert_eq!(v, serde_json::json!([b_name.clone()]), "{v}");
     let local = r.status(Duration::from_secs(GRACE_S)).await.unwrap();
-    assert_eq!(local.controllers_lacking_key, [b_name.clone()], "{local:?}");
+    assert_eq!(
+        local.controllers_lacking_key,
+        std::slice::from_ref(&b_name),
+        "{local:?}"
+    );
     assert!(local.switch_due_time_utc.is_some(), "{local:?}");
     assert_eq!(ready(&a).await.0, StatusCode::OK);
 
