@@ -98,6 +98,18 @@ async fn harness(lifetime: u64, grace: u64) -> Harness {
     h
 }
 
+/// A 120 s lifetime with a renewal window of 3 s, and an agent of web1 at level 6.
+async fn windowed_harness() -> (Harness, Creds) {
+    let h = Harness::with_config(|c: &mut Config| {
+        c.certificates.agent_lifetime_seconds = 120;
+        c.certificates.renewal_min_interval_seconds = Some(3);
+    })
+    .await;
+    h.fixture().await;
+    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    (h, c)
+}
+
 /// Sends a renewal request for `c`'s key and returns the answer.
 async fn renew(a: &mut Agent, key: &rcgen::KeyPair) -> ControllerMsg {
     a.send(&AgentMsg::RenewCertificate { csr_pem: csr(key) })
@@ -217,13 +229,7 @@ async fn renewals_are_limited_in_rate_and_refusals_logged_once_per_window() {
     assert!(too_long.validate().is_err());
     assert!(d.validate().is_ok());
 
-    let h = Harness::with_config(|c: &mut Config| {
-        c.certificates.agent_lifetime_seconds = 120;
-        c.certificates.renewal_min_interval_seconds = Some(3);
-    })
-    .await;
-    h.fixture().await;
-    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    let (h, c) = windowed_harness().await;
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
     let kept = |h: &Harness| {
@@ -285,13 +291,7 @@ async fn renewals_are_limited_in_rate_and_refusals_logged_once_per_window() {
 /// cannot grow the log one entry per attempt); after the window a refusal is written again.
 #[tokio::test]
 async fn refusals_of_every_kind_are_logged_once_per_agent_kind_and_window() {
-    let h = Harness::with_config(|c: &mut Config| {
-        c.certificates.agent_lifetime_seconds = 120;
-        c.certificates.renewal_min_interval_seconds = Some(3);
-    })
-    .await;
-    h.fixture().await;
-    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    let (h, c) = windowed_harness().await;
     let (_, _, _, pk, _) = facts(&c.cert_pem);
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
