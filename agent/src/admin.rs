@@ -158,6 +158,10 @@ pub struct Status {
     /// grace: re-enrol), if so.
     #[serde(default)]
     pub certificate_problem: Option<String>,
+    /// Why the controller last closed the connection on purpose ("revoked by the
+    /// controller"), until one welcomes the agent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by_controller: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -65,6 +65,11 @@ pub type Connected = Arc<Mutex<Option<String>>>;
 /// refused, an expired certificate refused at the handshake); shown by `jit-agent status`.
 pub type CertProblem = Arc<Mutex<Option<String>>>;
 
+/// Why the controller last closed this agent's connection on purpose (`ControllerMsg::Closing`,
+/// e.g. "revoked by the controller"), until a controller welcomes it again; shown by
+/// `jit-agent status`.
+pub type ClosedByController = Arc<Mutex<Option<String>>>;
+
 /// The protocol level the connected controller announced with `ControllerMsg::Level` (0:
 /// none yet, or an older controller that never does). Messages of a newer level than it
 /// (the hook report of level 7) are not sent.
@@ -89,6 +94,8 @@ pub struct Channel {
     pub cert_problem: CertProblem,
     /// The connected controller's protocol level.
     pub controller_level: ControllerLevel,
+    /// Why the controller closed the connection, if it said (cleared by a `Welcome`).
+    pub closed_by_controller: ClosedByController,
     pub state: SharedState,
     pub state_dir: PathBuf,
     pub core: mpsc::Sender<ChannelRequest>,
@@ -173,6 +180,16 @@ impl Channel {
         Ended { welcomed, result }
     }
 
+    /// The controller closes the connection and said why: logged, kept for `jit-agent
+    /// status`; returns the session's error.
+    fn closed(&self, reason: jitgate_proto::CloseReason) -> String {
+        tracing::error!(%reason, "the controller closed the connection: {reason}");
+        if let Ok(mut c) = self.closed_by_controller.lock() {
+            *c = Some(reason.to_string());
+        }
+        format!("the controller closed the connection: {reason}")
+    }
+
     fn set_problem(&self, p: Option<String>) {
         if let Ok(mut c) = self.cert_problem.lock() {
             *c = p;
@@ -228,6 +245,7 @@ impl Channel {
                 {
                     Ok((rd, wr))
                 }
+                Ok(Some(ControllerMsg::Closing { reason })) => Err(self.closed(reason)),
                 Ok(Some(other)) => Err(format!("expected Welcome, got {other:?}")),
                 Ok(None) => {
                     Err("the controller closed the connection (credential revoked?)".to_string())
@@ -257,6 +275,9 @@ impl Channel {
             None => e,
         })?;
         *welcomed = true;
+        if let Ok(mut c) = self.closed_by_controller.lock() {
+            *c = None;
+        }
         // Nothing newer than level 6 until this controller says its level.
         self.controller_level.store(0, Ordering::Relaxed);
         self.endpoints.connected(endpoint);
@@ -412,6 +433,7 @@ impl Channel {
                         }
                     }
                 }
+                ControllerMsg::Closing { reason } => break Err(self.closed(reason)),
                 ControllerMsg::RenewalRefused { reason } => {
                     tracing::error!(%reason, "the controller refused to renew this agent's certificate");
                     self.set_problem(Some(format!(

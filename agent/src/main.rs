@@ -611,6 +611,9 @@ fn print_response(resp: &Response, json: bool) -> ExitCode {
                 if let Some(p) = &s.certificate_problem {
                     println!("certificate    PROBLEM: {p}");
                 }
+                if let Some(r) = &s.closed_by_controller {
+                    println!("closed         {r}");
+                }
             }
             for (k, v) in &s.counters {
                 println!("  {k:<22} {v}");

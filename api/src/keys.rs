@@ -84,4 +84,8 @@ pub struct KeyStatus {
     /// agent acknowledged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch_due_time_utc: Option<String>,
+    /// During a rotation: the live controllers of the cluster that lack the announced key's
+    /// private half (their `/readyz` fails); the automatic switch waits for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers_lacking_key: Vec<String>,
 }

@@ -298,7 +298,11 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             },
             shutdown.subscribe(),
         ),
-        app.keys.spawn(app.db.clone(), shutdown.subscribe()),
+        app.keys.spawn(
+            app.db.clone(),
+            (app.db.backend() == Backend::Postgres).then(|| app.leader.holder().to_string()),
+            shutdown.subscribe(),
+        ),
         crate::keys::switcher::spawn(
             app.clone(),
             switcher_dir,

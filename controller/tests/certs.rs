@@ -98,6 +98,18 @@ async fn harness(lifetime: u64, grace: u64) -> Harness {
     h
 }
 
+/// A 120 s lifetime with a renewal window of 3 s, and an agent of web1 at level 6.
+async fn windowed_harness() -> (Harness, Creds) {
+    let h = Harness::with_config(|c: &mut Config| {
+        c.certificates.agent_lifetime_seconds = 120;
+        c.certificates.renewal_min_interval_seconds = Some(3);
+    })
+    .await;
+    h.fixture().await;
+    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    (h, c)
+}
+
 /// Sends a renewal request for `c`'s key and returns the answer.
 async fn renew(a: &mut Agent, key: &rcgen::KeyPair) -> ControllerMsg {
     a.send(&AgentMsg::RenewCertificate { csr_pem: csr(key) })
@@ -217,13 +229,7 @@ async fn renewals_are_limited_in_rate_and_refusals_logged_once_per_window() {
     assert!(too_long.validate().is_err());
     assert!(d.validate().is_ok());
 
-    let h = Harness::with_config(|c: &mut Config| {
-        c.certificates.agent_lifetime_seconds = 120;
-        c.certificates.renewal_min_interval_seconds = Some(3);
-    })
-    .await;
-    h.fixture().await;
-    let c = enroll_at(&h, "web1", Some(LEVEL_CERT_RENEWAL)).await;
+    let (h, c) = windowed_harness().await;
     let mut a = Agent::connect(&c).await;
     a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
     let kept = |h: &Harness| {
@@ -278,6 +284,102 @@ async fn renewals_are_limited_in_rate_and_refusals_logged_once_per_window() {
     assert_eq!(kept(&h).await, 2);
     let outcomes: Vec<String> = renewals(&h).await.into_iter().map(|(o, _)| o).collect();
     assert_eq!(outcomes, ["Succeeded", "Failed", "Succeeded", "Failed"]);
+}
+
+/// Refusals of every kind, not only the rate limit's: each is answered every time, and
+/// written to the activity log at most once per agent, kind and window (a stolen agent key
+/// cannot grow the log one entry per attempt); after the window a refusal is written again.
+#[tokio::test]
+async fn refusals_of_every_kind_are_logged_once_per_agent_kind_and_window() {
+    let (h, c) = windowed_harness().await;
+    let (_, _, _, pk, _) = facts(&c.cert_pem);
+    let mut a = Agent::connect(&c).await;
+    a.handshake_at(&c, 0, LEVEL_CERT_RENEWAL).await;
+    let other = rcgen::KeyPair::generate().unwrap();
+    let attempts = [
+        ("x".repeat(jitgate_proto::MAX_CERT_PEM + 1), "too large"),
+        ("not a certificate request".to_string(), "not a valid PEM"),
+        (csr(&other), "key"),
+    ];
+    for _ in 0..4 {
+        for (csr_pem, said) in &attempts {
+            a.send(&AgentMsg::RenewCertificate {
+                csr_pem: csr_pem.clone(),
+            })
+            .await;
+            let answer = loop {
+                match a.recv_within(Duration::from_secs(10)).await {
+                    Some(m @ ControllerMsg::RenewalRefused { .. }) => break m,
+                    Some(ControllerMsg::Certificate { .. }) => panic!("renewed"),
+                    Some(_) => continue,
+                    None => panic!("no answer to the renewal request"),
+                }
+            };
+            match answer {
+                ControllerMsg::RenewalRefused { reason } => {
+                    assert!(reason.contains(said), "{reason}")
+                }
+                m => panic!("expected a refusal, got {m:?}"),
+            }
+        }
+    }
+    // The agent is revoked; its renewals, however reached, are refused every time.
+    h.app()
+        .fleet
+        .revoke_agents(&jitgate_controller::authz::Caller::local(), "web1")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        match h
+            .app()
+            .fleet
+            .renew_certificate(c.id, "web1", &pk, &csr(&c.key), false)
+            .await
+        {
+            Err(jitgate_controller::fleet::RenewalError::Refused(reason)) => {
+                assert!(reason.contains("revoked"), "{reason}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a revoked agent renewed"),
+        }
+    }
+    let kinds = |log: Vec<(String, serde_json::Value)>| -> Vec<String> {
+        log.into_iter()
+            .map(|(o, d)| {
+                assert_eq!(o, "Failed", "{d}");
+                assert_eq!(d["agentId"], c.id.to_string(), "{d}");
+                d["kind"].as_str().unwrap_or("none").to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(renewals(&h).await),
+        ["tooLarge", "badRequest", "keyMismatch", "revoked"],
+        "one entry per kind in the window"
+    );
+    // After the window a refusal of a kind already written is written again (once).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    for _ in 0..3 {
+        let r = h
+            .app()
+            .fleet
+            .renew_certificate(c.id, "web1", &pk, &csr(&other), false)
+            .await;
+        assert!(
+            matches!(r, Err(jitgate_controller::fleet::RenewalError::Refused(_))),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        kinds(renewals(&h).await),
+        [
+            "tooLarge",
+            "badRequest",
+            "keyMismatch",
+            "revoked",
+            "keyMismatch"
+        ]
+    );
 }
 
 fn clone_creds(c: &Creds) -> Creds {
@@ -438,6 +540,72 @@ async fn a_revoked_agent_never_renews() {
     let log = renewals(&h).await;
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].0, "Failed");
+}
+
+/// The messages until the controller closes the connection (within `within`); None if it
+/// did not close it.
+async fn until_closed(a: &mut Agent, within: Duration) -> Option<Vec<ControllerMsg>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(
+            deadline,
+            jitgate_proto::read_frame::<_, ControllerMsg>(&mut a.rd),
+        )
+        .await
+        {
+            Err(_) => return None,
+            Ok(Ok(Some(m))) => seen.push(m),
+            Ok(Ok(None)) | Ok(Err(_)) => return Some(seen),
+        }
+    }
+}
+
+/// A revoked agent's connection is closed with the reason (`Closing { Revoked }`, protocol
+/// level 9), as the last message; when it dials again it is told the same instead of being
+/// welcomed. An agent at level 8 sees a bare close, never the new message.
+#[tokio::test]
+async fn a_revoked_agent_is_told_why_its_connection_closes() {
+    use jitgate_proto::{CloseReason, LEVEL_CLOSE_REASON};
+    let h = harness(120, 3600).await;
+    let c9 = enroll_at(&h, "web1", Some(LEVEL_CLOSE_REASON)).await;
+    let c8 = enroll_at(&h, "web2", Some(LEVEL_CLOSE_REASON - 1)).await;
+    let mut a9 = Agent::connect(&c9).await;
+    a9.handshake_at(&c9, 0, LEVEL_CLOSE_REASON).await;
+    let mut a8 = Agent::connect(&c8).await;
+    a8.handshake_at(&c8, 0, LEVEL_CLOSE_REASON - 1).await;
+    let local = jitgate_controller::authz::Caller::local();
+    h.app().fleet.revoke_agents(&local, "web1").await.unwrap();
+    h.app().fleet.revoke_agents(&local, "web2").await.unwrap();
+    let closing = ControllerMsg::Closing {
+        reason: CloseReason::Revoked,
+    };
+    let seen = until_closed(&mut a9, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(seen.last(), Some(&closing), "{seen:?}");
+    let seen = until_closed(&mut a8, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert!(
+        !seen
+            .iter()
+            .any(|m| matches!(m, ControllerMsg::Closing { .. })),
+        "{seen:?}"
+    );
+    // Dialling again: told why instead of welcomed (level 9), a bare close (level 8).
+    let mut again = Agent::connect(&c9).await;
+    again.hello_at(&c9, 0, 0, LEVEL_CLOSE_REASON).await;
+    let seen = until_closed(&mut again, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(seen, [closing], "{seen:?}");
+    let mut again = Agent::connect(&c8).await;
+    again.hello_at(&c8, 0, 0, LEVEL_CLOSE_REASON - 1).await;
+    let seen = until_closed(&mut again, Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]

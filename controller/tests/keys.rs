@@ -38,6 +38,9 @@ async fn ready(h: &Harness) -> (StatusCode, serde_json::Value) {
     h.call(Method::GET, "/readyz", None, None).await
 }
 
+/// `[keys] switch_grace_seconds` as the default configuration has it.
+const GRACE: Duration = Duration::from_secs(86_400);
+
 fn rotation(h: &Harness) -> Rotation {
     Rotation::new(h.app().db.clone(), KeyDir::new(h.dir.signing_key()))
 }
@@ -113,7 +116,7 @@ async fn rotate_and_retire_with_readiness_and_the_old_key_destroyed() {
         .count();
     assert_eq!(files, 3, "grant-signing.key, .pub and the new key only");
     // The status lists both keys and the rotation (no agents: nothing blocks).
-    let s = r.status().await.unwrap();
+    let s = r.status(GRACE).await.unwrap();
     assert_eq!(s.rotating_to.as_deref(), Some(new_id.as_str()));
     assert!(s.blocking.is_empty());
     // The private half never leaves the state directory.
@@ -287,14 +290,14 @@ async fn an_old_agent_blocks_the_switch_until_forced() {
     })
     .await;
     let acked = within(Duration::from_secs(10), || async {
-        let s = r.status().await.unwrap();
+        let s = r.status(GRACE).await.unwrap();
         s.agents
             .iter()
             .any(|a| a.agent_id == c_new.id.to_string() && a.state.as_str() == "acknowledged")
     })
     .await;
-    assert!(acked, "{:?}", r.status().await.unwrap());
-    let s = r.status().await.unwrap();
+    assert!(acked, "{:?}", r.status(GRACE).await.unwrap());
+    let s = r.status(GRACE).await.unwrap();
     assert_eq!(s.blocking, vec![c_old.id.to_string()], "{s:?}");
 
     // Blocked: refused, nothing written.
@@ -499,6 +502,34 @@ async fn the_leader_switches_after_the_grace_or_once_every_agent_acknowledged() 
     assert_eq!(v["switchGraceSeconds"], 6, "{v}");
     assert_eq!(v["keys"][0]["state"], "current", "{v}");
     assert_eq!(v["keys"][1]["state"], "next", "{v}");
+    // `jit-controller keys status` (the local command) says when the switch is due, as
+    // the API does: the announcement plus the grace.
+    let local = r.status(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(local.switch_grace_seconds, 6);
+    let (created, _) = key_times(&h, &first).await;
+    assert_eq!(
+        local.switch_due_time_utc.as_deref(),
+        Some(jitgate_api::time::format(created + GRACE_MS).as_str())
+    );
+    assert_eq!(
+        v["switchDueTimeUtc"].as_str(),
+        local.switch_due_time_utc.as_deref(),
+        "{v}"
+    );
+    // Every controller holds the new key (on PostgreSQL: once this one published it, within
+    // 2 s of the announcement).
+    assert!(
+        within(Duration::from_secs(5), || async {
+            r.status(Duration::from_secs(6))
+                .await
+                .unwrap()
+                .controllers_lacking_key
+                .is_empty()
+        })
+        .await,
+        "{:?}",
+        r.status(Duration::from_secs(6)).await.unwrap()
+    );
     let waiting = v["keys"][1]["notAcknowledged"].as_array().unwrap();
     assert_eq!(waiting.len(), 1, "{v}");
     assert_eq!(waiting[0]["agentId"], c_no.id.to_string(), "{v}");
@@ -567,4 +598,104 @@ async fn the_leader_switches_after_the_grace_or_once_every_agent_acknowledged() 
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(log[1].1["reason"], "acknowledged", "{}", log[1].1);
     assert_eq!(log[1].1["notAcknowledgedCount"], 0, "{}", log[1].1);
+}
+
+/// `controllersLackingKey` of `GET /api/v1/keys`.
+async fn lacking_key(h: &Harness) -> serde_json::Value {
+    let (st, v) = h
+        .call(Method::GET, "/api/v1/keys", Some(&h.admin), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["controllersLackingKey"].clone()
+}
+
+/// The automatic switch waits while a live controller of the cluster lacks the announced
+/// key's private half (its /readyz fails meanwhile); the key status (API and the local
+/// command) names it. Once it has the key, or once it has left the cluster, the switch
+/// proceeds. Two controllers on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
+    if !common::postgres_backend() {
+        eprintln!("PostgreSQL only (JIT_TEST_BACKEND=postgres): one controller on SQLite");
+        return;
+    }
+    const GRACE_S: u64 = 2;
+    let a = Harness::with_config(|c| c.keys.switch_grace_seconds = GRACE_S).await;
+    let mut b = a.second().await;
+    let b_name = b.app().leader.holder().to_string();
+    let r = rotation(&a);
+    // B has not the new key (its state directory was copied before the rotation).
+    let first = r.rotate(&Actor::local()).await.expect("rotate").key_id;
+    let b_file = b
+        .dir
+        .signing_key()
+        .with_file_name(format!("grant-{first}.key"));
+    assert!(!b_file.exists());
+    assert!(
+        within(Duration::from_secs(10), || async {
+            ready(&b).await.0 == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await,
+        "B's /readyz fails without the key"
+    );
+    // Past the grace (and several looks of the leader): no switch; both statuses name B.
+    tokio::time::sleep(Duration::from_secs(GRACE_S + 4)).await;
+    assert_eq!(key_times(&a, &first).await.1, None, "switched without B");
+    let v = lacking_key(&a).await;
+    assert_eq!(v, serde_json::json!([b_name.clone()]), "{v}");
+    let local = r.status(Duration::from_secs(GRACE_S)).await.unwrap();
+    assert_eq!(
+        local.controllers_lacking_key,
+        std::slice::from_ref(&b_name),
+        "{local:?}"
+    );
+    assert!(local.switch_due_time_utc.is_some(), "{local:?}");
+    assert_eq!(ready(&a).await.0, StatusCode::OK);
+
+    // B gets the key: the switch follows.
+    let a_file = a
+        .dir
+        .signing_key()
+        .with_file_name(format!("grant-{first}.key"));
+    std::fs::copy(&a_file, &b_file).unwrap();
+    assert!(
+        within(Duration::from_secs(20), || async {
+            key_times(&a, &first).await.1.is_some()
+        })
+        .await,
+        "no switch once B has the key: {}",
+        lacking_key(&a).await
+    );
+    let log = switches(&a).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].1["reason"], "grace", "{}", log[0].1);
+
+    // Again, and B leaves the cluster without the key: the switch proceeds without it.
+    let second = r
+        .rotate(&Actor::local())
+        .await
+        .expect("rotate again")
+        .key_id;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            lacking_key(&a).await == serde_json::json!([b_name.clone()])
+        })
+        .await,
+        "{}",
+        lacking_key(&a).await
+    );
+    tokio::time::sleep(Duration::from_secs(GRACE_S + 2)).await;
+    assert_eq!(key_times(&a, &second).await.1, None, "switched without B");
+    if let Some(s) = b.server.take() {
+        s.stop().await;
+    }
+    assert!(
+        within(Duration::from_secs(30), || async {
+            key_times(&a, &second).await.1.is_some()
+        })
+        .await,
+        "no switch once B has gone: {}",
+        lacking_key(&a).await
+    );
+    assert_eq!(lacking_key(&a).await, serde_json::Value::Null);
 }

@@ -31,9 +31,10 @@ pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
 pub use message::{AgentMsg, ControllerMsg};
 pub use message::{
-    HookKind, HookMode, HookProblem, InterfaceHook, LEVEL_AUDIT_RESEND, LEVEL_CERT_RENEWAL,
-    LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS,
-    LEVEL_SETTINGS, MAX_CERT_PEM, MAX_ENDPOINTS, PROTOCOL_LEVEL, ProgramAhead,
+    CloseReason, HookKind, HookMode, HookProblem, InterfaceHook, LEVEL_AUDIT_RESEND,
+    LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS,
+    LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_CERT_PEM, MAX_ENDPOINTS,
+    PROTOCOL_LEVEL, ProgramAhead,
 };
 pub use signed::{
     GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError,

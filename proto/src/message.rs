@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 8;
+pub const PROTOCOL_LEVEL: u32 = 9;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -58,6 +58,11 @@ pub const MAX_HOOK_REASON: usize = 256;
 /// (its applied policy version beside its other marks) and understands
 /// [`ControllerMsg::AuditResend`] (send the audit records after a seq again).
 pub const LEVEL_AUDIT_RESEND: u32 = 8;
+
+/// The first level that understands [`ControllerMsg::Closing`]: the controller says why it
+/// ends the connection (the agent was revoked) before it closes it, and the agent logs the
+/// reason and shows it in `jit-agent status`. Older agents see a bare close.
+pub const LEVEL_CLOSE_REASON: u32 = 9;
 
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).
@@ -141,6 +146,31 @@ pub enum ControllerMsg {
     AuditResend {
         after: u64,
     },
+    /// The controller ends the connection, and why (appended variant; sent only to agents
+    /// at [`LEVEL_CLOSE_REASON`] or later, as the last message, instead of `Welcome` when
+    /// the agent is refused at connect).
+    Closing {
+        reason: CloseReason,
+    },
+}
+
+/// Why the controller ends an agent's connection ([`ControllerMsg::Closing`]). postcard
+/// encodes the variant's index: a variant added later is sent only to agents of a level
+/// that knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CloseReason {
+    /// The agent was revoked (by an administrator, or replaced by a re-enrolment): its
+    /// credentials are refused from now on; the host must be enrolled again.
+    Revoked,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::Revoked => "revoked by the controller",
+        })
+    }
 }
 
 /// Agent → controller.
@@ -870,6 +900,27 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_AUDIT_RESEND);
+        assert_eq!(LEVEL_AUDIT_RESEND, 8);
+    }
+
+    #[test]
+    fn closing_round_trips_and_is_appended_after_level_8s_messages() {
+        let closing = ControllerMsg::Closing {
+            reason: CloseReason::Revoked,
+        };
+        round_trip(closing.clone());
+        let bytes = postcard::to_allocvec(&closing).unwrap();
+        assert!(postcard::from_bytes::<ControllerMsgV6>(&bytes).is_err());
+        // postcard leads with the variant's index: `Closing` comes after `AuditResend`, the
+        // last message of level 8, whose encoding (and every older one's) is unchanged.
+        let resend = postcard::to_allocvec(&ControllerMsg::AuditResend { after: 3 }).unwrap();
+        assert_eq!(resend, [15, 3]);
+        assert_eq!(bytes, [16, 0]);
+        assert_eq!(
+            CloseReason::Revoked.to_string(),
+            "revoked by the controller"
+        );
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_CLOSE_REASON);
+        assert_eq!(LEVEL_CLOSE_REASON, 9);
     }
 }

@@ -161,6 +161,12 @@ fn controller_msgs(key: &SigningKey) -> Vec<(&'static str, ControllerMsg)> {
             },
         ),
         ("audit-resend", ControllerMsg::AuditResend { after: 40 }),
+        (
+            "closing",
+            ControllerMsg::Closing {
+                reason: jitgate_proto::CloseReason::Revoked,
+            },
+        ),
     ]
 }
 

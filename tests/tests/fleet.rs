@@ -293,6 +293,19 @@ fn request_ssh_revoke_through_the_controller() {
         "the revoked agent was not refused:\n{}",
         ctl.log_text()
     );
+    // The agent (level 9) was told why: it logs the reason and `jit-agent status` shows it.
+    assert!(
+        wait_until(Duration::from_secs(15), || agent.log_text().contains(
+            "the controller closed the connection: revoked by the controller"
+        )),
+        "the agent does not say why it was closed:\n{}",
+        agent.log_text()
+    );
+    let status = agent.ok(&["status"]);
+    assert!(
+        status.contains("closed         revoked by the controller"),
+        "{status}"
+    );
     let fleet_view = ok(ctl.jit(&fleet.ws, &args("agents --json")), "agents");
     assert!(fleet_view.contains("\"revoked\""), "{fleet_view}");
     let late = ctl.jit_json(

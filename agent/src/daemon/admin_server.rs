@@ -531,6 +531,11 @@ fn status(core: &mut Core) -> Response {
             .and_then(|e| e.cert_validity().ok())
             .and_then(|v| OffsetDateTime::from_unix_timestamp(v.not_after).ok()),
         certificate_problem: core.cert_problem.lock().ok().and_then(|c| c.clone()),
+        closed_by_controller: core
+            .closed_by_controller
+            .lock()
+            .ok()
+            .and_then(|c| c.clone()),
     }))
 }
 

@@ -66,6 +66,7 @@ pub(super) async fn handle(core: &mut Core, msg: ControllerMsg, out: Out) {
         | ControllerMsg::Ping { .. }
         | ControllerMsg::AuditAck { .. }
         | ControllerMsg::AuditResend { .. }
+        | ControllerMsg::Closing { .. }
         | ControllerMsg::Certificate { .. }
         | ControllerMsg::RenewalRefused { .. }
         | ControllerMsg::Level { .. } => {}

@@ -59,6 +59,8 @@ pub(super) struct Core {
     pub controller: crate::channel::Connected,
     /// What is wrong with the agent's certificate (a refused renewal), if anything.
     pub cert_problem: crate::channel::CertProblem,
+    /// Why the controller last closed the connection on purpose (revoked), if it said.
+    pub closed_by_controller: crate::channel::ClosedByController,
     /// The connected controller's protocol level (what the status report may carry).
     pub controller_level: crate::channel::ControllerLevel,
     /// Booked grants waiting for their start (not in the maps).

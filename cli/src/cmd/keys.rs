@@ -57,6 +57,18 @@ pub fn print(s: &KeyStatus) {
         safe(s.switch_due_time_utc.as_deref().unwrap_or("-")),
         s.switch_grace_seconds
     );
+    if !s.controllers_lacking_key.is_empty() {
+        let names: Vec<String> = s
+            .controllers_lacking_key
+            .iter()
+            .map(|c| safe(c).into_owned())
+            .collect();
+        println!(
+            "the switch waits for {} controller(s) that lack its private half: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
     let waiting: Vec<_> = s
         .keys
         .iter()

@@ -398,6 +398,7 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::Certificate { .. }
             | ControllerMsg::RenewalRefused { .. }
             | ControllerMsg::Level { .. }
+            | ControllerMsg::Closing { .. }
             | ControllerMsg::AuditResend { .. } => None,
         };
         if let Some(r) = reply

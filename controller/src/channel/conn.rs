@@ -9,10 +9,11 @@ use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel
 use jitgate_common::{Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep, LEVEL_AUDIT_RESEND,
-    LEVEL_CERT_RENEWAL, LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION,
-    LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody,
-    RevokeBody, ScheduledGrantBody, Signed, write_frame,
+    AgentMsg, CloseReason, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep,
+    LEVEL_AUDIT_RESEND, LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS,
+    LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
+    LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+    write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
@@ -132,12 +133,6 @@ pub async fn connection(
             row.id
         )));
     }
-    if row.status != AgentStatus::Active {
-        return Err(ConnError::Refused(format!(
-            "agent {agent} (VM {}) is {}",
-            row.vm, row.status
-        )));
-    }
     let (rd, mut wr) = tokio::io::split(tls);
     // On PostgreSQL the presence refresh marks connected agents seen (`cluster`): no pong
     // is needed past the reader. On SQLite one now and then marks the agent seen.
@@ -185,6 +180,16 @@ pub async fn connection(
         if agent_id != agent {
             return Err(ConnError::Refused(format!(
                 "Hello names agent {agent_id}, the certificate {agent}"
+            )));
+        }
+        // A revoked agent is told why (level 9 and later) instead of being welcomed.
+        if row.status != AgentStatus::Active {
+            if protocol >= LEVEL_CLOSE_REASON {
+                send(&mut wr, &ControllerMsg::Closing { reason: CloseReason::Revoked }).await?;
+            }
+            return Err(ConnError::Refused(format!(
+                "agent {agent} (VM {}) is {}",
+                row.vm, row.status
             )));
         }
         if expired {
@@ -306,7 +311,7 @@ pub async fn connection(
                 }
                 w = wakeups.changed() => {
                     if w.agent {
-                        c.check_status().await?;
+                        c.check_status(&mut wr).await?;
                     }
                     if w.policy {
                         c.send_policy(&mut wr).await?;
@@ -324,7 +329,7 @@ pub async fn connection(
                     nonce += 1;
                     send(&mut wr, &ControllerMsg::Ping { nonce }).await?;
                 }
-                _ = status.tick(), if poll_status => c.check_status().await?,
+                _ = status.tick(), if poll_status => c.check_status(&mut wr).await?,
                 _ = shutdown.changed() => return Ok(()),
             }
         }
@@ -487,15 +492,28 @@ impl Conn {
         Ok(())
     }
 
-    /// Ends the connection unless its agent is still active.
-    async fn check_status(&self) -> Result<(), ConnError> {
+    /// Ends the connection unless its agent is still active; an agent at
+    /// [`LEVEL_CLOSE_REASON`] or later is told why first.
+    async fn check_status(&self, wr: &mut Wr) -> Result<(), ConnError> {
         match self.app.fleet.status(&self.agent_s).await? {
             Some(AgentStatus::Active) => Ok(()),
-            other => Err(ConnError::Refused(format!(
-                "agent {} is now {}",
-                self.agent,
-                other.as_ref().map_or("unknown", |s| s.as_str())
-            ))),
+            other => {
+                if self.protocol >= LEVEL_CLOSE_REASON {
+                    send(
+                        wr,
+                        &ControllerMsg::Closing {
+                            reason: CloseReason::Revoked,
+                        },
+                    )
+                    .await?;
+                }
+                tracing::info!(agent = %self.agent, vm = %self.vm, "agent revoked: connection closed");
+                Err(ConnError::Refused(format!(
+                    "agent {} is now {}",
+                    self.agent,
+                    other.as_ref().map_or("unknown", |s| s.as_str())
+                )))
+            }
         }
     }
 

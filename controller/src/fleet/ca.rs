@@ -82,14 +82,15 @@ impl Ca {
         agent: uuid::Uuid,
         public_key: &[u8],
         lifetime: time::Duration,
-    ) -> Result<Signed, String> {
+    ) -> Result<Signed, RenewRefused> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| format!("the CSR is not a valid PEM certificate request: {e}"))?;
+            .map_err(|e| RenewRefused::BadRequest(e.to_string()))?;
         // `from_pem` verified the request's signature: whoever sent it holds the key.
         if csr.public_key.der_bytes() != public_key {
-            return Err("the request does not carry the key of the agent's certificate".into());
+            return Err(RenewRefused::KeyMismatch);
         }
         self.issue(csr, agent, lifetime)
+            .map_err(RenewRefused::Signing)
     }
 
     fn issue(
@@ -153,6 +154,17 @@ impl Ca {
             .map_err(|e| format!("signing the certificate: {e}"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// Why [`Ca::renew_agent`] signed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenewRefused {
+    #[error("the CSR is not a valid PEM certificate request: {0}")]
+    BadRequest(String),
+    #[error("the request does not carry the key of the agent's certificate")]
+    KeyMismatch,
+    #[error("{0}")]
+    Signing(String),
 }
 
 pub struct Signed {

@@ -53,6 +53,63 @@ pub enum RenewalError {
     Store(#[from] Error),
 }
 
+jitgate_api::wire_enum! {
+    /// Why a certificate renewal was refused, as its activity entry says (`kind`); each kind
+    /// is written at most once per agent and window.
+    pub enum RefusalKind("renewal refusal") {
+        /// Sooner than the window after the last renewal granted.
+        RateLimited = "rateLimited",
+        /// A request larger than `MAX_CERT_PEM`.
+        TooLarge = "tooLarge",
+        /// Not a valid certificate request.
+        BadRequest = "badRequest",
+        /// The request does not carry the key of the agent's certificate.
+        KeyMismatch = "keyMismatch",
+        /// The agent is revoked (or unknown).
+        Revoked = "revoked",
+        /// The certificate expired longer ago than the renewal grace (refused at the
+        /// handshake).
+        PastGrace = "pastGrace",
+        /// The CA could not sign.
+        Signing = "signing",
+    }
+}
+
+/// One refused renewal, as [`Fleet::renewal_refused`] answers and logs it.
+struct Refusal<'a> {
+    agent: uuid::Uuid,
+    vm: &'a str,
+    group: &'a str,
+    kind: RefusalKind,
+    /// The reason, for the agent and the activity entry.
+    why: String,
+    window_ms: i64,
+    /// Added to the activity entry's details.
+    details: serde_json::Value,
+}
+
+/// The rate limit's refusal (the last renewal granted, at `last_ms`, is younger than the
+/// window): the reason says when to retry.
+fn rate_refusal<'a>(
+    refusal: impl FnOnce(RefusalKind, String) -> Refusal<'a>,
+    last_ms: i64,
+) -> Refusal<'a> {
+    let mut r = refusal(RefusalKind::RateLimited, String::new());
+    let retry_ms = last_ms.saturating_add(r.window_ms);
+    r.why = format!(
+        "renewals are granted at most once every {} s (a tenth of the certificate \
+         lifetime, [certificates] renewal_min_interval_seconds); the last was at {}: \
+         retry after {}",
+        r.window_ms / 1000,
+        jitgate_api::time::format(last_ms),
+        jitgate_api::time::format(retry_ms)
+    );
+    if let Some(d) = r.details.as_object_mut() {
+        d.insert("rateLimited".into(), true.into());
+    }
+    r
+}
+
 /// Days in `d` (at least the seconds, for the short lifetimes of tests).
 fn lifetime(d: std::time::Duration) -> time::Duration {
     time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
@@ -238,37 +295,28 @@ impl Fleet {
             .map(|v| v.resource_group)
             .unwrap_or_default();
         let agent_s = agent.to_string();
-        let entry = |outcome: ActivityOutcome, details: serde_json::Value| {
-            NewActivity::vm(Operation::RenewAgentCertificate, &group, vm, &actor)
-                .outcome(outcome)
-                .details(details)
-        };
-        let refuse = |why: String| async move {
-            let mut w = self.db.begin().await?;
-            activity::log(
-                &mut w,
-                entry(
-                    ActivityOutcome::Failed,
-                    serde_json::json!({"agentId": agent_s, "reason": why, "expired": expired}),
-                ),
-            )
-            .await?;
-            w.commit().await?;
-            tracing::warn!(%agent, %vm, reason = %why, "agent certificate renewal refused");
-            Err::<(String, String), RenewalError>(RenewalError::Refused(why))
-        };
         let window = en.certs.renewal_min_interval();
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        if let Some(last_ms) = agents::cert_renewed_ms(self.db.pool(), &agent.to_string()).await? {
+        let refusal = |kind: RefusalKind, why: String| Refusal {
+            agent,
+            vm,
+            group: &group,
+            kind,
+            why,
+            window_ms,
+            details: serde_json::json!({"expired": expired}),
+        };
+        if let Some(last_ms) = agents::cert_renewed_ms(self.db.pool(), &agent_s).await? {
             let now = jitgate_api::time::now_ms();
             if now - last_ms < window_ms {
-                return Err(self
-                    .rate_refused(agent, vm, &group, &actor, last_ms, window_ms, expired)
-                    .await?);
+                return Err(self.renewal_refused(rate_refusal(refusal, last_ms)).await?);
             }
         }
         if csr_pem.len() > jitgate_proto::MAX_CERT_PEM {
-            return refuse("the certificate request is too large".into()).await;
+            let why = "the certificate request is too large".to_string();
+            return Err(self
+                .renewal_refused(refusal(RefusalKind::TooLarge, why))
+                .await?);
         }
         let signed = match en.ca.renew_agent(
             csr_pem,
@@ -277,12 +325,19 @@ impl Fleet {
             lifetime(en.certs.agent_lifetime()),
         ) {
             Ok(s) => s,
-            Err(e) => return refuse(e).await,
+            Err(e) => {
+                let kind = match e {
+                    ca::RenewRefused::BadRequest(_) => RefusalKind::BadRequest,
+                    ca::RenewRefused::KeyMismatch => RefusalKind::KeyMismatch,
+                    ca::RenewRefused::Signing(_) => RefusalKind::Signing,
+                };
+                return Err(self.renewal_refused(refusal(kind, e.to_string())).await?);
+            }
         };
         let mut w = self.db.begin().await?;
         let renewed = agents::renew_cert(
             &mut w,
-            &agent.to_string(),
+            &agent_s,
             &agents::RenewedCert {
                 fingerprint: &signed.fingerprint,
                 serial: &signed.serial,
@@ -296,24 +351,24 @@ impl Fleet {
             agents::Renewal::Renewed => {}
             agents::Renewal::NotActive => {
                 drop(w);
-                return refuse(format!("agent {agent} is revoked: re-enrol the host")).await;
+                let why = format!("agent {agent} is revoked: re-enrol the host");
+                return Err(self
+                    .renewal_refused(refusal(RefusalKind::Revoked, why))
+                    .await?);
             }
             agents::Renewal::TooSoon { last_ms } => {
                 drop(w);
-                return Err(self
-                    .rate_refused(agent, vm, &group, &actor, last_ms, window_ms, expired)
-                    .await?);
+                return Err(self.renewal_refused(rate_refusal(refusal, last_ms)).await?);
             }
         }
         activity::log(
             &mut w,
-            entry(
-                ActivityOutcome::Succeeded,
-                serde_json::json!({"agentId": agent.to_string(),
+            NewActivity::vm(Operation::RenewAgentCertificate, &group, vm, &actor)
+                .outcome(ActivityOutcome::Succeeded)
+                .details(serde_json::json!({"agentId": agent_s,
                     "certificateSerial": signed.serial,
                     "certificateNotAfterMs": signed.not_after_ms,
-                    "expired": expired}),
-            ),
+                    "expired": expired})),
         )
         .await?;
         w.commit().await?;
@@ -322,64 +377,69 @@ impl Fleet {
         Ok((signed.pem, en.ca.pem.clone()))
     }
 
-    /// A renewal refused by the rate limit (the last one granted, at `last_ms`, is younger
-    /// than `window_ms`): the refusal, written to the activity log at most once per agent
-    /// and window, so that a stolen agent key fills neither the log nor `agent_certs`.
-    #[allow(clippy::too_many_arguments)]
-    async fn rate_refused(
-        &self,
-        agent: uuid::Uuid,
-        vm: &str,
-        group: &str,
-        actor: &Actor,
-        last_ms: i64,
-        window_ms: i64,
-        expired: bool,
-    ) -> Result<RenewalError> {
-        let retry_ms = last_ms.saturating_add(window_ms);
-        let why = format!(
-            "renewals are granted at most once every {} s (a tenth of the certificate \
-             lifetime, [certificates] renewal_min_interval_seconds); the last was at {}: \
-             retry after {}",
-            window_ms / 1000,
-            jitgate_api::time::format(last_ms),
-            jitgate_api::time::format(retry_ms)
-        );
-        let agent_s = agent.to_string();
+    /// A refused renewal: the reason for the agent, and the activity entry (`Renew Agent
+    /// Certificate`, Failed, with the `kind`) written at most once per agent, kind and
+    /// window (`[certificates] renewal_min_interval_seconds`), so that a stolen agent key
+    /// cannot grow the activity log one entry per attempt. Every refusal is answered.
+    async fn renewal_refused(&self, r: Refusal<'_>) -> Result<RenewalError> {
+        let agent_s = r.agent.to_string();
+        let (agent, vm, kind) = (r.agent, r.vm, r.kind.as_str());
         let mut w = self.db.begin().await?;
-        if agents::note_rate_refusal(&mut w, &agent_s, window_ms).await? {
+        if agents::note_cert_refusal(&mut w, &agent_s, kind, r.window_ms).await? {
+            let mut details =
+                serde_json::json!({"agentId": agent_s, "reason": r.why, "kind": kind});
+            if let (Some(d), serde_json::Value::Object(more)) = (details.as_object_mut(), r.details)
+            {
+                d.extend(more);
+            }
             activity::log(
                 &mut w,
-                NewActivity::vm(Operation::RenewAgentCertificate, group, vm, actor)
-                    .outcome(ActivityOutcome::Failed)
-                    .details(serde_json::json!({"agentId": agent_s, "reason": why,
-                        "rateLimited": true, "expired": expired})),
+                NewActivity::vm(
+                    Operation::RenewAgentCertificate,
+                    r.group,
+                    vm,
+                    &Actor::agent(agent),
+                )
+                .outcome(ActivityOutcome::Failed)
+                .details(details),
             )
             .await?;
             w.commit().await?;
-            tracing::warn!(%agent, %vm, reason = %why,
-                "agent certificate renewal refused (rate limit; further refusals in this window are not logged)");
+            tracing::warn!(%agent, %vm, kind, reason = %r.why,
+                "agent certificate renewal refused (further refusals of this kind in this window are not logged)");
         } else {
             drop(w);
-            tracing::debug!(%agent, %vm, "agent certificate renewal refused (rate limit)");
+            tracing::debug!(%agent, %vm, kind, "agent certificate renewal refused (already logged in this window)");
         }
-        Ok(RenewalError::Refused(why))
+        Ok(RenewalError::Refused(r.why))
     }
 
-    /// Records, once per agent while this controller runs, that an agent's certificate was
-    /// refused at the handshake because it expired longer ago than the renewal grace
-    /// (`Renew Agent Certificate`, Failed): the host must be re-enrolled.
+    /// Records that an agent's certificate was refused at the handshake because it expired
+    /// longer ago than the renewal grace (`Renew Agent Certificate`, Failed, kind
+    /// `pastGrace`): the host must be re-enrolled. Written like every refused renewal, at
+    /// most once per agent and window; this controller also skips the database for an agent
+    /// it told within the window.
     pub fn spawn_past_grace(
         &self,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::channel::tls::PastGrace>,
     ) -> tokio::task::JoinHandle<()> {
         let fleet = self.clone();
+        let window = self
+            .enrollment
+            .as_ref()
+            .map(|e| e.certs.renewal_min_interval())
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         tokio::spawn(async move {
-            let mut told = std::collections::HashSet::new();
+            let mut told: std::collections::HashMap<uuid::Uuid, std::time::Instant> =
+                std::collections::HashMap::new();
             while let Some(p) = rx.recv().await {
-                if !told.insert(p.agent) {
+                let now = std::time::Instant::now();
+                told.retain(|_, at| now.duration_since(*at) < window);
+                if told.contains_key(&p.agent) {
                     continue;
                 }
+                told.insert(p.agent, now);
                 let agent_s = p.agent.to_string();
                 let vm = agents::vm_of(fleet.db.pool(), &agent_s)
                     .await
@@ -390,25 +450,20 @@ impl Fleet {
                     .await
                     .map(|v| v.resource_group)
                     .unwrap_or_default();
-                let why =
-                    "the certificate expired longer ago than the renewal grace: re-enrol the host";
-                tracing::warn!(agent = %p.agent, %vm, not_after_unix = p.not_after_unix, reason = why,
-                    "agent certificate renewal refused");
-                let entry = NewActivity::vm(
-                    Operation::RenewAgentCertificate,
-                    &group,
-                    &vm,
-                    &Actor::agent(p.agent),
-                )
-                .outcome(ActivityOutcome::Failed)
-                .details(serde_json::json!({"agentId": agent_s, "reason": why,
-                    "expired": true, "certificateNotAfterMs": p.not_after_unix.saturating_mul(1000)}));
-                let r = async {
-                    let mut w = fleet.db.begin().await?;
-                    activity::log(&mut w, entry).await?;
-                    w.commit().await
-                }
-                .await;
+                let r = fleet
+                    .renewal_refused(Refusal {
+                        agent: p.agent,
+                        vm: &vm,
+                        group: &group,
+                        kind: RefusalKind::PastGrace,
+                        why: "the certificate expired longer ago than the renewal grace: \
+                              re-enrol the host"
+                            .into(),
+                        window_ms,
+                        details: serde_json::json!({"expired": true,
+                            "certificateNotAfterMs": p.not_after_unix.saturating_mul(1000)}),
+                    })
+                    .await;
                 if let Err(e) = r {
                     tracing::error!(error = %e, "cannot record a refused renewal");
                 }

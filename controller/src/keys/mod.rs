@@ -91,6 +91,11 @@ pub enum KeyError {
     NoCurrentKey,
     #[error("{} connected agent(s) have not acknowledged key {key}: {}; wait for them, or retire with --force (they would refuse every grant until re-enrolled)", blocking.len(), blocking.join(", "))]
     Blocked { key: KeyId, blocking: Vec<String> },
+    #[error("the switch to key {key} waits: {} live controller(s) lack its private half: {} (copy keys/grant-{key}.key to them, or stop them)", controllers.len(), controllers.join(", "))]
+    ControllersLack {
+        key: KeyId,
+        controllers: Vec<String>,
+    },
     #[error("stored key data is corrupt: {0}")]
     Corrupt(String),
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::files::{Destroyed, KeyDir};
 use super::{KeyError, id_of_pem, parse_id};
+use crate::store::controller_keys;
 use crate::store::db::Db;
 use crate::store::grant_keys::{self, KeyRow, KeyState};
 
@@ -43,6 +44,20 @@ pub struct Snapshot {
     pub steps: Vec<Step>,
     /// Whether the keys were read at all.
     pub loaded: bool,
+}
+
+impl Snapshot {
+    /// The ids of the keys in use (current, next) whose private half this controller holds.
+    pub fn held(&self) -> Vec<String> {
+        self.current
+            .as_ref()
+            .map(|(id, _)| *id)
+            .into_iter()
+            .chain(self.next)
+            .filter(|id| !self.missing.contains(id))
+            .map(|id| id.to_string())
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -209,28 +224,61 @@ impl Ring {
         }
     }
 
-    /// Refreshes every [`REFRESH_EVERY`] until `shutdown`.
+    /// Refreshes every [`REFRESH_EVERY`] until `shutdown`. `holder`: this controller's name
+    /// in a cluster (PostgreSQL); then it also publishes which keys in use it holds
+    /// (`controller_keys`, valid [`HOLDING_TTL_MS`]; written when they change and every
+    /// [`HOLDING_REWRITE_MS`]), which the automatic switch waits for, and removes its row when
+    /// it stops.
     pub fn spawn(
         &self,
         db: Db,
+        holder: Option<String>,
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let ring = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REFRESH_EVERY);
+            // What this controller last published, and when.
+            let mut published: Option<(Vec<String>, i64)> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = ring.refresh(&db).await {
                             tracing::warn!(error = %e, "cannot read the grant-signing keys");
+                            continue;
+                        }
+                        let Some(me) = &holder else { continue };
+                        let held = ring.snapshot().held();
+                        let now = jitgate_api::time::now_ms();
+                        let due = published.as_ref().is_none_or(|(h, at)| {
+                            *h != held || now - at >= HOLDING_REWRITE_MS
+                        });
+                        if !due {
+                            continue;
+                        }
+                        match controller_keys::publish(db.pool(), me, &held, now + HOLDING_TTL_MS).await {
+                            Ok(()) => published = Some((held, now)),
+                            Err(e) => tracing::warn!(error = %e, "cannot publish the grant-signing keys this controller holds"),
                         }
                     }
                     _ = shutdown.changed() => break,
                 }
             }
+            if let Some(me) = &holder
+                && let Err(e) =
+                    controller_keys::remove(db.pool(), me, jitgate_api::time::now_ms()).await
+            {
+                tracing::warn!(error = %e, "cannot remove this controller's key holdings");
+            }
         })
     }
 }
+
+/// How long a controller's published key holdings count (`controller_keys`): a controller
+/// that died is no longer waited for after this.
+pub const HOLDING_TTL_MS: i64 = 15_000;
+/// A controller's holdings are written again this often even when unchanged.
+pub const HOLDING_REWRITE_MS: i64 = 5_000;
 
 /// The current key's own rotation: its announcement (signed by its predecessor) and the
 /// predecessor's retirement (signed by it), for agents that were offline.

@@ -24,6 +24,7 @@ use super::{KeyError, parse_id};
 use crate::authz::Actor;
 use crate::store::activity::{self, NewActivity};
 use crate::store::agents::ONLINE_WITHIN_MS;
+use crate::store::controller_keys;
 use crate::store::db::Db;
 use crate::store::grant_keys::{self, KeyRow, KeyState};
 
@@ -73,6 +74,15 @@ pub struct Status {
     pub agents: Vec<AgentView>,
     /// Agents that block the switch (connected and not acknowledged).
     pub blocking: Vec<String>,
+    /// `[keys] switch_grace_seconds`.
+    pub switch_grace_seconds: u64,
+    /// During a rotation: when the leader switches even though agents have not
+    /// acknowledged (the announcement plus the grace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_due_time_utc: Option<String>,
+    /// During a rotation: live controllers of the cluster that lack the announced key's
+    /// private half; the automatic switch waits for them.
+    pub controllers_lacking_key: Vec<String>,
 }
 
 /// `keys rotate`.
@@ -130,7 +140,9 @@ impl Rotation {
         Ok((current, next))
     }
 
-    pub async fn status(&self) -> Result<Status, KeyError> {
+    /// The keys, the rotation under way and where its switch stands; `grace`: `[keys]
+    /// switch_grace_seconds`.
+    pub async fn status(&self, grace: std::time::Duration) -> Result<Status, KeyError> {
         let keys = grant_keys::all(self.db.pool())
             .await?
             .iter()
@@ -143,8 +155,12 @@ impl Rotation {
                 rotating_to: None,
                 agents: Vec::new(),
                 blocking: Vec::new(),
+                switch_grace_seconds: grace.as_secs(),
+                switch_due_time_utc: None,
+                controllers_lacking_key: Vec::new(),
             });
         };
+        let due = switch_due(&self.db, &next, grace).await?;
         let agents = self.agents(&next.key_id).await?;
         let blocking = agents
             .iter()
@@ -156,6 +172,9 @@ impl Rotation {
             rotating_to: Some(next.key_id),
             agents,
             blocking,
+            switch_grace_seconds: grace.as_secs(),
+            switch_due_time_utc: Some(jitgate_api::time::format(due.due_ms)),
+            controllers_lacking_key: due.lacking,
         })
     }
 
@@ -276,7 +295,8 @@ impl Rotation {
     /// The leader's periodic check ([`crate::keys::switcher`]): switches to the announced
     /// key once every active agent (at least one) acknowledged it, or once `grace` has
     /// passed since its announcement, naming (at most [`NAMED_AT_MOST`]) and counting the
-    /// agents that had not. None: no rotation under way, or not yet.
+    /// agents that had not. None: no rotation under way, or not yet. Refused
+    /// ([`KeyError::ControllersLack`]) while a live controller lacks the new private half.
     pub async fn switch_if_due(
         &self,
         grace: std::time::Duration,
@@ -289,16 +309,23 @@ impl Rotation {
             .filter(|a| a.state != AgentKeyState::Acknowledged)
             .map(agent_name)
             .collect();
-        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-        let due = next.created_ms.saturating_add(grace_ms);
+        let due = switch_due(&self.db, &next, grace).await?;
         let now = jitgate_api::time::now_ms();
         let reason = if pending.is_empty() && !agents.is_empty() {
             "acknowledged"
-        } else if now >= due {
+        } else if now >= due.due_ms {
             "grace"
         } else {
             return Ok(None);
         };
+        // A live controller without the new private half could not sign once it signs
+        // (its /readyz fails meanwhile): wait for it, or for it to leave the cluster.
+        if !due.lacking.is_empty() {
+            return Err(KeyError::ControllersLack {
+                key: parse_id(&next.key_id)?,
+                controllers: due.lacking,
+            });
+        }
         let count = pending.len();
         let named: Vec<String> = pending.into_iter().take(NAMED_AT_MOST).collect();
         let details = serde_json::json!({
@@ -392,6 +419,31 @@ impl Rotation {
         };
         Ok(Retired { private_key, ..out })
     }
+}
+
+/// Where the automatic switch to the announced key stands (one computation for the
+/// switch itself, `GET /api/v1/keys` and `jit-controller keys status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchDue {
+    /// When the grace ends (the announcement plus `[keys] switch_grace_seconds`), unix ms.
+    pub due_ms: i64,
+    /// Live controllers of the cluster (`controller_keys`, PostgreSQL) that do not
+    /// hold the announced key's private half (yet): the switch waits for them.
+    pub lacking: Vec<String>,
+}
+
+/// The switch to `next` (the announced key): due when, waiting for which controllers.
+pub(crate) async fn switch_due(
+    db: &Db,
+    next: &KeyRow,
+    grace: std::time::Duration,
+) -> Result<SwitchDue, KeyError> {
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let now = jitgate_api::time::now_ms();
+    Ok(SwitchDue {
+        due_ms: next.created_ms.saturating_add(grace_ms),
+        lacking: controller_keys::lacking(db.pool(), &next.key_id, now).await?,
+    })
 }
 
 /// At most this many agents are named in the activity entry of an automatic switch (all

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jitgate_api::{GrantKey, GrantKeyState, KeyAgent, KeyStatus};
 use jitgate_proto::KeyStep;
 
-use super::rotation::{AgentKeyState, agent_views};
+use super::rotation::{AgentKeyState, agent_views, switch_due};
 use crate::authz::{self, Action, Caller};
 use crate::error::Result;
 use crate::store::db::Db;
@@ -26,10 +26,10 @@ fn wire_state(s: KeyState) -> GrantKeyState {
 pub async fn key_status(db: &Db, caller: &Caller, grace: Duration) -> Result<KeyStatus> {
     authz::authorize(caller, Action::ReadKeys)?;
     let rows = grant_keys::all(db.pool()).await?;
-    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
     let mut keys = Vec::with_capacity(rows.len());
     let mut rotating_to = None;
-    let mut switch_due = None;
+    let mut switch_due_time = None;
+    let mut lacking = Vec::new();
     for r in &rows {
         let announced = r.announcement.is_some();
         let acknowledged = if announced {
@@ -44,9 +44,9 @@ pub async fn key_status(db: &Db, caller: &Caller, grace: Duration) -> Result<Key
         };
         let not_acknowledged = if r.state == KeyState::Next {
             rotating_to = Some(r.key_id.clone());
-            switch_due = Some(jitgate_api::time::format(
-                r.created_ms.saturating_add(grace_ms),
-            ));
+            let due = switch_due(db, r, grace).await?;
+            switch_due_time = Some(jitgate_api::time::format(due.due_ms));
+            lacking = due.lacking;
             agent_views(db, &r.key_id)
                 .await?
                 .into_iter()
@@ -77,6 +77,7 @@ pub async fn key_status(db: &Db, caller: &Caller, grace: Duration) -> Result<Key
         keys,
         rotating_to,
         switch_grace_seconds: grace.as_secs(),
-        switch_due_time_utc: switch_due,
+        switch_due_time_utc: switch_due_time,
+        controllers_lacking_key: lacking,
     })
 }

@@ -1,7 +1,8 @@
 //! The switch without an operator: while this controller leads the cluster, it looks every
 //! [`every`] for a rotation under way and switches once every active agent acknowledged the
 //! announced key, or once `[keys] switch_grace_seconds` passed since its announcement
-//! ([`super::rotation::Rotation::switch_if_due`]). Leader work: fenced, so one controller
+//! ([`super::rotation::Rotation::switch_if_due`]), and not while a live controller of the
+//! cluster lacks the announced key's private half (`controller_keys`). Leader work: fenced, so one controller
 //! of a cluster switches, once.
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Said once per key, not at every look.
         let mut told_missing = None;
+        let mut told_lacking: Option<(jitgate_proto::KeyId, Vec<String>)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -53,6 +55,14 @@ pub fn spawn(
                     if told_missing != Some(id) {
                         tracing::error!(key = %id, "the switch is due but this controller (the leader) lacks the announced key's private half: copy keys/grant-{id}.key here");
                         told_missing = Some(id);
+                    }
+                }
+                Err(KeyError::ControllersLack { key, controllers }) => {
+                    let now = Some((key, controllers.clone()));
+                    if told_lacking != now {
+                        tracing::warn!(%key, controllers = %controllers.join(", "),
+                            "the key switch is due but waits: live controllers lack the announced key's private half");
+                        told_lacking = now;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "the automatic key switch failed"),

@@ -421,16 +421,24 @@ pub async fn renew_cert(
     }
 }
 
-/// Whether a renewal refused by the rate limit is to be written to the activity log now:
-/// true, and noted, at most once per agent and `window_ms` (cluster-wide: the row decides).
-pub async fn note_rate_refusal(w: &mut WriteTx, id: &str, window_ms: i64) -> Result<bool> {
+/// Whether a renewal refusal of `kind` (`fleet::RefusalKind`) is to be written to the
+/// activity log now: true, and noted, at most once per agent, kind and `window_ms`
+/// (cluster-wide: the row decides; of two controllers at once, one writes).
+pub async fn note_cert_refusal(
+    w: &mut WriteTx,
+    id: &str,
+    kind: &str,
+    window_ms: i64,
+) -> Result<bool> {
     let now = w.now;
     let n = sqlx::query(
-        "UPDATE agents SET cert_rate_logged_ms = $1 WHERE id = $2 \
-         AND (cert_rate_logged_ms IS NULL OR cert_rate_logged_ms <= $3)",
+        "INSERT INTO agent_cert_refusals (agent_id, kind, logged_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (agent_id, kind) DO UPDATE SET logged_ms = excluded.logged_ms \
+         WHERE agent_cert_refusals.logged_ms <= $4",
     )
-    .bind(now)
     .bind(id)
+    .bind(kind)
+    .bind(now)
     .bind(now.saturating_sub(window_ms))
     .execute(w.conn())
     .await?

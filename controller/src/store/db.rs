@@ -163,6 +163,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity: policy changes indexed by VM and by group (the policy version)",
         include_str!("../../migrations/0032_activity_policy_changes.sql"),
     ),
+    (
+        33,
+        "certificate renewal refusals logged once per agent, kind and window; the keys each controller lacks",
+        include_str!("../../migrations/0033_refusals_and_key_holders.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -28,6 +28,7 @@ pub mod backend;
 pub mod backup;
 pub mod cluster;
 pub mod compliance;
+pub mod controller_keys;
 pub mod db;
 pub mod full_run;
 pub mod grant_keys;

@@ -35,6 +35,7 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
         .with_context(|| format!("reading {}", dir.signing_pub().display()))?;
     app.keys.seed(&app.db, &pem).await?;
     let rotation = Rotation::new(app.db.clone(), KeyDir::new(dir.signing_key()));
+    let grace = app.key_switch_grace;
     let actor = Actor::local();
     let r = match cmd {
         KeysCmd::Rotate => rotation.rotate(&actor).await.map(|r| {
@@ -48,7 +49,7 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                 println!("copy that file to every other controller on this database, then watch `jit-controller keys status`: the leader switches once every active agent acknowledged, or after [keys] switch_grace_seconds (`jit-controller keys retire` switches now)");
             }
         }),
-        KeysCmd::Status => rotation.status().await.map(|s| {
+        KeysCmd::Status => rotation.status(grace).await.map(|s| {
             if json {
                 println!("{}", serde_json::json!(s));
                 return;
@@ -73,6 +74,18 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                     );
                 }
                 println!("blocking the switch: {}", s.blocking.len());
+                println!(
+                    "the leader switches once every active agent acknowledged it, or at {} (grace {} s)",
+                    s.switch_due_time_utc.as_deref().unwrap_or("-"),
+                    s.switch_grace_seconds
+                );
+                if !s.controllers_lacking_key.is_empty() {
+                    println!(
+                        "the switch waits for {} controller(s) that lack its private half: {}",
+                        s.controllers_lacking_key.len(),
+                        s.controllers_lacking_key.join(", ")
+                    );
+                }
             }
         }),
         KeysCmd::Retire { force } => rotation.retire(&actor, force).await.map(|r| {

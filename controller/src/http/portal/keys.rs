@@ -43,6 +43,8 @@ struct KeysPage {
     rotating_to: String,
     switch_due: String,
     grace_seconds: u64,
+    /// Live controllers that lack the announced key's private half.
+    lacking: Vec<String>,
     waiting: Vec<Waiting>,
 }
 
@@ -90,6 +92,7 @@ async fn keys(State(st): State<AppState>, v: Viewer) -> PageResult {
             rotating_to,
             switch_due: or_dash(s.switch_due_time_utc.as_deref()),
             grace_seconds: s.switch_grace_seconds,
+            lacking: s.controllers_lacking_key.clone(),
             waiting,
         },
     ))
