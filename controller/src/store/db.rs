@@ -163,6 +163,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "activity: policy changes indexed by VM and by group (the policy version)",
         include_str!("../../migrations/0032_activity_policy_changes.sql"),
     ),
+    (
+        34,
+        "notifications: pending deliveries indexed per sink for the claim",
+        include_str!("../../migrations/0034_notify_claim_index.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
