@@ -404,8 +404,11 @@ impl Outbox {
                 return Ok(());
             }
         }
+        let started = tokio::time::Instant::now();
         let mut w = self.db.begin().await?;
+        let began = started.elapsed();
         let held = notify::record_all(&mut w, &self.owner, &Self::batch(done)).await?;
+        let recorded_at = started.elapsed();
         self.sinks(&mut w, &mut rounds.sinks).await?;
         let now = w.now;
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
@@ -432,6 +435,7 @@ impl Outbox {
             room.insert(sink.name.clone(), free.saturating_sub(claimed.len()));
             claims.push((sink.clone(), slots, claimed));
         }
+        let claimed_at = started.elapsed();
         // A controller that no longer leads only records the outcomes of its own claims.
         let (mut events, more) = if lead {
             let (events, more, fanned) = self
@@ -447,7 +451,21 @@ impl Outbox {
             (HashMap::new(), false)
         };
         claims.retain(|(_, _, c)| !c.is_empty());
+        let fanned_at = started.elapsed();
         w.commit().await?;
+        // How long the round waited for the writer, then held it (the request path waits
+        // meanwhile), step by step.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            wait_ms = ms(began),
+            record_ms = ms(recorded_at - began),
+            claim_ms = ms(claimed_at - recorded_at),
+            fan_out_ms = ms(fanned_at - claimed_at),
+            commit_ms = ms(started.elapsed() - fanned_at),
+            recorded = done.len(),
+            claimed = claims.iter().map(|(_, _, c)| c.len()).sum::<usize>(),
+            "notification round committed"
+        );
         rounds.last = Some(tokio::time::Instant::now());
         rounds.more = more;
         Self::recorded(done, held);
