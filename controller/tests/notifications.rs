@@ -336,6 +336,79 @@ async fn approval_flow_reaches_the_webhook_in_order_signed() {
     assert_eq!(last().await, vec![("hook".to_string(), Some(latest))]);
 }
 
+/// A delivery is claimed as it is fanned out when its sink has room: its first attempt
+/// failing, it is retried like any other, and the next event of the same request waits
+/// for it (queued, never attempted) until it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_claimed_at_fan_out_is_retried_and_keeps_its_request_in_order() {
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    rx.answer(Answer::Status(503));
+    let t = setup(pki, &rx.url("https", "127.0.0.1"), 5).await;
+    let id = initiate(&t, 22).await["id"].as_str().unwrap().to_string();
+    // The first attempt fails (503): retrying.
+    wait_for(&rx, Duration::from_secs(30), |g| !g.is_empty()).await;
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Retrying) == Some(&1)
+    })
+    .await;
+    // The next event of the request is written while the first is still pending.
+    approve(&t, &id).await;
+    let pool = t.h.app().db.pool();
+    let row = |event_type: &'static str| async move {
+        sqlx::query_as::<_, (String, i64, Option<String>)>(
+            "SELECT d.state, d.attempts, d.lease_owner FROM notify_deliveries d \
+             JOIN notify_events e ON e.seq = d.event_seq WHERE e.event_type = $1",
+        )
+        .bind(event_type)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    };
+    // Fanned out, and waiting: queued, never claimed, while the first is retried.
+    let t0 = Instant::now();
+    while row("request.approved").await.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never fanned out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rx.received().len();
+    wait_for(&rx, Duration::from_secs(30), |g| g.len() >= before + 2).await;
+    assert_eq!(
+        row("request.approved").await,
+        Some(("queued".to_string(), 0, None)),
+        "the later event of the request waits, unclaimed"
+    );
+    let (state, attempts, _) = row("request.pending_approval").await.unwrap();
+    assert_eq!(state, "retrying");
+    assert!(attempts >= 2, "retried: {attempts} attempts");
+    assert!(
+        rx.received()
+            .iter()
+            .all(|r| r.json()["type"] == "request.pending_approval"),
+        "only the first event was attempted while it failed"
+    );
+    // The receiver recovers: the first event, then the second.
+    rx.answer(Answer::Status(200));
+    let got = wait_for(&rx, Duration::from_secs(30), |g| distinct(g).len() >= 2).await;
+    got.iter().for_each(check_signed);
+    let types: Vec<Value> = distinct(&got).iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(types, ["request.pending_approval", "request.approved"]);
+    let approved_at = got
+        .iter()
+        .position(|r| r.json()["type"] == "request.approved")
+        .unwrap();
+    assert!(
+        got[..approved_at]
+            .iter()
+            .any(|r| r.json()["type"] == "request.pending_approval"),
+        "the second event arrived after the first"
+    );
+    wait_states(&t, Duration::from_secs(30), |s| {
+        s.get(&DeliveryState::Delivered) == Some(&2)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_receiver_and_a_restart_lose_nothing() {
     let pki = Pki::new("notify test CA");

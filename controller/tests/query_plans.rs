@@ -13,10 +13,22 @@
 mod common;
 
 use common::Harness;
-use jitgate_controller::store::{activity, agents};
+use jitgate_controller::store::{activity, agents, notify};
 
 /// The plan of `query` with `binds` (all text), one line per step.
 async fn plan(h: &Harness, query: &str, binds: &[&str]) -> Vec<String> {
+    let args: Vec<Arg> = binds.iter().map(|b| Arg::Text(b)).collect();
+    plan_args(h, query, &args).await
+}
+
+/// A bound parameter of [`plan_args`].
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// The plan of `query` with `binds`, one line per step.
+async fn plan_args(h: &Harness, query: &str, binds: &[Arg<'_>]) -> Vec<String> {
     let db = &h.app().db;
     let mut conn = db.pool().acquire().await.unwrap();
     if db.backend().as_str() == "postgres" {
@@ -27,14 +39,20 @@ async fn plan(h: &Harness, query: &str, binds: &[&str]) -> Vec<String> {
         let explain = format!("EXPLAIN {query}");
         let mut q = sqlx::query_scalar::<_, String>(&explain);
         for b in binds {
-            q = q.bind(*b);
+            q = match b {
+                Arg::Text(t) => q.bind(*t),
+                Arg::Int(i) => q.bind(*i),
+            };
         }
         q.fetch_all(&mut *conn).await.unwrap()
     } else {
         let explain = format!("EXPLAIN QUERY PLAN {query}");
         let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
         for b in binds {
-            q = q.bind(*b);
+            q = match b {
+                Arg::Text(t) => q.bind(*t),
+                Arg::Int(i) => q.bind(*i),
+            };
         }
         q.fetch_all(&mut *conn)
             .await
@@ -78,4 +96,27 @@ async fn the_policy_version_is_read_from_the_policy_changes_alone() {
         text.contains("activity_policy_vm") && text.contains("activity_policy_group"),
         "{text}"
     );
+}
+
+/// The delivery worker's claim (every round, per sink) takes its candidates from the
+/// partial index over the pending deliveries, never from the delivered rows kept for the
+/// retention.
+#[tokio::test]
+async fn the_notification_claim_reads_the_pending_deliveries_alone() {
+    let h = Harness::new().await;
+    let claim = plan_args(
+        &h,
+        &notify::claim_sql(),
+        &[
+            Arg::Text("me"),
+            Arg::Int(2_000),
+            Arg::Int(1_000),
+            Arg::Text("hook"),
+            Arg::Int(512),
+        ],
+    )
+    .await;
+    assert_no_scan(&claim);
+    let text = claim.join("\n");
+    assert!(text.contains("notify_deliveries_claim"), "{text}");
 }

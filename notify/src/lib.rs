@@ -76,13 +76,17 @@
 //!    );
 //!    CREATE INDEX notify_deliveries_due ON notify_deliveries (state, next_attempt_at);
 //!    CREATE INDEX notify_deliveries_order ON notify_deliveries (sink, order_key, event_seq);
+//!    -- the pending deliveries alone, for the claim
+//!    CREATE INDEX notify_deliveries_claim ON notify_deliveries (sink, event_seq)
+//!        WHERE state IN ('queued', 'retrying');
 //!    ```
 //!
 //! 3. **The worker**, one task per controller, on every controller:
 //!    - *Fan-out* (under a database lease row `notify-fanout`, so one controller does it):
 //!      reads `notify_events` with `fanned_out = 0` in `seq` order, matches each against the
-//!      sinks ([`Sink::wants`]) and inserts one `queued` delivery per matching sink, then sets
-//!      `fanned_out = 1`, all in one transaction. A sink added later does not receive old
+//!      sinks ([`Sink::wants`]) and inserts one `queued` delivery per matching sink (already
+//!      claimed, as below, when the sink has room and no earlier delivery of the same
+//!      `order_key` to it is pending), then sets `fanned_out = 1`, all in one transaction. A sink added later does not receive old
 //!      events; a removed sink's deliveries go with it.
 //!    - *Claim*: `UPDATE notify_deliveries SET lease_owner = $me, lease_until = $now +
 //!      $lease, attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $now)

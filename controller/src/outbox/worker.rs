@@ -6,11 +6,13 @@
 //! - records the outcomes that came in since the last round, each fenced by its lease:
 //!   delivered, or retrying at the backoff's time, or dead (or, for a claim that was not
 //!   attempted in time, the lease given back);
-//! - fans out new events (under the counters lock, so one controller at a time): one
-//!   `queued` delivery per sink that wants the event;
 //! - claims, per sink, due deliveries up to [`AHEAD`] times the sink's [`PER_SINK`]
 //!   attempts in flight, leased to this controller for the attempt's timeout plus a margin,
-//!   the first pending one of each request only (per-request order).
+//!   the first pending one of each request only (per-request order);
+//! - fans out new events (under the counters lock, so one controller at a time): one
+//!   delivery per sink that wants the event, written already claimed (as the claim leaves
+//!   it) while the sink has room left and no earlier delivery of the same request to it is
+//!   pending, `queued` otherwise: a delivery to a healthy sink costs no separate claim.
 //!
 //! Each claim becomes a task that waits for one of its sink's [`PER_SINK`] slots and then
 //! attempts it: a healthy sink's next delivery starts as soon as one ends, without a round
@@ -29,7 +31,7 @@
 //! [`GATHER`] pass so that one round serves many commits and outcomes. A round with no
 //! outcome to record first reads whether anything waits, so an idle worker writes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -402,19 +404,19 @@ impl Outbox {
                 return Ok(());
             }
         }
+        let started = tokio::time::Instant::now();
         let mut w = self.db.begin().await?;
+        let began = started.elapsed();
         let held = notify::record_all(&mut w, &self.owner, &Self::batch(done)).await?;
+        let recorded_at = started.elapsed();
         self.sinks(&mut w, &mut rounds.sinks).await?;
-        // A controller that no longer leads only records the outcomes of its own claims.
-        let (mut events, more) = if lead {
-            self.fan_out(&mut w, &rounds.sinks).await?
-        } else {
-            (HashMap::new(), false)
-        };
         let now = w.now;
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
         let lease_until = now.saturating_add(lease);
+        // Deliveries waiting already are claimed first (oldest first), then new events are
+        // fanned out, each delivery claimed as it is written while its sink has room.
         let mut claims: Vec<(Arc<Sink>, Slots, Vec<Claimed>)> = Vec::new();
+        let mut room: HashMap<String, usize> = HashMap::new();
         for (_, sink) in &rounds.sinks {
             let slots = rounds.slots.entry(sink.name.clone()).or_default().clone();
             let free = (PER_SINK * AHEAD).saturating_sub(slots.claimed.load(Ordering::Relaxed));
@@ -430,11 +432,40 @@ impl Outbox {
                 i64::try_from(free).unwrap_or(1),
             )
             .await?;
-            if !claimed.is_empty() {
-                claims.push((sink.clone(), slots, claimed));
-            }
+            room.insert(sink.name.clone(), free.saturating_sub(claimed.len()));
+            claims.push((sink.clone(), slots, claimed));
         }
+        let claimed_at = started.elapsed();
+        // A controller that no longer leads only records the outcomes of its own claims.
+        let (mut events, more) = if lead {
+            let (events, more, fanned) = self
+                .fan_out(&mut w, &rounds.sinks, &mut room, lease_until)
+                .await?;
+            for (name, c) in fanned {
+                if let Some((_, _, list)) = claims.iter_mut().find(|(s, _, _)| s.name == name) {
+                    list.push(c);
+                }
+            }
+            (events, more)
+        } else {
+            (HashMap::new(), false)
+        };
+        claims.retain(|(_, _, c)| !c.is_empty());
+        let fanned_at = started.elapsed();
         w.commit().await?;
+        // How long the round waited for the writer, then held it (the request path waits
+        // meanwhile), step by step.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            wait_ms = ms(began),
+            record_ms = ms(recorded_at - began),
+            claim_ms = ms(claimed_at - recorded_at),
+            fan_out_ms = ms(fanned_at - claimed_at),
+            commit_ms = ms(started.elapsed() - fanned_at),
+            recorded = done.len(),
+            claimed = claims.iter().map(|(_, _, c)| c.len()).sum::<usize>(),
+            "notification round committed"
+        );
         rounds.last = Some(tokio::time::Instant::now());
         rounds.more = more;
         Self::recorded(done, held);
@@ -501,21 +532,26 @@ impl Outbox {
         self.attempt(sink, c, body).await
     }
 
-    /// Queues a delivery of every new event to every sink that wants it; returns the bodies
-    /// of the events queued (by seq), so that those claimed in the same round are not read
-    /// again, and whether more events wait. An event is parsed here only if some sink
-    /// chooses by type, scope or group; delivery parses it on the sending thread.
+    /// Writes a delivery of every new event to every sink that wants it: claimed at once
+    /// (for this controller, until `lease_until`) while its sink has `room` (claims it may
+    /// still take) and no earlier delivery of the same order key to it is pending, queued
+    /// otherwise. Returns the bodies of the events written (by seq), so that those claimed
+    /// in this round are not read again, whether more events wait, and the claims written
+    /// (by sink name). An event is parsed here only if some sink chooses by type, scope or
+    /// group; delivery parses it on the sending thread.
     async fn fan_out(
         &self,
         w: &mut WriteTx,
         sinks: &[(i64, Arc<Sink>)],
-    ) -> Result<(HashMap<i64, Arc<str>>, bool)> {
+        room: &mut HashMap<String, usize>,
+        lease_until: i64,
+    ) -> Result<(HashMap<i64, Arc<str>>, bool, Vec<(String, Claimed)>)> {
         let events = notify::unfanned(w, FANOUT_BATCH).await?;
         let Some(upto) = events.last().map(|e| e.seq) else {
-            return Ok((HashMap::new(), false));
+            return Ok((HashMap::new(), false, Vec::new()));
         };
         let choosy = sinks.iter().any(|(_, s)| !s.wants_every_event());
-        let mut to = Vec::new();
+        let mut to: Vec<(i64, &str, &str)> = Vec::new();
         let mut read = HashMap::with_capacity(events.len());
         for e in events.iter() {
             let before = to.len();
@@ -528,25 +564,76 @@ impl Outbox {
                     }
                 };
                 for (_, s) in sinks.iter().filter(|(_, s)| s.wants(&event)) {
-                    to.push((e.seq, s.name.clone(), e.order_key.clone()));
+                    to.push((e.seq, s.name.as_str(), e.order_key.as_str()));
                 }
             } else {
                 for (_, s) in sinks {
-                    to.push((e.seq, s.name.clone(), e.order_key.clone()));
+                    to.push((e.seq, s.name.as_str(), e.order_key.as_str()));
                 }
             }
             if to.len() > before {
                 read.insert(e.seq, Arc::<str>::from(e.body.as_str()));
             }
         }
-        let queued = to.len();
-        notify::fan_out(w, to, upto).await?;
-        tracing::debug!(events = events.len(), queued, "notifications fanned out");
+        // Per sink with room: the order keys that already have a pending delivery to it
+        // (one read per sink); a key's later events in this batch wait for its first.
+        let mut waiting: HashSet<(&str, &str)> = HashSet::new();
+        for (_, sink) in sinks {
+            let name = sink.name.as_str();
+            if room.get(name).is_none_or(|f| *f == 0) {
+                continue;
+            }
+            let mut keys: Vec<&str> = to
+                .iter()
+                .filter(|(_, s, _)| *s == name)
+                .map(|(_, _, k)| *k)
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if keys.is_empty() {
+                continue;
+            }
+            let pending = notify::pending_keys(w, name, &keys).await?;
+            waiting.extend(
+                keys.into_iter()
+                    .filter(|k| pending.contains(*k))
+                    .map(|k| (name, k)),
+            );
+        }
+        let mut fanned = Vec::with_capacity(to.len());
+        let mut claimed = 0usize;
+        for (seq, sink, key) in &to {
+            // Claimed when the sink has room and no delivery of the key to it is pending
+            // (stored, or written just before in this batch); every later one waits.
+            let first = waiting.insert((*sink, *key));
+            let take = match room.get_mut(*sink) {
+                Some(free) if first && *free > 0 => {
+                    *free -= 1;
+                    claimed += 1;
+                    true
+                }
+                _ => false,
+            };
+            fanned.push(notify::Fanned {
+                event_seq: *seq,
+                sink: sink.to_string(),
+                order_key: key.to_string(),
+                claimed: take,
+            });
+        }
+        let queued = to.len() - claimed;
+        let claims = notify::fan_out(w, fanned, upto, &self.owner, lease_until).await?;
+        tracing::debug!(
+            events = events.len(),
+            queued,
+            claimed,
+            "notifications fanned out"
+        );
         let more = events.len() as i64 == FANOUT_BATCH;
         if more {
             self.notifier.events_committed();
         }
-        Ok((read, more))
+        Ok((read, more, claims))
     }
 
     /// One attempt of one claimed delivery: its outcome, to record (None: nothing was

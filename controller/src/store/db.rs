@@ -168,6 +168,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "certificate renewal refusals logged once per agent, kind and window; the keys each controller lacks",
         include_str!("../../migrations/0033_refusals_and_key_holders.sql"),
     ),
+    (
+        34,
+        "notifications: pending deliveries indexed per sink for the claim",
+        include_str!("../../migrations/0034_notify_claim_index.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

@@ -137,23 +137,65 @@ pub async fn unfanned(w: &mut WriteTx, limit: i64) -> Result<Vec<Unfanned>> {
     .await?)
 }
 
-/// One queued delivery per (event, sink) in `to`, and the events up to `upto` marked fanned
-/// out (the caller read every unfanned event up to it, under the counters lock).
-pub async fn fan_out(w: &mut WriteTx, to: Vec<(i64, String, String)>, upto: i64) -> Result<()> {
+/// One delivery written at fan-out: queued, or already claimed for its first attempt.
+#[derive(Clone, Debug)]
+pub struct Fanned {
+    pub event_seq: i64,
+    pub sink: String,
+    pub order_key: String,
+    /// Written as [`claim`] leaves a row (leased to the fan-out's owner, attempts 1), so the
+    /// delivery costs no separate claim: its sink had room, and no earlier delivery of the
+    /// same order key to it is pending.
+    pub claimed: bool,
+}
+
+/// The deliveries `to` (queued, or claimed by `owner` until `lease_until`), and the events
+/// up to `upto` marked fanned out (the caller read every unfanned event up to it, under the
+/// counters lock). Returns the claims written, in `to`'s order.
+pub async fn fan_out(
+    w: &mut WriteTx,
+    to: Vec<Fanned>,
+    upto: i64,
+    owner: &str,
+    lease_until: i64,
+) -> Result<Vec<(String, Claimed)>> {
     let mut rows = Rows::new(
         "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
-         next_attempt_at)",
-        6,
+         next_attempt_at, first_attempt_at, last_attempt_at, lease_owner, lease_until)",
+        10,
     );
     let now = w.now;
-    for (seq, sink, order_key) in to {
+    let mut claims = Vec::new();
+    for f in to {
+        let (attempts, at, lease_owner, until) = if f.claimed {
+            claims.push((
+                f.sink.clone(),
+                Claimed {
+                    event_seq: f.event_seq,
+                    attempts: 1,
+                    first_attempt_at: now,
+                },
+            ));
+            (
+                1,
+                Param::Int(now),
+                Param::Text(owner.to_string()),
+                Param::Int(lease_until),
+            )
+        } else {
+            (0, Param::Null, Param::Null, Param::Null)
+        };
         rows.rows.push(vec![
-            Param::Int(seq),
-            Param::Text(sink),
-            Param::Text(order_key),
+            Param::Int(f.event_seq),
+            Param::Text(f.sink),
+            Param::Text(f.order_key),
             Param::Text(DeliveryState::Queued.as_str().into()),
-            Param::Int(0),
+            Param::Int(attempts),
             Param::Int(now),
+            at.clone(),
+            at,
+            lease_owner,
+            until,
         ]);
     }
     let backend = w.backend();
@@ -162,8 +204,42 @@ pub async fn fan_out(w: &mut WriteTx, to: Vec<(i64, String, String)>, upto: i64)
         .bind(upto)
         .execute(w.conn())
         .await?;
-    Ok(())
+    Ok(claims)
 }
+
+/// Most order keys looked up by one [`pending_keys`] statement.
+const KEYS_CHUNK: usize = 500;
+
+/// The order keys among `keys` with a pending (queued or retrying) delivery to `sink`: a
+/// new event of one of them waits for it (per-request order), so it is not claimed at
+/// fan-out. Lookups in the `(sink, order_key, event_seq)` index.
+pub async fn pending_keys(
+    w: &mut WriteTx,
+    sink: &str,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in keys.chunks(KEYS_CHUNK) {
+        let marks: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 2)).collect();
+        let sql = format!(
+            "SELECT DISTINCT order_key FROM notify_deliveries WHERE sink = $1 \
+             AND order_key IN ({}) AND state IN {PENDING}",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(sink);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        out.extend(q.fetch_all(w.conn()).await?.into_iter().map(|(k,)| k));
+    }
+    Ok(out)
+}
+
+/// The pending states (queued, retrying) as SQL literals: a partial index
+/// (`notify_deliveries_claim`, migration 34) serves only queries that name its condition's
+/// values in their text (neither SQLite nor a generic PostgreSQL plan matches it against
+/// bound parameters). The values are the crate's constants, never input.
+const PENDING: &str = "('queued', 'retrying')";
 
 /// A delivery claimed for one attempt.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -189,30 +265,36 @@ pub async fn claim(
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(&claim_sql())
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(sink)
+        .bind(limit)
+        .fetch_all(w.conn())
+        .await?)
+}
+
+/// The statement of [`claim`] (its parameters: owner, lease end, now, sink, limit). The
+/// candidates come in order from the partial index `notify_deliveries_claim`, which holds
+/// the pending deliveries alone: the sink's delivered rows (kept for the retention) and its
+/// dead ones are never read.
+pub fn claim_sql() -> String {
+    format!(
         "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
          last_attempt_at = $3 \
          WHERE sink = $4 AND (lease_until IS NULL OR lease_until < $3) \
-         AND state IN ($5, $6) AND next_attempt_at <= $3 AND event_seq IN ( \
+         AND state IN {PENDING} AND next_attempt_at <= $3 AND event_seq IN ( \
            SELECT d.event_seq FROM notify_deliveries d WHERE d.sink = $4 \
-           AND d.state IN ($5, $6) AND d.next_attempt_at <= $3 \
+           AND d.state IN {PENDING} AND d.next_attempt_at <= $3 \
            AND (d.lease_until IS NULL OR d.lease_until < $3) \
            AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.sink = d.sink \
              AND p.order_key = d.order_key AND p.event_seq < d.event_seq \
-             AND p.state IN ($5, $6)) \
-           ORDER BY d.event_seq LIMIT $7) \
-         RETURNING event_seq, attempts, first_attempt_at",
+             AND p.state IN {PENDING}) \
+           ORDER BY d.event_seq LIMIT $5) \
+         RETURNING event_seq, attempts, first_attempt_at"
     )
-    .bind(owner)
-    .bind(lease_until)
-    .bind(now)
-    .bind(sink)
-    .bind(DeliveryState::Queued.as_str())
-    .bind(DeliveryState::Retrying.as_str())
-    .bind(limit)
-    .fetch_all(w.conn())
-    .await?)
 }
 
 /// Stored events by seq: (seq, JSON); a seq gone (pruned) is absent.
@@ -703,4 +785,22 @@ pub async fn dead(
     .bind(limit)
     .fetch_all(conn)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The literal pending states are the crate's queued and retrying states.
+    #[test]
+    fn pending_literals_are_the_pending_states() {
+        assert_eq!(
+            PENDING,
+            format!(
+                "('{}', '{}')",
+                DeliveryState::Queued.as_str(),
+                DeliveryState::Retrying.as_str()
+            )
+        );
+    }
 }
