@@ -140,9 +140,7 @@ impl Endpoints {
 
     fn save(&self) {
         let write = || -> std::io::Result<()> {
-            let tmp = self.file.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&self.saved)?)?;
-            std::fs::rename(&tmp, &self.file)
+            crate::state_file::replace(&self.file, &serde_json::to_vec(&self.saved)?)
         };
         if let Err(e) = write() {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot keep the list of controllers");

@@ -3,6 +3,7 @@
 //! the host; the controller's CA and grant-signing key are pinned from that moment on.
 
 use crate::keyring::Keyring;
+use crate::state_file;
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use rustls::client::danger::ServerCertVerifier;
@@ -85,34 +86,6 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
     }
 }
 
-/// Writes `data` to `path` atomically and durably: a temporary file in the same directory
-/// (mode 0600), fsync, rename over `path`, fsync of the directory.
-fn replace_private(path: &Path, data: &[u8]) -> Result<(), EnrollError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(file_err(&tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(file_err(&tmp))?;
-        f.write_all(data).map_err(file_err(&tmp))?;
-        f.sync_all().map_err(file_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(file_err(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(file_err(dir))
-}
-
 /// A certificate's validity, unix seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
@@ -134,11 +107,6 @@ fn validity_of(der: &[u8]) -> Result<Validity, EnrollError> {
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
     })
-}
-
-fn write_private(path: &Path, data: &[u8]) -> Result<(), EnrollError> {
-    std::fs::write(path, data).map_err(file_err(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(file_err(path))
 }
 
 impl Enrollment {
@@ -282,8 +250,10 @@ impl Enrollment {
                 })?;
         }
         let validity = validity_of(leaf.as_ref())?;
-        replace_private(&self.dir.join("ca.crt"), ca_bundle_pem.as_bytes())?;
-        replace_private(&self.dir.join("agent.crt"), cert_pem.as_bytes())?;
+        let ca = self.dir.join("ca.crt");
+        state_file::replace_private(&ca, ca_bundle_pem.as_bytes()).map_err(file_err(&ca))?;
+        let crt = self.dir.join("agent.crt");
+        state_file::replace_private(&crt, cert_pem.as_bytes()).map_err(file_err(&crt))?;
         Ok(validity)
     }
 
@@ -390,7 +360,9 @@ pub async fn enroll(
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(file_err(&dir))?;
-    write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())?;
+    let key_path = dir.join("agent.key");
+    state_file::replace_private(&key_path, key.serialize_pem().as_bytes())
+        .map_err(file_err(&key_path))?;
     std::fs::write(dir.join("agent.crt"), &r.certificate_pem).map_err(file_err(&dir))?;
     std::fs::write(dir.join("ca.crt"), &r.ca_pem).map_err(file_err(&dir))?;
     std::fs::write(dir.join(crate::keyring::PINNED), &r.grant_signing_key_pem)
@@ -464,7 +436,8 @@ mod tests {
     fn enrolled(tmp: &Path, ca: &Ca, key: &rcgen::KeyPair, id: Uuid) -> Enrollment {
         let dir = tmp.join(DIR);
         std::fs::create_dir_all(&dir).unwrap();
-        write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes()).unwrap();
+        state_file::replace_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())
+            .unwrap();
         std::fs::write(dir.join("agent.crt"), agent_cert(ca, key, id)).unwrap();
         std::fs::write(dir.join("ca.crt"), ca.cert.pem()).unwrap();
         let gk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();

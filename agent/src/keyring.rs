@@ -12,8 +12,6 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
 use jitgate_proto::signed::Body;
 use jitgate_proto::{KeyAnnouncementBody, KeyId, KeyRetirementBody, Signed, VerifyError};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -66,26 +64,6 @@ fn file_err(path: &Path) -> impl FnOnce(String) -> KeyringError + '_ {
 fn read_key(path: &Path) -> Result<VerifyingKey, KeyringError> {
     let pem = std::fs::read_to_string(path).map_err(|e| file_err(path)(e.to_string()))?;
     VerifyingKey::from_public_key_pem(&pem).map_err(|e| file_err(path)(e.to_string()))
-}
-
-/// Writes `data` to `path` whole, mode 0600: a temporary file, fsync, rename, fsync of the
-/// directory.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), KeyringError> {
-    let tmp = path.with_extension("tmp");
-    let io = |e: std::io::Error| file_err(path)(e.to_string());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    sync_dir(path)
 }
 
 fn sync_dir(path: &Path) -> Result<(), KeyringError> {
@@ -162,7 +140,9 @@ impl Keyring {
         if key == self.pinned || self.next == Some(key) {
             return Ok((body.key_id, Change::Unchanged));
         }
-        write_atomic(&self.dir.join(NEXT), pem(&key)?.as_bytes())?;
+        let next = self.dir.join(NEXT);
+        crate::state_file::replace_private(&next, pem(&key)?.as_bytes())
+            .map_err(|e| file_err(&next)(e.to_string()))?;
         self.next = Some(key);
         Ok((body.key_id, Change::Changed))
     }
@@ -214,6 +194,7 @@ impl Keyring {
 mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sk(b: u8) -> SigningKey {
         SigningKey::from_bytes(&[b; 32])

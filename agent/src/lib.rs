@@ -36,6 +36,7 @@ pub mod netns;
 pub mod schedule;
 mod slab;
 pub mod sockdiag;
+pub mod state_file;
 
 pub use clock::BootInstant;
 pub use dataplane::{
