@@ -42,17 +42,10 @@ impl ChannelState {
             .unwrap_or_default()
     }
 
-    /// Writes atomically and durably (tmp, fsync, rename).
+    /// Writes atomically and durably.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        let tmp = state_dir.join("channel.json.tmp");
         let data = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, state_dir.join(Self::FILE))
+        crate::state_file::replace(&state_dir.join(Self::FILE), &data)
     }
 }
 
@@ -105,7 +98,7 @@ pub struct Channel {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = jitgate_proto::STATUS_REPORT_EVERY;
 /// With no frame from the controller for this long, the connection is considered dead; a
 /// controller at level 3 or later says how often it pings, and then the limit is
 /// [`SILENT_PINGS`] of those.
@@ -345,7 +338,11 @@ impl Channel {
             };
             match msg {
                 ControllerMsg::Ping { nonce } => {
-                    let _ = tx.send(AgentMsg::Pong { nonce }).await;
+                    // One way from level 10 on: the status reports tell the controller that
+                    // this agent is alive.
+                    if !pings_are_quiet(self.controller_level.load(Ordering::Relaxed)) {
+                        let _ = tx.send(AgentMsg::Pong { nonce }).await;
+                    }
                 }
                 ControllerMsg::Settings {
                     endpoints,
@@ -519,6 +516,12 @@ async fn renew_when_due(enrollment: Enrollment, tx: mpsc::Sender<AgentMsg>) {
     }
 }
 
+/// Whether a ping from a controller that announced `controller_level` goes unanswered (0:
+/// none announced, an older controller that expects a pong).
+fn pings_are_quiet(controller_level: u32) -> bool {
+    controller_level >= jitgate_proto::LEVEL_QUIET_PINGS
+}
+
 /// The silence limit for a controller that pings every `ping_every_ms`.
 fn silence_limit(ping_every_ms: u64) -> Duration {
     (Duration::from_millis(ping_every_ms) * SILENT_PINGS).clamp(SILENCE_BOUNDS.0, SILENCE_BOUNDS.1)
@@ -588,6 +591,14 @@ async fn stream_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pings_are_answered_until_the_controller_announces_level_10() {
+        assert!(!pings_are_quiet(0));
+        assert!(!pings_are_quiet(jitgate_proto::LEVEL_CLOSE_REASON));
+        assert!(pings_are_quiet(jitgate_proto::LEVEL_QUIET_PINGS));
+        assert!(pings_are_quiet(jitgate_proto::PROTOCOL_LEVEL));
+    }
 
     #[test]
     fn the_silence_limit_follows_the_controllers_pings_within_bounds() {

@@ -1017,3 +1017,67 @@ async fn level_3_agents_learn_the_controllers_and_the_short_keepalive() {
         "the level-2 agent was closed as if it were level 3"
     );
 }
+
+/// Level 10 (docs/protocol.md "Keepalive"): pings are one way. The controller announces its
+/// level, keeps pinging, and does not let go of an agent that never answers a ping as long
+/// as it hears the agent's status reports (three missed pings closed it before); an agent
+/// of level 9, just as silent, is let go after three pings as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_10_agents_are_pinged_one_way() {
+    let h = Harness::with_config(|c| c.agent_ping_seconds = 1).await;
+    h.fixture().await;
+    let quiet = enroll(&h, "web1").await;
+    let older = enroll(&h, "web2").await;
+    let mut a10 = Agent::connect(&quiet).await;
+    a10.hello_at(&quiet, 0, 0, jitgate_proto::LEVEL_QUIET_PINGS)
+        .await;
+    let mut a9 = Agent::connect(&older).await;
+    a9.hello_at(&older, 0, 0, jitgate_proto::LEVEL_CLOSE_REASON)
+        .await;
+    // Pings come to the level-10 agent and are never answered, for five ping intervals.
+    let t0 = tokio::time::Instant::now();
+    let (mut pings, mut level) = (0, None);
+    while t0.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            jitgate_proto::read_frame::<_, ControllerMsg>(&mut a10.rd),
+        )
+        .await
+        {
+            Ok(Ok(Some(ControllerMsg::Ping { .. }))) => pings += 1,
+            Ok(Ok(Some(ControllerMsg::Level { protocol }))) => level = Some(protocol),
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                panic!("a level-10 agent was closed for not answering pings")
+            }
+        }
+    }
+    assert_eq!(level, Some(jitgate_proto::PROTOCOL_LEVEL));
+    assert!(pings >= 3, "{pings} pings in 5 s at agent_ping_seconds = 1");
+    // The level-9 agent said nothing after its Hello either: it is let go (three pings).
+    assert!(
+        a9.closed_within(Duration::from_secs(5)).await,
+        "a silent level-9 agent was kept"
+    );
+    // A status report is what the controller hears from a level-10 agent; it keeps it.
+    a10.send(&AgentMsg::Status(Box::new(
+        jitgate_proto::message::StatusReport {
+            heartbeat: jitgate_proto::message::Heartbeat {
+                interfaces: vec![("eth0".into(), "driver".into())],
+                protected: vec![],
+                listening: vec![],
+                active_grants: 0,
+                audit_head: String::new(),
+                audit_seq: 0,
+            },
+            addresses: vec![],
+            problems: vec![],
+            agent_unix_ms: jitgate_api::time::now_ms(),
+        },
+    )))
+    .await;
+    assert!(
+        !a10.closed_within(Duration::from_secs(2)).await,
+        "a level-10 agent that reports was closed"
+    );
+}

@@ -33,8 +33,8 @@ pub use message::{AgentMsg, ControllerMsg};
 pub use message::{
     CloseReason, HookKind, HookMode, HookProblem, InterfaceHook, LEVEL_AUDIT_RESEND,
     LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS,
-    LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_CERT_PEM, MAX_ENDPOINTS,
-    PROTOCOL_LEVEL, ProgramAhead,
+    LEVEL_KEY_ROTATION, LEVEL_QUIET_PINGS, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_CERT_PEM,
+    MAX_ENDPOINTS, PROTOCOL_LEVEL, ProgramAhead, QUIET_AGENT_SILENCE, STATUS_REPORT_EVERY,
 };
 pub use signed::{
     GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 9;
+pub const PROTOCOL_LEVEL: u32 = 10;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
 /// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
@@ -64,6 +64,22 @@ pub const LEVEL_AUDIT_RESEND: u32 = 8;
 /// reason and shows it in `jit-agent status`. Older agents see a bare close.
 pub const LEVEL_CLOSE_REASON: u32 = 9;
 
+/// The first level whose pings are one way: an agent at this level does not answer
+/// [`ControllerMsg::Ping`] with [`AgentMsg::Pong`] when its controller announced this level
+/// or later with [`ControllerMsg::Level`], and such a controller does not expect it (it
+/// hears the agent's status report every [`STATUS_REPORT_EVERY`] and lets it go after
+/// [`QUIET_AGENT_SILENCE`] without a frame). The ping exists so that the agent notices a
+/// frozen controller; the pong told the controller what the status reports already tell it,
+/// at 10 000 agents pinged every 2 s 5 000 frames a second the controller read for nothing.
+pub const LEVEL_QUIET_PINGS: u32 = 10;
+
+/// How often an agent sends its status report (a heartbeat).
+pub const STATUS_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a controller waits for any frame from an agent whose pings are one way
+/// ([`LEVEL_QUIET_PINGS`]): three status reports and a margin.
+pub const QUIET_AGENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).
 pub const MAX_CERT_PEM: usize = 64 * 1024;
@@ -93,6 +109,8 @@ pub enum ControllerMsg {
     AuditAck {
         up_to: u64,
     },
+    /// Sent every `Settings.ping_every_ms` so that the agent notices a frozen controller;
+    /// answered with `Pong` only below [`LEVEL_QUIET_PINGS`].
     Ping {
         nonce: u64,
     },
@@ -209,6 +227,8 @@ pub enum AgentMsg {
     },
     /// Sent by agents before status reports existed; still accepted.
     Heartbeat(Box<Heartbeat>),
+    /// The answer to a `Ping`, sent only while the agent or its controller is below
+    /// [`LEVEL_QUIET_PINGS`].
     Pong {
         nonce: u64,
     },
@@ -920,7 +940,9 @@ mod tests {
             CloseReason::Revoked.to_string(),
             "revoked by the controller"
         );
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_CLOSE_REASON);
         assert_eq!(LEVEL_CLOSE_REASON, 9);
+        assert_eq!(PROTOCOL_LEVEL, LEVEL_QUIET_PINGS);
+        assert_eq!(LEVEL_QUIET_PINGS, 10);
+        assert!(QUIET_AGENT_SILENCE > STATUS_REPORT_EVERY * 3);
     }
 }

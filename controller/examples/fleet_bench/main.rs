@@ -42,6 +42,10 @@ struct Opts {
     rate: u64,
     seconds: u64,
     idle: u64,
+    /// The controllers' `agent_ping_seconds`.
+    ping: u64,
+    /// Answer every ping, as agents below level 10 do (for comparison).
+    answer_pings: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -51,6 +55,8 @@ fn parse_args() -> Result<Opts> {
         rate: 500,
         seconds: 20,
         idle: 30,
+        ping: 2,
+        answer_pings: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,17 +67,19 @@ fn parse_args() -> Result<Opts> {
             "--rate" => o.rate = val()?.parse()?,
             "--seconds" => o.seconds = val()?.parse()?,
             "--idle" => o.idle = val()?.parse()?,
+            "--ping-seconds" => o.ping = val()?.parse()?,
+            "--answer-pings" => o.answer_pings = true,
             "-h" | "--help" => {
                 println!(
-                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)]"
+                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)] [--ping-seconds S (2)] [--answer-pings]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
         }
     }
-    if o.agents == 0 || o.controllers == 0 || o.rate == 0 || o.seconds == 0 {
-        bail!("--agents, --controllers, --rate and --seconds must be positive");
+    if o.agents == 0 || o.controllers == 0 || o.rate == 0 || o.seconds == 0 || o.ping == 0 {
+        bail!("--agents, --controllers, --rate, --seconds and --ping-seconds must be positive");
     }
     Ok(o)
 }
@@ -237,6 +245,8 @@ struct Shared {
     sent: Mutex<HashMap<String, Instant>>,
     /// request -> agent acknowledgement, microseconds.
     acks: Mutex<Vec<u64>>,
+    /// `--answer-pings`.
+    answer_pings: bool,
 }
 
 fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
@@ -324,11 +334,14 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                 if tx.send(status_report()).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::time::sleep(jitgate_proto::STATUS_REPORT_EVERY).await;
             }
         })
     };
     let mut counted = false;
+    // The level the controller announced: from level 10 on pings go unanswered, as the
+    // real agent does.
+    let mut controller_level = 0;
     let result = loop {
         let m = match read_frame::<_, ControllerMsg>(&mut rd).await {
             Ok(Some(m)) => m,
@@ -341,7 +354,13 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                 s.connected.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            ControllerMsg::Ping { nonce } => Some(AgentMsg::Pong { nonce }),
+            ControllerMsg::Ping { nonce } => (s.answer_pings
+                || controller_level < jitgate_proto::LEVEL_QUIET_PINGS)
+                .then_some(AgentMsg::Pong { nonce }),
+            ControllerMsg::Level { protocol } => {
+                controller_level = protocol;
+                None
+            }
             ControllerMsg::Policy(p) => match p.verify(&s.signing, who.id) {
                 Ok(b) => Some(AgentMsg::PolicyResult {
                     seq: b.seq,
@@ -397,7 +416,6 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             | ControllerMsg::LimitedGrant(_)
             | ControllerMsg::Certificate { .. }
             | ControllerMsg::RenewalRefused { .. }
-            | ControllerMsg::Level { .. }
             | ControllerMsg::Closing { .. }
             | ControllerMsg::AuditResend { .. } => None,
         };
@@ -446,7 +464,10 @@ async fn main() -> Result<()> {
         .map(|(_, a)| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let extra = format!("agent_endpoints = [{endpoints}]\nmax_db_connections = 16\n");
+    let extra = format!(
+        "agent_endpoints = [{endpoints}]\nmax_db_connections = 16\nagent_ping_seconds = {}\n",
+        o.ping
+    );
     let first = tmp.path().join("c0");
     let out = Command::new(&bin)
         .arg("--json")
@@ -589,6 +610,7 @@ async fn main() -> Result<()> {
         bad_signatures: AtomicU64::new(0),
         sent: Mutex::new(HashMap::new()),
         acks: Mutex::new(Vec::new()),
+        answer_pings: o.answer_pings,
     });
 
     // Connect the fleet, K controllers in turn; RSS before and after.
@@ -615,7 +637,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(12)).await;
     let rss_after: Vec<u64> = ctls.iter().map(|c| rss(c.child.id())).collect();
 
-    // Idle: the keepalive's cost (pings every 2 s, status reports every 10 s).
+    // Idle: the keepalive's cost (pings every `--ping-seconds`, status reports every 10 s).
     eprintln!("idle for {} s ...", o.idle);
     let tps = ticks_per_second();
     let pg_pids = postgres_pids(postmaster);
@@ -753,8 +775,15 @@ async fn main() -> Result<()> {
         per_agent.join("; ")
     );
     println!(
-        "| idle keepalive CPU ({} s; pings every 2 s, status every 10 s): controllers + PostgreSQL | {:.1} % + {:.1} % = {:.1} % of one core |",
+        "| idle keepalive CPU ({} s; {} pings every {} s, status every {} s): controllers + PostgreSQL | {:.1} % + {:.1} % = {:.1} % of one core |",
         o.idle,
+        if o.answer_pings {
+            "answered"
+        } else {
+            "one-way"
+        },
+        o.ping,
+        jitgate_proto::STATUS_REPORT_EVERY.as_secs(),
         idle_ctl,
         idle_pg,
         idle_ctl + idle_pg

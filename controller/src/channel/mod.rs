@@ -19,14 +19,15 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use jitgate_proto::LEVEL_SETTINGS;
+use jitgate_proto::{LEVEL_QUIET_PINGS, LEVEL_SETTINGS, QUIET_AGENT_SILENCE};
 
 /// Keepalive for agents before level 3 ([`LEVEL_SETTINGS`]): a Ping this often; they give up
 /// on a controller silent for 45 s whatever it says.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// A connection of an agent before level 3 silent for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
-/// The silence limit on both sides is this many ping intervals (level 3 and later).
+/// The silence limit on both sides is this many ping intervals (level 3 to 9; from level 10
+/// on the controller waits for the agent's status reports instead).
 pub const SILENT_PINGS: u32 = 3;
 
 /// What every connection tells an agent of level 3 or later (`ControllerMsg::Settings`).
@@ -40,9 +41,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The ping interval and silence limit for an agent of protocol `level`.
+    /// The ping interval and silence limit for an agent of protocol `level`. An agent at
+    /// [`LEVEL_QUIET_PINGS`] or later does not answer pings: its status reports are what is
+    /// heard from it.
     pub fn keepalive(&self, level: u32) -> (Duration, Duration) {
-        if level >= LEVEL_SETTINGS {
+        if level >= LEVEL_QUIET_PINGS {
+            (
+                self.ping_every,
+                (self.ping_every * SILENT_PINGS).max(QUIET_AGENT_SILENCE),
+            )
+        } else if level >= LEVEL_SETTINGS {
             (self.ping_every, self.ping_every * SILENT_PINGS)
         } else {
             (PING_EVERY, IDLE_LIMIT)
