@@ -30,6 +30,7 @@ pub mod policy;
 pub mod port;
 pub mod request;
 pub mod rights;
+pub mod terminal;
 pub mod time;
 
 #[cfg(feature = "audit")]

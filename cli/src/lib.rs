@@ -19,7 +19,8 @@ mod exit;
 mod input;
 mod output;
 mod table;
-mod text;
+/// Terminal-safe text, shared with `jit-controller`'s own tables.
+use jitgate_api::terminal as text;
 
 use client::Client;
 use cmd::{

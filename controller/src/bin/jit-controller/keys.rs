@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use jitgate_api::terminal::safe;
 use jitgate_controller::authz::Actor;
 use jitgate_controller::keys::files::KeyDir;
 use jitgate_controller::keys::rotation::Rotation;
@@ -70,7 +71,11 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                 for a in &s.agents {
                     println!(
                         "{:<38} {:<20} {:<6} {:<7} {}",
-                        a.agent_id, a.virtual_machine, a.protocol, a.online, a.state
+                        a.agent_id,
+                        safe(&a.virtual_machine),
+                        a.protocol,
+                        a.online,
+                        a.state
                     );
                 }
                 println!("blocking the switch: {}", s.blocking.len());
@@ -83,7 +88,7 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                     println!(
                         "the switch waits for {} controller(s) that lack its private half: {}",
                         s.controllers_lacking_key.len(),
-                        s.controllers_lacking_key.join(", ")
+                        safe(&s.controllers_lacking_key.join(", "))
                     );
                 }
             }
@@ -98,13 +103,13 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                 r.retired_key_id, r.current_key_id
             );
             for a in &r.not_acknowledged {
-                println!("not acknowledged (forced): {a}");
+                println!("not acknowledged (forced): {}", safe(&a.to_string()));
             }
             for a in &r.catching_up {
-                println!("offline, will catch up when it returns: {a}");
+                println!("offline, will catch up when it returns: {}", safe(&a.to_string()));
             }
             for a in &r.need_reenrolment {
-                println!("too old to follow, upgrade and re-enrol: {a}");
+                println!("too old to follow, upgrade and re-enrol: {}", safe(&a.to_string()));
             }
             println!("old private key: {}", r.private_key);
         }),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use jitgate_api::terminal::safe;
 use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
@@ -350,26 +351,19 @@ fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
         println!(
             "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25} {}",
             t.id,
-            t.name,
+            safe(&t.name),
             t.role.as_str(),
-            t.scope.to_string(),
+            safe(&t.scope.to_string()),
             t.expires_time_utc.as_deref().unwrap_or("-"),
             t.revoked_time_utc.as_deref().unwrap_or("-"),
             if t.groups.is_empty() {
                 "-".to_string()
             } else {
-                t.groups.join(",")
+                safe(&t.groups.join(",")).into_owned()
             }
         );
     }
     Ok(())
-}
-
-/// Text a person chose (a display name), safe for a terminal.
-fn term_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
@@ -390,7 +384,7 @@ fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
         println!(
             "{:<36} {:<24} {:<6} {:<25} {:<25} {:<16} {}",
             s.id,
-            term_safe(&s.display_name),
+            safe(&s.display_name),
             s.client,
             s.expires_time_utc,
             s.ended_time_utc.as_deref().unwrap_or("-"),
@@ -398,10 +392,10 @@ fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
             if roles.is_empty() {
                 "-".to_string()
             } else {
-                roles.join(", ")
+                safe(&roles.join(", ")).into_owned()
             }
         );
-        println!("    {}", term_safe(&s.principal));
+        println!("    {}", safe(&s.principal));
     }
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! the bidirectional controls that reorder what is displayed ("Trojan Source", CVE-2021-42574)
 //! and the Unicode line and paragraph separators. A terminal moves the cursor, recolours or
 //! reorders text only on these; text without them is printed as it reads.
+//!
+//! Here, beside the types, because both terminal front ends use it: the `jit` CLI and the
+//! tables `jit-controller` prints itself.
 
 use std::borrow::Cow;
 
