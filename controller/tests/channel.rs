@@ -1061,19 +1061,7 @@ async fn level_10_agents_are_pinged_one_way() {
     );
     // A status report is what the controller hears from a level-10 agent; it keeps it.
     a10.send(&AgentMsg::Status(Box::new(
-        jitgate_proto::message::StatusReport {
-            heartbeat: jitgate_proto::message::Heartbeat {
-                interfaces: vec![("eth0".into(), "driver".into())],
-                protected: vec![],
-                listening: vec![],
-                active_grants: 0,
-                audit_head: String::new(),
-                audit_seq: 0,
-            },
-            addresses: vec![],
-            problems: vec![],
-            agent_unix_ms: jitgate_api::time::now_ms(),
-        },
+        jitgate_proto::testing::quiet_status_report(),
     )))
     .await;
     assert!(

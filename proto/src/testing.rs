@@ -42,3 +42,24 @@ pub fn example_hooks() -> Vec<InterfaceHook> {
         },
     ]
 }
+
+/// The status report of a healthy agent with nothing to say: one interface in driver mode,
+/// no protected ports, no grants, the agent's clock now (the fleet bench's agents and the
+/// controller's keepalive tests send it).
+pub fn quiet_status_report() -> crate::message::StatusReport {
+    crate::message::StatusReport {
+        heartbeat: crate::message::Heartbeat {
+            interfaces: vec![("eth0".into(), "driver".into())],
+            protected: vec![],
+            listening: vec![],
+            active_grants: 0,
+            audit_head: String::new(),
+            audit_seq: 0,
+        },
+        addresses: vec![],
+        problems: vec![],
+        agent_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    }
+}

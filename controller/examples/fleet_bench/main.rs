@@ -28,7 +28,7 @@ use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::policies::Target;
 use jitgate_controller::store::DbOptions;
-use jitgate_proto::message::{Heartbeat, Outcome, StatusReport};
+use jitgate_proto::message::Outcome;
 use jitgate_proto::{AgentMsg, ControllerMsg, read_frame, write_frame};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
@@ -268,19 +268,7 @@ fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
 }
 
 fn status_report() -> AgentMsg {
-    AgentMsg::Status(Box::new(StatusReport {
-        heartbeat: Heartbeat {
-            interfaces: vec![("eth0".into(), "driver".into())],
-            protected: vec![],
-            listening: vec![],
-            active_grants: 0,
-            audit_head: String::new(),
-            audit_seq: 0,
-        },
-        addresses: vec![],
-        problems: vec![],
-        agent_unix_ms: jitgate_api::time::now_ms(),
-    }))
+    AgentMsg::Status(Box::new(jitgate_proto::testing::quiet_status_report()))
 }
 
 /// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
