@@ -12,7 +12,7 @@ use crate::audit::{self, AuditLine};
 use crate::endpoints::Endpoints;
 use crate::enroll::Enrollment;
 use jitgate_proto::message::{AgentMsg, AuditRecord, ControllerMsg};
-use jitgate_proto::{Endpoint, read_frame, write_frame};
+use jitgate_proto::{Endpoint, SILENT_PINGS, read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -103,7 +103,6 @@ const HEARTBEAT: Duration = jitgate_proto::STATUS_REPORT_EVERY;
 /// controller at level 3 or later says how often it pings, and then the limit is
 /// [`SILENT_PINGS`] of those.
 const SILENCE: Duration = Duration::from_secs(45);
-const SILENT_PINGS: u32 = 3;
 /// The shortest and longest silence limit a controller's ping interval can set.
 const SILENCE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), SILENCE);
 /// A controller that does not accept the TCP connection within this is skipped (an address

@@ -73,6 +73,10 @@ pub const LEVEL_CLOSE_REASON: u32 = 9;
 /// at 10 000 agents pinged every 2 s 5 000 frames a second the controller read for nothing.
 pub const LEVEL_QUIET_PINGS: u32 = 10;
 
+/// The silence limit, on both sides, is this many ping intervals (level 3 and later; from
+/// [`LEVEL_QUIET_PINGS`] on the controller waits for the agent's status reports instead).
+pub const SILENT_PINGS: u32 = 3;
+
 /// How often an agent sends its status report (a heartbeat).
 pub const STATUS_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -19,16 +19,13 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use jitgate_proto::{LEVEL_QUIET_PINGS, LEVEL_SETTINGS, QUIET_AGENT_SILENCE};
+use jitgate_proto::{LEVEL_QUIET_PINGS, LEVEL_SETTINGS, QUIET_AGENT_SILENCE, SILENT_PINGS};
 
 /// Keepalive for agents before level 3 ([`LEVEL_SETTINGS`]): a Ping this often; they give up
 /// on a controller silent for 45 s whatever it says.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// A connection of an agent before level 3 silent for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
-/// The silence limit on both sides is this many ping intervals (level 3 to 9; from level 10
-/// on the controller waits for the agent's status reports instead).
-pub const SILENT_PINGS: u32 = 3;
 
 /// What every connection tells an agent of level 3 or later (`ControllerMsg::Settings`).
 #[derive(Clone, Debug)]
