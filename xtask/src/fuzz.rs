@@ -71,7 +71,7 @@ pub(crate) fn fuzz(
         "fuzz: targets built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    fuzz_targets(root, targets, seconds, build)
+    fuzz_targets(root, targets, seconds, build, 1)
 }
 
 /// `cargo fuzz build` of every target (the dependencies are built once).
@@ -88,12 +88,14 @@ pub(crate) fn fuzz_build_command(root: &Path, build: FuzzBuild) -> Command {
     cmd
 }
 
-/// Runs each built fuzz target for `seconds`, stopping at the first crash.
+/// Runs each built fuzz target for `seconds`, `at_once` of them side by side (each target is
+/// one single-threaded process), stopping after the first group with a crash.
 pub(crate) fn fuzz_targets(
     root: &Path,
     targets: &[&FuzzTarget],
     seconds: u64,
     build: FuzzBuild,
+    at_once: usize,
 ) -> Result<Vec<FuzzRun>> {
     let profile = match build {
         FuzzBuild::Quick => "debug",
@@ -104,26 +106,48 @@ pub(crate) fn fuzz_targets(
         .join("x86_64-unknown-linux-gnu")
         .join(profile);
     let mut runs = Vec::new();
-    for t in targets {
-        let r = fuzz_one(root, &bin_dir, t, seconds)?;
-        match &r.crash {
-            None => println!(
-                "fuzz {}: {} executions in {:.0} s, no crash",
-                r.name, r.execs, r.seconds
-            ),
-            Some(input) => println!(
-                "fuzz {}: CRASHED after {} executions in {:.0} s; input: {input} \
-                 (reproduce: cargo +nightly fuzz run {} {input})",
-                r.name, r.execs, r.seconds, r.name
-            ),
+    for group in targets.chunks(at_once.max(1)) {
+        let results: Vec<Result<FuzzRun>> = std::thread::scope(|s| {
+            let running: Vec<_> = group
+                .iter()
+                .map(|t| s.spawn(|| fuzz_one(root, &bin_dir, t, seconds)))
+                .collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a fuzz runner panicked")))
+                })
+                .collect()
+        });
+        let mut crashed = false;
+        for r in results {
+            let r = r?;
+            crashed |= record(r, &mut runs);
         }
-        let crashed = r.crash.is_some();
-        runs.push(r);
         if crashed {
             break;
         }
     }
     Ok(runs)
+}
+
+/// Prints a run's verdict and keeps it; true when it crashed.
+fn record(r: FuzzRun, runs: &mut Vec<FuzzRun>) -> bool {
+    match &r.crash {
+        None => println!(
+            "fuzz {}: {} executions in {:.0} s, no crash",
+            r.name, r.execs, r.seconds
+        ),
+        Some(input) => println!(
+            "fuzz {}: CRASHED after {} executions in {:.0} s; input: {input} \
+             (reproduce: cargo +nightly fuzz run {} {input})",
+            r.name, r.execs, r.seconds, r.name
+        ),
+    }
+    let crashed = r.crash.is_some();
+    runs.push(r);
+    crashed
 }
 
 pub(crate) fn fuzz_one(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod bench;
 mod fuzz;
+mod lanes;
 mod package;
 mod setup;
 
@@ -20,6 +21,7 @@ use bench::{Bench, bench, run_bench_binary};
 use fuzz::{
     FUZZ_TARGETS, FuzzBuild, FuzzTarget, fuzz, fuzz_build_command, fuzz_targets, fuzz_verdict,
 };
+use lanes::{Backend, Job, TestBinary};
 use setup::setup;
 
 #[derive(Parser)]
@@ -37,9 +39,9 @@ enum Cmd {
     /// chromium-driver (the browser tests), and the bpffs mount.
     Setup,
     /// Run setup, then formatting, lint and import-cycle checks, then every test (root tests
-    /// need root; with CI=true they fail rather than skip without it), then the controller's
-    /// test suites again on PostgreSQL, then each fuzz target briefly. Prints the wall time
-    /// of each phase (docs/testing.md).
+    /// need root; with CI=true they fail rather than skip without it) and the controller's
+    /// test suites again on PostgreSQL, two test binaries at a time, then each fuzz target
+    /// briefly. Prints the wall time of each phase (docs/testing.md).
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -53,6 +55,10 @@ enum Cmd {
         /// Seconds each fuzz target runs after the tests (0: skip fuzzing).
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
+        /// Test binaries run at once (the root tests in namespaces stay one at a time, in
+        /// the first lane; 1 runs everything one after the other).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+        lanes: u16,
         /// Extra arguments for `cargo test` (after `--`; what follows a second `--` also goes
         /// to the PostgreSQL run's test binaries).
         #[arg(last = true)]
@@ -121,6 +127,7 @@ fn main() -> Result<()> {
             allow_cycles,
             no_postgres,
             fuzz_seconds,
+            lanes,
             cargo_args,
         } => {
             let allow_cycles =
@@ -132,6 +139,7 @@ fn main() -> Result<()> {
                     allow_cycles,
                     no_postgres,
                     fuzz_seconds,
+                    lanes: usize::from(lanes),
                 },
                 &cargo_args,
             )
@@ -336,6 +344,7 @@ struct TestOptions {
     allow_cycles: bool,
     no_postgres: bool,
     fuzz_seconds: u64,
+    lanes: usize,
 }
 
 /// Wall time per phase of `cargo xtask test`, printed as each ends and again at the end, so
@@ -481,7 +490,7 @@ fn test_phases(
         }
         Ok(())
     })?;
-    let controller_tests = phases.run("build", || {
+    let binaries = phases.run("build", || {
         // The end-to-end tests run the real binaries (jit-agent, ...).
         run(Command::new("cargo").args(["build", "--bins"]))?;
         build_tests(root, cargo_args)
@@ -499,46 +508,72 @@ fn test_phases(
     } else {
         None
     };
-    let mut summary = String::new();
-    let sqlite = phases.run("tests (SQLite)", || {
+    // Every test binary on SQLite, and the controller's integration tests again on
+    // PostgreSQL, in lanes (lanes.rs). The package test (a throwaway Debian root, mostly
+    // unpacking and waiting on dpkg) runs beside them in the background.
+    let mut jobs: Vec<Job> = binaries
+        .iter()
+        .map(|b| Job::binary(b, Backend::Sqlite, bin_args))
+        .collect();
+    if let Some(doc) = doc_tests(cargo_args) {
+        jobs.push(doc);
+    }
+    if !opts.no_postgres {
+        let controller: Vec<&TestBinary> = binaries.iter().filter(|b| b.controller).collect();
+        if controller.is_empty() {
+            eprintln!("tests (PostgreSQL): no controller test binary selected; skipped");
+        }
+        jobs.extend(
+            controller
+                .into_iter()
+                .map(|b| Job::binary(b, Backend::Postgres, bin_args)),
+        );
+    }
+    let mut package_test = if opts.no_postgres {
+        None
+    } else {
+        // Through cargo, not this executable's path: the build phase may have replaced
+        // the xtask binary this process runs from.
         let mut cmd = Command::new("cargo");
-        cmd.arg("test")
-            .args(extra)
-            .env("JIT_TEST_BACKEND", "sqlite");
-        run_tests(&mut cmd)
+        cmd.args(["xtask", "package", "--test"]);
+        Some(Background::start(root, "package-test", false, cmd)?)
+    };
+    let lanes = opts.lanes;
+    let log_dir = target_dir(root).join("ci-logs").join("tests");
+    let totals = phases.run(&format!("tests ({lanes} lanes)"), || {
+        lanes::run(
+            jobs,
+            lanes,
+            &log_dir,
+            &std::sync::Mutex::new(std::io::stdout()),
+        )
     })?;
-    summary.push_str(&format!("summary: {}", sqlite.describe()));
-    if !sqlite.ok {
+    let mut summary = format!("summary: {}", totals.sqlite.describe());
+    if !opts.no_postgres {
+        summary.push_str(&format!(
+            "; on PostgreSQL (controller): {}",
+            totals.postgres.describe()
+        ));
+    }
+    let failed: Vec<&String> = totals
+        .sqlite
+        .failed_jobs
+        .iter()
+        .chain(&totals.postgres.failed_jobs)
+        .collect();
+    if !failed.is_empty() {
         phases.mark_failed();
         println!("{summary}");
-        bail!("cargo test failed");
+        for f in &failed {
+            println!("failed: {f}");
+        }
+        bail!("{} test binaries failed (see above)", failed.len());
     }
-    if sqlite.passed == 0 {
+    if totals.sqlite.passed == 0 {
         bail!("cargo test ran no test");
     }
-    // The package test (a throwaway Debian root, mostly unpacking and waiting on dpkg) runs
-    // beside the PostgreSQL tests, in the background at the lowest priority; its phase below
-    // is only what is left of it once they end.
-    let mut package_test = None;
-    if !opts.no_postgres {
-        if controller_tests.is_empty() {
-            eprintln!("tests (PostgreSQL): no controller test binary selected; skipped");
-        } else {
-            // Through cargo, not this executable's path: the build phase may have replaced
-            // the xtask binary this process runs from.
-            let mut cmd = Command::new("cargo");
-            cmd.args(["xtask", "package", "--test"]);
-            package_test = Some(Background::start(root, "package-test", false, cmd)?);
-            let pg = phases.run("tests (PostgreSQL, controller)", || {
-                postgres_tests(root, &controller_tests, bin_args)
-            })?;
-            summary.push_str(&format!("; on PostgreSQL (controller): {}", pg.describe()));
-            if !pg.ok {
-                phases.mark_failed();
-                println!("{summary}");
-                bail!("the controller's tests failed on PostgreSQL");
-            }
-        }
+    if !opts.no_postgres && !binaries.iter().all(|b| !b.controller) && totals.postgres.passed == 0 {
+        bail!("no controller test ran on PostgreSQL");
     }
     phases.run("package", || match package_test.take() {
         Some(job) => job.wait(),
@@ -548,7 +583,9 @@ fn test_phases(
         Some(job) => phases.run("fuzz", || {
             job.wait()?;
             let all: Vec<&FuzzTarget> = FUZZ_TARGETS.iter().collect();
-            fuzz_targets(root, &all, opts.fuzz_seconds, FuzzBuild::Quick)
+            // Side by side, one per core: each target is one single-threaded process.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            fuzz_targets(root, &all, opts.fuzz_seconds, FuzzBuild::Quick, cores)
         })?,
         None => Vec::new(),
     };
@@ -584,8 +621,8 @@ fn check_cycles(root: &Path) -> Result<usize> {
 }
 
 /// Builds every test binary `cargo test` will run (so that its phase is the tests alone) and
-/// returns the controller's integration-test executables.
-fn build_tests(root: &Path, cargo_args: &[String]) -> Result<Vec<PathBuf>> {
+/// returns them, in cargo's order.
+fn build_tests(root: &Path, cargo_args: &[String]) -> Result<Vec<TestBinary>> {
     let mut cmd = Command::new("cargo");
     cmd.args([
         "test",
@@ -602,107 +639,76 @@ fn build_tests(root: &Path, cargo_args: &[String]) -> Result<Vec<PathBuf>> {
     if !out.status.success() {
         bail!("cargo test --no-run failed: {}", out.status);
     }
-    let manifest = root.join("controller").join("Cargo.toml");
+    let (controller, lab) = (root.join("controller"), root.join("tests"));
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(exe), Some(manifest), Some(src)) = (
+            msg["executable"].as_str(),
+            msg["manifest_path"].as_str(),
+            msg["target"]["src_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let Some(package_dir) = Path::new(manifest).parent() else {
+            continue;
+        };
         let is_test = msg["target"]["kind"]
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "test"));
-        if msg["reason"] == "compiler-artifact"
-            && is_test
-            && msg["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path())
-            && let Some(exe) = msg["executable"].as_str()
-        {
-            bins.push(PathBuf::from(exe));
-        }
+        let src = Path::new(src);
+        let source = src.strip_prefix(root).unwrap_or(src).display().to_string();
+        bins.push(TestBinary {
+            source: if is_test {
+                source
+            } else {
+                format!("{source} (unit tests)")
+            },
+            exe: PathBuf::from(exe),
+            package_dir: package_dir.to_path_buf(),
+            lab: package_dir == lab,
+            controller: is_test && package_dir == controller,
+        });
     }
-    bins.sort();
     Ok(bins)
 }
 
-/// The controller's integration tests again, each on fresh databases of a throwaway
-/// PostgreSQL cluster (JIT_TEST_BACKEND=postgres: controller/tests/common, jitgate-testpg).
-/// The binaries run directly: `cargo test -p jitgate-controller` would resolve features for
-/// the controller alone and rebuild half the dependency tree.
-fn postgres_tests(root: &Path, bins: &[PathBuf], bin_args: &[String]) -> Result<TestCounts> {
-    let dir = root.join("controller");
-    let mut total = TestCounts::default();
-    for bin in bins {
-        let mut cmd = Command::new(bin);
-        cmd.args(bin_args)
-            .current_dir(&dir)
-            .env("CARGO_MANIFEST_DIR", &dir)
-            .env("JIT_TEST_BACKEND", "postgres");
-        let c = run_tests(&mut cmd)?;
-        total.passed += c.passed;
-        total.failed += c.failed;
-        total.ignored += c.ignored;
-        total.ok &= c.ok;
+/// `cargo test --doc` as a job, unless the arguments select targets (cargo refuses `--doc`
+/// beside `--test`, `--lib`, ...).
+fn doc_tests(cargo_args: &[String]) -> Option<Job> {
+    const TARGETS: [&str; 11] = [
+        "--lib",
+        "--bin",
+        "--bins",
+        "--test",
+        "--tests",
+        "--example",
+        "--examples",
+        "--bench",
+        "--benches",
+        "--all-targets",
+        "--doc",
+    ];
+    if cargo_args.iter().any(|a| {
+        TARGETS
+            .iter()
+            .any(|t| a == t || a.starts_with(&format!("{t}=")))
+    }) {
+        return None;
     }
-    if total.passed == 0 {
-        bail!("no controller test ran on PostgreSQL");
-    }
-    Ok(total)
-}
-
-struct TestCounts {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    ok: bool,
-}
-
-impl TestCounts {
-    fn describe(&self) -> String {
-        format!(
-            "{} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.ignored
-        )
-    }
-}
-
-impl Default for TestCounts {
-    fn default() -> Self {
-        TestCounts {
-            passed: 0,
-            failed: 0,
-            ignored: 0,
-            ok: true,
-        }
-    }
-}
-
-/// Runs a test command (`cargo test` or a test binary), streaming its output, and adds up
-/// the totals over every test binary (cargo's own last line is that of the last one only).
-fn run_tests(cmd: &mut Command) -> Result<TestCounts> {
-    use std::io::{BufRead, BufReader};
-    cmd.stdout(std::process::Stdio::piped());
-    eprintln!("+ {cmd:?}");
-    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    let stdout = child.stdout.take().context("test stdout")?;
-    let mut counts = TestCounts::default();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(['.', ';']) {
-                let mut it = part.split_whitespace();
-                if let (Some(n), Some(what)) = (it.next(), it.next())
-                    && let Ok(n) = n.parse::<u64>()
-                {
-                    match what {
-                        "passed" => counts.passed += n,
-                        "failed" => counts.failed += n,
-                        "ignored" => counts.ignored += n,
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-    counts.ok = child.wait()?.success();
-    Ok(counts)
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--doc"])
+        .args(cargo_args)
+        .env("JIT_TEST_BACKEND", Backend::Sqlite.env_value());
+    Some(Job {
+        label: "doc tests [SQLite]".into(),
+        cmd,
+        backend: Backend::Sqlite,
+        lab: false,
+    })
 }
