@@ -339,7 +339,9 @@ impl Channel {
                 ControllerMsg::Ping { nonce } => {
                     // One way from level 10 on: the status reports tell the controller that
                     // this agent is alive.
-                    if !pings_are_quiet(self.controller_level.load(Ordering::Relaxed)) {
+                    if jitgate_proto::agent_answers_pings(
+                        self.controller_level.load(Ordering::Relaxed),
+                    ) {
                         let _ = tx.send(AgentMsg::Pong { nonce }).await;
                     }
                 }
@@ -515,12 +517,6 @@ async fn renew_when_due(enrollment: Enrollment, tx: mpsc::Sender<AgentMsg>) {
     }
 }
 
-/// Whether a ping from a controller that announced `controller_level` goes unanswered (0:
-/// none announced, an older controller that expects a pong).
-fn pings_are_quiet(controller_level: u32) -> bool {
-    controller_level >= jitgate_proto::LEVEL_QUIET_PINGS
-}
-
 /// The silence limit for a controller that pings every `ping_every_ms`.
 fn silence_limit(ping_every_ms: u64) -> Duration {
     (Duration::from_millis(ping_every_ms) * SILENT_PINGS).clamp(SILENCE_BOUNDS.0, SILENCE_BOUNDS.1)
@@ -590,14 +586,6 @@ async fn stream_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pings_are_answered_until_the_controller_announces_level_10() {
-        assert!(!pings_are_quiet(0));
-        assert!(!pings_are_quiet(jitgate_proto::LEVEL_CLOSE_REASON));
-        assert!(pings_are_quiet(jitgate_proto::LEVEL_QUIET_PINGS));
-        assert!(pings_are_quiet(jitgate_proto::PROTOCOL_LEVEL));
-    }
 
     #[test]
     fn the_silence_limit_follows_the_controllers_pings_within_bounds() {

@@ -6,6 +6,7 @@
 //! - [`audit_kind`]: the kinds of record in an agent's audit log.
 //! - [`endpoint`]: a controller's agent endpoint (`host:port`), as agents dial it.
 //! - [`keys`]: grant-signing key ids and the signed bodies of a key rotation.
+//! - [`level`]: protocol levels, and the keepalive rules that depend on them.
 //! - [`message`]: what each side sends.
 //! - [`signed`]: grant, revocation and policy bodies signed with the controller's Ed25519
 //!   key. The signature covers the exact bytes that travel, so nothing is re-encoded before
@@ -20,6 +21,7 @@ pub mod audit_kind;
 pub mod endpoint;
 pub mod frame;
 pub mod keys;
+pub mod level;
 pub mod message;
 pub mod signed;
 #[doc(hidden)]
@@ -29,13 +31,16 @@ pub use audit_kind::AuditKind;
 pub use endpoint::{Endpoint, EndpointError};
 pub use frame::{FrameError, MAX_FRAME, VERSION, read_frame, write_frame};
 pub use keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
+pub use level::{
+    LEVEL_AUDIT_RESEND, LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS,
+    LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_QUIET_PINGS, LEVEL_SCHEDULED_GRANTS,
+    LEVEL_SETTINGS, PROTOCOL_LEVEL, QUIET_AGENT_SILENCE, SILENT_PINGS, STATUS_REPORT_EVERY,
+    agent_answers_pings,
+};
 pub use message::{AgentMsg, ControllerMsg};
 pub use message::{
-    CloseReason, HookKind, HookMode, HookProblem, InterfaceHook, LEVEL_AUDIT_RESEND,
-    LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS, LEVEL_HOOK_REPORTS,
-    LEVEL_KEY_ROTATION, LEVEL_QUIET_PINGS, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS, MAX_CERT_PEM,
-    MAX_ENDPOINTS, PROTOCOL_LEVEL, ProgramAhead, QUIET_AGENT_SILENCE, SILENT_PINGS,
-    STATUS_REPORT_EVERY,
+    CloseReason, HookKind, HookMode, HookProblem, InterfaceHook, MAX_CERT_PEM, MAX_ENDPOINTS,
+    ProgramAhead,
 };
 pub use signed::{
     GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed, VerifyError,

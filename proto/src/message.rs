@@ -1,88 +1,13 @@
 //! The messages. The agent always dials out; the controller never connects to an agent.
 
 use crate::keys::{KeyAnnouncementBody, KeyId, KeyRetirementBody, KeyStep};
+use crate::level::*;
 use crate::signed::{
     GrantBody, LimitedGrantBody, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
 };
 use jitgate_common::{Port, ProtectedPort, Protocol, SourcePrefix};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
-/// level in [`AgentMsg::HelloV2`]; an agent that sends the older [`AgentMsg::Hello`] is at
-/// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 10;
-
-/// The first level that understands [`ControllerMsg::ScheduledGrant`], [`Outcome::Scheduled`]
-/// and [`AgentMsg::ScheduledGrants`]. Level 1 agents apply every grant at receipt.
-pub const LEVEL_SCHEDULED_GRANTS: u32 = 2;
-
-/// The first level that understands [`ControllerMsg::Settings`]: the cluster's agent
-/// endpoints and the ping interval its silence limit follows. Older agents are pinged every
-/// 15 s and give up after 45 s of silence.
-pub const LEVEL_SETTINGS: u32 = 3;
-
-/// The first level that understands [`ControllerMsg::KeyAnnouncement`] and
-/// [`ControllerMsg::KeyRetirement`] and answers them with [`AgentMsg::KeyResult`]. Older
-/// agents cannot follow a grant-signing key rotation (docs/operations.md, "Rotation").
-pub const LEVEL_KEY_ROTATION: u32 = 4;
-
-/// The first level that understands [`ControllerMsg::LimitedGrant`]: grants that admit at
-/// most N new connections. An older agent would apply such a grant unlimited, so it is
-/// never sent one.
-pub const LEVEL_CONNECTION_LIMITS: u32 = 5;
-
-/// The first level that renews its TLS certificate over the channel: it sends
-/// [`AgentMsg::RenewCertificate`] and understands [`ControllerMsg::Certificate`] and
-/// [`ControllerMsg::RenewalRefused`]. Only agents at this level are given short-lived
-/// certificates; older agents keep the long ones they were enrolled with.
-pub const LEVEL_CERT_RENEWAL: u32 = 6;
-
-/// The first level that reports where the program runs on each interface: the controller
-/// announces its own level with [`ControllerMsg::Level`] right after `Welcome`/`Settings`,
-/// and an agent told a level at least this sends [`AgentMsg::Hooks`] (never to an older
-/// controller, which could not decode it).
-pub const LEVEL_HOOK_REPORTS: u32 = 7;
-
-/// At most this many interfaces in [`AgentMsg::Hooks`] (more are cut, not refused).
-pub const MAX_HOOK_INTERFACES: usize = 64;
-/// At most this many programs ahead of jitgate per interface in [`AgentMsg::Hooks`].
-pub const MAX_PROGRAMS_AHEAD: usize = 16;
-/// Interface and program names in [`AgentMsg::Hooks`] are cut to this many characters.
-pub const MAX_HOOK_NAME: usize = 64;
-/// A hook problem's reason is cut to this many characters.
-pub const MAX_HOOK_REASON: usize = 256;
-
-/// The first level that helps a controller whose database went back in time (a restore from
-/// a backup, a promoted replica that lacks the last commits): it sends [`AgentMsg::HelloV3`]
-/// (its applied policy version beside its other marks) and understands
-/// [`ControllerMsg::AuditResend`] (send the audit records after a seq again).
-pub const LEVEL_AUDIT_RESEND: u32 = 8;
-
-/// The first level that understands [`ControllerMsg::Closing`]: the controller says why it
-/// ends the connection (the agent was revoked) before it closes it, and the agent logs the
-/// reason and shows it in `jit-agent status`. Older agents see a bare close.
-pub const LEVEL_CLOSE_REASON: u32 = 9;
-
-/// The first level whose pings are one way: an agent at this level does not answer
-/// [`ControllerMsg::Ping`] with [`AgentMsg::Pong`] when its controller announced this level
-/// or later with [`ControllerMsg::Level`], and such a controller does not expect it (it
-/// hears the agent's status report every [`STATUS_REPORT_EVERY`] and lets it go after
-/// [`QUIET_AGENT_SILENCE`] without a frame). The ping exists so that the agent notices a
-/// frozen controller; the pong told the controller what the status reports already tell it,
-/// at 10 000 agents pinged every 2 s 5 000 frames a second the controller read for nothing.
-pub const LEVEL_QUIET_PINGS: u32 = 10;
-
-/// The silence limit, on both sides, is this many ping intervals (level 3 and later; from
-/// [`LEVEL_QUIET_PINGS`] on the controller waits for the agent's status reports instead).
-pub const SILENT_PINGS: u32 = 3;
-
-/// How often an agent sends its status report (a heartbeat).
-pub const STATUS_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How long a controller waits for any frame from an agent whose pings are one way
-/// ([`LEVEL_QUIET_PINGS`]): three status reports and a margin.
-pub const QUIET_AGENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(35);
 
 /// At most this many bytes of PEM in a certificate request, a certificate or a CA bundle
 /// sent over the channel (a frame is at most 1 MiB anyway).

@@ -343,8 +343,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                 None
             }
             ControllerMsg::Ping { nonce } => (s.answer_pings
-                || controller_level < jitgate_proto::LEVEL_QUIET_PINGS)
-                .then_some(AgentMsg::Pong { nonce }),
+                || jitgate_proto::agent_answers_pings(controller_level))
+            .then_some(AgentMsg::Pong { nonce }),
             ControllerMsg::Level { protocol } => {
                 controller_level = protocol;
                 None
