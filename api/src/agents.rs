@@ -258,6 +258,10 @@ pub struct Connection {
     pub justification: Option<String>,
     /// Why a denied attempt was dropped (no_grant, expired, ...).
     pub reason: Option<String>,
+    /// The most new connections the controller's grant admits; absent: unlimited, or a
+    /// grant the controller did not issue (a local break-glass grant's limit is the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<crate::policy::MaxConnections>,
 }
 
 /// One record as an agent wrote it (`GET /virtualMachines/{vm}/agentAudit`).

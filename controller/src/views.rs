@@ -15,7 +15,7 @@ use crate::csv::{self, Cell};
 use crate::error::Result;
 use crate::input::parse_time;
 use crate::store::db::Db;
-use crate::store::{agent_audit, agents, inventory};
+use crate::store::{agent_audit, agents, inventory, requests};
 use jitgate_proto::AuditKind as Kind;
 
 /// The time bounds and size of a view.
@@ -132,6 +132,7 @@ impl AgentViews {
                 requestor,
                 justification,
                 reason: field(&v, "reason"),
+                max_connections: requests::stored_limit(r.max_connections)?,
             });
         }
         Ok(out)
@@ -317,7 +318,8 @@ impl AgentViews {
     }
 }
 
-/// The connection history as CSV (free text neutralised, `port` a number).
+/// The connection history as CSV (free text neutralised, `port` and `maxConnections`
+/// numbers; `maxConnections` last, so that the earlier columns keep their places).
 pub fn to_csv(v: &[Connection]) -> Result<String> {
     let o = |x: &Option<String>| Cell::from(x.as_deref());
     csv::write(
@@ -335,6 +337,7 @@ pub fn to_csv(v: &[Connection]) -> Result<String> {
             "grantOrigin",
             "reason",
             "agentId",
+            "maxConnections",
         ],
         v.iter().map(|c| {
             vec![
@@ -351,6 +354,8 @@ pub fn to_csv(v: &[Connection]) -> Result<String> {
                 Cell::from(c.grant_origin.as_ref().map(|g| g.as_str())),
                 o(&c.reason),
                 Cell::from(c.agent_id.as_str()),
+                c.max_connections
+                    .map_or(Cell::Empty, |m| Cell::Int(i64::from(m.get()))),
             ]
         }),
     )
@@ -376,12 +381,30 @@ mod tests {
             requestor: Some("+alice".into()),
             justification: Some("=cmd|' /C calc'!A0".into()),
             reason: None,
+            max_connections: None,
         };
-        let text = to_csv(&[c]).unwrap();
+        let limited = Connection {
+            max_connections: jitgate_api::MaxConnections::new(3),
+            ..c.clone()
+        };
+        let text = to_csv(&[c, limited]).unwrap();
+        assert!(text.starts_with("timeUtc,"), "{text}");
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with(",agentId,maxConnections")
+        );
         assert_eq!(
             text.lines().nth(1),
             Some(
-                "t,web1,admitted,203.0.113.7:5000,tcp,22,'+alice,,'=cmd|' /C calc'!A0,,controller,,a"
+                "t,web1,admitted,203.0.113.7:5000,tcp,22,'+alice,,'=cmd|' /C calc'!A0,,controller,,a,"
+            )
+        );
+        assert_eq!(
+            text.lines().nth(2),
+            Some(
+                "t,web1,admitted,203.0.113.7:5000,tcp,22,'+alice,,'=cmd|' /C calc'!A0,,controller,,a,3"
             )
         );
     }

@@ -15,7 +15,7 @@ use common::agent::{Agent, Creds, enroll};
 use common::{Harness, one_port};
 use jitgate_api::Role;
 use jitgate_api::time::{format, now_ms};
-use jitgate_proto::message::Outcome;
+use jitgate_proto::message::{AuditRecord, Outcome};
 use jitgate_proto::{
     AgentMsg, ControllerMsg, GrantBody, LEVEL_CONNECTION_LIMITS, LEVEL_KEY_ROTATION,
     LimitedGrantBody,
@@ -380,4 +380,168 @@ async fn the_final_approval_keeps_the_limit_and_rechecks_it() {
             "a denied request sent {m:?}"
         );
     }
+}
+
+/// The agent's connection records, stored; the controller's acknowledgement of them.
+async fn deliver(a: &mut Agent, lines: &[String]) {
+    let records = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| AuditRecord {
+            seq: i as u64 + 1,
+            id: format!("r{}", i + 1),
+            line: line.clone(),
+        })
+        .collect::<Vec<_>>();
+    let n = records.len() as u64;
+    a.send(&AgentMsg::Audit { records }).await;
+    loop {
+        match a.recv().await {
+            ControllerMsg::AuditAck { up_to } => {
+                assert_eq!(up_to, n);
+                return;
+            }
+            ControllerMsg::Ping { .. } | ControllerMsg::Policy(_) => {}
+            m => panic!("expected the audit acknowledgement, got {m:?}"),
+        }
+    }
+}
+
+/// A CSV export read by its header: each row as (column → cell).
+fn csv_rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let header: Vec<String> = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.expect("row");
+            header
+                .iter()
+                .cloned()
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+async fn text(h: &Harness, path: &str) -> String {
+    let (st, v) = h.get(path, &h.admin).await;
+    assert_eq!(st, StatusCode::OK, "{path}: {v}");
+    v.as_str().expect("CSV text").to_string()
+}
+
+/// The CSV exports name the limit: the connection history per connection, with its grant's
+/// limit (empty for an unlimited grant, a local one, or a denial without a grant), and the
+/// activity log's `details` of the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_exports_show_each_grants_connection_limit() {
+    let (h, alice, c) = setup().await;
+    let mut a = Agent::connect(&c).await;
+    a.handshake_at(&c, 0, LEVEL_CONNECTION_LIMITS).await;
+    let (st, v) = h.initiate(&alice, port(22, "203.0.113.5", Some(1))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let limited_request = v["id"].as_str().unwrap().to_string();
+    let (limited, limit, _) = verify(&c, a.recv().await);
+    assert_eq!(limit, Some(1));
+    let (st, v) = h.initiate(&alice, port(3389, "203.0.113.5", None)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (unlimited, limit, _) = verify(&c, a.recv().await);
+    assert_eq!(limit, None);
+    let local = uuid::Uuid::new_v4();
+    let record = |n: u32, kind: &str, port: u16, extra: String| {
+        format!(
+            r#"{{"id":"r{n}","seq":{n},"time":"2026-01-31T10:00:0{n}Z","kind":"{kind}","actor":"kernel","source":"203.0.113.5:4000{n}","protocol":"tcp","port":{port}{extra},"prev":"x","hash":"y"}}"#
+        )
+    };
+    deliver(
+        &mut a,
+        &[
+            record(
+                1,
+                "connection.admitted",
+                22,
+                format!(r#","grantId":"{}""#, limited.grant_id),
+            ),
+            record(
+                2,
+                "connection.admitted",
+                3389,
+                format!(r#","grantId":"{}""#, unlimited.grant_id),
+            ),
+            record(
+                3,
+                "connection.admitted",
+                22,
+                format!(r#","grantId":"{local}""#),
+            ),
+            record(4, "connection.denied", 22, r#","reason":"no_grant""#.into()),
+        ],
+    )
+    .await;
+
+    let (_, v) = h
+        .get(
+            "/api/v1/virtualMachines/web1/connections?denied=true",
+            &h.admin,
+        )
+        .await;
+    let list = v["value"].as_array().cloned().unwrap_or_default();
+    let by_port_and_grant = |port: u16, grant: Option<String>| {
+        list.iter()
+            .find(|c| c["port"] == port && c["grantId"].as_str().map(String::from) == grant)
+            .unwrap_or_else(|| panic!("no connection on {port} under {grant:?}: {v}"))
+            .clone()
+    };
+    assert_eq!(
+        by_port_and_grant(22, Some(limited.grant_id.to_string()))["maxConnections"],
+        1,
+        "{v}"
+    );
+    assert!(
+        by_port_and_grant(3389, Some(unlimited.grant_id.to_string()))
+            .get("maxConnections")
+            .is_none(),
+        "{v}"
+    );
+
+    // The CSV (the portal's export is the same text: portal_fleet.rs).
+    let csv = text(
+        &h,
+        "/api/v1/virtualMachines/web1/connections?denied=true&format=csv",
+    )
+    .await;
+    assert!(
+        csv.lines()
+            .next()
+            .is_some_and(|l| l.ends_with(",agentId,maxConnections")),
+        "{csv}"
+    );
+    let rows = csv_rows(&csv);
+    assert_eq!(rows.len(), 4, "{csv}");
+    let limit_of = |grant: &str| -> Vec<&str> {
+        rows.iter()
+            .filter(|r| r["grantId"] == grant)
+            .map(|r| r["maxConnections"].as_str())
+            .collect()
+    };
+    assert_eq!(limit_of(&limited.grant_id.to_string()), ["1"], "{csv}");
+    assert_eq!(limit_of(&unlimited.grant_id.to_string()), [""], "{csv}");
+    assert_eq!(limit_of(&local.to_string()), [""], "{csv}");
+    assert_eq!(limit_of(""), [""], "{csv}");
+
+    // The activity log's CSV: the request's entry carries the limit with its port.
+    let csv = text(&h, "/api/v1/activityLog?format=csv").await;
+    let rows = csv_rows(&csv);
+    let initiate = rows
+        .iter()
+        .find(|r| {
+            r["operation"] == "Initiate JIT Network Access" && r["requestId"] == limited_request
+        })
+        .unwrap_or_else(|| panic!("no entry of the limited request: {csv}"));
+    let details: Value = serde_json::from_str(&initiate["details"]).expect("details JSON");
+    assert_eq!(details["ports"][0]["maxConnections"], 1, "{csv}");
 }

@@ -472,3 +472,154 @@ async fn keys_page_for_admins_only() {
     assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
     assert!(!page.body.contains(&rotated.key_id), "{}", page.body);
 }
+
+/// Text as the portal's templates escape it (askama's HTML escaper).
+fn escaped(s: &str) -> String {
+    s.replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+/// The Keys page during a rotation names the live controllers of the cluster that lack the
+/// announced key's private half (`controllersLackingKey` of `GET /api/v1/keys`: the
+/// automatic switch waits for them), their names escaped, and has no such line once every
+/// controller holds the key. A real second controller (its state directory copied before
+/// the rotation) and a controller whose host name carries markup (a row as its key ring
+/// writes it). PostgreSQL only: controllers publish their key holdings there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_page_names_the_controllers_lacking_the_announced_key() {
+    use jitgate_controller::authz::Actor;
+    use jitgate_controller::keys::files::KeyDir;
+    use jitgate_controller::keys::rotation::Rotation;
+    use jitgate_controller::store::controller_keys;
+
+    if !common::postgres_backend() {
+        eprintln!("PostgreSQL only (JIT_TEST_BACKEND=postgres): one controller on SQLite");
+        return;
+    }
+    /// The host name of the other controller (the kernel's host name is any text).
+    const MARKUP: &str = "ops<b>bold</b>&\"q'/1";
+    let p = Portal::start().await;
+    let h = &p.h;
+    // An agent that never acknowledges: the switch waits for the grace (a day), so the
+    // rotation stays under way through the test.
+    h.fixture().await;
+    let _web1 = enroll(h, "web1").await;
+    let alice = p.sign_in("alice").await; // admin on *
+    // B: the portal's address is A's; B listens elsewhere.
+    let mut b = h.second_with(|c| c.listen = "127.0.0.1:0".into()).await;
+    let b_name = b.app().leader.holder().to_string();
+    let a_name = h.app().leader.holder().to_string();
+    let (old,): (String,) = sqlx::query_as("SELECT key_id FROM grant_keys WHERE state = 'current'")
+        .fetch_one(h.app().db.pool())
+        .await
+        .unwrap();
+    let key = Rotation::new(h.app().db.clone(), KeyDir::new(h.dir.signing_key()))
+        .rotate(&Actor::local())
+        .await
+        .expect("rotate")
+        .key_id
+        .to_string();
+    let publish = |held: Vec<String>| async move {
+        controller_keys::publish(
+            h.app().db.pool(),
+            MARKUP,
+            &held,
+            jitgate_api::time::now_ms() + 60_000,
+        )
+        .await
+        .unwrap();
+    };
+    publish(vec![old.clone()]).await;
+
+    // The API names B and the other controller (A holds the key it rotated to).
+    let lacking = || async {
+        let api: Value = serde_json::from_str(&p.api_text("/api/v1/keys").await).unwrap();
+        assert_eq!(api["rotatingTo"], key.as_str(), "{api}");
+        let mut names: Vec<String> = api["controllersLackingKey"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let mut both = vec![b_name.clone(), MARKUP.to_string()];
+    both.sort();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = lacking().await;
+        if seen == both {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, both, "A is {a_name}");
+
+    let page = p.get(&alice, "/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("Rotating to <code>{key}</code>")),
+        "{}",
+        page.body
+    );
+    let line = page
+        .body
+        .split_once("<p id=\"lacking\">")
+        .and_then(|(_, rest)| rest.split_once("</p>"))
+        .map(|(line, _)| line.to_string())
+        .unwrap_or_else(|| panic!("no line of the controllers lacking the key: {}", page.body));
+    assert!(line.contains("2 controller(s)"), "{line}");
+    for name in [&b_name, MARKUP] {
+        assert!(
+            line.contains(&format!("<code>{}</code>", escaped(name))),
+            "{name}: {line}"
+        );
+    }
+    assert!(!line.contains(&escaped(&a_name)), "{line}");
+    assert!(!page.body.contains("<b>bold</b>"), "{}", page.body);
+
+    // Every controller holds it: B gets the key file, the other one publishes it. Still
+    // rotating (the agent has not acknowledged): no such line.
+    std::fs::copy(
+        h.dir
+            .signing_key()
+            .with_file_name(format!("grant-{key}.key")),
+        b.dir
+            .signing_key()
+            .with_file_name(format!("grant-{key}.key")),
+    )
+    .unwrap();
+    publish(vec![old.clone(), key.clone()]).await;
+    for _ in 0..200 {
+        seen = lacking().await;
+        if seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Vec::<String>::new());
+    let page = p.get(&alice, "/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body
+            .contains(&format!("Rotating to <code>{key}</code>")),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("id=\"lacking\""), "{}", page.body);
+    assert!(
+        !page.body.contains("lack its private half"),
+        "{}",
+        page.body
+    );
+    if let Some(s) = b.server.take() {
+        s.stop().await;
+    }
+}

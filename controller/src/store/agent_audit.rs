@@ -81,7 +81,8 @@ pub async fn contiguous_from(pool: &sqlx::AnyPool, agent: &str, acked: u64) -> R
     }
 }
 
-/// A connection record of a VM's agents, with the request of the grant that admitted it.
+/// A connection record of a VM's agents, with the request and the connection limit of the
+/// grant that admitted it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ConnectionRow {
     pub agent_id: String,
@@ -90,6 +91,8 @@ pub struct ConnectionRow {
     pub request_id: Option<String>,
     pub requestor: Option<String>,
     pub justification: Option<String>,
+    /// The grant's connection limit (NULL: unlimited, or not the controller's grant).
+    pub max_connections: Option<i64>,
 }
 
 /// The VM's records of `kinds` (across all its agents, revoked ones too) in [from, to),
@@ -103,8 +106,8 @@ pub async fn connections(
     limit: i64,
 ) -> Result<Vec<ConnectionRow>> {
     Ok(sqlx::query_as(
-        "SELECT a.agent_id, a.line, a.at_ms, g.request_id, r.requestor, r.justification \
-         FROM agent_audit a JOIN agents ag ON ag.id = a.agent_id \
+        "SELECT a.agent_id, a.line, a.at_ms, g.request_id, r.requestor, r.justification, \
+         g.max_connections FROM agent_audit a JOIN agents ag ON ag.id = a.agent_id \
          LEFT JOIN grants g ON g.id = a.grant_id \
          LEFT JOIN requests r ON r.id = g.request_id \
          WHERE ag.vm = $1 AND a.kind IN ($2, $3) AND a.at_ms >= $4 AND a.at_ms < $5 \

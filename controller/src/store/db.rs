@@ -173,6 +173,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: pending deliveries indexed per sink for the claim",
         include_str!("../../migrations/0034_notify_claim_index.sql"),
     ),
+    (
+        35,
+        "agents: the unused cert_rate_logged_ms dropped (agent_cert_refusals replaced it in 33)",
+        include_str!("../../migrations/0035_drop_cert_rate_logged.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).
