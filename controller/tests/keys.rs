@@ -611,8 +611,8 @@ async fn lacking_key(h: &Harness) -> serde_json::Value {
 
 /// The automatic switch waits while a live controller of the cluster lacks the announced
 /// key's private half (its /readyz fails meanwhile); the key status (API and the local
-/// command) names it. Once it has the key, or once it has left the cluster, the switch
-/// proceeds. Two controllers on PostgreSQL.
+/// command) names it, and `keys retire` is refused unless forced. Once it has the key, or
+/// once it has left the cluster, the switch proceeds. Two controllers on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     if !common::postgres_backend() {
@@ -651,6 +651,15 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     );
     assert!(local.switch_due_time_utc.is_some(), "{local:?}");
     assert_eq!(ready(&a).await.0, StatusCode::OK);
+    // `keys retire` waits for B as well: refused, naming B, nothing written.
+    let before = key_rows(&a).await;
+    match r.retire(&Actor::local(), false).await {
+        Err(KeyError::ControllersLack { controllers, .. }) => {
+            assert_eq!(controllers, std::slice::from_ref(&b_name))
+        }
+        other => panic!("expected ControllersLack, got {other:?}"),
+    }
+    assert_eq!(key_rows(&a).await, before);
 
     // B gets the key: the switch follows.
     let a_file = a
@@ -670,7 +679,8 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].1["reason"], "grace", "{}", log[0].1);
 
-    // Again, and B leaves the cluster without the key: the switch proceeds without it.
+    // Again, B without the key: `keys retire --force` switches anyway, and its activity
+    // entry names B.
     let second = r
         .rotate(&Actor::local())
         .await
@@ -684,14 +694,40 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
         "{}",
         lacking_key(&a).await
     );
+    let forced = r.retire(&Actor::local(), true).await.expect("forced");
+    assert_eq!(forced.current_key_id, second);
+    let log = switches(&a).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].1["forced"], true, "{}", log[1].1);
+    assert_eq!(
+        log[1].1["controllersLacking"],
+        serde_json::json!([b_name.clone()]),
+        "{}",
+        log[1].1
+    );
+
+    // Once more, and B leaves the cluster without the key: the switch proceeds without it.
+    let third = r
+        .rotate(&Actor::local())
+        .await
+        .expect("rotate a third time")
+        .key_id;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            lacking_key(&a).await == serde_json::json!([b_name.clone()])
+        })
+        .await,
+        "{}",
+        lacking_key(&a).await
+    );
     tokio::time::sleep(Duration::from_secs(GRACE_S + 2)).await;
-    assert_eq!(key_times(&a, &second).await.1, None, "switched without B");
+    assert_eq!(key_times(&a, &third).await.1, None, "switched without B");
     if let Some(s) = b.server.take() {
         s.stop().await;
     }
     assert!(
         within(Duration::from_secs(30), || async {
-            key_times(&a, &second).await.1.is_some()
+            key_times(&a, &third).await.1.is_some()
         })
         .await,
         "no switch once B has gone: {}",

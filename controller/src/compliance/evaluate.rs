@@ -69,11 +69,17 @@ pub fn evaluate_vm(
             Some(hb) => {
                 let stale = hb.received_ms.filter(|r| now - r > ONLINE_WITHIN_MS);
                 if let Some(r) = stale {
-                    f.push(finding(FindingCode::StaleStatusReport,
-                        format!(
-                            "no status report since {}: the agent is connected but enforcement cannot be confirmed",
-                            fmt_time(r)
+                    // This arm also holds an agent offline within the grace period: say which.
+                    let why = match a.last_seen_ms {
+                        Some(l) if !presence.online(&a.id, a.last_seen_ms, now) => format!(
+                            "the agent is offline since {} (within the {} s grace period) and enforcement cannot be confirmed",
+                            fmt_time(l),
+                            s.offline_grace_ms / 1000
                         ),
+                        _ => "the agent is connected but enforcement cannot be confirmed".into(),
+                    };
+                    f.push(finding(FindingCode::StaleStatusReport,
+                        format!("no status report since {}: {why}", fmt_time(r)),
                     ));
                 }
                 for p in &hb.problems {
@@ -575,6 +581,20 @@ mod tests {
         let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&stale), &[], now);
         assert_eq!(r.state, State::NonCompliant);
         assert_eq!(r.findings[0].code, FindingCode::StaleStatusReport);
+        assert!(
+            r.findings[0].reason.contains("the agent is connected"),
+            "{}",
+            r.findings[0].reason
+        );
+        // Offline, within the grace period: the same finding, and it says offline.
+        stale.last_seen_ms = Some(now - 120_000);
+        assert!(120_000 < s.offline_grace_ms);
+        let r = evaluate_vm(&s, &Presence::new(), &vm(), Some(&stale), &[], now);
+        assert_eq!(r.findings[0].code, FindingCode::StaleStatusReport);
+        let reason = &r.findings[0].reason;
+        assert!(reason.contains("the agent is offline since"), "{reason}");
+        assert!(reason.contains("within the"), "{reason}");
+        assert!(!reason.contains("connected"), "{reason}");
         // No agent: unknown.
         let r = evaluate_vm(&s, &Presence::new(), &vm(), None, &[], now);
         assert_eq!(r.state, State::Unknown);

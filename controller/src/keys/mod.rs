@@ -91,7 +91,7 @@ pub enum KeyError {
     NoCurrentKey,
     #[error("{} connected agent(s) have not acknowledged key {key}: {}; wait for them, or retire with --force (they would refuse every grant until re-enrolled)", blocking.len(), blocking.join(", "))]
     Blocked { key: KeyId, blocking: Vec<String> },
-    #[error("the switch to key {key} waits: {} live controller(s) lack its private half: {} (copy keys/grant-{key}.key to them, or stop them)", controllers.len(), controllers.join(", "))]
+    #[error("the switch to key {key} waits: {} live controller(s) lack its private half: {} (copy keys/grant-{key}.key to them, or stop them; `keys retire --force` switches anyway, and they can sign nothing until they have it)", controllers.len(), controllers.join(", "))]
     ControllersLack {
         key: KeyId,
         controllers: Vec<String>,

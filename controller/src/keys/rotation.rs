@@ -262,7 +262,10 @@ impl Rotation {
         })
     }
 
-    /// Switches to the announced key and retires the current one.
+    /// Switches to the announced key and retires the current one. Refused, unless `force`,
+    /// while a connected agent has not acknowledged the new key, or while a live controller
+    /// of the cluster lacks its private half (it could not sign anything after the switch):
+    /// the same waits as the leader's switch, without the grace.
     pub async fn retire(&self, actor: &Actor, force: bool) -> Result<Retired, KeyError> {
         let (current, next) = self.live().await?;
         let next = next.ok_or(KeyError::NoRotation)?;
@@ -278,8 +281,35 @@ impl Rotation {
                 blocking,
             });
         }
+        // This controller lacking it is said as such (the file to copy), not as one of many.
+        let new_id = parse_id(&next.key_id)?;
+        if self.dir.load(new_id)?.is_none() {
+            return Err(KeyError::MissingPrivate(new_id));
+        }
+        // A controller publishes what it holds on its next refresh: one that was just given
+        // the file (or, right after `keys rotate`, this one) is waited for that long.
+        let waited_from = std::time::Instant::now();
+        let lacking = loop {
+            let lacking =
+                controller_keys::lacking(self.db.pool(), &next.key_id, jitgate_api::time::now_ms())
+                    .await?;
+            if lacking.is_empty() || force || waited_from.elapsed() >= HOLDINGS_WAIT {
+                break lacking;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        if !lacking.is_empty() && !force {
+            return Err(KeyError::ControllersLack {
+                key: new_id,
+                controllers: lacking,
+            });
+        }
         let not_acknowledged = if force { blocking } else { Vec::new() };
-        let details = serde_json::json!({"forced": force, "notAcknowledged": not_acknowledged});
+        let details = serde_json::json!({
+            "forced": force,
+            "notAcknowledged": not_acknowledged,
+            "controllersLacking": lacking,
+        });
         self.switch(
             actor,
             &current,
@@ -445,6 +475,12 @@ pub(crate) async fn switch_due(
         lacking: controller_keys::lacking(db.pool(), &next.key_id, now).await?,
     })
 }
+
+/// How long `keys retire` waits for controllers lacking the announced key to publish that
+/// they hold it: two of their refreshes and a margin.
+const HOLDINGS_WAIT: std::time::Duration = super::ring::REFRESH_EVERY
+    .saturating_mul(2)
+    .saturating_add(std::time::Duration::from_secs(1));
 
 /// At most this many agents are named in the activity entry of an automatic switch (all
 /// are counted).

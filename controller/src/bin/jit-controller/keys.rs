@@ -19,12 +19,14 @@ pub enum KeysCmd {
     /// blocks the switch), will catch up (offline), or too old to follow.
     Status,
     /// Switch to the announced key now and retire the current one; refused while a
-    /// connected agent has not acknowledged, unless --force (the answer names those
-    /// agents). Without it the leader switches by itself once every active agent
+    /// connected agent has not acknowledged, or while a live controller of the cluster
+    /// lacks the new key's private half, unless --force (the refusal names those agents or
+    /// controllers). Without it the leader switches by itself once every active agent
     /// acknowledged, or after `[keys] switch_grace_seconds`.
     Retire {
         /// Retire even though connected agents have not acknowledged the new key (they
-        /// refuse every grant until they reconnect and catch up, or are re-enrolled).
+        /// refuse every grant until they reconnect and catch up, or are re-enrolled), or a
+        /// live controller lacks its private half (it can sign nothing until it has it).
         #[arg(long)]
         force: bool,
     },

@@ -280,7 +280,11 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can carry names from the database (agents, VMs, controllers).
+            eprintln!(
+                "error: {}",
+                jitgate_api::terminal::safe_lines(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }
