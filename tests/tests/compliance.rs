@@ -2,7 +2,7 @@
 //! namespaces. One VM compliant, one whose sshd listens on 22 unprotected (and with an
 //! interface the program is not attached to, and another tool's XDP program ahead of
 //! jitgate's, which runs at tcx ingress behind it: reported per interface by the agent, shown
-//! by `jit agents` and `jit-agent status`, and a `ProgramNotFirst` finding), one whose agent was stopped and enforcement
+//! by `jit agents`, `jit vm show` and `jit-agent status`, and a `ProgramNotFirst` finding), one whose agent was stopped and enforcement
 //! detached, one host with sshd and no agent (found by the probe as unmanaged). Then
 //! remediation, and a VM added to an assigned group later. And the portal's compliance
 //! dashboard in Chromium inside the workstation namespace, on a lab of its own.
@@ -255,6 +255,27 @@ fn compliance_findings_grouping_remediation() {
             && text.contains("PROBLEM: another program runs ahead of jitgate on eth0"),
         "{text}"
     );
+    // `jit vm show`: the VM, its agent and where the program runs, from the same report
+    // (`GET /virtualMachines/{vm}`, one query), as JSON and as text.
+    let shown = json(&ctl, &ws, &["vm", "show", "vm-b", "--json"]);
+    assert_eq!(shown["name"], "vm-b", "{shown:#}");
+    let sa = &shown["agent"];
+    assert_eq!(sa["connection"], "degraded", "{shown:#}");
+    assert_eq!(sa["protocol"], jitgate_proto::PROTOCOL_LEVEL, "{shown:#}");
+    assert_eq!(sa["hooks"], ag_b["hooks"], "{shown:#}");
+    assert!(sa["lastReportTimeUtc"].is_string(), "{shown:#}");
+    let text = ok(ctl.jit(&ws, &args("vm show vm-b")), "vm show");
+    assert!(
+        text.starts_with("VM vm-b (resource group ")
+            && text.contains(": degraded, last heard ")
+            && text.contains("dummy0 has an address (203.0.113.5) and no enforcement")
+            && text.contains("tcx-ingress (tcx)")
+            && text.contains(&format!("jitgate_floor (id {other_id}, xdp)"))
+            && text.contains("NotFirst"),
+        "{text}"
+    );
+    let missing = ctl.jit(&ws, &args("vm show vm-none"));
+    assert!(!missing.status.success(), "{missing:?}");
     let local = agent_b.ok(&["status"]);
     assert!(
         local.contains("hook         tcx-ingress, position 0 of ")
