@@ -609,6 +609,21 @@ async fn lacking_key(h: &Harness) -> serde_json::Value {
     v["controllersLackingKey"].clone()
 }
 
+/// A rotation on `a`, once `GET /api/v1/keys` names `lacking` (and only it) as lacking the
+/// new key; its id.
+async fn rotate_without(a: &Harness, r: &Rotation, lacking: &str) -> String {
+    let key = r.rotate(&Actor::local()).await.expect("rotate").key_id;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            lacking_key(a).await == serde_json::json!([lacking])
+        })
+        .await,
+        "{}",
+        lacking_key(a).await
+    );
+    key.to_string()
+}
+
 /// The automatic switch waits while a live controller of the cluster lacks the announced
 /// key's private half (its /readyz fails meanwhile); the key status (API and the local
 /// command) names it, and `keys retire` is refused unless forced. Once it has the key, or
@@ -681,19 +696,7 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
 
     // Again, B without the key: `keys retire --force` switches anyway, and its activity
     // entry names B.
-    let second = r
-        .rotate(&Actor::local())
-        .await
-        .expect("rotate again")
-        .key_id;
-    assert!(
-        within(Duration::from_secs(10), || async {
-            lacking_key(&a).await == serde_json::json!([b_name.clone()])
-        })
-        .await,
-        "{}",
-        lacking_key(&a).await
-    );
+    let second = rotate_without(&a, &r, &b_name).await;
     let forced = r.retire(&Actor::local(), true).await.expect("forced");
     assert_eq!(forced.current_key_id, second);
     let log = switches(&a).await;
@@ -707,19 +710,7 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     );
 
     // Once more, and B leaves the cluster without the key: the switch proceeds without it.
-    let third = r
-        .rotate(&Actor::local())
-        .await
-        .expect("rotate a third time")
-        .key_id;
-    assert!(
-        within(Duration::from_secs(10), || async {
-            lacking_key(&a).await == serde_json::json!([b_name.clone()])
-        })
-        .await,
-        "{}",
-        lacking_key(&a).await
-    );
+    let third = rotate_without(&a, &r, &b_name).await;
     tokio::time::sleep(Duration::from_secs(GRACE_S + 2)).await;
     assert_eq!(key_times(&a, &third).await.1, None, "switched without B");
     if let Some(s) = b.server.take() {
