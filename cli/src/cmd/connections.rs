@@ -31,6 +31,7 @@ const CONNECTIONS: Table = Table::new(&[
     col("PORT", 9),
     col("REQUESTOR", 20),
     col("REQUEST", 36),
+    col("LIMIT", 5),
     col("JUSTIFICATION / REASON", 0),
 ]);
 
@@ -50,25 +51,65 @@ pub async fn run(c: &Client, a: &ConnectionsArgs, out: Out) -> R<()> {
     out.show_list(&list, |list: &[Connection]| {
         CONNECTIONS.print_header();
         for x in list {
-            let request = match (&x.request_id, &x.grant_origin) {
-                (Some(r), _) => r.clone(),
-                (None, Some(o)) => format!("({o} grant)"),
-                (None, None) => "-".into(),
-            };
-            let why = if x.outcome == ConnectionOutcome::Denied {
-                &x.reason
-            } else {
-                &x.justification
-            };
-            CONNECTIONS.print_row(&[
-                x.time_utc.clone(),
-                x.outcome.to_string(),
-                or_dash(x.source.as_deref()),
-                format!("{}/{}", or_dash(x.port), or_dash(x.protocol.as_deref())),
-                or_dash(x.requestor.as_deref()),
-                request,
-                or_dash(why.as_deref()),
-            ]);
+            CONNECTIONS.print_row(&cells(x));
         }
     })
+}
+
+/// One connection's row. LIMIT: the most new connections its grant admits (`-`: unlimited,
+/// or a grant the controller did not issue).
+fn cells(x: &Connection) -> [String; 8] {
+    let request = match (&x.request_id, &x.grant_origin) {
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => format!("({o} grant)"),
+        (None, None) => "-".into(),
+    };
+    let why = if x.outcome == ConnectionOutcome::Denied {
+        &x.reason
+    } else {
+        &x.justification
+    };
+    [
+        x.time_utc.clone(),
+        x.outcome.to_string(),
+        or_dash(x.source.as_deref()),
+        format!("{}/{}", or_dash(x.port), or_dash(x.protocol.as_deref())),
+        or_dash(x.requestor.as_deref()),
+        request,
+        or_dash(x.max_connections.map(|m| m.get())),
+        or_dash(why.as_deref()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitgate_api::{GrantOrigin, MaxConnections};
+
+    #[test]
+    fn a_row_names_the_grants_connection_limit() {
+        let c = Connection {
+            time_utc: "t".into(),
+            virtual_machine: "web1".into(),
+            agent_id: "a".into(),
+            outcome: ConnectionOutcome::Admitted,
+            source: Some("203.0.113.7:5000".into()),
+            protocol: Some("tcp".into()),
+            port: Some(22),
+            grant_id: Some("g".into()),
+            grant_origin: Some(GrantOrigin::Controller),
+            request_id: Some("r".into()),
+            requestor: Some("alice".into()),
+            justification: Some("deploy".into()),
+            reason: None,
+            max_connections: MaxConnections::new(3),
+        };
+        assert_eq!(cells(&c)[6], "3");
+        assert_eq!(cells(&c)[7], "deploy");
+        let unlimited = Connection {
+            max_connections: None,
+            ..c
+        };
+        assert_eq!(cells(&unlimited)[6], "-");
+    }
 }

@@ -89,7 +89,8 @@ struct Row {
     request: Option<String>,
     /// Who: the requestor, or the break-glass actor.
     who: String,
-    /// Under what: "request", "break-glass", or why it was denied.
+    /// Under what: "request" (and its grant's connection limit), "break-glass", or why it
+    /// was denied.
     under: String,
     justification: String,
 }
@@ -105,7 +106,10 @@ impl Row {
             )
         } else {
             match c.grant_origin {
-                Some(GrantOrigin::Controller) => "request".into(),
+                Some(GrantOrigin::Controller) => match c.max_connections {
+                    Some(m) => format!("request, at most {} new connection(s)", m.get()),
+                    None => "request".into(),
+                },
                 Some(GrantOrigin::Local) => "break-glass on the host".into(),
                 _ => match &c.grant_id {
                     Some(g) => format!("grant {g}, unknown to this controller"),
@@ -220,4 +224,35 @@ async fn download(
         list,
         crate::views::to_csv,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admitted_row_names_its_grants_connection_limit() {
+        let c = Connection {
+            time_utc: "2026-12-02T04:00:00Z".into(),
+            virtual_machine: "web1".into(),
+            agent_id: "a".into(),
+            outcome: ConnectionOutcome::Admitted,
+            source: Some("203.0.113.7:5000".into()),
+            protocol: Some("tcp".into()),
+            port: Some(22),
+            grant_id: Some("g".into()),
+            grant_origin: Some(GrantOrigin::Controller),
+            request_id: Some("r".into()),
+            requestor: Some("alice".into()),
+            justification: Some("deploy".into()),
+            reason: None,
+            max_connections: jitgate_api::MaxConnections::new(2),
+        };
+        assert_eq!(Row::of(&c).under, "request, at most 2 new connection(s)");
+        let unlimited = Connection {
+            max_connections: None,
+            ..c
+        };
+        assert_eq!(Row::of(&unlimited).under, "request");
+    }
 }
