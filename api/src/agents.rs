@@ -322,3 +322,25 @@ pub struct ViewQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
 }
+
+/// An admitted connection under a controller grant (request `r`, requestor `alice`,
+/// justification `deploy`, no connection limit), for the tests of the crates that show one.
+#[doc(hidden)]
+pub fn example_connection() -> Connection {
+    Connection {
+        time_utc: "2026-12-02T04:00:00Z".into(),
+        virtual_machine: "web1".into(),
+        agent_id: "a".into(),
+        outcome: ConnectionOutcome::Admitted,
+        source: Some("203.0.113.7:5000".into()),
+        protocol: Some("tcp".into()),
+        port: Some(22),
+        grant_id: Some("g".into()),
+        grant_origin: Some(GrantOrigin::Controller),
+        request_id: Some("r".into()),
+        requestor: Some("alice".into()),
+        justification: Some("deploy".into()),
+        reason: None,
+        max_connections: None,
+    }
+}

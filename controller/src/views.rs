@@ -369,19 +369,11 @@ mod tests {
     fn csv_keeps_the_port_a_number_and_neutralises_justifications() {
         let c = Connection {
             time_utc: "t".into(),
-            virtual_machine: "web1".into(),
-            agent_id: "a".into(),
-            outcome: ConnectionOutcome::Admitted,
-            source: Some("203.0.113.7:5000".into()),
-            protocol: Some("tcp".into()),
-            port: Some(22),
             grant_id: None,
-            grant_origin: Some(GrantOrigin::Controller),
             request_id: None,
             requestor: Some("+alice".into()),
             justification: Some("=cmd|' /C calc'!A0".into()),
-            reason: None,
-            max_connections: None,
+            ..jitgate_api::agents::example_connection()
         };
         let limited = Connection {
             max_connections: jitgate_api::MaxConnections::new(3),

@@ -84,25 +84,13 @@ fn cells(x: &Connection) -> [String; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jitgate_api::{GrantOrigin, MaxConnections};
+    use jitgate_api::MaxConnections;
 
     #[test]
     fn a_row_names_the_grants_connection_limit() {
         let c = Connection {
-            time_utc: "t".into(),
-            virtual_machine: "web1".into(),
-            agent_id: "a".into(),
-            outcome: ConnectionOutcome::Admitted,
-            source: Some("203.0.113.7:5000".into()),
-            protocol: Some("tcp".into()),
-            port: Some(22),
-            grant_id: Some("g".into()),
-            grant_origin: Some(GrantOrigin::Controller),
-            request_id: Some("r".into()),
-            requestor: Some("alice".into()),
-            justification: Some("deploy".into()),
-            reason: None,
             max_connections: MaxConnections::new(3),
+            ..jitgate_api::agents::example_connection()
         };
         assert_eq!(cells(&c)[6], "3");
         assert_eq!(cells(&c)[7], "deploy");

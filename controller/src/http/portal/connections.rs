@@ -233,20 +233,8 @@ mod tests {
     #[test]
     fn an_admitted_row_names_its_grants_connection_limit() {
         let c = Connection {
-            time_utc: "2026-12-02T04:00:00Z".into(),
-            virtual_machine: "web1".into(),
-            agent_id: "a".into(),
-            outcome: ConnectionOutcome::Admitted,
-            source: Some("203.0.113.7:5000".into()),
-            protocol: Some("tcp".into()),
-            port: Some(22),
-            grant_id: Some("g".into()),
-            grant_origin: Some(GrantOrigin::Controller),
-            request_id: Some("r".into()),
-            requestor: Some("alice".into()),
-            justification: Some("deploy".into()),
-            reason: None,
             max_connections: jitgate_api::MaxConnections::new(2),
+            ..jitgate_api::agents::example_connection()
         };
         assert_eq!(Row::of(&c).under, "request, at most 2 new connection(s)");
         let unlimited = Connection {
