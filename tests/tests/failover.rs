@@ -122,13 +122,19 @@ fn agents_move_to_another_controller_when_theirs_is_killed_or_frozen() {
         std::fs::read_to_string(&agent2.log).unwrap_or_default()
     );
     // The enrolment and the first connection told each agent both controllers.
+    // (The agent saves the list after its channel is up: wait for the file, not only for that.)
     for agent in [&agent1, &agent2] {
-        let saved =
-            std::fs::read_to_string(agent.state_dir.join("controllers.json")).unwrap_or_default();
+        let saved = || {
+            std::fs::read_to_string(agent.state_dir.join("controllers.json")).unwrap_or_default()
+        };
         assert!(
-            saved.contains(&format!("{WS_V4}:{}", A.agent))
-                && saved.contains(&format!("{WS_V4}:{}", B.agent)),
-            "{saved}"
+            wait_until(Duration::from_secs(10), || {
+                let s = saved();
+                s.contains(&format!("{WS_V4}:{}", A.agent))
+                    && s.contains(&format!("{WS_V4}:{}", B.agent))
+            }),
+            "{}",
+            saved()
         );
     }
     for agent in [&agent1, &agent2] {
