@@ -546,7 +546,9 @@ impl Outbox {
         room: &mut HashMap<String, usize>,
         lease_until: i64,
     ) -> Result<(HashMap<i64, Arc<str>>, bool, Vec<(String, Claimed)>)> {
+        let started = tokio::time::Instant::now();
         let events = notify::unfanned(w, FANOUT_BATCH).await?;
+        let read_at = started.elapsed();
         let Some(upto) = events.last().map(|e| e.seq) else {
             return Ok((HashMap::new(), false, Vec::new()));
         };
@@ -575,6 +577,7 @@ impl Outbox {
                 read.insert(e.seq, Arc::<str>::from(e.body.as_str()));
             }
         }
+        let matched_at = started.elapsed();
         // Per sink with room: the order keys that already have a pending delivery to it
         // (one read per sink); a key's later events in this batch wait for its first.
         let mut waiting: HashSet<(&str, &str)> = HashSet::new();
@@ -622,11 +625,19 @@ impl Outbox {
             });
         }
         let queued = to.len() - claimed;
+        let keys_at = started.elapsed();
         let claims = notify::fan_out(w, fanned, upto, &self.owner, lease_until).await?;
+        // The fan-out's time step by step: reading the events, choosing the sinks (events
+        // are parsed only for a sink that chooses), the pending order keys, the writes.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::debug!(
             events = events.len(),
             queued,
             claimed,
+            read_ms = ms(read_at),
+            match_ms = ms(matched_at - read_at),
+            keys_ms = ms(keys_at - matched_at),
+            write_ms = ms(started.elapsed() - keys_at),
             "notifications fanned out"
         );
         let more = events.len() as i64 == FANOUT_BATCH;
