@@ -891,6 +891,11 @@ async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
     // 2501..=2510 young; 2511 is old but not fanned out yet. Every fanned-out one has a
     // delivery: delivered, except 5 (retrying) and 7 (dead).
     let old = now - 7_200_000;
+    // The fan-out's mark: 1..=2510 are fanned out, 2511 is not.
+    sqlx::query("UPDATE counters SET value = 2510 WHERE name = 'notify_fanned'")
+        .execute(pool)
+        .await
+        .unwrap();
     for seq in 1..=2511i64 {
         let (created, fanned) = match seq {
             2501..=2510 => (now, 1),
@@ -898,13 +903,12 @@ async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
             _ => (old + seq, 1),
         };
         sqlx::query(
-            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at, \
-             fanned_out) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3, $4)",
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at) \
+             VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3)",
         )
         .bind(seq)
         .bind(format!("e{seq}"))
         .bind(created)
-        .bind(fanned)
         .execute(pool)
         .await
         .unwrap();
@@ -1102,4 +1106,98 @@ async fn round_steps() {
         distinct(g).len() >= n as usize
     })
     .await;
+}
+
+/// A lease that expired is cleared by the round's reclaim and its delivery claimed again
+/// (its attempt count kept: the attempt may have been made); a lease still running is left
+/// to its holder, whose outcome is then still recorded, while the expired holder's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_claimed_again_and_a_running_one_is_not() {
+    use jitgate_controller::store::notify::{self, Attempted};
+    let h = Harness::new().await;
+    let pool = h.app().db.pool();
+    let now = jitgate_api::time::now_ms();
+    // A sink the running worker skips (its spec does not parse), and two events fanned out
+    // to it, each leased by a controller that is gone: one lease ended, one runs.
+    sqlx::query(
+        "INSERT INTO notify_sinks (name, spec, created_by, created_at, updated_at) \
+         VALUES ('s', '{}', 'test', 0, 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE counters SET value = 2 WHERE name = 'notify_fanned'")
+        .execute(pool)
+        .await
+        .unwrap();
+    for (seq, until) in [(1i64, now - 1_000), (2, now + 600_000)] {
+        sqlx::query(
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at) \
+             VALUES ($1, $2, 'request.approved', $3, '{}', '[]', $4)",
+        )
+        .bind(seq)
+        .bind(format!("e{seq}"))
+        .bind(format!("request:{seq}"))
+        .bind(now - 60_000)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
+             first_attempt_at, next_attempt_at, lease_owner, lease_until) \
+             VALUES ($1, 's', $2, 'queued', 1, $3, $3, 'gone', $4)",
+        )
+        .bind(seq)
+        .bind(format!("request:{seq}"))
+        .bind(now - 60_000)
+        .bind(until)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // The running worker may have cleared the ended lease already (it looks every second).
+    let mut w = h.app().db.begin().await.unwrap();
+    let cleared = notify::reclaim(&mut w, now).await.unwrap();
+    assert!(cleared <= 1, "only the ended lease is cleared: {cleared}");
+    let claimed = notify::claim(&mut w, "me", "s", now, now + 60_000, 512)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+    let got: Vec<(i64, i64)> = claimed.iter().map(|c| (c.event_seq, c.attempts)).collect();
+    assert_eq!(
+        got,
+        [(1, 2)],
+        "the ended lease's delivery, its second attempt"
+    );
+    let owners: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT event_seq, lease_owner FROM notify_deliveries ORDER BY event_seq")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners,
+        [(1, Some("me".to_string())), (2, Some("gone".to_string()))]
+    );
+    // The gone controller's outcomes: the one it lost is not recorded, the other is.
+    let delivered = Attempted {
+        state: DeliveryState::Delivered,
+        next_attempt_at: now,
+        kind: "delivered",
+        status: Some("2xx"),
+        detail: None,
+        delivered_at: Some(now),
+    };
+    let mut w = h.app().db.begin().await.unwrap();
+    let held = notify::record_all(
+        &mut w,
+        "gone",
+        &[
+            ("s".to_string(), 1, Some(delivered.clone())),
+            ("s".to_string(), 2, Some(delivered)),
+        ],
+    )
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(held, [false, true]);
 }
