@@ -80,13 +80,19 @@ async fn setup(pki: Pki, url: &str, timeout: u64) -> T {
 /// As [`setup`], on the database `database` if given, with more of controller.toml after
 /// the `[notify]` table (`extra`).
 async fn setup_on(pki: Pki, url: &str, timeout: u64, database: Option<String>, extra: &str) -> T {
+    setup_toml(pki, database, |dir| notify_toml(dir, url, timeout) + extra).await
+}
+
+/// As [`setup`], with `[notify]` as `toml` writes it (given the directory of the secrets
+/// and the CA file).
+async fn setup_toml(pki: Pki, database: Option<String>, toml: impl FnOnce(&Path) -> String) -> T {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("ca.pem"), &pki.ca_pem).unwrap();
     let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
     store
         .put(&"hook-key".parse::<SecretName>().unwrap(), SECRET)
         .unwrap();
-    let text = notify_toml(tmp.path(), url, timeout) + extra;
+    let text = toml(tmp.path());
     let parsed: Config = toml::from_str(&text).unwrap();
     let h = Harness::with_config(|c| {
         c.notify = parsed.notify;
@@ -885,6 +891,11 @@ async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
     // 2501..=2510 young; 2511 is old but not fanned out yet. Every fanned-out one has a
     // delivery: delivered, except 5 (retrying) and 7 (dead).
     let old = now - 7_200_000;
+    // The fan-out's mark: 1..=2510 are fanned out, 2511 is not.
+    sqlx::query("UPDATE counters SET value = 2510 WHERE name = 'notify_fanned'")
+        .execute(pool)
+        .await
+        .unwrap();
     for seq in 1..=2511i64 {
         let (created, fanned) = match seq {
             2501..=2510 => (now, 1),
@@ -892,13 +903,12 @@ async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
             _ => (old + seq, 1),
         };
         sqlx::query(
-            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at, \
-             fanned_out) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3, $4)",
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at) \
+             VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3)",
         )
         .bind(seq)
         .bind(format!("e{seq}"))
         .bind(created)
-        .bind(fanned)
         .execute(pool)
         .await
         .unwrap();
@@ -952,4 +962,242 @@ async fn prune_goes_in_batches_and_keeps_what_is_not_done() {
     let (d, e, next) = prune_batch(&mut w, before, 0, 1000).await.unwrap();
     w.commit().await.unwrap();
     assert_eq!((d, e, next), (0, 0, None));
+}
+
+/// The delivery worker's round, step by step, under a steady load of initiates that each
+/// write an event, with one healthy webhook sink: the median and 90th percentile of each
+/// step of the round's debug log (`outbox/worker.rs`, "notification round committed").
+/// A diagnostic, not a benchmark (a debug build, on whatever else the machine runs):
+/// compare two builds on the same machine, one after the other. Run alone:
+/// `cargo test -p jitgate-controller --test notifications -- --ignored --nocapture round_steps`
+/// (`ROUND_STEPS_SECONDS` sets the load's length, default 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a diagnostic: prints the round's step times under load"]
+async fn round_steps() {
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// The fields of each round's log line, by name.
+    static ROUNDS: Mutex<Vec<HashMap<String, f64>>> = Mutex::new(Vec::new());
+    struct Steps;
+    struct Fields(HashMap<String, f64>, bool);
+    impl tracing::field::Visit for Fields {
+        fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+            self.0.insert(f.name().to_string(), v);
+        }
+        fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+            self.0.insert(f.name().to_string(), v as f64);
+        }
+        fn record_i64(&mut self, f: &tracing::field::Field, v: i64) {
+            self.0.insert(f.name().to_string(), v as f64);
+        }
+        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            if f.name() == "message" {
+                let m = format!("{v:?}");
+                self.1 = m == "notification round committed" || m == "notifications fanned out";
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Steps {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let mut f = Fields(HashMap::new(), false);
+            e.record(&mut f);
+            if f.1 {
+                ROUNDS.lock().unwrap().push(f.0);
+            }
+        }
+    }
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("jitgate_controller::outbox", tracing::Level::DEBUG);
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(Steps, filter)),
+    )
+    .unwrap();
+
+    let pki = Pki::new("notify test CA");
+    let rx = Receiver::https(&pki, "127.0.0.1").await;
+    // One sink that wants every event (events are then not parsed at fan-out), as the
+    // benchmark's healthy sink.
+    let url = rx.url("https", "127.0.0.1");
+    let t = setup_toml(pki, None, |dir| {
+        let text = notify_toml(dir, &url, 5);
+        let head = text.split("[[notify.sinks]]").next().unwrap_or_default();
+        format!(
+            "{head}[[notify.sinks]]\nname = \"hook\"\nformat = \"webhook\"\n\
+             target = \"{url}\"\nsecret = \"hook-key\"\n"
+        )
+    })
+    .await;
+    let t = std::sync::Arc::new(t);
+    let secs: u64 = std::env::var("ROUND_STEPS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    // A short warm-up, then the measured load.
+    let load = |d: Duration| {
+        let t = t.clone();
+        async move {
+            let mut clients = tokio::task::JoinSet::new();
+            for c in 0..8u32 {
+                let t = t.clone();
+                clients.spawn(async move {
+                    let (t0, mut n) = (Instant::now(), 0u32);
+                    while t0.elapsed() < d {
+                        // Denied by policy (no policy names port 2000+): each writes an event.
+                        let (st, r) =
+                            t.h.initiate(&t.req, one_port("web1", port(2000 + c * 100 + n % 100)))
+                                .await;
+                        assert_eq!(st, StatusCode::OK, "{r}");
+                        n += 1;
+                    }
+                    n
+                });
+            }
+            let mut n = 0;
+            while let Some(k) = clients.join_next().await {
+                n += k.unwrap();
+            }
+            n
+        }
+    };
+    load(Duration::from_secs(2)).await;
+    ROUNDS.lock().unwrap().clear();
+    let n = load(Duration::from_secs(secs)).await;
+    let rounds = std::mem::take(&mut *ROUNDS.lock().unwrap());
+    let busy: Vec<&HashMap<String, f64>> = rounds
+        .iter()
+        .filter(|r| r.get("recorded").copied().unwrap_or(0.0) > 0.0)
+        .collect();
+    println!(
+        "{n} initiates in {secs} s ({:.0}/s); {} rounds ({} recording outcomes)",
+        f64::from(n) / secs as f64,
+        rounds.iter().filter(|r| r.contains_key("wait_ms")).count(),
+        busy.len()
+    );
+    for step in [
+        "wait_ms",
+        "record_ms",
+        "claim_ms",
+        "fan_out_ms",
+        "read_ms",
+        "match_ms",
+        "keys_ms",
+        "write_ms",
+        "commit_ms",
+        "recorded",
+        "claimed",
+        "events",
+    ] {
+        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r.get(step).copied()).collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        println!(
+            "{step:>10}: median {:>7.2}  p90 {:>7.2}  mean {:>7.2}",
+            at(0.5).unwrap_or(f64::NAN),
+            at(0.9).unwrap_or(f64::NAN),
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        );
+    }
+    // Everything is delivered in the end.
+    wait_for(&rx, Duration::from_secs(60), |g| {
+        distinct(g).len() >= n as usize
+    })
+    .await;
+}
+
+/// A lease that expired is cleared by the round's reclaim and its delivery claimed again
+/// (its attempt count kept: the attempt may have been made); a lease still running is left
+/// to its holder, whose outcome is then still recorded, while the expired holder's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_claimed_again_and_a_running_one_is_not() {
+    use jitgate_controller::store::notify::{self, Attempted};
+    let h = Harness::new().await;
+    let pool = h.app().db.pool();
+    let now = jitgate_api::time::now_ms();
+    // A sink the running worker skips (its spec does not parse), and two events fanned out
+    // to it, each leased by a controller that is gone: one lease ended, one runs.
+    sqlx::query(
+        "INSERT INTO notify_sinks (name, spec, created_by, created_at, updated_at) \
+         VALUES ('s', '{}', 'test', 0, 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE counters SET value = 2 WHERE name = 'notify_fanned'")
+        .execute(pool)
+        .await
+        .unwrap();
+    for (seq, until) in [(1i64, now - 1_000), (2, now + 600_000)] {
+        sqlx::query(
+            "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, created_at) \
+             VALUES ($1, $2, 'request.approved', $3, '{}', '[]', $4)",
+        )
+        .bind(seq)
+        .bind(format!("e{seq}"))
+        .bind(format!("request:{seq}"))
+        .bind(now - 60_000)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO notify_deliveries (event_seq, sink, order_key, state, attempts, \
+             first_attempt_at, next_attempt_at, lease_owner, lease_until) \
+             VALUES ($1, 's', $2, 'queued', 1, $3, $3, 'gone', $4)",
+        )
+        .bind(seq)
+        .bind(format!("request:{seq}"))
+        .bind(now - 60_000)
+        .bind(until)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // The running worker may have cleared the ended lease already (it looks every second).
+    let mut w = h.app().db.begin().await.unwrap();
+    let cleared = notify::reclaim(&mut w, now).await.unwrap();
+    assert!(cleared <= 1, "only the ended lease is cleared: {cleared}");
+    let claimed = notify::claim(&mut w, "me", "s", now, now + 60_000, 512)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+    let got: Vec<(i64, i64)> = claimed.iter().map(|c| (c.event_seq, c.attempts)).collect();
+    assert_eq!(
+        got,
+        [(1, 2)],
+        "the ended lease's delivery, its second attempt"
+    );
+    let owners: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT event_seq, lease_owner FROM notify_deliveries ORDER BY event_seq")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        owners,
+        [(1, Some("me".to_string())), (2, Some("gone".to_string()))]
+    );
+    // The gone controller's outcomes: the one it lost is not recorded, the other is.
+    let delivered = Attempted {
+        state: DeliveryState::Delivered,
+        next_attempt_at: now,
+        kind: "delivered",
+        status: Some("2xx"),
+        detail: None,
+        delivered_at: Some(now),
+    };
+    let mut w = h.app().db.begin().await.unwrap();
+    let held = notify::record_all(
+        &mut w,
+        "gone",
+        &[
+            ("s".to_string(), 1, Some(delivered.clone())),
+            ("s".to_string(), 2, Some(delivered)),
+        ],
+    )
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(held, [false, true]);
 }

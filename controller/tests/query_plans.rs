@@ -120,3 +120,66 @@ async fn the_notification_claim_reads_the_pending_deliveries_alone() {
     let text = claim.join("\n");
     assert!(text.contains("notify_deliveries_claim"), "{text}");
 }
+
+/// The claim's index holds no leased delivery (migration 36): a sink's claims in flight (up
+/// to 512, the oldest pending, so first in the index) are not walked by every round's claim.
+/// A plan cannot show it (the claim's conditions imply either definition), so the index's
+/// own definition is read.
+#[tokio::test]
+async fn the_notification_claim_index_leaves_out_leased_deliveries() {
+    let h = Harness::new().await;
+    let db = &h.app().db;
+    for index in ["notify_deliveries_claim", "notify_deliveries_due"] {
+        let sql = if db.backend().as_str() == "postgres" {
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1"
+        } else {
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = $1"
+        };
+        let def: String = sqlx::query_scalar(sql)
+            .bind(index)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert!(def.contains("lease_owner IS NULL"), "{index}: {def}");
+    }
+}
+
+/// The round's reclaim of expired leases reads the leased deliveries alone, by expiry: a
+/// round in which none expired reads one index entry at most.
+#[tokio::test]
+async fn expired_notification_leases_are_found_in_the_leased_deliveries_alone() {
+    let h = Harness::new().await;
+    let p = plan_args(&h, notify::RECLAIM, &[Arg::Int(1_000)]).await;
+    assert_no_scan(&p);
+    let text = p.join("\n");
+    assert!(text.contains("notify_deliveries_leased"), "{text}");
+}
+
+/// The fan-out reads the events after its mark (one counter, migration 36) by primary key;
+/// the idle worker's look for work reads the events' key, the due deliveries no controller
+/// holds and the expired leases, each from its partial index.
+#[tokio::test]
+async fn the_fan_out_and_the_look_for_work_are_index_reads() {
+    let h = Harness::new().await;
+    assert_no_scan(&plan_args(&h, notify::UNFANNED, &[Arg::Int(10), Arg::Int(1_000)]).await);
+    let p = plan_args(
+        &h,
+        &notify::work_waiting_sql(),
+        &[Arg::Text(notify::FANNED), Arg::Int(1_000)],
+    )
+    .await;
+    // SQLite scans its own subquery results (`SCAN e`, one row each), never a table.
+    for line in &p {
+        assert!(
+            !line.contains("Seq Scan")
+                && !line.trim_start().starts_with("SCAN notify_")
+                && !line.trim_start().starts_with("SCAN counters"),
+            "a scan in the plan: {p:#?}"
+        );
+    }
+    let text = p.join("\n");
+    assert!(
+        text.contains("notify_deliveries_due") && text.contains("notify_deliveries_leased"),
+        "{text}"
+    );
+}

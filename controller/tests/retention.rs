@@ -316,14 +316,21 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
     }
     // Written before anything else, in seq order as the outbox numbers them (oldest
     // first), and the counter moved past them.
+    // All three fanned out (the fan-out's mark past them).
     const E: i64 = 0;
     let two_days = now() - 2 * DAY;
     let hour_ago = now() - 3_600_000;
+    exec(
+        &h,
+        "UPDATE counters SET value = $1 WHERE name = 'notify_fanned'",
+        &[json!(E + 3)],
+    )
+    .await;
     for (seq, at) in [(E + 1, two_days), (E + 2, two_days + 1), (E + 3, hour_ago)] {
         exec(
             &h,
             "INSERT INTO notify_events (seq, id, event_type, order_key, body, people, \
-             created_at, fanned_out) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3, 1)",
+             created_at) VALUES ($1, $2, 'request.approved', 'r', '{}', '[]', $3)",
             &[json!(seq), json!(format!("ev{seq}")), json!(at)],
         )
         .await;

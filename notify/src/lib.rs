@@ -53,10 +53,10 @@
 //!        order_key TEXT NOT NULL,      -- Event::order_key: request id, or the VM
 //!        body TEXT NOT NULL,           -- the Event JSON
 //!        people TEXT NOT NULL,         -- JSON [{displayName, address}] resolved at commit
-//!        created_at BIGINT NOT NULL,
-//!        fanned_out BIGINT NOT NULL DEFAULT 0
+//!        created_at BIGINT NOT NULL
 //!    );
-//!    CREATE INDEX notify_events_fanout ON notify_events (fanned_out, seq);
+//!    -- the seq up to which events are fanned out: one number, not a flag per event
+//!    INSERT INTO counters (name, value, hash) VALUES ('notify_fanned', 0, '');
 //!    CREATE TABLE notify_deliveries (
 //!        event_seq BIGINT NOT NULL REFERENCES notify_events (seq) ON DELETE CASCADE,
 //!        sink TEXT NOT NULL REFERENCES notify_sinks (name) ON DELETE CASCADE,
@@ -74,30 +74,42 @@
 //!        delivered_at BIGINT,
 //!        PRIMARY KEY (event_seq, sink)
 //!    );
-//!    CREATE INDEX notify_deliveries_due ON notify_deliveries (state, next_attempt_at);
 //!    CREATE INDEX notify_deliveries_order ON notify_deliveries (sink, order_key, event_seq);
-//!    -- the pending deliveries alone, for the claim
+//!    -- the pending deliveries no controller holds, for the claim and the look for work
 //!    CREATE INDEX notify_deliveries_claim ON notify_deliveries (sink, event_seq)
-//!        WHERE state IN ('queued', 'retrying');
+//!        WHERE state IN ('queued', 'retrying') AND lease_owner IS NULL;
+//!    CREATE INDEX notify_deliveries_due ON notify_deliveries (state, next_attempt_at)
+//!        WHERE state IN ('queued', 'retrying') AND lease_owner IS NULL;
+//!    -- the leased ones by lease end, for the reclaim of expired leases
+//!    CREATE INDEX notify_deliveries_leased ON notify_deliveries (lease_until)
+//!        WHERE lease_owner IS NOT NULL;
 //!    ```
 //!
 //! 3. **The worker**, one task per controller, on every controller:
 //!    - *Fan-out* (under a database lease row `notify-fanout`, so one controller does it):
-//!      reads `notify_events` with `fanned_out = 0` in `seq` order, matches each against the
-//!      sinks ([`Sink::wants`]) and inserts one `queued` delivery per matching sink (already
-//!      claimed, as below, when the sink has room and no earlier delivery of the same
-//!      `order_key` to it is pending), then sets `fanned_out = 1`, all in one transaction. A sink added later does not receive old
-//!      events; a removed sink's deliveries go with it.
+//!      reads the `notify_events` after the `notify_fanned` mark in `seq` order (commit
+//!      order, under the counters lock, so the events fanned out are those up to a seq),
+//!      matches each against the sinks ([`Sink::wants`]) and inserts one `queued` delivery
+//!      per matching sink (already claimed, as below, when the sink has room and no earlier
+//!      delivery of the same `order_key` to it is pending), then moves the mark to the last
+//!      event read, all in one transaction (the event rows are never written again). A
+//!      sink added later does not receive old events; a removed sink's deliveries go with
+//!      it.
+//!    - *Reclaim*: `UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL
+//!      WHERE lease_owner IS NOT NULL AND lease_until < $now`: an expired lease (its
+//!      controller died or stalled) makes its delivery pending again, for the claim.
 //!    - *Claim*: `UPDATE notify_deliveries SET lease_owner = $me, lease_until = $now +
 //!      $lease, attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $now)
-//!      WHERE (event_seq, sink) IN (SELECT d.event_seq, d.sink FROM notify_deliveries d
-//!      WHERE d.state IN ('queued','retrying') AND d.next_attempt_at <= $now AND
-//!      (d.lease_until IS NULL OR d.lease_until < $now) AND NOT EXISTS (SELECT 1 FROM
+//!      WHERE sink = $sink AND lease_owner IS NULL AND state IN ('queued','retrying') AND
+//!      next_attempt_at <= $now AND event_seq IN (SELECT d.event_seq FROM notify_deliveries
+//!      d WHERE d.sink = $sink AND d.state IN ('queued','retrying') AND d.lease_owner IS
+//!      NULL AND d.next_attempt_at <= $now AND NOT EXISTS (SELECT 1 FROM
 //!      notify_deliveries p WHERE p.sink = d.sink AND p.order_key = d.order_key AND
 //!      p.event_seq < d.event_seq AND p.state IN ('queued','retrying')) ORDER BY
-//!      d.next_attempt_at LIMIT $n) AND (lease_until IS NULL OR lease_until < $now)
-//!      RETURNING ...`. The repeated lease condition makes the claim atomic per row on both
-//!      databases (PostgreSQL re-checks it after a row lock; SQLite has one writer), so
+//!      d.event_seq LIMIT $n) RETURNING ...` (the candidates from
+//!      `notify_deliveries_claim`, which holds no leased delivery). The repeated lease
+//!      condition makes the claim atomic per row on both databases (PostgreSQL re-checks it
+//!      after a row lock; SQLite has one writer), so
 //!      each delivery is attempted by one controller at a time. The `NOT EXISTS` clause is
 //!      **per-request ordering**: a later event for the same sink and `order_key` waits
 //!      until the earlier one is delivered or dead.

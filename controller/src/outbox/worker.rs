@@ -6,9 +6,12 @@
 //! - records the outcomes that came in since the last round, each fenced by its lease:
 //!   delivered, or retrying at the backoff's time, or dead (or, for a claim that was not
 //!   attempted in time, the lease given back);
+//! - clears the leases that expired (a controller stopped or stalled), found in an index of
+//!   the leased deliveries by expiry: pending again, they are claimable like any other;
 //! - claims, per sink, due deliveries up to [`AHEAD`] times the sink's [`PER_SINK`]
 //!   attempts in flight, leased to this controller for the attempt's timeout plus a margin,
-//!   the first pending one of each request only (per-request order);
+//!   the first pending one of each request only (per-request order), from an index of the
+//!   pending deliveries no controller holds (a sink's claims in flight are not walked);
 //! - fans out new events (under the counters lock, so one controller at a time): one
 //!   delivery per sink that wants the event, written already claimed (as the claim leaves
 //!   it) while the sink has room left and no earlier delivery of the same request to it is
@@ -413,8 +416,20 @@ impl Outbox {
         let now = w.now;
         let lease = i64::try_from((self.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
         let lease_until = now.saturating_add(lease);
-        // Deliveries waiting already are claimed first (oldest first), then new events are
-        // fanned out, each delivery claimed as it is written while its sink has room.
+        // Leases that expired are cleared (their deliveries are pending again), deliveries
+        // waiting already are claimed (oldest first), then new events are fanned out, each
+        // delivery claimed as it is written while its sink has room.
+        let reclaimed = if lead {
+            notify::reclaim(&mut w, now).await?
+        } else {
+            0
+        };
+        if reclaimed > 0 {
+            tracing::info!(
+                reclaimed,
+                "notification leases expired; deliveries taken again"
+            );
+        }
         let mut claims: Vec<(Arc<Sink>, Slots, Vec<Claimed>)> = Vec::new();
         let mut room: HashMap<String, usize> = HashMap::new();
         for (_, sink) in &rounds.sinks {
@@ -463,6 +478,7 @@ impl Outbox {
             fan_out_ms = ms(fanned_at - claimed_at),
             commit_ms = ms(started.elapsed() - fanned_at),
             recorded = done.len(),
+            reclaimed,
             claimed = claims.iter().map(|(_, _, c)| c.len()).sum::<usize>(),
             "notification round committed"
         );
@@ -546,7 +562,9 @@ impl Outbox {
         room: &mut HashMap<String, usize>,
         lease_until: i64,
     ) -> Result<(HashMap<i64, Arc<str>>, bool, Vec<(String, Claimed)>)> {
+        let started = tokio::time::Instant::now();
         let events = notify::unfanned(w, FANOUT_BATCH).await?;
+        let read_at = started.elapsed();
         let Some(upto) = events.last().map(|e| e.seq) else {
             return Ok((HashMap::new(), false, Vec::new()));
         };
@@ -575,6 +593,7 @@ impl Outbox {
                 read.insert(e.seq, Arc::<str>::from(e.body.as_str()));
             }
         }
+        let matched_at = started.elapsed();
         // Per sink with room: the order keys that already have a pending delivery to it
         // (one read per sink); a key's later events in this batch wait for its first.
         let mut waiting: HashSet<(&str, &str)> = HashSet::new();
@@ -622,11 +641,19 @@ impl Outbox {
             });
         }
         let queued = to.len() - claimed;
+        let keys_at = started.elapsed();
         let claims = notify::fan_out(w, fanned, upto, &self.owner, lease_until).await?;
+        // The fan-out's time step by step: reading the events, choosing the sinks (events
+        // are parsed only for a sink that chooses), the pending order keys, the writes.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::debug!(
             events = events.len(),
             queued,
             claimed,
+            read_ms = ms(read_at),
+            match_ms = ms(matched_at - read_at),
+            keys_ms = ms(keys_at - matched_at),
+            write_ms = ms(started.elapsed() - keys_at),
             "notifications fanned out"
         );
         let more = events.len() as i64 == FANOUT_BATCH;

@@ -178,6 +178,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents: the unused cert_rate_logged_ms dropped (agent_cert_refusals replaced it in 33)",
         include_str!("../../migrations/0035_drop_cert_rate_logged.sql"),
     ),
+    (
+        36,
+        "notifications: the fan-out mark one counter instead of a flag per event; leased deliveries out of the claim's indexes",
+        include_str!("../../migrations/0036_notify_round_writes_less.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

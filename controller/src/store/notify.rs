@@ -126,15 +126,34 @@ pub struct Unfanned {
     pub body: String,
 }
 
+/// The `counters` row holding the seq up to which events are fanned out (migration 36):
+/// the fan-out takes events in seq order (commit order) under the counters lock, so the
+/// events fanned out are always those up to a seq, and marking a batch writes this one row
+/// instead of every event row of the batch.
+pub const FANNED: &str = "notify_fanned";
+
+/// The seq up to which events are fanned out.
+pub async fn fanned_upto(conn: &mut AnyConnection) -> Result<i64> {
+    let (v,): (i64,) = sqlx::query_as("SELECT value FROM counters WHERE name = $1")
+        .bind(FANNED)
+        .fetch_one(conn)
+        .await?;
+    Ok(v)
+}
+
+/// The statement of [`unfanned`] (its parameters: the fan-out mark, the limit): a range of
+/// the events' primary key.
+pub const UNFANNED: &str =
+    "SELECT seq, order_key, body FROM notify_events WHERE seq > $1 ORDER BY seq LIMIT $2";
+
 /// Up to `limit` events not yet fanned out, in commit order.
 pub async fn unfanned(w: &mut WriteTx, limit: i64) -> Result<Vec<Unfanned>> {
-    Ok(sqlx::query_as(
-        "SELECT seq, order_key, body FROM notify_events WHERE fanned_out = 0 \
-         ORDER BY seq LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(w.conn())
-    .await?)
+    let after = fanned_upto(w.conn()).await?;
+    Ok(sqlx::query_as(UNFANNED)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(w.conn())
+        .await?)
 }
 
 /// One delivery written at fan-out: queued, or already claimed for its first attempt.
@@ -151,7 +170,8 @@ pub struct Fanned {
 
 /// The deliveries `to` (queued, or claimed by `owner` until `lease_until`), and the events
 /// up to `upto` marked fanned out (the caller read every unfanned event up to it, under the
-/// counters lock). Returns the claims written, in `to`'s order.
+/// counters lock: one counter moved, no event row written). Returns the claims written, in
+/// `to`'s order.
 pub async fn fan_out(
     w: &mut WriteTx,
     to: Vec<Fanned>,
@@ -200,8 +220,9 @@ pub async fn fan_out(
     }
     let backend = w.backend();
     backend::insert(w.conn(), backend, rows).await?;
-    sqlx::query("UPDATE notify_events SET fanned_out = 1 WHERE fanned_out = 0 AND seq <= $1")
+    sqlx::query("UPDATE counters SET value = $1 WHERE name = $2 AND value < $1")
         .bind(upto)
+        .bind(FANNED)
         .execute(w.conn())
         .await?;
     Ok(claims)
@@ -251,7 +272,8 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due deliveries of `sink` for `owner` until `lease_until`: pending,
-/// due, not leased, and the first pending one of their order key (per-request order).
+/// due, not leased, and the first pending one of their order key (per-request order). A
+/// lease that expired counts only once [`reclaim`] cleared it (earlier in the same round).
 ///
 /// The state, due time and lease conditions are repeated outside the subquery: on
 /// PostgreSQL a row another controller changed meanwhile is re-checked against the outer
@@ -277,24 +299,45 @@ pub async fn claim(
 
 /// The statement of [`claim`] (its parameters: owner, lease end, now, sink, limit). The
 /// candidates come in order from the partial index `notify_deliveries_claim`, which holds
-/// the pending deliveries alone: the sink's delivered rows (kept for the retention) and its
-/// dead ones are never read.
+/// the pending deliveries that no controller holds (migration 36): the sink's delivered
+/// rows (kept for the retention), its dead ones, and the ones leased for an attempt under
+/// way (up to [`AHEAD`](crate::outbox::worker::AHEAD) x
+/// [`PER_SINK`](crate::outbox::worker::PER_SINK), the oldest, so first in the index, in
+/// every round) are never read.
 pub fn claim_sql() -> String {
     format!(
         "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
          last_attempt_at = $3 \
-         WHERE sink = $4 AND (lease_until IS NULL OR lease_until < $3) \
+         WHERE sink = $4 AND lease_owner IS NULL \
          AND state IN {PENDING} AND next_attempt_at <= $3 AND event_seq IN ( \
            SELECT d.event_seq FROM notify_deliveries d WHERE d.sink = $4 \
-           AND d.state IN {PENDING} AND d.next_attempt_at <= $3 \
-           AND (d.lease_until IS NULL OR d.lease_until < $3) \
+           AND d.state IN {PENDING} AND d.lease_owner IS NULL AND d.next_attempt_at <= $3 \
            AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.sink = d.sink \
              AND p.order_key = d.order_key AND p.event_seq < d.event_seq \
              AND p.state IN {PENDING}) \
            ORDER BY d.event_seq LIMIT $5) \
          RETURNING event_seq, attempts, first_attempt_at"
     )
+}
+
+/// The statement of [`reclaim`] (its parameter: now): the expired leases, from the partial
+/// index `notify_deliveries_leased` (the leased deliveries alone, by expiry), so that a
+/// round in which no lease has expired reads one index entry at most.
+pub const RECLAIM: &str = "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL \
+     WHERE lease_owner IS NOT NULL AND lease_until < $1";
+
+/// Clears the leases that ended before `now` (their controller stopped, or stalled past
+/// them): the deliveries are pending again and enter the claim's index, and the claim that
+/// follows in the same round takes them (their attempt count stays: the attempt may have
+/// been made). The controller that held one records nothing for it any more (its outcome
+/// is fenced by the lease). Returns how many.
+pub async fn reclaim(w: &mut WriteTx, now: i64) -> Result<u64> {
+    Ok(sqlx::query(RECLAIM)
+        .bind(now)
+        .execute(w.conn())
+        .await?
+        .rows_affected())
 }
 
 /// Stored events by seq: (seq, JSON); a seq gone (pruned) is absent.
@@ -327,20 +370,31 @@ pub struct Attempted {
     pub delivered_at: Option<i64>,
 }
 
-/// Whether a round has anything to do besides recording outcomes: an event not fanned
-/// out, or a delivery due and not leased (a read, so an idle worker writes nothing).
-pub async fn work_waiting(conn: &mut AnyConnection, now: i64) -> Result<bool> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM notify_events WHERE fanned_out = 0 \
-         LIMIT 1) e) + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
-         WHERE state IN ($1, $2) AND next_attempt_at <= $3 \
-         AND (lease_until IS NULL OR lease_until < $3) LIMIT 1) d)",
+/// The statement of [`work_waiting`] (its parameters: the fan-out counter's name, now):
+/// an event after the fan-out mark (the events' primary key), a pending delivery due and
+/// not leased (the partial index `notify_deliveries_due`), or a lease that expired
+/// (`notify_deliveries_leased`).
+pub fn work_waiting_sql() -> String {
+    format!(
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM notify_events WHERE seq > \
+         (SELECT value FROM counters WHERE name = $1) LIMIT 1) e) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
+         WHERE state IN {PENDING} AND lease_owner IS NULL AND next_attempt_at <= $2 \
+         LIMIT 1) d) \
+         + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
+         WHERE lease_owner IS NOT NULL AND lease_until < $2 LIMIT 1) l)"
     )
-    .bind(DeliveryState::Queued.as_str())
-    .bind(DeliveryState::Retrying.as_str())
-    .bind(now)
-    .fetch_one(conn)
-    .await?;
+}
+
+/// Whether a round has anything to do besides recording outcomes: an event not fanned
+/// out, a delivery due and not leased, or a lease that expired (a read, so an idle worker
+/// writes nothing).
+pub async fn work_waiting(conn: &mut AnyConnection, now: i64) -> Result<bool> {
+    let (n,): (i64,) = sqlx::query_as(&work_waiting_sql())
+        .bind(FANNED)
+        .bind(now)
+        .fetch_one(conn)
+        .await?;
     Ok(n > 0)
 }
 
@@ -535,12 +589,13 @@ pub async fn prune_all(db: &Db, before: i64) -> Result<(u64, u64)> {
 }
 
 /// One short step of the prune, oldest events first: among the next `batch` fanned-out
-/// events after seq `after` (the `(fanned_out, seq)` index), those created before `before`
-/// lose their deliveries delivered before `before` (a range of the deliveries' primary key),
-/// and go when no delivery is left (one still retrying, or dead, keeps its event). Seq is
-/// commit order, so `created_at` grows with it: the step stops at the first younger event
-/// instead of reading every event there is, as one `DELETE ... WHERE created_at < ?` would
-/// (seconds under the write lock on a large database). Returns the deliveries and events
+/// events after seq `after` (a range of the events' primary key, up to the fan-out mark),
+/// those created before `before` lose their deliveries delivered before `before` (a range
+/// of the deliveries' primary key), and go when no delivery is left (one still retrying,
+/// or dead, keeps its event). Seq is commit order, so `created_at` grows with it: the step
+/// stops at the first younger event instead of reading every event there is, as one
+/// `DELETE ... WHERE created_at < ?` would (seconds under the write lock on a large
+/// database). Returns the deliveries and events
 /// deleted, and the seq to continue after when the whole batch was old.
 pub async fn prune_batch(
     w: &mut WriteTx,
@@ -548,11 +603,13 @@ pub async fn prune_batch(
     after: i64,
     batch: i64,
 ) -> Result<(u64, u64, Option<i64>)> {
+    let upto = fanned_upto(w.conn()).await?;
     let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT seq, created_at FROM notify_events WHERE fanned_out = 1 AND seq > $1 \
-         ORDER BY seq LIMIT $2",
+        "SELECT seq, created_at FROM notify_events WHERE seq > $1 AND seq <= $2 \
+         ORDER BY seq LIMIT $3",
     )
     .bind(after)
+    .bind(upto)
     .bind(batch)
     .fetch_all(w.conn())
     .await?;
@@ -587,7 +644,7 @@ pub async fn prune_batch(
     .await?
     .rows_affected();
     let e = sqlx::query(
-        "DELETE FROM notify_events WHERE seq BETWEEN $1 AND $2 AND fanned_out = 1 \
+        "DELETE FROM notify_events WHERE seq BETWEEN $1 AND $2 \
          AND created_at < $3 AND NOT EXISTS \
          (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = notify_events.seq)",
     )

@@ -260,11 +260,13 @@ pub async fn notify_counts(ex: &mut sqlx::AnyConnection, before: i64) -> Result<
     .fetch_one(&mut *ex)
     .await?;
     let (e,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM notify_events e WHERE e.fanned_out = 1 AND e.created_at < $1 \
+        "SELECT COUNT(*) FROM notify_events e WHERE e.seq <= \
+         (SELECT value FROM counters WHERE name = $2) AND e.created_at < $1 \
          AND NOT EXISTS (SELECT 1 FROM notify_deliveries d WHERE d.event_seq = e.seq \
            AND NOT (d.state = 'delivered' AND d.delivered_at < $1))",
     )
     .bind(before)
+    .bind(crate::store::notify::FANNED)
     .fetch_one(&mut *ex)
     .await?;
     Ok((d as u64, e as u64))
