@@ -12,7 +12,7 @@ use crate::audit::{self, AuditLine};
 use crate::endpoints::Endpoints;
 use crate::enroll::Enrollment;
 use jitgate_proto::message::{AgentMsg, AuditRecord, ControllerMsg};
-use jitgate_proto::{Endpoint, SILENT_PINGS, read_frame, write_frame};
+use jitgate_proto::{Endpoint, read_frame, silent_pings, write_frame};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -101,7 +101,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = jitgate_proto::STATUS_REPORT_EVERY;
 /// With no frame from the controller for this long, the connection is considered dead; a
 /// controller at level 3 or later says how often it pings, and then the limit is
-/// [`SILENT_PINGS`] of those.
+/// [`jitgate_proto::SILENT_PINGS`] of those (two of its longer ones from level 11 on).
 const SILENCE: Duration = Duration::from_secs(45);
 /// The shortest and longest silence limit a controller's ping interval can set.
 const SILENCE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), SILENCE);
@@ -321,6 +321,8 @@ impl Channel {
             })
         };
         let mut silence = SILENCE;
+        // `Settings.ping_every_ms`, once told: the silence limit follows it and the level.
+        let mut pinged_every_ms = None;
         let result = loop {
             let msg = match tokio::time::timeout(silence, read_frame::<_, ControllerMsg>(&mut rd))
                 .await
@@ -349,7 +351,9 @@ impl Channel {
                     endpoints,
                     ping_every_ms,
                 } => {
-                    silence = silence_limit(ping_every_ms);
+                    pinged_every_ms = Some(ping_every_ms);
+                    silence =
+                        silence_limit(ping_every_ms, self.controller_level.load(Ordering::Relaxed));
                     tracing::debug!(
                         silence_ms = silence.as_millis() as u64,
                         "controller settings"
@@ -401,6 +405,10 @@ impl Channel {
                 ControllerMsg::Level { protocol } => {
                     tracing::debug!(controller_level = protocol, "controller protocol level");
                     self.controller_level.store(protocol, Ordering::Relaxed);
+                    // Level 11 and later pings sparser and is left after fewer intervals.
+                    if let Some(ms) = pinged_every_ms {
+                        silence = silence_limit(ms, protocol);
+                    }
                     report_now.notify_one();
                 }
                 ControllerMsg::Certificate {
@@ -517,9 +525,11 @@ async fn renew_when_due(enrollment: Enrollment, tx: mpsc::Sender<AgentMsg>) {
     }
 }
 
-/// The silence limit for a controller that pings every `ping_every_ms`.
-fn silence_limit(ping_every_ms: u64) -> Duration {
-    (Duration::from_millis(ping_every_ms) * SILENT_PINGS).clamp(SILENCE_BOUNDS.0, SILENCE_BOUNDS.1)
+/// The silence limit for a controller that pings every `ping_every_ms` and announced
+/// `controller_level` (0: not yet, or never).
+fn silence_limit(ping_every_ms: u64, controller_level: u32) -> Duration {
+    (Duration::from_millis(ping_every_ms) * silent_pings(controller_level))
+        .clamp(SILENCE_BOUNDS.0, SILENCE_BOUNDS.1)
 }
 
 /// Sends the audit log from `after + 1` on, then every new record as it is written. If it
@@ -589,10 +599,19 @@ mod tests {
 
     #[test]
     fn the_silence_limit_follows_the_controllers_pings_within_bounds() {
-        assert_eq!(silence_limit(2_000), Duration::from_secs(6));
-        assert_eq!(silence_limit(0), SILENCE_BOUNDS.0);
-        assert_eq!(silence_limit(u64::MAX), SILENCE);
-        assert_eq!(silence_limit(60_000), SILENCE);
+        assert_eq!(silence_limit(2_000, 0), Duration::from_secs(6));
+        assert_eq!(silence_limit(0, 0), SILENCE_BOUNDS.0);
+        assert_eq!(silence_limit(u64::MAX, 0), SILENCE);
+        assert_eq!(silence_limit(60_000, 0), SILENCE);
+        // A level-11 controller pings every 3 s for the same 6 s; a level-10 one every 2 s.
+        let level_11 = jitgate_proto::LEVEL_SPARSE_PINGS;
+        assert_eq!(silence_limit(3_000, level_11), Duration::from_secs(6));
+        assert_eq!(
+            silence_limit(2_000, jitgate_proto::LEVEL_QUIET_PINGS),
+            Duration::from_secs(6)
+        );
+        // Told the sparse interval before the level: the longer limit until the level comes.
+        assert_eq!(silence_limit(3_000, 0), Duration::from_secs(9));
     }
     use crate::audit::{AuditEvent, AuditLog};
     use jitgate_proto::AuditKind;

@@ -1069,3 +1069,47 @@ async fn level_10_agents_are_pinged_one_way() {
         "a level-10 agent that reports was closed"
     );
 }
+
+/// Level 11 (docs/protocol.md "Keepalive"): an agent that announced it is pinged every 3/2 of
+/// `agent_ping_seconds` and told so in `Settings` (it then waits two intervals: the same
+/// silence limit); an agent of level 10 keeps the configured interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_11_agents_are_pinged_every_half_silence_limit() {
+    let h = Harness::with_config(|c| c.agent_ping_seconds = 1).await;
+    h.fixture().await;
+    let sparse = enroll(&h, "web1").await;
+    let older = enroll(&h, "web2").await;
+    let settings_ping = |m: ControllerMsg| match m {
+        ControllerMsg::Settings { ping_every_ms, .. } => ping_every_ms,
+        m => panic!("expected Settings, got {m:?}"),
+    };
+    let mut a10 = Agent::connect(&older).await;
+    a10.hello_at(&older, 0, 0, jitgate_proto::LEVEL_QUIET_PINGS)
+        .await;
+    assert!(matches!(a10.recv().await, ControllerMsg::Welcome { .. }));
+    assert_eq!(settings_ping(a10.recv().await), 1_000);
+    let mut a11 = Agent::connect(&sparse).await;
+    a11.hello_at(&sparse, 0, 0, jitgate_proto::LEVEL_SPARSE_PINGS)
+        .await;
+    assert!(matches!(a11.recv().await, ControllerMsg::Welcome { .. }));
+    assert_eq!(settings_ping(a11.recv().await), 1_500);
+    // The pings follow: at most 4 in 6 s (one every 1.5 s; 6 at the configured second).
+    let t0 = tokio::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            jitgate_proto::read_frame::<_, ControllerMsg>(&mut a11.rd),
+        )
+        .await
+        {
+            Ok(Ok(Some(ControllerMsg::Ping { .. }))) => pings += 1,
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => panic!("a level-11 agent was closed"),
+        }
+    }
+    assert!(
+        (2..=4).contains(&pings),
+        "{pings} pings in 6 s at 1.5 s intervals"
+    );
+}

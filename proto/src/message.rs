@@ -50,8 +50,9 @@ pub enum ControllerMsg {
     ScheduledGrant(Signed<ScheduledGrantBody>),
     /// Sent right after `Welcome` to agents at [`LEVEL_SETTINGS`] or later (appended
     /// variant): every controller's agent endpoint (`host:port`, the agent tries the next one
-    /// when its controller goes away) and how often this controller pings (the agent leaves
-    /// a controller silent for three of these).
+    /// when its controller goes away) and how often this controller pings this agent (the
+    /// agent leaves a controller silent for three of these, two from
+    /// [`LEVEL_SPARSE_PINGS`](crate::LEVEL_SPARSE_PINGS) on: [`crate::silent_pings`]).
     Settings {
         endpoints: Vec<String>,
         ping_every_ms: u64,
@@ -870,8 +871,9 @@ mod tests {
             "revoked by the controller"
         );
         assert_eq!(LEVEL_CLOSE_REASON, 9);
-        assert_eq!(PROTOCOL_LEVEL, LEVEL_QUIET_PINGS);
         assert_eq!(LEVEL_QUIET_PINGS, 10);
+        assert_eq!(PROTOCOL_LEVEL, crate::LEVEL_SPARSE_PINGS);
+        assert_eq!(crate::LEVEL_SPARSE_PINGS, 11);
         assert!(QUIET_AGENT_SILENCE > STATUS_REPORT_EVERY * 3);
     }
 }

@@ -1,11 +1,12 @@
 //! Fleet benchmark (docs/ha.md): N simulated agents speaking the real protocol (enrolled over
-//! HTTPS, mutual TLS, protocol level 3, signatures checked, grants acknowledged, status
-//! reports every 10 s and pongs as the real agent sends them) against K real `jit-controller`
-//! processes on one throwaway PostgreSQL cluster, with requests initiated over HTTPS at a
-//! fixed rate. No XDP: this measures the control plane.
+//! HTTPS, mutual TLS, this build's protocol level or `--level`, signatures checked, grants
+//! acknowledged, status reports every 10 s and pongs as the real agent sends them) against
+//! K real `jit-controller` processes on one throwaway PostgreSQL cluster, with requests
+//! initiated over HTTPS at a fixed rate. No XDP: this measures the control plane.
 //!
 //! cargo run --release -p jitgate-controller --example fleet_bench -- [--agents N (10000)]
 //!     [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)]
+//!     [--ping-seconds S (2)] [--answer-pings] [--level L]
 //!
 //! Reports: connections held, controller RSS per connected agent, the CPU the fleet's
 //! keepalive costs when idle (controllers and PostgreSQL together, and the generator's own),
@@ -46,6 +47,8 @@ struct Opts {
     ping: u64,
     /// Answer every ping, as agents below level 10 do (for comparison).
     answer_pings: bool,
+    /// The protocol level the simulated agents announce (for comparison with older agents).
+    level: u32,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -57,6 +60,7 @@ fn parse_args() -> Result<Opts> {
         idle: 30,
         ping: 2,
         answer_pings: false,
+        level: jitgate_proto::PROTOCOL_LEVEL,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -69,14 +73,22 @@ fn parse_args() -> Result<Opts> {
             "--idle" => o.idle = val()?.parse()?,
             "--ping-seconds" => o.ping = val()?.parse()?,
             "--answer-pings" => o.answer_pings = true,
+            "--level" => o.level = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)] [--ping-seconds S (2)] [--answer-pings]"
+                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)] [--ping-seconds S (2)] [--answer-pings] [--level L (this build's, from 10 up)]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
         }
+    }
+    if !(jitgate_proto::LEVEL_QUIET_PINGS..=jitgate_proto::PROTOCOL_LEVEL).contains(&o.level) {
+        bail!(
+            "--level must be {} to {} (older agents speak other messages)",
+            jitgate_proto::LEVEL_QUIET_PINGS,
+            jitgate_proto::PROTOCOL_LEVEL
+        );
     }
     if o.agents == 0 || o.controllers == 0 || o.rate == 0 || o.seconds == 0 || o.ping == 0 {
         bail!("--agents, --controllers, --rate, --seconds and --ping-seconds must be positive");
@@ -247,6 +259,8 @@ struct Shared {
     acks: Mutex<Vec<u64>>,
     /// `--answer-pings`.
     answer_pings: bool,
+    /// `--level`.
+    level: u32,
 }
 
 fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
@@ -310,7 +324,7 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
         version: "fleet-bench".into(),
         seq_high_water: 0,
         audit_acked: 0,
-        protocol: jitgate_proto::PROTOCOL_LEVEL,
+        protocol: s.level,
     })
     .await?;
     // Status reports on the agent's schedule (every 10 s), the first at once, spread.
@@ -599,6 +613,7 @@ async fn main() -> Result<()> {
         sent: Mutex::new(HashMap::new()),
         acks: Mutex::new(Vec::new()),
         answer_pings: o.answer_pings,
+        level: o.level,
     });
 
     // Connect the fleet, K controllers in turn; RSS before and after.
@@ -747,7 +762,7 @@ async fn main() -> Result<()> {
     println!(
         "{} simulated agents (protocol level {}, mutual TLS, one connection each) on {} controller(s), one PostgreSQL; release build; {} logical CPUs shared by the controllers, PostgreSQL and the load generator.\n",
         o.agents,
-        jitgate_proto::PROTOCOL_LEVEL,
+        o.level,
         o.controllers,
         std::thread::available_parallelism().map_or(0, |p| p.get())
     );
@@ -770,7 +785,7 @@ async fn main() -> Result<()> {
         } else {
             "one-way"
         },
-        o.ping,
+        jitgate_proto::ping_interval(Duration::from_secs(o.ping), o.level).as_secs_f64(),
         jitgate_proto::STATUS_REPORT_EVERY.as_secs(),
         idle_ctl,
         idle_pg,

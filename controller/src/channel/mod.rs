@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
-use jitgate_proto::{LEVEL_QUIET_PINGS, LEVEL_SETTINGS, QUIET_AGENT_SILENCE, SILENT_PINGS};
+use jitgate_proto::{
+    LEVEL_QUIET_PINGS, LEVEL_SETTINGS, QUIET_AGENT_SILENCE, SILENT_PINGS, ping_interval,
+};
 
 /// Keepalive for agents before level 3 ([`LEVEL_SETTINGS`]): a Ping this often; they give up
 /// on a controller silent for 45 s whatever it says.
@@ -41,10 +43,12 @@ impl Settings {
     /// The ping interval and silence limit for an agent of protocol `level`. An agent at
     /// [`LEVEL_QUIET_PINGS`] or later does not answer pings: its status reports are what is
     /// heard from it.
+    /// From [`jitgate_proto::LEVEL_SPARSE_PINGS`] on the agent is pinged every 3/2 of
+    /// `agent_ping_seconds` and waits two of those ([`ping_interval`]).
     pub fn keepalive(&self, level: u32) -> (Duration, Duration) {
         if level >= LEVEL_QUIET_PINGS {
             (
-                self.ping_every,
+                ping_interval(self.ping_every, level),
                 (self.ping_every * SILENT_PINGS).max(QUIET_AGENT_SILENCE),
             )
         } else if level >= LEVEL_SETTINGS {
