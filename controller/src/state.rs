@@ -156,7 +156,8 @@ pub struct Config {
     pub agent_endpoints: Vec<String>,
     /// How often the controller pings each agent (1 to 15 s, default 2). An agent leaves a
     /// controller silent for three pings, so this bounds how long a frozen or cut-off
-    /// controller keeps its agents (about 3 × this + one reconnect).
+    /// controller keeps its agents (about 3 × this + one reconnect). Agents at protocol
+    /// level 11 are pinged every 1.5 × this and leave after two: the same bound.
     #[serde(default = "default_agent_ping")]
     pub agent_ping_seconds: u64,
     /// How often the activity log's chain head is signed (a checkpoint), if it moved; also
