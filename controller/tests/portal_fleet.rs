@@ -509,7 +509,7 @@ async fn keys_page_names_the_controllers_lacking_the_announced_key() {
     let _web1 = enroll(h, "web1").await;
     let alice = p.sign_in("alice").await; // admin on *
     // B: the portal's address is A's; B listens elsewhere.
-    let mut b = h.second_with(|c| c.listen = "127.0.0.1:0".into()).await;
+    let mut b = h.second().await;
     let b_name = b.app().leader.holder().to_string();
     let a_name = h.app().leader.holder().to_string();
     let (old,): (String,) = sqlx::query_as("SELECT key_id FROM grant_keys WHERE state = 'current'")

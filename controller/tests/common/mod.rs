@@ -96,6 +96,10 @@ impl Harness {
         let dir = StateDir(tmp.path().join("state"));
         copy_dir(&self.dir.0, &dir.0);
         let mut cfg = self.cfg.clone();
+        // Ports of its own: the first controller's may be fixed (the portal harness binds a
+        // known port for its sign-in redirects).
+        cfg.listen = "127.0.0.1:0".into();
+        cfg.agent_listen = "127.0.0.1:0".into();
         f(&mut cfg);
         let server = start(&dir, &cfg)
             .await
