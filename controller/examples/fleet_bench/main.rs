@@ -14,6 +14,8 @@
 //! HTTP latency (the floor: what the API alone takes). Markdown on stdout, progress on stderr.
 //! All traffic is to 127.0.0.1 and a unix socket.
 
+mod agent;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,13 +31,9 @@ use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::policies::Target;
 use jitgate_controller::store::DbOptions;
-use jitgate_proto::message::Outcome;
-use jitgate_proto::{AgentMsg, ControllerMsg, read_frame, write_frame};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+
+use agent::{Identity, Shared, keep_agent};
 
 struct Opts {
     agents: usize,
@@ -236,203 +234,6 @@ fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// One enrolled simulated agent.
-struct Identity {
-    id: uuid::Uuid,
-    vm: String,
-    cert_pem: String,
-}
-
-/// What the simulated agents share: the key, trust, where grants are timed.
-struct Shared {
-    key_der: Vec<u8>,
-    ca_pem: String,
-    signing: VerifyingKey,
-    connected: AtomicUsize,
-    grants: AtomicU64,
-    bad_signatures: AtomicU64,
-    /// "vm|source" -> when its initiate was sent.
-    sent: Mutex<HashMap<String, Instant>>,
-    /// request -> agent acknowledgement, microseconds.
-    acks: Mutex<Vec<u64>>,
-    /// `--answer-pings`.
-    answer_pings: bool,
-    /// `--level`.
-    level: u32,
-}
-
-fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivatePkcs8KeyDer::from(s.key_der.clone());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key.into())?,
-    ))
-}
-
-fn status_report() -> AgentMsg {
-    AgentMsg::Status(Box::new(jitgate_proto::testing::quiet_status_report()))
-}
-
-/// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
-async fn keep_agent(s: Arc<Shared>, who: Identity, endpoint: String, failures: Arc<AtomicUsize>) {
-    loop {
-        if let Err(e) = run_agent(&s, &who, &endpoint).await
-            && failures.fetch_add(1, Ordering::Relaxed) < 3
-        {
-            eprintln!("  agent connection ended: {e:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
-    }
-}
-
-/// One connection of an agent: connect, hello, then answer until the connection ends.
-async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()> {
-    let cfg = tls_config(s, &who.cert_pem)?;
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(endpoint),
-    )
-    .await??;
-    tcp.set_nodelay(true)?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if write_frame(&mut wr, &m).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    tx.send(AgentMsg::HelloV2 {
-        agent_id: who.id,
-        version: "fleet-bench".into(),
-        seq_high_water: 0,
-        audit_acked: 0,
-        protocol: s.level,
-    })
-    .await?;
-    // Status reports on the agent's schedule (every 10 s), the first at once, spread.
-    let hb = {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
-            loop {
-                if tx.send(status_report()).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(jitgate_proto::STATUS_REPORT_EVERY).await;
-            }
-        })
-    };
-    let mut counted = false;
-    // The level the controller announced: from level 10 on pings go unanswered, as the
-    // real agent does.
-    let mut controller_level = 0;
-    let result = loop {
-        let m = match read_frame::<_, ControllerMsg>(&mut rd).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(anyhow::anyhow!("{e}")),
-        };
-        let reply = match m {
-            ControllerMsg::Welcome { .. } => {
-                counted = true;
-                s.connected.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            ControllerMsg::Ping { nonce } => (s.answer_pings
-                || jitgate_proto::agent_answers_pings(controller_level))
-            .then_some(AgentMsg::Pong { nonce }),
-            ControllerMsg::Level { protocol } => {
-                controller_level = protocol;
-                None
-            }
-            ControllerMsg::Policy(p) => match p.verify(&s.signing, who.id) {
-                Ok(b) => Some(AgentMsg::PolicyResult {
-                    seq: b.seq,
-                    outcome: Outcome::Applied {
-                        agent_unix_ms: jitgate_api::time::now_ms(),
-                    },
-                }),
-                Err(_) => {
-                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            },
-            ControllerMsg::Grant(g) => match g.verify(&s.signing, who.id) {
-                Ok(b) => {
-                    let key = format!("{}|{}", who.vm, b.source);
-                    let sent = s.sent.lock().ok().and_then(|mut m| m.remove(&key));
-                    if let Some(t) = sent
-                        && let Ok(mut a) = s.acks.lock()
-                    {
-                        a.push(t.elapsed().as_micros() as u64);
-                    }
-                    s.grants.fetch_add(1, Ordering::Relaxed);
-                    Some(AgentMsg::GrantResult {
-                        grant_id: b.grant_id,
-                        seq: b.seq,
-                        outcome: Outcome::Applied {
-                            agent_unix_ms: jitgate_api::time::now_ms(),
-                        },
-                    })
-                }
-                Err(_) => {
-                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            },
-            ControllerMsg::Revoke(r) => match r.verify(&s.signing, who.id) {
-                Ok(b) => Some(AgentMsg::RevokeResult {
-                    grant_id: b.grant_id,
-                    seq: b.seq,
-                    outcome: Outcome::AlreadyApplied,
-                }),
-                Err(_) => None,
-            },
-            ControllerMsg::Active { .. } => {
-                let _ = tx.send(AgentMsg::Grants { grants: vec![] }).await;
-                Some(AgentMsg::ScheduledGrants { grants: vec![] })
-            }
-            ControllerMsg::Settings { .. }
-            | ControllerMsg::AuditAck { .. }
-            | ControllerMsg::ScheduledGrant(_)
-            | ControllerMsg::KeyAnnouncement(_)
-            | ControllerMsg::KeyRetirement(_)
-            | ControllerMsg::LimitedGrant(_)
-            | ControllerMsg::Certificate { .. }
-            | ControllerMsg::RenewalRefused { .. }
-            | ControllerMsg::Closing { .. }
-            | ControllerMsg::AuditResend { .. } => None,
-        };
-        if let Some(r) = reply
-            && tx.send(r).await.is_err()
-        {
-            break Ok(());
-        }
-    };
-    if counted {
-        s.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-    hb.abort();
-    writer.abort();
-    result
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {

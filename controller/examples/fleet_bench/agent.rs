@@ -1,0 +1,219 @@
+//! The simulated agent: enrolled identity, mutual TLS, the real protocol (Hello, status
+//! reports every 10 s, pongs as the real agent sends them, signatures checked, grants and
+//! policies acknowledged) and the timing of each grant's acknowledgement.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ed25519_dalek::VerifyingKey;
+use jitgate_proto::message::Outcome;
+use jitgate_proto::{AgentMsg, ControllerMsg, read_frame, write_frame};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// One enrolled simulated agent.
+pub(crate) struct Identity {
+    pub id: uuid::Uuid,
+    pub vm: String,
+    pub cert_pem: String,
+}
+
+/// What the simulated agents share: the key, trust, where grants are timed.
+pub(crate) struct Shared {
+    pub key_der: Vec<u8>,
+    pub ca_pem: String,
+    pub signing: VerifyingKey,
+    pub connected: AtomicUsize,
+    pub grants: AtomicU64,
+    pub bad_signatures: AtomicU64,
+    /// "vm|source" -> when its initiate was sent.
+    pub sent: Mutex<HashMap<String, Instant>>,
+    /// request -> agent acknowledgement, microseconds.
+    pub acks: Mutex<Vec<u64>>,
+    /// `--answer-pings`.
+    pub answer_pings: bool,
+    /// `--level`.
+    pub level: u32,
+}
+
+fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivatePkcs8KeyDer::from(s.key_der.clone());
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key.into())?,
+    ))
+}
+
+fn status_report() -> AgentMsg {
+    AgentMsg::Status(Box::new(jitgate_proto::testing::quiet_status_report()))
+}
+
+/// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
+pub(crate) async fn keep_agent(
+    s: Arc<Shared>,
+    who: Identity,
+    endpoint: String,
+    failures: Arc<AtomicUsize>,
+) {
+    loop {
+        if let Err(e) = run_agent(&s, &who, &endpoint).await
+            && failures.fetch_add(1, Ordering::Relaxed) < 3
+        {
+            eprintln!("  agent connection ended: {e:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
+    }
+}
+
+/// One connection of an agent: connect, hello, then answer until the connection ends.
+async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()> {
+    let cfg = tls_config(s, &who.cert_pem)?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(endpoint),
+    )
+    .await??;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write_frame(&mut wr, &m).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tx.send(AgentMsg::HelloV2 {
+        agent_id: who.id,
+        version: "fleet-bench".into(),
+        seq_high_water: 0,
+        audit_acked: 0,
+        protocol: s.level,
+    })
+    .await?;
+    // Status reports on the agent's schedule (every 10 s), the first at once, spread.
+    let hb = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
+            loop {
+                if tx.send(status_report()).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(jitgate_proto::STATUS_REPORT_EVERY).await;
+            }
+        })
+    };
+    let mut counted = false;
+    // The level the controller announced: from level 10 on pings go unanswered, as the
+    // real agent does.
+    let mut controller_level = 0;
+    let result = loop {
+        let m = match read_frame::<_, ControllerMsg>(&mut rd).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow::anyhow!("{e}")),
+        };
+        let reply = match m {
+            ControllerMsg::Welcome { .. } => {
+                counted = true;
+                s.connected.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            ControllerMsg::Ping { nonce } => (s.answer_pings
+                || jitgate_proto::agent_answers_pings(controller_level))
+            .then_some(AgentMsg::Pong { nonce }),
+            ControllerMsg::Level { protocol } => {
+                controller_level = protocol;
+                None
+            }
+            ControllerMsg::Policy(p) => match p.verify(&s.signing, who.id) {
+                Ok(b) => Some(AgentMsg::PolicyResult {
+                    seq: b.seq,
+                    outcome: Outcome::Applied {
+                        agent_unix_ms: jitgate_api::time::now_ms(),
+                    },
+                }),
+                Err(_) => {
+                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            ControllerMsg::Grant(g) => match g.verify(&s.signing, who.id) {
+                Ok(b) => {
+                    let key = format!("{}|{}", who.vm, b.source);
+                    let sent = s.sent.lock().ok().and_then(|mut m| m.remove(&key));
+                    if let Some(t) = sent
+                        && let Ok(mut a) = s.acks.lock()
+                    {
+                        a.push(t.elapsed().as_micros() as u64);
+                    }
+                    s.grants.fetch_add(1, Ordering::Relaxed);
+                    Some(AgentMsg::GrantResult {
+                        grant_id: b.grant_id,
+                        seq: b.seq,
+                        outcome: Outcome::Applied {
+                            agent_unix_ms: jitgate_api::time::now_ms(),
+                        },
+                    })
+                }
+                Err(_) => {
+                    s.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            ControllerMsg::Revoke(r) => match r.verify(&s.signing, who.id) {
+                Ok(b) => Some(AgentMsg::RevokeResult {
+                    grant_id: b.grant_id,
+                    seq: b.seq,
+                    outcome: Outcome::AlreadyApplied,
+                }),
+                Err(_) => None,
+            },
+            ControllerMsg::Active { .. } => {
+                let _ = tx.send(AgentMsg::Grants { grants: vec![] }).await;
+                Some(AgentMsg::ScheduledGrants { grants: vec![] })
+            }
+            ControllerMsg::Settings { .. }
+            | ControllerMsg::AuditAck { .. }
+            | ControllerMsg::ScheduledGrant(_)
+            | ControllerMsg::KeyAnnouncement(_)
+            | ControllerMsg::KeyRetirement(_)
+            | ControllerMsg::LimitedGrant(_)
+            | ControllerMsg::Certificate { .. }
+            | ControllerMsg::RenewalRefused { .. }
+            | ControllerMsg::Closing { .. }
+            | ControllerMsg::AuditResend { .. } => None,
+        };
+        if let Some(r) = reply
+            && tx.send(r).await.is_err()
+        {
+            break Ok(());
+        }
+    };
+    if counted {
+        s.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    hb.abort();
+    writer.abort();
+    result
+}
