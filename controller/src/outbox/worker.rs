@@ -337,10 +337,15 @@ impl Outbox {
         }
     }
 
-    /// The outcomes of `done` as stored rows.
-    fn batch(done: &[Done]) -> Vec<(String, i64, Option<Attempted>)> {
+    /// The outcomes of `done` as stored rows, each with the lease it was claimed under.
+    fn batch(done: &[Done]) -> Vec<notify::Ended> {
         done.iter()
-            .map(|o| (o.sink.clone(), o.claimed.event_seq, o.attempted.clone()))
+            .map(|o| notify::Ended {
+                sink: o.sink.clone(),
+                event_seq: o.claimed.event_seq,
+                lease_until: o.claimed.lease_until,
+                attempted: o.attempted.clone(),
+            })
             .collect()
     }
 

@@ -13,7 +13,13 @@ use sqlx::AnyConnection;
 use crate::error::{Error, Result};
 use crate::store::backend::{self, Param, Rows};
 use crate::store::db::Db;
-use crate::store::write::{Counter, WriteTx, Writer};
+use crate::store::write::{Counter, WriteTx};
+
+mod lease;
+pub use lease::{
+    Attempted, Claimed, Ended, RECLAIM, claim, claim_sql, reclaim, record_all, release,
+    work_waiting, work_waiting_sql,
+};
 
 /// Who wrote the sinks taken from controller.toml (`created_by`).
 pub const CONFIG_SINK_OWNER: &str = "controller.toml";
@@ -194,6 +200,7 @@ pub async fn fan_out(
                     event_seq: f.event_seq,
                     attempts: 1,
                     first_attempt_at: now,
+                    lease_until,
                 },
             ));
             (
@@ -262,84 +269,6 @@ pub async fn pending_keys(
 /// bound parameters). The values are the crate's constants, never input.
 const PENDING: &str = "('queued', 'retrying')";
 
-/// A delivery claimed for one attempt.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Claimed {
-    pub event_seq: i64,
-    /// Attempts so far, this one included.
-    pub attempts: i64,
-    pub first_attempt_at: i64,
-}
-
-/// Claims up to `limit` due deliveries of `sink` for `owner` until `lease_until`: pending,
-/// due, not leased, and the first pending one of their order key (per-request order). A
-/// lease that expired counts only once [`reclaim`] cleared it (earlier in the same round).
-///
-/// The state, due time and lease conditions are repeated outside the subquery: on
-/// PostgreSQL a row another controller changed meanwhile is re-checked against the outer
-/// conditions only, and a delivery just recorded delivered (lease cleared) must not be
-/// claimed again.
-pub async fn claim(
-    w: &mut WriteTx,
-    owner: &str,
-    sink: &str,
-    now: i64,
-    lease_until: i64,
-    limit: i64,
-) -> Result<Vec<Claimed>> {
-    Ok(sqlx::query_as(&claim_sql())
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(sink)
-        .bind(limit)
-        .fetch_all(w.conn())
-        .await?)
-}
-
-/// The statement of [`claim`] (its parameters: owner, lease end, now, sink, limit). The
-/// candidates come in order from the partial index `notify_deliveries_claim`, which holds
-/// the pending deliveries that no controller holds (migration 36): the sink's delivered
-/// rows (kept for the retention), its dead ones, and the ones leased for an attempt under
-/// way (up to [`AHEAD`](crate::outbox::worker::AHEAD) x
-/// [`PER_SINK`](crate::outbox::worker::PER_SINK), the oldest, so first in the index, in
-/// every round) are never read.
-pub fn claim_sql() -> String {
-    format!(
-        "UPDATE notify_deliveries SET lease_owner = $1, lease_until = $2, \
-         attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, $3), \
-         last_attempt_at = $3 \
-         WHERE sink = $4 AND lease_owner IS NULL \
-         AND state IN {PENDING} AND next_attempt_at <= $3 AND event_seq IN ( \
-           SELECT d.event_seq FROM notify_deliveries d WHERE d.sink = $4 \
-           AND d.state IN {PENDING} AND d.lease_owner IS NULL AND d.next_attempt_at <= $3 \
-           AND NOT EXISTS (SELECT 1 FROM notify_deliveries p WHERE p.sink = d.sink \
-             AND p.order_key = d.order_key AND p.event_seq < d.event_seq \
-             AND p.state IN {PENDING}) \
-           ORDER BY d.event_seq LIMIT $5) \
-         RETURNING event_seq, attempts, first_attempt_at"
-    )
-}
-
-/// The statement of [`reclaim`] (its parameter: now): the expired leases, from the partial
-/// index `notify_deliveries_leased` (the leased deliveries alone, by expiry), so that a
-/// round in which no lease has expired reads one index entry at most.
-pub const RECLAIM: &str = "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL \
-     WHERE lease_owner IS NOT NULL AND lease_until < $1";
-
-/// Clears the leases that ended before `now` (their controller stopped, or stalled past
-/// them): the deliveries are pending again and enter the claim's index, and the claim that
-/// follows in the same round takes them (their attempt count stays: the attempt may have
-/// been made). The controller that held one records nothing for it any more (its outcome
-/// is fenced by the lease). Returns how many.
-pub async fn reclaim(w: &mut WriteTx, now: i64) -> Result<u64> {
-    Ok(sqlx::query(RECLAIM)
-        .bind(now)
-        .execute(w.conn())
-        .await?
-        .rows_affected())
-}
-
 /// Stored events by seq: (seq, JSON); a seq gone (pruned) is absent.
 pub async fn events(conn: &mut AnyConnection, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
     if seqs.is_empty() {
@@ -355,151 +284,6 @@ pub async fn events(conn: &mut AnyConnection, seqs: &[i64]) -> Result<Vec<(i64, 
         q = q.bind(*s);
     }
     Ok(q.fetch_all(conn).await?)
-}
-
-/// The outcome of one attempt.
-#[derive(Clone, Debug)]
-pub struct Attempted {
-    pub state: DeliveryState,
-    pub next_attempt_at: i64,
-    /// `FailureKind::as_str`, or `delivered`.
-    pub kind: &'static str,
-    pub status: Option<&'static str>,
-    /// Short, never a response body or a URL.
-    pub detail: Option<String>,
-    pub delivered_at: Option<i64>,
-}
-
-/// The statement of [`work_waiting`] (its parameters: the fan-out counter's name, now):
-/// an event after the fan-out mark (the events' primary key), a pending delivery due and
-/// not leased (the partial index `notify_deliveries_due`), or a lease that expired
-/// (`notify_deliveries_leased`).
-pub fn work_waiting_sql() -> String {
-    format!(
-        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM notify_events WHERE seq > \
-         (SELECT value FROM counters WHERE name = $1) LIMIT 1) e) \
-         + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
-         WHERE state IN {PENDING} AND lease_owner IS NULL AND next_attempt_at <= $2 \
-         LIMIT 1) d) \
-         + (SELECT COUNT(*) FROM (SELECT 1 FROM notify_deliveries \
-         WHERE lease_owner IS NOT NULL AND lease_until < $2 LIMIT 1) l)"
-    )
-}
-
-/// Whether a round has anything to do besides recording outcomes: an event not fanned
-/// out, a delivery due and not leased, or a lease that expired (a read, so an idle worker
-/// writes nothing).
-pub async fn work_waiting(conn: &mut AnyConnection, now: i64) -> Result<bool> {
-    let (n,): (i64,) = sqlx::query_as(&work_waiting_sql())
-        .bind(FANNED)
-        .bind(now)
-        .fetch_one(conn)
-        .await?;
-    Ok(n > 0)
-}
-
-/// Records attempts' outcomes (sink, event seq, outcome) in the worker's transaction, each
-/// fenced by the lease: false for one `owner` no longer holds (that row is left alone).
-/// No outcome means the claim was not attempted: its lease is given back and the attempt
-/// it counted is taken back. Deliveries are recorded in one statement per sink (at most
-/// [`RECORD_CHUNK`] at a time), with the latest of their times as `delivered_at`; failures
-/// one by one.
-pub async fn record_all(
-    w: &mut WriteTx,
-    owner: &str,
-    outcomes: &[(String, i64, Option<Attempted>)],
-) -> Result<Vec<bool>> {
-    let mut held = vec![false; outcomes.len()];
-    // Deliveries by (sink, kind, status class): (index, seq), and the latest time.
-    let mut delivered: Vec<Delivered> = Vec::new();
-    for (i, (sink, event_seq, a)) in outcomes.iter().enumerate() {
-        let r = match a {
-            Some(a) if a.state == DeliveryState::Delivered => {
-                let at = a.delivered_at.unwrap_or(a.next_attempt_at);
-                let key = (sink.as_str(), a.kind, a.status);
-                match delivered.iter_mut().find(|d| d.key == key) {
-                    Some(d) => {
-                        d.rows.push((i, *event_seq));
-                        d.latest = d.latest.max(at);
-                    }
-                    None => delivered.push(Delivered {
-                        key,
-                        rows: vec![(i, *event_seq)],
-                        latest: at,
-                    }),
-                }
-                continue;
-            }
-            Some(a) => {
-                sqlx::query(
-                    "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, \
-                     last_kind = $3, last_status = $4, last_detail = $5, delivered_at = $6, \
-                     lease_owner = NULL, lease_until = NULL \
-                     WHERE event_seq = $7 AND sink = $8 AND lease_owner = $9",
-                )
-                .bind(a.state.as_str())
-                .bind(a.next_attempt_at)
-                .bind(a.kind)
-                .bind(a.status)
-                .bind(a.detail.as_deref())
-                .bind(a.delivered_at)
-                .bind(event_seq)
-                .bind(sink)
-                .bind(owner)
-                .execute(w.conn())
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL, \
-                     first_attempt_at = CASE WHEN attempts <= 1 THEN NULL \
-                     ELSE first_attempt_at END, \
-                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
-                     WHERE event_seq = $1 AND sink = $2 AND lease_owner = $3",
-                )
-                .bind(event_seq)
-                .bind(sink)
-                .bind(owner)
-                .execute(w.conn())
-                .await?
-            }
-        };
-        held[i] = r.rows_affected() == 1;
-    }
-    for d in delivered {
-        let (sink, kind, status) = d.key;
-        for chunk in d.rows.chunks(RECORD_CHUNK) {
-            let marks: Vec<String> = (0..chunk.len()).map(|k| format!("${}", k + 7)).collect();
-            let sql = format!(
-                "UPDATE notify_deliveries SET state = $1, next_attempt_at = $2, \
-                 delivered_at = $2, last_kind = $3, last_status = $4, last_detail = NULL, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE sink = $5 AND lease_owner = $6 AND event_seq IN ({}) RETURNING event_seq",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query_as::<_, (i64,)>(&sql)
-                .bind(DeliveryState::Delivered.as_str())
-                .bind(d.latest)
-                .bind(kind)
-                .bind(status)
-                .bind(sink)
-                .bind(owner);
-            for (_, seq) in chunk {
-                q = q.bind(*seq);
-            }
-            let done: std::collections::HashSet<i64> = q
-                .fetch_all(w.conn())
-                .await?
-                .into_iter()
-                .map(|(s,)| s)
-                .collect();
-            for (i, seq) in chunk {
-                held[*i] = done.contains(seq);
-            }
-            add_delivered(w, sink, done.len() as i64, d.latest).await?;
-        }
-    }
-    Ok(held)
 }
 
 /// Adds `n` deliveries just recorded to `sink`'s kept delivered count, and moves its last
@@ -540,31 +324,6 @@ async fn take_delivered(w: &mut WriteTx, sink: &str, n: i64) -> Result<()> {
     .execute(w.conn())
     .await?;
     Ok(())
-}
-
-/// Deliveries of one sink recorded together: (sink, kind, status class), the rows (index
-/// in the outcomes, event seq), and the latest delivery time among them.
-struct Delivered<'a> {
-    key: (&'a str, &'static str, Option<&'static str>),
-    rows: Vec<(usize, i64)>,
-    latest: i64,
-}
-
-/// Most deliveries recorded by one statement.
-const RECORD_CHUNK: usize = 500;
-
-/// Gives up `owner`'s leases (at shutdown: another controller, or this one restarted, takes
-/// them at once instead of after the lease).
-pub async fn release(writer: &Writer, owner: &str) -> Result<u64> {
-    let mut w = writer.lock().await;
-    let r = sqlx::query(
-        "UPDATE notify_deliveries SET lease_owner = NULL, lease_until = NULL \
-         WHERE lease_owner = $1",
-    )
-    .bind(owner)
-    .execute(w.conn())
-    .await?;
-    Ok(r.rows_affected())
 }
 
 /// Events one prune transaction looks at.
