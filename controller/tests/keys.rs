@@ -726,3 +726,117 @@ async fn the_switch_waits_for_a_live_controller_that_lacks_the_new_key() {
     );
     assert_eq!(lacking_key(&a).await, serde_json::Value::Null);
 }
+
+/// The rotation messages an agent is sent when it connects (at the current level), in order,
+/// up to `Active`.
+async fn rotation_steps(c: &common::agent::Creds) -> Vec<jitgate_proto::ControllerMsg> {
+    use jitgate_proto::ControllerMsg;
+    let mut a = common::agent::Agent::connect(c).await;
+    a.hello_at(c, 0, 0, jitgate_proto::PROTOCOL_LEVEL).await;
+    let mut steps = Vec::new();
+    loop {
+        match a.recv_within(Duration::from_secs(10)).await {
+            Some(m @ (ControllerMsg::KeyAnnouncement(_) | ControllerMsg::KeyRetirement(_))) => {
+                steps.push(m)
+            }
+            Some(ControllerMsg::Active { .. }) => return steps,
+            Some(_) => {}
+            None => panic!("no Active within 10 s"),
+        }
+    }
+}
+
+/// An agent offline across two rotations is sent both when it returns, oldest first, each
+/// announcement signed by the key that the step before had it pin, so it follows them one
+/// by one (tests/tests/key_rotation.rs shows it with a real agent). An agent enrolled after
+/// both is sent only the current key's own rotation (which it answers as already applied),
+/// never an older one whose announcement it could not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_offline_across_two_rotations_is_sent_both_in_order() {
+    use common::agent::enroll;
+    use jitgate_proto::{ControllerMsg, KeyId};
+    use uuid::Uuid;
+
+    let h = Harness::new().await;
+    h.fixture().await;
+    let early = enroll(&h, "web1").await;
+    let r = rotation(&h);
+    let actor = Actor::local();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = r.rotate(&actor).await.expect("rotate").key_id;
+        r.retire(&actor, true)
+            .await
+            .expect("switch (forced: the agent is away)");
+        ids.push(id);
+    }
+    // The running controller reads the keys every 2 s.
+    let current = ids[1].clone();
+    let read = within(Duration::from_secs(10), || async {
+        signer_id(&h).as_deref() == Some(current.as_str())
+    })
+    .await;
+    assert!(read, "the controller did not switch to {current}");
+    let late = enroll(&h, "web2").await;
+    assert_eq!(KeyId::of(&late.signing).to_string(), current);
+
+    // The early agent follows the chain from the key it was enrolled with.
+    let mut pinned = early.signing;
+    let mut next = None;
+    let mut seen = Vec::new();
+    for m in rotation_steps(&early).await {
+        match m {
+            ControllerMsg::KeyAnnouncement(s) => {
+                let held: Vec<_> = std::iter::once(&pinned).chain(next.as_ref()).collect();
+                let b = s
+                    .verify_any(held, Uuid::nil())
+                    .expect("announced by a key the agent holds");
+                next = Some(b.verifying_key().expect("the id is the key's"));
+                seen.push(format!("announced {}", b.key_id));
+            }
+            ControllerMsg::KeyRetirement(s) => {
+                let successor = next.take().expect("a retirement after an announcement");
+                let b = s
+                    .verify_broadcast(&successor)
+                    .expect("signed by the announced key");
+                assert_eq!(b.retired, KeyId::of(&pinned));
+                pinned = successor;
+                seen.push(format!("retired {}", b.retired));
+            }
+            _ => unreachable!(),
+        }
+    }
+    let first = KeyId::of(&early.signing).to_string();
+    assert_eq!(
+        seen,
+        [
+            format!("announced {}", ids[0]),
+            format!("retired {first}"),
+            format!("announced {}", ids[1]),
+            format!("retired {}", ids[0]),
+        ]
+    );
+    assert_eq!(KeyId::of(&pinned).to_string(), current);
+
+    // The late agent: the current key's rotation only.
+    let got: Vec<String> = rotation_steps(&late)
+        .await
+        .into_iter()
+        .map(|m| match m {
+            ControllerMsg::KeyAnnouncement(s) => {
+                format!("announced {}", s.unverified().expect("body").key_id)
+            }
+            ControllerMsg::KeyRetirement(s) => {
+                format!("retired {}", s.unverified().expect("body").retired)
+            }
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!("announced {}", ids[1]),
+            format!("retired {}", ids[0])
+        ]
+    );
+}

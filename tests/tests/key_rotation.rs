@@ -1,8 +1,10 @@
 //! Grant-signing key rotation with real agents (docs/operations.md, "Rotation"): one agent
 //! online and one offline while the key is rotated and the old one retired; the offline one
-//! catches up when it returns; bad input to `jit-controller keys` changes nothing; and
-//! afterwards both agents refuse a grant signed by the retired key (an impostor holding it
-//! serves the agent endpoint) and apply one signed by the new key.
+//! catches up when it returns; bad input to `jit-controller keys` changes nothing; a second
+//! rotation, after which an agent that was away across both follows them in order and one
+//! enrolled after both refuses nothing it is sent; and afterwards every agent refuses a
+//! grant signed by the first key (an impostor holding it serves the agent endpoint) and
+//! applies one signed by the last.
 
 use std::process::Command;
 use std::time::Duration;
@@ -67,10 +69,11 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     if !require_root() {
         return;
     }
-    let fleet = Fleet::new(2).expect("fleet");
+    let fleet = Fleet::new(4).expect("fleet");
     let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
     let t1 = ctl.add_vm("vm-01", fleet.vms[0].v4);
     let t2 = ctl.add_vm("vm-02", fleet.vms[1].v4);
+    let t3 = ctl.add_vm("vm-03", fleet.vms[2].v4);
     // A policy from the controller (2222/tcp; the agents' local configuration protects
     // 22/tcp): after the rotation a restarted agent must still verify its stored copy.
     let set = ctl.jit(
@@ -85,8 +88,10 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     let a1 = AgentProc::start_enrolled(&fleet.vms[0].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t1);
     let mut a2 =
         AgentProc::start_enrolled(&fleet.vms[1].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t2);
+    let mut a3 =
+        AgentProc::start_enrolled(&fleet.vms[2].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t3);
     let (id1, id2) = (agent_id(&a1), agent_id(&a2));
-    for a in [&a1, &a2] {
+    for a in [&a1, &a2, &a3] {
         assert!(
             wait_until(Duration::from_secs(10), || a
                 .ok(&["status"])
@@ -107,8 +112,10 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     assert!(!ok && err.contains("no rotation"), "{err}");
     assert_eq!(status(&ctl)["keys"], before["keys"]);
 
-    // vm-02's agent goes away (enforcement stays); the key is rotated.
+    // vm-02's and vm-03's agents go away (enforcement stays); the key is rotated. vm-03's
+    // stays away across a second rotation below.
     a2.stop();
+    a3.stop();
     let (ok, rotated, err) = keys(&ctl, &["rotate"]);
     assert!(ok, "rotate: {err}");
     let new_key = rotated["keyId"].as_str().expect("new key id").to_string();
@@ -188,10 +195,59 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
         a2.ok(&["audit", "--json"])
     );
 
-    // An impostor with the retired key (and the new one, to show the difference) serves the
-    // agent endpoint: every agent refuses the retired key's grant and applies the new key's.
-    let new_sk = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&file).expect("new key"))
-        .expect("new key pem");
+    // A second rotation while vm-03's agent is still away, switched at once (forced).
+    let (ok, rotated, err) = keys(&ctl, &["rotate"]);
+    assert!(ok, "second rotate: {err}");
+    let last_key = rotated["keyId"].as_str().expect("last key id").to_string();
+    let (ok, retired, err) = keys(&ctl, &["retire", "--force"]);
+    assert!(ok, "second retire: {err}");
+    assert_eq!(retired["retiredKeyId"], new_key.as_str());
+    assert!(
+        !ctl.state.join(format!("keys/grant-{new_key}.key")).exists(),
+        "the first rotation's key was not destroyed"
+    );
+    let file = ctl.state.join(format!("keys/grant-{last_key}.key"));
+    for a in [&a1, &a2] {
+        assert!(
+            wait_until(Duration::from_secs(15), || a
+                .ok(&["audit", "--json"])
+                .matches("key.retired")
+                .count()
+                == 2),
+            "an online agent was not told of the second retirement"
+        );
+    }
+    // vm-03's agent returns and follows both rotations, oldest first: each announcement is
+    // signed by the key the step before had it pin.
+    a3.spawn();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let a = a3.ok(&["audit", "--json"]);
+            a.matches("key.announced").count() == 2 && a.matches("key.retired").count() == 2
+        }),
+        "vm-03 did not follow both rotations: {}",
+        a3.ok(&["audit", "--json"])
+    );
+    // An agent enrolled after both rotations is handed the last key and refuses nothing.
+    let t4 = ctl.add_vm("vm-04", fleet.vms[3].v4);
+    let mut a4 =
+        AgentProc::start_enrolled(&fleet.vms[3].ns, &args(AGENT_ARGS), &ctl.api, &ctl.ca, &t4);
+    assert!(
+        wait_until(Duration::from_secs(10), || a4
+            .ok(&["status"])
+            .contains("2222/tcp")),
+        "the policy did not reach vm-04: {}",
+        a4.ok(&["status"])
+    );
+    for a in [&a1, &a2, &a3, &a4] {
+        let audit = a.ok(&["audit", "--json"]);
+        assert!(!audit.contains("key.rejected"), "{audit}");
+    }
+
+    // An impostor with the first key (and the last one, to show the difference) serves the
+    // agent endpoint: every agent refuses the first key's grant and applies the last key's.
+    let new_sk = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&file).expect("last key"))
+        .expect("last key pem");
     // Each agent has been sent its policy again, signed by the new key (give the rewrite
     // of the stored copy a moment).
     std::thread::sleep(Duration::from_secs(1));
@@ -199,7 +255,7 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     // Restarted without a controller, each keeps the controller's policy: its stored copy
     // verifies with the key it now pins.
     let mut a1 = a1;
-    for a in [&mut a1, &mut a2] {
+    for a in [&mut a1, &mut a2, &mut a3, &mut a4] {
         a.stop();
         a.spawn();
         let st = a.ok(&["status"]);
@@ -216,7 +272,7 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut seen = std::collections::BTreeSet::new();
     rt.block_on(async {
-        while seen.len() < 2 {
+        while seen.len() < 4 {
             let Ok(mut s) = imp.try_accept().await else {
                 continue;
             };
@@ -241,10 +297,11 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
             );
         }
     });
-    assert_eq!(a1.grant_count(), 1, "{}", a1.grants_json());
-    assert_eq!(a2.grant_count(), 1, "{}", a2.grants_json());
-    // The pinned key on disk is the new one; the announced-key file is gone.
-    for a in [&a1, &a2] {
+    for a in [&a1, &a2, &a3, &a4] {
+        assert_eq!(a.grant_count(), 1, "{}", a.grants_json());
+    }
+    // The pinned key on disk is the last one; the announced-key file is gone.
+    for a in [&a1, &a2, &a3, &a4] {
         let dir = a.state_dir.join("enrollment");
         assert!(!dir.join("grant-signing.next.pub").exists());
     }

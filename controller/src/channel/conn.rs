@@ -79,6 +79,8 @@ struct Conn {
     /// Key rotation steps the agent answered (stored), and those sent on this connection.
     key_acks: HashSet<(KeyId, KeyStep)>,
     key_sent: HashSet<(KeyId, KeyStep)>,
+    /// When the agent was enrolled: which past rotations it is sent (`keys::Step`).
+    enrolled_ms: i64,
     /// The subject public key of the certificate the agent connected with: a renewal must
     /// carry it.
     public_key: Vec<u8>,
@@ -216,6 +218,7 @@ pub async fn connection(
             hooks: None,
             key_acks: HashSet::new(),
             key_sent: HashSet::new(),
+            enrolled_ms: row.enrolled_ms,
             public_key,
         };
         // Nothing to write when the level and version are the ones stored (a reconnect): the
@@ -443,7 +446,10 @@ impl Conn {
         let mut retired = false;
         for s in &snap.steps {
             let k = (s.key_id, s.step);
-            if self.key_acks.contains(&k) || !self.key_sent.insert(k) {
+            if !s.for_agent_enrolled_at(self.enrolled_ms)
+                || self.key_acks.contains(&k)
+                || !self.key_sent.insert(k)
+            {
                 continue;
             }
             tracing::info!(agent = %self.agent, key = %s.key_id, step = s.step.as_str(), "key rotation step sent");

@@ -27,6 +27,17 @@ pub struct Step {
     pub key_id: KeyId,
     pub step: KeyStep,
     pub msg: ControllerMsg,
+    /// Sent only to agents enrolled before this time (a retired key's own rotation: an agent
+    /// enrolled later was handed that key or a later one, and could not verify an
+    /// announcement its predecessor signed); `None`: to every agent.
+    pub enrolled_before: Option<i64>,
+}
+
+impl Step {
+    /// Whether an agent enrolled at `enrolled_ms` is sent this step.
+    pub fn for_agent_enrolled_at(&self, enrolled_ms: i64) -> bool {
+        self.enrolled_before.is_none_or(|t| enrolled_ms < t)
+    }
 }
 
 /// The keys as last read.
@@ -40,7 +51,10 @@ pub struct Snapshot {
     pub next: Option<KeyId>,
     /// Keys in use (current, next) whose private half this controller does not hold.
     pub missing: Vec<KeyId>,
-    /// What agents are sent on connect and when it changes, in order.
+    /// What agents are sent on connect and when it changes, oldest rotation first: every
+    /// rotation that switched (an agent offline across several follows them all, each
+    /// announcement signed by the key the one before pinned), then the announcement of the
+    /// one under way.
     pub steps: Vec<Step>,
     /// Whether the keys were read at all.
     pub loaded: bool,
@@ -143,25 +157,33 @@ impl Ring {
         let mut signer = None;
         let mut current = None;
         let mut next = None;
-        let mut steps = Vec::new();
+        // The rows come oldest first; a rotation's steps are its key's (announced, then its
+        // predecessor retired), so past, current and announced keys' steps follow in order.
+        let (mut past, mut now, mut announced) = (Vec::new(), Vec::new(), Vec::new());
         for r in &rows {
             let id = parse_id(&r.key_id)?;
             match r.state {
                 KeyState::Retired => {
                     self.destroy_retired(id);
+                    // Its own rotation, for agents enrolled before it was retired in turn
+                    // (later ones were handed its successor or a later key).
+                    if let Some(t) = r.retired_ms {
+                        past.extend(switch_steps(r, id, Some(t))?);
+                    }
                     continue;
                 }
                 KeyState::Current => {
                     current = Some((id, r.public_pem.clone()));
-                    steps.splice(0..0, current_steps(r, id)?);
+                    now = switch_steps(r, id, None)?;
                 }
                 KeyState::Next => {
                     next = Some(id);
                     if let Some(a) = &r.announcement {
-                        steps.push(Step {
+                        announced.push(Step {
                             key_id: id,
                             step: KeyStep::Announced,
                             msg: ControllerMsg::KeyAnnouncement(parse_signed(a)?),
+                            enrolled_before: None,
                         });
                     }
                 }
@@ -193,12 +215,14 @@ impl Ring {
         for m in &missing {
             tracing::error!(key = %m, "this controller lacks the private half of a grant-signing key in use; /readyz fails until keys/grant-{m}.key is copied here");
         }
+        past.extend(now);
+        past.extend(announced);
         let snap = Snapshot {
             signer,
             current,
             next,
             missing,
-            steps,
+            steps: past,
             loaded: true,
         };
         if let Ok(mut s) = self.inner.snap.write() {
@@ -280,9 +304,14 @@ pub const HOLDING_TTL_MS: i64 = 15_000;
 /// A controller's holdings are written again this often even when unchanged.
 pub const HOLDING_REWRITE_MS: i64 = 5_000;
 
-/// The current key's own rotation: its announcement (signed by its predecessor) and the
-/// predecessor's retirement (signed by it), for agents that were offline.
-fn current_steps(r: &KeyRow, id: KeyId) -> Result<Vec<Step>, KeyError> {
+/// A key's own rotation: its announcement (signed by its predecessor) and the predecessor's
+/// retirement (signed by it), for agents that were offline (those enrolled before
+/// `enrolled_before`, if set). None for the key `init` made (no predecessor).
+fn switch_steps(
+    r: &KeyRow,
+    id: KeyId,
+    enrolled_before: Option<i64>,
+) -> Result<Vec<Step>, KeyError> {
     let (Some(a), Some(t), Some(p)) = (&r.announcement, &r.retirement, &r.predecessor) else {
         return Ok(Vec::new());
     };
@@ -291,11 +320,13 @@ fn current_steps(r: &KeyRow, id: KeyId) -> Result<Vec<Step>, KeyError> {
             key_id: id,
             step: KeyStep::Announced,
             msg: ControllerMsg::KeyAnnouncement(parse_signed(a)?),
+            enrolled_before,
         },
         Step {
             key_id: parse_id(p)?,
             step: KeyStep::Retired,
             msg: ControllerMsg::KeyRetirement(parse_signed(t)?),
+            enrolled_before,
         },
     ])
 }

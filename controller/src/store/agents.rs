@@ -456,6 +456,8 @@ pub struct AgentIdentity {
     /// The protocol level and version of its last `Hello` (none before the first).
     pub protocol: Option<i64>,
     pub version: Option<String>,
+    /// When it was enrolled: the grant-signing key it was handed was current then.
+    pub enrolled_ms: i64,
 }
 
 impl AgentIdentity {
@@ -471,9 +473,9 @@ impl AgentIdentity {
 /// Two index lookups joined by `UNION`: written as `cert_fingerprint = $1 OR id IN (...)`,
 /// PostgreSQL scanned every agent (9.5 ms at 10 000 agents, on every connection: a fleet
 /// reconnecting at once exhausted the pool).
-pub const BY_FINGERPRINT: &str = "SELECT id, vm, status, protocol, version FROM agents \
-     WHERE cert_fingerprint = $1 \
-     UNION SELECT a.id, a.vm, a.status, a.protocol, a.version FROM agent_certs c \
+pub const BY_FINGERPRINT: &str = "SELECT id, vm, status, protocol, version, enrolled_ms \
+     FROM agents WHERE cert_fingerprint = $1 \
+     UNION SELECT a.id, a.vm, a.status, a.protocol, a.version, a.enrolled_ms FROM agent_certs c \
      JOIN agents a ON a.id = c.agent_id WHERE c.fingerprint = $2";
 
 /// The agent holding a certificate (by the SHA-256 of its DER).
