@@ -4,7 +4,7 @@
 //! and into an archive that verifies offline (alone, and joined with an export of the rest),
 //! what remains verifies online, a changed archive fails, a second prune is a no-op, and bad
 //! settings are refused with clear errors. SQLite, and PostgreSQL with
-//! JIT_TEST_BACKEND=postgres.
+//! JIT_TEST_BACKEND=postgres (there also with two controllers taking requests meanwhile).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -782,4 +782,89 @@ async fn large_prunes_go_in_steps_while_requests_are_served() {
     let (st, v) = h.get("/api/v1/activityLog/verify", &h.admin).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Two controllers on one PostgreSQL (SQLite has one controller: nothing to do there): the
+/// activity log is archived and pruned by `jit-controller prune` while both take requests.
+/// Every request succeeds; the archive verifies offline; what remains verifies on both
+/// controllers, online and by the shared incremental mark (which had covered part of the
+/// pruned range), and joined after the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_keep_one_verifiable_log_across_a_prune() {
+    if !common::postgres_backend() {
+        return;
+    }
+    let h = Harness::new().await;
+    let alice = h.prod_with_requester().await;
+    let b = h.second().await;
+    for i in 0..3 {
+        request(&h, &alice, &format!("203.0.113.{}", 20 + i)).await;
+        request(&b, &alice, &format!("203.0.113.{}", 30 + i)).await;
+    }
+    let c1 = checkpoint(&h).await;
+    age_activity(&h, c1, now() - 500 * DAY).await;
+    // Both controllers verify into the range that will go.
+    for x in [&h, &b] {
+        let mark = x.app().audit.extend_verified(100_000).await.expect("mark");
+        assert_eq!(mark.failed_seq, None, "{mark:?}");
+        assert!(mark.seq >= c1, "{mark:?}");
+    }
+    request(&b, &alice, "203.0.113.40").await;
+    let c2 = checkpoint(&b).await;
+    assert!(c2 > c1);
+    set_retention(&h, "activity_days = 365\n");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let archive = dir.path().join("activity-archive.json");
+    let archive_s = archive.to_str().expect("utf-8");
+    let requests = |x: &'static str| {
+        let (h, b, alice) = (&h, &b, alice.clone());
+        async move {
+            let mut ok = 0;
+            for i in 0..10 {
+                let on = if i % 2 == 0 { h } else { b };
+                let prefix = format!("203.0.113.{}", if x == "a" { 100 } else { 150 } + i);
+                let (st, v) = on
+                    .initiate(
+                        &alice,
+                        one_port(
+                            "web2",
+                            json!({"number": 22, "allowedSourceAddressPrefix": prefix,
+                                "duration": "PT1H"}),
+                        ),
+                    )
+                    .await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+                ok += 1;
+            }
+            ok
+        }
+    };
+    let args = ["--archive", archive_s];
+    let (pruned, ok_a, ok_b) = tokio::join!(prune(&h, &args), requests("a"), requests("b"));
+    let (ok, r, err) = pruned;
+    assert!(ok, "{err}");
+    assert_eq!((ok_a, ok_b), (10, 10));
+    assert_eq!(r["activity"]["throughSeq"], c1, "{r}");
+    assert_eq!(count(&h, "SELECT MIN(seq) FROM activity").await, c1 + 1);
+
+    let key = parse_public_key(&std::fs::read_to_string(h.dir.signing_pub()).expect("public key"))
+        .expect("key");
+    let arch = read_export(&archive);
+    let v = arch.verify(Some(&key)).expect("verify");
+    assert!(v.ok, "the archive verifies offline: {v:?}");
+    assert_eq!(v.covered_seq, c1);
+    let head = count(&h, "SELECT MAX(seq) FROM activity").await;
+    for x in [&h, &b] {
+        let (st, v) = x.get("/api/v1/activityLog/verify", &h.admin).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        let mark = x.app().audit.extend_verified(100_000).await.expect("mark");
+        assert_eq!((mark.seq, mark.failed_seq), (head, None), "{mark:?}");
+        let rest = export(x).await;
+        assert_eq!(rest.entries.first().map(|e| e.seq), Some(c1 + 1));
+        let joined = Export::join(vec![arch.clone(), rest]).expect("join");
+        let v = joined.verify(Some(&key)).expect("verify");
+        assert!(v.ok, "{v:?}");
+    }
 }
