@@ -258,8 +258,9 @@ pub struct Connection {
     pub justification: Option<String>,
     /// Why a denied attempt was dropped (no_grant, expired, ...).
     pub reason: Option<String>,
-    /// The most new connections the controller's grant admits; absent: unlimited, or a
-    /// grant the controller did not issue (a local break-glass grant's limit is the agent's).
+    /// The most new connections the grant admits: the controller's grant's, or a local
+    /// break-glass grant's as its agent reported it (protocol level 12 and later); absent:
+    /// unlimited, or a local grant reported by an older agent, which does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<crate::policy::MaxConnections>,
 }

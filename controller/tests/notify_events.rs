@@ -16,7 +16,7 @@ use common::notify::Rig;
 use common::one_port;
 use jitgate_api::Role;
 use jitgate_proto::AgentMsg;
-use jitgate_proto::message::ReportedGrant;
+use jitgate_proto::message::{ReportedGrant, ReportedLimitedGrant};
 use receivers::{Pki, Receiver};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -265,6 +265,46 @@ async fn a_break_glass_grant_is_told_once() {
         e["ports"][0]["allowedSourceAddressPrefixes"],
         json!(["198.51.100.7/32"])
     );
+    assert!(
+        e["ports"][0].get("maxConnections").is_none(),
+        "a plain Grants report says no limit: {e}"
+    );
+    // A level-12 report carries each grant's connection limit: the event and the activity
+    // entry say it.
+    let limited = ReportedGrant {
+        grant_id: uuid::Uuid::new_v4(),
+        ..local.clone()
+    };
+    a.send(&AgentMsg::GrantsWithLimits {
+        grants: vec![
+            ReportedLimitedGrant {
+                grant: local.clone(),
+                max_connections: None,
+            },
+            ReportedLimitedGrant {
+                grant: limited.clone(),
+                max_connections: jitgate_common::MaxConnections::new(2),
+            },
+        ],
+    })
+    .await;
+    let got = wait_events(&rx, 2).await;
+    assert_eq!(got[1]["type"], "access.break_glass");
+    assert_eq!(got[1]["ports"][0]["maxConnections"], 2, "{}", got[1]);
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT details FROM activity WHERE operation = $1 ORDER BY seq")
+            .bind(jitgate_api::Operation::LocalAccess.as_str())
+            .fetch_all(t.h.app().db.pool())
+            .await
+            .unwrap();
+    let details: Vec<Value> = details
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(details[0].get("maxConnections").is_none(), "{details:?}");
+    assert_eq!(details[1]["grantId"], limited.grant_id.to_string());
+    assert_eq!(details[1]["maxConnections"], 2);
     drop(a);
 }
 

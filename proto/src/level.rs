@@ -8,7 +8,7 @@
 /// The protocol level this build speaks (docs/protocol.md "Levels"). An agent announces its
 /// level in [`AgentMsg::HelloV2`](crate::AgentMsg::HelloV2); an agent that sends the older [`AgentMsg::Hello`](crate::AgentMsg::Hello) is at
 /// level 1. The controller sends a message only to agents whose level knows it.
-pub const PROTOCOL_LEVEL: u32 = 11;
+pub const PROTOCOL_LEVEL: u32 = 12;
 
 /// The first level that understands [`ControllerMsg::ScheduledGrant`](crate::ControllerMsg::ScheduledGrant), [`Outcome::Scheduled`](crate::message::Outcome::Scheduled)
 /// and [`AgentMsg::ScheduledGrants`](crate::AgentMsg::ScheduledGrants). Level 1 agents apply every grant at receipt.
@@ -80,6 +80,14 @@ pub const LEVEL_QUIET_PINGS: u32 = 10;
 /// slack a late ping has before the agent leaves falls from two intervals to one (3 s).
 /// No new message.
 pub const LEVEL_SPARSE_PINGS: u32 = 11;
+
+/// The first level that reports each grant's connection limit: an agent told a controller
+/// level at least this sends [`AgentMsg::GrantsWithLimits`](crate::AgentMsg::GrantsWithLimits)
+/// instead of [`AgentMsg::Grants`](crate::AgentMsg::Grants) (never to an older controller,
+/// which could not decode it). A local break-glass grant's limit is known to its host alone;
+/// the controller records it with the grant (activity log, `access.break_glass`, the
+/// connections view).
+pub const LEVEL_GRANT_LIMITS: u32 = 12;
 
 /// The silence limit, on both sides, is this many ping intervals (level 3 and later; from
 /// [`LEVEL_QUIET_PINGS`] on the controller waits for the agent's status reports instead;

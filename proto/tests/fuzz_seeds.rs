@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use jitgate_common::{MaxConnections, OnExpiry, Port, ProtectedPort, Protocol};
 use jitgate_proto::frame::{decode, encode};
 use jitgate_proto::message::{
-    AuditRecord, Heartbeat, Outcome, ReportedGrant, ReportedScheduledGrant,
+    AuditRecord, Heartbeat, Outcome, ReportedGrant, ReportedLimitedGrant, ReportedScheduledGrant,
 };
 use jitgate_proto::signed::Body;
 use jitgate_proto::{
@@ -220,6 +220,23 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
                     source: "2001:db8::/48".parse().unwrap(),
                     end_unix_ms: 1_795_741_200_000,
                     requester: "alice@example.com".into(),
+                }],
+            },
+        ),
+        (
+            "grants-with-limits",
+            AgentMsg::GrantsWithLimits {
+                grants: vec![ReportedLimitedGrant {
+                    grant: ReportedGrant {
+                        grant_id: Uuid::from_bytes([8; 16]),
+                        origin: "local".into(),
+                        protocol: Protocol::Tcp,
+                        port: Port::new(22).unwrap(),
+                        source: "198.51.100.0/24".parse().unwrap(),
+                        end_unix_ms: 1_795_741_200_000,
+                        requester: "local:root (pid 7)".into(),
+                    },
+                    max_connections: MaxConnections::new(2),
                 }],
             },
         ),

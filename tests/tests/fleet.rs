@@ -264,9 +264,10 @@ fn request_ssh_revoke_through_the_controller() {
     );
 
     // A local break-glass grant on the host: the session under it is in the controller's
-    // connection history too, attributed to the local actor.
+    // connection history too, attributed to the local actor, with the connection limit the
+    // agent reported as soon as the grant was made (no reconnection in between).
     let local = agent.grant(&args(&format!(
-        "--port 22 --source {WS_V4} --duration 1m --justification break-glass"
+        "--port 22 --source {WS_V4} --duration 1m --justification break-glass --max-connections 3"
     )));
     let o = sshd.ssh(&fleet.ws, vm.v4, "true", 5).unwrap();
     assert!(o.status.success(), "ssh under a local grant");
@@ -274,6 +275,7 @@ fn request_ssh_revoke_through_the_controller() {
         wait_until(Duration::from_secs(10), || conns("").iter().any(
             |c| c["grantId"] == local[0].as_str()
                 && c["grantOrigin"] == "local"
+                && c["maxConnections"] == 3
                 && c["requestor"]
                     .as_str()
                     .is_some_and(|r| r.starts_with("local:"))

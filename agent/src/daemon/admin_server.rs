@@ -410,6 +410,8 @@ async fn grant(
     tokio::spawn(async move {
         match done.await {
             Ok(Ok(())) => {
+                // The controller learns of it now (activity log, `access.break_glass`).
+                let _ = me.send(Msg::ReportGrants).await;
                 let _ = reply.send(Response::Granted { grants });
             }
             failed => {

@@ -20,10 +20,12 @@ use crate::grant_table;
 use crate::journal::{Record, RemoveReason};
 use crate::sockdiag;
 use jitgate_common::{MaxConnections, Protocol};
-use jitgate_proto::message::{AgentMsg, Outcome, ReportedGrant, bounded_hooks};
+use jitgate_proto::message::{
+    AgentMsg, Outcome, ReportedGrant, ReportedLimitedGrant, bounded_hooks,
+};
 use jitgate_proto::{
-    AuditKind, ControllerMsg, GrantBody, LEVEL_HOOK_REPORTS, LimitedGrantBody, PolicyBody,
-    RevokeBody, ScheduledGrantBody, Signed,
+    AuditKind, ControllerMsg, GrantBody, LEVEL_GRANT_LIMITS, LEVEL_HOOK_REPORTS, LimitedGrantBody,
+    PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -379,10 +381,17 @@ async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
         })
         .await;
     }
-    let grants = core
-        .grants
-        .iter()
-        .map(|g| ReportedGrant {
+    let _ = out.send(grants_report(core)).await;
+    let _ = out.send(booking::report(core)).await;
+}
+
+/// Every open grant, controller and local alike, as the controller is told them: at each
+/// connection (after `Active`) and as soon as a local break-glass grant is made, with each
+/// grant's connection limit to a controller at [`LEVEL_GRANT_LIMITS`] or later (an older
+/// one could not decode it: docs/protocol.md "Levels").
+pub(super) fn grants_report(core: &Core) -> AgentMsg {
+    let grants = core.grants.iter().map(|g| ReportedLimitedGrant {
+        grant: ReportedGrant {
             grant_id: uuid::Uuid::from_bytes(g.id().to_bytes()),
             origin: g.origin().as_str().into(),
             protocol: g.protocol(),
@@ -390,10 +399,18 @@ async fn reconcile(core: &mut Core, active: Vec<uuid::Uuid>, out: Out) {
             source: g.source(),
             end_unix_ms: unix_ms(g.end()),
             requester: g.requester().to_string(),
-        })
-        .collect();
-    let _ = out.send(AgentMsg::Grants { grants }).await;
-    let _ = out.send(booking::report(core)).await;
+        },
+        max_connections: g.max_connections(),
+    });
+    if core.controller_level.load(Ordering::Relaxed) >= LEVEL_GRANT_LIMITS {
+        AgentMsg::GrantsWithLimits {
+            grants: grants.collect(),
+        }
+    } else {
+        AgentMsg::Grants {
+            grants: grants.map(|g| g.grant).collect(),
+        }
+    }
 }
 
 /// The status report with the state of enforcement (docs/protocol.md), after the hook

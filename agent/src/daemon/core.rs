@@ -39,6 +39,9 @@ pub(super) enum Msg {
     Rollback(Vec<GrantId>),
     /// A result for the controller that found no open connection: sent on the next one.
     Unsent(AgentMsg),
+    /// A local grant was made: the controller is told the open grants now (if connected;
+    /// the next connection reports them anyway), not at the next connection only.
+    ReportGrants,
 }
 
 pub(super) struct Core {

@@ -318,6 +318,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                 }
                 Some(Msg::Rollback(ids)) => core.rollback(&ids),
                 Some(Msg::Unsent(m)) => core.send_or_keep(m).await,
+                Some(Msg::ReportGrants) => {
+                    if let Some(o) = &core.outbox {
+                        let _ = o.send(controller::grants_report(&core)).await;
+                    }
+                }
                 None => break,
             },
             Some(req) = chan_rx.recv() => match req {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel, StatusReason};
-use jitgate_common::{Port, ProtectedPort, Protocol};
+use jitgate_common::{MaxConnections, Port, ProtectedPort, Protocol};
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
     AgentMsg, CloseReason, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep,
@@ -828,7 +828,19 @@ impl Conn {
                     tracing::info!(agent = %self.agent, seq, "policy applied");
                 }
             }
-            AgentMsg::Grants { grants } => self.report(grants).await?,
+            AgentMsg::Grants { grants } => {
+                self.report(grants.into_iter().map(|g| (g, None)).collect())
+                    .await?
+            }
+            AgentMsg::GrantsWithLimits { grants } => {
+                self.report(
+                    grants
+                        .into_iter()
+                        .map(|g| (g.grant, g.max_connections))
+                        .collect(),
+                )
+                .await?
+            }
             AgentMsg::ScheduledGrants { grants } => {
                 tracing::debug!(agent = %self.agent, count = grants.len(), "bookings reported");
             }
@@ -894,7 +906,14 @@ impl Conn {
 
     /// The agent's report of every grant it holds: controller grants still pending here are
     /// acknowledged (a lost ack); local break-glass grants are recorded once each.
-    async fn report(&mut self, grants: Vec<ReportedGrant>) -> Result<(), ConnError> {
+    /// The agent's grants as it reports them, each with its connection limit (none:
+    /// unlimited, or an agent below [`jitgate_proto::LEVEL_GRANT_LIMITS`], which does not say): local
+    /// (break-glass) grants are recorded once each, controller grants still pending here
+    /// are acknowledged (the acknowledgement was lost).
+    async fn report(
+        &mut self,
+        grants: Vec<(ReportedGrant, Option<MaxConnections>)>,
+    ) -> Result<(), ConnError> {
         let pending: Vec<String> = self
             .app
             .lifecycle
@@ -904,13 +923,13 @@ impl Conn {
             .filter(|(_, s)| *s == GrantState::Pending)
             .map(|(g, _)| g)
             .collect();
-        for g in &grants {
+        for (g, limit) in &grants {
             let gid = g.grant_id.to_string();
             if g.origin == GrantOrigin::Local.as_str() {
                 let new = self
                     .app
                     .fleet
-                    .record_local_grant(&self.agent_s, &self.vm, g)
+                    .record_local_grant(&self.agent_s, &self.vm, g, *limit)
                     .await?;
                 if new {
                     tracing::info!(agent = %self.agent, grant = %gid, "local break-glass grant reported");

@@ -15,7 +15,7 @@ use jitgate_api::{
     ActivityOutcome, Agent, AgentConnection, AgentStatus, EnrollRequest, EnrollResponse, ErrorCode,
     Operation,
 };
-use jitgate_api::{GrantOrigin, InterfaceHook};
+use jitgate_api::{GrantOrigin, InterfaceHook, MaxConnections};
 use jitgate_proto::message::{AuditRecord, ReportedGrant};
 
 use crate::authz::{self, Action, Actor, Caller};
@@ -724,14 +724,15 @@ impl Fleet {
         agent: &str,
         vm: &str,
         g: &ReportedGrant,
+        max_connections: Option<MaxConnections>,
     ) -> Result<bool> {
         let group = group_of(&self.db, vm).await?;
         let gid = g.grant_id.to_string();
         let mut w = self.db.begin().await?;
-        if !agents::insert_local_grant(&mut w, agent, &gid).await? {
+        if !agents::insert_local_grant(&mut w, agent, &gid, max_connections).await? {
             return Ok(false);
         }
-        let details = serde_json::json!({
+        let mut details = serde_json::json!({
             "grantId": gid,
             "origin": GrantOrigin::Local.as_str(),
             "protocol": g.protocol.to_string(),
@@ -740,13 +741,16 @@ impl Fleet {
             "endTimeUtc": jitgate_api::time::format(g.end_unix_ms),
             "requestor": g.requester,
         });
+        if let Some(m) = max_connections {
+            details["maxConnections"] = m.get().into();
+        }
         activity::log(
             &mut w,
             NewActivity::vm(Operation::LocalAccess, &group, vm, &Actor::agent(agent))
                 .details(details),
         )
         .await?;
-        let event = crate::outbox::event::break_glass(vm, &group, g, w.now);
+        let event = crate::outbox::event::break_glass(vm, &group, g, max_connections, w.now);
         crate::store::notify::insert_events(&mut w, &[event]).await?;
         w.commit().await?;
         Ok(true)

@@ -321,7 +321,13 @@ pub fn policy_changed(
 
 /// `access.break_glass`: a local grant an agent reported (its requester is the local account
 /// the agent recorded; the wire carries no justification).
-pub fn break_glass(vm: &str, resource_group: &str, g: &ReportedGrant, now: i64) -> Event {
+pub fn break_glass(
+    vm: &str,
+    resource_group: &str,
+    g: &ReportedGrant,
+    max_connections: Option<MaxConnections>,
+    now: i64,
+) -> Event {
     let proto = match g.protocol {
         jitgate_common::Protocol::Tcp => Protocol::Tcp,
         jitgate_common::Protocol::Udp => Protocol::Udp,
@@ -334,8 +340,8 @@ pub fn break_glass(vm: &str, resource_group: &str, g: &ReportedGrant, now: i64) 
                 protocol: proto,
                 allowed_source_address_prefixes: vec![g.source.to_string()],
                 end_time_utc: Some(time_of(g.end_unix_ms)),
-                // A local grant's limit is the host's business; the record does not say.
-                max_connections: None,
+                // Reported by agents at protocol level 12 and later; none from older ones.
+                max_connections,
             }],
             local_user: g.requester.clone(),
             justification: String::new(),

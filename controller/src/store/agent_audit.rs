@@ -91,7 +91,9 @@ pub struct ConnectionRow {
     pub request_id: Option<String>,
     pub requestor: Option<String>,
     pub justification: Option<String>,
-    /// The grant's connection limit (NULL: unlimited, or not the controller's grant).
+    /// The grant's connection limit: the controller's grant's, or the one a level-12 agent
+    /// reported for its local grant (NULL: unlimited, or a local grant an older agent
+    /// reported).
     pub max_connections: Option<i64>,
 }
 
@@ -107,8 +109,10 @@ pub async fn connections(
 ) -> Result<Vec<ConnectionRow>> {
     Ok(sqlx::query_as(
         "SELECT a.agent_id, a.line, a.at_ms, g.request_id, r.requestor, r.justification, \
-         g.max_connections FROM agent_audit a JOIN agents ag ON ag.id = a.agent_id \
+         COALESCE(g.max_connections, l.max_connections) AS max_connections \
+         FROM agent_audit a JOIN agents ag ON ag.id = a.agent_id \
          LEFT JOIN grants g ON g.id = a.grant_id \
+         LEFT JOIN agent_local_grants l ON l.agent_id = a.agent_id AND l.grant_id = a.grant_id \
          LEFT JOIN requests r ON r.id = g.request_id \
          WHERE ag.vm = $1 AND a.kind IN ($2, $3) AND a.at_ms >= $4 AND a.at_ms < $5 \
          ORDER BY a.at_ms DESC, a.seq DESC LIMIT $6",

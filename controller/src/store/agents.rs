@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use jitgate_api::{AgentStatus, InterfaceHook};
+use jitgate_common::MaxConnections;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Executor};
 
@@ -644,15 +645,21 @@ pub async fn levels(
 }
 
 /// Records a reported local grant once; true if it was new.
-pub async fn insert_local_grant(w: &mut WriteTx, agent: &str, grant: &str) -> Result<bool> {
+pub async fn insert_local_grant(
+    w: &mut WriteTx,
+    agent: &str,
+    grant: &str,
+    max_connections: Option<MaxConnections>,
+) -> Result<bool> {
     let now = w.now;
     let n = sqlx::query(
-        "INSERT INTO agent_local_grants (agent_id, grant_id, reported_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO agent_local_grants (agent_id, grant_id, reported_ms, max_connections) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(agent)
     .bind(grant)
     .bind(now)
+    .bind(max_connections.map(|m| i64::from(m.get())))
     .execute(w.conn())
     .await?
     .rows_affected();

@@ -183,6 +183,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "notifications: the fan-out mark one counter instead of a flag per event; leased deliveries out of the claim's indexes",
         include_str!("../../migrations/0036_notify_round_writes_less.sql"),
     ),
+    (
+        37,
+        "agents: a local break-glass grant's connection limit (protocol level 12)",
+        include_str!("../../migrations/0037_local_grant_limits.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

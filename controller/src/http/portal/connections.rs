@@ -110,7 +110,13 @@ impl Row {
                     Some(m) => format!("request, at most {} new connection(s)", m.get()),
                     None => "request".into(),
                 },
-                Some(GrantOrigin::Local) => "break-glass on the host".into(),
+                Some(GrantOrigin::Local) => match c.max_connections {
+                    Some(m) => format!(
+                        "break-glass on the host, at most {} new connection(s)",
+                        m.get()
+                    ),
+                    None => "break-glass on the host".into(),
+                },
                 _ => match &c.grant_id {
                     Some(g) => format!("grant {g}, unknown to this controller"),
                     None => "no grant named".into(),
