@@ -38,12 +38,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use jitgate_notify::event::Links;
 use jitgate_notify::{
-    DeliverError, Deliverer, DeliveryState, EmailAddress, Event, FailureKind, Next, NotifyConfig,
-    Outcome, Person, RetryPolicy, SecretStore, Sink, SinkFormat, SinkRules, SinkSpec,
+    DeliverError, Deliverer, DeliveryState, Event, NotifyConfig, RetryPolicy, SecretStore, Sink,
+    SinkRules, SinkSpec,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -57,7 +56,8 @@ use crate::outbox::sinks;
 use crate::store::db::Db;
 use crate::store::notify::{self, Attempted, Claimed, SinkRow};
 use crate::store::write::WriteTx;
-use crate::store::{sessions, tokens};
+
+mod attempt;
 
 /// Most attempts in flight per sink (a hanging sink holds these and nothing else).
 pub const PER_SINK: usize = 32;
@@ -668,99 +668,6 @@ impl Outbox {
         Ok((read, more, claims))
     }
 
-    /// One attempt of one claimed delivery: its outcome, to record (None: nothing was
-    /// attempted; the lease expires and the delivery is taken again). The event is parsed
-    /// on the sending thread (for an email sink here: its people are looked up first).
-    async fn attempt(&self, sink: &Arc<Sink>, c: Claimed, body: Arc<str>) -> Option<Done> {
-        let Some(deliverer) = &self.deliverer else {
-            // A sink needs a trust store to be added, so this is a host that lost its CA
-            // certificates: the lease expires and the row waits for a restart with them.
-            tracing::warn!(sink = %sink.name, "no trusted certificate authority; notification not sent");
-            return None;
-        };
-        let (mut event, mut people) = (None, Vec::new());
-        if sink.format == SinkFormat::Email
-            && let Ok(e) = parse_event(&body, self.portal.as_ref())
-        {
-            match self.people(&e).await {
-                Ok(p) => people = p,
-                Err(err) => {
-                    tracing::warn!(sink = %sink.name, seq = c.event_seq, error = %err, "looking up addresses failed");
-                }
-            }
-            event = Some(e);
-        }
-        let (deliverer, target, secrets) = (deliverer.clone(), sink.clone(), self.secrets.clone());
-        let (portal, seq) = (self.portal.clone(), c.event_seq);
-        let outcome = self
-            .sender
-            .run(async move {
-                let event = match event.map_or_else(|| parse_event(&body, portal.as_ref()), Ok) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::error!(seq, error = %e, "stored event does not parse; not sent");
-                        return Outcome::failed(
-                            FailureKind::Misconfigured,
-                            "the stored event does not parse",
-                        );
-                    }
-                };
-                deliverer
-                    .deliver(&target, &event, &secrets, &people, SystemTime::now())
-                    .await
-            })
-            .await?;
-        let now = jitgate_api::time::now_ms();
-        let attempted = self.outcome(&outcome, &c, now);
-        Some(Done {
-            sink: sink.name.clone(),
-            claimed: c,
-            attempted: Some(attempted),
-        })
-    }
-
-    /// The addresses of the people the event concerns (its requester, or the approvers it
-    /// waits for), read at delivery: `token:NAME` principals whose token carries an email,
-    /// and `oidc:` principals by the address they last signed in with.
-    async fn people(&self, event: &Event) -> Result<Vec<Person>> {
-        let principals = event.people();
-        let names: Vec<&str> = principals
-            .iter()
-            .filter_map(|p| p.id.strip_prefix("token:"))
-            .collect();
-        let people: Vec<&str> = principals
-            .iter()
-            .map(|p| p.id.as_str())
-            .filter(|id| id.starts_with("oidc:"))
-            .collect();
-        let mut conn = self.db.pool().acquire().await?;
-        let mut found: Vec<(String, String)> =
-            tokens::emails(&mut conn, &names, jitgate_api::time::now_ms())
-                .await?
-                .into_iter()
-                .map(|(name, email)| (format!("token:{name}"), email))
-                .collect();
-        found.extend(sessions::emails(&mut conn, &people).await?);
-        let mut out: Vec<Person> = Vec::new();
-        for (id, email) in found {
-            let Ok(address) = email.parse::<EmailAddress>() else {
-                continue;
-            };
-            if out.iter().any(|p| p.address == address) {
-                continue;
-            }
-            let display_name = principals
-                .iter()
-                .find(|p| p.id == id)
-                .and_then(|p| p.display_name.clone());
-            out.push(Person {
-                display_name,
-                address,
-            });
-        }
-        Ok(out)
-    }
-
     /// The bodies of the events `seqs`, by seq.
     async fn load(&self, seqs: &[i64]) -> Result<HashMap<i64, Arc<str>>> {
         let mut conn = self.db.pool().acquire().await?;
@@ -769,45 +676,6 @@ impl Outbox {
             .into_iter()
             .map(|(seq, body)| (seq, Arc::<str>::from(body)))
             .collect())
-    }
-
-    /// The row an outcome leaves.
-    fn outcome(&self, outcome: &Outcome, c: &Claimed, now: i64) -> Attempted {
-        match outcome {
-            Outcome::Delivered { status } => Attempted {
-                state: DeliveryState::Delivered,
-                next_attempt_at: now,
-                kind: outcome.kind_str(),
-                status: Some(status.as_str()),
-                detail: None,
-                delivered_at: Some(now),
-            },
-            Outcome::Failed(f) => {
-                let next = jitgate_notify::next_attempt(
-                    &self.retry,
-                    crate::outbox::event::time_of(c.first_attempt_at),
-                    u32::try_from(c.attempts).unwrap_or(u32::MAX),
-                    f,
-                    crate::outbox::event::time_of(now),
-                    rand::random::<f64>(),
-                );
-                let (state, at) = match next {
-                    Next::RetryAt(t) => (
-                        DeliveryState::Retrying,
-                        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
-                    ),
-                    Next::Dead => (DeliveryState::Dead, now),
-                };
-                Attempted {
-                    state,
-                    next_attempt_at: at,
-                    kind: f.kind.as_str(),
-                    status: f.status.map(|s| s.as_str()),
-                    detail: Some(f.detail.chars().take(200).collect()),
-                    delivered_at: None,
-                }
-            }
-        }
     }
 
     /// Deletes delivered rows older than the retention (one controller at a time: the
@@ -822,11 +690,4 @@ impl Outbox {
         }
         Ok(())
     }
-}
-
-/// A stored event, with its links as configured now.
-fn parse_event(body: &str, portal: Option<&url::Url>) -> serde_json::Result<Event> {
-    let mut event: Event = serde_json::from_str(body)?;
-    event.links = Links::for_details(&event.details, portal);
-    Ok(event)
 }
