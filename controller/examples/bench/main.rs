@@ -1,9 +1,10 @@
 //! Controller benchmark: initiate requests/s and latency at 64 concurrent callers over HTTPS
-//! against the embedded SQLite database, beside the floor (an authenticated trivial GET on the
-//! same server in the same run); then again with a large request history.
+//! against the embedded SQLite database (or, with `--backend postgres`, a throwaway
+//! PostgreSQL cluster the bench starts and removes), beside the floor (an authenticated
+//! trivial GET on the same server in the same run); then again with a large request history.
 //!
 //! cargo run --release -p jitgate-controller --example bench -- [--requests N] [--history 100000]
-//!     [--concurrency 64] [--sync full|normal]
+//!     [--concurrency 64] [--sync full|normal] [--backend sqlite|postgres]
 //!
 //! Prints a markdown table on stdout; progress on stderr. All traffic is to 127.0.0.1.
 
@@ -24,7 +25,7 @@ use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::request::Initiate;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::store::{DbOptions, Synchronous};
+use jitgate_controller::store::{Backend, DbOptions, Synchronous};
 use serde_json::json;
 
 struct Opts {
@@ -35,6 +36,7 @@ struct Opts {
     vms: u64,
     /// Only the notification rows (`--only notify`), for working on them.
     notify_only: bool,
+    backend: Backend,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Opts> {
         sync: "full".into(),
         vms: 100,
         notify_only: false,
+        backend: Backend::Sqlite,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -55,13 +58,18 @@ fn parse_args() -> Result<Opts> {
             "--concurrency" => o.concurrency = val()?.parse()?,
             "--sync" => o.sync = val()?,
             "--vms" => o.vms = val()?.parse()?,
+            "--backend" => {
+                o.backend = val()?
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--backend: {e} (sqlite or postgres)"))?
+            }
             "--only" => match val()?.as_str() {
                 "notify" => o.notify_only = true,
                 other => bail!("--only: unknown part {other} (notify)"),
             },
             "-h" | "--help" => {
                 println!(
-                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--only notify]"
+                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--backend sqlite|postgres (sqlite)] [--only notify]"
                 );
                 std::process::exit(0);
             }
@@ -70,6 +78,9 @@ fn parse_args() -> Result<Opts> {
     }
     if o.concurrency == 0 || o.requests == 0 {
         bail!("--requests and --concurrency must be positive");
+    }
+    if o.notify_only && o.backend != Backend::Sqlite {
+        bail!("--only notify runs on SQLite only");
     }
     Ok(o)
 }
@@ -322,7 +333,15 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     // A controller whose history grew over weeks has a checkpointed database, not a WAL
-    // holding the whole history: checkpoint before measuring.
+    // holding the whole history (SQLite), and fresh planner statistics (PostgreSQL's
+    // autovacuum would have gathered them): so before measuring.
+    if store.db.backend() == Backend::Postgres {
+        sqlx::query("VACUUM ANALYZE")
+            .execute(store.db.pool())
+            .await?;
+        store.close().await;
+        return Ok(());
+    }
     for _ in 0..50 {
         use sqlx::Row;
         let r = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -360,7 +379,21 @@ async fn run(o: Opts) -> Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let dir = StateDir(tmp.path().join("state"));
+    // Kept until the end: dropping the cluster stops it and removes its files.
+    let (_pg, database_url) = match o.backend {
+        Backend::Sqlite => (None, None),
+        Backend::Postgres => {
+            // fsync on, as SQLite's synchronous=full: commits reach the disk.
+            let pg = tokio::task::spawn_blocking(|| {
+                jitgate_testpg::Cluster::builder().durable().start()
+            })
+            .await??;
+            let db = pg.create_database()?;
+            (Some(pg), Some(db.url))
+        }
+    };
     let cfg = Config {
+        database_url,
         listen: "127.0.0.1:0".into(),
         agent_listen: "127.0.0.1:0".into(),
         sqlite_synchronous: o.sync.parse::<Synchronous>()?,
@@ -514,8 +547,14 @@ async fn run(o: Opts) -> Result<()> {
         }
     }
     println!(
-        "Controller, {} concurrent HTTPS callers (keep-alive), embedded SQLite (synchronous={}), {} VMs, 2-core machine, server and load generator in one process. Unpaced rows: each caller sends its next request as soon as the previous answer arrives (saturation: latency there is mostly queueing, ≈ callers / throughput). Paced rows: requests are due at a fixed 1 000/s and latency counts from when each was due.\n",
-        o.concurrency, o.sync, o.vms
+        "Controller, {} concurrent HTTPS callers (keep-alive), {}, {} VMs, 2-core machine, server and load generator in one process. Unpaced rows: each caller sends its next request as soon as the previous answer arrives (saturation: latency there is mostly queueing, ≈ callers / throughput). Paced rows: requests are due at a fixed 1 000/s and latency counts from when each was due.\n",
+        o.concurrency,
+        match o.backend {
+            Backend::Sqlite => format!("embedded SQLite (synchronous={})", o.sync),
+            Backend::Postgres =>
+                "PostgreSQL (a throwaway local cluster on a unix socket, fsync on)".to_string(),
+        },
+        o.vms
     );
     println!(
         "| operation | requests in history | calls | errors | req/s | p50 ms | p99 ms | max ms |"

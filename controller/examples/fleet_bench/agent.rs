@@ -3,13 +3,13 @@
 //! policies acknowledged) and the timing of each grant's acknowledgement.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ed25519_dalek::VerifyingKey;
-use jitgate_proto::message::Outcome;
+use jitgate_proto::message::{HookKind, HookMode, InterfaceHook, Outcome};
 use jitgate_proto::{AgentMsg, ControllerMsg, read_frame, write_frame};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
@@ -63,6 +63,22 @@ fn status_report() -> AgentMsg {
     AgentMsg::Status(Box::new(jitgate_proto::testing::quiet_status_report()))
 }
 
+/// What a healthy agent reports before each status report to a controller at level 7 or
+/// later: its program first at the XDP hook of its one interface.
+fn hook_report() -> AgentMsg {
+    AgentMsg::Hooks {
+        interfaces: vec![InterfaceHook {
+            interface: "eth0".into(),
+            hook: HookKind::Xdp,
+            mode: HookMode::Driver,
+            position: 0,
+            programs: 1,
+            ahead: vec![],
+            problem: None,
+        }],
+    }
+}
+
 /// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
 pub(crate) async fn keep_agent(
     s: Arc<Shared>,
@@ -110,12 +126,22 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
         protocol: s.level,
     })
     .await?;
+    // The level the controller announced: from level 7 on each status report follows a
+    // hook report, from level 10 on pings go unanswered, from level 12 on grants are
+    // reported with their limits, as the real agent does (at its own level's rules).
+    let announced = Arc::new(AtomicU32::new(0));
+    let speaks = |needed: u32, controller: u32| s.level >= needed && controller >= needed;
     // Status reports on the agent's schedule (every 10 s), the first at once, spread.
     let hb = {
-        let tx = tx.clone();
+        let (tx, announced, level) = (tx.clone(), announced.clone(), s.level);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 10_000)).await;
             loop {
+                let hooks = level >= jitgate_proto::LEVEL_HOOK_REPORTS
+                    && announced.load(Ordering::Relaxed) >= jitgate_proto::LEVEL_HOOK_REPORTS;
+                if hooks && tx.send(hook_report()).await.is_err() {
+                    return;
+                }
                 if tx.send(status_report()).await.is_err() {
                     return;
                 }
@@ -124,8 +150,6 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
         })
     };
     let mut counted = false;
-    // The level the controller announced: from level 10 on pings go unanswered, as the
-    // real agent does.
     let mut controller_level = 0;
     let result = loop {
         let m = match read_frame::<_, ControllerMsg>(&mut rd).await {
@@ -144,6 +168,7 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
             .then_some(AgentMsg::Pong { nonce }),
             ControllerMsg::Level { protocol } => {
                 controller_level = protocol;
+                announced.store(protocol, Ordering::Relaxed);
                 None
             }
             ControllerMsg::Policy(p) => match p.verify(&s.signing, who.id) {
@@ -190,7 +215,12 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                 Err(_) => None,
             },
             ControllerMsg::Active { .. } => {
-                let _ = tx.send(AgentMsg::Grants { grants: vec![] }).await;
+                let report = if speaks(jitgate_proto::LEVEL_GRANT_LIMITS, controller_level) {
+                    AgentMsg::GrantsWithLimits { grants: vec![] }
+                } else {
+                    AgentMsg::Grants { grants: vec![] }
+                };
+                let _ = tx.send(report).await;
                 Some(AgentMsg::ScheduledGrants { grants: vec![] })
             }
             ControllerMsg::Settings { .. }

@@ -1,6 +1,7 @@
 //! Fleet benchmark (docs/ha.md): N simulated agents speaking the real protocol (enrolled over
 //! HTTPS, mutual TLS, this build's protocol level or `--level`, signatures checked, grants
-//! acknowledged, status reports every 10 s and pongs as the real agent sends them) against
+//! acknowledged, a hook report before each status report every 10 s, grants reported with
+//! their limits, and pongs, each as the real agent sends them at that level) against
 //! K real `jit-controller` processes on one throwaway PostgreSQL cluster, with requests
 //! initiated over HTTPS at a fixed rate. No XDP: this measures the control plane.
 //!

@@ -904,12 +904,10 @@ impl Conn {
         self.last_status = Some((hb, now));
     }
 
-    /// The agent's report of every grant it holds: controller grants still pending here are
-    /// acknowledged (a lost ack); local break-glass grants are recorded once each.
-    /// The agent's grants as it reports them, each with its connection limit (none:
-    /// unlimited, or an agent below [`jitgate_proto::LEVEL_GRANT_LIMITS`], which does not say): local
-    /// (break-glass) grants are recorded once each, controller grants still pending here
-    /// are acknowledged (the acknowledgement was lost).
+    /// The agent's report of every grant it holds, each with its connection limit (none:
+    /// unlimited, or an agent below [`jitgate_proto::LEVEL_GRANT_LIMITS`], which does not
+    /// say): local break-glass grants are recorded once each; controller grants still
+    /// pending here are acknowledged (a lost acknowledgement).
     async fn report(
         &mut self,
         grants: Vec<(ReportedGrant, Option<MaxConnections>)>,
