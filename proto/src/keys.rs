@@ -114,6 +114,13 @@ impl KeyStep {
             KeyStep::Retired => "retired",
         }
     }
+
+    /// The step [`KeyStep::as_str`] names (as stored by the controller).
+    pub fn parse(s: &str) -> Option<KeyStep> {
+        [KeyStep::Announced, KeyStep::Retired]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +128,15 @@ mod tests {
     use super::*;
     use crate::signed::{Signed, VerifyError};
     use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn key_steps_parse_what_they_print_and_nothing_else() {
+        for k in [KeyStep::Announced, KeyStep::Retired] {
+            assert_eq!(KeyStep::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(KeyStep::parse("Retired"), None);
+        assert_eq!(KeyStep::parse(""), None);
+    }
 
     #[test]
     fn key_id_is_stable_and_parses() {

@@ -11,6 +11,7 @@
 mod notify;
 #[path = "../../../notify/tests/common/mod.rs"]
 mod receivers;
+mod round_steps;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,8 +35,10 @@ struct Opts {
     concurrency: u64,
     sync: String,
     vms: u64,
-    /// Only the notification rows (`--only notify`), for working on them.
-    notify_only: bool,
+    /// Only one part, for working on it.
+    only: Option<Only>,
+    /// Keep the state directory (the seeded database) and print where, for inspection.
+    keep: bool,
     backend: Backend,
 }
 
@@ -46,7 +49,8 @@ fn parse_args() -> Result<Opts> {
         concurrency: 64,
         sync: "full".into(),
         vms: 100,
-        notify_only: false,
+        only: None,
+        keep: false,
         backend: Backend::Sqlite,
     };
     let mut it = std::env::args().skip(1);
@@ -64,12 +68,14 @@ fn parse_args() -> Result<Opts> {
                     .map_err(|e| anyhow::anyhow!("--backend: {e} (sqlite or postgres)"))?
             }
             "--only" => match val()?.as_str() {
-                "notify" => o.notify_only = true,
-                other => bail!("--only: unknown part {other} (notify)"),
+                "notify" => o.only = Some(Only::Notify),
+                "round-steps" => o.only = Some(Only::RoundSteps),
+                other => bail!("--only: unknown part {other} (notify or round-steps)"),
             },
+            "--keep" => o.keep = true,
             "-h" | "--help" => {
                 println!(
-                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--backend sqlite|postgres (sqlite)] [--only notify]"
+                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--backend sqlite|postgres (sqlite)] [--only notify|round-steps] [--keep]"
                 );
                 std::process::exit(0);
             }
@@ -79,10 +85,19 @@ fn parse_args() -> Result<Opts> {
     if o.concurrency == 0 || o.requests == 0 {
         bail!("--requests and --concurrency must be positive");
     }
-    if o.notify_only && o.backend != Backend::Sqlite {
-        bail!("--only notify runs on SQLite only");
+    if o.only.is_some() && o.backend != Backend::Sqlite {
+        bail!("--only runs on SQLite only");
     }
     Ok(o)
+}
+
+/// The parts `--only` runs alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The notification rows.
+    Notify,
+    /// The delivery round's step times under load (`round_steps`).
+    RoundSteps,
 }
 
 struct Row {
@@ -333,12 +348,15 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     // A controller whose history grew over weeks has a checkpointed database, not a WAL
-    // holding the whole history (SQLite), and fresh planner statistics (PostgreSQL's
-    // autovacuum would have gathered them): so before measuring.
+    // holding the whole history, and fresh planner statistics (PostgreSQL's autovacuum would
+    // have gathered them): so before measuring. Without the checkpoint, PostgreSQL writes the
+    // seeded pages out during the measured phases (at 1 000 000 requests the initiate fell
+    // to a third, and the next section's first rounds, on another database of the same
+    // cluster, to a quarter of their later rounds).
     if store.db.backend() == Backend::Postgres {
-        sqlx::query("VACUUM ANALYZE")
-            .execute(store.db.pool())
-            .await?;
+        for statement in ["VACUUM ANALYZE", "CHECKPOINT"] {
+            sqlx::query(statement).execute(store.db.pool()).await?;
+        }
         store.close().await;
         return Ok(());
     }
@@ -357,25 +375,35 @@ async fn seed(url: &str, upto: u64, vms: u64, offset: u64) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let o = parse_args()?;
     // JIT_LOG=jitgate_controller::lifecycle=trace shows each batch's phases.
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("JIT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+        );
+    let rounds = round_steps::Rounds::default();
+    let steps = (o.only == Some(Only::RoundSteps)).then(|| rounds.layer());
+    tracing_subscriber::registry().with(log).with(steps).init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(o))
+    rt.block_on(run(o, rounds))
 }
 
-async fn run(o: Opts) -> Result<()> {
-    if o.notify_only {
-        return print_notify(&o).await;
+async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
+    match o.only {
+        Some(Only::Notify) => return print_notify(&o).await,
+        Some(Only::RoundSteps) => {
+            return round_steps::print(&rounds, o.requests, o.concurrency, o.vms).await;
+        }
+        None => {}
     }
     let tmp = tempfile::tempdir()?;
     let dir = StateDir(tmp.path().join("state"));
@@ -416,6 +444,13 @@ async fn run(o: Opts) -> Result<()> {
             &[IpAddr::from([192, 0, 2, 1])],
         )
         .await?;
+    }
+    if server.app.db.backend() == Backend::Postgres {
+        // A fresh cluster still writes out what initdb, the database's creation and the
+        // migrations left dirty: not during the first measured phase.
+        sqlx::query("CHECKPOINT")
+            .execute(server.app.db.pool())
+            .await?;
     }
     let admin = init.admin_token;
     let pem = std::fs::read(dir.ca_cert())?;
@@ -620,6 +655,9 @@ async fn run(o: Opts) -> Result<()> {
         verify.entries, verify.ok
     );
     server.stop().await;
+    if o.keep {
+        eprintln!("state directory kept: {}", tmp.keep().display());
+    }
     Ok(())
 }
 

@@ -23,22 +23,22 @@ use crate::{Op, Row, run_phase, summarize};
 const ROUNDS: usize = 7;
 
 /// Each pending initiate on one of these VMs writes one event.
-const PENDING: Op = Op::Initiate {
+pub(crate) const PENDING: Op = Op::Initiate {
     prefix: "nvm",
     status: "PendingApproval",
 };
 
 /// One controller of the comparison.
-struct Variant {
+pub(crate) struct Variant {
     name: &'static str,
     _tmp: tempfile::TempDir,
-    server: ServerHandle,
-    base: String,
-    requester: String,
-    client: reqwest::Client,
+    pub(crate) server: ServerHandle,
+    pub(crate) base: String,
+    pub(crate) requester: String,
+    pub(crate) client: reqwest::Client,
 }
 
-async fn variant(
+pub(crate) async fn variant(
     name: &'static str,
     pki: &Pki,
     sink: Option<&Receiver>,
@@ -122,7 +122,7 @@ async fn variant(
 }
 
 /// Waits until `rx` holds `n` requests (the healthy sink caught up), at most `limit`.
-async fn drained(rx: &Receiver, n: usize, limit: Duration) -> Result<()> {
+pub(crate) async fn drained(rx: &Receiver, n: usize, limit: Duration) -> Result<()> {
     let t0 = Instant::now();
     loop {
         // Counted, not copied: copying tens of thousands of recorded requests every few

@@ -21,6 +21,8 @@ pub(crate) struct Identity {
     pub id: uuid::Uuid,
     pub vm: String,
     pub cert_pem: String,
+    /// The highest outbox seq it applied (its `seq_high_water`).
+    pub high_water: AtomicU64,
 }
 
 /// What the simulated agents share: the key, trust, where grants are timed.
@@ -39,6 +41,24 @@ pub(crate) struct Shared {
     pub answer_pings: bool,
     /// `--level`.
     pub level: u32,
+    /// Agents connected to each controller (by its index in the endpoint list).
+    pub per_controller: Vec<AtomicUsize>,
+    /// `--kill-one`: when a controller was killed, and for each agent welcomed after that,
+    /// how long after the kill (µs).
+    pub killed_at: Mutex<Option<Instant>>,
+    pub welcomed_after_kill: Mutex<Vec<u64>>,
+}
+
+impl Shared {
+    /// A connection was welcomed: timed from the kill, if a controller was killed.
+    fn note_welcome(&self) {
+        let since = self.killed_at.lock().ok().and_then(|k| *k);
+        if let Some(t) = since
+            && let Ok(mut w) = self.welcomed_after_kill.lock()
+        {
+            w.push(t.elapsed().as_micros() as u64);
+        }
+    }
 }
 
 fn tls_config(s: &Shared, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
@@ -79,25 +99,52 @@ fn hook_report() -> AgentMsg {
     }
 }
 
-/// An agent that connects again after any failure (after 0.5–1.5 s), as the real one does.
+/// An agent that keeps a connection as the real one does (docs/ha.md, "Which one"): it starts
+/// at `endpoints[start]`; when a connection ends or fails it tries the next endpoint at once,
+/// and only after every endpoint failed in a row does it wait (0.5 s doubling to 30 s, ±20 %).
 pub(crate) async fn keep_agent(
     s: Arc<Shared>,
     who: Identity,
-    endpoint: String,
+    endpoints: Arc<Vec<String>>,
+    start: usize,
     failures: Arc<AtomicUsize>,
 ) {
+    let mut at = start % endpoints.len().max(1);
+    let (mut failed_in_a_row, mut backoff) = (0usize, Duration::from_millis(500));
     loop {
-        if let Err(e) = run_agent(&s, &who, &endpoint).await
+        let Some(endpoint) = endpoints.get(at) else {
+            return;
+        };
+        let mut welcomed = false;
+        if let Err(e) = run_agent(&s, &who, endpoint, at, &mut welcomed).await
             && failures.fetch_add(1, Ordering::Relaxed) < 3
         {
             eprintln!("  agent connection ended: {e:#}");
         }
-        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
+        if welcomed {
+            failed_in_a_row = 0;
+            backoff = Duration::from_millis(500);
+        } else {
+            failed_in_a_row += 1;
+        }
+        at = (at + 1) % endpoints.len();
+        if failed_in_a_row >= endpoints.len() {
+            failed_in_a_row = 0;
+            let jitter = 0.8 + 0.4 * rand::random::<f64>();
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
     }
 }
 
 /// One connection of an agent: connect, hello, then answer until the connection ends.
-async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()> {
+async fn run_agent(
+    s: &Arc<Shared>,
+    who: &Identity,
+    endpoint: &str,
+    index: usize,
+    welcomed: &mut bool,
+) -> Result<()> {
     let cfg = tls_config(s, &who.cert_pem)?;
     let tcp = tokio::time::timeout(
         Duration::from_secs(3),
@@ -121,7 +168,8 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
     tx.send(AgentMsg::HelloV2 {
         agent_id: who.id,
         version: "fleet-bench".into(),
-        seq_high_water: 0,
+        // What it applied on earlier connections: nothing is sent twice after a failover.
+        seq_high_water: who.high_water.load(Ordering::Relaxed),
         audit_acked: 0,
         protocol: s.level,
     })
@@ -160,7 +208,12 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
         let reply = match m {
             ControllerMsg::Welcome { .. } => {
                 counted = true;
+                *welcomed = true;
                 s.connected.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = s.per_controller.get(index) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                s.note_welcome();
                 None
             }
             ControllerMsg::Ping { nonce } => (s.answer_pings
@@ -193,6 +246,7 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                         a.push(t.elapsed().as_micros() as u64);
                     }
                     s.grants.fetch_add(1, Ordering::Relaxed);
+                    who.high_water.fetch_max(b.seq, Ordering::Relaxed);
                     Some(AgentMsg::GrantResult {
                         grant_id: b.grant_id,
                         seq: b.seq,
@@ -207,11 +261,14 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
                 }
             },
             ControllerMsg::Revoke(r) => match r.verify(&s.signing, who.id) {
-                Ok(b) => Some(AgentMsg::RevokeResult {
-                    grant_id: b.grant_id,
-                    seq: b.seq,
-                    outcome: Outcome::AlreadyApplied,
-                }),
+                Ok(b) => {
+                    who.high_water.fetch_max(b.seq, Ordering::Relaxed);
+                    Some(AgentMsg::RevokeResult {
+                        grant_id: b.grant_id,
+                        seq: b.seq,
+                        outcome: Outcome::AlreadyApplied,
+                    })
+                }
                 Err(_) => None,
             },
             ControllerMsg::Active { .. } => {
@@ -242,6 +299,9 @@ async fn run_agent(s: &Arc<Shared>, who: &Identity, endpoint: &str) -> Result<()
     };
     if counted {
         s.connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = s.per_controller.get(index) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
     hb.abort();
     writer.abort();

@@ -7,12 +7,16 @@
 //!
 //! cargo run --release -p jitgate-controller --example fleet_bench -- [--agents N (10000)]
 //!     [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)]
-//!     [--ping-seconds S (2)] [--answer-pings] [--level L]
+//!     [--ping-seconds S (2)] [--answer-pings] [--level L] [--kill-one]
 //!
 //! Reports: connections held, controller RSS per connected agent, the CPU the fleet's
 //! keepalive costs when idle (controllers and PostgreSQL together, and the generator's own),
 //! and request → agent acknowledgement p50/p99 at the given rate, beside the same initiates'
-//! HTTP latency (the floor: what the API alone takes). Markdown on stdout, progress on stderr.
+//! HTTP latency (the floor: what the API alone takes). With `--kill-one` (two controllers or
+//! more), the first controller is killed (SIGKILL) a third of the way into the load: how long
+//! its agents take to be served by another controller (they move as the real agent does:
+//! the next endpoint at once), and whether any grant whose initiate was answered OK never
+//! reached its agent. Markdown on stdout, progress on stderr.
 //! All traffic is to 127.0.0.1 and a unix socket.
 
 mod agent;
@@ -48,6 +52,8 @@ struct Opts {
     answer_pings: bool,
     /// The protocol level the simulated agents announce (for comparison with older agents).
     level: u32,
+    /// Kill the first controller during the load (failover).
+    kill_one: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -60,6 +66,7 @@ fn parse_args() -> Result<Opts> {
         ping: 2,
         answer_pings: false,
         level: jitgate_proto::PROTOCOL_LEVEL,
+        kill_one: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -73,9 +80,10 @@ fn parse_args() -> Result<Opts> {
             "--ping-seconds" => o.ping = val()?.parse()?,
             "--answer-pings" => o.answer_pings = true,
             "--level" => o.level = val()?.parse()?,
+            "--kill-one" => o.kill_one = true,
             "-h" | "--help" => {
                 println!(
-                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)] [--ping-seconds S (2)] [--answer-pings] [--level L (this build's, from 10 up)]"
+                    "fleet_bench [--agents N (10000)] [--controllers K (1)] [--rate R (500)] [--seconds S (20)] [--idle S (30)] [--ping-seconds S (2)] [--answer-pings] [--level L (this build's, from 10 up)] [--kill-one]"
                 );
                 std::process::exit(0);
             }
@@ -92,6 +100,9 @@ fn parse_args() -> Result<Opts> {
     if o.agents == 0 || o.controllers == 0 || o.rate == 0 || o.seconds == 0 || o.ping == 0 {
         bail!("--agents, --controllers, --rate, --seconds and --ping-seconds must be positive");
     }
+    if o.kill_one && o.controllers < 2 {
+        bail!("--kill-one needs --controllers 2 or more (the agents move to another)");
+    }
     Ok(o)
 }
 
@@ -100,6 +111,21 @@ struct Controller {
     child: Child,
     api: String,
     agent: String,
+    /// Its stdout and stderr (removed with the state directory).
+    log: PathBuf,
+}
+
+impl Controller {
+    /// The first error lines of its log, for stderr: the log goes with the state directory.
+    fn errors(&self, max: usize) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(max)
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl Drop for Controller {
@@ -157,7 +183,8 @@ fn configure(state: &Path, api: &str, agent: &str, extra: &str) -> Result<()> {
 }
 
 fn spawn_controller(bin: &Path, state: &Path, api: String, agent: String) -> Result<Controller> {
-    let log = std::fs::File::create(state.with_extension("log"))?;
+    let log_path = state.with_extension("log");
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new(bin)
         .arg("--state-dir")
         .arg(state)
@@ -177,7 +204,12 @@ fn spawn_controller(bin: &Path, state: &Path, api: String, agent: String) -> Res
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(Controller { child, api, agent })
+    Ok(Controller {
+        child,
+        api,
+        agent,
+        log: log_path,
+    })
 }
 
 /// Resident memory of a process, bytes.
@@ -235,6 +267,17 @@ fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// The `sent` key of an initiate: the agent's grant names its VM and source.
+fn key_of(vm: usize, source: &str) -> String {
+    format!("vm{vm}|{source}/32")
+}
+
+/// `--kill-one`: the controller killed, when, and how many agents it held.
+struct Killed {
+    after_s: f64,
+    held: usize,
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -388,6 +431,7 @@ async fn main() -> Result<()> {
                             id,
                             vm: format!("vm{i}"),
                             cert_pem,
+                            high_water: AtomicU64::new(0),
                         },
                         signing,
                     ));
@@ -416,6 +460,9 @@ async fn main() -> Result<()> {
         acks: Mutex::new(Vec::new()),
         answer_pings: o.answer_pings,
         level: o.level,
+        per_controller: (0..o.controllers).map(|_| AtomicUsize::new(0)).collect(),
+        killed_at: Mutex::new(None),
+        welcomed_after_kill: Mutex::new(Vec::new()),
     });
 
     // Connect the fleet, K controllers in turn; RSS before and after.
@@ -424,9 +471,15 @@ async fn main() -> Result<()> {
     eprintln!("connecting {} agents ...", o.agents);
     let t0 = Instant::now();
     let failures = Arc::new(AtomicUsize::new(0));
+    let endpoints: Arc<Vec<String>> = Arc::new(ctls.iter().map(|c| c.agent.clone()).collect());
     for (i, (who, _)) in enrolled.into_iter().enumerate() {
-        let endpoint = ctls[i % ctls.len()].agent.clone();
-        tokio::spawn(keep_agent(shared.clone(), who, endpoint, failures.clone()));
+        tokio::spawn(keep_agent(
+            shared.clone(),
+            who,
+            endpoints.clone(),
+            i % ctls.len(),
+            failures.clone(),
+        ));
         if i % 64 == 63 {
             tokio::task::yield_now().await;
         }
@@ -472,8 +525,27 @@ async fn main() -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let l0 = Instant::now();
     let mut calls = Vec::with_capacity(total as usize);
+    // Keys of initiates answered OK, and of those without an answer (the killed controller's).
+    let answered = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let unanswered = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let mut kill: Option<Killed> = None;
     for n in 0..total {
         tick.tick().await;
+        if o.kill_one && kill.is_none() && n == total / 3 {
+            let held = shared.per_controller[0].load(Ordering::Relaxed);
+            eprintln!(
+                "  killing controller 1 of {} (holds {held} agents) ...",
+                ctls.len()
+            );
+            ctls[0].child.kill()?;
+            if let Ok(mut k) = shared.killed_at.lock() {
+                *k = Some(Instant::now());
+            }
+            kill = Some(Killed {
+                after_s: l0.elapsed().as_secs_f64(),
+                held,
+            });
+        }
         let vm = rand::random::<u64>() as usize % o.agents;
         let source = format!(
             "198.{}.{}.{}",
@@ -481,17 +553,24 @@ async fn main() -> Result<()> {
             (n >> 8) & 0xff,
             n & 0xff
         );
-        let key = format!("vm{vm}|{source}/32");
         if let Ok(mut m) = shared.sent.lock() {
-            m.insert(key, Instant::now());
+            m.insert(key_of(vm, &source), Instant::now());
         }
+        // Through the controllers in turn; once one is killed, through the others (as a
+        // load balancer's health check would).
+        let at = match kill {
+            Some(_) => 1 + n as usize % (ctls.len() - 1),
+            None => n as usize % ctls.len(),
+        };
         let (http, api, token, lat, errors) = (
             http.clone(),
-            ctls[n as usize % ctls.len()].api.clone(),
+            ctls[at].api.clone(),
             requester.clone(),
             http_lat.clone(),
             errors.clone(),
         );
+        let (answered, unanswered, key) =
+            (answered.clone(), unanswered.clone(), key_of(vm, &source));
         calls.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = http
@@ -511,6 +590,9 @@ async fn main() -> Result<()> {
                     if let Ok(mut l) = lat.lock() {
                         l.push(t.elapsed().as_micros() as u64);
                     }
+                    if let Ok(mut a) = answered.lock() {
+                        a.insert(key);
+                    }
                 }
                 Ok(r) => {
                     if errors.fetch_add(1, Ordering::Relaxed) < 3 {
@@ -522,6 +604,9 @@ async fn main() -> Result<()> {
                     }
                 }
                 Err(e) => {
+                    if let Ok(mut u) = unanswered.lock() {
+                        u.insert(key);
+                    }
                     if errors.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("  initiate: {e}");
                     }
@@ -541,7 +626,22 @@ async fn main() -> Result<()> {
     let load_s = l0.elapsed().as_secs_f64();
     let (c1, p1, g1) = sample(&ctls);
     let core_load = |a: u64, b: u64| 100.0 * (b.saturating_sub(a)) as f64 / tps / load_s;
-    let unacked = shared.sent.lock().map(|m| m.len()).unwrap_or(0);
+    let left: Vec<String> = shared
+        .sent
+        .lock()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let unacked = left.len();
+    // A grant answered OK that never reached its agent is lost; an initiate without an
+    // answer may or may not have committed before its controller died.
+    let lost = answered
+        .lock()
+        .map(|a| left.iter().filter(|k| a.contains(*k)).count())
+        .unwrap_or(0);
+    let (unanswered_n, unanswered_acked) = unanswered
+        .lock()
+        .map(|u| (u.len(), u.iter().filter(|k| !left.contains(*k)).count()))
+        .unwrap_or((0, 0));
     let mut acks = shared.acks.lock().map(|a| a.clone()).unwrap_or_default();
     acks.sort_unstable();
     let mut lat = http_lat.lock().map(|a| a.clone()).unwrap_or_default();
@@ -622,12 +722,54 @@ async fn main() -> Result<()> {
         shared.grants.load(Ordering::Relaxed),
         shared.bad_signatures.load(Ordering::Relaxed)
     );
-    println!(
-        "| CPU under load: controllers / PostgreSQL / generator | {:.0} % / {:.0} % / {:.0} % of one core |",
-        core_load(c0, c1),
-        core_load(p0, p1),
-        core_load(g0, g1)
-    );
+    match &kill {
+        None => println!(
+            "| CPU under load: controllers / PostgreSQL / generator | {:.0} % / {:.0} % / {:.0} % of one core |",
+            core_load(c0, c1),
+            core_load(p0, p1),
+            core_load(g0, g1)
+        ),
+        Some(k) => {
+            let mut moved = shared
+                .welcomed_after_kill
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default();
+            moved.sort_unstable();
+            let s = |v: f64| v / 1000.0;
+            println!(
+                "| failover: controller 1 of {} killed (SIGKILL) {:.1} s into the load, holding {} agents | welcomed elsewhere: {} agents; since the kill p50 / p99 / max {:.2} / {:.2} / {:.2} s (target ≤ 10 s) |",
+                o.controllers,
+                k.after_s,
+                k.held,
+                moved.len(),
+                s(pct(&moved, 0.5)),
+                s(pct(&moved, 0.99)),
+                s(pct(&moved, 1.0))
+            );
+            println!(
+                "| agents connected at the end | {} of {} |",
+                shared.connected.load(Ordering::Relaxed),
+                o.agents
+            );
+            println!(
+                "| grants answered OK that never reached their agent (lost; target 0) | {lost} |"
+            );
+            println!(
+                "| initiates without an answer (in flight at the killed controller) / of them acknowledged by their agent anyway (committed before the kill) | {unanswered_n} / {unanswered_acked} |"
+            );
+            println!(
+                "| CPU under load: PostgreSQL / generator (the controllers' is not comparable: one was killed) | {:.0} % / {:.0} % of one core |",
+                core_load(p0, p1),
+                core_load(g0, g1)
+            );
+        }
+    }
+    for (i, c) in ctls.iter().enumerate() {
+        for line in c.errors(5) {
+            eprintln!("  controller {}: {line}", i + 1);
+        }
+    }
     drop(ctls);
     Ok(())
 }

@@ -1,38 +1,43 @@
 //! One agent's connection: identification, `Hello`, then policy, grants and revocations
 //! pushed as they commit, and the agent's results, reports, audit records and heartbeats.
+//!
+//! - [`push`]: the policy and the grant outbox, as they commit; acknowledgements.
+//! - [`keys`]: grant-signing key rotation steps and the agent's answers.
+//! - [`renewal`]: certificate renewal, and connections that serve only that.
+
+mod keys;
+mod push;
+mod renewal;
+
+use renewal::{renew_only, renewal_answer};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ed25519_dalek::SigningKey;
-use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation, ProtoSel, StatusReason};
-use jitgate_common::{MaxConnections, Port, ProtectedPort, Protocol};
+use jitgate_api::{ActivityOutcome, AgentStatus, GrantOrigin, Operation};
+use jitgate_common::MaxConnections;
 use jitgate_proto::message::{AuditRecord, Outcome, ReportedGrant};
 use jitgate_proto::{
-    AgentMsg, CloseReason, ControllerMsg, FrameError, GrantBody, KeyId, KeyStep,
-    LEVEL_AUDIT_RESEND, LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_CONNECTION_LIMITS,
-    LEVEL_HOOK_REPORTS, LEVEL_KEY_ROTATION, LEVEL_SCHEDULED_GRANTS, LEVEL_SETTINGS,
-    LimitedGrantBody, PROTOCOL_LEVEL, PolicyBody, RevokeBody, ScheduledGrantBody, Signed,
+    AgentMsg, CloseReason, ControllerMsg, FrameError, KeyId, KeyStep, LEVEL_AUDIT_RESEND,
+    LEVEL_CERT_RENEWAL, LEVEL_CLOSE_REASON, LEVEL_HOOK_REPORTS, LEVEL_SETTINGS, PROTOCOL_LEVEL,
     write_frame,
 };
 use tokio::io::{AsyncWrite, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::authz::Actor;
 use crate::channel::reader;
 use crate::channel::tls::{self, identify};
-use crate::channel::{HELLO_TIMEOUT, OUTBOX_BATCH, STATUS_EVERY, Settings};
+use crate::channel::{HELLO_TIMEOUT, STATUS_EVERY, Settings};
 use crate::error::Error;
-use crate::fleet::RenewalError;
 use crate::fleet::marks::Marks;
 use crate::store::Backend;
 use crate::store::agents::Heartbeat;
-use crate::store::grants::{GrantState, OutboxOp};
+use crate::store::grants::GrantState;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -343,70 +348,6 @@ pub async fn connection(
     res.map(|()| agent)
 }
 
-/// How long a connection made with an expired certificate waits for the renewal request.
-const RENEW_ONLY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A connection made with a certificate that expired within the grace: `Welcome`, then the
-/// agent's `RenewCertificate` and the answer, then the connection is closed. Nothing else
-/// is sent (no settings, keys, policy, grants) and nothing else the agent sends is read
-/// (reports, audit records): the agent reconnects with its renewed certificate for that.
-async fn renew_only(
-    app: &App,
-    agent: Uuid,
-    vm: &str,
-    public_key: &[u8],
-    wr: &mut Wr,
-    rx: &mut mpsc::Receiver<reader::Incoming>,
-) -> Result<(), ConnError> {
-    tracing::info!(%agent, %vm, "agent connected with an expired certificate within the grace: renewal only");
-    send(
-        wr,
-        &ControllerMsg::Welcome {
-            agent_id: agent,
-            controller_unix_ms: jitgate_api::time::now_ms(),
-        },
-    )
-    .await?;
-    let deadline = tokio::time::Instant::now() + RENEW_ONLY_WAIT;
-    loop {
-        let m = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .map_err(|_| {
-                ConnError::Protocol("expired certificate and no renewal request within 30 s".into())
-            })?
-            .ok_or_else(|| ConnError::Protocol("closed before renewing".into()))??;
-        if let AgentMsg::RenewCertificate { csr_pem } = m {
-            let answer = renewal_answer(app, agent, vm, public_key, &csr_pem, true).await?;
-            send(wr, &answer).await?;
-            return Ok(());
-        }
-        tracing::debug!(%agent, "message ignored: the connection serves the renewal only");
-    }
-}
-
-/// Renews and answers: `Certificate`, or `RenewalRefused` with the reason.
-async fn renewal_answer(
-    app: &App,
-    agent: Uuid,
-    vm: &str,
-    public_key: &[u8],
-    csr_pem: &str,
-    expired: bool,
-) -> Result<ControllerMsg, ConnError> {
-    match app
-        .fleet
-        .renew_certificate(agent, vm, public_key, csr_pem, expired)
-        .await
-    {
-        Ok((certificate_pem, ca_bundle_pem)) => Ok(ControllerMsg::Certificate {
-            certificate_pem,
-            ca_bundle_pem,
-        }),
-        Err(RenewalError::Refused(reason)) => Ok(ControllerMsg::RenewalRefused { reason }),
-        Err(RenewalError::Store(e)) => Err(ConnError::Store(e)),
-    }
-}
-
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(), ConnError> {
     Ok(write_frame(w, m).await?)
 }
@@ -414,90 +355,6 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &ControllerMsg) -> Result<(),
 type Wr = WriteHalf<TlsStream<TcpStream>>;
 
 impl Conn {
-    /// The key that signs now (a rotation may change it between two messages).
-    fn key(&self) -> Result<Arc<SigningKey>, ConnError> {
-        self.app
-            .keys
-            .signer()
-            .map_err(|e| ConnError::Sign(e.to_string()))
-    }
-
-    async fn load_key_acks(&mut self) -> Result<(), ConnError> {
-        for (k, s) in crate::store::grant_keys::acks_of(self.app.db.pool(), &self.agent_s).await? {
-            let step = match s.as_str() {
-                "announced" => KeyStep::Announced,
-                "retired" => KeyStep::Retired,
-                _ => continue,
-            };
-            if let Ok(id) = k.parse::<KeyId>() {
-                self.key_acks.insert((id, step));
-            }
-        }
-        Ok(())
-    }
-
-    /// The rotation steps this agent has not answered, each once per connection, to agents
-    /// that understand them.
-    async fn send_keys(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
-        if self.protocol < LEVEL_KEY_ROTATION {
-            return Ok(());
-        }
-        let snap = self.app.keys.snapshot();
-        let mut retired = false;
-        for s in &snap.steps {
-            let k = (s.key_id, s.step);
-            if !s.for_agent_enrolled_at(self.enrolled_ms)
-                || self.key_acks.contains(&k)
-                || !self.key_sent.insert(k)
-            {
-                continue;
-            }
-            tracing::info!(agent = %self.agent, key = %s.key_id, step = s.step.as_str(), "key rotation step sent");
-            send(wr, &s.msg).await?;
-            retired |= s.step == KeyStep::Retired;
-        }
-        if retired && self.policy_seq >= 0 {
-            // The agent keeps the signed policy for its restarts: the same policy again,
-            // signed by the key it now pins.
-            self.policy_seq = -1;
-            self.send_policy(wr).await?;
-        }
-        Ok(())
-    }
-
-    async fn key_result(
-        &mut self,
-        key_id: KeyId,
-        step: KeyStep,
-        outcome: Outcome,
-    ) -> Result<(), ConnError> {
-        match outcome {
-            Outcome::Applied { .. } | Outcome::AlreadyApplied => {
-                tracing::info!(agent = %self.agent, key = %key_id, step = step.as_str(), "key rotation step acknowledged");
-                let mut w = self.app.db.begin().await?;
-                crate::store::grant_keys::ack(
-                    &mut w,
-                    &self.agent_s,
-                    &key_id.to_string(),
-                    step.as_str(),
-                )
-                .await?;
-                w.commit().await?;
-                self.key_acks.insert((key_id, step));
-            }
-            Outcome::Rejected { reason } => {
-                tracing::warn!(agent = %self.agent, key = %key_id, step = step.as_str(), %reason, "key rotation step rejected by the agent");
-                self.refused(
-                    Operation::AgentResult,
-                    serde_json::json!({"kind": Refused::Key.as_str(), "keyId": key_id.to_string(), "step": step.as_str(), "reason": reason}),
-                )
-                .await?;
-            }
-            Outcome::Scheduled { .. } => {}
-        }
-        Ok(())
-    }
-
     /// Ends the connection unless its agent is still active; an agent at
     /// [`LEVEL_CLOSE_REASON`] or later is told why first.
     async fn check_status(&self, wr: &mut Wr) -> Result<(), ConnError> {
@@ -521,220 +378,6 @@ impl Conn {
                 )))
             }
         }
-    }
-
-    async fn send_policy(&mut self, wr: &mut Wr) -> Result<(), ConnError> {
-        let group = self.app.inventory.group_of(&self.vm).await?;
-        let seq = self.app.policies.version(&self.vm, &group).await?;
-        if seq == self.policy_seq {
-            return Ok(());
-        }
-        self.policy_seq = seq;
-        let mut ports: Vec<ProtectedPort> = Vec::new();
-        if let Some(p) = self.app.policies.effective(&self.vm, &group).await? {
-            for pp in &p.ports {
-                let Some(port) = u16::try_from(pp.number).ok().and_then(Port::new) else {
-                    tracing::error!(vm = %self.vm, number = pp.number, "stored policy port out of range");
-                    continue;
-                };
-                let protos: &[Protocol] = match pp.protocol.parse::<ProtoSel>() {
-                    Ok(p) => p.expand(),
-                    Err(_) => {
-                        tracing::error!(vm = %self.vm, protocol = %pp.protocol, "stored policy protocol invalid");
-                        continue;
-                    }
-                };
-                let on_expiry = pp.on_expiry;
-                for &protocol in protos {
-                    let p = ProtectedPort {
-                        protocol,
-                        port,
-                        on_expiry,
-                    };
-                    if !ports
-                        .iter()
-                        .any(|x| x.protocol == protocol && x.port == port)
-                    {
-                        ports.push(p);
-                    }
-                }
-            }
-        }
-        ports.sort();
-        let body = PolicyBody {
-            agent_id: self.agent,
-            seq: u64::try_from(seq).unwrap_or(0),
-            ports,
-            issued_unix_ms: jitgate_api::time::now_ms(),
-        };
-        let s = Signed::sign(&body, &*self.key()?).map_err(|e| ConnError::Sign(e.to_string()))?;
-        tracing::debug!(agent = %self.agent, seq, ports = body.ports.len(), "policy sent");
-        send(wr, &ControllerMsg::Policy(s)).await
-    }
-
-    async fn request_info(&mut self, rid: &str, gid: &str) -> Result<(String, String), ConnError> {
-        if let Some(x) = self.requests.get(rid) {
-            return Ok(x.clone());
-        }
-        let (who, why) = self
-            .app
-            .lifecycle
-            .grant_context(gid)
-            .await?
-            .map(|c| (c.requestor, c.justification))
-            .unwrap_or_default();
-        self.requests
-            .insert(rid.to_string(), (who.clone(), why.clone()));
-        Ok((who, why))
-    }
-
-    async fn grant_state(&self, id: &str) -> Result<Option<GrantState>, ConnError> {
-        Ok(self.app.lifecycle.grant_context(id).await?.map(|c| c.state))
-    }
-
-    /// Sends the VM's outbox rows after the cursor, in seq order. On the first send after
-    /// (re)connect, grants that are no longer active (revoked, superseded, expired meanwhile)
-    /// are not sent; their revocations are.
-    async fn send_outbox(&mut self, wr: &mut Wr, catch_up: bool) -> Result<(), ConnError> {
-        loop {
-            let items = self
-                .app
-                .lifecycle
-                .outbox(&self.vm, self.cursor, OUTBOX_BATCH)
-                .await?;
-            let n = items.len();
-            for it in items {
-                let seq = it.seq;
-                self.cursor = seq;
-                let Ok(grant_id) = Uuid::parse_str(&it.grant_id) else {
-                    tracing::error!(grant = %it.grant_id, seq, "grant id is not a UUID; not sent");
-                    continue;
-                };
-                let useq = u64::try_from(seq).unwrap_or(0);
-                if it.op == OutboxOp::Revoke {
-                    let state = self.grant_state(&it.grant_id).await?;
-                    let reason = if state == Some(GrantState::Superseded) {
-                        StatusReason::NewerRequestInitiated
-                    } else {
-                        StatusReason::UserRequested
-                    };
-                    let body = RevokeBody {
-                        agent_id: self.agent,
-                        grant_id,
-                        seq: useq,
-                        reason: reason.as_str().into(),
-                    };
-                    let s = Signed::sign(&body, &*self.key()?)
-                        .map_err(|e| ConnError::Sign(e.to_string()))?;
-                    tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, %reason, "revoke sent");
-                    send(wr, &ControllerMsg::Revoke(s)).await?;
-                    continue;
-                }
-                let now = jitgate_api::time::now_ms();
-                if it.end_ms <= now {
-                    tracing::debug!(grant = %grant_id, seq, "grant ended before delivery; not sent");
-                    continue;
-                }
-                if catch_up {
-                    let state = self.grant_state(&it.grant_id).await?;
-                    if !state.is_some_and(GrantState::is_active) {
-                        tracing::debug!(grant = %grant_id, seq, state = ?state, "grant no longer active; not sent");
-                        continue;
-                    }
-                }
-                let Some(protocol) = it.protocol.concrete() else {
-                    tracing::error!(grant = %grant_id, protocol = %it.protocol, "bad stored protocol");
-                    continue;
-                };
-                let (Some(port), Ok(source)) = (Port::new(it.port), it.prefix.parse()) else {
-                    tracing::error!(grant = %grant_id, port = it.port, prefix = %it.prefix, "bad stored grant");
-                    continue;
-                };
-                let (requester, justification) =
-                    self.request_info(&it.request_id, &it.grant_id).await?;
-                let body = GrantBody {
-                    agent_id: self.agent,
-                    grant_id,
-                    seq: useq,
-                    request_id: it.request_id.clone(),
-                    protocol,
-                    port,
-                    source,
-                    start_unix_ms: it.start_ms,
-                    end_unix_ms: it.end_ms,
-                    remaining_ms: u64::try_from(it.end_ms - now).unwrap_or(0),
-                    requester,
-                    justification,
-                };
-                if let Some(limit) = it.max_connections {
-                    // Limited: only an agent that enforces the limit may have it; an older
-                    // one would read it as an unlimited grant, so it is never sent there in
-                    // any form (requests are refused AgentTooOld; this holds it back should
-                    // the agent have been replaced by an older one since).
-                    if self.protocol < LEVEL_CONNECTION_LIMITS {
-                        tracing::error!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, level = self.protocol, max_connections = limit.get(), "limited grant held back: the agent is too old to enforce its connection limit");
-                        continue;
-                    }
-                    let starts_in_ms =
-                        (it.start_ms > now).then(|| u64::try_from(it.start_ms - now).unwrap_or(0));
-                    let limited = LimitedGrantBody {
-                        grant: body,
-                        max_connections: limit,
-                        starts_in_ms,
-                    };
-                    let s = Signed::sign(&limited, &*self.key()?)
-                        .map_err(|e| ConnError::Sign(e.to_string()))?;
-                    tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, max_connections = limit.get(), ?starts_in_ms, "limited grant sent");
-                    send(wr, &ControllerMsg::LimitedGrant(s)).await?;
-                    continue;
-                }
-                if it.start_ms > now {
-                    // Booked: only an agent that opens it at its start by itself may have it;
-                    // an older one would apply it at receipt, so it waits here (and is sent
-                    // when the VM's agent speaks a level that knows bookings).
-                    if self.protocol < LEVEL_SCHEDULED_GRANTS {
-                        tracing::warn!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, level = self.protocol, "booked grant held back: the agent is too old to open it at its start");
-                        continue;
-                    }
-                    let booked = ScheduledGrantBody {
-                        grant: body,
-                        starts_in_ms: u64::try_from(it.start_ms - now).unwrap_or(0),
-                    };
-                    let s = Signed::sign(&booked, &*self.key()?)
-                        .map_err(|e| ConnError::Sign(e.to_string()))?;
-                    tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, starts_in_ms = booked.starts_in_ms, "booked grant sent");
-                    send(wr, &ControllerMsg::ScheduledGrant(s)).await?;
-                    continue;
-                }
-                let s = Signed::sign(&body, &*self.key()?)
-                    .map_err(|e| ConnError::Sign(e.to_string()))?;
-                tracing::info!(agent = %self.agent, vm = %self.vm, grant = %grant_id, seq, "grant sent");
-                send(wr, &ControllerMsg::Grant(s)).await?;
-            }
-            if (n as i64) < OUTBOX_BATCH {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Records the acknowledgement without waiting for its commit, so that one agent's
-    /// acknowledgements share group commits (the lifecycle's acknowledgement writer). If the
-    /// commit fails the grant stays pending, and the agent's next connection redelivers it
-    /// and acknowledges it again.
-    fn ack(&self, grant_id: Uuid) {
-        let actor = Actor::agent(self.agent);
-        let (lifecycle, agent) = (self.app.lifecycle.clone(), self.agent);
-        tokio::spawn(async move {
-            match lifecycle.acknowledge(&actor, &grant_id.to_string()).await {
-                Ok(()) => {}
-                Err(Error::Refused { message, .. }) => {
-                    tracing::warn!(%agent, grant = %grant_id, error = %message, "acknowledgement of an unknown grant");
-                }
-                Err(e) => {
-                    tracing::error!(%agent, grant = %grant_id, error = %e, "acknowledgement not recorded; the grant is redelivered on the next connection");
-                }
-            }
-        });
     }
 
     /// An agent's refusal, in the activity log.

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use jitgate_api::{AgentStatus, InterfaceHook};
-use jitgate_common::MaxConnections;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Executor};
 
@@ -209,56 +208,6 @@ fn hooks(text: Option<&str>) -> Result<Vec<InterfaceHook>> {
         .unwrap_or_default())
 }
 
-pub async fn insert_enroll_token(
-    w: &mut WriteTx,
-    hash: &str,
-    vm: &str,
-    expires_ms: i64,
-) -> Result<()> {
-    let now = w.now;
-    sqlx::query(
-        "INSERT INTO enroll_tokens (hash, vm, created_ms, expires_ms, used_ms, agent_id) \
-         VALUES ($1, $2, $3, $4, NULL, NULL)",
-    )
-    .bind(hash)
-    .bind(vm)
-    .bind(now)
-    .bind(expires_ms)
-    .execute(w.conn())
-    .await?;
-    Ok(())
-}
-
-/// An enrolment token, with its VM's group.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct EnrollTokenRow {
-    pub vm: String,
-    pub expires_ms: i64,
-    pub used_ms: Option<i64>,
-    pub resource_group: String,
-}
-
-pub async fn enroll_token(w: &mut WriteTx, hash: &str) -> Result<Option<EnrollTokenRow>> {
-    Ok(sqlx::query_as(
-        "SELECT t.vm, t.expires_ms, t.used_ms, v.resource_group FROM enroll_tokens t \
-         JOIN vms v ON v.name = t.vm WHERE t.hash = $1",
-    )
-    .bind(hash)
-    .fetch_optional(w.conn())
-    .await?)
-}
-
-pub async fn use_enroll_token(w: &mut WriteTx, hash: &str, agent: &str) -> Result<()> {
-    let now = w.now;
-    sqlx::query("UPDATE enroll_tokens SET used_ms = $1, agent_id = $2 WHERE hash = $3")
-        .bind(now)
-        .bind(agent)
-        .bind(hash)
-        .execute(w.conn())
-        .await?;
-    Ok(())
-}
-
 /// The ids of the VM's active agents.
 pub async fn active_ids(w: &mut WriteTx, vm: &str) -> Result<Vec<String>> {
     let rows: Vec<(String,)> =
@@ -319,132 +268,6 @@ pub async fn insert(w: &mut WriteTx, a: &NewAgent<'_>) -> Result<()> {
     .execute(w.conn())
     .await?;
     inventory::raise_generation(w).await
-}
-
-/// A certificate renewed for an agent (same key, same id).
-pub struct RenewedCert<'a> {
-    pub fingerprint: &'a str,
-    pub serial: &'a str,
-    pub cert_pem: &'a str,
-    pub not_after_ms: i64,
-}
-
-/// What [`renew_cert`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Renewal {
-    Renewed,
-    /// The agent is not active (revoked, or unknown): a revoked agent never renews.
-    NotActive,
-    /// Its last renewal (at `last_ms`) is younger than the limit window.
-    TooSoon {
-        last_ms: i64,
-    },
-}
-
-/// When the agent's certificate was last renewed (None: never, or no such agent).
-pub async fn cert_renewed_ms(
-    ex: impl Executor<'_, Database = Any>,
-    id: &str,
-) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar::<_, Option<i64>>("SELECT cert_renewed_ms FROM agents WHERE id = $1")
-            .bind(id)
-            .fetch_optional(ex)
-            .await?
-            .flatten(),
-    )
-}
-
-/// Makes `new` the agent's current certificate, keeping the one it replaces in
-/// `agent_certs` (it still identifies the agent until it expires). Refused unless the agent
-/// is active, and while its last renewal is younger than `min_interval_ms` (checked in the
-/// update itself: of two renewals at once, on one controller or two, one wins). On a
-/// refusal the caller drops the transaction: nothing is kept.
-pub async fn renew_cert(
-    w: &mut WriteTx,
-    id: &str,
-    new: &RenewedCert<'_>,
-    min_interval_ms: i64,
-) -> Result<Renewal> {
-    let now = w.now;
-    type Row = (String, String, String, String, Option<i64>);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT status, cert_fingerprint, cert_serial, cert_pem, cert_renewed_ms FROM agents \
-         WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(w.conn())
-    .await?;
-    let Some((status, fp, serial, pem, last)) = row else {
-        return Ok(Renewal::NotActive);
-    };
-    if status != AgentStatus::Active.as_str() {
-        return Ok(Renewal::NotActive);
-    }
-    if let Some(last_ms) = last
-        && now - last_ms < min_interval_ms
-    {
-        return Ok(Renewal::TooSoon { last_ms });
-    }
-    sqlx::query(
-        "INSERT INTO agent_certs (fingerprint, agent_id, serial, replaced_ms, cert_pem) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
-    )
-    .bind(&fp)
-    .bind(id)
-    .bind(&serial)
-    .bind(now)
-    .bind(&pem)
-    .execute(w.conn())
-    .await?;
-    let updated = sqlx::query(
-        "UPDATE agents SET cert_fingerprint = $1, cert_serial = $2, cert_pem = $3, \
-         cert_not_after_ms = $4, cert_renewed_ms = $5 WHERE id = $6 AND status = $7 \
-         AND cert_fingerprint = $8 AND (cert_renewed_ms IS NULL OR cert_renewed_ms <= $9)",
-    )
-    .bind(new.fingerprint)
-    .bind(new.serial)
-    .bind(new.cert_pem)
-    .bind(new.not_after_ms)
-    .bind(now)
-    .bind(id)
-    .bind(AgentStatus::Active.as_str())
-    .bind(&fp)
-    .bind(now.saturating_sub(min_interval_ms))
-    .execute(w.conn())
-    .await?
-    .rows_affected();
-    if updated == 1 {
-        Ok(Renewal::Renewed)
-    } else {
-        // Another renewal got there first.
-        Ok(Renewal::TooSoon { last_ms: now })
-    }
-}
-
-/// Whether a renewal refusal of `kind` (`fleet::RefusalKind`) is to be written to the
-/// activity log now: true, and noted, at most once per agent, kind and `window_ms`
-/// (cluster-wide: the row decides; of two controllers at once, one writes).
-pub async fn note_cert_refusal(
-    w: &mut WriteTx,
-    id: &str,
-    kind: &str,
-    window_ms: i64,
-) -> Result<bool> {
-    let now = w.now;
-    let n = sqlx::query(
-        "INSERT INTO agent_cert_refusals (agent_id, kind, logged_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (agent_id, kind) DO UPDATE SET logged_ms = excluded.logged_ms \
-         WHERE agent_cert_refusals.logged_ms <= $4",
-    )
-    .bind(id)
-    .bind(kind)
-    .bind(now)
-    .bind(now.saturating_sub(window_ms))
-    .execute(w.conn())
-    .await?
-    .rows_affected();
-    Ok(n == 1)
 }
 
 /// An enrolled agent as the channel identifies it.
@@ -642,28 +465,6 @@ pub async fn levels(
         }
     }
     Ok(out)
-}
-
-/// Records a reported local grant once; true if it was new.
-pub async fn insert_local_grant(
-    w: &mut WriteTx,
-    agent: &str,
-    grant: &str,
-    max_connections: Option<MaxConnections>,
-) -> Result<bool> {
-    let now = w.now;
-    let n = sqlx::query(
-        "INSERT INTO agent_local_grants (agent_id, grant_id, reported_ms, max_connections) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(agent)
-    .bind(grant)
-    .bind(now)
-    .bind(max_connections.map(|m| i64::from(m.get())))
-    .execute(w.conn())
-    .await?
-    .rows_affected();
-    Ok(n > 0)
 }
 
 /// What the fleet's views read of every agent.

@@ -7,7 +7,9 @@
 //! - [`write`]: write transactions (the locked chain head and counters) and group commit.
 //! - [`tokens`], [`sessions`] (people signed in with OpenID Connect, used callbacks), [`inventory`] (resource groups and VMs), [`policies`], [`requests`] (and their
 //!   ports), [`approvals`] (every decision on a request), [`grants`] (and the grant outbox), [`activity`] (the hash-chained log, its
-//!   checkpoints, export and verification), [`agents`], [`agent_audit`], [`compliance`].
+//!   checkpoints, export and verification), [`agents`], [`enroll_tokens`], [`agent_certs`]
+//!   (renewals and their refusals), [`local_grants`] (break-glass grants agents reported),
+//!   [`agent_audit`], [`compliance`].
 //! - [`cluster`]: what several controllers on one database share besides the data: agent
 //!   presence, the catch-up behind `NOTIFY`, the notification queue.
 //! - [`grant_keys`]: grant-signing keys, their rotation messages and agents' answers.
@@ -22,6 +24,7 @@
 
 pub mod activity;
 pub mod agent_audit;
+pub mod agent_certs;
 pub mod agents;
 pub mod approvals;
 pub mod backend;
@@ -30,12 +33,14 @@ pub mod cluster;
 pub mod compliance;
 pub mod controller_keys;
 pub mod db;
+pub mod enroll_tokens;
 pub mod full_run;
 pub mod grant_keys;
 pub mod grants;
 pub mod health;
 pub mod inventory;
 pub mod lease;
+pub mod local_grants;
 pub mod login_links;
 pub mod notify;
 pub mod policies;
