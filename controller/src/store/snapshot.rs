@@ -54,7 +54,7 @@ pub async fn begin_and_read(
         return Ok((w, snap));
     }
     let mut w = writer.lock().await;
-    let (lock, counters) = Writer::lock_counters(7);
+    let (lock, counters) = writer.lock_counters(7);
     let sql = format!(
         "BEGIN; {lock}; \
          SELECT json_group_object(name, resource_group) FROM vms \

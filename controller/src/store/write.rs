@@ -46,14 +46,24 @@ jitgate_api::wire_enum! {
 pub const COUNTERS: usize = 4;
 
 /// Locks and reads the counter rows; their names are bound from `$n`.
-fn lock_counters_sql(n: usize) -> String {
-    format!(
-        "UPDATE counters SET value = value WHERE name IN (${n}, ${}, ${}, ${}) \
-         RETURNING name, value, hash",
-        n + 1,
-        n + 2,
-        n + 3
-    )
+///
+/// PostgreSQL: `FOR UPDATE` in name order, so that controllers sharing the database take
+/// the row locks in one order. An `UPDATE ... WHERE name IN (...)` locks them in the order
+/// the scan meets them, which moves as updates write new row versions: two transactions
+/// could each hold a counter the other waits for (a deadlock, one batch rolled back).
+/// SQLite: the `UPDATE` takes the database's write lock at once (no deferred upgrade).
+fn lock_counters_sql(backend: Backend, n: usize) -> String {
+    let names = format!("${n}, ${}, ${}, ${}", n + 1, n + 2, n + 3);
+    match backend {
+        Backend::Sqlite => format!(
+            "UPDATE counters SET value = value WHERE name IN ({names}) \
+             RETURNING name, value, hash"
+        ),
+        Backend::Postgres => format!(
+            "SELECT name, value, hash FROM counters WHERE name IN ({names}) \
+             ORDER BY name FOR UPDATE"
+        ),
+    }
 }
 
 /// Writes the counter rows back: names from `$n`, then chain seq, request, outbox, notify
@@ -161,7 +171,7 @@ impl Writer {
 
     async fn try_begin(&self) -> Result<WriteTx> {
         let mut w = self.lock().await;
-        let lock = lock_counters_sql(1);
+        let lock = lock_counters_sql(self.backend, 1);
         let q = if self.backend == Backend::Sqlite {
             // One round trip: SQLite runs both statements of the query in order.
             format!("BEGIN; {lock}")
@@ -214,9 +224,9 @@ impl Writer {
 
     /// The counter-locking statement whose counter names are bound from `$n` (for a caller
     /// that begins the transaction itself), and the names to bind.
-    pub fn lock_counters(n: usize) -> (String, [&'static str; COUNTERS]) {
+    pub fn lock_counters(&self, n: usize) -> (String, [&'static str; COUNTERS]) {
         (
-            lock_counters_sql(n),
+            lock_counters_sql(self.backend, n),
             [
                 Counter::Chain.as_str(),
                 Counter::Request.as_str(),
