@@ -50,6 +50,15 @@ pub(crate) enum Bench {
         /// How many controllers share the agents (default 1).
         #[arg(long, default_value_t = 1)]
         controllers: usize,
+        /// Initiates per second during the load phase (default 500).
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// SIGKILL the first controller a third of the way into the load (needs
+        /// `--controllers` 2 or more): how long its agents take to be welcomed by another,
+        /// and whether a grant answered OK was lost. Written to its own section,
+        /// "fleet-failover".
+        #[arg(long)]
+        kill_one: bool,
     },
     /// The agent through its admin socket: grants/s (8 clients), grant → first admitted
     /// packet p50/p99, RSS at 100 000 grants.
@@ -99,7 +108,9 @@ pub(crate) fn bench(root: &Path, which: Bench) -> Result<()> {
             quick,
             agents,
             controllers,
-        } => bench_fleet(root, quick, agents, controllers),
+            rate,
+            kill_one,
+        } => bench_fleet(root, quick, agents, controllers, rate, kill_one),
         Bench::Dataplane { quick } => bench_binary(root, "dataplane", quick),
         Bench::Agent { quick } => bench_binary(root, "agent", quick),
         Bench::Flood { quick } => bench_binary(root, "flood", quick),
@@ -130,7 +141,12 @@ pub(crate) fn bench_fleet(
     quick: bool,
     agents: usize,
     controllers: usize,
+    rate: u32,
+    kill_one: bool,
 ) -> Result<()> {
+    if kill_one && controllers < 2 {
+        bail!("--kill-one needs --controllers 2 or more (their agents fail over to the others)");
+    }
     // The simulated fleet runs against the real `jit-controller` binary.
     run(Command::new("cargo").args(["build", "--release", "--bins"]))?;
     let (agents, seconds) = if quick {
@@ -138,17 +154,30 @@ pub(crate) fn bench_fleet(
     } else {
         (agents.to_string(), "20")
     };
-    let controllers = controllers.to_string();
-    let args = [
+    let (controllers, rate_s) = (controllers.to_string(), rate.to_string());
+    let mut args = vec![
         "--agents",
         agents.as_str(),
         "--controllers",
         controllers.as_str(),
         "--seconds",
         seconds,
+        "--rate",
+        rate_s.as_str(),
     ];
-    let command = format!("cargo xtask bench fleet --agents {agents} --controllers {controllers}");
-    bench_example(root, "fleet_bench", "fleet", &command, &args, quick)
+    let mut command =
+        format!("cargo xtask bench fleet --agents {agents} --controllers {controllers}");
+    if rate != 500 {
+        command.push_str(&format!(" --rate {rate}"));
+    }
+    let section = if kill_one {
+        args.push("--kill-one");
+        command.push_str(" --kill-one");
+        "fleet-failover"
+    } else {
+        "fleet"
+    };
+    bench_example(root, "fleet_bench", section, &command, &args, quick)
 }
 
 pub(crate) fn bench_portal(root: &Path, quick: bool, state: Option<&Path>) -> Result<()> {
