@@ -1134,8 +1134,8 @@ struct Booted<'a> {
 }
 
 impl<'a> Booted<'a> {
-    fn start(root: &'a Chroot, log: &Path) -> Result<Booted<'a>> {
-        let log = std::fs::File::create(log)?;
+    fn start(root: &'a Chroot, log_path: &Path) -> Result<Booted<'a>> {
+        let log = std::fs::File::create(log_path)?;
         // setpriv: if this process dies, nspawn is told to power the container off.
         let mut cmd = Command::new("setpriv");
         cmd.args([
@@ -1166,18 +1166,36 @@ impl<'a> Booted<'a> {
             leader: 0,
         };
         let pid = booted.nspawn.id();
+        // Not simply nspawn's first child: nspawn forks a short-lived helper before the
+        // container's init, and a busy machine can show the helper to the first poll
+        // (commands aimed at it then fail until the wait gives up).
         wait_for("the container's systemd", 60, || {
             if let Some(status) = booted.nspawn.try_wait()? {
                 bail!("systemd-nspawn exited: {status}");
             }
-            booted.leader = children(pid).into_iter().next().unwrap_or(0);
+            booted.leader = container_init(pid).unwrap_or(0);
             Ok(booted.leader != 0)
         })?;
-        wait_for("the container's boot", 90, || {
+        let mut state = String::new();
+        let waited = wait_for("the container's boot", 180, || {
             let out = booted.try_sh("systemctl is-system-running", &[])?;
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            state = String::from_utf8_lossy(&out.stdout).trim().to_string();
             Ok(state == "running" || state == "degraded")
-        })?;
+        });
+        if let Err(e) = waited {
+            let jobs = booted
+                .try_sh("systemctl list-jobs --no-pager; systemctl --failed --no-pager", &[])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let console = std::fs::read_to_string(log_path).unwrap_or_default();
+            let tail: Vec<&str> = console.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(e.context(format!(
+                "state {state:?} (init pid {}); jobs:\n{jobs}\nconsole (last 40 lines):\n{}",
+                booted.leader,
+                tail.join("\n")
+            )));
+        }
         Ok(booted)
     }
 
@@ -1261,6 +1279,30 @@ impl Drop for Booted<'_> {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
     }
+}
+
+/// The container's init among the descendants of `pid` (nspawn): the process that is
+/// PID 1 in a PID namespace of its own (its `NSpid` line ends in 1).
+fn container_init(pid: u32) -> Option<u32> {
+    let mut queue = children(pid);
+    let mut seen = 0;
+    while let Some(p) = queue.pop() {
+        seen += 1;
+        if seen > 64 {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let ids: Vec<&str> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        if ids.len() >= 2 && ids.last() == Some(&"1") {
+            return Some(p);
+        }
+        queue.extend(children(p));
+    }
+    None
 }
 
 /// The child processes of `pid`.
