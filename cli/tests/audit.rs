@@ -21,7 +21,7 @@ async fn audit_checkpoint_export_and_offline_verify() {
     let o = e.jit(&admin, &["audit", "export", "audit.json"]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     let file = e._tmp.path().join("audit.json");
-    let key = e.dir.signing_pub();
+    let key = e.dir.checkpoint_pub();
     let key = key.to_str().expect("path");
     // No controller is needed: the URL points nowhere.
     let offline = |extra: &[&str]| {
@@ -110,7 +110,7 @@ async fn offline_verify_joins_an_archive_and_the_rest() {
     write("archive.json", &part(&|s| s <= cut, &|s| s <= cut));
     write("rest.json", &part(&|s| s > cut, &|s| s >= cut));
     write("bare.json", &part(&|s| s > cut, &|s| s > cut));
-    let key = e.dir.signing_pub();
+    let key = e.dir.checkpoint_pub();
     let key = key.to_str().expect("path");
     let verify = |files: &[&str]| {
         let mut args = vec!["audit", "verify", "--key", key, "--json"];

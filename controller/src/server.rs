@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, Parts};
-use crate::audit::CheckpointKey;
 use crate::channel::tls::ServerCert;
 use crate::compliance::settings::Settings;
 use crate::error::SetupError;
@@ -218,7 +217,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
         cfg.certificates.agent_grace(),
         Some(past_grace_tx),
     )?;
-    let key = crate::channel::tls::load_signing_key(&dir.signing_key())?;
+    let checkpoint_key = crate::state::load_checkpoint_key(dir, true)?;
     let key_dir = crate::keys::files::KeyDir::new(dir.signing_key());
     let switcher_dir = key_dir.clone();
     let public_pem = read(&dir.signing_pub())?;
@@ -236,10 +235,7 @@ pub async fn start(dir: &StateDir, cfg: &Config) -> Result<ServerHandle, SetupEr
             agent_endpoints: channel_settings.endpoints.clone(),
             certs: cfg.certificates.clone(),
         }),
-        checkpoint_key: Some(CheckpointKey {
-            key,
-            public_pem: public_pem.clone(),
-        }),
+        checkpoint_key: Some(checkpoint_key),
         key_dir: Some(key_dir),
         compliance: Some(Settings::from_config(&cfg.compliance)?),
         limits: crate::lifecycle::initiate::Limits {

@@ -18,6 +18,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use jitgate_api::{Role, Scope};
 
 use crate::app::{App, Parts};
+use crate::audit::CheckpointKey;
 use crate::authz::Caller;
 use crate::error::SetupError;
 use crate::store::db::{DbOptions, Synchronous, sqlite_url};
@@ -61,6 +63,17 @@ impl StateDir {
     }
     pub fn signing_pub(&self) -> PathBuf {
         self.0.join("keys/grant-signing.pub")
+    }
+    /// The key that signs the activity log's checkpoints: a key of its own, so that the
+    /// grant-signing key `init` made can be destroyed when a rotation retires it.
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.0
+            .join("keys")
+            .join(crate::keys::files::CHECKPOINT_KEY_FILE)
+    }
+    /// Its public half (SPKI PEM): what `jit audit verify --offline --key` checks against.
+    pub fn checkpoint_pub(&self) -> PathBuf {
+        self.0.join("keys/checkpoint.pub")
     }
     /// The key that seals sign-in state and the identity provider's refresh tokens.
     pub fn oidc_seal_key(&self) -> PathBuf {
@@ -304,6 +317,15 @@ impl Config {
             // A missing file (no sign-in key yet) hashes as empty, alike on every controller.
             h.update(std::fs::read(file).unwrap_or_default());
         }
+        // The checkpoint key, when it is not the key `init` made (a state directory from
+        // before the split): so the hash stays what it was for those, across an upgrade.
+        let checkpoint = std::fs::read(dir.checkpoint_pub()).unwrap_or_default();
+        if !checkpoint.is_empty()
+            && checkpoint != std::fs::read(dir.signing_pub()).unwrap_or_default()
+        {
+            h.update(b"\0checkpoint\0");
+            h.update(checkpoint);
+        }
         hex::encode(h.finalize())
     }
 
@@ -390,6 +412,53 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;
     Ok(())
+}
+
+/// Writes an Ed25519 key pair: the private half (PKCS#8 PEM) 0600, the public half (SPKI
+/// PEM) 0644; neither over an existing file.
+fn write_key_pair(key: &SigningKey, private: &Path, public: &Path) -> Result<(), SetupError> {
+    let sk_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", private.display())))?;
+    let pk_pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", public.display())))?;
+    write_file(private, sk_pem.as_bytes(), 0o600)?;
+    write_file(public, pk_pem.as_bytes(), 0o644)
+}
+
+/// The activity log's checkpoint key (`keys/checkpoint.key`). A state directory made before
+/// checkpoints had a key of their own signs them with the key `init` made
+/// (`keys/grant-signing.key`): with `split` (a starting controller, as the state
+/// directory's owner), that key is copied to `keys/checkpoint.key` and `checkpoint.pub`
+/// once, so that checkpoints go on verifying with the same public key and a rotation can
+/// destroy `grant-signing.key` when it retires it; without (administration commands), it is
+/// read where it is.
+pub fn load_checkpoint_key(dir: &StateDir, split: bool) -> Result<CheckpointKey, SetupError> {
+    let mut path = dir.checkpoint_key();
+    if !path.exists() {
+        let legacy = dir.signing_key();
+        if split {
+            let key = crate::channel::tls::load_signing_key(&legacy)?;
+            let public = dir.checkpoint_pub();
+            // A public half without its private one is what an interrupted split left.
+            if public.exists() {
+                std::fs::remove_file(&public).map_err(|e| SetupError::io(public.display(), e))?;
+            }
+            write_key_pair(&key, &path, &public)?;
+            tracing::info!(from = %legacy.display(), to = %path.display(),
+                "checkpoint key: the key init made copied to a file of its own");
+        } else {
+            path = legacy;
+        }
+    }
+    let key = crate::channel::tls::load_signing_key(&path)?;
+    let public_pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", path.display())))?;
+    Ok(CheckpointKey { key, public_pem })
 }
 
 /// What `jit-controller certs renew-server` did.
@@ -587,17 +656,14 @@ pub async fn init(
     write_file(&dir.server_cert(), srv_cert.pem().as_bytes(), 0o644)?;
     write_file(&dir.server_key(), srv_key.serialize_pem().as_bytes(), 0o600)?;
 
-    // Grant-signing key.
-    let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let sk_pem = sk
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| SetupError::Invalid(format!("encoding the signing key: {e}")))?;
-    let pk_pem = sk
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| SetupError::Invalid(format!("encoding the public key: {e}")))?;
-    write_file(&dir.signing_key(), sk_pem.as_bytes(), 0o600)?;
-    write_file(&dir.signing_pub(), pk_pem.as_bytes(), 0o644)?;
+    // The grant-signing key, and the activity log's checkpoint key (another key).
+    for (private, public) in [
+        (dir.signing_key(), dir.signing_pub()),
+        (dir.checkpoint_key(), dir.checkpoint_pub()),
+    ] {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        write_key_pair(&key, &private, &public)?;
+    }
     // Sign-in sealing key: made now so that `[oidc]` can be turned on later, and copied with
     // the other keys to every controller on the same database.
     jitgate_oidc::SealKey::create_file(&dir.oidc_seal_key())

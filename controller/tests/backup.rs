@@ -313,7 +313,7 @@ async fn a_sqlite_backup_restores_into_postgresql() {
     .await
     .expect("open the PostgreSQL database");
     let key =
-        jitgate_controller::channel::tls::load_signing_key(&h.dir.signing_key()).expect("key");
+        jitgate_controller::channel::tls::load_signing_key(&h.dir.checkpoint_key()).expect("key");
     let report =
         jitgate_controller::store::activity::verify(app.db.pool(), Some(&key.verifying_key()))
             .await

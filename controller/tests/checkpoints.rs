@@ -256,7 +256,7 @@ async fn export_verifies_offline_and_fails_after_one_byte_changes() {
     h.put_rg_policy("dev", ssh_policy()).await;
     let x = export(&h).await;
     let key = jitgate_proto::audit::parse_public_key(
-        &std::fs::read_to_string(h.dir.signing_pub()).expect("pub"),
+        &std::fs::read_to_string(h.dir.checkpoint_pub()).expect("pub"),
     )
     .expect("key");
     let r = x.verify(Some(&key)).expect("verify");

@@ -52,6 +52,18 @@ async fn key_rows(h: &Harness) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// Signs a checkpoint now, then checks the exported log (chain and every checkpoint) against
+/// the public key `public_pem`.
+async fn checkpoint_verifies_with(h: &Harness, public_pem: &str) {
+    h.checkpoint().await;
+    let (st, v) = h.get("/api/v1/activityLog/export", &h.admin).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let export: jitgate_proto::audit::Export = serde_json::from_value(v).unwrap();
+    let key = jitgate_proto::audit::parse_public_key(public_pem).unwrap();
+    let report = export.verify(Some(&key)).unwrap();
+    assert!(report.ok && report.checkpoints >= 1, "{report:?}");
+}
+
 fn signer_id(h: &Harness) -> Option<String> {
     h.app()
         .keys
@@ -174,12 +186,21 @@ async fn rotate_and_retire_with_readiness_and_the_old_key_destroyed() {
     let retired = r.retire(&actor, false).await.expect("retire");
     assert_eq!(retired.retired_key_id, old_id);
     assert_eq!(retired.current_key_id, new_id);
-    // The key `init` made stays as the activity log's checkpoint key (said so).
+    // The key `init` made is destroyed too: checkpoints have a key of their own.
     assert!(
-        retired.private_key.starts_with("kept"),
+        retired.private_key.starts_with("destroyed"),
         "{}",
         retired.private_key
     );
+    assert!(!a.dir.signing_key().exists());
+    assert!(a.dir.signing_pub().exists(), "the public half stays");
+    if let Some(b) = &b {
+        let b_initial = b.dir.signing_key();
+        assert!(
+            within(Duration::from_secs(10), || async { !b_initial.exists() }).await,
+            "the second controller kept the retired key init made"
+        );
+    }
     for h in std::iter::once(&a).chain(b.as_ref()) {
         assert!(
             within(Duration::from_secs(10), || async {
@@ -232,6 +253,13 @@ async fn rotate_and_retire_with_readiness_and_the_old_key_destroyed() {
         1,
         "{states:?}"
     );
+
+    // The activity log's checkpoints are still signed, and verify with the checkpoint key.
+    checkpoint_verifies_with(
+        &a,
+        &std::fs::read_to_string(a.dir.checkpoint_pub()).unwrap(),
+    )
+    .await;
 
     // Activity-logged: two rotations, two retirements.
     let ops: Vec<String> = sqlx::query_scalar(
@@ -839,4 +867,54 @@ async fn an_agent_offline_across_two_rotations_is_sent_both_in_order() {
             format!("retired {}", ids[0])
         ]
     );
+}
+
+/// A state directory made before checkpoints had a key of their own (no
+/// `keys/checkpoint.key`): the controller starting copies the key `init` made there, so
+/// checkpoints verify with the public key they always did; retiring that key as a
+/// grant-signing key then destroys `grant-signing.key`, and checkpoints go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_from_before_the_checkpoint_key_splits_it_at_start() {
+    let mut h = Harness::with_state(|dir| {
+        // `init` makes distinct keys; an older version made none for checkpoints.
+        assert_ne!(
+            std::fs::read_to_string(dir.checkpoint_pub()).unwrap(),
+            std::fs::read_to_string(dir.signing_pub()).unwrap()
+        );
+        std::fs::remove_file(dir.checkpoint_key()).unwrap();
+        std::fs::remove_file(dir.checkpoint_pub()).unwrap();
+    })
+    .await;
+    let grant_pub = std::fs::read_to_string(h.dir.signing_pub()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(h.dir.checkpoint_pub()).unwrap(),
+        grant_pub,
+        "the key init made, in a file of its own"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(h.dir.checkpoint_key())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let r = rotation(&h);
+    let actor = Actor::local();
+    r.rotate(&actor).await.expect("rotate");
+    let retired = r.retire(&actor, false).await.expect("retire");
+    assert!(
+        retired.private_key.starts_with("destroyed"),
+        "{}",
+        retired.private_key
+    );
+    assert!(!h.dir.signing_key().exists());
+
+    checkpoint_verifies_with(&h, &grant_pub).await;
+    // A restart after the original key is gone: the controller still starts.
+    h.restart().await;
+    let (st, v) = h.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }

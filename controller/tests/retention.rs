@@ -192,7 +192,7 @@ async fn audit_record(h: &Harness, seq: i64, kind: &str, received: i64) {
 }
 
 fn signing_key(h: &Harness) -> ed25519_dalek::SigningKey {
-    let pem = std::fs::read_to_string(h.dir.signing_key()).expect("key");
+    let pem = std::fs::read_to_string(h.dir.checkpoint_key()).expect("key");
     ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pkcs8")
 }
 
@@ -274,16 +274,7 @@ async fn age_activity(h: &Harness, through: i64, t: i64) {
 }
 
 async fn checkpoint(h: &Harness) -> i64 {
-    let (st, v) = h
-        .call(
-            Method::POST,
-            "/api/v1/activityLog/checkpoints",
-            Some(&h.admin),
-            None,
-        )
-        .await;
-    assert!(st.is_success(), "{v}");
-    v["seq"].as_i64().expect("seq")
+    h.checkpoint().await
 }
 
 async fn export(h: &Harness) -> Export {
@@ -546,8 +537,9 @@ async fn prune_removes_exactly_what_is_past_retention_and_archives_the_log() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let key = parse_public_key(&std::fs::read_to_string(h.dir.signing_pub()).expect("public key"))
-        .expect("key");
+    let key =
+        parse_public_key(&std::fs::read_to_string(h.dir.checkpoint_pub()).expect("public key"))
+            .expect("key");
     let arch = read_export(&archive);
     let v = arch.verify(Some(&key)).expect("verify");
     assert!(v.ok, "the archive verifies offline: {v:?}");
@@ -848,8 +840,9 @@ async fn two_controllers_keep_one_verifiable_log_across_a_prune() {
     assert_eq!(r["activity"]["throughSeq"], c1, "{r}");
     assert_eq!(count(&h, "SELECT MIN(seq) FROM activity").await, c1 + 1);
 
-    let key = parse_public_key(&std::fs::read_to_string(h.dir.signing_pub()).expect("public key"))
-        .expect("key");
+    let key =
+        parse_public_key(&std::fs::read_to_string(h.dir.checkpoint_pub()).expect("public key"))
+            .expect("key");
     let arch = read_export(&archive);
     let v = arch.verify(Some(&key)).expect("verify");
     assert!(v.ok, "the archive verifies offline: {v:?}");

@@ -50,9 +50,9 @@ pub(crate) enum Bench {
         /// How many controllers share the agents (default 1).
         #[arg(long, default_value_t = 1)]
         controllers: usize,
-        /// Initiates per second during the load phase (default 500).
-        #[arg(long, default_value_t = 500)]
-        rate: u32,
+        /// Initiates per second during the load phase [default: the fleet bench's, 500].
+        #[arg(long)]
+        rate: Option<u32>,
         /// SIGKILL the first controller a third of the way into the load (needs
         /// `--controllers` 2 or more): how long its agents take to be welcomed by another,
         /// and whether a grant answered OK was lost. Written to its own section,
@@ -141,7 +141,7 @@ pub(crate) fn bench_fleet(
     quick: bool,
     agents: usize,
     controllers: usize,
-    rate: u32,
+    rate: Option<u32>,
     kill_one: bool,
 ) -> Result<()> {
     if kill_one && controllers < 2 {
@@ -154,7 +154,7 @@ pub(crate) fn bench_fleet(
     } else {
         (agents.to_string(), "20")
     };
-    let (controllers, rate_s) = (controllers.to_string(), rate.to_string());
+    let (controllers, rate) = (controllers.to_string(), rate.map(|r| r.to_string()));
     let mut args = vec![
         "--agents",
         agents.as_str(),
@@ -162,12 +162,11 @@ pub(crate) fn bench_fleet(
         controllers.as_str(),
         "--seconds",
         seconds,
-        "--rate",
-        rate_s.as_str(),
     ];
     let mut command =
         format!("cargo xtask bench fleet --agents {agents} --controllers {controllers}");
-    if rate != 500 {
+    if let Some(rate) = &rate {
+        args.extend(["--rate", rate.as_str()]);
         command.push_str(&format!(" --rate {rate}"));
     }
     let section = if kill_one {

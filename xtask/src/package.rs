@@ -944,11 +944,13 @@ fn case_controller_init(c: &Chroot, _: &Ctx) -> Result<()> {
         foreign.trim().is_empty(),
         "files in the state directory not owned by jitgate: {foreign}"
     );
-    ensure!(
-        c.owner_mode("/var/lib/jitgate-controller/keys/grant-signing.key")?
-            == "600 jitgate:jitgate",
-        "the grant-signing key is not 600 jitgate:jitgate"
-    );
+    for key in ["grant-signing.key", "checkpoint.key"] {
+        ensure!(
+            c.owner_mode(&format!("/var/lib/jitgate-controller/keys/{key}"))?
+                == "600 jitgate:jitgate",
+            "keys/{key} is not 600 jitgate:jitgate"
+        );
+    }
     ensure!(
         c.exists("/var/lib/jitgate-controller/controller.toml"),
         "init wrote no controller.toml (the unit's start condition)"
@@ -1184,7 +1186,10 @@ impl<'a> Booted<'a> {
         });
         if let Err(e) = waited {
             let jobs = booted
-                .try_sh("systemctl list-jobs --no-pager; systemctl --failed --no-pager", &[])
+                .try_sh(
+                    "systemctl list-jobs --no-pager; systemctl --failed --no-pager",
+                    &[],
+                )
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             let console = std::fs::read_to_string(log_path).unwrap_or_default();

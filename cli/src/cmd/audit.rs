@@ -74,7 +74,7 @@ enum AuditCmd {
         #[arg(long, value_name = "FILE")]
         offline: Vec<PathBuf>,
         /// With --offline: trust only this public key (SPKI PEM; the controller's
-        /// keys/grant-signing.pub), not the one the file carries.
+        /// keys/checkpoint.pub), not the one the file carries.
         #[arg(long, value_name = "PEM", requires = "offline")]
         key: Option<PathBuf>,
     },
@@ -202,7 +202,7 @@ fn report(r: &VerifyReport, text: &str, out: Out, what: &str) -> R<()> {
 }
 
 /// Verifies an export file from its content alone (no controller). With `key`, only that
-/// public key (SPKI PEM, the controller's `keys/grant-signing.pub`) is trusted.
+/// public key (SPKI PEM, the controller's `keys/checkpoint.pub`) is trusted.
 /// Several files are one log, oldest first (archives of pruned ranges, then the rest).
 pub fn verify_offline(files: &[PathBuf], key: Option<&Path>, out: Out) -> R<()> {
     let read = |p: &Path| {

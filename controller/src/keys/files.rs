@@ -1,6 +1,7 @@
 //! Private halves of grant-signing keys in the state directory: `keys/grant-signing.key`
-//! (made by `init`; it also signs the activity log's checkpoints) and
-//! `keys/grant-<key id>.key` for keys made by `keys rotate`. PKCS#8 PEM, mode 0600.
+//! (made by `init`) and `keys/grant-<key id>.key` for keys made by `keys rotate`. PKCS#8
+//! PEM, mode 0600. The activity log's checkpoint key (`keys/checkpoint.key`) is not one of
+//! them.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -85,37 +86,61 @@ impl KeyDir {
         Ok(path)
     }
 
+    /// Whether [`KeyDir::destroy`] would delete a file of key `id` (cheap while there is
+    /// none: the ring asks for every retired key at each refresh).
+    pub fn may_destroy(&self, id: KeyId) -> bool {
+        self.path(id).exists()
+            || (self.initial.exists()
+                && self.dir.join(CHECKPOINT_KEY_FILE).exists()
+                && matches!(self.load(id), Ok(Some(_))))
+    }
+
     /// Destroys key `id`'s private half: overwritten, synced, removed. The key `init` made
-    /// stays (it signs the activity log's checkpoints): the answer says so.
+    /// stays while it also signs the activity log's checkpoints (a state directory whose
+    /// controller has not yet given the checkpoint key a file of its own,
+    /// `state::load_checkpoint_key`): the answer says so.
     pub fn destroy(&self, id: KeyId) -> Result<Destroyed, KeyError> {
         let path = self.path(id);
         match std::fs::metadata(&path) {
-            Ok(m) => {
-                let zeros = vec![0u8; usize::try_from(m.len()).unwrap_or(0)];
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(file_err(&path))?;
-                f.write_all(&zeros).map_err(file_err(&path))?;
-                f.sync_all().map_err(file_err(&path))?;
-                std::fs::remove_file(&path).map_err(file_err(&path))?;
-                return Ok(Destroyed::Deleted(path));
-            }
+            Ok(m) => return shred(&path, m.len()).map(|()| Destroyed::Deleted(path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(file_err(&path)(e)),
         }
-        match self.load(id)? {
-            Some(_) => Ok(Destroyed::KeptAsCheckpointKey(self.initial.clone())),
-            None => Ok(Destroyed::NotHere),
+        if self.load(id)?.is_none() {
+            return Ok(Destroyed::NotHere);
         }
+        if !self.dir.join(CHECKPOINT_KEY_FILE).exists() {
+            return Ok(Destroyed::KeptAsCheckpointKey(self.initial.clone()));
+        }
+        let len = std::fs::metadata(&self.initial)
+            .map_err(file_err(&self.initial))?
+            .len();
+        shred(&self.initial, len)?;
+        Ok(Destroyed::Deleted(self.initial.clone()))
     }
+}
+
+/// The checkpoint key's file name in `keys/` (`StateDir::checkpoint_key`).
+pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
+
+/// Overwrites `len` bytes of `path` with zeros, syncs, and removes it.
+fn shred(path: &Path, len: u64) -> Result<(), KeyError> {
+    let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(file_err(path))?;
+    f.write_all(&zeros).map_err(file_err(path))?;
+    f.sync_all().map_err(file_err(path))?;
+    std::fs::remove_file(path).map_err(file_err(path))
 }
 
 /// What [`KeyDir::destroy`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destroyed {
     Deleted(PathBuf),
-    /// The key `init` made: it still signs the activity log's checkpoints.
+    /// The key `init` made, in a state directory where it still signs the activity log's
+    /// checkpoints (no `keys/checkpoint.key` yet: a controller starting makes it).
     KeptAsCheckpointKey(PathBuf),
     /// This controller never held it.
     NotHere,

@@ -234,7 +234,7 @@ impl Ring {
 
     fn destroy_retired(&self, id: KeyId) {
         let Some(d) = &self.inner.dir else { return };
-        if !d.path(id).exists() {
+        if !d.may_destroy(id) {
             return;
         }
         match d.destroy(id) {

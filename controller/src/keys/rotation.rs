@@ -442,7 +442,7 @@ impl Rotation {
         let private_key = match self.dir.destroy(old_id)? {
             Destroyed::Deleted(p) => format!("destroyed ({})", p.display()),
             Destroyed::KeptAsCheckpointKey(p) => format!(
-                "kept: {} still signs the activity log's checkpoints; agents refuse it for grants",
+                "kept for now: {} still signs this state directory's activity checkpoints; the next controller to start here gives them a key of their own and destroys it; agents refuse it for grants",
                 p.display()
             ),
             Destroyed::NotHere => "not held by this controller".into(),

@@ -56,6 +56,16 @@ impl Harness {
     }
 
     pub async fn with_config(f: impl FnOnce(&mut Config)) -> Harness {
+        Self::build(f, |_| {}).await
+    }
+
+    /// A controller whose state directory `prepare` changed after `init`, before the
+    /// controller first started (a state directory as an older version left it).
+    pub async fn with_state(prepare: impl FnOnce(&StateDir)) -> Harness {
+        Self::build(|_| {}, prepare).await
+    }
+
+    async fn build(f: impl FnOnce(&mut Config), prepare: impl FnOnce(&StateDir)) -> Harness {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = StateDir(tmp.path().join("state"));
         let mut cfg = Config {
@@ -71,6 +81,7 @@ impl Harness {
             cfg.database_url = Some(fresh_postgres_database().await);
         }
         let out = state::init(&dir, &cfg, &[]).await.expect("init");
+        prepare(&dir);
         let server = start(&dir, &cfg).await.expect("start");
         let base = format!("https://{}", server.addr);
         Harness {
@@ -114,6 +125,20 @@ impl Harness {
             server: Some(server),
             admin: self.admin.clone(),
         }
+    }
+
+    /// Signs an activity checkpoint now (`POST /activityLog/checkpoints`); its seq.
+    pub async fn checkpoint(&self) -> i64 {
+        let (st, v) = self
+            .call(
+                Method::POST,
+                "/api/v1/activityLog/checkpoints",
+                Some(&self.admin),
+                None,
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+        v["seq"].as_i64().expect("seq")
     }
 
     pub fn app(&self) -> &App {

@@ -39,7 +39,7 @@ pub async fn restore(dir: &StateDir, file: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(dir)?;
     let url = cfg.database_url(dir);
     // The key that verifies the restored checkpoints; checked before anything is written.
-    let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
+    let key = jitgate_controller::state::load_checkpoint_key(dir, false)?.key;
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let new_file = cfg.database_url.is_none() && !dir.db().exists();
     let restored = backup::restore(&url, std::io::BufReader::new(f)).await;

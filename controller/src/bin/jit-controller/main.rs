@@ -438,6 +438,10 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
                     dir.ca_cert().display()
                 );
                 println!("grant-signing public key: {}", dir.signing_pub().display());
+                println!(
+                    "activity checkpoint public key (for jit audit verify --offline --key): {}",
+                    dir.checkpoint_pub().display()
+                );
                 println!("admin token ({}), shown only now:", out.admin.id);
                 println!("{}", out.admin_token);
             }

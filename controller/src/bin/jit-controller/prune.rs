@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use jitgate_controller::retention;
 use jitgate_controller::state::{Config, StateDir};
 
@@ -16,17 +16,15 @@ pub async fn prune(
     json: bool,
 ) -> Result<()> {
     let cfg = Config::load(dir)?;
-    let key = jitgate_controller::channel::tls::load_signing_key(&dir.signing_key())?;
-    let public_pem = std::fs::read_to_string(dir.signing_pub())
-        .with_context(|| format!("reading {}", dir.signing_pub().display()))?;
+    let checkpoint = jitgate_controller::state::load_checkpoint_key(dir, false)?;
     if let Some(a) = &archive
         && a.exists()
     {
         bail!("{} exists: the archive must be a new file", a.display());
     }
     let keys = retention::Keys {
-        verifying: key.verifying_key(),
-        public_pem,
+        verifying: checkpoint.key.verifying_key(),
+        public_pem: checkpoint.public_pem,
     };
     let app = open_app(dir).await?;
     let report = retention::prune(
