@@ -15,7 +15,7 @@ use common::binary::{controller_json as run, empty_copy};
 use common::{Harness, one_port};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use jitgate_proto::audit::{Checkpoint, Export, HashInput, entry_hash, parse_public_key};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Row;
 
