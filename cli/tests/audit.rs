@@ -165,4 +165,34 @@ async fn offline_verify_joins_an_archive_and_the_rest() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+
+    // `--key` several times: each file's key must be one of them. Another key alone (the
+    // grant-signing key's public half) is refused; with the checkpoint key beside it, the
+    // files verify.
+    let other = e.dir.signing_pub();
+    let other = other.to_str().expect("path");
+    let with_keys = |keys: &[&str]| {
+        let mut args = vec!["audit", "verify", "--json"];
+        for k in keys {
+            args.extend(["--key", k]);
+        }
+        args.extend(["--offline", "archive.json", "--offline", "rest.json"]);
+        let mut c = e.command(&admin, &args);
+        c.env("JIT_URL", "https://127.0.0.1:1");
+        c
+    };
+    let o = with_keys(&[other]).output().await.expect("run");
+    assert_eq!(o.status.code(), Some(9));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a pinned key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = with_keys(&[other, key]).output().await.expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -146,6 +146,23 @@ impl Checkpoint {
         }
     }
 
+    /// Checks the signature with the one of `keys` its key id names (several: a log whose
+    /// checkpoint key was replaced, verified with the old public key and the new).
+    pub fn verify_any(&self, keys: &[VerifyingKey]) -> Result<(), String> {
+        match keys {
+            [one] => self.verify(one),
+            _ => match keys.iter().find(|k| key_id(k) == self.key_id) {
+                Some(k) => self.verify(k),
+                None => Err(format!(
+                    "checkpoint at entry {} names key {}, none of the trusted keys ({})",
+                    self.seq,
+                    self.key_id,
+                    keys.iter().map(key_id).collect::<Vec<_>>().join(", ")
+                )),
+            },
+        }
+    }
+
     /// Checks the key id and the signature.
     pub fn verify(&self, vk: &VerifyingKey) -> Result<(), String> {
         let expect = key_id(vk);
@@ -203,12 +220,12 @@ pub struct ChainWalk {
 }
 
 impl ChainWalk {
-    /// Checks every checkpoint's signature with `vk` first.
-    pub fn new(checkpoints: Vec<Checkpoint>, vk: &VerifyingKey) -> Result<ChainWalk, Failure> {
+    /// Checks every checkpoint's signature with the key of `keys` it names first.
+    pub fn new(checkpoints: Vec<Checkpoint>, keys: &[VerifyingKey]) -> Result<ChainWalk, Failure> {
         let mut pending: BTreeMap<i64, Vec<Checkpoint>> = BTreeMap::new();
         let n = checkpoints.len() as i64;
         for c in checkpoints {
-            c.verify(vk).map_err(|problem| Failure {
+            c.verify_any(keys).map_err(|problem| Failure {
                 seq: c.seq,
                 checkpoint: Some(c.seq),
                 problem,
@@ -230,13 +247,13 @@ impl ChainWalk {
         last_hash: &str,
         covered: i64,
         checkpoints: Vec<Checkpoint>,
-        vk: &VerifyingKey,
+        keys: &[VerifyingKey],
     ) -> Result<ChainWalk, Failure> {
         let later = checkpoints
             .into_iter()
             .filter(|c| c.seq > last_seq)
             .collect();
-        let mut w = ChainWalk::new(later, vk)?;
+        let mut w = ChainWalk::new(later, keys)?;
         w.prev = last_hash.into();
         w.expect = last_seq + 1;
         w.covered = covered;
@@ -462,6 +479,55 @@ impl Export {
                 key_id(p)
             ));
         }
+        Ok(self.verify_with(std::slice::from_ref(&own), &own))
+    }
+
+    /// Verifies the parts of one log, oldest first (see [`Export::join`]). With `pinned`
+    /// (not empty), those keys are trusted, every checkpoint is checked with the one it
+    /// names, and every part's own key must be one of them (a log whose checkpoint key was
+    /// replaced: checkpoints by the old key and by the new, in one file or across an
+    /// archive and the rest). Without, the parts' own key is trusted, and must be one.
+    pub fn verify_parts(parts: Vec<Export>, pinned: &[VerifyingKey]) -> Result<Report, String> {
+        let mut keys: Vec<VerifyingKey> = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            if p.format != EXPORT_FORMAT {
+                return Err(format!(
+                    "part {}: format {:?} is not {EXPORT_FORMAT:?}",
+                    i + 1,
+                    p.format
+                ));
+            }
+            let own =
+                parse_public_key(&p.public_key_pem).map_err(|e| format!("part {}: {e}", i + 1))?;
+            if !pinned.is_empty() && !pinned.contains(&own) {
+                return Err(format!(
+                    "part {}: its key {} is not a pinned key ({})",
+                    i + 1,
+                    key_id(&own),
+                    pinned.iter().map(key_id).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if !keys.contains(&own) {
+                keys.push(own);
+            }
+        }
+        if pinned.is_empty() && keys.len() > 1 {
+            // Unpinned, a report names one key for the auditor to compare: never trust a
+            // second one silently (a rewritten archive could bring a key of its own).
+            return Err(format!(
+                "the parts are signed by several keys ({}): name each one you trust with --key",
+                keys.iter().map(key_id).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let all = Export::join(parts)?;
+        // The report names the key of the newest part (the controller's now).
+        let newest = parse_public_key(&all.public_key_pem)?;
+        let trusted = if pinned.is_empty() { &keys } else { pinned };
+        Ok(all.verify_with(trusted, &newest))
+    }
+
+    /// The walk itself: the chain, and every checkpoint under the key of `keys` it names.
+    fn verify_with(&self, keys: &[VerifyingKey], own: &VerifyingKey) -> Report {
         let (head_seq, head_hash) = self
             .entries
             .last()
@@ -470,28 +536,28 @@ impl Export {
             head_seq,
             head_hash,
             self.checkpoints.len(),
-            Some(key_id(&own)),
+            Some(key_id(own)),
         );
         // An export of a pruned log (or an archive after the first) starts after entry
         // N: it is anchored by the signed checkpoint at N, which its first entry chains to.
         let start = match self.entries.first() {
             Some(first) if first.seq > 1 => {
-                match anchor(&self.checkpoints, first.seq - 1, &first.prev_hash, &own) {
+                match anchor(&self.checkpoints, first.seq - 1, &first.prev_hash, keys) {
                     Ok(()) => ChainWalk::resume(
                         first.seq - 1,
                         &first.prev_hash,
                         first.seq - 1,
                         self.checkpoints.clone(),
-                        &own,
+                        keys,
                     ),
                     Err(f) => Err(f),
                 }
             }
-            _ => ChainWalk::new(self.checkpoints.clone(), &own),
+            _ => ChainWalk::new(self.checkpoints.clone(), keys),
         };
         let mut walk = match start {
             Ok(w) => w,
-            Err(f) => return Ok(report.fail(f, 0)),
+            Err(f) => return report.fail(f, 0),
         };
         for e in &self.entries {
             let pushed = e
@@ -504,20 +570,21 @@ impl Export {
                 .and_then(|h| walk.push(e.seq, &e.prev_hash, &e.hash, &h));
             if let Err(f) = pushed {
                 let n = walk.entries();
-                return Ok(report.fail(f, n));
+                return report.fail(f, n);
             }
         }
-        Ok(report.finish(walk))
+        report.finish(walk)
     }
 }
 
 /// Checks the anchor of a log that starts after entry `seq` (pruned before it): a checkpoint
-/// at `seq` signed by `vk` whose hash is `hash`, the hash the first remaining entry chains to.
+/// at `seq` signed by one of `keys` whose hash is `hash`, the hash the first remaining entry
+/// chains to.
 pub fn anchor(
     checkpoints: &[Checkpoint],
     seq: i64,
     hash: &str,
-    vk: &VerifyingKey,
+    keys: &[VerifyingKey],
 ) -> Result<(), Failure> {
     let fail = |problem: String| Failure {
         seq: seq + 1,
@@ -526,7 +593,7 @@ pub fn anchor(
     };
     let mut found = false;
     for c in checkpoints.iter().filter(|c| c.seq == seq) {
-        c.verify(vk).map_err(&fail)?;
+        c.verify_any(keys).map_err(&fail)?;
         if c.hash != hash {
             return Err(fail(format!(
                 "entry {} does not chain to the signed checkpoint at entry {seq}",
@@ -548,24 +615,22 @@ pub fn anchor(
 impl Export {
     /// Joins the parts of one log, oldest first (the archives `jit-controller prune` wrote,
     /// then an export of what remains): each part must continue the one before it (its
-    /// first entry right after the previous part's last, chained to its hash), under the
-    /// same key. The joined export verifies as one chain; checkpoints in several parts
-    /// (an archive's last is the next part's anchor) count once.
+    /// first entry right after the previous part's last, chained to its hash). The joined
+    /// export, under the newest part's key, verifies as one chain (with every part's key,
+    /// [`Export::verify_parts`], when the checkpoint key was replaced between them);
+    /// checkpoints in several parts (an archive's last is the next part's anchor) count once.
     pub fn join(parts: Vec<Export>) -> Result<Export, String> {
         let mut it = parts.into_iter();
         let Some(mut all) = it.next() else {
             return Err("no export to verify".into());
         };
         for (i, p) in it.enumerate() {
-            if p.format != all.format
-                || p.key_id != all.key_id
-                || p.public_key_pem != all.public_key_pem
-            {
+            if p.format != all.format {
                 return Err(format!(
-                    "part {} is of another format or key ({}) than the first ({})",
+                    "part {} is of another format ({:?}) than the first ({:?})",
                     i + 2,
-                    p.key_id,
-                    all.key_id
+                    p.format,
+                    all.format
                 ));
             }
             if let (Some(last), Some(first)) = (all.entries.last(), p.entries.first())
@@ -580,6 +645,8 @@ impl Export {
                 ));
             }
             all.exported_time_ms = p.exported_time_ms;
+            all.key_id = p.key_id;
+            all.public_key_pem = p.public_key_pem;
             all.entries.extend(p.entries);
             for c in p.checkpoints {
                 if !all
@@ -814,6 +881,52 @@ mod tests {
         forged.key_id = x.key_id.clone();
         x.checkpoints = vec![forged];
         assert!(!x.verify(None).expect("verify").ok);
+    }
+
+    /// A log whose checkpoint key was replaced: the archive under the old key, the rest
+    /// under the new; the rest's anchor (the archive's last checkpoint) is the old key's.
+    #[test]
+    fn parts_under_two_keys_verify_with_both_pinned_only() {
+        let (old, new) = (key(), key());
+        let entries = chain(10);
+        let archive = export(&old, entries[..6].to_vec(), &[3, 6]);
+        let mut rest = export(&new, entries.clone(), &[9]);
+        rest.entries.drain(..6);
+        rest.checkpoints.push(archive.checkpoints[1].clone());
+        let both = [old.verifying_key(), new.verifying_key()];
+        let r = Export::verify_parts(vec![archive.clone(), rest.clone()], &both).expect("verify");
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.entries, r.covered_seq, r.checkpoints), (10, 9, 3));
+        assert_eq!(r.key_id, Some(key_id(&new.verifying_key())));
+        // Only the new key pinned: the archive's key is refused.
+        let e = Export::verify_parts(vec![archive.clone(), rest.clone()], &[new.verifying_key()])
+            .expect_err("the old key is not pinned");
+        assert!(e.contains("part 1"), "{e}");
+        // Nothing pinned: two keys are refused rather than trusted.
+        let e = Export::verify_parts(vec![archive.clone(), rest.clone()], &[])
+            .expect_err("several keys, none pinned");
+        assert!(e.contains("several keys"), "{e}");
+        // The joined log checked with one key alone fails at the other key's checkpoint.
+        let joined = Export::join(vec![archive.clone(), rest.clone()]).expect("join");
+        assert!(
+            !joined
+                .verify(Some(&new.verifying_key()))
+                .expect("verify")
+                .ok
+        );
+        // One export taken after the replacement holds checkpoints by both keys.
+        let mut one = export(&new, entries.clone(), &[9]);
+        one.checkpoints.extend(archive.checkpoints.iter().cloned());
+        let r = Export::verify_parts(vec![one.clone()], &both).expect("verify");
+        assert!(r.ok && r.checkpoints == 3, "{r:?}");
+        let r = Export::verify_parts(vec![one], &[new.verifying_key()]).expect("verify");
+        assert!(!r.ok, "the old key's checkpoints need the old key: {r:?}");
+        // An archive entry rewritten and re-signed by a third key: refused even so.
+        let mallory = key();
+        let mut forged = export(&mallory, entries[..6].to_vec(), &[3, 6]);
+        forged.entries[1].caller = "mallory".into();
+        let e = Export::verify_parts(vec![forged, rest], &both).expect_err("mallory's key");
+        assert!(e.contains("not a pinned key"), "{e}");
     }
 
     #[test]

@@ -74,9 +74,12 @@ enum AuditCmd {
         #[arg(long, value_name = "FILE")]
         offline: Vec<PathBuf>,
         /// With --offline: trust only this public key (SPKI PEM; the controller's
-        /// keys/checkpoint.pub), not the one the file carries.
+        /// keys/checkpoint.pub), not the one the file carries. Given several times (the old
+        /// and the new public key, after the checkpoint key was replaced): each checkpoint
+        /// is checked with the key it names, and each file's own key must be one of them.
+        /// Files under several keys verify only so.
         #[arg(long, value_name = "PEM", requires = "offline")]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
     },
     /// Write the whole activity log with its signed checkpoints and the controller's public
     /// key to FILE, for `jit audit verify --offline FILE` (docs/controller.md).
@@ -86,11 +89,11 @@ enum AuditCmd {
 }
 
 impl AuditArgs {
-    /// `verify --offline FILE... [--key PEM]`: needs no controller (and no configuration).
-    pub fn offline(&self) -> Option<(&[PathBuf], Option<&Path>)> {
+    /// `verify --offline FILE... [--key PEM]...`: needs no controller (and no configuration).
+    pub fn offline(&self) -> Option<(&[PathBuf], &[PathBuf])> {
         match &self.verify {
             Some(AuditCmd::Verify { offline, key }) if !offline.is_empty() => {
-                Some((offline.as_slice(), key.as_deref()))
+                Some((offline.as_slice(), key.as_slice()))
             }
             _ => None,
         }
@@ -201,10 +204,10 @@ fn report(r: &VerifyReport, text: &str, out: Out, what: &str) -> R<()> {
     Ok(())
 }
 
-/// Verifies an export file from its content alone (no controller). With `key`, only that
-/// public key (SPKI PEM, the controller's `keys/checkpoint.pub`) is trusted.
+/// Verifies an export file from its content alone (no controller). With `keys`, only those
+/// public keys (SPKI PEM, the controller's `keys/checkpoint.pub`) are trusted.
 /// Several files are one log, oldest first (archives of pruned ranges, then the rest).
-pub fn verify_offline(files: &[PathBuf], key: Option<&Path>, out: Out) -> R<()> {
+pub fn verify_offline(files: &[PathBuf], keys: &[PathBuf], out: Out) -> R<()> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| Fail::error(format!("{}: {e}", p.display())))
     };
@@ -221,13 +224,13 @@ pub fn verify_offline(files: &[PathBuf], key: Option<&Path>, out: Out) -> R<()> 
         })?;
         parts.push(x);
     }
-    let x = ActivityExport::join(parts).map_err(&bad)?;
-    let pinned = key
+    let pinned = keys
+        .iter()
         .map(|k| {
             parse_public_key(&read(k)?).map_err(|e| Fail::usage(format!("{}: {e}", k.display())))
         })
-        .transpose()?;
-    let r = x.verify(pinned.as_ref()).map_err(bad)?;
+        .collect::<R<Vec<_>>>()?;
+    let r = ActivityExport::verify_parts(parts, &pinned).map_err(bad)?;
     let text = serde_json::to_string(&r).map_err(|e| Fail::error(e.to_string()))?;
     report(&r, &text, out, "activity log export")
 }

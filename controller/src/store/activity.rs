@@ -551,8 +551,11 @@ async fn verify_once(
     );
     let walk = match (key, anchor) {
         // After a prune the chain starts at the anchor, which a signed checkpoint covers.
-        (Some(vk), Some(a)) => jitgate_proto::audit::anchor(&checkpoints, a.seq, &a.hash, vk)
-            .and_then(|()| ChainWalk::resume(a.seq, &a.hash, a.seq, checkpoints, vk)),
+        (Some(vk), Some(a)) => {
+            let keys = std::slice::from_ref(vk);
+            jitgate_proto::audit::anchor(&checkpoints, a.seq, &a.hash, keys)
+                .and_then(|()| ChainWalk::resume(a.seq, &a.hash, a.seq, checkpoints, keys))
+        }
         (None, Some(a)) => Err(Failure {
             seq: a.seq + 1,
             checkpoint: Some(a.seq),
@@ -560,7 +563,7 @@ async fn verify_once(
                       checkpoint key"
                 .into(),
         }),
-        (Some(vk), None) => ChainWalk::new(checkpoints, vk),
+        (Some(vk), None) => ChainWalk::new(checkpoints, std::slice::from_ref(vk)),
         // Without the key only the chain can be checked; signed checkpoints cannot.
         (None, None) if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
         (None, None) => Err(Failure {
@@ -605,6 +608,7 @@ pub async fn walk_from(
     max: i64,
 ) -> Result<std::result::Result<ChainWalk, Failure>> {
     let cps = checkpoints(pool).await?;
+    let key = std::slice::from_ref(key);
     // Entries below the anchor were verified by the prune that archived them (it verifies
     // the range before deleting it): a mark behind the anchor continues from the anchor.
     let anchored = anchor(pool).await?.filter(|a| a.seq > from.0);
