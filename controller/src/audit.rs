@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use jitgate_api::{
     ActivityEntry, ActivityExport, ActivityQuery, Checkpoint, CheckpointList, ErrorCode,
     VerifyReport,
@@ -25,6 +25,18 @@ pub struct CheckpointKey {
     pub key: SigningKey,
     /// SPKI PEM.
     pub public_pem: String,
+    /// Public halves of checkpoint keys this one replaced (`keys/checkpoint-retired-*.pub`):
+    /// the checkpoints they signed still verify.
+    pub retired: Vec<VerifyingKey>,
+}
+
+impl CheckpointKey {
+    /// Every key a checkpoint may be signed by: this one first, then the retired ones.
+    pub fn trusted(&self) -> Vec<VerifyingKey> {
+        std::iter::once(self.key.verifying_key())
+            .chain(self.retired.iter().copied())
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -74,7 +86,7 @@ impl Audit {
     /// and logged; it stays until a verification of the whole log passes. Run after each
     /// checkpoint, so the portal shows how far the log verifies without walking it.
     pub async fn extend_verified(&self, max: i64) -> Result<Verified> {
-        let vk = self.key()?.key.verifying_key();
+        let keys = self.key()?.trusted();
         let pool = self.db.pool();
         let mark = verified::get(pool).await?.unwrap_or_else(Verified::start);
         if mark.failed_seq.is_some() {
@@ -82,7 +94,7 @@ impl Audit {
         }
         let now = jitgate_api::time::now_ms();
         let from = (mark.seq, mark.hash.as_str(), mark.covered);
-        let next = match activity::walk_from(pool, &vk, from, max).await? {
+        let next = match activity::walk_from(pool, &keys, from, max).await? {
             Ok(walk) => {
                 let (seq, hash, covered) = walk.position();
                 Verified {
@@ -127,7 +139,7 @@ impl Audit {
     /// records where it failed.
     pub async fn start_full(&self, caller: &Caller) -> Result<bool> {
         authz::authorize(caller, Action::ReadAll)?;
-        let vk = self.key()?.key.verifying_key();
+        let keys = self.key()?.trusted();
         let (head, _) = crate::store::cluster::heads(self.db.pool()).await?;
         let mut w = self.db.begin().await?;
         let started_ms = w.now;
@@ -137,15 +149,15 @@ impl Audit {
         w.commit().await?;
         tracing::info!(caller = %caller.name(), entries = head, "verifying the whole activity log");
         let me = self.clone();
-        tokio::spawn(async move { me.run_full(&vk, started_ms).await });
+        tokio::spawn(async move { me.run_full(&keys, started_ms).await });
         Ok(true)
     }
 
     /// Walks the whole log, writing its progress every second, then its result.
-    async fn run_full(&self, vk: &ed25519_dalek::VerifyingKey, started_ms: i64) {
+    async fn run_full(&self, keys: &[VerifyingKey], started_ms: i64) {
         let walked = Arc::new(AtomicI64::new(0));
         let pool = self.db.pool();
-        let walk = activity::verify_counting(pool, Some(vk), &walked);
+        let walk = activity::verify_counting(pool, keys, &walked);
         tokio::pin!(walk);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,8 +287,8 @@ impl Audit {
     /// Walks the whole chain and every checkpoint.
     pub async fn verify(&self, caller: &Caller) -> Result<VerifyReport> {
         authz::authorize(caller, Action::ReadAll)?;
-        let vk = self.key.as_ref().map(|k| k.key.verifying_key());
-        activity::verify(self.db.pool(), vk.as_ref()).await
+        let keys = self.key.as_ref().map(|k| k.trusted()).unwrap_or_default();
+        activity::verify(self.db.pool(), &keys).await
     }
 
     /// The signed checkpoints, oldest first, with the key that verifies them.

@@ -161,8 +161,9 @@ pub struct PruneReport {
 
 /// The checkpoint key, as the state directory holds it.
 pub struct Keys {
-    pub verifying: VerifyingKey,
-    /// SPKI PEM (carried in the archive).
+    /// The current key first, then retired ones (`CheckpointKey::trusted`).
+    pub trusted: Vec<VerifyingKey>,
+    /// SPKI PEM of the current key (carried in the archive).
     pub public_pem: String,
 }
 
@@ -379,7 +380,10 @@ async fn prune_activity(db: &Db, o: &Options<'_>) -> Result<ActivityPrune, Reten
     let pool = db.pool();
     let anchor = activity::anchor(pool).await?;
     let from = anchor.as_ref().map_or(0, |a| a.seq);
-    let kid = key_id(&o.keys.verifying);
+    let Some(current) = o.keys.trusted.first() else {
+        return Err(RetentionError::Unverified("no checkpoint key".into()));
+    };
+    let kid = key_id(current);
     let cut = {
         let mut c = pool.acquire().await.map_err(crate::error::Error::from)?;
         sql::activity_cut(&mut c, &kid, from, before).await?
@@ -426,7 +430,7 @@ async fn prune_activity(db: &Db, o: &Options<'_>) -> Result<ActivityPrune, Reten
     };
     // Nothing is deleted unless the archive verifies, under the pinned key, to the cut.
     let report = export
-        .verify(Some(&o.keys.verifying))
+        .verify_trusting(&o.keys.trusted)
         .map_err(RetentionError::Unverified)?;
     if !report.ok || report.head_seq != through || report.head_hash != hash {
         return Err(RetentionError::Unverified(format!(

@@ -439,6 +439,14 @@ pub fn load_checkpoint_key(dir: &StateDir, split: bool) -> Result<CheckpointKey,
     let mut path = dir.checkpoint_key();
     if !path.exists() {
         let legacy = dir.signing_key();
+        if !legacy.exists() {
+            return Err(SetupError::Invalid(format!(
+                "no checkpoint key: {} is missing (restore it from the backup of the state \
+                 directory's keys, or make a new pair and keep the old public half as \
+                 keys/{RETIRED_CHECKPOINT_PREFIX}1.pub: docs/operations.md)",
+                path.display()
+            )));
+        }
         if split {
             let key = crate::channel::tls::load_signing_key(&legacy)?;
             let public = dir.checkpoint_pub();
@@ -458,8 +466,42 @@ pub fn load_checkpoint_key(dir: &StateDir, split: bool) -> Result<CheckpointKey,
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
         .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", path.display())))?;
-    Ok(CheckpointKey { key, public_pem })
+    Ok(CheckpointKey {
+        key,
+        public_pem,
+        retired: retired_checkpoint_keys(dir)?,
+    })
 }
+
+/// The public halves of checkpoint keys replaced before the current one, which the
+/// operator keeps as `keys/checkpoint-retired-*.pub` (docs/operations.md): the checkpoints
+/// they signed go on verifying. In name order.
+fn retired_checkpoint_keys(dir: &StateDir) -> Result<Vec<ed25519_dalek::VerifyingKey>, SetupError> {
+    let keys = dir.0.join("keys");
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(&keys) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(RETIRED_CHECKPOINT_PREFIX) && n.ends_with(".pub")
+                })
+            })
+            .collect(),
+        Err(e) => return Err(SetupError::io(keys.display(), e)),
+    };
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let pem = std::fs::read_to_string(p).map_err(|e| SetupError::io(p.display(), e))?;
+            jitgate_proto::audit::parse_public_key(&pem)
+                .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
+/// How the public half of a replaced checkpoint key is named in `keys/`.
+pub const RETIRED_CHECKPOINT_PREFIX: &str = "checkpoint-retired-";
 
 /// What `jit-controller certs renew-server` did.
 #[derive(Clone, Debug, Serialize)]

@@ -314,10 +314,9 @@ async fn a_sqlite_backup_restores_into_postgresql() {
     .expect("open the PostgreSQL database");
     let key =
         jitgate_controller::channel::tls::load_signing_key(&h.dir.checkpoint_key()).expect("key");
-    let report =
-        jitgate_controller::store::activity::verify(app.db.pool(), Some(&key.verifying_key()))
-            .await
-            .expect("verify");
+    let report = jitgate_controller::store::activity::verify(app.db.pool(), &[key.verifying_key()])
+        .await
+        .expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.head_seq, summary.header.activity_head);
     assert!(report.checkpoints >= 1);

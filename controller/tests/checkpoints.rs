@@ -276,3 +276,80 @@ async fn export_verifies_offline_and_fails_after_one_byte_changes() {
     let other = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
     assert!(x.verify(Some(&other)).is_err());
 }
+
+/// A replaced checkpoint key (docs/operations.md, "A compromised grant-signing key", step
+/// 5): with the old public half kept as `keys/checkpoint-retired-1.pub`, the checkpoints
+/// it signed still verify on the controller and offline with both keys pinned; without it
+/// they do not; and with neither key file the controller refuses to start, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_checkpoint_key_keeps_the_old_checkpoints_verifying() {
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let mut h = Harness::new().await;
+    h.fixture().await;
+    h.put_rg_policy("prod", ssh_policy()).await;
+    h.checkpoint().await;
+    let old_pub = std::fs::read_to_string(h.dir.checkpoint_pub()).expect("pub");
+    let retired = h.dir.0.join("keys/checkpoint-retired-1.pub");
+
+    // The replacement: a new pair, the old public half kept.
+    let new = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    std::fs::remove_file(h.dir.checkpoint_key()).expect("rm");
+    std::fs::write(
+        h.dir.checkpoint_key(),
+        new.to_pkcs8_pem(LineEnding::LF).expect("pem").as_bytes(),
+    )
+    .expect("write");
+    let new_pub = new
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("pem");
+    std::fs::write(h.dir.checkpoint_pub(), &new_pub).expect("write");
+    std::fs::write(&retired, &old_pub).expect("write");
+    h.restart().await;
+    h.put_rg_policy("dev", ssh_policy()).await;
+    h.checkpoint().await;
+    let v = verify(&h).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["checkpoints"].as_i64().expect("n") >= 2, "{v}");
+    assert_eq!(
+        v["keyId"],
+        jitgate_proto::audit::key_id(&new.verifying_key()),
+        "{v}"
+    );
+    // Offline: the export holds checkpoints by both keys.
+    let x = export(&h).await;
+    let both = [
+        jitgate_proto::audit::parse_public_key(&old_pub).expect("old"),
+        new.verifying_key(),
+    ];
+    let r = Export::verify_parts(vec![x.clone()], &both).expect("verify");
+    assert!(r.ok, "{r:?}");
+    let r = Export::verify_parts(vec![x], &both[1..]).expect("verify");
+    assert!(!r.ok, "the old checkpoints need the old key: {r:?}");
+
+    // Without the old public half, the controller's verification fails at them.
+    std::fs::remove_file(&retired).expect("rm");
+    h.restart().await;
+    let v = verify(&h).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["problem"]
+            .as_str()
+            .expect("problem")
+            .contains("names key"),
+        "{v}"
+    );
+
+    // Neither the checkpoint key nor the key `init` made: a clear refusal to start.
+    std::fs::remove_file(h.dir.checkpoint_key()).expect("rm");
+    std::fs::remove_file(h.dir.signing_key()).expect("rm");
+    if let Some(s) = h.server.take() {
+        s.stop().await;
+    }
+    let e = match jitgate_controller::start(&h.dir, &h.cfg).await {
+        Ok(_) => panic!("started without a checkpoint key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("no checkpoint key"), "{e}");
+}

@@ -482,6 +482,23 @@ impl Export {
         Ok(self.verify_with(std::slice::from_ref(&own), &own))
     }
 
+    /// Verifies the bundle with `pinned` trusted (not empty): every checkpoint under the one
+    /// it names, and the bundle's own key one of them.
+    pub fn verify_trusting(&self, pinned: &[VerifyingKey]) -> Result<Report, String> {
+        if self.format != EXPORT_FORMAT {
+            return Err(format!("format {:?} is not {EXPORT_FORMAT:?}", self.format));
+        }
+        let own = parse_public_key(&self.public_key_pem)?;
+        if !pinned.contains(&own) {
+            return Err(format!(
+                "the export's key {} is not a pinned key ({})",
+                key_id(&own),
+                pinned.iter().map(key_id).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(self.verify_with(pinned, &own))
+    }
+
     /// Verifies the parts of one log, oldest first (see [`Export::join`]). With `pinned`
     /// (not empty), those keys are trusted, every checkpoint is checked with the one it
     /// names, and every part's own key must be one of them (a log whose checkpoint key was

@@ -504,26 +504,27 @@ pub async fn all_entries(pool: &sqlx::AnyPool) -> Result<Vec<ActivityEntry>> {
 
 /// Walks the whole chain: seq contiguous from 1, each prev_hash equal to the previous entry's
 /// hash, each hash recomputed from the row, the head equal to the last entry; and every
-/// checkpoint: its signature by `key`, and its (seq, hash) on the chain, so a rewrite that
-/// recomputed all later hashes still fails.
-pub async fn verify(pool: &sqlx::AnyPool, key: Option<&VerifyingKey>) -> Result<Report> {
-    verify_counting(pool, key, &std::sync::atomic::AtomicI64::new(0)).await
+/// checkpoint: its signature by the one of `keys` it names (the current checkpoint key
+/// first, then retired ones; none loaded: only the chain), and its (seq, hash) on the
+/// chain, so a rewrite that recomputed all later hashes still fails.
+pub async fn verify(pool: &sqlx::AnyPool, keys: &[VerifyingKey]) -> Result<Report> {
+    verify_counting(pool, keys, &std::sync::atomic::AtomicI64::new(0)).await
 }
 
 /// [`verify`], storing in `progress` how many entries it has walked (for a progress bar).
 pub async fn verify_counting(
     pool: &sqlx::AnyPool,
-    key: Option<&VerifyingKey>,
+    keys: &[VerifyingKey],
     progress: &std::sync::atomic::AtomicI64,
 ) -> Result<Report> {
     // A prune running meanwhile moves the anchor and deletes entries below it: walk again
     // from the new anchor (once) rather than report the entries it removed as missing.
     let before = anchor(pool).await?;
-    let report = verify_once(pool, key, progress, before.as_ref()).await?;
+    let report = verify_once(pool, keys, progress, before.as_ref()).await?;
     if !report.ok {
         let now = anchor(pool).await?;
         if now != before {
-            return verify_once(pool, key, progress, now.as_ref()).await;
+            return verify_once(pool, keys, progress, now.as_ref()).await;
         }
     }
     Ok(report)
@@ -531,7 +532,7 @@ pub async fn verify_counting(
 
 async fn verify_once(
     pool: &sqlx::AnyPool,
-    key: Option<&VerifyingKey>,
+    keys: &[VerifyingKey],
     progress: &std::sync::atomic::AtomicI64,
     anchor: Option<&Anchor>,
 ) -> Result<Report> {
@@ -547,26 +548,23 @@ async fn verify_once(
         head_seq,
         &head_hash,
         checkpoints.len(),
-        key.map(jitgate_proto::audit::key_id),
+        keys.first().map(jitgate_proto::audit::key_id),
     );
-    let walk = match (key, anchor) {
+    let walk = match (keys.is_empty(), anchor) {
         // After a prune the chain starts at the anchor, which a signed checkpoint covers.
-        (Some(vk), Some(a)) => {
-            let keys = std::slice::from_ref(vk);
-            jitgate_proto::audit::anchor(&checkpoints, a.seq, &a.hash, keys)
-                .and_then(|()| ChainWalk::resume(a.seq, &a.hash, a.seq, checkpoints, keys))
-        }
-        (None, Some(a)) => Err(Failure {
+        (false, Some(a)) => jitgate_proto::audit::anchor(&checkpoints, a.seq, &a.hash, keys)
+            .and_then(|()| ChainWalk::resume(a.seq, &a.hash, a.seq, checkpoints, keys)),
+        (true, Some(a)) => Err(Failure {
             seq: a.seq + 1,
             checkpoint: Some(a.seq),
             problem: "the log was pruned: its anchor checkpoint cannot be checked without the \
                       checkpoint key"
                 .into(),
         }),
-        (Some(vk), None) => ChainWalk::new(checkpoints, std::slice::from_ref(vk)),
+        (false, None) => ChainWalk::new(checkpoints, keys),
         // Without the key only the chain can be checked; signed checkpoints cannot.
-        (None, None) if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
-        (None, None) => Err(Failure {
+        (true, None) if checkpoints.is_empty() => Ok(ChainWalk::unsigned()),
+        (true, None) => Err(Failure {
             seq: 0,
             checkpoint: None,
             problem: "no checkpoint key loaded: checkpoint signatures cannot be checked".into(),
@@ -600,28 +598,28 @@ async fn verify_once(
 
 /// Walks the entries after `from` (the last verified entry's seq and hash, and the entry
 /// the last matched checkpoint covers), at most `max` of them, checking the checkpoints
-/// above `from` with `key`: the walk's new position, or the first failure.
+/// above `from` with the one of `keys` each names: the walk's new position, or the first
+/// failure.
 pub async fn walk_from(
     pool: &sqlx::AnyPool,
-    key: &VerifyingKey,
+    keys: &[VerifyingKey],
     from: (i64, &str, i64),
     max: i64,
 ) -> Result<std::result::Result<ChainWalk, Failure>> {
     let cps = checkpoints(pool).await?;
-    let key = std::slice::from_ref(key);
     // Entries below the anchor were verified by the prune that archived them (it verifies
     // the range before deleting it): a mark behind the anchor continues from the anchor.
     let anchored = anchor(pool).await?.filter(|a| a.seq > from.0);
     let from = match &anchored {
         Some(a) => {
-            if let Err(f) = jitgate_proto::audit::anchor(&cps, a.seq, &a.hash, key) {
+            if let Err(f) = jitgate_proto::audit::anchor(&cps, a.seq, &a.hash, keys) {
                 return Ok(Err(f));
             }
             (a.seq, a.hash.as_str(), a.seq)
         }
         None => from,
     };
-    let mut walk = match ChainWalk::resume(from.0, from.1, from.2, cps, key) {
+    let mut walk = match ChainWalk::resume(from.0, from.1, from.2, cps, keys) {
         Ok(w) => w,
         Err(f) => return Ok(Err(f)),
     };

@@ -39,7 +39,7 @@ pub async fn restore(dir: &StateDir, file: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(dir)?;
     let url = cfg.database_url(dir);
     // The key that verifies the restored checkpoints; checked before anything is written.
-    let key = jitgate_controller::state::load_checkpoint_key(dir, false)?.key;
+    let keys = jitgate_controller::state::load_checkpoint_key(dir, false)?.trusted();
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let new_file = cfg.database_url.is_none() && !dir.db().exists();
     let restored = backup::restore(&url, std::io::BufReader::new(f)).await;
@@ -69,7 +69,7 @@ pub async fn restore(dir: &StateDir, file: &Path, json: bool) -> Result<()> {
     };
     // Opening the database applies the migrations newer than the backup.
     let app = open_app(dir).await?;
-    let report = activity::verify(app.db.pool(), Some(&key.verifying_key())).await;
+    let report = activity::verify(app.db.pool(), &keys).await;
     app.close().await;
     let report = report?;
     if json {

@@ -23,7 +23,7 @@ pub async fn prune(
         bail!("{} exists: the archive must be a new file", a.display());
     }
     let keys = retention::Keys {
-        verifying: checkpoint.key.verifying_key(),
+        trusted: checkpoint.trusted(),
         public_pem: checkpoint.public_pem,
     };
     let app = open_app(dir).await?;
