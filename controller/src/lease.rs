@@ -10,7 +10,8 @@
 //! it safe is the fence ([`crate::store::lease::fenced`]) — every write of leader work checks
 //! (holder, epoch, expiry) inside its own transaction, which is serialised with takeovers. A
 //! holder frozen past its lease (SIGSTOP, a VM paused, a long GC-like stall) wakes to find its
-//! writes refused.
+//! writes refused. A controller whose database a newer version migrated (a rolling upgrade)
+//! neither takes nor keeps the lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::store::Db;
+use crate::store::db::SCHEMA_VERSION;
 use crate::store::lease::{self as sql, Fence, HolderInfo, LEADER};
 
 /// The lease is renewed (or a takeover tried) this many times per lease time.
@@ -147,7 +149,24 @@ impl Leader {
         let mut w = db.begin().await?;
         let now = w.now;
         let (me, info, ttl) = (&self.inner.holder, &self.inner.info, self.ttl_ms());
+        // A newer controller migrated the database (a rolling upgrade): this one may misread
+        // what the new version writes, so it leaves the cluster's periodic work to that
+        // version, and gives the lease up if it holds it.
+        let schema = crate::store::health::schema_version(w.conn()).await?;
         let fence = match held {
+            _ if schema > SCHEMA_VERSION => {
+                if let Some(f) = &held {
+                    tracing::warn!(
+                        epoch = f.epoch,
+                        schema,
+                        own = SCHEMA_VERSION,
+                        "a newer controller migrated the database: leader lease given up, \
+                         the periodic work left to controllers of that version"
+                    );
+                    sql::release(w.conn(), f).await?;
+                }
+                None
+            }
             Some(f) => {
                 if sql::renew(w.conn(), now, &f, info, ttl).await? {
                     Some(f)

@@ -373,3 +373,56 @@ async fn a_controller_configured_unlike_the_leader_is_not_ready() {
     // Nothing of the configuration itself in the answer.
     assert!(!v.to_string().contains("max_pending"), "{v}");
 }
+
+/// A rolling upgrade: once a newer controller has migrated the database, an older one
+/// gives the leader lease up (within a renewal) and takes it no more, so the cluster's
+/// periodic work runs on the version that wrote the schema; it is not ready meanwhile
+/// (`migrations: ahead`). Simulated with a migration row above this build's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_older_than_the_schema_leaves_the_lease() {
+    let url = common::fresh_postgres_database().await;
+    let h = controller(&url).await;
+    let pool = h.app().db.pool();
+    let leads = |want: bool| {
+        let h = &h;
+        async move { h.app().leader.fence().is_some() == want }
+    };
+    assert!(
+        within(Duration::from_secs(15), || leads(true))
+            .await
+            .is_some()
+    );
+    let newer = jitgate_controller::store::db::SCHEMA_VERSION + 1;
+    sqlx::query(
+        "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, 'newer', 0)",
+    )
+    .bind(newer)
+    .execute(pool)
+    .await
+    .expect("a newer migration");
+    assert!(
+        within(Duration::from_secs(10), || leads(false))
+            .await
+            .is_some(),
+        "the older controller kept the lease"
+    );
+    let row = lease_row(pool).await;
+    assert_eq!(row.expires_ms, 0, "given up, not left to expire: {row:?}");
+    let (st, v) = h.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["checks"]["migrations"], "ahead", "{v}");
+    // It stays out across several renewals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h.app().leader.fence().is_none());
+    // The newer version gone again (say, rolled back): it leads again.
+    sqlx::query("DELETE FROM schema_migrations WHERE version = $1")
+        .bind(newer)
+        .execute(pool)
+        .await
+        .expect("delete");
+    assert!(
+        within(Duration::from_secs(15), || leads(true))
+            .await
+            .is_some()
+    );
+}
