@@ -132,9 +132,20 @@ impl Impostor {
 
     /// Reads the controller's keys, stops it and listens on its agent port in `fleet.ws`.
     pub fn replace(ctl: &mut ControllerProc, fleet: &Fleet) -> Impostor {
+        let key = Self::initial_key(ctl);
+        Self::replace_with(ctl, fleet, key)
+    }
+
+    /// The grant-signing key the controller's `init` made (destroyed once a rotation
+    /// retires it: read it before).
+    pub fn initial_key(ctl: &ControllerProc) -> SigningKey {
         let key_pem = std::fs::read_to_string(ctl.state.join("keys/grant-signing.key"))
             .expect("grant-signing key");
-        let key = SigningKey::from_pkcs8_pem(&key_pem).expect("grant-signing key");
+        SigningKey::from_pkcs8_pem(&key_pem).expect("grant-signing key")
+    }
+
+    /// As [`Impostor::replace`], holding `key`.
+    pub fn replace_with(ctl: &mut ControllerProc, fleet: &Fleet, key: SigningKey) -> Impostor {
         let cfg = tls_config(&ctl.state);
         ctl.kill();
         let ws = Fleet::ns_path(&fleet.ws);

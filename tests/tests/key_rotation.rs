@@ -71,6 +71,8 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     }
     let fleet = Fleet::new(4).expect("fleet");
     let mut ctl = ControllerProc::start(&fleet.ws, WS_V4);
+    // The first key's private half, for the impostor at the end: its retirement destroys it.
+    let first_sk = Impostor::initial_key(&ctl);
     let t1 = ctl.add_vm("vm-01", fleet.vms[0].v4);
     let t2 = ctl.add_vm("vm-02", fleet.vms[1].v4);
     let t3 = ctl.add_vm("vm-03", fleet.vms[2].v4);
@@ -155,6 +157,11 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     assert!(
         retired.to_string().contains(&id2),
         "vm-02 not reported: {retired}"
+    );
+    // The retired key's private half is gone (checkpoints have a key of their own).
+    assert!(
+        !ctl.state.join("keys/grant-signing.key").exists(),
+        "the retired key init made was kept: {retired}"
     );
     let st = status(&ctl);
     let states: Vec<(String, String)> = st["keys"]
@@ -251,7 +258,7 @@ fn rotation_with_an_offline_agent_then_the_retired_key_is_refused() {
     // Each agent has been sent its policy again, signed by the new key (give the rewrite
     // of the stored copy a moment).
     std::thread::sleep(Duration::from_secs(1));
-    let imp = Impostor::replace(&mut ctl, &fleet);
+    let imp = Impostor::replace_with(&mut ctl, &fleet, first_sk);
     // Restarted without a controller, each keeps the controller's policy: its stored copy
     // verifies with the key it now pins.
     let mut a1 = a1;
