@@ -38,8 +38,14 @@ fn open(pin_dir: &Path) -> Dataplane {
     Dataplane::open(&opts).unwrap()
 }
 
+/// One `xdp-loader` at a time in this test binary: the tool takes a lock file under /run,
+/// which `ip netns exec` does not separate, and a second one started while the first has
+/// not yet written its PID there fails ("Unable to read PID from lockfile").
+static LOADER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `xdp-loader ARGS` in the vm's namespace, with libxdp's state on the agent's bpffs.
 fn loader(lab: &Lab, bpffs: &Path, args: &[&str]) -> String {
+    let _one = LOADER.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.vm, "env"])
         .arg(format!("LIBXDP_BPFFS={}", bpffs.display()))
