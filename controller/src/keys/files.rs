@@ -91,7 +91,7 @@ impl KeyDir {
     pub fn may_destroy(&self, id: KeyId) -> bool {
         self.path(id).exists()
             || (self.initial.exists()
-                && self.dir.join(CHECKPOINT_KEY_FILE).exists()
+                && !self.initial_signs_checkpoints()
                 && matches!(self.load(id), Ok(Some(_))))
     }
 
@@ -109,7 +109,7 @@ impl KeyDir {
         if self.load(id)?.is_none() {
             return Ok(Destroyed::NotHere);
         }
-        if !self.dir.join(CHECKPOINT_KEY_FILE).exists() {
+        if self.initial_signs_checkpoints() {
             return Ok(Destroyed::KeptAsCheckpointKey(self.initial.clone()));
         }
         let len = std::fs::metadata(&self.initial)
@@ -117,6 +117,12 @@ impl KeyDir {
             .len();
         shred(&self.initial, len)?;
         Ok(Destroyed::Deleted(self.initial.clone()))
+    }
+
+    /// Whether the key `init` made still signs the activity log's checkpoints: a state
+    /// directory with no `keys/checkpoint.key` yet. That key may not be destroyed then.
+    fn initial_signs_checkpoints(&self) -> bool {
+        !self.dir.join(CHECKPOINT_KEY_FILE).exists()
     }
 }
 
