@@ -75,6 +75,9 @@ wire_enum! {
         /// backup, or a replica lacking the last commits was promoted): the sequences moved
         /// past them and what the agent lacked was issued again (docs/ha.md).
         RecoverSequences = "Recover Sequence Numbers",
+        /// `jit-controller keys replace-checkpoint`: a new checkpoint key; the old one's
+        /// public half kept for the checkpoints it signed.
+        ReplaceCheckpointKey = "Replace Checkpoint Key",
     }
 }
 
@@ -92,6 +95,8 @@ wire_enum! {
         Database = "Database",
         /// The controller's grant-signing key (rotation).
         GrantSigningKey = "GrantSigningKey",
+        /// The key that signs the activity log's checkpoints.
+        CheckpointKey = "CheckpointKey",
     }
 }
 

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use jitgate_api::{
-    ActivityEntry, ActivityExport, ActivityQuery, Checkpoint, CheckpointList, ErrorCode,
-    VerifyReport,
+    ActivityEntry, ActivityExport, ActivityQuery, Checkpoint, CheckpointList, ErrorCode, Operation,
+    ResourceType, VerifyReport,
 };
 
-use crate::authz::{self, Action, Caller};
+use crate::authz::{self, Action, Actor, Caller};
 use crate::csv::{self, Cell};
 use crate::error::{Error, Result};
 use crate::input::parse_time;
@@ -340,6 +340,28 @@ impl Audit {
             checkpoints,
         })
     }
+}
+
+/// Records a replacement of the checkpoint key (`jit-controller keys replace-checkpoint`,
+/// `state::replace_checkpoint_key`) in the log that key protects: who, and the old and new
+/// key ids. Returns the entry's seq.
+pub async fn record_key_replacement(
+    db: &Db,
+    actor: &Actor,
+    old_key_id: &str,
+    new_key_id: &str,
+) -> Result<i64> {
+    let a = activity::NewActivity::other(
+        Operation::ReplaceCheckpointKey,
+        ResourceType::CheckpointKey,
+        "",
+        actor,
+    )
+    .details(serde_json::json!({ "oldKeyId": old_key_id, "keyId": new_key_id }));
+    let mut w = db.begin().await?;
+    let seq = activity::log(&mut w, a).await?;
+    w.commit().await?;
+    Ok(seq)
 }
 
 /// The activity log as CSV (free text neutralised, `seq` a number).

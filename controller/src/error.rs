@@ -101,10 +101,12 @@ impl From<serde_json::Error> for Error {
 /// Errors of `jit-controller init` and of starting a controller from its state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("{path}: {source}")]
+    /// The reason is part of the message, not a `source`: printed with its chain (`{:#}`),
+    /// it would be said twice.
+    #[error("{path}: {reason}")]
     Io {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{0}")]
     Invalid(String),
@@ -120,7 +122,7 @@ impl SetupError {
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> SetupError {
         SetupError::Io {
             path: path.to_string(),
-            source,
+            reason: source,
         }
     }
 }

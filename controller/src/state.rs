@@ -28,12 +28,13 @@ use jitgate_api::{Role, Scope};
 use crate::error::SetupError;
 use crate::store::db::{DbOptions, Synchronous, sqlite_url};
 
+mod checkpoint_key;
 mod files;
 
-pub use files::{
-    InitOutcome, RETIRED_CHECKPOINT_PREFIX, ServerRenewal, init, load_checkpoint_key,
-    renew_server_cert,
+pub use checkpoint_key::{
+    RETIRED_CHECKPOINT_PREFIX, Replacement, load_checkpoint_key, replace_checkpoint_key,
 };
+pub use files::{InitOutcome, ServerRenewal, init, renew_server_cert};
 
 /// Default state directory (override with `--state-dir` or `JIT_CONTROLLER_STATE_DIR`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate-controller";
@@ -344,7 +345,7 @@ impl Config {
         let p = dir.config();
         let text = std::fs::read_to_string(&p).map_err(|e| SetupError::Io {
             path: p.display().to_string(),
-            source: e,
+            reason: e,
         })?;
         let cfg: Config = toml::from_str(&text)
             .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))?;

@@ -6,6 +6,7 @@
 mod common;
 
 use common::Harness;
+use common::binary::controller_json;
 use jitgate_proto::audit::{Export, HashInput, entry_hash};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -283,40 +284,74 @@ async fn export_verifies_offline_and_fails_after_one_byte_changes() {
 /// they do not; and with neither key file the controller refuses to start, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_checkpoint_key_keeps_the_old_checkpoints_verifying() {
-    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    use std::os::unix::fs::PermissionsExt;
     let mut h = Harness::new().await;
     h.fixture().await;
     h.put_rg_policy("prod", ssh_policy()).await;
     h.checkpoint().await;
-    let old_pub = std::fs::read_to_string(h.dir.checkpoint_pub()).expect("pub");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read");
+    let old_pub = read(&h.dir.checkpoint_pub());
+    let old_private = read(&h.dir.checkpoint_key());
+    let grant_key = read(&h.dir.signing_key());
     let retired = h.dir.0.join("keys/checkpoint-retired-1.pub");
 
-    // The replacement: a new pair, the old public half kept.
-    let new = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    std::fs::remove_file(h.dir.checkpoint_key()).expect("rm");
-    std::fs::write(
-        h.dir.checkpoint_key(),
-        new.to_pkcs8_pem(LineEnding::LF).expect("pem").as_bytes(),
+    // The replacement, by the command, while the controller runs.
+    let (ok, r, err) = controller_json(&h.dir.0, &["keys", "replace-checkpoint"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(r["retiredPublicKey"], retired.display().to_string(), "{r}");
+    assert_eq!(read(&retired), old_pub, "the old public half is kept");
+    assert_ne!(read(&h.dir.checkpoint_key()), old_private);
+    assert_eq!(
+        read(&h.dir.signing_key()),
+        grant_key,
+        "grant keys untouched"
+    );
+    let mode = std::fs::metadata(h.dir.checkpoint_key())
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for leftover in [
+        "checkpoint.key.old",
+        "checkpoint.key.new",
+        "checkpoint.pub.new",
+    ] {
+        assert!(!h.dir.0.join("keys").join(leftover).exists(), "{leftover}");
+    }
+    let new = jitgate_controller::state::load_checkpoint_key(&h.dir, false)
+        .expect("new key")
+        .key;
+    let new_id = jitgate_proto::audit::key_id(&new.verifying_key());
+    assert_eq!(r["newKeyId"], new_id, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(h.dir.checkpoint_pub()).expect("pub"),
+        ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &new.verifying_key(),
+            ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF
+        )
+        .expect("pem")
+    );
+    let row: (String, String) = sqlx::query_as(
+        "SELECT caller, details FROM activity WHERE operation = 'Replace Checkpoint Key'",
     )
-    .expect("write");
-    let new_pub = new
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .expect("pem");
-    std::fs::write(h.dir.checkpoint_pub(), &new_pub).expect("write");
-    std::fs::write(&retired, &old_pub).expect("write");
+    .fetch_one(h.app().db.pool())
+    .await
+    .expect("the replacement is recorded");
+    assert_eq!(row.0, "local:root");
+    let details: Value = serde_json::from_str(&row.1).expect("details");
+    assert_eq!(details["keyId"], new_id, "{details}");
+    assert_eq!(details["oldKeyId"], r["oldKeyId"], "{details}");
+
+    // The running controller signs with the key it read at start: that verifies too.
+    h.checkpoint().await;
+    assert_eq!(verify(&h).await["ok"], true);
     h.restart().await;
     h.put_rg_policy("dev", ssh_policy()).await;
     h.checkpoint().await;
     let v = verify(&h).await;
     assert_eq!(v["ok"], true, "{v}");
-    assert!(v["checkpoints"].as_i64().expect("n") >= 2, "{v}");
-    assert_eq!(
-        v["keyId"],
-        jitgate_proto::audit::key_id(&new.verifying_key()),
-        "{v}"
-    );
+    assert!(v["checkpoints"].as_i64().expect("n") >= 3, "{v}");
+    assert_eq!(v["keyId"], new_id, "{v}");
     // Offline: the export holds checkpoints by both keys.
     let x = export(&h).await;
     let both = [
@@ -327,6 +362,22 @@ async fn a_replaced_checkpoint_key_keeps_the_old_checkpoints_verifying() {
     assert!(r.ok, "{r:?}");
     let r = Export::verify_parts(vec![x], &both[1..]).expect("verify");
     assert!(!r.ok, "the old checkpoints need the old key: {r:?}");
+
+    // A second replacement keeps the next public half: three keys' checkpoints verify.
+    let (ok, r2, err) = controller_json(&h.dir.0, &["keys", "replace-checkpoint"]).await;
+    assert!(ok, "{err}");
+    let retired2 = h.dir.0.join("keys/checkpoint-retired-2.pub");
+    assert_eq!(
+        r2["retiredPublicKey"],
+        retired2.display().to_string(),
+        "{r2}"
+    );
+    assert_eq!(r2["oldKeyId"], new_id, "{r2}");
+    h.restart().await;
+    h.checkpoint().await;
+    let v = verify(&h).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["keyId"], r2["newKeyId"], "{v}");
 
     // Without the old public half, the controller's verification fails at them.
     std::fs::remove_file(&retired).expect("rm");

@@ -102,7 +102,7 @@ impl KeyDir {
     pub fn destroy(&self, id: KeyId) -> Result<Destroyed, KeyError> {
         let path = self.path(id);
         match std::fs::metadata(&path) {
-            Ok(m) => return shred(&path, m.len()).map(|()| Destroyed::Deleted(path)),
+            Ok(_) => return shred(&path).map(|()| Destroyed::Deleted(path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(file_err(&path)(e)),
         }
@@ -112,10 +112,7 @@ impl KeyDir {
         if self.initial_signs_checkpoints() {
             return Ok(Destroyed::KeptAsCheckpointKey(self.initial.clone()));
         }
-        let len = std::fs::metadata(&self.initial)
-            .map_err(file_err(&self.initial))?
-            .len();
-        shred(&self.initial, len)?;
+        shred(&self.initial)?;
         Ok(Destroyed::Deleted(self.initial.clone()))
     }
 
@@ -129,8 +126,10 @@ impl KeyDir {
 /// The checkpoint key's file name in `keys/` (`StateDir::checkpoint_key`).
 pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
 
-/// Overwrites `len` bytes of `path` with zeros, syncs, and removes it.
-fn shred(path: &Path, len: u64) -> Result<(), KeyError> {
+/// Overwrites a private key file with zeros, syncs, and removes it (also the checkpoint
+/// key's, `state::replace_checkpoint_key`).
+pub(crate) fn shred(path: &Path) -> Result<(), KeyError> {
+    let len = std::fs::metadata(path).map_err(file_err(path))?.len();
     let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -1,5 +1,4 @@
-//! The files of the state directory: made by `init`, the checkpoint key read (and split
-//! from the grant-signing key in an older directory), the server certificate renewed.
+//! The files of the state directory: made by `init`, the server certificate renewed.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -15,12 +14,11 @@ use jitgate_api::{Role, Scope};
 
 use super::{Config, StateDir};
 use crate::app::{App, Parts};
-use crate::audit::CheckpointKey;
 use crate::authz::Caller;
 use crate::error::SetupError;
 use crate::tokens::TokenInfo;
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
+pub(super) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| SetupError::io(path.display(), e);
     let mut f = std::fs::OpenOptions::new()
@@ -36,7 +34,11 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
 
 /// Writes an Ed25519 key pair: the private half (PKCS#8 PEM) 0600, the public half (SPKI
 /// PEM) 0644; neither over an existing file.
-fn write_key_pair(key: &SigningKey, private: &Path, public: &Path) -> Result<(), SetupError> {
+pub(super) fn write_key_pair(
+    key: &SigningKey,
+    private: &Path,
+    public: &Path,
+) -> Result<(), SetupError> {
     let sk_pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", private.display())))?;
@@ -47,81 +49,6 @@ fn write_key_pair(key: &SigningKey, private: &Path, public: &Path) -> Result<(),
     write_file(private, sk_pem.as_bytes(), 0o600)?;
     write_file(public, pk_pem.as_bytes(), 0o644)
 }
-
-/// The activity log's checkpoint key (`keys/checkpoint.key`). A state directory made before
-/// checkpoints had a key of their own signs them with the key `init` made
-/// (`keys/grant-signing.key`): with `split` (a starting controller, as the state
-/// directory's owner), that key is copied to `keys/checkpoint.key` and `checkpoint.pub`
-/// once, so that checkpoints go on verifying with the same public key and a rotation can
-/// destroy `grant-signing.key` when it retires it; without (administration commands), it is
-/// read where it is.
-pub fn load_checkpoint_key(dir: &StateDir, split: bool) -> Result<CheckpointKey, SetupError> {
-    let mut path = dir.checkpoint_key();
-    if !path.exists() {
-        let legacy = dir.signing_key();
-        if !legacy.exists() {
-            return Err(SetupError::Invalid(format!(
-                "no checkpoint key: {} is missing (restore it from the backup of the state \
-                 directory's keys, or make a new pair and keep the old public half as \
-                 keys/{RETIRED_CHECKPOINT_PREFIX}1.pub: docs/operations.md)",
-                path.display()
-            )));
-        }
-        if split {
-            let key = crate::channel::tls::load_signing_key(&legacy)?;
-            let public = dir.checkpoint_pub();
-            // A public half without its private one is what an interrupted split left.
-            if public.exists() {
-                std::fs::remove_file(&public).map_err(|e| SetupError::io(public.display(), e))?;
-            }
-            write_key_pair(&key, &path, &public)?;
-            tracing::info!(from = %legacy.display(), to = %path.display(),
-                "checkpoint key: the key init made copied to a file of its own");
-        } else {
-            path = legacy;
-        }
-    }
-    let key = crate::channel::tls::load_signing_key(&path)?;
-    let public_pem = key
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| SetupError::Invalid(format!("encoding {}: {e}", path.display())))?;
-    Ok(CheckpointKey {
-        key,
-        public_pem,
-        retired: retired_checkpoint_keys(dir)?,
-    })
-}
-
-/// The public halves of checkpoint keys replaced before the current one, which the
-/// operator keeps as `keys/checkpoint-retired-*.pub` (docs/operations.md): the checkpoints
-/// they signed go on verifying. In name order.
-fn retired_checkpoint_keys(dir: &StateDir) -> Result<Vec<ed25519_dalek::VerifyingKey>, SetupError> {
-    let keys = dir.0.join("keys");
-    let mut paths: Vec<PathBuf> = match std::fs::read_dir(&keys) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(RETIRED_CHECKPOINT_PREFIX) && n.ends_with(".pub")
-                })
-            })
-            .collect(),
-        Err(e) => return Err(SetupError::io(keys.display(), e)),
-    };
-    paths.sort();
-    paths
-        .iter()
-        .map(|p| {
-            let pem = std::fs::read_to_string(p).map_err(|e| SetupError::io(p.display(), e))?;
-            jitgate_proto::audit::parse_public_key(&pem)
-                .map_err(|e| SetupError::Invalid(format!("{}: {e}", p.display())))
-        })
-        .collect()
-}
-
-/// How the public half of a replaced checkpoint key is named in `keys/`.
-pub const RETIRED_CHECKPOINT_PREFIX: &str = "checkpoint-retired-";
 
 /// What `jit-controller certs renew-server` did.
 #[derive(Clone, Debug, Serialize)]
@@ -198,7 +125,7 @@ pub fn renew_server_cert(
 }
 
 /// Writes `path` atomically: a temporary file next to it (`mode`), synced, renamed over it.
-fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
+pub(super) fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -229,7 +156,7 @@ pub async fn init(
     let mkdir = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| SetupError::Io {
             path: p.display().to_string(),
-            source: e,
+            reason: e,
         })
     };
     if dir.config().exists() {
@@ -247,7 +174,7 @@ pub async fn init(
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
                 SetupError::Io {
                     path: d.display().to_string(),
-                    source: e,
+                    reason: e,
                 }
             })?;
         }

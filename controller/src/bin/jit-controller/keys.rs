@@ -1,8 +1,11 @@
-//! `jit-controller keys`: grant-signing key rotation (docs/operations.md, "Rotation").
+//! `jit-controller keys`: grant-signing key rotation, and the replacement of the activity
+//! log's checkpoint key (docs/operations.md, "Rotation").
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use jitgate_api::terminal::safe;
+use jitgate_controller::app::App;
+use jitgate_controller::audit;
 use jitgate_controller::authz::Actor;
 use jitgate_controller::keys::files::KeyDir;
 use jitgate_controller::keys::rotation::Rotation;
@@ -30,6 +33,14 @@ pub enum KeysCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Replace the activity log's checkpoint key (keys/checkpoint.key): a new pair, the old
+    /// public half kept as keys/checkpoint-retired-N.pub (the checkpoints it signed keep
+    /// verifying), the old private half overwritten and removed; recorded in the activity
+    /// log. Export the log first (`jit audit export`) if the old key may be compromised.
+    /// Then copy keys/checkpoint.key, checkpoint.pub and the new checkpoint-retired-N.pub to
+    /// every other controller on this database and restart each (until then it signs with
+    /// the old key, whose checkpoints verify all the same).
+    ReplaceCheckpoint,
 }
 
 pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
@@ -95,6 +106,11 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
                 }
             }
         }),
+        KeysCmd::ReplaceCheckpoint => {
+            let r = replace_checkpoint(dir, &app, json).await;
+            app.close().await;
+            return r;
+        }
         KeysCmd::Retire { force } => rotation.retire(&actor, force).await.map(|r| {
             if json {
                 println!("{}", serde_json::json!(r));
@@ -118,4 +134,38 @@ pub async fn run(dir: &StateDir, cmd: KeysCmd, json: bool) -> Result<()> {
     };
     app.close().await;
     Ok(r?)
+}
+
+/// `keys replace-checkpoint`: the files first (the database is not needed to sign), then
+/// the activity entry; a failure to record it says what was replaced.
+async fn replace_checkpoint(dir: &StateDir, app: &App, json: bool) -> Result<()> {
+    let r = jitgate_controller::state::replace_checkpoint_key(dir)?;
+    let seq = audit::record_key_replacement(&app.db, &Actor::local(), &r.old_key_id, &r.new_key_id)
+        .await
+        .with_context(|| {
+            format!(
+                "checkpoint key {} replaced by {}, but the activity entry was not written",
+                r.old_key_id, r.new_key_id
+            )
+        })?;
+    if json {
+        let mut v = serde_json::json!(r);
+        v["activitySeq"] = seq.into();
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "checkpoint key {} replaced by {} (activity entry #{seq})",
+        r.old_key_id, r.new_key_id
+    );
+    println!(
+        "new key: {} and {}",
+        r.private_key.display(),
+        r.public_key.display()
+    );
+    println!("old public half kept: {}", r.retired_public_key.display());
+    println!(
+        "copy the three files to every other controller on this database and restart each; a controller signs with the key it read at start"
+    );
+    Ok(())
 }
