@@ -1,24 +1,25 @@
 //! `jit-controller`: initialise, run and administer the jitgate control plane.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use jitgate_api::terminal::safe;
 use jitgate_controller::app::{App, Parts};
 use jitgate_controller::authz::Caller;
 use jitgate_controller::input;
 use jitgate_controller::logging::{self, LogFormat};
-use jitgate_controller::outbox;
 use jitgate_controller::state::{self, Config, StateDir};
-use jitgate_controller::tokens::TokenInfo;
 
+mod agents;
 mod backup;
 mod certs;
+mod inventory;
 mod keys;
+mod notify;
 mod prune;
+mod sessions;
+mod tokens;
 
 /// jitgate control plane: keeps JIT policies, checks access requests against policy and
 /// rights, records request history and a hash-chained activity log, and serves the HTTPS API
@@ -77,7 +78,7 @@ enum Cmd {
     },
     /// Manage API tokens.
     #[command(subcommand)]
-    Token(TokenCmd),
+    Token(tokens::TokenCmd),
     /// Rotate the grant-signing key (rotate, status, retire).
     ///
     /// The key signs every grant, revocation and policy agents apply. A rotation is `rotate`
@@ -97,20 +98,20 @@ enum Cmd {
     Certs(certs::CertsCmd),
     /// Manage resource groups.
     #[command(subcommand, name = "rg")]
-    Rg(RgCmd),
+    Rg(inventory::RgCmd),
     /// Manage VMs.
     #[command(subcommand)]
-    Vm(VmCmd),
+    Vm(inventory::VmCmd),
     /// The agent fleet: VM, agent id, online/offline, last seen, interfaces, protected
     /// ports, active grants, audit head.
     Agents,
     /// Notifications (docs/notifications.md): the delivery queue per sink, and dead
     /// deliveries re-driven.
     #[command(subcommand)]
-    Notify(NotifyCmd),
+    Notify(notify::NotifyCmd),
     /// People's sign-in sessions (OpenID Connect, docs/identity.md).
     #[command(subcommand)]
-    Session(SessionCmd),
+    Session(sessions::SessionCmd),
     /// Write an online, consistent backup of the database (SQLite or PostgreSQL) to FILE:
     /// one snapshot while the controller keeps serving, created with mode 0600 (it holds
     /// people's addresses and the activity log; never a secret's clear text), never over an
@@ -160,94 +161,6 @@ enum Cmd {
         #[arg(long, default_value = "*")]
         scope: String,
     },
-}
-
-#[derive(Subcommand)]
-enum SessionCmd {
-    /// Open sessions, newest first (never their credentials).
-    List {
-        /// Ended and expired sessions too.
-        #[arg(long)]
-        all: bool,
-    },
-    /// End a session now (ses_...): its credential stops working at once, and the person
-    /// must sign in again.
-    Revoke { id: String },
-}
-
-#[derive(Subcommand)]
-enum NotifyCmd {
-    /// Deliveries per sink: queued, retrying, delivered, dead, and the last failure.
-    Status,
-    /// Attempt dead deliveries again (a running controller picks them up within a second).
-    Retry {
-        /// Only this sink's.
-        #[arg(long)]
-        sink: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCmd {
-    /// Create a token; the secret is printed once and only its SHA-256 is stored.
-    Create {
-        /// Principal name (shown as requestor / caller).
-        #[arg(long)]
-        name: String,
-        /// reader, requester or admin.
-        #[arg(long)]
-        role: String,
-        /// `*`, `rg:GROUP` or `vm:NAME`.
-        #[arg(long, default_value = "*")]
-        scope: String,
-        /// Lifetime as an ISO 8601 duration (e.g. P90D, PT8H); default: no expiry.
-        #[arg(long)]
-        expires_in: Option<String>,
-        /// A group the token's principal belongs to (repeatable). Approval rules name
-        /// groups (`group:NAME`), so whoever creates tokens decides who can approve: each
-        /// creation is in the activity log. One person holding two tokens is two principals.
-        #[arg(long = "group", value_name = "NAME")]
-        groups: Vec<String>,
-        /// The principal's email address: email notification sinks reach it when it
-        /// requests access or an approval rule names it.
-        #[arg(long)]
-        email: Option<String>,
-    },
-    /// List tokens (never their secrets).
-    List,
-    /// Revoke a token by id (tok_...).
-    Revoke { id: String },
-}
-
-#[derive(Subcommand)]
-enum RgCmd {
-    /// Add a resource group with the owner who receives remediation requests.
-    Add {
-        name: String,
-        #[arg(long)]
-        owner: String,
-    },
-    /// List resource groups.
-    List,
-}
-
-#[derive(Subcommand)]
-enum VmCmd {
-    /// Register a VM with its addresses (IPv4 and/or IPv6); prints a one-time agent
-    /// enrolment token (valid 24 h).
-    Add {
-        name: String,
-        #[arg(long)]
-        resource_group: String,
-        #[arg(long = "address", required = true)]
-        addresses: Vec<IpAddr>,
-    },
-    /// List VMs.
-    List,
-    /// Issue a new one-time agent enrolment token for a VM (valid 24 h, single use).
-    EnrollToken { name: String },
-    /// Revoke the VM's agent credential: refused from then on, a live connection is closed.
-    RevokeAgent { name: String },
 }
 
 fn main() -> ExitCode {
@@ -326,6 +239,17 @@ fn reload_log_filter(dir: &StateDir, log: &logging::LogControl) {
 }
 
 /// The controller's services for an administration command (no keys, no listeners).
+/// Opens the database, runs `f` on it, and closes it whatever `f` answered.
+pub(crate) async fn with_app<T>(
+    dir: &StateDir,
+    f: impl AsyncFnOnce(&App) -> Result<T>,
+) -> Result<T> {
+    let app = open_app(dir).await?;
+    let r = f(&app).await;
+    app.close().await;
+    r
+}
+
 pub(crate) async fn open_app(dir: &StateDir) -> Result<App> {
     let cfg = Config::load(dir)?;
     let parts = Parts {
@@ -340,68 +264,6 @@ pub(crate) async fn open_app(dir: &StateDir) -> Result<App> {
         jitgate_controller::cluster::read_presence(&app.db, &app.presence).await?;
     }
     Ok(app)
-}
-
-fn print_tokens(v: &[TokenInfo], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    println!(
-        "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25} GROUPS",
-        "ID", "NAME", "ROLE", "SCOPE", "EXPIRES", "REVOKED"
-    );
-    for t in v {
-        println!(
-            "{:<22} {:<16} {:<10} {:<24} {:<25} {:<25} {}",
-            t.id,
-            safe(&t.name),
-            t.role.as_str(),
-            safe(&t.scope.to_string()),
-            t.expires_time_utc.as_deref().unwrap_or("-"),
-            t.revoked_time_utc.as_deref().unwrap_or("-"),
-            if t.groups.is_empty() {
-                "-".to_string()
-            } else {
-                safe(&t.groups.join(",")).into_owned()
-            }
-        );
-    }
-    Ok(())
-}
-
-fn print_sessions(v: &[jitgate_api::SessionView], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    println!(
-        "{:<36} {:<24} {:<6} {:<25} {:<25} {:<16} ROLES",
-        "ID", "PERSON", "CLIENT", "EXPIRES", "ENDED", "REASON"
-    );
-    for s in v {
-        let roles: Vec<String> = s
-            .grants
-            .iter()
-            .map(|g| format!("{} on {}", g.role, g.scope))
-            .collect();
-        println!(
-            "{:<36} {:<24} {:<6} {:<25} {:<25} {:<16} {}",
-            s.id,
-            safe(&s.display_name),
-            s.client,
-            s.expires_time_utc,
-            s.ended_time_utc.as_deref().unwrap_or("-"),
-            s.end_reason.as_ref().map_or("-", |r| r.as_str()),
-            if roles.is_empty() {
-                "-".to_string()
-            } else {
-                safe(&roles.join(", ")).into_owned()
-            }
-        );
-        println!("    {}", safe(&s.principal));
-    }
-    Ok(())
 }
 
 async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
@@ -480,6 +342,12 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
             h.stop().await;
         }
         Cmd::Keys(k) => keys::run(&dir, k, cli.json).await?,
+        Cmd::Token(t) => tokens::run(&dir, t, cli.json).await?,
+        Cmd::Rg(r) => inventory::run_rg(&dir, r, cli.json).await?,
+        Cmd::Vm(v) => inventory::run_vm(&dir, v, cli.json).await?,
+        Cmd::Session(c) => sessions::run(&dir, c, cli.json).await?,
+        Cmd::Agents => agents::run(&dir, cli.json).await?,
+        Cmd::Notify(n) => notify::run(&dir, n, cli.json).await?,
         Cmd::Certs(c) => certs::run(&dir, c, cli.json)?,
         Cmd::Backup { file } => {
             backup::backup(&dir, &file, cli.json).await?;
@@ -526,289 +394,6 @@ async fn run(cli: Cli, log: logging::LogControl) -> Result<()> {
                 println!("{url}");
             }
         }
-        Cmd::Token(t) => {
-            let app = open_app(&dir).await?;
-            let local = Caller::local();
-            match t {
-                TokenCmd::Create {
-                    name,
-                    role,
-                    scope,
-                    expires_in,
-                    groups,
-                    email,
-                } => {
-                    let role = input::parse_role(&role)?;
-                    let scope = input::parse_scope(&scope)?;
-                    if let Some(e) = &email
-                        && e.trim().parse::<jitgate_notify::EmailAddress>().is_err()
-                    {
-                        bail!("--email {e:?} is not an email address");
-                    }
-                    let expires = match expires_in {
-                        Some(d) => {
-                            let secs = input::parse_duration(&d)?;
-                            if secs <= 0 {
-                                bail!("--expires-in must be positive");
-                            }
-                            Some(jitgate_api::time::now_ms() + secs * 1000)
-                        }
-                        None => None,
-                    };
-                    let (info, secret) = app
-                        .tokens
-                        .create(&local, &name, role, &scope, expires, &groups)
-                        .await?;
-                    if let Some(e) = &email {
-                        app.tokens.set_email(&local, &info.id, Some(e)).await?;
-                    }
-                    if cli.json {
-                        println!("{}", serde_json::json!({"token": info, "secret": secret}));
-                    } else {
-                        println!(
-                            "created {} for {} ({} on {})",
-                            info.id, info.name, info.role, info.scope
-                        );
-                        println!("token, shown only now:");
-                        println!("{secret}");
-                    }
-                }
-                TokenCmd::List => print_tokens(&app.tokens.list(&local).await?, cli.json)?,
-                TokenCmd::Revoke { id } => {
-                    app.tokens.revoke(&local, &id).await?;
-                    if !cli.json {
-                        println!("revoked {id}");
-                    }
-                }
-            }
-            app.close().await;
-        }
-        Cmd::Rg(r) => {
-            let app = open_app(&dir).await?;
-            let local = Caller::local();
-            match r {
-                RgCmd::Add { name, owner } => {
-                    app.inventory.add_group(&local, &name, &owner).await?;
-                    if !cli.json {
-                        println!("added resource group {name} (owner {owner})");
-                    }
-                }
-                RgCmd::List => {
-                    let v = app.inventory.groups(&local).await?;
-                    if cli.json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
-                    } else {
-                        println!("{:<24} OWNER", "NAME");
-                        for g in v {
-                            println!("{:<24} {}", g.name, g.owner);
-                        }
-                    }
-                }
-            }
-            app.close().await;
-        }
-        Cmd::Vm(v) => {
-            let app = open_app(&dir).await?;
-            let local = Caller::local();
-            match v {
-                VmCmd::Add {
-                    name,
-                    resource_group,
-                    addresses,
-                } => {
-                    app.inventory
-                        .add_vm(&local, &name, &resource_group, &addresses)
-                        .await?;
-                    let (token, expires) = app.fleet.create_enroll_token(&local, &name).await?;
-                    print_enroll(&name, &token, expires, cli.json, true);
-                }
-                VmCmd::EnrollToken { name } => {
-                    let (token, expires) = app.fleet.create_enroll_token(&local, &name).await?;
-                    print_enroll(&name, &token, expires, cli.json, false);
-                }
-                VmCmd::RevokeAgent { name } => {
-                    let ids = app.fleet.revoke_agents(&local, &name).await?;
-                    if cli.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"vm": name, "revokedAgentIds": ids})
-                        );
-                    } else {
-                        for id in ids {
-                            println!("revoked agent {id} of VM {name}");
-                        }
-                    }
-                }
-                VmCmd::List => {
-                    let v = app.inventory.vms(&local).await?;
-                    if cli.json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
-                    } else {
-                        println!(
-                            "{:<24} {:<20} {:<16} {:<9} ADDRESSES",
-                            "NAME", "RESOURCE GROUP", "POLICY", "AGENT"
-                        );
-                        for x in v {
-                            println!(
-                                "{:<24} {:<20} {:<16} {:<9} {}",
-                                x.name,
-                                x.resource_group,
-                                x.policy_source.map(|p| p.as_str()).unwrap_or("-"),
-                                x.status.as_str(),
-                                x.addresses.join(" ")
-                            );
-                        }
-                    }
-                }
-            }
-            app.close().await;
-        }
-        Cmd::Session(c) => {
-            let app = open_app(&dir).await?;
-            let local = Caller::local();
-            let res = match c {
-                SessionCmd::List { all } => app
-                    .sessions
-                    .list(&local, all)
-                    .await
-                    .map(|v| print_sessions(&v, cli.json)),
-                SessionCmd::Revoke { id } => app.sessions.revoke(&local, &id).await.map(|()| {
-                    if !cli.json {
-                        println!("revoked {id}");
-                    }
-                    Ok(())
-                }),
-            };
-            app.close().await;
-            res??;
-        }
-        Cmd::Agents => {
-            let app = open_app(&dir).await?;
-            let v = app.fleet.agents(&Caller::local()).await?;
-            app.close().await;
-            print_agents(&v, cli.json)?;
-        }
-        Cmd::Notify(n) => {
-            let app = open_app(&dir).await?;
-            let res = match n {
-                NotifyCmd::Status => outbox::status::status(&app.db)
-                    .await
-                    .map(|v| print_notify(&v, cli.json)),
-                NotifyCmd::Retry { sink } => outbox::status::retry(&app.db, sink.as_deref())
-                    .await
-                    .map(|n| {
-                        if cli.json {
-                            println!("{}", serde_json::json!({"retried": n}));
-                        } else {
-                            println!("{n} dead deliveries will be attempted again");
-                        }
-                        Ok(())
-                    }),
-            };
-            app.close().await;
-            res??;
-        }
-    }
-    Ok(())
-}
-
-fn print_notify(v: &[jitgate_api::SinkStatus], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    println!(
-        "{:<24} {:>8} {:>8} {:>9} {:>10} {:>6}  {:<20}  {:<20}  LAST FAILURE",
-        "SINK",
-        "QUEUED",
-        "RETRYING",
-        "IN FLIGHT",
-        "DELIVERED",
-        "DEAD",
-        "OLDEST WAITING",
-        "LAST DELIVERED"
-    );
-    let or_dash = |t: &Option<String>| t.clone().unwrap_or_else(|| "-".into());
-    for s in v {
-        let last = s.last_failure.as_ref().map_or_else(
-            || "-".to_string(),
-            |f| {
-                format!(
-                    "{} {} at {}",
-                    f.kind,
-                    f.status_class.as_deref().unwrap_or(""),
-                    f.time_utc
-                )
-            },
-        );
-        println!(
-            "{:<24} {:>8} {:>8} {:>9} {:>10} {:>6}  {:<20}  {:<20}  {last}",
-            s.name,
-            s.queued,
-            s.retrying,
-            s.in_flight,
-            s.delivered,
-            s.dead,
-            or_dash(&s.oldest_pending_utc),
-            or_dash(&s.last_delivered_utc)
-        );
-    }
-    Ok(())
-}
-
-fn print_enroll(vm: &str, token: &str, expires: i64, json: bool, added: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"vm": vm, "enrollmentToken": token,
-                "expiresTimeUtc": jitgate_api::time::format(expires)})
-        );
-    } else {
-        if added {
-            println!("added VM {vm}");
-        }
-        println!(
-            "agent enrolment token for {vm} (single use, expires {}), shown only now:",
-            jitgate_api::time::format(expires)
-        );
-        println!("{token}");
-    }
-}
-
-fn print_agents(v: &[jitgate_api::Agent], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
-    }
-    println!(
-        "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} AUDIT",
-        "VM", "AGENT", "STATE", "LAST SEEN", "INTERFACES", "PROTECTED", "GRANTS"
-    );
-    for a in v {
-        println!(
-            "{:<16} {:<36} {:<8} {:<25} {:<20} {:<24} {:>6} {}",
-            a.virtual_machine,
-            a.agent_id,
-            a.connection.as_str(),
-            a.last_seen_time_utc.as_deref().unwrap_or("-"),
-            if a.interfaces.is_empty() {
-                "-".to_string()
-            } else {
-                a.interfaces.join(",")
-            },
-            if a.protected_ports.is_empty() {
-                "-".to_string()
-            } else {
-                a.protected_ports.join(",")
-            },
-            a.active_grants
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
-            match (&a.audit_seq, &a.audit_head) {
-                (Some(s), Some(h)) => format!("{s} {}", h.get(..12).unwrap_or(h)),
-                _ => "-".into(),
-            }
-        );
     }
     Ok(())
 }
