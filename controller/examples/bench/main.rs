@@ -6,6 +6,10 @@
 //! cargo run --release -p jitgate-controller --example bench -- [--requests N] [--history 100000]
 //!     [--concurrency 64] [--sync full|normal] [--backend sqlite|postgres]
 //!
+//! Each history also measures a renewal: the same requests again while their grants are
+//! active, each superseding one (its floor: the fresh initiates just before). `--only
+//! history` runs those rows alone (no approvals, no notifications).
+//!
 //! Prints a markdown table on stdout; progress on stderr. All traffic is to 127.0.0.1.
 
 mod notify;
@@ -70,12 +74,13 @@ fn parse_args() -> Result<Opts> {
             "--only" => match val()?.as_str() {
                 "notify" => o.only = Some(Only::Notify),
                 "round-steps" => o.only = Some(Only::RoundSteps),
-                other => bail!("--only: unknown part {other} (notify or round-steps)"),
+                "history" => o.only = Some(Only::History),
+                other => bail!("--only: unknown part {other} (notify, round-steps or history)"),
             },
             "--keep" => o.keep = true,
             "-h" | "--help" => {
                 println!(
-                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--backend sqlite|postgres (sqlite)] [--only notify|round-steps] [--keep]"
+                    "bench [--requests N (20000)] [--history N (100000)] [--concurrency N (64)] [--sync full|normal] [--vms N (100)] [--backend sqlite|postgres (sqlite)] [--only notify|round-steps|history] [--keep]"
                 );
                 std::process::exit(0);
             }
@@ -85,8 +90,8 @@ fn parse_args() -> Result<Opts> {
     if o.concurrency == 0 || o.requests == 0 {
         bail!("--requests and --concurrency must be positive");
     }
-    if o.only.is_some() && o.backend != Backend::Sqlite {
-        bail!("--only runs on SQLite only");
+    if o.only.is_some_and(|x| x != Only::History) && o.backend != Backend::Sqlite {
+        bail!("--only notify and round-steps run on SQLite only");
     }
     Ok(o)
 }
@@ -98,6 +103,9 @@ enum Only {
     Notify,
     /// The delivery round's step times under load (`round_steps`).
     RoundSteps,
+    /// The request-history rows alone (floor, initiate, renewal, paced), no approvals or
+    /// notifications.
+    History,
 }
 
 struct Row {
@@ -116,6 +124,9 @@ const PLAIN: Op = Op::Initiate {
     prefix: "vm",
     status: "Initiated",
 };
+
+/// The phase whose initiates each supersede an active grant of the phase before it.
+const RENEWAL: &str = "initiate renewing an active grant";
 
 /// What each call of a phase does.
 #[derive(Clone)]
@@ -412,7 +423,7 @@ async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
         Some(Only::RoundSteps) => {
             return round_steps::print(&rounds, o.requests, o.concurrency, o.vms).await;
         }
-        None => {}
+        Some(Only::History) | None => {}
     }
     let tmp = tempfile::tempdir()?;
     let dir = StateDir(tmp.path().join("state"));
@@ -534,21 +545,25 @@ async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
         )
         .await;
         rows.push(summarize("floor: GET /me", history, lat, err, wall));
-        eprintln!("initiate x{} (history {history}) ...", o.requests);
-        let (lat, err, wall) = run_phase(
-            &client,
-            &base,
-            &requester,
-            o.requests,
-            o.concurrency,
-            &PLAIN,
-            offset,
-            o.vms,
-            None,
-        )
-        .await;
+        // Fresh initiates, then renewing access: the same requests again while their grants
+        // are active, so each supersedes one (its floor: the fresh initiates just before).
+        for phase in ["initiate", RENEWAL] {
+            eprintln!("{phase} x{} (history {history}) ...", o.requests);
+            let (lat, err, wall) = run_phase(
+                &client,
+                &base,
+                &requester,
+                o.requests,
+                o.concurrency,
+                &PLAIN,
+                offset,
+                o.vms,
+                None,
+            )
+            .await;
+            rows.push(summarize(phase, history, lat, err, wall));
+        }
         offset += o.requests;
-        rows.push(summarize("initiate", history, lat, err, wall));
         // The same at the target rate: does 1 000 req/s come with p99 ≤ 20 ms?
         let paced = (o.requests / 2).max(1);
         eprintln!("initiate x{paced} paced at 1000/s (history {history}) ...");
@@ -572,7 +587,7 @@ async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
             err,
             wall,
         ));
-        if history_target == 0 {
+        if history_target == 0 && o.only.is_none() {
             let n = (o.requests / 2).max(1);
             let (r, next) = approval_phases(
                 &server.app,
@@ -617,6 +632,25 @@ async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
             r.max
         );
     }
+    for h in rows
+        .iter()
+        .filter(|r| r.phase == RENEWAL)
+        .map(|r| r.history)
+    {
+        let rate = |name: &str| {
+            rows.iter()
+                .find(|r| r.phase == name && r.history == h)
+                .map_or(0.0, |r| r.ops as f64 / r.secs)
+        };
+        let (fresh, renew) = (rate("initiate"), rate(RENEWAL));
+        if fresh > 0.0 {
+            println!(
+                "\nrenewal (each request supersedes an active grant) vs fresh initiate at {h} requests of history: {renew:.0} vs {fresh:.0} req/s, difference {:.0} req/s ({:+.1} %)",
+                renew - fresh,
+                (renew - fresh) / fresh * 100.0
+            );
+        }
+    }
     println!(
         "\nApprovals (docs/approvals.md), same run, fresh database: an initiate under an approval rule that auto-approves it beside the plain initiate (best of 3 each, alternating), and approvals that each complete a pending request (one stage, one approver) with the pending requests seeded first.\n"
     );
@@ -657,7 +691,9 @@ async fn run(o: Opts, rounds: round_steps::Rounds) -> Result<()> {
             }
         );
     }
-    print_notify(&o).await?;
+    if o.only.is_none() {
+        print_notify(&o).await?;
+    }
     let verify = server.app.audit.verify(&a).await?;
     println!(
         "\nactivity log after the run: {} entries, verify ok = {}",

@@ -88,7 +88,7 @@ async fn acknowledge(
     }
     grants::set_state(w, grant_id, GrantState::Applied).await?;
     grants::mark_delivered(w, grant_id).await?;
-    if !grants::port_has(w, &g.request_id, g.port_idx, Some(GrantState::Pending)).await? {
+    if !grants::port_has(w, &g.request_id, g.port_idx, GrantState::Pending).await? {
         requests::mark_applied(w, &g.request_id, g.port_idx).await?;
         if let Some(view) = requests::load(w.conn(), &g.request_id).await?
             && view.status == PortStatus::Applied

@@ -6,6 +6,7 @@
 //! [`MAX_BATCH`]). A database error rolls the whole batch back and every request in it gets
 //! an error: nothing is ever half-written.
 
+use std::collections::HashSet;
 use tokio::sync::oneshot;
 
 use crate::authz::Caller;
@@ -257,16 +258,25 @@ async fn superseded_events(
 /// counters, and returns the new grant and outbox rows for the commit to insert. Shared
 /// by the initiate batch and the final approval of a pending request.
 pub async fn write_grants(w: &mut WriteTx, plan: &Plan) -> Result<Vec<Rows>> {
-    for (old, new) in &plan.superseded {
-        grants::supersede(w, old, new).await?;
-    }
-    let mut closed: Vec<(&str, i64)> = Vec::new();
-    for (rid, idx) in &plan.ports_to_close {
-        if !grants::port_has(w, rid, *idx, None).await? {
-            requests::end_port(w, rid, *idx, &StatusReason::NewerRequestInitiated).await?;
-            closed.push((rid, *idx));
-        }
-    }
+    grants::supersede(w, &plan.superseded).await?;
+    // A port closes once none of its grants is active any more.
+    let kept = grants::ports_with_active(w, &plan.ports_to_close).await?;
+    let to_end: Vec<(&str, i64)> = plan
+        .ports_to_close
+        .iter()
+        .filter(|p| !kept.contains(*p))
+        .map(|(rid, idx)| (rid.as_str(), *idx))
+        .collect();
+    let ended: HashSet<(String, i64)> =
+        requests::end_ports(w, &to_end, &StatusReason::NewerRequestInitiated)
+            .await?
+            .into_iter()
+            .collect();
+    // In the plan's order, so each request's closed ports stay together.
+    let closed: Vec<(&str, i64)> = to_end
+        .into_iter()
+        .filter(|(rid, idx)| ended.contains(&(rid.to_string(), *idx)))
+        .collect();
     if !closed.is_empty() {
         let events = superseded_events(w, &closed).await?;
         notify::insert_events(w, &events).await?;

@@ -182,3 +182,22 @@ pub fn sqlite_batch(tables: Vec<Rows>, tail: &str) -> Result<(String, Vec<String
     sql.push_str(tail);
     Ok((sql, params))
 }
+
+/// `$from, $from+1, ...`: `n` numbered placeholders, in the order they are bound (SQLite
+/// numbers placeholders as they first appear).
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `(a = $from AND b = $from+1) OR (a = $from+2 AND b = $from+3) OR ...`: `n` pairs,
+/// bound pair by pair. OR-ed equalities rather than `(a, b) IN (VALUES ...)`, which
+/// SQLite's planner answers from another index (a scan of every active row).
+pub fn pair_matches(a: &str, b: &str, from: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("({a} = ${} AND {b} = ${})", from + 2 * i, from + 2 * i + 1))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}

@@ -8,9 +8,10 @@
 use jitgate_api::{MaxConnections, OnExpiry, ProtoSel};
 use jitgate_common::Protocol;
 use sqlx::{Any, AnyConnection, Executor};
+use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::store::backend::Rows;
+use crate::store::backend::{Rows, pair_matches};
 use crate::store::write::{Counter, WriteTx};
 
 jitgate_api::wire_enum! {
@@ -182,39 +183,51 @@ pub async fn mark_delivered(w: &mut WriteTx, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether any grant of (request, port) is in `state` (or, with None, active).
+/// Whether any grant of (request, port) is in `state`.
 pub async fn port_has(
     w: &mut WriteTx,
     request_id: &str,
     port_idx: i64,
-    state: Option<GrantState>,
+    state: GrantState,
 ) -> Result<bool> {
-    let row: Option<(String,)> = match state {
-        Some(s) => {
-            sqlx::query_as(
-                "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND state = $3 \
-                 LIMIT 1",
-            )
-            .bind(request_id)
-            .bind(port_idx)
-            .bind(s.as_str())
-            .fetch_optional(w.conn())
-            .await?
-        }
-        None => {
-            sqlx::query_as(&format!(
-                "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND {} LIMIT 1",
-                active_in(3)
-            ))
-            .bind(request_id)
-            .bind(port_idx)
-            .bind(PENDING)
-            .bind(APPLIED)
-            .fetch_optional(w.conn())
-            .await?
-        }
-    };
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM grants WHERE request_id = $1 AND port_idx = $2 AND state = $3 LIMIT 1",
+    )
+    .bind(request_id)
+    .bind(port_idx)
+    .bind(state.as_str())
+    .fetch_optional(w.conn())
+    .await?;
     Ok(row.is_some())
+}
+
+/// Pairs per statement of [`ports_with_active`]: two parameters each.
+const PORTS_CHUNK: usize = 200;
+
+/// Which of `ports` (request, port index) still have an active grant. The state is
+/// checked here, not in SQL, so that the lookup follows `grants_by_request` (SQLite would
+/// otherwise scan every active grant by state).
+pub async fn ports_with_active(
+    w: &mut WriteTx,
+    ports: &[(String, i64)],
+) -> Result<HashSet<(String, i64)>> {
+    let mut out = HashSet::new();
+    for chunk in ports.chunks(PORTS_CHUNK) {
+        let sql = format!(
+            "SELECT request_id, port_idx, state FROM grants WHERE {}",
+            pair_matches("request_id", "port_idx", 1, chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64, String)>(&sql);
+        for (id, idx) in chunk {
+            q = q.bind(id.as_str()).bind(*idx);
+        }
+        for (id, idx, state) in q.fetch_all(w.conn()).await? {
+            if state == PENDING || state == APPLIED {
+                out.insert((id, idx));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Revokes the request's active grants, each with an outbox `revoke` row for its VM's agent.
@@ -273,14 +286,30 @@ pub async fn expire_due(w: &mut WriteTx, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// `old` was superseded by `new`.
-pub async fn supersede(w: &mut WriteTx, old: &str, new: &str) -> Result<()> {
-    sqlx::query("UPDATE grants SET state = $1, superseded_by = $2 WHERE id = $3")
-        .bind(GrantState::Superseded.as_str())
-        .bind(new)
-        .bind(old)
-        .execute(w.conn())
-        .await?;
+/// Pairs per supersession statement: two parameters each, well under every backend's limit.
+const SUPERSEDE_CHUNK: usize = 200;
+
+/// Each `(old, new)`: `old` was superseded by `new`. One statement per
+/// [`SUPERSEDE_CHUNK`] pairs, so renewing many grants at once costs a few round trips.
+pub async fn supersede(w: &mut WriteTx, pairs: &[(String, String)]) -> Result<()> {
+    for chunk in pairs.chunks(SUPERSEDE_CHUNK) {
+        // Placeholders in first-appearance order (SQLite numbers them as they appear).
+        let cases: String = (0..chunk.len())
+            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        let ids = (0..chunk.len())
+            .map(|i| format!("${}", 2 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE grants SET state = $1, superseded_by = CASE id{cases} END WHERE id IN ({ids})"
+        );
+        let mut q = sqlx::query(&sql).bind(GrantState::Superseded.as_str());
+        for (old, new) in chunk {
+            q = q.bind(old.as_str()).bind(new.as_str());
+        }
+        q.execute(w.conn()).await?;
+    }
     Ok(())
 }
 

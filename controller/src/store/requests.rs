@@ -15,7 +15,7 @@ use crate::approval::rule::{self, Rule};
 use crate::error::{Error, Result};
 use crate::input::prefixes_json;
 use crate::store::approvals;
-use crate::store::backend::Rows;
+use crate::store::backend::{Rows, pair_matches};
 use crate::store::db::Json;
 use crate::store::write::WriteTx;
 
@@ -541,22 +541,36 @@ pub async fn expire_due(w: &mut WriteTx, now: i64) -> Result<Vec<LivePort>> {
     Ok(due)
 }
 
-/// The port, if still live, becomes Revoked with `reason`.
-pub async fn end_port(w: &mut WriteTx, id: &str, idx: i64, reason: &StatusReason) -> Result<()> {
-    sqlx::query(&format!(
-        "UPDATE request_ports SET status = $1, status_reason = $2 \
-         WHERE request_id = $3 AND idx = $4 AND {}",
-        live_in(5)
-    ))
-    .bind(PortStatus::Revoked.as_str())
-    .bind(reason.as_str())
-    .bind(id)
-    .bind(idx)
-    .bind(PortStatus::Initiated.as_str())
-    .bind(PortStatus::Applied.as_str())
-    .execute(w.conn())
-    .await?;
-    Ok(())
+/// Ports per statement of [`end_ports`]: two parameters each.
+const END_PORTS_CHUNK: usize = 200;
+
+/// Each of `ports` (request, index) still live becomes Revoked with `reason`; returns
+/// those it ended. One statement per [`END_PORTS_CHUNK`] ports. The status is compared
+/// as `status || ''` so that SQLite finds the rows by key: with many OR-ed keys its
+/// planner would otherwise walk every live port by status (30 ms for 64 ports at 25 000).
+pub async fn end_ports(
+    w: &mut WriteTx,
+    ports: &[(&str, i64)],
+    reason: &StatusReason,
+) -> Result<Vec<(String, i64)>> {
+    let mut ended = Vec::new();
+    for chunk in ports.chunks(END_PORTS_CHUNK) {
+        let sql = format!(
+            "UPDATE request_ports SET status = $1, status_reason = $2 \
+             WHERE (status || '') IN ($3, $4) AND ({}) RETURNING request_id, idx",
+            pair_matches("request_id", "idx", 5, chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(&sql)
+            .bind(PortStatus::Revoked.as_str())
+            .bind(reason.as_str())
+            .bind(PortStatus::Initiated.as_str())
+            .bind(PortStatus::Applied.as_str());
+        for (id, idx) in chunk {
+            q = q.bind(*id).bind(*idx);
+        }
+        ended.extend(q.fetch_all(w.conn()).await?);
+    }
+    Ok(ended)
 }
 
 /// The port, if Initiated, becomes Applied.

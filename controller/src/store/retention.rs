@@ -10,6 +10,7 @@ use sqlx::{Any, Executor};
 
 use crate::error::Result;
 use crate::store::WriteTx;
+use crate::store::backend::placeholders;
 use crate::store::grants::GrantState;
 use jitgate_api::PortStatus;
 use jitgate_proto::audit_kind::AuditKind;
@@ -20,13 +21,6 @@ pub const REQUEST_BATCH: i64 = 200;
 pub const ROW_BATCH: i64 = 1000;
 /// Compliance evaluations per step (each with one result per VM and unmanaged host).
 pub const SCAN_BATCH: i64 = 5;
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Requests whose seq a step looks at (read outside the write transaction).
 pub const REQUEST_WINDOW: i64 = 5000;
