@@ -11,7 +11,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::Serialize;
 
 use super::StateDir;
-use super::files::{write_file, write_key_pair};
+use super::files::{replace_file, write_key_pair};
 use crate::audit::CheckpointKey;
 use crate::error::SetupError;
 
@@ -37,7 +37,7 @@ pub fn load_checkpoint_key(dir: &StateDir, split: bool) -> Result<CheckpointKey,
         if split {
             let key = crate::channel::tls::load_signing_key(&legacy)?;
             let public = dir.checkpoint_pub();
-            // A public half without its private one is what an interrupted split left.
+            // A public half left from an interrupted split is written again with its key.
             if public.exists() {
                 std::fs::remove_file(&public).map_err(|e| SetupError::io(public.display(), e))?;
             }
@@ -68,7 +68,7 @@ fn retired_files(dir: &StateDir) -> Result<Vec<(PathBuf, VerifyingKey)>, SetupEr
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(&keys) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| retired_number(p).is_some())
+            .filter(|p| is_retired(p))
             .collect(),
         Err(e) => return Err(SetupError::io(keys.display(), e)),
     };
@@ -84,7 +84,17 @@ fn retired_files(dir: &StateDir) -> Result<Vec<(PathBuf, VerifyingKey)>, SetupEr
         .collect()
 }
 
-/// N of `keys/checkpoint-retired-N.pub` (any other name: None).
+/// Whether `path` is named `checkpoint-retired-*.pub` (kept by the command, N a number, or
+/// by hand under any name).
+fn is_retired(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(RETIRED_CHECKPOINT_PREFIX))
+        .is_some_and(|rest| rest.len() > ".pub".len() && rest.ends_with(".pub"))
+}
+
+/// N of `keys/checkpoint-retired-N.pub` (any other name: None): the command keeps the next
+/// replaced key as N + 1 of the highest.
 fn retired_number(path: &Path) -> Option<u32> {
     path.file_name()?
         .to_str()?
@@ -124,6 +134,11 @@ pub fn replace_checkpoint_key(dir: &StateDir) -> Result<Replacement, SetupError>
         keys.join("checkpoint.key.new"),
         keys.join("checkpoint.pub.new"),
     );
+    // An earlier run stopped after linking the old key aside: if the link is still the key
+    // in use (the new one never took its place), only the link goes.
+    if same_file(&aside, &dir.checkpoint_key()) {
+        remove_if_present(&aside)?;
+    }
     for p in [&aside, &staged.0] {
         if p.exists() {
             shred(p)?;
@@ -145,7 +160,7 @@ pub fn replace_checkpoint_key(dir: &StateDir) -> Result<Replacement, SetupError>
                 .unwrap_or(0)
                 + 1;
             let p = keys.join(format!("{RETIRED_CHECKPOINT_PREFIX}{n}.pub"));
-            write_file(&p, old.public_pem.as_bytes(), 0o644)?;
+            replace_file(&p, old.public_pem.as_bytes(), 0o644)?;
             p
         }
     };
@@ -186,8 +201,79 @@ fn remove_if_present(path: &Path) -> Result<(), SetupError> {
     }
 }
 
+/// Whether `a` and `b` are one file (hard links of each other); false if either is missing.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory with a checkpoint key pair only; its public key.
+    fn dir_with_key() -> Result<(tempfile::TempDir, StateDir, VerifyingKey), String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = StateDir(tmp.path().to_path_buf());
+        std::fs::create_dir(dir.0.join("keys")).map_err(|e| e.to_string())?;
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        write_key_pair(&key, &dir.checkpoint_key(), &dir.checkpoint_pub())
+            .map_err(|e| e.to_string())?;
+        Ok((tmp, dir, key.verifying_key()))
+    }
+
+    #[test]
+    fn a_rerun_after_the_key_was_linked_aside_keeps_the_key_in_use() -> Result<(), String> {
+        let (_tmp, dir, old) = dir_with_key()?;
+        // Where an interrupted run stopped: the old key linked aside, the new one not in place.
+        std::fs::hard_link(dir.checkpoint_key(), dir.0.join("keys/checkpoint.key.old"))
+            .map_err(|e| e.to_string())?;
+        let r = replace_checkpoint_key(&dir).map_err(|e| e.to_string())?;
+        assert_eq!(r.old_key_id, jitgate_proto::audit::key_id(&old));
+        let kept = retired_files(&dir).map_err(|e| e.to_string())?;
+        assert_eq!(kept.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![old]);
+        assert!(!dir.0.join("keys/checkpoint.key.old").exists());
+        let now = load_checkpoint_key(&dir, false).map_err(|e| e.to_string())?;
+        assert_ne!(now.key.verifying_key(), old);
+        assert_eq!(
+            jitgate_proto::audit::key_id(&now.key.verifying_key()),
+            r.new_key_id
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn retired_keys_named_by_hand_are_trusted_and_numbered_after() -> Result<(), String> {
+        let (_tmp, dir, first) = dir_with_key()?;
+        let by_hand = SigningKey::generate(&mut rand::rngs::OsRng).verifying_key();
+        let pem = by_hand
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        let keys = dir.0.join("keys");
+        std::fs::write(keys.join("checkpoint-retired-2019.pub"), &pem)
+            .map_err(|e| e.to_string())?;
+        std::fs::write(keys.join("checkpoint-retired-old.pub"), &pem).map_err(|e| e.to_string())?;
+        // Not a retired key: a leftover temporary file.
+        std::fs::write(keys.join("checkpoint-retired-7.pub.tmp"), "x")
+            .map_err(|e| e.to_string())?;
+        let loaded = load_checkpoint_key(&dir, false).map_err(|e| e.to_string())?;
+        assert_eq!(loaded.retired, vec![by_hand, by_hand]);
+        let r = replace_checkpoint_key(&dir).map_err(|e| e.to_string())?;
+        assert_eq!(
+            r.retired_public_key,
+            keys.join("checkpoint-retired-2020.pub")
+        );
+        let kept = retired_files(&dir).map_err(|e| e.to_string())?;
+        assert!(kept.iter().any(|(_, k)| *k == first));
+        Ok(())
     }
 }

@@ -43,7 +43,11 @@ fn print_agents(v: &[jitgate_api::Agent], json: bool) -> Result<()> {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
             match (&a.audit_seq, &a.audit_head) {
-                (Some(s), Some(h)) => format!("{s} {}", h.get(..12).unwrap_or(h)),
+                (Some(s), Some(h)) => {
+                    // The agent's chain head, as the agent sent it: its first 12 characters.
+                    let head: String = h.chars().take(12).collect();
+                    format!("{s} {}", safe(&head))
+                }
                 _ => "-".into(),
             }
         );
