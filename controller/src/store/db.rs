@@ -188,6 +188,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "agents: a local break-glass grant's connection limit (protocol level 12)",
         include_str!("../../migrations/0037_local_grant_limits.sql"),
     ),
+    (
+        38,
+        "grant outbox by grant (acknowledgements and prune find a grant's rows by index)",
+        include_str!("../../migrations/0038_grant_outbox_by_grant.sql"),
+    ),
 ];
 
 /// The schema version this binary migrates to (its last migration).

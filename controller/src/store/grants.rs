@@ -171,10 +171,15 @@ pub async fn set_state(w: &mut WriteTx, id: &str, state: GrantState) -> Result<(
     Ok(())
 }
 
+/// What [`mark_delivered`] runs: by `grant_outbox_by_grant` (migration 38), once per
+/// acknowledgement.
+pub const MARK_DELIVERED: &str =
+    "UPDATE grant_outbox SET delivered_ms = $1 WHERE grant_id = $2 AND op = $3";
+
 /// The agent confirmed the grant's `apply` row.
 pub async fn mark_delivered(w: &mut WriteTx, id: &str) -> Result<()> {
     let now = w.now;
-    sqlx::query("UPDATE grant_outbox SET delivered_ms = $1 WHERE grant_id = $2 AND op = $3")
+    sqlx::query(MARK_DELIVERED)
         .bind(now)
         .bind(id)
         .bind(OutboxOp::Apply.as_str())
