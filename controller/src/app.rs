@@ -103,7 +103,7 @@ impl App {
             sessions: Sessions::new(db.clone(), parts.oidc, parts.login_links),
             inventory: Inventory::new(db.clone(), presence.clone(), policies.clone()),
             lifecycle: Lifecycle::start(db.clone(), parts.limits)?,
-            fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment),
+            fleet: Fleet::new(db.clone(), presence.clone(), parts.enrollment)?,
             audit: Audit::new(db.clone(), parts.checkpoint_key, &name),
             keys: crate::keys::Ring::new(parts.key_dir),
             key_switch_grace: if parts.key_switch_grace.is_zero() {

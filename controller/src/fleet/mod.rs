@@ -2,12 +2,14 @@
 //! agent certificates), revocation, the fleet view, and what an agent's channel records
 //! (last seen and status reports, results, break-glass grants, audit records).
 //!
+//! - [`audit`]: agents' audit records, group-committed.
 //! - [`ca`]: the controller CA as it signs agent certificates.
 //! - [`enroll`]: one-time enrolment tokens and an agent's first certificate.
 //! - [`renew`]: certificate renewal over the channel, and its refusals.
 //! - [`reports`]: last seen and status reports, kept and written in batches.
 //! - [`watch`]: agents going offline and coming back, told as notifications.
 
+mod audit;
 pub mod ca;
 mod enroll;
 pub mod marks;
@@ -38,16 +40,20 @@ pub struct Fleet {
     enrollment: Option<std::sync::Arc<Enrollment>>,
     /// Reports not yet written ([`reports::spawn`] writes them).
     reports: std::sync::Arc<reports::Reports>,
+    /// Audit records to write ([`audit`] group-commits them).
+    audit: tokio::sync::mpsc::Sender<audit::Job>,
 }
 
 impl Fleet {
-    pub fn new(db: Db, presence: Presence, enrollment: Option<Enrollment>) -> Fleet {
-        Fleet {
+    /// Starts the writer of agents' audit records.
+    pub fn new(db: Db, presence: Presence, enrollment: Option<Enrollment>) -> Result<Fleet> {
+        Ok(Fleet {
+            audit: audit::start(&db)?,
             db,
             presence,
             enrollment: enrollment.map(std::sync::Arc::new),
             reports: std::sync::Arc::default(),
-        }
+        })
     }
 
     /// Revokes every active agent of a VM; returns their ids. Their credentials are refused
@@ -338,9 +344,26 @@ impl Fleet {
         acked: u64,
         records: &[AuditRecord],
     ) -> Result<u64> {
-        let mut w = self.db.begin().await?;
-        agent_audit::insert(&mut w, agent, records).await?;
-        w.commit().await?;
+        // Checked here, so that one agent's bad record never fails the batch it shares.
+        if let Some(r) = records.iter().find(|r| i64::try_from(r.seq).is_err()) {
+            return Err(Error::Corrupt(format!(
+                "agent {agent} sent audit seq {}",
+                r.seq
+            )));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = audit::Job {
+            agent: agent.to_string(),
+            records: records.to_vec(),
+            reply,
+        };
+        self.audit
+            .send(job)
+            .await
+            .map_err(|_| Error::Unavailable("the audit writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the audit writer stopped"))??;
         agent_audit::contiguous_from(self.db.pool(), agent, acked).await
     }
 }
