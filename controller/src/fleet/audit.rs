@@ -6,7 +6,7 @@
 use jitgate_proto::message::AuditRecord;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::agent_audit;
 use crate::store::db::Db;
 use crate::store::write::{Writer, group_commit, spawn_writers};
@@ -35,17 +35,11 @@ pub fn start(db: &Db) -> Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
-/// Writes one batch; every job gets the batch's outcome (a database error rolls it all
-/// back, and each agent sends its records again).
+/// Writes one batch in one transaction. If it fails, each agent message is written again
+/// alone, so that one agent's records the database refuses (PostgreSQL aborts the whole
+/// transaction on any error) fail that agent's connection only.
 async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
-    let res: Result<()> = async {
-        let mut w = writer.begin().await?;
-        for j in &jobs {
-            agent_audit::insert(&mut w, &j.agent, &j.records).await?;
-        }
-        w.commit().await
-    }
-    .await;
+    let res = write(writer, &jobs).await;
     tracing::debug!(batch = jobs.len(), "audit batch");
     match res {
         Ok(()) => {
@@ -53,13 +47,31 @@ async fn run_batch(writer: &Writer, jobs: Vec<Job>) {
                 let _ = j.reply.send(Ok(()));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, batch = jobs.len(), "audit batch failed; rolled back");
+        Err(e) if jobs.len() > 1 => {
+            tracing::warn!(error = %e, batch = jobs.len(), "audit batch failed; writing each agent's records alone");
             for j in jobs {
-                let _ = j
-                    .reply
-                    .send(Err(Error::Unavailable("the audit batch failed")));
+                let r = write(writer, std::slice::from_ref(&j)).await;
+                if let Err(e) = &r {
+                    tracing::error!(agent = %j.agent, error = %e, "audit records not stored");
+                }
+                let _ = j.reply.send(r);
+            }
+        }
+        Err(e) => {
+            // One job: its own outcome.
+            if let Some(j) = jobs.into_iter().next() {
+                tracing::error!(agent = %j.agent, error = %e, "audit records not stored");
+                let _ = j.reply.send(Err(e));
             }
         }
     }
+}
+
+/// The records of `jobs`, in one transaction.
+async fn write(writer: &Writer, jobs: &[Job]) -> Result<()> {
+    let mut w = writer.begin().await?;
+    for j in jobs {
+        agent_audit::insert(&mut w, &j.agent, &j.records).await?;
+    }
+    w.commit().await
 }

@@ -344,11 +344,20 @@ impl Fleet {
         acked: u64,
         records: &[AuditRecord],
     ) -> Result<u64> {
-        // Checked here, so that one agent's bad record never fails the batch it shares.
+        // Checked here, so that one agent's bad record never fails the batch it shares (a
+        // NUL is text PostgreSQL refuses).
         if let Some(r) = records.iter().find(|r| i64::try_from(r.seq).is_err()) {
             return Err(Error::Corrupt(format!(
                 "agent {agent} sent audit seq {}",
                 r.seq
+            )));
+        }
+        if records
+            .iter()
+            .any(|r| r.id.contains('\0') || r.line.contains('\0'))
+        {
+            return Err(Error::Corrupt(format!(
+                "agent {agent} sent an audit record with a NUL character"
             )));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
