@@ -56,6 +56,8 @@ pub struct ClusterStatus {
     queue_usage: Arc<AtomicU64>,
     /// Other controllers' notices applied.
     notices: Arc<AtomicU64>,
+    /// Catch-up rounds completed.
+    catch_ups: Arc<AtomicU64>,
 }
 
 impl Default for ClusterStatus {
@@ -63,6 +65,7 @@ impl Default for ClusterStatus {
         ClusterStatus {
             queue_usage: Arc::new(AtomicU64::new(u64::MAX)),
             notices: Arc::new(AtomicU64::new(0)),
+            catch_ups: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -80,6 +83,12 @@ impl ClusterStatus {
     /// How many notices of other controllers' commits this controller has applied.
     pub fn notices_applied(&self) -> u64 {
         self.notices.load(Ordering::Relaxed)
+    }
+
+    /// How many catch-up rounds have completed. Once it has grown by two, every commit made
+    /// before the first of them has been caught up (and any late wake it causes is done).
+    pub fn catch_ups_completed(&self) -> u64 {
+        self.catch_ups.load(Ordering::Relaxed)
     }
 
     fn set_queue_usage(&self, u: f64) {
@@ -201,7 +210,10 @@ async fn catch_up(p: Parts, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         match catch_up_once(&p, seen).await {
-            Ok(h) => seen = Some(h),
+            Ok(h) => {
+                seen = Some(h);
+                p.status.catch_ups.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tracing::warn!(error = %e, "catch-up failed; retrying"),
         }
         match sql::notification_queue_usage(p.db.pool()).await {

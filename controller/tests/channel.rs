@@ -880,7 +880,10 @@ async fn two_controllers_in_one_process_keep_their_wakeups_and_agents_apart() {
     let (_, fleet_a) = a.get("/api/v1/agents", &a.admin).await;
     assert_eq!(fleet_a["value"][0]["connection"], "online", "{fleet_a}");
     assert_eq!(fleet_a["value"].as_array().map(Vec::len), Some(1));
-    // Wakeups: a grant committed on A wakes A's connections of that VM only.
+    // Wakeups: a grant committed on A wakes A's connections of that VM only. (Each
+    // controller's catch-up wakes its own earlier commits once more: let it pass first.)
+    a.caught_up().await;
+    b.caught_up().await;
     let (sub_a, sub_b) = (
         a.app().notifier.subscribe("web1", "prod"),
         b.app().notifier.subscribe("web1", "prod"),

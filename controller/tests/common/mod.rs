@@ -145,6 +145,24 @@ impl Harness {
         &self.server.as_ref().expect("running").app
     }
 
+    /// On PostgreSQL, waits until the catch-up has caught up every commit made so far (two
+    /// more rounds), so its late wake of this controller's own earlier commits cannot land
+    /// in what a test watches next. Nothing to wait for on SQLite.
+    pub async fn caught_up(&self) {
+        if !postgres_backend() {
+            return;
+        }
+        let from = self.app().cluster.catch_ups_completed();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.app().cluster.catch_ups_completed() < from + 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the catch-up made no two rounds within 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the server and starts it again on the same state directory (a new port).
     pub async fn restart(&mut self) {
         if let Some(s) = self.server.take() {
