@@ -1,5 +1,6 @@
 //! Builds the XDP program (crate `jitgate-ebpf`) for the BPF target with aya-build, as aya's
-//! own template does. The object lands in OUT_DIR and is embedded in the agent.
+//! own template does, in a directory shared by every build of the agent; the object is
+//! copied into OUT_DIR and embedded in the agent.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
@@ -26,12 +27,36 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("manifest has no parent"))?;
-    aya_build::build_ebpf(
+    // aya-build compiles under OUT_DIR, which differs for every build-script run (clippy,
+    // `cargo build`, `cargo test` each have one): the program was compiled from scratch
+    // three times per CI run, a minute each. It builds in one directory beside the
+    // profiles instead, where a second run finds everything fresh, and the object is then
+    // copied into this run's OUT_DIR. Runs that share it are serialised by the parent
+    // cargo's lock on its target directory and by the nested cargo's on this one.
+    let out = std::path::PathBuf::from(
+        std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?,
+    );
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let shared = out
+        .ancestors()
+        .nth(4)
+        .ok_or_else(|| anyhow!("unexpected OUT_DIR {}", out.display()))?
+        .join("jitgate-ebpf");
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // SAFETY: a build script is one thread; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf(
         [Package {
             name: ebpf.name.as_str(),
             root_dir: root.as_str(),
             ..Default::default()
         }],
         Toolchain::default(),
-    )
+    );
+    // SAFETY: as above.
+    unsafe { std::env::set_var("OUT_DIR", &out) };
+    built?;
+    std::fs::copy(shared.join("jitgate"), out.join("jitgate"))
+        .context("copying the program object into OUT_DIR")?;
+    Ok(())
 }

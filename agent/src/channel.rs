@@ -51,6 +51,68 @@ impl ChannelState {
 
 pub type SharedState = Arc<Mutex<ChannelState>>;
 
+/// The one writer of `channel.json`. Every audit acknowledgement moves a mark, and writing
+/// the file (two fsyncs) on the task that reads the controller's frames held up the next
+/// grant behind it; the core and the connection writing it at once could also interleave
+/// in its temporary file. Requests made while a write is under way are served by one more
+/// write of the latest state. A lost audit mark only makes the controller get some records
+/// again (it stores each once); the replay high-water mark is the journal's to keep.
+#[derive(Clone)]
+pub struct MarkSaver {
+    inner: Arc<SaverInner>,
+}
+
+struct SaverInner {
+    wake: tokio::sync::Notify,
+    /// Requests made so far, and the newest request covered by a finished write.
+    requested: std::sync::atomic::AtomicU64,
+    written: tokio::sync::watch::Sender<u64>,
+}
+
+impl MarkSaver {
+    /// Starts the writer task (it lives as long as the runtime).
+    pub fn spawn(state: SharedState, state_dir: PathBuf) -> MarkSaver {
+        let inner = Arc::new(SaverInner {
+            wake: tokio::sync::Notify::new(),
+            requested: std::sync::atomic::AtomicU64::new(0),
+            written: tokio::sync::watch::channel(0).0,
+        });
+        let i = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                i.wake.notified().await;
+                let upto = i.requested.load(Ordering::Acquire);
+                let Ok(s) = state.lock().map(|s| s.clone()) else {
+                    return;
+                };
+                let dir = state_dir.clone();
+                match tokio::task::spawn_blocking(move || s.save(&dir)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the channel marks"),
+                    Err(e) => tracing::warn!(error = %e, "the channel mark writer failed"),
+                }
+                i.written.send_replace(upto);
+            }
+        });
+        MarkSaver { inner }
+    }
+
+    /// Asks for the current state to be written soon; returns the request's number.
+    pub fn save(&self) -> u64 {
+        let n = self.inner.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.inner.wake.notify_one();
+        n
+    }
+
+    /// Writes the current state and waits until a write that began after this call ended
+    /// (the policy version, kept before its result is answered).
+    pub async fn durable(&self) {
+        let n = self.save();
+        let mut rx = self.inner.written.subscribe();
+        let _ = rx.wait_for(|w| *w >= n).await;
+    }
+}
+
 /// The endpoint of the controller the channel is connected to now, if any.
 pub type Connected = Arc<Mutex<Option<String>>>;
 
@@ -91,6 +153,8 @@ pub struct Channel {
     pub closed_by_controller: ClosedByController,
     pub state: SharedState,
     pub state_dir: PathBuf,
+    /// Writes `state` to `state_dir` (shared with the core).
+    pub marks: MarkSaver,
     pub core: mpsc::Sender<ChannelRequest>,
     pub lines: broadcast::Sender<AuditLine>,
     pub version: String,
@@ -134,10 +198,11 @@ impl Channel {
     pub async fn run(mut self) {
         let mut backoff = MIN_BACKOFF;
         let mut failed_in_a_row = 0usize;
+        let saver = self.marks.clone();
         loop {
             let endpoint = self.endpoints.current();
             let began = tokio::time::Instant::now();
-            let ended = self.session(&endpoint).await;
+            let ended = self.session(&endpoint, &saver).await;
             match &ended.result {
                 Ok(()) => {
                     tracing::info!(%endpoint, "controller closed the channel")
@@ -163,9 +228,9 @@ impl Channel {
         }
     }
 
-    async fn session(&mut self, endpoint: &Endpoint) -> Ended {
+    async fn session(&mut self, endpoint: &Endpoint, saver: &MarkSaver) -> Ended {
         let mut welcomed = false;
-        let result = self.serve(endpoint, &mut welcomed).await;
+        let result = self.serve(endpoint, &mut welcomed, saver).await;
         if let Ok(mut c) = self.connected.lock() {
             *c = None;
         }
@@ -188,7 +253,12 @@ impl Channel {
         }
     }
 
-    async fn serve(&mut self, endpoint: &Endpoint, welcomed: &mut bool) -> Result<(), String> {
+    async fn serve(
+        &mut self,
+        endpoint: &Endpoint,
+        welcomed: &mut bool,
+        saver: &MarkSaver,
+    ) -> Result<(), String> {
         let cfg = self.enrollment.tls_config().map_err(|e| e.to_string())?;
         let validity = self.enrollment.cert_validity().ok();
         let expired_at = validity
@@ -361,16 +431,15 @@ impl Channel {
                     self.endpoints.learn(&endpoints);
                 }
                 ControllerMsg::AuditAck { up_to } => {
-                    let save = self.state.lock().ok().and_then(|mut s| {
-                        (up_to > s.audit_acked).then(|| {
+                    let moved = self.state.lock().is_ok_and(|mut s| {
+                        let m = up_to > s.audit_acked;
+                        if m {
                             s.audit_acked = up_to;
-                            s.clone()
-                        })
+                        }
+                        m
                     });
-                    if let Some(s) = save
-                        && let Err(e) = s.save(&self.state_dir)
-                    {
-                        tracing::warn!(error = %e, "cannot record the audit acknowledgement");
+                    if moved {
+                        saver.save();
                     }
                 }
                 ControllerMsg::AuditResend { after } => {
@@ -380,18 +449,18 @@ impl Channel {
                         (after < s.audit_acked).then(|| {
                             let was = s.audit_acked;
                             s.audit_acked = after;
-                            (was, s.clone())
+                            was
                         })
                     });
-                    if let Some((was, s)) = lowered {
+                    if let Some(was) = lowered {
                         tracing::warn!(
                             after,
                             acknowledged = was,
                             "the controller lacks audit records it had acknowledged; sending them again"
                         );
-                        if let Err(e) = s.save(&self.state_dir) {
-                            tracing::warn!(error = %e, "cannot record the audit acknowledgement");
-                        }
+                        // Through the same writer as the acknowledgements, so that a write of
+                        // the higher mark under way cannot land after this one.
+                        saver.save();
                         audit.abort();
                         audit = tokio::spawn(stream_audit(
                             self.state_dir.clone(),
@@ -596,6 +665,29 @@ async fn stream_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mark writer writes the state as it is when it runs: a burst of requests ends in
+    /// a file with the last marks, and `durable` returns only once they are on disk.
+    #[tokio::test]
+    async fn the_mark_writer_writes_the_latest_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let state: SharedState = Arc::new(Mutex::new(ChannelState::default()));
+        let saver = MarkSaver::spawn(state.clone(), dir.path().to_path_buf());
+        for acked in 1..=50 {
+            state.lock().unwrap().audit_acked = acked;
+            saver.save();
+        }
+        state.lock().unwrap().policy_seq = 7;
+        saver.durable().await;
+        let on_disk = ChannelState::load(dir.path());
+        assert_eq!((on_disk.audit_acked, on_disk.policy_seq), (50, 7));
+        // Nothing is written without a request.
+        state.lock().unwrap().policy_seq = 8;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ChannelState::load(dir.path()).policy_seq, 7);
+        saver.durable().await;
+        assert_eq!(ChannelState::load(dir.path()).policy_seq, 8);
+    }
 
     #[test]
     fn the_silence_limit_follows_the_controllers_pings_within_bounds() {

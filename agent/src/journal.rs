@@ -39,6 +39,12 @@ pub enum Record {
     /// A booked grant waiting for its start, not in the maps. An agent that predates
     /// bookings skips the record as unreadable: it never opens it early.
     Scheduled(Booking),
+    /// The replay high-water mark rose to `seq`: made durable with the grant records of the
+    /// same batch (one fsync), not by rewriting `channel.json` for every grant. Replay takes
+    /// the highest; an agent that predates it skips the record as unreadable.
+    HighWater {
+        seq: u64,
+    },
 }
 
 /// What replay found.
@@ -51,6 +57,8 @@ pub struct Replay {
     pub truncated_bytes: u64,
     /// Records in the middle that failed their check and were skipped.
     pub corrupt_records: usize,
+    /// The highest replay high-water mark recorded (0: none).
+    pub high_water: u64,
 }
 
 pub struct Journal {
@@ -113,6 +121,9 @@ impl Replay {
                         Record::Scheduled(b) => {
                             replay.scheduled.insert(b.grant.id, b);
                         }
+                        Record::HighWater { seq } => {
+                            replay.high_water = replay.high_water.max(seq);
+                        }
                     }
                 }
                 None => pending_bad += 1,
@@ -147,11 +158,12 @@ impl Journal {
             path,
         };
         j.compact(
-            replay
-                .grants
-                .values()
-                .cloned()
-                .map(Record::Grant)
+            (replay.high_water > 0)
+                .then_some(Record::HighWater {
+                    seq: replay.high_water,
+                })
+                .into_iter()
+                .chain(replay.grants.values().cloned().map(Record::Grant))
                 .chain(replay.scheduled.values().cloned().map(Record::Scheduled)),
         )?;
         Ok((j, replay))
@@ -170,7 +182,8 @@ impl Journal {
         self.file.sync_data()
     }
 
-    /// Rewrites the journal to exactly `live` (grant and booking records), atomically.
+    /// Rewrites the journal to exactly `live` (the high-water mark, grant and booking
+    /// records), atomically.
     pub fn compact(&mut self, live: impl IntoIterator<Item = Record>) -> io::Result<()> {
         let tmp = self.path.with_extension("journal.tmp");
         {
@@ -289,6 +302,26 @@ pub(crate) mod tests {
                 r.scheduled.values().cloned().collect::<Vec<_>>(),
                 vec![booking(3)]
             );
+        }
+    }
+
+    #[test]
+    fn the_highest_high_water_mark_survives_replay_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, r) = Journal::open(dir.path()).unwrap();
+            assert_eq!(r.high_water, 0);
+            j.append(&[Record::HighWater { seq: 7 }, Record::Grant(grant(1))])
+                .unwrap();
+            // Out of order (two batches raced): the highest counts, not the last.
+            j.append(&[Record::HighWater { seq: 9 }]).unwrap();
+            j.append(&[Record::HighWater { seq: 8 }]).unwrap();
+        }
+        for _ in 0..2 {
+            // Twice: the compacted journal keeps it.
+            let (_, r) = Journal::open(dir.path()).unwrap();
+            assert_eq!(r.high_water, 9);
+            assert_eq!(r.grants.len(), 1);
         }
     }
 

@@ -22,25 +22,35 @@ pub(super) fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-pub(super) fn save_chan(core: &Core) {
-    if let Ok(s) = core.chan.lock()
-        && let Err(e) = s.save(&core.cfg.state_dir)
-    {
-        tracing::error!(error = %e, "cannot record the channel state");
-    }
+/// Writes `channel.json` now (through the one writer of the file) and waits for it.
+pub(super) async fn save_chan(core: &Core) {
+    core.marks.durable().await;
 }
 
-/// Raises the replay high-water mark (persisted before the answer goes out).
-pub(super) fn bump_seq(core: &Core, seq: u64) {
-    let changed = core.chan.lock().map(|mut s| {
+/// Raises the replay high-water mark in memory; returns the journal record that makes it
+/// durable, to be written in the same job as the grant or revocation it belongs to (one
+/// fsync for both, rather than rewriting `channel.json` for every grant).
+pub(super) fn raise_high_water(core: &Core, seq: u64) -> Option<Record> {
+    let raised = core.chan.lock().is_ok_and(|mut s| {
         let c = seq > s.seq_high_water;
         if c {
             s.seq_high_water = seq;
         }
         c
     });
-    if changed.unwrap_or(false) {
-        save_chan(core);
+    raised.then_some(Record::HighWater { seq })
+}
+
+/// Raises the replay high-water mark where no record of its own is written (a refusal, a
+/// revocation of a grant already gone). The writer commits in order, so an answer that
+/// waits for a later job's durability goes out after the mark is on disk.
+pub(super) async fn bump_seq(core: &Core, seq: u64) {
+    if let Some(r) = raise_high_water(core, seq) {
+        core.write(WriteJob {
+            journal: vec![r],
+            ..WriteJob::audit(Vec::new(), false)
+        })
+        .await;
     }
 }
 
@@ -112,7 +122,7 @@ pub(super) async fn refuse_grant(
     out: &Out,
 ) {
     if seen {
-        bump_seq(core, seq);
+        bump_seq(core, seq).await;
     }
     reject(
         core,
@@ -186,17 +196,19 @@ pub(super) fn record(
 }
 
 /// Journals and audits a revocation from the controller, then answers `Applied` once durable.
+/// Records a revocation of seq `seq` (raising the high-water mark in the same write).
 pub(super) async fn record_revocation(
     core: &Core,
-    gid: GrantId,
+    (gid, seq): (GrantId, u64),
     event: AuditEvent,
     out: Out,
     reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
 ) {
-    let journal = vec![Record::Remove {
+    let mut journal = Vec::from_iter(raise_high_water(core, seq));
+    journal.push(Record::Remove {
         id: gid,
         reason: RemoveReason::Revoked,
-    }];
+    });
     let (job, done) = WriteJob::durable(journal, vec![event]);
     core.write(job).await;
     answer_when_durable(core, done, out, Vec::new(), reply, applied_now);

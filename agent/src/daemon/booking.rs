@@ -3,7 +3,7 @@
 //! or reconciliation before the start removes a booking without it ever opening.
 
 use super::answers::{
-    Out, answer_when_durable, bump_seq, grant_reply, high_water, record, record_revocation,
+    Out, answer_when_durable, grant_reply, high_water, raise_high_water, record, record_revocation,
     refuse_grant, reject, unix_ms, verified_grant,
 };
 use super::core::{Core, Msg, expired, grant_event};
@@ -123,7 +123,7 @@ pub(super) async fn book(
         seq: g.seq,
     };
     core.schedule.insert(booking.clone());
-    bump_seq(core, g.seq);
+    let mut journal = Vec::from_iter(raise_high_water(core, g.seq));
     let opens_utc = OffsetDateTime::from(opens.to_utc());
     tracing::info!(grant = %gid, seq = g.seq, opens = %opens_utc, end = %end, "grant booked");
     let event = grant_event(
@@ -132,7 +132,8 @@ pub(super) async fn book(
         &booking.grant,
         Some(&format!("request {}; opens {opens_utc}", g.request_id)),
     );
-    let (job, done) = WriteJob::durable(vec![Record::Scheduled(booking)], vec![event]);
+    journal.push(Record::Scheduled(booking));
+    let (job, done) = WriteJob::durable(journal, vec![event]);
     core.write(job).await;
     let scheduled = move || Outcome::Scheduled {
         agent_unix_ms: unix_ms(OffsetDateTime::now_utc()),
@@ -249,14 +250,13 @@ pub(super) async fn revoke(
     let Some(b) = core.schedule.remove(&gid) else {
         return true;
     };
-    bump_seq(core, seq);
     let ev = grant_event(
         AuditKind::GrantRevoked,
         "controller",
         &b.grant,
         Some(&format!("{reason}; before its start, never opened")),
     );
-    record_revocation(core, gid, ev, out.clone(), reply).await;
+    record_revocation(core, (gid, seq), ev, out.clone(), reply).await;
     true
 }
 

@@ -4,8 +4,8 @@
 //! itself is `crate::channel`'s.
 
 use super::answers::{
-    Out, answer_when_durable, applied_now, bump_seq, grant_reply, high_water, record,
-    record_revocation, refuse_grant, reject, save_chan, unix_ms, verified, verified_grant,
+    Out, answer_when_durable, applied_now, bump_seq, grant_reply, high_water, raise_high_water,
+    record, record_revocation, refuse_grant, reject, save_chan, unix_ms, verified, verified_grant,
 };
 use super::booking;
 use super::core::{Core, grant_event};
@@ -162,7 +162,7 @@ async fn open_grant(core: &mut Core, body: GrantBody, limit: Option<MaxConnectio
             .await;
         return;
     }
-    bump_seq(core, body.seq);
+    let mut journal = Vec::from_iter(raise_high_water(core, body.seq));
     let actor = format!("controller:{}", body.requester);
     let event = grant_event(
         AuditKind::GrantApplied,
@@ -170,7 +170,8 @@ async fn open_grant(core: &mut Core, body: GrantBody, limit: Option<MaxConnectio
         &g,
         Some(&format!("request {}", body.request_id)),
     );
-    let (job, done) = WriteJob::durable(vec![Record::Grant(g)], vec![event]);
+    journal.push(Record::Grant(g));
+    let (job, done) = WriteJob::durable(journal, vec![event]);
     core.write(job).await;
     answer_when_durable(core, done, out, vec![gid], reply, applied_now);
 }
@@ -199,7 +200,7 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
     }
     let Some(origin) = core.grants.get(&gid).map(|g| g.origin()) else {
         // Already gone (ended, or revoked before): nothing to do, say so again.
-        bump_seq(core, body.seq);
+        bump_seq(core, body.seq).await;
         let _ = out.send(reply(Outcome::AlreadyApplied)).await;
         return;
     };
@@ -230,7 +231,6 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
     let Some((g, cut)) = core.withdraw(&[gid]).pop() else {
         return;
     };
-    bump_seq(core, body.seq);
     let mut ev = grant_event(
         AuditKind::GrantRevoked,
         "controller",
@@ -240,7 +240,7 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
     if cut > 0 {
         ev.reason = Some(format!("{}; {cut} session(s) closed", body.reason));
     }
-    record_revocation(core, gid, ev, out, reply).await;
+    record_revocation(core, (gid, body.seq), ev, out, reply).await;
 }
 
 async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
@@ -309,7 +309,7 @@ async fn policy(core: &mut Core, s: Signed<PolicyBody>, out: Out) {
     if let Ok(mut c) = core.chan.lock() {
         c.policy_seq = body.seq;
     }
-    save_chan(core);
+    save_chan(core).await;
     let mut events = flows::adopt_sessions(&mut core.dp, &core.cfg.protected);
     let mut e = AuditEvent::new(AuditKind::PolicyApplied, "controller");
     e.reason = Some(format!(

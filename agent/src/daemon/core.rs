@@ -8,7 +8,7 @@ use super::interfaces::Interfaces;
 use super::writer::{AuditHead, Compaction, WriteJob};
 use crate::admin::{Request, Response};
 use crate::audit::AuditEvent;
-use crate::channel::SharedState;
+use crate::channel::{MarkSaver, SharedState};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
 use crate::dataplane::Dataplane;
@@ -58,6 +58,8 @@ pub(super) struct Core {
     /// Set when enrolled with a controller.
     pub enrollment: Option<Enrollment>,
     pub chan: SharedState,
+    /// The writer of `channel.json` (shared with the connection).
+    pub marks: MarkSaver,
     /// The controller endpoint the channel is connected to now (`jit-agent status`).
     pub controller: crate::channel::Connected,
     /// What is wrong with the agent's certificate (a refused renewal), if anything.
@@ -213,6 +215,7 @@ impl Core {
                 compact: Some(Compaction {
                     grants: self.grants.snapshot(),
                     booked: self.schedule.iter().cloned().collect(),
+                    high_water: self.chan.lock().map_or(0, |c| c.seq_high_water),
                 }),
                 ..WriteJob::audit(Vec::new(), false)
             })

@@ -32,7 +32,7 @@ use self::core::{Core, Msg, expired};
 use self::interfaces::Interfaces;
 use self::writer::{AuditHead, WriteJob};
 use crate::audit::{AuditEvent, AuditLine, AuditLog};
-use crate::channel::{Channel, ChannelRequest, ChannelState};
+use crate::channel::{Channel, ChannelRequest, ChannelState, MarkSaver, SharedState};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
 use crate::dataplane::{Dataplane, DataplaneOptions};
@@ -139,6 +139,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         .map_err(io("starting the journal writer"))?;
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let bid = boot_id();
+    let chan: SharedState = Arc::new(Mutex::new({
+        // The journal carries the high-water mark since it rose with every grant;
+        // channel.json holds an older one (or the only one, from an older agent).
+        let mut c = ChannelState::load(&cfg.state_dir);
+        c.seq_high_water = c.seq_high_water.max(replay.high_water);
+        c
+    }));
+    let marks = MarkSaver::spawn(chan.clone(), cfg.state_dir.clone());
     let mut core = Core {
         cfg: cfg.clone(),
         dp,
@@ -151,7 +159,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         removed_since_compact: 0,
         detached: false,
         enrollment: None,
-        chan: Arc::new(Mutex::new(ChannelState::load(&cfg.state_dir))),
+        chan: chan.clone(),
+        marks: marks.clone(),
         controller: Default::default(),
         cert_problem: Default::default(),
         closed_by_controller: Default::default(),
@@ -281,6 +290,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
                 enrollment: e,
                 state: core.chan.clone(),
                 state_dir: cfg.state_dir.clone(),
+                marks: core.marks.clone(),
                 core: chan_tx.clone(),
                 lines: lines_tx.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),

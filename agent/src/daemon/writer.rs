@@ -25,6 +25,8 @@ pub(super) type AuditHead = Arc<Mutex<(String, u64)>>;
 pub(super) struct Compaction {
     pub grants: Snapshot,
     pub booked: Vec<Booking>,
+    /// The replay high-water mark (kept across the rewrite).
+    pub high_water: u64,
 }
 
 pub(super) struct WriteJob {
@@ -111,11 +113,11 @@ fn run(
                     result = Err(format!("journal: {e}"));
                 }
                 records.clear();
-                let live_records = live
-                    .grants
-                    .records()
-                    .map(Record::Grant)
-                    .chain(live.booked.into_iter().map(Record::Scheduled));
+                let live_records = std::iter::once(Record::HighWater {
+                    seq: live.high_water,
+                })
+                .chain(live.grants.records().map(Record::Grant))
+                .chain(live.booked.into_iter().map(Record::Scheduled));
                 if let Err(e) = journal.compact(live_records) {
                     tracing::error!(error = %e, "journal compaction failed");
                 }
@@ -187,6 +189,7 @@ mod tests {
             compact: Some(Compaction {
                 grants: table.snapshot(),
                 booked: Vec::new(),
+                high_water: 0,
             }),
             ..job(Vec::new())
         })
