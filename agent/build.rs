@@ -1,6 +1,6 @@
 //! Builds the XDP program (crate `jitgate-ebpf`) for the BPF target with aya-build, as aya's
-//! own template does, in a directory shared by every build of the agent; the object is
-//! copied into OUT_DIR and embedded in the agent.
+//! own template does, in a directory shared by every build of the agent in one profile; the
+//! object is copied into OUT_DIR and embedded in the agent.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
@@ -31,18 +31,21 @@ fn main() -> anyhow::Result<()> {
     // `cargo build`, `cargo test` each have one): the program was compiled from scratch
     // three times per CI run, a minute each. It builds in one directory beside the
     // profiles instead, where a second run finds everything fresh, and the object is then
-    // copied into this run's OUT_DIR. Runs that share it are serialised by the parent
-    // cargo's lock on its target directory and by the nested cargo's on this one.
+    // copied into this run's OUT_DIR.
     let out = std::path::PathBuf::from(
         std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?,
     );
-    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: one directory per profile, so
+    // that the parent cargo's lock on the profile covers it (clippy, build and test share
+    // the dev profile).
     let shared = out
         .ancestors()
-        .nth(4)
+        .nth(3)
         .ok_or_else(|| anyhow!("unexpected OUT_DIR {}", out.display()))?
         .join("jitgate-ebpf");
     std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // Only what this run builds is copied (with AYA_BUILD_SKIP nothing is, as before).
+    let _ = std::fs::remove_file(shared.join("jitgate"));
     // SAFETY: a build script is one thread; nothing reads the environment concurrently.
     unsafe { std::env::set_var("OUT_DIR", &shared) };
     let built = aya_build::build_ebpf(

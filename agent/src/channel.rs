@@ -70,7 +70,8 @@ struct SaverInner {
 }
 
 impl MarkSaver {
-    /// Starts the writer task (it lives as long as the runtime).
+    /// Starts the writer task (it lives as long as the runtime, and never ends on its own:
+    /// [`MarkSaver::durable`] waits on it).
     pub fn spawn(state: SharedState, state_dir: PathBuf) -> MarkSaver {
         let inner = Arc::new(SaverInner {
             wake: tokio::sync::Notify::new(),
@@ -82,9 +83,8 @@ impl MarkSaver {
             loop {
                 i.wake.notified().await;
                 let upto = i.requested.load(Ordering::Acquire);
-                let Ok(s) = state.lock().map(|s| s.clone()) else {
-                    return;
-                };
+                // Never ends on a poisoned lock: a policy's answer waits on this task.
+                let s = state.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let dir = state_dir.clone();
                 match tokio::task::spawn_blocking(move || s.save(&dir)).await {
                     Ok(Ok(())) => {}

@@ -3,7 +3,8 @@
 //! An append-only file of lines `CRC32 JSON\\n`. A grant is acknowledged only after its
 //! record is fsynced. On start the journal is replayed; a torn last record (a crash during
 //! the write) is detected by its CRC or missing newline and cut off, with no earlier record
-//! lost. After replay the journal is compacted to the live grants (write, fsync, rename).
+//! lost. After replay the journal is compacted to the replay high-water mark and the live
+//! grants and bookings (write, fsync, rename).
 
 use crate::grant::{GrantId, GrantRecord};
 use crate::schedule::Booking;
@@ -194,11 +195,13 @@ impl Journal {
             f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
+        // Appends go to the new file from here on, whatever the directory's fsync says:
+        // otherwise a failed fsync would leave them going to the unlinked old one.
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file.seek(SeekFrom::End(0))?;
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
-        self.file.seek(SeekFrom::End(0))?;
         Ok(())
     }
 

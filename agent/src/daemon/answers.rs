@@ -41,17 +41,22 @@ pub(super) fn raise_high_water(core: &Core, seq: u64) -> Option<Record> {
     raised.then_some(Record::HighWater { seq })
 }
 
-/// Raises the replay high-water mark where no record of its own is written (a refusal, a
-/// revocation of a grant already gone). The writer commits in order, so an answer that
-/// waits for a later job's durability goes out after the mark is on disk.
-pub(super) async fn bump_seq(core: &Core, seq: u64) {
-    if let Some(r) = raise_high_water(core, seq) {
-        core.write(WriteJob {
-            journal: vec![r],
-            ..WriteJob::audit(Vec::new(), false)
-        })
-        .await;
-    }
+/// Raises the replay high-water mark to `seq` where nothing else is journaled (a refusal,
+/// a revocation of a grant already gone), writes it with `audit`, and answers `outcome` only
+/// once both are on disk: a controller told the message was handled never sees the mark
+/// fall back below it after a crash.
+pub(super) async fn answer_with_mark(
+    core: &Core,
+    seq: u64,
+    audit: Vec<AuditEvent>,
+    out: Out,
+    reply: impl FnOnce(Outcome) -> AgentMsg + Send + 'static,
+    outcome: Outcome,
+) {
+    let journal = Vec::from_iter(raise_high_water(core, seq));
+    let (job, done) = WriteJob::durable(journal, audit);
+    core.write(job).await;
+    answer_when_durable(core, done, out, Vec::new(), reply, move || outcome);
 }
 
 pub(super) fn high_water(core: &Core) -> u64 {
@@ -62,11 +67,17 @@ pub(super) fn high_water(core: &Core) -> u64 {
 }
 
 pub(super) async fn reject(core: &Core, kind: AuditKind, id: Option<uuid::Uuid>, reason: String) {
+    core.write(WriteJob::audit(vec![rejection(kind, id, reason)], true))
+        .await;
+}
+
+/// The audit record of a rejected controller message (logged as it is made).
+fn rejection(kind: AuditKind, id: Option<uuid::Uuid>, reason: String) -> AuditEvent {
     tracing::warn!(kind = kind.as_str(), %reason, "controller message rejected");
     let mut e = AuditEvent::new(kind, "controller");
     e.grant_id = id.map(|i| i.to_string());
     e.reason = Some(reason);
-    core.write(WriteJob::audit(vec![e], true)).await;
+    e
 }
 
 /// Verifies a signed body from the controller. On failure nothing in it is believed, not
@@ -121,19 +132,15 @@ pub(super) async fn refuse_grant(
     reason: String,
     out: &Out,
 ) {
+    let event = rejection(AuditKind::GrantRejected, Some(grant_id), reason.clone());
+    let outcome = Outcome::Rejected { reason };
     if seen {
-        bump_seq(core, seq).await;
+        let reply = grant_reply(grant_id, seq);
+        answer_with_mark(core, seq, vec![event], out.clone(), reply, outcome).await;
+        return;
     }
-    reject(
-        core,
-        AuditKind::GrantRejected,
-        Some(grant_id),
-        reason.clone(),
-    )
-    .await;
-    let _ = out
-        .send(grant_reply(grant_id, seq)(Outcome::Rejected { reason }))
-        .await;
+    core.write(WriteJob::audit(vec![event], true)).await;
+    let _ = out.send(grant_reply(grant_id, seq)(outcome)).await;
 }
 
 /// Answers once the writer reports `done`: `ok()` when durable, else `Rejected` after

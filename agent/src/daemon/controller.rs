@@ -4,8 +4,9 @@
 //! itself is `crate::channel`'s.
 
 use super::answers::{
-    Out, answer_when_durable, applied_now, bump_seq, grant_reply, high_water, raise_high_water,
-    record, record_revocation, refuse_grant, reject, save_chan, unix_ms, verified, verified_grant,
+    Out, answer_when_durable, answer_with_mark, applied_now, grant_reply, high_water,
+    raise_high_water, record, record_revocation, refuse_grant, reject, save_chan, unix_ms,
+    verified, verified_grant,
 };
 use super::booking;
 use super::core::{Core, grant_event};
@@ -200,8 +201,15 @@ async fn revoke(core: &mut Core, s: Signed<RevokeBody>, out: Out) {
     }
     let Some(origin) = core.grants.get(&gid).map(|g| g.origin()) else {
         // Already gone (ended, or revoked before): nothing to do, say so again.
-        bump_seq(core, body.seq).await;
-        let _ = out.send(reply(Outcome::AlreadyApplied)).await;
+        answer_with_mark(
+            core,
+            body.seq,
+            Vec::new(),
+            out,
+            reply,
+            Outcome::AlreadyApplied,
+        )
+        .await;
         return;
     };
     if origin != Origin::Controller {

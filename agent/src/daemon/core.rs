@@ -211,11 +211,16 @@ impl Core {
         );
         if self.removed_since_compact >= COMPACT_AFTER {
             self.removed_since_compact = 0;
+            let high_water = self
+                .chan
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .seq_high_water;
             self.write(WriteJob {
                 compact: Some(Compaction {
                     grants: self.grants.snapshot(),
                     booked: self.schedule.iter().cloned().collect(),
-                    high_water: self.chan.lock().map_or(0, |c| c.seq_high_water),
+                    high_water,
                 }),
                 ..WriteJob::audit(Vec::new(), false)
             })

@@ -147,6 +147,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
         c
     }));
     let marks = MarkSaver::spawn(chan.clone(), cfg.state_dir.clone());
+    // The merged marks on disk at once (see the stop below for why).
+    marks.durable().await;
     let mut core = Core {
         cfg: cfg.clone(),
         dp,
@@ -367,6 +369,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), DaemonError> {
     );
     core.write(job).await;
     let _ = done.await;
+    // channel.json with the marks as they end: an older agent started on this state
+    // directory reads the high-water mark from it alone.
+    core.marks.durable().await;
     drop(core);
     drop(wtx);
     drop(tx);
